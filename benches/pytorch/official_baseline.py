@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Measure the official PyTorch RevSNN code: memory per image and images/s of one training step.
+
+This is the bar the revsnn CUDA backend has to beat (issue: CUDA backend, "Performance"). It imports
+the model files of the official repository `mi804/RevSNN` (commit 7521f75) from a checkout given by
+--official (never committed here) and times one full training step exactly as the official
+training loops run it:
+
+    optimizer.zero_grad(); loss = CE(model(x), y); loss.backward(); optimizer.step();
+    functional.reset_net(model)
+
+* ResNets (RevSResNet, MS-ResNet): SGD(lr 0.1, momentum 0.9, weight decay 1e-4), cuDNN
+  deterministic and benchmark off, as cifar100/train_resnet_origin.py sets them.
+* Transformers (RevSFormer, Spikingformer): AdamW(lr 5e-4, weight decay 0.06), cuDNN benchmark on,
+  as cifar100/train.py sets it (timm's loop; the loss here is plain cross-entropy, mixup changes
+  neither memory nor time measurably).
+* fp32, no AMP (the CIFAR runs), T = 4, CIFAR-100 heads, neurons with backend='cupy' (SpikingJelly
+  0.0.0.0.12's fused kernels, what the official code runs), 32x32 random inputs.
+* `zero_grad()` keeps the gradient tensors (set_to_none=False), which is what torch 1.10 (the
+  official environment) does.
+
+Memory follows SPEC.md 9.3: peak of torch.cuda.max_memory_allocated over a training step after
+warm-up (parameters, gradients, optimizer state, input and every activation), at two batch sizes;
+memory per image is the slope between them and also peak / B at the larger B.
+
+Output: one JSON object per (model, batch) on stdout and in --out (a JSON list), and a markdown
+table in --markdown.
+"""
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn as nn
+
+MIB = 2 ** 20
+
+# preset name -> (file of cifar100/, constructor expression, family)
+PRESETS = {
+    "revsresnet21": ("revs_resnet", lambda m: m.revs_resnet21(T=4), "resnet"),
+    "revsresnet37": ("revs_resnet", lambda m: m.revs_resnet37(T=4), "resnet"),
+    "revsresnet109": ("revs_resnet", lambda m: m.revs_resnet109(T=4), "resnet"),
+    "msresnet18": ("ms_resnet", lambda m: m.ms_resnet18(T=4), "resnet"),
+    "msresnet34": ("ms_resnet", lambda m: m.ms_resnet34(T=4), "resnet"),
+    "msresnet104": ("ms_resnet", lambda m: m.ms_resnet104(T=4), "resnet"),
+    "revsformer-2-384": ("revmodel", lambda m: _former(m.rev_vit_snn, 2), "transformer"),
+    "revsformer-4-384": ("revmodel", lambda m: _former(m.rev_vit_snn, 4), "transformer"),
+    "spikingformer-2-384": ("model", lambda m: _former(m.vit_snn, 2), "transformer"),
+    "spikingformer-4-384": ("model", lambda m: _former(m.vit_snn, 4), "transformer"),
+}
+
+
+def _former(cls, depth):
+    # cifar100/configs/*_384.yml: dim 384, 8 heads, mlp ratio 4, patch 4; T defaults to 4.
+    return cls(img_size_h=32, img_size_w=32, patch_size=4, embed_dims=384, num_heads=8,
+               mlp_ratios=4, in_channels=3, num_classes=100, qkv_bias=False, depths=depth,
+               sr_ratios=1)
+
+
+def import_official(folder, name):
+    sys.path.insert(0, folder)
+    try:
+        return __import__(name)
+    except ImportError:
+        # The installed timm may lack the 0.6-era module paths the official code imports:
+        # retry with timm 0.6.12 when gpu/check.sh unpacked it.
+        fallback = os.environ.get("TIMM_FALLBACK")
+        if not fallback:
+            raise
+        for key in [k for k in sys.modules if k == "timm" or k.startswith("timm.")]:
+            del sys.modules[key]
+        sys.path.insert(0, fallback)
+        return __import__(name)
+
+
+def use_neuron_backend(model, backend):
+    for module in model.modules():
+        if hasattr(module, "backend") and hasattr(module, "v_threshold"):
+            module.backend = backend
+
+
+def measure(preset, batch, steps, warmup, official, neuron_backend):
+    from spikingjelly.clock_driven import functional
+
+    module_name, build, family = PRESETS[preset]
+    module = import_official(official, module_name)
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    torch.backends.cudnn.deterministic = family == "resnet"
+    torch.backends.cudnn.benchmark = family == "transformer"
+    model = build(module).to(device)
+    model.train()
+    use_neuron_backend(model, neuron_backend)
+    parameters = sum(p.numel() for p in model.parameters())
+    if family == "resnet":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.06)
+    criterion = nn.CrossEntropyLoss()
+    images = torch.randn(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 100, (batch,), device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)
+        loss = criterion(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        functional.reset_net(model)
+        return loss
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated()
+    median = statistics.median(times)
+    result = {
+        "model": preset,
+        "batch": batch,
+        "time_steps": 4,
+        "parameters": parameters,
+        "neuron_backend": neuron_backend,
+        "peak_bytes": peak,
+        "median_step_seconds": median,
+        "images_per_second": batch / median,
+        "steps": steps,
+        "final_loss": float(loss),
+    }
+    del model, optimizer, images, labels, loss
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def copy_bandwidth():
+    """Device-to-device copy bandwidth (bytes read + written per second), the bar for the
+    memory-bound neuron kernels."""
+    src = torch.empty(2 ** 28, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(20):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * src.numel() / statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", required=True,
+                        help="folder holding the official cifar100/*.py model files")
+    parser.add_argument("--models", default="revsresnet37,msresnet34,revsformer-4-384,spikingformer-4-384")
+    parser.add_argument("--batches", default="32,64")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--neuron-backend", default="cupy", choices=["cupy", "torch"])
+    parser.add_argument("--out", help="write every result as a JSON list here")
+    parser.add_argument("--markdown", help="write the summary table here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("no CUDA device: this baseline measures GPU memory and speed")
+
+    batches = [int(b) for b in args.batches.split(",")]
+    header = {
+        "card": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "copy_bandwidth_bytes_per_second": copy_bandwidth(),
+    }
+    print(json.dumps(header), flush=True)
+    results = []
+    for preset in args.models.split(","):
+        for batch in batches:
+            try:
+                result = measure(preset, batch, args.steps, args.warmup, args.official,
+                                 args.neuron_backend)
+            except Exception as error:  # one failing preset must not lose the others
+                traceback.print_exc()
+                result = {"model": preset, "batch": batch, "error": repr(error)}
+                gc.collect()
+                torch.cuda.empty_cache()
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump({"environment": header, "results": results}, f, indent=1)
+
+    lines = [
+        f"Card: {header['card']}, torch {header['torch']} (CUDA {header['cuda']}), "
+        f"copy bandwidth {header['copy_bandwidth_bytes_per_second'] / 1e12:.2f} TB/s",
+        "",
+        "| model | params | B | peak MiB | MiB/img (peak/B) | MiB/img (slope) | step ms (median) | images/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for preset in args.models.split(","):
+        rows = [r for r in results if r["model"] == preset and "error" not in r]
+        slope = None
+        if len(rows) >= 2:
+            lo, hi = rows[0], rows[-1]
+            slope = (hi["peak_bytes"] - lo["peak_bytes"]) / (hi["batch"] - lo["batch"]) / MIB
+        for r in rows:
+            lines.append(
+                f"| {preset} | {r['parameters'] / 1e6:.2f}M | {r['batch']} | {r['peak_bytes'] / MIB:.0f} "
+                f"| {r['peak_bytes'] / r['batch'] / MIB:.1f} | {'' if slope is None else f'{slope:.1f}'} "
+                f"| {r['median_step_seconds'] * 1e3:.1f} | {r['images_per_second']:.0f} |")
+        for r in results:
+            if r["model"] == preset and "error" in r:
+                lines.append(f"| {preset} | | {r['batch']} | failed: {r['error'][:80]} | | | | |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+//! The CUDA backend of revsnn (placeholder until the probe lands).

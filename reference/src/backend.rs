@@ -1,0 +1,329 @@
+//! The op contract: every op a RevSNN model needs, as a forward that returns its output and the
+//! context its backward needs, and a backward that consumes that context (DESIGN.md principle 1).
+//! There is no general autograd: layers call these ops and keep the contexts on their own tape.
+//!
+//! Layouts follow PyTorch: images `[N, C, H, W]`, sequences time-first `[T, ...]`, weights
+//! `[C_out, C_in, k_h, k_w]` and `[out, in]`. Every op checks its shapes and parameters and returns
+//! an [`OpError`](crate::OpError) instead of panicking.
+
+use std::fmt::Debug;
+
+use crate::element::Element;
+use crate::error::Result;
+use crate::params::{BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams};
+
+/// Gradients of a convolution.
+#[derive(Clone, Debug)]
+pub struct Conv2dGrads<T> {
+    pub input: T,
+    pub weight: T,
+    /// Present iff the forward had a bias.
+    pub bias: Option<T>,
+}
+
+/// Gradients of a linear layer.
+#[derive(Clone, Debug)]
+pub struct LinearGrads<T> {
+    pub input: T,
+    pub weight: T,
+    /// Present iff the forward had a bias.
+    pub bias: Option<T>,
+}
+
+/// Gradients of a batch normalisation.
+#[derive(Clone, Debug)]
+pub struct BatchNormGrads<T> {
+    pub input: T,
+    pub gamma: T,
+    pub beta: T,
+}
+
+/// Per-channel statistics of one training-mode batch normalisation: the biased variance
+/// normalises, the unbiased one (`n / (n - 1)` times it) updates the running variance.
+#[derive(Clone, Debug)]
+pub struct BatchStats<T> {
+    pub mean: T,
+    pub var_unbiased: T,
+}
+
+/// A BatchNorm layer's running statistics, `[C]` each.
+#[derive(Clone, Debug)]
+pub struct RunningStats<T> {
+    pub mean: T,
+    pub var: T,
+}
+
+/// The op contract, implemented by the CPU reference ([`crate::Cpu`]) and the CUDA backend.
+///
+/// A backend is a cheap handle (`Clone`); its tensors are immutable shared values whose `clone`
+/// costs no copy, so a context may keep a tensor the caller keeps too without doubling memory.
+pub trait Backend: Clone + Debug + Send + Sync + 'static {
+    /// The float type every tensor of this backend holds.
+    type Elem: Element;
+    /// A dense row-major tensor.
+    type Tensor: Clone + Debug + Send + Sync;
+    /// What [`Backend::neuron_backward`] needs: the membrane potentials `h` and the spikes.
+    type NeuronContext: Debug + Send + Sync;
+    /// What [`Backend::conv2d_backward`] needs.
+    type Conv2dContext: Debug + Send + Sync;
+    /// What [`Backend::batch_norm_backward`] needs.
+    type BatchNormContext: Debug + Send + Sync;
+    /// What [`Backend::max_pool2d_backward`] needs: the position of each window's maximum.
+    type MaxPoolContext: Debug + Send + Sync;
+    /// What [`Backend::cross_entropy_backward`] needs: the softmax and the targets.
+    type CrossEntropyContext: Debug + Send + Sync;
+
+    /// A short name for messages, e.g. `cpu-f64`.
+    fn name(&self) -> String;
+
+    // ---------------------------------------------------------------- tensors
+
+    /// A tensor of `shape` holding `data` in row-major order.
+    fn from_vec(&self, shape: &[usize], data: Vec<Self::Elem>) -> Result<Self::Tensor>;
+    /// The elements of `x` in row-major order.
+    fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<Self::Elem>>;
+    /// The shape of `x`.
+    fn shape(&self, x: &Self::Tensor) -> Vec<usize>;
+    /// A tensor of zeros.
+    fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor>;
+    /// The same elements under another shape of equal size.
+    fn reshape(&self, x: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
+    /// `y = x.permute(axes)`, materialised row-major; its backward is the inverse permutation.
+    fn permute(&self, x: &Self::Tensor, axes: &[usize]) -> Result<Self::Tensor>;
+
+    // ---------------------------------------------------------------- elementwise and structure
+
+    /// `y = a + b`, equal shapes.
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `y = a - b`, equal shapes.
+    fn sub(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `y = factor * x`.
+    fn scale(&self, x: &Self::Tensor, factor: Self::Elem) -> Result<Self::Tensor>;
+    /// `y = x[.., start..start + len, ..]` along `axis` (the channel split of SPEC.md 3.1).
+    fn narrow(
+        &self,
+        x: &Self::Tensor,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Tensor>;
+    /// Concatenation along `axis`; the backward is [`Backend::narrow`] of each part.
+    fn concat(&self, parts: &[&Self::Tensor], axis: usize) -> Result<Self::Tensor>;
+    /// `y[t] = x` for `t < times`: `[...] -> [times, ...]`, the direct encoding of SPEC.md 4.1.
+    fn repeat_leading(&self, x: &Self::Tensor, times: usize) -> Result<Self::Tensor>;
+    /// `y = sum_t x[t]`: `[T, ...] -> [...]`, the backward of [`Backend::repeat_leading`].
+    fn sum_leading(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Mean over the listed axes, which are removed: the mean over time, over tokens, and the
+    /// adaptive average pool to 1x1 (`mean_axes(x, &[2, 3])` on `[N, C, H, W]`).
+    fn mean_axes(&self, x: &Self::Tensor, axes: &[usize]) -> Result<Self::Tensor>;
+    /// The backward of [`Backend::mean_axes`]: `dx = broadcast(dy) / (product of the reduced sizes)`.
+    fn mean_axes_backward(
+        &self,
+        grad_y: &Self::Tensor,
+        input_shape: &[usize],
+        axes: &[usize],
+    ) -> Result<Self::Tensor>;
+
+    // ---------------------------------------------------------------- spiking neurons (SPEC.md 2)
+
+    /// A multi-step neuron layer over `x` of shape `[T, ...]`, starting from `v = 0`
+    /// (SPEC.md 2.2): `h[t] = charge(v[t-1], x[t])`, `s[t] = Heaviside(h[t] - V_th)`,
+    /// `v[t] = (1 - s[t]) h[t]`. Returns the spikes `[T, ...]`.
+    fn neuron_forward(
+        &self,
+        x: &Self::Tensor,
+        config: &NeuronConfig,
+    ) -> Result<(Self::Tensor, Self::NeuronContext)>;
+    /// Backward through time (SPEC.md 2.4): `dL/dh[t] = dL/ds[t] psi[t] + dv/dh[t] k dL/dh[t+1]`,
+    /// `dL/dx[t] = r dL/dh[t]`.
+    fn neuron_backward(
+        &self,
+        grad_spikes: &Self::Tensor,
+        context: &Self::NeuronContext,
+        config: &NeuronConfig,
+    ) -> Result<Self::Tensor>;
+
+    // ---------------------------------------------------------------- convolution
+
+    /// `y[n, o] = bias[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride y + i, stride x + j]`:
+    /// `x [N, C_in, H, W]`, `w [C_out, C_in, k_h, k_w]`, bias `[C_out]`, zero padding.
+    fn conv2d_forward(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        params: Conv2dParams,
+    ) -> Result<(Self::Tensor, Self::Conv2dContext)>;
+    /// Gradients of [`Backend::conv2d_forward`] with respect to input, weight and bias.
+    fn conv2d_backward(
+        &self,
+        grad_y: &Self::Tensor,
+        context: &Self::Conv2dContext,
+    ) -> Result<Conv2dGrads<Self::Tensor>>;
+
+    /// A 1-D convolution with kernel size 1, `x [N, C_in, L]`, `w [C_out, C_in, 1]`: the conv of
+    /// the attention (SPEC.md 4.0), computed as a 1x1 [`Backend::conv2d_forward`] on `[N, C, L, 1]`.
+    fn conv1d_forward(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<(Self::Tensor, Self::Conv2dContext)> {
+        let x_shape = self.shape(x);
+        let w_shape = self.shape(weight);
+        if x_shape.len() != 3 || w_shape.len() != 3 || w_shape[2] != 1 {
+            return Err(crate::OpError::shape(
+                "conv1d",
+                format!(
+                    "expected x [N, C, L] and weight [C_out, C_in, 1], got {x_shape:?} and {w_shape:?}"
+                ),
+            ));
+        }
+        let x4 = self.reshape(x, &[x_shape[0], x_shape[1], x_shape[2], 1])?;
+        let w4 = self.reshape(weight, &[w_shape[0], w_shape[1], 1, 1])?;
+        let (y, context) = self.conv2d_forward(&x4, &w4, bias, Conv2dParams::new(1, 0))?;
+        let y = self.reshape(&y, &[x_shape[0], w_shape[0], x_shape[2]])?;
+        Ok((y, context))
+    }
+
+    /// Gradients of [`Backend::conv1d_forward`], shaped like its operands.
+    fn conv1d_backward(
+        &self,
+        grad_y: &Self::Tensor,
+        context: &Self::Conv2dContext,
+    ) -> Result<Conv2dGrads<Self::Tensor>> {
+        let g = self.shape(grad_y);
+        if g.len() != 3 {
+            return Err(crate::OpError::shape(
+                "conv1d",
+                format!("expected grad_y [N, C, L], got {g:?}"),
+            ));
+        }
+        let grads =
+            self.conv2d_backward(&self.reshape(grad_y, &[g[0], g[1], g[2], 1])?, context)?;
+        let input_shape = self.shape(&grads.input);
+        let weight_shape = self.shape(&grads.weight);
+        Ok(Conv2dGrads {
+            input: self.reshape(&grads.input, &input_shape[..3])?,
+            weight: self.reshape(&grads.weight, &weight_shape[..3])?,
+            bias: grads.bias,
+        })
+    }
+
+    // ---------------------------------------------------------------- batch normalisation
+
+    /// Training mode over `x [N, C, ...]`: statistics over every axis but `C`,
+    /// `y = gamma (x - mean) / sqrt(var_biased + eps) + beta`. Returns `y`, the batch statistics
+    /// (for [`Backend::update_running_stats`]) and the context.
+    fn batch_norm_train_forward(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        params: BatchNormParams,
+    ) -> Result<(
+        Self::Tensor,
+        BatchStats<Self::Tensor>,
+        Self::BatchNormContext,
+    )>;
+    /// Evaluation mode: `y = gamma (x - running_mean) / sqrt(running_var + eps) + beta`.
+    fn batch_norm_eval_forward(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        running: &RunningStats<Self::Tensor>,
+        params: BatchNormParams,
+    ) -> Result<(Self::Tensor, Self::BatchNormContext)>;
+    /// Gradients of either batch-norm forward.
+    fn batch_norm_backward(
+        &self,
+        grad_y: &Self::Tensor,
+        context: &Self::BatchNormContext,
+    ) -> Result<BatchNormGrads<Self::Tensor>>;
+    /// `running = (1 - momentum) running + momentum batch`, with the unbiased batch variance
+    /// (PyTorch's rule, SPEC.md 1).
+    fn update_running_stats(
+        &self,
+        running: &RunningStats<Self::Tensor>,
+        batch: &BatchStats<Self::Tensor>,
+        params: BatchNormParams,
+    ) -> Result<RunningStats<Self::Tensor>>;
+
+    // ---------------------------------------------------------------- pooling
+
+    /// Average pooling over `x [N, C, H, W]` with `count_include_pad=True`: every window divides
+    /// by `kernel^2`, padded zeros included (SPEC.md 1, A7).
+    fn avg_pool2d_forward(&self, x: &Self::Tensor, params: Pool2dParams) -> Result<Self::Tensor>;
+    /// The backward of [`Backend::avg_pool2d_forward`].
+    fn avg_pool2d_backward(
+        &self,
+        grad_y: &Self::Tensor,
+        input_shape: &[usize],
+        params: Pool2dParams,
+    ) -> Result<Self::Tensor>;
+    /// Max pooling over `x [N, C, H, W]`, padding with `-inf`; ties go to the first maximum in
+    /// row-major window order (PyTorch's rule).
+    fn max_pool2d_forward(
+        &self,
+        x: &Self::Tensor,
+        params: Pool2dParams,
+    ) -> Result<(Self::Tensor, Self::MaxPoolContext)>;
+    /// The backward of [`Backend::max_pool2d_forward`]: each output's gradient goes to its maximum.
+    fn max_pool2d_backward(
+        &self,
+        grad_y: &Self::Tensor,
+        context: &Self::MaxPoolContext,
+    ) -> Result<Self::Tensor>;
+
+    // ---------------------------------------------------------------- dense algebra
+
+    /// `y = x w^T + b`: `x [N, in]`, `w [out, in]`, `b [out]`.
+    fn linear_forward(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+    /// Gradients of [`Backend::linear_forward`]: `dx = dy w`, `dw = dy^T x`, `db = sum_n dy`.
+    fn linear_backward(
+        &self,
+        grad_y: &Self::Tensor,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        has_bias: bool,
+    ) -> Result<LinearGrads<Self::Tensor>>;
+    /// `c[b] = op(a[b]) op(b[b])` over any leading batch axes, `op` a transpose of the last two
+    /// axes when asked: the attention products `q k^T` and `attn v` (SPEC.md 4.0). Its backward is
+    /// two more calls: `da = dc op(b)^T`, `db = op(a)^T dc` (up to the transposes).
+    fn batched_matmul(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        transpose_a: bool,
+        transpose_b: bool,
+    ) -> Result<Self::Tensor>;
+
+    // ---------------------------------------------------------------- losses
+
+    /// Mean cross-entropy of `logits [B, K]` against class indices:
+    /// `L = -(1/B) sum_b log softmax(logits[b])[label_b]`.
+    fn cross_entropy_forward(
+        &self,
+        logits: &Self::Tensor,
+        labels: &[usize],
+    ) -> Result<(Self::Elem, Self::CrossEntropyContext)>;
+    /// Mean soft-target cross-entropy (mixup, label smoothing):
+    /// `L = -(1/B) sum_b sum_k targets[b, k] log softmax(logits[b])[k]`.
+    fn soft_cross_entropy_forward(
+        &self,
+        logits: &Self::Tensor,
+        targets: &Self::Tensor,
+    ) -> Result<(Self::Elem, Self::CrossEntropyContext)>;
+    /// `dL/dlogits = grad_loss (softmax - targets) / B` for either cross-entropy.
+    fn cross_entropy_backward(
+        &self,
+        context: &Self::CrossEntropyContext,
+        grad_loss: Self::Elem,
+    ) -> Result<Self::Tensor>;
+}

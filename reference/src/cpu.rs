@@ -1,0 +1,295 @@
+//! The CPU reference backend: [`Backend`] over `ndarray`, every kernel in [`crate::ops`].
+//!
+//! Deterministic by construction: every reduction runs in a fixed order that does not depend on
+//! the number of rayon threads, so outputs and gradients are bitwise identical with 1 or N threads
+//! (DESIGN.md principle 4). Ops run on the current rayon pool; run them inside
+//! `ThreadPool::install` to choose the thread count.
+
+use std::marker::PhantomData;
+
+use ndarray::{ArcArray, IxDyn};
+
+use crate::backend::{Backend, BatchNormGrads, BatchStats, Conv2dGrads, LinearGrads, RunningStats};
+use crate::element::Element;
+use crate::error::{OpError, Result};
+use crate::ops;
+use crate::params::{BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams};
+
+/// A CPU tensor: a shared, row-major `ndarray`; `clone` shares the data.
+pub type CpuTensor<E> = ArcArray<E, IxDyn>;
+
+/// The CPU reference backend in element type `E` (`Cpu<f64>` for truth, `Cpu<f32>` for speed).
+#[derive(Debug)]
+pub struct Cpu<E> {
+    element: PhantomData<fn() -> E>,
+}
+
+impl<E> Cpu<E> {
+    pub fn new() -> Self {
+        Cpu {
+            element: PhantomData,
+        }
+    }
+}
+
+impl<E> Default for Cpu<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E> Clone for Cpu<E> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<E: Element> Backend for Cpu<E> {
+    type Elem = E;
+    type Tensor = CpuTensor<E>;
+    type NeuronContext = ops::neuron::NeuronContext<E>;
+    type Conv2dContext = ops::conv::Conv2dContext<E>;
+    type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
+    type MaxPoolContext = ops::pool::MaxPoolContext;
+    type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
+
+    fn name(&self) -> String {
+        format!("cpu-{}", E::DTYPE)
+    }
+
+    fn from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
+        let len = data.len();
+        ArcArray::from_shape_vec(IxDyn(shape), data).map_err(|_| {
+            OpError::shape(
+                "from_vec",
+                format!("{len} elements cannot have shape {shape:?}"),
+            )
+        })
+    }
+
+    fn to_vec(&self, x: &CpuTensor<E>) -> Result<Vec<E>> {
+        Ok(x.iter().copied().collect())
+    }
+
+    fn shape(&self, x: &CpuTensor<E>) -> Vec<usize> {
+        x.shape().to_vec()
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<CpuTensor<E>> {
+        Ok(ArcArray::zeros(IxDyn(shape)))
+    }
+
+    fn reshape(&self, x: &CpuTensor<E>, shape: &[usize]) -> Result<CpuTensor<E>> {
+        ops::tensor::reshape(x, shape)
+    }
+
+    fn permute(&self, x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
+        ops::tensor::permute(x, axes)
+    }
+
+    fn add(&self, a: &CpuTensor<E>, b: &CpuTensor<E>) -> Result<CpuTensor<E>> {
+        ops::tensor::add(a, b)
+    }
+
+    fn sub(&self, a: &CpuTensor<E>, b: &CpuTensor<E>) -> Result<CpuTensor<E>> {
+        ops::tensor::sub(a, b)
+    }
+
+    fn scale(&self, x: &CpuTensor<E>, factor: E) -> Result<CpuTensor<E>> {
+        ops::tensor::scale(x, factor)
+    }
+
+    fn narrow(
+        &self,
+        x: &CpuTensor<E>,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<CpuTensor<E>> {
+        ops::tensor::narrow(x, axis, start, len)
+    }
+
+    fn concat(&self, parts: &[&CpuTensor<E>], axis: usize) -> Result<CpuTensor<E>> {
+        ops::tensor::concat(parts, axis)
+    }
+
+    fn repeat_leading(&self, x: &CpuTensor<E>, times: usize) -> Result<CpuTensor<E>> {
+        ops::tensor::repeat_leading(x, times)
+    }
+
+    fn sum_leading(&self, x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
+        ops::tensor::sum_leading(x)
+    }
+
+    fn mean_axes(&self, x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
+        ops::tensor::mean_axes(x, axes)
+    }
+
+    fn mean_axes_backward(
+        &self,
+        grad_y: &CpuTensor<E>,
+        input_shape: &[usize],
+        axes: &[usize],
+    ) -> Result<CpuTensor<E>> {
+        ops::tensor::mean_axes_backward(grad_y, input_shape, axes)
+    }
+
+    fn neuron_forward(
+        &self,
+        x: &CpuTensor<E>,
+        config: &NeuronConfig,
+    ) -> Result<(CpuTensor<E>, Self::NeuronContext)> {
+        ops::neuron::forward(x, config)
+    }
+
+    fn neuron_backward(
+        &self,
+        grad_spikes: &CpuTensor<E>,
+        context: &Self::NeuronContext,
+        config: &NeuronConfig,
+    ) -> Result<CpuTensor<E>> {
+        ops::neuron::backward(grad_spikes, context, config)
+    }
+
+    fn conv2d_forward(
+        &self,
+        x: &CpuTensor<E>,
+        weight: &CpuTensor<E>,
+        bias: Option<&CpuTensor<E>>,
+        params: Conv2dParams,
+    ) -> Result<(CpuTensor<E>, Self::Conv2dContext)> {
+        ops::conv::forward(x, weight, bias, params)
+    }
+
+    fn conv2d_backward(
+        &self,
+        grad_y: &CpuTensor<E>,
+        context: &Self::Conv2dContext,
+    ) -> Result<Conv2dGrads<CpuTensor<E>>> {
+        ops::conv::backward(grad_y, context)
+    }
+
+    fn batch_norm_train_forward(
+        &self,
+        x: &CpuTensor<E>,
+        gamma: &CpuTensor<E>,
+        beta: &CpuTensor<E>,
+        params: BatchNormParams,
+    ) -> Result<(
+        CpuTensor<E>,
+        BatchStats<CpuTensor<E>>,
+        Self::BatchNormContext,
+    )> {
+        ops::batch_norm::train_forward(x, gamma, beta, params)
+    }
+
+    fn batch_norm_eval_forward(
+        &self,
+        x: &CpuTensor<E>,
+        gamma: &CpuTensor<E>,
+        beta: &CpuTensor<E>,
+        running: &RunningStats<CpuTensor<E>>,
+        params: BatchNormParams,
+    ) -> Result<(CpuTensor<E>, Self::BatchNormContext)> {
+        ops::batch_norm::eval_forward(x, gamma, beta, running, params)
+    }
+
+    fn batch_norm_backward(
+        &self,
+        grad_y: &CpuTensor<E>,
+        context: &Self::BatchNormContext,
+    ) -> Result<BatchNormGrads<CpuTensor<E>>> {
+        ops::batch_norm::backward(grad_y, context)
+    }
+
+    fn update_running_stats(
+        &self,
+        running: &RunningStats<CpuTensor<E>>,
+        batch: &BatchStats<CpuTensor<E>>,
+        params: BatchNormParams,
+    ) -> Result<RunningStats<CpuTensor<E>>> {
+        ops::batch_norm::update_running_stats(running, batch, params)
+    }
+
+    fn avg_pool2d_forward(&self, x: &CpuTensor<E>, params: Pool2dParams) -> Result<CpuTensor<E>> {
+        ops::pool::avg_pool2d_forward(x, params)
+    }
+
+    fn avg_pool2d_backward(
+        &self,
+        grad_y: &CpuTensor<E>,
+        input_shape: &[usize],
+        params: Pool2dParams,
+    ) -> Result<CpuTensor<E>> {
+        ops::pool::avg_pool2d_backward(grad_y, input_shape, params)
+    }
+
+    fn max_pool2d_forward(
+        &self,
+        x: &CpuTensor<E>,
+        params: Pool2dParams,
+    ) -> Result<(CpuTensor<E>, Self::MaxPoolContext)> {
+        ops::pool::max_pool2d_forward(x, params)
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        grad_y: &CpuTensor<E>,
+        context: &Self::MaxPoolContext,
+    ) -> Result<CpuTensor<E>> {
+        ops::pool::max_pool2d_backward(grad_y, context)
+    }
+
+    fn linear_forward(
+        &self,
+        x: &CpuTensor<E>,
+        weight: &CpuTensor<E>,
+        bias: Option<&CpuTensor<E>>,
+    ) -> Result<CpuTensor<E>> {
+        ops::linear::forward(x, weight, bias)
+    }
+
+    fn linear_backward(
+        &self,
+        grad_y: &CpuTensor<E>,
+        x: &CpuTensor<E>,
+        weight: &CpuTensor<E>,
+        has_bias: bool,
+    ) -> Result<LinearGrads<CpuTensor<E>>> {
+        ops::linear::backward(grad_y, x, weight, has_bias)
+    }
+
+    fn batched_matmul(
+        &self,
+        a: &CpuTensor<E>,
+        b: &CpuTensor<E>,
+        transpose_a: bool,
+        transpose_b: bool,
+    ) -> Result<CpuTensor<E>> {
+        ops::linear::batched_matmul(a, b, transpose_a, transpose_b)
+    }
+
+    fn cross_entropy_forward(
+        &self,
+        logits: &CpuTensor<E>,
+        labels: &[usize],
+    ) -> Result<(E, Self::CrossEntropyContext)> {
+        ops::loss::cross_entropy_forward(logits, labels)
+    }
+
+    fn soft_cross_entropy_forward(
+        &self,
+        logits: &CpuTensor<E>,
+        targets: &CpuTensor<E>,
+    ) -> Result<(E, Self::CrossEntropyContext)> {
+        ops::loss::soft_cross_entropy_forward(logits, targets)
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        context: &Self::CrossEntropyContext,
+        grad_loss: E,
+    ) -> Result<CpuTensor<E>> {
+        ops::loss::cross_entropy_backward(context, grad_loss)
+    }
+}

@@ -1,0 +1,96 @@
+//! Memory accounting (DESIGN.md principle 5): a counting global allocator that tracks the live and
+//! peak bytes of everything a process allocates on the heap, tensors, contexts and scratch
+//! buffers alike. The `revsnn` binary installs it; a test binary that measures memory installs it
+//! with
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static ALLOCATOR: revsnn_reference::memory::CountingAllocator = revsnn_reference::memory::CountingAllocator;
+//! ```
+//!
+//! Without it installed, [`MemoryStats::is_counting`] is false and every figure reads 0.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// The system allocator, counting live and peak bytes.
+pub struct CountingAllocator;
+
+impl CountingAllocator {
+    fn grew(size: usize) {
+        let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK.fetch_max(live, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call forwards to `System` with the caller's layout unchanged; the counters are
+// plain atomics and never allocate.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            if !COUNTING.load(Ordering::Relaxed) {
+                COUNTING.store(true, Ordering::Relaxed);
+            }
+            Self::grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            Self::grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with this layout (every path above uses it).
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::realloc`'s contract.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            Self::grew(new_size);
+        }
+        new
+    }
+}
+
+/// A reading of the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes allocated and not yet freed.
+    pub live_bytes: usize,
+    /// The most bytes live at once since the last [`reset_peak`].
+    pub peak_bytes: usize,
+    /// Whether [`CountingAllocator`] is this process's global allocator.
+    pub is_counting: bool,
+}
+
+/// The counters now.
+pub fn stats() -> MemoryStats {
+    MemoryStats {
+        live_bytes: LIVE.load(Ordering::Relaxed),
+        peak_bytes: PEAK.load(Ordering::Relaxed),
+        is_counting: COUNTING.load(Ordering::Relaxed),
+    }
+}
+
+/// Restarts the peak from the bytes live now, and returns the reading before the reset.
+pub fn reset_peak() -> MemoryStats {
+    let before = stats();
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    before
+}
