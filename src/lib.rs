@@ -1,1 +1,15 @@
-//! revsnn
+//! # revsnn
+//!
+//! Reversible spiking neural networks ("Memory-Efficient Reversible Spiking Neural Networks",
+//! Zhang and Zhang, AAAI 2024) in Rust: a deterministic CPU reference on `ndarray` that serves as
+//! the test oracle ([`revsnn_reference`]), a CUDA backend on `cudarc` ([`revsnn_gpu`]), and the
+//! `revsnn` command line.
+//!
+//! This crate is what users touch: [`info`] reports the machine; the model zoo, the reversible
+//! training algorithm, data, checkpoints and training arrive on top of the op contract
+//! [`revsnn_reference::Backend`] (see `docs/ARCHITECTURE.md`).
+
+pub mod info;
+
+pub use revsnn_gpu as gpu;
+pub use revsnn_reference as reference;

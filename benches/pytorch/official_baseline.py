@@ -190,14 +190,17 @@ def main():
     results = []
     for preset in args.models.split(","):
         for batch in batches:
-            try:
-                result = measure(preset, batch, args.steps, args.warmup, args.official,
-                                 args.neuron_backend)
-            except Exception as error:  # one failing preset must not lose the others
-                traceback.print_exc()
-                result = {"model": preset, "batch": batch, "error": repr(error)}
-                gc.collect()
-                torch.cuda.empty_cache()
+            result = None
+            backends = [args.neuron_backend] + (["torch"] if args.neuron_backend == "cupy" else [])
+            for backend in backends:
+                try:
+                    result = measure(preset, batch, args.steps, args.warmup, args.official, backend)
+                    break
+                except Exception as error:  # one failing preset must not lose the others
+                    traceback.print_exc()
+                    result = {"model": preset, "batch": batch, "error": f"{backend}: {error!r}"}
+                    gc.collect()
+                    torch.cuda.empty_cache()
             print(json.dumps(result), flush=True)
             results.append(result)
             if args.out:
@@ -208,8 +211,8 @@ def main():
         f"Card: {header['card']}, torch {header['torch']} (CUDA {header['cuda']}), "
         f"copy bandwidth {header['copy_bandwidth_bytes_per_second'] / 1e12:.2f} TB/s",
         "",
-        "| model | params | B | peak MiB | MiB/img (peak/B) | MiB/img (slope) | step ms (median) | images/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | params | neurons | B | peak MiB | MiB/img (peak/B) | MiB/img (slope) | step ms (median) | images/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for preset in args.models.split(","):
         rows = [r for r in results if r["model"] == preset and "error" not in r]
@@ -219,12 +222,12 @@ def main():
             slope = (hi["peak_bytes"] - lo["peak_bytes"]) / (hi["batch"] - lo["batch"]) / MIB
         for r in rows:
             lines.append(
-                f"| {preset} | {r['parameters'] / 1e6:.2f}M | {r['batch']} | {r['peak_bytes'] / MIB:.0f} "
+                f"| {preset} | {r['parameters'] / 1e6:.2f}M | {r['neuron_backend']} | {r['batch']} | {r['peak_bytes'] / MIB:.0f} "
                 f"| {r['peak_bytes'] / r['batch'] / MIB:.1f} | {'' if slope is None else f'{slope:.1f}'} "
                 f"| {r['median_step_seconds'] * 1e3:.1f} | {r['images_per_second']:.0f} |")
         for r in results:
             if r["model"] == preset and "error" in r:
-                lines.append(f"| {preset} | | {r['batch']} | failed: {r['error'][:80]} | | | | |")
+                lines.append(f"| {preset} | | | {r['batch']} | failed: {r['error'][:80]} | | | | |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:

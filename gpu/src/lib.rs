@@ -1,1 +1,24 @@
-//! The CUDA backend of revsnn (placeholder until the probe lands).
+//! # revsnn-gpu
+//!
+//! The CUDA backend of revsnn on `cudarc`: CUDA libraries are loaded at run time (dlopen), so
+//! this crate builds and its callers run on machines without CUDA; every entry point checks for
+//! the libraries first and reports their absence as a [`GpuError`], never as a panic.
+//!
+//! - [`probe`]: is there a usable GPU, and if not, why not.
+//! - [`compiler`]: NVRTC compilation of `gpu/kernels/*.cu` to PTX or to a CUBIN for one
+//!   architecture; [`kernels`] lists the sources.
+//! - [`device`]: a CUDA context and stream with the kernels compiled for its own architecture on
+//!   first use and cached for the process.
+//! - [`ops`]: the kernels' host sides, twins of `revsnn_reference::ops`.
+
+pub mod compiler;
+pub mod device;
+pub mod error;
+pub mod kernels;
+pub mod ops;
+pub mod probe;
+pub mod testing;
+
+pub use device::GpuDevice;
+pub use error::GpuError;
+pub use probe::{CudaStatus, DeviceInfo, probe};

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds, on the CPU machine, everything gpu/check.sh runs on the GPU machine (which has no Rust
+# and no network), into the git-ignored folder gpu-bin/ named in the device call's `carry`:
+#   gpu-bin/revsnn          the release binary
+#   gpu-bin/tests/*         every GPU test binary (tests/gpu_*.rs, gpu/tests/nvrtc_kernels.rs)
+#   gpu-bin/benches/*       the GPU criterion benches (benches/gpu_*.rs)
+# Optionally (for the PyTorch baseline) .whl/ with the SpikingJelly 0.0.0.0.12 wheel and
+# .official/ with the official model files: see gpu/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf gpu-bin && mkdir -p gpu-bin/tests gpu-bin/benches
+cargo build --release --bin revsnn
+cp target/release/revsnn gpu-bin/
+select_executables() { # $1: cargo args; $2: regex on target names
+  # shellcheck disable=SC2086
+  cargo $1 --release --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, re, sys
+pattern = re.compile(sys.argv[1])
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and pattern.fullmatch(m["target"]["name"]):
+        print(m["target"]["name"], m["executable"])
+' "$2"
+}
+select_executables "test --workspace" 'gpu_.*|nvrtc_kernels' | while read -r name path; do cp "$path" "gpu-bin/tests/$name"; done
+select_executables "bench --workspace" 'gpu_.*' | while read -r name path; do cp "$path" "gpu-bin/benches/$name"; done
+ls -la gpu-bin gpu-bin/tests gpu-bin/benches
+du -sh gpu-bin

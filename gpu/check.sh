@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The one prepared GPU script (gpu/README.md). On the GPU machine, from the repository root:
+#   bash gpu/check.sh "$OUT"
+# Runs every GPU test and benchmark carried in gpu-bin/ (built here by gpu/build-carry.sh), then
+# the official PyTorch baseline when .official/ and .whl/ were carried, and writes report.md plus
+# logs into the output folder. A missing GPU fails the tests (REVSNN_REQUIRE_GPU=1).
+set -uo pipefail
+OUT_DIR=${1:?usage: gpu/check.sh OUTPUT_FOLDER}
+mkdir -p "$OUT_DIR"
+REPORT="$OUT_DIR/report.md"
+cd "$(dirname "$0")/.."
+
+SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || echo /nonexistent)
+export LD_LIBRARY_PATH="$SP/nvidia/cu13/lib:$SP/nvidia/cudnn/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export REVSNN_CUDA_INCLUDE="$SP/nvidia/cu13/include:/usr/local/cuda/include"
+export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 PYTHONUNBUFFERED=1
+status=0
+
+section() { printf '\n## %s\n\n```\n' "$1" >>"$REPORT"; }
+end_section() { printf '```\n' >>"$REPORT"; }
+run_logged() { # $1: log name; rest: command
+  local log="$OUT_DIR/$1.log"; shift
+  local start=$SECONDS
+  "$@" >"$log" 2>&1; local rc=$?
+  echo "[$1] rc=$rc in $((SECONDS - start)) s" | tee -a "$REPORT.summary"
+  return $rc
+}
+
+{
+  echo "# GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+} >"$REPORT"
+: >"$REPORT.summary"
+
+section "card and driver"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >>"$REPORT" 2>&1
+end_section
+
+section "revsnn info"
+gpu-bin/revsnn info >>"$REPORT" 2>&1 || status=1
+end_section
+
+for test in gpu-bin/tests/*; do
+  [ -x "$test" ] || continue
+  name=$(basename "$test")
+  run_logged "test-$name" "$test" --nocapture --test-threads=1 || status=1
+  section "test $name"
+  grep -E '^(test |SKIP|NVRTC|f32|f64)|test result|panicked' "$OUT_DIR/test-$name.log" >>"$REPORT"
+  end_section
+done
+
+for bench in gpu-bin/benches/*; do
+  [ -x "$bench" ] || continue
+  name=$(basename "$bench")
+  run_logged "bench-$name" "$bench" --bench --warm-up-time 1 --measurement-time 3 --noplot || status=1
+  section "bench $name"
+  grep -E 'time:|thrpt:|^[a-z_0-9]+/|SKIP' "$OUT_DIR/bench-$name.log" >>"$REPORT"
+  end_section
+done
+
+if [ -d .official ] && ls .whl/spikingjelly-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/spikingjelly-*.whl
+  if ls .whl/timm-0.6.12-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/timm06 .whl/timm-0.6.12-*.whl
+    export TIMM_FALLBACK=/tmp/timm06
+  fi
+  export PYTHONPATH=/tmp/site
+  run_logged pytorch-baseline python3 benches/pytorch/official_baseline.py --official .official \
+    --models "${BASELINE_MODELS:-revsresnet37,msresnet34,revsformer-4-384,spikingformer-4-384,revsresnet21,revsresnet109,msresnet18,msresnet104,revsformer-2-384,spikingformer-2-384}" \
+    --batches 32,64 --steps "${BASELINE_STEPS:-10}" --out "$OUT_DIR/pytorch-baseline.json" \
+    --markdown "$OUT_DIR/pytorch-baseline.md" || status=1
+  section "official PyTorch baseline"
+  cat "$OUT_DIR/pytorch-baseline.md" >>"$REPORT" 2>/dev/null
+  end_section
+fi
+
+section "summary"
+cat "$REPORT.summary" >>"$REPORT"
+end_section
+rm -f "$REPORT.summary"
+cat "$REPORT"
+exit $status

@@ -1,0 +1,87 @@
+// Fused multi-step IF/LIF neurons with hard reset to 0 (SPEC.md 2.2-2.4); twin of
+// reference/src/ops/neuron.rs. One thread per neuron loops over T; the forward keeps h for the
+// backward, which recomputes the spikes from it (a spike is a function of h).
+//
+// Layout: x, spikes, h and the gradients are [T, N] row-major: element (t, i) at t * N + i.
+// kind: 0 = IF, 1 = LIF. surrogate: 0 = ATan(alpha), 1 = Sigmoid(alpha). smooth: 0 = Heaviside
+// firing, 1 = the surrogate's primitive (the differentiable test mode).
+
+#define PI_D 3.14159265358979323846
+
+template <typename E> __device__ __forceinline__ E charge(int kind, int decay_input, E tau, E v, E x) {
+    if (kind == 0) return v + x;                       // IF:  h = v + x
+    if (decay_input) return v + (x - v) / tau;         // LIF: h = v + (x - (v - 0)) / tau
+    return v - v / tau + x;                            // LIF without decay_input
+}
+
+template <typename E> __device__ __forceinline__ E surrogate_derivative(int surrogate, E alpha, E z) {
+    if (surrogate == 0) {                              // alpha / (2 (1 + (pi/2 alpha z)^2))
+        E u = (E)(PI_D / 2.0) * alpha * z;
+        return alpha / ((E)2 * ((E)1 + u * u));
+    }
+    E s = (E)1 / ((E)1 + exp(-alpha * z));             // alpha sigma (1 - sigma)
+    return alpha * s * ((E)1 - s);
+}
+
+template <typename E> __device__ __forceinline__ E fire(int surrogate, int smooth, E alpha, E z) {
+    if (!smooth) return z >= (E)0 ? (E)1 : (E)0;       // Heaviside(0) = 1
+    if (surrogate == 0) return atan((E)(PI_D / 2.0) * alpha * z) / (E)PI_D + (E)0.5;
+    return (E)1 / ((E)1 + exp(-alpha * z));
+}
+
+template <typename E>
+__device__ void neuron_forward(const E* __restrict__ x, E* __restrict__ spikes, E* __restrict__ h_seq,
+                               long long n, int time_steps, int kind, int decay_input, E tau, E v_threshold,
+                               int surrogate, E alpha, int smooth) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    E v = (E)0;
+    for (int t = 0; t < time_steps; ++t) {
+        long long at = (long long)t * n + i;
+        E h = charge(kind, decay_input, tau, v, x[at]);
+        E s = fire(surrogate, smooth, alpha, h - v_threshold);
+        spikes[at] = s;
+        h_seq[at] = h;
+        v = ((E)1 - s) * h;                            // hard reset to 0
+    }
+}
+
+template <typename E>
+__device__ void neuron_backward(const E* __restrict__ grad_spikes, const E* __restrict__ h_seq,
+                                E* __restrict__ grad_x, long long n, int time_steps, int kind, int decay_input,
+                                E tau, E v_threshold, int surrogate, E alpha, int smooth, int detach_reset) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    // k = dh[t+1]/dv[t], r = dh[t]/dx[t] (SPEC.md 2.4)
+    E k = kind == 0 ? (E)1 : (E)1 - (E)1 / tau;
+    E r = (kind == 0 || !decay_input) ? (E)1 : (E)1 / tau;
+    E grad_h = (E)0;
+    for (int t = time_steps - 1; t >= 0; --t) {
+        long long at = (long long)t * n + i;
+        E h = h_seq[at];
+        E z = h - v_threshold;
+        E psi = surrogate_derivative(surrogate, alpha, z);
+        E s = fire(surrogate, smooth, alpha, z);
+        E dv_dh = detach_reset ? (E)1 - s : (E)1 - s - h * psi;
+        grad_h = grad_spikes[at] * psi + (k * grad_h) * dv_dh;
+        grad_x[at] = r * grad_h;
+    }
+}
+
+#define NEURON_KERNELS(E, SUFFIX)                                                                              \
+    extern "C" __global__ void neuron_forward_##SUFFIX(const E* x, E* spikes, E* h_seq, long long n,           \
+                                                       int time_steps, int kind, int decay_input, E tau,       \
+                                                       E v_threshold, int surrogate, E alpha, int smooth) {    \
+        neuron_forward<E>(x, spikes, h_seq, n, time_steps, kind, decay_input, tau, v_threshold, surrogate,     \
+                          alpha, smooth);                                                                      \
+    }                                                                                                          \
+    extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,       \
+                                                        long long n, int time_steps, int kind, int decay_input, \
+                                                        E tau, E v_threshold, int surrogate, E alpha,          \
+                                                        int smooth, int detach_reset) {                        \
+        neuron_backward<E>(grad_spikes, h_seq, grad_x, n, time_steps, kind, decay_input, tau, v_threshold,     \
+                           surrogate, alpha, smooth, detach_reset);                                            \
+    }
+
+NEURON_KERNELS(float, f32)
+NEURON_KERNELS(double, f64)

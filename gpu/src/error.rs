@@ -1,0 +1,37 @@
+//! Errors of the CUDA backend, each saying what happened and what to do.
+
+use thiserror::Error;
+
+/// A failure of the CUDA backend.
+#[derive(Debug, Error)]
+pub enum GpuError {
+    /// A CUDA library could not be loaded.
+    #[error(
+        "CUDA library {library} not found: install the NVIDIA driver (libcuda.so.1) and CUDA 13 \
+         libraries, and put their folder on LD_LIBRARY_PATH (see gpu/README.md)"
+    )]
+    LibraryMissing { library: &'static str },
+    /// The driver loaded but reports no device.
+    #[error("no CUDA device: {0}")]
+    NoDevice(String),
+    /// A driver call failed (out of memory, a launch failure, ...).
+    #[error("CUDA driver error during {during}: {source}")]
+    Driver {
+        during: &'static str,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    /// NVRTC rejected a kernel; the log is NVRTC's.
+    #[error("NVRTC could not compile kernel file {file} for {target}:\n{log}")]
+    Compile { file: &'static str, target: String, log: String },
+    /// Operands that do not fit the kernel.
+    #[error("{op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+}
+
+impl GpuError {
+    /// Wraps a driver error with the step it happened in.
+    pub fn driver(during: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> GpuError {
+        move |source| GpuError::Driver { during, source }
+    }
+}

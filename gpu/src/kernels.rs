@@ -1,0 +1,22 @@
+//! The CUDA C++ sources of `gpu/kernels/`, embedded in the binary and compiled by NVRTC at run
+//! time. Each file is the twin of a `reference/src/ops/` file of the same name.
+
+/// One kernel file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelSource {
+    /// The file name under `gpu/kernels/`.
+    pub file: &'static str,
+    pub source: &'static str,
+    /// The `extern "C"` kernels the file defines.
+    pub functions: &'static [&'static str],
+}
+
+/// `gpu/kernels/neuron.cu`: fused multi-step IF/LIF forward and backward (SPEC.md 2).
+pub const NEURON: KernelSource = KernelSource {
+    file: "neuron.cu",
+    source: include_str!("../kernels/neuron.cu"),
+    functions: &["neuron_forward_f32", "neuron_forward_f64", "neuron_backward_f32", "neuron_backward_f64"],
+};
+
+/// Every kernel file, for the NVRTC compile check.
+pub const ALL: &[KernelSource] = &[NEURON];

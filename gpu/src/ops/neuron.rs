@@ -1,0 +1,194 @@
+//! Fused multi-step IF/LIF neurons on the GPU (SPEC.md 2.2-2.4); kernels in
+//! `gpu/kernels/neuron.cu`, reference in `revsnn_reference::ops::neuron`.
+//!
+//! One thread per neuron loops over T. The forward writes the spikes and keeps `h` for the
+//! backward; the backward recomputes each spike from `h` (it is a function of `h`), so it reads
+//! `dL/ds` and `h` and writes `dL/dx`: 3 tensors each way, the memory-bound minimum.
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use revsnn_reference::{Firing, NeuronConfig, NeuronKind, Surrogate};
+
+use super::GpuElement;
+use crate::device::GpuDevice;
+use crate::error::GpuError;
+use crate::kernels::NEURON;
+
+const THREADS: u32 = 256;
+
+/// The kernels' encoding of a [`NeuronConfig`].
+struct KernelConfig<E> {
+    kind: i32,
+    decay_input: i32,
+    tau: E,
+    v_threshold: E,
+    surrogate: i32,
+    alpha: E,
+    smooth: i32,
+    detach_reset: i32,
+}
+
+impl<E: GpuElement> KernelConfig<E> {
+    fn new(config: &NeuronConfig) -> Result<Self, GpuError> {
+        config
+            .validate()
+            .map_err(|e| GpuError::Shape { op: "neuron", detail: e.to_string() })?;
+        let (kind, decay_input, tau) = match config.kind {
+            NeuronKind::If => (0, 0, 1.0),
+            NeuronKind::Lif { tau, decay_input } => (1, decay_input as i32, tau),
+        };
+        let (surrogate, alpha) = match config.surrogate {
+            Surrogate::ATan { alpha } => (0, alpha),
+            Surrogate::Sigmoid { alpha } => (1, alpha),
+        };
+        Ok(KernelConfig {
+            kind,
+            decay_input,
+            tau: E::cast(tau),
+            v_threshold: E::cast(config.v_threshold),
+            surrogate,
+            alpha: E::cast(alpha),
+            smooth: (config.firing == Firing::Smooth) as i32,
+            detach_reset: config.detach_reset as i32,
+        })
+    }
+}
+
+fn launch_config(neurons: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (neurons.div_ceil(THREADS as usize).max(1) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn check_len(op: &'static str, what: &str, len: usize, time_steps: usize) -> Result<usize, GpuError> {
+    if time_steps == 0 || len % time_steps != 0 {
+        return Err(GpuError::Shape {
+            op,
+            detail: format!("{what} has {len} elements, not a positive multiple of T = {time_steps}"),
+        });
+    }
+    Ok(len / time_steps)
+}
+
+/// The forward of SPEC.md 2.2 over `x` `[T, N]`: returns `(spikes, h)`, both `[T, N]`.
+pub fn forward<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaSlice<E>,
+    time_steps: usize,
+    config: &NeuronConfig,
+) -> Result<(CudaSlice<E>, CudaSlice<E>), GpuError> {
+    let stream = device.stream();
+    // SAFETY: `forward_into` writes every element before anything reads them.
+    let mut spikes = unsafe { stream.alloc::<E>(x.len()) }.map_err(GpuError::driver("allocating spikes"))?;
+    // SAFETY: as above.
+    let mut h = unsafe { stream.alloc::<E>(x.len()) }.map_err(GpuError::driver("allocating h"))?;
+    forward_into(device, x, &mut spikes, &mut h, time_steps, config)?;
+    Ok((spikes, h))
+}
+
+/// [`forward`] into caller-owned `spikes` and `h` of `x`'s length.
+pub fn forward_into<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaSlice<E>,
+    spikes: &mut CudaSlice<E>,
+    h: &mut CudaSlice<E>,
+    time_steps: usize,
+    config: &NeuronConfig,
+) -> Result<(), GpuError> {
+    let params = KernelConfig::<E>::new(config)?;
+    let neurons = check_len("neuron_forward", "x", x.len(), time_steps)?;
+    if spikes.len() != x.len() || h.len() != x.len() {
+        return Err(GpuError::Shape {
+            op: "neuron_forward",
+            detail: format!("x has {} elements but spikes {} and h {}", x.len(), spikes.len(), h.len()),
+        });
+    }
+    if neurons == 0 {
+        return Ok(());
+    }
+    let stream = device.stream();
+    let function = device.function(&NEURON, &format!("neuron_forward_{}", E::SUFFIX))?;
+    let (n, t) = (neurons as i64, time_steps as i32);
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(x)
+        .arg(spikes)
+        .arg(h)
+        .arg(&n)
+        .arg(&t)
+        .arg(&params.kind)
+        .arg(&params.decay_input)
+        .arg(&params.tau)
+        .arg(&params.v_threshold)
+        .arg(&params.surrogate)
+        .arg(&params.alpha)
+        .arg(&params.smooth);
+    // SAFETY: the argument list matches `neuron_forward_<E>` in neuron.cu, and every buffer holds
+    // T * N elements of E.
+    unsafe { launch.launch(launch_config(neurons)) }.map_err(GpuError::driver("launching neuron_forward"))?;
+    Ok(())
+}
+
+/// The backward of SPEC.md 2.4: `dL/dx` `[T, N]` from `dL/ds` and the forward's `h`.
+pub fn backward<E: GpuElement>(
+    device: &GpuDevice,
+    grad_spikes: &CudaSlice<E>,
+    h: &CudaSlice<E>,
+    time_steps: usize,
+    config: &NeuronConfig,
+) -> Result<CudaSlice<E>, GpuError> {
+    // SAFETY: `backward_into` writes every element before anything reads them.
+    let mut grad_x = unsafe { device.stream().alloc::<E>(h.len()) }.map_err(GpuError::driver("allocating grad_x"))?;
+    backward_into(device, grad_spikes, h, &mut grad_x, time_steps, config)?;
+    Ok(grad_x)
+}
+
+/// [`backward`] into a caller-owned `grad_x` of `h`'s length.
+pub fn backward_into<E: GpuElement>(
+    device: &GpuDevice,
+    grad_spikes: &CudaSlice<E>,
+    h: &CudaSlice<E>,
+    grad_x: &mut CudaSlice<E>,
+    time_steps: usize,
+    config: &NeuronConfig,
+) -> Result<(), GpuError> {
+    let params = KernelConfig::<E>::new(config)?;
+    let neurons = check_len("neuron_backward", "grad_spikes", grad_spikes.len(), time_steps)?;
+    if h.len() != grad_spikes.len() || grad_x.len() != grad_spikes.len() {
+        return Err(GpuError::Shape {
+            op: "neuron_backward",
+            detail: format!(
+                "grad_spikes has {} elements but h {} and grad_x {}",
+                grad_spikes.len(),
+                h.len(),
+                grad_x.len()
+            ),
+        });
+    }
+    if neurons == 0 {
+        return Ok(());
+    }
+    let stream = device.stream();
+    let function = device.function(&NEURON, &format!("neuron_backward_{}", E::SUFFIX))?;
+    let (n, t) = (neurons as i64, time_steps as i32);
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(grad_spikes)
+        .arg(h)
+        .arg(grad_x)
+        .arg(&n)
+        .arg(&t)
+        .arg(&params.kind)
+        .arg(&params.decay_input)
+        .arg(&params.tau)
+        .arg(&params.v_threshold)
+        .arg(&params.surrogate)
+        .arg(&params.alpha)
+        .arg(&params.smooth)
+        .arg(&params.detach_reset);
+    // SAFETY: the argument list matches `neuron_backward_<E>` in neuron.cu, and every buffer
+    // holds T * N elements of E.
+    unsafe { launch.launch(launch_config(neurons)) }.map_err(GpuError::driver("launching neuron_backward"))?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Every kernel file compiles with NVRTC, to PTX and to an sm_90 CUBIN (which runs ptxas too), on
+//! any machine with NVRTC installed, GPU or not (TOOLCHAIN.md). Skips when NVRTC is absent unless
+//! `REVSNN_REQUIRE_NVRTC=1`, which `.ci/run` sets after installing NVRTC 13.0.
+
+use revsnn_gpu::compiler::{self, Target};
+use revsnn_gpu::kernels;
+
+fn nvrtc_or_skip() -> bool {
+    if compiler::nvrtc_present() {
+        return true;
+    }
+    assert!(
+        std::env::var("REVSNN_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
+        "REVSNN_REQUIRE_NVRTC=1 but libnvrtc.so cannot be loaded: put NVRTC 13.0 on LD_LIBRARY_PATH (.ci/run shows how)"
+    );
+    println!("SKIP: NVRTC not found");
+    false
+}
+
+#[test]
+fn every_kernel_compiles_to_ptx_and_to_an_sm90_cubin() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let (major, minor) = compiler::nvrtc_version().expect("NVRTC version");
+    println!("NVRTC {major}.{minor}");
+    for kernel in kernels::ALL {
+        let ptx = compiler::compile(kernel, Target::Ptx { major: 9, minor: 0 })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&ptx);
+        for function in kernel.functions {
+            assert!(
+                text.contains(&format!(".entry {function}(")),
+                "{}: the PTX has no entry {function}",
+                kernel.file
+            );
+        }
+        let cubin = compiler::compile(kernel, Target::Cubin { major: 9, minor: 0 })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&cubin[..4], b"\x7fELF", "{}: an sm_90 CUBIN is an ELF image", kernel.file);
+    }
+}
+
+#[test]
+fn a_kernel_with_a_syntax_error_is_a_compile_error_with_the_log() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let broken = kernels::KernelSource {
+        file: "broken.cu",
+        source: "extern \"C\" __global__ void broken(float* x) { x[0] = undefined_name; }",
+        functions: &["broken"],
+    };
+    let error = compiler::compile(&broken, Target::Ptx { major: 9, minor: 0 }).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("broken.cu") && message.contains("undefined_name"), "{message}");
+}

@@ -1,0 +1,74 @@
+//! `revsnn info`: version, CPU threads and CUDA availability, with the reason when absent.
+//! Never panics and needs no GPU.
+
+use revsnn_gpu::compiler;
+use revsnn_gpu::probe::{CudaStatus, probe};
+use serde_json::json;
+
+/// What `revsnn info` reports.
+#[derive(Debug)]
+pub struct MachineInfo {
+    pub version: &'static str,
+    /// Threads of the rayon pool the CPU backend runs on.
+    pub cpu_threads: usize,
+    pub cuda: CudaStatus,
+    /// NVRTC's version, or why it cannot be loaded.
+    pub nvrtc: Result<(i32, i32), String>,
+}
+
+/// Reads the machine.
+pub fn machine_info() -> MachineInfo {
+    MachineInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        cpu_threads: rayon::current_num_threads(),
+        cuda: probe(),
+        nvrtc: compiler::nvrtc_version().map_err(|e| e.to_string()),
+    }
+}
+
+impl MachineInfo {
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let cuda = match &self.cuda {
+            CudaStatus::Available(d) => json!({
+                "available": true,
+                "device": d.name,
+                "compute_capability": format!("{}.{}", d.compute_capability.0, d.compute_capability.1),
+                "total_memory_bytes": d.total_memory_bytes,
+                "driver_cuda_version": format!("{}.{}", d.driver_version / 1000, (d.driver_version % 1000) / 10),
+                "device_count": d.device_count,
+            }),
+            CudaStatus::Unavailable(reason) => json!({"available": false, "reason": reason.to_string()}),
+        };
+        let nvrtc = match &self.nvrtc {
+            Ok((major, minor)) => json!({"available": true, "version": format!("{major}.{minor}")}),
+            Err(reason) => json!({"available": false, "reason": reason}),
+        };
+        json!({"version": self.version, "cpu_threads": self.cpu_threads, "cuda": cuda, "nvrtc": nvrtc})
+    }
+}
+
+impl std::fmt::Display for MachineInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "revsnn {}", self.version)?;
+        writeln!(f, "CPU threads: {}", self.cpu_threads)?;
+        match &self.cuda {
+            CudaStatus::Available(d) => writeln!(
+                f,
+                "CUDA: {} (compute capability {}.{}, {:.1} GiB, {} device(s), driver CUDA {}.{})",
+                d.name,
+                d.compute_capability.0,
+                d.compute_capability.1,
+                d.total_memory_bytes as f64 / (1u64 << 30) as f64,
+                d.device_count,
+                d.driver_version / 1000,
+                (d.driver_version % 1000) / 10
+            )?,
+            CudaStatus::Unavailable(reason) => writeln!(f, "CUDA: unavailable: {reason}")?,
+        }
+        match &self.nvrtc {
+            Ok((major, minor)) => write!(f, "NVRTC: {major}.{minor}"),
+            Err(reason) => write!(f, "NVRTC: unavailable: {reason}"),
+        }
+    }
+}
