@@ -16,11 +16,15 @@ const TIME_STEPS: usize = 4;
 const NEURONS: usize = 1 << 22;
 
 fn gpu_neuron(c: &mut Criterion) {
-    let Some(device) = device_or_skip("gpu_neuron bench") else { return };
+    let Some(device) = device_or_skip("gpu_neuron bench") else {
+        return;
+    };
     let stream = device.stream().clone();
     let len = TIME_STEPS * NEURONS;
     let config = NeuronConfig::lif_sigmoid(2.0, 1.0);
-    let host: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 400.0).collect();
+    let host: Vec<f32> = (0..len)
+        .map(|i| ((i * 7919) % 1000) as f32 / 400.0)
+        .collect();
     let x = stream.clone_htod(&host).unwrap();
     let grad = stream.clone_htod(&host).unwrap();
     let mut spikes = stream.alloc_zeros::<f32>(len).unwrap();
@@ -46,7 +50,8 @@ fn gpu_neuron(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                neuron::forward_into(&device, &x, &mut spikes, &mut h, TIME_STEPS, &config).unwrap();
+                neuron::forward_into(&device, &x, &mut spikes, &mut h, TIME_STEPS, &config)
+                    .unwrap();
             }
             device.synchronize().unwrap();
             start.elapsed()
@@ -56,7 +61,8 @@ fn gpu_neuron(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                neuron::backward_into(&device, &grad, &h, &mut grad_x, TIME_STEPS, &config).unwrap();
+                neuron::backward_into(&device, &grad, &h, &mut grad_x, TIME_STEPS, &config)
+                    .unwrap();
             }
             device.synchronize().unwrap();
             start.elapsed()

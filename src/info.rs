@@ -38,7 +38,9 @@ impl MachineInfo {
                 "driver_cuda_version": format!("{}.{}", d.driver_version / 1000, (d.driver_version % 1000) / 10),
                 "device_count": d.device_count,
             }),
-            CudaStatus::Unavailable(reason) => json!({"available": false, "reason": reason.to_string()}),
+            CudaStatus::Unavailable(reason) => {
+                json!({"available": false, "reason": reason.to_string()})
+            }
         };
         let nvrtc = match &self.nvrtc {
             Ok((major, minor)) => json!({"available": true, "version": format!("{major}.{minor}")}),

@@ -5,9 +5,9 @@
 //! Sizes span one partial block up to thousands of blocks. Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
+use revsnn_gpu::GpuDevice;
 use revsnn_gpu::ops::{GpuElement, neuron};
 use revsnn_gpu::testing::device_or_skip;
-use revsnn_gpu::GpuDevice;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Cpu, Firing, NeuronConfig, NeuronKind, Surrogate};
 
@@ -26,7 +26,10 @@ fn configs() -> Vec<(&'static str, NeuronConfig)> {
         (
             "LIF no decay_input, no detach",
             NeuronConfig {
-                kind: NeuronKind::Lif { tau: 2.0, decay_input: false },
+                kind: NeuronKind::Lif {
+                    tau: 2.0,
+                    decay_input: false,
+                },
                 detach_reset: false,
                 ..NeuronConfig::lif_sigmoid(2.0, 1.0)
             },
@@ -34,7 +37,10 @@ fn configs() -> Vec<(&'static str, NeuronConfig)> {
         ("smooth IF ATan", smooth(NeuronConfig::if_atan())),
         (
             "smooth LIF Sigmoid(3)",
-            smooth(NeuronConfig { surrogate: Surrogate::Sigmoid { alpha: 3.0 }, ..NeuronConfig::lif_sigmoid(1.5, 1.0) }),
+            smooth(NeuronConfig {
+                surrogate: Surrogate::Sigmoid { alpha: 3.0 },
+                ..NeuronConfig::lif_sigmoid(1.5, 1.0)
+            }),
         ),
     ]
 }
@@ -45,10 +51,20 @@ struct Compared {
     grad_error: f64,
 }
 
-fn compare<E: GpuElement>(device: &GpuDevice, config: &NeuronConfig, time_steps: usize, neurons: usize, seed: u64) -> Compared {
+fn compare<E: GpuElement>(
+    device: &GpuDevice,
+    config: &NeuronConfig,
+    time_steps: usize,
+    neurons: usize,
+    seed: u64,
+) -> Compared {
     let mut rng = SplitMix64::new(seed);
     let len = time_steps * neurons;
-    let x: Vec<E> = rng.normal_vec(len, 1.5).into_iter().map(|v| E::cast(v + 0.3)).collect();
+    let x: Vec<E> = rng
+        .normal_vec(len, 1.5)
+        .into_iter()
+        .map(|v| E::cast(v + 0.3))
+        .collect();
     let grad: Vec<E> = rng.normal_vec(len, 1.0).into_iter().map(E::cast).collect();
     let stream = device.stream();
 
@@ -65,14 +81,37 @@ fn compare<E: GpuElement>(device: &GpuDevice, config: &NeuronConfig, time_steps:
 
     // a second run is bitwise identical
     let (spikes_again, _) = neuron::forward(device, &x_gpu, time_steps, config).unwrap();
-    let grad_again = neuron::backward(device, &grad_gpu, &stream.clone_htod(&h_gpu).unwrap(), time_steps, config).unwrap();
-    assert_eq!(stream.clone_dtoh(&spikes_again).unwrap(), spikes_gpu, "spikes differ run to run");
-    assert_eq!(stream.clone_dtoh(&grad_again).unwrap(), grad_x_gpu, "dL/dx differs run to run");
+    let grad_again = neuron::backward(
+        device,
+        &grad_gpu,
+        &stream.clone_htod(&h_gpu).unwrap(),
+        time_steps,
+        config,
+    )
+    .unwrap();
+    assert_eq!(
+        stream.clone_dtoh(&spikes_again).unwrap(),
+        spikes_gpu,
+        "spikes differ run to run"
+    );
+    assert_eq!(
+        stream.clone_dtoh(&grad_again).unwrap(),
+        grad_x_gpu,
+        "dL/dx differs run to run"
+    );
 
     let cpu = Cpu::<E>::new();
     let shape = [time_steps, neurons];
-    let (spikes_cpu, context) = cpu.neuron_forward(&cpu.from_vec(&shape, x.clone()).unwrap(), config).unwrap();
-    let grad_x_cpu = cpu.neuron_backward(&cpu.from_vec(&shape, grad.clone()).unwrap(), &context, config).unwrap();
+    let (spikes_cpu, context) = cpu
+        .neuron_forward(&cpu.tensor_from_vec(&shape, x.clone()).unwrap(), config)
+        .unwrap();
+    let grad_x_cpu = cpu
+        .neuron_backward(
+            &cpu.tensor_from_vec(&shape, grad.clone()).unwrap(),
+            &context,
+            config,
+        )
+        .unwrap();
     let spikes_cpu = cpu.to_vec(&spikes_cpu).unwrap();
     let grad_x_cpu = cpu.to_vec(&grad_x_cpu).unwrap();
     let h_cpu = reference_h(&x, time_steps, neurons, config, &spikes_cpu);
@@ -88,13 +127,19 @@ fn compare<E: GpuElement>(device: &GpuDevice, config: &NeuronConfig, time_steps:
             };
             if kept[i] && spikes_differ {
                 let margin = (h_cpu[at].widen() - config.v_threshold).abs();
-                assert!(margin < 1e-5, "spike flip at t {t}, neuron {i} with |h - V_th| = {margin}");
+                assert!(
+                    margin < 1e-5,
+                    "spike flip at t {t}, neuron {i} with |h - V_th| = {margin}"
+                );
                 kept[i] = false;
             }
         }
     }
     let select = |values: &[E]| -> Vec<f64> {
-        (0..len).filter(|at| kept[at % neurons]).map(|at| values[at].widen()).collect()
+        (0..len)
+            .filter(|at| kept[at % neurons])
+            .map(|at| values[at].widen())
+            .collect()
     };
     Compared {
         flipped_neurons: kept.iter().filter(|k| !**k).count(),
@@ -105,7 +150,13 @@ fn compare<E: GpuElement>(device: &GpuDevice, config: &NeuronConfig, time_steps:
 
 /// The membrane potentials of the reference forward, replayed from its spikes with the charge
 /// equations of SPEC.md 2.2 (the reference keeps `h` in an opaque context).
-fn reference_h<E: GpuElement>(x: &[E], time_steps: usize, neurons: usize, config: &NeuronConfig, spikes: &[E]) -> Vec<E> {
+fn reference_h<E: GpuElement>(
+    x: &[E],
+    time_steps: usize,
+    neurons: usize,
+    config: &NeuronConfig,
+    spikes: &[E],
+) -> Vec<E> {
     let mut h = vec![E::zero(); x.len()];
     for i in 0..neurons {
         let mut v = E::zero();
@@ -113,8 +164,14 @@ fn reference_h<E: GpuElement>(x: &[E], time_steps: usize, neurons: usize, config
             let at = t * neurons + i;
             h[at] = match config.kind {
                 NeuronKind::If => v + x[at],
-                NeuronKind::Lif { tau, decay_input: true } => v + (x[at] - v) / E::cast(tau),
-                NeuronKind::Lif { tau, decay_input: false } => v - v / E::cast(tau) + x[at],
+                NeuronKind::Lif {
+                    tau,
+                    decay_input: true,
+                } => v + (x[at] - v) / E::cast(tau),
+                NeuronKind::Lif {
+                    tau,
+                    decay_input: false,
+                } => v - v / E::cast(tau) + x[at],
             };
             v = (E::one() - spikes[at]) * h[at];
         }
@@ -126,14 +183,34 @@ fn check_all<E: GpuElement>(device: &GpuDevice, tolerance: f64) {
     for (name, config) in configs() {
         for &neurons in &SIZES {
             for time_steps in [1, 4, 7] {
-                let result = compare::<E>(device, &config, time_steps, neurons, neurons as u64 * 31 + time_steps as u64);
+                let result = compare::<E>(
+                    device,
+                    &config,
+                    time_steps,
+                    neurons,
+                    neurons as u64 * 31 + time_steps as u64,
+                );
                 println!(
                     "{} {name:<32} T {time_steps} N {neurons:>8}: h rel {:.2e}, dL/dx rel {:.2e}, flipped neurons {}",
-                    E::SUFFIX, result.h_error, result.grad_error, result.flipped_neurons
+                    E::SUFFIX,
+                    result.h_error,
+                    result.grad_error,
+                    result.flipped_neurons
                 );
-                assert!(result.h_error <= tolerance, "{name}: h rel error {}", result.h_error);
-                assert!(result.grad_error <= tolerance, "{name}: dL/dx rel error {}", result.grad_error);
-                assert!(result.flipped_neurons * 1000 <= neurons.max(1000), "{name}: too many spike flips");
+                assert!(
+                    result.h_error <= tolerance,
+                    "{name}: h rel error {}",
+                    result.h_error
+                );
+                assert!(
+                    result.grad_error <= tolerance,
+                    "{name}: dL/dx rel error {}",
+                    result.grad_error
+                );
+                assert!(
+                    result.flipped_neurons * 1000 <= neurons.max(1000),
+                    "{name}: too many spike flips"
+                );
             }
         }
     }
@@ -155,11 +232,25 @@ fn gpu_neuron_matches_the_reference_in_f64() {
 
 #[test]
 fn gpu_neuron_rejects_bad_parameters_and_lengths() {
-    let Some(device) = device_or_skip("gpu_neuron bad input") else { return };
+    let Some(device) = device_or_skip("gpu_neuron bad input") else {
+        return;
+    };
     let x = device.stream().clone_htod(&[0.5f32; 12]).unwrap();
-    assert!(neuron::forward(&device, &x, 5, &NeuronConfig::if_atan()).is_err(), "12 is not a multiple of T = 5");
-    let bad_threshold = NeuronConfig { v_threshold: 0.0, ..NeuronConfig::if_atan() };
-    assert!(neuron::forward(&device, &x, 4, &bad_threshold).is_err(), "V_th = 0 is invalid");
+    assert!(
+        neuron::forward(&device, &x, 5, &NeuronConfig::if_atan()).is_err(),
+        "12 is not a multiple of T = 5"
+    );
+    let bad_threshold = NeuronConfig {
+        v_threshold: 0.0,
+        ..NeuronConfig::if_atan()
+    };
+    assert!(
+        neuron::forward(&device, &x, 4, &bad_threshold).is_err(),
+        "V_th = 0 is invalid"
+    );
     let bad_tau = NeuronConfig::lif_sigmoid(1.0, 1.0);
-    assert!(neuron::forward(&device, &x, 4, &bad_tau).is_err(), "tau = 1 is invalid");
+    assert!(
+        neuron::forward(&device, &x, 4, &bad_tau).is_err(),
+        "tau = 1 is invalid"
+    );
 }

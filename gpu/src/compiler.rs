@@ -37,13 +37,19 @@ pub fn nvrtc_present() -> bool {
 /// NVRTC's version `(major, minor)`.
 pub fn nvrtc_version() -> Result<(i32, i32), GpuError> {
     if !nvrtc_present() {
-        return Err(GpuError::LibraryMissing { library: "libnvrtc.so (NVRTC)" });
+        return Err(GpuError::LibraryMissing {
+            library: "libnvrtc.so (NVRTC)",
+        });
     }
     let (mut major, mut minor) = (0, 0);
     // SAFETY: the library is loaded and both pointers are to live i32s.
     unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| GpuError::Compile { file: "-", target: "-".into(), log: e.to_string() })?;
+        .map_err(|e| GpuError::Compile {
+            file: "-",
+            target: "-".into(),
+            log: e.to_string(),
+        })?;
     Ok((major, minor))
 }
 
@@ -52,9 +58,15 @@ pub fn nvrtc_version() -> Result<(i32, i32), GpuError> {
 /// folders of the `REVSNN_CUDA_INCLUDE` variable (`:`-separated), when set.
 pub fn compile(kernel: &KernelSource, target: Target) -> Result<Vec<u8>, GpuError> {
     if !nvrtc_present() {
-        return Err(GpuError::LibraryMissing { library: "libnvrtc.so (NVRTC)" });
+        return Err(GpuError::LibraryMissing {
+            library: "libnvrtc.so (NVRTC)",
+        });
     }
-    let fail = |log: String| GpuError::Compile { file: kernel.file, target: target.to_string(), log };
+    let fail = |log: String| GpuError::Compile {
+        file: kernel.file,
+        target: target.to_string(),
+        log,
+    };
     let mut options = vec![
         match target {
             Target::Ptx { major, minor } => format!("--gpu-architecture=compute_{major}{minor}"),
@@ -63,10 +75,17 @@ pub fn compile(kernel: &KernelSource, target: Target) -> Result<Vec<u8>, GpuErro
         "--std=c++17".to_string(),
     ];
     if let Ok(folders) = std::env::var("REVSNN_CUDA_INCLUDE") {
-        options.extend(folders.split(':').filter(|f| !f.is_empty()).map(|f| format!("--include-path={f}")));
+        options.extend(
+            folders
+                .split(':')
+                .filter(|f| !f.is_empty())
+                .map(|f| format!("--include-path={f}")),
+        );
     }
-    let source = CString::new(kernel.source).map_err(|_| fail("the source contains a NUL byte".into()))?;
-    let name = CString::new(kernel.file).map_err(|_| fail("the file name contains a NUL byte".into()))?;
+    let source =
+        CString::new(kernel.source).map_err(|_| fail("the source contains a NUL byte".into()))?;
+    let name =
+        CString::new(kernel.file).map_err(|_| fail("the file name contains a NUL byte".into()))?;
     let program = result::create_program(&source, Some(&name)).map_err(|e| fail(e.to_string()))?;
     // SAFETY: `program` was just created and is destroyed exactly once below.
     let compiled = unsafe { result::compile_program(program, &options) };
@@ -89,7 +108,10 @@ pub fn compile(kernel: &KernelSource, target: Target) -> Result<Vec<u8>, GpuErro
 unsafe fn code(program: sys::nvrtcProgram, target: Target) -> Result<Vec<u8>, result::NvrtcError> {
     match target {
         // SAFETY: guaranteed by the caller.
-        Target::Ptx { .. } => Ok(unsafe { result::get_ptx(program) }?.into_iter().map(|c| c as u8).collect()),
+        Target::Ptx { .. } => Ok(unsafe { result::get_ptx(program) }?
+            .into_iter()
+            .map(|c| c as u8)
+            .collect()),
         Target::Cubin { .. } => {
             let mut size = 0usize;
             // SAFETY: guaranteed by the caller; `size` is a live usize.

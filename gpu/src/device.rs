@@ -14,7 +14,8 @@ use crate::probe::{CudaStatus, DeviceInfo, probe};
 
 /// Compiled images by (kernel file, architecture), shared by every device of the process.
 fn image_cache() -> &'static Mutex<HashMap<(&'static str, (i32, i32)), Arc<Vec<u8>>>> {
-    static CACHE: OnceLock<Mutex<HashMap<(&'static str, (i32, i32)), Arc<Vec<u8>>>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<(&'static str, (i32, i32)), Arc<Vec<u8>>>>> =
+        OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
@@ -34,9 +35,15 @@ impl GpuDevice {
             CudaStatus::Available(info) => info,
             CudaStatus::Unavailable(error) => return Err(error),
         };
-        let context = CudaContext::new(info.ordinal).map_err(GpuError::driver("creating a context"))?;
+        let context =
+            CudaContext::new(info.ordinal).map_err(GpuError::driver("creating a context"))?;
         let stream = context.default_stream();
-        Ok(GpuDevice { info, context, stream, modules: Mutex::new(HashMap::new()) })
+        Ok(GpuDevice {
+            info,
+            context,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The stream every op of this device runs on.
@@ -51,9 +58,16 @@ impl GpuDevice {
 
     /// The kernel `function` of `kernel`, compiled to a CUBIN for this device's architecture the
     /// first time the process asks for it.
-    pub fn function(&self, kernel: &KernelSource, function: &str) -> Result<CudaFunction, GpuError> {
+    pub fn function(
+        &self,
+        kernel: &KernelSource,
+        function: &str,
+    ) -> Result<CudaFunction, GpuError> {
         let module = {
-            let mut modules = self.modules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut modules = self
+                .modules
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             match modules.get(kernel.file) {
                 Some(module) => module.clone(),
                 None => {
@@ -67,23 +81,36 @@ impl GpuDevice {
                 }
             }
         };
-        module.load_function(function).map_err(GpuError::driver("looking up a kernel function"))
+        module
+            .load_function(function)
+            .map_err(GpuError::driver("looking up a kernel function"))
     }
 
     fn image(&self, kernel: &KernelSource) -> Result<Arc<Vec<u8>>, GpuError> {
         let (major, minor) = self.info.compute_capability;
         let key = (kernel.file, (major, minor));
-        if let Some(image) = image_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(image) = image_cache()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(image.clone());
         }
         let image = Arc::new(compiler::compile(kernel, Target::Cubin { major, minor })?);
-        image_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, image.clone());
+        image_cache()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, image.clone());
         Ok(image)
     }
 
     /// Waits for every queued operation and surfaces any error recorded asynchronously.
     pub fn synchronize(&self) -> Result<(), GpuError> {
-        self.stream.synchronize().map_err(GpuError::driver("synchronizing the stream"))?;
-        self.context.check_err().map_err(GpuError::driver("checking for asynchronous errors"))
+        self.stream
+            .synchronize()
+            .map_err(GpuError::driver("synchronizing the stream"))?;
+        self.context
+            .check_err()
+            .map_err(GpuError::driver("checking for asynchronous errors"))
     }
 }

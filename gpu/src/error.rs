@@ -23,7 +23,11 @@ pub enum GpuError {
     },
     /// NVRTC rejected a kernel; the log is NVRTC's.
     #[error("NVRTC could not compile kernel file {file} for {target}:\n{log}")]
-    Compile { file: &'static str, target: String, log: String },
+    Compile {
+        file: &'static str,
+        target: String,
+        log: String,
+    },
     /// Operands that do not fit the kernel.
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },

@@ -15,7 +15,12 @@ pub struct KernelSource {
 pub const NEURON: KernelSource = KernelSource {
     file: "neuron.cu",
     source: include_str!("../kernels/neuron.cu"),
-    functions: &["neuron_forward_f32", "neuron_forward_f64", "neuron_backward_f32", "neuron_backward_f64"],
+    functions: &[
+        "neuron_forward_f32",
+        "neuron_forward_f64",
+        "neuron_backward_f32",
+        "neuron_backward_f64",
+    ],
 };
 
 /// Every kernel file, for the NVRTC compile check.

@@ -43,13 +43,16 @@ pub fn probe() -> CudaStatus {
 
 fn first_device() -> Result<DeviceInfo, GpuError> {
     if !driver_library_present() {
-        return Err(GpuError::LibraryMissing { library: "libcuda.so (the NVIDIA driver)" });
+        return Err(GpuError::LibraryMissing {
+            library: "libcuda.so (the NVIDIA driver)",
+        });
     }
     let count = CudaContext::device_count().map_err(|e| GpuError::NoDevice(e.to_string()))?;
     if count < 1 {
         return Err(GpuError::NoDevice("the driver reports 0 devices".into()));
     }
-    let context = CudaContext::new(0).map_err(GpuError::driver("creating a context on device 0"))?;
+    let context =
+        CudaContext::new(0).map_err(GpuError::driver("creating a context on device 0"))?;
     let mut driver_version = 0;
     // SAFETY: the driver library is loaded (checked above) and the pointer is to a live i32.
     unsafe { sys::cuDriverGetVersion(&mut driver_version) }
@@ -57,11 +60,15 @@ fn first_device() -> Result<DeviceInfo, GpuError> {
         .map_err(GpuError::driver("reading the driver version"))?;
     Ok(DeviceInfo {
         ordinal: 0,
-        name: context.name().map_err(GpuError::driver("reading the device name"))?,
+        name: context
+            .name()
+            .map_err(GpuError::driver("reading the device name"))?,
         compute_capability: context
             .compute_capability()
             .map_err(GpuError::driver("reading the compute capability"))?,
-        total_memory_bytes: context.total_mem().map_err(GpuError::driver("reading the memory size"))?,
+        total_memory_bytes: context
+            .total_mem()
+            .map_err(GpuError::driver("reading the memory size"))?,
         driver_version,
         device_count: count as usize,
     })

@@ -37,7 +37,12 @@ fn every_kernel_compiles_to_ptx_and_to_an_sm90_cubin() {
         }
         let cubin = compiler::compile(kernel, Target::Cubin { major: 9, minor: 0 })
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(&cubin[..4], b"\x7fELF", "{}: an sm_90 CUBIN is an ELF image", kernel.file);
+        assert_eq!(
+            &cubin[..4],
+            b"\x7fELF",
+            "{}: an sm_90 CUBIN is an ELF image",
+            kernel.file
+        );
     }
 }
 
@@ -53,5 +58,8 @@ fn a_kernel_with_a_syntax_error_is_a_compile_error_with_the_log() {
     };
     let error = compiler::compile(&broken, Target::Ptx { major: 9, minor: 0 }).unwrap_err();
     let message = error.to_string();
-    assert!(message.contains("broken.cu") && message.contains("undefined_name"), "{message}");
+    assert!(
+        message.contains("broken.cu") && message.contains("undefined_name"),
+        "{message}"
+    );
 }

@@ -46,6 +46,10 @@ pub struct BatchStats<T> {
     pub var_unbiased: T,
 }
 
+/// What a training-mode batch normalisation returns: the output, the batch statistics and the
+/// context of its backward.
+pub type BatchNormTrainOutput<T, C> = (T, BatchStats<T>, C);
+
 /// A BatchNorm layer's running statistics, `[C]` each.
 #[derive(Clone, Debug)]
 pub struct RunningStats<T> {
@@ -79,7 +83,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     // ---------------------------------------------------------------- tensors
 
     /// A tensor of `shape` holding `data` in row-major order.
-    fn from_vec(&self, shape: &[usize], data: Vec<Self::Elem>) -> Result<Self::Tensor>;
+    fn tensor_from_vec(&self, shape: &[usize], data: Vec<Self::Elem>) -> Result<Self::Tensor>;
     /// The elements of `x` in row-major order.
     fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<Self::Elem>>;
     /// The shape of `x`.
@@ -221,11 +225,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         gamma: &Self::Tensor,
         beta: &Self::Tensor,
         params: BatchNormParams,
-    ) -> Result<(
-        Self::Tensor,
-        BatchStats<Self::Tensor>,
-        Self::BatchNormContext,
-    )>;
+    ) -> Result<BatchNormTrainOutput<Self::Tensor, Self::BatchNormContext>>;
     /// Evaluation mode: `y = gamma (x - running_mean) / sqrt(running_var + eps) + beta`.
     fn batch_norm_eval_forward(
         &self,

@@ -9,7 +9,10 @@ use std::marker::PhantomData;
 
 use ndarray::{ArcArray, IxDyn};
 
-use crate::backend::{Backend, BatchNormGrads, BatchStats, Conv2dGrads, LinearGrads, RunningStats};
+use crate::backend::{
+    Backend, BatchNormGrads, BatchNormTrainOutput, BatchStats, Conv2dGrads, LinearGrads,
+    RunningStats,
+};
 use crate::element::Element;
 use crate::error::{OpError, Result};
 use crate::ops;
@@ -57,11 +60,11 @@ impl<E: Element> Backend for Cpu<E> {
         format!("cpu-{}", E::DTYPE)
     }
 
-    fn from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
+    fn tensor_from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
         let len = data.len();
         ArcArray::from_shape_vec(IxDyn(shape), data).map_err(|_| {
             OpError::shape(
-                "from_vec",
+                "tensor_from_vec",
                 format!("{len} elements cannot have shape {shape:?}"),
             )
         })
@@ -175,11 +178,7 @@ impl<E: Element> Backend for Cpu<E> {
         gamma: &CpuTensor<E>,
         beta: &CpuTensor<E>,
         params: BatchNormParams,
-    ) -> Result<(
-        CpuTensor<E>,
-        BatchStats<CpuTensor<E>>,
-        Self::BatchNormContext,
-    )> {
+    ) -> Result<BatchNormTrainOutput<CpuTensor<E>, Self::BatchNormContext>> {
         ops::batch_norm::train_forward(x, gamma, beta, params)
     }
 

@@ -19,7 +19,10 @@ pub mod ops;
 pub mod params;
 pub mod testing;
 
-pub use backend::{Backend, BatchNormGrads, BatchStats, Conv2dGrads, LinearGrads, RunningStats};
+pub use backend::{
+    Backend, BatchNormGrads, BatchNormTrainOutput, BatchStats, Conv2dGrads, LinearGrads,
+    RunningStats,
+};
 pub use cpu::{Cpu, CpuTensor};
 pub use element::{DType, Element};
 pub use error::{OpError, Result};

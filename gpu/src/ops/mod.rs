@@ -6,7 +6,9 @@ pub mod neuron;
 use cudarc::driver::DeviceRepr;
 
 /// A float the kernels are instantiated for.
-pub trait GpuElement: revsnn_reference::Element + DeviceRepr + cudarc::driver::ValidAsZeroBits {
+pub trait GpuElement:
+    revsnn_reference::Element + DeviceRepr + cudarc::driver::ValidAsZeroBits
+{
     /// The suffix of the `extern "C"` kernel names, `f32` or `f64`.
     const SUFFIX: &'static str;
 }

@@ -29,9 +29,10 @@ struct KernelConfig<E> {
 
 impl<E: GpuElement> KernelConfig<E> {
     fn new(config: &NeuronConfig) -> Result<Self, GpuError> {
-        config
-            .validate()
-            .map_err(|e| GpuError::Shape { op: "neuron", detail: e.to_string() })?;
+        config.validate().map_err(|e| GpuError::Shape {
+            op: "neuron",
+            detail: e.to_string(),
+        })?;
         let (kind, decay_input, tau) = match config.kind {
             NeuronKind::If => (0, 0, 1.0),
             NeuronKind::Lif { tau, decay_input } => (1, decay_input as i32, tau),
@@ -61,11 +62,18 @@ fn launch_config(neurons: usize) -> LaunchConfig {
     }
 }
 
-fn check_len(op: &'static str, what: &str, len: usize, time_steps: usize) -> Result<usize, GpuError> {
+fn check_len(
+    op: &'static str,
+    what: &str,
+    len: usize,
+    time_steps: usize,
+) -> Result<usize, GpuError> {
     if time_steps == 0 || len % time_steps != 0 {
         return Err(GpuError::Shape {
             op,
-            detail: format!("{what} has {len} elements, not a positive multiple of T = {time_steps}"),
+            detail: format!(
+                "{what} has {len} elements, not a positive multiple of T = {time_steps}"
+            ),
         });
     }
     Ok(len / time_steps)
@@ -80,7 +88,8 @@ pub fn forward<E: GpuElement>(
 ) -> Result<(CudaSlice<E>, CudaSlice<E>), GpuError> {
     let stream = device.stream();
     // SAFETY: `forward_into` writes every element before anything reads them.
-    let mut spikes = unsafe { stream.alloc::<E>(x.len()) }.map_err(GpuError::driver("allocating spikes"))?;
+    let mut spikes =
+        unsafe { stream.alloc::<E>(x.len()) }.map_err(GpuError::driver("allocating spikes"))?;
     // SAFETY: as above.
     let mut h = unsafe { stream.alloc::<E>(x.len()) }.map_err(GpuError::driver("allocating h"))?;
     forward_into(device, x, &mut spikes, &mut h, time_steps, config)?;
@@ -101,7 +110,12 @@ pub fn forward_into<E: GpuElement>(
     if spikes.len() != x.len() || h.len() != x.len() {
         return Err(GpuError::Shape {
             op: "neuron_forward",
-            detail: format!("x has {} elements but spikes {} and h {}", x.len(), spikes.len(), h.len()),
+            detail: format!(
+                "x has {} elements but spikes {} and h {}",
+                x.len(),
+                spikes.len(),
+                h.len()
+            ),
         });
     }
     if neurons == 0 {
@@ -126,7 +140,8 @@ pub fn forward_into<E: GpuElement>(
         .arg(&params.smooth);
     // SAFETY: the argument list matches `neuron_forward_<E>` in neuron.cu, and every buffer holds
     // T * N elements of E.
-    unsafe { launch.launch(launch_config(neurons)) }.map_err(GpuError::driver("launching neuron_forward"))?;
+    unsafe { launch.launch(launch_config(neurons)) }
+        .map_err(GpuError::driver("launching neuron_forward"))?;
     Ok(())
 }
 
@@ -139,7 +154,8 @@ pub fn backward<E: GpuElement>(
     config: &NeuronConfig,
 ) -> Result<CudaSlice<E>, GpuError> {
     // SAFETY: `backward_into` writes every element before anything reads them.
-    let mut grad_x = unsafe { device.stream().alloc::<E>(h.len()) }.map_err(GpuError::driver("allocating grad_x"))?;
+    let mut grad_x = unsafe { device.stream().alloc::<E>(h.len()) }
+        .map_err(GpuError::driver("allocating grad_x"))?;
     backward_into(device, grad_spikes, h, &mut grad_x, time_steps, config)?;
     Ok(grad_x)
 }
@@ -154,7 +170,12 @@ pub fn backward_into<E: GpuElement>(
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
     let params = KernelConfig::<E>::new(config)?;
-    let neurons = check_len("neuron_backward", "grad_spikes", grad_spikes.len(), time_steps)?;
+    let neurons = check_len(
+        "neuron_backward",
+        "grad_spikes",
+        grad_spikes.len(),
+        time_steps,
+    )?;
     if h.len() != grad_spikes.len() || grad_x.len() != grad_spikes.len() {
         return Err(GpuError::Shape {
             op: "neuron_backward",
@@ -189,6 +210,7 @@ pub fn backward_into<E: GpuElement>(
         .arg(&params.detach_reset);
     // SAFETY: the argument list matches `neuron_backward_<E>` in neuron.cu, and every buffer
     // holds T * N elements of E.
-    unsafe { launch.launch(launch_config(neurons)) }.map_err(GpuError::driver("launching neuron_backward"))?;
+    unsafe { launch.launch(launch_config(neurons)) }
+        .map_err(GpuError::driver("launching neuron_backward"))?;
     Ok(())
 }
