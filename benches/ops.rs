@@ -1,1 +1,73 @@
-fn main() {}
+//! CPU reference ops at RevSResNet21 stage-1 shapes, f32 (issue: foundation, item 7):
+//! - the multi-step IF neuron over `[T = 4, B = 8, 64, 32, 32]` (forward, backward), with
+//!   throughput in bytes moved (x read, spikes and h written; dL/ds and h read, dL/dx written);
+//! - conv2d 3x3, 64 -> 64, stride 1, pad 1, on `[T*B = 32, 64, 32, 32]`, forward + backward,
+//!   with throughput in elements = flops (3 GEMMs of `2 N C_out H W C_in 9` flops each).
+//!
+//! `cargo bench --bench ops`; quote medians and name the machine.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use revsnn_reference::testing::SplitMix64;
+use revsnn_reference::{Backend, Conv2dParams, Cpu, NeuronConfig};
+
+fn random(
+    backend: &Cpu<f32>,
+    shape: &[usize],
+    std: f64,
+    shift: f64,
+    seed: u64,
+) -> <Cpu<f32> as Backend>::Tensor {
+    let len = shape.iter().product();
+    let data = SplitMix64::new(seed)
+        .normal_vec(len, std)
+        .into_iter()
+        .map(|v| (v + shift) as f32)
+        .collect();
+    backend.tensor_from_vec(shape, data).expect("shape matches")
+}
+
+fn neuron(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new();
+    let shape = [4, 8, 64, 32, 32];
+    let x = random(&cpu, &shape, 1.0, 0.3, 1);
+    let grad = random(&cpu, &shape, 1.0, 0.0, 2);
+    let config = NeuronConfig::if_atan();
+    let bytes = (shape.iter().product::<usize>() * 4) as u64;
+    let mut group = c.benchmark_group("cpu_if_neuron_t4_b8_64x32x32_f32");
+    group.throughput(Throughput::Bytes(3 * bytes));
+    group.bench_function("forward", |b| {
+        b.iter(|| cpu.neuron_forward(&x, &config).unwrap())
+    });
+    let (_, context) = cpu.neuron_forward(&x, &config).unwrap();
+    group.bench_function("backward", |b| {
+        b.iter(|| cpu.neuron_backward(&grad, &context, &config).unwrap())
+    });
+    group.finish();
+}
+
+fn conv(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new();
+    let (n, channels, size) = (32, 64, 32);
+    let x = random(&cpu, &[n, channels, size, size], 1.0, 0.0, 3);
+    let weight = random(&cpu, &[channels, channels, 3, 3], 0.06, 0.0, 4);
+    let grad = random(&cpu, &[n, channels, size, size], 1.0, 0.0, 5);
+    let params = Conv2dParams::new(1, 1);
+    let flops_per_gemm = (2 * n * channels * size * size * channels * 9) as u64;
+    let mut group = c.benchmark_group("cpu_conv3x3_32x64x32x32_f32");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(flops_per_gemm));
+    group.bench_function("forward", |b| {
+        b.iter(|| cpu.conv2d_forward(&x, &weight, None, params).unwrap())
+    });
+    group.throughput(Throughput::Elements(3 * flops_per_gemm));
+    group.bench_function("forward_backward", |b| {
+        b.iter(|| {
+            let (_, context) = cpu.conv2d_forward(&x, &weight, None, params).unwrap();
+            cpu.conv2d_backward(&grad, &context).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, neuron, conv);
+criterion_main!(benches);

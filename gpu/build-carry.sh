@@ -13,7 +13,7 @@ cargo build --release --bin revsnn
 cp target/release/revsnn gpu-bin/
 select_executables() { # $1: cargo args; $2: regex on target names
   # shellcheck disable=SC2086
-  cargo $1 --release --no-run --message-format=json 2>/dev/null | python3 -c '
+  cargo $1 --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, re, sys
 pattern = re.compile(sys.argv[1])
 for line in sys.stdin:
@@ -22,7 +22,9 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])
 ' "$2"
 }
-select_executables "test --workspace" 'gpu_.*|nvrtc_kernels' | while read -r name path; do cp "$path" "gpu-bin/tests/$name"; done
+select_executables "test --release --workspace" 'gpu_.*|nvrtc_kernels' | while read -r name path; do cp "$path" "gpu-bin/tests/$name"; done
 select_executables "bench --workspace" 'gpu_.*' | while read -r name path; do cp "$path" "gpu-bin/benches/$name"; done
+# line tables make the binaries 3x larger; the carried tree is limited to 64 MiB
+find gpu-bin -type f -exec strip --strip-debug {} +
 ls -la gpu-bin gpu-bin/tests gpu-bin/benches
 du -sh gpu-bin
