@@ -1,28 +1,381 @@
 //! Multi-step IF/LIF neurons with hard reset and surrogate gradients (SPEC.md 2.2-2.4).
+//!
+//! The input `x [T, ...]` is read as `T` rows of `N` neurons (the trailing axes flattened). Each
+//! neuron runs its own sequential loop over `t`; neurons are independent, so the work is split
+//! into contiguous chunks of [`NEURON_CHUNK`] neurons that rayon runs in parallel. Within a chunk
+//! the loop is `for t { for n in chunk }` with the chunk's state (`v` forward, `dL/dh[t+1]`
+//! backward) in a small buffer, so every pass reads and writes whole contiguous rows: the kernels
+//! are memory-bound, and the bits of every result are the same whatever the thread count.
+//!
+//! All arithmetic is done in the element type `E`. The surrogate is inlined with its constants
+//! hoisted and cast to `E` once, in the same operation order as [`Surrogate::derivative`] and
+//! [`Surrogate::primitive`], so in `f64` it is bitwise equal to them:
+//!
+//! * ATan: `u = (pi/2 alpha) z`, `psi = alpha / (2 (1 + u u))`, `g = atan(u) / pi + 1/2`;
+//! * Sigmoid: `sig = 1 / (1 + exp((-alpha) z))`, `psi = (alpha sig) (1 - sig)`, `g = sig`.
+//!
+//! Firing modes, the reset rule and the surrogate are dispatched once per call into separately
+//! compiled loops; the inner loops have no data-dependent branches (the Heaviside step is a select).
+
+use ndarray::{ArrayView2, ArrayViewMut2, Axis, IxDyn, Zip};
+use rayon::prelude::*;
 
 use crate::cpu::CpuTensor;
 use crate::element::Element;
-use crate::error::Result;
-use crate::params::NeuronConfig;
+use crate::error::{OpError, Result};
+use crate::params::{Firing, NeuronConfig, Surrogate};
 
-/// What the neuron backward needs.
-#[derive(Debug)]
+const OP: &str = "neuron";
+
+/// Neurons per parallel task: the chunk's state buffer (`NEURON_CHUNK` elements) stays in L1.
+pub const NEURON_CHUNK: usize = 2048;
+
+/// What the neuron backward needs: the charged membrane potentials `h [T, ...]` (shaped like the
+/// input) and the configuration the forward ran with.
+///
+/// The spikes are not stored: `s[t]` is a function of `h[t]` alone (`Heaviside(h - V_th)` or
+/// `g(h - V_th)`), and [`backward`] recomputes it with the same arithmetic in `E` as [`forward`],
+/// so it is bitwise the forward's value. The context therefore holds `T N` elements, a third of
+/// SpikingJelly's `3 T N` buffer (SPEC.md 2.4, "Saved for backward").
+#[derive(Clone, Debug)]
 pub struct NeuronContext<E> {
+    /// `h[t] = charge(v[t-1], x[t])`, before firing and reset; shape `[T, ...]`.
     pub h: CpuTensor<E>,
-    pub spikes: CpuTensor<E>,
+    /// The configuration of the forward; [`backward`] must be called with the same one.
+    pub config: NeuronConfig,
 }
 
+/// A multi-step neuron layer over `x [T, ...]` (T >= 1), every neuron starting from `v[-1] = 0`
+/// (SPEC.md 2.2), for `t = 0..T-1`:
+///
+/// ```text
+/// h[t] = k v[t-1] + r x[t]        (k, r) = config.charge_coefficients():
+///                                 IF (1, 1); LIF (1 - 1/tau, 1/tau), or (1 - 1/tau, 1) without decay_input
+/// s[t] = Heaviside(h[t] - V_th)   (1 if h[t] >= V_th, else 0)   with Firing::Heaviside
+///      = g(h[t] - V_th)           (the surrogate's primitive)   with Firing::Smooth
+/// v[t] = (1 - s[t]) h[t]          (hard reset to V_reset = 0)
+/// ```
+///
+/// For IF this is exactly `h = v + x`; for LIF it equals SPEC.md's `v + (x - v) / tau` up to
+/// rounding. Returns the spikes `s [T, ...]` and the context holding `h`.
+///
+/// Errors: an invalid `config` ([`NeuronConfig::validate`]), or `x` with no axis or `T = 0`.
 pub fn forward<E: Element>(
     x: &CpuTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CpuTensor<E>, NeuronContext<E>)> {
-    todo!("neuron forward {x:?} {config:?}")
+    config.validate()?;
+    let (steps, neurons) = time_by_neurons(x.shape(), "x")?;
+    let x = x.as_standard_layout();
+    let x2 = x
+        .view()
+        .into_shape_with_order((steps, neurons))
+        .map_err(|e| OpError::shape(OP, format!("cannot view x as [T, N]: {e}")))?;
+    let mut h = ndarray::Array2::<E>::zeros((steps, neurons));
+    let mut s = ndarray::Array2::<E>::zeros((steps, neurons));
+
+    let (k, r) = config.charge_coefficients();
+    let (k, r) = (E::cast(k), E::cast(r));
+    let v_th = E::cast(config.v_threshold);
+    let kernel = ForwardKernel {
+        x: x2,
+        h: h.view_mut(),
+        s: s.view_mut(),
+        k,
+        r,
+    };
+    match (config.firing, config.surrogate) {
+        (Firing::Heaviside, _) => kernel.run(move |h| heaviside(h, v_th)),
+        (Firing::Smooth, Surrogate::ATan { alpha }) => {
+            let sur = ATan::<E>::new(alpha);
+            kernel.run(move |h| sur.primitive(h - v_th))
+        }
+        (Firing::Smooth, Surrogate::Sigmoid { alpha }) => {
+            let sur = Sigmoid::<E>::new(alpha);
+            kernel.run(move |h| sur.primitive(h - v_th))
+        }
+    }
+
+    let shape = IxDyn(x.shape());
+    let spikes = into_shape(s, &shape)?;
+    let h = into_shape(h, &shape)?;
+    Ok((spikes, NeuronContext { h, config: *config }))
 }
 
+/// Backward through time of [`forward`] (SPEC.md 2.4), with `gV = dL/dv_seq = 0`, per neuron:
+///
+/// ```text
+/// gH = 0
+/// for t = T-1 down to 0:
+///     psi   = psi(h[t] - V_th)                        (the surrogate derivative, SPEC.md 2.3)
+///     dv_dh = 1 - s[t]                                (detach_reset = true)
+///           = 1 - s[t] - h[t] psi                     (detach_reset = false; V_reset = 0)
+///     gH    = gS[t] psi + (k gH) dv_dh                (dL/dh[t])
+///     gX[t] = r gH                                    (dL/dx[t])
+/// ```
+///
+/// `s[t]` is recomputed from the stored `h[t]` (see [`NeuronContext`]). With
+/// [`Firing::Smooth`] and `detach_reset = false` this is the exact gradient of the smooth
+/// forward. Returns `dL/dx`, shaped like `x`.
+///
+/// Errors: an invalid `config`, a `config` other than the forward's, or `grad_spikes` not shaped
+/// like the forward's input.
 pub fn backward<E: Element>(
     grad_spikes: &CpuTensor<E>,
     context: &NeuronContext<E>,
     config: &NeuronConfig,
 ) -> Result<CpuTensor<E>> {
-    todo!("neuron backward {grad_spikes:?} {context:?} {config:?}")
+    config.validate()?;
+    if *config != context.config {
+        return Err(OpError::parameter(
+            OP,
+            "config",
+            format!("{config:?}"),
+            "must equal the config the forward ran with (the context's)",
+        ));
+    }
+    if grad_spikes.shape() != context.h.shape() {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "grad_spikes has shape {:?}, the forward's input had {:?}",
+                grad_spikes.shape(),
+                context.h.shape()
+            ),
+        ));
+    }
+    let (steps, neurons) = time_by_neurons(context.h.shape(), "context h")?;
+    let g = grad_spikes.as_standard_layout();
+    let h = context.h.as_standard_layout();
+    let g2 = g
+        .view()
+        .into_shape_with_order((steps, neurons))
+        .map_err(|e| OpError::shape(OP, format!("cannot view grad_spikes as [T, N]: {e}")))?;
+    let h2 = h
+        .view()
+        .into_shape_with_order((steps, neurons))
+        .map_err(|e| OpError::shape(OP, format!("cannot view h as [T, N]: {e}")))?;
+    let mut gx = ndarray::Array2::<E>::zeros((steps, neurons));
+
+    let (k, r) = config.charge_coefficients();
+    let kernel = BackwardKernel {
+        h: h2,
+        g: g2,
+        gx: gx.view_mut(),
+        k: E::cast(k),
+        r: E::cast(r),
+    };
+    let v_th = E::cast(config.v_threshold);
+    match config.surrogate {
+        Surrogate::ATan { alpha } => dispatch_backward(kernel, ATan::<E>::new(alpha), config, v_th),
+        Surrogate::Sigmoid { alpha } => {
+            dispatch_backward(kernel, Sigmoid::<E>::new(alpha), config, v_th)
+        }
+    }
+    into_shape(gx, &IxDyn(context.h.shape()))
+}
+
+/// `(T, N)` of a `[T, ...]` shape: at least one axis and `T >= 1`.
+fn time_by_neurons(shape: &[usize], what: &str) -> Result<(usize, usize)> {
+    match shape.split_first() {
+        Some((&steps, rest)) if steps >= 1 => Ok((steps, rest.iter().product())),
+        _ => Err(OpError::shape(
+            OP,
+            format!("{what} must have shape [T, ...] with T >= 1, got {shape:?}"),
+        )),
+    }
+}
+
+fn into_shape<E: Element>(a: ndarray::Array2<E>, shape: &IxDyn) -> Result<CpuTensor<E>> {
+    a.into_shape_with_order(shape.clone())
+        .map(|a| a.into_shared())
+        .map_err(|e| OpError::shape(OP, format!("cannot reshape the result: {e}")))
+}
+
+/// `1` if `h >= V_th`, else `0` (SPEC.md 2.2: a spike at equality).
+#[inline(always)]
+fn heaviside<E: Element>(h: E, v_th: E) -> E {
+    if h >= v_th { E::one() } else { E::zero() }
+}
+
+/// A surrogate with its constants in `E`.
+trait SurrogateFn<E>: Copy + Send + Sync {
+    /// `psi(z)`.
+    fn derivative(&self, z: E) -> E;
+    /// `g(z)`.
+    fn primitive(&self, z: E) -> E;
+}
+
+/// ATan: `c = pi/2 alpha` (rounded once from `f64`), `u = c z`.
+#[derive(Clone, Copy)]
+struct ATan<E> {
+    alpha: E,
+    c: E,
+    pi: E,
+    half: E,
+    two: E,
+}
+
+impl<E: Element> ATan<E> {
+    fn new(alpha: f64) -> Self {
+        ATan {
+            alpha: E::cast(alpha),
+            c: E::cast(std::f64::consts::FRAC_PI_2 * alpha),
+            pi: E::cast(std::f64::consts::PI),
+            half: E::cast(0.5),
+            two: E::cast(2.0),
+        }
+    }
+}
+
+impl<E: Element> SurrogateFn<E> for ATan<E> {
+    #[inline(always)]
+    fn derivative(&self, z: E) -> E {
+        let u = self.c * z;
+        self.alpha / (self.two * (E::one() + u * u))
+    }
+
+    #[inline(always)]
+    fn primitive(&self, z: E) -> E {
+        (self.c * z).atan() / self.pi + self.half
+    }
+}
+
+/// Sigmoid: `sig = 1 / (1 + exp((-alpha) z))`.
+#[derive(Clone, Copy)]
+struct Sigmoid<E> {
+    alpha: E,
+    neg_alpha: E,
+}
+
+impl<E: Element> Sigmoid<E> {
+    fn new(alpha: f64) -> Self {
+        Sigmoid {
+            alpha: E::cast(alpha),
+            neg_alpha: E::cast(-alpha),
+        }
+    }
+}
+
+impl<E: Element> SurrogateFn<E> for Sigmoid<E> {
+    #[inline(always)]
+    fn derivative(&self, z: E) -> E {
+        let sig = self.primitive(z);
+        self.alpha * sig * (E::one() - sig)
+    }
+
+    #[inline(always)]
+    fn primitive(&self, z: E) -> E {
+        E::one() / (E::one() + (self.neg_alpha * z).exp())
+    }
+}
+
+struct ForwardKernel<'a, E> {
+    x: ArrayView2<'a, E>,
+    h: ArrayViewMut2<'a, E>,
+    s: ArrayViewMut2<'a, E>,
+    k: E,
+    r: E,
+}
+
+impl<E: Element> ForwardKernel<'_, E> {
+    /// Runs the forward with `fire(h) = s`, chunk by chunk in parallel.
+    fn run(self, fire: impl Fn(E) -> E + Sync) {
+        let ForwardKernel {
+            x,
+            mut h,
+            mut s,
+            k,
+            r,
+        } = self;
+        x.axis_chunks_iter(Axis(1), NEURON_CHUNK)
+            .into_par_iter()
+            .zip(h.axis_chunks_iter_mut(Axis(1), NEURON_CHUNK))
+            .zip(s.axis_chunks_iter_mut(Axis(1), NEURON_CHUNK))
+            .for_each(|((x, mut h), mut s)| {
+                let mut v = vec![E::zero(); x.ncols()];
+                for ((x, h), s) in x
+                    .outer_iter()
+                    .zip(h.outer_iter_mut())
+                    .zip(s.outer_iter_mut())
+                {
+                    Zip::from(&mut v)
+                        .and(&x)
+                        .and(h)
+                        .and(s)
+                        .for_each(|v, &x, h, s| {
+                            let ht = k * *v + r * x;
+                            let st = fire(ht);
+                            *h = ht;
+                            *s = st;
+                            *v = (E::one() - st) * ht;
+                        });
+                }
+            });
+    }
+}
+
+struct BackwardKernel<'a, E> {
+    h: ArrayView2<'a, E>,
+    g: ArrayView2<'a, E>,
+    gx: ArrayViewMut2<'a, E>,
+    k: E,
+    r: E,
+}
+
+impl<E: Element> BackwardKernel<'_, E> {
+    /// Runs the backward with `local(h) = (psi, dv_dh)`, chunk by chunk in parallel.
+    fn run(self, local: impl Fn(E) -> (E, E) + Sync) {
+        let BackwardKernel { h, g, mut gx, k, r } = self;
+        h.axis_chunks_iter(Axis(1), NEURON_CHUNK)
+            .into_par_iter()
+            .zip(g.axis_chunks_iter(Axis(1), NEURON_CHUNK))
+            .zip(gx.axis_chunks_iter_mut(Axis(1), NEURON_CHUNK))
+            .for_each(|((h, g), mut gx)| {
+                let mut grad_h = vec![E::zero(); h.ncols()];
+                for ((h, g), gx) in h
+                    .outer_iter()
+                    .zip(g.outer_iter())
+                    .zip(gx.outer_iter_mut())
+                    .rev()
+                {
+                    Zip::from(&mut grad_h).and(&h).and(&g).and(gx).for_each(
+                        |grad_h, &h, &g, gx| {
+                            let (psi, dv_dh) = local(h);
+                            *grad_h = g * psi + (k * *grad_h) * dv_dh;
+                            *gx = r * *grad_h;
+                        },
+                    );
+                }
+            });
+    }
+}
+
+/// Picks the `(psi, dv_dh)` rule of `config` (firing mode, reset detached or not) once.
+fn dispatch_backward<E: Element, S: SurrogateFn<E>>(
+    kernel: BackwardKernel<'_, E>,
+    sur: S,
+    config: &NeuronConfig,
+    v_th: E,
+) {
+    let one = E::one();
+    match (config.firing, config.detach_reset) {
+        (Firing::Heaviside, true) => kernel.run(move |h| {
+            let psi = sur.derivative(h - v_th);
+            (psi, one - heaviside(h, v_th))
+        }),
+        (Firing::Heaviside, false) => kernel.run(move |h| {
+            let psi = sur.derivative(h - v_th);
+            (psi, one - heaviside(h, v_th) - h * psi)
+        }),
+        (Firing::Smooth, true) => kernel.run(move |h| {
+            let z = h - v_th;
+            (sur.derivative(z), one - sur.primitive(z))
+        }),
+        (Firing::Smooth, false) => kernel.run(move |h| {
+            let z = h - v_th;
+            let psi = sur.derivative(z);
+            (psi, one - sur.primitive(z) - h * psi)
+        }),
+    }
 }

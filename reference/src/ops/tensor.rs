@@ -1,59 +1,371 @@
 //! Structural and elementwise tensor ops: reshape, permute, add, sub, scale, narrow, concat,
 //! repeat over time and its sum, means over axes.
+//!
+//! Every output is a row-major (standard-layout) `ArcArray`; inputs of any layout are accepted and
+//! read in row-major logical order. Every reduction sums in a fixed order that depends only on the
+//! shapes, never on the thread count (DESIGN.md principle 4).
+
+use std::borrow::Cow;
+
+use ndarray::{ArcArray, Array, IxDyn, Zip};
+use rayon::prelude::*;
 
 use crate::cpu::CpuTensor;
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{OpError, Result};
 
+/// The elements of `x` in row-major order, borrowed when `x` is already standard layout.
+fn row_major<E: Element>(x: &CpuTensor<E>) -> Cow<'_, [E]> {
+    match x.as_slice() {
+        Some(data) => Cow::Borrowed(data),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+/// A tensor of `shape` from row-major `data`; `data.len()` is the product of `shape` by
+/// construction in every caller, and a mismatch is reported rather than panicking.
+fn tensor<E: Element>(op: &'static str, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
+    let len = data.len();
+    ArcArray::from_shape_vec(IxDyn(shape), data).map_err(|_| {
+        OpError::shape(
+            op,
+            format!("internal: {len} elements cannot have shape {shape:?}"),
+        )
+    })
+}
+
+/// The product of `shape`, or an error when it overflows `usize`.
+fn element_count(op: &'static str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| OpError::shape(op, format!("the size of shape {shape:?} overflows")))
+}
+
+/// `x` as a standard-layout tensor: shared without a copy when it already is one.
+fn standard<E: Element>(x: Array<E, IxDyn>) -> CpuTensor<E> {
+    if x.is_standard_layout() {
+        x.into_shared()
+    } else {
+        x.as_standard_layout().into_owned().into_shared()
+    }
+}
+
+fn check_axis(op: &'static str, axis: usize, ndim: usize) -> Result<()> {
+    if axis >= ndim {
+        return Err(OpError::parameter(
+            op,
+            "axis",
+            axis,
+            "must be smaller than the number of axes of the input",
+        ));
+    }
+    Ok(())
+}
+
+/// `y = x` under `shape`: the same row-major elements, `prod(shape) = prod(x.shape)`. Shares the
+/// data of a standard-layout `x`.
 pub fn reshape<E: Element>(x: &CpuTensor<E>, shape: &[usize]) -> Result<CpuTensor<E>> {
-    todo!("{x:?} {shape:?}")
+    const OP: &str = "reshape";
+    if element_count(OP, shape)? != x.len() {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "cannot reshape {:?} ({} elements) to {shape:?}",
+                x.shape(),
+                x.len()
+            ),
+        ));
+    }
+    if x.is_standard_layout() {
+        x.clone()
+            .into_shape_with_order(IxDyn(shape))
+            .map_err(|e| OpError::shape(OP, format!("{e}")))
+    } else {
+        tensor(OP, shape, row_major(x).into_owned())
+    }
 }
 
+/// `y[i_0, .., i_{d-1}] = x[j]` with `j[axes[a]] = i_a`: `y.shape[a] = x.shape[axes[a]]`,
+/// materialised row-major. `axes` must be a permutation of `0..d`; the backward is `permute` by
+/// the inverse permutation.
 pub fn permute<E: Element>(x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
-    todo!("{x:?} {axes:?}")
+    const OP: &str = "permute";
+    let ndim = x.ndim();
+    let mut seen = vec![false; ndim];
+    let is_permutation = axes.len() == ndim
+        && axes
+            .iter()
+            .all(|&a| a < ndim && !std::mem::replace(&mut seen[a], true));
+    if !is_permutation {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "axes {axes:?} are not a permutation of the {ndim} axes of {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    let permuted = x.view().permuted_axes(IxDyn(axes));
+    Ok(permuted.as_standard_layout().into_owned().into_shared())
 }
 
+fn elementwise<E: Element>(
+    op: &'static str,
+    a: &CpuTensor<E>,
+    b: &CpuTensor<E>,
+    f: impl Fn(E, E) -> E + Sync + Send,
+) -> Result<CpuTensor<E>> {
+    if a.shape() != b.shape() {
+        return Err(OpError::shape(
+            op,
+            format!("operands have shapes {:?} and {:?}", a.shape(), b.shape()),
+        ));
+    }
+    let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
+    Ok(standard(
+        Zip::from(&a).and(&b).par_map_collect(|&x, &y| f(x, y)),
+    ))
+}
+
+/// `y = a + b`, elementwise; equal shapes.
 pub fn add<E: Element>(a: &CpuTensor<E>, b: &CpuTensor<E>) -> Result<CpuTensor<E>> {
-    todo!("{a:?} {b:?}")
+    elementwise("add", a, b, |x, y| x + y)
 }
 
+/// `y = a - b`, elementwise; equal shapes.
 pub fn sub<E: Element>(a: &CpuTensor<E>, b: &CpuTensor<E>) -> Result<CpuTensor<E>> {
-    todo!("{a:?} {b:?}")
+    elementwise("sub", a, b, |x, y| x - y)
 }
 
+/// `y = factor x`, elementwise.
 pub fn scale<E: Element>(x: &CpuTensor<E>, factor: E) -> Result<CpuTensor<E>> {
-    todo!("{x:?} {factor}")
+    let x = x.as_standard_layout();
+    Ok(standard(Zip::from(&x).par_map_collect(|&v| factor * v)))
 }
 
+/// `(outer, dim, inner)`: the products of the axes before `axis`, its size, and the product of
+/// the axes after it.
+fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+/// `y[.., i, ..] = x[.., start + i, ..]` for `i < len` along `axis`; needs
+/// `start + len <= x.shape[axis]` (the channel split of SPEC.md 3.1).
 pub fn narrow<E: Element>(
     x: &CpuTensor<E>,
     axis: usize,
     start: usize,
     len: usize,
 ) -> Result<CpuTensor<E>> {
-    todo!("{x:?} {axis} {start} {len}")
+    const OP: &str = "narrow";
+    check_axis(OP, axis, x.ndim())?;
+    let (outer, dim, inner) = split_at_axis(x.shape(), axis);
+    if start.checked_add(len).is_none_or(|end| end > dim) {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "range {start}..{start}+{len} is out of bounds for axis {axis} of size {dim} in {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    let data = row_major(x);
+    let mut out = Vec::with_capacity(outer * len * inner);
+    for o in 0..outer {
+        let begin = (o * dim + start) * inner;
+        out.extend_from_slice(&data[begin..begin + len * inner]);
+    }
+    let mut shape = x.shape().to_vec();
+    shape[axis] = len;
+    tensor(OP, &shape, out)
 }
 
+/// `y = [parts[0], parts[1], ..]` along `axis`: part `p` fills
+/// `y[.., o_p + i, ..] = parts[p][.., i, ..]` with `o_p` the sum of the earlier parts' sizes. At
+/// least one part; all parts have the same shape except along `axis`. The backward is
+/// [`narrow`] of each part.
 pub fn concat<E: Element>(parts: &[&CpuTensor<E>], axis: usize) -> Result<CpuTensor<E>> {
-    todo!("{parts:?} {axis}")
+    const OP: &str = "concat";
+    let Some(first) = parts.first() else {
+        return Err(OpError::shape(OP, "needs at least one part"));
+    };
+    check_axis(OP, axis, first.ndim())?;
+    let mut shape = first.shape().to_vec();
+    shape[axis] = 0;
+    for part in parts {
+        let fits = part.ndim() == shape.len()
+            && part
+                .shape()
+                .iter()
+                .zip(first.shape())
+                .enumerate()
+                .all(|(a, (p, f))| a == axis || p == f);
+        if !fits {
+            return Err(OpError::shape(
+                OP,
+                format!(
+                    "part of shape {:?} does not match {:?} outside axis {axis}",
+                    part.shape(),
+                    first.shape()
+                ),
+            ));
+        }
+        shape[axis] += part.shape()[axis];
+    }
+    let data: Vec<_> = parts.iter().map(|p| row_major(p)).collect();
+    let (outer, _, inner) = split_at_axis(&shape, axis);
+    let mut out = Vec::with_capacity(element_count(OP, &shape)?);
+    for o in 0..outer {
+        for (part, data) in parts.iter().zip(&data) {
+            let block = part.shape()[axis] * inner;
+            out.extend_from_slice(&data[o * block..(o + 1) * block]);
+        }
+    }
+    tensor(OP, &shape, out)
 }
 
+/// `y[t] = x` for `t < times`: `[...] -> [times, ...]`, `times >= 1` (the direct encoding of
+/// SPEC.md 4.1). The backward is [`sum_leading`].
 pub fn repeat_leading<E: Element>(x: &CpuTensor<E>, times: usize) -> Result<CpuTensor<E>> {
-    todo!("{x:?} {times}")
+    const OP: &str = "repeat_leading";
+    if times == 0 {
+        return Err(OpError::parameter(OP, "times", times, "must be >= 1"));
+    }
+    let mut shape = vec![times];
+    shape.extend_from_slice(x.shape());
+    let data = row_major(x);
+    let mut out = Vec::with_capacity(element_count(OP, &shape)?);
+    for _ in 0..times {
+        out.extend_from_slice(&data);
+    }
+    tensor(OP, &shape, out)
 }
 
+/// `y = x[0] + x[1] + .. + x[T-1]`, summed in that order: `[T, ...] -> [...]`, the backward of
+/// [`repeat_leading`]. `T = 0` gives zeros.
 pub fn sum_leading<E: Element>(x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
-    todo!("{x:?}")
+    const OP: &str = "sum_leading";
+    let Some((_, rest)) = x.shape().split_first() else {
+        return Err(OpError::shape(
+            OP,
+            "x must have shape [T, ...], got a scalar",
+        ));
+    };
+    let data = row_major(x);
+    let n = rest.iter().product::<usize>();
+    let mut out = vec![E::zero(); n];
+    if n > 0 {
+        for (t, row) in data.chunks_exact(n).enumerate() {
+            if t == 0 {
+                out.copy_from_slice(row);
+            } else {
+                out.par_iter_mut()
+                    .zip(row.par_iter())
+                    .for_each(|(acc, &v)| *acc += v);
+            }
+        }
+    }
+    tensor(OP, rest, out)
 }
 
+/// Checks `axes` (distinct, each `< ndim`) and returns them sorted.
+fn sorted_axes(op: &'static str, axes: &[usize], ndim: usize) -> Result<Vec<usize>> {
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable();
+    let distinct = sorted.windows(2).all(|w| w[0] != w[1]);
+    if !distinct || sorted.last().is_some_and(|&a| a >= ndim) {
+        return Err(OpError::parameter(
+            op,
+            "axes",
+            format!("{axes:?}"),
+            "must be distinct and smaller than the number of axes of the input",
+        ));
+    }
+    Ok(sorted)
+}
+
+/// `(kept axes in order, number of reduced elements R >= 1)`.
+fn reduction(op: &'static str, shape: &[usize], sorted: &[usize]) -> Result<(Vec<usize>, usize)> {
+    let kept: Vec<usize> = (0..shape.len()).filter(|a| !sorted.contains(a)).collect();
+    let reduced: Vec<usize> = sorted.iter().map(|&a| shape[a]).collect();
+    let count = element_count(op, &reduced)?;
+    if count == 0 {
+        return Err(OpError::shape(
+            op,
+            format!("the mean over axes {sorted:?} of {shape:?} has no elements"),
+        ));
+    }
+    Ok((kept, count))
+}
+
+/// `y[kept] = (sum over the listed axes of x) / R`, with `R` the product of the reduced sizes
+/// (at least 1); the listed axes are removed (`mean_axes(x, &[2, 3])` on `[N, C, H, W]` is the
+/// adaptive average pool to 1x1). Axes are distinct and in range, in any order. Each output sums
+/// its `R` inputs sequentially in row-major order of the reduced axes (in increasing axis order),
+/// starting from 0, then divides by `R`.
 pub fn mean_axes<E: Element>(x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
-    todo!("{x:?} {axes:?}")
+    const OP: &str = "mean_axes";
+    let sorted = sorted_axes(OP, axes, x.ndim())?;
+    let (kept, count) = reduction(OP, x.shape(), &sorted)?;
+    let out_shape: Vec<usize> = kept.iter().map(|&a| x.shape()[a]).collect();
+    // Kept axes first, then the reduced ones: each output owns a contiguous block of `count`.
+    let order: Vec<usize> = kept.iter().chain(&sorted).copied().collect();
+    let permuted = x.view().permuted_axes(IxDyn(&order));
+    let permuted = permuted.as_standard_layout();
+    let data: Cow<'_, [E]> = match permuted.as_slice() {
+        Some(data) => Cow::Borrowed(data),
+        None => Cow::Owned(permuted.iter().copied().collect()),
+    };
+    let divisor = E::from_usize(count)
+        .ok_or_else(|| OpError::shape(OP, format!("cannot divide by {count}")))?;
+    let out: Vec<E> = data
+        .par_chunks_exact(count)
+        .map(|block| block.iter().fold(E::zero(), |acc, &v| acc + v) / divisor)
+        .collect();
+    tensor(OP, &out_shape, out)
 }
 
+/// The backward of [`mean_axes`]: `dx[i] = dy[kept(i)] / R`, i.e. `grad_y` divided by the
+/// number `R` of reduced elements and broadcast along the reduced axes of `input_shape`.
+/// `grad_y` must have `input_shape` without the listed axes.
 pub fn mean_axes_backward<E: Element>(
     grad_y: &CpuTensor<E>,
     input_shape: &[usize],
     axes: &[usize],
 ) -> Result<CpuTensor<E>> {
-    todo!("{grad_y:?} {input_shape:?} {axes:?}")
+    const OP: &str = "mean_axes_backward";
+    let sorted = sorted_axes(OP, axes, input_shape.len())?;
+    let (kept, count) = reduction(OP, input_shape, &sorted)?;
+    let out_shape: Vec<usize> = kept.iter().map(|&a| input_shape[a]).collect();
+    if grad_y.shape() != out_shape.as_slice() {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "grad_y has shape {:?}, the mean of {input_shape:?} over {axes:?} has {out_shape:?}",
+                grad_y.shape()
+            ),
+        ));
+    }
+    let divisor = E::from_usize(count)
+        .ok_or_else(|| OpError::shape(OP, format!("cannot divide by {count}")))?;
+    let scaled: Vec<E> = row_major(grad_y).iter().map(|&g| g / divisor).collect();
+    // grad_y with the reduced axes as size-1 axes, broadcast to the input shape.
+    let kept_shape: Vec<usize> = input_shape
+        .iter()
+        .enumerate()
+        .map(|(a, &d)| if sorted.contains(&a) { 1 } else { d })
+        .collect();
+    let scaled = tensor(OP, &kept_shape, scaled)?;
+    let broadcast = scaled.broadcast(IxDyn(input_shape)).ok_or_else(|| {
+        OpError::shape(
+            OP,
+            format!("cannot broadcast {kept_shape:?} to {input_shape:?}"),
+        )
+    })?;
+    Ok(broadcast.as_standard_layout().into_owned().into_shared())
 }
