@@ -292,10 +292,9 @@ impl Geometry {
         let cols = self.output_ranges(self.kw, self.w, self.w_out);
         for (row, cols_row) in scratch.chunks_exact_mut(self.p()).enumerate() {
             let (c, i, j) = self.unflatten(row);
-            let (q_lo, q_hi) = cols[j];
+            let ((p_lo, p_hi), (q_lo, q_hi)) = (rows[i], cols[j]);
             let channel = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
             for (p, out) in cols_row.chunks_exact_mut(self.w_out).enumerate() {
-                let (p_lo, p_hi) = rows[i];
                 if p < p_lo || p >= p_hi {
                     out.fill(E::zero());
                     continue;
