@@ -1,12 +1,41 @@
-//! 2-D convolution as a blocked im2col GEMM.
+//! 2-D convolution as a blocked im2col GEMM: the 3x3 and 1x1 convolutions of the ResNets and the
+//! 1x1 convolutions of the MLPs and (through `conv1d`) of the attention (SPEC.md 4.0).
+//!
+//! With `K = C_in k_h k_w` and `P = H_out W_out`, each sample `n` is one matrix product:
+//!
+//! ```text
+//! cols[n] = im2col(x_pad[n])                 [K, P]   cols[(c, i, j), (p, q)] = x_pad[n, c, s p + i, s q + j]
+//! y[n]    = W cols[n] + b                    [C_out, P], W = weight viewed as [C_out, K]
+//! dx[n]   = col2im(W^T dy[n])                (adds every column entry back where it came from)
+//! dW      = sum_n dy[n] cols[n]^T            [C_out, K]
+//! db[o]   = sum_n sum_p dy[n, o, p]
+//! ```
+//!
+//! A 1x1, stride-1, unpadded convolution needs no im2col: `cols[n]` is `x[n]` viewed as `[C_in, P]`.
+//!
+//! Samples are processed in blocks whose size depends on the shapes only. The forward and the input
+//! gradient write disjoint samples in parallel; the weight gradient of each block is summed in
+//! sample order, and the blocks' partial sums are added along a fixed binary tree (split at the
+//! middle block), so the result is bitwise the same whatever the number of rayon threads.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError};
+use rayon::prelude::*;
 
 use crate::backend::Conv2dGrads;
 use crate::cpu::CpuTensor;
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{OpError, Result};
 use crate::params::Conv2dParams;
 
-/// What the convolution backward needs.
+const OP: &str = "conv2d";
+
+/// A block of samples spans at least this many output positions, so that small images still give
+/// matrix products worth a task; the block size is a function of the shapes, never of the threads.
+const MIN_BLOCK_POSITIONS: usize = 2048;
+
+/// What the convolution backward needs: the input and weight (shared, not copied), whether there
+/// was a bias, and the geometry.
 #[derive(Debug)]
 pub struct Conv2dContext<E> {
     pub input: CpuTensor<E>,
@@ -15,18 +44,396 @@ pub struct Conv2dContext<E> {
     pub params: Conv2dParams,
 }
 
+/// `y[n, o, p, q] = bias[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride p + i, stride q + j]`
+/// for `x [N, C_in, H, W]`, `w [C_out, C_in, k_h, k_w]`, `bias [C_out]`, zero padding on every side;
+/// `y [N, C_out, H_out, W_out]` with `H_out = floor((H + 2 padding - k_h) / stride) + 1`
+/// (SPEC.md 1 and 4.0). Errors on a stride of 0, a kernel larger than the padded input, a channel
+/// mismatch, an empty kernel or channel axis, or a bias that is not `[C_out]`.
 pub fn forward<E: Element>(
     x: &CpuTensor<E>,
     weight: &CpuTensor<E>,
     bias: Option<&CpuTensor<E>>,
     params: Conv2dParams,
 ) -> Result<(CpuTensor<E>, Conv2dContext<E>)> {
-    todo!("conv forward {x:?} {weight:?} {bias:?} {params:?}")
+    let g = Geometry::new(x.shape(), weight.shape(), params)?;
+    let bias_values = match bias {
+        Some(b) if b.shape() != [g.c_out] => {
+            return Err(OpError::shape(
+                OP,
+                format!("bias must be [{}], got {:?}", g.c_out, b.shape()),
+            ));
+        }
+        Some(b) => Some(b.iter().copied().collect::<Vec<E>>()),
+        None => None,
+    };
+    let xs = x.as_standard_layout();
+    let xs = contiguous(xs.as_slice())?;
+    let ws = weight.as_standard_layout();
+    let w2 =
+        ArrayView2::from_shape((g.c_out, g.k()), contiguous(ws.as_slice())?).map_err(layout)?;
+
+    let out_len = g.c_out * g.p();
+    let mut y = vec![E::zero(); g.n * out_len];
+    y.par_chunks_mut(g.block() * out_len)
+        .enumerate()
+        .try_for_each(|(block, y_block)| -> Result<()> {
+            let mut cols = g.cols_buffer();
+            for (s, y_n) in y_block.chunks_mut(out_len).enumerate() {
+                let n = block * g.block() + s;
+                let x_n = &xs[n * g.in_len()..(n + 1) * g.in_len()];
+                let mut y_n = ArrayViewMut2::from_shape((g.c_out, g.p()), y_n).map_err(layout)?;
+                let beta = match &bias_values {
+                    Some(b) => {
+                        for (mut row, &value) in y_n.rows_mut().into_iter().zip(b) {
+                            row.fill(value);
+                        }
+                        E::one()
+                    }
+                    None => E::zero(),
+                };
+                let cols_n = g.columns(x_n, &mut cols)?;
+                general_mat_mul(E::one(), &w2, &cols_n, beta, &mut y_n);
+            }
+            Ok(())
+        })?;
+
+    let y =
+        ArcArray::from_shape_vec(IxDyn(&[g.n, g.c_out, g.h_out, g.w_out]), y).map_err(layout)?;
+    let context = Conv2dContext {
+        input: x.clone(),
+        weight: weight.clone(),
+        has_bias: bias.is_some(),
+        params,
+    };
+    Ok((y, context))
 }
 
+/// Gradients of [`forward`] given `dy = dL/dy [N, C_out, H_out, W_out]`:
+/// `dx[n, c, h, w] = sum_{o, i, j, p, q: stride p + i - padding = h, stride q + j - padding = w} w[o, c, i, j] dy[n, o, p, q]`,
+/// `dw[o, c, i, j] = sum_{n, p, q} dy[n, o, p, q] x_pad[n, c, stride p + i, stride q + j]` and
+/// `db[o] = sum_{n, p, q} dy[n, o, p, q]` (present iff the forward had a bias). Bitwise the same for
+/// any number of rayon threads. Errors when `dy` does not have the forward's output shape.
 pub fn backward<E: Element>(
     grad_y: &CpuTensor<E>,
     context: &Conv2dContext<E>,
 ) -> Result<Conv2dGrads<CpuTensor<E>>> {
-    todo!("conv backward {grad_y:?} {context:?}")
+    let g = Geometry::new(
+        context.input.shape(),
+        context.weight.shape(),
+        context.params,
+    )?;
+    let expected = [g.n, g.c_out, g.h_out, g.w_out];
+    if grad_y.shape() != expected {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "grad_y must have the output shape {expected:?}, got {:?}",
+                grad_y.shape()
+            ),
+        ));
+    }
+    let xs = context.input.as_standard_layout();
+    let xs = contiguous(xs.as_slice())?;
+    let ws = context.weight.as_standard_layout();
+    let w2 =
+        ArrayView2::from_shape((g.c_out, g.k()), contiguous(ws.as_slice())?).map_err(layout)?;
+    let dys = grad_y.as_standard_layout();
+    let dys = contiguous(dys.as_slice())?;
+
+    let mut dx = vec![E::zero(); g.n * g.in_len()];
+    let blocks = g.n.div_ceil(g.block());
+    let dw = if blocks == 0 {
+        Array2::zeros((g.c_out, g.k()))
+    } else {
+        let operands = Operands {
+            g: &g,
+            x: xs,
+            w: w2,
+            dy: dys,
+        };
+        operands.backward_blocks(&mut dx, 0, blocks)?
+    };
+
+    let bias = if context.has_bias {
+        let out_len = g.c_out * g.p();
+        let db: Vec<E> = (0..g.c_out)
+            .into_par_iter()
+            .map(|o| {
+                let mut sum = E::zero();
+                for n in 0..g.n {
+                    let start = n * out_len + o * g.p();
+                    for &v in &dys[start..start + g.p()] {
+                        sum += v;
+                    }
+                }
+                sum
+            })
+            .collect();
+        Some(ArcArray::from_shape_vec(IxDyn(&[g.c_out]), db).map_err(layout)?)
+    } else {
+        None
+    };
+
+    let input = ArcArray::from_shape_vec(IxDyn(&[g.n, g.c_in, g.h, g.w]), dx).map_err(layout)?;
+    let weight = dw
+        .into_shape_with_order(IxDyn(&[g.c_out, g.c_in, g.kh, g.kw]))
+        .map_err(layout)?
+        .into_shared();
+    Ok(Conv2dGrads {
+        input,
+        weight,
+        bias,
+    })
+}
+
+/// The sizes of one convolution, checked.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+    h_out: usize,
+    w_out: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self> {
+        params.validate()?;
+        let (&[n, c_in, h, w], &[c_out, c_w, kh, kw]) = (x, weight) else {
+            return Err(OpError::shape(
+                OP,
+                format!(
+                    "expected x [N, C_in, H, W] and weight [C_out, C_in, k_h, k_w], got {x:?} and {weight:?}"
+                ),
+            ));
+        };
+        if c_w != c_in {
+            return Err(OpError::shape(
+                OP,
+                format!("x has {c_in} channels but the weight {weight:?} expects {c_w}"),
+            ));
+        }
+        if c_in == 0 || c_out == 0 || kh == 0 || kw == 0 {
+            return Err(OpError::shape(
+                OP,
+                format!(
+                    "channels and kernel sizes must be >= 1, got x {x:?} and weight {weight:?}"
+                ),
+            ));
+        }
+        Ok(Geometry {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride: params.stride,
+            padding: params.padding,
+            h_out: params.output_size(h, kh)?,
+            w_out: params.output_size(w, kw)?,
+        })
+    }
+
+    /// `K = C_in k_h k_w`, the inner dimension of the products.
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// `P = H_out W_out`, the output positions of one sample.
+    fn p(&self) -> usize {
+        self.h_out * self.w_out
+    }
+
+    /// Elements of one input sample.
+    fn in_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    /// A 1x1, stride-1, unpadded convolution: its columns are the input itself.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Samples per block, from the shapes alone.
+    fn block(&self) -> usize {
+        MIN_BLOCK_POSITIONS
+            .div_ceil(self.p())
+            .clamp(1, self.n.max(1))
+    }
+
+    /// Scratch for one sample's columns (empty when the input serves as its own columns).
+    fn cols_buffer<E: Element>(&self) -> Vec<E> {
+        if self.pointwise() {
+            Vec::new()
+        } else {
+            vec![E::zero(); self.k() * self.p()]
+        }
+    }
+
+    /// `cols = im2col(x_pad)` of one sample `x [C_in, H, W]`, as a `[K, P]` view of the input (1x1
+    /// stride-1 unpadded) or of `scratch`, which it fills.
+    fn columns<'a, E: Element>(
+        &self,
+        x: &'a [E],
+        scratch: &'a mut [E],
+    ) -> Result<ArrayView2<'a, E>> {
+        if self.pointwise() {
+            return ArrayView2::from_shape((self.c_in, self.p()), x).map_err(layout);
+        }
+        let rows = self.output_ranges(self.kh, self.h, self.h_out);
+        let cols = self.output_ranges(self.kw, self.w, self.w_out);
+        for (row, cols_row) in scratch.chunks_exact_mut(self.p()).enumerate() {
+            let (c, i, j) = self.unflatten(row);
+            let ((p_lo, p_hi), (q_lo, q_hi)) = (rows[i], cols[j]);
+            let channel = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for (p, out) in cols_row.chunks_exact_mut(self.w_out).enumerate() {
+                if p < p_lo || p >= p_hi {
+                    out.fill(E::zero());
+                    continue;
+                }
+                let line = &channel[self.source(p, i) * self.w..][..self.w];
+                out[..q_lo].fill(E::zero());
+                out[q_hi..].fill(E::zero());
+                if self.stride == 1 {
+                    let start = self.source(q_lo, j);
+                    out[q_lo..q_hi].copy_from_slice(&line[start..start + (q_hi - q_lo)]);
+                } else {
+                    for (q, value) in out.iter_mut().enumerate().take(q_hi).skip(q_lo) {
+                        *value = line[self.source(q, j)];
+                    }
+                }
+            }
+        }
+        ArrayView2::from_shape((self.k(), self.p()), &*scratch).map_err(layout)
+    }
+
+    /// `dx += col2im(dcols)` for one sample: every entry of `dcols [K, P]` is added to the input
+    /// element it was read from (padding positions are dropped), in a fixed order.
+    fn add_columns<E: Element>(&self, dcols: &[E], dx: &mut [E]) {
+        let rows = self.output_ranges(self.kh, self.h, self.h_out);
+        let cols = self.output_ranges(self.kw, self.w, self.w_out);
+        for (row, cols_row) in dcols.chunks_exact(self.p()).enumerate() {
+            let (c, i, j) = self.unflatten(row);
+            let (p_lo, p_hi) = rows[i];
+            let (q_lo, q_hi) = cols[j];
+            let channel = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for p in p_lo..p_hi {
+                let line = &mut channel[self.source(p, i) * self.w..][..self.w];
+                let grads = &cols_row[p * self.w_out..(p + 1) * self.w_out];
+                if self.stride == 1 {
+                    let start = self.source(q_lo, j);
+                    for (d, &v) in line[start..start + (q_hi - q_lo)]
+                        .iter_mut()
+                        .zip(&grads[q_lo..q_hi])
+                    {
+                        *d += v;
+                    }
+                } else {
+                    for (q, &v) in grads.iter().enumerate().take(q_hi).skip(q_lo) {
+                        line[self.source(q, j)] += v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The row of `cols` as `(c, i, j)`.
+    fn unflatten(&self, row: usize) -> (usize, usize, usize) {
+        (
+            row / (self.kh * self.kw),
+            (row / self.kw) % self.kh,
+            row % self.kw,
+        )
+    }
+
+    /// The unpadded input coordinate `stride out + offset - padding` of an in-range output.
+    fn source(&self, out: usize, offset: usize) -> usize {
+        out * self.stride + offset - self.padding
+    }
+
+    /// For each kernel offset, the outputs `[lo, hi)` whose source `stride out + offset - padding`
+    /// lies inside `[0, size)`.
+    fn output_ranges(&self, kernel: usize, size: usize, out_size: usize) -> Vec<(usize, usize)> {
+        (0..kernel)
+            .map(|offset| {
+                let lo = (self.padding.saturating_sub(offset)).div_ceil(self.stride);
+                let hi = if size + self.padding > offset {
+                    ((size + self.padding - offset - 1) / self.stride + 1).min(out_size)
+                } else {
+                    0
+                };
+                (lo.min(hi), hi)
+            })
+            .collect()
+    }
+}
+
+/// The operands of one backward, shared by its tasks.
+struct Operands<'a, E> {
+    g: &'a Geometry,
+    x: &'a [E],
+    w: ArrayView2<'a, E>,
+    dy: &'a [E],
+}
+
+impl<E: Element> Operands<'_, E> {
+    /// Fills `dx` for the blocks `first..last` (whose samples it holds) and returns their weight
+    /// gradient `sum_n dy[n] cols[n]^T`: one block is summed in sample order, more are split at the
+    /// middle block and the two halves added, left + right, whatever thread runs them.
+    fn backward_blocks(&self, dx: &mut [E], first: usize, last: usize) -> Result<Array2<E>> {
+        if last - first > 1 {
+            let mid = first + (last - first) / 2;
+            let (dx_left, dx_right) =
+                dx.split_at_mut((mid - first) * self.g.block() * self.g.in_len());
+            let (left, right) = rayon::join(
+                || self.backward_blocks(dx_left, first, mid),
+                || self.backward_blocks(dx_right, mid, last),
+            );
+            let mut sum = left?;
+            sum += &right?;
+            return Ok(sum);
+        }
+        let g = self.g;
+        let out_len = g.c_out * g.p();
+        let mut dw = Array2::zeros((g.c_out, g.k()));
+        let mut cols = g.cols_buffer();
+        let mut dcols = g.cols_buffer();
+        for (s, dx_n) in dx.chunks_mut(g.in_len()).enumerate() {
+            let n = first * g.block() + s;
+            let x_n = &self.x[n * g.in_len()..(n + 1) * g.in_len()];
+            let dy_n =
+                ArrayView2::from_shape((g.c_out, g.p()), &self.dy[n * out_len..(n + 1) * out_len])
+                    .map_err(layout)?;
+            let cols_n = g.columns(x_n, &mut cols)?;
+            general_mat_mul(E::one(), &dy_n, &cols_n.t(), E::one(), &mut dw);
+            if g.pointwise() {
+                let mut dx_n = ArrayViewMut2::from_shape((g.c_in, g.p()), dx_n).map_err(layout)?;
+                general_mat_mul(E::one(), &self.w.t(), &dy_n, E::zero(), &mut dx_n);
+            } else {
+                let mut dcols_n =
+                    ArrayViewMut2::from_shape((g.k(), g.p()), &mut dcols[..]).map_err(layout)?;
+                general_mat_mul(E::one(), &self.w.t(), &dy_n, E::zero(), &mut dcols_n);
+                g.add_columns(&dcols, dx_n);
+            }
+        }
+        Ok(dw)
+    }
+}
+
+/// A standard-layout array's slice; `None` cannot happen after `as_standard_layout`.
+fn contiguous<E>(slice: Option<&[E]>) -> Result<&[E]> {
+    slice.ok_or_else(|| OpError::shape(OP, "internal error: tensor is not contiguous"))
+}
+
+/// An internal layout error (the sizes are computed here, so this means a bug).
+fn layout(error: ShapeError) -> OpError {
+    OpError::shape(OP, format!("internal layout error: {error}"))
 }
