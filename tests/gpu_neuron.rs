@@ -171,7 +171,7 @@ fn reference_h<E: GpuElement>(
                 NeuronKind::Lif {
                     tau,
                     decay_input: false,
-                } => v - v / E::cast(tau) + x[at],
+                } => v * E::cast(1.0 - 1.0 / tau) + x[at],
             };
             v = (E::one() - spikes[at]) * h[at];
         }

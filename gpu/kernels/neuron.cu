@@ -8,10 +8,12 @@
 
 #define PI_D 3.14159265358979323846
 
-template <typename E> __device__ __forceinline__ E charge(int kind, int decay_input, E tau, E v, E x) {
+// As SpikingJelly's torch backend writes it, with tau and 1 - 1/tau rounded to E once (the CPU
+// reference does the same), so spikes agree bit for bit.
+template <typename E> __device__ __forceinline__ E charge(int kind, int decay_input, double tau, E v, E x) {
     if (kind == 0) return v + x;                       // IF:  h = v + x
-    if (decay_input) return v + (x - v) / tau;         // LIF: h = v + (x - (v - 0)) / tau
-    return v - v / tau + x;                            // LIF without decay_input
+    if (decay_input) return v + (x - v) / (E)tau;      // LIF: h = v + (x - (v - 0)) / tau
+    return v * (E)(1.0 - 1.0 / tau) + x;               // LIF without decay_input
 }
 
 template <typename E> __device__ __forceinline__ E surrogate_derivative(int surrogate, E alpha, E z) {
@@ -31,7 +33,7 @@ template <typename E> __device__ __forceinline__ E fire(int surrogate, int smoot
 
 template <typename E>
 __device__ void neuron_forward(const E* __restrict__ x, E* __restrict__ spikes, E* __restrict__ h_seq,
-                               long long n, int time_steps, int kind, int decay_input, E tau, E v_threshold,
+                               long long n, int time_steps, int kind, int decay_input, double tau, E v_threshold,
                                int surrogate, E alpha, int smooth) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -49,12 +51,12 @@ __device__ void neuron_forward(const E* __restrict__ x, E* __restrict__ spikes, 
 template <typename E>
 __device__ void neuron_backward(const E* __restrict__ grad_spikes, const E* __restrict__ h_seq,
                                 E* __restrict__ grad_x, long long n, int time_steps, int kind, int decay_input,
-                                E tau, E v_threshold, int surrogate, E alpha, int smooth, int detach_reset) {
+                                double tau, E v_threshold, int surrogate, E alpha, int smooth, int detach_reset) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     // k = dh[t+1]/dv[t], r = dh[t]/dx[t] (SPEC.md 2.4)
-    E k = kind == 0 ? (E)1 : (E)1 - (E)1 / tau;
-    E r = (kind == 0 || !decay_input) ? (E)1 : (E)1 / tau;
+    E k = kind == 0 ? (E)1 : (E)(1.0 - 1.0 / tau);
+    E r = (kind == 0 || !decay_input) ? (E)1 : (E)(1.0 / tau);
     E grad_h = (E)0;
     for (int t = time_steps - 1; t >= 0; --t) {
         long long at = (long long)t * n + i;
@@ -70,14 +72,14 @@ __device__ void neuron_backward(const E* __restrict__ grad_spikes, const E* __re
 
 #define NEURON_KERNELS(E, SUFFIX)                                                                              \
     extern "C" __global__ void neuron_forward_##SUFFIX(const E* x, E* spikes, E* h_seq, long long n,           \
-                                                       int time_steps, int kind, int decay_input, E tau,       \
+                                                       int time_steps, int kind, int decay_input, double tau,  \
                                                        E v_threshold, int surrogate, E alpha, int smooth) {    \
         neuron_forward<E>(x, spikes, h_seq, n, time_steps, kind, decay_input, tau, v_threshold, surrogate,     \
                           alpha, smooth);                                                                      \
     }                                                                                                          \
     extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,       \
                                                         long long n, int time_steps, int kind, int decay_input, \
-                                                        E tau, E v_threshold, int surrogate, E alpha,          \
+                                                        double tau, E v_threshold, int surrogate, E alpha,          \
                                                         int smooth, int detach_reset) {                        \
         neuron_backward<E>(grad_spikes, h_seq, grad_x, n, time_steps, kind, decay_input, tau, v_threshold,     \
                            surrogate, alpha, smooth, detach_reset);                                            \

@@ -3,7 +3,7 @@
 //! buffers alike. The `revsnn` binary installs it; a test binary that measures memory installs it
 //! with
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static ALLOCATOR: revsnn_reference::memory::CountingAllocator = revsnn_reference::memory::CountingAllocator;
 //! ```

@@ -128,9 +128,9 @@ fn configs() -> Vec<NeuronConfig> {
 /// relative for LIF (see the file header).
 fn check_against_spec(shape: &[usize], x: &[f64], grad_s: &[f64], config: &NeuronConfig) {
     let cpu = Cpu::<f64>::new();
-    let xt = cpu.from_vec(shape, x.to_vec()).unwrap();
+    let xt = cpu.tensor_from_vec(shape, x.to_vec()).unwrap();
     let (spikes, ctx) = cpu.neuron_forward(&xt, config).unwrap();
-    let gt = cpu.from_vec(shape, grad_s.to_vec()).unwrap();
+    let gt = cpu.tensor_from_vec(shape, grad_s.to_vec()).unwrap();
     let grad_x = cpu.neuron_backward(&gt, &ctx, config).unwrap();
     assert_eq!(spikes.shape(), shape);
     assert_eq!(grad_x.shape(), shape);
@@ -182,7 +182,9 @@ fn spike_rates_of_the_test_data_are_neither_zero_nor_saturated() {
         NeuronConfig::lif_sigmoid(1.5, 1.0),
         NeuronConfig::lif_sigmoid(2.0, 0.5),
     ] {
-        let x = cpu.from_vec(&[6, 150], rng.normal_vec(900, 1.5)).unwrap();
+        let x = cpu
+            .tensor_from_vec(&[6, 150], rng.normal_vec(900, 1.5))
+            .unwrap();
         let (spikes, _) = cpu.neuron_forward(&x, &config).unwrap();
         let rate = spikes.sum() / 900.0;
         assert!((0.05..0.6).contains(&rate), "{config:?}: rate {rate}");
@@ -195,7 +197,7 @@ fn if_neuron_by_hand_spikes_at_equality_and_resets_to_zero() {
     let config = NeuronConfig::if_atan();
     // Neuron 0: 0.5, 1.0 (spike at equality), then 0.25 from v = 0. Neuron 1: 2, reset, 0.75, 1.5.
     let x = cpu
-        .from_vec(&[3, 2], vec![0.5, 2.0, 0.5, 0.75, 0.25, 0.75])
+        .tensor_from_vec(&[3, 2], vec![0.5, 2.0, 0.5, 0.75, 0.25, 0.75])
         .unwrap();
     let (spikes, ctx) = cpu.neuron_forward(&x, &config).unwrap();
     assert_eq!(cpu.to_vec(&spikes).unwrap(), [0.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
@@ -205,7 +207,7 @@ fn if_neuron_by_hand_spikes_at_equality_and_resets_to_zero() {
     );
     // dL/ds = 1 at the last step only: the gradient crosses time only through silent steps.
     let g = cpu
-        .from_vec(&[3, 2], vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+        .tensor_from_vec(&[3, 2], vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0])
         .unwrap();
     let grad_x = cpu
         .to_vec(&cpu.neuron_backward(&g, &ctx, &config).unwrap())
@@ -224,14 +226,14 @@ fn finite_difference_error(config: &NeuronConfig, shape: &[usize], seed: u64) ->
     let x = rng.normal_vec(len, 1.0);
     let dy = rng.normal_vec(len, 1.0);
     let loss = |x: &[f64]| {
-        let xt = cpu.from_vec(shape, x.to_vec()).unwrap();
+        let xt = cpu.tensor_from_vec(shape, x.to_vec()).unwrap();
         let (y, _) = cpu.neuron_forward(&xt, config).unwrap();
         dot(&dy, &cpu.to_vec(&y).unwrap())
     };
     let numeric = central_difference(loss, &x, 1e-5);
-    let xt = cpu.from_vec(shape, x).unwrap();
+    let xt = cpu.tensor_from_vec(shape, x).unwrap();
     let (_, ctx) = cpu.neuron_forward(&xt, config).unwrap();
-    let dyt = cpu.from_vec(shape, dy).unwrap();
+    let dyt = cpu.tensor_from_vec(shape, dy).unwrap();
     let analytic = cpu
         .to_vec(&cpu.neuron_backward(&dyt, &ctx, config).unwrap())
         .unwrap();
@@ -288,16 +290,20 @@ fn f32_agrees_with_f64() {
         let x64d: Vec<f64> = x32.iter().map(|&v| f64::from(v)).collect();
         let g64d: Vec<f64> = g32.iter().map(|&v| f64::from(v)).collect();
         let (s64, ctx64) = c64
-            .neuron_forward(&c64.from_vec(&shape, x64d).unwrap(), &config)
+            .neuron_forward(&c64.tensor_from_vec(&shape, x64d).unwrap(), &config)
             .unwrap();
         let gx64 = c64
-            .neuron_backward(&c64.from_vec(&shape, g64d).unwrap(), &ctx64, &config)
+            .neuron_backward(&c64.tensor_from_vec(&shape, g64d).unwrap(), &ctx64, &config)
             .unwrap();
         let (s32, ctx32) = c32
-            .neuron_forward(&c32.from_vec(&shape, x32.clone()).unwrap(), &config)
+            .neuron_forward(&c32.tensor_from_vec(&shape, x32.clone()).unwrap(), &config)
             .unwrap();
         let gx32 = c32
-            .neuron_backward(&c32.from_vec(&shape, g32.clone()).unwrap(), &ctx32, &config)
+            .neuron_backward(
+                &c32.tensor_from_vec(&shape, g32.clone()).unwrap(),
+                &ctx32,
+                &config,
+            )
             .unwrap();
         let h64 = c64.to_vec(&ctx64.h).unwrap();
         let close_call = h64.iter().any(|&h| (h - config.v_threshold).abs() < 1e-5);
@@ -327,10 +333,14 @@ fn run_in_pool<E: Element>(
     pool.install(|| {
         let cpu = Cpu::<E>::new();
         let (s, ctx) = cpu
-            .neuron_forward(&cpu.from_vec(shape, x.to_vec()).unwrap(), config)
+            .neuron_forward(&cpu.tensor_from_vec(shape, x.to_vec()).unwrap(), config)
             .unwrap();
         let gx = cpu
-            .neuron_backward(&cpu.from_vec(shape, g.to_vec()).unwrap(), &ctx, config)
+            .neuron_backward(
+                &cpu.tensor_from_vec(shape, g.to_vec()).unwrap(),
+                &ctx,
+                config,
+            )
             .unwrap();
         (
             cpu.to_vec(&s).unwrap(),
@@ -376,9 +386,11 @@ fn non_standard_layout_input_is_read_in_logical_order() {
     let mut rng = SplitMix64::new(3);
     let data = rng.normal_vec(5 * 7, 1.5);
     // x^T stored as a transposed view: logical shape [5, 7], column-major memory.
-    let xt = cpu.from_vec(&[7, 5], data).unwrap().reversed_axes();
+    let xt = cpu.tensor_from_vec(&[7, 5], data).unwrap().reversed_axes();
     assert!(!xt.is_standard_layout());
-    let x = cpu.from_vec(&[5, 7], cpu.to_vec(&xt).unwrap()).unwrap();
+    let x = cpu
+        .tensor_from_vec(&[5, 7], cpu.to_vec(&xt).unwrap())
+        .unwrap();
     let (s1, c1) = cpu.neuron_forward(&xt, &config).unwrap();
     let (s2, c2) = cpu.neuron_forward(&x, &config).unwrap();
     assert_eq!(s1, s2);
@@ -389,7 +401,7 @@ fn non_standard_layout_input_is_read_in_logical_order() {
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let cpu = Cpu::<f64>::new();
-    let x = cpu.from_vec(&[2, 3], vec![0.5; 6]).unwrap();
+    let x = cpu.tensor_from_vec(&[2, 3], vec![0.5; 6]).unwrap();
     let bad_configs = [
         NeuronConfig {
             v_threshold: 0.0,
@@ -424,7 +436,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let config = NeuronConfig::if_atan();
     for shape in [vec![], vec![0], vec![0, 4]] {
         let len = shape.iter().product();
-        let bad = cpu.from_vec(&shape, vec![0.0; len]).unwrap();
+        let bad = cpu.tensor_from_vec(&shape, vec![0.0; len]).unwrap();
         assert!(
             matches!(
                 cpu.neuron_forward(&bad, &config),
@@ -436,7 +448,7 @@ fn bad_input_is_an_error_not_a_panic() {
 
     let (_, ctx) = cpu.neuron_forward(&x, &config).unwrap();
     for shape in [vec![3, 2], vec![6], vec![2, 3, 1]] {
-        let g = cpu.from_vec(&shape, vec![1.0; 6]).unwrap();
+        let g = cpu.tensor_from_vec(&shape, vec![1.0; 6]).unwrap();
         assert!(
             matches!(
                 cpu.neuron_backward(&g, &ctx, &config),
@@ -445,7 +457,7 @@ fn bad_input_is_an_error_not_a_panic() {
             "{shape:?}"
         );
     }
-    let g = cpu.from_vec(&[2, 3], vec![1.0; 6]).unwrap();
+    let g = cpu.tensor_from_vec(&[2, 3], vec![1.0; 6]).unwrap();
     let other = NeuronConfig {
         v_threshold: 0.5,
         ..config

@@ -15,7 +15,7 @@ fn cpu() -> Cpu<f64> {
 fn random(shape: &[usize], seed: u64) -> T64 {
     let len = shape.iter().product();
     cpu()
-        .from_vec(shape, SplitMix64::new(seed).normal_vec(len, 1.0))
+        .tensor_from_vec(shape, SplitMix64::new(seed).normal_vec(len, 1.0))
         .unwrap()
 }
 
@@ -64,7 +64,7 @@ fn gradient_error(
         |v| {
             dot(
                 &dyv,
-                &c.to_vec(&forward(&c.from_vec(&shape, v.to_vec()).unwrap()))
+                &c.to_vec(&forward(&c.tensor_from_vec(&shape, v.to_vec()).unwrap()))
                     .unwrap(),
             )
         },
@@ -144,7 +144,7 @@ fn add_sub_scale_are_elementwise() {
     assert_eq!(values(&c.scale(&a, -2.5).unwrap()), scaled);
     // Mixed layouts: a transposed operand is combined in logical order.
     let bt = c
-        .from_vec(&[7, 3], values(&c.permute(&b, &[1, 0]).unwrap()))
+        .tensor_from_vec(&[7, 3], values(&c.permute(&b, &[1, 0]).unwrap()))
         .unwrap();
     let bt = bt.reversed_axes();
     assert!(!bt.is_standard_layout());
@@ -156,7 +156,7 @@ fn add_sub_scale_are_elementwise() {
 fn narrow_concat_repeat_sum_by_hand() {
     let c = cpu();
     let x = c
-        .from_vec(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        .tensor_from_vec(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
         .unwrap();
     assert_eq!(
         values(&c.narrow(&x, 1, 1, 2).unwrap()),
@@ -164,7 +164,7 @@ fn narrow_concat_repeat_sum_by_hand() {
     );
     assert_eq!(values(&c.narrow(&x, 0, 1, 1).unwrap()), [4.0, 5.0, 6.0]);
     assert_eq!(c.narrow(&x, 1, 3, 0).unwrap().shape(), [2, 0]);
-    let z = c.from_vec(&[2, 1], vec![7.0, 8.0]).unwrap();
+    let z = c.tensor_from_vec(&[2, 1], vec![7.0, 8.0]).unwrap();
     let y = c.concat(&[&z, &x, &z], 1).unwrap();
     assert_eq!(y.shape(), [2, 5]);
     assert_eq!(
@@ -186,9 +186,13 @@ fn sum_leading_adds_time_steps_in_order() {
     // The same four values in two orders: summed in order t = 0..T-1, 1e17 absorbs the ones in
     // the first and not in the second (a reversed or pairwise sum would give other results).
     let c = cpu();
-    let x = c.from_vec(&[4, 1], vec![1e17, 1.0, 1.0, -1e17]).unwrap();
+    let x = c
+        .tensor_from_vec(&[4, 1], vec![1e17, 1.0, 1.0, -1e17])
+        .unwrap();
     assert_eq!(values(&c.sum_leading(&x).unwrap()), [0.0]);
-    let x = c.from_vec(&[4, 1], vec![1e17, -1e17, 1.0, 1.0]).unwrap();
+    let x = c
+        .tensor_from_vec(&[4, 1], vec![1e17, -1e17, 1.0, 1.0])
+        .unwrap();
     assert_eq!(values(&c.sum_leading(&x).unwrap()), [2.0]);
 }
 
@@ -355,7 +359,7 @@ fn f32_ops_agree_with_f64() {
     let c64 = cpu();
     let x64 = random(&[4, 6, 9], 20);
     let x32 = c32
-        .from_vec(&[4, 6, 9], values(&x64).iter().map(|&v| v as f32).collect())
+        .tensor_from_vec(&[4, 6, 9], values(&x64).iter().map(|&v| v as f32).collect())
         .unwrap();
     let pairs: [(Vec<f32>, Vec<f64>); 5] = [
         (
@@ -448,7 +452,7 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(c.concat(&[&x, &random(&[2, 5, 4], 42)], 1).is_ok());
 
     assert!(param_err(c.repeat_leading(&x, 0)));
-    let scalar = c.from_vec(&[], vec![1.0]).unwrap();
+    let scalar = c.tensor_from_vec(&[], vec![1.0]).unwrap();
     assert!(shape_err(c.sum_leading(&scalar)));
 
     assert!(param_err(c.mean_axes(&x, &[1, 1])));
@@ -524,7 +528,7 @@ proptest! {
         let len: usize = shape.iter().product();
         let mut rng = SplitMix64::new(seed);
         let data: Vec<f64> = (0..len).map(|_| (rng.next_u64() % 17) as f64 - 8.0).collect();
-        let x = c.from_vec(&shape, data.clone()).unwrap();
+        let x = c.tensor_from_vec(&shape, data.clone()).unwrap();
         let r = c.repeat_leading(&x, times).unwrap();
         prop_assert_eq!(r.shape()[0], times);
         let s = c.sum_leading(&r).unwrap();

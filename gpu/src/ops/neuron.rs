@@ -19,7 +19,8 @@ const THREADS: u32 = 256;
 struct KernelConfig<E> {
     kind: i32,
     decay_input: i32,
-    tau: E,
+    /// Passed as `f64`: the kernel rounds `tau`, `1/tau` and `1 - 1/tau` to `E` as the reference does.
+    tau: f64,
     v_threshold: E,
     surrogate: i32,
     alpha: E,
@@ -44,7 +45,7 @@ impl<E: GpuElement> KernelConfig<E> {
         Ok(KernelConfig {
             kind,
             decay_input,
-            tau: E::cast(tau),
+            tau,
             v_threshold: E::cast(config.v_threshold),
             surrogate,
             alpha: E::cast(alpha),

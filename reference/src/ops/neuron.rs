@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::cpu::CpuTensor;
 use crate::element::Element;
 use crate::error::{OpError, Result};
-use crate::params::{Firing, NeuronConfig, Surrogate};
+use crate::params::{Firing, NeuronConfig, NeuronKind, Surrogate};
 
 const OP: &str = "neuron";
 
@@ -49,15 +49,18 @@ pub struct NeuronContext<E> {
 /// (SPEC.md 2.2), for `t = 0..T-1`:
 ///
 /// ```text
-/// h[t] = k v[t-1] + r x[t]        (k, r) = config.charge_coefficients():
-///                                 IF (1, 1); LIF (1 - 1/tau, 1/tau), or (1 - 1/tau, 1) without decay_input
+/// h[t] = v[t-1] + x[t]                       IF
+///      = v[t-1] + (x[t] - v[t-1]) / tau       LIF with decay_input
+///      = v[t-1] (1 - 1/tau) + x[t]            LIF without decay_input
 /// s[t] = Heaviside(h[t] - V_th)   (1 if h[t] >= V_th, else 0)   with Firing::Heaviside
 ///      = g(h[t] - V_th)           (the surrogate's primitive)   with Firing::Smooth
 /// v[t] = (1 - s[t]) h[t]          (hard reset to V_reset = 0)
 /// ```
 ///
-/// For IF this is exactly `h = v + x`; for LIF it equals SPEC.md's `v + (x - v) / tau` up to
-/// rounding. Returns the spikes `s [T, ...]` and the context holding `h`.
+/// The charge is evaluated exactly as SpikingJelly 0.0.0.0.12's torch backend writes it
+/// (`LIFNode.neuronal_charge` with `v_reset = 0`, `tau` and `1 - 1/tau` rounded to `E` once), so
+/// spikes match the official code bit for bit. Returns the spikes `s [T, ...]` and the context
+/// holding `h`.
 ///
 /// Errors: an invalid `config` ([`NeuronConfig::validate`]), or `x` with no axis or `T = 0`.
 pub fn forward<E: Element>(
@@ -74,25 +77,26 @@ pub fn forward<E: Element>(
     let mut h = ndarray::Array2::<E>::zeros((steps, neurons));
     let mut s = ndarray::Array2::<E>::zeros((steps, neurons));
 
-    let (k, r) = config.charge_coefficients();
-    let (k, r) = (E::cast(k), E::cast(r));
-    let v_th = E::cast(config.v_threshold);
     let kernel = ForwardKernel {
         x: x2,
         h: h.view_mut(),
         s: s.view_mut(),
-        k,
-        r,
     };
-    match (config.firing, config.surrogate) {
-        (Firing::Heaviside, _) => kernel.run(move |h| heaviside(h, v_th)),
-        (Firing::Smooth, Surrogate::ATan { alpha }) => {
-            let sur = ATan::<E>::new(alpha);
-            kernel.run(move |h| sur.primitive(h - v_th))
+    match config.kind {
+        NeuronKind::If => kernel.run_firing(config, |v, x| v + x),
+        NeuronKind::Lif {
+            tau,
+            decay_input: true,
+        } => {
+            let tau = E::cast(tau);
+            kernel.run_firing(config, move |v, x| v + (x - v) / tau)
         }
-        (Firing::Smooth, Surrogate::Sigmoid { alpha }) => {
-            let sur = Sigmoid::<E>::new(alpha);
-            kernel.run(move |h| sur.primitive(h - v_th))
+        NeuronKind::Lif {
+            tau,
+            decay_input: false,
+        } => {
+            let keep = E::cast(1.0 - 1.0 / tau);
+            kernel.run_firing(config, move |v, x| v * keep + x)
         }
     }
 
@@ -274,20 +278,28 @@ struct ForwardKernel<'a, E> {
     x: ArrayView2<'a, E>,
     h: ArrayViewMut2<'a, E>,
     s: ArrayViewMut2<'a, E>,
-    k: E,
-    r: E,
 }
 
 impl<E: Element> ForwardKernel<'_, E> {
-    /// Runs the forward with `fire(h) = s`, chunk by chunk in parallel.
-    fn run(self, fire: impl Fn(E) -> E + Sync) {
-        let ForwardKernel {
-            x,
-            mut h,
-            mut s,
-            k,
-            r,
-        } = self;
+    /// Runs the forward with `charge(v, x) = h` and the firing function of `config`.
+    fn run_firing(self, config: &NeuronConfig, charge: impl Fn(E, E) -> E + Sync) {
+        let v_th = E::cast(config.v_threshold);
+        match (config.firing, config.surrogate) {
+            (Firing::Heaviside, _) => self.run(charge, move |h| heaviside(h, v_th)),
+            (Firing::Smooth, Surrogate::ATan { alpha }) => {
+                let sur = ATan::<E>::new(alpha);
+                self.run(charge, move |h| sur.primitive(h - v_th))
+            }
+            (Firing::Smooth, Surrogate::Sigmoid { alpha }) => {
+                let sur = Sigmoid::<E>::new(alpha);
+                self.run(charge, move |h| sur.primitive(h - v_th))
+            }
+        }
+    }
+
+    /// Runs the forward with `charge(v, x) = h` and `fire(h) = s`, chunk by chunk in parallel.
+    fn run(self, charge: impl Fn(E, E) -> E + Sync, fire: impl Fn(E) -> E + Sync) {
+        let ForwardKernel { x, mut h, mut s } = self;
         x.axis_chunks_iter(Axis(1), NEURON_CHUNK)
             .into_par_iter()
             .zip(h.axis_chunks_iter_mut(Axis(1), NEURON_CHUNK))
@@ -304,7 +316,7 @@ impl<E: Element> ForwardKernel<'_, E> {
                         .and(h)
                         .and(s)
                         .for_each(|v, &x, h, s| {
-                            let ht = k * *v + r * x;
+                            let ht = charge(*v, x);
                             let st = fire(ht);
                             *h = ht;
                             *s = st;
