@@ -1,26 +1,234 @@
 //! Batch normalisation over `[N, C, ...]`, training and evaluation (SPEC.md 1).
+//!
+//! Statistics are taken per channel over every axis but `C` (for the RevSNN layers that is
+//! `T·B·H·W`, SPEC.md 1). Every per-channel reduction is a pairwise sum in `f64` over the channel's
+//! elements in row-major order, computed by one rayon task per channel: the bits do not depend on
+//! the number of threads (DESIGN.md principle 4).
+
+use ndarray::{ArcArray, IxDyn};
+use rayon::prelude::*;
 
 use crate::backend::{BatchNormGrads, BatchStats, RunningStats};
 use crate::cpu::CpuTensor;
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{OpError, Result};
 use crate::params::BatchNormParams;
 
-/// What the batch-norm backward needs.
-#[derive(Debug)]
-pub struct BatchNormContext<E> {
-    pub input: CpuTensor<E>,
+/// Which forward produced a [`BatchNormContext`], and so which backward applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchNormMode {
+    /// Batch statistics: the gradient flows through the mean and the variance too.
+    Train,
+    /// Running statistics: a fixed per-channel affine map.
+    Eval,
 }
 
+/// What the batch-norm backward needs: the input (shared with the caller, row-major) and the
+/// per-channel constants of the forward, in `f64`, `[C]` each.
+#[derive(Debug)]
+pub struct BatchNormContext<E> {
+    /// The forward's input `x [N, C, ...]`, standard layout.
+    pub input: CpuTensor<E>,
+    /// The mean the forward subtracted: the batch mean (train) or the running mean (eval).
+    pub mean: Vec<f64>,
+    /// `1 / sqrt(var + eps)` with the biased batch variance (train) or the running variance (eval).
+    pub inv_std: Vec<f64>,
+    /// The scale `gamma`.
+    pub gamma: Vec<f64>,
+    pub mode: BatchNormMode,
+}
+
+/// What [`train_forward`] returns: `y`, the batch statistics and the context.
+pub type TrainOutput<E> = (CpuTensor<E>, BatchStats<CpuTensor<E>>, BatchNormContext<E>);
+
+/// Elements per pairwise-summation leaf; leaves are summed sequentially.
+const PAIRWISE_BLOCK: usize = 64;
+
+/// How one channel's elements sit in a row-major `[N, C, inner]` buffer.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    batch: usize,
+    channels: usize,
+    inner: usize,
+}
+
+impl Layout {
+    fn of(op: &'static str, shape: &[usize]) -> Result<Layout> {
+        if shape.len() < 2 {
+            return Err(OpError::shape(
+                op,
+                format!("expected x [N, C, ...] with at least 2 axes, got {shape:?}"),
+            ));
+        }
+        Ok(Layout {
+            batch: shape[0],
+            channels: shape[1],
+            inner: shape[2..].iter().product(),
+        })
+    }
+
+    /// Elements per channel: `N` times the product of the trailing axes.
+    fn per_channel(&self) -> usize {
+        self.batch * self.inner
+    }
+
+    /// `sum_j term(flat(c, j))` over the channel's elements `j` in row-major order, pairwise.
+    fn channel_sum(&self, c: usize, term: &impl Fn(usize) -> f64) -> f64 {
+        self.pairwise(c, 0, self.per_channel(), term)
+    }
+
+    fn pairwise(&self, c: usize, lo: usize, hi: usize, term: &impl Fn(usize) -> f64) -> f64 {
+        if hi - lo > PAIRWISE_BLOCK {
+            let mid = lo + (hi - lo) / 2;
+            return self.pairwise(c, lo, mid, term) + self.pairwise(c, mid, hi, term);
+        }
+        if lo == hi {
+            return 0.0;
+        }
+        let (mut b, mut i) = (lo / self.inner, lo % self.inner);
+        let mut sum = 0.0;
+        for _ in lo..hi {
+            sum += term((b * self.channels + c) * self.inner + i);
+            i += 1;
+            if i == self.inner {
+                i = 0;
+                b += 1;
+            }
+        }
+        sum
+    }
+}
+
+/// `x` itself when it is row-major already (no copy), else a row-major copy.
+fn standard<E: Element>(x: &CpuTensor<E>) -> CpuTensor<E> {
+    if x.is_standard_layout() {
+        x.clone()
+    } else {
+        x.as_standard_layout().into_owned().into_shared()
+    }
+}
+
+fn slice_of<E: Element>(x: &CpuTensor<E>) -> &[E] {
+    x.as_slice()
+        .expect("a tensor made standard by `standard` is contiguous")
+}
+
+/// The elements of a `[C]` parameter as `f64`, or a shape error naming it.
+fn channel_vector<E: Element>(
+    op: &'static str,
+    name: &str,
+    v: &CpuTensor<E>,
+    channels: usize,
+) -> Result<Vec<f64>> {
+    if v.shape() != [channels] {
+        return Err(OpError::shape(
+            op,
+            format!(
+                "expected {name} of shape [{channels}] (one per channel), got {:?}",
+                v.shape()
+            ),
+        ));
+    }
+    Ok(v.iter().map(|e| e.widen()).collect())
+}
+
+fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
+    ArcArray::from_shape_vec(IxDyn(shape), data)
+        .expect("the data of a freshly computed tensor fits its shape")
+}
+
+fn channel_tensor<E: Element>(values: &[f64]) -> CpuTensor<E> {
+    tensor(
+        &[values.len()],
+        values.iter().map(|&v| E::cast(v)).collect(),
+    )
+}
+
+/// `y = gamma[c] inv_std[c] (x - mean[c]) + beta[c]`, elementwise in parallel.
+fn normalise<E: Element>(
+    x: &[E],
+    layout: Layout,
+    mean: &[f64],
+    inv_std: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+) -> Vec<E> {
+    let mut y = vec![E::zero(); x.len()];
+    y.par_chunks_mut(layout.inner.max(1))
+        .zip(x.par_chunks(layout.inner.max(1)))
+        .enumerate()
+        .for_each(|(row, (y_row, x_row))| {
+            let c = row % layout.channels;
+            let scale = gamma[c] * inv_std[c];
+            for (y, &x) in y_row.iter_mut().zip(x_row) {
+                *y = E::cast(scale * (x.widen() - mean[c]) + beta[c]);
+            }
+        });
+    y
+}
+
+/// Training-mode BatchNorm (SPEC.md 1): over `x [N, C, ...]` with `n = N · prod(trailing axes)`
+/// values per channel,
+/// `mean_c = (1/n) sum x`, `var_c = (1/n) sum (x - mean_c)^2` (biased),
+/// `y = gamma_c (x - mean_c) / sqrt(var_c + eps) + beta_c`.
+///
+/// Returns `y`, the batch statistics `mean_c` and `n / (n - 1) var_c` (unbiased, for
+/// [`update_running_stats`]) and the context. Errors when `n < 2` (PyTorch refuses one value per
+/// channel in training), on shape mismatches and on invalid `params`.
 pub fn train_forward<E: Element>(
     x: &CpuTensor<E>,
     gamma: &CpuTensor<E>,
     beta: &CpuTensor<E>,
     params: BatchNormParams,
-) -> Result<(CpuTensor<E>, BatchStats<CpuTensor<E>>, BatchNormContext<E>)> {
-    todo!("{x:?} {gamma:?} {beta:?} {params:?}")
+) -> Result<TrainOutput<E>> {
+    const OP: &str = "batch_norm_train";
+    params.validate()?;
+    let layout = Layout::of(OP, x.shape())?;
+    let gamma = channel_vector(OP, "gamma", gamma, layout.channels)?;
+    let beta = channel_vector(OP, "beta", beta, layout.channels)?;
+    let n = layout.per_channel();
+    if n < 2 {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "expected more than 1 value per channel in training, got {n} for input {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    let input = standard(x);
+    let data = slice_of(&input);
+    let count = n as f64;
+    let (mean, var): (Vec<f64>, Vec<f64>) = (0..layout.channels)
+        .into_par_iter()
+        .map(|c| {
+            let mean = layout.channel_sum(c, &|k| data[k].widen()) / count;
+            let var = layout.channel_sum(c, &|k| {
+                let d = data[k].widen() - mean;
+                d * d
+            }) / count;
+            (mean, var)
+        })
+        .unzip();
+    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + params.eps).sqrt()).collect();
+    let var_unbiased: Vec<f64> = var.iter().map(|v| v * count / (count - 1.0)).collect();
+    let y = normalise(data, layout, &mean, &inv_std, &gamma, &beta);
+    let stats = BatchStats {
+        mean: channel_tensor(&mean),
+        var_unbiased: channel_tensor(&var_unbiased),
+    };
+    let context = BatchNormContext {
+        input,
+        mean,
+        inv_std,
+        gamma,
+        mode: BatchNormMode::Train,
+    };
+    Ok((tensor(x.shape(), y), stats, context))
 }
 
+/// Evaluation-mode BatchNorm (SPEC.md 1):
+/// `y = gamma_c (x - running_mean_c) / sqrt(running_var_c + eps) + beta_c` over `x [N, C, ...]`.
 pub fn eval_forward<E: Element>(
     x: &CpuTensor<E>,
     gamma: &CpuTensor<E>,
@@ -28,20 +236,116 @@ pub fn eval_forward<E: Element>(
     running: &RunningStats<CpuTensor<E>>,
     params: BatchNormParams,
 ) -> Result<(CpuTensor<E>, BatchNormContext<E>)> {
-    todo!("{x:?} {gamma:?} {beta:?} {running:?} {params:?}")
+    const OP: &str = "batch_norm_eval";
+    params.validate()?;
+    let layout = Layout::of(OP, x.shape())?;
+    let gamma = channel_vector(OP, "gamma", gamma, layout.channels)?;
+    let beta = channel_vector(OP, "beta", beta, layout.channels)?;
+    let mean = channel_vector(OP, "running mean", &running.mean, layout.channels)?;
+    let var = channel_vector(OP, "running var", &running.var, layout.channels)?;
+    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + params.eps).sqrt()).collect();
+    let input = standard(x);
+    let y = normalise(slice_of(&input), layout, &mean, &inv_std, &gamma, &beta);
+    let context = BatchNormContext {
+        input,
+        mean,
+        inv_std,
+        gamma,
+        mode: BatchNormMode::Eval,
+    };
+    Ok((tensor(x.shape(), y), context))
 }
 
+/// Gradients of either BatchNorm forward, with `x_hat = (x - mean_c) inv_std_c` and sums per
+/// channel over its `n` values (SPEC.md 1):
+/// `dgamma_c = sum dy x_hat`, `dbeta_c = sum dy`, and
+/// train mode: `dx = gamma_c inv_std_c / n (n dy - sum dy - x_hat sum dy x_hat)`
+/// (the mean and variance depend on `x`); eval mode: `dx = gamma_c inv_std_c dy`.
 pub fn backward<E: Element>(
     grad_y: &CpuTensor<E>,
     context: &BatchNormContext<E>,
 ) -> Result<BatchNormGrads<CpuTensor<E>>> {
-    todo!("{grad_y:?} {context:?}")
+    const OP: &str = "batch_norm_backward";
+    let shape = context.input.shape();
+    if grad_y.shape() != shape {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "expected grad_y of the input's shape {shape:?}, got {:?}",
+                grad_y.shape()
+            ),
+        ));
+    }
+    let layout = Layout::of(OP, shape)?;
+    let x = slice_of(&context.input);
+    let dy_tensor = standard(grad_y);
+    let dy = slice_of(&dy_tensor);
+    let (mean, inv_std, gamma) = (&context.mean, &context.inv_std, &context.gamma);
+    let (sum_dy, sum_dy_xhat): (Vec<f64>, Vec<f64>) = (0..layout.channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum_dy = layout.channel_sum(c, &|k| dy[k].widen());
+            let sum_dy_xhat = layout.channel_sum(c, &|k| {
+                dy[k].widen() * (x[k].widen() - mean[c]) * inv_std[c]
+            });
+            (sum_dy, sum_dy_xhat)
+        })
+        .unzip();
+    let count = layout.per_channel() as f64;
+    let mut dx = vec![E::zero(); x.len()];
+    dx.par_chunks_mut(layout.inner.max(1))
+        .zip(x.par_chunks(layout.inner.max(1)))
+        .zip(dy.par_chunks(layout.inner.max(1)))
+        .enumerate()
+        .for_each(|(row, ((dx_row, x_row), dy_row))| {
+            let c = row % layout.channels;
+            let scale = gamma[c] * inv_std[c];
+            match context.mode {
+                BatchNormMode::Train => {
+                    let (mean_dy, mean_dy_xhat) = (sum_dy[c] / count, sum_dy_xhat[c] / count);
+                    for ((dx, &x), &dy) in dx_row.iter_mut().zip(x_row).zip(dy_row) {
+                        let x_hat = (x.widen() - mean[c]) * inv_std[c];
+                        *dx = E::cast(scale * (dy.widen() - mean_dy - x_hat * mean_dy_xhat));
+                    }
+                }
+                BatchNormMode::Eval => {
+                    for (dx, &dy) in dx_row.iter_mut().zip(dy_row) {
+                        *dx = E::cast(scale * dy.widen());
+                    }
+                }
+            }
+        });
+    Ok(BatchNormGrads {
+        input: tensor(shape, dx),
+        gamma: channel_tensor(&sum_dy_xhat),
+        beta: channel_tensor(&sum_dy),
+    })
 }
 
+/// PyTorch's running-statistics update (SPEC.md 1), per channel:
+/// `running_mean = (1 - momentum) running_mean + momentum batch_mean`,
+/// `running_var = (1 - momentum) running_var + momentum batch_var_unbiased`, computed in `f64`.
 pub fn update_running_stats<E: Element>(
     running: &RunningStats<CpuTensor<E>>,
     batch: &BatchStats<CpuTensor<E>>,
     params: BatchNormParams,
 ) -> Result<RunningStats<CpuTensor<E>>> {
-    todo!("{running:?} {batch:?} {params:?}")
+    const OP: &str = "update_running_stats";
+    params.validate()?;
+    let channels = running.mean.len();
+    let running_mean = channel_vector(OP, "running mean", &running.mean, channels)?;
+    let running_var = channel_vector(OP, "running var", &running.var, channels)?;
+    let batch_mean = channel_vector(OP, "batch mean", &batch.mean, channels)?;
+    let batch_var = channel_vector(OP, "batch var", &batch.var_unbiased, channels)?;
+    let m = params.momentum;
+    let blend = |old: &[f64], new: &[f64]| -> Vec<f64> {
+        old.iter()
+            .zip(new)
+            .map(|(o, n)| (1.0 - m) * o + m * n)
+            .collect()
+    };
+    Ok(RunningStats {
+        mean: channel_tensor(&blend(&running_mean, &batch_mean)),
+        var: channel_tensor(&blend(&running_var, &batch_var)),
+    })
 }

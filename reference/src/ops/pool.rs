@@ -1,42 +1,301 @@
-//! Average and max pooling over `[N, C, H, W]` (SPEC.md 1).
+//! Average and max pooling over `[N, C, H, W]` (SPEC.md 1, A7), PyTorch's `ceil_mode=False`.
+//!
+//! Every `(n, c)` plane is one rayon task and every output or input element is computed by one
+//! fixed sequential loop, so the bits do not depend on the number of threads (DESIGN.md
+//! principle 4).
+
+use std::ops::Range;
+
+use ndarray::{ArcArray, IxDyn};
+use rayon::prelude::*;
 
 use crate::cpu::CpuTensor;
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{OpError, Result};
 use crate::params::Pool2dParams;
 
-/// What the max-pool backward needs.
+/// What the max-pool backward needs: the shapes and, for each output element in row-major order,
+/// the position `h W + w` of its window's maximum inside its `(n, c)` plane of the input.
 #[derive(Debug)]
 pub struct MaxPoolContext {
+    /// `[N, C, H, W]`.
     pub input_shape: Vec<usize>,
-    pub argmax: Vec<usize>,
+    /// `[N, C, H_out, W_out]`.
+    pub output_shape: Vec<usize>,
+    /// `N C H_out W_out` plane offsets of the maxima; `u32` since a plane holds fewer than 2^32
+    /// elements (checked by the forward).
+    pub argmax: Vec<u32>,
 }
 
+/// The sizes of one pooling: `planes = N C` planes of `h x w` pooled to `out_h x out_w`.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    planes: usize,
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+    params: Pool2dParams,
+}
+
+impl Geometry {
+    /// Validates `params` and an input shape `[N, C, H, W]` with `H, W >= 1`.
+    fn new(op: &'static str, input_shape: &[usize], params: Pool2dParams) -> Result<Geometry> {
+        params.validate(op)?;
+        let &[n, c, h, w] = input_shape else {
+            return Err(OpError::shape(
+                op,
+                format!("expected x [N, C, H, W], got {input_shape:?}"),
+            ));
+        };
+        if h == 0 || w == 0 {
+            return Err(OpError::shape(
+                op,
+                format!("expected a non-empty H x W plane, got {input_shape:?}"),
+            ));
+        }
+        Ok(Geometry {
+            planes: n * c,
+            h,
+            w,
+            out_h: params.output_size(op, h)?,
+            out_w: params.output_size(op, w)?,
+            params,
+        })
+    }
+
+    fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
+        vec![input_shape[0], input_shape[1], self.out_h, self.out_w]
+    }
+
+    /// The input rows (or columns) of window `o` along an axis of `size`, clipped to the input:
+    /// `[o stride - padding, o stride - padding + kernel)`. Never empty since
+    /// `padding <= kernel / 2` and `size >= 1`.
+    fn window(&self, o: usize, size: usize) -> Range<usize> {
+        let Pool2dParams {
+            kernel,
+            stride,
+            padding,
+        } = self.params;
+        let start = o * stride;
+        start.saturating_sub(padding)..(start + kernel - padding).min(size)
+    }
+
+    /// The outputs along an axis with `out` outputs whose windows contain input index `i`:
+    /// `o stride - padding <= i < o stride - padding + kernel`.
+    fn covering(&self, i: usize, out: usize) -> Range<usize> {
+        let Pool2dParams {
+            kernel,
+            stride,
+            padding,
+        } = self.params;
+        let shifted = i + padding;
+        let lo = (shifted + 1)
+            .saturating_sub(kernel)
+            .div_ceil(stride)
+            .min(out);
+        let hi = (shifted / stride + 1).min(out);
+        lo..hi.max(lo)
+    }
+
+    fn check_grad(&self, op: &'static str, grad_y: &[usize], expected: &[usize]) -> Result<()> {
+        if grad_y != expected {
+            return Err(OpError::shape(
+                op,
+                format!("expected grad_y of the output's shape {expected:?}, got {grad_y:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `x` itself when it is row-major already (no copy), else a row-major copy.
+fn standard<E: Element>(x: &CpuTensor<E>) -> CpuTensor<E> {
+    if x.is_standard_layout() {
+        x.clone()
+    } else {
+        x.as_standard_layout().into_owned().into_shared()
+    }
+}
+
+fn slice_of<E: Element>(x: &CpuTensor<E>) -> &[E] {
+    x.as_slice()
+        .expect("a tensor made standard by `standard` is contiguous")
+}
+
+fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
+    ArcArray::from_shape_vec(IxDyn(shape), data)
+        .expect("the data of a freshly computed tensor fits its shape")
+}
+
+/// Average pooling with `count_include_pad=True` (SPEC.md 1, A7): over `x [N, C, H, W]`,
+/// `y[n, c, i, j] = (1 / k^2) sum_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]` with
+/// zero padding, so every window divides by `k^2` (9 for `AvgPool2d(3, 2, 1)`, also at the
+/// borders); `H_out = floor((H + 2p - k) / s) + 1`, likewise `W_out`.
 pub fn avg_pool2d_forward<E: Element>(
     x: &CpuTensor<E>,
     params: Pool2dParams,
 ) -> Result<CpuTensor<E>> {
-    todo!("{x:?} {params:?}")
+    const OP: &str = "avg_pool2d";
+    let g = Geometry::new(OP, x.shape(), params)?;
+    let input = standard(x);
+    let divisor = (params.kernel * params.kernel) as f64;
+    let mut y = vec![E::zero(); g.planes * g.out_h * g.out_w];
+    y.par_chunks_mut(g.out_h * g.out_w)
+        .zip(slice_of(&input).par_chunks(g.h * g.w))
+        .for_each(|(y_plane, x_plane)| {
+            for (o, y) in y_plane.iter_mut().enumerate() {
+                let (rows, cols) = (g.window(o / g.out_w, g.h), g.window(o % g.out_w, g.w));
+                let mut sum = 0.0;
+                for r in rows {
+                    for v in &x_plane[r * g.w + cols.start..r * g.w + cols.end] {
+                        sum += v.widen();
+                    }
+                }
+                *y = E::cast(sum / divisor);
+            }
+        });
+    Ok(tensor(&g.output_shape(x.shape()), y))
 }
 
+/// The backward of [`avg_pool2d_forward`] (SPEC.md 1, A7):
+/// `dx[n, c, h, w] = (1 / k^2) sum dy[n, c, i, j]` over the outputs `(i, j)` whose windows
+/// contain `(h, w)`, summed in row-major output order. `input_shape` is the forward's `[N, C, H, W]`.
 pub fn avg_pool2d_backward<E: Element>(
     grad_y: &CpuTensor<E>,
     input_shape: &[usize],
     params: Pool2dParams,
 ) -> Result<CpuTensor<E>> {
-    todo!("{grad_y:?} {input_shape:?} {params:?}")
+    const OP: &str = "avg_pool2d_backward";
+    let g = Geometry::new(OP, input_shape, params)?;
+    g.check_grad(OP, grad_y.shape(), &g.output_shape(input_shape))?;
+    let dy = standard(grad_y);
+    let divisor = (params.kernel * params.kernel) as f64;
+    let row_outputs: Vec<Range<usize>> = (0..g.h).map(|r| g.covering(r, g.out_h)).collect();
+    let col_outputs: Vec<Range<usize>> = (0..g.w).map(|c| g.covering(c, g.out_w)).collect();
+    let mut dx = vec![E::zero(); g.planes * g.h * g.w];
+    dx.par_chunks_mut(g.h * g.w)
+        .zip(slice_of(&dy).par_chunks(g.out_h * g.out_w))
+        .for_each(|(dx_plane, dy_plane)| {
+            for (i, dx) in dx_plane.iter_mut().enumerate() {
+                let cols = &col_outputs[i % g.w];
+                let mut sum = 0.0;
+                for o in row_outputs[i / g.w].clone() {
+                    for v in &dy_plane[o * g.out_w + cols.start..o * g.out_w + cols.end] {
+                        sum += v.widen();
+                    }
+                }
+                *dx = E::cast(sum / divisor);
+            }
+        });
+    Ok(tensor(input_shape, dx))
 }
 
+/// Max pooling (SPEC.md 1): over `x [N, C, H, W]` padded with `-inf`,
+/// `y[n, c, i, j] = max_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]`. Ties go to the first
+/// maximum in row-major window order and a NaN wins (PyTorch's CPU rule: replace when
+/// `v > max || isnan(v)`). The context keeps each output's argmax.
 pub fn max_pool2d_forward<E: Element>(
     x: &CpuTensor<E>,
     params: Pool2dParams,
 ) -> Result<(CpuTensor<E>, MaxPoolContext)> {
-    todo!("{x:?} {params:?}")
+    const OP: &str = "max_pool2d";
+    let g = Geometry::new(OP, x.shape(), params)?;
+    if u32::try_from(g.h * g.w).is_err() {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "an H x W plane of {:?} has 2^32 or more elements; split the input",
+                x.shape()
+            ),
+        ));
+    }
+    let input = standard(x);
+    let plane_out = g.out_h * g.out_w;
+    let mut y = vec![E::zero(); g.planes * plane_out];
+    let mut argmax = vec![0u32; g.planes * plane_out];
+    y.par_chunks_mut(plane_out)
+        .zip(argmax.par_chunks_mut(plane_out))
+        .zip(slice_of(&input).par_chunks(g.h * g.w))
+        .for_each(|((y_plane, arg_plane), x_plane)| {
+            for (o, (y, arg)) in y_plane.iter_mut().zip(arg_plane).enumerate() {
+                let (rows, cols) = (g.window(o / g.out_w, g.h), g.window(o % g.out_w, g.w));
+                let mut best = E::neg_infinity();
+                let mut best_at = rows.start * g.w + cols.start;
+                for r in rows {
+                    let start = r * g.w + cols.start;
+                    for (k, &v) in x_plane[start..r * g.w + cols.end].iter().enumerate() {
+                        if v > best || v.is_nan() {
+                            best = v;
+                            best_at = start + k;
+                        }
+                    }
+                }
+                *y = best;
+                // Fits: the plane size was checked against u32 above.
+                *arg = best_at as u32;
+            }
+        });
+    let output_shape = g.output_shape(x.shape());
+    let context = MaxPoolContext {
+        input_shape: x.shape().to_vec(),
+        output_shape: output_shape.clone(),
+        argmax,
+    };
+    Ok((tensor(&output_shape, y), context))
 }
 
+/// The backward of [`max_pool2d_forward`] (SPEC.md 1): `dx[n, c, h, w] = sum dy[n, c, i, j]`
+/// over the outputs `(i, j)` whose argmax is `(h, w)` (overlapping windows may share one),
+/// accumulated in row-major output order.
 pub fn max_pool2d_backward<E: Element>(
     grad_y: &CpuTensor<E>,
     context: &MaxPoolContext,
 ) -> Result<CpuTensor<E>> {
-    todo!("{grad_y:?} {context:?}")
+    const OP: &str = "max_pool2d_backward";
+    if grad_y.shape() != context.output_shape.as_slice() {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "expected grad_y of the output's shape {:?}, got {:?}",
+                context.output_shape,
+                grad_y.shape()
+            ),
+        ));
+    }
+    let (input_shape, output_shape) = (&context.input_shape, &context.output_shape);
+    if input_shape.len() != 4 || output_shape.len() != 4 || input_shape[..2] != output_shape[..2] {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "a context of input {input_shape:?} and output {output_shape:?} does not come from max_pool2d_forward"
+            ),
+        ));
+    }
+    let plane_in: usize = input_shape[2..].iter().product();
+    let plane_out: usize = output_shape[2..].iter().product();
+    if context.argmax.len() != output_shape.iter().product::<usize>()
+        || context.argmax.iter().any(|&a| a as usize >= plane_in)
+    {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "the context's {} argmax positions do not fit output {output_shape:?} and input {input_shape:?}",
+                context.argmax.len()
+            ),
+        ));
+    }
+    let dy = standard(grad_y);
+    let mut dx = vec![E::zero(); input_shape.iter().product()];
+    if plane_in > 0 && plane_out > 0 {
+        dx.par_chunks_mut(plane_in)
+            .zip(slice_of(&dy).par_chunks(plane_out))
+            .zip(context.argmax.par_chunks(plane_out))
+            .for_each(|((dx_plane, dy_plane), arg_plane)| {
+                for (&dy, &arg) in dy_plane.iter().zip(arg_plane) {
+                    dx_plane[arg as usize] += dy;
+                }
+            });
+    }
+    Ok(tensor(input_shape, dx))
 }
