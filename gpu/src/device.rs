@@ -12,10 +12,12 @@ use crate::error::GpuError;
 use crate::kernels::KernelSource;
 use crate::probe::{CudaStatus, DeviceInfo, probe};
 
-/// Compiled images by (kernel file, architecture), shared by every device of the process.
-fn image_cache() -> &'static Mutex<HashMap<(&'static str, (i32, i32)), Arc<Vec<u8>>>> {
-    static CACHE: OnceLock<Mutex<HashMap<(&'static str, (i32, i32)), Arc<Vec<u8>>>>> =
-        OnceLock::new();
+/// A kernel file compiled for one architecture `(major, minor)`.
+type ImageKey = (&'static str, (i32, i32));
+
+/// Compiled images, shared by every device of the process.
+fn image_cache() -> &'static Mutex<HashMap<ImageKey, Arc<Vec<u8>>>> {
+    static CACHE: OnceLock<Mutex<HashMap<ImageKey, Arc<Vec<u8>>>>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 

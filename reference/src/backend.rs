@@ -66,7 +66,8 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     type Elem: Element;
     /// A dense row-major tensor.
     type Tensor: Clone + Debug + Send + Sync;
-    /// What [`Backend::neuron_backward`] needs: the membrane potentials `h` and the spikes.
+    /// What [`Backend::neuron_backward`] needs: the membrane potentials `h` (spikes are a
+    /// function of `h` and may be recomputed from it).
     type NeuronContext: Debug + Send + Sync;
     /// What [`Backend::conv2d_backward`] needs.
     type Conv2dContext: Debug + Send + Sync;

@@ -331,9 +331,9 @@ fn a_strided_input_gives_the_same_result_as_its_row_major_copy() {
 fn the_backend_delegates_to_the_kernels() {
     let cpu = Cpu::<f64>::new();
     let case = Case::new(12, &[2, 3, 2]);
-    let x = cpu.from_vec(&case.shape, case.x.clone()).unwrap();
-    let gamma = cpu.from_vec(&[3], case.gamma.clone()).unwrap();
-    let beta = cpu.from_vec(&[3], case.beta.clone()).unwrap();
+    let x = cpu.tensor_from_vec(&case.shape, case.x.clone()).unwrap();
+    let gamma = cpu.tensor_from_vec(&[3], case.gamma.clone()).unwrap();
+    let beta = cpu.tensor_from_vec(&[3], case.beta.clone()).unwrap();
     let (y, stats, ctx) = cpu
         .batch_norm_train_forward(&x, &gamma, &beta, params())
         .unwrap();

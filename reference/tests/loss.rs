@@ -257,10 +257,10 @@ fn a_strided_input_gives_the_same_result_as_its_row_major_copy() {
 #[test]
 fn the_backend_delegates_to_the_kernels() {
     let cpu = Cpu::<f32>::new();
-    let x = cpu.from_vec(&[2, 3], vec![0.5; 6]).unwrap();
+    let x = cpu.tensor_from_vec(&[2, 3], vec![0.5; 6]).unwrap();
     let (l, ctx) = cpu.cross_entropy_forward(&x, &[0, 2]).unwrap();
     assert!((l - 3f32.ln()).abs() < 1e-6);
-    let t = cpu.from_vec(&[2, 3], vec![1.0 / 3.0; 6]).unwrap();
+    let t = cpu.tensor_from_vec(&[2, 3], vec![1.0 / 3.0; 6]).unwrap();
     let (ls, soft_ctx) = cpu.soft_cross_entropy_forward(&x, &t).unwrap();
     assert!((ls - 3f32.ln()).abs() < 1e-6);
     let g = cpu.cross_entropy_backward(&ctx, 1.0).unwrap();

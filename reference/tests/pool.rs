@@ -344,7 +344,7 @@ fn a_strided_input_gives_the_same_result_as_its_row_major_copy() {
 fn the_backend_delegates_to_the_kernels() {
     let cpu = Cpu::<f32>::new();
     let x = cpu
-        .from_vec(&[1, 1, 3, 3], (0..9).map(|v| v as f32).collect())
+        .tensor_from_vec(&[1, 1, 3, 3], (0..9).map(|v| v as f32).collect())
         .unwrap();
     let p = Pool2dParams::K3_S2_P1;
     let avg = cpu.avg_pool2d_forward(&x, p).unwrap();
