@@ -11,7 +11,10 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 fn live_and_peak_bytes_follow_tensor_allocations() {
     let cpu = Cpu::<f32>::new();
     let before = memory::reset_peak();
-    assert!(before.is_counting, "the counting allocator is installed in this binary");
+    assert!(
+        before.is_counting,
+        "the counting allocator is installed in this binary"
+    );
     let base = memory::stats().live_bytes;
 
     let big = cpu.zeros(&[1024, 1024]).unwrap(); // 4 MiB
@@ -23,9 +26,18 @@ fn live_and_peak_bytes_follow_tensor_allocations() {
     assert!(memory::stats().live_bytes < with_big.live_bytes + 4096);
     drop((big, shared));
     let after_drop = memory::stats();
-    assert!(after_drop.live_bytes < base + 4096, "{after_drop:?} vs base {base}");
-    assert!(after_drop.peak_bytes >= base + (4 << 20), "the peak remembers the 4 MiB");
+    assert!(
+        after_drop.live_bytes < base + 4096,
+        "{after_drop:?} vs base {base}"
+    );
+    assert!(
+        after_drop.peak_bytes >= base + (4 << 20),
+        "the peak remembers the 4 MiB"
+    );
 
     memory::reset_peak();
-    assert!(memory::stats().peak_bytes < base + 4096, "reset_peak restarts from the live bytes");
+    assert!(
+        memory::stats().peak_bytes < base + 4096,
+        "reset_peak restarts from the live bytes"
+    );
 }
