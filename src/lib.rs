@@ -9,7 +9,9 @@
 //! training algorithm, data, checkpoints and training arrive on top of the op contract
 //! [`revsnn_reference::Backend`] (see `docs/ARCHITECTURE.md`).
 
+pub mod error;
 pub mod info;
+pub mod model;
 
 pub use revsnn_gpu as gpu;
 pub use revsnn_reference as reference;

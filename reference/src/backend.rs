@@ -116,6 +116,11 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn concat(&self, parts: &[&Self::Tensor], axis: usize) -> Result<Self::Tensor>;
     /// `y[t] = x` for `t < times`: `[...] -> [times, ...]`, the direct encoding of SPEC.md 4.1.
     fn repeat_leading(&self, x: &Self::Tensor, times: usize) -> Result<Self::Tensor>;
+    /// `y = round(x 2^k) 2^-k`, the fixed-point grid of the exact reversible coupling (its
+    /// gradient is taken as the identity, straight through).
+    fn quantize(&self, x: &Self::Tensor, k: i32) -> Result<Self::Tensor>;
+    /// A hash of the shape and of every element's bits: equal for bitwise-equal tensors.
+    fn fingerprint(&self, x: &Self::Tensor) -> Result<u64>;
     /// `y = sum_t x[t]`: `[T, ...] -> [...]`, the backward of [`Backend::repeat_leading`].
     fn sum_leading(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// Mean over the listed axes, which are removed: the mean over time, over tokens, and the

@@ -120,6 +120,14 @@ impl<E: Element> Backend for Cpu<E> {
         ops::tensor::repeat_leading(x, times)
     }
 
+    fn quantize(&self, x: &CpuTensor<E>, k: i32) -> Result<CpuTensor<E>> {
+        ops::tensor::quantize(x, k)
+    }
+
+    fn fingerprint(&self, x: &CpuTensor<E>) -> Result<u64> {
+        Ok(ops::tensor::fingerprint(x))
+    }
+
     fn sum_leading(&self, x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
         ops::tensor::sum_leading(x)
     }

@@ -144,6 +144,39 @@ pub fn scale<E: Element>(x: &CpuTensor<E>, factor: E) -> Result<CpuTensor<E>> {
     Ok(standard(Zip::from(&x).par_map_collect(|&v| factor * v)))
 }
 
+/// `y = round(x 2^k) 2^-k`: `x` rounded to the nearest multiple of `2^-k` (halves away from
+/// zero), the fixed-point grid of the exact reversible coupling. Scaling by a power of two is
+/// exact, so the only rounding is the one intended. `k` must satisfy `|k| <= 60`.
+pub fn quantize<E: Element>(x: &CpuTensor<E>, k: i32) -> Result<CpuTensor<E>> {
+    if k.abs() > 60 {
+        return Err(OpError::parameter("quantize", "k", k, "must be within [-60, 60]"));
+    }
+    let up = E::cast(2f64.powi(k));
+    let down = E::cast(2f64.powi(-k));
+    let x = x.as_standard_layout();
+    Ok(standard(Zip::from(&x).par_map_collect(|&v| (v * up).round() * down)))
+}
+
+/// A 64-bit FNV-1a hash of the shape and of every element's bits in row-major order: equal
+/// tensors (bit for bit) have equal fingerprints. Used to detect a reversible recompute whose
+/// spikes differ from the forward's.
+pub fn fingerprint<E: Element>(x: &CpuTensor<E>) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |word: u64| {
+        for byte in word.to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+        }
+    };
+    for &dim in x.shape() {
+        feed(dim as u64);
+    }
+    for &v in x.iter() {
+        feed(v.widen().to_bits());
+    }
+    hash
+}
+
 /// `(outer, dim, inner)`: the products of the axes before `axis`, its size, and the product of
 /// the axes after it.
 fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {

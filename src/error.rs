@@ -1,0 +1,24 @@
+//! Errors of the model layer and the CLI, each saying what to do.
+
+use revsnn_reference::OpError;
+use thiserror::Error;
+
+/// What went wrong above the ops.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// An op rejected its inputs.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// A model spec that cannot be built.
+    #[error("invalid model spec: {0}")]
+    Spec(String),
+    /// A file that cannot be read or written.
+    #[error("{path}: {detail}")]
+    File { path: String, detail: String },
+    /// Bad command-line input.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The result of a model-level operation.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,100 @@
+//! Building a model's parameters under their official names, with the official initialisation
+//! (SPEC.md 4.6).
+
+use revsnn_reference::Backend;
+use revsnn_reference::testing::SplitMix64;
+
+use super::layers::BatchNormIds;
+use super::params::{EntryKind, ParamId, ParamStore};
+use crate::error::Result;
+
+/// How a weight is initialised (SPEC.md 4.6).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// `kaiming_normal_(mode='fan_out', nonlinearity='relu')`: N(0, 2 / (C_out k_h k_w)); the
+    /// ResNets' convolutions.
+    KaimingNormalFanOut,
+    /// PyTorch's default for Conv and Linear weights (`kaiming_uniform_(a = sqrt 5)`) and biases:
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    UniformFanIn,
+    /// `trunc_normal_(std)`, truncated at +-2 (absolute, so effectively untruncated for small std).
+    TruncatedNormal { std: f64 },
+    /// A constant (BatchNorm: gamma 1, beta 0, running mean 0, running var 1).
+    Constant(f64),
+}
+
+/// Creates the parameters of a model in `state_dict` order.
+pub struct Builder<'a, B: Backend> {
+    pub backend: &'a B,
+    pub store: ParamStore<B>,
+    rng: SplitMix64,
+}
+
+impl<'a, B: Backend> Builder<'a, B> {
+    /// A builder whose random initialisation is determined by `seed`.
+    pub fn new(backend: &'a B, seed: u64) -> Self {
+        Builder { backend, store: ParamStore::default(), rng: SplitMix64::new(seed) }
+    }
+
+    /// A parameter of `shape` named `name`; `fan_in` and `fan_out` for the scaled inits.
+    pub fn parameter(&mut self, name: impl Into<String>, shape: &[usize], init: Init) -> Result<ParamId> {
+        let len: usize = shape.iter().product();
+        let fan_in: usize = shape.iter().skip(1).product();
+        let receptive: usize = shape.iter().skip(2).product();
+        let values: Vec<f64> = match init {
+            Init::KaimingNormalFanOut => {
+                let std = (2.0 / (shape[0] * receptive.max(1)) as f64).sqrt();
+                self.rng.normal_vec(len, std)
+            }
+            Init::UniformFanIn => {
+                let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+                (0..len).map(|_| self.rng.uniform(-bound, bound)).collect()
+            }
+            Init::TruncatedNormal { std } => {
+                (0..len).map(|_| (std * self.rng.normal()).clamp(-2.0, 2.0)).collect()
+            }
+            Init::Constant(c) => vec![c; len],
+        };
+        self.push(name.into(), EntryKind::Parameter, shape, values)
+    }
+
+    /// A bias `[channels]` with PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    pub fn bias(&mut self, name: impl Into<String>, channels: usize, fan_in: usize) -> Result<ParamId> {
+        let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+        let values = (0..channels).map(|_| self.rng.uniform(-bound, bound)).collect();
+        self.push(name.into(), EntryKind::Parameter, &[channels], values)
+    }
+
+    /// A BatchNorm over `channels` under `prefix`: `weight`, `bias`, `running_mean`,
+    /// `running_var`, `num_batches_tracked`.
+    pub fn batch_norm(&mut self, prefix: &str, channels: usize) -> Result<BatchNormIds> {
+        Ok(BatchNormIds {
+            gamma: self.push(format!("{prefix}.weight"), EntryKind::Parameter, &[channels], vec![1.0; channels])?,
+            beta: self.push(format!("{prefix}.bias"), EntryKind::Parameter, &[channels], vec![0.0; channels])?,
+            running_mean: self.push(
+                format!("{prefix}.running_mean"),
+                EntryKind::RunningStat,
+                &[channels],
+                vec![0.0; channels],
+            )?,
+            running_var: self.push(
+                format!("{prefix}.running_var"),
+                EntryKind::RunningStat,
+                &[channels],
+                vec![1.0; channels],
+            )?,
+            batches_tracked: self.push(
+                format!("{prefix}.num_batches_tracked"),
+                EntryKind::BatchesTracked,
+                &[],
+                vec![0.0],
+            )?,
+        })
+    }
+
+    fn push(&mut self, name: String, kind: EntryKind, shape: &[usize], values: Vec<f64>) -> Result<ParamId> {
+        let data = values.into_iter().map(<B::Elem as revsnn_reference::Element>::cast).collect();
+        let tensor = self.backend.tensor_from_vec(shape, data)?;
+        self.store.push(name, kind, tensor, self.backend)
+    }
+}

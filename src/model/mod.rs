@@ -1,0 +1,72 @@
+//! Layers and models written once over any [`Backend`] (DESIGN.md principle 2).
+//!
+//! There is no autograd: every layer is a [`Layer`], a forward that returns what its backward
+//! needs (`Saved`) and a backward that consumes it. Non-reversible parts keep their `Saved` on
+//! the caller's stack (the tape); a [`reversible::ReversibleSequence`] keeps nothing but its output
+//! and rebuilds each block's `Saved` in its backward (SPEC.md 3.3).
+
+pub mod build;
+pub mod layers;
+pub mod params;
+pub mod reversible;
+
+use revsnn_reference::{Backend, BatchNormParams};
+
+use crate::error::Result;
+pub use params::{EntryKind, Grads, ParamId, ParamStore};
+
+/// Training (BatchNorm batch statistics) or evaluation (running statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// Everything a forward or backward pass reads and writes besides its tensors.
+pub struct Session<'a, B: Backend> {
+    pub backend: &'a B,
+    /// Weights (read) and BatchNorm running statistics (updated by training-mode forwards).
+    pub store: &'a mut ParamStore<B>,
+    /// Parameter gradients, accumulated by backward passes.
+    pub grads: &'a mut Grads<B>,
+    pub mode: Mode,
+    /// Whether a training-mode BatchNorm updates its running statistics now; the reversible
+    /// backward turns it off while recomputing under the `once` policy.
+    pub update_running_stats: bool,
+    pub batch_norm: BatchNormParams,
+    /// When `Some`, every neuron layer folds the fingerprint of its spikes into it: the
+    /// reversible sequence compares forward and recompute this way.
+    pub spike_fingerprint: Option<u64>,
+    /// How many F or G recomputes of reversible backwards produced spikes that differ from
+    /// their forward (a reconstruction error large enough to flip a spike): 0 when the
+    /// reversible gradient is exactly the stored-activation one.
+    pub diverged_recomputes: usize,
+}
+
+impl<'a, B: Backend> Session<'a, B> {
+    /// A session with PyTorch's BatchNorm constants, updating running statistics in training.
+    pub fn new(backend: &'a B, store: &'a mut ParamStore<B>, grads: &'a mut Grads<B>, mode: Mode) -> Self {
+        Session {
+            backend,
+            store,
+            grads,
+            mode,
+            update_running_stats: true,
+            batch_norm: BatchNormParams::default(),
+            spike_fingerprint: None,
+            diverged_recomputes: 0,
+        }
+    }
+}
+
+/// A differentiable piece of a model.
+pub trait Layer<B: Backend> {
+    /// What the backward needs.
+    type Saved;
+
+    /// `y = layer(x)`, and what the backward of this call needs.
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)>;
+
+    /// `dL/dx` from `dL/dy`; parameter gradients are accumulated into `session.grads`.
+    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor>;
+}

@@ -1,0 +1,245 @@
+//! The reversible spiking block and sequence (SPEC.md 3): the forward keeps only its output; the
+//! backward walks the blocks last to first, recomputing G then F from `v = 0` and reconstructing
+//! each block's input from its output:
+//!
+//! ```text
+//! forward:   y1 = x1 + F(x2)            y2 = x2 + G(y1)
+//! backward:  dY1 = dy1 + G'(y1)^T dy2   x2 = y2 - G(y1)
+//!            dx2 = dy2 + F'(x2)^T dY1   x1 = y1 - F(x2)        dx1 = dY1
+//! ```
+//!
+//! Two couplings: [`Coupling::Float`] is the paper's; [`Coupling::Exact`] keeps the stream and
+//! every F/G output on the grid of multiples of `2^-k`, where sums and differences are exact in
+//! the float type, so the inverse reconstructs every input bit for bit (the rounding's gradient
+//! is taken as the identity).
+
+use revsnn_reference::{Backend, DType, Element};
+
+use super::{Layer, Mode, Session};
+use crate::error::Result;
+
+/// How the two halves of the stream are coupled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Coupling {
+    /// `y1 = x1 + F(x2)`, `y2 = x2 + G(y1)` in floating point (the official code).
+    #[default]
+    Float,
+    /// The same with F, G and the stream rounded to multiples of `2^-k` ([`Coupling::grid_bits`]),
+    /// making the inverse exact.
+    Exact,
+}
+
+impl Coupling {
+    /// `k` of the exact coupling's grid `2^-k` for `dtype`. Values on the grid stay exact while
+    /// `|v| < 2^(p - k)` for `p` mantissa bits: f32 (p = 24) uses k = 12, so resolution
+    /// 2.4e-4 and range +-4096; f64 (p = 53) uses k = 30, so resolution 9.3e-10 and range +-8.4e6.
+    /// Activations of these models (BatchNorm outputs summed over a few dozen blocks) stay far
+    /// inside both ranges.
+    pub fn grid_bits(dtype: DType) -> i32 {
+        match dtype {
+            DType::F32 => 12,
+            DType::F64 => 30,
+        }
+    }
+}
+
+/// What the backward's recompute does to BatchNorm running statistics (SPEC.md A3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RecomputeStats {
+    /// The recompute normalises with its own batch statistics and leaves the running statistics
+    /// alone, so each step updates them once.
+    #[default]
+    Once,
+    /// The recompute updates them a second time, as the official code does.
+    Faithful,
+}
+
+/// What the forward keeps for the backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Only the output: the backward recomputes (the reversible algorithm).
+    #[default]
+    Reversible,
+    /// Every block's F and G contexts: plain backpropagation through the same model, the
+    /// baseline the reversible gradients are checked against.
+    StoredActivations,
+}
+
+/// How a reversible sequence runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReversibleOptions {
+    pub coupling: Coupling,
+    pub recompute_stats: RecomputeStats,
+    pub storage: Storage,
+}
+
+/// One reversible block: F and G act on half the channels each.
+#[derive(Clone, Debug)]
+pub struct ReversibleBlock<F, G> {
+    pub f: F,
+    pub g: G,
+}
+
+/// A sequence of reversible blocks over `[T, B, C, ...]`, split along the channel axis 2 into
+/// contiguous halves (SPEC.md 3.1).
+#[derive(Clone, Debug)]
+pub struct ReversibleSequence<F, G> {
+    pub blocks: Vec<ReversibleBlock<F, G>>,
+    pub options: ReversibleOptions,
+}
+
+/// What a [`ReversibleSequence`] forward keeps.
+pub enum SequenceSaved<B: Backend, FS, GS> {
+    /// The output and, per block, the fingerprints of the spikes F and G produced.
+    Reversible { output: B::Tensor, fingerprints: Vec<(u64, u64)> },
+    /// Every block's F and G contexts.
+    Stored { contexts: Vec<(FS, GS)> },
+}
+
+/// The channel axis of `[T, B, C, ...]`.
+const CHANNEL_AXIS: usize = 2;
+
+fn halves<B: Backend>(backend: &B, x: &B::Tensor) -> Result<(B::Tensor, B::Tensor)> {
+    let channels = backend.shape(x)[CHANNEL_AXIS];
+    if channels % 2 != 0 {
+        return Err(revsnn_reference::OpError::shape(
+            "reversible block",
+            format!("the channel axis must split in two halves, got {channels} channels"),
+        )
+        .into());
+    }
+    let half = channels / 2;
+    Ok((backend.narrow(x, CHANNEL_AXIS, 0, half)?, backend.narrow(x, CHANNEL_AXIS, half, half)?))
+}
+
+impl<F, G> ReversibleSequence<F, G> {
+    fn grid<B: Backend>(&self) -> Option<i32> {
+        (self.options.coupling == Coupling::Exact).then(|| Coupling::grid_bits(<B::Elem as Element>::DTYPE))
+    }
+
+    fn couple<B: Backend>(&self, backend: &B, residual: &B::Tensor, update: &B::Tensor) -> Result<B::Tensor> {
+        Ok(match self.grid::<B>() {
+            Some(k) => backend.add(residual, &backend.quantize(update, k)?)?,
+            None => backend.add(residual, update)?,
+        })
+    }
+
+    fn uncouple<B: Backend>(&self, backend: &B, sum: &B::Tensor, update: &B::Tensor) -> Result<B::Tensor> {
+        Ok(match self.grid::<B>() {
+            Some(k) => backend.sub(sum, &backend.quantize(update, k)?)?,
+            None => backend.sub(sum, update)?,
+        })
+    }
+}
+
+/// Runs `layer` with spike fingerprinting on, returning its output, saved context and the
+/// fingerprint of every spike it produced.
+fn fingerprinted<B: Backend, L: Layer<B>>(
+    layer: &L,
+    session: &mut Session<B>,
+    x: &B::Tensor,
+) -> Result<(B::Tensor, L::Saved, u64)> {
+    let outer = session.spike_fingerprint.replace(0);
+    let result = layer.forward(session, x);
+    let fingerprint = session.spike_fingerprint.take().unwrap_or(0);
+    session.spike_fingerprint = outer;
+    let (y, saved) = result?;
+    Ok((y, saved, fingerprint))
+}
+
+impl<B, F, G> Layer<B> for ReversibleSequence<F, G>
+where
+    B: Backend,
+    F: Layer<B>,
+    G: Layer<B>,
+{
+    type Saved = SequenceSaved<B, F::Saved, G::Saved>;
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let backend = session.backend;
+        let mut stream = match self.grid::<B>() {
+            Some(k) => backend.quantize(x, k)?,
+            None => x.clone(),
+        };
+        let keep = self.options.storage == Storage::StoredActivations && session.mode == Mode::Train;
+        let mut contexts = Vec::new();
+        let mut fingerprints = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (x1, x2) = halves(backend, &stream)?;
+            let (fx2, f_saved, f_print) = fingerprinted(&block.f, session, &x2)?;
+            let y1 = self.couple(backend, &x1, &fx2)?;
+            let (gy1, g_saved, g_print) = fingerprinted(&block.g, session, &y1)?;
+            let y2 = self.couple(backend, &x2, &gy1)?;
+            stream = backend.concat(&[&y1, &y2], CHANNEL_AXIS)?;
+            fingerprints.push((f_print, g_print));
+            if keep {
+                contexts.push((f_saved, g_saved));
+            }
+            // Otherwise F's and G's contexts drop here: the reversible sequence keeps nothing.
+        }
+        let saved = if keep {
+            SequenceSaved::Stored { contexts }
+        } else {
+            SequenceSaved::Reversible { output: stream.clone(), fingerprints }
+        };
+        Ok((stream, saved))
+    }
+
+    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor> {
+        let backend = session.backend;
+        match saved {
+            SequenceSaved::Stored { contexts } => {
+                let mut grad = grad_y.clone();
+                for (block, (f_saved, g_saved)) in self.blocks.iter().zip(contexts).rev() {
+                    let (dy1, dy2) = halves(backend, &grad)?;
+                    let dx1 = backend.add(&dy1, &block.g.backward(session, g_saved, &dy2)?)?;
+                    let dx2 = backend.add(&dy2, &block.f.backward(session, f_saved, &dx1)?)?;
+                    grad = backend.concat(&[&dx1, &dx2], CHANNEL_AXIS)?;
+                }
+                Ok(grad)
+            }
+            SequenceSaved::Reversible { output, fingerprints } => {
+                let update_before = session.update_running_stats;
+                session.update_running_stats =
+                    update_before && self.options.recompute_stats == RecomputeStats::Faithful;
+                let result = self.reverse(session, output, fingerprints, grad_y);
+                session.update_running_stats = update_before;
+                result
+            }
+        }
+    }
+}
+
+impl<F, G> ReversibleSequence<F, G> {
+    /// The backward by recomputation of SPEC.md 3.3, G before F, last block first.
+    fn reverse<B>(
+        &self,
+        session: &mut Session<B>,
+        output: B::Tensor,
+        fingerprints: Vec<(u64, u64)>,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor>
+    where
+        B: Backend,
+        F: Layer<B>,
+        G: Layer<B>,
+    {
+        let backend = session.backend;
+        let mut stream = output;
+        let mut grad = grad_y.clone();
+        for (block, (f_print, g_print)) in self.blocks.iter().zip(fingerprints).rev() {
+            let (y1, y2) = halves(backend, &stream)?;
+            let (dy1, dy2) = halves(backend, &grad)?;
+            let (gy1, g_saved, g_again) = fingerprinted(&block.g, session, &y1)?;
+            let dx1 = backend.add(&dy1, &block.g.backward(session, g_saved, &dy2)?)?;
+            let x2 = self.uncouple(backend, &y2, &gy1)?;
+            let (fx2, f_saved, f_again) = fingerprinted(&block.f, session, &x2)?;
+            let dx2 = backend.add(&dy2, &block.f.backward(session, f_saved, &dx1)?)?;
+            let x1 = self.uncouple(backend, &y1, &fx2)?;
+            session.diverged_recomputes += usize::from(g_again != g_print) + usize::from(f_again != f_print);
+            stream = backend.concat(&[&x1, &x2], CHANNEL_AXIS)?;
+            grad = backend.concat(&[&dx1, &dx2], CHANNEL_AXIS)?;
+        }
+        Ok(grad)
+    }
+}
