@@ -12,6 +12,7 @@
 pub mod error;
 pub mod info;
 pub mod model;
+pub mod spec;
 
 pub use revsnn_gpu as gpu;
 pub use revsnn_reference as reference;

@@ -33,11 +33,20 @@ pub struct Builder<'a, B: Backend> {
 impl<'a, B: Backend> Builder<'a, B> {
     /// A builder whose random initialisation is determined by `seed`.
     pub fn new(backend: &'a B, seed: u64) -> Self {
-        Builder { backend, store: ParamStore::default(), rng: SplitMix64::new(seed) }
+        Builder {
+            backend,
+            store: ParamStore::default(),
+            rng: SplitMix64::new(seed),
+        }
     }
 
     /// A parameter of `shape` named `name`; `fan_in` and `fan_out` for the scaled inits.
-    pub fn parameter(&mut self, name: impl Into<String>, shape: &[usize], init: Init) -> Result<ParamId> {
+    pub fn parameter(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        init: Init,
+    ) -> Result<ParamId> {
         let len: usize = shape.iter().product();
         let fan_in: usize = shape.iter().skip(1).product();
         let receptive: usize = shape.iter().skip(2).product();
@@ -50,18 +59,25 @@ impl<'a, B: Backend> Builder<'a, B> {
                 let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
                 (0..len).map(|_| self.rng.uniform(-bound, bound)).collect()
             }
-            Init::TruncatedNormal { std } => {
-                (0..len).map(|_| (std * self.rng.normal()).clamp(-2.0, 2.0)).collect()
-            }
+            Init::TruncatedNormal { std } => (0..len)
+                .map(|_| (std * self.rng.normal()).clamp(-2.0, 2.0))
+                .collect(),
             Init::Constant(c) => vec![c; len],
         };
         self.push(name.into(), EntryKind::Parameter, shape, values)
     }
 
     /// A bias `[channels]` with PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    pub fn bias(&mut self, name: impl Into<String>, channels: usize, fan_in: usize) -> Result<ParamId> {
+    pub fn bias(
+        &mut self,
+        name: impl Into<String>,
+        channels: usize,
+        fan_in: usize,
+    ) -> Result<ParamId> {
         let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-        let values = (0..channels).map(|_| self.rng.uniform(-bound, bound)).collect();
+        let values = (0..channels)
+            .map(|_| self.rng.uniform(-bound, bound))
+            .collect();
         self.push(name.into(), EntryKind::Parameter, &[channels], values)
     }
 
@@ -69,8 +85,18 @@ impl<'a, B: Backend> Builder<'a, B> {
     /// `running_var`, `num_batches_tracked`.
     pub fn batch_norm(&mut self, prefix: &str, channels: usize) -> Result<BatchNormIds> {
         Ok(BatchNormIds {
-            gamma: self.push(format!("{prefix}.weight"), EntryKind::Parameter, &[channels], vec![1.0; channels])?,
-            beta: self.push(format!("{prefix}.bias"), EntryKind::Parameter, &[channels], vec![0.0; channels])?,
+            gamma: self.push(
+                format!("{prefix}.weight"),
+                EntryKind::Parameter,
+                &[channels],
+                vec![1.0; channels],
+            )?,
+            beta: self.push(
+                format!("{prefix}.bias"),
+                EntryKind::Parameter,
+                &[channels],
+                vec![0.0; channels],
+            )?,
             running_mean: self.push(
                 format!("{prefix}.running_mean"),
                 EntryKind::RunningStat,
@@ -92,8 +118,17 @@ impl<'a, B: Backend> Builder<'a, B> {
         })
     }
 
-    fn push(&mut self, name: String, kind: EntryKind, shape: &[usize], values: Vec<f64>) -> Result<ParamId> {
-        let data = values.into_iter().map(<B::Elem as revsnn_reference::Element>::cast).collect();
+    fn push(
+        &mut self,
+        name: String,
+        kind: EntryKind,
+        shape: &[usize],
+        values: Vec<f64>,
+    ) -> Result<ParamId> {
+        let data = values
+            .into_iter()
+            .map(<B::Elem as revsnn_reference::Element>::cast)
+            .collect();
         let tensor = self.backend.tensor_from_vec(shape, data)?;
         self.store.push(name, kind, tensor, self.backend)
     }

@@ -4,7 +4,9 @@
 //! [`unflatten_time`] convert.
 
 use num_traits::One;
-use revsnn_reference::{Backend, BatchStats, Conv2dParams, NeuronConfig, Pool2dParams, RunningStats};
+use revsnn_reference::{
+    Backend, BatchStats, Conv2dParams, NeuronConfig, Pool2dParams, RunningStats,
+};
 
 use super::params::ParamId;
 use super::{Layer, Mode, Session};
@@ -19,7 +21,11 @@ pub fn flatten_time<B: Backend>(backend: &B, x: &B::Tensor) -> Result<B::Tensor>
 }
 
 /// `[T B, ...] -> [T, B, ...]`.
-pub fn unflatten_time<B: Backend>(backend: &B, x: &B::Tensor, time_steps: usize) -> Result<B::Tensor> {
+pub fn unflatten_time<B: Backend>(
+    backend: &B,
+    x: &B::Tensor,
+    time_steps: usize,
+) -> Result<B::Tensor> {
     let shape = backend.shape(x);
     let mut split = vec![time_steps, shape[0] / time_steps];
     split.extend_from_slice(&shape[1..]);
@@ -44,8 +50,15 @@ impl<B: Backend> Layer<B> for Neuron {
         Ok((spikes, context))
     }
 
-    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor> {
-        Ok(session.backend.neuron_backward(grad_y, &saved, &self.config)?)
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        Ok(session
+            .backend
+            .neuron_backward(grad_y, &saved, &self.config)?)
     }
 }
 
@@ -83,23 +96,42 @@ impl<B: Backend> Layer<B> for BatchNorm {
                 let (y, batch, context): (_, BatchStats<B::Tensor>, _) =
                     backend.batch_norm_train_forward(x, &gamma, &beta, session.batch_norm)?;
                 if session.update_running_stats {
-                    let updated = backend.update_running_stats(&running, &batch, session.batch_norm)?;
+                    let updated =
+                        backend.update_running_stats(&running, &batch, session.batch_norm)?;
                     session.store.set(ids.running_mean, updated.mean);
                     session.store.set(ids.running_var, updated.var);
                     let tracked = backend.to_vec(session.store.get(ids.batches_tracked))?;
                     let count = tracked[0] + B::Elem::one();
-                    session.store.set(ids.batches_tracked, backend.tensor_from_vec(&[], vec![count])?);
+                    session.store.set(
+                        ids.batches_tracked,
+                        backend.tensor_from_vec(&[], vec![count])?,
+                    );
                 }
                 Ok((y, context))
             }
-            Mode::Eval => Ok(backend.batch_norm_eval_forward(x, &gamma, &beta, &running, session.batch_norm)?),
+            Mode::Eval => Ok(backend.batch_norm_eval_forward(
+                x,
+                &gamma,
+                &beta,
+                &running,
+                session.batch_norm,
+            )?),
         }
     }
 
-    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor> {
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
         let grads = session.backend.batch_norm_backward(grad_y, &saved)?;
-        session.grads.accumulate(session.backend, self.ids.gamma, grads.gamma)?;
-        session.grads.accumulate(session.backend, self.ids.beta, grads.beta)?;
+        session
+            .grads
+            .accumulate(session.backend, self.ids.gamma, grads.gamma)?;
+        session
+            .grads
+            .accumulate(session.backend, self.ids.beta, grads.beta)?;
         Ok(grads.input)
     }
 }
@@ -129,21 +161,30 @@ impl<B: Backend> Layer<B> for ConvBn {
         let weight = session.store.get(self.weight).clone();
         let bias = self.bias.map(|id| session.store.get(id).clone());
         let (y, conv) = match self.kind {
-            ConvKind::Conv2d(params) => backend.conv2d_forward(x, &weight, bias.as_ref(), params)?,
+            ConvKind::Conv2d(params) => {
+                backend.conv2d_forward(x, &weight, bias.as_ref(), params)?
+            }
             ConvKind::Conv1d => backend.conv1d_forward(x, &weight, bias.as_ref())?,
         };
         let (y, norm) = self.norm.forward(session, &y)?;
         Ok((y, (conv, norm)))
     }
 
-    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor> {
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
         let (conv, norm) = saved;
         let grad = self.norm.backward(session, norm, grad_y)?;
         let grads = match self.kind {
             ConvKind::Conv2d(_) => session.backend.conv2d_backward(&grad, &conv)?,
             ConvKind::Conv1d => session.backend.conv1d_backward(&grad, &conv)?,
         };
-        session.grads.accumulate(session.backend, self.weight, grads.weight)?;
+        session
+            .grads
+            .accumulate(session.backend, self.weight, grads.weight)?;
         if let (Some(id), Some(bias)) = (self.bias, grads.bias) {
             session.grads.accumulate(session.backend, id, bias)?;
         }
@@ -161,11 +202,21 @@ impl<B: Backend> Layer<B> for AvgPool {
     type Saved = Vec<usize>;
 
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        Ok((session.backend.avg_pool2d_forward(x, self.params)?, session.backend.shape(x)))
+        Ok((
+            session.backend.avg_pool2d_forward(x, self.params)?,
+            session.backend.shape(x),
+        ))
     }
 
-    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor> {
-        Ok(session.backend.avg_pool2d_backward(grad_y, &saved, self.params)?)
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        Ok(session
+            .backend
+            .avg_pool2d_backward(grad_y, &saved, self.params)?)
     }
 }
 
@@ -182,7 +233,12 @@ impl<B: Backend> Layer<B> for MaxPool {
         Ok(session.backend.max_pool2d_forward(x, self.params)?)
     }
 
-    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor> {
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
         Ok(session.backend.max_pool2d_backward(grad_y, &saved)?)
     }
 }
@@ -200,13 +256,25 @@ impl<B: Backend> Layer<B> for Linear {
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let weight = session.store.get(self.weight);
         let bias = session.store.get(self.bias);
-        Ok((session.backend.linear_forward(x, weight, Some(bias))?, x.clone()))
+        Ok((
+            session.backend.linear_forward(x, weight, Some(bias))?,
+            x.clone(),
+        ))
     }
 
-    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor> {
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
         let weight = session.store.get(self.weight).clone();
-        let grads = session.backend.linear_backward(grad_y, &saved, &weight, true)?;
-        session.grads.accumulate(session.backend, self.weight, grads.weight)?;
+        let grads = session
+            .backend
+            .linear_backward(grad_y, &saved, &weight, true)?;
+        session
+            .grads
+            .accumulate(session.backend, self.weight, grads.weight)?;
         if let Some(bias) = grads.bias {
             session.grads.accumulate(session.backend, self.bias, bias)?;
         }

@@ -45,7 +45,12 @@ pub struct Session<'a, B: Backend> {
 
 impl<'a, B: Backend> Session<'a, B> {
     /// A session with PyTorch's BatchNorm constants, updating running statistics in training.
-    pub fn new(backend: &'a B, store: &'a mut ParamStore<B>, grads: &'a mut Grads<B>, mode: Mode) -> Self {
+    pub fn new(
+        backend: &'a B,
+        store: &'a mut ParamStore<B>,
+        grads: &'a mut Grads<B>,
+        mode: Mode,
+    ) -> Self {
         Session {
             backend,
             store,
@@ -68,5 +73,69 @@ pub trait Layer<B: Backend> {
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)>;
 
     /// `dL/dx` from `dL/dy`; parameter gradients are accumulated into `session.grads`.
-    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor>;
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor>;
+}
+
+/// What one training-mode forward and backward of a classifier produced.
+#[derive(Debug)]
+pub struct StepOutput<B: Backend> {
+    /// `[B, K]`, from the training-mode forward.
+    pub logits: B::Tensor,
+    /// Mean cross-entropy.
+    pub loss: B::Elem,
+    /// `dL/dimages`, shaped like the images.
+    pub grad_input: B::Tensor,
+}
+
+/// Forward of `model` (images to logits `[B, K]`) in the session's mode, mean cross-entropy
+/// against `labels`, and the backward, accumulating parameter gradients into `session.grads`.
+pub fn train_step<B: Backend, L: Layer<B>>(
+    model: &L,
+    session: &mut Session<B>,
+    images: &B::Tensor,
+    labels: &[usize],
+) -> Result<StepOutput<B>> {
+    let backend = session.backend;
+    let (logits, saved) = model.forward(session, images)?;
+    let (loss, context) = backend.cross_entropy_forward(&logits, labels)?;
+    let grad_logits =
+        backend.cross_entropy_backward(&context, <B::Elem as num_traits::One>::one())?;
+    let grad_input = model.backward(session, saved, &grad_logits)?;
+    Ok(StepOutput {
+        logits,
+        loss,
+        grad_input,
+    })
+}
+
+/// Choices made when a model is built.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BuildOptions {
+    /// How the reversible sequences run (ignored by the non-reversible models).
+    pub reversible: reversible::ReversibleOptions,
+    /// Every neuron fires its surrogate's primitive instead of a Heaviside spike, with
+    /// `detach_reset` off: a differentiable model whose exact gradient the backward computes, for
+    /// finite-difference checks of whole models ([`revsnn_reference::Firing::Smooth`]).
+    pub smooth_neurons: bool,
+}
+
+impl BuildOptions {
+    /// `config` as this build wants it: unchanged, or made smooth.
+    pub fn neuron(&self, config: revsnn_reference::NeuronConfig) -> layers::Neuron {
+        let config = if self.smooth_neurons {
+            revsnn_reference::NeuronConfig {
+                firing: revsnn_reference::Firing::Smooth,
+                detach_reset: false,
+                ..config
+            }
+        } else {
+            config
+        };
+        layers::Neuron { config }
+    }
 }

@@ -38,18 +38,31 @@ pub struct ParamStore<B: Backend> {
 
 impl<B: Backend> Default for ParamStore<B> {
     fn default() -> Self {
-        ParamStore { entries: Vec::new() }
+        ParamStore {
+            entries: Vec::new(),
+        }
     }
 }
 
 impl<B: Backend> ParamStore<B> {
     /// Adds an entry and returns its id; names must be unique.
-    pub fn push(&mut self, name: String, kind: EntryKind, value: B::Tensor, backend: &B) -> Result<ParamId> {
+    pub fn push(
+        &mut self,
+        name: String,
+        kind: EntryKind,
+        value: B::Tensor,
+        backend: &B,
+    ) -> Result<ParamId> {
         if self.entries.iter().any(|e| e.name == name) {
             return Err(Error::Spec(format!("duplicate parameter name {name}")));
         }
         let shape = backend.shape(&value);
-        self.entries.push(Entry { name, shape, kind, value });
+        self.entries.push(Entry {
+            name,
+            shape,
+            kind,
+            value,
+        });
         Ok(ParamId(self.entries.len() - 1))
     }
 
@@ -66,7 +79,10 @@ impl<B: Backend> ParamStore<B> {
     }
 
     pub fn id_of(&self, name: &str) -> Option<ParamId> {
-        self.entries.iter().position(|e| e.name == name).map(ParamId)
+        self.entries
+            .iter()
+            .position(|e| e.name == name)
+            .map(ParamId)
     }
 
     /// The number of trained scalars (PyTorch's `sum(p.numel() for p in model.parameters())`).
@@ -89,7 +105,9 @@ pub struct Grads<B: Backend> {
 impl<B: Backend> Grads<B> {
     /// No gradient yet for any of `len` entries.
     pub fn new(len: usize) -> Self {
-        Grads { slots: vec![None; len] }
+        Grads {
+            slots: vec![None; len],
+        }
     }
 
     /// `grad[id] += value`.

@@ -91,7 +91,10 @@ pub struct ReversibleSequence<F, G> {
 /// What a [`ReversibleSequence`] forward keeps.
 pub enum SequenceSaved<B: Backend, FS, GS> {
     /// The output and, per block, the fingerprints of the spikes F and G produced.
-    Reversible { output: B::Tensor, fingerprints: Vec<(u64, u64)> },
+    Reversible {
+        output: B::Tensor,
+        fingerprints: Vec<(u64, u64)>,
+    },
     /// Every block's F and G contexts.
     Stored { contexts: Vec<(FS, GS)> },
 }
@@ -109,22 +112,36 @@ fn halves<B: Backend>(backend: &B, x: &B::Tensor) -> Result<(B::Tensor, B::Tenso
         .into());
     }
     let half = channels / 2;
-    Ok((backend.narrow(x, CHANNEL_AXIS, 0, half)?, backend.narrow(x, CHANNEL_AXIS, half, half)?))
+    Ok((
+        backend.narrow(x, CHANNEL_AXIS, 0, half)?,
+        backend.narrow(x, CHANNEL_AXIS, half, half)?,
+    ))
 }
 
 impl<F, G> ReversibleSequence<F, G> {
     fn grid<B: Backend>(&self) -> Option<i32> {
-        (self.options.coupling == Coupling::Exact).then(|| Coupling::grid_bits(<B::Elem as Element>::DTYPE))
+        (self.options.coupling == Coupling::Exact)
+            .then(|| Coupling::grid_bits(<B::Elem as Element>::DTYPE))
     }
 
-    fn couple<B: Backend>(&self, backend: &B, residual: &B::Tensor, update: &B::Tensor) -> Result<B::Tensor> {
+    fn couple<B: Backend>(
+        &self,
+        backend: &B,
+        residual: &B::Tensor,
+        update: &B::Tensor,
+    ) -> Result<B::Tensor> {
         Ok(match self.grid::<B>() {
             Some(k) => backend.add(residual, &backend.quantize(update, k)?)?,
             None => backend.add(residual, update)?,
         })
     }
 
-    fn uncouple<B: Backend>(&self, backend: &B, sum: &B::Tensor, update: &B::Tensor) -> Result<B::Tensor> {
+    fn uncouple<B: Backend>(
+        &self,
+        backend: &B,
+        sum: &B::Tensor,
+        update: &B::Tensor,
+    ) -> Result<B::Tensor> {
         Ok(match self.grid::<B>() {
             Some(k) => backend.sub(sum, &backend.quantize(update, k)?)?,
             None => backend.sub(sum, update)?,
@@ -161,7 +178,8 @@ where
             Some(k) => backend.quantize(x, k)?,
             None => x.clone(),
         };
-        let keep = self.options.storage == Storage::StoredActivations && session.mode == Mode::Train;
+        let keep =
+            self.options.storage == Storage::StoredActivations && session.mode == Mode::Train;
         let mut contexts = Vec::new();
         let mut fingerprints = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
@@ -180,12 +198,20 @@ where
         let saved = if keep {
             SequenceSaved::Stored { contexts }
         } else {
-            SequenceSaved::Reversible { output: stream.clone(), fingerprints }
+            SequenceSaved::Reversible {
+                output: stream.clone(),
+                fingerprints,
+            }
         };
         Ok((stream, saved))
     }
 
-    fn backward(&self, session: &mut Session<B>, saved: Self::Saved, grad_y: &B::Tensor) -> Result<B::Tensor> {
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
         let backend = session.backend;
         match saved {
             SequenceSaved::Stored { contexts } => {
@@ -198,7 +224,10 @@ where
                 }
                 Ok(grad)
             }
-            SequenceSaved::Reversible { output, fingerprints } => {
+            SequenceSaved::Reversible {
+                output,
+                fingerprints,
+            } => {
                 let update_before = session.update_running_stats;
                 session.update_running_stats =
                     update_before && self.options.recompute_stats == RecomputeStats::Faithful;
@@ -236,7 +265,8 @@ impl<F, G> ReversibleSequence<F, G> {
             let (fx2, f_saved, f_again) = fingerprinted(&block.f, session, &x2)?;
             let dx2 = backend.add(&dy2, &block.f.backward(session, f_saved, &dx1)?)?;
             let x1 = self.uncouple(backend, &y1, &fx2)?;
-            session.diverged_recomputes += usize::from(g_again != g_print) + usize::from(f_again != f_print);
+            session.diverged_recomputes +=
+                usize::from(g_again != g_print) + usize::from(f_again != f_print);
             stream = backend.concat(&[&x1, &x2], CHANNEL_AXIS)?;
             grad = backend.concat(&[&dx1, &dx2], CHANNEL_AXIS)?;
         }

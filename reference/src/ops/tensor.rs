@@ -149,12 +149,19 @@ pub fn scale<E: Element>(x: &CpuTensor<E>, factor: E) -> Result<CpuTensor<E>> {
 /// exact, so the only rounding is the one intended. `k` must satisfy `|k| <= 60`.
 pub fn quantize<E: Element>(x: &CpuTensor<E>, k: i32) -> Result<CpuTensor<E>> {
     if k.abs() > 60 {
-        return Err(OpError::parameter("quantize", "k", k, "must be within [-60, 60]"));
+        return Err(OpError::parameter(
+            "quantize",
+            "k",
+            k,
+            "must be within [-60, 60]",
+        ));
     }
     let up = E::cast(2f64.powi(k));
     let down = E::cast(2f64.powi(-k));
     let x = x.as_standard_layout();
-    Ok(standard(Zip::from(&x).par_map_collect(|&v| (v * up).round() * down)))
+    Ok(standard(
+        Zip::from(&x).par_map_collect(|&v| (v * up).round() * down),
+    ))
 }
 
 /// A 64-bit FNV-1a hash of the shape and of every element's bits in row-major order: equal
