@@ -12,6 +12,7 @@
 pub mod error;
 pub mod info;
 pub mod model;
+pub mod optim;
 pub mod spec;
 
 pub use revsnn_gpu as gpu;

@@ -10,7 +10,9 @@ use std::fmt::Debug;
 
 use crate::element::Element;
 use crate::error::Result;
-use crate::params::{BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams};
+use crate::params::{
+    AdamWParams, BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams, SgdParams,
+};
 
 /// Gradients of a convolution.
 #[derive(Clone, Debug)]
@@ -332,4 +334,30 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         context: &Self::CrossEntropyContext,
         grad_loss: Self::Elem,
     ) -> Result<Self::Tensor>;
+
+    // ---------------------------------------------------------------- optimizers
+
+    /// One SGD-with-momentum step on one parameter ([`SgdParams`]): returns the new parameter
+    /// and momentum buffer (the first step passes no buffer).
+    fn sgd_step(
+        &self,
+        param: &Self::Tensor,
+        grad: &Self::Tensor,
+        momentum_buffer: Option<&Self::Tensor>,
+        params: SgdParams,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// One AdamW step number `step >= 1` on one parameter ([`AdamWParams`]): returns the new
+    /// parameter, first moment and second moment.
+    fn adamw_step(
+        &self,
+        param: &Self::Tensor,
+        grad: &Self::Tensor,
+        first_moment: &Self::Tensor,
+        second_moment: &Self::Tensor,
+        params: AdamWParams,
+        step: u64,
+    ) -> Result<AdamWState<Self::Tensor>>;
 }
+
+/// A parameter and its AdamW moments after one step: `(parameter, first, second)`.
+pub type AdamWState<T> = (T, T, T);

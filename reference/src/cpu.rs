@@ -10,13 +10,15 @@ use std::marker::PhantomData;
 use ndarray::{ArcArray, IxDyn};
 
 use crate::backend::{
-    Backend, BatchNormGrads, BatchNormTrainOutput, BatchStats, Conv2dGrads, LinearGrads,
-    RunningStats,
+    AdamWState, Backend, BatchNormGrads, BatchNormTrainOutput, BatchStats, Conv2dGrads,
+    LinearGrads, RunningStats,
 };
 use crate::element::Element;
 use crate::error::{OpError, Result};
 use crate::ops;
-use crate::params::{BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams};
+use crate::params::{
+    AdamWParams, BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams, SgdParams,
+};
 
 /// A CPU tensor: a shared, row-major `ndarray`; `clone` shares the data.
 pub type CpuTensor<E> = ArcArray<E, IxDyn>;
@@ -298,5 +300,27 @@ impl<E: Element> Backend for Cpu<E> {
         grad_loss: E,
     ) -> Result<CpuTensor<E>> {
         ops::loss::cross_entropy_backward(context, grad_loss)
+    }
+
+    fn sgd_step(
+        &self,
+        param: &CpuTensor<E>,
+        grad: &CpuTensor<E>,
+        momentum_buffer: Option<&CpuTensor<E>>,
+        params: SgdParams,
+    ) -> Result<(CpuTensor<E>, CpuTensor<E>)> {
+        ops::optim::sgd_step(param, grad, momentum_buffer, params)
+    }
+
+    fn adamw_step(
+        &self,
+        param: &CpuTensor<E>,
+        grad: &CpuTensor<E>,
+        first_moment: &CpuTensor<E>,
+        second_moment: &CpuTensor<E>,
+        params: AdamWParams,
+        step: u64,
+    ) -> Result<AdamWState<CpuTensor<E>>> {
+        ops::optim::adamw_step(param, grad, first_moment, second_moment, params, step)
     }
 }

@@ -20,12 +20,13 @@ pub mod params;
 pub mod testing;
 
 pub use backend::{
-    Backend, BatchNormGrads, BatchNormTrainOutput, BatchStats, Conv2dGrads, LinearGrads,
-    RunningStats,
+    AdamWState, Backend, BatchNormGrads, BatchNormTrainOutput, BatchStats, Conv2dGrads,
+    LinearGrads, RunningStats,
 };
 pub use cpu::{Cpu, CpuTensor};
 pub use element::{DType, Element};
 pub use error::{OpError, Result};
 pub use params::{
-    BatchNormParams, Conv2dParams, Firing, NeuronConfig, NeuronKind, Pool2dParams, Surrogate,
+    AdamWParams, BatchNormParams, Conv2dParams, Firing, NeuronConfig, NeuronKind, Pool2dParams,
+    SgdParams, Surrogate,
 };

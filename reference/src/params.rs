@@ -287,3 +287,105 @@ impl BatchNormParams {
         Ok(())
     }
 }
+
+/// SGD with momentum, as `torch.optim.SGD` (dampening 0, no Nesterov):
+/// `d = g + weight_decay p`; `buf = momentum buf + d` (`buf = d` at the first step);
+/// `p = p - lr buf`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdParams {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+}
+
+impl SgdParams {
+    /// Checks `lr >= 0`, `0 <= momentum < 1`, `weight_decay >= 0`, all finite.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "sgd";
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(OpError::parameter(
+                OP,
+                "lr",
+                self.lr,
+                "must be finite and >= 0",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(OpError::parameter(
+                OP,
+                "momentum",
+                self.momentum,
+                "must be in [0, 1)",
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(OpError::parameter(
+                OP,
+                "weight_decay",
+                self.weight_decay,
+                "must be finite and >= 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// AdamW, as `torch.optim.AdamW` (what timm's `adamw` builds): at step `t >= 1`,
+/// `p = p (1 - lr weight_decay)`; `m = b1 m + (1 - b1) g`; `v = b2 v + (1 - b2) g^2`;
+/// `p = p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWParams {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamWParams {
+    /// PyTorch's defaults with the given learning rate and weight decay.
+    pub fn new(lr: f64, weight_decay: f64) -> Self {
+        AdamWParams {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
+    /// Checks `lr >= 0`, betas in `[0, 1)`, `eps > 0`, `weight_decay >= 0`, all finite.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "adamw";
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(OpError::parameter(
+                OP,
+                "lr",
+                self.lr,
+                "must be finite and >= 0",
+            ));
+        }
+        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(OpError::parameter(OP, name, beta, "must be in [0, 1)"));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(OpError::parameter(
+                OP,
+                "eps",
+                self.eps,
+                "must be finite and > 0",
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(OpError::parameter(
+                OP,
+                "weight_decay",
+                self.weight_decay,
+                "must be finite and >= 0",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -5,5 +5,6 @@ pub mod conv;
 pub mod linear;
 pub mod loss;
 pub mod neuron;
+pub mod optim;
 pub mod pool;
 pub mod tensor;
