@@ -3,7 +3,8 @@
 //! step that reaches every parameter, and whole-model gradients against central finite
 //! differences in f64 (smooth neurons, relative error `||a - b||_2 / ||b||_2 <= 1e-6` per
 //! parameter tensor and for the input), for all four archs; the reversible backward against
-//! stored-activation backpropagation (`<= 1e-10`); bad specs and inputs are errors.
+//! stored-activation backpropagation (`<= 1e-10` with the float coupling, bitwise with the exact
+//! one); bad specs and inputs are errors.
 
 use revsnn::error::Error;
 use revsnn::model::build::Builder;
