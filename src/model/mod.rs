@@ -8,6 +8,7 @@
 pub mod build;
 pub mod layers;
 pub mod params;
+pub mod resnet;
 pub mod reversible;
 
 use revsnn_reference::{Backend, BatchNormParams};
