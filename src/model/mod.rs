@@ -9,6 +9,7 @@ pub mod build;
 pub mod layers;
 pub mod params;
 pub mod reversible;
+pub mod transformer;
 
 use revsnn_reference::{Backend, BatchNormParams};
 
