@@ -10,6 +10,7 @@ pub mod layers;
 pub mod params;
 pub mod resnet;
 pub mod reversible;
+pub mod transformer;
 
 use revsnn_reference::{Backend, BatchNormParams};
 
