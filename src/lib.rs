@@ -9,9 +9,12 @@
 //! training algorithm, data, checkpoints and training arrive on top of the op contract
 //! [`revsnn_reference::Backend`] (see `docs/ARCHITECTURE.md`).
 
+pub mod checkpoint;
+pub mod commands;
 pub mod error;
 pub mod info;
 pub mod model;
+pub mod network;
 pub mod optim;
 pub mod spec;
 

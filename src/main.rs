@@ -1,8 +1,11 @@
 //! The `revsnn` command line.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use revsnn::commands::{self, DTypeArg, DeviceArg, ModelArgs};
+use revsnn::model::reversible::Coupling;
 use revsnn_reference::memory::CountingAllocator;
 
 #[global_allocator]
@@ -16,6 +19,15 @@ struct Cli {
     command: Command,
 }
 
+/// The reversible coupling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CouplingArg {
+    /// The paper's floating-point coupling.
+    Float,
+    /// Fixed-point grid: a bitwise-exact inverse.
+    Exact,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the version, the CPU threads and whether CUDA can be used (and why not).
@@ -24,11 +36,74 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a model's layer table and total parameters.
+    Summary {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print one JSON object (with "parameters").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a model's invertibility, its reversible gradients against stored-activation
+    /// backpropagation, and its gradients against finite differences; exit code 0 iff passed.
+    Verify {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_enum, default_value = "f64")]
+        dtype: DTypeArg,
+        #[arg(long, value_enum, default_value = "float")]
+        coupling: CouplingArg,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Coordinates checked by finite differences (half input, half parameters).
+        #[arg(long, default_value_t = 8)]
+        fd_samples: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the peak bytes of one training step (forward, backward, optimizer step) per batch
+    /// size, and the memory per image.
+    Memory {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        batch: Vec<usize>,
+        /// Store every activation (plain backpropagation) instead of recomputing.
+        #[arg(long)]
+        bptt: bool,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One training step on given weights and input, writing logits, loss, every gradient and the
+    /// BatchNorm statistics after the forward (the parity fixtures' format).
+    Grad {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Weights: a safetensors state_dict under the official key names.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Input: a safetensors file with `images` and `labels`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the outputs (safetensors).
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "f64")]
+        dtype: DTypeArg,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+    },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+fn run(command: Command) -> revsnn::error::Result<bool> {
+    match command {
         Command::Info { json } => {
             let info = revsnn::info::machine_info();
             if json {
@@ -36,7 +111,53 @@ fn main() -> ExitCode {
             } else {
                 println!("{info}");
             }
-            ExitCode::SUCCESS
+            Ok(true)
+        }
+        Command::Summary { model, json } => commands::summary::run(&model, json).map(|()| true),
+        Command::Verify {
+            model,
+            dtype,
+            coupling,
+            seed,
+            batch,
+            fd_samples,
+            device,
+            json,
+        } => {
+            let coupling = match coupling {
+                CouplingArg::Float => Coupling::Float,
+                CouplingArg::Exact => Coupling::Exact,
+            };
+            commands::verify::run(
+                &model, dtype, coupling, seed, batch, fd_samples, device, json,
+            )
+        }
+        Command::Memory {
+            model,
+            batch,
+            bptt,
+            device,
+            json,
+        } => commands::memory::run(&model, &batch, device, bptt, json).map(|()| true),
+        Command::Grad {
+            model,
+            weights,
+            input,
+            output,
+            dtype,
+            device,
+        } => commands::grad::run(&model, &weights, &input, &output, dtype, device).map(|()| true),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -47,6 +47,9 @@ impl<B: Backend> Layer<B> for Neuron {
         if let Some(fingerprint) = session.spike_fingerprint.as_mut() {
             *fingerprint = fingerprint.rotate_left(5) ^ session.backend.fingerprint(&spikes)?;
         }
+        if let Some(log) = session.spike_log.as_mut() {
+            log.push(spikes.clone());
+        }
         Ok((spikes, context))
     }
 

@@ -43,6 +43,22 @@ pub struct Session<'a, B: Backend> {
     /// their forward (a reconstruction error large enough to flip a spike): 0 when the
     /// reversible gradient is exactly the stored-activation one.
     pub diverged_recomputes: usize,
+    /// When `Some`, reversible sequences audit their reconstruction into it (verification mode).
+    pub audit: Option<ReversibleAudit>,
+    /// When `Some`, every neuron layer appends its spikes: how an audit compares the forward's
+    /// spikes with the recompute's, element by element.
+    pub spike_log: Option<Vec<B::Tensor>>,
+}
+
+/// What auditing reversible sequences found: how exactly the backward rebuilt the forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReversibleAudit {
+    /// The largest relative L2 error between a block's input and its reconstruction.
+    pub max_reconstruction_rel_err: f64,
+    /// Spikes of F and G that differ between the forward and the recompute.
+    pub spike_flips: u64,
+    /// Spikes compared.
+    pub spikes_compared: u64,
 }
 
 impl<'a, B: Backend> Session<'a, B> {
@@ -62,6 +78,8 @@ impl<'a, B: Backend> Session<'a, B> {
             batch_norm: BatchNormParams::default(),
             spike_fingerprint: None,
             diverged_recomputes: 0,
+            audit: None,
+            spike_log: None,
         }
     }
 }

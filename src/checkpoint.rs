@@ -1,0 +1,306 @@
+//! Checkpoints in safetensors under the official PyTorch `state_dict` key names, so that
+//! `torch.load_state_dict(safetensors.torch.load_file(path))` takes our files and we take theirs.
+//!
+//! The format: an 8-byte little-endian header length `n`, `n` bytes of JSON mapping each name to
+//! `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets into the data that follows), then
+//! the data, row-major little-endian. We read F32, F64 and I64 tensors and write F32 or F64
+//! (parameters and buffers) and I64 (`num_batches_tracked`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use revsnn_reference::{Backend, DType, Element};
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+use crate::model::{EntryKind, ParamStore};
+
+/// The elements of one stored tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+/// One stored tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl StoredTensor {
+    pub fn f64(shape: Vec<usize>, values: Vec<f64>) -> Self {
+        StoredTensor {
+            shape,
+            data: TensorData::F64(values),
+        }
+    }
+
+    /// A tensor of backend elements, stored in their own type.
+    pub fn from_elements<E: Element>(shape: Vec<usize>, values: Vec<E>) -> Self {
+        let data = match E::DTYPE {
+            DType::F32 => TensorData::F32(values.into_iter().map(|v| v.widen() as f32).collect()),
+            DType::F64 => TensorData::F64(values.into_iter().map(Element::widen).collect()),
+        };
+        StoredTensor { shape, data }
+    }
+
+    /// The values widened (or converted, for I64) to f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            TensorData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::F64(v) => v.clone(),
+            TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+
+    fn dtype_name(&self) -> &'static str {
+        match self.data {
+            TensorData::F32(_) => "F32",
+            TensorData::F64(_) => "F64",
+            TensorData::I64(_) => "I64",
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        match &self.data {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// The tensors of a safetensors file, in file order.
+pub type TensorFile = Vec<(String, StoredTensor)>;
+
+fn file_error(path: &Path, detail: impl Into<String>) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Reads a safetensors file; a truncated or corrupt file, an unsupported dtype or inconsistent
+/// offsets is an error naming the file and the problem.
+pub fn read(path: &Path) -> Result<TensorFile> {
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    parse(&bytes)
+        .map_err(|detail| file_error(path, format!("not a valid safetensors file: {detail}")))
+}
+
+fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or("shorter than the 8-byte header length")?;
+    let header_end = 8usize
+        .checked_add(usize::try_from(header_len).map_err(|_| "header length overflows")?)
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| {
+            format!(
+                "header of {header_len} bytes runs past the end of the {}-byte file",
+                bytes.len()
+            )
+        })?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..header_end])
+        .map_err(|e| format!("header is not a JSON object: {e}"))?;
+    let data = &bytes[header_end..];
+    let mut tensors = Vec::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info["dtype"].as_str().ok_or(format!("{name}: no dtype"))?;
+        let shape: Vec<usize> = info["shape"]
+            .as_array()
+            .ok_or(format!("{name}: no shape"))?
+            .iter()
+            .map(|d| {
+                d.as_u64()
+                    .map(|d| d as usize)
+                    .ok_or(format!("{name}: bad shape"))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let offsets = info["data_offsets"]
+            .as_array()
+            .ok_or(format!("{name}: no data_offsets"))?;
+        let (begin, end) = match offsets.as_slice() {
+            [b, e] => (
+                b.as_u64().ok_or(format!("{name}: bad offset"))? as usize,
+                e.as_u64().ok_or(format!("{name}: bad offset"))? as usize,
+            ),
+            _ => return Err(format!("{name}: data_offsets must be [begin, end]")),
+        };
+        if begin > end || end > data.len() {
+            return Err(format!(
+                "{name}: data [{begin}, {end}) outside the {}-byte data (truncated?)",
+                data.len()
+            ));
+        }
+        let count: usize = shape.iter().product();
+        let raw = &data[begin..end];
+        let size = match dtype {
+            "F32" => 4,
+            "F64" | "I64" => 8,
+            other => {
+                return Err(format!(
+                    "{name}: dtype {other} is not supported (use F32, F64 or I64)"
+                ));
+            }
+        };
+        if raw.len() != count * size {
+            return Err(format!(
+                "{name}: {} bytes for shape {shape:?} of {dtype}",
+                raw.len()
+            ));
+        }
+        let data = match dtype {
+            "F32" => TensorData::F32(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            "F64" => TensorData::F64(
+                raw.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            _ => TensorData::I64(
+                raw.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+        };
+        tensors.push((begin, name, StoredTensor { shape, data }));
+    }
+    tensors.sort_by_key(|(begin, _, _)| *begin);
+    Ok(tensors
+        .into_iter()
+        .map(|(_, name, tensor)| (name, tensor))
+        .collect())
+}
+
+/// Writes `tensors` atomically: to a temporary file beside `path`, then renamed over it, so a
+/// failure (a full disk) never leaves a partial file.
+pub fn write(path: &Path, tensors: &[(String, StoredTensor)]) -> Result<()> {
+    let mut header = Map::new();
+    let mut offset = 0usize;
+    let mut payload = Vec::new();
+    for (name, tensor) in tensors {
+        let bytes = tensor.bytes();
+        header.insert(
+            name.clone(),
+            json!({"dtype": tensor.dtype_name(), "shape": tensor.shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+        payload.push(bytes);
+    }
+    let mut header = serde_json::to_vec(&Value::Object(header)).expect("a JSON object serialises");
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let temporary = path.with_extension("safetensors.partial");
+    let result = (|| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&(header.len() as u64).to_le_bytes())?;
+        file.write_all(&header)?;
+        for bytes in &payload {
+            file.write_all(bytes)?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        file_error(path, format!("cannot write: {e}"))
+    })
+}
+
+/// The store as a state_dict: parameters and running statistics in the backend's float type,
+/// `num_batches_tracked` as I64 scalars, in `state_dict` order.
+pub fn state_dict<B: Backend>(backend: &B, store: &ParamStore<B>) -> Result<TensorFile> {
+    store
+        .entries()
+        .iter()
+        .map(|entry| {
+            let values = backend.to_vec(&entry.value)?;
+            let tensor = match entry.kind {
+                EntryKind::BatchesTracked => StoredTensor {
+                    shape: vec![],
+                    data: TensorData::I64(values.iter().map(|v| v.widen() as i64).collect()),
+                },
+                _ => StoredTensor::from_elements(entry.shape.clone(), values),
+            };
+            Ok((entry.name.clone(), tensor))
+        })
+        .collect()
+}
+
+/// Loads a state_dict into `store`. `num_batches_tracked` may be present or absent; F32, F64 and
+/// (for counters) I64 tensors are accepted. Missing keys, unexpected keys and shape mismatches
+/// are reported together in one error.
+pub fn load_state_dict<B: Backend>(
+    backend: &B,
+    store: &mut ParamStore<B>,
+    tensors: &TensorFile,
+) -> Result<()> {
+    let by_name: HashMap<&str, &StoredTensor> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut updates = Vec::new();
+    for (index, entry) in store.entries().iter().enumerate() {
+        match by_name.get(entry.name.as_str()) {
+            None if entry.kind == EntryKind::BatchesTracked => {}
+            None => missing.push(entry.name.clone()),
+            Some(tensor) if tensor.shape != entry.shape => mismatched.push(format!(
+                "{} (file {:?}, model {:?})",
+                entry.name, tensor.shape, entry.shape
+            )),
+            Some(tensor) => {
+                if matches!(tensor.data, TensorData::I64(_))
+                    && entry.kind != EntryKind::BatchesTracked
+                {
+                    mismatched.push(format!("{} (file I64, model floating point)", entry.name));
+                    continue;
+                }
+                let values = tensor.to_f64().into_iter().map(B::Elem::cast).collect();
+                updates.push((index, backend.tensor_from_vec(&entry.shape, values)?));
+            }
+        }
+    }
+    let known: BTreeMap<&str, ()> = store
+        .entries()
+        .iter()
+        .map(|e| (e.name.as_str(), ()))
+        .collect();
+    let unexpected: Vec<&str> = tensors
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !known.contains_key(n))
+        .collect();
+    if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
+        let mut parts = Vec::new();
+        if !missing.is_empty() {
+            parts.push(format!("missing keys: {}", missing.join(", ")));
+        }
+        if !unexpected.is_empty() {
+            parts.push(format!("unexpected keys: {}", unexpected.join(", ")));
+        }
+        if !mismatched.is_empty() {
+            parts.push(format!("shape mismatches: {}", mismatched.join(", ")));
+        }
+        return Err(Error::Spec(format!(
+            "the checkpoint does not fit the model: {}",
+            parts.join("; ")
+        )));
+    }
+    for (index, tensor) in updates {
+        store.set(crate::model::ParamId(index), tensor);
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `revsnn grad`: one training step's outputs and gradients for given weights and input, in the
+//! format of the parity fixtures (issue: parity with the official code). Models run with the
+//! float coupling (the official one).
+
+use std::path::Path;
+
+use num_traits::Zero;
+use revsnn_reference::{Backend, Cpu, Element};
+
+use super::{DTypeArg, DeviceArg, ModelArgs};
+use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
+use crate::error::{Error, Result};
+use crate::model::{BuildOptions, EntryKind, Mode};
+use crate::network::{Network, RunOptions};
+use crate::spec::ModelSpec;
+
+/// The validated contents of an input file: images and labels.
+pub struct Batch {
+    pub shape: Vec<usize>,
+    pub images: Vec<f64>,
+    pub labels: Vec<usize>,
+}
+
+/// Reads `images` (float, `[B, C, H, W]` or `[B, T, C, H, W]` for DVS) and `labels` (`[B]` int64,
+/// each in `[0, K)`) and checks them against `spec`.
+pub fn read_batch(path: &Path, spec: &ModelSpec) -> Result<Batch> {
+    let file = checkpoint::read(path)?;
+    let fail = |detail: String| Error::File {
+        path: path.display().to_string(),
+        detail,
+    };
+    let find = |name: &str| file.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+    let images = find("images").ok_or_else(|| fail("no tensor named images".into()))?;
+    let labels = find("labels").ok_or_else(|| fail("no tensor named labels".into()))?;
+    if matches!(images.data, TensorData::I64(_)) {
+        return Err(fail("images must be F32 or F64".into()));
+    }
+    let batch = images.shape.first().copied().unwrap_or(0);
+    let mut expected = vec![batch];
+    expected.extend(spec.sample_shape());
+    if batch == 0 || images.shape != expected {
+        return Err(fail(format!(
+            "images have shape {:?}; this model takes [B, {}] with B >= 1",
+            images.shape,
+            spec.sample_shape()
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let TensorData::I64(values) = &labels.data else {
+        return Err(fail("labels must be int64".into()));
+    };
+    if labels.shape != [batch] {
+        return Err(fail(format!(
+            "labels have shape {:?}, expected [{batch}]",
+            labels.shape
+        )));
+    }
+    let labels = values
+        .iter()
+        .map(|&l| {
+            usize::try_from(l)
+                .ok()
+                .filter(|&l| l < spec.num_classes)
+                .ok_or_else(|| fail(format!("label {l} is outside [0, {})", spec.num_classes)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Batch {
+        shape: images.shape.clone(),
+        images: images.to_f64(),
+        labels,
+    })
+}
+
+/// Runs one training-mode forward (BN batch statistics), mean cross-entropy and backward, then an
+/// eval-mode forward with the running statistics as loaded, and returns `logits_train`, `loss`,
+/// `grad_input`, `grad.<key>` for every parameter (zeros where no gradient reached it),
+/// `after_forward.<key>` for every BN running statistic, and `logits_eval`.
+pub fn compute<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    weights: &TensorFile,
+    batch: &Batch,
+) -> Result<TensorFile> {
+    let mut network = Network::new(backend, spec, 0, BuildOptions::default())?;
+    checkpoint::load_state_dict(backend, &mut network.store, weights)?;
+    let loaded = network.store.clone();
+    let images = backend.tensor_from_vec(
+        &batch.shape,
+        batch.images.iter().map(|&v| B::Elem::cast(v)).collect(),
+    )?;
+    let mut grads = network.zero_grads();
+    let step = network
+        .train_step(
+            backend,
+            &mut grads,
+            &images,
+            &batch.labels,
+            RunOptions::default(),
+        )?
+        .output;
+
+    let stored = |tensor: &B::Tensor| -> Result<StoredTensor> {
+        Ok(StoredTensor::from_elements(
+            backend.shape(tensor),
+            backend.to_vec(tensor)?,
+        ))
+    };
+    let mut outputs: TensorFile = vec![
+        ("logits_train".into(), stored(&step.logits)?),
+        (
+            "loss".into(),
+            StoredTensor::from_elements(vec![1], vec![step.loss]),
+        ),
+        ("grad_input".into(), stored(&step.grad_input)?),
+    ];
+    for (index, entry) in network.store.entries().iter().enumerate() {
+        match entry.kind {
+            EntryKind::Parameter => {
+                let grad = match grads.get(crate::model::ParamId(index)) {
+                    Some(grad) => stored(grad)?,
+                    None => StoredTensor::from_elements(
+                        entry.shape.clone(),
+                        vec![B::Elem::zero(); entry.shape.iter().product()],
+                    ),
+                };
+                outputs.push((format!("grad.{}", entry.name), grad));
+            }
+            EntryKind::RunningStat => outputs.push((
+                format!("after_forward.{}", entry.name),
+                stored(&entry.value)?,
+            )),
+            EntryKind::BatchesTracked => {}
+        }
+    }
+    network.store = loaded;
+    let logits_eval = network.forward(
+        backend,
+        &images,
+        RunOptions {
+            mode: Mode::Eval,
+            update_running_stats: false,
+            audit: false,
+        },
+    )?;
+    outputs.push(("logits_eval".into(), stored(&logits_eval)?));
+    Ok(outputs)
+}
+
+/// `revsnn grad`: reads the files, computes, writes `output`.
+pub fn run(
+    args: &ModelArgs,
+    weights: &Path,
+    input: &Path,
+    output: &Path,
+    dtype: DTypeArg,
+    device: DeviceArg,
+) -> Result<()> {
+    device.require_cpu()?;
+    let (_, spec) = args.resolve()?;
+    let weight_file = checkpoint::read(weights)?;
+    let batch = read_batch(input, &spec)?;
+    let outputs = match dtype {
+        DTypeArg::F64 => compute(&Cpu::<f64>::new(), &spec, &weight_file, &batch),
+        DTypeArg::F32 => compute(&Cpu::<f32>::new(), &spec, &weight_file, &batch),
+    }
+    .map_err(|e| match e {
+        Error::Spec(detail) => Error::File {
+            path: weights.display().to_string(),
+            detail,
+        },
+        other => other,
+    })?;
+    checkpoint::write(output, &outputs)
+}

@@ -1,0 +1,157 @@
+//! `revsnn memory`: peak bytes of one full training step (forward, backward, optimizer step) per
+//! batch size, and memory per image as the slope between batch sizes and as peak / B
+//! (SPEC.md 9.3).
+
+use revsnn_reference::memory;
+use revsnn_reference::{AdamWParams, Backend, Cpu, SgdParams};
+use serde_json::json;
+
+use super::{DeviceArg, ModelArgs, random_batch};
+use crate::error::{Error, Result};
+use crate::model::BuildOptions;
+use crate::model::reversible::{ReversibleOptions, Storage};
+use crate::network::{Network, RunOptions};
+use crate::optim::{Optimizer, OptimizerKind};
+use crate::spec::ModelSpec;
+
+/// The optimizer of the family's paper recipe (SPEC.md 5): SGD for ResNets, AdamW for
+/// transformers.
+pub fn paper_optimizer(spec: &ModelSpec) -> OptimizerKind {
+    if spec.arch.is_resnet() {
+        OptimizerKind::Sgd(SgdParams {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+        })
+    } else {
+        OptimizerKind::AdamW(AdamWParams::new(5e-4, 0.06))
+    }
+}
+
+/// Peak bytes of one training step at each batch size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryReport {
+    /// `(batch, peak bytes)`.
+    pub per_batch: Vec<(usize, usize)>,
+    /// `(peak(B_max) - peak(B_min)) / (B_max - B_min)`; `None` with a single batch size.
+    pub bytes_per_image_slope: Option<f64>,
+    /// `peak(B_max) / B_max`.
+    pub bytes_per_image_at_max_batch: f64,
+}
+
+/// Measures `spec` in f32 on the CPU. The peak covers everything live during the step:
+/// parameters, gradients, optimizer state (allocated by a warm-up step first), the batch and
+/// every activation and scratch buffer. Needs the counting allocator (the `revsnn` binary
+/// installs it).
+pub fn measure(spec: &ModelSpec, batches: &[usize], bptt: bool, seed: u64) -> Result<MemoryReport> {
+    if !memory::stats().is_counting {
+        return Err(Error::Usage(
+            "memory accounting needs revsnn_reference::memory::CountingAllocator as the global allocator".into(),
+        ));
+    }
+    if batches.is_empty() || batches.contains(&0) {
+        return Err(Error::Usage(
+            "--batch needs one or more batch sizes >= 1".into(),
+        ));
+    }
+    let backend = Cpu::<f32>::new();
+    let storage = if bptt {
+        Storage::StoredActivations
+    } else {
+        Storage::Reversible
+    };
+    let options = BuildOptions {
+        reversible: ReversibleOptions {
+            storage,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut per_batch = Vec::new();
+    for &batch in batches {
+        let mut network = Network::new(&backend, spec, seed, options)?;
+        let mut optimizer = Optimizer::new(paper_optimizer(spec), &network.store);
+        let (shape, values, labels) = random_batch(spec, batch, seed ^ batch as u64);
+        let images =
+            backend.tensor_from_vec(&shape, values.into_iter().map(|v| v as f32).collect())?;
+        let lr = match optimizer.kind {
+            OptimizerKind::Sgd(hp) => hp.lr,
+            OptimizerKind::AdamW(hp) => hp.lr,
+        };
+        let step =
+            |network: &mut Network<Cpu<f32>>, optimizer: &mut Optimizer<Cpu<f32>>| -> Result<()> {
+                let mut grads = network.zero_grads();
+                network.train_step(
+                    &backend,
+                    &mut grads,
+                    &images,
+                    &labels,
+                    RunOptions::default(),
+                )?;
+                optimizer.step(&backend, &mut network.store, &grads, lr)
+            };
+        step(&mut network, &mut optimizer)?;
+        memory::reset_peak();
+        step(&mut network, &mut optimizer)?;
+        per_batch.push((batch, memory::stats().peak_bytes));
+    }
+    let (first, last) = (per_batch[0], per_batch[per_batch.len() - 1]);
+    let bytes_per_image_slope = (last.0 != first.0)
+        .then(|| (last.1 as f64 - first.1 as f64) / (last.0 as f64 - first.0 as f64));
+    Ok(MemoryReport {
+        per_batch,
+        bytes_per_image_slope,
+        bytes_per_image_at_max_batch: last.1 as f64 / last.0 as f64,
+    })
+}
+
+/// Prints the report as a table, or as one JSON object.
+pub fn run(
+    args: &ModelArgs,
+    batches: &[usize],
+    device: DeviceArg,
+    bptt: bool,
+    json: bool,
+) -> Result<()> {
+    device.require_cpu()?;
+    let (name, spec) = args.resolve()?;
+    let report = measure(&spec, batches, bptt, 0)?;
+    if json {
+        let per_batch: Vec<_> = report
+            .per_batch
+            .iter()
+            .map(|(b, p)| json!({"batch": b, "peak_bytes": p}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "model": name,
+                "device": "cpu",
+                "dtype": "f32",
+                "time_steps": spec.time_steps,
+                "bptt": bptt,
+                "per_batch": per_batch,
+                "bytes_per_image_slope": report.bytes_per_image_slope,
+                "bytes_per_image_at_max_batch": report.bytes_per_image_at_max_batch,
+            })
+        );
+        return Ok(());
+    }
+    const MIB: f64 = (1u64 << 20) as f64;
+    println!(
+        "{name} (T = {}, f32, CPU{})",
+        spec.time_steps,
+        if bptt { ", stored activations" } else { "" }
+    );
+    for (batch, peak) in &report.per_batch {
+        println!("  batch {batch:>4}: peak {:>10.1} MiB", *peak as f64 / MIB);
+    }
+    if let Some(slope) = report.bytes_per_image_slope {
+        println!("  memory per image (slope): {:.2} MiB", slope / MIB);
+    }
+    println!(
+        "  memory per image (peak / B): {:.2} MiB",
+        report.bytes_per_image_at_max_batch / MIB
+    );
+    Ok(())
+}

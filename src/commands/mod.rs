@@ -1,0 +1,115 @@
+//! The `revsnn` subcommands, each a function from parsed arguments to printed output.
+
+pub mod grad;
+pub mod memory;
+pub mod summary;
+pub mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::spec::ModelSpec;
+
+/// Which model: a preset or a JSON spec file, with overrides.
+#[derive(Clone, Debug, Args)]
+pub struct ModelArgs {
+    /// A preset: revsresnet21, revsresnet37, revsresnet109, revsresnet24, msresnet18, msresnet34,
+    /// msresnet104, msresnet20, revsformer-2-384, revsformer-4-384, revsformer-2-256,
+    /// spikingformer-2-384, spikingformer-4-384, spikingformer-2-256.
+    #[arg(long, conflicts_with = "spec", required_unless_present = "spec")]
+    pub model: Option<String>,
+    /// A JSON model spec file (see the README for the format).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Override the number of classes.
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Override the number of time steps T.
+    #[arg(long)]
+    pub time_steps: Option<usize>,
+}
+
+impl ModelArgs {
+    /// The spec these arguments name, validated, with its display name.
+    pub fn resolve(&self) -> Result<(String, ModelSpec)> {
+        let (name, mut spec) = match (&self.model, &self.spec) {
+            (Some(preset), _) => (preset.clone(), ModelSpec::preset(preset)?),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+                    path: path.display().to_string(),
+                    detail: format!("cannot read the spec: {e}"),
+                })?;
+                let spec = ModelSpec::from_json(&text).map_err(|e| Error::File {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                (path.display().to_string(), spec)
+            }
+            (None, None) => {
+                return Err(Error::Usage(
+                    "give --model PRESET or --spec FILE.json".into(),
+                ));
+            }
+        };
+        if let Some(classes) = self.num_classes {
+            spec.num_classes = classes;
+        }
+        if let Some(steps) = self.time_steps {
+            spec.time_steps = steps;
+        }
+        spec.validate()?;
+        Ok((name, spec))
+    }
+}
+
+/// The float type to compute in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F64,
+}
+
+/// Where to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl DeviceArg {
+    /// `Ok` for the CPU; for CUDA, an error saying the model ops do not run there yet.
+    pub fn require_cpu(self) -> Result<()> {
+        match self {
+            DeviceArg::Cpu => Ok(()),
+            DeviceArg::Cuda => Err(Error::Usage(
+                "--device cuda: the CUDA backend runs the neuron kernels only so far; the model ops \
+                 (convolution, BatchNorm, ...) arrive with the CUDA issue. Use --device cpu."
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Random images (or event frames) and labels for a batch of `batch` samples of `spec`.
+pub fn random_batch(
+    spec: &ModelSpec,
+    batch: usize,
+    seed: u64,
+) -> (Vec<usize>, Vec<f64>, Vec<usize>) {
+    let mut rng = revsnn_reference::testing::SplitMix64::new(seed);
+    let mut shape = vec![batch];
+    shape.extend(spec.sample_shape());
+    let len = shape.iter().product();
+    let images = if spec.arch.is_dvs() {
+        // event frames: non-negative counts
+        (0..len).map(|_| (rng.next_f64() * 3.0).floor()).collect()
+    } else {
+        rng.normal_vec(len, 1.0)
+    };
+    let labels = (0..batch)
+        .map(|_| (rng.next_u64() % spec.num_classes as u64) as usize)
+        .collect();
+    (shape, images, labels)
+}

@@ -1,0 +1,143 @@
+//! A whole model: its spec, its parameters under the official names, and its layers, with the
+//! training step and evaluation every command uses.
+
+use revsnn_reference::Backend;
+
+use crate::error::Result;
+use crate::model::build::Builder;
+use crate::model::resnet::{MsResNet, RevSResNet};
+use crate::model::transformer::{RevSFormer, Spikingformer};
+use crate::model::{
+    BuildOptions, Grads, Layer, Mode, ParamStore, ReversibleAudit, Session, StepOutput, train_step,
+};
+use crate::spec::{Arch, ModelSpec};
+
+/// The layers of one of the four families.
+#[derive(Clone, Debug)]
+pub enum Body {
+    RevSResNet(RevSResNet),
+    MsResNet(MsResNet),
+    RevSFormer(RevSFormer),
+    Spikingformer(Spikingformer),
+}
+
+/// A model ready to run on backend `B`.
+#[derive(Clone, Debug)]
+pub struct Network<B: Backend> {
+    pub spec: ModelSpec,
+    pub options: BuildOptions,
+    pub store: ParamStore<B>,
+    pub body: Body,
+}
+
+/// How a forward (and backward) runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    pub mode: Mode,
+    /// Whether training-mode BatchNorms update their running statistics.
+    pub update_running_stats: bool,
+    /// Whether reversible sequences audit their reconstruction (keeping every block's input and
+    /// spikes for the comparison: a verification mode, not for training).
+    pub audit: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            mode: Mode::Train,
+            update_running_stats: true,
+            audit: false,
+        }
+    }
+}
+
+/// What [`Network::train_step`] reports besides the step's output.
+#[derive(Debug)]
+pub struct StepReport<B: Backend> {
+    pub output: StepOutput<B>,
+    /// Reversible recomputes whose spikes differed from the forward's (by fingerprint).
+    pub diverged_recomputes: usize,
+    /// With [`RunOptions::audit`]: reconstruction errors and spike flips, counted exactly.
+    pub audit: Option<ReversibleAudit>,
+}
+
+/// Runs `$body` with `$model` bound to the concrete layers of `$network.body`.
+macro_rules! with_body {
+    ($network:expr, $model:ident => $body:expr) => {
+        match &$network.body {
+            Body::RevSResNet($model) => $body,
+            Body::MsResNet($model) => $body,
+            Body::RevSFormer($model) => $body,
+            Body::Spikingformer($model) => $body,
+        }
+    };
+}
+
+impl<B: Backend> Network<B> {
+    /// Builds `spec` with random weights from `seed` and the official initialisation.
+    pub fn new(backend: &B, spec: &ModelSpec, seed: u64, options: BuildOptions) -> Result<Self> {
+        spec.validate()?;
+        let mut builder = Builder::new(backend, seed);
+        let body = match spec.arch {
+            Arch::Revsresnet | Arch::RevsresnetDvs => {
+                Body::RevSResNet(RevSResNet::build(&mut builder, spec, &options)?)
+            }
+            Arch::Msresnet | Arch::MsresnetDvs => {
+                Body::MsResNet(MsResNet::build(&mut builder, spec, &options)?)
+            }
+            Arch::Revsformer | Arch::RevsformerDvs => {
+                Body::RevSFormer(RevSFormer::build(&mut builder, spec, &options)?)
+            }
+            Arch::Spikingformer | Arch::SpikingformerDvs => {
+                Body::Spikingformer(Spikingformer::build(&mut builder, spec, &options)?)
+            }
+        };
+        Ok(Network {
+            spec: spec.clone(),
+            options,
+            store: builder.store,
+            body,
+        })
+    }
+
+    /// Fresh, empty gradients for this network.
+    pub fn zero_grads(&self) -> Grads<B> {
+        Grads::new(self.store.entries().len())
+    }
+
+    /// One forward (in `run.mode`), mean cross-entropy against `labels` and backward; parameter
+    /// gradients accumulate into `grads`.
+    pub fn train_step(
+        &mut self,
+        backend: &B,
+        grads: &mut Grads<B>,
+        images: &B::Tensor,
+        labels: &[usize],
+        run: RunOptions,
+    ) -> Result<StepReport<B>> {
+        let mut session = Session::new(backend, &mut self.store, grads, run.mode);
+        session.update_running_stats = run.update_running_stats;
+        if run.audit {
+            session.audit = Some(ReversibleAudit::default());
+        }
+        let output = with_body!(self, model => train_step(model, &mut session, images, labels))?;
+        Ok(StepReport {
+            output,
+            diverged_recomputes: session.diverged_recomputes,
+            audit: session.audit,
+        })
+    }
+
+    /// The logits `[B, K]` of a forward in `mode` (no backward).
+    pub fn forward(
+        &mut self,
+        backend: &B,
+        images: &B::Tensor,
+        run: RunOptions,
+    ) -> Result<B::Tensor> {
+        let mut grads = Grads::new(0);
+        let mut session = Session::new(backend, &mut self.store, &mut grads, run.mode);
+        session.update_running_stats = run.update_running_stats;
+        with_body!(self, model => Layer::<B>::forward(model, &mut session, images).map(|(logits, _)| logits))
+    }
+}
