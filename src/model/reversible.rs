@@ -240,6 +240,38 @@ where
 }
 
 impl<F, G> ReversibleSequence<F, G> {
+    /// The input of the forward whose output is `y`, by the reverse process of SPEC.md 3.2
+    /// without gradients: last block first, `x2 = y2 - G(y1)` then `x1 = y1 - F(x2)`, each F and
+    /// G run forwards in time from `v = 0`. It must run in the forward's mode; BatchNorm running
+    /// statistics are updated as the backward's recompute would ([`RecomputeStats`]). Under
+    /// [`Coupling::Exact`] the result is bitwise the forward's (quantized) input.
+    pub fn inverse<B>(&self, session: &mut Session<B>, y: &B::Tensor) -> Result<B::Tensor>
+    where
+        B: Backend,
+        F: Layer<B>,
+        G: Layer<B>,
+    {
+        let backend = session.backend;
+        let update_before = session.update_running_stats;
+        session.update_running_stats =
+            update_before && self.options.recompute_stats == RecomputeStats::Faithful;
+        let mut reconstruct = || -> Result<B::Tensor> {
+            let mut stream = y.clone();
+            for block in self.blocks.iter().rev() {
+                let (y1, y2) = halves(backend, &stream)?;
+                let (gy1, _) = block.g.forward(session, &y1)?;
+                let x2 = self.uncouple(backend, &y2, &gy1)?;
+                let (fx2, _) = block.f.forward(session, &x2)?;
+                let x1 = self.uncouple(backend, &y1, &fx2)?;
+                stream = backend.concat(&[&x1, &x2], CHANNEL_AXIS)?;
+            }
+            Ok(stream)
+        };
+        let result = reconstruct();
+        session.update_running_stats = update_before;
+        result
+    }
+
     /// The backward by recomputation of SPEC.md 3.3, G before F, last block first.
     fn reverse<B>(
         &self,
