@@ -174,27 +174,29 @@ where
 
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
-        let mut stream = match self.grid::<B>() {
-            Some(k) => backend.quantize(x, k)?,
-            None => x.clone(),
+        // The stream travels as its two halves; the whole tensor exists only at the two ends, so
+        // no block holds a stream beside its own copy in halves.
+        let (mut x1, mut x2) = match self.grid::<B>() {
+            Some(k) => halves(backend, &backend.quantize(x, k)?)?,
+            None => halves(backend, x)?,
         };
         let keep =
             self.options.storage == Storage::StoredActivations && session.mode == Mode::Train;
         let mut contexts = Vec::new();
         let mut fingerprints = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (x1, x2) = halves(backend, &stream)?;
             let (fx2, f_saved, f_print) = fingerprinted(&block.f, session, &x2)?;
             let y1 = self.couple(backend, &x1, &fx2)?;
             let (gy1, g_saved, g_print) = fingerprinted(&block.g, session, &y1)?;
             let y2 = self.couple(backend, &x2, &gy1)?;
-            stream = backend.concat(&[&y1, &y2], CHANNEL_AXIS)?;
+            (x1, x2) = (y1, y2);
             fingerprints.push((f_print, g_print));
             if keep {
                 contexts.push((f_saved, g_saved));
             }
             // Otherwise F's and G's contexts drop here: the reversible sequence keeps nothing.
         }
+        let stream = backend.concat(&[&x1, &x2], CHANNEL_AXIS)?;
         let saved = if keep {
             SequenceSaved::Stored { contexts }
         } else {
@@ -215,14 +217,13 @@ where
         let backend = session.backend;
         match saved {
             SequenceSaved::Stored { contexts } => {
-                let mut grad = grad_y.clone();
+                let (mut dy1, mut dy2) = halves(backend, grad_y)?;
                 for (block, (f_saved, g_saved)) in self.blocks.iter().zip(contexts).rev() {
-                    let (dy1, dy2) = halves(backend, &grad)?;
                     let dx1 = backend.add(&dy1, &block.g.backward(session, g_saved, &dy2)?)?;
                     let dx2 = backend.add(&dy2, &block.f.backward(session, f_saved, &dx1)?)?;
-                    grad = backend.concat(&[&dx1, &dx2], CHANNEL_AXIS)?;
+                    (dy1, dy2) = (dx1, dx2);
                 }
-                Ok(grad)
+                Ok(backend.concat(&[&dy1, &dy2], CHANNEL_AXIS)?)
             }
             SequenceSaved::Reversible {
                 output,
@@ -240,6 +241,37 @@ where
 }
 
 impl<F, G> ReversibleSequence<F, G> {
+    /// The input of the forward whose output is `y`, by the reverse process of SPEC.md 3.2
+    /// without gradients: last block first, `x2 = y2 - G(y1)` then `x1 = y1 - F(x2)`, each F and
+    /// G run forwards in time from `v = 0`. It must run in the forward's mode; BatchNorm running
+    /// statistics are updated as the backward's recompute would ([`RecomputeStats`]). Under
+    /// [`Coupling::Exact`] the result is bitwise the forward's (quantized) input.
+    pub fn inverse<B>(&self, session: &mut Session<B>, y: &B::Tensor) -> Result<B::Tensor>
+    where
+        B: Backend,
+        F: Layer<B>,
+        G: Layer<B>,
+    {
+        let backend = session.backend;
+        let update_before = session.update_running_stats;
+        session.update_running_stats =
+            update_before && self.options.recompute_stats == RecomputeStats::Faithful;
+        let mut reconstruct = || -> Result<B::Tensor> {
+            let (mut y1, mut y2) = halves(backend, y)?;
+            for block in self.blocks.iter().rev() {
+                let (gy1, _) = block.g.forward(session, &y1)?;
+                let x2 = self.uncouple(backend, &y2, &gy1)?;
+                let (fx2, _) = block.f.forward(session, &x2)?;
+                let x1 = self.uncouple(backend, &y1, &fx2)?;
+                (y1, y2) = (x1, x2);
+            }
+            Ok(backend.concat(&[&y1, &y2], CHANNEL_AXIS)?)
+        };
+        let result = reconstruct();
+        session.update_running_stats = update_before;
+        result
+    }
+
     /// The backward by recomputation of SPEC.md 3.3, G before F, last block first.
     fn reverse<B>(
         &self,
@@ -254,11 +286,12 @@ impl<F, G> ReversibleSequence<F, G> {
         G: Layer<B>,
     {
         let backend = session.backend;
-        let mut stream = output;
-        let mut grad = grad_y.clone();
+        // Output and gradient travel as halves, as in the forward: at any time this holds one
+        // block's output and input halves and their gradients, and one recomputed F or G.
+        let (mut y1, mut y2) = halves(backend, &output)?;
+        drop(output);
+        let (mut dy1, mut dy2) = halves(backend, grad_y)?;
         for (block, (f_print, g_print)) in self.blocks.iter().zip(fingerprints).rev() {
-            let (y1, y2) = halves(backend, &stream)?;
-            let (dy1, dy2) = halves(backend, &grad)?;
             let (gy1, g_saved, g_again) = fingerprinted(&block.g, session, &y1)?;
             let dx1 = backend.add(&dy1, &block.g.backward(session, g_saved, &dy2)?)?;
             let x2 = self.uncouple(backend, &y2, &gy1)?;
@@ -267,9 +300,8 @@ impl<F, G> ReversibleSequence<F, G> {
             let x1 = self.uncouple(backend, &y1, &fx2)?;
             session.diverged_recomputes +=
                 usize::from(g_again != g_print) + usize::from(f_again != f_print);
-            stream = backend.concat(&[&x1, &x2], CHANNEL_AXIS)?;
-            grad = backend.concat(&[&dx1, &dx2], CHANNEL_AXIS)?;
+            (y1, y2, dy1, dy2) = (x1, x2, dx1, dx2);
         }
-        Ok(grad)
+        Ok(backend.concat(&[&dy1, &dy2], CHANNEL_AXIS)?)
     }
 }
