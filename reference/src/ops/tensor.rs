@@ -145,7 +145,7 @@ pub fn scale<E: Element>(x: &CpuTensor<E>, factor: E) -> Result<CpuTensor<E>> {
 }
 
 /// `y = round(x 2^k) 2^-k`: `x` rounded to the nearest multiple of `2^-k` (halves away from
-/// zero), the fixed-point grid of the exact reversible coupling. Scaling by a power of two is
+/// zero; zero is always `+0.0`), the fixed-point grid of the exact reversible coupling. Scaling by a power of two is
 /// exact, so the only rounding is the one intended. `k` must satisfy `|k| <= 60`.
 pub fn quantize<E: Element>(x: &CpuTensor<E>, k: i32) -> Result<CpuTensor<E>> {
     if k.abs() > 60 {
@@ -159,8 +159,11 @@ pub fn quantize<E: Element>(x: &CpuTensor<E>, k: i32) -> Result<CpuTensor<E>> {
     let up = E::cast(2f64.powi(k));
     let down = E::cast(2f64.powi(-k));
     let x = x.as_standard_layout();
+    // `+ 0` turns a `-0.0` (a small negative value rounded to zero) into `+0.0`, the zero that
+    // sums and differences on the grid produce, so that the exact coupling's inverse returns
+    // every bit, the sign of zero included.
     Ok(standard(
-        Zip::from(&x).par_map_collect(|&v| (v * up).round() * down),
+        Zip::from(&x).par_map_collect(|&v| (v * up).round() * down + E::zero()),
     ))
 }
 
