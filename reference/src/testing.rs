@@ -34,6 +34,27 @@ pub fn central_difference(mut f: impl FnMut(&[f64]) -> f64, x: &[f64], step: f64
         .collect()
 }
 
+/// The gradient of `f` at `x` by the five-point stencil
+/// `(8 (f(x + h) - f(x - h)) - (f(x + 2h) - f(x - 2h))) / (12 h)`, whose truncation error is
+/// `O(h^4)` instead of the central difference's `O(h^2)`: for steep functions (smooth spiking
+/// neurons) a step of `1e-4` then gives about 1e-12 rounding error and negligible truncation.
+pub fn five_point_difference(mut f: impl FnMut(&[f64]) -> f64, x: &[f64], step: f64) -> Vec<f64> {
+    let mut point = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let mut at = |offset: f64| {
+                point[i] = x[i] + offset;
+                let value = f(&point);
+                point[i] = x[i];
+                value
+            };
+            let near = at(step) - at(-step);
+            let far = at(2.0 * step) - at(-2.0 * step);
+            (8.0 * near - far) / (12.0 * step)
+        })
+        .collect()
+}
+
 /// `sum_i a_i b_i` in `f64`: turns a tensor output into the scalar loss `L = <dy, y>` whose
 /// gradient with respect to the output is `dy`.
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -91,6 +112,16 @@ mod tests {
     fn central_difference_of_a_cubic_is_exact_to_rounding() {
         let grad = central_difference(|x| x[0].powi(3) + 2.0 * x[0] * x[1], &[1.5, -0.5], 1e-5);
         assert!(relative_error(&grad, &[3.0 * 1.5f64.powi(2) - 1.0, 3.0]) < 1e-9);
+    }
+
+    #[test]
+    fn five_point_difference_is_exact_for_quartics() {
+        let f = |x: &[f64]| x[0].powi(4) - 3.0 * x[0].powi(3);
+        let grad = five_point_difference(f, &[0.7], 1e-2);
+        assert!(
+            (grad[0] - (4.0 * 0.7f64.powi(3) - 9.0 * 0.49)).abs() < 1e-12,
+            "{grad:?}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! the float type, so the inverse reconstructs every input bit for bit (the rounding's gradient
 //! is taken as the identity).
 
+use revsnn_reference::testing::relative_error;
 use revsnn_reference::{Backend, DType, Element};
 
 use super::{Layer, Mode, Session};
@@ -90,13 +91,25 @@ pub struct ReversibleSequence<F, G> {
 
 /// What a [`ReversibleSequence`] forward keeps.
 pub enum SequenceSaved<B: Backend, FS, GS> {
-    /// The output and, per block, the fingerprints of the spikes F and G produced.
+    /// The output and, per block, the fingerprints of the spikes F and G produced; under an
+    /// audit ([`Session::audit`]) also each block's input and spikes.
     Reversible {
         output: B::Tensor,
         fingerprints: Vec<(u64, u64)>,
+        audit: Vec<BlockRecord<B::Tensor>>,
     },
     /// Every block's F and G contexts.
     Stored { contexts: Vec<(FS, GS)> },
+}
+
+/// What an audited forward records of one block, for the backward to compare against.
+pub struct BlockRecord<T> {
+    /// The block's input halves `(x1, x2)`.
+    pub input: (T, T),
+    /// The spikes F produced, layer by layer.
+    pub f_spikes: Vec<T>,
+    /// The spikes G produced.
+    pub g_spikes: Vec<T>,
 }
 
 /// The channel axis of `[T, B, C, ...]`.
@@ -149,19 +162,74 @@ impl<F, G> ReversibleSequence<F, G> {
     }
 }
 
-/// Runs `layer` with spike fingerprinting on, returning its output, saved context and the
-/// fingerprint of every spike it produced.
-fn fingerprinted<B: Backend, L: Layer<B>>(
+/// One run of F or G with its spikes' fingerprint, and under an audit the spikes themselves.
+struct Recorded<T, S> {
+    output: T,
+    saved: S,
+    fingerprint: u64,
+    spikes: Vec<T>,
+}
+
+/// Runs `layer` with spike fingerprinting on (and spike logging when auditing).
+fn recorded<B: Backend, L: Layer<B>>(
     layer: &L,
     session: &mut Session<B>,
     x: &B::Tensor,
-) -> Result<(B::Tensor, L::Saved, u64)> {
-    let outer = session.spike_fingerprint.replace(0);
+) -> Result<Recorded<B::Tensor, L::Saved>> {
+    let outer_print = session.spike_fingerprint.replace(0);
+    let outer_log = if session.audit.is_some() {
+        session.spike_log.replace(Vec::new())
+    } else {
+        session.spike_log.take()
+    };
     let result = layer.forward(session, x);
     let fingerprint = session.spike_fingerprint.take().unwrap_or(0);
-    session.spike_fingerprint = outer;
-    let (y, saved) = result?;
-    Ok((y, saved, fingerprint))
+    let spikes = std::mem::replace(&mut session.spike_log, outer_log).unwrap_or_default();
+    session.spike_fingerprint = outer_print;
+    let (output, saved) = result?;
+    Ok(Recorded {
+        output,
+        saved,
+        fingerprint,
+        spikes,
+    })
+}
+
+/// Adds the differences between recorded and recomputed spikes, and the reconstruction error of
+/// one block's input, to the session's audit.
+fn audit_block<B: Backend>(
+    session: &mut Session<B>,
+    record: &BlockRecord<B::Tensor>,
+    f_spikes: &[B::Tensor],
+    g_spikes: &[B::Tensor],
+    reconstructed: (&B::Tensor, &B::Tensor),
+) -> Result<()> {
+    let backend = session.backend;
+    let widen = |t: &B::Tensor| -> Result<Vec<f64>> {
+        Ok(backend.to_vec(t)?.into_iter().map(Element::widen).collect())
+    };
+    let (mut flips, mut compared) = (0u64, 0u64);
+    for (before, again) in record
+        .f_spikes
+        .iter()
+        .zip(f_spikes)
+        .chain(record.g_spikes.iter().zip(g_spikes))
+    {
+        let (before, again) = (widen(before)?, widen(again)?);
+        compared += before.len() as u64;
+        flips += before.iter().zip(&again).filter(|(a, b)| a != b).count() as u64;
+    }
+    let mut original = widen(&record.input.0)?;
+    original.extend(widen(&record.input.1)?);
+    let mut rebuilt = widen(reconstructed.0)?;
+    rebuilt.extend(widen(reconstructed.1)?);
+    let error = relative_error(&rebuilt, &original);
+    if let Some(audit) = session.audit.as_mut() {
+        audit.spike_flips += flips;
+        audit.spikes_compared += compared;
+        audit.max_reconstruction_rel_err = audit.max_reconstruction_rel_err.max(error);
+    }
+    Ok(())
 }
 
 impl<B, F, G> Layer<B> for ReversibleSequence<F, G>
@@ -182,17 +250,26 @@ where
         };
         let keep =
             self.options.storage == Storage::StoredActivations && session.mode == Mode::Train;
+        let auditing = session.audit.is_some() && !keep;
         let mut contexts = Vec::new();
         let mut fingerprints = Vec::with_capacity(self.blocks.len());
+        let mut audit = Vec::new();
         for block in &self.blocks {
-            let (fx2, f_saved, f_print) = fingerprinted(&block.f, session, &x2)?;
-            let y1 = self.couple(backend, &x1, &fx2)?;
-            let (gy1, g_saved, g_print) = fingerprinted(&block.g, session, &y1)?;
-            let y2 = self.couple(backend, &x2, &gy1)?;
+            let f = recorded(&block.f, session, &x2)?;
+            let y1 = self.couple(backend, &x1, &f.output)?;
+            let g = recorded(&block.g, session, &y1)?;
+            let y2 = self.couple(backend, &x2, &g.output)?;
+            if auditing {
+                audit.push(BlockRecord {
+                    input: (x1.clone(), x2.clone()),
+                    f_spikes: f.spikes,
+                    g_spikes: g.spikes,
+                });
+            }
             (x1, x2) = (y1, y2);
-            fingerprints.push((f_print, g_print));
+            fingerprints.push((f.fingerprint, g.fingerprint));
             if keep {
-                contexts.push((f_saved, g_saved));
+                contexts.push((f.saved, g.saved));
             }
             // Otherwise F's and G's contexts drop here: the reversible sequence keeps nothing.
         }
@@ -203,6 +280,7 @@ where
             SequenceSaved::Reversible {
                 output: stream.clone(),
                 fingerprints,
+                audit,
             }
         };
         Ok((stream, saved))
@@ -228,11 +306,12 @@ where
             SequenceSaved::Reversible {
                 output,
                 fingerprints,
+                audit,
             } => {
                 let update_before = session.update_running_stats;
                 session.update_running_stats =
                     update_before && self.options.recompute_stats == RecomputeStats::Faithful;
-                let result = self.reverse(session, output, fingerprints, grad_y);
+                let result = self.reverse(session, output, fingerprints, audit, grad_y);
                 session.update_running_stats = update_before;
                 result
             }
@@ -278,6 +357,7 @@ impl<F, G> ReversibleSequence<F, G> {
         session: &mut Session<B>,
         output: B::Tensor,
         fingerprints: Vec<(u64, u64)>,
+        mut audit: Vec<BlockRecord<B::Tensor>>,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor>
     where
@@ -292,14 +372,17 @@ impl<F, G> ReversibleSequence<F, G> {
         drop(output);
         let (mut dy1, mut dy2) = halves(backend, grad_y)?;
         for (block, (f_print, g_print)) in self.blocks.iter().zip(fingerprints).rev() {
-            let (gy1, g_saved, g_again) = fingerprinted(&block.g, session, &y1)?;
-            let dx1 = backend.add(&dy1, &block.g.backward(session, g_saved, &dy2)?)?;
-            let x2 = self.uncouple(backend, &y2, &gy1)?;
-            let (fx2, f_saved, f_again) = fingerprinted(&block.f, session, &x2)?;
-            let dx2 = backend.add(&dy2, &block.f.backward(session, f_saved, &dx1)?)?;
-            let x1 = self.uncouple(backend, &y1, &fx2)?;
+            let g = recorded(&block.g, session, &y1)?;
+            let dx1 = backend.add(&dy1, &block.g.backward(session, g.saved, &dy2)?)?;
+            let x2 = self.uncouple(backend, &y2, &g.output)?;
+            let f = recorded(&block.f, session, &x2)?;
+            let dx2 = backend.add(&dy2, &block.f.backward(session, f.saved, &dx1)?)?;
+            let x1 = self.uncouple(backend, &y1, &f.output)?;
             session.diverged_recomputes +=
-                usize::from(g_again != g_print) + usize::from(f_again != f_print);
+                usize::from(g.fingerprint != g_print) + usize::from(f.fingerprint != f_print);
+            if let Some(record) = audit.pop() {
+                audit_block(session, &record, &f.spikes, &g.spikes, (&x1, &x2))?;
+            }
             (y1, y2, dy1, dy2) = (x1, x2, dx1, dx2);
         }
         Ok(backend.concat(&[&dy1, &dy2], CHANNEL_AXIS)?)

@@ -1,0 +1,215 @@
+//! The `revsnn` commands as a user runs them: their JSON contracts, exit codes, and clear errors
+//! (naming the file and the problem, never a panic) on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn revsnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_revsnn"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/parity")
+        .join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let folder = std::env::temp_dir().join(format!("revsnn-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    folder.join(name)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn info_reports_cuda_status_without_panicking() {
+    let report = json(&revsnn(&["info", "--json"]));
+    assert!(report["cpu_threads"].as_u64().unwrap() >= 1);
+    let cuda = &report["cuda"];
+    assert!(cuda["available"].as_bool().unwrap() || !cuda["reason"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn summary_counts_parameters_of_presets_and_overrides() {
+    let report = json(&revsnn(&["summary", "--model", "revsresnet21", "--json"]));
+    assert_eq!(report["parameters"], 11_048_420);
+    let ten = json(&revsnn(&[
+        "summary",
+        "--model",
+        "revsresnet21",
+        "--num-classes",
+        "10",
+        "--json",
+    ]));
+    assert_eq!(ten["parameters"], 10_967_690);
+    let former = json(&revsnn(&[
+        "summary",
+        "--model",
+        "revsformer-2-384",
+        "--json",
+    ]));
+    assert_eq!(former["parameters"], 5_835_796);
+    let text = revsnn(&["summary", "--model", "msresnet18"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("total parameters: 11220132"));
+}
+
+#[test]
+fn verify_passes_on_a_small_spec_with_both_couplings() {
+    let spec = fixture("revsresnet.spec.json");
+    for coupling in ["float", "exact"] {
+        let report = json(&revsnn(&[
+            "verify",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--coupling",
+            coupling,
+            "--json",
+        ]));
+        for key in [
+            "reconstruction_max_rel_err",
+            "spike_flips",
+            "grad_max_rel_err_vs_bptt",
+            "fd_max_rel_err",
+        ] {
+            assert!(report[key].is_number(), "{key} in {report}");
+        }
+        assert_eq!(report["passed"], true, "{report}");
+    }
+}
+
+#[test]
+fn memory_reports_per_batch_peaks_and_per_image_figures() {
+    let spec = fixture("revsformer.spec.json");
+    let report = json(&revsnn(&[
+        "memory",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--batch",
+        "1,3",
+        "--json",
+    ]));
+    let per_batch = report["per_batch"].as_array().unwrap();
+    assert_eq!(per_batch.len(), 2);
+    assert_eq!(per_batch[1]["batch"], 3);
+    assert!(
+        per_batch[1]["peak_bytes"].as_u64().unwrap() > per_batch[0]["peak_bytes"].as_u64().unwrap()
+    );
+    assert!(report["bytes_per_image_slope"].as_f64().unwrap() > 0.0);
+    assert!(report["bytes_per_image_at_max_batch"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn grad_writes_the_fixture_format_and_rejects_bad_files() {
+    let spec = fixture("msresnet.spec.json");
+    let weights = fixture("msresnet.weights.safetensors");
+    let input = fixture("msresnet.input.safetensors");
+    let output = scratch("msresnet.out.safetensors");
+    let run = |weights: &Path, input: &Path| {
+        revsnn(&[
+            "grad",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+    };
+    let ok = run(&weights, &input);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let written = revsnn::checkpoint::read(&output).unwrap();
+    assert!(written.iter().any(|(name, _)| name == "grad.conv1.weight"));
+    assert!(
+        written
+            .iter()
+            .any(|(name, _)| name == "after_forward.bn1.running_var")
+    );
+
+    // a truncated weights file
+    let bytes = std::fs::read(&weights).unwrap();
+    let truncated = scratch("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let failed = run(&truncated, &input);
+    assert!(!failed.status.success());
+    assert!(
+        stderr(&failed).contains("truncated.safetensors") && stderr(&failed).contains("truncated"),
+        "{}",
+        stderr(&failed)
+    );
+
+    // not a safetensors file at all
+    let garbage = scratch("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\xffnot json").unwrap();
+    let failed = run(&garbage, &input);
+    assert!(
+        !failed.status.success() && stderr(&failed).contains("garbage.safetensors"),
+        "{}",
+        stderr(&failed)
+    );
+
+    // weights of another model: every missing key is listed in one error
+    let failed = run(&fixture("revsresnet.weights.safetensors"), &input);
+    assert!(!failed.status.success());
+    assert!(
+        stderr(&failed).contains("missing keys") && stderr(&failed).contains("unexpected keys"),
+        "{}",
+        stderr(&failed)
+    );
+
+    // labels out of range, images of the wrong shape
+    let mut tensors = revsnn::checkpoint::read(&input).unwrap();
+    for (name, tensor) in tensors.iter_mut() {
+        if name == "labels" {
+            tensor.data = revsnn::checkpoint::TensorData::I64(vec![0, 99, 1]);
+        }
+    }
+    let bad_labels = scratch("bad-labels.safetensors");
+    revsnn::checkpoint::write(&bad_labels, &tensors).unwrap();
+    let failed = run(&weights, &bad_labels);
+    assert!(
+        !failed.status.success() && stderr(&failed).contains("label 99"),
+        "{}",
+        stderr(&failed)
+    );
+
+    let failed = run(&weights, &fixture("revsformer-dvs.input.safetensors"));
+    assert!(
+        !failed.status.success() && stderr(&failed).contains("images have shape"),
+        "{}",
+        stderr(&failed)
+    );
+}
+
+#[test]
+fn bad_specs_and_devices_are_errors_not_panics() {
+    let spec = scratch("bad.json");
+    std::fs::write(&spec, r#"{"arch":"revsformer","num_classes":3,"time_steps":2,"in_channels":3,"img_size":8,"depth":1,"dim":20,"heads":3,"mlp_ratio":4,"patch_size":4}"#).unwrap();
+    let failed = revsnn(&["summary", "--spec", spec.to_str().unwrap()]);
+    assert!(
+        !failed.status.success() && stderr(&failed).contains("divisible"),
+        "{}",
+        stderr(&failed)
+    );
+    let failed = revsnn(&["summary", "--model", "resnet50"]);
+    assert!(!failed.status.success() && stderr(&failed).contains("unknown preset"));
+    let failed = revsnn(&["verify", "--model", "revsresnet21", "--device", "cuda"]);
+    assert!(!failed.status.success() && stderr(&failed).contains("--device cpu"));
+    assert!(!stderr(&failed).contains("panicked"));
+}
