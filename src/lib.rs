@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod commands;
+pub mod data;
 pub mod error;
 pub mod info;
 pub mod model;

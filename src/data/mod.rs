@@ -1,0 +1,31 @@
+//! Datasets: samples as `f32` tensors with class labels, loaded from disk or generated.
+//!
+//! A [`Dataset`] is an indexable, immutable collection; the training loop draws batches from it
+//! on worker threads in a seeded order, so the same seed gives the same batches.
+
+use crate::error::Result;
+
+/// One labelled sample: `values` in row-major order of [`Dataset::sample_shape`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub values: Vec<f32>,
+    pub label: usize,
+}
+
+/// An indexable collection of labelled samples, all of one shape.
+pub trait Dataset: Send + Sync {
+    /// A short name for messages and metrics (`synthetic`, `cifar10`, ...).
+    fn name(&self) -> &str;
+    /// The number of samples.
+    fn len(&self) -> usize;
+    /// Whether there is no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The number of classes; labels are in `[0, num_classes)`.
+    fn num_classes(&self) -> usize;
+    /// The shape of one sample: `[C, H, W]` for images, `[T, C, H, W]` for event frames.
+    fn sample_shape(&self) -> Vec<usize>;
+    /// Sample `index` (`< len()`), without augmentation.
+    fn get(&self, index: usize) -> Result<Sample>;
+}
