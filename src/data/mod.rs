@@ -30,6 +30,7 @@ pub trait Dataset: Send + Sync {
     fn get(&self, index: usize) -> Result<Sample>;
 }
 
+pub mod augment;
 pub mod cifar;
 pub mod cifar10_dvs;
 pub mod dvs128;
