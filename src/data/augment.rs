@@ -360,7 +360,8 @@ pub const RAND_INCREASING_OPS: [RandOp; 15] = [
     RandOp::TranslateYRel,
 ];
 
-/// RandAugment `rand-m9-n1-mstd0.4-inc1` as timm 0.6.12 (SPEC.md 5.1), on `u8` images.
+/// RandAugment `rand-m9-n1-mstd0.4-inc1` as timm 0.6.12 (SPEC.md 5.1), on `u8` images; the
+/// geometric operations interpolate bicubically, as the recipe's `bicubic` hparam asks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RandAugment {
     /// Operations per image (`n`): 1.
@@ -499,8 +500,9 @@ impl RandAugment {
         Ok(())
     }
 
-    /// PIL `Image.transform(AFFINE, (a, b, c, d, e, f))`: output pixel centre (x, y) samples the
-    /// input at (a x + b y + c, d x + e y + f), bilinearly; outside the image, `fill`.
+    /// PIL `Image.transform(AFFINE, (a, b, c, d, e, f), BICUBIC)`: output pixel centre (x, y)
+    /// samples the input at (a x + b y + c, d x + e y + f) with PIL's transform cubic (a = -1,
+    /// neighbours clamped to the edge, result clipped and truncated); outside the image, `fill`.
     fn affine(&self, img: &mut [u8], shape: Planes, m: [f64; 6]) {
         let Planes { planes, h, w } = shape;
         let src = img.to_vec();
@@ -512,28 +514,38 @@ impl RandAugment {
                 let inside = xin >= 0.0 && yin >= 0.0 && xin < w as f64 && yin < h as f64;
                 for c in 0..planes {
                     let v = if inside {
-                        bilinear(&src[c * h * w..(c + 1) * h * w], h, w, xin - 0.5, yin - 0.5)
+                        bicubic(&src[c * h * w..(c + 1) * h * w], h, w, xin - 0.5, yin - 0.5)
+                            .clamp(0.0, 255.0)
                     } else {
                         f64::from(self.fill[c.min(2)])
                     };
-                    img[(c * h + y) * w + x] = v.round().clamp(0.0, 255.0) as u8;
+                    img[(c * h + y) * w + x] = v as u8;
                 }
             }
         }
     }
 }
 
-/// Bilinear sample of one `h x w` plane at (x, y) in pixel coordinates, edges clamped.
-fn bilinear(plane: &[u8], h: usize, w: usize, x: f64, y: f64) -> f64 {
-    let x = x.clamp(0.0, (w - 1) as f64);
-    let y = y.clamp(0.0, (h - 1) as f64);
-    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-    let (fx, fy) = (x - x0 as f64, y - y0 as f64);
-    let at = |yy: usize, xx: usize| f64::from(plane[yy * w + xx]);
-    let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
-    let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
-    top * (1.0 - fy) + bottom * fy
+/// PIL's transform cubic through four samples at offset `d` in `[0, 1)` from the second.
+fn cubic(v1: f64, v2: f64, v3: f64, v4: f64, d: f64) -> f64 {
+    let p2 = -v1 + v3;
+    let p3 = 2.0 * (v1 - v2) + v3 - v4;
+    let p4 = -v1 + v2 - v3 + v4;
+    v2 + d * (p2 + d * (p3 + d * p4))
+}
+
+/// Bicubic sample of one `h x w` plane at (x, y) in pixel coordinates, neighbours clamped.
+fn bicubic(plane: &[u8], h: usize, w: usize, x: f64, y: f64) -> f64 {
+    let (fx, fy) = (x.floor(), y.floor());
+    let (dx, dy) = (x - fx, y - fy);
+    let clip = |i: f64, n: usize| i.clamp(0.0, (n - 1) as f64) as usize;
+    let xs = [-1.0, 0.0, 1.0, 2.0].map(|o| clip(fx + o, w));
+    let rows = [-1.0, 0.0, 1.0, 2.0].map(|o| {
+        let r = clip(fy + o, h) * w;
+        let at = |i: usize| f64::from(plane[r + xs[i]]);
+        cubic(at(0), at(1), at(2), at(3), dx)
+    });
+    cubic(rows[0], rows[1], rows[2], rows[3], dy)
 }
 
 fn per_channel(img: &mut [u8], shape: Planes, lut_of: fn(&[u64; 256]) -> [u8; 256]) {
@@ -941,6 +953,20 @@ mod tests {
             .apply_op(RandOp::TranslateXRel, &mut v, shape3, 10.0, false)
             .unwrap();
         assert_eq!(v, vec![2, 3, 4, 125]);
+        // Rotation: magnitude 0 is the identity; a constant image stays constant inside and
+        // takes the fill in the corners that the rotation uncovers.
+        let shape8 = Planes::new(3, 8, 8);
+        let img = image(3, shape8);
+        let mut v = img.clone();
+        ra.apply_op(RandOp::Rotate, &mut v, shape8, 0.0, false)
+            .unwrap();
+        assert_eq!(v, img);
+        let mut v = vec![77u8; shape8.len()];
+        ra.apply_op(RandOp::Rotate, &mut v, shape8, 10.0, false)
+            .unwrap();
+        assert_eq!(v[3 * 8 + 3], 77);
+        assert_eq!(v[0], 125);
+        assert_eq!(v[64], 123);
     }
 
     #[test]

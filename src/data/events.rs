@@ -123,7 +123,8 @@ pub fn decode_aedat31(bytes: &[u8], path: &Path) -> Result<Events> {
             .checked_mul(capacity as usize)
             .ok_or_else(|| corrupt(path, format!("packet at byte {pos} is impossibly large")))?;
         pos += 28;
-        let data = bytes.get(pos..pos + length).ok_or_else(|| {
+        let data = pos.checked_add(length).and_then(|end| bytes.get(pos..end));
+        let data = data.ok_or_else(|| {
             corrupt(
                 path,
                 format!(
