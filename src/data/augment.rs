@@ -4,12 +4,15 @@
 //! Images are channel-major (`[C, H, W]`); event frames `[T, 2, H, W]` are treated as `T * 2`
 //! planes. The CIFAR pipelines are:
 //! - ResNets (SPEC.md 5.2): [`random_crop`] (padding 4) → [`random_hflip`] → `/255` →
-//!   [`normalize`] with [`CIFAR_MEAN`], [`CIFAR_RESNET_STD`] (SPEC.md A18);
-//! - transformers (SPEC.md 5.1): [`random_hflip`] → [`RandAugment::apply`] on `u8` pixels →
-//!   `/255` → [`normalize`] with [`CIFAR_MEAN`], [`CIFAR_STD`] → [`random_erasing`] → per batch
-//!   [`mixup_batch`] with label smoothing 0.1 (soft targets).
+//!   [`normalize`] with [`CIFAR_MEAN`], [`CIFAR_RESNET_STD`] (SPEC.md A18)
+//!   ([`cifar_resnet_train`]);
+//! - transformers (SPEC.md 5.1): per sample [`random_hflip`] → [`RandAugment::apply`] on `u8`
+//!   pixels ([`cifar_transformer_sample`]); per batch [`mixup_batch_u8`] with label smoothing
+//!   0.1 (soft targets) → `/255` → [`normalize`] with [`CIFAR_MEAN`], [`CIFAR_STD`] →
+//!   [`random_erasing`] ([`cifar_transformer_batch`]), as timm's prefetching loader orders them.
 //!
-//! Event frames (SPEC.md 5.3, 6.3): [`random_hflip`] → [`snn_augment_wide`].
+//! Event frames (SPEC.md 5.3, 6.3): per sample [`random_hflip`] → [`snn_augment_wide`]
+//! ([`dvs_train`]); per batch [`mixup_batch`] with [`Mixup::dvs`].
 
 use revsnn_reference::testing::SplitMix64;
 
@@ -275,40 +278,27 @@ pub fn beta(rng: &mut SplitMix64, a: f64, b: f64) -> f64 {
     if x + y > 0.0 { x / (x + y) } else { 0.5 }
 }
 
-/// Mixes a batch in place as timm's `Mixup` (mode `batch`, no cutmix; SPEC.md 5.1, 5.3): with
-/// probability `cfg.prob`, `lam ~ Beta(alpha, alpha)`, else `lam = 1`; sample i becomes
-/// `lam * x_i + (1 - lam) * x_{B-1-i}`. Returns the soft targets `[B, num_classes]` (label-
-/// smoothed one-hot rows mixed with the same `lam`; each row sums to 1) and `lam`. The batch
-/// size must be even, as timm requires.
-pub fn mixup_batch(
-    batch: &mut [f32],
+/// Draws timm's batch mixing weight: with probability `cfg.prob`, `lam ~ Beta(alpha, alpha)`,
+/// else 1 (SPEC.md 5.1, 5.3).
+pub fn mixup_lambda(cfg: &Mixup, rng: &mut SplitMix64) -> f64 {
+    if rng.next_f64() < cfg.prob {
+        beta(rng, cfg.alpha, cfg.alpha)
+    } else {
+        1.0
+    }
+}
+
+/// timm `mixup_target`: label-smoothed one-hot rows of the batch mixed with those of the
+/// reversed batch, `lam * y_i + (1 - lam) * y_{B-1-i}`; each row sums to 1.
+pub fn mixup_targets(
     labels: &[usize],
     num_classes: usize,
-    cfg: &Mixup,
-    rng: &mut SplitMix64,
-) -> Result<(Vec<f32>, f32)> {
+    smoothing: f32,
+    lam: f64,
+) -> Result<Vec<f32>> {
     let b = labels.len();
-    if b == 0 || b % 2 != 0 || batch.len() % b != 0 {
-        return Err(Error::Usage(format!(
-            "mixup needs an even, non-empty batch whose values split evenly into samples; got \
-             {b} labels and {} values (use an even batch size)",
-            batch.len()
-        )));
-    }
-    let mut lam = 1.0f64;
-    if rng.next_f64() < cfg.prob {
-        lam = beta(rng, cfg.alpha, cfg.alpha);
-    }
+    let smooth = smooth_targets(labels, num_classes, smoothing)?;
     let lam = lam as f32;
-    let n = batch.len() / b;
-    let original = batch.to_vec();
-    for i in 0..b {
-        let j = b - 1 - i;
-        for k in 0..n {
-            batch[i * n + k] = original[i * n + k] * lam + original[j * n + k] * (1.0 - lam);
-        }
-    }
-    let smooth = smooth_targets(labels, num_classes, cfg.label_smoothing)?;
     let mut targets = vec![0f32; b * num_classes];
     for i in 0..b {
         let j = b - 1 - i;
@@ -317,7 +307,147 @@ pub fn mixup_batch(
                 smooth[i * num_classes + k] * lam + smooth[j * num_classes + k] * (1.0 - lam);
         }
     }
+    Ok(targets)
+}
+
+fn check_mixup_batch(values: usize, b: usize) -> Result<usize> {
+    if b == 0 || b % 2 != 0 || values % b != 0 {
+        return Err(Error::Usage(format!(
+            "mixup needs an even, non-empty batch whose values split evenly into samples; got \
+             {b} labels and {values} values (use an even batch size)"
+        )));
+    }
+    Ok(values / b)
+}
+
+/// Mixes a float batch in place as timm's `Mixup` (mode `batch`, no cutmix; SPEC.md 5.3):
+/// sample i becomes `lam * x_i + (1 - lam) * x_{B-1-i}` with `lam` from [`mixup_lambda`].
+/// Returns the soft targets `[B, num_classes]` ([`mixup_targets`]) and `lam`. The batch size
+/// must be even, as timm requires.
+pub fn mixup_batch(
+    batch: &mut [f32],
+    labels: &[usize],
+    num_classes: usize,
+    cfg: &Mixup,
+    rng: &mut SplitMix64,
+) -> Result<(Vec<f32>, f32)> {
+    let b = labels.len();
+    let n = check_mixup_batch(batch.len(), b)?;
+    let lam = mixup_lambda(cfg, rng);
+    let targets = mixup_targets(labels, num_classes, cfg.label_smoothing, lam)?;
+    let lam = lam as f32;
+    if lam != 1.0 {
+        let original = batch.to_vec();
+        for i in 0..b {
+            let j = b - 1 - i;
+            for k in 0..n {
+                batch[i * n + k] = original[i * n + k] * lam + original[j * n + k] * (1.0 - lam);
+            }
+        }
+    }
     Ok((targets, lam))
+}
+
+/// Mixes a `u8` batch in place as timm's `FastCollateMixup` (mode `batch`; SPEC.md 5.1: the CIFAR
+/// transformer recipe mixes the `u8` images before normalisation), rounding half to even as
+/// `np.rint`. Returns the soft targets and `lam` as [`mixup_batch`].
+pub fn mixup_batch_u8(
+    batch: &mut [u8],
+    labels: &[usize],
+    num_classes: usize,
+    cfg: &Mixup,
+    rng: &mut SplitMix64,
+) -> Result<(Vec<f32>, f32)> {
+    let b = labels.len();
+    let n = check_mixup_batch(batch.len(), b)?;
+    let lam = mixup_lambda(cfg, rng);
+    let targets = mixup_targets(labels, num_classes, cfg.label_smoothing, lam)?;
+    if lam != 1.0 {
+        let (l32, r32) = (lam as f32, (1.0 - lam) as f32);
+        let original = batch.to_vec();
+        for i in 0..b {
+            let j = b - 1 - i;
+            for k in 0..n {
+                let v = f32::from(original[i * n + k]) * l32 + f32::from(original[j * n + k]) * r32;
+                batch[i * n + k] = v.round_ties_even().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    Ok((targets, lam as f32))
+}
+
+/// The CIFAR ResNet training transform (SPEC.md 5.2): random crop with padding 4, horizontal
+/// flip, `/255`, normalisation with [`CIFAR_MEAN`] and [`CIFAR_RESNET_STD`]. `image` is the
+/// `[3, 32, 32]` bytes of [`crate::data::cifar::Cifar::bytes`].
+pub fn cifar_resnet_train(image: &[u8], rng: &mut SplitMix64) -> Result<Vec<f32>> {
+    let shape = Planes::new(3, 32, 32);
+    let mut img = random_crop(image, shape, 4, rng)?;
+    random_hflip(&mut img, shape, rng)?;
+    to_normalized(&img, shape, &CIFAR_RESNET_STD)
+}
+
+/// The evaluation transform of both CIFAR recipes (SPEC.md 5.1, 5.2): `/255` and normalisation
+/// with [`CIFAR_MEAN`] and `std` ([`CIFAR_STD`] or [`CIFAR_RESNET_STD`]).
+pub fn to_normalized(image: &[u8], shape: Planes, std: &[f32]) -> Result<Vec<f32>> {
+    let mut v: Vec<f32> = image.iter().map(|&b| f32::from(b) / 255.0).collect();
+    normalize(&mut v, shape, &CIFAR_MEAN, std)?;
+    Ok(v)
+}
+
+/// The per-sample part of the CIFAR transformer training transform (SPEC.md 5.1): horizontal
+/// flip, then RandAugment, on `u8` pixels; the batch part is [`cifar_transformer_batch`].
+pub fn cifar_transformer_sample(
+    image: &[u8],
+    rand_augment: &RandAugment,
+    rng: &mut SplitMix64,
+) -> Result<Vec<u8>> {
+    let shape = Planes::new(3, 32, 32);
+    let mut img = image.to_vec();
+    random_hflip(&mut img, shape, rng)?;
+    rand_augment.apply(&mut img, shape, rng)?;
+    Ok(img)
+}
+
+/// The batch part of the CIFAR transformer training transform (SPEC.md 5.1): mixup of the `u8`
+/// images ([`mixup_batch_u8`]; with `mixup` `None`, after `mixup_off_epoch`, only label smoothing
+/// by `smoothing`), `/255`, normalisation with [`CIFAR_STD`], then random erasing with
+/// probability `reprob` per sample. Returns the batch `[B, 3, 32, 32]` and the soft targets.
+pub fn cifar_transformer_batch(
+    images: &mut [u8],
+    labels: &[usize],
+    num_classes: usize,
+    mixup: Option<&Mixup>,
+    smoothing: f32,
+    reprob: f64,
+    rng: &mut SplitMix64,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let shape = Planes::new(3, 32, 32);
+    if images.len() != labels.len() * shape.len() {
+        return Err(Error::Usage(format!(
+            "a batch of {} CIFAR images needs {} bytes, got {}",
+            labels.len(),
+            labels.len() * shape.len(),
+            images.len()
+        )));
+    }
+    let targets = match mixup {
+        Some(cfg) => mixup_batch_u8(images, labels, num_classes, cfg, rng)?.0,
+        None => smooth_targets(labels, num_classes, smoothing)?,
+    };
+    let mut out = Vec::with_capacity(images.len());
+    for image in images.chunks_exact(shape.len()) {
+        let mut v = to_normalized(image, shape, &CIFAR_STD)?;
+        random_erasing(&mut v, shape, reprob, rng)?;
+        out.extend(v);
+    }
+    Ok((out, targets))
+}
+
+/// The per-sample DVS training transform (SPEC.md 5.3): horizontal flip (the same for all
+/// frames), then [`snn_augment_wide`], on frames `[T, 2, H, W]` (`shape.planes = 2 T`).
+pub fn dvs_train(frames: &mut [f32], shape: Planes, rng: &mut SplitMix64) -> Result<WideOp> {
+    random_hflip(frames, shape, rng)?;
+    snn_augment_wide(frames, shape, rng)
 }
 
 /// The operations of timm's increasing RandAugment set (`_RAND_INCREASING_TRANSFORMS`,
@@ -846,6 +976,44 @@ mod tests {
         assert_eq!(t, smooth_targets(&labels, 10, 0.1).unwrap());
         assert!(mixup_batch(&mut batch[..6], &labels[..3], 10, &off, &mut rng).is_err());
         assert!(smooth_targets(&[10], 10, 0.1).is_err());
+    }
+
+    #[test]
+    fn u8_mixup_rounds_half_to_even_and_pipelines_keep_shapes() {
+        let labels = [1usize, 2];
+        let mut rng = SplitMix64::new(13);
+        let mut batch = vec![10u8, 0, 0, 255];
+        let (t, lam) = mixup_batch_u8(&mut batch, &labels, 3, &Mixup::cifar(), &mut rng).unwrap();
+        let lam = f64::from(lam);
+        assert_eq!(batch[0], (10.0 * lam).round() as u8);
+        assert_eq!(batch[3], (255.0 * lam).round() as u8);
+        assert!((t[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+
+        let image: Vec<u8> = (0..3072).map(|i| (i % 251) as u8).collect();
+        let a = cifar_resnet_train(&image, &mut SplitMix64::new(1)).unwrap();
+        let b = cifar_resnet_train(&image, &mut SplitMix64::new(1)).unwrap();
+        assert_eq!(a.len(), 3072);
+        assert_eq!(a, b);
+        let eval = to_normalized(&image, Planes::new(3, 32, 32), &CIFAR_RESNET_STD).unwrap();
+        assert!((eval[1] - (1.0 / 255.0 - 0.4914) / 0.557).abs() < 1e-6);
+        let ra = RandAugment::cifar();
+        let mut imgs = Vec::new();
+        for seed in 0..4 {
+            imgs.extend(cifar_transformer_sample(&image, &ra, &mut SplitMix64::new(seed)).unwrap());
+        }
+        let labels = [0usize, 1, 2, 3];
+        let (x, t) =
+            cifar_transformer_batch(&mut imgs, &labels, 10, None, 0.1, 0.25, &mut rng).unwrap();
+        assert_eq!((x.len(), t.len()), (4 * 3072, 40));
+        assert_eq!(t, smooth_targets(&labels, 10, 0.1).unwrap());
+        assert!(
+            cifar_transformer_batch(&mut imgs[..5], &labels, 10, None, 0.1, 0.25, &mut rng)
+                .is_err()
+        );
+        let shape = Planes::new(2 * 3, 8, 8);
+        let mut frames = vec![1.0f32; shape.len()];
+        dvs_train(&mut frames, shape, &mut rng).unwrap();
+        assert_eq!(frames.len(), shape.len());
     }
 
     #[test]
