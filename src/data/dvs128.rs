@@ -4,8 +4,12 @@
 //! Layout: `DIR` (or `DIR/DvsGesture`, or `DIR/extract/DvsGesture`) holds `trials_to_train.txt`,
 //! `trials_to_test.txt` (one `userXX_lighting.aedat` a line), the `.aedat` files and, for each,
 //! `userXX_lighting_labels.csv` (a header line, then `class,startTime_usec,endTime_usec` with
-//! class in 1..=11). Sample k of a file holds the events with `start <= t < end` of row k; its
-//! label is class - 1. Frames are cached as `DIR/frames_T{T}/userXX_lighting_{k}.frames`.
+//! class in 1..=11). Sample k of a file holds the events with `start <= t < end` of row k. Its
+//! gesture is class - 1 (SPEC.md 6.2), and its label the index SpikingJelly's `DatasetFolder`
+//! gives that gesture's folder, `str(gesture)`, among the sorted folder names `0, 1, 10, 2, ...,
+//! 9` ([`spikingjelly_label`]): the official models were trained with these indices, so their
+//! checkpoints evaluate correctly. Frames are cached as
+//! `DIR/frames_T{T}/userXX_lighting_{k}.frames`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,11 +25,22 @@ pub const GESTURE_SIZE: usize = 128;
 const SOURCE: &str = "download DvsGesture.tar.gz from https://research.ibm.com/interactive/dvsgesture/ \
      and extract it there";
 
+/// The class index SpikingJelly 0.0.0.0.12 trains with for `gesture` (the CSV class minus 1):
+/// the rank of the folder name `str(gesture)` among the sorted names `"0", "1", "10", "2", ...,
+/// "9"` (torchvision `DatasetFolder`), so 10 maps to 2 and 2..=9 to 3..=10.
+pub fn spikingjelly_label(gesture: usize) -> usize {
+    match gesture {
+        0 | 1 => gesture,
+        10 => 2,
+        g => g + 1,
+    }
+}
+
 /// One labelled row of a `_labels.csv`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GestureRow {
-    /// Class in `[0, 11)` (the CSV's class minus 1).
-    pub label: usize,
+    /// Gesture in `[0, 11)` (the CSV's class minus 1).
+    pub gesture: usize,
     /// First timestamp (microseconds), included.
     pub start: u64,
     /// Last timestamp, excluded.
@@ -57,7 +72,7 @@ pub fn parse_labels_csv(text: &str, path: &Path) -> Result<Vec<GestureRow>> {
             return Err(bad(i + 1, format!("class {} is out of range", nums[0])));
         }
         rows.push(GestureRow {
-            label: nums[0] as usize - 1,
+            gesture: nums[0] as usize - 1,
             start: nums[1],
             end: nums[2],
         });
@@ -161,7 +176,7 @@ pub fn load(
             job.caches
                 .iter()
                 .cloned()
-                .zip(job.rows.iter().map(|r| r.label))
+                .zip(job.rows.iter().map(|r| spikingjelly_label(r.gesture)))
         })
         .collect();
     Ok(FrameDataset::new(
@@ -177,6 +192,16 @@ mod tests {
     use super::*;
     use crate::data::Dataset;
     use crate::data::events::tests::{TempDir, aedat31};
+
+    #[test]
+    fn labels_follow_spikingjelly_folder_order() {
+        let mut names: Vec<String> = (0..GESTURE_CLASSES).map(|g| g.to_string()).collect();
+        names.sort();
+        for g in 0..GESTURE_CLASSES {
+            let rank = names.iter().position(|n| *n == g.to_string()).unwrap();
+            assert_eq!(spikingjelly_label(g), rank);
+        }
+    }
 
     fn write_gesture(dir: &Path) {
         let root = dir.join("DvsGesture");
@@ -213,7 +238,8 @@ mod tests {
         assert_eq!(train.len(), 2);
         assert_eq!(train.sample_shape(), vec![2, 2, 128, 128]);
         let s0 = train.get(0).unwrap();
-        assert_eq!(s0.label, 2);
+        // CSV class 3 is gesture 2, folder "2", the fourth of the sorted folder names.
+        assert_eq!(s0.label, 3);
         // Events t = 1, 2 go to frame 0 and t = 3, 4 to frame 1; (x, y, p) = (t, 2t, t % 2).
         let mut want = vec![0f32; 2 * 2 * 128 * 128];
         want[at(0, 1, 2, 1)] = 1.0;
@@ -222,7 +248,8 @@ mod tests {
         want[at(1, 0, 8, 4)] = 1.0;
         assert_eq!(s0.values, want);
         let s1 = train.get(1).unwrap();
-        assert_eq!(s1.label, 10);
+        // CSV class 11 is gesture 10, folder "10", the third folder name.
+        assert_eq!(s1.label, 2);
         assert_eq!(s1.values.iter().sum::<f32>(), 3.0);
         assert!(dir.path().join("frames_T2/user01_led_1.frames").is_file());
         // The second open reads the cache, even with the recording gone.
