@@ -239,12 +239,13 @@ pub fn integrate_by_number(
 }
 
 const CACHE_MAGIC: &[u8; 8] = b"RSNNFRM1";
+const CACHE_U8: u8 = 0;
 const CACHE_U16: u8 = 1;
 const CACHE_F32: u8 = 2;
 
 /// Writes frames (event counts) to the cache file `path` atomically (temporary file, then
 /// rename): a header (`RSNNFRM1`, rank, dims as little-endian `u32`, a dtype byte), then the
-/// values as little-endian `u16` when all counts fit, else `f32` (SPEC.md 6.2).
+/// values as `u8` or little-endian `u16` when all counts fit, else `f32` (SPEC.md 6.2).
 pub fn write_frame_cache(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
     let file_err = |e: std::io::Error| Error::File {
         path: path.display().to_string(),
@@ -255,10 +256,12 @@ pub fn write_frame_cache(path: &Path, shape: &[usize], values: &[f32]) -> Result
     for &d in shape {
         bytes.extend((d as u32).to_le_bytes());
     }
-    let fits_u16 = values
-        .iter()
-        .all(|&v| v >= 0.0 && v <= f32::from(u16::MAX) && v.fract() == 0.0);
-    if fits_u16 {
+    let counts = values.iter().all(|&v| v >= 0.0 && v.fract() == 0.0);
+    let max = values.iter().fold(0f32, |m, &v| m.max(v));
+    if counts && max <= f32::from(u8::MAX) {
+        bytes.push(CACHE_U8);
+        bytes.extend(values.iter().map(|&v| v as u8));
+    } else if counts && max <= f32::from(u16::MAX) {
         bytes.push(CACHE_U16);
         for &v in values {
             bytes.extend((v as u16).to_le_bytes());
@@ -306,6 +309,7 @@ pub fn read_frame_cache(path: &Path, shape: &[usize]) -> Result<Vec<f32>> {
     let n: usize = shape.iter().product();
     let body = &bytes[header..];
     match bytes[header - 1] {
+        CACHE_U8 if body.len() == n => Ok(body.iter().map(|&b| f32::from(b)).collect()),
         CACHE_U16 if body.len() == 2 * n => Ok(body
             .chunks_exact(2)
             .map(|c| f32::from(u16::from_le_bytes([c[0], c[1]])))
@@ -552,13 +556,16 @@ pub(crate) mod tests {
         let small: Vec<f32> = (0..8).map(|i| i as f32).collect();
         write_frame_cache(&path, &shape, &small).unwrap();
         assert_eq!(read_frame_cache(&path, &shape).unwrap(), small);
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len() as usize,
-            8 + 4 + 16 + 1 + 16
-        );
+        let size = || std::fs::metadata(&path).unwrap().len() as usize;
+        assert_eq!(size(), 8 + 4 + 16 + 1 + 8);
+        let mid: Vec<f32> = (0..8).map(|i| 250.0 + i as f32).collect();
+        write_frame_cache(&path, &shape, &mid).unwrap();
+        assert_eq!(read_frame_cache(&path, &shape).unwrap(), mid);
+        assert_eq!(size(), 8 + 4 + 16 + 1 + 16);
         let big: Vec<f32> = (0..8).map(|i| 70000.0 + i as f32).collect();
         write_frame_cache(&path, &shape, &big).unwrap();
         assert_eq!(read_frame_cache(&path, &shape).unwrap(), big);
+        assert_eq!(size(), 8 + 4 + 16 + 1 + 32);
         assert!(read_frame_cache(&path, &[2, 2, 2, 1]).is_err());
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.pop();
