@@ -29,3 +29,9 @@ pub trait Dataset: Send + Sync {
     /// Sample `index` (`< len()`), without augmentation.
     fn get(&self, index: usize) -> Result<Sample>;
 }
+
+pub mod augment;
+pub mod cifar;
+pub mod cifar10_dvs;
+pub mod dvs128;
+pub mod events;
