@@ -41,7 +41,13 @@ pub fn measure(args: &ModelArgs, batch: usize, steps: usize) -> Result<(String, 
     let mut step = || -> Result<f64> {
         let start = Instant::now();
         let mut grads = network.zero_grads();
-        network.train_step(&backend, &mut grads, &images, &labels, RunOptions::default())?;
+        network.train_step(
+            &backend,
+            &mut grads,
+            &images,
+            &labels,
+            RunOptions::default(),
+        )?;
         optimizer.step(&backend, &mut network.store, &grads, lr)?;
         Ok(start.elapsed().as_secs_f64())
     };
@@ -71,7 +77,13 @@ pub fn measure(args: &ModelArgs, batch: usize, steps: usize) -> Result<(String, 
 }
 
 /// Runs `revsnn bench`.
-pub fn run(args: &ModelArgs, batch: usize, steps: usize, device: DeviceArg, json_output: bool) -> Result<()> {
+pub fn run(
+    args: &ModelArgs,
+    batch: usize,
+    steps: usize,
+    device: DeviceArg,
+    json_output: bool,
+) -> Result<()> {
     device.require_cpu()?;
     let (name, report) = measure(args, batch, steps)?;
     let threads = rayon::current_num_threads();

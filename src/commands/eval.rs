@@ -62,7 +62,12 @@ pub fn run(
     };
     spec.validate()?;
     let dataset = dataset.map(str::to_owned).unwrap_or_else(|| {
-        if spec.arch.is_dvs() { "synthetic-events" } else { "synthetic" }.into()
+        if spec.arch.is_dvs() {
+            "synthetic-events"
+        } else {
+            "synthetic"
+        }
+        .into()
     });
     let backend = Cpu::<f32>::new();
     let mut network = Network::new(&backend, &spec, 0, BuildOptions::default())?;

@@ -33,8 +33,9 @@ pub struct TrainArgs {
     /// Where the real datasets live.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 12)]
-    pub epochs: usize,
+    /// Total epochs (default 12; with --resume, the run's own).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Base learning rate (default: the recipe's, 0.1 for SGD and 5e-4 for AdamW).
@@ -59,6 +60,9 @@ pub struct TrainArgs {
     /// CPU threads (default: all).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Stop after this many epochs of this invocation; --resume continues the run exactly.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -137,6 +141,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         resume: args.resume,
         train_samples: args.train_samples,
         test_samples: args.test_samples,
+        stop_after: args.stop_after,
         quiet: args.quiet,
     };
     let summary = train(&config)?;

@@ -1,8 +1,8 @@
 //! The embedded datasets: procedurally generated, deterministic from a seed, nothing to download.
 //!
 //! - [`Synthetic`] (`synthetic`): 10-class RGB images of shapes (disc, ring, square, triangle,
-//!   plus, X, stripes, checkerboard, two discs, star) at random positions, sizes, orientations and
-//!   colours on a random background, with Gaussian noise, normalised to roughly zero mean and unit
+//!   plus, X, stripes, checkerboard, two discs, star) at random positions, sizes, orientations (+-25
+//!   degrees) and colours on a random background, with Gaussian noise, normalised to roughly zero mean and unit
 //!   variance.
 //! - [`SyntheticEvents`] (`synthetic-events`): `[T, 2, H, W]` event-count frames (ON and OFF
 //!   polarity) of a moving disc (8 directions) or a growing or shrinking square (10 classes), with
@@ -82,14 +82,18 @@ impl Synthetic {
             2 => u.abs() <= 0.8 && v.abs() <= 0.8,
             3 => {
                 // equilateral triangle, vertex up
-                v >= -0.5 && v <= 1.0 && u.abs() <= (1.0 - v) / 3f64.sqrt()
+                (-0.5..=1.0).contains(&v) && u.abs() <= (1.0 - v) / 3f64.sqrt()
             }
             4 => (u.abs() <= 0.25 && v.abs() <= 1.0) || (v.abs() <= 0.25 && u.abs() <= 1.0),
             5 => {
                 let (a, b) = ((u + v) / 2f64.sqrt(), (u - v) / 2f64.sqrt());
                 (a.abs() <= 0.2 && b.abs() <= 1.0) || (b.abs() <= 0.2 && a.abs() <= 1.0)
             }
-            6 => u.abs() <= 1.0 && v.abs() <= 1.0 && ((v + 1.0 + param) * 2.0).floor() as i64 % 2 == 0,
+            6 => {
+                u.abs() <= 1.0
+                    && v.abs() <= 1.0
+                    && ((v + 1.0 + param) * 2.0).floor() as i64 % 2 == 0
+            }
             7 => {
                 u.abs() <= 1.0
                     && v.abs() <= 1.0
@@ -112,22 +116,18 @@ impl Synthetic {
         let mut rng = sample_rng(self.seed, self.split, index, 0x1111);
         let label = (rng.next_u64() % CLASSES as u64) as usize;
         let n = self.size as f64;
-        let radius = rng.uniform(0.22, 0.36) * n;
+        let radius = rng.uniform(0.28, 0.42) * n;
         let cx = rng.uniform(radius * 0.8, n - radius * 0.8);
         let cy = rng.uniform(radius * 0.8, n - radius * 0.8);
-        let angle = rng.uniform(0.0, std::f64::consts::TAU);
+        // orientation jitter of +-25 degrees: a plus and an X stay distinct classes
+        let angle = rng.uniform(-0.44, 0.44);
         let param = rng.next_f64();
         let background: [f64; 3] = [rng.next_f64(), rng.next_f64(), rng.next_f64()];
-        // a foreground colour at least 0.45 away from the background
+        // a foreground colour whose brightness differs from the background's by at least 0.3
+        let brightness = |c: &[f64; 3]| c.iter().sum::<f64>() / 3.0;
         let foreground = loop {
             let c = [rng.next_f64(), rng.next_f64(), rng.next_f64()];
-            let d: f64 = c
-                .iter()
-                .zip(&background)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            if d >= 0.45 {
+            if (brightness(&c) - brightness(&background)).abs() >= 0.3 {
                 break c;
             }
         };
@@ -136,7 +136,10 @@ impl Synthetic {
         let mut values = vec![0f32; 3 * pixels];
         for y in 0..self.size {
             for x in 0..self.size {
-                let (dx, dy) = ((x as f64 + 0.5 - cx) / radius, (y as f64 + 0.5 - cy) / radius);
+                let (dx, dy) = (
+                    (x as f64 + 0.5 - cx) / radius,
+                    (y as f64 + 0.5 - cy) / radius,
+                );
                 let (u, v) = (cos * dx + sin * dy, -sin * dx + cos * dy);
                 let colour = if Self::inside(label, u, v, param) {
                     &foreground
@@ -144,7 +147,7 @@ impl Synthetic {
                     &background
                 };
                 for c in 0..3 {
-                    let value = colour[c] + 0.08 * rng.normal();
+                    let value = colour[c] + 0.06 * rng.normal();
                     values[c * pixels + y * self.size + x] = ((value - 0.5) / 0.3) as f32;
                 }
             }
@@ -321,7 +324,10 @@ mod tests {
         assert!(seen.iter().all(|&s| s));
         let mean = sum / count;
         let std = (squares / count - mean * mean).sqrt();
-        assert!(mean.abs() < 0.3 && (0.6..1.4).contains(&std), "{mean} {std}");
+        assert!(
+            mean.abs() < 0.3 && (0.6..1.4).contains(&std),
+            "{mean} {std}"
+        );
         assert!(data.get(200).is_err());
     }
 

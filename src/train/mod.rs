@@ -39,6 +39,9 @@ use recipe::Recipe;
 /// The seed the synthetic datasets are generated from: the same data whatever `--seed` trains.
 pub const DATA_SEED: u64 = 2024;
 
+/// The epochs of a run when `--epochs` is not given.
+pub const DEFAULT_EPOCHS: usize = 12;
+
 /// The dataset names `--dataset` accepts.
 pub const DATASETS: &[&str] = &[
     "synthetic",
@@ -82,7 +85,11 @@ pub fn open_dataset(
                     "--dataset synthetic gives 3-channel images, but the model ({:?}, {} input channels) wants {}; use --dataset synthetic-events for DVS models",
                     spec.arch,
                     spec.in_channels,
-                    if spec.arch.is_dvs() { "event frames" } else { "other channels" }
+                    if spec.arch.is_dvs() {
+                        "event frames"
+                    } else {
+                        "other channels"
+                    }
                 )));
             }
             Arc::new(Synthetic::new(DATA_SEED, split, samples, spec.img_size)?)
@@ -144,7 +151,9 @@ pub struct TrainConfig {
     pub spec: ModelSpec,
     pub dataset: String,
     pub data_dir: Option<PathBuf>,
-    pub epochs: usize,
+    /// The run's total epochs; on `resume`, `None` keeps the run's own (a new total also
+    /// rescales the schedule, so the continuation is then no longer the straight run's).
+    pub epochs: Option<usize>,
     pub batch: usize,
     /// The base learning rate; `None` for the recipe's.
     pub lr: Option<f64>,
@@ -155,6 +164,9 @@ pub struct TrainConfig {
     pub resume: bool,
     pub train_samples: usize,
     pub test_samples: usize,
+    /// Stop after this many epochs of this invocation (a run split into sessions; `--resume`
+    /// continues it exactly as if it had not stopped).
+    pub stop_after: Option<usize>,
     /// No progress bar.
     pub quiet: bool,
 }
@@ -192,8 +204,7 @@ const STATE_FORMAT: &str = "revsnn-train-state-v1";
 /// The seed of epoch `epoch`'s shuffle.
 pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
     let mut rng = revsnn_reference::testing::SplitMix64::new(seed ^ 0x5348_5546_464c_4500);
-    rng.next_u64()
-        ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+    rng.next_u64() ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 
 /// Loss and accuracies over a dataset.
@@ -259,7 +270,11 @@ pub fn evaluate<B: Backend>(
                 audit: false,
             },
         )?;
-        let logits: Vec<f64> = backend.to_vec(&logits)?.into_iter().map(|v| v.widen()).collect();
+        let logits: Vec<f64> = backend
+            .to_vec(&logits)?
+            .into_iter()
+            .map(|v| v.widen())
+            .collect();
         let (l, a1, a5) = score(&logits, &next.labels);
         loss += l;
         top1 += a1;
@@ -297,7 +312,9 @@ fn read_state(out: &Path) -> Result<RunState> {
     let text = std::fs::read_to_string(&path).map_err(|e| {
         file_error(
             &path,
-            format!("cannot read the run state to resume: {e} (is --out the folder of an earlier run?)"),
+            format!(
+                "cannot read the run state to resume: {e} (is --out the folder of an earlier run?)"
+            ),
         )
     })?;
     let state: RunState = serde_json::from_str(&text)
@@ -305,7 +322,10 @@ fn read_state(out: &Path) -> Result<RunState> {
     if state.format != STATE_FORMAT {
         return Err(file_error(
             &path,
-            format!("run state format {:?}, expected {STATE_FORMAT:?}", state.format),
+            format!(
+                "run state format {:?}, expected {STATE_FORMAT:?}",
+                state.format
+            ),
         ));
     }
     Ok(state)
@@ -325,7 +345,9 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
     let backend = Cpu::<f32>::new();
     let mut state = if config.resume {
         let mut state = read_state(&out)?;
-        state.epochs = state.epochs.max(config.epochs);
+        if let Some(epochs) = config.epochs {
+            state.epochs = epochs;
+        }
         state
     } else {
         if out.join("last.json").exists() {
@@ -334,12 +356,15 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
                 out.display()
             )));
         }
-        if config.batch == 0 || config.epochs == 0 {
+        let epochs = config.epochs.unwrap_or(DEFAULT_EPOCHS);
+        if config.batch == 0 || epochs == 0 {
             return Err(Error::Usage("--batch and --epochs must be >= 1".into()));
         }
         if let Some(lr) = config.lr {
             if !(lr.is_finite() && lr > 0.0) {
-                return Err(Error::Usage(format!("--lr {lr}: give a positive learning rate")));
+                return Err(Error::Usage(format!(
+                    "--lr {lr}: give a positive learning rate"
+                )));
             }
         }
         RunState {
@@ -347,7 +372,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
             model: config.model_name.clone(),
             spec: config.spec.clone(),
             dataset: config.dataset.clone(),
-            epochs: config.epochs,
+            epochs,
             batch: config.batch,
             lr: config.lr,
             seed: config.seed,
@@ -425,7 +450,11 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         )));
     }
     let mut last = lines.last().cloned().unwrap_or(Value::Null);
-    for epoch in state.epochs_done..state.epochs {
+    let end = match config.stop_after {
+        Some(count) => state.epochs.min(state.epochs_done + count),
+        None => state.epochs,
+    };
+    for epoch in state.epochs_done..end {
         let lr = recipe.lr(epoch);
         memory::reset_peak();
         let order = shuffled(train_data.len(), shuffle_seed(state.seed, epoch));
@@ -436,7 +465,8 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         );
         let epoch_start = Instant::now();
         let (mut loss_sum, mut hits, mut seen) = (0.0, 0usize, 0usize);
-        for (step, next) in Loader::new(train_data.clone(), order, state.batch, true, 4).enumerate() {
+        for (step, next) in Loader::new(train_data.clone(), order, state.batch, true, 4).enumerate()
+        {
             let next = next?;
             let count = next.labels.len();
             let images = batch_tensor(&backend, train_data.as_ref(), next.images, count)?;
@@ -470,10 +500,20 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
             loss_sum += loss * count as f64;
             hits += top1;
             seen += count;
-            progress.update(step + 1, seen, loss_sum / seen as f64, hits as f64 / seen as f64);
+            progress.update(
+                step + 1,
+                seen,
+                loss_sum / seen as f64,
+                hits as f64 / seen as f64,
+            );
         }
         let train_seconds = epoch_start.elapsed().as_secs_f64();
-        let test = evaluate(&backend, &mut network, test_data.clone(), state.batch.max(32))?;
+        let test = evaluate(
+            &backend,
+            &mut network,
+            test_data.clone(),
+            state.batch.max(32),
+        )?;
         if !test.loss.is_finite() {
             return Err(Error::Usage(format!(
                 "the test loss became {} after epoch {}: training diverged and stopped. The last \
@@ -560,7 +600,9 @@ mod tests {
 
     #[test]
     fn scores_count_top1_and_top5() {
-        let logits = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0];
+        let logits = [
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0,
+        ];
         let (loss, top1, top5) = score(&logits, &[6, 0]);
         assert_eq!((top1, top5), (1, 0));
         assert!(loss > 0.0);

@@ -63,7 +63,11 @@ fn panel(canvas: &mut Canvas, left: usize, width: usize, top: f64, series: &[(&[
     let span = (epochs.max(2) - 1) as f64;
     for (values, colour) in series {
         let point = |i: usize, v: f64| {
-            let v = if v.is_finite() { v.clamp(0.0, top) } else { top };
+            let v = if v.is_finite() {
+                v.clamp(0.0, top)
+            } else {
+                top
+            };
             (x0 + (x1 - x0) * i as f64 / span, y0 + (y1 - y0) * v / top)
         };
         for i in 1..values.len() {
@@ -123,7 +127,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&temporary);
         Error::File {
             path: path.display().to_string(),
-            detail: format!("cannot write: {e} (check that the run folder is writable and the disk has space)"),
+            detail: format!(
+                "cannot write: {e} (check that the run folder is writable and the disk has space)"
+            ),
         }
     })
 }
@@ -133,7 +139,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

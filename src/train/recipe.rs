@@ -108,7 +108,13 @@ mod tests {
         let former = ModelSpec::preset("revsformer-4-384").unwrap();
         let recipe = Recipe::for_spec(&former, 310, None);
         assert!((recipe.lr(0) - 1e-5).abs() < 1e-12);
-        assert!((recipe.lr(20) - (1e-5 + 0.5 * (5e-4 - 1e-5) * (1.0 + (std::f64::consts::PI * 20.0 / 300.0).cos()))).abs() < 1e-12);
+        assert!(
+            (recipe.lr(20)
+                - (1e-5
+                    + 0.5 * (5e-4 - 1e-5) * (1.0 + (std::f64::consts::PI * 20.0 / 300.0).cos())))
+            .abs()
+                < 1e-12
+        );
         assert_eq!(recipe.lr(305), 1e-5);
     }
 }
