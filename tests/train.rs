@@ -257,3 +257,21 @@ fn bad_input_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read the run state"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_dvs_model_trains_on_synthetic_events_by_default() {
+    let dir = scratch("dvs");
+    let spec = spec_file(
+        &dir,
+        r#"{"arch": "revsresnet-dvs", "layers": [1,1,1], "planes": [2,4,4], "num_classes": 10,
+            "time_steps": 2, "in_channels": 2, "img_size": 16}"#,
+    );
+    let out = dir.join("run");
+    ok(train(&spec, &out, &["--epochs", "1"]));
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
+    assert_eq!(state["dataset"], "synthetic-events");
+    let output = train(&spec, &dir.join("other"), &["--dataset", "synthetic"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("synthetic-events"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

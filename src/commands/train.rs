@@ -33,12 +33,12 @@ pub struct TrainArgs {
     /// Where the real datasets live.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Total epochs (default 12; with --resume, the run's own).
+    /// Total epochs (default 8; with --resume, the run's own).
     #[arg(long)]
     pub epochs: Option<usize>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Base learning rate (default: the recipe's, 0.1 for SGD and 5e-4 for AdamW).
+    /// Base learning rate (default: the recipe's: SGD 0.1 x batch / 32, AdamW 5e-4).
     #[arg(long)]
     pub lr: Option<f64>,
     #[arg(long, value_enum, default_value = "cpu")]
@@ -52,7 +52,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Training samples (the synthetic datasets' size; a cap for the real ones).
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 5000)]
     pub train_samples: usize,
     /// Test samples.
     #[arg(long, default_value_t = 1000)]

@@ -40,7 +40,7 @@ use recipe::Recipe;
 pub const DATA_SEED: u64 = 2024;
 
 /// The epochs of a run when `--epochs` is not given.
-pub const DEFAULT_EPOCHS: usize = 12;
+pub const DEFAULT_EPOCHS: usize = 8;
 
 /// The dataset names `--dataset` accepts.
 pub const DATASETS: &[&str] = &[
@@ -402,7 +402,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         Split::Test,
         state.test_samples,
     )?;
-    let recipe = Recipe::for_spec(&spec, state.epochs, state.lr);
+    let recipe = Recipe::for_spec(&spec, state.epochs, state.batch, state.lr);
     let mut network = Network::new(&backend, &spec, state.seed, BuildOptions::default())?;
     let mut optimizer = Optimizer::new(recipe.optimizer, &network.store);
     state.optimizer = optimizer_name(&recipe.optimizer).into();

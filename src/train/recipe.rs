@@ -31,12 +31,13 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    /// The family's recipe for a run of `epochs` epochs, with the base learning rate `lr` when
-    /// given (defaults: 0.1 for SGD, 5e-4 for AdamW).
-    pub fn for_spec(spec: &ModelSpec, epochs: usize, lr: Option<f64>) -> Recipe {
+    /// The family's recipe for a run of `epochs` epochs at batch size `batch`, with the base
+    /// learning rate `lr` when given (defaults: SGD 0.1 at the paper's batch 32, scaled linearly
+    /// with the batch size; AdamW 5e-4).
+    pub fn for_spec(spec: &ModelSpec, epochs: usize, batch: usize, lr: Option<f64>) -> Recipe {
         let epochs = epochs.max(1);
         if spec.arch.is_resnet() {
-            let base_lr = lr.unwrap_or(0.1);
+            let base_lr = lr.unwrap_or(0.1 * batch as f64 / 32.0);
             Recipe {
                 optimizer: OptimizerKind::Sgd(SgdParams {
                     lr: base_lr,
@@ -101,12 +102,13 @@ mod tests {
     #[test]
     fn resnet_steps_down_and_transformer_warms_up_then_decays() {
         let resnet = ModelSpec::preset("revsresnet21").unwrap();
-        let recipe = Recipe::for_spec(&resnet, 8, Some(0.1));
+        let recipe = Recipe::for_spec(&resnet, 8, 16, Some(0.1));
+        assert_eq!(Recipe::for_spec(&resnet, 8, 16, None).lr(0), 0.05);
         assert_eq!(recipe.lr(0), 0.1);
         assert!((recipe.lr(4) - 0.01).abs() < 1e-12);
         assert!((recipe.lr(7) - 0.001).abs() < 1e-12);
         let former = ModelSpec::preset("revsformer-4-384").unwrap();
-        let recipe = Recipe::for_spec(&former, 310, None);
+        let recipe = Recipe::for_spec(&former, 310, 64, None);
         assert!((recipe.lr(0) - 1e-5).abs() < 1e-12);
         assert!(
             (recipe.lr(20)
