@@ -27,7 +27,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn spec_file(dir: &Path, text: &str) -> String {
-    let path = dir.join("spec.json");
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let path = dir.join(format!("spec-{hash:016x}.json"));
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
@@ -253,6 +256,12 @@ fn bad_input_is_a_clear_error() {
     let output = train(&spec, &blocker.join("run"), &["--epochs", "1"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("run folder"));
+    ok(train(&spec, &out, &["--epochs", "1"]));
+    let other = spec_file(&dir, &TINY.replace("[2,4,4,4]", "[2,4,4,8]"));
+    let output = train(&other, &out, &["--resume"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("another model"));
+    let output = train(&spec, &out, &["--epochs", "1"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already holds a run"));
     let output = train(&spec, &dir.join("none"), &["--resume"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read the run state"));
     let _ = std::fs::remove_dir_all(&dir);

@@ -142,6 +142,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         train_samples: args.train_samples,
         test_samples: args.test_samples,
         stop_after: args.stop_after,
+        model_given: args.model.is_some() || args.spec.is_some(),
         quiet: args.quiet,
     };
     let summary = train(&config)?;

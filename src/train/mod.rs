@@ -167,6 +167,8 @@ pub struct TrainConfig {
     /// Stop after this many epochs of this invocation (a run split into sessions; `--resume`
     /// continues it exactly as if it had not stopped).
     pub stop_after: Option<usize>,
+    /// Whether `spec` was named by the user (on `resume`, it must then match the run's).
+    pub model_given: bool,
     /// No progress bar.
     pub quiet: bool,
 }
@@ -345,6 +347,14 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
     let backend = Cpu::<f32>::new();
     let mut state = if config.resume {
         let mut state = read_state(&out)?;
+        if config.model_given && config.spec != state.spec {
+            return Err(Error::Usage(format!(
+                "--resume: {} holds a run of another model ({}); leave out --model/--spec to \
+                 continue it, or choose another --out",
+                out.display(),
+                state.model
+            )));
+        }
         if let Some(epochs) = config.epochs {
             state.epochs = epochs;
         }
