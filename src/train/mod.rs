@@ -610,11 +610,13 @@ mod tests {
 
     #[test]
     fn scores_count_top1_and_top5() {
+        // rows of 7 classes: label 6 is the best; label 0 is second; label 1 is sixth
         let logits = [
-            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0,
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0, 6.0, 1.0, 2.0,
+            3.0, 4.0, 5.0, 7.0,
         ];
-        let (loss, top1, top5) = score(&logits, &[6, 0]);
-        assert_eq!((top1, top5), (1, 0));
+        let (loss, top1, top5) = score(&logits, &[6, 0, 1]);
+        assert_eq!((top1, top5), (1, 2));
         assert!(loss > 0.0);
     }
 }
