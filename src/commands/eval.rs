@@ -48,6 +48,7 @@ pub fn run(
     json_output: bool,
 ) -> Result<()> {
     device.require_cpu()?;
+    let weights = checkpoint::read(checkpoint_path)?;
     let (name, spec) = match (model, spec) {
         (None, None) => match neighbour_spec(checkpoint_path)? {
             Some(spec) => (checkpoint_path.display().to_string(), spec),
@@ -71,7 +72,6 @@ pub fn run(
     });
     let backend = Cpu::<f32>::new();
     let mut network = Network::new(&backend, &spec, 0, BuildOptions::default())?;
-    let weights = checkpoint::read(checkpoint_path)?;
     checkpoint::load_state_dict(&backend, &mut network.store, &weights)?;
     let data = open_dataset(&dataset, data_dir, &spec, Split::Test, samples)?;
     if batch == 0 {
