@@ -18,6 +18,7 @@ pub mod model;
 pub mod network;
 pub mod optim;
 pub mod spec;
+pub mod train;
 
 pub use revsnn_gpu as gpu;
 pub use revsnn_reference as reference;

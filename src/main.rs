@@ -100,6 +100,49 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
     },
+    /// Train a model (default: a small RevSResNet on the embedded `synthetic` dataset), with
+    /// checkpoints, metrics.jsonl and curves.png in the run folder.
+    Train(Box<commands::train::TrainArgs>),
+    /// Top-1 and top-5 accuracy of a checkpoint on a dataset's test split.
+    Eval {
+        /// A safetensors checkpoint (the model comes from the `.json` beside it, or --model/--spec).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, conflicts_with = "spec")]
+        model: Option<String>,
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Test samples (the synthetic datasets' size; a cap for the real ones).
+        #[arg(long, default_value_t = 1000)]
+        test_samples: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Median seconds per training step (forward, backward, optimizer step), images/s and peak
+    /// memory, in f32.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// CPU threads (default: all).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn run(command: Command) -> revsnn::error::Result<bool> {
@@ -147,6 +190,39 @@ fn run(command: Command) -> revsnn::error::Result<bool> {
             dtype,
             device,
         } => commands::grad::run(&model, &weights, &input, &output, dtype, device).map(|()| true),
+        Command::Train(args) => commands::train::run(&args).map(|()| true),
+        Command::Eval {
+            checkpoint,
+            dataset,
+            data_dir,
+            model,
+            spec,
+            test_samples,
+            batch,
+            device,
+            json,
+        } => commands::eval::run(
+            &checkpoint,
+            dataset.as_deref(),
+            data_dir.as_deref(),
+            &model,
+            &spec,
+            test_samples,
+            batch,
+            device,
+            json,
+        )
+        .map(|()| true),
+        Command::Bench {
+            model,
+            batch,
+            steps,
+            threads,
+            device,
+            json,
+        } => commands::train::set_threads(threads)
+            .and_then(|()| commands::bench::run(&model, batch, steps, device, json))
+            .map(|()| true),
     }
 }
 

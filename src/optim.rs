@@ -1,9 +1,12 @@
 //! Optimizers over a model's parameters: SGD with momentum (the ResNet recipe) and AdamW (the
 //! transformer recipe), each update one backend op per parameter tensor (SPEC.md 5).
 
-use revsnn_reference::{AdamWParams, Backend, SgdParams};
+use revsnn_reference::{AdamWParams, Backend, Element, SgdParams};
 
-use crate::error::Result;
+use std::collections::HashMap;
+
+use crate::checkpoint::{StoredTensor, TensorData, TensorFile};
+use crate::error::{Error, Result};
 use crate::model::{EntryKind, Grads, ParamStore};
 
 /// Which update, with its hyperparameters.
@@ -33,6 +36,7 @@ pub struct Optimizer<B: Backend> {
 }
 
 impl<B: Backend> Optimizer<B> {
+    /// A fresh optimizer (no state yet) for the parameters of `store`.
     pub fn new(kind: OptimizerKind, store: &ParamStore<B>) -> Self {
         Optimizer {
             kind,
@@ -105,6 +109,91 @@ impl<B: Backend> Optimizer<B> {
             store.set(id, updated);
             self.slots[id.0] = slot;
         }
+        Ok(())
+    }
+
+    /// The state as named tensors, for checkpoints: `{param}.momentum_buffer` (SGD), or
+    /// `{param}.exp_avg` and `{param}.exp_avg_sq` (AdamW), for every parameter that has state.
+    /// The step count is [`Optimizer::steps`].
+    pub fn state_tensors(&self, backend: &B, store: &ParamStore<B>) -> Result<TensorFile> {
+        let mut tensors = Vec::new();
+        for (slot, entry) in self.slots.iter().zip(store.entries()) {
+            let mut push = |suffix: &str, tensor: &B::Tensor| -> Result<()> {
+                let values = backend.to_vec(tensor)?;
+                tensors.push((
+                    format!("{}.{suffix}", entry.name),
+                    StoredTensor::from_elements(entry.shape.clone(), values),
+                ));
+                Ok(())
+            };
+            match slot {
+                Slot::Empty => {}
+                Slot::Momentum(buffer) => push("momentum_buffer", buffer)?,
+                Slot::Moments { first, second } => {
+                    push("exp_avg", first)?;
+                    push("exp_avg_sq", second)?;
+                }
+            }
+        }
+        Ok(tensors)
+    }
+
+    /// Restores the state written by [`Optimizer::state_tensors`] and the step count `steps`.
+    /// Tensors of the other optimizer kind, unknown names and wrong shapes are errors.
+    pub fn load_state_tensors(
+        &mut self,
+        backend: &B,
+        store: &ParamStore<B>,
+        tensors: &TensorFile,
+        steps: u64,
+    ) -> Result<()> {
+        let by_name: HashMap<&str, &StoredTensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut used = 0;
+        let mut slots = Vec::with_capacity(self.slots.len());
+        for entry in store.entries() {
+            let mut take = |suffix: &str| -> Result<Option<B::Tensor>> {
+                let name = format!("{}.{suffix}", entry.name);
+                let Some(tensor) = by_name.get(name.as_str()) else {
+                    return Ok(None);
+                };
+                if tensor.shape != entry.shape || matches!(tensor.data, TensorData::I64(_)) {
+                    return Err(Error::Spec(format!(
+                        "optimizer state {name}: shape {:?} does not fit the parameter's {:?}",
+                        tensor.shape, entry.shape
+                    )));
+                }
+                used += 1;
+                let values = tensor.to_f64().into_iter().map(B::Elem::cast).collect();
+                Ok(Some(backend.tensor_from_vec(&entry.shape, values)?))
+            };
+            let slot = match self.kind {
+                OptimizerKind::Sgd(_) => match take("momentum_buffer")? {
+                    Some(buffer) => Slot::Momentum(buffer),
+                    None => Slot::Empty,
+                },
+                OptimizerKind::AdamW(_) => match (take("exp_avg")?, take("exp_avg_sq")?) {
+                    (Some(first), Some(second)) => Slot::Moments { first, second },
+                    (None, None) => Slot::Empty,
+                    _ => {
+                        return Err(Error::Spec(format!(
+                            "optimizer state of {}: exp_avg and exp_avg_sq must come together",
+                            entry.name
+                        )));
+                    }
+                },
+            };
+            slots.push(slot);
+        }
+        if used != tensors.len() {
+            return Err(Error::Spec(format!(
+                "the optimizer state has {} tensors that this model and optimizer do not use \
+                 (a checkpoint of another model or optimizer?)",
+                tensors.len() - used
+            )));
+        }
+        self.slots = slots;
+        self.steps = steps;
         Ok(())
     }
 }

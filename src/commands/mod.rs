@@ -1,8 +1,11 @@
 //! The `revsnn` subcommands, each a function from parsed arguments to printed output.
 
+pub mod bench;
+pub mod eval;
 pub mod grad;
 pub mod memory;
 pub mod summary;
+pub mod train;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -3,6 +3,8 @@
 //! A [`Dataset`] is an indexable, immutable collection; the training loop draws batches from it
 //! on worker threads in a seeded order, so the same seed gives the same batches.
 
+pub mod synthetic;
+
 use crate::error::Result;
 
 /// One labelled sample: `values` in row-major order of [`Dataset::sample_shape`].

@@ -1,0 +1,622 @@
+//! The training loop behind `revsnn train`: the family's recipe, seeded batches from a prefetching
+//! worker, a progress bar, `metrics.jsonl`, `curves.png`, atomic checkpoints each epoch
+//! (`last.*`, `best.*`) and a bit-for-bit `--resume`.
+//!
+//! Run folder layout:
+//! - `last.safetensors`: the weights and BatchNorm statistics under the official key names;
+//! - `last.optimizer.safetensors`: the optimizer state (see [`Optimizer::state_tensors`]);
+//! - `last.json`: the spec, the run settings, epochs done, optimizer step count, RNG state, best
+//!   accuracy ([`RunState`]);
+//! - `best.safetensors` and `best.json`: the weights of the best test top-1 accuracy;
+//! - `metrics.jsonl`, `curves.png`.
+
+pub mod loader;
+pub mod plot;
+pub mod progress;
+pub mod recipe;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use revsnn_reference::{Backend, Cpu, Element, memory};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::checkpoint;
+use crate::data::Dataset;
+use crate::data::synthetic::{Split, Synthetic, SyntheticEvents};
+use crate::error::{Error, Result};
+use crate::model::{BuildOptions, Mode};
+use crate::network::{Network, RunOptions};
+use crate::optim::{Optimizer, OptimizerKind};
+use crate::spec::{Arch, ModelSpec};
+use loader::{Loader, shuffled};
+use plot::{Curves, write_atomic, write_curves};
+use progress::Progress;
+use recipe::Recipe;
+
+/// The seed the synthetic datasets are generated from: the same data whatever `--seed` trains.
+pub const DATA_SEED: u64 = 2024;
+
+/// The epochs of a run when `--epochs` is not given.
+pub const DEFAULT_EPOCHS: usize = 8;
+
+/// The dataset names `--dataset` accepts.
+pub const DATASETS: &[&str] = &[
+    "synthetic",
+    "synthetic-events",
+    "cifar10",
+    "cifar100",
+    "dvs128-gesture",
+    "cifar10-dvs",
+];
+
+/// The model `revsnn train` trains when given none: a small RevSResNet for 32x32 RGB, 10 classes.
+pub fn default_spec() -> ModelSpec {
+    ModelSpec {
+        arch: Arch::Revsresnet,
+        num_classes: 10,
+        time_steps: 2,
+        in_channels: 3,
+        img_size: 32,
+        layers: Some(vec![1, 1, 1, 1]),
+        planes: Some(vec![8, 16, 16, 32]),
+        depth: None,
+        dim: None,
+        heads: None,
+        mlp_ratio: None,
+        patch_size: None,
+    }
+}
+
+/// Opens `split` of dataset `name` shaped for `spec`, capped at `samples` samples.
+pub fn open_dataset(
+    name: &str,
+    data_dir: Option<&Path>,
+    spec: &ModelSpec,
+    split: Split,
+    samples: usize,
+) -> Result<Arc<dyn Dataset>> {
+    let data: Arc<dyn Dataset> = match name {
+        "synthetic" => {
+            if spec.arch.is_dvs() || spec.in_channels != 3 {
+                return Err(Error::Usage(format!(
+                    "--dataset synthetic gives 3-channel images, but the model ({:?}, {} input channels) wants {}; use --dataset synthetic-events for DVS models",
+                    spec.arch,
+                    spec.in_channels,
+                    if spec.arch.is_dvs() {
+                        "event frames"
+                    } else {
+                        "other channels"
+                    }
+                )));
+            }
+            Arc::new(Synthetic::new(DATA_SEED, split, samples, spec.img_size)?)
+        }
+        "synthetic-events" => {
+            if !spec.arch.is_dvs() || spec.in_channels != 2 {
+                return Err(Error::Usage(
+                    "--dataset synthetic-events gives 2-channel event frames [T, 2, H, W]: use a DVS model (revsresnet24, msresnet20, revsformer-2-256, spikingformer-2-256 or a *-dvs spec)".into(),
+                ));
+            }
+            Arc::new(SyntheticEvents::new(
+                DATA_SEED,
+                split,
+                samples,
+                spec.time_steps,
+                spec.img_size,
+            )?)
+        }
+        "cifar10" | "cifar100" | "dvs128-gesture" | "cifar10-dvs" => {
+            let dir = data_dir
+                .map(|d| format!(" (--data-dir {})", d.display()))
+                .unwrap_or_default();
+            return Err(Error::Usage(format!(
+                "--dataset {name}{dir}: the {name} loader is not available yet in this build; it \
+                 arrives with the real-dataset loaders. Use --dataset synthetic (images) or \
+                 synthetic-events (DVS models) for now."
+            )));
+        }
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown dataset {other:?}; the datasets are {}",
+                DATASETS.join(", ")
+            )));
+        }
+    };
+    if data.num_classes() > spec.num_classes {
+        return Err(Error::Usage(format!(
+            "{name} has {} classes but the model's head has {}; pass --num-classes {}",
+            data.num_classes(),
+            spec.num_classes,
+            data.num_classes()
+        )));
+    }
+    if data.sample_shape() != spec.sample_shape() {
+        return Err(Error::Usage(format!(
+            "{name} gives samples of shape {:?} but the model wants {:?}",
+            data.sample_shape(),
+            spec.sample_shape()
+        )));
+    }
+    Ok(data)
+}
+
+/// Everything a run needs.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// The model's display name (a preset, a spec path or `default`).
+    pub model_name: String,
+    pub spec: ModelSpec,
+    pub dataset: String,
+    pub data_dir: Option<PathBuf>,
+    /// The run's total epochs; on `resume`, `None` keeps the run's own (a new total also
+    /// rescales the schedule, so the continuation is then no longer the straight run's).
+    pub epochs: Option<usize>,
+    pub batch: usize,
+    /// The base learning rate; `None` for the recipe's.
+    pub lr: Option<f64>,
+    pub seed: u64,
+    /// The run folder.
+    pub out: PathBuf,
+    /// Continue the run in `out` (its settings come from `out/last.json`; `epochs` may extend it).
+    pub resume: bool,
+    pub train_samples: usize,
+    pub test_samples: usize,
+    /// Stop after this many epochs of this invocation (a run split into sessions; `--resume`
+    /// continues it exactly as if it had not stopped).
+    pub stop_after: Option<usize>,
+    /// Whether `spec` was named by the user (on `resume`, it must then match the run's).
+    pub model_given: bool,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// The settings and position of a run, saved as `last.json` after every epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub format: String,
+    pub model: String,
+    pub spec: ModelSpec,
+    pub dataset: String,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: Option<f64>,
+    pub seed: u64,
+    pub train_samples: usize,
+    pub test_samples: usize,
+    /// Epochs finished; the next epoch to run.
+    pub epochs_done: usize,
+    /// `sgd` or `adamw`.
+    pub optimizer: String,
+    /// The optimizer's step count (AdamW's bias correction needs it).
+    pub optimizer_steps: u64,
+    /// The optimizer state file, beside this one.
+    pub optimizer_state: String,
+    /// The RNG state: the shuffle of epoch `e` is seeded by `shuffle_seed(seed, e)`, so `seed`
+    /// and `epochs_done` fix every later batch.
+    pub next_shuffle_seed: u64,
+    pub best_test_acc1: f64,
+    pub best_epoch: Option<usize>,
+}
+
+const STATE_FORMAT: &str = "revsnn-train-state-v1";
+
+/// The seed of epoch `epoch`'s shuffle.
+pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
+    let mut rng = revsnn_reference::testing::SplitMix64::new(seed ^ 0x5348_5546_464c_4500);
+    rng.next_u64() ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+/// Loss and accuracies over a dataset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub acc1: f64,
+    pub acc5: f64,
+    pub samples: usize,
+}
+
+/// Mean cross-entropy, top-1 and top-5 hits of logits `[B, K]` against `labels`.
+fn score(logits: &[f64], labels: &[usize]) -> (f64, usize, usize) {
+    let classes = logits.len() / labels.len().max(1);
+    let (mut loss, mut top1, mut top5) = (0.0, 0, 0);
+    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+        loss += max + sum.ln() - row[label];
+        let better = row.iter().filter(|&&v| v > row[label]).count();
+        top1 += usize::from(better == 0);
+        top5 += usize::from(better < 5);
+    }
+    (loss, top1, top5)
+}
+
+fn batch_tensor<B: Backend>(
+    backend: &B,
+    data: &dyn Dataset,
+    images: Vec<f32>,
+    count: usize,
+) -> Result<B::Tensor> {
+    let mut shape = vec![count];
+    shape.extend(data.sample_shape());
+    Ok(backend.tensor_from_vec(
+        &shape,
+        images
+            .into_iter()
+            .map(|v| B::Elem::cast(f64::from(v)))
+            .collect(),
+    )?)
+}
+
+/// Evaluates `network` (eval mode, running statistics) on all of `data`.
+pub fn evaluate<B: Backend>(
+    backend: &B,
+    network: &mut Network<B>,
+    data: Arc<dyn Dataset>,
+    batch: usize,
+) -> Result<EvalResult> {
+    let order: Vec<usize> = (0..data.len()).collect();
+    let (mut loss, mut top1, mut top5, mut samples) = (0.0, 0, 0, 0);
+    for next in Loader::new(data.clone(), order, batch, false, 2) {
+        let next = next?;
+        let count = next.labels.len();
+        let images = batch_tensor(backend, data.as_ref(), next.images, count)?;
+        let logits = network.forward(
+            backend,
+            &images,
+            RunOptions {
+                mode: Mode::Eval,
+                update_running_stats: false,
+                audit: false,
+            },
+        )?;
+        let logits: Vec<f64> = backend
+            .to_vec(&logits)?
+            .into_iter()
+            .map(|v| v.widen())
+            .collect();
+        let (l, a1, a5) = score(&logits, &next.labels);
+        loss += l;
+        top1 += a1;
+        top5 += a5;
+        samples += count;
+    }
+    let n = samples.max(1) as f64;
+    Ok(EvalResult {
+        loss: loss / n,
+        acc1: top1 as f64 / n,
+        acc5: top5 as f64 / n,
+        samples,
+    })
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub out: PathBuf,
+    /// The last epoch's metrics line.
+    pub last: Value,
+    pub best_test_acc1: f64,
+    pub seconds: f64,
+}
+
+fn file_error(path: &Path, detail: String) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        detail,
+    }
+}
+
+fn read_state(out: &Path) -> Result<RunState> {
+    let path = out.join("last.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        file_error(
+            &path,
+            format!(
+                "cannot read the run state to resume: {e} (is --out the folder of an earlier run?)"
+            ),
+        )
+    })?;
+    let state: RunState = serde_json::from_str(&text)
+        .map_err(|e| file_error(&path, format!("not a revsnn run state: {e}")))?;
+    if state.format != STATE_FORMAT {
+        return Err(file_error(
+            &path,
+            format!(
+                "run state format {:?}, expected {STATE_FORMAT:?}",
+                state.format
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+fn optimizer_name(kind: &OptimizerKind) -> &'static str {
+    match kind {
+        OptimizerKind::Sgd(_) => "sgd",
+        OptimizerKind::AdamW(_) => "adamw",
+    }
+}
+
+/// Trains as `config` says, printing the run folder first and a progress bar per epoch.
+pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
+    let started = Instant::now();
+    let out = config.out.clone();
+    let backend = Cpu::<f32>::new();
+    let mut state = if config.resume {
+        let mut state = read_state(&out)?;
+        if config.model_given && config.spec != state.spec {
+            return Err(Error::Usage(format!(
+                "--resume: {} holds a run of another model ({}); leave out --model/--spec to \
+                 continue it, or choose another --out",
+                out.display(),
+                state.model
+            )));
+        }
+        if let Some(epochs) = config.epochs {
+            state.epochs = epochs;
+        }
+        state
+    } else {
+        if out.join("last.json").exists() {
+            return Err(Error::Usage(format!(
+                "{} already holds a run; pass --resume to continue it, or choose another --out",
+                out.display()
+            )));
+        }
+        let epochs = config.epochs.unwrap_or(DEFAULT_EPOCHS);
+        if config.batch == 0 || epochs == 0 {
+            return Err(Error::Usage("--batch and --epochs must be >= 1".into()));
+        }
+        if let Some(lr) = config.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(Error::Usage(format!(
+                    "--lr {lr}: give a positive learning rate"
+                )));
+            }
+        }
+        RunState {
+            format: STATE_FORMAT.into(),
+            model: config.model_name.clone(),
+            spec: config.spec.clone(),
+            dataset: config.dataset.clone(),
+            epochs,
+            batch: config.batch,
+            lr: config.lr,
+            seed: config.seed,
+            train_samples: config.train_samples,
+            test_samples: config.test_samples,
+            epochs_done: 0,
+            optimizer: String::new(),
+            optimizer_steps: 0,
+            optimizer_state: "last.optimizer.safetensors".into(),
+            next_shuffle_seed: shuffle_seed(config.seed, 0),
+            best_test_acc1: 0.0,
+            best_epoch: None,
+        }
+    };
+    let spec = state.spec.clone();
+    let train_data = open_dataset(
+        &state.dataset,
+        config.data_dir.as_deref(),
+        &spec,
+        Split::Train,
+        state.train_samples,
+    )?;
+    let test_data = open_dataset(
+        &state.dataset,
+        config.data_dir.as_deref(),
+        &spec,
+        Split::Test,
+        state.test_samples,
+    )?;
+    let recipe = Recipe::for_spec(&spec, state.epochs, state.batch, state.lr);
+    let mut network = Network::new(&backend, &spec, state.seed, BuildOptions::default())?;
+    let mut optimizer = Optimizer::new(recipe.optimizer, &network.store);
+    state.optimizer = optimizer_name(&recipe.optimizer).into();
+    std::fs::create_dir_all(&out).map_err(|e| {
+        file_error(
+            &out,
+            format!("cannot create the run folder: {e} (choose a writable --out)"),
+        )
+    })?;
+    eprintln!("run folder: {}", out.display());
+    let metrics_path = out.join("metrics.jsonl");
+    let mut lines: Vec<Value> = Vec::new();
+    if config.resume {
+        let weights = checkpoint::read(&out.join("last.safetensors"))?;
+        checkpoint::load_state_dict(&backend, &mut network.store, &weights)?;
+        let optimizer_path = out.join(&state.optimizer_state);
+        let tensors = checkpoint::read(&optimizer_path)?;
+        optimizer.load_state_tensors(&backend, &network.store, &tensors, state.optimizer_steps)?;
+        let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+        lines = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(state.epochs_done)
+            .collect();
+        eprintln!(
+            "resuming after epoch {} of {}",
+            state.epochs_done, state.epochs
+        );
+    }
+    let mut curves = Curves::default();
+    for line in &lines {
+        let get = |k: &str| line[k].as_f64().unwrap_or(f64::NAN);
+        curves.train_loss.push(get("train_loss"));
+        curves.test_loss.push(get("test_loss"));
+        curves.train_acc.push(get("train_acc1"));
+        curves.test_acc.push(get("test_acc1"));
+        curves.test_acc5.push(get("test_acc5"));
+    }
+    let steps_per_epoch = train_data.len() / state.batch;
+    if steps_per_epoch == 0 {
+        return Err(Error::Usage(format!(
+            "--batch {} is larger than the {} training samples; lower --batch or raise --train-samples",
+            state.batch,
+            train_data.len()
+        )));
+    }
+    let mut last = lines.last().cloned().unwrap_or(Value::Null);
+    let end = match config.stop_after {
+        Some(count) => state.epochs.min(state.epochs_done + count),
+        None => state.epochs,
+    };
+    for epoch in state.epochs_done..end {
+        let lr = recipe.lr(epoch);
+        memory::reset_peak();
+        let order = shuffled(train_data.len(), shuffle_seed(state.seed, epoch));
+        let mut progress = Progress::new(
+            format!("epoch {}/{}", epoch + 1, state.epochs),
+            steps_per_epoch,
+            config.quiet,
+        );
+        let epoch_start = Instant::now();
+        let (mut loss_sum, mut hits, mut seen) = (0.0, 0usize, 0usize);
+        for (step, next) in Loader::new(train_data.clone(), order, state.batch, true, 4).enumerate()
+        {
+            let next = next?;
+            let count = next.labels.len();
+            let images = batch_tensor(&backend, train_data.as_ref(), next.images, count)?;
+            let mut grads = network.zero_grads();
+            let report = network.train_step(
+                &backend,
+                &mut grads,
+                &images,
+                &next.labels,
+                RunOptions::default(),
+            )?;
+            let loss = report.output.loss.widen();
+            if !loss.is_finite() {
+                return Err(Error::Usage(format!(
+                    "the training loss became {loss} at epoch {}, step {} (lr {lr}): training \
+                     diverged and stopped. The last good checkpoint is kept in {} (after epoch \
+                     {}); lower --lr and start again, or --resume from it",
+                    epoch + 1,
+                    step + 1,
+                    out.display(),
+                    state.epochs_done
+                )));
+            }
+            optimizer.step(&backend, &mut network.store, &grads, lr)?;
+            let logits: Vec<f64> = backend
+                .to_vec(&report.output.logits)?
+                .into_iter()
+                .map(|v| v.widen())
+                .collect();
+            let (_, top1, _) = score(&logits, &next.labels);
+            loss_sum += loss * count as f64;
+            hits += top1;
+            seen += count;
+            progress.update(
+                step + 1,
+                seen,
+                loss_sum / seen as f64,
+                hits as f64 / seen as f64,
+            );
+        }
+        let train_seconds = epoch_start.elapsed().as_secs_f64();
+        let test = evaluate(
+            &backend,
+            &mut network,
+            test_data.clone(),
+            state.batch.max(32),
+        )?;
+        if !test.loss.is_finite() {
+            return Err(Error::Usage(format!(
+                "the test loss became {} after epoch {}: training diverged and stopped. The last \
+                 good checkpoint is kept in {} (after epoch {}); lower --lr and start again",
+                test.loss,
+                epoch + 1,
+                out.display(),
+                state.epochs_done
+            )));
+        }
+        let peak = memory::stats().peak_bytes;
+        state.epochs_done = epoch + 1;
+        state.optimizer_steps = optimizer.steps();
+        state.next_shuffle_seed = shuffle_seed(state.seed, epoch + 1);
+        let improved = state.best_epoch.is_none() || test.acc1 > state.best_test_acc1;
+        if improved {
+            state.best_test_acc1 = test.acc1;
+            state.best_epoch = Some(epoch + 1);
+        }
+        // checkpoint: tensors first, the state that names them last
+        let weights = checkpoint::state_dict(&backend, &network.store)?;
+        checkpoint::write(
+            &out.join(&state.optimizer_state),
+            &optimizer.state_tensors(&backend, &network.store)?,
+        )?;
+        checkpoint::write(&out.join("last.safetensors"), &weights)?;
+        let state_json = serde_json::to_string_pretty(&state).expect("the state serialises");
+        if improved {
+            checkpoint::write(&out.join("best.safetensors"), &weights)?;
+            write_atomic(&out.join("best.json"), state_json.as_bytes())?;
+        }
+        write_atomic(&out.join("last.json"), state_json.as_bytes())?;
+        let line = json!({
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen.max(1) as f64,
+            "train_acc1": hits as f64 / seen.max(1) as f64,
+            "test_loss": test.loss,
+            "test_acc1": test.acc1,
+            "test_acc5": test.acc5,
+            "lr": lr,
+            "images_per_second": seen as f64 / train_seconds.max(1e-9),
+            "epoch_seconds": train_seconds,
+            "peak_memory_bytes": peak,
+            "best_test_acc1": state.best_test_acc1,
+        });
+        lines.push(line.clone());
+        let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        if text.is_empty() {
+            text.push('\n');
+        }
+        write_atomic(&metrics_path, text.as_bytes())?;
+        curves.train_loss.push(loss_sum / seen.max(1) as f64);
+        curves.test_loss.push(test.loss);
+        curves.train_acc.push(hits as f64 / seen.max(1) as f64);
+        curves.test_acc.push(test.acc1);
+        curves.test_acc5.push(test.acc5);
+        write_curves(&out.join("curves.png"), &curves)?;
+        if !config.quiet {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4} acc {:.2}%, test loss {:.4} acc {:.2}% (top-5 {:.2}%), best {:.2}%",
+                epoch + 1,
+                state.epochs,
+                loss_sum / seen.max(1) as f64,
+                100.0 * hits as f64 / seen.max(1) as f64,
+                test.loss,
+                100.0 * test.acc1,
+                100.0 * test.acc5,
+                100.0 * state.best_test_acc1
+            );
+        }
+        last = line;
+    }
+    Ok(TrainSummary {
+        out,
+        last,
+        best_test_acc1: state.best_test_acc1,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_count_top1_and_top5() {
+        // rows of 7 classes: label 6 is the best; label 0 is second; label 1 is sixth
+        let logits = [
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0, 6.0, 1.0, 2.0,
+            3.0, 4.0, 5.0, 7.0,
+        ];
+        let (loss, top1, top5) = score(&logits, &[6, 0, 1]);
+        assert_eq!((top1, top5), (1, 2));
+        assert!(loss > 0.0);
+    }
+}
