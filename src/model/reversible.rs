@@ -255,9 +255,13 @@ where
         let mut fingerprints = Vec::with_capacity(self.blocks.len());
         let mut audit = Vec::new();
         for block in &self.blocks {
+            // Unless activations are stored, F's context drops as soon as F returns, before G
+            // runs, and G's as soon as G returns: one sub-graph's context at a time.
             let f = recorded(&block.f, session, &x2)?;
+            let f_saved = keep.then_some(f.saved);
             let y1 = self.couple(backend, &x1, &f.output)?;
             let g = recorded(&block.g, session, &y1)?;
+            let g_saved = keep.then_some(g.saved);
             let y2 = self.couple(backend, &x2, &g.output)?;
             if auditing {
                 audit.push(BlockRecord {
@@ -268,10 +272,9 @@ where
             }
             (x1, x2) = (y1, y2);
             fingerprints.push((f.fingerprint, g.fingerprint));
-            if keep {
-                contexts.push((f.saved, g.saved));
+            if let (Some(f_saved), Some(g_saved)) = (f_saved, g_saved) {
+                contexts.push((f_saved, g_saved));
             }
-            // Otherwise F's and G's contexts drop here: the reversible sequence keeps nothing.
         }
         let stream = backend.concat(&[&x1, &x2], CHANNEL_AXIS)?;
         let saved = if keep {
@@ -372,12 +375,18 @@ impl<F, G> ReversibleSequence<F, G> {
         drop(output);
         let (mut dy1, mut dy2) = halves(backend, grad_y)?;
         for (block, (f_print, g_print)) in self.blocks.iter().zip(fingerprints).rev() {
+            // Each reconstruction happens right after its recompute, so that the recomputed
+            // output and the half it rebuilds from are freed before the backward through it.
             let g = recorded(&block.g, session, &y1)?;
-            let dx1 = backend.add(&dy1, &block.g.backward(session, g.saved, &dy2)?)?;
             let x2 = self.uncouple(backend, &y2, &g.output)?;
+            drop((y2, g.output));
+            let dx1 = backend.add(&dy1, &block.g.backward(session, g.saved, &dy2)?)?;
+            drop(dy1);
             let f = recorded(&block.f, session, &x2)?;
-            let dx2 = backend.add(&dy2, &block.f.backward(session, f.saved, &dx1)?)?;
             let x1 = self.uncouple(backend, &y1, &f.output)?;
+            drop((y1, f.output));
+            let dx2 = backend.add(&dy2, &block.f.backward(session, f.saved, &dx1)?)?;
+            drop(dy2);
             session.diverged_recomputes +=
                 usize::from(g.fingerprint != g_print) + usize::from(f.fingerprint != f_print);
             if let Some(record) = audit.pop() {
