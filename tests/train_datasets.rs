@@ -210,3 +210,58 @@ fn missing_and_truncated_files_are_named() {
     assert!(stderr.contains("--data-dir"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An AEDAT 3.1 file of one packet of polarity events `(x, y, p, t)`.
+fn aedat31(events: &[(u32, u32, u32, u32)]) -> Vec<u8> {
+    let mut b = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#!END-HEADER\r\n".to_vec();
+    let n = events.len() as u32;
+    for v in [1u32 | (1 << 16), 8, 4, 0, n, n, n] {
+        b.extend(v.to_le_bytes());
+    }
+    for &(x, y, p, t) in events {
+        b.extend(((x << 17) | (y << 2) | (p << 1) | 1).to_le_bytes());
+        b.extend(t.to_le_bytes());
+    }
+    b
+}
+
+/// Two recordings per split, each with one sample per gesture 1..=11 (events in a class-dependent
+/// region).
+fn fake_gesture(root: &Path) {
+    for (split, users) in [
+        ("train", ["user01", "user02"]),
+        ("test", ["user03", "user04"]),
+    ] {
+        let list: String = users.iter().map(|u| format!("{u}_led.aedat\n")).collect();
+        std::fs::write(root.join(format!("trials_to_{split}.txt")), list).unwrap();
+        for user in users {
+            let mut events = Vec::new();
+            let mut csv = String::from("class,startTime_usec,endTime_usec\n");
+            for class in 1..=11u32 {
+                let start = class * 1000;
+                for k in 0..40u32 {
+                    let x = (class * 10 + k % 8) % 128;
+                    let y = (k * 3) % 128;
+                    events.push((x, y, k % 2, start + k * 10));
+                }
+                csv.push_str(&format!("{class},{start},{}\n", start + 500));
+            }
+            std::fs::write(root.join(format!("{user}_led.aedat")), aedat31(&events)).unwrap();
+            std::fs::write(root.join(format!("{user}_led_labels.csv")), csv).unwrap();
+        }
+    }
+}
+
+#[test]
+fn trains_and_evaluates_on_a_fake_dvs128_gesture() {
+    const TINY_DVS: &str = r#"{"arch": "revsresnet-dvs", "layers": [1,1,1], "planes": [2,4,4],
+      "num_classes": 11, "time_steps": 2, "in_channels": 2, "img_size": 128}"#;
+    let dir = scratch("gesture");
+    fake_gesture(&dir);
+    ok(train(&dir, TINY_DVS, "dvs128-gesture", &["--epochs", "2"]));
+    assert!(dir.join("frames_T2").is_dir(), "the frame cache is written");
+    assert_eq!(metrics(&dir)["epoch"], 2);
+    let result = eval(&dir, "dvs128-gesture");
+    assert_eq!(result["samples"], 22);
+    let _ = std::fs::remove_dir_all(&dir);
+}
