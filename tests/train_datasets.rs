@@ -265,3 +265,46 @@ fn trains_and_evaluates_on_a_fake_dvs128_gesture() {
     assert_eq!(result["samples"], 22);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn trains_and_evaluates_on_a_fake_cifar10_dvs() {
+    const TINY_DVS: &str = r#"{"arch": "revsresnet-dvs", "layers": [1,1,1], "planes": [2,4,4],
+      "num_classes": 10, "time_steps": 3, "in_channels": 2, "img_size": 128}"#;
+    const CLASSES: [&str; 10] = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    let dir = scratch("cifar10-dvs");
+    for (label, class) in CLASSES.iter().enumerate() {
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        // 10 recordings a class: the first 9 (ceil(0.9 * 10)) train, the last tests
+        for r in 0..10u32 {
+            let mut bytes = b"#!AER-DAT2.0\r\n# fake\r\n".to_vec();
+            for k in 0..30u32 {
+                let (x, y, p) = ((label as u32 * 12 + k % 6) % 128, (k * 4 + r) % 128, k % 2);
+                bytes.extend(((y << 8) | (x << 1) | p).to_be_bytes());
+                bytes.extend((k * 5).to_be_bytes());
+            }
+            std::fs::write(folder.join(format!("cifar10_{class}_{r}.aedat")), bytes).unwrap();
+        }
+    }
+    ok(train(&dir, TINY_DVS, "cifar10-dvs", &[]));
+    assert!(dir.join("frames_T3").is_dir(), "the frame cache is written");
+    let result = eval(&dir, "cifar10-dvs");
+    assert_eq!(result["samples"], 10);
+    // a class folder missing is named
+    std::fs::remove_dir_all(dir.join("truck")).unwrap();
+    std::fs::remove_dir_all(dir.join("run")).unwrap();
+    let stderr = failed(train(&dir, TINY_DVS, "cifar10-dvs", &[]));
+    assert!(stderr.contains("truck"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
