@@ -98,8 +98,6 @@ fn train(dir: &Path, spec_text: &str, dataset: &str, extra: &[&str]) -> Output {
         &data,
         "--out",
         &out,
-        "--batch",
-        "8",
         "--quiet",
         "--threads",
         "2",
@@ -107,6 +105,9 @@ fn train(dir: &Path, spec_text: &str, dataset: &str, extra: &[&str]) -> Output {
     args.extend(extra);
     if !extra.contains(&"--epochs") {
         args.extend(["--epochs", "1"]);
+    }
+    if !extra.contains(&"--batch") {
+        args.extend(["--batch", "8"]);
     }
     revsnn(&args)
 }
@@ -157,6 +158,10 @@ fn trains_and_evaluates_on_a_fake_cifar10() {
 fn trains_a_transformer_with_soft_targets_on_a_fake_cifar100() {
     let dir = scratch("cifar100");
     fake_cifar100(&dir);
+    // mixup needs an even batch
+    let stderr = failed(train(&dir, TINY_FORMER_100, "cifar100", &["--batch", "7"]));
+    assert!(stderr.contains("even"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir.join("run"));
     // two epochs: the first with mixup, the second with label smoothing only
     ok(train(
         &dir,

@@ -479,6 +479,13 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         state.train_samples,
     )?;
     let train_data = train_set.data.clone();
+    if train_set.mixes() && state.batch % 2 != 0 {
+        return Err(Error::Usage(format!(
+            "--batch {}: the {} recipe mixes pairs of samples (mixup), which needs an even batch \
+             size; pass an even --batch",
+            state.batch, state.dataset
+        )));
+    }
     let test_data = open_dataset(
         &state.dataset,
         config.data_dir.as_deref(),

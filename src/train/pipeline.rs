@@ -144,6 +144,14 @@ fn mixup_off_epoch(epochs: usize, (off, total): (usize, usize)) -> usize {
 }
 
 impl TrainSet {
+    /// Whether training mixes pairs of samples (mixup), which needs an even batch size.
+    pub fn mixes(&self) -> bool {
+        matches!(
+            self.augment,
+            Augment::CifarTransformer(_) | Augment::Dvs { .. }
+        )
+    }
+
     /// The batches of epoch `epoch` of `epochs` for a head of `num_classes` classes.
     pub fn source(&self, epoch: usize, epochs: usize, num_classes: usize) -> Arc<dyn BatchSource> {
         let len = self.data.len();
@@ -265,5 +273,70 @@ impl BatchSource for DvsTrain {
             labels,
             targets: Some(targets),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::cifar::{CifarVariant, Split};
+
+    fn tiny_cifar10(name: &str) -> Arc<Cifar> {
+        let dir =
+            std::env::temp_dir().join(format!("revsnn-pipeline-{}-{name}", std::process::id()));
+        let folder = dir.join("cifar-10-batches-bin");
+        std::fs::create_dir_all(&folder).unwrap();
+        for k in 1..=5 {
+            let mut bytes = Vec::new();
+            for i in 0..4usize {
+                bytes.push(((i + k) % 10) as u8);
+                bytes.extend((0..3072).map(|p| ((p * (i + 3) + k * 11) % 256) as u8));
+            }
+            std::fs::write(folder.join(format!("data_batch_{k}.bin")), bytes).unwrap();
+        }
+        let cifar = Cifar::load(&dir, CifarVariant::Cifar10, Split::Train).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        Arc::new(cifar)
+    }
+
+    #[test]
+    fn transformer_batches_are_deterministic_with_soft_targets() {
+        let cifar = tiny_cifar10("transformer");
+        let set = TrainSet {
+            data: Arc::new(CifarNormalized::new(cifar.clone(), false, 20)),
+            augment: Augment::CifarTransformer(cifar),
+        };
+        assert!(set.mixes());
+        let source = set.source(0, 10, 12);
+        let indices = [0, 3, 5, 7];
+        let a = source.batch(&indices, 9).unwrap();
+        assert_eq!(a, source.batch(&indices, 9).unwrap());
+        assert_ne!(a.images, source.batch(&indices, 10).unwrap().images);
+        let targets = a.targets.expect("soft targets");
+        assert_eq!(targets.len(), 4 * 12);
+        for row in targets.chunks_exact(12) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        assert_eq!(a.images.len(), 4 * 3072);
+        // after mixup_off_epoch: label smoothing only
+        let late = set.source(9, 10, 12).batch(&indices, 9).unwrap();
+        let row = &late.targets.unwrap()[..12];
+        assert!((row[late.labels[0]] - (0.9 + 0.1 / 12.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn resnet_batches_use_hard_labels_and_reject_out_of_range_indices() {
+        let cifar = tiny_cifar10("resnet");
+        let set = TrainSet {
+            data: Arc::new(CifarNormalized::new(cifar.clone(), true, 6)),
+            augment: Augment::CifarResnet(cifar),
+        };
+        assert!(!set.mixes());
+        let source = set.source(0, 4, 10);
+        let batch = source.batch(&[0, 1], 3).unwrap();
+        assert!(batch.targets.is_none());
+        assert_eq!(batch.images.len(), 2 * 3072);
+        assert!(source.batch(&[6], 3).is_err());
+        assert!(set.data.get(6).is_err());
     }
 }
