@@ -141,6 +141,12 @@ fn trains_and_evaluates_on_a_fake_cifar10() {
     let line = metrics(&dir);
     assert_eq!(line["epoch"], 1);
     assert!(line["train_loss"].as_f64().unwrap().is_finite());
+    // --resume finds the data again from the run state
+    let out = dir.join("run").display().to_string();
+    ok(revsnn(&[
+        "train", "--out", &out, "--resume", "--epochs", "2", "--quiet",
+    ]));
+    assert_eq!(metrics(&dir)["epoch"], 2);
     let result = eval(&dir, "cifar10");
     assert_eq!(result["samples"], 20);
     let acc = result["acc1"].as_f64().unwrap();

@@ -253,6 +253,9 @@ pub struct RunState {
     pub model: String,
     pub spec: ModelSpec,
     pub dataset: String,
+    /// Where the real dataset was read from (`--resume` reads it again unless given another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
     pub epochs: usize,
     pub batch: usize,
     pub lr: Option<f64>,
@@ -431,6 +434,9 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         if let Some(epochs) = config.epochs {
             state.epochs = epochs;
         }
+        if config.data_dir.is_some() {
+            state.data_dir = config.data_dir.clone();
+        }
         state
     } else {
         if out.join("last.json").exists() {
@@ -455,6 +461,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
             model: config.model_name.clone(),
             spec: config.spec.clone(),
             dataset: config.dataset.clone(),
+            data_dir: config.data_dir.clone(),
             epochs,
             batch: config.batch,
             lr: config.lr,
@@ -473,7 +480,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
     let spec = state.spec.clone();
     let train_set = open_split(
         &state.dataset,
-        config.data_dir.as_deref(),
+        state.data_dir.as_deref(),
         &spec,
         Split::Train,
         state.train_samples,
@@ -488,7 +495,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
     }
     let test_data = open_dataset(
         &state.dataset,
-        config.data_dir.as_deref(),
+        state.data_dir.as_deref(),
         &spec,
         Split::Test,
         state.test_samples,
