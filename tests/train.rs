@@ -245,7 +245,11 @@ fn bad_input_is_a_clear_error() {
         &["--dataset", "cifar10", "--data-dir", "/nowhere"],
     );
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not available yet"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nowhere") && stderr.contains("not found"),
+        "{stderr}"
+    );
     let output = train(&spec, &out, &["--dataset", "imagenet"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown dataset"));
     let output = train(&spec, &out, &["--device", "cuda"]);

@@ -133,6 +133,27 @@ pub fn train_step<B: Backend, L: Layer<B>>(
     })
 }
 
+/// As [`train_step`], with the mean soft-target cross-entropy against `targets` `[B, K]` (rows of
+/// class probabilities: mixup and label smoothing, SPEC.md 5.1, 5.3) instead of hard labels.
+pub fn train_step_soft<B: Backend, L: Layer<B>>(
+    model: &L,
+    session: &mut Session<B>,
+    images: &B::Tensor,
+    targets: &B::Tensor,
+) -> Result<StepOutput<B>> {
+    let backend = session.backend;
+    let (logits, saved) = model.forward(session, images)?;
+    let (loss, context) = backend.soft_cross_entropy_forward(&logits, targets)?;
+    let grad_logits =
+        backend.cross_entropy_backward(&context, <B::Elem as num_traits::One>::one())?;
+    let grad_input = model.backward(session, saved, &grad_logits)?;
+    Ok(StepOutput {
+        logits,
+        loss,
+        grad_input,
+    })
+}
+
 /// Choices made when a model is built.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BuildOptions {

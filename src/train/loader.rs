@@ -15,6 +15,40 @@ use crate::error::Result;
 pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<usize>,
+    /// Soft targets `[B, K]` (mixup, label smoothing) when the recipe trains on them.
+    pub targets: Option<Vec<f32>>,
+}
+
+/// Assembles batches from sample indices, augmenting them as a deterministic function of `seed`.
+pub trait BatchSource: Send + Sync {
+    /// The batch of samples `indices`; `seed` fixes every random choice of its augmentation.
+    fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch>;
+}
+
+/// The samples of a dataset as they are, with hard labels (evaluation, synthetic data).
+pub struct Plain(pub Arc<dyn Dataset>);
+
+impl BatchSource for Plain {
+    fn batch(&self, indices: &[usize], _seed: u64) -> Result<Batch> {
+        let mut images = Vec::new();
+        let mut labels = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let sample = self.0.get(index)?;
+            images.extend(sample.values);
+            labels.push(sample.label);
+        }
+        Ok(Batch {
+            images,
+            labels,
+            targets: None,
+        })
+    }
+}
+
+/// The augmentation seed of batch `index` of an epoch whose shuffle seed is `seed`.
+pub fn batch_seed(seed: u64, index: usize) -> u64 {
+    let mut rng = SplitMix64::new(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    rng.next_u64()
 }
 
 /// A permutation of `0..len` from `seed` (Fisher-Yates).
@@ -36,30 +70,23 @@ pub struct Loader {
 
 impl Loader {
     /// Batches of `batch` samples of `data` in `order` (a final short batch is kept unless
-    /// `drop_last`), with up to `prefetch` batches ready ahead.
+    /// `drop_last`), with up to `prefetch` batches ready ahead; batch `k` is augmented with
+    /// [`batch_seed`]`(seed, k)`.
     pub fn new(
-        data: Arc<dyn Dataset>,
+        data: Arc<dyn BatchSource>,
         order: Vec<usize>,
         batch: usize,
         drop_last: bool,
         prefetch: usize,
+        seed: u64,
     ) -> Loader {
         let (sender, receiver) = sync_channel(prefetch.max(1));
         let worker = std::thread::spawn(move || {
-            for chunk in order.chunks(batch.max(1)) {
+            for (k, chunk) in order.chunks(batch.max(1)).enumerate() {
                 if drop_last && chunk.len() < batch {
                     break;
                 }
-                let result = (|| {
-                    let mut images = Vec::new();
-                    let mut labels = Vec::with_capacity(chunk.len());
-                    for &index in chunk {
-                        let sample = data.get(index)?;
-                        images.extend(sample.values);
-                        labels.push(sample.label);
-                    }
-                    Ok(Batch { images, labels })
-                })();
+                let result = data.batch(chunk, batch_seed(seed, k));
                 let failed = result.is_err();
                 if sender.send(result).is_err() || failed {
                     break;

@@ -11,6 +11,7 @@
 //! - `metrics.jsonl`, `curves.png`.
 
 pub mod loader;
+pub mod pipeline;
 pub mod plot;
 pub mod progress;
 pub mod recipe;
@@ -31,7 +32,8 @@ use crate::model::{BuildOptions, Mode};
 use crate::network::{Network, RunOptions};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::spec::{Arch, ModelSpec};
-use loader::{Loader, shuffled};
+use loader::{Loader, Plain, shuffled};
+use pipeline::{Augment, Capped, CifarNormalized, TrainSet};
 use plot::{Curves, write_atomic, write_curves};
 use progress::Progress;
 use recipe::Recipe;
@@ -70,7 +72,8 @@ pub fn default_spec() -> ModelSpec {
     }
 }
 
-/// Opens `split` of dataset `name` shaped for `spec`, capped at `samples` samples.
+/// Opens `split` of dataset `name` shaped for `spec`, capped at `samples` samples, as evaluation
+/// sees it (normalised as the family's recipe says, SPEC.md 5).
 pub fn open_dataset(
     name: &str,
     data_dir: Option<&Path>,
@@ -78,6 +81,34 @@ pub fn open_dataset(
     split: Split,
     samples: usize,
 ) -> Result<Arc<dyn Dataset>> {
+    Ok(open_split(name, data_dir, spec, split, samples)?.data)
+}
+
+fn real_dir<'a>(name: &str, data_dir: Option<&'a Path>) -> Result<&'a Path> {
+    data_dir.ok_or_else(|| {
+        Error::Usage(format!(
+            "--dataset {name} reads its files from disk: pass --data-dir DIR (the folder that \
+             holds them, see the README's training section)"
+        ))
+    })
+}
+
+/// Opens `split` of dataset `name` for `spec`, capped at `samples`, with the family's training
+/// augmentation (SPEC.md 5) when `split` is the training set.
+pub fn open_split(
+    name: &str,
+    data_dir: Option<&Path>,
+    spec: &ModelSpec,
+    split: Split,
+    samples: usize,
+) -> Result<TrainSet> {
+    use crate::data::cifar::{Cifar, CifarVariant, Split as DataSplit};
+    let data_split = match split {
+        Split::Train => DataSplit::Train,
+        Split::Test => DataSplit::Test,
+    };
+    let train = split == Split::Train;
+    let mut augment = Augment::None;
     let data: Arc<dyn Dataset> = match name {
         "synthetic" => {
             if spec.arch.is_dvs() || spec.in_channels != 3 {
@@ -108,15 +139,57 @@ pub fn open_dataset(
                 spec.img_size,
             )?)
         }
-        "cifar10" | "cifar100" | "dvs128-gesture" | "cifar10-dvs" => {
-            let dir = data_dir
-                .map(|d| format!(" (--data-dir {})", d.display()))
-                .unwrap_or_default();
-            return Err(Error::Usage(format!(
-                "--dataset {name}{dir}: the {name} loader is not available yet in this build; it \
-                 arrives with the real-dataset loaders. Use --dataset synthetic (images) or \
-                 synthetic-events (DVS models) for now."
-            )));
+        "cifar10" | "cifar100" => {
+            let variant = if name == "cifar10" {
+                CifarVariant::Cifar10
+            } else {
+                CifarVariant::Cifar100
+            };
+            let cifar = Arc::new(Cifar::load(real_dir(name, data_dir)?, variant, data_split)?);
+            let resnet = spec.arch.is_resnet();
+            if train {
+                augment = if resnet {
+                    Augment::CifarResnet(cifar.clone())
+                } else {
+                    Augment::CifarTransformer(cifar.clone())
+                };
+            }
+            Arc::new(CifarNormalized::new(cifar, resnet, samples))
+        }
+        "dvs128-gesture" | "cifar10-dvs" => {
+            let dir = real_dir(name, data_dir)?;
+            if !spec.arch.is_dvs() {
+                return Err(Error::Usage(format!(
+                    "--dataset {name} gives event frames [T, 2, 128, 128]: use a DVS model \
+                     (revsresnet24, msresnet20, revsformer-2-256, spikingformer-2-256 or a *-dvs \
+                     spec)"
+                )));
+            }
+            let frames: Arc<dyn Dataset> = if name == "dvs128-gesture" {
+                Arc::new(crate::data::dvs128::load(
+                    dir,
+                    data_split,
+                    spec.time_steps,
+                    None,
+                )?)
+            } else {
+                Arc::new(crate::data::cifar10_dvs::load(
+                    dir,
+                    data_split,
+                    spec.time_steps,
+                    None,
+                )?)
+            };
+            if train {
+                augment = Augment::Dvs {
+                    mixup_fraction: if name == "dvs128-gesture" {
+                        (75, 202)
+                    } else {
+                        (75, 106)
+                    },
+                };
+            }
+            Arc::new(Capped::new(frames, samples))
         }
         other => {
             return Err(Error::Usage(format!(
@@ -140,7 +213,7 @@ pub fn open_dataset(
             spec.sample_shape()
         )));
     }
-    Ok(data)
+    Ok(TrainSet { data, augment })
 }
 
 /// Everything a run needs.
@@ -180,6 +253,9 @@ pub struct RunState {
     pub model: String,
     pub spec: ModelSpec,
     pub dataset: String,
+    /// Where the real dataset was read from (`--resume` reads it again unless given another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
     pub epochs: usize,
     pub batch: usize,
     pub lr: Option<f64>,
@@ -259,7 +335,7 @@ pub fn evaluate<B: Backend>(
 ) -> Result<EvalResult> {
     let order: Vec<usize> = (0..data.len()).collect();
     let (mut loss, mut top1, mut top5, mut samples) = (0.0, 0, 0, 0);
-    for next in Loader::new(data.clone(), order, batch, false, 2) {
+    for next in Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 2, 0) {
         let next = next?;
         let count = next.labels.len();
         let images = batch_tensor(backend, data.as_ref(), next.images, count)?;
@@ -358,6 +434,9 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         if let Some(epochs) = config.epochs {
             state.epochs = epochs;
         }
+        if config.data_dir.is_some() {
+            state.data_dir = config.data_dir.clone();
+        }
         state
     } else {
         if out.join("last.json").exists() {
@@ -382,6 +461,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
             model: config.model_name.clone(),
             spec: config.spec.clone(),
             dataset: config.dataset.clone(),
+            data_dir: config.data_dir.clone(),
             epochs,
             batch: config.batch,
             lr: config.lr,
@@ -398,16 +478,24 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         }
     };
     let spec = state.spec.clone();
-    let train_data = open_dataset(
+    let train_set = open_split(
         &state.dataset,
-        config.data_dir.as_deref(),
+        state.data_dir.as_deref(),
         &spec,
         Split::Train,
         state.train_samples,
     )?;
+    let train_data = train_set.data.clone();
+    if train_set.mixes() && state.batch % 2 != 0 {
+        return Err(Error::Usage(format!(
+            "--batch {}: the {} recipe mixes pairs of samples (mixup), which needs an even batch \
+             size; pass an even --batch",
+            state.batch, state.dataset
+        )));
+    }
     let test_data = open_dataset(
         &state.dataset,
-        config.data_dir.as_deref(),
+        state.data_dir.as_deref(),
         &spec,
         Split::Test,
         state.test_samples,
@@ -467,7 +555,9 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
     for epoch in state.epochs_done..end {
         let lr = recipe.lr(epoch);
         memory::reset_peak();
-        let order = shuffled(train_data.len(), shuffle_seed(state.seed, epoch));
+        let epoch_seed = shuffle_seed(state.seed, epoch);
+        let order = shuffled(train_data.len(), epoch_seed);
+        let source = train_set.source(epoch, state.epochs, spec.num_classes);
         let mut progress = Progress::new(
             format!("epoch {}/{}", epoch + 1, state.epochs),
             steps_per_epoch,
@@ -475,19 +565,38 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         );
         let epoch_start = Instant::now();
         let (mut loss_sum, mut hits, mut seen) = (0.0, 0usize, 0usize);
-        for (step, next) in Loader::new(train_data.clone(), order, state.batch, true, 4).enumerate()
-        {
+        let batches = Loader::new(source, order, state.batch, true, 4, epoch_seed);
+        for (step, next) in batches.enumerate() {
             let next = next?;
             let count = next.labels.len();
             let images = batch_tensor(&backend, train_data.as_ref(), next.images, count)?;
             let mut grads = network.zero_grads();
-            let report = network.train_step(
-                &backend,
-                &mut grads,
-                &images,
-                &next.labels,
-                RunOptions::default(),
-            )?;
+            let report = match next.targets {
+                Some(targets) => {
+                    let classes = targets.len() / count.max(1);
+                    let targets = backend.tensor_from_vec(
+                        &[count, classes],
+                        targets
+                            .into_iter()
+                            .map(|v| <f32 as Element>::cast(f64::from(v)))
+                            .collect(),
+                    )?;
+                    network.train_step_soft(
+                        &backend,
+                        &mut grads,
+                        &images,
+                        &targets,
+                        RunOptions::default(),
+                    )?
+                }
+                None => network.train_step(
+                    &backend,
+                    &mut grads,
+                    &images,
+                    &next.labels,
+                    RunOptions::default(),
+                )?,
+            };
             let loss = report.output.loss.widen();
             if !loss.is_finite() {
                 return Err(Error::Usage(format!(
