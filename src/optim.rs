@@ -19,6 +19,16 @@ pub enum OptimizerKind {
     AdamW(AdamWParams),
 }
 
+impl OptimizerKind {
+    /// The kind's own learning rate (a schedule may replace it per step).
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerKind::Sgd(hp) => hp.lr,
+            OptimizerKind::AdamW(hp) => hp.lr,
+        }
+    }
+}
+
 /// Per-parameter optimizer state.
 #[derive(Clone, Debug)]
 enum Slot<T> {

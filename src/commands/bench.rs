@@ -7,11 +7,11 @@ use revsnn_reference::{Backend, Cpu, memory};
 use serde_json::json;
 
 use super::memory::paper_optimizer;
-use super::{DeviceArg, ModelArgs, random_batch};
+use super::{DeviceArg, ModelArgs, full_training_step, random_batch};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
-use crate::network::{Network, RunOptions};
-use crate::optim::{Optimizer, OptimizerKind};
+use crate::network::Network;
+use crate::optim::Optimizer;
 
 /// What `revsnn bench` measures.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,23 +32,11 @@ pub fn measure(args: &ModelArgs, batch: usize, steps: usize) -> Result<(String, 
     let backend = Cpu::<f32>::new();
     let mut network = Network::new(&backend, &spec, 0, BuildOptions::default())?;
     let mut optimizer = Optimizer::new(paper_optimizer(&spec), &network.store);
-    let lr = match optimizer.kind {
-        OptimizerKind::Sgd(hp) => hp.lr,
-        OptimizerKind::AdamW(hp) => hp.lr,
-    };
     let (shape, values, labels) = random_batch(&spec, batch, 1);
     let images = backend.tensor_from_vec(&shape, values.into_iter().map(|v| v as f32).collect())?;
     let mut step = || -> Result<f64> {
         let start = Instant::now();
-        let mut grads = network.zero_grads();
-        network.train_step(
-            &backend,
-            &mut grads,
-            &images,
-            &labels,
-            RunOptions::default(),
-        )?;
-        optimizer.step(&backend, &mut network.store, &grads, lr)?;
+        full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
         Ok(start.elapsed().as_secs_f64())
     };
     step()?;

@@ -6,11 +6,11 @@ use revsnn_reference::memory;
 use revsnn_reference::{AdamWParams, Backend, Cpu, SgdParams};
 use serde_json::json;
 
-use super::{DeviceArg, ModelArgs, random_batch};
+use super::{DeviceArg, ModelArgs, full_training_step, random_batch};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::model::reversible::{ReversibleOptions, Storage};
-use crate::network::{Network, RunOptions};
+use crate::network::Network;
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::spec::ModelSpec;
 
@@ -74,25 +74,9 @@ pub fn measure(spec: &ModelSpec, batches: &[usize], bptt: bool, seed: u64) -> Re
         let (shape, values, labels) = random_batch(spec, batch, seed ^ batch as u64);
         let images =
             backend.tensor_from_vec(&shape, values.into_iter().map(|v| v as f32).collect())?;
-        let lr = match optimizer.kind {
-            OptimizerKind::Sgd(hp) => hp.lr,
-            OptimizerKind::AdamW(hp) => hp.lr,
-        };
-        let step =
-            |network: &mut Network<Cpu<f32>>, optimizer: &mut Optimizer<Cpu<f32>>| -> Result<()> {
-                let mut grads = network.zero_grads();
-                network.train_step(
-                    &backend,
-                    &mut grads,
-                    &images,
-                    &labels,
-                    RunOptions::default(),
-                )?;
-                optimizer.step(&backend, &mut network.store, &grads, lr)
-            };
-        step(&mut network, &mut optimizer)?;
+        full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
         memory::reset_peak();
-        step(&mut network, &mut optimizer)?;
+        full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
         per_batch.push((batch, memory::stats().peak_bytes));
     }
     let (first, last) = (per_batch[0], per_batch[per_batch.len() - 1]);

@@ -95,6 +95,26 @@ impl DeviceArg {
     }
 }
 
+/// One full training step as `memory` and `bench` measure it: forward, cross-entropy, backward
+/// and an optimizer step at the optimizer's own learning rate.
+pub fn full_training_step<B: revsnn_reference::Backend>(
+    backend: &B,
+    network: &mut crate::network::Network<B>,
+    optimizer: &mut crate::optim::Optimizer<B>,
+    images: &B::Tensor,
+    labels: &[usize],
+) -> Result<()> {
+    let mut grads = network.zero_grads();
+    network.train_step(
+        backend,
+        &mut grads,
+        images,
+        labels,
+        crate::network::RunOptions::default(),
+    )?;
+    optimizer.step(backend, &mut network.store, &grads, optimizer.kind.lr())
+}
+
 /// Random images (or event frames) and labels for a batch of `batch` samples of `spec`.
 pub fn random_batch(
     spec: &ModelSpec,

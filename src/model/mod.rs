@@ -101,6 +101,44 @@ pub trait Layer<B: Backend> {
     ) -> Result<B::Tensor>;
 }
 
+/// Runs `layers` one after another from `x`: the last output and every layer's `Saved`, in order.
+pub fn forward_each<'l, B: Backend, L: Layer<B> + 'l>(
+    layers: impl IntoIterator<Item = &'l L>,
+    session: &mut Session<B>,
+    x: B::Tensor,
+) -> Result<(B::Tensor, Vec<L::Saved>)> {
+    let mut x = x;
+    let mut saved = Vec::new();
+    for layer in layers {
+        let (y, context) = layer.forward(session, &x)?;
+        saved.push(context);
+        x = y;
+    }
+    Ok((x, saved))
+}
+
+/// The backward of [`forward_each`] over the same `layers`, last layer first.
+pub fn backward_each<'l, B: Backend, L: Layer<B> + 'l>(
+    layers: impl IntoIterator<Item = &'l L>,
+    session: &mut Session<B>,
+    saved: Vec<L::Saved>,
+    grad_y: B::Tensor,
+) -> Result<B::Tensor> {
+    let layers: Vec<&L> = layers.into_iter().collect();
+    if layers.len() != saved.len() {
+        return Err(revsnn_reference::OpError::shape(
+            "layer sequence",
+            format!("{} saved contexts for {} layers", saved.len(), layers.len()),
+        )
+        .into());
+    }
+    let mut grad = grad_y;
+    for (layer, context) in layers.into_iter().zip(saved).rev() {
+        grad = layer.backward(session, context, &grad)?;
+    }
+    Ok(grad)
+}
+
 /// What one training-mode forward and backward of a classifier produced.
 #[derive(Debug)]
 pub struct StepOutput<B: Backend> {

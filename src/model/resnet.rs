@@ -20,7 +20,7 @@ use super::layers::{
     AvgPool, BatchNorm, ConvBn, ConvKind, Linear, MaxPool, Neuron, flatten_time, unflatten_time,
 };
 use super::reversible::{ReversibleBlock, ReversibleSequence, SequenceSaved};
-use super::{BuildOptions, Layer, Session};
+use super::{BuildOptions, Layer, Session, backward_each, forward_each};
 use crate::error::{Error, Result};
 use crate::spec::{Arch, ModelSpec};
 
@@ -859,13 +859,8 @@ impl<B: Backend> Layer<B> for RevSResNet {
 
     /// Images `[B, C, H, W]` (static) or event frames `[B, T, C, H, W]` to logits `[B, K]`.
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let (mut x, stem) = self.stem.forward(session, x)?;
-        let mut stages = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
-            let (y, saved) = stage.forward(session, &x)?;
-            stages.push(saved);
-            x = y;
-        }
+        let (x, stem) = self.stem.forward(session, x)?;
+        let (x, stages) = forward_each(&self.stages, session, x)?;
         let (logits, head) = self.head.forward(session, &x)?;
         Ok((logits, RevSResNetSaved { stem, stages, head }))
     }
@@ -876,10 +871,8 @@ impl<B: Backend> Layer<B> for RevSResNet {
         saved: Self::Saved,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor> {
-        let mut grad = self.head.backward(session, saved.head, grad_y)?;
-        for (stage, stage_saved) in self.stages.iter().zip(saved.stages).rev() {
-            grad = stage.backward(session, stage_saved, &grad)?;
-        }
+        let grad = self.head.backward(session, saved.head, grad_y)?;
+        let grad = backward_each(&self.stages, session, saved.stages, grad)?;
         self.stem.backward(session, saved.stem, &grad)
     }
 }
@@ -951,13 +944,8 @@ impl<B: Backend> Layer<B> for MsResNet {
 
     /// Images `[B, C, H, W]` (static) or event frames `[B, T, C, H, W]` to logits `[B, K]`.
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let (mut x, stem) = self.stem.forward(session, x)?;
-        let mut blocks = Vec::new();
-        for block in self.stages.iter().flatten() {
-            let (y, saved) = block.forward(session, &x)?;
-            blocks.push(saved);
-            x = y;
-        }
+        let (x, stem) = self.stem.forward(session, x)?;
+        let (x, blocks) = forward_each(self.stages.iter().flatten(), session, x)?;
         let (logits, head) = self.head.forward(session, &x)?;
         Ok((logits, MsResNetSaved { stem, blocks, head }))
     }
@@ -968,14 +956,8 @@ impl<B: Backend> Layer<B> for MsResNet {
         saved: Self::Saved,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor> {
-        let mut grad = self.head.backward(session, saved.head, grad_y)?;
-        let blocks: Vec<&BasicBlock> = self.stages.iter().flatten().collect();
-        if blocks.len() != saved.blocks.len() {
-            return Err(mismatched("MS-ResNet"));
-        }
-        for (block, block_saved) in blocks.into_iter().zip(saved.blocks).rev() {
-            grad = block.backward(session, block_saved, &grad)?;
-        }
+        let grad = self.head.backward(session, saved.head, grad_y)?;
+        let grad = backward_each(self.stages.iter().flatten(), session, saved.blocks, grad)?;
         self.stem.backward(session, saved.stem, &grad)
     }
 }

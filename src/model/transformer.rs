@@ -23,7 +23,7 @@ use super::layers::{
     BatchNorm, ConvBn, ConvKind, Linear, MaxPool, Neuron, flatten_time, unflatten_time,
 };
 use super::reversible::{ReversibleBlock, ReversibleSequence, SequenceSaved};
-use super::{BuildOptions, Layer, ParamId, Session};
+use super::{BuildOptions, Layer, ParamId, Session, backward_each, forward_each};
 use crate::error::{Error, Result};
 use crate::spec::{Arch, ModelSpec, TransformerSizes};
 
@@ -984,13 +984,8 @@ impl<B: Backend> Layer<B> for Spikingformer {
     type Saved = SpikingformerSaved<B>;
 
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let (mut x, tokenizer) = self.frame.encode(session, x)?;
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let (y, saved) = block.forward(session, &x)?;
-            x = y;
-            blocks.push(saved);
-        }
+        let (x, tokenizer) = self.frame.encode(session, x)?;
+        let (x, blocks) = forward_each(&self.blocks, session, x)?;
         let (logits, read_out) = read_out(session, &self.head, &x)?;
         Ok((
             logits,
@@ -1008,10 +1003,8 @@ impl<B: Backend> Layer<B> for Spikingformer {
         saved: Self::Saved,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor> {
-        let mut grad = read_out_backward(session, &self.head, saved.read_out, grad_y)?;
-        for (block, block_saved) in self.blocks.iter().zip(saved.blocks).rev() {
-            grad = block.backward(session, block_saved, &grad)?;
-        }
+        let grad = read_out_backward(session, &self.head, saved.read_out, grad_y)?;
+        let grad = backward_each(&self.blocks, session, saved.blocks, grad)?;
         self.frame.encode_backward(session, saved.tokenizer, &grad)
     }
 }

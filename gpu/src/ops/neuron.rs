@@ -5,7 +5,7 @@
 //! backward; the backward recomputes each spike from `h` (it is a function of `h`), so it reads
 //! `dL/ds` and `h` and writes `dL/dx`: 3 tensors each way, the memory-bound minimum.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use revsnn_reference::{Firing, NeuronConfig, NeuronKind, Surrogate};
 
 use super::GpuElement;
@@ -52,6 +52,28 @@ impl<E: GpuElement> KernelConfig<E> {
             smooth: (config.firing == Firing::Smooth) as i32,
             detach_reset: config.detach_reset as i32,
         })
+    }
+}
+
+impl<E: GpuElement> KernelConfig<E> {
+    /// Pushes the arguments both kernels share, in their order: `n, time_steps, kind,
+    /// decay_input, tau, v_threshold, surrogate, alpha, smooth`.
+    fn push_shared<'a>(
+        &'a self,
+        launch: &mut LaunchArgs<'a>,
+        neurons: &'a i64,
+        time_steps: &'a i32,
+    ) {
+        launch
+            .arg(neurons)
+            .arg(time_steps)
+            .arg(&self.kind)
+            .arg(&self.decay_input)
+            .arg(&self.tau)
+            .arg(&self.v_threshold)
+            .arg(&self.surrogate)
+            .arg(&self.alpha)
+            .arg(&self.smooth);
     }
 }
 
@@ -126,19 +148,8 @@ pub fn forward_into<E: GpuElement>(
     let function = device.function(&NEURON, &format!("neuron_forward_{}", E::SUFFIX))?;
     let (n, t) = (neurons as i64, time_steps as i32);
     let mut launch = stream.launch_builder(&function);
-    launch
-        .arg(x)
-        .arg(spikes)
-        .arg(h)
-        .arg(&n)
-        .arg(&t)
-        .arg(&params.kind)
-        .arg(&params.decay_input)
-        .arg(&params.tau)
-        .arg(&params.v_threshold)
-        .arg(&params.surrogate)
-        .arg(&params.alpha)
-        .arg(&params.smooth);
+    launch.arg(x).arg(spikes).arg(h);
+    params.push_shared(&mut launch, &n, &t);
     // SAFETY: the argument list matches `neuron_forward_<E>` in neuron.cu, and every buffer holds
     // T * N elements of E.
     unsafe { launch.launch(launch_config(neurons)) }
@@ -195,20 +206,9 @@ pub fn backward_into<E: GpuElement>(
     let function = device.function(&NEURON, &format!("neuron_backward_{}", E::SUFFIX))?;
     let (n, t) = (neurons as i64, time_steps as i32);
     let mut launch = stream.launch_builder(&function);
-    launch
-        .arg(grad_spikes)
-        .arg(h)
-        .arg(grad_x)
-        .arg(&n)
-        .arg(&t)
-        .arg(&params.kind)
-        .arg(&params.decay_input)
-        .arg(&params.tau)
-        .arg(&params.v_threshold)
-        .arg(&params.surrogate)
-        .arg(&params.alpha)
-        .arg(&params.smooth)
-        .arg(&params.detach_reset);
+    launch.arg(grad_spikes).arg(h).arg(grad_x);
+    params.push_shared(&mut launch, &n, &t);
+    launch.arg(&params.detach_reset);
     // SAFETY: the argument list matches `neuron_backward_<E>` in neuron.cu, and every buffer
     // holds T * N elements of E.
     unsafe { launch.launch(launch_config(neurons)) }

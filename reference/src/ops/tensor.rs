@@ -167,24 +167,18 @@ pub fn quantize<E: Element>(x: &CpuTensor<E>, k: i32) -> Result<CpuTensor<E>> {
     ))
 }
 
-/// A 64-bit FNV-1a hash of the shape and of every element's bits in row-major order: equal
+/// A 64-bit hash of the shape and of every element's bits in row-major order, one multiply per
+/// element (it runs on every spike tensor of every reversible forward and recompute): equal
 /// tensors (bit for bit) have equal fingerprints. Used to detect a reversible recompute whose
-/// spikes differ from the forward's.
+/// spikes differ from the forward's; not a defence against crafted collisions.
 pub fn fingerprint<E: Element>(x: &CpuTensor<E>) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |word: u64| {
-        for byte in word.to_le_bytes() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
-        }
-    };
-    for &dim in x.shape() {
-        feed(dim as u64);
-    }
-    for &v in x.iter() {
-        feed(v.widen().to_bits());
-    }
-    hash
+    const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+    let feed = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(MIX);
+    let hash = x
+        .shape()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &dim| feed(h, dim as u64));
+    x.iter().fold(hash, |h, &v| feed(h, v.widen().to_bits()))
 }
 
 /// `(outer, dim, inner)`: the products of the axes before `axis`, its size, and the product of
