@@ -5,9 +5,9 @@
 //! Sizes span one partial block up to thousands of blocks. Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
-use revsnn_gpu::GpuDevice;
-use revsnn_gpu::ops::{GpuElement, neuron};
-use revsnn_gpu::testing::device_or_skip;
+use revsnn_gpu::Cuda;
+use revsnn_gpu::ops::GpuElement;
+use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Cpu, Firing, NeuronConfig, NeuronKind, Surrogate};
 
@@ -55,7 +55,7 @@ struct Compared {
 }
 
 fn compare<E: GpuElement>(
-    device: &GpuDevice,
+    gpu: &Cuda<E>,
     config: &NeuronConfig,
     time_steps: usize,
     neurons: usize,
@@ -69,42 +69,37 @@ fn compare<E: GpuElement>(
         .map(|v| E::cast(v + 0.3))
         .collect();
     let grad: Vec<E> = rng.normal_vec(len, 1.0).into_iter().map(E::cast).collect();
-    let stream = device.stream();
-
-    let x_gpu = stream.clone_htod(&x).unwrap();
-    let grad_gpu = stream.clone_htod(&grad).unwrap();
-    let (spikes_gpu, h_gpu) = neuron::forward(device, &x_gpu, time_steps, config).unwrap();
-    let grad_x_gpu = neuron::backward(device, &grad_gpu, &h_gpu, time_steps, config).unwrap();
-    device.synchronize().unwrap();
+    let shape = [time_steps, neurons];
+    let x_gpu = gpu.tensor_from_vec(&shape, x.clone()).unwrap();
+    let grad_gpu = gpu.tensor_from_vec(&shape, grad.clone()).unwrap();
+    let (spikes_gpu, context_gpu) = gpu.neuron_forward(&x_gpu, config).unwrap();
+    let grad_x_gpu = gpu
+        .neuron_backward(&grad_gpu, &context_gpu, config)
+        .unwrap();
+    gpu.synchronize().unwrap();
     let (spikes_gpu, h_gpu, grad_x_gpu) = (
-        stream.clone_dtoh(&spikes_gpu).unwrap(),
-        stream.clone_dtoh(&h_gpu).unwrap(),
-        stream.clone_dtoh(&grad_x_gpu).unwrap(),
+        gpu.to_vec(&spikes_gpu).unwrap(),
+        gpu.to_vec(&context_gpu.h).unwrap(),
+        gpu.to_vec(&grad_x_gpu).unwrap(),
     );
 
     // a second run is bitwise identical
-    let (spikes_again, _) = neuron::forward(device, &x_gpu, time_steps, config).unwrap();
-    let grad_again = neuron::backward(
-        device,
-        &grad_gpu,
-        &stream.clone_htod(&h_gpu).unwrap(),
-        time_steps,
-        config,
-    )
-    .unwrap();
+    let (spikes_again, context_again) = gpu.neuron_forward(&x_gpu, config).unwrap();
+    let grad_again = gpu
+        .neuron_backward(&grad_gpu, &context_again, config)
+        .unwrap();
     assert_eq!(
-        stream.clone_dtoh(&spikes_again).unwrap(),
+        gpu.to_vec(&spikes_again).unwrap(),
         spikes_gpu,
         "spikes differ run to run"
     );
     assert_eq!(
-        stream.clone_dtoh(&grad_again).unwrap(),
+        gpu.to_vec(&grad_again).unwrap(),
         grad_x_gpu,
         "dL/dx differs run to run"
     );
 
     let cpu = Cpu::<E>::new();
-    let shape = [time_steps, neurons];
     let (spikes_cpu, context) = cpu
         .neuron_forward(&cpu.tensor_from_vec(&shape, x.clone()).unwrap(), config)
         .unwrap();
@@ -180,12 +175,12 @@ fn reference_h<E: GpuElement>(
     h
 }
 
-fn check_all<E: GpuElement>(device: &GpuDevice, tolerance: f64) {
+fn check_all<E: GpuElement>(gpu: &Cuda<E>, tolerance: f64) {
     for (name, config) in configs() {
         for &neurons in &SIZES {
             for time_steps in [1, 4, 7] {
                 let result = compare::<E>(
-                    device,
+                    gpu,
                     &config,
                     time_steps,
                     neurons,
@@ -225,39 +220,48 @@ fn check_all<E: GpuElement>(device: &GpuDevice, tolerance: f64) {
 
 #[test]
 fn gpu_neuron_matches_the_reference_in_f32() {
-    if let Some(device) = device_or_skip("gpu_neuron f32") {
-        check_all::<f32>(&device, 1e-5);
+    if let Some(gpu) = backend_or_skip::<f32>("gpu_neuron f32") {
+        check_all(&gpu, 1e-5);
     }
 }
 
 #[test]
 fn gpu_neuron_matches_the_reference_in_f64() {
-    if let Some(device) = device_or_skip("gpu_neuron f64") {
-        check_all::<f64>(&device, 1e-12);
+    if let Some(gpu) = backend_or_skip::<f64>("gpu_neuron f64") {
+        check_all(&gpu, 1e-12);
     }
 }
 
 #[test]
-fn gpu_neuron_rejects_bad_parameters_and_lengths() {
-    let Some(device) = device_or_skip("gpu_neuron bad input") else {
+fn gpu_neuron_rejects_bad_parameters_and_shapes() {
+    let Some(gpu) = backend_or_skip::<f32>("gpu_neuron bad input") else {
         return;
     };
-    let x = device.stream().clone_htod(&[0.5f32; 12]).unwrap();
+    let x = gpu.tensor_from_vec(&[4, 3], vec![0.5f32; 12]).unwrap();
+    let no_time = gpu.tensor_from_vec(&[0, 3], vec![]).unwrap();
     assert!(
-        neuron::forward(&device, &x, 5, &NeuronConfig::if_atan()).is_err(),
-        "12 is not a multiple of T = 5"
+        gpu.neuron_forward(&no_time, &NeuronConfig::if_atan())
+            .is_err(),
+        "T = 0 is invalid"
     );
     let bad_threshold = NeuronConfig {
         v_threshold: 0.0,
         ..NeuronConfig::if_atan()
     };
     assert!(
-        neuron::forward(&device, &x, 4, &bad_threshold).is_err(),
+        gpu.neuron_forward(&x, &bad_threshold).is_err(),
         "V_th = 0 is invalid"
     );
     let bad_tau = NeuronConfig::lif_sigmoid(1.0, 1.0);
     assert!(
-        neuron::forward(&device, &x, 4, &bad_tau).is_err(),
+        gpu.neuron_forward(&x, &bad_tau).is_err(),
         "tau = 1 is invalid"
+    );
+    let (_, context) = gpu.neuron_forward(&x, &NeuronConfig::if_atan()).unwrap();
+    let wrong_grad = gpu.tensor_from_vec(&[3, 4], vec![1.0f32; 12]).unwrap();
+    assert!(
+        gpu.neuron_backward(&wrong_grad, &context, &NeuronConfig::if_atan())
+            .is_err(),
+        "a gradient of another shape is rejected"
     );
 }

@@ -1,15 +1,20 @@
-//! A CUDA device handle: context, stream, and the kernels compiled by NVRTC for the device's own
-//! architecture on first use, cached for the process.
+//! A CUDA device handle: context, stream, counted allocations from a caching pool, cuBLAS, and
+//! the kernels compiled by NVRTC for the device's own architecture on first use, cached for the
+//! process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits, sys,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::compiler::{self, Target};
 use crate::error::GpuError;
 use crate::kernels::KernelSource;
+use crate::memory::{DeviceBuffer, DeviceMemoryStats, MemoryAccounting};
 use crate::probe::{CudaStatus, DeviceInfo, probe};
 
 /// A kernel file compiled for one architecture `(major, minor)`.
@@ -21,13 +26,17 @@ fn image_cache() -> &'static Mutex<HashMap<ImageKey, Arc<Vec<u8>>>> {
     CACHE.get_or_init(Default::default)
 }
 
-/// One CUDA device with its default stream.
+/// One CUDA device with its default stream. Every op of the backend runs on that one stream, in
+/// order, so no buffer needs cross-stream synchronisation.
 #[derive(Debug)]
 pub struct GpuDevice {
     pub info: DeviceInfo,
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    accounting: Arc<MemoryAccounting>,
+    blas: OnceLock<CudaBlas>,
 }
 
 impl GpuDevice {
@@ -39,13 +48,109 @@ impl GpuDevice {
         };
         let context =
             CudaContext::new(info.ordinal).map_err(GpuError::driver("creating a context"))?;
+        // SAFETY: every op of this device runs on its one stream, in order, so the per-buffer
+        // read/write events cudarc records for multi-stream use are never needed.
+        unsafe { context.disable_event_tracking() };
+        if context.has_async_alloc() {
+            keep_freed_blocks_in_pool(&context)?;
+        }
         let stream = context.default_stream();
         Ok(GpuDevice {
             info,
             context,
             stream,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            accounting: Arc::new(MemoryAccounting::default()),
+            blas: OnceLock::new(),
         })
+    }
+
+    /// A counted buffer of `len` elements whose contents are undefined.
+    ///
+    /// # Safety
+    /// The caller writes every element before any is read.
+    pub unsafe fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<DeviceBuffer<T>, GpuError> {
+        // SAFETY: guaranteed by the caller.
+        let slice = unsafe { self.stream.alloc::<T>(len) }
+            .map_err(GpuError::driver("allocating device memory"))?;
+        Ok(DeviceBuffer::counted(slice, &self.accounting))
+    }
+
+    /// A counted buffer of `len` zeros.
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<DeviceBuffer<T>, GpuError> {
+        let slice = self
+            .stream
+            .alloc_zeros::<T>(len)
+            .map_err(GpuError::driver("allocating device memory"))?;
+        Ok(DeviceBuffer::counted(slice, &self.accounting))
+    }
+
+    /// A counted copy of `data` on the device.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<DeviceBuffer<T>, GpuError> {
+        let slice = self
+            .stream
+            .clone_htod(data)
+            .map_err(GpuError::driver("copying to the device"))?;
+        Ok(DeviceBuffer::counted(slice, &self.accounting))
+    }
+
+    /// The elements of `buffer`, copied to the host (waits for the stream).
+    pub fn download<T: DeviceRepr>(&self, buffer: &DeviceBuffer<T>) -> Result<Vec<T>, GpuError> {
+        self.stream
+            .clone_dtoh(buffer.slice())
+            .map_err(GpuError::driver("copying from the device"))
+    }
+
+    /// Live and peak bytes of this device's buffers.
+    pub fn memory(&self) -> DeviceMemoryStats {
+        self.accounting.stats()
+    }
+
+    /// Sets the peak to the live bytes; returns the counters from before.
+    pub fn reset_peak_memory(&self) -> DeviceMemoryStats {
+        self.accounting.reset_peak()
+    }
+
+    /// The most bytes the memory pool has held from the driver since the device opened,
+    /// fragmentation included (the twin of PyTorch's `max_memory_reserved`).
+    pub fn pool_reserved_high(&self) -> Result<u64, GpuError> {
+        let pool = default_pool(&self.context)?;
+        let mut bytes: u64 = 0;
+        // SAFETY: `pool` is the device's live default pool; the attribute is a u64.
+        unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+                &mut bytes as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+        .result()
+        .map_err(GpuError::driver(
+            "reading the memory pool's high-water mark",
+        ))?;
+        Ok(bytes)
+    }
+
+    /// cuBLAS on this device's stream, created on first use.
+    pub fn blas(&self) -> Result<&CudaBlas, GpuError> {
+        if let Some(blas) = self.blas.get() {
+            return Ok(blas);
+        }
+        // SAFETY: only tries to dlopen the cuBLAS library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(GpuError::LibraryMissing {
+                library: "libcublas.so (cuBLAS)",
+            });
+        }
+        let blas = CudaBlas::new(self.stream.clone()).map_err(|e| GpuError::Blas {
+            during: "creating a cuBLAS handle",
+            detail: e.to_string(),
+        })?;
+        Ok(self.blas.get_or_init(|| blas))
     }
 
     /// The stream every op of this device runs on.
@@ -65,6 +170,15 @@ impl GpuDevice {
         kernel: &KernelSource,
         function: &str,
     ) -> Result<CudaFunction, GpuError> {
+        let key = (kernel.file, function.to_string());
+        if let Some(found) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+        {
+            return Ok(found.clone());
+        }
         let module = {
             let mut modules = self
                 .modules
@@ -83,9 +197,14 @@ impl GpuDevice {
                 }
             }
         };
-        module
+        let found = module
             .load_function(function)
-            .map_err(GpuError::driver("looking up a kernel function"))
+            .map_err(GpuError::driver("looking up a kernel function"))?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key, found.clone());
+        Ok(found)
     }
 
     fn image(&self, kernel: &KernelSource) -> Result<Arc<Vec<u8>>, GpuError> {
@@ -115,4 +234,32 @@ impl GpuDevice {
             .check_err()
             .map_err(GpuError::driver("checking for asynchronous errors"))
     }
+}
+
+fn default_pool(context: &CudaContext) -> Result<sys::CUmemoryPool, GpuError> {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: the device handle belongs to a live context; `pool` is a live out-pointer.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device()) }
+        .result()
+        .map_err(GpuError::driver("getting the device's memory pool"))?;
+    Ok(pool)
+}
+
+/// Makes the stream-ordered pool a caching allocator: by default it returns freed memory to the
+/// driver at every synchronisation; with the release threshold at `u64::MAX` it keeps it for reuse.
+fn keep_freed_blocks_in_pool(context: &CudaContext) -> Result<(), GpuError> {
+    let pool = default_pool(context)?;
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` is the device's live default pool; the attribute is a u64.
+    unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+    }
+    .result()
+    .map_err(GpuError::driver(
+        "setting the memory pool's release threshold",
+    ))
 }

@@ -28,6 +28,12 @@ pub enum GpuError {
         target: String,
         log: String,
     },
+    /// A cuBLAS call failed.
+    #[error("cuBLAS error during {during}: {detail}")]
+    Blas {
+        during: &'static str,
+        detail: String,
+    },
     /// Operands that do not fit the kernel.
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },
@@ -37,5 +43,18 @@ impl GpuError {
     /// Wraps a driver error with the step it happened in.
     pub fn driver(during: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> GpuError {
         move |source| GpuError::Driver { during, source }
+    }
+}
+
+impl From<GpuError> for revsnn_reference::OpError {
+    /// Shape errors keep their kind; every other failure is the device's.
+    fn from(error: GpuError) -> Self {
+        match error {
+            GpuError::Shape { op, detail } => revsnn_reference::OpError::shape(op, detail),
+            other => revsnn_reference::OpError::Device {
+                backend: "cuda",
+                detail: other.to_string(),
+            },
+        }
     }
 }

@@ -9,16 +9,25 @@
 //!   architecture; [`kernels`] lists the sources.
 //! - [`device`]: a CUDA context and stream with the kernels compiled for its own architecture on
 //!   first use and cached for the process.
+//! - [`memory`]: counted device buffers from a caching pool (live and peak bytes).
+//! - [`tensor`]: [`CudaTensor`], a shape over a shared device buffer.
 //! - [`ops`]: the kernels' host sides, twins of `revsnn_reference::ops`.
+//! - [`backend`]: [`Cuda`], the `revsnn_reference::Backend` contract over those ops.
 
+pub mod backend;
 pub mod compiler;
 pub mod device;
 pub mod error;
 pub mod kernels;
+pub mod memory;
 pub mod ops;
 pub mod probe;
+pub mod tensor;
 pub mod testing;
 
+pub use backend::Cuda;
 pub use device::GpuDevice;
 pub use error::GpuError;
+pub use memory::DeviceMemoryStats;
 pub use probe::{CudaStatus, DeviceInfo, probe};
+pub use tensor::CudaTensor;

@@ -4,8 +4,11 @@
 //! `REVSNN_REQUIRE_GPU=1` (set by `gpu/check.sh`) a missing GPU fails the test instead.
 
 use std::io::Write;
+use std::sync::Arc;
 
+use crate::backend::Cuda;
 use crate::device::GpuDevice;
+use crate::ops::GpuElement;
 
 /// The device, or `None` after printing why the calling test skips. Panics (fails the test) when
 /// `REVSNN_REQUIRE_GPU=1` and there is no usable device.
@@ -21,4 +24,10 @@ pub fn device_or_skip(test: &str) -> Option<GpuDevice> {
             None
         }
     }
+}
+
+/// The CUDA backend on the device, or `None` after printing why the calling test skips (see
+/// [`device_or_skip`]).
+pub fn backend_or_skip<E: GpuElement>(test: &str) -> Option<Cuda<E>> {
+    device_or_skip(test).map(|device| Cuda::on(Arc::new(device)))
 }

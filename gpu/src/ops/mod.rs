@@ -1,9 +1,21 @@
 //! Host sides of the CUDA kernels; each file is the twin of `revsnn_reference::ops::<same name>`
-//! and of `gpu/kernels/<same name>.cu`.
+//! and of `gpu/kernels/<same name>.cu`. Every function validates its operands (a
+//! [`GpuError::Shape`] names the op and what is wrong), allocates its outputs through
+//! [`GpuDevice`](crate::GpuDevice) so they are counted, and queues its kernels on the device's one stream.
 
+pub mod batch_norm;
+pub mod conv;
+pub mod linear;
+pub mod loss;
 pub mod neuron;
+pub mod optim;
+pub mod pool;
+pub mod tensor;
 
-use cudarc::driver::DeviceRepr;
+use cudarc::cublas::{CudaBlas, Gemm, StridedBatchedConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+
+use crate::error::GpuError;
 
 /// A float the kernels are instantiated for.
 pub trait GpuElement:
@@ -11,12 +23,72 @@ pub trait GpuElement:
 {
     /// The suffix of the `extern "C"` kernel names, `f32` or `f64`.
     const SUFFIX: &'static str;
+
+    /// cuBLAS `C[b] = alpha op(A[b]) op(B[b]) + beta C[b]` in this type (column-major, as cuBLAS
+    /// sees it), `sgemmStridedBatched` or `dgemmStridedBatched`.
+    ///
+    /// # Safety
+    /// The configuration must describe matrices inside the three buffers.
+    unsafe fn gemm_strided_batched<A: DevicePtr<Self>, B: DevicePtr<Self>, C: DevicePtrMut<Self>>(
+        blas: &CudaBlas,
+        config: StridedBatchedConfig<Self>,
+        a: &A,
+        b: &B,
+        c: &mut C,
+    ) -> Result<(), GpuError>;
 }
 
-impl GpuElement for f32 {
-    const SUFFIX: &'static str = "f32";
+macro_rules! gpu_element {
+    ($t:ty, $suffix:literal) => {
+        impl GpuElement for $t {
+            const SUFFIX: &'static str = $suffix;
+
+            unsafe fn gemm_strided_batched<
+                A: DevicePtr<Self>,
+                B: DevicePtr<Self>,
+                C: DevicePtrMut<Self>,
+            >(
+                blas: &CudaBlas,
+                config: StridedBatchedConfig<Self>,
+                a: &A,
+                b: &B,
+                c: &mut C,
+            ) -> Result<(), GpuError> {
+                // SAFETY: guaranteed by the caller.
+                unsafe { blas.gemm_strided_batched(config, a, b, c) }.map_err(|e| GpuError::Blas {
+                    during: concat!("a ", $suffix, " strided batched GEMM"),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    };
 }
 
-impl GpuElement for f64 {
-    const SUFFIX: &'static str = "f64";
+gpu_element!(f32, "f32");
+gpu_element!(f64, "f64");
+
+/// Threads per block of the one-thread-per-element kernels.
+pub(crate) const THREADS: u32 = 256;
+
+/// A 1-D launch of one thread per element over `elements` (at least one block). Kernels loop
+/// with a grid stride, so the grid is capped without losing elements.
+pub(crate) fn elementwise_launch(elements: usize) -> LaunchConfig {
+    const MAX_BLOCKS: usize = 1 << 20;
+    LaunchConfig {
+        grid_dim: (
+            elements.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A [`GpuError::Shape`] of `op`.
+pub(crate) fn shape_error(op: &'static str, detail: impl Into<String>) -> GpuError {
+    GpuError::Shape {
+        op,
+        detail: detail.into(),
+    }
 }

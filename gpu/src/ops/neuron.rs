@@ -8,10 +8,11 @@
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use revsnn_reference::{Firing, NeuronConfig, NeuronKind, Surrogate};
 
-use super::GpuElement;
+use super::{GpuElement, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::NEURON;
+use crate::tensor::CudaTensor;
 
 const THREADS: u32 = 256;
 
@@ -102,21 +103,50 @@ fn check_len(
     Ok(len / time_steps)
 }
 
-/// The forward of SPEC.md 2.2 over `x` `[T, N]`: returns `(spikes, h)`, both `[T, N]`.
+/// What [`backward`] needs: the membrane potentials `h` `[T, ...]` (each spike is recomputed
+/// from its `h`).
+#[derive(Debug)]
+pub struct NeuronContext<E> {
+    pub h: CudaTensor<E>,
+}
+
+/// The number of time steps of a `[T, ...]` tensor.
+fn time_steps(op: &'static str, shape: &[usize]) -> Result<usize, GpuError> {
+    match shape.first() {
+        Some(&t) if t > 0 => Ok(t),
+        _ => Err(shape_error(
+            op,
+            format!("expected x [T, ...] with T >= 1, got {shape:?}"),
+        )),
+    }
+}
+
+/// The forward of SPEC.md 2.2 over `x` `[T, ...]`: returns the spikes `[T, ...]` and the
+/// context holding `h`.
 pub fn forward<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaSlice<E>,
-    time_steps: usize,
+    x: &CudaTensor<E>,
     config: &NeuronConfig,
-) -> Result<(CudaSlice<E>, CudaSlice<E>), GpuError> {
-    let stream = device.stream();
+) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
+    let steps = time_steps("neuron_forward", x.shape())?;
     // SAFETY: `forward_into` writes every element before anything reads them.
-    let mut spikes =
-        unsafe { stream.alloc::<E>(x.len()) }.map_err(GpuError::driver("allocating spikes"))?;
+    let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
     // SAFETY: as above.
-    let mut h = unsafe { stream.alloc::<E>(x.len()) }.map_err(GpuError::driver("allocating h"))?;
-    forward_into(device, x, &mut spikes, &mut h, time_steps, config)?;
-    Ok((spikes, h))
+    let mut h = unsafe { device.alloc::<E>(x.len()) }?;
+    forward_into(
+        device,
+        x.slice(),
+        spikes.slice_mut(),
+        h.slice_mut(),
+        steps,
+        config,
+    )?;
+    Ok((
+        CudaTensor::new(spikes, x.shape())?,
+        NeuronContext {
+            h: CudaTensor::new(h, x.shape())?,
+        },
+    ))
 }
 
 /// [`forward`] into caller-owned `spikes` and `h` of `x`'s length.
@@ -157,19 +187,35 @@ pub fn forward_into<E: GpuElement>(
     Ok(())
 }
 
-/// The backward of SPEC.md 2.4: `dL/dx` `[T, N]` from `dL/ds` and the forward's `h`.
+/// The backward of SPEC.md 2.4: `dL/dx` `[T, ...]` from `dL/ds` and the forward's `h`.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
-    grad_spikes: &CudaSlice<E>,
-    h: &CudaSlice<E>,
-    time_steps: usize,
+    grad_spikes: &CudaTensor<E>,
+    context: &NeuronContext<E>,
     config: &NeuronConfig,
-) -> Result<CudaSlice<E>, GpuError> {
+) -> Result<CudaTensor<E>, GpuError> {
+    if grad_spikes.shape() != context.h.shape() {
+        return Err(shape_error(
+            "neuron_backward",
+            format!(
+                "grad_spikes {:?} differs from the forward's shape {:?}",
+                grad_spikes.shape(),
+                context.h.shape()
+            ),
+        ));
+    }
+    let steps = time_steps("neuron_backward", grad_spikes.shape())?;
     // SAFETY: `backward_into` writes every element before anything reads them.
-    let mut grad_x = unsafe { device.stream().alloc::<E>(h.len()) }
-        .map_err(GpuError::driver("allocating grad_x"))?;
-    backward_into(device, grad_spikes, h, &mut grad_x, time_steps, config)?;
-    Ok(grad_x)
+    let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
+    backward_into(
+        device,
+        grad_spikes.slice(),
+        context.h.slice(),
+        grad_x.slice_mut(),
+        steps,
+        config,
+    )?;
+    CudaTensor::new(grad_x, grad_spikes.shape())
 }
 
 /// [`backward`] into a caller-owned `grad_x` of `h`'s length.

@@ -1,0 +1,410 @@
+//! [`Cuda`]: the op contract of `revsnn_reference::Backend` on one CUDA device. Each method is a
+//! thin call into `crate::ops::<family>`, the twin of `revsnn_reference::ops::<family>`, so a
+//! reader who finds an op on one side finds it on the other (DESIGN.md).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use revsnn_reference::{
+    AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
+    BatchStats, Conv2dGrads, Conv2dParams, LinearGrads, NeuronConfig, Pool2dParams, Result,
+    RunningStats, SgdParams,
+};
+
+use crate::device::GpuDevice;
+use crate::error::GpuError;
+use crate::memory::DeviceMemoryStats;
+use crate::ops::{self, GpuElement};
+use crate::tensor::CudaTensor;
+
+/// The CUDA backend in element type `E` on one device. Cloning shares the device.
+pub struct Cuda<E> {
+    device: Arc<GpuDevice>,
+    element: PhantomData<fn() -> E>,
+}
+
+impl<E: GpuElement> Cuda<E> {
+    /// The backend on device 0, or why there is none (no driver, no device: see gpu/README.md).
+    pub fn open() -> std::result::Result<Self, GpuError> {
+        Ok(Self::on(Arc::new(GpuDevice::open()?)))
+    }
+
+    /// The backend on an open device.
+    pub fn on(device: Arc<GpuDevice>) -> Self {
+        Cuda {
+            device,
+            element: PhantomData,
+        }
+    }
+
+    pub fn device(&self) -> &Arc<GpuDevice> {
+        &self.device
+    }
+
+    /// Live and peak bytes of this device's tensors.
+    pub fn memory(&self) -> DeviceMemoryStats {
+        self.device.memory()
+    }
+
+    /// Waits for every queued kernel and surfaces asynchronous errors (for timing and tests).
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.device.synchronize()?)
+    }
+}
+
+impl<E> Clone for Cuda<E> {
+    fn clone(&self) -> Self {
+        Cuda {
+            device: self.device.clone(),
+            element: PhantomData,
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for Cuda<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Cuda<{}>({})",
+            std::any::type_name::<E>(),
+            self.device.info.name
+        )
+    }
+}
+
+impl<E: GpuElement> Backend for Cuda<E> {
+    type Elem = E;
+    type Tensor = CudaTensor<E>;
+    type NeuronContext = ops::neuron::NeuronContext<E>;
+    type Conv2dContext = ops::conv::Conv2dContext<E>;
+    type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
+    type MaxPoolContext = ops::pool::MaxPoolContext;
+    type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
+
+    fn name(&self) -> String {
+        format!("cuda-{}", E::DTYPE)
+    }
+
+    fn tensor_from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::from_host(&self.device, shape, &data)?)
+    }
+
+    fn to_vec(&self, x: &CudaTensor<E>) -> Result<Vec<E>> {
+        Ok(ops::tensor::to_host(&self.device, x)?)
+    }
+
+    fn shape(&self, x: &CudaTensor<E>) -> Vec<usize> {
+        x.shape().to_vec()
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::zeros(&self.device, shape)?)
+    }
+
+    fn reshape(&self, x: &CudaTensor<E>, shape: &[usize]) -> Result<CudaTensor<E>> {
+        Ok(x.reshaped(shape)?)
+    }
+
+    fn permute(&self, x: &CudaTensor<E>, axes: &[usize]) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::permute(&self.device, x, axes)?)
+    }
+
+    fn add(&self, a: &CudaTensor<E>, b: &CudaTensor<E>) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::add(&self.device, a, b)?)
+    }
+
+    fn sub(&self, a: &CudaTensor<E>, b: &CudaTensor<E>) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::sub(&self.device, a, b)?)
+    }
+
+    fn scale(&self, x: &CudaTensor<E>, factor: E) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::scale(&self.device, x, factor)?)
+    }
+
+    fn narrow(
+        &self,
+        x: &CudaTensor<E>,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::narrow(&self.device, x, axis, start, len)?)
+    }
+
+    fn concat(&self, parts: &[&CudaTensor<E>], axis: usize) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::concat(&self.device, parts, axis)?)
+    }
+
+    fn repeat_leading(&self, x: &CudaTensor<E>, times: usize) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::repeat_leading(&self.device, x, times)?)
+    }
+
+    fn quantize(&self, x: &CudaTensor<E>, k: i32) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::quantize(&self.device, x, k)?)
+    }
+
+    fn fingerprint(&self, x: &CudaTensor<E>) -> Result<u64> {
+        Ok(ops::tensor::fingerprint(&self.device, x)?)
+    }
+
+    fn sum_leading(&self, x: &CudaTensor<E>) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::sum_leading(&self.device, x)?)
+    }
+
+    fn mean_axes(&self, x: &CudaTensor<E>, axes: &[usize]) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::mean_axes(&self.device, x, axes)?)
+    }
+
+    fn mean_axes_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        input_shape: &[usize],
+        axes: &[usize],
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::mean_axes_backward(
+            &self.device,
+            grad_y,
+            input_shape,
+            axes,
+        )?)
+    }
+
+    fn neuron_forward(
+        &self,
+        x: &CudaTensor<E>,
+        config: &NeuronConfig,
+    ) -> Result<(CudaTensor<E>, Self::NeuronContext)> {
+        Ok(ops::neuron::forward(&self.device, x, config)?)
+    }
+
+    fn neuron_backward(
+        &self,
+        grad_spikes: &CudaTensor<E>,
+        context: &Self::NeuronContext,
+        config: &NeuronConfig,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::neuron::backward(
+            &self.device,
+            grad_spikes,
+            context,
+            config,
+        )?)
+    }
+
+    fn conv2d_forward(
+        &self,
+        x: &CudaTensor<E>,
+        weight: &CudaTensor<E>,
+        bias: Option<&CudaTensor<E>>,
+        params: Conv2dParams,
+    ) -> Result<(CudaTensor<E>, Self::Conv2dContext)> {
+        Ok(ops::conv::forward(&self.device, x, weight, bias, params)?)
+    }
+
+    fn conv2d_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        context: &Self::Conv2dContext,
+    ) -> Result<Conv2dGrads<CudaTensor<E>>> {
+        Ok(ops::conv::backward(&self.device, grad_y, context)?)
+    }
+
+    fn batch_norm_train_forward(
+        &self,
+        x: &CudaTensor<E>,
+        gamma: &CudaTensor<E>,
+        beta: &CudaTensor<E>,
+        params: BatchNormParams,
+    ) -> Result<BatchNormTrainOutput<CudaTensor<E>, Self::BatchNormContext>> {
+        Ok(ops::batch_norm::train_forward(
+            &self.device,
+            x,
+            gamma,
+            beta,
+            params,
+        )?)
+    }
+
+    fn batch_norm_eval_forward(
+        &self,
+        x: &CudaTensor<E>,
+        gamma: &CudaTensor<E>,
+        beta: &CudaTensor<E>,
+        running: &RunningStats<CudaTensor<E>>,
+        params: BatchNormParams,
+    ) -> Result<(CudaTensor<E>, Self::BatchNormContext)> {
+        Ok(ops::batch_norm::eval_forward(
+            &self.device,
+            x,
+            gamma,
+            beta,
+            running,
+            params,
+        )?)
+    }
+
+    fn batch_norm_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        context: &Self::BatchNormContext,
+    ) -> Result<BatchNormGrads<CudaTensor<E>>> {
+        Ok(ops::batch_norm::backward(&self.device, grad_y, context)?)
+    }
+
+    fn update_running_stats(
+        &self,
+        running: &RunningStats<CudaTensor<E>>,
+        batch: &BatchStats<CudaTensor<E>>,
+        params: BatchNormParams,
+    ) -> Result<RunningStats<CudaTensor<E>>> {
+        Ok(ops::batch_norm::update_running_stats(
+            &self.device,
+            running,
+            batch,
+            params,
+        )?)
+    }
+
+    fn avg_pool2d_forward(&self, x: &CudaTensor<E>, params: Pool2dParams) -> Result<CudaTensor<E>> {
+        Ok(ops::pool::avg_forward(&self.device, x, params)?)
+    }
+
+    fn avg_pool2d_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        input_shape: &[usize],
+        params: Pool2dParams,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::pool::avg_backward(
+            &self.device,
+            grad_y,
+            input_shape,
+            params,
+        )?)
+    }
+
+    fn max_pool2d_forward(
+        &self,
+        x: &CudaTensor<E>,
+        params: Pool2dParams,
+    ) -> Result<(CudaTensor<E>, Self::MaxPoolContext)> {
+        Ok(ops::pool::max_forward(&self.device, x, params)?)
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        context: &Self::MaxPoolContext,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::pool::max_backward(&self.device, grad_y, context)?)
+    }
+
+    fn linear_forward(
+        &self,
+        x: &CudaTensor<E>,
+        weight: &CudaTensor<E>,
+        bias: Option<&CudaTensor<E>>,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::linear::forward(&self.device, x, weight, bias)?)
+    }
+
+    fn linear_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        x: &CudaTensor<E>,
+        weight: &CudaTensor<E>,
+        has_bias: bool,
+    ) -> Result<LinearGrads<CudaTensor<E>>> {
+        Ok(ops::linear::backward(
+            &self.device,
+            grad_y,
+            x,
+            weight,
+            has_bias,
+        )?)
+    }
+
+    fn batched_matmul(
+        &self,
+        a: &CudaTensor<E>,
+        b: &CudaTensor<E>,
+        transpose_a: bool,
+        transpose_b: bool,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::linear::batched_matmul(
+            &self.device,
+            a,
+            b,
+            transpose_a,
+            transpose_b,
+        )?)
+    }
+
+    fn cross_entropy_forward(
+        &self,
+        logits: &CudaTensor<E>,
+        labels: &[usize],
+    ) -> Result<(E, Self::CrossEntropyContext)> {
+        Ok(ops::loss::cross_entropy_forward(
+            &self.device,
+            logits,
+            labels,
+        )?)
+    }
+
+    fn soft_cross_entropy_forward(
+        &self,
+        logits: &CudaTensor<E>,
+        targets: &CudaTensor<E>,
+    ) -> Result<(E, Self::CrossEntropyContext)> {
+        Ok(ops::loss::soft_cross_entropy_forward(
+            &self.device,
+            logits,
+            targets,
+        )?)
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        context: &Self::CrossEntropyContext,
+        grad_loss: E,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::loss::backward(&self.device, context, grad_loss)?)
+    }
+
+    fn sgd_step(
+        &self,
+        param: &CudaTensor<E>,
+        grad: &CudaTensor<E>,
+        momentum_buffer: Option<&CudaTensor<E>>,
+        params: SgdParams,
+    ) -> Result<(CudaTensor<E>, CudaTensor<E>)> {
+        Ok(ops::optim::sgd_step(
+            &self.device,
+            param,
+            grad,
+            momentum_buffer,
+            params,
+        )?)
+    }
+
+    fn adamw_step(
+        &self,
+        param: &CudaTensor<E>,
+        grad: &CudaTensor<E>,
+        first_moment: &CudaTensor<E>,
+        second_moment: &CudaTensor<E>,
+        params: AdamWParams,
+        step: u64,
+    ) -> Result<AdamWState<CudaTensor<E>>> {
+        Ok(ops::optim::adamw_step(
+            &self.device,
+            param,
+            grad,
+            first_moment,
+            second_moment,
+            params,
+            step,
+        )?)
+    }
+}

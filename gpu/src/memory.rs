@@ -1,0 +1,111 @@
+//! Device memory: every tensor's buffer is a [`DeviceBuffer`] whose bytes are counted while it
+//! lives, so a training step's live and peak device bytes are known exactly (the GPU twin of
+//! `revsnn_reference::memory`).
+//!
+//! Caching: buffers come from the device's stream-ordered memory pool (`cuMemAllocAsync`), whose
+//! release threshold [`crate::GpuDevice::open`] raises to "never", so a freed block goes back to
+//! the pool and is reused by the next allocation of the step without a driver round trip. The
+//! counters here count the bytes of live tensors (PyTorch's `max_memory_allocated`); the pool's
+//! own high-water mark, which includes fragmentation, is [`crate::GpuDevice::pool_reserved_high`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cudarc::driver::{CudaSlice, DeviceRepr};
+
+/// Live and peak bytes of the device buffers of one device.
+#[derive(Debug, Default)]
+pub struct MemoryAccounting {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// A snapshot of [`MemoryAccounting`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMemoryStats {
+    /// Bytes held by live buffers now.
+    pub live_bytes: usize,
+    /// The most bytes held at once since the device opened or [`MemoryAccounting::reset_peak`].
+    pub peak_bytes: usize,
+}
+
+impl MemoryAccounting {
+    fn allocated(&self, bytes: usize) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+
+    fn released(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// The current counters.
+    pub fn stats(&self) -> DeviceMemoryStats {
+        DeviceMemoryStats {
+            live_bytes: self.live.load(Ordering::Relaxed),
+            peak_bytes: self.peak.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets the peak to the live bytes and returns the counters from before.
+    pub fn reset_peak(&self) -> DeviceMemoryStats {
+        let before = self.stats();
+        self.peak.store(before.live_bytes, Ordering::Relaxed);
+        before
+    }
+}
+
+/// A device allocation of `len` elements of `T`, counted in its device's [`MemoryAccounting`]
+/// from creation to drop.
+pub struct DeviceBuffer<T> {
+    slice: CudaSlice<T>,
+    accounting: Arc<MemoryAccounting>,
+}
+
+impl<T: DeviceRepr> DeviceBuffer<T> {
+    /// Takes ownership of `slice` and counts its bytes.
+    pub(crate) fn counted(slice: CudaSlice<T>, accounting: &Arc<MemoryAccounting>) -> Self {
+        accounting.allocated(slice.num_bytes());
+        DeviceBuffer {
+            slice,
+            accounting: accounting.clone(),
+        }
+    }
+
+    /// The elements, for reading in a kernel launch.
+    pub fn slice(&self) -> &CudaSlice<T> {
+        &self.slice
+    }
+
+    /// The elements, for writing in a kernel launch.
+    pub fn slice_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.slice
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+
+    /// Whether the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+}
+
+impl<T> Drop for DeviceBuffer<T> {
+    fn drop(&mut self) {
+        self.accounting.released(self.slice.num_bytes());
+    }
+}
+
+impl<T> std::fmt::Debug for DeviceBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceBuffer<{}>[{}]",
+            std::any::type_name::<T>(),
+            self.slice.len()
+        )
+    }
+}

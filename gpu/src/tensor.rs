@@ -1,0 +1,78 @@
+//! [`CudaTensor`]: a shape over a shared, immutable device buffer, the CUDA backend's twin of
+//! `revsnn_reference::CpuTensor`. `clone` and [`CudaTensor::reshaped`] share the buffer; every op
+//! writes a fresh buffer, so a context may keep a tensor its caller keeps too at no cost.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+
+use crate::error::GpuError;
+use crate::memory::DeviceBuffer;
+use crate::ops::GpuElement;
+
+/// A dense row-major tensor on the device.
+#[derive(Clone)]
+pub struct CudaTensor<E> {
+    buffer: Arc<DeviceBuffer<E>>,
+    shape: Vec<usize>,
+}
+
+impl<E: GpuElement> CudaTensor<E> {
+    /// `buffer` under `shape`; the element counts must agree.
+    pub fn new(buffer: DeviceBuffer<E>, shape: &[usize]) -> Result<Self, GpuError> {
+        check_len("tensor", shape, buffer.len())?;
+        Ok(CudaTensor {
+            buffer: Arc::new(buffer),
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// The same elements under another shape of equal size (no copy).
+    pub fn reshaped(&self, shape: &[usize]) -> Result<Self, GpuError> {
+        check_len("reshape", shape, self.len())?;
+        Ok(CudaTensor {
+            buffer: self.buffer.clone(),
+            shape: shape.to_vec(),
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    /// The elements, for a kernel launch.
+    pub fn slice(&self) -> &CudaSlice<E> {
+        self.buffer.slice()
+    }
+}
+
+fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<(), GpuError> {
+    let elements: usize = shape.iter().product();
+    if elements != len {
+        return Err(GpuError::Shape {
+            op,
+            detail: format!("{len} elements cannot have shape {shape:?}"),
+        });
+    }
+    Ok(())
+}
+
+impl<E> std::fmt::Debug for CudaTensor<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaTensor<{}>{:?}",
+            std::any::type_name::<E>(),
+            self.shape
+        )
+    }
+}
