@@ -1,0 +1,157 @@
+//! The CUDA backend's heavy ops, forward and backward, at the shapes of a batch-64, T = 4 training
+//! step (SPEC.md 4.1-4.5: T·B = 256 images per layer), f32, through the `Backend` trait exactly as
+//! the models call them: where a training step spends its GPU time, op by op.
+//!
+//! Without a GPU it prints `SKIP: no CUDA device` and measures nothing.
+
+use std::time::Instant;
+
+use criterion::{
+    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
+use revsnn_gpu::Cuda;
+use revsnn_gpu::testing::backend_or_skip;
+use revsnn_reference::testing::SplitMix64;
+use revsnn_reference::{AdamWParams, Backend, BatchNormParams, Conv2dParams, Pool2dParams};
+
+/// T·B of a batch-64, T = 4 step.
+const IMAGES: usize = 256;
+
+type Gpu = Cuda<f32>;
+
+fn random(gpu: &Gpu, shape: &[usize], seed: u64, spikes: bool) -> <Gpu as Backend>::Tensor {
+    let mut rng = SplitMix64::new(seed);
+    let len = shape.iter().product();
+    let values = rng
+        .normal_vec(len, 1.0)
+        .into_iter()
+        .map(|v| if spikes { f32::from(v > 0.8) } else { v as f32 })
+        .collect();
+    gpu.tensor_from_vec(shape, values).unwrap()
+}
+
+/// Times `op` (which queues kernels) with a synchronisation before the clock stops.
+fn bench(group: &mut BenchmarkGroup<'_, WallTime>, gpu: &Gpu, name: &str, mut op: impl FnMut()) {
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            gpu.synchronize().unwrap();
+            let start = Instant::now();
+            for _ in 0..iters {
+                op();
+            }
+            gpu.synchronize().unwrap();
+            start.elapsed()
+        })
+    });
+}
+
+fn gpu_ops(c: &mut Criterion) {
+    let Some(gpu) = backend_or_skip::<f32>("gpu_ops bench") else {
+        return;
+    };
+    let mut group = c.benchmark_group("gpu_ops_b64_t4_f32");
+
+    // (name, input [N, C, H, W] of spikes, C_out, kernel, stride, padding)
+    let convs = [
+        ("conv3x3_64to64_32x32", [IMAGES, 64, 32, 32], 64, 3, 1, 1),
+        (
+            "conv3x3_128to128_16x16",
+            [IMAGES, 128, 16, 16],
+            128,
+            3,
+            1,
+            1,
+        ),
+        (
+            "conv3x3_192to384_16x16",
+            [IMAGES, 192, 16, 16],
+            384,
+            3,
+            1,
+            1,
+        ),
+        (
+            "conv3x3s2_128to256_16x16",
+            [IMAGES, 128, 16, 16],
+            256,
+            3,
+            2,
+            1,
+        ),
+        ("conv1x1_384to1536_8x8", [IMAGES, 384, 8, 8], 1536, 1, 1, 0),
+    ];
+    for (seed, (name, shape, out, kernel, stride, padding)) in convs.into_iter().enumerate() {
+        let x = random(&gpu, &shape, seed as u64, true);
+        let w = random(
+            &gpu,
+            &[out, shape[1], kernel, kernel],
+            100 + seed as u64,
+            false,
+        );
+        let params = Conv2dParams::new(stride, padding);
+        let (y, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
+        let grad_y = random(&gpu, &gpu.shape(&y), 200 + seed as u64, false);
+        bench(&mut group, &gpu, &format!("{name}_forward"), || {
+            gpu.conv2d_forward(&x, &w, None, params).unwrap();
+        });
+        bench(&mut group, &gpu, &format!("{name}_backward"), || {
+            gpu.conv2d_backward(&grad_y, &context).unwrap();
+        });
+    }
+
+    let x = random(&gpu, &[IMAGES, 64, 32, 32], 7, false);
+    let (gamma, beta) = (random(&gpu, &[64], 8, false), random(&gpu, &[64], 9, false));
+    let bn = BatchNormParams::default();
+    let (_, _, context) = gpu.batch_norm_train_forward(&x, &gamma, &beta, bn).unwrap();
+    bench(
+        &mut group,
+        &gpu,
+        "batch_norm_64ch_32x32_train_forward",
+        || {
+            gpu.batch_norm_train_forward(&x, &gamma, &beta, bn).unwrap();
+        },
+    );
+    bench(&mut group, &gpu, "batch_norm_64ch_32x32_backward", || {
+        gpu.batch_norm_backward(&x, &context).unwrap();
+    });
+
+    let pooled = random(&gpu, &[IMAGES, 192, 16, 16], 10, true);
+    let (y, context) = gpu
+        .max_pool2d_forward(&pooled, Pool2dParams::K3_S2_P1)
+        .unwrap();
+    let grad_y = random(&gpu, &gpu.shape(&y), 11, false);
+    bench(&mut group, &gpu, "max_pool_192ch_16x16_forward", || {
+        gpu.max_pool2d_forward(&pooled, Pool2dParams::K3_S2_P1)
+            .unwrap();
+    });
+    bench(&mut group, &gpu, "max_pool_192ch_16x16_backward", || {
+        gpu.max_pool2d_backward(&grad_y, &context).unwrap();
+    });
+
+    // spiking self-attention of RevSFormer-4-384: 12 heads of 32 over 64 tokens
+    let q = random(&gpu, &[IMAGES, 12, 64, 32], 12, true);
+    let k = random(&gpu, &[IMAGES, 12, 64, 32], 13, true);
+    bench(&mut group, &gpu, "attention_q_kt_12x64x32", || {
+        gpu.batched_matmul(&q, &k, false, true).unwrap();
+    });
+
+    // one AdamW step over RevSResNet37's 23.6M parameters as one tensor
+    let params = random(&gpu, &[23_590_884], 14, false);
+    let grad = random(&gpu, &[23_590_884], 15, false);
+    let moment = gpu.zeros(&[23_590_884]).unwrap();
+    bench(&mut group, &gpu, "adamw_step_23.6M", || {
+        gpu.adamw_step(
+            &params,
+            &grad,
+            &moment,
+            &moment,
+            AdamWParams::new(5e-4, 0.06),
+            1,
+        )
+        .unwrap();
+    });
+    group.finish();
+}
+
+criterion_group!(benches, gpu_ops);
+criterion_main!(benches);
