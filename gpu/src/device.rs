@@ -73,7 +73,7 @@ impl GpuDevice {
     pub unsafe fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<DeviceBuffer<T>, GpuError> {
         // SAFETY: guaranteed by the caller.
         let slice = unsafe { self.stream.alloc::<T>(len) }
-            .map_err(GpuError::driver("allocating device memory"))?;
+            .map_err(|e| self.allocation_error::<T>(len, e))?;
         Ok(DeviceBuffer::counted(slice, &self.accounting))
     }
 
@@ -85,7 +85,7 @@ impl GpuDevice {
         let slice = self
             .stream
             .alloc_zeros::<T>(len)
-            .map_err(GpuError::driver("allocating device memory"))?;
+            .map_err(|e| self.allocation_error::<T>(len, e))?;
         Ok(DeviceBuffer::counted(slice, &self.accounting))
     }
 
@@ -94,7 +94,7 @@ impl GpuDevice {
         let slice = self
             .stream
             .clone_htod(data)
-            .map_err(GpuError::driver("copying to the device"))?;
+            .map_err(|e| self.allocation_error::<T>(data.len(), e))?;
         Ok(DeviceBuffer::counted(slice, &self.accounting))
     }
 
@@ -103,6 +103,20 @@ impl GpuDevice {
         self.stream
             .clone_dtoh(buffer.slice())
             .map_err(GpuError::driver("copying from the device"))
+    }
+
+    /// An out-of-memory failure as [`GpuError::OutOfMemory`] with the sizes involved; any other
+    /// failure as the driver's error.
+    fn allocation_error<T>(&self, len: usize, error: cudarc::driver::DriverError) -> GpuError {
+        if error.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+            GpuError::OutOfMemory {
+                requested_bytes: len * std::mem::size_of::<T>(),
+                live_bytes: self.accounting.stats().live_bytes,
+                total_bytes: self.info.total_memory_bytes,
+            }
+        } else {
+            GpuError::driver("allocating device memory")(error)
+        }
     }
 
     /// Live and peak bytes of this device's buffers.

@@ -28,6 +28,17 @@ pub enum GpuError {
         target: String,
         log: String,
     },
+    /// The device has no room for an allocation.
+    #[error(
+        "out of GPU memory: {requested_bytes} more bytes requested with {live_bytes} in live \
+         tensors on a {total_bytes}-byte device; use a smaller --batch, fewer time steps, or a \
+         reversible model (it keeps no activations for the backward)"
+    )]
+    OutOfMemory {
+        requested_bytes: usize,
+        live_bytes: usize,
+        total_bytes: usize,
+    },
     /// A cuBLAS call failed.
     #[error("cuBLAS error during {during}: {detail}")]
     Blas {
@@ -56,5 +67,40 @@ impl From<GpuError> for revsnn_reference::OpError {
                 detail: other.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_says_what_to_do_and_becomes_a_device_error() {
+        let error = GpuError::OutOfMemory {
+            requested_bytes: 1 << 30,
+            live_bytes: 3 << 30,
+            total_bytes: 4 << 30,
+        };
+        let message = error.to_string();
+        assert!(message.contains("out of GPU memory") && message.contains("--batch"));
+        match revsnn_reference::OpError::from(error) {
+            revsnn_reference::OpError::Device { backend, detail } => {
+                assert_eq!(backend, "cuda");
+                assert_eq!(detail, message);
+            }
+            other => panic!("expected a device error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shape_errors_stay_shape_errors() {
+        let error = GpuError::Shape {
+            op: "conv2d",
+            detail: "bad".into(),
+        };
+        assert_eq!(
+            revsnn_reference::OpError::from(error),
+            revsnn_reference::OpError::shape("conv2d", "bad")
+        );
     }
 }
