@@ -119,6 +119,27 @@ impl GpuDevice {
         }
     }
 
+    /// Lets cuBLAS run `f32` GEMMs (every convolution and matmul) on TF32 tensor cores: inputs
+    /// rounded to a 10-bit mantissa, about 1e-3 relative error instead of 1e-6, several times
+    /// the throughput. Off by default, so results stay in the tolerance classes of DESIGN.md;
+    /// PyTorch's default for convolutions is on (`torch.backends.cudnn.allow_tf32`), which
+    /// matters when comparing speed. `f64` GEMMs are unaffected.
+    pub fn allow_tf32(&self, allowed: bool) -> Result<(), GpuError> {
+        let blas = self.blas()?;
+        let mode = if allowed {
+            cudarc::cublas::sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cudarc::cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: the handle is live for as long as `self`.
+        unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), mode) }
+            .result()
+            .map_err(|e| GpuError::Blas {
+                during: "setting the cuBLAS math mode",
+                detail: e.to_string(),
+            })
+    }
+
     /// Live and peak bytes of this device's buffers.
     pub fn memory(&self) -> DeviceMemoryStats {
         self.accounting.stats()
