@@ -71,10 +71,10 @@ impl GpuDevice {
     /// # Safety
     /// The caller writes every element before any is read.
     pub unsafe fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<DeviceBuffer<T>, GpuError> {
-        // SAFETY: guaranteed by the caller.
-        let slice = unsafe { self.stream.alloc::<T>(len) }
+        // SAFETY: guaranteed by the caller (an empty buffer's one element is never read).
+        let slice = unsafe { self.stream.alloc::<T>(len.max(1)) }
             .map_err(|e| self.allocation_error::<T>(len, e))?;
-        Ok(DeviceBuffer::counted(slice, &self.accounting))
+        Ok(DeviceBuffer::counted(slice, len, &self.accounting))
     }
 
     /// A counted buffer of `len` zeros.
@@ -84,22 +84,28 @@ impl GpuDevice {
     ) -> Result<DeviceBuffer<T>, GpuError> {
         let slice = self
             .stream
-            .alloc_zeros::<T>(len)
+            .alloc_zeros::<T>(len.max(1))
             .map_err(|e| self.allocation_error::<T>(len, e))?;
-        Ok(DeviceBuffer::counted(slice, &self.accounting))
+        Ok(DeviceBuffer::counted(slice, len, &self.accounting))
     }
 
     /// A counted copy of `data` on the device.
     pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<DeviceBuffer<T>, GpuError> {
-        let slice = self
-            .stream
-            .clone_htod(data)
-            .map_err(|e| self.allocation_error::<T>(data.len(), e))?;
-        Ok(DeviceBuffer::counted(slice, &self.accounting))
+        // SAFETY: every element is written by the copy below (an empty buffer's is never read).
+        let mut buffer = unsafe { self.alloc::<T>(data.len()) }?;
+        if !data.is_empty() {
+            self.stream
+                .memcpy_htod(data, buffer.slice_mut())
+                .map_err(GpuError::driver("copying to the device"))?;
+        }
+        Ok(buffer)
     }
 
     /// The elements of `buffer`, copied to the host (waits for the stream).
     pub fn download<T: DeviceRepr>(&self, buffer: &DeviceBuffer<T>) -> Result<Vec<T>, GpuError> {
+        if buffer.is_empty() {
+            return Ok(Vec::new());
+        }
         self.stream
             .clone_dtoh(buffer.slice())
             .map_err(GpuError::driver("copying from the device"))

@@ -56,18 +56,27 @@ impl MemoryAccounting {
 }
 
 /// A device allocation of `len` elements of `T`, counted in its device's [`MemoryAccounting`]
-/// from creation to drop.
+/// from creation to drop. An empty buffer holds one unused element, since the driver allocates no
+/// zero-byte blocks; kernels are never launched over it (ops return early on empty tensors).
 pub struct DeviceBuffer<T> {
     slice: CudaSlice<T>,
+    len: usize,
     accounting: Arc<MemoryAccounting>,
 }
 
 impl<T: DeviceRepr> DeviceBuffer<T> {
-    /// Takes ownership of `slice` and counts its bytes.
-    pub(crate) fn counted(slice: CudaSlice<T>, accounting: &Arc<MemoryAccounting>) -> Self {
-        accounting.allocated(slice.num_bytes());
+    /// Takes ownership of `slice`, which holds `len` elements (or one unused element when `len`
+    /// is 0), and counts the `len` elements' bytes.
+    pub(crate) fn counted(
+        slice: CudaSlice<T>,
+        len: usize,
+        accounting: &Arc<MemoryAccounting>,
+    ) -> Self {
+        debug_assert_eq!(slice.len(), len.max(1));
+        accounting.allocated(len * std::mem::size_of::<T>());
         DeviceBuffer {
             slice,
+            len,
             accounting: accounting.clone(),
         }
     }
@@ -84,18 +93,19 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
 
     /// The number of elements.
     pub fn len(&self) -> usize {
-        self.slice.len()
+        self.len
     }
 
     /// Whether the buffer holds no element.
     pub fn is_empty(&self) -> bool {
-        self.slice.len() == 0
+        self.len == 0
     }
 }
 
 impl<T> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
-        self.accounting.released(self.slice.num_bytes());
+        self.accounting
+            .released(self.len * std::mem::size_of::<T>());
     }
 }
 
@@ -105,7 +115,7 @@ impl<T> std::fmt::Debug for DeviceBuffer<T> {
             f,
             "DeviceBuffer<{}>[{}]",
             std::any::type_name::<T>(),
-            self.slice.len()
+            self.len
         )
     }
 }
