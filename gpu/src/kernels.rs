@@ -23,5 +23,25 @@ pub const NEURON: KernelSource = KernelSource {
     ],
 };
 
+/// `gpu/kernels/conv.cu`: im2col and the col2im gather of the convolutions (SPEC.md 4.0).
+pub const CONV: KernelSource = KernelSource {
+    file: "conv.cu",
+    source: include_str!("../kernels/conv.cu"),
+    functions: &["im2col_f32", "im2col_f64", "col2im_f32", "col2im_f64"],
+};
+
+/// `gpu/kernels/linear.cu`: the bias broadcast and bias-gradient reduction of the linear layers
+/// and convolutions (SPEC.md 4.0).
+pub const LINEAR: KernelSource = KernelSource {
+    file: "linear.cu",
+    source: include_str!("../kernels/linear.cu"),
+    functions: &[
+        "bias_fill_f32",
+        "bias_fill_f64",
+        "bias_grad_f32",
+        "bias_grad_f64",
+    ],
+};
+
 /// Every kernel file, for the NVRTC compile check.
-pub const ALL: &[KernelSource] = &[NEURON];
+pub const ALL: &[KernelSource] = &[NEURON, CONV, LINEAR];

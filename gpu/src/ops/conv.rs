@@ -1,14 +1,64 @@
-//! 2-D convolution on the GPU; twin of `revsnn_reference::ops::conv`, kernels in
-//! `gpu/kernels/conv.cu`.
+//! 2-D convolution on the GPU as im2col + cuBLAS GEMM (SPEC.md 1 and 4.0); twin of
+//! `revsnn_reference::ops::conv`, kernels in `gpu/kernels/conv.cu` (im2col, col2im) and
+//! `gpu/kernels/linear.cu` (bias).
+//!
+//! With `K = C_in k_h k_w` and `P = H_out W_out`, a chunk of `B` images is unfolded into columns
+//! laid out `[K, B, P]` (row `(c, i, j)`, column `(n, p, q)`), so that both one GEMM per image and
+//! one GEMM over all `B P` columns read them without a copy:
+//!
+//! ```text
+//! cols       = im2col(x_pad[chunk])          [K, B P]   cols[(c, i, j), (n, p, q)] = x_pad[n, c, s p + i, s q + j]
+//! y[n]       = W cols[:, n, :] (+ b)          [C_out, P] per image, one strided batched GEMM, W = weight as [C_out, K]
+//! dy_t       = dy[chunk] as [C_out, B P]      (the 1x1 im2col of dy: a transpose)
+//! dW        += dy_t cols^T                    [C_out, K] one GEMM over the chunk's B P columns
+//! dcols      = W^T dy_t                       [K, B P]   one GEMM, written over cols
+//! dx[chunk]  = col2im(dcols)                  a gather: each input element sums its entries, (i, j) in order
+//! db[o]      = sum_{n, p} dy[n, o, p]         a fixed-order reduction kernel
+//! ```
+//!
+//! A 1x1, stride-1, unpadded convolution needs no im2col for its forward and input gradient:
+//! `x[n]` viewed as `[C_in, P]` is its columns, so `y = W x[n]` and `dx[n] = W^T dy[n]` are single
+//! strided batched GEMMs over the whole batch. Its weight gradient still goes through the chunked
+//! path (there the 1x1 im2col transposes `x` to `[C_in, B P]`, so `dW` is one GEMM per chunk).
+//!
+//! **Workspace.** The columns of a big batch are large (256 images of a 3x3 convolution over 64
+//! channels at 32x32: 256 x 576 x 1024 floats, 600 MB), so the batch is processed in chunks of as
+//! many images as keep the workspace (`cols` in the forward, `cols` and `dy_t` in the backward)
+//! within [`WORKSPACE_BYTES`], and never fewer than one image (a single image over the bound gets
+//! a workspace of its own size). The chunk size is a function of the shapes alone, so the results
+//! are the same bits whatever the batch's history; the workspace is freed (back to the caching
+//! pool, stream-ordered) before the op returns, and counted in the device's peak while it lives.
+//!
+//! **Determinism.** cuBLAS on the device's one stream with its default math (no atomics, no TF32)
+//! gives the same bits run to run on one GPU; `dW` accumulates the chunks in order (`beta = 1`
+//! from the second chunk on); col2im gathers instead of scattering, so no float atomics anywhere.
+//!
+//! **cuDNN.** The issue asks to measure cuDNN's deterministic algorithms (`cudnnConvolution*` with
+//! the algorithms flagged `CUDNN_DETERMINISTIC`, e.g. `IMPLICIT_PRECOMP_GEMM` forward and
+//! `ALGO_1` backward) against this im2col + cuBLAS path (and an implicit GEMM) on the models'
+//! shapes and keep the faster. That measurement needs a GPU, so only this path exists for now;
+//! cuDNN would slot in behind the same `forward` / `backward` signatures.
 
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use revsnn_reference::{Conv2dGrads, Conv2dParams};
 
-use super::GpuElement;
+use super::linear::{Operand, RowMajorGemm, bias_gradient, fill_bias};
+use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
+use crate::kernels::CONV;
 use crate::tensor::CudaTensor;
 
-/// What [`backward`] needs.
+const OP: &str = "conv2d";
+
+/// The most bytes of im2col workspace one call holds (unless a single image needs more): 64 MiB,
+/// e.g. 28 images of a 3x3 convolution over 64 channels at 32x32 in f32 (K P = 589,824 elements
+/// per image), 14 over 128 channels. Big enough that each chunk's GEMMs fill the GPU, small next
+/// to the activations a training step keeps.
+pub const WORKSPACE_BYTES: usize = 64 << 20;
+
+/// What [`backward`] needs: the input and weight (shared with the caller, not copied), whether
+/// there was a bias, and the geometry.
 #[derive(Debug)]
 pub struct Conv2dContext<E> {
     pub input: CudaTensor<E>,
@@ -17,7 +67,348 @@ pub struct Conv2dContext<E> {
     pub params: Conv2dParams,
 }
 
-/// `y[n, o] = bias[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride y + i, stride x + j]`.
+/// The sizes of one convolution, checked as the reference checks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+    h_out: usize,
+    w_out: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self, GpuError> {
+        let reference_error = |e: revsnn_reference::OpError| shape_error(OP, e.to_string());
+        params.validate().map_err(reference_error)?;
+        let (&[n, c_in, h, w], &[c_out, c_w, kh, kw]) = (x, weight) else {
+            return Err(shape_error(
+                OP,
+                format!(
+                    "expected x [N, C_in, H, W] and weight [C_out, C_in, k_h, k_w], got {x:?} and {weight:?}"
+                ),
+            ));
+        };
+        if c_w != c_in {
+            return Err(shape_error(
+                OP,
+                format!("x has {c_in} channels but the weight {weight:?} expects {c_w}"),
+            ));
+        }
+        if c_in == 0 || c_out == 0 || kh == 0 || kw == 0 {
+            return Err(shape_error(
+                OP,
+                format!(
+                    "channels and kernel sizes must be >= 1, got x {x:?} and weight {weight:?}"
+                ),
+            ));
+        }
+        Ok(Geometry {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride: params.stride,
+            padding: params.padding,
+            h_out: params.output_size(h, kh).map_err(reference_error)?,
+            w_out: params.output_size(w, kw).map_err(reference_error)?,
+        })
+    }
+
+    /// `K = C_in k_h k_w`, the inner size of the forward product.
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// `P = H_out W_out`, the output positions of one image.
+    fn p(&self) -> usize {
+        self.h_out * self.w_out
+    }
+
+    /// Elements of one input image.
+    fn in_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    /// Elements of one output image.
+    fn out_len(&self) -> usize {
+        self.c_out * self.p()
+    }
+
+    /// A 1x1, stride-1, unpadded convolution: each image is its own columns.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Images per chunk when each image needs `per_image` workspace elements of `element_bytes`:
+    /// as many as fit in [`WORKSPACE_BYTES`], at least 1, at most `N` (a function of the shapes
+    /// alone).
+    fn chunk(&self, per_image: usize, element_bytes: usize) -> usize {
+        let image_bytes = per_image.saturating_mul(element_bytes).max(1);
+        (WORKSPACE_BYTES / image_bytes).clamp(1, self.n.max(1))
+    }
+
+    /// The im2col of `batch` input images into `[K, batch P]` columns.
+    fn unfold_input(&self, batch: usize) -> Unfold {
+        Unfold {
+            batch,
+            channels: self.c_in,
+            height: self.h,
+            width: self.w,
+            kernel_h: self.kh,
+            kernel_w: self.kw,
+            stride: self.stride,
+            padding: self.padding,
+            out_h: self.h_out,
+            out_w: self.w_out,
+        }
+    }
+
+    /// The transpose of `batch` output gradients `[batch, C_out, P]` into `[C_out, batch P]`: a
+    /// 1x1, stride-1, unpadded im2col.
+    fn unfold_grad_y(&self, batch: usize) -> Unfold {
+        Unfold {
+            batch,
+            channels: self.c_out,
+            height: self.h_out,
+            width: self.w_out,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride: 1,
+            padding: 0,
+            out_h: self.h_out,
+            out_w: self.w_out,
+        }
+    }
+
+    /// `y[n] = W cols[:, n, :]` for `batch` images, `W [C_out, K]` shared by all, the columns
+    /// `[K, batch P]` (or, `direct`, the input images `[batch, C_in, P]` themselves), into
+    /// `y [batch, C_out, P]`; `accumulate` adds onto the bias already there.
+    fn forward_gemm(&self, batch: usize, direct: bool, accumulate: bool) -> RowMajorGemm {
+        let (p, k) = (self.p(), self.k());
+        let columns = if direct {
+            Operand {
+                transposed: false,
+                ld: p,
+                stride: k * p,
+            }
+        } else {
+            Operand {
+                transposed: false,
+                ld: batch * p,
+                stride: p,
+            }
+        };
+        RowMajorGemm {
+            m: self.c_out,
+            n: p,
+            k,
+            batch,
+            a: Operand {
+                transposed: false,
+                ld: k,
+                stride: 0,
+            },
+            b: columns,
+            c_ld: p,
+            c_stride: self.out_len(),
+            accumulate,
+        }
+    }
+
+    /// `dW [C_out, K] (+)= dy_t [C_out, batch P] cols^T`, `cols [K, batch P]`.
+    fn weight_grad_gemm(&self, batch: usize, accumulate: bool) -> RowMajorGemm {
+        let columns = batch * self.p();
+        RowMajorGemm {
+            m: self.c_out,
+            n: self.k(),
+            k: columns,
+            batch: 1,
+            a: Operand {
+                transposed: false,
+                ld: columns,
+                stride: 0,
+            },
+            b: Operand {
+                transposed: true,
+                ld: columns,
+                stride: 0,
+            },
+            c_ld: self.k(),
+            c_stride: 0,
+            accumulate,
+        }
+    }
+
+    /// `dcols [K, batch P] = W^T dy_t`, `W [C_out, K]`, `dy_t [C_out, batch P]`.
+    fn columns_grad_gemm(&self, batch: usize) -> RowMajorGemm {
+        let columns = batch * self.p();
+        RowMajorGemm {
+            m: self.k(),
+            n: columns,
+            k: self.c_out,
+            batch: 1,
+            a: Operand {
+                transposed: true,
+                ld: self.k(),
+                stride: 0,
+            },
+            b: Operand {
+                transposed: false,
+                ld: columns,
+                stride: 0,
+            },
+            c_ld: columns,
+            c_stride: 0,
+            accumulate: false,
+        }
+    }
+
+    /// A 1x1 stride-1 unpadded convolution's `dx[n] = W^T dy[n]` for all `N` images:
+    /// `W [C_out, C_in]`, `dy [N, C_out, P]`, `dx [N, C_in, P]`.
+    fn pointwise_input_grad_gemm(&self) -> RowMajorGemm {
+        let p = self.p();
+        RowMajorGemm {
+            m: self.c_in,
+            n: p,
+            k: self.c_out,
+            batch: self.n,
+            a: Operand {
+                transposed: true,
+                ld: self.c_in,
+                stride: 0,
+            },
+            b: Operand {
+                transposed: false,
+                ld: p,
+                stride: self.out_len(),
+            },
+            c_ld: p,
+            c_stride: self.in_len(),
+            accumulate: false,
+        }
+    }
+}
+
+/// The arguments of `im2col` / `col2im` in conv.cu: images `[batch, channels, height, width]`
+/// and their columns `[channels kernel_h kernel_w, batch out_h out_w]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Unfold {
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    kernel_h: usize,
+    kernel_w: usize,
+    stride: usize,
+    padding: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Unfold {
+    fn image_len(&self) -> usize {
+        self.batch * self.channels * self.height * self.width
+    }
+
+    fn columns_len(&self) -> usize {
+        self.channels * self.kernel_h * self.kernel_w * self.batch * self.out_h * self.out_w
+    }
+
+    /// Launches `kernel` (`im2col` or `col2im`) from `source` into `target` with `elements`
+    /// threads' worth of work.
+    fn launch<E: GpuElement>(
+        &self,
+        device: &GpuDevice,
+        kernel: &str,
+        source: &CudaView<'_, E>,
+        target: &mut CudaViewMut<'_, E>,
+        elements: usize,
+    ) -> Result<(), GpuError> {
+        if elements == 0 {
+            return Ok(());
+        }
+        let int = |what: &str, value: usize| {
+            i32::try_from(value)
+                .map_err(|_| shape_error(OP, format!("{what} = {value} does not fit in 32 bits")))
+        };
+        let (kernel_h, kernel_w) = (int("k_h", self.kernel_h)?, int("k_w", self.kernel_w)?);
+        let (stride, padding) = (int("stride", self.stride)?, int("padding", self.padding)?);
+        let long = |value: usize| value as i64;
+        let (batch, channels) = (long(self.batch), long(self.channels));
+        let (height, width) = (long(self.height), long(self.width));
+        let (out_h, out_w) = (long(self.out_h), long(self.out_w));
+        let function = device.function(&CONV, &format!("{kernel}_{}", E::SUFFIX))?;
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(source)
+            .arg(target)
+            .arg(&batch)
+            .arg(&channels)
+            .arg(&height)
+            .arg(&width)
+            .arg(&kernel_h)
+            .arg(&kernel_w)
+            .arg(&stride)
+            .arg(&padding)
+            .arg(&out_h)
+            .arg(&out_w);
+        // SAFETY: the argument list matches `im2col_<E>` and `col2im_<E>` in conv.cu (which share
+        // it); the callers checked that the images and the columns have `image_len` and
+        // `columns_len` elements.
+        unsafe { launch.launch(elementwise_launch(elements)) }
+            .map_err(GpuError::driver("launching im2col / col2im"))?;
+        Ok(())
+    }
+
+    /// `cols = im2col(images)`.
+    fn im2col<E: GpuElement>(
+        &self,
+        device: &GpuDevice,
+        images: &CudaView<'_, E>,
+        cols: &mut CudaViewMut<'_, E>,
+    ) -> Result<(), GpuError> {
+        self.check(images.len(), cols.len())?;
+        self.launch(device, "im2col", images, cols, self.columns_len())
+    }
+
+    /// `images = col2im(cols)`, each image element the sum of the column entries read from it.
+    fn col2im<E: GpuElement>(
+        &self,
+        device: &GpuDevice,
+        cols: &CudaView<'_, E>,
+        images: &mut CudaViewMut<'_, E>,
+    ) -> Result<(), GpuError> {
+        self.check(images.len(), cols.len())?;
+        self.launch(device, "col2im", cols, images, self.image_len())
+    }
+
+    fn check(&self, images: usize, cols: usize) -> Result<(), GpuError> {
+        if images != self.image_len() || cols != self.columns_len() {
+            return Err(shape_error(
+                OP,
+                format!("internal error: {self:?} given {images} image and {cols} column elements"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `y[n, o, p, q] = bias[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride p + i, stride q + j]`
+/// for `x [N, C_in, H, W]`, `w [C_out, C_in, k_h, k_w]`, `bias [C_out]`, zero padding on every
+/// side; `y [N, C_out, H_out, W_out]` with `H_out = floor((H + 2 padding - k_h) / stride) + 1`
+/// (SPEC.md 1 and 4.0). Errors, as the reference does, on a stride of 0, a kernel larger than the
+/// padded input, a channel mismatch, an empty kernel or channel axis, or a bias that is not
+/// `[C_out]`.
 pub fn forward<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
@@ -25,14 +416,420 @@ pub fn forward<E: GpuElement>(
     bias: Option<&CudaTensor<E>>,
     params: Conv2dParams,
 ) -> Result<(CudaTensor<E>, Conv2dContext<E>), GpuError> {
-    todo!()
+    let g = Geometry::new(x.shape(), weight.shape(), params)?;
+    match bias {
+        Some(b) if b.shape() != [g.c_out] => {
+            return Err(shape_error(
+                OP,
+                format!("bias must be [{}], got {:?}", g.c_out, b.shape()),
+            ));
+        }
+        _ => {}
+    }
+    // SAFETY: the bias fill (when there is one) and the GEMMs of every chunk write every element.
+    let mut y = unsafe { device.alloc::<E>(g.n * g.out_len()) }?;
+    if let Some(b) = bias {
+        fill_bias(device, b.slice(), y.slice_mut(), g.c_out, g.p())?;
+    }
+    let accumulate = bias.is_some();
+    if g.n > 0 {
+        if g.pointwise() {
+            g.forward_gemm(g.n, true, accumulate).run(
+                device,
+                OP,
+                weight.slice(),
+                x.slice(),
+                y.slice_mut(),
+            )?;
+        } else {
+            let columns = g.k() * g.p();
+            let chunk = g.chunk(columns, size_of::<E>());
+            // SAFETY: im2col writes the part of each chunk before its GEMM reads it.
+            let mut cols = unsafe { device.alloc::<E>(chunk * columns) }?;
+            for first in (0..g.n).step_by(chunk) {
+                let batch = chunk.min(g.n - first);
+                let x_chunk = x
+                    .slice()
+                    .slice(first * g.in_len()..(first + batch) * g.in_len());
+                let mut cols_chunk = cols.slice_mut().slice_mut(..batch * columns);
+                g.unfold_input(batch)
+                    .im2col(device, &x_chunk, &mut cols_chunk)?;
+                let mut y_chunk = y
+                    .slice_mut()
+                    .slice_mut(first * g.out_len()..(first + batch) * g.out_len());
+                g.forward_gemm(batch, false, accumulate).run(
+                    device,
+                    OP,
+                    weight.slice(),
+                    &cols_chunk,
+                    &mut y_chunk,
+                )?;
+            }
+        }
+    }
+    let context = Conv2dContext {
+        input: x.clone(),
+        weight: weight.clone(),
+        has_bias: bias.is_some(),
+        params,
+    };
+    Ok((
+        CudaTensor::new(y, &[g.n, g.c_out, g.h_out, g.w_out])?,
+        context,
+    ))
 }
 
-/// Gradients with respect to input, weight and bias.
+/// Gradients of [`forward`] given `dy = dL/dy [N, C_out, H_out, W_out]`:
+/// `dx[n, c, h, w] = sum_{o, i, j, p, q: stride p + i - padding = h, stride q + j - padding = w} w[o, c, i, j] dy[n, o, p, q]`,
+/// `dw[o, c, i, j] = sum_{n, p, q} dy[n, o, p, q] x_pad[n, c, stride p + i, stride q + j]` and
+/// `db[o] = sum_{n, p, q} dy[n, o, p, q]` (present iff the forward had a bias), each the same bits
+/// run to run. Errors when `dy` does not have the forward's output shape.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     grad_y: &CudaTensor<E>,
     context: &Conv2dContext<E>,
 ) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
-    todo!()
+    let g = Geometry::new(
+        context.input.shape(),
+        context.weight.shape(),
+        context.params,
+    )?;
+    let expected = [g.n, g.c_out, g.h_out, g.w_out];
+    if grad_y.shape() != expected {
+        return Err(shape_error(
+            OP,
+            format!(
+                "grad_y must have the output shape {expected:?}, got {:?}",
+                grad_y.shape()
+            ),
+        ));
+    }
+    let (x, weight) = (&context.input, &context.weight);
+    // SAFETY: col2im of every chunk (or the pointwise GEMM) writes every element.
+    let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
+    let mut dw = if g.n == 0 {
+        device.alloc_zeros::<E>(g.c_out * g.k())?
+    } else {
+        // SAFETY: the first chunk's GEMM (beta 0) writes every element.
+        unsafe { device.alloc::<E>(g.c_out * g.k()) }?
+    };
+    if g.n > 0 {
+        let (columns, gradients) = (g.k() * g.p(), g.out_len());
+        let chunk = g.chunk(columns + gradients, size_of::<E>());
+        // SAFETY: im2col writes the part of each chunk before anything reads it.
+        let mut cols = unsafe { device.alloc::<E>(chunk * columns) }?;
+        // SAFETY: as above.
+        let mut dy_t = unsafe { device.alloc::<E>(chunk * gradients) }?;
+        for first in (0..g.n).step_by(chunk) {
+            let batch = chunk.min(g.n - first);
+            let x_chunk = x
+                .slice()
+                .slice(first * g.in_len()..(first + batch) * g.in_len());
+            let dy_chunk = grad_y
+                .slice()
+                .slice(first * gradients..(first + batch) * gradients);
+            let mut cols_chunk = cols.slice_mut().slice_mut(..batch * columns);
+            let mut dy_t_chunk = dy_t.slice_mut().slice_mut(..batch * gradients);
+            g.unfold_input(batch)
+                .im2col(device, &x_chunk, &mut cols_chunk)?;
+            g.unfold_grad_y(batch)
+                .im2col(device, &dy_chunk, &mut dy_t_chunk)?;
+            g.weight_grad_gemm(batch, first > 0).run(
+                device,
+                OP,
+                &dy_t_chunk,
+                &cols_chunk,
+                dw.slice_mut(),
+            )?;
+            if !g.pointwise() {
+                // The columns are consumed: their gradient overwrites them (stream order).
+                g.columns_grad_gemm(batch).run(
+                    device,
+                    OP,
+                    weight.slice(),
+                    &dy_t_chunk,
+                    &mut cols_chunk,
+                )?;
+                let mut dx_chunk = dx
+                    .slice_mut()
+                    .slice_mut(first * g.in_len()..(first + batch) * g.in_len());
+                g.unfold_input(batch)
+                    .col2im(device, &cols_chunk.as_view(), &mut dx_chunk)?;
+            }
+        }
+        if g.pointwise() {
+            g.pointwise_input_grad_gemm().run(
+                device,
+                OP,
+                weight.slice(),
+                grad_y.slice(),
+                dx.slice_mut(),
+            )?;
+        }
+    }
+    let bias = if context.has_bias {
+        let db = bias_gradient(device, grad_y.slice(), g.n, g.c_out, g.p())?;
+        Some(CudaTensor::new(db, &[g.c_out])?)
+    } else {
+        None
+    };
+    Ok(Conv2dGrads {
+        input: CudaTensor::new(dx, &[g.n, g.c_in, g.h, g.w])?,
+        weight: CudaTensor::new(dw, &[g.c_out, g.c_in, g.kh, g.kw])?,
+        bias,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The chunked pipeline's layouts (im2col and col2im as conv.cu indexes them, the GEMM
+    //! descriptors through a host model of cuBLAS) against the CPU reference in f64, for chunk
+    //! sizes 1, 2 and N, without a GPU.
+
+    use super::*;
+    use crate::ops::linear::tests::run_on_host;
+    use revsnn_reference::testing::{SplitMix64, relative_error};
+    use revsnn_reference::{Backend, Cpu};
+
+    /// `im2col` of conv.cu, index for index.
+    fn host_im2col(u: &Unfold, x: &[f64]) -> Vec<f64> {
+        assert_eq!(x.len(), u.image_len());
+        let mut cols = vec![f64::NAN; u.columns_len()];
+        let (stride, padding) = (u.stride as i64, u.padding as i64);
+        for (at, out) in cols.iter_mut().enumerate() {
+            let mut rest = at;
+            let q = rest % u.out_w;
+            rest /= u.out_w;
+            let p = rest % u.out_h;
+            rest /= u.out_h;
+            let n = rest % u.batch;
+            rest /= u.batch;
+            let j = rest % u.kernel_w;
+            rest /= u.kernel_w;
+            let i = rest % u.kernel_h;
+            let c = rest / u.kernel_h;
+            let row = p as i64 * stride + i as i64 - padding;
+            let col = q as i64 * stride + j as i64 - padding;
+            *out = if row >= 0 && row < u.height as i64 && col >= 0 && col < u.width as i64 {
+                x[((n * u.channels + c) * u.height + row as usize) * u.width + col as usize]
+            } else {
+                0.0
+            };
+        }
+        cols
+    }
+
+    /// `col2im` of conv.cu, index for index.
+    fn host_col2im(u: &Unfold, dcols: &[f64]) -> Vec<f64> {
+        assert_eq!(dcols.len(), u.columns_len());
+        let mut dx = vec![f64::NAN; u.image_len()];
+        let (stride, padding) = (u.stride as i64, u.padding as i64);
+        for (at, out) in dx.iter_mut().enumerate() {
+            let mut rest = at;
+            let w = rest % u.width;
+            rest /= u.width;
+            let h = rest % u.height;
+            rest /= u.height;
+            let c = rest % u.channels;
+            let n = rest / u.channels;
+            let mut sum = 0.0;
+            for i in 0..u.kernel_h {
+                let row = h as i64 + padding - i as i64;
+                if row < 0 || row % stride != 0 || row / stride >= u.out_h as i64 {
+                    continue;
+                }
+                let p = (row / stride) as usize;
+                for j in 0..u.kernel_w {
+                    let col = w as i64 + padding - j as i64;
+                    if col < 0 || col % stride != 0 || col / stride >= u.out_w as i64 {
+                        continue;
+                    }
+                    let q = (col / stride) as usize;
+                    let k = (c * u.kernel_h + i) * u.kernel_w + j;
+                    sum += dcols[((k * u.batch + n) * u.out_h + p) * u.out_w + q];
+                }
+            }
+            *out = sum;
+        }
+        dx
+    }
+
+    /// [`forward`]'s steps on the host with `chunk` images per chunk.
+    fn host_forward(
+        g: &Geometry,
+        x: &[f64],
+        w: &[f64],
+        bias: Option<&[f64]>,
+        chunk: usize,
+    ) -> Vec<f64> {
+        let mut y: Vec<f64> = match bias {
+            Some(b) => (0..g.n * g.out_len())
+                .map(|i| b[(i / g.p()) % g.c_out])
+                .collect(),
+            None => vec![f64::NAN; g.n * g.out_len()],
+        };
+        if g.pointwise() {
+            run_on_host(&g.forward_gemm(g.n, true, bias.is_some()), w, x, &mut y);
+            return y;
+        }
+        for first in (0..g.n).step_by(chunk) {
+            let batch = chunk.min(g.n - first);
+            let cols = host_im2col(
+                &g.unfold_input(batch),
+                &x[first * g.in_len()..(first + batch) * g.in_len()],
+            );
+            run_on_host(
+                &g.forward_gemm(batch, false, bias.is_some()),
+                w,
+                &cols,
+                &mut y[first * g.out_len()..(first + batch) * g.out_len()],
+            );
+        }
+        y
+    }
+
+    /// [`backward`]'s steps on the host (without the bias) with `chunk` images per chunk.
+    fn host_backward(
+        g: &Geometry,
+        x: &[f64],
+        w: &[f64],
+        dy: &[f64],
+        chunk: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut dx = vec![f64::NAN; g.n * g.in_len()];
+        let mut dw = vec![f64::NAN; g.c_out * g.k()];
+        for first in (0..g.n).step_by(chunk) {
+            let batch = chunk.min(g.n - first);
+            let mut cols = host_im2col(
+                &g.unfold_input(batch),
+                &x[first * g.in_len()..(first + batch) * g.in_len()],
+            );
+            let dy_t = host_im2col(
+                &g.unfold_grad_y(batch),
+                &dy[first * g.out_len()..(first + batch) * g.out_len()],
+            );
+            run_on_host(&g.weight_grad_gemm(batch, first > 0), &dy_t, &cols, &mut dw);
+            if !g.pointwise() {
+                run_on_host(&g.columns_grad_gemm(batch), w, &dy_t, &mut cols);
+                dx[first * g.in_len()..(first + batch) * g.in_len()]
+                    .copy_from_slice(&host_col2im(&g.unfold_input(batch), &cols));
+            }
+        }
+        if g.pointwise() {
+            run_on_host(&g.pointwise_input_grad_gemm(), w, dy, &mut dx);
+        }
+        (dx, dw)
+    }
+
+    /// `(x shape, weight shape, stride, padding)` covering 3x3 same, strided, 1x1 direct, 1x1
+    /// strided, rectangular kernels, strides that skip inputs and padding wider than the kernel.
+    const CASES: [([usize; 4], [usize; 4], usize, usize); 7] = [
+        ([3, 2, 5, 6], [4, 2, 3, 3], 1, 1),
+        ([3, 3, 7, 5], [2, 3, 3, 3], 2, 1),
+        ([4, 5, 3, 4], [3, 5, 1, 1], 1, 0),
+        ([3, 2, 5, 5], [3, 2, 1, 1], 2, 0),
+        ([2, 2, 6, 7], [3, 2, 5, 3], 2, 2),
+        ([3, 1, 8, 7], [2, 1, 2, 2], 3, 0),
+        ([2, 2, 3, 3], [2, 2, 2, 2], 1, 3),
+    ];
+
+    #[test]
+    fn the_chunked_pipeline_matches_the_reference() {
+        let cpu = Cpu::<f64>::new();
+        for (case, (xs, ws, stride, padding)) in CASES.into_iter().enumerate() {
+            let params = Conv2dParams::new(stride, padding);
+            let g = Geometry::new(&xs, &ws, params).unwrap();
+            let mut rng = SplitMix64::new(case as u64);
+            let x = rng.normal_vec(xs.iter().product(), 1.0);
+            let w = rng.normal_vec(ws.iter().product(), 1.0);
+            let b = rng.normal_vec(ws[0], 1.0);
+            let dy = rng.normal_vec(g.n * g.out_len(), 1.0);
+
+            let x_cpu = cpu.tensor_from_vec(&xs, x.clone()).unwrap();
+            let w_cpu = cpu.tensor_from_vec(&ws, w.clone()).unwrap();
+            let b_cpu = cpu.tensor_from_vec(&[ws[0]], b.clone()).unwrap();
+            let (y_ref, context) = cpu
+                .conv2d_forward(&x_cpu, &w_cpu, Some(&b_cpu), params)
+                .unwrap();
+            let dy_cpu = cpu.tensor_from_vec(&cpu.shape(&y_ref), dy.clone()).unwrap();
+            let grads = cpu.conv2d_backward(&dy_cpu, &context).unwrap();
+            let (y_ref, dx_ref, dw_ref) = (
+                cpu.to_vec(&y_ref).unwrap(),
+                cpu.to_vec(&grads.input).unwrap(),
+                cpu.to_vec(&grads.weight).unwrap(),
+            );
+            let y_no_bias = cpu
+                .to_vec(&cpu.conv2d_forward(&x_cpu, &w_cpu, None, params).unwrap().0)
+                .unwrap();
+
+            for chunk in [1, 2, g.n] {
+                let y = host_forward(&g, &x, &w, Some(&b), chunk);
+                assert!(
+                    relative_error(&y, &y_ref) < 1e-13,
+                    "case {case} chunk {chunk}: y"
+                );
+                let y = host_forward(&g, &x, &w, None, chunk);
+                assert!(
+                    relative_error(&y, &y_no_bias) < 1e-13,
+                    "case {case} chunk {chunk}: y without bias"
+                );
+                let (dx, dw) = host_backward(&g, &x, &w, &dy, chunk);
+                assert!(
+                    relative_error(&dx, &dx_ref) < 1e-13,
+                    "case {case} chunk {chunk}: dx"
+                );
+                assert!(
+                    relative_error(&dw, &dw_ref) < 1e-13,
+                    "case {case} chunk {chunk}: dw"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn geometry_validates_as_the_reference_does() {
+        let ok =
+            |x: [usize; 4], w: [usize; 4], s, p| Geometry::new(&x, &w, Conv2dParams::new(s, p));
+        assert!(ok([2, 3, 8, 8], [4, 3, 3, 3], 0, 1).is_err(), "stride 0");
+        assert!(
+            ok([2, 3, 2, 2], [4, 3, 3, 3], 1, 0).is_err(),
+            "kernel larger than the input"
+        );
+        assert!(
+            ok([2, 3, 8, 8], [4, 2, 3, 3], 1, 1).is_err(),
+            "channel mismatch"
+        );
+        assert!(ok([2, 0, 8, 8], [4, 0, 3, 3], 1, 1).is_err(), "no channels");
+        assert!(
+            ok([2, 3, 8, 8], [0, 3, 3, 3], 1, 1).is_err(),
+            "no output channels"
+        );
+        assert!(Geometry::new(&[3, 8, 8], &[4, 3, 3, 3], Conv2dParams::new(1, 1)).is_err());
+        let g = ok([2, 3, 8, 7], [4, 3, 3, 3], 2, 1).unwrap();
+        assert_eq!((g.h_out, g.w_out, g.k(), g.p()), (4, 4, 27, 16));
+        assert!(ok([0, 3, 8, 8], [4, 3, 3, 3], 1, 1).unwrap().n == 0);
+        assert!(ok([1, 3, 8, 8], [4, 3, 1, 1], 1, 0).unwrap().pointwise());
+        assert!(!ok([1, 3, 8, 8], [4, 3, 1, 1], 1, 1).unwrap().pointwise());
+    }
+
+    #[test]
+    fn chunks_keep_the_workspace_under_the_bound_with_at_least_one_image() {
+        // the ResNets' 3x3 conv over 64 channels at 32x32: 576 x 1024 columns per image
+        let g =
+            Geometry::new(&[256, 64, 32, 32], &[64, 64, 3, 3], Conv2dParams::new(1, 1)).unwrap();
+        let per_image = g.k() * g.p();
+        let chunk = g.chunk(per_image, 4);
+        assert_eq!(chunk, WORKSPACE_BYTES / (per_image * 4));
+        assert!(
+            chunk * per_image * 4 <= WORKSPACE_BYTES
+                && (chunk + 1) * per_image * 4 > WORKSPACE_BYTES
+        );
+        assert_eq!(g.chunk(per_image, 8), chunk / 2);
+        // a small batch is one chunk; an image over the bound is a chunk of its own
+        let small = Geometry::new(&[3, 2, 5, 5], &[2, 2, 3, 3], Conv2dParams::new(1, 1)).unwrap();
+        assert_eq!(small.chunk(small.k() * small.p(), 8), 3);
+        assert_eq!(g.chunk(WORKSPACE_BYTES, 8), 1);
+        let empty = Geometry::new(&[0, 2, 5, 5], &[2, 2, 3, 3], Conv2dParams::new(1, 1)).unwrap();
+        assert_eq!(empty.chunk(10, 8), 1);
+    }
 }
