@@ -541,7 +541,10 @@ mod tests {
             let (chunks, len) = (layout.chunks, layout.chunk_len);
             assert!((1..=MAX_CHUNKS).contains(&chunks), "{per_channel}");
             assert!(chunks * len >= per_channel, "{per_channel}: not covered");
-            assert!((chunks - 1) * len < per_channel, "{per_channel}: empty chunk");
+            assert!(
+                (chunks - 1) * len < per_channel,
+                "{per_channel}: empty chunk"
+            );
             if per_channel <= CHUNK_ELEMENTS * MAX_CHUNKS {
                 assert!(len <= CHUNK_ELEMENTS, "{per_channel}: chunk of {len}");
             }
