@@ -29,6 +29,13 @@ __device__ __forceinline__ double block_sum(double v, double* buf) {
     return buf[0];
 }
 
+// The channel of element k: (k / inner) % channels, in 32 bits when every index fits (a 64-bit
+// division costs several times a 32-bit one, and the elementwise kernels do one per element).
+__device__ __forceinline__ long long channel_of(long long k, long long inner, long long channels, bool narrow) {
+    if (narrow) return (long long)((unsigned int)k / (unsigned int)inner % (unsigned int)channels);
+    return (k / inner) % channels;
+}
+
 // Pass 1: term(k, c, acc) adds element k's terms (of channel c) to acc[0..SUMS).
 template <int SUMS, typename Term>
 __device__ void partial_sums(Term term, double* partial, long long channels, long long inner,
@@ -142,9 +149,10 @@ template <typename E>
 __device__ void bn_normalise(const E* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
                              const double* __restrict__ inv_std, const E* __restrict__ gamma, const E* __restrict__ beta,
                              long long channels, long long inner, long long total) {
+    const bool narrow = total <= 0xffffffffLL;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
          k += (long long)gridDim.x * blockDim.x) {
-        const long long c = (k / inner) % channels;
+        const long long c = channel_of(k, inner, channels, narrow);
         const double scale = (double)gamma[c] * inv_std[c];
         y[k] = (E)(scale * ((double)x[k] - mean[c]) + (double)beta[c]);
     }
@@ -185,9 +193,10 @@ __device__ void bn_backward_input(const E* __restrict__ x, const E* __restrict__
                                   const E* __restrict__ gamma, const double* __restrict__ sums, long long channels,
                                   long long inner, long long total, long long per_channel, int train) {
     const double count = (double)per_channel;
+    const bool narrow = total <= 0xffffffffLL;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
          k += (long long)gridDim.x * blockDim.x) {
-        const long long c = (k / inner) % channels;
+        const long long c = channel_of(k, inner, channels, narrow);
         const double scale = (double)gamma[c] * inv_std[c];
         const double dy = (double)grad_y[k];
         if (train) {
