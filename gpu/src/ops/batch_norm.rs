@@ -10,7 +10,9 @@
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use revsnn_reference::ops::batch_norm::BatchNormMode;
-use revsnn_reference::{BatchNormGrads, BatchNormParams, BatchStats, OpError, RunningStats};
+use revsnn_reference::{
+    BatchNormGrads, BatchNormParams, BatchNormTrainOutput, BatchStats, OpError, RunningStats,
+};
 
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -189,14 +191,7 @@ pub fn train_forward<E: GpuElement>(
     gamma: &CudaTensor<E>,
     beta: &CudaTensor<E>,
     params: BatchNormParams,
-) -> Result<
-    (
-        CudaTensor<E>,
-        BatchStats<CudaTensor<E>>,
-        BatchNormContext<E>,
-    ),
-    GpuError,
-> {
+) -> Result<BatchNormTrainOutput<CudaTensor<E>, BatchNormContext<E>>, GpuError> {
     const OP: &str = "batch_norm_train";
     params.validate().map_err(|e| invalid(OP, e))?;
     let layout = Layout::of(OP, x.shape())?;
