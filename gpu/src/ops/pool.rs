@@ -120,7 +120,7 @@ impl Geometry {
 }
 
 /// The pooling kernel `name` in `E`.
-fn function<E: GpuElement>(device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
+fn pool_kernel<E: GpuElement>(device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
     device.function(&POOL, &format!("{name}_{}", E::SUFFIX))
 }
 
@@ -144,7 +144,7 @@ pub fn avg_forward<E: GpuElement>(
     // SAFETY: the kernel writes every output (there are none when N C = 0).
     let mut y = unsafe { device.alloc::<E>(g.outputs()) }?;
     if g.outputs() > 0 {
-        let (function, args) = (function::<E>(device, "avg_pool_forward")?, g.args());
+        let (function, args) = (pool_kernel::<E>(device, "avg_pool_forward")?, g.args());
         let mut launch = device.stream().launch_builder(&function);
         launch.arg(x.slice()).arg(y.slice_mut());
         push_geometry(&mut launch, &args);
@@ -171,7 +171,7 @@ pub fn avg_backward<E: GpuElement>(
     // SAFETY: the kernel writes every input element (there are none when N C = 0).
     let mut dx = unsafe { device.alloc::<E>(g.inputs()) }?;
     if g.inputs() > 0 {
-        let (function, args) = (function::<E>(device, "avg_pool_backward")?, g.args());
+        let (function, args) = (pool_kernel::<E>(device, "avg_pool_backward")?, g.args());
         let mut launch = device.stream().launch_builder(&function);
         launch.arg(grad_y.slice()).arg(dx.slice_mut());
         push_geometry(&mut launch, &args);
@@ -207,7 +207,7 @@ pub fn max_forward<E: GpuElement>(
     let mut y = unsafe { device.alloc::<E>(g.outputs()) }?;
     let mut argmax = unsafe { device.alloc::<u32>(g.outputs()) }?;
     if g.outputs() > 0 {
-        let (function, args) = (function::<E>(device, "max_pool_forward")?, g.args());
+        let (function, args) = (pool_kernel::<E>(device, "max_pool_forward")?, g.args());
         let mut launch = device.stream().launch_builder(&function);
         launch
             .arg(x.slice())
@@ -275,7 +275,7 @@ pub fn max_backward<E: GpuElement>(
     // SAFETY: the kernel writes every input element (none when N C = 0).
     let mut dx = unsafe { device.alloc::<E>(g.inputs()) }?;
     if g.inputs() > 0 {
-        let (function, args) = (function::<E>(device, "max_pool_backward")?, g.args());
+        let (function, args) = (pool_kernel::<E>(device, "max_pool_backward")?, g.args());
         let mut launch = device.stream().launch_builder(&function);
         launch
             .arg(grad_y.slice())
