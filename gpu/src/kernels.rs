@@ -43,5 +43,50 @@ pub const LINEAR: KernelSource = KernelSource {
     ],
 };
 
+/// `gpu/kernels/batch_norm.cu`: BatchNorm statistics, normalisation, backward and running
+/// statistics with deterministic two-pass per-channel reductions (SPEC.md 1).
+pub const BATCH_NORM: KernelSource = KernelSource {
+    file: "batch_norm.cu",
+    source: include_str!("../kernels/batch_norm.cu"),
+    functions: &[
+        "bn_sum_partial_f32",
+        "bn_sum_partial_f64",
+        "bn_mean_finalize_f32",
+        "bn_mean_finalize_f64",
+        "bn_sqdev_partial_f32",
+        "bn_sqdev_partial_f64",
+        "bn_var_finalize_f32",
+        "bn_var_finalize_f64",
+        "bn_eval_constants_f32",
+        "bn_eval_constants_f64",
+        "bn_normalise_f32",
+        "bn_normalise_f64",
+        "bn_grad_partial_f32",
+        "bn_grad_partial_f64",
+        "bn_grad_finalize_f32",
+        "bn_grad_finalize_f64",
+        "bn_backward_input_f32",
+        "bn_backward_input_f64",
+        "bn_update_running_f32",
+        "bn_update_running_f64",
+    ],
+};
+
+/// `gpu/kernels/pool.cu`: average and max pooling forward and backward (SPEC.md 1, A7).
+pub const POOL: KernelSource = KernelSource {
+    file: "pool.cu",
+    source: include_str!("../kernels/pool.cu"),
+    functions: &[
+        "avg_pool_forward_f32",
+        "avg_pool_forward_f64",
+        "avg_pool_backward_f32",
+        "avg_pool_backward_f64",
+        "max_pool_forward_f32",
+        "max_pool_forward_f64",
+        "max_pool_backward_f32",
+        "max_pool_backward_f64",
+    ],
+};
+
 /// Every kernel file, for the NVRTC compile check.
-pub const ALL: &[KernelSource] = &[NEURON, CONV, LINEAR];
+pub const ALL: &[KernelSource] = &[NEURON, CONV, LINEAR, BATCH_NORM, POOL];

@@ -1,38 +1,306 @@
 //! Batch normalisation on the GPU with deterministic reductions; twin of
 //! `revsnn_reference::ops::batch_norm`, kernels in `gpu/kernels/batch_norm.cu`.
+//!
+//! Statistics are per channel over every axis but `C` of `x [N, C, ...]`. Each per-channel sum
+//! (the mean, the squared deviations, the backward's `sum dy` and `sum dy x_hat`) is accumulated in
+//! `f64` in two passes over a partition fixed by the shape: block `(c, chunk)` sums one contiguous
+//! run of channel `c`'s elements through a fixed shared-memory tree into a partial, then block `c`
+//! sums its partials the same way. No atomics, so the bits do not depend on the launch (DESIGN.md
+//! principle 4); they differ from the reference's pairwise sums only by rounding.
 
-use revsnn_reference::{BatchNormGrads, BatchNormParams, BatchStats, RunningStats};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use revsnn_reference::ops::batch_norm::BatchNormMode;
+use revsnn_reference::{
+    BatchNormGrads, BatchNormParams, BatchNormTrainOutput, BatchStats, OpError, RunningStats,
+};
 
-use super::GpuElement;
+use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
+use crate::kernels::BATCH_NORM;
+use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
-/// What [`backward`] needs.
+/// Threads per block of the reduction kernels (`BN_THREADS` in batch_norm.cu: the tree needs
+/// exactly this many).
+const REDUCE_THREADS: u32 = 256;
+/// The most elements of one channel one pass-1 block sums.
+const CHUNK_ELEMENTS: usize = 16 * 1024;
+/// The most pass-1 blocks per channel (so pass 2 sums at most this many partials).
+const MAX_CHUNKS: usize = 512;
+/// The most blocks of a reduction launch; blocks loop over their work with a grid stride.
+const MAX_REDUCE_BLOCKS: usize = 1 << 16;
+
+/// What [`backward`] needs: the input (shared with the caller) and the per-channel constants of
+/// the forward, as in the reference's context.
 #[derive(Debug)]
 pub struct BatchNormContext<E> {
+    /// The forward's input `x [N, C, ...]`.
     pub input: CudaTensor<E>,
+    /// `[C]`: the mean the forward subtracted, the batch mean (train) or the running mean (eval).
+    pub mean: DeviceBuffer<f64>,
+    /// `[C]`: `1 / sqrt(var + eps)` with the biased batch variance (train) or the running one (eval).
+    pub inv_std: DeviceBuffer<f64>,
+    /// The scale `gamma [C]` (shared with the caller).
+    pub gamma: CudaTensor<E>,
+    pub mode: BatchNormMode,
 }
 
-/// Training mode: statistics over every axis but `C`.
+/// How `x [N, C, ...]` splits into channels, and how pass 1 splits each channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    channels: usize,
+    /// The product of the trailing axes.
+    inner: usize,
+    /// `n = N inner`, the elements of one channel.
+    per_channel: usize,
+    /// `N C inner`.
+    total: usize,
+    /// Pass-1 blocks per channel, at least 1.
+    chunks: usize,
+    /// Elements per pass-1 block: `chunks chunk_len >= per_channel`.
+    chunk_len: usize,
+}
+
+impl Layout {
+    fn of(op: &'static str, shape: &[usize]) -> Result<Layout, GpuError> {
+        if shape.len() < 2 {
+            return Err(shape_error(
+                op,
+                format!("expected x [N, C, ...] with at least 2 axes, got {shape:?}"),
+            ));
+        }
+        let (batch, channels) = (shape[0], shape[1]);
+        let inner: usize = shape[2..].iter().product();
+        let per_channel = batch * inner;
+        let chunks = per_channel.div_ceil(CHUNK_ELEMENTS).clamp(1, MAX_CHUNKS);
+        Ok(Layout {
+            channels,
+            inner,
+            per_channel,
+            total: per_channel * channels,
+            chunks,
+            chunk_len: per_channel.div_ceil(chunks),
+        })
+    }
+
+    /// Whether the reductions have anything to sum (their kernels need `n >= 1`, hence
+    /// `inner >= 1`, and `C >= 1`).
+    fn reduces(&self) -> bool {
+        self.channels > 0 && self.per_channel > 0
+    }
+
+    /// The kernels' integer arguments `channels, inner, per_channel, chunks, chunk_len`.
+    fn args(&self) -> [i64; 5] {
+        [
+            self.channels,
+            self.inner,
+            self.per_channel,
+            self.chunks,
+            self.chunk_len,
+        ]
+        .map(|v| v as i64)
+    }
+}
+
+/// A launch of `blocks` reduction blocks (capped: the kernels loop with a grid stride).
+fn reduce_launch(blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks.clamp(1, MAX_REDUCE_BLOCKS) as u32, 1, 1),
+        block_dim: (REDUCE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn kernel<E: GpuElement>(device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
+    device.function(&BATCH_NORM, &format!("{name}_{}", E::SUFFIX))
+}
+
+/// A reference parameter error as a GPU error of `op`.
+fn invalid(op: &'static str, error: OpError) -> GpuError {
+    shape_error(op, error.to_string())
+}
+
+/// Checks that a per-channel parameter has shape `[channels]`, as the reference does.
+fn check_channel_vector<E: GpuElement>(
+    op: &'static str,
+    name: &str,
+    v: &CudaTensor<E>,
+    channels: usize,
+) -> Result<(), GpuError> {
+    if v.shape() != [channels] {
+        return Err(shape_error(
+            op,
+            format!(
+                "expected {name} of shape [{channels}] (one per channel), got {:?}",
+                v.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `y = gamma_c inv_std_c (x - mean_c) + beta_c` into a new tensor of `x`'s shape.
+fn normalise<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaTensor<E>,
+    layout: &Layout,
+    mean: &DeviceBuffer<f64>,
+    inv_std: &DeviceBuffer<f64>,
+    gamma: &CudaTensor<E>,
+    beta: &CudaTensor<E>,
+) -> Result<CudaTensor<E>, GpuError> {
+    // SAFETY: the kernel writes every one of the `total` elements (none when `total` is 0).
+    let mut y = unsafe { device.alloc::<E>(layout.total) }?;
+    if layout.total > 0 {
+        let function = kernel::<E>(device, "bn_normalise")?;
+        let (channels, inner, total) = (
+            layout.channels as i64,
+            layout.inner as i64,
+            layout.total as i64,
+        );
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(x.slice())
+            .arg(y.slice_mut())
+            .arg(mean.slice())
+            .arg(inv_std.slice())
+            .arg(gamma.slice())
+            .arg(beta.slice())
+            .arg(&channels)
+            .arg(&inner)
+            .arg(&total);
+        // SAFETY: matches `bn_normalise_<E>(x, y, mean, inv_std, gamma, beta, channels, inner,
+        // total)`; x and y hold `total` elements, the four vectors `channels` (checked by callers).
+        unsafe { launch.launch(elementwise_launch(layout.total)) }
+            .map_err(GpuError::driver("launching bn_normalise"))?;
+    }
+    CudaTensor::new(y, x.shape())
+}
+
+/// Training-mode BatchNorm (SPEC.md 1): over `x [N, C, ...]` with `n = N · prod(trailing axes)`
+/// values per channel, `mean_c = (1/n) sum x`, `var_c = (1/n) sum (x - mean_c)^2` (biased, two
+/// passes), `y = gamma_c (x - mean_c) / sqrt(var_c + eps) + beta_c`.
+///
+/// Returns `y`, the batch statistics `mean_c` and `n / (n - 1) var_c` and the context. Errors, as
+/// the reference: invalid `params`, `x` with fewer than 2 axes, `gamma` or `beta` not `[C]`, and
+/// `n < 2` (one value per channel has no unbiased variance).
 pub fn train_forward<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
     gamma: &CudaTensor<E>,
     beta: &CudaTensor<E>,
     params: BatchNormParams,
-) -> Result<
-    (
-        CudaTensor<E>,
-        BatchStats<CudaTensor<E>>,
-        BatchNormContext<E>,
-    ),
-    GpuError,
-> {
-    todo!()
+) -> Result<BatchNormTrainOutput<CudaTensor<E>, BatchNormContext<E>>, GpuError> {
+    const OP: &str = "batch_norm_train";
+    params.validate().map_err(|e| invalid(OP, e))?;
+    let layout = Layout::of(OP, x.shape())?;
+    check_channel_vector(OP, "gamma", gamma, layout.channels)?;
+    check_channel_vector(OP, "beta", beta, layout.channels)?;
+    if layout.per_channel < 2 {
+        return Err(shape_error(
+            OP,
+            format!(
+                "expected more than 1 value per channel in training, got {} for input {:?}",
+                layout.per_channel,
+                x.shape()
+            ),
+        ));
+    }
+    let channels = layout.channels;
+    // SAFETY (the four allocations): when `channels > 0` the finalize kernels below write every
+    // channel; otherwise they are empty.
+    let mut mean = unsafe { device.alloc::<f64>(channels) }?;
+    let mut inv_std = unsafe { device.alloc::<f64>(channels) }?;
+    let mut mean_out = unsafe { device.alloc::<E>(channels) }?;
+    let mut var_unbiased = unsafe { device.alloc::<E>(channels) }?;
+    if layout.reduces() {
+        let stream = device.stream();
+        let [c, inner, n, chunks, chunk_len] = layout.args();
+        let blocks = channels * layout.chunks;
+        // SAFETY: each pass-1 launch writes all `channels * chunks` partials before pass 2 reads
+        // them.
+        let mut partial = unsafe { device.alloc::<f64>(blocks) }?;
+
+        let function = kernel::<E>(device, "bn_sum_partial")?;
+        let mut launch = stream.launch_builder(&function);
+        launch
+            .arg(x.slice())
+            .arg(partial.slice_mut())
+            .arg(&c)
+            .arg(&inner)
+            .arg(&n)
+            .arg(&chunks)
+            .arg(&chunk_len);
+        // SAFETY: matches `bn_sum_partial_<E>(x, partial, channels, inner, per_channel, chunks,
+        // chunk_len)`; x holds `N C inner` elements, partial `C chunks`; n >= 2.
+        unsafe { launch.launch(reduce_launch(blocks)) }
+            .map_err(GpuError::driver("launching bn_sum_partial"))?;
+
+        let function = kernel::<E>(device, "bn_mean_finalize")?;
+        let mut launch = stream.launch_builder(&function);
+        launch
+            .arg(partial.slice())
+            .arg(mean.slice_mut())
+            .arg(mean_out.slice_mut())
+            .arg(&c)
+            .arg(&chunks)
+            .arg(&n);
+        // SAFETY: matches `bn_mean_finalize_<E>(partial, mean, mean_out, channels, chunks,
+        // per_channel)`; mean and mean_out hold C elements.
+        unsafe { launch.launch(reduce_launch(channels)) }
+            .map_err(GpuError::driver("launching bn_mean_finalize"))?;
+
+        let function = kernel::<E>(device, "bn_sqdev_partial")?;
+        let mut launch = stream.launch_builder(&function);
+        launch
+            .arg(x.slice())
+            .arg(mean.slice())
+            .arg(partial.slice_mut())
+            .arg(&c)
+            .arg(&inner)
+            .arg(&n)
+            .arg(&chunks)
+            .arg(&chunk_len);
+        // SAFETY: matches `bn_sqdev_partial_<E>(x, mean, partial, channels, inner, per_channel,
+        // chunks, chunk_len)`; sizes as above.
+        unsafe { launch.launch(reduce_launch(blocks)) }
+            .map_err(GpuError::driver("launching bn_sqdev_partial"))?;
+
+        let function = kernel::<E>(device, "bn_var_finalize")?;
+        let mut launch = stream.launch_builder(&function);
+        launch
+            .arg(partial.slice())
+            .arg(inv_std.slice_mut())
+            .arg(var_unbiased.slice_mut())
+            .arg(&c)
+            .arg(&chunks)
+            .arg(&n)
+            .arg(&params.eps);
+        // SAFETY: matches `bn_var_finalize_<E>(partial, inv_std, var_unbiased, channels, chunks,
+        // per_channel, eps)`; inv_std and var_unbiased hold C elements.
+        unsafe { launch.launch(reduce_launch(channels)) }
+            .map_err(GpuError::driver("launching bn_var_finalize"))?;
+    }
+    let y = normalise(device, x, &layout, &mean, &inv_std, gamma, beta)?;
+    let stats = BatchStats {
+        mean: CudaTensor::new(mean_out, &[channels])?,
+        var_unbiased: CudaTensor::new(var_unbiased, &[channels])?,
+    };
+    let context = BatchNormContext {
+        input: x.clone(),
+        mean,
+        inv_std,
+        gamma: gamma.clone(),
+        mode: BatchNormMode::Train,
+    };
+    Ok((y, stats, context))
 }
 
-/// Evaluation mode with the running statistics.
+/// Evaluation-mode BatchNorm (SPEC.md 1):
+/// `y = gamma_c (x - running_mean_c) / sqrt(running_var_c + eps) + beta_c` over `x [N, C, ...]`.
+/// Errors, as the reference: invalid `params`, `x` with fewer than 2 axes, and `gamma`, `beta` or
+/// a running statistic not `[C]`.
 pub fn eval_forward<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
@@ -41,24 +309,258 @@ pub fn eval_forward<E: GpuElement>(
     running: &RunningStats<CudaTensor<E>>,
     params: BatchNormParams,
 ) -> Result<(CudaTensor<E>, BatchNormContext<E>), GpuError> {
-    todo!()
+    const OP: &str = "batch_norm_eval";
+    params.validate().map_err(|e| invalid(OP, e))?;
+    let layout = Layout::of(OP, x.shape())?;
+    let channels = layout.channels;
+    check_channel_vector(OP, "gamma", gamma, channels)?;
+    check_channel_vector(OP, "beta", beta, channels)?;
+    check_channel_vector(OP, "running mean", &running.mean, channels)?;
+    check_channel_vector(OP, "running var", &running.var, channels)?;
+    // SAFETY (both): the kernel below writes every channel; empty when `channels` is 0.
+    let mut mean = unsafe { device.alloc::<f64>(channels) }?;
+    let mut inv_std = unsafe { device.alloc::<f64>(channels) }?;
+    if channels > 0 {
+        let function = kernel::<E>(device, "bn_eval_constants")?;
+        let c = channels as i64;
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(running.mean.slice())
+            .arg(running.var.slice())
+            .arg(mean.slice_mut())
+            .arg(inv_std.slice_mut())
+            .arg(&c)
+            .arg(&params.eps);
+        // SAFETY: matches `bn_eval_constants_<E>(running_mean, running_var, mean, inv_std,
+        // channels, eps)`; all four hold C elements.
+        unsafe { launch.launch(elementwise_launch(channels)) }
+            .map_err(GpuError::driver("launching bn_eval_constants"))?;
+    }
+    let y = normalise(device, x, &layout, &mean, &inv_std, gamma, beta)?;
+    let context = BatchNormContext {
+        input: x.clone(),
+        mean,
+        inv_std,
+        gamma: gamma.clone(),
+        mode: BatchNormMode::Eval,
+    };
+    Ok((y, context))
 }
 
-/// Gradients of either forward.
+/// Gradients of either BatchNorm forward, with `x_hat = (x - mean_c) inv_std_c` and sums per
+/// channel over its `n` values (SPEC.md 1): `dgamma_c = sum dy x_hat`, `dbeta_c = sum dy`, and
+/// train mode: `dx = gamma_c inv_std_c / n (n dy - sum dy - x_hat sum dy x_hat)`;
+/// eval mode: `dx = gamma_c inv_std_c dy`. Errors when `grad_y` is not of the input's shape.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     grad_y: &CudaTensor<E>,
     context: &BatchNormContext<E>,
 ) -> Result<BatchNormGrads<CudaTensor<E>>, GpuError> {
-    todo!()
+    const OP: &str = "batch_norm_backward";
+    let shape = context.input.shape();
+    if grad_y.shape() != shape {
+        return Err(shape_error(
+            OP,
+            format!(
+                "expected grad_y of the input's shape {shape:?}, got {:?}",
+                grad_y.shape()
+            ),
+        ));
+    }
+    let layout = Layout::of(OP, shape)?;
+    let channels = layout.channels;
+    check_channel_vector(OP, "the context's gamma", &context.gamma, channels)?;
+    if context.mean.len() != channels || context.inv_std.len() != channels {
+        return Err(shape_error(
+            OP,
+            format!(
+                "the context's mean ({}) and inv_std ({}) do not have one value per channel ({channels})",
+                context.mean.len(),
+                context.inv_std.len()
+            ),
+        ));
+    }
+    if !layout.reduces() {
+        // No element: the sums are 0 and dx is empty.
+        return Ok(BatchNormGrads {
+            input: CudaTensor::new(device.alloc_zeros::<E>(layout.total)?, shape)?,
+            gamma: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
+            beta: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
+        });
+    }
+    let stream = device.stream();
+    let [c, inner, n, chunks, chunk_len] = layout.args();
+    let blocks = channels * layout.chunks;
+    // SAFETY: pass 1 writes both sums' `C chunks` partials before pass 2 reads them.
+    let mut partial = unsafe { device.alloc::<f64>(2 * blocks) }?;
+    // SAFETY (the three): pass 2 writes every channel of each.
+    let mut sums = unsafe { device.alloc::<f64>(2 * channels) }?;
+    let mut grad_gamma = unsafe { device.alloc::<E>(channels) }?;
+    let mut grad_beta = unsafe { device.alloc::<E>(channels) }?;
+
+    let function = kernel::<E>(device, "bn_grad_partial")?;
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(context.input.slice())
+        .arg(grad_y.slice())
+        .arg(context.mean.slice())
+        .arg(context.inv_std.slice())
+        .arg(partial.slice_mut())
+        .arg(&c)
+        .arg(&inner)
+        .arg(&n)
+        .arg(&chunks)
+        .arg(&chunk_len);
+    // SAFETY: matches `bn_grad_partial_<E>(x, grad_y, mean, inv_std, partial, channels, inner,
+    // per_channel, chunks, chunk_len)`; x and grad_y hold `N C inner` elements, mean and inv_std
+    // C, partial 2 C chunks; n >= 1.
+    unsafe { launch.launch(reduce_launch(blocks)) }
+        .map_err(GpuError::driver("launching bn_grad_partial"))?;
+
+    let function = kernel::<E>(device, "bn_grad_finalize")?;
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(partial.slice())
+        .arg(sums.slice_mut())
+        .arg(grad_gamma.slice_mut())
+        .arg(grad_beta.slice_mut())
+        .arg(&c)
+        .arg(&chunks);
+    // SAFETY: matches `bn_grad_finalize_<E>(partial, sums, grad_gamma, grad_beta, channels,
+    // chunks)`; sums holds 2 C elements, the gradients C.
+    unsafe { launch.launch(reduce_launch(channels)) }
+        .map_err(GpuError::driver("launching bn_grad_finalize"))?;
+
+    // SAFETY: the kernel writes all `total` elements (total >= 1 here).
+    let mut grad_x = unsafe { device.alloc::<E>(layout.total) }?;
+    let function = kernel::<E>(device, "bn_backward_input")?;
+    let (total, train) = (
+        layout.total as i64,
+        (context.mode == BatchNormMode::Train) as i32,
+    );
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(context.input.slice())
+        .arg(grad_y.slice())
+        .arg(grad_x.slice_mut())
+        .arg(context.mean.slice())
+        .arg(context.inv_std.slice())
+        .arg(context.gamma.slice())
+        .arg(sums.slice())
+        .arg(&c)
+        .arg(&inner)
+        .arg(&total)
+        .arg(&n)
+        .arg(&train);
+    // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, sums,
+    // channels, inner, total, per_channel, train)`; sizes as above.
+    unsafe { launch.launch(elementwise_launch(layout.total)) }
+        .map_err(GpuError::driver("launching bn_backward_input"))?;
+
+    Ok(BatchNormGrads {
+        input: CudaTensor::new(grad_x, shape)?,
+        gamma: CudaTensor::new(grad_gamma, &[channels])?,
+        beta: CudaTensor::new(grad_beta, &[channels])?,
+    })
 }
 
-/// `running = (1 - momentum) running + momentum batch`.
+/// PyTorch's running-statistics update (SPEC.md 1), per channel in `f64`:
+/// `running_mean = (1 - momentum) running_mean + momentum batch_mean`,
+/// `running_var = (1 - momentum) running_var + momentum batch_var_unbiased`.
+/// Errors on invalid `params` and when the four vectors are not all `[C]`.
 pub fn update_running_stats<E: GpuElement>(
     device: &GpuDevice,
     running: &RunningStats<CudaTensor<E>>,
     batch: &BatchStats<CudaTensor<E>>,
     params: BatchNormParams,
 ) -> Result<RunningStats<CudaTensor<E>>, GpuError> {
-    todo!()
+    const OP: &str = "update_running_stats";
+    params.validate().map_err(|e| invalid(OP, e))?;
+    let channels = running.mean.len();
+    check_channel_vector(OP, "running mean", &running.mean, channels)?;
+    check_channel_vector(OP, "running var", &running.var, channels)?;
+    check_channel_vector(OP, "batch mean", &batch.mean, channels)?;
+    check_channel_vector(OP, "batch var", &batch.var_unbiased, channels)?;
+    // SAFETY (both): the kernel writes every channel; empty when `channels` is 0.
+    let mut mean = unsafe { device.alloc::<E>(channels) }?;
+    let mut var = unsafe { device.alloc::<E>(channels) }?;
+    if channels > 0 {
+        let function = kernel::<E>(device, "bn_update_running")?;
+        let c = channels as i64;
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(running.mean.slice())
+            .arg(running.var.slice())
+            .arg(batch.mean.slice())
+            .arg(batch.var_unbiased.slice())
+            .arg(mean.slice_mut())
+            .arg(var.slice_mut())
+            .arg(&c)
+            .arg(&params.momentum);
+        // SAFETY: matches `bn_update_running_<E>(running_mean, running_var, batch_mean,
+        // batch_var, new_mean, new_var, channels, momentum)`; all six hold C elements.
+        unsafe { launch.launch(elementwise_launch(channels)) }
+            .map_err(GpuError::driver("launching bn_update_running"))?;
+    }
+    Ok(RunningStats {
+        mean: CudaTensor::new(mean, &[channels])?,
+        var: CudaTensor::new(var, &[channels])?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pass 1's chunks tile each channel exactly: none past the end, the last one reaching it,
+    /// at most `MAX_CHUNKS` per channel, and `CHUNK_ELEMENTS` each until that cap binds.
+    #[test]
+    fn chunks_tile_every_channel() {
+        for per_channel in [
+            1,
+            2,
+            255,
+            256,
+            257,
+            CHUNK_ELEMENTS - 1,
+            CHUNK_ELEMENTS,
+            CHUNK_ELEMENTS + 1,
+            (1 << 20) + 3,
+            CHUNK_ELEMENTS * MAX_CHUNKS,
+            CHUNK_ELEMENTS * MAX_CHUNKS + 1,
+            123_456_789,
+        ] {
+            let layout = Layout::of("test", &[per_channel, 3]).unwrap();
+            assert_eq!(layout.per_channel, per_channel);
+            assert_eq!(layout.total, 3 * per_channel);
+            let (chunks, len) = (layout.chunks, layout.chunk_len);
+            assert!((1..=MAX_CHUNKS).contains(&chunks), "{per_channel}");
+            assert!(chunks * len >= per_channel, "{per_channel}: not covered");
+            assert!(
+                (chunks - 1) * len < per_channel,
+                "{per_channel}: empty chunk"
+            );
+            if per_channel <= CHUNK_ELEMENTS * MAX_CHUNKS {
+                assert!(len <= CHUNK_ELEMENTS, "{per_channel}: chunk of {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn layout_reads_channels_and_trailing_axes() {
+        let layout = Layout::of("test", &[4, 5, 6, 7]).unwrap();
+        assert_eq!(
+            (layout.channels, layout.inner, layout.per_channel),
+            (5, 42, 168)
+        );
+        assert_eq!(layout.args(), [5, 42, 168, 1, 168]);
+        assert!(layout.reduces());
+        let matrix = Layout::of("test", &[9, 2]).unwrap();
+        assert_eq!((matrix.inner, matrix.per_channel), (1, 9));
+        assert!(!Layout::of("test", &[0, 3, 4]).unwrap().reduces());
+        assert!(!Layout::of("test", &[2, 0, 4]).unwrap().reduces());
+        assert!(!Layout::of("test", &[2, 3, 0]).unwrap().reduces());
+        assert!(Layout::of("test", &[5]).is_err());
+        assert!(Layout::of("test", &[]).is_err());
+    }
 }

@@ -1,55 +1,319 @@
 //! Average and max pooling on the GPU; twin of `revsnn_reference::ops::pool`, kernels in
 //! `gpu/kernels/pool.cu`.
+//!
+//! One thread per output element (forwards) or per input element (backwards), each summing in
+//! the reference's fixed row-major order. Both backwards are gathers: an input element sums the
+//! outputs whose windows cover it, so no two threads write one element and no atomics are needed
+//! (DESIGN.md principle 4). The results are the reference's bit for bit: the same operations in
+//! the same order.
 
+use cudarc::driver::{CudaFunction, LaunchArgs, PushKernelArg};
 use revsnn_reference::Pool2dParams;
 
-use super::GpuElement;
+use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
+use crate::kernels::POOL;
 use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
 /// What [`max_backward`] needs: the flat input index of each window's maximum.
 #[derive(Debug)]
 pub struct MaxPoolContext {
+    /// `[N, C, H, W]`.
     pub input_shape: Vec<usize>,
+    /// `[N, C, H_out, W_out]`.
     pub output_shape: Vec<usize>,
+    /// For each output element in row-major order, the position `h W + w` of its window's maximum
+    /// inside its `(n, c)` plane (`u32`: the forward checks that a plane has fewer than 2^32
+    /// elements).
     pub argmax: DeviceBuffer<u32>,
+    /// The forward's window: the backward gathers over the windows covering each input element.
+    pub params: Pool2dParams,
 }
 
-/// Average pooling with `count_include_pad=True`.
+/// The sizes of one pooling: `planes = N C` planes of `h x w` pooled to `out_h x out_w`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    planes: usize,
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+    params: Pool2dParams,
+}
+
+impl Geometry {
+    /// Validates `params` and an input shape `[N, C, H, W]` with `H, W >= 1`, as the reference.
+    fn new(
+        op: &'static str,
+        input_shape: &[usize],
+        params: Pool2dParams,
+    ) -> Result<Geometry, GpuError> {
+        let invalid = |e: revsnn_reference::OpError| shape_error(op, e.to_string());
+        params.validate(op).map_err(invalid)?;
+        let &[n, c, h, w] = input_shape else {
+            return Err(shape_error(
+                op,
+                format!("expected x [N, C, H, W], got {input_shape:?}"),
+            ));
+        };
+        if h == 0 || w == 0 {
+            return Err(shape_error(
+                op,
+                format!("expected a non-empty H x W plane, got {input_shape:?}"),
+            ));
+        }
+        Ok(Geometry {
+            planes: n * c,
+            h,
+            w,
+            out_h: params.output_size(op, h).map_err(invalid)?,
+            out_w: params.output_size(op, w).map_err(invalid)?,
+            params,
+        })
+    }
+
+    fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
+        vec![input_shape[0], input_shape[1], self.out_h, self.out_w]
+    }
+
+    fn outputs(&self) -> usize {
+        self.planes * self.out_h * self.out_w
+    }
+
+    fn inputs(&self) -> usize {
+        self.planes * self.h * self.w
+    }
+
+    /// The kernels' trailing arguments `planes, h, w, out_h, out_w, kernel, stride, padding`.
+    fn args(&self) -> [i64; 8] {
+        [
+            self.planes,
+            self.h,
+            self.w,
+            self.out_h,
+            self.out_w,
+            self.params.kernel,
+            self.params.stride,
+            self.params.padding,
+        ]
+        .map(|v| v as i64)
+    }
+
+    /// Errors unless `grad_y` has the output's shape.
+    fn check_grad(
+        &self,
+        op: &'static str,
+        grad_y: &[usize],
+        input_shape: &[usize],
+    ) -> Result<(), GpuError> {
+        let expected = self.output_shape(input_shape);
+        if grad_y != expected {
+            return Err(shape_error(
+                op,
+                format!("expected grad_y of the output's shape {expected:?}, got {grad_y:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The pooling kernel `name` in `E`.
+fn pool_kernel<E: GpuElement>(device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
+    device.function(&POOL, &format!("{name}_{}", E::SUFFIX))
+}
+
+/// Pushes the kernels' trailing arguments, [`Geometry::args`], after the buffers.
+fn push_geometry<'a>(launch: &mut LaunchArgs<'a>, args: &'a [i64; 8]) {
+    for value in args {
+        launch.arg(value);
+    }
+}
+
+/// Average pooling with `count_include_pad=True` (SPEC.md 1, A7): over `x [N, C, H, W]`,
+/// `y[n, c, i, j] = (1 / k^2) sum_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]` with zero
+/// padding; `H_out = floor((H + 2p - k) / s) + 1`, likewise `W_out`. Errors as the reference:
+/// invalid `params`, `x` not `[N, C, H, W]` with `H, W >= 1`, a window larger than the padded input.
 pub fn avg_forward<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
     params: Pool2dParams,
 ) -> Result<CudaTensor<E>, GpuError> {
-    todo!()
+    let g = Geometry::new("avg_pool2d", x.shape(), params)?;
+    // SAFETY: the kernel writes every output (there are none when N C = 0).
+    let mut y = unsafe { device.alloc::<E>(g.outputs()) }?;
+    if g.outputs() > 0 {
+        let (function, args) = (pool_kernel::<E>(device, "avg_pool_forward")?, g.args());
+        let mut launch = device.stream().launch_builder(&function);
+        launch.arg(x.slice()).arg(y.slice_mut());
+        push_geometry(&mut launch, &args);
+        // SAFETY: matches `avg_pool_forward_<E>(x, y, planes, h, w, out_h, out_w, kernel, stride,
+        // padding)`; x holds planes h w elements, y planes out_h out_w.
+        unsafe { launch.launch(elementwise_launch(g.outputs())) }
+            .map_err(GpuError::driver("launching avg_pool_forward"))?;
+    }
+    CudaTensor::new(y, &g.output_shape(x.shape()))
 }
 
-/// The backward of [`avg_forward`].
+/// The backward of [`avg_forward`] (SPEC.md 1, A7): `dx[n, c, h, w] = (1 / k^2) sum dy[n, c, i, j]`
+/// over the outputs `(i, j)` whose windows contain `(h, w)`, in row-major output order.
+/// `input_shape` is the forward's `[N, C, H, W]`; errors also when `grad_y` is not the output's shape.
 pub fn avg_backward<E: GpuElement>(
     device: &GpuDevice,
     grad_y: &CudaTensor<E>,
     input_shape: &[usize],
     params: Pool2dParams,
 ) -> Result<CudaTensor<E>, GpuError> {
-    todo!()
+    const OP: &str = "avg_pool2d_backward";
+    let g = Geometry::new(OP, input_shape, params)?;
+    g.check_grad(OP, grad_y.shape(), input_shape)?;
+    // SAFETY: the kernel writes every input element (there are none when N C = 0).
+    let mut dx = unsafe { device.alloc::<E>(g.inputs()) }?;
+    if g.inputs() > 0 {
+        let (function, args) = (pool_kernel::<E>(device, "avg_pool_backward")?, g.args());
+        let mut launch = device.stream().launch_builder(&function);
+        launch.arg(grad_y.slice()).arg(dx.slice_mut());
+        push_geometry(&mut launch, &args);
+        // SAFETY: matches `avg_pool_backward_<E>(grad_y, grad_x, planes, h, w, out_h, out_w,
+        // kernel, stride, padding)`; grad_y holds planes out_h out_w elements, dx planes h w.
+        unsafe { launch.launch(elementwise_launch(g.inputs())) }
+            .map_err(GpuError::driver("launching avg_pool_backward"))?;
+    }
+    CudaTensor::new(dx, input_shape)
 }
 
-/// Max pooling, ties to the first maximum in row-major window order.
+/// Max pooling (SPEC.md 1): over `x [N, C, H, W]` padded with `-inf`,
+/// `y[n, c, i, j] = max_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]`. Ties go to the first
+/// maximum in row-major window order and a NaN wins (PyTorch's CPU rule). The context keeps each
+/// output's argmax. Errors as [`avg_forward`], and when an `H x W` plane has 2^32 elements or more.
 pub fn max_forward<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
     params: Pool2dParams,
 ) -> Result<(CudaTensor<E>, MaxPoolContext), GpuError> {
-    todo!()
+    const OP: &str = "max_pool2d";
+    let g = Geometry::new(OP, x.shape(), params)?;
+    if u32::try_from(g.h * g.w).is_err() {
+        return Err(shape_error(
+            OP,
+            format!(
+                "an H x W plane of {:?} has 2^32 or more elements; split the input",
+                x.shape()
+            ),
+        ));
+    }
+    // SAFETY (both): the kernel writes every output and its argmax (none when N C = 0).
+    let mut y = unsafe { device.alloc::<E>(g.outputs()) }?;
+    let mut argmax = unsafe { device.alloc::<u32>(g.outputs()) }?;
+    if g.outputs() > 0 {
+        let (function, args) = (pool_kernel::<E>(device, "max_pool_forward")?, g.args());
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(x.slice())
+            .arg(y.slice_mut())
+            .arg(argmax.slice_mut());
+        push_geometry(&mut launch, &args);
+        // SAFETY: matches `max_pool_forward_<E>(x, y, argmax, planes, h, w, out_h, out_w, kernel,
+        // stride, padding)`; x holds planes h w elements, y and argmax planes out_h out_w.
+        unsafe { launch.launch(elementwise_launch(g.outputs())) }
+            .map_err(GpuError::driver("launching max_pool_forward"))?;
+    }
+    let output_shape = g.output_shape(x.shape());
+    let y = CudaTensor::new(y, &output_shape)?;
+    Ok((
+        y,
+        MaxPoolContext {
+            input_shape: x.shape().to_vec(),
+            output_shape,
+            argmax,
+            params,
+        },
+    ))
 }
 
-/// The backward of [`max_forward`].
+/// Checks that a context describes a [`max_forward`] of its `input_shape` with its `params`, and
+/// returns that pooling's geometry.
+fn context_geometry(op: &'static str, context: &MaxPoolContext) -> Result<Geometry, GpuError> {
+    let g = Geometry::new(op, &context.input_shape, context.params)?;
+    let expected = g.output_shape(&context.input_shape);
+    if context.output_shape != expected || context.argmax.len() != g.outputs() {
+        return Err(shape_error(
+            op,
+            format!(
+                "a context of input {:?}, output {:?} and {} argmax positions does not come from max_pool2d_forward (expected output {expected:?})",
+                context.input_shape,
+                context.output_shape,
+                context.argmax.len()
+            ),
+        ));
+    }
+    Ok(g)
+}
+
+/// The backward of [`max_forward`] (SPEC.md 1): `dx[n, c, h, w] = sum dy[n, c, i, j]` over the
+/// outputs `(i, j)` whose argmax is `(h, w)` (overlapping windows may share one), accumulated in
+/// `E` in row-major output order. Errors when `grad_y` is not the output's shape or the context
+/// does not describe a forward.
 pub fn max_backward<E: GpuElement>(
     device: &GpuDevice,
     grad_y: &CudaTensor<E>,
     context: &MaxPoolContext,
 ) -> Result<CudaTensor<E>, GpuError> {
-    todo!()
+    const OP: &str = "max_pool2d_backward";
+    if grad_y.shape() != context.output_shape.as_slice() {
+        return Err(shape_error(
+            OP,
+            format!(
+                "expected grad_y of the output's shape {:?}, got {:?}",
+                context.output_shape,
+                grad_y.shape()
+            ),
+        ));
+    }
+    let g = context_geometry(OP, context)?;
+    // SAFETY: the kernel writes every input element (none when N C = 0).
+    let mut dx = unsafe { device.alloc::<E>(g.inputs()) }?;
+    if g.inputs() > 0 {
+        let (function, args) = (pool_kernel::<E>(device, "max_pool_backward")?, g.args());
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(grad_y.slice())
+            .arg(context.argmax.slice())
+            .arg(dx.slice_mut());
+        push_geometry(&mut launch, &args);
+        // SAFETY: matches `max_pool_backward_<E>(grad_y, argmax, grad_x, planes, h, w, out_h,
+        // out_w, kernel, stride, padding)`; grad_y and argmax hold planes out_h out_w elements
+        // (checked against the context), dx planes h w. An argmax outside its window is never
+        // dereferenced, only compared.
+        unsafe { launch.launch(elementwise_launch(g.inputs())) }
+            .map_err(GpuError::driver("launching max_pool_backward"))?;
+    }
+    CudaTensor::new(dx, &context.input_shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_follows_the_reference() {
+        let g = Geometry::new("test", &[2, 3, 7, 8], Pool2dParams::K3_S2_P1).unwrap();
+        assert_eq!((g.planes, g.out_h, g.out_w), (6, 4, 4));
+        assert_eq!(g.output_shape(&[2, 3, 7, 8]), vec![2, 3, 4, 4]);
+        assert_eq!((g.inputs(), g.outputs()), (6 * 56, 6 * 16));
+        assert_eq!(g.args(), [6, 7, 8, 4, 4, 3, 2, 1]);
+        let p = |kernel, stride, padding| Pool2dParams {
+            kernel,
+            stride,
+            padding,
+        };
+        assert!(Geometry::new("test", &[1, 1, 4, 4], p(0, 1, 0)).is_err());
+        assert!(Geometry::new("test", &[1, 1, 4, 4], p(2, 0, 0)).is_err());
+        assert!(Geometry::new("test", &[1, 1, 4, 4], p(3, 1, 2)).is_err());
+        assert!(Geometry::new("test", &[1, 1, 2, 4], p(5, 1, 1)).is_err());
+        assert!(Geometry::new("test", &[1, 1, 0, 4], p(1, 1, 0)).is_err());
+        assert!(Geometry::new("test", &[1, 4, 4], p(1, 1, 0)).is_err());
+        assert!(Geometry::new("test", &[0, 3, 5, 5], p(2, 2, 0)).is_ok());
+    }
 }

@@ -1,0 +1,281 @@
+// Batch normalisation over x [N, C, inner] (inner = the product of the trailing axes) with
+// deterministic per-channel reductions (SPEC.md 1); twin of reference/src/ops/batch_norm.rs.
+//
+// Element (b, c, i) sits at (b * C + c) * inner + i; channel c's n = N * inner elements are
+// numbered j = b * inner + i. Every per-channel sum is accumulated in double in two passes over a
+// fixed partition, with no atomics:
+//   1. `*_partial`: block (c, chunk) sums the elements j of [chunk * chunk_len, (chunk + 1) *
+//      chunk_len) of channel c, thread t taking j = start + t, start + t + BN_THREADS, ... in
+//      order, then a fixed shared-memory tree over the BN_THREADS threads; it writes
+//      partial[(s * C + c) * chunks + chunk] for each of its sums s.
+//   2. `*_finalize`: block c sums its `chunks` partials the same way and derives the channel's
+//      constants.
+// The partition depends only on the shape, the launch is always BN_THREADS threads per block and
+// blocks loop over (c, chunk) with a grid stride, so the bits do not depend on the grid size or
+// on the scheduling.
+
+#define BN_THREADS 256
+
+// The sum of every thread's v, returned to every thread of the block, in a fixed order. All
+// threads of the block must call it (it synchronises).
+__device__ __forceinline__ double block_sum(double v, double* buf) {
+    __syncthreads();  // the previous call's readers are done with buf
+    buf[threadIdx.x] = v;
+    __syncthreads();
+    for (int stride = BN_THREADS / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) buf[threadIdx.x] += buf[threadIdx.x + stride];
+        __syncthreads();
+    }
+    return buf[0];
+}
+
+// The channel of element k: (k / inner) % channels, in 32 bits when every index fits (a 64-bit
+// division costs several times a 32-bit one, and the elementwise kernels do one per element).
+__device__ __forceinline__ long long channel_of(long long k, long long inner, long long channels, bool narrow) {
+    if (narrow) return (long long)((unsigned int)k / (unsigned int)inner % (unsigned int)channels);
+    return (k / inner) % channels;
+}
+
+// Pass 1: term(k, c, acc) adds element k's terms (of channel c) to acc[0..SUMS).
+template <int SUMS, typename Term>
+__device__ void partial_sums(Term term, double* partial, long long channels, long long inner,
+                             long long per_channel, long long chunks, long long chunk_len) {
+    __shared__ double buf[BN_THREADS];
+    const long long step_b = BN_THREADS / inner, step_i = BN_THREADS % inner;
+    for (long long block = blockIdx.x; block < channels * chunks; block += gridDim.x) {
+        const long long c = block / chunks, chunk = block % chunks;
+        const long long start = chunk * chunk_len;
+        const long long end = min(start + chunk_len, per_channel);
+        double acc[SUMS];
+        for (int s = 0; s < SUMS; ++s) acc[s] = 0.0;
+        long long j = start + threadIdx.x;
+        if (j < end) {
+            long long b = j / inner, i = j % inner;
+            for (; j < end; j += BN_THREADS) {
+                term((b * channels + c) * inner + i, c, acc);
+                b += step_b;
+                i += step_i;
+                if (i >= inner) {
+                    i -= inner;
+                    ++b;
+                }
+            }
+        }
+        for (int s = 0; s < SUMS; ++s) {
+            const double total = block_sum(acc[s], buf);
+            if (threadIdx.x == 0) partial[((long long)s * channels + c) * chunks + chunk] = total;
+        }
+    }
+}
+
+// Pass 2: finish(c, totals) runs on thread 0 with channel c's SUMS totals.
+template <int SUMS, typename Finish>
+__device__ void channel_totals(Finish finish, const double* partial, long long channels, long long chunks) {
+    __shared__ double buf[BN_THREADS];
+    for (long long c = blockIdx.x; c < channels; c += gridDim.x) {
+        double totals[SUMS];
+        for (int s = 0; s < SUMS; ++s) {
+            double acc = 0.0;
+            for (long long k = threadIdx.x; k < chunks; k += BN_THREADS) acc += partial[((long long)s * channels + c) * chunks + k];
+            totals[s] = block_sum(acc, buf);
+        }
+        if (threadIdx.x == 0) finish(c, totals);
+    }
+}
+
+// sum_j x
+template <typename E>
+__device__ void bn_sum_partial(const E* __restrict__ x, double* __restrict__ partial, long long channels,
+                               long long inner, long long per_channel, long long chunks, long long chunk_len) {
+    partial_sums<1>([&](long long k, long long, double* acc) { acc[0] += (double)x[k]; }, partial, channels, inner,
+                    per_channel, chunks, chunk_len);
+}
+
+// mean_c = sum / n, kept in double and written to the batch statistics in E.
+template <typename E>
+__device__ void bn_mean_finalize(const double* __restrict__ partial, double* __restrict__ mean, E* __restrict__ mean_out,
+                                 long long channels, long long chunks, long long per_channel) {
+    channel_totals<1>(
+        [&](long long c, const double* totals) {
+            const double m = totals[0] / (double)per_channel;
+            mean[c] = m;
+            mean_out[c] = (E)m;
+        },
+        partial, channels, chunks);
+}
+
+// sum_j (x - mean_c)^2
+template <typename E>
+__device__ void bn_sqdev_partial(const E* __restrict__ x, const double* __restrict__ mean, double* __restrict__ partial,
+                                 long long channels, long long inner, long long per_channel, long long chunks,
+                                 long long chunk_len) {
+    partial_sums<1>(
+        [&](long long k, long long c, double* acc) {
+            const double d = (double)x[k] - mean[c];
+            acc[0] += d * d;
+        },
+        partial, channels, inner, per_channel, chunks, chunk_len);
+}
+
+// var_c = sum / n (biased): inv_std_c = 1 / sqrt(var_c + eps), var_unbiased_c = var_c n / (n - 1).
+template <typename E>
+__device__ void bn_var_finalize(const double* __restrict__ partial, double* __restrict__ inv_std,
+                                E* __restrict__ var_unbiased, long long channels, long long chunks, long long per_channel,
+                                double eps) {
+    channel_totals<1>(
+        [&](long long c, const double* totals) {
+            const double count = (double)per_channel;
+            const double var = totals[0] / count;
+            inv_std[c] = 1.0 / sqrt(var + eps);
+            var_unbiased[c] = (E)(var * count / (count - 1.0));
+        },
+        partial, channels, chunks);
+}
+
+// Evaluation constants from the running statistics: mean_c and 1 / sqrt(running_var_c + eps).
+template <typename E>
+__device__ void bn_eval_constants(const E* __restrict__ running_mean, const E* __restrict__ running_var,
+                                  double* __restrict__ mean, double* __restrict__ inv_std, long long channels,
+                                  double eps) {
+    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < channels;
+         c += (long long)gridDim.x * blockDim.x) {
+        mean[c] = (double)running_mean[c];
+        inv_std[c] = 1.0 / sqrt((double)running_var[c] + eps);
+    }
+}
+
+// y = gamma_c inv_std_c (x - mean_c) + beta_c over every element.
+template <typename E>
+__device__ void bn_normalise(const E* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
+                             const double* __restrict__ inv_std, const E* __restrict__ gamma, const E* __restrict__ beta,
+                             long long channels, long long inner, long long total) {
+    const bool narrow = total <= 0xffffffffLL;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long c = channel_of(k, inner, channels, narrow);
+        const double scale = (double)gamma[c] * inv_std[c];
+        y[k] = (E)(scale * ((double)x[k] - mean[c]) + (double)beta[c]);
+    }
+}
+
+// sum_j dy and sum_j dy x_hat with x_hat = (x - mean_c) inv_std_c.
+template <typename E>
+__device__ void bn_grad_partial(const E* __restrict__ x, const E* __restrict__ grad_y, const double* __restrict__ mean,
+                                const double* __restrict__ inv_std, double* __restrict__ partial, long long channels,
+                                long long inner, long long per_channel, long long chunks, long long chunk_len) {
+    partial_sums<2>(
+        [&](long long k, long long c, double* acc) {
+            const double dy = (double)grad_y[k];
+            acc[0] += dy;
+            acc[1] += dy * ((double)x[k] - mean[c]) * inv_std[c];
+        },
+        partial, channels, inner, per_channel, chunks, chunk_len);
+}
+
+// sums = [sum dy (C), sum dy x_hat (C)] in double; grad_beta = sum dy, grad_gamma = sum dy x_hat in E.
+template <typename E>
+__device__ void bn_grad_finalize(const double* __restrict__ partial, double* __restrict__ sums, E* __restrict__ grad_gamma,
+                                 E* __restrict__ grad_beta, long long channels, long long chunks) {
+    channel_totals<2>(
+        [&](long long c, const double* totals) {
+            sums[c] = totals[0];
+            sums[channels + c] = totals[1];
+            grad_beta[c] = (E)totals[0];
+            grad_gamma[c] = (E)totals[1];
+        },
+        partial, channels, chunks);
+}
+
+// train: dx = gamma_c inv_std_c (dy - sum dy / n - x_hat sum dy x_hat / n); eval: dx = gamma_c inv_std_c dy.
+template <typename E>
+__device__ void bn_backward_input(const E* __restrict__ x, const E* __restrict__ grad_y, E* __restrict__ grad_x,
+                                  const double* __restrict__ mean, const double* __restrict__ inv_std,
+                                  const E* __restrict__ gamma, const double* __restrict__ sums, long long channels,
+                                  long long inner, long long total, long long per_channel, int train) {
+    const double count = (double)per_channel;
+    const bool narrow = total <= 0xffffffffLL;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long c = channel_of(k, inner, channels, narrow);
+        const double scale = (double)gamma[c] * inv_std[c];
+        const double dy = (double)grad_y[k];
+        if (train) {
+            const double mean_dy = sums[c] / count, mean_dy_xhat = sums[channels + c] / count;
+            const double x_hat = ((double)x[k] - mean[c]) * inv_std[c];
+            grad_x[k] = (E)(scale * (dy - mean_dy - x_hat * mean_dy_xhat));
+        } else {
+            grad_x[k] = (E)(scale * dy);
+        }
+    }
+}
+
+// running = (1 - momentum) running + momentum batch, in double, per channel.
+template <typename E>
+__device__ void bn_update_running(const E* __restrict__ running_mean, const E* __restrict__ running_var,
+                                  const E* __restrict__ batch_mean, const E* __restrict__ batch_var,
+                                  E* __restrict__ new_mean, E* __restrict__ new_var, long long channels, double momentum) {
+    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < channels;
+         c += (long long)gridDim.x * blockDim.x) {
+        new_mean[c] = (E)((1.0 - momentum) * (double)running_mean[c] + momentum * (double)batch_mean[c]);
+        new_var[c] = (E)((1.0 - momentum) * (double)running_var[c] + momentum * (double)batch_var[c]);
+    }
+}
+
+#define BATCH_NORM_KERNELS(E, SUFFIX)                                                                              \
+    extern "C" __global__ void bn_sum_partial_##SUFFIX(const E* x, double* partial, long long channels,             \
+                                                       long long inner, long long per_channel, long long chunks,    \
+                                                       long long chunk_len) {                                       \
+        bn_sum_partial<E>(x, partial, channels, inner, per_channel, chunks, chunk_len);                             \
+    }                                                                                                              \
+    extern "C" __global__ void bn_mean_finalize_##SUFFIX(const double* partial, double* mean, E* mean_out,          \
+                                                         long long channels, long long chunks,                      \
+                                                         long long per_channel) {                                   \
+        bn_mean_finalize<E>(partial, mean, mean_out, channels, chunks, per_channel);                                \
+    }                                                                                                              \
+    extern "C" __global__ void bn_sqdev_partial_##SUFFIX(const E* x, const double* mean, double* partial,           \
+                                                         long long channels, long long inner, long long per_channel, \
+                                                         long long chunks, long long chunk_len) {                   \
+        bn_sqdev_partial<E>(x, mean, partial, channels, inner, per_channel, chunks, chunk_len);                     \
+    }                                                                                                              \
+    extern "C" __global__ void bn_var_finalize_##SUFFIX(const double* partial, double* inv_std, E* var_unbiased,    \
+                                                        long long channels, long long chunks, long long per_channel, \
+                                                        double eps) {                                               \
+        bn_var_finalize<E>(partial, inv_std, var_unbiased, channels, chunks, per_channel, eps);                     \
+    }                                                                                                              \
+    extern "C" __global__ void bn_eval_constants_##SUFFIX(const E* running_mean, const E* running_var,              \
+                                                          double* mean, double* inv_std, long long channels,        \
+                                                          double eps) {                                             \
+        bn_eval_constants<E>(running_mean, running_var, mean, inv_std, channels, eps);                              \
+    }                                                                                                              \
+    extern "C" __global__ void bn_normalise_##SUFFIX(const E* x, E* y, const double* mean, const double* inv_std,   \
+                                                     const E* gamma, const E* beta, long long channels,             \
+                                                     long long inner, long long total) {                            \
+        bn_normalise<E>(x, y, mean, inv_std, gamma, beta, channels, inner, total);                                  \
+    }                                                                                                              \
+    extern "C" __global__ void bn_grad_partial_##SUFFIX(const E* x, const E* grad_y, const double* mean,            \
+                                                        const double* inv_std, double* partial, long long channels, \
+                                                        long long inner, long long per_channel, long long chunks,   \
+                                                        long long chunk_len) {                                      \
+        bn_grad_partial<E>(x, grad_y, mean, inv_std, partial, channels, inner, per_channel, chunks, chunk_len);     \
+    }                                                                                                              \
+    extern "C" __global__ void bn_grad_finalize_##SUFFIX(const double* partial, double* sums, E* grad_gamma,        \
+                                                         E* grad_beta, long long channels, long long chunks) {      \
+        bn_grad_finalize<E>(partial, sums, grad_gamma, grad_beta, channels, chunks);                                \
+    }                                                                                                              \
+    extern "C" __global__ void bn_backward_input_##SUFFIX(const E* x, const E* grad_y, E* grad_x,                   \
+                                                          const double* mean, const double* inv_std,                \
+                                                          const E* gamma, const double* sums, long long channels,   \
+                                                          long long inner, long long total, long long per_channel,  \
+                                                          int train) {                                              \
+        bn_backward_input<E>(x, grad_y, grad_x, mean, inv_std, gamma, sums, channels, inner, total, per_channel,    \
+                             train);                                                                                \
+    }                                                                                                              \
+    extern "C" __global__ void bn_update_running_##SUFFIX(const E* running_mean, const E* running_var,              \
+                                                          const E* batch_mean, const E* batch_var, E* new_mean,     \
+                                                          E* new_var, long long channels, double momentum) {        \
+        bn_update_running<E>(running_mean, running_var, batch_mean, batch_var, new_mean, new_var, channels,         \
+                             momentum);                                                                             \
+    }
+
+BATCH_NORM_KERNELS(float, f32)
+BATCH_NORM_KERNELS(double, f64)

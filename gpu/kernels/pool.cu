@@ -1,0 +1,157 @@
+// Average and max pooling over x [N, C, H, W], PyTorch's ceil_mode=False (SPEC.md 1, A7); twin of
+// reference/src/ops/pool.rs.
+//
+// A plane is one (n, c) slice: x holds `planes` planes of h x w, y planes of out_h x out_w.
+// Output (o_h, o_w) pools the input rows [o_h stride - padding, o_h stride - padding + kernel)
+// clipped to [0, h), likewise the columns. Every kernel has one thread per output (forwards) or
+// per input element (backwards, as gathers over the windows covering it), grid-strided, each
+// summing in a fixed row-major order with no atomics, exactly as the reference's loops do.
+
+// The inputs [first, last) of the window of output o along an axis of `size` inputs.
+__device__ __forceinline__ void window(long long o, long long size, long long kernel, long long stride,
+                                       long long padding, long long* first, long long* last) {
+    const long long start = o * stride;
+    *first = start > padding ? start - padding : 0;
+    *last = min(start + kernel - padding, size);
+}
+
+// The outputs [first, last) along an axis of `out` outputs whose windows contain input i:
+// o stride - padding <= i < o stride - padding + kernel.
+__device__ __forceinline__ void covering(long long i, long long out, long long kernel, long long stride,
+                                         long long padding, long long* first, long long* last) {
+    const long long shifted = i + padding;
+    const long long above = shifted + 1 > kernel ? shifted + 1 - kernel : 0;
+    const long long lo = min((above + stride - 1) / stride, out);
+    const long long hi = min(shifted / stride + 1, out);
+    *first = lo;
+    *last = hi > lo ? hi : lo;
+}
+
+template <typename E> __device__ __forceinline__ E negative_infinity();
+template <> __device__ __forceinline__ float negative_infinity<float>() { return __int_as_float(0xff800000); }
+template <> __device__ __forceinline__ double negative_infinity<double>() {
+    return __longlong_as_double(0xfff0000000000000ULL);
+}
+
+// y = (1 / kernel^2) sum over the window, zero padding counted (count_include_pad=True).
+template <typename E>
+__device__ void avg_pool_forward(const E* __restrict__ x, E* __restrict__ y, long long planes, long long h, long long w,
+                                 long long out_h, long long out_w, long long kernel, long long stride,
+                                 long long padding) {
+    const long long total = planes * out_h * out_w;
+    const double divisor = (double)(kernel * kernel);
+    for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < total;
+         at += (long long)gridDim.x * blockDim.x) {
+        const long long plane = at / (out_h * out_w), o = at % (out_h * out_w);
+        long long r0, r1, c0, c1;
+        window(o / out_w, h, kernel, stride, padding, &r0, &r1);
+        window(o % out_w, w, kernel, stride, padding, &c0, &c1);
+        const E* x_plane = x + plane * h * w;
+        double sum = 0.0;
+        for (long long r = r0; r < r1; ++r)
+            for (long long c = c0; c < c1; ++c) sum += (double)x_plane[r * w + c];
+        y[at] = (E)(sum / divisor);
+    }
+}
+
+// dx = (1 / kernel^2) sum of dy over the outputs whose windows contain the element, row-major.
+template <typename E>
+__device__ void avg_pool_backward(const E* __restrict__ grad_y, E* __restrict__ grad_x, long long planes, long long h,
+                                  long long w, long long out_h, long long out_w, long long kernel, long long stride,
+                                  long long padding) {
+    const long long total = planes * h * w;
+    const double divisor = (double)(kernel * kernel);
+    for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < total;
+         at += (long long)gridDim.x * blockDim.x) {
+        const long long plane = at / (h * w), i = at % (h * w);
+        long long r0, r1, c0, c1;
+        covering(i / w, out_h, kernel, stride, padding, &r0, &r1);
+        covering(i % w, out_w, kernel, stride, padding, &c0, &c1);
+        const E* dy_plane = grad_y + plane * out_h * out_w;
+        double sum = 0.0;
+        for (long long r = r0; r < r1; ++r)
+            for (long long c = c0; c < c1; ++c) sum += (double)dy_plane[r * out_w + c];
+        grad_x[at] = (E)(sum / divisor);
+    }
+}
+
+// y = the window's maximum with -inf padding; the first maximum in row-major window order wins a
+// tie and a NaN wins (replace when v > best or v is NaN). argmax = its position r w + c in the plane.
+template <typename E>
+__device__ void max_pool_forward(const E* __restrict__ x, E* __restrict__ y, unsigned int* __restrict__ argmax,
+                                 long long planes, long long h, long long w, long long out_h, long long out_w,
+                                 long long kernel, long long stride, long long padding) {
+    const long long total = planes * out_h * out_w;
+    for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < total;
+         at += (long long)gridDim.x * blockDim.x) {
+        const long long plane = at / (out_h * out_w), o = at % (out_h * out_w);
+        long long r0, r1, c0, c1;
+        window(o / out_w, h, kernel, stride, padding, &r0, &r1);
+        window(o % out_w, w, kernel, stride, padding, &c0, &c1);
+        const E* x_plane = x + plane * h * w;
+        E best = negative_infinity<E>();
+        long long best_at = r0 * w + c0;
+        for (long long r = r0; r < r1; ++r)
+            for (long long c = c0; c < c1; ++c) {
+                const E v = x_plane[r * w + c];
+                if (v > best || v != v) {
+                    best = v;
+                    best_at = r * w + c;
+                }
+            }
+        y[at] = best;
+        argmax[at] = (unsigned int)best_at;  // fits: the host checks h w < 2^32
+    }
+}
+
+// dx = the sum of dy over the outputs whose argmax is this element, in row-major output order,
+// accumulated in E from 0 as the reference does. Only windows covering the element can hold it.
+template <typename E>
+__device__ void max_pool_backward(const E* __restrict__ grad_y, const unsigned int* __restrict__ argmax,
+                                  E* __restrict__ grad_x, long long planes, long long h, long long w, long long out_h,
+                                  long long out_w, long long kernel, long long stride, long long padding) {
+    const long long total = planes * h * w;
+    for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < total;
+         at += (long long)gridDim.x * blockDim.x) {
+        const long long plane = at / (h * w), i = at % (h * w);
+        long long r0, r1, c0, c1;
+        covering(i / w, out_h, kernel, stride, padding, &r0, &r1);
+        covering(i % w, out_w, kernel, stride, padding, &c0, &c1);
+        const long long out_plane = plane * out_h * out_w;
+        E sum = (E)0;
+        for (long long r = r0; r < r1; ++r)
+            for (long long c = c0; c < c1; ++c) {
+                const long long o = out_plane + r * out_w + c;
+                if ((long long)argmax[o] == i) sum += grad_y[o];
+            }
+        grad_x[at] = sum;
+    }
+}
+
+#define POOL_KERNELS(E, SUFFIX)                                                                                    \
+    extern "C" __global__ void avg_pool_forward_##SUFFIX(const E* x, E* y, long long planes, long long h,          \
+                                                         long long w, long long out_h, long long out_w,            \
+                                                         long long kernel, long long stride, long long padding) {  \
+        avg_pool_forward<E>(x, y, planes, h, w, out_h, out_w, kernel, stride, padding);                            \
+    }                                                                                                              \
+    extern "C" __global__ void avg_pool_backward_##SUFFIX(const E* grad_y, E* grad_x, long long planes,            \
+                                                          long long h, long long w, long long out_h,               \
+                                                          long long out_w, long long kernel, long long stride,     \
+                                                          long long padding) {                                     \
+        avg_pool_backward<E>(grad_y, grad_x, planes, h, w, out_h, out_w, kernel, stride, padding);                 \
+    }                                                                                                              \
+    extern "C" __global__ void max_pool_forward_##SUFFIX(const E* x, E* y, unsigned int* argmax, long long planes, \
+                                                         long long h, long long w, long long out_h,                \
+                                                         long long out_w, long long kernel, long long stride,      \
+                                                         long long padding) {                                      \
+        max_pool_forward<E>(x, y, argmax, planes, h, w, out_h, out_w, kernel, stride, padding);                    \
+    }                                                                                                              \
+    extern "C" __global__ void max_pool_backward_##SUFFIX(const E* grad_y, const unsigned int* argmax, E* grad_x,  \
+                                                          long long planes, long long h, long long w,              \
+                                                          long long out_h, long long out_w, long long kernel,      \
+                                                          long long stride, long long padding) {                   \
+        max_pool_backward<E>(grad_y, argmax, grad_x, planes, h, w, out_h, out_w, kernel, stride, padding);         \
+    }
+
+POOL_KERNELS(float, f32)
+POOL_KERNELS(double, f64)
