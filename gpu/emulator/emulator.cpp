@@ -1,0 +1,461 @@
+// The CPU emulator's runtime: kernel registry, grids run block after block with the threads of a
+// block as cooperative fibers, and device memory with guard pages and a fault handler that names
+// the kernel which touched memory outside every live allocation.
+#include "emulator.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda_shim.h"
+
+namespace emu {
+
+// ---- logging ---------------------------------------------------------------------------------
+static bool tracing() {
+    static const bool on = [] {
+        const char* v = std::getenv("REVSNN_EMU_TRACE");
+        return v && std::strcmp(v, "1") == 0;
+    }();
+    return on;
+}
+
+void trace(const char* fmt, ...) {
+    if (!tracing()) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    std::fprintf(stderr, "[revsnn-emu] %s\n", buf);
+}
+
+void fatal(const char* fmt, ...) {
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    std::fprintf(stderr, "revsnn CUDA emulator: %s\n", buf);
+    std::fflush(stderr);
+    std::abort();
+}
+
+// ---- registry ----------------------------------------------------------------------------------
+static std::map<std::string, KernelEntry>& registry() {
+    static std::map<std::string, KernelEntry> kernels;
+    return kernels;
+}
+
+void register_kernel(const KernelEntry& entry) {
+    if (!registry().emplace(entry.name, entry).second) fatal("kernel %s registered twice", entry.name);
+}
+
+const KernelEntry* find_kernel(const char* name) {
+    auto it = registry().find(name);
+    return it == registry().end() ? nullptr : &it->second;
+}
+
+std::size_t kernel_count() { return registry().size(); }
+
+// ---- device memory -----------------------------------------------------------------------------
+struct Allocation {
+    std::size_t bytes;
+    char* map_base;
+    std::size_t map_len;
+};
+
+static std::mutex memory_lock;
+static std::map<std::uintptr_t, Allocation> allocations;  // by start address
+static std::size_t live_bytes = 0, peak_bytes = 0;
+
+static std::size_t page_size() {
+    static const std::size_t size = (std::size_t)sysconf(_SC_PAGESIZE);
+    return size;
+}
+
+static bool poison_enabled() {
+    static const bool on = [] {
+        const char* v = std::getenv("REVSNN_EMU_POISON");
+        return !(v && std::strcmp(v, "0") == 0);
+    }();
+    return on;
+}
+
+void* device_alloc(std::size_t bytes) {
+    if (bytes == 0) return nullptr;
+    const std::size_t page = page_size();
+    // The data ends 4-byte aligned right before the trailing guard page: an f32 buffer's one-past-
+    // the-end element faults; an f64 buffer (size a multiple of 8) starts 8-byte aligned.
+    const std::size_t rounded = (bytes + 3) & ~(std::size_t)3;
+    if (rounded < bytes) return nullptr;
+    const std::size_t data_pages = (rounded + page - 1) / page;
+    const std::size_t map_len = (data_pages + 2) * page;
+    void* base = mmap(nullptr, map_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    char* data_begin = static_cast<char*>(base) + page;
+    if (mprotect(data_begin, data_pages * page, PROT_READ | PROT_WRITE) != 0) {
+        munmap(base, map_len);
+        return nullptr;
+    }
+    char* start = data_begin + data_pages * page - rounded;
+    if (poison_enabled()) std::memset(start, 0xFF, rounded);
+    std::lock_guard<std::mutex> guard(memory_lock);
+    allocations[(std::uintptr_t)start] = Allocation{bytes, static_cast<char*>(base), map_len};
+    live_bytes += bytes;
+    if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+    return start;
+}
+
+std::size_t device_free(void* p) {
+    Allocation a;
+    {
+        std::lock_guard<std::mutex> guard(memory_lock);
+        auto it = allocations.find((std::uintptr_t)p);
+        if (it == allocations.end()) return 0;
+        a = it->second;
+        allocations.erase(it);
+        live_bytes -= a.bytes;
+    }
+    munmap(a.map_base, a.map_len);  // later uses of the freed memory fault
+    return a.bytes;
+}
+
+// The live allocation that contains p, or allocations.end(). Needs memory_lock.
+static std::map<std::uintptr_t, Allocation>::const_iterator containing(std::uintptr_t p) {
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return allocations.end();
+    --it;
+    if (p < it->first + it->second.bytes) return it;
+    return allocations.end();
+}
+
+bool device_range_ok(const void* p, std::size_t bytes) {
+    std::lock_guard<std::mutex> guard(memory_lock);
+    auto it = containing((std::uintptr_t)p);
+    if (it == allocations.end()) return false;
+    return (std::uintptr_t)p + bytes <= it->first + it->second.bytes;
+}
+
+std::size_t device_live_bytes() {
+    std::lock_guard<std::mutex> guard(memory_lock);
+    return live_bytes;
+}
+std::size_t device_peak_bytes() {
+    std::lock_guard<std::mutex> guard(memory_lock);
+    return peak_bytes;
+}
+void device_reset_peak() {
+    std::lock_guard<std::mutex> guard(memory_lock);
+    peak_bytes = live_bytes;
+}
+
+// ---- the fault handler --------------------------------------------------------------------------
+static thread_local const char* activity = nullptr;
+static struct sigaction previous_segv, previous_bus;
+
+static void describe_fault(std::uintptr_t addr, char* out, std::size_t len) {
+    // Not async-signal-safe, but the process aborts right after. try_lock: the faulting thread may
+    // hold the lock (it never does while device code runs).
+    if (!memory_lock.try_lock()) {
+        std::snprintf(out, len, "(allocation table busy)");
+        return;
+    }
+    auto after = allocations.upper_bound(addr);
+    std::string text;
+    char buf[256];
+    if (after != allocations.begin()) {
+        auto before = std::prev(after);
+        const std::uintptr_t end = before->first + before->second.bytes;
+        std::snprintf(buf, sizeof buf, "%zu bytes past the end of the allocation [0x%lx, +%zu)",
+                      (std::size_t)(addr - end), (unsigned long)before->first, before->second.bytes);
+        if (addr >= end) text += buf;
+    }
+    if (after != allocations.end()) {
+        std::snprintf(buf, sizeof buf, "%s%zu bytes before the start of the allocation [0x%lx, +%zu)",
+                      text.empty() ? "" : "; ", (std::size_t)(after->first - addr), (unsigned long)after->first,
+                      after->second.bytes);
+        text += buf;
+    }
+    memory_lock.unlock();
+    std::snprintf(out, len, "%s", text.empty() ? "no live allocation near it" : text.c_str());
+}
+
+static void on_fault(int sig, siginfo_t* info, void* context) {
+    const char* what = activity;
+    if (what) {
+        char where[768];
+        describe_fault((std::uintptr_t)info->si_addr, where, sizeof where);
+        char msg[1200];
+        int n = std::snprintf(msg, sizeof msg,
+                              "revsnn CUDA emulator: %s accessed address %p outside every live device allocation "
+                              "(%s), or overflowed its stack (signal %d). A GPU may silently read garbage here.\n",
+                              what, info->si_addr, where, sig);
+        if (n > 0) (void)!write(2, msg, (std::size_t)n < sizeof msg ? (std::size_t)n : sizeof msg - 1);
+        signal(SIGABRT, SIG_DFL);
+        std::abort();
+    }
+    // Not ours: hand it to whoever had the signal before (Rust's stack-overflow handler, or the
+    // default action).
+    const struct sigaction& prev = sig == SIGSEGV ? previous_segv : previous_bus;
+    if (prev.sa_flags & SA_SIGINFO) {
+        if (prev.sa_sigaction) {
+            prev.sa_sigaction(sig, info, context);
+            return;
+        }
+    } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+        prev.sa_handler(sig);
+        return;
+    }
+    signal(sig, SIG_DFL);  // returning re-executes the access, which now kills the process
+}
+
+static void install_fault_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa;
+        std::memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_fault;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &previous_segv);
+        sigaction(SIGBUS, &sa, &previous_bus);
+    });
+}
+
+void set_activity(const char* what) {
+    install_fault_handler();
+    activity = what;
+}
+void clear_activity() { activity = nullptr; }
+
+// ---- fibers ----------------------------------------------------------------------------------
+uint3 thread_idx;
+uint3 block_idx;
+dim3 block_dim;
+dim3 grid_dim;
+unsigned int linear_tid;
+unsigned long long warp_slots[1024];
+unsigned int warp_ballot_slots[1024];
+
+}  // namespace emu
+
+extern "C" {
+// Saves the callee-saved registers and the stack pointer to *save, switches to `load` (a stack
+// pointer saved by emu_switch or prepared by start_fiber) and returns there.
+void emu_switch(void** save, void* load);
+void emu_fiber_start();
+void emu_fiber_main();
+}
+
+#if defined(__x86_64__)
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+
+    .globl emu_fiber_start
+    .hidden emu_fiber_start
+    .type emu_fiber_start, @function
+emu_fiber_start:
+    andq $-16, %rsp
+    call emu_fiber_main
+    ud2
+    .size emu_fiber_start, .-emu_fiber_start
+)");
+#else
+#error "the emulator's fiber switch is written for x86-64 only"
+#endif
+
+namespace emu {
+
+enum State : unsigned char { NotStarted, Ready, Running, WaitBlock, WaitWarp, Done };
+
+struct Fiber {
+    void* sp;
+    char* stack;  // the top of its stack while started
+    State state;
+};
+
+static const std::size_t kStackBytes = 256 * 1024;
+static Fiber fibers[1024];
+static void* scheduler_sp = nullptr;
+static KernelArgs* current_args = nullptr;
+static std::vector<char*> free_stacks;  // tops of unused stacks (kept for the process)
+
+static char* take_stack() {
+    if (!free_stacks.empty()) {
+        char* top = free_stacks.back();
+        free_stacks.pop_back();
+        return top;
+    }
+    const std::size_t page = page_size();
+    void* base = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                      -1, 0);
+    if (base == MAP_FAILED) fatal("out of memory for a thread stack");
+    mprotect(base, page, PROT_NONE);  // guard: a stack overflow faults
+    return static_cast<char*>(base) + page + kStackBytes;
+}
+
+static void start_fiber(Fiber& f) {
+    f.stack = take_stack();
+    void** sp = reinterpret_cast<void**>(f.stack);
+    *--sp = nullptr;  // padding: emu_fiber_start realigns anyway
+    *--sp = reinterpret_cast<void*>(&emu_fiber_start);
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp rbx r12 r13 r14 r15
+    f.sp = sp;
+}
+
+static inline void suspend(State why) {
+    Fiber& f = fibers[linear_tid];
+    f.state = why;
+    emu_switch(&f.sp, scheduler_sp);
+}
+
+void block_wait() { suspend(WaitBlock); }
+void warp_wait() { suspend(WaitWarp); }
+
+}  // namespace emu
+
+extern "C" void emu_fiber_main() {
+    using namespace emu;
+    current_args->run_thread();
+    Fiber& f = fibers[linear_tid];
+    f.state = Done;
+    emu_switch(&f.sp, scheduler_sp);
+    __builtin_unreachable();
+}
+
+namespace emu {
+
+static std::mutex launch_lock;
+static const char* current_kernel = "";
+
+static void resume(unsigned int i) {
+    Fiber& f = fibers[i];
+    linear_tid = i;
+    const unsigned int bx = block_dim.x, by = block_dim.y;
+    thread_idx.x = i % bx;
+    thread_idx.y = (i / bx) % by;
+    thread_idx.z = i / (bx * by);
+    if (f.state == NotStarted) start_fiber(f);
+    f.state = Running;
+    emu_switch(&scheduler_sp, f.sp);
+    if (f.state == Done) {
+        free_stacks.push_back(f.stack);
+        f.stack = nullptr;
+    }
+}
+
+static void run_block(unsigned int n) {
+    for (unsigned int i = 0; i < n; ++i) fibers[i].state = NotStarted;
+    bool warned = false;
+    for (;;) {
+        for (unsigned int i = 0; i < n; ++i) {
+            const State s = fibers[i].state;
+            if (s == NotStarted || s == Ready) resume(i);
+        }
+        // Every thread has now exited or waits. Release a warp whose live lanes all wait at a
+        // warp intrinsic; else the block when every live thread waits at __syncthreads.
+        unsigned int alive = 0, at_block = 0;
+        bool released = false;
+        for (unsigned int base = 0; base < n; base += 32) {
+            const unsigned int end = base + 32 < n ? base + 32 : n;
+            unsigned int warp_alive = 0, warp_waiting = 0;
+            for (unsigned int i = base; i < end; ++i) {
+                const State s = fibers[i].state;
+                if (s == Done) continue;
+                ++warp_alive;
+                if (s == WaitWarp) ++warp_waiting;
+                if (s == WaitBlock) ++at_block;
+            }
+            alive += warp_alive;
+            if (warp_alive > 0 && warp_waiting == warp_alive) {
+                for (unsigned int i = base; i < end; ++i)
+                    if (fibers[i].state == WaitWarp) fibers[i].state = Ready;
+                released = true;
+            }
+        }
+        if (alive == 0) return;
+        if (released) continue;
+        if (at_block != alive && !warned) {
+            // Lanes of one warp wait at a warp intrinsic while others wait at __syncthreads:
+            // undefined on a GPU (it may hang). Release everyone rather than deadlock.
+            std::fprintf(stderr,
+                         "revsnn CUDA emulator: warning: kernel %s: threads of one warp wait at __syncthreads and "
+                         "at a warp intrinsic at the same time (divergent barrier, undefined on a GPU)\n",
+                         current_kernel);
+            warned = true;
+        }
+        for (unsigned int i = 0; i < n; ++i)
+            if (fibers[i].state == WaitBlock || fibers[i].state == WaitWarp) fibers[i].state = Ready;
+    }
+}
+
+LaunchStatus run_grid(const KernelEntry& kernel, void** params, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                      unsigned by, unsigned bz, unsigned shared_bytes) {
+    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0) return LaunchStatus::InvalidValue;
+    if (gx > 0x7fffffffu || gy > 65535 || gz > 65535) return LaunchStatus::InvalidValue;
+    if (bx > 1024 || by > 1024 || bz > 64 || (unsigned long long)bx * by * bz > 1024) return LaunchStatus::InvalidValue;
+    if (shared_bytes > 48 * 1024) return LaunchStatus::InvalidValue;
+    if (kernel.arity > 0 && params == nullptr) return LaunchStatus::InvalidValue;
+    KernelArgs* args = kernel.make_args(kernel.function, params);
+    std::lock_guard<std::mutex> guard(launch_lock);
+    std::string what = std::string("kernel ") + kernel.name;
+    set_activity(what.c_str());
+    current_kernel = kernel.name;
+    current_args = args;
+    grid_dim = dim3(gx, gy, gz);
+    block_dim = dim3(bx, by, bz);
+    const unsigned int n = bx * by * bz;
+    for (unsigned int z = 0; z < gz; ++z)
+        for (unsigned int y = 0; y < gy; ++y)
+            for (unsigned int x = 0; x < gx; ++x) {
+                block_idx = uint3{x, y, z};
+                run_block(n);
+            }
+    clear_activity();
+    current_args = nullptr;
+    delete args;
+    return LaunchStatus::Ok;
+}
+
+}  // namespace emu
+
+// For fake_cublas.cpp (a separate library that links this one).
+extern "C" __attribute__((visibility("default"))) int revsnn_emu_range_ok(const void* p, std::size_t bytes) {
+    return emu::device_range_ok(p, bytes) ? 1 : 0;
+}
+extern "C" __attribute__((visibility("default"))) void revsnn_emu_set_activity(const char* what) {
+    if (what)
+        emu::set_activity(what);
+    else
+        emu::clear_activity();
+}
