@@ -54,3 +54,7 @@ ln -sf libcuda.so.1 "$OUT/libcuda.so"
   -o "$OUT/libcublas.so.13" "$HERE/fake_cublas.cpp" -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'
 ln -sf libcublas.so.13 "$OUT/libcublas.so"
 echo "build.sh: emulator in $OUT" >&2
+
+# The execution model's own checks (barriers, shuffles, launch validation), against the objects just built.
+"$CXX" "${FLAGS[@]}" "${WARN[@]}" -o "$OUT/selftest" "$HERE/selftest.cpp" "$OUT/obj/emulator.o" -lpthread
+"$OUT/selftest"

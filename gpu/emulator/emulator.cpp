@@ -309,6 +309,13 @@ static Fiber fibers[1024];
 static void* scheduler_sp = nullptr;
 static KernelArgs* current_args = nullptr;
 static std::vector<char*> free_stacks;  // tops of unused stacks (kept for the process)
+// The stack of a thread that exited, returned to free_stacks by whoever runs next (the exiting
+// thread cannot free the stack it is still running on).
+static char* pending_free = nullptr;
+
+static std::mutex launch_lock;
+static const char* current_kernel = "";
+static bool one_dimensional = true;
 
 static char* take_stack() {
     if (!free_stacks.empty()) {
@@ -324,6 +331,13 @@ static char* take_stack() {
     return static_cast<char*>(base) + page + kStackBytes;
 }
 
+static inline void reap_pending() {
+    if (pending_free) {
+        free_stacks.push_back(pending_free);
+        pending_free = nullptr;
+    }
+}
+
 static void start_fiber(Fiber& f) {
     f.stack = take_stack();
     void** sp = reinterpret_cast<void**>(f.stack);
@@ -333,10 +347,59 @@ static void start_fiber(Fiber& f) {
     f.sp = sp;
 }
 
+// The block being run. A sweep runs every runnable live thread once, in index order, each until
+// it exits or waits; a thread that stops switches straight to the next runnable one (one context
+// switch per thread and barrier; the last one of the sweep switches back to the scheduler).
+static unsigned short live[1024];
+static unsigned int live_count = 0;
+static unsigned int sweep_at = 0, sweep_kept = 0;  // position in live[]; live threads kept so far
+static unsigned int warp_alive[32], warp_waiting[32];
+static unsigned int warps_waiting = 0, block_waiting = 0;
+
+// Makes thread i the current one.
+static inline void prepare(unsigned int i) {
+    Fiber& f = fibers[i];
+    linear_tid = i;
+    if (one_dimensional) {
+        thread_idx.x = i;
+    } else {
+        const unsigned int bx = block_dim.x, by = block_dim.y;
+        thread_idx.x = i % bx;
+        thread_idx.y = (i / bx) % by;
+        thread_idx.z = i / (bx * by);
+    }
+    if (f.state == NotStarted) start_fiber(f);
+    f.state = Running;
+}
+
+// The stack pointer to switch to after live[sweep_at] stopped: the next runnable thread of the
+// sweep (made current), or the scheduler when the sweep is over.
+static inline void* advance() {
+    const unsigned int stopped = live[sweep_at];
+    if (fibers[stopped].state != Done) live[sweep_kept++] = (unsigned short)stopped;
+    for (++sweep_at; sweep_at < live_count; ++sweep_at) {
+        const unsigned int i = live[sweep_at];
+        const State s = fibers[i].state;
+        if (s == NotStarted || s == Ready) {
+            prepare(i);
+            return fibers[i].sp;
+        }
+        live[sweep_kept++] = (unsigned short)i;
+    }
+    return scheduler_sp;
+}
+
 static inline void suspend(State why) {
     Fiber& f = fibers[linear_tid];
     f.state = why;
-    emu_switch(&f.sp, scheduler_sp);
+    if (why == WaitWarp) {
+        ++warp_waiting[linear_tid >> 5];
+        ++warps_waiting;
+    } else {
+        ++block_waiting;
+    }
+    emu_switch(&f.sp, advance());
+    reap_pending();
 }
 
 void block_wait() { suspend(WaitBlock); }
@@ -346,66 +409,66 @@ void warp_wait() { suspend(WaitWarp); }
 
 extern "C" void emu_fiber_main() {
     using namespace emu;
+    reap_pending();
     current_args->run_thread();
     Fiber& f = fibers[linear_tid];
     f.state = Done;
-    emu_switch(&f.sp, scheduler_sp);
+    --warp_alive[linear_tid >> 5];
+    pending_free = f.stack;
+    f.stack = nullptr;
+    void* dead;
+    emu_switch(&dead, advance());
     __builtin_unreachable();
 }
 
 namespace emu {
 
-static std::mutex launch_lock;
-static const char* current_kernel = "";
-
-static void resume(unsigned int i) {
-    Fiber& f = fibers[i];
-    linear_tid = i;
-    const unsigned int bx = block_dim.x, by = block_dim.y;
-    thread_idx.x = i % bx;
-    thread_idx.y = (i / bx) % by;
-    thread_idx.z = i / (bx * by);
-    if (f.state == NotStarted) start_fiber(f);
-    f.state = Running;
-    emu_switch(&scheduler_sp, f.sp);
-    if (f.state == Done) {
-        free_stacks.push_back(f.stack);
-        f.stack = nullptr;
-    }
-}
-
 static void run_block(unsigned int n) {
-    for (unsigned int i = 0; i < n; ++i) fibers[i].state = NotStarted;
+    for (unsigned int i = 0; i < n; ++i) {
+        fibers[i].state = NotStarted;
+        live[i] = (unsigned short)i;
+    }
+    live_count = n;
+    for (unsigned int w = 0; w < (n + 31) / 32; ++w) {
+        warp_alive[w] = n - w * 32 < 32 ? n - w * 32 : 32;
+        warp_waiting[w] = 0;
+    }
+    warps_waiting = block_waiting = 0;
+    thread_idx = uint3{0, 0, 0};
     bool warned = false;
     for (;;) {
-        for (unsigned int i = 0; i < n; ++i) {
+        // One sweep: start the first runnable thread; the threads hand over to each other and the
+        // last one comes back here.
+        sweep_kept = 0;
+        for (sweep_at = 0; sweep_at < live_count; ++sweep_at) {
+            const unsigned int i = live[sweep_at];
             const State s = fibers[i].state;
-            if (s == NotStarted || s == Ready) resume(i);
-        }
-        // Every thread has now exited or waits. Release a warp whose live lanes all wait at a
-        // warp intrinsic; else the block when every live thread waits at __syncthreads.
-        unsigned int alive = 0, at_block = 0;
-        bool released = false;
-        for (unsigned int base = 0; base < n; base += 32) {
-            const unsigned int end = base + 32 < n ? base + 32 : n;
-            unsigned int warp_alive = 0, warp_waiting = 0;
-            for (unsigned int i = base; i < end; ++i) {
-                const State s = fibers[i].state;
-                if (s == Done) continue;
-                ++warp_alive;
-                if (s == WaitWarp) ++warp_waiting;
-                if (s == WaitBlock) ++at_block;
+            if (s == NotStarted || s == Ready) {
+                prepare(i);
+                emu_switch(&scheduler_sp, fibers[i].sp);
+                reap_pending();
+                break;
             }
-            alive += warp_alive;
-            if (warp_alive > 0 && warp_waiting == warp_alive) {
-                for (unsigned int i = base; i < end; ++i)
+            live[sweep_kept++] = (unsigned short)i;
+        }
+        live_count = sweep_kept;
+        if (live_count == 0) return;
+        // Release a warp whose live lanes all wait at a warp intrinsic; else the block when every
+        // live thread waits at __syncthreads.
+        bool released = false;
+        if (warps_waiting > 0) {
+            for (unsigned int w = 0; w < (n + 31) / 32; ++w) {
+                if (warp_waiting[w] == 0 || warp_waiting[w] != warp_alive[w]) continue;
+                const unsigned int end = w * 32 + 32 < n ? w * 32 + 32 : n;
+                for (unsigned int i = w * 32; i < end; ++i)
                     if (fibers[i].state == WaitWarp) fibers[i].state = Ready;
+                warps_waiting -= warp_waiting[w];
+                warp_waiting[w] = 0;
                 released = true;
             }
         }
-        if (alive == 0) return;
         if (released) continue;
-        if (at_block != alive && !warned) {
+        if (block_waiting != live_count && !warned) {
             // Lanes of one warp wait at a warp intrinsic while others wait at __syncthreads:
             // undefined on a GPU (it may hang). Release everyone rather than deadlock.
             std::fprintf(stderr,
@@ -414,8 +477,9 @@ static void run_block(unsigned int n) {
                          current_kernel);
             warned = true;
         }
-        for (unsigned int i = 0; i < n; ++i)
-            if (fibers[i].state == WaitBlock || fibers[i].state == WaitWarp) fibers[i].state = Ready;
+        for (unsigned int k = 0; k < live_count; ++k) fibers[live[k]].state = Ready;
+        for (unsigned int w = 0; w < (n + 31) / 32; ++w) warp_waiting[w] = 0;
+        warps_waiting = block_waiting = 0;
     }
 }
 
@@ -434,6 +498,7 @@ LaunchStatus run_grid(const KernelEntry& kernel, void** params, unsigned gx, uns
     current_args = args;
     grid_dim = dim3(gx, gy, gz);
     block_dim = dim3(bx, by, bz);
+    one_dimensional = by == 1 && bz == 1;
     const unsigned int n = bx * by * bz;
     for (unsigned int z = 0; z < gz; ++z)
         for (unsigned int y = 0; y < gy; ++y)

@@ -59,6 +59,13 @@ unsigned long long total_memory() {
         if (!initialised) return CUDA_ERROR_NOT_INITIALIZED; \
     } while (0)
 
+// Calls that work in a context fail without a current one, as the driver's do.
+#define CHECK_CTX()                                            \
+    do {                                                       \
+        if (!initialised) return CUDA_ERROR_NOT_INITIALIZED;   \
+        if (!current_context) return CUDA_ERROR_INVALID_CONTEXT; \
+    } while (0)
+
 bool valid_device(CUdevice d) { return d == 0; }
 
 // The size of a module image cuModuleLoadData receives without a length: an ELF (CUBIN) says
@@ -394,7 +401,7 @@ CUresult cuCtxGetDevice(CUdevice* dev) {
 }
 
 CUresult cuCtxSynchronize() {
-    CHECK_INIT();
+    CHECK_CTX();
     return CUDA_SUCCESS;
 }
 
@@ -440,7 +447,7 @@ CUresult cuCtxSetCacheConfig(CUfunc_cache) {
 
 // ---- streams and events ---------------------------------------------------------------------------
 CUresult cuStreamCreate(CUstream* stream, unsigned int flags) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (!stream) return CUDA_ERROR_INVALID_VALUE;
     *stream = reinterpret_cast<CUstream>(new Stream{flags});
     return CUDA_SUCCESS;
@@ -485,7 +492,7 @@ CUresult cuLaunchHostFunc(CUstream, CUhostFn fn, void* user_data) {
 }
 
 CUresult cuEventCreate(CUevent* event, unsigned int) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (!event) return CUDA_ERROR_INVALID_VALUE;
     *event = reinterpret_cast<CUevent>(new Event{std::chrono::steady_clock::now(), false});
     return CUDA_SUCCESS;
@@ -532,7 +539,7 @@ CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
 
 // ---- memory -------------------------------------------------------------------------------------
 CUresult cuMemAlloc(CUdeviceptr* dptr, size_t bytes) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     void* p = emu::device_alloc(bytes);
     if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -541,13 +548,13 @@ CUresult cuMemAlloc(CUdeviceptr* dptr, size_t bytes) {
 }
 
 CUresult cuMemFree(CUdeviceptr dptr) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (dptr == 0) return CUDA_SUCCESS;
     return emu::device_free(reinterpret_cast<void*>(dptr)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 CUresult cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     void* p = emu::device_alloc(bytes);
     if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -564,7 +571,7 @@ CUresult cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes, CUmemoryPool p
 }
 
 CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (dptr == 0) return CUDA_SUCCESS;
     const std::size_t bytes = emu::device_free(reinterpret_cast<void*>(dptr));
     if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
@@ -574,7 +581,7 @@ CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream) {
 }
 
 CUresult cuMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
-    CHECK_INIT();
+    CHECK_CTX();
     const unsigned long long total = total_memory(), live = emu::device_live_bytes();
     if (free_bytes) *free_bytes = live < total ? total - live : 0;
     if (total_bytes) *total_bytes = total;
@@ -595,7 +602,7 @@ CUresult cuMemFreeHost(void* p) {
 }
 
 CUresult cuMemsetD8(CUdeviceptr dst, unsigned char value, size_t n) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (n == 0) return CUDA_SUCCESS;
     if (!emu::device_range_ok(reinterpret_cast<void*>(dst), n)) {
         std::fprintf(stderr, "revsnn CUDA emulator: cuMemsetD8: [%p, +%zu) is not inside one live allocation\n",
@@ -609,7 +616,7 @@ CUresult cuMemsetD8(CUdeviceptr dst, unsigned char value, size_t n) {
 CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t n, CUstream) { return cuMemsetD8(dst, value, n); }
 
 CUresult cuMemsetD32(CUdeviceptr dst, unsigned int value, size_t n) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (n == 0) return CUDA_SUCCESS;
     if (!emu::device_range_ok(reinterpret_cast<void*>(dst), n * 4)) return CUDA_ERROR_INVALID_VALUE;
     unsigned int* p = reinterpret_cast<unsigned int*>(dst);
@@ -620,35 +627,35 @@ CUresult cuMemsetD32(CUdeviceptr dst, unsigned int value, size_t n) {
 CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int value, size_t n, CUstream) { return cuMemsetD32(dst, value, n); }
 
 CUresult cuMemcpyHtoD(CUdeviceptr dst, const void* src, size_t bytes) {
-    CHECK_INIT();
+    CHECK_CTX();
     return copy_checked("cuMemcpyHtoD", reinterpret_cast<void*>(dst), true, src, false, bytes);
 }
 CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void* src, size_t bytes, CUstream) {
-    CHECK_INIT();
+    CHECK_CTX();
     return copy_checked("cuMemcpyHtoDAsync", reinterpret_cast<void*>(dst), true, src, false, bytes);
 }
 CUresult cuMemcpyDtoH(void* dst, CUdeviceptr src, size_t bytes) {
-    CHECK_INIT();
+    CHECK_CTX();
     return copy_checked("cuMemcpyDtoH", dst, false, reinterpret_cast<const void*>(src), true, bytes);
 }
 CUresult cuMemcpyDtoHAsync(void* dst, CUdeviceptr src, size_t bytes, CUstream) {
-    CHECK_INIT();
+    CHECK_CTX();
     return copy_checked("cuMemcpyDtoHAsync", dst, false, reinterpret_cast<const void*>(src), true, bytes);
 }
 CUresult cuMemcpyDtoD(CUdeviceptr dst, CUdeviceptr src, size_t bytes) {
-    CHECK_INIT();
+    CHECK_CTX();
     return copy_checked("cuMemcpyDtoD", reinterpret_cast<void*>(dst), true, reinterpret_cast<const void*>(src), true,
                         bytes);
 }
 CUresult cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream) {
-    CHECK_INIT();
+    CHECK_CTX();
     return copy_checked("cuMemcpyDtoDAsync", reinterpret_cast<void*>(dst), true, reinterpret_cast<const void*>(src),
                         true, bytes);
 }
 
 // ---- modules and launches -----------------------------------------------------------------------
 CUresult cuModuleLoadData(CUmodule* module, const void* image) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (!module || !image) return CUDA_ERROR_INVALID_VALUE;
     const std::size_t size = image_size(image);
     if (size == 0) return CUDA_ERROR_INVALID_IMAGE;
@@ -670,7 +677,7 @@ CUresult cuModuleUnload(CUmodule module) {
 }
 
 CUresult cuModuleGetFunction(CUfunction* function, CUmodule module, const char* name) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (!function || !name) return CUDA_ERROR_INVALID_VALUE;
     if (!module) return CUDA_ERROR_INVALID_HANDLE;
     Module* m = reinterpret_cast<Module*>(module);
@@ -714,7 +721,7 @@ CUresult cuFuncSetCacheConfig(CUfunction function, CUfunc_cache) {
 CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                         unsigned int by, unsigned int bz, unsigned int shared_bytes, CUstream, void** params,
                         void** extra) {
-    CHECK_INIT();
+    CHECK_CTX();
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     if (extra) return CUDA_ERROR_NOT_SUPPORTED;  // cudarc passes kernelParams
     const emu::KernelEntry& kernel = *reinterpret_cast<const emu::KernelEntry*>(f);

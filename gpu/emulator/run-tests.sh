@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every GPU test on the CPU emulator (gpu/README.md, "Running the GPU tests on the CPU
+# emulator"): tests/gpu_*.rs and gpu/tests/*.rs with REVSNN_REQUIRE_GPU=1, the emulated driver and
+# cuBLAS first on the library path and the real NVRTC after them. Extra arguments go to the test
+# binaries (e.g. a test name filter).
+# usage: gpu/emulator/run-tests.sh [-- TEST ARGS...]
+# Needs NVRTC 13.0 in .nvrtc/ (installed by .ci/run; or set NV to another install).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NV="${NV:-$PWD/.nvrtc}"
+if [ ! -f "$NV/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+  echo "run-tests.sh: no NVRTC in $NV (run .ci/run once, or install it as gpu/README.md says)" >&2
+  exit 1
+fi
+export REVSNN_CUDA_INCLUDE="${REVSNN_CUDA_INCLUDE:-$NV/nvidia/cu13/include}"
+EMU="${REVSNN_EMU_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/cuda-emulator}"
+gpu/emulator/build.sh "$EMU"
+export LD_LIBRARY_PATH="$EMU:$NV/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1
+[ "${1:-}" = "--" ] && shift
+# The GPU tests of the root crate (tests/gpu_*.rs) and of revsnn-gpu (gpu/tests/*.rs).
+cargo test --release -p revsnn --test 'gpu_*' -- "$@"
+cargo test --release -p revsnn-gpu --test '*' -- "$@"
