@@ -1,6 +1,10 @@
 // Checks of the emulator's execution model, run by build.sh after linking: barriers with threads
 // that exit early, block reductions, warp shuffles and ballots, 2-D blocks, launch validation;
 // prints the cost of a thread switch.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -56,12 +60,19 @@ extern "C" __global__ void fill(float* y, long long n, float v) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = v;
 }
+
+// Reads one element past the end of x.
+extern "C" __global__ void read_past(const float* x, float* y, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) y[0] = x[i];
+}
 }  // namespace k
 
 EMU_REGISTER(k, tree_sum)
 EMU_REGISTER(k, warp_sum)
 EMU_REGISTER(k, index_2d)
 EMU_REGISTER(k, fill)
+EMU_REGISTER(k, read_past)
 
 static int failures = 0;
 #define CHECK(cond)                                                       \
@@ -134,6 +145,20 @@ int main() {
         CHECK(!emu::device_range_ok(p - 1, 1));
         CHECK((unsigned char)p[0] == 0xFF);  // poisoned
         emu::device_free(p);
+    }
+    // A kernel that reads past the end of an allocation aborts the process (in a child here).
+    {
+        const pid_t child = fork();
+        if (child == 0) {
+            std::freopen("/dev/null", "w", stderr);
+            float* x = static_cast<float*>(emu::device_alloc(5 * 4));
+            float* y = static_cast<float*>(emu::device_alloc(4));
+            launch("read_past", dim3(1), dim3(32), (const float*)x, y, 5LL);
+            _exit(0);
+        }
+        int status = 0;
+        waitpid(child, &status, 0);
+        CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
     }
     // Speed.
     {
