@@ -19,5 +19,8 @@ export LD_LIBRARY_PATH="$EMU:$NV/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_
 export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1
 [ "${1:-}" = "--" ] && shift
 # The GPU tests of the root crate (tests/gpu_*.rs) and of revsnn-gpu (gpu/tests/*.rs).
-cargo test --release -p revsnn --test 'gpu_*' -- "$@"
-cargo test --release -p revsnn-gpu --test '*' -- "$@"
+# --no-fail-fast: every binary runs and every failure is reported.
+status=0
+cargo test --release --no-fail-fast -p revsnn --test 'gpu_*' -- "$@" || status=1
+cargo test --release --no-fail-fast -p revsnn-gpu --test '*' -- "$@" || status=1
+exit "$status"
