@@ -69,7 +69,12 @@ pub const LOSS: KernelSource = KernelSource {
 pub const OPTIM: KernelSource = KernelSource {
     file: "optim.cu",
     source: include_str!("../kernels/optim.cu"),
-    functions: &["sgd_step_f32", "sgd_step_f64", "adamw_step_f32", "adamw_step_f64"],
+    functions: &[
+        "sgd_step_f32",
+        "sgd_step_f64",
+        "adamw_step_f32",
+        "adamw_step_f64",
+    ],
 };
 
 /// Every kernel file, for the NVRTC compile check.
