@@ -20,16 +20,20 @@ struct Strided {
     long long y_offset;
 };
 
-// The x and y offsets of element `i` (row-major) of the walk. The loop is unrolled, so every
-// array index is a constant and the parameter struct stays in the constant bank.
+// The x and y offsets of element `i < prod(sizes)` (row-major) of the walk. The loop is
+// unrolled, so every array index is a constant and the parameter struct stays in the constant
+// bank; the outermost axis takes what is left of `i` without a division.
 __device__ __forceinline__ void strided_offsets(const Strided& s, long long i, long long& x, long long& y) {
     x = s.x_offset;
     y = s.y_offset;
 #pragma unroll
     for (int d = MAX_RANK - 1; d >= 0; --d) {
         if (d < s.rank) {
-            long long c = i % s.sizes[d];
-            i /= s.sizes[d];
+            long long c = i;
+            if (d > 0) {
+                c = i % s.sizes[d];
+                i /= s.sizes[d];
+            }
             x += c * s.x_strides[d];
             y += c * s.y_strides[d];
         }

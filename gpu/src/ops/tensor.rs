@@ -849,8 +849,11 @@ mod tests {
     fn offsets(walk: &Strided, mut i: i64) -> (usize, usize) {
         let (mut x, mut y) = (walk.x_offset, walk.y_offset);
         for d in (0..walk.rank as usize).rev() {
-            let c = i % walk.sizes[d];
-            i /= walk.sizes[d];
+            let mut c = i;
+            if d > 0 {
+                c = i % walk.sizes[d];
+                i /= walk.sizes[d];
+            }
             x += c * walk.x_strides[d];
             y += c * walk.y_strides[d];
         }
