@@ -335,7 +335,7 @@ pub fn evaluate<B: Backend>(
 ) -> Result<EvalResult> {
     let order: Vec<usize> = (0..data.len()).collect();
     let (mut loss, mut top1, mut top5, mut samples) = (0.0, 0, 0, 0);
-    for next in Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 2, 0) {
+    for next in Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 1, 2, 0) {
         let next = next?;
         let count = next.labels.len();
         let images = batch_tensor(backend, data.as_ref(), next.images, count)?;
@@ -565,7 +565,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         );
         let epoch_start = Instant::now();
         let (mut loss_sum, mut hits, mut seen) = (0.0, 0usize, 0usize);
-        let batches = Loader::new(source, order, state.batch, true, 4, epoch_seed);
+        let batches = Loader::new(source, order, state.batch, true, 1, 4, epoch_seed);
         for (step, next) in batches.enumerate() {
             let next = next?;
             let count = next.labels.len();
