@@ -47,8 +47,10 @@ use crate::spec::ModelSpec;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
+    /// The CPU reference backend.
     #[default]
     Cpu,
+    /// The CUDA backend.
     Cuda,
 }
 
@@ -478,9 +480,11 @@ pub enum ModelSource {
 /// A run's model: where it comes from, its display name and its spec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunModel {
+    /// Where the model comes from.
     pub source: ModelSource,
     /// The preset, the spec file's path, or `revsresnet-small`.
     pub name: String,
+    /// The spec as built: the recipe's head and time steps and the overrides applied.
     pub spec: ModelSpec,
 }
 
@@ -649,22 +653,33 @@ impl TrainSettings {
 /// A run with every knob decided: what the training loop runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
+    /// The recipe the open knobs came from.
     pub recipe: RecipeKind,
+    /// The model, as built.
     pub model: RunModel,
+    /// The dataset.
     pub dataset: DatasetKind,
     /// Where the real dataset is read from.
     pub data_dir: Option<PathBuf>,
+    /// Training samples (the synthetic datasets' size, a cap for the real ones).
     pub train_samples: usize,
+    /// Test samples (the same).
     pub test_samples: usize,
+    /// Total epochs.
     pub epochs: usize,
+    /// Training batch size.
     pub batch: usize,
+    /// The seed of the weights, the shuffles and the augmentation.
     pub seed: u64,
+    /// Where to compute.
     pub device: Device,
     /// The run folder.
     pub out: PathBuf,
     /// The optimizer with its base learning rate.
     pub optimizer: OptimizerKind,
+    /// The learning-rate schedule over the epochs.
     pub schedule: Schedule,
+    /// The training augmentation (mixup until `mixup_off_epoch`).
     pub augmentation: Augmentation,
     /// The first epoch without mixup.
     pub mixup_off_epoch: usize,

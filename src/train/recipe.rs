@@ -205,22 +205,33 @@ pub const COSINE_MIN_LR: f64 = 1e-5;
 /// What the recipes decide by: the recipe, the model's family and the dataset.
 #[derive(Clone, Copy, Debug)]
 pub struct RecipeInput {
+    /// Which recipe.
     pub recipe: RecipeKind,
+    /// The model's family.
     pub arch: Arch,
+    /// The dataset.
     pub dataset: DatasetKind,
 }
 
-/// The augmentation a recipe chooses (SPEC.md 5), as the config's knobs hold it.
+/// The augmentation a recipe chooses (SPEC.md 5), as the config's knobs hold it: a step that is
+/// off still has its parameters (RandAugment's magnitude, mixup's probability), the values a
+/// run that turns it on gets.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AugmentDefaults {
+    /// Zero padding of the random crop; 0: no crop.
     pub crop_padding: usize,
+    /// Horizontal flip.
     pub flip: bool,
     /// RandAugment; its `num_ops` is 0 when off.
     pub rand_augment: RandAugment,
+    /// SNNAugmentWide.
     pub snn_augment_wide: bool,
+    /// Random-erasing probability.
     pub random_erasing: f64,
-    /// Mixup's alpha (0: off) and batch probability.
+    /// Mixup's alpha (0: off) and batch probability; its targets are smoothed by
+    /// `label_smoothing`.
     pub mixup: Mixup,
+    /// Label smoothing of unmixed batches.
     pub label_smoothing: f64,
 }
 
