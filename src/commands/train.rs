@@ -16,7 +16,7 @@ use crate::train::{Run, TrainOptions, config_file_text, default_spec, train};
 #[derive(Clone, Debug, Args)]
 pub struct TrainArgs {
     /// A TOML file of settings: each key is a flag's name with `_` for `-`, in the section of
-    /// its help heading ([optimizer], [schedule], [augment], [loader]; --optimizer and
+    /// its help heading (`[optimizer]`, `[schedule]`, `[augment]`, `[loader]`; --optimizer and
     /// --schedule are `name` there). Flags override the file; relative paths are relative to
     /// the file. A run folder's config.toml reruns that run.
     #[arg(long)]

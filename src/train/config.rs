@@ -67,7 +67,7 @@ pub struct TrainSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<RecipeKind>,
     /// A preset (see `revsnn summary --help`); without model or spec, a small RevSResNet
-    /// (layers [1,1,1,1], planes [8,16,16,32], T = 2, 32x32, 10 classes).
+    /// (layers `[1,1,1,1]`, planes `[8,16,16,32]`, T = 2, 32x32, 10 classes).
     #[arg(long, conflicts_with = "spec")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -120,7 +120,7 @@ pub struct TrainSettings {
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<Device>,
-    /// The run folder (default: runs/<model>-<dataset>-seed<S>).
+    /// The run folder (default: `runs/<model>-<dataset>-seed<S>`).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,
@@ -1085,7 +1085,7 @@ fn resolve_augment(
 
 /// The config keys a resumed run may change: where things are and how fast, not what is
 /// trained. The model's keys are checked against the run's spec instead.
-const CHANGEABLE_ON_RESUME: &[&str] = &[
+pub const CHANGEABLE_ON_RESUME: &[&str] = &[
     "epochs",
     "data_dir",
     "device",
