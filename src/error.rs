@@ -18,6 +18,12 @@ pub enum Error {
     /// Bad command-line input.
     #[error("{0}")]
     Usage(String),
+    /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
+    #[error(
+        "--device cuda: {0}. Run on a machine where `revsnn info` finds a CUDA device (see \
+         gpu/README.md), or use --device cpu"
+    )]
+    Cuda(#[source] revsnn_gpu::GpuError),
 }
 
 /// The result of a model-level operation.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::DeviceArg;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 use crate::train::{TrainConfig, default_spec, train};
@@ -111,7 +112,7 @@ pub fn resolve_model(
 
 /// Runs `revsnn train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    args.device.require_cpu()?;
+    let device = args.device.open()?;
     set_threads(args.threads)?;
     let (name, spec) = resolve_model(&args.model, &args.spec, args.num_classes, args.time_steps)?;
     let dataset = args.dataset.clone().unwrap_or_else(|| {
@@ -145,7 +146,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         model_given: args.model.is_some() || args.spec.is_some(),
         quiet: args.quiet,
     };
-    let summary = train(&config)?;
+    if let Device::Cuda(_) = device {
+        eprintln!("device: CUDA {}", device.name());
+    }
+    let summary = train(&config, &device)?;
     println!(
         "done in {:.1} s: test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; run folder {}",
         summary.seconds,

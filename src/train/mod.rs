@@ -20,13 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use revsnn_reference::{Backend, Cpu, Element, memory};
+use revsnn_reference::{Backend, DType, Element};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::checkpoint;
 use crate::data::Dataset;
 use crate::data::synthetic::{Split, Synthetic, SyntheticEvents};
+use crate::device::{Compute, Device, Task};
 use crate::error::{Error, Result};
 use crate::model::{BuildOptions, Mode};
 use crate::network::{Network, RunOptions};
@@ -416,11 +417,27 @@ fn optimizer_name(kind: &OptimizerKind) -> &'static str {
     }
 }
 
-/// Trains as `config` says, printing the run folder first and a progress bar per epoch.
-pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
+/// Trains as `config` says on `device` in f32, printing the run folder first and a progress bar
+/// per epoch.
+pub fn train(config: &TrainConfig, device: &Device) -> Result<TrainSummary> {
+    device.run(DType::F32, Train(config))
+}
+
+/// [`train_on`] as a [`Task`].
+struct Train<'a>(&'a TrainConfig);
+
+impl Task for Train<'_> {
+    type Output = TrainSummary;
+
+    fn run<B: Compute>(self, backend: B) -> Result<TrainSummary> {
+        train_on(backend, self.0)
+    }
+}
+
+/// Trains as `config` says on `backend`.
+fn train_on<B: Compute>(backend: B, config: &TrainConfig) -> Result<TrainSummary> {
     let started = Instant::now();
     let out = config.out.clone();
-    let backend = Cpu::<f32>::new();
     let mut state = if config.resume {
         let mut state = read_state(&out)?;
         if config.model_given && config.spec != state.spec {
@@ -554,7 +571,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
     };
     for epoch in state.epochs_done..end {
         let lr = recipe.lr(epoch);
-        memory::reset_peak();
+        backend.reset_peak_memory();
         let epoch_seed = shuffle_seed(state.seed, epoch);
         let order = shuffled(train_data.len(), epoch_seed);
         let source = train_set.source(epoch, state.epochs, spec.num_classes);
@@ -578,7 +595,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
                         &[count, classes],
                         targets
                             .into_iter()
-                            .map(|v| <f32 as Element>::cast(f64::from(v)))
+                            .map(|v| B::Elem::cast(f64::from(v)))
                             .collect(),
                     )?;
                     network.train_step_soft(
@@ -626,6 +643,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
                 hits as f64 / seen as f64,
             );
         }
+        backend.synchronize()?;
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         let test = evaluate(
             &backend,
@@ -643,7 +661,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
                 state.epochs_done
             )));
         }
-        let peak = memory::stats().peak_bytes;
+        let peak = backend.peak_memory_bytes();
         state.epochs_done = epoch + 1;
         state.optimizer_steps = optimizer.steps();
         state.next_shuffle_seed = shuffle_seed(state.seed, epoch + 1);
