@@ -19,10 +19,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
-    #[error(
-        "--device cuda: {0}. Run on a machine where `revsnn info` finds a CUDA device (see \
-         gpu/README.md), or use --device cpu"
-    )]
+    #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]
     Cuda(#[source] revsnn_gpu::GpuError),
 }
 

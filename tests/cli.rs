@@ -216,10 +216,7 @@ fn bad_specs_and_devices_are_errors_not_panics() {
 
 /// Whether this machine has a usable CUDA device (then `--device cuda` runs instead of failing).
 fn has_gpu() -> bool {
-    matches!(
-        revsnn::gpu::probe(),
-        revsnn::gpu::CudaStatus::Available(_)
-    )
+    matches!(revsnn::gpu::probe(), revsnn::gpu::CudaStatus::Available(_))
 }
 
 #[test]
@@ -286,7 +283,11 @@ fn device_auto_without_a_gpu_runs_on_the_cpu() {
         "auto",
         "--json",
     ]);
-    assert!(stderr(&output).contains("using the CPU"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("using the CPU"),
+        "{}",
+        stderr(&output)
+    );
     let report = json(&output);
     assert_eq!(report["device"], "cpu", "{report}");
     assert_eq!(report["backend"], "cpu", "{report}");

@@ -24,8 +24,6 @@
 //!
 //! Skips without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
-use std::path::Path;
-
 use revsnn::checkpoint::{load_state_dict, state_dict};
 use revsnn::commands::random_images;
 use revsnn::commands::verify::verify_on;
@@ -45,11 +43,17 @@ const BATCH: usize = 3;
 const SEED: u64 = 11;
 const GEMM_CLASS: f64 = 1e-4;
 
+/// The parity fixture's spec of `family`, embedded: the test binary is carried to the GPU
+/// machine without the repository's path.
 fn spec(family: &str) -> ModelSpec {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/parity")
-        .join(format!("{family}.spec.json"));
-    ModelSpec::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let json = match family {
+        "revsresnet" => include_str!("../fixtures/parity/revsresnet.spec.json"),
+        "msresnet" => include_str!("../fixtures/parity/msresnet.spec.json"),
+        "revsformer" => include_str!("../fixtures/parity/revsformer.spec.json"),
+        "spikingformer" => include_str!("../fixtures/parity/spikingformer.spec.json"),
+        other => panic!("no fixture spec for {other}"),
+    };
+    ModelSpec::from_json(json).unwrap()
 }
 
 fn widen<B: Backend>(backend: &B, tensor: &B::Tensor) -> Vec<f64> {
@@ -87,13 +91,7 @@ fn run_step<B: Backend>(
     let (images, labels) = random_images(backend, spec, BATCH, SEED).unwrap();
     let mut grads = network.zero_grads();
     let report = network
-        .train_step(
-            backend,
-            &mut grads,
-            &images,
-            &labels,
-            RunOptions::default(),
-        )
+        .train_step(backend, &mut grads, &images, &labels, RunOptions::default())
         .unwrap();
     let output = report.output;
     let mut tensors = vec![
@@ -147,8 +145,7 @@ fn assert_close(case: &str, gpu: &Outcome, cpu: &Outcome, exact: &Outcome) {
     );
     let mut failures = Vec::new();
     let mut worst = (0.0f64, String::new());
-    for (((name, g), (_, c)), (_, e)) in gpu.tensors.iter().zip(&cpu.tensors).zip(&exact.tensors)
-    {
+    for (((name, g), (_, c)), (_, e)) in gpu.tensors.iter().zip(&cpu.tensors).zip(&exact.tensors) {
         assert_eq!(g.len(), c.len(), "{case}: {name} length");
         assert!(g.iter().all(|v| v.is_finite()), "{case}: {name} not finite");
         let error = relative_error(g, c);
@@ -245,7 +242,11 @@ fn spiking_models_flip_rarely_and_otherwise_match_the_cpu_logits() {
         let (gpu_logits, gpu_spikes) = spiking_forward(&gpu, &spec);
         gpu.synchronize().unwrap();
         let (cpu_logits, cpu_spikes) = spiking_forward(&Cpu::<f32>::new(), &spec);
-        assert_eq!(gpu_spikes.len(), cpu_spikes.len(), "{family}: neuron layers");
+        assert_eq!(
+            gpu_spikes.len(),
+            cpu_spikes.len(),
+            "{family}: neuron layers"
+        );
         let (mut flips, mut compared) = (0usize, 0usize);
         for (g, c) in gpu_spikes.iter().zip(&cpu_spikes) {
             assert_eq!(g.len(), c.len(), "{family}: a spike tensor's length");
@@ -285,7 +286,8 @@ fn two_training_steps_on_cuda_are_bitwise_identical() {
         let second = run_step(&gpu, &spec, BuildOptions::default(), Some(sgd));
         gpu.synchronize().unwrap();
         for ((name, a), (_, b)) in first.tensors.iter().zip(&second.tensors) {
-            let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            let same =
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{family}: {name} differs between two runs");
         }
         assert_eq!(first.counters, second.counters, "{family}");
@@ -333,11 +335,19 @@ fn checkpoints_of_a_cuda_network_round_trip() {
         let saved = state_dict(&gpu, &network.store).unwrap();
         let mut again = Network::new(&gpu, &spec, SEED + 1, BuildOptions::default()).unwrap();
         load_state_dict(&gpu, &mut again.store, &saved).unwrap();
-        assert_eq!(state_dict(&gpu, &again.store).unwrap(), saved, "{family}: CUDA");
+        assert_eq!(
+            state_dict(&gpu, &again.store).unwrap(),
+            saved,
+            "{family}: CUDA"
+        );
         let cpu = Cpu::<f32>::new();
         let mut on_cpu = Network::new(&cpu, &spec, SEED + 1, BuildOptions::default()).unwrap();
         load_state_dict(&cpu, &mut on_cpu.store, &saved).unwrap();
-        assert_eq!(state_dict(&cpu, &on_cpu.store).unwrap(), saved, "{family}: CPU");
+        assert_eq!(
+            state_dict(&cpu, &on_cpu.store).unwrap(),
+            saved,
+            "{family}: CPU"
+        );
         // the training step counted one batch on the host, written as an int64 scalar
         assert!(
             network.store.entries().iter().any(|e| e.count() == Some(1)),
@@ -357,4 +367,11 @@ fn cuda_is_a_compute_backend() {
         return;
     };
     assert!(!Device::Cuda(gpu.device().clone()).name().is_empty());
+}
+
+#[test]
+fn the_embedded_fixture_specs_are_valid() {
+    for family in FAMILIES {
+        spec(family).validate().unwrap();
+    }
 }

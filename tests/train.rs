@@ -257,7 +257,10 @@ fn bad_input_is_a_clear_error() {
         let output = train(&spec, &out, &["--device", "cuda"]);
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("--device cpu") && !stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains("--device cpu") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
     }
     // an unwritable run folder
     let blocker = dir.join("file");

@@ -96,7 +96,14 @@ pub fn run(
     let device = device.open()?;
     let (name, spec) = args.resolve()?;
     let device_name = device.name();
-    let report = device.run(DType::F32, Measure { spec: &spec, batch, steps })?;
+    let report = device.run(
+        DType::F32,
+        Measure {
+            spec: &spec,
+            batch,
+            steps,
+        },
+    )?;
     let threads = rayon::current_num_threads();
     if json_output {
         println!(
