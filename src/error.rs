@@ -26,6 +26,9 @@ pub enum Error {
     /// Bad command-line input.
     #[error("{0}")]
     Usage(String),
+    /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
+    #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]
+    Cuda(#[source] revsnn_gpu::GpuError),
 }
 
 /// The result of a model-level operation.

@@ -231,6 +231,7 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     assert!(report["median_step_seconds"].as_f64().unwrap() > 0.0);
     assert!(report["images_per_second"].as_f64().unwrap() > 0.0);
     assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(report["device"], "cpu");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -252,8 +253,15 @@ fn bad_input_is_a_clear_error() {
     );
     let output = train(&spec, &out, &["--dataset", "imagenet"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown dataset"));
-    let output = train(&spec, &out, &["--device", "cuda"]);
-    assert!(!output.status.success());
+    if !matches!(revsnn::gpu::probe(), revsnn::gpu::CudaStatus::Available(_)) {
+        let output = train(&spec, &out, &["--device", "cuda"]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--device cpu") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
     // an unwritable run folder
     let blocker = dir.join("file");
     std::fs::write(&blocker, b"x").unwrap();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::DeviceArg;
+use crate::device::Device as OpenDevice;
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 use crate::train::config::{Device, TrainSettings};
@@ -98,18 +99,23 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         print!("{}", config_file_text(&run.config, None)?);
         return Ok(());
     }
-    match run.config.device {
+    let device = match run.config.device {
         Device::Cpu => DeviceArg::Cpu,
         Device::Cuda => DeviceArg::Cuda,
+        Device::Auto => DeviceArg::Auto,
     }
-    .require_cpu()?;
+    .open()?;
     set_threads(args.threads)?;
+    if let OpenDevice::Cuda(_) = device {
+        eprintln!("device: CUDA {}", device.name());
+    }
     let summary = train(
         &run,
         &TrainOptions {
             stop_after: args.stop_after,
             quiet: args.quiet,
         },
+        &device,
     )?;
     println!(
         "done in {:.1} s: test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; run folder {}",

@@ -50,8 +50,10 @@ pub enum Device {
     /// The CPU reference backend.
     #[default]
     Cpu,
-    /// The CUDA backend.
+    /// The CUDA backend on GPU 0.
     Cuda,
+    /// CUDA when a GPU is found, else the CPU.
+    Auto,
 }
 
 /// Every knob of a training run, as a TOML file or the command line gives it; unset knobs take

@@ -23,13 +23,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use revsnn_reference::{Backend, Cpu, Element, memory};
+use revsnn_reference::{Backend, DType, Element};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::checkpoint;
 use crate::data::Dataset;
 use crate::data::synthetic::{Split, Synthetic, SyntheticEvents};
+use crate::device::{Compute, Device, Task};
 use crate::error::{Error, Result};
 use crate::model::{BuildOptions, Mode};
 use crate::network::{Network, RunOptions};
@@ -449,13 +450,31 @@ fn read_state(out: &Path) -> Result<RunState> {
         .map_err(|e| file_error(&path, format!("not a revsnn run state: {e}")))
 }
 
-/// Trains `run`, printing the run folder first and a progress bar per epoch; writes
-/// `config.toml` before the first epoch of this invocation.
-pub fn train(run: &Run, options: &TrainOptions) -> Result<TrainSummary> {
+/// Trains `run` on `device` in f32, printing the run folder first and a progress bar per epoch;
+/// writes `config.toml` before the first epoch of this invocation.
+pub fn train(run: &Run, options: &TrainOptions, device: &Device) -> Result<TrainSummary> {
+    device.run(DType::F32, Train { run, options })
+}
+
+/// [`train_on`] as a [`Task`].
+struct Train<'a> {
+    run: &'a Run,
+    options: &'a TrainOptions,
+}
+
+impl Task for Train<'_> {
+    type Output = TrainSummary;
+
+    fn run<B: Compute>(self, backend: B) -> Result<TrainSummary> {
+        train_on(backend, self.run, self.options)
+    }
+}
+
+/// Trains `run` on `backend`.
+fn train_on<B: Compute>(backend: B, run: &Run, options: &TrainOptions) -> Result<TrainSummary> {
     let started = Instant::now();
     let config = &run.config;
     let out = config.out.clone();
-    let backend = Cpu::<f32>::new();
     let settings = config.settings();
     let mut state = match &run.resumed {
         Some(resumed) => RunState {
@@ -562,7 +581,7 @@ pub fn train(run: &Run, options: &TrainOptions) -> Result<TrainSummary> {
     };
     for epoch in state.epochs_done..end {
         let lr = config.lr(epoch);
-        memory::reset_peak();
+        backend.reset_peak_memory();
         let epoch_seed = shuffle_seed(config.seed, epoch);
         let order = shuffled(train_data.len(), epoch_seed);
         let source = train_set.source(epoch, spec.num_classes);
@@ -594,7 +613,7 @@ pub fn train(run: &Run, options: &TrainOptions) -> Result<TrainSummary> {
                         &[count, classes],
                         targets
                             .into_iter()
-                            .map(|v| <f32 as Element>::cast(f64::from(v)))
+                            .map(|v| B::Elem::cast(f64::from(v)))
                             .collect(),
                     )?;
                     network.train_step_soft(
@@ -642,6 +661,7 @@ pub fn train(run: &Run, options: &TrainOptions) -> Result<TrainSummary> {
                 hits as f64 / seen as f64,
             );
         }
+        backend.synchronize()?;
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         let test = evaluate(
             &backend,
@@ -659,7 +679,7 @@ pub fn train(run: &Run, options: &TrainOptions) -> Result<TrainSummary> {
                 state.epochs_done
             )));
         }
-        let peak = memory::stats().peak_bytes;
+        let peak = backend.peak_memory_bytes();
         state.epochs_done = epoch + 1;
         state.optimizer_steps = optimizer.steps();
         state.next_shuffle_seed = shuffle_seed(config.seed, epoch + 1);
