@@ -14,7 +14,7 @@ use revsnn_reference::{Backend, DType, Element};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::model::{EntryKind, ParamStore};
+use crate::model::{EntryKind, EntryValue, ParamStore};
 
 /// The elements of one stored tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -220,20 +220,21 @@ pub fn write(path: &Path, tensors: &[(String, StoredTensor)]) -> Result<()> {
     })
 }
 
-/// The store as a state_dict: parameters and running statistics in the backend's float type,
-/// `num_batches_tracked` as I64 scalars, in `state_dict` order.
+/// The store as a state_dict: parameters and running statistics in the backend's float type
+/// (downloaded from the device), `num_batches_tracked` as I64 scalars, in `state_dict` order.
 pub fn state_dict<B: Backend>(backend: &B, store: &ParamStore<B>) -> Result<TensorFile> {
     store
         .entries()
         .iter()
         .map(|entry| {
-            let values = backend.to_vec(&entry.value)?;
-            let tensor = match entry.kind {
-                EntryKind::BatchesTracked => StoredTensor {
+            let tensor = match &entry.value {
+                EntryValue::Count(count) => StoredTensor {
                     shape: vec![],
-                    data: TensorData::I64(values.iter().map(|v| v.widen() as i64).collect()),
+                    data: TensorData::I64(vec![i64::try_from(*count).unwrap_or(i64::MAX)]),
                 },
-                _ => StoredTensor::from_elements(entry.shape.clone(), values),
+                EntryValue::Tensor(tensor) => {
+                    StoredTensor::from_elements(entry.shape.clone(), backend.to_vec(tensor)?)
+                }
             };
             Ok((entry.name.clone(), tensor))
         })
@@ -268,8 +269,21 @@ pub fn load_state_dict<B: Backend>(
                     mismatched.push(format!("{} (file I64, model floating point)", entry.name));
                     continue;
                 }
+                if entry.kind == EntryKind::BatchesTracked {
+                    match count_of(tensor) {
+                        Some(count) => updates.push((index, EntryValue::Count(count))),
+                        None => mismatched.push(format!(
+                            "{} (a count must be one non-negative integer)",
+                            entry.name
+                        )),
+                    }
+                    continue;
+                }
                 let values = tensor.to_f64().into_iter().map(B::Elem::cast).collect();
-                updates.push((index, backend.tensor_from_vec(&entry.shape, values)?));
+                updates.push((
+                    index,
+                    EntryValue::Tensor(backend.tensor_from_vec(&entry.shape, values)?),
+                ));
             }
         }
     }
@@ -299,8 +313,29 @@ pub fn load_state_dict<B: Backend>(
             parts.join("; ")
         )));
     }
-    for (index, tensor) in updates {
-        store.set(crate::model::ParamId(index), tensor);
+    for (index, value) in updates {
+        let id = crate::model::ParamId(index);
+        match value {
+            EntryValue::Tensor(tensor) => store.set(id, tensor),
+            EntryValue::Count(count) => store.set_count(id, count),
+        }
     }
     Ok(())
+}
+
+/// The value of a stored `num_batches_tracked`: one non-negative integer (I64, or a float that
+/// holds an integer).
+fn count_of(tensor: &StoredTensor) -> Option<u64> {
+    match &tensor.data {
+        TensorData::I64(values) => match values.as_slice() {
+            [count] => u64::try_from(*count).ok(),
+            _ => None,
+        },
+        _ => match tensor.to_f64().as_slice() {
+            [count] if *count >= 0.0 && count.fract() == 0.0 && *count < 2f64.powi(63) => {
+                Some(*count as u64)
+            }
+            _ => None,
+        },
+    }
 }

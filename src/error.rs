@@ -15,9 +15,20 @@ pub enum Error {
     /// A file that cannot be read or written.
     #[error("{path}: {detail}")]
     File { path: String, detail: String },
+    /// A setting of `revsnn train` (a config key and its flag) with a value it cannot take.
+    #[error("{key} = {value}: expected {expected} (config key `{key}`, flag {flag})")]
+    Setting {
+        key: String,
+        flag: String,
+        value: String,
+        expected: String,
+    },
     /// Bad command-line input.
     #[error("{0}")]
     Usage(String),
+    /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
+    #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]
+    Cuda(#[source] revsnn_gpu::GpuError),
 }
 
 /// The result of a model-level operation.

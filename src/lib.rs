@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod commands;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod info;
 pub mod model;

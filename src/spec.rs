@@ -194,6 +194,17 @@ impl ModelSpec {
         Ok(spec)
     }
 
+    /// Reads, parses and validates a JSON spec file; errors name the file.
+    pub fn read(path: &std::path::Path) -> Result<ModelSpec> {
+        let file_error = |detail: String| Error::File {
+            path: path.display().to_string(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| file_error(format!("cannot read the spec: {e}")))?;
+        ModelSpec::from_json(&text).map_err(|e| file_error(e.to_string()))
+    }
+
     /// Checks every field for the spec's family: positive sizes, fields of the other family
     /// absent, ResNets with one width per stage, transformers with `dim` divisible by `heads` and
     /// by 8 (the tokenizer's first width is `dim / 8`), image sizes the strided layers divide.

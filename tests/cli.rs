@@ -209,7 +209,87 @@ fn bad_specs_and_devices_are_errors_not_panics() {
     );
     let failed = revsnn(&["summary", "--model", "resnet50"]);
     assert!(!failed.status.success() && stderr(&failed).contains("unknown preset"));
-    let failed = revsnn(&["verify", "--model", "revsresnet21", "--device", "cuda"]);
-    assert!(!failed.status.success() && stderr(&failed).contains("--device cpu"));
+    let failed = revsnn(&["verify", "--model", "revsresnet21", "--device", "nvidia"]);
+    assert!(!failed.status.success() && stderr(&failed).contains("cuda"));
     assert!(!stderr(&failed).contains("panicked"));
+}
+
+/// Whether this machine has a usable CUDA device (then `--device cuda` runs instead of failing).
+fn has_gpu() -> bool {
+    matches!(revsnn::gpu::probe(), revsnn::gpu::CudaStatus::Available(_))
+}
+
+#[test]
+fn device_cuda_without_a_gpu_is_a_clear_error_in_every_command() {
+    if has_gpu() {
+        eprintln!("SKIP: a CUDA device is present, so --device cuda runs");
+        return;
+    }
+    let spec = fixture("revsresnet.spec.json");
+    let spec = spec.to_str().unwrap();
+    let weights = fixture("revsresnet.weights.safetensors");
+    let input = fixture("revsresnet.input.safetensors");
+    let output = scratch("cuda-grad.safetensors");
+    let run = scratch("cuda-run");
+    let commands: Vec<Vec<&str>> = vec![
+        vec![
+            "grad",
+            "--spec",
+            spec,
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        vec!["verify", "--spec", spec],
+        vec!["memory", "--spec", spec],
+        vec!["bench", "--spec", spec, "--batch", "1", "--steps", "1"],
+        vec!["train", "--spec", spec, "--out", run.to_str().unwrap()],
+        vec!["eval", "--checkpoint", weights.to_str().unwrap()],
+    ];
+    for mut args in commands {
+        args.extend(["--device", "cuda"]);
+        let failed = revsnn(&args);
+        let message = stderr(&failed);
+        assert!(!failed.status.success(), "{args:?} succeeded");
+        assert!(
+            message.contains("--device cuda:") && message.contains("--device cpu"),
+            "{args:?}: {message}"
+        );
+        assert!(!message.contains("panicked"), "{args:?}: {message}");
+    }
+    assert!(!output.exists(), "grad wrote an output");
+    assert!(!run.exists(), "train made a run folder");
+}
+
+#[test]
+fn device_auto_without_a_gpu_runs_on_the_cpu() {
+    if has_gpu() {
+        eprintln!("SKIP: a CUDA device is present, so --device auto picks it");
+        return;
+    }
+    let spec = fixture("revsresnet.spec.json");
+    let output = revsnn(&[
+        "bench",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+        "--device",
+        "auto",
+        "--json",
+    ]);
+    assert!(
+        stderr(&output).contains("using the CPU"),
+        "{}",
+        stderr(&output)
+    );
+    let report = json(&output);
+    assert_eq!(report["device"], "cpu", "{report}");
+    assert_eq!(report["backend"], "cpu", "{report}");
+    assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
 }

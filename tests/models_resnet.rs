@@ -207,7 +207,11 @@ fn initialisation_follows_spec_4_6() {
     for name in ["revsresnet24", "msresnet20"] {
         let (_, store) = build(&backend, &preset(name, 10), &BuildOptions::default(), 3).unwrap();
         for entry in store.entries() {
-            let values = backend.to_vec(&entry.value).unwrap();
+            let Some(tensor) = entry.tensor() else {
+                assert_eq!(entry.count(), Some(0), "{name}: {}", entry.name);
+                continue;
+            };
+            let values = backend.to_vec(tensor).unwrap();
             let n = values.len() as f64;
             let mean = values.iter().sum::<f64>() / n;
             let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
@@ -292,7 +296,7 @@ fn forward_gives_finite_logits_and_a_training_step_reaches_every_parameter() {
         let tracked = store
             .id_of("bn1.num_batches_tracked")
             .or(store.id_of("bn1.0.num_batches_tracked"));
-        assert!(backend.to_vec(store.get(tracked.unwrap())).unwrap()[0] >= 1.0);
+        assert!(store.count(tracked.unwrap()) >= 1);
     }
 }
 

@@ -277,12 +277,7 @@ fn check_train_step<M: Transformer<Cpu<f32>>>(spec: &ModelSpec) {
             }
             EntryKind::BatchesTracked => {
                 // Training-mode forward updated every BatchNorm's running statistics once.
-                assert_eq!(
-                    backend.to_vec(&entry.value).unwrap(),
-                    vec![1.0],
-                    "{}",
-                    entry.name
-                );
+                assert_eq!(entry.count(), Some(1), "{}", entry.name);
             }
             EntryKind::RunningStat => assert!(grad.is_none()),
         }

@@ -326,7 +326,13 @@ fn buffers<B: Backend>(backend: &B, store: &ParamStore<B>) -> Result<Vec<(String
         .entries()
         .iter()
         .filter(|e| e.kind != EntryKind::Parameter)
-        .map(|e| Ok((e.name.clone(), widen(&backend.to_vec(&e.value)?))))
+        .map(|e| {
+            let values = match e.tensor() {
+                Some(tensor) => widen(&backend.to_vec(tensor)?),
+                None => vec![e.count().unwrap_or_default() as f64],
+            };
+            Ok((e.name.clone(), values))
+        })
         .collect()
 }
 
@@ -745,7 +751,7 @@ proptest! {
                     probe.set(id, value);
                     loss(&model.sequence, &mut probe, &x, &dy_values).expect("forward")
                 },
-                &backend.to_vec(&entry.value)?,
+                &backend.to_vec(model.store.get(id))?,
                 FD_STEP,
             );
             let error = relative_error(&analytic, &numeric);

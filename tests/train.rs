@@ -171,10 +171,10 @@ fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let dir = scratch("nan");
     let spec = spec_file(&dir, TINY);
     let out = dir.join("run");
-    ok(train(&spec, &out, &["--epochs", "1"]));
+    ok(train(&spec, &out, &["--epochs", "3", "--stop-after", "1"]));
     let good = bytes(out.join("last.safetensors"));
-    // resume with an absurd learning rate is not possible (the run keeps its lr), so a fresh
-    // run with one shows the error; the first run's files stay untouched
+    // a resumed run keeps its settings, so a copy of the run with an absurd learning rate
+    // written into its state shows the error; the first run's files stay untouched
     let bad = dir.join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     for file in [
@@ -187,9 +187,9 @@ fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     }
     let mut state: Value =
         serde_json::from_str(&std::fs::read_to_string(bad.join("last.json")).unwrap()).unwrap();
-    state["lr"] = Value::from(1e30);
+    state["config"]["optimizer"]["lr"] = Value::from(1e30);
     std::fs::write(bad.join("last.json"), state.to_string()).unwrap();
-    let output = train(&spec, &bad, &["--epochs", "3", "--resume"]);
+    let output = train(&spec, &bad, &["--resume"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -231,6 +231,7 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     assert!(report["median_step_seconds"].as_f64().unwrap() > 0.0);
     assert!(report["images_per_second"].as_f64().unwrap() > 0.0);
     assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(report["device"], "cpu");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -252,8 +253,15 @@ fn bad_input_is_a_clear_error() {
     );
     let output = train(&spec, &out, &["--dataset", "imagenet"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown dataset"));
-    let output = train(&spec, &out, &["--device", "cuda"]);
-    assert!(!output.status.success());
+    if !matches!(revsnn::gpu::probe(), revsnn::gpu::CudaStatus::Available(_)) {
+        let output = train(&spec, &out, &["--device", "cuda"]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--device cpu") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
     // an unwritable run folder
     let blocker = dir.join("file");
     std::fs::write(&blocker, b"x").unwrap();
@@ -283,7 +291,7 @@ fn a_dvs_model_trains_on_synthetic_events_by_default() {
     ok(train(&spec, &out, &["--epochs", "1"]));
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
-    assert_eq!(state["dataset"], "synthetic-events");
+    assert_eq!(state["config"]["dataset"], "synthetic-events");
     let output = train(&spec, &dir.join("other"), &["--dataset", "synthetic"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("synthetic-events"));
     let _ = std::fs::remove_dir_all(&dir);

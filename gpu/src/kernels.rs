@@ -88,5 +88,59 @@ pub const POOL: KernelSource = KernelSource {
     ],
 };
 
+/// `gpu/kernels/tensor.cu`: strided copies (permute, narrow, concat, repeat, broadcasts),
+/// elementwise arithmetic, quantisation, sums over time and axes, the fingerprint.
+pub const TENSOR: KernelSource = KernelSource {
+    file: "tensor.cu",
+    source: include_str!("../kernels/tensor.cu"),
+    functions: &[
+        "strided_copy_f32",
+        "strided_copy_f64",
+        "strided_divide_f32",
+        "strided_divide_f64",
+        "add_f32",
+        "add_f64",
+        "sub_f32",
+        "sub_f64",
+        "scale_f32",
+        "scale_f64",
+        "quantize_f32",
+        "quantize_f64",
+        "sum_leading_f32",
+        "sum_leading_f64",
+        "mean_axes_f32",
+        "mean_axes_f64",
+        "fingerprint_f32",
+        "fingerprint_f64",
+    ],
+};
+
+/// `gpu/kernels/loss.cu`: softmax cross-entropy against labels or soft targets, and its backward
+/// (SPEC.md 5).
+pub const LOSS: KernelSource = KernelSource {
+    file: "loss.cu",
+    source: include_str!("../kernels/loss.cu"),
+    functions: &[
+        "cross_entropy_labels_f32",
+        "cross_entropy_labels_f64",
+        "cross_entropy_soft_f32",
+        "cross_entropy_soft_f64",
+        "cross_entropy_backward_f32",
+        "cross_entropy_backward_f64",
+    ],
+};
+
+/// `gpu/kernels/optim.cu`: fused SGD-with-momentum and AdamW steps (SPEC.md 5).
+pub const OPTIM: KernelSource = KernelSource {
+    file: "optim.cu",
+    source: include_str!("../kernels/optim.cu"),
+    functions: &[
+        "sgd_step_f32",
+        "sgd_step_f64",
+        "adamw_step_f32",
+        "adamw_step_f64",
+    ],
+};
+
 /// Every kernel file, for the NVRTC compile check.
-pub const ALL: &[KernelSource] = &[NEURON, CONV, LINEAR, BATCH_NORM, POOL];
+pub const ALL: &[KernelSource] = &[NEURON, CONV, LINEAR, BATCH_NORM, POOL, TENSOR, LOSS, OPTIM];

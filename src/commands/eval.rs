@@ -2,18 +2,22 @@
 
 use std::path::{Path, PathBuf};
 
-use revsnn_reference::Cpu;
+use std::sync::Arc;
+
+use revsnn_reference::DType;
 use serde_json::{Value, json};
 
 use super::DeviceArg;
 use super::train::resolve_model;
-use crate::checkpoint;
+use crate::checkpoint::{self, TensorFile};
+use crate::data::Dataset;
 use crate::data::synthetic::Split;
+use crate::device::{Compute, Task};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::network::Network;
 use crate::spec::ModelSpec;
-use crate::train::{evaluate, open_dataset};
+use crate::train::{EvalResult, evaluate, open_dataset};
 
 /// The spec saved beside `checkpoint` (`X.json` for `X.safetensors`, a run state or a bare spec).
 pub fn neighbour_spec(checkpoint: &Path) -> Result<Option<ModelSpec>> {
@@ -47,7 +51,7 @@ pub fn run(
     device: DeviceArg,
     json_output: bool,
 ) -> Result<()> {
-    device.require_cpu()?;
+    let device = device.open()?;
     let weights = checkpoint::read(checkpoint_path)?;
     let (name, spec) = match (model, spec) {
         (None, None) => match neighbour_spec(checkpoint_path)? {
@@ -70,19 +74,26 @@ pub fn run(
         }
         .into()
     });
-    let backend = Cpu::<f32>::new();
-    let mut network = Network::new(&backend, &spec, 0, BuildOptions::default())?;
-    checkpoint::load_state_dict(&backend, &mut network.store, &weights)?;
     let data = open_dataset(&dataset, data_dir, &spec, Split::Test, samples)?;
     if batch == 0 {
         return Err(Error::Usage("--batch must be >= 1".into()));
     }
-    let result = evaluate(&backend, &mut network, data, batch)?;
+    let result = device.run(
+        DType::F32,
+        Evaluate {
+            spec: &spec,
+            weights: &weights,
+            data,
+            batch,
+        },
+    )?;
     if json_output {
         println!(
             "{}",
             json!({
                 "model": name,
+                "device": device.name(),
+                "backend": device.kind(),
                 "dataset": dataset,
                 "samples": result.samples,
                 "loss": result.loss,
@@ -100,4 +111,22 @@ pub fn run(
         );
     }
     Ok(())
+}
+
+/// Builds the network on the backend, loads the weights and evaluates.
+struct Evaluate<'a> {
+    spec: &'a ModelSpec,
+    weights: &'a TensorFile,
+    data: Arc<dyn Dataset>,
+    batch: usize,
+}
+
+impl Task for Evaluate<'_> {
+    type Output = EvalResult;
+
+    fn run<B: Compute>(self, backend: B) -> Result<EvalResult> {
+        let mut network = Network::new(&backend, self.spec, 0, BuildOptions::default())?;
+        checkpoint::load_state_dict(&backend, &mut network.store, self.weights)?;
+        evaluate(&backend, &mut network, self.data, self.batch)
+    }
 }

@@ -5,10 +5,11 @@
 use std::path::Path;
 
 use num_traits::Zero;
-use revsnn_reference::{Backend, Cpu, Element};
+use revsnn_reference::{Backend, Element};
 
 use super::{DTypeArg, DeviceArg, ModelArgs};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
+use crate::device::Task;
 use crate::error::{Error, Result};
 use crate::model::{BuildOptions, EntryKind, Mode};
 use crate::network::{Network, RunOptions};
@@ -130,7 +131,7 @@ pub fn compute<B: Backend>(
             }
             EntryKind::RunningStat => outputs.push((
                 format!("after_forward.{}", entry.name),
-                stored(&entry.value)?,
+                stored(network.store.get(crate::model::ParamId(index)))?,
             )),
             EntryKind::BatchesTracked => {}
         }
@@ -158,20 +159,40 @@ pub fn run(
     dtype: DTypeArg,
     device: DeviceArg,
 ) -> Result<()> {
-    device.require_cpu()?;
+    let device = device.open()?;
     let (_, spec) = args.resolve()?;
     let weight_file = checkpoint::read(weights)?;
     let batch = read_batch(input, &spec)?;
-    let outputs = match dtype {
-        DTypeArg::F64 => compute(&Cpu::<f64>::new(), &spec, &weight_file, &batch),
-        DTypeArg::F32 => compute(&Cpu::<f32>::new(), &spec, &weight_file, &batch),
-    }
-    .map_err(|e| match e {
-        Error::Spec(detail) => Error::File {
-            path: weights.display().to_string(),
-            detail,
-        },
-        other => other,
-    })?;
+    let outputs = device
+        .run(
+            dtype.into(),
+            GradTask {
+                spec: &spec,
+                weights: &weight_file,
+                batch: &batch,
+            },
+        )
+        .map_err(|e| match e {
+            Error::Spec(detail) => Error::File {
+                path: weights.display().to_string(),
+                detail,
+            },
+            other => other,
+        })?;
     checkpoint::write(output, &outputs)
+}
+
+/// [`compute`] as a [`Task`].
+struct GradTask<'a> {
+    spec: &'a ModelSpec,
+    weights: &'a TensorFile,
+    batch: &'a Batch,
+}
+
+impl Task for GradTask<'_> {
+    type Output = TensorFile;
+
+    fn run<B: crate::device::Compute>(self, backend: B) -> Result<TensorFile> {
+        compute(&backend, self.spec, self.weights, self.batch)
+    }
 }

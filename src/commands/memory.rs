@@ -2,11 +2,11 @@
 //! batch size, and memory per image as the slope between batch sizes and as peak / B
 //! (SPEC.md 9.3).
 
-use revsnn_reference::memory;
-use revsnn_reference::{AdamWParams, Backend, Cpu, SgdParams};
+use revsnn_reference::{AdamWParams, DType, SgdParams};
 use serde_json::json;
 
-use super::{DeviceArg, ModelArgs, full_training_step, random_batch};
+use super::{DeviceArg, ModelArgs, full_training_step, random_images};
+use crate::device::{Compute, Device, Task};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::model::reversible::{ReversibleOptions, Storage};
@@ -39,12 +39,18 @@ pub struct MemoryReport {
     pub bytes_per_image_at_max_batch: f64,
 }
 
-/// Measures `spec` in f32 on the CPU. The peak covers everything live during the step:
-/// parameters, gradients, optimizer state (allocated by a warm-up step first), the batch and
-/// every activation and scratch buffer. Needs the counting allocator (the `revsnn` binary
-/// installs it).
-pub fn measure(spec: &ModelSpec, batches: &[usize], bptt: bool, seed: u64) -> Result<MemoryReport> {
-    if !memory::stats().is_counting {
+/// Measures `spec` on `backend` in its float type. The peak covers everything live during the step: parameters,
+/// gradients, optimizer state (allocated by a warm-up step first), the batch and every activation
+/// and scratch buffer; on the CPU every heap byte of the process (the counting allocator), on
+/// CUDA every device tensor ([`Compute::peak_memory_bytes`]).
+pub fn measure<B: Compute>(
+    backend: B,
+    spec: &ModelSpec,
+    batches: &[usize],
+    bptt: bool,
+    seed: u64,
+) -> Result<MemoryReport> {
+    if !backend.memory_is_counted() {
         return Err(Error::Usage(
             "memory accounting needs revsnn_reference::memory::CountingAllocator as the global allocator".into(),
         ));
@@ -54,7 +60,6 @@ pub fn measure(spec: &ModelSpec, batches: &[usize], bptt: bool, seed: u64) -> Re
             "--batch needs one or more batch sizes >= 1".into(),
         ));
     }
-    let backend = Cpu::<f32>::new();
     let storage = if bptt {
         Storage::StoredActivations
     } else {
@@ -71,13 +76,11 @@ pub fn measure(spec: &ModelSpec, batches: &[usize], bptt: bool, seed: u64) -> Re
     for &batch in batches {
         let mut network = Network::new(&backend, spec, seed, options)?;
         let mut optimizer = Optimizer::new(paper_optimizer(spec), &network.store);
-        let (shape, values, labels) = random_batch(spec, batch, seed ^ batch as u64);
-        let images =
-            backend.tensor_from_vec(&shape, values.into_iter().map(|v| v as f32).collect())?;
+        let (images, labels) = random_images(&backend, spec, batch, seed ^ batch as u64)?;
         full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
-        memory::reset_peak();
+        backend.reset_peak_memory();
         full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
-        per_batch.push((batch, memory::stats().peak_bytes));
+        per_batch.push((batch, backend.peak_memory_bytes()));
     }
     let (first, last) = (per_batch[0], per_batch[per_batch.len() - 1]);
     let bytes_per_image_slope = (last.0 != first.0)
@@ -89,6 +92,21 @@ pub fn measure(spec: &ModelSpec, batches: &[usize], bptt: bool, seed: u64) -> Re
     })
 }
 
+/// [`measure`] as a [`Task`].
+struct Measure<'a> {
+    spec: &'a ModelSpec,
+    batches: &'a [usize],
+    bptt: bool,
+}
+
+impl Task for Measure<'_> {
+    type Output = MemoryReport;
+
+    fn run<B: Compute>(self, backend: B) -> Result<MemoryReport> {
+        measure(backend, self.spec, self.batches, self.bptt, 0)
+    }
+}
+
 /// Prints the report as a table, or as one JSON object.
 pub fn run(
     args: &ModelArgs,
@@ -97,9 +115,17 @@ pub fn run(
     bptt: bool,
     json: bool,
 ) -> Result<()> {
-    device.require_cpu()?;
+    let device = device.open()?;
     let (name, spec) = args.resolve()?;
-    let report = measure(&spec, batches, bptt, 0)?;
+    let device_name = device.name();
+    let report = device.run(
+        DType::F32,
+        Measure {
+            spec: &spec,
+            batches,
+            bptt,
+        },
+    )?;
     if json {
         let per_batch: Vec<_> = report
             .per_batch
@@ -110,7 +136,8 @@ pub fn run(
             "{}",
             json!({
                 "model": name,
-                "device": "cpu",
+                "device": device_name,
+                "backend": device.kind(),
                 "dtype": "f32",
                 "time_steps": spec.time_steps,
                 "bptt": bptt,
@@ -123,8 +150,12 @@ pub fn run(
     }
     const MIB: f64 = (1u64 << 20) as f64;
     println!(
-        "{name} (T = {}, f32, CPU{})",
+        "{name} (T = {}, f32, {}{})",
         spec.time_steps,
+        match device {
+            Device::Cpu => "CPU".to_string(),
+            Device::Cuda(_) => format!("CUDA {device_name}, device tensors"),
+        },
         if bptt { ", stored activations" } else { "" }
     );
     for (batch, peak) in &report.per_batch {

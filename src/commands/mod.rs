@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::device::{Compute, Device};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 
@@ -74,30 +75,48 @@ pub enum DTypeArg {
     F64,
 }
 
+impl From<DTypeArg> for revsnn_reference::DType {
+    fn from(dtype: DTypeArg) -> Self {
+        match dtype {
+            DTypeArg::F32 => revsnn_reference::DType::F32,
+            DTypeArg::F64 => revsnn_reference::DType::F64,
+        }
+    }
+}
+
 /// Where to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
+    /// The CPU reference backend.
     Cpu,
+    /// The CUDA backend on GPU 0 (an error, saying why, when there is none).
     Cuda,
+    /// CUDA when a GPU is found, else the CPU.
+    Auto,
 }
 
 impl DeviceArg {
-    /// `Ok` for the CPU; for CUDA, an error saying the model ops do not run there yet.
-    pub fn require_cpu(self) -> Result<()> {
+    /// The device this choice names, opened; `--device cuda` without a usable GPU is an error
+    /// that says why and what to do.
+    pub fn open(self) -> Result<Device> {
         match self {
-            DeviceArg::Cpu => Ok(()),
-            DeviceArg::Cuda => Err(Error::Usage(
-                "--device cuda: the CUDA backend runs the neuron kernels only so far; the model ops \
-                 (convolution, BatchNorm, ...) arrive with the CUDA issue. Use --device cpu."
-                    .into(),
-            )),
+            DeviceArg::Cpu => Ok(Device::Cpu),
+            DeviceArg::Cuda => Device::open_cuda(),
+            DeviceArg::Auto => {
+                let (device, reason) = Device::auto();
+                if let Some(reason) = reason {
+                    eprintln!("--device auto: using the CPU (CUDA: {reason})");
+                }
+                Ok(device)
+            }
         }
     }
 }
 
 /// One full training step as `memory` and `bench` measure it: forward, cross-entropy, backward
-/// and an optimizer step at the optimizer's own learning rate.
-pub fn full_training_step<B: revsnn_reference::Backend>(
+/// and an optimizer step at the optimizer's own learning rate; on return every op of the step
+/// has finished (the backend is synchronised).
+pub fn full_training_step<B: Compute>(
     backend: &B,
     network: &mut crate::network::Network<B>,
     optimizer: &mut crate::optim::Optimizer<B>,
@@ -112,7 +131,8 @@ pub fn full_training_step<B: revsnn_reference::Backend>(
         labels,
         crate::network::RunOptions::default(),
     )?;
-    optimizer.step(backend, &mut network.store, &grads, optimizer.kind.lr())
+    optimizer.step(backend, &mut network.store, &grads, optimizer.kind.lr())?;
+    backend.synchronize()
 }
 
 /// Random images (or event frames) and labels for a batch of `batch` samples of `spec`.
@@ -135,4 +155,19 @@ pub fn random_batch(
         .map(|_| (rng.next_u64() % spec.num_classes as u64) as usize)
         .collect();
     (shape, images, labels)
+}
+
+/// [`random_batch`] as a tensor on `backend`, and its labels.
+pub fn random_images<B: revsnn_reference::Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    seed: u64,
+) -> Result<(B::Tensor, Vec<usize>)> {
+    let (shape, values, labels) = random_batch(spec, batch, seed);
+    let values = values
+        .into_iter()
+        .map(<B::Elem as revsnn_reference::Element>::cast)
+        .collect();
+    Ok((backend.tensor_from_vec(&shape, values)?, labels))
 }

@@ -6,57 +6,30 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::DeviceArg;
+use crate::device::Device as OpenDevice;
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
-use crate::train::{TrainConfig, default_spec, train};
+use crate::train::config::{Device, TrainSettings};
+use crate::train::{Run, TrainOptions, config_file_text, default_spec, train};
 
-/// The arguments of `revsnn train`.
+/// The arguments of `revsnn train`: the run's settings, each a flag or a key of the `--config`
+/// file, and what this invocation does.
 #[derive(Clone, Debug, Args)]
 pub struct TrainArgs {
-    /// A preset (see `revsnn summary --help`); without --model or --spec, a small RevSResNet
-    /// (layers [1,1,1,1], planes [8,16,16,32], T = 2, 32x32, 10 classes).
-    #[arg(long, conflicts_with = "spec")]
-    pub model: Option<String>,
-    /// A JSON model spec file.
+    /// A TOML file of settings: each key is a flag's name with `_` for `-`, in the section of
+    /// its help heading (`[optimizer]`, `[schedule]`, `[augment]`, `[loader]`; --optimizer and
+    /// --schedule are `name` there). Flags override the file; relative paths are relative to
+    /// the file. A run folder's config.toml reruns that run.
     #[arg(long)]
-    pub spec: Option<PathBuf>,
-    /// Override the number of classes.
-    #[arg(long)]
-    pub num_classes: Option<usize>,
-    /// Override the number of time steps T.
-    #[arg(long)]
-    pub time_steps: Option<usize>,
-    /// synthetic, synthetic-events, cifar10, cifar100, dvs128-gesture or cifar10-dvs (default:
-    /// synthetic, or synthetic-events for DVS models).
-    #[arg(long)]
-    pub dataset: Option<String>,
-    /// Where the real datasets live.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Total epochs (default 8; with --resume, the run's own).
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Base learning rate (default: the recipe's: SGD 0.1 x batch / 32, AdamW 5e-4).
-    #[arg(long)]
-    pub lr: Option<f64>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// The run folder (default: runs/<model>-<dataset>-seed<S>).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint, bit for bit.
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint, bit for bit, with its own settings
+    /// (flags may repeat them; only --epochs, --data-dir, --device, --workers and --prefetch may
+    /// change them).
     #[arg(long)]
     pub resume: bool,
-    /// Training samples (the synthetic datasets' size; a cap for the real ones).
-    #[arg(long, default_value_t = 5000)]
-    pub train_samples: usize,
-    /// Test samples.
-    #[arg(long, default_value_t = 1000)]
-    pub test_samples: usize,
+    /// Print the run's settings, every knob resolved, as a config file, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// CPU threads (default: all).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -66,6 +39,8 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub settings: TrainSettings,
 }
 
 /// Sets the number of compute threads; `None` keeps the default (all cores).
@@ -111,41 +86,37 @@ pub fn resolve_model(
 
 /// Runs `revsnn train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    args.device.require_cpu()?;
-    set_threads(args.threads)?;
-    let (name, spec) = resolve_model(&args.model, &args.spec, args.num_classes, args.time_steps)?;
-    let dataset = args.dataset.clone().unwrap_or_else(|| {
-        if spec.arch.is_dvs() {
-            "synthetic-events".into()
-        } else {
-            "synthetic".into()
-        }
-    });
-    let short_name = std::path::Path::new(&name)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| name.clone());
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!("{short_name}-{dataset}-seed{}", args.seed))
-    });
-    let config = TrainConfig {
-        model_name: name,
-        spec,
-        dataset,
-        data_dir: args.data_dir.clone(),
-        epochs: args.epochs,
-        batch: args.batch,
-        lr: args.lr,
-        seed: args.seed,
-        out,
-        resume: args.resume,
-        train_samples: args.train_samples,
-        test_samples: args.test_samples,
-        stop_after: args.stop_after,
-        model_given: args.model.is_some() || args.spec.is_some(),
-        quiet: args.quiet,
+    let mut given = args.settings.clone();
+    if let Some(path) = &args.config {
+        given = given.over(TrainSettings::read(path)?);
+    }
+    let run = if args.resume {
+        Run::resume(given)?
+    } else {
+        Run::start(given)?
     };
-    let summary = train(&config)?;
+    if args.print_config {
+        print!("{}", config_file_text(&run.config, None)?);
+        return Ok(());
+    }
+    let device = match run.config.device {
+        Device::Cpu => DeviceArg::Cpu,
+        Device::Cuda => DeviceArg::Cuda,
+        Device::Auto => DeviceArg::Auto,
+    }
+    .open()?;
+    set_threads(args.threads)?;
+    if let OpenDevice::Cuda(_) = device {
+        eprintln!("device: CUDA {}", device.name());
+    }
+    let summary = train(
+        &run,
+        &TrainOptions {
+            stop_after: args.stop_after,
+            quiet: args.quiet,
+        },
+        &device,
+    )?;
     println!(
         "done in {:.1} s: test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; run folder {}",
         summary.seconds,

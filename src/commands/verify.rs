@@ -4,10 +4,11 @@
 //! check of its gradients (DESIGN.md's checks, for any spec).
 
 use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_error};
-use revsnn_reference::{Backend, Cpu, DType, Element};
+use revsnn_reference::{Backend, DType, Element};
 use serde_json::json;
 
-use super::{DTypeArg, DeviceArg, ModelArgs, random_batch};
+use super::{DTypeArg, DeviceArg, ModelArgs, random_batch, random_images};
+use crate::device::{Compute, Device, Task};
 use crate::error::Result;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId};
@@ -65,16 +66,15 @@ fn flatten_grads<B: Backend>(
     Ok(all)
 }
 
-fn checks<E: Element>(
+/// The reversible checks on `backend`: reconstruction error, spike flips, spikes compared and the
+/// gradients' relative error against stored-activation backpropagation.
+fn checks<B: Backend>(
+    backend: &B,
     spec: &ModelSpec,
     coupling: Coupling,
     seed: u64,
     batch: usize,
-) -> Result<(f64, u64, u64, f64)>
-where
-    Cpu<E>: Backend<Elem = E>,
-{
-    let backend = Cpu::<E>::new();
+) -> Result<(f64, u64, u64, f64)> {
     let options = |storage| BuildOptions {
         reversible: ReversibleOptions {
             coupling,
@@ -83,13 +83,12 @@ where
         },
         ..Default::default()
     };
-    let (shape, values, labels) = random_batch(spec, batch, seed);
-    let images = backend.tensor_from_vec(&shape, values.iter().map(|&v| E::cast(v)).collect())?;
+    let (images, labels) = random_images(backend, spec, batch, seed)?;
 
-    let mut reversible = Network::new(&backend, spec, seed, options(Storage::Reversible))?;
+    let mut reversible = Network::new(backend, spec, seed, options(Storage::Reversible))?;
     let mut rev_grads = reversible.zero_grads();
     let report = reversible.train_step(
-        &backend,
+        backend,
         &mut rev_grads,
         &images,
         &labels,
@@ -100,10 +99,10 @@ where
     )?;
     let audit = report.audit.unwrap_or_default();
 
-    let mut stored = Network::new(&backend, spec, seed, options(Storage::StoredActivations))?;
+    let mut stored = Network::new(backend, spec, seed, options(Storage::StoredActivations))?;
     let mut stored_grads = stored.zero_grads();
     let baseline = stored.train_step(
-        &backend,
+        backend,
         &mut stored_grads,
         &images,
         &labels,
@@ -111,8 +110,8 @@ where
     )?;
 
     let params = relative_error(
-        &flatten_grads(&backend, &reversible, &rev_grads)?,
-        &flatten_grads(&backend, &stored, &stored_grads)?,
+        &flatten_grads(backend, &reversible, &rev_grads)?,
+        &flatten_grads(backend, &stored, &stored_grads)?,
     );
     let input = relative_error(
         &backend
@@ -165,36 +164,41 @@ fn smooth_derivative(mut f: impl FnMut(f64) -> Result<f64>, x0: f64) -> Result<O
 /// tensors (where the differences measure the gradient rather than their own rounding noise),
 /// skipping points next to a kink ([`smooth_derivative`]). Returns the relative L2 error over the
 /// checked coordinates (with a floor of 1e-2 on the reference norm), how many were checked and
-/// how many were skipped.
-fn finite_differences(
+/// how many were skipped. `backend` computes in f64 (the stencil needs its precision).
+fn finite_differences<B: Backend>(
+    backend: &B,
     spec: &ModelSpec,
     seed: u64,
     batch: usize,
     samples: usize,
 ) -> Result<(f64, usize, usize)> {
-    let backend = Cpu::<f64>::new();
+    let tensor = |shape: &[usize], values: &[f64]| -> Result<B::Tensor> {
+        Ok(backend.tensor_from_vec(shape, values.iter().map(|&v| B::Elem::cast(v)).collect())?)
+    };
+    let widen = |t: &B::Tensor| -> Result<Vec<f64>> {
+        Ok(backend.to_vec(t)?.into_iter().map(Element::widen).collect())
+    };
     let options = BuildOptions {
         smooth_neurons: true,
         ..Default::default()
     };
-    let mut network = Network::new(&backend, spec, seed, options)?;
+    let mut network = Network::new(backend, spec, seed, options)?;
     let (shape, values, labels) = random_batch(spec, batch, seed);
-    let images = backend.tensor_from_vec(&shape, values.clone())?;
+    let images = tensor(&shape, &values)?;
     let run = RunOptions {
         mode: Mode::Train,
         update_running_stats: false,
         audit: false,
     };
     let mut grads = network.zero_grads();
-    let step = network.train_step(&backend, &mut grads, &images, &labels, run)?;
-    let loss =
-        |network: &mut Network<Cpu<f64>>, images: &<Cpu<f64> as Backend>::Tensor| -> Result<f64> {
-            let logits = network.forward(&backend, images, run)?;
-            Ok(backend.cross_entropy_forward(&logits, &labels)?.0)
-        };
+    let step = network.train_step(backend, &mut grads, &images, &labels, run)?;
+    let loss = |network: &mut Network<B>, images: &B::Tensor| -> Result<f64> {
+        let logits = network.forward(backend, images, run)?;
+        Ok(backend.cross_entropy_forward(&logits, &labels)?.0.widen())
+    };
     let (mut analytic, mut numeric, mut skipped) = (Vec::new(), Vec::new(), 0);
 
-    let grad_input = backend.to_vec(&step.output.grad_input)?;
+    let grad_input = widen(&step.output.grad_input)?;
     let mut by_size: Vec<usize> = (0..grad_input.len()).collect();
     by_size.sort_by(|&a, &b| grad_input[b].abs().total_cmp(&grad_input[a].abs()));
     for &i in by_size.iter().take(3 * samples.div_ceil(2)) {
@@ -205,7 +209,7 @@ fn finite_differences(
             |x| {
                 let mut perturbed = values.clone();
                 perturbed[i] = x;
-                loss(&mut network, &backend.tensor_from_vec(&shape, perturbed)?)
+                loss(&mut network, &tensor(&shape, &perturbed)?)
             },
             values[i],
         )?;
@@ -231,9 +235,9 @@ fn finite_differences(
             break;
         }
         let id = parameters[(rng.next_u64() % parameters.len() as u64) as usize];
-        let original = backend.to_vec(network.store.get(id))?;
+        let original = widen(network.store.get(id))?;
         let param_shape = network.store.entries()[id.0].shape.clone();
-        let grad = backend.to_vec(grads.get(id).expect("has a gradient"))?;
+        let grad = widen(grads.get(id).expect("has a gradient"))?;
         let j = (0..grad.len())
             .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
             .unwrap_or(0);
@@ -241,16 +245,12 @@ fn finite_differences(
             |x| {
                 let mut perturbed = original.clone();
                 perturbed[j] = x;
-                network
-                    .store
-                    .set(id, backend.tensor_from_vec(&param_shape, perturbed)?);
+                network.store.set(id, tensor(&param_shape, &perturbed)?);
                 loss(&mut network, &images)
             },
             original[j],
         );
-        network
-            .store
-            .set(id, backend.tensor_from_vec(&param_shape, original)?);
+        network.store.set(id, tensor(&param_shape, &original)?);
         match derivative? {
             Some(fd) => {
                 analytic.push(grad[j]);
@@ -268,7 +268,7 @@ fn finite_differences(
     Ok((error, analytic.len(), skipped))
 }
 
-/// Runs every check.
+/// Runs every check on the CPU.
 pub fn verify(
     spec: &ModelSpec,
     dtype: DType,
@@ -277,11 +277,37 @@ pub fn verify(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
-    let (reconstruction, flips, compared, grads) = match dtype {
-        DType::F64 => checks::<f64>(spec, coupling, seed, batch)?,
-        DType::F32 => checks::<f32>(spec, coupling, seed, batch)?,
-    };
-    let (fd, fd_coordinates, fd_skipped) = finite_differences(spec, seed, batch, fd_samples)?;
+    verify_on(&Device::Cpu, spec, dtype, coupling, seed, batch, fd_samples)
+}
+
+/// Runs every check on `device`: the reversible checks in `dtype`, the finite differences in f64.
+pub fn verify_on(
+    device: &Device,
+    spec: &ModelSpec,
+    dtype: DType,
+    coupling: Coupling,
+    seed: u64,
+    batch: usize,
+    fd_samples: usize,
+) -> Result<VerifyReport> {
+    let (reconstruction, flips, compared, grads) = device.run(
+        dtype,
+        Checks {
+            spec,
+            coupling,
+            seed,
+            batch,
+        },
+    )?;
+    let (fd, fd_coordinates, fd_skipped) = device.run(
+        DType::F64,
+        FiniteDifferences {
+            spec,
+            seed,
+            batch,
+            samples: fd_samples,
+        },
+    )?;
     let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
     let passed =
         reconstruction <= reconstruction_bar && flips == 0 && grads <= grad_bar && fd <= 1e-6;
@@ -297,6 +323,38 @@ pub fn verify(
     })
 }
 
+/// [`checks`] as a [`Task`].
+struct Checks<'a> {
+    spec: &'a ModelSpec,
+    coupling: Coupling,
+    seed: u64,
+    batch: usize,
+}
+
+impl Task for Checks<'_> {
+    type Output = (f64, u64, u64, f64);
+
+    fn run<B: Compute>(self, backend: B) -> Result<Self::Output> {
+        checks(&backend, self.spec, self.coupling, self.seed, self.batch)
+    }
+}
+
+/// [`finite_differences`] as a [`Task`].
+struct FiniteDifferences<'a> {
+    spec: &'a ModelSpec,
+    seed: u64,
+    batch: usize,
+    samples: usize,
+}
+
+impl Task for FiniteDifferences<'_> {
+    type Output = (f64, usize, usize);
+
+    fn run<B: Compute>(self, backend: B) -> Result<Self::Output> {
+        finite_differences(&backend, self.spec, self.seed, self.batch, self.samples)
+    }
+}
+
 /// `revsnn verify`: prints a table or one JSON object; the caller exits 0 iff it passed.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -309,19 +367,18 @@ pub fn run(
     device: DeviceArg,
     json: bool,
 ) -> Result<bool> {
-    device.require_cpu()?;
+    let device = device.open()?;
     let (name, spec) = args.resolve()?;
-    let dtype = match dtype {
-        DTypeArg::F32 => DType::F32,
-        DTypeArg::F64 => DType::F64,
-    };
-    let report = verify(&spec, dtype, coupling, seed, batch, fd_samples)?;
+    let dtype = DType::from(dtype);
+    let report = verify_on(&device, &spec, dtype, coupling, seed, batch, fd_samples)?;
     let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
     if json {
         println!(
             "{}",
             json!({
                 "model": name,
+                "device": device.name(),
+                "backend": device.kind(),
                 "dtype": dtype.to_string(),
                 "coupling": format!("{coupling:?}").to_lowercase(),
                 "seed": seed,
@@ -339,7 +396,10 @@ pub fn run(
         );
     } else {
         let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
-        println!("{name}: {dtype}, {coupling:?} coupling, seed {seed}, batch {batch}");
+        println!(
+            "{name}: {dtype}, {coupling:?} coupling, seed {seed}, batch {batch}, on {}",
+            device.name()
+        );
         println!(
             "  reconstruction max rel. error  {:>10.3e}  (bar {reconstruction_bar:.0e})  {}",
             report.reconstruction_max_rel_err,

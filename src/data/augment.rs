@@ -2,17 +2,16 @@
 //! [`SplitMix64`] generator (the same seed gives the same output).
 //!
 //! Images are channel-major (`[C, H, W]`); event frames `[T, 2, H, W]` are treated as `T * 2`
-//! planes. The CIFAR pipelines are:
-//! - ResNets (SPEC.md 5.2): [`random_crop`] (padding 4) → [`random_hflip`] → `/255` →
-//!   [`normalize`] with [`CIFAR_MEAN`], [`CIFAR_RESNET_STD`] (SPEC.md A18)
-//!   ([`cifar_resnet_train`]);
-//! - transformers (SPEC.md 5.1): per sample [`random_hflip`] → [`RandAugment::apply`] on `u8`
-//!   pixels ([`cifar_transformer_sample`]); per batch [`mixup_batch_u8`] with label smoothing
-//!   0.1 (soft targets) → `/255` → [`normalize`] with [`CIFAR_MEAN`], [`CIFAR_STD`] →
-//!   [`random_erasing`] ([`cifar_transformer_batch`]), as timm's prefetching loader orders them.
-//!
-//! Event frames (SPEC.md 5.3, 6.3): per sample [`random_hflip`] → [`snn_augment_wide`]
-//! ([`dvs_train`]); per batch [`mixup_batch`] with [`Mixup::dvs`].
+//! planes. [`Augmentation`] strings the steps together as a run's settings choose them:
+//! - per sample, on CIFAR's `u8` pixels ([`Augmentation::sample_pixels`]): [`random_crop`] →
+//!   [`random_hflip`] → [`RandAugment::apply`]; on float planes, event frames or synthetic
+//!   images ([`Augmentation::sample_values`]): [`random_crop`] → [`random_hflip`] →
+//!   [`snn_augment_wide`];
+//! - per batch ([`Augmentation::batch_pixels`], [`Augmentation::batch_values`]): [`mixup_batch_u8`]
+//!   or [`mixup_batch`] with label smoothing (soft targets), or [`smooth_targets`] alone → for
+//!   pixels `/255` and [`normalize`] with [`CIFAR_MEAN`] and [`CIFAR_STD`] (transformers) or
+//!   [`CIFAR_RESNET_STD`] (ResNets, SPEC.md A18) → [`random_erasing`], as timm's prefetching
+//!   loader orders them.
 
 use revsnn_reference::testing::SplitMix64;
 
@@ -228,7 +227,7 @@ pub struct Mixup {
     /// Probability that a batch is mixed: 1.0 (CIFAR transformers), 0.5 (DVS).
     pub prob: f64,
     /// Label smoothing folded into the targets: 0.1.
-    pub label_smoothing: f32,
+    pub label_smoothing: f64,
 }
 
 impl Mixup {
@@ -334,7 +333,7 @@ pub fn mixup_batch(
     let b = labels.len();
     let n = check_mixup_batch(batch.len(), b)?;
     let lam = mixup_lambda(cfg, rng);
-    let targets = mixup_targets(labels, num_classes, cfg.label_smoothing, lam)?;
+    let targets = mixup_targets(labels, num_classes, cfg.label_smoothing as f32, lam)?;
     let lam = lam as f32;
     if lam != 1.0 {
         let original = batch.to_vec();
@@ -361,7 +360,7 @@ pub fn mixup_batch_u8(
     let b = labels.len();
     let n = check_mixup_batch(batch.len(), b)?;
     let lam = mixup_lambda(cfg, rng);
-    let targets = mixup_targets(labels, num_classes, cfg.label_smoothing, lam)?;
+    let targets = mixup_targets(labels, num_classes, cfg.label_smoothing as f32, lam)?;
     if lam != 1.0 {
         let (l32, r32) = (lam as f32, (1.0 - lam) as f32);
         let original = batch.to_vec();
@@ -376,16 +375,6 @@ pub fn mixup_batch_u8(
     Ok((targets, lam as f32))
 }
 
-/// The CIFAR ResNet training transform (SPEC.md 5.2): random crop with padding 4, horizontal
-/// flip, `/255`, normalisation with [`CIFAR_MEAN`] and [`CIFAR_RESNET_STD`]. `image` is the
-/// `[3, 32, 32]` bytes of [`crate::data::cifar::Cifar::bytes`].
-pub fn cifar_resnet_train(image: &[u8], rng: &mut SplitMix64) -> Result<Vec<f32>> {
-    let shape = Planes::new(3, 32, 32);
-    let mut img = random_crop(image, shape, 4, rng)?;
-    random_hflip(&mut img, shape, rng)?;
-    to_normalized(&img, shape, &CIFAR_RESNET_STD)
-}
-
 /// The evaluation transform of both CIFAR recipes (SPEC.md 5.1, 5.2): `/255` and normalisation
 /// with [`CIFAR_MEAN`] and `std` ([`CIFAR_STD`] or [`CIFAR_RESNET_STD`]).
 pub fn to_normalized(image: &[u8], shape: Planes, std: &[f32]) -> Result<Vec<f32>> {
@@ -394,60 +383,177 @@ pub fn to_normalized(image: &[u8], shape: Planes, std: &[f32]) -> Result<Vec<f32
     Ok(v)
 }
 
-/// The per-sample part of the CIFAR transformer training transform (SPEC.md 5.1): horizontal
-/// flip, then RandAugment, on `u8` pixels; the batch part is [`cifar_transformer_batch`].
-pub fn cifar_transformer_sample(
-    image: &[u8],
-    rand_augment: &RandAugment,
-    rng: &mut SplitMix64,
-) -> Result<Vec<u8>> {
-    let shape = Planes::new(3, 32, 32);
-    let mut img = image.to_vec();
-    random_hflip(&mut img, shape, rng)?;
-    rand_augment.apply(&mut img, shape, rng)?;
-    Ok(img)
+/// A training run's augmentation (SPEC.md 5, 6.3): each step optional, and a step that is off
+/// draws nothing from the generator. The recipes' pipelines are these steps with the others off:
+/// - CIFAR ResNets (SPEC.md 5.2): crop with padding 4, flip; hard labels;
+/// - CIFAR transformers (SPEC.md 5.1): flip, RandAugment; per batch mixup of the `u8` pixels
+///   with label smoothing 0.1, normalisation, random erasing 0.25;
+/// - event frames (SPEC.md 5.3): flip, SNNAugmentWide; per batch mixup with label smoothing 0.1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Augmentation {
+    /// A crop of the sample's own size from the sample zero-padded by this much on every side
+    /// ([`random_crop`]); 0: no crop.
+    pub crop_padding: usize,
+    /// A horizontal flip with probability 0.5 ([`random_hflip`]).
+    pub flip: bool,
+    /// RandAugment ([`RandAugment::apply`]); works on `u8` pixels only.
+    pub rand_augment: Option<RandAugment>,
+    /// `SNNAugmentWide` ([`snn_augment_wide`]); works on float planes only.
+    pub snn_augment_wide: bool,
+    /// Mixup of each batch ([`mixup_batch`], [`mixup_batch_u8`]), its targets smoothed by
+    /// [`Mixup::label_smoothing`].
+    pub mixup: Option<Mixup>,
+    /// Label smoothing of the targets of a batch that is not mixed; with no mixup and 0, the
+    /// batch trains on hard labels.
+    pub label_smoothing: f64,
+    /// The probability of [`random_erasing`] per sample, after normalisation; 0: none.
+    pub random_erasing: f64,
 }
 
-/// The batch part of the CIFAR transformer training transform (SPEC.md 5.1): mixup of the `u8`
-/// images ([`mixup_batch_u8`]; with `mixup` `None`, after `mixup_off_epoch`, only label smoothing
-/// by `smoothing`), `/255`, normalisation with [`CIFAR_STD`], then random erasing with
-/// probability `reprob` per sample. Returns the batch `[B, 3, 32, 32]` and the soft targets.
-pub fn cifar_transformer_batch(
-    images: &mut [u8],
-    labels: &[usize],
-    num_classes: usize,
-    mixup: Option<&Mixup>,
-    smoothing: f32,
-    reprob: f64,
-    rng: &mut SplitMix64,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let shape = Planes::new(3, 32, 32);
-    if images.len() != labels.len() * shape.len() {
-        return Err(Error::Usage(format!(
-            "a batch of {} CIFAR images needs {} bytes, got {}",
-            labels.len(),
-            labels.len() * shape.len(),
-            images.len()
-        )));
-    }
-    let targets = match mixup {
-        Some(cfg) => mixup_batch_u8(images, labels, num_classes, cfg, rng)?.0,
-        None => smooth_targets(labels, num_classes, smoothing)?,
+impl Augmentation {
+    /// No augmentation at all: samples as they are, hard labels.
+    pub const NONE: Augmentation = Augmentation {
+        crop_padding: 0,
+        flip: false,
+        rand_augment: None,
+        snn_augment_wide: false,
+        mixup: None,
+        label_smoothing: 0.0,
+        random_erasing: 0.0,
     };
-    let mut out = Vec::with_capacity(images.len());
-    for image in images.chunks_exact(shape.len()) {
-        let mut v = to_normalized(image, shape, &CIFAR_STD)?;
-        random_erasing(&mut v, shape, reprob, rng)?;
-        out.extend(v);
-    }
-    Ok((out, targets))
-}
 
-/// The per-sample DVS training transform (SPEC.md 5.3): horizontal flip (the same for all
-/// frames), then [`snn_augment_wide`], on frames `[T, 2, H, W]` (`shape.planes = 2 T`).
-pub fn dvs_train(frames: &mut [f32], shape: Planes, rng: &mut SplitMix64) -> Result<WideOp> {
-    random_hflip(frames, shape, rng)?;
-    snn_augment_wide(frames, shape, rng)
+    /// Crop and flip, shared by both sample types.
+    fn crop_and_flip<T: Copy + Default>(
+        &self,
+        values: Vec<T>,
+        shape: Planes,
+        rng: &mut SplitMix64,
+    ) -> Result<Vec<T>> {
+        let mut values = if self.crop_padding > 0 {
+            random_crop(&values, shape, self.crop_padding, rng)?
+        } else {
+            shape.check(&values)?;
+            values
+        };
+        if self.flip {
+            random_hflip(&mut values, shape, rng)?;
+        }
+        Ok(values)
+    }
+
+    /// The per-sample steps on `u8` pixels (CIFAR): crop, flip, RandAugment.
+    pub fn sample_pixels(
+        &self,
+        image: &[u8],
+        shape: Planes,
+        rng: &mut SplitMix64,
+    ) -> Result<Vec<u8>> {
+        if self.snn_augment_wide {
+            return Err(Error::Usage(
+                "SNNAugmentWide works on float planes (event frames, synthetic images), not on \
+                 u8 pixels: turn it off for CIFAR"
+                    .into(),
+            ));
+        }
+        let mut image = self.crop_and_flip(image.to_vec(), shape, rng)?;
+        if let Some(rand_augment) = &self.rand_augment {
+            rand_augment.apply(&mut image, shape, rng)?;
+        }
+        Ok(image)
+    }
+
+    /// The per-sample steps on float planes (event frames `[T, 2, H, W]` as `2 T` planes,
+    /// synthetic images): crop, flip, SNNAugmentWide.
+    pub fn sample_values(
+        &self,
+        values: Vec<f32>,
+        shape: Planes,
+        rng: &mut SplitMix64,
+    ) -> Result<Vec<f32>> {
+        if self.rand_augment.is_some() {
+            return Err(Error::Usage(
+                "RandAugment works on u8 pixels (CIFAR), not on float planes: turn it off for \
+                 this dataset"
+                    .into(),
+            ));
+        }
+        let mut values = self.crop_and_flip(values, shape, rng)?;
+        if self.snn_augment_wide {
+            snn_augment_wide(&mut values, shape, rng)?;
+        }
+        Ok(values)
+    }
+
+    /// The targets of a batch that is not mixed: label-smoothed rows, or `None` for hard labels.
+    fn unmixed_targets(&self, labels: &[usize], num_classes: usize) -> Result<Option<Vec<f32>>> {
+        if self.label_smoothing > 0.0 {
+            smooth_targets(labels, num_classes, self.label_smoothing as f32).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Random erasing of each sample of a normalised batch, if on.
+    fn erase_each(&self, batch: &mut [f32], shape: Planes, rng: &mut SplitMix64) -> Result<()> {
+        if self.random_erasing > 0.0 {
+            for sample in batch.chunks_exact_mut(shape.len().max(1)) {
+                random_erasing(sample, shape, self.random_erasing, rng)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-batch steps on float samples of `shape`: mixup (else label smoothing), then random
+    /// erasing. Returns the soft targets `[B, num_classes]`, or `None` for hard labels.
+    pub fn batch_values(
+        &self,
+        batch: &mut [f32],
+        labels: &[usize],
+        num_classes: usize,
+        shape: Planes,
+        rng: &mut SplitMix64,
+    ) -> Result<Option<Vec<f32>>> {
+        let targets = match &self.mixup {
+            Some(mixup) => Some(mixup_batch(batch, labels, num_classes, mixup, rng)?.0),
+            None => self.unmixed_targets(labels, num_classes)?,
+        };
+        self.erase_each(batch, shape, rng)?;
+        Ok(targets)
+    }
+
+    /// The per-batch steps on `u8` images of `shape`, as timm's prefetching loader orders them
+    /// (SPEC.md 5.1): mixup of the pixels, rounded (else label smoothing), `/255` and
+    /// normalisation with [`CIFAR_MEAN`] and `std`, then random erasing. Returns the float batch
+    /// and the soft targets (`None` for hard labels).
+    pub fn batch_pixels(
+        &self,
+        pixels: &mut [u8],
+        labels: &[usize],
+        num_classes: usize,
+        shape: Planes,
+        std: &[f32],
+        rng: &mut SplitMix64,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        if pixels.len() != labels.len() * shape.len() {
+            return Err(Error::Usage(format!(
+                "a batch of {} images of {} values needs {} bytes, got {}",
+                labels.len(),
+                shape.len(),
+                labels.len() * shape.len(),
+                pixels.len()
+            )));
+        }
+        let targets = match &self.mixup {
+            Some(mixup) => Some(mixup_batch_u8(pixels, labels, num_classes, mixup, rng)?.0),
+            None => self.unmixed_targets(labels, num_classes)?,
+        };
+        let mut batch = Vec::with_capacity(pixels.len());
+        for image in pixels.chunks_exact(shape.len().max(1)) {
+            batch.extend(to_normalized(image, shape, std)?);
+        }
+        self.erase_each(&mut batch, shape, rng)?;
+        Ok((batch, targets))
+    }
 }
 
 /// The operations of timm's increasing RandAugment set (`_RAND_INCREASING_TRANSFORMS`,
@@ -990,30 +1096,81 @@ mod tests {
         assert!((t[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
 
         let image: Vec<u8> = (0..3072).map(|i| (i % 251) as u8).collect();
-        let a = cifar_resnet_train(&image, &mut SplitMix64::new(1)).unwrap();
-        let b = cifar_resnet_train(&image, &mut SplitMix64::new(1)).unwrap();
+        let shape = Planes::new(3, 32, 32);
+        let resnet = Augmentation {
+            crop_padding: 4,
+            flip: true,
+            ..Augmentation::NONE
+        };
+        let a = resnet
+            .sample_pixels(&image, shape, &mut SplitMix64::new(1))
+            .unwrap();
+        let b = resnet
+            .sample_pixels(&image, shape, &mut SplitMix64::new(1))
+            .unwrap();
         assert_eq!(a.len(), 3072);
         assert_eq!(a, b);
-        let eval = to_normalized(&image, Planes::new(3, 32, 32), &CIFAR_RESNET_STD).unwrap();
+        let eval = to_normalized(&image, shape, &CIFAR_RESNET_STD).unwrap();
         assert!((eval[1] - (1.0 / 255.0 - 0.4914) / 0.557).abs() < 1e-6);
-        let ra = RandAugment::cifar();
+        let transformer = Augmentation {
+            flip: true,
+            rand_augment: Some(RandAugment::cifar()),
+            label_smoothing: 0.1,
+            random_erasing: 0.25,
+            ..Augmentation::NONE
+        };
         let mut imgs = Vec::new();
         for seed in 0..4 {
-            imgs.extend(cifar_transformer_sample(&image, &ra, &mut SplitMix64::new(seed)).unwrap());
+            imgs.extend(
+                transformer
+                    .sample_pixels(&image, shape, &mut SplitMix64::new(seed))
+                    .unwrap(),
+            );
         }
         let labels = [0usize, 1, 2, 3];
-        let (x, t) =
-            cifar_transformer_batch(&mut imgs, &labels, 10, None, 0.1, 0.25, &mut rng).unwrap();
-        assert_eq!((x.len(), t.len()), (4 * 3072, 40));
-        assert_eq!(t, smooth_targets(&labels, 10, 0.1).unwrap());
+        let (x, t) = transformer
+            .batch_pixels(&mut imgs, &labels, 10, shape, &CIFAR_STD, &mut rng)
+            .unwrap();
+        assert_eq!(x.len(), 4 * 3072);
+        assert_eq!(t, Some(smooth_targets(&labels, 10, 0.1).unwrap()));
         assert!(
-            cifar_transformer_batch(&mut imgs[..5], &labels, 10, None, 0.1, 0.25, &mut rng)
+            transformer
+                .batch_pixels(&mut imgs[..5], &labels, 10, shape, &CIFAR_STD, &mut rng)
                 .is_err()
         );
-        let shape = Planes::new(2 * 3, 8, 8);
-        let mut frames = vec![1.0f32; shape.len()];
-        dvs_train(&mut frames, shape, &mut rng).unwrap();
-        assert_eq!(frames.len(), shape.len());
+        // RandAugment needs pixels, SNNAugmentWide float planes
+        assert!(
+            transformer
+                .sample_values(vec![0.0; 3072], shape, &mut rng)
+                .is_err()
+        );
+        let events = Augmentation {
+            flip: true,
+            snn_augment_wide: true,
+            ..Augmentation::NONE
+        };
+        assert!(events.sample_pixels(&image, shape, &mut rng).is_err());
+        let frames_shape = Planes::new(2 * 3, 8, 8);
+        let frames = events
+            .sample_values(vec![1.0f32; frames_shape.len()], frames_shape, &mut rng)
+            .unwrap();
+        assert_eq!(frames.len(), frames_shape.len());
+    }
+
+    #[test]
+    fn steps_that_are_off_draw_nothing_and_change_nothing() {
+        let shape = Planes::new(3, 8, 8);
+        let values: Vec<f32> = (0..shape.len()).map(|i| i as f32).collect();
+        let mut rng = SplitMix64::new(4);
+        let mut batch = values.clone();
+        let same = Augmentation::NONE
+            .sample_values(values.clone(), shape, &mut rng)
+            .unwrap();
+        let targets = Augmentation::NONE
+            .batch_values(&mut batch, &[1], 10, shape, &mut rng)
+            .unwrap();
+        assert_eq!((same, batch, targets), (values.clone(), values, None));
+        assert_eq!(rng.next_u64(), SplitMix64::new(4).next_u64());
     }
 
     #[test]

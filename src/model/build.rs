@@ -109,12 +109,9 @@ impl<'a, B: Backend> Builder<'a, B> {
                 &[channels],
                 vec![1.0; channels],
             )?,
-            batches_tracked: self.push(
-                format!("{prefix}.num_batches_tracked"),
-                EntryKind::BatchesTracked,
-                &[],
-                vec![0.0],
-            )?,
+            batches_tracked: self
+                .store
+                .push_counter(format!("{prefix}.num_batches_tracked"), 0)?,
         })
     }
 

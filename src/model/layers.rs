@@ -3,7 +3,6 @@
 //! time-flattened layout of SpikingJelly's `SeqToANNContainer` (SPEC.md 1); [`flatten_time`] and
 //! [`unflatten_time`] convert.
 
-use num_traits::One;
 use revsnn_reference::{
     Backend, BatchStats, Conv2dParams, NeuronConfig, Pool2dParams, RunningStats,
 };
@@ -103,12 +102,9 @@ impl<B: Backend> Layer<B> for BatchNorm {
                         backend.update_running_stats(&running, &batch, session.batch_norm)?;
                     session.store.set(ids.running_mean, updated.mean);
                     session.store.set(ids.running_var, updated.var);
-                    let tracked = backend.to_vec(session.store.get(ids.batches_tracked))?;
-                    let count = tracked[0] + B::Elem::one();
-                    session.store.set(
-                        ids.batches_tracked,
-                        backend.tensor_from_vec(&[], vec![count])?,
-                    );
+                    // a host counter: no round trip to the device
+                    let count = session.store.count(ids.batches_tracked) + 1;
+                    session.store.set_count(ids.batches_tracked, count);
                 }
                 Ok((y, context))
             }

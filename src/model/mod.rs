@@ -15,7 +15,7 @@ pub mod transformer;
 use revsnn_reference::{Backend, BatchNormParams};
 
 use crate::error::Result;
-pub use params::{EntryKind, Grads, ParamId, ParamStore};
+pub use params::{EntryKind, EntryValue, Grads, ParamId, ParamStore};
 
 /// Training (BatchNorm batch statistics) or evaluation (running statistics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,14 +20,42 @@ pub enum EntryKind {
     BatchesTracked,
 }
 
+/// What an entry holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EntryValue<T> {
+    /// A parameter or a running statistic, on the backend's device.
+    Tensor(T),
+    /// A `num_batches_tracked` counter, kept on the host: a training-mode BatchNorm increments
+    /// it without a round trip to the device (checkpoints write it as an int64 scalar).
+    Count(u64),
+}
+
 /// One entry of a store.
 #[derive(Clone, Debug)]
 pub struct Entry<T> {
     pub name: String,
     pub shape: Vec<usize>,
     pub kind: EntryKind,
-    /// The tensor; for [`EntryKind::BatchesTracked`] a scalar tensor holding the count.
-    pub value: T,
+    /// The tensor, or for [`EntryKind::BatchesTracked`] the count.
+    pub value: EntryValue<T>,
+}
+
+impl<T> Entry<T> {
+    /// The tensor of a parameter or running statistic; `None` for a counter.
+    pub fn tensor(&self) -> Option<&T> {
+        match &self.value {
+            EntryValue::Tensor(tensor) => Some(tensor),
+            EntryValue::Count(_) => None,
+        }
+    }
+
+    /// The count of a `num_batches_tracked` counter; `None` for a tensor.
+    pub fn count(&self) -> Option<u64> {
+        match self.value {
+            EntryValue::Count(count) => Some(count),
+            EntryValue::Tensor(_) => None,
+        }
+    }
 }
 
 /// Every tensor of a model in `state_dict` order.
@@ -45,7 +73,8 @@ impl<B: Backend> Default for ParamStore<B> {
 }
 
 impl<B: Backend> ParamStore<B> {
-    /// Adds an entry and returns its id; names must be unique.
+    /// Adds a tensor entry (a parameter or a running statistic) and returns its id; names must
+    /// be unique.
     pub fn push(
         &mut self,
         name: String,
@@ -53,25 +82,92 @@ impl<B: Backend> ParamStore<B> {
         value: B::Tensor,
         backend: &B,
     ) -> Result<ParamId> {
-        if self.entries.iter().any(|e| e.name == name) {
-            return Err(Error::Spec(format!("duplicate parameter name {name}")));
+        if kind == EntryKind::BatchesTracked {
+            return Err(Error::Spec(format!(
+                "{name}: a num_batches_tracked counter is pushed with push_counter"
+            )));
         }
         let shape = backend.shape(&value);
-        self.entries.push(Entry {
+        self.push_entry(Entry {
             name,
             shape,
             kind,
-            value,
-        });
+            value: EntryValue::Tensor(value),
+        })
+    }
+
+    /// Adds a `num_batches_tracked` counter holding `count` and returns its id.
+    pub fn push_counter(&mut self, name: String, count: u64) -> Result<ParamId> {
+        self.push_entry(Entry {
+            name,
+            shape: Vec::new(),
+            kind: EntryKind::BatchesTracked,
+            value: EntryValue::Count(count),
+        })
+    }
+
+    fn push_entry(&mut self, entry: Entry<B::Tensor>) -> Result<ParamId> {
+        if self.entries.iter().any(|e| e.name == entry.name) {
+            return Err(Error::Spec(format!(
+                "duplicate parameter name {}",
+                entry.name
+            )));
+        }
+        self.entries.push(entry);
         Ok(ParamId(self.entries.len() - 1))
     }
 
+    /// The tensor of a parameter or running statistic.
+    ///
+    /// # Panics
+    /// If `id` names a counter (read those with [`ParamStore::count`]): the builder hands out
+    /// counter ids only as `BatchNormIds::batches_tracked`.
     pub fn get(&self, id: ParamId) -> &B::Tensor {
-        &self.entries[id.0].value
+        let entry = &self.entries[id.0];
+        entry.tensor().unwrap_or_else(|| {
+            panic!(
+                "{} is a num_batches_tracked counter, not a tensor",
+                entry.name
+            )
+        })
     }
 
+    /// Replaces the tensor of a parameter or running statistic.
+    ///
+    /// # Panics
+    /// If `id` names a counter (see [`ParamStore::get`]).
     pub fn set(&mut self, id: ParamId, value: B::Tensor) {
-        self.entries[id.0].value = value;
+        let entry = &mut self.entries[id.0];
+        match &mut entry.value {
+            EntryValue::Tensor(tensor) => *tensor = value,
+            EntryValue::Count(_) => panic!(
+                "{} is a num_batches_tracked counter, not a tensor",
+                entry.name
+            ),
+        }
+    }
+
+    /// The count of a `num_batches_tracked` counter.
+    ///
+    /// # Panics
+    /// If `id` names a tensor.
+    pub fn count(&self, id: ParamId) -> u64 {
+        let entry = &self.entries[id.0];
+        entry
+            .count()
+            .unwrap_or_else(|| panic!("{} is a tensor, not a counter", entry.name))
+    }
+
+    /// Sets a `num_batches_tracked` counter.
+    ///
+    /// # Panics
+    /// If `id` names a tensor.
+    pub fn set_count(&mut self, id: ParamId, count: u64) {
+        let entry = &mut self.entries[id.0];
+        match &mut entry.value {
+            EntryValue::Count(value) => *value = count,
+            EntryValue::Tensor(_) => panic!("{} is a tensor, not a counter", entry.name),
+        }
     }
 
     pub fn entries(&self) -> &[Entry<B::Tensor>] {

@@ -170,21 +170,27 @@ struct Recorded<T, S> {
     spikes: Vec<T>,
 }
 
-/// Runs `layer` with spike fingerprinting on (and spike logging when auditing).
+/// Runs `layer` with spike fingerprinting on, and when auditing with its spikes logged into the
+/// result. Without an audit an outer spike log (if any) keeps receiving every spike.
 fn recorded<B: Backend, L: Layer<B>>(
     layer: &L,
     session: &mut Session<B>,
     x: &B::Tensor,
 ) -> Result<Recorded<B::Tensor, L::Saved>> {
     let outer_print = session.spike_fingerprint.replace(0);
-    let outer_log = if session.audit.is_some() {
+    let auditing = session.audit.is_some();
+    let outer_log = if auditing {
         session.spike_log.replace(Vec::new())
     } else {
-        session.spike_log.take()
+        None
     };
     let result = layer.forward(session, x);
     let fingerprint = session.spike_fingerprint.take().unwrap_or(0);
-    let spikes = std::mem::replace(&mut session.spike_log, outer_log).unwrap_or_default();
+    let spikes = if auditing {
+        std::mem::replace(&mut session.spike_log, outer_log).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     session.spike_fingerprint = outer_print;
     let (output, saved) = result?;
     Ok(Recorded {

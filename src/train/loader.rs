@@ -1,5 +1,6 @@
-//! Batches in a seeded shuffled order, assembled on a worker thread that stays a few batches
-//! ahead. The order and contents depend only on the seed and the epoch, never on timing.
+//! Batches in a seeded shuffled order, assembled on worker threads that stay a few batches ahead.
+//! The order and contents depend only on the seed and the epoch, never on timing or the number of
+//! workers.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -62,40 +63,55 @@ pub fn shuffled(len: usize, seed: u64) -> Vec<usize> {
     order
 }
 
-/// Batches produced on a worker thread.
+/// Batches produced on worker threads: worker `w` of `W` assembles batches `w`, `w + W`, ...,
+/// and the batches come out in order.
 pub struct Loader {
-    receiver: Receiver<Result<Batch>>,
-    worker: Option<JoinHandle<()>>,
+    /// One channel per worker, in worker order.
+    receivers: Vec<Receiver<Result<Batch>>>,
+    workers: Vec<JoinHandle<()>>,
+    /// The index of the next batch.
+    next: usize,
 }
 
 impl Loader {
     /// Batches of `batch` samples of `data` in `order` (a final short batch is kept unless
-    /// `drop_last`), with up to `prefetch` batches ready ahead; batch `k` is augmented with
-    /// [`batch_seed`]`(seed, k)`.
+    /// `drop_last`), assembled by `workers` threads with up to `prefetch` batches each ready
+    /// ahead; batch `k` is augmented with [`batch_seed`]`(seed, k)`.
     pub fn new(
         data: Arc<dyn BatchSource>,
         order: Vec<usize>,
         batch: usize,
         drop_last: bool,
+        workers: usize,
         prefetch: usize,
         seed: u64,
     ) -> Loader {
-        let (sender, receiver) = sync_channel(prefetch.max(1));
-        let worker = std::thread::spawn(move || {
-            for (k, chunk) in order.chunks(batch.max(1)).enumerate() {
-                if drop_last && chunk.len() < batch {
-                    break;
+        let order = Arc::new(order);
+        let batch = batch.max(1);
+        let count = workers.max(1);
+        let mut receivers = Vec::with_capacity(count);
+        let mut handles = Vec::with_capacity(count);
+        for worker in 0..count {
+            let (sender, receiver) = sync_channel(prefetch.max(1));
+            let (data, order) = (data.clone(), order.clone());
+            handles.push(std::thread::spawn(move || {
+                for (k, chunk) in order.chunks(batch).enumerate().skip(worker).step_by(count) {
+                    if drop_last && chunk.len() < batch {
+                        break;
+                    }
+                    let result = data.batch(chunk, batch_seed(seed, k));
+                    let failed = result.is_err();
+                    if sender.send(result).is_err() || failed {
+                        break;
+                    }
                 }
-                let result = data.batch(chunk, batch_seed(seed, k));
-                let failed = result.is_err();
-                if sender.send(result).is_err() || failed {
-                    break;
-                }
-            }
-        });
+            }));
+            receivers.push(receiver);
+        }
         Loader {
-            receiver,
-            worker: Some(worker),
+            receivers,
+            workers: handles,
+            next: 0,
         }
     }
 }
@@ -103,17 +119,55 @@ impl Loader {
 impl Iterator for Loader {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Result<Batch>> {
-        self.receiver.recv().ok()
+        let worker = self.next % self.receivers.len();
+        let batch = self.receivers[worker].recv().ok()?;
+        self.next += 1;
+        Some(batch)
     }
 }
 
 impl Drop for Loader {
     fn drop(&mut self) {
-        // unblock a worker waiting on a full channel, then wait for it
-        let (_, dummy) = sync_channel(0);
-        drop(std::mem::replace(&mut self.receiver, dummy));
-        if let Some(worker) = self.worker.take() {
+        // unblock workers waiting on a full channel, then wait for them
+        self.receivers.clear();
+        for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches whose images are their indices and whose labels are their seeds.
+    struct Echo;
+
+    impl BatchSource for Echo {
+        fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
+            Ok(Batch {
+                images: indices.iter().map(|&i| i as f32).collect(),
+                labels: vec![seed as usize],
+                targets: None,
+            })
+        }
+    }
+
+    #[test]
+    fn any_number_of_workers_gives_the_same_batches_in_order() {
+        let order = shuffled(23, 7);
+        let one: Vec<Batch> = Loader::new(Arc::new(Echo), order.clone(), 4, true, 1, 2, 9)
+            .map(|b| b.unwrap())
+            .collect();
+        assert_eq!(one.len(), 5);
+        for workers in [2, 3, 8] {
+            let many: Vec<Batch> =
+                Loader::new(Arc::new(Echo), order.clone(), 4, true, workers, 1, 9)
+                    .map(|b| b.unwrap())
+                    .collect();
+            assert_eq!(many, one, "{workers} workers");
+        }
+        let kept = Loader::new(Arc::new(Echo), order, 4, false, 3, 1, 9).count();
+        assert_eq!(kept, 6);
     }
 }

@@ -1,15 +1,18 @@
-//! The training loop behind `revsnn train`: the family's recipe, seeded batches from a prefetching
-//! worker, a progress bar, `metrics.jsonl`, `curves.png`, atomic checkpoints each epoch
-//! (`last.*`, `best.*`) and a bit-for-bit `--resume`.
+//! The training loop behind `revsnn train`: the run's settings ([`config`], a recipe from
+//! [`recipe`]), seeded batches from prefetching workers, a progress bar, `metrics.jsonl`,
+//! `curves.png`, atomic checkpoints each epoch (`last.*`, `best.*`) and a bit-for-bit `--resume`.
 //!
 //! Run folder layout:
+//! - `config.toml`: every knob of the run, resolved ([`RunConfig::settings`]);
+//!   `revsnn train --config DIR/config.toml --out NEW` runs it again;
 //! - `last.safetensors`: the weights and BatchNorm statistics under the official key names;
 //! - `last.optimizer.safetensors`: the optimizer state (see [`Optimizer::state_tensors`]);
-//! - `last.json`: the spec, the run settings, epochs done, optimizer step count, RNG state, best
+//! - `last.json`: the spec, the settings, epochs done, optimizer step count, RNG state, best
 //!   accuracy ([`RunState`]);
 //! - `best.safetensors` and `best.json`: the weights of the best test top-1 accuracy;
 //! - `metrics.jsonl`, `curves.png`.
 
+pub mod config;
 pub mod loader;
 pub mod pipeline;
 pub mod plot;
@@ -20,39 +23,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use revsnn_reference::{Backend, Cpu, Element, memory};
+use revsnn_reference::{Backend, DType, Element};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::checkpoint;
 use crate::data::Dataset;
 use crate::data::synthetic::{Split, Synthetic, SyntheticEvents};
+use crate::device::{Compute, Device, Task};
 use crate::error::{Error, Result};
 use crate::model::{BuildOptions, Mode};
 use crate::network::{Network, RunOptions};
-use crate::optim::{Optimizer, OptimizerKind};
+use crate::optim::Optimizer;
 use crate::spec::{Arch, ModelSpec};
+use config::{RunConfig, RunModel, TrainSettings, changed_on_resume};
 use loader::{Loader, Plain, shuffled};
-use pipeline::{Augment, Capped, CifarNormalized, TrainSet};
+use pipeline::{Capped, CifarNormalized, OpenedSplit, TrainSet};
 use plot::{Curves, write_atomic, write_curves};
 use progress::Progress;
-use recipe::Recipe;
+use recipe::DatasetKind;
 
 /// The seed the synthetic datasets are generated from: the same data whatever `--seed` trains.
 pub const DATA_SEED: u64 = 2024;
-
-/// The epochs of a run when `--epochs` is not given.
-pub const DEFAULT_EPOCHS: usize = 8;
-
-/// The dataset names `--dataset` accepts.
-pub const DATASETS: &[&str] = &[
-    "synthetic",
-    "synthetic-events",
-    "cifar10",
-    "cifar100",
-    "dvs128-gesture",
-    "cifar10-dvs",
-];
 
 /// The model `revsnn train` trains when given none: a small RevSResNet for 32x32 RGB, 10 classes.
 pub fn default_spec() -> ModelSpec {
@@ -93,24 +85,23 @@ fn real_dir<'a>(name: &str, data_dir: Option<&'a Path>) -> Result<&'a Path> {
     })
 }
 
-/// Opens `split` of dataset `name` for `spec`, capped at `samples`, with the family's training
-/// augmentation (SPEC.md 5) when `split` is the training set.
+/// Opens `split` of dataset `name` for `spec`, capped at `samples`: the samples as evaluation
+/// sees them and, for CIFAR, the pixels the training augmentation starts from.
 pub fn open_split(
     name: &str,
     data_dir: Option<&Path>,
     spec: &ModelSpec,
     split: Split,
     samples: usize,
-) -> Result<TrainSet> {
+) -> Result<OpenedSplit> {
     use crate::data::cifar::{Cifar, CifarVariant, Split as DataSplit};
     let data_split = match split {
         Split::Train => DataSplit::Train,
         Split::Test => DataSplit::Test,
     };
-    let train = split == Split::Train;
-    let mut augment = Augment::None;
-    let data: Arc<dyn Dataset> = match name {
-        "synthetic" => {
+    let mut pixels = None;
+    let data: Arc<dyn Dataset> = match DatasetKind::from_name(name)? {
+        DatasetKind::Synthetic => {
             if spec.arch.is_dvs() || spec.in_channels != 3 {
                 return Err(Error::Usage(format!(
                     "--dataset synthetic gives 3-channel images, but the model ({:?}, {} input channels) wants {}; use --dataset synthetic-events for DVS models",
@@ -125,7 +116,7 @@ pub fn open_split(
             }
             Arc::new(Synthetic::new(DATA_SEED, split, samples, spec.img_size)?)
         }
-        "synthetic-events" => {
+        DatasetKind::SyntheticEvents => {
             if !spec.arch.is_dvs() || spec.in_channels != 2 {
                 return Err(Error::Usage(
                     "--dataset synthetic-events gives 2-channel event frames [T, 2, H, W]: use a DVS model (revsresnet24, msresnet20, revsformer-2-256, spikingformer-2-256 or a *-dvs spec)".into(),
@@ -139,24 +130,18 @@ pub fn open_split(
                 spec.img_size,
             )?)
         }
-        "cifar10" | "cifar100" => {
+        DatasetKind::Cifar10 | DatasetKind::Cifar100 => {
             let variant = if name == "cifar10" {
                 CifarVariant::Cifar10
             } else {
                 CifarVariant::Cifar100
             };
             let cifar = Arc::new(Cifar::load(real_dir(name, data_dir)?, variant, data_split)?);
-            let resnet = spec.arch.is_resnet();
-            if train {
-                augment = if resnet {
-                    Augment::CifarResnet(cifar.clone())
-                } else {
-                    Augment::CifarTransformer(cifar.clone())
-                };
-            }
-            Arc::new(CifarNormalized::new(cifar, resnet, samples))
+            let normalized = Arc::new(CifarNormalized::new(cifar, spec.arch.is_resnet(), samples));
+            pixels = Some(normalized.clone());
+            normalized
         }
-        "dvs128-gesture" | "cifar10-dvs" => {
+        DatasetKind::Dvs128Gesture | DatasetKind::Cifar10Dvs => {
             let dir = real_dir(name, data_dir)?;
             if !spec.arch.is_dvs() {
                 return Err(Error::Usage(format!(
@@ -180,22 +165,7 @@ pub fn open_split(
                     None,
                 )?)
             };
-            if train {
-                augment = Augment::Dvs {
-                    mixup_fraction: if name == "dvs128-gesture" {
-                        (75, 202)
-                    } else {
-                        (75, 106)
-                    },
-                };
-            }
             Arc::new(Capped::new(frames, samples))
-        }
-        other => {
-            return Err(Error::Usage(format!(
-                "unknown dataset {other:?}; the datasets are {}",
-                DATASETS.join(", ")
-            )));
         }
     };
     if data.num_classes() > spec.num_classes {
@@ -213,59 +183,27 @@ pub fn open_split(
             spec.sample_shape()
         )));
     }
-    Ok(TrainSet { data, augment })
-}
-
-/// Everything a run needs.
-#[derive(Clone, Debug)]
-pub struct TrainConfig {
-    /// The model's display name (a preset, a spec path or `default`).
-    pub model_name: String,
-    pub spec: ModelSpec,
-    pub dataset: String,
-    pub data_dir: Option<PathBuf>,
-    /// The run's total epochs; on `resume`, `None` keeps the run's own (a new total also
-    /// rescales the schedule, so the continuation is then no longer the straight run's).
-    pub epochs: Option<usize>,
-    pub batch: usize,
-    /// The base learning rate; `None` for the recipe's.
-    pub lr: Option<f64>,
-    pub seed: u64,
-    /// The run folder.
-    pub out: PathBuf,
-    /// Continue the run in `out` (its settings come from `out/last.json`; `epochs` may extend it).
-    pub resume: bool,
-    pub train_samples: usize,
-    pub test_samples: usize,
-    /// Stop after this many epochs of this invocation (a run split into sessions; `--resume`
-    /// continues it exactly as if it had not stopped).
-    pub stop_after: Option<usize>,
-    /// Whether `spec` was named by the user (on `resume`, it must then match the run's).
-    pub model_given: bool,
-    /// No progress bar.
-    pub quiet: bool,
+    Ok(OpenedSplit {
+        data,
+        cifar: pixels,
+    })
 }
 
 /// The settings and position of a run, saved as `last.json` after every epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
     pub format: String,
+    /// The model's display name: a preset, a spec file or `revsresnet-small`.
     pub model: String,
+    /// The model as built.
     pub spec: ModelSpec,
-    pub dataset: String,
-    /// Where the real dataset was read from (`--resume` reads it again unless given another).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    pub epochs: usize,
-    pub batch: usize,
-    pub lr: Option<f64>,
-    pub seed: u64,
-    pub train_samples: usize,
-    pub test_samples: usize,
+    /// Every knob of the run, resolved: what `config.toml` holds.
+    pub config: TrainSettings,
+    /// The settings as given (flags over the config file): `--resume --epochs N` resolves them
+    /// again, so that what the recipe scaled to the run's length follows the new length.
+    pub given: TrainSettings,
     /// Epochs finished; the next epoch to run.
     pub epochs_done: usize,
-    /// `sgd` or `adamw`.
-    pub optimizer: String,
     /// The optimizer's step count (AdamW's bias correction needs it).
     pub optimizer_steps: u64,
     /// The optimizer state file, beside this one.
@@ -277,7 +215,108 @@ pub struct RunState {
     pub best_epoch: Option<usize>,
 }
 
-const STATE_FORMAT: &str = "revsnn-train-state-v1";
+const STATE_FORMAT: &str = "revsnn-train-state-v2";
+
+/// A run ready to start or to continue: its settings, resolved, and where it stands.
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// Every knob of the run.
+    pub config: RunConfig,
+    /// The settings as given (flags over the config file), paths absolute, but the run folder.
+    pub given: TrainSettings,
+    /// Where a resumed run stopped; `None` for a new run.
+    pub resumed: Option<RunState>,
+}
+
+impl Run {
+    /// A new run of `given` (flags over the config file).
+    pub fn start(given: TrainSettings) -> Result<Run> {
+        let given = given.with_absolute_paths()?;
+        Ok(Run {
+            config: given.resolve()?,
+            given: TrainSettings { out: None, ..given },
+            resumed: None,
+        })
+    }
+
+    /// The run in `given`'s run folder (`out`, or the default one of its model, dataset and
+    /// seed), to continue with its own settings. `given` may repeat them; it may change only
+    /// `epochs` (which resolves the run's given settings again for the new length), `data_dir`,
+    /// `device` and the loader's knobs, and may name the model only if it is the run's.
+    pub fn resume(given: TrainSettings) -> Result<Run> {
+        let given = given.with_absolute_paths()?;
+        let out = match &given.out {
+            Some(out) => out.clone(),
+            None => given.resolve()?.out,
+        };
+        let state = read_state(&out)?;
+        let names_model = given.model.is_some()
+            || given.spec.is_some()
+            || given.num_classes.is_some()
+            || given.time_steps.is_some();
+        if names_model
+            && given
+                .clone()
+                .over(state.config.clone())
+                .resolve_model()?
+                .spec
+                != state.spec
+        {
+            return Err(Error::Usage(format!(
+                "--resume: {} holds a run of another model ({}); leave out --model/--spec (and \
+                 --num-classes, --time-steps) to continue it, or choose another --out",
+                out.display(),
+                state.model
+            )));
+        }
+        let changed = changed_on_resume(&given, &state.config)?;
+        if !changed.is_empty() {
+            let list: Vec<String> = changed
+                .iter()
+                .map(|(key, value, run)| format!("{key} = {value} (the run has {run})"))
+                .collect();
+            return Err(Error::Usage(format!(
+                "--resume continues the run in {} with its own settings ({}), but these differ: \
+                 {}. Leave them out, or start a new run with --config {} and another --out",
+                out.display(),
+                out.join("config.toml").display(),
+                list.join("; "),
+                out.join("config.toml").display()
+            )));
+        }
+        let changes = TrainSettings {
+            epochs: given.epochs,
+            data_dir: given.data_dir.clone(),
+            device: given.device,
+            loader: given.loader.clone(),
+            ..TrainSettings::default()
+        };
+        let new_length = given.epochs.is_some() && given.epochs != state.config.epochs;
+        let base = if new_length {
+            &state.given
+        } else {
+            &state.config
+        };
+        let model = RunModel::of_run(&state.config, state.model.clone(), state.spec.clone());
+        let mut config = RunConfig::resolve(&changes.clone().over(base.clone()), model)?;
+        config.out = out;
+        Ok(Run {
+            config,
+            given: changes.over(state.given.clone()),
+            resumed: Some(state),
+        })
+    }
+}
+
+/// How a `revsnn train` invocation runs, beside the run's settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrainOptions {
+    /// Stop after this many epochs of this invocation (a run split into sessions; `--resume`
+    /// continues it exactly as if it had not stopped).
+    pub stop_after: Option<usize>,
+    /// No progress bar.
+    pub quiet: bool,
+}
 
 /// The seed of epoch `epoch`'s shuffle.
 pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
@@ -335,7 +374,7 @@ pub fn evaluate<B: Backend>(
 ) -> Result<EvalResult> {
     let order: Vec<usize> = (0..data.len()).collect();
     let (mut loss, mut top1, mut top5, mut samples) = (0.0, 0, 0, 0);
-    for next in Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 2, 0) {
+    for next in Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 1, 2, 0) {
         let next = next?;
         let count = next.labels.len();
         let images = batch_tensor(backend, data.as_ref(), next.images, count)?;
@@ -395,115 +434,99 @@ fn read_state(out: &Path) -> Result<RunState> {
             ),
         )
     })?;
-    let state: RunState = serde_json::from_str(&text)
+    let value: Value = serde_json::from_str(&text)
         .map_err(|e| file_error(&path, format!("not a revsnn run state: {e}")))?;
-    if state.format != STATE_FORMAT {
+    if value["format"] != STATE_FORMAT {
         return Err(file_error(
             &path,
             format!(
-                "run state format {:?}, expected {STATE_FORMAT:?}",
-                state.format
+                "run state format {}, expected {STATE_FORMAT:?}: the run was written by another \
+                 version of revsnn; continue it with that version, or start a new run",
+                value["format"]
             ),
         ));
     }
-    Ok(state)
+    serde_json::from_value(value)
+        .map_err(|e| file_error(&path, format!("not a revsnn run state: {e}")))
 }
 
-fn optimizer_name(kind: &OptimizerKind) -> &'static str {
-    match kind {
-        OptimizerKind::Sgd(_) => "sgd",
-        OptimizerKind::AdamW(_) => "adamw",
+/// Trains `run` on `device` in f32, printing the run folder first and a progress bar per epoch;
+/// writes `config.toml` before the first epoch of this invocation.
+pub fn train(run: &Run, options: &TrainOptions, device: &Device) -> Result<TrainSummary> {
+    device.run(DType::F32, Train { run, options })
+}
+
+/// [`train_on`] as a [`Task`].
+struct Train<'a> {
+    run: &'a Run,
+    options: &'a TrainOptions,
+}
+
+impl Task for Train<'_> {
+    type Output = TrainSummary;
+
+    fn run<B: Compute>(self, backend: B) -> Result<TrainSummary> {
+        train_on(backend, self.run, self.options)
     }
 }
 
-/// Trains as `config` says, printing the run folder first and a progress bar per epoch.
-pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
+/// Trains `run` on `backend`.
+fn train_on<B: Compute>(backend: B, run: &Run, options: &TrainOptions) -> Result<TrainSummary> {
     let started = Instant::now();
+    let config = &run.config;
     let out = config.out.clone();
-    let backend = Cpu::<f32>::new();
-    let mut state = if config.resume {
-        let mut state = read_state(&out)?;
-        if config.model_given && config.spec != state.spec {
-            return Err(Error::Usage(format!(
-                "--resume: {} holds a run of another model ({}); leave out --model/--spec to \
-                 continue it, or choose another --out",
-                out.display(),
-                state.model
-            )));
-        }
-        if let Some(epochs) = config.epochs {
-            state.epochs = epochs;
-        }
-        if config.data_dir.is_some() {
-            state.data_dir = config.data_dir.clone();
-        }
-        state
-    } else {
-        if out.join("last.json").exists() {
-            return Err(Error::Usage(format!(
-                "{} already holds a run; pass --resume to continue it, or choose another --out",
-                out.display()
-            )));
-        }
-        let epochs = config.epochs.unwrap_or(DEFAULT_EPOCHS);
-        if config.batch == 0 || epochs == 0 {
-            return Err(Error::Usage("--batch and --epochs must be >= 1".into()));
-        }
-        if let Some(lr) = config.lr {
-            if !(lr.is_finite() && lr > 0.0) {
+    let settings = config.settings();
+    let mut state = match &run.resumed {
+        Some(resumed) => RunState {
+            config: settings.clone(),
+            given: run.given.clone(),
+            ..resumed.clone()
+        },
+        None => {
+            if out.join("last.json").exists() {
                 return Err(Error::Usage(format!(
-                    "--lr {lr}: give a positive learning rate"
+                    "{} already holds a run; pass --resume to continue it, or choose another --out",
+                    out.display()
                 )));
             }
-        }
-        RunState {
-            format: STATE_FORMAT.into(),
-            model: config.model_name.clone(),
-            spec: config.spec.clone(),
-            dataset: config.dataset.clone(),
-            data_dir: config.data_dir.clone(),
-            epochs,
-            batch: config.batch,
-            lr: config.lr,
-            seed: config.seed,
-            train_samples: config.train_samples,
-            test_samples: config.test_samples,
-            epochs_done: 0,
-            optimizer: String::new(),
-            optimizer_steps: 0,
-            optimizer_state: "last.optimizer.safetensors".into(),
-            next_shuffle_seed: shuffle_seed(config.seed, 0),
-            best_test_acc1: 0.0,
-            best_epoch: None,
+            RunState {
+                format: STATE_FORMAT.into(),
+                model: config.model.name.clone(),
+                spec: config.model.spec.clone(),
+                config: settings.clone(),
+                given: run.given.clone(),
+                epochs_done: 0,
+                optimizer_steps: 0,
+                optimizer_state: "last.optimizer.safetensors".into(),
+                next_shuffle_seed: shuffle_seed(config.seed, 0),
+                best_test_acc1: 0.0,
+                best_epoch: None,
+            }
         }
     };
     let spec = state.spec.clone();
-    let train_set = open_split(
-        &state.dataset,
-        state.data_dir.as_deref(),
-        &spec,
-        Split::Train,
-        state.train_samples,
-    )?;
-    let train_data = train_set.data.clone();
-    if train_set.mixes() && state.batch % 2 != 0 {
-        return Err(Error::Usage(format!(
-            "--batch {}: the {} recipe mixes pairs of samples (mixup), which needs an even batch \
-             size; pass an even --batch",
-            state.batch, state.dataset
-        )));
-    }
+    let dataset = config.dataset.name();
+    let train_set = TrainSet {
+        split: open_split(
+            dataset,
+            config.data_dir.as_deref(),
+            &spec,
+            Split::Train,
+            config.train_samples,
+        )?,
+        augmentation: config.augmentation,
+        mixup_off_epoch: config.mixup_off_epoch,
+    };
+    let train_data = train_set.split.data.clone();
     let test_data = open_dataset(
-        &state.dataset,
-        state.data_dir.as_deref(),
+        dataset,
+        config.data_dir.as_deref(),
         &spec,
         Split::Test,
-        state.test_samples,
+        config.test_samples,
     )?;
-    let recipe = Recipe::for_spec(&spec, state.epochs, state.batch, state.lr);
-    let mut network = Network::new(&backend, &spec, state.seed, BuildOptions::default())?;
-    let mut optimizer = Optimizer::new(recipe.optimizer, &network.store);
-    state.optimizer = optimizer_name(&recipe.optimizer).into();
+    let mut network = Network::new(&backend, &spec, config.seed, BuildOptions::default())?;
+    let mut optimizer = Optimizer::new(config.optimizer, &network.store);
     std::fs::create_dir_all(&out).map_err(|e| {
         file_error(
             &out,
@@ -511,9 +534,13 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         )
     })?;
     eprintln!("run folder: {}", out.display());
+    write_atomic(
+        &out.join("config.toml"),
+        config_file_text(config, Some(&out))?.as_bytes(),
+    )?;
     let metrics_path = out.join("metrics.jsonl");
     let mut lines: Vec<Value> = Vec::new();
-    if config.resume {
+    if run.resumed.is_some() {
         let weights = checkpoint::read(&out.join("last.safetensors"))?;
         checkpoint::load_state_dict(&backend, &mut network.store, &weights)?;
         let optimizer_path = out.join(&state.optimizer_state);
@@ -527,7 +554,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
             .collect();
         eprintln!(
             "resuming after epoch {} of {}",
-            state.epochs_done, state.epochs
+            state.epochs_done, config.epochs
         );
     }
     let mut curves = Curves::default();
@@ -539,33 +566,41 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         curves.test_acc.push(get("test_acc1"));
         curves.test_acc5.push(get("test_acc5"));
     }
-    let steps_per_epoch = train_data.len() / state.batch;
+    let steps_per_epoch = train_data.len() / config.batch;
     if steps_per_epoch == 0 {
         return Err(Error::Usage(format!(
             "--batch {} is larger than the {} training samples; lower --batch or raise --train-samples",
-            state.batch,
+            config.batch,
             train_data.len()
         )));
     }
     let mut last = lines.last().cloned().unwrap_or(Value::Null);
-    let end = match config.stop_after {
-        Some(count) => state.epochs.min(state.epochs_done + count),
-        None => state.epochs,
+    let end = match options.stop_after {
+        Some(count) => config.epochs.min(state.epochs_done + count),
+        None => config.epochs,
     };
     for epoch in state.epochs_done..end {
-        let lr = recipe.lr(epoch);
-        memory::reset_peak();
-        let epoch_seed = shuffle_seed(state.seed, epoch);
+        let lr = config.lr(epoch);
+        backend.reset_peak_memory();
+        let epoch_seed = shuffle_seed(config.seed, epoch);
         let order = shuffled(train_data.len(), epoch_seed);
-        let source = train_set.source(epoch, state.epochs, spec.num_classes);
+        let source = train_set.source(epoch, spec.num_classes);
         let mut progress = Progress::new(
-            format!("epoch {}/{}", epoch + 1, state.epochs),
+            format!("epoch {}/{}", epoch + 1, config.epochs),
             steps_per_epoch,
-            config.quiet,
+            options.quiet,
         );
         let epoch_start = Instant::now();
         let (mut loss_sum, mut hits, mut seen) = (0.0, 0usize, 0usize);
-        let batches = Loader::new(source, order, state.batch, true, 4, epoch_seed);
+        let batches = Loader::new(
+            source,
+            order,
+            config.batch,
+            true,
+            config.workers,
+            config.prefetch,
+            epoch_seed,
+        );
         for (step, next) in batches.enumerate() {
             let next = next?;
             let count = next.labels.len();
@@ -578,7 +613,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
                         &[count, classes],
                         targets
                             .into_iter()
-                            .map(|v| <f32 as Element>::cast(f64::from(v)))
+                            .map(|v| B::Elem::cast(f64::from(v)))
                             .collect(),
                     )?;
                     network.train_step_soft(
@@ -626,12 +661,13 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
                 hits as f64 / seen as f64,
             );
         }
+        backend.synchronize()?;
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         let test = evaluate(
             &backend,
             &mut network,
             test_data.clone(),
-            state.batch.max(32),
+            config.batch.max(32),
         )?;
         if !test.loss.is_finite() {
             return Err(Error::Usage(format!(
@@ -643,10 +679,10 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
                 state.epochs_done
             )));
         }
-        let peak = memory::stats().peak_bytes;
+        let peak = backend.peak_memory_bytes();
         state.epochs_done = epoch + 1;
         state.optimizer_steps = optimizer.steps();
-        state.next_shuffle_seed = shuffle_seed(state.seed, epoch + 1);
+        state.next_shuffle_seed = shuffle_seed(config.seed, epoch + 1);
         let improved = state.best_epoch.is_none() || test.acc1 > state.best_test_acc1;
         if improved {
             state.best_test_acc1 = test.acc1;
@@ -690,11 +726,11 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         curves.test_acc.push(test.acc1);
         curves.test_acc5.push(test.acc5);
         write_curves(&out.join("curves.png"), &curves)?;
-        if !config.quiet {
+        if !options.quiet {
             eprintln!(
                 "epoch {}/{}: train loss {:.4} acc {:.2}%, test loss {:.4} acc {:.2}% (top-5 {:.2}%), best {:.2}%",
                 epoch + 1,
-                state.epochs,
+                config.epochs,
                 loss_sum / seen.max(1) as f64,
                 100.0 * hits as f64 / seen.max(1) as f64,
                 test.loss,
@@ -711,6 +747,25 @@ pub fn train(config: &TrainConfig) -> Result<TrainSummary> {
         best_test_acc1: state.best_test_acc1,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The run's settings as a config file, with comments naming the model and, for the run folder
+/// `out`, how to run them again.
+pub fn config_file_text(config: &RunConfig, out: Option<&Path>) -> Result<String> {
+    let spec = serde_json::to_string(&config.model.spec).expect("the spec serialises");
+    let mut text = format!(
+        "# revsnn train: every setting of the run, resolved ({} recipe).\n\
+         # model {}: {spec}\n",
+        config.recipe.name(),
+        config.model.name
+    );
+    if let Some(out) = out {
+        text += &format!(
+            "# Run it again: revsnn train --config {} --out NEW_FOLDER\n",
+            out.join("config.toml").display()
+        );
+    }
+    Ok(text + "\n" + &config.settings().to_toml()?)
 }
 
 #[cfg(test)]

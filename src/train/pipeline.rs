@@ -1,36 +1,24 @@
-//! The real datasets' input pipelines (SPEC.md 5, 6): what each family trains on and is
-//! evaluated on.
+//! The training sets' input pipelines (SPEC.md 5, 6): samples normalised as evaluation sees
+//! them, and the run's [`Augmentation`] on top.
 //!
-//! - CIFAR, ResNets (SPEC.md 5.2): [`cifar_resnet_train`] per sample, hard labels; evaluation
-//!   normalised with [`CIFAR_RESNET_STD`].
-//! - CIFAR, transformers (SPEC.md 5.1): [`cifar_transformer_sample`] per sample, then
-//!   [`cifar_transformer_batch`] (mixup with label smoothing 0.1, random erasing 0.25): soft
-//!   targets; mixup stops after 200/310 of the epochs (`mixup_off_epoch`), label smoothing goes on;
-//!   evaluation normalised with [`CIFAR_STD`].
-//! - Event frames (SPEC.md 5.3): [`dvs_train`] per sample, then [`mixup_batch`] with
-//!   [`Mixup::dvs`]: soft targets; mixup stops at epoch 75 of 106 (CIFAR10-DVS) or 202 (DVS128
-//!   Gesture), scaled to the run's length.
+//! - CIFAR: the augmentation starts from the `u8` pixels ([`Augmentation::sample_pixels`], then
+//!   [`Augmentation::batch_pixels`] with the family's normalisation: [`CIFAR_RESNET_STD`] for
+//!   ResNets, [`CIFAR_STD`] for transformers);
+//! - every other dataset: from the float samples ([`Augmentation::sample_values`], then
+//!   [`Augmentation::batch_values`]).
 //!
-//! Every random choice comes from the batch's seed, so a seed and an epoch fix the batches.
+//! Mixup stops at the run's `mixup_off_epoch`; label smoothing goes on. Every random choice comes
+//! from the batch's seed, so a seed and an epoch fix the batches.
 
 use std::sync::Arc;
 
 use revsnn_reference::testing::SplitMix64;
 
 use super::loader::{Batch, BatchSource};
-use crate::data::augment::{
-    CIFAR_RESNET_STD, CIFAR_STD, Mixup, Planes, RandAugment, cifar_resnet_train,
-    cifar_transformer_batch, cifar_transformer_sample, dvs_train, mixup_batch, smooth_targets,
-    to_normalized,
-};
+use crate::data::augment::{Augmentation, CIFAR_RESNET_STD, CIFAR_STD, Planes, to_normalized};
 use crate::data::cifar::Cifar;
 use crate::data::{Dataset, Sample};
 use crate::error::{Error, Result};
-
-/// Label smoothing of the soft-target recipes (SPEC.md 5.1, 5.3).
-pub const LABEL_SMOOTHING: f32 = 0.1;
-/// Random-erasing probability of the CIFAR transformer recipe (SPEC.md 5.1).
-pub const RANDOM_ERASING: f64 = 0.25;
 
 fn out_of_range(name: &str, index: usize, len: usize) -> Error {
     Error::Usage(format!(
@@ -91,6 +79,16 @@ impl CifarNormalized {
     }
 }
 
+impl CifarNormalized {
+    /// The `[3, 32, 32]` bytes and the label of sample `index`.
+    fn pixels(&self, index: usize) -> Result<(&[u8], usize)> {
+        (index < self.len)
+            .then(|| self.cifar.bytes(index))
+            .flatten()
+            .ok_or_else(|| out_of_range(self.name(), index, self.len))
+    }
+}
+
 impl Dataset for CifarNormalized {
     fn name(&self) -> &str {
         self.cifar.name()
@@ -105,131 +103,90 @@ impl Dataset for CifarNormalized {
         vec![3, 32, 32]
     }
     fn get(&self, index: usize) -> Result<Sample> {
-        let bytes = (index < self.len)
-            .then(|| self.cifar.bytes(index))
-            .flatten();
-        let (bytes, label) = bytes.ok_or_else(|| out_of_range(self.name(), index, self.len))?;
+        let (bytes, label) = self.pixels(index)?;
         Ok(Sample {
-            values: to_normalized(bytes, Planes::new(3, 32, 32), &self.std)?,
+            values: to_normalized(bytes, CIFAR_PLANES, &self.std)?,
             label,
         })
     }
 }
 
-/// How a training set is augmented.
-#[derive(Clone)]
-pub enum Augment {
-    /// Nothing (the synthetic datasets).
-    None,
-    /// The CIFAR ResNet recipe on these images (SPEC.md 5.2).
-    CifarResnet(Arc<Cifar>),
-    /// The CIFAR transformer recipe on these images (SPEC.md 5.1).
-    CifarTransformer(Arc<Cifar>),
-    /// The event-frame recipe (SPEC.md 5.3); `mixup_fraction` is the share of the epochs with
-    /// mixup (75/106 for CIFAR10-DVS, 75/202 for DVS128 Gesture).
-    Dvs { mixup_fraction: (usize, usize) },
-}
+/// The shape of a CIFAR image.
+const CIFAR_PLANES: Planes = Planes {
+    planes: 3,
+    h: 32,
+    w: 32,
+};
 
-/// A training set: its samples (normalised as for evaluation) and its augmentation.
-pub struct TrainSet {
+/// A dataset split as opened: its samples as evaluation sees them and, for CIFAR, the pixels the
+/// training augmentation starts from.
+pub struct OpenedSplit {
     /// The samples, capped; also fixes the length, shape and classes.
     pub data: Arc<dyn Dataset>,
-    /// The recipe's augmentation.
-    pub augment: Augment,
+    /// The same samples with their `u8` pixels, for CIFAR.
+    pub cifar: Option<Arc<CifarNormalized>>,
 }
 
-/// The first epoch without mixup of a run of `epochs` epochs, scaling `off / total` of the paper.
-fn mixup_off_epoch(epochs: usize, (off, total): (usize, usize)) -> usize {
-    epochs * off / total
+/// A training set: its samples and the run's augmentation.
+pub struct TrainSet {
+    /// The samples, as opened.
+    pub split: OpenedSplit,
+    /// The augmentation of every epoch.
+    pub augmentation: Augmentation,
+    /// The first epoch without mixup (label smoothing goes on).
+    pub mixup_off_epoch: usize,
 }
 
 impl TrainSet {
-    /// Whether training mixes pairs of samples (mixup), which needs an even batch size.
-    pub fn mixes(&self) -> bool {
-        matches!(
-            self.augment,
-            Augment::CifarTransformer(_) | Augment::Dvs { .. }
-        )
-    }
-
-    /// The batches of epoch `epoch` of `epochs` for a head of `num_classes` classes.
-    pub fn source(&self, epoch: usize, epochs: usize, num_classes: usize) -> Arc<dyn BatchSource> {
-        let len = self.data.len();
-        match &self.augment {
-            Augment::None => Arc::new(super::loader::Plain(self.data.clone())),
-            Augment::CifarResnet(cifar) => Arc::new(CifarTrain {
+    /// The batches of epoch `epoch` for a head of `num_classes` classes.
+    pub fn source(&self, epoch: usize, num_classes: usize) -> Arc<dyn BatchSource> {
+        let mut augmentation = self.augmentation;
+        if epoch >= self.mixup_off_epoch {
+            augmentation.mixup = None;
+        }
+        match &self.split.cifar {
+            Some(cifar) => Arc::new(CifarTrain {
                 cifar: cifar.clone(),
-                len,
-                transformer: None,
+                augmentation,
+                num_classes,
             }),
-            Augment::CifarTransformer(cifar) => Arc::new(CifarTrain {
-                cifar: cifar.clone(),
-                len,
-                transformer: Some(TransformerAug {
-                    rand_augment: RandAugment::cifar(),
-                    mixup: (epoch < mixup_off_epoch(epochs, (200, 310))).then(Mixup::cifar),
-                    num_classes,
-                }),
-            }),
-            Augment::Dvs { mixup_fraction } => Arc::new(DvsTrain {
-                data: self.data.clone(),
-                mixup: (epoch < mixup_off_epoch(epochs, *mixup_fraction)).then(Mixup::dvs),
+            None => Arc::new(FloatTrain {
+                data: self.split.data.clone(),
+                augmentation,
                 num_classes,
             }),
         }
     }
 }
 
-struct TransformerAug {
-    rand_augment: RandAugment,
-    mixup: Option<Mixup>,
-    num_classes: usize,
-}
-
+/// CIFAR training batches: augmented from the pixels.
 struct CifarTrain {
-    cifar: Arc<Cifar>,
-    len: usize,
-    transformer: Option<TransformerAug>,
+    cifar: Arc<CifarNormalized>,
+    augmentation: Augmentation,
+    num_classes: usize,
 }
 
 impl BatchSource for CifarTrain {
     fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
         let mut rng = SplitMix64::new(seed);
         let mut labels = Vec::with_capacity(indices.len());
-        let mut pixels = Vec::new();
-        let mut images = Vec::new();
+        let mut pixels = Vec::with_capacity(indices.len() * CIFAR_PLANES.len());
         for &index in indices {
-            let bytes = (index < self.len)
-                .then(|| self.cifar.bytes(index))
-                .flatten();
-            let (bytes, label) =
-                bytes.ok_or_else(|| out_of_range(self.cifar.name(), index, self.len))?;
+            let (bytes, label) = self.cifar.pixels(index)?;
             labels.push(label);
-            match &self.transformer {
-                None => images.extend(cifar_resnet_train(bytes, &mut rng)?),
-                Some(aug) => pixels.extend(cifar_transformer_sample(
-                    bytes,
-                    &aug.rand_augment,
-                    &mut rng,
-                )?),
-            }
+            pixels.extend(
+                self.augmentation
+                    .sample_pixels(bytes, CIFAR_PLANES, &mut rng)?,
+            );
         }
-        let targets = match &self.transformer {
-            None => None,
-            Some(aug) => {
-                let (values, targets) = cifar_transformer_batch(
-                    &mut pixels,
-                    &labels,
-                    aug.num_classes,
-                    aug.mixup.as_ref(),
-                    LABEL_SMOOTHING,
-                    RANDOM_ERASING,
-                    &mut rng,
-                )?;
-                images = values;
-                Some(targets)
-            }
-        };
+        let (images, targets) = self.augmentation.batch_pixels(
+            &mut pixels,
+            &labels,
+            self.num_classes,
+            CIFAR_PLANES,
+            &self.cifar.std,
+            &mut rng,
+        )?;
         Ok(Batch {
             images,
             labels,
@@ -238,40 +195,49 @@ impl BatchSource for CifarTrain {
     }
 }
 
-struct DvsTrain {
+/// Training batches of float samples (event frames `[T, 2, H, W]` as `2 T` planes, synthetic
+/// images).
+struct FloatTrain {
     data: Arc<dyn Dataset>,
-    mixup: Option<Mixup>,
+    augmentation: Augmentation,
     num_classes: usize,
 }
 
-impl BatchSource for DvsTrain {
+impl BatchSource for FloatTrain {
     fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
         let mut rng = SplitMix64::new(seed);
         let shape = self.data.sample_shape();
         let planes = match shape.as_slice() {
+            [c, h, w] => Planes::new(*c, *h, *w),
             [t, c, h, w] => Planes::new(t * c, *h, *w),
             _ => {
                 return Err(Error::Usage(format!(
-                    "event frames must be [T, 2, H, W], not {shape:?}"
+                    "training samples must be images [C, H, W] or event frames [T, 2, H, W], \
+                     not {shape:?}"
                 )));
             }
         };
         let mut labels = Vec::with_capacity(indices.len());
         let mut images = Vec::with_capacity(indices.len() * planes.len());
         for &index in indices {
-            let mut sample = self.data.get(index)?;
-            dvs_train(&mut sample.values, planes, &mut rng)?;
-            images.extend(sample.values);
+            let sample = self.data.get(index)?;
+            images.extend(
+                self.augmentation
+                    .sample_values(sample.values, planes, &mut rng)?,
+            );
             labels.push(sample.label);
         }
-        let targets = match &self.mixup {
-            Some(cfg) => mixup_batch(&mut images, &labels, self.num_classes, cfg, &mut rng)?.0,
-            None => smooth_targets(&labels, self.num_classes, LABEL_SMOOTHING)?,
-        };
+        let targets = self.augmentation.batch_values(
+            &mut images,
+            &labels,
+            self.num_classes,
+            planes,
+            &mut rng,
+        )?;
         Ok(Batch {
             images,
             labels,
-            targets: Some(targets),
+            targets,
         })
     }
 }
@@ -279,6 +245,7 @@ impl BatchSource for DvsTrain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::augment::{Mixup, RandAugment};
     use crate::data::cifar::{CifarVariant, Split};
 
     fn tiny_cifar10(name: &str) -> Arc<Cifar> {
@@ -299,15 +266,36 @@ mod tests {
         Arc::new(cifar)
     }
 
+    fn train_set(
+        cifar: Arc<Cifar>,
+        resnet: bool,
+        cap: usize,
+        augmentation: Augmentation,
+        mixup_off_epoch: usize,
+    ) -> TrainSet {
+        let normalized = Arc::new(CifarNormalized::new(cifar, resnet, cap));
+        TrainSet {
+            split: OpenedSplit {
+                data: normalized.clone(),
+                cifar: Some(normalized),
+            },
+            augmentation,
+            mixup_off_epoch,
+        }
+    }
+
     #[test]
     fn transformer_batches_are_deterministic_with_soft_targets() {
-        let cifar = tiny_cifar10("transformer");
-        let set = TrainSet {
-            data: Arc::new(CifarNormalized::new(cifar.clone(), false, 20)),
-            augment: Augment::CifarTransformer(cifar),
+        let augmentation = Augmentation {
+            flip: true,
+            rand_augment: Some(RandAugment::cifar()),
+            mixup: Some(Mixup::cifar()),
+            label_smoothing: 0.1,
+            random_erasing: 0.25,
+            ..Augmentation::NONE
         };
-        assert!(set.mixes());
-        let source = set.source(0, 10, 12);
+        let set = train_set(tiny_cifar10("transformer"), false, 20, augmentation, 6);
+        let source = set.source(0, 12);
         let indices = [0, 3, 5, 7];
         let a = source.batch(&indices, 9).unwrap();
         assert_eq!(a, source.batch(&indices, 9).unwrap());
@@ -318,25 +306,25 @@ mod tests {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
         assert_eq!(a.images.len(), 4 * 3072);
-        // after mixup_off_epoch: label smoothing only
-        let late = set.source(9, 10, 12).batch(&indices, 9).unwrap();
+        // from mixup_off_epoch on: label smoothing only
+        let late = set.source(6, 12).batch(&indices, 9).unwrap();
         let row = &late.targets.unwrap()[..12];
         assert!((row[late.labels[0]] - (0.9 + 0.1 / 12.0)).abs() < 1e-6);
     }
 
     #[test]
     fn resnet_batches_use_hard_labels_and_reject_out_of_range_indices() {
-        let cifar = tiny_cifar10("resnet");
-        let set = TrainSet {
-            data: Arc::new(CifarNormalized::new(cifar.clone(), true, 6)),
-            augment: Augment::CifarResnet(cifar),
+        let augmentation = Augmentation {
+            crop_padding: 4,
+            flip: true,
+            ..Augmentation::NONE
         };
-        assert!(!set.mixes());
-        let source = set.source(0, 4, 10);
+        let set = train_set(tiny_cifar10("resnet"), true, 6, augmentation, 0);
+        let source = set.source(0, 10);
         let batch = source.batch(&[0, 1], 3).unwrap();
         assert!(batch.targets.is_none());
         assert_eq!(batch.images.len(), 2 * 3072);
         assert!(source.batch(&[6], 3).is_err());
-        assert!(set.data.get(6).is_err());
+        assert!(set.split.data.get(6).is_err());
     }
 }

@@ -1,14 +1,45 @@
-//! Optimizer updates on the GPU; twin of `revsnn_reference::ops::optim`, kernels in
-//! `gpu/kernels/optim.cu`.
+//! Optimizer updates on the GPU (SPEC.md 5: SGD for the ResNets, AdamW for the transformers);
+//! twin of `revsnn_reference::ops::optim`, kernels in `gpu/kernels/optim.cu`.
+//!
+//! One fused kernel per step reads the parameter, the gradient and the state once and writes the
+//! new parameter and state. Each update is computed in `E` with the reference's operations in
+//! its order, without FMA contraction, so the results equal the reference's bit for bit.
 
-use revsnn_reference::{AdamWParams, AdamWState, SgdParams};
+use cudarc::driver::PushKernelArg;
+use revsnn_reference::{AdamWParams, AdamWState, OpError, SgdParams};
 
-use super::GpuElement;
+use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
+use crate::kernels::OPTIM;
 use crate::tensor::CudaTensor;
 
-/// One SGD-with-momentum step: returns the new parameter and momentum buffer.
+fn invalid(op: &'static str) -> impl FnOnce(OpError) -> GpuError {
+    move |error| shape_error(op, error.to_string())
+}
+
+fn same_shape<E: GpuElement>(
+    op: &'static str,
+    what: &str,
+    param: &CudaTensor<E>,
+    other: &CudaTensor<E>,
+) -> Result<(), GpuError> {
+    if param.shape() != other.shape() {
+        return Err(shape_error(
+            op,
+            format!(
+                "{what} has shape {:?} but the parameter {:?}",
+                other.shape(),
+                param.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One SGD step (see [`SgdParams`]): `d = g + weight_decay p`, `b = momentum b_old + d` (`b = d`
+/// on the first step, without a buffer), `p_new = p - lr b`; returns the new parameter and
+/// momentum buffer.
 pub fn sgd_step<E: GpuElement>(
     device: &GpuDevice,
     param: &CudaTensor<E>,
@@ -16,10 +47,55 @@ pub fn sgd_step<E: GpuElement>(
     momentum_buffer: Option<&CudaTensor<E>>,
     params: SgdParams,
 ) -> Result<(CudaTensor<E>, CudaTensor<E>), GpuError> {
-    todo!()
+    const OP: &str = "sgd";
+    params.validate().map_err(invalid(OP))?;
+    same_shape(OP, "the gradient", param, grad)?;
+    if let Some(buffer) = momentum_buffer {
+        same_shape(OP, "the momentum buffer", param, buffer)?;
+    }
+    let n = param.len();
+    // SAFETY: the kernel writes every element of both outputs.
+    let mut new_param = unsafe { device.alloc::<E>(n) }?;
+    // SAFETY: as above.
+    let mut new_buffer = unsafe { device.alloc::<E>(n) }?;
+    if n > 0 {
+        let function = device.function(&OPTIM, &format!("sgd_step_{}", E::SUFFIX))?;
+        let (lr, momentum, weight_decay) = (
+            E::cast(params.lr),
+            E::cast(params.momentum),
+            E::cast(params.weight_decay),
+        );
+        let (n_arg, has_buffer) = (n as i64, momentum_buffer.is_some() as i32);
+        // Without a buffer the kernel does not read this argument; the gradient stands in.
+        let buffer = momentum_buffer.unwrap_or(grad);
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(param.slice())
+            .arg(grad.slice())
+            .arg(buffer.slice())
+            .arg(new_param.slice_mut())
+            .arg(new_buffer.slice_mut())
+            .arg(&n_arg)
+            .arg(&has_buffer)
+            .arg(&lr)
+            .arg(&momentum)
+            .arg(&weight_decay);
+        // SAFETY: the arguments match `sgd_step_<E>(const E* param, const E* grad, const E*
+        // buffer, E* new_param, E* new_buffer, long long n, int has_buffer, E lr, E momentum,
+        // E weight_decay)`; the five buffers hold n elements.
+        unsafe { launch.launch(elementwise_launch(n)) }
+            .map_err(GpuError::driver("launching sgd_step"))?;
+    }
+    Ok((
+        CudaTensor::new(new_param, param.shape())?,
+        CudaTensor::new(new_buffer, param.shape())?,
+    ))
 }
 
-/// One AdamW step number `step >= 1`: returns the new parameter and moments.
+/// One AdamW step number `step >= 1` (see [`AdamWParams`]): `m = b1 m + (1 - b1) g`,
+/// `v = b2 v + (1 - b2) g g`, `p_new = p (1 - lr wd) - (lr / (1 - b1^t)) m / (sqrt(v) /
+/// sqrt(1 - b2^t) + eps)`, the scalar factors computed in `f64` and rounded to `E` as the
+/// reference does; returns the new parameter and moments.
 pub fn adamw_step<E: GpuElement>(
     device: &GpuDevice,
     param: &CudaTensor<E>,
@@ -29,5 +105,55 @@ pub fn adamw_step<E: GpuElement>(
     params: AdamWParams,
     step: u64,
 ) -> Result<AdamWState<CudaTensor<E>>, GpuError> {
-    todo!()
+    const OP: &str = "adamw";
+    params.validate().map_err(invalid(OP))?;
+    if step == 0 {
+        return Err(shape_error(OP, "invalid parameter step = 0: counts from 1"));
+    }
+    same_shape(OP, "the gradient", param, grad)?;
+    same_shape(OP, "the first moment", param, first_moment)?;
+    same_shape(OP, "the second moment", param, second_moment)?;
+    let n = param.len();
+    // SAFETY: the kernel writes every element of the three outputs.
+    let mut new_param = unsafe { device.alloc::<E>(n) }?;
+    // SAFETY: as above.
+    let mut new_first = unsafe { device.alloc::<E>(n) }?;
+    // SAFETY: as above.
+    let mut new_second = unsafe { device.alloc::<E>(n) }?;
+    if n > 0 {
+        let function = device.function(&OPTIM, &format!("adamw_step_{}", E::SUFFIX))?;
+        let (beta1, beta2) = (E::cast(params.beta1), E::cast(params.beta2));
+        let shrink = E::cast(1.0 - params.lr * params.weight_decay);
+        let step_size = E::cast(params.lr / (1.0 - params.beta1.powf(step as f64)));
+        let correction2_sqrt = E::cast((1.0 - params.beta2.powf(step as f64)).sqrt());
+        let eps = E::cast(params.eps);
+        let n_arg = n as i64;
+        let mut launch = device.stream().launch_builder(&function);
+        launch
+            .arg(param.slice())
+            .arg(grad.slice())
+            .arg(first_moment.slice())
+            .arg(second_moment.slice())
+            .arg(new_param.slice_mut())
+            .arg(new_first.slice_mut())
+            .arg(new_second.slice_mut())
+            .arg(&n_arg)
+            .arg(&beta1)
+            .arg(&beta2)
+            .arg(&shrink)
+            .arg(&step_size)
+            .arg(&correction2_sqrt)
+            .arg(&eps);
+        // SAFETY: the arguments match `adamw_step_<E>(const E* param, const E* grad, const E*
+        // first, const E* second, E* new_param, E* new_first, E* new_second, long long n,
+        // E beta1, E beta2, E shrink, E step_size, E correction2_sqrt, E eps)`; the seven buffers
+        // hold n elements.
+        unsafe { launch.launch(elementwise_launch(n)) }
+            .map_err(GpuError::driver("launching adamw_step"))?;
+    }
+    Ok((
+        CudaTensor::new(new_param, param.shape())?,
+        CudaTensor::new(new_first, param.shape())?,
+        CudaTensor::new(new_second, param.shape())?,
+    ))
 }

@@ -1,0 +1,176 @@
+// Structural and elementwise tensor ops; twin of reference/src/ops/tensor.rs, host side in
+// gpu/src/ops/tensor.rs. Every kernel loops with a grid stride over 64-bit indices; every
+// reduction has a fixed order that depends only on the shapes (DESIGN.md principle 4).
+//
+// Arithmetic uses the explicit round-to-nearest intrinsics (__fadd_rn, __dmul_rn, ...), which the
+// compiler never contracts into an FMA, so each result rounds exactly as the CPU reference's.
+
+#define MAX_RANK 8
+
+// A walk over an iteration shape `sizes[0..rank]` (row-major: the last axis fastest) that reads
+// x and writes y at `offset + sum_d index[d] * stride[d]`. The host merges axes that are
+// contiguous in both operands and drops axes of size 1 (gpu/src/ops/tensor.rs `Strided`); its
+// #[repr(C)] twin has exactly this layout.
+struct Strided {
+    long long rank;
+    long long sizes[MAX_RANK];
+    long long x_strides[MAX_RANK];
+    long long y_strides[MAX_RANK];
+    long long x_offset;
+    long long y_offset;
+};
+
+// The x and y offsets of element `i < prod(sizes)` (row-major) of the walk. The loop is
+// unrolled, so every array index is a constant and the parameter struct stays in the constant
+// bank; the outermost axis takes what is left of `i` without a division.
+__device__ __forceinline__ void strided_offsets(const Strided& s, long long i, long long& x, long long& y) {
+    x = s.x_offset;
+    y = s.y_offset;
+#pragma unroll
+    for (int d = MAX_RANK - 1; d >= 0; --d) {
+        if (d < s.rank) {
+            long long c = i;
+            if (d > 0) {
+                c = i % s.sizes[d];
+                i /= s.sizes[d];
+            }
+            x += c * s.x_strides[d];
+            y += c * s.y_strides[d];
+        }
+    }
+}
+
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+
+// The bits of an element, zero-extended to 64 bits.
+__device__ __forceinline__ unsigned long long element_bits(float v) { return (unsigned long long)__float_as_uint(v); }
+__device__ __forceinline__ unsigned long long element_bits(double v) { return (unsigned long long)__double_as_longlong(v); }
+
+// SplitMix64's finaliser: a bijection of 64-bit words that mixes every input bit into every
+// output bit.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+#define GRID_STRIDE_LOOP(i, n)                                                                   \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
+         i += (long long)gridDim.x * blockDim.x)
+
+// y[walk.y(i)] = x[walk.x(i)] for i < n: permute, narrow, one part of a concat, repeat.
+template <typename E> __device__ void strided_copy(const E* __restrict__ x, E* __restrict__ y, const Strided& s, long long n) {
+    GRID_STRIDE_LOOP(i, n) {
+        long long xo, yo;
+        strided_offsets(s, i, xo, yo);
+        y[yo] = x[xo];
+    }
+}
+
+// y[walk.y(i)] = x[walk.x(i)] / divisor for i < n: the broadcast of mean_axes_backward.
+template <typename E>
+__device__ void strided_divide(const E* __restrict__ x, E* __restrict__ y, const Strided& s, long long n, E divisor) {
+    GRID_STRIDE_LOOP(i, n) {
+        long long xo, yo;
+        strided_offsets(s, i, xo, yo);
+        y[yo] = div_rn(x[xo], divisor);
+    }
+}
+
+template <typename E> __device__ void add(const E* __restrict__ a, const E* __restrict__ b, E* __restrict__ y, long long n) {
+    GRID_STRIDE_LOOP(i, n) { y[i] = add_rn(a[i], b[i]); }
+}
+
+template <typename E> __device__ void sub(const E* __restrict__ a, const E* __restrict__ b, E* __restrict__ y, long long n) {
+    GRID_STRIDE_LOOP(i, n) { y[i] = sub_rn(a[i], b[i]); }
+}
+
+template <typename E> __device__ void scale(const E* __restrict__ x, E* __restrict__ y, long long n, E factor) {
+    GRID_STRIDE_LOOP(i, n) { y[i] = mul_rn(factor, x[i]); }
+}
+
+// y = round(x up) down + 0 with up = 2^k, down = 2^-k: round() rounds halves away from zero as
+// Rust's does, and `+ 0` turns a -0 into +0 (see the reference).
+template <typename E> __device__ void quantize(const E* __restrict__ x, E* __restrict__ y, long long n, E up, E down) {
+    GRID_STRIDE_LOOP(i, n) { y[i] = add_rn(mul_rn(round(mul_rn(x[i], up)), down), (E)0); }
+}
+
+// y[i] = x[0, i] + x[1, i] + ... + x[T-1, i], in that order, for x [T, n], T >= 1.
+template <typename E> __device__ void sum_leading(const E* __restrict__ x, E* __restrict__ y, long long n, long long steps) {
+    GRID_STRIDE_LOOP(i, n) {
+        E acc = x[i];
+        for (long long t = 1; t < steps; ++t) acc = add_rn(acc, x[t * n + i]);
+        y[i] = acc;
+    }
+}
+
+// y[o] = (sum over the reduced elements of output o) / divisor. `kept` walks the outputs (its x
+// side gives the first reduced element's offset); each output sums its reduced elements
+// sequentially in row-major order, starting from 0, as the reference does: the outer reduced
+// axes by `rest` (rest_count elements), the innermost merged one by `inner_len` and
+// `inner_stride`.
+template <typename E>
+__device__ void mean_axes(const E* __restrict__ x, E* __restrict__ y, const Strided& kept, const Strided& rest,
+                          long long outputs, long long rest_count, long long inner_len, long long inner_stride,
+                          E divisor) {
+    GRID_STRIDE_LOOP(o, outputs) {
+        long long base, unused;
+        strided_offsets(kept, o, base, unused);
+        E acc = (E)0;
+        for (long long r = 0; r < rest_count; ++r) {
+            long long outer, unused_rest;
+            strided_offsets(rest, r, outer, unused_rest);
+            const E* run = x + base + outer;
+            for (long long j = 0; j < inner_len; ++j) acc = add_rn(acc, run[j * inner_stride]);
+        }
+        y[o] = div_rn(acc, divisor);
+    }
+}
+
+// sum += sum_i mix64(bits(x[i]) ^ i * C) (mod 2^64). Wrapping integer addition is associative and
+// commutative, so the total does not depend on the launch or on the order of the atomics.
+template <typename E> __device__ void fingerprint(const E* __restrict__ x, unsigned long long* sum, long long n) {
+    unsigned long long acc = 0;
+    GRID_STRIDE_LOOP(i, n) { acc += mix64(element_bits(x[i]) ^ ((unsigned long long)i * 0xD1B54A32D192ED03ULL)); }
+    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+    if ((threadIdx.x & 31) == 0) atomicAdd(sum, acc);
+}
+
+#define TENSOR_KERNELS(E, SUFFIX)                                                                                \
+    extern "C" __global__ void strided_copy_##SUFFIX(const E* x, E* y, Strided layout, long long n) {            \
+        strided_copy<E>(x, y, layout, n);                                                                        \
+    }                                                                                                            \
+    extern "C" __global__ void strided_divide_##SUFFIX(const E* x, E* y, Strided layout, long long n,            \
+                                                       E divisor) {                                              \
+        strided_divide<E>(x, y, layout, n, divisor);                                                             \
+    }                                                                                                            \
+    extern "C" __global__ void add_##SUFFIX(const E* a, const E* b, E* y, long long n) { add<E>(a, b, y, n); }   \
+    extern "C" __global__ void sub_##SUFFIX(const E* a, const E* b, E* y, long long n) { sub<E>(a, b, y, n); }   \
+    extern "C" __global__ void scale_##SUFFIX(const E* x, E* y, long long n, E factor) {                         \
+        scale<E>(x, y, n, factor);                                                                               \
+    }                                                                                                            \
+    extern "C" __global__ void quantize_##SUFFIX(const E* x, E* y, long long n, E up, E down) {                  \
+        quantize<E>(x, y, n, up, down);                                                                          \
+    }                                                                                                            \
+    extern "C" __global__ void sum_leading_##SUFFIX(const E* x, E* y, long long n, long long steps) {            \
+        sum_leading<E>(x, y, n, steps);                                                                          \
+    }                                                                                                            \
+    extern "C" __global__ void mean_axes_##SUFFIX(const E* x, E* y, Strided kept, Strided rest,                 \
+                                                  long long outputs, long long rest_count, long long inner_len, \
+                                                  long long inner_stride, E divisor) {                           \
+        mean_axes<E>(x, y, kept, rest, outputs, rest_count, inner_len, inner_stride, divisor);                   \
+    }                                                                                                            \
+    extern "C" __global__ void fingerprint_##SUFFIX(const E* x, unsigned long long* sum, long long n) {          \
+        fingerprint<E>(x, sum, n);                                                                               \
+    }
+
+TENSOR_KERNELS(float, f32)
+TENSOR_KERNELS(double, f64)

@@ -1,0 +1,139 @@
+//! Where a command computes (`--device`): the CPU reference backend or the CUDA backend, and what
+//! the commands need of a backend besides the op contract (peak memory, waiting for queued work).
+//!
+//! The models, the optimizers and the training loop are generic over
+//! [`revsnn_reference::Backend`]; a command picks its backend once, at the top, with
+//! [`Device::run`], which instantiates a [`Task`] for the device and float type chosen.
+
+use std::sync::Arc;
+
+use revsnn_gpu::ops::GpuElement;
+use revsnn_gpu::{Cuda, GpuDevice};
+use revsnn_reference::{Backend, Cpu, DType, Element, memory};
+
+use crate::error::{Error, Result};
+
+/// A backend the commands can run on.
+pub trait Compute: Backend {
+    /// Waits until every queued op has finished (for timing), surfacing asynchronous errors; a
+    /// no-op on the CPU, whose ops return when done.
+    fn synchronize(&self) -> Result<()>;
+
+    /// Whether [`Compute::peak_memory_bytes`] measures anything: on the CPU only when the
+    /// process counts its allocations (`revsnn_reference::memory::CountingAllocator`, which the
+    /// `revsnn` binary installs); on CUDA always (every device tensor is counted).
+    fn memory_is_counted(&self) -> bool;
+
+    /// Starts a new peak: from now on [`Compute::peak_memory_bytes`] is the most bytes held at
+    /// once from this point.
+    fn reset_peak_memory(&self);
+
+    /// The most bytes held at once since the last [`Compute::reset_peak_memory`]: on the CPU
+    /// every heap byte of the process, on CUDA the bytes of live device tensors (PyTorch's
+    /// `max_memory_allocated`).
+    fn peak_memory_bytes(&self) -> usize;
+}
+
+impl<E: Element> Compute for Cpu<E>
+where
+    Cpu<E>: Backend,
+{
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn memory_is_counted(&self) -> bool {
+        memory::stats().is_counting
+    }
+
+    fn reset_peak_memory(&self) {
+        memory::reset_peak();
+    }
+
+    fn peak_memory_bytes(&self) -> usize {
+        memory::stats().peak_bytes
+    }
+}
+
+impl<E: GpuElement> Compute for Cuda<E> {
+    fn synchronize(&self) -> Result<()> {
+        Ok(Cuda::synchronize(self)?)
+    }
+
+    fn memory_is_counted(&self) -> bool {
+        true
+    }
+
+    fn reset_peak_memory(&self) {
+        self.device().reset_peak_memory();
+    }
+
+    fn peak_memory_bytes(&self) -> usize {
+        self.memory().peak_bytes
+    }
+}
+
+/// Work to run on whichever backend the command chose: [`Device::run`] calls `run` with the
+/// backend instantiated for the device and float type.
+pub trait Task {
+    type Output;
+
+    fn run<B: Compute>(self, backend: B) -> Result<Self::Output>;
+}
+
+/// A device a command runs on.
+#[derive(Clone, Debug)]
+pub enum Device {
+    Cpu,
+    /// An open CUDA device; every backend made from it shares its context, stream, memory
+    /// accounting and compiled kernels.
+    Cuda(Arc<GpuDevice>),
+}
+
+impl Device {
+    /// Opens CUDA device 0, or says why it cannot be used and what to do (a typed error, never
+    /// a panic: no driver, no device, ...).
+    pub fn open_cuda() -> Result<Device> {
+        GpuDevice::open()
+            .map(|device| Device::Cuda(Arc::new(device)))
+            .map_err(Error::Cuda)
+    }
+
+    /// CUDA when `revsnn_gpu::probe` finds a device, else the CPU; the second value says why
+    /// CUDA was not taken.
+    pub fn auto() -> (Device, Option<String>) {
+        match revsnn_gpu::probe() {
+            revsnn_gpu::CudaStatus::Available(_) => match Device::open_cuda() {
+                Ok(device) => (device, None),
+                Err(error) => (Device::Cpu, Some(error.to_string())),
+            },
+            revsnn_gpu::CudaStatus::Unavailable(reason) => (Device::Cpu, Some(reason.to_string())),
+        }
+    }
+
+    /// `cpu` or `cuda`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda(_) => "cuda",
+        }
+    }
+
+    /// `cpu`, or the card's name.
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(device) => device.info.name.clone(),
+        }
+    }
+
+    /// Runs `task` on this device in `dtype`.
+    pub fn run<T: Task>(&self, dtype: DType, task: T) -> Result<T::Output> {
+        match (self, dtype) {
+            (Device::Cpu, DType::F32) => task.run(Cpu::<f32>::new()),
+            (Device::Cpu, DType::F64) => task.run(Cpu::<f64>::new()),
+            (Device::Cuda(device), DType::F32) => task.run(Cuda::<f32>::on(device.clone())),
+            (Device::Cuda(device), DType::F64) => task.run(Cuda::<f64>::on(device.clone())),
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! `revsnn train` settings: the TOML config file and its round trip, flags over the file, errors
+//! that name the key, `--recipe paper` resolving to SPEC.md 5, and a run from a config file
+//! matching the same run from flags bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use revsnn::data::augment::{Augmentation, Mixup, RandAugment};
+use revsnn::optim::OptimizerKind;
+use revsnn::reference::{AdamWParams, SgdParams};
+use revsnn::train::config::{RunConfig, TrainSettings};
+use revsnn::train::recipe::{DatasetKind, RecipeKind, Schedule};
+use serde_json::Value;
+
+const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
+  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
+
+fn revsnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_revsnn"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("revsnn-config-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn ok(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn failed(output: Output) -> String {
+    assert!(!output.status.success(), "the command should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// The settings `revsnn train ARGS --print-config` resolves, parsed.
+fn printed(args: &[&str]) -> TrainSettings {
+    let mut all = vec!["train", "--print-config"];
+    all.extend(args);
+    let output = ok(revsnn(&all));
+    let text = String::from_utf8(output.stdout).unwrap();
+    TrainSettings::from_toml(&text, Path::new("printed.toml")).unwrap()
+}
+
+fn resolve(args: &[(&str, &str)]) -> RunConfig {
+    let mut settings = TrainSettings::default();
+    for &(key, value) in args {
+        match key {
+            "recipe" => {
+                settings.recipe = Some(match value {
+                    "paper" => RecipeKind::Paper,
+                    _ => RecipeKind::Quick,
+                })
+            }
+            "model" => settings.model = Some(value.into()),
+            "dataset" => settings.dataset = Some(value.into()),
+            "epochs" => settings.epochs = Some(value.parse().unwrap()),
+            "lr" => settings.optimizer.lr = Some(value.parse().unwrap()),
+            other => panic!("no test key {other}"),
+        }
+    }
+    settings.resolve().unwrap()
+}
+
+#[test]
+fn settings_round_trip_through_toml_and_resolve_to_the_same_run() {
+    let dir = scratch("round-trip");
+    let spec = write(&dir, "tiny.json", TINY);
+    let text = format!(
+        r#"
+recipe = "quick"
+spec = "{spec}"
+dataset = "synthetic"
+epochs = 3
+batch = 4
+seed = 11
+train_samples = 24
+
+[optimizer]
+name = "adamw"
+lr = 0.002
+betas = [0.8, 0.99]
+
+[schedule]
+name = "cosine"
+warmup_epochs = 1
+min_lr = 1e-6
+
+[augment]
+crop_padding = 2
+flip = true
+mixup_alpha = 0.4
+label_smoothing = 0.05
+
+[loader]
+workers = 2
+"#
+    );
+    let path = dir.join("run.toml");
+    let settings = TrainSettings::from_toml(&text, &path).unwrap();
+    assert_eq!(settings.optimizer.betas, Some(vec![0.8, 0.99]));
+    let again = TrainSettings::from_toml(&settings.to_toml().unwrap(), &path).unwrap();
+    assert_eq!(again, settings);
+    // the resolved settings, written and read back, resolve to the same run
+    let config = settings.resolve().unwrap();
+    let written = config.settings().to_toml().unwrap();
+    let reread = TrainSettings::from_toml(&written, &path).unwrap();
+    assert_eq!(reread, config.settings());
+    assert_eq!(reread.resolve().unwrap(), config);
+    // relative paths are relative to the file
+    let relative = TrainSettings::from_toml("spec = \"tiny.json\"\n", &path).unwrap();
+    assert_eq!(relative.spec, Some(dir.join("tiny.json")));
+    for config in [
+        resolve(&[
+            ("recipe", "paper"),
+            ("model", "revsformer-2-384"),
+            ("dataset", "cifar100"),
+        ]),
+        resolve(&[
+            ("recipe", "paper"),
+            ("model", "msresnet20"),
+            ("dataset", "cifar10-dvs"),
+        ]),
+    ] {
+        let settings = config.settings();
+        let reread = TrainSettings::from_toml(&settings.to_toml().unwrap(), &path).unwrap();
+        assert_eq!(reread.resolve().unwrap(), config);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let dir = scratch("override");
+    let spec = write(&dir, "tiny.json", TINY);
+    let config = write(
+        &dir,
+        "config.toml",
+        &format!(
+            "spec = \"{spec}\"\nepochs = 3\nbatch = 4\n[optimizer]\nlr = 0.2\nmomentum = 0.5\n\
+             [augment]\nflip = true\n"
+        ),
+    );
+    let from_file = printed(&["--config", &config]);
+    assert_eq!((from_file.epochs, from_file.batch), (Some(3), Some(4)));
+    assert_eq!(from_file.optimizer.lr, Some(0.2));
+    assert_eq!(from_file.augment.flip, Some(true));
+    let overridden = printed(&[
+        "--config", &config, "--epochs", "5", "--lr", "0.3", "--flip", "false",
+    ]);
+    assert_eq!((overridden.epochs, overridden.batch), (Some(5), Some(4)));
+    assert_eq!(overridden.optimizer.lr, Some(0.3));
+    assert_eq!(overridden.optimizer.momentum, Some(0.5));
+    assert_eq!(overridden.augment.flip, Some(false));
+    // a model flag replaces the file's model
+    let preset = printed(&["--config", &config, "--model", "revsresnet21"]);
+    assert_eq!(
+        (preset.model.as_deref(), preset.spec),
+        (Some("revsresnet21"), None)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_named() {
+    let dir = scratch("errors");
+    let unknown = write(&dir, "unknown.toml", "epochs = 2\nlearning_rate = 0.1\n");
+    let stderr = failed(revsnn(&["train", "--config", &unknown, "--print-config"]));
+    assert!(
+        stderr.contains("unknown.toml")
+            && stderr.contains("`learning_rate`")
+            && stderr.contains("`epochs`")
+            && stderr.contains("`optimizer`"),
+        "{stderr}"
+    );
+    let nested = write(&dir, "nested.toml", "[optimizer]\nrate = 0.1\n");
+    let stderr = failed(revsnn(&["train", "--config", &nested, "--print-config"]));
+    assert!(
+        stderr.contains("`rate`") && stderr.contains("`lr`") && stderr.contains("`momentum`"),
+        "{stderr}"
+    );
+    let wrong_type = write(
+        &dir,
+        "type.toml",
+        "[schedule]\nname = \"cosine\"\nmin_lr = \"x\"\n",
+    );
+    let stderr = failed(revsnn(&[
+        "train",
+        "--config",
+        &wrong_type,
+        "--print-config",
+    ]));
+    assert!(
+        stderr.contains("schedule.min_lr") && stderr.contains("f64"),
+        "{stderr}"
+    );
+    let out_of_range = write(&dir, "range.toml", "[optimizer]\nlr = -1.0\n");
+    let stderr = failed(revsnn(&[
+        "train",
+        "--config",
+        &out_of_range,
+        "--print-config",
+    ]));
+    assert!(
+        stderr.contains("optimizer.lr") && stderr.contains("--lr") && stderr.contains("positive"),
+        "{stderr}"
+    );
+    let stderr = failed(revsnn(&["train", "--mixup-prob", "1.5", "--print-config"]));
+    assert!(stderr.contains("mixup_alpha"), "{stderr}");
+    let stderr = failed(revsnn(&[
+        "train",
+        "--mixup-alpha",
+        "0.5",
+        "--mixup-prob",
+        "1.5",
+        "--print-config",
+    ]));
+    assert!(
+        stderr.contains("augment.mixup_prob") && stderr.contains("[0, 1]"),
+        "{stderr}"
+    );
+    let stderr = failed(revsnn(&["train", "--recipe", "paper", "--print-config"]));
+    assert!(stderr.contains("--recipe quick"), "{stderr}");
+    let stderr = failed(revsnn(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--rand-augment-n",
+        "1",
+        "--snn-augment-wide",
+        "true",
+        "--print-config",
+    ]));
+    assert!(stderr.contains("augment.snn_augment_wide"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_paper_recipe_resolves_to_spec_section_5() {
+    // CIFAR ResNets (SPEC.md 5.2): SGD 0.1, momentum 0.9, wd 1e-4, multistep, crop + flip
+    let resnet = resolve(&[
+        ("recipe", "paper"),
+        ("model", "revsresnet21"),
+        ("dataset", "cifar10"),
+    ]);
+    assert_eq!((resnet.epochs, resnet.batch, resnet.seed), (200, 32, 2020));
+    assert_eq!(
+        (resnet.train_samples, resnet.test_samples),
+        (50_000, 10_000)
+    );
+    assert_eq!(
+        (resnet.model.spec.num_classes, resnet.model.spec.time_steps),
+        (100, 4)
+    );
+    assert_eq!(
+        resnet.optimizer,
+        OptimizerKind::Sgd(SgdParams {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4
+        })
+    );
+    assert_eq!(
+        resnet.schedule,
+        Schedule::MultiStep {
+            milestones: vec![100, 150],
+            gamma: 0.1
+        }
+    );
+    assert_eq!(
+        resnet.augmentation,
+        Augmentation {
+            crop_padding: 4,
+            flip: true,
+            ..Augmentation::NONE
+        }
+    );
+    let cifar100 = resolve(&[
+        ("recipe", "paper"),
+        ("model", "msresnet34"),
+        ("dataset", "cifar100"),
+    ]);
+    assert_eq!(cifar100.seed, 2023);
+    assert_eq!(
+        cifar100.schedule,
+        Schedule::MultiStep {
+            milestones: vec![60, 120, 160],
+            gamma: 0.1
+        }
+    );
+
+    // CIFAR transformers (SPEC.md 5.1): AdamW, cosine 20 warmup + 10 cooldown, RandAugment,
+    // mixup with label smoothing, random erasing; CIFAR-10 heads 12, 10 classes
+    let former = resolve(&[
+        ("recipe", "paper"),
+        ("model", "revsformer-4-384"),
+        ("dataset", "cifar10"),
+    ]);
+    assert_eq!((former.epochs, former.batch, former.seed), (310, 64, 42));
+    let spec = &former.model.spec;
+    assert_eq!(
+        (spec.num_classes, spec.heads, spec.time_steps),
+        (10, Some(12), 4)
+    );
+    assert_eq!(
+        former.optimizer,
+        OptimizerKind::AdamW(AdamWParams {
+            lr: 5e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.06
+        })
+    );
+    assert_eq!(
+        former.schedule,
+        Schedule::Cosine {
+            warmup_epochs: 20,
+            cooldown_epochs: 10,
+            min_lr: 1e-5
+        }
+    );
+    assert_eq!(
+        former.augmentation,
+        Augmentation {
+            flip: true,
+            rand_augment: Some(RandAugment {
+                num_ops: 1,
+                magnitude: 9.0,
+                magnitude_std: 0.4,
+                ..RandAugment::cifar()
+            }),
+            mixup: Some(Mixup {
+                alpha: 0.5,
+                prob: 1.0,
+                label_smoothing: 0.1
+            }),
+            label_smoothing: 0.1,
+            random_erasing: 0.25,
+            ..Augmentation::NONE
+        }
+    );
+    assert_eq!(former.mixup_off_epoch, 200);
+    // the schedule of SPEC.md 5.1: from 1e-5, cosine counted from epoch 0 over 300, then 1e-5
+    assert!((former.lr(0) - 1e-5).abs() < 1e-15);
+    let lr_20 = 1e-5 + 0.5 * (5e-4 - 1e-5) * (1.0 + (std::f64::consts::PI * 20.0 / 300.0).cos());
+    assert!((former.lr(20) - lr_20).abs() < 1e-15);
+    assert_eq!(former.lr(300), 1e-5);
+    let former100 = resolve(&[
+        ("recipe", "paper"),
+        ("model", "revsformer-2-384"),
+        ("dataset", "cifar100"),
+    ]);
+    assert_eq!(
+        (former100.model.spec.num_classes, former100.model.spec.heads),
+        (100, Some(8))
+    );
+
+    // event data (SPEC.md 5.3): AdamW 1e-3 (ResNets without weight decay), cosine 10 + 10,
+    // SNNAugmentWide, mixup p 0.5 off at 75, T 10, Gesture's 11 classes
+    let dvs = resolve(&[
+        ("recipe", "paper"),
+        ("model", "revsresnet24"),
+        ("dataset", "dvs128-gesture"),
+    ]);
+    assert_eq!(dvs.dataset, DatasetKind::Dvs128Gesture);
+    assert_eq!((dvs.epochs, dvs.batch, dvs.seed), (202, 16, 2021));
+    assert_eq!((dvs.train_samples, dvs.test_samples), (1176, 288));
+    assert_eq!(
+        (dvs.model.spec.num_classes, dvs.model.spec.time_steps),
+        (11, 10)
+    );
+    assert_eq!(
+        dvs.optimizer,
+        OptimizerKind::AdamW(AdamWParams {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0
+        })
+    );
+    assert_eq!(
+        dvs.schedule,
+        Schedule::Cosine {
+            warmup_epochs: 10,
+            cooldown_epochs: 10,
+            min_lr: 1e-5
+        }
+    );
+    assert_eq!(
+        dvs.augmentation,
+        Augmentation {
+            flip: true,
+            snn_augment_wide: true,
+            mixup: Some(Mixup {
+                alpha: 0.5,
+                prob: 0.5,
+                label_smoothing: 0.1
+            }),
+            label_smoothing: 0.1,
+            ..Augmentation::NONE
+        }
+    );
+    assert_eq!(dvs.mixup_off_epoch, 75);
+    let former_dvs = resolve(&[
+        ("recipe", "paper"),
+        ("model", "spikingformer-2-256"),
+        ("dataset", "cifar10-dvs"),
+    ]);
+    assert_eq!(former_dvs.epochs, 106);
+    assert_eq!(former_dvs.optimizer.lr(), 1e-3);
+    assert!(matches!(
+        former_dvs.optimizer,
+        OptimizerKind::AdamW(AdamWParams {
+            weight_decay: 0.06,
+            ..
+        })
+    ));
+
+    // explicit settings override the recipe's values, the rest stays the paper's
+    let shorter = resolve(&[
+        ("recipe", "paper"),
+        ("model", "revsresnet21"),
+        ("dataset", "cifar10"),
+        ("epochs", "20"),
+        ("lr", "0.05"),
+    ]);
+    assert_eq!((shorter.epochs, shorter.optimizer.lr()), (20, 0.05));
+    assert_eq!(shorter.schedule, resnet.schedule);
+    assert_eq!(shorter.augmentation, resnet.augmentation);
+    // the same through the command line
+    let printed = printed(&[
+        "--recipe",
+        "paper",
+        "--model",
+        "revsresnet21",
+        "--dataset",
+        "cifar100",
+        "--batch",
+        "64",
+    ]);
+    assert_eq!((printed.epochs, printed.batch), (Some(200), Some(64)));
+    assert_eq!(printed.schedule.milestones, Some(vec![60, 120, 160]));
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut line: Value = serde_json::from_str(l).unwrap();
+            let object = line.as_object_mut().unwrap();
+            for key in ["images_per_second", "epoch_seconds", "peak_memory_bytes"] {
+                object.remove(key);
+            }
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_from_a_config_file_is_the_run_from_flags() {
+    let dir = scratch("same-run");
+    let spec = write(&dir, "tiny.json", TINY);
+    let common = ["--train-samples", "32", "--test-samples", "16", "--quiet"];
+    let flags_out = dir.join("flags").display().to_string();
+    let mut args = vec![
+        "train",
+        "--spec",
+        &spec,
+        "--out",
+        &flags_out,
+        "--epochs",
+        "2",
+        "--batch",
+        "8",
+        "--seed",
+        "3",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.003",
+        "--betas",
+        "0.85,0.99",
+        "--warmup-epochs",
+        "1",
+        "--crop-padding",
+        "2",
+        "--flip",
+        "true",
+        "--mixup-alpha",
+        "0.4",
+        "--label-smoothing",
+        "0.1",
+        "--random-erasing",
+        "0.5",
+        "--workers",
+        "2",
+    ];
+    args.extend(common);
+    ok(revsnn(&args));
+    let config = write(
+        &dir,
+        "run.toml",
+        r#"spec = "tiny.json"
+epochs = 2
+batch = 8
+seed = 3
+
+[optimizer]
+name = "adamw"
+lr = 0.003
+betas = [0.85, 0.99]
+
+[schedule]
+warmup_epochs = 1
+
+[augment]
+crop_padding = 2
+flip = true
+mixup_alpha = 0.4
+label_smoothing = 0.1
+random_erasing = 0.5
+"#,
+    );
+    let file_out = dir.join("file").display().to_string();
+    let mut args = vec!["train", "--config", &config, "--out", &file_out];
+    args.extend(common);
+    ok(revsnn(&args));
+    // and again from the run folder's config.toml
+    let folder_config = dir.join("flags/config.toml").display().to_string();
+    let again_out = dir.join("again").display().to_string();
+    ok(revsnn(&[
+        "train",
+        "--config",
+        &folder_config,
+        "--out",
+        &again_out,
+        "--quiet",
+    ]));
+    let expected = metrics(&dir.join("flags"));
+    assert_eq!(expected.len(), 2);
+    let weights = std::fs::read(dir.join("flags/last.safetensors")).unwrap();
+    for other in ["file", "again"] {
+        assert_eq!(metrics(&dir.join(other)), expected, "{other}");
+        assert_eq!(
+            std::fs::read(dir.join(other).join("last.safetensors")).unwrap(),
+            weights,
+            "{other}"
+        );
+    }
+    // a resumed run keeps its settings: repeating them is fine, changing one is refused by name
+    let stderr = failed(revsnn(&[
+        "train", "--out", &flags_out, "--resume", "--lr", "0.01", "--quiet",
+    ]));
+    assert!(
+        stderr.contains("optimizer.lr = 0.01") && stderr.contains("0.003"),
+        "{stderr}"
+    );
+    // a longer run rescales what the recipe scaled to the run: the cosine's cooldown and
+    // mixup stop (warmup was given)
+    let resumed = printed(&[
+        "--out", &flags_out, "--resume", "--epochs", "62", "--lr", "0.003",
+    ]);
+    assert_eq!(resumed.epochs, Some(62));
+    assert_eq!(
+        (
+            resumed.schedule.warmup_epochs,
+            resumed.schedule.cooldown_epochs
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(resumed.augment.mixup_off_epoch, Some(40));
+    let _ = std::fs::remove_dir_all(&dir);
+}
