@@ -265,3 +265,25 @@ fn gpu_neuron_rejects_bad_parameters_and_shapes() {
         "a gradient of another shape is rejected"
     );
 }
+
+#[test]
+fn gpu_neuron_handles_empty_tensors_like_the_reference() {
+    let Some(gpu) = backend_or_skip::<f32>("gpu_neuron empty") else {
+        return;
+    };
+    let cpu = Cpu::<f32>::new();
+    let config = NeuronConfig::lif_sigmoid(2.0, 1.0);
+    let (spikes_cpu, context_cpu) = cpu
+        .neuron_forward(&cpu.tensor_from_vec(&[2, 0], vec![]).unwrap(), &config)
+        .unwrap();
+    let (spikes, context) = gpu
+        .neuron_forward(&gpu.tensor_from_vec(&[2, 0], vec![]).unwrap(), &config)
+        .unwrap();
+    assert_eq!(gpu.shape(&spikes), cpu.shape(&spikes_cpu));
+    let grad_cpu = cpu
+        .neuron_backward(&spikes_cpu, &context_cpu, &config)
+        .unwrap();
+    let grad = gpu.neuron_backward(&spikes, &context, &config).unwrap();
+    assert_eq!(gpu.shape(&grad), cpu.shape(&grad_cpu));
+    assert!(gpu.to_vec(&grad).unwrap().is_empty());
+}

@@ -429,7 +429,7 @@ pub fn forward<E: GpuElement>(
     // SAFETY: the bias fill (when there is one) and the GEMMs of every chunk write every element.
     let mut y = unsafe { device.alloc::<E>(g.n * g.out_len()) }?;
     if let Some(b) = bias {
-        fill_bias(device, b.slice(), y.slice_mut(), g.c_out, g.p())?;
+        fill_bias(device, b, &mut y, g.c_out, g.p())?;
     }
     let accumulate = bias.is_some();
     if g.n > 0 {
@@ -568,7 +568,7 @@ pub fn backward<E: GpuElement>(
         }
     }
     let bias = if context.has_bias {
-        let db = bias_gradient(device, grad_y.slice(), g.n, g.c_out, g.p())?;
+        let db = bias_gradient(device, grad_y, g.n, g.c_out, g.p())?;
         Some(CudaTensor::new(db, &[g.c_out])?)
     } else {
         None

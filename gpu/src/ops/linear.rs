@@ -11,7 +11,7 @@
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use revsnn_reference::LinearGrads;
 
 use super::{GpuElement, elementwise_launch, shape_error};
@@ -197,8 +197,8 @@ impl RowMajorGemm {
 /// that then accumulates onto it.
 pub(crate) fn fill_bias<E: GpuElement>(
     device: &GpuDevice,
-    bias: &CudaSlice<E>,
-    y: &mut CudaSlice<E>,
+    bias: &CudaTensor<E>,
+    y: &mut DeviceBuffer<E>,
     channels: usize,
     inner: usize,
 ) -> Result<(), GpuError> {
@@ -220,8 +220,8 @@ pub(crate) fn fill_bias<E: GpuElement>(
     let (total, channels, inner) = (total as i64, channels as i64, inner as i64);
     let mut launch = device.stream().launch_builder(&function);
     launch
-        .arg(bias)
-        .arg(&mut *y)
+        .arg(bias.slice())
+        .arg(y.slice_mut())
         .arg(&total)
         .arg(&channels)
         .arg(&inner);
@@ -239,7 +239,7 @@ const BIAS_THREADS: u32 = 256;
 /// order (one block per channel, a fixed tree over its threads).
 pub(crate) fn bias_gradient<E: GpuElement>(
     device: &GpuDevice,
-    dy: &CudaSlice<E>,
+    dy: &CudaTensor<E>,
     outer: usize,
     channels: usize,
     inner: usize,
@@ -253,8 +253,8 @@ pub(crate) fn bias_gradient<E: GpuElement>(
             ),
         ));
     }
-    if channels == 0 {
-        return device.alloc_zeros(0);
+    if dy.is_empty() {
+        return device.alloc_zeros(channels);
     }
     // SAFETY: `bias_grad` writes each of the `channels` sums.
     let mut db = unsafe { device.alloc::<E>(channels) }?;
@@ -263,7 +263,7 @@ pub(crate) fn bias_gradient<E: GpuElement>(
     let (outer, channels, inner) = (outer as i64, channels as i64, inner as i64);
     let mut launch = device.stream().launch_builder(&function);
     launch
-        .arg(dy)
+        .arg(dy.slice())
         .arg(db.slice_mut())
         .arg(&outer)
         .arg(&channels)
@@ -318,7 +318,7 @@ pub fn forward<E: GpuElement>(
     // SAFETY: the bias fill or the GEMM (beta 0, or zeros for in = 0) writes every element.
     let mut y = unsafe { device.alloc::<E>(rows * outputs) }?;
     if let Some(b) = bias {
-        fill_bias(device, b.slice(), y.slice_mut(), outputs, 1)?;
+        fill_bias(device, b, &mut y, outputs, 1)?;
     }
     forward_gemm(rows, inputs, outputs, bias.is_some()).run(
         device,
@@ -373,7 +373,7 @@ pub fn backward<E: GpuElement>(
         dw.slice_mut(),
     )?;
     let bias = if has_bias {
-        let db = bias_gradient(device, grad_y.slice(), rows, outputs, 1)?;
+        let db = bias_gradient(device, grad_y, rows, outputs, 1)?;
         Some(CudaTensor::new(db, &[outputs])?)
     } else {
         None

@@ -133,6 +133,15 @@ pub fn forward<E: GpuElement>(
     let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
     // SAFETY: as above.
     let mut h = unsafe { device.alloc::<E>(x.len()) }?;
+    if x.is_empty() {
+        // an empty buffer's slice holds one unused element: launch nothing over it
+        return Ok((
+            CudaTensor::new(spikes, x.shape())?,
+            NeuronContext {
+                h: CudaTensor::new(h, x.shape())?,
+            },
+        ));
+    }
     forward_into(
         device,
         x.slice(),
@@ -207,6 +216,9 @@ pub fn backward<E: GpuElement>(
     let steps = time_steps("neuron_backward", grad_spikes.shape())?;
     // SAFETY: `backward_into` writes every element before anything reads them.
     let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
+    if grad_spikes.is_empty() {
+        return CudaTensor::new(grad_x, grad_spikes.shape());
+    }
     backward_into(
         device,
         grad_spikes.slice(),
