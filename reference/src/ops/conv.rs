@@ -13,6 +13,10 @@
 //!
 //! A 1x1, stride-1, unpadded convolution needs no im2col: `cols[n]` is `x[n]` viewed as `[C_in, P]`.
 //!
+//! When the input is spikes (every element 0 or 1, at most half of them 1: checked once in the
+//! forward and remembered in the context), the forward and the weight gradient skip the GEMMs and
+//! sum weight and gradient rows over the ones instead ([`spikes`]); the input gradient stays a GEMM.
+//!
 //! Samples are processed in blocks whose size depends on the shapes only. The forward and the input
 //! gradient write disjoint samples in parallel; the weight gradient of each block is summed in
 //! sample order, and the blocks' partial sums are added along a fixed binary tree (split at the
@@ -28,6 +32,8 @@ use crate::element::Element;
 use crate::error::{OpError, Result};
 use crate::params::Conv2dParams;
 
+mod spikes;
+
 const OP: &str = "conv2d";
 
 /// A block of samples spans at least this many output positions, so that small images still give
@@ -35,13 +41,14 @@ const OP: &str = "conv2d";
 const MIN_BLOCK_POSITIONS: usize = 2048;
 
 /// What the convolution backward needs: the input and weight (shared, not copied), whether there
-/// was a bias, and the geometry.
+/// was a bias, the geometry, and whether the input is sparse spikes.
 #[derive(Debug)]
 pub struct Conv2dContext<E> {
     pub input: CpuTensor<E>,
     pub weight: CpuTensor<E>,
     pub has_bias: bool,
     pub params: Conv2dParams,
+    pub sparse_spike_input: bool,
 }
 
 /// `y[n, o, p, q] = bias[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride p + i, stride q + j]`
@@ -69,33 +76,44 @@ pub fn forward<E: Element>(
     let xs = x.as_standard_layout();
     let xs = contiguous(xs.as_slice())?;
     let ws = weight.as_standard_layout();
-    let w2 =
-        ArrayView2::from_shape((g.c_out, g.k()), contiguous(ws.as_slice())?).map_err(layout)?;
+    let w_values = contiguous(ws.as_slice())?;
+    let w2 = ArrayView2::from_shape((g.c_out, g.k()), w_values).map_err(layout)?;
 
     let out_len = g.c_out * g.p();
     let mut y = vec![E::zero(); g.n * out_len];
-    y.par_chunks_mut(g.block() * out_len)
-        .enumerate()
-        .try_for_each(|(block, y_block)| -> Result<()> {
-            let mut cols = g.cols_buffer();
-            for (s, y_n) in y_block.chunks_mut(out_len).enumerate() {
-                let n = block * g.block() + s;
-                let x_n = &xs[n * g.in_len()..(n + 1) * g.in_len()];
-                let mut y_n = ArrayViewMut2::from_shape((g.c_out, g.p()), y_n).map_err(layout)?;
-                let beta = match &bias_values {
-                    Some(b) => {
-                        for (mut row, &value) in y_n.rows_mut().into_iter().zip(b) {
-                            row.fill(value);
+    let sparse_spike_input = spikes::sparse_spikes(xs);
+    if sparse_spike_input {
+        let weights = spikes::WeightTiles::new(&g, w_values);
+        y.par_chunks_mut(out_len)
+            .zip(xs.par_chunks(g.in_len()))
+            .for_each(|(y_n, x_n)| {
+                spikes::forward_sample(&g, &weights, bias_values.as_deref(), x_n, y_n)
+            });
+    } else {
+        y.par_chunks_mut(g.block() * out_len)
+            .enumerate()
+            .try_for_each(|(block, y_block)| -> Result<()> {
+                let mut cols = g.cols_buffer();
+                for (s, y_n) in y_block.chunks_mut(out_len).enumerate() {
+                    let n = block * g.block() + s;
+                    let x_n = &xs[n * g.in_len()..(n + 1) * g.in_len()];
+                    let mut y_n =
+                        ArrayViewMut2::from_shape((g.c_out, g.p()), y_n).map_err(layout)?;
+                    let beta = match &bias_values {
+                        Some(b) => {
+                            for (mut row, &value) in y_n.rows_mut().into_iter().zip(b) {
+                                row.fill(value);
+                            }
+                            E::one()
                         }
-                        E::one()
-                    }
-                    None => E::zero(),
-                };
-                let cols_n = g.columns(x_n, &mut cols)?;
-                general_mat_mul(E::one(), &w2, &cols_n, beta, &mut y_n);
-            }
-            Ok(())
-        })?;
+                        None => E::zero(),
+                    };
+                    let cols_n = g.columns(x_n, &mut cols)?;
+                    general_mat_mul(E::one(), &w2, &cols_n, beta, &mut y_n);
+                }
+                Ok(())
+            })?;
+    }
 
     let y =
         ArcArray::from_shape_vec(IxDyn(&[g.n, g.c_out, g.h_out, g.w_out]), y).map_err(layout)?;
@@ -104,6 +122,7 @@ pub fn forward<E: Element>(
         weight: weight.clone(),
         has_bias: bias.is_some(),
         params,
+        sparse_spike_input,
     };
     Ok((y, context))
 }
@@ -150,6 +169,7 @@ pub fn backward<E: Element>(
             x: xs,
             w: w2,
             dy: dys,
+            sparse_spike_input: context.sparse_spike_input,
         };
         operands.backward_blocks(&mut dx, 0, blocks)?
     };
@@ -382,6 +402,7 @@ struct Operands<'a, E> {
     x: &'a [E],
     w: ArrayView2<'a, E>,
     dy: &'a [E],
+    sparse_spike_input: bool,
 }
 
 impl<E: Element> Operands<'_, E> {
@@ -404,16 +425,32 @@ impl<E: Element> Operands<'_, E> {
         let g = self.g;
         let out_len = g.c_out * g.p();
         let mut dw = Array2::zeros((g.c_out, g.k()));
-        let mut cols = g.cols_buffer();
+        let samples = dx.len() / g.in_len();
+        let first_sample = first * g.block();
+        if self.sparse_spike_input {
+            let x = &self.x[first_sample * g.in_len()..][..samples * g.in_len()];
+            let dy = &self.dy[first_sample * out_len..][..samples * out_len];
+            let dw_values = dw.as_slice_mut().ok_or_else(|| {
+                OpError::shape(OP, "internal error: weight gradient is not contiguous")
+            })?;
+            spikes::weight_grad(g, x, dy, dw_values);
+        }
+        let mut cols = if self.sparse_spike_input {
+            Vec::new()
+        } else {
+            g.cols_buffer()
+        };
         let mut dcols = g.cols_buffer();
         for (s, dx_n) in dx.chunks_mut(g.in_len()).enumerate() {
-            let n = first * g.block() + s;
+            let n = first_sample + s;
             let x_n = &self.x[n * g.in_len()..(n + 1) * g.in_len()];
             let dy_n =
                 ArrayView2::from_shape((g.c_out, g.p()), &self.dy[n * out_len..(n + 1) * out_len])
                     .map_err(layout)?;
-            let cols_n = g.columns(x_n, &mut cols)?;
-            general_mat_mul(E::one(), &dy_n, &cols_n.t(), E::one(), &mut dw);
+            if !self.sparse_spike_input {
+                let cols_n = g.columns(x_n, &mut cols)?;
+                general_mat_mul(E::one(), &dy_n, &cols_n.t(), E::one(), &mut dw);
+            }
             if g.pointwise() {
                 let mut dx_n = ArrayViewMut2::from_shape((g.c_in, g.p()), dx_n).map_err(layout)?;
                 general_mat_mul(E::one(), &self.w.t(), &dy_n, E::zero(), &mut dx_n);

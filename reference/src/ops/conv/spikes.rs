@@ -1,0 +1,385 @@
+//! The convolution's forward and weight gradient when its input is spikes (every element exactly
+//! 0 or 1), as sums of weight rows and gradient rows over the input's ones instead of dense GEMMs:
+//!
+//! ```text
+//! y[n, o, p, q]  = b[o] + sum_{i, j} sum_{c : x_pad[n, c, s p + i, s q + j] = 1} w[o, c, i, j]
+//! dw[o, c, i, j] = sum_n sum_{(h, w) : x[n, c, h, w] = 1, h = s p + i - pad, w = s q + j - pad} dy[n, o, p, q]
+//! ```
+//!
+//! Both skip every multiply and every zero of the input, so their work is proportional to the
+//! number of spikes. Output channels are processed in tiles of `T` values, summed in registers;
+//! each sum runs in a fixed order (offsets `(i, j)` then channels for `y`; samples then input
+//! positions for `dw`), so results do not depend on the number of threads or the instruction set.
+
+use super::Geometry;
+use crate::element::Element;
+
+/// Output channels are summed in tiles of 256 bytes: 64 `f32` or 32 `f64` accumulators.
+const TILE_BYTES: usize = 256;
+
+/// Marks an input position that a kernel offset maps to no output position.
+const NO_OUTPUT: u32 = u32::MAX;
+
+/// Whether every element of `x` is 0 or 1 and at most half of them are 1, the inputs for which the
+/// spike kernels beat a dense GEMM.
+pub(super) fn sparse_spikes<E: Element>(x: &[E]) -> bool {
+    let mut ones = 0usize;
+    for &v in x {
+        if v == E::one() {
+            ones += 1;
+        } else if v != E::zero() {
+            return false;
+        }
+    }
+    2 * ones <= x.len()
+}
+
+/// The weight `[C_out, C_in, k_h, k_w]` rearranged for [`forward_sample`]: tile `t`, row
+/// `(i k_w + j) C_in + c`, lane `l` holds `w[t T + l, c, i, j]` (zero past `C_out`).
+pub(super) struct WeightTiles<E> {
+    values: Vec<E>,
+}
+
+impl<E: Element> WeightTiles<E> {
+    pub(super) fn new(g: &Geometry, weight: &[E]) -> Self {
+        let tile = tile_width::<E>();
+        let (k, taps) = (g.k(), g.kh * g.kw);
+        let mut values = vec![E::zero(); g.c_out.div_ceil(tile) * k * tile];
+        for o in 0..g.c_out {
+            let (t, l) = (o / tile, o % tile);
+            for c in 0..g.c_in {
+                for tap in 0..taps {
+                    let row = tap * g.c_in + c;
+                    values[(t * k + row) * tile + l] = weight[o * k + c * taps + tap];
+                }
+            }
+        }
+        WeightTiles { values }
+    }
+}
+
+/// `y_n [C_out, P] = b + W x_n` for one spike sample `x_n [C_in, H, W]`.
+pub(super) fn forward_sample<E: Element>(
+    g: &Geometry,
+    weights: &WeightTiles<E>,
+    bias: Option<&[E]>,
+    x_n: &[E],
+    y_n: &mut [E],
+) {
+    let active = PixelChannels::new(g, x_n);
+    if size_of::<E>() * 64 == TILE_BYTES {
+        dispatch_forward::<E, 64>(g, &weights.values, bias, &active, y_n);
+    } else {
+        dispatch_forward::<E, 32>(g, &weights.values, bias, &active, y_n);
+    }
+}
+
+/// `dw [C_out, K] = sum_n dy[n] cols[n]^T` over the spike samples `x [samples, C_in, H, W]` and
+/// their output gradients `dy [samples, C_out, P]`, summed in sample order.
+pub(super) fn weight_grad<E: Element>(g: &Geometry, x: &[E], dy: &[E], dw: &mut [E]) {
+    let samples = x.len() / g.in_len();
+    let spikes = ChannelSpikes::new(g, x, samples);
+    let offsets = OffsetOutputs::new(g);
+    if size_of::<E>() * 64 == TILE_BYTES {
+        let dy_tiles = gradient_tiles::<E, 64>(g, dy, samples);
+        dispatch_weight_grad::<E, 64>(g, &spikes, &offsets, &dy_tiles, samples, dw);
+    } else {
+        let dy_tiles = gradient_tiles::<E, 32>(g, dy, samples);
+        dispatch_weight_grad::<E, 32>(g, &spikes, &offsets, &dy_tiles, samples, dw);
+    }
+}
+
+fn tile_width<E>() -> usize {
+    TILE_BYTES / size_of::<E>()
+}
+
+/// For each input position `h W + w` of one sample, its channels holding a 1, in increasing order
+/// (compressed rows: the channels of position `r` are `channels[starts[r]..starts[r + 1]]`).
+struct PixelChannels {
+    starts: Vec<u32>,
+    channels: Vec<u32>,
+}
+
+impl PixelChannels {
+    fn new<E: Element>(g: &Geometry, x_n: &[E]) -> Self {
+        let plane = g.h * g.w;
+        let mut starts = vec![0u32; plane + 1];
+        for channel in x_n.chunks_exact(plane) {
+            for (count, &v) in starts[1..].iter_mut().zip(channel) {
+                *count += u32::from(v != E::zero());
+            }
+        }
+        for r in 0..plane {
+            starts[r + 1] += starts[r];
+        }
+        let mut cursor = starts[..plane].to_vec();
+        let mut channels = vec![0u32; starts[plane] as usize];
+        for (c, channel) in x_n.chunks_exact(plane).enumerate() {
+            for (next, &v) in cursor.iter_mut().zip(channel) {
+                if v != E::zero() {
+                    channels[*next as usize] = c as u32;
+                    *next += 1;
+                }
+            }
+        }
+        PixelChannels { starts, channels }
+    }
+
+    fn at(&self, position: usize) -> &[u32] {
+        &self.channels[self.starts[position] as usize..self.starts[position + 1] as usize]
+    }
+}
+
+/// For each sample and channel, its input positions `h W + w` holding a 1, in increasing order
+/// (compressed rows indexed by `n C_in + c`).
+struct ChannelSpikes {
+    starts: Vec<u32>,
+    positions: Vec<u32>,
+}
+
+impl ChannelSpikes {
+    fn new<E: Element>(g: &Geometry, x: &[E], samples: usize) -> Self {
+        let plane = g.h * g.w;
+        let mut starts = Vec::with_capacity(samples * g.c_in + 1);
+        let mut positions = Vec::new();
+        starts.push(0);
+        for channel in x.chunks_exact(plane) {
+            for (r, &v) in channel.iter().enumerate() {
+                if v != E::zero() {
+                    positions.push(r as u32);
+                }
+            }
+            starts.push(positions.len() as u32);
+        }
+        ChannelSpikes { starts, positions }
+    }
+
+    fn of(&self, sample_channel: usize) -> &[u32] {
+        &self.positions
+            [self.starts[sample_channel] as usize..self.starts[sample_channel + 1] as usize]
+    }
+}
+
+/// For each kernel offset `(i, j)` and input position `(h, w)`, the output position `p W_out + q`
+/// with `s p + i - pad = h` and `s q + j - pad = w`, or [`NO_OUTPUT`].
+struct OffsetOutputs {
+    outputs: Vec<u32>,
+}
+
+impl OffsetOutputs {
+    fn new(g: &Geometry) -> Self {
+        let plane = g.h * g.w;
+        let mut outputs = vec![NO_OUTPUT; g.kh * g.kw * plane];
+        let rows = g.output_ranges(g.kh, g.h, g.h_out);
+        let cols = g.output_ranges(g.kw, g.w, g.w_out);
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let map = &mut outputs[(i * g.kw + j) * plane..][..plane];
+                for p in rows[i].0..rows[i].1 {
+                    for q in cols[j].0..cols[j].1 {
+                        map[g.source(p, i) * g.w + g.source(q, j)] = (p * g.w_out + q) as u32;
+                    }
+                }
+            }
+        }
+        OffsetOutputs { outputs }
+    }
+}
+
+/// `dy [samples, C_out, P]` rearranged as tile `t`, row `n P + p`, lane `l` = `dy[n, t T + l, p]`
+/// (zero past `C_out`).
+fn gradient_tiles<E: Element, const T: usize>(g: &Geometry, dy: &[E], samples: usize) -> Vec<E> {
+    let (p_len, rows) = (g.p(), samples * g.p());
+    let mut tiles = vec![E::zero(); g.c_out.div_ceil(T) * rows * T];
+    for n in 0..samples {
+        for o in 0..g.c_out {
+            let (t, l) = (o / T, o % T);
+            let source = &dy[(n * g.c_out + o) * p_len..][..p_len];
+            let tile = &mut tiles[(t * rows + n * p_len) * T..][..p_len * T];
+            for (row, &v) in tile.chunks_exact_mut(T).zip(source) {
+                row[l] = v;
+            }
+        }
+    }
+    tiles
+}
+
+/// Runs [`forward_tiles`] compiled for the widest vector instructions this CPU has.
+fn dispatch_forward<E: Element, const T: usize>(
+    g: &Geometry,
+    weights: &[E],
+    bias: Option<&[E]>,
+    active: &PixelChannels,
+    y_n: &mut [E],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { forward_tiles_avx512::<E, T>(g, weights, bias, active, y_n) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { forward_tiles_avx2::<E, T>(g, weights, bias, active, y_n) };
+        }
+    }
+    forward_tiles::<E, T>(g, weights, bias, active, y_n);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn forward_tiles_avx512<E: Element, const T: usize>(
+    g: &Geometry,
+    weights: &[E],
+    bias: Option<&[E]>,
+    active: &PixelChannels,
+    y_n: &mut [E],
+) {
+    forward_tiles::<E, T>(g, weights, bias, active, y_n);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn forward_tiles_avx2<E: Element, const T: usize>(
+    g: &Geometry,
+    weights: &[E],
+    bias: Option<&[E]>,
+    active: &PixelChannels,
+    y_n: &mut [E],
+) {
+    forward_tiles::<E, T>(g, weights, bias, active, y_n);
+}
+
+/// `y[o, p, q] = b[o] + sum_{i, j} sum_{c active at (s p + i - pad, s q + j - pad)} w[o, c, i, j]`,
+/// one tile of `T` output channels and one output position at a time.
+#[inline(always)]
+fn forward_tiles<E: Element, const T: usize>(
+    g: &Geometry,
+    weights: &[E],
+    bias: Option<&[E]>,
+    active: &PixelChannels,
+    y_n: &mut [E],
+) {
+    let (k, p_len) = (g.k(), g.p());
+    let rows = g.output_ranges(g.kh, g.h, g.h_out);
+    let cols = g.output_ranges(g.kw, g.w, g.w_out);
+    for (t, tile) in weights.chunks_exact(k * T).enumerate() {
+        let lanes = T.min(g.c_out - t * T);
+        let mut start = [E::zero(); T];
+        if let Some(b) = bias {
+            start[..lanes].copy_from_slice(&b[t * T..t * T + lanes]);
+        }
+        for p in 0..g.h_out {
+            for q in 0..g.w_out {
+                let mut acc = start;
+                for i in (0..g.kh).filter(|&i| rows[i].0 <= p && p < rows[i].1) {
+                    let h = g.source(p, i);
+                    for j in (0..g.kw).filter(|&j| cols[j].0 <= q && q < cols[j].1) {
+                        let base = (i * g.kw + j) * g.c_in;
+                        for &c in active.at(h * g.w + g.source(q, j)) {
+                            let row = &tile[(base + c as usize) * T..][..T];
+                            for (a, &v) in acc.iter_mut().zip(row) {
+                                *a += v;
+                            }
+                        }
+                    }
+                }
+                let position = p * g.w_out + q;
+                for (l, &v) in acc[..lanes].iter().enumerate() {
+                    y_n[(t * T + l) * p_len + position] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Runs [`weight_grad_tiles`] compiled for the widest vector instructions this CPU has.
+fn dispatch_weight_grad<E: Element, const T: usize>(
+    g: &Geometry,
+    spikes: &ChannelSpikes,
+    offsets: &OffsetOutputs,
+    dy_tiles: &[E],
+    samples: usize,
+    dw: &mut [E],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe {
+                weight_grad_tiles_avx512::<E, T>(g, spikes, offsets, dy_tiles, samples, dw)
+            };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe {
+                weight_grad_tiles_avx2::<E, T>(g, spikes, offsets, dy_tiles, samples, dw)
+            };
+        }
+    }
+    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, dw);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_grad_tiles_avx512<E: Element, const T: usize>(
+    g: &Geometry,
+    spikes: &ChannelSpikes,
+    offsets: &OffsetOutputs,
+    dy_tiles: &[E],
+    samples: usize,
+    dw: &mut [E],
+) {
+    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, dw);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn weight_grad_tiles_avx2<E: Element, const T: usize>(
+    g: &Geometry,
+    spikes: &ChannelSpikes,
+    offsets: &OffsetOutputs,
+    dy_tiles: &[E],
+    samples: usize,
+    dw: &mut [E],
+) {
+    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, dw);
+}
+
+/// `dw[o, c, i, j] = sum_n sum_{(h, w) spiking in channel c of sample n} dy[n, o, p(h, i), q(w, j)]`,
+/// one tile of `T` output channels and one `(c, i, j)` at a time.
+#[inline(always)]
+fn weight_grad_tiles<E: Element, const T: usize>(
+    g: &Geometry,
+    spikes: &ChannelSpikes,
+    offsets: &OffsetOutputs,
+    dy_tiles: &[E],
+    samples: usize,
+    dw: &mut [E],
+) {
+    let (k, taps, plane, p_len) = (g.k(), g.kh * g.kw, g.h * g.w, g.p());
+    for (t, tile) in dy_tiles.chunks_exact(samples * p_len * T).enumerate() {
+        let lanes = T.min(g.c_out - t * T);
+        for c in 0..g.c_in {
+            for tap in 0..taps {
+                let outputs = &offsets.outputs[tap * plane..][..plane];
+                let mut acc = [E::zero(); T];
+                for n in 0..samples {
+                    let sample = &tile[n * p_len * T..][..p_len * T];
+                    for &r in spikes.of(n * g.c_in + c) {
+                        let position = outputs[r as usize];
+                        if position != NO_OUTPUT {
+                            let row = &sample[position as usize * T..][..T];
+                            for (a, &v) in acc.iter_mut().zip(row) {
+                                *a += v;
+                            }
+                        }
+                    }
+                }
+                for (l, &v) in acc[..lanes].iter().enumerate() {
+                    dw[(t * T + l) * k + c * taps + tap] = v;
+                }
+            }
+        }
+    }
+}
