@@ -22,8 +22,10 @@
 //! sample order, and the blocks' partial sums are added along a fixed binary tree (split at the
 //! middle block), so the result is bitwise the same whatever the number of rayon threads.
 
+use std::borrow::Cow;
+
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError};
+use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError, s};
 use rayon::prelude::*;
 
 use crate::backend::Conv2dGrads;
@@ -39,6 +41,10 @@ const OP: &str = "conv2d";
 /// A block of samples spans at least this many output positions, so that small images still give
 /// matrix products worth a task; the block size is a function of the shapes, never of the threads.
 const MIN_BLOCK_POSITIONS: usize = 2048;
+
+/// The input gradient of a block is computed in at most this many groups of input channels, in
+/// parallel: enough tasks for the late, small-image layers, whose batch fits in one block.
+const INPUT_CHANNEL_GROUPS: usize = 8;
 
 /// What the convolution backward needs: the input and weight (shared, not copied), whether there
 /// was a bias, the geometry, and whether the input is sparse spikes.
@@ -335,12 +341,15 @@ impl Geometry {
         ArrayView2::from_shape((self.k(), self.p()), &*scratch).map_err(layout)
     }
 
-    /// `dx += col2im(dcols)` for one sample: every entry of `dcols [K, P]` is added to the input
-    /// element it was read from (padding positions are dropped), in a fixed order.
-    fn add_columns<E: Element>(&self, dcols: &[E], dx: &mut [E]) {
+    /// `dx += col2im(dcols)` for one sample and some of its channels: every entry of `dcols`
+    /// (whose row `r` is `dcols[r row_stride + offset..][..P]`, rows `(c, i, j)` for the channels of
+    /// `dx`) is added to the input element it was read from (padding positions are dropped), in a
+    /// fixed order.
+    fn add_columns<E: Element>(&self, dcols: &[E], row_stride: usize, offset: usize, dx: &mut [E]) {
         let rows = self.output_ranges(self.kh, self.h, self.h_out);
         let cols = self.output_ranges(self.kw, self.w, self.w_out);
-        for (row, cols_row) in dcols.chunks_exact(self.p()).enumerate() {
+        for row in 0..dx.len() / (self.h * self.w) * self.kh * self.kw {
+            let cols_row = &dcols[row * row_stride + offset..][..self.p()];
             let (c, i, j) = self.unflatten(row);
             let (p_lo, p_hi) = rows[i];
             let (q_lo, q_hi) = cols[j];
@@ -423,45 +432,73 @@ impl<E: Element> Operands<'_, E> {
             return Ok(sum);
         }
         let g = self.g;
-        let out_len = g.c_out * g.p();
-        let mut dw = Array2::zeros((g.c_out, g.k()));
-        let samples = dx.len() / g.in_len();
+        let (out_len, samples) = (g.c_out * g.p(), dx.len() / g.in_len());
         let first_sample = first * g.block();
+        let x = &self.x[first_sample * g.in_len()..][..samples * g.in_len()];
+        let dy = &self.dy[first_sample * out_len..][..samples * out_len];
+        self.input_grad_block(dy, dx)?;
+        let mut dw = Array2::zeros((g.c_out, g.k()));
         if self.sparse_spike_input {
-            let x = &self.x[first_sample * g.in_len()..][..samples * g.in_len()];
-            let dy = &self.dy[first_sample * out_len..][..samples * out_len];
             let dw_values = dw.as_slice_mut().ok_or_else(|| {
                 OpError::shape(OP, "internal error: weight gradient is not contiguous")
             })?;
             spikes::weight_grad(g, x, dy, dw_values);
-        }
-        let mut cols = if self.sparse_spike_input {
-            Vec::new()
         } else {
-            g.cols_buffer()
-        };
-        let mut dcols = g.cols_buffer();
-        for (s, dx_n) in dx.chunks_mut(g.in_len()).enumerate() {
-            let n = first_sample + s;
-            let x_n = &self.x[n * g.in_len()..(n + 1) * g.in_len()];
-            let dy_n =
-                ArrayView2::from_shape((g.c_out, g.p()), &self.dy[n * out_len..(n + 1) * out_len])
-                    .map_err(layout)?;
-            if !self.sparse_spike_input {
+            let mut cols = g.cols_buffer();
+            for (x_n, dy_n) in x.chunks_exact(g.in_len()).zip(dy.chunks_exact(out_len)) {
+                let dy_n = ArrayView2::from_shape((g.c_out, g.p()), dy_n).map_err(layout)?;
                 let cols_n = g.columns(x_n, &mut cols)?;
                 general_mat_mul(E::one(), &dy_n, &cols_n.t(), E::one(), &mut dw);
             }
-            if g.pointwise() {
-                let mut dx_n = ArrayViewMut2::from_shape((g.c_in, g.p()), dx_n).map_err(layout)?;
-                general_mat_mul(E::one(), &self.w.t(), &dy_n, E::zero(), &mut dx_n);
-            } else {
-                let mut dcols_n =
-                    ArrayViewMut2::from_shape((g.k(), g.p()), &mut dcols[..]).map_err(layout)?;
-                general_mat_mul(E::one(), &self.w.t(), &dy_n, E::zero(), &mut dcols_n);
-                g.add_columns(&dcols, dx_n);
-            }
         }
         Ok(dw)
+    }
+
+    /// `dx[n] = col2im(W^T dy[n])` for the samples of one block, as one product per group of input
+    /// channels over all the block's samples at once, `dcols = W[:, group]^T [dy[0] .. dy[S-1]]`,
+    /// the groups in parallel (each writes only its own channels of `dx`).
+    fn input_grad_block(&self, dy: &[E], dx: &mut [E]) -> Result<()> {
+        let g = self.g;
+        let (plane, taps, samples) = (g.h * g.w, g.kh * g.kw, dx.len() / g.in_len());
+        let columns = samples * g.p();
+        let dy_wide = if samples == 1 {
+            Cow::Borrowed(dy)
+        } else {
+            let mut wide = vec![E::zero(); dy.len()];
+            for (n, dy_n) in dy.chunks_exact(g.c_out * g.p()).enumerate() {
+                for (o, row) in dy_n.chunks_exact(g.p()).enumerate() {
+                    wide[o * columns + n * g.p()..][..g.p()].copy_from_slice(row);
+                }
+            }
+            Cow::Owned(wide)
+        };
+        let dy_wide = ArrayView2::from_shape((g.c_out, columns), &dy_wide[..]).map_err(layout)?;
+        let group_channels = g.c_in.div_ceil(INPUT_CHANNEL_GROUPS.min(g.c_in));
+        let mut groups: Vec<Vec<&mut [E]>> = Vec::new();
+        for dx_n in dx.chunks_mut(g.in_len()) {
+            for (index, part) in dx_n.chunks_mut(group_channels * plane).enumerate() {
+                if groups.len() <= index {
+                    groups.push(Vec::with_capacity(samples));
+                }
+                groups[index].push(part);
+            }
+        }
+        groups
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(index, mut parts)| -> Result<()> {
+                let first_row = index * group_channels * taps;
+                let rows = parts.first().map_or(0, |part| part.len() / plane) * taps;
+                let w_group = self.w.slice(s![.., first_row..first_row + rows]);
+                let mut dcols = vec![E::zero(); rows * columns];
+                let mut dcols_view =
+                    ArrayViewMut2::from_shape((rows, columns), &mut dcols[..]).map_err(layout)?;
+                general_mat_mul(E::one(), &w_group.t(), &dy_wide, E::zero(), &mut dcols_view);
+                for (n, part) in parts.iter_mut().enumerate() {
+                    g.add_columns(&dcols, columns, n * g.p(), part);
+                }
+                Ok(())
+            })
     }
 }
 

@@ -11,6 +11,10 @@
 //! each sum runs in a fixed order (offsets `(i, j)` then channels for `y`; samples then input
 //! positions for `dw`), so results do not depend on the number of threads or the instruction set.
 
+use std::ops::Range;
+
+use rayon::prelude::*;
+
 use super::Geometry;
 use crate::element::Element;
 
@@ -75,17 +79,37 @@ pub(super) fn forward_sample<E: Element>(
 }
 
 /// `dw [C_out, K] = sum_n dy[n] cols[n]^T` over the spike samples `x [samples, C_in, H, W]` and
-/// their output gradients `dy [samples, C_out, P]`, summed in sample order.
+/// their output gradients `dy [samples, C_out, P]`, summed in sample order; groups of input
+/// channels run in parallel, each computing its own entries.
 pub(super) fn weight_grad<E: Element>(g: &Geometry, x: &[E], dy: &[E], dw: &mut [E]) {
     let samples = x.len() / g.in_len();
     let spikes = ChannelSpikes::new(g, x, samples);
     let offsets = OffsetOutputs::new(g);
+    let taps = g.kh * g.kw;
+    let group_rows = g.c_in.div_ceil(super::INPUT_CHANNEL_GROUPS.min(g.c_in)) * taps;
+    let mut dw_t = vec![E::zero(); g.k() * g.c_out];
+    let group_len = group_rows * g.c_out;
     if size_of::<E>() * 64 == TILE_BYTES {
         let dy_tiles = gradient_tiles::<E, 64>(g, dy, samples);
-        dispatch_weight_grad::<E, 64>(g, &spikes, &offsets, &dy_tiles, samples, dw);
+        dw_t.par_chunks_mut(group_len)
+            .enumerate()
+            .for_each(|(index, dw_t)| {
+                let rows = index * group_rows..index * group_rows + dw_t.len() / g.c_out;
+                dispatch_weight_grad::<E, 64>(g, &spikes, &offsets, &dy_tiles, samples, rows, dw_t);
+            });
     } else {
         let dy_tiles = gradient_tiles::<E, 32>(g, dy, samples);
-        dispatch_weight_grad::<E, 32>(g, &spikes, &offsets, &dy_tiles, samples, dw);
+        dw_t.par_chunks_mut(group_len)
+            .enumerate()
+            .for_each(|(index, dw_t)| {
+                let rows = index * group_rows..index * group_rows + dw_t.len() / g.c_out;
+                dispatch_weight_grad::<E, 32>(g, &spikes, &offsets, &dy_tiles, samples, rows, dw_t);
+            });
+    }
+    for (k, row) in dw_t.chunks_exact(g.c_out).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            dw[o * g.k() + k] = v;
+        }
     }
 }
 
@@ -300,24 +324,25 @@ fn dispatch_weight_grad<E: Element, const T: usize>(
     offsets: &OffsetOutputs,
     dy_tiles: &[E],
     samples: usize,
-    dw: &mut [E],
+    rows: Range<usize>,
+    dw_t: &mut [E],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F, checked just above.
             return unsafe {
-                weight_grad_tiles_avx512::<E, T>(g, spikes, offsets, dy_tiles, samples, dw)
+                weight_grad_tiles_avx512::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t)
             };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe {
-                weight_grad_tiles_avx2::<E, T>(g, spikes, offsets, dy_tiles, samples, dw)
+                weight_grad_tiles_avx2::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t)
             };
         }
     }
-    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, dw);
+    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -328,9 +353,10 @@ unsafe fn weight_grad_tiles_avx512<E: Element, const T: usize>(
     offsets: &OffsetOutputs,
     dy_tiles: &[E],
     samples: usize,
-    dw: &mut [E],
+    rows: Range<usize>,
+    dw_t: &mut [E],
 ) {
-    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, dw);
+    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -341,13 +367,14 @@ unsafe fn weight_grad_tiles_avx2<E: Element, const T: usize>(
     offsets: &OffsetOutputs,
     dy_tiles: &[E],
     samples: usize,
-    dw: &mut [E],
+    rows: Range<usize>,
+    dw_t: &mut [E],
 ) {
-    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, dw);
+    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t);
 }
 
-/// `dw[o, c, i, j] = sum_n sum_{(h, w) spiking in channel c of sample n} dy[n, o, p(h, i), q(w, j)]`,
-/// one tile of `T` output channels and one `(c, i, j)` at a time.
+/// `dw_t[(c, i, j) - rows.start, o] = sum_n sum_{(h, w) spiking in channel c of sample n} dy[n, o, p(h, i), q(w, j)]`
+/// for the rows `(c, i, j)` in `rows`, one tile of `T` output channels and one row at a time.
 #[inline(always)]
 fn weight_grad_tiles<E: Element, const T: usize>(
     g: &Geometry,
@@ -355,31 +382,30 @@ fn weight_grad_tiles<E: Element, const T: usize>(
     offsets: &OffsetOutputs,
     dy_tiles: &[E],
     samples: usize,
-    dw: &mut [E],
+    rows: Range<usize>,
+    dw_t: &mut [E],
 ) {
-    let (k, taps, plane, p_len) = (g.k(), g.kh * g.kw, g.h * g.w, g.p());
+    let (taps, plane, p_len) = (g.kh * g.kw, g.h * g.w, g.p());
     for (t, tile) in dy_tiles.chunks_exact(samples * p_len * T).enumerate() {
         let lanes = T.min(g.c_out - t * T);
-        for c in 0..g.c_in {
-            for tap in 0..taps {
-                let outputs = &offsets.outputs[tap * plane..][..plane];
-                let mut acc = [E::zero(); T];
-                for n in 0..samples {
-                    let sample = &tile[n * p_len * T..][..p_len * T];
-                    for &r in spikes.of(n * g.c_in + c) {
-                        let position = outputs[r as usize];
-                        if position != NO_OUTPUT {
-                            let row = &sample[position as usize * T..][..T];
-                            for (a, &v) in acc.iter_mut().zip(row) {
-                                *a += v;
-                            }
+        for row in rows.clone() {
+            let (c, tap) = (row / taps, row % taps);
+            let outputs = &offsets.outputs[tap * plane..][..plane];
+            let mut acc = [E::zero(); T];
+            for n in 0..samples {
+                let sample = &tile[n * p_len * T..][..p_len * T];
+                for &r in spikes.of(n * g.c_in + c) {
+                    let position = outputs[r as usize];
+                    if position != NO_OUTPUT {
+                        let row = &sample[position as usize * T..][..T];
+                        for (a, &v) in acc.iter_mut().zip(row) {
+                            *a += v;
                         }
                     }
                 }
-                for (l, &v) in acc[..lanes].iter().enumerate() {
-                    dw[(t * T + l) * k + c * taps + tap] = v;
-                }
             }
+            let out = &mut dw_t[(row - rows.start) * g.c_out + t * T..][..lanes];
+            out.copy_from_slice(&acc[..lanes]);
         }
     }
 }
