@@ -21,17 +21,17 @@ use crate::element::Element;
 /// Output channels are summed in tiles of 256 bytes: 64 `f32` or 32 `f64` accumulators.
 const TILE_BYTES: usize = 256;
 
-/// Marks an input position that a kernel offset maps to no output position.
-const NO_OUTPUT: u32 = u32::MAX;
-
 /// Whether every element of `x` is 0 or 1 and at most half of them are 1, the inputs for which the
-/// spike kernels beat a dense GEMM.
+/// spike kernels beat a dense GEMM. Counts without branches, a chunk at a time.
 pub(super) fn sparse_spikes<E: Element>(x: &[E]) -> bool {
     let mut ones = 0usize;
-    for &v in x {
-        if v == E::one() {
-            ones += 1;
-        } else if v != E::zero() {
+    for chunk in x.chunks(4096) {
+        let mut others = 0usize;
+        for &v in chunk {
+            ones += usize::from(v == E::one());
+            others += usize::from(v != E::one() && v != E::zero());
+        }
+        if others > 0 {
             return false;
         }
     }
@@ -117,40 +117,47 @@ fn tile_width<E>() -> usize {
     TILE_BYTES / size_of::<E>()
 }
 
-/// For each input position `h W + w` of one sample, its channels holding a 1, in increasing order
-/// (compressed rows: the channels of position `r` are `channels[starts[r]..starts[r + 1]]`).
+/// For each input position `h W + w` of one sample, its channels holding a 1, in increasing order:
+/// the channels of position `r` are `channels[starts[r]..ends[r]]`. Each position's range has one
+/// spare slot after its last channel, so the lists are filled without branches.
 struct PixelChannels {
     starts: Vec<u32>,
+    ends: Vec<u32>,
     channels: Vec<u32>,
 }
 
 impl PixelChannels {
     fn new<E: Element>(g: &Geometry, x_n: &[E]) -> Self {
         let plane = g.h * g.w;
-        let mut starts = vec![0u32; plane + 1];
+        let mut counts = vec![0u32; plane];
         for channel in x_n.chunks_exact(plane) {
-            for (count, &v) in starts[1..].iter_mut().zip(channel) {
+            for (count, &v) in counts.iter_mut().zip(channel) {
                 *count += u32::from(v != E::zero());
             }
         }
-        for r in 0..plane {
-            starts[r + 1] += starts[r];
+        let mut starts = Vec::with_capacity(plane);
+        let mut next = 0u32;
+        for &count in &counts {
+            starts.push(next);
+            next += count + 1;
         }
-        let mut cursor = starts[..plane].to_vec();
-        let mut channels = vec![0u32; starts[plane] as usize];
+        let mut ends = starts.clone();
+        let mut channels = vec![0u32; next as usize];
         for (c, channel) in x_n.chunks_exact(plane).enumerate() {
-            for (next, &v) in cursor.iter_mut().zip(channel) {
-                if v != E::zero() {
-                    channels[*next as usize] = c as u32;
-                    *next += 1;
-                }
+            for (end, &v) in ends.iter_mut().zip(channel) {
+                channels[*end as usize] = c as u32;
+                *end += u32::from(v != E::zero());
             }
         }
-        PixelChannels { starts, channels }
+        PixelChannels {
+            starts,
+            ends,
+            channels,
+        }
     }
 
     fn at(&self, position: usize) -> &[u32] {
-        &self.channels[self.starts[position] as usize..self.starts[position + 1] as usize]
+        &self.channels[self.starts[position] as usize..self.ends[position] as usize]
     }
 }
 
@@ -165,16 +172,17 @@ impl ChannelSpikes {
     fn new<E: Element>(g: &Geometry, x: &[E], samples: usize) -> Self {
         let plane = g.h * g.w;
         let mut starts = Vec::with_capacity(samples * g.c_in + 1);
-        let mut positions = Vec::new();
+        let mut positions = vec![0u32; x.len() + 1];
+        let mut len = 0;
         starts.push(0);
         for channel in x.chunks_exact(plane) {
             for (r, &v) in channel.iter().enumerate() {
-                if v != E::zero() {
-                    positions.push(r as u32);
-                }
+                positions[len] = r as u32;
+                len += usize::from(v != E::zero());
             }
-            starts.push(positions.len() as u32);
+            starts.push(len as u32);
         }
+        positions.truncate(len);
         ChannelSpikes { starts, positions }
     }
 
@@ -185,7 +193,8 @@ impl ChannelSpikes {
 }
 
 /// For each kernel offset `(i, j)` and input position `(h, w)`, the output position `p W_out + q`
-/// with `s p + i - pad = h` and `s q + j - pad = w`, or [`NO_OUTPUT`].
+/// with `s p + i - pad = h` and `s q + j - pad = w`, or `P` (the zero row of [`gradient_tiles`])
+/// where there is none.
 struct OffsetOutputs {
     outputs: Vec<u32>,
 }
@@ -193,7 +202,7 @@ struct OffsetOutputs {
 impl OffsetOutputs {
     fn new(g: &Geometry) -> Self {
         let plane = g.h * g.w;
-        let mut outputs = vec![NO_OUTPUT; g.kh * g.kw * plane];
+        let mut outputs = vec![g.p() as u32; g.kh * g.kw * plane];
         let rows = g.output_ranges(g.kh, g.h, g.h_out);
         let cols = g.output_ranges(g.kw, g.w, g.w_out);
         for i in 0..g.kh {
@@ -210,22 +219,63 @@ impl OffsetOutputs {
     }
 }
 
-/// `dy [samples, C_out, P]` rearranged as tile `t`, row `n P + p`, lane `l` = `dy[n, t T + l, p]`
-/// (zero past `C_out`).
+/// `dy [samples, C_out, P]` rearranged as tile `t`, row `n (P + 1) + p`, lane `l` = `dy[n, t T + l, p]`
+/// (zero past `C_out`, and in each sample's extra row `P`, which stands for "no output").
 fn gradient_tiles<E: Element, const T: usize>(g: &Geometry, dy: &[E], samples: usize) -> Vec<E> {
-    let (p_len, rows) = (g.p(), samples * g.p());
+    let (p_len, rows) = (g.p(), samples * (g.p() + 1));
     let mut tiles = vec![E::zero(); g.c_out.div_ceil(T) * rows * T];
     for n in 0..samples {
         for o in 0..g.c_out {
             let (t, l) = (o / T, o % T);
             let source = &dy[(n * g.c_out + o) * p_len..][..p_len];
-            let tile = &mut tiles[(t * rows + n * p_len) * T..][..p_len * T];
+            let tile = &mut tiles[(t * rows + n * (p_len + 1)) * T..][..p_len * T];
             for (row, &v) in tile.chunks_exact_mut(T).zip(source) {
                 row[l] = v;
             }
         }
     }
     tiles
+}
+
+/// `even += table[row(i_0)] + table[row(i_2)] + ...` and `odd += table[row(i_1)] + ...` over
+/// `indices`, rows of `T` values: two independent chains of additions, which the CPU overlaps.
+#[inline(always)]
+fn add_rows<E: Element, const T: usize>(
+    even: &mut [E; T],
+    odd: &mut [E; T],
+    table: &[E],
+    indices: &[u32],
+    row: impl Fn(u32) -> usize,
+) {
+    let mut pairs = indices.chunks_exact(2);
+    for pair in &mut pairs {
+        let (first, second) = (
+            &table[row(pair[0]) * T..][..T],
+            &table[row(pair[1]) * T..][..T],
+        );
+        for ((a, b), (&u, &v)) in even
+            .iter_mut()
+            .zip(odd.iter_mut())
+            .zip(first.iter().zip(second))
+        {
+            *a += u;
+            *b += v;
+        }
+    }
+    if let [last] = pairs.remainder() {
+        for (a, &v) in even.iter_mut().zip(&table[row(*last) * T..][..T]) {
+            *a += v;
+        }
+    }
+}
+
+/// `a + b`, lane by lane.
+#[inline(always)]
+fn add<E: Element, const T: usize>(mut a: [E; T], b: &[E; T]) -> [E; T] {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+    a
 }
 
 /// Runs [`forward_tiles`] compiled for the widest vector instructions this CPU has.
@@ -295,19 +345,16 @@ fn forward_tiles<E: Element, const T: usize>(
         }
         for p in 0..g.h_out {
             for q in 0..g.w_out {
-                let mut acc = start;
+                let (mut even, mut odd) = (start, [E::zero(); T]);
                 for i in (0..g.kh).filter(|&i| rows[i].0 <= p && p < rows[i].1) {
                     let h = g.source(p, i);
                     for j in (0..g.kw).filter(|&j| cols[j].0 <= q && q < cols[j].1) {
                         let base = (i * g.kw + j) * g.c_in;
-                        for &c in active.at(h * g.w + g.source(q, j)) {
-                            let row = &tile[(base + c as usize) * T..][..T];
-                            for (a, &v) in acc.iter_mut().zip(row) {
-                                *a += v;
-                            }
-                        }
+                        let channels = active.at(h * g.w + g.source(q, j));
+                        add_rows(&mut even, &mut odd, tile, channels, |c| base + c as usize);
                     }
                 }
+                let acc = add(even, &odd);
                 let position = p * g.w_out + q;
                 for (l, &v) in acc[..lanes].iter().enumerate() {
                     y_n[(t * T + l) * p_len + position] = v;
@@ -386,24 +433,20 @@ fn weight_grad_tiles<E: Element, const T: usize>(
     dw_t: &mut [E],
 ) {
     let (taps, plane, p_len) = (g.kh * g.kw, g.h * g.w, g.p());
-    for (t, tile) in dy_tiles.chunks_exact(samples * p_len * T).enumerate() {
+    for (t, tile) in dy_tiles.chunks_exact(samples * (p_len + 1) * T).enumerate() {
         let lanes = T.min(g.c_out - t * T);
         for row in rows.clone() {
             let (c, tap) = (row / taps, row % taps);
             let outputs = &offsets.outputs[tap * plane..][..plane];
-            let mut acc = [E::zero(); T];
+            let (mut even, mut odd) = ([E::zero(); T], [E::zero(); T]);
             for n in 0..samples {
-                let sample = &tile[n * p_len * T..][..p_len * T];
-                for &r in spikes.of(n * g.c_in + c) {
-                    let position = outputs[r as usize];
-                    if position != NO_OUTPUT {
-                        let row = &sample[position as usize * T..][..T];
-                        for (a, &v) in acc.iter_mut().zip(row) {
-                            *a += v;
-                        }
-                    }
-                }
+                let base = n * (p_len + 1);
+                let spikes = spikes.of(n * g.c_in + c);
+                add_rows(&mut even, &mut odd, tile, spikes, |r| {
+                    base + outputs[r as usize] as usize
+                });
             }
+            let acc = add(even, &odd);
             let out = &mut dw_t[(row - rows.start) * g.c_out + t * T..][..lanes];
             out.copy_from_slice(&acc[..lanes]);
         }
