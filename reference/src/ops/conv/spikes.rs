@@ -49,15 +49,19 @@ impl<E: Element> WeightTiles<E> {
         let tile = tile_width::<E>();
         let (k, taps) = (g.k(), g.kh * g.kw);
         let mut values = vec![E::zero(); g.c_out.div_ceil(tile) * k * tile];
-        for o in 0..g.c_out {
-            let (t, l) = (o / tile, o % tile);
-            for c in 0..g.c_in {
-                for tap in 0..taps {
-                    let row = tap * g.c_in + c;
-                    values[(t * k + row) * tile + l] = weight[o * k + c * taps + tap];
+        values
+            .par_chunks_mut(k * tile)
+            .enumerate()
+            .for_each(|(t, tile_values)| {
+                let lanes = tile.min(g.c_out - t * tile);
+                let tile_weight = &weight[t * tile * k..][..lanes * k];
+                for (row, out) in tile_values.chunks_exact_mut(tile).enumerate() {
+                    let (tap, c) = (row / g.c_in, row % g.c_in);
+                    for (l, value) in out[..lanes].iter_mut().enumerate() {
+                        *value = tile_weight[l * k + c * taps + tap];
+                    }
                 }
-            }
-        }
+            });
         WeightTiles { values }
     }
 }
@@ -106,11 +110,26 @@ pub(super) fn weight_grad<E: Element>(g: &Geometry, x: &[E], dy: &[E], dw: &mut 
                 dispatch_weight_grad::<E, 32>(g, &spikes, &offsets, &dy_tiles, samples, rows, dw_t);
             });
     }
-    for (k, row) in dw_t.chunks_exact(g.c_out).enumerate() {
-        for (o, &v) in row.iter().enumerate() {
-            dw[o * g.k() + k] = v;
-        }
-    }
+    transpose(&dw_t, g.k(), g.c_out, dw);
+}
+
+/// `dst [cols, rows] = src [rows, cols]^T`, in square blocks that stay in cache, blocks of `dst`
+/// rows in parallel.
+fn transpose<E: Element>(src: &[E], rows: usize, cols: usize, dst: &mut [E]) {
+    const BLOCK: usize = 16;
+    dst.par_chunks_mut(BLOCK * rows)
+        .enumerate()
+        .for_each(|(block, dst_rows)| {
+            let first_col = block * BLOCK;
+            for first_row in (0..rows).step_by(BLOCK) {
+                for (c, dst_row) in dst_rows.chunks_exact_mut(rows).enumerate() {
+                    let col = first_col + c;
+                    for r in first_row..(first_row + BLOCK).min(rows) {
+                        dst_row[r] = src[r * cols + col];
+                    }
+                }
+            }
+        });
 }
 
 fn tile_width<E>() -> usize {
