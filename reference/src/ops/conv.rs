@@ -17,12 +17,11 @@
 //! forward and remembered in the context), the forward and the weight gradient skip the GEMMs and
 //! sum weight and gradient rows over the ones instead ([`spikes`]); the input gradient stays a GEMM.
 //!
-//! Samples are processed in blocks whose size depends on the shapes only. The forward and the input
-//! gradient write disjoint samples in parallel; the weight gradient of each block is summed in
-//! sample order, and the blocks' partial sums are added along a fixed binary tree (split at the
-//! middle block), so the result is bitwise the same whatever the number of rayon threads.
-
-use std::borrow::Cow;
+//! Samples are processed in blocks whose size depends on the shapes only. The forward writes
+//! disjoint samples in parallel; the input gradient of a block is computed by groups of input
+//! channels in parallel, each writing only its own channels; the weight gradient of each block is
+//! summed in sample order, and the blocks' partial sums are added along a fixed binary tree (split
+//! at the middle block), so the result is bitwise the same whatever the number of rayon threads.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError, s};
@@ -341,10 +340,10 @@ impl Geometry {
         ArrayView2::from_shape((self.k(), self.p()), &*scratch).map_err(layout)
     }
 
-    /// `dx += col2im(dcols)` for one sample and some of its channels: every entry of `dcols`
-    /// (whose row `r` is `dcols[r row_stride + offset..][..P]`, rows `(c, i, j)` for the channels of
-    /// `dx`) is added to the input element it was read from (padding positions are dropped), in a
-    /// fixed order.
+    /// `dx += col2im(dcols)` for one sample and some of its channels: every entry of `dcols` (row
+    /// `r` is `dcols[r row_stride + offset..][..P]`, rows `(c, i, j)` for the channels of `dx`) is
+    /// added to the input element it was read from (padding positions are dropped), in a fixed
+    /// order.
     fn add_columns<E: Element>(&self, dcols: &[E], row_stride: usize, offset: usize, dx: &mut [E]) {
         let rows = self.output_ranges(self.kh, self.h, self.h_out);
         let cols = self.output_ranges(self.kw, self.w, self.w_out);
@@ -454,15 +453,17 @@ impl<E: Element> Operands<'_, E> {
         Ok(dw)
     }
 
-    /// `dx[n] = col2im(W^T dy[n])` for the samples of one block, as one product per group of input
-    /// channels over all the block's samples at once, `dcols = W[:, group]^T [dy[0] .. dy[S-1]]`,
-    /// the groups in parallel (each writes only its own channels of `dx`).
+    /// `dx[n] = col2im(W^T dy[n])` for the samples of one block, in groups of input channels that
+    /// run in parallel, each writing only its own channels of `dx`. A 1x1 stride-1 unpadded
+    /// convolution writes `W[:, group]^T dy[n]` into `dx` directly, sample by sample; the others
+    /// compute `dcols = W[:, group]^T [dy[0] .. dy[S-1]]` for all the block's samples at once (one
+    /// wide product instead of `S` narrow ones for small images) and add it back with col2im.
     fn input_grad_block(&self, dy: &[E], dx: &mut [E]) -> Result<()> {
         let g = self.g;
         let (plane, taps, samples) = (g.h * g.w, g.kh * g.kw, dx.len() / g.in_len());
         let columns = samples * g.p();
-        let dy_wide = if samples == 1 {
-            Cow::Borrowed(dy)
+        let dy_wide = if g.pointwise() {
+            Vec::new()
         } else {
             let mut wide = vec![E::zero(); dy.len()];
             for (n, dy_n) in dy.chunks_exact(g.c_out * g.p()).enumerate() {
@@ -470,9 +471,8 @@ impl<E: Element> Operands<'_, E> {
                     wide[o * columns + n * g.p()..][..g.p()].copy_from_slice(row);
                 }
             }
-            Cow::Owned(wide)
+            wide
         };
-        let dy_wide = ArrayView2::from_shape((g.c_out, columns), &dy_wide[..]).map_err(layout)?;
         let group_channels = g.c_in.div_ceil(INPUT_CHANNEL_GROUPS.min(g.c_in));
         let mut groups: Vec<Vec<&mut [E]>> = Vec::new();
         for dx_n in dx.chunks_mut(g.in_len()) {
@@ -487,13 +487,28 @@ impl<E: Element> Operands<'_, E> {
             .into_par_iter()
             .enumerate()
             .try_for_each(|(index, mut parts)| -> Result<()> {
-                let first_row = index * group_channels * taps;
                 let rows = parts.first().map_or(0, |part| part.len() / plane) * taps;
-                let w_group = self.w.slice(s![.., first_row..first_row + rows]);
+                let first_row = index * group_channels * taps;
+                let w_group_t = self
+                    .w
+                    .slice(s![.., first_row..first_row + rows])
+                    .reversed_axes();
+                if g.pointwise() {
+                    for (part, dy_n) in parts.iter_mut().zip(dy.chunks_exact(g.c_out * g.p())) {
+                        let dy_n =
+                            ArrayView2::from_shape((g.c_out, g.p()), dy_n).map_err(layout)?;
+                        let mut dx_part = ArrayViewMut2::from_shape((rows, g.p()), &mut **part)
+                            .map_err(layout)?;
+                        general_mat_mul(E::one(), &w_group_t, &dy_n, E::zero(), &mut dx_part);
+                    }
+                    return Ok(());
+                }
+                let dy_wide =
+                    ArrayView2::from_shape((g.c_out, columns), &dy_wide[..]).map_err(layout)?;
                 let mut dcols = vec![E::zero(); rows * columns];
                 let mut dcols_view =
                     ArrayViewMut2::from_shape((rows, columns), &mut dcols[..]).map_err(layout)?;
-                general_mat_mul(E::one(), &w_group.t(), &dy_wide, E::zero(), &mut dcols_view);
+                general_mat_mul(E::one(), &w_group_t, &dy_wide, E::zero(), &mut dcols_view);
                 for (n, part) in parts.iter_mut().enumerate() {
                     g.add_columns(&dcols, columns, n * g.p(), part);
                 }
