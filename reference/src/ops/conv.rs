@@ -497,8 +497,8 @@ impl<E: Element> Operands<'_, E> {
                     for (part, dy_n) in parts.iter_mut().zip(dy.chunks_exact(g.c_out * g.p())) {
                         let dy_n =
                             ArrayView2::from_shape((g.c_out, g.p()), dy_n).map_err(layout)?;
-                        let mut dx_part = ArrayViewMut2::from_shape((rows, g.p()), &mut **part)
-                            .map_err(layout)?;
+                        let mut dx_part =
+                            ArrayViewMut2::from_shape((rows, g.p()), part).map_err(layout)?;
                         general_mat_mul(E::one(), &w_group_t, &dy_n, E::zero(), &mut dx_part);
                     }
                     return Ok(());
