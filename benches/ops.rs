@@ -2,7 +2,10 @@
 //! - the multi-step IF neuron over `[T = 4, B = 8, 64, 32, 32]` (forward, backward), with
 //!   throughput in bytes moved (x read, spikes and h written; dL/ds and h read, dL/dx written);
 //! - conv2d 3x3, 64 -> 64, stride 1, pad 1, on `[T*B = 32, 64, 32, 32]`, forward + backward,
-//!   with throughput in elements = flops (3 GEMMs of `2 N C_out H W C_in 9` flops each).
+//!   with throughput in elements = flops (3 GEMMs of `2 N C_out H W C_in 9` flops each);
+//! - the same conv2d on a spike input (each element 1 with probability 0.2), which takes the
+//!   sparse spike kernels for the forward and the weight gradient, and on the late-layer shape
+//!   3x3, 512 -> 512 on `[32, 512, 4, 4]` (one block of samples), dense and spiking.
 //!
 //! `cargo bench --bench ops`; quote medians and name the machine.
 
@@ -45,28 +48,51 @@ fn neuron(c: &mut Criterion) {
     group.finish();
 }
 
-fn conv(c: &mut Criterion) {
+/// `[shape]` spikes: each element 1 with probability `density`, else 0.
+fn spikes(
+    backend: &Cpu<f32>,
+    shape: &[usize],
+    density: f64,
+    seed: u64,
+) -> <Cpu<f32> as Backend>::Tensor {
+    let mut rng = SplitMix64::new(seed);
+    let data = (0..shape.iter().product())
+        .map(|_| f32::from(rng.next_f64() < density))
+        .collect();
+    backend.tensor_from_vec(shape, data).expect("shape matches")
+}
+
+/// conv2d 3x3, stride 1, pad 1, `channels -> channels` on `[n, channels, size, size]`: forward,
+/// and forward + backward, on a dense normal input and on 20% spikes.
+fn conv_case(c: &mut Criterion, n: usize, channels: usize, size: usize) {
     let cpu = Cpu::<f32>::new();
-    let (n, channels, size) = (32, 64, 32);
-    let x = random(&cpu, &[n, channels, size, size], 1.0, 0.0, 3);
+    let dense = random(&cpu, &[n, channels, size, size], 1.0, 0.0, 3);
+    let spiking = spikes(&cpu, &[n, channels, size, size], 0.2, 6);
     let weight = random(&cpu, &[channels, channels, 3, 3], 0.06, 0.0, 4);
     let grad = random(&cpu, &[n, channels, size, size], 1.0, 0.0, 5);
     let params = Conv2dParams::new(1, 1);
     let flops_per_gemm = (2 * n * channels * size * size * channels * 9) as u64;
-    let mut group = c.benchmark_group("cpu_conv3x3_32x64x32x32_f32");
+    let mut group = c.benchmark_group(format!("cpu_conv3x3_{n}x{channels}x{size}x{size}_f32"));
     group.sample_size(10);
-    group.throughput(Throughput::Elements(flops_per_gemm));
-    group.bench_function("forward", |b| {
-        b.iter(|| cpu.conv2d_forward(&x, &weight, None, params).unwrap())
-    });
-    group.throughput(Throughput::Elements(3 * flops_per_gemm));
-    group.bench_function("forward_backward", |b| {
-        b.iter(|| {
-            let (_, context) = cpu.conv2d_forward(&x, &weight, None, params).unwrap();
-            cpu.conv2d_backward(&grad, &context).unwrap()
-        })
-    });
+    for (name, x) in [("dense", &dense), ("spikes20", &spiking)] {
+        group.throughput(Throughput::Elements(flops_per_gemm));
+        group.bench_function(format!("{name}/forward"), |b| {
+            b.iter(|| cpu.conv2d_forward(x, &weight, None, params).unwrap())
+        });
+        group.throughput(Throughput::Elements(3 * flops_per_gemm));
+        group.bench_function(format!("{name}/forward_backward"), |b| {
+            b.iter(|| {
+                let (_, context) = cpu.conv2d_forward(x, &weight, None, params).unwrap();
+                cpu.conv2d_backward(&grad, &context).unwrap()
+            })
+        });
+    }
     group.finish();
+}
+
+fn conv(c: &mut Criterion) {
+    conv_case(c, 32, 64, 32);
+    conv_case(c, 32, 512, 4);
 }
 
 criterion_group!(benches, neuron, conv);

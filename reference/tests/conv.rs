@@ -1,6 +1,8 @@
 //! conv2d: forward against a direct loop in f64, every gradient against central finite
 //! differences (L = <dy, y>, relative L2 error <= 1e-6 in f64), random shapes by proptest, bitwise
-//! determinism across thread counts, f32 against f64, and errors instead of panics.
+//! determinism across thread counts, f32 against f64, and errors instead of panics. Every check
+//! also runs on spike inputs (each element 0 or 1), which take the sparse spike kernels when at
+//! most half of the elements are 1 and the dense GEMMs otherwise.
 
 use ndarray::{ArcArray, IxDyn};
 use proptest::prelude::*;
@@ -48,6 +50,15 @@ impl Case {
             w,
             b,
         }
+    }
+
+    /// The same problem with `x` replaced by spikes: each element is 1 with probability `density`.
+    fn with_spike_input(mut self, density: f64) -> Self {
+        let mut rng = SplitMix64::new(self.x.len() as u64 + 5);
+        for v in &mut self.x {
+            *v = if rng.next_f64() < density { 1.0 } else { 0.0 };
+        }
+        self
     }
 
     fn out_shape(&self) -> [usize; 4] {
@@ -202,6 +213,26 @@ fn forward_and_gradients_match_direct_loop_and_finite_differences() {
         ([1, 1, 1, 1], [2, 1, 3, 3], p(1, 1), false),
     ] {
         assert_case(&Case::new(x_shape, w_shape, params, bias));
+        for density in [0.0, 0.2, 0.5, 0.8, 1.0] {
+            assert_case(&Case::new(x_shape, w_shape, params, bias).with_spike_input(density));
+        }
+    }
+}
+
+#[test]
+fn spike_inputs_with_several_channel_tiles_match_direct_loop_and_finite_differences() {
+    // The spike kernels sum 64 (f32) or 32 (f64) output channels at a time: 70 output channels
+    // make three f64 tiles, the last one partial.
+    let p = Conv2dParams::new;
+    for (x_shape, w_shape, params, bias) in [
+        ([2, 5, 6, 6], [70, 5, 3, 3], p(1, 1), true),
+        ([2, 5, 7, 6], [70, 5, 3, 3], p(2, 1), false),
+        ([3, 6, 4, 4], [33, 6, 1, 1], p(1, 0), true),
+        ([3, 6, 5, 5], [40, 6, 1, 1], p(2, 0), false),
+    ] {
+        for density in [0.1, 0.3] {
+            assert_case(&Case::new(x_shape, w_shape, params, bias).with_spike_input(density));
+        }
     }
 }
 
@@ -222,6 +253,10 @@ fn gradients_are_checked_on_batches_spanning_several_blocks() {
         Conv2dParams::new(1, 0),
         false,
     ));
+    assert_case(
+        &Case::new([70, 1, 8, 8], [2, 1, 3, 3], Conv2dParams::new(1, 1), true)
+            .with_spike_input(0.25),
+    );
 }
 
 #[test]
@@ -267,39 +302,43 @@ fn f32_agrees_with_f64() {
         ([4, 8, 11, 9], [6, 8, 3, 3], Conv2dParams::new(2, 1)),
         ([4, 8, 11, 9], [6, 8, 1, 1], Conv2dParams::new(1, 0)),
     ] {
-        let case = Case::new(x_shape, w_shape, params, true);
-        let dy = SplitMix64::new(3).normal_vec(case.out_shape().iter().product(), 1.0);
-        let run = |precision_32: bool| -> Vec<Vec<f64>> {
-            fn go<E: Element>(case: &Case, dy: &[f64]) -> Vec<Vec<f64>> {
-                let cpu = Cpu::<E>::new();
-                let bias = tensor::<E>(&[case.w_shape[0]], case.b.as_ref().unwrap());
-                let (y, context) = cpu
-                    .conv2d_forward(
-                        &tensor(&case.x_shape, &case.x),
-                        &tensor(&case.w_shape, &case.w),
-                        Some(&bias),
-                        case.params,
-                    )
-                    .unwrap();
-                let grads = cpu
-                    .conv2d_backward(&tensor(&case.out_shape(), dy), &context)
-                    .unwrap();
-                vec![
-                    values(&y),
-                    values(&grads.input),
-                    values(&grads.weight),
-                    values(&grads.bias.unwrap()),
-                ]
+        for case in [
+            Case::new(x_shape, w_shape, params, true),
+            Case::new(x_shape, w_shape, params, true).with_spike_input(0.2),
+        ] {
+            let dy = SplitMix64::new(3).normal_vec(case.out_shape().iter().product(), 1.0);
+            let run = |precision_32: bool| -> Vec<Vec<f64>> {
+                fn go<E: Element>(case: &Case, dy: &[f64]) -> Vec<Vec<f64>> {
+                    let cpu = Cpu::<E>::new();
+                    let bias = tensor::<E>(&[case.w_shape[0]], case.b.as_ref().unwrap());
+                    let (y, context) = cpu
+                        .conv2d_forward(
+                            &tensor(&case.x_shape, &case.x),
+                            &tensor(&case.w_shape, &case.w),
+                            Some(&bias),
+                            case.params,
+                        )
+                        .unwrap();
+                    let grads = cpu
+                        .conv2d_backward(&tensor(&case.out_shape(), dy), &context)
+                        .unwrap();
+                    vec![
+                        values(&y),
+                        values(&grads.input),
+                        values(&grads.weight),
+                        values(&grads.bias.unwrap()),
+                    ]
+                }
+                if precision_32 {
+                    go::<f32>(&case, &dy)
+                } else {
+                    go::<f64>(&case, &dy)
+                }
+            };
+            for (single, double) in run(true).iter().zip(&run(false)) {
+                let error = relative_error(single, double);
+                assert!(error <= 1e-5, "f32 differs from f64 by {error}");
             }
-            if precision_32 {
-                go::<f32>(&case, &dy)
-            } else {
-                go::<f64>(&case, &dy)
-            }
-        };
-        for (single, double) in run(true).iter().zip(&run(false)) {
-            let error = relative_error(single, double);
-            assert!(error <= 1e-5, "f32 differs from f64 by {error}");
         }
     }
 }
@@ -360,22 +399,26 @@ fn results_are_bitwise_identical_with_one_and_two_threads() {
             true,
         ),
     ] {
-        let case = Case::new(x_shape, w_shape, params, bias);
-        let dy = SplitMix64::new(4).normal_vec(case.out_shape().iter().product(), 1.0);
-        let f32_bits = |v: f32| u64::from(v.to_bits());
-        let one = bits_with_threads::<f32>(1, &case, &dy, f32_bits);
-        let two = bits_with_threads::<f32>(2, &case, &dy, f32_bits);
-        let three = bits_with_threads::<f32>(3, &case, &dy, f32_bits);
-        assert!(
-            one == two && one == three,
-            "f32 results depend on the thread count for {x_shape:?}"
-        );
-        let one = bits_with_threads::<f64>(1, &case, &dy, f64::to_bits);
-        let two = bits_with_threads::<f64>(2, &case, &dy, f64::to_bits);
-        assert!(
-            one == two,
-            "f64 results depend on the thread count for {x_shape:?}"
-        );
+        for case in [
+            Case::new(x_shape, w_shape, params, bias),
+            Case::new(x_shape, w_shape, params, bias).with_spike_input(0.2),
+        ] {
+            let dy = SplitMix64::new(4).normal_vec(case.out_shape().iter().product(), 1.0);
+            let f32_bits = |v: f32| u64::from(v.to_bits());
+            let one = bits_with_threads::<f32>(1, &case, &dy, f32_bits);
+            let two = bits_with_threads::<f32>(2, &case, &dy, f32_bits);
+            let three = bits_with_threads::<f32>(3, &case, &dy, f32_bits);
+            assert!(
+                one == two && one == three,
+                "f32 results depend on the thread count for {x_shape:?}"
+            );
+            let one = bits_with_threads::<f64>(1, &case, &dy, f64::to_bits);
+            let two = bits_with_threads::<f64>(2, &case, &dy, f64::to_bits);
+            assert!(
+                one == two,
+                "f64 results depend on the thread count for {x_shape:?}"
+            );
+        }
     }
 }
 
@@ -483,9 +526,14 @@ proptest! {
         stride in 1usize..=3,
         padding in 0usize..=2,
         bias in any::<bool>(),
+        spike_density in prop::option::of(0.0f64..=1.0),
     ) {
         prop_assume!(h + 2 * padding >= kh && w + 2 * padding >= kw);
         let case = Case::new([n, c_in, h, w], [c_out, c_in, kh, kw], Conv2dParams::new(stride, padding), bias);
+        let case = match spike_density {
+            Some(density) => case.with_spike_input(density),
+            None => case,
+        };
         let errors = check_case(&case);
         prop_assert!(errors[0] <= 1e-12, "forward error {} for {:?}", errors[0], case);
         prop_assert!(errors[1..].iter().all(|&e| e <= FD_TOLERANCE), "gradient errors {:?} for {:?}", errors, case);

@@ -2,8 +2,9 @@
 //!
 //! Statistics are taken per channel over every axis but `C` (for the RevSNN layers that is
 //! `T·B·H·W`, SPEC.md 1). Every per-channel reduction is a pairwise sum in `f64` over the channel's
-//! elements in row-major order, computed by one rayon task per channel: the bits do not depend on
-//! the number of threads (DESIGN.md principle 4).
+//! elements in row-major order (leaves of 64 elements, each summed in 4 interleaved lanes),
+//! computed by one rayon task per channel: the bits do not depend on the number of threads
+//! (DESIGN.md principle 4).
 
 use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
@@ -41,8 +42,12 @@ pub struct BatchNormContext<E> {
 /// What [`train_forward`] returns: `y`, the batch statistics and the context.
 pub type TrainOutput<E> = (CpuTensor<E>, BatchStats<CpuTensor<E>>, BatchNormContext<E>);
 
-/// Elements per pairwise-summation leaf; leaves are summed sequentially.
+/// Elements per pairwise-summation leaf.
 const PAIRWISE_BLOCK: usize = 64;
+
+/// A leaf is summed in this many interleaved partial sums (element `m` of the leaf into lane
+/// `m % 4`), then `(lane 0 + lane 1) + (lane 2 + lane 3)`: four independent chains of additions.
+const LEAF_LANES: usize = 4;
 
 /// How one channel's elements sit in a row-major `[N, C, inner]` buffer.
 #[derive(Clone, Copy, Debug)]
@@ -82,20 +87,24 @@ impl Layout {
             let mid = lo + (hi - lo) / 2;
             return self.pairwise(c, lo, mid, term) + self.pairwise(c, mid, hi, term);
         }
-        if lo == hi {
-            return 0.0;
+        let mut values = [0.0; PAIRWISE_BLOCK];
+        let mut filled = 0;
+        while lo + filled < hi {
+            let (b, i) = ((lo + filled) / self.inner, (lo + filled) % self.inner);
+            let len = (self.inner - i).min(hi - lo - filled);
+            let start = (b * self.channels + c) * self.inner + i;
+            for (value, k) in values[filled..filled + len].iter_mut().zip(start..) {
+                *value = term(k);
+            }
+            filled += len;
         }
-        let (mut b, mut i) = (lo / self.inner, lo % self.inner);
-        let mut sum = 0.0;
-        for _ in lo..hi {
-            sum += term((b * self.channels + c) * self.inner + i);
-            i += 1;
-            if i == self.inner {
-                i = 0;
-                b += 1;
+        let mut lanes = [0.0; LEAF_LANES];
+        for chunk in values[..filled].chunks(LEAF_LANES) {
+            for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                *lane += v;
             }
         }
-        sum
+        (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
     }
 }
 

@@ -13,13 +13,18 @@
 //!
 //! A 1x1, stride-1, unpadded convolution needs no im2col: `cols[n]` is `x[n]` viewed as `[C_in, P]`.
 //!
-//! Samples are processed in blocks whose size depends on the shapes only. The forward and the input
-//! gradient write disjoint samples in parallel; the weight gradient of each block is summed in
-//! sample order, and the blocks' partial sums are added along a fixed binary tree (split at the
-//! middle block), so the result is bitwise the same whatever the number of rayon threads.
+//! When the input is spikes (every element 0 or 1, at most half of them 1: checked once in the
+//! forward and remembered in the context), the forward and the weight gradient skip the GEMMs and
+//! sum weight and gradient rows over the ones instead ([`spikes`]); the input gradient stays a GEMM.
+//!
+//! Samples are processed in blocks whose size depends on the shapes only. The forward writes
+//! disjoint samples in parallel; the input gradient of a block is computed by groups of input
+//! channels in parallel, each writing only its own channels; the weight gradient of each block is
+//! summed in sample order, and the blocks' partial sums are added along a fixed binary tree (split
+//! at the middle block), so the result is bitwise the same whatever the number of rayon threads.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError};
+use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError, s};
 use rayon::prelude::*;
 
 use crate::backend::Conv2dGrads;
@@ -28,20 +33,27 @@ use crate::element::Element;
 use crate::error::{OpError, Result};
 use crate::params::Conv2dParams;
 
+mod spikes;
+
 const OP: &str = "conv2d";
 
 /// A block of samples spans at least this many output positions, so that small images still give
 /// matrix products worth a task; the block size is a function of the shapes, never of the threads.
 const MIN_BLOCK_POSITIONS: usize = 2048;
 
+/// The input gradient of a block is computed in at most this many groups of input channels, in
+/// parallel: enough tasks for the late, small-image layers, whose batch fits in one block.
+const INPUT_CHANNEL_GROUPS: usize = 8;
+
 /// What the convolution backward needs: the input and weight (shared, not copied), whether there
-/// was a bias, and the geometry.
+/// was a bias, the geometry, and whether the input is sparse spikes.
 #[derive(Debug)]
 pub struct Conv2dContext<E> {
     pub input: CpuTensor<E>,
     pub weight: CpuTensor<E>,
     pub has_bias: bool,
     pub params: Conv2dParams,
+    pub sparse_spike_input: bool,
 }
 
 /// `y[n, o, p, q] = bias[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride p + i, stride q + j]`
@@ -69,33 +81,44 @@ pub fn forward<E: Element>(
     let xs = x.as_standard_layout();
     let xs = contiguous(xs.as_slice())?;
     let ws = weight.as_standard_layout();
-    let w2 =
-        ArrayView2::from_shape((g.c_out, g.k()), contiguous(ws.as_slice())?).map_err(layout)?;
+    let w_values = contiguous(ws.as_slice())?;
+    let w2 = ArrayView2::from_shape((g.c_out, g.k()), w_values).map_err(layout)?;
 
     let out_len = g.c_out * g.p();
     let mut y = vec![E::zero(); g.n * out_len];
-    y.par_chunks_mut(g.block() * out_len)
-        .enumerate()
-        .try_for_each(|(block, y_block)| -> Result<()> {
-            let mut cols = g.cols_buffer();
-            for (s, y_n) in y_block.chunks_mut(out_len).enumerate() {
-                let n = block * g.block() + s;
-                let x_n = &xs[n * g.in_len()..(n + 1) * g.in_len()];
-                let mut y_n = ArrayViewMut2::from_shape((g.c_out, g.p()), y_n).map_err(layout)?;
-                let beta = match &bias_values {
-                    Some(b) => {
-                        for (mut row, &value) in y_n.rows_mut().into_iter().zip(b) {
-                            row.fill(value);
+    let sparse_spike_input = spikes::sparse_spikes(xs);
+    if sparse_spike_input {
+        let weights = spikes::WeightTiles::new(&g, w_values);
+        y.par_chunks_mut(out_len)
+            .zip(xs.par_chunks(g.in_len()))
+            .for_each(|(y_n, x_n)| {
+                spikes::forward_sample(&g, &weights, bias_values.as_deref(), x_n, y_n)
+            });
+    } else {
+        y.par_chunks_mut(g.block() * out_len)
+            .enumerate()
+            .try_for_each(|(block, y_block)| -> Result<()> {
+                let mut cols = g.cols_buffer();
+                for (s, y_n) in y_block.chunks_mut(out_len).enumerate() {
+                    let n = block * g.block() + s;
+                    let x_n = &xs[n * g.in_len()..(n + 1) * g.in_len()];
+                    let mut y_n =
+                        ArrayViewMut2::from_shape((g.c_out, g.p()), y_n).map_err(layout)?;
+                    let beta = match &bias_values {
+                        Some(b) => {
+                            for (mut row, &value) in y_n.rows_mut().into_iter().zip(b) {
+                                row.fill(value);
+                            }
+                            E::one()
                         }
-                        E::one()
-                    }
-                    None => E::zero(),
-                };
-                let cols_n = g.columns(x_n, &mut cols)?;
-                general_mat_mul(E::one(), &w2, &cols_n, beta, &mut y_n);
-            }
-            Ok(())
-        })?;
+                        None => E::zero(),
+                    };
+                    let cols_n = g.columns(x_n, &mut cols)?;
+                    general_mat_mul(E::one(), &w2, &cols_n, beta, &mut y_n);
+                }
+                Ok(())
+            })?;
+    }
 
     let y =
         ArcArray::from_shape_vec(IxDyn(&[g.n, g.c_out, g.h_out, g.w_out]), y).map_err(layout)?;
@@ -104,6 +127,7 @@ pub fn forward<E: Element>(
         weight: weight.clone(),
         has_bias: bias.is_some(),
         params,
+        sparse_spike_input,
     };
     Ok((y, context))
 }
@@ -150,6 +174,7 @@ pub fn backward<E: Element>(
             x: xs,
             w: w2,
             dy: dys,
+            sparse_spike_input: context.sparse_spike_input,
         };
         operands.backward_blocks(&mut dx, 0, blocks)?
     };
@@ -315,12 +340,15 @@ impl Geometry {
         ArrayView2::from_shape((self.k(), self.p()), &*scratch).map_err(layout)
     }
 
-    /// `dx += col2im(dcols)` for one sample: every entry of `dcols [K, P]` is added to the input
-    /// element it was read from (padding positions are dropped), in a fixed order.
-    fn add_columns<E: Element>(&self, dcols: &[E], dx: &mut [E]) {
+    /// `dx += col2im(dcols)` for one sample and some of its channels: every entry of `dcols` (row
+    /// `r` is `dcols[r row_stride + offset..][..P]`, rows `(c, i, j)` for the channels of `dx`) is
+    /// added to the input element it was read from (padding positions are dropped), in a fixed
+    /// order.
+    fn add_columns<E: Element>(&self, dcols: &[E], row_stride: usize, offset: usize, dx: &mut [E]) {
         let rows = self.output_ranges(self.kh, self.h, self.h_out);
         let cols = self.output_ranges(self.kw, self.w, self.w_out);
-        for (row, cols_row) in dcols.chunks_exact(self.p()).enumerate() {
+        for row in 0..dx.len() / (self.h * self.w) * self.kh * self.kw {
+            let cols_row = &dcols[row * row_stride + offset..][..self.p()];
             let (c, i, j) = self.unflatten(row);
             let (p_lo, p_hi) = rows[i];
             let (q_lo, q_hi) = cols[j];
@@ -382,6 +410,7 @@ struct Operands<'a, E> {
     x: &'a [E],
     w: ArrayView2<'a, E>,
     dy: &'a [E],
+    sparse_spike_input: bool,
 }
 
 impl<E: Element> Operands<'_, E> {
@@ -402,29 +431,89 @@ impl<E: Element> Operands<'_, E> {
             return Ok(sum);
         }
         let g = self.g;
-        let out_len = g.c_out * g.p();
+        let (out_len, samples) = (g.c_out * g.p(), dx.len() / g.in_len());
+        let first_sample = first * g.block();
+        let x = &self.x[first_sample * g.in_len()..][..samples * g.in_len()];
+        let dy = &self.dy[first_sample * out_len..][..samples * out_len];
+        self.input_grad_block(dy, dx)?;
         let mut dw = Array2::zeros((g.c_out, g.k()));
-        let mut cols = g.cols_buffer();
-        let mut dcols = g.cols_buffer();
-        for (s, dx_n) in dx.chunks_mut(g.in_len()).enumerate() {
-            let n = first * g.block() + s;
-            let x_n = &self.x[n * g.in_len()..(n + 1) * g.in_len()];
-            let dy_n =
-                ArrayView2::from_shape((g.c_out, g.p()), &self.dy[n * out_len..(n + 1) * out_len])
-                    .map_err(layout)?;
-            let cols_n = g.columns(x_n, &mut cols)?;
-            general_mat_mul(E::one(), &dy_n, &cols_n.t(), E::one(), &mut dw);
-            if g.pointwise() {
-                let mut dx_n = ArrayViewMut2::from_shape((g.c_in, g.p()), dx_n).map_err(layout)?;
-                general_mat_mul(E::one(), &self.w.t(), &dy_n, E::zero(), &mut dx_n);
-            } else {
-                let mut dcols_n =
-                    ArrayViewMut2::from_shape((g.k(), g.p()), &mut dcols[..]).map_err(layout)?;
-                general_mat_mul(E::one(), &self.w.t(), &dy_n, E::zero(), &mut dcols_n);
-                g.add_columns(&dcols, dx_n);
+        if self.sparse_spike_input {
+            let dw_values = dw.as_slice_mut().ok_or_else(|| {
+                OpError::shape(OP, "internal error: weight gradient is not contiguous")
+            })?;
+            spikes::weight_grad(g, x, dy, dw_values);
+        } else {
+            let mut cols = g.cols_buffer();
+            for (x_n, dy_n) in x.chunks_exact(g.in_len()).zip(dy.chunks_exact(out_len)) {
+                let dy_n = ArrayView2::from_shape((g.c_out, g.p()), dy_n).map_err(layout)?;
+                let cols_n = g.columns(x_n, &mut cols)?;
+                general_mat_mul(E::one(), &dy_n, &cols_n.t(), E::one(), &mut dw);
             }
         }
         Ok(dw)
+    }
+
+    /// `dx[n] = col2im(W^T dy[n])` for the samples of one block, in groups of input channels that
+    /// run in parallel, each writing only its own channels of `dx`. A 1x1 stride-1 unpadded
+    /// convolution writes `W[:, group]^T dy[n]` into `dx` directly, sample by sample; the others
+    /// compute `dcols = W[:, group]^T [dy[0] .. dy[S-1]]` for all the block's samples at once (one
+    /// wide product instead of `S` narrow ones for small images) and add it back with col2im.
+    fn input_grad_block(&self, dy: &[E], dx: &mut [E]) -> Result<()> {
+        let g = self.g;
+        let (plane, taps, samples) = (g.h * g.w, g.kh * g.kw, dx.len() / g.in_len());
+        let columns = samples * g.p();
+        let dy_wide = if g.pointwise() {
+            Vec::new()
+        } else {
+            let mut wide = vec![E::zero(); dy.len()];
+            for (n, dy_n) in dy.chunks_exact(g.c_out * g.p()).enumerate() {
+                for (o, row) in dy_n.chunks_exact(g.p()).enumerate() {
+                    wide[o * columns + n * g.p()..][..g.p()].copy_from_slice(row);
+                }
+            }
+            wide
+        };
+        let group_channels = g.c_in.div_ceil(INPUT_CHANNEL_GROUPS.min(g.c_in));
+        let mut groups: Vec<Vec<&mut [E]>> = Vec::new();
+        for dx_n in dx.chunks_mut(g.in_len()) {
+            for (index, part) in dx_n.chunks_mut(group_channels * plane).enumerate() {
+                if groups.len() <= index {
+                    groups.push(Vec::with_capacity(samples));
+                }
+                groups[index].push(part);
+            }
+        }
+        groups
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(index, mut parts)| -> Result<()> {
+                let rows = parts.first().map_or(0, |part| part.len() / plane) * taps;
+                let first_row = index * group_channels * taps;
+                let w_group_t = self
+                    .w
+                    .slice(s![.., first_row..first_row + rows])
+                    .reversed_axes();
+                if g.pointwise() {
+                    for (part, dy_n) in parts.iter_mut().zip(dy.chunks_exact(g.c_out * g.p())) {
+                        let dy_n =
+                            ArrayView2::from_shape((g.c_out, g.p()), dy_n).map_err(layout)?;
+                        let mut dx_part =
+                            ArrayViewMut2::from_shape((rows, g.p()), part).map_err(layout)?;
+                        general_mat_mul(E::one(), &w_group_t, &dy_n, E::zero(), &mut dx_part);
+                    }
+                    return Ok(());
+                }
+                let dy_wide =
+                    ArrayView2::from_shape((g.c_out, columns), &dy_wide[..]).map_err(layout)?;
+                let mut dcols = vec![E::zero(); rows * columns];
+                let mut dcols_view =
+                    ArrayViewMut2::from_shape((rows, columns), &mut dcols[..]).map_err(layout)?;
+                general_mat_mul(E::one(), &w_group_t, &dy_wide, E::zero(), &mut dcols_view);
+                for (n, part) in parts.iter_mut().enumerate() {
+                    g.add_columns(&dcols, columns, n * g.p(), part);
+                }
+                Ok(())
+            })
     }
 }
 
