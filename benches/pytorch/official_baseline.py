@@ -84,13 +84,15 @@ def use_neuron_backend(model, backend):
             module.backend = backend
 
 
-def measure(preset, batch, steps, warmup, official, neuron_backend):
+def measure(preset, batch, steps, warmup, official, neuron_backend, device_name="cuda"):
     from spikingjelly.clock_driven import functional
 
     module_name, build, family = PRESETS[preset]
     module = import_official(official, module_name)
     torch.manual_seed(0)
-    device = torch.device("cuda")
+    device = torch.device(device_name)
+    on_gpu = device_name == "cuda"
+    synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
     torch.backends.cudnn.deterministic = family == "resnet"
     torch.backends.cudnn.benchmark = family == "transformer"
     model = build(module).to(device)
@@ -115,16 +117,17 @@ def measure(preset, batch, steps, warmup, official, neuron_backend):
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    synchronize()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
-        torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         loss = step()
-        torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated()
+    peak = torch.cuda.max_memory_allocated() if on_gpu else None
     median = statistics.median(times)
     result = {
         "model": preset,
@@ -140,7 +143,8 @@ def measure(preset, batch, steps, warmup, official, neuron_backend):
     }
     del model, optimizer, images, labels, loss
     gc.collect()
-    torch.cuda.empty_cache()
+    if on_gpu:
+        torch.cuda.empty_cache()
     return result
 
 
@@ -173,11 +177,20 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--neuron-backend", default="cupy", choices=["cupy", "torch"])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cpu: time the step on the CPU (torch neurons, no memory figures), "
+                             "the bar of the training issue's CPU target")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--out", help="write every result as a JSON list here")
     parser.add_argument("--markdown", help="write the summary table here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        measure_on_cpu(args)
+        return
     if not torch.cuda.is_available():
-        sys.exit("no CUDA device: this baseline measures GPU memory and speed")
+        sys.exit("no CUDA device: this baseline measures GPU memory and speed (or pass --device cpu)")
 
     batches = [int(b) for b in args.batches.split(",")]
     header = {
@@ -233,6 +246,37 @@ def main():
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
+
+
+def measure_on_cpu(args):
+    """Median step time on the CPU with SpikingJelly's torch neurons, one JSON line per run.
+
+    The official files build their neurons with backend='cupy', which SpikingJelly refuses
+    without CuPy; on the CPU every multi-step neuron is built with backend='torch' instead (the
+    same equations, SpikingJelly's reference implementation).
+    """
+    from spikingjelly.clock_driven import neuron
+
+    for cls in (neuron.MultiStepIFNode, neuron.MultiStepLIFNode):
+        def torch_backend_init(self, *args, _original=cls.__init__, **kwargs):
+            kwargs["backend"] = "torch"
+            _original(self, *args, **kwargs)
+        cls.__init__ = torch_backend_init
+    header = {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads()}
+    print(json.dumps(header), flush=True)
+    results = []
+    for preset in args.models.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            try:
+                result = measure(preset, batch, args.steps, args.warmup, args.official, "torch", "cpu")
+            except Exception as error:  # one failing preset must not lose the others
+                traceback.print_exc()
+                result = {"model": preset, "batch": batch, "error": repr(error)}
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"environment": header, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
