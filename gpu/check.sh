@@ -70,7 +70,7 @@ CLI_BUDGET_S=${CLI_BUDGET_S:-300}
 cli_start=$SECONDS
 : >"$OUT_DIR/cli-results.jsonl"
 for model in ${CLI_MODELS//,/ }; do
-  for what in bench memory; do
+  for what in bench bench-tf32 memory; do
     if [ $((SECONDS - cli_start)) -ge "$CLI_BUDGET_S" ]; then
       echo "[$what-$model] skipped: CLI_BUDGET_S=$CLI_BUDGET_S s spent" | tee -a "$REPORT.summary"
       continue
@@ -78,6 +78,10 @@ for model in ${CLI_MODELS//,/ }; do
     if [ "$what" = bench ]; then
       run_logged "cli-bench-$model" timeout 90 gpu-bin/revsnn bench --device cuda --model "$model" \
         --batch 64 --steps 10 --json || status=1
+    elif [ "$what" = bench-tf32 ]; then
+      # PyTorch runs its convolutions on TF32 by default: the like-for-like speed comparison
+      run_logged "cli-bench-tf32-$model" timeout 90 gpu-bin/revsnn bench --device cuda --tf32 \
+        --model "$model" --batch 64 --steps 10 --json || status=1
     else
       run_logged "cli-memory-$model" timeout 60 gpu-bin/revsnn memory --device cuda --model "$model" \
         --batch 32,64 --json || status=1
@@ -100,14 +104,15 @@ for line in open(sys.argv[1]):
         continue
     rows.setdefault(r["model"], {})[r["command"]] = r
 mib = 2.0 ** 20
-print("| model | device | step s | images/s | peak MiB (b64) | MiB/image slope | MiB/image at b64 |")
-print("|---|---|---|---|---|---|---|")
+print("| model | device | step s | images/s | images/s (TF32) | peak MiB (b64) | MiB/image slope | MiB/image at b64 |")
+print("|---|---|---|---|---|---|---|---|")
 for model, r in rows.items():
-    b, m = r.get("bench", {}), r.get("memory", {})
+    b, t, m = r.get("bench", {}), r.get("bench-tf32", {}), r.get("memory", {})
     fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
-    print("| %s | %s | %s | %s | %s | %s | %s |" % (
+    print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
         model, b.get("device", m.get("device", "-")),
         fmt(b.get("median_step_seconds"), "%.4f"), fmt(b.get("images_per_second"), "%.1f"),
+        fmt(t.get("images_per_second"), "%.1f"),
         fmt(b.get("peak_memory_bytes", 0) / mib if b else None, "%.1f"),
         fmt((m.get("bytes_per_image_slope") or 0) / mib if m else None, "%.2f"),
         fmt(m.get("bytes_per_image_at_max_batch", 0) / mib if m else None, "%.2f")))

@@ -212,6 +212,12 @@ fn bad_specs_and_devices_are_errors_not_panics() {
     let failed = revsnn(&["verify", "--model", "revsresnet21", "--device", "nvidia"]);
     assert!(!failed.status.success() && stderr(&failed).contains("cuda"));
     assert!(!stderr(&failed).contains("panicked"));
+    let failed = revsnn(&["bench", "--model", "revsresnet21", "--batch", "1", "--tf32"]);
+    assert!(
+        !failed.status.success() && stderr(&failed).contains("--tf32 applies to CUDA only"),
+        "{}",
+        stderr(&failed)
+    );
 }
 
 /// Whether this machine has a usable CUDA device (then `--device cuda` runs instead of failing).

@@ -91,9 +91,20 @@ pub fn run(
     batch: usize,
     steps: usize,
     device: DeviceArg,
+    tf32: bool,
     json_output: bool,
 ) -> Result<()> {
     let device = device.open()?;
+    if tf32 {
+        match &device {
+            Device::Cuda(gpu) => gpu.allow_tf32(true).map_err(Error::Cuda)?,
+            Device::Cpu => {
+                return Err(Error::Usage(
+                    "--tf32 applies to CUDA only: add --device cuda, or leave --tf32 out".into(),
+                ));
+            }
+        }
+    }
     let (name, spec) = args.resolve()?;
     let device_name = device.name();
     let report = device.run(
@@ -113,6 +124,7 @@ pub fn run(
                 "device": device_name,
                 "backend": device.kind(),
                 "dtype": "f32",
+                "tf32": tf32,
                 "batch": batch,
                 "steps": steps,
                 "threads": threads,
@@ -125,6 +137,7 @@ pub fn run(
     } else {
         let place = match device {
             Device::Cpu => format!("CPU, {threads} threads"),
+            Device::Cuda(_) if tf32 => format!("CUDA {device_name}, TF32 GEMMs"),
             Device::Cuda(_) => format!("CUDA {device_name}"),
         };
         println!(
