@@ -70,6 +70,26 @@ impl From<GpuError> for revsnn_reference::OpError {
     }
 }
 
+impl From<revsnn_reference::OpError> for GpuError {
+    /// An operand error found by one of the reference's shared checks (shapes, parameters): a
+    /// shape error of the same op, so it reaches the caller as the CPU backend reports it.
+    fn from(error: revsnn_reference::OpError) -> Self {
+        match error {
+            revsnn_reference::OpError::ShapeMismatch { op, detail } => {
+                GpuError::Shape { op, detail }
+            }
+            revsnn_reference::OpError::InvalidParameter { op, .. } => GpuError::Shape {
+                op,
+                detail: error.to_string(),
+            },
+            revsnn_reference::OpError::Device { .. } => GpuError::Shape {
+                op: "cuda",
+                detail: error.to_string(),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@
 //! cuDNN would slot in behind the same `forward` / `backward` signatures.
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use revsnn_reference::ops::conv as conv_reference;
 use revsnn_reference::{Conv2dGrads, Conv2dParams};
 
 use super::linear::{Operand, RowMajorGemm, bias_gradient, fill_bias};
@@ -67,61 +68,24 @@ pub struct Conv2dContext<E> {
     pub params: Conv2dParams,
 }
 
-/// The sizes of one convolution, checked as the reference checks them.
+/// The sizes of one convolution, checked by the reference's own rules
+/// (`revsnn_reference::ops::conv::Geometry`), so both backends accept and reject the same shapes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geometry {
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    padding: usize,
-    h_out: usize,
-    w_out: usize,
+struct Geometry(conv_reference::Geometry);
+
+impl std::ops::Deref for Geometry {
+    type Target = conv_reference::Geometry;
+
+    fn deref(&self) -> &conv_reference::Geometry {
+        &self.0
+    }
 }
 
 impl Geometry {
     fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self, GpuError> {
-        let reference_error = |e: revsnn_reference::OpError| shape_error(OP, e.to_string());
-        params.validate().map_err(reference_error)?;
-        let (&[n, c_in, h, w], &[c_out, c_w, kh, kw]) = (x, weight) else {
-            return Err(shape_error(
-                OP,
-                format!(
-                    "expected x [N, C_in, H, W] and weight [C_out, C_in, k_h, k_w], got {x:?} and {weight:?}"
-                ),
-            ));
-        };
-        if c_w != c_in {
-            return Err(shape_error(
-                OP,
-                format!("x has {c_in} channels but the weight {weight:?} expects {c_w}"),
-            ));
-        }
-        if c_in == 0 || c_out == 0 || kh == 0 || kw == 0 {
-            return Err(shape_error(
-                OP,
-                format!(
-                    "channels and kernel sizes must be >= 1, got x {x:?} and weight {weight:?}"
-                ),
-            ));
-        }
-        Ok(Geometry {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh,
-            kw,
-            stride: params.stride,
-            padding: params.padding,
-            h_out: params.output_size(h, kh).map_err(reference_error)?,
-            w_out: params.output_size(w, kw).map_err(reference_error)?,
-        })
+        conv_reference::Geometry::new(x, weight, params)
+            .map(Geometry)
+            .map_err(GpuError::from)
     }
 
     /// `K = C_in k_h k_w`, the inner size of the forward product.

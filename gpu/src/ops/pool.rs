@@ -9,6 +9,7 @@
 
 use cudarc::driver::{CudaFunction, LaunchArgs, PushKernelArg};
 use revsnn_reference::Pool2dParams;
+use revsnn_reference::ops::pool as pool_reference;
 
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -32,50 +33,31 @@ pub struct MaxPoolContext {
     pub params: Pool2dParams,
 }
 
-/// The sizes of one pooling: `planes = N C` planes of `h x w` pooled to `out_h x out_w`.
+/// The sizes of one pooling, checked by the reference's own rules
+/// (`revsnn_reference::ops::pool::Geometry`), so both backends accept and reject the same shapes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geometry {
-    planes: usize,
-    h: usize,
-    w: usize,
-    out_h: usize,
-    out_w: usize,
-    params: Pool2dParams,
+struct Geometry(pool_reference::Geometry);
+
+impl std::ops::Deref for Geometry {
+    type Target = pool_reference::Geometry;
+
+    fn deref(&self) -> &pool_reference::Geometry {
+        &self.0
+    }
 }
 
 impl Geometry {
-    /// Validates `params` and an input shape `[N, C, H, W]` with `H, W >= 1`, as the reference.
+    /// Validates `params` and an input shape `[N, C, H, W]` with `H, W >= 1`.
     fn new(
         op: &'static str,
         input_shape: &[usize],
         params: Pool2dParams,
     ) -> Result<Geometry, GpuError> {
-        let invalid = |e: revsnn_reference::OpError| shape_error(op, e.to_string());
-        params.validate(op).map_err(invalid)?;
-        let &[n, c, h, w] = input_shape else {
-            return Err(shape_error(
-                op,
-                format!("expected x [N, C, H, W], got {input_shape:?}"),
-            ));
-        };
-        if h == 0 || w == 0 {
-            return Err(shape_error(
-                op,
-                format!("expected a non-empty H x W plane, got {input_shape:?}"),
-            ));
-        }
-        Ok(Geometry {
-            planes: n * c,
-            h,
-            w,
-            out_h: params.output_size(op, h).map_err(invalid)?,
-            out_w: params.output_size(op, w).map_err(invalid)?,
+        Ok(Geometry(pool_reference::Geometry::new(
+            op,
+            input_shape,
             params,
-        })
-    }
-
-    fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
-        vec![input_shape[0], input_shape[1], self.out_h, self.out_w]
+        )?))
     }
 
     fn outputs(&self) -> usize {

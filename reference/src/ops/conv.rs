@@ -211,24 +211,27 @@ pub fn backward<E: Element>(
     })
 }
 
-/// The sizes of one convolution, checked.
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    padding: usize,
-    h_out: usize,
-    w_out: usize,
+/// The sizes of one convolution, checked: `x [n, c_in, h, w]`, `weight [c_out, c_in, kh, kw]`,
+/// output `[n, c_out, h_out, w_out]`. The CUDA backend checks its operands with this too, so both
+/// backends accept and reject the same shapes with the same messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub h_out: usize,
+    pub w_out: usize,
 }
 
 impl Geometry {
-    fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self> {
+    /// The geometry of a convolution of `x` by `weight` (shapes), or why they do not fit.
+    pub fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self> {
         params.validate()?;
         let (&[n, c_in, h, w], &[c_out, c_w, kh, kw]) = (x, weight) else {
             return Err(OpError::shape(

@@ -27,20 +27,21 @@ pub struct MaxPoolContext {
     pub argmax: Vec<u32>,
 }
 
-/// The sizes of one pooling: `planes = N C` planes of `h x w` pooled to `out_h x out_w`.
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    planes: usize,
-    h: usize,
-    w: usize,
-    out_h: usize,
-    out_w: usize,
-    params: Pool2dParams,
+/// The sizes of one pooling: `planes = N C` planes of `h x w` pooled to `out_h x out_w`. The
+/// CUDA backend checks its operands with this too, so both backends accept the same shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub params: Pool2dParams,
 }
 
 impl Geometry {
     /// Validates `params` and an input shape `[N, C, H, W]` with `H, W >= 1`.
-    fn new(op: &'static str, input_shape: &[usize], params: Pool2dParams) -> Result<Geometry> {
+    pub fn new(op: &'static str, input_shape: &[usize], params: Pool2dParams) -> Result<Geometry> {
         params.validate(op)?;
         let &[n, c, h, w] = input_shape else {
             return Err(OpError::shape(
@@ -64,7 +65,8 @@ impl Geometry {
         })
     }
 
-    fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
+    /// `[N, C, out_h, out_w]` for an input of shape `[N, C, h, w]`.
+    pub fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
         vec![input_shape[0], input_shape[1], self.out_h, self.out_w]
     }
 
