@@ -1,15 +1,12 @@
 //! The `revsnn` commands as a user runs them: their JSON contracts, exit codes, and clear errors
 //! (naming the file and the problem, never a panic) on bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn revsnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_revsnn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::revsnn;
 
 fn json(output: &Output) -> serde_json::Value {
     assert!(

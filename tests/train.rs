@@ -1,8 +1,12 @@
 //! `revsnn train`, `eval` and `bench` end to end on tiny specs: bit-for-bit resume, same-seed
 //! determinism, metrics fields, a diverging run, bench's JSON and eval of a trained checkpoint.
 
+mod common;
+
+use common::{ok, revsnn, scratch};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -11,20 +15,6 @@ const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4
 const TINY_FORMER: &str = r#"{"arch": "revsformer", "num_classes": 10, "time_steps": 1,
   "in_channels": 3, "img_size": 16, "depth": 1, "dim": 16, "heads": 2, "mlp_ratio": 2,
   "patch_size": 4}"#;
-
-fn revsnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_revsnn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("revsnn-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn spec_file(dir: &Path, text: &str) -> String {
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -55,16 +45,6 @@ fn train(spec: &str, out: &Path, extra: &[&str]) -> Output {
     ];
     args.extend(extra);
     revsnn(&args)
-}
-
-fn ok(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 fn metrics(dir: &Path) -> Vec<Value> {

@@ -2,8 +2,11 @@
 //! that name the key, `--recipe paper` resolving to SPEC.md 5, and a run from a config file
 //! matching the same run from flags bit for bit.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{failed, ok, revsnn, scratch};
+
+use std::path::Path;
 
 use revsnn::data::augment::{Augmentation, Mixup, RandAugment};
 use revsnn::optim::OptimizerKind;
@@ -14,35 +17,6 @@ use serde_json::Value;
 
 const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
   "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
-
-fn revsnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_revsnn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("revsnn-config-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn ok(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn failed(output: Output) -> String {
-    assert!(!output.status.success(), "the command should fail");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);

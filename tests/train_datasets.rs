@@ -1,8 +1,12 @@
 //! `revsnn train` and `eval` on tiny fake copies of the real datasets' files (CIFAR-10 and
 //! CIFAR-100 binary versions), and the errors for a missing or truncated dataset.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{failed, ok, revsnn, scratch};
+
+use std::path::Path;
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -11,35 +15,6 @@ const TINY_RESNET: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes
 const TINY_FORMER_100: &str = r#"{"arch": "revsformer", "num_classes": 100, "time_steps": 1,
   "in_channels": 3, "img_size": 32, "depth": 1, "dim": 16, "heads": 2, "mlp_ratio": 2,
   "patch_size": 4}"#;
-
-fn revsnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_revsnn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("revsnn-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn ok(output: Output) -> Output {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn failed(output: Output) -> String {
-    assert!(!output.status.success(), "the command should fail");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// `count` records of `label_bytes` label bytes and a `[3, 32, 32]` image whose colour and
 /// brightness follow the (fine) label: a learnable pattern.
