@@ -84,16 +84,9 @@ impl From<DTypeArg> for revsnn_reference::DType {
     }
 }
 
-/// Where to compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// The CPU reference backend.
-    Cpu,
-    /// The CUDA backend on GPU 0 (an error, saying why, when there is none).
-    Cuda,
-    /// CUDA when a GPU is found, else the CPU.
-    Auto,
-}
+/// Where to compute (`--device`): one type for the flags of every command and the `device` key
+/// of a training config.
+pub use crate::train::config::Device as DeviceArg;
 
 impl DeviceArg {
     /// The device this choice names, opened; `--device cuda` without a usable GPU is an error

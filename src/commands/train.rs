@@ -5,11 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::DeviceArg;
 use crate::device::Device as OpenDevice;
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
-use crate::train::config::{Device, TrainSettings};
+use crate::train::config::TrainSettings;
 use crate::train::{Run, TrainOptions, config_file_text, default_spec, train};
 
 /// The arguments of `revsnn train`: the run's settings, each a flag or a key of the `--config`
@@ -99,12 +98,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         print!("{}", config_file_text(&run.config, None)?);
         return Ok(());
     }
-    let device = match run.config.device {
-        Device::Cpu => DeviceArg::Cpu,
-        Device::Cuda => DeviceArg::Cuda,
-        Device::Auto => DeviceArg::Auto,
-    }
-    .open()?;
+    let device = run.config.device.open()?;
     set_threads(args.threads)?;
     if let OpenDevice::Cuda(_) = device {
         eprintln!("device: CUDA {}", device.name());

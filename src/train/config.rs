@@ -50,7 +50,7 @@ pub enum Device {
     /// The CPU reference backend.
     #[default]
     Cpu,
-    /// The CUDA backend on GPU 0.
+    /// The CUDA backend on GPU 0 (an error, saying why, when there is none).
     Cuda,
     /// CUDA when a GPU is found, else the CPU.
     Auto,
