@@ -88,31 +88,6 @@ impl Geometry {
             .map_err(GpuError::from)
     }
 
-    /// `K = C_in k_h k_w`, the inner size of the forward product.
-    fn k(&self) -> usize {
-        self.c_in * self.kh * self.kw
-    }
-
-    /// `P = H_out W_out`, the output positions of one image.
-    fn p(&self) -> usize {
-        self.h_out * self.w_out
-    }
-
-    /// Elements of one input image.
-    fn in_len(&self) -> usize {
-        self.c_in * self.h * self.w
-    }
-
-    /// Elements of one output image.
-    fn out_len(&self) -> usize {
-        self.c_out * self.p()
-    }
-
-    /// A 1x1, stride-1, unpadded convolution: each image is its own columns.
-    fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
-    }
-
     /// Images per chunk when each image needs `per_image` workspace elements of `element_bytes`:
     /// as many as fit in [`WORKSPACE_BYTES`], at least 1, at most `N` (a function of the shapes
     /// alone).

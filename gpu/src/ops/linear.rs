@@ -13,6 +13,7 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use revsnn_reference::LinearGrads;
+use revsnn_reference::ops::linear::MatmulShape;
 
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -488,40 +489,17 @@ fn batched_layout(
     transpose_a: bool,
     transpose_b: bool,
 ) -> Result<(Vec<usize>, RowMajorGemm), GpuError> {
-    const OP: &str = "batched_matmul";
-    if sa.len() < 2 || sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
-        return Err(shape_error(
-            OP,
-            format!(
-                "expected a [..., m, k] and b [..., k, n] with the same leading axes, got {sa:?} and {sb:?}"
-            ),
-        ));
-    }
-    let rank = sa.len();
-    let (a_rows, a_cols) = (sa[rank - 2], sa[rank - 1]);
-    let (b_rows, b_cols) = (sb[rank - 2], sb[rank - 1]);
-    let (m, k) = if transpose_a {
-        (a_cols, a_rows)
-    } else {
-        (a_rows, a_cols)
-    };
-    let (k_b, n) = if transpose_b {
-        (b_cols, b_rows)
-    } else {
-        (b_rows, b_cols)
-    };
-    if k != k_b {
-        return Err(shape_error(
-            OP,
-            format!(
-                "inner sizes differ: op(a) is [{m}, {k}] and op(b) is [{k_b}, {n}] \
-                 (a {sa:?}, b {sb:?}, transpose_a {transpose_a}, transpose_b {transpose_b})"
-            ),
-        ));
-    }
-    let batch: usize = sa[..rank - 2].iter().product();
-    let mut shape = sa[..rank - 2].to_vec();
-    shape.extend([m, n]);
+    let MatmulShape {
+        batch,
+        m,
+        n,
+        k,
+        a_rows,
+        a_cols,
+        b_rows,
+        b_cols,
+        output_shape: shape,
+    } = MatmulShape::new(sa, sb, transpose_a, transpose_b)?;
     let gemm = RowMajorGemm {
         m,
         n,

@@ -8,6 +8,7 @@
 //! (one-hot rows for labels), so one elementwise backward serves both losses.
 
 use cudarc::driver::PushKernelArg;
+use revsnn_reference::ops::loss as loss_reference;
 
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -20,17 +21,6 @@ use crate::tensor::CudaTensor;
 pub struct CrossEntropyContext<E> {
     pub softmax: CudaTensor<E>,
     pub targets: CudaTensor<E>,
-}
-
-/// `(B, K)` of logits `[B, K]` with `B, K >= 1`.
-fn logits_shape(op: &'static str, logits: &[usize]) -> Result<(usize, usize), GpuError> {
-    match *logits {
-        [b, k] if b >= 1 && k >= 1 => Ok((b, k)),
-        _ => Err(shape_error(
-            op,
-            format!("expected logits [B, K] with B, K >= 1, got {logits:?}"),
-        )),
-    }
 }
 
 /// The mean of the row losses, summed in row order in `f64` (waits for the stream).
@@ -52,26 +42,7 @@ pub fn cross_entropy_forward<E: GpuElement>(
     logits: &CudaTensor<E>,
     labels: &[usize],
 ) -> Result<(E, CrossEntropyContext<E>), GpuError> {
-    const OP: &str = "cross_entropy";
-    let (batch, classes) = logits_shape(OP, logits.shape())?;
-    if labels.len() != batch {
-        return Err(shape_error(
-            OP,
-            format!(
-                "expected one label per row of logits {:?}, got {} labels",
-                logits.shape(),
-                labels.len()
-            ),
-        ));
-    }
-    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(shape_error(
-            OP,
-            format!(
-                "invalid parameter label = {bad}: must be < K = {classes}, the number of classes (the last axis of the logits)"
-            ),
-        ));
-    }
+    let (batch, classes) = loss_reference::check_labels(logits.shape(), labels)?;
     let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
     let labels = device.upload(&labels)?;
     // SAFETY: the kernel writes every row of the three outputs.
@@ -112,18 +83,7 @@ pub fn soft_cross_entropy_forward<E: GpuElement>(
     logits: &CudaTensor<E>,
     targets: &CudaTensor<E>,
 ) -> Result<(E, CrossEntropyContext<E>), GpuError> {
-    const OP: &str = "soft_cross_entropy";
-    let (batch, classes) = logits_shape(OP, logits.shape())?;
-    if targets.shape() != logits.shape() {
-        return Err(shape_error(
-            OP,
-            format!(
-                "expected targets of the logits' shape {:?}, got {:?}",
-                logits.shape(),
-                targets.shape()
-            ),
-        ));
-    }
+    let (batch, classes) = loss_reference::check_soft_targets(logits.shape(), targets.shape())?;
     // SAFETY: the kernel writes every row of both outputs.
     let mut softmax = unsafe { device.alloc::<E>(logits.len()) }?;
     // SAFETY: as above.
@@ -161,7 +121,7 @@ pub fn backward<E: GpuElement>(
     grad_loss: E,
 ) -> Result<CudaTensor<E>, GpuError> {
     const OP: &str = "cross_entropy_backward";
-    let (batch, _) = logits_shape(OP, context.softmax.shape())?;
+    let (batch, _) = loss_reference::logits_shape(OP, context.softmax.shape())?;
     if context.targets.shape() != context.softmax.shape() {
         return Err(shape_error(
             OP,

@@ -239,20 +239,7 @@ pub fn zeros<E: GpuElement>(
 
 /// The output shape and walk of `permute(x, axes)`.
 fn permute_walk(shape: &[usize], axes: &[usize]) -> Result<(Vec<usize>, Strided), GpuError> {
-    const OP: &str = "permute";
-    let ndim = shape.len();
-    let mut seen = vec![false; ndim];
-    let is_permutation = axes.len() == ndim
-        && axes
-            .iter()
-            .all(|&a| a < ndim && !std::mem::replace(&mut seen[a], true));
-    if !is_permutation {
-        return Err(shape_error(
-            OP,
-            format!("axes {axes:?} are not a permutation of the {ndim} axes of {shape:?}"),
-        ));
-    }
-    let out_shape: Vec<usize> = axes.iter().map(|&a| shape[a]).collect();
+    let out_shape = revsnn_reference::ops::tensor::permuted_shape(shape, axes)?;
     let (x_strides, y_strides) = (row_major_strides(shape), row_major_strides(&out_shape));
     let walk: Vec<Axis> = axes
         .iter()
@@ -263,7 +250,7 @@ fn permute_walk(shape: &[usize], axes: &[usize]) -> Result<(Vec<usize>, Strided)
             y: y_strides[i],
         })
         .collect();
-    Ok((out_shape, Strided::new(OP, &walk, 0, 0)?))
+    Ok((out_shape, Strided::new("permute", &walk, 0, 0)?))
 }
 
 /// `y[i_0, .., i_{d-1}] = x[j]` with `j[axes[a]] = i_a`, materialised row-major; `axes` must be
@@ -488,7 +475,7 @@ fn repeat_walk(shape: &[usize], times: usize) -> Result<(Vec<usize>, Strided), G
             y: 1,
         },
     ];
-    Ok((out_shape, Strided::new(OP, &walk, 0, 0)?))
+    Ok((out_shape, Strided::new("permute", &walk, 0, 0)?))
 }
 
 /// `y[t] = x` for `t < times`: `[...] -> [times, ...]`, `times >= 1` (the direct encoding of

@@ -271,22 +271,27 @@ impl Geometry {
     }
 
     /// `K = C_in k_h k_w`, the inner dimension of the products.
-    fn k(&self) -> usize {
+    pub fn k(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
 
     /// `P = H_out W_out`, the output positions of one sample.
-    fn p(&self) -> usize {
+    pub fn p(&self) -> usize {
         self.h_out * self.w_out
     }
 
     /// Elements of one input sample.
-    fn in_len(&self) -> usize {
+    pub fn in_len(&self) -> usize {
         self.c_in * self.h * self.w
     }
 
+    /// Elements of one output sample.
+    pub fn out_len(&self) -> usize {
+        self.c_out * self.p()
+    }
+
     /// A 1x1, stride-1, unpadded convolution: its columns are the input itself.
-    fn pointwise(&self) -> bool {
+    pub fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
 

@@ -80,6 +80,74 @@ pub fn backward<E: Element>(
     })
 }
 
+/// The sizes of `c[b] = op(a[b]) op(b[b])`, checked: `batch` products of `[m, k]` by `[k, n]`
+/// over operands stored `[a_rows, a_cols]` and `[b_rows, b_cols]`, giving `output_shape`. The CUDA
+/// backend checks its operands with this too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_rows: usize,
+    pub a_cols: usize,
+    pub b_rows: usize,
+    pub b_cols: usize,
+    /// `[..., m, n]`.
+    pub output_shape: Vec<usize>,
+}
+
+impl MatmulShape {
+    /// The sizes of a batched product of `a` and `b` (shapes), or why they do not fit: fewer than
+    /// two axes, unequal batch axes or unequal inner sizes `k`.
+    pub fn new(sa: &[usize], sb: &[usize], transpose_a: bool, transpose_b: bool) -> Result<Self> {
+        const OP: &str = "batched_matmul";
+        if sa.len() < 2 || sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
+            return Err(OpError::shape(
+                OP,
+                format!(
+                    "expected a [..., m, k] and b [..., k, n] with the same leading axes, got {sa:?} and {sb:?}"
+                ),
+            ));
+        }
+        let rank = sa.len();
+        let (a_rows, a_cols) = (sa[rank - 2], sa[rank - 1]);
+        let (b_rows, b_cols) = (sb[rank - 2], sb[rank - 1]);
+        let (m, k) = if transpose_a {
+            (a_cols, a_rows)
+        } else {
+            (a_rows, a_cols)
+        };
+        let (k_b, n) = if transpose_b {
+            (b_cols, b_rows)
+        } else {
+            (b_rows, b_cols)
+        };
+        if k != k_b {
+            return Err(OpError::shape(
+                OP,
+                format!(
+                    "inner sizes differ: op(a) is [{m}, {k}] and op(b) is [{k_b}, {n}] \
+                     (a {sa:?}, b {sb:?}, transpose_a {transpose_a}, transpose_b {transpose_b})"
+                ),
+            ));
+        }
+        let mut output_shape = sa[..rank - 2].to_vec();
+        output_shape.extend([m, n]);
+        Ok(MatmulShape {
+            batch: sa[..rank - 2].iter().product(),
+            m,
+            n,
+            k,
+            a_rows,
+            a_cols,
+            b_rows,
+            b_cols,
+            output_shape,
+        })
+    }
+}
+
 /// `c[b] = op_a(a[b]) op_b(b[b])` for every index `b` of the leading batch axes, which must be
 /// equal in number and size (no broadcasting); `op_a` transposes the last two axes when
 /// `transpose_a` (`a [..., k, m]`), else is the identity (`a [..., m, k]`), and likewise `op_b`
@@ -93,40 +161,17 @@ pub fn batched_matmul<E: Element>(
     transpose_b: bool,
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "batched_matmul";
-    let (sa, sb) = (a.shape(), b.shape());
-    if sa.len() < 2 || sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected a [..., m, k] and b [..., k, n] with the same leading axes, got {sa:?} and {sb:?}"
-            ),
-        ));
-    }
-    let rank = sa.len();
-    let (a_rows, a_cols) = (sa[rank - 2], sa[rank - 1]);
-    let (b_rows, b_cols) = (sb[rank - 2], sb[rank - 1]);
-    let (m, k) = if transpose_a {
-        (a_cols, a_rows)
-    } else {
-        (a_rows, a_cols)
-    };
-    let (k_b, n) = if transpose_b {
-        (b_cols, b_rows)
-    } else {
-        (b_rows, b_cols)
-    };
-    if k != k_b {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "inner sizes differ: op(a) is [{m}, {k}] and op(b) is [{k_b}, {n}] \
-                 (a {sa:?}, b {sb:?}, transpose_a {transpose_a}, transpose_b {transpose_b})"
-            ),
-        ));
-    }
-    let batch: usize = sa[..rank - 2].iter().product();
-    let mut shape = sa[..rank - 2].to_vec();
-    shape.extend([m, n]);
+    let MatmulShape {
+        batch,
+        m,
+        n,
+        a_rows,
+        a_cols,
+        b_rows,
+        b_cols,
+        output_shape: shape,
+        ..
+    } = MatmulShape::new(a.shape(), b.shape(), transpose_a, transpose_b)?;
     let mut c = vec![E::zero(); batch * m * n];
     if m * n > 0 {
         let a_std = a.as_standard_layout();

@@ -49,7 +49,7 @@ fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
 }
 
 /// `(B, K)` of logits `[B, K]` with `B, K >= 1`.
-fn logits_shape(op: &'static str, logits: &[usize]) -> Result<(usize, usize)> {
+pub fn logits_shape(op: &'static str, logits: &[usize]) -> Result<(usize, usize)> {
     match *logits {
         [b, k] if b >= 1 && k >= 1 => Ok((b, k)),
         _ => Err(OpError::shape(
@@ -57,6 +57,45 @@ fn logits_shape(op: &'static str, logits: &[usize]) -> Result<(usize, usize)> {
             format!("expected logits [B, K] with B, K >= 1, got {logits:?}"),
         )),
     }
+}
+
+/// `(B, K)` of `logits [B, K]` with one label `< K` per row, or why not (the check of
+/// [`cross_entropy_forward`], shared with the CUDA backend).
+pub fn check_labels(logits: &[usize], labels: &[usize]) -> Result<(usize, usize)> {
+    const OP: &str = "cross_entropy";
+    let (batch, classes) = logits_shape(OP, logits)?;
+    if labels.len() != batch {
+        return Err(OpError::shape(
+            OP,
+            format!(
+                "expected one label per row of logits {logits:?}, got {} labels",
+                labels.len()
+            ),
+        ));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
+        return Err(OpError::parameter(
+            OP,
+            "label",
+            bad,
+            "must be < K, the number of classes (the last axis of the logits)",
+        ));
+    }
+    Ok((batch, classes))
+}
+
+/// `(B, K)` of `logits [B, K]` with `targets` of the same shape, or why not (the check of
+/// [`soft_cross_entropy_forward`], shared with the CUDA backend).
+pub fn check_soft_targets(logits: &[usize], targets: &[usize]) -> Result<(usize, usize)> {
+    const OP: &str = "soft_cross_entropy";
+    let shape = logits_shape(OP, logits)?;
+    if targets != logits {
+        return Err(OpError::shape(
+            OP,
+            format!("expected targets of the logits' shape {logits:?}, got {targets:?}"),
+        ));
+    }
+    Ok(shape)
 }
 
 /// A row's log-sum-exp `lse = m + ln(1 + r)`, kept as its two parts: the row maximum `m` and
@@ -128,26 +167,7 @@ pub fn cross_entropy_forward<E: Element>(
     logits: &CpuTensor<E>,
     labels: &[usize],
 ) -> Result<(E, CrossEntropyContext<E>)> {
-    const OP: &str = "cross_entropy";
-    let (batch, classes) = logits_shape(OP, logits.shape())?;
-    if labels.len() != batch {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected one label per row of logits {:?}, got {} labels",
-                logits.shape(),
-                labels.len()
-            ),
-        ));
-    }
-    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(OpError::parameter(
-            OP,
-            "label",
-            bad,
-            "must be < K, the number of classes (the last axis of the logits)",
-        ));
-    }
+    let (_, classes) = check_labels(logits.shape(), labels)?;
     let (loss, softmax) = softmax_and_mean(logits, classes, |x_row, lse, b| {
         lse.neg_log_softmax(x_row[labels[b]].widen())
     });
@@ -166,18 +186,7 @@ pub fn soft_cross_entropy_forward<E: Element>(
     logits: &CpuTensor<E>,
     targets: &CpuTensor<E>,
 ) -> Result<(E, CrossEntropyContext<E>)> {
-    const OP: &str = "soft_cross_entropy";
-    let (_, classes) = logits_shape(OP, logits.shape())?;
-    if targets.shape() != logits.shape() {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected targets of the logits' shape {:?}, got {:?}",
-                logits.shape(),
-                targets.shape()
-            ),
-        ));
-    }
+    let (_, classes) = check_soft_targets(logits.shape(), targets.shape())?;
     let targets = standard(targets);
     let t = slice_of(&targets);
     let (loss, softmax) = softmax_and_mean(logits, classes, |x_row, lse, b| {

@@ -86,12 +86,10 @@ pub fn reshape<E: Element>(x: &CpuTensor<E>, shape: &[usize]) -> Result<CpuTenso
     }
 }
 
-/// `y[i_0, .., i_{d-1}] = x[j]` with `j[axes[a]] = i_a`: `y.shape[a] = x.shape[axes[a]]`,
-/// materialised row-major. `axes` must be a permutation of `0..d`; the backward is `permute` by
-/// the inverse permutation.
-pub fn permute<E: Element>(x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
-    const OP: &str = "permute";
-    let ndim = x.ndim();
+/// `y.shape[a] = shape[axes[a]]`, or an error unless `axes` is a permutation of `0..d` (the
+/// check of [`permute`], shared with the CUDA backend).
+pub fn permuted_shape(shape: &[usize], axes: &[usize]) -> Result<Vec<usize>> {
+    let ndim = shape.len();
     let mut seen = vec![false; ndim];
     let is_permutation = axes.len() == ndim
         && axes
@@ -99,13 +97,18 @@ pub fn permute<E: Element>(x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor
             .all(|&a| a < ndim && !std::mem::replace(&mut seen[a], true));
     if !is_permutation {
         return Err(OpError::shape(
-            OP,
-            format!(
-                "axes {axes:?} are not a permutation of the {ndim} axes of {:?}",
-                x.shape()
-            ),
+            "permute",
+            format!("axes {axes:?} are not a permutation of the {ndim} axes of {shape:?}"),
         ));
     }
+    Ok(axes.iter().map(|&a| shape[a]).collect())
+}
+
+/// `y[i_0, .., i_{d-1}] = x[j]` with `j[axes[a]] = i_a`: `y.shape[a] = x.shape[axes[a]]`,
+/// materialised row-major. `axes` must be a permutation of `0..d`; the backward is `permute` by
+/// the inverse permutation.
+pub fn permute<E: Element>(x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
+    permuted_shape(x.shape(), axes)?;
     let permuted = x.view().permuted_axes(IxDyn(axes));
     Ok(permuted.as_standard_layout().into_owned().into_shared())
 }
