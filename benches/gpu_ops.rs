@@ -1,6 +1,7 @@
 //! The CUDA backend's heavy ops, forward and backward, at the shapes of a batch-64, T = 4 training
 //! step (SPEC.md 4.1-4.5: T·B = 256 images per layer), f32, through the `Backend` trait exactly as
-//! the models call them: where a training step spends its GPU time, op by op.
+//! the models call them: where a training step spends its GPU time, op by op. Convolutions run on
+//! each engine the device has (`cudnn/...` and `im2col/...`), in f32 and with TF32 (`.../tf32`).
 //!
 //! Without a GPU it prints `SKIP: no CUDA device` and measures nothing.
 
@@ -9,8 +10,8 @@ use std::time::Instant;
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
-use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::backend_or_skip;
+use revsnn_gpu::{ConvEngine, Cuda};
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{AdamWParams, Backend, BatchNormParams, Conv2dParams, Pool2dParams};
 
@@ -80,24 +81,46 @@ fn gpu_ops(c: &mut Criterion) {
         ),
         ("conv1x1_384to1536_8x8", [IMAGES, 384, 8, 8], 1536, 1, 1, 0),
     ];
-    for (seed, (name, shape, out, kernel, stride, padding)) in convs.into_iter().enumerate() {
-        let x = random(&gpu, &shape, seed as u64, true);
-        let w = random(
-            &gpu,
-            &[out, shape[1], kernel, kernel],
-            100 + seed as u64,
-            false,
-        );
-        let params = Conv2dParams::new(stride, padding);
-        let (y, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
-        let grad_y = random(&gpu, &gpu.shape(&y), 200 + seed as u64, false);
-        bench(&mut group, &gpu, &format!("{name}_forward"), || {
-            gpu.conv2d_forward(&x, &w, None, params).unwrap();
-        });
-        bench(&mut group, &gpu, &format!("{name}_backward"), || {
-            gpu.conv2d_backward(&grad_y, &context).unwrap();
-        });
+    let engines = [ConvEngine::Cudnn, ConvEngine::Im2colGemm]
+        .into_iter()
+        .filter(|&engine| gpu.device().set_conv_engine(engine).is_ok());
+    for engine in engines {
+        for tf32 in [false, true] {
+            gpu.device().allow_tf32(tf32).unwrap();
+            let math = if tf32 { "/tf32" } else { "" };
+            for (seed, (name, shape, out, kernel, stride, padding)) in convs.into_iter().enumerate()
+            {
+                let x = random(&gpu, &shape, seed as u64, true);
+                let w = random(
+                    &gpu,
+                    &[out, shape[1], kernel, kernel],
+                    100 + seed as u64,
+                    false,
+                );
+                let params = Conv2dParams::new(stride, padding);
+                let (y, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
+                let grad_y = random(&gpu, &gpu.shape(&y), 200 + seed as u64, false);
+                let engine = engine.name();
+                bench(
+                    &mut group,
+                    &gpu,
+                    &format!("{engine}{math}/{name}_forward"),
+                    || {
+                        gpu.conv2d_forward(&x, &w, None, params).unwrap();
+                    },
+                );
+                bench(
+                    &mut group,
+                    &gpu,
+                    &format!("{engine}{math}/{name}_backward"),
+                    || {
+                        gpu.conv2d_backward(&grad_y, &context).unwrap();
+                    },
+                );
+            }
+        }
     }
+    gpu.device().allow_tf32(false).unwrap();
 
     let x = random(&gpu, &[IMAGES, 64, 32, 32], 7, false);
     let (gamma, beta) = (random(&gpu, &[64], 8, false), random(&gpu, &[64], 9, false));

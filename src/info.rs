@@ -14,6 +14,8 @@ pub struct MachineInfo {
     pub cuda: CudaStatus,
     /// NVRTC's version, or why it cannot be loaded.
     pub nvrtc: Result<(i32, i32), String>,
+    /// cuDNN's version, or why it cannot be loaded (convolutions then run on im2col + cuBLAS).
+    pub cudnn: Result<(usize, usize, usize), String>,
 }
 
 /// Reads the machine.
@@ -23,6 +25,7 @@ pub fn machine_info() -> MachineInfo {
         cpu_threads: rayon::current_num_threads(),
         cuda: probe(),
         nvrtc: compiler::nvrtc_version().map_err(|e| e.to_string()),
+        cudnn: revsnn_gpu::ops::conv::cudnn::version().map_err(|e| e.to_string()),
     }
 }
 
@@ -46,7 +49,13 @@ impl MachineInfo {
             Ok((major, minor)) => json!({"available": true, "version": format!("{major}.{minor}")}),
             Err(reason) => json!({"available": false, "reason": reason}),
         };
-        json!({"version": self.version, "cpu_threads": self.cpu_threads, "cuda": cuda, "nvrtc": nvrtc})
+        let cudnn = match &self.cudnn {
+            Ok((major, minor, patch)) => {
+                json!({"available": true, "version": format!("{major}.{minor}.{patch}")})
+            }
+            Err(reason) => json!({"available": false, "reason": reason}),
+        };
+        json!({"version": self.version, "cpu_threads": self.cpu_threads, "cuda": cuda, "nvrtc": nvrtc, "cudnn": cudnn})
     }
 }
 
@@ -69,8 +78,15 @@ impl std::fmt::Display for MachineInfo {
             CudaStatus::Unavailable(reason) => writeln!(f, "CUDA: unavailable: {reason}")?,
         }
         match &self.nvrtc {
-            Ok((major, minor)) => write!(f, "NVRTC: {major}.{minor}"),
-            Err(reason) => write!(f, "NVRTC: unavailable: {reason}"),
+            Ok((major, minor)) => writeln!(f, "NVRTC: {major}.{minor}")?,
+            Err(reason) => writeln!(f, "NVRTC: unavailable: {reason}")?,
+        }
+        match &self.cudnn {
+            Ok((major, minor, patch)) => write!(f, "cuDNN: {major}.{minor}.{patch}"),
+            Err(reason) => write!(
+                f,
+                "cuDNN: unavailable (convolutions run on im2col + cuBLAS): {reason}"
+            ),
         }
     }
 }

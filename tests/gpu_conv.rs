@@ -1,16 +1,17 @@
-//! The CUDA convolution (im2col + cuBLAS) against the CPU reference through the `Backend` trait
-//! (DESIGN.md, GEMM-based tolerance class): `y`, `dx`, `dw` and `db` within 1e-4 relative
-//! (L2 over the whole tensor) in f32 and 1e-10 in f64; two runs bitwise identical; bad shapes
-//! rejected with an error. Cases span 3x3 same convolutions, strides, 1x1 direct and strided,
-//! rectangular kernels, padding wider than the kernel, and a batch large enough to be split into
-//! several im2col chunks (the last one partial), whose workspace must stay within
-//! `conv::WORKSPACE_BYTES`. Skips without a GPU (`SKIP: no CUDA device`), fails then with
-//! `REVSNN_REQUIRE_GPU=1`.
+//! The CUDA convolution, on each engine (cuDNN and im2col + cuBLAS), against the CPU reference
+//! through the `Backend` trait (DESIGN.md, GEMM-based tolerance class): `y`, `dx`, `dw` and `db`
+//! within 1e-4 relative (L2 over the whole tensor) in f32 and 1e-10 in f64, and within 1e-2 with
+//! TF32 allowed; two runs bitwise identical; bad shapes rejected with an error. Cases span 3x3
+//! same convolutions, strides, 1x1 direct and strided, rectangular kernels, padding wider than the
+//! kernel, and a batch large enough to be split into several im2col chunks (the last one
+//! partial), whose workspace must stay within the engine's bound. Skips without a GPU
+//! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`; cuDNN's engine is tested
+//! where cuDNN loads, and its absence fails with `REVSNN_REQUIRE_CUDNN=1`.
 
-use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
-use revsnn_gpu::ops::conv::WORKSPACE_BYTES;
+use revsnn_gpu::ops::conv::{WORKSPACE_BYTES, cudnn};
 use revsnn_gpu::testing::backend_or_skip;
+use revsnn_gpu::{ConvEngine, Cuda};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Conv2dParams, Cpu};
 
@@ -162,9 +163,32 @@ fn check<E: GpuElement>(gpu: &Cuda<E>, case: &Case, seed: u64, tolerance: f64) {
 }
 
 fn check_all<E: GpuElement>(gpu: &Cuda<E>, tolerance: f64) {
-    for (i, case) in CASES.iter().chain([&CHUNKED]).enumerate() {
-        check(gpu, case, 17 + i as u64, tolerance);
+    for engine in engines(gpu) {
+        println!("engine {}", engine.name());
+        for (i, case) in CASES.iter().chain([&CHUNKED]).enumerate() {
+            check(gpu, case, 17 + i as u64, tolerance);
+        }
     }
+}
+
+/// The engines `gpu` can run, each set on it in turn by the caller's loop: im2col always, cuDNN
+/// where it loads (required with `REVSNN_REQUIRE_CUDNN=1`).
+fn engines<E: GpuElement>(gpu: &Cuda<E>) -> impl Iterator<Item = ConvEngine> + '_ {
+    let device = gpu.device();
+    let cudnn = match device.set_conv_engine(ConvEngine::Cudnn) {
+        Ok(()) => Some(ConvEngine::Cudnn),
+        Err(reason) => {
+            if std::env::var("REVSNN_REQUIRE_CUDNN").is_ok_and(|v| v == "1") {
+                panic!("REVSNN_REQUIRE_CUDNN=1 but cuDNN does not load: {reason}");
+            }
+            println!("cuDNN engine not tested: {reason}");
+            None
+        }
+    };
+    [Some(ConvEngine::Im2colGemm), cudnn]
+        .into_iter()
+        .flatten()
+        .inspect(move |&engine| device.set_conv_engine(engine).unwrap())
 }
 
 /// Runs without a GPU: every case is a valid convolution for the reference, and `output_len`
@@ -201,10 +225,28 @@ fn gpu_conv_matches_the_reference_in_f64() {
 }
 
 #[test]
+fn gpu_conv_with_tf32_stays_within_its_class() {
+    if let Some(gpu) = backend_or_skip::<f32>("gpu_conv tf32") {
+        gpu.device().allow_tf32(true).unwrap();
+        check_all(&gpu, 1e-2);
+    }
+}
+
+#[test]
 fn gpu_conv_workspace_stays_within_its_bound_and_is_freed() {
     let Some(gpu) = backend_or_skip::<f32>("gpu_conv workspace") else {
         return;
     };
+    for engine in engines(&gpu) {
+        let bound = match engine {
+            ConvEngine::Cudnn => cudnn::WORKSPACE_LIMIT_BYTES,
+            ConvEngine::Im2colGemm => WORKSPACE_BYTES,
+        };
+        workspace_is_bounded_and_freed(&gpu, bound);
+    }
+}
+
+fn workspace_is_bounded_and_freed(gpu: &Cuda<f32>, workspace: usize) {
     let (_, xs, ws, stride, padding, _) = CHUNKED;
     let mut rng = SplitMix64::new(5);
     let x = gpu
@@ -229,8 +271,8 @@ fn gpu_conv_workspace_stays_within_its_bound_and_is_freed() {
     let after = gpu.memory();
     assert_eq!(after.live_bytes, live + y_bytes, "forward: workspace freed");
     assert!(
-        after.peak_bytes <= live + y_bytes + WORKSPACE_BYTES,
-        "forward peak {} over live {live} + y {y_bytes} + workspace {WORKSPACE_BYTES}",
+        after.peak_bytes <= live + y_bytes + workspace,
+        "forward peak {} over live {live} + y {y_bytes} + workspace {workspace}",
         after.peak_bytes
     );
 
@@ -250,8 +292,8 @@ fn gpu_conv_workspace_stays_within_its_bound_and_is_freed() {
         "backward: workspace freed"
     );
     assert!(
-        after.peak_bytes <= live + grad_bytes + WORKSPACE_BYTES,
-        "backward peak {} over live {live} + grads {grad_bytes} + workspace {WORKSPACE_BYTES}",
+        after.peak_bytes <= live + grad_bytes + workspace,
+        "backward peak {} over live {live} + grads {grad_bytes} + workspace {workspace}",
         after.peak_bytes
     );
     drop(grads);
@@ -262,17 +304,19 @@ fn gpu_conv_handles_an_empty_batch() {
     let Some(gpu) = backend_or_skip::<f64>("gpu_conv empty batch") else {
         return;
     };
-    let x = gpu.tensor_from_vec(&[0, 2, 5, 5], vec![]).unwrap();
-    let w = gpu.tensor_from_vec(&[3, 2, 3, 3], vec![0.5; 54]).unwrap();
-    let b = gpu.tensor_from_vec(&[3], vec![1.0; 3]).unwrap();
-    let (y, context) = gpu
-        .conv2d_forward(&x, &w, Some(&b), Conv2dParams::new(1, 1))
-        .unwrap();
-    assert_eq!(gpu.shape(&y), [0, 3, 5, 5]);
-    let grads = gpu.conv2d_backward(&y, &context).unwrap();
-    assert_eq!(gpu.shape(&grads.input), [0, 2, 5, 5]);
-    assert_eq!(gpu.to_vec(&grads.weight).unwrap(), vec![0.0; 54]);
-    assert_eq!(gpu.to_vec(&grads.bias.unwrap()).unwrap(), vec![0.0; 3]);
+    for _engine in engines(&gpu) {
+        let x = gpu.tensor_from_vec(&[0, 2, 5, 5], vec![]).unwrap();
+        let w = gpu.tensor_from_vec(&[3, 2, 3, 3], vec![0.5; 54]).unwrap();
+        let b = gpu.tensor_from_vec(&[3], vec![1.0; 3]).unwrap();
+        let (y, context) = gpu
+            .conv2d_forward(&x, &w, Some(&b), Conv2dParams::new(1, 1))
+            .unwrap();
+        assert_eq!(gpu.shape(&y), [0, 3, 5, 5]);
+        let grads = gpu.conv2d_backward(&y, &context).unwrap();
+        assert_eq!(gpu.shape(&grads.input), [0, 2, 5, 5]);
+        assert_eq!(gpu.to_vec(&grads.weight).unwrap(), vec![0.0; 54]);
+        assert_eq!(gpu.to_vec(&grads.bias.unwrap()).unwrap(), vec![0.0; 3]);
+    }
 }
 
 #[test]

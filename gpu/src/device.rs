@@ -1,9 +1,10 @@
-//! A CUDA device handle: context, stream, counted allocations from a caching pool, cuBLAS, and
-//! the kernels compiled by NVRTC for the device's own architecture on first use, cached for the
-//! process.
+//! A CUDA device handle: context, stream, counted allocations from a caching pool, cuBLAS,
+//! cuDNN, the convolution engine and math settings, and the kernels compiled by NVRTC for the
+//! device's own architecture on first use, cached for the process.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
@@ -15,6 +16,8 @@ use crate::compiler::{self, Target};
 use crate::error::GpuError;
 use crate::kernels::KernelSource;
 use crate::memory::{DeviceBuffer, DeviceMemoryStats, MemoryAccounting};
+use crate::ops::conv::ConvEngine;
+use crate::ops::conv::cudnn::Cudnn;
 use crate::probe::{CudaStatus, DeviceInfo, probe};
 
 /// A kernel file compiled for one architecture `(major, minor)`.
@@ -37,10 +40,18 @@ pub struct GpuDevice {
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     accounting: Arc<MemoryAccounting>,
     blas: OnceLock<CudaBlas>,
+    cudnn: OnceLock<Mutex<Cudnn>>,
+    conv_engine: Mutex<ConvEngine>,
+    tf32: AtomicBool,
 }
 
+/// The environment variable that picks the convolution engine when a device opens.
+pub const CONV_ENGINE_VARIABLE: &str = "REVSNN_CONV_ENGINE";
+
 impl GpuDevice {
-    /// Opens device 0, or says why there is none (no driver library, no device).
+    /// Opens device 0, or says why there is none (no driver library, no device). Convolutions run
+    /// on cuDNN when it loads and on im2col + cuBLAS otherwise, unless `REVSNN_CONV_ENGINE`
+    /// (`cudnn` or `im2col`) says which ([`GpuDevice::set_conv_engine`]).
     pub fn open() -> Result<GpuDevice, GpuError> {
         let info = match probe() {
             CudaStatus::Available(info) => info,
@@ -55,7 +66,7 @@ impl GpuDevice {
             keep_freed_blocks_in_pool(&context)?;
         }
         let stream = context.default_stream();
-        Ok(GpuDevice {
+        let device = GpuDevice {
             info,
             context,
             stream,
@@ -63,7 +74,54 @@ impl GpuDevice {
             functions: Mutex::new(HashMap::new()),
             accounting: Arc::new(MemoryAccounting::default()),
             blas: OnceLock::new(),
-        })
+            cudnn: OnceLock::new(),
+            conv_engine: Mutex::new(ConvEngine::Im2colGemm),
+            tf32: AtomicBool::new(false),
+        };
+        match std::env::var(CONV_ENGINE_VARIABLE) {
+            Ok(value) => device.set_conv_engine(value.parse()?)?,
+            Err(_) => {
+                if device.cudnn().is_ok() {
+                    device.set_conv_engine(ConvEngine::Cudnn)?;
+                }
+            }
+        }
+        Ok(device)
+    }
+
+    /// How this device runs convolutions.
+    pub fn conv_engine(&self) -> ConvEngine {
+        *self
+            .conv_engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs this device's convolutions on `engine` from now on. [`ConvEngine::Cudnn`] needs
+    /// cuDNN 9 on the library path ([`GpuError::LibraryMissing`] otherwise).
+    pub fn set_conv_engine(&self, engine: ConvEngine) -> Result<(), GpuError> {
+        if engine == ConvEngine::Cudnn {
+            drop(self.cudnn()?);
+        }
+        *self
+            .conv_engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = engine;
+        Ok(())
+    }
+
+    /// cuDNN on this device's stream, created on first use; one user at a time.
+    pub(crate) fn cudnn(&self) -> Result<MutexGuard<'_, Cudnn>, GpuError> {
+        let cudnn = match self.cudnn.get() {
+            Some(cudnn) => cudnn,
+            None => {
+                let created = Cudnn::new(&self.stream)?;
+                self.cudnn.get_or_init(|| Mutex::new(created))
+            }
+        };
+        Ok(cudnn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// A counted buffer of `len` elements whose contents are undefined.
@@ -125,11 +183,11 @@ impl GpuDevice {
         }
     }
 
-    /// Lets cuBLAS run `f32` GEMMs (every convolution and matmul) on TF32 tensor cores: inputs
+    /// Lets cuBLAS and cuDNN run `f32` GEMMs and convolutions on TF32 tensor cores: inputs
     /// rounded to a 10-bit mantissa, about 1e-3 relative error instead of 1e-6, several times
     /// the throughput. Off by default, so results stay in the tolerance classes of DESIGN.md;
     /// PyTorch's default for convolutions is on (`torch.backends.cudnn.allow_tf32`), which
-    /// matters when comparing speed. `f64` GEMMs are unaffected.
+    /// matters when comparing speed. `f64` is unaffected.
     pub fn allow_tf32(&self, allowed: bool) -> Result<(), GpuError> {
         let blas = self.blas()?;
         let mode = if allowed {
@@ -143,7 +201,14 @@ impl GpuDevice {
             .map_err(|e| GpuError::Blas {
                 during: "setting the cuBLAS math mode",
                 detail: e.to_string(),
-            })
+            })?;
+        self.tf32.store(allowed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether `f32` GEMMs and convolutions may use TF32 ([`GpuDevice::allow_tf32`]).
+    pub fn tf32_allowed(&self) -> bool {
+        self.tf32.load(Ordering::Relaxed)
     }
 
     /// Live and peak bytes of this device's buffers.

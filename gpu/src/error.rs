@@ -7,8 +7,9 @@ use thiserror::Error;
 pub enum GpuError {
     /// A CUDA library could not be loaded.
     #[error(
-        "CUDA library {library} not found: install the NVIDIA driver (libcuda.so.1) and CUDA 13 \
-         libraries, and put their folder on LD_LIBRARY_PATH (see gpu/README.md)"
+        "CUDA library {library} not found: install the NVIDIA driver (libcuda.so.1), the CUDA 13 \
+         libraries (NVRTC, cuBLAS) and cuDNN 9, and put their folders on LD_LIBRARY_PATH (see \
+         gpu/README.md)"
     )]
     LibraryMissing { library: &'static str },
     /// The driver loaded but reports no device.
@@ -45,6 +46,19 @@ pub enum GpuError {
         during: &'static str,
         detail: String,
     },
+    /// A cuDNN call failed.
+    #[error("cuDNN error during {during}: {detail}")]
+    Cudnn {
+        during: &'static str,
+        detail: String,
+    },
+    /// An environment setting of the backend has a value it does not know.
+    #[error("{name}={value:?} is not a known setting: use one of {expected}, or unset it")]
+    Setting {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// Operands that do not fit the kernel.
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },
@@ -54,6 +68,14 @@ impl GpuError {
     /// Wraps a driver error with the step it happened in.
     pub fn driver(during: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> GpuError {
         move |source| GpuError::Driver { during, source }
+    }
+
+    /// Wraps a cuDNN error with the step it happened in.
+    pub fn cudnn(during: &'static str) -> impl FnOnce(cudarc::cudnn::CudnnError) -> GpuError {
+        move |error| GpuError::Cudnn {
+            during,
+            detail: format!("{error:?}"),
+        }
     }
 }
 

@@ -29,5 +29,6 @@ pub use backend::Cuda;
 pub use device::GpuDevice;
 pub use error::GpuError;
 pub use memory::DeviceMemoryStats;
+pub use ops::conv::ConvEngine;
 pub use probe::{CudaStatus, DeviceInfo, probe};
 pub use tensor::CudaTensor;

@@ -116,6 +116,10 @@ pub fn run(
         },
     )?;
     let threads = rayon::current_num_threads();
+    let conv_engine = match &device {
+        Device::Cpu => "cpu",
+        Device::Cuda(gpu) => gpu.conv_engine().name(),
+    };
     if json_output {
         println!(
             "{}",
@@ -125,6 +129,7 @@ pub fn run(
                 "backend": device.kind(),
                 "dtype": "f32",
                 "tf32": tf32,
+                "conv_engine": conv_engine,
                 "batch": batch,
                 "steps": steps,
                 "threads": threads,
@@ -137,8 +142,10 @@ pub fn run(
     } else {
         let place = match device {
             Device::Cpu => format!("CPU, {threads} threads"),
-            Device::Cuda(_) if tf32 => format!("CUDA {device_name}, TF32 GEMMs"),
-            Device::Cuda(_) => format!("CUDA {device_name}"),
+            Device::Cuda(_) if tf32 => {
+                format!("CUDA {device_name}, {conv_engine} convolutions, TF32")
+            }
+            Device::Cuda(_) => format!("CUDA {device_name}, {conv_engine} convolutions"),
         };
         println!(
             "{name} (batch {batch}, f32, {place}): median step {:.4} s, {:.1} images/s, peak {:.1} MiB",

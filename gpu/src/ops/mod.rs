@@ -19,7 +19,10 @@ use crate::error::GpuError;
 
 /// A float the kernels are instantiated for.
 pub trait GpuElement:
-    revsnn_reference::Element + DeviceRepr + cudarc::driver::ValidAsZeroBits
+    revsnn_reference::Element
+    + DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+    + cudarc::cudnn::CudnnDataType
 {
     /// The suffix of the `extern "C"` kernel names, `f32` or `f64`.
     const SUFFIX: &'static str;

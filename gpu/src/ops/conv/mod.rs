@@ -1,6 +1,11 @@
-//! 2-D convolution on the GPU as im2col + cuBLAS GEMM (SPEC.md 1 and 4.0); twin of
-//! `revsnn_reference::ops::conv`, kernels in `gpu/kernels/conv.cu` (im2col, col2im) and
-//! `gpu/kernels/linear.cu` (bias).
+//! 2-D convolution on the GPU (SPEC.md 1 and 4.0); twin of `revsnn_reference::ops::conv`. Two
+//! engines ([`ConvEngine`], chosen per device): cuDNN's deterministic algorithms ([`cudnn`]), the
+//! default when cuDNN loads, and im2col + cuBLAS GEMM, below, with its kernels in
+//! `gpu/kernels/conv.cu` (im2col, col2im). Both share the operand checks, the bias (its fill and
+//! gradient kernels in `gpu/kernels/linear.cu`) and the context; a shape cuDNN has no
+//! deterministic algorithm for runs on im2col.
+//!
+//! ## The im2col engine
 //!
 //! With `K = C_in k_h k_w` and `P = H_out W_out`, a chunk of `B` images is unfolded into columns
 //! laid out `[K, B, P]` (row `(c, i, j)`, column `(n, p, q)`), so that both one GEMM per image and
@@ -33,11 +38,6 @@
 //! gives the same bits run to run on one GPU; `dW` accumulates the chunks in order (`beta = 1`
 //! from the second chunk on); col2im gathers instead of scattering, so no float atomics anywhere.
 //!
-//! **cuDNN.** The issue asks to measure cuDNN's deterministic algorithms (`cudnnConvolution*` with
-//! the algorithms flagged `CUDNN_DETERMINISTIC`, e.g. `IMPLICIT_PRECOMP_GEMM` forward and
-//! `ALGO_1` backward) against this im2col + cuBLAS path (and an implicit GEMM) on the models'
-//! shapes and keep the faster. That measurement needs a GPU, so only this path exists for now;
-//! cuDNN would slot in behind the same `forward` / `backward` signatures.
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use revsnn_reference::ops::conv as conv_reference;
@@ -48,9 +48,47 @@ use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::CONV;
+use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
+pub mod cudnn;
+
 const OP: &str = "conv2d";
+
+/// How a device runs its convolutions ([`GpuDevice::set_conv_engine`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvEngine {
+    /// cuDNN's first deterministic algorithm by its heuristics, per shape ([`cudnn`]).
+    Cudnn,
+    /// im2col + cuBLAS GEMM over chunks of images (this module).
+    Im2colGemm,
+}
+
+impl ConvEngine {
+    /// The name `REVSNN_CONV_ENGINE` and reports use: `cudnn` or `im2col`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvEngine::Cudnn => "cudnn",
+            ConvEngine::Im2colGemm => "im2col",
+        }
+    }
+}
+
+impl std::str::FromStr for ConvEngine {
+    type Err = GpuError;
+
+    fn from_str(value: &str) -> Result<Self, GpuError> {
+        match value {
+            "cudnn" => Ok(ConvEngine::Cudnn),
+            "im2col" => Ok(ConvEngine::Im2colGemm),
+            _ => Err(GpuError::Setting {
+                name: crate::device::CONV_ENGINE_VARIABLE,
+                value: value.to_string(),
+                expected: "cudnn, im2col",
+            }),
+        }
+    }
+}
 
 /// The most bytes of im2col workspace one call holds (unless a single image needs more): 64 MiB,
 /// e.g. 28 images of a 3x3 convolution over 64 channels at 32x32 in f32 (K P = 589,824 elements
@@ -71,7 +109,7 @@ pub struct Conv2dContext<E> {
 /// The sizes of one convolution, checked by the reference's own rules
 /// (`revsnn_reference::ops::conv::Geometry`), so both backends accept and reject the same shapes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geometry(conv_reference::Geometry);
+pub(crate) struct Geometry(conv_reference::Geometry);
 
 impl std::ops::Deref for Geometry {
     type Target = conv_reference::Geometry;
@@ -365,46 +403,25 @@ pub fn forward<E: GpuElement>(
         }
         _ => {}
     }
-    // SAFETY: the bias fill (when there is one) and the GEMMs of every chunk write every element.
+    // SAFETY: cuDNN, or the GEMMs of every chunk, write every element (onto the bias fill when
+    // there is one).
     let mut y = unsafe { device.alloc::<E>(g.n * g.out_len()) }?;
     if let Some(b) = bias {
         fill_bias(device, b, &mut y, g.c_out, g.p())?;
     }
     let accumulate = bias.is_some();
-    if g.n > 0 {
-        if g.pointwise() {
-            g.forward_gemm(g.n, true, accumulate).run(
-                device,
-                OP,
-                weight.slice(),
-                x.slice(),
-                y.slice_mut(),
-            )?;
-        } else {
-            let columns = g.k() * g.p();
-            let chunk = g.chunk(columns, size_of::<E>());
-            // SAFETY: im2col writes the part of each chunk before its GEMM reads it.
-            let mut cols = unsafe { device.alloc::<E>(chunk * columns) }?;
-            for first in (0..g.n).step_by(chunk) {
-                let batch = chunk.min(g.n - first);
-                let x_chunk = x
-                    .slice()
-                    .slice(first * g.in_len()..(first + batch) * g.in_len());
-                let mut cols_chunk = cols.slice_mut().slice_mut(..batch * columns);
-                g.unfold_input(batch)
-                    .im2col(device, &x_chunk, &mut cols_chunk)?;
-                let mut y_chunk = y
-                    .slice_mut()
-                    .slice_mut(first * g.out_len()..(first + batch) * g.out_len());
-                g.forward_gemm(batch, false, accumulate).run(
-                    device,
-                    OP,
-                    weight.slice(),
-                    &cols_chunk,
-                    &mut y_chunk,
-                )?;
-            }
-        }
+    let by_cudnn = g.n > 0
+        && device.conv_engine() == ConvEngine::Cudnn
+        && cudnn::forward(
+            device,
+            &g,
+            x.slice(),
+            weight.slice(),
+            y.slice_mut(),
+            accumulate,
+        )?;
+    if !by_cudnn {
+        im2col_forward(device, &g, x, weight, &mut y, accumulate)?;
     }
     let context = Conv2dContext {
         input: x.clone(),
@@ -444,67 +461,20 @@ pub fn backward<E: GpuElement>(
         ));
     }
     let (x, weight) = (&context.input, &context.weight);
-    // SAFETY: col2im of every chunk (or the pointwise GEMM) writes every element.
+    // SAFETY: cuDNN, or col2im of every chunk (or the pointwise GEMM), writes every element.
     let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
     let mut dw = if g.n == 0 {
         device.alloc_zeros::<E>(g.c_out * g.k())?
     } else {
-        // SAFETY: the first chunk's GEMM (beta 0) writes every element.
+        // SAFETY: cuDNN, or the first chunk's GEMM (beta 0), writes every element.
         unsafe { device.alloc::<E>(g.c_out * g.k()) }?
     };
-    if g.n > 0 {
-        let (columns, gradients) = (g.k() * g.p(), g.out_len());
-        let chunk = g.chunk(columns + gradients, size_of::<E>());
-        // SAFETY: im2col writes the part of each chunk before anything reads it.
-        let mut cols = unsafe { device.alloc::<E>(chunk * columns) }?;
-        // SAFETY: as above.
-        let mut dy_t = unsafe { device.alloc::<E>(chunk * gradients) }?;
-        for first in (0..g.n).step_by(chunk) {
-            let batch = chunk.min(g.n - first);
-            let x_chunk = x
-                .slice()
-                .slice(first * g.in_len()..(first + batch) * g.in_len());
-            let dy_chunk = grad_y
-                .slice()
-                .slice(first * gradients..(first + batch) * gradients);
-            let mut cols_chunk = cols.slice_mut().slice_mut(..batch * columns);
-            let mut dy_t_chunk = dy_t.slice_mut().slice_mut(..batch * gradients);
-            g.unfold_input(batch)
-                .im2col(device, &x_chunk, &mut cols_chunk)?;
-            g.unfold_grad_y(batch)
-                .im2col(device, &dy_chunk, &mut dy_t_chunk)?;
-            g.weight_grad_gemm(batch, first > 0).run(
-                device,
-                OP,
-                &dy_t_chunk,
-                &cols_chunk,
-                dw.slice_mut(),
-            )?;
-            if !g.pointwise() {
-                // The columns are consumed: their gradient overwrites them (stream order).
-                g.columns_grad_gemm(batch).run(
-                    device,
-                    OP,
-                    weight.slice(),
-                    &dy_t_chunk,
-                    &mut cols_chunk,
-                )?;
-                let mut dx_chunk = dx
-                    .slice_mut()
-                    .slice_mut(first * g.in_len()..(first + batch) * g.in_len());
-                g.unfold_input(batch)
-                    .col2im(device, &cols_chunk.as_view(), &mut dx_chunk)?;
-            }
-        }
-        if g.pointwise() {
-            g.pointwise_input_grad_gemm().run(
-                device,
-                OP,
-                weight.slice(),
-                grad_y.slice(),
-                dx.slice_mut(),
-            )?;
-        }
+    let by_cudnn = g.n > 0
+        && device.conv_engine() == ConvEngine::Cudnn
+        && cudnn::backward_data(device, &g, grad_y.slice(), weight.slice(), dx.slice_mut())?
+        && cudnn::backward_filter(device, &g, x.slice(), grad_y.slice(), dw.slice_mut())?;
+    if !by_cudnn {
+        im2col_backward(device, &g, x, weight, grad_y, &mut dx, &mut dw)?;
     }
     let bias = if context.has_bias {
         let db = bias_gradient(device, grad_y, g.n, g.c_out, g.p())?;
@@ -517,6 +487,122 @@ pub fn backward<E: GpuElement>(
         weight: CudaTensor::new(dw, &[g.c_out, g.c_in, g.kh, g.kw])?,
         bias,
     })
+}
+
+/// The im2col engine's `y (+)= conv(x, w)` (see the module docs).
+fn im2col_forward<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    x: &CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    y: &mut DeviceBuffer<E>,
+    accumulate: bool,
+) -> Result<(), GpuError> {
+    if g.n == 0 {
+        return Ok(());
+    }
+    if g.pointwise() {
+        g.forward_gemm(g.n, true, accumulate).run(
+            device,
+            OP,
+            weight.slice(),
+            x.slice(),
+            y.slice_mut(),
+        )?;
+    } else {
+        let columns = g.k() * g.p();
+        let chunk = g.chunk(columns, size_of::<E>());
+        // SAFETY: im2col writes the part of each chunk before its GEMM reads it.
+        let mut cols = unsafe { device.alloc::<E>(chunk * columns) }?;
+        for first in (0..g.n).step_by(chunk) {
+            let batch = chunk.min(g.n - first);
+            let x_chunk = x
+                .slice()
+                .slice(first * g.in_len()..(first + batch) * g.in_len());
+            let mut cols_chunk = cols.slice_mut().slice_mut(..batch * columns);
+            g.unfold_input(batch)
+                .im2col(device, &x_chunk, &mut cols_chunk)?;
+            let mut y_chunk = y
+                .slice_mut()
+                .slice_mut(first * g.out_len()..(first + batch) * g.out_len());
+            g.forward_gemm(batch, false, accumulate).run(
+                device,
+                OP,
+                weight.slice(),
+                &cols_chunk,
+                &mut y_chunk,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The im2col engine's `dx` and `dw` (see the module docs), each fully written.
+fn im2col_backward<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    x: &CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    grad_y: &CudaTensor<E>,
+    dx: &mut DeviceBuffer<E>,
+    dw: &mut DeviceBuffer<E>,
+) -> Result<(), GpuError> {
+    if g.n == 0 {
+        return Ok(());
+    }
+    let (columns, gradients) = (g.k() * g.p(), g.out_len());
+    let chunk = g.chunk(columns + gradients, size_of::<E>());
+    // SAFETY: im2col writes the part of each chunk before anything reads it.
+    let mut cols = unsafe { device.alloc::<E>(chunk * columns) }?;
+    // SAFETY: as above.
+    let mut dy_t = unsafe { device.alloc::<E>(chunk * gradients) }?;
+    for first in (0..g.n).step_by(chunk) {
+        let batch = chunk.min(g.n - first);
+        let x_chunk = x
+            .slice()
+            .slice(first * g.in_len()..(first + batch) * g.in_len());
+        let dy_chunk = grad_y
+            .slice()
+            .slice(first * gradients..(first + batch) * gradients);
+        let mut cols_chunk = cols.slice_mut().slice_mut(..batch * columns);
+        let mut dy_t_chunk = dy_t.slice_mut().slice_mut(..batch * gradients);
+        g.unfold_input(batch)
+            .im2col(device, &x_chunk, &mut cols_chunk)?;
+        g.unfold_grad_y(batch)
+            .im2col(device, &dy_chunk, &mut dy_t_chunk)?;
+        g.weight_grad_gemm(batch, first > 0).run(
+            device,
+            OP,
+            &dy_t_chunk,
+            &cols_chunk,
+            dw.slice_mut(),
+        )?;
+        if !g.pointwise() {
+            // The columns are consumed: their gradient overwrites them (stream order).
+            g.columns_grad_gemm(batch).run(
+                device,
+                OP,
+                weight.slice(),
+                &dy_t_chunk,
+                &mut cols_chunk,
+            )?;
+            let mut dx_chunk = dx
+                .slice_mut()
+                .slice_mut(first * g.in_len()..(first + batch) * g.in_len());
+            g.unfold_input(batch)
+                .col2im(device, &cols_chunk.as_view(), &mut dx_chunk)?;
+        }
+    }
+    if g.pointwise() {
+        g.pointwise_input_grad_gemm().run(
+            device,
+            OP,
+            weight.slice(),
+            grad_y.slice(),
+            dx.slice_mut(),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
