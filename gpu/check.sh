@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The one prepared GPU script (gpu/README.md). On the GPU machine, from the repository root:
 #   bash gpu/check.sh "$OUT"
-# Runs every GPU test and benchmark carried in gpu-bin/ (built here by gpu/build-carry.sh), then
-# `revsnn bench` and `revsnn memory` on CUDA for the headline presets, then (only with
-# PYTORCH_BASELINE=1, and when .official/ and .whl/ were carried) the official PyTorch baseline,
-# whose numbers are committed in benches/results/2026-11-27-h200.md. Writes report.md plus logs
-# into the output folder. A missing GPU fails the tests (REVSNN_REQUIRE_GPU=1). About 8 minutes
-# of GPU time without the baseline: every CLI run has a timeout, and the CLI runs stop starting
-# once CLI_BUDGET_S seconds (default 300) have gone to them.
+# Runs, in order of importance: every GPU test carried in gpu-bin/ (built here by
+# gpu/build-carry.sh); `revsnn bench` (f32 and TF32) and `revsnn memory` on CUDA for the headline
+# presets, on cuDNN and on im2col + cuBLAS; then, when .official/ and .whl/ were carried (PYTORCH_BASELINE=0 turns it off), the
+# official PyTorch code on the same presets in the same run, the bar to beat; then the criterion
+# benches. Writes report.md, pytorch-baseline.json and logs.tar.gz into the output folder. A missing GPU fails the tests
+# (REVSNN_REQUIRE_GPU=1). The whole script keeps inside DEADLINE_S seconds (default 530): each
+# step's timeout is cut to what is left, and steps that no longer fit are skipped and listed.
 set -uo pipefail
 OUT_DIR=${1:?usage: gpu/check.sh OUTPUT_FOLDER}
 mkdir -p "$OUT_DIR"
@@ -15,18 +15,27 @@ REPORT="$OUT_DIR/report.md"
 cd "$(dirname "$0")/.."
 
 SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || echo /nonexistent)
-export LD_LIBRARY_PATH="$SP/nvidia/cu13/lib:$SP/nvidia/cudnn/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# cuDNN 9 from PyTorch's wheels (nvidia/cudnn/lib), wherever that package put it
+CUDNN_SO=$(find "$SP/nvidia" -name 'libcudnn.so.9' 2>/dev/null | head -n 1)
+export LD_LIBRARY_PATH="$SP/nvidia/cu13/lib:$(dirname "${CUDNN_SO:-$SP/nvidia/cudnn/lib/x}"):/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export REVSNN_CUDA_INCLUDE="$SP/nvidia/cu13/include:/usr/local/cuda/include"
-export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 PYTHONUNBUFFERED=1
+export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 REVSNN_REQUIRE_CUDNN=1 PYTHONUNBUFFERED=1
 status=0
+DEADLINE_S=${DEADLINE_S:-530}
+left() { echo $((DEADLINE_S - SECONDS)); }
 
 section() { printf '\n## %s\n\n```\n' "$1" >>"$REPORT"; }
 end_section() { printf '```\n' >>"$REPORT"; }
-run_logged() { # $1: log name; rest: command
-  local log="$OUT_DIR/$1.log"; shift
+run_logged() { # $1: log name; $2: timeout in seconds (cut to the time left); rest: command
+  local log="$OUT_DIR/$1.log" limit=$2; shift 2
+  if [ "$(left)" -lt 10 ]; then
+    echo "[$(basename "$log" .log)] skipped: DEADLINE_S=$DEADLINE_S s spent" | tee -a "$REPORT.summary"
+    : >"$log"; return 1
+  fi
+  [ "$limit" -gt "$(left)" ] && limit=$(left)
   local start=$SECONDS
-  "$@" >"$log" 2>&1; local rc=$?
-  echo "[$1] rc=$rc in $((SECONDS - start)) s" | tee -a "$REPORT.summary"
+  timeout "$limit" "$@" >"$log" 2>&1; local rc=$?
+  echo "[$(basename "$log" .log)] rc=$rc in $((SECONDS - start)) s (limit $limit s)" | tee -a "$REPORT.summary"
   return $rc
 }
 
@@ -48,44 +57,30 @@ end_section
 for test in gpu-bin/tests/*; do
   [ -x "$test" ] || continue
   name=$(basename "$test")
-  run_logged "test-$name" "$test" --nocapture --test-threads=1 || status=1
+  run_logged "test-$name" 120 "$test" --nocapture --test-threads=1 || status=1
   section "test $name"
   grep -E '^(test |SKIP|NVRTC|f32|f64)|test result|panicked' "$OUT_DIR/test-$name.log" >>"$REPORT"
-  end_section
-done
-
-for bench in gpu-bin/benches/*; do
-  [ -x "$bench" ] || continue
-  name=$(basename "$bench")
-  run_logged "bench-$name" "$bench" --bench --warm-up-time 1 --measurement-time 3 --noplot || status=1
-  section "bench $name"
-  grep -E 'time:|thrpt:|^[a-z_0-9]+/|SKIP' "$OUT_DIR/bench-$name.log" >>"$REPORT"
   end_section
 done
 
 # `revsnn bench` and `revsnn memory` on CUDA (issue 5's training-step figures, T = 4). A failing
 # or timed-out command is logged and the next one runs.
 CLI_MODELS=${CLI_MODELS:-revsresnet37,msresnet34,revsformer-4-384,spikingformer-4-384}
-CLI_BUDGET_S=${CLI_BUDGET_S:-300}
-cli_start=$SECONDS
 : >"$OUT_DIR/cli-results.jsonl"
 for model in ${CLI_MODELS//,/ }; do
-  for what in bench bench-tf32 memory; do
-    if [ $((SECONDS - cli_start)) -ge "$CLI_BUDGET_S" ]; then
-      echo "[$what-$model] skipped: CLI_BUDGET_S=$CLI_BUDGET_S s spent" | tee -a "$REPORT.summary"
-      continue
-    fi
-    if [ "$what" = bench ]; then
-      run_logged "cli-bench-$model" timeout 90 gpu-bin/revsnn bench --device cuda --model "$model" \
-        --batch 64 --steps 10 --json || status=1
-    elif [ "$what" = bench-tf32 ]; then
+  for what in bench bench-tf32 bench-tf32-im2col memory; do
+    case $what in
+      bench) run_logged "cli-$what-$model" 90 gpu-bin/revsnn bench --device cuda --model "$model" \
+        --batch 64 --steps 10 --json || status=1 ;;
       # PyTorch runs its convolutions on TF32 by default: the like-for-like speed comparison
-      run_logged "cli-bench-tf32-$model" timeout 90 gpu-bin/revsnn bench --device cuda --tf32 \
-        --model "$model" --batch 64 --steps 10 --json || status=1
-    else
-      run_logged "cli-memory-$model" timeout 60 gpu-bin/revsnn memory --device cuda --model "$model" \
-        --batch 32,64 --json || status=1
-    fi
+      bench-tf32) run_logged "cli-$what-$model" 90 gpu-bin/revsnn bench --device cuda --tf32 \
+        --model "$model" --batch 64 --steps 10 --json || status=1 ;;
+      # the other convolution engine, side by side
+      bench-tf32-im2col) REVSNN_CONV_ENGINE=im2col run_logged "cli-$what-$model" 90 gpu-bin/revsnn \
+        bench --device cuda --tf32 --model "$model" --batch 64 --steps 10 --json || status=1 ;;
+      memory) run_logged "cli-$what-$model" 60 gpu-bin/revsnn memory --device cuda --model "$model" \
+        --batch 32,64 --json || status=1 ;;
+    esac
     section "revsnn $what --device cuda --model $model"
     cat "$OUT_DIR/cli-$what-$model.log" >>"$REPORT"
     end_section
@@ -93,40 +88,16 @@ for model in ${CLI_MODELS//,/ }; do
       >>"$OUT_DIR/cli-results.jsonl"
   done
 done
-printf '\n## training step on CUDA (f32, T = 4): bench at batch 64, memory at batch 32 and 64\n\n' >>"$REPORT"
-python3 - "$OUT_DIR/cli-results.jsonl" >>"$REPORT" 2>&1 <<'PY'
-import json, sys
-rows = {}
-for line in open(sys.argv[1]):
-    try:
-        r = json.loads(line)
-    except ValueError:
-        continue
-    rows.setdefault(r["model"], {})[r["command"]] = r
-mib = 2.0 ** 20
-print("| model | device | step s | images/s | images/s (TF32) | peak MiB (b64) | MiB/image slope | MiB/image at b64 |")
-print("|---|---|---|---|---|---|---|---|")
-for model, r in rows.items():
-    b, t, m = r.get("bench", {}), r.get("bench-tf32", {}), r.get("memory", {})
-    fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
-    print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-        model, b.get("device", m.get("device", "-")),
-        fmt(b.get("median_step_seconds"), "%.4f"), fmt(b.get("images_per_second"), "%.1f"),
-        fmt(t.get("images_per_second"), "%.1f"),
-        fmt(b.get("peak_memory_bytes", 0) / mib if b else None, "%.1f"),
-        fmt((m.get("bytes_per_image_slope") or 0) / mib if m else None, "%.2f"),
-        fmt(m.get("bytes_per_image_at_max_batch", 0) / mib if m else None, "%.2f")))
-PY
 
-if [ "${PYTORCH_BASELINE:-0}" = 1 ] && [ -d .official ] && ls .whl/spikingjelly-*.whl >/dev/null 2>&1; then
+if [ "${PYTORCH_BASELINE:-1}" = 1 ] && [ -d .official ] && ls .whl/spikingjelly-*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/spikingjelly-*.whl
   if ls .whl/timm-0.6.12-*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/timm06 .whl/timm-0.6.12-*.whl
     export TIMM_FALLBACK=/tmp/timm06
   fi
   export PYTHONPATH=/tmp/site
-  run_logged pytorch-baseline python3 benches/pytorch/official_baseline.py --official .official \
-    --models "${BASELINE_MODELS:-revsresnet37,msresnet34,revsformer-4-384,spikingformer-4-384,revsresnet21,revsresnet109,msresnet18,msresnet104,revsformer-2-384,spikingformer-2-384}" \
+  run_logged pytorch-baseline 150 python3 benches/pytorch/official_baseline.py --official .official \
+    --models "${BASELINE_MODELS:-$CLI_MODELS}" \
     --batches 32,64 --steps "${BASELINE_STEPS:-10}" --out "$OUT_DIR/pytorch-baseline.json" \
     --markdown "$OUT_DIR/pytorch-baseline.md" || status=1
   section "official PyTorch baseline"
@@ -134,9 +105,54 @@ if [ "${PYTORCH_BASELINE:-0}" = 1 ] && [ -d .official ] && ls .whl/spikingjelly-
   end_section
 fi
 
+printf '\n## training step, T = 4, batch 64 (memory per image: slope between batch 32 and 64)\n\n' >>"$REPORT"
+python3 - "$OUT_DIR/cli-results.jsonl" "$OUT_DIR/pytorch-baseline.json" >>"$REPORT" 2>&1 <<'PY'
+import json, sys
+ours = {}
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    ours.setdefault(r["model"], {})[r["command"]] = r
+official = {}
+try:
+    for r in json.load(open(sys.argv[2]))["results"]:
+        official.setdefault(r["model"], {})[r["batch"]] = r
+except (OSError, ValueError, KeyError):
+    pass
+mib = 2.0 ** 20
+fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
+print("| model | conv engine | images/s f32 | images/s TF32 | images/s TF32 im2col | official images/s | peak MiB | official peak MiB | MiB/image | official MiB/image |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for model, r in ours.items():
+    b, t, i, m = (r.get(k, {}) for k in ("bench", "bench-tf32", "bench-tf32-im2col", "memory"))
+    o = official.get(model, {})
+    o_slope = (o[64]["peak_bytes"] - o[32]["peak_bytes"]) / 32 / mib if 32 in o and 64 in o else None
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        model, b.get("conv_engine", "-"),
+        fmt(b.get("images_per_second"), "%.0f"), fmt(t.get("images_per_second"), "%.0f"),
+        fmt(i.get("images_per_second"), "%.0f"), fmt(o.get(64, {}).get("images_per_second"), "%.0f"),
+        fmt(b["peak_memory_bytes"] / mib if b else None, "%.0f"),
+        fmt(o[64]["peak_bytes"] / mib if 64 in o else None, "%.0f"),
+        fmt(m["bytes_per_image_slope"] / mib if m.get("bytes_per_image_slope") else None, "%.1f"),
+        fmt(o_slope, "%.1f")))
+PY
+
+for bench in gpu-bin/benches/*; do
+  [ -x "$bench" ] || continue
+  name=$(basename "$bench")
+  run_logged "bench-$name" 150 "$bench" --bench --warm-up-time 0.5 --measurement-time 1 --sample-size 30 --noplot || status=1
+  section "bench $name"
+  grep -E 'time:|thrpt:|^[a-z_0-9]+/|SKIP' "$OUT_DIR/bench-$name.log" >>"$REPORT"
+  end_section
+done
+
 section "summary"
 cat "$REPORT.summary" >>"$REPORT"
 end_section
 rm -f "$REPORT.summary"
+# the device tool brings back at most 8 files: the report, the baseline's JSON and one archive of logs
+(cd "$OUT_DIR" && tar -czf logs.tar.gz ./*.log ./*.jsonl && rm -f ./*.log ./*.jsonl ./pytorch-baseline.md)
 cat "$REPORT"
 exit $status
