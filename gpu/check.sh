@@ -8,6 +8,9 @@
 # benches. Writes report.md, pytorch-baseline.json and logs.tar.gz into the output folder. A missing GPU fails the tests
 # (REVSNN_REQUIRE_GPU=1). The whole script keeps inside DEADLINE_S seconds (default 530): each
 # step's timeout is cut to what is left, and steps that no longer fit are skipped and listed.
+# For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
+# 'gpu_conv|gpu_models'; 'none' runs none), BENCH_FILTER (criterion's name filter), CLI_MODELS
+# and BASELINE_MODELS (comma lists of presets).
 set -uo pipefail
 OUT_DIR=${1:?usage: gpu/check.sh OUTPUT_FOLDER}
 mkdir -p "$OUT_DIR"
@@ -57,6 +60,7 @@ end_section
 for test in gpu-bin/tests/*; do
   [ -x "$test" ] || continue
   name=$(basename "$test")
+  [[ $name =~ ^(${CHECK_TESTS:-.*})$ ]] || continue
   run_logged "test-$name" 120 "$test" --nocapture --test-threads=1 || status=1
   section "test $name"
   grep -E '^(test |SKIP|NVRTC|f32|f64)|test result|panicked' "$OUT_DIR/test-$name.log" >>"$REPORT"
@@ -142,7 +146,8 @@ PY
 for bench in gpu-bin/benches/*; do
   [ -x "$bench" ] || continue
   name=$(basename "$bench")
-  run_logged "bench-$name" 150 "$bench" --bench --warm-up-time 0.5 --measurement-time 1 --sample-size 30 --noplot || status=1
+  [[ $name =~ ^(${CHECK_BENCHES:-.*})$ ]] || continue
+  run_logged "bench-$name" 150 "$bench" --bench --warm-up-time 0.5 --measurement-time 1 --sample-size 30 --noplot ${BENCH_FILTER:-} || status=1
   section "bench $name"
   grep -E 'time:|thrpt:|^[a-z_0-9]+/|SKIP' "$OUT_DIR/bench-$name.log" >>"$REPORT"
   end_section
