@@ -890,4 +890,18 @@ mod tests {
         let empty = Geometry::new(&[0, 2, 5, 5], &[2, 2, 3, 3], Conv2dParams::new(1, 1)).unwrap();
         assert_eq!(empty.chunk(10, 8), 1);
     }
+
+    #[test]
+    fn engine_names_parse_back_and_unknown_names_say_what_to_use() {
+        for engine in [ConvEngine::Cudnn, ConvEngine::Im2colGemm] {
+            assert_eq!(engine.name().parse::<ConvEngine>().unwrap(), engine);
+        }
+        let message = "winograd".parse::<ConvEngine>().unwrap_err().to_string();
+        assert!(
+            message.contains("REVSNN_CONV_ENGINE")
+                && message.contains("winograd")
+                && message.contains("cudnn, im2col"),
+            "{message}"
+        );
+    }
 }
