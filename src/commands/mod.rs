@@ -40,17 +40,7 @@ impl ModelArgs {
     pub fn resolve(&self) -> Result<(String, ModelSpec)> {
         let (name, mut spec) = match (&self.model, &self.spec) {
             (Some(preset), _) => (preset.clone(), ModelSpec::preset(preset)?),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-                    path: path.display().to_string(),
-                    detail: format!("cannot read the spec: {e}"),
-                })?;
-                let spec = ModelSpec::from_json(&text).map_err(|e| Error::File {
-                    path: path.display().to_string(),
-                    detail: e.to_string(),
-                })?;
-                (path.display().to_string(), spec)
-            }
+            (None, Some(path)) => (path.display().to_string(), ModelSpec::read(path)?),
             (None, None) => {
                 return Err(Error::Usage(
                     "give --model PRESET or --spec FILE.json".into(),
