@@ -10,8 +10,8 @@ use std::time::Instant;
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
-use revsnn_gpu::testing::backend_or_skip;
-use revsnn_gpu::{ConvEngine, Cuda};
+use revsnn_gpu::Cuda;
+use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{AdamWParams, Backend, BatchNormParams, Conv2dParams, Pool2dParams};
 
@@ -81,10 +81,7 @@ fn gpu_ops(c: &mut Criterion) {
         ),
         ("conv1x1_384to1536_8x8", [IMAGES, 384, 8, 8], 1536, 1, 1, 0),
     ];
-    let engines = [ConvEngine::Cudnn, ConvEngine::Im2colGemm]
-        .into_iter()
-        .filter(|&engine| gpu.device().set_conv_engine(engine).is_ok());
-    for engine in engines {
+    for engine in each_conv_engine(gpu.device()) {
         for tf32 in [false, true] {
             gpu.device().allow_tf32(tf32).unwrap();
             let math = if tf32 { "/tf32" } else { "" };

@@ -3,11 +3,12 @@
 #   bash gpu/check.sh "$OUT"
 # Runs, in order of importance: every GPU test carried in gpu-bin/ (built here by
 # gpu/build-carry.sh); `revsnn bench` (f32 and TF32) and `revsnn memory` on CUDA for the headline
-# presets, on cuDNN and on im2col + cuBLAS; then, when .official/ and .whl/ were carried (PYTORCH_BASELINE=0 turns it off), the
-# official PyTorch code on the same presets in the same run, the bar to beat; then the criterion
-# benches. Writes report.md, pytorch-baseline.json and logs.tar.gz into the output folder. A missing GPU fails the tests
-# (REVSNN_REQUIRE_GPU=1). The whole script keeps inside DEADLINE_S seconds (default 530): each
-# step's timeout is cut to what is left, and steps that no longer fit are skipped and listed.
+# presets, on cuDNN and on im2col + cuBLAS; then, when .official/ and .whl/ were carried
+# (PYTORCH_BASELINE=0 turns it off), the official PyTorch code on the same presets in the same
+# run, the bar to beat; then the criterion benches. Writes report.md, pytorch-baseline.json and
+# logs.tar.gz into the output folder. A missing GPU fails the tests (REVSNN_REQUIRE_GPU=1). The
+# whole script keeps inside DEADLINE_S seconds (default 530): each step's timeout is cut to what
+# is left, and steps that no longer fit are skipped and listed.
 # For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
 # 'gpu_conv|gpu_models'; 'none' runs none), BENCH_FILTER (criterion's name filter), CLI_MODELS
 # and BASELINE_MODELS (comma lists of presets).
@@ -45,7 +46,8 @@ run_logged() { # $1: log name; $2: timeout in seconds (cut to the time left); re
 {
   echo "# GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | head -c1)
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)${dirty:+ with uncommitted changes}"
 } >"$REPORT"
 : >"$REPORT.summary"
 

@@ -10,7 +10,7 @@
 
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::ops::conv::{WORKSPACE_BYTES, cudnn};
-use revsnn_gpu::testing::backend_or_skip;
+use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{ConvEngine, Cuda};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Conv2dParams, Cpu};
@@ -163,32 +163,12 @@ fn check<E: GpuElement>(gpu: &Cuda<E>, case: &Case, seed: u64, tolerance: f64) {
 }
 
 fn check_all<E: GpuElement>(gpu: &Cuda<E>, tolerance: f64) {
-    for engine in engines(gpu) {
+    for engine in each_conv_engine(gpu.device()) {
         println!("engine {}", engine.name());
         for (i, case) in CASES.iter().chain([&CHUNKED]).enumerate() {
             check(gpu, case, 17 + i as u64, tolerance);
         }
     }
-}
-
-/// The engines `gpu` can run, each set on it in turn by the caller's loop: im2col always, cuDNN
-/// where it loads (required with `REVSNN_REQUIRE_CUDNN=1`).
-fn engines<E: GpuElement>(gpu: &Cuda<E>) -> impl Iterator<Item = ConvEngine> + '_ {
-    let device = gpu.device();
-    let cudnn = match device.set_conv_engine(ConvEngine::Cudnn) {
-        Ok(()) => Some(ConvEngine::Cudnn),
-        Err(reason) => {
-            if std::env::var("REVSNN_REQUIRE_CUDNN").is_ok_and(|v| v == "1") {
-                panic!("REVSNN_REQUIRE_CUDNN=1 but cuDNN does not load: {reason}");
-            }
-            println!("cuDNN engine not tested: {reason}");
-            None
-        }
-    };
-    [Some(ConvEngine::Im2colGemm), cudnn]
-        .into_iter()
-        .flatten()
-        .inspect(move |&engine| device.set_conv_engine(engine).unwrap())
 }
 
 /// Runs without a GPU: every case is a valid convolution for the reference, and `output_len`
@@ -237,7 +217,7 @@ fn gpu_conv_workspace_stays_within_its_bound_and_is_freed() {
     let Some(gpu) = backend_or_skip::<f32>("gpu_conv workspace") else {
         return;
     };
-    for engine in engines(&gpu) {
+    for engine in each_conv_engine(gpu.device()) {
         let bound = match engine {
             ConvEngine::Cudnn => cudnn::WORKSPACE_LIMIT_BYTES,
             ConvEngine::Im2colGemm => WORKSPACE_BYTES,
@@ -304,7 +284,7 @@ fn gpu_conv_handles_an_empty_batch() {
     let Some(gpu) = backend_or_skip::<f64>("gpu_conv empty batch") else {
         return;
     };
-    for _engine in engines(&gpu) {
+    for _engine in each_conv_engine(gpu.device()) {
         let x = gpu.tensor_from_vec(&[0, 2, 5, 5], vec![]).unwrap();
         let w = gpu.tensor_from_vec(&[3, 2, 3, 3], vec![0.5; 54]).unwrap();
         let b = gpu.tensor_from_vec(&[3], vec![1.0; 3]).unwrap();

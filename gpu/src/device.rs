@@ -81,9 +81,8 @@ impl GpuDevice {
         match std::env::var(CONV_ENGINE_VARIABLE) {
             Ok(value) => device.set_conv_engine(value.parse()?)?,
             Err(_) => {
-                if device.cudnn().is_ok() {
-                    device.set_conv_engine(ConvEngine::Cudnn)?;
-                }
+                // Without cuDNN the device stays on im2col.
+                let _ = device.set_conv_engine(ConvEngine::Cudnn);
             }
         }
         Ok(device)

@@ -1,4 +1,4 @@
-//! Shared by the GPU tests: open the device or skip.
+//! Shared by the GPU tests and benches: open the device or skip; run on each convolution engine.
 //!
 //! Without a GPU every GPU test prints `SKIP: no CUDA device (<reason>)` and passes; with
 //! `REVSNN_REQUIRE_GPU=1` (set by `gpu/check.sh`) a missing GPU fails the test instead.
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::backend::Cuda;
 use crate::device::GpuDevice;
 use crate::ops::GpuElement;
+use crate::ops::conv::ConvEngine;
 
 /// The device, or `None` after printing why the calling test skips. Panics (fails the test) when
 /// `REVSNN_REQUIRE_GPU=1` and there is no usable device.
@@ -30,4 +31,24 @@ pub fn device_or_skip(test: &str) -> Option<GpuDevice> {
 /// [`device_or_skip`]).
 pub fn backend_or_skip<E: GpuElement>(test: &str) -> Option<Cuda<E>> {
     device_or_skip(test).map(|device| Cuda::on(Arc::new(device)))
+}
+
+/// Each convolution engine `device` can run, set on it in turn as the iterator yields it: im2col
+/// always, then cuDNN where it loads. Without cuDNN it prints why, and panics (fails the caller)
+/// when `REVSNN_REQUIRE_CUDNN=1`.
+pub fn each_conv_engine(device: &GpuDevice) -> impl Iterator<Item = ConvEngine> + '_ {
+    let cudnn = match device.set_conv_engine(ConvEngine::Cudnn) {
+        Ok(()) => Some(ConvEngine::Cudnn),
+        Err(reason) => {
+            if std::env::var("REVSNN_REQUIRE_CUDNN").is_ok_and(|v| v == "1") {
+                panic!("REVSNN_REQUIRE_CUDNN=1 but cuDNN does not load: {reason}");
+            }
+            println!("cuDNN engine not run: {reason}");
+            None
+        }
+    };
+    [Some(ConvEngine::Im2colGemm), cudnn]
+        .into_iter()
+        .flatten()
+        .inspect(move |&engine| device.set_conv_engine(engine).unwrap())
 }

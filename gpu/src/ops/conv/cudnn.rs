@@ -5,7 +5,8 @@
 //!
 //! **Algorithms.** For each direction and shape, cuDNN's heuristics (`cudnnGet*Algorithm_v7`)
 //! rank its algorithms; the first that is supported, flagged `CUDNN_DETERMINISTIC` and needs at
-//! most [`WORKSPACE_LIMIT_BYTES`] of workspace is taken and remembered for that shape. Heuristics
+//! most [`WORKSPACE_LIMIT_BYTES`] of workspace is taken. It is remembered for that shape as a
+//! [`Plan`] with its descriptors and workspace size, so a call after the first only launches. Heuristics
 //! rather than timing (`cudnnFind*`), so the choice, and with it every bit of the result, is the
 //! same in every run; and only deterministic algorithms, so the recomputed forward of a
 //! reversible block reproduces the first one exactly. When no algorithm qualifies (or a size does
@@ -24,6 +25,7 @@
 //! [`GpuDevice::allow_tf32`]: crate::GpuDevice::allow_tf32
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ffi::c_void;
 
 use cudarc::cudnn::{CudnnDataType, result, sys};
@@ -55,20 +57,30 @@ struct Algorithm<A> {
     math: sys::cudnnMathType_t,
 }
 
-/// The algorithms chosen so far for one direction (`None`: cuDNN has none that qualifies).
-type Chosen<A> = HashMap<AlgorithmKey, Option<Algorithm<A>>>;
+/// How one direction runs for one [`AlgorithmKey`]: the descriptors (the convolution's math type
+/// set to the algorithm's), the algorithm and the workspace bytes it needs.
+#[derive(Debug)]
+struct Plan<A> {
+    descriptors: Descriptors,
+    algo: A,
+    workspace_bytes: usize,
+}
 
-/// A cuDNN handle on one device's stream and the algorithms chosen so far.
+/// The plans made so far for one direction (`None`: cuDNN has no algorithm that qualifies).
+type Plans<A> = HashMap<AlgorithmKey, Option<Plan<A>>>;
+
+/// A cuDNN handle on one device's stream and the plans made so far.
 #[derive(Debug)]
 pub(crate) struct Cudnn {
     handle: sys::cudnnHandle_t,
-    forward: Chosen<sys::cudnnConvolutionFwdAlgo_t>,
-    backward_data: Chosen<sys::cudnnConvolutionBwdDataAlgo_t>,
-    backward_filter: Chosen<sys::cudnnConvolutionBwdFilterAlgo_t>,
+    forward: Plans<sys::cudnnConvolutionFwdAlgo_t>,
+    backward_data: Plans<sys::cudnnConvolutionBwdDataAlgo_t>,
+    backward_filter: Plans<sys::cudnnConvolutionBwdFilterAlgo_t>,
 }
 
-// SAFETY: the handle is owned by one `GpuDevice`, which keeps it behind a mutex, so it is used by
-// one thread at a time, and always with that device's context current and on its one stream.
+// SAFETY: the handle and the plans' descriptors are owned by one `GpuDevice`, which keeps them
+// behind a mutex, so they are used by one thread at a time, and always with that device's context
+// current and on its one stream.
 unsafe impl Send for Cudnn {}
 
 impl Cudnn {
@@ -117,7 +129,7 @@ impl Drop for Cudnn {
 
 /// `y (+)= conv(x, w)` through cuDNN (`accumulate`: onto the bias already in `y`). `Ok(false)`
 /// when cuDNN has no deterministic algorithm for these sizes, and nothing was written.
-pub(crate) fn forward<E: GpuElement + CudnnDataType>(
+pub(crate) fn forward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     x: &impl DevicePtr<E>,
@@ -131,7 +143,7 @@ pub(crate) fn forward<E: GpuElement + CudnnDataType>(
         let (x, _x) = x.device_ptr(stream);
         let (w, _w) = weight.device_ptr(stream);
         let (y, _y) = y.device_ptr_mut(stream);
-        let (one, beta) = (E::scaling(1.0), E::scaling(beta));
+        let (one, beta) = (scaling::<E>(1.0), scaling::<E>(beta));
         // SAFETY: the descriptors describe the three buffers (sizes checked by the caller), the
         // workspace has the size cuDNN asked for, and everything is on the handle's stream.
         unsafe {
@@ -156,7 +168,7 @@ pub(crate) fn forward<E: GpuElement + CudnnDataType>(
 }
 
 /// `dx = conv_transpose(dy, w)` through cuDNN; `Ok(false)` as in [`forward`].
-pub(crate) fn backward_data<E: GpuElement + CudnnDataType>(
+pub(crate) fn backward_data<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     grad_y: &impl DevicePtr<E>,
@@ -168,7 +180,7 @@ pub(crate) fn backward_data<E: GpuElement + CudnnDataType>(
         let (dy, _dy) = grad_y.device_ptr(stream);
         let (w, _w) = weight.device_ptr(stream);
         let (dx, _dx) = grad_x.device_ptr_mut(stream);
-        let (one, zero) = (E::scaling(1.0), E::scaling(0.0));
+        let (one, zero) = (scaling::<E>(1.0), scaling::<E>(0.0));
         // SAFETY: as in `forward`.
         unsafe {
             result::convolution_backward_data(
@@ -192,7 +204,7 @@ pub(crate) fn backward_data<E: GpuElement + CudnnDataType>(
 }
 
 /// `dw = sum over images of dy (x) x` through cuDNN; `Ok(false)` as in [`forward`].
-pub(crate) fn backward_filter<E: GpuElement + CudnnDataType>(
+pub(crate) fn backward_filter<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     x: &impl DevicePtr<E>,
@@ -204,7 +216,7 @@ pub(crate) fn backward_filter<E: GpuElement + CudnnDataType>(
         let (x, _x) = x.device_ptr(stream);
         let (dy, _dy) = grad_y.device_ptr(stream);
         let (dw, _dw) = grad_weight.device_ptr_mut(stream);
-        let (one, zero) = (E::scaling(1.0), E::scaling(0.0));
+        let (one, zero) = (scaling::<E>(1.0), scaling::<E>(0.0));
         // SAFETY: as in `forward`.
         unsafe {
             result::convolution_backward_filter(
@@ -227,23 +239,18 @@ pub(crate) fn backward_filter<E: GpuElement + CudnnDataType>(
     })
 }
 
-/// The scaling factors cuDNN reads through `void` pointers, in the element's scalar type.
-trait Scaling: CudnnDataType {
-    fn scaling(value: f64) -> Self::Scalar;
-}
-
-impl<E: GpuElement + CudnnDataType> Scaling for E {
-    fn scaling(value: f64) -> E::Scalar {
-        E::cast(value).into_scaling_parameter()
-    }
+/// A scaling factor (`alpha`, `beta`) as cuDNN reads it through a `void` pointer: in the
+/// element's scalar type.
+fn scaling<E: GpuElement>(value: f64) -> E::Scalar {
+    E::cast(value).into_scaling_parameter()
 }
 
 /// The workspace of one call: its pointer (null when empty) and size in bytes.
 type Workspace = (*mut c_void, usize);
 
-/// Picks (or recalls) the algorithm of direction `D` for `g`, allocates its workspace and calls
+/// Makes (or recalls) the plan of direction `D` for `g`, allocates its workspace and calls
 /// `launch`; `Ok(false)` without calling it when there is no deterministic algorithm.
-fn run<E: GpuElement + CudnnDataType, D: Direction>(
+fn run<E: GpuElement, D: Direction>(
     device: &GpuDevice,
     g: &Geometry,
     launch: impl FnOnce(sys::cudnnHandle_t, &Descriptors, D::Algo, Workspace) -> Result<(), GpuError>,
@@ -257,27 +264,20 @@ fn run<E: GpuElement + CudnnDataType, D: Direction>(
         .bind_to_thread()
         .map_err(GpuError::driver("binding the context for cuDNN"))?;
     let tf32 = device.tf32_allowed();
-    let descriptors = Descriptors::new::<E>(&dims, tf32)?;
     let key = AlgorithmKey {
         dims,
         data_type: E::DATA_TYPE,
         tf32,
     };
     let handle = cudnn.handle;
-    let algorithm = match D::chosen(&mut cudnn).get(&key) {
-        Some(known) => *known,
-        None => {
-            let ranking = D::rank(handle, &descriptors)?;
-            let chosen = choose(ranking, requested_math(E::DATA_TYPE, tf32));
-            D::chosen(&mut cudnn).insert(key, chosen);
-            chosen
-        }
+    let plan = match D::plans(&mut cudnn).entry(key) {
+        Entry::Occupied(known) => known.into_mut(),
+        Entry::Vacant(new) => new.insert(plan::<E, D>(handle, &dims, tf32)?),
     };
-    let Some(algorithm) = algorithm else {
+    let Some(plan) = plan else {
         return Ok(false);
     };
-    descriptors.conv.set_math(algorithm.math)?;
-    let bytes = D::workspace_bytes(handle, &descriptors, algorithm.algo)?;
+    let bytes = plan.workspace_bytes;
     // SAFETY: cuDNN treats the workspace as scratch and never reads what it did not write.
     let mut workspace: DeviceBuffer<u8> = unsafe { device.alloc(bytes) }?;
     let pointer = if bytes == 0 {
@@ -285,10 +285,32 @@ fn run<E: GpuElement + CudnnDataType, D: Direction>(
     } else {
         workspace.slice_mut().device_ptr_mut(device.stream()).0 as *mut c_void
     };
-    launch(handle, &descriptors, algorithm.algo, (pointer, bytes))?;
+    launch(handle, &plan.descriptors, plan.algo, (pointer, bytes))?;
     // The workspace goes back to the pool in stream order, after the launch above.
     drop(workspace);
     Ok(true)
+}
+
+/// The plan of direction `D` for `dims`: descriptors, the algorithm [`choose`] takes from cuDNN's
+/// ranking (its math type set on the convolution descriptor) and its workspace size; `None` when
+/// no algorithm qualifies.
+fn plan<E: GpuElement, D: Direction>(
+    handle: sys::cudnnHandle_t,
+    dims: &Dims,
+    tf32: bool,
+) -> Result<Option<Plan<D::Algo>>, GpuError> {
+    let descriptors = Descriptors::new::<E>(dims, tf32)?;
+    let ranking = D::rank(handle, &descriptors)?;
+    let Some(algorithm) = choose(ranking, requested_math(E::DATA_TYPE, tf32)) else {
+        return Ok(None);
+    };
+    descriptors.conv.set_math(algorithm.math)?;
+    let workspace_bytes = D::workspace_bytes(handle, &descriptors, algorithm.algo)?;
+    Ok(Some(Plan {
+        descriptors,
+        algo: algorithm.algo,
+        workspace_bytes,
+    }))
 }
 
 /// The sizes of one convolution as cuDNN's `int`s: `x [n, c_in, h, w]`, `w [c_out, c_in, kh, kw]`,
@@ -321,6 +343,7 @@ impl Dims {
 }
 
 /// The four descriptors of one convolution, destroyed on drop.
+#[derive(Debug)]
 struct Descriptors {
     x: TensorDescriptor,
     w: FilterDescriptor,
@@ -341,6 +364,7 @@ impl Descriptors {
     }
 }
 
+#[derive(Debug)]
 struct TensorDescriptor(sys::cudnnTensorDescriptor_t);
 
 impl TensorDescriptor {
@@ -364,6 +388,7 @@ impl Drop for TensorDescriptor {
     }
 }
 
+#[derive(Debug)]
 struct FilterDescriptor(sys::cudnnFilterDescriptor_t);
 
 impl FilterDescriptor {
@@ -387,6 +412,7 @@ impl Drop for FilterDescriptor {
     }
 }
 
+#[derive(Debug)]
 struct ConvDescriptor(sys::cudnnConvolutionDescriptor_t);
 
 impl ConvDescriptor {
@@ -480,8 +506,8 @@ const MAX_RANKED: usize = 16;
 trait Direction {
     type Algo: Copy + std::fmt::Debug;
 
-    /// The algorithms chosen so far for this direction.
-    fn chosen(cudnn: &mut Cudnn) -> &mut Chosen<Self::Algo>;
+    /// The plans made so far for this direction.
+    fn plans(cudnn: &mut Cudnn) -> &mut Plans<Self::Algo>;
 
     /// cuDNN's heuristic ranking (`cudnnGet*Algorithm_v7`), best first.
     fn rank(
@@ -519,7 +545,7 @@ struct Forward;
 impl Direction for Forward {
     type Algo = sys::cudnnConvolutionFwdAlgo_t;
 
-    fn chosen(cudnn: &mut Cudnn) -> &mut Chosen<Self::Algo> {
+    fn plans(cudnn: &mut Cudnn) -> &mut Plans<Self::Algo> {
         &mut cudnn.forward
     }
 
@@ -569,7 +595,7 @@ struct BackwardData;
 impl Direction for BackwardData {
     type Algo = sys::cudnnConvolutionBwdDataAlgo_t;
 
-    fn chosen(cudnn: &mut Cudnn) -> &mut Chosen<Self::Algo> {
+    fn plans(cudnn: &mut Cudnn) -> &mut Plans<Self::Algo> {
         &mut cudnn.backward_data
     }
 
@@ -619,7 +645,7 @@ struct BackwardFilter;
 impl Direction for BackwardFilter {
     type Algo = sys::cudnnConvolutionBwdFilterAlgo_t;
 
-    fn chosen(cudnn: &mut Cudnn) -> &mut Chosen<Self::Algo> {
+    fn plans(cudnn: &mut Cudnn) -> &mut Plans<Self::Algo> {
         &mut cudnn.backward_filter
     }
 
