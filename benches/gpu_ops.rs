@@ -1,5 +1,5 @@
 //! The CUDA backend's heavy ops, forward and backward, at the shapes of a batch-64, T = 4 training
-//! step (SPEC.md 4.1-4.5: T·B = 256 images per layer), f32, through the `Backend` trait exactly as
+//! step (docs/architectures.md §4.1-4.5: T·B = 256 images per layer), f32, through the `Backend` trait exactly as
 //! the models call them: where a training step spends its GPU time, op by op. Convolutions run on
 //! each engine the device has (`cudnn/...` and `im2col/...`), in f32 and with TF32 (`.../tf32`).
 //!

@@ -1,5 +1,5 @@
 //! Optimizers over a model's parameters: SGD with momentum (the ResNet recipe) and AdamW (the
-//! transformer recipe), each update one backend op per parameter tensor (SPEC.md 5).
+//! transformer recipe), each update one backend op per parameter tensor (docs/recipes.md §5).
 
 use revsnn_reference::{AdamWParams, Backend, Element, SgdParams};
 
@@ -12,10 +12,10 @@ use crate::model::{EntryKind, Grads, ParamStore};
 /// Which update, with its hyperparameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
-    /// `torch.optim.SGD`; weight decay applies to every parameter (SPEC.md A19).
+    /// `torch.optim.SGD`; weight decay applies to every parameter (docs/choices.md §A19).
     Sgd(SgdParams),
     /// `torch.optim.AdamW` as timm builds it: no weight decay on biases and 1-D parameters
-    /// (SPEC.md A19).
+    /// (docs/choices.md §A19).
     AdamW(AdamWParams),
 }
 

@@ -1,4 +1,4 @@
-//! Model specs: the presets of the paper and a JSON format for any size (SPEC.md 4).
+//! Model specs: the presets of the paper and a JSON format for any size (docs/architectures.md §4).
 //!
 //! ```json
 //! {"arch": "revsresnet", "layers": [1,1,1,1], "planes": [4,8,8,16], "num_classes": 10,
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The model families (SPEC.md 4.1-4.5).
+/// The model families (docs/architectures.md §4.1-4.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
@@ -150,7 +150,7 @@ fn transformer(arch: Arch, depth: usize, dim: usize) -> ModelSpec {
         planes: None,
         depth: Some(depth),
         dim: Some(dim),
-        // CIFAR-100 runs use 8 heads (CIFAR-10: 12); the DVS models 16 (SPEC.md 4.0, 4.5).
+        // CIFAR-100 runs use 8 heads (CIFAR-10: 12); the DVS models 16 (docs/architectures.md §4.0, 4.5).
         heads: Some(if dvs { 16 } else { 8 }),
         mlp_ratio: Some(4),
         patch_size: Some(if dvs { 16 } else { 4 }),
@@ -158,7 +158,7 @@ fn transformer(arch: Arch, depth: usize, dim: usize) -> ModelSpec {
 }
 
 impl ModelSpec {
-    /// The spec of a preset (SPEC.md 4.1-4.5): CIFAR models with their official 100-class heads
+    /// The spec of a preset (docs/architectures.md §4.1-4.5): CIFAR models with their official 100-class heads
     /// and T = 4; DVS models with 10 classes (CIFAR10-DVS) and T = 10.
     pub fn preset(name: &str) -> Result<ModelSpec> {
         const REV: [usize; 4] = [64, 128, 256, 448];

@@ -1,4 +1,4 @@
-//! The CUDA BatchNorm against the CPU reference through the `Backend` trait (DESIGN.md tolerance
+//! The CUDA BatchNorm against the CPU reference through the `Backend` trait (docs/design.md tolerance
 //! classes, relative L2 error over each whole tensor): training forward (`y`, batch mean, unbiased
 //! variance), evaluation forward, both backwards (`dx`, `dgamma`, `dbeta`) and the running
 //! statistics update, within 1e-5 in f32 and 1e-12 in f64; the contexts' per-channel `f64` mean

@@ -1,5 +1,5 @@
 //! The CUDA convolution, on each engine (cuDNN and im2col + cuBLAS), against the CPU reference
-//! through the `Backend` trait (DESIGN.md, GEMM-based tolerance class): `y`, `dx`, `dw` and `db`
+//! through the `Backend` trait (docs/design.md, GEMM-based tolerance class): `y`, `dx`, `dw` and `db`
 //! within 1e-4 relative (L2 over the whole tensor) in f32 and 1e-10 in f64, and within 1e-2 with
 //! TF32 allowed; two runs bitwise identical; bad shapes rejected with an error. Cases span 3x3
 //! same convolutions, strides, 1x1 direct and strided, rectangular kernels, padding wider than the

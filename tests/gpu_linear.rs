@@ -1,5 +1,5 @@
 //! The CUDA linear layer and batched matmul (cuBLAS) against the CPU reference through the
-//! `Backend` trait (DESIGN.md, GEMM-based tolerance class): outputs and gradients within 1e-4
+//! `Backend` trait (docs/design.md, GEMM-based tolerance class): outputs and gradients within 1e-4
 //! relative (L2 over the whole tensor) in f32 and 1e-10 in f64; two runs bitwise identical; bad
 //! shapes rejected with an error. Linear shapes run from one element to a million-element input
 //! (the bias kernels then span thousands of blocks); batched matmuls cover every transpose

@@ -2,7 +2,7 @@
 //! and f64: against labels and soft targets, batches of 1 to 4097 rows and 1 to 1001 classes,
 //! ordinary and confident (large) logits. The loss and the gradient (whose values with
 //! `grad_loss = B` are `softmax - targets`, so the softmax is compared too) are held to the
-//! tolerance class of DESIGN.md (relative L2 error, f32 <= 1e-5, f64 <= 1e-12; both sides compute
+//! tolerance class of docs/design.md (relative L2 error, f32 <= 1e-5, f64 <= 1e-12; both sides compute
 //! each row's log-sum-exp in f64, the GPU's `exp`/`log1p` are not the host's, so bitwise equality
 //! is not required). Two runs are bitwise identical; bad shapes and labels are errors. Skips
 //! without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.

@@ -1,4 +1,4 @@
-//! The fused CUDA neuron kernels against the CPU reference (DESIGN.md tolerance classes): spikes
+//! The fused CUDA neuron kernels against the CPU reference (docs/design.md tolerance classes): spikes
 //! agree except where `|h - V_th| < 1e-5` (a neuron with such a flip is left out of the value
 //! comparison, since its later steps legitimately differ, and flips must stay rare); `h` and
 //! `dL/dx` within 1e-5 relative in f32 and 1e-12 in f64; two runs bitwise identical.
@@ -145,7 +145,7 @@ fn compare<E: GpuElement>(
 }
 
 /// The membrane potentials of the reference forward, replayed from its spikes with the charge
-/// equations of SPEC.md 2.2 (the reference keeps `h` in an opaque context).
+/// equations of docs/neurons.md §2.2 (the reference keeps `h` in an opaque context).
 fn reference_h<E: GpuElement>(
     x: &[E],
     time_steps: usize,

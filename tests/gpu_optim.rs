@@ -1,7 +1,7 @@
 //! The fused CUDA optimizer steps against the CPU reference, through the `Backend` trait, in f32
 //! and f64: SGD with momentum (first step without a buffer, then with one; with and without
 //! momentum and weight decay) and AdamW (steps 1, 2, 10 and 1000; PyTorch's defaults and other
-//! betas). Each new parameter and state is first held to the tolerance class of DESIGN.md
+//! betas). Each new parameter and state is first held to the tolerance class of docs/design.md
 //! (relative L2 error, f32 <= 1e-5, f64 <= 1e-12), then to bitwise equality: the kernels do the
 //! reference's operations in its order without FMA contraction, with IEEE division and square
 //! root. Two runs are bitwise identical; bad shapes and parameters are errors. Sizes span one

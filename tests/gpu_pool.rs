@@ -1,6 +1,6 @@
 //! The CUDA average and max pools against the CPU reference through the `Backend` trait: forward
 //! outputs, backward gradients and the max pool's argmax are bitwise identical to the reference
-//! (both sum the same terms in the same order), which implies the DESIGN.md bar (relative L2
+//! (both sum the same terms in the same order), which implies the docs/design.md bar (relative L2
 //! error <= 1e-5 in f32, 1e-12 in f64, also checked and printed). Windows: `(3, 2, 1)` (RevSNN's),
 //! `(2, 2, 0)`, `(3, 1, 1)`, `(1, 1, 0)`, `(5, 3, 2)`, `(4, 2, 1)`, `(2, 1, 1)`; planes from 1x1 to
 //! 56x56, up to 1.6M inputs; inputs normal, or small integers so that max windows tie (the first

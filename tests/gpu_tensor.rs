@@ -2,7 +2,7 @@
 //! Every op here is expected to equal the reference bit for bit (copies move bits; add, sub,
 //! scale, quantize and the divisions round once per operation as the CPU does; sum_leading and
 //! mean_axes add in the reference's order), so each comparison first checks the tolerance class
-//! of DESIGN.md (relative L2 error, f32 <= 1e-5, f64 <= 1e-12) and then bitwise equality, with
+//! of docs/design.md (relative L2 error, f32 <= 1e-5, f64 <= 1e-12) and then bitwise equality, with
 //! messages that tell the two failures apart. Two runs are bitwise identical. The fingerprint is
 //! not the reference's hash: it is checked for equality on equal bits and sensitivity to changed
 //! bits, positions and shapes. Sizes span one partial block up to thousands of blocks; bad shapes

@@ -1,4 +1,4 @@
-//! The spiking ResNets (SPEC.md 4.0-4.3, 4.6, 4.7): parameter counts of every preset, the
+//! The spiking ResNets (docs/architectures.md §4.0-4.3, 4.6, 4.7): parameter counts of every preset, the
 //! official `state_dict` keys, shapes and order, the initialisation, forward shapes, a training
 //! step that reaches every parameter, and whole-model gradients against central finite
 //! differences in f64 (smooth neurons, relative error `||a - b||_2 / ||b||_2 <= 1e-6` per
@@ -86,7 +86,7 @@ fn inputs<B: Backend>(backend: &B, spec: &ModelSpec, batch: usize, seed: u64) ->
     backend.tensor_from_vec(&shape, data).unwrap()
 }
 
-/// Every ResNet preset with its official class count and its SPEC.md 4.7 parameter count.
+/// Every ResNet preset with its official class count and its docs/architectures.md §4.7 parameter count.
 const RESNET_PRESETS: [(&str, usize); 8] = [
     ("revsresnet21", 11_048_420),
     ("revsresnet37", 23_590_884),
@@ -98,7 +98,7 @@ const RESNET_PRESETS: [(&str, usize); 8] = [
     ("msresnet20", 272_330),
 ];
 
-/// The rows of SPEC.md 4.7 with the other class count (the presets' own are checked, with their
+/// The rows of docs/architectures.md §4.7 with the other class count (the presets' own are checked, with their
 /// keys, by `presets_have_the_official_keys_shapes_order_and_spec_4_7_parameter_counts`, so
 /// each big model is built once: building allocates and initialises every parameter).
 #[test]
@@ -111,7 +111,7 @@ fn parameter_counts_with_other_class_counts_equal_spec_4_7() {
         ("msresnet34", 10, 21_282_122),
         ("revsresnet24", 11, 260_459),
         ("msresnet20", 11, 272_395),
-        // The closed form fc = C nc + nc of SPEC.md 4.7 for a class count outside the table.
+        // The closed form fc = C nc + nc of docs/architectures.md §4.7 for a class count outside the table.
         ("revsresnet24", 100, 260_362 + 90 * 97),
         ("msresnet20", 100, 272_330 + 90 * 65),
     ];
@@ -185,7 +185,7 @@ fn presets_have_the_official_keys_shapes_order_and_spec_4_7_parameter_counts() {
         for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
             assert_eq!(a, b, "{name}: key {i}");
         }
-        assert_eq!(store.parameter_count(), count, "{name}: SPEC.md 4.7");
+        assert_eq!(store.parameter_count(), count, "{name}: docs/architectures.md §4.7");
         assert_eq!(parameters, count, "{name}: the fixture's header");
         for entry in store.entries() {
             let kind =
@@ -477,7 +477,7 @@ fn msresnet_dvs_gradients_equal_finite_differences() {
 
 /// The reversible backward (recomputing F and G from the output) gives the gradients of plain
 /// backpropagation through the same RevSResNet with spiking (Heaviside) neurons: within 1e-10
-/// relative with the float coupling, bit for bit with the exact one (DESIGN.md checks).
+/// relative with the float coupling, bit for bit with the exact one (docs/design.md checks).
 #[test]
 fn reversible_backward_equals_stored_activation_backpropagation() {
     let backend = Cpu::<f64>::new();

@@ -1,4 +1,4 @@
-//! The spiking transformers (SPEC.md 4.4-4.7): parameter counts, official key names and order,
+//! The spiking transformers (docs/architectures.md §4.4-4.7): parameter counts, official key names and order,
 //! forward shapes, `train_step`, whole-model gradients against central finite differences in f64
 //! (smooth neurons), and errors for bad specs and inputs.
 //!
@@ -377,7 +377,7 @@ const STEP: f64 = 3e-6;
 const TOLERANCE: f64 = 1e-6;
 
 /// Conv biases directly before a BatchNorm: the normalisation removes them, so their exact
-/// gradient is 0 (SPEC.md 3.5).
+/// gradient is 0 (docs/reversible.md §3.5).
 fn cancelled_by_batch_norm(name: &str) -> bool {
     name.ends_with("proj_conv.bias")
         || name.ends_with("mlp1_conv.bias")
@@ -513,7 +513,7 @@ fn spikingformer_dvs_gradients_match_finite_differences() {
 }
 
 /// The reversible backward (recomputing F and G) equals plain backpropagation through the same
-/// model with stored activations, in f64 with Heaviside spikes (DESIGN.md: <= 1e-10).
+/// model with stored activations, in f64 with Heaviside spikes (docs/design.md: <= 1e-10).
 #[test]
 fn revsformer_reversible_backward_equals_stored_activations() {
     let backend = Cpu64::new();
@@ -548,7 +548,7 @@ fn revsformer_reversible_backward_equals_stored_activations() {
     }
 }
 
-/// The forward of SPEC.md 4.0, 4.4 and 4.5 written out plainly from the official key names, in
+/// The forward of docs/architectures.md §4.0, 4.4 and 4.5 written out plainly from the official key names, in
 /// training mode with Heaviside spikes: the tokenizer stage by stage, the attention with explicit
 /// loops over heads and tokens (`c = head d + j`), the MLP, the body, the read-out.
 struct ReferenceForward<'a> {

@@ -1,5 +1,5 @@
-//! Model-level checks of the reversible sequence (SPEC.md 3; DESIGN.md, "the checks that make it
-//! an oracle") on real spiking F and G blocks: the BasicResidualBlock of SPEC.md 4.0,
+//! Model-level checks of the reversible sequence (docs/reversible.md §3; docs/design.md, "the checks that make it
+//! an oracle") on real spiking F and G blocks: the BasicResidualBlock of docs/architectures.md §4.0,
 //! `Neuron -> Conv3x3+BN -> Neuron -> Conv3x3+BN` over `[T, B, p, H, W]`.
 //!
 //! Random small configurations (proptest): T in 1..6, batch 1..2, odd p, odd H and W, 1 to 3
@@ -15,7 +15,7 @@
 //! * reversible backward = stored-activation backward on the same model, input and `dy`:
 //!   bitwise under the exact coupling (f32 and f64), within 1e-10 under the float coupling (f64),
 //!   with no diverged recompute;
-//! * BatchNorm running statistics under `RecomputeStats::Once` and `Faithful` (SPEC.md A3);
+//! * BatchNorm running statistics under `RecomputeStats::Once` and `Faithful` (docs/choices.md §A3);
 //! * a stored output corrupted between forward and backward is reported as diverged recomputes;
 //! * smooth neurons: the reversible gradients of input and every parameter against central
 //!   finite differences, within 1e-6 (f64).
@@ -62,7 +62,7 @@ impl SpikeCounter {
     }
 }
 
-/// BasicResidualBlock(p) (SPEC.md 4.0): `BN(Conv3x3(SN(BN(Conv3x3(SN(x))))))` over
+/// BasicResidualBlock(p) (docs/architectures.md §4.0): `BN(Conv3x3(SN(BN(Conv3x3(SN(x))))))` over
 /// `[T, B, p, H, W]`, the convolutions over the time-flattened `[T B, p, H, W]`.
 #[derive(Clone, Debug)]
 struct Block {

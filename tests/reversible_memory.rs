@@ -1,8 +1,8 @@
-//! The memory claim of the reversible sequence (SPEC.md 3.3 and 9): the peak heap bytes of one
+//! The memory claim of the reversible sequence (docs/reversible.md §3.3; docs/memory.md §9): the peak heap bytes of one
 //! forward and backward do not grow with depth, because the forward keeps only its output and the
 //! backward holds one recomputed F or G at a time; with stored activations they grow with every
 //! block. Measured with the counting global allocator (`revsnn_reference::memory`) as the peak
-//! above the bytes live before the step, in f32, on BasicResidualBlocks (SPEC.md 4.0) of
+//! above the bytes live before the step, in f32, on BasicResidualBlocks (docs/architectures.md §4.0) of
 //! T 4, B 4, p 16, 16x16, where activation tensors dominate the weights and their gradients.
 //!
 //! The allocator's counters are process-wide, so this binary holds a single test.

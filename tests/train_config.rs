@@ -1,5 +1,5 @@
 //! `revsnn train` settings: the TOML config file and its round trip, flags over the file, errors
-//! that name the key, `--recipe paper` resolving to SPEC.md 5, and a run from a config file
+//! that name the key, `--recipe paper` resolving to docs/recipes.md §5, and a run from a config file
 //! matching the same run from flags bit for bit.
 
 mod common;
@@ -228,7 +228,7 @@ fn unknown_keys_and_bad_values_are_named() {
 
 #[test]
 fn the_paper_recipe_resolves_to_spec_section_5() {
-    // CIFAR ResNets (SPEC.md 5.2): SGD 0.1, momentum 0.9, wd 1e-4, multistep, crop + flip
+    // CIFAR ResNets (docs/recipes.md §5.2): SGD 0.1, momentum 0.9, wd 1e-4, multistep, crop + flip
     let resnet = resolve(&[
         ("recipe", "paper"),
         ("model", "revsresnet21"),
@@ -280,7 +280,7 @@ fn the_paper_recipe_resolves_to_spec_section_5() {
         }
     );
 
-    // CIFAR transformers (SPEC.md 5.1): AdamW, cosine 20 warmup + 10 cooldown, RandAugment,
+    // CIFAR transformers (docs/recipes.md §5.1): AdamW, cosine 20 warmup + 10 cooldown, RandAugment,
     // mixup with label smoothing, random erasing; CIFAR-10 heads 12, 10 classes
     let former = resolve(&[
         ("recipe", "paper"),
@@ -332,7 +332,7 @@ fn the_paper_recipe_resolves_to_spec_section_5() {
         }
     );
     assert_eq!(former.mixup_off_epoch, 200);
-    // the schedule of SPEC.md 5.1: from 1e-5, cosine counted from epoch 0 over 300, then 1e-5
+    // the schedule of docs/recipes.md §5.1: from 1e-5, cosine counted from epoch 0 over 300, then 1e-5
     assert!((former.lr(0) - 1e-5).abs() < 1e-15);
     let lr_20 = 1e-5 + 0.5 * (5e-4 - 1e-5) * (1.0 + (std::f64::consts::PI * 20.0 / 300.0).cos());
     assert!((former.lr(20) - lr_20).abs() < 1e-15);
@@ -347,7 +347,7 @@ fn the_paper_recipe_resolves_to_spec_section_5() {
         (100, Some(8))
     );
 
-    // event data (SPEC.md 5.3): AdamW 1e-3 (ResNets without weight decay), cosine 10 + 10,
+    // event data (docs/recipes.md §5.3): AdamW 1e-3 (ResNets without weight decay), cosine 10 + 10,
     // SNNAugmentWide, mixup p 0.5 off at 75, T 10, Gesture's 11 classes
     let dvs = resolve(&[
         ("recipe", "paper"),

@@ -19,7 +19,7 @@ training loops run it:
 * `zero_grad()` keeps the gradient tensors (set_to_none=False), which is what torch 1.10 (the
   official environment) does.
 
-Memory follows SPEC.md 9.3: peak of torch.cuda.max_memory_allocated over a training step after
+Memory follows docs/memory.md §9.3: peak of torch.cuda.max_memory_allocated over a training step after
 warm-up (parameters, gradients, optimizer state, input and every activation), at two batch sizes;
 memory per image is the slope between them and also peak / B at the larger B.
 

@@ -1,5 +1,5 @@
 // Batch normalisation over x [N, C, inner] (inner = the product of the trailing axes) with
-// deterministic per-channel reductions (SPEC.md 1); twin of reference/src/ops/batch_norm.rs.
+// deterministic per-channel reductions (docs/conventions.md §1); twin of reference/src/ops/batch_norm.rs.
 //
 // Element (b, c, i) sits at (b * C + c) * inner + i; channel c's n = N * inner elements are
 // numbered j = b * inner + i. Every per-channel sum is accumulated in double in two passes over a

@@ -1,4 +1,4 @@
-// im2col and col2im of the 2-D convolution (SPEC.md 4.0); twin of reference/src/ops/conv.rs, host
+// im2col and col2im of the 2-D convolution (docs/architectures.md §4.0); twin of reference/src/ops/conv.rs, host
 // side in gpu/src/ops/conv.rs, whose cuBLAS GEMMs do the arithmetic.
 //
 // Layouts (row-major): x and dx are [B, C, H, W] (a chunk of B images); the columns are

@@ -1,4 +1,4 @@
-// The bias of the linear layers and convolutions (SPEC.md 4.0); twin of reference/src/ops/linear.rs
+// The bias of the linear layers and convolutions (docs/architectures.md §4.0); twin of reference/src/ops/linear.rs
 // and conv.rs, host side in gpu/src/ops/linear.rs. The products themselves are cuBLAS GEMMs.
 //
 // Both kernels see the output as [outer, channels, inner] row-major: [N, out] with inner = 1 for a

@@ -1,4 +1,4 @@
-// Softmax cross-entropy over logits [B, K] (SPEC.md 5); twin of reference/src/ops/loss.rs, host
+// Softmax cross-entropy over logits [B, K] (docs/recipes.md §5); twin of reference/src/ops/loss.rs, host
 // side in gpu/src/ops/loss.rs. One thread per row (rows are few) computes the row's log-sum-exp
 // in double exactly as the reference writes it, sequentially over the classes: the row maximum m
 // (the first one), then ln_1p(sum_{k != argmax} exp(x_k - m)); each row's loss goes to a double

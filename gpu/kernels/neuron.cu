@@ -1,4 +1,4 @@
-// Fused multi-step IF/LIF neurons with hard reset to 0 (SPEC.md 2.2-2.4); twin of
+// Fused multi-step IF/LIF neurons with hard reset to 0 (docs/neurons.md §2.2-2.4); twin of
 // reference/src/ops/neuron.rs. One thread per neuron loops over T; the forward keeps h for the
 // backward, which recomputes the spikes from it (a spike is a function of h).
 //
@@ -54,7 +54,7 @@ __device__ void neuron_backward(const E* __restrict__ grad_spikes, const E* __re
                                 double tau, E v_threshold, int surrogate, E alpha, int smooth, int detach_reset) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    // k = dh[t+1]/dv[t], r = dh[t]/dx[t] (SPEC.md 2.4)
+    // k = dh[t+1]/dv[t], r = dh[t]/dx[t] (docs/neurons.md §2.4)
     E k = kind == 0 ? (E)1 : (E)(1.0 - 1.0 / tau);
     E r = (kind == 0 || !decay_input) ? (E)1 : (E)(1.0 / tau);
     E grad_h = (E)0;

@@ -1,4 +1,4 @@
-// Optimizer steps, one fused kernel each, elementwise over one parameter tensor (SPEC.md 5); twin
+// Optimizer steps, one fused kernel each, elementwise over one parameter tensor (docs/recipes.md §5); twin
 // of reference/src/ops/optim.rs, host side in gpu/src/ops/optim.rs. Each update is computed in E
 // with the reference's operations in the reference's order, through the explicit
 // round-to-nearest intrinsics (never contracted into an FMA; division and square root IEEE), so

@@ -1,4 +1,4 @@
-// Average and max pooling over x [N, C, H, W], PyTorch's ceil_mode=False (SPEC.md 1, A7); twin of
+// Average and max pooling over x [N, C, H, W], PyTorch's ceil_mode=False (docs/conventions.md §1; docs/choices.md §A7); twin of
 // reference/src/ops/pool.rs.
 //
 // A plane is one (n, c) slice: x holds `planes` planes of h x w, y planes of out_h x out_w.

@@ -1,6 +1,6 @@
 // Structural and elementwise tensor ops; twin of reference/src/ops/tensor.rs, host side in
 // gpu/src/ops/tensor.rs. Every kernel loops with a grid stride over 64-bit indices; every
-// reduction has a fixed order that depends only on the shapes (DESIGN.md principle 4).
+// reduction has a fixed order that depends only on the shapes (docs/design.md principle 4).
 //
 // Arithmetic uses the explicit round-to-nearest intrinsics (__fadd_rn, __dmul_rn, ...), which the
 // compiler never contracts into an FMA, so each result rounds exactly as the CPU reference's.

@@ -1,6 +1,6 @@
 //! [`Cuda`]: the op contract of `revsnn_reference::Backend` on one CUDA device. Each method is a
 //! thin call into `crate::ops::<family>`, the twin of `revsnn_reference::ops::<family>`, so a
-//! reader who finds an op on one side finds it on the other (DESIGN.md).
+//! reader who finds an op on one side finds it on the other (docs/design.md).
 
 use std::marker::PhantomData;
 use std::sync::Arc;

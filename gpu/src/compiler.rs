@@ -1,6 +1,6 @@
 //! NVRTC compilation of the kernel files. A kernel is compiled for the device's own architecture
 //! on first use ([`crate::GpuDevice`]); CI compiles every file to PTX and to an `sm_90` CUBIN on
-//! a machine without a GPU, so a kernel that does not compile fails there too (TOOLCHAIN.md).
+//! a machine without a GPU, so a kernel that does not compile fails there too (docs/toolchain.md).
 
 use std::ffi::{CStr, CString, c_char};
 

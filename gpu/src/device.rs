@@ -184,7 +184,7 @@ impl GpuDevice {
 
     /// Lets cuBLAS and cuDNN run `f32` GEMMs and convolutions on TF32 tensor cores: inputs
     /// rounded to a 10-bit mantissa, about 1e-3 relative error instead of 1e-6, several times
-    /// the throughput. Off by default, so results stay in the tolerance classes of DESIGN.md;
+    /// the throughput. Off by default, so results stay in the tolerance classes of docs/design.md;
     /// PyTorch's default for convolutions is on (`torch.backends.cudnn.allow_tf32`), which
     /// matters when comparing speed. `f64` is unaffected.
     pub fn allow_tf32(&self, allowed: bool) -> Result<(), GpuError> {

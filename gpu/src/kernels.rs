@@ -11,7 +11,7 @@ pub struct KernelSource {
     pub functions: &'static [&'static str],
 }
 
-/// `gpu/kernels/neuron.cu`: fused multi-step IF/LIF forward and backward (SPEC.md 2).
+/// `gpu/kernels/neuron.cu`: fused multi-step IF/LIF forward and backward (docs/neurons.md §2).
 pub const NEURON: KernelSource = KernelSource {
     file: "neuron.cu",
     source: include_str!("../kernels/neuron.cu"),
@@ -23,7 +23,7 @@ pub const NEURON: KernelSource = KernelSource {
     ],
 };
 
-/// `gpu/kernels/conv.cu`: im2col and the col2im gather of the convolutions (SPEC.md 4.0).
+/// `gpu/kernels/conv.cu`: im2col and the col2im gather of the convolutions (docs/architectures.md §4.0).
 pub const CONV: KernelSource = KernelSource {
     file: "conv.cu",
     source: include_str!("../kernels/conv.cu"),
@@ -31,7 +31,7 @@ pub const CONV: KernelSource = KernelSource {
 };
 
 /// `gpu/kernels/linear.cu`: the bias broadcast and bias-gradient reduction of the linear layers
-/// and convolutions (SPEC.md 4.0).
+/// and convolutions (docs/architectures.md §4.0).
 pub const LINEAR: KernelSource = KernelSource {
     file: "linear.cu",
     source: include_str!("../kernels/linear.cu"),
@@ -44,7 +44,7 @@ pub const LINEAR: KernelSource = KernelSource {
 };
 
 /// `gpu/kernels/batch_norm.cu`: BatchNorm statistics, normalisation, backward and running
-/// statistics with deterministic two-pass per-channel reductions (SPEC.md 1).
+/// statistics with deterministic two-pass per-channel reductions (docs/conventions.md §1).
 pub const BATCH_NORM: KernelSource = KernelSource {
     file: "batch_norm.cu",
     source: include_str!("../kernels/batch_norm.cu"),
@@ -72,7 +72,7 @@ pub const BATCH_NORM: KernelSource = KernelSource {
     ],
 };
 
-/// `gpu/kernels/pool.cu`: average and max pooling forward and backward (SPEC.md 1, A7).
+/// `gpu/kernels/pool.cu`: average and max pooling forward and backward (docs/conventions.md §1; docs/choices.md §A7).
 pub const POOL: KernelSource = KernelSource {
     file: "pool.cu",
     source: include_str!("../kernels/pool.cu"),
@@ -116,7 +116,7 @@ pub const TENSOR: KernelSource = KernelSource {
 };
 
 /// `gpu/kernels/loss.cu`: softmax cross-entropy against labels or soft targets, and its backward
-/// (SPEC.md 5).
+/// (docs/recipes.md §5).
 pub const LOSS: KernelSource = KernelSource {
     file: "loss.cu",
     source: include_str!("../kernels/loss.cu"),
@@ -130,7 +130,7 @@ pub const LOSS: KernelSource = KernelSource {
     ],
 };
 
-/// `gpu/kernels/optim.cu`: fused SGD-with-momentum and AdamW steps (SPEC.md 5).
+/// `gpu/kernels/optim.cu`: fused SGD-with-momentum and AdamW steps (docs/recipes.md §5).
 pub const OPTIM: KernelSource = KernelSource {
     file: "optim.cu",
     source: include_str!("../kernels/optim.cu"),

@@ -1,5 +1,5 @@
 //! Every kernel file compiles with NVRTC, to PTX and to an sm_90 CUBIN (which runs ptxas too), on
-//! any machine with NVRTC installed, GPU or not (TOOLCHAIN.md). Skips when NVRTC is absent unless
+//! any machine with NVRTC installed, GPU or not (docs/toolchain.md). Skips when NVRTC is absent unless
 //! `REVSNN_REQUIRE_NVRTC=1`, which `.ci/run` sets after installing NVRTC 13.0.
 
 use revsnn_gpu::compiler::{self, Target};

@@ -1,5 +1,5 @@
 //! The op contract: every op a RevSNN model needs, as a forward that returns its output and the
-//! context its backward needs, and a backward that consumes that context (DESIGN.md principle 1).
+//! context its backward needs, and a backward that consumes that context (docs/design.md principle 1).
 //! There is no general autograd: layers call these ops and keep the contexts on their own tape.
 //!
 //! Layouts follow PyTorch: images `[N, C, H, W]`, sequences time-first `[T, ...]`, weights
@@ -106,7 +106,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn sub(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
     /// `y = factor * x`.
     fn scale(&self, x: &Self::Tensor, factor: Self::Elem) -> Result<Self::Tensor>;
-    /// `y = x[.., start..start + len, ..]` along `axis` (the channel split of SPEC.md 3.1).
+    /// `y = x[.., start..start + len, ..]` along `axis` (the channel split of docs/reversible.md §3.1).
     fn narrow(
         &self,
         x: &Self::Tensor,
@@ -116,7 +116,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     ) -> Result<Self::Tensor>;
     /// Concatenation along `axis`; the backward is [`Backend::narrow`] of each part.
     fn concat(&self, parts: &[&Self::Tensor], axis: usize) -> Result<Self::Tensor>;
-    /// `y[t] = x` for `t < times`: `[...] -> [times, ...]`, the direct encoding of SPEC.md 4.1.
+    /// `y[t] = x` for `t < times`: `[...] -> [times, ...]`, the direct encoding of docs/architectures.md §4.1.
     fn repeat_leading(&self, x: &Self::Tensor, times: usize) -> Result<Self::Tensor>;
     /// `y = round(x 2^k) 2^-k`, the fixed-point grid of the exact reversible coupling (its
     /// gradient is taken as the identity, straight through).
@@ -136,17 +136,17 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         axes: &[usize],
     ) -> Result<Self::Tensor>;
 
-    // ---------------------------------------------------------------- spiking neurons (SPEC.md 2)
+    // ---------------------------------------------------------------- spiking neurons (docs/neurons.md §2)
 
     /// A multi-step neuron layer over `x` of shape `[T, ...]`, starting from `v = 0`
-    /// (SPEC.md 2.2): `h[t] = charge(v[t-1], x[t])`, `s[t] = Heaviside(h[t] - V_th)`,
+    /// (docs/neurons.md §2.2): `h[t] = charge(v[t-1], x[t])`, `s[t] = Heaviside(h[t] - V_th)`,
     /// `v[t] = (1 - s[t]) h[t]`. Returns the spikes `[T, ...]`.
     fn neuron_forward(
         &self,
         x: &Self::Tensor,
         config: &NeuronConfig,
     ) -> Result<(Self::Tensor, Self::NeuronContext)>;
-    /// Backward through time (SPEC.md 2.4): `dL/dh[t] = dL/ds[t] psi[t] + dv/dh[t] k dL/dh[t+1]`,
+    /// Backward through time (docs/neurons.md §2.4): `dL/dh[t] = dL/ds[t] psi[t] + dv/dh[t] k dL/dh[t+1]`,
     /// `dL/dx[t] = r dL/dh[t]`.
     fn neuron_backward(
         &self,
@@ -174,7 +174,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     ) -> Result<Conv2dGrads<Self::Tensor>>;
 
     /// A 1-D convolution with kernel size 1, `x [N, C_in, L]`, `w [C_out, C_in, 1]`: the conv of
-    /// the attention (SPEC.md 4.0), computed as a 1x1 [`Backend::conv2d_forward`] on `[N, C, L, 1]`.
+    /// the attention (docs/architectures.md §4.0), computed as a 1x1 [`Backend::conv2d_forward`] on `[N, C, L, 1]`.
     fn conv1d_forward(
         &self,
         x: &Self::Tensor,
@@ -250,7 +250,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         context: &Self::BatchNormContext,
     ) -> Result<BatchNormGrads<Self::Tensor>>;
     /// `running = (1 - momentum) running + momentum batch`, with the unbiased batch variance
-    /// (PyTorch's rule, SPEC.md 1).
+    /// (PyTorch's rule, docs/conventions.md §1).
     fn update_running_stats(
         &self,
         running: &RunningStats<Self::Tensor>,
@@ -261,7 +261,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     // ---------------------------------------------------------------- pooling
 
     /// Average pooling over `x [N, C, H, W]` with `count_include_pad=True`: every window divides
-    /// by `kernel^2`, padded zeros included (SPEC.md 1, A7).
+    /// by `kernel^2`, padded zeros included (docs/conventions.md §1; docs/choices.md §A7).
     fn avg_pool2d_forward(&self, x: &Self::Tensor, params: Pool2dParams) -> Result<Self::Tensor>;
     /// The backward of [`Backend::avg_pool2d_forward`].
     fn avg_pool2d_backward(
@@ -302,7 +302,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         has_bias: bool,
     ) -> Result<LinearGrads<Self::Tensor>>;
     /// `c[b] = op(a[b]) op(b[b])` over any leading batch axes, `op` a transpose of the last two
-    /// axes when asked: the attention products `q k^T` and `attn v` (SPEC.md 4.0). Its backward is
+    /// axes when asked: the attention products `q k^T` and `attn v` (docs/architectures.md §4.0). Its backward is
     /// two more calls: `da = dc op(b)^T`, `db = op(a)^T dc` (up to the transposes).
     fn batched_matmul(
         &self,

@@ -2,7 +2,7 @@
 //!
 //! Deterministic by construction: every reduction runs in a fixed order that does not depend on
 //! the number of rayon threads, so outputs and gradients are bitwise identical with 1 or N threads
-//! (DESIGN.md principle 4). Ops run on the current rayon pool; run them inside
+//! (docs/design.md principle 4). Ops run on the current rayon pool; run them inside
 //! `ThreadPool::install` to choose the thread count.
 
 use std::marker::PhantomData;

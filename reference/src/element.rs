@@ -28,7 +28,7 @@ impl Display for DType {
     }
 }
 
-/// A float the backends compute in: `f32` for speed, `f64` for truth (DESIGN.md principle 6).
+/// A float the backends compute in: `f32` for speed, `f64` for truth (docs/design.md principle 6).
 pub trait Element:
     num_traits::Float
     + num_traits::FromPrimitive

@@ -3,7 +3,7 @@
 //! The op contract of revsnn ([`Backend`]) and its deterministic CPU implementation ([`Cpu`]) on
 //! `ndarray`, generic over `f32` and `f64`. This crate is the test oracle of the project: every
 //! op's backward is checked against central finite differences, the neurons against the equations
-//! of SPEC.md section 2, and the GPU backend against this one.
+//! of docs/neurons.md, and the GPU backend against this one.
 //!
 //! Layout: [`backend`] holds the contract (one forward returning what its backward needs, and a
 //! backward, per op), [`params`] the op parameters with their validation, [`ops`] the CPU kernels

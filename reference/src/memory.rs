@@ -1,4 +1,4 @@
-//! Memory accounting (DESIGN.md principle 5): a counting global allocator that tracks the live and
+//! Memory accounting (docs/design.md principle 5): a counting global allocator that tracks the live and
 //! peak bytes of everything a process allocates on the heap, tensors, contexts and scratch
 //! buffers alike. The `revsnn` binary installs it; a test binary that measures memory installs it
 //! with

@@ -3,7 +3,7 @@
 
 use crate::error::{OpError, Result};
 
-/// How a neuron charges its membrane (SPEC.md 2.2).
+/// How a neuron charges its membrane (docs/neurons.md §2.2).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NeuronKind {
     /// Integrate-and-fire: `h[t] = v[t-1] + x[t]`.
@@ -15,7 +15,7 @@ pub enum NeuronKind {
 }
 
 /// The surrogate derivative `psi(z) = dS/dh` used in place of the Dirac delta, with
-/// `z = h - V_th` (SPEC.md 2.3).
+/// `z = h - V_th` (docs/neurons.md §2.3).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Surrogate {
     /// `psi(z) = alpha / (2 (1 + (pi/2 alpha z)^2))`, primitive `g(z) = atan(pi/2 alpha z)/pi + 1/2`.
@@ -67,14 +67,14 @@ impl Surrogate {
 /// How a neuron fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firing {
-    /// `s[t] = Heaviside(h[t] - V_th)`, with `Heaviside(0) = 1` (SPEC.md 2.2): what the models run.
+    /// `s[t] = Heaviside(h[t] - V_th)`, with `Heaviside(0) = 1` (docs/neurons.md §2.2): what the models run.
     Heaviside,
     /// `s[t] = g(h[t] - V_th)`, the surrogate's primitive: a differentiable neuron whose exact
     /// gradient is what the surrogate backward computes, so finite differences can check it.
     Smooth,
 }
 
-/// A multi-step spiking neuron layer with hard reset to 0 (SPEC.md 2.1-2.4).
+/// A multi-step spiking neuron layer with hard reset to 0 (docs/neurons.md §2.1-2.4).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NeuronConfig {
     pub kind: NeuronKind,
@@ -148,7 +148,7 @@ impl NeuronConfig {
         Ok(())
     }
 
-    /// `(k, r)` of SPEC.md 2.4: `k = dh[t+1]/dv[t]` and `r = dh[t]/dx[t]`.
+    /// `(k, r)` of docs/neurons.md §2.4: `k = dh[t+1]/dv[t]` and `r = dh[t]/dx[t]`.
     pub fn charge_coefficients(&self) -> (f64, f64) {
         match self.kind {
             NeuronKind::If => (1.0, 1.0),
@@ -249,7 +249,7 @@ fn output_size(
     Ok((padded - kernel) / stride + 1)
 }
 
-/// BatchNorm constants: PyTorch's defaults are `eps = 1e-5`, `momentum = 0.1` (SPEC.md 1).
+/// BatchNorm constants: PyTorch's defaults are `eps = 1e-5`, `momentum = 0.1` (docs/conventions.md §1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormParams {
     pub eps: f64,

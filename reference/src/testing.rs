@@ -1,7 +1,7 @@
 //! Tools for checking ops: relative errors, central finite differences and a small deterministic
 //! random generator. Public so that the workspace's tests and the `verify` command share them.
 //!
-//! Relative error is `||a - b||_2 / max(||b||_2, tiny)` over the whole tensor (DESIGN.md).
+//! Relative error is `||a - b||_2 / max(||b||_2, tiny)` over the whole tensor (docs/design.md).
 
 /// `||a - b||_2 / max(||b||_2, f64::MIN_POSITIVE)`, computed in `f64`; `b` is the reference.
 /// Slices of different lengths compare as infinitely far apart.

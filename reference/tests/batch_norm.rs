@@ -1,4 +1,4 @@
-//! BatchNorm (SPEC.md 1): forwards against naive f64 loops and hand-checked values, backwards
+//! BatchNorm (docs/conventions.md §1): forwards against naive f64 loops and hand-checked values, backwards
 //! against central finite differences (f64, relative error in the 2-norm over the whole tensor
 //! <= 1e-6), shapes by proptest, bitwise determinism across thread counts, and typed errors.
 

@@ -1,8 +1,8 @@
-//! The multi-step neurons against SPEC.md 2.2-2.4, finite differences, thread counts and bad input.
+//! The multi-step neurons against docs/neurons.md §2.2-2.4, finite differences, thread counts and bad input.
 //!
-//! Tolerances: IF is compared bitwise with a straightforward f64 loop over SPEC.md 2.2/2.4. For
+//! Tolerances: IF is compared bitwise with a straightforward f64 loop over docs/neurons.md §2.2/2.4. For
 //! LIF the implementation charges as `h = (1 - 1/tau) v + (1/tau) x` while the loop below uses
-//! SPEC.md's `v + (x - v) / tau`; the two differ by rounding only, so LIF compares spikes exactly
+//! docs/neurons.md's `v + (x - v) / tau`; the two differ by rounding only, so LIF compares spikes exactly
 //! and `h` and `dL/dx` with a relative L2 error (`testing::relative_error`) <= 1e-12. Finite
 //! differences: f64, relative L2 error <= 1e-6.
 
@@ -12,14 +12,14 @@ use revsnn_reference::{
     Backend, Cpu, Element, Firing, NeuronConfig, NeuronKind, OpError, Surrogate,
 };
 
-/// Spikes, h and dL/dx of one multi-step neuron layer, written from SPEC.md 2.2 and 2.4.
+/// Spikes, h and dL/dx of one multi-step neuron layer, written from docs/neurons.md §2.2 and 2.4.
 struct Expected {
     spikes: Vec<f64>,
     h: Vec<f64>,
     grad_x: Vec<f64>,
 }
 
-/// A plain loop over each neuron, SPEC.md 2.2 (forward) and 2.4 (backward, gV = 0).
+/// A plain loop over each neuron, docs/neurons.md §2.2 (forward) and 2.4 (backward, gV = 0).
 fn spec_loop(x: &[f64], steps: usize, config: &NeuronConfig, grad_s: &[f64]) -> Expected {
     let n = x.len() / steps;
     let v_th = config.v_threshold;
@@ -162,7 +162,7 @@ fn check_against_spec(shape: &[usize], x: &[f64], grad_s: &[f64], config: &Neuro
 
 #[test]
 fn forward_and_backward_match_the_spec_loop_for_every_config() {
-    // SPEC.md 2.6: x of shape [6, 3, 50] with N(0, 1.5^2) currents.
+    // docs/neurons.md §2.6: x of shape [6, 3, 50] with N(0, 1.5^2) currents.
     let shape = [6, 3, 50];
     let mut rng = SplitMix64::new(2024);
     for config in configs() {
@@ -278,7 +278,7 @@ fn smooth_backward_with_detach_is_not_the_exact_gradient() {
 
 #[test]
 fn f32_agrees_with_f64() {
-    // DESIGN.md: f32 within 1e-5 relative; Heaviside spikes agree except where |h - V_th| < 1e-5.
+    // docs/design.md: f32 within 1e-5 relative; Heaviside spikes agree except where |h - V_th| < 1e-5.
     let shape = [6, 3, 50];
     let mut rng = SplitMix64::new(5);
     let x64 = rng.normal_vec(900, 1.5);

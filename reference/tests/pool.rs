@@ -1,4 +1,4 @@
-//! Average and max pooling (SPEC.md 1, A7): forwards against naive f64 loops over an explicitly
+//! Average and max pooling (docs/conventions.md §1; docs/choices.md §A7): forwards against naive f64 loops over an explicitly
 //! padded input and hand-checked border values (divisor 9), backwards against central finite
 //! differences (f64, relative error in the 2-norm over the whole tensor <= 1e-6) and naive
 //! scatters, shapes by proptest, bitwise determinism across thread counts, and typed errors.

@@ -1,6 +1,6 @@
 //! `revsnn memory`: peak bytes of one full training step (forward, backward, optimizer step) per
 //! batch size, and memory per image as the slope between batch sizes and as peak / B
-//! (SPEC.md 9.3).
+//! (docs/memory.md §9.3).
 
 use revsnn_reference::{AdamWParams, DType, SgdParams};
 use serde_json::json;
@@ -14,7 +14,7 @@ use crate::network::Network;
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::spec::ModelSpec;
 
-/// The optimizer of the family's paper recipe (SPEC.md 5): SGD for ResNets, AdamW for
+/// The optimizer of the family's paper recipe (docs/recipes.md §5): SGD for ResNets, AdamW for
 /// transformers.
 pub fn paper_optimizer(spec: &ModelSpec) -> OptimizerKind {
     if spec.arch.is_resnet() {

@@ -1,7 +1,7 @@
 //! `revsnn verify`: on random weights and inputs, checks a model's invertibility (reconstruction
 //! error, spike flips between forward and recompute counted exactly), its reversible gradients
 //! against stored-activation backpropagation of the same model, and a finite-difference spot
-//! check of its gradients (DESIGN.md's checks, for any spec).
+//! check of its gradients (docs/design.md's checks, for any spec).
 
 use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_error};
 use revsnn_reference::{Backend, DType, Element};

@@ -1,4 +1,4 @@
-//! Data augmentation of SPEC.md 5 and 6.3, each transform a deterministic function of a
+//! Data augmentation of docs/recipes.md §5; docs/data.md §6.3, each transform a deterministic function of a
 //! [`SplitMix64`] generator (the same seed gives the same output).
 //!
 //! Images are channel-major (`[C, H, W]`); event frames `[T, 2, H, W]` are treated as `T * 2`
@@ -10,23 +10,23 @@
 //! - per batch ([`Augmentation::batch_pixels`], [`Augmentation::batch_values`]): [`mixup_batch_u8`]
 //!   or [`mixup_batch`] with label smoothing (soft targets), or [`smooth_targets`] alone → for
 //!   pixels `/255` and [`normalize`] with [`CIFAR_MEAN`] and [`CIFAR_STD`] (transformers) or
-//!   [`CIFAR_RESNET_STD`] (ResNets, SPEC.md A18) → [`random_erasing`], as timm's prefetching
+//!   [`CIFAR_RESNET_STD`] (ResNets, docs/choices.md §A18) → [`random_erasing`], as timm's prefetching
 //!   loader orders them.
 
 use revsnn_reference::testing::SplitMix64;
 
 use crate::error::{Error, Result};
 
-/// CIFAR channel means (SPEC.md 5.1, 5.2).
+/// CIFAR channel means (docs/recipes.md §5.1, 5.2).
 pub const CIFAR_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
-/// CIFAR channel standard deviations of the transformer recipe (SPEC.md 5.1).
+/// CIFAR channel standard deviations of the transformer recipe (docs/recipes.md §5.1).
 pub const CIFAR_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 /// The non-standard standard deviations of the CIFAR ResNet recipe, also for CIFAR-100
-/// (SPEC.md 5.2, A18).
+/// (docs/recipes.md §5.2; docs/choices.md §A18).
 pub const CIFAR_RESNET_STD: [f32; 3] = [0.557, 0.549, 0.5534];
 
 /// The shape of one image or stack of planes: `planes` channels (or `T * C` frame planes) of
-/// `h x w`, channel-major (SPEC.md 1).
+/// `h x w`, channel-major (docs/conventions.md §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Planes {
     /// Number of planes (channels, or time steps x channels).
@@ -73,7 +73,7 @@ fn randint(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
     lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
 }
 
-/// `(x - mean[c]) / std[c]` per channel `c` of a `[C, H, W]` image (SPEC.md 5.1, 5.2; `mean` and
+/// `(x - mean[c]) / std[c]` per channel `c` of a `[C, H, W]` image (docs/recipes.md §5.1, 5.2; `mean` and
 /// `std` have `C` entries).
 pub fn normalize(values: &mut [f32], shape: Planes, mean: &[f32], std: &[f32]) -> Result<()> {
     shape.check(values)?;
@@ -95,7 +95,7 @@ pub fn normalize(values: &mut [f32], shape: Planes, mean: &[f32], std: &[f32]) -
 }
 
 /// The `h x w` window at (`top`, `left`) of the image zero-padded by `padding` on every side
-/// (`top`, `left` in `[0, 2 * padding]`), SPEC.md 5.2.
+/// (`top`, `left` in `[0, 2 * padding]`), docs/recipes.md §5.2.
 pub fn crop_padded<T: Copy + Default>(
     values: &[T],
     shape: Planes,
@@ -127,7 +127,7 @@ pub fn crop_padded<T: Copy + Default>(
 }
 
 /// torchvision `RandomCrop(size, padding)` with the output as large as the input: a uniform
-/// offset in `[0, 2 * padding]` along each axis (SPEC.md 5.2).
+/// offset in `[0, 2 * padding]` along each axis (docs/recipes.md §5.2).
 pub fn random_crop<T: Copy + Default>(
     values: &[T],
     shape: Planes,
@@ -150,7 +150,7 @@ pub fn hflip<T>(values: &mut [T], shape: Planes) -> Result<()> {
     Ok(())
 }
 
-/// [`hflip`] with probability 0.5, the same for all planes (SPEC.md 5.1-5.3); returns whether
+/// [`hflip`] with probability 0.5, the same for all planes (docs/recipes.md §5.1-5.3); returns whether
 /// it flipped.
 pub fn random_hflip<T>(values: &mut [T], shape: Planes, rng: &mut SplitMix64) -> Result<bool> {
     let flip = rng.next_f64() < 0.5;
@@ -172,7 +172,7 @@ fn erase(values: &mut [f32], shape: Planes, top: usize, left: usize, bh: usize, 
     }
 }
 
-/// timm `RandomErasing(probability, mode='const', max_count=1)` (SPEC.md 5.1): with probability
+/// timm `RandomErasing(probability, mode='const', max_count=1)` (docs/recipes.md §5.1): with probability
 /// `prob`, one box of area 2%-1/3 of the image and aspect ratio 0.3-3.3 (10 tries) is set to 0
 /// in all channels. Apply after [`normalize`]. Returns the box (top, left, h, w) if any.
 pub fn random_erasing(
@@ -203,7 +203,7 @@ pub fn random_erasing(
 }
 
 /// Label-smoothed one-hot rows `[B, num_classes]`: `1 - s + s/K` on the label, `s/K` elsewhere
-/// (timm, SPEC.md 5.1, 5.3).
+/// (timm, docs/recipes.md §5.1, 5.3).
 pub fn smooth_targets(labels: &[usize], num_classes: usize, smoothing: f32) -> Result<Vec<f32>> {
     let off = smoothing / num_classes as f32;
     let on = 1.0 - smoothing + off;
@@ -219,7 +219,7 @@ pub fn smooth_targets(labels: &[usize], num_classes: usize, smoothing: f32) -> R
     Ok(out)
 }
 
-/// Mixup settings (timm `Mixup` with `cutmix_alpha=0`, mode `batch`; SPEC.md 5.1, 5.3).
+/// Mixup settings (timm `Mixup` with `cutmix_alpha=0`, mode `batch`; docs/recipes.md §5.1, 5.3).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Mixup {
     /// Beta(alpha, alpha) for the mixing weight: 0.5 in all recipes.
@@ -231,7 +231,7 @@ pub struct Mixup {
 }
 
 impl Mixup {
-    /// The CIFAR transformer setting (SPEC.md 5.1): alpha 0.5, prob 1.0, smoothing 0.1.
+    /// The CIFAR transformer setting (docs/recipes.md §5.1): alpha 0.5, prob 1.0, smoothing 0.1.
     pub fn cifar() -> Self {
         Mixup {
             alpha: 0.5,
@@ -240,7 +240,7 @@ impl Mixup {
         }
     }
 
-    /// The DVS setting (SPEC.md 5.3): alpha 0.5, prob 0.5, smoothing 0.1.
+    /// The DVS setting (docs/recipes.md §5.3): alpha 0.5, prob 0.5, smoothing 0.1.
     pub fn dvs() -> Self {
         Mixup {
             prob: 0.5,
@@ -278,7 +278,7 @@ pub fn beta(rng: &mut SplitMix64, a: f64, b: f64) -> f64 {
 }
 
 /// Draws timm's batch mixing weight: with probability `cfg.prob`, `lam ~ Beta(alpha, alpha)`,
-/// else 1 (SPEC.md 5.1, 5.3).
+/// else 1 (docs/recipes.md §5.1, 5.3).
 pub fn mixup_lambda(cfg: &Mixup, rng: &mut SplitMix64) -> f64 {
     if rng.next_f64() < cfg.prob {
         beta(rng, cfg.alpha, cfg.alpha)
@@ -319,7 +319,7 @@ fn check_mixup_batch(values: usize, b: usize) -> Result<usize> {
     Ok(values / b)
 }
 
-/// Mixes a float batch in place as timm's `Mixup` (mode `batch`, no cutmix; SPEC.md 5.3):
+/// Mixes a float batch in place as timm's `Mixup` (mode `batch`, no cutmix; docs/recipes.md §5.3):
 /// sample i becomes `lam * x_i + (1 - lam) * x_{B-1-i}` with `lam` from [`mixup_lambda`].
 /// Returns the soft targets `[B, num_classes]` ([`mixup_targets`]) and `lam`. The batch size
 /// must be even, as timm requires.
@@ -347,7 +347,7 @@ pub fn mixup_batch(
     Ok((targets, lam))
 }
 
-/// Mixes a `u8` batch in place as timm's `FastCollateMixup` (mode `batch`; SPEC.md 5.1: the CIFAR
+/// Mixes a `u8` batch in place as timm's `FastCollateMixup` (mode `batch`; docs/recipes.md §5.1: the CIFAR
 /// transformer recipe mixes the `u8` images before normalisation), rounding half to even as
 /// `np.rint`. Returns the soft targets and `lam` as [`mixup_batch`].
 pub fn mixup_batch_u8(
@@ -375,7 +375,7 @@ pub fn mixup_batch_u8(
     Ok((targets, lam as f32))
 }
 
-/// The evaluation transform of both CIFAR recipes (SPEC.md 5.1, 5.2): `/255` and normalisation
+/// The evaluation transform of both CIFAR recipes (docs/recipes.md §5.1, 5.2): `/255` and normalisation
 /// with [`CIFAR_MEAN`] and `std` ([`CIFAR_STD`] or [`CIFAR_RESNET_STD`]).
 pub fn to_normalized(image: &[u8], shape: Planes, std: &[f32]) -> Result<Vec<f32>> {
     let mut v: Vec<f32> = image.iter().map(|&b| f32::from(b) / 255.0).collect();
@@ -383,12 +383,12 @@ pub fn to_normalized(image: &[u8], shape: Planes, std: &[f32]) -> Result<Vec<f32
     Ok(v)
 }
 
-/// A training run's augmentation (SPEC.md 5, 6.3): each step optional, and a step that is off
+/// A training run's augmentation (docs/recipes.md §5; docs/data.md §6.3): each step optional, and a step that is off
 /// draws nothing from the generator. The recipes' pipelines are these steps with the others off:
-/// - CIFAR ResNets (SPEC.md 5.2): crop with padding 4, flip; hard labels;
-/// - CIFAR transformers (SPEC.md 5.1): flip, RandAugment; per batch mixup of the `u8` pixels
+/// - CIFAR ResNets (docs/recipes.md §5.2): crop with padding 4, flip; hard labels;
+/// - CIFAR transformers (docs/recipes.md §5.1): flip, RandAugment; per batch mixup of the `u8` pixels
 ///   with label smoothing 0.1, normalisation, random erasing 0.25;
-/// - event frames (SPEC.md 5.3): flip, SNNAugmentWide; per batch mixup with label smoothing 0.1.
+/// - event frames (docs/recipes.md §5.3): flip, SNNAugmentWide; per batch mixup with label smoothing 0.1.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Augmentation {
     /// A crop of the sample's own size from the sample zero-padded by this much on every side
@@ -522,7 +522,7 @@ impl Augmentation {
     }
 
     /// The per-batch steps on `u8` images of `shape`, as timm's prefetching loader orders them
-    /// (SPEC.md 5.1): mixup of the pixels, rounded (else label smoothing), `/255` and
+    /// (docs/recipes.md §5.1): mixup of the pixels, rounded (else label smoothing), `/255` and
     /// normalisation with [`CIFAR_MEAN`] and `std`, then random erasing. Returns the float batch
     /// and the soft targets (`None` for hard labels).
     pub fn batch_pixels(
@@ -557,7 +557,7 @@ impl Augmentation {
 }
 
 /// The operations of timm's increasing RandAugment set (`_RAND_INCREASING_TRANSFORMS`,
-/// SPEC.md 5.1).
+/// docs/recipes.md §5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RandOp {
     AutoContrast,
@@ -596,7 +596,7 @@ pub const RAND_INCREASING_OPS: [RandOp; 15] = [
     RandOp::TranslateYRel,
 ];
 
-/// RandAugment `rand-m9-n1-mstd0.4-inc1` as timm 0.6.12 (SPEC.md 5.1), on `u8` images; the
+/// RandAugment `rand-m9-n1-mstd0.4-inc1` as timm 0.6.12 (docs/recipes.md §5.1), on `u8` images; the
 /// geometric operations interpolate bicubically, as the recipe's `bicubic` hparam asks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RandAugment {
@@ -615,7 +615,7 @@ pub struct RandAugment {
 }
 
 impl RandAugment {
-    /// `rand-m9-n1-mstd0.4-inc1` with the CIFAR mean as fill (SPEC.md 5.1).
+    /// `rand-m9-n1-mstd0.4-inc1` with the CIFAR mean as fill (docs/recipes.md §5.1).
     pub fn cifar() -> Self {
         RandAugment {
             num_ops: 1,
@@ -884,7 +884,7 @@ fn blend(img: &mut [u8], degenerate: &[u8], factor: f64) {
     }
 }
 
-/// The operations of `SNNAugmentWide` (SPEC.md 6.3).
+/// The operations of `SNNAugmentWide` (docs/data.md §6.3).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum WideOp {
     /// No change.
@@ -902,7 +902,7 @@ pub enum WideOp {
     Cutout(Option<(usize, usize, usize)>),
 }
 
-/// Draws the `SNNAugmentWide` operation for one sample (SPEC.md 6.3): one of 6 uniformly, a
+/// Draws the `SNNAugmentWide` operation for one sample (docs/data.md §6.3): one of 6 uniformly, a
 /// magnitude uniformly from 31 evenly spaced values, its sign flipped with probability 0.5.
 pub fn draw_wide_op(shape: Planes, rng: &mut SplitMix64) -> WideOp {
     let op = randint(rng, 0, 5);
@@ -972,7 +972,7 @@ pub fn apply_wide_op(values: &mut [f32], shape: Planes, op: WideOp) -> Result<()
     Ok(())
 }
 
-/// `SNNAugmentWide` on event frames `[T, 2, H, W]` as `T * 2` planes (SPEC.md 6.3); returns the
+/// `SNNAugmentWide` on event frames `[T, 2, H, W]` as `T * 2` planes (docs/data.md §6.3); returns the
 /// operation applied.
 pub fn snn_augment_wide(values: &mut [f32], shape: Planes, rng: &mut SplitMix64) -> Result<WideOp> {
     shape.check(values)?;

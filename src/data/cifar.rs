@@ -1,4 +1,4 @@
-//! CIFAR-10 and CIFAR-100 from their standard binary versions (SPEC.md 6.1).
+//! CIFAR-10 and CIFAR-100 from their standard binary versions (docs/data.md §6.1).
 //!
 //! Layout: `DIR/cifar-10-batches-bin/{data_batch_1..5.bin, test_batch.bin}`, records of one label
 //! byte and 3072 pixel bytes (channel-major, 32x32 per channel); `DIR/cifar-100-binary/{train.bin,
@@ -14,12 +14,12 @@ use crate::error::{Error, Result};
 /// Pixels in one CIFAR image (`3 * 32 * 32`).
 pub const CIFAR_IMAGE_BYTES: usize = 3 * 32 * 32;
 
-/// Which part of a dataset: the official train or test set (SPEC.md 5, 6).
+/// Which part of a dataset: the official train or test set (docs/recipes.md §5; docs/data.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {
     /// The training set.
     Train,
-    /// The test set (also used for evaluation, SPEC.md A16).
+    /// The test set (also used for evaluation, docs/choices.md §A16).
     Test,
 }
 
@@ -33,7 +33,7 @@ impl Split {
     }
 }
 
-/// Which CIFAR (SPEC.md 6.1).
+/// Which CIFAR (docs/data.md §6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CifarVariant {
     /// 10 classes, `cifar-10-batches-bin/`.
@@ -96,7 +96,7 @@ impl CifarVariant {
     }
 }
 
-/// A CIFAR split held in memory as bytes (SPEC.md 6.1): `[3, 32, 32]` samples in `[0, 1]`.
+/// A CIFAR split held in memory as bytes (docs/data.md §6.1): `[3, 32, 32]` samples in `[0, 1]`.
 #[derive(Clone, Debug)]
 pub struct Cifar {
     variant: CifarVariant,
@@ -153,7 +153,7 @@ impl Cifar {
     }
 
     /// The raw bytes of sample `index` (`[3, 32, 32]`, channel-major), as the augmentations of
-    /// SPEC.md 5.1 (which act on `u8` images) want them.
+    /// docs/recipes.md §5.1 (which act on `u8` images) want them.
     pub fn bytes(&self, index: usize) -> Option<(&[u8], usize)> {
         let label = *self.labels.get(index)?;
         let start = index * CIFAR_IMAGE_BYTES;

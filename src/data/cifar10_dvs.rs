@@ -1,6 +1,6 @@
-//! CIFAR10-DVS (SPEC.md 6.2): the distributed AEDAT recordings, 10 classes x 1000, decoded as
+//! CIFAR10-DVS (docs/data.md §6.2): the distributed AEDAT recordings, 10 classes x 1000, decoded as
 //! SpikingJelly does, integrated into `[T, 2, 128, 128]` frames by event count, cached on disk,
-//! and split deterministically (SPEC.md A24): within each class, file names sorted, the first
+//! and split deterministically (docs/choices.md §A24): within each class, file names sorted, the first
 //! `ceil(0.9 n)` are the training set and the rest the test set.
 //!
 //! Layout: `DIR/<class>/*.aedat` (or `DIR/extract/<class>/`) for the classes `airplane`,
@@ -33,7 +33,7 @@ const SOURCE: &str = "download the class archives (airplane.zip, ...) of CIFAR10
      https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 and extract each into a folder \
      named after its class";
 
-/// How many of `n` recordings of a class go to the training set: `ceil(0.9 n)` (SPEC.md A24).
+/// How many of `n` recordings of a class go to the training set: `ceil(0.9 n)` (docs/choices.md §A24).
 pub fn train_count(n: usize) -> usize {
     (9 * n).div_ceil(10)
 }

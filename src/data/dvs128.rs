@@ -1,11 +1,11 @@
-//! DVS128 Gesture (SPEC.md 6.2): the original AEDAT 3.1 recordings cut into samples by their
+//! DVS128 Gesture (docs/data.md §6.2): the original AEDAT 3.1 recordings cut into samples by their
 //! label CSVs, integrated into `[T, 2, 128, 128]` frames by event count, cached on disk.
 //!
 //! Layout: `DIR` (or `DIR/DvsGesture`, or `DIR/extract/DvsGesture`) holds `trials_to_train.txt`,
 //! `trials_to_test.txt` (one `userXX_lighting.aedat` a line), the `.aedat` files and, for each,
 //! `userXX_lighting_labels.csv` (a header line, then `class,startTime_usec,endTime_usec` with
 //! class in 1..=11). Sample k of a file holds the events with `start <= t < end` of row k. Its
-//! gesture is class - 1 (SPEC.md 6.2), and its label the index SpikingJelly's `DatasetFolder`
+//! gesture is class - 1 (docs/data.md §6.2), and its label the index SpikingJelly's `DatasetFolder`
 //! gives that gesture's folder, `str(gesture)`, among the sorted folder names `0, 1, 10, 2, ...,
 //! 9` ([`spikingjelly_label`]): the official models were trained with these indices, so their
 //! checkpoints evaluate correctly. Frames are cached as
@@ -47,7 +47,7 @@ pub struct GestureRow {
     pub end: u64,
 }
 
-/// Parses a `_labels.csv` (header line, then `class,start,end` rows; SPEC.md 6.2).
+/// Parses a `_labels.csv` (header line, then `class,start,end` rows; docs/data.md §6.2).
 pub fn parse_labels_csv(text: &str, path: &Path) -> Result<Vec<GestureRow>> {
     let bad = |line: usize, detail: String| Error::File {
         path: path.display().to_string(),

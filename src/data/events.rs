@@ -1,5 +1,5 @@
 //! Event streams: AEDAT decoding, integration into frames by event count, and the on-disk frame
-//! cache (SPEC.md 6.2).
+//! cache (docs/data.md §6.2).
 //!
 //! Two file formats are read, following SpikingJelly 0.0.0.0.12's readers:
 //! - AEDAT 3.1 (DVS128 Gesture, [`decode_aedat31`]): ASCII header lines starting with `#` up to
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use super::{Dataset, Sample};
 use crate::error::{Error, Result};
 
-/// Decoded events, in file order: one entry per event in each vector (SPEC.md 6.2).
+/// Decoded events, in file order: one entry per event in each vector (docs/data.md §6.2).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Events {
     /// Timestamps in microseconds.
@@ -51,7 +51,7 @@ impl Events {
     }
 
     /// The events with `start <= t < end`, in order (how SpikingJelly cuts DVS128 Gesture
-    /// recordings into samples, SPEC.md 6.2).
+    /// recordings into samples, docs/data.md §6.2).
     pub fn time_window(&self, start: u64, end: u64) -> Events {
         let mut out = Events::default();
         for i in 0..self.len() {
@@ -94,7 +94,7 @@ fn line_at(bytes: &[u8], pos: usize) -> &[u8] {
     }
 }
 
-/// Decodes an AEDAT 3.1 file (DVS128 Gesture, SPEC.md 6.2); `path` only names it in errors.
+/// Decodes an AEDAT 3.1 file (DVS128 Gesture, docs/data.md §6.2); `path` only names it in errors.
 ///
 /// As SpikingJelly's `load_aedat_v3`: every event slot of a polarity packet (its capacity) is
 /// read, other packet types are skipped, x and y are 15-bit fields.
@@ -156,7 +156,7 @@ pub fn decode_aedat31(bytes: &[u8], path: &Path) -> Result<Events> {
     Ok(events)
 }
 
-/// Decodes a CIFAR10-DVS AEDAT file (SPEC.md 6.2) as SpikingJelly's `CIFAR10DVS` does: header
+/// Decodes a CIFAR10-DVS AEDAT file (docs/data.md §6.2) as SpikingJelly's `CIFAR10DVS` does: header
 /// lines whose stripped text starts with `#`, then big-endian `(address, timestamp)` pairs;
 /// x = (a & 0xFE) >> 1, y = (a & 0x7F00) >> 8, p = a & 1, returned as (127 - y, 127 - x, 1 - p).
 pub fn decode_cifar10_dvs(bytes: &[u8], path: &Path) -> Result<Events> {
@@ -191,8 +191,8 @@ pub fn decode_cifar10_dvs(bytes: &[u8], path: &Path) -> Result<Events> {
     Ok(events)
 }
 
-/// The event index ranges of the `frames` slices of `n` events, `split_by='number'` (SPEC.md
-/// 6.2): slice j is `[j * (n / frames), (j + 1) * (n / frames))`, the last one ends at `n`.
+/// The event index ranges of the `frames` slices of `n` events, `split_by='number'`
+/// (docs/data.md §6.2): slice j is `[j * (n / frames), (j + 1) * (n / frames))`, the last one ends at `n`.
 pub fn number_slices(n: usize, frames: usize) -> Vec<std::ops::Range<usize>> {
     let di = n / frames.max(1);
     (0..frames)
@@ -204,7 +204,7 @@ pub fn number_slices(n: usize, frames: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Integrates `events` into `frames` frames `[frames, 2, h, w]` of event counts, split by number
-/// (SPEC.md 6.2): channel 0 counts polarity 0, channel 1 polarity 1. An event outside the
+/// (docs/data.md §6.2): channel 0 counts polarity 0, channel 1 polarity 1. An event outside the
 /// `h x w` sensor is a corrupt file (`path` names it).
 pub fn integrate_by_number(
     events: &Events,
@@ -245,7 +245,7 @@ const CACHE_F32: u8 = 2;
 
 /// Writes frames (event counts) to the cache file `path` atomically (temporary file, then
 /// rename): a header (`RSNNFRM1`, rank, dims as little-endian `u32`, a dtype byte), then the
-/// values as `u8` or little-endian `u16` when all counts fit, else `f32` (SPEC.md 6.2).
+/// values as `u8` or little-endian `u16` when all counts fit, else `f32` (docs/data.md §6.2).
 pub fn write_frame_cache(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
     let file_err = |e: std::io::Error| Error::File {
         path: path.display().to_string(),
@@ -322,7 +322,7 @@ pub fn read_frame_cache(path: &Path, shape: &[usize]) -> Result<Vec<f32>> {
     }
 }
 
-/// A dataset of event frames `[T, 2, H, W]` read from the frame cache (SPEC.md 6.2), built by
+/// A dataset of event frames `[T, 2, H, W]` read from the frame cache (docs/data.md §6.2), built by
 /// [`crate::data::dvs128`] and [`crate::data::cifar10_dvs`].
 #[derive(Clone, Debug)]
 pub struct FrameDataset {

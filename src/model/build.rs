@@ -1,5 +1,5 @@
 //! Building a model's parameters under their official names, with the official initialisation
-//! (SPEC.md 4.6).
+//! (docs/architectures.md §4.6).
 
 use revsnn_reference::Backend;
 use revsnn_reference::testing::SplitMix64;
@@ -8,7 +8,7 @@ use super::layers::BatchNormIds;
 use super::params::{EntryKind, ParamId, ParamStore};
 use crate::error::Result;
 
-/// How a weight is initialised (SPEC.md 4.6).
+/// How a weight is initialised (docs/architectures.md §4.6).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// `kaiming_normal_(mode='fan_out', nonlinearity='relu')`: N(0, 2 / (C_out k_h k_w)); the

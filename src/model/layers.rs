@@ -1,6 +1,6 @@
 //! The building blocks of every model, each a [`Layer`]: spiking neurons, convolution followed by
-//! BatchNorm, pooling and the linear head (SPEC.md 4.0). Stateless layers see `[T B, ...]`, the
-//! time-flattened layout of SpikingJelly's `SeqToANNContainer` (SPEC.md 1); [`flatten_time`] and
+//! BatchNorm, pooling and the linear head (docs/architectures.md §4.0). Stateless layers see `[T B, ...]`, the
+//! time-flattened layout of SpikingJelly's `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and
 //! [`unflatten_time`] convert.
 
 use revsnn_reference::{
@@ -31,8 +31,8 @@ pub fn unflatten_time<B: Backend>(
     Ok(backend.reshape(x, &split)?)
 }
 
-/// A multi-step spiking neuron layer over `[T, ...]` (SPEC.md 2), starting from `v = 0` at every
-/// call (no state lingers between calls: SPEC.md A15).
+/// A multi-step spiking neuron layer over `[T, ...]` (docs/neurons.md §2), starting from `v = 0` at every
+/// call (no state lingers between calls: docs/choices.md §A15).
 #[derive(Clone, Debug)]
 pub struct Neuron {
     pub config: NeuronConfig,
@@ -75,7 +75,7 @@ pub struct BatchNormIds {
 }
 
 /// BatchNorm over `[N, C, ...]`: batch statistics in training (updating the running statistics
-/// when the session allows), running statistics in evaluation (SPEC.md 1).
+/// when the session allows), running statistics in evaluation (docs/conventions.md §1).
 #[derive(Clone, Debug)]
 pub struct BatchNorm {
     pub ids: BatchNormIds,

@@ -1,9 +1,9 @@
-//! Layers and models written once over any [`Backend`] (DESIGN.md principle 2).
+//! Layers and models written once over any [`Backend`] (docs/design.md principle 2).
 //!
 //! There is no autograd: every layer is a [`Layer`], a forward that returns what its backward
 //! needs (`Saved`) and a backward that consumes it. Non-reversible parts keep their `Saved` on
 //! the caller's stack (the tape); a [`reversible::ReversibleSequence`] keeps nothing but its output
-//! and rebuilds each block's `Saved` in its backward (SPEC.md 3.3).
+//! and rebuilds each block's `Saved` in its backward (docs/reversible.md §3.3).
 
 pub mod build;
 pub mod layers;
@@ -172,7 +172,7 @@ pub fn train_step<B: Backend, L: Layer<B>>(
 }
 
 /// As [`train_step`], with the mean soft-target cross-entropy against `targets` `[B, K]` (rows of
-/// class probabilities: mixup and label smoothing, SPEC.md 5.1, 5.3) instead of hard labels.
+/// class probabilities: mixup and label smoothing, docs/recipes.md §5.1, 5.3) instead of hard labels.
 pub fn train_step_soft<B: Backend, L: Layer<B>>(
     model: &L,
     session: &mut Session<B>,

@@ -192,7 +192,7 @@ impl<B: Backend> ParamStore<B> {
 }
 
 /// Gradients of the parameters of a [`ParamStore`], accumulated (`+=`) by the backward passes:
-/// the reversible backward adds each block's contribution as it goes (SPEC.md 3.3).
+/// the reversible backward adds each block's contribution as it goes (docs/reversible.md §3.3).
 #[derive(Clone, Debug)]
 pub struct Grads<B: Backend> {
     slots: Vec<Option<B::Tensor>>,

@@ -1,4 +1,4 @@
-//! The spiking ResNets (SPEC.md 4.0-4.3): RevSResNet, whose stages are reversible sequences of
+//! The spiking ResNets (docs/architectures.md §4.0-4.3): RevSResNet, whose stages are reversible sequences of
 //! [`BasicResidualBlock`] pairs joined by [`DownSampleConv`]s, and its non-reversible counterpart
 //! MS-ResNet, whose stages are [`BasicBlock`]s with a membrane shortcut `o + identity`.
 //!
@@ -9,9 +9,9 @@
 //! ```
 //!
 //! Every parameter is created through a [`Builder`] in the official `state_dict` order and under
-//! the official names, with the official initialisation (SPEC.md 4.6): convolutions
+//! the official names, with the official initialisation (docs/architectures.md §4.6): convolutions
 //! `kaiming_normal_(fan_out)`, BatchNorm 1/0, the head PyTorch's default U(+-1/sqrt(fan_in)).
-//! Stateless layers run on the time-flattened `[T B, ...]` ([`SeqToAnn`], SPEC.md 1).
+//! Stateless layers run on the time-flattened `[T B, ...]` ([`SeqToAnn`], docs/conventions.md §1).
 
 use revsnn_reference::{Backend, Conv2dParams, NeuronConfig, OpError, Pool2dParams};
 
@@ -31,7 +31,7 @@ type ConvBnSaved<B> = (
 );
 
 /// A bias-free `k x k` convolution named `conv_name` (`kaiming_normal_(fan_out)`) followed by a
-/// BatchNorm under `bn_prefix` (1/0), in that `state_dict` order (SPEC.md 4.6).
+/// BatchNorm under `bn_prefix` (1/0), in that `state_dict` order (docs/architectures.md §4.6).
 #[allow(clippy::too_many_arguments)]
 fn conv_bn<B: Backend>(
     builder: &mut Builder<B>,
@@ -60,7 +60,7 @@ fn conv_bn<B: Backend>(
 }
 
 /// `SeqToANNContainer(layer)`: `layer` applied to a sequence `[T, B, ...]` as the time-flattened
-/// batch `[T B, ...]` and reshaped back, so BatchNorm statistics cover `T B H W` (SPEC.md 1).
+/// batch `[T B, ...]` and reshaped back, so BatchNorm statistics cover `T B H W` (docs/conventions.md §1).
 #[derive(Clone, Debug)]
 pub struct SeqToAnn<L> {
     pub layer: L,
@@ -95,7 +95,7 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
     }
 }
 
-/// The F or G of a RevSResNet reversible block (SPEC.md 4.0), over `[T, B, p, H, W]`:
+/// The F or G of a RevSResNet reversible block (docs/architectures.md §4.0), over `[T, B, p, H, W]`:
 /// `out = BN1(Conv3x3(SN1(x)))`, `out = BN2(Conv3x3(SN2(out)))`, both convolutions `p -> p`,
 /// stride 1, padding 1, no bias; no internal shortcut (the reversible coupling is the residual).
 #[derive(Clone, Debug)]
@@ -180,7 +180,7 @@ impl<B: Backend> Layer<B> for BasicResidualBlock {
     }
 }
 
-/// `DownSampleConv(C_in, C_out, 2)` between RevSResNet stages (SPEC.md 4.0), non-reversible:
+/// `DownSampleConv(C_in, C_out, 2)` between RevSResNet stages (docs/architectures.md §4.0), non-reversible:
 /// `SN(x) -> AvgPool2d(3, 2, 1) -> Conv1x1(C_in -> C_out, stride 1, no bias) -> BN(C_out)`, the
 /// last three on `[T B, ...]`. Names: `ds{i}.1.1.weight` (conv), `ds{i}.1.2.*` (BN).
 #[derive(Clone, Debug)]
@@ -265,7 +265,7 @@ impl<B: Backend> Layer<B> for DownSampleConv {
     }
 }
 
-/// The shortcut of the first MS-ResNet block of a strided stage (SPEC.md 4.0, cifar10/ms_resnet.py
+/// The shortcut of the first MS-ResNet block of a strided stage (docs/architectures.md §4.0, cifar10/ms_resnet.py
 /// L162-169): `BN(Conv1x1(in -> out, stride)(SN(x)))`. Names: `downsample.1.0.weight`,
 /// `downsample.1.1.*`.
 #[derive(Clone, Debug)]
@@ -301,7 +301,7 @@ impl<B: Backend> Layer<B> for Downsample {
     }
 }
 
-/// The MS-ResNet block (SPEC.md 4.0, cifar10/ms_resnet.py L24-63) over `[T, B, in, H, W]`:
+/// The MS-ResNet block (docs/architectures.md §4.0, cifar10/ms_resnet.py L24-63) over `[T, B, in, H, W]`:
 /// `o = BN(Conv3x3(in -> out, stride)(SN1(x)))`, `o = BN(Conv3x3(out -> out)(SN2(o)))`,
 /// `y = o + identity` with `identity = x` or [`Downsample`]`(x)`.
 #[derive(Clone, Debug)]
@@ -436,7 +436,7 @@ impl<B: Backend> Layer<B> for BasicBlock {
 }
 
 /// The pooling of an event stem: RevSResNet24's `self.maxpool` is an AvgPool2d(3, 2, 1);
-/// MS-ResNet20's a real MaxPool2d(3, 2, 1) (SPEC.md 4.3, A6).
+/// MS-ResNet20's a real MaxPool2d(3, 2, 1) (docs/architectures.md §4.3; docs/choices.md §A6).
 #[derive(Clone, Debug)]
 pub enum StemPool {
     Avg(AvgPool),
@@ -446,11 +446,11 @@ pub enum StemPool {
 /// How the input becomes the sequence `[T, B, C, H, W]` the stages see.
 #[derive(Clone, Debug)]
 pub enum Stem {
-    /// Static images `[B, C, H, W]` (SPEC.md 4.1, 4.2, A25): `conv1` 3x3 stride 1 + `bn1` once on
+    /// Static images `[B, C, H, W]` (docs/architectures.md §4.1, 4.2; docs/choices.md §A25): `conv1` 3x3 stride 1 + `bn1` once on
     /// the 4-D batch (statistics over `B H W`), then the same analog input at every one of
     /// `time_steps` steps (`repeat`); its backward sums the gradient over time.
     Static { conv: ConvBn, time_steps: usize },
-    /// Event frames `[B, T, C, H, W]` (SPEC.md 4.3): permuted to `[T, B, ...]`, then
+    /// Event frames `[B, T, C, H, W]` (docs/architectures.md §4.3): permuted to `[T, B, ...]`, then
     /// `SeqToANN(conv1 3x3 stride 2)`, `SeqToANN(bn1)` and the stem pool on `[T B, ...]`; `T` is
     /// the input's, as in the official code. Its backward permutes the gradient back.
     Events { conv: ConvBn, pool: StemPool },
@@ -615,13 +615,13 @@ fn mismatched(layer: &'static str) -> Error {
     OpError::shape(layer, "the saved context belongs to another kind of layer").into()
 }
 
-/// The classifier of every spiking ResNet (SPEC.md 4.1-4.3): `SN` on `[T, B, C, H, W]`,
+/// The classifier of every spiking ResNet (docs/architectures.md §4.1-4.3): `SN` on `[T, B, C, H, W]`,
 /// `AdaptiveAvgPool2d(1)` (the mean over `H, W`), `fc` on `[T B, C]` and the mean of the logits
 /// over `T`: `[B, K]`.
 #[derive(Clone, Debug)]
 pub struct Head {
     pub sn: Neuron,
-    /// `fc.weight [K, C]`, `fc.bias [K]`, both U(+-1/sqrt(C)) (SPEC.md 4.6).
+    /// `fc.weight [K, C]`, `fc.bias [K]`, both U(+-1/sqrt(C)) (docs/architectures.md §4.6).
     pub fc: Linear,
 }
 
@@ -695,7 +695,7 @@ impl<B: Backend> Layer<B> for Head {
     }
 }
 
-/// The neuron of every layer of a ResNet family (SPEC.md 2.1): IF with ATan(2) for static images,
+/// The neuron of every layer of a ResNet family (docs/neurons.md §2.1): IF with ATan(2) for static images,
 /// LIF tau 1.5 with Sigmoid(4) for events; both `detach_reset`, V_th 1.
 fn family_neuron(arch: Arch, options: &BuildOptions) -> Neuron {
     if arch.is_dvs() {
@@ -763,9 +763,9 @@ impl<B: Backend> Layer<B> for RevStage {
     }
 }
 
-/// RevSResNet (SPEC.md 4.1 static, 4.3 events): stage `i` is `c_i = 2 planes_i` wide and runs
+/// RevSResNet (docs/architectures.md §4.1 static, 4.3 events): stage `i` is `c_i = 2 planes_i` wide and runs
 /// `layers_i` reversible blocks `y1 = x1 + F(x2)`, `y2 = x2 + G(y1)` with F, G
-/// [`BasicResidualBlock`]s of width `planes_i` on the channel halves (SPEC.md 3.1, 3.4); stages
+/// [`BasicResidualBlock`]s of width `planes_i` on the channel halves (docs/reversible.md §3.1, 3.4); stages
 /// are joined by [`DownSampleConv`]`(c_{i-1} -> c_i)`. Static: IF/ATan neurons, stem 3x3 stride 1
 /// once on the image then repeated over T. Events: LIF tau 1.5, stem 3x3 stride 2 and
 /// AvgPool(3, 2, 1) over `[T B, ...]`. Head: [`Head`] `(c_last -> num_classes)`.
@@ -877,7 +877,7 @@ impl<B: Backend> Layer<B> for RevSResNet {
     }
 }
 
-/// MS-ResNet (SPEC.md 4.2 static, 4.3 events), the non-reversible counterpart: a stem of width
+/// MS-ResNet (docs/architectures.md §4.2 static, 4.3 events), the non-reversible counterpart: a stem of width
 /// `planes_0`, then stage `i` of `layers_i` [`BasicBlock`]s of width `planes_i`, the first with
 /// stride 2 and a [`Downsample`] shortcut for `i > 0`; plain backpropagation keeps every block's
 /// context. Static: IF/ATan, stem once on the image and repeated over T (the constructed but

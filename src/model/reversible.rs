@@ -1,4 +1,4 @@
-//! The reversible spiking block and sequence (SPEC.md 3): the forward keeps only its output; the
+//! The reversible spiking block and sequence (docs/reversible.md §3): the forward keeps only its output; the
 //! backward walks the blocks last to first, recomputing G then F from `v = 0` and reconstructing
 //! each block's input from its output:
 //!
@@ -44,7 +44,7 @@ impl Coupling {
     }
 }
 
-/// What the backward's recompute does to BatchNorm running statistics (SPEC.md A3).
+/// What the backward's recompute does to BatchNorm running statistics (docs/choices.md §A3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RecomputeStats {
     /// The recompute normalises with its own batch statistics and leaves the running statistics
@@ -82,7 +82,7 @@ pub struct ReversibleBlock<F, G> {
 }
 
 /// A sequence of reversible blocks over `[T, B, C, ...]`, split along the channel axis 2 into
-/// contiguous halves (SPEC.md 3.1).
+/// contiguous halves (docs/reversible.md §3.1).
 #[derive(Clone, Debug)]
 pub struct ReversibleSequence<F, G> {
     pub blocks: Vec<ReversibleBlock<F, G>>,
@@ -329,7 +329,7 @@ where
 }
 
 impl<F, G> ReversibleSequence<F, G> {
-    /// The input of the forward whose output is `y`, by the reverse process of SPEC.md 3.2
+    /// The input of the forward whose output is `y`, by the reverse process of docs/reversible.md §3.2
     /// without gradients: last block first, `x2 = y2 - G(y1)` then `x1 = y1 - F(x2)`, each F and
     /// G run forwards in time from `v = 0`. It must run in the forward's mode; BatchNorm running
     /// statistics are updated as the backward's recompute would ([`RecomputeStats`]). Under
@@ -360,7 +360,7 @@ impl<F, G> ReversibleSequence<F, G> {
         result
     }
 
-    /// The backward by recomputation of SPEC.md 3.3, G before F, last block first.
+    /// The backward by recomputation of docs/reversible.md §3.3, G before F, last block first.
     fn reverse<B>(
         &self,
         session: &mut Session<B>,

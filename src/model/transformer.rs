@@ -1,6 +1,6 @@
-//! The spiking transformers (SPEC.md 4.4, 4.5): RevSFormer, the reversible one, and Spikingformer,
+//! The spiking transformers (docs/architectures.md §4.4, 4.5): RevSFormer, the reversible one, and Spikingformer,
 //! its non-reversible counterpart. Both share the spiking tokenizer, the spiking self-attention
-//! (SSA) and the MLP of SPEC.md 4.0, and read out the mean over tokens and time through a linear
+//! (SSA) and the MLP of docs/architectures.md §4.0, and read out the mean over tokens and time through a linear
 //! head:
 //!
 //! ```text
@@ -14,7 +14,7 @@
 //!
 //! Every parameter is created through the [`Builder`] under its official `state_dict` name and in
 //! the official order (the `fixtures/checkpoint-keys/*former*.txt` files), with the official
-//! initialisation (SPEC.md 4.6).
+//! initialisation (docs/architectures.md §4.6).
 
 use revsnn_reference::{Backend, Conv2dParams, Element, NeuronConfig, Pool2dParams};
 
@@ -33,11 +33,11 @@ type ConvBnSaved<B> = (
     <B as Backend>::BatchNormContext,
 );
 
-/// The constant the attention output is scaled by, whatever the head width (SPEC.md 4.0).
+/// The constant the attention output is scaled by, whatever the head width (docs/architectures.md §4.0).
 const ATTENTION_SCALE: f64 = 0.125;
 
 /// The LIF neurons of one model family: `tau = 2` on CIFAR, `tau = 1.5` on DVS, `V_th = 1`,
-/// except the attention LIF with `V_th = 0.5` (SPEC.md 4.0, 4.4, 4.5).
+/// except the attention LIF with `V_th = 0.5` (docs/architectures.md §4.0, 4.4, 4.5).
 #[derive(Clone, Copy, Debug)]
 struct Neurons {
     tau: f64,
@@ -110,7 +110,7 @@ fn five_dims<B: Backend>(backend: &B, x: &B::Tensor, what: &'static str) -> Resu
 
 // ------------------------------------------------------------------------------------ attention
 
-/// Spiking self-attention SSA(C, h) over `[T, B, C, H, W]` (SPEC.md 4.0), `d = C / h`,
+/// Spiking self-attention SSA(C, h) over `[T, B, C, H, W]` (docs/architectures.md §4.0), `d = C / h`,
 /// `N = H W`, channel `c = head d + j`:
 ///
 /// ```text
@@ -335,7 +335,7 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
 
 // ------------------------------------------------------------------------------------------ MLP
 
-/// The transformer MLP(C, hidden) over `[T, B, C, H, W]` (SPEC.md 4.0):
+/// The transformer MLP(C, hidden) over `[T, B, C, H, W]` (docs/architectures.md §4.0):
 ///
 /// ```text
 /// x = BN2d(Conv2d 1x1 (C -> hidden, bias)(LIF(x)))     mlp1
@@ -461,7 +461,7 @@ struct StageSaved<B: Backend> {
     conv: ConvBnSaved<B>,
 }
 
-/// The spiking tokenizer over `[T, B, C, H, W]` (SPEC.md 4.4, 4.5): five 3x3 convolutions
+/// The spiking tokenizer over `[T, B, C, H, W]` (docs/architectures.md §4.4, 4.5): five 3x3 convolutions
 /// (no bias) with BN, widths `D/8, D/4, D/2, D, D`; every stage after the first starts with a
 /// LIF; the last two stages (CIFAR, `block{i}_*`) or the last four (DVS, `proj{i}_*`) max-pool
 /// by 2 before their convolution. Output `[T, B, D, H/p, W/p]`.
@@ -685,7 +685,7 @@ pub struct ReadOutSaved<B: Backend> {
     head: B::Tensor,
 }
 
-/// The head `Linear(features -> K)`: weight `trunc_normal(std 0.02)`, bias 0 (SPEC.md 4.6).
+/// The head `Linear(features -> K)`: weight `trunc_normal(std 0.02)`, bias 0 (docs/architectures.md §4.6).
 fn head<B: Backend>(builder: &mut Builder<B>, features: usize, classes: usize) -> Result<Linear> {
     Ok(Linear {
         weight: builder.parameter(
@@ -726,12 +726,12 @@ fn frame<B: Backend>(
 
 // ----------------------------------------------------------------------------------- RevSFormer
 
-/// RevSFormer (SPEC.md 4.4, 4.5; arch `revsformer`, `revsformer-dvs`):
+/// RevSFormer (docs/architectures.md §4.4, 4.5; arch `revsformer`, `revsformer-dvs`):
 ///
 /// ```text
 /// x      = tokenizer(encode(input))                     [T, B, D, H/p, W/p]
 /// x      = cat([x, x], channel)                         X1 = X2 = tokens
-/// Y1     = X1 + SSA(X2);  Y2 = X2 + MLP(Y1)             per reversible block (SPEC.md 3)
+/// Y1     = X1 + SSA(X2);  Y2 = X2 + MLP(Y1)             per reversible block (docs/reversible.md §3)
 /// logits = head(mean over T and tokens of [Y1, Y2])     head Linear(2D -> K), no final LIF
 /// ```
 ///
@@ -836,7 +836,7 @@ impl<B: Backend> Layer<B> for RevSFormer {
 
 // -------------------------------------------------------------------------------- Spikingformer
 
-/// One Spikingformer block (SPEC.md 4.4): `x = x + SSA(x); x = x + MLP(x)`. Its LayerNorms
+/// One Spikingformer block (docs/architectures.md §4.4): `x = x + SSA(x); x = x + MLP(x)`. Its LayerNorms
 /// `norm1`, `norm2` are parameters of the official model that its forward never uses; they are
 /// kept (weight 1, bias 0) so that parameter counts and checkpoints match.
 #[derive(Clone, Debug)]
@@ -856,7 +856,7 @@ pub struct BlockSaved<B: Backend> {
     mlp: MlpSaved<B>,
 }
 
-/// An unused LayerNorm's `weight` (1) and `bias` (0) under `prefix` (SPEC.md 4.4, 4.6).
+/// An unused LayerNorm's `weight` (1) and `bias` (0) under `prefix` (docs/architectures.md §4.4, 4.6).
 fn unused_layer_norm<B: Backend>(
     builder: &mut Builder<B>,
     prefix: &str,
@@ -923,7 +923,7 @@ impl<B: Backend> Layer<B> for SpikingTransformerBlock {
     }
 }
 
-/// Spikingformer (SPEC.md 4.4, 4.5; arch `spikingformer`, `spikingformer-dvs`), the
+/// Spikingformer (docs/architectures.md §4.4, 4.5; arch `spikingformer`, `spikingformer-dvs`), the
 /// non-reversible counterpart of [`RevSFormer`], trained by plain backpropagation:
 ///
 /// ```text

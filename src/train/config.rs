@@ -63,7 +63,7 @@ pub enum Device {
 pub struct TrainSettings {
     /// The recipe for every knob left open: `quick` (default; the paper's recipe for the model's
     /// family scaled to a short run: 8 epochs at batch 16, 5000/1000 samples) or `paper` (the
-    /// full recipe of SPEC.md 5 for the dataset and model: epochs, batch, seed, optimizer,
+    /// full recipe of docs/recipes.md §5 for the dataset and model: epochs, batch, seed, optimizer,
     /// schedule, augmentation, the whole dataset; for presets the official head and T).
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -65,7 +65,7 @@ pub fn default_spec() -> ModelSpec {
 }
 
 /// Opens `split` of dataset `name` shaped for `spec`, capped at `samples` samples, as evaluation
-/// sees it (normalised as the family's recipe says, SPEC.md 5).
+/// sees it (normalised as the family's recipe says, docs/recipes.md §5).
 pub fn open_dataset(
     name: &str,
     data_dir: Option<&Path>,

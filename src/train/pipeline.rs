@@ -1,4 +1,4 @@
-//! The training sets' input pipelines (SPEC.md 5, 6): samples normalised as evaluation sees
+//! The training sets' input pipelines (docs/recipes.md §5; docs/data.md §6): samples normalised as evaluation sees
 //! them, and the run's [`Augmentation`] on top.
 //!
 //! - CIFAR: the augmentation starts from the `u8` pixels ([`Augmentation::sample_pixels`], then

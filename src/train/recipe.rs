@@ -1,16 +1,16 @@
-//! Training recipes (SPEC.md 5): the value of every knob a run leaves open.
+//! Training recipes (docs/recipes.md §5): the value of every knob a run leaves open.
 //!
 //! - [`RecipeKind::Quick`] (the default): the paper's recipe for the model's family, scaled to a
 //!   short run: 8 epochs at batch 16 on 5000 training and 1000 test samples; ResNets SGD
 //!   (momentum 0.9, weight decay 1e-4, lr 0.1 at batch 32, scaled linearly with the batch size)
 //!   with x0.1 steps at 50% and 75% of the epochs; transformers AdamW (weight decay 0.06, lr 5e-4)
 //!   with the paper's cosine schedule, warmup, cooldown and mixup stop scaled to the epochs.
-//! - [`RecipeKind::Paper`]: the full recipe of SPEC.md 5 for the dataset and the model's family:
+//! - [`RecipeKind::Paper`]: the full recipe of docs/recipes.md §5 for the dataset and the model's family:
 //!   epochs, batch, seed, optimizer, learning rate, schedule and mixup stop as the official
 //!   scripts, the whole dataset, and for presets the official head (classes, CIFAR-10
 //!   transformers' 12 attention heads) and time steps.
 //!
-//! Both recipes augment alike (SPEC.md 5), by dataset and family: CIFAR ResNets crop (padding 4)
+//! Both recipes augment alike (docs/recipes.md §5), by dataset and family: CIFAR ResNets crop (padding 4)
 //! and flip; CIFAR transformers flip, RandAugment `rand-m9-n1-mstd0.4`, mixup (alpha 0.5) with
 //! label smoothing 0.1 and random erasing 0.25; event datasets flip, SNNAugmentWide and mixup
 //! (alpha 0.5, p 0.5) with label smoothing 0.1; the synthetic datasets nothing.
@@ -32,7 +32,7 @@ pub enum RecipeKind {
     /// The paper's recipe for the model's family scaled to a short run (8 epochs, batch 16).
     #[default]
     Quick,
-    /// The full recipe of SPEC.md 5 for the dataset (cifar10, cifar100, cifar10-dvs,
+    /// The full recipe of docs/recipes.md §5 for the dataset (cifar10, cifar100, cifar10-dvs,
     /// dvs128-gesture) and the model.
     Paper,
 }
@@ -72,7 +72,7 @@ pub enum ScheduleName {
 pub enum Schedule {
     /// `base * gamma^k` after the `k`-th milestone epoch.
     MultiStep { milestones: Vec<usize>, gamma: f64 },
-    /// timm's per-epoch cosine (SPEC.md 5.1): linear warmup from `min_lr` over `warmup_epochs`,
+    /// timm's per-epoch cosine (docs/recipes.md §5.1): linear warmup from `min_lr` over `warmup_epochs`,
     /// a cosine over the `epochs - cooldown_epochs` epochs counted from 0, then `min_lr` for the
     /// last `cooldown_epochs`.
     Cosine {
@@ -168,7 +168,7 @@ impl DatasetKind {
         matches!(self, DatasetKind::Cifar10Dvs | DatasetKind::Dvs128Gesture)
     }
 
-    /// The training and test samples of the paper's datasets (SPEC.md 6); `None` for the
+    /// The training and test samples of the paper's datasets (docs/data.md §6); `None` for the
     /// synthetic ones, which have no fixed size.
     fn split_sizes(self) -> Option<(usize, usize)> {
         match self {
@@ -189,17 +189,17 @@ impl DatasetKind {
     }
 }
 
-/// Momentum of every SGD recipe (SPEC.md 5.2).
+/// Momentum of every SGD recipe (docs/recipes.md §5.2).
 pub const SGD_MOMENTUM: f64 = 0.9;
-/// AdamW's betas in every recipe (SPEC.md 5.1, 5.3).
+/// AdamW's betas in every recipe (docs/recipes.md §5.1, 5.3).
 pub const ADAMW_BETAS: [f64; 2] = [0.9, 0.999];
-/// AdamW's eps in every recipe (SPEC.md 5.1, 5.3).
+/// AdamW's eps in every recipe (docs/recipes.md §5.1, 5.3).
 pub const ADAMW_EPS: f64 = 1e-8;
-/// Label smoothing of the soft-target recipes (SPEC.md 5.1, 5.3).
+/// Label smoothing of the soft-target recipes (docs/recipes.md §5.1, 5.3).
 pub const LABEL_SMOOTHING: f64 = 0.1;
-/// Random-erasing probability of the CIFAR transformer recipe (SPEC.md 5.1).
+/// Random-erasing probability of the CIFAR transformer recipe (docs/recipes.md §5.1).
 pub const RANDOM_ERASING: f64 = 0.25;
-/// The floor of the cosine schedules, and where their warmup starts (SPEC.md 5.1, 5.3).
+/// The floor of the cosine schedules, and where their warmup starts (docs/recipes.md §5.1, 5.3).
 pub const COSINE_MIN_LR: f64 = 1e-5;
 
 /// What the recipes decide by: the recipe, the model's family and the dataset.
@@ -213,7 +213,7 @@ pub struct RecipeInput {
     pub dataset: DatasetKind,
 }
 
-/// The augmentation a recipe chooses (SPEC.md 5), as the config's knobs hold it: a step that is
+/// The augmentation a recipe chooses (docs/recipes.md §5), as the config's knobs hold it: a step that is
 /// off still has its parameters (RandAugment's magnitude, mixup's probability), the values a
 /// run that turns it on gets.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -254,7 +254,7 @@ impl RecipeInput {
     }
 
     /// For presets under `paper`: the official head and time steps for the dataset
-    /// (SPEC.md 4.1-4.5, A2, A8): CIFAR ResNets keep their 100-class heads, CIFAR transformers
+    /// (docs/architectures.md §4.1-4.5; docs/choices.md §A2, A8): CIFAR ResNets keep their 100-class heads, CIFAR transformers
     /// get the dataset's classes and 12 attention heads on CIFAR-10, the event models the
     /// dataset's classes; CIFAR models run 4 time steps, event models 10.
     pub fn preset_for_dataset(&self, spec: &mut ModelSpec) {
@@ -448,7 +448,7 @@ impl RecipeInput {
     }
 
     /// The first epoch without mixup: 200 (CIFAR) or 75 (events, even for the 202-epoch
-    /// Gesture run; SPEC.md A17); quick: 200 of 310, 75 of 106 or 75 of 202, scaled.
+    /// Gesture run; docs/choices.md §A17); quick: 200 of 310, 75 of 106 or 75 of 202, scaled.
     pub fn mixup_off_epoch(&self, epochs: usize) -> usize {
         let (off, total) = match self.dataset {
             DatasetKind::Cifar10Dvs => (75, 106),

@@ -5,7 +5,7 @@
 //! (the mean, the squared deviations, the backward's `sum dy` and `sum dy x_hat`) is accumulated in
 //! `f64` in two passes over a partition fixed by the shape: block `(c, chunk)` sums one contiguous
 //! run of channel `c`'s elements through a fixed shared-memory tree into a partial, then block `c`
-//! sums its partials the same way. No atomics, so the bits do not depend on the launch (DESIGN.md
+//! sums its partials the same way. No atomics, so the bits do not depend on the launch (docs/design.md
 //! principle 4); they differ from the reference's pairwise sums only by rounding.
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
@@ -178,7 +178,7 @@ fn normalise<E: GpuElement>(
     CudaTensor::new(y, x.shape())
 }
 
-/// Training-mode BatchNorm (SPEC.md 1): over `x [N, C, ...]` with `n = N · prod(trailing axes)`
+/// Training-mode BatchNorm (docs/conventions.md §1): over `x [N, C, ...]` with `n = N · prod(trailing axes)`
 /// values per channel, `mean_c = (1/n) sum x`, `var_c = (1/n) sum (x - mean_c)^2` (biased, two
 /// passes), `y = gamma_c (x - mean_c) / sqrt(var_c + eps) + beta_c`.
 ///
@@ -297,7 +297,7 @@ pub fn train_forward<E: GpuElement>(
     Ok((y, stats, context))
 }
 
-/// Evaluation-mode BatchNorm (SPEC.md 1):
+/// Evaluation-mode BatchNorm (docs/conventions.md §1):
 /// `y = gamma_c (x - running_mean_c) / sqrt(running_var_c + eps) + beta_c` over `x [N, C, ...]`.
 /// Errors, as the reference: invalid `params`, `x` with fewer than 2 axes, and `gamma`, `beta` or
 /// a running statistic not `[C]`.
@@ -348,7 +348,7 @@ pub fn eval_forward<E: GpuElement>(
 }
 
 /// Gradients of either BatchNorm forward, with `x_hat = (x - mean_c) inv_std_c` and sums per
-/// channel over its `n` values (SPEC.md 1): `dgamma_c = sum dy x_hat`, `dbeta_c = sum dy`, and
+/// channel over its `n` values (docs/conventions.md §1): `dgamma_c = sum dy x_hat`, `dbeta_c = sum dy`, and
 /// train mode: `dx = gamma_c inv_std_c / n (n dy - sum dy - x_hat sum dy x_hat)`;
 /// eval mode: `dx = gamma_c inv_std_c dy`. Errors when `grad_y` is not of the input's shape.
 pub fn backward<E: GpuElement>(
@@ -464,7 +464,7 @@ pub fn backward<E: GpuElement>(
     })
 }
 
-/// PyTorch's running-statistics update (SPEC.md 1), per channel in `f64`:
+/// PyTorch's running-statistics update (docs/conventions.md §1), per channel in `f64`:
 /// `running_mean = (1 - momentum) running_mean + momentum batch_mean`,
 /// `running_var = (1 - momentum) running_var + momentum batch_var_unbiased`.
 /// Errors on invalid `params` and when the four vectors are not all `[C]`.

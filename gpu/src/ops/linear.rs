@@ -1,4 +1,4 @@
-//! Linear layers and batched matmuls on the GPU through cuBLAS (SPEC.md 4.0); twin of
+//! Linear layers and batched matmuls on the GPU through cuBLAS (docs/architectures.md §4.0); twin of
 //! `revsnn_reference::ops::linear`, bias kernels in `gpu/kernels/linear.cu`.
 //!
 //! Every product is written here in row-major terms ([`RowMajorGemm`]) and turned into cuBLAS's
@@ -297,7 +297,7 @@ fn linear_sizes<E: GpuElement>(
 }
 
 /// `y = x w^T + b`, i.e. `y[n, o] = b[o] + sum_i x[n, i] w[o, i]`, for `x [N, in]`,
-/// `w [out, in]` and an optional `b [out]`; `y [N, out]` (SPEC.md 4.0, the classifier heads).
+/// `w [out, in]` and an optional `b [out]`; `y [N, out]` (docs/architectures.md §4.0, the classifier heads).
 /// Errors on any other shapes.
 pub fn forward<E: GpuElement>(
     device: &GpuDevice,
@@ -390,7 +390,7 @@ pub fn backward<E: GpuElement>(
 /// equal in number and size (no broadcasting); `op_a` transposes the last two axes when
 /// `transpose_a` (`a [..., k, m]`), else is the identity (`a [..., m, k]`), and likewise `op_b`
 /// (`b [..., n, k]` or `b [..., k, n]`). Returns `c [..., m, n]`, one strided batched GEMM
-/// (SPEC.md 4.0: `q k^T` and `attn v`). Errors on fewer than two axes, unequal batch axes or
+/// (docs/architectures.md §4.0: `q k^T` and `attn v`). Errors on fewer than two axes, unequal batch axes or
 /// unequal inner sizes `k`.
 pub fn batched_matmul<E: GpuElement>(
     device: &GpuDevice,

@@ -1,4 +1,4 @@
-//! Cross-entropy losses on the GPU (SPEC.md 5); twin of `revsnn_reference::ops::loss`, kernels in
+//! Cross-entropy losses on the GPU (docs/recipes.md §5); twin of `revsnn_reference::ops::loss`, kernels in
 //! `gpu/kernels/loss.cu`.
 //!
 //! One thread per row computes the row's log-sum-exp in `f64` exactly as the reference writes it

@@ -1,4 +1,4 @@
-//! Fused multi-step IF/LIF neurons on the GPU (SPEC.md 2.2-2.4); kernels in
+//! Fused multi-step IF/LIF neurons on the GPU (docs/neurons.md §2.2-2.4); kernels in
 //! `gpu/kernels/neuron.cu`, reference in `revsnn_reference::ops::neuron`.
 //!
 //! One thread per neuron loops over T. The forward writes the spikes and keeps `h` for the
@@ -121,7 +121,7 @@ fn time_steps(op: &'static str, shape: &[usize]) -> Result<usize, GpuError> {
     }
 }
 
-/// The forward of SPEC.md 2.2 over `x` `[T, ...]`: returns the spikes `[T, ...]` and the
+/// The forward of docs/neurons.md §2.2 over `x` `[T, ...]`: returns the spikes `[T, ...]` and the
 /// context holding `h`.
 pub fn forward<E: GpuElement>(
     device: &GpuDevice,
@@ -196,7 +196,7 @@ pub fn forward_into<E: GpuElement>(
     Ok(())
 }
 
-/// The backward of SPEC.md 2.4: `dL/dx` `[T, ...]` from `dL/ds` and the forward's `h`.
+/// The backward of docs/neurons.md §2.4: `dL/dx` `[T, ...]` from `dL/ds` and the forward's `h`.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     grad_spikes: &CudaTensor<E>,

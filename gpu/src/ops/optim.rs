@@ -1,4 +1,4 @@
-//! Optimizer updates on the GPU (SPEC.md 5: SGD for the ResNets, AdamW for the transformers);
+//! Optimizer updates on the GPU (docs/recipes.md §5: SGD for the ResNets, AdamW for the transformers);
 //! twin of `revsnn_reference::ops::optim`, kernels in `gpu/kernels/optim.cu`.
 //!
 //! One fused kernel per step reads the parameter, the gradient and the state once and writes the

@@ -4,7 +4,7 @@
 //! One thread per output element (forwards) or per input element (backwards), each summing in
 //! the reference's fixed row-major order. Both backwards are gathers: an input element sums the
 //! outputs whose windows cover it, so no two threads write one element and no atomics are needed
-//! (DESIGN.md principle 4). The results are the reference's bit for bit: the same operations in
+//! (docs/design.md principle 4). The results are the reference's bit for bit: the same operations in
 //! the same order.
 
 use cudarc::driver::{CudaFunction, LaunchArgs, PushKernelArg};
@@ -113,7 +113,7 @@ fn push_geometry<'a>(launch: &mut LaunchArgs<'a>, args: &'a [i64; 8]) {
     }
 }
 
-/// Average pooling with `count_include_pad=True` (SPEC.md 1, A7): over `x [N, C, H, W]`,
+/// Average pooling with `count_include_pad=True` (docs/conventions.md §1; docs/choices.md §A7): over `x [N, C, H, W]`,
 /// `y[n, c, i, j] = (1 / k^2) sum_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]` with zero
 /// padding; `H_out = floor((H + 2p - k) / s) + 1`, likewise `W_out`. Errors as the reference:
 /// invalid `params`, `x` not `[N, C, H, W]` with `H, W >= 1`, a window larger than the padded input.
@@ -138,7 +138,7 @@ pub fn avg_forward<E: GpuElement>(
     CudaTensor::new(y, &g.output_shape(x.shape()))
 }
 
-/// The backward of [`avg_forward`] (SPEC.md 1, A7): `dx[n, c, h, w] = (1 / k^2) sum dy[n, c, i, j]`
+/// The backward of [`avg_forward`] (docs/conventions.md §1; docs/choices.md §A7): `dx[n, c, h, w] = (1 / k^2) sum dy[n, c, i, j]`
 /// over the outputs `(i, j)` whose windows contain `(h, w)`, in row-major output order.
 /// `input_shape` is the forward's `[N, C, H, W]`; errors also when `grad_y` is not the output's shape.
 pub fn avg_backward<E: GpuElement>(
@@ -165,7 +165,7 @@ pub fn avg_backward<E: GpuElement>(
     CudaTensor::new(dx, input_shape)
 }
 
-/// Max pooling (SPEC.md 1): over `x [N, C, H, W]` padded with `-inf`,
+/// Max pooling (docs/conventions.md §1): over `x [N, C, H, W]` padded with `-inf`,
 /// `y[n, c, i, j] = max_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]`. Ties go to the first
 /// maximum in row-major window order and a NaN wins (PyTorch's CPU rule). The context keeps each
 /// output's argmax. Errors as [`avg_forward`], and when an `H x W` plane has 2^32 elements or more.
@@ -233,7 +233,7 @@ fn context_geometry(op: &'static str, context: &MaxPoolContext) -> Result<Geomet
     Ok(g)
 }
 
-/// The backward of [`max_forward`] (SPEC.md 1): `dx[n, c, h, w] = sum dy[n, c, i, j]` over the
+/// The backward of [`max_forward`] (docs/conventions.md §1): `dx[n, c, h, w] = sum dy[n, c, i, j]` over the
 /// outputs `(i, j)` whose argmax is `(h, w)` (overlapping windows may share one), accumulated in
 /// `E` in row-major output order. Errors when `grad_y` is not the output's shape or the context
 /// does not describe a forward.

@@ -375,7 +375,7 @@ fn narrow_walk(
 }
 
 /// `y[.., i, ..] = x[.., start + i, ..]` for `i < len` along `axis`; needs
-/// `start + len <= x.shape[axis]` (the channel split of SPEC.md 3.1). One strided copy.
+/// `start + len <= x.shape[axis]` (the channel split of docs/reversible.md §3.1). One strided copy.
 pub fn narrow<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
@@ -479,7 +479,7 @@ fn repeat_walk(shape: &[usize], times: usize) -> Result<(Vec<usize>, Strided), G
 }
 
 /// `y[t] = x` for `t < times`: `[...] -> [times, ...]`, `times >= 1` (the direct encoding of
-/// SPEC.md 4.1). One strided copy reading x with stride 0 along the new axis.
+/// docs/architectures.md §4.1). One strided copy reading x with stride 0 along the new axis.
 pub fn repeat_leading<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
@@ -532,7 +532,7 @@ pub fn sum_leading<E: GpuElement>(
 
 /// `y = round(x 2^k) 2^-k`: `x` rounded to the nearest multiple of `2^-k` (halves away from zero,
 /// as Rust's `round` and CUDA's; zero is always `+0.0`), the fixed-point grid of the exact
-/// reversible coupling (SPEC.md 3). `k` must satisfy `|k| <= 60`.
+/// reversible coupling (docs/reversible.md §3). `k` must satisfy `|k| <= 60`.
 pub fn quantize<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,

@@ -1,10 +1,10 @@
-//! Batch normalisation over `[N, C, ...]`, training and evaluation (SPEC.md 1).
+//! Batch normalisation over `[N, C, ...]`, training and evaluation (docs/conventions.md §1).
 //!
 //! Statistics are taken per channel over every axis but `C` (for the RevSNN layers that is
-//! `T·B·H·W`, SPEC.md 1). Every per-channel reduction is a pairwise sum in `f64` over the channel's
+//! `T·B·H·W`, docs/conventions.md §1). Every per-channel reduction is a pairwise sum in `f64` over the channel's
 //! elements in row-major order (leaves of 64 elements, each summed in 4 interleaved lanes),
 //! computed by one rayon task per channel: the bits do not depend on the number of threads
-//! (DESIGN.md principle 4).
+//! (docs/design.md principle 4).
 
 use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
@@ -176,7 +176,7 @@ fn normalise<E: Element>(
     y
 }
 
-/// Training-mode BatchNorm (SPEC.md 1): over `x [N, C, ...]` with `n = N · prod(trailing axes)`
+/// Training-mode BatchNorm (docs/conventions.md §1): over `x [N, C, ...]` with `n = N · prod(trailing axes)`
 /// values per channel,
 /// `mean_c = (1/n) sum x`, `var_c = (1/n) sum (x - mean_c)^2` (biased),
 /// `y = gamma_c (x - mean_c) / sqrt(var_c + eps) + beta_c`.
@@ -236,7 +236,7 @@ pub fn train_forward<E: Element>(
     Ok((tensor(x.shape(), y), stats, context))
 }
 
-/// Evaluation-mode BatchNorm (SPEC.md 1):
+/// Evaluation-mode BatchNorm (docs/conventions.md §1):
 /// `y = gamma_c (x - running_mean_c) / sqrt(running_var_c + eps) + beta_c` over `x [N, C, ...]`.
 pub fn eval_forward<E: Element>(
     x: &CpuTensor<E>,
@@ -266,7 +266,7 @@ pub fn eval_forward<E: Element>(
 }
 
 /// Gradients of either BatchNorm forward, with `x_hat = (x - mean_c) inv_std_c` and sums per
-/// channel over its `n` values (SPEC.md 1):
+/// channel over its `n` values (docs/conventions.md §1):
 /// `dgamma_c = sum dy x_hat`, `dbeta_c = sum dy`, and
 /// train mode: `dx = gamma_c inv_std_c / n (n dy - sum dy - x_hat sum dy x_hat)`
 /// (the mean and variance depend on `x`); eval mode: `dx = gamma_c inv_std_c dy`.
@@ -331,7 +331,7 @@ pub fn backward<E: Element>(
     })
 }
 
-/// PyTorch's running-statistics update (SPEC.md 1), per channel:
+/// PyTorch's running-statistics update (docs/conventions.md §1), per channel:
 /// `running_mean = (1 - momentum) running_mean + momentum batch_mean`,
 /// `running_var = (1 - momentum) running_var + momentum batch_var_unbiased`, computed in `f64`.
 pub fn update_running_stats<E: Element>(

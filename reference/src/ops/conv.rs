@@ -1,5 +1,5 @@
 //! 2-D convolution as a blocked im2col GEMM: the 3x3 and 1x1 convolutions of the ResNets and the
-//! 1x1 convolutions of the MLPs and (through `conv1d`) of the attention (SPEC.md 4.0).
+//! 1x1 convolutions of the MLPs and (through `conv1d`) of the attention (docs/architectures.md §4.0).
 //!
 //! With `K = C_in k_h k_w` and `P = H_out W_out`, each sample `n` is one matrix product:
 //!
@@ -59,7 +59,7 @@ pub struct Conv2dContext<E> {
 /// `y[n, o, p, q] = bias[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride p + i, stride q + j]`
 /// for `x [N, C_in, H, W]`, `w [C_out, C_in, k_h, k_w]`, `bias [C_out]`, zero padding on every side;
 /// `y [N, C_out, H_out, W_out]` with `H_out = floor((H + 2 padding - k_h) / stride) + 1`
-/// (SPEC.md 1 and 4.0). Errors on a stride of 0, a kernel larger than the padded input, a channel
+/// (docs/conventions.md §1; docs/architectures.md §4.0). Errors on a stride of 0, a kernel larger than the padded input, a channel
 /// mismatch, an empty kernel or channel axis, or a bias that is not `[C_out]`.
 pub fn forward<E: Element>(
     x: &CpuTensor<E>,

@@ -1,5 +1,5 @@
 //! Linear layers and batched matrix products (the classifier heads, and the attention products
-//! `q k^T` and `attn v` of SPEC.md 4.0), on ndarray's `matrixmultiply` GEMM. Each output element is
+//! `q k^T` and `attn v` of docs/architectures.md §4.0), on ndarray's `matrixmultiply` GEMM. Each output element is
 //! one GEMM entry, computed by a single thread, so results do not depend on the thread count.
 
 use ndarray::linalg::general_mat_mul;
@@ -152,7 +152,7 @@ impl MatmulShape {
 /// equal in number and size (no broadcasting); `op_a` transposes the last two axes when
 /// `transpose_a` (`a [..., k, m]`), else is the identity (`a [..., m, k]`), and likewise `op_b`
 /// (`b [..., n, k]` or `b [..., k, n]`). Returns `c [..., m, n]`; the batch runs in parallel on
-/// rayon (SPEC.md 4.0: `q k^T` and `attn v`). Errors on fewer than two axes, unequal batch axes or
+/// rayon (docs/architectures.md §4.0: `q k^T` and `attn v`). Errors on fewer than two axes, unequal batch axes or
 /// unequal inner sizes `k`.
 pub fn batched_matmul<E: Element>(
     a: &CpuTensor<E>,

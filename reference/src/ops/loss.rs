@@ -1,9 +1,9 @@
-//! Cross-entropy losses over logits `[B, K]` (SPEC.md 5: the CIFAR ResNets train with class
+//! Cross-entropy losses over logits `[B, K]` (docs/recipes.md §5: the CIFAR ResNets train with class
 //! labels, the transformers with mixup / label-smoothing soft targets).
 //!
 //! Each row's log-sum-exp is computed stably in `f64` (`m + ln(1 + sum_{k != argmax} exp(x_k -
 //! m))`, `m` the row maximum) by one rayon task per row; the mean over rows is a sequential sum in row order, so the
-//! bits do not depend on the number of threads (DESIGN.md principle 4).
+//! bits do not depend on the number of threads (docs/design.md principle 4).
 
 use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;

@@ -1,4 +1,4 @@
-//! Multi-step IF/LIF neurons with hard reset and surrogate gradients (SPEC.md 2.2-2.4).
+//! Multi-step IF/LIF neurons with hard reset and surrogate gradients (docs/neurons.md §2.2-2.4).
 //!
 //! The input `x [T, ...]` is read as `T` rows of `N` neurons (the trailing axes flattened). Each
 //! neuron runs its own sequential loop over `t`; neurons are independent, so the work is split
@@ -36,7 +36,7 @@ pub const NEURON_CHUNK: usize = 2048;
 /// The spikes are not stored: `s[t]` is a function of `h[t]` alone (`Heaviside(h - V_th)` or
 /// `g(h - V_th)`), and [`backward`] recomputes it with the same arithmetic in `E` as [`forward`],
 /// so it is bitwise the forward's value. The context therefore holds `T N` elements, a third of
-/// SpikingJelly's `3 T N` buffer (SPEC.md 2.4, "Saved for backward").
+/// SpikingJelly's `3 T N` buffer (docs/neurons.md §2.4, "Saved for backward").
 #[derive(Clone, Debug)]
 pub struct NeuronContext<E> {
     /// `h[t] = charge(v[t-1], x[t])`, before firing and reset; shape `[T, ...]`.
@@ -46,7 +46,7 @@ pub struct NeuronContext<E> {
 }
 
 /// A multi-step neuron layer over `x [T, ...]` (T >= 1), every neuron starting from `v[-1] = 0`
-/// (SPEC.md 2.2), for `t = 0..T-1`:
+/// (docs/neurons.md §2.2), for `t = 0..T-1`:
 ///
 /// ```text
 /// h[t] = v[t-1] + x[t]                       IF
@@ -106,12 +106,12 @@ pub fn forward<E: Element>(
     Ok((spikes, NeuronContext { h, config: *config }))
 }
 
-/// Backward through time of [`forward`] (SPEC.md 2.4), with `gV = dL/dv_seq = 0`, per neuron:
+/// Backward through time of [`forward`] (docs/neurons.md §2.4), with `gV = dL/dv_seq = 0`, per neuron:
 ///
 /// ```text
 /// gH = 0
 /// for t = T-1 down to 0:
-///     psi   = psi(h[t] - V_th)                        (the surrogate derivative, SPEC.md 2.3)
+///     psi   = psi(h[t] - V_th)                        (the surrogate derivative, docs/neurons.md §2.3)
 ///     dv_dh = 1 - s[t]                                (detach_reset = true)
 ///           = 1 - s[t] - h[t] psi                     (detach_reset = false; V_reset = 0)
 ///     gH    = gS[t] psi + (k gH) dv_dh                (dL/dh[t])
@@ -196,7 +196,7 @@ fn into_shape<E: Element>(a: ndarray::Array2<E>, shape: &IxDyn) -> Result<CpuTen
         .map_err(|e| OpError::shape(OP, format!("cannot reshape the result: {e}")))
 }
 
-/// `1` if `h >= V_th`, else `0` (SPEC.md 2.2: a spike at equality).
+/// `1` if `h >= V_th`, else `0` (docs/neurons.md §2.2: a spike at equality).
 #[inline(always)]
 fn heaviside<E: Element>(h: E, v_th: E) -> E {
     if h >= v_th { E::one() } else { E::zero() }

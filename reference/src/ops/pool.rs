@@ -1,7 +1,7 @@
-//! Average and max pooling over `[N, C, H, W]` (SPEC.md 1, A7), PyTorch's `ceil_mode=False`.
+//! Average and max pooling over `[N, C, H, W]` (docs/conventions.md §1; docs/choices.md §A7), PyTorch's `ceil_mode=False`.
 //!
 //! Every `(n, c)` plane is one rayon task and every output or input element is computed by one
-//! fixed sequential loop, so the bits do not depend on the number of threads (DESIGN.md
+//! fixed sequential loop, so the bits do not depend on the number of threads (docs/design.md
 //! principle 4).
 
 use std::ops::Range;
@@ -130,7 +130,7 @@ fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
         .expect("the data of a freshly computed tensor fits its shape")
 }
 
-/// Average pooling with `count_include_pad=True` (SPEC.md 1, A7): over `x [N, C, H, W]`,
+/// Average pooling with `count_include_pad=True` (docs/conventions.md §1; docs/choices.md §A7): over `x [N, C, H, W]`,
 /// `y[n, c, i, j] = (1 / k^2) sum_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]` with
 /// zero padding, so every window divides by `k^2` (9 for `AvgPool2d(3, 2, 1)`, also at the
 /// borders); `H_out = floor((H + 2p - k) / s) + 1`, likewise `W_out`.
@@ -160,7 +160,7 @@ pub fn avg_pool2d_forward<E: Element>(
     Ok(tensor(&g.output_shape(x.shape()), y))
 }
 
-/// The backward of [`avg_pool2d_forward`] (SPEC.md 1, A7):
+/// The backward of [`avg_pool2d_forward`] (docs/conventions.md §1; docs/choices.md §A7):
 /// `dx[n, c, h, w] = (1 / k^2) sum dy[n, c, i, j]` over the outputs `(i, j)` whose windows
 /// contain `(h, w)`, summed in row-major output order. `input_shape` is the forward's `[N, C, H, W]`.
 pub fn avg_pool2d_backward<E: Element>(
@@ -193,7 +193,7 @@ pub fn avg_pool2d_backward<E: Element>(
     Ok(tensor(input_shape, dx))
 }
 
-/// Max pooling (SPEC.md 1): over `x [N, C, H, W]` padded with `-inf`,
+/// Max pooling (docs/conventions.md §1): over `x [N, C, H, W]` padded with `-inf`,
 /// `y[n, c, i, j] = max_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]`. Ties go to the first
 /// maximum in row-major window order and a NaN wins (PyTorch's CPU rule: replace when
 /// `v > max || isnan(v)`). The context keeps each output's argmax.
@@ -247,7 +247,7 @@ pub fn max_pool2d_forward<E: Element>(
     Ok((tensor(&output_shape, y), context))
 }
 
-/// The backward of [`max_pool2d_forward`] (SPEC.md 1): `dx[n, c, h, w] = sum dy[n, c, i, j]`
+/// The backward of [`max_pool2d_forward`] (docs/conventions.md §1): `dx[n, c, h, w] = sum dy[n, c, i, j]`
 /// over the outputs `(i, j)` whose argmax is `(h, w)` (overlapping windows may share one),
 /// accumulated in row-major output order.
 pub fn max_pool2d_backward<E: Element>(

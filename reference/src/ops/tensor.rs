@@ -3,7 +3,7 @@
 //!
 //! Every output is a row-major (standard-layout) `ArcArray`; inputs of any layout are accepted and
 //! read in row-major logical order. Every reduction sums in a fixed order that depends only on the
-//! shapes, never on the thread count (DESIGN.md principle 4).
+//! shapes, never on the thread count (docs/design.md principle 4).
 
 use std::borrow::Cow;
 
@@ -195,7 +195,7 @@ fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
 }
 
 /// `y[.., i, ..] = x[.., start + i, ..]` for `i < len` along `axis`; needs
-/// `start + len <= x.shape[axis]` (the channel split of SPEC.md 3.1).
+/// `start + len <= x.shape[axis]` (the channel split of docs/reversible.md §3.1).
 pub fn narrow<E: Element>(
     x: &CpuTensor<E>,
     axis: usize,
@@ -270,7 +270,7 @@ pub fn concat<E: Element>(parts: &[&CpuTensor<E>], axis: usize) -> Result<CpuTen
 }
 
 /// `y[t] = x` for `t < times`: `[...] -> [times, ...]`, `times >= 1` (the direct encoding of
-/// SPEC.md 4.1). The backward is [`sum_leading`].
+/// docs/architectures.md §4.1). The backward is [`sum_leading`].
 pub fn repeat_leading<E: Element>(x: &CpuTensor<E>, times: usize) -> Result<CpuTensor<E>> {
     const OP: &str = "repeat_leading";
     if times == 0 {

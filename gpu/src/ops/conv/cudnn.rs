@@ -1,5 +1,5 @@
 //! The cuDNN engine of the 2-D convolution ([`ConvEngine::Cudnn`]): the equations of
-//! [`super::forward`] and [`super::backward`] (SPEC.md 1 and 4.0) run by
+//! [`super::forward`] and [`super::backward`] (docs/conventions.md §1; docs/architectures.md §4.0) run by
 //! `cudnnConvolutionForward`, `cudnnConvolutionBackwardData` and `cudnnConvolutionBackwardFilter`
 //! over the NCHW tensors as they are.
 //!
@@ -13,7 +13,7 @@
 //! not fit cuDNN's 32-bit descriptors) the op runs on the im2col engine instead.
 //!
 //! **Math.** `f32` with TF32 off ([`GpuDevice::allow_tf32`]) runs with `CUDNN_FMA_MATH`: plain
-//! f32 multiply-adds, within the tolerance classes of DESIGN.md. With TF32 on it runs with the
+//! f32 multiply-adds, within the tolerance classes of docs/design.md. With TF32 on it runs with the
 //! math type cuDNN ranked (`CUDNN_DEFAULT_MATH` or `CUDNN_TENSOR_OP_MATH`: TF32 tensor cores), as
 //! PyTorch does under `torch.backends.cudnn.allow_tf32`; algorithms that would convert to half
 //! precision are never taken. `f64` runs with the default math.

@@ -1,4 +1,4 @@
-//! 2-D convolution on the GPU (SPEC.md 1 and 4.0); twin of `revsnn_reference::ops::conv`. Two
+//! 2-D convolution on the GPU (docs/conventions.md §1; docs/architectures.md §4.0); twin of `revsnn_reference::ops::conv`. Two
 //! engines ([`ConvEngine`], chosen per device): cuDNN's deterministic algorithms ([`cudnn`]), the
 //! default when cuDNN loads, and im2col + cuBLAS GEMM, below, with its kernels in
 //! `gpu/kernels/conv.cu` (im2col, col2im). Both share the operand checks, the bias (its fill and
@@ -386,7 +386,7 @@ impl Unfold {
 /// `y[n, o, p, q] = bias[o] + sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride p + i, stride q + j]`
 /// for `x [N, C_in, H, W]`, `w [C_out, C_in, k_h, k_w]`, `bias [C_out]`, zero padding on every
 /// side; `y [N, C_out, H_out, W_out]` with `H_out = floor((H + 2 padding - k_h) / stride) + 1`
-/// (SPEC.md 1 and 4.0). Errors, as the reference does, on a stride of 0, a kernel larger than the
+/// (docs/conventions.md §1; docs/architectures.md §4.0). Errors, as the reference does, on a stride of 0, a kernel larger than the
 /// padded input, a channel mismatch, an empty kernel or channel axis, or a bias that is not
 /// `[C_out]`.
 pub fn forward<E: GpuElement>(
