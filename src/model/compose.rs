@@ -2,8 +2,8 @@
 //! a tuple runs its parts in order and their backwards in reverse, as dfdx composes modules; a
 //! `Vec` does the same over a repeated part; [`Residual`] adds a shortcut; [`SeqToAnn`] runs a
 //! stateless part on the time-flattened batch; [`PerInput`] picks one of two input encodings;
-//! `Option` is a part that may be absent. A model's `Saved` is the nesting of its parts': the
-//! tape of plain backpropagation.
+//! `Option` is a part that may be absent; [`Model`] names a whole composition. A model's `Saved`
+//! is the nesting of its parts': the tape of plain backpropagation.
 
 use revsnn_reference::{Backend, OpError};
 
@@ -11,22 +11,18 @@ use super::layers::{flatten_time, unflatten_time};
 use super::{Layer, Session};
 use crate::error::{Error, Result};
 
-/// A layer defined as a composition of others: its forward and backward are those of
-/// [`Composite::layers`].
-pub trait Composite {
-    type Layers;
-
-    fn layers(&self) -> &Self::Layers;
+/// A whole model, input to logits: the composition `layers`, under the name of its
+/// architecture (e.g. [`super::resnet::RevSResNet`]), which gives it its `build`.
+#[derive(Clone, Debug)]
+pub struct Model<L> {
+    pub layers: L,
 }
 
-impl<B: Backend, M: Composite> Layer<B> for M
-where
-    M::Layers: Layer<B>,
-{
-    type Saved = <M::Layers as Layer<B>>::Saved;
+impl<B: Backend, L: Layer<B>> Layer<B> for Model<L> {
+    type Saved = L::Saved;
 
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        self.layers().forward(session, x)
+        self.layers.forward(session, x)
     }
 
     fn backward(
@@ -35,7 +31,7 @@ where
         saved: Self::Saved,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor> {
-        self.layers().backward(session, saved, grad_y)
+        self.layers.backward(session, saved, grad_y)
     }
 }
 

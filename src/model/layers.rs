@@ -1,7 +1,8 @@
-//! The building blocks of every model, each a [`Layer`]: spiking neurons, convolution followed by
-//! BatchNorm, pooling and the linear head (docs/architectures.md §4.0). Stateless layers see `[T B, ...]`, the
-//! time-flattened layout of SpikingJelly's `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and
-//! [`unflatten_time`] convert.
+//! The building blocks of every model, each a [`Layer`] (docs/architectures.md §4.0): spiking
+//! neurons, convolution, BatchNorm, pooling, the linear head, and the shape-only layers around
+//! them (means, repetition over time, the batch-time swap, the doubled stream, the input check).
+//! Stateless layers see `[T B, ...]`, the time-flattened layout of SpikingJelly's
+//! `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and [`unflatten_time`] convert.
 
 use revsnn_reference::{
     Backend, BatchStats, Conv2dParams, NeuronConfig, Pool2dParams, RunningStats,
@@ -139,7 +140,8 @@ pub enum ConvKind {
     Conv1d,
 }
 
-/// A convolution with an optional bias: `y = W * x (+ b)`.
+/// A convolution with an optional bias, `y = W * x (+ b)`: 2-D, or 1-D 1x1 in the attention
+/// (docs/architectures.md §4.0).
 #[derive(Clone, Debug)]
 pub struct Conv {
     pub weight: ParamId,

@@ -1,9 +1,12 @@
 //! Layers and models written once over any [`Backend`] (docs/design.md principle 2).
 //!
 //! There is no autograd: every layer is a [`Layer`], a forward that returns what its backward
-//! needs (`Saved`) and a backward that consumes it. Non-reversible parts keep their `Saved` on
-//! the caller's stack (the tape); a [`reversible::ReversibleSequence`] keeps nothing but its output
-//! and rebuilds each block's `Saved` in its backward (docs/reversible.md §3.3).
+//! needs (`Saved`) and a backward that consumes it. Layers compose ([`compose`]): a tuple of
+//! layers is a layer whose backward runs its parts' in reverse, so a model is its layers nested
+//! and only attention ([`attention`]) and the reversible sequence write a backward of their own.
+//! Non-reversible parts keep their `Saved` on the caller's stack (the tape); a
+//! [`reversible::ReversibleSequence`] keeps nothing but its output and rebuilds each block's
+//! `Saved` in its backward (docs/reversible.md §3.3).
 
 pub mod attention;
 pub mod build;

@@ -19,7 +19,7 @@ use revsnn_reference::{Backend, Conv2dParams, NeuronConfig, Pool2dParams};
 
 use super::BuildOptions;
 use super::build::{Builder, ConvInit, Init};
-use super::compose::{Composite, PerInput, Residual, SeqToAnn};
+use super::compose::{Model, PerInput, Residual, SeqToAnn};
 use super::layers::{
     AvgPool, ConvBn, ConvKind, InputShape, Linear, MaxPool, MeanOver, Neuron, RepeatOverTime,
     SpikingConvBn, SwapBatchTime,
@@ -89,6 +89,19 @@ fn basic_residual_block<B: Backend>(
     let conv1 = conv.spiking(builder, &format!("{prefix}.conv1"), neuron)?;
     let conv2 = conv.spiking(builder, &format!("{prefix}.conv2"), neuron)?;
     Ok((conv1, conv2))
+}
+
+/// The reversible block `{prefix}` of RevSResNet: F and G [`BasicResidualBlock`]s of width
+/// `planes`, under `{prefix}.f_block` and `{prefix}.g_block`.
+fn reversible_block<B: Backend>(
+    builder: &mut Builder<B>,
+    prefix: &str,
+    planes: usize,
+    neuron: &Neuron,
+) -> Result<ReversibleBlock<BasicResidualBlock, BasicResidualBlock>> {
+    let f = basic_residual_block(builder, &format!("{prefix}.f_block"), planes, neuron)?;
+    let g = basic_residual_block(builder, &format!("{prefix}.g_block"), planes, neuron)?;
+    Ok(ReversibleBlock { f, g })
 }
 
 /// `DownSampleConv(C_in, C_out, 2)` between RevSResNet stages (docs/architectures.md §4.0),
@@ -270,19 +283,7 @@ pub type RevStage = (
 /// 3.4); stages are joined by [`DownSampleConv`]`(c_{i-1} -> c_i)`. Static: IF/ATan neurons,
 /// stem 3x3 stride 1 once on the image then repeated over T. Events: LIF tau 1.5, stem 3x3
 /// stride 2 and AvgPool(3, 2, 1) over `[T B, ...]`. Head: [`Head`] `(c_last -> num_classes)`.
-#[derive(Clone, Debug)]
-pub struct RevSResNet {
-    /// Images `[B, C, H, W]` (static) or event frames `[B, T, C, H, W]` to logits `[B, K]`.
-    pub layers: (Stem<AvgPool>, Vec<RevStage>, Head),
-}
-
-impl Composite for RevSResNet {
-    type Layers = (Stem<AvgPool>, Vec<RevStage>, Head);
-
-    fn layers(&self) -> &Self::Layers {
-        &self.layers
-    }
-}
+pub type RevSResNet = Model<(Stem<AvgPool>, Vec<RevStage>, Head)>;
 
 impl RevSResNet {
     /// Builds the parameters of `spec` (arch `revsresnet` or `revsresnet-dvs`) in the official
@@ -319,27 +320,14 @@ impl RevSResNet {
             let blocks = (0..count)
                 .map(|j| {
                     let prefix = format!("layer{}.reversible_blocks.{j}", i + 1);
-                    Ok(ReversibleBlock {
-                        f: basic_residual_block(
-                            builder,
-                            &format!("{prefix}.f_block"),
-                            half,
-                            &neuron,
-                        )?,
-                        g: basic_residual_block(
-                            builder,
-                            &format!("{prefix}.g_block"),
-                            half,
-                            &neuron,
-                        )?,
-                    })
+                    reversible_block(builder, &prefix, half, &neuron)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let options = options.reversible;
             stages.push((downsample, ReversibleSequence { blocks, options }));
         }
         let head = head(builder, widths[widths.len() - 1], spec.num_classes, &neuron)?;
-        Ok(RevSResNet {
+        Ok(Model {
             layers: (stem, stages, head),
         })
     }
@@ -352,19 +340,7 @@ impl RevSResNet {
 /// constructed but unused `maxpool` of the CIFAR code has no parameters and is left out).
 /// Events: LIF tau 1.5, stem 3x3 stride 2 and MaxPool(3, 2, 1). Head: [`Head`]
 /// `(planes_last -> num_classes)`.
-#[derive(Clone, Debug)]
-pub struct MsResNet {
-    /// Images `[B, C, H, W]` (static) or event frames `[B, T, C, H, W]` to logits `[B, K]`.
-    pub layers: (Stem<MaxPool>, Vec<Vec<BasicBlock>>, Head),
-}
-
-impl Composite for MsResNet {
-    type Layers = (Stem<MaxPool>, Vec<Vec<BasicBlock>>, Head);
-
-    fn layers(&self) -> &Self::Layers {
-        &self.layers
-    }
-}
+pub type MsResNet = Model<(Stem<MaxPool>, Vec<Vec<BasicBlock>>, Head)>;
 
 impl MsResNet {
     /// Builds the parameters of `spec` (arch `msresnet` or `msresnet-dvs`) in the official
@@ -396,7 +372,7 @@ impl MsResNet {
             stages.push(blocks);
         }
         let head = head(builder, in_planes, spec.num_classes, &neuron)?;
-        Ok(MsResNet {
+        Ok(Model {
             layers: (stem, stages, head),
         })
     }

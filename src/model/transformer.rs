@@ -22,7 +22,7 @@ use revsnn_reference::{Backend, Conv2dParams, NeuronConfig, Pool2dParams};
 use super::BuildOptions;
 use super::attention::SpikingSelfAttention;
 use super::build::{Builder, ConvInit, Init};
-use super::compose::{Composite, PerInput, Residual, SeqToAnn};
+use super::compose::{Model, PerInput, Residual, SeqToAnn};
 use super::layers::{
     ConvBn, ConvKind, DuplicateChannels, InputShape, Linear, MaxPool, MeanOver, Neuron,
     RepeatOverTime, SpikingConvBn, SwapBatchTime,
@@ -92,30 +92,13 @@ fn mlp<B: Backend>(
 /// One stage of the spiking tokenizer: `[LIF ->] [MaxPool(3, 2, 1) ->] Conv3x3 -> BN`.
 pub type TokenizerStage = (Option<Neuron>, SeqToAnn<(Option<MaxPool>, ConvBn)>);
 
-/// The input check, the encoding to `[T, B, C, H, W]` (images repeated over T, events
-/// permuted) and the spiking tokenizer (docs/architectures.md §4.4, 4.5): five 3x3 convolutions
-/// (no bias) with BN, widths `D/8, D/4, D/2, D, D`; every stage after the first starts with a
-/// LIF; the last two stages (CIFAR, `block{i}_*`) or the last four (DVS, `proj{i}_*`) max-pool
-/// by 2 before their convolution. Output `[T, B, D, H/p, W/p]`.
-pub type Embedding = (
-    InputShape,
-    PerInput<RepeatOverTime, SwapBatchTime>,
-    Vec<TokenizerStage>,
-);
+/// The input check, then the encoding to `[T, B, C, H, W]`: images `[B, C, H, W]` repeated over
+/// T (CIFAR), events `[B, T, C, H, W]` permuted (DVS); the sizes after `B` must be the spec's.
+pub type Encoding = (InputShape, PerInput<RepeatOverTime, SwapBatchTime>);
 
-fn embedding<B: Backend>(
-    builder: &mut Builder<B>,
-    spec: &ModelSpec,
-    dim: usize,
-    neurons: &Neurons,
-) -> Result<Embedding> {
-    let dvs = spec.arch.is_dvs();
-    let image = [
-        Some(spec.in_channels),
-        Some(spec.img_size),
-        Some(spec.img_size),
-    ];
-    let (check, encode) = if dvs {
+fn encoding(spec: &ModelSpec) -> Encoding {
+    let image = [spec.in_channels, spec.img_size, spec.img_size].map(Some);
+    if spec.arch.is_dvs() {
         let sizes = [&[Some(spec.time_steps)][..], &image].concat();
         let layout = "event frames [B, T, C, H, W]";
         (
@@ -123,13 +106,26 @@ fn embedding<B: Backend>(
             PerInput::Events(SwapBatchTime),
         )
     } else {
+        let sizes = image.to_vec();
         let layout = "images [B, C, H, W]";
         let repeat = RepeatOverTime {
             time_steps: spec.time_steps,
         };
-        let sizes = image.to_vec();
         (InputShape { layout, sizes }, PerInput::Static(repeat))
-    };
+    }
+}
+
+/// The spiking tokenizer over `[T, B, C, H, W]` (docs/architectures.md §4.4, 4.5): five 3x3
+/// convolutions (no bias) with BN, widths `D/8, D/4, D/2, D, D`; every stage after the first
+/// starts with a LIF; the last two stages (CIFAR, `block{i}_*`) or the last four (DVS,
+/// `proj{i}_*`) max-pool by 2 before their convolution. Output `[T, B, D, H/p, W/p]`.
+fn tokenizer<B: Backend>(
+    builder: &mut Builder<B>,
+    spec: &ModelSpec,
+    dim: usize,
+    neurons: &Neurons,
+) -> Result<Vec<TokenizerStage>> {
+    let dvs = spec.arch.is_dvs();
     let widths = [spec.in_channels, dim / 8, dim / 4, dim / 2, dim, dim];
     let mut stages = Vec::with_capacity(5);
     for i in 0..5 {
@@ -152,7 +148,7 @@ fn embedding<B: Backend>(
         let layer = (pool, conv_bn);
         stages.push(((i > 0).then(|| neurons.lif()), SeqToAnn { layer }));
     }
-    Ok((check, encode, stages))
+    Ok(stages)
 }
 
 /// `logits = head(mean_{t, n} x[t, :, :, n])` over `[T, B, C, H, W]`: the mean over time and
@@ -207,30 +203,13 @@ fn sizes(spec: &ModelSpec, archs: [Arch; 2], model: &str) -> Result<TransformerS
 ///
 /// Parameters: `patch_embed.*`, `block.reversible_blocks.{i}.f_block.*` (SSA),
 /// `...g_block.*` (MLP), `head.*`.
-#[derive(Clone, Debug)]
-pub struct RevSFormer {
-    /// The embedding, the stream's two halves, `block` (F = SSA(D), G = MLP(D, mlp_ratio D)
-    /// per reversible block) and the read-out through `head` Linear(2D -> K).
-    pub layers: (
-        Embedding,
-        DuplicateChannels,
-        ReversibleSequence<SpikingSelfAttention, Mlp>,
-        ReadOut,
-    ),
-}
-
-impl Composite for RevSFormer {
-    type Layers = (
-        Embedding,
-        DuplicateChannels,
-        ReversibleSequence<SpikingSelfAttention, Mlp>,
-        ReadOut,
-    );
-
-    fn layers(&self) -> &Self::Layers {
-        &self.layers
-    }
-}
+pub type RevSFormer = Model<(
+    Encoding,
+    Vec<TokenizerStage>,
+    DuplicateChannels,
+    ReversibleSequence<SpikingSelfAttention, Mlp>,
+    ReadOut,
+)>;
 
 impl RevSFormer {
     /// Creates every parameter through `builder` in the official `state_dict` order. A spec of
@@ -243,7 +222,7 @@ impl RevSFormer {
         let sizes = sizes(spec, [Arch::Revsformer, Arch::RevsformerDvs], "RevSFormer")?;
         let (dim, hidden) = (sizes.dim, sizes.dim * sizes.mlp_ratio);
         let neurons = Neurons::new(spec.arch, options);
-        let embedding = embedding(builder, spec, dim, &neurons)?;
+        let tokenizer = tokenizer(builder, spec, dim, &neurons)?;
         let mut blocks = Vec::with_capacity(sizes.depth);
         for i in 0..sizes.depth {
             let prefix = format!("block.reversible_blocks.{i}");
@@ -260,8 +239,8 @@ impl RevSFormer {
         let options = options.reversible;
         let body = ReversibleSequence { blocks, options };
         let read_out = read_out(builder, 2 * dim, spec.num_classes)?;
-        Ok(RevSFormer {
-            layers: (embedding, DuplicateChannels, body, read_out),
+        Ok(Model {
+            layers: (encoding(spec), tokenizer, DuplicateChannels, body, read_out),
         })
     }
 }
@@ -308,19 +287,12 @@ fn transformer_block<B: Backend>(
 ///
 /// Parameters: `patch_embed.*`, `block.{i}.norm1.*`, `block.{i}.attn.*`, `block.{i}.norm2.*`,
 /// `block.{i}.mlp.*`, `head.*`.
-#[derive(Clone, Debug)]
-pub struct Spikingformer {
-    /// The embedding, `block.{i}` and the read-out through `head` Linear(D -> K).
-    pub layers: (Embedding, Vec<SpikingTransformerBlock>, ReadOut),
-}
-
-impl Composite for Spikingformer {
-    type Layers = (Embedding, Vec<SpikingTransformerBlock>, ReadOut);
-
-    fn layers(&self) -> &Self::Layers {
-        &self.layers
-    }
-}
+pub type Spikingformer = Model<(
+    Encoding,
+    Vec<TokenizerStage>,
+    Vec<SpikingTransformerBlock>,
+    ReadOut,
+)>;
 
 impl Spikingformer {
     /// Creates every parameter through `builder` in the official `state_dict` order, the unused
@@ -334,13 +306,13 @@ impl Spikingformer {
         let archs = [Arch::Spikingformer, Arch::SpikingformerDvs];
         let sizes = sizes(spec, archs, "Spikingformer")?;
         let neurons = Neurons::new(spec.arch, options);
-        let embedding = embedding(builder, spec, sizes.dim, &neurons)?;
+        let tokenizer = tokenizer(builder, spec, sizes.dim, &neurons)?;
         let blocks = (0..sizes.depth)
             .map(|i| transformer_block(builder, &format!("block.{i}"), &sizes, &neurons))
             .collect::<Result<Vec<_>>>()?;
         let read_out = read_out(builder, sizes.dim, spec.num_classes)?;
-        Ok(Spikingformer {
-            layers: (embedding, blocks, read_out),
+        Ok(Model {
+            layers: (encoding(spec), tokenizer, blocks, read_out),
         })
     }
 }
