@@ -119,13 +119,13 @@ impl<B: Backend> Network<B> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
         if run.audit {
-            session.audit = Some(ReversibleAudit::default());
+            session.probes.audit = Some(ReversibleAudit::default());
         }
         let output = with_body!(self, model => train_step(model, &mut session, images, labels))?;
         Ok(StepReport {
             output,
-            diverged_recomputes: session.diverged_recomputes,
-            audit: session.audit,
+            diverged_recomputes: session.probes.diverged_recomputes,
+            audit: session.probes.audit,
         })
     }
 
@@ -142,14 +142,14 @@ impl<B: Backend> Network<B> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
         if run.audit {
-            session.audit = Some(ReversibleAudit::default());
+            session.probes.audit = Some(ReversibleAudit::default());
         }
         let output =
             with_body!(self, model => train_step_soft(model, &mut session, images, targets))?;
         Ok(StepReport {
             output,
-            diverged_recomputes: session.diverged_recomputes,
-            audit: session.audit,
+            diverged_recomputes: session.probes.diverged_recomputes,
+            audit: session.probes.audit,
         })
     }
 

@@ -227,7 +227,7 @@ fn spiking_forward<B: Backend>(backend: &B, spec: &ModelSpec) -> (Vec<f64>, Vec<
     let mut grads = network.zero_grads();
     let mut session = Session::new(backend, &mut network.store, &mut grads, Mode::Train);
     session.update_running_stats = false;
-    session.spike_log = Some(Vec::new());
+    session.probes.spike_log = Some(Vec::new());
     let logits = match &network.body {
         Body::RevSResNet(model) => Layer::<B>::forward(model, &mut session, &images).map(|r| r.0),
         Body::MsResNet(model) => Layer::<B>::forward(model, &mut session, &images).map(|r| r.0),
@@ -238,6 +238,7 @@ fn spiking_forward<B: Backend>(backend: &B, spec: &ModelSpec) -> (Vec<f64>, Vec<
     }
     .unwrap();
     let spikes = session
+        .probes
         .spike_log
         .take()
         .unwrap()

@@ -185,7 +185,11 @@ fn presets_have_the_official_keys_shapes_order_and_spec_4_7_parameter_counts() {
         for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
             assert_eq!(a, b, "{name}: key {i}");
         }
-        assert_eq!(store.parameter_count(), count, "{name}: docs/architectures.md §4.7");
+        assert_eq!(
+            store.parameter_count(),
+            count,
+            "{name}: docs/architectures.md §4.7"
+        );
         assert_eq!(parameters, count, "{name}: the fixture's header");
         for entry in store.entries() {
             let kind =
@@ -498,7 +502,7 @@ fn reversible_backward_equals_stored_activation_backpropagation() {
                 let mut grads = Grads::new(store.entries().len());
                 let mut session = Session::new(&backend, &mut store, &mut grads, Mode::Train);
                 let out = step(&net, &mut session, &images, &[3, 1]).unwrap();
-                assert_eq!(session.diverged_recomputes, 0);
+                assert_eq!(session.probes.diverged_recomputes, 0);
                 (out, grads, store)
             };
             let (rev, rev_grads, store) = run(Storage::Reversible);

@@ -26,8 +26,8 @@ use std::rc::Rc;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use revsnn::error::Result;
-use revsnn::model::build::{Builder, Init};
-use revsnn::model::layers::{BatchNorm, ConvBn, ConvKind, Neuron, flatten_time, unflatten_time};
+use revsnn::model::build::{Builder, ConvInit};
+use revsnn::model::layers::{ConvBn, ConvKind, Neuron, flatten_time, unflatten_time};
 use revsnn::model::reversible::{
     Coupling, RecomputeStats, ReversibleBlock, ReversibleOptions, ReversibleSequence,
     SequenceSaved, Storage,
@@ -215,12 +215,13 @@ fn build<B: Backend>(
     let mut affine = SplitMix64::new(config.seed ^ 0xA5A5_A5A5);
     let counter = Rc::new(SpikeCounter::default());
     let mut conv_bn = |builder: &mut Builder<B>, prefix: String| -> Result<ConvBn> {
-        let weight = builder.parameter(
-            format!("{prefix}.0.weight"),
+        let conv_bn = builder.conv_bn(
+            &format!("{prefix}.0"),
+            &format!("{prefix}.1"),
             &[p, p, 3, 3],
-            Init::KaimingNormalFanOut,
+            ConvInit::KaimingNormalFanOut,
+            ConvKind::Conv2d(Conv2dParams::new(1, 1)),
         )?;
-        let ids = builder.batch_norm(&format!("{prefix}.1"), p)?;
         // Random affines, so that gamma and beta matter (the Builder makes them 1 and 0).
         let gamma = (0..p)
             .map(|_| B::Elem::cast(affine.uniform(0.5, 1.5)))
@@ -228,18 +229,14 @@ fn build<B: Backend>(
         let beta = (0..p)
             .map(|_| B::Elem::cast(affine.uniform(-0.5, 0.5)))
             .collect();
+        let ids = conv_bn.1.ids;
         builder
             .store
             .set(ids.gamma, backend.tensor_from_vec(&[p], gamma)?);
         builder
             .store
             .set(ids.beta, backend.tensor_from_vec(&[p], beta)?);
-        Ok(ConvBn {
-            weight,
-            bias: None,
-            kind: ConvKind::Conv2d(Conv2dParams::new(1, 1)),
-            norm: BatchNorm { ids },
-        })
+        Ok(conv_bn)
     };
     let mut block = |builder: &mut Builder<B>, prefix: String| -> Result<Block> {
         Ok(Block {
@@ -430,7 +427,7 @@ fn step<E: Element>(
     let (y, saved) = model.sequence.forward(&mut session, x)?;
     let spike_rate = model.counter.rate();
     let grad_input = model.sequence.backward(&mut session, saved, dy)?;
-    let diverged = session.diverged_recomputes;
+    let diverged = session.probes.diverged_recomputes;
     let grad_params = ids_of(&store, EntryKind::Parameter)
         .into_iter()
         .map(|id| {
@@ -567,7 +564,7 @@ fn forward_backward(
     let (y, saved) = sequence.forward(session, x)?;
     let dy = session.backend.scale(&y, 0.5)?;
     sequence.backward(session, saved, &dy)?;
-    assert_eq!(session.diverged_recomputes, 0);
+    assert_eq!(session.probes.diverged_recomputes, 0);
     Ok(())
 }
 
@@ -676,9 +673,9 @@ proptest! {
             SequenceSaved::Stored { .. } => prop_assert!(false, "the reversible storage stored contexts"),
         }
         model.sequence.backward(&mut session, saved, &dy)?;
-        prop_assert!(session.diverged_recomputes > 0, "corruption not detected");
+        prop_assert!(session.probes.diverged_recomputes > 0, "corruption not detected");
         let most = 2 * config.blocks - usize::from(second_half_only);
-        prop_assert!(session.diverged_recomputes <= most, "{} > {most}", session.diverged_recomputes);
+        prop_assert!(session.probes.diverged_recomputes <= most, "{} > {most}", session.probes.diverged_recomputes);
     }
 }
 

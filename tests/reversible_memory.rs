@@ -8,8 +8,8 @@
 //! The allocator's counters are process-wide, so this binary holds a single test.
 
 use revsnn::error::Result;
-use revsnn::model::build::{Builder, Init};
-use revsnn::model::layers::{BatchNorm, ConvBn, ConvKind, Neuron, flatten_time, unflatten_time};
+use revsnn::model::build::{Builder, ConvInit};
+use revsnn::model::layers::{ConvBn, ConvKind, Neuron, flatten_time, unflatten_time};
 use revsnn::model::reversible::{ReversibleBlock, ReversibleOptions, ReversibleSequence, Storage};
 use revsnn::model::{Grads, Layer, Mode, ParamStore, Session};
 use revsnn_reference::memory::{self, CountingAllocator};
@@ -91,18 +91,13 @@ fn build<B: Backend>(backend: &B, blocks: usize, storage: Storage) -> Result<Mod
     let p = HALF_CHANNELS;
     let mut builder = Builder::new(backend, 7);
     let conv_bn = |builder: &mut Builder<B>, prefix: String| -> Result<ConvBn> {
-        Ok(ConvBn {
-            weight: builder.parameter(
-                format!("{prefix}.0.weight"),
-                &[p, p, 3, 3],
-                Init::KaimingNormalFanOut,
-            )?,
-            bias: None,
-            kind: ConvKind::Conv2d(Conv2dParams::new(1, 1)),
-            norm: BatchNorm {
-                ids: builder.batch_norm(&format!("{prefix}.1"), p)?,
-            },
-        })
+        builder.conv_bn(
+            &format!("{prefix}.0"),
+            &format!("{prefix}.1"),
+            &[p, p, 3, 3],
+            ConvInit::KaimingNormalFanOut,
+            ConvKind::Conv2d(Conv2dParams::new(1, 1)),
+        )
     };
     let block = |builder: &mut Builder<B>, prefix: String| -> Result<Block> {
         Ok(Block {
@@ -158,7 +153,7 @@ fn peak_step_bytes(blocks: usize, storage: Storage) -> Result<usize> {
     let (y, saved) = sequence.forward(&mut session, &x)?;
     let grad_x = sequence.backward(&mut session, saved, &dy)?;
     let peak = memory::stats().peak_bytes - live_before;
-    assert_eq!(session.diverged_recomputes, 0);
+    assert_eq!(session.probes.diverged_recomputes, 0);
     assert_eq!(backend.shape(&y), backend.shape(&grad_x));
     Ok(peak)
 }

@@ -4,7 +4,7 @@
 use revsnn_reference::Backend;
 use revsnn_reference::testing::SplitMix64;
 
-use super::layers::BatchNormIds;
+use super::layers::{BatchNorm, BatchNormIds, Conv, ConvBn, ConvKind};
 use super::params::{EntryKind, ParamId, ParamStore};
 use crate::error::Result;
 
@@ -21,6 +21,15 @@ pub enum Init {
     TruncatedNormal { std: f64 },
     /// A constant (BatchNorm: gamma 1, beta 0, running mean 0, running var 1).
     Constant(f64),
+}
+
+/// How a convolution's parameters start (docs/architectures.md §4.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvInit {
+    /// The ResNets': weight `kaiming_normal_(fan_out)`, no bias.
+    KaimingNormalFanOut,
+    /// PyTorch's default: the weight and, when there is one, the bias U(+-1/sqrt(fan_in)).
+    PyTorchDefault { bias: bool },
 }
 
 /// Creates the parameters of a model in `state_dict` order.
@@ -79,6 +88,38 @@ impl<'a, B: Backend> Builder<'a, B> {
             .map(|_| self.rng.uniform(-bound, bound))
             .collect();
         self.push(name.into(), EntryKind::Parameter, &[channels], values)
+    }
+
+    /// A convolution `{conv}.weight` of `weight_shape` (`[out, in, kernel...]`), with a bias
+    /// `{conv}.bias` when `init` has one, followed by a BatchNorm under `bn`, in that
+    /// `state_dict` order.
+    pub fn conv_bn(
+        &mut self,
+        conv: &str,
+        bn: &str,
+        weight_shape: &[usize],
+        init: ConvInit,
+        kind: ConvKind,
+    ) -> Result<ConvBn> {
+        let name = format!("{conv}.weight");
+        let (weight, bias) = match init {
+            ConvInit::KaimingNormalFanOut => (
+                self.parameter(name, weight_shape, Init::KaimingNormalFanOut)?,
+                None,
+            ),
+            ConvInit::PyTorchDefault { bias } => {
+                let weight = self.parameter(name, weight_shape, Init::UniformFanIn)?;
+                let fan_in = weight_shape[1..].iter().product();
+                let bias = bias
+                    .then(|| self.bias(format!("{conv}.bias"), weight_shape[0], fan_in))
+                    .transpose()?;
+                (weight, bias)
+            }
+        };
+        let norm = BatchNorm {
+            ids: self.batch_norm(bn, weight_shape[0])?,
+        };
+        Ok((Conv { weight, bias, kind }, norm))
     }
 
     /// A BatchNorm over `channels` under `prefix`: `weight`, `bias`, `running_mean`,

@@ -1,12 +1,14 @@
-//! The building blocks of every model, each a [`Layer`]: spiking neurons, convolution followed by
-//! BatchNorm, pooling and the linear head (docs/architectures.md §4.0). Stateless layers see `[T B, ...]`, the
-//! time-flattened layout of SpikingJelly's `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and
-//! [`unflatten_time`] convert.
+//! The building blocks of every model, each a [`Layer`] (docs/architectures.md §4.0): spiking
+//! neurons, convolution, BatchNorm, pooling, the linear head, and the shape-only layers around
+//! them (means, repetition over time, the batch-time swap, the doubled stream, the input check).
+//! Stateless layers see `[T B, ...]`, the time-flattened layout of SpikingJelly's
+//! `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and [`unflatten_time`] convert.
 
 use revsnn_reference::{
     Backend, BatchStats, Conv2dParams, NeuronConfig, Pool2dParams, RunningStats,
 };
 
+use super::compose::SeqToAnn;
 use super::params::ParamId;
 use super::{Layer, Mode, Session};
 use crate::error::Result;
@@ -42,13 +44,9 @@ impl<B: Backend> Layer<B> for Neuron {
     type Saved = B::NeuronContext;
 
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let (spikes, context) = session.backend.neuron_forward(x, &self.config)?;
-        if let Some(fingerprint) = session.spike_fingerprint.as_mut() {
-            *fingerprint = fingerprint.rotate_left(5) ^ session.backend.fingerprint(&spikes)?;
-        }
-        if let Some(log) = session.spike_log.as_mut() {
-            log.push(spikes.clone());
-        }
+        let backend = session.backend;
+        let (spikes, context) = backend.neuron_forward(x, &self.config)?;
+        session.probes.record_spikes(backend, &spikes)?;
         Ok((spikes, context))
     }
 
@@ -135,38 +133,33 @@ impl<B: Backend> Layer<B> for BatchNorm {
     }
 }
 
-/// Whether a [`ConvBn`] convolves `[N, C, H, W]` (2-D, any kernel) or `[N, C, L]` (1-D, 1x1).
+/// Whether a [`Conv`] is 2-D over `[N, C, H, W]` (any kernel) or 1-D 1x1 over `[N, C, L]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKind {
     Conv2d(Conv2dParams),
     Conv1d,
 }
 
-/// A convolution followed by a BatchNorm, the `SeqToANNContainer(conv, BN)` of every model,
-/// over the time-flattened `[T B, C, ...]`.
+/// A convolution with an optional bias, `y = W * x (+ b)`: 2-D, or 1-D 1x1 in the attention
+/// (docs/architectures.md §4.0).
 #[derive(Clone, Debug)]
-pub struct ConvBn {
+pub struct Conv {
     pub weight: ParamId,
     pub bias: Option<ParamId>,
     pub kind: ConvKind,
-    pub norm: BatchNorm,
 }
 
-impl<B: Backend> Layer<B> for ConvBn {
-    type Saved = (B::Conv2dContext, B::BatchNormContext);
+impl<B: Backend> Layer<B> for Conv {
+    type Saved = B::Conv2dContext;
 
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
-        let weight = session.store.get(self.weight).clone();
-        let bias = self.bias.map(|id| session.store.get(id).clone());
-        let (y, conv) = match self.kind {
-            ConvKind::Conv2d(params) => {
-                backend.conv2d_forward(x, &weight, bias.as_ref(), params)?
-            }
-            ConvKind::Conv1d => backend.conv1d_forward(x, &weight, bias.as_ref())?,
-        };
-        let (y, norm) = self.norm.forward(session, &y)?;
-        Ok((y, (conv, norm)))
+        let weight = session.store.get(self.weight);
+        let bias = self.bias.map(|id| session.store.get(id));
+        Ok(match self.kind {
+            ConvKind::Conv2d(params) => backend.conv2d_forward(x, weight, bias, params)?,
+            ConvKind::Conv1d => backend.conv1d_forward(x, weight, bias)?,
+        })
     }
 
     fn backward(
@@ -175,21 +168,28 @@ impl<B: Backend> Layer<B> for ConvBn {
         saved: Self::Saved,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor> {
-        let (conv, norm) = saved;
-        let grad = self.norm.backward(session, norm, grad_y)?;
+        let backend = session.backend;
         let grads = match self.kind {
-            ConvKind::Conv2d(_) => session.backend.conv2d_backward(&grad, &conv)?,
-            ConvKind::Conv1d => session.backend.conv1d_backward(&grad, &conv)?,
+            ConvKind::Conv2d(_) => backend.conv2d_backward(grad_y, &saved)?,
+            ConvKind::Conv1d => backend.conv1d_backward(grad_y, &saved)?,
         };
         session
             .grads
-            .accumulate(session.backend, self.weight, grads.weight)?;
+            .accumulate(backend, self.weight, grads.weight)?;
         if let (Some(id), Some(bias)) = (self.bias, grads.bias) {
-            session.grads.accumulate(session.backend, id, bias)?;
+            session.grads.accumulate(backend, id, bias)?;
         }
         Ok(grads.input)
     }
 }
+
+/// A convolution followed by a BatchNorm, over the time-flattened `[T B, C, ...]` (the
+/// `SeqToANNContainer(conv, BN)` of every model).
+pub type ConvBn = (Conv, BatchNorm);
+
+/// `SN -> SeqToANN(conv -> BN)` over `[T, B, C, ...]`: the spiking convolution every model
+/// stacks.
+pub type SpikingConvBn = (Neuron, SeqToAnn<ConvBn>);
 
 /// `AvgPool2d(kernel, stride, padding)` with `count_include_pad=True` over `[N, C, H, W]`.
 #[derive(Clone, Debug)]
@@ -278,5 +278,132 @@ impl<B: Backend> Layer<B> for Linear {
             session.grads.accumulate(session.backend, self.bias, bias)?;
         }
         Ok(grads.input)
+    }
+}
+
+/// The mean over `axes`: `y = mean_{axes} x`, those axes removed (`AdaptiveAvgPool2d(1)` over
+/// `H, W`, or a mean over time).
+#[derive(Clone, Debug)]
+pub struct MeanOver {
+    pub axes: Vec<usize>,
+}
+
+impl<B: Backend> Layer<B> for MeanOver {
+    /// The input's shape.
+    type Saved = Vec<usize>;
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let backend = session.backend;
+        Ok((backend.mean_axes(x, &self.axes)?, backend.shape(x)))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        Ok(session
+            .backend
+            .mean_axes_backward(grad_y, &saved, &self.axes)?)
+    }
+}
+
+/// `[B, ...] -> [T, B, ...]`: the same static input at every one of `time_steps` steps
+/// (docs/choices.md §A25); the backward sums the gradient over time.
+#[derive(Clone, Debug)]
+pub struct RepeatOverTime {
+    pub time_steps: usize,
+}
+
+impl<B: Backend> Layer<B> for RepeatOverTime {
+    type Saved = ();
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok((session.backend.repeat_leading(x, self.time_steps)?, ()))
+    }
+
+    fn backward(&self, session: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
+        Ok(session.backend.sum_leading(grad_y)?)
+    }
+}
+
+/// `[B, T, C, H, W] <-> [T, B, C, H, W]`: event frames as a sequence (its own inverse).
+#[derive(Clone, Debug)]
+pub struct SwapBatchTime;
+
+const SWAP_BATCH_TIME: [usize; 5] = [1, 0, 2, 3, 4];
+
+impl<B: Backend> Layer<B> for SwapBatchTime {
+    type Saved = ();
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok((session.backend.permute(x, &SWAP_BATCH_TIME)?, ()))
+    }
+
+    fn backward(&self, session: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
+        Ok(session.backend.permute(grad_y, &SWAP_BATCH_TIME)?)
+    }
+}
+
+/// `[T, B, C, ...] -> [T, B, 2C, ...]`, `cat([x, x], 2)`: the two equal halves a reversible
+/// stream starts from (docs/architectures.md §4.4); the backward adds the halves' gradients.
+#[derive(Clone, Debug)]
+pub struct DuplicateChannels;
+
+impl<B: Backend> Layer<B> for DuplicateChannels {
+    type Saved = ();
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok((session.backend.concat(&[x, x], 2)?, ()))
+    }
+
+    fn backward(&self, session: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
+        let backend = session.backend;
+        let half = backend.shape(grad_y)[2] / 2;
+        Ok(backend.add(
+            &backend.narrow(grad_y, 2, 0, half)?,
+            &backend.narrow(grad_y, 2, half, half)?,
+        )?)
+    }
+}
+
+/// Checks a model's input, `[B, ...]` with every size >= 1 and, where `sizes` names one, the
+/// size it must have; passes the input through.
+#[derive(Clone, Debug)]
+pub struct InputShape {
+    /// What the input is, for the error: e.g. `images [B, C, H, W]`.
+    pub layout: &'static str,
+    /// The sizes after `B`: `Some(n)` must be `n`, `None` any.
+    pub sizes: Vec<Option<usize>>,
+}
+
+impl<B: Backend> Layer<B> for InputShape {
+    type Saved = ();
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let shape = session.backend.shape(x);
+        let fits = shape.len() == self.sizes.len() + 1
+            && !shape.contains(&0)
+            && (shape[1..].iter().zip(&self.sizes)).all(|(&n, size)| size.is_none_or(|s| s == n));
+        if !fits {
+            let sizes: Vec<String> = (self.sizes.iter())
+                .map(|size| size.map_or("_".to_string(), |n| n.to_string()))
+                .collect();
+            return Err(revsnn_reference::OpError::shape(
+                "model input",
+                format!(
+                    "expected {} = [_, {}] with every size >= 1, got {shape:?}",
+                    self.layout,
+                    sizes.join(", ")
+                ),
+            )
+            .into());
+        }
+        Ok((x.clone(), ()))
+    }
+
+    fn backward(&self, _: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
+        Ok(grad_y.clone())
     }
 }

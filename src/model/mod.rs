@@ -1,13 +1,19 @@
 //! Layers and models written once over any [`Backend`] (docs/design.md principle 2).
 //!
 //! There is no autograd: every layer is a [`Layer`], a forward that returns what its backward
-//! needs (`Saved`) and a backward that consumes it. Non-reversible parts keep their `Saved` on
-//! the caller's stack (the tape); a [`reversible::ReversibleSequence`] keeps nothing but its output
-//! and rebuilds each block's `Saved` in its backward (docs/reversible.md §3.3).
+//! needs (`Saved`) and a backward that consumes it. Layers compose ([`compose`]): a tuple of
+//! layers is a layer whose backward runs its parts' in reverse, so a model is its layers nested
+//! and only attention ([`attention`]) and the reversible sequence write a backward of their own.
+//! Non-reversible parts keep their `Saved` on the caller's stack (the tape); a
+//! [`reversible::ReversibleSequence`] keeps nothing but its output and rebuilds each block's
+//! `Saved` in its backward (docs/reversible.md §3.3).
 
+pub mod attention;
 pub mod build;
+pub mod compose;
 pub mod layers;
 pub mod params;
+pub mod probes;
 pub mod resnet;
 pub mod reversible;
 pub mod transformer;
@@ -16,6 +22,7 @@ use revsnn_reference::{Backend, BatchNormParams};
 
 use crate::error::Result;
 pub use params::{EntryKind, EntryValue, Grads, ParamId, ParamStore};
+pub use probes::{Probes, ReversibleAudit};
 
 /// Training (BatchNorm batch statistics) or evaluation (running statistics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +31,8 @@ pub enum Mode {
     Eval,
 }
 
-/// Everything a forward or backward pass reads and writes besides its tensors.
+/// Everything a forward or backward pass reads and writes besides its tensors: the model's
+/// state, and the verification hooks in [`Probes`].
 pub struct Session<'a, B: Backend> {
     pub backend: &'a B,
     /// Weights (read) and BatchNorm running statistics (updated by training-mode forwards).
@@ -36,33 +44,13 @@ pub struct Session<'a, B: Backend> {
     /// backward turns it off while recomputing under the `once` policy.
     pub update_running_stats: bool,
     pub batch_norm: BatchNormParams,
-    /// When `Some`, every neuron layer folds the fingerprint of its spikes into it: the
-    /// reversible sequence compares forward and recompute this way.
-    pub spike_fingerprint: Option<u64>,
-    /// How many F or G recomputes of reversible backwards produced spikes that differ from
-    /// their forward (a reconstruction error large enough to flip a spike): 0 when the
-    /// reversible gradient is exactly the stored-activation one.
-    pub diverged_recomputes: usize,
-    /// When `Some`, reversible sequences audit their reconstruction into it (verification mode).
-    pub audit: Option<ReversibleAudit>,
-    /// When `Some`, every neuron layer appends its spikes: how an audit compares the forward's
-    /// spikes with the recompute's, element by element.
-    pub spike_log: Option<Vec<B::Tensor>>,
-}
-
-/// What auditing reversible sequences found: how exactly the backward rebuilt the forward.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ReversibleAudit {
-    /// The largest relative L2 error between a block's input and its reconstruction.
-    pub max_reconstruction_rel_err: f64,
-    /// Spikes of F and G that differ between the forward and the recompute.
-    pub spike_flips: u64,
-    /// Spikes compared.
-    pub spikes_compared: u64,
+    /// What the pass records for verification (all off by default).
+    pub probes: Probes<B>,
 }
 
 impl<'a, B: Backend> Session<'a, B> {
-    /// A session with PyTorch's BatchNorm constants, updating running statistics in training.
+    /// A session with PyTorch's BatchNorm constants, updating running statistics in training,
+    /// every probe off.
     pub fn new(
         backend: &'a B,
         store: &'a mut ParamStore<B>,
@@ -76,10 +64,7 @@ impl<'a, B: Backend> Session<'a, B> {
             mode,
             update_running_stats: true,
             batch_norm: BatchNormParams::default(),
-            spike_fingerprint: None,
-            diverged_recomputes: 0,
-            audit: None,
-            spike_log: None,
+            probes: Probes::default(),
         }
     }
 }
@@ -99,44 +84,6 @@ pub trait Layer<B: Backend> {
         saved: Self::Saved,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor>;
-}
-
-/// Runs `layers` one after another from `x`: the last output and every layer's `Saved`, in order.
-pub fn forward_each<'l, B: Backend, L: Layer<B> + 'l>(
-    layers: impl IntoIterator<Item = &'l L>,
-    session: &mut Session<B>,
-    x: B::Tensor,
-) -> Result<(B::Tensor, Vec<L::Saved>)> {
-    let mut x = x;
-    let mut saved = Vec::new();
-    for layer in layers {
-        let (y, context) = layer.forward(session, &x)?;
-        saved.push(context);
-        x = y;
-    }
-    Ok((x, saved))
-}
-
-/// The backward of [`forward_each`] over the same `layers`, last layer first.
-pub fn backward_each<'l, B: Backend, L: Layer<B> + 'l>(
-    layers: impl IntoIterator<Item = &'l L>,
-    session: &mut Session<B>,
-    saved: Vec<L::Saved>,
-    grad_y: B::Tensor,
-) -> Result<B::Tensor> {
-    let layers: Vec<&L> = layers.into_iter().collect();
-    if layers.len() != saved.len() {
-        return Err(revsnn_reference::OpError::shape(
-            "layer sequence",
-            format!("{} saved contexts for {} layers", saved.len(), layers.len()),
-        )
-        .into());
-    }
-    let mut grad = grad_y;
-    for (layer, context) in layers.into_iter().zip(saved).rev() {
-        grad = layer.backward(session, context, &grad)?;
-    }
-    Ok(grad)
 }
 
 /// What one training-mode forward and backward of a classifier produced.

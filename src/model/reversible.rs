@@ -13,9 +13,9 @@
 //! the float type, so the inverse reconstructs every input bit for bit (the rounding's gradient
 //! is taken as the identity).
 
-use revsnn_reference::testing::relative_error;
 use revsnn_reference::{Backend, DType, Element};
 
+use super::probes::BlockRecord;
 use super::{Layer, Mode, Session};
 use crate::error::Result;
 
@@ -92,7 +92,7 @@ pub struct ReversibleSequence<F, G> {
 /// What a [`ReversibleSequence`] forward keeps.
 pub enum SequenceSaved<B: Backend, FS, GS> {
     /// The output and, per block, the fingerprints of the spikes F and G produced; under an
-    /// audit ([`Session::audit`]) also each block's input and spikes.
+    /// audit ([`super::Probes::audit`]) also each block's input and spikes.
     Reversible {
         output: B::Tensor,
         fingerprints: Vec<(u64, u64)>,
@@ -100,16 +100,6 @@ pub enum SequenceSaved<B: Backend, FS, GS> {
     },
     /// Every block's F and G contexts.
     Stored { contexts: Vec<(FS, GS)> },
-}
-
-/// What an audited forward records of one block, for the backward to compare against.
-pub struct BlockRecord<T> {
-    /// The block's input halves `(x1, x2)`.
-    pub input: (T, T),
-    /// The spikes F produced, layer by layer.
-    pub f_spikes: Vec<T>,
-    /// The spikes G produced.
-    pub g_spikes: Vec<T>,
 }
 
 /// The channel axis of `[T, B, C, ...]`.
@@ -171,27 +161,15 @@ struct Recorded<T, S> {
 }
 
 /// Runs `layer` with spike fingerprinting on, and when auditing with its spikes logged into the
-/// result. Without an audit an outer spike log (if any) keeps receiving every spike.
+/// result ([`super::Probes::start_run`]).
 fn recorded<B: Backend, L: Layer<B>>(
     layer: &L,
     session: &mut Session<B>,
     x: &B::Tensor,
 ) -> Result<Recorded<B::Tensor, L::Saved>> {
-    let outer_print = session.spike_fingerprint.replace(0);
-    let auditing = session.audit.is_some();
-    let outer_log = if auditing {
-        session.spike_log.replace(Vec::new())
-    } else {
-        None
-    };
+    let outer = session.probes.start_run();
     let result = layer.forward(session, x);
-    let fingerprint = session.spike_fingerprint.take().unwrap_or(0);
-    let spikes = if auditing {
-        std::mem::replace(&mut session.spike_log, outer_log).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    session.spike_fingerprint = outer_print;
+    let (fingerprint, spikes) = session.probes.end_run(outer);
     let (output, saved) = result?;
     Ok(Recorded {
         output,
@@ -199,43 +177,6 @@ fn recorded<B: Backend, L: Layer<B>>(
         fingerprint,
         spikes,
     })
-}
-
-/// Adds the differences between recorded and recomputed spikes, and the reconstruction error of
-/// one block's input, to the session's audit.
-fn audit_block<B: Backend>(
-    session: &mut Session<B>,
-    record: &BlockRecord<B::Tensor>,
-    f_spikes: &[B::Tensor],
-    g_spikes: &[B::Tensor],
-    reconstructed: (&B::Tensor, &B::Tensor),
-) -> Result<()> {
-    let backend = session.backend;
-    let widen = |t: &B::Tensor| -> Result<Vec<f64>> {
-        Ok(backend.to_vec(t)?.into_iter().map(Element::widen).collect())
-    };
-    let (mut flips, mut compared) = (0u64, 0u64);
-    for (before, again) in record
-        .f_spikes
-        .iter()
-        .zip(f_spikes)
-        .chain(record.g_spikes.iter().zip(g_spikes))
-    {
-        let (before, again) = (widen(before)?, widen(again)?);
-        compared += before.len() as u64;
-        flips += before.iter().zip(&again).filter(|(a, b)| a != b).count() as u64;
-    }
-    let mut original = widen(&record.input.0)?;
-    original.extend(widen(&record.input.1)?);
-    let mut rebuilt = widen(reconstructed.0)?;
-    rebuilt.extend(widen(reconstructed.1)?);
-    let error = relative_error(&rebuilt, &original);
-    if let Some(audit) = session.audit.as_mut() {
-        audit.spike_flips += flips;
-        audit.spikes_compared += compared;
-        audit.max_reconstruction_rel_err = audit.max_reconstruction_rel_err.max(error);
-    }
-    Ok(())
 }
 
 impl<B, F, G> Layer<B> for ReversibleSequence<F, G>
@@ -256,7 +197,7 @@ where
         };
         let keep =
             self.options.storage == Storage::StoredActivations && session.mode == Mode::Train;
-        let auditing = session.audit.is_some() && !keep;
+        let auditing = session.probes.audit.is_some() && !keep;
         let mut contexts = Vec::new();
         let mut fingerprints = Vec::with_capacity(self.blocks.len());
         let mut audit = Vec::new();
@@ -393,10 +334,13 @@ impl<F, G> ReversibleSequence<F, G> {
             drop((y1, f.output));
             let dx2 = backend.add(&dy2, &block.f.backward(session, f.saved, &dx1)?)?;
             drop(dy2);
-            session.diverged_recomputes +=
+            session.probes.diverged_recomputes +=
                 usize::from(g.fingerprint != g_print) + usize::from(f.fingerprint != f_print);
             if let Some(record) = audit.pop() {
-                audit_block(session, &record, &f.spikes, &g.spikes, (&x1, &x2))?;
+                let recomputed = (&f.spikes[..], &g.spikes[..]);
+                session
+                    .probes
+                    .audit_block(backend, &record, recomputed, (&x1, &x2))?;
             }
             (y1, y2, dy1, dy2) = (x1, x2, dx1, dx2);
         }

@@ -1,0 +1,190 @@
+//! Spiking self-attention SSA (docs/architectures.md §4.0), the F of RevSFormer's reversible
+//! blocks and the attention of Spikingformer's. Its backward is written by hand: the two
+//! attention products are not a chain of layers.
+
+use revsnn_reference::{Backend, Element, OpError};
+
+use super::build::{Builder, ConvInit};
+use super::compose::SeqToAnn;
+use super::layers::{ConvBn, ConvKind, Neuron, SpikingConvBn};
+use super::transformer::Neurons;
+use super::{Layer, Session};
+use crate::error::Result;
+
+/// The constant the attention output is scaled by, whatever the head width
+/// (docs/architectures.md §4.0).
+const ATTENTION_SCALE: f64 = 0.125;
+
+/// One of q, k, v over the tokens `[T, B, C, N]`: `LIF(BN1d(Conv1d 1x1 (C -> C, no bias)(s)))`.
+pub type Projection = (SeqToAnn<ConvBn>, Neuron);
+
+/// Spiking self-attention SSA(C, h) over `[T, B, C, H, W]` (docs/architectures.md §4.0),
+/// `d = C / h`, `N = H W`, channel `c = head d + j`:
+///
+/// ```text
+/// s       = proj_lif(x)                                   spikes, as tokens [T, B, C, N]
+/// q, k, v = LIF(BN1d(Conv1d 1x1 (C -> C, no bias)(s)))    each [T, B, h, N, d] per head
+/// attn    = q k^T                                         [T, B, h, N, N], no softmax
+/// o       = (attn v) 0.125                                [T, B, h, N, d] -> [T, B, C, N]
+/// y       = BN1d(Conv1d 1x1 (C -> C, bias)(attn_lif(o)))  attn_lif V_th = 0.5; [T, B, C, H, W]
+/// ```
+///
+/// The products run on the per-head transposes `q^T, k^T, v^T` `[T, B, h, d, N]`, which are plain
+/// reshapes of `[T, B, C, N]`: `attn = (q^T)^T k^T` and `o^T = v^T attn^T`, so no permute is
+/// materialised.
+#[derive(Clone, Debug)]
+pub struct SpikingSelfAttention {
+    /// `h`; the head width is `d = C / h`.
+    pub heads: usize,
+    /// The input LIF (`V_th = 1`).
+    pub proj_lif: Neuron,
+    /// `q_conv` (Conv1d 1x1, no bias) + `q_bn` + `q_lif`; likewise `k` and `v`.
+    pub q: Projection,
+    pub k: Projection,
+    pub v: Projection,
+    /// The LIF after the attention product (`V_th = 0.5`), then `proj_conv` (Conv1d 1x1, with
+    /// bias) + `proj_bn`.
+    pub output: SpikingConvBn,
+}
+
+impl SpikingSelfAttention {
+    /// The parameters under `prefix` in the official order: `q_conv`, `q_bn`, `k_conv`, `k_bn`,
+    /// `v_conv`, `v_bn`, `proj_conv` (with bias), `proj_bn`.
+    pub(super) fn build<B: Backend>(
+        builder: &mut Builder<B>,
+        prefix: &str,
+        dim: usize,
+        heads: usize,
+        neurons: &Neurons,
+    ) -> Result<Self> {
+        let mut conv_bn = |name: &str, bias: bool| {
+            builder.conv_bn(
+                &format!("{prefix}.{name}_conv"),
+                &format!("{prefix}.{name}_bn"),
+                &[dim, dim, 1],
+                ConvInit::PyTorchDefault { bias },
+                ConvKind::Conv1d,
+            )
+        };
+        let mut projection = |name: &str| -> Result<Projection> {
+            Ok((
+                SeqToAnn {
+                    layer: conv_bn(name, false)?,
+                },
+                neurons.lif(),
+            ))
+        };
+        let (q, k, v) = (projection("q")?, projection("k")?, projection("v")?);
+        let proj = conv_bn("proj", true)?;
+        Ok(SpikingSelfAttention {
+            heads,
+            proj_lif: neurons.lif(),
+            q,
+            k,
+            v,
+            output: (neurons.attention_lif(), SeqToAnn { layer: proj }),
+        })
+    }
+}
+
+/// What a [`SpikingSelfAttention`] forward keeps for its backward.
+pub struct AttentionSaved<B: Backend> {
+    dims: [usize; 5],
+    proj_lif: B::NeuronContext,
+    q: <Projection as Layer<B>>::Saved,
+    k: <Projection as Layer<B>>::Saved,
+    v: <Projection as Layer<B>>::Saved,
+    /// The per-head transposed spikes `[T, B, h, d, N]` and the scores `[T, B, h, N, N]`.
+    q_t: B::Tensor,
+    k_t: B::Tensor,
+    v_t: B::Tensor,
+    attn: B::Tensor,
+    output: <SpikingConvBn as Layer<B>>::Saved,
+}
+
+/// A `[T, B, C, H, W]` input shape whose `C` splits into `heads`, or an error.
+fn attention_dims<B: Backend>(backend: &B, x: &B::Tensor, heads: usize) -> Result<[usize; 5]> {
+    let shape = backend.shape(x);
+    let dims = <[usize; 5]>::try_from(shape.as_slice()).map_err(|_| {
+        OpError::shape(
+            "spiking self-attention",
+            format!("expected [T, B, C, H, W], got {shape:?}"),
+        )
+    })?;
+    if dims[2] % heads != 0 {
+        return Err(OpError::shape(
+            "spiking self-attention",
+            format!("{} channels do not split into {heads} heads", dims[2]),
+        )
+        .into());
+    }
+    Ok(dims)
+}
+
+impl<B: Backend> Layer<B> for SpikingSelfAttention {
+    type Saved = AttentionSaved<B>;
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let backend = session.backend;
+        let dims = attention_dims(backend, x, self.heads)?;
+        let [t, b, c, h, w] = dims;
+        let per_head = [t, b, self.heads, c / self.heads, h * w];
+        let (spikes, proj_lif) = self.proj_lif.forward(session, x)?;
+        let tokens = backend.reshape(&spikes, &[t, b, c, h * w])?;
+        let (q_t, q) = self.q.forward(session, &tokens)?;
+        let (k_t, k) = self.k.forward(session, &tokens)?;
+        let (v_t, v) = self.v.forward(session, &tokens)?;
+        let (q_t, k_t, v_t) = (
+            backend.reshape(&q_t, &per_head)?,
+            backend.reshape(&k_t, &per_head)?,
+            backend.reshape(&v_t, &per_head)?,
+        );
+        // attn[n, m] = sum_j q[n, j] k[m, j] = ((q^T)^T k^T)[n, m].
+        let attn = backend.batched_matmul(&q_t, &k_t, true, false)?;
+        // o^T[j, n] = sum_m v[m, j] attn[n, m] = (v^T attn^T)[j, n], i.e. (attn v).transpose(3, 4).
+        let o_t = backend.batched_matmul(&v_t, &attn, false, true)?;
+        let o_t = backend.scale(&o_t, <B::Elem as Element>::cast(ATTENTION_SCALE))?;
+        let o = backend.reshape(&o_t, &[t, b, c, h * w])?;
+        let (y, output) = self.output.forward(session, &o)?;
+        let saved = AttentionSaved {
+            dims,
+            proj_lif,
+            q,
+            k,
+            v,
+            q_t,
+            k_t,
+            v_t,
+            attn,
+            output,
+        };
+        Ok((backend.reshape(&y, &dims)?, saved))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let backend = session.backend;
+        let [t, b, c, h, w] = saved.dims;
+        let tokens = [t, b, c, h * w];
+        let grad = backend.reshape(grad_y, &tokens)?;
+        let grad = self.output.backward(session, saved.output, &grad)?;
+        let grad = backend.scale(&grad, <B::Elem as Element>::cast(ATTENTION_SCALE))?;
+        let grad_o_t = backend.reshape(&grad, &[t, b, self.heads, c / self.heads, h * w])?;
+        // o^T = v^T attn^T: d(v^T) = d(o^T) attn, d(attn) = d(o^T)^T v^T.
+        let grad_v_t = backend.batched_matmul(&grad_o_t, &saved.attn, false, false)?;
+        let grad_attn = backend.batched_matmul(&grad_o_t, &saved.v_t, true, false)?;
+        // attn = (q^T)^T k^T: d(q^T) = k^T d(attn)^T, d(k^T) = q^T d(attn).
+        let grad_q_t = backend.batched_matmul(&saved.k_t, &grad_attn, false, true)?;
+        let grad_k_t = backend.batched_matmul(&saved.q_t, &grad_attn, false, false)?;
+        let grad_q = (self.q).backward(session, saved.q, &backend.reshape(&grad_q_t, &tokens)?)?;
+        let grad_k = (self.k).backward(session, saved.k, &backend.reshape(&grad_k_t, &tokens)?)?;
+        let grad_v = (self.v).backward(session, saved.v, &backend.reshape(&grad_v_t, &tokens)?)?;
+        let grad = backend.add(&backend.add(&grad_q, &grad_k)?, &grad_v)?;
+        let grad = backend.reshape(&grad, &saved.dims)?;
+        self.proj_lif.backward(session, saved.proj_lif, &grad)
+    }
+}

@@ -1,0 +1,280 @@
+//! Layers made of layers, whose backward follows from their parts' (docs/design.md principle 2):
+//! a tuple runs its parts in order and their backwards in reverse, as dfdx composes modules; a
+//! `Vec` does the same over a repeated part; [`Residual`] adds a shortcut; [`SeqToAnn`] runs a
+//! stateless part on the time-flattened batch; [`PerInput`] picks one of two input encodings;
+//! `Option` is a part that may be absent; [`Model`] names a whole composition. A model's `Saved`
+//! is the nesting of its parts': the tape of plain backpropagation.
+
+use revsnn_reference::{Backend, OpError};
+
+use super::layers::{flatten_time, unflatten_time};
+use super::{Layer, Session};
+use crate::error::{Error, Result};
+
+/// A whole model, input to logits: the composition `layers`, under the name of its
+/// architecture (e.g. [`super::resnet::RevSResNet`]), which gives it its `build`.
+#[derive(Clone, Debug)]
+pub struct Model<L> {
+    pub layers: L,
+}
+
+impl<B: Backend, L: Layer<B>> Layer<B> for Model<L> {
+    type Saved = L::Saved;
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        self.layers.forward(session, x)
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        self.layers.backward(session, saved, grad_y)
+    }
+}
+
+/// `Layer` for the tuple of the layers named by the indices: forward in the order given,
+/// backward in the reverse order (the second list).
+macro_rules! sequential_tuple {
+    ($($part:ident . $index:tt),+ ; reversed $($reversed:tt),+) => {
+        impl<B: Backend, $($part: Layer<B>),+> Layer<B> for ($($part,)+) {
+            type Saved = ($($part::Saved,)+);
+
+            fn forward(
+                &self,
+                session: &mut Session<B>,
+                x: &B::Tensor,
+            ) -> Result<(B::Tensor, Self::Saved)> {
+                let mut y = x.clone();
+                // A tuple expression evaluates left to right: the parts run in order.
+                let saved = ($({
+                    let (output, saved) = self.$index.forward(session, &y)?;
+                    y = output;
+                    saved
+                },)+);
+                Ok((y, saved))
+            }
+
+            fn backward(
+                &self,
+                session: &mut Session<B>,
+                saved: Self::Saved,
+                grad_y: &B::Tensor,
+            ) -> Result<B::Tensor> {
+                let mut grad = grad_y.clone();
+                $(grad = self.$reversed.backward(session, saved.$reversed, &grad)?;)+
+                Ok(grad)
+            }
+        }
+    };
+}
+
+sequential_tuple!(L0.0, L1.1; reversed 1, 0);
+sequential_tuple!(L0.0, L1.1, L2.2; reversed 2, 1, 0);
+sequential_tuple!(L0.0, L1.1, L2.2, L3.3; reversed 3, 2, 1, 0);
+sequential_tuple!(L0.0, L1.1, L2.2, L3.3, L4.4; reversed 4, 3, 2, 1, 0);
+
+/// The same kind of layer repeated: each runs on the previous one's output.
+impl<B: Backend, L: Layer<B>> Layer<B> for Vec<L> {
+    type Saved = Vec<L::Saved>;
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let mut y = x.clone();
+        let mut saved = Vec::with_capacity(self.len());
+        for layer in self {
+            let (output, context) = layer.forward(session, &y)?;
+            saved.push(context);
+            y = output;
+        }
+        Ok((y, saved))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        if self.len() != saved.len() {
+            return Err(OpError::shape(
+                "layer sequence",
+                format!("{} saved contexts for {} layers", saved.len(), self.len()),
+            )
+            .into());
+        }
+        let mut grad = grad_y.clone();
+        for (layer, context) in self.iter().zip(saved).rev() {
+            grad = layer.backward(session, context, &grad)?;
+        }
+        Ok(grad)
+    }
+}
+
+/// A layer that may be absent: `None` passes its input through.
+impl<B: Backend, L: Layer<B>> Layer<B> for Option<L> {
+    type Saved = Option<L::Saved>;
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        match self {
+            Some(layer) => {
+                let (y, saved) = layer.forward(session, x)?;
+                Ok((y, Some(saved)))
+            }
+            None => Ok((x.clone(), None)),
+        }
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        match (self, saved) {
+            (Some(layer), Some(saved)) => layer.backward(session, saved, grad_y),
+            (None, None) => Ok(grad_y.clone()),
+            _ => Err(mismatched("optional layer")),
+        }
+    }
+}
+
+fn mismatched(layer: &'static str) -> Error {
+    OpError::shape(layer, "the saved context belongs to another kind of layer").into()
+}
+
+/// `y = x`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Identity;
+
+impl<B: Backend> Layer<B> for Identity {
+    type Saved = ();
+
+    fn forward(&self, _: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok((x.clone(), ()))
+    }
+
+    fn backward(&self, _: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
+        Ok(grad_y.clone())
+    }
+}
+
+/// `y = main(x) + shortcut(x)`, the shortcut [`Identity`] unless given; the backward adds the
+/// two branches' input gradients.
+#[derive(Clone, Debug)]
+pub struct Residual<M, S = Identity> {
+    pub main: M,
+    pub shortcut: S,
+}
+
+impl<M> Residual<M> {
+    /// `y = main(x) + x`.
+    pub fn around(main: M) -> Self {
+        Residual {
+            main,
+            shortcut: Identity,
+        }
+    }
+}
+
+impl<B: Backend, M: Layer<B>, S: Layer<B>> Layer<B> for Residual<M, S> {
+    type Saved = (M::Saved, S::Saved);
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let (main, main_saved) = self.main.forward(session, x)?;
+        let (shortcut, shortcut_saved) = self.shortcut.forward(session, x)?;
+        let y = session.backend.add(&main, &shortcut)?;
+        Ok((y, (main_saved, shortcut_saved)))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let grad_main = self.main.backward(session, saved.0, grad_y)?;
+        let grad_shortcut = self.shortcut.backward(session, saved.1, grad_y)?;
+        Ok(session.backend.add(&grad_main, &grad_shortcut)?)
+    }
+}
+
+/// `SeqToANNContainer(layer)`: `layer` applied to a sequence `[T, B, ...]` as the time-flattened
+/// batch `[T B, ...]` and reshaped back, so BatchNorm statistics cover `T B H W`
+/// (docs/conventions.md §1).
+#[derive(Clone, Debug)]
+pub struct SeqToAnn<L> {
+    pub layer: L,
+}
+
+impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
+    /// The inner layer's context and `T`.
+    type Saved = (L::Saved, usize);
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let backend = session.backend;
+        let time_steps = backend.shape(x)[0];
+        let (y, saved) = self.layer.forward(session, &flatten_time(backend, x)?)?;
+        Ok((
+            unflatten_time(backend, &y, time_steps)?,
+            (saved, time_steps),
+        ))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let backend = session.backend;
+        let (inner, time_steps) = saved;
+        let grad = self
+            .layer
+            .backward(session, inner, &flatten_time(backend, grad_y)?)?;
+        unflatten_time(backend, &grad, time_steps)
+    }
+}
+
+/// The part of a model that depends on its input kind, chosen when the model is built: static
+/// images `[B, C, H, W]` or event frames `[B, T, C, H, W]`.
+#[derive(Clone, Debug)]
+pub enum PerInput<S, E> {
+    Static(S),
+    Events(E),
+}
+
+impl<B: Backend, S: Layer<B>, E: Layer<B>> Layer<B> for PerInput<S, E> {
+    type Saved = PerInput<S::Saved, E::Saved>;
+
+    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok(match self {
+            PerInput::Static(layer) => {
+                let (y, saved) = layer.forward(session, x)?;
+                (y, PerInput::Static(saved))
+            }
+            PerInput::Events(layer) => {
+                let (y, saved) = layer.forward(session, x)?;
+                (y, PerInput::Events(saved))
+            }
+        })
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        saved: Self::Saved,
+        grad_y: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        match (self, saved) {
+            (PerInput::Static(layer), PerInput::Static(saved)) => {
+                layer.backward(session, saved, grad_y)
+            }
+            (PerInput::Events(layer), PerInput::Events(saved)) => {
+                layer.backward(session, saved, grad_y)
+            }
+            _ => Err(mismatched("per-input layer")),
+        }
+    }
+}
