@@ -7,13 +7,13 @@
 //! (parameters and buffers) and I64 (`num_batches_tracked`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use revsnn_reference::{Backend, DType, Element};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::model::{EntryKind, EntryValue, ParamStore};
 
 /// The elements of one stored tensor.
@@ -65,11 +65,21 @@ impl StoredTensor {
         }
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    /// The size of the stored elements in bytes.
+    fn byte_len(&self) -> usize {
         match &self.data {
-            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F32(v) => 4 * v.len(),
+            TensorData::F64(v) => 8 * v.len(),
+            TensorData::I64(v) => 8 * v.len(),
+        }
+    }
+
+    /// Appends the elements to `out`, little-endian.
+    fn append_bytes(&self, out: &mut Vec<u8>) {
+        match &self.data {
+            TensorData::F32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::F64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::I64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
         }
     }
 }
@@ -77,19 +87,12 @@ impl StoredTensor {
 /// The tensors of a safetensors file, in file order.
 pub type TensorFile = Vec<(String, StoredTensor)>;
 
-fn file_error(path: &Path, detail: impl Into<String>) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        detail: detail.into(),
-    }
-}
-
 /// Reads a safetensors file; a truncated or corrupt file, an unsupported dtype or inconsistent
 /// offsets is an error naming the file and the problem.
 pub fn read(path: &Path) -> Result<TensorFile> {
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     parse(&bytes)
-        .map_err(|detail| file_error(path, format!("not a valid safetensors file: {detail}")))
+        .map_err(|detail| Error::file(path, format!("not a valid safetensors file: {detail}")))
 }
 
 fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
@@ -184,40 +187,35 @@ fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
         .collect())
 }
 
-/// Writes `tensors` atomically: to a temporary file beside `path`, then renamed over it, so a
-/// failure (a full disk) never leaves a partial file.
+/// Writes `tensors` as a safetensors file, atomically ([`write_atomic`]).
 pub fn write(path: &Path, tensors: &[(String, StoredTensor)]) -> Result<()> {
+    write_atomic(path, &encode(tensors))
+}
+
+/// `tensors` in the safetensors format: the header, padded with spaces to a multiple of 8 bytes,
+/// then each tensor's bytes in order.
+fn encode(tensors: &[(String, StoredTensor)]) -> Vec<u8> {
     let mut header = Map::new();
     let mut offset = 0usize;
-    let mut payload = Vec::new();
     for (name, tensor) in tensors {
-        let bytes = tensor.bytes();
+        let end = offset + tensor.byte_len();
         header.insert(
             name.clone(),
-            json!({"dtype": tensor.dtype_name(), "shape": tensor.shape, "data_offsets": [offset, offset + bytes.len()]}),
+            json!({"dtype": tensor.dtype_name(), "shape": tensor.shape, "data_offsets": [offset, end]}),
         );
-        offset += bytes.len();
-        payload.push(bytes);
+        offset = end;
     }
     let mut header = serde_json::to_vec(&Value::Object(header)).expect("a JSON object serialises");
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let temporary = path.with_extension("safetensors.partial");
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&(header.len() as u64).to_le_bytes())?;
-        file.write_all(&header)?;
-        for bytes in &payload {
-            file.write_all(bytes)?;
-        }
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        file_error(path, format!("cannot write: {e}"))
-    })
+    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+    bytes.extend((header.len() as u64).to_le_bytes());
+    bytes.extend(header);
+    for (_, tensor) in tensors {
+        tensor.append_bytes(&mut bytes);
+    }
+    bytes
 }
 
 /// The store as a state_dict: parameters and running statistics in the backend's float type

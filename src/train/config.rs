@@ -33,7 +33,6 @@ use clap::{Args, ValueEnum};
 use revsnn_reference::{AdamWParams, SgdParams};
 use serde::{Deserialize, Serialize};
 
-use super::default_spec;
 use super::recipe::{
     ADAMW_BETAS, ADAMW_EPS, DatasetKind, OptimizerName, RecipeInput, RecipeKind, SGD_MOMENTUM,
     Schedule, ScheduleName,
@@ -41,7 +40,7 @@ use super::recipe::{
 use crate::data::augment::{Augmentation, Mixup, RandAugment};
 use crate::error::{Error, Result};
 use crate::optim::OptimizerKind;
-use crate::spec::ModelSpec;
+use crate::spec::{Arch, ModelSpec};
 
 /// Where to compute.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -466,6 +465,24 @@ fn toml_error(error: toml::ser::Error) -> Error {
     Error::Usage(format!(
         "the settings cannot be written as TOML ({error}); a seed must be below 2^63"
     ))
+}
+
+/// The model `revsnn train` trains when given none: a small RevSResNet for 32x32 RGB, 10 classes.
+pub fn default_spec() -> ModelSpec {
+    ModelSpec {
+        arch: Arch::Revsresnet,
+        num_classes: 10,
+        time_steps: 2,
+        in_channels: 3,
+        img_size: 32,
+        layers: Some(vec![1, 1, 1, 1]),
+        planes: Some(vec![8, 16, 16, 32]),
+        depth: None,
+        dim: None,
+        heads: None,
+        mlp_ratio: None,
+        patch_size: None,
+    }
 }
 
 /// Where a run's model comes from.
