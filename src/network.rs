@@ -8,8 +8,8 @@ use crate::model::build::Builder;
 use crate::model::resnet::{MsResNet, RevSResNet};
 use crate::model::transformer::{RevSFormer, Spikingformer};
 use crate::model::{
-    BuildOptions, Grads, Layer, Mode, ParamStore, ReversibleAudit, Session, StepOutput, train_step,
-    train_step_soft,
+    BuildOptions, Grads, Layer, Mode, ParamStore, ReversibleAudit, Session, StepOutput, Targets,
+    train_step,
 };
 use crate::spec::{Arch, ModelSpec};
 
@@ -106,14 +106,14 @@ impl<B: Backend> Network<B> {
         Grads::new(self.store.entries().len())
     }
 
-    /// One forward (in `run.mode`), mean cross-entropy against `labels` and backward; parameter
-    /// gradients accumulate into `grads`.
+    /// One forward (in `run.mode`), the mean loss against `targets` and the backward;
+    /// parameter gradients accumulate into `grads`.
     pub fn train_step(
         &mut self,
         backend: &B,
         grads: &mut Grads<B>,
         images: &B::Tensor,
-        labels: &[usize],
+        targets: Targets<B>,
         run: RunOptions,
     ) -> Result<StepReport<B>> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
@@ -121,31 +121,7 @@ impl<B: Backend> Network<B> {
         if run.audit {
             session.audit = Some(ReversibleAudit::default());
         }
-        let output = with_body!(self, model => train_step(model, &mut session, images, labels))?;
-        Ok(StepReport {
-            output,
-            diverged_recomputes: session.diverged_recomputes,
-            audit: session.audit,
-        })
-    }
-
-    /// As [`Network::train_step`], with the mean soft-target cross-entropy against `targets`
-    /// `[B, K]` (mixup and label-smoothing targets) instead of hard labels.
-    pub fn train_step_soft(
-        &mut self,
-        backend: &B,
-        grads: &mut Grads<B>,
-        images: &B::Tensor,
-        targets: &B::Tensor,
-        run: RunOptions,
-    ) -> Result<StepReport<B>> {
-        let mut session = Session::new(backend, &mut self.store, grads, run.mode);
-        session.update_running_stats = run.update_running_stats;
-        if run.audit {
-            session.audit = Some(ReversibleAudit::default());
-        }
-        let output =
-            with_body!(self, model => train_step_soft(model, &mut session, images, targets))?;
+        let output = with_body!(self, model => train_step(model, &mut session, images, targets))?;
         Ok(StepReport {
             output,
             diverged_recomputes: session.diverged_recomputes,

@@ -11,7 +11,7 @@ use super::{DTypeArg, DeviceArg, ModelArgs};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
 use crate::device::Task;
 use crate::error::{Error, Result};
-use crate::model::{BuildOptions, EntryKind, Mode};
+use crate::model::{BuildOptions, EntryKind, Mode, Targets};
 use crate::network::{Network, RunOptions};
 use crate::spec::ModelSpec;
 
@@ -98,7 +98,7 @@ pub fn compute<B: Backend>(
             backend,
             &mut grads,
             &images,
-            &batch.labels,
+            Targets::Hard(&batch.labels),
             RunOptions::default(),
         )?
         .output;

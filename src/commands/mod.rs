@@ -111,7 +111,7 @@ pub fn full_training_step<B: Compute>(
         backend,
         &mut grads,
         images,
-        labels,
+        crate::model::Targets::Hard(labels),
         crate::network::RunOptions::default(),
     )?;
     optimizer.step(backend, &mut network.store, &grads, optimizer.kind.lr())?;

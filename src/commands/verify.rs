@@ -11,7 +11,7 @@ use super::{DTypeArg, DeviceArg, ModelArgs, random_batch, random_images};
 use crate::device::{Compute, Device, Task};
 use crate::error::Result;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
-use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId};
+use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
 use crate::network::{Network, RunOptions};
 use crate::spec::ModelSpec;
 
@@ -91,7 +91,7 @@ fn checks<B: Backend>(
         backend,
         &mut rev_grads,
         &images,
-        &labels,
+        Targets::Hard(&labels),
         RunOptions {
             audit: true,
             ..Default::default()
@@ -105,7 +105,7 @@ fn checks<B: Backend>(
         backend,
         &mut stored_grads,
         &images,
-        &labels,
+        Targets::Hard(&labels),
         RunOptions::default(),
     )?;
 
@@ -191,7 +191,7 @@ fn finite_differences<B: Backend>(
         audit: false,
     };
     let mut grads = network.zero_grads();
-    let step = network.train_step(backend, &mut grads, &images, &labels, run)?;
+    let step = network.train_step(backend, &mut grads, &images, Targets::Hard(&labels), run)?;
     let loss = |network: &mut Network<B>, images: &B::Tensor| -> Result<f64> {
         let logits = network.forward(backend, images, run)?;
         Ok(backend.cross_entropy_forward(&logits, &labels)?.0.widen())

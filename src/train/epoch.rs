@@ -15,7 +15,7 @@ use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
-use crate::model::{BuildOptions, Grads};
+use crate::model::{BuildOptions, Grads, Targets};
 use crate::network::{Network, RunOptions};
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
@@ -138,14 +138,18 @@ fn forward_backward<B: Backend>(
     let images = batch_tensor(backend, data, batch.images, count)?;
     let mut grads = network.zero_grads();
     let run = RunOptions::default();
-    let report = match batch.targets {
+    let soft = match batch.targets {
         Some(rows) => {
             let shape = [count, rows.len() / count.max(1)];
-            let targets = backend.tensor_from_vec(&shape, cast(rows))?;
-            network.train_step_soft(backend, &mut grads, &images, &targets, run)?
+            Some(backend.tensor_from_vec(&shape, cast(rows))?)
         }
-        None => network.train_step(backend, &mut grads, &images, &batch.labels, run)?,
+        None => None,
     };
+    let targets = match &soft {
+        Some(rows) => Targets::Soft(rows),
+        None => Targets::Hard(&batch.labels),
+    };
+    let report = network.train_step(backend, &mut grads, &images, targets, run)?;
     let score = Score::of(&widened(backend, &report.output.logits)?, &batch.labels);
     Ok((report.output.loss.widen(), score, grads))
 }
