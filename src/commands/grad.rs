@@ -2,14 +2,16 @@
 //! format of the parity fixtures (issue: parity with the official code). Models run with the
 //! float coupling (the official one).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
 
 use num_traits::Zero;
-use revsnn_reference::{Backend, Element};
+use revsnn_reference::{Backend, DType, Element};
 
 use super::{DTypeArg, DeviceArg, ModelArgs};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
-use crate::device::Task;
+use crate::device::on_backend;
 use crate::error::{Error, Result};
 use crate::model::{BuildOptions, EntryKind, Mode, Targets};
 use crate::network::{Network, RunOptions};
@@ -26,10 +28,7 @@ pub struct Batch {
 /// each in `[0, K)`) and checks them against `spec`.
 pub fn read_batch(path: &Path, spec: &ModelSpec) -> Result<Batch> {
     let file = checkpoint::read(path)?;
-    let fail = |detail: String| Error::File {
-        path: path.display().to_string(),
-        detail,
-    };
+    let fail = |detail: String| Error::file(path, detail);
     let find = |name: &str| file.iter().find(|(n, _)| n == name).map(|(_, t)| t);
     let images = find("images").ok_or_else(|| fail("no tensor named images".into()))?;
     let labels = find("labels").ok_or_else(|| fail("no tensor named labels".into()))?;
@@ -150,49 +149,40 @@ pub fn compute<B: Backend>(
     Ok(outputs)
 }
 
-/// `revsnn grad`: reads the files, computes, writes `output`.
-pub fn run(
-    args: &ModelArgs,
-    weights: &Path,
-    input: &Path,
-    output: &Path,
-    dtype: DTypeArg,
-    device: DeviceArg,
-) -> Result<()> {
-    let device = device.open()?;
-    let (_, spec) = args.resolve()?;
-    let weight_file = checkpoint::read(weights)?;
-    let batch = read_batch(input, &spec)?;
-    let outputs = device
-        .run(
-            dtype.into(),
-            GradTask {
-                spec: &spec,
-                weights: &weight_file,
-                batch: &batch,
-            },
-        )
+/// The arguments of `revsnn grad`.
+#[derive(Clone, Debug, Args)]
+pub struct GradArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weights: a safetensors state_dict under the official key names.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input: a safetensors file with `images` and `labels`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the outputs (safetensors).
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value = "f64")]
+    pub dtype: DTypeArg,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+impl GradArgs {
+    /// Runs `revsnn grad`: reads the files, computes, writes `output`.
+    pub fn run(&self) -> Result<()> {
+        let device = self.device.open()?;
+        let (_, spec) = self.model.resolve()?;
+        let weights = checkpoint::read(&self.weights)?;
+        let batch = read_batch(&self.input, &spec)?;
+        let outputs = on_backend!(&device, DType::from(self.dtype), |backend| {
+            compute(&backend, &spec, &weights, &batch)
+        })
         .map_err(|e| match e {
-            Error::Spec(detail) => Error::File {
-                path: weights.display().to_string(),
-                detail,
-            },
+            Error::Spec(detail) => Error::file(&self.weights, detail),
             other => other,
         })?;
-    checkpoint::write(output, &outputs)
-}
-
-/// [`compute`] as a [`Task`].
-struct GradTask<'a> {
-    spec: &'a ModelSpec,
-    weights: &'a TensorFile,
-    batch: &'a Batch,
-}
-
-impl Task for GradTask<'_> {
-    type Output = TensorFile;
-
-    fn run<B: crate::device::Compute>(self, backend: B) -> Result<TensorFile> {
-        compute(&backend, self.spec, self.weights, self.batch)
+        checkpoint::write(&self.output, &outputs)
     }
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod grad;
+pub mod info;
 pub mod memory;
 pub mod summary;
 pub mod train;
@@ -94,6 +95,20 @@ impl DeviceArg {
             }
         }
     }
+}
+
+/// Sets the number of compute threads; `None` keeps the default (all cores).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(threads) = threads {
+        if threads == 0 {
+            return Err(Error::Usage("--threads must be >= 1".into()));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// One full training step as `memory` and `bench` measure it: forward, cross-entropy, backward

@@ -3,12 +3,13 @@
 //! against stored-activation backpropagation of the same model, and a finite-difference spot
 //! check of its gradients (docs/design.md's checks, for any spec).
 
+use clap::{Args, ValueEnum};
 use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_error};
 use revsnn_reference::{Backend, DType, Element};
 use serde_json::json;
 
 use super::{DTypeArg, DeviceArg, ModelArgs, random_batch, random_images};
-use crate::device::{Compute, Device, Task};
+use crate::device::{Device, on_backend};
 use crate::error::Result;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
@@ -290,24 +291,12 @@ pub fn verify_on(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
-    let (reconstruction, flips, compared, grads) = device.run(
-        dtype,
-        Checks {
-            spec,
-            coupling,
-            seed,
-            batch,
-        },
-    )?;
-    let (fd, fd_coordinates, fd_skipped) = device.run(
-        DType::F64,
-        FiniteDifferences {
-            spec,
-            seed,
-            batch,
-            samples: fd_samples,
-        },
-    )?;
+    let (reconstruction, flips, compared, grads) = on_backend!(device, dtype, |backend| {
+        checks(&backend, spec, coupling, seed, batch)
+    })?;
+    let (fd, fd_coordinates, fd_skipped) = on_backend!(device, DType::F64, |backend| {
+        finite_differences(&backend, spec, seed, batch, fd_samples)
+    })?;
     let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
     let passed =
         reconstruction <= reconstruction_bar && flips == 0 && grads <= grad_bar && fd <= 1e-6;
@@ -323,66 +312,80 @@ pub fn verify_on(
     })
 }
 
-/// [`checks`] as a [`Task`].
-struct Checks<'a> {
-    spec: &'a ModelSpec,
-    coupling: Coupling,
-    seed: u64,
-    batch: usize,
+/// The reversible coupling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CouplingArg {
+    /// The paper's floating-point coupling.
+    Float,
+    /// Fixed-point grid: a bitwise-exact inverse.
+    Exact,
 }
 
-impl Task for Checks<'_> {
-    type Output = (f64, u64, u64, f64);
-
-    fn run<B: Compute>(self, backend: B) -> Result<Self::Output> {
-        checks(&backend, self.spec, self.coupling, self.seed, self.batch)
+impl From<CouplingArg> for Coupling {
+    fn from(coupling: CouplingArg) -> Coupling {
+        match coupling {
+            CouplingArg::Float => Coupling::Float,
+            CouplingArg::Exact => Coupling::Exact,
+        }
     }
 }
 
-/// [`finite_differences`] as a [`Task`].
-struct FiniteDifferences<'a> {
-    spec: &'a ModelSpec,
-    seed: u64,
-    batch: usize,
-    samples: usize,
+/// The arguments of `revsnn verify`.
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_enum, default_value = "f64")]
+    pub dtype: DTypeArg,
+    #[arg(long, value_enum, default_value = "float")]
+    pub coupling: CouplingArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Coordinates checked by finite differences (half input, half parameters).
+    #[arg(long, default_value_t = 8)]
+    pub fd_samples: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    #[arg(long)]
+    pub json: bool,
 }
 
-impl Task for FiniteDifferences<'_> {
-    type Output = (f64, usize, usize);
-
-    fn run<B: Compute>(self, backend: B) -> Result<Self::Output> {
-        finite_differences(&backend, self.spec, self.seed, self.batch, self.samples)
+impl VerifyArgs {
+    /// Runs `revsnn verify`: prints a table or one JSON object; the caller exits 0 iff it passed.
+    pub fn run(&self) -> Result<bool> {
+        let device = self.device.open()?;
+        let (name, spec) = self.model.resolve()?;
+        let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
+        let report = verify_on(
+            &device,
+            &spec,
+            dtype,
+            coupling,
+            self.seed,
+            self.batch,
+            self.fd_samples,
+        )?;
+        if self.json {
+            self.print_json(&name, &spec, &device, &report);
+        } else {
+            self.print_table(&name, &device, &report);
+        }
+        Ok(report.passed)
     }
-}
 
-/// `revsnn verify`: prints a table or one JSON object; the caller exits 0 iff it passed.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    args: &ModelArgs,
-    dtype: DTypeArg,
-    coupling: Coupling,
-    seed: u64,
-    batch: usize,
-    fd_samples: usize,
-    device: DeviceArg,
-    json: bool,
-) -> Result<bool> {
-    let device = device.open()?;
-    let (name, spec) = args.resolve()?;
-    let dtype = DType::from(dtype);
-    let report = verify_on(&device, &spec, dtype, coupling, seed, batch, fd_samples)?;
-    let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
-    if json {
+    fn print_json(&self, name: &str, spec: &ModelSpec, device: &Device, report: &VerifyReport) {
         println!(
             "{}",
             json!({
                 "model": name,
                 "device": device.name(),
                 "backend": device.kind(),
-                "dtype": dtype.to_string(),
-                "coupling": format!("{coupling:?}").to_lowercase(),
-                "seed": seed,
-                "batch": batch,
+                "dtype": DType::from(self.dtype).to_string(),
+                "coupling": format!("{:?}", Coupling::from(self.coupling)).to_lowercase(),
+                "seed": self.seed,
+                "batch": self.batch,
                 "reversible": spec.arch.is_reversible(),
                 "reconstruction_max_rel_err": report.reconstruction_max_rel_err,
                 "spike_flips": report.spike_flips,
@@ -394,10 +397,16 @@ pub fn run(
                 "passed": report.passed,
             })
         );
-    } else {
+    }
+
+    fn print_table(&self, name: &str, device: &Device, report: &VerifyReport) {
+        let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
+        let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
         let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
         println!(
-            "{name}: {dtype}, {coupling:?} coupling, seed {seed}, batch {batch}, on {}",
+            "{name}: {dtype}, {coupling:?} coupling, seed {}, batch {}, on {}",
+            self.seed,
+            self.batch,
             device.name()
         );
         println!(
@@ -424,5 +433,4 @@ pub fn run(
         );
         println!("{}", if report.passed { "passed" } else { "FAILED" });
     }
-    Ok(report.passed)
 }

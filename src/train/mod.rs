@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
-use crate::device::{Compute, Device, Task};
+use crate::device::{Compute, Device, on_backend};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 use config::RunConfig;
@@ -67,21 +67,7 @@ pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
 /// Trains `run` on `device` in f32, printing the run folder first and a progress bar per epoch;
 /// writes `config.toml` before the first epoch of this invocation.
 pub fn train(run: &Run, options: &TrainOptions, device: &Device) -> Result<TrainSummary> {
-    device.run(DType::F32, Train { run, options })
-}
-
-/// [`train_on`] as a [`Task`].
-struct Train<'a> {
-    run: &'a Run,
-    options: &'a TrainOptions,
-}
-
-impl Task for Train<'_> {
-    type Output = TrainSummary;
-
-    fn run<B: Compute>(self, backend: B) -> Result<TrainSummary> {
-        train_on(backend, self.run, self.options)
-    }
+    on_backend!(device, DType::F32, |backend| train_on(backend, run, options))
 }
 
 /// Trains `run` on `backend`: opens the data and the run folder, restores a resumed run, then
