@@ -73,7 +73,51 @@ impl<E: GpuElement> Compute for Cuda<E> {
     }
 }
 
-/// A device a command runs on.
+/// The device a user asks for (`--device`, the `device` key of a training config); [`open`]
+/// turns it into a [`Device`].
+///
+/// [`open`]: DeviceChoice::open
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// The CPU reference backend.
+    #[default]
+    Cpu,
+    /// The CUDA backend on GPU 0 (an error, saying why, when there is none).
+    Cuda,
+    /// CUDA when a GPU is found, else the CPU.
+    Auto,
+}
+
+impl DeviceChoice {
+    /// The device this choice names, opened; `cuda` without a usable GPU is an error that says
+    /// why and what to do.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda => Device::open_cuda(),
+            DeviceChoice::Auto => {
+                let (device, reason) = Device::auto();
+                if let Some(reason) = reason {
+                    eprintln!("--device auto: using the CPU (CUDA: {reason})");
+                }
+                Ok(device)
+            }
+        }
+    }
+}
+
+/// An open device a command runs on: backends are made from it (`on_backend!`).
 #[derive(Clone, Debug)]
 pub enum Device {
     Cpu,

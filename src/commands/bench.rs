@@ -8,8 +8,8 @@ use revsnn_reference::DType;
 use serde_json::json;
 
 use super::memory::paper_optimizer;
-use super::{DeviceArg, ModelArgs, full_training_step, random_images, set_threads};
-use crate::device::{Compute, Device, on_backend};
+use super::{ModelArgs, full_training_step, random_images, set_threads};
+use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::network::Network;
@@ -84,7 +84,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    pub device: DeviceChoice,
     /// On CUDA, let cuBLAS run the f32 GEMMs (every convolution and matmul) on TF32 tensor
     /// cores, as PyTorch does for convolutions by default: faster, about 1e-3 relative error
     /// in each product instead of 1e-6. Needs --device cuda.

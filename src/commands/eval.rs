@@ -7,11 +7,11 @@ use clap::Args;
 use revsnn_reference::{Backend, DType};
 use serde_json::{Value, json};
 
-use super::{DeviceArg, ModelArgs};
+use super::ModelArgs;
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
-use crate::device::{Device, on_backend};
+use crate::device::{Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::network::Network;
@@ -55,7 +55,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    pub device: DeviceChoice,
     #[arg(long)]
     pub json: bool,
 }

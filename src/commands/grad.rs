@@ -9,9 +9,9 @@ use clap::Args;
 use num_traits::Zero;
 use revsnn_reference::{Backend, DType, Element};
 
-use super::{DTypeArg, DeviceArg, ModelArgs};
+use super::{DTypeArg, ModelArgs};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
-use crate::device::on_backend;
+use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::{BuildOptions, EntryKind, Mode, Targets};
 use crate::network::{Network, RunOptions};
@@ -166,7 +166,7 @@ pub struct GradArgs {
     #[arg(long, value_enum, default_value = "f64")]
     pub dtype: DTypeArg,
     #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    pub device: DeviceChoice,
 }
 
 impl GradArgs {

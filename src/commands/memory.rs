@@ -6,8 +6,8 @@ use clap::Args;
 use revsnn_reference::{AdamWParams, DType, SgdParams};
 use serde_json::json;
 
-use super::{DeviceArg, ModelArgs, full_training_step, random_images};
-use crate::device::{Compute, Device, on_backend};
+use super::{ModelArgs, full_training_step, random_images};
+use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::model::reversible::{ReversibleOptions, Storage};
@@ -105,7 +105,7 @@ pub struct MemoryArgs {
     #[arg(long)]
     pub bptt: bool,
     #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    pub device: DeviceChoice,
     #[arg(long)]
     pub json: bool,
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::device::{Compute, Device};
+use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 
@@ -71,28 +71,6 @@ impl From<DTypeArg> for revsnn_reference::DType {
         match dtype {
             DTypeArg::F32 => revsnn_reference::DType::F32,
             DTypeArg::F64 => revsnn_reference::DType::F64,
-        }
-    }
-}
-
-/// Where to compute (`--device`): one type for the flags of every command and the `device` key
-/// of a training config.
-pub use crate::train::config::Device as DeviceArg;
-
-impl DeviceArg {
-    /// The device this choice names, opened; `--device cuda` without a usable GPU is an error
-    /// that says why and what to do.
-    pub fn open(self) -> Result<Device> {
-        match self {
-            DeviceArg::Cpu => Ok(Device::Cpu),
-            DeviceArg::Cuda => Device::open_cuda(),
-            DeviceArg::Auto => {
-                let (device, reason) = Device::auto();
-                if let Some(reason) = reason {
-                    eprintln!("--device auto: using the CPU (CUDA: {reason})");
-                }
-                Ok(device)
-            }
         }
     }
 }

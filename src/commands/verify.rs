@@ -8,8 +8,8 @@ use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_erro
 use revsnn_reference::{Backend, DType, Element};
 use serde_json::json;
 
-use super::{DTypeArg, DeviceArg, ModelArgs, random_batch, random_images};
-use crate::device::{Device, on_backend};
+use super::{DTypeArg, ModelArgs, random_batch, random_images};
+use crate::device::{Device, DeviceChoice, on_backend};
 use crate::error::Result;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
@@ -347,7 +347,7 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 8)]
     pub fd_samples: usize,
     #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    pub device: DeviceChoice,
     #[arg(long)]
     pub json: bool,
 }

@@ -29,7 +29,7 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use revsnn_reference::{AdamWParams, SgdParams};
 use serde::{Deserialize, Serialize};
 
@@ -38,22 +38,10 @@ use super::recipe::{
     Schedule, ScheduleName,
 };
 use crate::data::augment::{Augmentation, Mixup, RandAugment};
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::optim::OptimizerKind;
 use crate::spec::{Arch, ModelSpec};
-
-/// Where to compute.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// The CPU reference backend.
-    #[default]
-    Cpu,
-    /// The CUDA backend on GPU 0 (an error, saying why, when there is none).
-    Cuda,
-    /// CUDA when a GPU is found, else the CPU.
-    Auto,
-}
 
 /// Every knob of a training run, as a TOML file or the command line gives it; unset knobs take
 /// the recipe's value.
@@ -120,7 +108,7 @@ pub struct TrainSettings {
     /// Where to compute (default: cpu).
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<Device>,
+    pub device: Option<DeviceChoice>,
     /// The run folder (default: `runs/<model>-<dataset>-seed<S>`).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -691,7 +679,7 @@ pub struct RunConfig {
     /// The seed of the weights, the shuffles and the augmentation.
     pub seed: u64,
     /// Where to compute.
-    pub device: Device,
+    pub device: DeviceChoice,
     /// The run folder.
     pub out: PathBuf,
     /// The optimizer with its base learning rate.

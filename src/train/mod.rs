@@ -67,7 +67,9 @@ pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
 /// Trains `run` on `device` in f32, printing the run folder first and a progress bar per epoch;
 /// writes `config.toml` before the first epoch of this invocation.
 pub fn train(run: &Run, options: &TrainOptions, device: &Device) -> Result<TrainSummary> {
-    on_backend!(device, DType::F32, |backend| train_on(backend, run, options))
+    on_backend!(device, DType::F32, |backend| {
+        train_on(backend, run, options)
+    })
 }
 
 /// Trains `run` on `backend`: opens the data and the run folder, restores a resumed run, then
