@@ -31,9 +31,9 @@ pub struct Network<B: Backend> {
     pub body: Body,
 }
 
-/// How a forward (and backward) runs.
+/// How one forward (and backward) pass runs: its mode and its side effects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunOptions {
+pub struct PassOptions {
     pub mode: Mode,
     /// Whether training-mode BatchNorms update their running statistics.
     pub update_running_stats: bool,
@@ -42,9 +42,9 @@ pub struct RunOptions {
     pub audit: bool,
 }
 
-impl Default for RunOptions {
+impl Default for PassOptions {
     fn default() -> Self {
-        RunOptions {
+        PassOptions {
             mode: Mode::Train,
             update_running_stats: true,
             audit: false,
@@ -58,7 +58,7 @@ pub struct StepReport<B: Backend> {
     pub output: StepOutput<B>,
     /// Reversible recomputes whose spikes differed from the forward's (by fingerprint).
     pub diverged_recomputes: usize,
-    /// With [`RunOptions::audit`]: reconstruction errors and spike flips, counted exactly.
+    /// With [`PassOptions::audit`]: reconstruction errors and spike flips, counted exactly.
     pub audit: Option<ReversibleAudit>,
 }
 
@@ -114,7 +114,7 @@ impl<B: Backend> Network<B> {
         grads: &mut Grads<B>,
         images: &B::Tensor,
         targets: Targets<B>,
-        run: RunOptions,
+        run: PassOptions,
     ) -> Result<StepReport<B>> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
@@ -134,7 +134,7 @@ impl<B: Backend> Network<B> {
         &mut self,
         backend: &B,
         images: &B::Tensor,
-        run: RunOptions,
+        run: PassOptions,
     ) -> Result<B::Tensor> {
         let mut grads = Grads::new(0);
         let mut session = Session::new(backend, &mut self.store, &mut grads, run.mode);

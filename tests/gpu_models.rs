@@ -34,7 +34,7 @@ use revsnn::commands::verify::verify_on;
 use revsnn::device::Device;
 use revsnn::model::reversible::Coupling;
 use revsnn::model::{BuildOptions, EntryKind, Layer, Mode, ParamId, Session, Targets};
-use revsnn::network::{Body, Network, RunOptions};
+use revsnn::network::{Body, Network, PassOptions};
 use revsnn::optim::{Optimizer, OptimizerKind};
 use revsnn::spec::ModelSpec;
 use revsnn_gpu::Cuda;
@@ -100,7 +100,7 @@ fn run_step<B: Backend>(
             &mut grads,
             &images,
             Targets::Hard(&labels),
-            RunOptions::default(),
+            PassOptions::default(),
         )
         .unwrap();
     let output = report.output;
@@ -356,7 +356,7 @@ fn checkpoints_of_a_cuda_network_round_trip() {
                 &mut grads,
                 &images,
                 Targets::Hard(&labels),
-                RunOptions::default(),
+                PassOptions::default(),
             )
             .unwrap();
         let saved = state_dict(&gpu, &network.store).unwrap();

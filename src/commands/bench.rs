@@ -7,7 +7,6 @@ use clap::Args;
 use revsnn_reference::DType;
 use serde_json::json;
 
-use super::memory::paper_optimizer;
 use super::{ModelArgs, full_training_step, random_images, set_threads};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
@@ -15,6 +14,7 @@ use crate::model::BuildOptions;
 use crate::network::Network;
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
+use crate::train::config::paper_optimizer;
 
 /// What `revsnn bench` measures.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,7 +41,7 @@ pub fn measure<B: Compute>(
         return Err(Error::Usage("--batch and --steps must be >= 1".into()));
     }
     let mut network = Network::new(&backend, spec, 0, BuildOptions::default())?;
-    let mut optimizer = Optimizer::new(paper_optimizer(spec), &network.store);
+    let mut optimizer = Optimizer::new(paper_optimizer(spec.arch)?, &network.store);
     let (images, labels) = random_images(&backend, spec, batch, 1)?;
     let mut step = || -> Result<f64> {
         backend.synchronize()?;

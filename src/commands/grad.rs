@@ -14,7 +14,7 @@ use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
 use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::{BuildOptions, EntryKind, Mode, Targets};
-use crate::network::{Network, RunOptions};
+use crate::network::{Network, PassOptions};
 use crate::spec::ModelSpec;
 
 /// The validated contents of an input file: images and labels.
@@ -98,7 +98,7 @@ pub fn compute<B: Backend>(
             &mut grads,
             &images,
             Targets::Hard(&batch.labels),
-            RunOptions::default(),
+            PassOptions::default(),
         )?
         .output;
 
@@ -139,7 +139,7 @@ pub fn compute<B: Backend>(
     let logits_eval = network.forward(
         backend,
         &images,
-        RunOptions {
+        PassOptions {
             mode: Mode::Eval,
             update_running_stats: false,
             audit: false,

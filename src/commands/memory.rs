@@ -3,7 +3,7 @@
 //! (docs/memory.md §9.3).
 
 use clap::Args;
-use revsnn_reference::{AdamWParams, DType, SgdParams};
+use revsnn_reference::DType;
 use serde_json::json;
 
 use super::{ModelArgs, full_training_step, random_images};
@@ -12,22 +12,9 @@ use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::model::reversible::{ReversibleOptions, Storage};
 use crate::network::Network;
-use crate::optim::{Optimizer, OptimizerKind};
+use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
-
-/// The optimizer of the family's paper recipe (docs/recipes.md §5): SGD for ResNets, AdamW for
-/// transformers.
-pub fn paper_optimizer(spec: &ModelSpec) -> OptimizerKind {
-    if spec.arch.is_resnet() {
-        OptimizerKind::Sgd(SgdParams {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-        })
-    } else {
-        OptimizerKind::AdamW(AdamWParams::new(5e-4, 0.06))
-    }
-}
+use crate::train::config::paper_optimizer;
 
 /// Peak bytes of one training step at each batch size.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,7 +63,7 @@ pub fn measure<B: Compute>(
     let mut per_batch = Vec::new();
     for &batch in batches {
         let mut network = Network::new(&backend, spec, seed, options)?;
-        let mut optimizer = Optimizer::new(paper_optimizer(spec), &network.store);
+        let mut optimizer = Optimizer::new(paper_optimizer(spec.arch)?, &network.store);
         let (images, labels) = random_images(&backend, spec, batch, seed ^ batch as u64)?;
         full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
         backend.reset_peak_memory();

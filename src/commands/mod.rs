@@ -105,7 +105,7 @@ pub fn full_training_step<B: Compute>(
         &mut grads,
         images,
         crate::model::Targets::Hard(labels),
-        crate::network::RunOptions::default(),
+        crate::network::PassOptions::default(),
     )?;
     optimizer.step(backend, &mut network.store, &grads, optimizer.kind.lr())?;
     backend.synchronize()

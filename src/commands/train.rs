@@ -8,8 +8,8 @@ use clap::Args;
 use super::set_threads;
 use crate::device::Device;
 use crate::error::Result;
-use crate::train::config::TrainSettings;
-use crate::train::{Run, TrainOptions, config_file_text, train};
+use crate::train::config::GivenSettings;
+use crate::train::{Invocation, Run, config_file_text, train};
 
 /// The arguments of `revsnn train`: the run's settings, each a flag or a key of the `--config`
 /// file, and what this invocation does.
@@ -39,7 +39,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub quiet: bool,
     #[command(flatten)]
-    pub settings: TrainSettings,
+    pub settings: GivenSettings,
 }
 
 impl TrainArgs {
@@ -47,7 +47,7 @@ impl TrainArgs {
     pub fn run(&self) -> Result<()> {
         let mut given = self.settings.clone();
         if let Some(path) = &self.config {
-            given = given.over(TrainSettings::read(path)?);
+            given = given.over(GivenSettings::read(path)?);
         }
         let run = if self.resume {
             Run::resume(given)?
@@ -63,7 +63,7 @@ impl TrainArgs {
         if let Device::Cuda(_) = device {
             eprintln!("device: CUDA {}", device.name());
         }
-        let options = TrainOptions {
+        let options = Invocation {
             stop_after: self.stop_after,
             quiet: self.quiet,
         };

@@ -13,7 +13,7 @@ use crate::device::{Device, DeviceChoice, on_backend};
 use crate::error::Result;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
-use crate::network::{Network, RunOptions};
+use crate::network::{Network, PassOptions};
 use crate::spec::ModelSpec;
 
 /// What `verify` found.
@@ -93,7 +93,7 @@ fn checks<B: Backend>(
         &mut rev_grads,
         &images,
         Targets::Hard(&labels),
-        RunOptions {
+        PassOptions {
             audit: true,
             ..Default::default()
         },
@@ -107,7 +107,7 @@ fn checks<B: Backend>(
         &mut stored_grads,
         &images,
         Targets::Hard(&labels),
-        RunOptions::default(),
+        PassOptions::default(),
     )?;
 
     let params = relative_error(
@@ -186,7 +186,7 @@ fn finite_differences<B: Backend>(
     let mut network = Network::new(backend, spec, seed, options)?;
     let (shape, values, labels) = random_batch(spec, batch, seed);
     let images = tensor(&shape, &values)?;
-    let run = RunOptions {
+    let run = PassOptions {
         mode: Mode::Train,
         update_running_stats: false,
         audit: false,

@@ -1,11 +1,12 @@
 //! The settings of `revsnn train`: a TOML file (`--config FILE.toml`), flags over it, and a
 //! recipe ([`super::recipe`]) for every knob left open.
 //!
-//! [`TrainSettings`] is both the file and the flags: every knob optional, each a config key and a
-//! flag. [`TrainSettings::over`] lays the flags over the file; [`TrainSettings::resolve`] fills in
-//! the rest from the recipe and checks every value, giving a [`RunConfig`]; its
-//! [`RunConfig::settings`] are written to the run folder as `config.toml`, from which
-//! `--config DIR/config.toml` reproduces the run.
+//! [`GivenSettings`] are the settings as given, both the file and the flags: every knob optional,
+//! each a config key and a flag. [`GivenSettings::over`] lays the flags over the file;
+//! [`GivenSettings::resolve`] fills in the rest from the recipe and checks every value, giving the
+//! [`RunSettings`], every knob decided; [`RunSettings::to_given`] gives them back with every knob
+//! set, written to the run folder as `config.toml`, from which `--config DIR/config.toml`
+//! reproduces the run.
 //!
 //! ```toml
 //! recipe = "paper"
@@ -47,7 +48,7 @@ use crate::spec::{Arch, ModelSpec};
 /// the recipe's value.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Args)]
 #[serde(deny_unknown_fields)]
-pub struct TrainSettings {
+pub struct GivenSettings {
     /// The recipe for every knob left open: `quick` (default; the paper's recipe for the model's
     /// family scaled to a short run: 8 epochs at batch 16, 5000/1000 samples) or `paper` (the
     /// full recipe of docs/recipes.md §5 for the dataset and model: epochs, batch, seed, optimizer,
@@ -497,7 +498,7 @@ pub struct RunModel {
 
 impl RunModel {
     /// The model of a run whose resolved settings are `settings` and spec `spec`.
-    pub fn of_run(settings: &TrainSettings, name: String, spec: ModelSpec) -> RunModel {
+    pub fn of_run(settings: &GivenSettings, name: String, spec: ModelSpec) -> RunModel {
         let source = match (&settings.model, &settings.spec) {
             (Some(preset), _) => ModelSource::Preset(preset.clone()),
             (None, Some(path)) => ModelSource::File(path.clone()),
@@ -507,10 +508,10 @@ impl RunModel {
     }
 }
 
-impl TrainSettings {
+impl GivenSettings {
     /// Parses a config file's text; `path` names it in errors and anchors its relative paths.
-    pub fn from_toml(text: &str, path: &Path) -> Result<TrainSettings> {
-        let mut settings: TrainSettings = toml::from_str(text).map_err(|e| {
+    pub fn from_toml(text: &str, path: &Path) -> Result<GivenSettings> {
+        let mut settings: GivenSettings = toml::from_str(text).map_err(|e| {
             let key = e
                 .span()
                 .and_then(|span| key_at(text, span.start))
@@ -540,12 +541,12 @@ impl TrainSettings {
     }
 
     /// Reads a config file.
-    pub fn read(path: &Path) -> Result<TrainSettings> {
+    pub fn read(path: &Path) -> Result<GivenSettings> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::File {
             path: path.display().to_string(),
             detail: format!("cannot read the config file: {e}"),
         })?;
-        TrainSettings::from_toml(&text, path)
+        GivenSettings::from_toml(&text, path)
     }
 
     /// The settings as a config file.
@@ -560,9 +561,9 @@ impl TrainSettings {
 
     /// These settings laid over `lower` (flags over a file): each knob set here wins. A model
     /// named here (`model` or `spec`) replaces both of `lower`'s.
-    pub fn over(self, lower: TrainSettings) -> TrainSettings {
+    pub fn over(self, lower: GivenSettings) -> GivenSettings {
         let names_model = self.model.is_some() || self.spec.is_some();
-        TrainSettings {
+        GivenSettings {
             recipe: self.recipe.or(lower.recipe),
             model: if names_model { self.model } else { lower.model },
             spec: if names_model { self.spec } else { lower.spec },
@@ -586,7 +587,7 @@ impl TrainSettings {
 
     /// The same settings with the paths of what is trained on (spec, data_dir) made absolute
     /// against the current folder, so that a run's settings mean the same from anywhere.
-    pub fn with_absolute_paths(mut self) -> Result<TrainSettings> {
+    pub fn with_absolute_paths(mut self) -> Result<GivenSettings> {
         for path in [&mut self.spec, &mut self.data_dir].into_iter().flatten() {
             *path = std::path::absolute(&*path).map_err(|e| Error::File {
                 path: path.display().to_string(),
@@ -597,8 +598,8 @@ impl TrainSettings {
     }
 
     /// Every knob decided and checked: the recipe's values for those left open.
-    pub fn resolve(&self) -> Result<RunConfig> {
-        RunConfig::resolve(self, self.resolve_model()?)
+    pub fn resolve(&self) -> Result<RunSettings> {
+        RunSettings::resolve(self, self.resolve_model()?)
     }
 
     /// The dataset, by default `synthetic` (or `synthetic-events` for DVS models).
@@ -657,9 +658,10 @@ impl TrainSettings {
     }
 }
 
-/// A run with every knob decided: what the training loop runs.
+/// The settings of a run with every knob decided and checked, in typed values: what the
+/// training loop runs.
 #[derive(Clone, Debug, PartialEq)]
-pub struct RunConfig {
+pub struct RunSettings {
     /// The recipe the open knobs came from.
     pub recipe: RecipeKind,
     /// The model, as built.
@@ -696,9 +698,9 @@ pub struct RunConfig {
     pub prefetch: usize,
 }
 
-impl RunConfig {
+impl RunSettings {
     /// `given`'s knobs over the recipe's for `model`, each checked.
-    pub fn resolve(given: &TrainSettings, model: RunModel) -> Result<RunConfig> {
+    pub fn resolve(given: &GivenSettings, model: RunModel) -> Result<RunSettings> {
         let spec = &model.spec;
         let recipe = given.recipe.unwrap_or_default();
         let dataset = given.dataset_kind(spec)?;
@@ -745,7 +747,7 @@ impl RunConfig {
         }
         let workers = at_least_one("loader.workers", given.loader.workers.unwrap_or(1))?;
         let prefetch = at_least_one("loader.prefetch", given.loader.prefetch.unwrap_or(4))?;
-        Ok(RunConfig {
+        Ok(RunSettings {
             recipe,
             model,
             dataset,
@@ -771,9 +773,9 @@ impl RunConfig {
         self.schedule.lr(self.optimizer.lr(), epoch, self.epochs)
     }
 
-    /// Every knob of the run as settings: `config.toml` of the run folder. Resolving them again
-    /// gives this run (the run folder, `out`, is left out: a copy reproduces the run elsewhere).
-    pub fn settings(&self) -> TrainSettings {
+    /// Every knob of the run as given settings, each set: `config.toml` of the run folder.
+    /// Resolving them again gives this run (the run folder, `out`, is left out: a copy reproduces the run elsewhere).
+    pub fn to_given(&self) -> GivenSettings {
         let (model, spec) = match &self.model.source {
             ModelSource::Default => (None, None),
             ModelSource::Preset(preset) => (Some(preset.clone()), None),
@@ -832,7 +834,7 @@ impl RunConfig {
             mixup_off_epoch: mixup.map(|_| self.mixup_off_epoch),
             label_smoothing: Some(aug.label_smoothing),
         };
-        TrainSettings {
+        GivenSettings {
             recipe: Some(self.recipe),
             model,
             spec,
@@ -915,6 +917,17 @@ fn resolve_optimizer(
             })
         }
     })
+}
+
+/// The optimizer of the paper's CIFAR recipe for `arch`'s family (docs/recipes.md §5), at its
+/// own learning rate: SGD for ResNets, AdamW for transformers. `memory` and `bench` step with it.
+pub fn paper_optimizer(arch: Arch) -> Result<OptimizerKind> {
+    let input = RecipeInput {
+        recipe: RecipeKind::Paper,
+        arch,
+        dataset: DatasetKind::Cifar10,
+    };
+    resolve_optimizer(&OptimizerSettings::default(), &input, input.batch())
 }
 
 fn resolve_schedule(
@@ -1108,8 +1121,8 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
 /// The keys set in `given` to values other than the run's (`run`, resolved settings), but for
 /// those in [`CHANGEABLE_ON_RESUME`]: `(key, given value, run value)`.
 pub fn changed_on_resume(
-    given: &TrainSettings,
-    run: &TrainSettings,
+    given: &GivenSettings,
+    run: &GivenSettings,
 ) -> Result<Vec<(String, String, String)>> {
     fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
         for (key, value) in table {
@@ -1120,7 +1133,7 @@ pub fn changed_on_resume(
             }
         }
     }
-    let keys = |settings: &TrainSettings| -> Result<Vec<(String, toml::Value)>> {
+    let keys = |settings: &GivenSettings| -> Result<Vec<(String, toml::Value)>> {
         let mut keys = Vec::new();
         flatten("", &settings.to_table()?, &mut keys);
         Ok(keys)
@@ -1152,7 +1165,7 @@ mod tests {
 
     #[test]
     fn the_default_run_is_the_quick_recipe_on_synthetic() {
-        let config = TrainSettings::default().resolve().unwrap();
+        let config = GivenSettings::default().resolve().unwrap();
         assert_eq!(config.model.name, "revsresnet-small");
         assert_eq!(config.dataset, DatasetKind::Synthetic);
         assert_eq!((config.epochs, config.batch, config.seed), (8, 16, 0));
@@ -1169,20 +1182,36 @@ mod tests {
             config.out,
             Path::new("runs/revsresnet-small-synthetic-seed0")
         );
-        let again = RunConfig::resolve(&config.settings(), config.model.clone()).unwrap();
+        let again = RunSettings::resolve(&config.to_given(), config.model.clone()).unwrap();
         assert_eq!(again, config);
     }
 
     #[test]
+    fn memory_and_bench_step_with_the_paper_optimizers() {
+        let sgd = SgdParams {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+        };
+        for arch in [Arch::Revsresnet, Arch::MsresnetDvs] {
+            assert_eq!(paper_optimizer(arch).unwrap(), OptimizerKind::Sgd(sgd));
+        }
+        for arch in [Arch::Revsformer, Arch::SpikingformerDvs] {
+            let adamw = OptimizerKind::AdamW(AdamWParams::new(5e-4, 0.06));
+            assert_eq!(paper_optimizer(arch).unwrap(), adamw);
+        }
+    }
+
+    #[test]
     fn keys_of_a_step_that_is_off_are_refused() {
-        let mut given = TrainSettings::default();
+        let mut given = GivenSettings::default();
         given.optimizer.betas = Some(vec![0.9, 0.99]);
         let error = given.resolve().unwrap_err().to_string();
         assert!(
             error.contains("optimizer.betas") && error.contains("--betas"),
             "{error}"
         );
-        let mut given = TrainSettings::default();
+        let mut given = GivenSettings::default();
         given.augment.mixup_prob = Some(0.5);
         assert!(
             given

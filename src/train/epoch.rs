@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use revsnn_reference::{Backend, Element};
 
-use super::config::RunConfig;
+use super::config::RunSettings;
 use super::evaluate::{Score, batch_tensor, cast, widened};
 use super::loader::{Batch, Loader, shuffled};
 use super::pipeline::TrainSet;
@@ -16,7 +16,7 @@ use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::{BuildOptions, Grads, Targets};
-use crate::network::{Network, RunOptions};
+use crate::network::{Network, PassOptions};
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
 
@@ -28,7 +28,7 @@ pub struct Learner<B: Backend> {
 
 impl<B: Backend> Learner<B> {
     /// `spec` with fresh weights from the run's seed and a fresh optimizer of the run's kind.
-    pub fn new(backend: &B, spec: &ModelSpec, config: &RunConfig) -> Result<Learner<B>> {
+    pub fn new(backend: &B, spec: &ModelSpec, config: &RunSettings) -> Result<Learner<B>> {
         let network = Network::new(backend, spec, config.seed, BuildOptions::default())?;
         let optimizer = Optimizer::new(config.optimizer, &network.store);
         Ok(Learner { network, optimizer })
@@ -61,7 +61,7 @@ impl EpochStats {
 }
 
 /// `--batch` must leave at least one full batch of the `samples` training samples.
-pub fn check_batch(config: &RunConfig, samples: usize) -> Result<()> {
+pub fn check_batch(config: &RunSettings, samples: usize) -> Result<()> {
     if samples / config.batch == 0 {
         return Err(Error::Usage(format!(
             "--batch {} is larger than the {samples} training samples; lower --batch or raise \
@@ -79,7 +79,7 @@ pub fn train_epoch<B: Compute>(
     backend: &B,
     learner: &mut Learner<B>,
     data: &TrainSet,
-    config: &RunConfig,
+    config: &RunSettings,
     epoch: usize,
     quiet: bool,
 ) -> Result<EpochStats> {
@@ -137,7 +137,7 @@ fn forward_backward<B: Backend>(
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
     let mut grads = network.zero_grads();
-    let run = RunOptions::default();
+    let run = PassOptions::default();
     let soft = match batch.targets {
         Some(rows) => {
             let shape = [count, rows.len() / count.max(1)];

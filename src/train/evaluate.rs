@@ -9,7 +9,7 @@ use super::loader::{Loader, Plain};
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::Mode;
-use crate::network::{Network, RunOptions};
+use crate::network::{Network, PassOptions};
 
 /// Loss and accuracies over a dataset.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,7 +28,7 @@ pub fn evaluate<B: Backend>(
     batch: usize,
 ) -> Result<EvalResult> {
     let order: Vec<usize> = (0..data.len()).collect();
-    let eval = RunOptions {
+    let eval = PassOptions {
         mode: Mode::Eval,
         update_running_stats: false,
         audit: false,

@@ -28,7 +28,7 @@ use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
-use config::RunConfig;
+use config::RunSettings;
 pub use config::default_spec;
 pub use datasets::{DATA_SEED, open_dataset, open_split};
 use epoch::{EpochStats, Learner, check_batch, train_epoch};
@@ -38,9 +38,10 @@ pub use run::{Run, config_file_text};
 use run_dir::RunDir;
 pub use run_dir::RunState;
 
-/// How a `revsnn train` invocation runs, beside the run's settings.
+/// What one `revsnn train` invocation does beside the run's settings: where it stops and
+/// whether it draws progress bars.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TrainOptions {
+pub struct Invocation {
     /// Stop after this many epochs of this invocation (a run split into sessions; `--resume`
     /// continues it exactly as if it had not stopped).
     pub stop_after: Option<usize>,
@@ -66,7 +67,7 @@ pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
 
 /// Trains `run` on `device` in f32, printing the run folder first and a progress bar per epoch;
 /// writes `config.toml` before the first epoch of this invocation.
-pub fn train(run: &Run, options: &TrainOptions, device: &Device) -> Result<TrainSummary> {
+pub fn train(run: &Run, options: &Invocation, device: &Device) -> Result<TrainSummary> {
     on_backend!(device, DType::F32, |backend| {
         train_on(backend, run, options)
     })
@@ -74,7 +75,7 @@ pub fn train(run: &Run, options: &TrainOptions, device: &Device) -> Result<Train
 
 /// Trains `run` on `backend`: opens the data and the run folder, restores a resumed run, then
 /// each epoch trains, evaluates, checks, saves the checkpoint, the metrics and the curves.
-fn train_on<B: Compute>(backend: B, run: &Run, options: &TrainOptions) -> Result<TrainSummary> {
+fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<TrainSummary> {
     let started = Instant::now();
     let config = &run.config;
     let dir = RunDir::new(config.out.clone());
@@ -131,7 +132,7 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &TrainOptions) -> Result
 }
 
 /// The run's training set (with its augmentation) and test split, shaped for `spec`.
-fn open_data(config: &RunConfig, spec: &ModelSpec) -> Result<(TrainSet, Arc<dyn Dataset>)> {
+fn open_data(config: &RunSettings, spec: &ModelSpec) -> Result<(TrainSet, Arc<dyn Dataset>)> {
     let (name, dir) = (config.dataset.name(), config.data_dir.as_deref());
     let train_set = TrainSet {
         split: open_split(name, dir, spec, Split::Train, config.train_samples)?,
@@ -159,7 +160,7 @@ fn check_test_loss(test: &EvalResult, epoch: usize, dir: &RunDir) -> Result<()> 
 /// The `metrics.jsonl` line of epoch `epoch` (from 0), whose training and evaluation held at
 /// most `peak` bytes.
 fn metrics_line(
-    config: &RunConfig,
+    config: &RunSettings,
     epoch: usize,
     train: &EpochStats,
     test: &EvalResult,
@@ -183,7 +184,7 @@ fn metrics_line(
 
 /// The line printed after epoch `epoch` (from 0).
 fn log_epoch(
-    config: &RunConfig,
+    config: &RunSettings,
     epoch: usize,
     train: &EpochStats,
     test: &EvalResult,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::config::{RunConfig, RunModel, TrainSettings, changed_on_resume};
+use super::config::{GivenSettings, RunModel, RunSettings, changed_on_resume};
 use super::run_dir::{RunDir, RunState, STATE_FORMAT};
 use super::shuffle_seed;
 use crate::error::{Error, Result};
@@ -13,20 +13,20 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct Run {
     /// Every knob of the run.
-    pub config: RunConfig,
+    pub config: RunSettings,
     /// The settings as given (flags over the config file), paths absolute, but the run folder.
-    pub given: TrainSettings,
+    pub given: GivenSettings,
     /// Where a resumed run stopped; `None` for a new run.
     pub resumed: Option<RunState>,
 }
 
 impl Run {
     /// A new run of `given` (flags over the config file).
-    pub fn start(given: TrainSettings) -> Result<Run> {
+    pub fn start(given: GivenSettings) -> Result<Run> {
         let given = given.with_absolute_paths()?;
         Ok(Run {
             config: given.resolve()?,
-            given: TrainSettings { out: None, ..given },
+            given: GivenSettings { out: None, ..given },
             resumed: None,
         })
     }
@@ -35,7 +35,7 @@ impl Run {
     /// seed), to continue with its own settings. `given` may repeat them; it may change only
     /// `epochs` (which resolves the run's given settings again for the new length), `data_dir`,
     /// `device` and the loader's knobs, and may name the model only if it is the run's.
-    pub fn resume(given: TrainSettings) -> Result<Run> {
+    pub fn resume(given: GivenSettings) -> Result<Run> {
         let given = given.with_absolute_paths()?;
         let out = match &given.out {
             Some(out) => out.clone(),
@@ -44,12 +44,12 @@ impl Run {
         let state = RunDir::new(out.clone()).read_state()?;
         check_same_model(&given, &state, &out)?;
         check_unchanged(&given, &state, &out)?;
-        let changes = TrainSettings {
+        let changes = GivenSettings {
             epochs: given.epochs,
             data_dir: given.data_dir.clone(),
             device: given.device,
             loader: given.loader.clone(),
-            ..TrainSettings::default()
+            ..GivenSettings::default()
         };
         let new_length = given.epochs.is_some() && given.epochs != state.config.epochs;
         let base = if new_length {
@@ -58,7 +58,7 @@ impl Run {
             &state.config
         };
         let model = RunModel::of_run(&state.config, state.model.clone(), state.spec.clone());
-        let mut config = RunConfig::resolve(&changes.clone().over(base.clone()), model)?;
+        let mut config = RunSettings::resolve(&changes.clone().over(base.clone()), model)?;
         config.out = out;
         Ok(Run {
             config,
@@ -70,7 +70,7 @@ impl Run {
     /// The state the run starts from: where a resumed run stopped, with this invocation's
     /// settings; for a new run a fresh one, in a folder that must not hold a run yet.
     pub fn first_state(&self, dir: &RunDir) -> Result<RunState> {
-        let config = self.config.settings();
+        let config = self.config.to_given();
         if let Some(resumed) = &self.resumed {
             return Ok(RunState {
                 config,
@@ -102,7 +102,7 @@ impl Run {
 
 /// `--resume` may name the model (`--model`, `--spec`, `--num-classes`, `--time-steps`) only if
 /// it is the run's.
-fn check_same_model(given: &TrainSettings, state: &RunState, out: &Path) -> Result<()> {
+fn check_same_model(given: &GivenSettings, state: &RunState, out: &Path) -> Result<()> {
     let names_model = given.model.is_some()
         || given.spec.is_some()
         || given.num_classes.is_some()
@@ -127,7 +127,7 @@ fn check_same_model(given: &TrainSettings, state: &RunState, out: &Path) -> Resu
 
 /// `--resume` continues a run with its own settings: `given` may repeat them, and change only
 /// those of [`super::config::CHANGEABLE_ON_RESUME`].
-fn check_unchanged(given: &TrainSettings, state: &RunState, out: &Path) -> Result<()> {
+fn check_unchanged(given: &GivenSettings, state: &RunState, out: &Path) -> Result<()> {
     let changed = changed_on_resume(given, &state.config)?;
     if changed.is_empty() {
         return Ok(());
@@ -149,7 +149,7 @@ fn check_unchanged(given: &TrainSettings, state: &RunState, out: &Path) -> Resul
 
 /// The run's settings as a config file, with comments naming the model and, for the run folder
 /// `out`, how to run them again.
-pub fn config_file_text(config: &RunConfig, out: Option<&Path>) -> Result<String> {
+pub fn config_file_text(config: &RunSettings, out: Option<&Path>) -> Result<String> {
     let spec = serde_json::to_string(&config.model.spec).expect("the spec serialises");
     let mut text = format!(
         "# revsnn train: every setting of the run, resolved ({} recipe).\n\
@@ -163,5 +163,5 @@ pub fn config_file_text(config: &RunConfig, out: Option<&Path>) -> Result<String
             out.join("config.toml").display()
         );
     }
-    Ok(text + "\n" + &config.settings().to_toml()?)
+    Ok(text + "\n" + &config.to_given().to_toml()?)
 }

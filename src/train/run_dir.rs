@@ -1,7 +1,7 @@
 //! The run folder: every file a run writes, each written atomically ([`write_atomic`]), and read
 //! back to resume.
 //!
-//! - `config.toml`: every knob of the run, resolved ([`super::config::RunConfig::settings`]);
+//! - `config.toml`: every knob of the run, resolved ([`super::config::RunSettings::to_given`]);
 //!   `revsnn train --config DIR/config.toml --out NEW` runs it again;
 //! - `last.safetensors`: the weights and BatchNorm statistics under the official key names;
 //! - `last.optimizer.safetensors`: the optimizer state (see
@@ -17,7 +17,7 @@ use revsnn_reference::Backend;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::config::TrainSettings;
+use super::config::GivenSettings;
 use super::epoch::Learner;
 use super::plot::{Curves, write_curves};
 use super::shuffle_seed;
@@ -35,10 +35,10 @@ pub struct RunState {
     /// The model as built.
     pub spec: ModelSpec,
     /// Every knob of the run, resolved: what `config.toml` holds.
-    pub config: TrainSettings,
+    pub config: GivenSettings,
     /// The settings as given (flags over the config file): `--resume --epochs N` resolves them
     /// again, so that what the recipe scaled to the run's length follows the new length.
-    pub given: TrainSettings,
+    pub given: GivenSettings,
     /// Epochs finished; the next epoch to run.
     pub epochs_done: usize,
     /// The optimizer's step count (AdamW's bias correction needs it).
