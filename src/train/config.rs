@@ -34,10 +34,7 @@ use clap::Args;
 use revsnn_reference::{AdamWParams, SgdParams};
 use serde::{Deserialize, Serialize};
 
-use super::recipe::{
-    ADAMW_BETAS, ADAMW_EPS, DatasetKind, OptimizerName, RecipeInput, RecipeKind, SGD_MOMENTUM,
-    Schedule, ScheduleName,
-};
+use super::recipe::{DatasetKind, OptimizerName, RecipeInput, RecipeKind, Schedule, ScheduleName};
 use crate::data::augment::{Augmentation, Mixup, RandAugment};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
@@ -699,20 +696,24 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
-    /// `given`'s knobs over the recipe's for `model`, each checked.
+    /// The settings of a run of `model`: `given` (the flags over the config file) laid over the
+    /// recipe's defaults ([`RecipeInput::defaults`]), then every knob checked.
     pub fn resolve(given: &GivenSettings, model: RunModel) -> Result<RunSettings> {
-        let spec = &model.spec;
-        let recipe = given.recipe.unwrap_or_default();
-        let dataset = given.dataset_kind(spec)?;
         let input = RecipeInput {
-            recipe,
-            arch: spec.arch,
-            dataset,
+            recipe: given.recipe.unwrap_or_default(),
+            arch: model.spec.arch,
+            dataset: given.dataset_kind(&model.spec)?,
         };
         input.check()?;
-        let epochs = at_least_one("epochs", given.epochs.unwrap_or(input.epochs()))?;
-        let batch = at_least_one("batch", given.batch.unwrap_or(input.batch()))?;
-        let seed = given.seed.unwrap_or(input.seed());
+        let settings = given.clone().over(input.defaults(given));
+        RunSettings::check(&settings, input.dataset, model)
+    }
+
+    /// `settings` (every knob the recipe fills set) checked and turned into typed values.
+    fn check(settings: &GivenSettings, dataset: DatasetKind, model: RunModel) -> Result<Self> {
+        let epochs = at_least_one("epochs", set(&settings.epochs))?;
+        let batch = at_least_one("batch", set(&settings.batch))?;
+        let seed = set(&settings.seed);
         // TOML integers are signed 64-bit: the seed must fit to be written to config.toml
         require(
             i64::try_from(seed).is_ok(),
@@ -720,23 +721,15 @@ impl RunSettings {
             seed,
             "an integer in [0, 2^63)",
         )?;
-        let (train_default, test_default) = input.samples();
-        let train_samples = at_least_one(
-            "train_samples",
-            given.train_samples.unwrap_or(train_default),
-        )?;
-        let test_samples =
-            at_least_one("test_samples", given.test_samples.unwrap_or(test_default))?;
-        let out = given.out.clone().unwrap_or_else(|| {
-            let short_name = Path::new(&model.name)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| model.name.clone());
-            PathBuf::from("runs").join(format!("{short_name}-{}-seed{seed}", dataset.name()))
-        });
-        let optimizer = resolve_optimizer(&given.optimizer, &input, batch)?;
-        let schedule = resolve_schedule(&given.schedule, &input, &optimizer, epochs)?;
-        let (augmentation, mixup_off_epoch) = resolve_augment(&given.augment, &input, epochs)?;
+        let train_samples = at_least_one("train_samples", set(&settings.train_samples))?;
+        let test_samples = at_least_one("test_samples", set(&settings.test_samples))?;
+        let out = settings
+            .out
+            .clone()
+            .unwrap_or_else(|| default_out(&model.name, dataset, seed));
+        let optimizer = check_optimizer(&settings.optimizer)?;
+        let schedule = check_schedule(&settings.schedule)?;
+        let (augmentation, mixup_off_epoch) = check_augment(&settings.augment, dataset)?;
         if augmentation.mixup.is_some() && batch % 2 != 0 {
             return Err(bad_setting(
                 "batch",
@@ -745,19 +738,19 @@ impl RunSettings {
                  turn mixup off with --mixup-alpha 0",
             ));
         }
-        let workers = at_least_one("loader.workers", given.loader.workers.unwrap_or(1))?;
-        let prefetch = at_least_one("loader.prefetch", given.loader.prefetch.unwrap_or(4))?;
+        let workers = at_least_one("loader.workers", set(&settings.loader.workers))?;
+        let prefetch = at_least_one("loader.prefetch", set(&settings.loader.prefetch))?;
         Ok(RunSettings {
-            recipe,
+            recipe: set(&settings.recipe),
             model,
             dataset,
-            data_dir: given.data_dir.clone(),
+            data_dir: settings.data_dir.clone(),
             train_samples,
             test_samples,
             epochs,
             batch,
             seed,
-            device: given.device.unwrap_or_default(),
+            device: set(&settings.device),
             out,
             optimizer,
             schedule,
@@ -860,43 +853,48 @@ impl RunSettings {
     }
 }
 
-fn resolve_optimizer(
-    given: &OptimizerSettings,
-    input: &RecipeInput,
-    batch: usize,
-) -> Result<OptimizerKind> {
-    let name = given.name.unwrap_or(input.optimizer());
-    let lr = positive_number("optimizer.lr", given.lr.unwrap_or(input.lr(name, batch)))?;
-    let weight_decay = non_negative(
-        "optimizer.weight_decay",
-        given.weight_decay.unwrap_or(input.weight_decay(name)),
-    )?;
-    Ok(match name {
+/// The value of a knob that the recipe's layer sets ([`RecipeInput::defaults`]).
+fn set<T: Clone>(knob: &Option<T>) -> T {
+    knob.clone()
+        .expect("the recipe's layer sets every knob of a step that is on")
+}
+
+/// The default run folder: `runs/<model>-<dataset>-seed<seed>`, the model by its file stem.
+fn default_out(model: &str, dataset: DatasetKind, seed: u64) -> PathBuf {
+    let short_name = Path::new(model)
+        .file_stem()
+        .map_or_else(|| model.to_string(), |s| s.to_string_lossy().into_owned());
+    PathBuf::from("runs").join(format!("{short_name}-{}-seed{seed}", dataset.name()))
+}
+
+fn check_optimizer(settings: &OptimizerSettings) -> Result<OptimizerKind> {
+    let lr = positive_number("optimizer.lr", set(&settings.lr))?;
+    let weight_decay = non_negative("optimizer.weight_decay", set(&settings.weight_decay))?;
+    Ok(match set(&settings.name) {
         OptimizerName::Sgd => {
             unused(
                 "optimizer.betas",
-                given.betas.is_some(),
+                settings.betas.is_some(),
                 "the optimizer is SGD (betas are AdamW's: --optimizer adamw)",
             )?;
             unused(
                 "optimizer.eps",
-                given.eps.is_some(),
+                settings.eps.is_some(),
                 "the optimizer is SGD (eps is AdamW's: --optimizer adamw)",
             )?;
-            let momentum = below_one("optimizer.momentum", given.momentum.unwrap_or(SGD_MOMENTUM))?;
             OptimizerKind::Sgd(SgdParams {
                 lr,
-                momentum,
+                momentum: below_one("optimizer.momentum", set(&settings.momentum))?,
                 weight_decay,
             })
         }
         OptimizerName::Adamw => {
             unused(
                 "optimizer.momentum",
-                given.momentum.is_some(),
+                settings.momentum.is_some(),
                 "the optimizer is AdamW (momentum is SGD's: --optimizer sgd)",
             )?;
-            let betas = given.betas.clone().unwrap_or(ADAMW_BETAS.to_vec());
+            let betas = set(&settings.betas);
             let [beta1, beta2] = betas[..] else {
                 return Err(bad_setting(
                     "optimizer.betas",
@@ -907,7 +905,7 @@ fn resolve_optimizer(
             for beta in [beta1, beta2] {
                 below_one("optimizer.betas", beta)?;
             }
-            let eps = positive_number("optimizer.eps", given.eps.unwrap_or(ADAMW_EPS))?;
+            let eps = positive_number("optimizer.eps", set(&settings.eps))?;
             OptimizerKind::AdamW(AdamWParams {
                 lr,
                 beta1,
@@ -927,25 +925,19 @@ pub fn paper_optimizer(arch: Arch) -> Result<OptimizerKind> {
         arch,
         dataset: DatasetKind::Cifar10,
     };
-    resolve_optimizer(&OptimizerSettings::default(), &input, input.batch())
+    check_optimizer(&input.defaults(&GivenSettings::default()).optimizer)
 }
 
-fn resolve_schedule(
-    given: &ScheduleSettings,
-    input: &RecipeInput,
-    optimizer: &OptimizerKind,
-    epochs: usize,
-) -> Result<Schedule> {
-    let name = given.name.unwrap_or(match optimizer {
-        OptimizerKind::Sgd(_) => input.schedule_name(OptimizerName::Sgd),
-        OptimizerKind::AdamW(_) => input.schedule_name(OptimizerName::Adamw),
-    });
-    Ok(match name {
+fn check_schedule(settings: &ScheduleSettings) -> Result<Schedule> {
+    Ok(match set(&settings.name) {
         ScheduleName::Multistep => {
             for (key, is_set) in [
-                ("schedule.warmup_epochs", given.warmup_epochs.is_some()),
-                ("schedule.cooldown_epochs", given.cooldown_epochs.is_some()),
-                ("schedule.min_lr", given.min_lr.is_some()),
+                ("schedule.warmup_epochs", settings.warmup_epochs.is_some()),
+                (
+                    "schedule.cooldown_epochs",
+                    settings.cooldown_epochs.is_some(),
+                ),
+                ("schedule.min_lr", settings.min_lr.is_some()),
             ] {
                 unused(
                     key,
@@ -953,19 +945,15 @@ fn resolve_schedule(
                     "the schedule is multistep (this is a cosine knob: --schedule cosine)",
                 )?;
             }
-            let gamma = positive_number("schedule.gamma", given.gamma.unwrap_or(input.gamma()))?;
             Schedule::MultiStep {
-                milestones: given
-                    .milestones
-                    .clone()
-                    .unwrap_or_else(|| input.milestones(epochs)),
-                gamma,
+                gamma: positive_number("schedule.gamma", set(&settings.gamma))?,
+                milestones: set(&settings.milestones),
             }
         }
         ScheduleName::Cosine => {
             for (key, is_set) in [
-                ("schedule.milestones", given.milestones.is_some()),
-                ("schedule.gamma", given.gamma.is_some()),
+                ("schedule.milestones", settings.milestones.is_some()),
+                ("schedule.gamma", settings.gamma.is_some()),
             ] {
                 unused(
                     key,
@@ -973,36 +961,61 @@ fn resolve_schedule(
                     "the schedule is cosine (this is a multistep knob: --schedule multistep)",
                 )?;
             }
-            let min_lr = non_negative(
-                "schedule.min_lr",
-                given.min_lr.unwrap_or(input.min_lr(optimizer.lr())),
-            )?;
             Schedule::Cosine {
-                warmup_epochs: given.warmup_epochs.unwrap_or(input.warmup_epochs(epochs)),
-                cooldown_epochs: given
-                    .cooldown_epochs
-                    .unwrap_or(input.cooldown_epochs(epochs)),
-                min_lr,
+                min_lr: non_negative("schedule.min_lr", set(&settings.min_lr))?,
+                warmup_epochs: set(&settings.warmup_epochs),
+                cooldown_epochs: set(&settings.cooldown_epochs),
             }
         }
     })
 }
 
-fn resolve_augment(
-    given: &AugmentSettings,
-    input: &RecipeInput,
-    epochs: usize,
+/// The augmentation on `dataset`, and the first epoch without mixup (0 without mixup).
+fn check_augment(
+    settings: &AugmentSettings,
+    dataset: DatasetKind,
 ) -> Result<(Augmentation, usize)> {
-    let defaults = input.augment();
-    let rand_augment_n = given
-        .rand_augment_n
-        .unwrap_or(defaults.rand_augment.num_ops);
-    let rand_augment = if rand_augment_n == 0 {
+    let rand_augment = check_rand_augment(settings, dataset)?;
+    let snn_augment_wide = set(&settings.snn_augment_wide);
+    if snn_augment_wide && dataset.is_cifar() {
+        return Err(bad_setting(
+            "augment.snn_augment_wide",
+            true,
+            "false on CIFAR: SNNAugmentWide works on float samples (event frames, synthetic \
+             images); CIFAR has RandAugment",
+        ));
+    }
+    let label_smoothing = below_one("augment.label_smoothing", set(&settings.label_smoothing))?;
+    let (mixup, mixup_off_epoch) = check_mixup(settings, label_smoothing)?;
+    let augmentation = Augmentation {
+        crop_padding: set(&settings.crop_padding),
+        flip: set(&settings.flip),
+        rand_augment,
+        snn_augment_wide,
+        mixup,
+        label_smoothing,
+        random_erasing: number_in(
+            "augment.random_erasing",
+            set(&settings.random_erasing),
+            0.0,
+            1.0,
+        )?,
+    };
+    Ok((augmentation, mixup_off_epoch))
+}
+
+/// RandAugment, CIFAR only; `None` when off (`rand_augment_n` 0).
+fn check_rand_augment(
+    settings: &AugmentSettings,
+    dataset: DatasetKind,
+) -> Result<Option<RandAugment>> {
+    let num_ops = set(&settings.rand_augment_n);
+    if num_ops == 0 {
         for (key, is_set) in [
-            ("augment.rand_augment_m", given.rand_augment_m.is_some()),
+            ("augment.rand_augment_m", settings.rand_augment_m.is_some()),
             (
                 "augment.rand_augment_mstd",
-                given.rand_augment_mstd.is_some(),
+                settings.rand_augment_mstd.is_some(),
             ),
         ] {
             unused(
@@ -1011,56 +1024,42 @@ fn resolve_augment(
                 "RandAugment is off (turn it on with augment.rand_augment_n, --rand-augment-n)",
             )?;
         }
-        None
-    } else {
-        if !input.dataset.is_cifar() {
-            return Err(bad_setting(
-                "augment.rand_augment_n",
-                rand_augment_n,
-                "0 on this dataset: RandAugment works on CIFAR's u8 pixels, not on float \
-                 samples",
-            ));
-        }
-        Some(RandAugment {
-            num_ops: rand_augment_n,
-            magnitude: number_in(
-                "augment.rand_augment_m",
-                given
-                    .rand_augment_m
-                    .unwrap_or(defaults.rand_augment.magnitude),
-                0.0,
-                10.0,
-            )?,
-            magnitude_std: non_negative(
-                "augment.rand_augment_mstd",
-                given
-                    .rand_augment_mstd
-                    .unwrap_or(defaults.rand_augment.magnitude_std),
-            )?,
-            ..defaults.rand_augment
-        })
-    };
-    let snn_augment_wide = given.snn_augment_wide.unwrap_or(defaults.snn_augment_wide);
-    if snn_augment_wide && input.dataset.is_cifar() {
+        return Ok(None);
+    }
+    if !dataset.is_cifar() {
         return Err(bad_setting(
-            "augment.snn_augment_wide",
-            true,
-            "false on CIFAR: SNNAugmentWide works on float samples (event frames, synthetic \
-             images); CIFAR has RandAugment",
+            "augment.rand_augment_n",
+            num_ops,
+            "0 on this dataset: RandAugment works on CIFAR's u8 pixels, not on float samples",
         ));
     }
-    let label_smoothing = below_one(
-        "augment.label_smoothing",
-        given.label_smoothing.unwrap_or(defaults.label_smoothing),
-    )?;
-    let mixup_alpha = non_negative(
-        "augment.mixup_alpha",
-        given.mixup_alpha.unwrap_or(defaults.mixup.alpha),
-    )?;
-    let (mixup, mixup_off_epoch) = if mixup_alpha == 0.0 {
+    Ok(Some(RandAugment {
+        num_ops,
+        magnitude: number_in(
+            "augment.rand_augment_m",
+            set(&settings.rand_augment_m),
+            0.0,
+            10.0,
+        )?,
+        magnitude_std: non_negative(
+            "augment.rand_augment_mstd",
+            set(&settings.rand_augment_mstd),
+        )?,
+        ..RandAugment::cifar()
+    }))
+}
+
+/// Mixup with its targets smoothed by `label_smoothing`, and its first epoch off; `None` and 0
+/// when off (`mixup_alpha` 0).
+fn check_mixup(settings: &AugmentSettings, label_smoothing: f64) -> Result<(Option<Mixup>, usize)> {
+    let alpha = non_negative("augment.mixup_alpha", set(&settings.mixup_alpha))?;
+    if alpha == 0.0 {
         for (key, is_set) in [
-            ("augment.mixup_prob", given.mixup_prob.is_some()),
-            ("augment.mixup_off_epoch", given.mixup_off_epoch.is_some()),
+            ("augment.mixup_prob", settings.mixup_prob.is_some()),
+            (
+                "augment.mixup_off_epoch",
+                settings.mixup_off_epoch.is_some(),
+            ),
         ] {
             unused(
                 key,
@@ -1068,39 +1067,15 @@ fn resolve_augment(
                 "mixup is off (turn it on with augment.mixup_alpha, --mixup-alpha)",
             )?;
         }
-        (None, 0)
-    } else {
-        let prob = number_in(
-            "augment.mixup_prob",
-            given.mixup_prob.unwrap_or(defaults.mixup.prob),
-            0.0,
-            1.0,
-        )?;
-        let mixup = Mixup {
-            alpha: mixup_alpha,
-            prob,
-            label_smoothing,
-        };
-        let off = given
-            .mixup_off_epoch
-            .unwrap_or(input.mixup_off_epoch(epochs));
-        (Some(mixup), off)
-    };
-    let augmentation = Augmentation {
-        crop_padding: given.crop_padding.unwrap_or(defaults.crop_padding),
-        flip: given.flip.unwrap_or(defaults.flip),
-        rand_augment,
-        snn_augment_wide,
-        mixup,
+        return Ok((None, 0));
+    }
+    let prob = number_in("augment.mixup_prob", set(&settings.mixup_prob), 0.0, 1.0)?;
+    let mixup = Mixup {
+        alpha,
+        prob,
         label_smoothing,
-        random_erasing: number_in(
-            "augment.random_erasing",
-            given.random_erasing.unwrap_or(defaults.random_erasing),
-            0.0,
-            1.0,
-        )?,
     };
-    Ok((augmentation, mixup_off_epoch))
+    Ok((Some(mixup), set(&settings.mixup_off_epoch)))
 }
 
 /// The config keys a resumed run may change: where things are and how fast, not what is
