@@ -7,7 +7,7 @@ use clap::Args;
 use revsnn_reference::DType;
 use serde_json::json;
 
-use super::{ModelArgs, full_training_step, random_images, set_threads};
+use super::{ModelArgs, full_training_step, print_json_report, random_images, set_threads};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
@@ -115,12 +115,10 @@ impl BenchArgs {
     }
 
     fn print_json(&self, name: &str, device: &Device, report: &BenchReport) {
-        println!(
-            "{}",
+        print_json_report(
+            name,
+            device,
             json!({
-                "model": name,
-                "device": device.name(),
-                "backend": device.kind(),
                 "dtype": "f32",
                 "tf32": self.tf32,
                 "conv_engine": conv_engine(device),
@@ -131,7 +129,7 @@ impl BenchArgs {
                 "images_per_second": report.images_per_second,
                 "peak_memory_bytes": report.peak_memory_bytes,
                 "step_seconds": report.step_seconds,
-            })
+            }),
         );
     }
 

@@ -7,11 +7,11 @@ use clap::Args;
 use revsnn_reference::{Backend, DType};
 use serde_json::{Value, json};
 
-use super::ModelArgs;
+use super::{ModelArgs, print_json_report};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
-use crate::device::{Device, DeviceChoice, on_backend};
+use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::network::Network;
@@ -84,7 +84,14 @@ impl EvalArgs {
             evaluate_checkpoint(&backend, &spec, &weights, data, self.batch)
         })?;
         if self.json {
-            print_json(&name, &device, &dataset, &result);
+            let fields = json!({
+                "dataset": dataset,
+                "samples": result.samples,
+                "loss": result.loss,
+                "acc1": result.acc1,
+                "acc5": result.acc5,
+            });
+            print_json_report(&name, &device, fields);
         } else {
             println!(
                 "{dataset} ({} samples): top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
@@ -116,22 +123,6 @@ impl EvalArgs {
             ))),
         }
     }
-}
-
-fn print_json(name: &str, device: &Device, dataset: &str, result: &EvalResult) {
-    println!(
-        "{}",
-        json!({
-            "model": name,
-            "device": device.name(),
-            "backend": device.kind(),
-            "dataset": dataset,
-            "samples": result.samples,
-            "loss": result.loss,
-            "acc1": result.acc1,
-            "acc5": result.acc5,
-        })
-    );
 }
 
 /// Builds the network on `backend`, loads `weights` and evaluates it on `data`.

@@ -13,7 +13,7 @@ use super::{DTypeArg, ModelArgs};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
 use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
-use crate::model::{BuildOptions, EntryKind, Mode, Targets};
+use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, ParamStore, Targets};
 use crate::network::{Network, PassOptions};
 use crate::spec::ModelSpec;
 
@@ -102,39 +102,15 @@ pub fn compute<B: Backend>(
         )?
         .output;
 
-    let stored = |tensor: &B::Tensor| -> Result<StoredTensor> {
-        Ok(StoredTensor::from_elements(
-            backend.shape(tensor),
-            backend.to_vec(tensor)?,
-        ))
-    };
     let mut outputs: TensorFile = vec![
-        ("logits_train".into(), stored(&step.logits)?),
+        ("logits_train".into(), stored(backend, &step.logits)?),
         (
             "loss".into(),
             StoredTensor::from_elements(vec![1], vec![step.loss]),
         ),
-        ("grad_input".into(), stored(&step.grad_input)?),
+        ("grad_input".into(), stored(backend, &step.grad_input)?),
     ];
-    for (index, entry) in network.store.entries().iter().enumerate() {
-        match entry.kind {
-            EntryKind::Parameter => {
-                let grad = match grads.get(crate::model::ParamId(index)) {
-                    Some(grad) => stored(grad)?,
-                    None => StoredTensor::from_elements(
-                        entry.shape.clone(),
-                        vec![B::Elem::zero(); entry.shape.iter().product()],
-                    ),
-                };
-                outputs.push((format!("grad.{}", entry.name), grad));
-            }
-            EntryKind::RunningStat => outputs.push((
-                format!("after_forward.{}", entry.name),
-                stored(network.store.get(crate::model::ParamId(index)))?,
-            )),
-            EntryKind::BatchesTracked => {}
-        }
-    }
+    outputs.extend(gradients_and_statistics(backend, &network.store, &grads)?);
     network.store = loaded;
     let logits_eval = network.forward(
         backend,
@@ -145,8 +121,47 @@ pub fn compute<B: Backend>(
             audit: false,
         },
     )?;
-    outputs.push(("logits_eval".into(), stored(&logits_eval)?));
+    outputs.push(("logits_eval".into(), stored(backend, &logits_eval)?));
     Ok(outputs)
+}
+
+/// `grad.<key>` for every parameter of `store` (zeros where no gradient reached it) and
+/// `after_forward.<key>` for every BatchNorm running statistic, in `state_dict` order.
+fn gradients_and_statistics<B: Backend>(
+    backend: &B,
+    store: &ParamStore<B>,
+    grads: &Grads<B>,
+) -> Result<TensorFile> {
+    let mut outputs = TensorFile::new();
+    for (index, entry) in store.entries().iter().enumerate() {
+        let id = ParamId(index);
+        match entry.kind {
+            EntryKind::Parameter => {
+                let grad = match grads.get(id) {
+                    Some(grad) => stored(backend, grad)?,
+                    None => StoredTensor::from_elements(
+                        entry.shape.clone(),
+                        vec![B::Elem::zero(); entry.shape.iter().product()],
+                    ),
+                };
+                outputs.push((format!("grad.{}", entry.name), grad));
+            }
+            EntryKind::RunningStat => outputs.push((
+                format!("after_forward.{}", entry.name),
+                stored(backend, store.get(id))?,
+            )),
+            EntryKind::BatchesTracked => {}
+        }
+    }
+    Ok(outputs)
+}
+
+/// `tensor` downloaded, in its own element type.
+fn stored<B: Backend>(backend: &B, tensor: &B::Tensor) -> Result<StoredTensor> {
+    Ok(StoredTensor::from_elements(
+        backend.shape(tensor),
+        backend.to_vec(tensor)?,
+    ))
 }
 
 /// The arguments of `revsnn grad`.

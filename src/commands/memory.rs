@@ -6,7 +6,7 @@ use clap::Args;
 use revsnn_reference::DType;
 use serde_json::json;
 
-use super::{ModelArgs, full_training_step, random_images};
+use super::{ModelArgs, full_training_step, print_json_report, random_images};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
@@ -119,19 +119,17 @@ impl MemoryArgs {
             .iter()
             .map(|(b, p)| json!({"batch": b, "peak_bytes": p}))
             .collect();
-        println!(
-            "{}",
+        print_json_report(
+            name,
+            device,
             json!({
-                "model": name,
-                "device": device.name(),
-                "backend": device.kind(),
                 "dtype": "f32",
                 "time_steps": spec.time_steps,
                 "bptt": self.bptt,
                 "per_batch": per_batch,
                 "bytes_per_image_slope": report.bytes_per_image_slope,
                 "bytes_per_image_at_max_batch": report.bytes_per_image_at_max_batch,
-            })
+            }),
         );
     }
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::device::Compute;
+use crate::device::{Compute, Device};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 
@@ -73,6 +73,20 @@ impl From<DTypeArg> for revsnn_reference::DType {
             DTypeArg::F64 => revsnn_reference::DType::F64,
         }
     }
+}
+
+/// Prints a command's report as one JSON object: `model` (the display name), `device` and
+/// `backend` (the device's name and kind), then `fields`.
+pub fn print_json_report(model: &str, device: &Device, fields: serde_json::Value) {
+    let mut report = serde_json::json!({
+        "model": model,
+        "device": device.name(),
+        "backend": device.kind(),
+    });
+    if let (Some(report), serde_json::Value::Object(fields)) = (report.as_object_mut(), fields) {
+        report.extend(fields);
+    }
+    println!("{report}");
 }
 
 /// Sets the number of compute threads; `None` keeps the default (all cores).

@@ -774,7 +774,36 @@ impl RunSettings {
             ModelSource::Preset(preset) => (Some(preset.clone()), None),
             ModelSource::File(path) => (None, Some(path.clone())),
         };
-        let optimizer = match self.optimizer {
+        GivenSettings {
+            recipe: Some(self.recipe),
+            model,
+            spec,
+            num_classes: Some(self.model.spec.num_classes),
+            time_steps: Some(self.model.spec.time_steps),
+            dataset: Some(self.dataset.name().into()),
+            data_dir: self.data_dir.clone(),
+            train_samples: Some(self.train_samples),
+            test_samples: Some(self.test_samples),
+            epochs: Some(self.epochs),
+            batch: Some(self.batch),
+            seed: Some(self.seed),
+            device: Some(self.device),
+            out: None,
+            optimizer: OptimizerSettings::of(&self.optimizer),
+            schedule: ScheduleSettings::of(&self.schedule),
+            augment: AugmentSettings::of(&self.augmentation, self.mixup_off_epoch),
+            loader: LoaderSettings {
+                workers: Some(self.workers),
+                prefetch: Some(self.prefetch),
+            },
+        }
+    }
+}
+
+impl OptimizerSettings {
+    /// `optimizer` as settings, every knob of its kind set.
+    pub fn of(optimizer: &OptimizerKind) -> OptimizerSettings {
+        match optimizer {
             OptimizerKind::Sgd(hp) => OptimizerSettings {
                 name: Some(OptimizerName::Sgd),
                 lr: Some(hp.lr),
@@ -791,8 +820,14 @@ impl RunSettings {
                 betas: Some(vec![hp.beta1, hp.beta2]),
                 eps: Some(hp.eps),
             },
-        };
-        let schedule = match &self.schedule {
+        }
+    }
+}
+
+impl ScheduleSettings {
+    /// `schedule` as settings, every knob of its kind set.
+    pub fn of(schedule: &Schedule) -> ScheduleSettings {
+        match schedule {
             Schedule::MultiStep { milestones, gamma } => ScheduleSettings {
                 name: Some(ScheduleName::Multistep),
                 milestones: Some(milestones.clone()),
@@ -810,11 +845,17 @@ impl RunSettings {
                 min_lr: Some(*min_lr),
                 ..ScheduleSettings::default()
             },
-        };
-        let aug = &self.augmentation;
+        }
+    }
+}
+
+impl AugmentSettings {
+    /// `aug` as settings, with mixup off from epoch `mixup_off_epoch`: every knob set but the
+    /// parameters of RandAugment and mixup when they are off.
+    pub fn of(aug: &Augmentation, mixup_off_epoch: usize) -> AugmentSettings {
         let rand_augment = aug.rand_augment.as_ref();
         let mixup = aug.mixup.as_ref();
-        let augment = AugmentSettings {
+        AugmentSettings {
             crop_padding: Some(aug.crop_padding),
             flip: Some(aug.flip),
             rand_augment_n: Some(rand_augment.map_or(0, |r| r.num_ops)),
@@ -824,31 +865,8 @@ impl RunSettings {
             random_erasing: Some(aug.random_erasing),
             mixup_alpha: Some(mixup.map_or(0.0, |m| m.alpha)),
             mixup_prob: mixup.map(|m| m.prob),
-            mixup_off_epoch: mixup.map(|_| self.mixup_off_epoch),
+            mixup_off_epoch: mixup.map(|_| mixup_off_epoch),
             label_smoothing: Some(aug.label_smoothing),
-        };
-        GivenSettings {
-            recipe: Some(self.recipe),
-            model,
-            spec,
-            num_classes: Some(self.model.spec.num_classes),
-            time_steps: Some(self.model.spec.time_steps),
-            dataset: Some(self.dataset.name().into()),
-            data_dir: self.data_dir.clone(),
-            train_samples: Some(self.train_samples),
-            test_samples: Some(self.test_samples),
-            epochs: Some(self.epochs),
-            batch: Some(self.batch),
-            seed: Some(self.seed),
-            device: Some(self.device),
-            out: None,
-            optimizer,
-            schedule,
-            augment,
-            loader: LoaderSettings {
-                workers: Some(self.workers),
-                prefetch: Some(self.prefetch),
-            },
         }
     }
 }
