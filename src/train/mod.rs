@@ -85,13 +85,10 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<T
     dir.create()?;
     eprintln!("run folder: {}", dir.path().display());
     dir.write_config(&config_file_text(config, Some(dir.path()))?)?;
-    let mut lines = Vec::new();
-    if run.resumed.is_some() {
-        dir.load_checkpoint(&backend, &mut learner, &state)?;
-        lines = dir.read_metrics(state.epochs_done);
-        let done = state.epochs_done;
-        eprintln!("resuming after epoch {done} of {}", config.epochs);
-    }
+    let mut lines = match run.resumed {
+        Some(_) => restore(&dir, &backend, &mut learner, &state, config.epochs)?,
+        None => Vec::new(),
+    };
     check_batch(config, train_set.split.data.len())?;
     let end = match options.stop_after {
         Some(count) => config.epochs.min(state.epochs_done + count),
@@ -129,6 +126,21 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<T
         best_test_acc1: state.best_test_acc1,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Restores a resumed run into `learner` from its last checkpoint in `dir`, and returns the
+/// metrics of the epochs it has done (of `epochs`).
+fn restore<B: Compute>(
+    dir: &RunDir,
+    backend: &B,
+    learner: &mut Learner<B>,
+    state: &RunState,
+    epochs: usize,
+) -> Result<Vec<Value>> {
+    dir.load_checkpoint(backend, learner, state)?;
+    let lines = dir.read_metrics(state.epochs_done);
+    eprintln!("resuming after epoch {} of {epochs}", state.epochs_done);
+    Ok(lines)
 }
 
 /// The run's training set (with its augmentation) and test split, shaped for `spec`.
