@@ -7,13 +7,14 @@
 //! (parameters and buffers) and I64 (`num_batches_tracked`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use revsnn_reference::{Backend, DType, Element};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
+use crate::model::params::Entry;
 use crate::model::{EntryKind, EntryValue, ParamStore};
 
 /// The elements of one stored tensor.
@@ -65,11 +66,21 @@ impl StoredTensor {
         }
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    /// The size of the stored elements in bytes.
+    fn byte_len(&self) -> usize {
         match &self.data {
-            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F32(v) => 4 * v.len(),
+            TensorData::F64(v) => 8 * v.len(),
+            TensorData::I64(v) => 8 * v.len(),
+        }
+    }
+
+    /// Appends the elements to `out`, little-endian.
+    fn append_bytes(&self, out: &mut Vec<u8>) {
+        match &self.data {
+            TensorData::F32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::F64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::I64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
         }
     }
 }
@@ -77,19 +88,12 @@ impl StoredTensor {
 /// The tensors of a safetensors file, in file order.
 pub type TensorFile = Vec<(String, StoredTensor)>;
 
-fn file_error(path: &Path, detail: impl Into<String>) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        detail: detail.into(),
-    }
-}
-
 /// Reads a safetensors file; a truncated or corrupt file, an unsupported dtype or inconsistent
 /// offsets is an error naming the file and the problem.
 pub fn read(path: &Path) -> Result<TensorFile> {
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     parse(&bytes)
-        .map_err(|detail| file_error(path, format!("not a valid safetensors file: {detail}")))
+        .map_err(|detail| Error::file(path, format!("not a valid safetensors file: {detail}")))
 }
 
 fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
@@ -111,71 +115,10 @@ fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
     let data = &bytes[header_end..];
     let mut tensors = Vec::new();
     for (name, info) in header {
-        if name == "__metadata__" {
-            continue;
+        if name != "__metadata__" {
+            let (begin, tensor) = parse_tensor(&name, &info, data)?;
+            tensors.push((begin, name, tensor));
         }
-        let dtype = info["dtype"].as_str().ok_or(format!("{name}: no dtype"))?;
-        let shape: Vec<usize> = info["shape"]
-            .as_array()
-            .ok_or(format!("{name}: no shape"))?
-            .iter()
-            .map(|d| {
-                d.as_u64()
-                    .map(|d| d as usize)
-                    .ok_or(format!("{name}: bad shape"))
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let offsets = info["data_offsets"]
-            .as_array()
-            .ok_or(format!("{name}: no data_offsets"))?;
-        let (begin, end) = match offsets.as_slice() {
-            [b, e] => (
-                b.as_u64().ok_or(format!("{name}: bad offset"))? as usize,
-                e.as_u64().ok_or(format!("{name}: bad offset"))? as usize,
-            ),
-            _ => return Err(format!("{name}: data_offsets must be [begin, end]")),
-        };
-        if begin > end || end > data.len() {
-            return Err(format!(
-                "{name}: data [{begin}, {end}) outside the {}-byte data (truncated?)",
-                data.len()
-            ));
-        }
-        let count: usize = shape.iter().product();
-        let raw = &data[begin..end];
-        let size = match dtype {
-            "F32" => 4,
-            "F64" | "I64" => 8,
-            other => {
-                return Err(format!(
-                    "{name}: dtype {other} is not supported (use F32, F64 or I64)"
-                ));
-            }
-        };
-        if raw.len() != count * size {
-            return Err(format!(
-                "{name}: {} bytes for shape {shape:?} of {dtype}",
-                raw.len()
-            ));
-        }
-        let data = match dtype {
-            "F32" => TensorData::F32(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            "F64" => TensorData::F64(
-                raw.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            _ => TensorData::I64(
-                raw.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-        };
-        tensors.push((begin, name, StoredTensor { shape, data }));
     }
     tensors.sort_by_key(|(begin, _, _)| *begin);
     Ok(tensors
@@ -184,40 +127,109 @@ fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
         .collect())
 }
 
-/// Writes `tensors` atomically: to a temporary file beside `path`, then renamed over it, so a
-/// failure (a full disk) never leaves a partial file.
+/// The tensor `name` of the header, described by `info`, from `data`, and where its bytes begin.
+fn parse_tensor(
+    name: &str,
+    info: &Value,
+    data: &[u8],
+) -> std::result::Result<(usize, StoredTensor), String> {
+    let dtype = info["dtype"].as_str().ok_or(format!("{name}: no dtype"))?;
+    let shape: Vec<usize> = info["shape"]
+        .as_array()
+        .ok_or(format!("{name}: no shape"))?
+        .iter()
+        .map(|d| {
+            d.as_u64()
+                .map(|d| d as usize)
+                .ok_or(format!("{name}: bad shape"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let offsets = info["data_offsets"]
+        .as_array()
+        .ok_or(format!("{name}: no data_offsets"))?;
+    let (begin, end) = match offsets.as_slice() {
+        [b, e] => (
+            b.as_u64().ok_or(format!("{name}: bad offset"))? as usize,
+            e.as_u64().ok_or(format!("{name}: bad offset"))? as usize,
+        ),
+        _ => return Err(format!("{name}: data_offsets must be [begin, end]")),
+    };
+    if begin > end || end > data.len() {
+        return Err(format!(
+            "{name}: data [{begin}, {end}) outside the {}-byte data (truncated?)",
+            data.len()
+        ));
+    }
+    let raw = &data[begin..end];
+    let size = match dtype {
+        "F32" => 4,
+        "F64" | "I64" => 8,
+        other => {
+            return Err(format!(
+                "{name}: dtype {other} is not supported (use F32, F64 or I64)"
+            ));
+        }
+    };
+    if raw.len() != shape.iter().product::<usize>() * size {
+        return Err(format!(
+            "{name}: {} bytes for shape {shape:?} of {dtype}",
+            raw.len()
+        ));
+    }
+    let data = decode(dtype, raw);
+    Ok((begin, StoredTensor { shape, data }))
+}
+
+/// The little-endian elements `raw` of `dtype` (F32, F64 or I64, checked).
+fn decode(dtype: &str, raw: &[u8]) -> TensorData {
+    match dtype {
+        "F32" => TensorData::F32(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        ),
+        "F64" => TensorData::F64(
+            raw.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        ),
+        _ => TensorData::I64(
+            raw.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        ),
+    }
+}
+
+/// Writes `tensors` as a safetensors file, atomically ([`write_atomic`]).
 pub fn write(path: &Path, tensors: &[(String, StoredTensor)]) -> Result<()> {
+    write_atomic(path, &encode(tensors))
+}
+
+/// `tensors` in the safetensors format: the header, padded with spaces to a multiple of 8 bytes,
+/// then each tensor's bytes in order.
+fn encode(tensors: &[(String, StoredTensor)]) -> Vec<u8> {
     let mut header = Map::new();
     let mut offset = 0usize;
-    let mut payload = Vec::new();
     for (name, tensor) in tensors {
-        let bytes = tensor.bytes();
+        let end = offset + tensor.byte_len();
         header.insert(
             name.clone(),
-            json!({"dtype": tensor.dtype_name(), "shape": tensor.shape, "data_offsets": [offset, offset + bytes.len()]}),
+            json!({"dtype": tensor.dtype_name(), "shape": tensor.shape, "data_offsets": [offset, end]}),
         );
-        offset += bytes.len();
-        payload.push(bytes);
+        offset = end;
     }
     let mut header = serde_json::to_vec(&Value::Object(header)).expect("a JSON object serialises");
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let temporary = path.with_extension("safetensors.partial");
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&(header.len() as u64).to_le_bytes())?;
-        file.write_all(&header)?;
-        for bytes in &payload {
-            file.write_all(bytes)?;
-        }
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        file_error(path, format!("cannot write: {e}"))
-    })
+    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+    bytes.extend((header.len() as u64).to_le_bytes());
+    bytes.extend(header);
+    for (_, tensor) in tensors {
+        tensor.append_bytes(&mut bytes);
+    }
+    bytes
 }
 
 /// The store as a state_dict: parameters and running statistics in the backend's float type
@@ -262,29 +274,10 @@ pub fn load_state_dict<B: Backend>(
                 "{} (file {:?}, model {:?})",
                 entry.name, tensor.shape, entry.shape
             )),
-            Some(tensor) => {
-                if matches!(tensor.data, TensorData::I64(_))
-                    && entry.kind != EntryKind::BatchesTracked
-                {
-                    mismatched.push(format!("{} (file I64, model floating point)", entry.name));
-                    continue;
-                }
-                if entry.kind == EntryKind::BatchesTracked {
-                    match count_of(tensor) {
-                        Some(count) => updates.push((index, EntryValue::Count(count))),
-                        None => mismatched.push(format!(
-                            "{} (a count must be one non-negative integer)",
-                            entry.name
-                        )),
-                    }
-                    continue;
-                }
-                let values = tensor.to_f64().into_iter().map(B::Elem::cast).collect();
-                updates.push((
-                    index,
-                    EntryValue::Tensor(backend.tensor_from_vec(&entry.shape, values)?),
-                ));
-            }
+            Some(tensor) => match loaded_value(backend, entry, tensor)? {
+                Ok(value) => updates.push((index, value)),
+                Err(mismatch) => mismatched.push(mismatch),
+            },
         }
     }
     let known: BTreeMap<&str, ()> = store
@@ -292,26 +285,13 @@ pub fn load_state_dict<B: Backend>(
         .iter()
         .map(|e| (e.name.as_str(), ()))
         .collect();
-    let unexpected: Vec<&str> = tensors
+    let unexpected: Vec<String> = tensors
         .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| !known.contains_key(n))
+        .map(|(n, _)| n.clone())
+        .filter(|n| !known.contains_key(n.as_str()))
         .collect();
-    if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
-        let mut parts = Vec::new();
-        if !missing.is_empty() {
-            parts.push(format!("missing keys: {}", missing.join(", ")));
-        }
-        if !unexpected.is_empty() {
-            parts.push(format!("unexpected keys: {}", unexpected.join(", ")));
-        }
-        if !mismatched.is_empty() {
-            parts.push(format!("shape mismatches: {}", mismatched.join(", ")));
-        }
-        return Err(Error::Spec(format!(
-            "the checkpoint does not fit the model: {}",
-            parts.join("; ")
-        )));
+    if let Some(error) = misfit(&missing, &unexpected, &mismatched) {
+        return Err(error);
     }
     for (index, value) in updates {
         let id = crate::model::ParamId(index);
@@ -321,6 +301,50 @@ pub fn load_state_dict<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// The value `tensor` (of `entry`'s shape) gives `entry`, or the mismatch to report: a float
+/// tensor for a parameter or statistic, one non-negative integer for a count.
+fn loaded_value<B: Backend>(
+    backend: &B,
+    entry: &Entry<B::Tensor>,
+    tensor: &StoredTensor,
+) -> Result<std::result::Result<EntryValue<B::Tensor>, String>> {
+    if entry.kind == EntryKind::BatchesTracked {
+        return Ok(count_of(tensor)
+            .map(EntryValue::Count)
+            .ok_or_else(|| format!("{} (a count must be one non-negative integer)", entry.name)));
+    }
+    if matches!(tensor.data, TensorData::I64(_)) {
+        return Ok(Err(format!(
+            "{} (file I64, model floating point)",
+            entry.name
+        )));
+    }
+    let values = tensor.to_f64().into_iter().map(B::Elem::cast).collect();
+    Ok(Ok(EntryValue::Tensor(
+        backend.tensor_from_vec(&entry.shape, values)?,
+    )))
+}
+
+/// The error of a checkpoint that does not fit the model, naming every key that is missing,
+/// unexpected or of another shape; `None` when it fits.
+fn misfit(missing: &[String], unexpected: &[String], mismatched: &[String]) -> Option<Error> {
+    let parts: Vec<String> = [
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    ]
+    .into_iter()
+    .filter(|(_, keys)| !keys.is_empty())
+    .map(|(what, keys)| format!("{what}: {}", keys.join(", ")))
+    .collect();
+    (!parts.is_empty()).then(|| {
+        Error::Spec(format!(
+            "the checkpoint does not fit the model: {}",
+            parts.join("; ")
+        ))
+    })
 }
 
 /// The value of a stored `num_batches_tracked`: one non-negative integer (I64, or a float that

@@ -3,13 +3,13 @@
 //!
 //! The models, the optimizers and the training loop are generic over
 //! [`revsnn_reference::Backend`]; a command picks its backend once, at the top, with
-//! [`Device::run`], which instantiates a [`Task`] for the device and float type chosen.
+//! `on_backend!`, which instantiates its generic code for the device and float type chosen.
 
 use std::sync::Arc;
 
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::{Cuda, GpuDevice};
-use revsnn_reference::{Backend, Cpu, DType, Element, memory};
+use revsnn_reference::{Backend, Cpu, Element, memory};
 
 use crate::error::{Error, Result};
 
@@ -73,15 +73,51 @@ impl<E: GpuElement> Compute for Cuda<E> {
     }
 }
 
-/// Work to run on whichever backend the command chose: [`Device::run`] calls `run` with the
-/// backend instantiated for the device and float type.
-pub trait Task {
-    type Output;
-
-    fn run<B: Compute>(self, backend: B) -> Result<Self::Output>;
+/// The device a user asks for (`--device`, the `device` key of a training config); [`open`]
+/// turns it into a [`Device`].
+///
+/// [`open`]: DeviceChoice::open
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// The CPU reference backend.
+    #[default]
+    Cpu,
+    /// The CUDA backend on GPU 0 (an error, saying why, when there is none).
+    Cuda,
+    /// CUDA when a GPU is found, else the CPU.
+    Auto,
 }
 
-/// A device a command runs on.
+impl DeviceChoice {
+    /// The device this choice names, opened; `cuda` without a usable GPU is an error that says
+    /// why and what to do.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda => Device::open_cuda(),
+            DeviceChoice::Auto => {
+                let (device, reason) = Device::auto();
+                if let Some(reason) = reason {
+                    eprintln!("--device auto: using the CPU (CUDA: {reason})");
+                }
+                Ok(device)
+            }
+        }
+    }
+}
+
+/// An open device a command runs on: backends are made from it (`on_backend!`).
 #[derive(Clone, Debug)]
 pub enum Device {
     Cpu,
@@ -126,14 +162,32 @@ impl Device {
             Device::Cuda(device) => device.info.name.clone(),
         }
     }
-
-    /// Runs `task` on this device in `dtype`.
-    pub fn run<T: Task>(&self, dtype: DType, task: T) -> Result<T::Output> {
-        match (self, dtype) {
-            (Device::Cpu, DType::F32) => task.run(Cpu::<f32>::new()),
-            (Device::Cpu, DType::F64) => task.run(Cpu::<f64>::new()),
-            (Device::Cuda(device), DType::F32) => task.run(Cuda::<f32>::on(device.clone())),
-            (Device::Cuda(device), DType::F64) => task.run(Cuda::<f64>::on(device.clone())),
-        }
-    }
 }
+
+/// Evaluates `$body` with `$backend` bound to the backend of `$device` (a `&Device`) in float
+/// type `$dtype` (a `DType`): `Cpu<f32>`, `Cpu<f64>`, `Cuda<f32>` or `Cuda<f64>`. The body,
+/// usually a call of a function generic over [`Compute`], is instantiated for each; backends made
+/// from one [`Device`] share its context, stream, memory accounting and kernels.
+macro_rules! on_backend {
+    ($device:expr, $dtype:expr, |$backend:ident| $body:expr) => {
+        match ($device, $dtype) {
+            ($crate::device::Device::Cpu, $crate::reference::DType::F32) => {
+                let $backend = $crate::reference::Cpu::<f32>::new();
+                $body
+            }
+            ($crate::device::Device::Cpu, $crate::reference::DType::F64) => {
+                let $backend = $crate::reference::Cpu::<f64>::new();
+                $body
+            }
+            ($crate::device::Device::Cuda(gpu), $crate::reference::DType::F32) => {
+                let $backend = $crate::gpu::Cuda::<f32>::on(::std::sync::Arc::clone(gpu));
+                $body
+            }
+            ($crate::device::Device::Cuda(gpu), $crate::reference::DType::F64) => {
+                let $backend = $crate::gpu::Cuda::<f64>::on(::std::sync::Arc::clone(gpu));
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_backend;

@@ -1,5 +1,7 @@
 //! Errors of the model layer and the CLI, each saying what to do.
 
+use std::path::Path;
+
 use revsnn_reference::OpError;
 use thiserror::Error;
 
@@ -29,6 +31,16 @@ pub enum Error {
     /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
     #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]
     Cuda(#[source] revsnn_gpu::GpuError),
+}
+
+impl Error {
+    /// [`Error::File`]: `detail` about the file at `path`.
+    pub fn file(path: &Path, detail: impl Into<String>) -> Error {
+        Error::File {
+            path: path.display().to_string(),
+            detail: detail.into(),
+        }
+    }
 }
 
 /// The result of a model-level operation.

@@ -8,8 +8,8 @@ use crate::model::build::Builder;
 use crate::model::resnet::{MsResNet, RevSResNet};
 use crate::model::transformer::{RevSFormer, Spikingformer};
 use crate::model::{
-    BuildOptions, Grads, Layer, Mode, ParamStore, ReversibleAudit, Session, StepOutput, train_step,
-    train_step_soft,
+    BuildOptions, Grads, Layer, Mode, ParamStore, ReversibleAudit, Session, StepOutput, Targets,
+    train_step,
 };
 use crate::spec::{Arch, ModelSpec};
 
@@ -31,9 +31,9 @@ pub struct Network<B: Backend> {
     pub body: Body,
 }
 
-/// How a forward (and backward) runs.
+/// How one forward (and backward) pass runs: its mode and its side effects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunOptions {
+pub struct PassOptions {
     pub mode: Mode,
     /// Whether training-mode BatchNorms update their running statistics.
     pub update_running_stats: bool,
@@ -42,9 +42,9 @@ pub struct RunOptions {
     pub audit: bool,
 }
 
-impl Default for RunOptions {
+impl Default for PassOptions {
     fn default() -> Self {
-        RunOptions {
+        PassOptions {
             mode: Mode::Train,
             update_running_stats: true,
             audit: false,
@@ -58,7 +58,7 @@ pub struct StepReport<B: Backend> {
     pub output: StepOutput<B>,
     /// Reversible recomputes whose spikes differed from the forward's (by fingerprint).
     pub diverged_recomputes: usize,
-    /// With [`RunOptions::audit`]: reconstruction errors and spike flips, counted exactly.
+    /// With [`PassOptions::audit`]: reconstruction errors and spike flips, counted exactly.
     pub audit: Option<ReversibleAudit>,
 }
 
@@ -106,46 +106,22 @@ impl<B: Backend> Network<B> {
         Grads::new(self.store.entries().len())
     }
 
-    /// One forward (in `run.mode`), mean cross-entropy against `labels` and backward; parameter
-    /// gradients accumulate into `grads`.
+    /// One forward (in `run.mode`), the mean loss against `targets` and the backward;
+    /// parameter gradients accumulate into `grads`.
     pub fn train_step(
         &mut self,
         backend: &B,
         grads: &mut Grads<B>,
         images: &B::Tensor,
-        labels: &[usize],
-        run: RunOptions,
+        targets: Targets<B>,
+        run: PassOptions,
     ) -> Result<StepReport<B>> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
         if run.audit {
             session.probes.audit = Some(ReversibleAudit::default());
         }
-        let output = with_body!(self, model => train_step(model, &mut session, images, labels))?;
-        Ok(StepReport {
-            output,
-            diverged_recomputes: session.probes.diverged_recomputes,
-            audit: session.probes.audit,
-        })
-    }
-
-    /// As [`Network::train_step`], with the mean soft-target cross-entropy against `targets`
-    /// `[B, K]` (mixup and label-smoothing targets) instead of hard labels.
-    pub fn train_step_soft(
-        &mut self,
-        backend: &B,
-        grads: &mut Grads<B>,
-        images: &B::Tensor,
-        targets: &B::Tensor,
-        run: RunOptions,
-    ) -> Result<StepReport<B>> {
-        let mut session = Session::new(backend, &mut self.store, grads, run.mode);
-        session.update_running_stats = run.update_running_stats;
-        if run.audit {
-            session.probes.audit = Some(ReversibleAudit::default());
-        }
-        let output =
-            with_body!(self, model => train_step_soft(model, &mut session, images, targets))?;
+        let output = with_body!(self, model => train_step(model, &mut session, images, targets))?;
         Ok(StepReport {
             output,
             diverged_recomputes: session.probes.diverged_recomputes,
@@ -158,7 +134,7 @@ impl<B: Backend> Network<B> {
         &mut self,
         backend: &B,
         images: &B::Tensor,
-        run: RunOptions,
+        run: PassOptions,
     ) -> Result<B::Tensor> {
         let mut grads = Grads::new(0);
         let mut session = Session::new(backend, &mut self.store, &mut grads, run.mode);

@@ -33,8 +33,8 @@ use revsnn::commands::random_images;
 use revsnn::commands::verify::verify_on;
 use revsnn::device::Device;
 use revsnn::model::reversible::Coupling;
-use revsnn::model::{BuildOptions, EntryKind, Layer, Mode, ParamId, Session};
-use revsnn::network::{Body, Network, RunOptions};
+use revsnn::model::{BuildOptions, EntryKind, Layer, Mode, ParamId, Session, Targets};
+use revsnn::network::{Body, Network, PassOptions};
 use revsnn::optim::{Optimizer, OptimizerKind};
 use revsnn::spec::ModelSpec;
 use revsnn_gpu::Cuda;
@@ -95,7 +95,13 @@ fn run_step<B: Backend>(
     let (images, labels) = random_images(backend, spec, BATCH, SEED).unwrap();
     let mut grads = network.zero_grads();
     let report = network
-        .train_step(backend, &mut grads, &images, &labels, RunOptions::default())
+        .train_step(
+            backend,
+            &mut grads,
+            &images,
+            Targets::Hard(&labels),
+            PassOptions::default(),
+        )
         .unwrap();
     let output = report.output;
     let mut tensors = vec![
@@ -346,7 +352,13 @@ fn checkpoints_of_a_cuda_network_round_trip() {
         let (images, labels) = random_images(&gpu, &spec, BATCH, SEED).unwrap();
         let mut grads = network.zero_grads();
         network
-            .train_step(&gpu, &mut grads, &images, &labels, RunOptions::default())
+            .train_step(
+                &gpu,
+                &mut grads,
+                &images,
+                Targets::Hard(&labels),
+                PassOptions::default(),
+            )
             .unwrap();
         let saved = state_dict(&gpu, &network.store).unwrap();
         let mut again = Network::new(&gpu, &spec, SEED + 1, BuildOptions::default()).unwrap();

@@ -11,7 +11,8 @@ use revsnn::model::build::Builder;
 use revsnn::model::resnet::{MsResNet, RevSResNet};
 use revsnn::model::reversible::{Coupling, ReversibleOptions, Storage};
 use revsnn::model::{
-    BuildOptions, EntryKind, Grads, Layer, Mode, ParamStore, Session, StepOutput, train_step,
+    BuildOptions, EntryKind, Grads, Layer, Mode, ParamStore, Session, StepOutput, Targets,
+    train_step,
 };
 use revsnn::spec::{Arch, ModelSpec};
 use revsnn_reference::testing::{SplitMix64, central_difference, relative_error};
@@ -46,8 +47,8 @@ fn step<B: Backend>(
     labels: &[usize],
 ) -> Result<StepOutput<B>, Error> {
     match net {
-        Net::Rev(model) => train_step(model, session, images, labels),
-        Net::Ms(model) => train_step(model, session, images, labels),
+        Net::Rev(model) => train_step(model, session, images, Targets::Hard(labels)),
+        Net::Ms(model) => train_step(model, session, images, Targets::Hard(labels)),
     }
 }
 

@@ -9,7 +9,9 @@ use revsnn::error::Error;
 use revsnn::model::build::Builder;
 use revsnn::model::reversible::{ReversibleOptions, Storage};
 use revsnn::model::transformer::{RevSFormer, Spikingformer};
-use revsnn::model::{BuildOptions, EntryKind, Grads, Layer, Mode, ParamStore, Session, train_step};
+use revsnn::model::{
+    BuildOptions, EntryKind, Grads, Layer, Mode, ParamStore, Session, Targets, train_step,
+};
 use revsnn::spec::{Arch, ModelSpec};
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
 use revsnn_reference::{Backend, BatchNormParams, Conv2dParams, Cpu, NeuronConfig, Pool2dParams};
@@ -245,7 +247,7 @@ fn check_train_step<M: Transformer<Cpu<f32>>>(spec: &ModelSpec) {
     let images = backend.tensor_from_vec(&shape, data).unwrap();
     let mut grads = Grads::new(store.entries().len());
     let mut session = Session::new(&backend, &mut store, &mut grads, Mode::Train);
-    let out = train_step(&model, &mut session, &images, &[0, 2]).unwrap();
+    let out = train_step(&model, &mut session, &images, Targets::Hard(&[0, 2])).unwrap();
     assert_eq!(backend.shape(&out.logits), vec![batch, spec.num_classes]);
     assert!(
         backend

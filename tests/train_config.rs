@@ -11,7 +11,7 @@ use std::path::Path;
 use revsnn::data::augment::{Augmentation, Mixup, RandAugment};
 use revsnn::optim::OptimizerKind;
 use revsnn::reference::{AdamWParams, SgdParams};
-use revsnn::train::config::{RunConfig, TrainSettings};
+use revsnn::train::config::{GivenSettings, RunSettings};
 use revsnn::train::recipe::{DatasetKind, RecipeKind, Schedule};
 use serde_json::Value;
 
@@ -25,16 +25,16 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 /// The settings `revsnn train ARGS --print-config` resolves, parsed.
-fn printed(args: &[&str]) -> TrainSettings {
+fn printed(args: &[&str]) -> GivenSettings {
     let mut all = vec!["train", "--print-config"];
     all.extend(args);
     let output = ok(revsnn(&all));
     let text = String::from_utf8(output.stdout).unwrap();
-    TrainSettings::from_toml(&text, Path::new("printed.toml")).unwrap()
+    GivenSettings::from_toml(&text, Path::new("printed.toml")).unwrap()
 }
 
-fn resolve(args: &[(&str, &str)]) -> RunConfig {
-    let mut settings = TrainSettings::default();
+fn resolve(args: &[(&str, &str)]) -> RunSettings {
+    let mut settings = GivenSettings::default();
     for &(key, value) in args {
         match key {
             "recipe" => {
@@ -88,18 +88,18 @@ workers = 2
 "#
     );
     let path = dir.join("run.toml");
-    let settings = TrainSettings::from_toml(&text, &path).unwrap();
+    let settings = GivenSettings::from_toml(&text, &path).unwrap();
     assert_eq!(settings.optimizer.betas, Some(vec![0.8, 0.99]));
-    let again = TrainSettings::from_toml(&settings.to_toml().unwrap(), &path).unwrap();
+    let again = GivenSettings::from_toml(&settings.to_toml().unwrap(), &path).unwrap();
     assert_eq!(again, settings);
     // the resolved settings, written and read back, resolve to the same run
     let config = settings.resolve().unwrap();
-    let written = config.settings().to_toml().unwrap();
-    let reread = TrainSettings::from_toml(&written, &path).unwrap();
-    assert_eq!(reread, config.settings());
+    let written = config.to_given().to_toml().unwrap();
+    let reread = GivenSettings::from_toml(&written, &path).unwrap();
+    assert_eq!(reread, config.to_given());
     assert_eq!(reread.resolve().unwrap(), config);
     // relative paths are relative to the file
-    let relative = TrainSettings::from_toml("spec = \"tiny.json\"\n", &path).unwrap();
+    let relative = GivenSettings::from_toml("spec = \"tiny.json\"\n", &path).unwrap();
     assert_eq!(relative.spec, Some(dir.join("tiny.json")));
     for config in [
         resolve(&[
@@ -113,8 +113,8 @@ workers = 2
             ("dataset", "cifar10-dvs"),
         ]),
     ] {
-        let settings = config.settings();
-        let reread = TrainSettings::from_toml(&settings.to_toml().unwrap(), &path).unwrap();
+        let settings = config.to_given();
+        let reread = GivenSettings::from_toml(&settings.to_toml().unwrap(), &path).unwrap();
         assert_eq!(reread.resolve().unwrap(), config);
     }
     let _ = std::fs::remove_dir_all(&dir);

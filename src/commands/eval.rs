@@ -1,18 +1,17 @@
 //! `revsnn eval`: top-1 and top-5 accuracy (and loss) of a checkpoint on a dataset's test split.
 
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 
-use revsnn_reference::DType;
+use clap::Args;
+use revsnn_reference::{Backend, DType};
 use serde_json::{Value, json};
 
-use super::DeviceArg;
-use super::train::resolve_model;
+use super::{ModelArgs, print_json_report};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
-use crate::device::{Compute, Task};
+use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::network::Network;
@@ -25,108 +24,116 @@ pub fn neighbour_spec(checkpoint: &Path) -> Result<Option<ModelSpec>> {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
     };
-    let value: Value = serde_json::from_str(&text).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        detail: format!("not JSON: {e}"),
-    })?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("not JSON: {e}")))?;
     let spec = value.get("spec").cloned().unwrap_or(value);
-    serde_json::from_value(spec)
-        .map(Some)
-        .map_err(|e| Error::File {
-            path: path.display().to_string(),
-            detail: format!("no model spec in it: {e}; pass --model or --spec"),
-        })
+    serde_json::from_value(spec).map(Some).map_err(|e| {
+        Error::file(
+            &path,
+            format!("no model spec in it: {e}; pass --model or --spec"),
+        )
+    })
 }
 
-/// Runs `revsnn eval`; prints text or one JSON object.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    checkpoint_path: &Path,
-    dataset: Option<&str>,
-    data_dir: Option<&Path>,
-    model: &Option<String>,
-    spec: &Option<PathBuf>,
-    samples: usize,
-    batch: usize,
-    device: DeviceArg,
-    json_output: bool,
-) -> Result<()> {
-    let device = device.open()?;
-    let weights = checkpoint::read(checkpoint_path)?;
-    let (name, spec) = match (model, spec) {
-        (None, None) => match neighbour_spec(checkpoint_path)? {
-            Some(spec) => (checkpoint_path.display().to_string(), spec),
-            None => {
-                return Err(Error::Usage(format!(
-                    "no {} beside the checkpoint to take the model from; pass --model or --spec",
-                    checkpoint_path.with_extension("json").display()
-                )));
+/// The arguments of `revsnn eval`.
+#[derive(Clone, Debug, Args)]
+pub struct EvalArgs {
+    /// A safetensors checkpoint (the model comes from the `.json` beside it, or --model/--spec).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub dataset: Option<String>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, conflicts_with = "spec")]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Test samples (the synthetic datasets' size; a cap for the real ones).
+    #[arg(long, default_value_t = 1000)]
+    pub test_samples: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EvalArgs {
+    /// Runs `revsnn eval`; prints text or one JSON object.
+    pub fn run(&self) -> Result<()> {
+        let device = self.device.open()?;
+        let weights = checkpoint::read(&self.checkpoint)?;
+        let (name, spec) = self.model()?;
+        spec.validate()?;
+        let dataset = self.dataset.clone().unwrap_or_else(|| {
+            if spec.arch.is_dvs() {
+                "synthetic-events"
+            } else {
+                "synthetic"
             }
-        },
-        _ => resolve_model(model, spec, None, None)?,
-    };
-    spec.validate()?;
-    let dataset = dataset.map(str::to_owned).unwrap_or_else(|| {
-        if spec.arch.is_dvs() {
-            "synthetic-events"
-        } else {
-            "synthetic"
+            .into()
+        });
+        let data_dir = self.data_dir.as_deref();
+        let data = open_dataset(&dataset, data_dir, &spec, Split::Test, self.test_samples)?;
+        if self.batch == 0 {
+            return Err(Error::Usage("--batch must be >= 1".into()));
         }
-        .into()
-    });
-    let data = open_dataset(&dataset, data_dir, &spec, Split::Test, samples)?;
-    if batch == 0 {
-        return Err(Error::Usage("--batch must be >= 1".into()));
-    }
-    let result = device.run(
-        DType::F32,
-        Evaluate {
-            spec: &spec,
-            weights: &weights,
-            data,
-            batch,
-        },
-    )?;
-    if json_output {
-        println!(
-            "{}",
-            json!({
-                "model": name,
-                "device": device.name(),
-                "backend": device.kind(),
+        let result = on_backend!(&device, DType::F32, |backend| {
+            evaluate_checkpoint(&backend, &spec, &weights, data, self.batch)
+        })?;
+        if self.json {
+            let fields = json!({
                 "dataset": dataset,
                 "samples": result.samples,
                 "loss": result.loss,
                 "acc1": result.acc1,
                 "acc5": result.acc5,
-            })
-        );
-    } else {
-        println!(
-            "{dataset} ({} samples): top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
-            result.samples,
-            100.0 * result.acc1,
-            100.0 * result.acc5,
-            result.loss
-        );
+            });
+            print_json_report(&name, &device, fields);
+        } else {
+            println!(
+                "{dataset} ({} samples): top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
+                result.samples,
+                100.0 * result.acc1,
+                100.0 * result.acc5,
+                result.loss
+            );
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// The model: `--model` or `--spec`, else the spec saved beside the checkpoint.
+    fn model(&self) -> Result<(String, ModelSpec)> {
+        if self.model.is_some() || self.spec.is_some() {
+            let args = ModelArgs {
+                model: self.model.clone(),
+                spec: self.spec.clone(),
+                num_classes: None,
+                time_steps: None,
+            };
+            return args.resolve();
+        }
+        match neighbour_spec(&self.checkpoint)? {
+            Some(spec) => Ok((self.checkpoint.display().to_string(), spec)),
+            None => Err(Error::Usage(format!(
+                "no {} beside the checkpoint to take the model from; pass --model or --spec",
+                self.checkpoint.with_extension("json").display()
+            ))),
+        }
+    }
 }
 
-/// Builds the network on the backend, loads the weights and evaluates.
-struct Evaluate<'a> {
-    spec: &'a ModelSpec,
-    weights: &'a TensorFile,
+/// Builds the network on `backend`, loads `weights` and evaluates it on `data`.
+fn evaluate_checkpoint<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    weights: &TensorFile,
     data: Arc<dyn Dataset>,
     batch: usize,
-}
-
-impl Task for Evaluate<'_> {
-    type Output = EvalResult;
-
-    fn run<B: Compute>(self, backend: B) -> Result<EvalResult> {
-        let mut network = Network::new(&backend, self.spec, 0, BuildOptions::default())?;
-        checkpoint::load_state_dict(&backend, &mut network.store, self.weights)?;
-        evaluate(&backend, &mut network, self.data, self.batch)
-    }
+) -> Result<EvalResult> {
+    let mut network = Network::new(backend, spec, 0, BuildOptions::default())?;
+    checkpoint::load_state_dict(backend, &mut network.store, weights)?;
+    evaluate(backend, &mut network, data, batch)
 }

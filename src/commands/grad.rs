@@ -2,17 +2,19 @@
 //! format of the parity fixtures (issue: parity with the official code). Models run with the
 //! float coupling (the official one).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
 
 use num_traits::Zero;
-use revsnn_reference::{Backend, Element};
+use revsnn_reference::{Backend, DType, Element};
 
-use super::{DTypeArg, DeviceArg, ModelArgs};
+use super::{DTypeArg, ModelArgs};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
-use crate::device::Task;
+use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
-use crate::model::{BuildOptions, EntryKind, Mode};
-use crate::network::{Network, RunOptions};
+use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, ParamStore, Targets};
+use crate::network::{Network, PassOptions};
 use crate::spec::ModelSpec;
 
 /// The validated contents of an input file: images and labels.
@@ -26,10 +28,7 @@ pub struct Batch {
 /// each in `[0, K)`) and checks them against `spec`.
 pub fn read_batch(path: &Path, spec: &ModelSpec) -> Result<Batch> {
     let file = checkpoint::read(path)?;
-    let fail = |detail: String| Error::File {
-        path: path.display().to_string(),
-        detail,
-    };
+    let fail = |detail: String| Error::file(path, detail);
     let find = |name: &str| file.iter().find(|(n, _)| n == name).map(|(_, t)| t);
     let images = find("images").ok_or_else(|| fail("no tensor named images".into()))?;
     let labels = find("labels").ok_or_else(|| fail("no tensor named labels".into()))?;
@@ -98,30 +97,48 @@ pub fn compute<B: Backend>(
             backend,
             &mut grads,
             &images,
-            &batch.labels,
-            RunOptions::default(),
+            Targets::Hard(&batch.labels),
+            PassOptions::default(),
         )?
         .output;
 
-    let stored = |tensor: &B::Tensor| -> Result<StoredTensor> {
-        Ok(StoredTensor::from_elements(
-            backend.shape(tensor),
-            backend.to_vec(tensor)?,
-        ))
-    };
     let mut outputs: TensorFile = vec![
-        ("logits_train".into(), stored(&step.logits)?),
+        ("logits_train".into(), stored(backend, &step.logits)?),
         (
             "loss".into(),
             StoredTensor::from_elements(vec![1], vec![step.loss]),
         ),
-        ("grad_input".into(), stored(&step.grad_input)?),
+        ("grad_input".into(), stored(backend, &step.grad_input)?),
     ];
-    for (index, entry) in network.store.entries().iter().enumerate() {
+    outputs.extend(gradients_and_statistics(backend, &network.store, &grads)?);
+    network.store = loaded;
+    let logits_eval = network.forward(
+        backend,
+        &images,
+        PassOptions {
+            mode: Mode::Eval,
+            update_running_stats: false,
+            audit: false,
+        },
+    )?;
+    outputs.push(("logits_eval".into(), stored(backend, &logits_eval)?));
+    Ok(outputs)
+}
+
+/// `grad.<key>` for every parameter of `store` (zeros where no gradient reached it) and
+/// `after_forward.<key>` for every BatchNorm running statistic, in `state_dict` order.
+fn gradients_and_statistics<B: Backend>(
+    backend: &B,
+    store: &ParamStore<B>,
+    grads: &Grads<B>,
+) -> Result<TensorFile> {
+    let mut outputs = TensorFile::new();
+    for (index, entry) in store.entries().iter().enumerate() {
+        let id = ParamId(index);
         match entry.kind {
             EntryKind::Parameter => {
-                let grad = match grads.get(crate::model::ParamId(index)) {
-                    Some(grad) => stored(grad)?,
+                let grad = match grads.get(id) {
+                    Some(grad) => stored(backend, grad)?,
                     None => StoredTensor::from_elements(
                         entry.shape.clone(),
                         vec![B::Elem::zero(); entry.shape.iter().product()],
@@ -131,68 +148,56 @@ pub fn compute<B: Backend>(
             }
             EntryKind::RunningStat => outputs.push((
                 format!("after_forward.{}", entry.name),
-                stored(network.store.get(crate::model::ParamId(index)))?,
+                stored(backend, store.get(id))?,
             )),
             EntryKind::BatchesTracked => {}
         }
     }
-    network.store = loaded;
-    let logits_eval = network.forward(
-        backend,
-        &images,
-        RunOptions {
-            mode: Mode::Eval,
-            update_running_stats: false,
-            audit: false,
-        },
-    )?;
-    outputs.push(("logits_eval".into(), stored(&logits_eval)?));
     Ok(outputs)
 }
 
-/// `revsnn grad`: reads the files, computes, writes `output`.
-pub fn run(
-    args: &ModelArgs,
-    weights: &Path,
-    input: &Path,
-    output: &Path,
-    dtype: DTypeArg,
-    device: DeviceArg,
-) -> Result<()> {
-    let device = device.open()?;
-    let (_, spec) = args.resolve()?;
-    let weight_file = checkpoint::read(weights)?;
-    let batch = read_batch(input, &spec)?;
-    let outputs = device
-        .run(
-            dtype.into(),
-            GradTask {
-                spec: &spec,
-                weights: &weight_file,
-                batch: &batch,
-            },
-        )
+/// `tensor` downloaded, in its own element type.
+fn stored<B: Backend>(backend: &B, tensor: &B::Tensor) -> Result<StoredTensor> {
+    Ok(StoredTensor::from_elements(
+        backend.shape(tensor),
+        backend.to_vec(tensor)?,
+    ))
+}
+
+/// The arguments of `revsnn grad`.
+#[derive(Clone, Debug, Args)]
+pub struct GradArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weights: a safetensors state_dict under the official key names.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Input: a safetensors file with `images` and `labels`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the outputs (safetensors).
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value = "f64")]
+    pub dtype: DTypeArg,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+impl GradArgs {
+    /// Runs `revsnn grad`: reads the files, computes, writes `output`.
+    pub fn run(&self) -> Result<()> {
+        let device = self.device.open()?;
+        let (_, spec) = self.model.resolve()?;
+        let weights = checkpoint::read(&self.weights)?;
+        let batch = read_batch(&self.input, &spec)?;
+        let outputs = on_backend!(&device, DType::from(self.dtype), |backend| {
+            compute(&backend, &spec, &weights, &batch)
+        })
         .map_err(|e| match e {
-            Error::Spec(detail) => Error::File {
-                path: weights.display().to_string(),
-                detail,
-            },
+            Error::Spec(detail) => Error::file(&self.weights, detail),
             other => other,
         })?;
-    checkpoint::write(output, &outputs)
-}
-
-/// [`compute`] as a [`Task`].
-struct GradTask<'a> {
-    spec: &'a ModelSpec,
-    weights: &'a TensorFile,
-    batch: &'a Batch,
-}
-
-impl Task for GradTask<'_> {
-    type Output = TensorFile;
-
-    fn run<B: crate::device::Compute>(self, backend: B) -> Result<TensorFile> {
-        compute(&backend, self.spec, self.weights, self.batch)
+        checkpoint::write(&self.output, &outputs)
     }
 }

@@ -2,31 +2,19 @@
 //! batch size, and memory per image as the slope between batch sizes and as peak / B
 //! (docs/memory.md §9.3).
 
-use revsnn_reference::{AdamWParams, DType, SgdParams};
+use clap::Args;
+use revsnn_reference::DType;
 use serde_json::json;
 
-use super::{DeviceArg, ModelArgs, full_training_step, random_images};
-use crate::device::{Compute, Device, Task};
+use super::{ModelArgs, full_training_step, print_json_report, random_images};
+use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::model::BuildOptions;
 use crate::model::reversible::{ReversibleOptions, Storage};
 use crate::network::Network;
-use crate::optim::{Optimizer, OptimizerKind};
+use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
-
-/// The optimizer of the family's paper recipe (docs/recipes.md §5): SGD for ResNets, AdamW for
-/// transformers.
-pub fn paper_optimizer(spec: &ModelSpec) -> OptimizerKind {
-    if spec.arch.is_resnet() {
-        OptimizerKind::Sgd(SgdParams {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-        })
-    } else {
-        OptimizerKind::AdamW(AdamWParams::new(5e-4, 0.06))
-    }
-}
+use crate::train::config::paper_optimizer;
 
 /// Peak bytes of one training step at each batch size.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,7 +63,7 @@ pub fn measure<B: Compute>(
     let mut per_batch = Vec::new();
     for &batch in batches {
         let mut network = Network::new(&backend, spec, seed, options)?;
-        let mut optimizer = Optimizer::new(paper_optimizer(spec), &network.store);
+        let mut optimizer = Optimizer::new(paper_optimizer(spec.arch)?, &network.store);
         let (images, labels) = random_images(&backend, spec, batch, seed ^ batch as u64)?;
         full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
         backend.reset_peak_memory();
@@ -92,81 +80,83 @@ pub fn measure<B: Compute>(
     })
 }
 
-/// [`measure`] as a [`Task`].
-struct Measure<'a> {
-    spec: &'a ModelSpec,
-    batches: &'a [usize],
-    bptt: bool,
+/// The arguments of `revsnn memory`.
+#[derive(Clone, Debug, Args)]
+pub struct MemoryArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub batch: Vec<usize>,
+    /// Store every activation (plain backpropagation) instead of recomputing.
+    #[arg(long)]
+    pub bptt: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub json: bool,
 }
 
-impl Task for Measure<'_> {
-    type Output = MemoryReport;
-
-    fn run<B: Compute>(self, backend: B) -> Result<MemoryReport> {
-        measure(backend, self.spec, self.batches, self.bptt, 0)
+impl MemoryArgs {
+    /// Runs `revsnn memory`: prints the report as a table, or as one JSON object.
+    pub fn run(&self) -> Result<()> {
+        let device = self.device.open()?;
+        let (name, spec) = self.model.resolve()?;
+        let report = on_backend!(&device, DType::F32, |backend| {
+            measure(backend, &spec, &self.batch, self.bptt, 0)
+        })?;
+        if self.json {
+            self.print_json(&name, &spec, &device, &report);
+        } else {
+            self.print_table(&name, &spec, &device, &report);
+        }
+        Ok(())
     }
-}
 
-/// Prints the report as a table, or as one JSON object.
-pub fn run(
-    args: &ModelArgs,
-    batches: &[usize],
-    device: DeviceArg,
-    bptt: bool,
-    json: bool,
-) -> Result<()> {
-    let device = device.open()?;
-    let (name, spec) = args.resolve()?;
-    let device_name = device.name();
-    let report = device.run(
-        DType::F32,
-        Measure {
-            spec: &spec,
-            batches,
-            bptt,
-        },
-    )?;
-    if json {
+    fn print_json(&self, name: &str, spec: &ModelSpec, device: &Device, report: &MemoryReport) {
         let per_batch: Vec<_> = report
             .per_batch
             .iter()
             .map(|(b, p)| json!({"batch": b, "peak_bytes": p}))
             .collect();
-        println!(
-            "{}",
+        print_json_report(
+            name,
+            device,
             json!({
-                "model": name,
-                "device": device_name,
-                "backend": device.kind(),
                 "dtype": "f32",
                 "time_steps": spec.time_steps,
-                "bptt": bptt,
+                "bptt": self.bptt,
                 "per_batch": per_batch,
                 "bytes_per_image_slope": report.bytes_per_image_slope,
                 "bytes_per_image_at_max_batch": report.bytes_per_image_at_max_batch,
-            })
+            }),
         );
-        return Ok(());
     }
-    const MIB: f64 = (1u64 << 20) as f64;
-    println!(
-        "{name} (T = {}, f32, {}{})",
-        spec.time_steps,
-        match device {
-            Device::Cpu => "CPU".to_string(),
-            Device::Cuda(_) => format!("CUDA {device_name}, device tensors"),
-        },
-        if bptt { ", stored activations" } else { "" }
-    );
-    for (batch, peak) in &report.per_batch {
-        println!("  batch {batch:>4}: peak {:>10.1} MiB", *peak as f64 / MIB);
+
+    fn print_table(&self, name: &str, spec: &ModelSpec, device: &Device, report: &MemoryReport) {
+        const MIB: f64 = (1u64 << 20) as f64;
+        println!(
+            "{name} (T = {}, f32, {}{})",
+            spec.time_steps,
+            match device {
+                Device::Cpu => "CPU".to_string(),
+                Device::Cuda(_) => format!("CUDA {}, device tensors", device.name()),
+            },
+            if self.bptt {
+                ", stored activations"
+            } else {
+                ""
+            }
+        );
+        for (batch, peak) in &report.per_batch {
+            println!("  batch {batch:>4}: peak {:>10.1} MiB", *peak as f64 / MIB);
+        }
+        if let Some(slope) = report.bytes_per_image_slope {
+            println!("  memory per image (slope): {:.2} MiB", slope / MIB);
+        }
+        println!(
+            "  memory per image (peak / B): {:.2} MiB",
+            report.bytes_per_image_at_max_batch / MIB
+        );
     }
-    if let Some(slope) = report.bytes_per_image_slope {
-        println!("  memory per image (slope): {:.2} MiB", slope / MIB);
-    }
-    println!(
-        "  memory per image (peak / B): {:.2} MiB",
-        report.bytes_per_image_at_max_batch / MIB
-    );
-    Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod grad;
+pub mod info;
 pub mod memory;
 pub mod summary;
 pub mod train;
@@ -74,26 +75,32 @@ impl From<DTypeArg> for revsnn_reference::DType {
     }
 }
 
-/// Where to compute (`--device`): one type for the flags of every command and the `device` key
-/// of a training config.
-pub use crate::train::config::Device as DeviceArg;
-
-impl DeviceArg {
-    /// The device this choice names, opened; `--device cuda` without a usable GPU is an error
-    /// that says why and what to do.
-    pub fn open(self) -> Result<Device> {
-        match self {
-            DeviceArg::Cpu => Ok(Device::Cpu),
-            DeviceArg::Cuda => Device::open_cuda(),
-            DeviceArg::Auto => {
-                let (device, reason) = Device::auto();
-                if let Some(reason) = reason {
-                    eprintln!("--device auto: using the CPU (CUDA: {reason})");
-                }
-                Ok(device)
-            }
-        }
+/// Prints a command's report as one JSON object: `model` (the display name), `device` and
+/// `backend` (the device's name and kind), then `fields`.
+pub fn print_json_report(model: &str, device: &Device, fields: serde_json::Value) {
+    let mut report = serde_json::json!({
+        "model": model,
+        "device": device.name(),
+        "backend": device.kind(),
+    });
+    if let (Some(report), serde_json::Value::Object(fields)) = (report.as_object_mut(), fields) {
+        report.extend(fields);
     }
+    println!("{report}");
+}
+
+/// Sets the number of compute threads; `None` keeps the default (all cores).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(threads) = threads {
+        if threads == 0 {
+            return Err(Error::Usage("--threads must be >= 1".into()));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// One full training step as `memory` and `bench` measure it: forward, cross-entropy, backward
@@ -111,8 +118,8 @@ pub fn full_training_step<B: Compute>(
         backend,
         &mut grads,
         images,
-        labels,
-        crate::network::RunOptions::default(),
+        crate::model::Targets::Hard(labels),
+        crate::network::PassOptions::default(),
     )?;
     optimizer.step(backend, &mut network.store, &grads, optimizer.kind.lr())?;
     backend.synchronize()

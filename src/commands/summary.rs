@@ -1,5 +1,6 @@
 //! `revsnn summary`: the layer table and total parameters of a model.
 
+use clap::Args;
 use revsnn_reference::Cpu;
 use serde_json::json;
 
@@ -7,6 +8,7 @@ use super::ModelArgs;
 use crate::error::Result;
 use crate::model::{BuildOptions, EntryKind};
 use crate::network::Network;
+use crate::spec::ModelSpec;
 
 /// One module of the table: the entries sharing a name prefix.
 #[derive(Debug, PartialEq)]
@@ -17,9 +19,7 @@ pub struct ModuleRow {
 }
 
 /// The modules of a model in `state_dict` order, and its total parameter count.
-pub fn summarize(
-    args: &ModelArgs,
-) -> Result<(String, crate::spec::ModelSpec, Vec<ModuleRow>, usize)> {
+pub fn summarize(args: &ModelArgs) -> Result<(String, ModelSpec, Vec<ModuleRow>, usize)> {
     let (name, spec) = args.resolve()?;
     let network = Network::new(&Cpu::<f32>::new(), &spec, 0, BuildOptions::default())?;
     let mut rows: Vec<ModuleRow> = Vec::new();
@@ -47,26 +47,47 @@ pub fn summarize(
     Ok((name, spec, rows, total))
 }
 
-/// Prints the summary as a table, or as one JSON object with `parameters`.
-pub fn run(args: &ModelArgs, json: bool) -> Result<()> {
-    let (name, spec, rows, total) = summarize(args)?;
-    if json {
-        let layers: Vec<_> = rows
-            .iter()
-            .map(|row| {
-                json!({
-                    "name": row.name,
-                    "parameters": row.parameters,
-                    "tensors": row.tensors.iter().map(|(leaf, shape, _)| json!({"name": leaf, "shape": shape})).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({"model": name, "spec": spec, "parameters": total, "layers": layers})
-        );
-        return Ok(());
+/// The arguments of `revsnn summary`.
+#[derive(Clone, Debug, Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print one JSON object (with "parameters").
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SummaryArgs {
+    /// Runs `revsnn summary`: prints the table, or one JSON object with `parameters`.
+    pub fn run(&self) -> Result<()> {
+        let (name, spec, rows, total) = summarize(&self.model)?;
+        if self.json {
+            print_json(&name, &spec, &rows, total);
+        } else {
+            print_table(&name, &spec, &rows, total);
+        }
+        Ok(())
     }
+}
+
+fn print_json(name: &str, spec: &ModelSpec, rows: &[ModuleRow], total: usize) {
+    let layers: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "name": row.name,
+                "parameters": row.parameters,
+                "tensors": row.tensors.iter().map(|(leaf, shape, _)| json!({"name": leaf, "shape": shape})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({"model": name, "spec": spec, "parameters": total, "layers": layers})
+    );
+}
+
+fn print_table(name: &str, spec: &ModelSpec, rows: &[ModuleRow], total: usize) {
     println!(
         "{name}: {:?}, {} classes, T = {}, input {:?}",
         spec.arch,
@@ -75,7 +96,7 @@ pub fn run(args: &ModelArgs, json: bool) -> Result<()> {
         spec.sample_shape()
     );
     println!("{:<60} {:>12}  tensors", "module", "parameters");
-    for row in &rows {
+    for row in rows {
         let tensors: Vec<String> = row
             .tensors
             .iter()
@@ -89,5 +110,4 @@ pub fn run(args: &ModelArgs, json: bool) -> Result<()> {
         );
     }
     println!("total parameters: {total}");
-    Ok(())
 }

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::device::Device as OpenDevice;
-use crate::error::{Error, Result};
-use crate::spec::ModelSpec;
-use crate::train::config::TrainSettings;
-use crate::train::{Run, TrainOptions, config_file_text, default_spec, train};
+use super::set_threads;
+use crate::device::Device;
+use crate::error::Result;
+use crate::train::config::GivenSettings;
+use crate::train::{Invocation, Run, config_file_text, train};
 
 /// The arguments of `revsnn train`: the run's settings, each a flag or a key of the `--config`
 /// file, and what this invocation does.
@@ -39,85 +39,44 @@ pub struct TrainArgs {
     #[arg(long)]
     pub quiet: bool,
     #[command(flatten)]
-    pub settings: TrainSettings,
+    pub settings: GivenSettings,
 }
 
-/// Sets the number of compute threads; `None` keeps the default (all cores).
-pub fn set_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(threads) = threads {
-        if threads == 0 {
-            return Err(Error::Usage("--threads must be >= 1".into()));
+impl TrainArgs {
+    /// Runs `revsnn train`.
+    pub fn run(&self) -> Result<()> {
+        let mut given = self.settings.clone();
+        if let Some(path) = &self.config {
+            given = given.over(GivenSettings::read(path)?);
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))?;
-    }
-    Ok(())
-}
-
-/// The model's display name and spec.
-pub fn resolve_model(
-    model: &Option<String>,
-    spec: &Option<PathBuf>,
-    num_classes: Option<usize>,
-    time_steps: Option<usize>,
-) -> Result<(String, ModelSpec)> {
-    let (name, mut spec) = match (model, spec) {
-        (None, None) => ("revsresnet-small".to_string(), default_spec()),
-        _ => super::ModelArgs {
-            model: model.clone(),
-            spec: spec.clone(),
-            num_classes: None,
-            time_steps: None,
+        let run = if self.resume {
+            Run::resume(given)?
+        } else {
+            Run::start(given)?
+        };
+        if self.print_config {
+            print!("{}", config_file_text(&run.config, None)?);
+            return Ok(());
         }
-        .resolve()?,
-    };
-    if let Some(classes) = num_classes {
-        spec.num_classes = classes;
+        let device = run.config.device.open()?;
+        set_threads(self.threads)?;
+        if let Device::Cuda(_) = device {
+            eprintln!("device: CUDA {}", device.name());
+        }
+        let options = Invocation {
+            stop_after: self.stop_after,
+            quiet: self.quiet,
+        };
+        let summary = train(&run, &options, &device)?;
+        let last = |key: &str| summary.last[key].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "done in {:.1} s: test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; run folder {}",
+            summary.seconds,
+            100.0 * last("test_acc1"),
+            100.0 * summary.best_test_acc1,
+            100.0 * last("test_acc5"),
+            summary.out.display()
+        );
+        Ok(())
     }
-    if let Some(steps) = time_steps {
-        spec.time_steps = steps;
-    }
-    spec.validate()?;
-    Ok((name, spec))
-}
-
-/// Runs `revsnn train`.
-pub fn run(args: &TrainArgs) -> Result<()> {
-    let mut given = args.settings.clone();
-    if let Some(path) = &args.config {
-        given = given.over(TrainSettings::read(path)?);
-    }
-    let run = if args.resume {
-        Run::resume(given)?
-    } else {
-        Run::start(given)?
-    };
-    if args.print_config {
-        print!("{}", config_file_text(&run.config, None)?);
-        return Ok(());
-    }
-    let device = run.config.device.open()?;
-    set_threads(args.threads)?;
-    if let OpenDevice::Cuda(_) = device {
-        eprintln!("device: CUDA {}", device.name());
-    }
-    let summary = train(
-        &run,
-        &TrainOptions {
-            stop_after: args.stop_after,
-            quiet: args.quiet,
-        },
-        &device,
-    )?;
-    println!(
-        "done in {:.1} s: test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; run folder {}",
-        summary.seconds,
-        100.0 * summary.last["test_acc1"].as_f64().unwrap_or(f64::NAN),
-        100.0 * summary.best_test_acc1,
-        100.0 * summary.last["test_acc5"].as_f64().unwrap_or(f64::NAN),
-        summary.out.display()
-    );
-    Ok(())
 }

@@ -3,17 +3,19 @@
 //! against stored-activation backpropagation of the same model, and a finite-difference spot
 //! check of its gradients (docs/design.md's checks, for any spec).
 
+use clap::{Args, ValueEnum};
 use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_error};
 use revsnn_reference::{Backend, DType, Element};
 use serde_json::json;
 
-use super::{DTypeArg, DeviceArg, ModelArgs, random_batch, random_images};
-use crate::device::{Compute, Device, Task};
+use super::{DTypeArg, ModelArgs, print_json_report, random_batch, random_images};
+use crate::device::{Device, DeviceChoice, on_backend};
 use crate::error::Result;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
-use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId};
-use crate::network::{Network, RunOptions};
+use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
+use crate::network::{Network, PassOptions};
 use crate::spec::ModelSpec;
+use crate::train::evaluate::widened;
 
 /// What `verify` found.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,46 +86,28 @@ fn checks<B: Backend>(
         ..Default::default()
     };
     let (images, labels) = random_images(backend, spec, batch, seed)?;
-
-    let mut reversible = Network::new(backend, spec, seed, options(Storage::Reversible))?;
-    let mut rev_grads = reversible.zero_grads();
-    let report = reversible.train_step(
-        backend,
-        &mut rev_grads,
-        &images,
-        &labels,
-        RunOptions {
-            audit: true,
-            ..Default::default()
-        },
-    )?;
+    let step = |storage, pass| -> Result<_> {
+        let mut network = Network::new(backend, spec, seed, options(storage))?;
+        let mut grads = network.zero_grads();
+        let targets = Targets::Hard(&labels);
+        let report = network.train_step(backend, &mut grads, &images, targets, pass)?;
+        Ok((network, grads, report))
+    };
+    let audited = PassOptions {
+        audit: true,
+        ..Default::default()
+    };
+    let (reversible, rev_grads, report) = step(Storage::Reversible, audited)?;
     let audit = report.audit.unwrap_or_default();
-
-    let mut stored = Network::new(backend, spec, seed, options(Storage::StoredActivations))?;
-    let mut stored_grads = stored.zero_grads();
-    let baseline = stored.train_step(
-        backend,
-        &mut stored_grads,
-        &images,
-        &labels,
-        RunOptions::default(),
-    )?;
-
+    let (stored, stored_grads, baseline) =
+        step(Storage::StoredActivations, PassOptions::default())?;
     let params = relative_error(
         &flatten_grads(backend, &reversible, &rev_grads)?,
         &flatten_grads(backend, &stored, &stored_grads)?,
     );
     let input = relative_error(
-        &backend
-            .to_vec(&report.output.grad_input)?
-            .into_iter()
-            .map(Element::widen)
-            .collect::<Vec<_>>(),
-        &backend
-            .to_vec(&baseline.output.grad_input)?
-            .into_iter()
-            .map(Element::widen)
-            .collect::<Vec<_>>(),
+        &widened(backend, &report.output.grad_input)?,
+        &widened(backend, &baseline.output.grad_input)?,
     );
     Ok((
         audit.max_reconstruction_rel_err,
@@ -163,8 +147,8 @@ fn smooth_derivative(mut f: impl FnMut(f64) -> Result<f64>, x0: f64) -> Result<O
 /// largest gradients, half on the largest-gradient coordinate of randomly drawn parameter
 /// tensors (where the differences measure the gradient rather than their own rounding noise),
 /// skipping points next to a kink ([`smooth_derivative`]). Returns the relative L2 error over the
-/// checked coordinates (with a floor of 1e-2 on the reference norm), how many were checked and
-/// how many were skipped. `backend` computes in f64 (the stencil needs its precision).
+/// checked coordinates ([`Comparison::error`]), how many were checked and how many were skipped.
+/// `backend` computes in f64 (the stencil needs its precision).
 fn finite_differences<B: Backend>(
     backend: &B,
     spec: &ModelSpec,
@@ -172,100 +156,188 @@ fn finite_differences<B: Backend>(
     batch: usize,
     samples: usize,
 ) -> Result<(f64, usize, usize)> {
-    let tensor = |shape: &[usize], values: &[f64]| -> Result<B::Tensor> {
-        Ok(backend.tensor_from_vec(shape, values.iter().map(|&v| B::Elem::cast(v)).collect())?)
-    };
-    let widen = |t: &B::Tensor| -> Result<Vec<f64>> {
-        Ok(backend.to_vec(t)?.into_iter().map(Element::widen).collect())
-    };
-    let options = BuildOptions {
-        smooth_neurons: true,
-        ..Default::default()
-    };
-    let mut network = Network::new(backend, spec, seed, options)?;
-    let (shape, values, labels) = random_batch(spec, batch, seed);
-    let images = tensor(&shape, &values)?;
-    let run = RunOptions {
-        mode: Mode::Train,
-        update_running_stats: false,
-        audit: false,
-    };
-    let mut grads = network.zero_grads();
-    let step = network.train_step(backend, &mut grads, &images, &labels, run)?;
-    let loss = |network: &mut Network<B>, images: &B::Tensor| -> Result<f64> {
-        let logits = network.forward(backend, images, run)?;
-        Ok(backend.cross_entropy_forward(&logits, &labels)?.0.widen())
-    };
-    let (mut analytic, mut numeric, mut skipped) = (Vec::new(), Vec::new(), 0);
+    let mut probe = Probe::new(backend, spec, seed, batch)?;
+    let mut comparison = Comparison::default();
+    probe.check_inputs(samples.div_ceil(2), &mut comparison)?;
+    probe.check_parameters(samples / 2, seed, &mut comparison)?;
+    let checked = comparison.analytic.len();
+    Ok((comparison.error(), checked, comparison.skipped))
+}
 
-    let grad_input = widen(&step.output.grad_input)?;
-    let mut by_size: Vec<usize> = (0..grad_input.len()).collect();
-    by_size.sort_by(|&a, &b| grad_input[b].abs().total_cmp(&grad_input[a].abs()));
-    for &i in by_size.iter().take(3 * samples.div_ceil(2)) {
-        if analytic.len() == samples.div_ceil(2) {
-            break;
-        }
-        let derivative = smooth_derivative(
-            |x| {
-                let mut perturbed = values.clone();
-                perturbed[i] = x;
-                loss(&mut network, &tensor(&shape, &perturbed)?)
-            },
-            values[i],
-        )?;
-        match derivative {
-            Some(fd) => {
-                analytic.push(grad_input[i]);
-                numeric.push(fd);
+/// Analytic derivatives and their finite differences, coordinate by coordinate.
+#[derive(Default)]
+struct Comparison {
+    analytic: Vec<f64>,
+    numeric: Vec<f64>,
+    /// Coordinates next to a kink, where no finite difference measures the gradient.
+    skipped: usize,
+}
+
+impl Comparison {
+    /// Records a coordinate whose gradient is `analytic` and its finite difference (`None`:
+    /// skipped).
+    fn add(&mut self, analytic: f64, numeric: Option<f64>) {
+        match numeric {
+            Some(numeric) => {
+                self.analytic.push(analytic);
+                self.numeric.push(numeric);
             }
-            None => skipped += 1,
+            None => self.skipped += 1,
         }
     }
 
-    let parameters: Vec<ParamId> = (0..network.store.entries().len())
-        .map(ParamId)
-        .filter(|&id| {
-            network.store.entries()[id.0].kind == EntryKind::Parameter && grads.get(id).is_some()
+    /// The relative L2 error of the analytic derivatives, with a floor of 1e-2 on the reference
+    /// norm: the stencil's own error is up to about 1e-9 absolute (the loss's rounding in f64
+    /// divided by steps of 1e-6), so below a norm of 1e-2 the comparison is absolute, at 1e-8,
+    /// which a wrong gradient (off by its own size) still fails by orders of magnitude.
+    fn error(&self) -> f64 {
+        let difference: Vec<f64> = (self.analytic.iter().zip(&self.numeric))
+            .map(|(a, n)| a - n)
+            .collect();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        norm(&difference) / norm(&self.numeric).max(1e-2)
+    }
+}
+
+/// How the finite differences run the network: training-mode BatchNorm (batch statistics) that
+/// leaves the running statistics alone, so that every evaluation of the loss is the same function.
+const PROBE_PASS: PassOptions = PassOptions {
+    mode: Mode::Train,
+    update_running_stats: false,
+    audit: false,
+};
+
+/// A smooth network, a random batch and their gradients: what the finite differences probe.
+struct Probe<'a, B: Backend> {
+    backend: &'a B,
+    network: Network<B>,
+    shape: Vec<usize>,
+    values: Vec<f64>,
+    images: B::Tensor,
+    labels: Vec<usize>,
+    grads: Grads<B>,
+    grad_input: Vec<f64>,
+}
+
+impl<'a, B: Backend> Probe<'a, B> {
+    /// `spec` with smooth neurons and weights from `seed`, a batch of `batch` random samples, and
+    /// one training step's gradients.
+    fn new(backend: &'a B, spec: &ModelSpec, seed: u64, batch: usize) -> Result<Self> {
+        let options = BuildOptions {
+            smooth_neurons: true,
+            ..Default::default()
+        };
+        let mut network = Network::new(backend, spec, seed, options)?;
+        let (shape, values, labels) = random_batch(spec, batch, seed);
+        let images = tensor(backend, &shape, &values)?;
+        let mut grads = network.zero_grads();
+        let step = network.train_step(
+            backend,
+            &mut grads,
+            &images,
+            Targets::Hard(&labels),
+            PROBE_PASS,
+        )?;
+        let grad_input = widened(backend, &step.output.grad_input)?;
+        Ok(Probe {
+            backend,
+            network,
+            shape,
+            values,
+            images,
+            labels,
+            grads,
+            grad_input,
         })
-        .collect();
-    let mut rng = SplitMix64::new(seed ^ 0xfd);
-    let target = analytic.len() + samples / 2;
-    for _ in 0..3 * (samples / 2) {
-        if analytic.len() == target {
-            break;
+    }
+
+    /// The mean cross-entropy of the network on `images`.
+    fn loss(&mut self, images: &B::Tensor) -> Result<f64> {
+        let logits = self.network.forward(self.backend, images, PROBE_PASS)?;
+        let (loss, _) = self.backend.cross_entropy_forward(&logits, &self.labels)?;
+        Ok(loss.widen())
+    }
+
+    /// Compares up to `count` input coordinates, largest gradients first (trying at most three
+    /// times as many).
+    fn check_inputs(&mut self, count: usize, into: &mut Comparison) -> Result<()> {
+        let mut by_size: Vec<usize> = (0..self.grad_input.len()).collect();
+        by_size.sort_by(|&a, &b| {
+            self.grad_input[b]
+                .abs()
+                .total_cmp(&self.grad_input[a].abs())
+        });
+        let values = self.values.clone();
+        for &i in by_size.iter().take(3 * count) {
+            if into.analytic.len() == count {
+                break;
+            }
+            let derivative = smooth_derivative(
+                |x| {
+                    let mut perturbed = values.clone();
+                    perturbed[i] = x;
+                    let images = tensor(self.backend, &self.shape, &perturbed)?;
+                    self.loss(&images)
+                },
+                values[i],
+            )?;
+            into.add(self.grad_input[i], derivative);
         }
-        let id = parameters[(rng.next_u64() % parameters.len() as u64) as usize];
-        let original = widen(network.store.get(id))?;
-        let param_shape = network.store.entries()[id.0].shape.clone();
-        let grad = widen(grads.get(id).expect("has a gradient"))?;
-        let j = (0..grad.len())
-            .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
-            .unwrap_or(0);
+        Ok(())
+    }
+
+    /// Compares up to `count` parameter coordinates: the largest-gradient one of parameter
+    /// tensors drawn at random from `seed` (trying at most three times as many).
+    fn check_parameters(&mut self, count: usize, seed: u64, into: &mut Comparison) -> Result<()> {
+        let entries = self.network.store.entries();
+        let parameters: Vec<ParamId> = (0..entries.len())
+            .map(ParamId)
+            .filter(|&id| {
+                entries[id.0].kind == EntryKind::Parameter && self.grads.get(id).is_some()
+            })
+            .collect();
+        let mut rng = SplitMix64::new(seed ^ 0xfd);
+        let target = into.analytic.len() + count;
+        for _ in 0..3 * count {
+            if into.analytic.len() == target {
+                break;
+            }
+            let id = parameters[(rng.next_u64() % parameters.len() as u64) as usize];
+            let grad = widened(self.backend, self.grads.get(id).expect("has a gradient"))?;
+            let j = (0..grad.len())
+                .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
+                .unwrap_or(0);
+            into.add(grad[j], self.parameter_derivative(id, j)?);
+        }
+        Ok(())
+    }
+
+    /// The finite difference of the loss in coordinate `j` of parameter `id`, which is restored
+    /// afterwards.
+    fn parameter_derivative(&mut self, id: ParamId, j: usize) -> Result<Option<f64>> {
+        let original = widened(self.backend, self.network.store.get(id))?;
+        let shape = self.network.store.entries()[id.0].shape.clone();
+        let images = self.images.clone();
         let derivative = smooth_derivative(
             |x| {
                 let mut perturbed = original.clone();
                 perturbed[j] = x;
-                network.store.set(id, tensor(&param_shape, &perturbed)?);
-                loss(&mut network, &images)
+                let value = tensor(self.backend, &shape, &perturbed)?;
+                self.network.store.set(id, value);
+                self.loss(&images)
             },
             original[j],
         );
-        network.store.set(id, tensor(&param_shape, &original)?);
-        match derivative? {
-            Some(fd) => {
-                analytic.push(grad[j]);
-                numeric.push(fd);
-            }
-            None => skipped += 1,
-        }
+        let value = tensor(self.backend, &shape, &original)?;
+        self.network.store.set(id, value);
+        derivative
     }
-    // The stencil's own error is up to about 1e-9 absolute (the loss's rounding in f64 divided by
-    // steps of 1e-6): below a norm of 1e-2 the comparison is absolute, at 1e-8, which a wrong
-    // gradient (off by its own size) still fails by orders of magnitude.
-    let difference: Vec<f64> = analytic.iter().zip(&numeric).map(|(a, n)| a - n).collect();
-    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let error = norm(&difference) / norm(&numeric).max(1e-2);
-    Ok((error, analytic.len(), skipped))
+}
+
+/// `values` as a tensor of shape `shape`.
+fn tensor<B: Backend>(backend: &B, shape: &[usize], values: &[f64]) -> Result<B::Tensor> {
+    let values = values.iter().map(|&v| B::Elem::cast(v)).collect();
+    Ok(backend.tensor_from_vec(shape, values)?)
 }
 
 /// Runs every check on the CPU.
@@ -290,24 +362,12 @@ pub fn verify_on(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
-    let (reconstruction, flips, compared, grads) = device.run(
-        dtype,
-        Checks {
-            spec,
-            coupling,
-            seed,
-            batch,
-        },
-    )?;
-    let (fd, fd_coordinates, fd_skipped) = device.run(
-        DType::F64,
-        FiniteDifferences {
-            spec,
-            seed,
-            batch,
-            samples: fd_samples,
-        },
-    )?;
+    let (reconstruction, flips, compared, grads) = on_backend!(device, dtype, |backend| {
+        checks(&backend, spec, coupling, seed, batch)
+    })?;
+    let (fd, fd_coordinates, fd_skipped) = on_backend!(device, DType::F64, |backend| {
+        finite_differences(&backend, spec, seed, batch, fd_samples)
+    })?;
     let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
     let passed =
         reconstruction <= reconstruction_bar && flips == 0 && grads <= grad_bar && fd <= 1e-6;
@@ -323,66 +383,78 @@ pub fn verify_on(
     })
 }
 
-/// [`checks`] as a [`Task`].
-struct Checks<'a> {
-    spec: &'a ModelSpec,
-    coupling: Coupling,
-    seed: u64,
-    batch: usize,
+/// The reversible coupling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CouplingArg {
+    /// The paper's floating-point coupling.
+    Float,
+    /// Fixed-point grid: a bitwise-exact inverse.
+    Exact,
 }
 
-impl Task for Checks<'_> {
-    type Output = (f64, u64, u64, f64);
-
-    fn run<B: Compute>(self, backend: B) -> Result<Self::Output> {
-        checks(&backend, self.spec, self.coupling, self.seed, self.batch)
+impl From<CouplingArg> for Coupling {
+    fn from(coupling: CouplingArg) -> Coupling {
+        match coupling {
+            CouplingArg::Float => Coupling::Float,
+            CouplingArg::Exact => Coupling::Exact,
+        }
     }
 }
 
-/// [`finite_differences`] as a [`Task`].
-struct FiniteDifferences<'a> {
-    spec: &'a ModelSpec,
-    seed: u64,
-    batch: usize,
-    samples: usize,
+/// The arguments of `revsnn verify`.
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_enum, default_value = "f64")]
+    pub dtype: DTypeArg,
+    #[arg(long, value_enum, default_value = "float")]
+    pub coupling: CouplingArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Coordinates checked by finite differences (half input, half parameters).
+    #[arg(long, default_value_t = 8)]
+    pub fd_samples: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub json: bool,
 }
 
-impl Task for FiniteDifferences<'_> {
-    type Output = (f64, usize, usize);
-
-    fn run<B: Compute>(self, backend: B) -> Result<Self::Output> {
-        finite_differences(&backend, self.spec, self.seed, self.batch, self.samples)
+impl VerifyArgs {
+    /// Runs `revsnn verify`: prints a table or one JSON object; the caller exits 0 iff it passed.
+    pub fn run(&self) -> Result<bool> {
+        let device = self.device.open()?;
+        let (name, spec) = self.model.resolve()?;
+        let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
+        let report = verify_on(
+            &device,
+            &spec,
+            dtype,
+            coupling,
+            self.seed,
+            self.batch,
+            self.fd_samples,
+        )?;
+        if self.json {
+            self.print_json(&name, &spec, &device, &report);
+        } else {
+            self.print_table(&name, &device, &report);
+        }
+        Ok(report.passed)
     }
-}
 
-/// `revsnn verify`: prints a table or one JSON object; the caller exits 0 iff it passed.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    args: &ModelArgs,
-    dtype: DTypeArg,
-    coupling: Coupling,
-    seed: u64,
-    batch: usize,
-    fd_samples: usize,
-    device: DeviceArg,
-    json: bool,
-) -> Result<bool> {
-    let device = device.open()?;
-    let (name, spec) = args.resolve()?;
-    let dtype = DType::from(dtype);
-    let report = verify_on(&device, &spec, dtype, coupling, seed, batch, fd_samples)?;
-    let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
-    if json {
-        println!(
-            "{}",
+    fn print_json(&self, name: &str, spec: &ModelSpec, device: &Device, report: &VerifyReport) {
+        print_json_report(
+            name,
+            device,
             json!({
-                "model": name,
-                "device": device.name(),
-                "backend": device.kind(),
-                "dtype": dtype.to_string(),
-                "coupling": format!("{coupling:?}").to_lowercase(),
-                "seed": seed,
-                "batch": batch,
+                "dtype": DType::from(self.dtype).to_string(),
+                "coupling": format!("{:?}", Coupling::from(self.coupling)).to_lowercase(),
+                "seed": self.seed,
+                "batch": self.batch,
                 "reversible": spec.arch.is_reversible(),
                 "reconstruction_max_rel_err": report.reconstruction_max_rel_err,
                 "spike_flips": report.spike_flips,
@@ -392,12 +464,18 @@ pub fn run(
                 "fd_coordinates": report.fd_coordinates,
                 "fd_skipped_near_kinks": report.fd_skipped,
                 "passed": report.passed,
-            })
+            }),
         );
-    } else {
+    }
+
+    fn print_table(&self, name: &str, device: &Device, report: &VerifyReport) {
+        let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
+        let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
         let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
         println!(
-            "{name}: {dtype}, {coupling:?} coupling, seed {seed}, batch {batch}, on {}",
+            "{name}: {dtype}, {coupling:?} coupling, seed {}, batch {}, on {}",
+            self.seed,
+            self.batch,
             device.name()
         );
         println!(
@@ -424,5 +502,4 @@ pub fn run(
         );
         println!("{}", if report.passed { "passed" } else { "FAILED" });
     }
-    Ok(report.passed)
 }

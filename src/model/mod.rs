@@ -97,38 +97,40 @@ pub struct StepOutput<B: Backend> {
     pub grad_input: B::Tensor,
 }
 
-/// Forward of `model` (images to logits `[B, K]`) in the session's mode, mean cross-entropy
-/// against `labels`, and the backward, accumulating parameter gradients into `session.grads`.
+/// What a classifier's loss compares its logits `[B, K]` with.
+pub enum Targets<'a, B: Backend> {
+    /// One class per sample: the mean cross-entropy.
+    Hard(&'a [usize]),
+    /// Rows of class probabilities `[B, K]` (mixup and label smoothing, docs/recipes.md §5.1,
+    /// 5.3): the mean soft-target cross-entropy.
+    Soft(&'a B::Tensor),
+}
+
+impl<B: Backend> Targets<'_, B> {
+    /// The mean loss of `logits` against these targets, and the context of its backward.
+    pub fn loss(
+        &self,
+        backend: &B,
+        logits: &B::Tensor,
+    ) -> Result<(B::Elem, B::CrossEntropyContext)> {
+        Ok(match self {
+            Targets::Hard(labels) => backend.cross_entropy_forward(logits, labels)?,
+            Targets::Soft(rows) => backend.soft_cross_entropy_forward(logits, rows)?,
+        })
+    }
+}
+
+/// Forward of `model` (images to logits `[B, K]`) in the session's mode, the mean loss against
+/// `targets` and the backward, accumulating parameter gradients into `session.grads`.
 pub fn train_step<B: Backend, L: Layer<B>>(
     model: &L,
     session: &mut Session<B>,
     images: &B::Tensor,
-    labels: &[usize],
+    targets: Targets<B>,
 ) -> Result<StepOutput<B>> {
     let backend = session.backend;
     let (logits, saved) = model.forward(session, images)?;
-    let (loss, context) = backend.cross_entropy_forward(&logits, labels)?;
-    let grad_logits =
-        backend.cross_entropy_backward(&context, <B::Elem as num_traits::One>::one())?;
-    let grad_input = model.backward(session, saved, &grad_logits)?;
-    Ok(StepOutput {
-        logits,
-        loss,
-        grad_input,
-    })
-}
-
-/// As [`train_step`], with the mean soft-target cross-entropy against `targets` `[B, K]` (rows of
-/// class probabilities: mixup and label smoothing, docs/recipes.md §5.1, 5.3) instead of hard labels.
-pub fn train_step_soft<B: Backend, L: Layer<B>>(
-    model: &L,
-    session: &mut Session<B>,
-    images: &B::Tensor,
-    targets: &B::Tensor,
-) -> Result<StepOutput<B>> {
-    let backend = session.backend;
-    let (logits, saved) = model.forward(session, images)?;
-    let (loss, context) = backend.soft_cross_entropy_forward(&logits, targets)?;
+    let (loss, context) = targets.loss(backend, &logits)?;
     let grad_logits =
         backend.cross_entropy_backward(&context, <B::Elem as num_traits::One>::one())?;
     let grad_input = model.backward(session, saved, &grad_logits)?;

@@ -1,11 +1,12 @@
 //! The settings of `revsnn train`: a TOML file (`--config FILE.toml`), flags over it, and a
 //! recipe ([`super::recipe`]) for every knob left open.
 //!
-//! [`TrainSettings`] is both the file and the flags: every knob optional, each a config key and a
-//! flag. [`TrainSettings::over`] lays the flags over the file; [`TrainSettings::resolve`] fills in
-//! the rest from the recipe and checks every value, giving a [`RunConfig`]; its
-//! [`RunConfig::settings`] are written to the run folder as `config.toml`, from which
-//! `--config DIR/config.toml` reproduces the run.
+//! [`GivenSettings`] are the settings as given, both the file and the flags: every knob optional,
+//! each a config key and a flag. [`GivenSettings::over`] lays the flags over the file;
+//! [`GivenSettings::resolve`] fills in the rest from the recipe and checks every value, giving the
+//! [`RunSettings`], every knob decided; [`RunSettings::to_given`] gives them back with every knob
+//! set, written to the run folder as `config.toml`, from which `--config DIR/config.toml`
+//! reproduces the run.
 //!
 //! ```toml
 //! recipe = "paper"
@@ -29,38 +30,22 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use revsnn_reference::{AdamWParams, SgdParams};
 use serde::{Deserialize, Serialize};
 
-use super::default_spec;
-use super::recipe::{
-    ADAMW_BETAS, ADAMW_EPS, DatasetKind, OptimizerName, RecipeInput, RecipeKind, SGD_MOMENTUM,
-    Schedule, ScheduleName,
-};
+use super::recipe::{DatasetKind, OptimizerName, RecipeInput, RecipeKind, Schedule, ScheduleName};
 use crate::data::augment::{Augmentation, Mixup, RandAugment};
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::optim::OptimizerKind;
-use crate::spec::ModelSpec;
-
-/// Where to compute.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// The CPU reference backend.
-    #[default]
-    Cpu,
-    /// The CUDA backend on GPU 0 (an error, saying why, when there is none).
-    Cuda,
-    /// CUDA when a GPU is found, else the CPU.
-    Auto,
-}
+use crate::spec::{Arch, ModelSpec};
 
 /// Every knob of a training run, as a TOML file or the command line gives it; unset knobs take
 /// the recipe's value.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Args)]
 #[serde(deny_unknown_fields)]
-pub struct TrainSettings {
+pub struct GivenSettings {
     /// The recipe for every knob left open: `quick` (default; the paper's recipe for the model's
     /// family scaled to a short run: 8 epochs at batch 16, 5000/1000 samples) or `paper` (the
     /// full recipe of docs/recipes.md §5 for the dataset and model: epochs, batch, seed, optimizer,
@@ -121,7 +106,7 @@ pub struct TrainSettings {
     /// Where to compute (default: cpu).
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<Device>,
+    pub device: Option<DeviceChoice>,
     /// The run folder (default: `runs/<model>-<dataset>-seed<S>`).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -468,6 +453,24 @@ fn toml_error(error: toml::ser::Error) -> Error {
     ))
 }
 
+/// The model `revsnn train` trains when given none: a small RevSResNet for 32x32 RGB, 10 classes.
+pub fn default_spec() -> ModelSpec {
+    ModelSpec {
+        arch: Arch::Revsresnet,
+        num_classes: 10,
+        time_steps: 2,
+        in_channels: 3,
+        img_size: 32,
+        layers: Some(vec![1, 1, 1, 1]),
+        planes: Some(vec![8, 16, 16, 32]),
+        depth: None,
+        dim: None,
+        heads: None,
+        mlp_ratio: None,
+        patch_size: None,
+    }
+}
+
 /// Where a run's model comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelSource {
@@ -492,7 +495,7 @@ pub struct RunModel {
 
 impl RunModel {
     /// The model of a run whose resolved settings are `settings` and spec `spec`.
-    pub fn of_run(settings: &TrainSettings, name: String, spec: ModelSpec) -> RunModel {
+    pub fn of_run(settings: &GivenSettings, name: String, spec: ModelSpec) -> RunModel {
         let source = match (&settings.model, &settings.spec) {
             (Some(preset), _) => ModelSource::Preset(preset.clone()),
             (None, Some(path)) => ModelSource::File(path.clone()),
@@ -502,10 +505,10 @@ impl RunModel {
     }
 }
 
-impl TrainSettings {
+impl GivenSettings {
     /// Parses a config file's text; `path` names it in errors and anchors its relative paths.
-    pub fn from_toml(text: &str, path: &Path) -> Result<TrainSettings> {
-        let mut settings: TrainSettings = toml::from_str(text).map_err(|e| {
+    pub fn from_toml(text: &str, path: &Path) -> Result<GivenSettings> {
+        let mut settings: GivenSettings = toml::from_str(text).map_err(|e| {
             let key = e
                 .span()
                 .and_then(|span| key_at(text, span.start))
@@ -535,12 +538,12 @@ impl TrainSettings {
     }
 
     /// Reads a config file.
-    pub fn read(path: &Path) -> Result<TrainSettings> {
+    pub fn read(path: &Path) -> Result<GivenSettings> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::File {
             path: path.display().to_string(),
             detail: format!("cannot read the config file: {e}"),
         })?;
-        TrainSettings::from_toml(&text, path)
+        GivenSettings::from_toml(&text, path)
     }
 
     /// The settings as a config file.
@@ -555,9 +558,9 @@ impl TrainSettings {
 
     /// These settings laid over `lower` (flags over a file): each knob set here wins. A model
     /// named here (`model` or `spec`) replaces both of `lower`'s.
-    pub fn over(self, lower: TrainSettings) -> TrainSettings {
+    pub fn over(self, lower: GivenSettings) -> GivenSettings {
         let names_model = self.model.is_some() || self.spec.is_some();
-        TrainSettings {
+        GivenSettings {
             recipe: self.recipe.or(lower.recipe),
             model: if names_model { self.model } else { lower.model },
             spec: if names_model { self.spec } else { lower.spec },
@@ -581,7 +584,7 @@ impl TrainSettings {
 
     /// The same settings with the paths of what is trained on (spec, data_dir) made absolute
     /// against the current folder, so that a run's settings mean the same from anywhere.
-    pub fn with_absolute_paths(mut self) -> Result<TrainSettings> {
+    pub fn with_absolute_paths(mut self) -> Result<GivenSettings> {
         for path in [&mut self.spec, &mut self.data_dir].into_iter().flatten() {
             *path = std::path::absolute(&*path).map_err(|e| Error::File {
                 path: path.display().to_string(),
@@ -592,8 +595,8 @@ impl TrainSettings {
     }
 
     /// Every knob decided and checked: the recipe's values for those left open.
-    pub fn resolve(&self) -> Result<RunConfig> {
-        RunConfig::resolve(self, self.resolve_model()?)
+    pub fn resolve(&self) -> Result<RunSettings> {
+        RunSettings::resolve(self, self.resolve_model()?)
     }
 
     /// The dataset, by default `synthetic` (or `synthetic-events` for DVS models).
@@ -652,9 +655,10 @@ impl TrainSettings {
     }
 }
 
-/// A run with every knob decided: what the training loop runs.
+/// The settings of a run with every knob decided and checked, in typed values: what the
+/// training loop runs.
 #[derive(Clone, Debug, PartialEq)]
-pub struct RunConfig {
+pub struct RunSettings {
     /// The recipe the open knobs came from.
     pub recipe: RecipeKind,
     /// The model, as built.
@@ -674,7 +678,7 @@ pub struct RunConfig {
     /// The seed of the weights, the shuffles and the augmentation.
     pub seed: u64,
     /// Where to compute.
-    pub device: Device,
+    pub device: DeviceChoice,
     /// The run folder.
     pub out: PathBuf,
     /// The optimizer with its base learning rate.
@@ -691,21 +695,25 @@ pub struct RunConfig {
     pub prefetch: usize,
 }
 
-impl RunConfig {
-    /// `given`'s knobs over the recipe's for `model`, each checked.
-    pub fn resolve(given: &TrainSettings, model: RunModel) -> Result<RunConfig> {
-        let spec = &model.spec;
-        let recipe = given.recipe.unwrap_or_default();
-        let dataset = given.dataset_kind(spec)?;
+impl RunSettings {
+    /// The settings of a run of `model`: `given` (the flags over the config file) laid over the
+    /// recipe's defaults ([`RecipeInput::defaults`]), then every knob checked.
+    pub fn resolve(given: &GivenSettings, model: RunModel) -> Result<RunSettings> {
         let input = RecipeInput {
-            recipe,
-            arch: spec.arch,
-            dataset,
+            recipe: given.recipe.unwrap_or_default(),
+            arch: model.spec.arch,
+            dataset: given.dataset_kind(&model.spec)?,
         };
         input.check()?;
-        let epochs = at_least_one("epochs", given.epochs.unwrap_or(input.epochs()))?;
-        let batch = at_least_one("batch", given.batch.unwrap_or(input.batch()))?;
-        let seed = given.seed.unwrap_or(input.seed());
+        let settings = given.clone().over(input.defaults(given));
+        RunSettings::check(&settings, input.dataset, model)
+    }
+
+    /// `settings` (every knob the recipe fills set) checked and turned into typed values.
+    fn check(settings: &GivenSettings, dataset: DatasetKind, model: RunModel) -> Result<Self> {
+        let epochs = at_least_one("epochs", set(&settings.epochs))?;
+        let batch = at_least_one("batch", set(&settings.batch))?;
+        let seed = set(&settings.seed);
         // TOML integers are signed 64-bit: the seed must fit to be written to config.toml
         require(
             i64::try_from(seed).is_ok(),
@@ -713,23 +721,15 @@ impl RunConfig {
             seed,
             "an integer in [0, 2^63)",
         )?;
-        let (train_default, test_default) = input.samples();
-        let train_samples = at_least_one(
-            "train_samples",
-            given.train_samples.unwrap_or(train_default),
-        )?;
-        let test_samples =
-            at_least_one("test_samples", given.test_samples.unwrap_or(test_default))?;
-        let out = given.out.clone().unwrap_or_else(|| {
-            let short_name = Path::new(&model.name)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| model.name.clone());
-            PathBuf::from("runs").join(format!("{short_name}-{}-seed{seed}", dataset.name()))
-        });
-        let optimizer = resolve_optimizer(&given.optimizer, &input, batch)?;
-        let schedule = resolve_schedule(&given.schedule, &input, &optimizer, epochs)?;
-        let (augmentation, mixup_off_epoch) = resolve_augment(&given.augment, &input, epochs)?;
+        let train_samples = at_least_one("train_samples", set(&settings.train_samples))?;
+        let test_samples = at_least_one("test_samples", set(&settings.test_samples))?;
+        let out = settings
+            .out
+            .clone()
+            .unwrap_or_else(|| default_out(&model.name, dataset, seed));
+        let optimizer = check_optimizer(&settings.optimizer)?;
+        let schedule = check_schedule(&settings.schedule)?;
+        let (augmentation, mixup_off_epoch) = check_augment(&settings.augment, dataset)?;
         if augmentation.mixup.is_some() && batch % 2 != 0 {
             return Err(bad_setting(
                 "batch",
@@ -738,19 +738,19 @@ impl RunConfig {
                  turn mixup off with --mixup-alpha 0",
             ));
         }
-        let workers = at_least_one("loader.workers", given.loader.workers.unwrap_or(1))?;
-        let prefetch = at_least_one("loader.prefetch", given.loader.prefetch.unwrap_or(4))?;
-        Ok(RunConfig {
-            recipe,
+        let workers = at_least_one("loader.workers", set(&settings.loader.workers))?;
+        let prefetch = at_least_one("loader.prefetch", set(&settings.loader.prefetch))?;
+        Ok(RunSettings {
+            recipe: set(&settings.recipe),
             model,
             dataset,
-            data_dir: given.data_dir.clone(),
+            data_dir: settings.data_dir.clone(),
             train_samples,
             test_samples,
             epochs,
             batch,
             seed,
-            device: given.device.unwrap_or_default(),
+            device: set(&settings.device),
             out,
             optimizer,
             schedule,
@@ -766,15 +766,44 @@ impl RunConfig {
         self.schedule.lr(self.optimizer.lr(), epoch, self.epochs)
     }
 
-    /// Every knob of the run as settings: `config.toml` of the run folder. Resolving them again
-    /// gives this run (the run folder, `out`, is left out: a copy reproduces the run elsewhere).
-    pub fn settings(&self) -> TrainSettings {
+    /// Every knob of the run as given settings, each set: `config.toml` of the run folder.
+    /// Resolving them again gives this run (the run folder, `out`, is left out: a copy reproduces the run elsewhere).
+    pub fn to_given(&self) -> GivenSettings {
         let (model, spec) = match &self.model.source {
             ModelSource::Default => (None, None),
             ModelSource::Preset(preset) => (Some(preset.clone()), None),
             ModelSource::File(path) => (None, Some(path.clone())),
         };
-        let optimizer = match self.optimizer {
+        GivenSettings {
+            recipe: Some(self.recipe),
+            model,
+            spec,
+            num_classes: Some(self.model.spec.num_classes),
+            time_steps: Some(self.model.spec.time_steps),
+            dataset: Some(self.dataset.name().into()),
+            data_dir: self.data_dir.clone(),
+            train_samples: Some(self.train_samples),
+            test_samples: Some(self.test_samples),
+            epochs: Some(self.epochs),
+            batch: Some(self.batch),
+            seed: Some(self.seed),
+            device: Some(self.device),
+            out: None,
+            optimizer: OptimizerSettings::of(&self.optimizer),
+            schedule: ScheduleSettings::of(&self.schedule),
+            augment: AugmentSettings::of(&self.augmentation, self.mixup_off_epoch),
+            loader: LoaderSettings {
+                workers: Some(self.workers),
+                prefetch: Some(self.prefetch),
+            },
+        }
+    }
+}
+
+impl OptimizerSettings {
+    /// `optimizer` as settings, every knob of its kind set.
+    pub fn of(optimizer: &OptimizerKind) -> OptimizerSettings {
+        match optimizer {
             OptimizerKind::Sgd(hp) => OptimizerSettings {
                 name: Some(OptimizerName::Sgd),
                 lr: Some(hp.lr),
@@ -791,8 +820,14 @@ impl RunConfig {
                 betas: Some(vec![hp.beta1, hp.beta2]),
                 eps: Some(hp.eps),
             },
-        };
-        let schedule = match &self.schedule {
+        }
+    }
+}
+
+impl ScheduleSettings {
+    /// `schedule` as settings, every knob of its kind set.
+    pub fn of(schedule: &Schedule) -> ScheduleSettings {
+        match schedule {
             Schedule::MultiStep { milestones, gamma } => ScheduleSettings {
                 name: Some(ScheduleName::Multistep),
                 milestones: Some(milestones.clone()),
@@ -810,11 +845,17 @@ impl RunConfig {
                 min_lr: Some(*min_lr),
                 ..ScheduleSettings::default()
             },
-        };
-        let aug = &self.augmentation;
+        }
+    }
+}
+
+impl AugmentSettings {
+    /// `aug` as settings, with mixup off from epoch `mixup_off_epoch`: every knob set but the
+    /// parameters of RandAugment and mixup when they are off.
+    pub fn of(aug: &Augmentation, mixup_off_epoch: usize) -> AugmentSettings {
         let rand_augment = aug.rand_augment.as_ref();
         let mixup = aug.mixup.as_ref();
-        let augment = AugmentSettings {
+        AugmentSettings {
             crop_padding: Some(aug.crop_padding),
             flip: Some(aug.flip),
             rand_augment_n: Some(rand_augment.map_or(0, |r| r.num_ops)),
@@ -824,72 +865,54 @@ impl RunConfig {
             random_erasing: Some(aug.random_erasing),
             mixup_alpha: Some(mixup.map_or(0.0, |m| m.alpha)),
             mixup_prob: mixup.map(|m| m.prob),
-            mixup_off_epoch: mixup.map(|_| self.mixup_off_epoch),
+            mixup_off_epoch: mixup.map(|_| mixup_off_epoch),
             label_smoothing: Some(aug.label_smoothing),
-        };
-        TrainSettings {
-            recipe: Some(self.recipe),
-            model,
-            spec,
-            num_classes: Some(self.model.spec.num_classes),
-            time_steps: Some(self.model.spec.time_steps),
-            dataset: Some(self.dataset.name().into()),
-            data_dir: self.data_dir.clone(),
-            train_samples: Some(self.train_samples),
-            test_samples: Some(self.test_samples),
-            epochs: Some(self.epochs),
-            batch: Some(self.batch),
-            seed: Some(self.seed),
-            device: Some(self.device),
-            out: None,
-            optimizer,
-            schedule,
-            augment,
-            loader: LoaderSettings {
-                workers: Some(self.workers),
-                prefetch: Some(self.prefetch),
-            },
         }
     }
 }
 
-fn resolve_optimizer(
-    given: &OptimizerSettings,
-    input: &RecipeInput,
-    batch: usize,
-) -> Result<OptimizerKind> {
-    let name = given.name.unwrap_or(input.optimizer());
-    let lr = positive_number("optimizer.lr", given.lr.unwrap_or(input.lr(name, batch)))?;
-    let weight_decay = non_negative(
-        "optimizer.weight_decay",
-        given.weight_decay.unwrap_or(input.weight_decay(name)),
-    )?;
-    Ok(match name {
+/// The value of a knob that the recipe's layer sets ([`RecipeInput::defaults`]).
+fn set<T: Clone>(knob: &Option<T>) -> T {
+    knob.clone()
+        .expect("the recipe's layer sets every knob of a step that is on")
+}
+
+/// The default run folder: `runs/<model>-<dataset>-seed<seed>`, the model by its file stem.
+fn default_out(model: &str, dataset: DatasetKind, seed: u64) -> PathBuf {
+    let short_name = Path::new(model)
+        .file_stem()
+        .map_or_else(|| model.to_string(), |s| s.to_string_lossy().into_owned());
+    PathBuf::from("runs").join(format!("{short_name}-{}-seed{seed}", dataset.name()))
+}
+
+fn check_optimizer(settings: &OptimizerSettings) -> Result<OptimizerKind> {
+    let lr = positive_number("optimizer.lr", set(&settings.lr))?;
+    let weight_decay = non_negative("optimizer.weight_decay", set(&settings.weight_decay))?;
+    Ok(match set(&settings.name) {
         OptimizerName::Sgd => {
             unused(
                 "optimizer.betas",
-                given.betas.is_some(),
+                settings.betas.is_some(),
                 "the optimizer is SGD (betas are AdamW's: --optimizer adamw)",
             )?;
             unused(
                 "optimizer.eps",
-                given.eps.is_some(),
+                settings.eps.is_some(),
                 "the optimizer is SGD (eps is AdamW's: --optimizer adamw)",
             )?;
-            let momentum = below_one("optimizer.momentum", given.momentum.unwrap_or(SGD_MOMENTUM))?;
             OptimizerKind::Sgd(SgdParams {
                 lr,
-                momentum,
+                momentum: below_one("optimizer.momentum", set(&settings.momentum))?,
                 weight_decay,
             })
         }
         OptimizerName::Adamw => {
             unused(
                 "optimizer.momentum",
-                given.momentum.is_some(),
+                settings.momentum.is_some(),
                 "the optimizer is AdamW (momentum is SGD's: --optimizer sgd)",
             )?;
-            let betas = given.betas.clone().unwrap_or(ADAMW_BETAS.to_vec());
+            let betas = set(&settings.betas);
             let [beta1, beta2] = betas[..] else {
                 return Err(bad_setting(
                     "optimizer.betas",
@@ -900,7 +923,7 @@ fn resolve_optimizer(
             for beta in [beta1, beta2] {
                 below_one("optimizer.betas", beta)?;
             }
-            let eps = positive_number("optimizer.eps", given.eps.unwrap_or(ADAMW_EPS))?;
+            let eps = positive_number("optimizer.eps", set(&settings.eps))?;
             OptimizerKind::AdamW(AdamWParams {
                 lr,
                 beta1,
@@ -912,22 +935,27 @@ fn resolve_optimizer(
     })
 }
 
-fn resolve_schedule(
-    given: &ScheduleSettings,
-    input: &RecipeInput,
-    optimizer: &OptimizerKind,
-    epochs: usize,
-) -> Result<Schedule> {
-    let name = given.name.unwrap_or(match optimizer {
-        OptimizerKind::Sgd(_) => input.schedule_name(OptimizerName::Sgd),
-        OptimizerKind::AdamW(_) => input.schedule_name(OptimizerName::Adamw),
-    });
-    Ok(match name {
+/// The optimizer of the paper's CIFAR recipe for `arch`'s family (docs/recipes.md §5), at its
+/// own learning rate: SGD for ResNets, AdamW for transformers. `memory` and `bench` step with it.
+pub fn paper_optimizer(arch: Arch) -> Result<OptimizerKind> {
+    let input = RecipeInput {
+        recipe: RecipeKind::Paper,
+        arch,
+        dataset: DatasetKind::Cifar10,
+    };
+    check_optimizer(&input.defaults(&GivenSettings::default()).optimizer)
+}
+
+fn check_schedule(settings: &ScheduleSettings) -> Result<Schedule> {
+    Ok(match set(&settings.name) {
         ScheduleName::Multistep => {
             for (key, is_set) in [
-                ("schedule.warmup_epochs", given.warmup_epochs.is_some()),
-                ("schedule.cooldown_epochs", given.cooldown_epochs.is_some()),
-                ("schedule.min_lr", given.min_lr.is_some()),
+                ("schedule.warmup_epochs", settings.warmup_epochs.is_some()),
+                (
+                    "schedule.cooldown_epochs",
+                    settings.cooldown_epochs.is_some(),
+                ),
+                ("schedule.min_lr", settings.min_lr.is_some()),
             ] {
                 unused(
                     key,
@@ -935,19 +963,15 @@ fn resolve_schedule(
                     "the schedule is multistep (this is a cosine knob: --schedule cosine)",
                 )?;
             }
-            let gamma = positive_number("schedule.gamma", given.gamma.unwrap_or(input.gamma()))?;
             Schedule::MultiStep {
-                milestones: given
-                    .milestones
-                    .clone()
-                    .unwrap_or_else(|| input.milestones(epochs)),
-                gamma,
+                gamma: positive_number("schedule.gamma", set(&settings.gamma))?,
+                milestones: set(&settings.milestones),
             }
         }
         ScheduleName::Cosine => {
             for (key, is_set) in [
-                ("schedule.milestones", given.milestones.is_some()),
-                ("schedule.gamma", given.gamma.is_some()),
+                ("schedule.milestones", settings.milestones.is_some()),
+                ("schedule.gamma", settings.gamma.is_some()),
             ] {
                 unused(
                     key,
@@ -955,36 +979,61 @@ fn resolve_schedule(
                     "the schedule is cosine (this is a multistep knob: --schedule multistep)",
                 )?;
             }
-            let min_lr = non_negative(
-                "schedule.min_lr",
-                given.min_lr.unwrap_or(input.min_lr(optimizer.lr())),
-            )?;
             Schedule::Cosine {
-                warmup_epochs: given.warmup_epochs.unwrap_or(input.warmup_epochs(epochs)),
-                cooldown_epochs: given
-                    .cooldown_epochs
-                    .unwrap_or(input.cooldown_epochs(epochs)),
-                min_lr,
+                min_lr: non_negative("schedule.min_lr", set(&settings.min_lr))?,
+                warmup_epochs: set(&settings.warmup_epochs),
+                cooldown_epochs: set(&settings.cooldown_epochs),
             }
         }
     })
 }
 
-fn resolve_augment(
-    given: &AugmentSettings,
-    input: &RecipeInput,
-    epochs: usize,
+/// The augmentation on `dataset`, and the first epoch without mixup (0 without mixup).
+fn check_augment(
+    settings: &AugmentSettings,
+    dataset: DatasetKind,
 ) -> Result<(Augmentation, usize)> {
-    let defaults = input.augment();
-    let rand_augment_n = given
-        .rand_augment_n
-        .unwrap_or(defaults.rand_augment.num_ops);
-    let rand_augment = if rand_augment_n == 0 {
+    let rand_augment = check_rand_augment(settings, dataset)?;
+    let snn_augment_wide = set(&settings.snn_augment_wide);
+    if snn_augment_wide && dataset.is_cifar() {
+        return Err(bad_setting(
+            "augment.snn_augment_wide",
+            true,
+            "false on CIFAR: SNNAugmentWide works on float samples (event frames, synthetic \
+             images); CIFAR has RandAugment",
+        ));
+    }
+    let label_smoothing = below_one("augment.label_smoothing", set(&settings.label_smoothing))?;
+    let (mixup, mixup_off_epoch) = check_mixup(settings, label_smoothing)?;
+    let augmentation = Augmentation {
+        crop_padding: set(&settings.crop_padding),
+        flip: set(&settings.flip),
+        rand_augment,
+        snn_augment_wide,
+        mixup,
+        label_smoothing,
+        random_erasing: number_in(
+            "augment.random_erasing",
+            set(&settings.random_erasing),
+            0.0,
+            1.0,
+        )?,
+    };
+    Ok((augmentation, mixup_off_epoch))
+}
+
+/// RandAugment, CIFAR only; `None` when off (`rand_augment_n` 0).
+fn check_rand_augment(
+    settings: &AugmentSettings,
+    dataset: DatasetKind,
+) -> Result<Option<RandAugment>> {
+    let num_ops = set(&settings.rand_augment_n);
+    if num_ops == 0 {
         for (key, is_set) in [
-            ("augment.rand_augment_m", given.rand_augment_m.is_some()),
+            ("augment.rand_augment_m", settings.rand_augment_m.is_some()),
             (
                 "augment.rand_augment_mstd",
-                given.rand_augment_mstd.is_some(),
+                settings.rand_augment_mstd.is_some(),
             ),
         ] {
             unused(
@@ -993,56 +1042,42 @@ fn resolve_augment(
                 "RandAugment is off (turn it on with augment.rand_augment_n, --rand-augment-n)",
             )?;
         }
-        None
-    } else {
-        if !input.dataset.is_cifar() {
-            return Err(bad_setting(
-                "augment.rand_augment_n",
-                rand_augment_n,
-                "0 on this dataset: RandAugment works on CIFAR's u8 pixels, not on float \
-                 samples",
-            ));
-        }
-        Some(RandAugment {
-            num_ops: rand_augment_n,
-            magnitude: number_in(
-                "augment.rand_augment_m",
-                given
-                    .rand_augment_m
-                    .unwrap_or(defaults.rand_augment.magnitude),
-                0.0,
-                10.0,
-            )?,
-            magnitude_std: non_negative(
-                "augment.rand_augment_mstd",
-                given
-                    .rand_augment_mstd
-                    .unwrap_or(defaults.rand_augment.magnitude_std),
-            )?,
-            ..defaults.rand_augment
-        })
-    };
-    let snn_augment_wide = given.snn_augment_wide.unwrap_or(defaults.snn_augment_wide);
-    if snn_augment_wide && input.dataset.is_cifar() {
+        return Ok(None);
+    }
+    if !dataset.is_cifar() {
         return Err(bad_setting(
-            "augment.snn_augment_wide",
-            true,
-            "false on CIFAR: SNNAugmentWide works on float samples (event frames, synthetic \
-             images); CIFAR has RandAugment",
+            "augment.rand_augment_n",
+            num_ops,
+            "0 on this dataset: RandAugment works on CIFAR's u8 pixels, not on float samples",
         ));
     }
-    let label_smoothing = below_one(
-        "augment.label_smoothing",
-        given.label_smoothing.unwrap_or(defaults.label_smoothing),
-    )?;
-    let mixup_alpha = non_negative(
-        "augment.mixup_alpha",
-        given.mixup_alpha.unwrap_or(defaults.mixup.alpha),
-    )?;
-    let (mixup, mixup_off_epoch) = if mixup_alpha == 0.0 {
+    Ok(Some(RandAugment {
+        num_ops,
+        magnitude: number_in(
+            "augment.rand_augment_m",
+            set(&settings.rand_augment_m),
+            0.0,
+            10.0,
+        )?,
+        magnitude_std: non_negative(
+            "augment.rand_augment_mstd",
+            set(&settings.rand_augment_mstd),
+        )?,
+        ..RandAugment::cifar()
+    }))
+}
+
+/// Mixup with its targets smoothed by `label_smoothing`, and its first epoch off; `None` and 0
+/// when off (`mixup_alpha` 0).
+fn check_mixup(settings: &AugmentSettings, label_smoothing: f64) -> Result<(Option<Mixup>, usize)> {
+    let alpha = non_negative("augment.mixup_alpha", set(&settings.mixup_alpha))?;
+    if alpha == 0.0 {
         for (key, is_set) in [
-            ("augment.mixup_prob", given.mixup_prob.is_some()),
-            ("augment.mixup_off_epoch", given.mixup_off_epoch.is_some()),
+            ("augment.mixup_prob", settings.mixup_prob.is_some()),
+            (
+                "augment.mixup_off_epoch",
+                settings.mixup_off_epoch.is_some(),
+            ),
         ] {
             unused(
                 key,
@@ -1050,39 +1085,15 @@ fn resolve_augment(
                 "mixup is off (turn it on with augment.mixup_alpha, --mixup-alpha)",
             )?;
         }
-        (None, 0)
-    } else {
-        let prob = number_in(
-            "augment.mixup_prob",
-            given.mixup_prob.unwrap_or(defaults.mixup.prob),
-            0.0,
-            1.0,
-        )?;
-        let mixup = Mixup {
-            alpha: mixup_alpha,
-            prob,
-            label_smoothing,
-        };
-        let off = given
-            .mixup_off_epoch
-            .unwrap_or(input.mixup_off_epoch(epochs));
-        (Some(mixup), off)
-    };
-    let augmentation = Augmentation {
-        crop_padding: given.crop_padding.unwrap_or(defaults.crop_padding),
-        flip: given.flip.unwrap_or(defaults.flip),
-        rand_augment,
-        snn_augment_wide,
-        mixup,
+        return Ok((None, 0));
+    }
+    let prob = number_in("augment.mixup_prob", set(&settings.mixup_prob), 0.0, 1.0)?;
+    let mixup = Mixup {
+        alpha,
+        prob,
         label_smoothing,
-        random_erasing: number_in(
-            "augment.random_erasing",
-            given.random_erasing.unwrap_or(defaults.random_erasing),
-            0.0,
-            1.0,
-        )?,
     };
-    Ok((augmentation, mixup_off_epoch))
+    Ok((Some(mixup), set(&settings.mixup_off_epoch)))
 }
 
 /// The config keys a resumed run may change: where things are and how fast, not what is
@@ -1103,8 +1114,8 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
 /// The keys set in `given` to values other than the run's (`run`, resolved settings), but for
 /// those in [`CHANGEABLE_ON_RESUME`]: `(key, given value, run value)`.
 pub fn changed_on_resume(
-    given: &TrainSettings,
-    run: &TrainSettings,
+    given: &GivenSettings,
+    run: &GivenSettings,
 ) -> Result<Vec<(String, String, String)>> {
     fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
         for (key, value) in table {
@@ -1115,7 +1126,7 @@ pub fn changed_on_resume(
             }
         }
     }
-    let keys = |settings: &TrainSettings| -> Result<Vec<(String, toml::Value)>> {
+    let keys = |settings: &GivenSettings| -> Result<Vec<(String, toml::Value)>> {
         let mut keys = Vec::new();
         flatten("", &settings.to_table()?, &mut keys);
         Ok(keys)
@@ -1147,7 +1158,7 @@ mod tests {
 
     #[test]
     fn the_default_run_is_the_quick_recipe_on_synthetic() {
-        let config = TrainSettings::default().resolve().unwrap();
+        let config = GivenSettings::default().resolve().unwrap();
         assert_eq!(config.model.name, "revsresnet-small");
         assert_eq!(config.dataset, DatasetKind::Synthetic);
         assert_eq!((config.epochs, config.batch, config.seed), (8, 16, 0));
@@ -1164,20 +1175,36 @@ mod tests {
             config.out,
             Path::new("runs/revsresnet-small-synthetic-seed0")
         );
-        let again = RunConfig::resolve(&config.settings(), config.model.clone()).unwrap();
+        let again = RunSettings::resolve(&config.to_given(), config.model.clone()).unwrap();
         assert_eq!(again, config);
     }
 
     #[test]
+    fn memory_and_bench_step_with_the_paper_optimizers() {
+        let sgd = SgdParams {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+        };
+        for arch in [Arch::Revsresnet, Arch::MsresnetDvs] {
+            assert_eq!(paper_optimizer(arch).unwrap(), OptimizerKind::Sgd(sgd));
+        }
+        for arch in [Arch::Revsformer, Arch::SpikingformerDvs] {
+            let adamw = OptimizerKind::AdamW(AdamWParams::new(5e-4, 0.06));
+            assert_eq!(paper_optimizer(arch).unwrap(), adamw);
+        }
+    }
+
+    #[test]
     fn keys_of_a_step_that_is_off_are_refused() {
-        let mut given = TrainSettings::default();
+        let mut given = GivenSettings::default();
         given.optimizer.betas = Some(vec![0.9, 0.99]);
         let error = given.resolve().unwrap_err().to_string();
         assert!(
             error.contains("optimizer.betas") && error.contains("--betas"),
             "{error}"
         );
-        let mut given = TrainSettings::default();
+        let mut given = GivenSettings::default();
         given.augment.mixup_prob = Some(0.5);
         assert!(
             given

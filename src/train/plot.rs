@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::files::write_atomic;
 
 const WIDTH: usize = 800;
 const HEIGHT: usize = 320;
@@ -23,6 +26,25 @@ pub struct Curves {
     pub train_acc: Vec<f64>,
     pub test_acc: Vec<f64>,
     pub test_acc5: Vec<f64>,
+}
+
+impl Curves {
+    /// The curves of `metrics.jsonl`'s lines (a missing value is drawn at the top).
+    pub fn of_metrics(lines: &[Value]) -> Curves {
+        let series = |key: &str| -> Vec<f64> {
+            lines
+                .iter()
+                .map(|line| line[key].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        };
+        Curves {
+            train_loss: series("train_loss"),
+            test_loss: series("test_loss"),
+            train_acc: series("train_acc1"),
+            test_acc: series("test_acc1"),
+            test_acc5: series("test_acc5"),
+        }
+    }
 }
 
 struct Canvas {
@@ -115,23 +137,6 @@ pub fn write_curves(path: &Path, curves: &Curves) -> Result<()> {
     );
     let bytes = encode_png(WIDTH, HEIGHT, &canvas.pixels);
     write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".partial");
-    let temporary = std::path::PathBuf::from(temporary);
-    let result = std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        Error::File {
-            path: path.display().to_string(),
-            detail: format!(
-                "cannot write: {e} (check that the run folder is writable and the disk has space)"
-            ),
-        }
-    })
 }
 
 fn crc32(bytes: &[u8]) -> u32 {

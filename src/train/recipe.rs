@@ -21,7 +21,11 @@
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+use super::config::{
+    AugmentSettings, GivenSettings, LoaderSettings, OptimizerSettings, ScheduleSettings,
+};
 use crate::data::augment::{Mixup, RandAugment};
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::spec::{Arch, ModelSpec};
 
@@ -459,6 +463,105 @@ impl RecipeInput {
             off
         } else {
             epochs * off / total
+        }
+    }
+}
+
+/// Threads assembling training batches, unless `[loader] workers` says otherwise.
+pub const LOADER_WORKERS: usize = 1;
+/// Batches each worker keeps ready ahead, unless `[loader] prefetch` says otherwise.
+pub const LOADER_PREFETCH: usize = 4;
+
+impl RecipeInput {
+    /// The lowest layer of a run's settings: the recipe's value of every knob but the model, the
+    /// data folder and the run folder. A knob whose value follows another's (the learning rate
+    /// the optimizer and batch size, the schedule the optimizer and epochs, ...) follows that
+    /// knob's value in `given` where `given` sets it. The knobs of a step that is off (AdamW's
+    /// betas under SGD, mixup's probability without mixup) stay unset, so that one set above
+    /// this layer is refused.
+    pub fn defaults(&self, given: &GivenSettings) -> GivenSettings {
+        let epochs = given.epochs.unwrap_or(self.epochs());
+        let batch = given.batch.unwrap_or(self.batch());
+        let optimizer = given.optimizer.name.unwrap_or(self.optimizer());
+        let lr = given.optimizer.lr.unwrap_or(self.lr(optimizer, batch));
+        let (train_samples, test_samples) = self.samples();
+        GivenSettings {
+            recipe: Some(self.recipe),
+            train_samples: Some(train_samples),
+            test_samples: Some(test_samples),
+            epochs: Some(self.epochs()),
+            batch: Some(self.batch()),
+            seed: Some(self.seed()),
+            device: Some(DeviceChoice::default()),
+            optimizer: self.optimizer_defaults(optimizer, batch),
+            schedule: self.schedule_defaults(&given.schedule, optimizer, lr, epochs),
+            augment: self.augment_defaults(&given.augment, epochs),
+            loader: LoaderSettings {
+                workers: Some(LOADER_WORKERS),
+                prefetch: Some(LOADER_PREFETCH),
+            },
+            ..GivenSettings::default()
+        }
+    }
+
+    /// Optimizer `name` with the recipe's values at batch size `batch`.
+    fn optimizer_defaults(&self, name: OptimizerName, batch: usize) -> OptimizerSettings {
+        let sgd = name == OptimizerName::Sgd;
+        OptimizerSettings {
+            name: Some(name),
+            lr: Some(self.lr(name, batch)),
+            momentum: sgd.then_some(SGD_MOMENTUM),
+            weight_decay: Some(self.weight_decay(name)),
+            betas: (!sgd).then(|| ADAMW_BETAS.to_vec()),
+            eps: (!sgd).then_some(ADAMW_EPS),
+        }
+    }
+
+    /// The schedule `given` names (or the one that goes with `optimizer`) with the recipe's
+    /// values for a run of `epochs` epochs at base learning rate `lr`.
+    fn schedule_defaults(
+        &self,
+        given: &ScheduleSettings,
+        optimizer: OptimizerName,
+        lr: f64,
+        epochs: usize,
+    ) -> ScheduleSettings {
+        let name = given.name.unwrap_or(self.schedule_name(optimizer));
+        match name {
+            ScheduleName::Multistep => ScheduleSettings {
+                name: Some(name),
+                milestones: Some(self.milestones(epochs)),
+                gamma: Some(self.gamma()),
+                ..ScheduleSettings::default()
+            },
+            ScheduleName::Cosine => ScheduleSettings {
+                name: Some(name),
+                warmup_epochs: Some(self.warmup_epochs(epochs)),
+                cooldown_epochs: Some(self.cooldown_epochs(epochs)),
+                min_lr: Some(self.min_lr(lr)),
+                ..ScheduleSettings::default()
+            },
+        }
+    }
+
+    /// The recipe's augmentation; RandAugment's and mixup's parameters where `given` or the
+    /// recipe turns them on.
+    fn augment_defaults(&self, given: &AugmentSettings, epochs: usize) -> AugmentSettings {
+        let recipe = self.augment();
+        let rand_augment = given.rand_augment_n.unwrap_or(recipe.rand_augment.num_ops) != 0;
+        let mixup = given.mixup_alpha.unwrap_or(recipe.mixup.alpha) != 0.0;
+        AugmentSettings {
+            crop_padding: Some(recipe.crop_padding),
+            flip: Some(recipe.flip),
+            rand_augment_n: Some(recipe.rand_augment.num_ops),
+            rand_augment_m: rand_augment.then_some(recipe.rand_augment.magnitude),
+            rand_augment_mstd: rand_augment.then_some(recipe.rand_augment.magnitude_std),
+            snn_augment_wide: Some(recipe.snn_augment_wide),
+            random_erasing: Some(recipe.random_erasing),
+            mixup_alpha: Some(recipe.mixup.alpha),
+            mixup_prob: mixup.then_some(recipe.mixup.prob),
+            mixup_off_epoch: mixup.then(|| self.mixup_off_epoch(epochs)),
+            label_smoothing: Some(recipe.label_smoothing),
         }
     }
 }

@@ -1,0 +1,167 @@
+//! One epoch of training: the epoch's shuffled, augmented batches, one optimizer step each, and
+//! the statistics the metrics report.
+
+use std::path::Path;
+use std::time::Instant;
+
+use revsnn_reference::{Backend, Element};
+
+use super::config::RunSettings;
+use super::evaluate::{Score, batch_tensor, cast, widened};
+use super::loader::{Batch, Loader, shuffled};
+use super::pipeline::TrainSet;
+use super::progress::Progress;
+use super::shuffle_seed;
+use crate::data::Dataset;
+use crate::device::Compute;
+use crate::error::{Error, Result};
+use crate::model::{BuildOptions, Grads, Targets};
+use crate::network::{Network, PassOptions};
+use crate::optim::Optimizer;
+use crate::spec::ModelSpec;
+
+/// The network being trained and its optimizer.
+pub struct Learner<B: Backend> {
+    pub network: Network<B>,
+    pub optimizer: Optimizer<B>,
+}
+
+impl<B: Backend> Learner<B> {
+    /// `spec` with fresh weights from the run's seed and a fresh optimizer of the run's kind.
+    pub fn new(backend: &B, spec: &ModelSpec, config: &RunSettings) -> Result<Learner<B>> {
+        let network = Network::new(backend, spec, config.seed, BuildOptions::default())?;
+        let optimizer = Optimizer::new(config.optimizer, &network.store);
+        Ok(Learner { network, optimizer })
+    }
+}
+
+/// What an epoch of training measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EpochStats {
+    /// The sum over the epoch's images of their batch's mean loss.
+    pub loss_sum: f64,
+    /// Top-1 hits of the training-mode logits.
+    pub hits: usize,
+    /// Images trained on.
+    pub images: usize,
+    /// Wall time of the epoch's training (all queued work finished).
+    pub seconds: f64,
+}
+
+impl EpochStats {
+    /// The mean training loss.
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.images.max(1) as f64
+    }
+
+    /// The top-1 accuracy on the training batches.
+    pub fn acc1(&self) -> f64 {
+        self.hits as f64 / self.images.max(1) as f64
+    }
+}
+
+/// `--batch` must leave at least one full batch of the `samples` training samples.
+pub fn check_batch(config: &RunSettings, samples: usize) -> Result<()> {
+    if samples / config.batch == 0 {
+        return Err(Error::Usage(format!(
+            "--batch {} is larger than the {samples} training samples; lower --batch or raise \
+             --train-samples",
+            config.batch
+        )));
+    }
+    Ok(())
+}
+
+/// Trains `learner` for epoch `epoch` (from 0) of the run `config` on `data`: full batches in
+/// the epoch's shuffled order, one optimizer step each at the epoch's learning rate. A
+/// non-finite loss stops training with an error that says what to do.
+pub fn train_epoch<B: Compute>(
+    backend: &B,
+    learner: &mut Learner<B>,
+    data: &TrainSet,
+    config: &RunSettings,
+    epoch: usize,
+    quiet: bool,
+) -> Result<EpochStats> {
+    let lr = config.lr(epoch);
+    let samples = data.split.data.clone();
+    let seed = shuffle_seed(config.seed, epoch);
+    let mut progress = Progress::new(
+        format!("epoch {}/{}", epoch + 1, config.epochs),
+        samples.len() / config.batch,
+        quiet,
+    );
+    let start = Instant::now();
+    let source = data.source(epoch, learner.network.spec.num_classes);
+    let order = shuffled(samples.len(), seed);
+    let batches = Loader::new(
+        source,
+        order,
+        config.batch,
+        true,
+        config.workers,
+        config.prefetch,
+        seed,
+    );
+    let mut stats = EpochStats::default();
+    for (step, batch) in batches.enumerate() {
+        let batch = batch?;
+        let count = batch.labels.len();
+        let (loss, score, grads) =
+            forward_backward(backend, &mut learner.network, &*samples, batch)?;
+        if !loss.is_finite() {
+            return Err(diverged(loss, epoch, step, lr, &config.out));
+        }
+        learner
+            .optimizer
+            .step(backend, &mut learner.network.store, &grads, lr)?;
+        stats.loss_sum += loss * count as f64;
+        stats.hits += score.top1;
+        stats.images += count;
+        progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
+    }
+    backend.synchronize()?;
+    stats.seconds = start.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
+/// has them, else its labels: the mean loss, the score of the logits against the labels, and the
+/// parameter gradients.
+fn forward_backward<B: Backend>(
+    backend: &B,
+    network: &mut Network<B>,
+    data: &dyn Dataset,
+    batch: Batch,
+) -> Result<(f64, Score, Grads<B>)> {
+    let count = batch.labels.len();
+    let images = batch_tensor(backend, data, batch.images, count)?;
+    let mut grads = network.zero_grads();
+    let run = PassOptions::default();
+    let soft = match batch.targets {
+        Some(rows) => {
+            let shape = [count, rows.len() / count.max(1)];
+            Some(backend.tensor_from_vec(&shape, cast(rows))?)
+        }
+        None => None,
+    };
+    let targets = match &soft {
+        Some(rows) => Targets::Soft(rows),
+        None => Targets::Hard(&batch.labels),
+    };
+    let report = network.train_step(backend, &mut grads, &images, targets, run)?;
+    let score = Score::of(&widened(backend, &report.output.logits)?, &batch.labels);
+    Ok((report.output.loss.widen(), score, grads))
+}
+
+/// The error of a training loss that became `loss` at step `step` of epoch `epoch` (from 0).
+fn diverged(loss: f64, epoch: usize, step: usize, lr: f64, out: &Path) -> Error {
+    Error::Usage(format!(
+        "the training loss became {loss} at epoch {}, step {} (lr {lr}): training diverged and \
+         stopped. The last good checkpoint is kept in {} (after epoch {epoch}); lower --lr and \
+         start again, or --resume from it",
+        epoch + 1,
+        step + 1,
+        out.display(),
+    ))
+}

@@ -1,0 +1,204 @@
+//! The run folder: every file a run writes, each written atomically ([`write_atomic`]), and read
+//! back to resume.
+//!
+//! - `config.toml`: every knob of the run, resolved ([`super::config::RunSettings::to_given`]);
+//!   `revsnn train --config DIR/config.toml --out NEW` runs it again;
+//! - `last.safetensors`: the weights and BatchNorm statistics under the official key names;
+//! - `last.optimizer.safetensors`: the optimizer state (see
+//!   [`crate::optim::Optimizer::state_tensors`]);
+//! - `last.json`: the spec, the settings, epochs done, optimizer step count, RNG state, best
+//!   accuracy ([`RunState`]);
+//! - `best.safetensors` and `best.json`: the weights of the best test top-1 accuracy;
+//! - `metrics.jsonl` (one line per epoch), `curves.png` (drawn from it).
+
+use std::path::{Path, PathBuf};
+
+use revsnn_reference::Backend;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::config::GivenSettings;
+use super::epoch::Learner;
+use super::plot::{Curves, write_curves};
+use super::shuffle_seed;
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::files::write_atomic;
+use crate::spec::ModelSpec;
+
+/// The settings and position of a run, saved as `last.json` after every epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub format: String,
+    /// The model's display name: a preset, a spec file or `revsresnet-small`.
+    pub model: String,
+    /// The model as built.
+    pub spec: ModelSpec,
+    /// Every knob of the run, resolved: what `config.toml` holds.
+    pub config: GivenSettings,
+    /// The settings as given (flags over the config file): `--resume --epochs N` resolves them
+    /// again, so that what the recipe scaled to the run's length follows the new length.
+    pub given: GivenSettings,
+    /// Epochs finished; the next epoch to run.
+    pub epochs_done: usize,
+    /// The optimizer's step count (AdamW's bias correction needs it).
+    pub optimizer_steps: u64,
+    /// The optimizer state file, beside this one.
+    pub optimizer_state: String,
+    /// The RNG state: the shuffle of epoch `e` is seeded by `shuffle_seed(seed, e)`, so `seed`
+    /// and `epochs_done` fix every later batch.
+    pub next_shuffle_seed: u64,
+    pub best_test_acc1: f64,
+    pub best_epoch: Option<usize>,
+}
+
+impl RunState {
+    /// Records epoch `epoch` (from 0) of a run seeded `seed` as done, after
+    /// `optimizer_steps` steps in all, with test top-1 accuracy `test_acc1`; returns whether
+    /// that is the best so far (the first epoch always is).
+    pub fn finish_epoch(
+        &mut self,
+        epoch: usize,
+        optimizer_steps: u64,
+        test_acc1: f64,
+        seed: u64,
+    ) -> bool {
+        self.epochs_done = epoch + 1;
+        self.optimizer_steps = optimizer_steps;
+        self.next_shuffle_seed = shuffle_seed(seed, epoch + 1);
+        let improved = self.best_epoch.is_none() || test_acc1 > self.best_test_acc1;
+        if improved {
+            self.best_test_acc1 = test_acc1;
+            self.best_epoch = Some(epoch + 1);
+        }
+        improved
+    }
+}
+
+/// The `format` of [`RunState`] this version writes and reads.
+pub const STATE_FORMAT: &str = "revsnn-train-state-v2";
+
+/// A run folder.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// The run folder at `path` (nothing is read or made yet).
+    pub fn new(path: PathBuf) -> RunDir {
+        RunDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Whether the folder holds a run (its `last.json`).
+    pub fn holds_run(&self) -> bool {
+        self.file("last.json").exists()
+    }
+
+    /// Makes the folder (and its parents).
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.path).map_err(|e| {
+            Error::file(
+                &self.path,
+                format!("cannot create the run folder: {e} (choose a writable --out)"),
+            )
+        })
+    }
+
+    /// Writes `config.toml`.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        write_atomic(&self.file("config.toml"), text.as_bytes())
+    }
+
+    /// Reads `last.json`: where the run stopped, checked to be of this version's format.
+    pub fn read_state(&self) -> Result<RunState> {
+        let path = self.file("last.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::file(
+                &path,
+                format!(
+                    "cannot read the run state to resume: {e} (is --out the folder of an \
+                     earlier run?)"
+                ),
+            )
+        })?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("not a revsnn run state: {e}")))?;
+        if value["format"] != STATE_FORMAT {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "run state format {}, expected {STATE_FORMAT:?}: the run was written by \
+                     another version of revsnn; continue it with that version, or start a new run",
+                    value["format"]
+                ),
+            ));
+        }
+        serde_json::from_value(value)
+            .map_err(|e| Error::file(&path, format!("not a revsnn run state: {e}")))
+    }
+
+    /// Writes the checkpoint after an epoch: the tensors first (the optimizer state, the
+    /// weights, and the best weights when `improved`), the state that names them last.
+    pub fn save_checkpoint<B: Backend>(
+        &self,
+        backend: &B,
+        learner: &Learner<B>,
+        state: &RunState,
+        improved: bool,
+    ) -> Result<()> {
+        let store = &learner.network.store;
+        let weights = checkpoint::state_dict(backend, store)?;
+        checkpoint::write(
+            &self.file(&state.optimizer_state),
+            &learner.optimizer.state_tensors(backend, store)?,
+        )?;
+        checkpoint::write(&self.file("last.safetensors"), &weights)?;
+        let state_json = serde_json::to_string_pretty(state).expect("the state serialises");
+        if improved {
+            checkpoint::write(&self.file("best.safetensors"), &weights)?;
+            write_atomic(&self.file("best.json"), state_json.as_bytes())?;
+        }
+        write_atomic(&self.file("last.json"), state_json.as_bytes())
+    }
+
+    /// Loads the last checkpoint into `learner`: the weights and the optimizer state.
+    pub fn load_checkpoint<B: Backend>(
+        &self,
+        backend: &B,
+        learner: &mut Learner<B>,
+        state: &RunState,
+    ) -> Result<()> {
+        let store = &mut learner.network.store;
+        let weights = checkpoint::read(&self.file("last.safetensors"))?;
+        checkpoint::load_state_dict(backend, store, &weights)?;
+        let tensors = checkpoint::read(&self.file(&state.optimizer_state))?;
+        learner
+            .optimizer
+            .load_state_tensors(backend, store, &tensors, state.optimizer_steps)
+    }
+
+    /// The first `epochs` lines of `metrics.jsonl` (fewer where it has fewer; none without it).
+    pub fn read_metrics(&self, epochs: usize) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.file("metrics.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(epochs)
+            .collect()
+    }
+
+    /// Writes `metrics.jsonl`, one line per epoch, and `curves.png` drawn from them.
+    pub fn write_metrics(&self, lines: &[Value]) -> Result<()> {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        write_atomic(&self.file("metrics.jsonl"), text.as_bytes())?;
+        write_curves(&self.file("curves.png"), &Curves::of_metrics(lines))
+    }
+}
