@@ -9,7 +9,7 @@ use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Cpu, Firing, NeuronConfig, NeuronKind, Surrogate};
+use revsnn_reference::{Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKind, Surrogate};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
 

@@ -9,20 +9,11 @@
 use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
 
-use crate::backend::{BatchNormGrads, BatchStats, RunningStats};
+use crate::contract::shapes::{BatchNormShape, check_channel_vector};
+use crate::contract::{
+    BatchNormGrads, BatchNormMode, BatchNormParams, BatchStats, Element, Result, RunningStats,
+};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
-use crate::params::BatchNormParams;
-
-/// Which forward produced a [`BatchNormContext`], and so which backward applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchNormMode {
-    /// Batch statistics: the gradient flows through the mean and the variance too.
-    Train,
-    /// Running statistics: a fixed per-channel affine map.
-    Eval,
-}
 
 /// What the batch-norm backward needs: the input (shared with the caller, row-major) and the
 /// per-channel constants of the forward, in `f64`, `[C]` each.
@@ -49,32 +40,22 @@ const PAIRWISE_BLOCK: usize = 64;
 /// `m % 4`), then `(lane 0 + lane 1) + (lane 2 + lane 3)`: four independent chains of additions.
 const LEAF_LANES: usize = 4;
 
-/// How one channel's elements sit in a row-major `[N, C, inner]` buffer.
+/// How one channel's elements sit in a row-major `[N, C, inner]` buffer (the contract's
+/// [`BatchNormShape`]), with the pairwise sums of this module's kernels.
 #[derive(Clone, Copy, Debug)]
-struct Layout {
-    batch: usize,
-    channels: usize,
-    inner: usize,
+struct Layout(BatchNormShape);
+
+impl std::ops::Deref for Layout {
+    type Target = BatchNormShape;
+
+    fn deref(&self) -> &BatchNormShape {
+        &self.0
+    }
 }
 
 impl Layout {
     fn of(op: &'static str, shape: &[usize]) -> Result<Layout> {
-        if shape.len() < 2 {
-            return Err(OpError::shape(
-                op,
-                format!("expected x [N, C, ...] with at least 2 axes, got {shape:?}"),
-            ));
-        }
-        Ok(Layout {
-            batch: shape[0],
-            channels: shape[1],
-            inner: shape[2..].iter().product(),
-        })
-    }
-
-    /// Elements per channel: `N` times the product of the trailing axes.
-    fn per_channel(&self) -> usize {
-        self.batch * self.inner
+        BatchNormShape::new(op, shape).map(Layout)
     }
 
     /// `sum_j term(flat(c, j))` over the channel's elements `j` in row-major order, pairwise.
@@ -129,15 +110,7 @@ fn channel_vector<E: Element>(
     v: &CpuTensor<E>,
     channels: usize,
 ) -> Result<Vec<f64>> {
-    if v.shape() != [channels] {
-        return Err(OpError::shape(
-            op,
-            format!(
-                "expected {name} of shape [{channels}] (one per channel), got {:?}",
-                v.shape()
-            ),
-        ));
-    }
+    check_channel_vector(op, name, v.shape(), channels)?;
     Ok(v.iter().map(|e| e.widen()).collect())
 }
 
@@ -195,16 +168,8 @@ pub fn train_forward<E: Element>(
     let layout = Layout::of(OP, x.shape())?;
     let gamma = channel_vector(OP, "gamma", gamma, layout.channels)?;
     let beta = channel_vector(OP, "beta", beta, layout.channels)?;
+    layout.check_trainable(OP, x.shape())?;
     let n = layout.per_channel();
-    if n < 2 {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected more than 1 value per channel in training, got {n} for input {:?}",
-                x.shape()
-            ),
-        ));
-    }
     let input = standard(x);
     let data = slice_of(&input);
     let count = n as f64;
@@ -276,15 +241,7 @@ pub fn backward<E: Element>(
 ) -> Result<BatchNormGrads<CpuTensor<E>>> {
     const OP: &str = "batch_norm_backward";
     let shape = context.input.shape();
-    if grad_y.shape() != shape {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected grad_y of the input's shape {shape:?}, got {:?}",
-                grad_y.shape()
-            ),
-        ));
-    }
+    BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
     let layout = Layout::of(OP, shape)?;
     let x = slice_of(&context.input);
     let dy_tensor = standard(grad_y);

@@ -9,10 +9,8 @@ use std::ops::Range;
 use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
 
+use crate::contract::{Element, OpError, Pool2dGeometry, Pool2dParams, Result};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
-use crate::params::Pool2dParams;
 
 /// What the max-pool backward needs: the shapes and, for each output element in row-major order,
 /// the position `h W + w` of its window's maximum inside its `(n, c)` plane of the input.
@@ -27,47 +25,22 @@ pub struct MaxPoolContext {
     pub argmax: Vec<u32>,
 }
 
-/// The sizes of one pooling: `planes = N C` planes of `h x w` pooled to `out_h x out_w`. The
-/// CUDA backend checks its operands with this too, so both backends accept the same shapes.
+/// The checked sizes of one pooling (the contract's [`Pool2dGeometry`]) with the window walks of
+/// this module's kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    pub planes: usize,
-    pub h: usize,
-    pub w: usize,
-    pub out_h: usize,
-    pub out_w: usize,
-    pub params: Pool2dParams,
+struct Geometry(Pool2dGeometry);
+
+impl std::ops::Deref for Geometry {
+    type Target = Pool2dGeometry;
+
+    fn deref(&self) -> &Pool2dGeometry {
+        &self.0
+    }
 }
 
 impl Geometry {
-    /// Validates `params` and an input shape `[N, C, H, W]` with `H, W >= 1`.
-    pub fn new(op: &'static str, input_shape: &[usize], params: Pool2dParams) -> Result<Geometry> {
-        params.validate(op)?;
-        let &[n, c, h, w] = input_shape else {
-            return Err(OpError::shape(
-                op,
-                format!("expected x [N, C, H, W], got {input_shape:?}"),
-            ));
-        };
-        if h == 0 || w == 0 {
-            return Err(OpError::shape(
-                op,
-                format!("expected a non-empty H x W plane, got {input_shape:?}"),
-            ));
-        }
-        Ok(Geometry {
-            planes: n * c,
-            h,
-            w,
-            out_h: params.output_size(op, h)?,
-            out_w: params.output_size(op, w)?,
-            params,
-        })
-    }
-
-    /// `[N, C, out_h, out_w]` for an input of shape `[N, C, h, w]`.
-    pub fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
-        vec![input_shape[0], input_shape[1], self.out_h, self.out_w]
+    fn new(op: &'static str, input_shape: &[usize], params: Pool2dParams) -> Result<Geometry> {
+        Pool2dGeometry::new(op, input_shape, params).map(Geometry)
     }
 
     /// The input rows (or columns) of window `o` along an axis of `size`, clipped to the input:
@@ -99,16 +72,6 @@ impl Geometry {
         let hi = (shifted / stride + 1).min(out);
         lo..hi.max(lo)
     }
-
-    fn check_grad(&self, op: &'static str, grad_y: &[usize], expected: &[usize]) -> Result<()> {
-        if grad_y != expected {
-            return Err(OpError::shape(
-                op,
-                format!("expected grad_y of the output's shape {expected:?}, got {grad_y:?}"),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// `x` itself when it is row-major already (no copy), else a row-major copy.
@@ -134,10 +97,7 @@ fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
 /// `y[n, c, i, j] = (1 / k^2) sum_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]` with
 /// zero padding, so every window divides by `k^2` (9 for `AvgPool2d(3, 2, 1)`, also at the
 /// borders); `H_out = floor((H + 2p - k) / s) + 1`, likewise `W_out`.
-pub fn avg_pool2d_forward<E: Element>(
-    x: &CpuTensor<E>,
-    params: Pool2dParams,
-) -> Result<CpuTensor<E>> {
+pub fn avg_forward<E: Element>(x: &CpuTensor<E>, params: Pool2dParams) -> Result<CpuTensor<E>> {
     const OP: &str = "avg_pool2d";
     let g = Geometry::new(OP, x.shape(), params)?;
     let input = standard(x);
@@ -160,17 +120,17 @@ pub fn avg_pool2d_forward<E: Element>(
     Ok(tensor(&g.output_shape(x.shape()), y))
 }
 
-/// The backward of [`avg_pool2d_forward`] (docs/conventions.md §1; docs/choices.md §A7):
+/// The backward of [`avg_forward`] (docs/conventions.md §1; docs/choices.md §A7):
 /// `dx[n, c, h, w] = (1 / k^2) sum dy[n, c, i, j]` over the outputs `(i, j)` whose windows
 /// contain `(h, w)`, summed in row-major output order. `input_shape` is the forward's `[N, C, H, W]`.
-pub fn avg_pool2d_backward<E: Element>(
+pub fn avg_backward<E: Element>(
     grad_y: &CpuTensor<E>,
     input_shape: &[usize],
     params: Pool2dParams,
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "avg_pool2d_backward";
     let g = Geometry::new(OP, input_shape, params)?;
-    g.check_grad(OP, grad_y.shape(), &g.output_shape(input_shape))?;
+    g.check_grad(OP, grad_y.shape(), input_shape)?;
     let dy = standard(grad_y);
     let divisor = (params.kernel * params.kernel) as f64;
     let row_outputs: Vec<Range<usize>> = (0..g.h).map(|r| g.covering(r, g.out_h)).collect();
@@ -197,21 +157,13 @@ pub fn avg_pool2d_backward<E: Element>(
 /// `y[n, c, i, j] = max_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]`. Ties go to the first
 /// maximum in row-major window order and a NaN wins (PyTorch's CPU rule: replace when
 /// `v > max || isnan(v)`). The context keeps each output's argmax.
-pub fn max_pool2d_forward<E: Element>(
+pub fn max_forward<E: Element>(
     x: &CpuTensor<E>,
     params: Pool2dParams,
 ) -> Result<(CpuTensor<E>, MaxPoolContext)> {
     const OP: &str = "max_pool2d";
     let g = Geometry::new(OP, x.shape(), params)?;
-    if u32::try_from(g.h * g.w).is_err() {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "an H x W plane of {:?} has 2^32 or more elements; split the input",
-                x.shape()
-            ),
-        ));
-    }
+    g.check_argmax_fits(OP, x.shape())?;
     let input = standard(x);
     let plane_out = g.out_h * g.out_w;
     let mut y = vec![E::zero(); g.planes * plane_out];
@@ -247,10 +199,10 @@ pub fn max_pool2d_forward<E: Element>(
     Ok((tensor(&output_shape, y), context))
 }
 
-/// The backward of [`max_pool2d_forward`] (docs/conventions.md §1): `dx[n, c, h, w] = sum dy[n, c, i, j]`
+/// The backward of [`max_forward`] (docs/conventions.md §1): `dx[n, c, h, w] = sum dy[n, c, i, j]`
 /// over the outputs `(i, j)` whose argmax is `(h, w)` (overlapping windows may share one),
 /// accumulated in row-major output order.
-pub fn max_pool2d_backward<E: Element>(
+pub fn max_backward<E: Element>(
     grad_y: &CpuTensor<E>,
     context: &MaxPoolContext,
 ) -> Result<CpuTensor<E>> {

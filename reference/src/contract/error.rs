@@ -1,5 +1,6 @@
 //! Typed errors of the op contract. Every op validates its inputs and reports a bad shape or an
-//! invalid parameter as an [`OpError`], never as a panic.
+//! invalid parameter as an [`OpError`], never as a panic; a failure of the device a backend runs
+//! on is a typed [`DeviceError`] inside it, so a caller can match out-of-memory above the ops.
 
 use thiserror::Error;
 
@@ -18,11 +19,38 @@ pub enum OpError {
         requirement: &'static str,
     },
     /// A failure of the device a backend runs on (no device, out of memory, a kernel error).
-    #[error("{backend}: {detail}")]
+    #[error("{backend}: {error}")]
     Device {
         backend: &'static str,
-        detail: String,
+        error: DeviceError,
     },
+}
+
+/// What went wrong on a device, with a message that says what to do.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum DeviceError {
+    /// The device has no room for an allocation.
+    #[error(
+        "out of device memory: {requested_bytes} more bytes requested with {live_bytes} in live \
+         tensors on a {total_bytes}-byte device; use a smaller --batch, fewer time steps, or a \
+         reversible model (it keeps no activations for the backward)"
+    )]
+    OutOfMemory {
+        requested_bytes: usize,
+        live_bytes: usize,
+        total_bytes: usize,
+    },
+    /// The device cannot be used: a library or the device itself is missing, or a setting of the
+    /// backend is wrong. The reason says what to install or change.
+    #[error("{reason}")]
+    Unavailable { reason: String },
+    /// A call on the device failed: a kernel that did not compile or launch, a library call, an
+    /// asynchronous error surfacing at a synchronisation.
+    #[error(
+        "{detail}; the inputs were valid, so this is the device or its libraries: check that \
+         `revsnn info` finds the device, and report the message if it does"
+    )]
+    Failed { detail: String },
 }
 
 impl OpError {
