@@ -82,11 +82,11 @@ impl<E: GpuElement> Backend for Cuda<E> {
     }
 
     fn tensor_from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CudaTensor<E>> {
-        Ok(ops::tensor::from_host(&self.device, shape, &data)?)
+        Ok(ops::tensor::from_vec(&self.device, shape, &data)?)
     }
 
     fn to_vec(&self, x: &CudaTensor<E>) -> Result<Vec<E>> {
-        Ok(ops::tensor::to_host(&self.device, x)?)
+        Ok(ops::tensor::to_vec(&self.device, x)?)
     }
 
     fn shape(&self, x: &CudaTensor<E>) -> Vec<usize> {
@@ -98,7 +98,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
     }
 
     fn reshape(&self, x: &CudaTensor<E>, shape: &[usize]) -> Result<CudaTensor<E>> {
-        Ok(x.reshaped(shape)?)
+        Ok(ops::tensor::reshape(x, shape)?)
     }
 
     fn permute(&self, x: &CudaTensor<E>, axes: &[usize]) -> Result<CudaTensor<E>> {

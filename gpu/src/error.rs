@@ -32,17 +32,9 @@ pub enum GpuError {
         target: String,
         log: String,
     },
-    /// The device has no room for an allocation.
-    #[error(
-        "out of GPU memory: {requested_bytes} more bytes requested with {live_bytes} in live \
-         tensors on a {total_bytes}-byte device; use a smaller --batch, fewer time steps, or a \
-         reversible model (it keeps no activations for the backward)"
-    )]
-    OutOfMemory {
-        requested_bytes: usize,
-        live_bytes: usize,
-        total_bytes: usize,
-    },
+    /// A failure in the contract's own terms: the device has no room for an allocation.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     /// A cuBLAS call failed.
     #[error("cuBLAS error during {during}: {detail}")]
     Blas {
@@ -83,9 +75,9 @@ impl GpuError {
 }
 
 impl From<GpuError> for OpError {
-    /// Operand errors pass through; out of memory stays [`DeviceError::OutOfMemory`]; a missing
-    /// library or device, or a bad setting, is [`DeviceError::Unavailable`]; every other failure
-    /// is [`DeviceError::Failed`].
+    /// Operand and contract device errors pass through (out of memory stays
+    /// [`DeviceError::OutOfMemory`]); a missing library or device, or a bad setting, is
+    /// [`DeviceError::Unavailable`]; every other failure is [`DeviceError::Failed`].
     fn from(error: GpuError) -> Self {
         let device = |error| OpError::Device {
             backend: "cuda",
@@ -93,15 +85,7 @@ impl From<GpuError> for OpError {
         };
         match error {
             GpuError::Op(error) => error,
-            GpuError::OutOfMemory {
-                requested_bytes,
-                live_bytes,
-                total_bytes,
-            } => device(DeviceError::OutOfMemory {
-                requested_bytes,
-                live_bytes,
-                total_bytes,
-            }),
+            GpuError::Device(error) => device(error),
             GpuError::LibraryMissing { .. } | GpuError::NoDevice(_) | GpuError::Setting { .. } => {
                 device(DeviceError::Unavailable {
                     reason: error.to_string(),
@@ -123,11 +107,11 @@ mod tests {
 
     #[test]
     fn out_of_memory_stays_matchable_as_a_device_error() {
-        let error = GpuError::OutOfMemory {
+        let error = GpuError::Device(DeviceError::OutOfMemory {
             requested_bytes: 1 << 30,
             live_bytes: 3 << 30,
             total_bytes: 4 << 30,
-        };
+        });
         assert!(error.to_string().contains("--batch"));
         let error = OpError::from(error);
         assert!(

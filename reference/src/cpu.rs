@@ -12,7 +12,7 @@ use ndarray::{ArcArray, IxDyn};
 
 use crate::contract::{
     AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
-    BatchStats, Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig, OpError,
+    BatchStats, Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig,
     Pool2dParams, Result, RunningStats, SgdParams,
 };
 use crate::{memory, ops};
@@ -60,17 +60,11 @@ impl<E: Element> Backend for Cpu<E> {
     }
 
     fn tensor_from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
-        let len = data.len();
-        ArcArray::from_shape_vec(IxDyn(shape), data).map_err(|_| {
-            OpError::shape(
-                "tensor_from_vec",
-                format!("{len} elements cannot have shape {shape:?}"),
-            )
-        })
+        ops::tensor::from_vec(shape, data)
     }
 
     fn to_vec(&self, x: &CpuTensor<E>) -> Result<Vec<E>> {
-        Ok(x.iter().copied().collect())
+        Ok(ops::tensor::to_vec(x))
     }
 
     fn shape(&self, x: &CpuTensor<E>) -> Vec<usize> {
@@ -78,7 +72,7 @@ impl<E: Element> Backend for Cpu<E> {
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<CpuTensor<E>> {
-        Ok(ArcArray::zeros(IxDyn(shape)))
+        Ok(ops::tensor::zeros(shape))
     }
 
     fn reshape(&self, x: &CpuTensor<E>, shape: &[usize]) -> Result<CpuTensor<E>> {

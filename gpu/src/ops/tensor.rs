@@ -195,7 +195,7 @@ fn launch_strided<E: GpuElement>(
 }
 
 /// A device copy of `data` under `shape`.
-pub fn from_host<E: GpuElement>(
+pub fn from_vec<E: GpuElement>(
     device: &GpuDevice,
     shape: &[usize],
     data: &[E],
@@ -204,7 +204,7 @@ pub fn from_host<E: GpuElement>(
 }
 
 /// The elements of `x` in row-major order, on the host (waits for the stream).
-pub fn to_host<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Result<Vec<E>, GpuError> {
+pub fn to_vec<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Result<Vec<E>, GpuError> {
     if x.is_empty() {
         return Ok(Vec::new());
     }
@@ -220,6 +220,14 @@ pub fn zeros<E: GpuElement>(
     shape: &[usize],
 ) -> Result<CudaTensor<E>, GpuError> {
     CudaTensor::new(device.alloc_zeros(shape.iter().product())?, shape)
+}
+
+/// `y = x` under `shape`, the same row-major elements (no copy: the buffer is shared).
+pub fn reshape<E: GpuElement>(
+    x: &CudaTensor<E>,
+    shape: &[usize],
+) -> Result<CudaTensor<E>, GpuError> {
+    x.reshaped(shape)
 }
 
 /// The output shape and walk of `permute(x, axes)`.

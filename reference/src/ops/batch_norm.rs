@@ -6,12 +6,13 @@
 //! computed by one rayon task per channel: the bits do not depend on the number of threads
 //! (docs/design.md principle 4).
 
-use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
 
+use super::{slice_of, standard, tensor};
 use crate::contract::shapes::{BatchNormShape, check_channel_vector};
 use crate::contract::{
-    BatchNormGrads, BatchNormMode, BatchNormParams, BatchStats, Element, Result, RunningStats,
+    BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, Element,
+    Result, RunningStats,
 };
 use crate::cpu::CpuTensor;
 
@@ -30,9 +31,6 @@ pub struct BatchNormContext<E> {
     pub mode: BatchNormMode,
 }
 
-/// What [`train_forward`] returns: `y`, the batch statistics and the context.
-pub type TrainOutput<E> = (CpuTensor<E>, BatchStats<CpuTensor<E>>, BatchNormContext<E>);
-
 /// Elements per pairwise-summation leaf.
 const PAIRWISE_BLOCK: usize = 64;
 
@@ -40,24 +38,9 @@ const PAIRWISE_BLOCK: usize = 64;
 /// `m % 4`), then `(lane 0 + lane 1) + (lane 2 + lane 3)`: four independent chains of additions.
 const LEAF_LANES: usize = 4;
 
-/// How one channel's elements sit in a row-major `[N, C, inner]` buffer (the contract's
-/// [`BatchNormShape`]), with the pairwise sums of this module's kernels.
-#[derive(Clone, Copy, Debug)]
-struct Layout(BatchNormShape);
-
-impl std::ops::Deref for Layout {
-    type Target = BatchNormShape;
-
-    fn deref(&self) -> &BatchNormShape {
-        &self.0
-    }
-}
-
-impl Layout {
-    fn of(op: &'static str, shape: &[usize]) -> Result<Layout> {
-        BatchNormShape::new(op, shape).map(Layout)
-    }
-
+/// The pairwise per-channel sums of this module's kernels over the contract's split of
+/// `x [N, C, ...]`: channel `c`'s elements sit at `(b C + c) inner + i` of the row-major buffer.
+impl BatchNormShape {
     /// `sum_j term(flat(c, j))` over the channel's elements `j` in row-major order, pairwise.
     fn channel_sum(&self, c: usize, term: &impl Fn(usize) -> f64) -> f64 {
         self.pairwise(c, 0, self.per_channel(), term)
@@ -89,20 +72,6 @@ impl Layout {
     }
 }
 
-/// `x` itself when it is row-major already (no copy), else a row-major copy.
-fn standard<E: Element>(x: &CpuTensor<E>) -> CpuTensor<E> {
-    if x.is_standard_layout() {
-        x.clone()
-    } else {
-        x.as_standard_layout().into_owned().into_shared()
-    }
-}
-
-fn slice_of<E: Element>(x: &CpuTensor<E>) -> &[E] {
-    x.as_slice()
-        .expect("a tensor made standard by `standard` is contiguous")
-}
-
 /// The elements of a `[C]` parameter as `f64`, or a shape error naming it.
 fn channel_vector<E: Element>(
     op: &'static str,
@@ -112,11 +81,6 @@ fn channel_vector<E: Element>(
 ) -> Result<Vec<f64>> {
     check_channel_vector(op, name, v.shape(), channels)?;
     Ok(v.iter().map(|e| e.widen()).collect())
-}
-
-fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
-    ArcArray::from_shape_vec(IxDyn(shape), data)
-        .expect("the data of a freshly computed tensor fits its shape")
 }
 
 fn channel_tensor<E: Element>(values: &[f64]) -> CpuTensor<E> {
@@ -129,7 +93,7 @@ fn channel_tensor<E: Element>(values: &[f64]) -> CpuTensor<E> {
 /// `y = gamma[c] inv_std[c] (x - mean[c]) + beta[c]`, elementwise in parallel.
 fn normalise<E: Element>(
     x: &[E],
-    layout: Layout,
+    layout: BatchNormShape,
     mean: &[f64],
     inv_std: &[f64],
     gamma: &[f64],
@@ -162,10 +126,10 @@ pub fn train_forward<E: Element>(
     gamma: &CpuTensor<E>,
     beta: &CpuTensor<E>,
     params: BatchNormParams,
-) -> Result<TrainOutput<E>> {
+) -> Result<BatchNormTrainOutput<CpuTensor<E>, BatchNormContext<E>>> {
     const OP: &str = "batch_norm_train";
     params.validate()?;
-    let layout = Layout::of(OP, x.shape())?;
+    let layout = BatchNormShape::new(OP, x.shape())?;
     let gamma = channel_vector(OP, "gamma", gamma, layout.channels)?;
     let beta = channel_vector(OP, "beta", beta, layout.channels)?;
     layout.check_trainable(OP, x.shape())?;
@@ -212,7 +176,7 @@ pub fn eval_forward<E: Element>(
 ) -> Result<(CpuTensor<E>, BatchNormContext<E>)> {
     const OP: &str = "batch_norm_eval";
     params.validate()?;
-    let layout = Layout::of(OP, x.shape())?;
+    let layout = BatchNormShape::new(OP, x.shape())?;
     let gamma = channel_vector(OP, "gamma", gamma, layout.channels)?;
     let beta = channel_vector(OP, "beta", beta, layout.channels)?;
     let mean = channel_vector(OP, "running mean", &running.mean, layout.channels)?;
@@ -242,7 +206,7 @@ pub fn backward<E: Element>(
     const OP: &str = "batch_norm_backward";
     let shape = context.input.shape();
     BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
-    let layout = Layout::of(OP, shape)?;
+    let layout = BatchNormShape::new(OP, shape)?;
     let x = slice_of(&context.input);
     let dy_tensor = standard(grad_y);
     let dy = slice_of(&dy_tensor);

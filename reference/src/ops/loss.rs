@@ -5,9 +5,9 @@
 //! m))`, `m` the row maximum) by one rayon task per row; the mean over rows is a sequential sum in row order, so the
 //! bits do not depend on the number of threads (docs/design.md principle 4).
 
-use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
 
+use super::{slice_of, standard, tensor};
 use crate::contract::shapes::{
     check_context_targets, check_labels, check_soft_targets, logits_shape,
 };
@@ -29,25 +29,6 @@ pub struct CrossEntropyContext<E> {
     /// `softmax(logits)` per row, `[B, K]`, row-major.
     pub softmax: CpuTensor<E>,
     pub targets: Targets<E>,
-}
-
-/// `x` itself when it is row-major already (no copy), else a row-major copy.
-fn standard<E: Element>(x: &CpuTensor<E>) -> CpuTensor<E> {
-    if x.is_standard_layout() {
-        x.clone()
-    } else {
-        x.as_standard_layout().into_owned().into_shared()
-    }
-}
-
-fn slice_of<E: Element>(x: &CpuTensor<E>) -> &[E] {
-    x.as_slice()
-        .expect("a tensor made standard by `standard` is contiguous")
-}
-
-fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
-    ArcArray::from_shape_vec(IxDyn(shape), data)
-        .expect("the data of a freshly computed tensor fits its shape")
 }
 
 /// A row's log-sum-exp `lse = m + ln(1 + r)`, kept as its two parts: the row maximum `m` and

@@ -2,7 +2,7 @@
 //!
 //! The input `x [T, ...]` is read as `T` rows of `N` neurons (the trailing axes flattened). Each
 //! neuron runs its own sequential loop over `t`; neurons are independent, so the work is split
-//! into contiguous chunks of [`NEURON_CHUNK`] neurons that rayon runs in parallel. Within a chunk
+//! into contiguous chunks of `NEURON_CHUNK` neurons that rayon runs in parallel. Within a chunk
 //! the loop is `for t { for n in chunk }` with the chunk's state (`v` forward, `dL/dh[t+1]`
 //! backward) in a small buffer, so every pass reads and writes whole contiguous rows: the kernels
 //! are memory-bound, and the bits of every result are the same whatever the thread count.
@@ -27,7 +27,7 @@ use crate::cpu::CpuTensor;
 const OP: &str = "neuron";
 
 /// Neurons per parallel task: the chunk's state buffer (`NEURON_CHUNK` elements) stays in L1.
-pub const NEURON_CHUNK: usize = 2048;
+const NEURON_CHUNK: usize = 2048;
 
 /// What the neuron backward needs: the charged membrane potentials `h [T, ...]` (shaped like the
 /// input) and the configuration the forward ran with.

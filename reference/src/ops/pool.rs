@@ -6,9 +6,9 @@
 
 use std::ops::Range;
 
-use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
 
+use super::{slice_of, standard, tensor};
 use crate::contract::{Element, OpError, Pool2dGeometry, Pool2dParams, Result};
 use crate::cpu::CpuTensor;
 
@@ -25,24 +25,8 @@ pub struct MaxPoolContext {
     pub argmax: Vec<u32>,
 }
 
-/// The checked sizes of one pooling (the contract's [`Pool2dGeometry`]) with the window walks of
-/// this module's kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geometry(Pool2dGeometry);
-
-impl std::ops::Deref for Geometry {
-    type Target = Pool2dGeometry;
-
-    fn deref(&self) -> &Pool2dGeometry {
-        &self.0
-    }
-}
-
-impl Geometry {
-    fn new(op: &'static str, input_shape: &[usize], params: Pool2dParams) -> Result<Geometry> {
-        Pool2dGeometry::new(op, input_shape, params).map(Geometry)
-    }
-
+/// The window walks of this module's kernels over the contract's checked sizes.
+impl Pool2dGeometry {
     /// The input rows (or columns) of window `o` along an axis of `size`, clipped to the input:
     /// `[o stride - padding, o stride - padding + kernel)`. Never empty since
     /// `padding <= kernel / 2` and `size >= 1`.
@@ -74,32 +58,13 @@ impl Geometry {
     }
 }
 
-/// `x` itself when it is row-major already (no copy), else a row-major copy.
-fn standard<E: Element>(x: &CpuTensor<E>) -> CpuTensor<E> {
-    if x.is_standard_layout() {
-        x.clone()
-    } else {
-        x.as_standard_layout().into_owned().into_shared()
-    }
-}
-
-fn slice_of<E: Element>(x: &CpuTensor<E>) -> &[E] {
-    x.as_slice()
-        .expect("a tensor made standard by `standard` is contiguous")
-}
-
-fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
-    ArcArray::from_shape_vec(IxDyn(shape), data)
-        .expect("the data of a freshly computed tensor fits its shape")
-}
-
 /// Average pooling with `count_include_pad=True` (docs/conventions.md §1; docs/choices.md §A7): over `x [N, C, H, W]`,
 /// `y[n, c, i, j] = (1 / k^2) sum_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]` with
 /// zero padding, so every window divides by `k^2` (9 for `AvgPool2d(3, 2, 1)`, also at the
 /// borders); `H_out = floor((H + 2p - k) / s) + 1`, likewise `W_out`.
 pub fn avg_forward<E: Element>(x: &CpuTensor<E>, params: Pool2dParams) -> Result<CpuTensor<E>> {
     const OP: &str = "avg_pool2d";
-    let g = Geometry::new(OP, x.shape(), params)?;
+    let g = Pool2dGeometry::new(OP, x.shape(), params)?;
     let input = standard(x);
     let divisor = (params.kernel * params.kernel) as f64;
     let mut y = vec![E::zero(); g.planes * g.out_h * g.out_w];
@@ -129,7 +94,7 @@ pub fn avg_backward<E: Element>(
     params: Pool2dParams,
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "avg_pool2d_backward";
-    let g = Geometry::new(OP, input_shape, params)?;
+    let g = Pool2dGeometry::new(OP, input_shape, params)?;
     g.check_grad(OP, grad_y.shape(), input_shape)?;
     let dy = standard(grad_y);
     let divisor = (params.kernel * params.kernel) as f64;
@@ -162,7 +127,7 @@ pub fn max_forward<E: Element>(
     params: Pool2dParams,
 ) -> Result<(CpuTensor<E>, MaxPoolContext)> {
     const OP: &str = "max_pool2d";
-    let g = Geometry::new(OP, x.shape(), params)?;
+    let g = Pool2dGeometry::new(OP, x.shape(), params)?;
     g.check_argmax_fits(OP, x.shape())?;
     let input = standard(x);
     let plane_out = g.out_h * g.out_w;

@@ -46,6 +46,27 @@ fn standard<E: Element>(x: Array<E, IxDyn>) -> CpuTensor<E> {
     }
 }
 
+/// A tensor of `shape` holding `data` in row-major order.
+pub fn from_vec<E: Element>(shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
+    let len = data.len();
+    ArcArray::from_shape_vec(IxDyn(shape), data).map_err(|_| {
+        OpError::shape(
+            "tensor_from_vec",
+            format!("{len} elements cannot have shape {shape:?}"),
+        )
+    })
+}
+
+/// The elements of `x` in row-major order.
+pub fn to_vec<E: Element>(x: &CpuTensor<E>) -> Vec<E> {
+    x.iter().copied().collect()
+}
+
+/// A tensor of zeros.
+pub fn zeros<E: Element>(shape: &[usize]) -> CpuTensor<E> {
+    ArcArray::zeros(IxDyn(shape))
+}
+
 /// `y = x` under `shape`: the same row-major elements, `prod(shape) = prod(x.shape)`. Shares the
 /// data of a standard-layout `x`.
 pub fn reshape<E: Element>(x: &CpuTensor<E>, shape: &[usize]) -> Result<CpuTensor<E>> {

@@ -64,7 +64,7 @@ pub fn forward<E: Element>(
     bias: Option<&CpuTensor<E>>,
     params: Conv2dParams,
 ) -> Result<(CpuTensor<E>, Conv2dContext<E>)> {
-    let g = Geometry::new(x.shape(), weight.shape(), params)?;
+    let g = Conv2dGeometry::new(x.shape(), weight.shape(), params)?;
     let bias_values = match bias {
         Some(b) => {
             g.check_bias(b.shape())?;
@@ -134,7 +134,7 @@ pub fn backward<E: Element>(
     grad_y: &CpuTensor<E>,
     context: &Conv2dContext<E>,
 ) -> Result<Conv2dGrads<CpuTensor<E>>> {
-    let g = Geometry::new(
+    let g = Conv2dGeometry::new(
         context.input.shape(),
         context.weight.shape(),
         context.params,
@@ -195,24 +195,9 @@ pub fn backward<E: Element>(
     })
 }
 
-/// The checked sizes of one convolution (the contract's [`Conv2dGeometry`]) with the layout of
-/// this module's kernels: blocks of samples, im2col columns and their inverse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Geometry(Conv2dGeometry);
-
-impl std::ops::Deref for Geometry {
-    type Target = Conv2dGeometry;
-
-    fn deref(&self) -> &Conv2dGeometry {
-        &self.0
-    }
-}
-
-impl Geometry {
-    fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self> {
-        Conv2dGeometry::new(x, weight, params).map(Geometry)
-    }
-
+/// The layout of this module's kernels over the contract's checked sizes: blocks of samples,
+/// im2col columns and their inverse.
+impl Conv2dGeometry {
     /// Samples per block, from the shapes alone.
     fn block(&self) -> usize {
         MIN_BLOCK_POSITIONS
@@ -332,7 +317,7 @@ impl Geometry {
 
 /// The operands of one backward, shared by its tasks.
 struct Operands<'a, E> {
-    g: &'a Geometry,
+    g: &'a Conv2dGeometry,
     x: &'a [E],
     w: ArrayView2<'a, E>,
     dy: &'a [E],
