@@ -47,8 +47,9 @@ pub enum DeviceError {
     /// A call on the device failed: a kernel that did not compile or launch, a library call, an
     /// asynchronous error surfacing at a synchronisation.
     #[error(
-        "{detail}; the inputs were valid, so this is the device or its libraries: check that \
-         `revsnn info` finds the device, and report the message if it does"
+        "{detail}; a failure of the device or its libraries, not of the op's inputs: check that \
+         `revsnn info` finds the device (gpu/README.md lists the libraries it needs), and report \
+         this message if it does"
     )]
     Failed { detail: String },
 }

@@ -7,8 +7,8 @@
 //!   op, and the gradient and statistics types its ops return.
 //! - [`compute`]: [`Compute`], synchronisation and peak memory, what the commands need besides.
 //! - [`params`]: the op parameters with their validation.
-//! - [`geometry`]: the checked sizes of a convolution and of a pooling.
-//! - [`shapes`]: every other shape rule (tensors, neurons, batch norm, linear, losses).
+//! - [`shapes`]: the shape rules, one module per op family (the checked sizes of a convolution,
+//!   a pooling, a batched product, ...).
 //! - [`error`]: [`OpError`], with a typed [`DeviceError`] for device failures.
 //! - [`element`]: the float types, [`Element`] and [`DType`].
 
@@ -16,7 +16,6 @@ pub mod backend;
 pub mod compute;
 pub mod element;
 pub mod error;
-pub mod geometry;
 pub mod params;
 pub mod shapes;
 
@@ -27,8 +26,8 @@ pub use backend::{
 pub use compute::Compute;
 pub use element::{DType, Element};
 pub use error::{DeviceError, OpError, Result};
-pub use geometry::{Conv2dGeometry, Pool2dGeometry};
 pub use params::{
     AdamWParams, BatchNormParams, Conv2dParams, Firing, NeuronConfig, NeuronKind, Pool2dParams,
     SgdParams, Surrogate,
 };
+pub use shapes::{Conv2dGeometry, Pool2dGeometry};
