@@ -8,6 +8,7 @@
 //! the same order.
 
 use cudarc::driver::{CudaFunction, LaunchArgs, PushKernelArg};
+use revsnn_reference::contract::shapes::check_pool_grad;
 use revsnn_reference::contract::{Pool2dGeometry, Pool2dParams};
 
 use super::{GpuElement, elementwise_launch, shape_error};
@@ -213,16 +214,7 @@ pub fn max_backward<E: GpuElement>(
     context: &MaxPoolContext,
 ) -> Result<CudaTensor<E>, GpuError> {
     const OP: &str = "max_pool2d_backward";
-    if grad_y.shape() != context.output_shape.as_slice() {
-        return Err(shape_error(
-            OP,
-            format!(
-                "expected grad_y of the output's shape {:?}, got {:?}",
-                context.output_shape,
-                grad_y.shape()
-            ),
-        ));
-    }
+    check_pool_grad(OP, grad_y.shape(), &context.output_shape)?;
     let g = context_geometry(OP, context)?;
     // SAFETY: the kernel writes every input element (none when N C = 0).
     let mut dx = unsafe { device.alloc::<E>(g.inputs()) }?;

@@ -9,6 +9,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{slice_of, standard, tensor};
+use crate::contract::shapes::check_pool_grad;
 use crate::contract::{Element, OpError, Pool2dGeometry, Pool2dParams, Result};
 use crate::cpu::CpuTensor;
 
@@ -172,16 +173,7 @@ pub fn max_backward<E: Element>(
     context: &MaxPoolContext,
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "max_pool2d_backward";
-    if grad_y.shape() != context.output_shape.as_slice() {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected grad_y of the output's shape {:?}, got {:?}",
-                context.output_shape,
-                grad_y.shape()
-            ),
-        ));
-    }
+    check_pool_grad(OP, grad_y.shape(), &context.output_shape)?;
     let (input_shape, output_shape) = (&context.input_shape, &context.output_shape);
     if input_shape.len() != 4 || output_shape.len() != 4 || input_shape[..2] != output_shape[..2] {
         return Err(OpError::shape(

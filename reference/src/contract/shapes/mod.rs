@@ -18,7 +18,7 @@ pub use linear::{LinearShape, MatmulShape};
 pub use loss::{check_context_targets, check_labels, check_soft_targets, logits_shape};
 pub use neuron::{check_neuron_backward, time_by_neurons};
 pub use optim::check_like_param;
-pub use pool::Pool2dGeometry;
+pub use pool::{Pool2dGeometry, check_pool_grad};
 pub use tensor::{
     MeanAxes, check_axis, check_quantize_step, check_same_shape, concat_shape, element_count,
     narrowed_shape, permuted_shape, repeated_shape, split_leading,

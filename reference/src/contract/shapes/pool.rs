@@ -54,14 +54,7 @@ impl Pool2dGeometry {
         grad_y: &[usize],
         input_shape: &[usize],
     ) -> Result<()> {
-        let expected = self.output_shape(input_shape);
-        if grad_y != expected {
-            return Err(OpError::shape(
-                op,
-                format!("expected grad_y of the output's shape {expected:?}, got {grad_y:?}"),
-            ));
-        }
-        Ok(())
+        check_pool_grad(op, grad_y, &self.output_shape(input_shape))
     }
 
     /// Errors when an `H x W` plane has 2^32 elements or more: max pooling keeps each window's
@@ -77,4 +70,15 @@ impl Pool2dGeometry {
         }
         Ok(())
     }
+}
+
+/// Errors unless a pooling backward's `grad_y` has the forward's `output_shape`.
+pub fn check_pool_grad(op: &'static str, grad_y: &[usize], output_shape: &[usize]) -> Result<()> {
+    if grad_y != output_shape {
+        return Err(OpError::shape(
+            op,
+            format!("expected grad_y of the output's shape {output_shape:?}, got {grad_y:?}"),
+        ));
+    }
+    Ok(())
 }
