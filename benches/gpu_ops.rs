@@ -13,7 +13,9 @@ use criterion::{
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_reference::testing::SplitMix64;
-use revsnn_reference::{AdamWParams, Backend, BatchNormParams, Conv2dParams, Pool2dParams};
+use revsnn_reference::{
+    AdamWParams, Backend, BatchNormParams, Compute, Conv2dParams, Pool2dParams,
+};
 
 /// T·B of a batch-64, T = 4 step.
 const IMAGES: usize = 256;

@@ -1,5 +1,6 @@
-//! Where a command computes (`--device`): the CPU reference backend or the CUDA backend, and what
-//! the commands need of a backend besides the op contract (peak memory, waiting for queued work).
+//! Where a command computes (`--device`): the CPU reference backend or the CUDA backend. What the
+//! commands need of a backend besides the ops (peak memory, waiting for queued work) is the
+//! contract's [`Compute`], re-exported here.
 //!
 //! The models, the optimizers and the training loop are generic over
 //! [`revsnn_reference::Backend`]; a command picks its backend once, at the top, with
@@ -7,71 +8,10 @@
 
 use std::sync::Arc;
 
-use revsnn_gpu::ops::GpuElement;
-use revsnn_gpu::{Cuda, GpuDevice};
-use revsnn_reference::{Backend, Cpu, Element, memory};
+use revsnn_gpu::GpuDevice;
+pub use revsnn_reference::Compute;
 
 use crate::error::{Error, Result};
-
-/// A backend the commands can run on.
-pub trait Compute: Backend {
-    /// Waits until every queued op has finished (for timing), surfacing asynchronous errors; a
-    /// no-op on the CPU, whose ops return when done.
-    fn synchronize(&self) -> Result<()>;
-
-    /// Whether [`Compute::peak_memory_bytes`] measures anything: on the CPU only when the
-    /// process counts its allocations (`revsnn_reference::memory::CountingAllocator`, which the
-    /// `revsnn` binary installs); on CUDA always (every device tensor is counted).
-    fn memory_is_counted(&self) -> bool;
-
-    /// Starts a new peak: from now on [`Compute::peak_memory_bytes`] is the most bytes held at
-    /// once from this point.
-    fn reset_peak_memory(&self);
-
-    /// The most bytes held at once since the last [`Compute::reset_peak_memory`]: on the CPU
-    /// every heap byte of the process, on CUDA the bytes of live device tensors (PyTorch's
-    /// `max_memory_allocated`).
-    fn peak_memory_bytes(&self) -> usize;
-}
-
-impl<E: Element> Compute for Cpu<E>
-where
-    Cpu<E>: Backend,
-{
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn memory_is_counted(&self) -> bool {
-        memory::stats().is_counting
-    }
-
-    fn reset_peak_memory(&self) {
-        memory::reset_peak();
-    }
-
-    fn peak_memory_bytes(&self) -> usize {
-        memory::stats().peak_bytes
-    }
-}
-
-impl<E: GpuElement> Compute for Cuda<E> {
-    fn synchronize(&self) -> Result<()> {
-        Ok(Cuda::synchronize(self)?)
-    }
-
-    fn memory_is_counted(&self) -> bool {
-        true
-    }
-
-    fn reset_peak_memory(&self) {
-        self.device().reset_peak_memory();
-    }
-
-    fn peak_memory_bytes(&self) -> usize {
-        self.memory().peak_bytes
-    }
-}
 
 /// The device a user asks for (`--device`, the `device` key of a training config); [`open`]
 /// turns it into a [`Device`].

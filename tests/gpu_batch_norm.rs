@@ -15,7 +15,7 @@ use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, BatchNormParams, BatchStats, Cpu, RunningStats};
+use revsnn_reference::{Backend, BatchNormParams, BatchStats, Compute, Cpu, RunningStats};
 
 const SHAPES: &[&[usize]] = &[
     &[2, 1],

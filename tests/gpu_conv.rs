@@ -13,7 +13,7 @@ use revsnn_gpu::ops::conv::{WORKSPACE_BYTES, cudnn};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{ConvEngine, Cuda};
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Conv2dParams, Cpu};
+use revsnn_reference::{Backend, Compute, Conv2dParams, Cpu};
 
 /// `(name, x shape, weight shape, stride, padding, bias)`.
 type Case = (&'static str, [usize; 4], [usize; 4], usize, usize, bool);

@@ -40,7 +40,7 @@ use revsnn::spec::ModelSpec;
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::relative_error;
-use revsnn_reference::{AdamWParams, Backend, Cpu, DType, Element, SgdParams};
+use revsnn_reference::{AdamWParams, Backend, Compute, Cpu, DType, Element, SgdParams};
 
 const FAMILIES: [&str; 4] = ["revsresnet", "msresnet", "revsformer", "spikingformer"];
 const BATCH: usize = 3;

@@ -9,7 +9,7 @@ use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Cpu, Firing, NeuronConfig, NeuronKind, Surrogate};
+use revsnn_reference::{Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKind, Surrogate};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
 
@@ -264,6 +264,21 @@ fn gpu_neuron_rejects_bad_parameters_and_shapes() {
             .is_err(),
         "a gradient of another shape is rejected"
     );
+    // A backward with a config other than the forward's: the same context check, and the same
+    // error, as the reference.
+    let other = NeuronConfig::lif_sigmoid(2.0, 1.0);
+    let grad = gpu.tensor_from_vec(&[4, 3], vec![1.0f32; 12]).unwrap();
+    let gpu_error = gpu.neuron_backward(&grad, &context, &other).unwrap_err();
+    let cpu = Cpu::<f32>::new();
+    let x_cpu = cpu.tensor_from_vec(&[4, 3], vec![0.5f32; 12]).unwrap();
+    let (_, context_cpu) = cpu
+        .neuron_forward(&x_cpu, &NeuronConfig::if_atan())
+        .unwrap();
+    let grad_cpu = cpu.tensor_from_vec(&[4, 3], vec![1.0f32; 12]).unwrap();
+    let cpu_error = cpu
+        .neuron_backward(&grad_cpu, &context_cpu, &other)
+        .unwrap_err();
+    assert_eq!(gpu_error, cpu_error, "a config other than the forward's");
 }
 
 #[test]

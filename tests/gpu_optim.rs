@@ -11,7 +11,7 @@
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{AdamWParams, Backend, Cpu, DType, Element, SgdParams};
+use revsnn_reference::{AdamWParams, Backend, Compute, Cpu, DType, Element, SgdParams};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
 

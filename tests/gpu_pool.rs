@@ -12,7 +12,7 @@ use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Cpu, Pool2dParams};
+use revsnn_reference::{Backend, Compute, Cpu, Pool2dParams};
 
 const SHAPES: &[[usize; 4]] = &[
     [1, 1, 1, 1],

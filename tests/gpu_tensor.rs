@@ -13,7 +13,7 @@ use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Cpu, CpuTensor, DType, Element};
+use revsnn_reference::{Backend, Compute, Cpu, CpuTensor, DType, DeviceError, Element, OpError};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
 
@@ -476,6 +476,31 @@ fn gpu_tensor_ops_reject_bad_shapes_and_parameters() {
         gpu.mean_axes_backward(&dy, &[2, 3], &[2]).is_err(),
         "a backward axis out of range"
     );
+    gpu.synchronize().unwrap();
+}
+
+/// An allocation the device cannot hold (2^60 bytes) reaches the caller of the op as the
+/// contract's typed out-of-memory error, matchable above the ops, its message saying what to do;
+/// the device stays usable after it.
+#[test]
+fn gpu_out_of_memory_is_a_matchable_device_error() {
+    let Some(gpu) = backend_or_skip::<f64>("gpu_tensor out of memory") else {
+        return;
+    };
+    let error = gpu.zeros(&[1 << 57]).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            OpError::Device {
+                backend: "cuda",
+                error: DeviceError::OutOfMemory { requested_bytes, .. },
+            } if *requested_bytes == 1 << 60
+        ),
+        "expected out of memory, got {error:?}"
+    );
+    assert!(error.to_string().contains("--batch"), "{error}");
+    let x = gpu.zeros(&[4]).unwrap();
+    assert_eq!(gpu.to_vec(&x).unwrap(), vec![0.0; 4]);
     gpu.synchronize().unwrap();
 }
 

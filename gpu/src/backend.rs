@@ -1,14 +1,15 @@
-//! [`Cuda`]: the op contract of `revsnn_reference::Backend` on one CUDA device. Each method is a
-//! thin call into `crate::ops::<family>`, the twin of `revsnn_reference::ops::<family>`, so a
-//! reader who finds an op on one side finds it on the other (docs/design.md).
+//! [`Cuda`]: the op contract (`revsnn_reference::contract`: [`Backend`] and [`Compute`]) on one
+//! CUDA device. Each op is a thin call into `crate::ops::<family>::<name>`, the twin of the CPU
+//! kernel of the same path (`reference/src/ops/<family>`), so a reader who finds an op on one
+//! side finds it on the other (docs/design.md).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use revsnn_reference::{
+use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
-    BatchStats, Conv2dGrads, Conv2dParams, LinearGrads, NeuronConfig, Pool2dParams, Result,
-    RunningStats, SgdParams,
+    BatchStats, Compute, Conv2dGrads, Conv2dParams, LinearGrads, NeuronConfig, Pool2dParams,
+    Result, RunningStats, SgdParams,
 };
 
 use crate::device::GpuDevice;
@@ -44,11 +45,6 @@ impl<E: GpuElement> Cuda<E> {
     /// Live and peak bytes of this device's tensors.
     pub fn memory(&self) -> DeviceMemoryStats {
         self.device.memory()
-    }
-
-    /// Waits for every queued kernel and surfaces asynchronous errors (for timing and tests).
-    pub fn synchronize(&self) -> Result<()> {
-        Ok(self.device.synchronize()?)
     }
 }
 
@@ -86,11 +82,11 @@ impl<E: GpuElement> Backend for Cuda<E> {
     }
 
     fn tensor_from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CudaTensor<E>> {
-        Ok(ops::tensor::from_host(&self.device, shape, &data)?)
+        Ok(ops::tensor::from_vec(&self.device, shape, &data)?)
     }
 
     fn to_vec(&self, x: &CudaTensor<E>) -> Result<Vec<E>> {
-        Ok(ops::tensor::to_host(&self.device, x)?)
+        Ok(ops::tensor::to_vec(&self.device, x)?)
     }
 
     fn shape(&self, x: &CudaTensor<E>) -> Vec<usize> {
@@ -102,7 +98,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
     }
 
     fn reshape(&self, x: &CudaTensor<E>, shape: &[usize]) -> Result<CudaTensor<E>> {
-        Ok(x.reshaped(shape)?)
+        Ok(ops::tensor::reshape(x, shape)?)
     }
 
     fn permute(&self, x: &CudaTensor<E>, axes: &[usize]) -> Result<CudaTensor<E>> {
@@ -406,5 +402,25 @@ impl<E: GpuElement> Backend for Cuda<E> {
             params,
             step,
         )?)
+    }
+}
+
+/// Synchronising waits for the device's one stream; memory is the bytes of live device tensors,
+/// always counted.
+impl<E: GpuElement> Compute for Cuda<E> {
+    fn synchronize(&self) -> Result<()> {
+        Ok(self.device.synchronize()?)
+    }
+
+    fn memory_is_counted(&self) -> bool {
+        true
+    }
+
+    fn reset_peak_memory(&self) {
+        self.device.reset_peak_memory();
+    }
+
+    fn peak_memory_bytes(&self) -> usize {
+        self.memory().peak_bytes
     }
 }

@@ -11,6 +11,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits, sys,
 };
 use cudarc::nvrtc::Ptx;
+use revsnn_reference::DeviceError;
 
 use crate::compiler::{self, Target};
 use crate::error::GpuError;
@@ -168,15 +169,15 @@ impl GpuDevice {
             .map_err(GpuError::driver("copying from the device"))
     }
 
-    /// An out-of-memory failure as [`GpuError::OutOfMemory`] with the sizes involved; any other
-    /// failure as the driver's error.
+    /// An out-of-memory failure as the contract's [`DeviceError::OutOfMemory`] with the sizes
+    /// involved; any other failure as the driver's error.
     fn allocation_error<T>(&self, len: usize, error: cudarc::driver::DriverError) -> GpuError {
         if error.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
-            GpuError::OutOfMemory {
+            GpuError::Device(DeviceError::OutOfMemory {
                 requested_bytes: len * std::mem::size_of::<T>(),
                 live_bytes: self.accounting.stats().live_bytes,
                 total_bytes: self.info.total_memory_bytes,
-            }
+            })
         } else {
             GpuError::driver("allocating device memory")(error)
         }

@@ -1,5 +1,8 @@
-//! Errors of the CUDA backend, each saying what happened and what to do.
+//! Errors of the CUDA backend, each saying what happened and what to do. Operand errors are the
+//! contract's own [`OpError`]s (found by its shared checks), device failures become the
+//! contract's typed [`DeviceError`] on the way out, so out-of-memory stays matchable above the ops.
 
+use revsnn_reference::{DeviceError, OpError};
 use thiserror::Error;
 
 /// A failure of the CUDA backend.
@@ -29,17 +32,9 @@ pub enum GpuError {
         target: String,
         log: String,
     },
-    /// The device has no room for an allocation.
-    #[error(
-        "out of GPU memory: {requested_bytes} more bytes requested with {live_bytes} in live \
-         tensors on a {total_bytes}-byte device; use a smaller --batch, fewer time steps, or a \
-         reversible model (it keeps no activations for the backward)"
-    )]
-    OutOfMemory {
-        requested_bytes: usize,
-        live_bytes: usize,
-        total_bytes: usize,
-    },
+    /// A failure in the contract's own terms: the device has no room for an allocation.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     /// A cuBLAS call failed.
     #[error("cuBLAS error during {during}: {detail}")]
     Blas {
@@ -59,9 +54,9 @@ pub enum GpuError {
         value: String,
         expected: &'static str,
     },
-    /// Operands that do not fit the kernel.
-    #[error("{op}: {detail}")]
-    Shape { op: &'static str, detail: String },
+    /// Operands that do not fit the op, as the CPU backend reports them.
+    #[error(transparent)]
+    Op(#[from] OpError),
 }
 
 impl GpuError {
@@ -79,35 +74,29 @@ impl GpuError {
     }
 }
 
-impl From<GpuError> for revsnn_reference::OpError {
-    /// Shape errors keep their kind; every other failure is the device's.
+impl From<GpuError> for OpError {
+    /// Operand and contract device errors pass through (out of memory stays
+    /// [`DeviceError::OutOfMemory`]); a missing library or device, or a bad setting, is
+    /// [`DeviceError::Unavailable`]; every other failure is [`DeviceError::Failed`].
     fn from(error: GpuError) -> Self {
+        let device = |error| OpError::Device {
+            backend: "cuda",
+            error,
+        };
         match error {
-            GpuError::Shape { op, detail } => revsnn_reference::OpError::shape(op, detail),
-            other => revsnn_reference::OpError::Device {
-                backend: "cuda",
-                detail: other.to_string(),
-            },
-        }
-    }
-}
-
-impl From<revsnn_reference::OpError> for GpuError {
-    /// An operand error found by one of the reference's shared checks (shapes, parameters): a
-    /// shape error of the same op, so it reaches the caller as the CPU backend reports it.
-    fn from(error: revsnn_reference::OpError) -> Self {
-        match error {
-            revsnn_reference::OpError::ShapeMismatch { op, detail } => {
-                GpuError::Shape { op, detail }
+            GpuError::Op(error) => error,
+            GpuError::Device(error) => device(error),
+            GpuError::LibraryMissing { .. } | GpuError::NoDevice(_) | GpuError::Setting { .. } => {
+                device(DeviceError::Unavailable {
+                    reason: error.to_string(),
+                })
             }
-            revsnn_reference::OpError::InvalidParameter { op, .. } => GpuError::Shape {
-                op,
+            GpuError::Driver { .. }
+            | GpuError::Compile { .. }
+            | GpuError::Blas { .. }
+            | GpuError::Cudnn { .. } => device(DeviceError::Failed {
                 detail: error.to_string(),
-            },
-            revsnn_reference::OpError::Device { .. } => GpuError::Shape {
-                op: "cuda",
-                detail: error.to_string(),
-            },
+            }),
         }
     }
 }
@@ -117,32 +106,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn out_of_memory_says_what_to_do_and_becomes_a_device_error() {
-        let error = GpuError::OutOfMemory {
+    fn out_of_memory_stays_matchable_as_a_device_error() {
+        let error = GpuError::Device(DeviceError::OutOfMemory {
             requested_bytes: 1 << 30,
             live_bytes: 3 << 30,
             total_bytes: 4 << 30,
-        };
+        });
+        assert!(error.to_string().contains("--batch"));
+        let error = OpError::from(error);
+        assert!(
+            matches!(
+                error,
+                OpError::Device {
+                    backend: "cuda",
+                    error: DeviceError::OutOfMemory {
+                        requested_bytes: 1073741824,
+                        live_bytes: 3221225472,
+                        total_bytes: 4294967296,
+                    },
+                }
+            ),
+            "{error:?}"
+        );
         let message = error.to_string();
-        assert!(message.contains("out of GPU memory") && message.contains("--batch"));
-        match revsnn_reference::OpError::from(error) {
-            revsnn_reference::OpError::Device { backend, detail } => {
-                assert_eq!(backend, "cuda");
-                assert_eq!(detail, message);
-            }
-            other => panic!("expected a device error, got {other:?}"),
+        assert!(message.starts_with("cuda: out of device memory") && message.contains("--batch"));
+    }
+
+    #[test]
+    fn operand_errors_pass_through_with_their_kind() {
+        for error in [
+            OpError::shape("conv2d", "bad"),
+            OpError::parameter("quantize", "k", 99, "must be within [-60, 60]"),
+        ] {
+            assert_eq!(OpError::from(GpuError::from(error.clone())), error);
         }
     }
 
     #[test]
-    fn shape_errors_stay_shape_errors() {
-        let error = GpuError::Shape {
-            op: "conv2d",
-            detail: "bad".into(),
-        };
-        assert_eq!(
-            revsnn_reference::OpError::from(error),
-            revsnn_reference::OpError::shape("conv2d", "bad")
-        );
+    fn a_missing_library_is_unavailable_and_says_what_to_install() {
+        let error = OpError::from(GpuError::LibraryMissing {
+            library: "libcuda.so.1",
+        });
+        match error {
+            OpError::Device {
+                error: DeviceError::Unavailable { reason },
+                ..
+            } => assert!(reason.contains("LD_LIBRARY_PATH"), "{reason}"),
+            other => panic!("expected an unavailable device, got {other:?}"),
+        }
     }
 }

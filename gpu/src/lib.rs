@@ -11,8 +11,12 @@
 //!   first use and cached for the process.
 //! - [`memory`]: counted device buffers from a caching pool (live and peak bytes).
 //! - [`tensor`]: [`CudaTensor`], a shape over a shared device buffer.
-//! - [`ops`]: the kernels' host sides, twins of `revsnn_reference::ops`.
-//! - [`backend`]: [`Cuda`], the `revsnn_reference::Backend` contract over those ops.
+//! - [`ops`]: the kernels' host sides, twins of the CPU kernels (`reference/src/ops/`), checking
+//!   their operands with the contract's shape rules.
+//! - [`backend`]: [`Cuda`], the contract's `Backend` and `Compute` over those ops.
+//!
+//! Of the reference crate this crate uses the contract (`revsnn_reference::contract`) and
+//! nothing else: no CPU kernel. The CPU backend is the oracle of its tests only.
 
 pub mod backend;
 pub mod compiler;

@@ -58,10 +58,10 @@ impl<E: GpuElement> CudaTensor<E> {
 fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<(), GpuError> {
     let elements: usize = shape.iter().product();
     if elements != len {
-        return Err(GpuError::Shape {
+        return Err(crate::ops::shape_error(
             op,
-            detail: format!("{len} elements cannot have shape {shape:?}"),
-        });
+            format!("{len} elements cannot have shape {shape:?}"),
+        ));
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The CPU reference backend: [`Backend`] over `ndarray`, every kernel in [`crate::ops`].
+//! The CPU reference backend: [`Backend`] and [`Compute`] over `ndarray`, every kernel in
+//! [`crate::ops`].
 //!
 //! Deterministic by construction: every reduction runs in a fixed order that does not depend on
 //! the number of rayon threads, so outputs and gradients are bitwise identical with 1 or N threads
@@ -9,16 +10,12 @@ use std::marker::PhantomData;
 
 use ndarray::{ArcArray, IxDyn};
 
-use crate::backend::{
-    AdamWState, Backend, BatchNormGrads, BatchNormTrainOutput, BatchStats, Conv2dGrads,
-    LinearGrads, RunningStats,
+use crate::contract::{
+    AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
+    BatchStats, Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig,
+    Pool2dParams, Result, RunningStats, SgdParams,
 };
-use crate::element::Element;
-use crate::error::{OpError, Result};
-use crate::ops;
-use crate::params::{
-    AdamWParams, BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams, SgdParams,
-};
+use crate::{memory, ops};
 
 /// A CPU tensor: a shared, row-major `ndarray`; `clone` shares the data.
 pub type CpuTensor<E> = ArcArray<E, IxDyn>;
@@ -63,17 +60,11 @@ impl<E: Element> Backend for Cpu<E> {
     }
 
     fn tensor_from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
-        let len = data.len();
-        ArcArray::from_shape_vec(IxDyn(shape), data).map_err(|_| {
-            OpError::shape(
-                "tensor_from_vec",
-                format!("{len} elements cannot have shape {shape:?}"),
-            )
-        })
+        ops::tensor::from_vec(shape, data)
     }
 
     fn to_vec(&self, x: &CpuTensor<E>) -> Result<Vec<E>> {
-        Ok(x.iter().copied().collect())
+        Ok(ops::tensor::to_vec(x))
     }
 
     fn shape(&self, x: &CpuTensor<E>) -> Vec<usize> {
@@ -81,7 +72,7 @@ impl<E: Element> Backend for Cpu<E> {
     }
 
     fn zeros(&self, shape: &[usize]) -> Result<CpuTensor<E>> {
-        Ok(ArcArray::zeros(IxDyn(shape)))
+        Ok(ops::tensor::zeros(shape))
     }
 
     fn reshape(&self, x: &CpuTensor<E>, shape: &[usize]) -> Result<CpuTensor<E>> {
@@ -221,7 +212,7 @@ impl<E: Element> Backend for Cpu<E> {
     }
 
     fn avg_pool2d_forward(&self, x: &CpuTensor<E>, params: Pool2dParams) -> Result<CpuTensor<E>> {
-        ops::pool::avg_pool2d_forward(x, params)
+        ops::pool::avg_forward(x, params)
     }
 
     fn avg_pool2d_backward(
@@ -230,7 +221,7 @@ impl<E: Element> Backend for Cpu<E> {
         input_shape: &[usize],
         params: Pool2dParams,
     ) -> Result<CpuTensor<E>> {
-        ops::pool::avg_pool2d_backward(grad_y, input_shape, params)
+        ops::pool::avg_backward(grad_y, input_shape, params)
     }
 
     fn max_pool2d_forward(
@@ -238,7 +229,7 @@ impl<E: Element> Backend for Cpu<E> {
         x: &CpuTensor<E>,
         params: Pool2dParams,
     ) -> Result<(CpuTensor<E>, Self::MaxPoolContext)> {
-        ops::pool::max_pool2d_forward(x, params)
+        ops::pool::max_forward(x, params)
     }
 
     fn max_pool2d_backward(
@@ -246,7 +237,7 @@ impl<E: Element> Backend for Cpu<E> {
         grad_y: &CpuTensor<E>,
         context: &Self::MaxPoolContext,
     ) -> Result<CpuTensor<E>> {
-        ops::pool::max_pool2d_backward(grad_y, context)
+        ops::pool::max_backward(grad_y, context)
     }
 
     fn linear_forward(
@@ -299,7 +290,7 @@ impl<E: Element> Backend for Cpu<E> {
         context: &Self::CrossEntropyContext,
         grad_loss: E,
     ) -> Result<CpuTensor<E>> {
-        ops::loss::cross_entropy_backward(context, grad_loss)
+        ops::loss::backward(context, grad_loss)
     }
 
     fn sgd_step(
@@ -322,5 +313,25 @@ impl<E: Element> Backend for Cpu<E> {
         step: u64,
     ) -> Result<AdamWState<CpuTensor<E>>> {
         ops::optim::adamw_step(param, grad, first_moment, second_moment, params, step)
+    }
+}
+
+/// The CPU's ops return when done; its memory is the process's heap, counted when the
+/// [`memory::CountingAllocator`] is installed.
+impl<E: Element> Compute for Cpu<E> {
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn memory_is_counted(&self) -> bool {
+        memory::stats().is_counting
+    }
+
+    fn reset_peak_memory(&self) {
+        memory::reset_peak();
+    }
+
+    fn peak_memory_bytes(&self) -> usize {
+        memory::stats().peak_bytes
     }
 }

@@ -1,32 +1,26 @@
 //! # revsnn-reference
 //!
-//! The op contract of revsnn ([`Backend`]) and its deterministic CPU implementation ([`Cpu`]) on
-//! `ndarray`, generic over `f32` and `f64`. This crate is the test oracle of the project: every
-//! op's backward is checked against central finite differences, the neurons against the equations
-//! of docs/neurons.md, and the GPU backend against this one.
+//! The op contract of revsnn ([`contract`]: [`Backend`], [`Compute`], the op parameters, the
+//! shape rules and the errors) and its deterministic CPU implementation ([`Cpu`]) on `ndarray`,
+//! generic over `f32` and `f64`. This crate is the test oracle of the project: every op's
+//! backward is checked against central finite differences, the neurons against the equations of
+//! docs/neurons.md, and the GPU backend against this one.
 //!
-//! Layout: [`backend`] holds the contract (one forward returning what its backward needs, and a
-//! backward, per op), [`params`] the op parameters with their validation, [`ops`] the CPU kernels
-//! (one file per op family, twin of `gpu/src/ops/`), [`cpu`] the [`Backend`] implementation over
-//! those kernels, [`memory`] the byte accounting and [`testing`] the finite-difference tools.
+//! Layout: [`contract`] holds what both backends share (the CUDA backend depends on it and on
+//! nothing else of this crate), [`ops`] the CPU kernels (one module per op family, twin of
+//! `gpu/src/ops/`), [`cpu`] the [`Backend`] implementation over those kernels, [`memory`] the
+//! byte accounting and [`testing`] the finite-difference tools.
 
-pub mod backend;
+pub mod contract;
 pub mod cpu;
-pub mod element;
-pub mod error;
 pub mod memory;
 pub mod ops;
-pub mod params;
 pub mod testing;
 
-pub use backend::{
-    AdamWState, Backend, BatchNormGrads, BatchNormTrainOutput, BatchStats, Conv2dGrads,
-    LinearGrads, RunningStats,
+pub use contract::{
+    AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormMode, BatchNormParams,
+    BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, DType, DeviceError,
+    Element, Firing, LinearGrads, NeuronConfig, NeuronKind, OpError, Pool2dParams, Result,
+    RunningStats, SgdParams, Surrogate,
 };
 pub use cpu::{Cpu, CpuTensor};
-pub use element::{DType, Element};
-pub use error::{OpError, Result};
-pub use params::{
-    AdamWParams, BatchNormParams, Conv2dParams, Firing, NeuronConfig, NeuronKind, Pool2dParams,
-    SgdParams, Surrogate,
-};

@@ -134,7 +134,7 @@ impl Case {
                 central_difference(|x| g * self.soft(x), &self.logits, FD_STEP),
             ),
         ] {
-            let grad = loss::cross_entropy_backward(context, g).unwrap();
+            let grad = loss::backward(context, g).unwrap();
             if grad.shape() != self.shape() {
                 return Err(format!("{name} gradient shape {:?}", grad.shape()));
             }
@@ -158,13 +158,13 @@ fn hand_checked_values() {
     assert!((l - (4.0 / 3f64.sqrt()).ln()).abs() < 1e-15);
     assert!(relative_error(&values(&ctx.softmax), &[0.25, 0.75, 0.25, 0.75]) < 1e-15);
     // Gradient (softmax - onehot) / B with grad_loss 2: [[-3/4, 3/4], [1/4, -1/4]].
-    let grad = loss::cross_entropy_backward(&ctx, 2.0).unwrap();
+    let grad = loss::backward(&ctx, 2.0).unwrap();
     assert!(relative_error(&values(&grad), &[-0.75, 0.75, 0.25, -0.25]) < 1e-15);
     // Soft targets [1/2, 1/2]: the loss is (ln 4 + ln 4/3) / 2 per row.
     let t = tensor::<f64>(&[2, 2], &[0.5; 4]);
     let (l, ctx) = loss::soft_cross_entropy_forward(&x, &t).unwrap();
     assert!((l - (4.0 / 3f64.sqrt()).ln()).abs() < 1e-15);
-    let grad = loss::cross_entropy_backward(&ctx, 1.0).unwrap();
+    let grad = loss::backward(&ctx, 1.0).unwrap();
     assert!(relative_error(&values(&grad), &[-0.125, 0.125, -0.125, 0.125]) < 1e-15);
 }
 
@@ -208,8 +208,8 @@ fn one_hot_soft_targets_equal_class_labels() {
     let (soft, soft_ctx) =
         loss::soft_cross_entropy_forward(&x, &tensor(&case.shape(), &one_hot)).unwrap();
     assert!((hard - soft).abs() < 1e-14);
-    let g_hard = loss::cross_entropy_backward(&hard_ctx, 1.5).unwrap();
-    let g_soft = loss::cross_entropy_backward(&soft_ctx, 1.5).unwrap();
+    let g_hard = loss::backward(&hard_ctx, 1.5).unwrap();
+    let g_soft = loss::backward(&soft_ctx, 1.5).unwrap();
     assert_eq!(values(&g_hard), values(&g_soft));
 }
 
@@ -245,8 +245,8 @@ fn a_strided_input_gives_the_same_result_as_its_row_major_copy() {
     .unwrap()
     .1;
     assert_eq!(
-        values(&loss::cross_entropy_backward(&ctx, 1.0).unwrap()),
-        values(&loss::cross_entropy_backward(&plain, 1.0).unwrap())
+        values(&loss::backward(&ctx, 1.0).unwrap()),
+        values(&loss::backward(&plain, 1.0).unwrap())
     );
     assert_eq!(
         loss::cross_entropy_forward(&x, &case.labels).unwrap().0,
@@ -281,8 +281,8 @@ fn run_all<E: Element>(case: &Case) -> Vec<Vec<f64>> {
     vec![
         vec![hard.widen(), soft.widen()],
         values(&hard_ctx.softmax),
-        values(&loss::cross_entropy_backward(&hard_ctx, g).unwrap()),
-        values(&loss::cross_entropy_backward(&soft_ctx, g).unwrap()),
+        values(&loss::backward(&hard_ctx, g).unwrap()),
+        values(&loss::backward(&soft_ctx, g).unwrap()),
     ]
 }
 
@@ -339,16 +339,12 @@ fn bad_inputs_are_errors() {
         softmax: x.clone(),
         targets: Targets::Labels(vec![0, 5]),
     };
-    assert!(is_shape(
-        loss::cross_entropy_backward(&forged, 1.0).map(|_| ())
-    ));
+    assert!(is_shape(loss::backward(&forged, 1.0).map(|_| ())));
     let forged = CrossEntropyContext {
         softmax: x.clone(),
         targets: Targets::Soft(tensor(&[2, 2], &[0.0; 4])),
     };
-    assert!(is_shape(
-        loss::cross_entropy_backward(&forged, 1.0).map(|_| ())
-    ));
+    assert!(is_shape(loss::backward(&forged, 1.0).map(|_| ())));
 }
 
 proptest! {

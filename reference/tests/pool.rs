@@ -142,9 +142,9 @@ fn check_pool(shape: &[usize], p: Pool2dParams, max: bool, seed: u64) -> Result<
     let dy = rng.normal_vec(naive.y.len(), 1.0);
     let forward = |x: &[f64]| -> CpuTensor<f64> {
         if max {
-            pool::max_pool2d_forward(&tensor(shape, x), p).unwrap().0
+            pool::max_forward(&tensor(shape, x), p).unwrap().0
         } else {
-            pool::avg_pool2d_forward(&tensor(shape, x), p).unwrap()
+            pool::avg_forward(&tensor(shape, x), p).unwrap()
         }
     };
     let y = forward(&x);
@@ -157,11 +157,11 @@ fn check_pool(shape: &[usize], p: Pool2dParams, max: bool, seed: u64) -> Result<
     }
     let dy_t = tensor::<f64>(&out_shape, &dy);
     let (dx, naive_dx) = if max {
-        let (_, context) = pool::max_pool2d_forward(&tensor::<f64>(shape, &x), p).unwrap();
-        let dx = pool::max_pool2d_backward(&dy_t, &context).unwrap();
+        let (_, context) = pool::max_forward(&tensor::<f64>(shape, &x), p).unwrap();
+        let dx = pool::max_backward(&dy_t, &context).unwrap();
         (dx, naive_max_backward(&dy, &naive.argmax, numel))
     } else {
-        let dx = pool::avg_pool2d_backward(&dy_t, shape, p).unwrap();
+        let dx = pool::avg_backward(&dy_t, shape, p).unwrap();
         (dx, naive_avg_backward(&dy, shape, p))
     };
     if dx.shape() != shape {
@@ -194,14 +194,13 @@ fn avg_pool_hand_checked_borders_divide_by_nine() {
     // x = 1..=16 on 4x4; AvgPool2d(3, 2, 1) gives 2x2, every window divided by 9 although the
     // first row and column of windows hang over the zero padding.
     let x: Vec<f64> = (1..=16).map(f64::from).collect();
-    let y = pool::avg_pool2d_forward(&tensor::<f64>(&[1, 1, 4, 4], &x), Pool2dParams::K3_S2_P1)
-        .unwrap();
+    let y = pool::avg_forward(&tensor::<f64>(&[1, 1, 4, 4], &x), Pool2dParams::K3_S2_P1).unwrap();
     assert_eq!(y.shape(), &[1, 1, 2, 2]);
     let expected = [14.0 / 9.0, 30.0 / 9.0, 57.0 / 9.0, 11.0];
     assert!(relative_error(&values(&y), &expected) < 1e-15);
 
     // Ones on 3x3: the centre window sees 4 real ones (corner-offset by the padding) -> 4/9.
-    let y = pool::avg_pool2d_forward(
+    let y = pool::avg_forward(
         &tensor::<f64>(&[1, 1, 3, 3], &[1.0; 9]),
         Pool2dParams::K3_S2_P1,
     )
@@ -211,7 +210,7 @@ fn avg_pool_hand_checked_borders_divide_by_nine() {
     assert!(relative_error(&values(&y), &want) < 1e-15);
 
     // Backward of that pooling with dy = 1: the centre is in all 4 windows, edges in 2, corners 1.
-    let dx = pool::avg_pool2d_backward(
+    let dx = pool::avg_backward(
         &tensor::<f64>(&[1, 1, 2, 2], &[1.0; 4]),
         &[1, 1, 3, 3],
         Pool2dParams::K3_S2_P1,
@@ -225,7 +224,7 @@ fn avg_pool_hand_checked_borders_divide_by_nine() {
 #[test]
 fn output_size_is_ceil_half_for_the_revsnn_window() {
     for size in 1..=20usize {
-        let y = pool::avg_pool2d_forward(
+        let y = pool::avg_forward(
             &tensor::<f64>(&[1, 1, size, size + 1], &vec![0.0; size * (size + 1)]),
             Pool2dParams::K3_S2_P1,
         )
@@ -239,13 +238,12 @@ fn max_pool_hand_checked_values_and_ties() {
     // Padding is -inf, so negative inputs at the border still win their windows.
     let x = [-1.0, -2.0, -3.0, -4.0];
     let (y, _) =
-        pool::max_pool2d_forward(&tensor::<f64>(&[1, 1, 2, 2], &x), Pool2dParams::K3_S2_P1)
-            .unwrap();
+        pool::max_forward(&tensor::<f64>(&[1, 1, 2, 2], &x), Pool2dParams::K3_S2_P1).unwrap();
     assert_eq!(values(&y), [-1.0]);
 
     // A constant plane: every window's first in-bounds element wins, and overlapping windows
     // that share it add their gradients there.
-    let (y, context) = pool::max_pool2d_forward(
+    let (y, context) = pool::max_forward(
         &tensor::<f64>(&[1, 1, 4, 4], &[2.0; 16]),
         Pool2dParams::K3_S2_P1,
     )
@@ -253,7 +251,7 @@ fn max_pool_hand_checked_values_and_ties() {
     assert_eq!(values(&y), [2.0; 4]);
     // Windows start at rows/cols {0 (clipped from -1), 1}.
     assert_eq!(context.argmax, [0, 1, 4, 5]);
-    let dx = pool::max_pool2d_backward(
+    let dx = pool::max_backward(
         &tensor::<f64>(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]),
         &context,
     )
@@ -266,12 +264,12 @@ fn max_pool_hand_checked_values_and_ties() {
     assert_eq!(values(&dx), want);
 
     // Stride 1 over a constant plane: several windows share each first element.
-    let (_, context) = pool::max_pool2d_forward(
+    let (_, context) = pool::max_forward(
         &tensor::<f64>(&[1, 1, 3, 3], &[0.0; 9]),
         pool_params(3, 1, 1),
     )
     .unwrap();
-    let dx = pool::max_pool2d_backward(&tensor::<f64>(&[1, 1, 3, 3], &[1.0; 9]), &context).unwrap();
+    let dx = pool::max_backward(&tensor::<f64>(&[1, 1, 3, 3], &[1.0; 9]), &context).unwrap();
     // Window starts clip to {0, 0, 1} per axis: (0,0) gets 4, (0,1) and (1,0) get 2, (1,1) 1.
     assert_eq!(values(&dx), [4.0, 2.0, 0.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
 }
@@ -280,7 +278,7 @@ fn max_pool_hand_checked_values_and_ties() {
 fn max_pool_propagates_nan_like_pytorch() {
     let x = [1.0, f64::NAN, 3.0, 4.0];
     let (y, context) =
-        pool::max_pool2d_forward(&tensor::<f64>(&[1, 1, 2, 2], &x), pool_params(2, 2, 0)).unwrap();
+        pool::max_forward(&tensor::<f64>(&[1, 1, 2, 2], &x), pool_params(2, 2, 0)).unwrap();
     assert!(y[[0, 0, 0, 0]].is_nan());
     assert_eq!(context.argmax, [1]);
 }
@@ -320,23 +318,23 @@ fn a_strided_input_gives_the_same_result_as_its_row_major_copy() {
     let plain = strided.as_standard_layout().into_owned().into_shared();
     let p = Pool2dParams::K3_S2_P1;
     assert_eq!(
-        values(&pool::avg_pool2d_forward(&strided, p).unwrap()),
-        values(&pool::avg_pool2d_forward(&plain, p).unwrap())
+        values(&pool::avg_forward(&strided, p).unwrap()),
+        values(&pool::avg_forward(&plain, p).unwrap())
     );
-    let (y_s, ctx_s) = pool::max_pool2d_forward(&strided, p).unwrap();
-    let (y_p, ctx_p) = pool::max_pool2d_forward(&plain, p).unwrap();
+    let (y_s, ctx_s) = pool::max_forward(&strided, p).unwrap();
+    let (y_p, ctx_p) = pool::max_forward(&plain, p).unwrap();
     assert_eq!(values(&y_s), values(&y_p));
     assert_eq!(ctx_s.argmax, ctx_p.argmax);
     // A strided gradient too.
     let dy = tensor::<f64>(&[3, 4, 3, 2], &rng.normal_vec(72, 1.0)).permuted_axes(vec![3, 2, 1, 0]);
     let dy_plain = dy.as_standard_layout().into_owned().into_shared();
     assert_eq!(
-        values(&pool::max_pool2d_backward(&dy, &ctx_s).unwrap()),
-        values(&pool::max_pool2d_backward(&dy_plain, &ctx_s).unwrap())
+        values(&pool::max_backward(&dy, &ctx_s).unwrap()),
+        values(&pool::max_backward(&dy_plain, &ctx_s).unwrap())
     );
     assert_eq!(
-        values(&pool::avg_pool2d_backward(&dy, &[2, 3, 7, 6], p).unwrap()),
-        values(&pool::avg_pool2d_backward(&dy_plain, &[2, 3, 7, 6], p).unwrap())
+        values(&pool::avg_backward(&dy, &[2, 3, 7, 6], p).unwrap()),
+        values(&pool::avg_backward(&dy_plain, &[2, 3, 7, 6], p).unwrap())
     );
 }
 
@@ -360,15 +358,15 @@ fn the_backend_delegates_to_the_kernels() {
 /// Every output and gradient of both poolings, widened to f64.
 fn run_all<E: Element>(x: &[f64], dy: &[f64], shape: &[usize], p: Pool2dParams) -> Vec<Vec<f64>> {
     let x = tensor::<E>(shape, x);
-    let avg = pool::avg_pool2d_forward(&x, p).unwrap();
+    let avg = pool::avg_forward(&x, p).unwrap();
     let dy = tensor::<E>(avg.shape(), &dy[..avg.len()]);
-    let (mx, context) = pool::max_pool2d_forward(&x, p).unwrap();
+    let (mx, context) = pool::max_forward(&x, p).unwrap();
     vec![
         values(&avg),
-        values(&pool::avg_pool2d_backward(&dy, shape, p).unwrap()),
+        values(&pool::avg_backward(&dy, shape, p).unwrap()),
         values(&mx),
         context.argmax.iter().map(|&a| f64::from(a)).collect(),
-        values(&pool::max_pool2d_backward(&dy, &context).unwrap()),
+        values(&pool::max_backward(&dy, &context).unwrap()),
     ]
 }
 
@@ -408,8 +406,8 @@ fn bad_inputs_are_errors() {
     let x = tensor::<f64>(&[1, 2, 5, 5], &[0.0; 50]);
     let is_shape = |r: Result<(), OpError>| matches!(r, Err(OpError::ShapeMismatch { .. }));
     let is_param = |r: Result<(), OpError>| matches!(r, Err(OpError::InvalidParameter { .. }));
-    let avg = |x: &CpuTensor<f64>, p| pool::avg_pool2d_forward(x, p).map(|_| ());
-    let max = |x: &CpuTensor<f64>, p| pool::max_pool2d_forward(x, p).map(|_| ());
+    let avg = |x: &CpuTensor<f64>, p| pool::avg_forward(x, p).map(|_| ());
+    let max = |x: &CpuTensor<f64>, p| pool::max_forward(x, p).map(|_| ());
 
     for p in [
         pool_params(3, 0, 1),
@@ -420,7 +418,7 @@ fn bad_inputs_are_errors() {
         assert!(is_param(avg(&x, p)), "{p:?}");
         assert!(is_param(max(&x, p)), "{p:?}");
         assert!(is_param(
-            pool::avg_pool2d_backward(&x, &[1, 2, 5, 5], p).map(|_| ())
+            pool::avg_backward(&x, &[1, 2, 5, 5], p).map(|_| ())
         ));
     }
     let p = Pool2dParams::K3_S2_P1;
@@ -441,24 +439,20 @@ fn bad_inputs_are_errors() {
     // Gradients of the wrong shape, and input shapes the backward cannot use.
     let wrong = tensor::<f64>(&[1, 2, 3, 2], &[0.0; 12]);
     assert!(is_shape(
-        pool::avg_pool2d_backward(&wrong, &[1, 2, 5, 5], p).map(|_| ())
+        pool::avg_backward(&wrong, &[1, 2, 5, 5], p).map(|_| ())
     ));
     assert!(is_shape(
-        pool::avg_pool2d_backward(&wrong, &[2, 5, 5], p).map(|_| ())
+        pool::avg_backward(&wrong, &[2, 5, 5], p).map(|_| ())
     ));
-    let (_, context) = pool::max_pool2d_forward(&x, p).unwrap();
-    assert!(is_shape(
-        pool::max_pool2d_backward(&wrong, &context).map(|_| ())
-    ));
+    let (_, context) = pool::max_forward(&x, p).unwrap();
+    assert!(is_shape(pool::max_backward(&wrong, &context).map(|_| ())));
     let forged = MaxPoolContext {
         input_shape: vec![1, 1, 2, 2],
         output_shape: vec![1, 1, 1, 1],
         argmax: vec![4],
     };
     let dy = tensor::<f64>(&[1, 1, 1, 1], &[1.0]);
-    assert!(is_shape(
-        pool::max_pool2d_backward(&dy, &forged).map(|_| ())
-    ));
+    assert!(is_shape(pool::max_backward(&dy, &forged).map(|_| ())));
 }
 
 fn case_strategy() -> impl Strategy<Value = ([usize; 4], Pool2dParams)> {
@@ -498,8 +492,8 @@ proptest! {
                 prop_assert!(outcome.is_ok(), "max {}: {:?}", max, outcome);
             }
         } else {
-            let refused = matches!(pool::avg_pool2d_forward(&x, p), Err(OpError::ShapeMismatch { .. }))
-                && matches!(pool::max_pool2d_forward(&x, p), Err(OpError::ShapeMismatch { .. }));
+            let refused = matches!(pool::avg_forward(&x, p), Err(OpError::ShapeMismatch { .. }))
+                && matches!(pool::max_forward(&x, p), Err(OpError::ShapeMismatch { .. }));
             prop_assert!(refused, "a window larger than the padded input must be refused");
         }
     }

@@ -122,7 +122,7 @@ pub fn full_training_step<B: Compute>(
         crate::network::PassOptions::default(),
     )?;
     optimizer.step(backend, &mut network.store, &grads, optimizer.kind.lr())?;
-    backend.synchronize()
+    Ok(backend.synchronize()?)
 }
 
 /// Random images (or event frames) and labels for a batch of `batch` samples of `spec`.

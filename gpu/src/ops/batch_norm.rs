@@ -1,5 +1,5 @@
 //! Batch normalisation on the GPU with deterministic reductions; twin of
-//! `revsnn_reference::ops::batch_norm`, kernels in `gpu/kernels/batch_norm.cu`.
+//! `reference/src/ops/batch_norm.rs`, kernels in `gpu/kernels/batch_norm.cu`.
 //!
 //! Statistics are per channel over every axis but `C` of `x [N, C, ...]`. Each per-channel sum
 //! (the mean, the squared deviations, the backward's `sum dy` and `sum dy x_hat`) is accumulated in
@@ -9,9 +9,9 @@
 //! principle 4); they differ from the reference's pairwise sums only by rounding.
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
-use revsnn_reference::ops::batch_norm::BatchNormMode;
+use revsnn_reference::contract::shapes::{BatchNormShape, check_channel_vector};
 use revsnn_reference::{
-    BatchNormGrads, BatchNormParams, BatchNormTrainOutput, BatchStats, OpError, RunningStats,
+    BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, RunningStats,
 };
 
 use super::{GpuElement, elementwise_launch, shape_error};
@@ -49,6 +49,8 @@ pub struct BatchNormContext<E> {
 /// How `x [N, C, ...]` splits into channels, and how pass 1 splits each channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
+    /// The contract's split of `x`.
+    split: BatchNormShape,
     channels: usize,
     /// The product of the trailing axes.
     inner: usize,
@@ -64,17 +66,11 @@ struct Layout {
 
 impl Layout {
     fn of(op: &'static str, shape: &[usize]) -> Result<Layout, GpuError> {
-        if shape.len() < 2 {
-            return Err(shape_error(
-                op,
-                format!("expected x [N, C, ...] with at least 2 axes, got {shape:?}"),
-            ));
-        }
-        let (batch, channels) = (shape[0], shape[1]);
-        let inner: usize = shape[2..].iter().product();
-        let per_channel = batch * inner;
+        let split = BatchNormShape::new(op, shape)?;
+        let (channels, inner, per_channel) = (split.channels, split.inner, split.per_channel());
         let chunks = per_channel.div_ceil(CHUNK_ELEMENTS).clamp(1, MAX_CHUNKS);
         Ok(Layout {
+            split,
             channels,
             inner,
             per_channel,
@@ -114,30 +110,6 @@ fn reduce_launch(blocks: usize) -> LaunchConfig {
 
 fn kernel<E: GpuElement>(device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
     device.function(&BATCH_NORM, &format!("{name}_{}", E::SUFFIX))
-}
-
-/// A reference parameter error as a GPU error of `op`.
-fn invalid(op: &'static str, error: OpError) -> GpuError {
-    shape_error(op, error.to_string())
-}
-
-/// Checks that a per-channel parameter has shape `[channels]`, as the reference does.
-fn check_channel_vector<E: GpuElement>(
-    op: &'static str,
-    name: &str,
-    v: &CudaTensor<E>,
-    channels: usize,
-) -> Result<(), GpuError> {
-    if v.shape() != [channels] {
-        return Err(shape_error(
-            op,
-            format!(
-                "expected {name} of shape [{channels}] (one per channel), got {:?}",
-                v.shape()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// `y = gamma_c inv_std_c (x - mean_c) + beta_c` into a new tensor of `x`'s shape.
@@ -193,20 +165,11 @@ pub fn train_forward<E: GpuElement>(
     params: BatchNormParams,
 ) -> Result<BatchNormTrainOutput<CudaTensor<E>, BatchNormContext<E>>, GpuError> {
     const OP: &str = "batch_norm_train";
-    params.validate().map_err(|e| invalid(OP, e))?;
+    params.validate()?;
     let layout = Layout::of(OP, x.shape())?;
-    check_channel_vector(OP, "gamma", gamma, layout.channels)?;
-    check_channel_vector(OP, "beta", beta, layout.channels)?;
-    if layout.per_channel < 2 {
-        return Err(shape_error(
-            OP,
-            format!(
-                "expected more than 1 value per channel in training, got {} for input {:?}",
-                layout.per_channel,
-                x.shape()
-            ),
-        ));
-    }
+    check_channel_vector(OP, "gamma", gamma.shape(), layout.channels)?;
+    check_channel_vector(OP, "beta", beta.shape(), layout.channels)?;
+    layout.split.check_trainable(OP, x.shape())?;
     let channels = layout.channels;
     // SAFETY (the four allocations): when `channels > 0` the finalize kernels below write every
     // channel; otherwise they are empty.
@@ -310,13 +273,13 @@ pub fn eval_forward<E: GpuElement>(
     params: BatchNormParams,
 ) -> Result<(CudaTensor<E>, BatchNormContext<E>), GpuError> {
     const OP: &str = "batch_norm_eval";
-    params.validate().map_err(|e| invalid(OP, e))?;
+    params.validate()?;
     let layout = Layout::of(OP, x.shape())?;
     let channels = layout.channels;
-    check_channel_vector(OP, "gamma", gamma, channels)?;
-    check_channel_vector(OP, "beta", beta, channels)?;
-    check_channel_vector(OP, "running mean", &running.mean, channels)?;
-    check_channel_vector(OP, "running var", &running.var, channels)?;
+    check_channel_vector(OP, "gamma", gamma.shape(), channels)?;
+    check_channel_vector(OP, "beta", beta.shape(), channels)?;
+    check_channel_vector(OP, "running mean", running.mean.shape(), channels)?;
+    check_channel_vector(OP, "running var", running.var.shape(), channels)?;
     // SAFETY (both): the kernel below writes every channel; empty when `channels` is 0.
     let mut mean = unsafe { device.alloc::<f64>(channels) }?;
     let mut inv_std = unsafe { device.alloc::<f64>(channels) }?;
@@ -358,18 +321,10 @@ pub fn backward<E: GpuElement>(
 ) -> Result<BatchNormGrads<CudaTensor<E>>, GpuError> {
     const OP: &str = "batch_norm_backward";
     let shape = context.input.shape();
-    if grad_y.shape() != shape {
-        return Err(shape_error(
-            OP,
-            format!(
-                "expected grad_y of the input's shape {shape:?}, got {:?}",
-                grad_y.shape()
-            ),
-        ));
-    }
+    BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
     let layout = Layout::of(OP, shape)?;
     let channels = layout.channels;
-    check_channel_vector(OP, "the context's gamma", &context.gamma, channels)?;
+    check_channel_vector(OP, "the context's gamma", context.gamma.shape(), channels)?;
     if context.mean.len() != channels || context.inv_std.len() != channels {
         return Err(shape_error(
             OP,
@@ -475,12 +430,12 @@ pub fn update_running_stats<E: GpuElement>(
     params: BatchNormParams,
 ) -> Result<RunningStats<CudaTensor<E>>, GpuError> {
     const OP: &str = "update_running_stats";
-    params.validate().map_err(|e| invalid(OP, e))?;
+    params.validate()?;
     let channels = running.mean.len();
-    check_channel_vector(OP, "running mean", &running.mean, channels)?;
-    check_channel_vector(OP, "running var", &running.var, channels)?;
-    check_channel_vector(OP, "batch mean", &batch.mean, channels)?;
-    check_channel_vector(OP, "batch var", &batch.var_unbiased, channels)?;
+    check_channel_vector(OP, "running mean", running.mean.shape(), channels)?;
+    check_channel_vector(OP, "running var", running.var.shape(), channels)?;
+    check_channel_vector(OP, "batch mean", batch.mean.shape(), channels)?;
+    check_channel_vector(OP, "batch var", batch.var_unbiased.shape(), channels)?;
     // SAFETY (both): the kernel writes every channel; empty when `channels` is 0.
     let mut mean = unsafe { device.alloc::<E>(channels) }?;
     let mut var = unsafe { device.alloc::<E>(channels) }?;

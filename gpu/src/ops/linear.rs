@@ -1,5 +1,5 @@
 //! Linear layers and batched matmuls on the GPU through cuBLAS (docs/architectures.md §4.0); twin of
-//! `revsnn_reference::ops::linear`, bias kernels in `gpu/kernels/linear.cu`.
+//! `reference/src/ops/linear.rs`, bias kernels in `gpu/kernels/linear.cu`.
 //!
 //! Every product is written here in row-major terms ([`RowMajorGemm`]) and turned into cuBLAS's
 //! column-major call in one place: a row-major `[m, n]` matrix is a column-major `[n, m]` one, so
@@ -13,7 +13,7 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use revsnn_reference::LinearGrads;
-use revsnn_reference::ops::linear::MatmulShape;
+use revsnn_reference::contract::shapes::{LinearShape, MatmulShape};
 
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -281,21 +281,6 @@ pub(crate) fn bias_gradient<E: GpuElement>(
     Ok(db)
 }
 
-/// `x [N, in]` and `w [out, in]`: returns `(N, in, out)`, or the reference's shape error.
-fn linear_sizes<E: GpuElement>(
-    op: &'static str,
-    x: &CudaTensor<E>,
-    weight: &CudaTensor<E>,
-) -> Result<(usize, usize, usize), GpuError> {
-    match (x.shape(), weight.shape()) {
-        (&[n, inputs], &[outputs, w_inputs]) if inputs == w_inputs => Ok((n, inputs, outputs)),
-        (xs, ws) => Err(shape_error(
-            op,
-            format!("expected x [N, in] and weight [out, in], got {xs:?} and {ws:?}"),
-        )),
-    }
-}
-
 /// `y = x w^T + b`, i.e. `y[n, o] = b[o] + sum_i x[n, i] w[o, i]`, for `x [N, in]`,
 /// `w [out, in]` and an optional `b [out]`; `y [N, out]` (docs/architectures.md §4.0, the classifier heads).
 /// Errors on any other shapes.
@@ -306,16 +291,15 @@ pub fn forward<E: GpuElement>(
     bias: Option<&CudaTensor<E>>,
 ) -> Result<CudaTensor<E>, GpuError> {
     const OP: &str = "linear";
-    let (rows, inputs, outputs) = linear_sizes(OP, x, weight)?;
-    match bias {
-        Some(b) if b.shape() != [outputs] => {
-            return Err(shape_error(
-                OP,
-                format!("bias must be [{outputs}], got {:?}", b.shape()),
-            ));
-        }
-        _ => {}
+    let sizes = LinearShape::new(OP, x.shape(), weight.shape())?;
+    if let Some(b) = bias {
+        sizes.check_bias(OP, b.shape())?;
     }
+    let LinearShape {
+        rows,
+        inputs,
+        outputs,
+    } = sizes;
     // SAFETY: the bias fill or the GEMM (beta 0, or zeros for in = 0) writes every element.
     let mut y = unsafe { device.alloc::<E>(rows * outputs) }?;
     if let Some(b) = bias {
@@ -342,19 +326,13 @@ pub fn backward<E: GpuElement>(
     has_bias: bool,
 ) -> Result<LinearGrads<CudaTensor<E>>, GpuError> {
     const OP: &str = "linear_backward";
-    let (rows, inputs, outputs) = linear_sizes(OP, x, weight)?;
-    if grad_y.shape() != [rows, outputs] {
-        return Err(shape_error(
-            OP,
-            format!(
-                "grad_y must be {:?} (x {:?}, weight {:?}), got {:?}",
-                [rows, outputs],
-                x.shape(),
-                weight.shape(),
-                grad_y.shape()
-            ),
-        ));
-    }
+    let sizes = LinearShape::new(OP, x.shape(), weight.shape())?;
+    sizes.check_grad(OP, grad_y.shape(), x.shape(), weight.shape())?;
+    let LinearShape {
+        rows,
+        inputs,
+        outputs,
+    } = sizes;
     // SAFETY: the GEMM writes every element (zeros when out = 0).
     let mut dx = unsafe { device.alloc::<E>(rows * inputs) }?;
     input_grad_gemm(rows, inputs, outputs).run(

@@ -1,4 +1,4 @@
-//! Cross-entropy losses on the GPU (docs/recipes.md §5); twin of `revsnn_reference::ops::loss`, kernels in
+//! Cross-entropy losses on the GPU (docs/recipes.md §5); twin of `reference/src/ops/loss.rs`, kernels in
 //! `gpu/kernels/loss.cu`.
 //!
 //! One thread per row computes the row's log-sum-exp in `f64` exactly as the reference writes it
@@ -8,9 +8,11 @@
 //! (one-hot rows for labels), so one elementwise backward serves both losses.
 
 use cudarc::driver::PushKernelArg;
-use revsnn_reference::ops::loss as loss_reference;
+use revsnn_reference::contract::shapes::{
+    check_context_targets, check_labels, check_soft_targets, logits_shape,
+};
 
-use super::{GpuElement, elementwise_launch, shape_error};
+use super::{GpuElement, elementwise_launch};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::LOSS;
@@ -42,7 +44,7 @@ pub fn cross_entropy_forward<E: GpuElement>(
     logits: &CudaTensor<E>,
     labels: &[usize],
 ) -> Result<(E, CrossEntropyContext<E>), GpuError> {
-    let (batch, classes) = loss_reference::check_labels(logits.shape(), labels)?;
+    let (batch, classes) = check_labels(logits.shape(), labels)?;
     let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
     let labels = device.upload(&labels)?;
     // SAFETY: the kernel writes every row of the three outputs.
@@ -83,7 +85,7 @@ pub fn soft_cross_entropy_forward<E: GpuElement>(
     logits: &CudaTensor<E>,
     targets: &CudaTensor<E>,
 ) -> Result<(E, CrossEntropyContext<E>), GpuError> {
-    let (batch, classes) = loss_reference::check_soft_targets(logits.shape(), targets.shape())?;
+    let (batch, classes) = check_soft_targets(logits.shape(), targets.shape())?;
     // SAFETY: the kernel writes every row of both outputs.
     let mut softmax = unsafe { device.alloc::<E>(logits.len()) }?;
     // SAFETY: as above.
@@ -121,17 +123,8 @@ pub fn backward<E: GpuElement>(
     grad_loss: E,
 ) -> Result<CudaTensor<E>, GpuError> {
     const OP: &str = "cross_entropy_backward";
-    let (batch, _) = loss_reference::logits_shape(OP, context.softmax.shape())?;
-    if context.targets.shape() != context.softmax.shape() {
-        return Err(shape_error(
-            OP,
-            format!(
-                "the context's targets {:?} do not fit the softmax {:?}",
-                context.targets.shape(),
-                context.softmax.shape()
-            ),
-        ));
-    }
+    let (batch, _) = logits_shape(OP, context.softmax.shape())?;
+    check_context_targets(OP, context.targets.shape(), context.softmax.shape())?;
     let scale = grad_loss.widen() / batch as f64;
     let n = context.softmax.len();
     // SAFETY: the kernel writes every element.

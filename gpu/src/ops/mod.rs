@@ -1,7 +1,9 @@
-//! Host sides of the CUDA kernels; each file is the twin of `revsnn_reference::ops::<same name>`
-//! and of `gpu/kernels/<same name>.cu`. Every function validates its operands (a
-//! [`GpuError::Shape`] names the op and what is wrong), allocates its outputs through
-//! [`GpuDevice`](crate::GpuDevice) so they are counted, and queues its kernels on the device's one stream.
+//! Host sides of the CUDA kernels; each module is the twin of the CPU kernels' module of the same
+//! name (`reference/src/ops/`), with the same public functions, and of `gpu/kernels/<same
+//! name>.cu`. Every function validates its operands with the contract's shape rules
+//! (`revsnn_reference::contract`; a [`GpuError::Op`] names the op and what is wrong, as the CPU
+//! backend does), allocates its outputs through [`GpuDevice`](crate::GpuDevice) so they are
+//! counted, and queues its kernels on the device's one stream.
 
 pub mod batch_norm;
 pub mod conv;
@@ -14,6 +16,8 @@ pub mod tensor;
 
 use cudarc::cublas::{CudaBlas, Gemm, StridedBatchedConfig};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+
+use revsnn_reference::OpError;
 
 use crate::error::GpuError;
 
@@ -88,10 +92,7 @@ pub(crate) fn elementwise_launch(elements: usize) -> LaunchConfig {
     }
 }
 
-/// A [`GpuError::Shape`] of `op`.
+/// A shape error of `op`, as the contract words it.
 pub(crate) fn shape_error(op: &'static str, detail: impl Into<String>) -> GpuError {
-    GpuError::Shape {
-        op,
-        detail: detail.into(),
-    }
+    GpuError::Op(OpError::shape(op, detail))
 }

@@ -1,11 +1,12 @@
-//! Fused multi-step IF/LIF neurons on the GPU (docs/neurons.md §2.2-2.4); kernels in
-//! `gpu/kernels/neuron.cu`, reference in `revsnn_reference::ops::neuron`.
+//! Fused multi-step IF/LIF neurons on the GPU (docs/neurons.md §2.2-2.4); twin of
+//! `reference/src/ops/neuron.rs`, kernels in `gpu/kernels/neuron.cu`.
 //!
 //! One thread per neuron loops over T. The forward writes the spikes and keeps `h` for the
 //! backward; the backward recomputes each spike from `h` (it is a function of `h`), so it reads
 //! `dL/ds` and `h` and writes `dL/dx`: 3 tensors each way, the memory-bound minimum.
 
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+use revsnn_reference::contract::shapes::{check_neuron_backward, time_by_neurons};
 use revsnn_reference::{Firing, NeuronConfig, NeuronKind, Surrogate};
 
 use super::{GpuElement, shape_error};
@@ -31,10 +32,7 @@ struct KernelConfig<E> {
 
 impl<E: GpuElement> KernelConfig<E> {
     fn new(config: &NeuronConfig) -> Result<Self, GpuError> {
-        config.validate().map_err(|e| GpuError::Shape {
-            op: "neuron",
-            detail: e.to_string(),
-        })?;
+        config.validate()?;
         let (kind, decay_input, tau) = match config.kind {
             NeuronKind::If => (0, 0, 1.0),
             NeuronKind::Lif { tau, decay_input } => (1, decay_input as i32, tau),
@@ -93,67 +91,53 @@ fn check_len(
     time_steps: usize,
 ) -> Result<usize, GpuError> {
     if time_steps == 0 || len % time_steps != 0 {
-        return Err(GpuError::Shape {
+        return Err(shape_error(
             op,
-            detail: format!(
-                "{what} has {len} elements, not a positive multiple of T = {time_steps}"
-            ),
-        });
+            format!("{what} has {len} elements, not a positive multiple of T = {time_steps}"),
+        ));
     }
     Ok(len / time_steps)
 }
 
 /// What [`backward`] needs: the membrane potentials `h` `[T, ...]` (each spike is recomputed
-/// from its `h`).
+/// from its `h`) and the configuration the forward ran with.
 #[derive(Debug)]
 pub struct NeuronContext<E> {
     pub h: CudaTensor<E>,
-}
-
-/// The number of time steps of a `[T, ...]` tensor.
-fn time_steps(op: &'static str, shape: &[usize]) -> Result<usize, GpuError> {
-    match shape.first() {
-        Some(&t) if t > 0 => Ok(t),
-        _ => Err(shape_error(
-            op,
-            format!("expected x [T, ...] with T >= 1, got {shape:?}"),
-        )),
-    }
+    /// The configuration of the forward; [`backward`] must be called with the same one.
+    pub config: NeuronConfig,
 }
 
 /// The forward of docs/neurons.md §2.2 over `x` `[T, ...]`: returns the spikes `[T, ...]` and the
-/// context holding `h`.
+/// context holding `h` and `config`. Errors, as the reference: an invalid `config`, or `x` with no
+/// axis or `T = 0`.
 pub fn forward<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
-    let steps = time_steps("neuron_forward", x.shape())?;
+    config.validate()?;
+    let (steps, _) = time_by_neurons(x.shape(), "x")?;
     // SAFETY: `forward_into` writes every element before anything reads them.
     let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
     // SAFETY: as above.
     let mut h = unsafe { device.alloc::<E>(x.len()) }?;
-    if x.is_empty() {
-        // an empty buffer's slice holds one unused element: launch nothing over it
-        return Ok((
-            CudaTensor::new(spikes, x.shape())?,
-            NeuronContext {
-                h: CudaTensor::new(h, x.shape())?,
-            },
-        ));
+    // An empty buffer's slice holds one unused element: launch nothing over it.
+    if !x.is_empty() {
+        forward_into(
+            device,
+            x.slice(),
+            spikes.slice_mut(),
+            h.slice_mut(),
+            steps,
+            config,
+        )?;
     }
-    forward_into(
-        device,
-        x.slice(),
-        spikes.slice_mut(),
-        h.slice_mut(),
-        steps,
-        config,
-    )?;
     Ok((
         CudaTensor::new(spikes, x.shape())?,
         NeuronContext {
             h: CudaTensor::new(h, x.shape())?,
+            config: *config,
         },
     ))
 }
@@ -170,15 +154,15 @@ pub fn forward_into<E: GpuElement>(
     let params = KernelConfig::<E>::new(config)?;
     let neurons = check_len("neuron_forward", "x", x.len(), time_steps)?;
     if spikes.len() != x.len() || h.len() != x.len() {
-        return Err(GpuError::Shape {
-            op: "neuron_forward",
-            detail: format!(
+        return Err(shape_error(
+            "neuron_forward",
+            format!(
                 "x has {} elements but spikes {} and h {}",
                 x.len(),
                 spikes.len(),
                 h.len()
             ),
-        });
+        ));
     }
     if neurons == 0 {
         return Ok(());
@@ -197,23 +181,20 @@ pub fn forward_into<E: GpuElement>(
 }
 
 /// The backward of docs/neurons.md §2.4: `dL/dx` `[T, ...]` from `dL/ds` and the forward's `h`.
+/// Errors, as the reference: an invalid `config`, a `config` other than the forward's, or
+/// `grad_spikes` not shaped like the forward's input.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     grad_spikes: &CudaTensor<E>,
     context: &NeuronContext<E>,
     config: &NeuronConfig,
 ) -> Result<CudaTensor<E>, GpuError> {
-    if grad_spikes.shape() != context.h.shape() {
-        return Err(shape_error(
-            "neuron_backward",
-            format!(
-                "grad_spikes {:?} differs from the forward's shape {:?}",
-                grad_spikes.shape(),
-                context.h.shape()
-            ),
-        ));
-    }
-    let steps = time_steps("neuron_backward", grad_spikes.shape())?;
+    let (steps, _) = check_neuron_backward(
+        config,
+        &context.config,
+        grad_spikes.shape(),
+        context.h.shape(),
+    )?;
     // SAFETY: `backward_into` writes every element before anything reads them.
     let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
     if grad_spikes.is_empty() {
@@ -247,15 +228,15 @@ pub fn backward_into<E: GpuElement>(
         time_steps,
     )?;
     if h.len() != grad_spikes.len() || grad_x.len() != grad_spikes.len() {
-        return Err(GpuError::Shape {
-            op: "neuron_backward",
-            detail: format!(
+        return Err(shape_error(
+            "neuron_backward",
+            format!(
                 "grad_spikes has {} elements but h {} and grad_x {}",
                 grad_spikes.len(),
                 h.len(),
                 grad_x.len()
             ),
-        });
+        ));
     }
     if neurons == 0 {
         return Ok(());

@@ -1,41 +1,19 @@
 //! Optimizer updates on the GPU (docs/recipes.md §5: SGD for the ResNets, AdamW for the transformers);
-//! twin of `revsnn_reference::ops::optim`, kernels in `gpu/kernels/optim.cu`.
+//! twin of `reference/src/ops/optim.rs`, kernels in `gpu/kernels/optim.cu`.
 //!
 //! One fused kernel per step reads the parameter, the gradient and the state once and writes the
 //! new parameter and state. Each update is computed in `E` with the reference's operations in
 //! its order, without FMA contraction, so the results equal the reference's bit for bit.
 
 use cudarc::driver::PushKernelArg;
-use revsnn_reference::{AdamWParams, AdamWState, OpError, SgdParams};
+use revsnn_reference::contract::shapes::check_like_param;
+use revsnn_reference::{AdamWParams, AdamWState, SgdParams};
 
-use super::{GpuElement, elementwise_launch, shape_error};
+use super::{GpuElement, elementwise_launch};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::OPTIM;
 use crate::tensor::CudaTensor;
-
-fn invalid(op: &'static str) -> impl FnOnce(OpError) -> GpuError {
-    move |error| shape_error(op, error.to_string())
-}
-
-fn same_shape<E: GpuElement>(
-    op: &'static str,
-    what: &str,
-    param: &CudaTensor<E>,
-    other: &CudaTensor<E>,
-) -> Result<(), GpuError> {
-    if param.shape() != other.shape() {
-        return Err(shape_error(
-            op,
-            format!(
-                "{what} has shape {:?} but the parameter {:?}",
-                other.shape(),
-                param.shape()
-            ),
-        ));
-    }
-    Ok(())
-}
 
 /// One SGD step (see [`SgdParams`]): `d = g + weight_decay p`, `b = momentum b_old + d` (`b = d`
 /// on the first step, without a buffer), `p_new = p - lr b`; returns the new parameter and
@@ -48,10 +26,10 @@ pub fn sgd_step<E: GpuElement>(
     params: SgdParams,
 ) -> Result<(CudaTensor<E>, CudaTensor<E>), GpuError> {
     const OP: &str = "sgd";
-    params.validate().map_err(invalid(OP))?;
-    same_shape(OP, "the gradient", param, grad)?;
+    params.validate()?;
+    check_like_param(OP, "the gradient", param.shape(), grad.shape())?;
     if let Some(buffer) = momentum_buffer {
-        same_shape(OP, "the momentum buffer", param, buffer)?;
+        check_like_param(OP, "the momentum buffer", param.shape(), buffer.shape())?;
     }
     let n = param.len();
     // SAFETY: the kernel writes every element of both outputs.
@@ -106,13 +84,16 @@ pub fn adamw_step<E: GpuElement>(
     step: u64,
 ) -> Result<AdamWState<CudaTensor<E>>, GpuError> {
     const OP: &str = "adamw";
-    params.validate().map_err(invalid(OP))?;
-    if step == 0 {
-        return Err(shape_error(OP, "invalid parameter step = 0: counts from 1"));
-    }
-    same_shape(OP, "the gradient", param, grad)?;
-    same_shape(OP, "the first moment", param, first_moment)?;
-    same_shape(OP, "the second moment", param, second_moment)?;
+    params.validate()?;
+    AdamWParams::check_step(step)?;
+    check_like_param(OP, "the gradient", param.shape(), grad.shape())?;
+    check_like_param(OP, "the first moment", param.shape(), first_moment.shape())?;
+    check_like_param(
+        OP,
+        "the second moment",
+        param.shape(),
+        second_moment.shape(),
+    )?;
     let n = param.len();
     // SAFETY: the kernel writes every element of the three outputs.
     let mut new_param = unsafe { device.alloc::<E>(n) }?;

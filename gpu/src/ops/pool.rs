@@ -1,4 +1,4 @@
-//! Average and max pooling on the GPU; twin of `revsnn_reference::ops::pool`, kernels in
+//! Average and max pooling on the GPU; twin of `reference/src/ops/pool.rs`, kernels in
 //! `gpu/kernels/pool.cu`.
 //!
 //! One thread per output element (forwards) or per input element (backwards), each summing in
@@ -8,8 +8,8 @@
 //! the same order.
 
 use cudarc::driver::{CudaFunction, LaunchArgs, PushKernelArg};
-use revsnn_reference::Pool2dParams;
-use revsnn_reference::ops::pool as pool_reference;
+use revsnn_reference::contract::shapes::check_pool_grad;
+use revsnn_reference::contract::{Pool2dGeometry, Pool2dParams};
 
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -33,15 +33,15 @@ pub struct MaxPoolContext {
     pub params: Pool2dParams,
 }
 
-/// The sizes of one pooling, checked by the reference's own rules
-/// (`revsnn_reference::ops::pool::Geometry`), so both backends accept and reject the same shapes.
+/// The checked sizes of one pooling (the contract's [`Pool2dGeometry`], so both backends accept
+/// and reject the same shapes) with the launch arguments of this module's kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geometry(pool_reference::Geometry);
+struct Geometry(Pool2dGeometry);
 
 impl std::ops::Deref for Geometry {
-    type Target = pool_reference::Geometry;
+    type Target = Pool2dGeometry;
 
-    fn deref(&self) -> &pool_reference::Geometry {
+    fn deref(&self) -> &Pool2dGeometry {
         &self.0
     }
 }
@@ -53,11 +53,7 @@ impl Geometry {
         input_shape: &[usize],
         params: Pool2dParams,
     ) -> Result<Geometry, GpuError> {
-        Ok(Geometry(pool_reference::Geometry::new(
-            op,
-            input_shape,
-            params,
-        )?))
+        Ok(Geometry(Pool2dGeometry::new(op, input_shape, params)?))
     }
 
     fn outputs(&self) -> usize {
@@ -81,23 +77,6 @@ impl Geometry {
             self.params.padding,
         ]
         .map(|v| v as i64)
-    }
-
-    /// Errors unless `grad_y` has the output's shape.
-    fn check_grad(
-        &self,
-        op: &'static str,
-        grad_y: &[usize],
-        input_shape: &[usize],
-    ) -> Result<(), GpuError> {
-        let expected = self.output_shape(input_shape);
-        if grad_y != expected {
-            return Err(shape_error(
-                op,
-                format!("expected grad_y of the output's shape {expected:?}, got {grad_y:?}"),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -176,15 +155,7 @@ pub fn max_forward<E: GpuElement>(
 ) -> Result<(CudaTensor<E>, MaxPoolContext), GpuError> {
     const OP: &str = "max_pool2d";
     let g = Geometry::new(OP, x.shape(), params)?;
-    if u32::try_from(g.h * g.w).is_err() {
-        return Err(shape_error(
-            OP,
-            format!(
-                "an H x W plane of {:?} has 2^32 or more elements; split the input",
-                x.shape()
-            ),
-        ));
-    }
+    g.check_argmax_fits(OP, x.shape())?;
     // SAFETY (both): the kernel writes every output and its argmax (none when N C = 0).
     let mut y = unsafe { device.alloc::<E>(g.outputs()) }?;
     let mut argmax = unsafe { device.alloc::<u32>(g.outputs()) }?;
@@ -243,16 +214,7 @@ pub fn max_backward<E: GpuElement>(
     context: &MaxPoolContext,
 ) -> Result<CudaTensor<E>, GpuError> {
     const OP: &str = "max_pool2d_backward";
-    if grad_y.shape() != context.output_shape.as_slice() {
-        return Err(shape_error(
-            OP,
-            format!(
-                "expected grad_y of the output's shape {:?}, got {:?}",
-                context.output_shape,
-                grad_y.shape()
-            ),
-        ));
-    }
+    check_pool_grad(OP, grad_y.shape(), &context.output_shape)?;
     let g = context_geometry(OP, context)?;
     // SAFETY: the kernel writes every input element (none when N C = 0).
     let mut dx = unsafe { device.alloc::<E>(g.inputs()) }?;

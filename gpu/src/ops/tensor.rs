@@ -1,5 +1,5 @@
 //! Tensor creation, copies and structural/elementwise ops on the GPU; twin of
-//! `revsnn_reference::ops::tensor`, kernels in `gpu/kernels/tensor.cu`.
+//! `reference/src/ops/tensor.rs`, kernels in `gpu/kernels/tensor.cu`.
 //!
 //! The structural ops (permute, narrow, each part of a concat, repeat_leading and the broadcast
 //! of mean_axes_backward) are one kernel, a copy along a [`Strided`] walk that the host builds
@@ -8,6 +8,11 @@
 //! in the reference's order. Only [`fingerprint`] differs: it is a different hash (see there).
 
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use revsnn_reference::contract::shapes::{
+    MeanAxes, check_quantize_step, check_same_shape, concat_shape, element_count, narrowed_shape,
+    permuted_shape, repeated_shape, split_leading,
+};
 
 use super::{GpuElement, THREADS, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -144,26 +149,6 @@ fn row_major_strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
-/// The product of `shape`, or an error when it overflows `usize`.
-fn element_count(op: &'static str, shape: &[usize]) -> Result<usize, GpuError> {
-    shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| shape_error(op, format!("the size of shape {shape:?} overflows")))
-}
-
-fn check_axis(op: &'static str, axis: usize, ndim: usize) -> Result<(), GpuError> {
-    if axis >= ndim {
-        return Err(shape_error(
-            op,
-            format!(
-                "invalid parameter axis = {axis}: must be smaller than the number of axes ({ndim})"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// A buffer of `len` elements that the caller's kernels write entirely before anything reads it.
 ///
 /// # Safety
@@ -210,7 +195,7 @@ fn launch_strided<E: GpuElement>(
 }
 
 /// A device copy of `data` under `shape`.
-pub fn from_host<E: GpuElement>(
+pub fn from_vec<E: GpuElement>(
     device: &GpuDevice,
     shape: &[usize],
     data: &[E],
@@ -219,7 +204,7 @@ pub fn from_host<E: GpuElement>(
 }
 
 /// The elements of `x` in row-major order, on the host (waits for the stream).
-pub fn to_host<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Result<Vec<E>, GpuError> {
+pub fn to_vec<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Result<Vec<E>, GpuError> {
     if x.is_empty() {
         return Ok(Vec::new());
     }
@@ -237,9 +222,17 @@ pub fn zeros<E: GpuElement>(
     CudaTensor::new(device.alloc_zeros(shape.iter().product())?, shape)
 }
 
+/// `y = x` under `shape`, the same row-major elements (no copy: the buffer is shared).
+pub fn reshape<E: GpuElement>(
+    x: &CudaTensor<E>,
+    shape: &[usize],
+) -> Result<CudaTensor<E>, GpuError> {
+    x.reshaped(shape)
+}
+
 /// The output shape and walk of `permute(x, axes)`.
 fn permute_walk(shape: &[usize], axes: &[usize]) -> Result<(Vec<usize>, Strided), GpuError> {
-    let out_shape = revsnn_reference::ops::tensor::permuted_shape(shape, axes)?;
+    let out_shape = permuted_shape(shape, axes)?;
     let (x_strides, y_strides) = (row_major_strides(shape), row_major_strides(&out_shape));
     let walk: Vec<Axis> = axes
         .iter()
@@ -274,12 +267,7 @@ fn binary<E: GpuElement>(
     a: &CudaTensor<E>,
     b: &CudaTensor<E>,
 ) -> Result<CudaTensor<E>, GpuError> {
-    if a.shape() != b.shape() {
-        return Err(shape_error(
-            op,
-            format!("operands have shapes {:?} and {:?}", a.shape(), b.shape()),
-        ));
-    }
+    check_same_shape(op, a.shape(), b.shape())?;
     // SAFETY: the kernel writes every element.
     let mut y = unsafe { output::<E>(device, a.len()) }?;
     if !a.is_empty() {
@@ -350,18 +338,7 @@ fn narrow_walk(
     len: usize,
 ) -> Result<(Vec<usize>, Strided), GpuError> {
     const OP: &str = "narrow";
-    check_axis(OP, axis, shape.len())?;
-    let dim = shape[axis];
-    if start.checked_add(len).is_none_or(|end| end > dim) {
-        return Err(shape_error(
-            OP,
-            format!(
-                "range {start}..{start}+{len} is out of bounds for axis {axis} of size {dim} in {shape:?}"
-            ),
-        ));
-    }
-    let mut out_shape = shape.to_vec();
-    out_shape[axis] = len;
+    let out_shape = narrowed_shape(shape, axis, start, len)?;
     let (x_strides, y_strides) = (row_major_strides(shape), row_major_strides(&out_shape));
     let walk: Vec<Axis> = (0..shape.len())
         .map(|a| Axis {
@@ -393,30 +370,7 @@ pub fn narrow<E: GpuElement>(
 /// The output shape and one walk per part of `concat(parts, axis)`.
 fn concat_walks(shapes: &[&[usize]], axis: usize) -> Result<(Vec<usize>, Vec<Strided>), GpuError> {
     const OP: &str = "concat";
-    let Some(first) = shapes.first() else {
-        return Err(shape_error(OP, "needs at least one part"));
-    };
-    check_axis(OP, axis, first.len())?;
-    let mut out_shape = first.to_vec();
-    out_shape[axis] = 0;
-    for part in shapes {
-        let fits = part.len() == first.len()
-            && part
-                .iter()
-                .zip(first.iter())
-                .enumerate()
-                .all(|(a, (p, f))| a == axis || p == f);
-        if !fits {
-            return Err(shape_error(
-                OP,
-                format!("part of shape {part:?} does not match {first:?} outside axis {axis}"),
-            ));
-        }
-        out_shape[axis] = out_shape[axis]
-            .checked_add(part[axis])
-            .ok_or_else(|| shape_error(OP, "the concatenated axis overflows"))?;
-    }
-    element_count(OP, &out_shape)?;
+    let out_shape = concat_shape(shapes, axis)?;
     let y_strides = row_major_strides(&out_shape);
     let mut start = 0;
     let mut walks = Vec::with_capacity(shapes.len());
@@ -456,12 +410,7 @@ pub fn concat<E: GpuElement>(
 /// The output shape and walk of `repeat_leading(x, times)`.
 fn repeat_walk(shape: &[usize], times: usize) -> Result<(Vec<usize>, Strided), GpuError> {
     const OP: &str = "repeat_leading";
-    if times == 0 {
-        return Err(shape_error(OP, "invalid parameter times = 0: must be >= 1"));
-    }
-    let mut out_shape = vec![times];
-    out_shape.extend_from_slice(shape);
-    element_count(OP, &out_shape)?;
+    let out_shape = repeated_shape(shape, times)?;
     let n = element_count(OP, shape)?;
     let walk = [
         Axis {
@@ -506,9 +455,7 @@ pub fn sum_leading<E: GpuElement>(
     x: &CudaTensor<E>,
 ) -> Result<CudaTensor<E>, GpuError> {
     const OP: &str = "sum_leading";
-    let Some((&steps, rest)) = x.shape().split_first() else {
-        return Err(shape_error(OP, "x must have shape [T, ...], got a scalar"));
-    };
+    let (steps, rest) = split_leading(x.shape())?;
     let n = element_count(OP, rest)?;
     if steps == 0 || n == 0 {
         return zeros(device, rest);
@@ -538,12 +485,7 @@ pub fn quantize<E: GpuElement>(
     x: &CudaTensor<E>,
     k: i32,
 ) -> Result<CudaTensor<E>, GpuError> {
-    if k.abs() > 60 {
-        return Err(shape_error(
-            "quantize",
-            format!("invalid parameter k = {k}: must be within [-60, 60]"),
-        ));
-    }
+    check_quantize_step(k)?;
     let up = E::cast(2f64.powi(k));
     let down = E::cast(2f64.powi(-k));
     // SAFETY: the kernel writes every element.
@@ -610,40 +552,6 @@ pub fn fingerprint<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Resu
     Ok(feed(shape_hash, sum))
 }
 
-/// Checks `axes` (distinct, each `< ndim`) and returns them sorted.
-fn sorted_axes(op: &'static str, axes: &[usize], ndim: usize) -> Result<Vec<usize>, GpuError> {
-    let mut sorted = axes.to_vec();
-    sorted.sort_unstable();
-    let distinct = sorted.windows(2).all(|w| w[0] != w[1]);
-    if !distinct || sorted.last().is_some_and(|&a| a >= ndim) {
-        return Err(shape_error(
-            op,
-            format!(
-                "invalid parameter axes = {axes:?}: must be distinct and smaller than the number of axes ({ndim})"
-            ),
-        ));
-    }
-    Ok(sorted)
-}
-
-/// `(kept axes in order, number of reduced elements R >= 1)`.
-fn reduction(
-    op: &'static str,
-    shape: &[usize],
-    sorted: &[usize],
-) -> Result<(Vec<usize>, usize), GpuError> {
-    let kept: Vec<usize> = (0..shape.len()).filter(|a| !sorted.contains(a)).collect();
-    let reduced: Vec<usize> = sorted.iter().map(|&a| shape[a]).collect();
-    let count = element_count(op, &reduced)?;
-    if count == 0 {
-        return Err(shape_error(
-            op,
-            format!("the mean over axes {sorted:?} of {shape:?} has no elements"),
-        ));
-    }
-    Ok((kept, count))
-}
-
 /// The launch of `mean_axes_<E>`: `kept` walks the outputs (x side: the offset of each output's
 /// first reduced element; y side: the output's index), `rest` the reduced elements but the
 /// innermost merged axis, which `inner_len` and `inner_stride` describe.
@@ -661,9 +569,12 @@ struct MeanWalks {
 
 fn mean_walks(shape: &[usize], axes: &[usize]) -> Result<MeanWalks, GpuError> {
     const OP: &str = "mean_axes";
-    let sorted = sorted_axes(OP, axes, shape.len())?;
-    let (kept, count) = reduction(OP, shape, &sorted)?;
-    let out_shape: Vec<usize> = kept.iter().map(|&a| shape[a]).collect();
+    let MeanAxes {
+        reduced: sorted,
+        kept,
+        count,
+        output_shape: out_shape,
+    } = MeanAxes::new(OP, shape, axes)?;
     let x_strides = row_major_strides(shape);
     let (y_strides, block_strides) = (
         row_major_strides(&out_shape),
@@ -769,18 +680,12 @@ fn mean_backward_walk(
     axes: &[usize],
 ) -> Result<(Strided, usize), GpuError> {
     const OP: &str = "mean_axes_backward";
-    let sorted = sorted_axes(OP, axes, input_shape.len())?;
-    let (kept, count) = reduction(OP, input_shape, &sorted)?;
-    let out_shape: Vec<usize> = kept.iter().map(|&a| input_shape[a]).collect();
-    if grad_shape != out_shape.as_slice() {
-        return Err(shape_error(
-            OP,
-            format!(
-                "grad_y has shape {grad_shape:?}, the mean of {input_shape:?} over {axes:?} has {out_shape:?}"
-            ),
-        ));
-    }
-    element_count(OP, input_shape)?;
+    let MeanAxes {
+        kept,
+        count,
+        output_shape: out_shape,
+        ..
+    } = MeanAxes::backward(grad_shape, input_shape, axes)?;
     let (grad_strides, x_strides) = (
         row_major_strides(&out_shape),
         row_major_strides(input_shape),
@@ -829,7 +734,6 @@ mod tests {
     //! The walks, replayed on the host exactly as tensor.cu's kernels walk them, against the
     //! reference's ops (no GPU needed).
 
-    use revsnn_reference::ops::tensor as reference;
     use revsnn_reference::testing::SplitMix64;
     use revsnn_reference::{Backend, Cpu, CpuTensor};
 
@@ -996,7 +900,7 @@ mod tests {
         ];
         for (seed, (shape, axes)) in cases.into_iter().enumerate() {
             let (x, data) = random(shape, seed as u64);
-            let expected = reference::permute(&x, axes).unwrap();
+            let expected = Cpu::<f64>::new().permute(&x, axes).unwrap();
             let (out_shape, walk) = permute_walk(shape, axes).unwrap();
             assert_eq!(out_shape, expected.shape());
             let mut y = vec![f64::NAN; data.len()];
@@ -1017,7 +921,7 @@ mod tests {
     fn narrow_and_concat_walks_match_the_reference() {
         let (x, data) = random(&[3, 5, 4, 2], 7);
         for (axis, start, len) in [(0, 1, 2), (1, 2, 3), (1, 0, 5), (3, 1, 1), (2, 4, 0)] {
-            let expected = reference::narrow(&x, axis, start, len).unwrap();
+            let expected = Cpu::<f64>::new().narrow(&x, axis, start, len).unwrap();
             let (out_shape, walk) = narrow_walk(x.shape(), axis, start, len).unwrap();
             assert_eq!(out_shape, expected.shape());
             let mut y = vec![f64::NAN; expected.len()];
@@ -1043,7 +947,7 @@ mod tests {
                 .map(|(i, s)| random(s, 100 + i as u64))
                 .collect();
             let tensors: Vec<&CpuTensor<f64>> = parts.iter().map(|(t, _)| t).collect();
-            let expected = reference::concat(&tensors, axis).unwrap();
+            let expected = Cpu::<f64>::new().concat(&tensors, axis).unwrap();
             let shape_refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
             let (out_shape, walks) = concat_walks(&shape_refs, axis).unwrap();
             assert_eq!(out_shape, expected.shape());
@@ -1063,7 +967,7 @@ mod tests {
     fn repeat_walk_matches_the_reference() {
         for shape in [&[3, 4][..], &[7], &[]] {
             let (x, data) = random(shape, 3);
-            let expected = reference::repeat_leading(&x, 3).unwrap();
+            let expected = Cpu::<f64>::new().repeat_leading(&x, 3).unwrap();
             let (out_shape, walk) = repeat_walk(shape, 3).unwrap();
             assert_eq!(out_shape, expected.shape());
             let mut y = vec![f64::NAN; expected.len()];
@@ -1087,7 +991,7 @@ mod tests {
         ];
         for (seed, (shape, axes)) in cases.into_iter().enumerate() {
             let (x, data) = random(shape, 40 + seed as u64);
-            let expected = reference::mean_axes(&x, axes).unwrap();
+            let expected = Cpu::<f64>::new().mean_axes(&x, axes).unwrap();
             let walks = mean_walks(shape, axes).unwrap();
             assert_eq!(walks.out_shape, expected.shape());
             assert_eq!(
@@ -1097,7 +1001,9 @@ mod tests {
             );
 
             let (grad, grad_data) = random(expected.shape(), 80 + seed as u64);
-            let expected = reference::mean_axes_backward(&grad, shape, axes).unwrap();
+            let expected = Cpu::<f64>::new()
+                .mean_axes_backward(&grad, shape, axes)
+                .unwrap();
             let (walk, count) = mean_backward_walk(grad.shape(), shape, axes).unwrap();
             let mut dx = vec![f64::NAN; expected.len()];
             replay(&walk, &grad_data, &mut dx, Some(count as f64));

@@ -6,23 +6,15 @@
 //! computed by one rayon task per channel: the bits do not depend on the number of threads
 //! (docs/design.md principle 4).
 
-use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
 
-use crate::backend::{BatchNormGrads, BatchStats, RunningStats};
+use super::{slice_of, standard, tensor};
+use crate::contract::shapes::{BatchNormShape, check_channel_vector};
+use crate::contract::{
+    BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, Element,
+    Result, RunningStats,
+};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
-use crate::params::BatchNormParams;
-
-/// Which forward produced a [`BatchNormContext`], and so which backward applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchNormMode {
-    /// Batch statistics: the gradient flows through the mean and the variance too.
-    Train,
-    /// Running statistics: a fixed per-channel affine map.
-    Eval,
-}
 
 /// What the batch-norm backward needs: the input (shared with the caller, row-major) and the
 /// per-channel constants of the forward, in `f64`, `[C]` each.
@@ -39,9 +31,6 @@ pub struct BatchNormContext<E> {
     pub mode: BatchNormMode,
 }
 
-/// What [`train_forward`] returns: `y`, the batch statistics and the context.
-pub type TrainOutput<E> = (CpuTensor<E>, BatchStats<CpuTensor<E>>, BatchNormContext<E>);
-
 /// Elements per pairwise-summation leaf.
 const PAIRWISE_BLOCK: usize = 64;
 
@@ -49,34 +38,9 @@ const PAIRWISE_BLOCK: usize = 64;
 /// `m % 4`), then `(lane 0 + lane 1) + (lane 2 + lane 3)`: four independent chains of additions.
 const LEAF_LANES: usize = 4;
 
-/// How one channel's elements sit in a row-major `[N, C, inner]` buffer.
-#[derive(Clone, Copy, Debug)]
-struct Layout {
-    batch: usize,
-    channels: usize,
-    inner: usize,
-}
-
-impl Layout {
-    fn of(op: &'static str, shape: &[usize]) -> Result<Layout> {
-        if shape.len() < 2 {
-            return Err(OpError::shape(
-                op,
-                format!("expected x [N, C, ...] with at least 2 axes, got {shape:?}"),
-            ));
-        }
-        Ok(Layout {
-            batch: shape[0],
-            channels: shape[1],
-            inner: shape[2..].iter().product(),
-        })
-    }
-
-    /// Elements per channel: `N` times the product of the trailing axes.
-    fn per_channel(&self) -> usize {
-        self.batch * self.inner
-    }
-
+/// The pairwise per-channel sums of this module's kernels over the contract's split of
+/// `x [N, C, ...]`: channel `c`'s elements sit at `(b C + c) inner + i` of the row-major buffer.
+impl BatchNormShape {
     /// `sum_j term(flat(c, j))` over the channel's elements `j` in row-major order, pairwise.
     fn channel_sum(&self, c: usize, term: &impl Fn(usize) -> f64) -> f64 {
         self.pairwise(c, 0, self.per_channel(), term)
@@ -108,20 +72,6 @@ impl Layout {
     }
 }
 
-/// `x` itself when it is row-major already (no copy), else a row-major copy.
-fn standard<E: Element>(x: &CpuTensor<E>) -> CpuTensor<E> {
-    if x.is_standard_layout() {
-        x.clone()
-    } else {
-        x.as_standard_layout().into_owned().into_shared()
-    }
-}
-
-fn slice_of<E: Element>(x: &CpuTensor<E>) -> &[E] {
-    x.as_slice()
-        .expect("a tensor made standard by `standard` is contiguous")
-}
-
 /// The elements of a `[C]` parameter as `f64`, or a shape error naming it.
 fn channel_vector<E: Element>(
     op: &'static str,
@@ -129,21 +79,8 @@ fn channel_vector<E: Element>(
     v: &CpuTensor<E>,
     channels: usize,
 ) -> Result<Vec<f64>> {
-    if v.shape() != [channels] {
-        return Err(OpError::shape(
-            op,
-            format!(
-                "expected {name} of shape [{channels}] (one per channel), got {:?}",
-                v.shape()
-            ),
-        ));
-    }
+    check_channel_vector(op, name, v.shape(), channels)?;
     Ok(v.iter().map(|e| e.widen()).collect())
-}
-
-fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
-    ArcArray::from_shape_vec(IxDyn(shape), data)
-        .expect("the data of a freshly computed tensor fits its shape")
 }
 
 fn channel_tensor<E: Element>(values: &[f64]) -> CpuTensor<E> {
@@ -156,7 +93,7 @@ fn channel_tensor<E: Element>(values: &[f64]) -> CpuTensor<E> {
 /// `y = gamma[c] inv_std[c] (x - mean[c]) + beta[c]`, elementwise in parallel.
 fn normalise<E: Element>(
     x: &[E],
-    layout: Layout,
+    layout: BatchNormShape,
     mean: &[f64],
     inv_std: &[f64],
     gamma: &[f64],
@@ -189,22 +126,14 @@ pub fn train_forward<E: Element>(
     gamma: &CpuTensor<E>,
     beta: &CpuTensor<E>,
     params: BatchNormParams,
-) -> Result<TrainOutput<E>> {
+) -> Result<BatchNormTrainOutput<CpuTensor<E>, BatchNormContext<E>>> {
     const OP: &str = "batch_norm_train";
     params.validate()?;
-    let layout = Layout::of(OP, x.shape())?;
+    let layout = BatchNormShape::new(OP, x.shape())?;
     let gamma = channel_vector(OP, "gamma", gamma, layout.channels)?;
     let beta = channel_vector(OP, "beta", beta, layout.channels)?;
+    layout.check_trainable(OP, x.shape())?;
     let n = layout.per_channel();
-    if n < 2 {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected more than 1 value per channel in training, got {n} for input {:?}",
-                x.shape()
-            ),
-        ));
-    }
     let input = standard(x);
     let data = slice_of(&input);
     let count = n as f64;
@@ -247,7 +176,7 @@ pub fn eval_forward<E: Element>(
 ) -> Result<(CpuTensor<E>, BatchNormContext<E>)> {
     const OP: &str = "batch_norm_eval";
     params.validate()?;
-    let layout = Layout::of(OP, x.shape())?;
+    let layout = BatchNormShape::new(OP, x.shape())?;
     let gamma = channel_vector(OP, "gamma", gamma, layout.channels)?;
     let beta = channel_vector(OP, "beta", beta, layout.channels)?;
     let mean = channel_vector(OP, "running mean", &running.mean, layout.channels)?;
@@ -276,16 +205,8 @@ pub fn backward<E: Element>(
 ) -> Result<BatchNormGrads<CpuTensor<E>>> {
     const OP: &str = "batch_norm_backward";
     let shape = context.input.shape();
-    if grad_y.shape() != shape {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected grad_y of the input's shape {shape:?}, got {:?}",
-                grad_y.shape()
-            ),
-        ));
-    }
-    let layout = Layout::of(OP, shape)?;
+    BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
+    let layout = BatchNormShape::new(OP, shape)?;
     let x = slice_of(&context.input);
     let dy_tensor = standard(grad_y);
     let dy = slice_of(&dy_tensor);

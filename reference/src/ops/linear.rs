@@ -6,10 +6,9 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArcArray, Array1, Array2, ArrayView2, ArrayViewMut2, Ix2, IxDyn, ShapeError};
 use rayon::prelude::*;
 
-use crate::backend::LinearGrads;
+use crate::contract::shapes::{LinearShape, MatmulShape};
+use crate::contract::{Element, LinearGrads, OpError, Result};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
 
 /// `y = x w^T + b`, i.e. `y[n, o] = b[o] + sum_i x[n, i] w[o, i]`, for `x [N, in]`, `w [out, in]`
 /// and an optional `b [out]`; `y [N, out]`. Errors on any other shapes.
@@ -19,16 +18,11 @@ pub fn forward<E: Element>(
     bias: Option<&CpuTensor<E>>,
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "linear";
-    let (x2, w2) = linear_operands(OP, x, weight)?;
-    let mut y = Array2::zeros((x2.nrows(), w2.nrows()));
+    let (sizes, x2, w2) = linear_operands(OP, x, weight)?;
+    let mut y = Array2::zeros((sizes.rows, sizes.outputs));
     let beta = match bias {
-        Some(b) if b.shape() != [w2.nrows()] => {
-            return Err(OpError::shape(
-                OP,
-                format!("bias must be [{}], got {:?}", w2.nrows(), b.shape()),
-            ));
-        }
         Some(b) => {
+            sizes.check_bias(OP, b.shape())?;
             for mut row in y.rows_mut() {
                 row.iter_mut().zip(b.iter()).for_each(|(y, &b)| *y = b);
             }
@@ -50,19 +44,8 @@ pub fn backward<E: Element>(
     has_bias: bool,
 ) -> Result<LinearGrads<CpuTensor<E>>> {
     const OP: &str = "linear_backward";
-    let (x2, w2) = linear_operands(OP, x, weight)?;
-    let expected = [x2.nrows(), w2.nrows()];
-    if grad_y.shape() != expected {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "grad_y must be {expected:?} (x {:?}, weight {:?}), got {:?}",
-                x.shape(),
-                weight.shape(),
-                grad_y.shape()
-            ),
-        ));
-    }
+    let (sizes, x2, w2) = linear_operands(OP, x, weight)?;
+    sizes.check_grad(OP, grad_y.shape(), x.shape(), weight.shape())?;
     let dy = matrix(OP, grad_y)?;
     let input = product(&dy, &w2);
     let weight_grad = product(&dy.t(), &x2);
@@ -78,74 +61,6 @@ pub fn backward<E: Element>(
         weight: weight_grad.into_dyn().into_shared(),
         bias,
     })
-}
-
-/// The sizes of `c[b] = op(a[b]) op(b[b])`, checked: `batch` products of `[m, k]` by `[k, n]`
-/// over operands stored `[a_rows, a_cols]` and `[b_rows, b_cols]`, giving `output_shape`. The CUDA
-/// backend checks its operands with this too.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MatmulShape {
-    pub batch: usize,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub a_rows: usize,
-    pub a_cols: usize,
-    pub b_rows: usize,
-    pub b_cols: usize,
-    /// `[..., m, n]`.
-    pub output_shape: Vec<usize>,
-}
-
-impl MatmulShape {
-    /// The sizes of a batched product of `a` and `b` (shapes), or why they do not fit: fewer than
-    /// two axes, unequal batch axes or unequal inner sizes `k`.
-    pub fn new(sa: &[usize], sb: &[usize], transpose_a: bool, transpose_b: bool) -> Result<Self> {
-        const OP: &str = "batched_matmul";
-        if sa.len() < 2 || sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
-            return Err(OpError::shape(
-                OP,
-                format!(
-                    "expected a [..., m, k] and b [..., k, n] with the same leading axes, got {sa:?} and {sb:?}"
-                ),
-            ));
-        }
-        let rank = sa.len();
-        let (a_rows, a_cols) = (sa[rank - 2], sa[rank - 1]);
-        let (b_rows, b_cols) = (sb[rank - 2], sb[rank - 1]);
-        let (m, k) = if transpose_a {
-            (a_cols, a_rows)
-        } else {
-            (a_rows, a_cols)
-        };
-        let (k_b, n) = if transpose_b {
-            (b_cols, b_rows)
-        } else {
-            (b_rows, b_cols)
-        };
-        if k != k_b {
-            return Err(OpError::shape(
-                OP,
-                format!(
-                    "inner sizes differ: op(a) is [{m}, {k}] and op(b) is [{k_b}, {n}] \
-                     (a {sa:?}, b {sb:?}, transpose_a {transpose_a}, transpose_b {transpose_b})"
-                ),
-            ));
-        }
-        let mut output_shape = sa[..rank - 2].to_vec();
-        output_shape.extend([m, n]);
-        Ok(MatmulShape {
-            batch: sa[..rank - 2].iter().product(),
-            m,
-            n,
-            k,
-            a_rows,
-            a_cols,
-            b_rows,
-            b_cols,
-            output_shape,
-        })
-    }
 }
 
 /// `c[b] = op_a(a[b]) op_b(b[b])` for every index `b` of the leading batch axes, which must be
@@ -216,20 +131,14 @@ fn product<E: Element>(a: &ArrayView2<'_, E>, b: &ArrayView2<'_, E>) -> Array2<E
     c
 }
 
-/// `x [N, in]` and `w [out, in]` as matrices, or a shape error.
+/// The sizes of `x [N, in]` and `w [out, in]` and the two as matrices, or a shape error.
 fn linear_operands<'a, E: Element>(
     op: &'static str,
     x: &'a CpuTensor<E>,
     weight: &'a CpuTensor<E>,
-) -> Result<(ArrayView2<'a, E>, ArrayView2<'a, E>)> {
-    let (xs, ws) = (x.shape(), weight.shape());
-    if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
-        return Err(OpError::shape(
-            op,
-            format!("expected x [N, in] and weight [out, in], got {xs:?} and {ws:?}"),
-        ));
-    }
-    Ok((matrix(op, x)?, matrix(op, weight)?))
+) -> Result<(LinearShape, ArrayView2<'a, E>, ArrayView2<'a, E>)> {
+    let sizes = LinearShape::new(op, x.shape(), weight.shape())?;
+    Ok((sizes, matrix(op, x)?, matrix(op, weight)?))
 }
 
 /// A two-axis tensor as a matrix view.

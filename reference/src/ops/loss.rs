@@ -5,12 +5,14 @@
 //! m))`, `m` the row maximum) by one rayon task per row; the mean over rows is a sequential sum in row order, so the
 //! bits do not depend on the number of threads (docs/design.md principle 4).
 
-use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
 
+use super::{slice_of, standard, tensor};
+use crate::contract::shapes::{
+    check_context_targets, check_labels, check_soft_targets, logits_shape,
+};
+use crate::contract::{Element, OpError, Result};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
 
 /// What a cross-entropy was taken against.
 #[derive(Debug)]
@@ -27,75 +29,6 @@ pub struct CrossEntropyContext<E> {
     /// `softmax(logits)` per row, `[B, K]`, row-major.
     pub softmax: CpuTensor<E>,
     pub targets: Targets<E>,
-}
-
-/// `x` itself when it is row-major already (no copy), else a row-major copy.
-fn standard<E: Element>(x: &CpuTensor<E>) -> CpuTensor<E> {
-    if x.is_standard_layout() {
-        x.clone()
-    } else {
-        x.as_standard_layout().into_owned().into_shared()
-    }
-}
-
-fn slice_of<E: Element>(x: &CpuTensor<E>) -> &[E] {
-    x.as_slice()
-        .expect("a tensor made standard by `standard` is contiguous")
-}
-
-fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
-    ArcArray::from_shape_vec(IxDyn(shape), data)
-        .expect("the data of a freshly computed tensor fits its shape")
-}
-
-/// `(B, K)` of logits `[B, K]` with `B, K >= 1`.
-pub fn logits_shape(op: &'static str, logits: &[usize]) -> Result<(usize, usize)> {
-    match *logits {
-        [b, k] if b >= 1 && k >= 1 => Ok((b, k)),
-        _ => Err(OpError::shape(
-            op,
-            format!("expected logits [B, K] with B, K >= 1, got {logits:?}"),
-        )),
-    }
-}
-
-/// `(B, K)` of `logits [B, K]` with one label `< K` per row, or why not (the check of
-/// [`cross_entropy_forward`], shared with the CUDA backend).
-pub fn check_labels(logits: &[usize], labels: &[usize]) -> Result<(usize, usize)> {
-    const OP: &str = "cross_entropy";
-    let (batch, classes) = logits_shape(OP, logits)?;
-    if labels.len() != batch {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected one label per row of logits {logits:?}, got {} labels",
-                labels.len()
-            ),
-        ));
-    }
-    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(OpError::parameter(
-            OP,
-            "label",
-            bad,
-            "must be < K, the number of classes (the last axis of the logits)",
-        ));
-    }
-    Ok((batch, classes))
-}
-
-/// `(B, K)` of `logits [B, K]` with `targets` of the same shape, or why not (the check of
-/// [`soft_cross_entropy_forward`], shared with the CUDA backend).
-pub fn check_soft_targets(logits: &[usize], targets: &[usize]) -> Result<(usize, usize)> {
-    const OP: &str = "soft_cross_entropy";
-    let shape = logits_shape(OP, logits)?;
-    if targets != logits {
-        return Err(OpError::shape(
-            OP,
-            format!("expected targets of the logits' shape {logits:?}, got {targets:?}"),
-        ));
-    }
-    Ok(shape)
 }
 
 /// A row's log-sum-exp `lse = m + ln(1 + r)`, kept as its two parts: the row maximum `m` and
@@ -208,7 +141,7 @@ pub fn soft_cross_entropy_forward<E: Element>(
 /// of [`cross_entropy_forward`] are one-hot rows. With soft targets this assumes rows summing to
 /// 1, as [`Backend`](crate::Backend) documents (the exact gradient of a row summing to `s` has
 /// `s softmax` in place of `softmax`).
-pub fn cross_entropy_backward<E: Element>(
+pub fn backward<E: Element>(
     context: &CrossEntropyContext<E>,
     grad_loss: E,
 ) -> Result<CpuTensor<E>> {
@@ -240,16 +173,7 @@ pub fn cross_entropy_backward<E: Element>(
             });
         }
         Targets::Soft(targets) => {
-            if targets.shape() != softmax.shape() {
-                return Err(OpError::shape(
-                    OP,
-                    format!(
-                        "the context's targets {:?} do not fit the softmax {:?}",
-                        targets.shape(),
-                        softmax.shape()
-                    ),
-                ));
-            }
+            check_context_targets(OP, targets.shape(), softmax.shape())?;
             let targets = standard(targets);
             rows.zip(slice_of(&targets).par_chunks(classes))
                 .for_each(|((g_row, p_row), t_row)| {

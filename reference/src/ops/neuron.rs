@@ -2,7 +2,7 @@
 //!
 //! The input `x [T, ...]` is read as `T` rows of `N` neurons (the trailing axes flattened). Each
 //! neuron runs its own sequential loop over `t`; neurons are independent, so the work is split
-//! into contiguous chunks of [`NEURON_CHUNK`] neurons that rayon runs in parallel. Within a chunk
+//! into contiguous chunks of `NEURON_CHUNK` neurons that rayon runs in parallel. Within a chunk
 //! the loop is `for t { for n in chunk }` with the chunk's state (`v` forward, `dL/dh[t+1]`
 //! backward) in a small buffer, so every pass reads and writes whole contiguous rows: the kernels
 //! are memory-bound, and the bits of every result are the same whatever the thread count.
@@ -20,15 +20,14 @@
 use ndarray::{ArrayView2, ArrayViewMut2, Axis, IxDyn, Zip};
 use rayon::prelude::*;
 
+use crate::contract::shapes::{check_neuron_backward, time_by_neurons};
+use crate::contract::{Element, Firing, NeuronConfig, NeuronKind, OpError, Result, Surrogate};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
-use crate::params::{Firing, NeuronConfig, NeuronKind, Surrogate};
 
 const OP: &str = "neuron";
 
 /// Neurons per parallel task: the chunk's state buffer (`NEURON_CHUNK` elements) stays in L1.
-pub const NEURON_CHUNK: usize = 2048;
+const NEURON_CHUNK: usize = 2048;
 
 /// What the neuron backward needs: the charged membrane potentials `h [T, ...]` (shaped like the
 /// input) and the configuration the forward ran with.
@@ -129,26 +128,12 @@ pub fn backward<E: Element>(
     context: &NeuronContext<E>,
     config: &NeuronConfig,
 ) -> Result<CpuTensor<E>> {
-    config.validate()?;
-    if *config != context.config {
-        return Err(OpError::parameter(
-            OP,
-            "config",
-            format!("{config:?}"),
-            "must equal the config the forward ran with (the context's)",
-        ));
-    }
-    if grad_spikes.shape() != context.h.shape() {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "grad_spikes has shape {:?}, the forward's input had {:?}",
-                grad_spikes.shape(),
-                context.h.shape()
-            ),
-        ));
-    }
-    let (steps, neurons) = time_by_neurons(context.h.shape(), "context h")?;
+    let (steps, neurons) = check_neuron_backward(
+        config,
+        &context.config,
+        grad_spikes.shape(),
+        context.h.shape(),
+    )?;
     let g = grad_spikes.as_standard_layout();
     let h = context.h.as_standard_layout();
     let g2 = g
@@ -177,17 +162,6 @@ pub fn backward<E: Element>(
         }
     }
     into_shape(gx, &IxDyn(context.h.shape()))
-}
-
-/// `(T, N)` of a `[T, ...]` shape: at least one axis and `T >= 1`.
-fn time_by_neurons(shape: &[usize], what: &str) -> Result<(usize, usize)> {
-    match shape.split_first() {
-        Some((&steps, rest)) if steps >= 1 => Ok((steps, rest.iter().product())),
-        _ => Err(OpError::shape(
-            OP,
-            format!("{what} must have shape [T, ...] with T >= 1, got {shape:?}"),
-        )),
-    }
 }
 
 fn into_shape<E: Element>(a: ndarray::Array2<E>, shape: &IxDyn) -> Result<CpuTensor<E>> {

@@ -4,29 +4,9 @@
 
 use ndarray::Zip;
 
+use crate::contract::shapes::check_like_param;
+use crate::contract::{AdamWParams, Element, Result, SgdParams};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
-use crate::params::{AdamWParams, SgdParams};
-
-fn same_shape<E: Element>(
-    op: &'static str,
-    what: &str,
-    a: &CpuTensor<E>,
-    b: &CpuTensor<E>,
-) -> Result<()> {
-    if a.shape() != b.shape() {
-        return Err(OpError::shape(
-            op,
-            format!(
-                "{what} has shape {:?} but the parameter {:?}",
-                b.shape(),
-                a.shape()
-            ),
-        ));
-    }
-    Ok(())
-}
 
 /// One SGD step (see [`SgdParams`]): returns the new parameter and momentum buffer. Without a
 /// previous buffer (the first step) the buffer is `d = g + weight_decay p`.
@@ -37,7 +17,7 @@ pub fn sgd_step<E: Element>(
     hp: SgdParams,
 ) -> Result<(CpuTensor<E>, CpuTensor<E>)> {
     hp.validate()?;
-    same_shape("sgd", "the gradient", param, grad)?;
+    check_like_param("sgd", "the gradient", param.shape(), grad.shape())?;
     let (lr, momentum, decay) = (
         E::cast(hp.lr),
         E::cast(hp.momentum),
@@ -48,7 +28,7 @@ pub fn sgd_step<E: Element>(
         .par_map_collect(|&p, &g| g + decay * p);
     let buffer = match momentum_buffer {
         Some(buffer) => {
-            same_shape("sgd", "the momentum buffer", param, buffer)?;
+            check_like_param("sgd", "the momentum buffer", param.shape(), buffer.shape())?;
             Zip::from(buffer)
                 .and(&decayed)
                 .par_map_collect(|&b, &d| momentum * b + d)
@@ -72,12 +52,20 @@ pub fn adamw_step<E: Element>(
     step: u64,
 ) -> Result<(CpuTensor<E>, CpuTensor<E>, CpuTensor<E>)> {
     hp.validate()?;
-    if step == 0 {
-        return Err(OpError::parameter("adamw", "step", 0, "counts from 1"));
-    }
-    same_shape("adamw", "the gradient", param, grad)?;
-    same_shape("adamw", "the first moment", param, first_moment)?;
-    same_shape("adamw", "the second moment", param, second_moment)?;
+    AdamWParams::check_step(step)?;
+    check_like_param("adamw", "the gradient", param.shape(), grad.shape())?;
+    check_like_param(
+        "adamw",
+        "the first moment",
+        param.shape(),
+        first_moment.shape(),
+    )?;
+    check_like_param(
+        "adamw",
+        "the second moment",
+        param.shape(),
+        second_moment.shape(),
+    )?;
     let (b1, b2) = (E::cast(hp.beta1), E::cast(hp.beta2));
     let one = E::one();
     let shrink = E::cast(1.0 - hp.lr * hp.weight_decay);

@@ -6,13 +6,12 @@
 
 use std::ops::Range;
 
-use ndarray::{ArcArray, IxDyn};
 use rayon::prelude::*;
 
+use super::{slice_of, standard, tensor};
+use crate::contract::shapes::check_pool_grad;
+use crate::contract::{Element, OpError, Pool2dGeometry, Pool2dParams, Result};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
-use crate::params::Pool2dParams;
 
 /// What the max-pool backward needs: the shapes and, for each output element in row-major order,
 /// the position `h W + w` of its window's maximum inside its `(n, c)` plane of the input.
@@ -27,49 +26,8 @@ pub struct MaxPoolContext {
     pub argmax: Vec<u32>,
 }
 
-/// The sizes of one pooling: `planes = N C` planes of `h x w` pooled to `out_h x out_w`. The
-/// CUDA backend checks its operands with this too, so both backends accept the same shapes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    pub planes: usize,
-    pub h: usize,
-    pub w: usize,
-    pub out_h: usize,
-    pub out_w: usize,
-    pub params: Pool2dParams,
-}
-
-impl Geometry {
-    /// Validates `params` and an input shape `[N, C, H, W]` with `H, W >= 1`.
-    pub fn new(op: &'static str, input_shape: &[usize], params: Pool2dParams) -> Result<Geometry> {
-        params.validate(op)?;
-        let &[n, c, h, w] = input_shape else {
-            return Err(OpError::shape(
-                op,
-                format!("expected x [N, C, H, W], got {input_shape:?}"),
-            ));
-        };
-        if h == 0 || w == 0 {
-            return Err(OpError::shape(
-                op,
-                format!("expected a non-empty H x W plane, got {input_shape:?}"),
-            ));
-        }
-        Ok(Geometry {
-            planes: n * c,
-            h,
-            w,
-            out_h: params.output_size(op, h)?,
-            out_w: params.output_size(op, w)?,
-            params,
-        })
-    }
-
-    /// `[N, C, out_h, out_w]` for an input of shape `[N, C, h, w]`.
-    pub fn output_shape(&self, input_shape: &[usize]) -> Vec<usize> {
-        vec![input_shape[0], input_shape[1], self.out_h, self.out_w]
-    }
-
+/// The window walks of this module's kernels over the contract's checked sizes.
+impl Pool2dGeometry {
     /// The input rows (or columns) of window `o` along an axis of `size`, clipped to the input:
     /// `[o stride - padding, o stride - padding + kernel)`. Never empty since
     /// `padding <= kernel / 2` and `size >= 1`.
@@ -99,47 +57,15 @@ impl Geometry {
         let hi = (shifted / stride + 1).min(out);
         lo..hi.max(lo)
     }
-
-    fn check_grad(&self, op: &'static str, grad_y: &[usize], expected: &[usize]) -> Result<()> {
-        if grad_y != expected {
-            return Err(OpError::shape(
-                op,
-                format!("expected grad_y of the output's shape {expected:?}, got {grad_y:?}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// `x` itself when it is row-major already (no copy), else a row-major copy.
-fn standard<E: Element>(x: &CpuTensor<E>) -> CpuTensor<E> {
-    if x.is_standard_layout() {
-        x.clone()
-    } else {
-        x.as_standard_layout().into_owned().into_shared()
-    }
-}
-
-fn slice_of<E: Element>(x: &CpuTensor<E>) -> &[E] {
-    x.as_slice()
-        .expect("a tensor made standard by `standard` is contiguous")
-}
-
-fn tensor<E: Element>(shape: &[usize], data: Vec<E>) -> CpuTensor<E> {
-    ArcArray::from_shape_vec(IxDyn(shape), data)
-        .expect("the data of a freshly computed tensor fits its shape")
 }
 
 /// Average pooling with `count_include_pad=True` (docs/conventions.md §1; docs/choices.md §A7): over `x [N, C, H, W]`,
 /// `y[n, c, i, j] = (1 / k^2) sum_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]` with
 /// zero padding, so every window divides by `k^2` (9 for `AvgPool2d(3, 2, 1)`, also at the
 /// borders); `H_out = floor((H + 2p - k) / s) + 1`, likewise `W_out`.
-pub fn avg_pool2d_forward<E: Element>(
-    x: &CpuTensor<E>,
-    params: Pool2dParams,
-) -> Result<CpuTensor<E>> {
+pub fn avg_forward<E: Element>(x: &CpuTensor<E>, params: Pool2dParams) -> Result<CpuTensor<E>> {
     const OP: &str = "avg_pool2d";
-    let g = Geometry::new(OP, x.shape(), params)?;
+    let g = Pool2dGeometry::new(OP, x.shape(), params)?;
     let input = standard(x);
     let divisor = (params.kernel * params.kernel) as f64;
     let mut y = vec![E::zero(); g.planes * g.out_h * g.out_w];
@@ -160,17 +86,17 @@ pub fn avg_pool2d_forward<E: Element>(
     Ok(tensor(&g.output_shape(x.shape()), y))
 }
 
-/// The backward of [`avg_pool2d_forward`] (docs/conventions.md §1; docs/choices.md §A7):
+/// The backward of [`avg_forward`] (docs/conventions.md §1; docs/choices.md §A7):
 /// `dx[n, c, h, w] = (1 / k^2) sum dy[n, c, i, j]` over the outputs `(i, j)` whose windows
 /// contain `(h, w)`, summed in row-major output order. `input_shape` is the forward's `[N, C, H, W]`.
-pub fn avg_pool2d_backward<E: Element>(
+pub fn avg_backward<E: Element>(
     grad_y: &CpuTensor<E>,
     input_shape: &[usize],
     params: Pool2dParams,
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "avg_pool2d_backward";
-    let g = Geometry::new(OP, input_shape, params)?;
-    g.check_grad(OP, grad_y.shape(), &g.output_shape(input_shape))?;
+    let g = Pool2dGeometry::new(OP, input_shape, params)?;
+    g.check_grad(OP, grad_y.shape(), input_shape)?;
     let dy = standard(grad_y);
     let divisor = (params.kernel * params.kernel) as f64;
     let row_outputs: Vec<Range<usize>> = (0..g.h).map(|r| g.covering(r, g.out_h)).collect();
@@ -197,21 +123,13 @@ pub fn avg_pool2d_backward<E: Element>(
 /// `y[n, c, i, j] = max_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]`. Ties go to the first
 /// maximum in row-major window order and a NaN wins (PyTorch's CPU rule: replace when
 /// `v > max || isnan(v)`). The context keeps each output's argmax.
-pub fn max_pool2d_forward<E: Element>(
+pub fn max_forward<E: Element>(
     x: &CpuTensor<E>,
     params: Pool2dParams,
 ) -> Result<(CpuTensor<E>, MaxPoolContext)> {
     const OP: &str = "max_pool2d";
-    let g = Geometry::new(OP, x.shape(), params)?;
-    if u32::try_from(g.h * g.w).is_err() {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "an H x W plane of {:?} has 2^32 or more elements; split the input",
-                x.shape()
-            ),
-        ));
-    }
+    let g = Pool2dGeometry::new(OP, x.shape(), params)?;
+    g.check_argmax_fits(OP, x.shape())?;
     let input = standard(x);
     let plane_out = g.out_h * g.out_w;
     let mut y = vec![E::zero(); g.planes * plane_out];
@@ -247,24 +165,15 @@ pub fn max_pool2d_forward<E: Element>(
     Ok((tensor(&output_shape, y), context))
 }
 
-/// The backward of [`max_pool2d_forward`] (docs/conventions.md §1): `dx[n, c, h, w] = sum dy[n, c, i, j]`
+/// The backward of [`max_forward`] (docs/conventions.md §1): `dx[n, c, h, w] = sum dy[n, c, i, j]`
 /// over the outputs `(i, j)` whose argmax is `(h, w)` (overlapping windows may share one),
 /// accumulated in row-major output order.
-pub fn max_pool2d_backward<E: Element>(
+pub fn max_backward<E: Element>(
     grad_y: &CpuTensor<E>,
     context: &MaxPoolContext,
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "max_pool2d_backward";
-    if grad_y.shape() != context.output_shape.as_slice() {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "expected grad_y of the output's shape {:?}, got {:?}",
-                context.output_shape,
-                grad_y.shape()
-            ),
-        ));
-    }
+    check_pool_grad(OP, grad_y.shape(), &context.output_shape)?;
     let (input_shape, output_shape) = (&context.input_shape, &context.output_shape);
     if input_shape.len() != 4 || output_shape.len() != 4 || input_shape[..2] != output_shape[..2] {
         return Err(OpError::shape(

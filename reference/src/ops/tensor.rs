@@ -10,9 +10,12 @@ use std::borrow::Cow;
 use ndarray::{ArcArray, Array, IxDyn, Zip};
 use rayon::prelude::*;
 
+use crate::contract::shapes::{
+    MeanAxes, check_quantize_step, check_same_shape, concat_shape, element_count, narrowed_shape,
+    permuted_shape, repeated_shape, split_leading,
+};
+use crate::contract::{Element, OpError, Result};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
 
 /// The elements of `x` in row-major order, borrowed when `x` is already standard layout.
 fn row_major<E: Element>(x: &CpuTensor<E>) -> Cow<'_, [E]> {
@@ -34,14 +37,6 @@ fn tensor<E: Element>(op: &'static str, shape: &[usize], data: Vec<E>) -> Result
     })
 }
 
-/// The product of `shape`, or an error when it overflows `usize`.
-fn element_count(op: &'static str, shape: &[usize]) -> Result<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| OpError::shape(op, format!("the size of shape {shape:?} overflows")))
-}
-
 /// `x` as a standard-layout tensor: shared without a copy when it already is one.
 fn standard<E: Element>(x: Array<E, IxDyn>) -> CpuTensor<E> {
     if x.is_standard_layout() {
@@ -51,16 +46,25 @@ fn standard<E: Element>(x: Array<E, IxDyn>) -> CpuTensor<E> {
     }
 }
 
-fn check_axis(op: &'static str, axis: usize, ndim: usize) -> Result<()> {
-    if axis >= ndim {
-        return Err(OpError::parameter(
-            op,
-            "axis",
-            axis,
-            "must be smaller than the number of axes of the input",
-        ));
-    }
-    Ok(())
+/// A tensor of `shape` holding `data` in row-major order.
+pub fn from_vec<E: Element>(shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
+    let len = data.len();
+    ArcArray::from_shape_vec(IxDyn(shape), data).map_err(|_| {
+        OpError::shape(
+            "tensor_from_vec",
+            format!("{len} elements cannot have shape {shape:?}"),
+        )
+    })
+}
+
+/// The elements of `x` in row-major order.
+pub fn to_vec<E: Element>(x: &CpuTensor<E>) -> Vec<E> {
+    x.iter().copied().collect()
+}
+
+/// A tensor of zeros.
+pub fn zeros<E: Element>(shape: &[usize]) -> CpuTensor<E> {
+    ArcArray::zeros(IxDyn(shape))
 }
 
 /// `y = x` under `shape`: the same row-major elements, `prod(shape) = prod(x.shape)`. Shares the
@@ -86,24 +90,6 @@ pub fn reshape<E: Element>(x: &CpuTensor<E>, shape: &[usize]) -> Result<CpuTenso
     }
 }
 
-/// `y.shape[a] = shape[axes[a]]`, or an error unless `axes` is a permutation of `0..d` (the
-/// check of [`permute`], shared with the CUDA backend).
-pub fn permuted_shape(shape: &[usize], axes: &[usize]) -> Result<Vec<usize>> {
-    let ndim = shape.len();
-    let mut seen = vec![false; ndim];
-    let is_permutation = axes.len() == ndim
-        && axes
-            .iter()
-            .all(|&a| a < ndim && !std::mem::replace(&mut seen[a], true));
-    if !is_permutation {
-        return Err(OpError::shape(
-            "permute",
-            format!("axes {axes:?} are not a permutation of the {ndim} axes of {shape:?}"),
-        ));
-    }
-    Ok(axes.iter().map(|&a| shape[a]).collect())
-}
-
 /// `y[i_0, .., i_{d-1}] = x[j]` with `j[axes[a]] = i_a`: `y.shape[a] = x.shape[axes[a]]`,
 /// materialised row-major. `axes` must be a permutation of `0..d`; the backward is `permute` by
 /// the inverse permutation.
@@ -119,12 +105,7 @@ fn elementwise<E: Element>(
     b: &CpuTensor<E>,
     f: impl Fn(E, E) -> E + Sync + Send,
 ) -> Result<CpuTensor<E>> {
-    if a.shape() != b.shape() {
-        return Err(OpError::shape(
-            op,
-            format!("operands have shapes {:?} and {:?}", a.shape(), b.shape()),
-        ));
-    }
+    check_same_shape(op, a.shape(), b.shape())?;
     let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
     Ok(standard(
         Zip::from(&a).and(&b).par_map_collect(|&x, &y| f(x, y)),
@@ -151,14 +132,7 @@ pub fn scale<E: Element>(x: &CpuTensor<E>, factor: E) -> Result<CpuTensor<E>> {
 /// zero; zero is always `+0.0`), the fixed-point grid of the exact reversible coupling. Scaling by a power of two is
 /// exact, so the only rounding is the one intended. `k` must satisfy `|k| <= 60`.
 pub fn quantize<E: Element>(x: &CpuTensor<E>, k: i32) -> Result<CpuTensor<E>> {
-    if k.abs() > 60 {
-        return Err(OpError::parameter(
-            "quantize",
-            "k",
-            k,
-            "must be within [-60, 60]",
-        ));
-    }
+    check_quantize_step(k)?;
     let up = E::cast(2f64.powi(k));
     let down = E::cast(2f64.powi(-k));
     let x = x.as_standard_layout();
@@ -203,25 +177,14 @@ pub fn narrow<E: Element>(
     len: usize,
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "narrow";
-    check_axis(OP, axis, x.ndim())?;
+    let shape = narrowed_shape(x.shape(), axis, start, len)?;
     let (outer, dim, inner) = split_at_axis(x.shape(), axis);
-    if start.checked_add(len).is_none_or(|end| end > dim) {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "range {start}..{start}+{len} is out of bounds for axis {axis} of size {dim} in {:?}",
-                x.shape()
-            ),
-        ));
-    }
     let data = row_major(x);
     let mut out = Vec::with_capacity(outer * len * inner);
     for o in 0..outer {
         let begin = (o * dim + start) * inner;
         out.extend_from_slice(&data[begin..begin + len * inner]);
     }
-    let mut shape = x.shape().to_vec();
-    shape[axis] = len;
     tensor(OP, &shape, out)
 }
 
@@ -231,32 +194,8 @@ pub fn narrow<E: Element>(
 /// [`narrow`] of each part.
 pub fn concat<E: Element>(parts: &[&CpuTensor<E>], axis: usize) -> Result<CpuTensor<E>> {
     const OP: &str = "concat";
-    let Some(first) = parts.first() else {
-        return Err(OpError::shape(OP, "needs at least one part"));
-    };
-    check_axis(OP, axis, first.ndim())?;
-    let mut shape = first.shape().to_vec();
-    shape[axis] = 0;
-    for part in parts {
-        let fits = part.ndim() == shape.len()
-            && part
-                .shape()
-                .iter()
-                .zip(first.shape())
-                .enumerate()
-                .all(|(a, (p, f))| a == axis || p == f);
-        if !fits {
-            return Err(OpError::shape(
-                OP,
-                format!(
-                    "part of shape {:?} does not match {:?} outside axis {axis}",
-                    part.shape(),
-                    first.shape()
-                ),
-            ));
-        }
-        shape[axis] += part.shape()[axis];
-    }
+    let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+    let shape = concat_shape(&shapes, axis)?;
     let data: Vec<_> = parts.iter().map(|p| row_major(p)).collect();
     let (outer, _, inner) = split_at_axis(&shape, axis);
     let mut out = Vec::with_capacity(element_count(OP, &shape)?);
@@ -273,11 +212,7 @@ pub fn concat<E: Element>(parts: &[&CpuTensor<E>], axis: usize) -> Result<CpuTen
 /// docs/architectures.md §4.1). The backward is [`sum_leading`].
 pub fn repeat_leading<E: Element>(x: &CpuTensor<E>, times: usize) -> Result<CpuTensor<E>> {
     const OP: &str = "repeat_leading";
-    if times == 0 {
-        return Err(OpError::parameter(OP, "times", times, "must be >= 1"));
-    }
-    let mut shape = vec![times];
-    shape.extend_from_slice(x.shape());
+    let shape = repeated_shape(x.shape(), times)?;
     let data = row_major(x);
     let mut out = Vec::with_capacity(element_count(OP, &shape)?);
     for _ in 0..times {
@@ -290,12 +225,7 @@ pub fn repeat_leading<E: Element>(x: &CpuTensor<E>, times: usize) -> Result<CpuT
 /// [`repeat_leading`]. `T = 0` gives zeros.
 pub fn sum_leading<E: Element>(x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
     const OP: &str = "sum_leading";
-    let Some((_, rest)) = x.shape().split_first() else {
-        return Err(OpError::shape(
-            OP,
-            "x must have shape [T, ...], got a scalar",
-        ));
-    };
+    let (_, rest) = split_leading(x.shape())?;
     let data = row_major(x);
     let n = rest.iter().product::<usize>();
     let mut out = vec![E::zero(); n];
@@ -313,36 +243,6 @@ pub fn sum_leading<E: Element>(x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
     tensor(OP, rest, out)
 }
 
-/// Checks `axes` (distinct, each `< ndim`) and returns them sorted.
-fn sorted_axes(op: &'static str, axes: &[usize], ndim: usize) -> Result<Vec<usize>> {
-    let mut sorted = axes.to_vec();
-    sorted.sort_unstable();
-    let distinct = sorted.windows(2).all(|w| w[0] != w[1]);
-    if !distinct || sorted.last().is_some_and(|&a| a >= ndim) {
-        return Err(OpError::parameter(
-            op,
-            "axes",
-            format!("{axes:?}"),
-            "must be distinct and smaller than the number of axes of the input",
-        ));
-    }
-    Ok(sorted)
-}
-
-/// `(kept axes in order, number of reduced elements R >= 1)`.
-fn reduction(op: &'static str, shape: &[usize], sorted: &[usize]) -> Result<(Vec<usize>, usize)> {
-    let kept: Vec<usize> = (0..shape.len()).filter(|a| !sorted.contains(a)).collect();
-    let reduced: Vec<usize> = sorted.iter().map(|&a| shape[a]).collect();
-    let count = element_count(op, &reduced)?;
-    if count == 0 {
-        return Err(OpError::shape(
-            op,
-            format!("the mean over axes {sorted:?} of {shape:?} has no elements"),
-        ));
-    }
-    Ok((kept, count))
-}
-
 /// `y[kept] = (sum over the listed axes of x) / R`, with `R` the product of the reduced sizes
 /// (at least 1); the listed axes are removed (`mean_axes(x, &[2, 3])` on `[N, C, H, W]` is the
 /// adaptive average pool to 1x1). Axes are distinct and in range, in any order. Each output sums
@@ -350,9 +250,12 @@ fn reduction(op: &'static str, shape: &[usize], sorted: &[usize]) -> Result<(Vec
 /// starting from 0, then divides by `R`.
 pub fn mean_axes<E: Element>(x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
     const OP: &str = "mean_axes";
-    let sorted = sorted_axes(OP, axes, x.ndim())?;
-    let (kept, count) = reduction(OP, x.shape(), &sorted)?;
-    let out_shape: Vec<usize> = kept.iter().map(|&a| x.shape()[a]).collect();
+    let MeanAxes {
+        reduced: sorted,
+        kept,
+        count,
+        output_shape: out_shape,
+    } = MeanAxes::new(OP, x.shape(), axes)?;
     // Kept axes first, then the reduced ones: each output owns a contiguous block of `count`.
     let order: Vec<usize> = kept.iter().chain(&sorted).copied().collect();
     let permuted = x.view().permuted_axes(IxDyn(&order));
@@ -379,18 +282,11 @@ pub fn mean_axes_backward<E: Element>(
     axes: &[usize],
 ) -> Result<CpuTensor<E>> {
     const OP: &str = "mean_axes_backward";
-    let sorted = sorted_axes(OP, axes, input_shape.len())?;
-    let (kept, count) = reduction(OP, input_shape, &sorted)?;
-    let out_shape: Vec<usize> = kept.iter().map(|&a| input_shape[a]).collect();
-    if grad_y.shape() != out_shape.as_slice() {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "grad_y has shape {:?}, the mean of {input_shape:?} over {axes:?} has {out_shape:?}",
-                grad_y.shape()
-            ),
-        ));
-    }
+    let MeanAxes {
+        reduced: sorted,
+        count,
+        ..
+    } = MeanAxes::backward(grad_y.shape(), input_shape, axes)?;
     let divisor = E::from_usize(count)
         .ok_or_else(|| OpError::shape(OP, format!("cannot divide by {count}")))?;
     let scaled: Vec<E> = row_major(grad_y).iter().map(|&g| g / divisor).collect();

@@ -1,4 +1,5 @@
-//! 2-D convolution on the GPU (docs/conventions.md §1; docs/architectures.md §4.0); twin of `revsnn_reference::ops::conv`. Two
+//! 2-D convolution on the GPU (docs/conventions.md §1; docs/architectures.md §4.0); twin of
+//! `reference/src/ops/conv/` (the CPU's sparse-spike path is its submodule, cuDNN is this one's). Two
 //! engines ([`ConvEngine`], chosen per device): cuDNN's deterministic algorithms ([`cudnn`]), the
 //! default when cuDNN loads, and im2col + cuBLAS GEMM, below, with its kernels in
 //! `gpu/kernels/conv.cu` (im2col, col2im). Both share the operand checks, the bias (its fill and
@@ -42,8 +43,7 @@
 //! second chunk on); col2im gathers instead of scattering, so no float atomics anywhere.
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
-use revsnn_reference::ops::conv as conv_reference;
-use revsnn_reference::{Conv2dGrads, Conv2dParams};
+use revsnn_reference::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams};
 
 use super::linear::{Operand, RowMajorGemm, bias_gradient, fill_bias};
 use super::{GpuElement, elementwise_launch, shape_error};
@@ -109,24 +109,22 @@ pub struct Conv2dContext<E> {
     pub params: Conv2dParams,
 }
 
-/// The sizes of one convolution, checked by the reference's own rules
-/// (`revsnn_reference::ops::conv::Geometry`), so both backends accept and reject the same shapes.
+/// The checked sizes of one convolution (the contract's [`Conv2dGeometry`], so both backends
+/// accept and reject the same shapes) with the chunking and launches of this module's engines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Geometry(conv_reference::Geometry);
+pub(crate) struct Geometry(Conv2dGeometry);
 
 impl std::ops::Deref for Geometry {
-    type Target = conv_reference::Geometry;
+    type Target = Conv2dGeometry;
 
-    fn deref(&self) -> &conv_reference::Geometry {
+    fn deref(&self) -> &Conv2dGeometry {
         &self.0
     }
 }
 
 impl Geometry {
     fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self, GpuError> {
-        conv_reference::Geometry::new(x, weight, params)
-            .map(Geometry)
-            .map_err(GpuError::from)
+        Ok(Geometry(Conv2dGeometry::new(x, weight, params)?))
     }
 
     /// Images per chunk when each image needs `per_image` workspace elements of `element_bytes`:
@@ -397,14 +395,8 @@ pub fn forward<E: GpuElement>(
     params: Conv2dParams,
 ) -> Result<(CudaTensor<E>, Conv2dContext<E>), GpuError> {
     let g = Geometry::new(x.shape(), weight.shape(), params)?;
-    match bias {
-        Some(b) if b.shape() != [g.c_out] => {
-            return Err(shape_error(
-                OP,
-                format!("bias must be [{}], got {:?}", g.c_out, b.shape()),
-            ));
-        }
-        _ => {}
+    if let Some(b) = bias {
+        g.check_bias(b.shape())?;
     }
     // SAFETY: cuDNN, or the GEMMs of every chunk, write every element (onto the bias fill when
     // there is one).
@@ -434,10 +426,7 @@ pub fn forward<E: GpuElement>(
         has_bias: bias.is_some(),
         params,
     };
-    Ok((
-        CudaTensor::new(y, &[g.n, g.c_out, g.h_out, g.w_out])?,
-        context,
-    ))
+    Ok((CudaTensor::new(y, &g.output_shape())?, context))
 }
 
 /// Gradients of [`forward`] given `dy = dL/dy [N, C_out, H_out, W_out]`:
@@ -455,16 +444,7 @@ pub fn backward<E: GpuElement>(
         context.weight.shape(),
         context.params,
     )?;
-    let expected = [g.n, g.c_out, g.h_out, g.w_out];
-    if grad_y.shape() != expected {
-        return Err(shape_error(
-            OP,
-            format!(
-                "grad_y must have the output shape {expected:?}, got {:?}",
-                grad_y.shape()
-            ),
-        ));
-    }
+    g.check_grad(grad_y.shape())?;
     let (x, weight) = (&context.input, &context.weight);
     // SAFETY: cuDNN, or col2im of every chunk (or the pointwise GEMM), writes every element.
     let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;

@@ -16,8 +16,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::Geometry;
-use crate::element::Element;
+use crate::contract::Conv2dGeometry;
+use crate::contract::element::Element;
 
 /// Output channels are summed in tiles of 256 bytes: 64 `f32` or 32 `f64` accumulators.
 const TILE_BYTES: usize = 256;
@@ -46,7 +46,7 @@ pub(super) struct WeightTiles<E> {
 }
 
 impl<E: Element> WeightTiles<E> {
-    pub(super) fn new(g: &Geometry, weight: &[E]) -> Self {
+    pub(super) fn new(g: &Conv2dGeometry, weight: &[E]) -> Self {
         let tile = tile_width::<E>();
         let (k, taps) = (g.k(), g.kh * g.kw);
         let mut values = vec![E::zero(); g.c_out.div_ceil(tile) * k * tile];
@@ -69,7 +69,7 @@ impl<E: Element> WeightTiles<E> {
 
 /// `y_n [C_out, P] = b + W x_n` for one spike sample `x_n [C_in, H, W]`.
 pub(super) fn forward_sample<E: Element>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     weights: &WeightTiles<E>,
     bias: Option<&[E]>,
     x_n: &[E],
@@ -86,7 +86,7 @@ pub(super) fn forward_sample<E: Element>(
 /// `dw [C_out, K] = sum_n dy[n] cols[n]^T` over the spike samples `x [samples, C_in, H, W]` and
 /// their output gradients `dy [samples, C_out, P]`, summed in sample order; groups of input
 /// channels run in parallel, each computing its own entries.
-pub(super) fn weight_grad<E: Element>(g: &Geometry, x: &[E], dy: &[E], dw: &mut [E]) {
+pub(super) fn weight_grad<E: Element>(g: &Conv2dGeometry, x: &[E], dy: &[E], dw: &mut [E]) {
     let samples = x.len() / g.in_len();
     let spikes = ChannelSpikes::new(g, x, samples);
     let offsets = OffsetOutputs::new(g);
@@ -147,7 +147,7 @@ struct PixelChannels {
 }
 
 impl PixelChannels {
-    fn new<E: Element>(g: &Geometry, x_n: &[E]) -> Self {
+    fn new<E: Element>(g: &Conv2dGeometry, x_n: &[E]) -> Self {
         let plane = g.h * g.w;
         let mut counts = vec![0u32; plane];
         for channel in x_n.chunks_exact(plane) {
@@ -189,7 +189,7 @@ struct ChannelSpikes {
 }
 
 impl ChannelSpikes {
-    fn new<E: Element>(g: &Geometry, x: &[E], samples: usize) -> Self {
+    fn new<E: Element>(g: &Conv2dGeometry, x: &[E], samples: usize) -> Self {
         let plane = g.h * g.w;
         let mut starts = Vec::with_capacity(samples * g.c_in + 1);
         let mut positions = vec![0u32; x.len() + 1];
@@ -220,7 +220,7 @@ struct OffsetOutputs {
 }
 
 impl OffsetOutputs {
-    fn new(g: &Geometry) -> Self {
+    fn new(g: &Conv2dGeometry) -> Self {
         let plane = g.h * g.w;
         let mut outputs = vec![g.p() as u32; g.kh * g.kw * plane];
         let rows = g.output_ranges(g.kh, g.h, g.h_out);
@@ -241,7 +241,11 @@ impl OffsetOutputs {
 
 /// `dy [samples, C_out, P]` rearranged as tile `t`, row `n (P + 1) + p`, lane `l` = `dy[n, t T + l, p]`
 /// (zero past `C_out`, and in each sample's extra row `P`, which stands for "no output").
-fn gradient_tiles<E: Element, const T: usize>(g: &Geometry, dy: &[E], samples: usize) -> Vec<E> {
+fn gradient_tiles<E: Element, const T: usize>(
+    g: &Conv2dGeometry,
+    dy: &[E],
+    samples: usize,
+) -> Vec<E> {
     let (p_len, rows) = (g.p(), samples * (g.p() + 1));
     let mut tiles = vec![E::zero(); g.c_out.div_ceil(T) * rows * T];
     for n in 0..samples {
@@ -300,7 +304,7 @@ fn add<E: Element, const T: usize>(mut a: [E; T], b: &[E; T]) -> [E; T] {
 
 /// Runs [`forward_tiles`] compiled for the widest vector instructions this CPU has.
 fn dispatch_forward<E: Element, const T: usize>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
     active: &PixelChannels,
@@ -323,7 +327,7 @@ fn dispatch_forward<E: Element, const T: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_tiles_avx512<E: Element, const T: usize>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
     active: &PixelChannels,
@@ -335,7 +339,7 @@ unsafe fn forward_tiles_avx512<E: Element, const T: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn forward_tiles_avx2<E: Element, const T: usize>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
     active: &PixelChannels,
@@ -348,7 +352,7 @@ unsafe fn forward_tiles_avx2<E: Element, const T: usize>(
 /// one tile of `T` output channels and one output position at a time.
 #[inline(always)]
 fn forward_tiles<E: Element, const T: usize>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
     active: &PixelChannels,
@@ -386,7 +390,7 @@ fn forward_tiles<E: Element, const T: usize>(
 
 /// Runs [`weight_grad_tiles`] compiled for the widest vector instructions this CPU has.
 fn dispatch_weight_grad<E: Element, const T: usize>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     spikes: &ChannelSpikes,
     offsets: &OffsetOutputs,
     dy_tiles: &[E],
@@ -415,7 +419,7 @@ fn dispatch_weight_grad<E: Element, const T: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn weight_grad_tiles_avx512<E: Element, const T: usize>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     spikes: &ChannelSpikes,
     offsets: &OffsetOutputs,
     dy_tiles: &[E],
@@ -429,7 +433,7 @@ unsafe fn weight_grad_tiles_avx512<E: Element, const T: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn weight_grad_tiles_avx2<E: Element, const T: usize>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     spikes: &ChannelSpikes,
     offsets: &OffsetOutputs,
     dy_tiles: &[E],
@@ -444,7 +448,7 @@ unsafe fn weight_grad_tiles_avx2<E: Element, const T: usize>(
 /// for the rows `(c, i, j)` in `rows`, one tile of `T` output channels and one row at a time.
 #[inline(always)]
 fn weight_grad_tiles<E: Element, const T: usize>(
-    g: &Geometry,
+    g: &Conv2dGeometry,
     spikes: &ChannelSpikes,
     offsets: &OffsetOutputs,
     dy_tiles: &[E],

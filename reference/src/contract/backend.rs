@@ -8,9 +8,9 @@
 
 use std::fmt::Debug;
 
-use crate::element::Element;
-use crate::error::Result;
-use crate::params::{
+use super::element::Element;
+use super::error::{OpError, Result};
+use super::params::{
     AdamWParams, BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams, SgdParams,
 };
 
@@ -51,6 +51,15 @@ pub struct BatchStats<T> {
 /// What a training-mode batch normalisation returns: the output, the batch statistics and the
 /// context of its backward.
 pub type BatchNormTrainOutput<T, C> = (T, BatchStats<T>, C);
+
+/// Which batch-norm forward made a context, and so which backward applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchNormMode {
+    /// Batch statistics: the gradient flows through the mean and the variance too.
+    Train,
+    /// Running statistics: a fixed per-channel affine map.
+    Eval,
+}
 
 /// A BatchNorm layer's running statistics, `[C]` each.
 #[derive(Clone, Debug)]
@@ -184,7 +193,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         let x_shape = self.shape(x);
         let w_shape = self.shape(weight);
         if x_shape.len() != 3 || w_shape.len() != 3 || w_shape[2] != 1 {
-            return Err(crate::OpError::shape(
+            return Err(OpError::shape(
                 "conv1d",
                 format!(
                     "expected x [N, C, L] and weight [C_out, C_in, 1], got {x_shape:?} and {w_shape:?}"
@@ -206,7 +215,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     ) -> Result<Conv2dGrads<Self::Tensor>> {
         let g = self.shape(grad_y);
         if g.len() != 3 {
-            return Err(crate::OpError::shape(
+            return Err(OpError::shape(
                 "conv1d",
                 format!("expected grad_y [N, C, L], got {g:?}"),
             ));

@@ -27,11 +27,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError, s};
 use rayon::prelude::*;
 
-use crate::backend::Conv2dGrads;
+use crate::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams, Element, OpError, Result};
 use crate::cpu::CpuTensor;
-use crate::element::Element;
-use crate::error::{OpError, Result};
-use crate::params::Conv2dParams;
 
 mod spikes;
 
@@ -67,15 +64,12 @@ pub fn forward<E: Element>(
     bias: Option<&CpuTensor<E>>,
     params: Conv2dParams,
 ) -> Result<(CpuTensor<E>, Conv2dContext<E>)> {
-    let g = Geometry::new(x.shape(), weight.shape(), params)?;
+    let g = Conv2dGeometry::new(x.shape(), weight.shape(), params)?;
     let bias_values = match bias {
-        Some(b) if b.shape() != [g.c_out] => {
-            return Err(OpError::shape(
-                OP,
-                format!("bias must be [{}], got {:?}", g.c_out, b.shape()),
-            ));
+        Some(b) => {
+            g.check_bias(b.shape())?;
+            Some(b.iter().copied().collect::<Vec<E>>())
         }
-        Some(b) => Some(b.iter().copied().collect::<Vec<E>>()),
         None => None,
     };
     let xs = x.as_standard_layout();
@@ -120,8 +114,7 @@ pub fn forward<E: Element>(
             })?;
     }
 
-    let y =
-        ArcArray::from_shape_vec(IxDyn(&[g.n, g.c_out, g.h_out, g.w_out]), y).map_err(layout)?;
+    let y = ArcArray::from_shape_vec(IxDyn(&g.output_shape()), y).map_err(layout)?;
     let context = Conv2dContext {
         input: x.clone(),
         weight: weight.clone(),
@@ -141,21 +134,12 @@ pub fn backward<E: Element>(
     grad_y: &CpuTensor<E>,
     context: &Conv2dContext<E>,
 ) -> Result<Conv2dGrads<CpuTensor<E>>> {
-    let g = Geometry::new(
+    let g = Conv2dGeometry::new(
         context.input.shape(),
         context.weight.shape(),
         context.params,
     )?;
-    let expected = [g.n, g.c_out, g.h_out, g.w_out];
-    if grad_y.shape() != expected {
-        return Err(OpError::shape(
-            OP,
-            format!(
-                "grad_y must have the output shape {expected:?}, got {:?}",
-                grad_y.shape()
-            ),
-        ));
-    }
+    g.check_grad(grad_y.shape())?;
     let xs = context.input.as_standard_layout();
     let xs = contiguous(xs.as_slice())?;
     let ws = context.weight.as_standard_layout();
@@ -211,90 +195,9 @@ pub fn backward<E: Element>(
     })
 }
 
-/// The sizes of one convolution, checked: `x [n, c_in, h, w]`, `weight [c_out, c_in, kh, kw]`,
-/// output `[n, c_out, h_out, w_out]`. The CUDA backend checks its operands with this too, so both
-/// backends accept and reject the same shapes with the same messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    pub n: usize,
-    pub c_in: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c_out: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub padding: usize,
-    pub h_out: usize,
-    pub w_out: usize,
-}
-
-impl Geometry {
-    /// The geometry of a convolution of `x` by `weight` (shapes), or why they do not fit.
-    pub fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self> {
-        params.validate()?;
-        let (&[n, c_in, h, w], &[c_out, c_w, kh, kw]) = (x, weight) else {
-            return Err(OpError::shape(
-                OP,
-                format!(
-                    "expected x [N, C_in, H, W] and weight [C_out, C_in, k_h, k_w], got {x:?} and {weight:?}"
-                ),
-            ));
-        };
-        if c_w != c_in {
-            return Err(OpError::shape(
-                OP,
-                format!("x has {c_in} channels but the weight {weight:?} expects {c_w}"),
-            ));
-        }
-        if c_in == 0 || c_out == 0 || kh == 0 || kw == 0 {
-            return Err(OpError::shape(
-                OP,
-                format!(
-                    "channels and kernel sizes must be >= 1, got x {x:?} and weight {weight:?}"
-                ),
-            ));
-        }
-        Ok(Geometry {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh,
-            kw,
-            stride: params.stride,
-            padding: params.padding,
-            h_out: params.output_size(h, kh)?,
-            w_out: params.output_size(w, kw)?,
-        })
-    }
-
-    /// `K = C_in k_h k_w`, the inner dimension of the products.
-    pub fn k(&self) -> usize {
-        self.c_in * self.kh * self.kw
-    }
-
-    /// `P = H_out W_out`, the output positions of one sample.
-    pub fn p(&self) -> usize {
-        self.h_out * self.w_out
-    }
-
-    /// Elements of one input sample.
-    pub fn in_len(&self) -> usize {
-        self.c_in * self.h * self.w
-    }
-
-    /// Elements of one output sample.
-    pub fn out_len(&self) -> usize {
-        self.c_out * self.p()
-    }
-
-    /// A 1x1, stride-1, unpadded convolution: its columns are the input itself.
-    pub fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
-    }
-
+/// The layout of this module's kernels over the contract's checked sizes: blocks of samples,
+/// im2col columns and their inverse.
+impl Conv2dGeometry {
     /// Samples per block, from the shapes alone.
     fn block(&self) -> usize {
         MIN_BLOCK_POSITIONS
@@ -414,7 +317,7 @@ impl Geometry {
 
 /// The operands of one backward, shared by its tasks.
 struct Operands<'a, E> {
-    g: &'a Geometry,
+    g: &'a Conv2dGeometry,
     x: &'a [E],
     w: ArrayView2<'a, E>,
     dy: &'a [E],

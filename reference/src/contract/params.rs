@@ -1,7 +1,7 @@
 //! Parameters of the ops, with their validation. Each `validate` returns an
 //! [`OpError::InvalidParameter`] naming the op, the parameter and the valid range.
 
-use crate::error::{OpError, Result};
+use super::error::{OpError, Result};
 
 /// How a neuron charges its membrane (docs/neurons.md §2.2).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -352,6 +352,15 @@ impl AdamWParams {
             eps: 1e-8,
             weight_decay,
         }
+    }
+
+    /// Checks a step number: AdamW counts its steps from 1 (the bias corrections divide by
+    /// `1 - beta^step`).
+    pub fn check_step(step: u64) -> Result<()> {
+        if step == 0 {
+            return Err(OpError::parameter("adamw", "step", 0, "counts from 1"));
+        }
+        Ok(())
     }
 
     /// Checks `lr >= 0`, betas in `[0, 1)`, `eps > 0`, `weight_decay >= 0`, all finite.

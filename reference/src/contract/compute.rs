@@ -1,0 +1,26 @@
+//! What the commands need of a backend besides the ops: waiting for queued work (to time it) and
+//! the peak memory of a step (docs/design.md principle 5).
+
+use super::backend::Backend;
+use super::error::Result;
+
+/// A backend the commands can run on: the op contract plus synchronisation and memory figures.
+pub trait Compute: Backend {
+    /// Waits until every queued op has finished (for timing), surfacing asynchronous errors; a
+    /// no-op on the CPU, whose ops return when done.
+    fn synchronize(&self) -> Result<()>;
+
+    /// Whether [`Compute::peak_memory_bytes`] measures anything: on the CPU only when the
+    /// process counts its allocations (`crate::memory::CountingAllocator`, which the `revsnn`
+    /// binary installs); on CUDA always (every device tensor is counted).
+    fn memory_is_counted(&self) -> bool;
+
+    /// Starts a new peak: from now on [`Compute::peak_memory_bytes`] is the most bytes held at
+    /// once from this point.
+    fn reset_peak_memory(&self);
+
+    /// The most bytes held at once since the last [`Compute::reset_peak_memory`]: on the CPU
+    /// every heap byte of the process, on CUDA the bytes of live device tensors (PyTorch's
+    /// `max_memory_allocated`).
+    fn peak_memory_bytes(&self) -> usize;
+}

@@ -1,0 +1,33 @@
+//! The op contract, in one place: what a backend implements and the rules both backends check
+//! their operands by (docs/design.md principle 1). The CPU kernels (`crate::ops`, `crate::cpu`)
+//! and the CUDA backend (`revsnn-gpu`) depend on this module and on nothing of each other, so
+//! the two accept and reject the same operands with the same messages.
+//!
+//! - [`backend`]: the [`Backend`] trait, one forward returning its context and one backward per
+//!   op, and the gradient and statistics types its ops return.
+//! - [`compute`]: [`Compute`], synchronisation and peak memory, what the commands need besides.
+//! - [`params`]: the op parameters with their validation.
+//! - [`shapes`]: the shape rules, one module per op family (the checked sizes of a convolution,
+//!   a pooling, a batched product, ...).
+//! - [`error`]: [`OpError`], with a typed [`DeviceError`] for device failures.
+//! - [`element`]: the float types, [`Element`] and [`DType`].
+
+pub mod backend;
+pub mod compute;
+pub mod element;
+pub mod error;
+pub mod params;
+pub mod shapes;
+
+pub use backend::{
+    AdamWState, Backend, BatchNormGrads, BatchNormMode, BatchNormTrainOutput, BatchStats,
+    Conv2dGrads, LinearGrads, RunningStats,
+};
+pub use compute::Compute;
+pub use element::{DType, Element};
+pub use error::{DeviceError, OpError, Result};
+pub use params::{
+    AdamWParams, BatchNormParams, Conv2dParams, Firing, NeuronConfig, NeuronKind, Pool2dParams,
+    SgdParams, Surrogate,
+};
+pub use shapes::{Conv2dGeometry, Pool2dGeometry};
