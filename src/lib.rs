@@ -14,6 +14,7 @@ pub mod commands;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod grad_scaler;
 pub mod info;
 pub mod model;
 pub mod network;

@@ -185,7 +185,11 @@ fn presets_have_the_official_keys_shapes_order_and_spec_4_7_parameter_counts() {
         for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
             assert_eq!(a, b, "{name}: key {i}");
         }
-        assert_eq!(store.parameter_count(), count, "{name}: docs/architectures.md §4.7");
+        assert_eq!(
+            store.parameter_count(),
+            count,
+            "{name}: docs/architectures.md §4.7"
+        );
         assert_eq!(parameters, count, "{name}: the fixture's header");
         for entry in store.entries() {
             let kind =

@@ -17,6 +17,7 @@ pub mod error;
 pub mod memory;
 pub mod ops;
 pub mod params;
+pub mod precision;
 pub mod testing;
 
 pub use backend::{
@@ -30,3 +31,4 @@ pub use params::{
     AdamWParams, BatchNormParams, Conv2dParams, Firing, NeuronConfig, NeuronKind, Pool2dParams,
     SgdParams, Surrogate,
 };
+pub use precision::Precision;
