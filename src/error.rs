@@ -26,6 +26,9 @@ pub enum Error {
     /// Bad command-line input.
     #[error("{0}")]
     Usage(String),
+    /// A collective between data-parallel ranks failed: a rank left, hung or disagrees.
+    #[error("data-parallel rank {rank}: {detail}")]
+    Collective { rank: usize, detail: String },
     /// fp16 loss scaling gave up: the gradients overflow even at a scale below 1.
     #[error(
         "the fp16 loss scale fell to {scale} (below 1): the gradients overflow fp16 even unscaled. \

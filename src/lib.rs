@@ -10,6 +10,7 @@
 //! [`revsnn_reference::Backend`] (see `docs/ARCHITECTURE.md`).
 
 pub mod checkpoint;
+pub mod collective;
 pub mod commands;
 pub mod data;
 pub mod device;
