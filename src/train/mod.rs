@@ -557,15 +557,10 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &TrainOptions) -> Result
             state.epochs_done, config.epochs
         );
     }
-    let mut curves = Curves::default();
-    for line in &lines {
-        let get = |k: &str| line[k].as_f64().unwrap_or(f64::NAN);
-        curves.train_loss.push(get("train_loss"));
-        curves.test_loss.push(get("test_loss"));
-        curves.train_acc.push(get("train_acc1"));
-        curves.test_acc.push(get("test_acc1"));
-        curves.test_acc5.push(get("test_acc5"));
-    }
+    let run_name = out.file_name().map_or_else(
+        || out.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    );
     let steps_per_epoch = train_data.len() / config.batch;
     if steps_per_epoch == 0 {
         return Err(Error::Usage(format!(
@@ -720,11 +715,7 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &TrainOptions) -> Result
             text.push('\n');
         }
         write_atomic(&metrics_path, text.as_bytes())?;
-        curves.train_loss.push(loss_sum / seen.max(1) as f64);
-        curves.test_loss.push(test.loss);
-        curves.train_acc.push(hits as f64 / seen.max(1) as f64);
-        curves.test_acc.push(test.acc1);
-        curves.test_acc5.push(test.acc5);
+        let curves = Curves::from_metrics(&run_name, &lines);
         write_curves(&out.join("curves.png"), &curves)?;
         if !options.quiet {
             eprintln!(
