@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod progress;
 pub mod recipe;
+pub mod tensorboard;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
