@@ -28,6 +28,16 @@ pub enum Error {
     /// Bad command-line input.
     #[error("{0}")]
     Usage(String),
+    /// A collective between data-parallel ranks failed: a rank left, hung or disagrees.
+    #[error("data-parallel rank {rank}: {detail}")]
+    Collective { rank: usize, detail: String },
+    /// fp16 loss scaling gave up: the gradients overflow even at a scale below 1.
+    #[error(
+        "the fp16 loss scale fell to {scale} (below 1): the gradients overflow fp16 even unscaled. \
+         The run stopped and its last good checkpoint is intact; train in bf16 or f32, or lower the \
+         learning rate"
+    )]
+    LossScaleCollapsed { scale: f32 },
     /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
     #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]
     Cuda(#[source] revsnn_gpu::GpuError),

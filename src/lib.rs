@@ -10,11 +10,13 @@
 //! [`revsnn_reference::Backend`] (see `docs/ARCHITECTURE.md`).
 
 pub mod checkpoint;
+pub mod collective;
 pub mod commands;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod grad_scaler;
 pub mod info;
 pub mod model;
 pub mod network;

@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Also write each epoch's metrics as TensorBoard event files into RUN/tb/ (view with
+    /// `tensorboard --logdir runs/`); a resumed run adds a file there.
+    #[arg(long)]
+    pub tensorboard: bool,
     #[command(flatten)]
     pub settings: GivenSettings,
 }
@@ -66,6 +70,7 @@ impl TrainArgs {
         let options = Invocation {
             stop_after: self.stop_after,
             quiet: self.quiet,
+            tensorboard: self.tensorboard,
         };
         let summary = train(&run, &options, &device)?;
         let last = |key: &str| summary.last[key].as_f64().unwrap_or(f64::NAN);

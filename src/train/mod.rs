@@ -15,6 +15,7 @@ pub mod progress;
 pub mod recipe;
 pub mod run;
 pub mod run_dir;
+pub mod tensorboard;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use pipeline::TrainSet;
 pub use run::{Run, config_file_text};
 use run_dir::RunDir;
 pub use run_dir::RunState;
+use tensorboard::EventWriter;
 
 /// What one `revsnn train` invocation does beside the run's settings: where it stops and
 /// whether it draws progress bars.
@@ -47,6 +49,8 @@ pub struct Invocation {
     pub stop_after: Option<usize>,
     /// No progress bar.
     pub quiet: bool,
+    /// Each epoch's metrics also as TensorBoard events in the run folder's `tb/`.
+    pub tensorboard: bool,
 }
 
 /// What a finished run reports.
@@ -90,6 +94,11 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<T
         None => Vec::new(),
     };
     check_batch(config, train_set.split.data.len())?;
+    let mut events = if options.tensorboard {
+        Some(EventWriter::create(&dir.path().join("tb"))?)
+    } else {
+        None
+    };
     let end = match options.stop_after {
         Some(count) => config.epochs.min(state.epochs_done + count),
         None => config.epochs,
@@ -116,6 +125,9 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<T
         dir.save_checkpoint(&backend, &learner, &state, improved)?;
         lines.push(metrics_line(config, epoch, &train, &test, peak, &state));
         dir.write_metrics(&lines)?;
+        if let (Some(events), Some(line)) = (&mut events, lines.last()) {
+            events.add_metrics(line)?;
+        }
         if !options.quiet {
             log_epoch(config, epoch, &train, &test, &state);
         }

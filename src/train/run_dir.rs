@@ -199,6 +199,15 @@ impl RunDir {
     pub fn write_metrics(&self, lines: &[Value]) -> Result<()> {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         write_atomic(&self.file("metrics.jsonl"), text.as_bytes())?;
-        write_curves(&self.file("curves.png"), &Curves::of_metrics(lines))
+        let curves = Curves::of_metrics(&self.name(), lines);
+        write_curves(&self.file("curves.png"), &curves)
+    }
+
+    /// The run's name: the folder's own name, or its path where it has none.
+    fn name(&self) -> String {
+        match self.path.file_name() {
+            Some(name) => name.to_string_lossy().into_owned(),
+            None => self.path.display().to_string(),
+        }
     }
 }

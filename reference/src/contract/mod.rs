@@ -11,12 +11,15 @@
 //!   a pooling, a batched product, ...).
 //! - [`error`]: [`OpError`], with a typed [`DeviceError`] for device failures.
 //! - [`element`]: the float types, [`Element`] and [`DType`].
+//! - [`precision`]: the arithmetic precisions of a step ([`Precision`]) and their operand
+//!   rounding.
 
 pub mod backend;
 pub mod compute;
 pub mod element;
 pub mod error;
 pub mod params;
+pub mod precision;
 pub mod shapes;
 
 pub use backend::{
@@ -30,4 +33,5 @@ pub use params::{
     AdamWParams, BatchNormParams, Conv2dParams, Firing, NeuronConfig, NeuronKind, Pool2dParams,
     SgdParams, Surrogate,
 };
+pub use precision::Precision;
 pub use shapes::{Conv2dGeometry, Pool2dGeometry};
