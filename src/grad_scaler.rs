@@ -1,11 +1,13 @@
 //! Dynamic loss scaling for fp16 training, with the semantics and defaults of PyTorch's
-//! `torch.cuda.amp.GradScaler` (docs/precision.md, "Loss scaling").
+//! `GradScaler`, and one addition: a scale below 1 stops the run (docs/precision.md, "Loss
+//! scaling"). Not yet used by the training loop.
 //!
 //! The loss is multiplied by `scale` before the backward, so that small gradients stay inside
 //! fp16's range; the gradients are divided by it again before the optimizer step. A step whose
 //! gradients hold an infinity or a NaN is skipped and the scale halves; after `growth_interval`
-//! clean steps in a row the scale doubles. The state is part of a run's checkpoint, so a resumed
-//! run scales exactly as the uninterrupted one would.
+//! clean steps in a row the scale doubles. The state serialises, so that a run's checkpoint can
+//! hold it and a resumed run scale exactly as the uninterrupted one would; a state read back is
+//! checked as a new one is.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,10 +49,41 @@ pub enum StepAction {
 /// The scaler's state: the current scale (an `f32`, as PyTorch keeps it, so it saturates where
 /// PyTorch's does) and the clean steps since it last changed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "SavedScaler")]
 pub struct GradScaler {
     pub config: GradScalerConfig,
     scale: f32,
     growth_tracker: u64,
+}
+
+/// A [`GradScaler`] as read from a checkpoint, before its checks.
+#[derive(Deserialize)]
+struct SavedScaler {
+    config: GradScalerConfig,
+    scale: f32,
+    growth_tracker: u64,
+}
+
+impl TryFrom<SavedScaler> for GradScaler {
+    type Error = Error;
+
+    fn try_from(saved: SavedScaler) -> Result<Self> {
+        let scaler = GradScaler::new(saved.config)?;
+        if !(saved.scale.is_finite() && saved.scale >= 1.0)
+            || saved.growth_tracker >= saved.config.growth_interval
+        {
+            return Err(Error::Usage(format!(
+                "a saved loss scaler with scale {} and {} clean steps of {} is not one this \
+                 program writes: the checkpoint's state is damaged",
+                saved.scale, saved.growth_tracker, saved.config.growth_interval
+            )));
+        }
+        Ok(GradScaler {
+            scale: saved.scale,
+            growth_tracker: saved.growth_tracker,
+            ..scaler
+        })
+    }
 }
 
 impl GradScaler {
@@ -87,9 +120,9 @@ impl GradScaler {
     }
 
     /// Records whether this step's scaled gradients held a non-finite value, updates the scale as
-    /// `GradScaler.update` does, and says whether to apply the step. A scale that falls below 1
-    /// means the gradients overflow even unscaled: that is an error, and the run stops (its last
-    /// good checkpoint stays as it is).
+    /// PyTorch's `GradScaler.update` does, and says whether to apply the step. A scale that falls
+    /// below 1 means the gradients overflow even unscaled: that is an error here (PyTorch keeps
+    /// halving), and the run stops with its last good checkpoint as it is.
     pub fn update(&mut self, found_non_finite: bool) -> Result<StepAction> {
         if found_non_finite {
             self.scale *= self.config.backoff_factor;
@@ -100,7 +133,7 @@ impl GradScaler {
             return Ok(StepAction::Skip);
         }
         self.growth_tracker += 1;
-        if self.growth_tracker == self.config.growth_interval {
+        if self.growth_tracker >= self.config.growth_interval {
             let grown = self.scale * self.config.growth_factor;
             if grown.is_finite() {
                 self.scale = grown;
@@ -196,6 +229,22 @@ mod tests {
         let text = serde_json::to_string(&s).unwrap();
         let back: GradScaler = serde_json::from_str(&text).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn a_damaged_saved_state_is_refused() {
+        let s = scaler(5);
+        let mut value = serde_json::to_value(s).unwrap();
+        value["growth_tracker"] = 5.into();
+        assert!(serde_json::from_value::<GradScaler>(value.clone()).is_err());
+        value["growth_tracker"] = 0.into();
+        value["scale"] = 0.25.into();
+        assert!(serde_json::from_value::<GradScaler>(value.clone()).is_err());
+        value["scale"] = 8.0.into();
+        assert_eq!(
+            serde_json::from_value::<GradScaler>(value).unwrap().scale(),
+            8.0
+        );
     }
 
     #[test]

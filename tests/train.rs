@@ -177,7 +177,12 @@ fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
         "{stderr}"
     );
     assert_eq!(bytes(bad.join("last.safetensors")), good);
-    assert!(!bad.join("last.safetensors.partial").exists());
+    let partial = std::fs::read_dir(&bad)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".partial"))
+        .collect::<Vec<_>>();
+    assert!(partial.is_empty(), "temporary files left: {partial:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

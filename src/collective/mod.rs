@@ -32,8 +32,8 @@ pub trait Collective<B: Backend> {
 
 /// The elementwise sum of `parts` in their order, each part's values widened to `f64` bit
 /// patterns; accumulated in `E`, so an `f32` sum rounds as an `f32` accumulator does.
-fn sum_in_rank_order<E: Element>(parts: &[Vec<u64>]) -> Vec<E> {
-    let len = parts.first().map_or(0, Vec::len);
+fn sum_in_rank_order<E: Element>(parts: &[&[u64]]) -> Vec<E> {
+    let len = parts.first().map_or(0, |part| part.len());
     (0..len)
         .map(|i| {
             let mut values = parts.iter().map(|part| E::cast(f64::from_bits(part[i])));

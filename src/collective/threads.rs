@@ -14,6 +14,9 @@ use revsnn_reference::{Backend, Element};
 use super::{Collective, sum_in_rank_order};
 use crate::error::{Error, Result};
 
+/// Why a rank left after a collective of its own failed.
+const GAVE_UP: &str = "gave up";
+
 /// One rank's handle on a group of threads; make the handles with [`ThreadGroup::new`] and move
 /// each into its rank's thread.
 pub struct ThreadGroup {
@@ -68,6 +71,9 @@ impl ThreadGroup {
     /// Deposits `words` and returns every rank's words of this round, indexed by rank.
     fn exchange(&self, words: Vec<u64>) -> Result<Arc<Vec<Vec<u64>>>> {
         let mut state = self.shared.lock();
+        if let Some(why) = state.departed[self.rank] {
+            return Err(self.error(format!("this rank {why} already; the group is gone")));
+        }
         let round = state.completed_rounds;
         state.pending[self.rank] = Some(words);
         if state.pending.iter().all(Option::is_some) {
@@ -80,7 +86,7 @@ impl ThreadGroup {
             self.shared.changed.notify_all();
             return Ok(Arc::clone(&state.last));
         }
-        let (state, _) = self
+        let (mut state, _) = self
             .shared
             .changed
             .wait_timeout_while(state, self.shared.timeout, |s| {
@@ -90,7 +96,13 @@ impl ThreadGroup {
         if state.completed_rounds != round {
             return Ok(Arc::clone(&state.last));
         }
-        Err(self.failure(&state))
+        // Take this rank's words back and leave, so that no rank completes the round with them
+        // and every rank still waiting fails too.
+        let error = self.failure(&state);
+        state.pending[self.rank] = None;
+        state.departed[self.rank] = Some(GAVE_UP);
+        self.shared.changed.notify_all();
+        Err(error)
     }
 
     /// Why this rank's round cannot complete: a missing rank left, or the timeout passed.
@@ -104,6 +116,10 @@ impl ThreadGroup {
                 self.shared.timeout
             ),
         };
+        self.error(detail)
+    }
+
+    fn error(&self, detail: String) -> Error {
         Error::Collective {
             rank: self.rank,
             detail,
@@ -123,10 +139,15 @@ impl Rounds {
         (0..self.pending.len()).filter(|&r| self.pending[r].is_none())
     }
 
-    /// The first missing rank that has left the group, and why.
+    /// A missing rank that has left the group, and why: the first that left for a reason of its
+    /// own before one that gave up waiting, so an error names the cause.
     fn departed_missing(&self) -> Option<(usize, &'static str)> {
-        self.missing()
-            .find_map(|rank| self.departed[rank].map(|why| (rank, why)))
+        let departed = || {
+            self.missing()
+                .filter_map(|rank| self.departed[rank].map(|why| (rank, why)))
+        };
+        let cause = departed().find(|&(_, why)| why != GAVE_UP);
+        cause.or_else(|| departed().next())
     }
 }
 
@@ -138,7 +159,7 @@ impl Drop for ThreadGroup {
         } else {
             "finished"
         };
-        self.shared.lock().departed[self.rank] = Some(why);
+        self.shared.lock().departed[self.rank].get_or_insert(why);
         self.shared.changed.notify_all();
     }
 }
@@ -154,35 +175,53 @@ impl<B: Backend> Collective<B> for ThreadGroup {
 
     fn all_reduce_sum(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let shape = backend.shape(x);
-        let words = backend.to_vec(x)?.into_iter().map(|v| v.widen().to_bits());
-        let parts = self.exchange(words.collect())?;
-        self.check_lengths(&parts, "all_reduce_sum")?;
-        let sum: Vec<B::Elem> = sum_in_rank_order(&parts);
+        let mut words = shape_words(&shape);
+        let header = words.len();
+        words.extend(backend.to_vec(x)?.into_iter().map(|v| v.widen().to_bits()));
+        let parts = self.exchange(words)?;
+        self.check_alike(&parts, header, "all_reduce_sum")?;
+        let values: Vec<&[u64]> = parts.iter().map(|p| &p[header..]).collect();
+        let sum: Vec<B::Elem> = sum_in_rank_order(&values);
         Ok(backend.tensor_from_vec(&shape, sum)?)
     }
 
     fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>> {
         let parts = self.exchange(vec![value])?;
-        self.check_lengths(&parts, "all_gather_u64")?;
+        self.check_alike(&parts, 0, "all_gather_u64")?;
         Ok(parts.iter().map(|p| p[0]).collect())
     }
 }
 
+/// A shape as the words that travel ahead of a tensor's values: its rank, then its sizes.
+fn shape_words(shape: &[usize]) -> Vec<u64> {
+    let sizes = shape.iter().map(|&d| d as u64);
+    std::iter::once(shape.len() as u64).chain(sizes).collect()
+}
+
+/// What a rank contributed, for an error: its shape (when `shaped`) or its number of words.
+fn describe(words: &[u64], shaped: bool) -> String {
+    let rank = words.first().map_or(0, |&r| r as usize);
+    match words.get(1..1 + rank) {
+        Some(shape) if shaped => format!("shape {shape:?}"),
+        _ => format!("{} values", words.len()),
+    }
+}
+
 impl ThreadGroup {
-    /// An error unless every rank contributed as many words as this one: ranks that run
-    /// different models, batch shapes or collectives in a different order.
-    fn check_lengths(&self, parts: &[Vec<u64>], op: &str) -> Result<()> {
-        let here = parts[self.rank].len();
-        match parts.iter().position(|p| p.len() != here) {
+    /// An error unless every rank contributed what this one did: as many words, led by the
+    /// same `header` words (a tensor's shape). Ranks that differ run different models, batch
+    /// shapes or collectives in a different order.
+    fn check_alike(&self, parts: &[Vec<u64>], header: usize, op: &str) -> Result<()> {
+        let here = &parts[self.rank];
+        let differs = |p: &Vec<u64>| p.len() != here.len() || p.get(..header) != here.get(..header);
+        match parts.iter().position(differs) {
             None => Ok(()),
-            Some(rank) => Err(Error::Collective {
-                rank: self.rank,
-                detail: format!(
-                    "{op} of {here} elements here, {} on rank {rank}: the ranks run different \
-                     models, batch shapes or collectives",
-                    parts[rank].len()
-                ),
-            }),
+            Some(rank) => Err(self.error(format!(
+                "{op} of {} here, {} on rank {rank}: the ranks run different models, batch \
+                 shapes or collectives",
+                describe(here, header > 0),
+                describe(&parts[rank], header > 0)
+            ))),
         }
     }
 }
@@ -286,7 +325,44 @@ mod tests {
                 .to_string()
         });
         let first = results[0].as_ref().unwrap();
-        assert!(first.contains("1 elements here, 2 on rank 1"), "{first}");
+        assert!(
+            first.contains("shape [1] here, shape [2] on rank 1"),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn shapes_with_the_same_size_must_still_agree() {
+        let results = on_ranks(2, GENEROUS, |rank, group| {
+            let cpu = Cpu::<f32>::new();
+            let shape = if rank == 0 { [2, 3] } else { [3, 2] };
+            let x = cpu.zeros(&shape).unwrap();
+            let result = group.all_reduce_sum(&cpu, &x);
+            result.map(|_| ()).unwrap_err().to_string()
+        });
+        let second = results[1].as_ref().unwrap();
+        assert!(
+            second.contains("shape [3, 2] here, shape [2, 3] on rank 0"),
+            "{second}"
+        );
+    }
+
+    #[test]
+    fn a_rank_that_gives_up_takes_its_words_back_and_the_others_fail_too() {
+        let mut groups = ThreadGroup::new(3, Duration::from_millis(100)).unwrap();
+        let late = groups.pop().unwrap();
+        let waiting = groups.pop().unwrap();
+        let first = groups.pop().unwrap();
+        let gather = |g: &ThreadGroup, v| Collective::<Cpu<f32>>::all_gather_u64(g, v);
+        // Rank 0 waits for the others and gives up; rank 1 arrives too late to complete the
+        // round with rank 0's words, and rank 2 after both.
+        assert!(gather(&first, 0).is_err());
+        let error = gather(&waiting, 1).unwrap_err().to_string();
+        assert!(error.contains("rank 0 gave up"), "{error}");
+        let error = gather(&late, 2).unwrap_err().to_string();
+        assert!(error.contains("gave up"), "{error}");
+        let again = gather(&first, 0).unwrap_err().to_string();
+        assert!(again.contains("already"), "{again}");
     }
 
     #[test]

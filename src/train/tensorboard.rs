@@ -96,7 +96,7 @@ impl EventWriter {
     }
 
     /// Writes every number of a `metrics.jsonl` line as a scalar tagged with its key, at the
-    /// line's `epoch` as the step, and flushes, so a crash loses no finished epoch.
+    /// line's `epoch` as the step, and syncs the file to disk, as the run's other files are.
     pub fn add_metrics(&mut self, line: &Value) -> Result<()> {
         let step = line["epoch"].as_i64().unwrap_or(0);
         let fields = line.as_object().into_iter().flatten();
@@ -121,7 +121,7 @@ impl EventWriter {
         let written = self
             .file
             .write_all(&record)
-            .and_then(|()| self.file.flush());
+            .and_then(|()| self.file.sync_data());
         written.map_err(|e| file_error(&self.path, &e))
     }
 }

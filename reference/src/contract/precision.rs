@@ -4,10 +4,12 @@
 //! Under a low precision, convolutions, linear layers and attention matmuls take operands rounded
 //! to a narrower format and accumulate in `f32`; everything else (BatchNorm statistics, membrane
 //! potentials, losses, reductions, the optimizer and the reversible stream) stays in the element
-//! type. The reference emulates a precision by rounding each GEMM operand with
-//! [`Precision::round`] before an `f32` (or `f64`) accumulation: the same casts at the same places
-//! as the CUDA path, so a low-precision GPU run is compared against this emulation, not against a
-//! full-precision run with a loose tolerance.
+//! type. The reference is to emulate a precision by rounding each GEMM operand with
+//! [`Precision::round`] before an `f32` (or `f64`) accumulation, the casts the CUDA path makes,
+//! so that a low-precision GPU run is compared against this emulation rather than against a
+//! full-precision run with a loose tolerance. No op takes a precision yet. TF32 rounds to nearest
+//! even here; what cuBLAS's and cuDNN's TF32 conversion does is not documented, so TF32 is
+//! compared in a tolerance class, never bitwise.
 
 use std::fmt::{self, Display};
 use std::str::FromStr;
@@ -36,7 +38,7 @@ impl Precision {
         Precision::Fp16,
     ];
 
-    /// The name users type (`--precision`), in config files and in metrics.
+    /// The precision's name, as it parses back.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
@@ -46,15 +48,9 @@ impl Precision {
         }
     }
 
-    /// Whether training in this precision needs dynamic loss scaling: fp16 only, whose range
-    /// ends at 65504 and whose small gradients underflow (docs/precision.md, "Loss scaling").
-    pub fn needs_loss_scaling(self) -> bool {
-        self == Precision::Fp16
-    }
-
     /// `x` rounded to this precision's operand format, to nearest with ties to even, and widened
     /// back exactly. Overflow becomes an infinity of the same sign, NaN stays NaN, and fp16 keeps
-    /// its subnormals (values below 2^-25 in magnitude become zero). TF32 keeps the top 10
+    /// its subnormals (values of magnitude at most 2^-25 become zero). TF32 keeps the top 10
     /// mantissa bits, in the range of `f32`.
     pub fn round(self, x: f32) -> f32 {
         match self.format() {
