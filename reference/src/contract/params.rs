@@ -302,31 +302,9 @@ impl SgdParams {
     /// Checks `lr >= 0`, `0 <= momentum < 1`, `weight_decay >= 0`, all finite.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "sgd";
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return Err(OpError::parameter(
-                OP,
-                "lr",
-                self.lr,
-                "must be finite and >= 0",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(OpError::parameter(
-                OP,
-                "momentum",
-                self.momentum,
-                "must be in [0, 1)",
-            ));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(OpError::parameter(
-                OP,
-                "weight_decay",
-                self.weight_decay,
-                "must be finite and >= 0",
-            ));
-        }
-        Ok(())
+        non_negative(OP, "lr", self.lr)?;
+        unit_interval(OP, "momentum", self.momentum)?;
+        non_negative(OP, "weight_decay", self.weight_decay)
     }
 }
 
@@ -366,19 +344,9 @@ impl AdamWParams {
     /// Checks `lr >= 0`, betas in `[0, 1)`, `eps > 0`, `weight_decay >= 0`, all finite.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "adamw";
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return Err(OpError::parameter(
-                OP,
-                "lr",
-                self.lr,
-                "must be finite and >= 0",
-            ));
-        }
-        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&beta) {
-                return Err(OpError::parameter(OP, name, beta, "must be in [0, 1)"));
-            }
-        }
+        non_negative(OP, "lr", self.lr)?;
+        unit_interval(OP, "beta1", self.beta1)?;
+        unit_interval(OP, "beta2", self.beta2)?;
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return Err(OpError::parameter(
                 OP,
@@ -387,14 +355,27 @@ impl AdamWParams {
                 "must be finite and > 0",
             ));
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(OpError::parameter(
-                OP,
-                "weight_decay",
-                self.weight_decay,
-                "must be finite and >= 0",
-            ));
-        }
-        Ok(())
+        non_negative(OP, "weight_decay", self.weight_decay)
     }
+}
+
+/// An error of `op` unless `value` (its parameter `name`) is finite and `>= 0`.
+fn non_negative(op: &'static str, name: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value >= 0.0 {
+        return Ok(());
+    }
+    Err(OpError::parameter(
+        op,
+        name,
+        value,
+        "must be finite and >= 0",
+    ))
+}
+
+/// An error of `op` unless `value` (its parameter `name`) is in `[0, 1)`.
+fn unit_interval(op: &'static str, name: &'static str, value: f64) -> Result<()> {
+    if (0.0..1.0).contains(&value) {
+        return Ok(());
+    }
+    Err(OpError::parameter(op, name, value, "must be in [0, 1)"))
 }
