@@ -561,3 +561,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_context_whose_statistics_do_not_fit_the_input_is_an_error_not_a_panic() {
+    let case = Case::new(17, &[2, 3, 4]);
+    let dy = tensor::<f64>(&case.shape, &case.dy);
+    for damage in [0, 1, 2] {
+        let (_, mut bad) = case.forward::<f64>(true, &case.x, &case.gamma, &case.beta);
+        match damage {
+            0 => bad.mean.pop(),
+            1 => bad.inv_std.pop(),
+            _ => bad.gamma.pop(),
+        };
+        let error = batch_norm::backward(&dy, &bad).unwrap_err().to_string();
+        assert!(error.contains("the context's"), "{error}");
+    }
+}

@@ -9,12 +9,14 @@
 //! principle 4); they differ from the reference's pairwise sums only by rounding.
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
-use revsnn_reference::contract::shapes::{BatchNormShape, check_channel_vector};
+use revsnn_reference::contract::shapes::{
+    BatchNormShape, check_channel_vector, check_context_statistics,
+};
 use revsnn_reference::{
     BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, RunningStats,
 };
 
-use super::{GpuElement, elementwise_launch, shape_error};
+use super::{GpuElement, elementwise_launch};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::BATCH_NORM;
@@ -324,17 +326,13 @@ pub fn backward<E: GpuElement>(
     BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
     let layout = Layout::of(OP, shape)?;
     let channels = layout.channels;
-    check_channel_vector(OP, "the context's gamma", context.gamma.shape(), channels)?;
-    if context.mean.len() != channels || context.inv_std.len() != channels {
-        return Err(shape_error(
-            OP,
-            format!(
-                "the context's mean ({}) and inv_std ({}) do not have one value per channel ({channels})",
-                context.mean.len(),
-                context.inv_std.len()
-            ),
-        ));
-    }
+    check_context_statistics(
+        OP,
+        channels,
+        context.gamma.shape(),
+        context.mean.len(),
+        context.inv_std.len(),
+    )?;
     if !layout.reduces() {
         // No element: the sums are 0 and dx is empty.
         return Ok(BatchNormGrads {

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::{slice_of, standard, tensor};
-use crate::contract::shapes::{BatchNormShape, check_channel_vector};
+use crate::contract::shapes::{BatchNormShape, check_channel_vector, check_context_statistics};
 use crate::contract::{
     BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, Element,
     Result, RunningStats,
@@ -207,10 +207,17 @@ pub fn backward<E: Element>(
     let shape = context.input.shape();
     BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
     let layout = BatchNormShape::new(OP, shape)?;
+    let (mean, inv_std, gamma) = (&context.mean, &context.inv_std, &context.gamma);
+    check_context_statistics(
+        OP,
+        layout.channels,
+        &[gamma.len()],
+        mean.len(),
+        inv_std.len(),
+    )?;
     let x = slice_of(&context.input);
     let dy_tensor = standard(grad_y);
     let dy = slice_of(&dy_tensor);
-    let (mean, inv_std, gamma) = (&context.mean, &context.inv_std, &context.gamma);
     let (sum_dy, sum_dy_xhat): (Vec<f64>, Vec<f64>) = (0..layout.channels)
         .into_par_iter()
         .map(|c| {

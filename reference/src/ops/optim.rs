@@ -1,5 +1,5 @@
-//! Optimizer updates, elementwise over one parameter tensor (twin of `gpu/kernels/optim.cu` to
-//! come). Each update is computed in `E` in the order PyTorch's single-tensor (`foreach=False`)
+//! Optimizer updates, elementwise over one parameter tensor (twin of `gpu/src/ops/optim.rs` and
+//! `gpu/kernels/optim.cu`). Each update is computed in `E` in the order PyTorch's single-tensor (`foreach=False`)
 //! implementation uses, so results match it to rounding.
 
 use ndarray::Zip;

@@ -59,6 +59,28 @@ impl BatchNormShape {
     }
 }
 
+/// The checks of a BatchNorm backward against its context: `gamma` (a shape), `mean` and
+/// `inv_std` (lengths) each hold one value per channel of the forward's input.
+pub fn check_context_statistics(
+    op: &'static str,
+    channels: usize,
+    gamma: &[usize],
+    mean: usize,
+    inv_std: usize,
+) -> Result<()> {
+    check_channel_vector(op, "the context's gamma", gamma, channels)?;
+    if mean != channels || inv_std != channels {
+        return Err(OpError::shape(
+            op,
+            format!(
+                "the context's mean ({mean}) and inv_std ({inv_std}) do not have one value per \
+                 channel ({channels})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Errors unless the per-channel vector `name` (a shape) is `[channels]`.
 pub fn check_channel_vector(
     op: &'static str,

@@ -12,7 +12,7 @@ pub mod optim;
 pub mod pool;
 pub mod tensor;
 
-pub use batch_norm::{BatchNormShape, check_channel_vector};
+pub use batch_norm::{BatchNormShape, check_channel_vector, check_context_statistics};
 pub use conv::Conv2dGeometry;
 pub use linear::{LinearShape, MatmulShape};
 pub use loss::{check_context_targets, check_labels, check_soft_targets, logits_shape};
