@@ -180,6 +180,7 @@ pub struct GradArgs {
     pub output: PathBuf,
     #[arg(long, value_enum, default_value = "f64")]
     pub dtype: DTypeArg,
+    /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
 }
