@@ -1,16 +1,18 @@
 //! Checkpoints in safetensors under the official PyTorch `state_dict` key names, so that
 //! `torch.load_state_dict(safetensors.torch.load_file(path))` takes our files and we take theirs.
 //!
-//! The format: an 8-byte little-endian header length `n`, `n` bytes of JSON mapping each name to
-//! `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets into the data that follows), then
-//! the data, row-major little-endian. We read F32, F64 and I64 tensors and write F32 or F64
-//! (parameters and buffers) and I64 (`num_batches_tracked`).
+//! The file format is Hugging Face's `safetensors` crate's: it parses and validates the header
+//! (dtypes, shapes, contiguous offsets, every size overflow-checked) and lays out what we write.
+//! This layer converts its F32, F64 and I64 tensors to and from [`StoredTensor`]s, and maps them
+//! onto a model's parameter store by key, naming every key that does not fit in one error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use revsnn_reference::{Backend, DType, Element};
-use serde_json::{Map, Value, json};
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, View};
 
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
@@ -25,7 +27,8 @@ pub enum TensorData {
     I64(Vec<i64>),
 }
 
-/// One stored tensor.
+/// One stored tensor: row-major elements of `shape` (a file read by [`parse`] always holds as
+/// many elements as the shape says; [`write`] refuses a tensor that does not).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredTensor {
     pub shape: Vec<usize>,
@@ -33,6 +36,7 @@ pub struct StoredTensor {
 }
 
 impl StoredTensor {
+    /// An F64 tensor of `shape` holding `values`.
     pub fn f64(shape: Vec<usize>, values: Vec<f64>) -> Self {
         StoredTensor {
             shape,
@@ -57,30 +61,35 @@ impl StoredTensor {
             TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
         }
     }
+}
 
-    fn dtype_name(&self) -> &'static str {
+/// The tensor as the `safetensors` crate writes it: its dtype, shape and little-endian bytes.
+impl View for &StoredTensor {
+    fn dtype(&self) -> Dtype {
         match self.data {
-            TensorData::F32(_) => "F32",
-            TensorData::F64(_) => "F64",
-            TensorData::I64(_) => "I64",
+            TensorData::F32(_) => Dtype::F32,
+            TensorData::F64(_) => Dtype::F64,
+            TensorData::I64(_) => Dtype::I64,
         }
     }
 
-    /// The size of the stored elements in bytes.
-    fn byte_len(&self) -> usize {
-        match &self.data {
-            TensorData::F32(v) => 4 * v.len(),
-            TensorData::F64(v) => 8 * v.len(),
-            TensorData::I64(v) => 8 * v.len(),
-        }
+    fn shape(&self) -> &[usize] {
+        &self.shape
     }
 
-    /// Appends the elements to `out`, little-endian.
-    fn append_bytes(&self, out: &mut Vec<u8>) {
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(match &self.data {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        })
+    }
+
+    fn data_len(&self) -> usize {
         match &self.data {
-            TensorData::F32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::F64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::I64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::F32(v) => v.len() * 4,
+            TensorData::F64(v) => v.len() * 8,
+            TensorData::I64(v) => v.len() * 8,
         }
     }
 }
@@ -92,144 +101,125 @@ pub type TensorFile = Vec<(String, StoredTensor)>;
 /// offsets is an error naming the file and the problem.
 pub fn read(path: &Path) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    parse(&bytes)
-        .map_err(|detail| Error::file(path, format!("not a valid safetensors file: {detail}")))
+    parse(&bytes).map_err(|e| Error::file(path, e.to_string()))
 }
 
-fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
-    let header_len = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .ok_or("shorter than the 8-byte header length")?;
-    let header_end = 8usize
-        .checked_add(usize::try_from(header_len).map_err(|_| "header length overflows")?)
-        .filter(|&end| end <= bytes.len())
+/// The tensors of the safetensors file `bytes`, in file order: F32, F64 or I64, each holding as
+/// many elements as its shape says. Anything else (a truncated or corrupt file, another dtype,
+/// offsets that do not tile the data) is an [`Error::Safetensors`] saying what is wrong.
+///
+/// The crate parses and validates the header. The 8-byte length in front of it is split off
+/// here, because safetensors 0.8's `SafeTensors::deserialize` adds the header's data length to
+/// it unchecked, which panics (debug builds) on offsets that end near `usize::MAX`.
+pub fn parse(bytes: &[u8]) -> Result<TensorFile> {
+    let (length, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| invalid("shorter than the 8-byte header length"))?;
+    let (header, data) = usize::try_from(u64::from_le_bytes(*length))
+        .ok()
+        .and_then(|length| rest.split_at_checked(length))
         .ok_or_else(|| {
-            format!(
-                "header of {header_len} bytes runs past the end of the {}-byte file",
+            invalid(format!(
+                "the header length {} runs past the end of the {}-byte file (truncated?)",
+                u64::from_le_bytes(*length),
                 bytes.len()
-            )
+            ))
         })?;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..header_end])
-        .map_err(|e| format!("header is not a JSON object: {e}"))?;
-    let data = &bytes[header_end..];
-    let mut tensors = Vec::new();
-    for (name, info) in header {
-        if name != "__metadata__" {
-            let (begin, tensor) = parse_tensor(&name, &info, data)?;
-            tensors.push((begin, name, tensor));
-        }
-    }
-    tensors.sort_by_key(|(begin, _, _)| *begin);
-    Ok(tensors
-        .into_iter()
-        .map(|(_, name, tensor)| (name, tensor))
-        .collect())
-}
-
-/// The tensor `name` of the header, described by `info`, from `data`, and where its bytes begin.
-fn parse_tensor(
-    name: &str,
-    info: &Value,
-    data: &[u8],
-) -> std::result::Result<(usize, StoredTensor), String> {
-    let dtype = info["dtype"].as_str().ok_or(format!("{name}: no dtype"))?;
-    let shape: Vec<usize> = info["shape"]
-        .as_array()
-        .ok_or(format!("{name}: no shape"))?
-        .iter()
-        .map(|d| {
-            d.as_u64()
-                .map(|d| d as usize)
-                .ok_or(format!("{name}: bad shape"))
-        })
-        .collect::<std::result::Result<_, _>>()?;
-    let offsets = info["data_offsets"]
-        .as_array()
-        .ok_or(format!("{name}: no data_offsets"))?;
-    let (begin, end) = match offsets.as_slice() {
-        [b, e] => (
-            b.as_u64().ok_or(format!("{name}: bad offset"))? as usize,
-            e.as_u64().ok_or(format!("{name}: bad offset"))? as usize,
-        ),
-        _ => return Err(format!("{name}: data_offsets must be [begin, end]")),
-    };
-    if begin > end || end > data.len() {
-        return Err(format!(
-            "{name}: data [{begin}, {end}) outside the {}-byte data (truncated?)",
+    let header: Metadata = serde_json::from_slice(header)
+        .map_err(|e| invalid(format!("the header is not valid: {e}")))?;
+    if header.data_len() != data.len() {
+        return Err(invalid(format!(
+            "the header describes {} bytes of data, the file holds {} (truncated?)",
+            header.data_len(),
             data.len()
-        ));
+        )));
     }
-    let raw = &data[begin..end];
-    let size = match dtype {
-        "F32" => 4,
-        "F64" | "I64" => 8,
+    // In file order; empty tensors share an offset, and go by name among themselves.
+    let mut tensors: Vec<(String, &TensorInfo)> = header.tensors().into_iter().collect();
+    tensors.sort_by(|(a, a_info), (b, b_info)| {
+        (a_info.data_offsets, a).cmp(&(b_info.data_offsets, b))
+    });
+    tensors
+        .into_iter()
+        .map(|(name, info)| {
+            let tensor = stored_tensor(&name, info, data)?;
+            Ok((name, tensor))
+        })
+        .collect()
+}
+
+/// [`Error::Safetensors`] with `detail`.
+fn invalid(detail: impl Into<String>) -> Error {
+    Error::Safetensors(detail.into())
+}
+
+/// The tensor `name`, described by `info`, from the file's `data`: its byte range and size
+/// checked against the shape again, so that no size taken from the file goes unchecked here.
+fn stored_tensor(name: &str, info: &TensorInfo, data: &[u8]) -> Result<StoredTensor> {
+    let (begin, end) = info.data_offsets;
+    let raw = data.get(begin..end).ok_or_else(|| {
+        invalid(format!(
+            "{name}: data [{begin}, {end}) outside the {}-byte data",
+            data.len()
+        ))
+    })?;
+    let element_size: usize = match info.dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 | Dtype::I64 => 8,
         other => {
-            return Err(format!(
+            return Err(invalid(format!(
                 "{name}: dtype {other} is not supported (use F32, F64 or I64)"
-            ));
+            )));
         }
     };
-    if raw.len() != shape.iter().product::<usize>() * size {
-        return Err(format!(
-            "{name}: {} bytes for shape {shape:?} of {dtype}",
-            raw.len()
-        ));
+    let size = info
+        .shape
+        .iter()
+        .try_fold(element_size, |size, &dim| size.checked_mul(dim));
+    if size != Some(raw.len()) {
+        return Err(invalid(format!(
+            "{name}: {} bytes for shape {:?} of {}",
+            raw.len(),
+            info.shape,
+            info.dtype
+        )));
     }
-    let data = decode(dtype, raw);
-    Ok((begin, StoredTensor { shape, data }))
+    let data = match info.dtype {
+        Dtype::F32 => TensorData::F32(decode(raw, f32::from_le_bytes)),
+        Dtype::F64 => TensorData::F64(decode(raw, f64::from_le_bytes)),
+        _ => TensorData::I64(decode(raw, i64::from_le_bytes)),
+    };
+    Ok(StoredTensor {
+        shape: info.shape.clone(),
+        data,
+    })
 }
 
-/// The little-endian elements `raw` of `dtype` (F32, F64 or I64, checked).
-fn decode(dtype: &str, raw: &[u8]) -> TensorData {
-    match dtype {
-        "F32" => TensorData::F32(
-            raw.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        ),
-        "F64" => TensorData::F64(
-            raw.chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        ),
-        _ => TensorData::I64(
-            raw.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        ),
-    }
+/// The little-endian elements of `raw`, `N` bytes each (`raw.len()` a multiple of `N`, checked).
+fn decode<const N: usize, T>(raw: &[u8], from_le_bytes: fn([u8; N]) -> T) -> Vec<T> {
+    raw.chunks_exact(N)
+        .map(|chunk| from_le_bytes(std::array::from_fn(|i| chunk[i])))
+        .collect()
 }
 
-/// Writes `tensors` as a safetensors file, atomically ([`write_atomic`]).
+/// Writes `tensors` as a safetensors file (laid out by the crate: by dtype, then by name),
+/// atomically ([`write_atomic`]). Two tensors of one name, or a tensor whose elements do not fill
+/// its shape, are an error and nothing is written.
 pub fn write(path: &Path, tensors: &[(String, StoredTensor)]) -> Result<()> {
-    write_atomic(path, &encode(tensors))
+    let bytes = encode(tensors)
+        .map_err(|detail| Error::file(path, format!("cannot write as safetensors: {detail}")))?;
+    write_atomic(path, &bytes)
 }
 
-/// `tensors` in the safetensors format: the header, padded with spaces to a multiple of 8 bytes,
-/// then each tensor's bytes in order.
-fn encode(tensors: &[(String, StoredTensor)]) -> Vec<u8> {
-    let mut header = Map::new();
-    let mut offset = 0usize;
-    for (name, tensor) in tensors {
-        let end = offset + tensor.byte_len();
-        header.insert(
-            name.clone(),
-            json!({"dtype": tensor.dtype_name(), "shape": tensor.shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
+/// `tensors` in the safetensors format, or what keeps them from it.
+fn encode(tensors: &[(String, StoredTensor)]) -> std::result::Result<Vec<u8>, String> {
+    let mut names = BTreeSet::new();
+    if let Some((name, _)) = tensors.iter().find(|(name, _)| !names.insert(name)) {
+        // Checked here: safetensors 0.8 panics on a repeated name.
+        return Err(format!("two tensors are named {name}"));
     }
-    let mut header = serde_json::to_vec(&Value::Object(header)).expect("a JSON object serialises");
-    while header.len() % 8 != 0 {
-        header.push(b' ');
-    }
-    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
-    bytes.extend((header.len() as u64).to_le_bytes());
-    bytes.extend(header);
-    for (_, tensor) in tensors {
-        tensor.append_bytes(&mut bytes);
-    }
-    bytes
+    safetensors::serialize(tensors.iter().map(|(name, tensor)| (name, tensor)), None)
+        .map_err(|e| format!("{e} (does every tensor hold as many elements as its shape says?)"))
 }
 
 /// The store as a state_dict: parameters and running statistics in the backend's float type
@@ -361,5 +351,129 @@ fn count_of(tensor: &StoredTensor) -> Option<u64> {
             }
             _ => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of `header` (JSON) followed by `data`.
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        bytes
+    }
+
+    fn rejected(bytes: &[u8]) -> String {
+        match parse(bytes) {
+            Ok(tensors) => panic!("parsed {tensors:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn what_we_write_parses_back_in_file_order() {
+        let tensors: TensorFile = vec![
+            (
+                "w".into(),
+                StoredTensor::from_elements(vec![2], vec![1.5f32, -2.0]),
+            ),
+            (
+                "count".into(),
+                StoredTensor {
+                    shape: vec![],
+                    data: TensorData::I64(vec![7]),
+                },
+            ),
+            ("b".into(), StoredTensor::f64(vec![1, 1], vec![0.1])),
+            ("empty".into(), StoredTensor::f64(vec![0, 4], vec![])),
+        ];
+        let parsed = parse(&encode(&tensors).unwrap()).unwrap();
+        // The crate lays tensors out by dtype (widest first), then by name.
+        let order: Vec<&str> = parsed.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(order, ["count", "b", "empty", "w"]);
+        for (name, tensor) in &tensors {
+            assert_eq!(
+                parsed.iter().find(|(n, _)| n == name).map(|(_, t)| t),
+                Some(tensor)
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_cut_short_is_an_error_saying_so() {
+        let bytes = encode(&[("w".into(), StoredTensor::f64(vec![4], vec![1.0; 4]))]).unwrap();
+        assert!(rejected(&bytes[..5]).contains("8-byte header length"));
+        assert!(rejected(&bytes[..20]).contains("runs past the end"));
+        let error = rejected(&bytes[..bytes.len() - 8]);
+        assert!(
+            error.contains("describes 32 bytes of data, the file holds 24"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn headers_that_do_not_describe_their_data_are_errors() {
+        let cases = [
+            (
+                r#"{"w":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}"#,
+                2,
+                "dtype BF16 is not supported",
+            ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                4,
+                "invalid shape",
+            ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+                "invalid offset",
+            ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[4611686018427387904, 8],"data_offsets":[0,0]}}"#,
+                0,
+                "overflow",
+            ),
+            (r#"{"w":{"dtype":"F32"}}"#, 0, "missing field"),
+            ("[1, 2]", 0, "header is not valid"),
+        ];
+        for (header, data_len, expected) in cases {
+            let error = rejected(&file(header, &vec![0; data_len]));
+            assert!(error.contains(expected), "{header}: {error}");
+        }
+    }
+
+    #[test]
+    fn offsets_that_end_near_the_top_of_usize_are_an_error_not_a_panic() {
+        // Sixteen contiguous U8 tensors of almost 2^60 bytes each end 3 bytes below usize::MAX,
+        // where safetensors 0.8's own length check would overflow.
+        let size = 1usize << 60;
+        let tensors: Vec<String> = (0..16)
+            .map(|i| {
+                let length = if i == 15 { size - 4 } else { size };
+                let begin = i * size;
+                format!(
+                    r#""t{i:02}":{{"dtype":"U8","shape":[{length}],"data_offsets":[{begin},{}]}}"#,
+                    begin + length
+                )
+            })
+            .collect();
+        let error = rejected(&file(&format!("{{{}}}", tensors.join(",")), &[]));
+        assert!(
+            error.contains("describes 18446744073709551612 bytes"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn repeated_names_and_tensors_short_of_their_shape_are_not_written() {
+        let one = || StoredTensor::f64(vec![1], vec![1.0]);
+        let error = encode(&[("w".into(), one()), ("w".into(), one())]).unwrap_err();
+        assert!(error.contains("two tensors are named w"), "{error}");
+        let error = encode(&[("w".into(), StoredTensor::f64(vec![3], vec![1.0]))]).unwrap_err();
+        assert!(error.contains("as many elements as its shape"), "{error}");
     }
 }

@@ -8,49 +8,39 @@
 
 use std::sync::Arc;
 
-use revsnn_gpu::GpuDevice;
+use revsnn_gpu::{CudaStatus, GpuDevice, GpuError};
 pub use revsnn_reference::Compute;
 
 use crate::error::{Error, Result};
 
 /// The device a user asks for (`--device`, the `device` key of a training config); [`open`]
-/// turns it into a [`Device`].
+/// turns it into a [`Device`]. `train`, `bench` and `eval` default to `auto`; `grad`, `verify`
+/// and `memory`, the oracle's commands, to `cpu`.
 ///
 /// [`open`]: DeviceChoice::open
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// The CPU reference backend.
-    #[default]
     Cpu,
     /// The CUDA backend on GPU 0 (an error, saying why, when there is none).
     Cuda,
-    /// CUDA when a GPU is found, else the CPU.
+    /// CUDA when a usable GPU is found, else the CPU.
     Auto,
 }
 
 impl DeviceChoice {
-    /// The device this choice names, opened; `cuda` without a usable GPU is an error that says
-    /// why and what to do.
+    /// The device this choice names, opened. `cuda` without a usable GPU is an error that says
+    /// why and what to do; `auto` says on stderr, in one line, which device it took and why.
     pub fn open(self) -> Result<Device> {
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda => Device::open_cuda(),
             DeviceChoice::Auto => {
                 let (device, reason) = Device::auto();
-                if let Some(reason) = reason {
-                    eprintln!("--device auto: using the CPU (CUDA: {reason})");
-                }
+                eprintln!("device: {} (auto: {reason})", device.kind());
                 Ok(device)
             }
         }
@@ -75,15 +65,29 @@ impl Device {
             .map_err(Error::Cuda)
     }
 
-    /// CUDA when `revsnn_gpu::probe` finds a device, else the CPU; the second value says why
-    /// CUDA was not taken.
-    pub fn auto() -> (Device, Option<String>) {
+    /// CUDA device 0 when `revsnn_gpu::probe` finds it and it opens, else the CPU; with why.
+    pub fn auto() -> (Device, String) {
         match revsnn_gpu::probe() {
-            revsnn_gpu::CudaStatus::Available(_) => match Device::open_cuda() {
-                Ok(device) => (device, None),
-                Err(error) => (Device::Cpu, Some(error.to_string())),
+            CudaStatus::Available(info) => match GpuDevice::open() {
+                Ok(device) => (
+                    Device::Cuda(Arc::new(device)),
+                    format!(
+                        "found {}, compute capability {}.{}, {} GiB",
+                        info.name,
+                        info.compute_capability.0,
+                        info.compute_capability.1,
+                        info.total_memory_bytes >> 30
+                    ),
+                ),
+                Err(error) => (
+                    Device::Cpu,
+                    format!("found {} but cannot use it: {error}", info.name),
+                ),
             },
-            revsnn_gpu::CudaStatus::Unavailable(reason) => (Device::Cpu, Some(reason.to_string())),
+            CudaStatus::Unavailable(GpuError::LibraryMissing { library }) => {
+                (Device::Cpu, format!("no CUDA: {library} not found"))
+            }
+            CudaStatus::Unavailable(reason) => (Device::Cpu, reason.to_string()),
         }
     }
 
@@ -92,6 +96,14 @@ impl Device {
         match self {
             Device::Cpu => "cpu",
             Device::Cuda(_) => "cuda",
+        }
+    }
+
+    /// `cpu`, or `cuda` and the card's name: `cuda (NVIDIA H200)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(device) => format!("cuda ({})", device.info.name),
         }
     }
 

@@ -38,7 +38,7 @@ enum Command {
     /// size, and the memory per image.
     Memory(MemoryArgs),
     /// One training step on given weights and input, writing logits, loss, every gradient and the
-    /// BatchNorm statistics after the forward (the parity fixtures' format).
+    /// BatchNorm statistics after the forward to one safetensors file.
     Grad(GradArgs),
     /// Train a model (default: a small RevSResNet on the embedded `synthetic` dataset), with
     /// checkpoints, metrics.jsonl and curves.png in the run folder.

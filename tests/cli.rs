@@ -286,8 +286,9 @@ fn device_auto_without_a_gpu_runs_on_the_cpu() {
         "auto",
         "--json",
     ]);
-    assert!(
-        stderr(&output).contains("using the CPU"),
+    assert_eq!(
+        device_lines(&output),
+        ["device: cpu (auto: "],
         "{}",
         stderr(&output)
     );
@@ -295,4 +296,97 @@ fn device_auto_without_a_gpu_runs_on_the_cpu() {
     assert_eq!(report["device"], "cpu", "{report}");
     assert_eq!(report["backend"], "cpu", "{report}");
     assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
+}
+
+/// The lines a command printed on stderr about its device, each cut after `(auto: `.
+fn device_lines(output: &Output) -> Vec<String> {
+    let stderr = stderr(output);
+    let lines = stderr.lines().filter(|l| l.starts_with("device:"));
+    lines
+        .map(|l| match l.find("(auto: ") {
+            Some(at) => l[..at + "(auto: ".len()].to_string(),
+            None => l.to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn train_bench_and_eval_take_the_gpu_by_default_where_there_is_one_and_say_which() {
+    let (backend, line) = if has_gpu() {
+        ("cuda", "device: cuda (auto: ")
+    } else {
+        ("cpu", "device: cpu (auto: ")
+    };
+    let spec = fixture("revsresnet.spec.json");
+    let spec = spec.to_str().unwrap();
+    let run = scratch("auto-run");
+    let _ = std::fs::remove_dir_all(&run);
+    let train = revsnn(&[
+        "train",
+        "--spec",
+        spec,
+        "--num-classes",
+        "10",
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--train-samples",
+        "8",
+        "--test-samples",
+        "4",
+        "--quiet",
+    ]);
+    assert!(train.status.success(), "{}", stderr(&train));
+    assert_eq!(device_lines(&train), [line], "{}", stderr(&train));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("\ndevice = \"auto\"\n"), "{config}");
+    assert!(
+        config.contains(&format!("# device used: {backend}")),
+        "{config}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let epoch: serde_json::Value = serde_json::from_str(metrics.trim()).unwrap();
+    assert_eq!(epoch["backend"], backend, "{epoch}");
+
+    let checkpoint = run.join("last.safetensors");
+    let commands: [&[&str]; 2] = [
+        &[
+            "bench", "--spec", spec, "--batch", "1", "--steps", "1", "--json",
+        ],
+        &[
+            "eval",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--test-samples",
+            "4",
+            "--json",
+        ],
+    ];
+    for args in commands {
+        let output = revsnn(args);
+        assert_eq!(json(&output)["backend"], backend, "{args:?}");
+        assert_eq!(
+            device_lines(&output),
+            [line],
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    // The oracle's commands stay on the CPU, and say nothing about it.
+    let commands: [&[&str]; 2] = [
+        &["memory", "--spec", spec, "--batch", "1", "--json"],
+        &["verify", "--spec", spec, "--fd-samples", "2", "--json"],
+    ];
+    for args in commands {
+        let output = revsnn(args);
+        assert_eq!(json(&output)["backend"], "cpu", "{args:?}");
+        assert!(
+            device_lines(&output).is_empty(),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
 }

@@ -44,6 +44,10 @@ fn train(spec: &str, out: &Path, extra: &[&str]) -> Output {
         "--quiet",
     ];
     args.extend(extra);
+    if !extra.contains(&"--device") {
+        // The reference backend, whatever the machine has: these tests are about training.
+        args.extend(["--device", "cpu"]);
+    }
     revsnn(&args)
 }
 
@@ -135,6 +139,10 @@ fn resume_is_bit_for_bit_and_the_same_seed_repeats_the_run() {
                 assert!((0.0..=1.0).contains(&value), "{key} = {value}");
             }
             assert!(line["peak_memory_bytes"].as_u64().unwrap() > 0);
+            assert_eq!(
+                (&line["backend"], &line["device"]),
+                (&"cpu".into(), &"cpu".into())
+            );
         }
         let state: Value =
             serde_json::from_str(&std::fs::read_to_string(straight.join("last.json")).unwrap())
@@ -143,6 +151,56 @@ fn resume_is_bit_for_bit_and_the_same_seed_repeats_the_run() {
         let png = bytes(straight.join("curves.png"));
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `path`'s JSON, changed by `edit`, written back.
+fn edit_json(path: &Path, edit: impl Fn(&mut Value)) {
+    let mut value: Value = serde_json::from_slice(&bytes(path.to_path_buf())).unwrap();
+    edit(&mut value);
+    std::fs::write(path, value.to_string()).unwrap();
+}
+
+#[test]
+fn a_run_resumes_on_another_device_and_each_epoch_records_its_own() {
+    let dir = scratch("device");
+    let spec = spec_file(&dir, TINY);
+    let out = dir.join("run");
+    let extra = ["--epochs", "3", "--stop-after", "1", "--device", "auto"];
+    ok(train(&spec, &out, &extra));
+    let config = String::from_utf8(bytes(out.join("config.toml"))).unwrap();
+    assert!(config.contains("\ndevice = \"auto\"\n"), "{config}");
+    assert!(config.contains("# device used: "), "{config}");
+    // As if the first epoch had run on a GPU elsewhere, asked for explicitly.
+    let metrics_file = out.join("metrics.jsonl");
+    edit_json(&metrics_file, |line| {
+        line["backend"] = "cuda".into();
+        line["device"] = "NVIDIA H200".into();
+    });
+    ok(train(&spec, &out, &["--resume", "--stop-after", "1"]));
+    edit_json(&out.join("last.json"), |state| {
+        state["config"]["device"] = "cuda".into();
+        state["given"]["device"] = "cuda".into();
+    });
+    // Here the recorded device may not exist: --device is one of the settings a resume changes.
+    ok(train(&spec, &out, &["--resume", "--device", "cpu"]));
+    let lines = metrics(&out);
+    let devices: Vec<(&Value, &Value)> = lines
+        .iter()
+        .map(|l| (&l["backend"], &l["device"]))
+        .collect();
+    assert_eq!(
+        devices[0],
+        (&"cuda".into(), &"NVIDIA H200".into()),
+        "kept as recorded"
+    );
+    assert_eq!(devices[2], (&"cpu".into(), &"cpu".into()));
+    assert_eq!(lines.len(), 3);
+    let config = String::from_utf8(bytes(out.join("config.toml"))).unwrap();
+    assert!(
+        config.contains("\ndevice = \"cpu\"\n") && config.contains("# device used: cpu\n"),
+        "{config}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -199,6 +257,8 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
         &checkpoint,
         "--test-samples",
         "16",
+        "--device",
+        "cpu",
         "--json",
     ]));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -210,7 +270,7 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     assert_eq!(report["acc1"], line["test_acc1"]);
 
     let output = ok(revsnn(&[
-        "bench", "--spec", &spec, "--batch", "2", "--steps", "2", "--json",
+        "bench", "--spec", &spec, "--batch", "2", "--steps", "2", "--device", "cpu", "--json",
     ]));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report["median_step_seconds"].as_f64().unwrap() > 0.0);

@@ -9,6 +9,7 @@ use common::{failed, ok, revsnn, scratch};
 use std::path::Path;
 
 use revsnn::data::augment::{Augmentation, Mixup, RandAugment};
+use revsnn::device::DeviceChoice;
 use revsnn::optim::OptimizerKind;
 use revsnn::reference::{AdamWParams, SgdParams};
 use revsnn::train::config::{GivenSettings, RunSettings};
@@ -149,6 +150,20 @@ fn flags_override_the_config_file() {
         (preset.model.as_deref(), preset.spec),
         (Some("revsresnet21"), None)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_device_is_auto_unless_a_flag_or_the_file_names_one() {
+    let dir = scratch("device");
+    assert_eq!(printed(&[]).device, Some(DeviceChoice::Auto));
+    let config = write(&dir, "config.toml", "device = \"cuda\"\n");
+    assert_eq!(
+        printed(&["--config", &config]).device,
+        Some(DeviceChoice::Cuda)
+    );
+    let overridden = printed(&["--config", &config, "--device", "cpu"]);
+    assert_eq!(overridden.device, Some(DeviceChoice::Cpu));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

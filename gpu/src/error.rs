@@ -11,8 +11,8 @@ pub enum GpuError {
     /// A CUDA library could not be loaded.
     #[error(
         "CUDA library {library} not found: install the NVIDIA driver (libcuda.so.1), the CUDA 13 \
-         libraries (NVRTC, cuBLAS) and cuDNN 9, and put their folders on LD_LIBRARY_PATH (see \
-         gpu/README.md)"
+         libraries (NVRTC, cuBLAS) and cuDNN 9, and put their folders on LD_LIBRARY_PATH (the \
+         README's \"Running on a GPU\" says how)"
     )]
     LibraryMissing { library: &'static str },
     /// The driver loaded but reports no device.

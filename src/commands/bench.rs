@@ -83,11 +83,13 @@ pub struct BenchArgs {
     /// CPU threads (default: all).
     #[arg(long)]
     pub threads: Option<usize>,
-    #[arg(long, value_enum, default_value = "cpu")]
+    /// Where to compute: auto (CUDA when a usable GPU is found, else the CPU; one line on
+    /// stderr says which and why), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     /// On CUDA, let cuBLAS run the f32 GEMMs (every convolution and matmul) on TF32 tensor
     /// cores, as PyTorch does for convolutions by default: faster, about 1e-3 relative error
-    /// in each product instead of 1e-6. Needs --device cuda.
+    /// in each product instead of 1e-6. Needs CUDA (--device cuda, or auto finding a GPU).
     #[arg(long)]
     pub tf32: bool,
     #[arg(long)]

@@ -54,7 +54,9 @@ pub struct EvalArgs {
     pub test_samples: usize,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    #[arg(long, value_enum, default_value = "cpu")]
+    /// Where to compute: auto (CUDA when a usable GPU is found, else the CPU; one line on
+    /// stderr says which and why), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long)]
     pub json: bool,

@@ -175,11 +175,14 @@ pub struct GradArgs {
     /// Input: a safetensors file with `images` and `labels`.
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write the outputs (safetensors).
+    /// Where to write the outputs, a safetensors file: `logits_train`, `loss`, `grad_input`,
+    /// `grad.<key>` for every parameter, `after_forward.<key>` for every BatchNorm running
+    /// statistic, `logits_eval`.
     #[arg(long)]
     pub output: PathBuf,
     #[arg(long, value_enum, default_value = "f64")]
     pub dtype: DTypeArg,
+    /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
 }

@@ -91,6 +91,7 @@ pub struct MemoryArgs {
     /// Store every activation (plain backpropagation) instead of recomputing.
     #[arg(long)]
     pub bptt: bool,
+    /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
     #[arg(long)]

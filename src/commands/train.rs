@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::set_threads;
-use crate::device::Device;
+use crate::device::DeviceChoice;
 use crate::error::Result;
 use crate::train::config::GivenSettings;
 use crate::train::{Invocation, Run, config_file_text, train};
@@ -64,8 +64,9 @@ impl TrainArgs {
         }
         let device = run.config.device.open()?;
         set_threads(self.threads)?;
-        if let Device::Cuda(_) = device {
-            eprintln!("device: CUDA {}", device.name());
+        if run.config.device == DeviceChoice::Cuda {
+            // `auto` has said which device it took, and why.
+            eprintln!("device: {}", device.describe());
         }
         let options = Invocation {
             stop_after: self.stop_after,

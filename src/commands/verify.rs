@@ -417,6 +417,7 @@ pub struct VerifyArgs {
     /// Coordinates checked by finite differences (half input, half parameters).
     #[arg(long, default_value_t = 8)]
     pub fd_samples: usize,
+    /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
     #[arg(long)]

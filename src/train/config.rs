@@ -103,7 +103,8 @@ pub struct GivenSettings {
     #[arg(long, value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// Where to compute (default: cpu).
+    /// Where to compute: auto (the default: CUDA when a usable GPU is found, else the CPU; one
+    /// line on stderr says which and why), cpu or cuda.
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceChoice>,

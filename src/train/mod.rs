@@ -73,13 +73,19 @@ pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
 /// writes `config.toml` before the first epoch of this invocation.
 pub fn train(run: &Run, options: &Invocation, device: &Device) -> Result<TrainSummary> {
     on_backend!(device, DType::F32, |backend| {
-        train_on(backend, run, options)
+        train_on(backend, device, run, options)
     })
 }
 
-/// Trains `run` on `backend`: opens the data and the run folder, restores a resumed run, then
-/// each epoch trains, evaluates, checks, saves the checkpoint, the metrics and the curves.
-fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<TrainSummary> {
+/// Trains `run` on `backend`, made from `device`: opens the data and the run folder, restores a
+/// resumed run, then each epoch trains, evaluates, checks, saves the checkpoint, the metrics
+/// (with the device used) and the curves.
+fn train_on<B: Compute>(
+    backend: B,
+    device: &Device,
+    run: &Run,
+    options: &Invocation,
+) -> Result<TrainSummary> {
     let started = Instant::now();
     let config = &run.config;
     let dir = RunDir::new(config.out.clone());
@@ -88,7 +94,7 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<T
     let mut learner = Learner::new(&backend, &state.spec, config)?;
     dir.create()?;
     eprintln!("run folder: {}", dir.path().display());
-    dir.write_config(&config_file_text(config, Some(dir.path()))?)?;
+    dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
     let mut lines = match run.resumed {
         Some(_) => restore(&dir, &backend, &mut learner, &state, config.epochs)?,
         None => Vec::new(),
@@ -123,7 +129,9 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<T
         let peak = backend.peak_memory_bytes();
         let improved = state.finish_epoch(epoch, learner.optimizer.steps(), test.acc1, config.seed);
         dir.save_checkpoint(&backend, &learner, &state, improved)?;
-        lines.push(metrics_line(config, epoch, &train, &test, peak, &state));
+        lines.push(metrics_line(
+            config, epoch, &train, &test, peak, &state, device,
+        ));
         dir.write_metrics(&lines)?;
         if let (Some(events), Some(line)) = (&mut events, lines.last()) {
             events.add_metrics(line)?;
@@ -182,7 +190,7 @@ fn check_test_loss(test: &EvalResult, epoch: usize, dir: &RunDir) -> Result<()> 
 }
 
 /// The `metrics.jsonl` line of epoch `epoch` (from 0), whose training and evaluation held at
-/// most `peak` bytes.
+/// most `peak` bytes on `device` (its name and kind, as in the commands' JSON reports).
 fn metrics_line(
     config: &RunSettings,
     epoch: usize,
@@ -190,6 +198,7 @@ fn metrics_line(
     test: &EvalResult,
     peak: usize,
     state: &RunState,
+    device: &Device,
 ) -> Value {
     json!({
         "epoch": epoch + 1,
@@ -203,6 +212,8 @@ fn metrics_line(
         "epoch_seconds": train.seconds,
         "peak_memory_bytes": peak,
         "best_test_acc1": state.best_test_acc1,
+        "device": device.name(),
+        "backend": device.kind(),
     })
 }
 

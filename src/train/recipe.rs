@@ -492,7 +492,7 @@ impl RecipeInput {
             epochs: Some(self.epochs()),
             batch: Some(self.batch()),
             seed: Some(self.seed()),
-            device: Some(DeviceChoice::default()),
+            device: Some(DeviceChoice::Auto),
             optimizer: self.optimizer_defaults(optimizer, batch),
             schedule: self.schedule_defaults(&given.schedule, optimizer, lr, epochs),
             augment: self.augment_defaults(&given.augment, epochs),

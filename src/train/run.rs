@@ -7,6 +7,7 @@ use std::path::Path;
 use super::config::{GivenSettings, RunModel, RunSettings, changed_on_resume};
 use super::run_dir::{RunDir, RunState, STATE_FORMAT};
 use super::shuffle_seed;
+use crate::device::Device;
 use crate::error::{Error, Result};
 
 /// A run ready to start or to continue: its settings, resolved, and where it stands.
@@ -148,8 +149,12 @@ fn check_unchanged(given: &GivenSettings, state: &RunState, out: &Path) -> Resul
 }
 
 /// The run's settings as a config file, with comments naming the model and, for the run folder
-/// `out`, how to run them again.
-pub fn config_file_text(config: &RunSettings, out: Option<&Path>) -> Result<String> {
+/// `out` of an invocation computing on `device`, how to run them again and the device used (the
+/// `device` key keeps the one asked for, which may be `auto`).
+pub fn config_file_text(
+    config: &RunSettings,
+    run_folder: Option<(&Path, &Device)>,
+) -> Result<String> {
     let spec = serde_json::to_string(&config.model.spec).expect("the spec serialises");
     let mut text = format!(
         "# revsnn train: every setting of the run, resolved ({} recipe).\n\
@@ -157,10 +162,12 @@ pub fn config_file_text(config: &RunSettings, out: Option<&Path>) -> Result<Stri
         config.recipe.name(),
         config.model.name
     );
-    if let Some(out) = out {
+    if let Some((out, device)) = run_folder {
         text += &format!(
-            "# Run it again: revsnn train --config {} --out NEW_FOLDER\n",
-            out.join("config.toml").display()
+            "# Run it again: revsnn train --config {} --out NEW_FOLDER\n\
+             # device used: {}\n",
+            out.join("config.toml").display(),
+            device.describe()
         );
     }
     Ok(text + "\n" + &config.to_given().to_toml()?)

@@ -48,8 +48,8 @@ pub enum DeviceError {
     /// asynchronous error surfacing at a synchronisation.
     #[error(
         "{detail}; a failure of the device or its libraries, not of the op's inputs: check that \
-         `revsnn info` finds the device (gpu/README.md lists the libraries it needs), and report \
-         this message if it does"
+         `revsnn info` finds the device (the README's \"Running on a GPU\" lists the libraries it \
+         needs), and report this message if it does"
     )]
     Failed { detail: String },
 }

@@ -1,0 +1,246 @@
+//! Checkpoints across versions and languages: the files of revsnn's earlier, hand-written
+//! safetensors writer still load and evaluate as before, and what revsnn writes now loads in the
+//! Python `safetensors` package (numpy path; torch too where it is installed) with every name,
+//! dtype, shape and value. The Python checks skip (saying `SKIP:`) where the package is missing,
+//! unless `REVSNN_REQUIRE_SAFETENSORS_PY=1` (set by CI after installing it) makes that a failure.
+
+mod common;
+
+use common::{ok, revsnn, scratch};
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use revsnn::checkpoint::{self, StoredTensor, TensorData, TensorFile};
+use serde_json::Value;
+
+const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
+  "num_classes": 10, "time_steps": 1, "in_channels": 3, "img_size": 16}"#;
+
+/// Loads each file named after the first argument with `safetensors.<numpy|torch>.load_file`
+/// and prints, per file and tensor, the dtype, the shape and the values (`repr`, so that no
+/// digit is lost on the way).
+const READER: &str = r#"
+import json, sys
+framework, paths = sys.argv[1], sys.argv[2:]
+if framework == "torch":
+    from safetensors.torch import load_file
+else:
+    from safetensors.numpy import load_file
+def describe(tensor):
+    return {"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
+            "values": [repr(v) for v in tensor.flatten().tolist()]}
+print(json.dumps({path: {name: describe(t) for name, t in load_file(path).items()}
+                  for path in paths}))
+"#;
+
+fn earlier_writer(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/earlier-writer")
+        .join(name)
+}
+
+fn python_imports(module: &str) -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output();
+    probe.is_ok_and(|output| output.status.success())
+}
+
+/// The tensors sorted by name (the order a file lays them out in is the writer's choice).
+fn by_name(mut tensors: TensorFile) -> TensorFile {
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+/// `revsnn eval --json` of `checkpoint` for the tiny model: samples, loss, acc1 and acc5.
+fn evaluate(checkpoint: &Path) -> Value {
+    let spec = earlier_writer("revsresnet-tiny.spec.json");
+    let output = ok(revsnn(&[
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--test-samples",
+        "64",
+        "--device",
+        "cpu",
+        "--json",
+    ]));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let fields = ["samples", "loss", "acc1", "acc5"];
+    fields.iter().map(|&f| (f, report[f].clone())).collect()
+}
+
+#[test]
+fn checkpoints_of_the_earlier_writer_load_and_evaluate_as_they_did() {
+    let dir = scratch("earlier");
+    for name in [
+        "revsresnet-tiny.safetensors",
+        "revsresnet-tiny.optimizer.safetensors",
+    ] {
+        let before = checkpoint::read(&earlier_writer(name)).unwrap();
+        assert!(before.len() > 10, "{name}: {} tensors", before.len());
+        let again = dir.join(name);
+        checkpoint::write(&again, &before).unwrap();
+        assert_eq!(
+            by_name(checkpoint::read(&again).unwrap()),
+            by_name(before),
+            "{name} written again"
+        );
+    }
+    let before = evaluate(&earlier_writer("revsresnet-tiny.safetensors"));
+    assert_eq!(before["samples"], 64, "{before}");
+    assert_eq!(
+        evaluate(&dir.join("revsresnet-tiny.safetensors")),
+        before,
+        "the same weights, read from the file of each writer, evaluate alike"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A checkpoint of a real run (F32 weights and statistics, I64 counters, the optimizer's
+/// momenta) and a file of every dtype we write, scalars and empty tensors included.
+fn files_we_write(dir: &Path) -> Vec<PathBuf> {
+    let spec = dir.join("tiny.json");
+    std::fs::write(&spec, TINY).unwrap();
+    let run = dir.join("run");
+    ok(revsnn(&[
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch",
+        "8",
+        "--train-samples",
+        "16",
+        "--test-samples",
+        "8",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]));
+    let dtypes = dir.join("dtypes.safetensors");
+    let tensors: TensorFile = vec![
+        (
+            "f64".into(),
+            StoredTensor::f64(vec![2, 2], vec![0.1, -2.5, 1e300, 5e-324]),
+        ),
+        (
+            "f32.scalar".into(),
+            StoredTensor {
+                shape: vec![],
+                data: TensorData::F32(vec![1.0 / 3.0]),
+            },
+        ),
+        (
+            "i64".into(),
+            StoredTensor {
+                shape: vec![3],
+                data: TensorData::I64(vec![i64::MIN, -1, i64::MAX]),
+            },
+        ),
+        (
+            "empty".into(),
+            StoredTensor {
+                shape: vec![0, 3],
+                data: TensorData::F32(vec![]),
+            },
+        ),
+    ];
+    checkpoint::write(&dtypes, &tensors).unwrap();
+    vec![
+        run.join("last.safetensors"),
+        run.join("last.optimizer.safetensors"),
+        dtypes,
+    ]
+}
+
+/// What Python's reader printed for `tensor`, checked against it: dtype, shape and every value.
+fn assert_read_alike(name: &str, tensor: &StoredTensor, read: &Value) {
+    let dtype = match tensor.data {
+        TensorData::F32(_) => "float32",
+        TensorData::F64(_) => "float64",
+        TensorData::I64(_) => "int64",
+    };
+    assert_eq!(read["dtype"], dtype, "{name}");
+    assert_eq!(read["shape"], serde_json::json!(tensor.shape), "{name}");
+    let values: Vec<&str> = (read["values"].as_array().unwrap().iter())
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let same = match &tensor.data {
+        TensorData::F32(v) => values
+            .iter()
+            .map(|s| s.parse::<f32>().ok())
+            .eq(v.iter().map(|&x| Some(x))),
+        TensorData::F64(v) => values
+            .iter()
+            .map(|s| s.parse::<f64>().ok())
+            .eq(v.iter().map(|&x| Some(x))),
+        TensorData::I64(v) => values
+            .iter()
+            .map(|s| s.parse::<i64>().ok())
+            .eq(v.iter().map(|&x| Some(x))),
+    };
+    assert!(
+        same,
+        "{name}: Python read {values:?}, we wrote {:?}",
+        tensor.data
+    );
+}
+
+/// Reads `files` with `safetensors.<framework>.load_file` and checks every tensor against ours.
+fn assert_python_reads(framework: &str, files: &[PathBuf]) {
+    let mut args = vec!["-c", READER, framework];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let output = Command::new("python3").args(&args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{framework}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for file in files {
+        let ours = checkpoint::read(file).unwrap();
+        let theirs = read[file.to_str().unwrap()].as_object().unwrap();
+        let their_names: BTreeSet<&str> = theirs.keys().map(String::as_str).collect();
+        let our_names: BTreeSet<&str> = ours.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            their_names,
+            our_names,
+            "{framework}: names in {}",
+            file.display()
+        );
+        for (name, tensor) in &ours {
+            assert_read_alike(&format!("{framework}: {name}"), tensor, &theirs[name]);
+        }
+    }
+}
+
+#[test]
+fn what_we_write_loads_in_python_safetensors() {
+    if !python_imports("safetensors.numpy") {
+        assert!(
+            std::env::var("REVSNN_REQUIRE_SAFETENSORS_PY").as_deref() != Ok("1"),
+            "REVSNN_REQUIRE_SAFETENSORS_PY=1 but python3 cannot import safetensors.numpy"
+        );
+        println!(
+            "SKIP: the safetensors Python package is not installed (pip install safetensors numpy)"
+        );
+        return;
+    }
+    let dir = scratch("python");
+    let files = files_we_write(&dir);
+    assert_python_reads("numpy", &files);
+    if python_imports("torch") {
+        assert_python_reads("torch", &files);
+    } else {
+        println!("SKIP (torch part only): torch is not installed");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
