@@ -13,6 +13,7 @@ use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
+use crate::finite;
 use crate::model::BuildOptions;
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -56,6 +57,10 @@ pub struct EvalArgs {
     pub batch: usize,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Load weights holding NaN or infinities anyway (a deliberate experiment); by default they
+    /// are an error naming the tensor and the first such index.
+    #[arg(long)]
+    pub allow_non_finite: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -65,6 +70,7 @@ impl EvalArgs {
     pub fn run(&self) -> Result<()> {
         let device = self.device.open()?;
         let weights = checkpoint::read(&self.checkpoint)?;
+        finite::check_loaded(&self.checkpoint, &weights, self.allow_non_finite)?;
         let (name, spec) = self.model()?;
         spec.validate()?;
         let dataset = self.dataset.clone().unwrap_or_else(|| {

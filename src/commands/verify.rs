@@ -36,7 +36,36 @@ pub struct VerifyReport {
     pub fd_coordinates: usize,
     /// Coordinates skipped because a kink lay within the stencil's reach.
     pub fd_skipped: usize,
+    /// The checks that did not run, each with why: a check that compared nothing proves
+    /// nothing, so any entry here fails the report.
+    pub skipped: Vec<String>,
+    /// Every check ran and met its bar.
     pub passed: bool,
+}
+
+/// The checks that compared nothing: no finite-difference coordinate checked, or (for a model
+/// with reversible sequences) no spike compared between forward and recompute.
+pub fn skipped_checks(
+    reversible: bool,
+    spikes_compared: u64,
+    fd_coordinates: usize,
+    fd_skipped: usize,
+) -> Vec<String> {
+    let mut skipped = Vec::new();
+    if reversible && spikes_compared == 0 {
+        skipped.push(
+            "spike flips: no spike was compared between forward and recompute (the audit saw no \
+             reversible neuron layer)"
+                .to_string(),
+        );
+    }
+    if fd_coordinates == 0 {
+        skipped.push(format!(
+            "finite differences: 0 coordinates checked ({fd_skipped} skipped near kinks); \
+             give --fd-samples >= 1, or another --seed if every coordinate lay near a kink"
+        ));
+    }
+    skipped
 }
 
 /// The bars `verify` applies: exact coupling bitwise; float coupling 1e-12 (f64) or 1e-5 (f32)
@@ -369,8 +398,17 @@ pub fn verify_on(
         finite_differences(&backend, spec, seed, batch, fd_samples)
     })?;
     let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
-    let passed =
-        reconstruction <= reconstruction_bar && flips == 0 && grads <= grad_bar && fd <= 1e-6;
+    let skipped = skipped_checks(
+        spec.arch.is_reversible(),
+        compared,
+        fd_coordinates,
+        fd_skipped,
+    );
+    let passed = skipped.is_empty()
+        && reconstruction <= reconstruction_bar
+        && flips == 0
+        && grads <= grad_bar
+        && fd <= 1e-6;
     Ok(VerifyReport {
         reconstruction_max_rel_err: reconstruction,
         spike_flips: flips,
@@ -379,6 +417,7 @@ pub fn verify_on(
         fd_max_rel_err: fd,
         fd_coordinates,
         fd_skipped,
+        skipped,
         passed,
     })
 }
@@ -463,6 +502,7 @@ impl VerifyArgs {
                 "fd_max_rel_err": report.fd_max_rel_err,
                 "fd_coordinates": report.fd_coordinates,
                 "fd_skipped_near_kinks": report.fd_skipped,
+                "skipped_checks": report.skipped,
                 "passed": report.passed,
             }),
         );
@@ -498,8 +538,11 @@ impl VerifyArgs {
             "  finite differences (f64, {:>2})  {:>10.3e}  (bar 1e-6)  {}",
             report.fd_coordinates,
             report.fd_max_rel_err,
-            mark(report.fd_max_rel_err <= 1e-6)
+            mark(report.fd_coordinates > 0 && report.fd_max_rel_err <= 1e-6)
         );
+        for check in &report.skipped {
+            println!("  not run: {check}");
+        }
         println!("{}", if report.passed { "passed" } else { "FAILED" });
     }
 }

@@ -103,6 +103,7 @@ pub fn train_epoch<B: Compute>(
         config.prefetch,
         seed,
     );
+    let expected = batches.samples();
     let mut stats = EpochStats::default();
     for (step, batch) in batches.enumerate() {
         let batch = batch?;
@@ -121,8 +122,27 @@ pub fn train_epoch<B: Compute>(
         progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
     }
     backend.synchronize()?;
+    saw_every_sample(
+        &format!("training epoch {}", epoch + 1),
+        stats.images,
+        expected,
+    )?;
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// An [`Error::IncompleteData`] unless a pass over data that should see `expected` samples saw
+/// `seen`.
+pub fn saw_every_sample(pass: &str, seen: usize, expected: usize) -> Result<()> {
+    if seen == expected {
+        Ok(())
+    } else {
+        Err(Error::IncompleteData {
+            pass: pass.into(),
+            seen,
+            expected,
+        })
+    }
 }
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it

@@ -51,6 +51,8 @@ pub struct Invocation {
     pub quiet: bool,
     /// Each epoch's metrics also as TensorBoard events in the run folder's `tb/`.
     pub tensorboard: bool,
+    /// A resumed run may load a checkpoint holding NaN or infinities (a deliberate experiment).
+    pub allow_non_finite: bool,
 }
 
 /// What a finished run reports.
@@ -90,7 +92,7 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<T
     eprintln!("run folder: {}", dir.path().display());
     dir.write_config(&config_file_text(config, Some(dir.path()))?)?;
     let mut lines = match run.resumed {
-        Some(_) => restore(&dir, &backend, &mut learner, &state, config.epochs)?,
+        Some(_) => restore(&dir, &backend, &mut learner, &state, config.epochs, options)?,
         None => Vec::new(),
     };
     check_batch(config, train_set.split.data.len())?;
@@ -148,8 +150,9 @@ fn restore<B: Compute>(
     learner: &mut Learner<B>,
     state: &RunState,
     epochs: usize,
+    options: &Invocation,
 ) -> Result<Vec<Value>> {
-    dir.load_checkpoint(backend, learner, state)?;
+    dir.load_checkpoint(backend, learner, state, options.allow_non_finite)?;
     let lines = dir.read_metrics(state.epochs_done);
     eprintln!("resuming after epoch {} of {epochs}", state.epochs_done);
     Ok(lines)
