@@ -89,7 +89,7 @@ pub enum Error {
     /// A run whose estimated memory exceeds what the machine has available.
     #[error(
         "{setting}: {what} needs at least {needed} ({estimate}), but {available} is available \
-         ({memory}). {advice}"
+         on {backend} (the RAM's MemAvailable on the CPU, free device memory on CUDA). {advice}"
     )]
     TooLarge {
         setting: String,
@@ -97,7 +97,7 @@ pub enum Error {
         needed: String,
         estimate: String,
         available: String,
-        memory: String,
+        backend: String,
         advice: String,
     },
     /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).

@@ -17,6 +17,7 @@ pub mod device;
 pub mod error;
 pub mod files;
 pub mod finite;
+pub mod footprint;
 pub mod grad_scaler;
 pub mod info;
 pub mod model;

@@ -423,4 +423,8 @@ impl<E: GpuElement> Compute for Cuda<E> {
     fn peak_memory_bytes(&self) -> usize {
         self.memory().peak_bytes
     }
+
+    fn available_memory_bytes(&self) -> Result<Option<u64>> {
+        Ok(Some(self.device.free_memory_bytes()? as u64))
+    }
 }

@@ -334,4 +334,8 @@ impl<E: Element> Compute for Cpu<E> {
     fn peak_memory_bytes(&self) -> usize {
         memory::stats().peak_bytes
     }
+
+    fn available_memory_bytes(&self) -> Result<Option<u64>> {
+        Ok(memory::available_ram_bytes())
+    }
 }

@@ -14,6 +14,7 @@ use crate::data::synthetic::Split;
 use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::finite;
+use crate::footprint;
 use crate::model::BuildOptions;
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -87,6 +88,8 @@ impl EvalArgs {
             return Err(Error::Usage("--batch must be >= 1".into()));
         }
         let result = on_backend!(&device, DType::F32, |backend| {
+            let setting = format!("--batch {}", self.batch);
+            footprint::check_forward(&backend, &spec, self.batch, &setting)?;
             evaluate_checkpoint(&backend, &spec, &weights, data, self.batch)
         })?;
         if self.json {

@@ -14,6 +14,8 @@ use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
 use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::finite;
+use crate::footprint;
+use crate::model::reversible::Storage;
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, ParamStore, Targets};
 use crate::network::{Network, PassOptions};
 use crate::spec::ModelSpec;
@@ -200,6 +202,9 @@ impl GradArgs {
         finite::check_loaded(&self.weights, &weights, self.allow_non_finite)?;
         let batch = read_batch(&self.input, &spec, self.allow_non_finite)?;
         let outputs = on_backend!(&device, DType::from(self.dtype), |backend| {
+            let samples = batch.labels.len();
+            let setting = format!("{} ({samples} samples)", self.input.display());
+            footprint::check_step(&backend, &spec, samples, Storage::Reversible, &setting)?;
             compute(&backend, &spec, &weights, &batch)
         })
         .map_err(|e| match e {

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::{DTypeArg, ModelArgs, print_json_report, random_batch, random_images};
 use crate::device::{Device, DeviceChoice, on_backend};
 use crate::error::Result;
+use crate::footprint;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
 use crate::network::{Network, PassOptions};
@@ -391,6 +392,10 @@ pub fn verify_on(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
+    on_backend!(device, DType::F64, |backend| {
+        let setting = footprint::batch_setting(batch, spec);
+        footprint::check_step(&backend, spec, batch, Storage::StoredActivations, &setting)
+    })?;
     let (reconstruction, flips, compared, grads) = on_backend!(device, dtype, |backend| {
         checks(&backend, spec, coupling, seed, batch)
     })?;

@@ -28,6 +28,8 @@ use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
 use crate::error::{Error, Result};
+use crate::footprint;
+use crate::model::reversible::Storage;
 use crate::spec::ModelSpec;
 use config::RunSettings;
 pub use config::default_spec;
@@ -86,6 +88,14 @@ fn train_on<B: Compute>(backend: B, run: &Run, options: &Invocation) -> Result<T
     let config = &run.config;
     let dir = RunDir::new(config.out.clone());
     let mut state = run.first_state(&dir)?;
+    let setting = footprint::batch_setting(config.batch, &state.spec);
+    footprint::check_step(
+        &backend,
+        &state.spec,
+        config.batch,
+        Storage::Reversible,
+        &setting,
+    )?;
     let (train_set, test_data) = open_data(config, &state.spec)?;
     let mut learner = Learner::new(&backend, &state.spec, config)?;
     dir.create()?;
