@@ -143,6 +143,10 @@ impl<E: GpuElement> Backend for Cuda<E> {
         Ok(ops::tensor::fingerprint(&self.device, x)?)
     }
 
+    fn count_non_finite(&self, tensors: &[&CudaTensor<E>]) -> Result<u64> {
+        Ok(ops::tensor::count_non_finite(&self.device, tensors)?)
+    }
+
     fn sum_leading(&self, x: &CudaTensor<E>) -> Result<CudaTensor<E>> {
         Ok(ops::tensor::sum_leading(&self.device, x)?)
     }

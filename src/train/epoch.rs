@@ -74,7 +74,9 @@ pub fn check_batch(config: &RunSettings, samples: usize) -> Result<()> {
 
 /// Trains `learner` for epoch `epoch` (from 0) of the run `config` on `data`: full batches in
 /// the epoch's shuffled order, one optimizer step each at the epoch's learning rate. A
-/// non-finite loss stops training with an error that says what to do.
+/// non-finite loss, or a NaN or infinity in the parameters after an optimizer step (one
+/// reduction over the store, read once per step), stops training with an error that says what
+/// to do; the last checkpoint, of the epoch before, stays as it was.
 pub fn train_epoch<B: Compute>(
     backend: &B,
     learner: &mut Learner<B>,
@@ -116,6 +118,17 @@ pub fn train_epoch<B: Compute>(
         learner
             .optimizer
             .step(backend, &mut learner.network.store, &grads, lr)?;
+        let non_finite = learner.network.store.count_non_finite(backend)?;
+        if non_finite > 0 {
+            return Err(Error::ParametersDiverged {
+                count: non_finite,
+                epoch: epoch + 1,
+                epoch_before: epoch,
+                step: step + 1,
+                lr,
+                out: config.out.display().to_string(),
+            });
+        }
         stats.loss_sum += loss * count as f64;
         stats.hits += score.top1;
         stats.images += count;
