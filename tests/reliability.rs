@@ -107,6 +107,26 @@ fn absurd_sizes_are_refused_before_allocating_with_what_to_do() {
             "time_steps 1000000000 is above the limit 10000",
         ),
         (
+            vec!["train", "--workers", "1000000", "--out", &out],
+            "loader.workers = 1000000: expected an integer from 1 to 256",
+        ),
+        (
+            vec!["train", "--prefetch", "1000000000", "--out", &out],
+            "loader.prefetch = 1000000000: expected an integer from 1 to 64",
+        ),
+        (
+            vec![
+                "bench",
+                "--model",
+                "revsresnet21",
+                "--batch",
+                "1",
+                "--threads",
+                "100000",
+            ],
+            "--threads 100000: give 1 to 1024",
+        ),
+        (
             vec![
                 "verify",
                 "--model",

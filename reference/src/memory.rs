@@ -95,11 +95,36 @@ pub fn reset_peak() -> MemoryStats {
     before
 }
 
-/// The kernel's estimate of the RAM new allocations can get without swapping (`MemAvailable` of
-/// `/proc/meminfo`, Linux 3.14 on); `None` where the file is missing or does not say.
+/// The RAM new allocations can get: the kernel's estimate without swapping (`MemAvailable` of
+/// `/proc/meminfo`, Linux 3.14 on), or less where the process's memory cgroup (v2 or v1, as a
+/// container mounts it) has a limit closer to its usage; `None` where `/proc/meminfo` does not
+/// say.
 pub fn available_ram_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    mem_available(&text)
+    let available = mem_available(&text)?;
+    Some(match cgroup_headroom() {
+        Some(headroom) => available.min(headroom),
+        None => available,
+    })
+}
+
+/// The memory cgroup's limit minus its usage, where a limit is set.
+fn cgroup_headroom() -> Option<u64> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    let (limit, usage) = match read("/sys/fs/cgroup/memory.max") {
+        Some(limit) => (limit, read("/sys/fs/cgroup/memory.current")?),
+        None => (
+            read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
+            read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+        ),
+    };
+    Some(limit.saturating_sub(usage))
 }
 
 /// The `MemAvailable:` line of a `/proc/meminfo` text, in bytes.

@@ -258,7 +258,7 @@ impl<'a, B: Backend> Probe<'a, B> {
             ..Default::default()
         };
         let mut network = Network::new(backend, spec, seed, options)?;
-        let (shape, values, labels) = random_batch(spec, batch, seed);
+        let (shape, values, labels) = random_batch(spec, batch, seed)?;
         let images = tensor(backend, &shape, &values)?;
         let mut grads = network.zero_grads();
         let step = network.train_step(
@@ -298,7 +298,7 @@ impl<'a, B: Backend> Probe<'a, B> {
                 .total_cmp(&self.grad_input[a].abs())
         });
         let values = self.values.clone();
-        for &i in by_size.iter().take(3 * count) {
+        for &i in by_size.iter().take(count.saturating_mul(3)) {
             if into.analytic.len() == count {
                 break;
             }
@@ -328,7 +328,7 @@ impl<'a, B: Backend> Probe<'a, B> {
             .collect();
         let mut rng = SplitMix64::new(seed ^ 0xfd);
         let target = into.analytic.len() + count;
-        for _ in 0..3 * count {
+        for _ in 0..count.saturating_mul(3) {
             if into.analytic.len() == target {
                 break;
             }

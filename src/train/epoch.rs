@@ -104,7 +104,7 @@ pub fn train_epoch<B: Compute>(
         config.workers,
         config.prefetch,
         seed,
-    );
+    )?;
     let expected = batches.samples();
     let mut stats = EpochStats::default();
     for (step, batch) in batches.enumerate() {

@@ -35,7 +35,7 @@ pub fn evaluate<B: Backend>(
         audit: false,
     };
     let mut total = Score::default();
-    let batches = Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 1, 2, 0);
+    let batches = Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 1, 2, 0)?;
     let expected = batches.samples();
     for next in batches {
         let next = next?;

@@ -83,7 +83,8 @@ pub struct Loader {
 impl Loader {
     /// Batches of `batch` samples of `data` in `order` (a final short batch is kept unless
     /// `drop_last`), assembled by `workers` threads with up to `prefetch` batches each ready
-    /// ahead; batch `k` is augmented with [`batch_seed`]`(seed, k)`.
+    /// ahead; batch `k` is augmented with [`batch_seed`]`(seed, k)`. A worker thread the system
+    /// refuses to start is an error.
     pub fn new(
         data: Arc<dyn BatchSource>,
         order: Vec<usize>,
@@ -92,7 +93,7 @@ impl Loader {
         workers: usize,
         prefetch: usize,
         seed: u64,
-    ) -> Loader {
+    ) -> Result<Loader> {
         let order = Arc::new(order);
         let batch = batch.max(1);
         let expected = if drop_last {
@@ -106,7 +107,7 @@ impl Loader {
         for worker in 0..count {
             let (sender, receiver) = sync_channel(prefetch.max(1));
             let (data, order) = (data.clone(), order.clone());
-            handles.push(std::thread::spawn(move || {
+            let work = move || {
                 let batches = order.chunks(batch).enumerate().take(expected);
                 for (k, chunk) in batches.skip(worker).step_by(count) {
                     let result = assemble(&*data, chunk, batch_seed(seed, k));
@@ -115,17 +116,27 @@ impl Loader {
                         break;
                     }
                 }
-            }));
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("loader-{worker}"))
+                .spawn(work)
+                .map_err(|e| {
+                    Error::Usage(format!(
+                        "cannot start data-loader thread {} of {count}: {e}; lower --workers",
+                        worker + 1
+                    ))
+                })?;
+            handles.push(handle);
             receivers.push(receiver);
         }
-        Loader {
+        Ok(Loader {
             receivers,
             workers: handles,
             order,
             batch,
             expected,
             next: 0,
-        }
+        })
     }
 
     /// The number of samples the batches hold in all.
@@ -218,17 +229,21 @@ mod tests {
     fn any_number_of_workers_gives_the_same_batches_in_order() {
         let order = shuffled(23, 7);
         let one: Vec<Batch> = Loader::new(Arc::new(Echo), order.clone(), 4, true, 1, 2, 9)
+            .unwrap()
             .map(|b| b.unwrap())
             .collect();
         assert_eq!(one.len(), 5);
         for workers in [2, 3, 8] {
             let many: Vec<Batch> =
                 Loader::new(Arc::new(Echo), order.clone(), 4, true, workers, 1, 9)
+                    .unwrap()
                     .map(|b| b.unwrap())
                     .collect();
             assert_eq!(many, one, "{workers} workers");
         }
-        let kept = Loader::new(Arc::new(Echo), order, 4, false, 3, 1, 9).count();
+        let kept = Loader::new(Arc::new(Echo), order, 4, false, 3, 1, 9)
+            .unwrap()
+            .count();
         assert_eq!(kept, 6);
     }
 
@@ -252,7 +267,9 @@ mod tests {
         for workers in [1, 3] {
             let order: Vec<usize> = (0..16).collect();
             let results: Vec<Result<Batch>> =
-                Loader::new(Arc::new(Faulty), order, 4, true, workers, 1, 0).collect();
+                Loader::new(Arc::new(Faulty), order, 4, true, workers, 1, 0)
+                    .unwrap()
+                    .collect();
             assert_eq!(results.len(), 2, "{workers} workers: stops at the failure");
             assert!(results[0].is_ok());
             let message = results[1].as_ref().unwrap_err().to_string();
@@ -264,6 +281,7 @@ mod tests {
         }
         let order: Vec<usize> = vec![8, 9, 10, 11];
         let error = Loader::new(Arc::new(Faulty), order, 4, false, 2, 1, 0)
+            .unwrap()
             .find_map(|b| b.err())
             .unwrap()
             .to_string();
@@ -277,11 +295,15 @@ mod tests {
     fn samples_counts_what_the_batches_hold() {
         let order = shuffled(23, 7);
         assert_eq!(
-            Loader::new(Arc::new(Echo), order.clone(), 4, true, 2, 1, 0).samples(),
+            Loader::new(Arc::new(Echo), order.clone(), 4, true, 2, 1, 0)
+                .unwrap()
+                .samples(),
             20
         );
         assert_eq!(
-            Loader::new(Arc::new(Echo), order, 4, false, 2, 1, 0).samples(),
+            Loader::new(Arc::new(Echo), order, 4, false, 2, 1, 0)
+                .unwrap()
+                .samples(),
             23
         );
     }
