@@ -88,17 +88,21 @@ pub enum Error {
     },
     /// A run whose estimated memory exceeds what the machine has available.
     #[error(
-        "{setting}: {what} needs at least {needed} ({estimate}), but {available} is available \
-         on {backend} (the RAM's MemAvailable on the CPU, free device memory on CUDA). {advice}"
+        "{setting}: {what} needs at least {} ({needed} bytes, a lower bound), but {} is \
+         available on {backend} (the RAM's MemAvailable on the CPU, free device memory on CUDA). \
+         {advice}",
+        crate::footprint::human(*.needed),
+        crate::footprint::human(u128::from(*.available))
     )]
     TooLarge {
         setting: String,
-        what: String,
-        needed: String,
-        estimate: String,
-        available: String,
+        what: &'static str,
+        /// Bytes, at least.
+        needed: u128,
+        /// Bytes.
+        available: u64,
         backend: String,
-        advice: String,
+        advice: &'static str,
     },
     /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
     #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]

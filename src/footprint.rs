@@ -176,7 +176,7 @@ impl Available {
 }
 
 /// `bytes` in GiB (or MiB below 1 GiB) for messages.
-fn human(bytes: u128) -> String {
+pub fn human(bytes: u128) -> String {
     const MIB: f64 = (1u64 << 20) as f64;
     let mib = bytes as f64 / MIB;
     if mib >= 1024.0 {
@@ -191,10 +191,10 @@ fn human(bytes: u128) -> String {
 /// to do instead.
 pub fn check_fits(
     needed: u128,
-    what: &str,
+    what: &'static str,
     setting: &str,
     available: &Option<Available>,
-    advice: &str,
+    advice: &'static str,
 ) -> Result<()> {
     let Some(available) = available else {
         return Ok(());
@@ -204,12 +204,11 @@ pub fn check_fits(
     }
     Err(Error::TooLarge {
         setting: setting.into(),
-        what: what.into(),
-        needed: human(needed),
-        estimate: format!("{needed} bytes, a lower bound"),
-        available: human(u128::from(available.bytes)),
+        what,
+        needed,
+        available: available.bytes,
         backend: available.backend.clone(),
-        advice: advice.into(),
+        advice,
     })
 }
 
