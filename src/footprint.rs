@@ -1,12 +1,13 @@
 //! What a run will need in memory, estimated from its spec and batch size before anything is
-//! allocated, and the check that refuses a run the machine cannot hold (docs/memory.md §9.2-9.3).
+//! allocated, and the check that refuses a run the machine cannot hold (docs/memory.md §9.5).
 //!
 //! The estimate is a *lower bound* made of the terms `memory` measures (docs/memory.md §9.3):
 //! the parameters and their gradients, the batch, and the activations a step keeps. It counts
 //! only the big terms (the 3x3 convolutions of the stages, the transformer blocks' projections,
-//! one or two tensors per layer), so a run it refuses cannot fit, and a run it lets through may
-//! still be refused by the allocator's own typed error. Sizes are multiplied in `u128` with
-//! saturation: no spec can overflow them.
+//! one or two tensors per layer), so a run it refuses cannot fit; a run it lets through that
+//! needs more than is available still runs out during the step (on CUDA a typed out-of-memory
+//! error, on the CPU an allocation failure). Sizes are multiplied in `u128` with saturation: no
+//! spec can overflow them.
 
 use crate::device::Compute;
 use crate::error::{Error, Result};
@@ -142,7 +143,7 @@ fn activation_lower_bound(spec: &ModelSpec, reversible: bool) -> u128 {
     } else {
         let dim = spec.dim.unwrap_or(0) as u128;
         let side = spec.img_size as u128;
-        let tokens = (side / spec.patch_size.unwrap_or(1).max(1) as u128).pow(2);
+        let tokens = (side / spec.patch_size.unwrap_or(1).max(1) as u128).saturating_pow(2);
         let tokenizer = product(&[dim / 8, side, side]);
         let per_block = 3u128.saturating_add(spec.mlp_ratio.unwrap_or(0) as u128);
         let blocks = if reversible {
@@ -158,6 +159,7 @@ fn activation_lower_bound(spec: &ModelSpec, reversible: bool) -> u128 {
 /// The memory a command compares its estimate with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Available {
+    /// The bytes new allocations can still get.
     pub bytes: u64,
     /// Whose memory: the backend's name (`cpu-f32`: the RAM's `MemAvailable`; `cuda-f32`: the
     /// device's free memory).
@@ -272,4 +274,55 @@ pub fn check_forward<B: Compute>(
 /// The `setting` of a step's check: the batch and the time steps that sized it.
 pub fn batch_setting(batch: usize, spec: &ModelSpec) -> String {
     format!("--batch {batch} (time steps {})", spec.time_steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn available(bytes: u64) -> Option<Available> {
+        Some(Available {
+            bytes,
+            backend: "cpu-f32".into(),
+        })
+    }
+
+    #[test]
+    fn a_need_above_what_is_available_is_refused_with_both_figures() {
+        assert!(check_fits(100, "one step", "--batch 2", &available(100), "lower it").is_ok());
+        assert!(check_fits(u128::MAX, "one step", "--batch 2", &None, "lower it").is_ok());
+        let message = check_fits(
+            3 << 30,
+            "one step",
+            "--batch 9",
+            &available(1 << 30),
+            "Lower it",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            message,
+            "--batch 9: one step needs at least 3.0 GiB (3221225472 bytes, a lower bound), but \
+             1.0 GiB is available on cpu-f32 (the RAM's MemAvailable on the CPU, free device \
+             memory on CUDA). Lower it"
+        );
+    }
+
+    #[test]
+    fn the_estimate_grows_with_the_batch_and_saturates_instead_of_wrapping() {
+        let spec = ModelSpec::preset("revsresnet21").unwrap();
+        let one = Footprint::of(&spec, 1, 4, Storage::Reversible);
+        let two = Footprint::of(&spec, 2, 4, Storage::Reversible);
+        assert!(two.step_bytes > one.step_bytes && one.step_bytes > one.parameter_bytes);
+        let stored = Footprint::of(&spec, 1, 4, Storage::StoredActivations);
+        assert!(
+            stored.step_bytes > one.step_bytes,
+            "stored activations keep more"
+        );
+        let mut huge = spec.clone();
+        huge.planes = Some(vec![usize::MAX; 4]);
+        huge.img_size = usize::MAX;
+        let footprint = Footprint::of(&huge, usize::MAX, 8, Storage::StoredActivations);
+        assert_eq!(footprint.step_bytes, u128::MAX);
+    }
 }
