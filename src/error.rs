@@ -41,6 +41,72 @@ pub enum Error {
          learning rate"
     )]
     LossScaleCollapsed { scale: f32 },
+    /// A data-loader worker failed or panicked while assembling a batch.
+    #[error(
+        "the data loader failed on batch {batch} (samples {samples}): {detail}. Nothing was \
+         computed from a partial epoch; check the dataset files of those samples and run again"
+    )]
+    Loader {
+        batch: usize,
+        samples: String,
+        detail: String,
+    },
+    /// A pass over a dataset (a training epoch, an evaluation) that did not see every sample.
+    #[error(
+        "{pass} saw {seen} of its {expected} samples: the data loader stopped early, so its \
+         metrics would cover part of the data and none were reported. Check the dataset and run \
+         again"
+    )]
+    IncompleteData {
+        pass: String,
+        seen: usize,
+        expected: usize,
+    },
+    /// A tensor holding NaN or an infinity where finite values are required.
+    #[error(
+        "{origin}: tensor {tensor} holds {value} at index {index:?} (the first non-finite \
+         element). Use a checkpoint saved before training diverged, or pass --allow-non-finite \
+         to load it anyway for a deliberate experiment"
+    )]
+    NonFinite {
+        origin: String,
+        tensor: String,
+        index: Vec<usize>,
+        value: f64,
+    },
+    /// The parameters held NaN or infinities after an optimizer step.
+    #[error(
+        "{count} parameter values became NaN or infinite after the optimizer step at epoch \
+         {epoch}, step {step} (lr {lr}): training diverged and stopped. The last good checkpoint \
+         is kept in {out} (after epoch {epoch_before}); lower --lr and start again, or --resume \
+         from it"
+    )]
+    ParametersDiverged {
+        count: u64,
+        epoch: usize,
+        epoch_before: usize,
+        step: usize,
+        lr: f64,
+        out: String,
+    },
+    /// A run whose estimated memory exceeds what the machine has available.
+    #[error(
+        "{setting}: {what} needs at least {} ({needed} bytes, a lower bound), but {} is \
+         available on {backend} (the RAM's MemAvailable on the CPU, free device memory on CUDA). \
+         {advice}",
+        crate::footprint::human(*.needed),
+        crate::footprint::human(u128::from(*.available))
+    )]
+    TooLarge {
+        setting: String,
+        what: &'static str,
+        /// Bytes, at least.
+        needed: u128,
+        /// Bytes.
+        available: u64,
+        backend: String,
+        advice: &'static str,
+    },
     /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
     #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]
     Cuda(#[source] revsnn_gpu::GpuError),

@@ -16,6 +16,8 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod finite;
+pub mod footprint;
 pub mod grad_scaler;
 pub mod info;
 pub mod model;

@@ -102,6 +102,23 @@ pub struct TransformerSizes {
     pub patch_size: usize,
 }
 
+/// The largest value each size may take: far above every model of the paper (docs/architectures.md
+/// §4), far below sizes whose element counts overflow or no machine holds. What fits is decided
+/// later against the memory available (`crate::footprint`).
+pub const LIMITS: &[(&str, usize)] = &[
+    ("num_classes", 1_000_000),
+    ("time_steps", 10_000),
+    ("in_channels", 4_096),
+    ("img_size", 8_192),
+    ("layers", 4_096),
+    ("planes", 65_536),
+    ("depth", 4_096),
+    ("dim", 65_536),
+    ("heads", 4_096),
+    ("mlp_ratio", 64),
+    ("patch_size", 8_192),
+];
+
 /// Every preset name, in the order `revsnn summary` lists them.
 pub const PRESETS: &[&str] = &[
     "revsresnet21",
@@ -220,6 +237,7 @@ impl ModelSpec {
                 return fail(format!("{name} must be >= 1"));
             }
         }
+        self.check_limits()?;
         if self.arch.is_resnet() {
             self.resnet_sizes().map(|_| ())
         } else {
@@ -232,6 +250,31 @@ impl ModelSpec {
                 e.to_string().trim_start_matches("invalid model spec: ")
             ))
         })
+    }
+
+    /// Every size within [`LIMITS`].
+    fn check_limits(&self) -> Result<()> {
+        let sizes = [
+            ("num_classes", vec![self.num_classes]),
+            ("time_steps", vec![self.time_steps]),
+            ("in_channels", vec![self.in_channels]),
+            ("img_size", vec![self.img_size]),
+            ("layers", self.layers.clone().unwrap_or_default()),
+            ("planes", self.planes.clone().unwrap_or_default()),
+            ("depth", self.depth.into_iter().collect()),
+            ("dim", self.dim.into_iter().collect()),
+            ("heads", self.heads.into_iter().collect()),
+            ("mlp_ratio", self.mlp_ratio.into_iter().collect()),
+            ("patch_size", self.patch_size.into_iter().collect()),
+        ];
+        for ((name, values), (_, limit)) in sizes.iter().zip(LIMITS) {
+            if let Some(value) = values.iter().find(|&&v| v > *limit) {
+                return Err(Error::Spec(format!(
+                    "{name} {value} is above the limit {limit}; lower it"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The ResNet sizes, or why this spec has none.
@@ -391,6 +434,22 @@ mod tests {
             (
                 r#"{"arch":"msresnet","num_classes":3,"time_steps":2,"in_channels":3,"img_size":16,"layers":[1,0,1,1],"planes":[1,1,1,1]}"#,
                 ">= 1 block",
+            ),
+            (
+                r#"{"arch":"revsresnet","num_classes":10,"time_steps":2,"in_channels":3,"img_size":16,"layers":[1,1,1,1],"planes":[4,8,8,16000000000]}"#,
+                "planes 16000000000 is above the limit 65536",
+            ),
+            (
+                r#"{"arch":"revsresnet","num_classes":10,"time_steps":2,"in_channels":3,"img_size":1000000,"layers":[1,1,1,1],"planes":[4,8,8,16]}"#,
+                "img_size 1000000 is above the limit 8192",
+            ),
+            (
+                r#"{"arch":"revsformer","num_classes":10,"time_steps":2,"in_channels":3,"img_size":16,"depth":1000000000,"dim":64,"heads":8,"mlp_ratio":4,"patch_size":4}"#,
+                "depth 1000000000 is above the limit 4096",
+            ),
+            (
+                r#"{"arch":"revsresnet","num_classes":10,"time_steps":1000000000,"in_channels":3,"img_size":16,"layers":[1,1,1,1],"planes":[4,8,8,16]}"#,
+                "time_steps 1000000000 is above the limit 10000",
             ),
             (
                 r#"{"arch":"resnet","num_classes":3,"time_steps":2,"in_channels":3,"img_size":16}"#,

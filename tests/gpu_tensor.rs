@@ -329,8 +329,40 @@ fn fingerprints<B: Backend>(gpu: &B) {
     }
 }
 
+/// The non-finite count against the reference's, over tensors of every size with NaN and
+/// infinities at the first, last and scattered positions, summed over several tensors in one call.
+fn non_finite_counts<B: Backend>(p: &Pair<B>) {
+    let special = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+    let mut gpu_tensors = Vec::new();
+    let mut cpu_tensors = Vec::new();
+    for (i, &n) in SIZES.iter().enumerate() {
+        let mut rng = SplitMix64::new(900 + i as u64);
+        let mut data: Vec<B::Elem> = random(&mut rng, n);
+        for (k, position) in [0, n - 1, n / 2, n / 3].into_iter().enumerate() {
+            data[position] = <B::Elem>::cast(special[k % 3]);
+        }
+        let (x, x_cpu) = p.tensors(&[n], data);
+        let expected = p.cpu.count_non_finite(&[&x_cpu]).unwrap();
+        assert_eq!(p.gpu.count_non_finite(&[&x]).unwrap(), expected, "n {n}");
+        gpu_tensors.push(x);
+        cpu_tensors.push(x_cpu);
+    }
+    let (finite, _) = p.random(&[3, 4097], 950);
+    gpu_tensors.push(finite);
+    let gpu_refs: Vec<&B::Tensor> = gpu_tensors.iter().collect();
+    let cpu_refs: Vec<_> = cpu_tensors.iter().collect();
+    let total = p.cpu.count_non_finite(&cpu_refs).unwrap();
+    assert_eq!(
+        p.gpu.count_non_finite(&gpu_refs).unwrap(),
+        total,
+        "all at once"
+    );
+    assert_eq!(p.gpu.count_non_finite(&gpu_refs[4..]).unwrap(), 0, "finite");
+    assert_eq!(p.gpu.count_non_finite(&[]).unwrap(), 0, "no tensor");
+}
+
 macro_rules! typed_tests {
-    ($e:ty, $elementwise:ident, $structural:ident, $reductions:ident, $fingerprint:ident) => {
+    ($e:ty, $elementwise:ident, $structural:ident, $reductions:ident, $fingerprint:ident, $non_finite:ident) => {
         #[test]
         fn $elementwise() {
             if let Some(p) = pair::<$e>(stringify!($elementwise)) {
@@ -358,6 +390,13 @@ macro_rules! typed_tests {
                 fingerprints(&gpu);
             }
         }
+
+        #[test]
+        fn $non_finite() {
+            if let Some(p) = pair::<$e>(stringify!($non_finite)) {
+                non_finite_counts(&p);
+            }
+        }
     };
 }
 
@@ -366,14 +405,16 @@ typed_tests!(
     gpu_elementwise_ops_match_the_reference_in_f32,
     gpu_structural_ops_match_the_reference_in_f32,
     gpu_sums_and_means_match_the_reference_in_f32,
-    gpu_fingerprint_is_deterministic_and_sensitive_in_f32
+    gpu_fingerprint_is_deterministic_and_sensitive_in_f32,
+    gpu_non_finite_count_matches_the_reference_in_f32
 );
 typed_tests!(
     f64,
     gpu_elementwise_ops_match_the_reference_in_f64,
     gpu_structural_ops_match_the_reference_in_f64,
     gpu_sums_and_means_match_the_reference_in_f64,
-    gpu_fingerprint_is_deterministic_and_sensitive_in_f64
+    gpu_fingerprint_is_deterministic_and_sensitive_in_f64,
+    gpu_non_finite_count_matches_the_reference_in_f64
 );
 
 /// Zero-size operands and results: kept apart because they depend on zero-byte allocations.

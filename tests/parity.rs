@@ -39,7 +39,12 @@ fn grad_matches_the_official_pytorch_code_on_every_fixture() {
         .unwrap();
         let weights =
             checkpoint::read(&folder.join(format!("{case}.weights.safetensors"))).unwrap();
-        let batch = read_batch(&folder.join(format!("{case}.input.safetensors")), &spec).unwrap();
+        let batch = read_batch(
+            &folder.join(format!("{case}.input.safetensors")),
+            &spec,
+            false,
+        )
+        .unwrap();
         let expected =
             checkpoint::read(&folder.join(format!("{case}.expected.safetensors"))).unwrap();
         let ours = compute(&Cpu::<f64>::new(), &spec, &weights, &batch)

@@ -144,6 +144,22 @@ template <typename E> __device__ void fingerprint(const E* __restrict__ x, unsig
     if ((threadIdx.x & 31) == 0) atomicAdd(sum, acc);
 }
 
+// Whether v is NaN or infinite: its exponent bits are all ones (read from the bits, so no
+// compiler flag can fold the test away).
+__device__ __forceinline__ bool non_finite(float v) { return (__float_as_uint(v) & 0x7f800000u) == 0x7f800000u; }
+__device__ __forceinline__ bool non_finite(double v) {
+    return ((unsigned long long)__double_as_longlong(v) & 0x7ff0000000000000ULL) == 0x7ff0000000000000ULL;
+}
+
+// count += the number of NaN and infinite elements of x; integer atomics, so the total does not
+// depend on the launch.
+template <typename E> __device__ void count_non_finite(const E* __restrict__ x, unsigned long long* count, long long n) {
+    unsigned long long acc = 0;
+    GRID_STRIDE_LOOP(i, n) { acc += non_finite(x[i]) ? 1ULL : 0ULL; }
+    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+    if ((threadIdx.x & 31) == 0 && acc != 0) atomicAdd(count, acc);
+}
+
 #define TENSOR_KERNELS(E, SUFFIX)                                                                                \
     extern "C" __global__ void strided_copy_##SUFFIX(const E* x, E* y, Strided layout, long long n) {            \
         strided_copy<E>(x, y, layout, n);                                                                        \
@@ -170,6 +186,9 @@ template <typename E> __device__ void fingerprint(const E* __restrict__ x, unsig
     }                                                                                                            \
     extern "C" __global__ void fingerprint_##SUFFIX(const E* x, unsigned long long* sum, long long n) {          \
         fingerprint<E>(x, sum, n);                                                                               \
+    }                                                                                                            \
+    extern "C" __global__ void count_non_finite_##SUFFIX(const E* x, unsigned long long* count, long long n) {   \
+        count_non_finite<E>(x, count, n);                                                                        \
     }
 
 TENSOR_KERNELS(float, f32)

@@ -143,6 +143,10 @@ impl<E: GpuElement> Backend for Cuda<E> {
         Ok(ops::tensor::fingerprint(&self.device, x)?)
     }
 
+    fn count_non_finite(&self, tensors: &[&CudaTensor<E>]) -> Result<u64> {
+        Ok(ops::tensor::count_non_finite(&self.device, tensors)?)
+    }
+
     fn sum_leading(&self, x: &CudaTensor<E>) -> Result<CudaTensor<E>> {
         Ok(ops::tensor::sum_leading(&self.device, x)?)
     }
@@ -422,5 +426,9 @@ impl<E: GpuElement> Compute for Cuda<E> {
 
     fn peak_memory_bytes(&self) -> usize {
         self.memory().peak_bytes
+    }
+
+    fn available_memory_bytes(&self) -> Result<Option<u64>> {
+        Ok(Some(self.device.free_memory_bytes()? as u64))
     }
 }

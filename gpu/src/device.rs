@@ -331,6 +331,16 @@ impl GpuDevice {
         Ok(image)
     }
 
+    /// The device memory the driver reports free (`cuMemGetInfo`): what a run's estimate is
+    /// compared with before it starts.
+    pub fn free_memory_bytes(&self) -> Result<usize, GpuError> {
+        let (free, _total) = self
+            .context
+            .mem_get_info()
+            .map_err(GpuError::driver("reading the free device memory"))?;
+        Ok(free)
+    }
+
     /// Waits for every queued operation and surfaces any error recorded asynchronously.
     pub fn synchronize(&self) -> Result<(), GpuError> {
         self.stream

@@ -89,7 +89,8 @@ pub const POOL: KernelSource = KernelSource {
 };
 
 /// `gpu/kernels/tensor.cu`: strided copies (permute, narrow, concat, repeat, broadcasts),
-/// elementwise arithmetic, quantisation, sums over time and axes, the fingerprint.
+/// elementwise arithmetic, quantisation, sums over time and axes, the fingerprint, the count of
+/// non-finite elements.
 pub const TENSOR: KernelSource = KernelSource {
     file: "tensor.cu",
     source: include_str!("../kernels/tensor.cu"),
@@ -112,6 +113,8 @@ pub const TENSOR: KernelSource = KernelSource {
         "mean_axes_f64",
         "fingerprint_f32",
         "fingerprint_f64",
+        "count_non_finite_f32",
+        "count_non_finite_f64",
     ],
 };
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 
+use revsnn_reference::contract::shapes::element_count;
+
 use crate::error::GpuError;
 use crate::memory::DeviceBuffer;
 use crate::ops::GpuElement;
@@ -56,7 +58,7 @@ impl<E: GpuElement> CudaTensor<E> {
 }
 
 fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<(), GpuError> {
-    let elements: usize = shape.iter().product();
+    let elements = element_count(op, shape)?;
     if elements != len {
         return Err(crate::ops::shape_error(
             op,

@@ -121,6 +121,10 @@ impl<E: Element> Backend for Cpu<E> {
         Ok(ops::tensor::fingerprint(x))
     }
 
+    fn count_non_finite(&self, tensors: &[&CpuTensor<E>]) -> Result<u64> {
+        Ok(ops::tensor::count_non_finite(tensors))
+    }
+
     fn sum_leading(&self, x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
         ops::tensor::sum_leading(x)
     }
@@ -333,5 +337,9 @@ impl<E: Element> Compute for Cpu<E> {
 
     fn peak_memory_bytes(&self) -> usize {
         memory::stats().peak_bytes
+    }
+
+    fn available_memory_bytes(&self) -> Result<Option<u64>> {
+        Ok(memory::available_ram_bytes())
     }
 }

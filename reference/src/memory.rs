@@ -94,3 +94,60 @@ pub fn reset_peak() -> MemoryStats {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
     before
 }
+
+/// The RAM new allocations can get: the kernel's estimate without swapping (`MemAvailable` of
+/// `/proc/meminfo`, Linux 3.14 on), or less where the process's memory cgroup (v2 or v1, as a
+/// container mounts it) has a limit closer to its usage; `None` where `/proc/meminfo` does not
+/// say.
+pub fn available_ram_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available = mem_available(&text)?;
+    Some(match cgroup_headroom() {
+        Some(headroom) => available.min(headroom),
+        None => available,
+    })
+}
+
+/// The memory cgroup's limit minus its usage, where a limit is set.
+fn cgroup_headroom() -> Option<u64> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    let (limit, usage) = match read("/sys/fs/cgroup/memory.max") {
+        Some(limit) => (limit, read("/sys/fs/cgroup/memory.current")?),
+        None => (
+            read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
+            read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+        ),
+    };
+    Some(limit.saturating_sub(usage))
+}
+
+/// The `MemAvailable:` line of a `/proc/meminfo` text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod available_tests {
+    use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(mem_available(text), Some(2048 * 1024));
+        assert_eq!(mem_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(mem_available("MemAvailable: lots kB\n"), None);
+    }
+}

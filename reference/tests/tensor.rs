@@ -536,3 +536,26 @@ proptest! {
         prop_assert_eq!(values(&s), expected);
     }
 }
+
+#[test]
+fn count_non_finite_counts_nan_and_infinities_over_every_tensor() {
+    let backend = cpu();
+    let mut a = vec![1.0; 10];
+    a[3] = f64::NAN;
+    a[9] = f64::NEG_INFINITY;
+    let mut b = vec![0.5f64; 7];
+    b[0] = f64::INFINITY;
+    b[1] = f64::MAX;
+    let a = backend.tensor_from_vec(&[2, 5], a).unwrap();
+    let b = backend.tensor_from_vec(&[7], b).unwrap();
+    let empty = backend.tensor_from_vec(&[0, 3], vec![]).unwrap();
+    assert_eq!(backend.count_non_finite(&[&a, &b, &empty]).unwrap(), 3);
+    assert_eq!(backend.count_non_finite(&[&b]).unwrap(), 1);
+    assert_eq!(backend.count_non_finite(&[]).unwrap(), 0);
+    let finite = random(&[4, 4], 3);
+    assert_eq!(backend.count_non_finite(&[&finite]).unwrap(), 0);
+    let single = Cpu::<f32>::new()
+        .tensor_from_vec(&[3], vec![f32::NAN, f32::MIN_POSITIVE, f32::INFINITY])
+        .unwrap();
+    assert_eq!(Cpu::<f32>::new().count_non_finite(&[&single]).unwrap(), 2);
+}

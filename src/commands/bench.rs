@@ -10,7 +10,9 @@ use serde_json::json;
 use super::{ModelArgs, full_training_step, print_json_report, random_images, set_threads};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
+use crate::footprint;
 use crate::model::BuildOptions;
+use crate::model::reversible::Storage;
 use crate::network::Network;
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
@@ -40,6 +42,8 @@ pub fn measure<B: Compute>(
     if batch == 0 || steps == 0 {
         return Err(Error::Usage("--batch and --steps must be >= 1".into()));
     }
+    let setting = footprint::batch_setting(batch, spec);
+    footprint::check_step(&backend, spec, batch, Storage::Reversible, &setting)?;
     let mut network = Network::new(&backend, spec, 0, BuildOptions::default())?;
     let mut optimizer = Optimizer::new(paper_optimizer(spec.arch)?, &network.store);
     let (images, labels) = random_images(&backend, spec, batch, 1)?;

@@ -13,6 +13,8 @@ use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
+use crate::finite;
+use crate::footprint;
 use crate::model::BuildOptions;
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -58,6 +60,10 @@ pub struct EvalArgs {
     /// stderr says which and why), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Load weights holding NaN or infinities anyway (a deliberate experiment); by default they
+    /// are an error naming the tensor and the first such index.
+    #[arg(long)]
+    pub allow_non_finite: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -67,6 +73,7 @@ impl EvalArgs {
     pub fn run(&self) -> Result<()> {
         let device = self.device.open()?;
         let weights = checkpoint::read(&self.checkpoint)?;
+        finite::check_loaded(&self.checkpoint, &weights, self.allow_non_finite)?;
         let (name, spec) = self.model()?;
         spec.validate()?;
         let dataset = self.dataset.clone().unwrap_or_else(|| {
@@ -83,6 +90,8 @@ impl EvalArgs {
             return Err(Error::Usage("--batch must be >= 1".into()));
         }
         let result = on_backend!(&device, DType::F32, |backend| {
+            let setting = format!("--batch {}", self.batch);
+            footprint::check_forward(&backend, &spec, self.batch, &setting)?;
             evaluate_checkpoint(&backend, &spec, &weights, data, self.batch)
         })?;
         if self.json {

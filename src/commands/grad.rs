@@ -13,6 +13,9 @@ use super::{DTypeArg, ModelArgs};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
 use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
+use crate::finite;
+use crate::footprint;
+use crate::model::reversible::Storage;
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, ParamStore, Targets};
 use crate::network::{Network, PassOptions};
 use crate::spec::ModelSpec;
@@ -25,9 +28,11 @@ pub struct Batch {
 }
 
 /// Reads `images` (float, `[B, C, H, W]` or `[B, T, C, H, W]` for DVS) and `labels` (`[B]` int64,
-/// each in `[0, K)`) and checks them against `spec`.
-pub fn read_batch(path: &Path, spec: &ModelSpec) -> Result<Batch> {
+/// each in `[0, K)`) and checks them against `spec`; non-finite images are an error unless
+/// `allow_non_finite`.
+pub fn read_batch(path: &Path, spec: &ModelSpec, allow_non_finite: bool) -> Result<Batch> {
     let file = checkpoint::read(path)?;
+    finite::check_loaded(path, &file, allow_non_finite)?;
     let fail = |detail: String| Error::file(path, detail);
     let find = |name: &str| file.iter().find(|(n, _)| n == name).map(|(_, t)| t);
     let images = find("images").ok_or_else(|| fail("no tensor named images".into()))?;
@@ -185,6 +190,10 @@ pub struct GradArgs {
     /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Load weights or input holding NaN or infinities anyway (a deliberate experiment); by default they
+    /// are an error naming the tensor and the first such index.
+    #[arg(long)]
+    pub allow_non_finite: bool,
 }
 
 impl GradArgs {
@@ -193,8 +202,12 @@ impl GradArgs {
         let device = self.device.open()?;
         let (_, spec) = self.model.resolve()?;
         let weights = checkpoint::read(&self.weights)?;
-        let batch = read_batch(&self.input, &spec)?;
+        finite::check_loaded(&self.weights, &weights, self.allow_non_finite)?;
+        let batch = read_batch(&self.input, &spec, self.allow_non_finite)?;
         let outputs = on_backend!(&device, DType::from(self.dtype), |backend| {
+            let samples = batch.labels.len();
+            let setting = format!("{} ({samples} samples)", self.input.display());
+            footprint::check_step(&backend, &spec, samples, Storage::Reversible, &setting)?;
             compute(&backend, &spec, &weights, &batch)
         })
         .map_err(|e| match e {

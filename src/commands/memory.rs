@@ -9,6 +9,7 @@ use serde_json::json;
 use super::{ModelArgs, full_training_step, print_json_report, random_images};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
+use crate::footprint;
 use crate::model::BuildOptions;
 use crate::model::reversible::{ReversibleOptions, Storage};
 use crate::network::Network;
@@ -60,6 +61,9 @@ pub fn measure<B: Compute>(
         },
         ..Default::default()
     };
+    let largest = batches.iter().copied().max().unwrap_or(1);
+    let setting = footprint::batch_setting(largest, spec);
+    footprint::check_step(&backend, spec, largest, storage, &setting)?;
     let mut per_batch = Vec::new();
     for &batch in batches {
         let mut network = Network::new(&backend, spec, seed, options)?;

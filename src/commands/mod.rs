@@ -89,11 +89,17 @@ pub fn print_json_report(model: &str, device: &Device, fields: serde_json::Value
     println!("{report}");
 }
 
+/// The most compute threads `--threads` may ask for: above the cores of any machine, below what
+/// the system refuses to start.
+pub const MAX_THREADS: usize = 1024;
+
 /// Sets the number of compute threads; `None` keeps the default (all cores).
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(threads) = threads {
-        if threads == 0 {
-            return Err(Error::Usage("--threads must be >= 1".into()));
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(Error::Usage(format!(
+                "--threads {threads}: give 1 to {MAX_THREADS} (`revsnn info` shows the CPU threads)"
+            )));
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -125,16 +131,17 @@ pub fn full_training_step<B: Compute>(
     Ok(backend.synchronize()?)
 }
 
-/// Random images (or event frames) and labels for a batch of `batch` samples of `spec`.
+/// Random images (or event frames) and labels for a batch of `batch` samples of `spec`; a batch
+/// whose element count overflows is an error.
 pub fn random_batch(
     spec: &ModelSpec,
     batch: usize,
     seed: u64,
-) -> (Vec<usize>, Vec<f64>, Vec<usize>) {
+) -> Result<(Vec<usize>, Vec<f64>, Vec<usize>)> {
     let mut rng = revsnn_reference::testing::SplitMix64::new(seed);
     let mut shape = vec![batch];
     shape.extend(spec.sample_shape());
-    let len = shape.iter().product();
+    let len = revsnn_reference::contract::shapes::element_count("random_batch", &shape)?;
     let images = if spec.arch.is_dvs() {
         // event frames: non-negative counts
         (0..len).map(|_| (rng.next_f64() * 3.0).floor()).collect()
@@ -144,7 +151,7 @@ pub fn random_batch(
     let labels = (0..batch)
         .map(|_| (rng.next_u64() % spec.num_classes as u64) as usize)
         .collect();
-    (shape, images, labels)
+    Ok((shape, images, labels))
 }
 
 /// [`random_batch`] as a tensor on `backend`, and its labels.
@@ -154,7 +161,7 @@ pub fn random_images<B: revsnn_reference::Backend>(
     batch: usize,
     seed: u64,
 ) -> Result<(B::Tensor, Vec<usize>)> {
-    let (shape, values, labels) = random_batch(spec, batch, seed);
+    let (shape, values, labels) = random_batch(spec, batch, seed)?;
     let values = values
         .into_iter()
         .map(<B::Elem as revsnn_reference::Element>::cast)

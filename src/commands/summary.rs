@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::ModelArgs;
 use crate::error::Result;
+use crate::footprint;
 use crate::model::{BuildOptions, EntryKind};
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -21,7 +22,9 @@ pub struct ModuleRow {
 /// The modules of a model in `state_dict` order, and its total parameter count.
 pub fn summarize(args: &ModelArgs) -> Result<(String, ModelSpec, Vec<ModuleRow>, usize)> {
     let (name, spec) = args.resolve()?;
-    let network = Network::new(&Cpu::<f32>::new(), &spec, 0, BuildOptions::default())?;
+    let backend = Cpu::<f32>::new();
+    footprint::check_parameters(&backend, &spec)?;
+    let network = Network::new(&backend, &spec, 0, BuildOptions::default())?;
     let mut rows: Vec<ModuleRow> = Vec::new();
     for entry in network.store.entries() {
         let (module, leaf) = entry.name.rsplit_once('.').unwrap_or(("", &entry.name));

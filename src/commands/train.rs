@@ -42,6 +42,10 @@ pub struct TrainArgs {
     /// `tensorboard --logdir runs/`); a resumed run adds a file there.
     #[arg(long)]
     pub tensorboard: bool,
+    /// With --resume: load a checkpoint holding NaN or infinities anyway (a deliberate
+    /// experiment); by default it is an error naming the tensor and the first such index.
+    #[arg(long)]
+    pub allow_non_finite: bool,
     #[command(flatten)]
     pub settings: GivenSettings,
 }
@@ -72,6 +76,7 @@ impl TrainArgs {
             stop_after: self.stop_after,
             quiet: self.quiet,
             tensorboard: self.tensorboard,
+            allow_non_finite: self.allow_non_finite,
         };
         let summary = train(&run, &options, &device)?;
         let last = |key: &str| summary.last[key].as_f64().unwrap_or(f64::NAN);

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::{DTypeArg, ModelArgs, print_json_report, random_batch, random_images};
 use crate::device::{Device, DeviceChoice, on_backend};
 use crate::error::Result;
+use crate::footprint;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
 use crate::network::{Network, PassOptions};
@@ -36,7 +37,36 @@ pub struct VerifyReport {
     pub fd_coordinates: usize,
     /// Coordinates skipped because a kink lay within the stencil's reach.
     pub fd_skipped: usize,
+    /// The checks that did not run, each with why: a check that compared nothing proves
+    /// nothing, so any entry here fails the report.
+    pub skipped: Vec<String>,
+    /// Every check ran and met its bar.
     pub passed: bool,
+}
+
+/// The checks that compared nothing: no finite-difference coordinate checked, or (for a model
+/// with reversible sequences) no spike compared between forward and recompute.
+pub fn skipped_checks(
+    reversible: bool,
+    spikes_compared: u64,
+    fd_coordinates: usize,
+    fd_skipped: usize,
+) -> Vec<String> {
+    let mut skipped = Vec::new();
+    if reversible && spikes_compared == 0 {
+        skipped.push(
+            "spike flips: no spike was compared between forward and recompute (the audit saw no \
+             reversible neuron layer)"
+                .to_string(),
+        );
+    }
+    if fd_coordinates == 0 {
+        skipped.push(format!(
+            "finite differences: 0 coordinates checked ({fd_skipped} skipped near kinks); \
+             give --fd-samples >= 1, or another --seed if every coordinate lay near a kink"
+        ));
+    }
+    skipped
 }
 
 /// The bars `verify` applies: exact coupling bitwise; float coupling 1e-12 (f64) or 1e-5 (f32)
@@ -228,7 +258,7 @@ impl<'a, B: Backend> Probe<'a, B> {
             ..Default::default()
         };
         let mut network = Network::new(backend, spec, seed, options)?;
-        let (shape, values, labels) = random_batch(spec, batch, seed);
+        let (shape, values, labels) = random_batch(spec, batch, seed)?;
         let images = tensor(backend, &shape, &values)?;
         let mut grads = network.zero_grads();
         let step = network.train_step(
@@ -268,7 +298,7 @@ impl<'a, B: Backend> Probe<'a, B> {
                 .total_cmp(&self.grad_input[a].abs())
         });
         let values = self.values.clone();
-        for &i in by_size.iter().take(3 * count) {
+        for &i in by_size.iter().take(count.saturating_mul(3)) {
             if into.analytic.len() == count {
                 break;
             }
@@ -298,7 +328,7 @@ impl<'a, B: Backend> Probe<'a, B> {
             .collect();
         let mut rng = SplitMix64::new(seed ^ 0xfd);
         let target = into.analytic.len() + count;
-        for _ in 0..3 * count {
+        for _ in 0..count.saturating_mul(3) {
             if into.analytic.len() == target {
                 break;
             }
@@ -362,6 +392,10 @@ pub fn verify_on(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
+    on_backend!(device, DType::F64, |backend| {
+        let setting = footprint::batch_setting(batch, spec);
+        footprint::check_step(&backend, spec, batch, Storage::StoredActivations, &setting)
+    })?;
     let (reconstruction, flips, compared, grads) = on_backend!(device, dtype, |backend| {
         checks(&backend, spec, coupling, seed, batch)
     })?;
@@ -369,8 +403,17 @@ pub fn verify_on(
         finite_differences(&backend, spec, seed, batch, fd_samples)
     })?;
     let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
-    let passed =
-        reconstruction <= reconstruction_bar && flips == 0 && grads <= grad_bar && fd <= 1e-6;
+    let skipped = skipped_checks(
+        spec.arch.is_reversible(),
+        compared,
+        fd_coordinates,
+        fd_skipped,
+    );
+    let passed = skipped.is_empty()
+        && reconstruction <= reconstruction_bar
+        && flips == 0
+        && grads <= grad_bar
+        && fd <= 1e-6;
     Ok(VerifyReport {
         reconstruction_max_rel_err: reconstruction,
         spike_flips: flips,
@@ -379,6 +422,7 @@ pub fn verify_on(
         fd_max_rel_err: fd,
         fd_coordinates,
         fd_skipped,
+        skipped,
         passed,
     })
 }
@@ -464,6 +508,7 @@ impl VerifyArgs {
                 "fd_max_rel_err": report.fd_max_rel_err,
                 "fd_coordinates": report.fd_coordinates,
                 "fd_skipped_near_kinks": report.fd_skipped,
+                "skipped_checks": report.skipped,
                 "passed": report.passed,
             }),
         );
@@ -499,8 +544,11 @@ impl VerifyArgs {
             "  finite differences (f64, {:>2})  {:>10.3e}  (bar 1e-6)  {}",
             report.fd_coordinates,
             report.fd_max_rel_err,
-            mark(report.fd_max_rel_err <= 1e-6)
+            mark(report.fd_coordinates > 0 && report.fd_max_rel_err <= 1e-6)
         );
+        for check in &report.skipped {
+            println!("  not run: {check}");
+        }
         println!("{}", if report.passed { "passed" } else { "FAILED" });
     }
 }

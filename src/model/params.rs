@@ -181,6 +181,14 @@ impl<B: Backend> ParamStore<B> {
             .map(ParamId)
     }
 
+    /// The NaN and infinite values over every tensor of the store (parameters and running
+    /// statistics), counted by one backend reduction ([`Backend::count_non_finite`]) and read
+    /// back once.
+    pub fn count_non_finite(&self, backend: &B) -> Result<u64> {
+        let tensors: Vec<&B::Tensor> = self.entries.iter().filter_map(Entry::tensor).collect();
+        Ok(backend.count_non_finite(&tensors)?)
+    }
+
     /// The number of trained scalars (PyTorch's `sum(p.numel() for p in model.parameters())`).
     pub fn parameter_count(&self) -> usize {
         self.entries

@@ -415,6 +415,18 @@ fn at_least_one(key: &str, value: usize) -> Result<usize> {
     require(value >= 1, key, value, "an integer >= 1").map(|()| value)
 }
 
+/// The most loader threads a run may ask for: far above the cores of any machine it runs on,
+/// far below what the OS refuses to spawn.
+const MAX_WORKERS: usize = 256;
+/// The most batches a loader worker may keep ready ahead.
+const MAX_PREFETCH: usize = 64;
+
+/// `value` of knob `key`, unless it is outside `1..=max`.
+fn between(key: &str, value: usize, max: usize) -> Result<usize> {
+    let expected = format!("an integer from 1 to {max}");
+    require((1..=max).contains(&value), key, value, &expected).map(|()| value)
+}
+
 /// An error if knob `key` is set though what it tunes is not used (`why`).
 fn unused(key: &str, is_set: bool, why: &str) -> Result<()> {
     if is_set {
@@ -739,8 +751,12 @@ impl RunSettings {
                  turn mixup off with --mixup-alpha 0",
             ));
         }
-        let workers = at_least_one("loader.workers", set(&settings.loader.workers))?;
-        let prefetch = at_least_one("loader.prefetch", set(&settings.loader.prefetch))?;
+        let workers = between("loader.workers", set(&settings.loader.workers), MAX_WORKERS)?;
+        let prefetch = between(
+            "loader.prefetch",
+            set(&settings.loader.prefetch),
+            MAX_PREFETCH,
+        )?;
         Ok(RunSettings {
             recipe: set(&settings.recipe),
             model,

@@ -74,7 +74,9 @@ pub fn check_batch(config: &RunSettings, samples: usize) -> Result<()> {
 
 /// Trains `learner` for epoch `epoch` (from 0) of the run `config` on `data`: full batches in
 /// the epoch's shuffled order, one optimizer step each at the epoch's learning rate. A
-/// non-finite loss stops training with an error that says what to do.
+/// non-finite loss, or a NaN or infinity in the parameters after an optimizer step (one
+/// reduction over the store, read once per step), stops training with an error that says what
+/// to do; the last checkpoint, of the epoch before, stays as it was.
 pub fn train_epoch<B: Compute>(
     backend: &B,
     learner: &mut Learner<B>,
@@ -102,7 +104,8 @@ pub fn train_epoch<B: Compute>(
         config.workers,
         config.prefetch,
         seed,
-    );
+    )?;
+    let expected = batches.samples();
     let mut stats = EpochStats::default();
     for (step, batch) in batches.enumerate() {
         let batch = batch?;
@@ -115,14 +118,44 @@ pub fn train_epoch<B: Compute>(
         learner
             .optimizer
             .step(backend, &mut learner.network.store, &grads, lr)?;
+        let non_finite = learner.network.store.count_non_finite(backend)?;
+        if non_finite > 0 {
+            return Err(Error::ParametersDiverged {
+                count: non_finite,
+                epoch: epoch + 1,
+                epoch_before: epoch,
+                step: step + 1,
+                lr,
+                out: config.out.display().to_string(),
+            });
+        }
         stats.loss_sum += loss * count as f64;
         stats.hits += score.top1;
         stats.images += count;
         progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
     }
     backend.synchronize()?;
+    saw_every_sample(
+        &format!("training epoch {}", epoch + 1),
+        stats.images,
+        expected,
+    )?;
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// An [`Error::IncompleteData`] unless a pass over data that should see `expected` samples saw
+/// `seen`.
+pub fn saw_every_sample(pass: &str, seen: usize, expected: usize) -> Result<()> {
+    if seen == expected {
+        Ok(())
+    } else {
+        Err(Error::IncompleteData {
+            pass: pass.into(),
+            seen,
+            expected,
+        })
+    }
 }
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use revsnn_reference::{Backend, Element};
 
+use super::epoch::saw_every_sample;
 use super::loader::{Loader, Plain};
 use crate::data::Dataset;
 use crate::error::Result;
@@ -34,12 +35,15 @@ pub fn evaluate<B: Backend>(
         audit: false,
     };
     let mut total = Score::default();
-    for next in Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 1, 2, 0) {
+    let batches = Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 1, 2, 0)?;
+    let expected = batches.samples();
+    for next in batches {
         let next = next?;
         let images = batch_tensor(backend, data.as_ref(), next.images, next.labels.len())?;
         let logits = network.forward(backend, &images, eval)?;
         total += Score::of(&widened(backend, &logits)?, &next.labels);
     }
+    saw_every_sample("evaluation", total.samples, expected)?;
     let n = total.samples.max(1) as f64;
     Ok(EvalResult {
         loss: total.loss / n,

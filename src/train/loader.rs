@@ -2,6 +2,7 @@
 //! The order and contents depend only on the seed and the epoch, never on timing or the number of
 //! workers.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
@@ -9,7 +10,7 @@ use std::thread::JoinHandle;
 use revsnn_reference::testing::SplitMix64;
 
 use crate::data::Dataset;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One batch: `images` row-major `[B, sample_shape...]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,11 +65,17 @@ pub fn shuffled(len: usize, seed: u64) -> Vec<usize> {
 }
 
 /// Batches produced on worker threads: worker `w` of `W` assembles batches `w`, `w + W`, ...,
-/// and the batches come out in order.
+/// and the batches come out in order. A worker that fails or panics ends the iteration with an
+/// [`Error::Loader`] naming the batch and its samples, never with a silently shorter epoch.
 pub struct Loader {
     /// One channel per worker, in worker order.
     receivers: Vec<Receiver<Result<Batch>>>,
     workers: Vec<JoinHandle<()>>,
+    /// The sample order and the batch size, to name the samples of a failed batch.
+    order: Arc<Vec<usize>>,
+    batch: usize,
+    /// The number of batches the workers produce.
+    expected: usize,
     /// The index of the next batch.
     next: usize,
 }
@@ -76,7 +83,8 @@ pub struct Loader {
 impl Loader {
     /// Batches of `batch` samples of `data` in `order` (a final short batch is kept unless
     /// `drop_last`), assembled by `workers` threads with up to `prefetch` batches each ready
-    /// ahead; batch `k` is augmented with [`batch_seed`]`(seed, k)`.
+    /// ahead; batch `k` is augmented with [`batch_seed`]`(seed, k)`. A worker thread the system
+    /// refuses to start is an error.
     pub fn new(
         data: Arc<dyn BatchSource>,
         order: Vec<usize>,
@@ -85,44 +93,108 @@ impl Loader {
         workers: usize,
         prefetch: usize,
         seed: u64,
-    ) -> Loader {
+    ) -> Result<Loader> {
         let order = Arc::new(order);
         let batch = batch.max(1);
+        let expected = if drop_last {
+            order.len() / batch
+        } else {
+            order.len().div_ceil(batch)
+        };
         let count = workers.max(1);
         let mut receivers = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
         for worker in 0..count {
             let (sender, receiver) = sync_channel(prefetch.max(1));
             let (data, order) = (data.clone(), order.clone());
-            handles.push(std::thread::spawn(move || {
-                for (k, chunk) in order.chunks(batch).enumerate().skip(worker).step_by(count) {
-                    if drop_last && chunk.len() < batch {
-                        break;
-                    }
-                    let result = data.batch(chunk, batch_seed(seed, k));
+            let work = move || {
+                let batches = order.chunks(batch).enumerate().take(expected);
+                for (k, chunk) in batches.skip(worker).step_by(count) {
+                    let result = assemble(&*data, chunk, batch_seed(seed, k));
                     let failed = result.is_err();
                     if sender.send(result).is_err() || failed {
                         break;
                     }
                 }
-            }));
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("loader-{worker}"))
+                .spawn(work)
+                .map_err(|e| {
+                    Error::Usage(format!(
+                        "cannot start data-loader thread {} of {count}: {e}; lower --workers",
+                        worker + 1
+                    ))
+                })?;
+            handles.push(handle);
             receivers.push(receiver);
         }
-        Loader {
+        Ok(Loader {
             receivers,
             workers: handles,
+            order,
+            batch,
+            expected,
             next: 0,
+        })
+    }
+
+    /// The number of samples the batches hold in all.
+    pub fn samples(&self) -> usize {
+        (self.expected * self.batch).min(self.order.len())
+    }
+
+    /// The error for batch `k`, which failed with `detail`.
+    fn failure(&self, k: usize, detail: String) -> Error {
+        let start = k * self.batch;
+        let chunk = &self.order[start..(start + self.batch).min(self.order.len())];
+        Error::Loader {
+            batch: k,
+            samples: sample_list(chunk),
+            detail,
         }
+    }
+}
+
+/// `data.batch(indices, seed)`, with a panic turned into an error carrying its message.
+fn assemble(data: &dyn BatchSource, indices: &[usize], seed: u64) -> Result<Batch> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| data.batch(indices, seed))).unwrap_or_else(
+        |payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(Error::Usage(format!("the worker panicked: {message}")))
+        },
+    )
+}
+
+/// Up to 16 sample indices, and how many more there are.
+fn sample_list(indices: &[usize]) -> String {
+    const SHOWN: usize = 16;
+    let shown: Vec<String> = indices.iter().take(SHOWN).map(|i| i.to_string()).collect();
+    match indices.len().saturating_sub(SHOWN) {
+        0 => shown.join(", "),
+        more => format!("{}, and {more} more", shown.join(", ")),
     }
 }
 
 impl Iterator for Loader {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Result<Batch>> {
-        let worker = self.next % self.receivers.len();
-        let batch = self.receivers[worker].recv().ok()?;
-        self.next += 1;
-        Some(batch)
+        if self.next >= self.expected {
+            return None;
+        }
+        let k = self.next;
+        let result = match self.receivers[k % self.receivers.len()].recv() {
+            Ok(Ok(batch)) => Ok(batch),
+            Ok(Err(error)) => Err(self.failure(k, error.to_string())),
+            Err(_) => Err(self.failure(k, "its worker thread ended without it".into())),
+        };
+        // after a failure the iteration ends: later batches would make a partial epoch
+        self.next = if result.is_ok() { k + 1 } else { self.expected };
+        Some(result)
     }
 }
 
@@ -157,17 +229,82 @@ mod tests {
     fn any_number_of_workers_gives_the_same_batches_in_order() {
         let order = shuffled(23, 7);
         let one: Vec<Batch> = Loader::new(Arc::new(Echo), order.clone(), 4, true, 1, 2, 9)
+            .unwrap()
             .map(|b| b.unwrap())
             .collect();
         assert_eq!(one.len(), 5);
         for workers in [2, 3, 8] {
             let many: Vec<Batch> =
                 Loader::new(Arc::new(Echo), order.clone(), 4, true, workers, 1, 9)
+                    .unwrap()
                     .map(|b| b.unwrap())
                     .collect();
             assert_eq!(many, one, "{workers} workers");
         }
-        let kept = Loader::new(Arc::new(Echo), order, 4, false, 3, 1, 9).count();
+        let kept = Loader::new(Arc::new(Echo), order, 4, false, 3, 1, 9)
+            .unwrap()
+            .count();
         assert_eq!(kept, 6);
+    }
+
+    /// Echo, but panicking on sample 5 and failing on sample 11.
+    struct Faulty;
+
+    impl BatchSource for Faulty {
+        fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
+            if indices.contains(&5) {
+                panic!("sample 5 is corrupt");
+            }
+            if indices.contains(&11) {
+                return Err(Error::Usage("sample 11 is unreadable".into()));
+            }
+            Echo.batch(indices, seed)
+        }
+    }
+
+    #[test]
+    fn a_failing_or_panicking_worker_is_an_error_naming_the_samples() {
+        for workers in [1, 3] {
+            let order: Vec<usize> = (0..16).collect();
+            let results: Vec<Result<Batch>> =
+                Loader::new(Arc::new(Faulty), order, 4, true, workers, 1, 0)
+                    .unwrap()
+                    .collect();
+            assert_eq!(results.len(), 2, "{workers} workers: stops at the failure");
+            assert!(results[0].is_ok());
+            let message = results[1].as_ref().unwrap_err().to_string();
+            assert!(
+                message.contains("batch 1 (samples 4, 5, 6, 7)")
+                    && message.contains("sample 5 is corrupt"),
+                "{message}"
+            );
+        }
+        let order: Vec<usize> = vec![8, 9, 10, 11];
+        let error = Loader::new(Arc::new(Faulty), order, 4, false, 2, 1, 0)
+            .unwrap()
+            .find_map(|b| b.err())
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("samples 8, 9, 10, 11") && error.contains("unreadable"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn samples_counts_what_the_batches_hold() {
+        let order = shuffled(23, 7);
+        assert_eq!(
+            Loader::new(Arc::new(Echo), order.clone(), 4, true, 2, 1, 0)
+                .unwrap()
+                .samples(),
+            20
+        );
+        assert_eq!(
+            Loader::new(Arc::new(Echo), order, 4, false, 2, 1, 0)
+                .unwrap()
+                .samples(),
+            23
+        );
     }
 }

@@ -28,6 +28,8 @@ use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
 use crate::error::{Error, Result};
+use crate::footprint;
+use crate::model::reversible::Storage;
 use crate::spec::ModelSpec;
 use config::RunSettings;
 pub use config::default_spec;
@@ -51,6 +53,8 @@ pub struct Invocation {
     pub quiet: bool,
     /// Each epoch's metrics also as TensorBoard events in the run folder's `tb/`.
     pub tensorboard: bool,
+    /// A resumed run may load a checkpoint holding NaN or infinities (a deliberate experiment).
+    pub allow_non_finite: bool,
 }
 
 /// What a finished run reports.
@@ -90,13 +94,21 @@ fn train_on<B: Compute>(
     let config = &run.config;
     let dir = RunDir::new(config.out.clone());
     let mut state = run.first_state(&dir)?;
+    let setting = footprint::batch_setting(config.batch, &state.spec);
+    footprint::check_step(
+        &backend,
+        &state.spec,
+        config.batch,
+        Storage::Reversible,
+        &setting,
+    )?;
     let (train_set, test_data) = open_data(config, &state.spec)?;
     let mut learner = Learner::new(&backend, &state.spec, config)?;
     dir.create()?;
     eprintln!("run folder: {}", dir.path().display());
     dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
     let mut lines = match run.resumed {
-        Some(_) => restore(&dir, &backend, &mut learner, &state, config.epochs)?,
+        Some(_) => restore(&dir, &backend, &mut learner, &state, config.epochs, options)?,
         None => Vec::new(),
     };
     check_batch(config, train_set.split.data.len())?;
@@ -156,8 +168,9 @@ fn restore<B: Compute>(
     learner: &mut Learner<B>,
     state: &RunState,
     epochs: usize,
+    options: &Invocation,
 ) -> Result<Vec<Value>> {
-    dir.load_checkpoint(backend, learner, state)?;
+    dir.load_checkpoint(backend, learner, state, options.allow_non_finite)?;
     let lines = dir.read_metrics(state.epochs_done);
     eprintln!("resuming after epoch {} of {epochs}", state.epochs_done);
     Ok(lines)

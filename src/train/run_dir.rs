@@ -24,6 +24,7 @@ use super::shuffle_seed;
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
+use crate::finite;
 use crate::spec::ModelSpec;
 
 /// The settings and position of a run, saved as `last.json` after every epoch.
@@ -170,17 +171,23 @@ impl RunDir {
         write_atomic(&self.file("last.json"), state_json.as_bytes())
     }
 
-    /// Loads the last checkpoint into `learner`: the weights and the optimizer state.
+    /// Loads the last checkpoint into `learner`: the weights and the optimizer state, which must
+    /// be finite unless `allow_non_finite`.
     pub fn load_checkpoint<B: Backend>(
         &self,
         backend: &B,
         learner: &mut Learner<B>,
         state: &RunState,
+        allow_non_finite: bool,
     ) -> Result<()> {
         let store = &mut learner.network.store;
-        let weights = checkpoint::read(&self.file("last.safetensors"))?;
+        let weights_path = self.file("last.safetensors");
+        let weights = checkpoint::read(&weights_path)?;
+        finite::check_loaded(&weights_path, &weights, allow_non_finite)?;
         checkpoint::load_state_dict(backend, store, &weights)?;
-        let tensors = checkpoint::read(&self.file(&state.optimizer_state))?;
+        let optimizer_path = self.file(&state.optimizer_state);
+        let tensors = checkpoint::read(&optimizer_path)?;
+        finite::check_loaded(&optimizer_path, &tensors, allow_non_finite)?;
         learner
             .optimizer
             .load_state_tensors(backend, store, &tensors, state.optimizer_steps)

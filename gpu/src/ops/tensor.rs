@@ -534,15 +534,7 @@ pub fn fingerprint<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Resu
         let n = x.len() as i64;
         let mut launch = device.stream().launch_builder(&function);
         launch.arg(x.slice()).arg(sum.slice_mut()).arg(&n);
-        let config = LaunchConfig {
-            grid_dim: (
-                x.len().div_ceil(THREADS as usize).clamp(1, 1024) as u32,
-                1,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = reduction_launch(x.len());
         // SAFETY: the arguments match `fingerprint_<E>(const E*, unsigned long long*, long long)`;
         // x holds n elements and sum one; the block size is a multiple of the warp size, as the
         // kernel's full-mask shuffles need.
@@ -550,6 +542,38 @@ pub fn fingerprint<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Resu
         device.download(&sum)?[0]
     };
     Ok(feed(shape_hash, sum))
+}
+
+/// The number of NaN and infinite elements over all of `tensors`: one `count_non_finite_<E>`
+/// launch per non-empty tensor, all adding into one device counter (integer atomics, so the
+/// count does not depend on the launch), which is read back once; waits for the stream.
+pub fn count_non_finite<E: GpuElement>(
+    device: &GpuDevice,
+    tensors: &[&CudaTensor<E>],
+) -> Result<u64, GpuError> {
+    let mut count = device.alloc_zeros::<u64>(1)?;
+    let function = device.function(&TENSOR, &format!("count_non_finite_{}", E::SUFFIX))?;
+    for x in tensors.iter().filter(|x| !x.is_empty()) {
+        let n = x.len() as i64;
+        let mut launch = device.stream().launch_builder(&function);
+        launch.arg(x.slice()).arg(count.slice_mut()).arg(&n);
+        // SAFETY: the arguments match `count_non_finite_<E>(const E*, unsigned long long*, long
+        // long)`; x holds n elements and count one; the block size is a multiple of the warp
+        // size, as the kernel's full-mask shuffles need.
+        unsafe { launch.launch(reduction_launch(x.len())) }
+            .map_err(GpuError::driver("launching count_non_finite"))?;
+    }
+    Ok(device.download(&count)?[0])
+}
+
+/// The launch of the whole-tensor integer reductions (fingerprint, non-finite count) over `len`
+/// elements: full blocks of [`THREADS`], at most 1024 of them, striding over the rest.
+fn reduction_launch(len: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (len.div_ceil(THREADS as usize).clamp(1, 1024) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// The launch of `mean_axes_<E>`: `kept` walks the outputs (x side: the offset of each output's

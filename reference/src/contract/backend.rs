@@ -132,6 +132,10 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn quantize(&self, x: &Self::Tensor, k: i32) -> Result<Self::Tensor>;
     /// A hash of the shape and of every element's bits: equal for bitwise-equal tensors.
     fn fingerprint(&self, x: &Self::Tensor) -> Result<u64>;
+    /// The number of NaN and infinite elements over all of `tensors`: one reduction whose single
+    /// count is read back, so that training can check every parameter after each optimizer step
+    /// at the cost of one pass over them.
+    fn count_non_finite(&self, tensors: &[&Self::Tensor]) -> Result<u64>;
     /// `y = sum_t x[t]`: `[T, ...] -> [...]`, the backward of [`Backend::repeat_leading`].
     fn sum_leading(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// Mean over the listed axes, which are removed: the mean over time, over tokens, and the

@@ -1,5 +1,5 @@
 //! What the commands need of a backend besides the ops: waiting for queued work (to time it) and
-//! the peak memory of a step (docs/design.md principle 5).
+//! the peak memory of a step (docs/design.md principle 5), and the memory still available.
 
 use super::backend::Backend;
 use super::error::Result;
@@ -23,4 +23,9 @@ pub trait Compute: Backend {
     /// every heap byte of the process, on CUDA the bytes of live device tensors (PyTorch's
     /// `max_memory_allocated`).
     fn peak_memory_bytes(&self) -> usize;
+
+    /// The bytes new allocations can still get, what a run's memory estimate is compared with
+    /// before it starts: on the CPU the kernel's `MemAvailable` (`None` where `/proc/meminfo`
+    /// does not say), on CUDA the device's free memory.
+    fn available_memory_bytes(&self) -> Result<Option<u64>>;
 }

@@ -158,6 +158,20 @@ pub fn fingerprint<E: Element>(x: &CpuTensor<E>) -> u64 {
     x.iter().fold(hash, |h, &v| feed(h, v.widen().to_bits()))
 }
 
+/// The number of NaN and infinite elements over all of `tensors`, each counted in parallel.
+pub fn count_non_finite<E: Element>(tensors: &[&CpuTensor<E>]) -> u64 {
+    tensors
+        .iter()
+        .map(|x| {
+            Zip::from(*x).par_fold(
+                || 0u64,
+                |count, &v| count + u64::from(!v.widen().is_finite()),
+                |a, b| a + b,
+            )
+        })
+        .sum()
+}
+
 /// `(outer, dim, inner)`: the products of the axes before `axis`, its size, and the product of
 /// the axes after it.
 fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
