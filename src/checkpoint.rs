@@ -96,7 +96,8 @@ pub fn read(path: &Path) -> Result<TensorFile> {
         .map_err(|detail| Error::file(path, format!("not a valid safetensors file: {detail}")))
 }
 
-fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
+/// The tensors of the safetensors file `bytes`, or what is wrong with it.
+pub fn parse(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
     let header_len = bytes
         .get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))

@@ -16,6 +16,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod fuzzing;
 pub mod grad_scaler;
 pub mod info;
 pub mod model;

@@ -53,6 +53,25 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// Parses the text of a `last.json`, checked to be of this version's format; `path` only
+    /// names it in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<RunState> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::file(path, format!("not a revsnn run state: {e}")))?;
+        if value["format"] != STATE_FORMAT {
+            return Err(Error::file(
+                path,
+                format!(
+                    "run state format {}, expected {STATE_FORMAT:?}: the run was written by \
+                     another version of revsnn; continue it with that version, or start a new run",
+                    value["format"]
+                ),
+            ));
+        }
+        serde_json::from_value(value)
+            .map_err(|e| Error::file(path, format!("not a revsnn run state: {e}")))
+    }
+
     /// Records epoch `epoch` (from 0) of a run seeded `seed` as done, after
     /// `optimizer_steps` steps in all, with test top-1 accuracy `test_acc1`; returns whether
     /// that is the best so far (the first epoch always is).
@@ -130,20 +149,7 @@ impl RunDir {
                 ),
             )
         })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::file(&path, format!("not a revsnn run state: {e}")))?;
-        if value["format"] != STATE_FORMAT {
-            return Err(Error::file(
-                &path,
-                format!(
-                    "run state format {}, expected {STATE_FORMAT:?}: the run was written by \
-                     another version of revsnn; continue it with that version, or start a new run",
-                    value["format"]
-                ),
-            ));
-        }
-        serde_json::from_value(value)
-            .map_err(|e| Error::file(&path, format!("not a revsnn run state: {e}")))
+        RunState::from_json(&text, &path)
     }
 
     /// Writes the checkpoint after an epoch: the tensors first (the optimizer state, the
