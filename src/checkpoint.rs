@@ -171,7 +171,13 @@ fn parse_tensor(
             ));
         }
     };
-    if raw.len() != shape.iter().product::<usize>() * size {
+    let expected = shape
+        .iter()
+        .try_fold(size, |bytes: usize, &d| bytes.checked_mul(d))
+        .ok_or(format!(
+            "{name}: shape {shape:?} of {dtype} has more bytes than can exist"
+        ))?;
+    if raw.len() != expected {
         return Err(format!(
             "{name}: {} bytes for shape {shape:?} of {dtype}",
             raw.len()
@@ -362,5 +368,27 @@ fn count_of(tensor: &StoredTensor) -> Option<u64> {
             }
             _ => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `safetensors` fuzz target: a shape whose byte count overflows `usize` was
+    /// multiplied unchecked (a panic with overflow checks, a wrapped count without).
+    #[test]
+    fn a_shape_whose_byte_count_overflows_is_an_error() {
+        for shape in ["[4294967296, 4294967296]", "[4611686018427387904]"] {
+            let header =
+                format!(r#"{{"w": {{"dtype": "F32", "shape": {shape}, "data_offsets": [0, 0]}}}}"#);
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend(header.as_bytes());
+            let error = parse(&bytes).unwrap_err();
+            assert!(
+                error.contains("more bytes than can exist"),
+                "{shape}: {error}"
+            );
+        }
     }
 }
