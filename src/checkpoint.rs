@@ -375,8 +375,8 @@ fn count_of(tensor: &StoredTensor) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// Found by the `safetensors` fuzz target: a shape whose byte count overflows `usize` was
-    /// multiplied unchecked (a panic with overflow checks, a wrapped count without).
+    /// Issue 14: a shape whose byte count overflows `usize` was multiplied unchecked (a panic
+    /// with overflow checks, a wrapped count without, which an empty data range matched).
     #[test]
     fn a_shape_whose_byte_count_overflows_is_an_error() {
         for shape in ["[4294967296, 4294967296]", "[4611686018427387904]"] {

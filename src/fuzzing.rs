@@ -180,9 +180,12 @@ fn safetensors_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// A polarity event of a seed: (x, y, polarity, timestamp).
+type Event = (u16, u16, u8, u32);
+
 /// An AEDAT 3.1 file of one packet per entry of `packets`: (event type, timestamp overflow,
-/// events as (x, y, polarity, timestamp)).
-fn aedat31_file(packets: &[(u16, u32, &[(u16, u16, u8, u32)])]) -> Vec<u8> {
+/// events).
+fn aedat31_file(packets: &[(u16, u32, &[Event])]) -> Vec<u8> {
     let mut file = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#!END-HEADER\r\n".to_vec();
     for (event_type, overflow, events) in packets {
         let count = events.len() as u32;
