@@ -437,6 +437,11 @@ mod tests {
                 0,
                 "overflow",
             ),
+            (
+                r#"{"w":{"dtype":"F32","shape":[4294967296, 4294967296],"data_offsets":[0,0]}}"#,
+                0,
+                "overflow",
+            ),
             (r#"{"w":{"dtype":"F32"}}"#, 0, "missing field"),
             ("[1, 2]", 0, "header is not valid"),
         ];

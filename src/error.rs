@@ -107,6 +107,18 @@ pub enum Error {
         backend: String,
         advice: &'static str,
     },
+    /// A run folder's file could not be written after epoch `epoch`: training stopped, and the
+    /// checkpoint of epoch `kept` (0: none yet) is intact.
+    #[error(
+        "{source}\nTraining stopped: epoch {epoch} is not saved. {}",
+        kept_checkpoint(*kept, dir)
+    )]
+    NotSaved {
+        epoch: usize,
+        kept: usize,
+        dir: String,
+        source: Box<Error>,
+    },
     /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
     #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]
     Cuda(#[source] revsnn_gpu::GpuError),
@@ -119,6 +131,21 @@ impl Error {
             path: path.display().to_string(),
             detail: detail.into(),
         }
+    }
+}
+
+/// What [`Error::NotSaved`] says is kept in the run folder `dir` and how to go on.
+fn kept_checkpoint(kept: usize, dir: &str) -> String {
+    if kept == 0 {
+        format!(
+            "No epoch of the run was saved yet: free space (or fix the folder {dir}), then start \
+             the run again"
+        )
+    } else {
+        format!(
+            "The checkpoint of epoch {kept} in {dir} is intact: free space (or fix the folder), \
+             then continue with `revsnn train --out {dir} --resume`"
+        )
     }
 }
 

@@ -10,12 +10,7 @@ use crate::error::{Error, Result};
 /// flushed to disk, then renamed over `path` (`tempfile`'s `persist`). A failure (a full disk,
 /// a read-only folder) removes the temporary file and leaves `path` as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let failed = |e: std::io::Error| {
-        Error::file(
-            path,
-            format!("cannot write: {e} (check that the folder is writable and the disk has space)"),
-        )
-    };
+    let failed = |e: std::io::Error| Error::file(path, format!("cannot write: {}", why(&e)));
     let folder = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -36,6 +31,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.as_file().sync_all().map_err(failed)?;
     file.persist(path).map_err(|e| failed(e.error))?;
     Ok(())
+}
+
+/// Why a write failed with `error`, and what to do.
+fn why(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            format!("the disk is full ({error}); free space on it")
+        }
+        ErrorKind::FileTooLarge => format!(
+            "the file is larger than the file system or the process's file-size limit \
+             (`ulimit -f`) allows ({error})"
+        ),
+        _ => format!("{error} (check that the folder is writable and the disk has space)"),
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod error;
 pub mod files;
 pub mod finite;
 pub mod footprint;
+pub mod fuzzing;
 pub mod grad_scaler;
 pub mod info;
 pub mod model;

@@ -213,6 +213,8 @@ fn eval_and_grad_refuse_non_finite_weights_unless_allowed() {
     let run = dir.join("run").display().to_string();
     ok(revsnn(&[
         "train",
+        "--device",
+        "cpu",
         "--spec",
         &tiny,
         "--out",
@@ -233,6 +235,8 @@ fn eval_and_grad_refuse_non_finite_weights_unless_allowed() {
     let checkpoint = checkpoint.to_str().unwrap();
     let eval = [
         "eval",
+        "--device",
+        "cpu",
         "--checkpoint",
         checkpoint,
         "--spec",
@@ -304,6 +308,8 @@ fn a_parameter_turning_nan_stops_training_and_keeps_the_last_checkpoint() {
     let train = |epochs: &str, extra: &[&str]| {
         let mut args = vec![
             "train",
+            "--device",
+            "cpu",
             "--spec",
             &spec,
             "--out",

@@ -109,47 +109,65 @@ impl Cifar {
     /// `cifar-100-binary/`). Errors name the missing or malformed file and say what to do.
     pub fn load(dir: &Path, variant: CifarVariant, split: Split) -> Result<Self> {
         let folder = dir.join(variant.folder());
-        let record = variant.label_bytes() + CIFAR_IMAGE_BYTES;
-        let mut pixels = Vec::new();
-        let mut labels = Vec::new();
+        let mut cifar = Cifar::empty(variant);
         for file in variant.files(split) {
             let path = folder.join(file);
-            let bytes = read_file(&path, variant)?;
-            if bytes.is_empty() || bytes.len() % record != 0 {
+            cifar.append(&read_file(&path, variant)?, &path)?;
+        }
+        Ok(cifar)
+    }
+
+    /// The records of one binary file of `variant` whose contents are `bytes`; `path` only names
+    /// it in errors. Errors as [`Cifar::load`]'s.
+    pub fn from_bytes(bytes: &[u8], variant: CifarVariant, path: &Path) -> Result<Self> {
+        let mut cifar = Cifar::empty(variant);
+        cifar.append(bytes, path)?;
+        Ok(cifar)
+    }
+
+    fn empty(variant: CifarVariant) -> Self {
+        Cifar {
+            variant,
+            pixels: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// Appends the records of the file `path`, whose contents are `bytes`, checking its length
+    /// and every label.
+    fn append(&mut self, bytes: &[u8], path: &Path) -> Result<()> {
+        let variant = self.variant;
+        let record = variant.label_bytes() + CIFAR_IMAGE_BYTES;
+        if bytes.is_empty() || bytes.len() % record != 0 {
+            return Err(Error::File {
+                path: path.display().to_string(),
+                detail: format!(
+                    "{} bytes is not a positive multiple of the {record}-byte record of the {} \
+                     binary version; the file is truncated or not the binary version: download \
+                     it again from {}",
+                    bytes.len(),
+                    variant.name(),
+                    variant.url()
+                ),
+            });
+        }
+        for (i, rec) in bytes.chunks_exact(record).enumerate() {
+            let label = rec[variant.label_bytes() - 1];
+            if usize::from(label) >= variant.num_classes() {
                 return Err(Error::File {
                     path: path.display().to_string(),
                     detail: format!(
-                        "{} bytes is not a positive multiple of the {record}-byte record of the \
-                         {} binary version; the file is truncated or not the binary version: \
-                         download it again from {}",
-                        bytes.len(),
-                        variant.name(),
+                        "record {i} has label {label}, outside [0, {}): the file is corrupt or \
+                         of the other CIFAR; download it again from {}",
+                        variant.num_classes(),
                         variant.url()
                     ),
                 });
             }
-            for (i, rec) in bytes.chunks_exact(record).enumerate() {
-                let label = rec[variant.label_bytes() - 1];
-                if usize::from(label) >= variant.num_classes() {
-                    return Err(Error::File {
-                        path: path.display().to_string(),
-                        detail: format!(
-                            "record {i} has label {label}, outside [0, {}): the file is corrupt \
-                             or of the other CIFAR; download it again from {}",
-                            variant.num_classes(),
-                            variant.url()
-                        ),
-                    });
-                }
-                labels.push(label);
-                pixels.extend_from_slice(&rec[variant.label_bytes()..]);
-            }
+            self.labels.push(label);
+            self.pixels.extend_from_slice(&rec[variant.label_bytes()..]);
         }
-        Ok(Cifar {
-            variant,
-            pixels,
-            labels,
-        })
+        Ok(())
     }
 
     /// The raw bytes of sample `index` (`[3, 32, 32]`, channel-major), as the augmentations of

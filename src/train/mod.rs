@@ -140,11 +140,10 @@ fn train_on<B: Compute>(
         check_test_loss(&test, epoch, &dir)?;
         let peak = backend.peak_memory_bytes();
         let improved = state.finish_epoch(epoch, learner.optimizer.steps(), test.acc1, config.seed);
-        dir.save_checkpoint(&backend, &learner, &state, improved)?;
         lines.push(metrics_line(
             config, epoch, &train, &test, peak, &state, device,
         ));
-        dir.write_metrics(&lines)?;
+        save_epoch(&dir, &backend, &learner, &state, improved, &lines)?;
         if let (Some(events), Some(line)) = (&mut events, lines.last()) {
             events.add_metrics(line)?;
         }
@@ -158,6 +157,28 @@ fn train_on<B: Compute>(
         best_test_acc1: state.best_test_acc1,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Saves the epoch `state` records as done: its metrics (`lines`) and curves, then its
+/// checkpoint, committed last ([`RunDir::save_checkpoint`]; a resumed run reads as many metrics
+/// lines as the committed epochs). A write that fails stops the run with
+/// [`Error::NotSaved`], which says what is kept and how to go on.
+fn save_epoch<B: Compute>(
+    dir: &RunDir,
+    backend: &B,
+    learner: &Learner<B>,
+    state: &RunState,
+    improved: bool,
+    lines: &[Value],
+) -> Result<()> {
+    dir.write_metrics(lines)
+        .and_then(|()| dir.save_checkpoint(backend, learner, state, improved))
+        .map_err(|error| Error::NotSaved {
+            epoch: state.epochs_done,
+            kept: state.epochs_done - 1,
+            dir: dir.path().display().to_string(),
+            source: Box::new(error),
+        })
 }
 
 /// Restores a resumed run into `learner` from its last checkpoint in `dir`, and returns the

@@ -54,6 +54,25 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// Parses the text of a `last.json`, checked to be of this version's format; `path` only
+    /// names it in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<RunState> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::file(path, format!("not a revsnn run state: {e}")))?;
+        if value["format"] != STATE_FORMAT {
+            return Err(Error::file(
+                path,
+                format!(
+                    "run state format {}, expected {STATE_FORMAT:?}: the run was written by \
+                     another version of revsnn; continue it with that version, or start a new run",
+                    value["format"]
+                ),
+            ));
+        }
+        serde_json::from_value(value)
+            .map_err(|e| Error::file(path, format!("not a revsnn run state: {e}")))
+    }
+
     /// Records epoch `epoch` (from 0) of a run seeded `seed` as done, after
     /// `optimizer_steps` steps in all, with test top-1 accuracy `test_acc1`; returns whether
     /// that is the best so far (the first epoch always is).
@@ -131,24 +150,18 @@ impl RunDir {
                 ),
             )
         })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::file(&path, format!("not a revsnn run state: {e}")))?;
-        if value["format"] != STATE_FORMAT {
-            return Err(Error::file(
-                &path,
-                format!(
-                    "run state format {}, expected {STATE_FORMAT:?}: the run was written by \
-                     another version of revsnn; continue it with that version, or start a new run",
-                    value["format"]
-                ),
-            ));
-        }
-        serde_json::from_value(value)
-            .map_err(|e| Error::file(&path, format!("not a revsnn run state: {e}")))
+        RunState::from_json(&text, &path)
     }
 
-    /// Writes the checkpoint after an epoch: the tensors first (the optimizer state, the
-    /// weights, and the best weights when `improved`), the state that names them last.
+    /// Writes the checkpoint of the epoch `state` records as done, in three steps, so that a run
+    /// stopped at any moment (killed, or a disk that fills up) keeps one complete checkpoint:
+    /// 1. each file of the epoch (the optimizer state, the weights, and the best weights and
+    ///    `best.json` when `improved`) to its staged name beside it ([`staged_name`]);
+    /// 2. `last.json`, which commits the epoch;
+    /// 3. each staged file renamed over its name.
+    ///
+    /// Until step 2 ends the previous checkpoint is untouched; after it, [`RunDir::finish_commit`]
+    /// completes step 3 on `--resume`.
     pub fn save_checkpoint<B: Backend>(
         &self,
         backend: &B,
@@ -157,22 +170,47 @@ impl RunDir {
         improved: bool,
     ) -> Result<()> {
         let store = &learner.network.store;
+        let epoch = state.epochs_done;
         let weights = checkpoint::state_dict(backend, store)?;
+        let stage = |name: &str| self.file(&staged_name(name, epoch));
         checkpoint::write(
-            &self.file(&state.optimizer_state),
+            &stage(&state.optimizer_state),
             &learner.optimizer.state_tensors(backend, store)?,
         )?;
-        checkpoint::write(&self.file("last.safetensors"), &weights)?;
+        checkpoint::write(&stage("last.safetensors"), &weights)?;
         let state_json = serde_json::to_string_pretty(state).expect("the state serialises");
         if improved {
-            checkpoint::write(&self.file("best.safetensors"), &weights)?;
-            write_atomic(&self.file("best.json"), state_json.as_bytes())?;
+            checkpoint::write(&stage("best.safetensors"), &weights)?;
+            write_atomic(&stage("best.json"), state_json.as_bytes())?;
         }
-        write_atomic(&self.file("last.json"), state_json.as_bytes())
+        write_atomic(&self.file("last.json"), state_json.as_bytes())?;
+        self.finish_commit(state)
     }
 
-    /// Loads the last checkpoint into `learner`: the weights and the optimizer state, which must
-    /// be finite unless `allow_non_finite`.
+    /// Completes the commit of the checkpoint `state` (read from `last.json`) records: renames
+    /// the files staged for its epoch over their names, and removes what an interrupted save
+    /// left behind (files staged for an epoch that was never committed, temporary files).
+    pub fn finish_commit(&self, state: &RunState) -> Result<()> {
+        let entries = std::fs::read_dir(&self.path)
+            .map_err(|e| Error::file(&self.path, format!("cannot list the run folder: {e}")))?;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let outcome = match staged_file(&file_name, state) {
+                Some((name, true)) => std::fs::rename(&path, self.file(name)),
+                Some((_, false)) => std::fs::remove_file(&path),
+                None if is_temporary(&file_name) => std::fs::remove_file(&path),
+                None => Ok(()),
+            };
+            outcome
+                .map_err(|e| Error::file(&path, format!("cannot complete the checkpoint: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Loads the last checkpoint into `learner`: the weights and the optimizer state, after
+    /// completing the commit of an interrupted save ([`RunDir::finish_commit`]); both must be
+    /// finite unless `allow_non_finite`.
     pub fn load_checkpoint<B: Backend>(
         &self,
         backend: &B,
@@ -180,6 +218,7 @@ impl RunDir {
         state: &RunState,
         allow_non_finite: bool,
     ) -> Result<()> {
+        self.finish_commit(state)?;
         let store = &mut learner.network.store;
         let weights_path = self.file("last.safetensors");
         let weights = checkpoint::read(&weights_path)?;
@@ -217,4 +256,33 @@ impl RunDir {
             None => self.path.display().to_string(),
         }
     }
+}
+
+/// The name a file of the checkpoint of epoch `epoch` (epochs done) has until that checkpoint is
+/// committed: `.NAME.epoch-N`, hidden beside `NAME`.
+pub fn staged_name(name: &str, epoch: usize) -> String {
+    format!(".{name}.epoch-{epoch}")
+}
+
+/// The file a staged file `file_name` becomes, and whether its epoch is the one `state`
+/// commits; `None` for a file that is not a staged file of the checkpoint.
+fn staged_file<'a>(file_name: &str, state: &'a RunState) -> Option<(&'a str, bool)> {
+    let names = [
+        state.optimizer_state.as_str(),
+        "last.safetensors",
+        "best.safetensors",
+        "best.json",
+    ];
+    let rest = file_name.strip_prefix('.')?;
+    names.into_iter().find_map(|name| {
+        let epoch = rest.strip_prefix(name)?.strip_prefix(".epoch-")?;
+        let epoch: usize = epoch.parse().ok()?;
+        Some((name, epoch == state.epochs_done))
+    })
+}
+
+/// Whether `file_name` is a temporary file of [`write_atomic`] (`.NAME.XXXXXX.partial`), left
+/// by a process that was killed while writing it.
+fn is_temporary(file_name: &str) -> bool {
+    file_name.starts_with('.') && file_name.ends_with(".partial")
 }
