@@ -76,10 +76,11 @@ pub enum Error {
     },
     /// The parameters held NaN or infinities after an optimizer step.
     #[error(
-        "{count} parameter values became NaN or infinite after the optimizer step at epoch \
+        "{} NaN or infinite after the optimizer step at epoch \
          {epoch}, step {step} (lr {lr}): training diverged and stopped. The last good checkpoint \
          is kept in {out} (after epoch {epoch_before}); lower --lr and start again, or --resume \
-         from it"
+         from it",
+        parameter_values(*count)
     )]
     ParametersDiverged {
         count: u64,
@@ -135,6 +136,14 @@ impl Error {
 }
 
 /// What [`Error::NotSaved`] says is kept in the run folder `dir` and how to go on.
+/// "1 parameter value became" or "N parameter values became".
+fn parameter_values(count: u64) -> String {
+    match count {
+        1 => "1 parameter value became".into(),
+        n => format!("{n} parameter values became"),
+    }
+}
+
 fn kept_checkpoint(kept: usize, dir: &str) -> String {
     if kept == 0 {
         format!(

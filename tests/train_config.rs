@@ -13,7 +13,7 @@ use revsnn::device::DeviceChoice;
 use revsnn::optim::OptimizerKind;
 use revsnn::reference::{AdamWParams, SgdParams};
 use revsnn::train::config::{GivenSettings, RunSettings};
-use revsnn::train::recipe::{DatasetKind, RecipeKind, Schedule};
+use revsnn::train::recipe::{DatasetKind, OptimizerName, RecipeKind, Schedule, ScheduleName};
 use serde_json::Value;
 
 const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
@@ -151,6 +151,17 @@ fn flags_override_the_config_file() {
         (Some("revsresnet21"), None)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Both fields are `name`; each flag needs its own clap id, or `--schedule` parses as a second
+/// `--optimizer`.
+#[test]
+fn the_optimizer_and_the_schedule_are_separate_flags() {
+    let both = printed(&["--optimizer", "adamw", "--schedule", "multistep"]);
+    assert_eq!(both.optimizer.name, Some(OptimizerName::Adamw));
+    assert_eq!(both.schedule.name, Some(ScheduleName::Multistep));
+    let schedule_only = printed(&["--schedule", "cosine"]);
+    assert_eq!(schedule_only.schedule.name, Some(ScheduleName::Cosine));
 }
 
 #[test]

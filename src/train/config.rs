@@ -137,7 +137,7 @@ pub struct GivenSettings {
 pub struct OptimizerSettings {
     /// sgd or adamw (default: sgd for ResNets, adamw for transformers and the paper's event
     /// ResNets).
-    #[arg(long = "optimizer", value_enum)]
+    #[arg(id = "optimizer", long = "optimizer", value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<OptimizerName>,
     /// Base learning rate (default: SGD 0.1, quick: 0.1 x batch / 32; AdamW 5e-4, paper on
@@ -170,7 +170,7 @@ pub struct OptimizerSettings {
 #[command(next_help_heading = "Schedule ([schedule] in a config file)")]
 pub struct ScheduleSettings {
     /// multistep or cosine, stepped per epoch (default: multistep with SGD, cosine with AdamW).
-    #[arg(long = "schedule", value_enum)]
+    #[arg(id = "schedule", long = "schedule", value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<ScheduleName>,
     /// Multistep: the epochs after which the learning rate is multiplied by gamma, comma-separated
