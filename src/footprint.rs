@@ -219,7 +219,7 @@ pub fn check_parameters<B: Compute>(backend: &B, spec: &ModelSpec) -> Result<()>
     let footprint = Footprint::of(spec, 0, std::mem::size_of::<B::Elem>(), Storage::Reversible);
     check_fits(
         footprint.parameter_bytes,
-        "the model's parameters",
+        "storing the model's parameters",
         &format!("the model (at least {} parameters)", footprint.parameters),
         &Available::on(backend)?,
         "Choose a smaller model: fewer or narrower layers",

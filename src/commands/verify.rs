@@ -540,10 +540,13 @@ impl VerifyArgs {
             report.grad_max_rel_err_vs_bptt,
             mark(report.grad_max_rel_err_vs_bptt <= grad_bar)
         );
+        let fd_error = match report.fd_coordinates {
+            0 => "not run".to_string(),
+            _ => format!("{:.3e}", report.fd_max_rel_err),
+        };
         println!(
-            "  finite differences (f64, {:>2})  {:>10.3e}  (bar 1e-6)  {}",
+            "  finite differences (f64, {:>2})  {fd_error:>10}  (bar 1e-6)  {}",
             report.fd_coordinates,
-            report.fd_max_rel_err,
             mark(report.fd_coordinates > 0 && report.fd_max_rel_err <= 1e-6)
         );
         for check in &report.skipped {
