@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use revsnn_reference::{Backend, Element};
+use revsnn_reference::Backend;
 
 use super::config::RunSettings;
 use super::evaluate::{Score, batch_tensor, cast, widened};
@@ -15,7 +15,7 @@ use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
-use crate::model::{BuildOptions, Grads, Targets};
+use crate::model::{BuildOptions, Grads, StepOutput, Targets};
 use crate::network::{Network, PassOptions};
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
@@ -110,15 +110,20 @@ pub fn train_epoch<B: Compute>(
     for (step, batch) in batches.enumerate() {
         let batch = batch?;
         let count = batch.labels.len();
-        let (loss, score, grads) =
-            forward_backward(backend, &mut learner.network, &*samples, batch)?;
-        if !loss.is_finite() {
-            return Err(diverged(loss, epoch, step, lr, &config.out));
-        }
+        let labels = batch.labels.clone();
+        let (output, grads) = forward_backward(backend, &mut learner.network, &*samples, batch)?;
+        // The optimizer step is queued before anything is read back, so the device runs the
+        // whole step without waiting for the host; then one read brings the loss and the
+        // logits, and one the parameters' non-finite count. A non-finite loss is reported
+        // first, as the step that produced it (the stepped parameters are never saved).
         learner
             .optimizer
             .step(backend, &mut learner.network.store, &grads, lr)?;
+        let (loss, score) = read_loss_and_score(backend, &output, &labels)?;
         let non_finite = learner.network.store.count_non_finite(backend)?;
+        if !loss.is_finite() {
+            return Err(diverged(loss, epoch, step, lr, &config.out));
+        }
         if non_finite > 0 {
             return Err(Error::ParametersDiverged {
                 count: non_finite,
@@ -159,14 +164,14 @@ pub fn saw_every_sample(pass: &str, seen: usize, expected: usize) -> Result<()> 
 }
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
-/// has them, else its labels: the mean loss, the score of the logits against the labels, and the
+/// has them, else its labels: the step's output (still where the backend computes) and the
 /// parameter gradients.
 fn forward_backward<B: Backend>(
     backend: &B,
     network: &mut Network<B>,
     data: &dyn Dataset,
     batch: Batch,
-) -> Result<(f64, Score, Grads<B>)> {
+) -> Result<(StepOutput<B>, Grads<B>)> {
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
     let mut grads = network.zero_grads();
@@ -183,8 +188,23 @@ fn forward_backward<B: Backend>(
         None => Targets::Hard(&batch.labels),
     };
     let report = network.train_step(backend, &mut grads, &images, targets, run)?;
-    let score = Score::of(&widened(backend, &report.output.logits)?, &batch.labels);
-    Ok((report.output.loss.widen(), score, grads))
+    Ok((report.output, grads))
+}
+
+/// The mean loss of a step and the score of its logits against `labels`, read back together:
+/// one transfer (on a GPU, one wait for the queued work).
+fn read_loss_and_score<B: Backend>(
+    backend: &B,
+    output: &StepOutput<B>,
+    labels: &[usize],
+) -> Result<(f64, Score)> {
+    let logits = backend.reshape(
+        &output.logits,
+        &[backend.shape(&output.logits).iter().product()],
+    )?;
+    let mut values = widened(backend, &backend.concat(&[&logits, &output.loss], 0)?)?;
+    let loss = values.pop().unwrap_or(f64::NAN);
+    Ok((loss, Score::of(&values, labels)))
 }
 
 /// The error of a training loss that became `loss` at step `step` of epoch `epoch` (from 0).
