@@ -46,6 +46,10 @@ pub struct EpochStats {
     pub images: usize,
     /// Wall time of the epoch's training (all queued work finished).
     pub seconds: f64,
+    /// Seconds the loader's workers spent assembling the epoch's batches, summed over workers.
+    pub loader_busy_seconds: f64,
+    /// Seconds the training loop waited for the loader's next batch.
+    pub loader_wait_seconds: f64,
 }
 
 impl EpochStats {
@@ -57,6 +61,15 @@ impl EpochStats {
     /// The top-1 accuracy on the training batches.
     pub fn acc1(&self) -> f64 {
         self.hits as f64 / self.images.max(1) as f64
+    }
+
+    /// Images one loader worker assembles per second (0 when the loader did no measurable work).
+    pub fn loader_images_per_second_per_worker(&self) -> f64 {
+        if self.loader_busy_seconds > 0.0 {
+            self.images as f64 / self.loader_busy_seconds
+        } else {
+            0.0
+        }
     }
 }
 
@@ -96,7 +109,7 @@ pub fn train_epoch<B: Compute>(
     let start = Instant::now();
     let source = data.source(epoch, learner.network.spec.num_classes);
     let order = shuffled(samples.len(), seed);
-    let batches = Loader::new(
+    let mut batches = Loader::new(
         source,
         order,
         config.batch,
@@ -107,39 +120,26 @@ pub fn train_epoch<B: Compute>(
     )?;
     let expected = batches.samples();
     let mut stats = EpochStats::default();
-    for (step, batch) in batches.enumerate() {
+    for step in 0.. {
+        let waiting = Instant::now();
+        let Some(batch) = batches.next() else { break };
+        stats.loader_wait_seconds += waiting.elapsed().as_secs_f64();
         let batch = batch?;
         let count = batch.labels.len();
-        let labels = batch.labels.clone();
-        let (output, grads) = forward_backward(backend, &mut learner.network, &*samples, batch)?;
-        // The optimizer step is queued before anything is read back, so the device runs the
-        // whole step without waiting for the host; then one read brings the loss and the
-        // logits, and one the parameters' non-finite count. A non-finite loss is reported
-        // first, as the step that produced it (the stepped parameters are never saved).
-        learner
-            .optimizer
-            .step(backend, &mut learner.network.store, &grads, lr)?;
-        let (loss, score) = read_loss_and_score(backend, &output, &labels)?;
-        let non_finite = learner.network.store.count_non_finite(backend)?;
-        if !loss.is_finite() {
-            return Err(diverged(loss, epoch, step, lr, &config.out));
-        }
-        if non_finite > 0 {
-            return Err(Error::ParametersDiverged {
-                count: non_finite,
-                epoch: epoch + 1,
-                epoch_before: epoch,
-                step: step + 1,
-                lr,
-                out: config.out.display().to_string(),
-            });
-        }
+        let place = StepPlace {
+            epoch,
+            step,
+            lr,
+            out: &config.out,
+        };
+        let (loss, score) = checked_step(backend, learner, &*samples, batch, place)?;
         stats.loss_sum += loss * count as f64;
         stats.hits += score.top1;
         stats.images += count;
         progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
     }
     backend.synchronize()?;
+    stats.loader_busy_seconds = batches.busy_seconds();
     saw_every_sample(
         &format!("training epoch {}", epoch + 1),
         stats.images,
@@ -161,6 +161,52 @@ pub fn saw_every_sample(pass: &str, seen: usize, expected: usize) -> Result<()> 
             expected,
         })
     }
+}
+
+/// Where a step is in the run, for its error messages.
+struct StepPlace<'a> {
+    /// The epoch, from 0.
+    epoch: usize,
+    /// The step of the epoch, from 0.
+    step: usize,
+    lr: f64,
+    /// The run folder.
+    out: &'a Path,
+}
+
+/// One optimizer step of `learner` on `batch` (of samples of `data`): its mean loss and the
+/// score of its logits. The optimizer step is queued before anything is read back, so the
+/// device runs the whole step without waiting for the host; then one read brings the loss and
+/// the logits, and one the parameters' non-finite count. A non-finite loss is reported first, as
+/// the step that produced it (the stepped parameters are never saved), then non-finite
+/// parameters.
+fn checked_step<B: Compute>(
+    backend: &B,
+    learner: &mut Learner<B>,
+    data: &dyn Dataset,
+    batch: Batch,
+    place: StepPlace,
+) -> Result<(f64, Score)> {
+    let labels = batch.labels.clone();
+    let (output, grads) = forward_backward(backend, &mut learner.network, data, batch)?;
+    let store = &mut learner.network.store;
+    learner.optimizer.step(backend, store, &grads, place.lr)?;
+    let (loss, score) = read_loss_and_score(backend, &output, &labels)?;
+    let non_finite = store.count_non_finite(backend)?;
+    if !loss.is_finite() {
+        return Err(diverged(loss, place.epoch, place.step, place.lr, place.out));
+    }
+    if non_finite > 0 {
+        return Err(Error::ParametersDiverged {
+            count: non_finite,
+            epoch: place.epoch + 1,
+            epoch_before: place.epoch,
+            step: place.step + 1,
+            lr: place.lr,
+            out: place.out.display().to_string(),
+        });
+    }
+    Ok((loss, score))
 }
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it

@@ -7,12 +7,12 @@
 //! the reference does, so the loss stays on the device until a caller reads it. The context keeps a dense target distribution
 //! (one-hot rows for labels), so one elementwise backward serves both losses.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 use revsnn_reference::contract::shapes::{
     check_context_targets, check_labels, check_soft_targets, logits_shape,
 };
 
-use super::{GpuElement, elementwise_launch};
+use super::{GpuElement, ONE_THREAD, elementwise_launch};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::LOSS;
@@ -38,8 +38,7 @@ fn mean_of_rows<E: GpuElement>(
     launch.arg(losses.slice()).arg(loss.slice_mut()).arg(&rows);
     // SAFETY: the arguments match `mean_of_rows_<E>(const double* losses, E* loss, long long
     // rows)`; losses holds `rows` elements and loss one.
-    unsafe { launch.launch(LaunchConfig::for_num_elems(1)) }
-        .map_err(GpuError::driver("launching mean_of_rows"))?;
+    unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching mean_of_rows"))?;
     CudaTensor::new(loss, &[1])
 }
 

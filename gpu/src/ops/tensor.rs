@@ -14,7 +14,7 @@ use revsnn_reference::contract::shapes::{
     permuted_shape, repeated_shape, split_leading,
 };
 
-use super::{GpuElement, THREADS, elementwise_launch, shape_error};
+use super::{GpuElement, ONE_THREAD, THREADS, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::TENSOR;
@@ -537,8 +537,7 @@ pub fn fold_fingerprint<E: GpuElement>(
     launch.arg(word.slice_mut()).arg(sum.slice()).arg(&hash);
     // SAFETY: the arguments match `fold_fingerprint(unsigned long long* word, const unsigned
     // long long* sum, unsigned long long shape_hash)`; word and sum hold one element each.
-    unsafe { launch.launch(LaunchConfig::for_num_elems(1)) }
-        .map_err(GpuError::driver("launching fold_fingerprint"))?;
+    unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching fold_fingerprint"))?;
     Ok(())
 }
 
@@ -554,8 +553,7 @@ pub fn count_unequal(
     launch.arg(count.slice_mut()).arg(a.slice()).arg(b.slice());
     // SAFETY: the arguments match `count_unequal(unsigned long long* count, const unsigned long
     // long* a, const unsigned long long* b)`; each holds one element.
-    unsafe { launch.launch(LaunchConfig::for_num_elems(1)) }
-        .map_err(GpuError::driver("launching count_unequal"))?;
+    unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching count_unequal"))?;
     Ok(())
 }
 
