@@ -11,7 +11,13 @@
 # is left, and steps that no longer fit are skipped and listed.
 # For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
 # 'gpu_conv|gpu_models'; 'none' runs none), BENCH_FILTER (criterion's name filter), CLI_MODELS
-# and BASELINE_MODELS (comma lists of presets).
+# and BASELINE_MODELS (comma lists of presets), CHECK_CLI=0 (no CLI bench/memory step).
+# The training stage (CHECK_TRAIN=1, the default; gpu/train-stage.sh says what it runs and its
+# knobs) has its own budget, TRAIN_BUDGET_S (default 200), inside DEADLINE_S. REVSNN names the
+# binary (default gpu-bin/revsnn). A dry run of the training stage's logic on the CPU:
+#   REVSNN=target/release/revsnn TRAIN_DEVICE=cpu CHECK_TESTS=none CHECK_CLI=0 CHECK_BENCHES=none \
+#     PYTORCH_BASELINE=0 TRAIN_RUNS=revsresnet21:4,revsformer-2-384:4 TRAIN_SAMPLES=16 \
+#     TRAIN_TEST_SAMPLES=8 TRAIN_MODEL_ARGS='--time-steps 1' bash gpu/check.sh /tmp/check-dry
 set -uo pipefail
 OUT_DIR=${1:?usage: gpu/check.sh OUTPUT_FOLDER}
 mkdir -p "$OUT_DIR"
@@ -26,14 +32,20 @@ export REVSNN_CUDA_INCLUDE="$SP/nvidia/cu13/include:/usr/local/cuda/include"
 export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 REVSNN_REQUIRE_CUDNN=1 PYTHONUNBUFFERED=1
 status=0
 DEADLINE_S=${DEADLINE_S:-530}
-left() { echo $((DEADLINE_S - SECONDS)); }
+REVSNN=${REVSNN:-gpu-bin/revsnn}
+# STAGE_END (in $SECONDS), when set, cuts the time left to a stage's own budget.
+left() {
+  local rest=$((DEADLINE_S - SECONDS))
+  if [ -n "${STAGE_END:-}" ] && [ $((STAGE_END - SECONDS)) -lt "$rest" ]; then rest=$((STAGE_END - SECONDS)); fi
+  echo "$rest"
+}
 
 section() { printf '\n## %s\n\n```\n' "$1" >>"$REPORT"; }
 end_section() { printf '```\n' >>"$REPORT"; }
 run_logged() { # $1: log name; $2: timeout in seconds (cut to the time left); rest: command
   local log="$OUT_DIR/$1.log" limit=$2; shift 2
   if [ "$(left)" -lt 10 ]; then
-    echo "[$(basename "$log" .log)] skipped: DEADLINE_S=$DEADLINE_S s spent" | tee -a "$REPORT.summary"
+    echo "[$(basename "$log" .log)] skipped: time budget spent (DEADLINE_S=$DEADLINE_S${STAGE_END:+, stage budget})" | tee -a "$REPORT.summary"
     : >"$log"; return 1
   fi
   [ "$limit" -gt "$(left)" ] && limit=$(left)
@@ -56,7 +68,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 end_section
 
 section "revsnn info"
-gpu-bin/revsnn info >>"$REPORT" 2>&1 || status=1
+"$REVSNN" info >>"$REPORT" 2>&1 || status=1
 end_section
 
 for test in gpu-bin/tests/*; do
@@ -72,19 +84,20 @@ done
 # `revsnn bench` and `revsnn memory` on CUDA (issue 5's training-step figures, T = 4). A failing
 # or timed-out command is logged and the next one runs.
 CLI_MODELS=${CLI_MODELS:-revsresnet37,msresnet34,revsformer-4-384,spikingformer-4-384}
+[ "${CHECK_CLI:-1}" = 1 ] || CLI_MODELS=""
 : >"$OUT_DIR/cli-results.jsonl"
 for model in ${CLI_MODELS//,/ }; do
   for what in bench bench-tf32 bench-tf32-im2col memory; do
     case $what in
-      bench) run_logged "cli-$what-$model" 90 gpu-bin/revsnn bench --device cuda --model "$model" \
+      bench) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --model "$model" \
         --batch 64 --steps 10 --json || status=1 ;;
       # PyTorch runs its convolutions on TF32 by default: the like-for-like speed comparison
-      bench-tf32) run_logged "cli-$what-$model" 90 gpu-bin/revsnn bench --device cuda --tf32 \
+      bench-tf32) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --tf32 \
         --model "$model" --batch 64 --steps 10 --json || status=1 ;;
       # the other convolution engine, side by side
-      bench-tf32-im2col) REVSNN_CONV_ENGINE=im2col run_logged "cli-$what-$model" 90 gpu-bin/revsnn \
+      bench-tf32-im2col) REVSNN_CONV_ENGINE=im2col run_logged "cli-$what-$model" 90 "$REVSNN" \
         bench --device cuda --tf32 --model "$model" --batch 64 --steps 10 --json || status=1 ;;
-      memory) run_logged "cli-$what-$model" 60 gpu-bin/revsnn memory --device cuda --model "$model" \
+      memory) run_logged "cli-$what-$model" 60 "$REVSNN" memory --device cuda --model "$model" \
         --batch 32,64 --json || status=1 ;;
     esac
     section "revsnn $what --device cuda --model $model"
@@ -94,6 +107,11 @@ for model in ${CLI_MODELS//,/ }; do
       >>"$OUT_DIR/cli-results.jsonl"
   done
 done
+
+if [ "${CHECK_TRAIN:-1}" = 1 ]; then
+  # shellcheck source=gpu/train-stage.sh
+  source gpu/train-stage.sh
+fi
 
 if [ "${PYTORCH_BASELINE:-1}" = 1 ] && [ -d .official ] && ls .whl/spikingjelly-*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/spikingjelly-*.whl

@@ -5,6 +5,7 @@ use revsnn_reference::Backend;
 
 use crate::error::Result;
 use crate::model::build::Builder;
+use crate::model::probes::DivergedRecomputes;
 use crate::model::resnet::{MsResNet, RevSResNet};
 use crate::model::transformer::{RevSFormer, Spikingformer};
 use crate::model::{
@@ -56,8 +57,9 @@ impl Default for PassOptions {
 #[derive(Debug)]
 pub struct StepReport<B: Backend> {
     pub output: StepOutput<B>,
-    /// Reversible recomputes whose spikes differed from the forward's (by fingerprint).
-    pub diverged_recomputes: usize,
+    /// Reversible recomputes whose spikes differed from the forward's (by fingerprint), counted
+    /// where the backend computes: reading it waits for the device.
+    pub diverged_recomputes: DivergedRecomputes<B>,
     /// With [`PassOptions::audit`]: reconstruction errors and spike flips, counted exactly.
     pub audit: Option<ReversibleAudit>,
 }
@@ -124,7 +126,7 @@ impl<B: Backend> Network<B> {
         let output = with_body!(self, model => train_step(model, &mut session, images, targets))?;
         Ok(StepReport {
             output,
-            diverged_recomputes: session.probes.diverged_recomputes,
+            diverged_recomputes: session.probes.take_diverged(),
             audit: session.probes.audit,
         })
     }

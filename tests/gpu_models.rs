@@ -106,7 +106,7 @@ fn run_step<B: Backend>(
     let output = report.output;
     let mut tensors = vec![
         ("logits".to_string(), widen(backend, &output.logits)),
-        ("loss".to_string(), vec![output.loss.widen()]),
+        ("loss".to_string(), widen(backend, &output.loss)),
         ("grad_input".to_string(), widen(backend, &output.grad_input)),
     ];
     let mut counters = Vec::new();

@@ -5,7 +5,8 @@
 //! of docs/design.md (relative L2 error, f32 <= 1e-5, f64 <= 1e-12) and then bitwise equality, with
 //! messages that tell the two failures apart. Two runs are bitwise identical. The fingerprint is
 //! not the reference's hash: it is checked for equality on equal bits and sensitivity to changed
-//! bits, positions and shapes. Sizes span one partial block up to thousands of blocks; bad shapes
+//! bits, positions and shapes; its fold into a device word equals the host's fold and does not
+//! wait for the device. Sizes span one partial block up to thousands of blocks; bad shapes
 //! and parameters are errors. Skips without a GPU (`SKIP: no CUDA device`), fails then with
 //! `REVSNN_REQUIRE_GPU=1`.
 
@@ -329,6 +330,50 @@ fn fingerprints<B: Backend>(gpu: &B) {
     }
 }
 
+/// Fingerprints folded into a backend word equal the host's fold of the same fingerprints, and
+/// words compare where they live; neither waits for the device: the host waits only to read a
+/// word back.
+fn folded_fingerprints<B: Compute>(gpu: &B) {
+    let tensors: Vec<B::Tensor> = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let data: Vec<B::Elem> = random(&mut SplitMix64::new(850 + i as u64), n);
+            gpu.tensor_from_vec(&[n], data).unwrap()
+        })
+        .collect();
+    let mut expected = 0u64;
+    for x in &tensors {
+        expected = expected.rotate_left(5) ^ gpu.fingerprint(x).unwrap();
+    }
+    let waits = || gpu.transfer_counts().map(|counts| counts.host_waits);
+    let before = waits();
+    let mut word = gpu.zero_word().unwrap();
+    for x in &tensors {
+        gpu.fold_fingerprint(&mut word, x).unwrap();
+    }
+    let mut reversed = gpu.zero_word().unwrap();
+    for x in tensors.iter().rev() {
+        gpu.fold_fingerprint(&mut reversed, x).unwrap();
+    }
+    let mut unequal = gpu.zero_word().unwrap();
+    gpu.count_unequal(&mut unequal, &word, &word).unwrap();
+    gpu.count_unequal(&mut unequal, &word, &reversed).unwrap();
+    gpu.count_unequal(&mut unequal, &reversed, &word).unwrap();
+    assert_eq!(
+        waits(),
+        before,
+        "folding and comparing waited for the device"
+    );
+    assert_eq!(gpu.read_word(&word).unwrap(), expected, "the host's fold");
+    assert_ne!(
+        gpu.read_word(&reversed).unwrap(),
+        expected,
+        "the order counts"
+    );
+    assert_eq!(gpu.read_word(&unequal).unwrap(), 2, "two unequal pairs");
+}
+
 /// The non-finite count against the reference's, over tensors of every size with NaN and
 /// infinities at the first, last and scattered positions, summed over several tensors in one call.
 fn non_finite_counts<B: Backend>(p: &Pair<B>) {
@@ -388,6 +433,7 @@ macro_rules! typed_tests {
         fn $fingerprint() {
             if let Some(gpu) = backend_or_skip::<$e>(stringify!($fingerprint)) {
                 fingerprints(&gpu);
+                folded_fingerprints(&gpu);
             }
         }
 
@@ -557,4 +603,5 @@ fn the_harness_passes_with_the_reference_as_the_device() {
     structural(&p);
     reductions(&p);
     fingerprints(&p.gpu);
+    folded_fingerprints(&p.gpu);
 }

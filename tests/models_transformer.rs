@@ -256,7 +256,7 @@ fn check_train_step<M: Transformer<Cpu<f32>>>(spec: &ModelSpec) {
             .iter()
             .all(|v| v.is_finite())
     );
-    assert!(out.loss.is_finite());
+    assert!(out.loss_value(&backend).unwrap().is_finite());
     assert_eq!(backend.shape(&out.grad_input), shape);
     assert!(
         backend
@@ -265,7 +265,12 @@ fn check_train_step<M: Transformer<Cpu<f32>>>(spec: &ModelSpec) {
             .iter()
             .all(|v| v.is_finite())
     );
-    assert_eq!(session.probes.diverged_recomputes, 0, "{:?}", spec.arch);
+    assert_eq!(
+        session.probes.diverged_recomputes(&backend).unwrap(),
+        0,
+        "{:?}",
+        spec.arch
+    );
     for (i, entry) in store.entries().iter().enumerate() {
         let grad = grads.get(revsnn::model::ParamId(i));
         match entry.kind {
@@ -328,7 +333,7 @@ fn analytic<M: Layer<Cpu64>>(
         .tensor_from_vec(&backend.shape(&logits), w.to_vec())
         .unwrap();
     let grad_input = model.backward(&mut session, saved, &grad_logits).unwrap();
-    let diverged = session.probes.diverged_recomputes;
+    let diverged = session.probes.diverged_recomputes(&backend).unwrap();
     let params = (0..store.entries().len())
         .map(|i| {
             grads

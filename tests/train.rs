@@ -63,7 +63,13 @@ fn metrics(dir: &Path) -> Vec<Value> {
 fn deterministic(mut lines: Vec<Value>) -> Vec<Value> {
     for line in &mut lines {
         let object = line.as_object_mut().unwrap();
-        for key in ["images_per_second", "epoch_seconds", "peak_memory_bytes"] {
+        for key in [
+            "images_per_second",
+            "epoch_seconds",
+            "peak_memory_bytes",
+            "loader_images_per_second_per_worker",
+            "loader_wait_seconds",
+        ] {
             object.remove(key);
         }
     }

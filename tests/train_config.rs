@@ -468,7 +468,13 @@ fn metrics(dir: &Path) -> Vec<Value> {
         .map(|l| {
             let mut line: Value = serde_json::from_str(l).unwrap();
             let object = line.as_object_mut().unwrap();
-            for key in ["images_per_second", "epoch_seconds", "peak_memory_bytes"] {
+            for key in [
+                "images_per_second",
+                "epoch_seconds",
+                "peak_memory_bytes",
+                "loader_images_per_second_per_worker",
+                "loader_wait_seconds",
+            ] {
                 object.remove(key);
             }
             line

@@ -84,7 +84,13 @@ fn metrics(dir: &Path) -> Vec<Value> {
         .map(|line| {
             let mut value: Value = serde_json::from_str(line).unwrap();
             let object = value.as_object_mut().unwrap();
-            for key in ["images_per_second", "epoch_seconds", "peak_memory_bytes"] {
+            for key in [
+                "images_per_second",
+                "epoch_seconds",
+                "peak_memory_bytes",
+                "loader_images_per_second_per_worker",
+                "loader_wait_seconds",
+            ] {
                 object.remove(key);
             }
             value

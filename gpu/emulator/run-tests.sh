@@ -19,8 +19,14 @@ export LD_LIBRARY_PATH="$EMU:$NV/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_
 export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1
 [ "${1:-}" = "--" ] && shift
 # The GPU tests of the root crate (tests/gpu_*.rs) and of revsnn-gpu (gpu/tests/*.rs).
-# --no-fail-fast: every binary runs and every failure is reported.
+# --no-fail-fast: every binary runs and every failure is reported. The tests' `SKIP:` lines (what
+# the emulator could not run, e.g. the cuDNN engine) are repeated at the end, so a log shows them
+# together.
 status=0
-cargo test --release --no-fail-fast -p revsnn --test 'gpu_*' -- "$@" || status=1
-cargo test --release --no-fail-fast -p revsnn-gpu --test '*' -- "$@" || status=1
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --release --no-fail-fast -p revsnn --test 'gpu_*' -- "$@" 2>&1 | tee -a "$log" || status=1
+cargo test --release --no-fail-fast -p revsnn-gpu --test '*' -- "$@" 2>&1 | tee -a "$log" || status=1
+echo "== skipped on the emulator:"
+grep '^SKIP:' "$log" | sort | uniq -c || echo "   nothing"
 exit "$status"

@@ -2,7 +2,7 @@
 // side in gpu/src/ops/loss.rs. One thread per row (rows are few) computes the row's log-sum-exp
 // in double exactly as the reference writes it, sequentially over the classes: the row maximum m
 // (the first one), then ln_1p(sum_{k != argmax} exp(x_k - m)); each row's loss goes to a double
-// buffer that the host sums in row order. The backward is elementwise.
+// buffer that one thread sums in row order. The backward is elementwise.
 //
 // Products and sums use the explicit round-to-nearest intrinsics, which the compiler never
 // contracts into an FMA, so they round as the reference's do.
@@ -85,6 +85,15 @@ __device__ void cross_entropy_backward(const E* __restrict__ softmax, const E* _
     GRID_STRIDE_LOOP(i, n) { grad[i] = (E)__dmul_rn(scale, __dsub_rn((double)softmax[i], (double)targets[i])); }
 }
 
+// loss[0] = (E) ((sum_b losses[b]) / rows), summed in row order from -0.0 as Rust's f64 sum
+// does (the reference's mean), so the loss stays on the device, bit for bit the host's. One thread.
+template <typename E> __device__ void mean_of_rows(const double* __restrict__ losses, E* __restrict__ loss, long long rows) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double sum = -0.0;
+    for (long long b = 0; b < rows; ++b) sum = __dadd_rn(sum, losses[b]);
+    loss[0] = (E)__ddiv_rn(sum, (double)rows);
+}
+
 #define LOSS_KERNELS(E, SUFFIX)                                                                                 \
     extern "C" __global__ void cross_entropy_labels_##SUFFIX(const E* logits, const long long* labels,         \
                                                              E* softmax, E* targets, double* losses,           \
@@ -98,6 +107,9 @@ __device__ void cross_entropy_backward(const E* __restrict__ softmax, const E* _
     extern "C" __global__ void cross_entropy_backward_##SUFFIX(const E* softmax, const E* targets, E* grad,    \
                                                                long long n, double scale) {                    \
         cross_entropy_backward<E>(softmax, targets, grad, n, scale);                                            \
+    }                                                                                                           \
+    extern "C" __global__ void mean_of_rows_##SUFFIX(const double* losses, E* loss, long long rows) {           \
+        mean_of_rows<E>(losses, loss, rows);                                                                    \
     }
 
 LOSS_KERNELS(float, f32)

@@ -160,6 +160,25 @@ template <typename E> __device__ void count_non_finite(const E* __restrict__ x, 
     if ((threadIdx.x & 31) == 0 && acc != 0) atomicAdd(count, acc);
 }
 
+// word = rotl(word, 5) ^ feed(shape_hash, *sum), feed(h, w) = (rotl(h, 5) ^ w) * 0x9E3779B97F4A7C15
+// (mod 2^64): the host's fold of a fingerprint whose element sum `fingerprint` left in *sum, done
+// here so that the host never waits for it. One thread.
+extern "C" __global__ void fold_fingerprint(unsigned long long* word, const unsigned long long* sum,
+                                            unsigned long long shape_hash) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    unsigned long long fed = ((shape_hash << 5) | (shape_hash >> 59)) ^ *sum;
+    fed *= 0x9E3779B97F4A7C15ULL;
+    *word = ((*word << 5) | (*word >> 59)) ^ fed;
+}
+
+// count += (*a != *b): a forward's and a recompute's fingerprints compared where they live. One
+// thread.
+extern "C" __global__ void count_unequal(unsigned long long* count, const unsigned long long* a,
+                                         const unsigned long long* b) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    if (*a != *b) *count += 1ULL;
+}
+
 #define TENSOR_KERNELS(E, SUFFIX)                                                                                \
     extern "C" __global__ void strided_copy_##SUFFIX(const E* x, E* y, Strided layout, long long n) {            \
         strided_copy<E>(x, y, layout, n);                                                                        \

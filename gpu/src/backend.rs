@@ -9,12 +9,12 @@ use std::sync::Arc;
 use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
     BatchStats, Compute, Conv2dGrads, Conv2dParams, LinearGrads, NeuronConfig, Pool2dParams,
-    Result, RunningStats, SgdParams,
+    Result, RunningStats, SgdParams, TransferCounts,
 };
 
 use crate::device::GpuDevice;
 use crate::error::GpuError;
-use crate::memory::DeviceMemoryStats;
+use crate::memory::{DeviceBuffer, DeviceMemoryStats};
 use crate::ops::{self, GpuElement};
 use crate::tensor::CudaTensor;
 
@@ -76,6 +76,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
     type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
     type MaxPoolContext = ops::pool::MaxPoolContext;
     type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
+    type Word = DeviceBuffer<u64>;
 
     fn name(&self) -> String {
         format!("cuda-{}", E::DTYPE)
@@ -141,6 +142,27 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn fingerprint(&self, x: &CudaTensor<E>) -> Result<u64> {
         Ok(ops::tensor::fingerprint(&self.device, x)?)
+    }
+
+    fn zero_word(&self) -> Result<DeviceBuffer<u64>> {
+        Ok(self.device.alloc_zeros::<u64>(1)?)
+    }
+
+    fn fold_fingerprint(&self, word: &mut DeviceBuffer<u64>, x: &CudaTensor<E>) -> Result<()> {
+        Ok(ops::tensor::fold_fingerprint(&self.device, word, x)?)
+    }
+
+    fn count_unequal(
+        &self,
+        count: &mut DeviceBuffer<u64>,
+        a: &DeviceBuffer<u64>,
+        b: &DeviceBuffer<u64>,
+    ) -> Result<()> {
+        Ok(ops::tensor::count_unequal(&self.device, count, a, b)?)
+    }
+
+    fn read_word(&self, word: &DeviceBuffer<u64>) -> Result<u64> {
+        Ok(self.device.download(word)?.first().copied().unwrap_or(0))
     }
 
     fn count_non_finite(&self, tensors: &[&CudaTensor<E>]) -> Result<u64> {
@@ -340,11 +362,11 @@ impl<E: GpuElement> Backend for Cuda<E> {
         )?)
     }
 
-    fn cross_entropy_forward(
+    fn cross_entropy_loss(
         &self,
         logits: &CudaTensor<E>,
         labels: &[usize],
-    ) -> Result<(E, Self::CrossEntropyContext)> {
+    ) -> Result<(CudaTensor<E>, Self::CrossEntropyContext)> {
         Ok(ops::loss::cross_entropy_forward(
             &self.device,
             logits,
@@ -352,11 +374,11 @@ impl<E: GpuElement> Backend for Cuda<E> {
         )?)
     }
 
-    fn soft_cross_entropy_forward(
+    fn soft_cross_entropy_loss(
         &self,
         logits: &CudaTensor<E>,
         targets: &CudaTensor<E>,
-    ) -> Result<(E, Self::CrossEntropyContext)> {
+    ) -> Result<(CudaTensor<E>, Self::CrossEntropyContext)> {
         Ok(ops::loss::soft_cross_entropy_forward(
             &self.device,
             logits,
@@ -430,5 +452,9 @@ impl<E: GpuElement> Compute for Cuda<E> {
 
     fn available_memory_bytes(&self) -> Result<Option<u64>> {
         Ok(Some(self.device.free_memory_bytes()? as u64))
+    }
+
+    fn transfer_counts(&self) -> Option<TransferCounts> {
+        Some(self.device.transfer_counts())
     }
 }

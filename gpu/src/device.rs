@@ -3,7 +3,7 @@
 //! device's own architecture on first use, cached for the process.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -11,7 +11,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits, sys,
 };
 use cudarc::nvrtc::Ptx;
-use revsnn_reference::DeviceError;
+use revsnn_reference::{DeviceError, TransferCounts};
 
 use crate::compiler::{self, Target};
 use crate::error::GpuError;
@@ -44,6 +44,8 @@ pub struct GpuDevice {
     cudnn: OnceLock<Mutex<Cudnn>>,
     conv_engine: Mutex<ConvEngine>,
     tf32: AtomicBool,
+    host_waits: AtomicU64,
+    uploads: AtomicU64,
 }
 
 /// The environment variable that picks the convolution engine when a device opens.
@@ -78,6 +80,8 @@ impl GpuDevice {
             cudnn: OnceLock::new(),
             conv_engine: Mutex::new(ConvEngine::Im2colGemm),
             tf32: AtomicBool::new(false),
+            host_waits: AtomicU64::new(0),
+            uploads: AtomicU64::new(0),
         };
         match std::env::var(CONV_ENGINE_VARIABLE) {
             Ok(value) => device.set_conv_engine(value.parse()?)?,
@@ -152,6 +156,7 @@ impl GpuDevice {
         // SAFETY: every element is written by the copy below (an empty buffer's is never read).
         let mut buffer = unsafe { self.alloc::<T>(data.len()) }?;
         if !data.is_empty() {
+            self.uploads.fetch_add(1, Ordering::Relaxed);
             self.stream
                 .memcpy_htod(data, buffer.slice_mut())
                 .map_err(GpuError::driver("copying to the device"))?;
@@ -164,6 +169,7 @@ impl GpuDevice {
         if buffer.is_empty() {
             return Ok(Vec::new());
         }
+        self.host_waits.fetch_add(1, Ordering::Relaxed);
         self.stream
             .clone_dtoh(buffer.slice())
             .map_err(GpuError::driver("copying from the device"))
@@ -341,8 +347,18 @@ impl GpuDevice {
         Ok(free)
     }
 
+    /// The host waits and uploads since the device opened: what `revsnn bench` reports per
+    /// step. Counted on every path that copies or synchronises, the emulator's included.
+    pub fn transfer_counts(&self) -> TransferCounts {
+        TransferCounts {
+            host_waits: self.host_waits.load(Ordering::Relaxed),
+            uploads: self.uploads.load(Ordering::Relaxed),
+        }
+    }
+
     /// Waits for every queued operation and surfaces any error recorded asynchronously.
     pub fn synchronize(&self) -> Result<(), GpuError> {
+        self.host_waits.fetch_add(1, Ordering::Relaxed);
         self.stream
             .synchronize()
             .map_err(GpuError::driver("synchronizing the stream"))?;

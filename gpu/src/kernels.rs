@@ -89,8 +89,8 @@ pub const POOL: KernelSource = KernelSource {
 };
 
 /// `gpu/kernels/tensor.cu`: strided copies (permute, narrow, concat, repeat, broadcasts),
-/// elementwise arithmetic, quantisation, sums over time and axes, the fingerprint, the count of
-/// non-finite elements.
+/// elementwise arithmetic, quantisation, sums over time and axes, the fingerprint and its fold
+/// into a device word, the count of non-finite elements.
 pub const TENSOR: KernelSource = KernelSource {
     file: "tensor.cu",
     source: include_str!("../kernels/tensor.cu"),
@@ -115,6 +115,8 @@ pub const TENSOR: KernelSource = KernelSource {
         "fingerprint_f64",
         "count_non_finite_f32",
         "count_non_finite_f64",
+        "fold_fingerprint",
+        "count_unequal",
     ],
 };
 
@@ -130,6 +132,8 @@ pub const LOSS: KernelSource = KernelSource {
         "cross_entropy_soft_f64",
         "cross_entropy_backward_f32",
         "cross_entropy_backward_f64",
+        "mean_of_rows_f32",
+        "mean_of_rows_f64",
     ],
 };
 

@@ -51,6 +51,11 @@ impl<E: GpuElement> CudaTensor<E> {
         self.buffer.is_empty()
     }
 
+    /// The device buffer holding the elements.
+    pub fn buffer(&self) -> &DeviceBuffer<E> {
+        &self.buffer
+    }
+
     /// The elements, for a kernel launch.
     pub fn slice(&self) -> &CudaSlice<E> {
         self.buffer.slice()

@@ -34,8 +34,10 @@ pub fn backend_or_skip<E: GpuElement>(test: &str) -> Option<Cuda<E>> {
 }
 
 /// Each convolution engine `device` can run, set on it in turn as the iterator yields it: im2col
-/// always, then cuDNN where it loads. Without cuDNN it prints why, and panics (fails the caller)
-/// when `REVSNN_REQUIRE_CUDNN=1`.
+/// always, then cuDNN where it loads. Without cuDNN it prints `SKIP: cuDNN engine not run:
+/// <reason>` past the test harness's capture, once per process, so the line shows in every log
+/// (CI's included) although the test passes; it panics (fails the caller) instead when
+/// `REVSNN_REQUIRE_CUDNN=1`.
 pub fn each_conv_engine(device: &GpuDevice) -> impl Iterator<Item = ConvEngine> + '_ {
     let cudnn = match device.set_conv_engine(ConvEngine::Cudnn) {
         Ok(()) => Some(ConvEngine::Cudnn),
@@ -43,7 +45,10 @@ pub fn each_conv_engine(device: &GpuDevice) -> impl Iterator<Item = ConvEngine> 
             if std::env::var("REVSNN_REQUIRE_CUDNN").is_ok_and(|v| v == "1") {
                 panic!("REVSNN_REQUIRE_CUDNN=1 but cuDNN does not load: {reason}");
             }
-            println!("cuDNN engine not run: {reason}");
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                let _ = writeln!(std::io::stderr(), "SKIP: cuDNN engine not run: {reason}");
+            });
             None
         }
     };

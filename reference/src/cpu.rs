@@ -54,6 +54,7 @@ impl<E: Element> Backend for Cpu<E> {
     type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
     type MaxPoolContext = ops::pool::MaxPoolContext;
     type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
+    type Word = u64;
 
     fn name(&self) -> String {
         format!("cpu-{}", E::DTYPE)
@@ -119,6 +120,24 @@ impl<E: Element> Backend for Cpu<E> {
 
     fn fingerprint(&self, x: &CpuTensor<E>) -> Result<u64> {
         Ok(ops::tensor::fingerprint(x))
+    }
+
+    fn zero_word(&self) -> Result<u64> {
+        Ok(0)
+    }
+
+    fn fold_fingerprint(&self, word: &mut u64, x: &CpuTensor<E>) -> Result<()> {
+        *word = word.rotate_left(5) ^ ops::tensor::fingerprint(x);
+        Ok(())
+    }
+
+    fn count_unequal(&self, count: &mut u64, a: &u64, b: &u64) -> Result<()> {
+        *count += u64::from(a != b);
+        Ok(())
+    }
+
+    fn read_word(&self, word: &u64) -> Result<u64> {
+        Ok(*word)
     }
 
     fn count_non_finite(&self, tensors: &[&CpuTensor<E>]) -> Result<u64> {
@@ -273,20 +292,22 @@ impl<E: Element> Backend for Cpu<E> {
         ops::linear::batched_matmul(a, b, transpose_a, transpose_b)
     }
 
-    fn cross_entropy_forward(
+    fn cross_entropy_loss(
         &self,
         logits: &CpuTensor<E>,
         labels: &[usize],
-    ) -> Result<(E, Self::CrossEntropyContext)> {
-        ops::loss::cross_entropy_forward(logits, labels)
+    ) -> Result<(CpuTensor<E>, Self::CrossEntropyContext)> {
+        let (loss, context) = ops::loss::cross_entropy_forward(logits, labels)?;
+        Ok((self.tensor_from_vec(&[1], vec![loss])?, context))
     }
 
-    fn soft_cross_entropy_forward(
+    fn soft_cross_entropy_loss(
         &self,
         logits: &CpuTensor<E>,
         targets: &CpuTensor<E>,
-    ) -> Result<(E, Self::CrossEntropyContext)> {
-        ops::loss::soft_cross_entropy_forward(logits, targets)
+    ) -> Result<(CpuTensor<E>, Self::CrossEntropyContext)> {
+        let (loss, context) = ops::loss::soft_cross_entropy_forward(logits, targets)?;
+        Ok((self.tensor_from_vec(&[1], vec![loss])?, context))
     }
 
     fn cross_entropy_backward(
@@ -341,5 +362,9 @@ impl<E: Element> Compute for Cpu<E> {
 
     fn available_memory_bytes(&self) -> Result<Option<u64>> {
         Ok(memory::available_ram_bytes())
+    }
+
+    fn transfer_counts(&self) -> Option<crate::contract::TransferCounts> {
+        None
     }
 }

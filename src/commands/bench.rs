@@ -27,6 +27,9 @@ pub struct BenchReport {
     /// allocator), device tensors on CUDA.
     pub peak_memory_bytes: usize,
     pub step_seconds: Vec<f64>,
+    /// On a device, the host waits and uploads of the timed steps per step (their mean;
+    /// `None` on the CPU).
+    pub transfers_per_step: Option<(f64, f64)>,
 }
 
 /// Times `steps` training steps of `spec` at batch `batch` on `backend` after one warm-up step
@@ -56,9 +59,22 @@ pub fn measure<B: Compute>(
     step()?;
     backend.reset_peak_memory();
     let mut times = Vec::with_capacity(steps);
+    let mut transfers = (0, 0);
     for _ in 0..steps {
+        let before = backend.transfer_counts();
         times.push(step()?);
+        if let (Some(before), Some(after)) = (before, backend.transfer_counts()) {
+            // The step's own transfers, less the synchronisation that starts its clock.
+            transfers.0 += (after.host_waits - before.host_waits).saturating_sub(1);
+            transfers.1 += after.uploads - before.uploads;
+        }
     }
+    let transfers_per_step = backend.transfer_counts().map(|_| {
+        (
+            transfers.0 as f64 / steps as f64,
+            transfers.1 as f64 / steps as f64,
+        )
+    });
     let peak = backend.peak_memory_bytes();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
@@ -72,6 +88,7 @@ pub fn measure<B: Compute>(
         images_per_second: batch as f64 / median,
         peak_memory_bytes: peak,
         step_seconds: times,
+        transfers_per_step,
     })
 }
 
@@ -135,6 +152,8 @@ impl BenchArgs {
                 "images_per_second": report.images_per_second,
                 "peak_memory_bytes": report.peak_memory_bytes,
                 "step_seconds": report.step_seconds,
+                "syncs_per_step": report.transfers_per_step.map(|t| t.0),
+                "uploads_per_step": report.transfers_per_step.map(|t| t.1),
             }),
         );
     }

@@ -109,10 +109,7 @@ pub fn compute<B: Backend>(
 
     let mut outputs: TensorFile = vec![
         ("logits_train".into(), stored(backend, &step.logits)?),
-        (
-            "loss".into(),
-            StoredTensor::from_elements(vec![1], vec![step.loss]),
-        ),
+        ("loss".into(), stored(backend, &step.loss)?),
         ("grad_input".into(), stored(backend, &step.grad_input)?),
     ];
     outputs.extend(gradients_and_statistics(backend, &network.store, &grads)?);

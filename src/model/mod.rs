@@ -91,10 +91,18 @@ pub trait Layer<B: Backend> {
 pub struct StepOutput<B: Backend> {
     /// `[B, K]`, from the training-mode forward.
     pub logits: B::Tensor,
-    /// Mean cross-entropy.
-    pub loss: B::Elem,
+    /// Mean cross-entropy, a `[1]` tensor where the backend computes: read it with
+    /// [`StepOutput::loss_value`], or together with the logits.
+    pub loss: B::Tensor,
     /// `dL/dimages`, shaped like the images.
     pub grad_input: B::Tensor,
+}
+
+impl<B: Backend> StepOutput<B> {
+    /// The mean cross-entropy, read back (on a GPU, waits for the queued work).
+    pub fn loss_value(&self, backend: &B) -> Result<B::Elem> {
+        Ok(backend.scalar(&self.loss)?)
+    }
 }
 
 /// What a classifier's loss compares its logits `[B, K]` with.
@@ -112,10 +120,10 @@ impl<B: Backend> Targets<'_, B> {
         &self,
         backend: &B,
         logits: &B::Tensor,
-    ) -> Result<(B::Elem, B::CrossEntropyContext)> {
+    ) -> Result<(B::Tensor, B::CrossEntropyContext)> {
         Ok(match self {
-            Targets::Hard(labels) => backend.cross_entropy_forward(logits, labels)?,
-            Targets::Soft(rows) => backend.soft_cross_entropy_forward(logits, rows)?,
+            Targets::Hard(labels) => backend.cross_entropy_loss(logits, labels)?,
+            Targets::Soft(rows) => backend.soft_cross_entropy_loss(logits, rows)?,
         })
     }
 }

@@ -9,13 +9,13 @@ use crate::error::Result;
 
 /// What a forward or backward pass records for verification besides its results.
 pub struct Probes<B: Backend> {
-    /// When `Some`, every neuron layer folds the fingerprint of its spikes into it: the
-    /// reversible sequence compares forward and recompute this way.
-    pub spike_fingerprint: Option<u64>,
+    /// When `Some`, every neuron layer folds the fingerprint of its spikes into it, where the
+    /// backend computes: the reversible sequence compares forward and recompute this way.
+    pub spike_fingerprint: Option<B::Word>,
     /// How many F or G recomputes of reversible backwards produced spikes that differ from
-    /// their forward (a reconstruction error large enough to flip a spike): 0 when the
-    /// reversible gradient is exactly the stored-activation one.
-    pub diverged_recomputes: usize,
+    /// their forward, counted where the backend computes (`None` before the first comparison);
+    /// read with [`Probes::diverged_recomputes`].
+    diverged: Option<B::Word>,
     /// When `Some`, reversible sequences audit their reconstruction into it (verification mode).
     pub audit: Option<ReversibleAudit>,
     /// When `Some`, every neuron layer appends its spikes: how an audit compares the forward's
@@ -28,7 +28,7 @@ impl<B: Backend> Default for Probes<B> {
     fn default() -> Self {
         Probes {
             spike_fingerprint: None,
-            diverged_recomputes: 0,
+            diverged: None,
             audit: None,
             spike_log: None,
         }
@@ -56,18 +56,39 @@ pub struct BlockRecord<T> {
     pub g_spikes: Vec<T>,
 }
 
+/// The count of diverged recomputes of a finished pass ([`Probes::take_diverged`]), still where
+/// the backend computes.
+#[derive(Debug)]
+pub struct DivergedRecomputes<B: Backend>(Option<B::Word>);
+
+impl<B: Backend> DivergedRecomputes<B> {
+    /// The count, read back (on a GPU, waits for the queued work): see
+    /// [`Probes::diverged_recomputes`].
+    pub fn read(&self, backend: &B) -> Result<usize> {
+        read_count(backend, self.0.as_ref())
+    }
+}
+
+/// A count kept as a backend word, read back; no word is a count of 0.
+fn read_count<B: Backend>(backend: &B, count: Option<&B::Word>) -> Result<usize> {
+    match count {
+        Some(count) => Ok(backend.read_word(count)? as usize),
+        None => Ok(0),
+    }
+}
+
 /// The hooks a recorded run ([`Probes::start_run`]) set aside, restored when it ends.
-pub struct OuterProbes<T> {
-    fingerprint: Option<u64>,
+pub struct OuterProbes<B: Backend> {
+    fingerprint: Option<B::Word>,
     /// `Some(outer log)` when the run logs its own spikes (under an audit).
-    log: Option<Option<Vec<T>>>,
+    log: Option<Option<Vec<B::Tensor>>>,
 }
 
 impl<B: Backend> Probes<B> {
     /// Called by every neuron layer with the spikes it fired.
     pub fn record_spikes(&mut self, backend: &B, spikes: &B::Tensor) -> Result<()> {
         if let Some(fingerprint) = self.spike_fingerprint.as_mut() {
-            *fingerprint = fingerprint.rotate_left(5) ^ backend.fingerprint(spikes)?;
+            backend.fold_fingerprint(fingerprint, spikes)?;
         }
         if let Some(log) = self.spike_log.as_mut() {
             log.push(spikes.clone());
@@ -77,25 +98,56 @@ impl<B: Backend> Probes<B> {
 
     /// Starts one recorded run of F or G: a fresh fingerprint, and when auditing a fresh spike
     /// log. Without an audit an outer spike log (if any) keeps receiving every spike.
-    pub fn start_run(&mut self) -> OuterProbes<B::Tensor> {
-        let fingerprint = self.spike_fingerprint.replace(0);
+    pub fn start_run(&mut self, backend: &B) -> Result<OuterProbes<B>> {
+        let fingerprint = self.spike_fingerprint.replace(backend.zero_word()?);
         let log = self
             .audit
             .is_some()
             .then(|| self.spike_log.replace(Vec::new()));
-        OuterProbes { fingerprint, log }
+        Ok(OuterProbes { fingerprint, log })
     }
 
     /// Ends the run [`Probes::start_run`] started: its spikes' fingerprint and, when auditing,
     /// its spikes; the outer hooks are back in place.
-    pub fn end_run(&mut self, outer: OuterProbes<B::Tensor>) -> (u64, Vec<B::Tensor>) {
-        let fingerprint = self.spike_fingerprint.take().unwrap_or(0);
+    pub fn end_run(&mut self, outer: OuterProbes<B>) -> (Option<B::Word>, Vec<B::Tensor>) {
+        let fingerprint = self.spike_fingerprint.take();
         let spikes = match outer.log {
             Some(log) => std::mem::replace(&mut self.spike_log, log).unwrap_or_default(),
             None => Vec::new(),
         };
         self.spike_fingerprint = outer.fingerprint;
         (fingerprint, spikes)
+    }
+
+    /// Counts a recompute whose spikes' fingerprint differs from its forward's, where the
+    /// backend computes (no wait); runs without a fingerprint have nothing to compare.
+    pub fn compare_recompute(
+        &mut self,
+        backend: &B,
+        forward: Option<&B::Word>,
+        recompute: Option<&B::Word>,
+    ) -> Result<()> {
+        let (Some(forward), Some(recompute)) = (forward, recompute) else {
+            return Ok(());
+        };
+        let count = match self.diverged.as_mut() {
+            Some(count) => count,
+            None => self.diverged.insert(backend.zero_word()?),
+        };
+        Ok(backend.count_unequal(count, forward, recompute)?)
+    }
+
+    /// How many F or G recomputes of reversible backwards produced spikes that differ from
+    /// their forward (a reconstruction error large enough to flip a spike): 0 when the
+    /// reversible gradient is exactly the stored-activation one. Reads the count back (on a
+    /// GPU, waits for the queued work).
+    pub fn diverged_recomputes(&self, backend: &B) -> Result<usize> {
+        read_count(backend, self.diverged.as_ref())
+    }
+
+    /// Moves the count of diverged recomputes out, for reading after the pass.
+    pub fn take_diverged(&mut self) -> DivergedRecomputes<B> {
+        DivergedRecomputes(self.diverged.take())
     }
 
     /// Adds the differences between recorded and recomputed spikes, and the reconstruction

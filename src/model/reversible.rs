@@ -95,12 +95,15 @@ pub enum SequenceSaved<B: Backend, FS, GS> {
     /// audit ([`super::Probes::audit`]) also each block's input and spikes.
     Reversible {
         output: B::Tensor,
-        fingerprints: Vec<(u64, u64)>,
+        fingerprints: Vec<FingerprintPair<B>>,
         audit: Vec<BlockRecord<B::Tensor>>,
     },
     /// Every block's F and G contexts.
     Stored { contexts: Vec<(FS, GS)> },
 }
+
+/// The spike fingerprints of one block's F and G runs, kept where the backend computes.
+type FingerprintPair<B> = (Option<<B as Backend>::Word>, Option<<B as Backend>::Word>);
 
 /// The channel axis of `[T, B, C, ...]`.
 const CHANNEL_AXIS: usize = 2;
@@ -153,11 +156,11 @@ impl<F, G> ReversibleSequence<F, G> {
 }
 
 /// One run of F or G with its spikes' fingerprint, and under an audit the spikes themselves.
-struct Recorded<T, S> {
-    output: T,
+struct Recorded<B: Backend, S> {
+    output: B::Tensor,
     saved: S,
-    fingerprint: u64,
-    spikes: Vec<T>,
+    fingerprint: Option<B::Word>,
+    spikes: Vec<B::Tensor>,
 }
 
 /// Runs `layer` with spike fingerprinting on, and when auditing with its spikes logged into the
@@ -166,8 +169,8 @@ fn recorded<B: Backend, L: Layer<B>>(
     layer: &L,
     session: &mut Session<B>,
     x: &B::Tensor,
-) -> Result<Recorded<B::Tensor, L::Saved>> {
-    let outer = session.probes.start_run();
+) -> Result<Recorded<B, L::Saved>> {
+    let outer = session.probes.start_run(session.backend)?;
     let result = layer.forward(session, x);
     let (fingerprint, spikes) = session.probes.end_run(outer);
     let (output, saved) = result?;
@@ -306,7 +309,7 @@ impl<F, G> ReversibleSequence<F, G> {
         &self,
         session: &mut Session<B>,
         output: B::Tensor,
-        fingerprints: Vec<(u64, u64)>,
+        fingerprints: Vec<FingerprintPair<B>>,
         mut audit: Vec<BlockRecord<B::Tensor>>,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor>
@@ -334,8 +337,9 @@ impl<F, G> ReversibleSequence<F, G> {
             drop((y1, f.output));
             let dx2 = backend.add(&dy2, &block.f.backward(session, f.saved, &dx1)?)?;
             drop(dy2);
-            session.probes.diverged_recomputes +=
-                usize::from(g.fingerprint != g_print) + usize::from(f.fingerprint != f_print);
+            let probes = &mut session.probes;
+            probes.compare_recompute(backend, g_print.as_ref(), g.fingerprint.as_ref())?;
+            probes.compare_recompute(backend, f_print.as_ref(), f.fingerprint.as_ref())?;
             if let Some(record) = audit.pop() {
                 let recomputed = (&f.spikes[..], &g.spikes[..]);
                 session

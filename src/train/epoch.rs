@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use revsnn_reference::{Backend, Element};
+use revsnn_reference::Backend;
 
 use super::config::RunSettings;
 use super::evaluate::{Score, batch_tensor, cast, widened};
@@ -15,7 +15,7 @@ use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
-use crate::model::{BuildOptions, Grads, Targets};
+use crate::model::{BuildOptions, Grads, StepOutput, Targets};
 use crate::network::{Network, PassOptions};
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
@@ -46,6 +46,10 @@ pub struct EpochStats {
     pub images: usize,
     /// Wall time of the epoch's training (all queued work finished).
     pub seconds: f64,
+    /// Seconds the loader's workers spent assembling the epoch's batches, summed over workers.
+    pub loader_busy_seconds: f64,
+    /// Seconds the training loop waited for the loader's next batch.
+    pub loader_wait_seconds: f64,
 }
 
 impl EpochStats {
@@ -57,6 +61,15 @@ impl EpochStats {
     /// The top-1 accuracy on the training batches.
     pub fn acc1(&self) -> f64 {
         self.hits as f64 / self.images.max(1) as f64
+    }
+
+    /// Images one loader worker assembles per second (0 when the loader did no measurable work).
+    pub fn loader_images_per_second_per_worker(&self) -> f64 {
+        if self.loader_busy_seconds > 0.0 {
+            self.images as f64 / self.loader_busy_seconds
+        } else {
+            0.0
+        }
     }
 }
 
@@ -96,7 +109,7 @@ pub fn train_epoch<B: Compute>(
     let start = Instant::now();
     let source = data.source(epoch, learner.network.spec.num_classes);
     let order = shuffled(samples.len(), seed);
-    let batches = Loader::new(
+    let mut batches = Loader::new(
         source,
         order,
         config.batch,
@@ -107,34 +120,26 @@ pub fn train_epoch<B: Compute>(
     )?;
     let expected = batches.samples();
     let mut stats = EpochStats::default();
-    for (step, batch) in batches.enumerate() {
+    for step in 0.. {
+        let waiting = Instant::now();
+        let Some(batch) = batches.next() else { break };
+        stats.loader_wait_seconds += waiting.elapsed().as_secs_f64();
         let batch = batch?;
         let count = batch.labels.len();
-        let (loss, score, grads) =
-            forward_backward(backend, &mut learner.network, &*samples, batch)?;
-        if !loss.is_finite() {
-            return Err(diverged(loss, epoch, step, lr, &config.out));
-        }
-        learner
-            .optimizer
-            .step(backend, &mut learner.network.store, &grads, lr)?;
-        let non_finite = learner.network.store.count_non_finite(backend)?;
-        if non_finite > 0 {
-            return Err(Error::ParametersDiverged {
-                count: non_finite,
-                epoch: epoch + 1,
-                epoch_before: epoch,
-                step: step + 1,
-                lr,
-                out: config.out.display().to_string(),
-            });
-        }
+        let place = StepPlace {
+            epoch,
+            step,
+            lr,
+            out: &config.out,
+        };
+        let (loss, score) = checked_step(backend, learner, &*samples, batch, place)?;
         stats.loss_sum += loss * count as f64;
         stats.hits += score.top1;
         stats.images += count;
         progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
     }
     backend.synchronize()?;
+    stats.loader_busy_seconds = batches.busy_seconds();
     saw_every_sample(
         &format!("training epoch {}", epoch + 1),
         stats.images,
@@ -158,15 +163,61 @@ pub fn saw_every_sample(pass: &str, seen: usize, expected: usize) -> Result<()> 
     }
 }
 
+/// Where a step is in the run, for its error messages.
+struct StepPlace<'a> {
+    /// The epoch, from 0.
+    epoch: usize,
+    /// The step of the epoch, from 0.
+    step: usize,
+    lr: f64,
+    /// The run folder.
+    out: &'a Path,
+}
+
+/// One optimizer step of `learner` on `batch` (of samples of `data`): its mean loss and the
+/// score of its logits. The optimizer step is queued before anything is read back, so the
+/// device runs the whole step without waiting for the host; then one read brings the loss and
+/// the logits, and one the parameters' non-finite count. A non-finite loss is reported first, as
+/// the step that produced it (the stepped parameters are never saved), then non-finite
+/// parameters.
+fn checked_step<B: Compute>(
+    backend: &B,
+    learner: &mut Learner<B>,
+    data: &dyn Dataset,
+    batch: Batch,
+    place: StepPlace,
+) -> Result<(f64, Score)> {
+    let labels = batch.labels.clone();
+    let (output, grads) = forward_backward(backend, &mut learner.network, data, batch)?;
+    let store = &mut learner.network.store;
+    learner.optimizer.step(backend, store, &grads, place.lr)?;
+    let (loss, score) = read_loss_and_score(backend, &output, &labels)?;
+    let non_finite = store.count_non_finite(backend)?;
+    if !loss.is_finite() {
+        return Err(diverged(loss, place.epoch, place.step, place.lr, place.out));
+    }
+    if non_finite > 0 {
+        return Err(Error::ParametersDiverged {
+            count: non_finite,
+            epoch: place.epoch + 1,
+            epoch_before: place.epoch,
+            step: place.step + 1,
+            lr: place.lr,
+            out: place.out.display().to_string(),
+        });
+    }
+    Ok((loss, score))
+}
+
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
-/// has them, else its labels: the mean loss, the score of the logits against the labels, and the
+/// has them, else its labels: the step's output (still where the backend computes) and the
 /// parameter gradients.
 fn forward_backward<B: Backend>(
     backend: &B,
     network: &mut Network<B>,
     data: &dyn Dataset,
     batch: Batch,
-) -> Result<(f64, Score, Grads<B>)> {
+) -> Result<(StepOutput<B>, Grads<B>)> {
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
     let mut grads = network.zero_grads();
@@ -183,8 +234,23 @@ fn forward_backward<B: Backend>(
         None => Targets::Hard(&batch.labels),
     };
     let report = network.train_step(backend, &mut grads, &images, targets, run)?;
-    let score = Score::of(&widened(backend, &report.output.logits)?, &batch.labels);
-    Ok((report.output.loss.widen(), score, grads))
+    Ok((report.output, grads))
+}
+
+/// The mean loss of a step and the score of its logits against `labels`, read back together:
+/// one transfer (on a GPU, one wait for the queued work).
+fn read_loss_and_score<B: Backend>(
+    backend: &B,
+    output: &StepOutput<B>,
+    labels: &[usize],
+) -> Result<(f64, Score)> {
+    let logits = backend.reshape(
+        &output.logits,
+        &[backend.shape(&output.logits).iter().product()],
+    )?;
+    let mut values = widened(backend, &backend.concat(&[&logits, &output.loss], 0)?)?;
+    let loss = values.pop().unwrap_or(f64::NAN);
+    Ok((loss, Score::of(&values, labels)))
 }
 
 /// The error of a training loss that became `loss` at step `step` of epoch `epoch` (from 0).

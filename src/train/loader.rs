@@ -4,8 +4,10 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use revsnn_reference::testing::SplitMix64;
 
@@ -78,6 +80,8 @@ pub struct Loader {
     expected: usize,
     /// The index of the next batch.
     next: usize,
+    /// Nanoseconds the workers spent assembling batches, summed over the workers.
+    busy_nanos: Arc<AtomicU64>,
 }
 
 impl Loader {
@@ -104,13 +108,16 @@ impl Loader {
         let count = workers.max(1);
         let mut receivers = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
+        let busy_nanos = Arc::new(AtomicU64::new(0));
         for worker in 0..count {
             let (sender, receiver) = sync_channel(prefetch.max(1));
-            let (data, order) = (data.clone(), order.clone());
+            let (data, order, busy) = (data.clone(), order.clone(), busy_nanos.clone());
             let work = move || {
                 let batches = order.chunks(batch).enumerate().take(expected);
                 for (k, chunk) in batches.skip(worker).step_by(count) {
+                    let start = Instant::now();
                     let result = assemble(&*data, chunk, batch_seed(seed, k));
+                    busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     let failed = result.is_err();
                     if sender.send(result).is_err() || failed {
                         break;
@@ -136,7 +143,15 @@ impl Loader {
             batch,
             expected,
             next: 0,
+            busy_nanos,
         })
+    }
+
+    /// The seconds the workers have spent assembling batches so far, summed over the workers
+    /// (time blocked on a full queue excluded): the images they delivered divided by it is the
+    /// throughput of one worker.
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_nanos.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// The number of samples the batches hold in all.

@@ -244,6 +244,8 @@ fn metrics_line(
         "lr": config.lr(epoch),
         "images_per_second": train.images as f64 / train.seconds.max(1e-9),
         "epoch_seconds": train.seconds,
+        "loader_images_per_second_per_worker": train.loader_images_per_second_per_worker(),
+        "loader_wait_seconds": train.loader_wait_seconds,
         "peak_memory_bytes": peak,
         "best_test_acc1": state.best_test_acc1,
         "device": device.name(),

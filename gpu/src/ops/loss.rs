@@ -3,8 +3,8 @@
 //!
 //! One thread per row computes the row's log-sum-exp in `f64` exactly as the reference writes it
 //! (`m + ln(1 + sum_{k != argmax} exp(x_k - m))`, sequentially over the classes), the softmax
-//! and the row's loss; the host sums the row losses in row order (a download, so the forward
-//! waits for the stream), as the reference does. The context keeps a dense target distribution
+//! and the row's loss; one more thread sums the row losses in row order into a `[1]` tensor, as
+//! the reference does, so the loss stays on the device until a caller reads it. The context keeps a dense target distribution
 //! (one-hot rows for labels), so one elementwise backward serves both losses.
 
 use cudarc::driver::PushKernelArg;
@@ -12,7 +12,7 @@ use revsnn_reference::contract::shapes::{
     check_context_targets, check_labels, check_soft_targets, logits_shape,
 };
 
-use super::{GpuElement, elementwise_launch};
+use super::{GpuElement, ONE_THREAD, elementwise_launch};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::LOSS;
@@ -25,14 +25,21 @@ pub struct CrossEntropyContext<E> {
     pub targets: CudaTensor<E>,
 }
 
-/// The mean of the row losses, summed in row order in `f64` (waits for the stream).
+/// The mean of the row losses, summed in row order in `f64` on the device: a `[1]` tensor.
 fn mean_of_rows<E: GpuElement>(
     device: &GpuDevice,
     losses: &crate::memory::DeviceBuffer<f64>,
-) -> Result<E, GpuError> {
-    let losses = device.download(losses)?;
-    let batch = losses.len() as f64;
-    Ok(E::cast(losses.iter().sum::<f64>() / batch))
+) -> Result<CudaTensor<E>, GpuError> {
+    // SAFETY: the kernel writes the one element.
+    let mut loss = unsafe { device.alloc::<E>(1) }?;
+    let function = device.function(&LOSS, &format!("mean_of_rows_{}", E::SUFFIX))?;
+    let rows = losses.len() as i64;
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(losses.slice()).arg(loss.slice_mut()).arg(&rows);
+    // SAFETY: the arguments match `mean_of_rows_<E>(const double* losses, E* loss, long long
+    // rows)`; losses holds `rows` elements and loss one.
+    unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching mean_of_rows"))?;
+    CudaTensor::new(loss, &[1])
 }
 
 /// Mean cross-entropy against class indices (PyTorch's `F.cross_entropy`, reduction `mean`):
@@ -43,7 +50,7 @@ pub fn cross_entropy_forward<E: GpuElement>(
     device: &GpuDevice,
     logits: &CudaTensor<E>,
     labels: &[usize],
-) -> Result<(E, CrossEntropyContext<E>), GpuError> {
+) -> Result<(CudaTensor<E>, CrossEntropyContext<E>), GpuError> {
     let (batch, classes) = check_labels(logits.shape(), labels)?;
     let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
     let labels = device.upload(&labels)?;
@@ -84,7 +91,7 @@ pub fn soft_cross_entropy_forward<E: GpuElement>(
     device: &GpuDevice,
     logits: &CudaTensor<E>,
     targets: &CudaTensor<E>,
-) -> Result<(E, CrossEntropyContext<E>), GpuError> {
+) -> Result<(CudaTensor<E>, CrossEntropyContext<E>), GpuError> {
     let (batch, classes) = check_soft_targets(logits.shape(), targets.shape())?;
     // SAFETY: the kernel writes every row of both outputs.
     let mut softmax = unsafe { device.alloc::<E>(logits.len()) }?;

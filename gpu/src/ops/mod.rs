@@ -77,6 +77,14 @@ gpu_element!(f64, "f64");
 /// Threads per block of the one-thread-per-element kernels.
 pub(crate) const THREADS: u32 = 256;
 
+/// One block of one thread: the scalar kernels (a fingerprint's fold, a comparison of two words,
+/// the mean of a batch's row losses).
+pub(crate) const ONE_THREAD: LaunchConfig = LaunchConfig {
+    grid_dim: (1, 1, 1),
+    block_dim: (1, 1, 1),
+    shared_mem_bytes: 0,
+};
+
 /// A 1-D launch of one thread per element over `elements` (at least one block). Kernels loop
 /// with a grid stride, so the grid is capped without losing elements.
 pub(crate) fn elementwise_launch(elements: usize) -> LaunchConfig {

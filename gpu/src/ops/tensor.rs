@@ -14,10 +14,11 @@ use revsnn_reference::contract::shapes::{
     permuted_shape, repeated_shape, split_leading,
 };
 
-use super::{GpuElement, THREADS, elementwise_launch, shape_error};
+use super::{GpuElement, ONE_THREAD, THREADS, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::TENSOR;
+use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
 /// The most axes a [`Strided`] walk has after merging (`MAX_RANK` in tensor.cu).
@@ -205,13 +206,7 @@ pub fn from_vec<E: GpuElement>(
 
 /// The elements of `x` in row-major order, on the host (waits for the stream).
 pub fn to_vec<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Result<Vec<E>, GpuError> {
-    if x.is_empty() {
-        return Ok(Vec::new());
-    }
-    device
-        .stream()
-        .clone_dtoh(x.slice())
-        .map_err(GpuError::driver("copying a tensor to the host"))
+    device.download(x.buffer())
 }
 
 /// A tensor of zeros.
@@ -520,16 +515,62 @@ fn feed(hash: u64, word: u64) -> u64 {
 /// finaliser, the element's own bits and its row-major index, so a moved element changes the
 /// sum); integer addition makes the total independent of the order of the atomics. The shape
 /// is hashed by the reference's fold and the sum fed after it. Used, like the reference's, to
-/// detect a reversible recompute whose spikes differ from the forward's; waits for the stream.
+/// detect a reversible recompute whose spikes differ from the forward's; waits for the stream
+/// ([`fold_fingerprint`] does not).
 pub fn fingerprint<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Result<u64, GpuError> {
-    let shape_hash = x
-        .shape()
+    let sum = element_sum(device, x)?;
+    let sum = device.download(&sum)?.first().copied().unwrap_or(0);
+    Ok(feed(shape_hash(x.shape()), sum))
+}
+
+/// `word = word.rotate_left(5) ^ fingerprint(x)` on the device: the element sum of
+/// [`fingerprint`] and a one-thread `fold_fingerprint` launch, no wait.
+pub fn fold_fingerprint<E: GpuElement>(
+    device: &GpuDevice,
+    word: &mut DeviceBuffer<u64>,
+    x: &CudaTensor<E>,
+) -> Result<(), GpuError> {
+    let sum = element_sum(device, x)?;
+    let function = device.function(&TENSOR, "fold_fingerprint")?;
+    let hash = shape_hash(x.shape());
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(word.slice_mut()).arg(sum.slice()).arg(&hash);
+    // SAFETY: the arguments match `fold_fingerprint(unsigned long long* word, const unsigned
+    // long long* sum, unsigned long long shape_hash)`; word and sum hold one element each.
+    unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching fold_fingerprint"))?;
+    Ok(())
+}
+
+/// `count += (a != b)` on the device: one thread, no wait.
+pub fn count_unequal(
+    device: &GpuDevice,
+    count: &mut DeviceBuffer<u64>,
+    a: &DeviceBuffer<u64>,
+    b: &DeviceBuffer<u64>,
+) -> Result<(), GpuError> {
+    let function = device.function(&TENSOR, "count_unequal")?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(count.slice_mut()).arg(a.slice()).arg(b.slice());
+    // SAFETY: the arguments match `count_unequal(unsigned long long* count, const unsigned long
+    // long* a, const unsigned long long* b)`; each holds one element.
+    unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching count_unequal"))?;
+    Ok(())
+}
+
+/// The reference's hash of a shape, which a fingerprint's element sum is fed after.
+fn shape_hash(shape: &[usize]) -> u64 {
+    shape
         .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &dim| feed(h, dim as u64));
-    let sum = if x.is_empty() {
-        0
-    } else {
-        let mut sum = device.alloc_zeros::<u64>(1)?;
+        .fold(0xcbf2_9ce4_8422_2325, |h, &dim| feed(h, dim as u64))
+}
+
+/// The fingerprint's element sum of `x` in a one-element device buffer (0 when `x` is empty).
+fn element_sum<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaTensor<E>,
+) -> Result<DeviceBuffer<u64>, GpuError> {
+    let mut sum = device.alloc_zeros::<u64>(1)?;
+    if !x.is_empty() {
         let function = device.function(&TENSOR, &format!("fingerprint_{}", E::SUFFIX))?;
         let n = x.len() as i64;
         let mut launch = device.stream().launch_builder(&function);
@@ -539,9 +580,8 @@ pub fn fingerprint<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Resu
         // x holds n elements and sum one; the block size is a multiple of the warp size, as the
         // kernel's full-mask shuffles need.
         unsafe { launch.launch(config) }.map_err(GpuError::driver("launching fingerprint"))?;
-        device.download(&sum)?[0]
-    };
-    Ok(feed(shape_hash, sum))
+    }
+    Ok(sum)
 }
 
 /// The number of NaN and infinite elements over all of `tensors`: one `count_non_finite_<E>`

@@ -88,6 +88,10 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     type MaxPoolContext: Debug + Send + Sync;
     /// What [`Backend::cross_entropy_backward`] needs: the softmax and the targets.
     type CrossEntropyContext: Debug + Send + Sync;
+    /// A 64-bit word kept where the backend computes (on a GPU, device memory): spike
+    /// fingerprints fold into it and counts add into it without the host waiting; only
+    /// [`Backend::read_word`] brings it back (docs/reversible.md §3.3).
+    type Word: Debug + Send + Sync;
 
     /// A short name for messages, e.g. `cpu-f64`.
     fn name(&self) -> String;
@@ -132,6 +136,15 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn quantize(&self, x: &Self::Tensor, k: i32) -> Result<Self::Tensor>;
     /// A hash of the shape and of every element's bits: equal for bitwise-equal tensors.
     fn fingerprint(&self, x: &Self::Tensor) -> Result<u64>;
+    /// A new [`Backend::Word`] holding 0.
+    fn zero_word(&self) -> Result<Self::Word>;
+    /// `word = word.rotate_left(5) ^ fingerprint(x)`, computed where the word lives: the value
+    /// the host would get from [`Backend::fingerprint`], with no wait.
+    fn fold_fingerprint(&self, word: &mut Self::Word, x: &Self::Tensor) -> Result<()>;
+    /// `count += (a != b) as u64`, computed where the words live, with no wait.
+    fn count_unequal(&self, count: &mut Self::Word, a: &Self::Word, b: &Self::Word) -> Result<()>;
+    /// The value of `word` on the host (on a GPU, waits for the queued work).
+    fn read_word(&self, word: &Self::Word) -> Result<u64>;
     /// The number of NaN and infinite elements over all of `tensors`: one reduction whose single
     /// count is read back, so that training can check every parameter after each optimizer step
     /// at the cost of one pass over them.
@@ -328,19 +341,49 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     // ---------------------------------------------------------------- losses
 
     /// Mean cross-entropy of `logits [B, K]` against class indices:
-    /// `L = -(1/B) sum_b log softmax(logits[b])[label_b]`.
+    /// `L = -(1/B) sum_b log softmax(logits[b])[label_b]`, as a `[1]` tensor left where the
+    /// backend computes, so that a training step reads it back with whatever else it reads.
+    fn cross_entropy_loss(
+        &self,
+        logits: &Self::Tensor,
+        labels: &[usize],
+    ) -> Result<(Self::Tensor, Self::CrossEntropyContext)>;
+    /// Mean soft-target cross-entropy (mixup, label smoothing):
+    /// `L = -(1/B) sum_b sum_k targets[b, k] log softmax(logits[b])[k]`, as a `[1]` tensor
+    /// like [`Backend::cross_entropy_loss`].
+    fn soft_cross_entropy_loss(
+        &self,
+        logits: &Self::Tensor,
+        targets: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::CrossEntropyContext)>;
+    /// [`Backend::cross_entropy_loss`] with the loss read back.
     fn cross_entropy_forward(
         &self,
         logits: &Self::Tensor,
         labels: &[usize],
-    ) -> Result<(Self::Elem, Self::CrossEntropyContext)>;
-    /// Mean soft-target cross-entropy (mixup, label smoothing):
-    /// `L = -(1/B) sum_b sum_k targets[b, k] log softmax(logits[b])[k]`.
+    ) -> Result<(Self::Elem, Self::CrossEntropyContext)> {
+        let (loss, context) = self.cross_entropy_loss(logits, labels)?;
+        Ok((self.scalar(&loss)?, context))
+    }
+    /// [`Backend::soft_cross_entropy_loss`] with the loss read back.
     fn soft_cross_entropy_forward(
         &self,
         logits: &Self::Tensor,
         targets: &Self::Tensor,
-    ) -> Result<(Self::Elem, Self::CrossEntropyContext)>;
+    ) -> Result<(Self::Elem, Self::CrossEntropyContext)> {
+        let (loss, context) = self.soft_cross_entropy_loss(logits, targets)?;
+        Ok((self.scalar(&loss)?, context))
+    }
+    /// The one element of a one-element tensor, read back.
+    fn scalar(&self, x: &Self::Tensor) -> Result<Self::Elem> {
+        match self.to_vec(x)?.as_slice() {
+            [value] => Ok(*value),
+            values => Err(OpError::shape(
+                "scalar",
+                format!("expected one element, got {}", values.len()),
+            )),
+        }
+    }
     /// `dL/dlogits = grad_loss (softmax - targets) / B` for either cross-entropy.
     fn cross_entropy_backward(
         &self,

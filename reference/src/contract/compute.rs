@@ -28,4 +28,19 @@ pub trait Compute: Backend {
     /// before it starts: on the CPU the kernel's `MemAvailable` (`None` where `/proc/meminfo`
     /// does not say), on CUDA the device's free memory.
     fn available_memory_bytes(&self) -> Result<Option<u64>>;
+
+    /// How often the host has waited for the device and copied data to it since the device
+    /// opened; `None` on the CPU, which has no device to wait for.
+    fn transfer_counts(&self) -> Option<TransferCounts>;
+}
+
+/// How often the host waited for a device, and how often it copied data to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferCounts {
+    /// Downloads and stream synchronisations: each makes the host wait until every queued op
+    /// has finished, leaving the device idle until the host queues more.
+    pub host_waits: u64,
+    /// Copies from (pageable) host memory to the device. A driver may synchronise the stream
+    /// before such a copy, so they are counted too, apart.
+    pub uploads: u64,
 }

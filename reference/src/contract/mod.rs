@@ -26,7 +26,7 @@ pub use backend::{
     AdamWState, Backend, BatchNormGrads, BatchNormMode, BatchNormTrainOutput, BatchStats,
     Conv2dGrads, LinearGrads, RunningStats,
 };
-pub use compute::Compute;
+pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};
 pub use error::{DeviceError, OpError, Result};
 pub use params::{

@@ -1,0 +1,127 @@
+# The training stage of gpu/check.sh, which sources it (it uses check.sh's run_logged, section,
+# end_section, REPORT, OUT_DIR, REVSNN and status): `revsnn train` as a user runs it, on synthetic
+# 32x32 images, for each TRAIN_RUNS entry `model:batch` (default revsresnet37 at batch 32 with the
+# CIFAR ResNet recipe, crop and flip; revsformer-4-384 at batch 64 with flip, mixup, label
+# smoothing and random erasing: the paper's transformer recipe less RandAugment, which works on
+# CIFAR's u8 pixels and which `train` refuses on the synthetic dataset's float samples; the
+# paper's optimizer and schedule of each family), then:
+#   - speed: images/s of each whole epoch (metrics.jsonl: loading and augmentation on the loader's
+#     workers, checkpoints and evaluation outside the clock) against `revsnn bench` at the same
+#     batch, in f32 both (target: the last epoch at >= 90% of bench); the loader's own images/s
+#     per worker and how long training waited for batches; the bench's host waits per step;
+#   - resume: 2 epochs straight against 1 epoch plus --resume, `cmp` of last.safetensors;
+#   - evaluation: `revsnn eval` of the straight run's checkpoint on TRAIN_DEVICE and on the CPU,
+#     top-1 and loss side by side.
+# Each result goes into the report as soon as it exists, so a stage cut short still says what ran.
+# Knobs: TRAIN_BUDGET_S (default 200; the stage's steps are cut to it and to DEADLINE_S),
+# TRAIN_RUNS, TRAIN_DEVICE (cuda; cpu for a dry run of the logic), TRAIN_SAMPLES (3072),
+# TRAIN_TEST_SAMPLES (512), TRAIN_WORKERS (the cores less two), TRAIN_MODEL_ARGS (extra model
+# flags for train and bench, e.g. '--time-steps 1' for a dry run), TRAIN_DIR (run folders,
+# default a temporary folder; only logs and metrics come back).
+
+TRAIN_BUDGET_S=${TRAIN_BUDGET_S:-200}
+TRAIN_RUNS=${TRAIN_RUNS:-revsresnet37:32,revsformer-4-384:64}
+TRAIN_DEVICE=${TRAIN_DEVICE:-cuda}
+TRAIN_SAMPLES=${TRAIN_SAMPLES:-3072}
+TRAIN_TEST_SAMPLES=${TRAIN_TEST_SAMPLES:-512}
+TRAIN_WORKERS=${TRAIN_WORKERS:-$(($(nproc) > 3 ? $(nproc) - 2 : 1))}
+TRAIN_DIR=${TRAIN_DIR:-$(mktemp -d)}
+read -r -a TRAIN_MODEL_FLAGS <<<"${TRAIN_MODEL_ARGS:-}"
+STAGE_END=$((SECONDS + TRAIN_BUDGET_S))
+
+# The recipe flags of a model's family (docs/recipes.md §5).
+train_recipe() {
+  case $1 in
+    # RandAugment (--rand-augment-n 1 --rand-augment-m 9 --rand-augment-mstd 0.4) needs u8 pixels
+    *former*) echo "--flip true --random-erasing 0.25 --mixup-alpha 0.5 --mixup-prob 1.0" \
+      "--label-smoothing 0.1" ;;
+    *) echo "--crop-padding 4 --flip true" ;;
+  esac
+}
+
+# One model's summary from what its steps left: every missing piece says "not run".
+train_summary() { # $1 model, $2 run folder
+  python3 - "$1" "$2" "$OUT_DIR" "$TRAIN_WORKERS" <<'PY'
+import json, os, sys
+model, runs, out, workers = sys.argv[1:5]
+
+def json_line(path):
+    try:
+        return next(json.loads(l) for l in open(path) if l.startswith("{"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+def metrics(path):
+    try:
+        return [json.loads(l) for l in open(path)]
+    except (OSError, ValueError):
+        return []
+
+bench = json_line(f"{out}/train-bench-{model}.log")
+epochs = metrics(f"{runs}/straight/metrics.jsonl")
+if bench:
+    waits = (f", {bench['syncs_per_step']:g} host waits and {bench['uploads_per_step']:g} uploads per step"
+             if bench.get("syncs_per_step") is not None else "")
+    print(f"bench: {bench['images_per_second']:.1f} images/s at batch {bench['batch']}{waits}")
+else:
+    print("bench: not run or failed")
+for e in epochs:
+    ratio = f", {100 * e['images_per_second'] / bench['images_per_second']:.0f}% of bench" if bench else ""
+    print(f"epoch {e['epoch']}: {e['images_per_second']:.1f} images/s end to end{ratio}; loader "
+          f"{e.get('loader_images_per_second_per_worker', 0):.1f} images/s per worker x "
+          f"{workers} workers, training waited {e.get('loader_wait_seconds', 0):.2f} s "
+          f"of {e['epoch_seconds']:.2f} s for batches; test top-1 {e['test_acc1']:.4f}")
+if not epochs:
+    print("training: not run, failed or cut short (train-straight log)")
+elif bench:
+    last = epochs[-1]["images_per_second"] / bench["images_per_second"]
+    print(f"end to end / bench (last epoch): {100 * last:.0f}% "
+          f"({'meets' if last >= 0.9 else 'below'} the 90% target)")
+straight, resumed = (f"{runs}/{r}/last.safetensors" for r in ("straight", "resumed"))
+if os.path.exists(straight) and os.path.exists(resumed):
+    same = open(straight, "rb").read() == open(resumed, "rb").read()
+    print(f"resume: 2 epochs straight {'==' if same else '!='} 1 epoch + --resume "
+          f"(last.safetensors, byte for byte)")
+else:
+    print("resume: not run, failed or cut short")
+evals = {d: json_line(f"{out}/train-eval-{d}-{model}.log") for d in ("device", "cpu")}
+for d, r in evals.items():
+    print(f"eval on {d}: " + (f"top-1 {r['acc1']:.4f}, loss {r['loss']:.6f} over {r['samples']} samples"
+                              if r else "not run or failed"))
+if all(evals.values()):
+    hits = [round(r["acc1"] * r["samples"]) for r in evals.values()]
+    print(f"eval agreement: top-1 hits {hits[0]} vs {hits[1]}: "
+          + ("the same" if hits[0] == hits[1] else f"{abs(hits[0] - hits[1])} samples differ"))
+PY
+}
+
+for run in ${TRAIN_RUNS//,/ }; do
+  model=${run%%:*} batch=${run##*:}
+  runs="$TRAIN_DIR/$model"
+  rm -rf "$runs" && mkdir -p "$runs"
+  read -r -a recipe <<<"$(train_recipe "$model")"
+  common=(--device "$TRAIN_DEVICE" --model "$model" "${TRAIN_MODEL_FLAGS[@]}" --dataset synthetic
+    --train-samples "$TRAIN_SAMPLES" --test-samples "$TRAIN_TEST_SAMPLES" --epochs 2
+    --batch "$batch" --workers "$TRAIN_WORKERS" --quiet "${recipe[@]}")
+  run_logged "train-bench-$model" 90 "$REVSNN" bench --device "$TRAIN_DEVICE" --model "$model" \
+    "${TRAIN_MODEL_FLAGS[@]}" --batch "$batch" --steps 10 --json || status=1
+  run_logged "train-straight-$model" 300 "$REVSNN" train "${common[@]}" --out "$runs/straight" || status=1
+  cp "$runs/straight/metrics.jsonl" "$OUT_DIR/train-metrics-$model.jsonl" 2>/dev/null
+  if run_logged "train-first-$model" 300 "$REVSNN" train "${common[@]}" --stop-after 1 --out "$runs/resumed"; then
+    run_logged "train-resume-$model" 300 "$REVSNN" train --resume --quiet --out "$runs/resumed" || status=1
+    cmp "$runs/straight/last.safetensors" "$runs/resumed/last.safetensors" || status=1
+  else
+    status=1
+  fi
+  for where in device cpu; do
+    device=$TRAIN_DEVICE
+    [ "$where" = cpu ] && device=cpu
+    run_logged "train-eval-$where-$model" 300 "$REVSNN" eval --device "$device" \
+      --checkpoint "$runs/straight/last.safetensors" --test-samples "$TRAIN_TEST_SAMPLES" \
+      --batch "$batch" --json || status=1
+  done
+  section "train --device $TRAIN_DEVICE --model $model --batch $batch (${recipe[*]})"
+  train_summary "$model" "$runs" >>"$REPORT" 2>&1
+  end_section
+done
+unset STAGE_END
