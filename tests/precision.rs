@@ -1,0 +1,207 @@
+//! Emulated precisions (docs/precision.md). Per op: a backend built with a precision gives
+//! bitwise what the `f32` backend gives on operands rounded by hand, forward and every backward
+//! output, for the convolution (dense and sparse spike inputs), the linear layer and the batched
+//! matmul; the sparse spike kernels agree with the dense GEMMs under bf16; `f32` rounds nothing.
+
+use ndarray::{ArcArray, IxDyn};
+use revsnn_reference::testing::{SplitMix64, relative_error};
+use revsnn_reference::{Backend, Conv2dParams, Cpu, CpuTensor, Precision};
+
+const LOW: [Precision; 3] = [Precision::Tf32, Precision::Bf16, Precision::Fp16];
+
+/// A tensor of `shape` with values uniform in `[-scale, scale)`, fixed by `seed`.
+fn random(shape: &[usize], scale: f64, seed: u64) -> CpuTensor<f32> {
+    let mut rng = SplitMix64::new(seed);
+    let len = shape.iter().product();
+    let data = (0..len)
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale) as f32)
+        .collect();
+    ArcArray::from_shape_vec(IxDyn(shape), data).unwrap()
+}
+
+/// Spikes: each element 1 with probability `rate`, else 0.
+fn spikes(shape: &[usize], rate: f64, seed: u64) -> CpuTensor<f32> {
+    let mut rng = SplitMix64::new(seed);
+    let len = shape.iter().product();
+    let data = (0..len)
+        .map(|_| f32::from(u8::from(rng.next_f64() < rate)))
+        .collect();
+    ArcArray::from_shape_vec(IxDyn(shape), data).unwrap()
+}
+
+/// `x` rounded to `p` element by element, by hand.
+fn rounded(x: &CpuTensor<f32>, p: Precision) -> CpuTensor<f32> {
+    x.mapv(|v| p.round(v)).into_shared()
+}
+
+fn bits(x: &CpuTensor<f32>) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+fn widened(x: &CpuTensor<f32>) -> Vec<f64> {
+    x.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// The convolution in precision `p` against the f32 one on hand-rounded operands: output, input,
+/// weight and bias gradients bitwise equal.
+fn check_conv(p: Precision, x: &CpuTensor<f32>, params: Conv2dParams, seed: u64) {
+    let c_in = x.shape()[1];
+    let w = random(&[5, c_in, 3, 3], 0.5, seed);
+    let b = random(&[5], 0.5, seed + 1);
+    let emulated = Cpu::<f32>::with_precision(p);
+    let plain = Cpu::<f32>::new();
+    let (y, context) = emulated.conv2d_forward(x, &w, Some(&b), params).unwrap();
+    let (y_ref, context_ref) = plain
+        .conv2d_forward(&rounded(x, p), &rounded(&w, p), Some(&b), params)
+        .unwrap();
+    assert_eq!(bits(&y), bits(&y_ref), "{p} conv forward");
+    let dy = random(y.shape(), 1.0, seed + 2);
+    let grads = emulated.conv2d_backward(&dy, &context).unwrap();
+    let grads_ref = plain
+        .conv2d_backward(&rounded(&dy, p), &context_ref)
+        .unwrap();
+    assert_eq!(bits(&grads.input), bits(&grads_ref.input), "{p} conv dx");
+    assert_eq!(bits(&grads.weight), bits(&grads_ref.weight), "{p} conv dw");
+    assert_eq!(
+        bits(&grads.bias.unwrap()),
+        bits(&grads_ref.bias.unwrap()),
+        "{p} conv db"
+    );
+    assert_ne!(bits(&w), bits(&rounded(&w, p)), "the weights must round");
+}
+
+#[test]
+fn conv_rounds_its_operands_forward_and_backward() {
+    for (i, p) in LOW.into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        check_conv(
+            p,
+            &random(&[2, 3, 7, 6], 2.0, seed),
+            Conv2dParams::new(1, 1),
+            seed,
+        );
+        check_conv(
+            p,
+            &random(&[3, 4, 9, 9], 2.0, seed),
+            Conv2dParams::new(2, 0),
+            seed,
+        );
+        check_conv(
+            p,
+            &spikes(&[2, 4, 8, 8], 0.2, seed),
+            Conv2dParams::new(1, 1),
+            seed,
+        );
+    }
+}
+
+#[test]
+fn sparse_spike_kernels_agree_with_the_dense_gemm_under_bf16() {
+    let p = Precision::Bf16;
+    let x = spikes(&[4, 6, 10, 10], 0.2, 3);
+    let w = random(&[8, 6, 3, 3], 0.5, 4);
+    let params = Conv2dParams::new(1, 1);
+    let (y, mut context) = Cpu::<f32>::with_precision(p)
+        .conv2d_forward(&x, &w, None, params)
+        .unwrap();
+    assert!(
+        context.sparse_spike_input,
+        "the input takes the spike kernels"
+    );
+    // The dense truth: f64 on the same bf16 weights (the spikes are exact).
+    let x64 = x.mapv(f64::from).into_shared();
+    let w64 = rounded(&w, p).mapv(f64::from).into_shared();
+    let (y64, _) = Cpu::<f64>::new()
+        .conv2d_forward(&x64, &w64, None, params)
+        .unwrap();
+    let error = relative_error(&widened(&y), &y64.iter().copied().collect::<Vec<_>>());
+    assert!(error <= 1e-6, "sparse forward vs dense f64: {error:e}");
+    // The weight gradient: the spike kernel against the dense GEMM, from one context.
+    let dy = random(y.shape(), 1.0, 5);
+    let backend = Cpu::<f32>::with_precision(p);
+    let sparse = backend.conv2d_backward(&dy, &context).unwrap();
+    context.sparse_spike_input = false;
+    let dense = backend.conv2d_backward(&dy, &context).unwrap();
+    let error = relative_error(&widened(&sparse.weight), &widened(&dense.weight));
+    assert!(error <= 1e-6, "sparse vs dense weight gradient: {error:e}");
+    assert_eq!(
+        bits(&sparse.input),
+        bits(&dense.input),
+        "dx is one GEMM either way"
+    );
+}
+
+#[test]
+fn linear_rounds_its_operands_forward_and_backward() {
+    for (i, p) in LOW.into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let (x, w, b) = (
+            random(&[6, 11], 3.0, seed),
+            random(&[4, 11], 0.5, seed + 1),
+            random(&[4], 0.5, seed + 2),
+        );
+        let emulated = Cpu::<f32>::with_precision(p);
+        let plain = Cpu::<f32>::new();
+        let y = emulated.linear_forward(&x, &w, Some(&b)).unwrap();
+        let (xr, wr) = (rounded(&x, p), rounded(&w, p));
+        let y_ref = plain.linear_forward(&xr, &wr, Some(&b)).unwrap();
+        assert_eq!(bits(&y), bits(&y_ref), "{p} linear forward");
+        let dy = random(&[6, 4], 1.0, seed + 3);
+        let grads = emulated.linear_backward(&dy, &x, &w, true).unwrap();
+        let grads_ref = plain
+            .linear_backward(&rounded(&dy, p), &xr, &wr, true)
+            .unwrap();
+        assert_eq!(bits(&grads.input), bits(&grads_ref.input), "{p} linear dx");
+        assert_eq!(
+            bits(&grads.weight),
+            bits(&grads_ref.weight),
+            "{p} linear dw"
+        );
+        assert_eq!(
+            bits(&grads.bias.unwrap()),
+            bits(&grads_ref.bias.unwrap()),
+            "{p} linear db"
+        );
+    }
+}
+
+#[test]
+fn batched_matmul_rounds_both_operands() {
+    for (i, p) in LOW.into_iter().enumerate() {
+        let seed = 200 + 10 * i as u64;
+        let (a, b) = (
+            random(&[2, 3, 5, 7], 2.0, seed),
+            random(&[2, 3, 4, 7], 2.0, seed + 1),
+        );
+        let c = Cpu::<f32>::with_precision(p)
+            .batched_matmul(&a, &b, false, true)
+            .unwrap();
+        let c_ref = Cpu::<f32>::new()
+            .batched_matmul(&rounded(&a, p), &rounded(&b, p), false, true)
+            .unwrap();
+        assert_eq!(bits(&c), bits(&c_ref), "{p} batched matmul");
+    }
+}
+
+#[test]
+fn f32_rounds_nothing_and_other_ops_are_untouched() {
+    let x = random(&[2, 3, 6, 6], 2.0, 7);
+    let w = random(&[4, 3, 3, 3], 0.5, 8);
+    let params = Conv2dParams::new(1, 1);
+    let (y, _) = Cpu::<f32>::with_precision(Precision::F32)
+        .conv2d_forward(&x, &w, None, params)
+        .unwrap();
+    let (y_plain, _) = Cpu::<f32>::new()
+        .conv2d_forward(&x, &w, None, params)
+        .unwrap();
+    assert_eq!(bits(&y), bits(&y_plain));
+    assert_eq!(Cpu::<f32>::new().precision(), Precision::F32);
+    let bf16 = Cpu::<f32>::with_precision(Precision::Bf16);
+    assert_eq!(
+        bf16.clone().precision(),
+        Precision::Bf16,
+        "a clone keeps it"
+    );
+    let sum = bf16.add(&x, &x).unwrap();
+    assert_eq!(bits(&sum), bits(&Cpu::<f32>::new().add(&x, &x).unwrap()));
+}
