@@ -2,10 +2,19 @@
 //! bitwise what the `f32` backend gives on operands rounded by hand, forward and every backward
 //! output, for the convolution (dense and sparse spike inputs), the linear layer and the batched
 //! matmul; the sparse spike kernels agree with the dense GEMMs under bf16; `f32` rounds nothing.
+//! End to end: `train --precision` records the precision (config.toml, metrics, last.json),
+//! resumes bit for bit in it and refuses another on `--resume`.
 
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{failed, ok, revsnn, scratch};
 use ndarray::{ArcArray, IxDyn};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Conv2dParams, Cpu, CpuTensor, Precision};
+use serde_json::Value;
 
 const LOW: [Precision; 3] = [Precision::Tf32, Precision::Bf16, Precision::Fp16];
 
@@ -204,4 +213,83 @@ fn f32_rounds_nothing_and_other_ops_are_untouched() {
     );
     let sum = bf16.add(&x, &x).unwrap();
     assert_eq!(bits(&sum), bits(&Cpu::<f32>::new().add(&x, &x).unwrap()));
+}
+
+const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
+  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
+
+/// `revsnn train` of the spec file `spec` into `out` on the CPU, tiny and fixed, plus `extra`.
+fn train(spec: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (spec, out) = (spec.display().to_string(), out.display().to_string());
+    let mut args = vec![
+        "train",
+        "--spec",
+        &spec,
+        "--out",
+        &out,
+        "--batch",
+        "8",
+        "--train-samples",
+        "32",
+        "--test-samples",
+        "16",
+        "--seed",
+        "5",
+        "--quiet",
+        "--device",
+        "cpu",
+    ];
+    args.extend(extra);
+    revsnn(&args)
+}
+
+fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn train_records_its_precision_resumes_in_it_and_refuses_another() {
+    let dir = scratch("record");
+    let spec = dir.join("tiny.json");
+    std::fs::write(&spec, TINY).unwrap();
+    let (straight, resumed) = (dir.join("straight"), dir.join("resumed"));
+    let bf16 = ["--precision", "bf16", "--epochs", "2"];
+    ok(train(&spec, &straight, &bf16));
+    ok(train(
+        &spec,
+        &resumed,
+        &[&bf16[..], &["--stop-after", "1"]].concat(),
+    ));
+    let refused = failed(train(&spec, &resumed, &["--resume", "--precision", "f32"]));
+    assert!(
+        refused.contains("precision = \"f32\" (the run has \"bf16\")"),
+        "{refused}"
+    );
+    ok(train(&spec, &resumed, &["--resume"]));
+    for file in ["last.safetensors", "last.optimizer.safetensors"] {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).unwrap();
+        assert_eq!(
+            read(&straight),
+            read(&resumed),
+            "{file} resumed bit for bit"
+        );
+    }
+    let config = std::fs::read_to_string(straight.join("config.toml")).unwrap();
+    assert!(config.contains("\nprecision = \"bf16\"\n"), "{config}");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("last.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["config"]["precision"], "bf16", "{state}");
+    for line in json_lines(&straight.join("metrics.jsonl")) {
+        assert_eq!(line["precision"], "bf16", "{line}");
+    }
+    let plain = dir.join("plain");
+    ok(train(&spec, &plain, &["--epochs", "1"]));
+    let line = &json_lines(&plain.join("metrics.jsonl"))[0];
+    assert_eq!(line["precision"], "f32", "the default: {line}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@
 
 use clap::{Args, ValueEnum};
 use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_error};
-use revsnn_reference::{Backend, DType, Element};
+use revsnn_reference::{Backend, DType, Element, Precision};
 use serde_json::json;
 
 use super::{DTypeArg, ModelArgs, print_json_report, random_batch, random_images};
@@ -379,7 +379,15 @@ pub fn verify(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
-    verify_on(&Device::Cpu, spec, dtype, coupling, seed, batch, fd_samples)
+    verify_on(
+        &Device::Cpu(Precision::F32),
+        spec,
+        dtype,
+        coupling,
+        seed,
+        batch,
+        fd_samples,
+    )
 }
 
 /// Runs every check on `device`: the reversible checks in `dtype`, the finite differences in f64.
@@ -464,6 +472,10 @@ pub struct VerifyArgs {
     /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// The precision of the GEMM operands: f32 (default), tf32, bf16 or fp16, accumulating in
+    /// f32 (docs/precision.md). The CPU emulates every one; CUDA runs f32 and tf32.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     #[arg(long)]
     pub json: bool,
 }
@@ -471,7 +483,7 @@ pub struct VerifyArgs {
 impl VerifyArgs {
     /// Runs `revsnn verify`: prints a table or one JSON object; the caller exits 0 iff it passed.
     pub fn run(&self) -> Result<bool> {
-        let device = self.device.open()?;
+        let device = self.device.open(self.precision)?;
         let (name, spec) = self.model.resolve()?;
         let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
         let report = verify_on(

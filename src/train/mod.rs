@@ -248,6 +248,7 @@ fn metrics_line(
         "best_test_acc1": state.best_test_acc1,
         "device": device.name(),
         "backend": device.kind(),
+        "precision": device.precision().name(),
     })
 }
 
