@@ -32,7 +32,7 @@ pub struct Network<B: Backend> {
 }
 
 /// How one forward (and backward) pass runs: its mode and its side effects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PassOptions {
     pub mode: Mode,
     /// Whether training-mode BatchNorms update their running statistics.
@@ -40,6 +40,9 @@ pub struct PassOptions {
     /// Whether reversible sequences audit their reconstruction (keeping every block's input and
     /// spikes for the comparison: a verification mode, not for training).
     pub audit: bool,
+    /// The factor the loss is multiplied by before the backward (fp16 loss scaling,
+    /// docs/precision.md): every gradient comes back multiplied by it. 1 but in fp16 training.
+    pub loss_scale: f32,
 }
 
 impl Default for PassOptions {
@@ -48,6 +51,7 @@ impl Default for PassOptions {
             mode: Mode::Train,
             update_running_stats: true,
             audit: false,
+            loss_scale: 1.0,
         }
     }
 }
@@ -118,6 +122,7 @@ impl<B: Backend> Network<B> {
     ) -> Result<StepReport<B>> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
+        session.loss_scale = run.loss_scale;
         if run.audit {
             session.probes.audit = Some(ReversibleAudit::default());
         }

@@ -124,6 +124,7 @@ pub fn compute<B: Backend>(
             mode: Mode::Eval,
             update_running_stats: false,
             audit: false,
+            loss_scale: 1.0,
         },
     )?;
     outputs.push(("logits_eval".into(), stored(backend, &logits_eval)?));

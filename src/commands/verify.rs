@@ -235,6 +235,7 @@ const PROBE_PASS: PassOptions = PassOptions {
     mode: Mode::Train,
     update_running_stats: false,
     audit: false,
+    loss_scale: 1.0,
 };
 
 /// A smooth network, a random batch and their gradients: what the finite differences probe.

@@ -1,10 +1,11 @@
-//! One epoch of training: the epoch's shuffled, augmented batches, one optimizer step each, and
-//! the statistics the metrics report.
+//! One epoch of training: the epoch's shuffled, augmented batches, one optimizer step each (in
+//! fp16, a step the loss scaler skips when its gradients overflow), and the statistics the
+//! metrics report.
 
 use std::path::Path;
 use std::time::Instant;
 
-use revsnn_reference::{Backend, Element};
+use revsnn_reference::{Backend, Element, Precision};
 
 use super::config::RunSettings;
 use super::evaluate::{Score, batch_tensor, cast, widened};
@@ -15,23 +16,36 @@ use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
+use crate::grad_scaler::{GradScaler, GradScalerConfig, StepAction};
 use crate::model::{BuildOptions, Grads, Targets};
 use crate::network::{Network, PassOptions};
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
 
-/// The network being trained and its optimizer.
+/// The network being trained, its optimizer and, in fp16, its loss scaler.
 pub struct Learner<B: Backend> {
     pub network: Network<B>,
     pub optimizer: Optimizer<B>,
+    /// fp16's dynamic loss scaling (docs/precision.md, "Loss scaling"); `None` in the other
+    /// precisions.
+    pub scaler: Option<GradScaler>,
 }
 
 impl<B: Backend> Learner<B> {
-    /// `spec` with fresh weights from the run's seed and a fresh optimizer of the run's kind.
+    /// `spec` with fresh weights from the run's seed, a fresh optimizer of the run's kind and,
+    /// in fp16, a loss scaler with PyTorch's defaults.
     pub fn new(backend: &B, spec: &ModelSpec, config: &RunSettings) -> Result<Learner<B>> {
         let network = Network::new(backend, spec, config.seed, BuildOptions::default())?;
         let optimizer = Optimizer::new(config.optimizer, &network.store);
-        Ok(Learner { network, optimizer })
+        let scaler = match config.precision {
+            Precision::Fp16 => Some(GradScaler::new(GradScalerConfig::default())?),
+            _ => None,
+        };
+        Ok(Learner {
+            network,
+            optimizer,
+            scaler,
+        })
     }
 }
 
@@ -46,6 +60,10 @@ pub struct EpochStats {
     pub images: usize,
     /// Wall time of the epoch's training (all queued work finished).
     pub seconds: f64,
+    /// Steps the fp16 loss scaler skipped (their gradients overflowed).
+    pub skipped_steps: usize,
+    /// The fp16 loss scale at the end of the epoch (`None` in the other precisions).
+    pub loss_scale: Option<f32>,
 }
 
 impl EpochStats {
@@ -110,24 +128,31 @@ pub fn train_epoch<B: Compute>(
     for (step, batch) in batches.enumerate() {
         let batch = batch?;
         let count = batch.labels.len();
-        let (loss, score, grads) =
-            forward_backward(backend, &mut learner.network, &*samples, batch)?;
+        let loss_scale = learner.scaler.map_or(1.0, |scaler| scaler.scale());
+        let (loss, score, mut grads) =
+            forward_backward(backend, &mut learner.network, &*samples, batch, loss_scale)?;
         if !loss.is_finite() {
             return Err(diverged(loss, epoch, step, lr, &config.out));
         }
-        learner
-            .optimizer
-            .step(backend, &mut learner.network.store, &grads, lr)?;
-        let non_finite = learner.network.store.count_non_finite(backend)?;
-        if non_finite > 0 {
-            return Err(Error::ParametersDiverged {
-                count: non_finite,
-                epoch: epoch + 1,
-                epoch_before: epoch,
-                step: step + 1,
-                lr,
-                out: config.out.display().to_string(),
-            });
+        if let Some(scaler) = &mut learner.scaler
+            && unscale(backend, scaler, &mut grads)? == StepAction::Skip
+        {
+            stats.skipped_steps += 1;
+        } else {
+            learner
+                .optimizer
+                .step(backend, &mut learner.network.store, &grads, lr)?;
+            let non_finite = learner.network.store.count_non_finite(backend)?;
+            if non_finite > 0 {
+                return Err(Error::ParametersDiverged {
+                    count: non_finite,
+                    epoch: epoch + 1,
+                    epoch_before: epoch,
+                    step: step + 1,
+                    lr,
+                    out: config.out.display().to_string(),
+                });
+            }
         }
         stats.loss_sum += loss * count as f64;
         stats.hits += score.top1;
@@ -141,7 +166,26 @@ pub fn train_epoch<B: Compute>(
         expected,
     )?;
     stats.seconds = start.elapsed().as_secs_f64();
+    stats.loss_scale = learner.scaler.map(|scaler| scaler.scale());
     Ok(stats)
+}
+
+/// fp16 loss scaling after a backward whose loss was multiplied by `scaler.scale()`: gradients
+/// holding an infinity or a NaN skip the step, otherwise they are divided by that scale; either
+/// way the scaler updates its scale (PyTorch's `GradScaler.step` and `update`). A scale that
+/// falls below 1 is [`Error::LossScaleCollapsed`].
+fn unscale<B: Backend>(
+    backend: &B,
+    scaler: &mut GradScaler,
+    grads: &mut Grads<B>,
+) -> Result<StepAction> {
+    let scale = scaler.scale();
+    let found_non_finite = backend.count_non_finite(&grads.tensors())? > 0;
+    let action = scaler.update(found_non_finite)?;
+    if action == StepAction::Apply {
+        grads.scale(backend, B::Elem::cast(1.0 / f64::from(scale)))?;
+    }
+    Ok(action)
 }
 
 /// An [`Error::IncompleteData`] unless a pass over data that should see `expected` samples saw
@@ -160,17 +204,21 @@ pub fn saw_every_sample(pass: &str, seen: usize, expected: usize) -> Result<()> 
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
 /// has them, else its labels: the mean loss, the score of the logits against the labels, and the
-/// parameter gradients.
+/// parameter gradients of `loss_scale` times the loss.
 fn forward_backward<B: Backend>(
     backend: &B,
     network: &mut Network<B>,
     data: &dyn Dataset,
     batch: Batch,
+    loss_scale: f32,
 ) -> Result<(f64, Score, Grads<B>)> {
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
     let mut grads = network.zero_grads();
-    let run = PassOptions::default();
+    let run = PassOptions {
+        loss_scale,
+        ..PassOptions::default()
+    };
     let soft = match batch.targets {
         Some(rows) => {
             let shape = [count, rows.len() / count.max(1)];
