@@ -5,6 +5,9 @@
 //! End to end: `train --precision` records the precision (config.toml, metrics, last.json),
 //! resumes bit for bit in it and refuses another on `--resume`; checkpoints stay f32 under the
 //! official keys; fp16's loss scaler skips the steps whose gradients overflow and recovers.
+//! Whole tiny models of every family in bf16 and fp16 (`verify --precision`): the reversible
+//! reconstruction at f32's bar, and the logits and loss against the f64 reference within the
+//! bound of docs/precision.md wherever it applies (a head reading spikes, no spike differing).
 
 mod common;
 
@@ -14,6 +17,11 @@ use std::process::Output;
 use common::{failed, ok, revsnn, scratch};
 use ndarray::{ArcArray, IxDyn};
 use revsnn::checkpoint::{self, TensorData};
+use revsnn::commands::verify::verify_on;
+use revsnn::device::Device;
+use revsnn::model::reversible::Coupling;
+use revsnn::spec::ModelSpec;
+use revsnn_reference::DType;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Conv2dParams, Cpu, CpuTensor, Precision};
 use serde_json::Value;
@@ -402,4 +410,73 @@ fn fp16_skips_the_steps_whose_gradients_overflow_and_recovers() {
     assert_eq!(last["skipped_steps"], 0, "recovered: {last}");
     assert!(last["train_loss"].as_f64().unwrap().is_finite());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tiny spec of each family.
+fn tiny_specs() -> [(&'static str, String); 4] {
+    let resnet = |arch| {
+        format!(
+            r#"{{"arch": "{arch}", "layers": [1,1,1,1], "planes": [2,4,4,4], "num_classes": 10,
+            "time_steps": 2, "in_channels": 3, "img_size": 16}}"#
+        )
+    };
+    let former = |arch| {
+        format!(
+            r#"{{"arch": "{arch}", "num_classes": 10, "time_steps": 2, "in_channels": 3,
+            "img_size": 16, "depth": 1, "dim": 16, "heads": 2, "mlp_ratio": 2, "patch_size": 4}}"#
+        )
+    };
+    [
+        ("revsresnet", resnet("revsresnet")),
+        ("msresnet", resnet("msresnet")),
+        ("revsformer", former("revsformer")),
+        ("spikingformer", former("spikingformer")),
+    ]
+}
+
+#[test]
+fn whole_models_in_bf16_and_fp16_against_f64() {
+    for (family, text) in tiny_specs() {
+        let spec = ModelSpec::from_json(&text).unwrap();
+        for precision in [Precision::Bf16, Precision::Fp16] {
+            let mut bounded = 0;
+            for seed in 0..4 {
+                let device = Device::Cpu(precision);
+                let report =
+                    verify_on(&device, &spec, DType::F32, Coupling::Float, seed, 2, 1).unwrap();
+                let versus = report
+                    .versus_f64
+                    .expect("a low precision compares with f64");
+                let case = format!("{family} {precision} seed {seed}: {versus:?}");
+                assert_eq!(versus.precision, precision, "{case}");
+                assert!(
+                    report.reconstruction_max_rel_err <= 1e-5,
+                    "the f32 stream reconstructs at f32's bar: {case}"
+                );
+                assert!(versus.spikes_compared > 0, "{case}");
+                assert!(versus.logits_max_abs_err.is_finite(), "{case}");
+                assert_eq!(
+                    versus.bounds.is_some(),
+                    family.ends_with("resnet"),
+                    "a bound for the heads reading spikes only: {case}"
+                );
+                match versus.within_bounds() {
+                    Some(within) => {
+                        assert!(within, "outside the bound: {case}");
+                        bounded += 1;
+                    }
+                    None if family.ends_with("resnet") => {
+                        assert!(versus.spike_flips > 0, "{case}")
+                    }
+                    None => {}
+                }
+            }
+            if family.ends_with("resnet") && precision == Precision::Fp16 {
+                assert!(
+                    bounded > 0,
+                    "{family} {precision}: no seed without a spike flip"
+                );
+            }
+        }
+    }
 }
