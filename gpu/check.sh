@@ -92,11 +92,11 @@ for model in ${CLI_MODELS//,/ }; do
       bench) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --model "$model" \
         --batch 64 --steps 10 --json || status=1 ;;
       # PyTorch runs its convolutions on TF32 by default: the like-for-like speed comparison
-      bench-tf32) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --tf32 \
+      bench-tf32) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --precision tf32 \
         --model "$model" --batch 64 --steps 10 --json || status=1 ;;
       # the other convolution engine, side by side
       bench-tf32-im2col) REVSNN_CONV_ENGINE=im2col run_logged "cli-$what-$model" 90 "$REVSNN" \
-        bench --device cuda --tf32 --model "$model" --batch 64 --steps 10 --json || status=1 ;;
+        bench --device cuda --precision tf32 --model "$model" --batch 64 --steps 10 --json || status=1 ;;
       memory) run_logged "cli-$what-$model" 60 "$REVSNN" memory --device cuda --model "$model" \
         --batch 32,64 --json || status=1 ;;
     esac

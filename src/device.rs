@@ -5,11 +5,16 @@
 //! The models, the optimizers and the training loop are generic over
 //! [`revsnn_reference::Backend`]; a command picks its backend once, at the top, with
 //! `on_backend!`, which instantiates its generic code for the device and float type chosen.
+//!
+//! A device computes its GEMMs in a [`Precision`] (`--precision`, docs/precision.md): the CPU
+//! reference emulates every precision, CUDA runs `f32` and `tf32` (its TF32 switch) and refuses
+//! `bf16` and `fp16`, which have no CUDA kernels yet.
 
 use std::sync::Arc;
 
 use revsnn_gpu::{CudaStatus, GpuDevice, GpuError};
 pub use revsnn_reference::Compute;
+use revsnn_reference::Precision;
 
 use crate::error::{Error, Result};
 
@@ -32,25 +37,29 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// The device this choice names, opened. `cuda` without a usable GPU is an error that says
-    /// why and what to do; `auto` says on stderr, in one line, which device it took and why.
-    pub fn open(self) -> Result<Device> {
-        match self {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda => Device::open_cuda(),
+    /// The device this choice names, opened, computing in `precision`. `cuda` without a usable
+    /// GPU is an error that says why and what to do; `auto` says on stderr, in one line, which
+    /// device it took and why; a precision the device cannot run is an error naming the card
+    /// and the alternatives ([`Device::with_precision`]).
+    pub fn open(self, precision: Precision) -> Result<Device> {
+        let device = match self {
+            DeviceChoice::Cpu => Device::Cpu(Precision::F32),
+            DeviceChoice::Cuda => Device::open_cuda()?,
             DeviceChoice::Auto => {
                 let (device, reason) = Device::auto();
                 eprintln!("device: {} (auto: {reason})", device.kind());
-                Ok(device)
+                device
             }
-        }
+        };
+        device.with_precision(precision)
     }
 }
 
 /// An open device a command runs on: backends are made from it (`on_backend!`).
 #[derive(Clone, Debug)]
 pub enum Device {
-    Cpu,
+    /// The CPU reference, emulating a precision in its GEMMs.
+    Cpu(Precision),
     /// An open CUDA device; every backend made from it shares its context, stream, memory
     /// accounting and compiled kernels.
     Cuda(Arc<GpuDevice>),
@@ -80,21 +89,43 @@ impl Device {
                     ),
                 ),
                 Err(error) => (
-                    Device::Cpu,
+                    Device::Cpu(Precision::F32),
                     format!("found {} but cannot use it: {error}", info.name),
                 ),
             },
-            CudaStatus::Unavailable(GpuError::LibraryMissing { library }) => {
-                (Device::Cpu, format!("no CUDA: {library} not found"))
+            CudaStatus::Unavailable(GpuError::LibraryMissing { library }) => (
+                Device::Cpu(Precision::F32),
+                format!("no CUDA: {library} not found"),
+            ),
+            CudaStatus::Unavailable(reason) => (Device::Cpu(Precision::F32), reason.to_string()),
+        }
+    }
+
+    /// This device computing its GEMMs in `precision`: the CPU emulates any; a CUDA device
+    /// switches TF32 on or off, and `bf16` or `fp16` are an error that names the card, what it
+    /// lacks and `--device cpu` (`GpuDevice::set_precision`).
+    pub fn with_precision(self, precision: Precision) -> Result<Device> {
+        match self {
+            Device::Cpu(_) => Ok(Device::Cpu(precision)),
+            Device::Cuda(gpu) => {
+                gpu.set_precision(precision).map_err(Error::Cuda)?;
+                Ok(Device::Cuda(gpu))
             }
-            CudaStatus::Unavailable(reason) => (Device::Cpu, reason.to_string()),
+        }
+    }
+
+    /// The precision of this device's GEMMs.
+    pub fn precision(&self) -> Precision {
+        match self {
+            Device::Cpu(precision) => *precision,
+            Device::Cuda(gpu) => gpu.precision(),
         }
     }
 
     /// `cpu` or `cuda`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Device::Cpu => "cpu",
+            Device::Cpu(_) => "cpu",
             Device::Cuda(_) => "cuda",
         }
     }
@@ -102,7 +133,7 @@ impl Device {
     /// `cpu`, or `cuda` and the card's name: `cuda (NVIDIA H200)`.
     pub fn describe(&self) -> String {
         match self {
-            Device::Cpu => "cpu".into(),
+            Device::Cpu(_) => "cpu".into(),
             Device::Cuda(device) => format!("cuda ({})", device.info.name),
         }
     }
@@ -110,25 +141,26 @@ impl Device {
     /// `cpu`, or the card's name.
     pub fn name(&self) -> String {
         match self {
-            Device::Cpu => "cpu".into(),
+            Device::Cpu(_) => "cpu".into(),
             Device::Cuda(device) => device.info.name.clone(),
         }
     }
 }
 
 /// Evaluates `$body` with `$backend` bound to the backend of `$device` (a `&Device`) in float
-/// type `$dtype` (a `DType`): `Cpu<f32>`, `Cpu<f64>`, `Cuda<f32>` or `Cuda<f64>`. The body,
+/// type `$dtype` (a `DType`): `Cpu<f32>`, `Cpu<f64>` (in the device's precision), `Cuda<f32>`
+/// or `Cuda<f64>`. The body,
 /// usually a call of a function generic over [`Compute`], is instantiated for each; backends made
 /// from one [`Device`] share its context, stream, memory accounting and kernels.
 macro_rules! on_backend {
     ($device:expr, $dtype:expr, |$backend:ident| $body:expr) => {
         match ($device, $dtype) {
-            ($crate::device::Device::Cpu, $crate::reference::DType::F32) => {
-                let $backend = $crate::reference::Cpu::<f32>::new();
+            ($crate::device::Device::Cpu(precision), $crate::reference::DType::F32) => {
+                let $backend = $crate::reference::Cpu::<f32>::with_precision(*precision);
                 $body
             }
-            ($crate::device::Device::Cpu, $crate::reference::DType::F64) => {
-                let $backend = $crate::reference::Cpu::<f64>::new();
+            ($crate::device::Device::Cpu(precision), $crate::reference::DType::F64) => {
+                let $backend = $crate::reference::Cpu::<f64>::with_precision(*precision);
                 $body
             }
             ($crate::device::Device::Cuda(gpu), $crate::reference::DType::F32) => {

@@ -271,6 +271,7 @@ fn last_json_seeds() -> Vec<Vec<u8>> {
         next_shuffle_seed: 0x1234_5678_9abc_def0,
         best_test_acc1: 0.25,
         best_epoch: Some(1),
+        loss_scaler: None,
     };
     serde_json::to_vec_pretty(&state).into_iter().collect()
 }

@@ -1,6 +1,7 @@
 //! Dynamic loss scaling for fp16 training, with the semantics and defaults of PyTorch's
 //! `GradScaler`, and one addition: a scale below 1 stops the run (docs/precision.md, "Loss
-//! scaling"). Not yet used by the training loop.
+//! scaling"). `revsnn train --precision fp16` trains with one (`crate::train::epoch`), and its
+//! state is part of the run's `last.json`.
 //!
 //! The loss is multiplied by `scale` before the backward, so that small gradients stay inside
 //! fp16's range; the gradients are divided by it again before the optimizer step. A step whose

@@ -33,7 +33,7 @@ pub struct Network<B: Backend> {
 }
 
 /// How one forward (and backward) pass runs: its mode and its side effects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PassOptions {
     pub mode: Mode,
     /// Whether training-mode BatchNorms update their running statistics.
@@ -41,6 +41,9 @@ pub struct PassOptions {
     /// Whether reversible sequences audit their reconstruction (keeping every block's input and
     /// spikes for the comparison: a verification mode, not for training).
     pub audit: bool,
+    /// The factor the loss is multiplied by before the backward (fp16 loss scaling,
+    /// docs/precision.md): every gradient comes back multiplied by it. 1 but in fp16 training.
+    pub loss_scale: f32,
 }
 
 impl Default for PassOptions {
@@ -49,6 +52,7 @@ impl Default for PassOptions {
             mode: Mode::Train,
             update_running_stats: true,
             audit: false,
+            loss_scale: 1.0,
         }
     }
 }
@@ -120,6 +124,7 @@ impl<B: Backend> Network<B> {
     ) -> Result<StepReport<B>> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
+        session.loss_scale = run.loss_scale;
         if run.audit {
             session.probes.audit = Some(ReversibleAudit::default());
         }
@@ -142,5 +147,20 @@ impl<B: Backend> Network<B> {
         let mut session = Session::new(backend, &mut self.store, &mut grads, run.mode);
         session.update_running_stats = run.update_running_stats;
         with_body!(self, model => Layer::<B>::forward(model, &mut session, images).map(|(logits, _)| logits))
+    }
+
+    /// [`Network::forward`], and the spikes of every neuron layer in the order they fired.
+    pub fn forward_with_spikes(
+        &mut self,
+        backend: &B,
+        images: &B::Tensor,
+        run: PassOptions,
+    ) -> Result<(B::Tensor, Vec<B::Tensor>)> {
+        let mut grads = Grads::new(0);
+        let mut session = Session::new(backend, &mut self.store, &mut grads, run.mode);
+        session.update_running_stats = run.update_running_stats;
+        session.probes.spike_log = Some(Vec::new());
+        let logits = with_body!(self, model => Layer::<B>::forward(model, &mut session, images).map(|(logits, _)| logits))?;
+        Ok((logits, session.probes.spike_log.take().unwrap_or_default()))
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::revsnn;
+use common::{ok, revsnn};
 
 fn json(output: &Output) -> serde_json::Value {
     assert!(
@@ -211,10 +211,60 @@ fn bad_specs_and_devices_are_errors_not_panics() {
     assert!(!stderr(&failed).contains("panicked"));
     let failed = revsnn(&["bench", "--model", "revsresnet21", "--batch", "1", "--tf32"]);
     assert!(
-        !failed.status.success() && stderr(&failed).contains("--tf32 applies to CUDA only"),
+        !failed.status.success() && stderr(&failed).contains("unexpected argument '--tf32'"),
         "{}",
         stderr(&failed)
     );
+}
+
+#[test]
+fn an_unknown_precision_lists_the_valid_ones() {
+    for command in ["train", "bench", "memory", "verify", "grad", "eval"] {
+        let failed = revsnn(&[command, "--precision", "fp8"]);
+        let message = stderr(&failed);
+        assert!(
+            !failed.status.success()
+                && message
+                    .contains("unknown precision `fp8`: expected one of f32, tf32, bf16, fp16"),
+            "{command}: {message}"
+        );
+    }
+}
+
+#[test]
+fn bench_and_memory_report_the_emulated_precision() {
+    let out = ok(revsnn(&[
+        "bench",
+        "--model",
+        "revsresnet21",
+        "--time-steps",
+        "1",
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["precision"], "bf16", "{report}");
+    let out = ok(revsnn(&[
+        "memory",
+        "--model",
+        "revsresnet21",
+        "--time-steps",
+        "1",
+        "--batch",
+        "1",
+        "--precision",
+        "fp16",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["precision"], "fp16", "{report}");
 }
 
 /// Whether this machine has a usable CUDA device (then `--device cuda` runs instead of failing).

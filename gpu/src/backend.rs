@@ -9,7 +9,7 @@ use std::sync::Arc;
 use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
     BatchStats, Compute, Conv2dGrads, Conv2dParams, LinearGrads, NeuronConfig, Pool2dParams,
-    Result, RunningStats, SgdParams, TransferCounts,
+    Precision, Result, RunningStats, SgdParams, TransferCounts,
 };
 
 use crate::device::GpuDevice;
@@ -80,6 +80,10 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn name(&self) -> String {
         format!("cuda-{}", E::DTYPE)
+    }
+
+    fn precision(&self) -> Precision {
+        self.device.precision()
     }
 
     fn tensor_from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CudaTensor<E>> {

@@ -11,7 +11,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits, sys,
 };
 use cudarc::nvrtc::Ptx;
-use revsnn_reference::{DeviceError, TransferCounts};
+use revsnn_reference::{DeviceError, Precision, TransferCounts};
 
 use crate::compiler::{self, Target};
 use crate::error::GpuError;
@@ -215,6 +215,33 @@ impl GpuDevice {
     /// Whether `f32` GEMMs and convolutions may use TF32 ([`GpuDevice::allow_tf32`]).
     pub fn tf32_allowed(&self) -> bool {
         self.tf32.load(Ordering::Relaxed)
+    }
+
+    /// Runs this device's GEMMs and convolutions in `precision` from now on (docs/precision.md):
+    /// `f32` and `tf32` are [`GpuDevice::allow_tf32`] off and on. `bf16` and `fp16` have no CUDA
+    /// kernels yet: [`GpuError::PrecisionUnsupported`], which names the card and `--device cpu`,
+    /// where the reference emulates them; bf16 on a card older than compute capability 8.0 says
+    /// that too.
+    pub fn set_precision(&self, precision: Precision) -> Result<(), GpuError> {
+        match precision {
+            Precision::F32 => self.allow_tf32(false),
+            Precision::Tf32 => self.allow_tf32(true),
+            Precision::Bf16 | Precision::Fp16 => Err(GpuError::PrecisionUnsupported {
+                precision,
+                card: self.info.name.clone(),
+                compute_capability: self.info.compute_capability,
+            }),
+        }
+    }
+
+    /// The precision of this device's GEMMs and convolutions: `tf32` when TF32 is allowed, else
+    /// `f32`.
+    pub fn precision(&self) -> Precision {
+        if self.tf32_allowed() {
+            Precision::Tf32
+        } else {
+            Precision::F32
+        }
     }
 
     /// Live and peak bytes of this device's buffers.

@@ -2,7 +2,7 @@
 //! contract's own [`OpError`]s (found by its shared checks), device failures become the
 //! contract's typed [`DeviceError`] on the way out, so out-of-memory stays matchable above the ops.
 
-use revsnn_reference::{DeviceError, OpError};
+use revsnn_reference::{DeviceError, OpError, Precision};
 use thiserror::Error;
 
 /// A failure of the CUDA backend.
@@ -54,9 +54,32 @@ pub enum GpuError {
         value: String,
         expected: &'static str,
     },
+    /// A precision the CUDA backend cannot run (docs/precision.md): bf16 and fp16 have no CUDA
+    /// kernels yet, and bf16 needs compute capability 8.0 or newer.
+    #[error("{}", precision_unsupported(*.precision, .card, *.compute_capability))]
+    PrecisionUnsupported {
+        precision: Precision,
+        card: String,
+        compute_capability: (i32, i32),
+    },
     /// Operands that do not fit the op, as the CPU backend reports them.
     #[error(transparent)]
     Op(#[from] OpError),
+}
+
+/// The message of [`GpuError::PrecisionUnsupported`]: what is missing and the alternatives.
+fn precision_unsupported(precision: Precision, card: &str, (major, minor): (i32, i32)) -> String {
+    let hardware = if precision == Precision::Bf16 && major < 8 {
+        format!(
+            " (and {card}, compute capability {major}.{minor}, has no bf16: it needs 8.0 or newer)"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "--precision {precision} is not built for CUDA yet{hardware}: run it with --device cpu, \
+         where the reference emulates {precision}, or use --precision tf32 or f32 on {card}"
+    )
 }
 
 impl GpuError {
@@ -86,11 +109,12 @@ impl From<GpuError> for OpError {
         match error {
             GpuError::Op(error) => error,
             GpuError::Device(error) => device(error),
-            GpuError::LibraryMissing { .. } | GpuError::NoDevice(_) | GpuError::Setting { .. } => {
-                device(DeviceError::Unavailable {
-                    reason: error.to_string(),
-                })
-            }
+            GpuError::LibraryMissing { .. }
+            | GpuError::NoDevice(_)
+            | GpuError::Setting { .. }
+            | GpuError::PrecisionUnsupported { .. } => device(DeviceError::Unavailable {
+                reason: error.to_string(),
+            }),
             GpuError::Driver { .. }
             | GpuError::Compile { .. }
             | GpuError::Blas { .. }
@@ -140,6 +164,38 @@ mod tests {
         ] {
             assert_eq!(OpError::from(GpuError::from(error.clone())), error);
         }
+    }
+
+    #[test]
+    fn an_unsupported_precision_names_the_card_and_the_alternatives() {
+        let on = |precision, compute_capability| {
+            GpuError::PrecisionUnsupported {
+                precision,
+                card: "Tesla V100".into(),
+                compute_capability,
+            }
+            .to_string()
+        };
+        let message = on(Precision::Bf16, (7, 0));
+        for part in [
+            "--precision bf16",
+            "Tesla V100",
+            "compute capability 7.0",
+            "8.0",
+            "--device cpu",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from {message}");
+        }
+        let message = on(Precision::Fp16, (9, 0));
+        assert!(
+            message.contains("--device cpu") && !message.contains("8.0"),
+            "{message}"
+        );
+        let message = on(Precision::Bf16, (9, 0));
+        assert!(
+            message.contains("not built for CUDA") && !message.contains("8.0"),
+            "{message}"
+        );
     }
 
     #[test]

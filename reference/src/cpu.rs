@@ -5,6 +5,11 @@
 //! the number of rayon threads, so outputs and gradients are bitwise identical with 1 or N threads
 //! (docs/design.md principle 4). Ops run on the current rayon pool; run them inside
 //! `ThreadPool::install` to choose the thread count.
+//!
+//! A backend holds the [`Precision`] it emulates (docs/precision.md): its GEMM ops (convolution,
+//! linear, batched matmul) round their operands with [`ops::tensor::round_to_precision`] and
+//! call the same kernels, which accumulate in the element type; every other op is unaffected.
+//! Under `f32` nothing is rounded and no operand is copied.
 
 use std::marker::PhantomData;
 
@@ -13,24 +18,41 @@ use ndarray::{ArcArray, IxDyn};
 use crate::contract::{
     AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
     BatchStats, Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig,
-    Pool2dParams, Result, RunningStats, SgdParams,
+    Pool2dParams, Precision, Result, RunningStats, SgdParams,
 };
 use crate::{memory, ops};
 
 /// A CPU tensor: a shared, row-major `ndarray`; `clone` shares the data.
 pub type CpuTensor<E> = ArcArray<E, IxDyn>;
 
-/// The CPU reference backend in element type `E` (`Cpu<f64>` for truth, `Cpu<f32>` for speed).
+/// The CPU reference backend in element type `E` (`Cpu<f64>` for truth, `Cpu<f32>` for speed),
+/// emulating a [`Precision`] in its GEMM ops.
 #[derive(Debug)]
 pub struct Cpu<E> {
+    precision: Precision,
     element: PhantomData<fn() -> E>,
 }
 
 impl<E> Cpu<E> {
+    /// The backend in full precision: no operand is rounded.
     pub fn new() -> Self {
+        Self::with_precision(Precision::F32)
+    }
+
+    /// The backend emulating `precision`: convolutions, linear layers and batched matmuls round
+    /// their operands to its format, forward and backward (docs/precision.md).
+    pub fn with_precision(precision: Precision) -> Self {
         Cpu {
+            precision,
             element: PhantomData,
         }
+    }
+}
+
+impl<E: Element> Cpu<E> {
+    /// `x` rounded to this backend's precision (shared when already exact).
+    fn operand(&self, x: &CpuTensor<E>) -> CpuTensor<E> {
+        ops::tensor::round_to_precision(x, self.precision)
     }
 }
 
@@ -42,7 +64,7 @@ impl<E> Default for Cpu<E> {
 
 impl<E> Clone for Cpu<E> {
     fn clone(&self) -> Self {
-        Self::new()
+        Self::with_precision(self.precision)
     }
 }
 
@@ -58,6 +80,10 @@ impl<E: Element> Backend for Cpu<E> {
 
     fn name(&self) -> String {
         format!("cpu-{}", E::DTYPE)
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn tensor_from_vec(&self, shape: &[usize], data: Vec<E>) -> Result<CpuTensor<E>> {
@@ -185,7 +211,7 @@ impl<E: Element> Backend for Cpu<E> {
         bias: Option<&CpuTensor<E>>,
         params: Conv2dParams,
     ) -> Result<(CpuTensor<E>, Self::Conv2dContext)> {
-        ops::conv::forward(x, weight, bias, params)
+        ops::conv::forward(&self.operand(x), &self.operand(weight), bias, params)
     }
 
     fn conv2d_backward(
@@ -193,7 +219,7 @@ impl<E: Element> Backend for Cpu<E> {
         grad_y: &CpuTensor<E>,
         context: &Self::Conv2dContext,
     ) -> Result<Conv2dGrads<CpuTensor<E>>> {
-        ops::conv::backward(grad_y, context)
+        ops::conv::backward(&self.operand(grad_y), context)
     }
 
     fn batch_norm_train_forward(
@@ -269,7 +295,7 @@ impl<E: Element> Backend for Cpu<E> {
         weight: &CpuTensor<E>,
         bias: Option<&CpuTensor<E>>,
     ) -> Result<CpuTensor<E>> {
-        ops::linear::forward(x, weight, bias)
+        ops::linear::forward(&self.operand(x), &self.operand(weight), bias)
     }
 
     fn linear_backward(
@@ -279,7 +305,12 @@ impl<E: Element> Backend for Cpu<E> {
         weight: &CpuTensor<E>,
         has_bias: bool,
     ) -> Result<LinearGrads<CpuTensor<E>>> {
-        ops::linear::backward(grad_y, x, weight, has_bias)
+        ops::linear::backward(
+            &self.operand(grad_y),
+            &self.operand(x),
+            &self.operand(weight),
+            has_bias,
+        )
     }
 
     fn batched_matmul(
@@ -289,7 +320,7 @@ impl<E: Element> Backend for Cpu<E> {
         transpose_a: bool,
         transpose_b: bool,
     ) -> Result<CpuTensor<E>> {
-        ops::linear::batched_matmul(a, b, transpose_a, transpose_b)
+        ops::linear::batched_matmul(&self.operand(a), &self.operand(b), transpose_a, transpose_b)
     }
 
     fn cross_entropy_loss(

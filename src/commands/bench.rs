@@ -1,10 +1,11 @@
 //! `revsnn bench`: the median wall time of one training step (forward, backward, optimizer
-//! step) in f32 on the CPU or a CUDA device, images per second and the step's peak memory.
+//! step) in f32 on the CPU or a CUDA device, its GEMMs in a precision (`--precision`), images
+//! per second and the step's peak memory.
 
 use std::time::Instant;
 
 use clap::Args;
-use revsnn_reference::DType;
+use revsnn_reference::{DType, Precision};
 use serde_json::json;
 
 use super::{ModelArgs, full_training_step, print_json_report, random_images, set_threads};
@@ -108,11 +109,13 @@ pub struct BenchArgs {
     /// stderr says which and why), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
-    /// On CUDA, let cuBLAS run the f32 GEMMs (every convolution and matmul) on TF32 tensor
-    /// cores, as PyTorch does for convolutions by default: faster, about 1e-3 relative error
-    /// in each product instead of 1e-6. Needs CUDA (--device cuda, or auto finding a GPU).
-    #[arg(long)]
-    pub tf32: bool,
+    /// The precision of the GEMM operands: f32 (default), tf32, bf16 or fp16
+    /// (docs/precision.md). On CUDA, tf32 lets cuBLAS and cuDNN run the f32 GEMMs on TF32
+    /// tensor cores, as PyTorch does for convolutions by default: faster, about 1e-3 relative
+    /// error in each product instead of 1e-6. The CPU emulates every precision (for checking,
+    /// not for speed).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     #[arg(long)]
     pub json: bool,
 }
@@ -121,10 +124,7 @@ impl BenchArgs {
     /// Runs `revsnn bench`.
     pub fn run(&self) -> Result<()> {
         set_threads(self.threads)?;
-        let device = self.device.open()?;
-        if self.tf32 {
-            allow_tf32(&device)?;
-        }
+        let device = self.device.open(self.precision)?;
         let (name, spec) = self.model.resolve()?;
         let report = on_backend!(&device, DType::F32, |backend| {
             measure(backend, &spec, self.batch, self.steps)
@@ -143,7 +143,6 @@ impl BenchArgs {
             device,
             json!({
                 "dtype": "f32",
-                "tf32": self.tf32,
                 "conv_engine": conv_engine(device),
                 "batch": self.batch,
                 "steps": self.steps,
@@ -161,15 +160,14 @@ impl BenchArgs {
     fn print_line(&self, name: &str, device: &Device, report: &BenchReport) {
         let (device_name, engine) = (device.name(), conv_engine(device));
         let place = match device {
-            Device::Cpu => format!("CPU, {} threads", rayon::current_num_threads()),
-            Device::Cuda(_) if self.tf32 => {
-                format!("CUDA {device_name}, {engine} convolutions, TF32")
-            }
+            Device::Cpu(_) => format!("CPU, {} threads", rayon::current_num_threads()),
             Device::Cuda(_) => format!("CUDA {device_name}, {engine} convolutions"),
         };
         println!(
-            "{name} (batch {}, f32, {place}): median step {:.4} s, {:.1} images/s, peak {:.1} MiB",
+            "{name} (batch {}, f32, precision {}, {place}): median step {:.4} s, {:.1} images/s, \
+             peak {:.1} MiB",
             self.batch,
+            self.precision,
             report.median_step_seconds,
             report.images_per_second,
             report.peak_memory_bytes as f64 / (1u64 << 20) as f64
@@ -177,20 +175,10 @@ impl BenchArgs {
     }
 }
 
-/// `--tf32`: lets cuBLAS use TF32 tensor cores on `device`, which must be a CUDA device.
-fn allow_tf32(device: &Device) -> Result<()> {
-    match device {
-        Device::Cuda(gpu) => gpu.allow_tf32(true).map_err(Error::Cuda),
-        Device::Cpu => Err(Error::Usage(
-            "--tf32 applies to CUDA only: add --device cuda, or leave --tf32 out".into(),
-        )),
-    }
-}
-
 /// The convolution engine `device` runs: `cpu`, or the CUDA device's.
 fn conv_engine(device: &Device) -> &'static str {
     match device {
-        Device::Cpu => "cpu",
+        Device::Cpu(_) => "cpu",
         Device::Cuda(gpu) => gpu.conv_engine().name(),
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use revsnn_reference::{Backend, DType};
+use revsnn_reference::{Backend, DType, Precision};
 use serde_json::{Value, json};
 
 use super::{ModelArgs, print_json_report};
@@ -60,6 +60,11 @@ pub struct EvalArgs {
     /// stderr says which and why), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// The precision of the GEMM operands (convolutions, linear layers, attention matmuls):
+    /// f32 (default), tf32, bf16 or fp16, accumulating in f32 (docs/precision.md). The CPU
+    /// emulates every one; CUDA runs f32 and tf32.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Load weights holding NaN or infinities anyway (a deliberate experiment); by default they
     /// are an error naming the tensor and the first such index.
     #[arg(long)]
@@ -71,7 +76,7 @@ pub struct EvalArgs {
 impl EvalArgs {
     /// Runs `revsnn eval`; prints text or one JSON object.
     pub fn run(&self) -> Result<()> {
-        let device = self.device.open()?;
+        let device = self.device.open(self.precision)?;
         let weights = checkpoint::read(&self.checkpoint)?;
         finite::check_loaded(&self.checkpoint, &weights, self.allow_non_finite)?;
         let (name, spec) = self.model()?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use num_traits::Zero;
-use revsnn_reference::{Backend, DType, Element};
+use revsnn_reference::{Backend, DType, Element, Precision};
 
 use super::{DTypeArg, ModelArgs};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
@@ -121,6 +121,7 @@ pub fn compute<B: Backend>(
             mode: Mode::Eval,
             update_running_stats: false,
             audit: false,
+            loss_scale: 1.0,
         },
     )?;
     outputs.push(("logits_eval".into(), stored(backend, &logits_eval)?));
@@ -187,6 +188,11 @@ pub struct GradArgs {
     /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// The precision of the GEMM operands (convolutions, linear layers, attention matmuls):
+    /// f32 (default), tf32, bf16 or fp16, accumulating in f32 (docs/precision.md). The CPU
+    /// emulates every one; CUDA runs f32 and tf32.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Load weights or input holding NaN or infinities anyway (a deliberate experiment); by default they
     /// are an error naming the tensor and the first such index.
     #[arg(long)]
@@ -196,7 +202,7 @@ pub struct GradArgs {
 impl GradArgs {
     /// Runs `revsnn grad`: reads the files, computes, writes `output`.
     pub fn run(&self) -> Result<()> {
-        let device = self.device.open()?;
+        let device = self.device.open(self.precision)?;
         let (_, spec) = self.model.resolve()?;
         let weights = checkpoint::read(&self.weights)?;
         finite::check_loaded(&self.weights, &weights, self.allow_non_finite)?;

@@ -3,7 +3,7 @@
 //! (docs/memory.md §9.3).
 
 use clap::Args;
-use revsnn_reference::DType;
+use revsnn_reference::{DType, Precision};
 use serde_json::json;
 
 use super::{ModelArgs, full_training_step, print_json_report, random_images};
@@ -98,6 +98,11 @@ pub struct MemoryArgs {
     /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// The precision of the GEMM operands (convolutions, linear layers, attention matmuls):
+    /// f32 (default), tf32, bf16 or fp16, accumulating in f32 (docs/precision.md). The CPU
+    /// emulates every one; CUDA runs f32 and tf32.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     #[arg(long)]
     pub json: bool,
 }
@@ -105,7 +110,7 @@ pub struct MemoryArgs {
 impl MemoryArgs {
     /// Runs `revsnn memory`: prints the report as a table, or as one JSON object.
     pub fn run(&self) -> Result<()> {
-        let device = self.device.open()?;
+        let device = self.device.open(self.precision)?;
         let (name, spec) = self.model.resolve()?;
         let report = on_backend!(&device, DType::F32, |backend| {
             measure(backend, &spec, &self.batch, self.bptt, 0)
@@ -141,10 +146,11 @@ impl MemoryArgs {
     fn print_table(&self, name: &str, spec: &ModelSpec, device: &Device, report: &MemoryReport) {
         const MIB: f64 = (1u64 << 20) as f64;
         println!(
-            "{name} (T = {}, f32, {}{})",
+            "{name} (T = {}, f32, precision {}, {}{})",
             spec.time_steps,
+            self.precision,
             match device {
-                Device::Cpu => "CPU".to_string(),
+                Device::Cpu(_) => "CPU".to_string(),
                 Device::Cuda(_) => format!("CUDA {}, device tensors", device.name()),
             },
             if self.bptt {

@@ -76,12 +76,13 @@ impl From<DTypeArg> for revsnn_reference::DType {
 }
 
 /// Prints a command's report as one JSON object: `model` (the display name), `device` and
-/// `backend` (the device's name and kind), then `fields`.
+/// `backend` (the device's name and kind), `precision` (its GEMMs'), then `fields`.
 pub fn print_json_report(model: &str, device: &Device, fields: serde_json::Value) {
     let mut report = serde_json::json!({
         "model": model,
         "device": device.name(),
         "backend": device.kind(),
+        "precision": device.precision().name(),
     });
     if let (Some(report), serde_json::Value::Object(fields)) = (report.as_object_mut(), fields) {
         report.extend(fields);

@@ -66,7 +66,7 @@ impl TrainArgs {
             print!("{}", config_file_text(&run.config, None)?);
             return Ok(());
         }
-        let device = run.config.device.open()?;
+        let device = run.config.device.open(run.config.precision)?;
         set_threads(self.threads)?;
         if run.config.device == DeviceChoice::Cuda {
             // `auto` has said which device it took, and why.

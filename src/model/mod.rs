@@ -43,6 +43,9 @@ pub struct Session<'a, B: Backend> {
     /// Whether a training-mode BatchNorm updates its running statistics now; the reversible
     /// backward turns it off while recomputing under the `once` policy.
     pub update_running_stats: bool,
+    /// The factor the loss is multiplied by before the backward (fp16 loss scaling): the
+    /// gradient of the loss the backward starts from. 1 by default.
+    pub loss_scale: f32,
     pub batch_norm: BatchNormParams,
     /// What the pass records for verification (all off by default).
     pub probes: Probes<B>,
@@ -63,6 +66,7 @@ impl<'a, B: Backend> Session<'a, B> {
             grads,
             mode,
             update_running_stats: true,
+            loss_scale: 1.0,
             batch_norm: BatchNormParams::default(),
             probes: Probes::default(),
         }
@@ -129,7 +133,8 @@ impl<B: Backend> Targets<'_, B> {
 }
 
 /// Forward of `model` (images to logits `[B, K]`) in the session's mode, the mean loss against
-/// `targets` and the backward, accumulating parameter gradients into `session.grads`.
+/// `targets` and the backward of `session.loss_scale` times it, accumulating parameter
+/// gradients into `session.grads`.
 pub fn train_step<B: Backend, L: Layer<B>>(
     model: &L,
     session: &mut Session<B>,
@@ -139,8 +144,8 @@ pub fn train_step<B: Backend, L: Layer<B>>(
     let backend = session.backend;
     let (logits, saved) = model.forward(session, images)?;
     let (loss, context) = targets.loss(backend, &logits)?;
-    let grad_logits =
-        backend.cross_entropy_backward(&context, <B::Elem as num_traits::One>::one())?;
+    let grad_loss = <B::Elem as revsnn_reference::Element>::cast(f64::from(session.loss_scale));
+    let grad_logits = backend.cross_entropy_backward(&context, grad_loss)?;
     let grad_input = model.backward(session, saved, &grad_logits)?;
     Ok(StepOutput {
         logits,

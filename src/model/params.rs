@@ -228,4 +228,17 @@ impl<B: Backend> Grads<B> {
     pub fn get(&self, id: ParamId) -> Option<&B::Tensor> {
         self.slots[id.0].as_ref()
     }
+
+    /// Every gradient a backward reached.
+    pub fn tensors(&self) -> Vec<&B::Tensor> {
+        self.slots.iter().flatten().collect()
+    }
+
+    /// Multiplies every gradient by `factor` (fp16 loss scaling's unscale).
+    pub fn scale(&mut self, backend: &B, factor: B::Elem) -> Result<()> {
+        for slot in self.slots.iter_mut().flatten() {
+            *slot = backend.scale(slot, factor)?;
+        }
+        Ok(())
+    }
 }

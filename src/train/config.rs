@@ -31,7 +31,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use revsnn_reference::{AdamWParams, SgdParams};
+use revsnn_reference::{AdamWParams, Precision, SgdParams};
 use serde::{Deserialize, Serialize};
 
 use super::recipe::{DatasetKind, OptimizerName, RecipeInput, RecipeKind, Schedule, ScheduleName};
@@ -108,6 +108,16 @@ pub struct GivenSettings {
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceChoice>,
+    /// The precision of the GEMM operands: f32 (default), tf32, bf16 or fp16, accumulating in
+    /// f32 (docs/precision.md); fp16 scales the loss. The CPU emulates every one; CUDA runs f32
+    /// and tf32. A resumed run keeps its own.
+    #[arg(long)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "precision_key"
+    )]
+    pub precision: Option<Precision>,
     /// The run folder (default: `runs/<model>-<dataset>-seed<S>`).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -587,6 +597,7 @@ impl GivenSettings {
             batch: self.batch.or(lower.batch),
             seed: self.seed.or(lower.seed),
             device: self.device.or(lower.device),
+            precision: self.precision.or(lower.precision),
             out: self.out.or(lower.out),
             optimizer: self.optimizer.over(lower.optimizer),
             schedule: self.schedule.over(lower.schedule),
@@ -692,6 +703,8 @@ pub struct RunSettings {
     pub seed: u64,
     /// Where to compute.
     pub device: DeviceChoice,
+    /// The precision of the GEMM operands.
+    pub precision: Precision,
     /// The run folder.
     pub out: PathBuf,
     /// The optimizer with its base learning rate.
@@ -768,6 +781,7 @@ impl RunSettings {
             batch,
             seed,
             device: set(&settings.device),
+            precision: set(&settings.precision),
             out,
             optimizer,
             schedule,
@@ -805,6 +819,7 @@ impl RunSettings {
             batch: Some(self.batch),
             seed: Some(self.seed),
             device: Some(self.device),
+            precision: Some(self.precision),
             out: None,
             optimizer: OptimizerSettings::of(&self.optimizer),
             schedule: ScheduleSettings::of(&self.schedule),
@@ -1111,6 +1126,30 @@ fn check_mixup(settings: &AugmentSettings, label_smoothing: f64) -> Result<(Opti
         label_smoothing,
     };
     Ok((Some(mixup), set(&settings.mixup_off_epoch)))
+}
+
+/// The `precision` key as its name (`"bf16"`), parsed back with the list of valid names on a bad
+/// one.
+mod precision_key {
+    use revsnn_reference::Precision;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        precision: &Option<Precision>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match precision {
+            Some(precision) => serializer.serialize_str(precision.name()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Precision>, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The config keys a resumed run may change: where things are and how fast, not what is

@@ -1,10 +1,11 @@
-//! One epoch of training: the epoch's shuffled, augmented batches, one optimizer step each, and
-//! the statistics the metrics report.
+//! One epoch of training: the epoch's shuffled, augmented batches, one optimizer step each (in
+//! fp16, a step the loss scaler skips when its gradients overflow), and the statistics the
+//! metrics report.
 
 use std::path::Path;
 use std::time::Instant;
 
-use revsnn_reference::Backend;
+use revsnn_reference::{Backend, Element, Precision};
 
 use super::config::RunSettings;
 use super::evaluate::{Score, batch_tensor, cast, widened};
@@ -15,23 +16,36 @@ use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
+use crate::grad_scaler::{GradScaler, GradScalerConfig, StepAction};
 use crate::model::{BuildOptions, Grads, StepOutput, Targets};
 use crate::network::{Network, PassOptions};
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
 
-/// The network being trained and its optimizer.
+/// The network being trained, its optimizer and, in fp16, its loss scaler.
 pub struct Learner<B: Backend> {
     pub network: Network<B>,
     pub optimizer: Optimizer<B>,
+    /// fp16's dynamic loss scaling (docs/precision.md, "Loss scaling"); `None` in the other
+    /// precisions.
+    pub scaler: Option<GradScaler>,
 }
 
 impl<B: Backend> Learner<B> {
-    /// `spec` with fresh weights from the run's seed and a fresh optimizer of the run's kind.
+    /// `spec` with fresh weights from the run's seed, a fresh optimizer of the run's kind and,
+    /// in fp16, a loss scaler with PyTorch's defaults.
     pub fn new(backend: &B, spec: &ModelSpec, config: &RunSettings) -> Result<Learner<B>> {
         let network = Network::new(backend, spec, config.seed, BuildOptions::default())?;
         let optimizer = Optimizer::new(config.optimizer, &network.store);
-        Ok(Learner { network, optimizer })
+        let scaler = match config.precision {
+            Precision::Fp16 => Some(GradScaler::new(GradScalerConfig::default())?),
+            _ => None,
+        };
+        Ok(Learner {
+            network,
+            optimizer,
+            scaler,
+        })
     }
 }
 
@@ -50,6 +64,10 @@ pub struct EpochStats {
     pub loader_busy_seconds: f64,
     /// Seconds the training loop waited for the loader's next batch.
     pub loader_wait_seconds: f64,
+    /// Steps the fp16 loss scaler skipped (their gradients overflowed).
+    pub skipped_steps: usize,
+    /// The fp16 loss scale at the end of the epoch (`None` in the other precisions).
+    pub loss_scale: Option<f32>,
 }
 
 impl EpochStats {
@@ -132,7 +150,9 @@ pub fn train_epoch<B: Compute>(
             lr,
             out: &config.out,
         };
-        let (loss, score) = checked_step(backend, learner, &*samples, batch, place)?;
+        let outcome = checked_step(backend, learner, &*samples, batch, place)?;
+        let (loss, score) = (outcome.loss, outcome.score);
+        stats.skipped_steps += usize::from(outcome.skipped);
         stats.loss_sum += loss * count as f64;
         stats.hits += score.top1;
         stats.images += count;
@@ -146,7 +166,26 @@ pub fn train_epoch<B: Compute>(
         expected,
     )?;
     stats.seconds = start.elapsed().as_secs_f64();
+    stats.loss_scale = learner.scaler.map(|scaler| scaler.scale());
     Ok(stats)
+}
+
+/// fp16 loss scaling after a backward whose loss was multiplied by `scaler.scale()`: gradients
+/// holding an infinity or a NaN skip the step, otherwise they are divided by that scale; either
+/// way the scaler updates its scale (PyTorch's `GradScaler.step` and `update`). A scale that
+/// falls below 1 is [`Error::LossScaleCollapsed`].
+fn unscale<B: Backend>(
+    backend: &B,
+    scaler: &mut GradScaler,
+    grads: &mut Grads<B>,
+) -> Result<StepAction> {
+    let scale = scaler.scale();
+    let found_non_finite = backend.count_non_finite(&grads.tensors())? > 0;
+    let action = scaler.update(found_non_finite)?;
+    if action == StepAction::Apply {
+        grads.scale(backend, B::Elem::cast(1.0 / f64::from(scale)))?;
+    }
+    Ok(action)
 }
 
 /// An [`Error::IncompleteData`] unless a pass over data that should see `expected` samples saw
@@ -174,25 +213,43 @@ struct StepPlace<'a> {
     out: &'a Path,
 }
 
+/// What one optimizer step measured.
+struct StepOutcome {
+    /// The batch's mean loss (unscaled).
+    loss: f64,
+    score: Score,
+    /// Whether fp16's loss scaler skipped the step (its gradients overflowed).
+    skipped: bool,
+}
+
 /// One optimizer step of `learner` on `batch` (of samples of `data`): its mean loss and the
-/// score of its logits. The optimizer step is queued before anything is read back, so the
-/// device runs the whole step without waiting for the host; then one read brings the loss and
-/// the logits, and one the parameters' non-finite count. A non-finite loss is reported first, as
-/// the step that produced it (the stepped parameters are never saved), then non-finite
-/// parameters.
+/// score of its logits. In fp16 the loss is scaled, and the gradients are unscaled or the step
+/// skipped ([`unscale`]: one read of the gradients' non-finite count). The optimizer step is
+/// queued before anything else is read back, so the device runs the whole step without waiting
+/// for the host; then one read brings the loss and the logits, and one the parameters'
+/// non-finite count. A non-finite loss is reported first, as the step that produced it (the
+/// stepped parameters are never saved), then non-finite parameters.
 fn checked_step<B: Compute>(
     backend: &B,
     learner: &mut Learner<B>,
     data: &dyn Dataset,
     batch: Batch,
     place: StepPlace,
-) -> Result<(f64, Score)> {
+) -> Result<StepOutcome> {
     let labels = batch.labels.clone();
-    let (output, grads) = forward_backward(backend, &mut learner.network, data, batch)?;
+    let loss_scale = learner.scaler.map_or(1.0, |scaler| scaler.scale());
+    let (output, mut grads) =
+        forward_backward(backend, &mut learner.network, data, batch, loss_scale)?;
+    let skipped = match &mut learner.scaler {
+        Some(scaler) => unscale(backend, scaler, &mut grads)? == StepAction::Skip,
+        None => false,
+    };
     let store = &mut learner.network.store;
-    learner.optimizer.step(backend, store, &grads, place.lr)?;
+    if !skipped {
+        learner.optimizer.step(backend, store, &grads, place.lr)?;
+    }
     let (loss, score) = read_loss_and_score(backend, &output, &labels)?;
-    let non_finite = store.count_non_finite(backend)?;
+    let non_finite = if skipped { 0 } else { store.count_non_finite(backend)? };
     if !loss.is_finite() {
         return Err(diverged(loss, place.epoch, place.step, place.lr, place.out));
     }
@@ -206,22 +263,30 @@ fn checked_step<B: Compute>(
             out: place.out.display().to_string(),
         });
     }
-    Ok((loss, score))
+    Ok(StepOutcome {
+        loss,
+        score,
+        skipped,
+    })
 }
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
 /// has them, else its labels: the step's output (still where the backend computes) and the
-/// parameter gradients.
+/// parameter gradients of `loss_scale` times the loss.
 fn forward_backward<B: Backend>(
     backend: &B,
     network: &mut Network<B>,
     data: &dyn Dataset,
     batch: Batch,
+    loss_scale: f32,
 ) -> Result<(StepOutput<B>, Grads<B>)> {
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
     let mut grads = network.zero_grads();
-    let run = PassOptions::default();
+    let run = PassOptions {
+        loss_scale,
+        ..PassOptions::default()
+    };
     let soft = match batch.targets {
         Some(rows) => {
             let shape = [count, rows.len() / count.max(1)];

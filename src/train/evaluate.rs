@@ -33,6 +33,7 @@ pub fn evaluate<B: Backend>(
         mode: Mode::Eval,
         update_running_stats: false,
         audit: false,
+        loss_scale: 1.0,
     };
     let mut total = Score::default();
     let batches = Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 1, 2, 0)?;

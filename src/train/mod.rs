@@ -140,6 +140,7 @@ fn train_on<B: Compute>(
         check_test_loss(&test, epoch, &dir)?;
         let peak = backend.peak_memory_bytes();
         let improved = state.finish_epoch(epoch, learner.optimizer.steps(), test.acc1, config.seed);
+        state.loss_scaler = learner.scaler;
         lines.push(metrics_line(
             config, epoch, &train, &test, peak, &state, device,
         ));
@@ -224,7 +225,8 @@ fn check_test_loss(test: &EvalResult, epoch: usize, dir: &RunDir) -> Result<()> 
 }
 
 /// The `metrics.jsonl` line of epoch `epoch` (from 0), whose training and evaluation held at
-/// most `peak` bytes on `device` (its name and kind, as in the commands' JSON reports).
+/// most `peak` bytes on `device` (its name, kind and precision, as in the commands' JSON
+/// reports); in fp16 also the loss scale at the epoch's end and the steps it skipped.
 fn metrics_line(
     config: &RunSettings,
     epoch: usize,
@@ -234,7 +236,7 @@ fn metrics_line(
     state: &RunState,
     device: &Device,
 ) -> Value {
-    json!({
+    let mut line = json!({
         "epoch": epoch + 1,
         "train_loss": train.loss(),
         "train_acc1": train.acc1(),
@@ -250,7 +252,13 @@ fn metrics_line(
         "best_test_acc1": state.best_test_acc1,
         "device": device.name(),
         "backend": device.kind(),
-    })
+        "precision": device.precision().name(),
+    });
+    if let (Some(scale), Some(fields)) = (train.loss_scale, line.as_object_mut()) {
+        fields.insert("loss_scale".into(), json!(scale));
+        fields.insert("skipped_steps".into(), json!(train.skipped_steps));
+    }
+    line
 }
 
 /// The line printed after epoch `epoch` (from 0).

@@ -28,6 +28,7 @@ use crate::data::augment::{Mixup, RandAugment};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::spec::{Arch, ModelSpec};
+use revsnn_reference::Precision;
 
 /// Which recipe fills in the knobs a run leaves open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -493,6 +494,7 @@ impl RecipeInput {
             batch: Some(self.batch()),
             seed: Some(self.seed()),
             device: Some(DeviceChoice::Auto),
+            precision: Some(Precision::F32),
             optimizer: self.optimizer_defaults(optimizer, batch),
             schedule: self.schedule_defaults(&given.schedule, optimizer, lr, epochs),
             augment: self.augment_defaults(&given.augment, epochs),

@@ -97,6 +97,7 @@ impl Run {
             next_shuffle_seed: shuffle_seed(self.config.seed, 0),
             best_test_acc1: 0.0,
             best_epoch: None,
+            loss_scaler: None,
         })
     }
 }

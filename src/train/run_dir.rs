@@ -25,6 +25,7 @@ use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
 use crate::finite;
+use crate::grad_scaler::GradScaler;
 use crate::spec::ModelSpec;
 
 /// The settings and position of a run, saved as `last.json` after every epoch.
@@ -51,6 +52,10 @@ pub struct RunState {
     pub next_shuffle_seed: u64,
     pub best_test_acc1: f64,
     pub best_epoch: Option<usize>,
+    /// fp16's loss scaler after the last epoch done (absent in the other precisions), so that
+    /// a resumed run scales as the uninterrupted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<GradScaler>,
 }
 
 impl RunState {
@@ -229,7 +234,18 @@ impl RunDir {
         finite::check_loaded(&optimizer_path, &tensors, allow_non_finite)?;
         learner
             .optimizer
-            .load_state_tensors(backend, store, &tensors, state.optimizer_steps)
+            .load_state_tensors(backend, store, &tensors, state.optimizer_steps)?;
+        if learner.scaler.is_some() {
+            let saved = state.loss_scaler.ok_or_else(|| {
+                Error::file(
+                    &self.file("last.json"),
+                    "an fp16 run's state without its loss scaler (`loss_scaler`): the file is \
+                     damaged; restore it, or start a new run",
+                )
+            })?;
+            learner.scaler = Some(saved);
+        }
+        Ok(())
     }
 
     /// The first `epochs` lines of `metrics.jsonl` (fewer where it has fewer; none without it).

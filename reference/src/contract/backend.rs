@@ -13,6 +13,7 @@ use super::error::{OpError, Result};
 use super::params::{
     AdamWParams, BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams, SgdParams,
 };
+use super::precision::Precision;
 
 /// Gradients of a convolution.
 #[derive(Clone, Debug)]
@@ -95,6 +96,11 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
 
     /// A short name for messages, e.g. `cpu-f64`.
     fn name(&self) -> String;
+
+    /// The precision of this backend's GEMM operands (docs/precision.md): convolutions, linear
+    /// layers and batched matmuls take operands in this format, forward and backward, and
+    /// accumulate in [`Backend::Elem`]; every other op computes in [`Backend::Elem`].
+    fn precision(&self) -> Precision;
 
     // ---------------------------------------------------------------- tensors
 

@@ -7,7 +7,8 @@
 //! type. The reference is to emulate a precision by rounding each GEMM operand with
 //! [`Precision::round`] before an `f32` (or `f64`) accumulation, the casts the CUDA path makes,
 //! so that a low-precision GPU run is compared against this emulation rather than against a
-//! full-precision run with a loose tolerance. No op takes a precision yet. TF32 rounds to nearest
+//! full-precision run with a loose tolerance. The CPU backend holds a precision
+//! (`crate::Cpu::with_precision`) and rounds the operands of its GEMM ops with it. TF32 rounds to nearest
 //! even here; what cuBLAS's and cuDNN's TF32 conversion does is not documented, so TF32 is
 //! compared in a tolerance class, never bitwise.
 
@@ -46,6 +47,14 @@ impl Precision {
             Precision::Bf16 => "bf16",
             Precision::Fp16 => "fp16",
         }
+    }
+
+    /// The unit roundoff `u = 2^-(p+1)` of the operand format (`p` its explicit mantissa bits):
+    /// the largest relative error of one rounding of a normal value. For `f32` it is `f32`'s own,
+    /// 2^-24, the rounding every `f32` product and sum makes anyway.
+    pub fn unit_roundoff(self) -> f64 {
+        let mantissa_bits = self.format().map_or(23, |format| format.mantissa_bits);
+        0.5f64.powi(mantissa_bits + 1)
     }
 
     /// `x` rounded to this precision's operand format, to nearest with ties to even, and widened
@@ -266,6 +275,19 @@ mod tests {
             error.to_string(),
             "unknown precision `fp8`: expected one of f32, tf32, bf16, fp16"
         );
+    }
+
+    #[test]
+    fn unit_roundoff_bounds_one_rounding() {
+        for p in Precision::ALL {
+            let u = p.unit_roundoff();
+            for x in sweep().filter(|x| x.is_normal() && x.abs() < 60000.0 && x.abs() > 1e-4) {
+                let error = (f64::from(p.round(x)) - f64::from(x)).abs() / f64::from(x).abs();
+                assert!(error <= u, "{p} rounds {x} by {error} > u = {u}");
+            }
+        }
+        assert_eq!(Precision::Bf16.unit_roundoff(), 2f64.powi(-8));
+        assert_eq!(Precision::Fp16.unit_roundoff(), 2f64.powi(-11));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::contract::shapes::{
     MeanAxes, check_quantize_step, check_same_shape, concat_shape, element_count, narrowed_shape,
     permuted_shape, repeated_shape, split_leading,
 };
-use crate::contract::{Element, OpError, Result};
+use crate::contract::{Element, OpError, Precision, Result};
 use crate::cpu::CpuTensor;
 
 /// The elements of `x` in row-major order, borrowed when `x` is already standard layout.
@@ -44,6 +44,19 @@ fn standard<E: Element>(x: Array<E, IxDyn>) -> CpuTensor<E> {
     } else {
         x.as_standard_layout().into_owned().into_shared()
     }
+}
+
+/// `x` with every element rounded to `precision`'s operand format ([`Precision::round_f64`]:
+/// once, to nearest even, straight from the element type): the operand of a GEMM under a low
+/// precision (docs/precision.md). Shared without a copy when every element is already exact in
+/// the format: always under `f32`, and for spikes (0 and 1) in every format.
+pub fn round_to_precision<E: Element>(x: &CpuTensor<E>, precision: Precision) -> CpuTensor<E> {
+    let round = |v: E| E::cast(precision.round_f64(v.widen()));
+    if precision == Precision::F32 || x.iter().all(|&v| round(v) == v || v.is_nan()) {
+        return x.clone();
+    }
+    let data: Vec<E> = row_major(x).par_iter().map(|&v| round(v)).collect();
+    super::tensor(x.shape(), data)
 }
 
 /// A tensor of `shape` holding `data` in row-major order.

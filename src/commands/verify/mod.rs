@@ -1,11 +1,15 @@
 //! `revsnn verify`: on random weights and inputs, checks a model's invertibility (reconstruction
 //! error, spike flips between forward and recompute counted exactly), its reversible gradients
 //! against stored-activation backpropagation of the same model, and a finite-difference spot
-//! check of its gradients (docs/design.md's checks, for any spec).
+//! check of its gradients (docs/design.md's checks, for any spec). Under `--precision` other
+//! than f32 the reversible checks compare two runs in that precision and are reported, not held
+//! to the f32 bars, and a forward is compared with the f64 reference ([`precision`]).
+
+pub mod precision;
 
 use clap::{Args, ValueEnum};
 use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_error};
-use revsnn_reference::{Backend, DType, Element};
+use revsnn_reference::{Backend, Cpu, DType, Element, Precision};
 use serde_json::json;
 
 use super::{DTypeArg, ModelArgs, print_json_report, random_batch, random_images};
@@ -17,6 +21,7 @@ use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
 use crate::network::{Network, PassOptions};
 use crate::spec::ModelSpec;
 use crate::train::evaluate::widened;
+use precision::{PrecisionReport, compare_with_f64};
 
 /// What `verify` found.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +45,8 @@ pub struct VerifyReport {
     /// The checks that did not run, each with why: a check that compared nothing proves
     /// nothing, so any entry here fails the report.
     pub skipped: Vec<String>,
+    /// Under a precision other than f32: a forward in it against the f64 reference.
+    pub versus_f64: Option<PrecisionReport>,
     /// Every check ran and met its bar.
     pub passed: bool,
 }
@@ -235,6 +242,7 @@ const PROBE_PASS: PassOptions = PassOptions {
     mode: Mode::Train,
     update_running_stats: false,
     audit: false,
+    loss_scale: 1.0,
 };
 
 /// A smooth network, a random batch and their gradients: what the finite differences probe.
@@ -379,10 +387,31 @@ pub fn verify(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
-    verify_on(&Device::Cpu, spec, dtype, coupling, seed, batch, fd_samples)
+    verify_on(
+        &Device::Cpu(Precision::F32),
+        spec,
+        dtype,
+        coupling,
+        seed,
+        batch,
+        fd_samples,
+    )
 }
 
-/// Runs every check on `device`: the reversible checks in `dtype`, the finite differences in f64.
+/// `device` computing without rounding: the CPU in f32 precision; a CUDA device as it is (its
+/// f64 never uses TF32, and bf16 or fp16 never reach it).
+fn full_precision(device: &Device) -> Device {
+    match device {
+        Device::Cpu(_) => Device::Cpu(Precision::F32),
+        Device::Cuda(gpu) => Device::Cuda(gpu.clone()),
+    }
+}
+
+/// Runs every check on `device`: the reversible checks in `dtype` and the device's precision,
+/// the finite differences in f64 without rounding; under a precision other than f32 also a
+/// forward against the f64 reference. The reversible checks meet their bars in f32 only; in
+/// another precision they are reported, and the forward must stay within its bounds where they
+/// apply ([`PrecisionReport::within_bounds`]).
 pub fn verify_on(
     device: &Device,
     spec: &ModelSpec,
@@ -392,14 +421,23 @@ pub fn verify_on(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
-    on_backend!(device, DType::F64, |backend| {
+    let exact = full_precision(device);
+    on_backend!(&exact, DType::F64, |backend| {
         let setting = footprint::batch_setting(batch, spec);
         footprint::check_step(&backend, spec, batch, Storage::StoredActivations, &setting)
     })?;
+    let low_precision = device.precision() != Precision::F32;
+    let versus_f64 = if low_precision {
+        Some(on_backend!(device, dtype, |backend| {
+            compare_with_f64(&backend, &Cpu::<f64>::new(), spec, seed, batch)
+        })?)
+    } else {
+        None
+    };
     let (reconstruction, flips, compared, grads) = on_backend!(device, dtype, |backend| {
         checks(&backend, spec, coupling, seed, batch)
     })?;
-    let (fd, fd_coordinates, fd_skipped) = on_backend!(device, DType::F64, |backend| {
+    let (fd, fd_coordinates, fd_skipped) = on_backend!(&exact, DType::F64, |backend| {
         finite_differences(&backend, spec, seed, batch, fd_samples)
     })?;
     let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
@@ -409,11 +447,12 @@ pub fn verify_on(
         fd_coordinates,
         fd_skipped,
     );
-    let passed = skipped.is_empty()
-        && reconstruction <= reconstruction_bar
-        && flips == 0
-        && grads <= grad_bar
-        && fd <= 1e-6;
+    let reversible_met =
+        low_precision || (reconstruction <= reconstruction_bar && flips == 0 && grads <= grad_bar);
+    let bounds_met = versus_f64
+        .as_ref()
+        .is_none_or(|report| report.within_bounds() != Some(false));
+    let passed = skipped.is_empty() && reversible_met && bounds_met && fd <= 1e-6;
     Ok(VerifyReport {
         reconstruction_max_rel_err: reconstruction,
         spike_flips: flips,
@@ -423,6 +462,7 @@ pub fn verify_on(
         fd_coordinates,
         fd_skipped,
         skipped,
+        versus_f64,
         passed,
     })
 }
@@ -464,6 +504,10 @@ pub struct VerifyArgs {
     /// Where to compute: cpu (the reference), cuda, or auto (CUDA when a usable GPU is found).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// The precision of the GEMM operands: f32 (default), tf32, bf16 or fp16, accumulating in
+    /// f32 (docs/precision.md). The CPU emulates every one; CUDA runs f32 and tf32.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     #[arg(long)]
     pub json: bool,
 }
@@ -471,7 +515,7 @@ pub struct VerifyArgs {
 impl VerifyArgs {
     /// Runs `revsnn verify`: prints a table or one JSON object; the caller exits 0 iff it passed.
     pub fn run(&self) -> Result<bool> {
-        let device = self.device.open()?;
+        let device = self.device.open(self.precision)?;
         let (name, spec) = self.model.resolve()?;
         let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
         let report = verify_on(
@@ -509,6 +553,7 @@ impl VerifyArgs {
                 "fd_coordinates": report.fd_coordinates,
                 "fd_skipped_near_kinks": report.fd_skipped,
                 "skipped_checks": report.skipped,
+                "versus_f64": report.versus_f64.as_ref().map(PrecisionReport::to_json),
                 "passed": report.passed,
             }),
         );
@@ -518,8 +563,11 @@ impl VerifyArgs {
         let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
         let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
         let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
+        let low_precision = self.precision != Precision::F32;
+        let mark_reversible = |ok: bool| if low_precision { "reported" } else { mark(ok) };
         println!(
-            "{name}: {dtype}, {coupling:?} coupling, seed {}, batch {}, on {}",
+            "{name}: {dtype}, precision {}, {coupling:?} coupling, seed {}, batch {}, on {}",
+            self.precision,
             self.seed,
             self.batch,
             device.name()
@@ -527,18 +575,18 @@ impl VerifyArgs {
         println!(
             "  reconstruction max rel. error  {:>10.3e}  (bar {reconstruction_bar:.0e})  {}",
             report.reconstruction_max_rel_err,
-            mark(report.reconstruction_max_rel_err <= reconstruction_bar)
+            mark_reversible(report.reconstruction_max_rel_err <= reconstruction_bar)
         );
         println!(
             "  spike flips                    {:>10} of {}  {}",
             report.spike_flips,
             report.spikes_compared,
-            mark(report.spike_flips == 0)
+            mark_reversible(report.spike_flips == 0)
         );
         println!(
             "  gradients vs stored BPTT       {:>10.3e}  (bar {grad_bar:.0e})  {}",
             report.grad_max_rel_err_vs_bptt,
-            mark(report.grad_max_rel_err_vs_bptt <= grad_bar)
+            mark_reversible(report.grad_max_rel_err_vs_bptt <= grad_bar)
         );
         let fd_error = match report.fd_coordinates {
             0 => "not run".to_string(),
@@ -549,6 +597,9 @@ impl VerifyArgs {
             report.fd_coordinates,
             mark(report.fd_coordinates > 0 && report.fd_max_rel_err <= 1e-6)
         );
+        if let Some(versus) = &report.versus_f64 {
+            versus.print_table();
+        }
         for check in &report.skipped {
             println!("  not run: {check}");
         }
