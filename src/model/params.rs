@@ -228,4 +228,10 @@ impl<B: Backend> Grads<B> {
     pub fn get(&self, id: ParamId) -> Option<&B::Tensor> {
         self.slots[id.0].as_ref()
     }
+
+    /// Every gradient a backward reached, in store order, to be replaced in place (the
+    /// data-parallel average).
+    pub fn present_mut(&mut self) -> impl Iterator<Item = &mut B::Tensor> {
+        self.slots.iter_mut().flatten()
+    }
 }
