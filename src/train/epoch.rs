@@ -11,7 +11,9 @@ use super::evaluate::{Score, batch_tensor, cast, widened};
 use super::loader::{Batch, Loader, shuffled};
 use super::pipeline::TrainSet;
 use super::progress::Progress;
+use super::ranks::Rank;
 use super::shuffle_seed;
+use crate::collective::Collective;
 use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
@@ -72,11 +74,13 @@ pub fn check_batch(config: &RunSettings, samples: usize) -> Result<()> {
     Ok(())
 }
 
-/// Trains `learner` for epoch `epoch` (from 0) of the run `config` on `data`: full batches in
-/// the epoch's shuffled order, one optimizer step each at the epoch's learning rate. A
-/// non-finite loss, or a NaN or infinity in the parameters after an optimizer step (one
+/// Trains `learner` as `rank` for epoch `epoch` (from 0) of the run `config` on `data`: full
+/// batches in the epoch's shuffled order, the rank's share of each ([`Rank::shares`]), one
+/// optimizer step each at the epoch's learning rate with the gradients averaged over the ranks.
+/// A non-finite loss, or a NaN or infinity in the parameters after an optimizer step (one
 /// reduction over the store, read once per step), stops training with an error that says what
-/// to do; the last checkpoint, of the epoch before, stays as it was.
+/// to do; the last checkpoint, of the epoch before, stays as it was. The statistics returned
+/// are summed over the ranks.
 pub fn train_epoch<B: Compute>(
     backend: &B,
     learner: &mut Learner<B>,
@@ -84,37 +88,48 @@ pub fn train_epoch<B: Compute>(
     config: &RunSettings,
     epoch: usize,
     quiet: bool,
+    rank: &Rank<B>,
 ) -> Result<EpochStats> {
     let lr = config.lr(epoch);
     let samples = data.split.data.clone();
     let seed = shuffle_seed(config.seed, epoch);
+    let steps = samples.len() / config.batch;
     let mut progress = Progress::new(
         format!("epoch {}/{}", epoch + 1, config.epochs),
-        samples.len() / config.batch,
-        quiet,
+        steps,
+        quiet || !rank.is_leader(),
     );
     let start = Instant::now();
-    let source = data.source(epoch, learner.network.spec.num_classes);
-    let order = shuffled(samples.len(), seed);
-    let batches = Loader::new(
-        source,
-        order,
-        config.batch,
-        true,
-        config.workers,
-        config.prefetch,
-        seed,
-    )?;
-    let expected = batches.samples();
+    let classes = learner.network.spec.num_classes;
+    let open_loader = || {
+        let source = data.source(epoch, classes);
+        let order = shuffled(samples.len(), seed);
+        Loader::new(
+            source,
+            order,
+            config.batch,
+            true,
+            config.workers,
+            config.prefetch,
+            seed,
+        )
+    };
+    let batches = rank.shares(open_loader, steps)?;
     let mut stats = EpochStats::default();
     for (step, batch) in batches.enumerate() {
         let batch = batch?;
         let count = batch.labels.len();
-        let (loss, score, grads) =
-            forward_backward(backend, &mut learner.network, &*samples, batch)?;
+        let (loss, score, mut grads) = forward_backward(
+            backend,
+            &mut learner.network,
+            &*samples,
+            batch,
+            rank.sync_batch_norm(),
+        )?;
         if !loss.is_finite() {
             return Err(diverged(loss, epoch, step, lr, &config.out));
         }
+        rank.average_grads(backend, &mut grads)?;
         learner
             .optimizer
             .step(backend, &mut learner.network.store, &grads, lr)?;
@@ -138,10 +153,10 @@ pub fn train_epoch<B: Compute>(
     saw_every_sample(
         &format!("training epoch {}", epoch + 1),
         stats.images,
-        expected,
+        steps * config.batch / rank.world(),
     )?;
     stats.seconds = start.elapsed().as_secs_f64();
-    Ok(stats)
+    rank.sum_stats(stats)
 }
 
 /// An [`Error::IncompleteData`] unless a pass over data that should see `expected` samples saw
@@ -159,13 +174,15 @@ pub fn saw_every_sample(pass: &str, seen: usize, expected: usize) -> Result<()> 
 }
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
-/// has them, else its labels: the mean loss, the score of the logits against the labels, and the
+/// has them, else its labels, with BatchNorm statistics synchronised over `sync_batch_norm`'s
+/// ranks if given: the mean loss, the score of the logits against the labels, and the
 /// parameter gradients.
 fn forward_backward<B: Backend>(
     backend: &B,
     network: &mut Network<B>,
     data: &dyn Dataset,
     batch: Batch,
+    sync_batch_norm: Option<&dyn Collective<B>>,
 ) -> Result<(f64, Score, Grads<B>)> {
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
@@ -182,7 +199,8 @@ fn forward_backward<B: Backend>(
         Some(rows) => Targets::Soft(rows),
         None => Targets::Hard(&batch.labels),
     };
-    let report = network.train_step(backend, &mut grads, &images, targets, run)?;
+    let report =
+        network.train_step_synced(backend, &mut grads, &images, targets, run, sync_batch_norm)?;
     let score = Score::of(&widened(backend, &report.output.logits)?, &batch.labels);
     Ok((report.output.loss.widen(), score, grads))
 }
