@@ -167,6 +167,9 @@ fn with_sync_bn_n_ranks_compute_one_process_gradients_and_statistics_in_f64() {
             for (rank, step) in steps.iter().enumerate() {
                 let grads = worst(&step.grads, &one.grads);
                 let running = worst(&step.running, &one.running);
+                eprintln!(
+                    "{arch}, {ranks} ranks, rank {rank}: gradients {grads:.1e}, running statistics {running:.1e}"
+                );
                 assert!(
                     grads <= 1e-12,
                     "{arch}, {ranks} ranks, rank {rank}: gradients {grads:e}"
@@ -211,6 +214,7 @@ fn without_sync_bn_each_rank_normalises_with_its_own_share() {
     let steps = data_parallel_step(&spec, ranks, false);
     for (rank, step) in steps.iter().enumerate() {
         let grads = worst(&step.grads, &mean);
+        eprintln!("no sync-bn, rank {rank}: gradients vs the mean of per-share steps {grads:.1e}");
         assert!(grads <= 1e-12, "rank {rank}: gradients {grads:e}");
         assert_eq!(
             step.running, alone[rank].running,
@@ -219,7 +223,9 @@ fn without_sync_bn_each_rank_normalises_with_its_own_share() {
     }
     // and that is not the one-process step: per-rank statistics change the gradients
     let one = one_process_step(&spec);
-    assert!(worst(&steps[0].grads, &one.grads) > 1e-6);
+    let apart = worst(&steps[0].grads, &one.grads);
+    eprintln!("no sync-bn vs one process on the global batch: {apart:.1e}");
+    assert!(apart > 1e-6);
 }
 
 // ---------------------------------------------------------------- `revsnn train --ranks`
@@ -307,6 +313,7 @@ fn a_short_f32_run_on_n_ranks_with_sync_bn_matches_one_rank() {
         let many = weights(&out, true);
         assert_eq!(many.len(), one.len());
         let error = relative_error(&flat(&many), &flat(&one));
+        eprintln!("{ranks} ranks, f32, 4 steps: weights differ by {error:.1e}");
         assert!(error <= 1e-4, "{ranks} ranks: weights differ by {error:e}");
         let (a, b) = (last_metrics(&out), last_metrics(&dir.join("one")));
         assert_eq!(a["test_acc1"], b["test_acc1"], "{ranks} ranks: test top-1");

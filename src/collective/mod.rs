@@ -13,7 +13,7 @@ pub use threads::ThreadGroup;
 use revsnn_reference::{Backend, Element};
 
 use crate::error::Result;
-use crate::model::{EntryKind, Grads, ParamStore};
+use crate::model::{EntryKind, Grads, ParamId, ParamStore};
 
 /// One rank's view of a group of `world_size` ranks.
 pub trait Collective<B: Backend> {
@@ -75,7 +75,7 @@ pub fn broadcast_running_stats<B: Backend>(
     let parts: Vec<&B::Tensor> = contributions.iter().collect();
     let broadcast = all_reduce_bucket(group, backend, &parts)?;
     for ((index, _), value) in stats.iter().zip(broadcast) {
-        store.set(crate::model::ParamId(*index), value);
+        store.set(ParamId(*index), value);
     }
     Ok(())
 }

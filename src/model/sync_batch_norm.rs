@@ -1,5 +1,5 @@
 //! Synchronised BatchNorm: training-mode statistics over the whole global batch of a
-//! data-parallel run, PyTorch's `SyncBatchNorm` (docs/distributed.md §4).
+//! data-parallel run, PyTorch's `SyncBatchNorm` (docs/distributed.md §4.3).
 //!
 //! Built from the op contract as it is, so both backends run it unchanged: each rank's
 //! training-mode forward gives its share's per-channel mean and unbiased variance, the ranks

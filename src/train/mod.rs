@@ -264,7 +264,7 @@ fn evaluate_rank<B: Compute>(
 
 /// Several ranks run as CPU threads: a run whose `--device auto` chose CUDA cannot have them.
 fn check_ranks_device(ranks: usize, device: &Device) -> Result<()> {
-    if ranks > 1 && device.kind() == "cuda" {
+    if ranks > 1 && matches!(device, Device::Cuda(_)) {
         return Err(Error::Usage(format!(
             "--ranks {ranks} runs its ranks as CPU threads, but the run computes on {} \
              (--device auto found it): pass --device cpu; data-parallel training on several \

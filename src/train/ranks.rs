@@ -1,5 +1,5 @@
 //! Data-parallel training with ranks that are threads of this process (`train --ranks N`,
-//! docs/distributed.md): each rank holds a replica of the model and trains on its contiguous
+//! docs/distributed.md §4): each rank holds a replica of the model and trains on its contiguous
 //! share of every global batch; gradients are averaged over the ranks before each optimizer
 //! step, so every replica steps with the same bits. Rank 0, the leader, assembles the global
 //! batches and hands each rank its share; it alone writes the run folder. A run of one rank has
@@ -105,12 +105,13 @@ impl<B: Backend> Rank<B> {
             Feed::Leader(senders) => {
                 let world = self.world();
                 Ok(Box::new(open()?.map(move |batch| {
-                    let mut parts = split(batch?, world).into_iter();
-                    let own = parts.next();
-                    for (rank, (part, sender)) in parts.zip(senders).enumerate() {
-                        sender.send(part).map_err(|_| left(0, rank + 1))?;
+                    let mut shares = split(batch?, world);
+                    let others = shares.split_off(1);
+                    for (rank, (share, sender)) in others.into_iter().zip(senders).enumerate() {
+                        sender.send(share).map_err(|_| left(0, rank + 1))?;
                     }
-                    own.ok_or_else(|| left(0, 0))
+                    // `world` >= 2 shares: rank 0's is left
+                    Ok(shares.swap_remove(0))
                 })))
             }
             Feed::Follower(receiver) => {
