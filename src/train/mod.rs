@@ -147,17 +147,20 @@ fn train_on<B: Compute>(
         test_data: &test_data,
         end,
     };
-    let mut events = Some(events);
-    let mut lines = Some(lines);
+    // rank 0's: the metrics so far and the event writer
+    let mut leader_part = Some((lines, events));
     let jobs = Rank::all(config.ranks, config.sync_bn)?
         .into_iter()
         .zip(learners)
-        .map(|(rank, learner)| RankJob {
-            rank,
-            learner,
-            state: state.clone(),
-            lines: lines.take().unwrap_or_default(),
-            events: events.take().flatten(),
+        .map(|(rank, learner)| {
+            let (lines, events) = leader_part.take().unwrap_or_default();
+            RankJob {
+                rank,
+                learner,
+                state: state.clone(),
+                lines,
+                events,
+            }
         })
         .collect();
     let (lines, state) = on_threads(jobs, |job| train_rank(&shared, job))?;
