@@ -315,6 +315,21 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_run_reports_the_rank_that_failed_for_its_own_reason() {
+        let outcome: Result<()> = on_threads(vec![0, 1, 2], |rank| match rank {
+            1 => Err(Error::Usage("rank 1's own failure".into())),
+            _ => Err(Error::Collective {
+                rank,
+                detail: "rank 1 finished before this collective".into(),
+            }),
+        });
+        let message = outcome.unwrap_err().to_string();
+        assert_eq!(message, "rank 1's own failure");
+        let values = on_threads(vec![10, 11], |job| Ok(job * 2));
+        assert_eq!(values.unwrap(), 20, "rank 0's value");
+    }
+
+    #[test]
     fn a_split_batch_keeps_each_samples_image_label_and_targets_together() {
         let batch = Batch {
             images: (0..12).map(|v| v as f32).collect(),
