@@ -3,6 +3,7 @@
 
 use revsnn_reference::Backend;
 
+use crate::collective::Collective;
 use crate::error::Result;
 use crate::model::build::Builder;
 use crate::model::probes::DivergedRecomputes;
@@ -122,9 +123,25 @@ impl<B: Backend> Network<B> {
         targets: Targets<B>,
         run: PassOptions,
     ) -> Result<StepReport<B>> {
+        self.train_step_synced(backend, grads, images, targets, run, None)
+    }
+
+    /// [`Network::train_step`] as one rank of a data-parallel group whose training-mode
+    /// BatchNorms share their statistics over `sync_batch_norm`'s ranks (`None`: each uses its
+    /// own batch's, as `train_step`).
+    pub fn train_step_synced(
+        &mut self,
+        backend: &B,
+        grads: &mut Grads<B>,
+        images: &B::Tensor,
+        targets: Targets<B>,
+        run: PassOptions,
+        sync_batch_norm: Option<&dyn Collective<B>>,
+    ) -> Result<StepReport<B>> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
         session.loss_scale = run.loss_scale;
+        session.sync_batch_norm = sync_batch_norm;
         if run.audit {
             session.probes.audit = Some(ReversibleAudit::default());
         }

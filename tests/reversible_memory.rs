@@ -34,9 +34,9 @@ struct Block {
 
 struct BlockSaved<B: Backend> {
     sn1: B::NeuronContext,
-    conv1: (B::Conv2dContext, B::BatchNormContext),
+    conv1: <ConvBn as Layer<B>>::Saved,
     sn2: B::NeuronContext,
-    conv2: (B::Conv2dContext, B::BatchNormContext),
+    conv2: <ConvBn as Layer<B>>::Saved,
 }
 
 impl<B: Backend> Layer<B> for Block {

@@ -13,6 +13,7 @@ pub use threads::ThreadGroup;
 use revsnn_reference::{Backend, Element};
 
 use crate::error::Result;
+use crate::model::{EntryKind, Grads, ParamId, ParamStore};
 
 /// One rank's view of a group of `world_size` ranks.
 pub trait Collective<B: Backend> {
@@ -28,6 +29,85 @@ pub trait Collective<B: Backend> {
 
     /// Every rank's `value`, indexed by rank: how the ranks compare the hash of their settings.
     fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>>;
+}
+
+/// Replaces every gradient in `grads` by its mean over the ranks: the sum of one all-reduce of
+/// all of them (flattened into one bucket), times `1 / world_size`, so every rank steps with the
+/// same bits.
+pub fn average_grads<B: Backend>(
+    group: &dyn Collective<B>,
+    backend: &B,
+    grads: &mut Grads<B>,
+) -> Result<()> {
+    let mut tensors: Vec<&mut B::Tensor> = grads.present_mut().collect();
+    let parts: Vec<&B::Tensor> = tensors.iter().map(|t| &**t).collect();
+    let mean_factor = B::Elem::cast(1.0 / group.world_size() as f64);
+    let sums = all_reduce_bucket(group, backend, &parts)?;
+    for (tensor, sum) in tensors.iter_mut().zip(sums) {
+        **tensor = backend.scale(&sum, mean_factor)?;
+    }
+    Ok(())
+}
+
+/// Gives every rank rank 0's BatchNorm running statistics: an all-reduce to which the other
+/// ranks contribute zeros (exact), as DDP's `broadcast_buffers`. Without synchronised
+/// BatchNorm each rank updates them from its own share, and rank 0's are the ones its
+/// checkpoints keep.
+pub fn broadcast_running_stats<B: Backend>(
+    group: &dyn Collective<B>,
+    backend: &B,
+    store: &mut ParamStore<B>,
+) -> Result<()> {
+    let stats: Vec<(usize, B::Tensor)> = store
+        .entries()
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| entry.kind == EntryKind::RunningStat)
+        .filter_map(|(index, entry)| entry.tensor().map(|t| (index, t.clone())))
+        .collect();
+    let contributions = stats
+        .iter()
+        .map(|(_, t)| match group.rank() {
+            0 => Ok(t.clone()),
+            _ => backend.zeros(&backend.shape(t)),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let parts: Vec<&B::Tensor> = contributions.iter().collect();
+    let broadcast = all_reduce_bucket(group, backend, &parts)?;
+    for ((index, _), value) in stats.iter().zip(broadcast) {
+        store.set(ParamId(*index), value);
+    }
+    Ok(())
+}
+
+/// The all-reduced sums of `parts`, exchanged as one flat bucket (one collective however many
+/// tensors), each returned in its own shape.
+fn all_reduce_bucket<B: Backend>(
+    group: &dyn Collective<B>,
+    backend: &B,
+    parts: &[&B::Tensor],
+) -> Result<Vec<B::Tensor>> {
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let shapes: Vec<Vec<usize>> = parts.iter().map(|p| backend.shape(p)).collect();
+    let flat = parts
+        .iter()
+        .zip(&shapes)
+        .map(|(p, shape)| backend.reshape(p, &[shape.iter().product()]))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let bucket = backend.concat(&flat.iter().collect::<Vec<_>>(), 0)?;
+    let sum = group.all_reduce_sum(backend, &bucket)?;
+    let mut start = 0;
+    shapes
+        .iter()
+        .map(|shape| {
+            let len = shape.iter().product();
+            let part = backend.narrow(&sum, 0, start, len)?;
+            start += len;
+            Ok(backend.reshape(&part, shape)?)
+        })
+        .collect()
 }
 
 /// The elementwise sum of `parts` in their order, each part's values widened to `f64` bit

@@ -10,8 +10,9 @@ use revsnn_reference::{
 
 use super::compose::SeqToAnn;
 use super::params::ParamId;
+use super::sync_batch_norm::{self, SyncSaved};
 use super::{Layer, Mode, Session};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `[T, B, ...] -> [T B, ...]`.
 pub fn flatten_time<B: Backend>(backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
@@ -79,8 +80,16 @@ pub struct BatchNorm {
     pub ids: BatchNormIds,
 }
 
+/// What a [`BatchNorm`]'s backward needs: the op's context, or with synchronised statistics
+/// the context of [`sync_batch_norm`].
+#[derive(Debug)]
+pub enum BatchNormSaved<B: Backend> {
+    Local(B::BatchNormContext),
+    Synced(SyncSaved<B>),
+}
+
 impl<B: Backend> Layer<B> for BatchNorm {
-    type Saved = B::BatchNormContext;
+    type Saved = BatchNormSaved<B>;
 
     fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
@@ -91,10 +100,30 @@ impl<B: Backend> Layer<B> for BatchNorm {
             mean: session.store.get(ids.running_mean).clone(),
             var: session.store.get(ids.running_var).clone(),
         };
-        match session.mode {
-            Mode::Train => {
-                let (y, batch, context): (_, BatchStats<B::Tensor>, _) =
-                    backend.batch_norm_train_forward(x, &gamma, &beta, session.batch_norm)?;
+        match (session.mode, session.sync_batch_norm) {
+            (Mode::Train, sync) => {
+                let (y, batch, saved): (_, BatchStats<B::Tensor>, _) = match sync {
+                    Some(group) => {
+                        let (y, batch, saved) = sync_batch_norm::forward(
+                            group,
+                            backend,
+                            x,
+                            &gamma,
+                            &beta,
+                            session.batch_norm,
+                        )?;
+                        (y, batch, BatchNormSaved::Synced(saved))
+                    }
+                    None => {
+                        let (y, batch, context) = backend.batch_norm_train_forward(
+                            x,
+                            &gamma,
+                            &beta,
+                            session.batch_norm,
+                        )?;
+                        (y, batch, BatchNormSaved::Local(context))
+                    }
+                };
                 if session.update_running_stats {
                     let updated =
                         backend.update_running_stats(&running, &batch, session.batch_norm)?;
@@ -104,15 +133,18 @@ impl<B: Backend> Layer<B> for BatchNorm {
                     let count = session.store.count(ids.batches_tracked) + 1;
                     session.store.set_count(ids.batches_tracked, count);
                 }
-                Ok((y, context))
+                Ok((y, saved))
             }
-            Mode::Eval => Ok(backend.batch_norm_eval_forward(
-                x,
-                &gamma,
-                &beta,
-                &running,
-                session.batch_norm,
-            )?),
+            (Mode::Eval, _) => {
+                let (y, context) = backend.batch_norm_eval_forward(
+                    x,
+                    &gamma,
+                    &beta,
+                    &running,
+                    session.batch_norm,
+                )?;
+                Ok((y, BatchNormSaved::Local(context)))
+            }
         }
     }
 
@@ -122,13 +154,25 @@ impl<B: Backend> Layer<B> for BatchNorm {
         saved: Self::Saved,
         grad_y: &B::Tensor,
     ) -> Result<B::Tensor> {
-        let grads = session.backend.batch_norm_backward(grad_y, &saved)?;
+        let backend = session.backend;
+        let grads = match (saved, session.sync_batch_norm) {
+            (BatchNormSaved::Local(context), _) => backend.batch_norm_backward(grad_y, &context)?,
+            (BatchNormSaved::Synced(saved), Some(group)) => {
+                sync_batch_norm::backward(group, backend, saved, grad_y, session.batch_norm)?
+            }
+            (BatchNormSaved::Synced(_), None) => {
+                return Err(Error::Usage(
+                    "a synchronised BatchNorm's backward ran outside its data-parallel group"
+                        .into(),
+                ));
+            }
+        };
         session
             .grads
-            .accumulate(session.backend, self.ids.gamma, grads.gamma)?;
+            .accumulate(backend, self.ids.gamma, grads.gamma)?;
         session
             .grads
-            .accumulate(session.backend, self.ids.beta, grads.beta)?;
+            .accumulate(backend, self.ids.beta, grads.beta)?;
         Ok(grads.input)
     }
 }

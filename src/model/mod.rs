@@ -16,10 +16,12 @@ pub mod params;
 pub mod probes;
 pub mod resnet;
 pub mod reversible;
+pub mod sync_batch_norm;
 pub mod transformer;
 
 use revsnn_reference::{Backend, BatchNormParams};
 
+use crate::collective::Collective;
 use crate::error::Result;
 pub use params::{EntryKind, EntryValue, Grads, ParamId, ParamStore};
 pub use probes::{Probes, ReversibleAudit};
@@ -47,6 +49,9 @@ pub struct Session<'a, B: Backend> {
     /// gradient of the loss the backward starts from. 1 by default.
     pub loss_scale: f32,
     pub batch_norm: BatchNormParams,
+    /// The data-parallel group whose ranks share training-mode BatchNorm statistics
+    /// ([`sync_batch_norm`]); `None`: each BatchNorm uses its own batch's.
+    pub sync_batch_norm: Option<&'a dyn Collective<B>>,
     /// What the pass records for verification (all off by default).
     pub probes: Probes<B>,
 }
@@ -68,6 +73,7 @@ impl<'a, B: Backend> Session<'a, B> {
             update_running_stats: true,
             loss_scale: 1.0,
             batch_norm: BatchNormParams::default(),
+            sync_batch_norm: None,
             probes: Probes::default(),
         }
     }

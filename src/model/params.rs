@@ -241,4 +241,10 @@ impl<B: Backend> Grads<B> {
         }
         Ok(())
     }
+
+    /// Every gradient a backward reached, in store order, to be replaced in place (the
+    /// data-parallel average).
+    pub fn present_mut(&mut self) -> impl Iterator<Item = &mut B::Tensor> {
+        self.slots.iter_mut().flatten()
+    }
 }

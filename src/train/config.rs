@@ -122,6 +122,18 @@ pub struct GivenSettings {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,
+    /// Data-parallel ranks: N replicas of the model as threads of this process, on the CPU,
+    /// each training on its contiguous share of every batch (--batch is the global batch and
+    /// must divide by N) with gradients averaged before each step (default 1; docs/distributed.md).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
+    /// With --ranks: BatchNorm statistics over the whole global batch (PyTorch's SyncBatchNorm),
+    /// true or false (default: true for the paper recipe's CIFAR transformers, as the official
+    /// configs; else false, each rank normalising with its own share's statistics).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_bn: Option<bool>,
     /// The optimizer (`[optimizer]` in a config file).
     #[command(flatten)]
     #[serde(default, skip_serializing_if = "OptimizerSettings::is_empty")]
@@ -430,6 +442,30 @@ fn at_least_one(key: &str, value: usize) -> Result<usize> {
 const MAX_WORKERS: usize = 256;
 /// The most batches a loader worker may keep ready ahead.
 const MAX_PREFETCH: usize = 64;
+/// The most data-parallel ranks: each is a thread holding a replica of the model.
+const MAX_RANKS: usize = 256;
+
+/// `ranks` share every batch of `batch` samples equally, as CPU threads: the batch must divide
+/// by them, and several ranks cannot run on CUDA yet.
+fn check_ranks(ranks: usize, batch: usize, device: DeviceChoice) -> Result<()> {
+    if batch % ranks != 0 {
+        return Err(bad_setting(
+            "batch",
+            batch,
+            &format!(
+                "a multiple of --ranks {ranks}: --batch is the global batch, which the {ranks} \
+                 ranks share equally ({batch} samples do not divide by {ranks})"
+            ),
+        ));
+    }
+    if ranks > 1 && device == DeviceChoice::Cuda {
+        return Err(Error::Usage(format!(
+            "--ranks {ranks} with --device cuda: data-parallel training on several GPUs (NCCL) \
+             is not built yet; --ranks runs its ranks as CPU threads, so pass --device cpu"
+        )));
+    }
+    Ok(())
+}
 
 /// `value` of knob `key`, unless it is outside `1..=max`.
 fn between(key: &str, value: usize, max: usize) -> Result<usize> {
@@ -599,6 +635,8 @@ impl GivenSettings {
             device: self.device.or(lower.device),
             precision: self.precision.or(lower.precision),
             out: self.out.or(lower.out),
+            ranks: self.ranks.or(lower.ranks),
+            sync_bn: self.sync_bn.or(lower.sync_bn),
             optimizer: self.optimizer.over(lower.optimizer),
             schedule: self.schedule.over(lower.schedule),
             augment: self.augment.over(lower.augment),
@@ -707,6 +745,10 @@ pub struct RunSettings {
     pub precision: Precision,
     /// The run folder.
     pub out: PathBuf,
+    /// Data-parallel ranks (threads), each training on `batch / ranks` samples of every batch.
+    pub ranks: usize,
+    /// Whether BatchNorm statistics are reduced over the ranks (SyncBatchNorm).
+    pub sync_bn: bool,
     /// The optimizer with its base learning rate.
     pub optimizer: OptimizerKind,
     /// The learning-rate schedule over the epochs.
@@ -764,6 +806,8 @@ impl RunSettings {
                  turn mixup off with --mixup-alpha 0",
             ));
         }
+        let ranks = between("ranks", set(&settings.ranks), MAX_RANKS)?;
+        check_ranks(ranks, batch, set(&settings.device))?;
         let workers = between("loader.workers", set(&settings.loader.workers), MAX_WORKERS)?;
         let prefetch = between(
             "loader.prefetch",
@@ -783,6 +827,8 @@ impl RunSettings {
             device: set(&settings.device),
             precision: set(&settings.precision),
             out,
+            ranks,
+            sync_bn: set(&settings.sync_bn),
             optimizer,
             schedule,
             augmentation,
@@ -821,6 +867,8 @@ impl RunSettings {
             device: Some(self.device),
             precision: Some(self.precision),
             out: None,
+            ranks: Some(self.ranks),
+            sync_bn: Some(self.sync_bn),
             optimizer: OptimizerSettings::of(&self.optimizer),
             schedule: ScheduleSettings::of(&self.schedule),
             augment: AugmentSettings::of(&self.augmentation, self.mixup_off_epoch),

@@ -12,7 +12,9 @@ use super::evaluate::{Score, batch_tensor, cast, widened};
 use super::loader::{Batch, Loader, shuffled};
 use super::pipeline::TrainSet;
 use super::progress::Progress;
+use super::ranks::Rank;
 use super::shuffle_seed;
+use crate::collective::Collective;
 use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
@@ -103,11 +105,13 @@ pub fn check_batch(config: &RunSettings, samples: usize) -> Result<()> {
     Ok(())
 }
 
-/// Trains `learner` for epoch `epoch` (from 0) of the run `config` on `data`: full batches in
-/// the epoch's shuffled order, one optimizer step each at the epoch's learning rate. A
-/// non-finite loss, or a NaN or infinity in the parameters after an optimizer step (one
+/// Trains `learner` as `rank` for epoch `epoch` (from 0) of the run `config` on `data`: full
+/// batches in the epoch's shuffled order, the rank's share of each ([`Rank::shares`]), one
+/// optimizer step each at the epoch's learning rate with the gradients averaged over the ranks.
+/// A non-finite loss, or a NaN or infinity in the parameters after an optimizer step (one
 /// reduction over the store, read once per step), stops training with an error that says what
-/// to do; the last checkpoint, of the epoch before, stays as it was.
+/// to do; the last checkpoint, of the epoch before, stays as it was. The statistics returned
+/// are summed over the ranks.
 pub fn train_epoch<B: Compute>(
     backend: &B,
     learner: &mut Learner<B>,
@@ -115,28 +119,33 @@ pub fn train_epoch<B: Compute>(
     config: &RunSettings,
     epoch: usize,
     quiet: bool,
+    rank: &Rank<B>,
 ) -> Result<EpochStats> {
     let lr = config.lr(epoch);
     let samples = data.split.data.clone();
     let seed = shuffle_seed(config.seed, epoch);
+    let steps = samples.len() / config.batch;
     let mut progress = Progress::new(
         format!("epoch {}/{}", epoch + 1, config.epochs),
-        samples.len() / config.batch,
-        quiet,
+        steps,
+        quiet || !rank.is_leader(),
     );
     let start = Instant::now();
-    let source = data.source(epoch, learner.network.spec.num_classes);
-    let order = shuffled(samples.len(), seed);
-    let mut batches = Loader::new(
-        source,
-        order,
-        config.batch,
-        true,
-        config.workers,
-        config.prefetch,
-        seed,
-    )?;
-    let expected = batches.samples();
+    let classes = learner.network.spec.num_classes;
+    let open_loader = || {
+        let source = data.source(epoch, classes);
+        let order = shuffled(samples.len(), seed);
+        Loader::new(
+            source,
+            order,
+            config.batch,
+            true,
+            config.workers,
+            config.prefetch,
+            seed,
+        )
+    };
+    let mut batches = rank.shares(open_loader, steps)?;
     let mut stats = EpochStats::default();
     for step in 0.. {
         let waiting = Instant::now();
@@ -150,7 +159,7 @@ pub fn train_epoch<B: Compute>(
             lr,
             out: &config.out,
         };
-        let outcome = checked_step(backend, learner, &*samples, batch, place)?;
+        let outcome = checked_step(backend, learner, &*samples, batch, place, rank)?;
         let (loss, score) = (outcome.loss, outcome.score);
         stats.skipped_steps += usize::from(outcome.skipped);
         stats.loss_sum += loss * count as f64;
@@ -163,11 +172,11 @@ pub fn train_epoch<B: Compute>(
     saw_every_sample(
         &format!("training epoch {}", epoch + 1),
         stats.images,
-        expected,
+        steps * config.batch / rank.world(),
     )?;
     stats.seconds = start.elapsed().as_secs_f64();
     stats.loss_scale = learner.scaler.map(|scaler| scaler.scale());
-    Ok(stats)
+    rank.sum_stats(stats)
 }
 
 /// fp16 loss scaling after a backward whose loss was multiplied by `scaler.scale()`: gradients
@@ -222,9 +231,10 @@ struct StepOutcome {
     skipped: bool,
 }
 
-/// One optimizer step of `learner` on `batch` (of samples of `data`): its mean loss and the
-/// score of its logits. In fp16 the loss is scaled, and the gradients are unscaled or the step
-/// skipped ([`unscale`]: one read of the gradients' non-finite count). The optimizer step is
+/// One optimizer step of `learner` as `rank` on `batch` (of samples of `data`): its mean loss
+/// and the score of its logits. The gradients are averaged over the ranks first, so every rank
+/// takes the same step. In fp16 the loss is scaled, and the averaged gradients are unscaled or
+/// the step skipped on every rank alike ([`unscale`]: one read of the gradients' non-finite count). The optimizer step is
 /// queued before anything else is read back, so the device runs the whole step without waiting
 /// for the host; then one read brings the loss and the logits, and one the parameters'
 /// non-finite count. A non-finite loss is reported first, as the step that produced it (the
@@ -235,11 +245,20 @@ fn checked_step<B: Compute>(
     data: &dyn Dataset,
     batch: Batch,
     place: StepPlace,
+    rank: &Rank<B>,
 ) -> Result<StepOutcome> {
     let labels = batch.labels.clone();
     let loss_scale = learner.scaler.map_or(1.0, |scaler| scaler.scale());
-    let (output, mut grads) =
-        forward_backward(backend, &mut learner.network, data, batch, loss_scale)?;
+    let network = &mut learner.network;
+    let (output, mut grads) = forward_backward(
+        backend,
+        network,
+        data,
+        batch,
+        loss_scale,
+        rank.sync_batch_norm(),
+    )?;
+    rank.average_grads(backend, &mut grads)?;
     let skipped = match &mut learner.scaler {
         Some(scaler) => unscale(backend, scaler, &mut grads)? == StepAction::Skip,
         None => false,
@@ -249,7 +268,11 @@ fn checked_step<B: Compute>(
         learner.optimizer.step(backend, store, &grads, place.lr)?;
     }
     let (loss, score) = read_loss_and_score(backend, &output, &labels)?;
-    let non_finite = if skipped { 0 } else { store.count_non_finite(backend)? };
+    let non_finite = if skipped {
+        0
+    } else {
+        store.count_non_finite(backend)?
+    };
     if !loss.is_finite() {
         return Err(diverged(loss, place.epoch, place.step, place.lr, place.out));
     }
@@ -271,14 +294,16 @@ fn checked_step<B: Compute>(
 }
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
-/// has them, else its labels: the step's output (still where the backend computes) and the
-/// parameter gradients of `loss_scale` times the loss.
+/// has them, else its labels, with BatchNorm statistics synchronised over `sync_batch_norm`'s
+/// ranks if given: the step's output (still where the backend computes) and the parameter
+/// gradients of `loss_scale` times the loss.
 fn forward_backward<B: Backend>(
     backend: &B,
     network: &mut Network<B>,
     data: &dyn Dataset,
     batch: Batch,
     loss_scale: f32,
+    sync_batch_norm: Option<&dyn Collective<B>>,
 ) -> Result<(StepOutput<B>, Grads<B>)> {
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
@@ -298,7 +323,8 @@ fn forward_backward<B: Backend>(
         Some(rows) => Targets::Soft(rows),
         None => Targets::Hard(&batch.labels),
     };
-    let report = network.train_step(backend, &mut grads, &images, targets, run)?;
+    let report =
+        network.train_step_synced(backend, &mut grads, &images, targets, run, sync_batch_norm)?;
     Ok((report.output, grads))
 }
 

@@ -7,6 +7,7 @@ use revsnn_reference::{Backend, Element};
 
 use super::epoch::saw_every_sample;
 use super::loader::{Loader, Plain};
+use super::ranks::share;
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::Mode;
@@ -28,7 +29,26 @@ pub fn evaluate<B: Backend>(
     data: Arc<dyn Dataset>,
     batch: usize,
 ) -> Result<EvalResult> {
-    let order: Vec<usize> = (0..data.len()).collect();
+    let expected = data.len();
+    EvalResult::of(score_share(backend, network, data, batch, 0, 1)?, expected)
+}
+
+/// The score of `network` (eval mode, running statistics) on rank `rank`'s share of `data` in
+/// a data-parallel evaluation by `world` ranks: of each batch of `batch` samples in order, its
+/// contiguous share ([`share`]); the ranks' scores sum to that of the whole.
+pub fn score_share<B: Backend>(
+    backend: &B,
+    network: &mut Network<B>,
+    data: Arc<dyn Dataset>,
+    batch: usize,
+    rank: usize,
+    world: usize,
+) -> Result<Score> {
+    let all: Vec<usize> = (0..data.len()).collect();
+    let order: Vec<usize> = all
+        .chunks(batch.max(1))
+        .flat_map(|chunk| chunk[share(chunk.len(), rank, world)].to_vec())
+        .collect();
     let eval = PassOptions {
         mode: Mode::Eval,
         update_running_stats: false,
@@ -36,7 +56,16 @@ pub fn evaluate<B: Backend>(
         loss_scale: 1.0,
     };
     let mut total = Score::default();
-    let batches = Loader::new(Arc::new(Plain(data.clone())), order, batch, false, 1, 2, 0)?;
+    let share_batch = batch.div_ceil(world);
+    let batches = Loader::new(
+        Arc::new(Plain(data.clone())),
+        order,
+        share_batch,
+        false,
+        1,
+        2,
+        0,
+    )?;
     let expected = batches.samples();
     for next in batches {
         let next = next?;
@@ -45,13 +74,22 @@ pub fn evaluate<B: Backend>(
         total += Score::of(&widened(backend, &logits)?, &next.labels);
     }
     saw_every_sample("evaluation", total.samples, expected)?;
-    let n = total.samples.max(1) as f64;
-    Ok(EvalResult {
-        loss: total.loss / n,
-        acc1: total.top1 as f64 / n,
-        acc5: total.top5 as f64 / n,
-        samples: total.samples,
-    })
+    Ok(total)
+}
+
+impl EvalResult {
+    /// The result of `total`, the score of a pass over a dataset of `expected` samples; an
+    /// error unless it saw them all.
+    pub fn of(total: Score, expected: usize) -> Result<EvalResult> {
+        saw_every_sample("evaluation", total.samples, expected)?;
+        let n = total.samples.max(1) as f64;
+        Ok(EvalResult {
+            loss: total.loss / n,
+            acc1: total.top1 as f64 / n,
+            acc5: total.top5 as f64 / n,
+            samples: total.samples,
+        })
+    }
 }
 
 /// Summed cross-entropy, top-1 and top-5 hits over the samples scored so far.

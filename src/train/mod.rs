@@ -12,6 +12,7 @@ pub mod loader;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;
+pub mod ranks;
 pub mod recipe;
 pub mod run;
 pub mod run_dir;
@@ -30,13 +31,15 @@ use crate::device::{Compute, Device, on_backend};
 use crate::error::{Error, Result};
 use crate::footprint;
 use crate::model::reversible::Storage;
+use crate::network::Network;
 use crate::spec::ModelSpec;
 use config::RunSettings;
 pub use config::default_spec;
 pub use datasets::{DATA_SEED, open_dataset, open_split};
 use epoch::{EpochStats, Learner, check_batch, train_epoch};
-pub use evaluate::{EvalResult, evaluate};
+pub use evaluate::{EvalResult, evaluate, score_share};
 use pipeline::TrainSet;
+use ranks::{Rank, on_threads};
 pub use run::{Run, config_file_text};
 use run_dir::RunDir;
 pub use run_dir::RunState;
@@ -82,8 +85,8 @@ pub fn train(run: &Run, options: &Invocation, device: &Device) -> Result<TrainSu
 }
 
 /// Trains `run` on `backend`, made from `device`: opens the data and the run folder, restores a
-/// resumed run, then each epoch trains, evaluates, checks, saves the checkpoint, the metrics
-/// (with the device used) and the curves.
+/// resumed run, then trains its ranks ([`train_rank`]), each on a thread of its own when there
+/// are several.
 fn train_on<B: Compute>(
     backend: B,
     device: &Device,
@@ -92,8 +95,9 @@ fn train_on<B: Compute>(
 ) -> Result<TrainSummary> {
     let started = Instant::now();
     let config = &run.config;
+    check_ranks_device(config.ranks, device)?;
     let dir = RunDir::new(config.out.clone());
-    let mut state = run.first_state(&dir)?;
+    let state = run.first_state(&dir)?;
     let setting = footprint::batch_setting(config.batch, &state.spec);
     footprint::check_step(
         &backend,
@@ -103,16 +107,28 @@ fn train_on<B: Compute>(
         &setting,
     )?;
     let (train_set, test_data) = open_data(config, &state.spec)?;
-    let mut learner = Learner::new(&backend, &state.spec, config)?;
+    let mut learners = (0..config.ranks)
+        .map(|_| Learner::new(&backend, &state.spec, config))
+        .collect::<Result<Vec<_>>>()?;
     dir.create()?;
     eprintln!("run folder: {}", dir.path().display());
+    if config.ranks > 1 {
+        eprintln!("{}", describe_ranks(config));
+    }
     dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
-    let mut lines = match run.resumed {
-        Some(_) => restore(&dir, &backend, &mut learner, &state, config.epochs, options)?,
+    let lines = match run.resumed {
+        Some(_) => restore(
+            &dir,
+            &backend,
+            &mut learners,
+            &state,
+            config.epochs,
+            options,
+        )?,
         None => Vec::new(),
     };
     check_batch(config, train_set.split.data.len())?;
-    let mut events = if options.tensorboard {
+    let events = if options.tensorboard {
         Some(EventWriter::create(&dir.path().join("tb"))?)
     } else {
         None
@@ -121,43 +137,162 @@ fn train_on<B: Compute>(
         Some(count) => config.epochs.min(state.epochs_done + count),
         None => config.epochs,
     };
-    for epoch in state.epochs_done..end {
-        backend.reset_peak_memory();
-        let train = train_epoch(
-            &backend,
-            &mut learner,
-            &train_set,
-            config,
-            epoch,
-            options.quiet,
-        )?;
-        let test = evaluate(
-            &backend,
-            &mut learner.network,
-            test_data.clone(),
-            config.batch.max(32),
-        )?;
-        check_test_loss(&test, epoch, &dir)?;
-        let peak = backend.peak_memory_bytes();
-        let improved = state.finish_epoch(epoch, learner.optimizer.steps(), test.acc1, config.seed);
-        state.loss_scaler = learner.scaler;
-        lines.push(metrics_line(
-            config, epoch, &train, &test, peak, &state, device,
-        ));
-        save_epoch(&dir, &backend, &learner, &state, improved, &lines)?;
-        if let (Some(events), Some(line)) = (&mut events, lines.last()) {
-            events.add_metrics(line)?;
-        }
-        if !options.quiet {
-            log_epoch(config, epoch, &train, &test, &state);
-        }
-    }
+    let shared = Shared {
+        backend: &backend,
+        device,
+        config,
+        options,
+        dir: &dir,
+        train_set: &train_set,
+        test_data: &test_data,
+        end,
+    };
+    // rank 0's: the metrics so far and the event writer
+    let mut leader_part = Some((lines, events));
+    let jobs = Rank::all(config.ranks, config.sync_bn)?
+        .into_iter()
+        .zip(learners)
+        .map(|(rank, learner)| {
+            let (lines, events) = leader_part.take().unwrap_or_default();
+            RankJob {
+                rank,
+                learner,
+                state: state.clone(),
+                lines,
+                events,
+            }
+        })
+        .collect();
+    let (lines, state) = on_threads(jobs, |job| train_rank(&shared, job))?;
     Ok(TrainSummary {
         out: config.out.clone(),
         last: lines.last().cloned().unwrap_or(Value::Null),
         best_test_acc1: state.best_test_acc1,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What every rank of a run reads.
+struct Shared<'a, B: Compute> {
+    backend: &'a B,
+    device: &'a Device,
+    config: &'a RunSettings,
+    options: &'a Invocation,
+    dir: &'a RunDir,
+    train_set: &'a TrainSet,
+    test_data: &'a Arc<dyn Dataset>,
+    /// The epoch this invocation stops before.
+    end: usize,
+}
+
+/// One rank's part of a run: its model and optimizer, where the run stands, and for rank 0
+/// the metrics so far and the TensorBoard writer.
+struct RankJob<B: Compute> {
+    rank: Rank<B>,
+    learner: Learner<B>,
+    state: RunState,
+    lines: Vec<Value>,
+    events: Option<EventWriter>,
+}
+
+/// Trains one rank until the invocation's last epoch: each epoch trains, shares rank 0's
+/// running statistics, evaluates (each rank its share), checks; rank 0 then saves the
+/// checkpoint, the metrics (with the device used) and the curves. Returns rank 0's metrics and
+/// state.
+fn train_rank<B: Compute>(shared: &Shared<B>, job: RankJob<B>) -> Result<(Vec<Value>, RunState)> {
+    let RankJob {
+        rank,
+        mut learner,
+        mut state,
+        mut lines,
+        mut events,
+    } = job;
+    let (backend, config) = (shared.backend, shared.config);
+    for epoch in state.epochs_done..shared.end {
+        if rank.is_leader() {
+            backend.reset_peak_memory();
+        }
+        let quiet = shared.options.quiet;
+        let train = train_epoch(
+            backend,
+            &mut learner,
+            shared.train_set,
+            config,
+            epoch,
+            quiet,
+            &rank,
+        )?;
+        rank.share_running_stats(backend, &mut learner.network.store)?;
+        let test = evaluate_rank(backend, &mut learner.network, shared, &rank)?;
+        check_test_loss(&test, epoch, shared.dir)?;
+        let improved = state.finish_epoch(epoch, learner.optimizer.steps(), test.acc1, config.seed);
+        state.loss_scaler = learner.scaler;
+        if !rank.is_leader() {
+            continue;
+        }
+        let peak = backend.peak_memory_bytes();
+        lines.push(metrics_line(
+            config,
+            epoch,
+            &train,
+            &test,
+            peak,
+            &state,
+            shared.device,
+        ));
+        save_epoch(shared.dir, backend, &learner, &state, improved, &lines)?;
+        if let (Some(events), Some(line)) = (&mut events, lines.last()) {
+            events.add_metrics(line)?;
+        }
+        if !quiet {
+            log_epoch(config, epoch, &train, &test, &state);
+        }
+    }
+    Ok((lines, state))
+}
+
+/// The test split's evaluation, each rank scoring its share of every batch and the scores
+/// summed over the ranks.
+fn evaluate_rank<B: Compute>(
+    backend: &B,
+    network: &mut Network<B>,
+    shared: &Shared<B>,
+    rank: &Rank<B>,
+) -> Result<EvalResult> {
+    let data = shared.test_data.clone();
+    let expected = data.len();
+    let batch = shared.config.batch.max(32);
+    let score = score_share(backend, network, data, batch, rank.index(), rank.world())?;
+    EvalResult::of(rank.sum_score(score)?, expected)
+}
+
+/// Several ranks run as CPU threads: a run whose `--device auto` chose CUDA cannot have them.
+fn check_ranks_device(ranks: usize, device: &Device) -> Result<()> {
+    if ranks > 1 && matches!(device, Device::Cuda(_)) {
+        return Err(Error::Usage(format!(
+            "--ranks {ranks} runs its ranks as CPU threads, but the run computes on {} \
+             (--device auto found it): pass --device cpu; data-parallel training on several \
+             GPUs (NCCL) is not built yet",
+            device.describe()
+        )));
+    }
+    Ok(())
+}
+
+/// The line that says how a data-parallel run shares its batches.
+fn describe_ranks(config: &RunSettings) -> String {
+    format!(
+        "data-parallel: {} ranks (CPU threads) x {} samples = effective batch {}; BatchNorm \
+         statistics {}",
+        config.ranks,
+        config.batch / config.ranks,
+        config.batch,
+        if config.sync_bn {
+            "synchronised over the ranks (--sync-bn)"
+        } else {
+            "per rank (each rank's share)"
+        }
+    )
 }
 
 /// Saves the epoch `state` records as done: its metrics (`lines`) and curves, then its
@@ -182,17 +317,19 @@ fn save_epoch<B: Compute>(
         })
 }
 
-/// Restores a resumed run into `learner` from its last checkpoint in `dir`, and returns the
-/// metrics of the epochs it has done (of `epochs`).
+/// Restores a resumed run into each rank's `learners` from its last checkpoint in `dir`, and
+/// returns the metrics of the epochs it has done (of `epochs`).
 fn restore<B: Compute>(
     dir: &RunDir,
     backend: &B,
-    learner: &mut Learner<B>,
+    learners: &mut [Learner<B>],
     state: &RunState,
     epochs: usize,
     options: &Invocation,
 ) -> Result<Vec<Value>> {
-    dir.load_checkpoint(backend, learner, state, options.allow_non_finite)?;
+    for learner in learners {
+        dir.load_checkpoint(backend, learner, state, options.allow_non_finite)?;
+    }
     let lines = dir.read_metrics(state.epochs_done);
     eprintln!("resuming after epoch {} of {epochs}", state.epochs_done);
     Ok(lines)

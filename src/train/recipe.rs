@@ -382,6 +382,12 @@ impl RecipeInput {
         }
     }
 
+    /// Synchronised BatchNorm across data-parallel ranks: on for the paper's CIFAR transformers
+    /// (the official configs set `sync_bn: True`), else off.
+    pub fn sync_bn(&self) -> bool {
+        self.paper() && self.dataset.is_cifar() && !self.arch.is_resnet()
+    }
+
     /// Multistep's factor: 0.1.
     pub fn gamma(&self) -> f64 {
         0.1
@@ -495,6 +501,8 @@ impl RecipeInput {
             seed: Some(self.seed()),
             device: Some(DeviceChoice::Auto),
             precision: Some(Precision::F32),
+            ranks: Some(1),
+            sync_bn: Some(self.sync_bn()),
             optimizer: self.optimizer_defaults(optimizer, batch),
             schedule: self.schedule_defaults(&given.schedule, optimizer, lr, epochs),
             augment: self.augment_defaults(&given.augment, epochs),

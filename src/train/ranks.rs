@@ -1,0 +1,400 @@
+//! Data-parallel training with ranks that are threads of this process (`train --ranks N`,
+//! docs/distributed.md §4): each rank holds a replica of the model and trains on its contiguous
+//! share of every global batch; gradients are averaged over the ranks before each optimizer
+//! step, so every replica steps with the same bits. Rank 0, the leader, assembles the global
+//! batches and hands each rank its share; it alone writes the run folder. A run of one rank has
+//! no group and no collective: it is the single-process path.
+
+use std::ops::Range;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::Duration;
+
+use revsnn_reference::Backend;
+
+use super::epoch::EpochStats;
+use super::evaluate::Score;
+use super::loader::{Batch, Loader};
+use crate::collective::{Collective, ThreadGroup, average_grads, broadcast_running_stats};
+use crate::error::{Error, Result};
+use crate::model::{Grads, ParamStore};
+
+/// How long a rank waits for the others in one collective before it stops with an error.
+pub const RANK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Global batches the leader may hand out ahead of the slowest rank.
+const SHARES_AHEAD: usize = 2;
+
+/// One rank of a run: its group (none when it is the only one), where its batches come from and
+/// whether its BatchNorms share their statistics with the other ranks.
+pub struct Rank<B: Backend> {
+    group: Option<Box<dyn Collective<B> + Send>>,
+    feed: Feed,
+    sync_bn: bool,
+}
+
+/// Where a rank's shares of the global batches come from.
+enum Feed {
+    /// Rank 0: assembles every global batch, sends rank `r` its share on channel `r - 1`, keeps
+    /// its own.
+    Leader(Vec<SyncSender<Batch>>),
+    /// Another rank: receives its shares from the leader.
+    Follower(Receiver<Batch>),
+}
+
+/// A rank's shares of an epoch's global batches, in order ([`Rank::shares`]).
+pub enum Shares<'a> {
+    /// Rank 0: the loader's batches, split; rank `r`'s share sent on channel `r - 1` (none when
+    /// it is alone), its own kept.
+    Leader {
+        loader: Loader,
+        senders: &'a [SyncSender<Batch>],
+    },
+    /// Another rank: `left` more shares to receive from the leader.
+    Follower {
+        receiver: &'a Receiver<Batch>,
+        rank: usize,
+        left: usize,
+    },
+}
+
+impl Shares<'_> {
+    /// The seconds the loader's workers spent assembling batches so far (0 on a rank that
+    /// receives its shares): [`Loader::busy_seconds`].
+    pub fn busy_seconds(&self) -> f64 {
+        match self {
+            Shares::Leader { loader, .. } => loader.busy_seconds(),
+            Shares::Follower { .. } => 0.0,
+        }
+    }
+}
+
+impl Iterator for Shares<'_> {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        match self {
+            Shares::Leader {
+                loader,
+                senders: [],
+            } => loader.next(),
+            Shares::Leader { loader, senders } => {
+                let batch = loader.next()?;
+                Some(batch.and_then(|batch| hand_out(batch, senders)))
+            }
+            Shares::Follower {
+                receiver,
+                rank,
+                left,
+            } => {
+                *left = left.checked_sub(1)?;
+                Some(receiver.recv().map_err(|_| left_error(*rank, 0)))
+            }
+        }
+    }
+}
+
+/// Splits `batch` into one share per rank, sends rank `r`'s on `senders[r - 1]` and returns
+/// rank 0's.
+fn hand_out(batch: Batch, senders: &[SyncSender<Batch>]) -> Result<Batch> {
+    let mut shares = split(batch, senders.len() + 1);
+    let others = shares.split_off(1);
+    for (rank, (share, sender)) in others.into_iter().zip(senders).enumerate() {
+        sender.send(share).map_err(|_| left_error(0, rank + 1))?;
+    }
+    // `senders.len() + 1` >= 1 shares: rank 0's is left
+    Ok(shares.swap_remove(0))
+}
+
+impl<B: Backend> Rank<B> {
+    /// The ranks of a run of `ranks`, in rank order: one rank alone (no collective at all), or
+    /// a [`ThreadGroup`] whose collectives wait at most [`RANK_TIMEOUT`].
+    pub fn all(ranks: usize, sync_bn: bool) -> Result<Vec<Rank<B>>> {
+        if ranks <= 1 {
+            return Ok(vec![Rank {
+                group: None,
+                feed: Feed::Leader(Vec::new()),
+                sync_bn: false,
+            }]);
+        }
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (1..ranks).map(|_| sync_channel(SHARES_AHEAD)).unzip();
+        let feeds =
+            std::iter::once(Feed::Leader(senders)).chain(receivers.into_iter().map(Feed::Follower));
+        let groups = ThreadGroup::new(ranks, RANK_TIMEOUT)?;
+        Ok(groups
+            .into_iter()
+            .zip(feeds)
+            .map(|(group, feed)| Rank {
+                group: Some(Box::new(group) as Box<dyn Collective<B> + Send>),
+                feed,
+                sync_bn,
+            })
+            .collect())
+    }
+
+    /// This rank's index.
+    pub fn index(&self) -> usize {
+        self.group.as_ref().map_or(0, |g| g.rank())
+    }
+
+    /// The number of ranks.
+    pub fn world(&self) -> usize {
+        self.group.as_ref().map_or(1, |g| g.world_size())
+    }
+
+    /// Whether this is rank 0, which assembles the batches and writes the run folder.
+    pub fn is_leader(&self) -> bool {
+        self.index() == 0
+    }
+
+    /// The group the training-mode BatchNorms reduce their statistics over: with `--sync-bn`
+    /// and more than one rank.
+    pub fn sync_batch_norm(&self) -> Option<&dyn Collective<B>> {
+        self.group
+            .as_deref()
+            .filter(|_| self.sync_bn)
+            .map(|g| g as &dyn Collective<B>)
+    }
+
+    /// This rank's shares of an epoch's `count` global batches: the leader's come from the
+    /// loader `open` makes, whose batches it splits ([`split`]) and hands out; the others
+    /// receive theirs.
+    pub fn shares(
+        &self,
+        open: impl FnOnce() -> Result<Loader>,
+        count: usize,
+    ) -> Result<Shares<'_>> {
+        Ok(match &self.feed {
+            Feed::Leader(senders) => Shares::Leader {
+                loader: open()?,
+                senders,
+            },
+            Feed::Follower(receiver) => Shares::Follower {
+                receiver,
+                rank: self.index(),
+                left: count,
+            },
+        })
+    }
+
+    /// Replaces `grads` by their mean over the ranks (nothing to do alone).
+    pub fn average_grads(&self, backend: &B, grads: &mut Grads<B>) -> Result<()> {
+        match &self.group {
+            Some(group) => average_grads(group.as_ref(), backend, grads),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives every rank rank 0's BatchNorm running statistics (nothing to do alone).
+    pub fn share_running_stats(&self, backend: &B, store: &mut ParamStore<B>) -> Result<()> {
+        match &self.group {
+            Some(group) => broadcast_running_stats(group.as_ref(), backend, store),
+            None => Ok(()),
+        }
+    }
+
+    /// The epoch's statistics: loss, hits and images summed over the ranks in rank order, the
+    /// rest (wall time, loader, loss scale) this rank's.
+    pub fn sum_stats(&self, stats: EpochStats) -> Result<EpochStats> {
+        let [loss_sum, hits, images] = self.sum_words([
+            stats.loss_sum.to_bits(),
+            stats.hits as u64,
+            stats.images as u64,
+        ])?;
+        Ok(EpochStats {
+            loss_sum: f64::from_bits(loss_sum),
+            hits: hits as usize,
+            images: images as usize,
+            ..stats
+        })
+    }
+
+    /// The evaluation scores summed over the ranks, in rank order: the counts exactly.
+    pub fn sum_score(&self, score: Score) -> Result<Score> {
+        let [loss, top1, top5, samples] = self.sum_words([
+            score.loss.to_bits(),
+            score.top1 as u64,
+            score.top5 as u64,
+            score.samples as u64,
+        ])?;
+        Ok(Score {
+            loss: f64::from_bits(loss),
+            top1: top1 as usize,
+            top5: top5 as usize,
+            samples: samples as usize,
+        })
+    }
+
+    /// Each word summed over the ranks in rank order: the first as the bits of an `f64`, the
+    /// others as counts.
+    fn sum_words<const N: usize>(&self, words: [u64; N]) -> Result<[u64; N]> {
+        let Some(group) = &self.group else {
+            return Ok(words);
+        };
+        let mut sums = [0; N];
+        for (i, word) in words.into_iter().enumerate() {
+            let all = group.all_gather_u64(word)?;
+            sums[i] = if i == 0 {
+                all.iter()
+                    .map(|&bits| f64::from_bits(bits))
+                    .sum::<f64>()
+                    .to_bits()
+            } else {
+                all.iter().sum()
+            };
+        }
+        Ok(sums)
+    }
+}
+
+/// The part of `len` items that rank `rank` of `world` takes: a contiguous range, the first
+/// `len % world` ranks one item more.
+pub fn share(len: usize, rank: usize, world: usize) -> Range<usize> {
+    let (base, extra) = (len / world, len % world);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+/// `batch` cut into `world` shares ([`share`]), in rank order.
+pub fn split(batch: Batch, world: usize) -> Vec<Batch> {
+    let count = batch.labels.len();
+    let per_sample = batch.images.len() / count.max(1);
+    let classes = batch.targets.as_ref().map_or(0, |t| t.len() / count.max(1));
+    (0..world)
+        .map(|rank| {
+            let range = share(count, rank, world);
+            let rows = |width: usize| range.start * width..range.end * width;
+            Batch {
+                images: batch.images[rows(per_sample)].to_vec(),
+                labels: batch.labels[range.clone()].to_vec(),
+                targets: batch.targets.as_ref().map(|t| t[rows(classes)].to_vec()),
+            }
+        })
+        .collect()
+}
+
+/// The error of rank `rank` that found rank `other` gone from the batch hand-out.
+fn left_error(rank: usize, other: usize) -> Error {
+    Error::Collective {
+        rank,
+        detail: format!(
+            "rank {other} stopped exchanging batches (it failed; its own error says why)"
+        ),
+    }
+}
+
+/// Runs `work` on each of `jobs`, job `r` as rank `r` on a thread of its own (on this thread
+/// when there is one job), and returns rank 0's result. When ranks fail, the error is that of
+/// the first rank that failed for a reason of its own rather than a collective that failed
+/// because another rank left.
+pub fn on_threads<J: Send, T: Send>(
+    mut jobs: Vec<J>,
+    work: impl Fn(J) -> Result<T> + Sync,
+) -> Result<T> {
+    if jobs.len() == 1 {
+        return work(jobs.remove(0));
+    }
+    let results: Vec<Result<T>> = std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(rank, job)| {
+                std::thread::Builder::new()
+                    .name(format!("rank-{rank}"))
+                    .spawn_scoped(scope, move || work(job))
+                    .map_err(|e| {
+                        Error::Usage(format!(
+                            "cannot start the thread of rank {rank}: {e}; lower --ranks"
+                        ))
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, handle)| {
+                handle?.join().unwrap_or_else(|_| {
+                    Err(Error::Usage(format!("data-parallel rank {rank} panicked")))
+                })
+            })
+            .collect()
+    });
+    rank_zero_or_cause(results)
+}
+
+/// Rank 0's value, or the error of the first rank that failed for a reason of its own (else the
+/// first error).
+fn rank_zero_or_cause<T>(results: Vec<Result<T>>) -> Result<T> {
+    let mut leader = None;
+    let mut cause: Option<(bool, Error)> = None;
+    for result in results {
+        match result {
+            Ok(value) => {
+                leader.get_or_insert(value);
+            }
+            Err(error) => {
+                let own = !matches!(error, Error::Collective { .. });
+                if cause
+                    .as_ref()
+                    .is_none_or(|(first_own, _)| own && !first_own)
+                {
+                    cause = Some((own, error));
+                }
+            }
+        }
+    }
+    match (cause, leader) {
+        (Some((_, error)), _) => Err(error),
+        (None, Some(value)) => Ok(value),
+        (None, None) => Err(Error::Usage("a run needs at least one rank".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_contiguous_and_cover_every_item_once() {
+        for (len, world) in [(12, 3), (10, 4), (3, 4), (0, 2), (7, 1)] {
+            let shares: Vec<_> = (0..world).map(|r| share(len, r, world)).collect();
+            assert_eq!(shares[0].start, 0);
+            assert_eq!(shares[world - 1].end, len);
+            for pair in shares.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert!(pair[0].len() >= pair[1].len());
+            }
+        }
+        assert_eq!(share(10, 1, 4), 3..6);
+    }
+
+    #[test]
+    fn a_failed_run_reports_the_rank_that_failed_for_its_own_reason() {
+        let outcome: Result<()> = on_threads(vec![0, 1, 2], |rank| match rank {
+            1 => Err(Error::Usage("rank 1's own failure".into())),
+            _ => Err(Error::Collective {
+                rank,
+                detail: "rank 1 finished before this collective".into(),
+            }),
+        });
+        let message = outcome.unwrap_err().to_string();
+        assert_eq!(message, "rank 1's own failure");
+        let values = on_threads(vec![10, 11], |job| Ok(job * 2));
+        assert_eq!(values.unwrap(), 20, "rank 0's value");
+    }
+
+    #[test]
+    fn a_split_batch_keeps_each_samples_image_label_and_targets_together() {
+        let batch = Batch {
+            images: (0..12).map(|v| v as f32).collect(),
+            labels: vec![0, 1, 2, 3],
+            targets: Some((0..8).map(|v| v as f32 * 0.5).collect()),
+        };
+        let parts = split(batch, 2);
+        assert_eq!(parts[1].images, vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+        assert_eq!(parts[1].labels, vec![2, 3]);
+        assert_eq!(parts[1].targets, Some(vec![2.0, 2.5, 3.0, 3.5]));
+        assert_eq!(parts[0].labels, vec![0, 1]);
+    }
+}
