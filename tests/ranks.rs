@@ -321,6 +321,37 @@ fn a_short_f32_run_on_n_ranks_with_sync_bn_matches_one_rank() {
 }
 
 #[test]
+fn fp16_on_two_ranks_scales_unscales_and_steps_like_one_rank() {
+    // The ranks average their scaled gradients before the loss scaler looks at them, so every
+    // rank skips or takes the same step with the same scale; a share of half the batch scales
+    // its loss gradient by exactly 2, which fp16's rounding does not see (only the order of the
+    // sums over the ranks differs from one process).
+    let dir = scratch("ranks-fp16");
+    let fp16 = ["--epochs", "1", "--precision", "fp16"];
+    ok(train(&dir.join("one"), &fp16));
+    let two = dir.join("two");
+    ok(train(
+        &two,
+        &[&fp16[..], &["--ranks", "2", "--sync-bn"]].concat(),
+    ));
+    let flat = |w: Vec<(String, Vec<f64>)>| w.into_iter().flat_map(|(_, v)| v).collect::<Vec<_>>();
+    let error = relative_error(
+        &flat(weights(&two, true)),
+        &flat(weights(&dir.join("one"), true)),
+    );
+    eprintln!("2 ranks, fp16, 4 steps: weights differ by {error:.1e}");
+    assert!(
+        error <= 1e-4,
+        "2 ranks in fp16: weights differ by {error:e}"
+    );
+    let (a, b) = (last_metrics(&two), last_metrics(&dir.join("one")));
+    for key in ["precision", "loss_scale", "skipped_steps"] {
+        assert!(!a[key].is_null(), "metrics lack {key}: {a}");
+        assert_eq!(a[key], b[key], "2 ranks against 1: {key}");
+    }
+}
+
+#[test]
 fn two_runs_on_three_ranks_write_the_same_bytes() {
     let dir = scratch("ranks-repeat");
     let bytes = |name: &str| {
