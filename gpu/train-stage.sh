@@ -1,10 +1,10 @@
 # The training stage of gpu/check.sh, which sources it (it uses check.sh's run_logged, section,
-# end_section, REPORT, OUT_DIR, REVSNN and status): `revsnn train` as a user runs it, on synthetic
-# 32x32 images, for each TRAIN_RUNS entry `model:batch` (default revsresnet37 at batch 32 with the
-# CIFAR ResNet recipe, crop and flip; revsformer-4-384 at batch 64 with flip, mixup, label
-# smoothing and random erasing: the paper's transformer recipe less RandAugment, which works on
-# CIFAR's u8 pixels and which `train` refuses on the synthetic dataset's float samples; the
-# paper's optimizer and schedule of each family), then:
+# end_section, REPORT, OUT_DIR, REVSNN and status): `revsnn train` as a user runs it, on
+# synthetic-cifar (CIFAR's 32x32 u8 images, rendered shapes, so the whole CIFAR pipeline runs
+# without the download), for each TRAIN_RUNS entry `model:batch` (default revsresnet37 at batch 32
+# with the CIFAR ResNet recipe, crop and flip; revsformer-4-384 at batch 64 with the CIFAR
+# transformer recipe, flip, RandAugment, mixup, label smoothing and random erasing; the paper's
+# optimizer and schedule of each family), then:
 #   - speed: images/s of each whole epoch (metrics.jsonl: loading and augmentation on the loader's
 #     workers, checkpoints and evaluation outside the clock) against `revsnn bench` at the same
 #     batch, in f32 both (target: the last epoch at >= 90% of bench); the loader's own images/s
@@ -32,9 +32,8 @@ STAGE_END=$((SECONDS + TRAIN_BUDGET_S))
 # The recipe flags of a model's family (docs/recipes.md §5).
 train_recipe() {
   case $1 in
-    # RandAugment (--rand-augment-n 1 --rand-augment-m 9 --rand-augment-mstd 0.4) needs u8 pixels
-    *former*) echo "--flip true --random-erasing 0.25 --mixup-alpha 0.5 --mixup-prob 1.0" \
-      "--label-smoothing 0.1" ;;
+    *former*) echo "--flip true --rand-augment-n 1 --rand-augment-m 9 --rand-augment-mstd 0.4" \
+      "--random-erasing 0.25 --mixup-alpha 0.5 --mixup-prob 1.0 --label-smoothing 0.1" ;;
     *) echo "--crop-padding 4 --flip true" ;;
   esac
 }
@@ -100,7 +99,7 @@ for run in ${TRAIN_RUNS//,/ }; do
   runs="$TRAIN_DIR/$model"
   rm -rf "$runs" && mkdir -p "$runs"
   read -r -a recipe <<<"$(train_recipe "$model")"
-  common=(--device "$TRAIN_DEVICE" --model "$model" "${TRAIN_MODEL_FLAGS[@]}" --dataset synthetic
+  common=(--device "$TRAIN_DEVICE" --model "$model" "${TRAIN_MODEL_FLAGS[@]}" --dataset synthetic-cifar
     --train-samples "$TRAIN_SAMPLES" --test-samples "$TRAIN_TEST_SAMPLES" --epochs 2
     --batch "$batch" --workers "$TRAIN_WORKERS" --quiet "${recipe[@]}")
   run_logged "train-bench-$model" 90 "$REVSNN" bench --device "$TRAIN_DEVICE" --model "$model" \
@@ -117,7 +116,8 @@ for run in ${TRAIN_RUNS//,/ }; do
     device=$TRAIN_DEVICE
     [ "$where" = cpu ] && device=cpu
     run_logged "train-eval-$where-$model" 300 "$REVSNN" eval --device "$device" \
-      --checkpoint "$runs/straight/last.safetensors" --test-samples "$TRAIN_TEST_SAMPLES" \
+      --checkpoint "$runs/straight/last.safetensors" --dataset synthetic-cifar \
+      --test-samples "$TRAIN_TEST_SAMPLES" \
       --batch "$batch" --json || status=1
   done
   section "train --device $TRAIN_DEVICE --model $model --batch $batch (${recipe[*]})"

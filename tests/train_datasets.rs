@@ -1,5 +1,6 @@
 //! `revsnn train` and `eval` on tiny fake copies of the real datasets' files (CIFAR-10 and
-//! CIFAR-100 binary versions), and the errors for a missing or truncated dataset.
+//! CIFAR-100 binary versions) and on `synthetic-cifar`, and the errors for a missing or truncated
+//! dataset.
 
 mod common;
 
@@ -162,6 +163,56 @@ fn trains_a_transformer_with_soft_targets_on_a_fake_cifar100() {
     assert!(line["train_loss"].as_f64().unwrap().is_finite());
     let result = eval(&dir, "cifar100");
     assert_eq!(result["dataset"], "cifar100");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const TINY_FORMER_10: &str = r#"{"arch": "revsformer", "num_classes": 10, "time_steps": 1,
+  "in_channels": 3, "img_size": 32, "depth": 1, "dim": 16, "heads": 2, "mlp_ratio": 2,
+  "patch_size": 4}"#;
+
+/// The `[augment]` lines of a run's config.toml.
+fn augment_lines(dir: &Path) -> String {
+    let config = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
+    let section = config
+        .split("[augment]")
+        .nth(1)
+        .expect("an [augment] section");
+    section.split("\n[").next().unwrap().trim().to_string()
+}
+
+#[test]
+fn synthetic_cifar_runs_the_cifar_transformer_pipeline_with_rand_augment() {
+    let dir = scratch("synthetic-cifar");
+    let samples = ["--train-samples", "32", "--test-samples", "16"];
+    ok(train(&dir, TINY_FORMER_10, "synthetic-cifar", &samples));
+    let augment = augment_lines(&dir);
+    for line in [
+        "rand_augment_n = 1",
+        "mixup_alpha = 0.5",
+        "random_erasing = 0.25",
+    ] {
+        assert!(augment.contains(line), "{augment}");
+    }
+    assert!(metrics(&dir)["train_loss"].as_f64().unwrap().is_finite());
+    assert_eq!(eval(&dir, "synthetic-cifar")["dataset"], "synthetic-cifar");
+    let with = std::fs::read(dir.join("run/last.safetensors")).unwrap();
+    // RandAugment changes the batches, so the weights: it ran
+    let _ = std::fs::remove_dir_all(dir.join("run"));
+    ok(train(
+        &dir,
+        TINY_FORMER_10,
+        "synthetic-cifar",
+        &[&samples[..], &["--rand-augment-n", "0"]].concat(),
+    ));
+    let without = std::fs::read(dir.join("run/last.safetensors")).unwrap();
+    assert!(with != without, "the weights do not depend on RandAugment");
+    let _ = std::fs::remove_dir_all(dir.join("run"));
+    let small = TINY_RESNET.replace("\"img_size\": 32", "\"img_size\": 16");
+    let stderr = failed(train(&dir, &small, "synthetic-cifar", &[]));
+    assert!(
+        stderr.contains("--dataset synthetic for other image sizes"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Dataset, Sample};
+use super::{Dataset, PixelImages, Sample};
 use crate::error::{Error, Result};
 
 /// Pixels in one CIFAR image (`3 * 32 * 32`).
@@ -196,6 +196,12 @@ fn read_file(path: &PathBuf, variant: CifarVariant) -> Result<Vec<u8>> {
             format!("cannot read: {e}")
         },
     })
+}
+
+impl PixelImages for Cifar {
+    fn image(&self, index: usize) -> Option<(&[u8], usize)> {
+        self.bytes(index)
+    }
 }
 
 impl Dataset for Cifar {

@@ -32,6 +32,14 @@ pub trait Dataset: Send + Sync {
     fn get(&self, index: usize) -> Result<Sample>;
 }
 
+/// A dataset of `u8` images in CIFAR's layout (`[3, 32, 32]`, channel-major, `get` gives the
+/// bytes over 255): what the CIFAR training pipeline (RandAugment, the `u8` mixup, the family's
+/// normalisation; docs/recipes.md §5.1, docs/data.md §6.1) starts from.
+pub trait PixelImages: Dataset {
+    /// The bytes and the label of image `index`, `None` past the end.
+    fn image(&self, index: usize) -> Option<(&[u8], usize)>;
+}
+
 pub mod augment;
 pub mod cifar;
 pub mod cifar10_dvs;

@@ -4,6 +4,9 @@
 //!   plus, X, stripes, checkerboard, two discs, star) at random positions, sizes, orientations (+-25
 //!   degrees) and colours on a random background, with Gaussian noise, normalised to roughly zero mean and unit
 //!   variance.
+//! - [`SyntheticCifar`] (`synthetic-cifar`): the same images at 32x32 as CIFAR's `u8` pixels, so
+//!   that the whole CIFAR training pipeline (RandAugment, the `u8` mixup, the family's
+//!   normalisation) runs without the download.
 //! - [`SyntheticEvents`] (`synthetic-events`): `[T, 2, H, W]` event-count frames (ON and OFF
 //!   polarity) of a moving disc (8 directions) or a growing or shrinking square (10 classes), with
 //!   background noise events.
@@ -13,7 +16,10 @@
 
 use revsnn_reference::testing::SplitMix64;
 
-use super::{Dataset, Sample};
+use rayon::prelude::*;
+
+use super::cifar::CIFAR_IMAGE_BYTES;
+use super::{Dataset, PixelImages, Sample};
 use crate::error::{Error, Result};
 
 /// The number of classes of both synthetic datasets.
@@ -112,7 +118,13 @@ impl Synthetic {
         }
     }
 
-    fn render(&self, index: usize) -> Sample {
+    /// Sample `index` as `[3, size, size]` values: each pixel's colour plus noise (about 0 to
+    /// 1) mapped by `value`.
+    fn render<T: Default + Clone>(
+        &self,
+        index: usize,
+        value: impl Fn(f64) -> T,
+    ) -> (Vec<T>, usize) {
         let mut rng = sample_rng(self.seed, self.split, index, 0x1111);
         let label = (rng.next_u64() % CLASSES as u64) as usize;
         let n = self.size as f64;
@@ -133,7 +145,7 @@ impl Synthetic {
         };
         let (sin, cos) = angle.sin_cos();
         let pixels = self.size * self.size;
-        let mut values = vec![0f32; 3 * pixels];
+        let mut values = vec![T::default(); 3 * pixels];
         for y in 0..self.size {
             for x in 0..self.size {
                 let (dx, dy) = (
@@ -147,12 +159,22 @@ impl Synthetic {
                     &background
                 };
                 for c in 0..3 {
-                    let value = colour[c] + 0.06 * rng.normal();
-                    values[c * pixels + y * self.size + x] = ((value - 0.5) / 0.3) as f32;
+                    values[c * pixels + y * self.size + x] = value(colour[c] + 0.06 * rng.normal());
                 }
             }
         }
+        (values, label)
+    }
+
+    /// Sample `index` normalised to roughly zero mean and unit variance.
+    fn normalized(&self, index: usize) -> Sample {
+        let (values, label) = self.render(index, |v| ((v - 0.5) / 0.3) as f32);
         Sample { values, label }
+    }
+
+    /// Sample `index` as `u8` pixels, the colour scaled to 0-255 (clamped, rounded).
+    fn pixels(&self, index: usize) -> (Vec<u8>, usize) {
+        self.render(index, |v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
     }
 }
 
@@ -176,7 +198,66 @@ impl Dataset for Synthetic {
                 self.len
             )));
         }
-        Ok(self.render(index))
+        Ok(self.normalized(index))
+    }
+}
+
+/// [`Synthetic`]'s images at CIFAR's 32x32 as `u8` pixels in CIFAR's layout, rendered once when
+/// opened: a stand-in for CIFAR-10 that the CIFAR pipeline takes as it is.
+#[derive(Clone, Debug)]
+pub struct SyntheticCifar {
+    pixels: Vec<u8>,
+    labels: Vec<usize>,
+}
+
+impl SyntheticCifar {
+    /// `len` images of `split` from `seed` (the same shapes as [`Synthetic::new`] at size 32).
+    pub fn new(seed: u64, split: Split, len: usize) -> Result<Self> {
+        let images = Synthetic::new(seed, split, len, 32)?;
+        let rendered: Vec<(Vec<u8>, usize)> =
+            (0..len).into_par_iter().map(|i| images.pixels(i)).collect();
+        let mut pixels = Vec::with_capacity(len * CIFAR_IMAGE_BYTES);
+        let mut labels = Vec::with_capacity(len);
+        for (image, label) in rendered {
+            pixels.extend(image);
+            labels.push(label);
+        }
+        Ok(SyntheticCifar { pixels, labels })
+    }
+}
+
+impl PixelImages for SyntheticCifar {
+    fn image(&self, index: usize) -> Option<(&[u8], usize)> {
+        let label = *self.labels.get(index)?;
+        let start = index * CIFAR_IMAGE_BYTES;
+        Some((&self.pixels[start..start + CIFAR_IMAGE_BYTES], label))
+    }
+}
+
+impl Dataset for SyntheticCifar {
+    fn name(&self) -> &str {
+        "synthetic-cifar"
+    }
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn num_classes(&self) -> usize {
+        CLASSES
+    }
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![3, 32, 32]
+    }
+    fn get(&self, index: usize) -> Result<Sample> {
+        let (bytes, label) = self.image(index).ok_or_else(|| {
+            Error::Usage(format!(
+                "sample {index} is out of range: synthetic-cifar has {} samples",
+                self.len()
+            ))
+        })?;
+        Ok(Sample {
+            values: bytes.iter().map(|&b| f32::from(b) / 255.0).collect(),
+            label,
+        })
     }
 }
 
@@ -329,6 +410,27 @@ mod tests {
             "{mean} {std}"
         );
         assert!(data.get(200).is_err());
+    }
+
+    #[test]
+    fn the_cifar_pixels_are_the_same_images_quantised() {
+        let (seed, len) = (7, 24);
+        let floats = Synthetic::new(seed, Split::Train, len, 32).unwrap();
+        let bytes = SyntheticCifar::new(seed, Split::Train, len).unwrap();
+        assert_eq!((bytes.len(), bytes.sample_shape()), (len, vec![3, 32, 32]));
+        for i in 0..len {
+            let (normalized, pixels) = (floats.get(i).unwrap(), bytes.get(i).unwrap());
+            assert_eq!(normalized.label, pixels.label);
+            for (&v, &p) in normalized.values.iter().zip(&pixels.values) {
+                // the float sample is (colour - 0.5) / 0.3; the byte is the colour, clamped
+                let colour = (f64::from(v) * 0.3 + 0.5).clamp(0.0, 1.0);
+                assert!(
+                    (colour - f64::from(p)).abs() <= 0.5 / 255.0 + 1e-6,
+                    "{colour} {p}"
+                );
+            }
+        }
+        assert!(bytes.image(len).is_none() && bytes.get(len).is_err());
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use super::pipeline::{Capped, CifarNormalized, OpenedSplit};
 use super::recipe::DatasetKind;
-use crate::data::Dataset;
 use crate::data::cifar::{Cifar, CifarVariant, Split as DataSplit};
-use crate::data::synthetic::{Split, Synthetic, SyntheticEvents};
+use crate::data::synthetic::{Split, Synthetic, SyntheticCifar, SyntheticEvents};
+use crate::data::{Dataset, PixelImages};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 
@@ -42,9 +42,17 @@ pub fn open_split(
 ) -> Result<OpenedSplit> {
     let opened = match DatasetKind::from_name(name)? {
         DatasetKind::Synthetic => plain(open_synthetic(spec, split, samples)?),
+        DatasetKind::SyntheticCifar => open_synthetic_cifar(spec, split, samples)?,
         DatasetKind::SyntheticEvents => plain(open_synthetic_events(spec, split, samples)?),
         kind @ (DatasetKind::Cifar10 | DatasetKind::Cifar100) => {
-            open_cifar(kind, real_dir(name, data_dir)?, spec, split, samples)?
+            let variant = if kind == DatasetKind::Cifar10 {
+                CifarVariant::Cifar10
+            } else {
+                CifarVariant::Cifar100
+            };
+            let dir = real_dir(name, data_dir)?;
+            let cifar = Cifar::load(dir, variant, data_split(split))?;
+            with_pixels(Arc::new(cifar), spec, samples)
         }
         kind @ (DatasetKind::Dvs128Gesture | DatasetKind::Cifar10Dvs) => plain(open_events(
             kind,
@@ -123,25 +131,28 @@ fn open_synthetic_events(
     )?))
 }
 
-/// CIFAR-10 or CIFAR-100, normalised for the model's family, with its pixels.
-fn open_cifar(
-    kind: DatasetKind,
-    dir: &Path,
-    spec: &ModelSpec,
-    split: Split,
-    samples: usize,
-) -> Result<OpenedSplit> {
-    let variant = if kind == DatasetKind::Cifar10 {
-        CifarVariant::Cifar10
-    } else {
-        CifarVariant::Cifar100
-    };
-    let cifar = Arc::new(Cifar::load(dir, variant, data_split(split))?);
-    let normalized = Arc::new(CifarNormalized::new(cifar, spec.arch.is_resnet(), samples));
-    Ok(OpenedSplit {
+/// `synthetic-cifar`: CIFAR's 3x32x32 `u8` images, for the image models, with their pixels.
+fn open_synthetic_cifar(spec: &ModelSpec, split: Split, samples: usize) -> Result<OpenedSplit> {
+    if spec.arch.is_dvs() || spec.in_channels != 3 || spec.img_size != 32 {
+        return Err(Error::Usage(format!(
+            "--dataset synthetic-cifar gives CIFAR's 3x32x32 images, but the model takes {} \
+             channels at {}x{}; use --dataset synthetic for other image sizes, synthetic-events \
+             for DVS models",
+            spec.in_channels, spec.img_size, spec.img_size
+        )));
+    }
+    let images = SyntheticCifar::new(DATA_SEED, split, samples)?;
+    Ok(with_pixels(Arc::new(images), spec, samples))
+}
+
+/// CIFAR-layout `images`, normalised for the model's family and capped at `samples`, with their
+/// pixels for the training augmentation.
+fn with_pixels(images: Arc<dyn PixelImages>, spec: &ModelSpec, samples: usize) -> OpenedSplit {
+    let normalized = Arc::new(CifarNormalized::new(images, spec.arch.is_resnet(), samples));
+    OpenedSplit {
         data: normalized.clone(),
         cifar: Some(normalized),
-    })
+    }
 }
 
 /// DVS128 Gesture or CIFAR10-DVS, integrated into the model's time steps.

@@ -16,8 +16,7 @@ use revsnn_reference::testing::SplitMix64;
 
 use super::loader::{Batch, BatchSource};
 use crate::data::augment::{Augmentation, CIFAR_RESNET_STD, CIFAR_STD, Planes, to_normalized};
-use crate::data::cifar::Cifar;
-use crate::data::{Dataset, Sample};
+use crate::data::{Dataset, PixelImages, Sample};
 use crate::error::{Error, Result};
 
 fn out_of_range(name: &str, index: usize, len: usize) -> Error {
@@ -61,10 +60,10 @@ impl Dataset for Capped {
     }
 }
 
-/// CIFAR samples normalised for evaluation ([`to_normalized`] with the family's `std`), the first
-/// `len` of them.
+/// CIFAR's (or synthetic-cifar's) samples normalised for evaluation ([`to_normalized`] with the
+/// family's `std`), the first `len` of them.
 pub struct CifarNormalized {
-    cifar: Arc<Cifar>,
+    cifar: Arc<dyn PixelImages>,
     std: [f32; 3],
     len: usize,
 }
@@ -72,7 +71,7 @@ pub struct CifarNormalized {
 impl CifarNormalized {
     /// The first `cap` samples of `cifar`, normalised with [`CIFAR_RESNET_STD`] for ResNets
     /// (`resnet`) and [`CIFAR_STD`] for transformers.
-    pub fn new(cifar: Arc<Cifar>, resnet: bool, cap: usize) -> Self {
+    pub fn new(cifar: Arc<dyn PixelImages>, resnet: bool, cap: usize) -> Self {
         let len = cifar.len().min(cap);
         let std = if resnet { CIFAR_RESNET_STD } else { CIFAR_STD };
         CifarNormalized { cifar, std, len }
@@ -83,7 +82,7 @@ impl CifarNormalized {
     /// The `[3, 32, 32]` bytes and the label of sample `index`.
     fn pixels(&self, index: usize) -> Result<(&[u8], usize)> {
         (index < self.len)
-            .then(|| self.cifar.bytes(index))
+            .then(|| self.cifar.image(index))
             .flatten()
             .ok_or_else(|| out_of_range(self.name(), index, self.len))
     }
@@ -246,7 +245,7 @@ impl BatchSource for FloatTrain {
 mod tests {
     use super::*;
     use crate::data::augment::{Mixup, RandAugment};
-    use crate::data::cifar::{CifarVariant, Split};
+    use crate::data::cifar::{Cifar, CifarVariant, Split};
 
     fn tiny_cifar10(name: &str) -> Arc<Cifar> {
         let dir =

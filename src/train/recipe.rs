@@ -119,6 +119,7 @@ impl Schedule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatasetKind {
     Synthetic,
+    SyntheticCifar,
     SyntheticEvents,
     Cifar10,
     Cifar100,
@@ -128,8 +129,9 @@ pub enum DatasetKind {
 
 impl DatasetKind {
     /// Every dataset, in the order `--dataset` lists them.
-    pub const ALL: [DatasetKind; 6] = [
+    pub const ALL: [DatasetKind; 7] = [
         DatasetKind::Synthetic,
+        DatasetKind::SyntheticCifar,
         DatasetKind::SyntheticEvents,
         DatasetKind::Cifar10,
         DatasetKind::Cifar100,
@@ -141,6 +143,7 @@ impl DatasetKind {
     pub fn name(self) -> &'static str {
         match self {
             DatasetKind::Synthetic => "synthetic",
+            DatasetKind::SyntheticCifar => "synthetic-cifar",
             DatasetKind::SyntheticEvents => "synthetic-events",
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
@@ -163,9 +166,13 @@ impl DatasetKind {
             })
     }
 
-    /// CIFAR-10 or CIFAR-100 (`u8` images).
+    /// CIFAR-10, CIFAR-100 or synthetic-cifar: CIFAR's `u8` images, which the CIFAR recipes
+    /// and RandAugment take.
     pub fn is_cifar(self) -> bool {
-        matches!(self, DatasetKind::Cifar10 | DatasetKind::Cifar100)
+        matches!(
+            self,
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::SyntheticCifar
+        )
     }
 
     /// One of the paper's event datasets.
@@ -180,7 +187,9 @@ impl DatasetKind {
             DatasetKind::Cifar10 | DatasetKind::Cifar100 => Some((50_000, 10_000)),
             DatasetKind::Cifar10Dvs => Some((9_000, 1_000)),
             DatasetKind::Dvs128Gesture => Some((1_176, 288)),
-            DatasetKind::Synthetic | DatasetKind::SyntheticEvents => None,
+            DatasetKind::Synthetic | DatasetKind::SyntheticCifar | DatasetKind::SyntheticEvents => {
+                None
+            }
         }
     }
 
@@ -260,7 +269,7 @@ impl RecipeInput {
 
     /// For presets under `paper`: the official head and time steps for the dataset
     /// (docs/architectures.md §4.1-4.5; docs/choices.md §A2, A8): CIFAR ResNets keep their 100-class heads, CIFAR transformers
-    /// get the dataset's classes and 12 attention heads on CIFAR-10, the event models the
+    /// get the dataset's classes and 12 attention heads on CIFAR-10 (and synthetic-cifar), the event models the
     /// dataset's classes; CIFAR models run 4 time steps, event models 10.
     pub fn preset_for_dataset(&self, spec: &mut ModelSpec) {
         if !self.paper() {
@@ -271,11 +280,16 @@ impl RecipeInput {
             spec.num_classes = self.dataset.classes();
         }
         if !self.arch.is_resnet() && !self.arch.is_dvs() {
-            spec.heads = Some(if self.dataset == DatasetKind::Cifar10 {
-                12
-            } else {
-                8
-            });
+            spec.heads = Some(
+                if matches!(
+                    self.dataset,
+                    DatasetKind::Cifar10 | DatasetKind::SyntheticCifar
+                ) {
+                    12
+                } else {
+                    8
+                },
+            );
         }
     }
 
@@ -432,14 +446,12 @@ impl RecipeInput {
             label_smoothing: 0.0,
         };
         match self.dataset {
-            DatasetKind::Cifar10 | DatasetKind::Cifar100 if self.arch.is_resnet() => {
-                AugmentDefaults {
-                    crop_padding: 4,
-                    flip: true,
-                    ..off
-                }
-            }
-            DatasetKind::Cifar10 | DatasetKind::Cifar100 => AugmentDefaults {
+            kind if kind.is_cifar() && self.arch.is_resnet() => AugmentDefaults {
+                crop_padding: 4,
+                flip: true,
+                ..off
+            },
+            kind if kind.is_cifar() => AugmentDefaults {
                 flip: true,
                 rand_augment: RandAugment::cifar(),
                 random_erasing: RANDOM_ERASING,
@@ -454,7 +466,7 @@ impl RecipeInput {
                 label_smoothing: LABEL_SMOOTHING,
                 ..off
             },
-            DatasetKind::Synthetic | DatasetKind::SyntheticEvents => off,
+            _ => off,
         }
     }
 
