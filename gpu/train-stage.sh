@@ -10,8 +10,8 @@
 #     batch, in f32 both (target: the last epoch at >= 90% of bench); the loader's own images/s
 #     per worker and how long training waited for batches; the bench's host waits per step;
 #   - resume: 2 epochs straight against 1 epoch plus --resume, `cmp` of last.safetensors;
-#   - evaluation: `revsnn eval` of the straight run's checkpoint on TRAIN_DEVICE and on the CPU,
-#     top-1 and loss side by side.
+#   - evaluation: `revsnn eval --versus-cpu` of the straight run's checkpoint: on TRAIN_DEVICE and
+#     on the CPU reference, the predictions that differ and the spikes that differ per sample.
 # Each result goes into the report as soon as it exists, so a stage cut short still says what ran.
 # Knobs: TRAIN_BUDGET_S (default 200; the stage's steps are cut to it and to DEADLINE_S),
 # TRAIN_RUNS, TRAIN_DEVICE (cuda; cpu for a dry run of the logic), TRAIN_SAMPLES (3072),
@@ -83,14 +83,17 @@ if os.path.exists(straight) and os.path.exists(resumed):
           f"(last.safetensors, byte for byte)")
 else:
     print("resume: not run, failed or cut short")
-evals = {d: json_line(f"{out}/train-eval-{d}-{model}.log") for d in ("device", "cpu")}
-for d, r in evals.items():
-    print(f"eval on {d}: " + (f"top-1 {r['acc1']:.4f}, loss {r['loss']:.6f} over {r['samples']} samples"
-                              if r else "not run or failed"))
-if all(evals.values()):
-    hits = [round(r["acc1"] * r["samples"]) for r in evals.values()]
-    print(f"eval agreement: top-1 hits {hits[0]} vs {hits[1]}: "
-          + ("the same" if hits[0] == hits[1] else f"{abs(hits[0] - hits[1])} samples differ"))
+report = json_line(f"{out}/train-eval-{model}.log")
+versus = (report or {}).get("versus_cpu")
+if versus:
+    print(f"eval on the device: top-1 {report['acc1']:.4f}, loss {report['loss']:.6f} over "
+          f"{report['samples']} samples; on the CPU: top-1 {versus['acc1_cpu']:.4f}")
+    print(f"eval agreement: {versus['predictions_differ']} of {versus['samples']} predictions differ, "
+          f"{versus['unexplained']} of them without a flipped spike; {versus['spike_flips']} of "
+          f"{versus['spikes_compared']} spikes differ, in {versus['samples_with_flips']} samples; "
+          f"logits differ by at most {versus['logits_max_abs_diff']:.3e}")
+else:
+    print("eval: not run, failed or cut short")
 PY
 }
 
@@ -112,14 +115,9 @@ for run in ${TRAIN_RUNS//,/ }; do
   else
     status=1
   fi
-  for where in device cpu; do
-    device=$TRAIN_DEVICE
-    [ "$where" = cpu ] && device=cpu
-    run_logged "train-eval-$where-$model" 300 "$REVSNN" eval --device "$device" \
-      --checkpoint "$runs/straight/last.safetensors" --dataset synthetic-cifar \
-      --test-samples "$TRAIN_TEST_SAMPLES" \
-      --batch "$batch" --json || status=1
-  done
+  run_logged "train-eval-$model" 300 "$REVSNN" eval --device "$TRAIN_DEVICE" --versus-cpu \
+    --checkpoint "$runs/straight/last.safetensors" --dataset synthetic-cifar \
+    --test-samples "$TRAIN_TEST_SAMPLES" --batch "$batch" --json || status=1
   section "train --device $TRAIN_DEVICE --model $model --batch $batch (${recipe[*]})"
   train_summary "$model" "$runs" >>"$REPORT" 2>&1
   end_section

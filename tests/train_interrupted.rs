@@ -171,6 +171,19 @@ const SAVE_STEPS: [&str; 6] = [
     ".last.json",
 ];
 
+/// Tries of one kill attempt before it counts as never killed.
+const MAX_TRIES: usize = 5;
+
+/// Resumes the run in `out` and kills it at a `moment()` each time, every invocation until one
+/// finishes unkilled, at most four: the number of kills.
+fn kill_until_finished(spec: &str, out: &Path, mut moment: impl FnMut() -> Moment) -> usize {
+    let mut kills = 0;
+    while kills < 4 && kill(train(spec, out, true), out, moment()) {
+        kills += 1;
+    }
+    kills
+}
+
 #[test]
 fn a_run_killed_at_any_moment_even_while_saving_resumes_to_the_same_bytes() {
     let dir = scratch("kill");
@@ -182,32 +195,32 @@ fn a_run_killed_at_any_moment_even_while_saving_resumes_to_the_same_bytes() {
     let mut rng = SplitMix64::new(9);
     let random = SAVE_STEPS.len()..SAVE_STEPS.len() + 3;
     for attempt in (0..SAVE_STEPS.len()).chain(random) {
-        let out = dir.join(format!("killed-{attempt}"));
-        // After a first epoch, kill while one file of the save is written (one attempt per
-        // file), or at random moments; every invocation until the run finishes, at most four.
-        let mut first = train(&spec, &out, false);
-        first.args(["--stop-after", "1"]);
-        ok(output(first));
-        let mut kills = 0;
-        for _ in 0..4 {
-            let moment = match SAVE_STEPS.get(attempt) {
-                Some(step) => Moment::Writing(step),
-                // Within the first third of a whole run's time: a resumed run has two of the
-                // three epochs left, so it is still running then even on a less loaded machine.
-                None => Moment::After(run_time.mul_f64((rng.next_u64() % 1000) as f64 / 3000.0)),
-            };
-            if !kill(train(&spec, &out, true), &out, moment) {
-                break;
-            }
-            kills += 1;
-        }
         // The best weights are written only by an epoch that improves on the best.
         let conditional = SAVE_STEPS
             .get(attempt)
             .is_some_and(|s| s.starts_with(".best"));
+        // A file of a save exists for a moment only: on a loaded machine the poll can miss it,
+        // and the run then finishes unkilled; such a try starts again in a fresh folder.
+        let mut kills = 0;
+        let mut out = dir.clone();
+        for try_number in 0..MAX_TRIES {
+            out = dir.join(format!("killed-{attempt}-{try_number}"));
+            let mut first = train(&spec, &out, false);
+            first.args(["--stop-after", "1"]);
+            ok(output(first));
+            kills = kill_until_finished(&spec, &out, || match SAVE_STEPS.get(attempt) {
+                Some(step) => Moment::Writing(step),
+                // Within the first third of a whole run's time: a resumed run has two of the
+                // three epochs left, so it is still running then even on a less loaded machine.
+                None => Moment::After(run_time.mul_f64((rng.next_u64() % 1000) as f64 / 3000.0)),
+            });
+            if kills > 0 || conditional {
+                break;
+            }
+        }
         assert!(
             kills > 0 || conditional,
-            "attempt {attempt} was never killed"
+            "attempt {attempt} was never killed in {MAX_TRIES} tries"
         );
         ok(output(train(&spec, &out, true)));
         assert_same_run(

@@ -1,10 +1,13 @@
-//! `revsnn eval`: top-1 and top-5 accuracy (and loss) of a checkpoint on a dataset's test split.
+//! `revsnn eval`: top-1 and top-5 accuracy (and loss) of a checkpoint on a dataset's test split;
+//! with `--versus-cpu`, where the device and the CPU reference part ([`versus_cpu`]).
+
+mod versus_cpu;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use revsnn_reference::{Backend, DType, Precision};
+use revsnn_reference::{Backend, Cpu, DType, Precision};
 use serde_json::{Value, json};
 
 use super::{ModelArgs, print_json_report};
@@ -69,6 +72,11 @@ pub struct EvalArgs {
     /// are an error naming the tensor and the first such index.
     #[arg(long)]
     pub allow_non_finite: bool,
+    /// Also evaluate on the CPU reference in the same precision, batch by batch, and report where
+    /// the two part: differing predictions, differing spikes per sample, and the predictions
+    /// that differ without a flipped spike (docs/precision.md, "Two devices").
+    #[arg(long)]
+    pub versus_cpu: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -94,19 +102,32 @@ impl EvalArgs {
         if self.batch == 0 {
             return Err(Error::Usage("--batch must be >= 1".into()));
         }
-        let result = on_backend!(&device, DType::F32, |backend| {
+        let (result, agreement) = on_backend!(&device, DType::F32, |backend| {
             let setting = format!("--batch {}", self.batch);
             footprint::check_forward(&backend, &spec, self.batch, &setting)?;
-            evaluate_checkpoint(&backend, &spec, &weights, data, self.batch)
+            let result = evaluate_checkpoint(&backend, &spec, &weights, data.clone(), self.batch)?;
+            let agreement = if self.versus_cpu {
+                let cpu = Cpu::<f32>::with_precision(self.precision);
+                let weights = &weights;
+                Some(versus_cpu::versus_cpu(
+                    &backend, &cpu, &spec, weights, data, self.batch,
+                )?)
+            } else {
+                None
+            };
+            Ok::<_, Error>((result, agreement))
         })?;
         if self.json {
-            let fields = json!({
+            let mut fields = json!({
                 "dataset": dataset,
                 "samples": result.samples,
                 "loss": result.loss,
                 "acc1": result.acc1,
                 "acc5": result.acc5,
             });
+            if let Some(agreement) = &agreement {
+                fields["versus_cpu"] = agreement.to_json();
+            }
             print_json_report(&name, &device, fields);
         } else {
             println!(
@@ -116,6 +137,9 @@ impl EvalArgs {
                 100.0 * result.acc5,
                 result.loss
             );
+            if let Some(agreement) = &agreement {
+                agreement.print();
+            }
         }
         Ok(())
     }
