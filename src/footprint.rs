@@ -59,6 +59,21 @@ impl Footprint {
     }
 }
 
+impl Footprint {
+    /// The bytes of a training step of `ranks` replicas of `spec` in one process, each on its
+    /// share of the global `batch` with its own parameters and gradients, at least.
+    pub fn data_parallel_step_bytes(
+        spec: &ModelSpec,
+        batch: usize,
+        ranks: usize,
+        element_bytes: usize,
+    ) -> u128 {
+        let share = batch.div_ceil(ranks.max(1));
+        let one = Footprint::of(spec, share, element_bytes, Storage::Reversible);
+        one.step_bytes.saturating_mul(ranks.max(1) as u128)
+    }
+}
+
 /// The stages of a ResNet spec: `(blocks, width, side)` with the side of its square feature maps.
 fn resnet_stages(spec: &ModelSpec) -> Vec<(u128, u128, u128)> {
     let (Some(layers), Some(planes)) = (&spec.layers, &spec.planes) else {
@@ -247,6 +262,27 @@ pub fn check_step<B: Compute>(
     )
 }
 
+/// [`check_step`] for `ranks` replicas in one process (`train --ranks`, docs/distributed.md
+/// §4): each holds its parameters and gradients and trains on its share of the global `batch`,
+/// so the step needs `ranks` times a share's step.
+pub fn check_data_parallel_step<B: Compute>(
+    backend: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    ranks: usize,
+    setting: &str,
+) -> Result<()> {
+    check_parameters(backend, spec)?;
+    let element = std::mem::size_of::<B::Elem>();
+    check_fits(
+        Footprint::data_parallel_step_bytes(spec, batch, ranks, element),
+        "one training step",
+        setting,
+        &Available::on(backend)?,
+        "Lower --batch, --ranks or --time-steps, or choose a smaller model or image size",
+    )
+}
+
 /// Checks that the parameters of `spec` and an evaluation forward at `batch` fit in what
 /// `backend` has available.
 pub fn check_forward<B: Compute>(
@@ -279,6 +315,21 @@ pub fn batch_setting(batch: usize, spec: &ModelSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_add_a_replica_of_the_parameters_and_gradients_each() {
+        let spec = ModelSpec::preset("revsresnet21").unwrap();
+        let one = Footprint::of(&spec, 64, 4, Storage::Reversible);
+        assert_eq!(
+            Footprint::data_parallel_step_bytes(&spec, 64, 1, 4),
+            one.step_bytes
+        );
+        let replicas = 3 * 2 * one.parameter_bytes;
+        assert_eq!(
+            Footprint::data_parallel_step_bytes(&spec, 64, 4, 4),
+            one.step_bytes + replicas
+        );
+    }
 
     fn available(bytes: u64) -> Option<Available> {
         Some(Available {

@@ -317,6 +317,8 @@ fn a_short_f32_run_on_n_ranks_with_sync_bn_matches_one_rank() {
         assert!(error <= 1e-4, "{ranks} ranks: weights differ by {error:e}");
         let (a, b) = (last_metrics(&out), last_metrics(&dir.join("one")));
         assert_eq!(a["test_acc1"], b["test_acc1"], "{ranks} ranks: test top-1");
+        assert_eq!(a["ranks"].to_string(), ranks, "metrics record the ranks");
+        assert!(b.get("ranks").is_none(), "one rank records none");
     }
 }
 

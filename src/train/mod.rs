@@ -99,13 +99,24 @@ fn train_on<B: Compute>(
     let dir = RunDir::new(config.out.clone());
     let state = run.first_state(&dir)?;
     let setting = footprint::batch_setting(config.batch, &state.spec);
-    footprint::check_step(
-        &backend,
-        &state.spec,
-        config.batch,
-        Storage::Reversible,
-        &setting,
-    )?;
+    if config.ranks > 1 {
+        let setting = format!("{setting} on --ranks {}", config.ranks);
+        footprint::check_data_parallel_step(
+            &backend,
+            &state.spec,
+            config.batch,
+            config.ranks,
+            &setting,
+        )?;
+    } else {
+        footprint::check_step(
+            &backend,
+            &state.spec,
+            config.batch,
+            Storage::Reversible,
+            &setting,
+        )?;
+    }
     let (train_set, test_data) = open_data(config, &state.spec)?;
     let mut learners = (0..config.ranks)
         .map(|_| Learner::new(&backend, &state.spec, config))
@@ -363,7 +374,8 @@ fn check_test_loss(test: &EvalResult, epoch: usize, dir: &RunDir) -> Result<()> 
 
 /// The `metrics.jsonl` line of epoch `epoch` (from 0), whose training and evaluation held at
 /// most `peak` bytes on `device` (its name, kind and precision, as in the commands' JSON
-/// reports); in fp16 also the loss scale at the epoch's end and the steps it skipped.
+/// reports); in fp16 also the loss scale at the epoch's end and the steps it skipped; on several
+/// ranks their number.
 fn metrics_line(
     config: &RunSettings,
     epoch: usize,
@@ -391,9 +403,14 @@ fn metrics_line(
         "backend": device.kind(),
         "precision": device.precision().name(),
     });
-    if let (Some(scale), Some(fields)) = (train.loss_scale, line.as_object_mut()) {
-        fields.insert("loss_scale".into(), json!(scale));
-        fields.insert("skipped_steps".into(), json!(train.skipped_steps));
+    if let Some(fields) = line.as_object_mut() {
+        if let Some(scale) = train.loss_scale {
+            fields.insert("loss_scale".into(), json!(scale));
+            fields.insert("skipped_steps".into(), json!(train.skipped_steps));
+        }
+        if config.ranks > 1 {
+            fields.insert("ranks".into(), json!(config.ranks));
+        }
     }
     line
 }
