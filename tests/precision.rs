@@ -303,6 +303,33 @@ fn train_records_its_precision_resumes_in_it_and_refuses_another() {
     ok(train(&spec, &plain, &["--epochs", "1"]));
     let line = &json_lines(&plain.join("metrics.jsonl"))[0];
     assert_eq!(line["precision"], "f32", "the default: {line}");
+    // A run written before the precision and the ranks existed ran in f32 on one rank: it
+    // resumes with them given explicitly.
+    let state_path = plain.join("last.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    for key in ["precision", "ranks", "sync_bn"] {
+        state["config"].as_object_mut().unwrap().remove(key);
+    }
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let explicit = [
+        "--resume",
+        "--epochs",
+        "2",
+        "--precision",
+        "f32",
+        "--ranks",
+        "1",
+    ];
+    ok(train(&spec, &plain, &explicit));
+    assert!(
+        failed(train(
+            &spec,
+            &plain,
+            &["--resume", "--epochs", "3", "--precision", "bf16"]
+        ))
+        .contains("(the run has \"f32\")")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

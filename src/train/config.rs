@@ -565,6 +565,15 @@ impl RunModel {
 }
 
 impl GivenSettings {
+    /// Sets the keys a run state written before they existed lacks to the one value such a run
+    /// had: precision f32, one rank, no synchronised BatchNorm. `--resume` then accepts them
+    /// given explicitly with those values.
+    pub fn fill_keys_added_later(&mut self) {
+        self.precision.get_or_insert(Precision::F32);
+        self.ranks.get_or_insert(1);
+        self.sync_bn.get_or_insert(false);
+    }
+
     /// Parses a config file's text; `path` names it in errors and anchors its relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<GivenSettings> {
         let mut settings: GivenSettings = toml::from_str(text).map_err(|e| {

@@ -74,8 +74,10 @@ impl RunState {
                 ),
             ));
         }
-        serde_json::from_value(value)
-            .map_err(|e| Error::file(path, format!("not a revsnn run state: {e}")))
+        let mut state: RunState = serde_json::from_value(value)
+            .map_err(|e| Error::file(path, format!("not a revsnn run state: {e}")))?;
+        state.config.fill_keys_added_later();
+        Ok(state)
     }
 
     /// Records epoch `epoch` (from 0) of a run seeded `seed` as done, after
