@@ -165,6 +165,17 @@ impl EvalArgs {
     }
 }
 
+/// Builds the network of `spec` on `backend` with `weights` loaded.
+fn loaded_network<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    weights: &TensorFile,
+) -> Result<Network<B>> {
+    let mut network = Network::new(backend, spec, 0, BuildOptions::default())?;
+    checkpoint::load_state_dict(backend, &mut network.store, weights)?;
+    Ok(network)
+}
+
 /// Builds the network on `backend`, loads `weights` and evaluates it on `data`.
 fn evaluate_checkpoint<B: Backend>(
     backend: &B,
@@ -173,7 +184,10 @@ fn evaluate_checkpoint<B: Backend>(
     data: Arc<dyn Dataset>,
     batch: usize,
 ) -> Result<EvalResult> {
-    let mut network = Network::new(backend, spec, 0, BuildOptions::default())?;
-    checkpoint::load_state_dict(backend, &mut network.store, weights)?;
-    evaluate(backend, &mut network, data, batch)
+    evaluate(
+        backend,
+        &mut loaded_network(backend, spec, weights)?,
+        data,
+        batch,
+    )
 }

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use revsnn_reference::Backend;
 use serde_json::{Value, json};
 
-use crate::checkpoint::{self, TensorFile};
+use super::loaded_network;
+use crate::checkpoint::TensorFile;
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::model::{BuildOptions, Mode};
-use crate::network::{Network, PassOptions};
+use crate::model::Mode;
+use crate::network::PassOptions;
 use crate::spec::ModelSpec;
 use crate::train::evaluate::{batch_tensor, widened};
 
@@ -127,10 +128,8 @@ pub fn versus_cpu<D: Backend, C: Backend>(
     data: Arc<dyn Dataset>,
     batch: usize,
 ) -> Result<Agreement> {
-    let mut on_device = Network::new(device, spec, 0, BuildOptions::default())?;
-    let mut on_cpu = Network::new(cpu, spec, 0, BuildOptions::default())?;
-    checkpoint::load_state_dict(device, &mut on_device.store, weights)?;
-    checkpoint::load_state_dict(cpu, &mut on_cpu.store, weights)?;
+    let mut on_device = loaded_network(device, spec, weights)?;
+    let mut on_cpu = loaded_network(cpu, spec, weights)?;
     let eval = PassOptions {
         mode: Mode::Eval,
         update_running_stats: false,
