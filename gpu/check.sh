@@ -87,7 +87,7 @@ CLI_MODELS=${CLI_MODELS:-revsresnet37,msresnet34,revsformer-4-384,spikingformer-
 [ "${CHECK_CLI:-1}" = 1 ] || CLI_MODELS=""
 : >"$OUT_DIR/cli-results.jsonl"
 for model in ${CLI_MODELS//,/ }; do
-  for what in bench bench-tf32 bench-tf32-im2col memory; do
+  for what in bench bench-tf32 bench-tf32-im2col bench-bf16 memory; do
     case $what in
       bench) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --model "$model" \
         --batch 64 --steps 10 --json || status=1 ;;
@@ -97,6 +97,9 @@ for model in ${CLI_MODELS//,/ }; do
       # the other convolution engine, side by side
       bench-tf32-im2col) REVSNN_CONV_ENGINE=im2col run_logged "cli-$what-$model" 90 "$REVSNN" \
         bench --device cuda --precision tf32 --model "$model" --batch 64 --steps 10 --json || status=1 ;;
+      # 16-bit GEMM operands (docs/precision.md, CUDA): convolutions on im2col whatever the engine
+      bench-bf16) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --precision bf16 \
+        --model "$model" --batch 64 --steps 10 --json || status=1 ;;
       memory) run_logged "cli-$what-$model" 60 "$REVSNN" memory --device cuda --model "$model" \
         --batch 32,64 --json || status=1 ;;
     esac
@@ -147,16 +150,17 @@ except (OSError, ValueError, KeyError):
     pass
 mib = 2.0 ** 20
 fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
-print("| model | conv engine | images/s f32 | images/s TF32 | images/s TF32 im2col | official images/s | peak MiB | official peak MiB | MiB/image | official MiB/image |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| model | conv engine | images/s f32 | images/s TF32 | images/s TF32 im2col | images/s bf16 im2col | official images/s | peak MiB | official peak MiB | MiB/image | official MiB/image |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for model, r in ours.items():
-    b, t, i, m = (r.get(k, {}) for k in ("bench", "bench-tf32", "bench-tf32-im2col", "memory"))
+    b, t, i, h, m = (r.get(k, {}) for k in ("bench", "bench-tf32", "bench-tf32-im2col", "bench-bf16", "memory"))
     o = official.get(model, {})
     o_slope = (o[64]["peak_bytes"] - o[32]["peak_bytes"]) / 32 / mib if 32 in o and 64 in o else None
-    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
         model, b.get("conv_engine", "-"),
         fmt(b.get("images_per_second"), "%.0f"), fmt(t.get("images_per_second"), "%.0f"),
-        fmt(i.get("images_per_second"), "%.0f"), fmt(o.get(64, {}).get("images_per_second"), "%.0f"),
+        fmt(i.get("images_per_second"), "%.0f"), fmt(h.get("images_per_second"), "%.0f"),
+        fmt(o.get(64, {}).get("images_per_second"), "%.0f"),
         fmt(b["peak_memory_bytes"] / mib if b else None, "%.0f"),
         fmt(o[64]["peak_bytes"] / mib if 64 in o else None, "%.0f"),
         fmt(m["bytes_per_image_slope"] / mib if m.get("bytes_per_image_slope") else None, "%.1f"),

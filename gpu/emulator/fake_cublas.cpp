@@ -3,13 +3,17 @@
 // C = alpha op(A) op(B) + beta C, and with beta == 0 C is not read (a NaN there does not
 // propagate). Deterministic: every C element sums its k products in increasing k, in the element
 // type, one rounding per multiply and per add (no FMA). With CUBLAS_TF32_TENSOR_OP_MATH, f32
-// inputs are rounded to TF32 (10-bit mantissa) first, as the tensor cores do. The element order of
+// inputs are rounded to TF32 (10-bit mantissa) first, as the tensor cores do. The mixed-type
+// GEMMs (cublasGemmEx, cublasGemmStridedBatchedEx) take A and B in bf16 or fp16, widened to f32
+// exactly, and C in f32 with CUBLAS_COMPUTE_32F; the product of two widened 16-bit values is exact
+// in f32, so only the sums round. The element order of
 // the accumulation differs from real cuBLAS (which also varies by algorithm), so results agree
 // with a GPU to rounding, not bitwise.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 extern "C" {
@@ -39,6 +43,8 @@ enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1, CUBLAS_OP_C = 2 };
 enum { CUBLAS_POINTER_MODE_HOST = 0, CUBLAS_POINTER_MODE_DEVICE = 1 };
 enum { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TENSOR_OP_MATH = 1, CUBLAS_PEDANTIC_MATH = 2, CUBLAS_TF32_TENSOR_OP_MATH = 3 };
 const int kMathModeFlags = 16;  // CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION
+enum { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 };  // cudaDataType
+enum { CUBLAS_COMPUTE_32F = 68 };                            // cublasComputeType_t
 
 struct Handle {
     void* stream;
@@ -64,9 +70,45 @@ float to_tf32(float x) {
     return out;
 }
 
-template <typename E> E load_input(const E* p, bool tf32) {
-    if constexpr (sizeof(E) == 4) return tf32 ? to_tf32(*p) : *p;
-    return *p;
+// The 16-bit operand formats of the mixed-type GEMMs, as stored bit patterns.
+struct Bf16 {
+    std::uint16_t bits;
+};
+struct Fp16 {
+    std::uint16_t bits;
+};
+
+float widen(Bf16 x) {
+    const std::uint32_t bits = (std::uint32_t)x.bits << 16;
+    float out;
+    std::memcpy(&out, &bits, 4);
+    return out;
+}
+
+float widen(Fp16 x) {
+    const std::uint32_t sign = ((std::uint32_t)x.bits & 0x8000u) << 16;
+    const std::uint32_t exponent = ((std::uint32_t)x.bits >> 10) & 0x1fu, mantissa = x.bits & 0x3ffu;
+    if (exponent == 0) {  // zero or a subnormal: mantissa * 2^-24, exact in f32
+        const float magnitude = std::ldexp((float)mantissa, -24);
+        return sign ? -magnitude : magnitude;
+    }
+    const std::uint32_t bits =
+        sign | (exponent == 0x1fu ? 0x7f800000u | (mantissa << 13) : ((exponent + 112u) << 23) | (mantissa << 13));
+    float out;
+    std::memcpy(&out, &bits, 4);
+    return out;
+}
+
+// An input element as the accumulator type E: f32 and f64 as they are (f32 rounded to TF32 in
+// that math mode), bf16 and fp16 widened exactly.
+template <typename E, typename In> E load_input(const In* p, bool tf32) {
+    if constexpr (std::is_same_v<In, Bf16> || std::is_same_v<In, Fp16>) {
+        return widen(*p);
+    } else if constexpr (sizeof(E) == 4) {
+        return tf32 ? to_tf32(*p) : *p;
+    } else {
+        return *p;
+    }
 }
 
 // The bytes a column-major rows x cols matrix with leading dimension ld spans.
@@ -75,9 +117,9 @@ std::size_t span(long long rows, long long cols, long long ld, std::size_t elem)
     return (std::size_t)((cols - 1) * ld + rows) * elem;
 }
 
-template <typename E>
+template <typename E, typename In = E>
 cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long m, long long n, long long k,
-                    const E* alpha_p, const E* A, long long lda, long long strideA, const E* B, long long ldb,
+                    const E* alpha_p, const In* A, long long lda, long long strideA, const In* B, long long ldb,
                     long long strideB, const E* beta_p, E* C, long long ldc, long long strideC, long long batch) {
     Handle* handle = handle_of(h);
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -94,7 +136,7 @@ cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long
     if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
     const bool read_ab = alpha != (E)0 && k > 0;
     if (!read_ab && beta == (E)1) return CUBLAS_STATUS_SUCCESS;
-    const bool tf32 = sizeof(E) == 4 && (handle->math_mode & ~kMathModeFlags) == CUBLAS_TF32_TENSOR_OP_MATH;
+    const bool tf32 = std::is_same_v<In, float> && (handle->math_mode & ~kMathModeFlags) == CUBLAS_TF32_TENSOR_OP_MATH;
 
     // Every matrix of every batch entry must lie inside one live device allocation.
     for (long long b = 0; b < batch; ++b) {
@@ -104,8 +146,8 @@ cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long
             std::size_t bytes;
             bool used;
         } operands[] = {
-            {"A", A + b * strideA, span(a_rows, a_cols, lda, sizeof(E)), read_ab},
-            {"B", B + b * strideB, span(b_rows, b_cols, ldb, sizeof(E)), read_ab},
+            {"A", A + b * strideA, span(a_rows, a_cols, lda, sizeof(In)), read_ab},
+            {"B", B + b * strideB, span(b_rows, b_cols, ldb, sizeof(In)), read_ab},
             {"C", C + b * strideC, span(m, n, ldc, sizeof(E)), true},
         };
         for (const auto& o : operands) {
@@ -123,24 +165,24 @@ cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long
     revsnn_emu_set_activity(name);
     std::vector<E> acc((std::size_t)m);
     for (long long b = 0; b < batch; ++b) {
-        const E* a = A + b * strideA;
-        const E* bm = B + b * strideB;
+        const In* a = A + b * strideA;
+        const In* bm = B + b * strideB;
         E* c = C + b * strideC;
         for (long long j = 0; j < n; ++j) {
             E* cj = c + j * ldc;
             if (read_ab) {
                 for (long long i = 0; i < m; ++i) acc[i] = (E)0;
                 for (long long l = 0; l < k; ++l) {
-                    const E blj = load_input(tb ? bm + j + l * ldb : bm + l + j * ldb, tf32);
+                    const E blj = load_input<E>(tb ? bm + j + l * ldb : bm + l + j * ldb, tf32);
                     if (!ta) {
-                        const E* al = a + l * lda;  // column l of A: op(A)[i, l] = A[i + l lda]
+                        const In* al = a + l * lda;  // column l of A: op(A)[i, l] = A[i + l lda]
                         for (long long i = 0; i < m; ++i) {
-                            const E prod = load_input(al + i, tf32) * blj;
+                            const E prod = load_input<E>(al + i, tf32) * blj;
                             acc[i] = acc[i] + prod;
                         }
                     } else {
                         for (long long i = 0; i < m; ++i) {  // op(A)[i, l] = A[l + i lda]
-                            const E prod = load_input(a + l + i * lda, tf32) * blj;
+                            const E prod = load_input<E>(a + l + i * lda, tf32) * blj;
                             acc[i] = acc[i] + prod;
                         }
                     }
@@ -267,6 +309,42 @@ API cublasStatus_t cublasDgemm_v2_64(void* h, int ta, int tb, long long m, long 
                                      const double* alpha, const double* A, long long lda, const double* B,
                                      long long ldb, const double* beta, double* C, long long ldc) {
     return gemm<double>("cublasDgemm_v2_64", h, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+// The mixed-type GEMMs: A and B in bf16 or fp16 (both the same), C in f32, CUBLAS_COMPUTE_32F; alpha and
+// beta are f32. Any other combination is CUBLAS_STATUS_NOT_SUPPORTED (the algorithm is ignored).
+static cublasStatus_t gemm_ex(const char* name, void* h, int ta, int tb, long long m, long long n, long long k,
+                              const void* alpha, const void* A, int a_type, long long lda, long long sa,
+                              const void* B, int b_type, long long ldb, long long sb, const void* beta, void* C,
+                              int c_type, long long ldc, long long sc, long long batch, int compute_type) {
+    if (a_type != b_type || c_type != CUDA_R_32F || compute_type != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    const float* al = static_cast<const float*>(alpha);
+    const float* be = static_cast<const float*>(beta);
+    float* c = static_cast<float*>(C);
+    switch (a_type) {
+        case CUDA_R_16BF:
+            return gemm<float, Bf16>(name, h, ta, tb, m, n, k, al, static_cast<const Bf16*>(A), lda, sa,
+                                     static_cast<const Bf16*>(B), ldb, sb, be, c, ldc, sc, batch);
+        case CUDA_R_16F:
+            return gemm<float, Fp16>(name, h, ta, tb, m, n, k, al, static_cast<const Fp16*>(A), lda, sa,
+                                     static_cast<const Fp16*>(B), ldb, sb, be, c, ldc, sc, batch);
+        default: return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+}
+
+API cublasStatus_t cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
+                                int a_type, int lda, const void* B, int b_type, int ldb, const void* beta, void* C,
+                                int c_type, int ldc, int compute_type, int /*algo*/) {
+    return gemm_ex("cublasGemmEx", h, ta, tb, m, n, k, alpha, A, a_type, lda, 0, B, b_type, ldb, 0, beta, C, c_type,
+                   ldc, 0, 1, compute_type);
+}
+
+API cublasStatus_t cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha,
+                                              const void* A, int a_type, int lda, long long sa, const void* B,
+                                              int b_type, int ldb, long long sb, const void* beta, void* C, int c_type,
+                                              int ldc, long long sc, int batch, int compute_type, int /*algo*/) {
+    return gemm_ex("cublasGemmStridedBatchedEx", h, ta, tb, m, n, k, alpha, A, a_type, lda, sa, B, b_type, ldb, sb,
+                   beta, C, c_type, ldc, sc, batch, compute_type);
 }
 
 API const char* cublasGetStatusName(cublasStatus_t status) {

@@ -3,7 +3,7 @@
 //! device's own architecture on first use, cached for the process.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -19,6 +19,7 @@ use crate::kernels::KernelSource;
 use crate::memory::{DeviceBuffer, DeviceMemoryStats, MemoryAccounting};
 use crate::ops::conv::ConvEngine;
 use crate::ops::conv::cudnn::Cudnn;
+use crate::ops::precision::HalfFormat;
 use crate::probe::{CudaStatus, DeviceInfo, probe};
 
 /// A kernel file compiled for one architecture `(major, minor)`.
@@ -43,7 +44,7 @@ pub struct GpuDevice {
     blas: OnceLock<CudaBlas>,
     cudnn: OnceLock<Mutex<Cudnn>>,
     conv_engine: Mutex<ConvEngine>,
-    tf32: AtomicBool,
+    precision: Mutex<Precision>,
     host_waits: AtomicU64,
     uploads: AtomicU64,
 }
@@ -79,7 +80,7 @@ impl GpuDevice {
             blas: OnceLock::new(),
             cudnn: OnceLock::new(),
             conv_engine: Mutex::new(ConvEngine::Im2colGemm),
-            tf32: AtomicBool::new(false),
+            precision: Mutex::new(Precision::F32),
             host_waits: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
         };
@@ -99,6 +100,17 @@ impl GpuDevice {
             .conv_engine
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The engine this device's convolutions run on now: [`GpuDevice::conv_engine`], except
+    /// under `bf16` and `fp16`, whose convolutions run on the im2col engine (its GEMMs take the
+    /// 16-bit operands; docs/precision.md §"CUDA").
+    pub fn conv_engine_in_use(&self) -> ConvEngine {
+        if self.half_format().is_some() {
+            ConvEngine::Im2colGemm
+        } else {
+            self.conv_engine()
+        }
     }
 
     /// Runs this device's convolutions on `engine` from now on. [`ConvEngine::Cudnn`] needs
@@ -193,7 +205,8 @@ impl GpuDevice {
     /// rounded to a 10-bit mantissa, about 1e-3 relative error instead of 1e-6, several times
     /// the throughput. Off by default, so results stay in the tolerance classes of docs/design.md;
     /// PyTorch's default for convolutions is on (`torch.backends.cudnn.allow_tf32`), which
-    /// matters when comparing speed. `f64` is unaffected.
+    /// matters when comparing speed. `f64` is unaffected. Sets the device's precision to `tf32`
+    /// or `f32` (ending a 16-bit one).
     pub fn allow_tf32(&self, allowed: bool) -> Result<(), GpuError> {
         let blas = self.blas()?;
         let mode = if allowed {
@@ -208,40 +221,53 @@ impl GpuDevice {
                 during: "setting the cuBLAS math mode",
                 detail: e.to_string(),
             })?;
-        self.tf32.store(allowed, Ordering::Relaxed);
+        *self.precision_setting() = if allowed {
+            Precision::Tf32
+        } else {
+            Precision::F32
+        };
         Ok(())
     }
 
     /// Whether `f32` GEMMs and convolutions may use TF32 ([`GpuDevice::allow_tf32`]).
     pub fn tf32_allowed(&self) -> bool {
-        self.tf32.load(Ordering::Relaxed)
+        self.precision() == Precision::Tf32
     }
 
     /// Runs this device's GEMMs and convolutions in `precision` from now on (docs/precision.md):
-    /// `f32` and `tf32` are [`GpuDevice::allow_tf32`] off and on. `bf16` and `fp16` have no CUDA
-    /// kernels yet: [`GpuError::PrecisionUnsupported`], which names the card and `--device cpu`,
-    /// where the reference emulates them; bf16 on a card older than compute capability 8.0 says
-    /// that too.
+    /// `f32` and `tf32` are [`GpuDevice::allow_tf32`] off and on; under `bf16` and `fp16` every
+    /// GEMM of the linear layers, batched matmuls and im2col convolutions takes 16-bit operands
+    /// into an `f32` accumulator (`crate::ops::precision`), and convolutions run on the im2col
+    /// engine whatever [`GpuDevice::conv_engine`] says. bf16 on a card older than compute
+    /// capability 8.0 is [`GpuError::PrecisionUnsupported`], which names the card.
     pub fn set_precision(&self, precision: Precision) -> Result<(), GpuError> {
-        match precision {
-            Precision::F32 => self.allow_tf32(false),
-            Precision::Tf32 => self.allow_tf32(true),
-            Precision::Bf16 | Precision::Fp16 => Err(GpuError::PrecisionUnsupported {
+        let (major, _) = self.info.compute_capability;
+        if precision == Precision::Bf16 && major < 8 {
+            return Err(GpuError::PrecisionUnsupported {
                 precision,
                 card: self.info.name.clone(),
                 compute_capability: self.info.compute_capability,
-            }),
+            });
         }
+        self.allow_tf32(precision == Precision::Tf32)?;
+        *self.precision_setting() = precision;
+        Ok(())
     }
 
-    /// The precision of this device's GEMMs and convolutions: `tf32` when TF32 is allowed, else
-    /// `f32`.
+    /// The precision of this device's GEMMs and convolutions ([`GpuDevice::set_precision`]).
     pub fn precision(&self) -> Precision {
-        if self.tf32_allowed() {
-            Precision::Tf32
-        } else {
-            Precision::F32
-        }
+        *self.precision_setting()
+    }
+
+    /// The 16-bit operand format of this device's GEMMs, or `None` under `f32` and `tf32`.
+    pub fn half_format(&self) -> Option<HalfFormat> {
+        HalfFormat::of(self.precision())
+    }
+
+    fn precision_setting(&self) -> MutexGuard<'_, Precision> {
+        self.precision
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Live and peak bytes of this device's buffers.

@@ -54,13 +54,24 @@ pub enum GpuError {
         value: String,
         expected: &'static str,
     },
-    /// A precision the CUDA backend cannot run (docs/precision.md): bf16 and fp16 have no CUDA
-    /// kernels yet, and bf16 needs compute capability 8.0 or newer.
+    /// A precision the card cannot run (docs/precision.md): bf16 needs compute capability 8.0
+    /// or newer.
     #[error("{}", precision_unsupported(*.precision, .card, *.compute_capability))]
     PrecisionUnsupported {
         precision: Precision,
         card: String,
         compute_capability: (i32, i32),
+    },
+    /// A 16-bit precision on tensors of another element type than `f32`: cuBLAS's 16-bit GEMMs
+    /// accumulate into `f32`.
+    #[error(
+        "--precision {precision} runs on f32 tensors on CUDA (cuBLAS multiplies 16-bit operands \
+         into f32), not on {element}: use f32 tensors, or --device cpu, where the reference \
+         emulates {precision} in {element} too"
+    )]
+    PrecisionElement {
+        precision: Precision,
+        element: &'static str,
     },
     /// Operands that do not fit the op, as the CPU backend reports them.
     #[error(transparent)]
@@ -69,16 +80,10 @@ pub enum GpuError {
 
 /// The message of [`GpuError::PrecisionUnsupported`]: what is missing and the alternatives.
 fn precision_unsupported(precision: Precision, card: &str, (major, minor): (i32, i32)) -> String {
-    let hardware = if precision == Precision::Bf16 && major < 8 {
-        format!(
-            " (and {card}, compute capability {major}.{minor}, has no bf16: it needs 8.0 or newer)"
-        )
-    } else {
-        String::new()
-    };
     format!(
-        "--precision {precision} is not built for CUDA yet{hardware}: run it with --device cpu, \
-         where the reference emulates {precision}, or use --precision tf32 or f32 on {card}"
+        "--precision {precision} needs compute capability 8.0 or newer, and {card} has compute \
+         capability {major}.{minor}: use --precision fp16 or f32 on {card}, or run {precision} with \
+         --device cpu, where the reference emulates it"
     )
 }
 
@@ -112,7 +117,8 @@ impl From<GpuError> for OpError {
             GpuError::LibraryMissing { .. }
             | GpuError::NoDevice(_)
             | GpuError::Setting { .. }
-            | GpuError::PrecisionUnsupported { .. } => device(DeviceError::Unavailable {
+            | GpuError::PrecisionUnsupported { .. }
+            | GpuError::PrecisionElement { .. } => device(DeviceError::Unavailable {
                 reason: error.to_string(),
             }),
             GpuError::Driver { .. }
@@ -168,15 +174,12 @@ mod tests {
 
     #[test]
     fn an_unsupported_precision_names_the_card_and_the_alternatives() {
-        let on = |precision, compute_capability| {
-            GpuError::PrecisionUnsupported {
-                precision,
-                card: "Tesla V100".into(),
-                compute_capability,
-            }
-            .to_string()
-        };
-        let message = on(Precision::Bf16, (7, 0));
+        let message = GpuError::PrecisionUnsupported {
+            precision: Precision::Bf16,
+            card: "Tesla V100".into(),
+            compute_capability: (7, 0),
+        }
+        .to_string();
         for part in [
             "--precision bf16",
             "Tesla V100",
@@ -186,16 +189,19 @@ mod tests {
         ] {
             assert!(message.contains(part), "{part:?} missing from {message}");
         }
-        let message = on(Precision::Fp16, (9, 0));
-        assert!(
-            message.contains("--device cpu") && !message.contains("8.0"),
-            "{message}"
-        );
-        let message = on(Precision::Bf16, (9, 0));
-        assert!(
-            message.contains("not built for CUDA") && !message.contains("8.0"),
-            "{message}"
-        );
+        assert!(message.contains("--precision fp16"), "{message}");
+    }
+
+    #[test]
+    fn a_16_bit_precision_on_f64_names_the_element_and_the_alternatives() {
+        let message = GpuError::PrecisionElement {
+            precision: Precision::Fp16,
+            element: "f64",
+        }
+        .to_string();
+        for part in ["--precision fp16", "f64", "f32 tensors", "--device cpu"] {
+            assert!(message.contains(part), "{part:?} missing from {message}");
+        }
     }
 
     #[test]

@@ -175,10 +175,10 @@ impl BenchArgs {
     }
 }
 
-/// The convolution engine `device` runs: `cpu`, or the CUDA device's.
+/// The convolution engine `device` runs: `cpu`, or the CUDA device's in its precision.
 fn conv_engine(device: &Device) -> &'static str {
     match device {
         Device::Cpu(_) => "cpu",
-        Device::Cuda(gpu) => gpu.conv_engine().name(),
+        Device::Cuda(gpu) => gpu.conv_engine_in_use().name(),
     }
 }

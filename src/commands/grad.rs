@@ -190,7 +190,7 @@ pub struct GradArgs {
     pub device: DeviceChoice,
     /// The precision of the GEMM operands (convolutions, linear layers, attention matmuls):
     /// f32 (default), tf32, bf16 or fp16, accumulating in f32 (docs/precision.md). The CPU
-    /// emulates every one; CUDA runs f32 and tf32.
+    /// emulates every one; so does CUDA (bf16 from compute capability 8.0).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Load weights or input holding NaN or infinities anyway (a deliberate experiment); by default they

@@ -109,8 +109,8 @@ pub struct GivenSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceChoice>,
     /// The precision of the GEMM operands: f32 (default), tf32, bf16 or fp16, accumulating in
-    /// f32 (docs/precision.md); fp16 scales the loss. The CPU emulates every one; CUDA runs f32
-    /// and tf32. A resumed run keeps its own.
+    /// f32 (docs/precision.md); fp16 scales the loss. The CPU emulates every one; CUDA runs every
+    /// one (bf16 from compute capability 8.0). A resumed run keeps its own.
     #[arg(long)]
     #[serde(
         default,

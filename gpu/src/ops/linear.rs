@@ -15,6 +15,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use revsnn_reference::LinearGrads;
 use revsnn_reference::contract::shapes::{LinearShape, MatmulShape};
 
+use super::precision::{self, HalfFormat};
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -186,11 +187,43 @@ impl RowMajorGemm {
             }
             return Ok(());
         }
+        if let Some(format) = device.half_format() {
+            return self.run_half(device, op, format, (a, a_span), (b, b_span), c);
+        }
         let config = self.column_major::<E>(op)?;
         // cuBLAS's `A` is our `B` and its `B` our `A` (see `column_major`).
         // SAFETY: every matrix of the configuration lies inside its buffer (checked above), the
         // pitches are at least the row lengths, and all three are on the device's stream.
         unsafe { E::gemm_strided_batched(device.blas()?, config, b, a, c) }
+    }
+
+    /// [`RowMajorGemm::run`] under a 16-bit precision: the `span` elements of `A` and `B` the
+    /// product reads, converted to `format` (each converted buffer keeps the layout of its
+    /// operand), then one mixed-precision GEMM into the `f32` `C` (crate::ops::precision).
+    fn run_half<E, A, B, C>(
+        &self,
+        device: &GpuDevice,
+        op: &'static str,
+        format: HalfFormat,
+        (a, a_span): (&A, usize),
+        (b, b_span): (&B, usize),
+        c: &mut C,
+    ) -> Result<(), GpuError>
+    where
+        E: GpuElement,
+        A: DevicePtr<E>,
+        B: DevicePtr<E>,
+        C: DevicePtrMut<E>,
+    {
+        let a = precision::to_half_bits(device, format, a, a_span)?;
+        let b = precision::to_half_bits(device, format, b, b_span)?;
+        let config = self.column_major::<f32>(op)?;
+        // cuBLAS's `A` is our `B` and its `B` our `A` (see `column_major`).
+        // SAFETY: the converted operands have the spans and layouts of the checked originals, `C`
+        // is unchanged, and `to_half_bits` refused any element type but f32.
+        unsafe {
+            precision::gemm_strided_batched(device, device.blas()?, format, config, &b, &a, c)
+        }
     }
 }
 
@@ -333,6 +366,7 @@ pub fn backward<E: GpuElement>(
         inputs,
         outputs,
     } = sizes;
+    let grad_y = &precision::gradient_operand(device, grad_y)?;
     // SAFETY: the GEMM writes every element (zeros when out = 0).
     let mut dx = unsafe { device.alloc::<E>(rows * inputs) }?;
     input_grad_gemm(rows, inputs, outputs).run(

@@ -12,8 +12,10 @@ pub mod loss;
 pub mod neuron;
 pub mod optim;
 pub mod pool;
+pub mod precision;
 pub mod tensor;
 
+use cudarc::cublas::sys::cudaDataType;
 use cudarc::cublas::{CudaBlas, Gemm, StridedBatchedConfig};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
@@ -30,6 +32,8 @@ pub trait GpuElement:
 {
     /// The suffix of the `extern "C"` kernel names, `f32` or `f64`.
     const SUFFIX: &'static str;
+    /// The type as cuBLAS's mixed-type GEMMs name it.
+    const BLAS_TYPE: cudaDataType;
 
     /// cuBLAS `C[b] = alpha op(A[b]) op(B[b]) + beta C[b]` in this type (column-major, as cuBLAS
     /// sees it), `sgemmStridedBatched` or `dgemmStridedBatched`.
@@ -46,9 +50,10 @@ pub trait GpuElement:
 }
 
 macro_rules! gpu_element {
-    ($t:ty, $suffix:literal) => {
+    ($t:ty, $suffix:literal, $data_type:ident) => {
         impl GpuElement for $t {
             const SUFFIX: &'static str = $suffix;
+            const BLAS_TYPE: cudaDataType = cudaDataType::$data_type;
 
             unsafe fn gemm_strided_batched<
                 A: DevicePtr<Self>,
@@ -71,8 +76,8 @@ macro_rules! gpu_element {
     };
 }
 
-gpu_element!(f32, "f32");
-gpu_element!(f64, "f64");
+gpu_element!(f32, "f32", CUDA_R_32F);
+gpu_element!(f64, "f64", CUDA_R_64F);
 
 /// Threads per block of the one-thread-per-element kernels.
 pub(crate) const THREADS: u32 = 256;

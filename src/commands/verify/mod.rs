@@ -505,7 +505,8 @@ pub struct VerifyArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
     /// The precision of the GEMM operands: f32 (default), tf32, bf16 or fp16, accumulating in
-    /// f32 (docs/precision.md). The CPU emulates every one; CUDA runs f32 and tf32.
+    /// f32 (docs/precision.md). The CPU emulates every one; CUDA runs every one (bf16 from
+    /// compute capability 8.0).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     #[arg(long)]

@@ -46,6 +46,7 @@ use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use revsnn_reference::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams};
 
 use super::linear::{Operand, RowMajorGemm, bias_gradient, fill_bias};
+use super::precision;
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -407,7 +408,7 @@ pub fn forward<E: GpuElement>(
     let accumulate = bias.is_some();
     // A pointwise convolution's forward is one GEMM: on cuBLAS with either engine.
     let by_cudnn = g.n > 0
-        && device.conv_engine() == ConvEngine::Cudnn
+        && uses_cudnn(device)
         && !g.pointwise()
         && cudnn::forward(
             device,
@@ -445,6 +446,7 @@ pub fn backward<E: GpuElement>(
         context.params,
     )?;
     g.check_grad(grad_y.shape())?;
+    let grad_y = &precision::gradient_operand(device, grad_y)?;
     let (x, weight) = (&context.input, &context.weight);
     // SAFETY: cuDNN, or col2im of every chunk (or the pointwise GEMM), writes every element.
     let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
@@ -455,7 +457,7 @@ pub fn backward<E: GpuElement>(
         unsafe { device.alloc::<E>(g.c_out * g.k()) }?
     };
     let by_cudnn = g.n > 0
-        && device.conv_engine() == ConvEngine::Cudnn
+        && uses_cudnn(device)
         && cudnn_backward(device, &g, x, weight, grad_y, &mut dx, &mut dw)?;
     if !by_cudnn {
         im2col_backward(device, &g, x, weight, grad_y, &mut dx, &mut dw)?;
@@ -471,6 +473,11 @@ pub fn backward<E: GpuElement>(
         weight: CudaTensor::new(dw, &[g.c_out, g.c_in, g.kh, g.kw])?,
         bias,
     })
+}
+
+/// Whether this device's convolutions go to cuDNN ([`GpuDevice::conv_engine_in_use`]).
+fn uses_cudnn(device: &GpuDevice) -> bool {
+    device.conv_engine_in_use() == ConvEngine::Cudnn
 }
 
 /// The cuDNN engine's `dx` and `dw`: `dw` by cuDNN, `dx` by cuDNN or, for a pointwise

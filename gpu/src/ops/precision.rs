@@ -1,0 +1,213 @@
+//! The 16-bit GEMMs of `--precision bf16` and `fp16` (docs/precision.md §"CUDA"); kernels in
+//! `gpu/kernels/precision.cu`, the twin of `reference/src/contract/precision.rs`.
+//!
+//! Under a 16-bit precision every GEMM of the linear layers, the attention's batched matmuls and
+//! the im2col convolutions converts its two operands to 16-bit buffers (to nearest even, as
+//! [`Precision::round`] rounds) and runs `cublasGemmStridedBatchedEx` on them with an `f32` `C`
+//! and `CUBLAS_COMPUTE_32F`. The product of two bf16 or fp16 numbers is exact in `f32`, so the
+//! result differs from the reference's emulation (`Cpu::with_precision`) by the order of the
+//! `f32` sums only. The 16-bit copies live for one GEMM and go back to the caching pool after it.
+
+use std::ffi::c_void;
+
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+use cudarc::cublas::{CudaBlas, StridedBatchedConfig, result};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+use revsnn_reference::Precision;
+
+use super::{GpuElement, elementwise_launch};
+use crate::device::GpuDevice;
+use crate::error::GpuError;
+use crate::kernels::PRECISION;
+use crate::memory::DeviceBuffer;
+use crate::tensor::CudaTensor;
+
+/// A 16-bit operand format of cuBLAS's mixed-precision GEMMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HalfFormat {
+    /// bfloat16: 8 exponent bits, 7 mantissa bits.
+    Bf16,
+    /// IEEE binary16: 5 exponent bits, 10 mantissa bits.
+    Fp16,
+}
+
+impl HalfFormat {
+    /// The 16-bit format of `precision`'s GEMM operands, or `None` for `f32` and `tf32`.
+    pub fn of(precision: Precision) -> Option<HalfFormat> {
+        match precision {
+            Precision::Bf16 => Some(HalfFormat::Bf16),
+            Precision::Fp16 => Some(HalfFormat::Fp16),
+            Precision::F32 | Precision::Tf32 => None,
+        }
+    }
+
+    /// The precision this format is the operand format of.
+    pub fn precision(self) -> Precision {
+        match self {
+            HalfFormat::Bf16 => Precision::Bf16,
+            HalfFormat::Fp16 => Precision::Fp16,
+        }
+    }
+
+    fn data_type(self) -> cudaDataType {
+        match self {
+            HalfFormat::Bf16 => cudaDataType::CUDA_R_16BF,
+            HalfFormat::Fp16 => cudaDataType::CUDA_R_16F,
+        }
+    }
+
+    /// Launches the kernel `{prefix}_{format}` of precision.cu on `n` elements from `x` to `y`.
+    fn launch(
+        self,
+        device: &GpuDevice,
+        prefix: &str,
+        x: u64,
+        y: u64,
+        n: usize,
+    ) -> Result<(), GpuError> {
+        let function = device.function(&PRECISION, &format!("{prefix}_{}", self.name()))?;
+        let n = n as i64;
+        let mut launch = device.stream().launch_builder(&function);
+        launch.arg(&x).arg(&y).arg(&n);
+        // SAFETY: the argument list matches `{prefix}_{format}` in precision.cu (two device
+        // pointers and a count); the callers pass buffers of at least `n` elements of the
+        // kernel's types, live on the device's stream.
+        unsafe { launch.launch(elementwise_launch(n as usize)) }
+            .map_err(GpuError::driver("launching a 16-bit conversion"))?;
+        Ok(())
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            HalfFormat::Bf16 => "bf16",
+            HalfFormat::Fp16 => "fp16",
+        }
+    }
+}
+
+/// Refuses an element type other than `f32` under a 16-bit precision: cuBLAS's 16-bit GEMMs
+/// accumulate into `f32`.
+fn require_f32<E: GpuElement>(format: HalfFormat) -> Result<(), GpuError> {
+    if E::BLAS_TYPE == cudaDataType::CUDA_R_32F {
+        Ok(())
+    } else {
+        Err(GpuError::PrecisionElement {
+            precision: format.precision(),
+            element: E::SUFFIX,
+        })
+    }
+}
+
+/// The first `len` elements of the `f32` buffer `x` converted to `format`'s 16-bit patterns.
+pub(crate) fn to_half_bits<E: GpuElement, X: DevicePtr<E>>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    x: &X,
+    len: usize,
+) -> Result<DeviceBuffer<u16>, GpuError> {
+    require_f32::<E>(format)?;
+    // SAFETY: the conversion writes every element.
+    let mut half = unsafe { device.alloc::<u16>(len) }?;
+    if len > 0 {
+        let (source, _read) = x.device_ptr(device.stream());
+        let (target, _write) = half.slice_mut().device_ptr_mut(device.stream());
+        format.launch(device, "to", source, target, len)?;
+    }
+    Ok(half)
+}
+
+/// The 16-bit patterns of `x` in `format`, copied to the host: what cuBLAS's operands hold.
+pub fn half_bits(
+    device: &GpuDevice,
+    x: &CudaTensor<f32>,
+    format: HalfFormat,
+) -> Result<Vec<u16>, GpuError> {
+    let half = to_half_bits(device, format, x.slice(), x.len())?;
+    device.download(&half)
+}
+
+/// `x` with every element rounded to `format` and widened back to `f32` exactly: the tensor the
+/// reference's `Precision::round` gives (a NaN stays a NaN, with a quiet payload).
+pub fn rounded<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaTensor<E>,
+    format: HalfFormat,
+) -> Result<CudaTensor<E>, GpuError> {
+    require_f32::<E>(format)?;
+    // SAFETY: the round trip writes every element.
+    let mut y = unsafe { device.alloc::<E>(x.len()) }?;
+    if !x.is_empty() {
+        let (source, _read) = x.slice().device_ptr(device.stream());
+        let (target, _write) = y.slice_mut().device_ptr_mut(device.stream());
+        format.launch(device, "round", source, target, x.len())?;
+    }
+    CudaTensor::new(y, x.shape())
+}
+
+/// `dy` as the backward of a GEMM op reads it: rounded to the device's 16-bit format when it has
+/// one (docs/precision.md: `dY` is rounded once and serves the input, weight and bias gradients,
+/// so the bias gradient sums the rounded values), else `dy` itself.
+pub(crate) fn gradient_operand<E: GpuElement>(
+    device: &GpuDevice,
+    dy: &CudaTensor<E>,
+) -> Result<CudaTensor<E>, GpuError> {
+    match device.half_format() {
+        Some(format) => rounded(device, dy, format),
+        None => Ok(dy.clone()),
+    }
+}
+
+/// cuBLAS's `C[b] = alpha op(A[b]) op(B[b]) + beta C[b]` (column-major) with `A` and `B` in
+/// `format` and `C` in `f32`, accumulated in `f32` (`CUBLAS_COMPUTE_32F`).
+///
+/// # Safety
+/// The configuration must describe matrices inside the three buffers, and `C` must hold `f32`
+/// elements (checked by the caller with [`require_f32`] through [`to_half_bits`]).
+pub(crate) unsafe fn gemm_strided_batched<E: GpuElement, C: DevicePtrMut<E>>(
+    device: &GpuDevice,
+    blas: &CudaBlas,
+    format: HalfFormat,
+    config: StridedBatchedConfig<f32>,
+    a: &DeviceBuffer<u16>,
+    b: &DeviceBuffer<u16>,
+    c: &mut C,
+) -> Result<(), GpuError> {
+    require_f32::<E>(format)?;
+    let stream = device.stream();
+    let (a, _read_a) = a.slice().device_ptr(stream);
+    let (b, _read_b) = b.slice().device_ptr(stream);
+    let (c, _write_c) = c.device_ptr_mut(stream);
+    let g = &config.gemm;
+    // SAFETY: guaranteed by the caller; alpha and beta are f32, as CUBLAS_COMPUTE_32F reads them.
+    unsafe {
+        result::gemm_strided_batched_ex(
+            *blas.handle(),
+            g.transa,
+            g.transb,
+            g.m,
+            g.n,
+            g.k,
+            (&g.alpha) as *const f32 as *const c_void,
+            a as *const c_void,
+            format.data_type(),
+            g.lda,
+            config.stride_a,
+            b as *const c_void,
+            format.data_type(),
+            g.ldb,
+            config.stride_b,
+            (&g.beta) as *const f32 as *const c_void,
+            c as *mut c_void,
+            cudaDataType::CUDA_R_32F,
+            g.ldc,
+            config.stride_c,
+            config.batch_size,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| GpuError::Blas {
+        during: "a 16-bit strided batched GEMM (cublasGemmStridedBatchedEx)",
+        detail: e.to_string(),
+    })
+}

@@ -1,0 +1,504 @@
+//! `--precision bf16` and `fp16` on CUDA (docs/precision.md §"CUDA") against the reference's
+//! emulation in the same precision (`Cpu::with_precision`).
+//!
+//! - The conversion kernels (`gpu/kernels/precision.cu`): the 16-bit patterns cuBLAS receives and
+//!   the f32 round trip equal `Precision::round` bit for bit on the edge values (NaN, infinities,
+//!   65504 and the values around the fp16 overflow boundary, the largest f32, fp16 subnormals and
+//!   their ties, f32 subnormals, ties to even) and on every 997th f32 bit pattern.
+//! - Each GEMM op, forward and backward: the linear layer, the batched matmul (each transpose
+//!   combination), 3x3 (padded, strided) and 1x1 convolutions. CUDA and the emulation multiply the
+//!   same rounded operands, and the product of two bf16 or fp16 numbers is exact in f32, so the
+//!   two differ by the order of their f32 sums alone. Summed in any order, `n` terms carry an
+//!   error of at most `gamma_n sum |term|` (`gamma_n = n u / (1 - n u)`, `u = 2^-24`), so
+//!   elementwise `|cuda - cpu| <= 2 gamma_n sum |term|`, with `sum |term|` computed by the f64
+//!   reference in the same precision on the absolute values of the operands, and `n` the op's
+//!   longest reduction. Each output also differs from the f32 run's, so the 16-bit path ran; the
+//!   convolutions run on the im2col engine whatever the device's engine is, so every engine the
+//!   device has gives the same bits.
+//! - A training step of tiny models (a RevSResNet and a RevSFormer, smooth firing so no spike can
+//!   flip) in bf16: CUDA against the CPU in bf16 (the bound is below), with some tensor away from
+//!   the f32 step's by more than that bound, so the bound can fail.
+//! - `revsnn train --device cuda --precision bf16` runs a tiny epoch and records bf16.
+//!
+//! Skips without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
+
+mod common;
+
+use common::{ok, revsnn, scratch};
+use revsnn::commands::random_images;
+use revsnn::model::{BuildOptions, EntryKind, ParamId, Targets};
+use revsnn::network::{Network, PassOptions};
+use revsnn::spec::ModelSpec;
+use revsnn_gpu::Cuda;
+use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
+use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
+use revsnn_reference::testing::{SplitMix64, relative_error};
+use revsnn_reference::{Backend, Conv2dParams, Cpu, Element, Precision};
+
+const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
+
+/// The f32 values whose rounding is easy to get wrong.
+fn edge_values() -> Vec<f32> {
+    let tiny = 2f32.powi(-24); // the smallest fp16 subnormal
+    let mut values = vec![
+        0.0,
+        1.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-40, // an f32 subnormal
+        65504.0,
+        65519.0,
+        65520.0, // the tie above fp16's largest: infinity
+        65536.0,
+        1e6,
+        3.3961776e38, // bf16's largest finite value
+        3.3961778e38,
+        f32::from_bits(0x7f7f_8000), // the tie above bf16's largest: infinity
+        tiny,
+        tiny / 2.0, // tie with zero: zero
+        tiny * 0.75,
+        tiny * 1.5,     // tie: 2 tiny (even)
+        tiny * 2.5,     // tie: 2 tiny (even)
+        2f32.powi(-14), // the smallest fp16 normal
+        2f32.powi(-14) - tiny / 2.0,
+        1.0 + 2f32.powi(-8),        // bf16 tie: 1
+        1.0 + 3.0 * 2f32.powi(-8),  // bf16 tie: up
+        1.0 + 2f32.powi(-11),       // fp16 tie: 1
+        1.0 + 3.0 * 2f32.powi(-11), // fp16 tie: up
+        0.1,
+        1.0 / 3.0,
+    ];
+    let negated: Vec<f32> = values.iter().map(|v| -v).collect();
+    values.extend(negated);
+    values.push(f32::from_bits(0x7fc0_1234)); // a NaN with a payload
+    values
+}
+
+/// Every 997th f32 bit pattern: normals, subnormals, infinities and NaNs of both signs.
+fn sweep() -> impl Iterator<Item = f32> {
+    (0..=u32::MAX).step_by(997).map(f32::from_bits)
+}
+
+/// `half` (a 16-bit pattern of `format`) widened to f32, exactly.
+fn widened(format: HalfFormat, half: u16) -> f32 {
+    match format {
+        HalfFormat::Bf16 => half::bf16::from_bits(half).to_f32(),
+        HalfFormat::Fp16 => half::f16::from_bits(half).to_f32(),
+    }
+}
+
+/// `got` is `Precision::round(x)`: the same bits, or a NaN of the same sign for a NaN.
+fn assert_rounds(format: HalfFormat, x: f32, got: f32, what: &str) {
+    let want = format.precision().round(x);
+    if x.is_nan() {
+        assert!(
+            got.is_nan() && got.is_sign_negative() == x.is_sign_negative(),
+            "{format:?} {what}: {x:?} gave {got:?}"
+        );
+    } else {
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{format:?} {what}: {x:e} gave {got:e}, the reference {want:e}"
+        );
+    }
+}
+
+#[test]
+fn the_conversion_kernels_round_as_the_reference_bit_for_bit() {
+    let Some(gpu) = backend_or_skip::<f32>("the_conversion_kernels_round_as_the_reference") else {
+        return;
+    };
+    let values: Vec<f32> = edge_values().into_iter().chain(sweep()).collect();
+    let x = gpu
+        .tensor_from_vec(&[values.len()], values.clone())
+        .unwrap();
+    for format in FORMATS {
+        let bits = half_bits(gpu.device(), &x, format).unwrap();
+        let round_trip = gpu
+            .to_vec(&rounded(gpu.device(), &x, format).unwrap())
+            .unwrap();
+        for ((&x, &half), &back) in values.iter().zip(&bits).zip(&round_trip) {
+            assert_rounds(format, x, widened(format, half), "16-bit pattern");
+            assert_rounds(format, x, back, "round trip");
+        }
+    }
+}
+
+/// What an op case computes.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// `y = x w^T + b`, `dx`, `dw`, `db`.
+    Linear,
+    /// `c = op(a) op(b)` with these transposes.
+    Batched(bool, bool),
+    /// A convolution with these parameters: `y`, `dx`, `dw`, `db`.
+    Conv(Conv2dParams),
+}
+
+/// One op with its operand shapes and the length of its longest reduction.
+struct Case {
+    name: &'static str,
+    kind: Kind,
+    shapes: Vec<Vec<usize>>,
+    terms: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let batched = |name, ta: bool, tb: bool| {
+        let (m, k, n) = (12, 40, 9);
+        Case {
+            name,
+            kind: Kind::Batched(ta, tb),
+            shapes: vec![
+                if ta {
+                    vec![2, 3, k, m]
+                } else {
+                    vec![2, 3, m, k]
+                },
+                if tb {
+                    vec![2, 3, n, k]
+                } else {
+                    vec![2, 3, k, n]
+                },
+            ],
+            terms: k,
+        }
+    };
+    vec![
+        Case {
+            name: "linear",
+            kind: Kind::Linear,
+            shapes: vec![vec![24, 70], vec![18, 70], vec![18], vec![24, 18]],
+            terms: 71,
+        },
+        batched("batched matmul a b", false, false),
+        batched("batched matmul a b^T", false, true),
+        batched("batched matmul a^T b", true, false),
+        Case {
+            name: "3x3 convolution",
+            kind: Kind::Conv(Conv2dParams::new(2, 1)),
+            shapes: vec![
+                vec![3, 5, 9, 9],
+                vec![6, 5, 3, 3],
+                vec![6],
+                vec![3, 6, 5, 5],
+            ],
+            // y: 5 * 9 + 1 terms, dx: 6 * 9, dw and db: 3 * 25
+            terms: 75,
+        },
+        Case {
+            name: "1x1 convolution",
+            kind: Kind::Conv(Conv2dParams::new(1, 0)),
+            shapes: vec![
+                vec![3, 16, 6, 6],
+                vec![10, 16, 1, 1],
+                vec![10],
+                vec![3, 10, 6, 6],
+            ],
+            // dw and db: 3 * 36 terms
+            terms: 108,
+        },
+    ]
+}
+
+/// A backend seen through f64 vectors, so one case serves the f32 GPU and the f64 reference.
+struct On<'a, B: Backend>(&'a B);
+
+impl<B: Backend> On<'_, B> {
+    fn values(&self, x: &B::Tensor) -> Vec<f64> {
+        self.0
+            .to_vec(x)
+            .unwrap()
+            .into_iter()
+            .map(Element::widen)
+            .collect()
+    }
+
+    /// The outputs of `case` on `values`.
+    fn run(&self, case: &Case, values: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let tensors: Vec<B::Tensor> = case
+            .shapes
+            .iter()
+            .zip(values)
+            .map(|(shape, v)| {
+                let v = v.iter().map(|&x| B::Elem::cast(x)).collect();
+                self.0.tensor_from_vec(shape, v).unwrap()
+            })
+            .collect();
+        let outputs = match (case.kind, &tensors[..]) {
+            (Kind::Linear, [x, w, b, dy]) => {
+                let y = self.0.linear_forward(x, w, Some(b)).unwrap();
+                let grads = self.0.linear_backward(dy, x, w, true).unwrap();
+                vec![y, grads.input, grads.weight, grads.bias.unwrap()]
+            }
+            (Kind::Batched(ta, tb), [a, b]) => vec![self.0.batched_matmul(a, b, ta, tb).unwrap()],
+            (Kind::Conv(params), [x, w, b, dy]) => {
+                let (y, context) = self.0.conv2d_forward(x, w, Some(b), params).unwrap();
+                let grads = self.0.conv2d_backward(dy, &context).unwrap();
+                vec![y, grads.input, grads.weight, grads.bias.unwrap()]
+            }
+            _ => panic!("{}: wrong number of inputs", case.name),
+        };
+        outputs.iter().map(|t| self.values(t)).collect()
+    }
+}
+
+/// `gamma_n = n u / (1 - n u)` for f32's `u = 2^-24`: the relative error bound of a sum of `n`
+/// terms in any order.
+fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * 2f64.powi(-24);
+    nu / (1.0 - nu)
+}
+
+/// Random f32 values (widened), spread over a few binades so that rounding matters.
+fn inputs(case: &Case, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = SplitMix64::new(seed);
+    case.shapes
+        .iter()
+        .map(|shape| {
+            rng.normal_vec(shape.iter().product(), 3.0)
+                .into_iter()
+                .map(|v| f64::from(v as f32))
+                .collect()
+        })
+        .collect()
+}
+
+fn check_case(gpu: &Cuda<f32>, case: &Case, format: HalfFormat, seed: u64) {
+    let precision = format.precision();
+    let values = inputs(case, seed);
+    let magnitudes: Vec<Vec<f64>> = values
+        .iter()
+        .map(|v| v.iter().map(|x| x.abs()).collect())
+        .collect();
+    let emulated = On(&Cpu::<f32>::with_precision(precision)).run(case, &values);
+    let sums_of_magnitudes = On(&Cpu::<f64>::with_precision(precision)).run(case, &magnitudes);
+    let device = gpu.device();
+    device.set_precision(Precision::F32).unwrap();
+    let full = On(gpu).run(case, &values);
+    device.set_precision(precision).unwrap();
+    let mut engines = Vec::new();
+    for engine in each_conv_engine(device) {
+        engines.push((engine, On(gpu).run(case, &values)));
+    }
+    let (_, cuda) = &engines[0];
+    for (engine, other) in &engines[1..] {
+        assert_eq!(
+            other, cuda,
+            "{} {precision}: {engine:?} is not im2col's",
+            case.name
+        );
+    }
+    let bar = 2.0 * gamma(case.terms);
+    let outputs = ["y", "dx", "dw", "db"];
+    for (index, ((got, want), sums)) in cuda
+        .iter()
+        .zip(&emulated)
+        .zip(&sums_of_magnitudes)
+        .enumerate()
+    {
+        let name = if cuda.len() == 1 { "c" } else { outputs[index] };
+        let mut worst = 0.0f64;
+        for ((g, w), s) in got.iter().zip(want).zip(sums) {
+            assert!(
+                (g - w).abs() <= bar * s,
+                "{} {precision} {name}: cuda {g:e}, emulation {w:e}, bound {:e}",
+                case.name,
+                bar * s
+            );
+            if *s > 0.0 {
+                worst = worst.max((g - w).abs() / s);
+            }
+        }
+        assert_ne!(
+            got, &full[index],
+            "{} {precision} {name}: the f32 path ran",
+            case.name
+        );
+        println!(
+            "{} {precision} {name}: |cuda - emulation| <= {worst:.2e} sum|term| (bound {bar:.2e}); \
+             against f32 {:.2e} relative",
+            case.name,
+            relative_error(got, &full[index])
+        );
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
+#[test]
+fn each_gemm_op_matches_the_emulation_up_to_the_order_of_its_sums() {
+    let Some(gpu) = backend_or_skip::<f32>("each_gemm_op_matches_the_emulation") else {
+        return;
+    };
+    for (seed, case) in cases().iter().enumerate() {
+        for format in FORMATS {
+            check_case(&gpu, case, format, seed as u64);
+        }
+    }
+}
+
+#[test]
+fn precision_reports_what_was_set_and_f64_is_refused_with_what_to_do() {
+    let Some(gpu) = backend_or_skip::<f64>("precision_reports_what_was_set") else {
+        return;
+    };
+    let device = gpu.device();
+    for precision in Precision::ALL {
+        device.set_precision(precision).unwrap();
+        assert_eq!(device.precision(), precision);
+        assert_eq!(device.tf32_allowed(), precision == Precision::Tf32);
+    }
+    let x = gpu.tensor_from_vec(&[2, 3], vec![1.0; 6]).unwrap();
+    let error = gpu.linear_forward(&x, &x, None).unwrap_err().to_string();
+    assert!(
+        error.contains("--precision fp16")
+            && error.contains("f64")
+            && error.contains("--device cpu"),
+        "{error}"
+    );
+    device.allow_tf32(false).unwrap();
+    assert_eq!(
+        device.precision(),
+        Precision::F32,
+        "allow_tf32 ends a 16-bit precision"
+    );
+}
+
+/// The parity fixture's spec of `family`, embedded.
+fn spec(family: &str) -> ModelSpec {
+    let json = match family {
+        "revsresnet" => include_str!("../fixtures/parity/revsresnet.spec.json"),
+        "revsformer" => include_str!("../fixtures/parity/revsformer.spec.json"),
+        other => panic!("no fixture spec for {other}"),
+    };
+    ModelSpec::from_json(json).unwrap()
+}
+
+/// The logits, the loss and every parameter gradient of one training step of `family` (smooth
+/// firing) on `backend`, by name.
+fn training_step<B: Backend>(backend: &B, family: &str) -> Vec<(String, Vec<f64>)> {
+    let spec = spec(family);
+    let options = BuildOptions {
+        smooth_neurons: true,
+        ..Default::default()
+    };
+    let mut network = Network::new(backend, &spec, 7, options).unwrap();
+    let (images, labels) = random_images(backend, &spec, 2, 7).unwrap();
+    let mut grads = network.zero_grads();
+    let report = network
+        .train_step(
+            backend,
+            &mut grads,
+            &images,
+            Targets::Hard(&labels),
+            PassOptions::default(),
+        )
+        .unwrap();
+    let on = On(backend);
+    let mut tensors = vec![
+        ("logits".to_string(), on.values(&report.output.logits)),
+        ("loss".to_string(), on.values(&report.output.loss)),
+    ];
+    for (index, entry) in network.store.entries().iter().enumerate() {
+        if entry.kind == EntryKind::Parameter {
+            if let Some(grad) = grads.get(ParamId(index)) {
+                tensors.push((format!("grad.{}", entry.name), on.values(grad)));
+            }
+        }
+    }
+    tensors
+}
+
+/// The bar of the training step: each GEMM's operands are rounded from inputs that already
+/// differ by earlier GEMMs' summation order, so an operand near a rounding boundary can round
+/// to the neighbouring bf16 value on one backend and not the other: an error of up to one bf16
+/// ulp (`2 u`, `u = 2^-8`) in that element, which BatchNorm and the later layers pass on. Such
+/// flips are rare, so the tensors' relative L2 errors stay well below `u`; `u / 4` is the bar.
+const BF16_STEP_BAR: f64 = 1.0 / 256.0 / 4.0;
+
+#[test]
+fn a_training_step_in_bf16_matches_the_cpu_in_bf16() {
+    let Some(gpu) = backend_or_skip::<f32>("a_training_step_in_bf16") else {
+        return;
+    };
+    let cpu = Cpu::<f32>::with_precision(Precision::Bf16);
+    for family in ["revsresnet", "revsformer"] {
+        gpu.device().set_precision(Precision::F32).unwrap();
+        let full = training_step(&gpu, family);
+        gpu.device().set_precision(Precision::Bf16).unwrap();
+        let cuda = training_step(&gpu, family);
+        let emulated = training_step(&cpu, family);
+        assert_eq!(cuda.len(), emulated.len());
+        let from_f32 = full
+            .iter()
+            .zip(&cuda)
+            .map(|((_, f), (_, c))| relative_error(c, f))
+            .fold(0.0, f64::max);
+        assert!(
+            from_f32 > BF16_STEP_BAR,
+            "{family}: every tensor is within {from_f32:e} of the f32 step's: bf16 did not run"
+        );
+        for ((name, got), (_, want)) in cuda.iter().zip(&emulated) {
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "{family} {name} not finite"
+            );
+            let error = relative_error(got, want);
+            println!("{family} bf16 {name}: cuda vs cpu {error:.2e}");
+            assert!(
+                error <= BF16_STEP_BAR,
+                "{family} {name}: {error:e} > {BF16_STEP_BAR:e}"
+            );
+        }
+    }
+    gpu.device().set_precision(Precision::F32).unwrap();
+}
+
+const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
+  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
+
+#[test]
+fn train_on_cuda_in_bf16_runs_and_records_it() {
+    if backend_or_skip::<f32>("train_on_cuda_in_bf16").is_none() {
+        return;
+    }
+    let dir = scratch("train-bf16");
+    let spec = dir.join("tiny.json");
+    std::fs::write(&spec, TINY).unwrap();
+    let out = dir.join("run");
+    let (spec, out_arg) = (spec.display().to_string(), out.display().to_string());
+    ok(revsnn(&[
+        "train",
+        "--spec",
+        &spec,
+        "--out",
+        &out_arg,
+        "--batch",
+        "4",
+        "--train-samples",
+        "8",
+        "--test-samples",
+        "4",
+        "--epochs",
+        "1",
+        "--seed",
+        "5",
+        "--quiet",
+        "--device",
+        "cuda",
+        "--precision",
+        "bf16",
+    ]));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(line["precision"], "bf16", "{line}");
+    assert_eq!(line["backend"], "cuda", "{line}");
+    assert!(
+        line["train_loss"].as_f64().is_some_and(f64::is_finite),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
