@@ -10,6 +10,9 @@
 #     batch, in f32 both (target: the last epoch at >= 90% of bench); the loader's own images/s
 #     per worker and how long training waited for batches; the bench's host waits per step;
 #   - resume: 2 epochs straight against 1 epoch plus --resume, `cmp` of last.safetensors;
+#   - NCCL with world size 1 (TRAIN_NCCL=1, the default on cuda; the first model only): the same
+#     run with --gpus 1, through the launcher, the rendezvous and NCCL: `cmp` of last.safetensors
+#     against the straight run, and its images/s per epoch against the straight run's;
 #   - evaluation: `revsnn eval --versus-cpu` of the straight run's checkpoint: on TRAIN_DEVICE and
 #     on the CPU reference, the predictions that differ and the spikes that differ per sample.
 # Each result goes into the report as soon as it exists, so a stage cut short still says what ran.
@@ -83,6 +86,13 @@ if os.path.exists(straight) and os.path.exists(resumed):
           f"(last.safetensors, byte for byte)")
 else:
     print("resume: not run, failed or cut short")
+nccl = metrics(f"{runs}/nccl1/metrics.jsonl")
+if nccl and epochs:
+    same = open(straight, "rb").read() == open(f"{runs}/nccl1/last.safetensors", "rb").read()
+    speeds = ", ".join(f"epoch {a['epoch']}: {b['images_per_second']:.1f} vs {a['images_per_second']:.1f} "
+                       f"images/s ({100 * (a['images_per_second'] / b['images_per_second'] - 1):+.1f}% cost)"
+                       for a, b in zip(epochs, nccl))
+    print(f"NCCL world size 1 (--gpus 1): {'==' if same else '!='} straight (last.safetensors); {speeds}")
 report = json_line(f"{out}/train-eval-{model}.log")
 versus = (report or {}).get("versus_cpu")
 if versus:
@@ -114,6 +124,10 @@ for run in ${TRAIN_RUNS//,/ }; do
     cmp "$runs/straight/last.safetensors" "$runs/resumed/last.safetensors" || status=1
   else
     status=1
+  fi
+  if [ "${TRAIN_NCCL:-$([ "$TRAIN_DEVICE" = cuda ] && echo 1)}" = 1 ] && [ "$run" = "${TRAIN_RUNS%%,*}" ]; then
+    run_logged "train-nccl1-$model" 300 "$REVSNN" train "${common[@]}" --gpus 1 --out "$runs/nccl1" || status=1
+    cmp "$runs/straight/last.safetensors" "$runs/nccl1/last.safetensors" || status=1
   fi
   run_logged "train-eval-$model" 300 "$REVSNN" eval --device "$TRAIN_DEVICE" --versus-cpu \
     --checkpoint "$runs/straight/last.safetensors" --dataset synthetic-cifar \

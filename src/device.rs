@@ -69,7 +69,13 @@ impl Device {
     /// Opens CUDA device 0, or says why it cannot be used and what to do (a typed error, never
     /// a panic: no driver, no device, ...).
     pub fn open_cuda() -> Result<Device> {
-        GpuDevice::open()
+        Device::open_cuda_ordinal(0)
+    }
+
+    /// Opens CUDA device `ordinal` (a rank of a multi-GPU run opens its `LOCAL_RANK`); an
+    /// ordinal past the devices is an error naming both numbers.
+    pub fn open_cuda_ordinal(ordinal: usize) -> Result<Device> {
+        GpuDevice::open_ordinal(ordinal)
             .map(|device| Device::Cuda(Arc::new(device)))
             .map_err(Error::Cuda)
     }

@@ -20,7 +20,7 @@ use crate::memory::{DeviceBuffer, DeviceMemoryStats, MemoryAccounting};
 use crate::ops::conv::ConvEngine;
 use crate::ops::conv::cudnn::Cudnn;
 use crate::ops::precision::HalfFormat;
-use crate::probe::{CudaStatus, DeviceInfo, probe};
+use crate::probe::{DeviceInfo, describe_device};
 
 /// A kernel file compiled for one architecture `(major, minor)`.
 type ImageKey = (&'static str, (i32, i32));
@@ -57,10 +57,13 @@ impl GpuDevice {
     /// on cuDNN when it loads and on im2col + cuBLAS otherwise, unless `REVSNN_CONV_ENGINE`
     /// (`cudnn` or `im2col`) says which ([`GpuDevice::set_conv_engine`]).
     pub fn open() -> Result<GpuDevice, GpuError> {
-        let info = match probe() {
-            CudaStatus::Available(info) => info,
-            CudaStatus::Unavailable(error) => return Err(error),
-        };
+        GpuDevice::open_ordinal(0)
+    }
+
+    /// Opens device `ordinal` as [`GpuDevice::open`] opens device 0 (a rank of a multi-GPU run
+    /// opens its `LOCAL_RANK`); an ordinal past the devices is [`GpuError::NoSuchDevice`].
+    pub fn open_ordinal(ordinal: usize) -> Result<GpuDevice, GpuError> {
+        let info = describe_device(ordinal)?;
         let context =
             CudaContext::new(info.ordinal).map_err(GpuError::driver("creating a context"))?;
         // SAFETY: every op of this device runs on its one stream, in order, so the per-buffer
@@ -174,6 +177,11 @@ impl GpuDevice {
                 .map_err(GpuError::driver("copying to the device"))?;
         }
         Ok(buffer)
+    }
+
+    /// Counts one wait of the host for this device's stream ([`TransferCounts`]).
+    pub(crate) fn count_host_wait(&self) {
+        self.host_waits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The elements of `buffer`, copied to the host (waits for the stream).
@@ -411,7 +419,7 @@ impl GpuDevice {
 
     /// Waits for every queued operation and surfaces any error recorded asynchronously.
     pub fn synchronize(&self) -> Result<(), GpuError> {
-        self.host_waits.fetch_add(1, Ordering::Relaxed);
+        self.count_host_wait();
         self.stream
             .synchronize()
             .map_err(GpuError::driver("synchronizing the stream"))?;

@@ -73,6 +73,25 @@ pub enum GpuError {
         precision: Precision,
         element: &'static str,
     },
+    /// A GPU ordinal past the devices the driver reports.
+    #[error(
+        "GPU {ordinal} was asked for, and the driver reports {count} GPU(s): use fewer GPUs \
+         (--gpus at most {count}), or check CUDA_VISIBLE_DEVICES"
+    )]
+    NoSuchDevice { ordinal: usize, count: usize },
+    /// NCCL could not be loaded (data-parallel training on several GPUs, docs/distributed.md).
+    #[error(
+        "NCCL (libnccl.so.2) not found: training on several GPUs loads it at run time; install \
+         it (e.g. the nvidia-nccl-cu13 wheel) and put its lib folder on LD_LIBRARY_PATH"
+    )]
+    NcclMissing,
+    /// An NCCL call failed, or a collective did not finish in time (a rank died or hangs).
+    #[error("NCCL error on rank {rank} during {during}: {detail}")]
+    Nccl {
+        rank: usize,
+        during: &'static str,
+        detail: String,
+    },
     /// Operands that do not fit the op, as the CPU backend reports them.
     #[error(transparent)]
     Op(#[from] OpError),
@@ -118,13 +137,16 @@ impl From<GpuError> for OpError {
             | GpuError::NoDevice(_)
             | GpuError::Setting { .. }
             | GpuError::PrecisionUnsupported { .. }
-            | GpuError::PrecisionElement { .. } => device(DeviceError::Unavailable {
+            | GpuError::PrecisionElement { .. }
+            | GpuError::NoSuchDevice { .. }
+            | GpuError::NcclMissing => device(DeviceError::Unavailable {
                 reason: error.to_string(),
             }),
             GpuError::Driver { .. }
             | GpuError::Compile { .. }
             | GpuError::Blas { .. }
-            | GpuError::Cudnn { .. } => device(DeviceError::Failed {
+            | GpuError::Cudnn { .. }
+            | GpuError::Nccl { .. } => device(DeviceError::Failed {
                 detail: error.to_string(),
             }),
         }

@@ -10,6 +10,7 @@
 //! - [`device`]: a CUDA context and stream with the kernels compiled for its own architecture on
 //!   first use and cached for the process.
 //! - [`memory`]: counted device buffers from a caching pool (live and peak bytes).
+//! - [`nccl`]: one rank's NCCL communicator, for data-parallel training on several GPUs.
 //! - [`tensor`]: [`CudaTensor`], a shape over a shared device buffer.
 //! - [`ops`]: the kernels' host sides, twins of the CPU kernels (`reference/src/ops/`), checking
 //!   their operands with the contract's shape rules.
@@ -24,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod memory;
+pub mod nccl;
 pub mod ops;
 pub mod probe;
 pub mod tensor;

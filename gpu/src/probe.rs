@@ -5,7 +5,7 @@ use cudarc::driver::{CudaContext, sys};
 
 use crate::error::GpuError;
 
-/// What the first CUDA device is.
+/// What a CUDA device is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
     pub ordinal: usize,
@@ -35,13 +35,15 @@ pub fn driver_library_present() -> bool {
 /// Looks for a CUDA device without ever panicking: a missing library, a driver without devices
 /// and a failing driver call all come back as [`CudaStatus::Unavailable`] with the reason.
 pub fn probe() -> CudaStatus {
-    match first_device() {
+    match describe_device(0) {
         Ok(info) => CudaStatus::Available(info),
         Err(error) => CudaStatus::Unavailable(error),
     }
 }
 
-fn first_device() -> Result<DeviceInfo, GpuError> {
+/// What device `ordinal` is, or why it cannot be used: no driver, no device, or an ordinal past
+/// the devices the driver reports ([`GpuError::NoSuchDevice`], naming both).
+pub fn describe_device(ordinal: usize) -> Result<DeviceInfo, GpuError> {
     if !driver_library_present() {
         return Err(GpuError::LibraryMissing {
             library: "libcuda.so (the NVIDIA driver)",
@@ -51,15 +53,21 @@ fn first_device() -> Result<DeviceInfo, GpuError> {
     if count < 1 {
         return Err(GpuError::NoDevice("the driver reports 0 devices".into()));
     }
+    if ordinal >= count as usize {
+        return Err(GpuError::NoSuchDevice {
+            ordinal,
+            count: count as usize,
+        });
+    }
     let context =
-        CudaContext::new(0).map_err(GpuError::driver("creating a context on device 0"))?;
+        CudaContext::new(ordinal).map_err(GpuError::driver("creating a context on the device"))?;
     let mut driver_version = 0;
     // SAFETY: the driver library is loaded (checked above) and the pointer is to a live i32.
     unsafe { sys::cuDriverGetVersion(&mut driver_version) }
         .result()
         .map_err(GpuError::driver("reading the driver version"))?;
     Ok(DeviceInfo {
-        ordinal: 0,
+        ordinal,
         name: context
             .name()
             .map_err(GpuError::driver("reading the device name"))?,

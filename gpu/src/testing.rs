@@ -1,4 +1,5 @@
-//! Shared by the GPU tests and benches: open the device or skip; run on each convolution engine.
+//! Shared by the GPU tests and benches: open the device or skip; run on each convolution engine;
+//! NCCL or skip.
 //!
 //! Without a GPU every GPU test prints `SKIP: no CUDA device (<reason>)` and passes; with
 //! `REVSNN_REQUIRE_GPU=1` (set by `gpu/check.sh`) a missing GPU fails the test instead.
@@ -56,4 +57,18 @@ pub fn each_conv_engine(device: &GpuDevice) -> impl Iterator<Item = ConvEngine> 
         .into_iter()
         .flatten()
         .inspect(move |&engine| device.set_conv_engine(engine).unwrap())
+}
+
+/// Whether NCCL loads, for the tests of several GPU ranks; prints `SKIP: NCCL not found (<test>)`
+/// past the harness's capture when it does not, and panics (fails the test) instead when
+/// `REVSNN_REQUIRE_NCCL=1` (set by the emulator's test script, which provides a fake NCCL).
+pub fn nccl_or_skip(test: &str) -> bool {
+    if crate::nccl::nccl_present() {
+        return true;
+    }
+    if std::env::var("REVSNN_REQUIRE_NCCL").is_ok_and(|v| v == "1") {
+        panic!("{test}: REVSNN_REQUIRE_NCCL=1 but libnccl.so.2 does not load");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIP: NCCL not found ({test})");
+    false
 }

@@ -4,10 +4,13 @@
 //! synchronised BatchNorm, of statistics) that every rank receives identically, and a way for the
 //! ranks to compare what they were started with. [`Collective`] is that contract. [`ThreadGroup`]
 //! implements it for ranks that are threads of one process, with a fixed reduction order, so the
-//! algorithm of a multi-GPU run can be tested on the CPU bit for bit.
+//! algorithm of a multi-GPU run can be tested on the CPU bit for bit; [`NcclGroup`] implements it
+//! for ranks that are processes, one GPU each, over NCCL.
 
+mod nccl;
 mod threads;
 
+pub use nccl::NcclGroup;
 pub use threads::ThreadGroup;
 
 use revsnn_reference::{Backend, Element};

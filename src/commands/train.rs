@@ -1,11 +1,16 @@
 //! `revsnn train`: trains a model on a dataset (the default: a small RevSResNet on `synthetic`),
-//! see [`crate::train`].
+//! see [`crate::train`]. With `--gpus N`, or started by torchrun, the ranks of a data-parallel
+//! run are processes with one GPU each ([`gpus`]).
+
+mod gpus;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::set_threads;
+use crate::collective::ProcessRank;
 use crate::device::DeviceChoice;
 use crate::error::Result;
 use crate::train::config::GivenSettings;
@@ -46,16 +51,34 @@ pub struct TrainArgs {
     /// experiment); by default it is an error naming the tensor and the first such index.
     #[arg(long)]
     pub allow_non_finite: bool,
+    /// Train on N GPUs of this machine, one process each, exchanging through NCCL
+    /// (docs/distributed.md §6): starts N ranks of this command, each on GPU `LOCAL_RANK`;
+    /// --batch is the global batch. Implies --device cuda and --ranks N. Under torchrun
+    /// (`WORLD_SIZE` set) this process is one of the ranks instead.
+    #[arg(long)]
+    pub gpus: Option<usize>,
+    /// Seconds a rank waits for the others (at the start and in each collective) before it
+    /// stops with an error: a rank that died or hangs stops the run instead of blocking it.
+    #[arg(long, default_value_t = 600)]
+    pub rank_timeout: u64,
     #[command(flatten)]
     pub settings: GivenSettings,
 }
 
 impl TrainArgs {
-    /// Runs `revsnn train`.
+    /// Runs `revsnn train`: as the launcher of `--gpus N` ranks, as one rank of a run of
+    /// processes (`WORLD_SIZE` set), or as the whole run.
     pub fn run(&self) -> Result<()> {
+        let process = ProcessRank::from_env()?;
+        if let (Some(count), None) = (self.gpus, &process) {
+            return gpus::launch(count);
+        }
         let mut given = self.settings.clone();
         if let Some(path) = &self.config {
             given = given.over(GivenSettings::read(path)?);
+        }
+        if let Some(me) = &process {
+            gpus::as_rank(&mut given, me, self.gpus)?;
         }
         let run = if self.resume {
             Run::resume(given)?
@@ -66,19 +89,29 @@ impl TrainArgs {
             print!("{}", config_file_text(&run.config, None)?);
             return Ok(());
         }
-        let device = run.config.device.open(run.config.precision)?;
+        let device = gpus::open_device(&run, process.as_ref())?;
         set_threads(self.threads)?;
         if run.config.device == DeviceChoice::Cuda {
             // `auto` has said which device it took, and why.
             eprintln!("device: {}", device.describe());
         }
+        let timeout = Duration::from_secs(self.rank_timeout);
+        let group = match &process {
+            Some(me) => Some(gpus::join(me, &device, &run, timeout)?),
+            None => None,
+        };
+        let leader = process.as_ref().is_none_or(|me| me.rank == 0);
         let options = Invocation {
             stop_after: self.stop_after,
-            quiet: self.quiet,
+            quiet: self.quiet || !leader,
             tensorboard: self.tensorboard,
             allow_non_finite: self.allow_non_finite,
+            rank_timeout: timeout,
         };
-        let summary = train(&run, &options, &device)?;
+        let summary = train(&run, &options, &device, group)?;
+        if !leader {
+            return Ok(());
+        }
         let last = |key: &str| summary.last[key].as_f64().unwrap_or(f64::NAN);
         println!(
             "done in {:.1} s: test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; run folder {}",

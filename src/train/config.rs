@@ -122,9 +122,10 @@ pub struct GivenSettings {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,
-    /// Data-parallel ranks: N replicas of the model as threads of this process, on the CPU,
-    /// each training on its contiguous share of every batch (--batch is the global batch and
-    /// must divide by N) with gradients averaged before each step (default 1; docs/distributed.md).
+    /// Data-parallel ranks: N replicas of the model, each training on its contiguous share of
+    /// every batch (--batch is the global batch and must divide by N) with gradients averaged
+    /// before each step (default 1; docs/distributed.md). On the CPU they are threads of this
+    /// process; on GPUs, processes with one GPU each (train --gpus N sets it).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranks: Option<usize>,
@@ -442,12 +443,12 @@ fn at_least_one(key: &str, value: usize) -> Result<usize> {
 const MAX_WORKERS: usize = 256;
 /// The most batches a loader worker may keep ready ahead.
 const MAX_PREFETCH: usize = 64;
-/// The most data-parallel ranks: each is a thread holding a replica of the model.
+/// The most data-parallel ranks: each holds a replica of the model (a thread, or a process with
+/// a GPU).
 const MAX_RANKS: usize = 256;
 
-/// `ranks` share every batch of `batch` samples equally, as CPU threads: the batch must divide
-/// by them, and several ranks cannot run on CUDA yet.
-fn check_ranks(ranks: usize, batch: usize, device: DeviceChoice) -> Result<()> {
+/// `ranks` share every batch of `batch` samples equally: the batch must divide by them.
+fn check_ranks(ranks: usize, batch: usize) -> Result<()> {
     if batch % ranks != 0 {
         return Err(bad_setting(
             "batch",
@@ -457,12 +458,6 @@ fn check_ranks(ranks: usize, batch: usize, device: DeviceChoice) -> Result<()> {
                  ranks share equally ({batch} samples do not divide by {ranks})"
             ),
         ));
-    }
-    if ranks > 1 && device == DeviceChoice::Cuda {
-        return Err(Error::Usage(format!(
-            "--ranks {ranks} with --device cuda: data-parallel training on several GPUs (NCCL) \
-             is not built yet; --ranks runs its ranks as CPU threads, so pass --device cpu"
-        )));
     }
     Ok(())
 }
@@ -816,7 +811,7 @@ impl RunSettings {
             ));
         }
         let ranks = between("ranks", set(&settings.ranks), MAX_RANKS)?;
-        check_ranks(ranks, batch, set(&settings.device))?;
+        check_ranks(ranks, batch)?;
         let workers = between("loader.workers", set(&settings.loader.workers), MAX_WORKERS)?;
         let prefetch = between(
             "loader.prefetch",

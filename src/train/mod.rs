@@ -20,11 +20,12 @@ pub mod tensorboard;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use revsnn_reference::DType;
 use serde_json::{Value, json};
 
+use crate::collective::NcclGroup;
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
@@ -47,7 +48,7 @@ use tensorboard::EventWriter;
 
 /// What one `revsnn train` invocation does beside the run's settings: where it stops and
 /// whether it draws progress bars.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Invocation {
     /// Stop after this many epochs of this invocation (a run split into sessions; `--resume`
     /// continues it exactly as if it had not stopped).
@@ -58,6 +59,9 @@ pub struct Invocation {
     pub tensorboard: bool,
     /// A resumed run may load a checkpoint holding NaN or infinities (a deliberate experiment).
     pub allow_non_finite: bool,
+    /// How long a rank waits for the others in one collective before it stops with an error
+    /// (a rank died or hangs).
+    pub rank_timeout: Duration,
 }
 
 /// What a finished run reports.
@@ -77,56 +81,49 @@ pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
 }
 
 /// Trains `run` on `device` in f32, printing the run folder first and a progress bar per epoch;
-/// writes `config.toml` before the first epoch of this invocation.
-pub fn train(run: &Run, options: &Invocation, device: &Device) -> Result<TrainSummary> {
+/// writes `config.toml` before the first epoch of this invocation. `process` is this process's
+/// rank of a run whose ranks are processes, one GPU each (`--gpus`, docs/distributed.md §6);
+/// without it, the run's `ranks` are threads of this process.
+pub fn train(
+    run: &Run,
+    options: &Invocation,
+    device: &Device,
+    process: Option<NcclGroup>,
+) -> Result<TrainSummary> {
     on_backend!(device, DType::F32, |backend| {
-        train_on(backend, device, run, options)
+        train_on(backend, device, run, options, process)
     })
 }
 
-/// Trains `run` on `backend`, made from `device`: opens the data and the run folder, restores a
-/// resumed run, then trains its ranks ([`train_rank`]), each on a thread of its own when there
-/// are several.
+/// Trains `run` on `backend`, made from `device`: opens the data and the run folder (rank 0),
+/// restores a resumed run, then trains this process's ranks ([`train_rank`]), each on a thread
+/// of its own when there are several.
 fn train_on<B: Compute>(
     backend: B,
     device: &Device,
     run: &Run,
     options: &Invocation,
+    process: Option<NcclGroup>,
 ) -> Result<TrainSummary> {
     let started = Instant::now();
     let config = &run.config;
-    check_ranks_device(config.ranks, device)?;
     let dir = RunDir::new(config.out.clone());
     let state = run.first_state(&dir)?;
-    let setting = footprint::batch_setting(config.batch, &state.spec);
-    if config.ranks > 1 {
-        let setting = format!("{setting} on --ranks {}", config.ranks);
-        footprint::check_data_parallel_step(
-            &backend,
-            &state.spec,
-            config.batch,
-            config.ranks,
-            &setting,
-        )?;
-    } else {
-        footprint::check_step(
-            &backend,
-            &state.spec,
-            config.batch,
-            Storage::Reversible,
-            &setting,
-        )?;
-    }
+    let ranks = local_ranks::<B>(config, device, process, options.rank_timeout)?;
+    check_memory(&backend, config, &state.spec, ranks.len())?;
     let (train_set, test_data) = open_data(config, &state.spec)?;
-    let mut learners = (0..config.ranks)
+    let mut learners = (0..ranks.len())
         .map(|_| Learner::new(&backend, &state.spec, config))
         .collect::<Result<Vec<_>>>()?;
-    dir.create()?;
-    eprintln!("run folder: {}", dir.path().display());
-    if config.ranks > 1 {
-        eprintln!("{}", describe_ranks(config));
+    let leader = ranks[0].is_leader();
+    if leader {
+        dir.create()?;
+        eprintln!("run folder: {}", dir.path().display());
+        if config.ranks > 1 {
+            eprintln!("{}", describe_ranks(config, ranks.len()));
+        }
+        dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
     }
-    dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
     let lines = match run.resumed {
         Some(_) => restore(
             &dir,
@@ -139,10 +136,9 @@ fn train_on<B: Compute>(
         None => Vec::new(),
     };
     check_batch(config, train_set.split.data.len())?;
-    let events = if options.tensorboard {
-        Some(EventWriter::create(&dir.path().join("tb"))?)
-    } else {
-        None
+    let events = match options.tensorboard && leader {
+        true => Some(EventWriter::create(&dir.path().join("tb"))?),
+        false => None,
     };
     let end = match options.stop_after {
         Some(count) => config.epochs.min(state.epochs_done + count),
@@ -158,9 +154,9 @@ fn train_on<B: Compute>(
         test_data: &test_data,
         end,
     };
-    // rank 0's: the metrics so far and the event writer
-    let mut leader_part = Some((lines, events));
-    let jobs = Rank::all(config.ranks, config.sync_bn)?
+    // the leader's: the metrics so far and the event writer
+    let mut leader_part = Some((lines, events)).filter(|_| leader);
+    let jobs = ranks
         .into_iter()
         .zip(learners)
         .map(|(rank, learner)| {
@@ -181,6 +177,49 @@ fn train_on<B: Compute>(
         best_test_acc1: state.best_test_acc1,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The ranks this process trains: this process's one rank of a run of processes, else the
+/// run's `ranks` as threads ([`Rank::all`]; several of them only on the CPU).
+fn local_ranks<B: Compute>(
+    config: &RunSettings,
+    device: &Device,
+    process: Option<NcclGroup>,
+    timeout: Duration,
+) -> Result<Vec<Rank<B>>> {
+    match process {
+        Some(group) => Ok(vec![Rank::process(
+            group.into_collective::<B>()?,
+            config.sync_bn,
+        )]),
+        None => {
+            check_ranks_device(config.ranks, device)?;
+            Rank::all(config.ranks, config.sync_bn, timeout)
+        }
+    }
+}
+
+/// Checks before training that a step fits the device: one replica's step on `batch / ranks`
+/// samples per device when the ranks are processes (one each), N replicas' when this process
+/// holds all `ranks` ([`footprint::check_data_parallel_step`]).
+fn check_memory<B: Compute>(
+    backend: &B,
+    config: &RunSettings,
+    spec: &ModelSpec,
+    local_ranks: usize,
+) -> Result<()> {
+    let setting = footprint::batch_setting(config.batch, spec);
+    if config.ranks > 1 && local_ranks > 1 {
+        let setting = format!("{setting} on --ranks {}", config.ranks);
+        footprint::check_data_parallel_step(backend, spec, config.batch, config.ranks, &setting)
+    } else {
+        let share = config.batch / config.ranks;
+        let setting = match config.ranks {
+            1 => setting,
+            ranks => format!("{setting}, {share} per GPU on {ranks} GPUs"),
+        };
+        footprint::check_step(backend, spec, share, Storage::Reversible, &setting)
+    }
 }
 
 /// What every rank of a run reads.
@@ -277,24 +316,30 @@ fn evaluate_rank<B: Compute>(
     EvalResult::of(rank.sum_score(score)?, expected)
 }
 
-/// Several ranks run as CPU threads: a run whose `--device auto` chose CUDA cannot have them.
+/// Ranks in one process are CPU threads: a run whose `--device auto` chose CUDA cannot have
+/// several (several GPUs are several processes, `--gpus`).
 fn check_ranks_device(ranks: usize, device: &Device) -> Result<()> {
     if ranks > 1 && matches!(device, Device::Cuda(_)) {
         return Err(Error::Usage(format!(
             "--ranks {ranks} runs its ranks as CPU threads, but the run computes on {} \
-             (--device auto found it): pass --device cpu; data-parallel training on several \
-             GPUs (NCCL) is not built yet",
+             (--device auto found it): pass --device cpu, or --gpus {ranks} for one process \
+             per GPU",
             device.describe()
         )));
     }
     Ok(())
 }
 
-/// The line that says how a data-parallel run shares its batches.
-fn describe_ranks(config: &RunSettings) -> String {
+/// The line that says how a data-parallel run shares its batches, `local_ranks` of its ranks
+/// in this process (threads when several, else one process per GPU).
+fn describe_ranks(config: &RunSettings, local_ranks: usize) -> String {
+    let kind = match local_ranks {
+        1 => "processes, one GPU each",
+        _ => "CPU threads",
+    };
     format!(
-        "data-parallel: {} ranks (CPU threads) x {} samples = effective batch {}; BatchNorm \
-         statistics {}",
+        "data-parallel: {} ranks ({kind}) x {} samples = effective batch {} (the learning rate \
+         is the recipe's for that batch, unscaled); BatchNorm statistics {}",
         config.ranks,
         config.batch / config.ranks,
         config.batch,

@@ -4,6 +4,10 @@
 //! step, so every replica steps with the same bits. Rank 0, the leader, assembles the global
 //! batches and hands each rank its share; it alone writes the run folder. A run of one rank has
 //! no group and no collective: it is the single-process path.
+//!
+//! A rank that is a process of its own (one per GPU, `train --gpus N`, docs/distributed.md §6)
+//! has no leader to receive from: it assembles every global batch itself and keeps its share,
+//! so the shares are the threads' ones bit for bit.
 
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -18,7 +22,8 @@ use crate::collective::{Collective, ThreadGroup, average_grads, broadcast_runnin
 use crate::error::{Error, Result};
 use crate::model::{Grads, ParamStore};
 
-/// How long a rank waits for the others in one collective before it stops with an error.
+/// How long a rank waits for the others in one collective before it stops with an error,
+/// unless `train --rank-timeout` says otherwise.
 pub const RANK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Global batches the leader may hand out ahead of the slowest rank.
@@ -39,6 +44,8 @@ enum Feed {
     Leader(Vec<SyncSender<Batch>>),
     /// Another rank: receives its shares from the leader.
     Follower(Receiver<Batch>),
+    /// A rank of its own process: assembles every global batch, keeps its share.
+    Own,
 }
 
 /// A rank's shares of an epoch's global batches, in order ([`Rank::shares`]).
@@ -55,6 +62,12 @@ pub enum Shares<'a> {
         rank: usize,
         left: usize,
     },
+    /// A rank of its own process: rank `rank` of `world`'s shares of the loader's batches.
+    Own {
+        loader: Loader,
+        rank: usize,
+        world: usize,
+    },
 }
 
 impl Shares<'_> {
@@ -62,7 +75,7 @@ impl Shares<'_> {
     /// receives its shares): [`Loader::busy_seconds`].
     pub fn busy_seconds(&self) -> f64 {
         match self {
-            Shares::Leader { loader, .. } => loader.busy_seconds(),
+            Shares::Leader { loader, .. } | Shares::Own { loader, .. } => loader.busy_seconds(),
             Shares::Follower { .. } => 0.0,
         }
     }
@@ -89,6 +102,14 @@ impl Iterator for Shares<'_> {
                 *left = left.checked_sub(1)?;
                 Some(receiver.recv().map_err(|_| left_error(*rank, 0)))
             }
+            Shares::Own {
+                loader,
+                rank,
+                world,
+            } => {
+                let batch = loader.next()?;
+                Some(batch.map(|batch| split(batch, *world).swap_remove(*rank)))
+            }
         }
     }
 }
@@ -107,8 +128,8 @@ fn hand_out(batch: Batch, senders: &[SyncSender<Batch>]) -> Result<Batch> {
 
 impl<B: Backend> Rank<B> {
     /// The ranks of a run of `ranks`, in rank order: one rank alone (no collective at all), or
-    /// a [`ThreadGroup`] whose collectives wait at most [`RANK_TIMEOUT`].
-    pub fn all(ranks: usize, sync_bn: bool) -> Result<Vec<Rank<B>>> {
+    /// a [`ThreadGroup`] whose collectives wait at most `timeout`.
+    pub fn all(ranks: usize, sync_bn: bool, timeout: Duration) -> Result<Vec<Rank<B>>> {
         if ranks <= 1 {
             return Ok(vec![Rank {
                 group: None,
@@ -120,7 +141,7 @@ impl<B: Backend> Rank<B> {
             (1..ranks).map(|_| sync_channel(SHARES_AHEAD)).unzip();
         let feeds =
             std::iter::once(Feed::Leader(senders)).chain(receivers.into_iter().map(Feed::Follower));
-        let groups = ThreadGroup::new(ranks, RANK_TIMEOUT)?;
+        let groups = ThreadGroup::new(ranks, timeout)?;
         Ok(groups
             .into_iter()
             .zip(feeds)
@@ -130,6 +151,16 @@ impl<B: Backend> Rank<B> {
                 sync_bn,
             })
             .collect())
+    }
+
+    /// This process's rank of a run whose ranks are processes, exchanging through `group`
+    /// (NCCL, one GPU each): it assembles the global batches itself and keeps its share.
+    pub fn process(group: Box<dyn Collective<B> + Send>, sync_bn: bool) -> Rank<B> {
+        Rank {
+            group: Some(group),
+            feed: Feed::Own,
+            sync_bn,
+        }
     }
 
     /// This rank's index.
@@ -142,7 +173,8 @@ impl<B: Backend> Rank<B> {
         self.group.as_ref().map_or(1, |g| g.world_size())
     }
 
-    /// Whether this is rank 0, which assembles the batches and writes the run folder.
+    /// Whether this is rank 0, which writes the run folder (and, with thread ranks, assembles
+    /// the batches).
     pub fn is_leader(&self) -> bool {
         self.index() == 0
     }
@@ -157,8 +189,8 @@ impl<B: Backend> Rank<B> {
     }
 
     /// This rank's shares of an epoch's `count` global batches: the leader's come from the
-    /// loader `open` makes, whose batches it splits ([`split`]) and hands out; the others
-    /// receive theirs.
+    /// loader `open` makes, whose batches it splits ([`split`]) and hands out; the other
+    /// threads receive theirs; a rank of its own process splits its own loader's.
     pub fn shares(
         &self,
         open: impl FnOnce() -> Result<Loader>,
@@ -173,6 +205,11 @@ impl<B: Backend> Rank<B> {
                 receiver,
                 rank: self.index(),
                 left: count,
+            },
+            Feed::Own => Shares::Own {
+                loader: open()?,
+                rank: self.index(),
+                world: self.world(),
             },
         })
     }

@@ -29,6 +29,7 @@ pub trait GpuElement:
     + DeviceRepr
     + cudarc::driver::ValidAsZeroBits
     + cudarc::cudnn::CudnnDataType
+    + cudarc::nccl::NcclType
 {
     /// The suffix of the `extern "C"` kernel names, `f32` or `f64`.
     const SUFFIX: &'static str;

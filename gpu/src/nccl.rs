@@ -1,0 +1,274 @@
+//! [`Communicator`]: one rank's NCCL communicator on its device, for data-parallel training on
+//! several GPUs (docs/distributed.md §6). NCCL is loaded at run time like the other CUDA
+//! libraries; a build never needs it.
+//!
+//! Every collective runs on the device's one stream, so it is ordered with the ops around it.
+//! The host then waits for it, polling NCCL for an asynchronous error, for at most the
+//! communicator's timeout: a rank whose peer died or hangs aborts the communicator and returns
+//! [`GpuError::Nccl`] instead of waiting forever.
+
+use std::ffi::CStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{DevicePtr, DevicePtrMut, sys as driver};
+use cudarc::nccl::{NcclType, result, sys};
+
+use crate::device::GpuDevice;
+use crate::error::GpuError;
+use crate::ops::GpuElement;
+use crate::tensor::CudaTensor;
+
+/// The size of NCCL's unique id, the bytes rank 0 hands every rank at the rendezvous.
+pub const UNIQUE_ID_BYTES: usize = 128;
+
+/// How long the host spins on a collective before it starts sleeping between polls.
+const SPIN: Duration = Duration::from_millis(2);
+
+/// Whether NCCL can be loaded; cudarc panics on first use when it cannot.
+pub fn nccl_present() -> bool {
+    // SAFETY: only tries to dlopen the library; no NCCL call is made.
+    unsafe { sys::is_culib_present() }
+}
+
+/// A new NCCL unique id (made by rank 0 and sent to the others), or why there is none.
+pub fn unique_id() -> Result<Vec<u8>, GpuError> {
+    if !nccl_present() {
+        return Err(GpuError::NcclMissing);
+    }
+    let id = result::get_uniqueid().map_err(|e| nccl_error(0, "creating the unique id", e))?;
+    Ok(id.internal.iter().map(|&c| c as u8).collect())
+}
+
+/// Rank `rank` of `world_size` ranks, each on its own device, that exchange through NCCL.
+pub struct Communicator {
+    comm: sys::ncclComm_t,
+    device: Arc<GpuDevice>,
+    rank: usize,
+    world_size: usize,
+    timeout: Duration,
+    aborted: AtomicBool,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread, one call at a time; `Communicator`
+// is used through `&self` by the one thread that owns its rank.
+unsafe impl Send for Communicator {}
+
+impl Communicator {
+    /// Joins the communicator that `id` (from [`unique_id`] on rank 0) names, as `rank` of
+    /// `world_size`, on `device`. Blocks until every rank has joined; collectives wait at most
+    /// `timeout` for the others.
+    pub fn join(
+        device: Arc<GpuDevice>,
+        rank: usize,
+        world_size: usize,
+        id: &[u8],
+        timeout: Duration,
+    ) -> Result<Communicator, GpuError> {
+        if !nccl_present() {
+            return Err(GpuError::NcclMissing);
+        }
+        let id = unique_id_from(id, rank)?;
+        let ranks = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let mut comm = std::ptr::null_mut();
+        // SAFETY: NCCL is loaded; `comm` receives the new communicator. NCCL creates it on the
+        // current CUDA context, which `bind_to_thread` makes the device's.
+        device
+            .context()
+            .bind_to_thread()
+            .map_err(GpuError::driver("making the device current"))?;
+        unsafe { result::comm_init_rank(&mut comm, ranks(world_size), id, ranks(rank)) }
+            .map_err(|e| nccl_error(rank, "joining the communicator", e))?;
+        Ok(Communicator {
+            comm,
+            device,
+            rank,
+            world_size,
+            timeout,
+            aborted: AtomicBool::new(false),
+        })
+    }
+
+    /// This rank's index.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// `x` summed elementwise over the ranks (NCCL's all-reduce), the same bits on every rank.
+    pub fn all_reduce_sum<E: GpuElement>(
+        &self,
+        x: &CudaTensor<E>,
+    ) -> Result<CudaTensor<E>, GpuError> {
+        // SAFETY: every element is written by the all-reduce below.
+        let mut sum = unsafe { self.device.alloc::<E>(x.len()) }?;
+        let stream = self.device.stream();
+        {
+            let (send, _send) = x.slice().device_ptr(stream);
+            let (receive, _receive) = sum.slice_mut().device_ptr_mut(stream);
+            // SAFETY: both buffers hold `x.len()` elements of `E` on this communicator's device.
+            unsafe {
+                result::all_reduce(
+                    send as *const _,
+                    receive as *mut _,
+                    x.len(),
+                    E::as_nccl_type(),
+                    sys::ncclRedOp_t::ncclSum,
+                    self.comm,
+                    stream.cu_stream() as sys::cudaStream_t,
+                )
+            }
+            .map_err(|e| self.error("an all-reduce", e))?;
+        }
+        self.wait("an all-reduce")?;
+        CudaTensor::new(sum, x.shape())
+    }
+
+    /// Every rank's `value`, indexed by rank (NCCL's all-gather).
+    pub fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>, GpuError> {
+        let mine = self.device.upload(&[value])?;
+        // SAFETY: every element is written by the all-gather below.
+        let mut all = unsafe { self.device.alloc::<u64>(self.world_size) }?;
+        let stream = self.device.stream();
+        {
+            let (send, _send) = mine.slice().device_ptr(stream);
+            let (receive, _receive) = all.slice_mut().device_ptr_mut(stream);
+            // SAFETY: `mine` holds one u64 and `all` one per rank, on this device.
+            unsafe {
+                result::all_gather(
+                    send as *const _,
+                    receive as *mut _,
+                    1,
+                    u64::as_nccl_type(),
+                    self.comm,
+                    stream.cu_stream() as sys::cudaStream_t,
+                )
+            }
+            .map_err(|e| self.error("an all-gather", e))?;
+        }
+        self.wait("an all-gather")?;
+        self.device.download(&all)
+    }
+
+    /// Waits for the stream, polling NCCL for an asynchronous error (a peer that died); past
+    /// the timeout, aborts the communicator and fails.
+    fn wait(&self, during: &'static str) -> Result<(), GpuError> {
+        self.device.count_host_wait();
+        let started = Instant::now();
+        loop {
+            // SAFETY: the stream is alive as long as the device.
+            match unsafe { driver::cuStreamQuery(self.device.stream().cu_stream()) } {
+                driver::CUresult::CUDA_SUCCESS => return Ok(()),
+                driver::CUresult::CUDA_ERROR_NOT_READY => {}
+                failure => {
+                    return Err(GpuError::driver("waiting for a collective")(
+                        cudarc::driver::DriverError(failure),
+                    ));
+                }
+            }
+            self.check_async_error(during)?;
+            let waited = started.elapsed();
+            if waited > self.timeout {
+                self.abort();
+                return Err(GpuError::Nccl {
+                    rank: self.rank,
+                    during,
+                    detail: format!(
+                        "the other ranks did not take part within {} s (one died or hangs; \
+                         its own output says why); the communicator was aborted",
+                        self.timeout.as_secs()
+                    ),
+                });
+            }
+            if waited < SPIN {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+
+    /// An error NCCL recorded while the collective ran, if any (the communicator is aborted).
+    fn check_async_error(&self, during: &'static str) -> Result<(), GpuError> {
+        let mut state = sys::ncclResult_t::ncclSuccess;
+        // SAFETY: the communicator is alive and `state` is a live output location.
+        unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) }
+            .result()
+            .map_err(|e| self.error(during, e))?;
+        match state.result() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let error = self.error(during, e);
+                self.abort();
+                Err(error)
+            }
+        }
+    }
+
+    /// Aborts the communicator: its pending collectives end, it is unusable afterwards.
+    fn abort(&self) {
+        if !self.aborted.swap(true, Ordering::SeqCst) {
+            // SAFETY: the communicator is alive and aborted once.
+            let _ = unsafe { result::comm_abort(self.comm) };
+        }
+    }
+
+    /// `error` during `during` with NCCL's own last message for this communicator.
+    fn error(&self, during: &'static str, error: result::NcclError) -> GpuError {
+        // SAFETY: the communicator is alive; NCCL returns a NUL-terminated string it owns.
+        let last = unsafe { sys::ncclGetLastError(self.comm) };
+        let mut error = nccl_error(self.rank, during, error);
+        if let GpuError::Nccl { detail, .. } = &mut error
+            && !last.is_null()
+        {
+            // SAFETY: checked non-null above; NCCL keeps the string alive until its next call.
+            let last = unsafe { CStr::from_ptr(last) }.to_string_lossy();
+            if !last.is_empty() {
+                detail.push_str(&format!(" ({last})"));
+            }
+        }
+        error
+    }
+}
+
+impl Drop for Communicator {
+    fn drop(&mut self) {
+        if !self.aborted.load(Ordering::SeqCst) {
+            // SAFETY: the communicator is alive, not aborted, and destroyed once.
+            let _ = unsafe { result::comm_destroy(self.comm) };
+        }
+    }
+}
+
+/// The unique id of `bytes`, which must be [`UNIQUE_ID_BYTES`] long.
+fn unique_id_from(bytes: &[u8], rank: usize) -> Result<sys::ncclUniqueId, GpuError> {
+    if bytes.len() != UNIQUE_ID_BYTES {
+        return Err(GpuError::Nccl {
+            rank,
+            during: "reading the unique id",
+            detail: format!(
+                "{} bytes received, NCCL's ids have {UNIQUE_ID_BYTES}",
+                bytes.len()
+            ),
+        });
+    }
+    let mut internal = [0 as std::ffi::c_char; UNIQUE_ID_BYTES];
+    for (to, &from) in internal.iter_mut().zip(bytes) {
+        *to = from as std::ffi::c_char;
+    }
+    Ok(sys::ncclUniqueId { internal })
+}
+
+/// An NCCL error code as [`GpuError::Nccl`].
+fn nccl_error(rank: usize, during: &'static str, error: result::NcclError) -> GpuError {
+    GpuError::Nccl {
+        rank,
+        during,
+        detail: format!("{:?}", error.0),
+    }
+}

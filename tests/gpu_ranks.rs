@@ -1,0 +1,272 @@
+//! `revsnn train --device cuda --gpus N`: data-parallel ranks that are processes with one GPU
+//! each, exchanging through NCCL (docs/distributed.md §6). On the CPU emulator the driver shows
+//! `REVSNN_EMU_DEVICES` devices (2, set by gpu/emulator/run-tests.sh) and a fake NCCL sums in
+//! rank order between the processes, so these tests check the launcher, the rendezvous, the
+//! shares, the collectives, the checkpoints and the faults; NCCL's own speed and ring order only
+//! show on real GPUs (gpu/check.sh). Skips without a CUDA device or without NCCL, and the tests of
+//! two ranks with fewer than two GPUs (`SKIP:` lines); fails then with `REVSNN_REQUIRE_GPU=1` /
+//! `REVSNN_REQUIRE_NCCL=1`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{failed, ok, scratch};
+use revsnn_gpu::testing::{device_or_skip, nccl_or_skip};
+use revsnn_gpu::{CudaStatus, probe};
+
+const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
+  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
+
+/// Whether the test can run: a CUDA device (or the emulator) and NCCL (or its fake).
+fn ready(test: &str) -> bool {
+    device_or_skip(test).is_some() && nccl_or_skip(test)
+}
+
+/// The number of GPUs the driver shows (0 without one).
+fn gpu_count() -> usize {
+    match probe() {
+        CudaStatus::Available(info) => info.device_count,
+        CudaStatus::Unavailable(_) => 0,
+    }
+}
+
+/// Whether the test of two ranks can run: [`ready`] and two GPUs (NCCL refuses two ranks on
+/// one GPU).
+fn ready_for_two(test: &str) -> bool {
+    if !ready(test) {
+        return false;
+    }
+    let count = gpu_count();
+    if count < 2 {
+        eprintln!("SKIP: {test} needs 2 GPUs, the driver shows {count}");
+    }
+    count >= 2
+}
+
+fn revsnn_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_revsnn"));
+    command.args(args);
+    command
+}
+
+/// The arguments of a short run of the tiny spec into `out` (global batch 12, 48 samples: 4
+/// steps an epoch) on CUDA, with `extra` flags.
+fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let spec = out.with_extension("json");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&spec, TINY).unwrap();
+    let base = [
+        "train",
+        "--spec",
+        &spec.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--batch",
+        "12",
+        "--train-samples",
+        "48",
+        "--test-samples",
+        "24",
+        "--seed",
+        "5",
+        "--device",
+        "cuda",
+        "--quiet",
+    ]
+    .map(String::from);
+    base.into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let args = train_args(out, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    revsnn_command(&args).output().expect("the binary runs")
+}
+
+fn checkpoint(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("last.safetensors")).unwrap()
+}
+
+fn last_metrics(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+/// The `f32` parameters of a checkpoint, the running statistics left out, in name order.
+fn parameters(dir: &Path) -> Vec<f64> {
+    let bytes = checkpoint(dir);
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut named: Vec<_> = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(name, view)| view.dtype() == safetensors::Dtype::F32 && !name.contains("running_"))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+        .iter()
+        .flat_map(|(_, view)| {
+            view.data()
+                .chunks_exact(4)
+                .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn one_gpu_through_nccl_equals_the_plain_run_bit_for_bit() {
+    if !ready("gpu_ranks") {
+        return;
+    }
+    let dir = scratch("one-gpu");
+    ok(train(&dir.join("plain"), &["--epochs", "1"]));
+    let output = ok(train(&dir.join("nccl"), &["--epochs", "1", "--gpus", "1"]));
+    assert!(
+        checkpoint(&dir.join("plain")) == checkpoint(&dir.join("nccl")),
+        "--gpus 1 (NCCL, world size 1) and the plain run differ"
+    );
+    let (plain, nccl) = (last_metrics(&dir.join("plain")), last_metrics(&dir.join("nccl")));
+    assert_eq!(plain["test_loss"], nccl["test_loss"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("done in"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_gpus_with_sync_bn_train_as_one_and_resume_bit_for_bit() {
+    if !ready_for_two("two_gpus_with_sync_bn") {
+        return;
+    }
+    let dir = scratch("two-gpus");
+    ok(train(&dir.join("one"), &["--epochs", "1"]));
+    let two = ["--gpus", "2", "--sync-bn"];
+    let output = ok(train(&dir.join("two"), &[&["--epochs", "2"][..], &two].concat()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("2 ranks (processes, one GPU each)") && stderr.contains("effective batch 12"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.matches("done in").count(), 1, "rank 0 alone reports: {stdout}");
+    let config = std::fs::read_to_string(dir.join("two/config.toml")).unwrap();
+    assert!(config.contains("ranks = 2") && config.contains("sync_bn = true"), "{config}");
+
+    // one epoch on two GPUs against one GPU on the same global batches
+    ok(train(&dir.join("split"), &[&["--epochs", "2", "--stop-after", "1"][..], &two].concat()));
+    let (one, split) = (parameters(&dir.join("one")), parameters(&dir.join("split")));
+    let scale = one.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    let apart = one.iter().zip(&split).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    eprintln!("2 GPUs vs 1 after 4 steps: weights {apart:.1e} apart (largest {scale:.2})");
+    assert_eq!(one.len(), split.len());
+    assert!(apart <= 1e-4 * scale, "2 GPUs vs 1: {apart:e}");
+    assert_eq!(
+        last_metrics(&dir.join("one"))["test_acc1"],
+        last_metrics(&dir.join("split"))["test_acc1"]
+    );
+
+    // the split run resumed on two GPUs ends where the whole one did, bit for bit
+    ok(train(&dir.join("split"), &[&["--epochs", "2", "--resume"][..], &two].concat()));
+    assert!(
+        checkpoint(&dir.join("two")) == checkpoint(&dir.join("split")),
+        "a resumed two-GPU run differs from the whole one"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_gpu_counts_and_mismatched_ranks_are_refused_with_what_to_do() {
+    if !ready("gpu_ranks") {
+        return;
+    }
+    let dir = scratch("bad-gpus");
+    let count = gpu_count();
+    let more = (count + 1).to_string();
+    let many = failed(train(&dir.join("many"), &["--gpus", &more]));
+    let shows = format!("the {count} this machine shows");
+    assert!(many.contains(&format!("--gpus {more}")) && many.contains(&shows), "{many}");
+    let threads = failed(train(&dir.join("threads"), &["--ranks", "2"]));
+    assert!(threads.contains("--gpus 2"), "{threads}");
+    // two ranks started by hand with different settings meet at the rendezvous and both stop
+    // (on GPU 0 both: they never reach NCCL)
+    let port = free_port();
+    let ranks: Vec<_> = ["0.1", "0.2"]
+        .iter()
+        .enumerate()
+        .map(|(rank, lr)| {
+            let extra = ["--lr", lr, "--rank-timeout", "20"];
+            spawn_rank(&dir.join("differ"), (rank, 0), 2, port, &extra)
+        })
+        .collect();
+    for child in ranks {
+        let output = child.wait_with_output().unwrap();
+        let stderr = failed(output);
+        assert!(stderr.contains("different settings") && stderr.contains("lr"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_rank_that_dies_stops_the_others_and_leaves_the_last_checkpoint() {
+    if !ready_for_two("a_rank_that_dies") {
+        return;
+    }
+    let dir = scratch("rank-dies");
+    let out = dir.join("run");
+    let port = free_port();
+    let extra = ["--epochs", "50", "--rank-timeout", "30"];
+    let mut leader = spawn_rank(&out, (0, 0), 2, port, &extra);
+    let mut other = spawn_rank(&out, (1, 1), 2, port, &extra);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !out.join("last.safetensors").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
+        assert!(leader.try_wait().unwrap().is_none(), "rank 0 ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    other.kill().unwrap();
+    other.wait().unwrap();
+    let stopped = Instant::now();
+    let output = leader.wait_with_output().unwrap();
+    let stderr = failed(output);
+    eprintln!("rank 0 stopped {:.1} s after rank 1 died", stopped.elapsed().as_secs_f64());
+    assert!(stderr.contains("rank 1"), "{stderr}");
+    assert!(stopped.elapsed() < Duration::from_secs(30), "rank 0 waited out the timeout");
+    // the checkpoint left is whole: the run resumes from it on one process of the same world
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
+    assert!(state["epochs_done"].as_u64().unwrap() >= 1, "{state}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rank `rank` of `world` processes, on GPU `local_rank`, started by hand with torchrun's
+/// variables.
+fn spawn_rank(
+    out: &Path,
+    (rank, local_rank): (usize, usize),
+    world: usize,
+    port: u16,
+    extra: &[&str],
+) -> std::process::Child {
+    let args = train_args(out, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    revsnn_command(&args)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", local_rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// A localhost port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
