@@ -493,8 +493,12 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
     ncclComm* c = new ncclComm{kCommMagic, dir, nranks, rank, device, {}, 0, timeout, ncclSuccess};
     const ncclResult_t result = join(*c);
     if (result != ncclSuccess) {
-        c->magic = 0;
-        delete c;
+        if (c->next_round > 0) {
+            leave(c);  // it joined: the peers must see it leave
+        } else {
+            c->magic = 0;
+            delete c;
+        }
         return result;
     }
     *comm = c;

@@ -3,7 +3,8 @@
 // rank-order sum computed here, which a reversed order would not give; int32, in place),
 // all-gather, broadcast, argument errors, many rounds without files piling up and the directory
 // removed at the end; then a peer that exits (the others get ncclRemoteError at once) and one that
-// hangs (ncclSystemError after REVSNN_FAKE_NCCL_TIMEOUT_MS).
+// hangs (ncclSystemError after REVSNN_FAKE_NCCL_TIMEOUT_MS); init refusing two ranks on one device
+// and ranks that disagree on the size.
 #include <dirent.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -182,6 +183,39 @@ void faulty_rank_main(int rank, const ncclUniqueId& id, bool hang, ncclResult_t 
     ncclCommAbort(comm);
 }
 
+// One rank of a communicator where ranks 0 and 1 are both on device 0, which NCCL refuses.
+void shared_device_rank_main(int rank, const ncclUniqueId& id) {
+    if (rank == 1 && !bind_device(0)) return check(false, rank, "bind device 0");
+    ncclComm_t comm = nullptr;
+    check(ncclCommInitRank(&comm, kRanks, id, rank) == ncclInvalidUsage && !comm, rank,
+          "two ranks on one device refused");
+    check(std::strstr(ncclGetLastError(nullptr), "ranks 0 and 1 are both on CUDA device 0") != nullptr, rank,
+          "the error names the ranks and the device");
+}
+
+// One rank of a communicator whose rank 2 believes there are 4 ranks: the others refuse it, and
+// it gives up waiting for rank 3.
+void wrong_size_rank_main(int rank, const ncclUniqueId& id) {
+    ncclComm_t comm = nullptr;
+    if (rank == 2) {
+        setenv("REVSNN_FAKE_NCCL_TIMEOUT_MS", "200", 1);
+        return check(ncclCommInitRank(&comm, kRanks + 1, id, rank) == ncclSystemError, rank, "rank 3 never comes");
+    }
+    check(ncclCommInitRank(&comm, kRanks, id, rank) == ncclInvalidUsage, rank, "a rank of another size refused");
+    check(std::strstr(ncclGetLastError(nullptr), "joined with nranks 4") != nullptr, rank, "the error names the size");
+}
+
+// Removes a directory a failed rendezvous left behind.
+void remove_directory(const std::string& dir) {
+    if (DIR* d = opendir(dir.c_str())) {
+        while (const dirent* e = readdir(d))
+            if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
+                unlink((dir + "/" + e->d_name).c_str());
+        closedir(d);
+    }
+    rmdir(dir.c_str());
+}
+
 // Forks the ranks, each on its own device; returns the number that failed.
 int run_ranks(const ncclUniqueId& id, void (*body)(int, const ncclUniqueId&)) {
     std::vector<pid_t> children;
@@ -226,14 +260,24 @@ int main() {
     failed += run_ranks(exits, [](int rank, const ncclUniqueId& id) { faulty_rank_main(rank, id, false, ncclRemoteError); });
     check(access(directory_of(exits).c_str(), F_OK) != 0, -1, "the survivors removed the directory");
 
+    const ncclUniqueId shared = new_id();
+    failed += run_ranks(shared, shared_device_rank_main);
+    check(access(directory_of(shared).c_str(), F_OK) != 0, -1, "the refused ranks removed the directory");
+
+    const ncclUniqueId wrong_size = new_id();
+    failed += run_ranks(wrong_size, wrong_size_rank_main);
+    remove_directory(directory_of(wrong_size));  // rank 3 never joined, so no rank could know it was last
+
     setenv("REVSNN_FAKE_NCCL_TIMEOUT_MS", "300", 1);
-    failed += run_ranks(new_id(), [](int rank, const ncclUniqueId& id) { faulty_rank_main(rank, id, true, ncclSystemError); });
+    const ncclUniqueId hangs = new_id();
+    failed += run_ranks(hangs, [](int rank, const ncclUniqueId& id) { faulty_rank_main(rank, id, true, ncclSystemError); });
+    check(access(directory_of(hangs).c_str(), F_OK) != 0, -1, "the late rank removed the directory");
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (failed + failures > 0) {
         std::fprintf(stderr, "nccl selftest: %d rank(s) failed\n", failed + failures);
         return 1;
     }
-    std::fprintf(stderr, "nccl selftest: ok, 3 communicators of %d processes, %.2f s\n", kRanks, seconds);
+    std::fprintf(stderr, "nccl selftest: ok, 5 communicators of %d processes, %.2f s\n", kRanks, seconds);
     return 0;
 }
