@@ -479,7 +479,8 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
     if (nranks < 1 || rank < 0 || rank >= nranks)
         return fail(ncclInvalidArgument, "ncclCommInitRank: rank %d of nranks %d is not a rank", rank, nranks);
     const std::string dir = directory_of(id);
-    if (dir.empty()) return fail(ncclInvalidArgument, "ncclCommInitRank: the id is not from this fake's ncclGetUniqueId");
+    if (dir.empty())
+        return fail(ncclInvalidArgument, "ncclCommInitRank: the id is not from this fake's ncclGetUniqueId");
     if (!exists(dir))
         return fail(ncclInvalidArgument,
                     "ncclCommInitRank: %s, the directory of the id, does not exist: the id is from another machine, "
@@ -546,7 +547,7 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error) {
 }
 
 const char* ncclGetErrorString(ncclResult_t result) {
-    return result >= 0 && result < ncclNumResults ? kErrorText[result] : "unknown result code";
+    return (int)result >= 0 && (int)result < ncclNumResults ? kErrorText[result] : "unknown result code";
 }
 
 const char* ncclGetLastError(ncclComm_t) { return last_error.c_str(); }
@@ -567,7 +568,8 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, std::size_t cou
     const char* call = "ncclAllReduce";
     ncclResult_t result = check_call(comm, call, datatype);
     if (result != ncclSuccess) return result;
-    if (op < 0 || op >= ncclNumOps) return fail(ncclInvalidArgument, "rank %d: %s: op %d is not an ncclRedOp_t", comm->rank, call, op);
+    if ((int)op < 0 || (int)op >= ncclNumOps)
+        return fail(ncclInvalidArgument, "rank %d: %s: op %d is not an ncclRedOp_t", comm->rank, call, (int)op);
     if (op != ncclSum || !summable(datatype))
         return fail(ncclInvalidUsage, "rank %d: %s: the fake NCCL adds only (op ncclSum) 32- and 64-bit integers and "
                     "floats; got op %d, datatype %d", comm->rank, call, op, datatype);
@@ -616,8 +618,8 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, std::size_t cou
     const Header header{0, Kind::Broadcast, datatype, 0, root, 0, count, 0};
     if ((result = run_round(*comm, header, sendbuff, is_root ? bytes : 0, &parts)) != ncclSuccess) return result;
     if (parts[root].payload.size() != bytes)
-        return comm->failure = fail(ncclInternalError, "rank %d: %s: the root's part has %zu bytes, not %zu", comm->rank,
-                                    call, parts[root].payload.size(), bytes);
+        return comm->failure = fail(ncclInternalError, "rank %d: %s: the root's part has %zu bytes, not %zu",
+                                    comm->rank, call, parts[root].payload.size(), bytes);
     if (bytes > 0) std::memcpy(recvbuff, parts[root].payload.data(), bytes);
     return ncclSuccess;
 }
