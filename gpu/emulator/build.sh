@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds the CPU emulator of the CUDA driver and cuBLAS into OUT_DIR:
-#   libcuda.so.1 (+ libcuda.so)      the driver API cudarc calls, with every gpu/kernels/*.cu inside
+# Builds the CPU emulator of the CUDA driver, cuBLAS and NCCL into OUT_DIR:
+#   libcuda.so.1 (+ libcuda.so)      the driver API cudarc calls, with every gpu/kernels/*.cu inside;
+#                                    REVSNN_EMU_DEVICES devices (default 1)
 #   libcublas.so.13 (+ libcublas.so) handles and GEMMs
+#   libnccl.so.2 (+ libnccl.so)      communicators, all-reduce (sum), all-gather and broadcast between
+#                                    processes on this machine, through files in a directory
+# and runs the self-tests of the execution model (selftest) and of the fake NCCL (nccl_selftest,
+# three processes, a few seconds).
 # usage: gpu/emulator/build.sh OUT_DIR
 # Needs g++ (C++17), python3 and cuda.h: $REVSNN_CUDA_INCLUDE, else .nvrtc/nvidia/cu13/include
 # (installed by .ci/run with NVRTC). See gpu/README.md, "Running the GPU tests on the CPU emulator".
@@ -53,8 +58,15 @@ ln -sf libcuda.so.1 "$OUT/libcuda.so"
 "$CXX" "${FLAGS[@]}" "${WARN[@]}" -shared -Wl,-soname,libcublas.so.13 -Wl,--no-undefined \
   -o "$OUT/libcublas.so.13" "$HERE/fake_cublas.cpp" -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'
 ln -sf libcublas.so.13 "$OUT/libcublas.so"
+"$CXX" "${FLAGS[@]}" "${WARN[@]}" -shared -Wl,-soname,libnccl.so.2 -Wl,--no-undefined \
+  -o "$OUT/libnccl.so.2" "$HERE/fake_nccl.cpp" -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'
+ln -sf libnccl.so.2 "$OUT/libnccl.so"
 echo "build.sh: emulator in $OUT" >&2
 
 # The execution model's own checks (barriers, shuffles, launch validation), against the objects just built.
 "$CXX" "${FLAGS[@]}" "${WARN[@]}" -o "$OUT/selftest" "$HERE/selftest.cpp" "$OUT/obj/emulator.o" -lpthread
 "$OUT/selftest"
+# The fake NCCL's checks: three processes, each on its own emulated device.
+"$CXX" "${FLAGS[@]}" "${WARN[@]}" -o "$OUT/nccl_selftest" "$HERE/nccl_selftest.cpp" -L"$OUT" -l:libnccl.so.2 \
+  -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'
+"$OUT/nccl_selftest"

@@ -1,6 +1,7 @@
 // libcuda.so.1 for the CPU emulator: the subset of the CUDA driver API that cudarc 0.19 calls,
 // with cuda.h's own prototypes (so every signature and versioned name, e.g. cuMemAlloc_v2, is the
-// real one). One device, "revsnn CPU emulator", compute capability 9.0. Everything runs
+// real one). REVSNN_EMU_DEVICES devices (default 1), each "revsnn CPU emulator" with compute
+// capability 9.0, all sharing the host's memory. Everything runs
 // synchronously at call time; device pointers are host addresses from emu::device_alloc; kernels
 // are the gpu/kernels/*.cu compiled into this library by build.sh.
 #include <sys/sysinfo.h>
@@ -8,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -23,12 +25,16 @@ namespace {
 
 const char* const kDeviceName = "revsnn CPU emulator";
 
+const int kMaxDevices = 64;
+
 struct Context {
     int device;
 };
-Context primary_context{0};
+// The primary context of each device; only the first `device_count` are in use.
+Context primary_contexts[kMaxDevices];
 thread_local CUcontext current_context = nullptr;
 bool initialised = false;
+int device_count = 1;
 
 struct Stream {
     unsigned int flags;
@@ -66,7 +72,29 @@ unsigned long long total_memory() {
         if (!current_context) return CUDA_ERROR_INVALID_CONTEXT; \
     } while (0)
 
-bool valid_device(CUdevice d) { return d == 0; }
+bool valid_device(CUdevice d) { return d >= 0 && d < device_count; }
+
+// The device count REVSNN_EMU_DEVICES asks for (1 when unset), or 0 after printing why the value
+// is not one.
+int requested_device_count() {
+    const char* text = std::getenv("REVSNN_EMU_DEVICES");
+    if (!text || !*text) return 1;
+    char* end = nullptr;
+    const long n = std::strtol(text, &end, 10);
+    if (*end != '\0' || n < 1 || n > kMaxDevices) {
+        std::fprintf(stderr, "revsnn CUDA emulator: REVSNN_EMU_DEVICES=%s is not a device count: set a whole number "
+                     "from 1 to %d, or unset it for one device\n", text, kMaxDevices);
+        return 0;
+    }
+    return (int)n;
+}
+
+// Whether `ctx` is the primary context of a device in use.
+bool valid_context(CUcontext ctx) {
+    for (int d = 0; d < device_count; ++d)
+        if (ctx == reinterpret_cast<CUcontext>(&primary_contexts[d])) return true;
+    return false;
+}
 
 // The size of a module image cuModuleLoadData receives without a length: an ELF (CUBIN) says
 // where its headers end; PTX is a NUL-terminated text; a fatbin header holds its size.
@@ -193,6 +221,10 @@ CUresult cuGetExportTable(const void** table, const CUuuid*) {
 // ---- initialisation, device ---------------------------------------------------------------------
 CUresult cuInit(unsigned int flags) {
     if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    const int count = requested_device_count();
+    if (count == 0) return CUDA_ERROR_INVALID_VALUE;
+    device_count = count;
+    for (int d = 0; d < count; ++d) primary_contexts[d].device = d;
     initialised = true;
     return CUDA_SUCCESS;
 }
@@ -206,15 +238,15 @@ CUresult cuDriverGetVersion(int* version) {
 CUresult cuDeviceGetCount(int* count) {
     CHECK_INIT();
     if (!count) return CUDA_ERROR_INVALID_VALUE;
-    *count = 1;
+    *count = device_count;
     return CUDA_SUCCESS;
 }
 
 CUresult cuDeviceGet(CUdevice* device, int ordinal) {
     CHECK_INIT();
     if (!device) return CUDA_ERROR_INVALID_VALUE;
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *device = 0;
+    if (!valid_device(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
+    *device = ordinal;
     return CUDA_SUCCESS;
 }
 
@@ -230,7 +262,9 @@ CUresult cuDeviceGetUuid(CUuuid* uuid, CUdevice dev) {
     CHECK_INIT();
     if (!uuid) return CUDA_ERROR_INVALID_VALUE;
     if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
-    std::memcpy(uuid->bytes, "revsnn-emulator0", 16);
+    char text[32];  // 16 bytes are used: "revsnn-emulat000" for device 0
+    std::snprintf(text, sizeof text, "revsnn-emulat%03d", (int)dev);
+    std::memcpy(uuid->bytes, text, 16);
     return CUDA_SUCCESS;
 }
 
@@ -359,7 +393,7 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext* ctx, CUdevice dev) {
     CHECK_INIT();
     if (!ctx) return CUDA_ERROR_INVALID_VALUE;
     if (!valid_device(dev)) return CUDA_ERROR_INVALID_DEVICE;
-    *ctx = reinterpret_cast<CUcontext>(&primary_context);
+    *ctx = reinterpret_cast<CUcontext>(&primary_contexts[dev]);
     return CUDA_SUCCESS;
 }
 
@@ -380,7 +414,7 @@ CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int* flags, int* acti
 
 CUresult cuCtxSetCurrent(CUcontext ctx) {
     CHECK_INIT();
-    if (ctx && ctx != reinterpret_cast<CUcontext>(&primary_context)) return CUDA_ERROR_INVALID_CONTEXT;
+    if (ctx && !valid_context(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
     current_context = ctx;
     return CUDA_SUCCESS;
 }
@@ -396,7 +430,7 @@ CUresult cuCtxGetDevice(CUdevice* dev) {
     CHECK_INIT();
     if (!dev) return CUDA_ERROR_INVALID_VALUE;
     if (!current_context) return CUDA_ERROR_INVALID_CONTEXT;
-    *dev = 0;
+    *dev = reinterpret_cast<Context*>(current_context)->device;
     return CUDA_SUCCESS;
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every GPU test on the CPU emulator (gpu/README.md, "Running the GPU tests on the CPU
-# emulator"): tests/gpu_*.rs and gpu/tests/*.rs with REVSNN_REQUIRE_GPU=1, the emulated driver and
-# cuBLAS first on the library path and the real NVRTC after them. Extra arguments go to the test
-# binaries (e.g. a test name filter).
+# emulator"): tests/gpu_*.rs and gpu/tests/*.rs with REVSNN_REQUIRE_GPU=1, the emulated driver,
+# cuBLAS and NCCL (build.sh builds them and runs their self-tests) first on the library path and
+# the real NVRTC after them. Extra arguments go to the test binaries (e.g. a test name filter).
+# A test that runs several ranks sets REVSNN_EMU_DEVICES (default 1) for their processes.
 # usage: gpu/emulator/run-tests.sh [-- TEST ARGS...]
 # Needs NVRTC 13.0 in .nvrtc/ (installed by .ci/run; or set NV to another install).
 set -euo pipefail
