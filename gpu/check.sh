@@ -27,9 +27,12 @@ cd "$(dirname "$0")/.."
 SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || echo /nonexistent)
 # cuDNN 9 from PyTorch's wheels (nvidia/cudnn/lib), wherever that package put it
 CUDNN_SO=$(find "$SP/nvidia" -name 'libcudnn.so.9' 2>/dev/null | head -n 1)
-# NCCL from the same wheels (nvidia/nccl/lib), for the ranks of `train --gpus` (tests/gpu_ranks.rs)
+# NCCL from the same wheels (nvidia/nccl/lib), for the ranks of `train --gpus` (tests/gpu_ranks.rs):
+# the wheel ships libnccl.so.2 and cudarc opens libnccl.so, so a link of that name goes first
 NCCL_SO=$(find "$SP/nvidia" -name 'libnccl.so.2' 2>/dev/null | head -n 1)
-export LD_LIBRARY_PATH="$SP/nvidia/cu13/lib:$(dirname "${CUDNN_SO:-$SP/nvidia/cudnn/lib/x}"):$(dirname "${NCCL_SO:-$SP/nvidia/nccl/lib/x}"):/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+NCCL_LINK=$(mktemp -d)
+[ -n "$NCCL_SO" ] && ln -sf "$NCCL_SO" "$NCCL_LINK/libnccl.so"
+export LD_LIBRARY_PATH="$SP/nvidia/cu13/lib:$(dirname "${CUDNN_SO:-$SP/nvidia/cudnn/lib/x}"):$NCCL_LINK:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export REVSNN_CUDA_INCLUDE="$SP/nvidia/cu13/include:/usr/local/cuda/include"
 export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 REVSNN_REQUIRE_CUDNN=1 REVSNN_REQUIRE_NCCL=1 PYTHONUNBUFFERED=1
 status=0

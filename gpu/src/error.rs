@@ -81,8 +81,9 @@ pub enum GpuError {
     NoSuchDevice { ordinal: usize, count: usize },
     /// NCCL could not be loaded (data-parallel training on several GPUs, docs/distributed.md).
     #[error(
-        "NCCL (libnccl.so.2) not found: training on several GPUs loads it at run time; install \
-         it (e.g. the nvidia-nccl-cu13 wheel) and put its lib folder on LD_LIBRARY_PATH"
+        "NCCL not found: training on several GPUs opens libnccl.so at run time; install NCCL \
+         (e.g. the nvidia-nccl-cu13 wheel, which ships libnccl.so.2: link it as libnccl.so in \
+         a folder of yours) and put that folder on LD_LIBRARY_PATH"
     )]
     NcclMissing,
     /// An NCCL call failed, or a collective did not finish in time (a rank died or hangs).
