@@ -34,6 +34,16 @@ pub enum Error {
     /// A collective between data-parallel ranks failed: a rank left, hung or disagrees.
     #[error("data-parallel rank {rank}: {detail}")]
     Collective { rank: usize, detail: String },
+    /// torchrun's environment (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+    /// `MASTER_PORT`) that gives this process no valid place in a multi-process run.
+    #[error(
+        "{variable} {problem} (torchrun's environment, docs/distributed.md §6; unset WORLD_SIZE \
+         to train in one process)"
+    )]
+    Launch {
+        variable: &'static str,
+        problem: String,
+    },
     /// fp16 loss scaling gave up: the gradients overflow even at a scale below 1.
     #[error(
         "the fp16 loss scale fell to {scale} (below 1): the gradients overflow fp16 even unscaled. \

@@ -6,8 +6,10 @@
 //! implements it for ranks that are threads of one process, with a fixed reduction order, so the
 //! algorithm of a multi-GPU run can be tested on the CPU bit for bit.
 
+mod launch;
 mod threads;
 
+pub use launch::ProcessRank;
 pub use threads::ThreadGroup;
 
 use revsnn_reference::{Backend, Element};
