@@ -44,6 +44,11 @@ pub enum Error {
         variable: &'static str,
         problem: String,
     },
+    /// The processes of a run did not agree at the rendezvous before the first step: a rank is
+    /// missing or claimed twice, or was started differently. Every rank that rank 0 answered
+    /// reports the same text.
+    #[error("rendezvous of the data-parallel processes: {0}")]
+    Rendezvous(String),
     /// fp16 loss scaling gave up: the gradients overflow even at a scale below 1.
     #[error(
         "the fp16 loss scale fell to {scale} (below 1): the gradients overflow fp16 even unscaled. \

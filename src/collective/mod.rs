@@ -7,9 +7,11 @@
 //! algorithm of a multi-GPU run can be tested on the CPU bit for bit.
 
 mod launch;
+mod rendezvous;
 mod threads;
 
 pub use launch::ProcessRank;
+pub use rendezvous::rendezvous;
 pub use threads::ThreadGroup;
 
 use revsnn_reference::{Backend, Element};
