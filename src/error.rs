@@ -49,6 +49,15 @@ pub enum Error {
     /// reports the same text.
     #[error("rendezvous of the data-parallel processes: {0}")]
     Rendezvous(String),
+    /// The local launcher (`--gpus N`) could not start the process of rank `rank`.
+    #[error(
+        "could not start the process of rank {rank}: {detail}; the ranks already started were stopped"
+    )]
+    RankNotStarted { rank: usize, detail: String },
+    /// A process of the local launcher (`--gpus N`) failed; `ended` is how, e.g. "exited with
+    /// status 3".
+    #[error("rank {rank} {ended}; the other ranks were stopped; its own output above says why")]
+    RankFailed { rank: usize, ended: String },
     /// fp16 loss scaling gave up: the gradients overflow even at a scale below 1.
     #[error(
         "the fp16 loss scale fell to {scale} (below 1): the gradients overflow fp16 even unscaled. \

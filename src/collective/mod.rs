@@ -8,10 +8,12 @@
 
 mod launch;
 mod rendezvous;
+mod spawn;
 mod threads;
 
 pub use launch::ProcessRank;
 pub use rendezvous::rendezvous;
+pub use spawn::run_local_ranks;
 pub use threads::ThreadGroup;
 
 use revsnn_reference::{Backend, Element};
