@@ -34,7 +34,7 @@ impl ProcessRank {
         let Some(world_size) = get("WORLD_SIZE") else {
             return Ok(None);
         };
-        let world_size: usize = parse("WORLD_SIZE", &world_size)?;
+        let world_size: usize = parse("WORLD_SIZE", &world_size, WHOLE_NUMBER)?;
         if world_size == 0 {
             return Err(launch_error(
                 "WORLD_SIZE",
@@ -51,9 +51,13 @@ impl ProcessRank {
                 ),
             )
         })?;
-        let rank = index_below("RANK", parse("RANK", &rank)?, world_size)?;
+        let rank = index_below("RANK", parse("RANK", &rank, WHOLE_NUMBER)?, world_size)?;
         let local_rank = match get("LOCAL_RANK") {
-            Some(value) => index_below("LOCAL_RANK", parse("LOCAL_RANK", &value)?, world_size)?,
+            Some(value) => index_below(
+                "LOCAL_RANK",
+                parse("LOCAL_RANK", &value, WHOLE_NUMBER)?,
+                world_size,
+            )?,
             None => rank,
         };
         let master = master(&get, world_size)?;
@@ -73,7 +77,10 @@ fn master(
     world_size: usize,
 ) -> Result<Option<(String, u16)>> {
     let port = match get("MASTER_PORT") {
-        Some(port) => Some(rendezvous_port(get, parse::<u16>("MASTER_PORT", &port)?)?),
+        Some(port) => Some(rendezvous_port(
+            get,
+            parse::<u16>("MASTER_PORT", &port, "a port, 1 to 65535")?,
+        )?),
         None => None,
     };
     match (get("MASTER_ADDR"), port) {
@@ -111,23 +118,24 @@ fn rendezvous_port(get: &impl Fn(&str) -> Option<String>, master_port: u16) -> R
         _ => Err(launch_error(
             "MASTER_PORT",
             format!(
-                "is {master_port}: set it to a free port, 1 to 65534 (torchrun's default is \
-                 29500; under torchrun revsnn meets at the next port, since torchrun's agent \
-                 holds MASTER_PORT itself)"
+                "is {master_port}: set it to a free port, 1 to 65535 (torchrun's default is \
+                 29500; under torchrun at most 65534, since torchrun's agent holds MASTER_PORT \
+                 itself and revsnn meets at the next port)"
             ),
         )),
     }
 }
 
-/// `value` of the variable `name` as a number.
-fn parse<T: FromStr>(name: &'static str, value: &str) -> Result<T> {
-    value.trim().parse().map_err(|_| {
-        launch_error(
-            name,
-            format!("= `{value}` is not a whole number in range; set it to one"),
-        )
-    })
+/// `value` of the variable `name` as a number; `expected` says which numbers in the error.
+fn parse<T: FromStr>(name: &'static str, value: &str, expected: &str) -> Result<T> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| launch_error(name, format!("= `{value}`: expected {expected}")))
 }
+
+/// What [`parse`] expects of a count or an index.
+const WHOLE_NUMBER: &str = "a whole number, 0 or more";
 
 /// `index`, checked to lie in `0..world_size`.
 fn index_below(name: &'static str, index: usize, world_size: usize) -> Result<usize> {
@@ -239,7 +247,7 @@ mod tests {
     #[test]
     fn values_that_are_not_numbers_are_named() {
         let message = failure(&[("WORLD_SIZE", "two")]);
-        assert!(message.starts_with("WORLD_SIZE = `two` is not a whole number"));
+        assert!(message.starts_with("WORLD_SIZE = `two`: expected a whole number"));
         let message = failure(&[("WORLD_SIZE", "2"), ("RANK", "-1"), MASTER[0], MASTER[1]]);
         assert!(message.starts_with("RANK = `-1`"), "{message}");
         let vars = [("WORLD_SIZE", "2"), ("RANK", "0"), MASTER[0]];
