@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// How long the other ranks may go on after one failed, to end on their own (their collectives
-/// fail as soon as the failed rank's connections close) before they are killed.
+/// How long the other ranks may go on after one failed, to end on their own and say why in
+/// their own output, before they are killed.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(5);
 
 /// How often the launcher looks at its children.
@@ -17,7 +17,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Runs `count` processes, `command(r)` for rank `r`, with `RANK` and `LOCAL_RANK` set to `r`,
 /// `WORLD_SIZE` to `count`, and `MASTER_ADDR:MASTER_PORT` to a free port on 127.0.0.1; they
-/// share this process's standard output and error. Waits for all of them. When one fails (a
+/// share this process's standard output and error unless `command` redirects them. Waits for all of them. When one fails (a
 /// non-zero exit or a signal) the others get [`GRACE_PERIOD`] and are then killed, and the
 /// error names the first rank that failed.
 pub fn run_local_ranks(count: usize, command: impl Fn(usize) -> Command) -> Result<()> {
