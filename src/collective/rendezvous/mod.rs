@@ -96,8 +96,9 @@ fn lead(
         .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
         .map_err(|error| {
             Error::Rendezvous(format!(
-                "rank 0 cannot listen on MASTER_ADDR:MASTER_PORT = {endpoint}: {error}; \
-                 MASTER_ADDR must be an address of rank 0's machine and MASTER_PORT a free port"
+                "rank 0 cannot listen on {endpoint} (from MASTER_ADDR and MASTER_PORT): \
+                 {error}; MASTER_ADDR must be an address of rank 0's machine and the port a \
+                 free one, and only one process may be started as rank 0"
             ))
         })?;
     let (mut peers, strays) = gather(&listener, me.world_size - 1, deadline)?;
@@ -233,9 +234,9 @@ fn connect(
     }
     let why = last_error.map_or("no attempt finished".into(), |error| error.to_string());
     Err(Error::Rendezvous(format!(
-        "rank {rank} could not reach rank 0 at MASTER_ADDR:MASTER_PORT = {endpoint} within \
-         {timeout:?} (last attempt: {why}); start rank 0, and check that MASTER_ADDR and \
-         MASTER_PORT are the same on every rank and that the port is reachable from here"
+        "rank {rank} could not reach rank 0 at {endpoint} (from MASTER_ADDR and MASTER_PORT) \
+         within {timeout:?} (last attempt: {why}); start rank 0, and check that MASTER_ADDR \
+         and MASTER_PORT are the same on every rank and that the port is reachable from here"
     )))
 }
 
