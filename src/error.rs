@@ -34,6 +34,30 @@ pub enum Error {
     /// A collective between data-parallel ranks failed: a rank left, hung or disagrees.
     #[error("data-parallel rank {rank}: {detail}")]
     Collective { rank: usize, detail: String },
+    /// torchrun's environment (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+    /// `MASTER_PORT`) that gives this process no valid place in a multi-process run.
+    #[error(
+        "{variable} {problem} (torchrun's environment, docs/distributed.md §6; unset WORLD_SIZE \
+         to train in one process)"
+    )]
+    Launch {
+        variable: &'static str,
+        problem: String,
+    },
+    /// The processes of a run did not agree at the rendezvous before the first step: a rank is
+    /// missing or claimed twice, or was started differently. Every rank that rank 0 answered
+    /// reports the same text.
+    #[error("rendezvous of the data-parallel processes: {0}")]
+    Rendezvous(String),
+    /// The local launcher (`--gpus N`) could not start the process of rank `rank`.
+    #[error(
+        "could not start the process of rank {rank}: {detail}; the ranks already started were stopped"
+    )]
+    RankNotStarted { rank: usize, detail: String },
+    /// A process of the local launcher (`--gpus N`) failed; `ended` is how, e.g. "exited with
+    /// status 3".
+    #[error("rank {rank} {ended}; the other ranks were stopped; its own output above says why")]
+    RankFailed { rank: usize, ended: String },
     /// fp16 loss scaling gave up: the gradients overflow even at a scale below 1.
     #[error(
         "the fp16 loss scale fell to {scale} (below 1): the gradients overflow fp16 even unscaled. \

@@ -1,5 +1,5 @@
 //! `revsnn train --device cuda --gpus N`: data-parallel ranks that are processes with one GPU
-//! each, exchanging through NCCL (docs/distributed.md §6). On the CPU emulator the driver shows
+//! each, exchanging through NCCL (docs/distributed.md §7). On the CPU emulator the driver shows
 //! `REVSNN_EMU_DEVICES` devices (2, set by gpu/emulator/run-tests.sh) and a fake NCCL sums in
 //! rank order between the processes, so these tests check the launcher, the rendezvous, the
 //! shares, the collectives, the checkpoints and the faults; NCCL's own speed and ring order only

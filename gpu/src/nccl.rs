@@ -1,5 +1,5 @@
 //! [`Communicator`]: one rank's NCCL communicator on its device, for data-parallel training on
-//! several GPUs (docs/distributed.md §6). NCCL is loaded at run time like the other CUDA
+//! several GPUs (docs/distributed.md §7). NCCL is loaded at run time like the other CUDA
 //! libraries; a build never needs it.
 //!
 //! Every collective runs on the device's one stream, so it is ordered with the ops around it.

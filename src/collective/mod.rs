@@ -7,10 +7,16 @@
 //! algorithm of a multi-GPU run can be tested on the CPU bit for bit; [`NcclGroup`] implements it
 //! for ranks that are processes, one GPU each, over NCCL.
 
+mod launch;
 mod nccl;
+mod rendezvous;
+mod spawn;
 mod threads;
 
+pub use launch::ProcessRank;
 pub use nccl::NcclGroup;
+pub use rendezvous::rendezvous;
+pub use spawn::run_local_ranks;
 pub use threads::ThreadGroup;
 
 use revsnn_reference::{Backend, Element};

@@ -1,5 +1,5 @@
 //! [`NcclGroup`]: ranks that are processes, one per GPU, exchanging through NCCL
-//! (docs/distributed.md §6). It implements [`Collective`] for the CUDA backend only; the
+//! (docs/distributed.md §7). It implements [`Collective`] for the CUDA backend only; the
 //! training loop, generic over the backend, gets it as its own backend's collective from
 //! [`NcclGroup::into_collective`].
 

@@ -52,7 +52,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub allow_non_finite: bool,
     /// Train on N GPUs of this machine, one process each, exchanging through NCCL
-    /// (docs/distributed.md §6): starts N ranks of this command, each on GPU `LOCAL_RANK`;
+    /// (docs/distributed.md §6, §7): starts N ranks of this command, each on GPU `LOCAL_RANK`;
     /// --batch is the global batch. Implies --device cuda and --ranks N. Under torchrun
     /// (`WORLD_SIZE` set) this process is one of the ranks instead.
     #[arg(long)]

@@ -82,7 +82,7 @@ pub fn shuffle_seed(seed: u64, epoch: usize) -> u64 {
 
 /// Trains `run` on `device` in f32, printing the run folder first and a progress bar per epoch;
 /// writes `config.toml` before the first epoch of this invocation. `process` is this process's
-/// rank of a run whose ranks are processes, one GPU each (`--gpus`, docs/distributed.md §6);
+/// rank of a run whose ranks are processes, one GPU each (`--gpus`, docs/distributed.md §7);
 /// without it, the run's `ranks` are threads of this process.
 pub fn train(
     run: &Run,

@@ -5,7 +5,7 @@
 //! batches and hands each rank its share; it alone writes the run folder. A run of one rank has
 //! no group and no collective: it is the single-process path.
 //!
-//! A rank that is a process of its own (one per GPU, `train --gpus N`, docs/distributed.md §6)
+//! A rank that is a process of its own (one per GPU, `train --gpus N`, docs/distributed.md §7)
 //! has no leader to receive from: it assembles every global batch itself and keeps its share,
 //! so the shares are the threads' ones bit for bit.
 

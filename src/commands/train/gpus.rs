@@ -1,5 +1,5 @@
 //! The ranks of `train --gpus N` and of torchrun: processes with one GPU each
-//! (docs/distributed.md §6). The launcher starts N copies of this command with torchrun's
+//! (docs/distributed.md §6, §7). The launcher starts N copies of this command with torchrun's
 //! variables; each copy, a rank, takes its settings from the command line like the others,
 //! opens GPU `LOCAL_RANK`, meets the others at the rendezvous and trains its share.
 

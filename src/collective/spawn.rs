@@ -1,0 +1,242 @@
+//! The launcher of one machine (`revsnn train --gpus N`): N processes, one per GPU, with the
+//! environment torchrun would give them (docs/distributed.md §6).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// How long the other ranks may go on after one failed, to end on their own and say why in
+/// their own output, before they are killed.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(5);
+
+/// How often the launcher looks at its children.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Runs `count` processes, `command(r)` for rank `r`, with `RANK` and `LOCAL_RANK` set to `r`,
+/// `WORLD_SIZE` to `count`, and `MASTER_ADDR:MASTER_PORT` to a free port on 127.0.0.1; they
+/// share this process's standard output and error unless `command` redirects them. Waits for all of them. When one fails (a
+/// non-zero exit or a signal) the others get [`GRACE_PERIOD`] and are then killed, and the
+/// error names the first rank that failed.
+pub fn run_local_ranks(count: usize, command: impl Fn(usize) -> Command) -> Result<()> {
+    run_ranks(count, command, GRACE_PERIOD)
+}
+
+/// [`run_local_ranks`] with the grace period `grace`.
+fn run_ranks(count: usize, command: impl Fn(usize) -> Command, grace: Duration) -> Result<()> {
+    if count == 0 {
+        return Err(Error::Usage(
+            "a run needs at least one rank: pass --gpus 1 or more".into(),
+        ));
+    }
+    let port = free_port()?;
+    let mut children: Vec<Child> = Vec::with_capacity(count);
+    for rank in 0..count {
+        let mut rank_command = command(rank);
+        rank_command
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", count.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE");
+        match rank_command.spawn() {
+            Ok(child) => children.push(child),
+            Err(error) => {
+                stop(&mut children);
+                return Err(Error::RankNotStarted {
+                    rank,
+                    detail: error.to_string(),
+                });
+            }
+        }
+    }
+    supervise(children, grace)
+}
+
+/// A port on 127.0.0.1 that no one listens on now; rank 0 binds it a moment later.
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(|error| {
+            Error::Rendezvous(format!(
+                "no free port on 127.0.0.1 for the ranks to meet at: {error}"
+            ))
+        })
+}
+
+/// Waits for every child; after the first failure, waits `grace` more, then kills the rest.
+fn supervise(children: Vec<Child>, grace: Duration) -> Result<()> {
+    let mut running: Vec<Option<Child>> = children.into_iter().map(Some).collect();
+    let mut first_failure: Option<(usize, String, Instant)> = None;
+    loop {
+        for (rank, failure) in take_ended(&mut running) {
+            if let (Some(ended), None) = (failure, &first_failure) {
+                first_failure = Some((rank, ended, Instant::now()));
+            }
+        }
+        if running.iter().all(Option::is_none) {
+            break;
+        }
+        if first_failure
+            .as_ref()
+            .is_some_and(|(_, _, failed_at)| failed_at.elapsed() >= grace)
+        {
+            running
+                .iter_mut()
+                .filter_map(Option::take)
+                .for_each(|mut child| kill_and_reap(&mut child));
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+    match first_failure {
+        None => Ok(()),
+        Some((rank, ended, _)) => Err(Error::RankFailed { rank, ended }),
+    }
+}
+
+/// Takes the children that have ended out of `running`: the rank of each and, when it failed,
+/// how it ended.
+fn take_ended(running: &mut [Option<Child>]) -> Vec<(usize, Option<String>)> {
+    let mut ended = Vec::new();
+    for (rank, slot) in running.iter_mut().enumerate() {
+        let Some(child) = slot else { continue };
+        let failure = match child.try_wait() {
+            Ok(None) => continue,
+            Ok(Some(status)) if status.success() => None,
+            Ok(Some(status)) => Some(how_it_ended(status)),
+            Err(error) => {
+                kill_and_reap(child);
+                Some(format!("could not be waited for ({error}) and was killed"))
+            }
+        };
+        *slot = None;
+        ended.push((rank, failure));
+    }
+    ended
+}
+
+/// Kills the children started so far and waits for them.
+fn stop(children: &mut [Child]) {
+    children.iter_mut().for_each(kill_and_reap);
+}
+
+fn kill_and_reap(child: &mut Child) {
+    // Killing fails only for a child that already exited; waiting reaps it either way.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// "exited with status 3", or how a process killed by a signal ended.
+fn how_it_ended(status: ExitStatus) -> String {
+    match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => format!("ended without an exit status ({status})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// The grace period of the tests.
+    const GRACE: Duration = Duration::from_millis(200);
+
+    /// `sh -c script`; the script of rank `r` is `scripts[r]`.
+    fn shells(scripts: &'static [&'static str]) -> impl Fn(usize) -> Command {
+        |rank| {
+            let mut command = Command::new("sh");
+            command.args(["-c", scripts[rank]]);
+            command
+        }
+    }
+
+    #[test]
+    fn ranks_that_all_succeed_are_ok() {
+        assert!(run_ranks(3, shells(&["true", "exit 0", "true"]), GRACE).is_ok());
+    }
+
+    #[test]
+    fn each_rank_sees_torchruns_environment() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().to_path_buf();
+        let command = move |rank: usize| {
+            let mut command = Command::new("sh");
+            let file = path.join(format!("rank{rank}"));
+            command.arg("-c").arg(format!(
+                "echo \"$RANK $LOCAL_RANK $WORLD_SIZE $MASTER_ADDR $MASTER_PORT\" > '{}'",
+                file.display()
+            ));
+            command
+        };
+        run_ranks(2, command, GRACE).unwrap();
+        let seen: Vec<Vec<String>> = (0..2)
+            .map(|rank| {
+                let text = fs::read_to_string(folder.path().join(format!("rank{rank}"))).unwrap();
+                text.split_whitespace().map(String::from).collect()
+            })
+            .collect();
+        for (rank, words) in seen.iter().enumerate() {
+            assert_eq!(
+                words[..4],
+                [&rank.to_string(), &rank.to_string(), "2", "127.0.0.1"]
+            );
+            assert!(words[4].parse::<u16>().unwrap() > 0);
+        }
+        assert_eq!(seen[0][4], seen[1][4], "both ranks meet at one port");
+    }
+
+    #[test]
+    fn a_failed_rank_is_named_and_a_rank_that_sleeps_is_killed() {
+        let start = Instant::now();
+        let scripts = &["exec sleep 60", "exit 3", "true"];
+        let error = run_ranks(3, shells(scripts), GRACE).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            error.to_string(),
+            "rank 1 exited with status 3; the other ranks were stopped; its own output above \
+             says why"
+        );
+    }
+
+    #[test]
+    fn a_rank_killed_by_a_signal_is_a_failure() {
+        let error = run_ranks(2, shells(&["true", "kill -9 $$"]), GRACE).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("rank 1 ended without an exit status"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_program_that_cannot_start_is_named() {
+        let command = |rank: usize| match rank {
+            0 => {
+                let mut command = Command::new("sh");
+                command.args(["-c", "exec sleep 60"]);
+                command
+            }
+            _ => Command::new("/nonexistent/revsnn"),
+        };
+        let error = run_ranks(2, command, GRACE).unwrap_err();
+        assert!(
+            matches!(error, Error::RankNotStarted { rank: 1, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn no_rank_is_refused() {
+        assert!(run_ranks(0, shells(&[]), GRACE).is_err());
+    }
+}
