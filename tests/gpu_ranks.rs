@@ -104,7 +104,9 @@ fn parameters(dir: &Path) -> Vec<f64> {
     let mut named: Vec<_> = tensors
         .tensors()
         .into_iter()
-        .filter(|(name, view)| view.dtype() == safetensors::Dtype::F32 && !name.contains("running_"))
+        .filter(|(name, view)| {
+            view.dtype() == safetensors::Dtype::F32 && !name.contains("running_")
+        })
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named
@@ -130,7 +132,10 @@ fn one_gpu_through_nccl_equals_the_plain_run_bit_for_bit() {
         checkpoint(&dir.join("plain")) == checkpoint(&dir.join("nccl")),
         "--gpus 1 (NCCL, world size 1) and the plain run differ"
     );
-    let (plain, nccl) = (last_metrics(&dir.join("plain")), last_metrics(&dir.join("nccl")));
+    let (plain, nccl) = (
+        last_metrics(&dir.join("plain")),
+        last_metrics(&dir.join("nccl")),
+    );
     assert_eq!(plain["test_loss"], nccl["test_loss"]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("done in"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -144,22 +149,40 @@ fn two_gpus_with_sync_bn_train_as_one_and_resume_bit_for_bit() {
     let dir = scratch("two-gpus");
     ok(train(&dir.join("one"), &["--epochs", "1"]));
     let two = ["--gpus", "2", "--sync-bn"];
-    let output = ok(train(&dir.join("two"), &[&["--epochs", "2"][..], &two].concat()));
+    let output = ok(train(
+        &dir.join("two"),
+        &[&["--epochs", "2"][..], &two].concat(),
+    ));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("2 ranks (processes, one GPU each)") && stderr.contains("effective batch 12"),
+        stderr.contains("2 ranks (processes, one GPU each)")
+            && stderr.contains("effective batch 12"),
         "{stderr}"
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(stdout.matches("done in").count(), 1, "rank 0 alone reports: {stdout}");
+    assert_eq!(
+        stdout.matches("done in").count(),
+        1,
+        "rank 0 alone reports: {stdout}"
+    );
     let config = std::fs::read_to_string(dir.join("two/config.toml")).unwrap();
-    assert!(config.contains("ranks = 2") && config.contains("sync_bn = true"), "{config}");
+    assert!(
+        config.contains("ranks = 2") && config.contains("sync_bn = true"),
+        "{config}"
+    );
 
     // one epoch on two GPUs against one GPU on the same global batches
-    ok(train(&dir.join("split"), &[&["--epochs", "2", "--stop-after", "1"][..], &two].concat()));
+    ok(train(
+        &dir.join("split"),
+        &[&["--epochs", "2", "--stop-after", "1"][..], &two].concat(),
+    ));
     let (one, split) = (parameters(&dir.join("one")), parameters(&dir.join("split")));
     let scale = one.iter().map(|v| v.abs()).fold(0.0, f64::max);
-    let apart = one.iter().zip(&split).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let apart = one
+        .iter()
+        .zip(&split)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     eprintln!("2 GPUs vs 1 after 4 steps: weights {apart:.1e} apart (largest {scale:.2})");
     assert_eq!(one.len(), split.len());
     assert!(apart <= 1e-4 * scale, "2 GPUs vs 1: {apart:e}");
@@ -169,7 +192,10 @@ fn two_gpus_with_sync_bn_train_as_one_and_resume_bit_for_bit() {
     );
 
     // the split run resumed on two GPUs ends where the whole one did, bit for bit
-    ok(train(&dir.join("split"), &[&["--epochs", "2", "--resume"][..], &two].concat()));
+    ok(train(
+        &dir.join("split"),
+        &[&["--epochs", "2", "--resume"][..], &two].concat(),
+    ));
     assert!(
         checkpoint(&dir.join("two")) == checkpoint(&dir.join("split")),
         "a resumed two-GPU run differs from the whole one"
@@ -187,7 +213,10 @@ fn bad_gpu_counts_and_mismatched_ranks_are_refused_with_what_to_do() {
     let more = (count + 1).to_string();
     let many = failed(train(&dir.join("many"), &["--gpus", &more]));
     let shows = format!("the {count} this machine shows");
-    assert!(many.contains(&format!("--gpus {more}")) && many.contains(&shows), "{many}");
+    assert!(
+        many.contains(&format!("--gpus {more}")) && many.contains(&shows),
+        "{many}"
+    );
     let threads = failed(train(&dir.join("threads"), &["--ranks", "2"]));
     assert!(threads.contains("--gpus 2"), "{threads}");
     // two ranks started by hand with different settings meet at the rendezvous and both stop
@@ -204,7 +233,10 @@ fn bad_gpu_counts_and_mismatched_ranks_are_refused_with_what_to_do() {
     for child in ranks {
         let output = child.wait_with_output().unwrap();
         let stderr = failed(output);
-        assert!(stderr.contains("different settings") && stderr.contains("lr"), "{stderr}");
+        assert!(
+            stderr.contains("different settings") && stderr.contains("lr"),
+            "{stderr}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -231,9 +263,15 @@ fn a_rank_that_dies_stops_the_others_and_leaves_the_last_checkpoint() {
     let stopped = Instant::now();
     let output = leader.wait_with_output().unwrap();
     let stderr = failed(output);
-    eprintln!("rank 0 stopped {:.1} s after rank 1 died", stopped.elapsed().as_secs_f64());
+    eprintln!(
+        "rank 0 stopped {:.1} s after rank 1 died",
+        stopped.elapsed().as_secs_f64()
+    );
     assert!(stderr.contains("rank 1"), "{stderr}");
-    assert!(stopped.elapsed() < Duration::from_secs(30), "rank 0 waited out the timeout");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(30),
+        "rank 0 waited out the timeout"
+    );
     // the checkpoint left is whole: the run resumes from it on one process of the same world
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
@@ -269,4 +307,3 @@ fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
-

@@ -32,9 +32,8 @@ impl NcclGroup {
         timeout: Duration,
     ) -> Result<NcclGroup> {
         let id = rendezvous(me, settings, || unique_id().map_err(Error::Cuda), timeout)?;
-        let communicator =
-            Communicator::join(device.clone(), me.rank, me.world_size, &id, timeout)
-                .map_err(Error::Cuda)?;
+        let communicator = Communicator::join(device.clone(), me.rank, me.world_size, &id, timeout)
+            .map_err(Error::Cuda)?;
         Ok(NcclGroup { communicator })
     }
 

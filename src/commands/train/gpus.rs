@@ -25,11 +25,8 @@ pub fn launch(count: usize) -> Result<()> {
              --gpus {visible} or fewer (CUDA_VISIBLE_DEVICES limits what is shown)"
         )));
     }
-    let program = std::env::current_exe().map_err(|e| {
-        Error::Usage(format!(
-            "cannot find this program to start its ranks: {e}"
-        ))
-    })?;
+    let program = std::env::current_exe()
+        .map_err(|e| Error::Usage(format!("cannot find this program to start its ranks: {e}")))?;
     let arguments: Vec<_> = std::env::args_os().skip(1).collect();
     run_local_ranks(count, |_| {
         let mut command = std::process::Command::new(&program);
