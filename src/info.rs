@@ -1,4 +1,5 @@
-//! `revsnn info`: version, CPU threads and CUDA availability, with the reason when absent.
+//! `revsnn info`: version, CPU threads and the availability of CUDA and its libraries (NVRTC,
+//! cuDNN, NCCL), with the reason when absent.
 //! Never panics and needs no GPU.
 
 use revsnn_gpu::compiler;
@@ -16,6 +17,8 @@ pub struct MachineInfo {
     pub nvrtc: Result<(i32, i32), String>,
     /// cuDNN's version, or why it cannot be loaded (convolutions then run on im2col + cuBLAS).
     pub cudnn: Result<(usize, usize, usize), String>,
+    /// NCCL's version, or why it cannot be loaded (training on several GPUs needs it).
+    pub nccl: Result<(i32, i32, i32), String>,
 }
 
 /// Reads the machine.
@@ -26,6 +29,7 @@ pub fn machine_info() -> MachineInfo {
         cuda: probe(),
         nvrtc: compiler::nvrtc_version().map_err(|e| e.to_string()),
         cudnn: revsnn_gpu::ops::conv::cudnn::version().map_err(|e| e.to_string()),
+        nccl: revsnn_gpu::nccl::version().map_err(|e| e.to_string()),
     }
 }
 
@@ -55,7 +59,13 @@ impl MachineInfo {
             }
             Err(reason) => json!({"available": false, "reason": reason}),
         };
-        json!({"version": self.version, "cpu_threads": self.cpu_threads, "cuda": cuda, "nvrtc": nvrtc, "cudnn": cudnn})
+        let nccl = match &self.nccl {
+            Ok((major, minor, patch)) => {
+                json!({"available": true, "version": format!("{major}.{minor}.{patch}")})
+            }
+            Err(reason) => json!({"available": false, "reason": reason}),
+        };
+        json!({"version": self.version, "cpu_threads": self.cpu_threads, "cuda": cuda, "nvrtc": nvrtc, "cudnn": cudnn, "nccl": nccl})
     }
 }
 
@@ -82,11 +92,15 @@ impl std::fmt::Display for MachineInfo {
             Err(reason) => writeln!(f, "NVRTC: unavailable: {reason}")?,
         }
         match &self.cudnn {
-            Ok((major, minor, patch)) => write!(f, "cuDNN: {major}.{minor}.{patch}"),
-            Err(reason) => write!(
+            Ok((major, minor, patch)) => writeln!(f, "cuDNN: {major}.{minor}.{patch}")?,
+            Err(reason) => writeln!(
                 f,
                 "cuDNN: unavailable (convolutions run on im2col + cuBLAS): {reason}"
-            ),
+            )?,
+        }
+        match &self.nccl {
+            Ok((major, minor, patch)) => write!(f, "NCCL: {major}.{minor}.{patch}"),
+            Err(reason) => write!(f, "NCCL: unavailable (training on one GPU only): {reason}"),
         }
     }
 }

@@ -400,4 +400,9 @@ fn bad_ranks_are_refused_with_what_to_do() {
         uneven.contains("--ranks 5") && uneven.contains("12"),
         "{uneven}"
     );
+    let gpus = failed(train(
+        &dir.join("gpus"),
+        &["--gpus", "2", "--device", "cpu"],
+    ));
+    assert!(gpus.contains("--ranks 2 instead"), "{gpus}");
 }

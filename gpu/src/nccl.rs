@@ -32,6 +32,16 @@ pub fn nccl_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// NCCL's version `(major, minor, patch)`, or why it cannot be loaded.
+pub fn version() -> Result<(i32, i32, i32), GpuError> {
+    if !nccl_present() {
+        return Err(GpuError::NcclMissing);
+    }
+    let code = result::get_nccl_version().map_err(|e| nccl_error(0, "reading the version", e))?;
+    // NCCL 2.9 and newer: major * 10000 + minor * 100 + patch
+    Ok((code / 10000, code / 100 % 100, code % 100))
+}
+
 /// A new NCCL unique id (made by rank 0 and sent to the others), or why there is none.
 pub fn unique_id() -> Result<Vec<u8>, GpuError> {
     if !nccl_present() {

@@ -70,8 +70,8 @@ impl TrainArgs {
     /// processes (`WORLD_SIZE` set), or as the whole run.
     pub fn run(&self) -> Result<()> {
         let process = ProcessRank::from_env()?;
-        if let (Some(count), None) = (self.gpus, &process) {
-            return gpus::launch(count);
+        if let (Some(count), None, false) = (self.gpus, &process, self.print_config) {
+            return gpus::launch(count, self.settings.device);
         }
         let mut given = self.settings.clone();
         if let Some(path) = &self.config {

@@ -13,10 +13,17 @@ use crate::train::config::GivenSettings;
 use crate::train::{Run, config_file_text};
 
 /// Starts `count` ranks of this very command, rank `r` on GPU `r`, and waits for them all; the
-/// first to fail stops the others. More GPUs than the machine shows is an error naming both.
-pub fn launch(count: usize) -> Result<()> {
+/// first to fail stops the others. More GPUs than the machine shows, or `--device cpu`, is an
+/// error saying what to give instead.
+pub fn launch(count: usize, device: Option<DeviceChoice>) -> Result<()> {
     if count == 0 {
         return Err(Error::Usage("--gpus 0: give at least 1 GPU".into()));
+    }
+    if device == Some(DeviceChoice::Cpu) {
+        return Err(Error::Usage(format!(
+            "--gpus {count} with --device cpu: ranks on the CPU are threads, give --ranks \
+             {count} instead of --gpus"
+        )));
     }
     let visible = visible_gpus()?;
     if count > visible {
