@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{failed, ok, scratch};
+use common::{f32_tensors, failed, last_metrics, ok, scratch};
 use revsnn_gpu::testing::{device_or_skip, nccl_or_skip};
 use revsnn_gpu::{CudaStatus, probe};
 
@@ -92,31 +92,11 @@ fn checkpoint(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("last.safetensors")).unwrap()
 }
 
-fn last_metrics(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    serde_json::from_str(text.lines().last().unwrap()).unwrap()
-}
-
-/// The `f32` parameters of a checkpoint, the running statistics left out, in name order.
+/// The parameters of a run folder's checkpoint, flattened in name order.
 fn parameters(dir: &Path) -> Vec<f64> {
-    let bytes = checkpoint(dir);
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut named: Vec<_> = tensors
-        .tensors()
+    f32_tensors(dir, true)
         .into_iter()
-        .filter(|(name, view)| {
-            view.dtype() == safetensors::Dtype::F32 && !name.contains("running_")
-        })
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
-        .iter()
-        .flat_map(|(_, view)| {
-            view.data()
-                .chunks_exact(4)
-                .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|(_, v)| v)
         .collect()
 }
 

@@ -10,7 +10,7 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{failed, ok, revsnn, scratch};
+use common::{f32_tensors, failed, last_metrics, ok, revsnn, scratch};
 use revsnn::collective::{Collective, ThreadGroup, average_grads};
 use revsnn::model::{BuildOptions, Grads, Targets};
 use revsnn::network::{Network, PassOptions};
@@ -263,41 +263,11 @@ fn train(out: &Path, extra: &[&str]) -> Output {
     revsnn(&args)
 }
 
-/// The `f32` tensors of a checkpoint by name (the running statistics left out when
-/// `parameters_only`).
-fn weights(dir: &Path, parameters_only: bool) -> Vec<(String, Vec<f64>)> {
-    let bytes = std::fs::read(dir.join("last.safetensors")).unwrap();
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut named: Vec<(String, Vec<f64>)> = tensors
-        .tensors()
-        .into_iter()
-        .filter(|(name, view)| {
-            view.dtype() == safetensors::Dtype::F32
-                && !(parameters_only && name.contains("running_"))
-        })
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
-}
-
-fn last_metrics(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    serde_json::from_str(text.lines().last().unwrap()).unwrap()
-}
-
 #[test]
 fn a_short_f32_run_on_n_ranks_with_sync_bn_matches_one_rank() {
     let dir = scratch("ranks-agree");
     ok(train(&dir.join("one"), &["--epochs", "1"]));
-    let one = weights(&dir.join("one"), true);
+    let one = f32_tensors(&dir.join("one"), true);
     let flat = |w: &[(String, Vec<f64>)]| w.iter().flat_map(|(_, v)| v.clone()).collect::<Vec<_>>();
     for ranks in ["2", "3", "4"] {
         let out = dir.join(format!("ranks{ranks}"));
@@ -310,7 +280,7 @@ fn a_short_f32_run_on_n_ranks_with_sync_bn_matches_one_rank() {
         let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
         assert!(config.contains(&format!("ranks = {ranks}")), "{config}");
         assert!(config.contains("sync_bn = true"), "{config}");
-        let many = weights(&out, true);
+        let many = f32_tensors(&out, true);
         assert_eq!(many.len(), one.len());
         let error = relative_error(&flat(&many), &flat(&one));
         eprintln!("{ranks} ranks, f32, 4 steps: weights differ by {error:.1e}");
@@ -338,8 +308,8 @@ fn fp16_on_two_ranks_scales_unscales_and_steps_like_one_rank() {
     ));
     let flat = |w: Vec<(String, Vec<f64>)>| w.into_iter().flat_map(|(_, v)| v).collect::<Vec<_>>();
     let error = relative_error(
-        &flat(weights(&two, true)),
-        &flat(weights(&dir.join("one"), true)),
+        &flat(f32_tensors(&two, true)),
+        &flat(f32_tensors(&dir.join("one"), true)),
     );
     eprintln!("2 ranks, fp16, 4 steps: weights differ by {error:.1e}");
     assert!(
