@@ -280,6 +280,9 @@ fn a_short_f32_run_on_n_ranks_with_sync_bn_matches_one_rank() {
         let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
         assert!(config.contains(&format!("ranks = {ranks}")), "{config}");
         assert!(config.contains("sync_bn = true"), "{config}");
+        let share = 12 / ranks.parse::<usize>().unwrap();
+        let line = format!("{ranks} ranks x {share} samples = effective batch 12");
+        assert!(config.contains(&line), "{config}");
         let many = f32_tensors(&out, true);
         assert_eq!(many.len(), one.len());
         let error = relative_error(&flat(&many), &flat(&one));

@@ -163,6 +163,15 @@ pub fn config_file_text(
         config.recipe.name(),
         config.model.name
     );
+    if config.ranks > 1 {
+        text += &format!(
+            "# data-parallel: {} ranks x {} samples = effective batch {}; the learning rate is \
+             the one below, not scaled with the ranks\n",
+            config.ranks,
+            config.batch / config.ranks,
+            config.batch
+        );
+    }
     if let Some((out, device)) = run_folder {
         text += &format!(
             "# Run it again: revsnn train --config {} --out NEW_FOLDER\n\
