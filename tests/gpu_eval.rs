@@ -65,6 +65,11 @@ fn eval_on_cuda_versus_the_cpu_reports_where_the_two_part() {
     let versus = &report["versus_cpu"];
     eprintln!("{versus}");
     assert_eq!(report["backend"], "cuda", "{report}");
+    // the device's half is the plain evaluation, from the same forward passes
+    let on_cuda = eval_json(&["--checkpoint", &checkpoint, "--device", "cuda"]);
+    for key in ["loss", "acc1", "acc5"] {
+        assert_eq!(report[key], on_cuda[key], "{key}: {report} vs {on_cuda}");
+    }
     assert_eq!(versus["samples"], 24);
     assert_eq!(
         versus["acc1_cpu"], on_cpu["acc1"],

@@ -105,17 +105,15 @@ impl EvalArgs {
         let (result, agreement) = on_backend!(&device, DType::F32, |backend| {
             let setting = format!("--batch {}", self.batch);
             footprint::check_forward(&backend, &spec, self.batch, &setting)?;
-            let result = evaluate_checkpoint(&backend, &spec, &weights, data.clone(), self.batch)?;
-            let agreement = if self.versus_cpu {
+            if self.versus_cpu {
                 let cpu = Cpu::<f32>::with_precision(self.precision);
-                let weights = &weights;
-                Some(versus_cpu::versus_cpu(
-                    &backend, &cpu, &spec, weights, data, self.batch,
-                )?)
+                let (result, agreement) =
+                    versus_cpu::versus_cpu(&backend, &cpu, &spec, &weights, data, self.batch)?;
+                Ok::<_, Error>((result, Some(agreement)))
             } else {
-                None
-            };
-            Ok::<_, Error>((result, agreement))
+                let result = evaluate_checkpoint(&backend, &spec, &weights, data, self.batch)?;
+                Ok((result, None))
+            }
         })?;
         if self.json {
             let mut fields = json!({

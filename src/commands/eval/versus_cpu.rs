@@ -21,7 +21,8 @@ use crate::error::Result;
 use crate::model::Mode;
 use crate::network::PassOptions;
 use crate::spec::ModelSpec;
-use crate::train::evaluate::{batch_tensor, widened};
+use crate::train::EvalResult;
+use crate::train::evaluate::{Score, batch_tensor, widened};
 
 /// The sample indices listed in a report, at most.
 const LISTED: usize = 10;
@@ -119,7 +120,8 @@ fn argmax(row: &[f64]) -> usize {
 }
 
 /// Evaluates `weights` (of `spec`) on `data` in batches of `batch`, on `device` and on `cpu`
-/// (eval mode, running statistics), and compares the two batch by batch.
+/// (eval mode, running statistics), and compares the two batch by batch. Returns the device's
+/// evaluation (the plain `eval`'s, from the same forward passes) and the comparison.
 pub fn versus_cpu<D: Backend, C: Backend>(
     device: &D,
     cpu: &C,
@@ -127,7 +129,7 @@ pub fn versus_cpu<D: Backend, C: Backend>(
     weights: &TensorFile,
     data: Arc<dyn Dataset>,
     batch: usize,
-) -> Result<Agreement> {
+) -> Result<(EvalResult, Agreement)> {
     let mut on_device = loaded_network(device, spec, weights)?;
     let mut on_cpu = loaded_network(cpu, spec, weights)?;
     let eval = PassOptions {
@@ -136,6 +138,7 @@ pub fn versus_cpu<D: Backend, C: Backend>(
         ..PassOptions::default()
     };
     let mut agreement = Agreement::default();
+    let mut on_device_score = Score::default();
     for first in (0..data.len()).step_by(batch.max(1)) {
         let indices = first..(first + batch).min(data.len());
         let (mut images, mut labels) = (Vec::new(), Vec::new());
@@ -156,9 +159,10 @@ pub fn versus_cpu<D: Backend, C: Backend>(
             count_flips_per_sample(&a, &b, spec.time_steps, &mut flips);
         }
         let (z, z_cpu) = (widened(device, &z)?, widened(cpu, &z_cpu)?);
+        on_device_score += Score::of(&z, &labels);
         agreement.add(first, &labels, [&z, &z_cpu], &flips);
     }
-    Ok(agreement)
+    Ok((EvalResult::of(on_device_score, data.len())?, agreement))
 }
 
 /// Adds to `flips[b]` the spikes of sample `b` that differ between `a` and `b_spikes`, two
