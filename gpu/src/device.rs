@@ -189,7 +189,7 @@ impl GpuDevice {
         if buffer.is_empty() {
             return Ok(Vec::new());
         }
-        self.host_waits.fetch_add(1, Ordering::Relaxed);
+        self.count_host_wait();
         self.stream
             .clone_dtoh(buffer.slice())
             .map_err(GpuError::driver("copying from the device"))

@@ -209,7 +209,7 @@ fn check_memory<B: Compute>(
     local_ranks: usize,
 ) -> Result<()> {
     let setting = footprint::batch_setting(config.batch, spec);
-    if config.ranks > 1 && local_ranks > 1 {
+    if local_ranks > 1 {
         let setting = format!("{setting} on --ranks {}", config.ranks);
         footprint::check_data_parallel_step(backend, spec, config.batch, config.ranks, &setting)
     } else {

@@ -108,7 +108,7 @@ impl Iterator for Shares<'_> {
                 world,
             } => {
                 let batch = loader.next()?;
-                Some(batch.map(|batch| split(batch, *world).swap_remove(*rank)))
+                Some(batch.map(|batch| share_of(&batch, *rank, *world)))
             }
         }
     }
@@ -292,22 +292,26 @@ pub fn share(len: usize, rank: usize, world: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
-/// `batch` cut into `world` shares ([`share`]), in rank order.
+/// `batch` cut into `world` shares ([`share_of`]), in rank order.
 pub fn split(batch: Batch, world: usize) -> Vec<Batch> {
+    (0..world)
+        .map(|rank| share_of(&batch, rank, world))
+        .collect()
+}
+
+/// Rank `rank`'s contiguous share ([`share`]) of `batch` cut into `world` shares: its samples'
+/// images, labels and targets.
+pub fn share_of(batch: &Batch, rank: usize, world: usize) -> Batch {
     let count = batch.labels.len();
     let per_sample = batch.images.len() / count.max(1);
     let classes = batch.targets.as_ref().map_or(0, |t| t.len() / count.max(1));
-    (0..world)
-        .map(|rank| {
-            let range = share(count, rank, world);
-            let rows = |width: usize| range.start * width..range.end * width;
-            Batch {
-                images: batch.images[rows(per_sample)].to_vec(),
-                labels: batch.labels[range.clone()].to_vec(),
-                targets: batch.targets.as_ref().map(|t| t[rows(classes)].to_vec()),
-            }
-        })
-        .collect()
+    let range = share(count, rank, world);
+    let rows = |width: usize| range.start * width..range.end * width;
+    Batch {
+        images: batch.images[rows(per_sample)].to_vec(),
+        labels: batch.labels[range.clone()].to_vec(),
+        targets: batch.targets.as_ref().map(|t| t[rows(classes)].to_vec()),
+    }
 }
 
 /// The error of rank `rank` that found rank `other` gone from the batch hand-out.
