@@ -24,6 +24,7 @@
 
 mod common;
 
+use common::gemm::{GemmOp, batched_shapes, widened};
 use common::{ok, revsnn, scratch};
 use revsnn::commands::random_images;
 use revsnn::model::{BuildOptions, EntryKind, ParamId, Targets};
@@ -33,7 +34,7 @@ use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Conv2dParams, Cpu, Element, Precision};
+use revsnn_reference::{Backend, Conv2dParams, Cpu, Precision};
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
 
@@ -82,7 +83,7 @@ fn sweep() -> impl Iterator<Item = f32> {
 }
 
 /// `half` (a 16-bit pattern of `format`) widened to f32, exactly.
-fn widened(format: HalfFormat, half: u16) -> f32 {
+fn widened_half(format: HalfFormat, half: u16) -> f32 {
     match format {
         HalfFormat::Bf16 => half::bf16::from_bits(half).to_f32(),
         HalfFormat::Fp16 => half::f16::from_bits(half).to_f32(),
@@ -121,56 +122,43 @@ fn the_conversion_kernels_round_as_the_reference_bit_for_bit() {
             .to_vec(&rounded(gpu.device(), &x, format).unwrap())
             .unwrap();
         for ((&x, &half), &back) in values.iter().zip(&bits).zip(&round_trip) {
-            assert_rounds(format, x, widened(format, half), "16-bit pattern");
+            assert_rounds(format, x, widened_half(format, half), "16-bit pattern");
             assert_rounds(format, x, back, "round trip");
         }
     }
 }
 
-/// What an op case computes.
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    /// `y = x w^T + b`, `dx`, `dw`, `db`.
-    Linear,
-    /// `c = op(a) op(b)` with these transposes.
-    Batched(bool, bool),
-    /// A convolution with these parameters: `y`, `dx`, `dw`, `db`.
-    Conv(Conv2dParams),
-}
-
 /// One op with its operand shapes and the length of its longest reduction.
 struct Case {
     name: &'static str,
-    kind: Kind,
+    op: GemmOp,
     shapes: Vec<Vec<usize>>,
     terms: usize,
 }
 
+impl Case {
+    /// The outputs of this case on `backend` from `values`, one per operand.
+    fn run<B: Backend>(&self, backend: &B, values: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let inputs = self.shapes.iter().zip(values);
+        self.op
+            .run(backend, inputs.map(|(shape, v)| (&shape[..], &v[..])))
+    }
+}
+
 fn cases() -> Vec<Case> {
     let batched = |name, ta: bool, tb: bool| {
-        let (m, k, n) = (12, 40, 9);
+        let k = 40;
         Case {
             name,
-            kind: Kind::Batched(ta, tb),
-            shapes: vec![
-                if ta {
-                    vec![2, 3, k, m]
-                } else {
-                    vec![2, 3, m, k]
-                },
-                if tb {
-                    vec![2, 3, n, k]
-                } else {
-                    vec![2, 3, k, n]
-                },
-            ],
+            op: GemmOp::Batched(ta, tb),
+            shapes: batched_shapes((12, k, 9), ta, tb).to_vec(),
             terms: k,
         }
     };
     vec![
         Case {
             name: "linear",
-            kind: Kind::Linear,
+            op: GemmOp::Linear,
             shapes: vec![vec![24, 70], vec![18, 70], vec![18], vec![24, 18]],
             terms: 71,
         },
@@ -179,7 +167,7 @@ fn cases() -> Vec<Case> {
         batched("batched matmul a^T b", true, false),
         Case {
             name: "3x3 convolution",
-            kind: Kind::Conv(Conv2dParams::new(2, 1)),
+            op: GemmOp::Conv(Conv2dParams::new(2, 1)),
             shapes: vec![
                 vec![3, 5, 9, 9],
                 vec![6, 5, 3, 3],
@@ -191,7 +179,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "1x1 convolution",
-            kind: Kind::Conv(Conv2dParams::new(1, 0)),
+            op: GemmOp::Conv(Conv2dParams::new(1, 0)),
             shapes: vec![
                 vec![3, 16, 6, 6],
                 vec![10, 16, 1, 1],
@@ -202,48 +190,6 @@ fn cases() -> Vec<Case> {
             terms: 108,
         },
     ]
-}
-
-/// A backend seen through f64 vectors, so one case serves the f32 GPU and the f64 reference.
-struct On<'a, B: Backend>(&'a B);
-
-impl<B: Backend> On<'_, B> {
-    fn values(&self, x: &B::Tensor) -> Vec<f64> {
-        self.0
-            .to_vec(x)
-            .unwrap()
-            .into_iter()
-            .map(Element::widen)
-            .collect()
-    }
-
-    /// The outputs of `case` on `values`.
-    fn run(&self, case: &Case, values: &[Vec<f64>]) -> Vec<Vec<f64>> {
-        let tensors: Vec<B::Tensor> = case
-            .shapes
-            .iter()
-            .zip(values)
-            .map(|(shape, v)| {
-                let v = v.iter().map(|&x| B::Elem::cast(x)).collect();
-                self.0.tensor_from_vec(shape, v).unwrap()
-            })
-            .collect();
-        let outputs = match (case.kind, &tensors[..]) {
-            (Kind::Linear, [x, w, b, dy]) => {
-                let y = self.0.linear_forward(x, w, Some(b)).unwrap();
-                let grads = self.0.linear_backward(dy, x, w, true).unwrap();
-                vec![y, grads.input, grads.weight, grads.bias.unwrap()]
-            }
-            (Kind::Batched(ta, tb), [a, b]) => vec![self.0.batched_matmul(a, b, ta, tb).unwrap()],
-            (Kind::Conv(params), [x, w, b, dy]) => {
-                let (y, context) = self.0.conv2d_forward(x, w, Some(b), params).unwrap();
-                let grads = self.0.conv2d_backward(dy, &context).unwrap();
-                vec![y, grads.input, grads.weight, grads.bias.unwrap()]
-            }
-            _ => panic!("{}: wrong number of inputs", case.name),
-        };
-        outputs.iter().map(|t| self.values(t)).collect()
-    }
 }
 
 /// `gamma_n = n u / (1 - n u)` for f32's `u = 2^-24`: the relative error bound of a sum of `n`
@@ -274,15 +220,15 @@ fn check_case(gpu: &Cuda<f32>, case: &Case, format: HalfFormat, seed: u64) {
         .iter()
         .map(|v| v.iter().map(|x| x.abs()).collect())
         .collect();
-    let emulated = On(&Cpu::<f32>::with_precision(precision)).run(case, &values);
-    let sums_of_magnitudes = On(&Cpu::<f64>::with_precision(precision)).run(case, &magnitudes);
+    let emulated = case.run(&Cpu::<f32>::with_precision(precision), &values);
+    let sums_of_magnitudes = case.run(&Cpu::<f64>::with_precision(precision), &magnitudes);
     let device = gpu.device();
     device.set_precision(Precision::F32).unwrap();
-    let full = On(gpu).run(case, &values);
+    let full = case.run(gpu, &values);
     device.set_precision(precision).unwrap();
     let mut engines = Vec::new();
     for engine in each_conv_engine(device) {
-        engines.push((engine, On(gpu).run(case, &values)));
+        engines.push((engine, case.run(gpu, &values)));
     }
     let (_, cuda) = &engines[0];
     for (engine, other) in &engines[1..] {
@@ -397,15 +343,17 @@ fn training_step<B: Backend>(backend: &B, family: &str) -> Vec<(String, Vec<f64>
             PassOptions::default(),
         )
         .unwrap();
-    let on = On(backend);
     let mut tensors = vec![
-        ("logits".to_string(), on.values(&report.output.logits)),
-        ("loss".to_string(), on.values(&report.output.loss)),
+        (
+            "logits".to_string(),
+            widened(backend, &report.output.logits),
+        ),
+        ("loss".to_string(), widened(backend, &report.output.loss)),
     ];
     for (index, entry) in network.store.entries().iter().enumerate() {
         if entry.kind == EntryKind::Parameter {
             if let Some(grad) = grads.get(ParamId(index)) {
-                tensors.push((format!("grad.{}", entry.name), on.values(grad)));
+                tensors.push((format!("grad.{}", entry.name), widened(backend, grad)));
             }
         }
     }

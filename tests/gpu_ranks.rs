@@ -10,15 +10,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{f32_tensors, failed, last_metrics, ok, scratch};
+use common::{f32_tensors, failed, last_metrics, ok, revsnn_command, scratch, tiny_train_args};
 use revsnn_gpu::testing::{device_or_skip, nccl_or_skip};
 use revsnn_gpu::{CudaStatus, probe};
-
-const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
-  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
 
 /// Whether the test can run: a CUDA device (or the emulator) and NCCL (or its fake).
 fn ready(test: &str) -> bool {
@@ -46,40 +43,10 @@ fn ready_for_two(test: &str) -> bool {
     count >= 2
 }
 
-fn revsnn_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_revsnn"));
-    command.args(args);
-    command
-}
-
-/// The arguments of a short run of the tiny spec into `out` (global batch 12, 48 samples: 4
-/// steps an epoch) on CUDA, with `extra` flags.
+/// The arguments of a short run of the tiny spec into `out` ([`tiny_train_args`]) on CUDA,
+/// with `extra` flags.
 fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let spec = out.with_extension("json");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    std::fs::write(&spec, TINY).unwrap();
-    let base = [
-        "train",
-        "--spec",
-        &spec.display().to_string(),
-        "--out",
-        &out.display().to_string(),
-        "--batch",
-        "12",
-        "--train-samples",
-        "48",
-        "--test-samples",
-        "24",
-        "--seed",
-        "5",
-        "--device",
-        "cuda",
-        "--quiet",
-    ]
-    .map(String::from);
-    base.into_iter()
-        .chain(extra.iter().map(|s| s.to_string()))
-        .collect()
+    tiny_train_args(out, &[&["--device", "cuda"][..], extra].concat())
 }
 
 fn train(out: &Path, extra: &[&str]) -> Output {

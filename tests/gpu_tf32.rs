@@ -15,116 +15,54 @@
 //! tensor cores, so there only the class is checked. Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
+mod common;
+
+use common::gemm::{GemmOp, batched_shapes};
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Conv2dParams, Cpu, Element, Precision};
+use revsnn_reference::{Backend, Conv2dParams, Cpu, Precision};
 
 /// The TF32 class: relative L2 error against the f64 reference.
 const TF32_CLASS: f64 = 1e-2;
 /// The f32 GEMM class of docs/design.md: relative L2 error against the f64 reference.
 const F32_GEMM_CLASS: f64 = 1e-4;
 
-/// What a path computes.
-#[derive(Clone, Copy)]
-enum Kind {
-    /// `y = x w^T + b`, `dx`, `dw`, `db`.
-    Linear,
-    /// `c = op(a) op(b)` with these transposes.
-    Batched(bool, bool),
-    /// A 1x1, stride-1, unpadded convolution `y`, `dx`, `dw`, `db`.
-    Pointwise,
-}
-
 /// One GEMM path: its inputs (shape, and whether it is a GEMM operand, which the tensor cores
 /// round to TF32; a bias is not) and its outputs (name, and whether it is a GEMM result; a
 /// bias gradient is a sum).
 struct Path {
     name: &'static str,
-    kind: Kind,
+    op: GemmOp,
     inputs: Vec<(Vec<usize>, bool)>,
     outputs: &'static [(&'static str, bool)],
 }
 
-/// A backend seen through f64 vectors, so that one path serves the f32 GPU and the f64
-/// reference.
-struct On<B: Backend>(B);
-
-impl<B: Backend> On<B> {
-    fn tensor(&self, shape: &[usize], values: &[f64]) -> B::Tensor {
-        let values = values.iter().map(|&v| B::Elem::cast(v)).collect();
-        self.0.tensor_from_vec(shape, values).unwrap()
-    }
-
-    fn values(&self, x: &B::Tensor) -> Vec<f64> {
-        self.0
-            .to_vec(x)
-            .unwrap()
-            .into_iter()
-            .map(Element::widen)
-            .collect()
-    }
-
-    /// The outputs of `path` on `values`.
-    fn run(&self, path: &Path, values: &[Vec<f64>]) -> Vec<Vec<f64>> {
-        let tensors: Vec<B::Tensor> = path
-            .inputs
-            .iter()
-            .zip(values)
-            .map(|((shape, _), v)| self.tensor(shape, v))
-            .collect();
-        let outputs = match (path.kind, &tensors[..]) {
-            (Kind::Linear, [x, w, b, dy]) => {
-                let y = self.0.linear_forward(x, w, Some(b)).unwrap();
-                let grads = self.0.linear_backward(dy, x, w, true).unwrap();
-                vec![y, grads.input, grads.weight, grads.bias.unwrap()]
-            }
-            (Kind::Batched(ta, tb), [a, b]) => {
-                vec![self.0.batched_matmul(a, b, ta, tb).unwrap()]
-            }
-            (Kind::Pointwise, [x, w, b, dy]) => {
-                let params = Conv2dParams::new(1, 0);
-                let (y, context) = self.0.conv2d_forward(x, w, Some(b), params).unwrap();
-                let grads = self.0.conv2d_backward(dy, &context).unwrap();
-                vec![y, grads.input, grads.weight, grads.bias.unwrap()]
-            }
-            _ => panic!("{}: wrong number of inputs", path.name),
-        };
-        outputs.iter().map(|t| self.values(t)).collect()
+impl Path {
+    /// The outputs of this path on `backend` from `values`, one per input.
+    fn run<B: Backend>(&self, backend: &B, values: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let inputs = self.inputs.iter().zip(values);
+        self.op
+            .run(backend, inputs.map(|((shape, _), v)| (&shape[..], &v[..])))
     }
 }
 
 const LAYER_OUTPUTS: &[(&str, bool)] = &[("y", true), ("dx", true), ("dw", true), ("db", false)];
 
 fn paths() -> Vec<Path> {
-    let (m, k, n) = (32, 128, 48);
-    let batched = |name, ta: bool, tb: bool| Path {
-        name,
-        kind: Kind::Batched(ta, tb),
-        inputs: vec![
-            (
-                if ta {
-                    vec![2, 3, k, m]
-                } else {
-                    vec![2, 3, m, k]
-                },
-                true,
-            ),
-            (
-                if tb {
-                    vec![2, 3, n, k]
-                } else {
-                    vec![2, 3, k, n]
-                },
-                true,
-            ),
-        ],
-        outputs: &[("c", true)],
+    let batched = |name, ta: bool, tb: bool| {
+        let [a, b] = batched_shapes((32, 128, 48), ta, tb);
+        Path {
+            name,
+            op: GemmOp::Batched(ta, tb),
+            inputs: vec![(a, true), (b, true)],
+            outputs: &[("c", true)],
+        }
     };
     vec![
         Path {
             name: "linear",
-            kind: Kind::Linear,
+            op: GemmOp::Linear,
             inputs: vec![
                 (vec![64, 256], true),
                 (vec![96, 256], true),
@@ -138,7 +76,7 @@ fn paths() -> Vec<Path> {
         batched("batched matmul a^T b", true, false),
         Path {
             name: "pointwise convolution",
-            kind: Kind::Pointwise,
+            op: GemmOp::Conv(Conv2dParams::new(1, 0)),
             inputs: vec![
                 (vec![4, 128, 8, 8], true),
                 (vec![64, 128, 1, 1], true),
@@ -185,10 +123,10 @@ fn tf32_operands(path: &Path, values: &[Vec<f64>]) -> Vec<Vec<f64>> {
 
 fn check_path(gpu: &Cuda<f32>, path: &Path, seed: u64, emulated: bool) {
     let values = inputs(path, seed);
-    let reference = On(Cpu::<f64>::new());
-    let exact = reference.run(path, &values);
+    let reference = Cpu::<f64>::new();
+    let exact = path.run(&reference, &values);
     gpu.device().allow_tf32(true).unwrap();
-    let tf32 = On(gpu.clone()).run(path, &values);
+    let tf32 = path.run(gpu, &values);
     for ((name, _), (got, want)) in path.outputs.iter().zip(tf32.iter().zip(&exact)) {
         let error = relative_error(got, want);
         assert!(
@@ -200,9 +138,9 @@ fn check_path(gpu: &Cuda<f32>, path: &Path, seed: u64, emulated: bool) {
     if !emulated {
         return;
     }
-    let rounded = reference.run(path, &tf32_operands(path, &values));
+    let rounded = path.run(&reference, &tf32_operands(path, &values));
     gpu.device().allow_tf32(false).unwrap();
-    let plain = On(gpu.clone()).run(path, &values);
+    let plain = path.run(gpu, &values);
     let outputs = path.outputs.iter().zip(tf32.iter().zip(&plain));
     for (i, ((name, gemm), (got, f32_result))) in outputs.enumerate() {
         // A GEMM result sees the rounded operands; a bias gradient sums the unrounded ones.

@@ -45,7 +45,7 @@ fn written(out: &Path, rank: usize) -> String {
 }
 
 #[test]
-#[ignore = "one rank of the launcher's tests, started by them with torchrun's environment"]
+#[ignore = "not a test of its own: one rank process, which the other tests of this file start with torchrun's environment (`cargo test --test launch` runs it that way)"]
 fn rank_process() {
     let me = ProcessRank::from_env().unwrap().unwrap();
     let odd = std::env::var(ODD_VARIABLE)

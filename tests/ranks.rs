@@ -10,7 +10,7 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{f32_tensors, failed, last_metrics, ok, revsnn, scratch};
+use common::{f32_tensors, failed, last_metrics, ok, revsnn, scratch, tiny_train_args};
 use revsnn::collective::{Collective, ThreadGroup, average_grads};
 use revsnn::model::{BuildOptions, Grads, Targets};
 use revsnn::network::{Network, PassOptions};
@@ -230,37 +230,14 @@ fn without_sync_bn_each_rank_normalises_with_its_own_share() {
 
 // ---------------------------------------------------------------- `revsnn train --ranks`
 
-const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
-  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
-
 /// `revsnn train` of the tiny spec in `out` (global batch 12, 48 training samples: 4 steps an
 /// epoch) on the CPU, with `extra` flags.
 fn train(out: &Path, extra: &[&str]) -> Output {
-    let spec = out.with_extension("json");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    std::fs::write(&spec, TINY).unwrap();
-    let (spec, out) = (spec.display().to_string(), out.display().to_string());
-    let mut args = vec![
-        "train",
-        "--spec",
-        &spec,
-        "--out",
-        &out,
-        "--batch",
-        "12",
-        "--train-samples",
-        "48",
-        "--test-samples",
-        "24",
-        "--seed",
-        "5",
-        "--quiet",
-    ];
-    args.extend(extra);
+    let mut args = tiny_train_args(out, extra);
     if !extra.contains(&"--device") {
-        args.extend(["--device", "cpu"]);
+        args.extend(["--device".to_string(), "cpu".to_string()]);
     }
-    revsnn(&args)
+    revsnn(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]

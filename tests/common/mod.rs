@@ -1,16 +1,53 @@
 //! Helpers shared by the end-to-end test binaries that run the `revsnn` binary (each binary uses
-//! the ones it needs).
+//! the ones it needs); [`gemm`], the GEMM ops run on any backend for the GPU precision tests.
 #![allow(dead_code)]
+
+pub mod gemm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the `revsnn` binary with `args`.
 pub fn revsnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_revsnn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    revsnn_command(args).output().expect("the binary runs")
+}
+
+/// The `revsnn` binary with `args`, to run or spawn.
+pub fn revsnn_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_revsnn"));
+    command.args(args);
+    command
+}
+
+/// A tiny RevSResNet: 2 time steps, 16x16 images, 2 to 4 channels.
+pub const TINY_REVSRESNET: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1],
+  "planes": [2,4,4,4], "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
+
+/// The arguments of `revsnn train` of [`TINY_REVSRESNET`] (its spec written beside `out`, as
+/// `out.json`) into `out`: global batch 12, 48 training samples (4 steps an epoch), 24 test
+/// samples, seed 5, quiet; then `extra`.
+pub fn tiny_train_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let spec = out.with_extension("json");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
+    let (spec, out) = (spec.display().to_string(), out.display().to_string());
+    let base = [
+        "train",
+        "--spec",
+        &spec,
+        "--out",
+        &out,
+        "--batch",
+        "12",
+        "--train-samples",
+        "48",
+        "--test-samples",
+        "24",
+        "--seed",
+        "5",
+        "--quiet",
+    ];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
 /// A fresh, empty folder under the temporary directory, private to this test binary, process and
