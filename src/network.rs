@@ -10,8 +10,8 @@ use crate::model::probes::DivergedRecomputes;
 use crate::model::resnet::{MsResNet, RevSResNet};
 use crate::model::transformer::{RevSFormer, Spikingformer};
 use crate::model::{
-    BuildOptions, Grads, Layer, Mode, ParamStore, ReversibleAudit, Session, StepOutput, Targets,
-    train_step,
+    BuildOptions, FinalGrads, Grads, Layer, Mode, ParamStore, ReversibleAudit, Session, StepOutput,
+    Targets, train_step,
 };
 use crate::spec::{Arch, ModelSpec};
 
@@ -31,6 +31,15 @@ pub struct Network<B: Backend> {
     pub options: BuildOptions,
     pub store: ParamStore<B>,
     pub body: Body,
+}
+
+/// What one rank of a data-parallel group adds to a training step; both `None` for one rank.
+pub struct RankHooks<'a, B: Backend> {
+    /// The group whose ranks share training-mode BatchNorm statistics (`--sync-bn`).
+    pub sync_batch_norm: Option<&'a dyn Collective<B>>,
+    /// Told of every gradient contribution as the backward makes it: the all-reduce in buckets
+    /// (`collective::GradReducer`).
+    pub final_grads: Option<&'a mut dyn FinalGrads<B>>,
 }
 
 /// How one forward (and backward) pass runs: its mode and its side effects.
@@ -138,10 +147,30 @@ impl<B: Backend> Network<B> {
         run: PassOptions,
         sync_batch_norm: Option<&dyn Collective<B>>,
     ) -> Result<StepReport<B>> {
+        let rank = RankHooks {
+            sync_batch_norm,
+            final_grads: None,
+        };
+        self.train_step_ranked(backend, grads, images, targets, run, rank)
+    }
+
+    /// [`Network::train_step`] as one rank of a data-parallel group, with what the rank adds
+    /// to the step ([`RankHooks`]).
+    pub fn train_step_ranked(
+        &mut self,
+        backend: &B,
+        grads: &mut Grads<B>,
+        images: &B::Tensor,
+        targets: Targets<B>,
+        run: PassOptions,
+        rank: RankHooks<'_, B>,
+    ) -> Result<StepReport<B>> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
         session.loss_scale = run.loss_scale;
-        session.sync_batch_norm = sync_batch_norm;
+        session.sync_batch_norm = rank.sync_batch_norm;
+        // A shorter borrow of the listener, as long as the session's.
+        session.final_grads = rank.final_grads.map(|sink| sink as &mut dyn FinalGrads<B>);
         if run.audit {
             session.probes.audit = Some(ReversibleAudit::default());
         }

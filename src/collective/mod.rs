@@ -7,12 +7,14 @@
 //! algorithm of a multi-GPU run can be tested on the CPU bit for bit; [`NcclGroup`] implements it
 //! for ranks that are processes, one GPU each, over NCCL.
 
+mod buckets;
 mod launch;
 mod nccl;
 mod rendezvous;
 mod spawn;
 mod threads;
 
+pub use buckets::{BUCKET_BYTES, GradReducer, UsePlan};
 pub use launch::ProcessRank;
 pub use nccl::NcclGroup;
 pub use rendezvous::rendezvous;
@@ -36,26 +38,33 @@ pub trait Collective<B: Backend> {
     /// in rank order. Every rank must pass a tensor of the same shape.
     fn all_reduce_sum(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor>;
 
+    /// Starts [`Collective::all_reduce_sum`] of `x` without waiting for it, and returns the sum
+    /// to come: only work queued after [`Collective::wait_started`] may read it, and `x` must
+    /// not change before then. By default the all-reduce completes at once.
+    fn start_all_reduce_sum(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        self.all_reduce_sum(backend, x)
+    }
+
+    /// Waits for every all-reduce started since the last wait (nothing to do by default).
+    fn wait_started(&self, _backend: &B) -> Result<()> {
+        Ok(())
+    }
+
     /// Every rank's `value`, indexed by rank: how the ranks compare the hash of their settings.
     fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>>;
 }
 
 /// Replaces every gradient in `grads` by its mean over the ranks: the sum of one all-reduce of
 /// all of them (flattened into one bucket), times `1 / world_size`, so every rank steps with the
-/// same bits.
+/// same bits. Training averages in buckets as the backward goes ([`GradReducer`]); the result
+/// is the same.
 pub fn average_grads<B: Backend>(
     group: &dyn Collective<B>,
     backend: &B,
     grads: &mut Grads<B>,
 ) -> Result<()> {
-    let mut tensors: Vec<&mut B::Tensor> = grads.present_mut().collect();
-    let parts: Vec<&B::Tensor> = tensors.iter().map(|t| &**t).collect();
-    let mean_factor = B::Elem::cast(1.0 / group.world_size() as f64);
-    let sums = all_reduce_bucket(group, backend, &parts)?;
-    for (tensor, sum) in tensors.iter_mut().zip(sums) {
-        **tensor = backend.scale(&sum, mean_factor)?;
-    }
-    Ok(())
+    let reducer = GradReducer::new(group, grads.len(), usize::MAX, UsePlan::default());
+    reducer.finish(backend, grads).map(|_| ())
 }
 
 /// Gives every rank rank 0's BatchNorm running statistics: an all-reduce to which the other

@@ -167,12 +167,8 @@ impl<B: Backend> Layer<B> for BatchNorm {
                 ));
             }
         };
-        session
-            .grads
-            .accumulate(backend, self.ids.gamma, grads.gamma)?;
-        session
-            .grads
-            .accumulate(backend, self.ids.beta, grads.beta)?;
+        session.accumulate(self.ids.gamma, grads.gamma)?;
+        session.accumulate(self.ids.beta, grads.beta)?;
         Ok(grads.input)
     }
 }
@@ -217,11 +213,9 @@ impl<B: Backend> Layer<B> for Conv {
             ConvKind::Conv2d(_) => backend.conv2d_backward(grad_y, &saved)?,
             ConvKind::Conv1d => backend.conv1d_backward(grad_y, &saved)?,
         };
-        session
-            .grads
-            .accumulate(backend, self.weight, grads.weight)?;
+        session.accumulate(self.weight, grads.weight)?;
         if let (Some(id), Some(bias)) = (self.bias, grads.bias) {
-            session.grads.accumulate(backend, id, bias)?;
+            session.accumulate(id, bias)?;
         }
         Ok(grads.input)
     }
@@ -315,11 +309,9 @@ impl<B: Backend> Layer<B> for Linear {
         let grads = session
             .backend
             .linear_backward(grad_y, &saved, &weight, true)?;
-        session
-            .grads
-            .accumulate(session.backend, self.weight, grads.weight)?;
+        session.accumulate(self.weight, grads.weight)?;
         if let Some(bias) = grads.bias {
-            session.grads.accumulate(session.backend, self.bias, bias)?;
+            session.accumulate(self.bias, bias)?;
         }
         Ok(grads.input)
     }

@@ -23,7 +23,7 @@ use revsnn_reference::{Backend, BatchNormParams};
 
 use crate::collective::Collective;
 use crate::error::Result;
-pub use params::{EntryKind, EntryValue, Grads, ParamId, ParamStore};
+pub use params::{EntryKind, EntryValue, FinalGrads, Grads, ParamId, ParamStore};
 pub use probes::{Probes, ReversibleAudit};
 
 /// Training (BatchNorm batch statistics) or evaluation (running statistics).
@@ -52,6 +52,9 @@ pub struct Session<'a, B: Backend> {
     /// The data-parallel group whose ranks share training-mode BatchNorm statistics
     /// ([`sync_batch_norm`]); `None`: each BatchNorm uses its own batch's.
     pub sync_batch_norm: Option<&'a dyn Collective<B>>,
+    /// Told of every contribution to a gradient ([`Session::accumulate`]); `None`: nobody
+    /// listens (one rank).
+    pub final_grads: Option<&'a mut dyn FinalGrads<B>>,
     /// What the pass records for verification (all off by default).
     pub probes: Probes<B>,
 }
@@ -74,7 +77,20 @@ impl<'a, B: Backend> Session<'a, B> {
             loss_scale: 1.0,
             batch_norm: BatchNormParams::default(),
             sync_batch_norm: None,
+            final_grads: None,
             probes: Probes::default(),
+        }
+    }
+}
+
+impl<B: Backend> Session<'_, B> {
+    /// `grad[id] += value`, then tells [`Session::final_grads`], if any, of the contribution.
+    /// Every backward adds its parameter gradients through here.
+    pub fn accumulate(&mut self, id: ParamId, value: B::Tensor) -> Result<()> {
+        self.grads.accumulate(self.backend, id, value)?;
+        match &mut self.final_grads {
+            Some(sink) => sink.accumulated(self.backend, id, self.grads),
+            None => Ok(()),
         }
     }
 }

@@ -214,6 +214,16 @@ impl<B: Backend> Grads<B> {
         }
     }
 
+    /// The number of entries (gradients or not) of the store these gradients belong to.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the store has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// `grad[id] += value`.
     pub fn accumulate(&mut self, backend: &B, id: ParamId, value: B::Tensor) -> Result<()> {
         let slot = &mut self.slots[id.0];
@@ -242,9 +252,16 @@ impl<B: Backend> Grads<B> {
         Ok(())
     }
 
-    /// Every gradient a backward reached, in store order, to be replaced in place (the
-    /// data-parallel average).
-    pub fn present_mut(&mut self) -> impl Iterator<Item = &mut B::Tensor> {
-        self.slots.iter_mut().flatten()
+    /// Replaces the gradient of `id` by `value` (the data-parallel average of buckets).
+    pub fn replace(&mut self, id: ParamId, value: B::Tensor) {
+        self.slots[id.0] = Some(value);
     }
+}
+
+/// Told of every contribution a backward adds to a gradient ([`super::Session::accumulate`]),
+/// so that it can take each gradient as soon as it is final: the data-parallel all-reduce in
+/// buckets (`collective::GradReducer`). The model never learns who listens.
+pub trait FinalGrads<B: Backend> {
+    /// `grads` has just received one more contribution to the gradient of `id`.
+    fn accumulated(&mut self, backend: &B, id: ParamId, grads: &Grads<B>) -> Result<()>;
 }

@@ -14,13 +14,12 @@ use super::pipeline::TrainSet;
 use super::progress::Progress;
 use super::ranks::Rank;
 use super::shuffle_seed;
-use crate::collective::Collective;
 use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result};
 use crate::grad_scaler::{GradScaler, GradScalerConfig, StepAction};
-use crate::model::{BuildOptions, Grads, StepOutput, Targets};
-use crate::network::{Network, PassOptions};
+use crate::model::{BuildOptions, FinalGrads, Grads, StepOutput, Targets};
+use crate::network::{Network, PassOptions, RankHooks};
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
 
@@ -250,15 +249,13 @@ fn checked_step<B: Compute>(
     let labels = batch.labels.clone();
     let loss_scale = learner.scaler.map_or(1.0, |scaler| scaler.scale());
     let network = &mut learner.network;
-    let (output, mut grads) = forward_backward(
-        backend,
-        network,
-        data,
-        batch,
-        loss_scale,
-        rank.sync_batch_norm(),
-    )?;
-    rank.average_grads(backend, &mut grads)?;
+    let mut reducer = rank.grad_reducer(network.store.entries().len());
+    let hooks = RankHooks {
+        sync_batch_norm: rank.sync_batch_norm(),
+        final_grads: reducer.as_mut().map(|r| r as &mut dyn FinalGrads<B>),
+    };
+    let (output, mut grads) = forward_backward(backend, network, data, batch, loss_scale, hooks)?;
+    rank.average_grads(reducer, backend, &mut grads)?;
     let skipped = match &mut learner.scaler {
         Some(scaler) => unscale(backend, scaler, &mut grads)? == StepAction::Skip,
         None => false,
@@ -294,16 +291,16 @@ fn checked_step<B: Compute>(
 }
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
-/// has them, else its labels, with BatchNorm statistics synchronised over `sync_batch_norm`'s
-/// ranks if given: the step's output (still where the backend computes) and the parameter
-/// gradients of `loss_scale` times the loss.
+/// has them, else its labels, as the rank `hooks` describes (BatchNorm statistics synchronised,
+/// gradients handed to the all-reduce as they become final): the step's output (still where the
+/// backend computes) and the parameter gradients of `loss_scale` times the loss.
 fn forward_backward<B: Backend>(
     backend: &B,
     network: &mut Network<B>,
     data: &dyn Dataset,
     batch: Batch,
     loss_scale: f32,
-    sync_batch_norm: Option<&dyn Collective<B>>,
+    hooks: RankHooks<'_, B>,
 ) -> Result<(StepOutput<B>, Grads<B>)> {
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
@@ -323,8 +320,7 @@ fn forward_backward<B: Backend>(
         Some(rows) => Targets::Soft(rows),
         None => Targets::Hard(&batch.labels),
     };
-    let report =
-        network.train_step_synced(backend, &mut grads, &images, targets, run, sync_batch_norm)?;
+    let report = network.train_step_ranked(backend, &mut grads, &images, targets, run, hooks)?;
     Ok((report.output, grads))
 }
 

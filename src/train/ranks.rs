@@ -11,6 +11,7 @@
 
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use revsnn_reference::Backend;
@@ -18,7 +19,9 @@ use revsnn_reference::Backend;
 use super::epoch::EpochStats;
 use super::evaluate::Score;
 use super::loader::{Batch, Loader};
-use crate::collective::{Collective, ThreadGroup, average_grads, broadcast_running_stats};
+use crate::collective::{
+    BUCKET_BYTES, Collective, GradReducer, ThreadGroup, UsePlan, broadcast_running_stats,
+};
 use crate::error::{Error, Result};
 use crate::model::{Grads, ParamStore};
 
@@ -35,6 +38,9 @@ pub struct Rank<B: Backend> {
     group: Option<Box<dyn Collective<B> + Send>>,
     feed: Feed,
     sync_bn: bool,
+    /// The contributions each gradient received in the previous step's backward: when a
+    /// gradient is final in the next ([`GradReducer`]).
+    grad_uses: Mutex<UsePlan>,
 }
 
 /// Where a rank's shares of the global batches come from.
@@ -135,6 +141,7 @@ impl<B: Backend> Rank<B> {
                 group: None,
                 feed: Feed::Leader(Vec::new()),
                 sync_bn: false,
+                grad_uses: Mutex::default(),
             }]);
         }
         let (senders, receivers): (Vec<_>, Vec<_>) =
@@ -149,6 +156,7 @@ impl<B: Backend> Rank<B> {
                 group: Some(Box::new(group) as Box<dyn Collective<B> + Send>),
                 feed,
                 sync_bn,
+                grad_uses: Mutex::default(),
             })
             .collect())
     }
@@ -160,6 +168,7 @@ impl<B: Backend> Rank<B> {
             group: Some(group),
             feed: Feed::Own,
             sync_bn,
+            grad_uses: Mutex::default(),
         }
     }
 
@@ -214,12 +223,33 @@ impl<B: Backend> Rank<B> {
         })
     }
 
-    /// Replaces `grads` by their mean over the ranks (nothing to do alone).
-    pub fn average_grads(&self, backend: &B, grads: &mut Grads<B>) -> Result<()> {
-        match &self.group {
-            Some(group) => average_grads(group.as_ref(), backend, grads),
-            None => Ok(()),
+    /// The reducer that averages the gradients of a backward into `entries` store entries over
+    /// the ranks, in buckets of [`BUCKET_BYTES`] started as the backward finishes them; `None`
+    /// alone. Hand it to the backward, then to [`Rank::average_grads`].
+    pub fn grad_reducer(&self, entries: usize) -> Option<GradReducer<'_, B>> {
+        let plan = self.lock_grad_uses().clone();
+        let group = self.group.as_deref()?;
+        Some(GradReducer::new(group, entries, BUCKET_BYTES, plan))
+    }
+
+    /// Replaces `grads` by their mean over the ranks: waits for `reducer`'s buckets (nothing to
+    /// do alone) and keeps what the backward contributed for the next step's reducer.
+    pub fn average_grads(
+        &self,
+        reducer: Option<GradReducer<'_, B>>,
+        backend: &B,
+        grads: &mut Grads<B>,
+    ) -> Result<()> {
+        if let Some(reducer) = reducer {
+            *self.lock_grad_uses() = reducer.finish(backend, grads)?;
         }
+        Ok(())
+    }
+
+    fn lock_grad_uses(&self) -> std::sync::MutexGuard<'_, UsePlan> {
+        self.grad_uses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Gives every rank rank 0's BatchNorm running statistics (nothing to do alone).
