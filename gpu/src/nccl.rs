@@ -2,17 +2,24 @@
 //! several GPUs (docs/distributed.md §7). NCCL is loaded at run time like the other CUDA
 //! libraries; a build never needs it.
 //!
-//! Every collective runs on the device's one stream, so it is ordered with the ops around it.
-//! The host then waits for it, polling NCCL for an asynchronous error, for at most the
-//! communicator's timeout: a rank whose peer died or hangs aborts the communicator and returns
-//! [`GpuError::Nccl`] instead of waiting forever.
+//! Every collective runs on the communicator's own stream, in the order the host issues them:
+//! the communication stream first waits for what the device's compute stream has queued (an
+//! event), so a collective reads its input after the ops that wrote it. A blocking collective
+//! ([`Communicator::all_reduce_sum`], [`Communicator::all_gather_u64`]) then makes the compute
+//! stream wait for the communication stream, and the host waits for it. A started all-reduce
+//! ([`Communicator::start_all_reduce_sum`], a gradient bucket) does not: the compute stream runs
+//! on (the rest of the backward) while it travels, and [`Communicator::wait_started`] makes the
+//! compute stream wait once for all of them and the host with it. Each host wait polls NCCL for
+//! an asynchronous error, for at most the communicator's timeout: a rank whose peer died or
+//! hangs aborts the communicator and returns [`GpuError::Nccl`] instead of waiting forever.
 
+use std::any::Any;
 use std::ffi::CStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, sys as driver};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, sys as driver};
 use cudarc::nccl::{NcclType, result, sys};
 
 use crate::device::GpuDevice;
@@ -59,6 +66,13 @@ pub struct Communicator {
     world_size: usize,
     timeout: Duration,
     aborted: AtomicBool,
+    /// The stream every collective of this communicator runs on, beside the device's.
+    stream: Arc<CudaStream>,
+    /// The buffers of the all-reduces started and not yet waited for (each one's input and
+    /// output): they stay allocated until the compute stream has waited for the communication
+    /// stream, so the caching pool never hands their memory to an op that would run before the
+    /// all-reduce has read or written it.
+    in_flight: Mutex<Vec<Box<dyn Any + Send>>>,
 }
 
 // SAFETY: an NCCL communicator may be used from any thread, one call at a time; `Communicator`
@@ -81,6 +95,10 @@ impl Communicator {
         }
         let id = unique_id_from(id, rank)?;
         let ranks = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let stream = device
+            .context()
+            .new_stream()
+            .map_err(GpuError::driver("creating the communication stream"))?;
         let mut comm = std::ptr::null_mut();
         // SAFETY: NCCL is loaded; `comm` receives the new communicator. NCCL creates it on the
         // current CUDA context, which `bind_to_thread` makes the device's.
@@ -97,6 +115,8 @@ impl Communicator {
             world_size,
             timeout,
             aborted: AtomicBool::new(false),
+            stream,
+            in_flight: Mutex::new(Vec::new()),
         })
     }
 
@@ -110,14 +130,54 @@ impl Communicator {
         self.world_size
     }
 
-    /// `x` summed elementwise over the ranks (NCCL's all-reduce), the same bits on every rank.
+    /// `x` summed elementwise over the ranks (NCCL's all-reduce), the same bits on every rank;
+    /// waits for it on the host.
     pub fn all_reduce_sum<E: GpuElement>(
+        &self,
+        x: &CudaTensor<E>,
+    ) -> Result<CudaTensor<E>, GpuError> {
+        let sum = self.enqueue_all_reduce(x)?;
+        self.join_compute_stream()?;
+        self.wait("an all-reduce")?;
+        Ok(sum)
+    }
+
+    /// Starts the all-reduce of `x` on the communication stream and returns the sum to come,
+    /// without waiting: the compute stream may read it only after [`Communicator::wait_started`].
+    /// `x` and the sum stay allocated until then.
+    pub fn start_all_reduce_sum<E: GpuElement>(
+        &self,
+        x: &CudaTensor<E>,
+    ) -> Result<CudaTensor<E>, GpuError> {
+        let sum = self.enqueue_all_reduce(x)?;
+        self.lock_in_flight()
+            .push(Box::new((x.clone(), sum.clone())));
+        Ok(sum)
+    }
+
+    /// Makes the compute stream wait for every all-reduce started, then waits for it on the
+    /// host once (nothing to do when none was started).
+    pub fn wait_started(&self) -> Result<(), GpuError> {
+        if self.lock_in_flight().is_empty() {
+            return Ok(());
+        }
+        self.join_compute_stream()?;
+        let waited = self.wait("the gradient all-reduces");
+        // Waited for (or aborted): the buffers may go back to the pool.
+        self.lock_in_flight().clear();
+        waited
+    }
+
+    /// Queues the all-reduce of `x` on the communication stream, after everything the compute
+    /// stream has queued so far (the sum's allocation included).
+    fn enqueue_all_reduce<E: GpuElement>(
         &self,
         x: &CudaTensor<E>,
     ) -> Result<CudaTensor<E>, GpuError> {
         // SAFETY: every element is written by the all-reduce below.
         let mut sum = unsafe { self.device.alloc::<E>(x.len()) }?;
-        let stream = self.device.stream();
+        self.join_communication_stream()?;
+        let stream = &self.stream;
         {
             let (send, _send) = x.slice().device_ptr(stream);
             let (receive, _receive) = sum.slice_mut().device_ptr_mut(stream);
@@ -135,8 +195,32 @@ impl Communicator {
             }
             .map_err(|e| self.error("an all-reduce", e))?;
         }
-        self.wait("an all-reduce")?;
         CudaTensor::new(sum, x.shape())
+    }
+
+    /// Makes the communication stream wait for the work queued on the compute stream.
+    fn join_communication_stream(&self) -> Result<(), GpuError> {
+        self.stream
+            .join(self.device.stream())
+            .map_err(GpuError::driver(
+                "ordering a collective after the compute stream",
+            ))
+    }
+
+    /// Makes the compute stream wait for the collectives queued on the communication stream.
+    fn join_compute_stream(&self) -> Result<(), GpuError> {
+        self.device
+            .stream()
+            .join(&self.stream)
+            .map_err(GpuError::driver(
+                "ordering the compute stream after a collective",
+            ))
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn Any + Send>>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Every rank's `value`, indexed by rank (NCCL's all-gather).
@@ -144,7 +228,8 @@ impl Communicator {
         let mine = self.device.upload(&[value])?;
         // SAFETY: every element is written by the all-gather below.
         let mut all = unsafe { self.device.alloc::<u64>(self.world_size) }?;
-        let stream = self.device.stream();
+        self.join_communication_stream()?;
+        let stream = &self.stream;
         {
             let (send, _send) = mine.slice().device_ptr(stream);
             let (receive, _receive) = all.slice_mut().device_ptr_mut(stream);
@@ -161,12 +246,14 @@ impl Communicator {
             }
             .map_err(|e| self.error("an all-gather", e))?;
         }
+        self.join_compute_stream()?;
         self.wait("an all-gather")?;
         self.device.download(&all)
     }
 
-    /// Waits for the stream, polling NCCL for an asynchronous error (a peer that died); past
-    /// the timeout, aborts the communicator and fails.
+    /// Waits for the compute stream (which the caller made wait for the communication stream),
+    /// polling NCCL for an asynchronous error (a peer that died); past the timeout, aborts the
+    /// communicator and fails.
     fn wait(&self, during: &'static str) -> Result<(), GpuError> {
         self.device.count_host_wait();
         let started = Instant::now();

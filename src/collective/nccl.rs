@@ -97,6 +97,16 @@ impl<E: GpuElement> Collective<Cuda<E>> for NcclGroup {
             .map_err(|e| self.error(e))
     }
 
+    fn start_all_reduce_sum(&self, _backend: &Cuda<E>, x: &CudaTensor<E>) -> Result<CudaTensor<E>> {
+        self.communicator
+            .start_all_reduce_sum(x)
+            .map_err(|e| self.error(e))
+    }
+
+    fn wait_started(&self, _backend: &Cuda<E>) -> Result<()> {
+        self.communicator.wait_started().map_err(|e| self.error(e))
+    }
+
     fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>> {
         self.communicator
             .all_gather_u64(value)
