@@ -9,13 +9,20 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{f32_tensors, failed, last_metrics, ok, revsnn_command, scratch, tiny_train_args};
+use revsnn::collective::{Collective, GradReducer, NcclGroup, ProcessRank, UsePlan};
+use revsnn::error::Result;
+use revsnn::model::{BuildOptions, Targets};
+use revsnn::network::{Network, PassOptions, RankHooks};
+use revsnn::spec::ModelSpec;
 use revsnn_gpu::testing::{device_or_skip, nccl_or_skip};
-use revsnn_gpu::{CudaStatus, probe};
+use revsnn_gpu::{Cuda, CudaStatus, probe};
+use revsnn_reference::Backend;
 
 /// Whether the test can run: a CUDA device (or the emulator) and NCCL (or its fake).
 fn ready(test: &str) -> bool {
@@ -253,4 +260,147 @@ fn spawn_rank(
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A rank's NCCL group, counting the all-reduces started through it.
+struct Counting {
+    group: Box<dyn Collective<Cuda<f32>> + Send>,
+    started: Cell<usize>,
+}
+
+type CudaTensor32 = <Cuda<f32> as Backend>::Tensor;
+
+impl Collective<Cuda<f32>> for Counting {
+    fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.group.world_size()
+    }
+
+    fn all_reduce_sum(&self, backend: &Cuda<f32>, x: &CudaTensor32) -> Result<CudaTensor32> {
+        self.group.all_reduce_sum(backend, x)
+    }
+
+    fn start_all_reduce_sum(&self, backend: &Cuda<f32>, x: &CudaTensor32) -> Result<CudaTensor32> {
+        self.started.set(self.started.get() + 1);
+        self.group.start_all_reduce_sum(backend, x)
+    }
+
+    fn wait_started(&self, backend: &Cuda<f32>) -> Result<()> {
+        self.group.wait_started(backend)
+    }
+
+    fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>> {
+        self.group.all_gather_u64(value)
+    }
+}
+
+/// What one rank's step on CUDA left: its averaged gradients' bits, the contributions its
+/// backward made, the buckets started and the host waits before the backward returned.
+struct CudaStep {
+    bits: Vec<Vec<u32>>,
+    uses: UsePlan,
+    started_in_backward: usize,
+    waits_in_backward: u64,
+}
+
+/// One step of a tiny RevSResNet on CUDA as the only rank of `group` (an NCCL group),
+/// BatchNorm synchronised, its gradients reduced in buckets of `bucket_bytes` with the
+/// contribution counts `uses` of a previous step.
+fn nccl_step(
+    backend: &Cuda<f32>,
+    group: &Counting,
+    bucket_bytes: usize,
+    uses: UsePlan,
+) -> CudaStep {
+    let spec: ModelSpec = serde_json::from_str(
+        r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [4,4,8,8],
+          "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#,
+    )
+    .unwrap();
+    let mut network = Network::new(backend, &spec, 5, BuildOptions::default()).unwrap();
+    let pixels = (0..2 * 3 * 16 * 16).map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0);
+    let images = backend
+        .tensor_from_vec(&[2, 3, 16, 16], pixels.collect())
+        .unwrap();
+    let mut grads = network.zero_grads();
+    let mut reducer = GradReducer::new(group, grads.len(), bucket_bytes, uses);
+    let hooks = RankHooks {
+        sync_batch_norm: Some(group),
+        final_grads: Some(&mut reducer),
+    };
+    let waits = || backend.device().transfer_counts().host_waits;
+    let (targets, run) = (Targets::Hard(&[1, 4]), PassOptions::default());
+    let before = waits();
+    group.started.set(0);
+    network
+        .train_step_ranked(backend, &mut grads, &images, targets, run, hooks)
+        .unwrap();
+    let waits_in_backward = waits() - before;
+    let started_in_backward = group.started.get();
+    let uses = reducer.finish(backend, &mut grads).unwrap();
+    let bits = grads
+        .tensors()
+        .iter()
+        .map(|g| {
+            backend
+                .to_vec(g)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        })
+        .collect();
+    CudaStep {
+        bits,
+        uses,
+        started_in_backward,
+        waits_in_backward,
+    }
+}
+
+#[test]
+fn many_gradient_buckets_on_the_communication_stream_give_the_bits_of_one() {
+    let test = "many_gradient_buckets_on_the_communication_stream_give_the_bits_of_one";
+    if !ready(test) {
+        return;
+    }
+    let backend = Cuda::<f32>::open().unwrap();
+    let alone = ProcessRank {
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        master: None,
+    };
+    let group = NcclGroup::join(
+        &alone,
+        backend.device(),
+        "settings",
+        Duration::from_secs(60),
+    )
+    .unwrap()
+    .into_collective::<Cuda<f32>>()
+    .unwrap();
+    let group = Counting {
+        group,
+        started: Cell::new(0),
+    };
+    let one = nccl_step(&backend, &group, usize::MAX, UsePlan::default());
+    let many = nccl_step(&backend, &group, 256, one.uses.clone());
+    assert_eq!(one.started_in_backward, 0);
+    assert!(
+        many.started_in_backward > 10,
+        "{} buckets started in the backward",
+        many.started_in_backward
+    );
+    assert_eq!(one.uses, many.uses);
+    assert!(
+        one.bits == many.bits,
+        "many buckets and one bucket give different gradients"
+    );
+    // The backward's host waits are its synchronised BatchNorms' alone: the buckets started in
+    // it wait nowhere.
+    assert_eq!(one.waits_in_backward, many.waits_in_backward);
 }
