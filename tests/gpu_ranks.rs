@@ -298,12 +298,14 @@ impl Collective<Cuda<f32>> for Counting {
 }
 
 /// What one rank's step on CUDA left: its averaged gradients' bits, the contributions its
-/// backward made, the buckets started and the host waits before the backward returned.
+/// backward made, the buckets started and the host waits before the backward returned, and the
+/// host waits of the whole step (the gradients averaged).
 struct CudaStep {
     bits: Vec<Vec<u32>>,
     uses: UsePlan,
     started_in_backward: usize,
     waits_in_backward: u64,
+    waits: u64,
 }
 
 /// One step of a tiny RevSResNet on CUDA as the only rank of `group` (an NCCL group),
@@ -341,6 +343,7 @@ fn nccl_step(
     let waits_in_backward = waits() - before;
     let started_in_backward = group.started.get();
     let uses = reducer.finish(backend, &mut grads).unwrap();
+    let waits = waits() - before;
     let bits = grads
         .tensors()
         .iter()
@@ -358,6 +361,7 @@ fn nccl_step(
         uses,
         started_in_backward,
         waits_in_backward,
+        waits,
     }
 }
 
@@ -401,6 +405,8 @@ fn many_gradient_buckets_on_the_communication_stream_give_the_bits_of_one() {
         "many buckets and one bucket give different gradients"
     );
     // The backward's host waits are its synchronised BatchNorms' alone: the buckets started in
-    // it wait nowhere.
+    // it wait nowhere, and all of them together cost the step one wait, as one bucket does.
     assert_eq!(one.waits_in_backward, many.waits_in_backward);
+    assert_eq!(many.waits, many.waits_in_backward + 1);
+    assert_eq!(one.waits, many.waits);
 }
