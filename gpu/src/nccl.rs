@@ -335,6 +335,10 @@ impl Communicator {
 
 impl Drop for Communicator {
     fn drop(&mut self) {
+        // All-reduces still in flight (a step that failed after starting buckets) are waited
+        // for first, under the timeout: `ncclCommDestroy` would wait for them without one, and
+        // their buffers must not go back to the pool before the compute stream has waited.
+        let _ = self.wait_started();
         if !self.aborted.load(Ordering::SeqCst) {
             // SAFETY: the communicator is alive, not aborted, and destroyed once.
             let _ = unsafe { result::comm_destroy(self.comm) };

@@ -225,7 +225,7 @@ impl<B: Backend> Grads<B> {
     }
 
     /// `grad[id] += value`.
-    pub fn accumulate(&mut self, backend: &B, id: ParamId, value: B::Tensor) -> Result<()> {
+    pub(super) fn accumulate(&mut self, backend: &B, id: ParamId, value: B::Tensor) -> Result<()> {
         let slot = &mut self.slots[id.0];
         *slot = Some(match slot.take() {
             Some(previous) => backend.add(&previous, &value)?,
