@@ -7,6 +7,10 @@
 //!   sparse spike kernels for the forward and the weight gradient, and on the late-layer shape
 //!   3x3, 512 -> 512 on `[32, 512, 4, 4]` (one block of samples), dense and spiking.
 //!
+//! - the spike-density cutoff (docs/ARCHITECTURE.md, "Convolutions whose input is spikes"): conv2d 3x3 at the four RevSResNet21 stage
+//!   shapes on `[32, C, S, S]` spikes of density 10-40% (the sparse kernels) and 60% (above the
+//!   cutoff of one half: the dense GEMMs), forward and forward + backward.
+//!
 //! `cargo bench --bench ops`; quote medians and name the machine.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -95,5 +99,31 @@ fn conv(c: &mut Criterion) {
     conv_case(c, 32, 512, 4);
 }
 
-criterion_group!(benches, neuron, conv);
+/// The spike kernels against the dense path at each density, per RevSResNet21 stage shape.
+fn spike_density(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new();
+    let params = Conv2dParams::new(1, 1);
+    for (channels, size) in [(64, 32), (128, 16), (256, 8), (448, 4)] {
+        let shape = [32, channels, size, size];
+        let weight = random(&cpu, &[channels, channels, 3, 3], 0.06, 0.0, 4);
+        let grad = random(&cpu, &shape, 1.0, 0.0, 5);
+        let mut group = c.benchmark_group(format!("cpu_conv3x3_density_{channels}x{size}x{size}"));
+        group.sample_size(10);
+        for percent in [10, 20, 30, 40, 60] {
+            let x = spikes(&cpu, &shape, f64::from(percent) / 100.0, 6);
+            group.bench_function(format!("{percent}/forward"), |b| {
+                b.iter(|| cpu.conv2d_forward(&x, &weight, None, params).unwrap())
+            });
+            group.bench_function(format!("{percent}/forward_backward"), |b| {
+                b.iter(|| {
+                    let (_, context) = cpu.conv2d_forward(&x, &weight, None, params).unwrap();
+                    cpu.conv2d_backward(&grad, &context).unwrap()
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, neuron, conv, spike_density);
 criterion_main!(benches);

@@ -555,3 +555,80 @@ proptest! {
         prop_assert!(is_shape_error);
     }
 }
+
+/// `dx[n, c, s p + i - pad, s q + j - pad] += w[o, c, i, j] dy[n, o, p, q]`, skipping the
+/// padding, written as plainly as possible.
+fn naive_input_grad(case: &Case, dy: &[f64]) -> Vec<f64> {
+    let [n_, c_, h_, w_] = case.x_shape;
+    let [o_, _, kh, kw] = case.w_shape;
+    let [_, _, ho, wo] = case.out_shape();
+    let (s, pad) = (case.params.stride as isize, case.params.padding as isize);
+    let mut dx = vec![0.0; case.x.len()];
+    for n in 0..n_ {
+        for o in 0..o_ {
+            for p in 0..ho {
+                for q in 0..wo {
+                    let grad = dy[((n * o_ + o) * ho + p) * wo + q];
+                    for c in 0..c_ {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let yy = p as isize * s + i as isize - pad;
+                                let xx = q as isize * s + j as isize - pad;
+                                if yy < 0 || xx < 0 || yy >= h_ as isize || xx >= w_ as isize {
+                                    continue;
+                                }
+                                let (yy, xx) = (yy as usize, xx as usize);
+                                dx[((n * c_ + c) * h_ + yy) * w_ + xx] +=
+                                    case.w[((o * c_ + c) * kh + i) * kw + j] * grad;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+#[test]
+fn spike_outputs_spanning_whole_cache_sets_match_the_direct_loop() {
+    // The spike forward stages its sums when the output plane spans a multiple of 4 KiB (512
+    // positions in f64, 1024 in f32); 70 output channels make partial last tiles in both.
+    let p = Conv2dParams::new;
+    for (x_shape, params) in [([2, 3, 16, 32], p(1, 1)), ([1, 3, 32, 32], p(1, 1))] {
+        let case = Case::new(x_shape, [70, 3, 3, 3], params, true).with_spike_input(0.3);
+        let expected = naive_conv(&case);
+        let b = case.b.as_deref();
+        assert!(relative_error(&case.forward::<f64>(&case.x, &case.w, b), &expected) <= 1e-12);
+        assert!(relative_error(&case.forward::<f32>(&case.x, &case.w, b), &expected) <= 1e-5);
+    }
+}
+
+#[test]
+fn input_gradients_of_layers_with_many_blocks_match_the_direct_loop() {
+    // 72 samples of 16x16 outputs make 9 blocks of 8, whose input gradient is one group of all
+    // input channels per block; 8 samples make one block in 3 groups.
+    for n in [72, 8] {
+        for case in [
+            Case::new([n, 3, 16, 16], [4, 3, 3, 3], Conv2dParams::new(1, 1), false),
+            Case::new([n, 3, 16, 16], [4, 3, 3, 3], Conv2dParams::new(1, 1), false)
+                .with_spike_input(0.2),
+        ] {
+            let dy = SplitMix64::new(8).normal_vec(case.out_shape().iter().product(), 1.0);
+            let cpu = Cpu::<f64>::new();
+            let (_, context) = cpu
+                .conv2d_forward(
+                    &tensor(&case.x_shape, &case.x),
+                    &tensor(&case.w_shape, &case.w),
+                    None,
+                    case.params,
+                )
+                .unwrap();
+            let grads = cpu
+                .conv2d_backward(&tensor(&case.out_shape(), &dy), &context)
+                .unwrap();
+            let expected = naive_input_grad(&case, &dy);
+            assert!(relative_error(&values(&grads.input), &expected) <= 1e-12);
+        }
+    }
+}

