@@ -60,17 +60,30 @@ impl Footprint {
 }
 
 impl Footprint {
-    /// The bytes of a training step of `ranks` replicas of `spec` in one process, each on its
-    /// share of the global `batch` with its own parameters and gradients, at least.
+    /// The bytes a data-parallel replica's gradient all-reduce holds at the backward's peak, at
+    /// least: every gradient flattened into its bucket, and the bucket's sum
+    /// (docs/distributed.md §4.2).
+    pub fn all_reduce_bytes(&self) -> u128 {
+        self.parameter_bytes.saturating_mul(2)
+    }
+
+    /// The bytes of a training step of `replicas` of the `ranks` replicas of `spec` held by one
+    /// device, each on its share of the global `batch` with its own parameters, gradients and,
+    /// when there are other ranks, all-reduce buffers, at least.
     pub fn data_parallel_step_bytes(
         spec: &ModelSpec,
         batch: usize,
         ranks: usize,
+        replicas: usize,
         element_bytes: usize,
     ) -> u128 {
         let share = batch.div_ceil(ranks.max(1));
         let one = Footprint::of(spec, share, element_bytes, Storage::Reversible);
-        one.step_bytes.saturating_mul(ranks.max(1) as u128)
+        let replica = match ranks {
+            0 | 1 => one.step_bytes,
+            _ => one.step_bytes.saturating_add(one.all_reduce_bytes()),
+        };
+        replica.saturating_mul(replicas.max(1) as u128)
     }
 }
 
@@ -262,24 +275,29 @@ pub fn check_step<B: Compute>(
     )
 }
 
-/// [`check_step`] for `ranks` replicas in one process (`train --ranks`, docs/distributed.md
-/// §4): each holds its parameters and gradients and trains on its share of the global `batch`,
-/// so the step needs `ranks` times a share's step.
+/// [`check_step`] for `replicas` of the `ranks` replicas of a data-parallel run on this device
+/// (docs/distributed.md §4): all of them when the ranks are threads of this process (`train
+/// --ranks`), one when each rank is a process with its own GPU. Each replica holds its
+/// parameters, gradients and all-reduce buffers and trains on its share of the global `batch`.
 pub fn check_data_parallel_step<B: Compute>(
     backend: &B,
     spec: &ModelSpec,
     batch: usize,
     ranks: usize,
+    replicas: usize,
     setting: &str,
 ) -> Result<()> {
     check_parameters(backend, spec)?;
     let element = std::mem::size_of::<B::Elem>();
     check_fits(
-        Footprint::data_parallel_step_bytes(spec, batch, ranks, element),
+        Footprint::data_parallel_step_bytes(spec, batch, ranks, replicas, element),
         "one training step",
         setting,
         &Available::on(backend)?,
-        "Lower --batch, --ranks or --time-steps, or choose a smaller model or image size",
+        match replicas {
+            0 | 1 => "Lower --batch or --time-steps, or choose a smaller model or image size",
+            _ => "Lower --batch, --ranks or --time-steps, or choose a smaller model or image size",
+        },
     )
 }
 
@@ -317,17 +335,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranks_add_a_replica_of_the_parameters_and_gradients_each() {
+    fn ranks_add_a_replica_of_the_parameters_and_gradients_each_and_the_all_reduce_buffers() {
         let spec = ModelSpec::preset("revsresnet21").unwrap();
         let one = Footprint::of(&spec, 64, 4, Storage::Reversible);
         assert_eq!(
-            Footprint::data_parallel_step_bytes(&spec, 64, 1, 4),
+            Footprint::data_parallel_step_bytes(&spec, 64, 1, 1, 4),
             one.step_bytes
         );
         let replicas = 3 * 2 * one.parameter_bytes;
+        let all_reduce = 4 * 2 * one.parameter_bytes;
         assert_eq!(
-            Footprint::data_parallel_step_bytes(&spec, 64, 4, 4),
-            one.step_bytes + replicas
+            Footprint::data_parallel_step_bytes(&spec, 64, 4, 4, 4),
+            one.step_bytes + replicas + all_reduce
+        );
+        let share = Footprint::of(&spec, 16, 4, Storage::Reversible);
+        assert_eq!(
+            Footprint::data_parallel_step_bytes(&spec, 64, 4, 1, 4),
+            share.step_bytes + 2 * share.parameter_bytes
         );
     }
 

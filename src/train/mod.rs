@@ -31,7 +31,6 @@ use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
 use crate::error::{Error, Result};
 use crate::footprint;
-use crate::model::reversible::Storage;
 use crate::network::Network;
 use crate::spec::ModelSpec;
 use config::RunSettings;
@@ -209,17 +208,22 @@ fn check_memory<B: Compute>(
     local_ranks: usize,
 ) -> Result<()> {
     let setting = footprint::batch_setting(config.batch, spec);
-    if local_ranks > 1 {
-        let setting = format!("{setting} on --ranks {}", config.ranks);
-        footprint::check_data_parallel_step(backend, spec, config.batch, config.ranks, &setting)
-    } else {
-        let share = config.batch / config.ranks;
-        let setting = match config.ranks {
-            1 => setting,
-            ranks => format!("{setting}, {share} per GPU on {ranks} GPUs"),
-        };
-        footprint::check_step(backend, spec, share, Storage::Reversible, &setting)
-    }
+    let setting = match (config.ranks, local_ranks) {
+        (1, _) => setting,
+        (ranks, 1) => format!(
+            "{setting}, {} per GPU on {ranks} GPUs",
+            config.batch / ranks
+        ),
+        (ranks, _) => format!("{setting} on --ranks {ranks}"),
+    };
+    footprint::check_data_parallel_step(
+        backend,
+        spec,
+        config.batch,
+        config.ranks,
+        local_ranks,
+        &setting,
+    )
 }
 
 /// What every rank of a run reads.
