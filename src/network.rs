@@ -42,6 +42,16 @@ pub struct RankHooks<'a, B: Backend> {
     pub final_grads: Option<&'a mut dyn FinalGrads<B>>,
 }
 
+impl<B: Backend> Default for RankHooks<'_, B> {
+    /// One rank alone: nothing added to the step.
+    fn default() -> Self {
+        RankHooks {
+            sync_batch_norm: None,
+            final_grads: None,
+        }
+    }
+}
+
 /// How one forward (and backward) pass runs: its mode and its side effects.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PassOptions {
@@ -132,26 +142,7 @@ impl<B: Backend> Network<B> {
         targets: Targets<B>,
         run: PassOptions,
     ) -> Result<StepReport<B>> {
-        self.train_step_synced(backend, grads, images, targets, run, None)
-    }
-
-    /// [`Network::train_step`] as one rank of a data-parallel group whose training-mode
-    /// BatchNorms share their statistics over `sync_batch_norm`'s ranks (`None`: each uses its
-    /// own batch's, as `train_step`).
-    pub fn train_step_synced(
-        &mut self,
-        backend: &B,
-        grads: &mut Grads<B>,
-        images: &B::Tensor,
-        targets: Targets<B>,
-        run: PassOptions,
-        sync_batch_norm: Option<&dyn Collective<B>>,
-    ) -> Result<StepReport<B>> {
-        let rank = RankHooks {
-            sync_batch_norm,
-            final_grads: None,
-        };
-        self.train_step_ranked(backend, grads, images, targets, run, rank)
+        self.train_step_ranked(backend, grads, images, targets, run, RankHooks::default())
     }
 
     /// [`Network::train_step`] as one rank of a data-parallel group, with what the rank adds

@@ -84,19 +84,19 @@ impl Case {
     }
 }
 
-/// `y[n, o, p, q] = b[o] + sum_{c, i, j} w[o, c, i, j] x[n, c, s p + i - pad, s q + j - pad]`,
-/// skipping the padding, written as plainly as possible.
-fn naive_conv(case: &Case) -> Vec<f64> {
+/// Calls `tap(y, x, w)` with the flat indices of every output, input and weight element that
+/// one term `w[o, c, i, j] x[n, c, s p + i - pad, s q + j - pad]` of the convolution joins
+/// (padding skipped), outputs in order and each output's terms in order of `(c, i, j)`.
+fn for_each_tap(case: &Case, mut tap: impl FnMut(usize, usize, usize)) {
     let [n_, c_, h_, w_] = case.x_shape;
     let [o_, _, kh, kw] = case.w_shape;
     let [_, _, ho, wo] = case.out_shape();
     let (s, pad) = (case.params.stride as isize, case.params.padding as isize);
-    let mut y = vec![0.0; n_ * o_ * ho * wo];
     for n in 0..n_ {
         for o in 0..o_ {
             for p in 0..ho {
                 for q in 0..wo {
-                    let mut acc = case.b.as_ref().map_or(0.0, |b| b[o]);
+                    let y = ((n * o_ + o) * ho + p) * wo + q;
                     for c in 0..c_ {
                         for i in 0..kh {
                             for j in 0..kw {
@@ -106,16 +106,30 @@ fn naive_conv(case: &Case) -> Vec<f64> {
                                     continue;
                                 }
                                 let (yy, xx) = (yy as usize, xx as usize);
-                                acc += case.w[((o * c_ + c) * kh + i) * kw + j]
-                                    * case.x[((n * c_ + c) * h_ + yy) * w_ + xx];
+                                let x = ((n * c_ + c) * h_ + yy) * w_ + xx;
+                                tap(y, x, ((o * c_ + c) * kh + i) * kw + j);
                             }
                         }
                     }
-                    y[((n * o_ + o) * ho + p) * wo + q] = acc;
                 }
             }
         }
     }
+}
+
+/// `y[n, o, p, q] = b[o] + sum_{c, i, j} w[o, c, i, j] x[n, c, s p + i - pad, s q + j - pad]`,
+/// skipping the padding, written as plainly as possible.
+fn naive_conv(case: &Case) -> Vec<f64> {
+    let [n_, o_, ho, wo] = case.out_shape();
+    let mut y = vec![0.0; n_ * o_ * ho * wo];
+    if let Some(b) = &case.b {
+        for (index, value) in y.iter_mut().enumerate() {
+            *value = b[index / (ho * wo) % o_];
+        }
+    }
+    for_each_tap(case, |y_at, x_at, w_at| {
+        y[y_at] += case.w[w_at] * case.x[x_at]
+    });
     y
 }
 
@@ -559,34 +573,8 @@ proptest! {
 /// `dx[n, c, s p + i - pad, s q + j - pad] += w[o, c, i, j] dy[n, o, p, q]`, skipping the
 /// padding, written as plainly as possible.
 fn naive_input_grad(case: &Case, dy: &[f64]) -> Vec<f64> {
-    let [n_, c_, h_, w_] = case.x_shape;
-    let [o_, _, kh, kw] = case.w_shape;
-    let [_, _, ho, wo] = case.out_shape();
-    let (s, pad) = (case.params.stride as isize, case.params.padding as isize);
     let mut dx = vec![0.0; case.x.len()];
-    for n in 0..n_ {
-        for o in 0..o_ {
-            for p in 0..ho {
-                for q in 0..wo {
-                    let grad = dy[((n * o_ + o) * ho + p) * wo + q];
-                    for c in 0..c_ {
-                        for i in 0..kh {
-                            for j in 0..kw {
-                                let yy = p as isize * s + i as isize - pad;
-                                let xx = q as isize * s + j as isize - pad;
-                                if yy < 0 || xx < 0 || yy >= h_ as isize || xx >= w_ as isize {
-                                    continue;
-                                }
-                                let (yy, xx) = (yy as usize, xx as usize);
-                                dx[((n * c_ + c) * h_ + yy) * w_ + xx] +=
-                                    case.w[((o * c_ + c) * kh + i) * kw + j] * grad;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    for_each_tap(case, |y_at, x_at, w_at| dx[x_at] += case.w[w_at] * dy[y_at]);
     dx
 }
 

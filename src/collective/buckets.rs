@@ -13,7 +13,7 @@
 
 use revsnn_reference::{Backend, Element};
 
-use super::Collective;
+use super::{Collective, flatten, unflatten};
 use crate::error::{Error, Result};
 use crate::model::{FinalGrads, Grads, ParamId};
 
@@ -35,9 +35,11 @@ impl UsePlan {
     }
 }
 
-/// A bucket whose all-reduce has started: which gradients it holds, and its sum to come.
+/// A bucket whose all-reduce has started: which gradients it holds (their ids and shapes, in
+/// order), and its sum to come.
 struct Started<B: Backend> {
-    members: Vec<(ParamId, Vec<usize>)>,
+    ids: Vec<ParamId>,
+    shapes: Vec<Vec<usize>>,
     sum: B::Tensor,
 }
 
@@ -95,13 +97,9 @@ impl<'g, B: Backend> GradReducer<'g, B> {
         self.group.wait_started(backend)?;
         let mean_factor = B::Elem::cast(1.0 / self.group.world_size() as f64);
         for bucket in &self.started {
-            let mut start = 0;
-            for (id, shape) in &bucket.members {
-                let len = shape.iter().product();
-                let part = backend.narrow(&bucket.sum, 0, start, len)?;
-                start += len;
-                let mean = backend.scale(&backend.reshape(&part, shape)?, mean_factor)?;
-                grads.replace(*id, mean);
+            let sums = unflatten(backend, &bucket.sum, &bucket.shapes)?;
+            for (&id, sum) in bucket.ids.iter().zip(sums) {
+                grads.replace(id, backend.scale(&sum, mean_factor)?);
             }
         }
         Ok(UsePlan { uses: self.seen })
@@ -127,18 +125,15 @@ impl<'g, B: Backend> GradReducer<'g, B> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let mut members = Vec::with_capacity(self.pending.len());
-        let mut flat = Vec::with_capacity(self.pending.len());
-        for id in self.pending.drain(..) {
-            let Some(grad) = grads.get(id) else { continue };
-            let shape = backend.shape(grad);
-            flat.push(backend.reshape(grad, &[shape.iter().product()])?);
-            members.push((id, shape));
-        }
+        let (ids, parts): (Vec<ParamId>, Vec<&B::Tensor>) = self
+            .pending
+            .drain(..)
+            .filter_map(|id| grads.get(id).map(|grad| (id, grad)))
+            .unzip();
         self.pending_bytes = 0;
-        let bucket = backend.concat(&flat.iter().collect::<Vec<_>>(), 0)?;
+        let (bucket, shapes) = flatten(backend, &parts)?;
         let sum = self.group.start_all_reduce_sum(backend, &bucket)?;
-        self.started.push(Started { members, sum });
+        self.started.push(Started { ids, shapes, sum });
         Ok(())
     }
 }

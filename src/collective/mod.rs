@@ -108,6 +108,13 @@ fn all_reduce_bucket<B: Backend>(
     if parts.is_empty() {
         return Ok(Vec::new());
     }
+    let (bucket, shapes) = flatten(backend, parts)?;
+    let sum = group.all_reduce_sum(backend, &bucket)?;
+    unflatten(backend, &sum, &shapes)
+}
+
+/// `parts` flattened and joined, in order, into one bucket, with each part's shape.
+fn flatten<B: Backend>(backend: &B, parts: &[&B::Tensor]) -> Result<(B::Tensor, Vec<Vec<usize>>)> {
     let shapes: Vec<Vec<usize>> = parts.iter().map(|p| backend.shape(p)).collect();
     let flat = parts
         .iter()
@@ -115,13 +122,22 @@ fn all_reduce_bucket<B: Backend>(
         .map(|(p, shape)| backend.reshape(p, &[shape.iter().product()]))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let bucket = backend.concat(&flat.iter().collect::<Vec<_>>(), 0)?;
-    let sum = group.all_reduce_sum(backend, &bucket)?;
+    Ok((bucket, shapes))
+}
+
+/// The parts of a bucket [`flatten`] made (or of its sum), cut back out in order, each in its
+/// shape.
+fn unflatten<B: Backend>(
+    backend: &B,
+    bucket: &B::Tensor,
+    shapes: &[Vec<usize>],
+) -> Result<Vec<B::Tensor>> {
     let mut start = 0;
     shapes
         .iter()
         .map(|shape| {
             let len = shape.iter().product();
-            let part = backend.narrow(&sum, 0, start, len)?;
+            let part = backend.narrow(bucket, 0, start, len)?;
             start += len;
             Ok(backend.reshape(&part, shape)?)
         })
