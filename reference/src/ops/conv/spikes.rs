@@ -179,6 +179,7 @@ impl PixelChannels {
         }
     }
 
+    #[inline(always)]
     fn at(&self, position: usize) -> &[u32] {
         &self.channels[self.starts[position] as usize..self.ends[position] as usize]
     }
@@ -209,6 +210,7 @@ impl ChannelSpikes {
         ChannelSpikes { starts, positions }
     }
 
+    #[inline(always)]
     fn of(&self, sample_channel: usize) -> &[u32] {
         &self.positions
             [self.starts[sample_channel] as usize..self.starts[sample_channel + 1] as usize]
