@@ -41,34 +41,47 @@ const LEAF_LANES: usize = 4;
 /// The pairwise per-channel sums of this module's kernels over the contract's split of
 /// `x [N, C, ...]`: channel `c`'s elements sit at `(b C + c) inner + i` of the row-major buffer.
 impl BatchNormShape {
-    /// `sum_j term(flat(c, j))` over the channel's elements `j` in row-major order, pairwise.
-    fn channel_sum(&self, c: usize, term: &impl Fn(usize) -> f64) -> f64 {
+    /// `sum_j term(flat(c, j))[s]` for each `s < M` over the channel's elements `j` in row-major
+    /// order, pairwise: `M` sums taken in one pass over the data, each in the order (and so with the
+    /// bits) it would have alone.
+    fn channel_sums<const M: usize>(
+        &self,
+        c: usize,
+        term: &impl Fn(usize) -> [f64; M],
+    ) -> [f64; M] {
         self.pairwise(c, 0, self.per_channel(), term)
     }
 
-    fn pairwise(&self, c: usize, lo: usize, hi: usize, term: &impl Fn(usize) -> f64) -> f64 {
+    fn pairwise<const M: usize>(
+        &self,
+        c: usize,
+        lo: usize,
+        hi: usize,
+        term: &impl Fn(usize) -> [f64; M],
+    ) -> [f64; M] {
         if hi - lo > PAIRWISE_BLOCK {
             let mid = lo + (hi - lo) / 2;
-            return self.pairwise(c, lo, mid, term) + self.pairwise(c, mid, hi, term);
+            let (left, right) = (
+                self.pairwise(c, lo, mid, term),
+                self.pairwise(c, mid, hi, term),
+            );
+            return std::array::from_fn(|s| left[s] + right[s]);
         }
-        let mut values = [0.0; PAIRWISE_BLOCK];
-        let mut filled = 0;
-        while lo + filled < hi {
-            let (b, i) = ((lo + filled) / self.inner, (lo + filled) % self.inner);
-            let len = (self.inner - i).min(hi - lo - filled);
+        let mut lanes = [[0.0; LEAF_LANES]; M];
+        let mut element = lo;
+        while element < hi {
+            let (b, i) = (element / self.inner, element % self.inner);
+            let len = (self.inner - i).min(hi - element);
             let start = (b * self.channels + c) * self.inner + i;
-            for (value, k) in values[filled..filled + len].iter_mut().zip(start..) {
-                *value = term(k);
+            for (offset, k) in (start..start + len).enumerate() {
+                let lane = (element - lo + offset) % LEAF_LANES;
+                for (sum, value) in lanes.iter_mut().zip(term(k)) {
+                    sum[lane] += value;
+                }
             }
-            filled += len;
+            element += len;
         }
-        let mut lanes = [0.0; LEAF_LANES];
-        for chunk in values[..filled].chunks(LEAF_LANES) {
-            for (lane, &v) in lanes.iter_mut().zip(chunk) {
-                *lane += v;
-            }
-        }
-        (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+        lanes.map(|l| (l[0] + l[1]) + (l[2] + l[3]))
     }
 }
 
@@ -140,11 +153,13 @@ pub fn train_forward<E: Element>(
     let (mean, var): (Vec<f64>, Vec<f64>) = (0..layout.channels)
         .into_par_iter()
         .map(|c| {
-            let mean = layout.channel_sum(c, &|k| data[k].widen()) / count;
-            let var = layout.channel_sum(c, &|k| {
+            let [sum] = layout.channel_sums(c, &|k| [data[k].widen()]);
+            let mean = sum / count;
+            let [squares] = layout.channel_sums(c, &|k| {
                 let d = data[k].widen() - mean;
-                d * d
-            }) / count;
+                [d * d]
+            });
+            let var = squares / count;
             (mean, var)
         })
         .unzip();
@@ -221,9 +236,9 @@ pub fn backward<E: Element>(
     let (sum_dy, sum_dy_xhat): (Vec<f64>, Vec<f64>) = (0..layout.channels)
         .into_par_iter()
         .map(|c| {
-            let sum_dy = layout.channel_sum(c, &|k| dy[k].widen());
-            let sum_dy_xhat = layout.channel_sum(c, &|k| {
-                dy[k].widen() * (x[k].widen() - mean[c]) * inv_std[c]
+            let [sum_dy, sum_dy_xhat] = layout.channel_sums(c, &|k| {
+                let dy = dy[k].widen();
+                [dy, dy * (x[k].widen() - mean[c]) * inv_std[c]]
             });
             (sum_dy, sum_dy_xhat)
         })
