@@ -26,20 +26,21 @@ const TILE_BYTES: usize = 256;
 const ALIASING_BYTES: usize = 4096;
 
 /// Whether every element of `x` is 0 or 1 and at most half of them are 1, the inputs for which the
-/// spike kernels beat a dense GEMM. Counts without branches, a chunk at a time.
+/// spike kernels beat a dense GEMM. Counts without branches, chunks in parallel (an integer count:
+/// the answer does not depend on the threads).
 pub(super) fn sparse_spikes<E: Element>(x: &[E]) -> bool {
-    let mut ones = 0usize;
-    for chunk in x.chunks(4096) {
-        let mut others = 0usize;
-        for &v in chunk {
-            ones += usize::from(v == E::one());
-            others += usize::from(v != E::one() && v != E::zero());
-        }
-        if others > 0 {
-            return false;
-        }
-    }
-    2 * ones <= x.len()
+    let ones = x
+        .par_chunks(4096)
+        .map(|chunk| {
+            let (mut ones, mut others) = (0usize, 0usize);
+            for &v in chunk {
+                ones += usize::from(v == E::one());
+                others += usize::from(v != E::one() && v != E::zero());
+            }
+            (others == 0).then_some(ones)
+        })
+        .try_reduce(|| 0, |a, b| Some(a + b));
+    ones.is_some_and(|ones| 2 * ones <= x.len())
 }
 
 /// The weight `[C_out, C_in, k_h, k_w]` rearranged for [`forward_sample`]: tile `t`, row
@@ -253,16 +254,20 @@ fn gradient_tiles<E: Element, const T: usize>(
 ) -> Vec<E> {
     let (p_len, rows) = (g.p(), samples * (g.p() + 1));
     let mut tiles = vec![E::zero(); g.c_out.div_ceil(T) * rows * T];
-    for n in 0..samples {
-        for o in 0..g.c_out {
-            let (t, l) = (o / T, o % T);
-            let source = &dy[(n * g.c_out + o) * p_len..][..p_len];
-            let tile = &mut tiles[(t * rows + n * (p_len + 1)) * T..][..p_len * T];
-            for (row, &v) in tile.chunks_exact_mut(T).zip(source) {
-                row[l] = v;
+    tiles
+        .par_chunks_mut(rows * T)
+        .enumerate()
+        .for_each(|(t, tile)| {
+            let lanes = T.min(g.c_out - t * T);
+            for (n, sample) in tile.chunks_exact_mut((p_len + 1) * T).enumerate() {
+                for l in 0..lanes {
+                    let source = &dy[(n * g.c_out + t * T + l) * p_len..][..p_len];
+                    for (row, &v) in sample.chunks_exact_mut(T).zip(source) {
+                        row[l] = v;
+                    }
+                }
             }
-        }
-    }
+        });
     tiles
 }
 
