@@ -112,17 +112,20 @@ fn normalise<E: Element>(
     gamma: &[f64],
     beta: &[f64],
 ) -> Vec<E> {
-    let mut y = vec![E::zero(); x.len()];
-    y.par_chunks_mut(layout.inner.max(1))
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(layout.inner.max(1))
         .zip(x.par_chunks(layout.inner.max(1)))
         .enumerate()
         .for_each(|(row, (y_row, x_row))| {
             let c = row % layout.channels;
             let scale = gamma[c] * inv_std[c];
             for (y, &x) in y_row.iter_mut().zip(x_row) {
-                *y = E::cast(scale * (x.widen() - mean[c]) + beta[c]);
+                y.write(E::cast(scale * (x.widen() - mean[c]) + beta[c]));
             }
         });
+    // SAFETY: the rows above are `x`'s rows, so every one of the `x.len()` elements was written.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
@@ -244,8 +247,9 @@ pub fn backward<E: Element>(
         })
         .unzip();
     let count = layout.per_channel() as f64;
-    let mut dx = vec![E::zero(); x.len()];
-    dx.par_chunks_mut(layout.inner.max(1))
+    let mut dx = Vec::with_capacity(x.len());
+    dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(layout.inner.max(1))
         .zip(x.par_chunks(layout.inner.max(1)))
         .zip(dy.par_chunks(layout.inner.max(1)))
         .enumerate()
@@ -257,16 +261,18 @@ pub fn backward<E: Element>(
                     let (mean_dy, mean_dy_xhat) = (sum_dy[c] / count, sum_dy_xhat[c] / count);
                     for ((dx, &x), &dy) in dx_row.iter_mut().zip(x_row).zip(dy_row) {
                         let x_hat = (x.widen() - mean[c]) * inv_std[c];
-                        *dx = E::cast(scale * (dy.widen() - mean_dy - x_hat * mean_dy_xhat));
+                        dx.write(E::cast(scale * (dy.widen() - mean_dy - x_hat * mean_dy_xhat)));
                     }
                 }
                 BatchNormMode::Eval => {
                     for (dx, &dy) in dx_row.iter_mut().zip(dy_row) {
-                        *dx = E::cast(scale * dy.widen());
+                        dx.write(E::cast(scale * dy.widen()));
                     }
                 }
             }
         });
+    // SAFETY: the rows above are `x`'s rows, so every one of the `x.len()` elements was written.
+    unsafe { dx.set_len(x.len()) };
     Ok(BatchNormGrads {
         input: tensor(shape, dx),
         gamma: channel_tensor(&sum_dy_xhat),

@@ -17,6 +17,8 @@
 //! Firing modes, the reset rule and the surrogate are dispatched once per call into separately
 //! compiled loops; the inner loops have no data-dependent branches (the Heaviside step is a select).
 
+use std::mem::MaybeUninit;
+
 use ndarray::{ArrayView2, ArrayViewMut2, Axis, IxDyn, Zip};
 use rayon::prelude::*;
 
@@ -73,8 +75,8 @@ pub fn forward<E: Element>(
         .view()
         .into_shape_with_order((steps, neurons))
         .map_err(|e| OpError::shape(OP, format!("cannot view x as [T, N]: {e}")))?;
-    let mut h = ndarray::Array2::<E>::zeros((steps, neurons));
-    let mut s = ndarray::Array2::<E>::zeros((steps, neurons));
+    let mut h = ndarray::Array2::<E>::uninit((steps, neurons));
+    let mut s = ndarray::Array2::<E>::uninit((steps, neurons));
 
     let kernel = ForwardKernel {
         x: x2,
@@ -99,6 +101,8 @@ pub fn forward<E: Element>(
         }
     }
 
+    // SAFETY: the kernel's zip covers every `(t, n)` of `h` and `s` and writes each once.
+    let (h, s) = unsafe { (h.assume_init(), s.assume_init()) };
     let shape = IxDyn(x.shape());
     let spikes = into_shape(s, &shape)?;
     let h = into_shape(h, &shape)?;
@@ -144,7 +148,7 @@ pub fn backward<E: Element>(
         .view()
         .into_shape_with_order((steps, neurons))
         .map_err(|e| OpError::shape(OP, format!("cannot view h as [T, N]: {e}")))?;
-    let mut gx = ndarray::Array2::<E>::zeros((steps, neurons));
+    let mut gx = ndarray::Array2::<E>::uninit((steps, neurons));
 
     let (k, r) = config.charge_coefficients();
     let kernel = BackwardKernel {
@@ -161,6 +165,8 @@ pub fn backward<E: Element>(
             dispatch_backward(kernel, Sigmoid::<E>::new(alpha), config, v_th)
         }
     }
+    // SAFETY: the kernel's zip covers every `(t, n)` of `gx` and writes each once.
+    let gx = unsafe { gx.assume_init() };
     into_shape(gx, &IxDyn(context.h.shape()))
 }
 
@@ -248,10 +254,12 @@ impl<E: Element> SurrogateFn<E> for Sigmoid<E> {
     }
 }
 
+/// The forward's operands; `h` and `s` start uninitialised and [`ForwardKernel::run`] writes every
+/// element of both once (no zero-filling of two activation-sized buffers per call).
 struct ForwardKernel<'a, E> {
     x: ArrayView2<'a, E>,
-    h: ArrayViewMut2<'a, E>,
-    s: ArrayViewMut2<'a, E>,
+    h: ArrayViewMut2<'a, MaybeUninit<E>>,
+    s: ArrayViewMut2<'a, MaybeUninit<E>>,
 }
 
 impl<E: Element> ForwardKernel<'_, E> {
@@ -292,8 +300,8 @@ impl<E: Element> ForwardKernel<'_, E> {
                         .for_each(|v, &x, h, s| {
                             let ht = charge(*v, x);
                             let st = fire(ht);
-                            *h = ht;
-                            *s = st;
+                            h.write(ht);
+                            s.write(st);
                             *v = (E::one() - st) * ht;
                         });
                 }
@@ -301,10 +309,12 @@ impl<E: Element> ForwardKernel<'_, E> {
     }
 }
 
+/// The backward's operands; `gx` starts uninitialised and [`BackwardKernel::run`] writes every
+/// element once.
 struct BackwardKernel<'a, E> {
     h: ArrayView2<'a, E>,
     g: ArrayView2<'a, E>,
-    gx: ArrayViewMut2<'a, E>,
+    gx: ArrayViewMut2<'a, MaybeUninit<E>>,
     k: E,
     r: E,
 }
@@ -329,7 +339,7 @@ impl<E: Element> BackwardKernel<'_, E> {
                         |grad_h, &h, &g, gx| {
                             let (psi, dv_dh) = local(h);
                             *grad_h = g * psi + (k * *grad_h) * dv_dh;
-                            *gx = r * *grad_h;
+                            gx.write(r * *grad_h);
                         },
                     );
                 }
