@@ -75,7 +75,7 @@ pub(super) unsafe fn gemm(
     }
 }
 
-/// A zeroed `f32` buffer with a 64-byte aligned window of a given length.
+/// A zeroed `f32` buffer with a window of a given length, aligned to 64 bytes.
 struct Packed {
     storage: Vec<f32>,
     start: usize,
@@ -85,7 +85,11 @@ struct Packed {
 impl Packed {
     fn new(len: usize) -> Self {
         let storage = vec![0.0; len + ALIGN / size_of::<f32>()];
-        let start = storage.as_ptr().align_offset(ALIGN);
+        // `align_offset` may give up (usize::MAX): the window is then unaligned, still in bounds.
+        let start = storage
+            .as_ptr()
+            .align_offset(ALIGN)
+            .min(ALIGN / size_of::<f32>());
         Packed {
             storage,
             start,
