@@ -17,15 +17,17 @@ use super::Update;
 use super::operand::{Operand, OperandMut};
 
 /// Rows of a C tile (and of a packed A panel).
-const MR: usize = 12;
-/// Columns of a C tile (and of a packed B panel): two zmm registers.
-const NR: usize = 32;
+const MR: usize = 8;
+/// zmm registers (16 lanes each) per row of a C tile.
+const VECTORS: usize = 3;
+/// Columns of a C tile (and of a packed B panel).
+const NR: usize = 16 * VECTORS;
 /// The most steps of k per packed block.
 const KC: usize = 256;
 /// Rows of A per packed block (a multiple of `MR`).
 const MC: usize = 144;
-/// Columns of B per packed block (a multiple of `NR`).
-const NC: usize = 1024;
+/// Columns of B per packed block: a multiple of `NR`, about 1024.
+const NC: usize = NR * (1024 / NR);
 /// Bytes to which the packed buffers are aligned (one cache line, one zmm).
 const ALIGN: usize = 64;
 
@@ -62,11 +64,13 @@ pub(super) unsafe fn gemm(
             let kc = kc_step.min(k - p0);
             let start = if p0 == 0 { update } else { Update::Accumulate };
             // SAFETY: rows p0..p0 + kc <= k and columns j0..j0 + nc <= n of B are in its shape.
-            let packed_b = unsafe { pack_b(b_buffer.slice(), b.offset(p0, j0), kc, nc) };
+            let packed_b = unsafe { pack::<NR>(b_buffer.slice(), b.offset(p0, j0), kc, nc) };
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
-                // SAFETY: rows i0..i0 + mc <= m and columns p0..p0 + kc <= k of A are in its shape.
-                let packed_a = unsafe { pack_a(a_buffer.slice(), a.offset(i0, p0), mc, kc) };
+                // SAFETY: rows i0..i0 + mc <= m and columns p0..p0 + kc <= k of A are in its
+                // shape, i.e. elements (p, i) with p < kc, i < mc of the transpose.
+                let a_t = a.offset(i0, p0).transposed();
+                let packed_a = unsafe { pack::<MR>(a_buffer.slice(), a_t, kc, mc) };
                 let tiles = Tiles { kc, mc, nc, start };
                 // SAFETY: the block of C at (i0, j0) spans mc x nc elements within its shape.
                 unsafe { tiles.run(cpu, packed_a, packed_b, c.offset(i0, j0)) };
@@ -102,41 +106,39 @@ impl Packed {
     }
 }
 
-/// Packs `kc x nc` elements of B from `b` into panels of `NR` columns, `p`-major within a panel
-/// (`panel[p * NR + j]`), zero-padding the last panel; returns the packed part of `buffer`.
+/// Packs `kc x width` elements `(p, j)` of `source` into panels `W` wide, `p`-major within a
+/// panel (`panel[p W + j]`), zero-padding the last panel; returns the packed part of `buffer`.
+/// B is packed as it is (`W = NR`), A through its transpose (`W = MR`). The source is read along
+/// whichever axis is contiguous.
 ///
 /// # Safety
-/// Elements `(p, j)` of `b` with `p < kc`, `j < nc` must be valid to read.
-unsafe fn pack_b(buffer: &mut [f32], b: Operand, kc: usize, nc: usize) -> &[f32] {
-    let panels = nc.div_ceil(NR);
-    let packed = &mut buffer[..panels * kc * NR];
-    for (panel_index, panel) in packed.chunks_exact_mut(kc * NR).enumerate() {
-        let j0 = panel_index * NR;
-        let width = NR.min(nc - j0);
-        for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-            // SAFETY: p < kc and j0 + width <= nc.
-            unsafe { b.offset(p, j0).copy_row(&mut row[..width]) };
-            row[width..].fill(0.0);
-        }
-    }
-    packed
-}
-
-/// Packs `mc x kc` elements of A from `a` into panels of `MR` rows, `p`-major within a panel
-/// (`panel[p * MR + i]`), zero-padding the last panel; returns the packed part of `buffer`.
-///
-/// # Safety
-/// Elements `(i, p)` of `a` with `i < mc`, `p < kc` must be valid to read.
-unsafe fn pack_a(buffer: &mut [f32], a: Operand, mc: usize, kc: usize) -> &[f32] {
-    let panels = mc.div_ceil(MR);
-    let packed = &mut buffer[..panels * kc * MR];
-    for (panel_index, panel) in packed.chunks_exact_mut(kc * MR).enumerate() {
-        let i0 = panel_index * MR;
-        let height = MR.min(mc - i0);
-        for (p, column) in panel.chunks_exact_mut(MR).enumerate() {
-            // SAFETY: i0 + height <= mc and p < kc.
-            unsafe { a.offset(i0, p).copy_column(&mut column[..height]) };
-            column[height..].fill(0.0);
+/// Elements `(p, j)` of `source` with `p < kc`, `j < width` must be valid to read.
+unsafe fn pack<const W: usize>(
+    buffer: &mut [f32],
+    source: Operand,
+    kc: usize,
+    width: usize,
+) -> &[f32] {
+    let panels = width.div_ceil(W);
+    let packed = &mut buffer[..panels * kc * W];
+    for (panel_index, panel) in packed.chunks_exact_mut(kc * W).enumerate() {
+        let j0 = panel_index * W;
+        let valid = W.min(width - j0);
+        let block = source.offset(0, j0);
+        if source.column_major() {
+            for j in 0..valid {
+                // SAFETY: j0 + j < width and the column's kc elements have p < kc.
+                unsafe { block.offset(0, j).copy_column(&mut panel[j..], W, kc) };
+            }
+            for row in panel.chunks_exact_mut(W) {
+                row[valid..].fill(0.0);
+            }
+        } else {
+            for (p, row) in panel.chunks_exact_mut(W).enumerate() {
+                // SAFETY: p < kc and j0 + valid <= width.
+                unsafe { block.offset(p, 0).copy_row(&mut row[..valid]) };
+                row[valid..].fill(0.0);
+            }
         }
     }
     packed
@@ -215,9 +217,9 @@ impl Tiles {
     }
 }
 
-/// `tile = a_panel b_panel (+ tile)` for one `MR x NR` tile over `kc` steps: per step, two zmm
-/// loads of B, `MR` broadcasts of A and `2 MR` fused multiply-adds into accumulators that start
-/// at zero; the tile, prefetched at the start, is added at the end when accumulating.
+/// `tile = a_panel b_panel (+ tile)` for one `MR x NR` tile over `kc` steps: per step, `VECTORS`
+/// zmm loads of B, `MR` broadcasts of A and `MR VECTORS` fused multiply-adds into accumulators
+/// that start at zero; the tile, prefetched at the start, is added at the end when accumulating.
 ///
 /// # Safety
 /// `a_panel` must hold at least `kc * MR` and `b_panel` at least `kc * NR` elements; the
@@ -234,58 +236,55 @@ unsafe fn micro_kernel(
     let a_panel = &a_panel[..kc * MR];
     let b_panel = &b_panel[..kc * NR];
     for i in 0..MR {
-        let row = tile.row(i);
-        _mm_prefetch::<_MM_HINT_T0>(row.cast_const().cast());
-        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR - 1).cast_const().cast());
+        let row = tile.row(i).cast_const();
+        for offset in (0..NR).step_by(16).chain([NR - 1]) {
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(offset).cast());
+        }
     }
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
     for (a, b) in a_panel.chunks_exact(MR).zip(b_panel.chunks_exact(NR)) {
-        // SAFETY: `b` holds NR = 32 elements, i.e. two zmm registers.
-        let (b0, b1) = unsafe {
-            (
-                _mm512_loadu_ps(b.as_ptr()),
-                _mm512_loadu_ps(b.as_ptr().add(16)),
-            )
-        };
+        // SAFETY: `b` holds NR = 16 VECTORS elements.
+        let b = unsafe { load_row(b.as_ptr()) };
         for (row, &a) in acc.iter_mut().zip(a) {
             let a = _mm512_set1_ps(a);
-            row[0] = _mm512_fmadd_ps(a, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(a, b1, row[1]);
+            for (sum, &b) in row.iter_mut().zip(&b) {
+                *sum = _mm512_fmadd_ps(a, b, *sum);
+            }
         }
     }
     for (i, row) in acc.iter().enumerate() {
         let ptr = tile.row(i);
-        let sum = if start == Update::Accumulate {
-            // SAFETY: row i < MR of the tile holds NR = 32 contiguous elements.
-            let old = unsafe { load_row(ptr) };
-            [_mm512_add_ps(old[0], row[0]), _mm512_add_ps(old[1], row[1])]
-        } else {
-            *row
-        };
-        // SAFETY: row i < MR of the tile holds NR = 32 contiguous elements.
+        let mut sum = *row;
+        if start == Update::Accumulate {
+            // SAFETY: row i < MR of the tile holds NR contiguous elements.
+            let old = unsafe { load_row(ptr.cast_const()) };
+            for (sum, old) in sum.iter_mut().zip(old) {
+                *sum = _mm512_add_ps(old, *sum);
+            }
+        }
+        // SAFETY: row i < MR of the tile holds NR contiguous elements.
         unsafe { store_row(ptr, sum) };
     }
 }
 
-/// The 32 contiguous elements at `ptr` as two zmm registers.
+/// The `NR` contiguous elements at `ptr` as `VECTORS` zmm registers.
 ///
 /// # Safety
-/// `ptr` must be valid to read 32 elements.
+/// `ptr` must be valid to read `NR` elements.
 #[target_feature(enable = "avx512f")]
-unsafe fn load_row(ptr: *mut f32) -> [__m512; 2] {
-    // SAFETY: the caller guarantees 32 readable elements.
-    unsafe { [_mm512_loadu_ps(ptr), _mm512_loadu_ps(ptr.add(16))] }
+unsafe fn load_row(ptr: *const f32) -> [__m512; VECTORS] {
+    // SAFETY: the caller guarantees NR = 16 VECTORS readable elements.
+    std::array::from_fn(|v| unsafe { _mm512_loadu_ps(ptr.add(16 * v)) })
 }
 
-/// Stores two zmm registers to the 32 contiguous elements at `ptr`.
+/// Stores `VECTORS` zmm registers to the `NR` contiguous elements at `ptr`.
 ///
 /// # Safety
-/// `ptr` must be valid to write 32 elements.
+/// `ptr` must be valid to write `NR` elements.
 #[target_feature(enable = "avx512f")]
-unsafe fn store_row(ptr: *mut f32, row: [__m512; 2]) {
-    // SAFETY: the caller guarantees 32 writable elements.
-    unsafe {
-        _mm512_storeu_ps(ptr, row[0]);
-        _mm512_storeu_ps(ptr.add(16), row[1]);
+unsafe fn store_row(ptr: *mut f32, row: [__m512; VECTORS]) {
+    for (v, value) in row.into_iter().enumerate() {
+        // SAFETY: the caller guarantees NR = 16 VECTORS writable elements.
+        unsafe { _mm512_storeu_ps(ptr.add(16 * v), value) };
     }
 }

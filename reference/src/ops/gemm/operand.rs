@@ -56,19 +56,40 @@ impl Operand {
         }
     }
 
-    /// Copies elements `(0, 0), (1, 0), ..` of column 0 into `out`, with one `memcpy` when the
-    /// rows are contiguous.
+    /// Copies elements `(0, 0), (1, 0), .., (len - 1, 0)` of column 0 to `out[0]`,
+    /// `out[stride]`, .., reading one contiguous run when the rows are contiguous.
     ///
     /// # Safety
-    /// Elements `(i, 0)` with `i < out.len()` must be within the operand's shape.
-    pub(super) unsafe fn copy_column(self, out: &mut [f32]) {
-        let transposed = Operand {
+    /// Elements `(i, 0)` with `i < len` must be within the operand's shape; `out` must hold
+    /// `(len - 1) stride + 1` elements or more.
+    pub(super) unsafe fn copy_column(self, out: &mut [f32], stride: usize, len: usize) {
+        let targets = out.iter_mut().step_by(stride).take(len);
+        if self.row_stride == 1 {
+            // SAFETY: the caller guarantees len contiguous elements from (0, 0).
+            let column = unsafe { std::slice::from_raw_parts(self.ptr, len) };
+            targets
+                .zip(column)
+                .for_each(|(target, &value)| *target = value);
+        } else {
+            for (i, target) in targets.enumerate() {
+                // SAFETY: (i, 0) with i < len is within the operand.
+                *target = unsafe { self.get(i, 0) };
+            }
+        }
+    }
+
+    /// Whether the columns are the contiguous runs (and the rows are not).
+    pub(super) fn column_major(self) -> bool {
+        self.row_stride == 1 && self.col_stride != 1
+    }
+
+    /// The transpose: element `(i, j)` of the result is this one's `(j, i)`.
+    pub(super) fn transposed(self) -> Self {
+        Operand {
             row_stride: self.col_stride,
             col_stride: self.row_stride,
             ..self
-        };
-        // SAFETY: row 0 of the transpose is column 0 of this operand.
-        unsafe { transposed.copy_row(out) };
+        }
     }
 
     /// The offset of element `(i, j)` from element `(0, 0)`, in elements.

@@ -51,22 +51,27 @@ fn check_overwrite(a: &ArrayView2<f32>, b: &ArrayView2<f32>) -> Array2<f32> {
     c
 }
 
-/// Shapes around MR = 12, NR = 32, KC = 256, MC = 144, NC = 1024 and the small-product cutoff.
-const SIZES: [(usize, usize, usize); 14] = [
+/// Shapes around the tile (8 x 48), the runs of k (at most 256), the blocks of A (144 rows) and B
+/// (1008 columns) and the small-product cutoff (16^3 multiply-adds).
+const SIZES: [(usize, usize, usize); 18] = [
     (1, 1, 1),
     (1, 300, 1),
-    (11, 5, 31),
-    (12, 16, 32),
-    (13, 17, 33),
+    (7, 5, 47),
+    (8, 16, 48),
+    (9, 17, 49),
     (16, 16, 16),
     (25, 255, 65),
     (37, 257, 97),
     (144, 64, 64),
     (145, 513, 40),
-    (150, 20, 1025),
+    (150, 20, 1007),
+    (150, 20, 1009),
     (64, 576, 300),
     (3, 1000, 7),
     (200, 3, 1100),
+    (11, 5, 31),
+    (13, 17, 33),
+    (143, 770, 2017),
 ];
 
 #[test]
