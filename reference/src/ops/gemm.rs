@@ -88,7 +88,9 @@ fn packed_f32<E: Element>(
 ) -> bool {
     let (m, k) = a.dim();
     let n = b.ncols();
-    if TypeId::of::<E>() != TypeId::of::<f32>() || m * k * n < MIN_PACKED_FLOPS {
+    if TypeId::of::<E>() != TypeId::of::<f32>()
+        || m.saturating_mul(k).saturating_mul(n) < MIN_PACKED_FLOPS
+    {
         return false;
     }
     let Some(cpu) = avx512::Avx512::detect() else {

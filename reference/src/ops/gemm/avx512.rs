@@ -168,7 +168,8 @@ impl Tiles {
                 let height = MR.min(self.mc - i0);
                 let tile = c.offset(i0, j0);
                 if height == MR && width == NR && c.col_stride == 1 {
-                    // SAFETY: the full tile is in C, its rows contiguous; the panels hold kc steps.
+                    // SAFETY: `cpu` proves AVX-512F; the full tile is in C, its rows contiguous;
+                    // the panels hold kc steps.
                     unsafe { micro_kernel(cpu, self.kc, a_panel, b_panel, tile, self.start) };
                 } else {
                     // SAFETY: the tile's height x width elements are in C; the panels hold kc steps.
@@ -206,7 +207,8 @@ impl Tiles {
             row_stride: NR as isize,
             col_stride: 1,
         };
-        // SAFETY: `local` is a full MR x NR tile with contiguous rows; the panels hold kc steps.
+        // SAFETY: `cpu` proves AVX-512F; `local` is a full MR x NR tile with contiguous rows;
+        // the panels hold kc steps.
         unsafe { micro_kernel(cpu, self.kc, a_panel, b_panel, local_tile, self.start) };
         for (i, row) in local.chunks_exact(NR).take(height).enumerate() {
             for (j, &value) in row[..width].iter().enumerate() {
