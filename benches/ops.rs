@@ -10,10 +10,16 @@
 //! - the spike-density cutoff (docs/ARCHITECTURE.md, "Convolutions whose input is spikes"): conv2d 3x3 at the four RevSResNet21 stage
 //!   shapes on `[32, C, S, S]` spikes of density 10-40% (the sparse kernels) and 60% (above the
 //!   cutoff of one half: the dense GEMMs), forward and forward + backward.
+//! - the dense f32 GEMM (group `gemm`) on the im2col shapes of the ResNet convolutions (m x k x n),
+//!   `A B` and `A^T B` (the input gradient's form), through one-sample `batched_matmul` (the
+//!   reference's `ops::gemm`) and through ndarray's `general_mat_mul` (matrixmultiply), with
+//!   throughput in elements = flops (`2 m k n`).
 //!
 //! `cargo bench --bench ops`; quote medians and name the machine.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ndarray::Array2;
+use ndarray::linalg::general_mat_mul;
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{Backend, Conv2dParams, Cpu, NeuronConfig};
 
@@ -125,5 +131,49 @@ fn spike_density(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, neuron, conv, spike_density);
+/// The reference's GEMM against matrixmultiply at the convolutions' im2col shapes (m x k x n):
+/// `A B` and `A^T B`, each call writing a freshly allocated `C` in both.
+fn gemm(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new();
+    let mut group = c.benchmark_group("gemm");
+    group.sample_size(10);
+    let shapes = [
+        (576, 64, 2048),
+        (64, 576, 2048),
+        (1152, 128, 2048),
+        (2304, 256, 2048),
+        (4032, 448, 2048),
+        (4608, 512, 2048),
+    ];
+    for (m, k, n) in shapes {
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let b = random(&cpu, &[1, k, n], 1.0, 0.0, 8);
+        let b_matrix = Array2::from_shape_vec((k, n), b.iter().copied().collect()).unwrap();
+        for (form, transpose_a) in [("ab", false), ("atb", true)] {
+            let a_shape = if transpose_a { [1, k, m] } else { [1, m, k] };
+            let a = random(&cpu, &a_shape, 1.0, 0.0, 7);
+            let a_stored =
+                Array2::from_shape_vec((a_shape[1], a_shape[2]), a.iter().copied().collect())
+                    .unwrap();
+            let a_matrix = if transpose_a {
+                a_stored.t()
+            } else {
+                a_stored.view()
+            };
+            group.bench_function(format!("reference/{m}x{k}x{n}/{form}"), |bench| {
+                bench.iter(|| cpu.batched_matmul(&a, &b, transpose_a, false).unwrap())
+            });
+            group.bench_function(format!("matrixmultiply/{m}x{k}x{n}/{form}"), |bench| {
+                bench.iter(|| {
+                    let mut product = Array2::<f32>::zeros((m, n));
+                    general_mat_mul(1.0, &a_matrix, &b_matrix, 0.0, &mut product);
+                    product
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, neuron, conv, spike_density, gemm);
 criterion_main!(benches);

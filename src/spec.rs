@@ -358,7 +358,7 @@ impl ModelSpec {
                 "patch_size must be {expected_patch} for this family (the tokenizer's pools fix it)"
             ));
         }
-        if self.img_size % patch_size != 0 {
+        if !self.img_size.is_multiple_of(patch_size) {
             return fail(format!(
                 "img_size {} is not divisible by patch_size {patch_size}",
                 self.img_size

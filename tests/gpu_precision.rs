@@ -351,10 +351,10 @@ fn training_step<B: Backend>(backend: &B, family: &str) -> Vec<(String, Vec<f64>
         ("loss".to_string(), widened(backend, &report.output.loss)),
     ];
     for (index, entry) in network.store.entries().iter().enumerate() {
-        if entry.kind == EntryKind::Parameter {
-            if let Some(grad) = grads.get(ParamId(index)) {
-                tensors.push((format!("grad.{}", entry.name), widened(backend, grad)));
-            }
+        if entry.kind == EntryKind::Parameter
+            && let Some(grad) = grads.get(ParamId(index))
+        {
+            tensors.push((format!("grad.{}", entry.name), widened(backend, grad)));
         }
     }
     tensors

@@ -310,7 +310,7 @@ pub fn mixup_targets(
 }
 
 fn check_mixup_batch(values: usize, b: usize) -> Result<usize> {
-    if b == 0 || b % 2 != 0 || values % b != 0 {
+    if b == 0 || !b.is_multiple_of(2) || !values.is_multiple_of(b) {
         return Err(Error::Usage(format!(
             "mixup needs an even, non-empty batch whose values split evenly into samples; got \
              {b} labels and {values} values (use an even batch size)"

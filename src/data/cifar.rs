@@ -138,7 +138,7 @@ impl Cifar {
     fn append(&mut self, bytes: &[u8], path: &Path) -> Result<()> {
         let variant = self.variant;
         let record = variant.label_bytes() + CIFAR_IMAGE_BYTES;
-        if bytes.is_empty() || bytes.len() % record != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
             return Err(Error::File {
                 path: path.display().to_string(),
                 detail: format!(

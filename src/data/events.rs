@@ -169,7 +169,7 @@ pub fn decode_cifar10_dvs(bytes: &[u8], path: &Path) -> Result<Events> {
         }
     }
     let data = &bytes[pos..];
-    if data.len() % 8 != 0 {
+    if !data.len().is_multiple_of(8) {
         return Err(corrupt(
             path,
             format!(

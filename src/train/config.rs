@@ -449,7 +449,7 @@ const MAX_RANKS: usize = 256;
 
 /// `ranks` share every batch of `batch` samples equally: the batch must divide by them.
 fn check_ranks(ranks: usize, batch: usize) -> Result<()> {
-    if batch % ranks != 0 {
+    if !batch.is_multiple_of(ranks) {
         return Err(bad_setting(
             "batch",
             batch,

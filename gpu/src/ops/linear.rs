@@ -240,7 +240,11 @@ pub(crate) fn fill_bias<E: GpuElement>(
     if total == 0 {
         return Ok(());
     }
-    if bias.len() != channels || channels == 0 || inner == 0 || total % (channels * inner) != 0 {
+    if bias.len() != channels
+        || channels == 0
+        || inner == 0
+        || !total.is_multiple_of(channels * inner)
+    {
         return Err(shape_error(
             "bias",
             format!(

@@ -90,7 +90,7 @@ fn check_len(
     len: usize,
     time_steps: usize,
 ) -> Result<usize, GpuError> {
-    if time_steps == 0 || len % time_steps != 0 {
+    if time_steps == 0 || !len.is_multiple_of(time_steps) {
         return Err(shape_error(
             op,
             format!("{what} has {len} elements, not a positive multiple of T = {time_steps}"),

@@ -1,14 +1,14 @@
 //! Linear layers and batched matrix products (the classifier heads, and the attention products
-//! `q k^T` and `attn v` of docs/architectures.md §4.0), on ndarray's `matrixmultiply` GEMM. Each output element is
-//! one GEMM entry, computed by a single thread, so results do not depend on the thread count.
+//! `q k^T` and `attn v` of docs/architectures.md §4.0), on the reference's GEMM ([`gemm`]). Each
+//! output element is one GEMM entry, computed by a single thread, so results do not depend on the thread count.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArcArray, Array1, Array2, ArrayView2, ArrayViewMut2, Ix2, IxDyn, ShapeError};
 use rayon::prelude::*;
 
 use crate::contract::shapes::{LinearShape, MatmulShape};
 use crate::contract::{Element, LinearGrads, OpError, Result};
 use crate::cpu::CpuTensor;
+use crate::ops::gemm::{Update, gemm};
 
 /// `y = x w^T + b`, i.e. `y[n, o] = b[o] + sum_i x[n, i] w[o, i]`, for `x [N, in]`, `w [out, in]`
 /// and an optional `b [out]`; `y [N, out]`. Errors on any other shapes.
@@ -20,17 +20,17 @@ pub fn forward<E: Element>(
     const OP: &str = "linear";
     let (sizes, x2, w2) = linear_operands(OP, x, weight)?;
     let mut y = Array2::zeros((sizes.rows, sizes.outputs));
-    let beta = match bias {
+    let update = match bias {
         Some(b) => {
             sizes.check_bias(OP, b.shape())?;
             for mut row in y.rows_mut() {
                 row.iter_mut().zip(b.iter()).for_each(|(y, &b)| *y = b);
             }
-            E::one()
+            Update::Accumulate
         }
-        None => E::zero(),
+        None => Update::Overwrite,
     };
-    general_mat_mul(E::one(), &x2, &w2.t(), beta, &mut y);
+    gemm(&x2, &w2.t(), update, &mut y.view_mut())?;
     Ok(y.into_dyn().into_shared())
 }
 
@@ -47,8 +47,8 @@ pub fn backward<E: Element>(
     let (sizes, x2, w2) = linear_operands(OP, x, weight)?;
     sizes.check_grad(OP, grad_y.shape(), x.shape(), weight.shape())?;
     let dy = matrix(OP, grad_y)?;
-    let input = product(&dy, &w2);
-    let weight_grad = product(&dy.t(), &x2);
+    let input = product(&dy, &w2)?;
+    let weight_grad = product(&dy.t(), &x2)?;
     let bias = has_bias.then(|| {
         let mut db = Array1::zeros(dy.ncols());
         for row in dy.rows() {
@@ -117,18 +117,17 @@ pub fn batched_matmul<E: Element>(
                     b_i
                 };
                 let mut c_i = ArrayViewMut2::from_shape((m, n), c_i).map_err(|e| layout(OP, e))?;
-                general_mat_mul(E::one(), &a_i, &b_i, E::zero(), &mut c_i);
-                Ok(())
+                gemm(&a_i, &b_i, Update::Overwrite, &mut c_i)
             })?;
     }
     ArcArray::from_shape_vec(IxDyn(&shape), c).map_err(|e| layout(OP, e))
 }
 
-/// `a b` as a new row-major matrix (`dot` may return a column-major one).
-fn product<E: Element>(a: &ArrayView2<'_, E>, b: &ArrayView2<'_, E>) -> Array2<E> {
+/// `a b` as a new row-major matrix.
+fn product<E: Element>(a: &ArrayView2<'_, E>, b: &ArrayView2<'_, E>) -> Result<Array2<E>> {
     let mut c = Array2::zeros((a.nrows(), b.ncols()));
-    general_mat_mul(E::one(), a, b, E::zero(), &mut c);
-    c
+    gemm(a, b, Update::Overwrite, &mut c.view_mut())?;
+    Ok(c)
 }
 
 /// The sizes of `x [N, in]` and `w [out, in]` and the two as matrices, or a shape error.

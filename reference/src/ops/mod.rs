@@ -4,6 +4,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+mod gemm;
 pub mod linear;
 pub mod loss;
 pub mod neuron;

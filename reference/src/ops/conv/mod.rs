@@ -23,12 +23,12 @@
 //! summed in sample order, and the blocks' partial sums are added along a fixed binary tree (split
 //! at the middle block), so the result is bitwise the same whatever the number of rayon threads.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError, s};
 use rayon::prelude::*;
 
 use crate::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams, Element, OpError, Result};
 use crate::cpu::CpuTensor;
+use crate::ops::gemm::{Update, gemm};
 
 mod spikes;
 
@@ -99,17 +99,17 @@ pub fn forward<E: Element>(
                     let x_n = &xs[n * g.in_len()..(n + 1) * g.in_len()];
                     let mut y_n =
                         ArrayViewMut2::from_shape((g.c_out, g.p()), y_n).map_err(layout)?;
-                    let beta = match &bias_values {
+                    let update = match &bias_values {
                         Some(b) => {
                             for (mut row, &value) in y_n.rows_mut().into_iter().zip(b) {
                                 row.fill(value);
                             }
-                            E::one()
+                            Update::Accumulate
                         }
-                        None => E::zero(),
+                        None => Update::Overwrite,
                     };
                     let cols_n = g.columns(x_n, &mut cols)?;
-                    general_mat_mul(E::one(), &w2, &cols_n, beta, &mut y_n);
+                    gemm(&w2, &cols_n, update, &mut y_n)?;
                 }
                 Ok(())
             })?;
@@ -367,7 +367,7 @@ impl<E: Element> Operands<'_, E> {
             for (x_n, dy_n) in x.chunks_exact(g.in_len()).zip(dy.chunks_exact(out_len)) {
                 let dy_n = ArrayView2::from_shape((g.c_out, g.p()), dy_n).map_err(layout)?;
                 let cols_n = g.columns(x_n, &mut cols)?;
-                general_mat_mul(E::one(), &dy_n, &cols_n.t(), E::one(), &mut dw);
+                gemm(&dy_n, &cols_n.t(), Update::Accumulate, &mut dw.view_mut())?;
             }
         }
         Ok(dw)
@@ -419,7 +419,7 @@ impl<E: Element> Operands<'_, E> {
                             ArrayView2::from_shape((g.c_out, g.p()), dy_n).map_err(layout)?;
                         let mut dx_part =
                             ArrayViewMut2::from_shape((rows, g.p()), part).map_err(layout)?;
-                        general_mat_mul(E::one(), &w_group_t, &dy_n, E::zero(), &mut dx_part);
+                        gemm(&w_group_t, &dy_n, Update::Overwrite, &mut dx_part)?;
                     }
                     return Ok(());
                 }
@@ -428,7 +428,7 @@ impl<E: Element> Operands<'_, E> {
                 let mut dcols = vec![E::zero(); rows * columns];
                 let mut dcols_view =
                     ArrayViewMut2::from_shape((rows, columns), &mut dcols[..]).map_err(layout)?;
-                general_mat_mul(E::one(), &w_group_t, &dy_wide, E::zero(), &mut dcols_view);
+                gemm(&w_group_t, &dy_wide, Update::Overwrite, &mut dcols_view)?;
                 for (n, part) in parts.iter_mut().enumerate() {
                     g.add_columns(&dcols, columns, n * g.p(), part);
                 }

@@ -371,7 +371,7 @@ fn forward_tiles<E: Element, const T: usize>(
     let (k, p_len) = (g.k(), g.p());
     let rows = g.output_ranges(g.kh, g.h, g.h_out);
     let cols = g.output_ranges(g.kw, g.w, g.w_out);
-    let one_cache_set = (p_len * size_of::<E>()) % ALIASING_BYTES == 0;
+    let one_cache_set = (p_len * size_of::<E>()).is_multiple_of(ALIASING_BYTES);
     let mut sums = vec![[E::zero(); T]; if one_cache_set { p_len } else { 0 }];
     for (t, tile) in weights.chunks_exact(k * T).enumerate() {
         let lanes = T.min(g.c_out - t * T);
