@@ -261,7 +261,9 @@ pub fn backward<E: Element>(
                     let (mean_dy, mean_dy_xhat) = (sum_dy[c] / count, sum_dy_xhat[c] / count);
                     for ((dx, &x), &dy) in dx_row.iter_mut().zip(x_row).zip(dy_row) {
                         let x_hat = (x.widen() - mean[c]) * inv_std[c];
-                        dx.write(E::cast(scale * (dy.widen() - mean_dy - x_hat * mean_dy_xhat)));
+                        dx.write(E::cast(
+                            scale * (dy.widen() - mean_dy - x_hat * mean_dy_xhat),
+                        ));
                     }
                 }
                 BatchNormMode::Eval => {
