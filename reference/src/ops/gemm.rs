@@ -101,9 +101,10 @@ fn packed_f32<E: Element>(
         operand::Operand::of(b),
         operand::OperandMut::of(c),
     );
-    // SAFETY: `E` is `f32` (same type id), so the views' pointers address `f32` elements; each view is valid at every index within its shape, which
-    // `gemm` checked to be [m, k], [k, n] and [m, n]; `c` is borrowed mutably, so it overlaps
-    // neither `a` nor `b`; `k > 0` (checked by `gemm`).
+    // SAFETY: `E` is `f32` (same type id), so the views' pointers address `f32` elements; each
+    // view is valid at every index within its shape, which `gemm` checked to be [m, k], [k, n]
+    // and [m, n]; `c` is borrowed mutably, so it overlaps neither `a` nor `b`; `k > 0` (checked
+    // by `gemm`).
     unsafe { avx512::gemm(cpu, (m, k, n), a, b, update, c) };
     true
 }
