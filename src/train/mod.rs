@@ -131,6 +131,7 @@ fn train_on<B: Compute>(
             &state,
             config.epochs,
             options,
+            leader,
         )?,
         None => Vec::new(),
     };
@@ -378,7 +379,8 @@ fn save_epoch<B: Compute>(
 }
 
 /// Restores a resumed run into each rank's `learners` from its last checkpoint in `dir`, and
-/// returns the metrics of the epochs it has done (of `epochs`).
+/// returns the metrics of the epochs it has done (of `epochs`); only the `leader` completes an
+/// interrupted commit in `dir` (see [`RunDir::load_checkpoint`]).
 fn restore<B: Compute>(
     dir: &RunDir,
     backend: &B,
@@ -386,9 +388,10 @@ fn restore<B: Compute>(
     state: &RunState,
     epochs: usize,
     options: &Invocation,
+    leader: bool,
 ) -> Result<Vec<Value>> {
     for learner in learners {
-        dir.load_checkpoint(backend, learner, state, options.allow_non_finite)?;
+        dir.load_checkpoint(backend, learner, state, options.allow_non_finite, leader)?;
     }
     let lines = dir.read_metrics(state.epochs_done);
     eprintln!("resuming after epoch {} of {epochs}", state.epochs_done);

@@ -215,24 +215,27 @@ impl RunDir {
         Ok(())
     }
 
-    /// Loads the last checkpoint into `learner`: the weights and the optimizer state, after
-    /// completing the commit of an interrupted save ([`RunDir::finish_commit`]); both must be
-    /// finite unless `allow_non_finite`.
+    /// Loads the last checkpoint into `learner`: the weights and the optimizer state, both
+    /// finite unless `allow_non_finite`. The leader (`settle`) first completes the commit of an
+    /// interrupted save ([`RunDir::finish_commit`]); the other process ranks leave the folder as
+    /// it is (removing temporary files there would delete the ones the leader is writing) and read
+    /// each file where the commit has it or is about to put it ([`RunDir::committed`]).
     pub fn load_checkpoint<B: Backend>(
         &self,
         backend: &B,
         learner: &mut Learner<B>,
         state: &RunState,
         allow_non_finite: bool,
+        settle: bool,
     ) -> Result<()> {
-        self.finish_commit(state)?;
+        if settle {
+            self.finish_commit(state)?;
+        }
         let store = &mut learner.network.store;
-        let weights_path = self.file("last.safetensors");
-        let weights = checkpoint::read(&weights_path)?;
+        let (weights_path, weights) = self.committed("last.safetensors", state)?;
         finite::check_loaded(&weights_path, &weights, allow_non_finite)?;
         checkpoint::load_state_dict(backend, store, &weights)?;
-        let optimizer_path = self.file(&state.optimizer_state);
-        let tensors = checkpoint::read(&optimizer_path)?;
+        let (optimizer_path, tensors) = self.committed(&state.optimizer_state, state)?;
         finite::check_loaded(&optimizer_path, &tensors, allow_non_finite)?;
         learner
             .optimizer
@@ -248,6 +251,23 @@ impl RunDir {
             learner.scaler = Some(saved);
         }
         Ok(())
+    }
+
+    /// Reads the checkpoint file `name` of the commit `state` records: the file staged for its
+    /// epoch while it is still there (the leader has not renamed it over `name` yet), else `name`
+    /// itself. A rename between the two looks is caught by reading `name` after all.
+    fn committed(&self, name: &str, state: &RunState) -> Result<(PathBuf, checkpoint::TensorFile)> {
+        let staged = self.file(&staged_name(name, state.epochs_done));
+        if staged.exists() {
+            match checkpoint::read(&staged) {
+                Ok(tensors) => return Ok((staged, tensors)),
+                Err(_) if !staged.exists() => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let path = self.file(name);
+        let tensors = checkpoint::read(&path)?;
+        Ok((path, tensors))
     }
 
     /// The first `epochs` lines of `metrics.jsonl` (fewer where it has fewer; none without it).
