@@ -13,9 +13,10 @@
 //!
 //! A 1x1, stride-1, unpadded convolution needs no im2col: `cols[n]` is `x[n]` viewed as `[C_in, P]`.
 //!
-//! When the input is spikes (every element 0 or 1, at most half of them 1: checked once in the
-//! forward and remembered in the context), the forward and the weight gradient skip the GEMMs and
-//! sum weight and gradient rows over the ones instead ([`spikes`]); the input gradient stays a GEMM.
+//! When the input is spikes (every element 0 or 1, at most half of them 1, and the kernel at most 64
+//! taps: checked once in the forward and remembered in the context), the forward and the weight
+//! gradient skip the GEMMs and sum weight and gradient rows over the ones instead ([`spikes`]); the
+//! input gradient stays a GEMM.
 //!
 //! Samples are processed in blocks whose size depends on the shapes only. The forward writes
 //! disjoint samples in parallel; the input gradient of a block is computed by groups of input
@@ -81,7 +82,7 @@ pub fn forward<E: Element>(
 
     let out_len = g.c_out * g.p();
     let mut y = vec![E::zero(); g.n * out_len];
-    let sparse_spike_input = spikes::sparse_spikes(xs);
+    let sparse_spike_input = spikes::sparse_spikes(&g, xs);
     if sparse_spike_input {
         let weights = spikes::WeightTiles::new(&g, w_values);
         y.par_chunks_mut(out_len)

@@ -22,13 +22,18 @@ use crate::contract::element::Element;
 /// Output channels are summed in tiles of 256 bytes: 64 `f32` or 32 `f64` accumulators.
 const TILE_BYTES: usize = 256;
 
-/// Addresses this many bytes apart map to the same set of a typical L1 data cache (32 KiB, 8 ways).
-const ALIASING_BYTES: usize = 4096;
+/// The forward sums the weight rows of at most this many `(tap, channel)` pairs at a time
+/// ([`ChannelBlocks`]); kernels with more taps take the dense GEMMs.
+const BLOCK_ROWS: usize = 64;
 
-/// Whether every element of `x` is 0 or 1 and at most half of them are 1, the inputs for which the
-/// spike kernels beat a dense GEMM. Counts without branches, chunks in parallel (an integer count:
-/// the answer does not depend on the threads).
-pub(super) fn sparse_spikes<E: Element>(x: &[E]) -> bool {
+/// Whether the spike kernels take this convolution: every element of `x` is 0 or 1, at most half
+/// of them are 1 (the inputs for which they beat a dense GEMM), and the kernel has at most
+/// [`BLOCK_ROWS`] taps. Counts without branches, chunks in parallel (an integer count: the answer
+/// does not depend on the threads).
+pub(super) fn sparse_spikes<E: Element>(g: &Conv2dGeometry, x: &[E]) -> bool {
+    if g.kh * g.kw > BLOCK_ROWS {
+        return false;
+    }
     let ones = x
         .par_chunks(4096)
         .map(|chunk| {
@@ -44,7 +49,8 @@ pub(super) fn sparse_spikes<E: Element>(x: &[E]) -> bool {
 }
 
 /// The weight `[C_out, C_in, k_h, k_w]` rearranged for [`forward_sample`]: tile `t`, row
-/// `(i k_w + j) C_in + c`, lane `l` holds `w[t T + l, c, i, j]` (zero past `C_out`).
+/// [`ChannelBlocks::row`]`(tap, c)`, lane `l` holds `w[t T + l, c, i, j]` with `tap = i k_w + j`
+/// (zero past `C_out`).
 pub(super) struct WeightTiles<E> {
     values: Vec<E>,
 }
@@ -52,7 +58,7 @@ pub(super) struct WeightTiles<E> {
 impl<E: Element> WeightTiles<E> {
     pub(super) fn new(g: &Conv2dGeometry, weight: &[E]) -> Self {
         let tile = tile_width::<E>();
-        let (k, taps) = (g.k(), g.kh * g.kw);
+        let (k, taps, blocks) = (g.k(), g.kh * g.kw, ChannelBlocks::new(g));
         let mut values = vec![E::zero(); g.c_out.div_ceil(tile) * k * tile];
         values
             .par_chunks_mut(k * tile)
@@ -60,10 +66,12 @@ impl<E: Element> WeightTiles<E> {
             .for_each(|(t, tile_values)| {
                 let lanes = tile.min(g.c_out - t * tile);
                 let tile_weight = &weight[t * tile * k..][..lanes * k];
-                for (row, out) in tile_values.chunks_exact_mut(tile).enumerate() {
-                    let (tap, c) = (row / g.c_in, row % g.c_in);
-                    for (l, value) in out[..lanes].iter_mut().enumerate() {
-                        *value = tile_weight[l * k + c * taps + tap];
+                for c in 0..g.c_in {
+                    for tap in 0..taps {
+                        let out = &mut tile_values[blocks.row(tap, c) * tile..][..lanes];
+                        for (l, value) in out.iter_mut().enumerate() {
+                            *value = tile_weight[l * k + c * taps + tap];
+                        }
                     }
                 }
             });
@@ -79,11 +87,11 @@ pub(super) fn forward_sample<E: Element>(
     x_n: &[E],
     y_n: &mut [E],
 ) {
-    let active = PixelChannels::new(g, x_n);
+    let masks = SpikeMasks::new(g, x_n);
     if size_of::<E>() * 64 == TILE_BYTES {
-        dispatch_forward::<E, 64>(g, &weights.values, bias, &active, y_n);
+        dispatch_forward::<E, 64>(g, &weights.values, bias, &masks, y_n);
     } else {
-        dispatch_forward::<E, 32>(g, &weights.values, bias, &active, y_n);
+        dispatch_forward::<E, 32>(g, &weights.values, bias, &masks, y_n);
     }
 }
 
@@ -141,48 +149,109 @@ fn tile_width<E>() -> usize {
     TILE_BYTES / size_of::<E>()
 }
 
-/// For each input position `h W + w` of one sample, its channels holding a 1, in increasing order:
-/// the channels of position `r` are `channels[starts[r]..ends[r]]`. Each position's range has one
-/// spare slot after its last channel, so the lists are filled without branches.
-struct PixelChannels {
-    starts: Vec<u32>,
-    ends: Vec<u32>,
-    channels: Vec<u32>,
+/// Input channels in consecutive blocks of `width` (the last one may be narrower), `taps x width`
+/// at most [`BLOCK_ROWS`]. The forward sums one block of a tile's weight rows at a time: they stay
+/// in the L1 cache (16 KiB), and the rows an output position uses in a block are the set bits of
+/// one `u64` ([`SpikeMasks::rows`]).
+#[derive(Clone, Copy)]
+struct ChannelBlocks {
+    c_in: usize,
+    taps: usize,
+    width: usize,
 }
 
-impl PixelChannels {
-    fn new<E: Element>(g: &Conv2dGeometry, x_n: &[E]) -> Self {
-        let plane = g.h * g.w;
-        let mut counts = vec![0u32; plane];
-        for channel in x_n.chunks_exact(plane) {
-            for (count, &v) in counts.iter_mut().zip(channel) {
-                *count += u32::from(v != E::zero());
-            }
-        }
-        let mut starts = Vec::with_capacity(plane);
-        let mut next = 0u32;
-        for &count in &counts {
-            starts.push(next);
-            next += count + 1;
-        }
-        let mut ends = starts.clone();
-        let mut channels = vec![0u32; next as usize];
-        for (c, channel) in x_n.chunks_exact(plane).enumerate() {
-            for (end, &v) in ends.iter_mut().zip(channel) {
-                channels[*end as usize] = c as u32;
-                *end += u32::from(v != E::zero());
-            }
-        }
-        PixelChannels {
-            starts,
-            ends,
-            channels,
+impl ChannelBlocks {
+    fn new(g: &Conv2dGeometry) -> Self {
+        let taps = g.kh * g.kw;
+        let width = (BLOCK_ROWS / taps).clamp(1, g.c_in.max(1));
+        ChannelBlocks {
+            c_in: g.c_in,
+            taps,
+            width,
         }
     }
 
+    /// The blocks' channels, in order.
+    fn ranges(self) -> impl Iterator<Item = Range<usize>> {
+        (0..self.c_in)
+            .step_by(self.width)
+            .map(move |first| first..(first + self.width).min(self.c_in))
+    }
+
+    /// The weight row of kernel tap `tap` and input channel `c`: a block's rows follow those of
+    /// the blocks before it, tap by tap, each tap's channels in order.
+    fn row(self, tap: usize, c: usize) -> usize {
+        let first = c - c % self.width;
+        let width = self.width.min(self.c_in - first);
+        first * self.taps + tap * width + (c - first)
+    }
+}
+
+/// One sample's spikes as bit masks, one plane per [`ChannelBlocks`] block over the zero-padded
+/// input: bit `c - first` of entry `(h + pad) W_pad + w + pad` is set where `x[c, h, w] = 1`.
+struct SpikeMasks {
+    planes: Vec<u64>,
+    plane_len: usize,
+    w_pad: usize,
+}
+
+impl SpikeMasks {
+    fn new<E: Element>(g: &Conv2dGeometry, x_n: &[E]) -> Self {
+        let (plane, w_pad) = (g.h * g.w, g.w + 2 * g.padding);
+        let plane_len = (g.h + 2 * g.padding) * w_pad;
+        let blocks = ChannelBlocks::new(g);
+        let mut planes = vec![0u64; blocks.ranges().count() * plane_len];
+        for (masks, channels) in planes.chunks_exact_mut(plane_len).zip(blocks.ranges()) {
+            for (bit, c) in channels.enumerate() {
+                let channel = x_n[c * plane..][..plane].chunks_exact(g.w);
+                for (h, row) in channel.enumerate() {
+                    let out = &mut masks[(h + g.padding) * w_pad + g.padding..][..g.w];
+                    for (mask, &v) in out.iter_mut().zip(row) {
+                        *mask |= u64::from(v != E::zero()) << bit;
+                    }
+                }
+            }
+        }
+        SpikeMasks {
+            planes,
+            plane_len,
+            w_pad,
+        }
+    }
+
+    /// For output row `p` and block `block` (`width` channels), each padded input column's
+    /// masks of the kernel rows stacked: `columns[w] = sum_i plane[s p + i, w] << (i k_w width)`.
     #[inline(always)]
-    fn at(&self, position: usize) -> &[u32] {
-        &self.channels[self.starts[position] as usize..self.ends[position] as usize]
+    fn columns(
+        &self,
+        g: &Conv2dGeometry,
+        block: usize,
+        width: usize,
+        p: usize,
+        columns: &mut [u64],
+    ) {
+        let plane = &self.planes[block * self.plane_len..][..self.plane_len];
+        columns.fill(0);
+        for i in 0..g.kh {
+            let masks = &plane[(g.stride * p + i) * self.w_pad..][..self.w_pad];
+            let shift = i * g.kw * width;
+            for (column, &mask) in columns.iter_mut().zip(masks) {
+                *column |= mask << shift;
+            }
+        }
+    }
+
+    /// The rows of a block (`width` channels) that output position `(p, q)` sums, from the output
+    /// row's [`Self::columns`]: bit `(i k_w + j) width + c - first` is set where the input under
+    /// tap `(i, j)` holds a 1 in channel `c`.
+    #[inline(always)]
+    fn rows(g: &Conv2dGeometry, columns: &[u64], width: usize, q: usize) -> u64 {
+        let columns = &columns[g.stride * q..][..g.kw];
+        let mut rows = 0;
+        for (j, &column) in columns.iter().enumerate() {
+            rows |= column << (j * width);
+        }
+        rows
     }
 }
 
@@ -312,26 +381,40 @@ fn add<E: Element, const T: usize>(mut a: [E; T], b: &[E; T]) -> [E; T] {
     a
 }
 
+/// `acc + table[row]` for the set bits `row` of `rows`, in increasing order.
+#[inline(always)]
+fn add_rows_of_mask<E: Element, const T: usize>(
+    mut acc: [E; T],
+    table: &[[E; T]],
+    mut rows: u64,
+) -> [E; T] {
+    while rows != 0 {
+        acc = add(acc, &table[rows.trailing_zeros() as usize]);
+        rows &= rows - 1;
+    }
+    acc
+}
+
 /// Runs [`forward_tiles`] compiled for the widest vector instructions this CPU has.
 fn dispatch_forward<E: Element, const T: usize>(
     g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
-    active: &PixelChannels,
+    masks: &SpikeMasks,
     y_n: &mut [E],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { forward_tiles_avx512::<E, T>(g, weights, bias, active, y_n) };
+            return unsafe { forward_tiles_avx512::<E, T>(g, weights, bias, masks, y_n) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { forward_tiles_avx2::<E, T>(g, weights, bias, active, y_n) };
+            return unsafe { forward_tiles_avx2::<E, T>(g, weights, bias, masks, y_n) };
         }
     }
-    forward_tiles::<E, T>(g, weights, bias, active, y_n);
+    forward_tiles::<E, T>(g, weights, bias, masks, y_n);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -340,10 +423,10 @@ unsafe fn forward_tiles_avx512<E: Element, const T: usize>(
     g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
-    active: &PixelChannels,
+    masks: &SpikeMasks,
     y_n: &mut [E],
 ) {
-    forward_tiles::<E, T>(g, weights, bias, active, y_n);
+    forward_tiles::<E, T>(g, weights, bias, masks, y_n);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -352,67 +435,52 @@ unsafe fn forward_tiles_avx2<E: Element, const T: usize>(
     g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
-    active: &PixelChannels,
+    masks: &SpikeMasks,
     y_n: &mut [E],
 ) {
-    forward_tiles::<E, T>(g, weights, bias, active, y_n);
+    forward_tiles::<E, T>(g, weights, bias, masks, y_n);
 }
 
 /// `y[o, p, q] = b[o] + sum_{i, j} sum_{c active at (s p + i - pad, s q + j - pad)} w[o, c, i, j]`,
-/// one tile of `T` output channels and one output position at a time.
+/// one tile of `T` output channels at a time, summed block by block of input channels (the sums
+/// of all positions staged position-major), in each block tap by tap and channel by channel.
 #[inline(always)]
 fn forward_tiles<E: Element, const T: usize>(
     g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
-    active: &PixelChannels,
+    masks: &SpikeMasks,
     y_n: &mut [E],
 ) {
-    let (k, p_len) = (g.k(), g.p());
-    let rows = g.output_ranges(g.kh, g.h, g.h_out);
-    let cols = g.output_ranges(g.kw, g.w, g.w_out);
-    let one_cache_set = (p_len * size_of::<E>()).is_multiple_of(ALIASING_BYTES);
-    let mut sums = vec![[E::zero(); T]; if one_cache_set { p_len } else { 0 }];
+    let (k, taps, p_len) = (g.k(), g.kh * g.kw, g.p());
+    let mut sums = vec![[E::zero(); T]; p_len];
+    let mut columns = vec![0u64; masks.w_pad];
     for (t, tile) in weights.chunks_exact(k * T).enumerate() {
         let lanes = T.min(g.c_out - t * T);
         let mut start = [E::zero(); T];
         if let Some(b) = bias {
             start[..lanes].copy_from_slice(&b[t * T..t * T + lanes]);
         }
-        for p in 0..g.h_out {
-            for q in 0..g.w_out {
-                let (mut even, mut odd) = (start, [E::zero(); T]);
-                for i in (0..g.kh).filter(|&i| rows[i].0 <= p && p < rows[i].1) {
-                    let h = g.source(p, i);
-                    for j in (0..g.kw).filter(|&j| cols[j].0 <= q && q < cols[j].1) {
-                        let base = (i * g.kw + j) * g.c_in;
-                        let channels = active.at(h * g.w + g.source(q, j));
-                        add_rows(&mut even, &mut odd, tile, channels, |c| base + c as usize);
-                    }
-                }
-                let (position, acc) = (p * g.w_out + q, add(even, &odd));
-                if one_cache_set {
-                    sums[position] = acc;
-                } else {
-                    for (l, &v) in acc[..lanes].iter().enumerate() {
-                        y_n[(t * T + l) * p_len + position] = v;
-                    }
+        sums.fill(start);
+        let (rows, _) = tile.as_chunks::<T>();
+        for (block, channels) in ChannelBlocks::new(g).ranges().enumerate() {
+            let width = channels.len();
+            let block_rows = &rows[channels.start * taps..][..width * taps];
+            for p in 0..g.h_out {
+                masks.columns(g, block, width, p, &mut columns);
+                for q in 0..g.w_out {
+                    let sum = &mut sums[p * g.w_out + q];
+                    let active = SpikeMasks::rows(g, &columns, width, q);
+                    *sum = add_rows_of_mask(*sum, block_rows, active);
                 }
             }
         }
-        if one_cache_set {
-            let y_tile = &mut y_n[t * T * p_len..][..lanes * p_len];
-            store_channel_major(&sums, lanes, y_tile);
-        }
+        store_channel_major(&sums, lanes, &mut y_n[t * T * p_len..][..lanes * p_len]);
     }
 }
 
 /// `y[l, position] = sums[position][l]` for the first `lanes` lanes: the tile's position-major
-/// sums written channel-major, in blocks of positions that stay in cache. The forward takes this
-/// detour when `P` elements span a multiple of [`ALIASING_BYTES`]: a position's `T` values,
-/// stored straight into `y`, would then all fall into one set of the L1 cache and evict each
-/// other (31 ms -> 26 ms for a 64-channel 32x32 layer on Zen 4; at other sizes the direct stores
-/// are as fast or faster).
+/// sums written channel-major, in blocks of positions that stay in cache.
 #[inline(always)]
 fn store_channel_major<E: Element, const T: usize>(sums: &[[E; T]], lanes: usize, y: &mut [E]) {
     const POSITIONS: usize = 16;
