@@ -251,6 +251,25 @@ fn spike_inputs_with_several_channel_tiles_match_direct_loop_and_finite_differen
 }
 
 #[test]
+fn spike_inputs_with_several_input_channel_blocks_match_direct_loop_and_finite_differences() {
+    // The spike forward sums at most 64 (tap, channel) weight rows at a time: 3x3 kernels take
+    // input channels 7 at a time (20 channels: blocks of 7, 7 and 6), 1x1 kernels 64 at a time
+    // (70 channels: 64 and 6), 2x3 kernels 10 at a time; 9x9 kernels (81 taps) take the dense path.
+    let p = Conv2dParams::new;
+    for (x_shape, w_shape, params, bias) in [
+        ([2, 20, 6, 5], [3, 20, 3, 3], p(1, 1), true),
+        ([2, 20, 7, 6], [4, 20, 3, 3], p(2, 1), false),
+        ([2, 70, 4, 4], [3, 70, 1, 1], p(1, 0), true),
+        ([1, 23, 5, 6], [2, 23, 2, 3], p(1, 2), false),
+        ([1, 2, 9, 9], [2, 2, 9, 9], p(1, 1), true),
+    ] {
+        for density in [0.1, 0.4] {
+            assert_case(&Case::new(x_shape, w_shape, params, bias).with_spike_input(density));
+        }
+    }
+}
+
+#[test]
 fn gradients_are_checked_on_batches_spanning_several_blocks() {
     // Blocks of ceil(2048 / P) samples: 70 samples of 8x8 outputs make blocks of 32, 32 and 6;
     // 130 samples of 4x4 make blocks of 128 and 2. The tree sum of the weight gradient and the

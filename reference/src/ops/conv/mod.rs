@@ -85,11 +85,10 @@ pub fn forward<E: Element>(
     let sparse_spike_input = spikes::sparse_spikes(&g, xs);
     if sparse_spike_input {
         let weights = spikes::WeightTiles::new(&g, w_values);
-        y.par_chunks_mut(out_len)
-            .zip(xs.par_chunks(g.in_len()))
-            .for_each(|(y_n, x_n)| {
-                spikes::forward_sample(&g, &weights, bias_values.as_deref(), x_n, y_n)
-            });
+        let group = spikes::GROUP_POSITIONS.div_ceil(g.p()).clamp(1, g.n.max(1));
+        y.par_chunks_mut(group * out_len)
+            .zip(xs.par_chunks(group * g.in_len()))
+            .for_each(|(y, x)| spikes::forward_samples(&g, &weights, bias_values.as_deref(), x, y));
     } else {
         y.par_chunks_mut(g.block() * out_len)
             .enumerate()

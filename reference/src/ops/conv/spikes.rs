@@ -79,19 +79,26 @@ impl<E: Element> WeightTiles<E> {
     }
 }
 
-/// `y_n [C_out, P] = b + W x_n` for one spike sample `x_n [C_in, H, W]`.
-pub(super) fn forward_sample<E: Element>(
+/// The spike forward takes samples in groups of at least this many output positions, so that a
+/// block of weight rows loaded into L1 serves many positions even where the planes are small.
+pub(super) const GROUP_POSITIONS: usize = 256;
+
+/// `y_n [C_out, P] = b + W x_n` for each spike sample `x_n [C_in, H, W]` of `x`, into `y`.
+pub(super) fn forward_samples<E: Element>(
     g: &Conv2dGeometry,
     weights: &WeightTiles<E>,
     bias: Option<&[E]>,
-    x_n: &[E],
-    y_n: &mut [E],
+    x: &[E],
+    y: &mut [E],
 ) {
-    let masks = SpikeMasks::new(g, x_n);
+    let masks: Vec<SpikeMasks> = x
+        .chunks_exact(g.in_len())
+        .map(|x_n| SpikeMasks::new(g, x_n))
+        .collect();
     if size_of::<E>() * 64 == TILE_BYTES {
-        dispatch_forward::<E, 64>(g, &weights.values, bias, &masks, y_n);
+        dispatch_forward::<E, 64>(g, &weights.values, bias, &masks, y);
     } else {
-        dispatch_forward::<E, 32>(g, &weights.values, bias, &masks, y_n);
+        dispatch_forward::<E, 32>(g, &weights.values, bias, &masks, y);
     }
 }
 
@@ -400,21 +407,21 @@ fn dispatch_forward<E: Element, const T: usize>(
     g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
-    masks: &SpikeMasks,
-    y_n: &mut [E],
+    masks: &[SpikeMasks],
+    y: &mut [E],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { forward_tiles_avx512::<E, T>(g, weights, bias, masks, y_n) };
+            return unsafe { forward_tiles_avx512::<E, T>(g, weights, bias, masks, y) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { forward_tiles_avx2::<E, T>(g, weights, bias, masks, y_n) };
+            return unsafe { forward_tiles_avx2::<E, T>(g, weights, bias, masks, y) };
         }
     }
-    forward_tiles::<E, T>(g, weights, bias, masks, y_n);
+    forward_tiles::<E, T>(g, weights, bias, masks, y);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -423,10 +430,10 @@ unsafe fn forward_tiles_avx512<E: Element, const T: usize>(
     g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
-    masks: &SpikeMasks,
-    y_n: &mut [E],
+    masks: &[SpikeMasks],
+    y: &mut [E],
 ) {
-    forward_tiles::<E, T>(g, weights, bias, masks, y_n);
+    forward_tiles::<E, T>(g, weights, bias, masks, y);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -435,26 +442,27 @@ unsafe fn forward_tiles_avx2<E: Element, const T: usize>(
     g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
-    masks: &SpikeMasks,
-    y_n: &mut [E],
+    masks: &[SpikeMasks],
+    y: &mut [E],
 ) {
-    forward_tiles::<E, T>(g, weights, bias, masks, y_n);
+    forward_tiles::<E, T>(g, weights, bias, masks, y);
 }
 
-/// `y[o, p, q] = b[o] + sum_{i, j} sum_{c active at (s p + i - pad, s q + j - pad)} w[o, c, i, j]`,
-/// one tile of `T` output channels at a time, summed block by block of input channels (the sums
-/// of all positions staged position-major), in each block tap by tap and channel by channel.
+/// `y[n, o, p, q] = b[o] + sum_{i, j} sum_{c active at (s p + i - pad, s q + j - pad)} w[o, c, i, j]`
+/// for the samples of `masks`, one tile of `T` output channels at a time, summed block by block of
+/// input channels over all the samples (the sums of all positions staged position-major), in each
+/// block tap by tap and channel by channel.
 #[inline(always)]
 fn forward_tiles<E: Element, const T: usize>(
     g: &Conv2dGeometry,
     weights: &[E],
     bias: Option<&[E]>,
-    masks: &SpikeMasks,
-    y_n: &mut [E],
+    masks: &[SpikeMasks],
+    y: &mut [E],
 ) {
     let (k, taps, p_len) = (g.k(), g.kh * g.kw, g.p());
-    let mut sums = vec![[E::zero(); T]; p_len];
-    let mut columns = vec![0u64; masks.w_pad];
+    let mut sums = vec![[E::zero(); T]; masks.len() * p_len];
+    let mut columns = vec![0u64; masks.first().map_or(0, |m| m.w_pad)];
     for (t, tile) in weights.chunks_exact(k * T).enumerate() {
         let lanes = T.min(g.c_out - t * T);
         let mut start = [E::zero(); T];
@@ -466,16 +474,22 @@ fn forward_tiles<E: Element, const T: usize>(
         for (block, channels) in ChannelBlocks::new(g).ranges().enumerate() {
             let width = channels.len();
             let block_rows = &rows[channels.start * taps..][..width * taps];
-            for p in 0..g.h_out {
-                masks.columns(g, block, width, p, &mut columns);
-                for q in 0..g.w_out {
-                    let sum = &mut sums[p * g.w_out + q];
-                    let active = SpikeMasks::rows(g, &columns, width, q);
-                    *sum = add_rows_of_mask(*sum, block_rows, active);
+            for (masks, sums) in masks.iter().zip(sums.chunks_exact_mut(p_len)) {
+                for p in 0..g.h_out {
+                    masks.columns(g, block, width, p, &mut columns);
+                    for (q, sum) in sums[p * g.w_out..][..g.w_out].iter_mut().enumerate() {
+                        let active = SpikeMasks::rows(g, &columns, width, q);
+                        *sum = add_rows_of_mask(*sum, block_rows, active);
+                    }
                 }
             }
         }
-        store_channel_major(&sums, lanes, &mut y_n[t * T * p_len..][..lanes * p_len]);
+        for (sums, y_n) in sums
+            .chunks_exact(p_len)
+            .zip(y.chunks_exact_mut(g.out_len()))
+        {
+            store_channel_major(sums, lanes, &mut y_n[t * T * p_len..][..lanes * p_len]);
+        }
     }
 }
 
