@@ -8,9 +8,11 @@
 //!
 //! Both skip every multiply and every zero of the input, so their work is proportional to the
 //! number of spikes. Output channels are processed in tiles of `T` values, summed in registers;
-//! each sum runs in a fixed order (offsets `(i, j)` then channels for `y`; samples then input
-//! positions for `dw`; consecutive terms alternate between two partial sums, added at the end), so
-//! results do not depend on the number of threads or the instruction set.
+//! the forward takes input channels in blocks whose weight rows stay in L1 ([`ChannelBlocks`],
+//! [`SpikeMasks`]). Each sum runs in a fixed order (blocks, then offsets `(i, j)`, then channels
+//! for `y`; samples then input positions for `dw`, whose consecutive terms alternate between two
+//! partial sums, added at the end), so results do not depend on the number of threads or the
+//! instruction set.
 
 use std::ops::Range;
 
