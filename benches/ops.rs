@@ -15,13 +15,17 @@
 //!   reference's `ops::gemm`) and through ndarray's `general_mat_mul` (matrixmultiply), with
 //!   throughput in elements = flops (`2 m k n`).
 //!
+//! - BatchNorm in training mode over `[T*B = 32, 64, 32, 32]` (group `batch_norm`), forward and
+//!   backward, with throughput in bytes of the tensors read and written once (x read, y written;
+//!   dL/dy and x read, dL/dx written).
+//!
 //! `cargo bench --bench ops`; quote medians and name the machine.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::Array2;
 use ndarray::linalg::general_mat_mul;
 use revsnn_reference::testing::SplitMix64;
-use revsnn_reference::{Backend, Conv2dParams, Cpu, NeuronConfig};
+use revsnn_reference::{Backend, BatchNormParams, Conv2dParams, Cpu, NeuronConfig};
 
 fn random(
     backend: &Cpu<f32>,
@@ -175,5 +179,32 @@ fn gemm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, neuron, conv, spike_density, gemm);
+fn batch_norm(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new();
+    let shape = [32, 64, 32, 32];
+    let x = random(&cpu, &shape, 1.0, 0.3, 1);
+    let grad = random(&cpu, &shape, 1.0, 0.0, 2);
+    let gamma = random(&cpu, &[64], 0.1, 1.0, 3);
+    let beta = random(&cpu, &[64], 0.1, 0.0, 4);
+    let params = BatchNormParams::default();
+    let bytes = (shape.iter().product::<usize>() * 4) as u64;
+    let mut group = c.benchmark_group("cpu_batch_norm_train_32x64x32x32_f32");
+    group.throughput(Throughput::Bytes(2 * bytes));
+    group.bench_function("forward", |b| {
+        b.iter(|| {
+            cpu.batch_norm_train_forward(&x, &gamma, &beta, params)
+                .unwrap()
+        })
+    });
+    let (_, _, context) = cpu
+        .batch_norm_train_forward(&x, &gamma, &beta, params)
+        .unwrap();
+    group.throughput(Throughput::Bytes(3 * bytes));
+    group.bench_function("backward", |b| {
+        b.iter(|| cpu.batch_norm_backward(&grad, &context).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, neuron, conv, spike_density, gemm, batch_norm);
 criterion_main!(benches);

@@ -68,16 +68,33 @@ impl BatchNormShape {
             return std::array::from_fn(|s| left[s] + right[s]);
         }
         let mut lanes = [[0.0; LEAF_LANES]; M];
+        let add = |lanes: &mut [[f64; LEAF_LANES]; M], lane: usize, k: usize| {
+            for (sum, value) in lanes.iter_mut().zip(term(k)) {
+                sum[lane] += value;
+            }
+        };
         let mut element = lo;
         while element < hi {
             let (b, i) = (element / self.inner, element % self.inner);
             let len = (self.inner - i).min(hi - element);
             let start = (b * self.channels + c) * self.inner + i;
-            for (offset, k) in (start..start + len).enumerate() {
-                let lane = (element - lo + offset) % LEAF_LANES;
-                for (sum, value) in lanes.iter_mut().zip(term(k)) {
-                    sum[lane] += value;
+            // Element `element + offset` goes to lane `(element + offset - lo) % LEAF_LANES`: the
+            // run's first elements up to a whole round one by one, then whole rounds with
+            // constant lanes (which the compiler keeps in vector registers), then the rest.
+            let lane = |offset: usize| (element - lo + offset) % LEAF_LANES;
+            let head = ((LEAF_LANES - lane(0)) % LEAF_LANES).min(len);
+            let rounds = (len - head) / LEAF_LANES;
+            for offset in 0..head {
+                add(&mut lanes, lane(offset), start + offset);
+            }
+            for round in 0..rounds {
+                let first = start + head + round * LEAF_LANES;
+                for lane in 0..LEAF_LANES {
+                    add(&mut lanes, lane, first + lane);
                 }
+            }
+            for offset in head + rounds * LEAF_LANES..len {
+                add(&mut lanes, lane(offset), start + offset);
             }
             element += len;
         }
