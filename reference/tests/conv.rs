@@ -599,8 +599,9 @@ fn naive_input_grad(case: &Case, dy: &[f64]) -> Vec<f64> {
 
 #[test]
 fn spike_outputs_spanning_whole_cache_sets_match_the_direct_loop() {
-    // The spike forward stages its sums when the output plane spans a multiple of 4 KiB (512
-    // positions in f64, 1024 in f32); 70 output channels make partial last tiles in both.
+    // The spike forward stages each tile's sums position-major and writes them out channel-major;
+    // output planes of 4 KiB multiples (512 positions in f64, 1024 in f32) would put a position's
+    // values into one L1 set if stored directly. 70 output channels make partial last tiles.
     let p = Conv2dParams::new;
     for (x_shape, params) in [([2, 3, 16, 32], p(1, 1)), ([1, 3, 32, 32], p(1, 1))] {
         let case = Case::new(x_shape, [70, 3, 3, 3], params, true).with_spike_input(0.3);

@@ -50,7 +50,7 @@ pub(super) fn sparse_spikes<E: Element>(g: &Conv2dGeometry, x: &[E]) -> bool {
     ones.is_some_and(|ones| 2 * ones <= x.len())
 }
 
-/// The weight `[C_out, C_in, k_h, k_w]` rearranged for [`forward_sample`]: tile `t`, row
+/// The weight `[C_out, C_in, k_h, k_w]` rearranged for [`forward_samples`]: tile `t`, row
 /// [`ChannelBlocks::row`]`(tap, c)`, lane `l` holds `w[t T + l, c, i, j]` with `tap = i k_w + j`
 /// (zero past `C_out`).
 pub(super) struct WeightTiles<E> {
