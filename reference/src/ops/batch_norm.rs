@@ -67,6 +67,18 @@ impl BatchNormShape {
             );
             return std::array::from_fn(|s| left[s] + right[s]);
         }
+        self.leaf(c, lo, hi, term)
+    }
+
+    /// A leaf of [`Self::pairwise`]: element `j` of `lo..hi` goes to lane `(j - lo) % LEAF_LANES`,
+    /// the lanes summed in pairs at the end.
+    fn leaf<const M: usize>(
+        &self,
+        c: usize,
+        lo: usize,
+        hi: usize,
+        term: &impl Fn(usize) -> [f64; M],
+    ) -> [f64; M] {
         let mut lanes = [[0.0; LEAF_LANES]; M];
         let add = |lanes: &mut [[f64; LEAF_LANES]; M], lane: usize, k: usize| {
             for (sum, value) in lanes.iter_mut().zip(term(k)) {
@@ -78,8 +90,7 @@ impl BatchNormShape {
             let (b, i) = (element / self.inner, element % self.inner);
             let len = (self.inner - i).min(hi - element);
             let start = (b * self.channels + c) * self.inner + i;
-            // Element `element + offset` goes to lane `(element + offset - lo) % LEAF_LANES`: the
-            // run's first elements up to a whole round one by one, then whole rounds with
+            // The run's first elements up to a whole round one by one, then whole rounds with
             // constant lanes (which the compiler keeps in vector registers), then the rest.
             let lane = |offset: usize| (element - lo + offset) % LEAF_LANES;
             let head = ((LEAF_LANES - lane(0)) % LEAF_LANES).min(len);
@@ -89,8 +100,8 @@ impl BatchNormShape {
             }
             for round in 0..rounds {
                 let first = start + head + round * LEAF_LANES;
-                for lane in 0..LEAF_LANES {
-                    add(&mut lanes, lane, first + lane);
+                for l in 0..LEAF_LANES {
+                    add(&mut lanes, l, first + l);
                 }
             }
             for offset in head + rounds * LEAF_LANES..len {
