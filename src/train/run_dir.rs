@@ -216,7 +216,7 @@ impl RunDir {
     }
 
     /// Loads the last checkpoint into `learner`: the weights and the optimizer state, both
-    /// finite unless `allow_non_finite`. The leader (`settle`) first completes the commit of an
+    /// finite unless `allow_non_finite`. The `leader` first completes the commit of an
     /// interrupted save ([`RunDir::finish_commit`]); the other process ranks leave the folder as
     /// it is (removing temporary files there would delete the ones the leader is writing) and read
     /// each file where the commit has it or is about to put it ([`RunDir::committed`]).
@@ -226,9 +226,9 @@ impl RunDir {
         learner: &mut Learner<B>,
         state: &RunState,
         allow_non_finite: bool,
-        settle: bool,
+        leader: bool,
     ) -> Result<()> {
-        if settle {
+        if leader {
             self.finish_commit(state)?;
         }
         let store = &mut learner.network.store;

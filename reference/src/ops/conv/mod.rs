@@ -84,11 +84,7 @@ pub fn forward<E: Element>(
     let mut y = vec![E::zero(); g.n * out_len];
     let sparse_spike_input = spikes::sparse_spikes(&g, xs);
     if sparse_spike_input {
-        let weights = spikes::WeightTiles::new(&g, w_values);
-        let group = spikes::GROUP_POSITIONS.div_ceil(g.p()).clamp(1, g.n.max(1));
-        y.par_chunks_mut(group * out_len)
-            .zip(xs.par_chunks(group * g.in_len()))
-            .for_each(|(y, x)| spikes::forward_samples(&g, &weights, bias_values.as_deref(), x, y));
+        spikes::forward(&g, w_values, bias_values.as_deref(), xs, &mut y);
     } else {
         y.par_chunks_mut(g.block() * out_len)
             .enumerate()

@@ -53,12 +53,12 @@ pub(super) fn sparse_spikes<E: Element>(g: &Conv2dGeometry, x: &[E]) -> bool {
 /// The weight `[C_out, C_in, k_h, k_w]` rearranged for [`forward_samples`]: tile `t`, row
 /// [`ChannelBlocks::row`]`(tap, c)`, lane `l` holds `w[t T + l, c, i, j]` with `tap = i k_w + j`
 /// (zero past `C_out`).
-pub(super) struct WeightTiles<E> {
+struct WeightTiles<E> {
     values: Vec<E>,
 }
 
 impl<E: Element> WeightTiles<E> {
-    pub(super) fn new(g: &Conv2dGeometry, weight: &[E]) -> Self {
+    fn new(g: &Conv2dGeometry, weight: &[E]) -> Self {
         let tile = tile_width::<E>();
         let (k, taps, blocks) = (g.k(), g.kh * g.kw, ChannelBlocks::new(g));
         let mut values = vec![E::zero(); g.c_out.div_ceil(tile) * k * tile];
@@ -83,10 +83,26 @@ impl<E: Element> WeightTiles<E> {
 
 /// The spike forward takes samples in groups of at least this many output positions, so that a
 /// block of weight rows loaded into L1 serves many positions even where the planes are small.
-pub(super) const GROUP_POSITIONS: usize = 256;
+const GROUP_POSITIONS: usize = 256;
+
+/// `y [N, C_out, P] = b + W x` for the spike samples `x [N, C_in, H, W]` and the weight
+/// `[C_out, C_in, k_h, k_w]`: groups of samples ([`GROUP_POSITIONS`]) in parallel.
+pub(super) fn forward<E: Element>(
+    g: &Conv2dGeometry,
+    weight: &[E],
+    bias: Option<&[E]>,
+    x: &[E],
+    y: &mut [E],
+) {
+    let weights = WeightTiles::new(g, weight);
+    let group = GROUP_POSITIONS.div_ceil(g.p()).clamp(1, g.n.max(1));
+    y.par_chunks_mut(group * g.out_len())
+        .zip(x.par_chunks(group * g.in_len()))
+        .for_each(|(y, x)| forward_samples(g, &weights, bias, x, y));
+}
 
 /// `y_n [C_out, P] = b + W x_n` for each spike sample `x_n [C_in, H, W]` of `x`, into `y`.
-pub(super) fn forward_samples<E: Element>(
+fn forward_samples<E: Element>(
     g: &Conv2dGeometry,
     weights: &WeightTiles<E>,
     bias: Option<&[E]>,
@@ -464,7 +480,7 @@ fn forward_tiles<E: Element, const T: usize>(
 ) {
     let (k, taps, p_len) = (g.k(), g.kh * g.kw, g.p());
     let mut sums = vec![[E::zero(); T]; masks.len() * p_len];
-    let mut columns = vec![0u64; masks.first().map_or(0, |m| m.w_pad)];
+    let mut columns = vec![0u64; g.w + 2 * g.padding];
     for (t, tile) in weights.chunks_exact(k * T).enumerate() {
         let lanes = T.min(g.c_out - t * T);
         let mut start = [E::zero(); T];
