@@ -270,6 +270,29 @@ fn reductions<B: Backend>(p: &Pair<B>) {
     }
 }
 
+/// The backend's fingerprint is the reference's value, whatever the size (one element, runs of
+/// the reference's parallel sum and of the device's blocks) and the layout (a permuted view on
+/// the reference, the permuted copy on the device).
+fn fingerprints_match_the_reference<B: Backend>(p: &Pair<B>) {
+    for (i, &n) in SIZES.iter().enumerate() {
+        let (x, x_cpu) = p.random(&[n], 900 + i as u64);
+        assert_eq!(
+            p.gpu.fingerprint(&x).unwrap(),
+            p.cpu.fingerprint(&x_cpu).unwrap(),
+            "n {n}"
+        );
+    }
+    let (x, x_cpu) = p.random(&[4, 33, 129], 910);
+    let permuted_cpu = x_cpu.clone().permuted_axes(vec![2, 0, 1]);
+    assert_eq!(
+        p.gpu
+            .fingerprint(&p.gpu.permute(&x, &[2, 0, 1]).unwrap())
+            .unwrap(),
+        p.cpu.fingerprint(&permuted_cpu.into_shared()).unwrap(),
+        "a permuted [4, 33, 129]"
+    );
+}
+
 fn fingerprints<B: Backend>(gpu: &B) {
     for (i, &n) in SIZES.iter().enumerate() {
         let data: Vec<B::Elem> = random(&mut SplitMix64::new(800 + i as u64), n);
@@ -426,6 +449,7 @@ macro_rules! typed_tests {
         fn $reductions() {
             if let Some(p) = pair::<$e>(stringify!($reductions)) {
                 reductions(&p);
+                fingerprints_match_the_reference(&p);
             }
         }
 
@@ -602,6 +626,7 @@ fn the_harness_passes_with_the_reference_as_the_device() {
     elementwise(&p);
     structural(&p);
     reductions(&p);
+    fingerprints_match_the_reference(&p);
     fingerprints(&p.gpu);
     folded_fingerprints(&p.gpu);
 }

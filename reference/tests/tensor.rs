@@ -397,6 +397,55 @@ fn f32_ops_agree_with_f64() {
     }
 }
 
+/// The fingerprint's definition (reference/src/contract/fingerprint.rs), spelled out here as one
+/// sequential loop: FNV-style shape hash, then the wrapping sum of SplitMix64-mixed terms.
+fn fingerprint_by_definition(shape: &[usize], bits: impl Iterator<Item = u64>) -> u64 {
+    let feed = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let shape_hash = shape
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &d| feed(h, d as u64));
+    let mut sum = 0u64;
+    for (i, b) in bits.enumerate() {
+        let mut z = (b ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        sum = sum.wrapping_add(z ^ (z >> 31));
+    }
+    feed(shape_hash, sum)
+}
+
+#[test]
+fn fingerprints_follow_their_definition_in_any_layout_and_thread_count() {
+    for (seed, n) in [1, 7, 16_383, 16_384, 16_385, 100_003]
+        .into_iter()
+        .enumerate()
+    {
+        let x = random(&[n], 40 + seed as u64);
+        let expected = fingerprint_by_definition(&[n], x.iter().map(|v| v.to_bits()));
+        assert_eq!(cpu().fingerprint(&x).unwrap(), expected, "f64, n {n}");
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let expected = fingerprint_by_definition(&[n], x32.iter().map(|v| u64::from(v.to_bits())));
+        let x32 = Cpu::<f32>::new().tensor_from_vec(&[n], x32).unwrap();
+        assert_eq!(
+            Cpu::<f32>::new().fingerprint(&x32).unwrap(),
+            expected,
+            "f32, n {n}"
+        );
+    }
+    let x = random(&[5, 129, 33], 50);
+    let permuted = x.clone().permuted_axes(vec![2, 0, 1]);
+    let expected = fingerprint_by_definition(&[33, 5, 129], permuted.iter().map(|v| v.to_bits()));
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let got = pool.install(|| cpu().fingerprint(&permuted).unwrap());
+        assert_eq!(got, expected, "a permuted view, {threads} threads");
+    }
+}
+
 #[test]
 fn reductions_are_bitwise_identical_with_one_and_two_threads() {
     let x = random(&[3, 100_003], 30);

@@ -5,10 +5,11 @@
 //! of mean_axes_backward) are one kernel, a copy along a [`Strided`] walk that the host builds
 //! from the shapes. Every result equals the reference's bit for bit: the copies move bits, the
 //! arithmetic rounds each operation once as the CPU does (no FMA contraction), and the sums add
-//! in the reference's order. Only [`fingerprint`] differs: it is a different hash (see there).
+//! in the reference's order; the fingerprint's wrapping integer sum is the same whatever its order.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
+use revsnn_reference::contract::fingerprint;
 use revsnn_reference::contract::shapes::{
     MeanAxes, check_quantize_step, check_same_shape, concat_shape, element_count, narrowed_shape,
     permuted_shape, repeated_shape, split_leading,
@@ -503,24 +504,15 @@ pub fn quantize<E: GpuElement>(
     CudaTensor::new(y, x.shape())
 }
 
-/// The reference's mixing step, for the shape part of the fingerprint.
-fn feed(hash: u64, word: u64) -> u64 {
-    (hash.rotate_left(5) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// A 64-bit hash of the shape and of every element's bits: equal tensors (bit for bit) have
-/// equal fingerprints, run to run and whatever the launch. It is *not* the reference's value:
-/// the reference folds the elements sequentially, which does not parallelise, so here the
-/// elements enter as the wrapping sum over `i` of `mix64(bits(x[i]) ^ i C)` (SplitMix64's
-/// finaliser, the element's own bits and its row-major index, so a moved element changes the
-/// sum); integer addition makes the total independent of the order of the atomics. The shape
-/// is hashed by the reference's fold and the sum fed after it. Used, like the reference's, to
-/// detect a reversible recompute whose spikes differ from the forward's; waits for the stream
-/// ([`fold_fingerprint`] does not).
+/// The fingerprint of `revsnn_reference::contract::fingerprint`, the reference's value: the
+/// element terms `mix64(bits(x[i]) ^ i C)` summed on the device with integer atomics (a
+/// wrapping sum, so the order of the atomics does not matter), then fed after the shape's hash.
+/// Used, like the reference's, to detect a reversible recompute whose spikes differ from the
+/// forward's; waits for the stream ([`fold_fingerprint`] does not).
 pub fn fingerprint<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Result<u64, GpuError> {
     let sum = element_sum(device, x)?;
     let sum = device.download(&sum)?.first().copied().unwrap_or(0);
-    Ok(feed(shape_hash(x.shape()), sum))
+    Ok(fingerprint::from_sum(x.shape(), sum))
 }
 
 /// `word = word.rotate_left(5) ^ fingerprint(x)` on the device: the element sum of
@@ -532,7 +524,7 @@ pub fn fold_fingerprint<E: GpuElement>(
 ) -> Result<(), GpuError> {
     let sum = element_sum(device, x)?;
     let function = device.function(&TENSOR, "fold_fingerprint")?;
-    let hash = shape_hash(x.shape());
+    let hash = fingerprint::shape_hash(x.shape());
     let mut launch = device.stream().launch_builder(&function);
     launch.arg(word.slice_mut()).arg(sum.slice()).arg(&hash);
     // SAFETY: the arguments match `fold_fingerprint(unsigned long long* word, const unsigned
@@ -555,13 +547,6 @@ pub fn count_unequal(
     // long* a, const unsigned long long* b)`; each holds one element.
     unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching count_unequal"))?;
     Ok(())
-}
-
-/// The reference's hash of a shape, which a fingerprint's element sum is fed after.
-fn shape_hash(shape: &[usize]) -> u64 {
-    shape
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &dim| feed(h, dim as u64))
 }
 
 /// The fingerprint's element sum of `x` in a one-element device buffer (0 when `x` is empty).

@@ -53,6 +53,9 @@ pub trait Element:
 
     /// Widens to `f64`, exactly.
     fn widen(self) -> f64;
+
+    /// The element's own bits, zero-extended to 64 (what a fingerprint hashes).
+    fn bits(self) -> u64;
 }
 
 impl Element for f32 {
@@ -65,6 +68,10 @@ impl Element for f32 {
     fn widen(self) -> f64 {
         f64::from(self)
     }
+
+    fn bits(self) -> u64 {
+        u64::from(self.to_bits())
+    }
 }
 
 impl Element for f64 {
@@ -76,5 +83,9 @@ impl Element for f64 {
 
     fn widen(self) -> f64 {
         self
+    }
+
+    fn bits(self) -> u64 {
+        self.to_bits()
     }
 }

@@ -11,6 +11,7 @@
 //!   a pooling, a batched product, ...).
 //! - [`error`]: [`OpError`], with a typed [`DeviceError`] for device failures.
 //! - [`element`]: the float types, [`Element`] and [`DType`].
+//! - [`fingerprint`]: the hash of a tensor's bits that both backends compute alike.
 //! - [`precision`]: the arithmetic precisions of a step ([`Precision`]) and their operand
 //!   rounding.
 
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod compute;
 pub mod element;
 pub mod error;
+pub mod fingerprint;
 pub mod params;
 pub mod precision;
 pub mod shapes;

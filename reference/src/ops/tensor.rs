@@ -14,7 +14,7 @@ use crate::contract::shapes::{
     MeanAxes, check_quantize_step, check_same_shape, concat_shape, element_count, narrowed_shape,
     permuted_shape, repeated_shape, split_leading,
 };
-use crate::contract::{Element, OpError, Precision, Result};
+use crate::contract::{Element, OpError, Precision, Result, fingerprint};
 use crate::cpu::CpuTensor;
 
 /// The elements of `x` in row-major order, borrowed when `x` is already standard layout.
@@ -157,18 +157,47 @@ pub fn quantize<E: Element>(x: &CpuTensor<E>, k: i32) -> Result<CpuTensor<E>> {
     ))
 }
 
-/// A 64-bit hash of the shape and of every element's bits in row-major order, one multiply per
-/// element (it runs on every spike tensor of every reversible forward and recompute): equal
-/// tensors (bit for bit) have equal fingerprints. Used to detect a reversible recompute whose
-/// spikes differ from the forward's; not a defence against crafted collisions.
+/// The fingerprint of [`crate::contract::fingerprint`]: `feed(shape_hash, sum_i mix64(bits(x[i])
+/// ^ i C))` over the row-major index `i`, the wrapping sum taken over runs of elements in
+/// parallel (any split gives the same value, the CUDA backend's included). Equal tensors (bit for
+/// bit) have equal fingerprints; used to detect a reversible recompute whose spikes differ from
+/// the forward's, not a defence against crafted collisions.
 pub fn fingerprint<E: Element>(x: &CpuTensor<E>) -> u64 {
-    const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
-    let feed = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(MIX);
-    let hash = x
-        .shape()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &dim| feed(h, dim as u64));
-    x.iter().fold(hash, |h, &v| feed(h, v.widen().to_bits()))
+    const RUN: usize = 1 << 14;
+    let values = row_major(x);
+    let sum = values
+        .par_chunks(RUN)
+        .enumerate()
+        .map(|(run, values)| element_sum(values, (run * RUN) as u64))
+        .reduce(|| 0, u64::wrapping_add);
+    fingerprint::from_sum(x.shape(), sum)
+}
+
+/// The wrapping sum of the fingerprint terms of `values`, whose first has row-major index
+/// `first`; with AVX-512DQ's 64-bit multiplies where the CPU has them (the same value: integer
+/// arithmetic).
+fn element_sum<E: Element>(values: &[E], first: u64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+    {
+        // SAFETY: the CPU supports AVX-512F and AVX-512DQ, checked just above.
+        return unsafe { element_sum_avx512(values, first) };
+    }
+    element_sum_portable(values, first)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn element_sum_avx512<E: Element>(values: &[E], first: u64) -> u64 {
+    element_sum_portable(values, first)
+}
+
+#[inline(always)]
+fn element_sum_portable<E: Element>(values: &[E], first: u64) -> u64 {
+    values.iter().zip(first..).fold(0, |sum, (v, index)| {
+        sum.wrapping_add(fingerprint::element_term(v.bits(), index))
+    })
 }
 
 /// The number of NaN and infinite elements over all of `tensors`, each counted in parallel.

@@ -1,0 +1,44 @@
+//! The spike fingerprint both backends compute (docs/ARCHITECTURE.md, host-device round trips;
+//! docs/reversible.md, the recompute): a 64-bit hash of a tensor's shape and of every element's
+//! bits, equal for bitwise-equal tensors, which the reversible backward compares between a
+//! block's forward and its recompute.
+//!
+//! `fingerprint(x) = feed(shape_hash(shape), sum_i mix64(bits(x[i]) ^ i C))`, the sum wrapping
+//! mod 2^64 over the row-major index `i`. Integer addition is associative and commutative, so
+//! the sum may be split over threads or GPU blocks in any way and the value stays the same; the
+//! index in each term makes a moved element change it.
+
+/// The odd constant `C` that the element index is multiplied by before it is mixed in.
+pub const INDEX_MULTIPLIER: u64 = 0xD1B5_4A32_D192_ED03;
+
+/// The hash a shape starts from (FNV-1a's offset basis).
+const SHAPE_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One step of the shape hash, and the last step that feeds the element sum in:
+/// `(rotl(hash, 5) ^ word) * 0x9E3779B97F4A7C15 (mod 2^64)`.
+pub fn feed(hash: u64, word: u64) -> u64 {
+    (hash.rotate_left(5) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The hash of a shape: its sizes fed in order from [`SHAPE_SEED`].
+pub fn shape_hash(shape: &[usize]) -> u64 {
+    shape
+        .iter()
+        .fold(SHAPE_SEED, |hash, &size| feed(hash, size as u64))
+}
+
+/// The term of element `index` whose bits (zero-extended to 64) are `bits`:
+/// `mix64(bits ^ index C)`, with SplitMix64's finaliser as `mix64`, a bijection that spreads
+/// every input bit over the whole word.
+#[inline(always)]
+pub fn element_term(bits: u64, index: u64) -> u64 {
+    let mut z = (bits ^ index.wrapping_mul(INDEX_MULTIPLIER)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The fingerprint of a tensor of `shape` whose element terms sum to `sum` (mod 2^64).
+pub fn from_sum(shape: &[usize], sum: u64) -> u64 {
+    feed(shape_hash(shape), sum)
+}
