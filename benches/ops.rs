@@ -18,6 +18,9 @@
 //! - BatchNorm in training mode over `[T*B = 32, 64, 32, 32]` (group `batch_norm`), forward and
 //!   backward, with throughput in bytes of the tensors read and written once (x read, y written;
 //!   dL/dy and x read, dL/dx written).
+//! - average pooling `AvgPool2d(3, 2, 1)` (the ResNet stems and downsampling) over
+//!   `[T*B = 32, 64, 32, 32]` (group `avg_pool`), forward and backward, with throughput in bytes
+//!   of the input-sized tensor (read by the forward, written by the backward).
 //!
 //! `cargo bench --bench ops`; quote medians and name the machine.
 
@@ -25,7 +28,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::Array2;
 use ndarray::linalg::general_mat_mul;
 use revsnn_reference::testing::SplitMix64;
-use revsnn_reference::{Backend, BatchNormParams, Conv2dParams, Cpu, NeuronConfig};
+use revsnn_reference::{Backend, BatchNormParams, Conv2dParams, Cpu, NeuronConfig, Pool2dParams};
 
 fn random(
     backend: &Cpu<f32>,
@@ -206,5 +209,33 @@ fn batch_norm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, neuron, conv, spike_density, gemm, batch_norm);
+fn avg_pool(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new();
+    let shape = [32, 64, 32, 32];
+    let params = Pool2dParams::K3_S2_P1;
+    let x = random(&cpu, &shape, 1.0, 0.0, 1);
+    let y = cpu.avg_pool2d_forward(&x, params).unwrap();
+    let grad = random(&cpu, &cpu.shape(&y), 1.0, 0.0, 2);
+    let mut group = c.benchmark_group("cpu_avg_pool_k3_s2_p1_32x64x32x32_f32");
+    group.throughput(Throughput::Bytes(
+        (shape.iter().product::<usize>() * 4) as u64,
+    ));
+    group.bench_function("forward", |b| {
+        b.iter(|| cpu.avg_pool2d_forward(&x, params).unwrap())
+    });
+    group.bench_function("backward", |b| {
+        b.iter(|| cpu.avg_pool2d_backward(&grad, &shape, params).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    neuron,
+    conv,
+    spike_density,
+    gemm,
+    batch_norm,
+    avg_pool
+);
 criterion_main!(benches);

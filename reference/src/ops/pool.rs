@@ -68,19 +68,21 @@ pub fn avg_forward<E: Element>(x: &CpuTensor<E>, params: Pool2dParams) -> Result
     let g = Pool2dGeometry::new(OP, x.shape(), params)?;
     let input = standard(x);
     let divisor = (params.kernel * params.kernel) as f64;
+    let columns = LineGather::new(g.out_w, params.kernel, g.w, |q| g.window(q, g.w));
     let mut y = vec![E::zero(); g.planes * g.out_h * g.out_w];
     y.par_chunks_mut(g.out_h * g.out_w)
         .zip(slice_of(&input).par_chunks(g.h * g.w))
         .for_each(|(y_plane, x_plane)| {
-            for (o, y) in y_plane.iter_mut().enumerate() {
-                let (rows, cols) = (g.window(o / g.out_w, g.h), g.window(o % g.out_w, g.w));
-                let mut sum = 0.0;
-                for r in rows {
-                    for v in &x_plane[r * g.w + cols.start..r * g.w + cols.end] {
-                        sum += v.widen();
-                    }
+            let mut sums = vec![0.0; g.out_w];
+            let mut line = vec![0.0; g.w + 1];
+            for (o, y_row) in y_plane.chunks_exact_mut(g.out_w).enumerate() {
+                sums.fill(0.0);
+                for r in g.window(o, g.h) {
+                    columns.add(&mut sums, &mut line, &x_plane[r * g.w..][..g.w]);
                 }
-                *y = E::cast(sum / divisor);
+                for (y, &sum) in y_row.iter_mut().zip(&sums) {
+                    *y = E::cast(sum / divisor);
+                }
             }
         });
     Ok(tensor(&g.output_shape(x.shape()), y))
@@ -99,24 +101,71 @@ pub fn avg_backward<E: Element>(
     g.check_grad(OP, grad_y.shape(), input_shape)?;
     let dy = standard(grad_y);
     let divisor = (params.kernel * params.kernel) as f64;
-    let row_outputs: Vec<Range<usize>> = (0..g.h).map(|r| g.covering(r, g.out_h)).collect();
-    let col_outputs: Vec<Range<usize>> = (0..g.w).map(|c| g.covering(c, g.out_w)).collect();
+    let taps = params.kernel.div_ceil(params.stride);
+    let columns = LineGather::new(g.w, taps, g.out_w, |c| g.covering(c, g.out_w));
     let mut dx = vec![E::zero(); g.planes * g.h * g.w];
     dx.par_chunks_mut(g.h * g.w)
         .zip(slice_of(&dy).par_chunks(g.out_h * g.out_w))
         .for_each(|(dx_plane, dy_plane)| {
-            for (i, dx) in dx_plane.iter_mut().enumerate() {
-                let cols = &col_outputs[i % g.w];
-                let mut sum = 0.0;
-                for o in row_outputs[i / g.w].clone() {
-                    for v in &dy_plane[o * g.out_w + cols.start..o * g.out_w + cols.end] {
-                        sum += v.widen();
-                    }
+            let mut sums = vec![0.0; g.w];
+            let mut line = vec![0.0; g.out_w + 1];
+            for (h, dx_row) in dx_plane.chunks_exact_mut(g.w).enumerate() {
+                sums.fill(0.0);
+                for o in g.covering(h, g.out_h) {
+                    columns.add(&mut sums, &mut line, &dy_plane[o * g.out_w..][..g.out_w]);
                 }
-                *dx = E::cast(sum / divisor);
+                for (dx, &sum) in dx_row.iter_mut().zip(&sums) {
+                    *dx = E::cast(sum / divisor);
+                }
             }
         });
     Ok(tensor(input_shape, dx))
+}
+
+/// Which elements of a line each position along an axis sums: for position `i`, `taps`
+/// indices into the line widened to `f64` with one `+0.0` appended at index `len`, the
+/// elements of `range(i)` in increasing order, then that zero for the taps `range(i)` lacks.
+/// Adding `+0.0` leaves every sum's bits as they are (a sum that starts at `+0.0` is never
+/// `-0.0`), so each position's sum is the plain loop over `range(i)`, in the same order.
+struct LineGather {
+    taps: usize,
+    indices: Vec<usize>,
+}
+
+impl LineGather {
+    /// `positions` positions over a line of `len` elements, `range(i)` of at most `taps` each.
+    fn new(
+        positions: usize,
+        taps: usize,
+        len: usize,
+        range: impl Fn(usize) -> Range<usize>,
+    ) -> Self {
+        let mut indices = vec![len; positions * taps];
+        for (i, slots) in indices.chunks_exact_mut(taps).enumerate() {
+            debug_assert!(
+                range(i).len() <= taps,
+                "position {i} sums more than {taps} elements"
+            );
+            for (slot, index) in slots.iter_mut().zip(range(i)) {
+                *slot = index;
+            }
+        }
+        LineGather { taps, indices }
+    }
+
+    /// `sums[i] += line[j]` over the elements `j` of position `i`'s range, in increasing order;
+    /// `widened` is scratch of `line.len() + 1` values.
+    fn add<E: Element>(&self, sums: &mut [f64], widened: &mut [f64], line: &[E]) {
+        for (w, &v) in widened.iter_mut().zip(line) {
+            *w = v.widen();
+        }
+        widened[line.len()] = 0.0;
+        for (sum, slots) in sums.iter_mut().zip(self.indices.chunks_exact(self.taps)) {
+            for &index in slots {
+                *sum += widened[index];
+            }
+        }
+    }
 }
 
 /// Max pooling (docs/conventions.md §1): over `x [N, C, H, W]` padded with `-inf`,
