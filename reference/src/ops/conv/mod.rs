@@ -258,28 +258,46 @@ impl Conv2dGeometry {
 
     /// `dx += col2im(dcols)` for one sample and some of its channels: every entry of `dcols` (row
     /// `r` is `dcols[r row_stride + offset..][..P]`, rows `(c, i, j)` for the channels of `dx`) is
-    /// added to the input element it was read from (padding positions are dropped), in a fixed
-    /// order.
-    fn add_columns<E: Element>(&self, dcols: &[E], row_stride: usize, offset: usize, dx: &mut [E]) {
+    /// added to the input element it was read from (padding positions are dropped), row by row.
+    /// Where an output line is as long as an input line (stride 1, `2 padding = kw - 1`), a row's
+    /// lines are one run in both `dcols` and `dx`: its dropped entries are set to `+0.0` in
+    /// `dcols` and the run is added at once. Every element of `dx` gets the same additions in the
+    /// same order as line by line, and adding `+0.0` to a sum that started at `+0.0` changes no
+    /// bit.
+    fn add_columns<E: Element>(
+        &self,
+        dcols: &mut [E],
+        row_stride: usize,
+        offset: usize,
+        dx: &mut [E],
+    ) {
         let rows = self.output_ranges(self.kh, self.h, self.h_out);
         let cols = self.output_ranges(self.kw, self.w, self.w_out);
-        for row in 0..dx.len() / (self.h * self.w) * self.kh * self.kw {
-            let cols_row = &dcols[row * row_stride + offset..][..self.p()];
+        let plane = self.h * self.w;
+        for row in 0..dx.len() / plane * self.kh * self.kw {
+            let cols_row = &mut dcols[row * row_stride + offset..][..self.p()];
             let (c, i, j) = self.unflatten(row);
-            let (p_lo, p_hi) = rows[i];
-            let (q_lo, q_hi) = cols[j];
-            let channel = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            let ((p_lo, p_hi), (q_lo, q_hi)) = (rows[i], cols[j]);
+            if p_lo >= p_hi || q_lo >= q_hi {
+                continue;
+            }
+            let channel = &mut dx[c * plane..][..plane];
+            if self.stride == 1 && self.w_out == self.w {
+                for line in cols_row[p_lo * self.w..p_hi * self.w].chunks_exact_mut(self.w) {
+                    line[..q_lo].fill(E::zero());
+                    line[q_hi..].fill(E::zero());
+                }
+                let run = p_lo * self.w + q_lo..(p_hi - 1) * self.w + q_hi;
+                let start = self.source(p_lo, i) * self.w + self.source(q_lo, j);
+                add_assign(&mut channel[start..][..run.len()], &cols_row[run]);
+                continue;
+            }
             for p in p_lo..p_hi {
                 let line = &mut channel[self.source(p, i) * self.w..][..self.w];
                 let grads = &cols_row[p * self.w_out..(p + 1) * self.w_out];
                 if self.stride == 1 {
                     let start = self.source(q_lo, j);
-                    for (d, &v) in line[start..start + (q_hi - q_lo)]
-                        .iter_mut()
-                        .zip(&grads[q_lo..q_hi])
-                    {
-                        *d += v;
-                    }
+                    add_assign(&mut line[start..start + (q_hi - q_lo)], &grads[q_lo..q_hi]);
                 } else {
                     for (q, &v) in grads.iter().enumerate().take(q_hi).skip(q_lo) {
                         line[self.source(q, j)] += v;
@@ -426,10 +444,17 @@ impl<E: Element> Operands<'_, E> {
                     ArrayViewMut2::from_shape((rows, columns), &mut dcols[..]).map_err(layout)?;
                 gemm(&w_group_t, &dy_wide, Update::Overwrite, &mut dcols_view)?;
                 for (n, part) in parts.iter_mut().enumerate() {
-                    g.add_columns(&dcols, columns, n * g.p(), part);
+                    g.add_columns(&mut dcols, columns, n * g.p(), part);
                 }
                 Ok(())
             })
+    }
+}
+
+/// `dst[k] += src[k]`.
+fn add_assign<E: Element>(dst: &mut [E], src: &[E]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d += v;
     }
 }
 
