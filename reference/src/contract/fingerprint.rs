@@ -9,15 +9,19 @@
 //! index in each term makes a moved element change it.
 
 /// The odd constant `C` that the element index is multiplied by before it is mixed in.
-pub const INDEX_MULTIPLIER: u64 = 0xD1B5_4A32_D192_ED03;
+const INDEX_MULTIPLIER: u64 = 0xD1B5_4A32_D192_ED03;
+
+/// SplitMix64's increment (2^64 over the golden ratio), which `mix64` adds first; also the
+/// multiplier of [`feed`].
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The hash a shape starts from (FNV-1a's offset basis).
 const SHAPE_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// One step of the shape hash, and the last step that feeds the element sum in:
-/// `(rotl(hash, 5) ^ word) * 0x9E3779B97F4A7C15 (mod 2^64)`.
-pub fn feed(hash: u64, word: u64) -> u64 {
-    (hash.rotate_left(5) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+/// `(rotl(hash, 5) ^ word) * GOLDEN_GAMMA (mod 2^64)`.
+fn feed(hash: u64, word: u64) -> u64 {
+    (hash.rotate_left(5) ^ word).wrapping_mul(GOLDEN_GAMMA)
 }
 
 /// The hash of a shape: its sizes fed in order from [`SHAPE_SEED`].
@@ -32,7 +36,7 @@ pub fn shape_hash(shape: &[usize]) -> u64 {
 /// every input bit over the whole word.
 #[inline(always)]
 pub fn element_term(bits: u64, index: u64) -> u64 {
-    let mut z = (bits ^ index.wrapping_mul(INDEX_MULTIPLIER)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = (bits ^ index.wrapping_mul(INDEX_MULTIPLIER)).wrapping_add(GOLDEN_GAMMA);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
