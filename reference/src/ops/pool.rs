@@ -67,24 +67,10 @@ pub fn avg_forward<E: Element>(x: &CpuTensor<E>, params: Pool2dParams) -> Result
     const OP: &str = "avg_pool2d";
     let g = Pool2dGeometry::new(OP, x.shape(), params)?;
     let input = standard(x);
-    let divisor = (params.kernel * params.kernel) as f64;
     let columns = LineGather::new(g.out_w, params.kernel, g.w, |q| g.window(q, g.w));
-    let mut y = vec![E::zero(); g.planes * g.out_h * g.out_w];
-    y.par_chunks_mut(g.out_h * g.out_w)
-        .zip(slice_of(&input).par_chunks(g.h * g.w))
-        .for_each(|(y_plane, x_plane)| {
-            let mut sums = vec![0.0; g.out_w];
-            let mut line = vec![0.0; g.w + 1];
-            for (o, y_row) in y_plane.chunks_exact_mut(g.out_w).enumerate() {
-                sums.fill(0.0);
-                for r in g.window(o, g.h) {
-                    columns.add(&mut sums, &mut line, &x_plane[r * g.w..][..g.w]);
-                }
-                for (y, &sum) in y_row.iter_mut().zip(&sums) {
-                    *y = E::cast(sum / divisor);
-                }
-            }
-        });
+    let y = average_lines(slice_of(&input), (g.out_h, g.h), &columns, params, |o| {
+        g.window(o, g.h)
+    });
     Ok(tensor(&g.output_shape(x.shape()), y))
 }
 
@@ -100,26 +86,50 @@ pub fn avg_backward<E: Element>(
     let g = Pool2dGeometry::new(OP, input_shape, params)?;
     g.check_grad(OP, grad_y.shape(), input_shape)?;
     let dy = standard(grad_y);
-    let divisor = (params.kernel * params.kernel) as f64;
     let taps = params.kernel.div_ceil(params.stride);
     let columns = LineGather::new(g.w, taps, g.out_w, |c| g.covering(c, g.out_w));
-    let mut dx = vec![E::zero(); g.planes * g.h * g.w];
-    dx.par_chunks_mut(g.h * g.w)
-        .zip(slice_of(&dy).par_chunks(g.out_h * g.out_w))
-        .for_each(|(dx_plane, dy_plane)| {
-            let mut sums = vec![0.0; g.w];
-            let mut line = vec![0.0; g.out_w + 1];
-            for (h, dx_row) in dx_plane.chunks_exact_mut(g.w).enumerate() {
+    let dx = average_lines(slice_of(&dy), (g.h, g.out_h), &columns, params, |h| {
+        g.covering(h, g.out_h)
+    });
+    Ok(tensor(input_shape, dx))
+}
+
+/// The planes of an average pooling or of its backward from the planes of `source` (each
+/// `source_lines` lines of `columns.len` elements): element `i` of line `o` of a result plane is
+/// the sum, over the source lines `r` in `lines(o)` in increasing order, of `columns`' sum for
+/// position `i` of line `r`, divided by `k^2` and cast to `E`; each sum in `f64` from `+0.0`,
+/// planes in parallel.
+fn average_lines<E: Element>(
+    source: &[E],
+    (result_lines, source_lines): (usize, usize),
+    columns: &LineGather,
+    params: Pool2dParams,
+    lines: impl Fn(usize) -> Range<usize> + Sync,
+) -> Vec<E> {
+    let divisor = (params.kernel * params.kernel) as f64;
+    let mut result =
+        vec![
+            E::zero();
+            source.len() / (source_lines * columns.len) * result_lines * columns.positions
+        ];
+    result
+        .par_chunks_mut(result_lines * columns.positions)
+        .zip(source.par_chunks(source_lines * columns.len))
+        .for_each(|(result_plane, source_plane)| {
+            let mut sums = vec![0.0; columns.positions];
+            let mut widened = vec![0.0; columns.len + 1];
+            for (o, result_line) in result_plane.chunks_exact_mut(columns.positions).enumerate() {
                 sums.fill(0.0);
-                for o in g.covering(h, g.out_h) {
-                    columns.add(&mut sums, &mut line, &dy_plane[o * g.out_w..][..g.out_w]);
+                for r in lines(o) {
+                    let line = &source_plane[r * columns.len..][..columns.len];
+                    columns.add(&mut sums, &mut widened, line);
                 }
-                for (dx, &sum) in dx_row.iter_mut().zip(&sums) {
-                    *dx = E::cast(sum / divisor);
+                for (v, &sum) in result_line.iter_mut().zip(&sums) {
+                    *v = E::cast(sum / divisor);
                 }
             }
         });
-    Ok(tensor(input_shape, dx))
+    result
 }
 
 /// Which elements of a line each position along an axis sums: for position `i`, `taps`
@@ -128,7 +138,9 @@ pub fn avg_backward<E: Element>(
 /// Adding `+0.0` leaves every sum's bits as they are (a sum that starts at `+0.0` is never
 /// `-0.0`), so each position's sum is the plain loop over `range(i)`, in the same order.
 struct LineGather {
+    positions: usize,
     taps: usize,
+    len: usize,
     indices: Vec<usize>,
 }
 
@@ -150,16 +162,21 @@ impl LineGather {
                 *slot = index;
             }
         }
-        LineGather { taps, indices }
+        LineGather {
+            positions,
+            taps,
+            len,
+            indices,
+        }
     }
 
     /// `sums[i] += line[j]` over the elements `j` of position `i`'s range, in increasing order;
-    /// `widened` is scratch of `line.len() + 1` values.
+    /// `widened` is scratch of `len + 1` values.
     fn add<E: Element>(&self, sums: &mut [f64], widened: &mut [f64], line: &[E]) {
         for (w, &v) in widened.iter_mut().zip(line) {
             *w = v.widen();
         }
-        widened[line.len()] = 0.0;
+        widened[self.len] = 0.0;
         for (sum, slots) in sums.iter_mut().zip(self.indices.chunks_exact(self.taps)) {
             for &index in slots {
                 *sum += widened[index];
