@@ -10,6 +10,9 @@
 //! - the spike-density cutoff (docs/ARCHITECTURE.md, "Convolutions whose input is spikes"): conv2d 3x3 at the four RevSResNet21 stage
 //!   shapes on `[32, C, S, S]` spikes of density 10-40% (the sparse kernels) and 60% (above the
 //!   cutoff of one half: the dense GEMMs), forward and forward + backward.
+//! - conv2d 1x1 (group `cpu_conv1x1_...`): the transformers' MLP and attention projections, 384 ->
+//!   1536 and 1536 -> 384 on `[T*B = 32, C, 8, 8]` (64 tokens) of 20% spikes, forward + backward
+//!   (the input gradient is a dense GEMM over 64 positions per sample).
 //! - the dense f32 GEMM (group `gemm`) on the im2col shapes of the ResNet convolutions (m x k x n),
 //!   `A B` and `A^T B` (the input gradient's form), through one-sample `batched_matmul` (the
 //!   reference's `ops::gemm`) and through ndarray's `general_mat_mul` (matrixmultiply), with
@@ -138,6 +141,29 @@ fn spike_density(c: &mut Criterion) {
     }
 }
 
+/// conv2d 1x1 at the transformers' token shapes, `[32, C_in, 8, 8]` spikes of density 0.2.
+fn pointwise_conv(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new();
+    let params = Conv2dParams::new(1, 0);
+    let mut group = c.benchmark_group("cpu_conv1x1_32xCx8x8_spikes20_f32");
+    group.sample_size(10);
+    for (c_in, c_out) in [(384, 1536), (1536, 384)] {
+        let x = spikes(&cpu, &[32, c_in, 8, 8], 0.2, 6);
+        let weight = random(&cpu, &[c_out, c_in, 1, 1], 0.05, 0.0, 4);
+        let grad = random(&cpu, &[32, c_out, 8, 8], 1.0, 0.0, 5);
+        group.throughput(Throughput::Elements(
+            (3 * 2 * 32 * 64 * c_in * c_out) as u64,
+        ));
+        group.bench_function(format!("{c_in}to{c_out}/forward_backward"), |b| {
+            b.iter(|| {
+                let (_, context) = cpu.conv2d_forward(&x, &weight, None, params).unwrap();
+                cpu.conv2d_backward(&grad, &context).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 /// The reference's GEMM against matrixmultiply at the convolutions' im2col shapes (m x k x n):
 /// `A B` and `A^T B`, each call writing a freshly allocated `C` in both.
 fn gemm(c: &mut Criterion) {
@@ -234,6 +260,7 @@ criterion_group!(
     neuron,
     conv,
     spike_density,
+    pointwise_conv,
     gemm,
     batch_norm,
     avg_pool

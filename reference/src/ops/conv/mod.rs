@@ -388,25 +388,23 @@ impl<E: Element> Operands<'_, E> {
     }
 
     /// `dx[n] = col2im(W^T dy[n])` for the samples of one block, in groups of input channels that
-    /// run in parallel, each writing only its own channels of `dx`. A 1x1 stride-1 unpadded
-    /// convolution writes `W[:, group]^T dy[n]` into `dx` directly, sample by sample; the others
-    /// compute `dcols = W[:, group]^T [dy[0] .. dy[S-1]]` for all the block's samples at once (one
-    /// wide product instead of `S` narrow ones for small images) and add it back with col2im.
+    /// run in parallel, each writing only its own channels of `dx`: each group computes
+    /// `dcols = W[:, group]^T [dy[0] .. dy[S-1]]` for all the block's samples at once and adds it
+    /// back with col2im. One wide product instead of `S` narrow ones keeps the GEMM's tiles full
+    /// where the images are small (64 tokens per sample in the transformers, 16 positions in the
+    /// ResNets' last stage); its sums do not depend on the number of columns, so `dx` is bitwise
+    /// what per-sample products give, and col2im adds each entry once to a `+0.0`.
     fn input_grad_block(&self, dy: &[E], dx: &mut [E]) -> Result<()> {
         let g = self.g;
         let (plane, taps, samples) = (g.h * g.w, g.kh * g.kw, dx.len() / g.in_len());
         let columns = samples * g.p();
-        let dy_wide = if g.pointwise() {
-            Vec::new()
-        } else {
-            let mut wide = vec![E::zero(); dy.len()];
-            for (n, dy_n) in dy.chunks_exact(g.c_out * g.p()).enumerate() {
-                for (o, row) in dy_n.chunks_exact(g.p()).enumerate() {
-                    wide[o * columns + n * g.p()..][..g.p()].copy_from_slice(row);
-                }
+        let mut dy_wide = vec![E::zero(); dy.len()];
+        for (n, dy_n) in dy.chunks_exact(g.c_out * g.p()).enumerate() {
+            for (o, row) in dy_n.chunks_exact(g.p()).enumerate() {
+                dy_wide[o * columns + n * g.p()..][..g.p()].copy_from_slice(row);
             }
-            wide
-        };
+        }
+        let dy_wide = ArrayView2::from_shape((g.c_out, columns), &dy_wide[..]).map_err(layout)?;
         let group_channels = g.c_in.div_ceil(g.input_channel_groups());
         let mut groups: Vec<Vec<&mut [E]>> = Vec::new();
         for dx_n in dx.chunks_mut(g.in_len()) {
@@ -427,18 +425,6 @@ impl<E: Element> Operands<'_, E> {
                     .w
                     .slice(s![.., first_row..first_row + rows])
                     .reversed_axes();
-                if g.pointwise() {
-                    for (part, dy_n) in parts.iter_mut().zip(dy.chunks_exact(g.c_out * g.p())) {
-                        let dy_n =
-                            ArrayView2::from_shape((g.c_out, g.p()), dy_n).map_err(layout)?;
-                        let mut dx_part =
-                            ArrayViewMut2::from_shape((rows, g.p()), part).map_err(layout)?;
-                        gemm(&w_group_t, &dy_n, Update::Overwrite, &mut dx_part)?;
-                    }
-                    return Ok(());
-                }
-                let dy_wide =
-                    ArrayView2::from_shape((g.c_out, columns), &dy_wide[..]).map_err(layout)?;
                 let mut dcols = vec![E::zero(); rows * columns];
                 let mut dcols_view =
                     ArrayViewMut2::from_shape((rows, columns), &mut dcols[..]).map_err(layout)?;
