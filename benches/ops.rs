@@ -1,6 +1,8 @@
 //! CPU reference ops at RevSResNet21 stage-1 shapes, f32 (issue: foundation, item 7):
 //! - the multi-step IF neuron over `[T = 4, B = 8, 64, 32, 32]` (forward, backward), with
 //!   throughput in bytes moved (x read, spikes and h written; dL/ds and h read, dL/dx written);
+//! - the same shape through the transformers' LIF neuron with the sigmoid surrogate (group
+//!   `cpu_lif_sigmoid_neuron_...`), backward only: the forward is the IF one's, with a decay;
 //! - conv2d 3x3, 64 -> 64, stride 1, pad 1, on `[T*B = 32, 64, 32, 32]`, forward + backward,
 //!   with throughput in elements = flops (3 GEMMs of `2 N C_out H W C_in 9` flops each);
 //! - the same conv2d on a spike input (each element 1 with probability 0.2), which takes the
@@ -61,6 +63,24 @@ fn neuron(c: &mut Criterion) {
     group.bench_function("forward", |b| {
         b.iter(|| cpu.neuron_forward(&x, &config).unwrap())
     });
+    let (_, context) = cpu.neuron_forward(&x, &config).unwrap();
+    group.bench_function("backward", |b| {
+        b.iter(|| cpu.neuron_backward(&grad, &context, &config).unwrap())
+    });
+    group.finish();
+}
+
+/// The transformers' neuron (LIF, tau 2, sigmoid surrogate) over the same shape: its backward
+/// evaluates an exponential per element.
+fn lif_sigmoid_neuron(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new();
+    let shape = [4, 8, 64, 32, 32];
+    let x = random(&cpu, &shape, 1.0, 0.3, 1);
+    let grad = random(&cpu, &shape, 1.0, 0.0, 2);
+    let config = NeuronConfig::lif_sigmoid(2.0, 1.0);
+    let bytes = (shape.iter().product::<usize>() * 4) as u64;
+    let mut group = c.benchmark_group("cpu_lif_sigmoid_neuron_t4_b8_64x32x32_f32");
+    group.throughput(Throughput::Bytes(3 * bytes));
     let (_, context) = cpu.neuron_forward(&x, &config).unwrap();
     group.bench_function("backward", |b| {
         b.iter(|| cpu.neuron_backward(&grad, &context, &config).unwrap())
@@ -258,6 +278,7 @@ fn avg_pool(c: &mut Criterion) {
 criterion_group!(
     benches,
     neuron,
+    lif_sigmoid_neuron,
     conv,
     spike_density,
     pointwise_conv,

@@ -14,6 +14,11 @@
 //! * ATan: `u = (pi/2 alpha) z`, `psi = alpha / (2 (1 + u u))`, `g = atan(u) / pi + 1/2`;
 //! * Sigmoid: `sig = 1 / (1 + exp((-alpha) z))`, `psi = (alpha sig) (1 - sig)`, `g = sig`.
 //!
+//! In `f32` the sigmoid's `exp` is [`exp::exp_f32`], straight-line arithmetic in `f64` (within one
+//! unit in the last place of libm's, docs/neurons.md §2.3.1), so that the backward loop vectorises;
+//! it runs compiled for the widest vector instructions the CPU has, with the same bits on every
+//! path.
+//!
 //! Firing modes, the reset rule and the surrogate are dispatched once per call into separately
 //! compiled loops; the inner loops have no data-dependent branches (the Heaviside step is a select).
 
@@ -23,8 +28,12 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::contract::shapes::{check_neuron_backward, time_by_neurons};
-use crate::contract::{Element, Firing, NeuronConfig, NeuronKind, OpError, Result, Surrogate};
+use crate::contract::{
+    DType, Element, Firing, NeuronConfig, NeuronKind, OpError, Result, Surrogate,
+};
 use crate::cpu::CpuTensor;
+
+mod exp;
 
 const OP: &str = "neuron";
 
@@ -250,7 +259,17 @@ impl<E: Element> SurrogateFn<E> for Sigmoid<E> {
 
     #[inline(always)]
     fn primitive(&self, z: E) -> E {
-        E::one() / (E::one() + (self.neg_alpha * z).exp())
+        E::one() / (E::one() + sigmoid_exp(self.neg_alpha * z))
+    }
+}
+
+/// `e^x` for the sigmoid: [`exp::exp_f32`] in `f32`, libm's `exp` in `f64` (the oracle's type,
+/// whose results the fixtures pin).
+#[inline(always)]
+fn sigmoid_exp<E: Element>(x: E) -> E {
+    match E::DTYPE {
+        DType::F32 => E::cast(f64::from(exp::exp_f32(x.widen() as f32))),
+        DType::F64 => x.exp(),
     }
 }
 
@@ -327,23 +346,85 @@ impl<E: Element> BackwardKernel<'_, E> {
             .into_par_iter()
             .zip(g.axis_chunks_iter(Axis(1), NEURON_CHUNK))
             .zip(gx.axis_chunks_iter_mut(Axis(1), NEURON_CHUNK))
-            .for_each(|((h, g), mut gx)| {
-                let mut grad_h = vec![E::zero(); h.ncols()];
-                for ((h, g), gx) in h
-                    .outer_iter()
-                    .zip(g.outer_iter())
-                    .zip(gx.outer_iter_mut())
-                    .rev()
-                {
-                    Zip::from(&mut grad_h).and(&h).and(&g).and(gx).for_each(
-                        |grad_h, &h, &g, gx| {
-                            let (psi, dv_dh) = local(h);
-                            *grad_h = g * psi + (k * *grad_h) * dv_dh;
-                            gx.write(r * *grad_h);
-                        },
-                    );
-                }
-            });
+            .for_each(|((h, g), gx)| backward_chunk(h, g, gx, (k, r), &local));
+    }
+}
+
+/// Runs [`backward_chunk_portable`] compiled for the widest vector instructions this CPU has.
+fn backward_chunk<E: Element>(
+    h: ArrayView2<'_, E>,
+    g: ArrayView2<'_, E>,
+    gx: ArrayViewMut2<'_, MaybeUninit<E>>,
+    (k, r): (E, E),
+    local: &impl Fn(E) -> (E, E),
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { backward_chunk_avx512(h, g, gx, (k, r), local) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { backward_chunk_avx2(h, g, gx, (k, r), local) };
+        }
+    }
+    backward_chunk_portable(h, g, gx, (k, r), local);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn backward_chunk_avx512<E: Element>(
+    h: ArrayView2<'_, E>,
+    g: ArrayView2<'_, E>,
+    gx: ArrayViewMut2<'_, MaybeUninit<E>>,
+    (k, r): (E, E),
+    local: &impl Fn(E) -> (E, E),
+) {
+    backward_chunk_portable(h, g, gx, (k, r), local);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn backward_chunk_avx2<E: Element>(
+    h: ArrayView2<'_, E>,
+    g: ArrayView2<'_, E>,
+    gx: ArrayViewMut2<'_, MaybeUninit<E>>,
+    (k, r): (E, E),
+    local: &impl Fn(E) -> (E, E),
+) {
+    backward_chunk_portable(h, g, gx, (k, r), local);
+}
+
+/// The backward of one chunk of neurons `[T, chunk]`, from the last step to the first, with the
+/// chunk's `dL/dh[t+1]` in a buffer: `dL/dh[t] = g[t] psi[t] + (k dL/dh[t+1]) dv_dh[t]` and
+/// `gx[t] = r dL/dh[t]`, where `local(h[t]) = (psi[t], dv_dh[t])`.
+#[inline(always)]
+fn backward_chunk_portable<E: Element>(
+    h: ArrayView2<'_, E>,
+    g: ArrayView2<'_, E>,
+    mut gx: ArrayViewMut2<'_, MaybeUninit<E>>,
+    (k, r): (E, E),
+    local: &impl Fn(E) -> (E, E),
+) {
+    const CONTIGUOUS: &str = "the rows of a chunk of a standard-layout [T, N] are contiguous";
+    let mut grad_h = vec![E::zero(); h.ncols()];
+    for ((h, g), mut gx) in h
+        .outer_iter()
+        .zip(g.outer_iter())
+        .zip(gx.outer_iter_mut())
+        .rev()
+    {
+        let (h, g) = (
+            h.to_slice().expect(CONTIGUOUS),
+            g.to_slice().expect(CONTIGUOUS),
+        );
+        let gx = gx.as_slice_mut().expect(CONTIGUOUS);
+        for (((grad_h, &h), &g), gx) in grad_h.iter_mut().zip(h).zip(g).zip(gx) {
+            let (psi, dv_dh) = local(h);
+            *grad_h = g * psi + (k * *grad_h) * dv_dh;
+            gx.write(r * *grad_h);
+        }
     }
 }
 
@@ -373,5 +454,66 @@ fn dispatch_backward<E: Element, S: SurrogateFn<E>>(
             let psi = sur.derivative(z);
             (psi, one - sur.primitive(z) - h * psi)
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+
+    use super::*;
+    use crate::testing::SplitMix64;
+
+    /// `[T, N]` membrane potentials around the threshold 1, with the arguments at which the
+    /// sigmoid's exponential clamps or overflows, infinities and a NaN among them.
+    fn potentials(steps: usize, neurons: usize) -> Array2<f32> {
+        let mut rng = SplitMix64::new(11);
+        let specials = [
+            30.0,
+            -30.0,
+            1e6,
+            -1e6,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        Array2::from_shape_fn((steps, neurons), |(t, n)| match n % 97 {
+            0 => specials[t % specials.len()],
+            _ => (1.0 + 3.0 * rng.normal()) as f32,
+        })
+    }
+
+    /// The chunk's backward as dispatched (AVX-512 or AVX2 on x86-64 CPUs that have them) and as
+    /// the portable loop, over the sigmoid and ATan surrogates.
+    #[test]
+    fn vectorised_backward_gives_the_portable_loops_bits() {
+        let (steps, neurons) = (4, 1000);
+        let h = potentials(steps, neurons);
+        let g = potentials(steps, neurons).mapv(|v| v.clamp(-3.0, 3.0) - 1.0);
+        let sigmoid = Sigmoid::<f32>::new(4.0);
+        let atan = ATan::<f32>::new(2.0);
+        let locals: [&dyn Fn(f32) -> (f32, f32); 2] = [
+            &|h| {
+                (
+                    sigmoid.derivative(h - 1.0),
+                    1.0 - sigmoid.primitive(h - 1.0),
+                )
+            },
+            &|h| (atan.derivative(h - 1.0), 1.0 - heaviside(h, 1.0)),
+        ];
+        for local in locals {
+            let run = |vectorised: bool| {
+                let mut gx = Array2::<f32>::uninit((steps, neurons));
+                let (gx_view, coefficients) = (gx.view_mut(), (0.5, 0.5));
+                if vectorised {
+                    backward_chunk(h.view(), g.view(), gx_view, coefficients, &local);
+                } else {
+                    backward_chunk_portable(h.view(), g.view(), gx_view, coefficients, &local);
+                }
+                // SAFETY: both loops write every element of `gx`.
+                unsafe { gx.assume_init() }.mapv(f32::to_bits)
+            };
+            assert_eq!(run(true), run(false));
+        }
     }
 }
