@@ -174,7 +174,7 @@ pub fn backward<E: Element>(
             dispatch_backward(kernel, Sigmoid::<E>::new(alpha), config, v_th)
         }
     }
-    // SAFETY: the kernel's zip covers every `(t, n)` of `gx` and writes each once.
+    // SAFETY: the kernel's chunks and their rows cover every `(t, n)` of `gx` and write each once.
     let gx = unsafe { gx.assume_init() };
     into_shape(gx, &IxDyn(context.h.shape()))
 }
