@@ -33,7 +33,7 @@ use revsnn::model::reversible::{
     SequenceSaved, Storage,
 };
 use revsnn::model::{BuildOptions, EntryKind, Grads, Layer, Mode, ParamId, ParamStore, Session};
-use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
+use revsnn_reference::testing::{SplitMix64, dot, five_point_difference, relative_error};
 use revsnn_reference::{Backend, Conv2dParams, Cpu, CpuTensor, Element, NeuronConfig};
 
 /// Spikes emitted by every neuron call of a model since the last reset.
@@ -697,7 +697,10 @@ fn loss(
     Ok(dot(&backend.to_vec(&y)?, dy))
 }
 
-const FD_STEP: f64 = 1e-5;
+/// The step of the five-point differences: the smooth neurons are steep, and the central
+/// difference's `O(h^2)` truncation error reached 1.8e-6 relative at `h = 1e-5` for some seeds;
+/// the five-point formula's `O(h^4)` error at `1e-4` is far below the 1e-6 bound.
+const FD_STEP: f64 = 1e-4;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
@@ -728,7 +731,7 @@ proptest! {
 
         let shape = config.input_shape();
         let mut probe = model.store.clone();
-        let numeric = central_difference(
+        let numeric = five_point_difference(
             |point| {
                 let x = backend.tensor_from_vec(&shape, point.to_vec()).expect("input");
                 loss(&model.sequence, &mut probe, &x, &dy_values).expect("forward")
@@ -743,7 +746,7 @@ proptest! {
             let entry = model.store.entries()[id.0].clone();
             let analytic = backend.to_vec(grads.get(id).expect("every parameter has a gradient"))?;
             let mut probe = model.store.clone();
-            let numeric = central_difference(
+            let numeric = five_point_difference(
                 |point| {
                     let value = backend.tensor_from_vec(&entry.shape, point.to_vec()).expect("parameter");
                     probe.set(id, value);
