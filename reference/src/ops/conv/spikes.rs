@@ -137,7 +137,8 @@ pub(super) fn weight_grad<E: Element>(g: &Conv2dGeometry, x: &[E], dy: &[E], dw:
             .enumerate()
             .for_each(|(index, dw_t)| {
                 let rows = index * group_rows..index * group_rows + dw_t.len() / g.c_out;
-                dispatch_weight_grad::<E, 64>(g, &spikes, &offsets, &dy_tiles, samples, rows, dw_t);
+                let sources = RowSources::new(g, &spikes, &offsets, samples, rows);
+                dispatch_weight_grad::<E, 64>(g, &sources, &dy_tiles, samples, dw_t);
             });
     } else {
         let dy_tiles = gradient_tiles::<E, 32>(g, dy, samples);
@@ -145,7 +146,8 @@ pub(super) fn weight_grad<E: Element>(g: &Conv2dGeometry, x: &[E], dy: &[E], dw:
             .enumerate()
             .for_each(|(index, dw_t)| {
                 let rows = index * group_rows..index * group_rows + dw_t.len() / g.c_out;
-                dispatch_weight_grad::<E, 32>(g, &spikes, &offsets, &dy_tiles, samples, rows, dw_t);
+                let sources = RowSources::new(g, &spikes, &offsets, samples, rows);
+                dispatch_weight_grad::<E, 32>(g, &sources, &dy_tiles, samples, dw_t);
             });
     }
     transpose(&dw_t, g.k(), g.c_out, dw);
@@ -336,6 +338,56 @@ impl OffsetOutputs {
             }
         }
         OffsetOutputs { outputs }
+    }
+}
+
+/// For each row `(c, i, j)` of a weight-gradient task, the rows of a [`gradient_tiles`] tile that
+/// its sum adds, in order: sample by sample, the output position under tap `(i, j)` of each spike
+/// of channel `c` (the sample's zero row `P` where there is none). Built once per task and used
+/// for every tile. A sample with an odd number of spikes gets one more zero row, so every sample's
+/// run starts on an even index and [`add_rows`] puts the same terms in the same chain as when it
+/// ran sample by sample (the extra term adds `+0.0` to the second chain, which changes no bit:
+/// that chain starts at `+0.0` and can never hold `-0.0`).
+struct RowSources {
+    starts: Vec<usize>,
+    rows: Vec<u32>,
+}
+
+impl RowSources {
+    fn new(
+        g: &Conv2dGeometry,
+        spikes: &ChannelSpikes,
+        offsets: &OffsetOutputs,
+        samples: usize,
+        rows: Range<usize>,
+    ) -> Self {
+        let (taps, plane, p_len) = (g.kh * g.kw, g.h * g.w, g.p());
+        let mut starts = Vec::with_capacity(rows.len() + 1);
+        let mut sources = Vec::new();
+        starts.push(0);
+        for row in rows {
+            let (c, tap) = (row / taps, row % taps);
+            let outputs = &offsets.outputs[tap * plane..][..plane];
+            for n in 0..samples {
+                let base = (n * (p_len + 1)) as u32;
+                let positions = spikes.of(n * g.c_in + c);
+                sources.extend(positions.iter().map(|&r| base + outputs[r as usize]));
+                if positions.len() % 2 == 1 {
+                    sources.push(base + p_len as u32);
+                }
+            }
+            starts.push(sources.len());
+        }
+        RowSources {
+            starts,
+            rows: sources,
+        }
+    }
+
+    /// The tile rows of the task's row `row` (counted from the task's first).
+    #[inline(always)]
+    fn of(&self, row: usize) -> &[u32] {
+        &self.rows[self.starts[row]..self.starts[row + 1]]
     }
 }
 
@@ -530,11 +582,9 @@ fn store_channel_major<E: Element, const T: usize>(sums: &[[E; T]], lanes: usize
 /// Runs [`weight_grad_tiles`] compiled for the widest vector instructions this CPU has.
 fn dispatch_weight_grad<E: Element, const T: usize>(
     g: &Conv2dGeometry,
-    spikes: &ChannelSpikes,
-    offsets: &OffsetOutputs,
+    sources: &RowSources,
     dy_tiles: &[E],
     samples: usize,
-    rows: Range<usize>,
     dw_t: &mut [E],
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -542,76 +592,62 @@ fn dispatch_weight_grad<E: Element, const T: usize>(
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F, checked just above.
             return unsafe {
-                weight_grad_tiles_avx512::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t)
+                weight_grad_tiles_avx512::<E, T>(g, sources, dy_tiles, samples, dw_t)
             };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe {
-                weight_grad_tiles_avx2::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t)
+                weight_grad_tiles_avx2::<E, T>(g, sources, dy_tiles, samples, dw_t)
             };
         }
     }
-    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t);
+    weight_grad_tiles::<E, T>(g, sources, dy_tiles, samples, dw_t);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn weight_grad_tiles_avx512<E: Element, const T: usize>(
     g: &Conv2dGeometry,
-    spikes: &ChannelSpikes,
-    offsets: &OffsetOutputs,
+    sources: &RowSources,
     dy_tiles: &[E],
     samples: usize,
-    rows: Range<usize>,
     dw_t: &mut [E],
 ) {
-    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t);
+    weight_grad_tiles::<E, T>(g, sources, dy_tiles, samples, dw_t);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn weight_grad_tiles_avx2<E: Element, const T: usize>(
     g: &Conv2dGeometry,
-    spikes: &ChannelSpikes,
-    offsets: &OffsetOutputs,
+    sources: &RowSources,
     dy_tiles: &[E],
     samples: usize,
-    rows: Range<usize>,
     dw_t: &mut [E],
 ) {
-    weight_grad_tiles::<E, T>(g, spikes, offsets, dy_tiles, samples, rows, dw_t);
+    weight_grad_tiles::<E, T>(g, sources, dy_tiles, samples, dw_t);
 }
 
-/// `dw_t[(c, i, j) - rows.start, o] = sum_n sum_{(h, w) spiking in channel c of sample n} dy[n, o, p(h, i), q(w, j)]`
-/// for the rows `(c, i, j)` in `rows`, one tile of `T` output channels and one row at a time.
+/// `dw_t[row, o] = sum_n sum_{(h, w) spiking in channel c of sample n} dy[n, o, p(h, i), q(w, j)]`
+/// for the task's rows `(c, i, j)` ([`RowSources`]), one tile of `T` output channels and one row
+/// at a time.
 #[inline(always)]
 fn weight_grad_tiles<E: Element, const T: usize>(
     g: &Conv2dGeometry,
-    spikes: &ChannelSpikes,
-    offsets: &OffsetOutputs,
+    sources: &RowSources,
     dy_tiles: &[E],
     samples: usize,
-    rows: Range<usize>,
     dw_t: &mut [E],
 ) {
-    let (taps, plane, p_len) = (g.kh * g.kw, g.h * g.w, g.p());
+    let p_len = g.p();
     for (t, tile) in dy_tiles.chunks_exact(samples * (p_len + 1) * T).enumerate() {
         let lanes = T.min(g.c_out - t * T);
-        for row in rows.clone() {
-            let (c, tap) = (row / taps, row % taps);
-            let outputs = &offsets.outputs[tap * plane..][..plane];
+        for (row, out) in dw_t.chunks_exact_mut(g.c_out).enumerate() {
             let (mut even, mut odd) = ([E::zero(); T], [E::zero(); T]);
-            for n in 0..samples {
-                let base = n * (p_len + 1);
-                let spikes = spikes.of(n * g.c_in + c);
-                add_rows(&mut even, &mut odd, tile, spikes, |r| {
-                    base + outputs[r as usize] as usize
-                });
-            }
+            add_rows(&mut even, &mut odd, tile, sources.of(row), |r| r as usize);
             let acc = add(even, &odd);
-            let out = &mut dw_t[(row - rows.start) * g.c_out + t * T..][..lanes];
-            out.copy_from_slice(&acc[..lanes]);
+            out[t * T..][..lanes].copy_from_slice(&acc[..lanes]);
         }
     }
 }
