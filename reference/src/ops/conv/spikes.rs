@@ -597,9 +597,7 @@ fn dispatch_weight_grad<E: Element, const T: usize>(
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe {
-                weight_grad_tiles_avx2::<E, T>(g, sources, dy_tiles, samples, dw_t)
-            };
+            return unsafe { weight_grad_tiles_avx2::<E, T>(g, sources, dy_tiles, samples, dw_t) };
         }
     }
     weight_grad_tiles::<E, T>(g, sources, dy_tiles, samples, dw_t);
