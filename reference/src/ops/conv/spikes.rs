@@ -344,10 +344,11 @@ impl OffsetOutputs {
 /// For each row `(c, i, j)` of a weight-gradient task, the rows of a [`gradient_tiles`] tile that
 /// its sum adds, in order: sample by sample, the output position under tap `(i, j)` of each spike
 /// of channel `c` (the sample's zero row `P` where there is none). Built once per task and used
-/// for every tile. A sample with an odd number of spikes gets one more zero row, so every sample's
-/// run starts on an even index and [`add_rows`] puts the same terms in the same chain as when it
-/// ran sample by sample (the extra term adds `+0.0` to the second chain, which changes no bit:
-/// that chain starts at `+0.0` and can never hold `-0.0`).
+/// for every tile. A sample with an odd number of spikes gets one more zero row: every run has
+/// even length, so each sample's terms alternate between [`add_rows`]' two chains starting with
+/// the first, the order in which this kernel has always summed (results keep their bits; the
+/// extra term adds `+0.0` to the second chain, which changes no bit: that chain starts at `+0.0`
+/// and can never hold `-0.0`).
 struct RowSources {
     starts: Vec<usize>,
     rows: Vec<u32>,
@@ -417,22 +418,21 @@ fn gradient_tiles<E: Element, const T: usize>(
     tiles
 }
 
-/// `even += table[row(i_0)] + table[row(i_2)] + ...` and `odd += table[row(i_1)] + ...` over
-/// `indices`, rows of `T` values: two independent chains of additions, which the CPU overlaps.
+/// `even += table[i_0] + table[i_2] + ...` and `odd += table[i_1] + table[i_3] + ...` over the
+/// row indices `indices` (of even length: [`RowSources`] pads every sample's run), rows of `T`
+/// values: two independent chains of additions, which the CPU overlaps.
 #[inline(always)]
 fn add_rows<E: Element, const T: usize>(
     even: &mut [E; T],
     odd: &mut [E; T],
     table: &[E],
     indices: &[u32],
-    row: impl Fn(u32) -> usize,
 ) {
-    let mut pairs = indices.chunks_exact(2);
-    for pair in &mut pairs {
-        let (first, second) = (
-            &table[row(pair[0]) * T..][..T],
-            &table[row(pair[1]) * T..][..T],
-        );
+    let (pairs, rest) = indices.as_chunks::<2>();
+    debug_assert!(rest.is_empty(), "an odd number of row indices");
+    for &[first, second] in pairs {
+        let first = &table[first as usize * T..][..T];
+        let second = &table[second as usize * T..][..T];
         for ((a, b), (&u, &v)) in even
             .iter_mut()
             .zip(odd.iter_mut())
@@ -440,11 +440,6 @@ fn add_rows<E: Element, const T: usize>(
         {
             *a += u;
             *b += v;
-        }
-    }
-    if let [last] = pairs.remainder() {
-        for (a, &v) in even.iter_mut().zip(&table[row(*last) * T..][..T]) {
-            *a += v;
         }
     }
 }
@@ -643,7 +638,7 @@ fn weight_grad_tiles<E: Element, const T: usize>(
         let lanes = T.min(g.c_out - t * T);
         for (row, out) in dw_t.chunks_exact_mut(g.c_out).enumerate() {
             let (mut even, mut odd) = ([E::zero(); T], [E::zero(); T]);
-            add_rows(&mut even, &mut odd, tile, sources.of(row), |r| r as usize);
+            add_rows(&mut even, &mut odd, tile, sources.of(row));
             let acc = add(even, &odd);
             out[t * T..][..lanes].copy_from_slice(&acc[..lanes]);
         }
