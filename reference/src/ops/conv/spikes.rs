@@ -130,27 +130,33 @@ pub(super) fn weight_grad<E: Element>(g: &Conv2dGeometry, x: &[E], dy: &[E], dw:
     let taps = g.kh * g.kw;
     let group_rows = g.c_in.div_ceil(super::INPUT_CHANNEL_GROUPS.min(g.c_in)) * taps;
     let mut dw_t = vec![E::zero(); g.k() * g.c_out];
-    let group_len = group_rows * g.c_out;
     if size_of::<E>() * 64 == TILE_BYTES {
-        let dy_tiles = gradient_tiles::<E, 64>(g, dy, samples);
-        dw_t.par_chunks_mut(group_len)
-            .enumerate()
-            .for_each(|(index, dw_t)| {
-                let rows = index * group_rows..index * group_rows + dw_t.len() / g.c_out;
-                let sources = RowSources::new(g, &spikes, &offsets, samples, rows);
-                dispatch_weight_grad::<E, 64>(g, &sources, &dy_tiles, samples, dw_t);
-            });
+        weight_grad_groups::<E, 64>(g, &spikes, &offsets, samples, dy, group_rows, &mut dw_t);
     } else {
-        let dy_tiles = gradient_tiles::<E, 32>(g, dy, samples);
-        dw_t.par_chunks_mut(group_len)
-            .enumerate()
-            .for_each(|(index, dw_t)| {
-                let rows = index * group_rows..index * group_rows + dw_t.len() / g.c_out;
-                let sources = RowSources::new(g, &spikes, &offsets, samples, rows);
-                dispatch_weight_grad::<E, 32>(g, &sources, &dy_tiles, samples, dw_t);
-            });
+        weight_grad_groups::<E, 32>(g, &spikes, &offsets, samples, dy, group_rows, &mut dw_t);
     }
     transpose(&dw_t, g.k(), g.c_out, dw);
+}
+
+/// `dw_t [K, C_out]` from `dy` in tiles of `T` output channels: groups of `group_rows` rows
+/// `(c, i, j)` in parallel, each with its own [`RowSources`].
+fn weight_grad_groups<E: Element, const T: usize>(
+    g: &Conv2dGeometry,
+    spikes: &ChannelSpikes,
+    offsets: &OffsetOutputs,
+    samples: usize,
+    dy: &[E],
+    group_rows: usize,
+    dw_t: &mut [E],
+) {
+    let dy_tiles = gradient_tiles::<E, T>(g, dy, samples);
+    dw_t.par_chunks_mut(group_rows * g.c_out)
+        .enumerate()
+        .for_each(|(index, dw_t)| {
+            let rows = index * group_rows..index * group_rows + dw_t.len() / g.c_out;
+            let sources = RowSources::new(g, spikes, offsets, samples, rows);
+            dispatch_weight_grad::<E, T>(g, &sources, &dy_tiles, samples, dw_t);
+        });
 }
 
 /// `dst [cols, rows] = src [rows, cols]^T`, in square blocks that stay in cache, blocks of `dst`
