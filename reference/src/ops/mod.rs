@@ -10,6 +10,7 @@ pub mod loss;
 pub mod neuron;
 pub mod optim;
 pub mod pool;
+mod simd;
 pub mod tensor;
 
 use ndarray::{ArcArray, IxDyn};

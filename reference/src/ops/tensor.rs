@@ -16,6 +16,7 @@ use crate::contract::shapes::{
 };
 use crate::contract::{Element, OpError, Precision, Result, fingerprint};
 use crate::cpu::CpuTensor;
+use crate::ops::simd::{self, Kernel};
 
 /// The elements of `x` in row-major order, borrowed when `x` is already standard layout.
 fn row_major<E: Element>(x: &CpuTensor<E>) -> Cow<'_, [E]> {
@@ -168,36 +169,36 @@ pub fn fingerprint<E: Element>(x: &CpuTensor<E>) -> u64 {
     let sum = values
         .par_chunks(RUN)
         .enumerate()
-        .map(|(run, values)| element_sum(values, (run * RUN) as u64))
+        .map(|(run, values)| {
+            simd::widest(ElementSum {
+                values,
+                first: (run * RUN) as u64,
+            })
+        })
         .reduce(|| 0, u64::wrapping_add);
     fingerprint::from_sum(x.shape(), sum)
 }
 
 /// The wrapping sum of the fingerprint terms of `values`, whose first has row-major index
-/// `first`; with AVX-512DQ's 64-bit multiplies where the CPU has them (the same value: integer
-/// arithmetic).
-fn element_sum<E: Element>(values: &[E], first: u64) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-    {
-        // SAFETY: the CPU supports AVX-512F and AVX-512DQ, checked just above.
-        return unsafe { element_sum_avx512(values, first) };
+/// `first`; run through [`simd::widest`] for AVX-512DQ's 64-bit multiplies (the same value:
+/// integer arithmetic).
+struct ElementSum<'a, E> {
+    values: &'a [E],
+    first: u64,
+}
+
+impl<E: Element> Kernel for ElementSum<'_, E> {
+    type Output = u64;
+
+    #[inline(always)]
+    fn run(self) -> u64 {
+        self.values
+            .iter()
+            .zip(self.first..)
+            .fold(0, |sum, (v, index)| {
+                sum.wrapping_add(fingerprint::element_term(v.bits(), index))
+            })
     }
-    element_sum_portable(values, first)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn element_sum_avx512<E: Element>(values: &[E], first: u64) -> u64 {
-    element_sum_portable(values, first)
-}
-
-#[inline(always)]
-fn element_sum_portable<E: Element>(values: &[E], first: u64) -> u64 {
-    values.iter().zip(first..).fold(0, |sum, (v, index)| {
-        sum.wrapping_add(fingerprint::element_term(v.bits(), index))
-    })
 }
 
 /// The number of NaN and infinite elements over all of `tensors`, each counted in parallel.

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use crate::contract::Conv2dGeometry;
 use crate::contract::element::Element;
+use crate::ops::simd::{self, Kernel};
 
 /// Output channels are summed in tiles of 256 bytes: 64 `f32` or 32 `f64` accumulators.
 const TILE_BYTES: usize = 256;
@@ -114,9 +115,21 @@ fn forward_samples<E: Element>(
         .map(|x_n| SpikeMasks::new(g, x_n))
         .collect();
     if size_of::<E>() * 64 == TILE_BYTES {
-        dispatch_forward::<E, 64>(g, &weights.values, bias, &masks, y);
+        simd::widest(ForwardTiles::<E, 64> {
+            g,
+            weights: &weights.values,
+            bias,
+            masks: &masks,
+            y,
+        });
     } else {
-        dispatch_forward::<E, 32>(g, &weights.values, bias, &masks, y);
+        simd::widest(ForwardTiles::<E, 32> {
+            g,
+            weights: &weights.values,
+            bias,
+            masks: &masks,
+            y,
+        });
     }
 }
 
@@ -155,7 +168,13 @@ fn weight_grad_groups<E: Element, const T: usize>(
         .for_each(|(index, dw_t)| {
             let rows = index * group_rows..index * group_rows + dw_t.len() / g.c_out;
             let sources = RowSources::new(g, spikes, offsets, samples, rows);
-            dispatch_weight_grad::<E, T>(g, &sources, &dy_tiles, samples, dw_t);
+            simd::widest(WeightGradTiles::<E, T> {
+                g,
+                sources: &sources,
+                dy_tiles: &dy_tiles,
+                samples,
+                dw_t,
+            });
         });
 }
 
@@ -473,50 +492,22 @@ fn add_rows_of_mask<E: Element, const T: usize>(
     acc
 }
 
-/// Runs [`forward_tiles`] compiled for the widest vector instructions this CPU has.
-fn dispatch_forward<E: Element, const T: usize>(
-    g: &Conv2dGeometry,
-    weights: &[E],
-    bias: Option<&[E]>,
-    masks: &[SpikeMasks],
-    y: &mut [E],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { forward_tiles_avx512::<E, T>(g, weights, bias, masks, y) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { forward_tiles_avx2::<E, T>(g, weights, bias, masks, y) };
-        }
+/// The operands of [`forward_tiles`], which [`simd::widest`] runs.
+struct ForwardTiles<'a, E, const T: usize> {
+    g: &'a Conv2dGeometry,
+    weights: &'a [E],
+    bias: Option<&'a [E]>,
+    masks: &'a [SpikeMasks],
+    y: &'a mut [E],
+}
+
+impl<E: Element, const T: usize> Kernel for ForwardTiles<'_, E, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        forward_tiles::<E, T>(self.g, self.weights, self.bias, self.masks, self.y);
     }
-    forward_tiles::<E, T>(g, weights, bias, masks, y);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn forward_tiles_avx512<E: Element, const T: usize>(
-    g: &Conv2dGeometry,
-    weights: &[E],
-    bias: Option<&[E]>,
-    masks: &[SpikeMasks],
-    y: &mut [E],
-) {
-    forward_tiles::<E, T>(g, weights, bias, masks, y);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn forward_tiles_avx2<E: Element, const T: usize>(
-    g: &Conv2dGeometry,
-    weights: &[E],
-    bias: Option<&[E]>,
-    masks: &[SpikeMasks],
-    y: &mut [E],
-) {
-    forward_tiles::<E, T>(g, weights, bias, masks, y);
 }
 
 /// `y[n, o, p, q] = b[o] + sum_{i, j} sum_{c active at (s p + i - pad, s q + j - pad)} w[o, c, i, j]`
@@ -580,52 +571,22 @@ fn store_channel_major<E: Element, const T: usize>(sums: &[[E; T]], lanes: usize
     }
 }
 
-/// Runs [`weight_grad_tiles`] compiled for the widest vector instructions this CPU has.
-fn dispatch_weight_grad<E: Element, const T: usize>(
-    g: &Conv2dGeometry,
-    sources: &RowSources,
-    dy_tiles: &[E],
+/// The operands of [`weight_grad_tiles`], which [`simd::widest`] runs.
+struct WeightGradTiles<'a, E, const T: usize> {
+    g: &'a Conv2dGeometry,
+    sources: &'a RowSources,
+    dy_tiles: &'a [E],
     samples: usize,
-    dw_t: &mut [E],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe {
-                weight_grad_tiles_avx512::<E, T>(g, sources, dy_tiles, samples, dw_t)
-            };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { weight_grad_tiles_avx2::<E, T>(g, sources, dy_tiles, samples, dw_t) };
-        }
+    dw_t: &'a mut [E],
+}
+
+impl<E: Element, const T: usize> Kernel for WeightGradTiles<'_, E, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        weight_grad_tiles::<E, T>(self.g, self.sources, self.dy_tiles, self.samples, self.dw_t);
     }
-    weight_grad_tiles::<E, T>(g, sources, dy_tiles, samples, dw_t);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn weight_grad_tiles_avx512<E: Element, const T: usize>(
-    g: &Conv2dGeometry,
-    sources: &RowSources,
-    dy_tiles: &[E],
-    samples: usize,
-    dw_t: &mut [E],
-) {
-    weight_grad_tiles::<E, T>(g, sources, dy_tiles, samples, dw_t);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn weight_grad_tiles_avx2<E: Element, const T: usize>(
-    g: &Conv2dGeometry,
-    sources: &RowSources,
-    dy_tiles: &[E],
-    samples: usize,
-    dw_t: &mut [E],
-) {
-    weight_grad_tiles::<E, T>(g, sources, dy_tiles, samples, dw_t);
 }
 
 /// `dw_t[row, o] = sum_n sum_{(h, w) spiking in channel c of sample n} dy[n, o, p(h, i), q(w, j)]`

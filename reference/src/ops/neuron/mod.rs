@@ -32,6 +32,7 @@ use crate::contract::{
     DType, Element, Firing, NeuronConfig, NeuronKind, OpError, Result, Surrogate,
 };
 use crate::cpu::CpuTensor;
+use crate::ops::simd::{self, Kernel};
 
 mod exp;
 
@@ -346,61 +347,41 @@ impl<E: Element> BackwardKernel<'_, E> {
             .into_par_iter()
             .zip(g.axis_chunks_iter(Axis(1), NEURON_CHUNK))
             .zip(gx.axis_chunks_iter_mut(Axis(1), NEURON_CHUNK))
-            .for_each(|((h, g), gx)| backward_chunk(h, g, gx, (k, r), &local));
+            .for_each(|((h, g), gx)| {
+                simd::widest(BackwardChunk {
+                    h,
+                    g,
+                    gx,
+                    coefficients: (k, r),
+                    local: &local,
+                });
+            });
     }
 }
 
-/// Runs [`backward_chunk_portable`] compiled for the widest vector instructions this CPU has.
-fn backward_chunk<E: Element>(
-    h: ArrayView2<'_, E>,
-    g: ArrayView2<'_, E>,
-    gx: ArrayViewMut2<'_, MaybeUninit<E>>,
-    (k, r): (E, E),
-    local: &impl Fn(E) -> (E, E),
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { backward_chunk_avx512(h, g, gx, (k, r), local) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { backward_chunk_avx2(h, g, gx, (k, r), local) };
-        }
+/// The operands of [`backward_chunk`], which [`simd::widest`] runs.
+struct BackwardChunk<'a, E, F> {
+    h: ArrayView2<'a, E>,
+    g: ArrayView2<'a, E>,
+    gx: ArrayViewMut2<'a, MaybeUninit<E>>,
+    coefficients: (E, E),
+    local: &'a F,
+}
+
+impl<E: Element, F: Fn(E) -> (E, E)> Kernel for BackwardChunk<'_, E, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        backward_chunk(self.h, self.g, self.gx, self.coefficients, self.local);
     }
-    backward_chunk_portable(h, g, gx, (k, r), local);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn backward_chunk_avx512<E: Element>(
-    h: ArrayView2<'_, E>,
-    g: ArrayView2<'_, E>,
-    gx: ArrayViewMut2<'_, MaybeUninit<E>>,
-    (k, r): (E, E),
-    local: &impl Fn(E) -> (E, E),
-) {
-    backward_chunk_portable(h, g, gx, (k, r), local);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn backward_chunk_avx2<E: Element>(
-    h: ArrayView2<'_, E>,
-    g: ArrayView2<'_, E>,
-    gx: ArrayViewMut2<'_, MaybeUninit<E>>,
-    (k, r): (E, E),
-    local: &impl Fn(E) -> (E, E),
-) {
-    backward_chunk_portable(h, g, gx, (k, r), local);
 }
 
 /// The backward of one chunk of neurons `[T, chunk]`, from the last step to the first, with the
 /// chunk's `dL/dh[t+1]` in a buffer: `dL/dh[t] = g[t] psi[t] + (k dL/dh[t+1]) dv_dh[t]` and
 /// `gx[t] = r dL/dh[t]`, where `local(h[t]) = (psi[t], dv_dh[t])`.
 #[inline(always)]
-fn backward_chunk_portable<E: Element>(
+fn backward_chunk<E: Element>(
     h: ArrayView2<'_, E>,
     g: ArrayView2<'_, E>,
     mut gx: ArrayViewMut2<'_, MaybeUninit<E>>,
@@ -504,11 +485,17 @@ mod tests {
         for local in locals {
             let run = |vectorised: bool| {
                 let mut gx = Array2::<f32>::uninit((steps, neurons));
-                let (gx_view, coefficients) = (gx.view_mut(), (0.5, 0.5));
+                let chunk = BackwardChunk {
+                    h: h.view(),
+                    g: g.view(),
+                    gx: gx.view_mut(),
+                    coefficients: (0.5, 0.5),
+                    local: &local,
+                };
                 if vectorised {
-                    backward_chunk(h.view(), g.view(), gx_view, coefficients, &local);
+                    simd::widest(chunk);
                 } else {
-                    backward_chunk_portable(h.view(), g.view(), gx_view, coefficients, &local);
+                    chunk.run();
                 }
                 // SAFETY: both loops write every element of `gx`.
                 unsafe { gx.assume_init() }.mapv(f32::to_bits)
