@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{f32_tensors, failed, last_metrics, ok, revsnn_command, scratch, tiny_train_args};
+use common::{
+    f32_tensors, failed, last_metrics, ok, revsnn, revsnn_command, scratch, tiny_train_args,
+};
 use revsnn::collective::{Collective, GradReducer, NcclGroup, ProcessRank, UsePlan};
 use revsnn::error::Result;
 use revsnn::model::{BuildOptions, Targets};
@@ -57,9 +59,7 @@ fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 fn train(out: &Path, extra: &[&str]) -> Output {
-    let args = train_args(out, extra);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    revsnn_command(&args).output().expect("the binary runs")
+    revsnn(&train_args(out, extra))
 }
 
 fn checkpoint(dir: &Path) -> Vec<u8> {
@@ -242,9 +242,7 @@ fn spawn_rank(
     port: u16,
     extra: &[&str],
 ) -> std::process::Child {
-    let args = train_args(out, extra);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    revsnn_command(&args)
+    revsnn_command(&train_args(out, extra))
         .env("RANK", rank.to_string())
         .env("LOCAL_RANK", local_rank.to_string())
         .env("WORLD_SIZE", world.to_string())

@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{failed, ok, revsnn, scratch};
+use common::{TINY_REVSRESNET, failed, ok, revsnn, scratch, small_train_args};
 use ndarray::{ArcArray, IxDyn};
 use revsnn::checkpoint::{self, TensorData};
 use revsnn::commands::verify::verify_on;
@@ -225,34 +225,9 @@ fn f32_rounds_nothing_and_other_ops_are_untouched() {
     assert_eq!(bits(&sum), bits(&Cpu::<f32>::new().add(&x, &x).unwrap()));
 }
 
-const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
-  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
-
-/// `revsnn train` of the spec file `spec` into `out` on the CPU, tiny and fixed (32 training
-/// samples unless `extra` says), plus `extra`.
+/// `revsnn train` of the spec file `spec` into `out` ([`small_train_args`]).
 fn train(spec: &Path, out: &Path, extra: &[&str]) -> Output {
-    let (spec, out) = (spec.display().to_string(), out.display().to_string());
-    let mut args = vec![
-        "train",
-        "--spec",
-        &spec,
-        "--out",
-        &out,
-        "--batch",
-        "8",
-        "--test-samples",
-        "16",
-        "--seed",
-        "5",
-        "--quiet",
-        "--device",
-        "cpu",
-    ];
-    if !extra.contains(&"--train-samples") {
-        args.extend(["--train-samples", "32"]);
-    }
-    args.extend(extra);
-    revsnn(&args)
+    revsnn(&small_train_args(&spec.display().to_string(), out, extra))
 }
 
 fn json_lines(path: &Path) -> Vec<Value> {
@@ -267,7 +242,7 @@ fn json_lines(path: &Path) -> Vec<Value> {
 fn train_records_its_precision_resumes_in_it_and_refuses_another() {
     let dir = scratch("record");
     let spec = dir.join("tiny.json");
-    std::fs::write(&spec, TINY).unwrap();
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
     let (straight, resumed) = (dir.join("straight"), dir.join("resumed"));
     let bf16 = ["--precision", "bf16", "--epochs", "2"];
     ok(train(&spec, &straight, &bf16));
@@ -346,7 +321,7 @@ fn stored_as_f32(path: &Path) -> Vec<(String, bool)> {
 fn fp16_resumes_bit_for_bit_with_its_loss_scaler_and_checkpoints_stay_f32() {
     let dir = scratch("fp16-resume");
     let spec = dir.join("tiny.json");
-    std::fs::write(&spec, TINY).unwrap();
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
     let (straight, resumed, plain) = (dir.join("straight"), dir.join("resumed"), dir.join("f32"));
     let fp16 = ["--precision", "fp16", "--epochs", "2"];
     ok(train(&spec, &straight, &fp16));
@@ -387,7 +362,7 @@ fn fp16_resumes_bit_for_bit_with_its_loss_scaler_and_checkpoints_stay_f32() {
 fn fp16_skips_the_steps_whose_gradients_overflow_and_recovers() {
     let dir = scratch("fp16-overflow");
     let spec = dir.join("tiny.json");
-    std::fs::write(&spec, TINY).unwrap();
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
     let run = dir.join("run");
     let samples = [
         "--train-samples",

@@ -240,7 +240,7 @@ fn train(out: &Path, extra: &[&str]) -> Output {
     if !extra.contains(&"--device") {
         args.extend(["--device".to_string(), "cpu".to_string()]);
     }
-    revsnn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    revsnn(&args)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ok, revsnn, scratch};
+use common::{ok, revsnn, scratch, small_train_args};
 
 use std::path::Path;
 use std::process::Command;
@@ -48,22 +48,20 @@ fn read_back(dir: &Path) -> Value {
 fn train(dir: &Path, extra: &[&str]) {
     let spec = dir.join("tiny.json");
     std::fs::write(&spec, TINY).unwrap();
-    let (spec, out) = (
-        spec.display().to_string(),
-        dir.join("run").display().to_string(),
-    );
-    let mut args = vec!["train", "--spec", &spec, "--out", &out, "--epochs", "3"];
-    args.extend([
-        "--batch",
-        "8",
+    let options = [
+        "--epochs",
+        "3",
         "--train-samples",
         "16",
         "--test-samples",
         "8",
-    ]);
-    args.extend(["--quiet", "--tensorboard"]);
-    args.extend(extra);
-    ok(revsnn(&args));
+    ];
+    let extra = [&options[..], &["--tensorboard"], extra].concat();
+    ok(revsnn(&small_train_args(
+        &spec.display().to_string(),
+        &dir.join("run"),
+        &extra,
+    )));
 }
 
 #[test]

@@ -3,15 +3,13 @@
 
 mod common;
 
-use common::{ok, revsnn, scratch};
+use common::{TINY_REVSRESNET, ok, revsnn, scratch, small_train_args};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
 
-const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
-  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
 const TINY_FORMER: &str = r#"{"arch": "revsformer", "num_classes": 10, "time_steps": 1,
   "in_channels": 3, "img_size": 16, "depth": 1, "dim": 16, "heads": 2, "mlp_ratio": 2,
   "patch_size": 4}"#;
@@ -26,29 +24,7 @@ fn spec_file(dir: &Path, text: &str) -> String {
 }
 
 fn train(spec: &str, out: &Path, extra: &[&str]) -> Output {
-    let out = out.display().to_string();
-    let mut args = vec![
-        "train",
-        "--spec",
-        spec,
-        "--out",
-        &out,
-        "--batch",
-        "8",
-        "--train-samples",
-        "32",
-        "--test-samples",
-        "16",
-        "--seed",
-        "5",
-        "--quiet",
-    ];
-    args.extend(extra);
-    if !extra.contains(&"--device") {
-        // The reference backend, whatever the machine has: these tests are about training.
-        args.extend(["--device", "cpu"]);
-    }
-    revsnn(&args)
+    revsnn(&small_train_args(spec, out, extra))
 }
 
 fn metrics(dir: &Path) -> Vec<Value> {
@@ -83,7 +59,7 @@ fn bytes(path: PathBuf) -> Vec<u8> {
 #[test]
 fn resume_is_bit_for_bit_and_the_same_seed_repeats_the_run() {
     let dir = scratch("resume");
-    for (name, text) in [("resnet", TINY), ("former", TINY_FORMER)] {
+    for (name, text) in [("resnet", TINY_REVSRESNET), ("former", TINY_FORMER)] {
         let spec = spec_file(&dir, text);
         let straight = dir.join(format!("{name}-straight"));
         let again = dir.join(format!("{name}-again"));
@@ -170,7 +146,7 @@ fn edit_json(path: &Path, edit: impl Fn(&mut Value)) {
 #[test]
 fn a_run_resumes_on_another_device_and_each_epoch_records_its_own() {
     let dir = scratch("device");
-    let spec = spec_file(&dir, TINY);
+    let spec = spec_file(&dir, TINY_REVSRESNET);
     let out = dir.join("run");
     let extra = ["--epochs", "3", "--stop-after", "1", "--device", "auto"];
     ok(train(&spec, &out, &extra));
@@ -213,7 +189,7 @@ fn a_run_resumes_on_another_device_and_each_epoch_records_its_own() {
 #[test]
 fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let dir = scratch("nan");
-    let spec = spec_file(&dir, TINY);
+    let spec = spec_file(&dir, TINY_REVSRESNET);
     let out = dir.join("run");
     ok(train(&spec, &out, &["--epochs", "3", "--stop-after", "1"]));
     let good = bytes(out.join("last.safetensors"));
@@ -253,7 +229,7 @@ fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     let dir = scratch("eval");
-    let spec = spec_file(&dir, TINY);
+    let spec = spec_file(&dir, TINY_REVSRESNET);
     let out = dir.join("run");
     ok(train(&spec, &out, &["--epochs", "1"]));
     let checkpoint = out.join("best.safetensors").display().to_string();
@@ -289,7 +265,7 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
 #[test]
 fn bad_input_is_a_clear_error() {
     let dir = scratch("bad");
-    let spec = spec_file(&dir, TINY);
+    let spec = spec_file(&dir, TINY_REVSRESNET);
     let out = dir.join("run");
     let output = train(
         &spec,
@@ -320,7 +296,7 @@ fn bad_input_is_a_clear_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("run folder"));
     ok(train(&spec, &out, &["--epochs", "1"]));
-    let other = spec_file(&dir, &TINY.replace("[2,4,4,4]", "[2,4,4,8]"));
+    let other = spec_file(&dir, &TINY_REVSRESNET.replace("[2,4,4,4]", "[2,4,4,8]"));
     let output = train(&other, &out, &["--resume"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("another model"));
     let output = train(&spec, &out, &["--epochs", "1"]);

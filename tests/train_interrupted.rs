@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{failed, ok, scratch};
+use common::{failed, ok, revsnn_command, scratch, small_train_args};
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -37,31 +37,14 @@ fn spec_file(dir: &Path, planes: &str) -> String {
     path.display().to_string()
 }
 
-/// `revsnn train` of the spec `spec` into `out` (`--resume` when `resume`), not yet started.
+/// `revsnn train` of the spec `spec` into `out` ([`small_train_args`], one thread, [`EPOCHS`]
+/// epochs; `--resume` when `resume`), not yet started.
 fn train(spec: &str, out: &Path, resume: bool) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_revsnn"));
-    command.args([
-        "train",
-        "--device",
-        "cpu",
-        "--spec",
+    let mut command = revsnn_command(&small_train_args(
         spec,
-        "--out",
-        &out.display().to_string(),
-        "--batch",
-        "8",
-        "--train-samples",
-        "32",
-        "--test-samples",
-        "16",
-        "--seed",
-        "5",
-        "--epochs",
-        EPOCHS,
-        "--threads",
-        "1",
-        "--quiet",
-    ]);
+        out,
+        &["--epochs", EPOCHS, "--threads", "1"],
+    ));
     if resume {
         command.arg("--resume");
     }

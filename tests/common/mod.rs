@@ -4,19 +4,41 @@
 
 pub mod gemm;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the `revsnn` binary with `args`.
-pub fn revsnn(args: &[&str]) -> Output {
+pub fn revsnn(args: &[impl AsRef<OsStr>]) -> Output {
     revsnn_command(args).output().expect("the binary runs")
 }
 
 /// The `revsnn` binary with `args`, to run or spawn.
-pub fn revsnn_command(args: &[&str]) -> Command {
+pub fn revsnn_command(args: &[impl AsRef<OsStr>]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_revsnn"));
     command.args(args);
     command
+}
+
+/// The arguments of a small `revsnn train` of the spec file `spec` into `out`: batch 8, 32
+/// training and 16 test samples, seed 5, on the CPU (whatever the machine has), quiet; then
+/// `extra`, whose options replace these defaults.
+pub fn small_train_args(spec: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let defaults = [
+        ("--batch", "8"),
+        ("--train-samples", "32"),
+        ("--test-samples", "16"),
+        ("--seed", "5"),
+        ("--device", "cpu"),
+    ];
+    let out = out.display().to_string();
+    let mut args = vec!["train", "--spec", spec, "--out", &out, "--quiet"];
+    for (option, value) in defaults {
+        if !extra.contains(&option) {
+            args.extend([option, value]);
+        }
+    }
+    args.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
 /// A tiny RevSResNet: 2 time steps, 16x16 images, 2 to 4 channels.
