@@ -6,6 +6,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::rendezvous::INHERITED_LISTENER;
 use crate::error::{Error, Result};
 
 /// How long the other ranks may go on after one failed, to end on their own and say why in
@@ -16,8 +17,9 @@ pub const GRACE_PERIOD: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Runs `count` processes, `command(r)` for rank `r`, with `RANK` and `LOCAL_RANK` set to `r`,
-/// `WORLD_SIZE` to `count`, and `MASTER_ADDR:MASTER_PORT` to a free port on 127.0.0.1; they
-/// share this process's standard output and error unless `command` redirects them. Waits for all of them. When one fails (a
+/// `WORLD_SIZE` to `count`, and `MASTER_ADDR:MASTER_PORT` to a free port on 127.0.0.1, whose
+/// listener rank 0 inherits (docs/distributed.md §6.3); they share this process's standard
+/// output and error unless `command` redirects them. Waits for all of them. When one fails (a
 /// non-zero exit or a signal) the others get [`GRACE_PERIOD`] and are then killed, and the
 /// error names the first rank that failed.
 pub fn run_local_ranks(count: usize, command: impl Fn(usize) -> Command) -> Result<()> {
@@ -31,7 +33,11 @@ fn run_ranks(count: usize, command: impl Fn(usize) -> Command, grace: Duration) 
             "a run needs at least one rank: pass --gpus 1 or more".into(),
         ));
     }
-    let port = free_port()?;
+    let listener = listen_on_a_free_port()?;
+    let port = listener
+        .local_addr()
+        .map_err(|error| no_port(&error))?
+        .port();
     let mut children: Vec<Child> = Vec::with_capacity(count);
     for rank in 0..count {
         let mut rank_command = command(rank);
@@ -42,6 +48,9 @@ fn run_ranks(count: usize, command: impl Fn(usize) -> Command, grace: Duration) 
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
             .env_remove("TORCHELASTIC_USE_AGENT_STORE");
+        if rank == 0 {
+            hand_over(&listener, &mut rank_command);
+        }
         match rank_command.spawn() {
             Ok(child) => children.push(child),
             Err(error) => {
@@ -53,20 +62,49 @@ fn run_ranks(count: usize, command: impl Fn(usize) -> Command, grace: Duration) 
             }
         }
     }
-    supervise(children, grace)
+    let outcome = supervise(children, grace);
+    drop(listener);
+    outcome
 }
 
-/// A port on 127.0.0.1 that no one listens on now; rank 0 binds it a moment later.
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(|error| {
-            Error::Rendezvous(format!(
-                "no free port on 127.0.0.1 for the ranks to meet at: {error}"
-            ))
-        })
+/// A listener on a free port of 127.0.0.1, bound here and handed to rank 0 ([`hand_over`]), so
+/// that no other process can take the port between its choice and the rendezvous. The launcher
+/// keeps its own copy open until the ranks end: rank 0 could not bind the port itself.
+fn listen_on_a_free_port() -> Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0").map_err(|error| no_port(&error))
 }
+
+fn no_port(error: &std::io::Error) -> Error {
+    Error::Rendezvous(format!(
+        "no free port on 127.0.0.1 for the ranks to meet at: {error}"
+    ))
+}
+
+/// Lets rank 0's process keep `listener` open across `exec` and names it in
+/// [`INHERITED_LISTENER`], where the rendezvous takes it over instead of binding the port.
+#[cfg(unix)]
+fn hand_over(listener: &TcpListener, command: &mut Command) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let fd = listener.as_raw_fd();
+    command.env(INHERITED_LISTENER, fd.to_string());
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // functions may be called; it calls fcntl only, to clear close-on-exec on a descriptor the
+    // child inherited open.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere rank 0 binds the port itself (docs/distributed.md §6.3).
+#[cfg(not(unix))]
+fn hand_over(_listener: &TcpListener, _command: &mut Command) {}
 
 /// Waits for every child; after the first failure, waits `grace` more, then kills the rest.
 fn supervise(children: Vec<Child>, grace: Duration) -> Result<()> {
@@ -238,5 +276,58 @@ mod tests {
     #[test]
     fn no_rank_is_refused() {
         assert!(run_ranks(0, shells(&[]), GRACE).is_err());
+    }
+
+    /// Rank 0 has the launcher's listener open under the descriptor that [`INHERITED_LISTENER`]
+    /// names (`readlink` shows a socket); rank 1 has no such variable.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn rank_0_alone_inherits_the_listener() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().to_path_buf();
+        let command = move |rank: usize| {
+            let mut command = Command::new("sh");
+            let file = path.join(format!("rank{rank}"));
+            command.arg("-c").arg(format!(
+                "fd=${INHERITED_LISTENER}; [ -z \"$fd\" ] || readlink /proc/$$/fd/$fd > '{}'; \
+                 touch '{}'",
+                file.display(),
+                file.display()
+            ));
+            command
+        };
+        run_ranks(2, command, GRACE).unwrap();
+        let named = |rank: usize| fs::read_to_string(folder.path().join(format!("rank{rank}")));
+        assert!(named(0).unwrap().starts_with("socket:["), "{:?}", named(0));
+        assert_eq!(named(1).unwrap(), "");
+    }
+
+    #[test]
+    fn no_other_process_can_take_the_port_before_rank_0_listens() {
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("port");
+        let script = format!(
+            "echo $MASTER_PORT > '{}.part' && mv '{0}.part' '{0}' && sleep 2",
+            file.display()
+        );
+        let launcher = thread::spawn(move || {
+            let command = move |_| {
+                let mut command = Command::new("sh");
+                command.args(["-c", &script]);
+                command
+            };
+            run_ranks(1, command, GRACE)
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port: u16 = loop {
+            if let Ok(text) = fs::read_to_string(&file) {
+                break text.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "rank 0 never started");
+            thread::sleep(Duration::from_millis(10));
+        };
+        let taken = TcpListener::bind(("127.0.0.1", port));
+        assert!(taken.is_err(), "another process bound port {port}");
+        launcher.join().unwrap().unwrap();
     }
 }

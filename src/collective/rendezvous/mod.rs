@@ -71,6 +71,42 @@ pub fn rendezvous(
     }
 }
 
+/// The variable in which `revsnn train --gpus N` names the descriptor of the listener it bound
+/// for rank 0 (docs/distributed.md §6.3).
+pub(super) const INHERITED_LISTENER: &str = "REVSNN_RENDEZVOUS_FD";
+
+/// The listener that this machine's launcher bound on `port` and left open for this process,
+/// named in [`INHERITED_LISTENER`]; `None` where there is none, or the descriptor named is not a
+/// socket bound to `port` (then it is left alone).
+#[cfg(unix)]
+fn inherited_listener(port: u16) -> Option<TcpListener> {
+    use std::mem::ManuallyDrop;
+    use std::os::fd::{FromRawFd, RawFd};
+
+    let fd: RawFd = std::env::var(INHERITED_LISTENER).ok()?.parse().ok()?;
+    // SAFETY: `ManuallyDrop` never closes the descriptor, and the only call made on it before
+    // it is known to be the launcher's listener, `getsockname`, fails harmlessly on a descriptor
+    // that is closed or is not a socket.
+    let named = ManuallyDrop::new(unsafe { TcpListener::from_raw_fd(fd) });
+    if !named
+        .local_addr()
+        .is_ok_and(|address| address.port() == port)
+    {
+        return None;
+    }
+    // The launcher cleared close-on-exec on this descriptor; a clone has it set again, so that
+    // processes this one starts do not hold the port.
+    let listener = named.try_clone().ok();
+    drop(ManuallyDrop::into_inner(named));
+    listener
+}
+
+/// Elsewhere rank 0 binds the port itself.
+#[cfg(not(unix))]
+fn inherited_listener(_port: u16) -> Option<TcpListener> {
+    None
+}
+
 /// Rank 0's `MASTER_ADDR` and `MASTER_PORT`.
 struct Endpoint<'a> {
     host: &'a str,
@@ -92,7 +128,11 @@ fn lead(
     timeout: Duration,
 ) -> Result<Vec<u8>> {
     let deadline = Instant::now() + timeout;
-    let listener = TcpListener::bind((endpoint.host, endpoint.port))
+    let listener = match inherited_listener(endpoint.port) {
+        Some(listener) => Ok(listener),
+        None => TcpListener::bind((endpoint.host, endpoint.port)),
+    };
+    let listener = listener
         .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
         .map_err(|error| {
             Error::Rendezvous(format!(
