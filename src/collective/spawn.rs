@@ -6,7 +6,6 @@ use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::rendezvous::INHERITED_LISTENER;
 use crate::error::{Error, Result};
 
 /// How long the other ranks may go on after one failed, to end on their own and say why in
@@ -18,7 +17,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Runs `count` processes, `command(r)` for rank `r`, with `RANK` and `LOCAL_RANK` set to `r`,
 /// `WORLD_SIZE` to `count`, and `MASTER_ADDR:MASTER_PORT` to a free port on 127.0.0.1, whose
-/// listener rank 0 inherits (docs/distributed.md §6.3); they share this process's standard
+/// listener rank 0 inherits on Unix (docs/distributed.md §6.3); they share this process's standard
 /// output and error unless `command` redirects them. Waits for all of them. When one fails (a
 /// non-zero exit or a signal) the others get [`GRACE_PERIOD`] and are then killed, and the
 /// error names the first rank that failed.
@@ -33,11 +32,7 @@ fn run_ranks(count: usize, command: impl Fn(usize) -> Command, grace: Duration) 
             "a run needs at least one rank: pass --gpus 1 or more".into(),
         ));
     }
-    let listener = listen_on_a_free_port()?;
-    let port = listener
-        .local_addr()
-        .map_err(|error| no_port(&error))?
-        .port();
+    let port = RendezvousPort::bind()?;
     let mut children: Vec<Child> = Vec::with_capacity(count);
     for rank in 0..count {
         let mut rank_command = command(rank);
@@ -46,10 +41,10 @@ fn run_ranks(count: usize, command: impl Fn(usize) -> Command, grace: Duration) 
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", count.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
+            .env("MASTER_PORT", port.number.to_string())
             .env_remove("TORCHELASTIC_USE_AGENT_STORE");
         if rank == 0 {
-            hand_over(&listener, &mut rank_command);
+            port.hand_over(&mut rank_command);
         }
         match rank_command.spawn() {
             Ok(child) => children.push(child),
@@ -63,48 +58,70 @@ fn run_ranks(count: usize, command: impl Fn(usize) -> Command, grace: Duration) 
         }
     }
     let outcome = supervise(children, grace);
-    drop(listener);
+    drop(port);
     outcome
 }
 
-/// A listener on a free port of 127.0.0.1, bound here and handed to rank 0 ([`hand_over`]), so
-/// that no other process can take the port between its choice and the rendezvous. The launcher
-/// keeps its own copy open until the ranks end: rank 0 could not bind the port itself.
-fn listen_on_a_free_port() -> Result<TcpListener> {
-    TcpListener::bind("127.0.0.1:0").map_err(|error| no_port(&error))
+/// A free port of 127.0.0.1 for the ranks to meet at. On Unix the launcher binds it and keeps
+/// the listener open until the ranks end, and rank 0 inherits it ([`RendezvousPort::hand_over`]):
+/// no other process can take the port between its choice and the rendezvous (rank 0 could not
+/// bind it either). Elsewhere the port is released at once and rank 0 binds it a moment later.
+struct RendezvousPort {
+    number: u16,
+    #[cfg(unix)]
+    listener: TcpListener,
 }
 
-fn no_port(error: &std::io::Error) -> Error {
-    Error::Rendezvous(format!(
-        "no free port on 127.0.0.1 for the ranks to meet at: {error}"
-    ))
-}
-
-/// Lets rank 0's process keep `listener` open across `exec` and names it in
-/// [`INHERITED_LISTENER`], where the rendezvous takes it over instead of binding the port.
-#[cfg(unix)]
-fn hand_over(listener: &TcpListener, command: &mut Command) {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-
-    let fd = listener.as_raw_fd();
-    command.env(INHERITED_LISTENER, fd.to_string());
-    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // functions may be called; it calls fcntl only, to clear close-on-exec on a descriptor the
-    // child inherited open.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+impl RendezvousPort {
+    fn bind() -> Result<Self> {
+        let bound = TcpListener::bind("127.0.0.1:0").and_then(|listener| {
+            let number = listener.local_addr()?.port();
+            Ok(RendezvousPort::new(listener, number))
         });
+        bound.map_err(|error| {
+            Error::Rendezvous(format!(
+                "no free port on 127.0.0.1 for the ranks to meet at: {error}"
+            ))
+        })
     }
-}
 
-/// Elsewhere rank 0 binds the port itself (docs/distributed.md §6.3).
-#[cfg(not(unix))]
-fn hand_over(_listener: &TcpListener, _command: &mut Command) {}
+    #[cfg(unix)]
+    fn new(listener: TcpListener, number: u16) -> Self {
+        RendezvousPort { number, listener }
+    }
+
+    #[cfg(not(unix))]
+    fn new(_listener: TcpListener, number: u16) -> Self {
+        RendezvousPort { number }
+    }
+
+    /// Lets the process of `command` keep the listener open across `exec` and names it in
+    /// `REVSNN_RENDEZVOUS_FD`, where the rendezvous takes it over instead of binding the port.
+    #[cfg(unix)]
+    fn hand_over(&self, command: &mut Command) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+
+        use super::rendezvous::INHERITED_LISTENER;
+
+        let fd = self.listener.as_raw_fd();
+        command.env(INHERITED_LISTENER, fd.to_string());
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe functions may be called; it calls fcntl only, to clear close-on-exec
+        // on a descriptor the child inherited open.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn hand_over(&self, _command: &mut Command) {}
+}
 
 /// Waits for every child; after the first failure, waits `grace` more, then kills the rest.
 fn supervise(children: Vec<Child>, grace: Duration) -> Result<()> {
@@ -283,15 +300,16 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn rank_0_alone_inherits_the_listener() {
+        use crate::collective::rendezvous::INHERITED_LISTENER;
+
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().to_path_buf();
         let command = move |rank: usize| {
             let mut command = Command::new("sh");
             let file = path.join(format!("rank{rank}"));
             command.arg("-c").arg(format!(
-                "fd=${INHERITED_LISTENER}; [ -z \"$fd\" ] || readlink /proc/$$/fd/$fd > '{}'; \
-                 touch '{}'",
-                file.display(),
+                "fd=${INHERITED_LISTENER}; [ -z \"$fd\" ] || readlink /proc/$$/fd/$fd > '{0}'; \
+                 touch '{0}'",
                 file.display()
             ));
             command

@@ -73,6 +73,7 @@ pub fn rendezvous(
 
 /// The variable in which `revsnn train --gpus N` names the descriptor of the listener it bound
 /// for rank 0 (docs/distributed.md §6.3).
+#[cfg(unix)]
 pub(super) const INHERITED_LISTENER: &str = "REVSNN_RENDEZVOUS_FD";
 
 /// The listener that this machine's launcher bound on `port` and left open for this process,
