@@ -236,11 +236,7 @@ fn without_sync_bn_each_rank_normalises_with_its_own_share() {
 /// `revsnn train` of the tiny spec in `out` (global batch 12, 48 training samples: 4 steps an
 /// epoch) on the CPU, with `extra` flags.
 fn train(out: &Path, extra: &[&str]) -> Output {
-    let mut args = tiny_train_args(out, extra);
-    if !extra.contains(&"--device") {
-        args.extend(["--device".to_string(), "cpu".to_string()]);
-    }
-    revsnn(&args)
+    revsnn(&tiny_train_args(out, extra))
 }
 
 #[test]

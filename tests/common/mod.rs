@@ -28,12 +28,17 @@ pub fn small_train_args(spec: &str, out: &Path, extra: &[&str]) -> Vec<String> {
         ("--batch", "8"),
         ("--train-samples", "32"),
         ("--test-samples", "16"),
-        ("--seed", "5"),
-        ("--device", "cpu"),
     ];
+    train_args(spec, out, &defaults, extra)
+}
+
+/// `revsnn train --spec spec --out out --quiet`, then each of `defaults` and of seed 5 and the
+/// CPU that `extra` does not set, then `extra`.
+fn train_args(spec: &str, out: &Path, defaults: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
     let out = out.display().to_string();
     let mut args = vec!["train", "--spec", spec, "--out", &out, "--quiet"];
-    for (option, value) in defaults {
+    let always = [("--seed", "5"), ("--device", "cpu")];
+    for &(option, value) in defaults.iter().chain(&always) {
         if !extra.contains(&option) {
             args.extend([option, value]);
         }
@@ -47,29 +52,17 @@ pub const TINY_REVSRESNET: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1],
 
 /// The arguments of `revsnn train` of [`TINY_REVSRESNET`] (its spec written beside `out`, as
 /// `out.json`) into `out`: global batch 12, 48 training samples (4 steps an epoch), 24 test
-/// samples, seed 5, quiet; then `extra`.
+/// samples, seed 5, on the CPU, quiet; then `extra`, whose options replace these defaults.
 pub fn tiny_train_args(out: &Path, extra: &[&str]) -> Vec<String> {
     let spec = out.with_extension("json");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&spec, TINY_REVSRESNET).unwrap();
-    let (spec, out) = (spec.display().to_string(), out.display().to_string());
-    let base = [
-        "train",
-        "--spec",
-        &spec,
-        "--out",
-        &out,
-        "--batch",
-        "12",
-        "--train-samples",
-        "48",
-        "--test-samples",
-        "24",
-        "--seed",
-        "5",
-        "--quiet",
+    let defaults = [
+        ("--batch", "12"),
+        ("--train-samples", "48"),
+        ("--test-samples", "24"),
     ];
-    base.iter().chain(extra).map(|s| s.to_string()).collect()
+    train_args(&spec.display().to_string(), out, &defaults, extra)
 }
 
 /// A fresh, empty folder under the temporary directory, private to this test binary, process and
