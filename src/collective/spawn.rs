@@ -196,6 +196,7 @@ fn how_it_ended(status: ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::path::{Path, PathBuf};
 
     use super::*;
 
@@ -211,6 +212,29 @@ mod tests {
         }
     }
 
+    /// `sh -c script(file)` for each rank, where `file` is the rank's own file in `folder`
+    /// ([`written`]).
+    fn shells_writing<S: Fn(&Path) -> String>(
+        folder: &Path,
+        script: S,
+    ) -> impl Fn(usize) -> Command + use<S> {
+        let folder = folder.to_path_buf();
+        move |rank| {
+            let mut command = Command::new("sh");
+            command.args(["-c", &script(&rank_file(&folder, rank))]);
+            command
+        }
+    }
+
+    fn rank_file(folder: &Path, rank: usize) -> PathBuf {
+        folder.join(format!("rank{rank}"))
+    }
+
+    /// What rank `rank` of [`shells_writing`] wrote.
+    fn written(folder: &Path, rank: usize) -> std::io::Result<String> {
+        fs::read_to_string(rank_file(folder, rank))
+    }
+
     #[test]
     fn ranks_that_all_succeed_are_ok() {
         assert!(run_ranks(3, shells(&["true", "exit 0", "true"]), GRACE).is_ok());
@@ -219,20 +243,16 @@ mod tests {
     #[test]
     fn each_rank_sees_torchruns_environment() {
         let folder = tempfile::tempdir().unwrap();
-        let path = folder.path().to_path_buf();
-        let command = move |rank: usize| {
-            let mut command = Command::new("sh");
-            let file = path.join(format!("rank{rank}"));
-            command.arg("-c").arg(format!(
+        let command = shells_writing(folder.path(), |file| {
+            format!(
                 "echo \"$RANK $LOCAL_RANK $WORLD_SIZE $MASTER_ADDR $MASTER_PORT\" > '{}'",
                 file.display()
-            ));
-            command
-        };
+            )
+        });
         run_ranks(2, command, GRACE).unwrap();
         let seen: Vec<Vec<String>> = (0..2)
             .map(|rank| {
-                let text = fs::read_to_string(folder.path().join(format!("rank{rank}"))).unwrap();
+                let text = written(folder.path(), rank).unwrap();
                 text.split_whitespace().map(String::from).collect()
             })
             .collect();
@@ -303,19 +323,15 @@ mod tests {
         use crate::collective::rendezvous::INHERITED_LISTENER;
 
         let folder = tempfile::tempdir().unwrap();
-        let path = folder.path().to_path_buf();
-        let command = move |rank: usize| {
-            let mut command = Command::new("sh");
-            let file = path.join(format!("rank{rank}"));
-            command.arg("-c").arg(format!(
+        let command = shells_writing(folder.path(), |file| {
+            format!(
                 "fd=${INHERITED_LISTENER}; [ -z \"$fd\" ] || readlink /proc/$$/fd/$fd > '{0}'; \
                  touch '{0}'",
                 file.display()
-            ));
-            command
-        };
+            )
+        });
         run_ranks(2, command, GRACE).unwrap();
-        let named = |rank: usize| fs::read_to_string(folder.path().join(format!("rank{rank}")));
+        let named = |rank| written(folder.path(), rank);
         assert!(named(0).unwrap().starts_with("socket:["), "{:?}", named(0));
         assert_eq!(named(1).unwrap(), "");
     }
@@ -323,22 +339,16 @@ mod tests {
     #[test]
     fn no_other_process_can_take_the_port_before_rank_0_listens() {
         let folder = tempfile::tempdir().unwrap();
-        let file = folder.path().join("port");
-        let script = format!(
-            "echo $MASTER_PORT > '{}.part' && mv '{0}.part' '{0}' && sleep 2",
-            file.display()
-        );
-        let launcher = thread::spawn(move || {
-            let command = move |_| {
-                let mut command = Command::new("sh");
-                command.args(["-c", &script]);
-                command
-            };
-            run_ranks(1, command, GRACE)
+        let command = shells_writing(folder.path(), |file| {
+            format!(
+                "echo $MASTER_PORT > '{0}.part' && mv '{0}.part' '{0}' && sleep 2",
+                file.display()
+            )
         });
+        let launcher = thread::spawn(move || run_ranks(1, command, GRACE));
         let deadline = Instant::now() + Duration::from_secs(20);
         let port: u16 = loop {
-            if let Ok(text) = fs::read_to_string(&file) {
+            if let Ok(text) = written(folder.path(), 0) {
                 break text.trim().parse().unwrap();
             }
             assert!(Instant::now() < deadline, "rank 0 never started");
