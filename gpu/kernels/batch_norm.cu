@@ -2,17 +2,23 @@
 // deterministic per-channel reductions (docs/conventions.md §1); twin of reference/src/ops/batch_norm.rs.
 //
 // Element (b, c, i) sits at (b * C + c) * inner + i; channel c's n = N * inner elements are
-// numbered j = b * inner + i. Every per-channel sum is accumulated in double in two passes over a
-// fixed partition, with no atomics:
-//   1. `*_partial`: block (c, chunk) sums the elements j of [chunk * chunk_len, (chunk + 1) *
+// numbered j = b * inner + i. Every per-channel reduction is accumulated in double in two passes
+// over a fixed partition, with no atomics:
+//   1. `*_partial`: block (c, chunk) reduces the elements j of [chunk * chunk_len, (chunk + 1) *
 //      chunk_len) of channel c, thread t taking j = start + t, start + t + BN_THREADS, ... in
 //      order, then a fixed shared-memory tree over the BN_THREADS threads; it writes
-//      partial[(s * C + c) * chunks + chunk] for each of its sums s.
-//   2. `*_finalize`: block c sums its `chunks` partials the same way and derives the channel's
+//      partial[(s * C + c) * chunks + chunk] for each of its values s.
+//   2. `*_finalize`: block c reduces its `chunks` partials the same way and derives the channel's
 //      constants.
 // The partition depends only on the shape, the launch is always BN_THREADS threads per block and
 // blocks loop over (c, chunk) with a grid stride, so the bits do not depend on the grid size or
 // on the scheduling.
+//
+// The forward's statistics read x once: each thread keeps Welford's running (count, mean, m2),
+// and the trees merge such triples pairwise with the update of Chan, Golub and LeVeque
+// ("Algorithms for computing the sample variance", 1983): it sums deviations from running means,
+// so unlike "mean of squares minus squared mean" it does not cancel when the mean is large
+// against the spread (docs/ARCHITECTURE.md, "GPU"). The backward's two sums are plain sums.
 
 #define BN_THREADS 256
 
@@ -36,39 +42,57 @@ __device__ __forceinline__ long long channel_of(long long k, long long inner, lo
     return (k / inner) % channels;
 }
 
-// Pass 1: term(k, c, acc) adds element k's terms (of channel c) to acc[0..SUMS).
-template <int SUMS, typename Term>
-__device__ void partial_sums(Term term, double* partial, long long channels, long long inner,
-                             long long per_channel, long long chunks, long long chunk_len) {
-    __shared__ double buf[BN_THREADS];
-    const long long step_b = BN_THREADS / inner, step_i = BN_THREADS % inner;
+// Pass 1's partition: reduce(c, chunk, start, end) for each block (c, chunk) of this block's grid
+// stride, whose elements are j in [start, end) of channel c.
+template <typename Reduce>
+__device__ void for_each_chunk(Reduce reduce, long long channels, long long per_channel, long long chunks,
+                               long long chunk_len) {
     for (long long block = blockIdx.x; block < channels * chunks; block += gridDim.x) {
         const long long c = block / chunks, chunk = block % chunks;
         const long long start = chunk * chunk_len;
-        const long long end = min(start + chunk_len, per_channel);
-        double acc[SUMS];
-        for (int s = 0; s < SUMS; ++s) acc[s] = 0.0;
-        long long j = start + threadIdx.x;
-        if (j < end) {
-            long long b = j / inner, i = j % inner;
-            for (; j < end; j += BN_THREADS) {
-                term((b * channels + c) * inner + i, c, acc);
-                b += step_b;
-                i += step_i;
-                if (i >= inner) {
-                    i -= inner;
-                    ++b;
-                }
-            }
-        }
-        for (int s = 0; s < SUMS; ++s) {
-            const double total = block_sum(acc[s], buf);
-            if (threadIdx.x == 0) partial[((long long)s * channels + c) * chunks + chunk] = total;
+        reduce(c, chunk, start, min(start + chunk_len, per_channel));
+    }
+}
+
+// visit(k) on the flat index k of each element j = start + t, start + t + BN_THREADS, ... < end of
+// channel c that thread t takes, in order.
+template <typename Visit>
+__device__ __forceinline__ void walk_chunk(Visit visit, long long c, long long start, long long end,
+                                           long long channels, long long inner) {
+    long long j = start + threadIdx.x;
+    if (j >= end) return;
+    const long long step_b = BN_THREADS / inner, step_i = BN_THREADS % inner;
+    long long b = j / inner, i = j % inner;
+    for (; j < end; j += BN_THREADS) {
+        visit((b * channels + c) * inner + i);
+        b += step_b;
+        i += step_i;
+        if (i >= inner) {
+            i -= inner;
+            ++b;
         }
     }
 }
 
-// Pass 2: finish(c, totals) runs on thread 0 with channel c's SUMS totals.
+// Pass 1 of plain sums: term(k, c, acc) adds element k's terms (of channel c) to acc[0..SUMS).
+template <int SUMS, typename Term>
+__device__ void partial_sums(Term term, double* partial, long long channels, long long inner,
+                             long long per_channel, long long chunks, long long chunk_len) {
+    __shared__ double buf[BN_THREADS];
+    for_each_chunk(
+        [&](long long c, long long chunk, long long start, long long end) {
+            double acc[SUMS];
+            for (int s = 0; s < SUMS; ++s) acc[s] = 0.0;
+            walk_chunk([&](long long k) { term(k, c, acc); }, c, start, end, channels, inner);
+            for (int s = 0; s < SUMS; ++s) {
+                const double total = block_sum(acc[s], buf);
+                if (threadIdx.x == 0) partial[((long long)s * channels + c) * chunks + chunk] = total;
+            }
+        },
+        channels, per_channel, chunks, chunk_len);
+}
+
+// Pass 2 of plain sums: finish(c, totals) runs on thread 0 with channel c's SUMS totals.
 template <int SUMS, typename Finish>
 __device__ void channel_totals(Finish finish, const double* partial, long long channels, long long chunks) {
     __shared__ double buf[BN_THREADS];
@@ -83,53 +107,85 @@ __device__ void channel_totals(Finish finish, const double* partial, long long c
     }
 }
 
-// sum_j x
-template <typename E>
-__device__ void bn_sum_partial(const E* __restrict__ x, double* __restrict__ partial, long long channels,
-                               long long inner, long long per_channel, long long chunks, long long chunk_len) {
-    partial_sums<1>([&](long long k, long long, double* acc) { acc[0] += (double)x[k]; }, partial, channels, inner,
-                    per_channel, chunks, chunk_len);
+// The count, mean and sum of squared deviations from the mean of some values.
+struct Moments {
+    double count, mean, m2;
+};
+
+// Welford's update of m with one more value v.
+__device__ __forceinline__ void add_value(Moments& m, double v) {
+    m.count += 1.0;
+    const double delta = v - m.mean;
+    m.mean += delta / m.count;
+    m.m2 += delta * (v - m.mean);
 }
 
-// mean_c = sum / n, kept in double and written to the batch statistics in E.
+// The moments of the union of the values of a and of b (Chan, Golub and LeVeque): with
+// delta = mean_b - mean_a, mean = mean_a + delta n_b / n and m2 = m2_a + m2_b + delta^2 n_a n_b / n.
+// Either side may be empty, and then the other is returned exactly.
+__device__ __forceinline__ Moments merge(Moments a, Moments b) {
+    const double count = a.count + b.count;
+    if (count == 0.0) return a;
+    const double delta = b.mean - a.mean, share = b.count / count;
+    return {count, a.mean + delta * share, a.m2 + b.m2 + delta * delta * a.count * share};
+}
+
+// The merge of every thread's m, returned to every thread of the block, through the same fixed
+// tree as block_sum. All threads of the block must call it (it synchronises).
+__device__ __forceinline__ Moments block_merge(Moments m, Moments* buf) {
+    __syncthreads();  // the previous call's readers are done with buf
+    buf[threadIdx.x] = m;
+    __syncthreads();
+    for (int stride = BN_THREADS / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) buf[threadIdx.x] = merge(buf[threadIdx.x], buf[threadIdx.x + stride]);
+        __syncthreads();
+    }
+    return buf[0];
+}
+
+// Pass 1 of the forward's statistics: the moments of each block's elements of x, written as
+// three partials (count, mean, m2).
 template <typename E>
-__device__ void bn_mean_finalize(const double* __restrict__ partial, double* __restrict__ mean, E* __restrict__ mean_out,
-                                 long long channels, long long chunks, long long per_channel) {
-    channel_totals<1>(
-        [&](long long c, const double* totals) {
-            const double m = totals[0] / (double)per_channel;
-            mean[c] = m;
-            mean_out[c] = (E)m;
+__device__ void bn_moments_partial(const E* __restrict__ x, double* __restrict__ partial, long long channels,
+                                   long long inner, long long per_channel, long long chunks, long long chunk_len) {
+    __shared__ Moments buf[BN_THREADS];
+    for_each_chunk(
+        [&](long long c, long long chunk, long long start, long long end) {
+            Moments m = {0.0, 0.0, 0.0};
+            walk_chunk([&](long long k) { add_value(m, (double)x[k]); }, c, start, end, channels, inner);
+            const Moments total = block_merge(m, buf);
+            if (threadIdx.x == 0) {
+                const double values[3] = {total.count, total.mean, total.m2};
+                for (int s = 0; s < 3; ++s) partial[((long long)s * channels + c) * chunks + chunk] = values[s];
+            }
         },
-        partial, channels, chunks);
+        channels, per_channel, chunks, chunk_len);
 }
 
-// sum_j (x - mean_c)^2
+// Pass 2: the channel's moments, merged from its chunks' partials, give mean_c (kept in double and
+// written to the batch statistics in E) and var_c = m2 / n (biased): inv_std_c = 1 / sqrt(var_c +
+// eps), var_unbiased_c = m2 / (n - 1).
 template <typename E>
-__device__ void bn_sqdev_partial(const E* __restrict__ x, const double* __restrict__ mean, double* __restrict__ partial,
-                                 long long channels, long long inner, long long per_channel, long long chunks,
-                                 long long chunk_len) {
-    partial_sums<1>(
-        [&](long long k, long long c, double* acc) {
-            const double d = (double)x[k] - mean[c];
-            acc[0] += d * d;
-        },
-        partial, channels, inner, per_channel, chunks, chunk_len);
-}
-
-// var_c = sum / n (biased): inv_std_c = 1 / sqrt(var_c + eps), var_unbiased_c = var_c n / (n - 1).
-template <typename E>
-__device__ void bn_var_finalize(const double* __restrict__ partial, double* __restrict__ inv_std,
-                                E* __restrict__ var_unbiased, long long channels, long long chunks, long long per_channel,
-                                double eps) {
-    channel_totals<1>(
-        [&](long long c, const double* totals) {
-            const double count = (double)per_channel;
-            const double var = totals[0] / count;
+__device__ void bn_moments_finalize(const double* __restrict__ partial, double* __restrict__ mean,
+                                    E* __restrict__ mean_out, double* __restrict__ inv_std,
+                                    E* __restrict__ var_unbiased, long long channels, long long chunks, double eps) {
+    __shared__ Moments buf[BN_THREADS];
+    for (long long c = blockIdx.x; c < channels; c += gridDim.x) {
+        Moments m = {0.0, 0.0, 0.0};
+        for (long long k = threadIdx.x; k < chunks; k += BN_THREADS) {
+            const Moments chunk = {partial[c * chunks + k], partial[(channels + c) * chunks + k],
+                                   partial[(2 * channels + c) * chunks + k]};
+            m = merge(m, chunk);
+        }
+        const Moments total = block_merge(m, buf);
+        if (threadIdx.x == 0) {
+            mean[c] = total.mean;
+            mean_out[c] = (E)total.mean;
+            const double var = total.m2 / total.count;
             inv_std[c] = 1.0 / sqrt(var + eps);
-            var_unbiased[c] = (E)(var * count / (count - 1.0));
-        },
-        partial, channels, chunks);
+            var_unbiased[c] = (E)(var * total.count / (total.count - 1.0));
+        }
+    }
 }
 
 // Evaluation constants from the running statistics: mean_c and 1 / sqrt(running_var_c + eps).
@@ -222,25 +278,15 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
 }
 
 #define BATCH_NORM_KERNELS(E, SUFFIX)                                                                              \
-    extern "C" __global__ void bn_sum_partial_##SUFFIX(const E* x, double* partial, long long channels,             \
-                                                       long long inner, long long per_channel, long long chunks,    \
-                                                       long long chunk_len) {                                       \
-        bn_sum_partial<E>(x, partial, channels, inner, per_channel, chunks, chunk_len);                             \
+    extern "C" __global__ void bn_moments_partial_##SUFFIX(const E* x, double* partial, long long channels,         \
+                                                           long long inner, long long per_channel, long long chunks, \
+                                                           long long chunk_len) {                                   \
+        bn_moments_partial<E>(x, partial, channels, inner, per_channel, chunks, chunk_len);                         \
     }                                                                                                              \
-    extern "C" __global__ void bn_mean_finalize_##SUFFIX(const double* partial, double* mean, E* mean_out,          \
-                                                         long long channels, long long chunks,                      \
-                                                         long long per_channel) {                                   \
-        bn_mean_finalize<E>(partial, mean, mean_out, channels, chunks, per_channel);                                \
-    }                                                                                                              \
-    extern "C" __global__ void bn_sqdev_partial_##SUFFIX(const E* x, const double* mean, double* partial,           \
-                                                         long long channels, long long inner, long long per_channel, \
-                                                         long long chunks, long long chunk_len) {                   \
-        bn_sqdev_partial<E>(x, mean, partial, channels, inner, per_channel, chunks, chunk_len);                     \
-    }                                                                                                              \
-    extern "C" __global__ void bn_var_finalize_##SUFFIX(const double* partial, double* inv_std, E* var_unbiased,    \
-                                                        long long channels, long long chunks, long long per_channel, \
-                                                        double eps) {                                               \
-        bn_var_finalize<E>(partial, inv_std, var_unbiased, channels, chunks, per_channel, eps);                     \
+    extern "C" __global__ void bn_moments_finalize_##SUFFIX(const double* partial, double* mean, E* mean_out,      \
+                                                            double* inv_std, E* var_unbiased, long long channels,   \
+                                                            long long chunks, double eps) {                         \
+        bn_moments_finalize<E>(partial, mean, mean_out, inv_std, var_unbiased, channels, chunks, eps);              \
     }                                                                                                              \
     extern "C" __global__ void bn_eval_constants_##SUFFIX(const E* running_mean, const E* running_var,              \
                                                           double* mean, double* inv_std, long long channels,        \

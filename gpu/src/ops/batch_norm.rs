@@ -1,12 +1,14 @@
 //! Batch normalisation on the GPU with deterministic reductions; twin of
 //! `reference/src/ops/batch_norm.rs`, kernels in `gpu/kernels/batch_norm.cu`.
 //!
-//! Statistics are per channel over every axis but `C` of `x [N, C, ...]`. Each per-channel sum
-//! (the mean, the squared deviations, the backward's `sum dy` and `sum dy x_hat`) is accumulated in
-//! `f64` in two passes over a partition fixed by the shape: block `(c, chunk)` sums one contiguous
-//! run of channel `c`'s elements through a fixed shared-memory tree into a partial, then block `c`
-//! sums its partials the same way. No atomics, so the bits do not depend on the launch (docs/design.md
-//! principle 4); they differ from the reference's pairwise sums only by rounding.
+//! Statistics are per channel over every axis but `C` of `x [N, C, ...]`. Each per-channel
+//! reduction (the forward's mean and variance, the backward's `sum dy` and `sum dy x_hat`) is
+//! accumulated in `f64` in two passes over a partition fixed by the shape: block `(c, chunk)`
+//! reduces one contiguous run of channel `c`'s elements through a fixed shared-memory tree into a
+//! partial, then block `c` reduces its partials the same way. No atomics, so the bits do not depend
+//! on the launch (docs/design.md principle 4). The forward reads `x` once for its statistics
+//! (Welford's update per thread, merged pairwise with Chan's formula) where the reference sums
+//! the squared deviations in a second read; the two differ only by rounding.
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use revsnn_reference::contract::shapes::{
@@ -152,9 +154,83 @@ fn normalise<E: GpuElement>(
     CudaTensor::new(y, x.shape())
 }
 
+/// A channel's statistics from the training forward's one read of `x`, each `[C]`.
+struct Moments<E> {
+    /// The batch mean, in `f64` for the normalisation and the context.
+    mean: DeviceBuffer<f64>,
+    /// `1 / sqrt(var + eps)` with the biased batch variance.
+    inv_std: DeviceBuffer<f64>,
+    /// The batch mean in `E`, for the batch statistics.
+    mean_out: DeviceBuffer<E>,
+    /// The unbiased batch variance `n / (n - 1) var`, for the running statistics.
+    var_unbiased: DeviceBuffer<E>,
+}
+
+/// Each channel's mean and variance in one read of `x` (gpu/kernels/batch_norm.cu: Welford's
+/// update per thread, Chan's merge of the threads and chunks), then the constants of [`Moments`].
+fn moments<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaTensor<E>,
+    layout: &Layout,
+    eps: f64,
+) -> Result<Moments<E>, GpuError> {
+    let channels = layout.channels;
+    // SAFETY (the four allocations): when the layout reduces, the finalize kernel below writes
+    // every channel; otherwise they are empty.
+    let mut moments = unsafe {
+        Moments {
+            mean: device.alloc::<f64>(channels)?,
+            inv_std: device.alloc::<f64>(channels)?,
+            mean_out: device.alloc::<E>(channels)?,
+            var_unbiased: device.alloc::<E>(channels)?,
+        }
+    };
+    if !layout.reduces() {
+        return Ok(moments);
+    }
+    let stream = device.stream();
+    let [c, inner, n, chunks, chunk_len] = layout.args();
+    let blocks = channels * layout.chunks;
+    // SAFETY: pass 1 writes all three `C chunks` partials (count, mean, m2) before pass 2 reads
+    // them.
+    let mut partial = unsafe { device.alloc::<f64>(3 * blocks) }?;
+
+    let function = kernel::<E>(device, "bn_moments_partial")?;
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(x.slice())
+        .arg(partial.slice_mut())
+        .arg(&c)
+        .arg(&inner)
+        .arg(&n)
+        .arg(&chunks)
+        .arg(&chunk_len);
+    // SAFETY: matches `bn_moments_partial_<E>(x, partial, channels, inner, per_channel, chunks,
+    // chunk_len)`; x holds `N C inner` elements, partial 3 C chunks; n >= 2.
+    unsafe { launch.launch(reduce_launch(blocks)) }
+        .map_err(GpuError::driver("launching bn_moments_partial"))?;
+
+    let function = kernel::<E>(device, "bn_moments_finalize")?;
+    let mut launch = stream.launch_builder(&function);
+    launch
+        .arg(partial.slice())
+        .arg(moments.mean.slice_mut())
+        .arg(moments.mean_out.slice_mut())
+        .arg(moments.inv_std.slice_mut())
+        .arg(moments.var_unbiased.slice_mut())
+        .arg(&c)
+        .arg(&chunks)
+        .arg(&eps);
+    // SAFETY: matches `bn_moments_finalize_<E>(partial, mean, mean_out, inv_std, var_unbiased,
+    // channels, chunks, eps)`; the four outputs hold C elements.
+    unsafe { launch.launch(reduce_launch(channels)) }
+        .map_err(GpuError::driver("launching bn_moments_finalize"))?;
+    Ok(moments)
+}
+
 /// Training-mode BatchNorm (docs/conventions.md §1): over `x [N, C, ...]` with `n = N · prod(trailing axes)`
-/// values per channel, `mean_c = (1/n) sum x`, `var_c = (1/n) sum (x - mean_c)^2` (biased, two
-/// passes), `y = gamma_c (x - mean_c) / sqrt(var_c + eps) + beta_c`.
+/// values per channel, `mean_c = (1/n) sum x`, `var_c = (1/n) sum (x - mean_c)^2` (biased, from
+/// one read of `x`: [`moments`]), `y = gamma_c (x - mean_c) / sqrt(var_c + eps) + beta_c`.
 ///
 /// Returns `y`, the batch statistics `mean_c` and `n / (n - 1) var_c` and the context. Errors, as
 /// the reference: invalid `params`, `x` with fewer than 2 axes, `gamma` or `beta` not `[C]`, and
@@ -172,90 +248,18 @@ pub fn train_forward<E: GpuElement>(
     check_channel_vector(OP, "gamma", gamma.shape(), layout.channels)?;
     check_channel_vector(OP, "beta", beta.shape(), layout.channels)?;
     layout.split.check_trainable(OP, x.shape())?;
+    let moments = moments(device, x, &layout, params.eps)?;
+    let (mean, inv_std) = (&moments.mean, &moments.inv_std);
+    let y = normalise(device, x, &layout, mean, inv_std, gamma, beta)?;
     let channels = layout.channels;
-    // SAFETY (the four allocations): when `channels > 0` the finalize kernels below write every
-    // channel; otherwise they are empty.
-    let mut mean = unsafe { device.alloc::<f64>(channels) }?;
-    let mut inv_std = unsafe { device.alloc::<f64>(channels) }?;
-    let mut mean_out = unsafe { device.alloc::<E>(channels) }?;
-    let mut var_unbiased = unsafe { device.alloc::<E>(channels) }?;
-    if layout.reduces() {
-        let stream = device.stream();
-        let [c, inner, n, chunks, chunk_len] = layout.args();
-        let blocks = channels * layout.chunks;
-        // SAFETY: each pass-1 launch writes all `channels * chunks` partials before pass 2 reads
-        // them.
-        let mut partial = unsafe { device.alloc::<f64>(blocks) }?;
-
-        let function = kernel::<E>(device, "bn_sum_partial")?;
-        let mut launch = stream.launch_builder(&function);
-        launch
-            .arg(x.slice())
-            .arg(partial.slice_mut())
-            .arg(&c)
-            .arg(&inner)
-            .arg(&n)
-            .arg(&chunks)
-            .arg(&chunk_len);
-        // SAFETY: matches `bn_sum_partial_<E>(x, partial, channels, inner, per_channel, chunks,
-        // chunk_len)`; x holds `N C inner` elements, partial `C chunks`; n >= 2.
-        unsafe { launch.launch(reduce_launch(blocks)) }
-            .map_err(GpuError::driver("launching bn_sum_partial"))?;
-
-        let function = kernel::<E>(device, "bn_mean_finalize")?;
-        let mut launch = stream.launch_builder(&function);
-        launch
-            .arg(partial.slice())
-            .arg(mean.slice_mut())
-            .arg(mean_out.slice_mut())
-            .arg(&c)
-            .arg(&chunks)
-            .arg(&n);
-        // SAFETY: matches `bn_mean_finalize_<E>(partial, mean, mean_out, channels, chunks,
-        // per_channel)`; mean and mean_out hold C elements.
-        unsafe { launch.launch(reduce_launch(channels)) }
-            .map_err(GpuError::driver("launching bn_mean_finalize"))?;
-
-        let function = kernel::<E>(device, "bn_sqdev_partial")?;
-        let mut launch = stream.launch_builder(&function);
-        launch
-            .arg(x.slice())
-            .arg(mean.slice())
-            .arg(partial.slice_mut())
-            .arg(&c)
-            .arg(&inner)
-            .arg(&n)
-            .arg(&chunks)
-            .arg(&chunk_len);
-        // SAFETY: matches `bn_sqdev_partial_<E>(x, mean, partial, channels, inner, per_channel,
-        // chunks, chunk_len)`; sizes as above.
-        unsafe { launch.launch(reduce_launch(blocks)) }
-            .map_err(GpuError::driver("launching bn_sqdev_partial"))?;
-
-        let function = kernel::<E>(device, "bn_var_finalize")?;
-        let mut launch = stream.launch_builder(&function);
-        launch
-            .arg(partial.slice())
-            .arg(inv_std.slice_mut())
-            .arg(var_unbiased.slice_mut())
-            .arg(&c)
-            .arg(&chunks)
-            .arg(&n)
-            .arg(&params.eps);
-        // SAFETY: matches `bn_var_finalize_<E>(partial, inv_std, var_unbiased, channels, chunks,
-        // per_channel, eps)`; inv_std and var_unbiased hold C elements.
-        unsafe { launch.launch(reduce_launch(channels)) }
-            .map_err(GpuError::driver("launching bn_var_finalize"))?;
-    }
-    let y = normalise(device, x, &layout, &mean, &inv_std, gamma, beta)?;
     let stats = BatchStats {
-        mean: CudaTensor::new(mean_out, &[channels])?,
-        var_unbiased: CudaTensor::new(var_unbiased, &[channels])?,
+        mean: CudaTensor::new(moments.mean_out, &[channels])?,
+        var_unbiased: CudaTensor::new(moments.var_unbiased, &[channels])?,
     };
     let context = BatchNormContext {
         input: x.clone(),
-        mean,
-        inv_std,
+        mean: moments.mean,
+        inv_std: moments.inv_std,
         gamma: gamma.clone(),
         mode: BatchNormMode::Train,
     };
