@@ -98,20 +98,15 @@ pub enum Error {
         index: Vec<usize>,
         value: f64,
     },
-    /// The parameters held NaN or infinities after an optimizer step.
+    /// Training diverged: `what` became NaN or infinite. The run folder `out` keeps the
+    /// checkpoint of epoch `saved` (0: none was saved).
     #[error(
-        "{} NaN or infinite after the optimizer step at epoch \
-         {epoch}, step {step} (lr {lr}): training diverged and stopped. The last good checkpoint \
-         is kept in {out} (after epoch {epoch_before}); lower --lr and start again, or --resume \
-         from it",
-        parameter_values(*count)
+        "{what}: training diverged and stopped. {}",
+        diverged_advice(*saved, out)
     )]
-    ParametersDiverged {
-        count: u64,
-        epoch: usize,
-        epoch_before: usize,
-        step: usize,
-        lr: f64,
+    Diverged {
+        what: String,
+        saved: usize,
         out: String,
     },
     /// A run whose estimated memory exceeds what the machine has available.
@@ -159,15 +154,22 @@ impl Error {
     }
 }
 
-/// What [`Error::NotSaved`] says is kept in the run folder `dir` and how to go on.
-/// "1 parameter value became" or "N parameter values became".
-fn parameter_values(count: u64) -> String {
-    match count {
-        1 => "1 parameter value became".into(),
-        n => format!("{n} parameter values became"),
+/// What [`Error::Diverged`] says is kept in the run folder `out` and how to go on. A resume
+/// would replay the same steps (runs are deterministic and keep their settings), so the advice is
+/// a new run.
+fn diverged_advice(saved: usize, out: &str) -> String {
+    if saved == 0 {
+        format!("No epoch finished, so {out} holds no checkpoint; lower --lr and start again")
+    } else {
+        format!(
+            "The last good checkpoint, of epoch {saved}, is kept in {out} (for `revsnn eval`). \
+             A --resume would repeat the same steps: lower --lr and start a new run with \
+             another --out"
+        )
     }
 }
 
+/// What [`Error::NotSaved`] says is kept in the run folder `dir` and how to go on.
 fn kept_checkpoint(kept: usize, dir: &str) -> String {
     if kept == 0 {
         format!(

@@ -213,7 +213,10 @@ fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("diverged") && stderr.contains("last good checkpoint"),
+        stderr.contains("diverged")
+            && stderr.contains("last good checkpoint, of epoch 1")
+            && stderr.contains("(lr 1e29)")
+            && stderr.contains("start a new run with another --out"),
         "{stderr}"
     );
     assert_eq!(bytes(bad.join("last.safetensors")), good);
@@ -223,6 +226,24 @@ fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
         .filter(|name| name.ends_with(".partial"))
         .collect::<Vec<_>>();
     assert!(partial.is_empty(), "temporary files left: {partial:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_run_diverging_in_its_first_epoch_says_nothing_was_saved() {
+    let dir = scratch("nan-first");
+    let spec = spec_file(&dir, TINY_REVSRESNET);
+    let out = dir.join("run");
+    let output = train(&spec, &out, &["--epochs", "1", "--lr", "1e30"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("diverged")
+            && stderr.contains("holds no checkpoint; lower --lr and start again")
+            && !stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(!out.join("last.json").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -221,6 +221,22 @@ struct StepPlace<'a> {
     out: &'a Path,
 }
 
+/// "epoch E, step S (lr L)", counted from 1; a non-zero lr outside `[1e-4, 1e4)` in scientific
+/// notation with at most 4 significant digits.
+impl std::fmt::Display for StepPlace<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (epoch, step) = (self.epoch + 1, self.step + 1);
+        let lr = self.lr.abs();
+        if lr == 0.0 || !lr.is_finite() || (1e-4..1e4).contains(&lr) {
+            return write!(f, "epoch {epoch}, step {step} (lr {})", self.lr);
+        }
+        let scientific = format!("{:.3e}", self.lr);
+        let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        write!(f, "epoch {epoch}, step {step} (lr {mantissa}e{exponent})")
+    }
+}
+
 /// What one optimizer step measured.
 struct StepOutcome {
     /// The batch's mean loss (unscaled).
@@ -271,17 +287,10 @@ fn checked_step<B: Compute>(
         store.count_non_finite(backend)?
     };
     if !loss.is_finite() {
-        return Err(diverged(loss, place.epoch, place.step, place.lr, place.out));
+        return Err(diverged(loss, &place));
     }
     if non_finite > 0 {
-        return Err(Error::ParametersDiverged {
-            count: non_finite,
-            epoch: place.epoch + 1,
-            epoch_before: place.epoch,
-            step: place.step + 1,
-            lr: place.lr,
-            out: place.out.display().to_string(),
-        });
+        return Err(parameters_diverged(non_finite, &place));
     }
     Ok(StepOutcome {
         loss,
@@ -340,14 +349,24 @@ fn read_loss_and_score<B: Backend>(
     Ok((loss, Score::of(&values, labels)))
 }
 
-/// The error of a training loss that became `loss` at step `step` of epoch `epoch` (from 0).
-fn diverged(loss: f64, epoch: usize, step: usize, lr: f64, out: &Path) -> Error {
-    Error::Usage(format!(
-        "the training loss became {loss} at epoch {}, step {} (lr {lr}): training diverged and \
-         stopped. The last good checkpoint is kept in {} (after epoch {epoch}); lower --lr and \
-         start again, or --resume from it",
-        epoch + 1,
-        step + 1,
-        out.display(),
-    ))
+/// The error of a training loss that became `loss` at `place`.
+fn diverged(loss: f64, place: &StepPlace) -> Error {
+    Error::Diverged {
+        what: format!("the training loss became {loss} at {place}"),
+        saved: place.epoch,
+        out: place.out.display().to_string(),
+    }
+}
+
+/// The error of `count` parameter values that became NaN or infinite at `place`.
+fn parameters_diverged(count: u64, place: &StepPlace) -> Error {
+    let values = match count {
+        1 => "1 parameter value".to_string(),
+        n => format!("{n} parameter values"),
+    };
+    Error::Diverged {
+        what: format!("{values} became NaN or infinite in the optimizer step at {place}"),
+        saved: place.epoch,
+        out: place.out.display().to_string(),
+    }
 }

@@ -415,13 +415,15 @@ fn check_test_loss(test: &EvalResult, epoch: usize, dir: &RunDir) -> Result<()> 
     if test.loss.is_finite() {
         return Ok(());
     }
-    Err(Error::Usage(format!(
-        "the test loss became {} after epoch {}: training diverged and stopped. The last good \
-         checkpoint is kept in {} (after epoch {epoch}); lower --lr and start again",
-        test.loss,
-        epoch + 1,
-        dir.path().display(),
-    )))
+    Err(Error::Diverged {
+        what: format!(
+            "the test loss became {} after epoch {}",
+            test.loss,
+            epoch + 1
+        ),
+        saved: epoch,
+        out: dir.path().display().to_string(),
+    })
 }
 
 /// The `metrics.jsonl` line of epoch `epoch` (from 0), whose training and evaluation held at
