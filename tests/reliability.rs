@@ -344,7 +344,7 @@ fn a_parameter_turning_nan_stops_training_and_keeps_the_last_checkpoint() {
     let message = failed(train("2", &["--resume", "--allow-non-finite"]));
     assert!(
         message.contains("became NaN or infinite after the optimizer step at epoch 2, step 1")
-            && message.contains("last good checkpoint is kept"),
+            && message.contains("last good checkpoint, of epoch 1, is kept"),
         "{message}"
     );
     assert_eq!(

@@ -66,13 +66,20 @@ fn resume_is_bit_for_bit_and_the_same_seed_repeats_the_run() {
         let resumed = dir.join(format!("{name}-resumed"));
         ok(train(&spec, &straight, &["--epochs", "2"]));
         ok(train(&spec, &again, &["--epochs", "2"]));
-        ok(train(
+        let first = ok(train(
             &spec,
             &resumed,
             &["--epochs", "2", "--stop-after", "1"],
         ));
         assert_eq!(metrics(&resumed).len(), 1);
-        ok(train(&spec, &resumed, &["--resume"]));
+        let said = String::from_utf8_lossy(&first.stdout).into_owned();
+        assert!(
+            said.starts_with("stopped after epoch 1 of 2 (--stop-after)")
+                && said.contains("--resume"),
+            "{said}"
+        );
+        let rest = ok(train(&spec, &resumed, &["--resume"]));
+        assert!(String::from_utf8_lossy(&rest.stdout).starts_with("done in"));
         for file in [
             "last.safetensors",
             "last.optimizer.safetensors",
@@ -130,6 +137,19 @@ fn resume_is_bit_for_bit_and_the_same_seed_repeats_the_run() {
             serde_json::from_str(&std::fs::read_to_string(straight.join("last.json")).unwrap())
                 .unwrap();
         assert_eq!(state["epochs_done"], 2);
+        let shorter = train(&spec, &straight, &["--resume", "--epochs", "1"]);
+        assert!(!shorter.status.success());
+        let refusal = String::from_utf8_lossy(&shorter.stderr);
+        assert!(
+            refusal.contains("has done 2 epochs already; give --epochs 2 or more"),
+            "{refusal}"
+        );
+        let none = train(&spec, &dir.join("none"), &["--stop-after", "0"]);
+        let refusal = String::from_utf8_lossy(&none.stderr);
+        assert!(
+            refusal.contains("--stop-after 0 would train no epoch"),
+            "{refusal}"
+        );
         let png = bytes(straight.join("curves.png"));
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     }

@@ -12,9 +12,9 @@ use clap::Args;
 use super::set_threads;
 use crate::collective::ProcessRank;
 use crate::device::DeviceChoice;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::train::config::GivenSettings;
-use crate::train::{Invocation, Run, config_file_text, train};
+use crate::train::{Invocation, Run, TrainSummary, config_file_text, train};
 
 /// The arguments of `revsnn train`: the run's settings, each a flag or a key of the `--config`
 /// file, and what this invocation does.
@@ -73,6 +73,13 @@ impl TrainArgs {
         if let (Some(count), None, false) = (self.gpus, &process, self.print_config) {
             return gpus::launch(count, self.settings.device);
         }
+        if self.stop_after == Some(0) {
+            return Err(Error::Usage(
+                "--stop-after 0 would train no epoch: give 1 or more, or leave it out to train \
+                 all of --epochs"
+                    .into(),
+            ));
+        }
         let mut given = self.settings.clone();
         if let Some(path) = &self.config {
             given = given.over(GivenSettings::read(path)?);
@@ -112,15 +119,32 @@ impl TrainArgs {
         if !leader {
             return Ok(());
         }
-        let last = |key: &str| summary.last[key].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "done in {:.1} s: test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%; run folder {}",
-            summary.seconds,
-            100.0 * last("test_acc1"),
-            100.0 * summary.best_test_acc1,
-            100.0 * last("test_acc5"),
-            summary.out.display()
-        );
+        println!("{}", summary_line(&summary));
         Ok(())
     }
+}
+
+/// The line that ends a run's output: done, or stopped by `--stop-after` with how to go on; the
+/// last epoch's test accuracy and the best.
+fn summary_line(summary: &TrainSummary) -> String {
+    let last = |key: &str| summary.last[key].as_f64().unwrap_or(f64::NAN);
+    let folder = summary.out.display();
+    let (start, end) = if summary.epochs_done < summary.epochs {
+        (
+            format!(
+                "stopped after epoch {} of {} (--stop-after)",
+                summary.epochs_done, summary.epochs
+            ),
+            format!("; continue with `revsnn train --out {folder} --resume`"),
+        )
+    } else {
+        ("done".to_string(), format!("; run folder {folder}"))
+    };
+    format!(
+        "{start} in {:.1} s: test top-1 {:.2}% (best {:.2}%), top-5 {:.2}%{end}",
+        summary.seconds,
+        100.0 * last("test_acc1"),
+        100.0 * summary.best_test_acc1,
+        100.0 * last("test_acc5"),
+    )
 }

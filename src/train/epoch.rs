@@ -365,7 +365,7 @@ fn parameters_diverged(count: u64, place: &StepPlace) -> Error {
         n => format!("{n} parameter values"),
     };
     Error::Diverged {
-        what: format!("{values} became NaN or infinite in the optimizer step at {place}"),
+        what: format!("{values} became NaN or infinite after the optimizer step at {place}"),
         saved: place.epoch,
         out: place.out.display().to_string(),
     }

@@ -71,6 +71,10 @@ pub struct TrainSummary {
     pub last: Value,
     pub best_test_acc1: f64,
     pub seconds: f64,
+    /// The epochs the run has done, and the run's length: fewer done where `--stop-after` ended
+    /// this invocation early.
+    pub epochs_done: usize,
+    pub epochs: usize,
 }
 
 /// The seed of epoch `epoch`'s shuffle.
@@ -176,6 +180,8 @@ fn train_on<B: Compute>(
         last: lines.last().cloned().unwrap_or(Value::Null),
         best_test_acc1: state.best_test_acc1,
         seconds: started.elapsed().as_secs_f64(),
+        epochs_done: state.epochs_done,
+        epochs: config.epochs,
     })
 }
 

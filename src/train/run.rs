@@ -45,6 +45,7 @@ impl Run {
         let state = RunDir::new(out.clone()).read_state()?;
         check_same_model(&given, &state, &out)?;
         check_unchanged(&given, &state, &out)?;
+        check_length(&given, &state, &out)?;
         let changes = GivenSettings {
             epochs: given.epochs,
             data_dir: given.data_dir.clone(),
@@ -125,6 +126,20 @@ fn check_same_model(given: &GivenSettings, state: &RunState, out: &Path) -> Resu
         )));
     }
     Ok(())
+}
+
+/// `--resume` may lengthen or shorten a run, but not below the epochs it has done.
+fn check_length(given: &GivenSettings, state: &RunState, out: &Path) -> Result<()> {
+    match given.epochs {
+        Some(epochs) if epochs < state.epochs_done => Err(Error::Usage(format!(
+            "--resume --epochs {epochs}: the run in {} has done {} epochs already; give \
+             --epochs {} or more, or leave it out",
+            out.display(),
+            state.epochs_done,
+            state.epochs_done
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `--resume` continues a run with its own settings: `given` may repeat them, and change only
