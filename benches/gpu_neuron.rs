@@ -1,7 +1,7 @@
 //! Fused LIF forward and backward on the GPU against a device-to-device copy, measured in the
-//! same run (issue: CUDA backend, "Performance"): T = 4, N = 2^22 neurons, f32. Throughput counts
-//! the bytes each kernel must move: x read, spikes and h written (forward); dL/ds and h read,
-//! dL/dx written (backward); a copy reads and writes its bytes once.
+//! same run (the bar: forward + backward at 70% of the copy bandwidth or more): T = 4, N = 2^22
+//! neurons, f32. Throughput counts the bytes each kernel must move: x read, spikes and h written
+//! (forward); dL/ds and h read, dL/dx written (backward); a copy reads and writes its bytes once.
 //!
 //! Without a GPU it prints `SKIP: no CUDA device` and measures nothing.
 

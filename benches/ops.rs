@@ -1,4 +1,5 @@
-//! CPU reference ops at RevSResNet21 stage-1 shapes, f32 (issue: foundation, item 7):
+//! CPU reference ops at RevSResNet21 stage-1 shapes, f32 (the conv2d figure of README.md,
+//! "Performance so far", is measured here):
 //! - the multi-step IF neuron over `[T = 4, B = 8, 64, 32, 32]` (forward, backward), with
 //!   throughput in bytes moved (x read, spikes and h written; dL/ds and h read, dL/dx written);
 //! - the same shape through the transformers' LIF neuron with the sigmoid surrogate (group

@@ -86,7 +86,8 @@ for test in gpu-bin/tests/*; do
   end_section
 done
 
-# `revsnn bench` and `revsnn memory` on CUDA (issue 5's training-step figures, T = 4). A failing
+# `revsnn bench` and `revsnn memory` on CUDA (the training-step figures: images/s and memory per
+# image against the official code's, benches/pytorch/official_baseline.py, T = 4). A failing
 # or timed-out command is logged and the next one runs.
 CLI_MODELS=${CLI_MODELS:-revsresnet37,msresnet34,revsformer-4-384,spikingformer-4-384}
 [ "${CHECK_CLI:-1}" = 1 ] || CLI_MODELS=""

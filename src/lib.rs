@@ -6,7 +6,7 @@
 //! `revsnn` command line.
 //!
 //! This crate is what users touch: [`info`] reports the machine; the model zoo, the reversible
-//! training algorithm, data, checkpoints and training arrive on top of the op contract
+//! training algorithm, data, checkpoints and training are built on the op contract
 //! [`revsnn_reference::Backend`] (see `docs/ARCHITECTURE.md`).
 
 pub mod checkpoint;

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Measure the official PyTorch RevSNN code: memory per image and images/s of one training step.
 
-This is the bar the revsnn CUDA backend has to beat (issue: CUDA backend, "Performance"). It imports
-the model files of the official repository `mi804/RevSNN` (commit 7521f75) from a checkout given by
---official (never committed here) and times one full training step exactly as the official
-training loops run it:
+This is the bar the revsnn CUDA backend has to beat (more images/s and less memory per image on the
+same card and batch). It imports the model files of the official repository `mi804/RevSNN` (commit
+7521f75) from a checkout given by --official (never committed here) and times one full training
+step exactly as the official training loops run it:
 
     optimizer.zero_grad(); loss = CE(model(x), y); loss.backward(); optimizer.step();
     functional.reset_net(model)
@@ -179,7 +179,7 @@ def main():
     parser.add_argument("--neuron-backend", default="cupy", choices=["cupy", "torch"])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu: time the step on the CPU (torch neurons, no memory figures), "
-                             "the bar of the training issue's CPU target")
+                             "the bar for revsnn's CPU training step")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--out", help="write every result as a JSON list here")
     parser.add_argument("--markdown", help="write the summary table here")

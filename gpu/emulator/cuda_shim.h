@@ -1,6 +1,5 @@
 // The CUDA C++ device dialect our kernels use, as plain C++17 for g++, so gpu/kernels/*.cu compile
-// into the CPU emulator (gpu/emulator/README in gpu/README.md, "Running the GPU tests on the CPU
-// emulator").
+// into the CPU emulator (gpu/README.md, "Running the GPU tests on the CPU emulator").
 //
 // Execution model (emulator.cpp): the blocks of a grid run one after another; the threads of a
 // block run as cooperative fibers on one OS thread, switching only at __syncthreads() and the warp

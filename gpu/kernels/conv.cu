@@ -1,5 +1,6 @@
-// im2col and col2im of the 2-D convolution (docs/architectures.md §4.0); twin of reference/src/ops/conv.rs, host
-// side in gpu/src/ops/conv.rs, whose cuBLAS GEMMs do the arithmetic.
+// im2col and col2im of the 2-D convolution (docs/architectures.md §4.0); twin of
+// reference/src/ops/conv/mod.rs, host side in gpu/src/ops/conv/mod.rs, whose cuBLAS GEMMs do the
+// arithmetic.
 //
 // Layouts (row-major): x and dx are [B, C, H, W] (a chunk of B images); the columns are
 // [K, B, P] with K = C k_h k_w rows ordered (c, i, j) and B P columns ordered (n, p, q), P = H_out W_out:

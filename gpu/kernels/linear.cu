@@ -1,5 +1,6 @@
-// The bias of the linear layers and convolutions (docs/architectures.md §4.0); twin of reference/src/ops/linear.rs
-// and conv.rs, host side in gpu/src/ops/linear.rs. The products themselves are cuBLAS GEMMs.
+// The bias of the linear layers and convolutions (docs/architectures.md §4.0); twin of
+// reference/src/ops/linear.rs and conv/mod.rs, host side in gpu/src/ops/linear.rs. The products
+// themselves are cuBLAS GEMMs.
 //
 // Both kernels see the output as [outer, channels, inner] row-major: [N, out] with inner = 1 for a
 // linear layer, [N, C_out, H_out W_out] for a convolution.

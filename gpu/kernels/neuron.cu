@@ -1,6 +1,6 @@
 // Fused multi-step IF/LIF neurons with hard reset to 0 (docs/neurons.md §2.2-2.4); twin of
-// reference/src/ops/neuron.rs. One thread per neuron loops over T; the forward keeps h for the
-// backward, which recomputes the spikes from it (a spike is a function of h).
+// reference/src/ops/neuron/mod.rs. One thread per neuron loops over T; the forward keeps h for
+// the backward, which recomputes the spikes from it (a spike is a function of h).
 //
 // Layout: x, spikes, h and the gradients are [T, N] row-major: element (t, i) at t * N + i.
 // kind: 0 = IF, 1 = LIF. surrogate: 0 = ATan(alpha), 1 = Sigmoid(alpha). smooth: 0 = Heaviside

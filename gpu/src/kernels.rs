@@ -1,5 +1,6 @@
 //! The CUDA C++ sources of `gpu/kernels/`, embedded in the binary and compiled by NVRTC at run
-//! time. Each file is the twin of a `reference/src/ops/` file of the same name.
+//! time. Each file is the twin of the `reference/src/ops/` module of the same name, except
+//! `precision.cu`, whose twin is `reference/src/contract/precision.rs` (`Precision::round`).
 
 /// One kernel file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

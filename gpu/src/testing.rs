@@ -67,7 +67,7 @@ pub fn nccl_or_skip(test: &str) -> bool {
         return true;
     }
     if std::env::var("REVSNN_REQUIRE_NCCL").is_ok_and(|v| v == "1") {
-        panic!("{test}: REVSNN_REQUIRE_NCCL=1 but libnccl.so.2 does not load");
+        panic!("{test}: REVSNN_REQUIRE_NCCL=1 but libnccl.so does not load");
     }
     let _ = writeln!(std::io::stderr(), "SKIP: NCCL not found ({test})");
     false

@@ -1,6 +1,6 @@
 //! `revsnn grad`: one training step's outputs and gradients for given weights and input, in the
-//! format of the parity fixtures (issue: parity with the official code). Models run with the
-//! float coupling (the official one).
+//! format of the parity fixtures (fixtures/README.md: parity with the official code). Models run
+//! with the float coupling (the official one).
 
 use std::path::{Path, PathBuf};
 

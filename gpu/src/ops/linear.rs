@@ -3,8 +3,10 @@
 //!
 //! Every product is written here in row-major terms ([`RowMajorGemm`]) and turned into cuBLAS's
 //! column-major call in one place: a row-major `[m, n]` matrix is a column-major `[n, m]` one, so
-//! `C = op(A) op(B)` is issued as `C^T = op(B)^T op(A)^T`. cuBLAS runs on the device's one stream
-//! with its default (non-atomic, non-TF32) math, so each product is the same bits run to run.
+//! `C = op(A) op(B)` is issued as `C^T = op(B)^T op(A)^T`. cuBLAS runs on the device's one stream,
+//! without atomics, in the device's precision (`GpuDevice::set_precision`, `--precision`): `f32`
+//! by default, TF32 math, or 16-bit operands into an `f32` accumulator through
+//! `cublasGemmStridedBatchedEx` (`super::precision`); each product is the same bits run to run.
 //! The bias is broadcast into the output before the GEMM accumulates onto it (the reference's
 //! order: `y = b` then `y += x w^T`), and its gradient is a fixed-order reduction kernel, never
 //! float atomics.

@@ -1,9 +1,11 @@
 //! Host sides of the CUDA kernels; each module is the twin of the CPU kernels' module of the same
 //! name (`reference/src/ops/`), with the same public functions, and of `gpu/kernels/<same
-//! name>.cu`. Every function validates its operands with the contract's shape rules
-//! (`revsnn_reference::contract`; a [`GpuError::Op`] names the op and what is wrong, as the CPU
-//! backend does), allocates its outputs through [`GpuDevice`](crate::GpuDevice) so they are
-//! counted, and queues its kernels on the device's one stream.
+//! name>.cu`, except `precision`, whose twin is the contract's
+//! `reference/src/contract/precision.rs` (`Precision::round`). Every function validates its
+//! operands with the contract's shape rules (`revsnn_reference::contract`; a [`GpuError::Op`]
+//! names the op and what is wrong, as the CPU backend does), allocates its outputs through
+//! [`GpuDevice`](crate::GpuDevice) so they are counted, and queues its kernels on the device's one
+//! stream.
 
 pub mod batch_norm;
 pub mod conv;

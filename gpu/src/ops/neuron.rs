@@ -1,5 +1,5 @@
 //! Fused multi-step IF/LIF neurons on the GPU (docs/neurons.md §2.2-2.4); twin of
-//! `reference/src/ops/neuron.rs`, kernels in `gpu/kernels/neuron.cu`.
+//! `reference/src/ops/neuron/mod.rs`, kernels in `gpu/kernels/neuron.cu`.
 //!
 //! One thread per neuron loops over T. The forward writes the spikes and keeps `h` for the
 //! backward; the backward recomputes each spike from `h` (it is a function of `h`), so it reads

@@ -1,6 +1,8 @@
-//! CPU kernels, one module per op family; each is the twin of the module of the same name in
-//! `gpu/src/ops/` (same public functions) and of `gpu/kernels/<same name>.cu`. Operands are
-//! checked with the contract's shape rules (`crate::contract`).
+//! CPU kernels, one module per op family; each public one is the twin of the module of the same
+//! name in `gpu/src/ops/` (same public functions) and of `gpu/kernels/<same name>.cu`. The one GPU
+//! module without a twin here is `precision`: its twin is `crate::contract::precision` (the
+//! operand rounding of `Precision::round`). Operands are checked with the contract's shape rules
+//! (`crate::contract`).
 
 pub mod batch_norm;
 pub mod conv;
