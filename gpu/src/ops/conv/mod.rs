@@ -38,9 +38,9 @@
 //! are the same bits whatever the batch's history; the workspace is freed (back to the caching
 //! pool, stream-ordered) before the op returns, and counted in the device's peak while it lives.
 //!
-//! **Determinism.** cuBLAS on the device's one stream (no atomics, in f32 or TF32 math) gives the
-//! same bits run to run on one GPU; `dW` accumulates the chunks in order (`beta = 1` from the
-//! second chunk on); col2im gathers instead of scattering, so no float atomics anywhere.
+//! **Determinism.** cuBLAS on the device's one stream (no atomics; f32, TF32 or 16-bit operands)
+//! gives the same bits run to run on one GPU; `dW` accumulates the chunks in order (`beta = 1`
+//! from the second chunk on); col2im gathers instead of scattering, so no float atomics anywhere.
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use revsnn_reference::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams};
