@@ -97,17 +97,17 @@ fn memory_reports_per_batch_peaks_and_per_image_figures() {
         "--spec",
         spec.to_str().unwrap(),
         "--batch",
-        "1,3",
+        "3,1",
         "--json",
     ]));
     let per_batch = report["per_batch"].as_array().unwrap();
     assert_eq!(per_batch.len(), 2);
-    assert_eq!(per_batch[1]["batch"], 3);
-    assert!(
-        per_batch[1]["peak_bytes"].as_u64().unwrap() > per_batch[0]["peak_bytes"].as_u64().unwrap()
-    );
-    assert!(report["bytes_per_image_slope"].as_f64().unwrap() > 0.0);
-    assert!(report["bytes_per_image_at_max_batch"].as_f64().unwrap() > 0.0);
+    assert_eq!(per_batch[0]["batch"], 3);
+    let peak = |i: usize| per_batch[i]["peak_bytes"].as_u64().unwrap() as f64;
+    assert!(peak(0) > peak(1));
+    // the figures take the largest and smallest batch, not the last and first given
+    assert_eq!(report["bytes_per_image_slope"], (peak(0) - peak(1)) / 2.0);
+    assert_eq!(report["bytes_per_image_at_max_batch"], peak(0) / 3.0);
 }
 
 #[test]

@@ -22,7 +22,8 @@ use crate::train::config::paper_optimizer;
 pub struct MemoryReport {
     /// `(batch, peak bytes)`.
     pub per_batch: Vec<(usize, usize)>,
-    /// `(peak(B_max) - peak(B_min)) / (B_max - B_min)`; `None` with a single batch size.
+    /// `(peak(B_max) - peak(B_min)) / (B_max - B_min)` over the largest and smallest batch sizes;
+    /// `None` with a single batch size.
     pub bytes_per_image_slope: Option<f64>,
     /// `peak(B_max) / B_max`.
     pub bytes_per_image_at_max_batch: f64,
@@ -74,13 +75,16 @@ pub fn measure<B: Compute>(
         full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
         per_batch.push((batch, backend.peak_memory_bytes()));
     }
-    let (first, last) = (per_batch[0], per_batch[per_batch.len() - 1]);
-    let bytes_per_image_slope = (last.0 != first.0)
-        .then(|| (last.1 as f64 - first.1 as f64) / (last.0 as f64 - first.0 as f64));
+    // the smallest and the largest batch, in whatever order they were given
+    let by_batch = |&&(batch, _): &&(usize, usize)| batch;
+    let smallest = *per_batch.iter().min_by_key(by_batch).expect("a batch size");
+    let largest = *per_batch.iter().max_by_key(by_batch).expect("a batch size");
+    let bytes_per_image_slope = (largest.0 != smallest.0)
+        .then(|| (largest.1 as f64 - smallest.1 as f64) / (largest.0 as f64 - smallest.0 as f64));
     Ok(MemoryReport {
         per_batch,
         bytes_per_image_slope,
-        bytes_per_image_at_max_batch: last.1 as f64 / last.0 as f64,
+        bytes_per_image_at_max_batch: largest.1 as f64 / largest.0 as f64,
     })
 }
 
