@@ -274,16 +274,20 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     let out = dir.join("run");
     ok(train(&spec, &out, &["--epochs", "1"]));
     let checkpoint = out.join("best.safetensors").display().to_string();
+    // without --dataset and --test-samples, eval scores the run's own test split
     let output = ok(revsnn(&[
         "eval",
         "--checkpoint",
         &checkpoint,
-        "--test-samples",
-        "16",
         "--device",
         "cpu",
         "--json",
     ]));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("the run's test data") && said.contains("--test-samples 16"),
+        "{said}"
+    );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let acc1 = report["acc1"].as_f64().unwrap();
     let acc5 = report["acc5"].as_f64().unwrap();
@@ -291,6 +295,19 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     assert_eq!(report["samples"], 16);
     let line = &metrics(&out)[0];
     assert_eq!(report["acc1"], line["test_acc1"]);
+    assert_eq!(report["acc5"], line["test_acc5"]);
+    let fewer = ok(revsnn(&[
+        "eval",
+        "--checkpoint",
+        &checkpoint,
+        "--test-samples",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+    ]));
+    let report: Value = serde_json::from_slice(&fewer.stdout).unwrap();
+    assert_eq!(report["samples"], 8);
 
     let output = ok(revsnn(&[
         "bench", "--spec", &spec, "--batch", "2", "--steps", "2", "--device", "cpu", "--json",

@@ -23,14 +23,23 @@ use crate::network::Network;
 use crate::spec::ModelSpec;
 use crate::train::{EvalResult, evaluate, open_dataset};
 
-/// The spec saved beside `checkpoint` (`X.json` for `X.safetensors`, a run state or a bare spec).
-pub fn neighbour_spec(checkpoint: &Path) -> Result<Option<ModelSpec>> {
+/// The JSON saved beside `checkpoint` (`X.json` for `X.safetensors`: a run state or a bare
+/// spec), if there is one.
+fn neighbour_json(checkpoint: &Path) -> Result<Option<(PathBuf, Value)>> {
     let path = checkpoint.with_extension("json");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
     };
-    let value: Value =
+    let value =
         serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("not JSON: {e}")))?;
+    Ok(Some((path, value)))
+}
+
+/// The spec saved beside `checkpoint` (`X.json` for `X.safetensors`, a run state or a bare spec).
+pub fn neighbour_spec(checkpoint: &Path) -> Result<Option<ModelSpec>> {
+    let Some((path, value)) = neighbour_json(checkpoint)? else {
+        return Ok(None);
+    };
     let spec = value.get("spec").cloned().unwrap_or(value);
     serde_json::from_value(spec).map(Some).map_err(|e| {
         Error::file(
@@ -40,23 +49,56 @@ pub fn neighbour_spec(checkpoint: &Path) -> Result<Option<ModelSpec>> {
     })
 }
 
+/// The test data of the run whose state is saved beside `checkpoint` (its `config`'s
+/// `dataset`, `data_dir` and `test_samples`), so that `eval` scores a run's checkpoint on the
+/// data the run tested on; `None` beside a bare spec or none.
+fn neighbour_test_data(checkpoint: &Path) -> Result<Option<(PathBuf, TestData)>> {
+    let Some((path, value)) = neighbour_json(checkpoint)? else {
+        return Ok(None);
+    };
+    let Some(config) = value.get("config") else {
+        return Ok(None);
+    };
+    let data = TestData {
+        dataset: config["dataset"].as_str().map(String::from),
+        data_dir: config["data_dir"].as_str().map(PathBuf::from),
+        test_samples: config["test_samples"].as_u64().map(|n| n as usize),
+    };
+    Ok(Some((path, data)))
+}
+
+/// Which test split `eval` scores: each part from its flag, else the run's, else the default.
+#[derive(Clone, Debug, Default)]
+struct TestData {
+    dataset: Option<String>,
+    data_dir: Option<PathBuf>,
+    test_samples: Option<usize>,
+}
+
+/// The test samples `eval` scores without `--test-samples` or a run's.
+const DEFAULT_TEST_SAMPLES: usize = 1000;
+
 /// The arguments of `revsnn eval`.
 #[derive(Clone, Debug, Args)]
 pub struct EvalArgs {
     /// A safetensors checkpoint (the model comes from the `.json` beside it, or --model/--spec).
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// The dataset whose test split to score (default: the run's, from the run state beside a
+    /// run's checkpoint; else `synthetic`, or `synthetic-events` for DVS models).
     #[arg(long)]
     pub dataset: Option<String>,
+    /// The folder of a downloaded dataset (default: the run's).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     #[arg(long, conflicts_with = "spec")]
     pub model: Option<String>,
     #[arg(long)]
     pub spec: Option<PathBuf>,
-    /// Test samples (the synthetic datasets' size; a cap for the real ones).
-    #[arg(long, default_value_t = 1000)]
-    pub test_samples: usize,
+    /// Test samples: the synthetic datasets' size, a cap for the real ones (default: the
+    /// run's, else 1000).
+    #[arg(long)]
+    pub test_samples: Option<usize>,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Where to compute: auto (CUDA when a usable GPU is found, else the CPU; one line on
@@ -89,7 +131,8 @@ impl EvalArgs {
         finite::check_loaded(&self.checkpoint, &weights, self.allow_non_finite)?;
         let (name, spec) = self.model()?;
         spec.validate()?;
-        let dataset = self.dataset.clone().unwrap_or_else(|| {
+        let test = self.test_data()?;
+        let dataset = test.dataset.unwrap_or_else(|| {
             if spec.arch.is_dvs() {
                 "synthetic-events"
             } else {
@@ -97,8 +140,9 @@ impl EvalArgs {
             }
             .into()
         });
-        let data_dir = self.data_dir.as_deref();
-        let data = open_dataset(&dataset, data_dir, &spec, Split::Test, self.test_samples)?;
+        let data_dir = test.data_dir.as_deref();
+        let samples = test.test_samples.unwrap_or(DEFAULT_TEST_SAMPLES);
+        let data = open_dataset(&dataset, data_dir, &spec, Split::Test, samples)?;
         if self.batch == 0 {
             return Err(Error::Usage("--batch must be >= 1".into()));
         }
@@ -140,6 +184,44 @@ impl EvalArgs {
             }
         }
         Ok(())
+    }
+
+    /// The test data of the flags, each part not given taken from the run beside the
+    /// checkpoint (and said so on stderr).
+    fn test_data(&self) -> Result<TestData> {
+        let given = TestData {
+            dataset: self.dataset.clone(),
+            data_dir: self.data_dir.clone(),
+            test_samples: self.test_samples,
+        };
+        let Some((path, run)) = neighbour_test_data(&self.checkpoint)? else {
+            return Ok(given);
+        };
+        let run_dir = run.data_dir.as_ref().map(|dir| dir.display().to_string());
+        let taken: Vec<String> = [
+            ("--dataset", given.dataset.is_none(), run.dataset.clone()),
+            ("--data-dir", given.data_dir.is_none(), run_dir),
+            (
+                "--test-samples",
+                given.test_samples.is_none(),
+                run.test_samples.map(|n| n.to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, unset, value)| value.filter(|_| unset).map(|v| format!("{flag} {v}")))
+        .collect();
+        if !taken.is_empty() {
+            eprintln!(
+                "the run's test data ({}): {}",
+                path.display(),
+                taken.join(", ")
+            );
+        }
+        Ok(TestData {
+            dataset: given.dataset.or(run.dataset),
+            data_dir: given.data_dir.or(run.data_dir),
+            test_samples: given.test_samples.or(run.test_samples),
+        })
     }
 
     /// The model: `--model` or `--spec`, else the spec saved beside the checkpoint.
