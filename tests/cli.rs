@@ -90,6 +90,30 @@ fn verify_passes_on_a_small_spec_with_both_couplings() {
 }
 
 #[test]
+fn verify_of_a_model_without_reversible_sequences_reports_those_checks_as_not_applicable() {
+    let spec = fixture("msresnet.spec.json");
+    let spec = spec.to_str().unwrap();
+    let report = json(&revsnn(&["verify", "--spec", spec, "--json"]));
+    assert_eq!(report["reversible"], false);
+    for key in [
+        "reconstruction_max_rel_err",
+        "spike_flips",
+        "spikes_compared",
+        "grad_max_rel_err_vs_bptt",
+    ] {
+        assert!(report[key].is_null(), "{key} in {report}");
+    }
+    assert!(report["fd_max_rel_err"].is_number(), "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+    let table = String::from_utf8_lossy(&revsnn(&["verify", "--spec", spec]).stdout).into_owned();
+    assert!(
+        table.contains("n/a (the model has no reversible sequence)")
+            && !table.contains("spike flips "),
+        "{table}"
+    );
+}
+
+#[test]
 fn memory_reports_per_batch_peaks_and_per_image_figures() {
     let spec = fixture("revsformer.spec.json");
     let report = json(&revsnn(&[

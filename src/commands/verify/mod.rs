@@ -10,7 +10,7 @@ pub mod precision;
 use clap::{Args, ValueEnum};
 use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_error};
 use revsnn_reference::{Backend, Cpu, DType, Element, Precision};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{DTypeArg, ModelArgs, print_json_report, random_batch, random_images};
 use crate::device::{Device, DeviceChoice, on_backend};
@@ -531,12 +531,16 @@ impl VerifyArgs {
         if self.json {
             self.print_json(&name, &spec, &device, &report);
         } else {
-            self.print_table(&name, &device, &report);
+            self.print_table(&name, &spec, &device, &report);
         }
         Ok(report.passed)
     }
 
+    /// The report as one JSON object; the reversible checks are `null` for a model without
+    /// reversible sequences, where they compare nothing.
     fn print_json(&self, name: &str, spec: &ModelSpec, device: &Device, report: &VerifyReport) {
+        let reversible = spec.arch.is_reversible();
+        let reversible_only = |value: Value| if reversible { value } else { Value::Null };
         print_json_report(
             name,
             device,
@@ -545,11 +549,11 @@ impl VerifyArgs {
                 "coupling": format!("{:?}", Coupling::from(self.coupling)).to_lowercase(),
                 "seed": self.seed,
                 "batch": self.batch,
-                "reversible": spec.arch.is_reversible(),
-                "reconstruction_max_rel_err": report.reconstruction_max_rel_err,
-                "spike_flips": report.spike_flips,
-                "spikes_compared": report.spikes_compared,
-                "grad_max_rel_err_vs_bptt": report.grad_max_rel_err_vs_bptt,
+                "reversible": reversible,
+                "reconstruction_max_rel_err": reversible_only(report.reconstruction_max_rel_err.into()),
+                "spike_flips": reversible_only(report.spike_flips.into()),
+                "spikes_compared": reversible_only(report.spikes_compared.into()),
+                "grad_max_rel_err_vs_bptt": reversible_only(report.grad_max_rel_err_vs_bptt.into()),
                 "fd_max_rel_err": report.fd_max_rel_err,
                 "fd_coordinates": report.fd_coordinates,
                 "fd_skipped_near_kinks": report.fd_skipped,
@@ -560,7 +564,7 @@ impl VerifyArgs {
         );
     }
 
-    fn print_table(&self, name: &str, device: &Device, report: &VerifyReport) {
+    fn print_table(&self, name: &str, spec: &ModelSpec, device: &Device, report: &VerifyReport) {
         let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
         let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
         let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
@@ -573,22 +577,29 @@ impl VerifyArgs {
             self.batch,
             device.name()
         );
-        println!(
-            "  reconstruction max rel. error  {:>10.3e}  (bar {reconstruction_bar:.0e})  {}",
-            report.reconstruction_max_rel_err,
-            mark_reversible(report.reconstruction_max_rel_err <= reconstruction_bar)
-        );
-        println!(
-            "  spike flips                    {:>10} of {}  {}",
-            report.spike_flips,
-            report.spikes_compared,
-            mark_reversible(report.spike_flips == 0)
-        );
-        println!(
-            "  gradients vs stored BPTT       {:>10.3e}  (bar {grad_bar:.0e})  {}",
-            report.grad_max_rel_err_vs_bptt,
-            mark_reversible(report.grad_max_rel_err_vs_bptt <= grad_bar)
-        );
+        if spec.arch.is_reversible() {
+            println!(
+                "  reconstruction max rel. error  {:>10.3e}  (bar {reconstruction_bar:.0e})  {}",
+                report.reconstruction_max_rel_err,
+                mark_reversible(report.reconstruction_max_rel_err <= reconstruction_bar)
+            );
+            println!(
+                "  spike flips                    {:>10} of {}  {}",
+                report.spike_flips,
+                report.spikes_compared,
+                mark_reversible(report.spike_flips == 0)
+            );
+            println!(
+                "  gradients vs stored BPTT       {:>10.3e}  (bar {grad_bar:.0e})  {}",
+                report.grad_max_rel_err_vs_bptt,
+                mark_reversible(report.grad_max_rel_err_vs_bptt <= grad_bar)
+            );
+        } else {
+            println!(
+                "  reconstruction, spike flips, gradients vs stored BPTT: n/a (the model has no \
+                 reversible sequence)"
+            );
+        }
         let fd_error = match report.fd_coordinates {
             0 => "not run".to_string(),
             _ => format!("{:.3e}", report.fd_max_rel_err),

@@ -83,7 +83,8 @@ impl PrecisionReport {
         let verdict = match self.within_bounds() {
             Some(true) => "ok",
             Some(false) => "FAILED",
-            None if self.bounds.is_some() => "no bound: spikes differ",
+            // a bound holds only while no spike differs (docs/precision.md, "Bounds against f64")
+            None if self.bounds.is_some() => "bound void: spikes differ",
             None => "no bound: the head reads real values",
         };
         println!(
@@ -99,7 +100,7 @@ impl PrecisionReport {
             self.logits_max_abs
         );
         println!(
-            "  {} vs f64: loss abs. error       {:>10.3e}  (bound {})",
+            "  {} vs f64: loss abs. error       {:>10.3e}  (bound {})  {verdict}",
             self.precision,
             self.loss_abs_err,
             bound(self.bounds.map(|b| b.loss))
