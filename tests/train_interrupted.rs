@@ -244,10 +244,12 @@ fn a_full_disk_stops_training_with_a_clear_error_and_resume_continues_the_run() 
     let straight = dir.join("straight");
     ok(output(train(&spec, &straight, false)));
     // 16 KiB: the disk fills while curves.png is written, after metrics.jsonl; 56 KiB: while
-    // the first file of the checkpoint is written.
+    // the first file of the checkpoint is written; 124 KiB: while the weights (about 125 KiB)
+    // are written, after the optimizer state (about 118 KiB) was staged.
     for (limit, file) in [
         (16 << 10, "curves.png"),
         (56 << 10, ".last.optimizer.safetensors.epoch-2"),
+        (124 << 10, ".last.safetensors.epoch-2"),
     ] {
         let out = dir.join(format!("limit-{limit}"));
         let mut first = train(&spec, &out, false);
@@ -272,6 +274,10 @@ fn a_full_disk_stops_training_with_a_clear_error_and_resume_continues_the_run() 
             );
         }
         assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !hidden_file(&out, ".last.") && !hidden_file(&out, ".best."),
+            "limit {limit}: staged files of the unsaved epoch are left"
+        );
         for (name, before) in CHECKPOINT.iter().zip(&kept) {
             assert!(
                 bytes(out.join(name)) == *before,

@@ -176,22 +176,41 @@ impl RunDir {
         state: &RunState,
         improved: bool,
     ) -> Result<()> {
+        let state_json = serde_json::to_string_pretty(state).expect("the state serialises");
+        if let Err(error) = self.stage_checkpoint(backend, learner, state, improved, &state_json) {
+            // Nothing is committed: the staged files would only hold space on a disk that is
+            // probably full.
+            for name in checkpoint_files(state) {
+                let _ = std::fs::remove_file(self.file(&staged_name(name, state.epochs_done)));
+            }
+            return Err(error);
+        }
+        write_atomic(&self.file("last.json"), state_json.as_bytes())?;
+        self.finish_commit(state)
+    }
+
+    /// Step 1 of [`RunDir::save_checkpoint`]: each file of the epoch to its staged name.
+    fn stage_checkpoint<B: Backend>(
+        &self,
+        backend: &B,
+        learner: &Learner<B>,
+        state: &RunState,
+        improved: bool,
+        state_json: &str,
+    ) -> Result<()> {
         let store = &learner.network.store;
-        let epoch = state.epochs_done;
         let weights = checkpoint::state_dict(backend, store)?;
-        let stage = |name: &str| self.file(&staged_name(name, epoch));
+        let stage = |name: &str| self.file(&staged_name(name, state.epochs_done));
         checkpoint::write(
             &stage(&state.optimizer_state),
             &learner.optimizer.state_tensors(backend, store)?,
         )?;
         checkpoint::write(&stage("last.safetensors"), &weights)?;
-        let state_json = serde_json::to_string_pretty(state).expect("the state serialises");
         if improved {
             checkpoint::write(&stage("best.safetensors"), &weights)?;
             write_atomic(&stage("best.json"), state_json.as_bytes())?;
         }
-        write_atomic(&self.file("last.json"), state_json.as_bytes())?;
-        self.finish_commit(state)
+        Ok(())
     }
 
     /// Completes the commit of the checkpoint `state` (read from `last.json`) records: renames
@@ -305,18 +324,22 @@ pub fn staged_name(name: &str, epoch: usize) -> String {
 /// The file a staged file `file_name` becomes, and whether its epoch is the one `state`
 /// commits; `None` for a file that is not a staged file of the checkpoint.
 fn staged_file<'a>(file_name: &str, state: &'a RunState) -> Option<(&'a str, bool)> {
-    let names = [
-        state.optimizer_state.as_str(),
-        "last.safetensors",
-        "best.safetensors",
-        "best.json",
-    ];
     let rest = file_name.strip_prefix('.')?;
-    names.into_iter().find_map(|name| {
+    checkpoint_files(state).into_iter().find_map(|name| {
         let epoch = rest.strip_prefix(name)?.strip_prefix(".epoch-")?;
         let epoch: usize = epoch.parse().ok()?;
         Some((name, epoch == state.epochs_done))
     })
+}
+
+/// The files of a checkpoint that are staged before `last.json` commits it.
+fn checkpoint_files(state: &RunState) -> [&str; 4] {
+    [
+        state.optimizer_state.as_str(),
+        "last.safetensors",
+        "best.safetensors",
+        "best.json",
+    ]
 }
 
 /// Whether `file_name` is a temporary file of [`write_atomic`] (`.NAME.XXXXXX.partial`), left
