@@ -360,7 +360,16 @@ fn bad_input_is_a_clear_error() {
     let output = train(&spec, &out, &["--epochs", "1"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("already holds a run"));
     let output = train(&spec, &dir.join("none"), &["--resume"]);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read the run state"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no run to resume here"));
+    // a run stopped before its first checkpoint leaves config.toml only
+    let unsaved = dir.join("unsaved");
+    std::fs::create_dir_all(&unsaved).unwrap();
+    std::fs::copy(out.join("config.toml"), unsaved.join("config.toml")).unwrap();
+    let output = train(&spec, &unsaved, &["--resume"]);
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("saved no epoch yet (it has config.toml but no last.json)")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -149,13 +149,16 @@ impl RunDir {
     pub fn read_state(&self) -> Result<RunState> {
         let path = self.file("last.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::file(
-                &path,
-                format!(
-                    "cannot read the run state to resume: {e} (is --out the folder of an \
-                     earlier run?)"
-                ),
-            )
+            let why = if e.kind() != std::io::ErrorKind::NotFound {
+                format!("cannot read the run state to resume: {e}")
+            } else if self.file("config.toml").exists() {
+                "the run in this folder saved no epoch yet (it has config.toml but no \
+                 last.json), so there is nothing to resume: start it again without --resume"
+                    .into()
+            } else {
+                "no run to resume here: --out must be the folder of an earlier run".into()
+            };
+            Error::file(&path, why)
         })?;
         RunState::from_json(&text, &path)
     }
