@@ -127,6 +127,17 @@ pub enum Error {
         backend: String,
         advice: &'static str,
     },
+    /// Ctrl-C stopped training during epoch `epoch` (from 1); the run folder `out` holds the
+    /// checkpoint of epoch `saved` (0: none).
+    #[error(
+        "interrupted (Ctrl-C) during epoch {epoch}, whose steps so far are not saved. {}",
+        interrupted_advice(*saved, out)
+    )]
+    Interrupted {
+        epoch: usize,
+        saved: usize,
+        out: String,
+    },
     /// A run folder's file could not be written after epoch `epoch`: training stopped, and the
     /// checkpoint of epoch `kept` (0: none yet) is intact.
     #[error(
@@ -165,6 +176,18 @@ fn diverged_advice(saved: usize, out: &str) -> String {
             "The last good checkpoint, of epoch {saved}, is kept in {out} (for `revsnn eval`). \
              A --resume would repeat the same steps: lower --lr and start a new run with \
              another --out"
+        )
+    }
+}
+
+/// What [`Error::Interrupted`] says the run folder `out` holds and how to go on.
+fn interrupted_advice(saved: usize, out: &str) -> String {
+    if saved == 0 {
+        format!("No epoch finished, so {out} holds no checkpoint: start the run again")
+    } else {
+        format!(
+            "{out} holds the checkpoint of epoch {saved}: continue with `revsnn train --out \
+             {out} --resume`"
         )
     }
 }

@@ -12,6 +12,7 @@ use revsnn::commands::memory::MemoryArgs;
 use revsnn::commands::summary::SummaryArgs;
 use revsnn::commands::train::TrainArgs;
 use revsnn::commands::verify::VerifyArgs;
+use revsnn::error::Error;
 use revsnn_reference::memory::CountingAllocator;
 
 #[global_allocator]
@@ -43,10 +44,11 @@ enum Command {
     /// Train a model (default: a small RevSResNet on the embedded `synthetic` dataset), with
     /// checkpoints, metrics.jsonl and curves.png in the run folder.
     Train(Box<TrainArgs>),
-    /// Top-1 and top-5 accuracy of a checkpoint on a dataset's test split.
+    /// Top-1 and top-5 accuracy of a checkpoint on a dataset's test split (by default the run's
+    /// model and test data, from the run state beside the checkpoint).
     Eval(EvalArgs),
     /// Median seconds per training step (forward, backward, optimizer step), images/s and peak
-    /// memory, in f32.
+    /// memory, in f32 tensors with the GEMMs in --precision (default f32).
     Bench(BenchArgs),
 }
 
@@ -73,7 +75,11 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            match error {
+                // the shells' code for a process that SIGINT ended
+                Error::Interrupted { .. } => ExitCode::from(130),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

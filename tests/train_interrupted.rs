@@ -8,6 +8,7 @@ mod common;
 
 use common::{failed, ok, revsnn_command, scratch, small_train_args};
 
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -295,5 +296,48 @@ fn a_full_disk_stops_training_with_a_clear_error_and_resume_continues_the_run() 
         ok(output(train(&spec, &out, true)));
         assert_same_run(&straight, &out, &format!("limit {limit}"));
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctrl_c_stops_training_with_what_to_do_and_resume_continues_the_run() {
+    let dir = scratch("ctrl-c");
+    let spec = spec_file(&dir, "4,8,8,16");
+    let straight = dir.join("straight");
+    ok(output(train(&spec, &straight, false)));
+    let out = dir.join("run");
+    let mut child = train(&spec, &out, false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // once the first epoch is saved, SIGINT as a terminal's Ctrl-C sends it
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join("last.json").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint after 120 s");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill only sends a signal to the child, which has not been waited for yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let stopped = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    if stopped.status.success() {
+        // the run finished its last epoch before the signal arrived: nothing to check
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: Ctrl-C: the run ended before the signal reached it"
+        );
+    } else {
+        assert_eq!(stopped.status.code(), Some(130), "{stderr}");
+        assert!(
+            stderr.contains("interrupted (Ctrl-C) during epoch")
+                && stderr.contains("--resume")
+                && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        ok(output(train(&spec, &out, true)));
+    }
+    assert_same_run(&straight, &out, "ctrl-c");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,7 +14,7 @@ use crate::collective::ProcessRank;
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::train::config::GivenSettings;
-use crate::train::{Invocation, Run, TrainSummary, config_file_text, train};
+use crate::train::{Invocation, Run, TrainSummary, config_file_text, interrupt, train};
 
 /// The arguments of `revsnn train`: the run's settings, each a flag or a key of the `--config`
 /// file, and what this invocation does.
@@ -95,6 +95,9 @@ impl TrainArgs {
         if self.print_config {
             print!("{}", config_file_text(&run.config, None)?);
             return Ok(());
+        }
+        if process.is_none() && run.config.ranks == 1 {
+            interrupt::listen();
         }
         let device = gpus::open_device(&run, process.as_ref())?;
         set_threads(self.threads)?;

@@ -9,6 +9,7 @@ use revsnn_reference::{Backend, Element, Precision};
 
 use super::config::RunSettings;
 use super::evaluate::{Score, batch_tensor, cast, widened};
+use super::interrupt;
 use super::loader::{Batch, Loader, shuffled};
 use super::pipeline::TrainSet;
 use super::progress::Progress;
@@ -147,6 +148,13 @@ pub fn train_epoch<B: Compute>(
     let mut batches = rank.shares(open_loader, steps)?;
     let mut stats = EpochStats::default();
     for step in 0.. {
+        if interrupt::requested() {
+            return Err(Error::Interrupted {
+                epoch: epoch + 1,
+                saved: epoch,
+                out: config.out.display().to_string(),
+            });
+        }
         let waiting = Instant::now();
         let Some(batch) = batches.next() else { break };
         stats.loader_wait_seconds += waiting.elapsed().as_secs_f64();

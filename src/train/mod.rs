@@ -8,6 +8,7 @@ pub mod config;
 pub mod datasets;
 pub mod epoch;
 pub mod evaluate;
+pub mod interrupt;
 pub mod loader;
 pub mod pipeline;
 pub mod plot;
