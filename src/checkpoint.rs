@@ -317,8 +317,11 @@ fn loaded_value<B: Backend>(
     )))
 }
 
-/// The error of a checkpoint that does not fit the model, naming every key that is missing,
-/// unexpected or of another shape; `None` when it fits.
+/// The keys a misfit names of each kind; the rest are counted.
+const MISFIT_KEYS_NAMED: usize = 4;
+
+/// The error of a checkpoint that does not fit the model: how many keys are missing, unexpected
+/// or of another shape, naming the first few of each; `None` when it fits.
 fn misfit(missing: &[String], unexpected: &[String], mismatched: &[String]) -> Option<Error> {
     let parts: Vec<String> = [
         ("missing keys", missing),
@@ -327,11 +330,19 @@ fn misfit(missing: &[String], unexpected: &[String], mismatched: &[String]) -> O
     ]
     .into_iter()
     .filter(|(_, keys)| !keys.is_empty())
-    .map(|(what, keys)| format!("{what}: {}", keys.join(", ")))
+    .map(|(what, keys)| {
+        let named = keys[..keys.len().min(MISFIT_KEYS_NAMED)].join(", ");
+        match keys.len().saturating_sub(MISFIT_KEYS_NAMED) {
+            0 => format!("{} {what}: {named}", keys.len()),
+            more => format!("{} {what}: {named} and {more} more", keys.len()),
+        }
+    })
     .collect();
     (!parts.is_empty()).then(|| {
-        Error::Spec(format!(
-            "the checkpoint does not fit the model: {}",
+        Error::Usage(format!(
+            "the checkpoint does not fit the model ({}): it holds another model's weights. \
+             Name the model it was trained as (--model or --spec, with its --num-classes and \
+             --time-steps)",
             parts.join("; ")
         ))
     })
