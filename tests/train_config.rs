@@ -190,6 +190,19 @@ fn unknown_keys_and_bad_values_are_named() {
             && stderr.contains("`optimizer`"),
         "{stderr}"
     );
+    // a section's key at the top, or in another section: the error names its section
+    let misplaced = write(&dir, "misplaced.toml", "lr = 0.1\n");
+    let stderr = failed(revsnn(&["train", "--config", &misplaced, "--print-config"]));
+    assert!(
+        stderr.contains("that key belongs in the [optimizer] section"),
+        "{stderr}"
+    );
+    let elsewhere = write(&dir, "elsewhere.toml", "[optimizer]\nmilestones = [2]\n");
+    let stderr = failed(revsnn(&["train", "--config", &elsewhere, "--print-config"]));
+    assert!(
+        stderr.contains("that key belongs in the [schedule] section"),
+        "{stderr}"
+    );
     let nested = write(&dir, "nested.toml", "[optimizer]\nrate = 0.1\n");
     let stderr = failed(revsnn(&["train", "--config", &nested, "--print-config"]));
     assert!(

@@ -480,6 +480,22 @@ fn unused(key: &str, is_set: bool, why: &str) -> Result<()> {
     }
 }
 
+/// The section of the settings (`optimizer`, `schedule`, `augment`, `loader`) that has the key
+/// `key` (its last part, for a dotted key), read from the default run's resolved settings, where
+/// every key is present.
+fn section_of(key: &str) -> Option<String> {
+    let key = key.rsplit('.').next()?;
+    let table = GivenSettings::default()
+        .resolve()
+        .ok()?
+        .to_given()
+        .to_table()
+        .ok()?;
+    table
+        .into_iter()
+        .find_map(|(section, value)| value.as_table()?.contains_key(key).then_some(section))
+}
+
 /// The key, with its table (`optimizer.lr`), of the `key = value` line of `text` that holds byte
 /// `offset`; `None` on a line without one.
 fn key_at(text: &str, offset: usize) -> Option<String> {
@@ -572,15 +588,22 @@ impl GivenSettings {
     /// Parses a config file's text; `path` names it in errors and anchors its relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<GivenSettings> {
         let mut settings: GivenSettings = toml::from_str(text).map_err(|e| {
-            let key = e
-                .span()
-                .and_then(|span| key_at(text, span.start))
+            let key = e.span().and_then(|span| key_at(text, span.start));
+            let named = key
+                .as_ref()
                 .map_or(String::new(), |key| format!(" (key `{key}`)"));
+            let section = key
+                .as_deref()
+                .and_then(section_of)
+                .map_or(String::new(), |section| {
+                    format!("; that key belongs in the [{section}] section")
+                });
             Error::File {
                 path: path.display().to_string(),
                 detail: format!(
-                    "not a revsnn train config{key}; `revsnn train --help` lists the keys \
-                     (flags with `_` for `-`): {e}"
+                    "not a revsnn train config{named}; `revsnn train --help` lists the keys \
+                     (flags with `_` for `-`): {}{section}",
+                    e.to_string().trim_end()
                 ),
             }
         })?;
