@@ -32,6 +32,14 @@ pub enum Arch {
     SpikingformerDvs,
 }
 
+/// The name a spec file gives the family (`revsresnet-dvs`, ...).
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self).expect("an arch serialises");
+        f.write_str(name.as_str().unwrap_or_default())
+    }
+}
+
 impl Arch {
     pub fn is_reversible(self) -> bool {
         matches!(

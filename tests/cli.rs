@@ -246,6 +246,43 @@ fn bad_specs_and_devices_are_errors_not_panics() {
 }
 
 #[test]
+fn small_mistakes_are_refused_with_what_to_do() {
+    let train_into = |extra: &[&str]| {
+        let out = scratch("mistakes");
+        let mut args = vec!["train", "--out", out.to_str().unwrap(), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        stderr(&revsnn(&args))
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            stderr(&revsnn(&["summary"])),
+            "<--model <MODEL>|--spec <SPEC>>",
+        ),
+        (
+            stderr(&revsnn(&[
+                "verify",
+                "--model",
+                "revsresnet21",
+                "--batch",
+                "0",
+            ])),
+            "--batch must be >= 1",
+        ),
+        (
+            train_into(&["--lr", "-1"]),
+            "optimizer.lr = -1: expected a positive, finite number",
+        ),
+        (
+            train_into(&["--model", "revsresnet24", "--dataset", "synthetic"]),
+            "the model (revsresnet-dvs, 2 input channels) wants event frames",
+        ),
+    ];
+    for (message, expected) in cases {
+        assert!(message.contains(expected), "{expected:?} in {message}");
+    }
+}
+
+#[test]
 fn an_unknown_precision_lists_the_valid_ones() {
     for command in ["train", "bench", "memory", "verify", "grad", "eval"] {
         let failed = revsnn(&[command, "--precision", "fp8"]);

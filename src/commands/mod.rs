@@ -17,13 +17,14 @@ use crate::device::{Compute, Device};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 
-/// Which model: a preset or a JSON spec file, with overrides.
+/// Which model: a preset or a JSON spec file (one of the two), with overrides.
 #[derive(Clone, Debug, Args)]
+#[command(group(clap::ArgGroup::new("model_or_spec").args(["model", "spec"]).required(true)))]
 pub struct ModelArgs {
     /// A preset: revsresnet21, revsresnet37, revsresnet109, revsresnet24, msresnet18, msresnet34,
     /// msresnet104, msresnet20, revsformer-2-384, revsformer-4-384, revsformer-2-256,
     /// spikingformer-2-384, spikingformer-4-384, spikingformer-2-256.
-    #[arg(long, conflicts_with = "spec", required_unless_present = "spec")]
+    #[arg(long)]
     pub model: Option<String>,
     /// A JSON model spec file (see the README for the format).
     #[arg(long)]

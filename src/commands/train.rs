@@ -17,8 +17,10 @@ use crate::train::config::GivenSettings;
 use crate::train::{Invocation, Run, TrainSummary, config_file_text, interrupt, train};
 
 /// The arguments of `revsnn train`: the run's settings, each a flag or a key of the `--config`
-/// file, and what this invocation does.
+/// file, and what this invocation does. Negative numbers parse as values (`--lr -1` is refused
+/// by the settings' checks, with the valid range, not taken for an unknown flag).
 #[derive(Clone, Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TrainArgs {
     /// A TOML file of settings: each key is a flag's name with `_` for `-`, in the section of
     /// its help heading (`[optimizer]`, `[schedule]`, `[augment]`, `[loader]`; --optimizer and

@@ -50,7 +50,8 @@ fn check_size(size: usize, len: usize) -> Result<()> {
     }
     if len == 0 {
         return Err(Error::Usage(
-            "a synthetic split needs at least one sample; raise --train-samples / --test-samples"
+            "a synthetic split needs at least one sample: give --train-samples and \
+             --test-samples (eval: --test-samples) of 1 or more"
                 .into(),
         ));
     }

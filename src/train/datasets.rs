@@ -92,7 +92,7 @@ fn data_split(split: Split) -> DataSplit {
 fn open_synthetic(spec: &ModelSpec, split: Split, samples: usize) -> Result<Arc<dyn Dataset>> {
     if spec.arch.is_dvs() || spec.in_channels != 3 {
         return Err(Error::Usage(format!(
-            "--dataset synthetic gives 3-channel images, but the model ({:?}, {} input channels) \
+            "--dataset synthetic gives 3-channel images, but the model ({}, {} input channels) \
              wants {}; use --dataset synthetic-events for DVS models",
             spec.arch,
             spec.in_channels,

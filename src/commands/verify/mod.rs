@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{DTypeArg, ModelArgs, print_json_report, random_batch, random_images};
 use crate::device::{Device, DeviceChoice, on_backend};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::footprint;
 use crate::model::reversible::{Coupling, ReversibleOptions, Storage};
 use crate::model::{BuildOptions, EntryKind, Grads, Mode, ParamId, Targets};
@@ -516,6 +516,9 @@ pub struct VerifyArgs {
 impl VerifyArgs {
     /// Runs `revsnn verify`: prints a table or one JSON object; the caller exits 0 iff it passed.
     pub fn run(&self) -> Result<bool> {
+        if self.batch == 0 {
+            return Err(Error::Usage("--batch must be >= 1".into()));
+        }
         let device = self.device.open(self.precision)?;
         let (name, spec) = self.model.resolve()?;
         let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
