@@ -98,8 +98,10 @@ pub fn measure<B: Compute>(
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Images per training step.
     #[arg(long)]
     pub batch: usize,
+    /// Timed steps, after one untimed warm-up step; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// CPU threads (default: all).
@@ -116,6 +118,7 @@ pub struct BenchArgs {
     /// not for speed).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Print one JSON object (every step's time, memory, the device) instead of a line.
     #[arg(long)]
     pub json: bool,
 }
@@ -160,7 +163,10 @@ impl BenchArgs {
     fn print_line(&self, name: &str, device: &Device, report: &BenchReport) {
         let (device_name, engine) = (device.name(), conv_engine(device));
         let place = match device {
-            Device::Cpu(_) => format!("CPU, {} threads", rayon::current_num_threads()),
+            Device::Cpu(_) => match rayon::current_num_threads() {
+                1 => "CPU, 1 thread".to_string(),
+                threads => format!("CPU, {threads} threads"),
+            },
             Device::Cuda(_) => format!("CUDA {device_name}, {engine} convolutions"),
         };
         println!(

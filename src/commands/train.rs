@@ -42,7 +42,7 @@ pub struct TrainArgs {
     /// Stop after this many epochs of this invocation; --resume continues the run exactly.
     #[arg(long)]
     pub stop_after: Option<usize>,
-    /// No progress bar.
+    /// No progress bar and no line per epoch (metrics.jsonl still records every epoch).
     #[arg(long)]
     pub quiet: bool,
     /// Also write each epoch's metrics as TensorBoard event files into RUN/tb/ (view with

@@ -91,14 +91,18 @@ pub struct EvalArgs {
     /// The folder of a downloaded dataset (default: the run's).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// A preset (as `train --model`), where the checkpoint has no run state beside it or holds
+    /// another model's weights.
     #[arg(long, conflicts_with = "spec")]
     pub model: Option<String>,
+    /// A JSON model spec file, in place of --model.
     #[arg(long)]
     pub spec: Option<PathBuf>,
     /// Test samples: the synthetic datasets' size, a cap for the real ones (default: the
     /// run's, else 1000).
     #[arg(long)]
     pub test_samples: Option<usize>,
+    /// Images per forward pass (the accuracy does not depend on it).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Where to compute: auto (CUDA when a usable GPU is found, else the CPU; one line on
@@ -119,6 +123,7 @@ pub struct EvalArgs {
     /// that differ without a flipped spike (docs/precision.md, "Two devices").
     #[arg(long)]
     pub versus_cpu: bool,
+    /// Print one JSON object instead of a line.
     #[arg(long)]
     pub json: bool,
 }

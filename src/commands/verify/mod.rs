@@ -490,12 +490,16 @@ impl From<CouplingArg> for Coupling {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The element type of the tensors: f64 (the tight bars) or f32. The finite differences
+    /// always run in f64.
     #[arg(long, value_enum, default_value = "f64")]
     pub dtype: DTypeArg,
     #[arg(long, value_enum, default_value = "float")]
     pub coupling: CouplingArg,
+    /// The seed of the random weights and inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Images of the random input.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
     /// Coordinates checked by finite differences (half input, half parameters).
@@ -509,6 +513,7 @@ pub struct VerifyArgs {
     /// compute capability 8.0).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
 }
@@ -573,9 +578,12 @@ impl VerifyArgs {
         let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
         let low_precision = self.precision != Precision::F32;
         let mark_reversible = |ok: bool| if low_precision { "reported" } else { mark(ok) };
+        let gemm = match low_precision {
+            true => format!("GEMM operands rounded to {}", self.precision),
+            false => "GEMM operands unrounded".to_string(),
+        };
         println!(
-            "{name}: {dtype}, precision {}, {coupling:?} coupling, seed {}, batch {}, on {}",
-            self.precision,
+            "{name}: {dtype} tensors, {gemm}, {coupling:?} coupling, seed {}, batch {}, on {}",
             self.seed,
             self.batch,
             device.name()
