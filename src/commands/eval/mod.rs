@@ -14,7 +14,7 @@ use super::{ModelArgs, print_json_report};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
-use crate::device::{DeviceChoice, on_backend};
+use crate::device::{Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::finite;
 use crate::footprint;
@@ -150,6 +150,12 @@ impl EvalArgs {
         let data = open_dataset(&dataset, data_dir, &spec, Split::Test, samples)?;
         if self.batch == 0 {
             return Err(Error::Usage("--batch must be >= 1".into()));
+        }
+        if self.versus_cpu && matches!(device, Device::Cpu(_)) {
+            eprintln!(
+                "note: --versus-cpu on the CPU compares the CPU reference with itself (a check of \
+                 the comparison, not of a device); give --device cuda to compare a GPU"
+            );
         }
         let (result, agreement) = on_backend!(&device, DType::F32, |backend| {
             let setting = format!("--batch {}", self.batch);
