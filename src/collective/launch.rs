@@ -42,12 +42,15 @@ impl ProcessRank {
             ));
         }
         let rank = get("RANK").ok_or_else(|| {
+            let indices = match world_size {
+                1 => "0".to_string(),
+                n => format!("0 to {}", n - 1),
+            };
             launch_error(
                 "RANK",
                 format!(
                     "is not set but WORLD_SIZE is {world_size}: set RANK to this process's index, \
-                     0 to {} (torchrun sets it)",
-                    world_size - 1
+                     {indices} (torchrun sets it)"
                 ),
             )
         })?;
