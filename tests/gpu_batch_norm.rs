@@ -232,37 +232,74 @@ fn train_dx_term_norm<E: GpuElement>(inputs: &Inputs<E>, inv_std: &[f64]) -> f64
 }
 
 fn check_all<E: GpuElement>(gpu: &Cuda<E>, tolerance: f64) {
+    for (case, shape) in SHAPES.iter().enumerate() {
+        check_case(
+            gpu,
+            &Inputs::<E>::random(shape, 1000 + case as u64),
+            tolerance,
+        );
+    }
+}
+
+/// The GPU's outputs for `inputs` against the reference's (and against a second GPU run, bit
+/// for bit).
+fn check_case<E: GpuElement>(gpu: &Cuda<E>, inputs: &Inputs<E>, tolerance: f64) {
     let params = BatchNormParams {
         eps: 1e-5,
         momentum: 0.1,
     };
-    for (case, shape) in SHAPES.iter().enumerate() {
-        let inputs = Inputs::<E>::random(shape, 1000 + case as u64);
-        let gpu_out = run_gpu(gpu, &inputs, params);
-        let again = run_gpu(gpu, &inputs, params);
-        for (((name, _), a), b) in FIELDS.iter().zip(gpu_out.fields()).zip(again.fields()) {
-            let same_bits =
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same_bits, "{shape:?}: {name} differs run to run");
+    let shape = &inputs.shape;
+    let gpu_out = run_gpu(gpu, inputs, params);
+    let again = run_gpu(gpu, inputs, params);
+    for (((name, _), a), b) in FIELDS.iter().zip(gpu_out.fields()).zip(again.fields()) {
+        let same_bits =
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same_bits, "{shape:?}: {name} differs run to run");
+    }
+    let cpu_out = run_cpu(inputs, params);
+    let dx_terms = train_dx_term_norm(inputs, &cpu_out.train_inv_std);
+    let mut report = Vec::new();
+    for (((name, is_f64), g), c) in FIELDS.iter().zip(gpu_out.fields()).zip(cpu_out.fields()) {
+        let mut error = relative_error(g, c);
+        if *name == "train dx" {
+            let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt();
+            error *= norm / norm.max(dx_terms);
         }
-        let cpu_out = run_cpu(&inputs, params);
-        let dx_terms = train_dx_term_norm(&inputs, &cpu_out.train_inv_std);
-        let mut report = Vec::new();
-        for (((name, is_f64), g), c) in FIELDS.iter().zip(gpu_out.fields()).zip(cpu_out.fields()) {
-            let mut error = relative_error(g, c);
-            if *name == "train dx" {
-                let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt();
-                error *= norm / norm.max(dx_terms);
-            }
-            let bar = if *is_f64 { 1e-12 } else { tolerance };
-            assert!(
-                error <= bar,
-                "{} {shape:?}: {name} rel error {error:e} > {bar:e}",
-                E::SUFFIX
-            );
-            report.push(format!("{name} {error:.1e}"));
+        let bar = if *is_f64 { 1e-12 } else { tolerance };
+        assert!(
+            error <= bar,
+            "{} {shape:?}: {name} rel error {error:e} > {bar:e}",
+            E::SUFFIX
+        );
+        report.push(format!("{name} {error:.1e}"));
+    }
+    println!("{} {shape:?}: {}", E::SUFFIX, report.join(", "));
+}
+
+/// `inputs` whose `x` is `offset` plus a trend along the batch axis plus noise, both of size
+/// `spread`: a mean large against the spread (where "mean of squares minus squared mean" would
+/// cancel a factor (mean / spread)^2, 1e10 in the f32 case, of the f64 sums' precision), and
+/// chunks and threads whose means differ, so the merge's `delta^2` term carries weight.
+fn offset_inputs<E: GpuElement>(shape: &[usize], offset: f64, spread: f64) -> Inputs<E> {
+    let mut inputs = Inputs::<E>::random(shape, 77);
+    let batch_stride: usize = shape[1..].iter().product();
+    let mut rng = SplitMix64::new(78);
+    for (k, x) in inputs.x.iter_mut().enumerate() {
+        let trend = (k / batch_stride) as f64 / shape[0] as f64;
+        *x = E::cast(offset + spread * (trend + rng.normal_vec(1, 1.0)[0]));
+    }
+    inputs
+}
+
+#[test]
+fn gpu_batch_norm_statistics_hold_for_a_mean_large_against_the_spread() {
+    for shape in [&[64, 4, 16, 16][..], &[3, 2, 349_526]] {
+        if let Some(gpu) = backend_or_skip::<f32>("gpu_batch_norm large mean f32") {
+            check_case(&gpu, &offset_inputs::<f32>(shape, 1e4, 1e-1), 1e-5);
         }
-        println!("{} {shape:?}: {}", E::SUFFIX, report.join(", "));
+        if let Some(gpu) = backend_or_skip::<f64>("gpu_batch_norm large mean f64") {
+            check_case(&gpu, &offset_inputs::<f64>(shape, 10.0, 1e-1), 1e-12);
+        }
     }
 }
 

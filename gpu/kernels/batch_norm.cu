@@ -14,11 +14,14 @@
 // blocks loop over (c, chunk) with a grid stride, so the bits do not depend on the grid size or
 // on the scheduling.
 //
-// The forward's statistics read x once: each thread keeps Welford's running (count, mean, m2),
-// and the trees merge such triples pairwise with the update of Chan, Golub and LeVeque
-// ("Algorithms for computing the sample variance", 1983): it sums deviations from running means,
-// so unlike "mean of squares minus squared mean" it does not cancel when the mean is large
-// against the spread (docs/ARCHITECTURE.md, "GPU"). The backward's two sums are plain sums.
+// The forward's statistics read x once: each thread sums its elements' differences from its first
+// element x0, S1 = sum (x - x0) and S2 = sum (x - x0)^2, and turns them into (count n, mean
+// x0 + S1 / n, m2 = S2 - S1^2 / n) once; the trees merge such triples pairwise with the update of
+// Chan, Golub and LeVeque ("Algorithms for computing the sample variance", 1983). The subtraction
+// in m2 cancels at most a factor n + 1: S2 = m2 + n (mean - x0)^2 and, x0 being one of the values,
+// (mean - x0)^2 <= m2. So unlike "mean of squares minus squared mean" it stays accurate when the
+// mean is large against the spread, with no division per element (docs/ARCHITECTURE.md, "GPU").
+// The backward's two sums are plain sums.
 
 #define BN_THREADS 256
 
@@ -112,20 +115,33 @@ struct Moments {
     double count, mean, m2;
 };
 
-// Welford's update of m with one more value v.
-__device__ __forceinline__ void add_value(Moments& m, double v) {
-    m.count += 1.0;
-    const double delta = v - m.mean;
-    m.mean += delta / m.count;
-    m.m2 += delta * (v - m.mean);
+// One thread's running sums of its values' differences from its first value.
+struct ShiftedSums {
+    double count, first, s1, s2;
+};
+
+__device__ __forceinline__ void add_value(ShiftedSums& sums, double v) {
+    if (sums.count == 0.0) sums.first = v;
+    const double d = v - sums.first;
+    sums.count += 1.0;
+    sums.s1 += d;
+    sums.s2 += d * d;
+}
+
+// The moments of the values summed: mean = first + S1 / n, m2 = S2 - S1^2 / n (at least 0).
+__device__ __forceinline__ Moments moments_of(const ShiftedSums& sums) {
+    if (sums.count == 0.0) return {0.0, 0.0, 0.0};
+    const double shift = sums.s1 / sums.count;
+    return {sums.count, sums.first + shift, fmax(sums.s2 - sums.s1 * shift, 0.0)};
 }
 
 // The moments of the union of the values of a and of b (Chan, Golub and LeVeque): with
 // delta = mean_b - mean_a, mean = mean_a + delta n_b / n and m2 = m2_a + m2_b + delta^2 n_a n_b / n.
-// Either side may be empty, and then the other is returned exactly.
+// Either side may be empty, and then the other is returned as it is.
 __device__ __forceinline__ Moments merge(Moments a, Moments b) {
+    if (b.count == 0.0) return a;
+    if (a.count == 0.0) return b;
     const double count = a.count + b.count;
-    if (count == 0.0) return a;
     const double delta = b.mean - a.mean, share = b.count / count;
     return {count, a.mean + delta * share, a.m2 + b.m2 + delta * delta * a.count * share};
 }
@@ -151,9 +167,9 @@ __device__ void bn_moments_partial(const E* __restrict__ x, double* __restrict__
     __shared__ Moments buf[BN_THREADS];
     for_each_chunk(
         [&](long long c, long long chunk, long long start, long long end) {
-            Moments m = {0.0, 0.0, 0.0};
-            walk_chunk([&](long long k) { add_value(m, (double)x[k]); }, c, start, end, channels, inner);
-            const Moments total = block_merge(m, buf);
+            ShiftedSums sums = {0.0, 0.0, 0.0, 0.0};
+            walk_chunk([&](long long k) { add_value(sums, (double)x[k]); }, c, start, end, channels, inner);
+            const Moments total = block_merge(moments_of(sums), buf);
             if (threadIdx.x == 0) {
                 const double values[3] = {total.count, total.mean, total.m2};
                 for (int s = 0; s < 3; ++s) partial[((long long)s * channels + c) * chunks + chunk] = values[s];

@@ -7,8 +7,9 @@
 //! reduces one contiguous run of channel `c`'s elements through a fixed shared-memory tree into a
 //! partial, then block `c` reduces its partials the same way. No atomics, so the bits do not depend
 //! on the launch (docs/design.md principle 4). The forward reads `x` once for its statistics
-//! (Welford's update per thread, merged pairwise with Chan's formula) where the reference sums
-//! the squared deviations in a second read; the two differ only by rounding.
+//! (each thread's sums of differences from its first element, merged pairwise with Chan's
+//! formula) where the reference sums the squared deviations in a second read; the two differ only
+//! by rounding.
 
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use revsnn_reference::contract::shapes::{
@@ -166,8 +167,8 @@ struct Moments<E> {
     var_unbiased: DeviceBuffer<E>,
 }
 
-/// Each channel's mean and variance in one read of `x` (gpu/kernels/batch_norm.cu: Welford's
-/// update per thread, Chan's merge of the threads and chunks), then the constants of [`Moments`].
+/// Each channel's mean and variance in one read of `x` (gpu/kernels/batch_norm.cu: shifted sums
+/// per thread, Chan's merge of the threads and chunks), then the constants of [`Moments`].
 fn moments<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
