@@ -324,13 +324,14 @@ const MISFIT_KEYS_NAMED: usize = 4;
 /// or of another shape, naming the first few of each; `None` when it fits.
 fn misfit(missing: &[String], unexpected: &[String], mismatched: &[String]) -> Option<Error> {
     let parts: Vec<String> = [
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", mismatched),
+        (("missing key", "missing keys"), missing),
+        (("unexpected key", "unexpected keys"), unexpected),
+        (("shape mismatch", "shape mismatches"), mismatched),
     ]
     .into_iter()
     .filter(|(_, keys)| !keys.is_empty())
-    .map(|(what, keys)| {
+    .map(|((one, many), keys)| {
+        let what = if keys.len() == 1 { one } else { many };
         let named = keys[..keys.len().min(MISFIT_KEYS_NAMED)].join(", ");
         match keys.len().saturating_sub(MISFIT_KEYS_NAMED) {
             0 => format!("{} {what}: {named}", keys.len()),
@@ -340,9 +341,8 @@ fn misfit(missing: &[String], unexpected: &[String], mismatched: &[String]) -> O
     .collect();
     (!parts.is_empty()).then(|| {
         Error::Usage(format!(
-            "the checkpoint does not fit the model ({}): it holds another model's weights. \
-             Name the model it was trained as (--model or --spec, with its --num-classes and \
-             --time-steps)",
+            "the checkpoint does not fit the model ({}): it holds another model's weights; \
+             give the command the model they were trained as",
             parts.join("; ")
         ))
     })

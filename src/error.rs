@@ -127,14 +127,15 @@ pub enum Error {
         backend: String,
         advice: &'static str,
     },
-    /// Ctrl-C stopped training during epoch `epoch` (from 1); the run folder `out` holds the
-    /// checkpoint of epoch `saved` (0: none).
+    /// Ctrl-C stopped training before step `step` of epoch `epoch` (both from 1); the run folder
+    /// `out` holds the checkpoint of epoch `saved` (0: none).
     #[error(
-        "interrupted (Ctrl-C) during epoch {epoch}, whose steps so far are not saved. {}",
-        interrupted_advice(*saved, out)
+        "interrupted (Ctrl-C) before step {step} of epoch {epoch}. {}",
+        kept_and_next(*saved, out, None)
     )]
     Interrupted {
         epoch: usize,
+        step: usize,
         saved: usize,
         out: String,
     },
@@ -142,7 +143,7 @@ pub enum Error {
     /// checkpoint of epoch `kept` (0: none yet) is intact.
     #[error(
         "{source}\nTraining stopped: epoch {epoch} is not saved. {}",
-        kept_checkpoint(*kept, dir)
+        kept_and_next(*kept, dir, Some("free space (or fix the folder)"))
     )]
     NotSaved {
         epoch: usize,
@@ -180,30 +181,22 @@ fn diverged_advice(saved: usize, out: &str) -> String {
     }
 }
 
-/// What [`Error::Interrupted`] says the run folder `out` holds and how to go on.
-fn interrupted_advice(saved: usize, out: &str) -> String {
-    if saved == 0 {
-        format!("No epoch finished, so {out} holds no checkpoint: start the run again")
-    } else {
-        format!(
-            "{out} holds the checkpoint of epoch {saved}: continue with `revsnn train --out \
-             {out} --resume`"
-        )
-    }
+/// The command that continues the run in the folder `out`.
+pub fn resume_command(out: &str) -> String {
+    format!("`revsnn train --out {out} --resume`")
 }
 
-/// What [`Error::NotSaved`] says is kept in the run folder `dir` and how to go on.
-fn kept_checkpoint(kept: usize, dir: &str) -> String {
-    if kept == 0 {
-        format!(
-            "No epoch of the run was saved yet: free space (or fix the folder {dir}), then start \
-             the run again"
-        )
-    } else {
-        format!(
-            "The checkpoint of epoch {kept} in {dir} is intact: free space (or fix the folder), \
-             then continue with `revsnn train --out {dir} --resume`"
-        )
+/// What the run folder `out` holds (the checkpoint of epoch `saved`; 0: none) and how to go on
+/// once `fix` (if any) is done: start the run again, or continue it ([`resume_command`]). Said by
+/// [`Error::Interrupted`] and [`Error::NotSaved`].
+fn kept_and_next(saved: usize, out: &str, fix: Option<&str>) -> String {
+    let fix = fix.map_or(String::new(), |fix| format!("{fix}, then "));
+    match saved {
+        0 => format!("No epoch finished, so {out} holds no checkpoint: {fix}start the run again"),
+        _ => format!(
+            "{out} holds the checkpoint of epoch {saved}: {fix}continue with {}",
+            resume_command(out)
+        ),
     }
 }
 

@@ -308,6 +308,22 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     ]));
     let report: Value = serde_json::from_slice(&fewer.stdout).unwrap();
     assert_eq!(report["samples"], 8);
+    // the run's dataset named: the rest still comes from the run
+    let named = ok(revsnn(&[
+        "eval",
+        "--checkpoint",
+        &checkpoint,
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--json",
+    ]));
+    let said = String::from_utf8_lossy(&named.stderr);
+    assert!(
+        said.contains("): --test-samples 16") && !said.contains("--dataset"),
+        "{said}"
+    );
 
     let output = ok(revsnn(&[
         "bench", "--spec", &spec, "--batch", "2", "--steps", "2", "--device", "cpu", "--json",

@@ -203,6 +203,14 @@ fn unknown_keys_and_bad_values_are_named() {
         stderr.contains("that key belongs in the [schedule] section"),
         "{stderr}"
     );
+    let well_placed = write(&dir, "placed.toml", "[optimizer]\nlr = \"x\"\n");
+    let stderr = failed(revsnn(&[
+        "train",
+        "--config",
+        &well_placed,
+        "--print-config",
+    ]));
+    assert!(!stderr.contains("belongs in"), "{stderr}");
     let nested = write(&dir, "nested.toml", "[optimizer]\nrate = 0.1\n");
     let stderr = failed(revsnn(&["train", "--config", &nested, "--print-config"]));
     assert!(

@@ -76,9 +76,8 @@ pub fn measure<B: Compute>(
         per_batch.push((batch, backend.peak_memory_bytes()));
     }
     // the smallest and the largest batch, in whatever order they were given
-    let by_batch = |&&(batch, _): &&(usize, usize)| batch;
-    let smallest = *per_batch.iter().min_by_key(by_batch).expect("a batch size");
-    let largest = *per_batch.iter().max_by_key(by_batch).expect("a batch size");
+    let smallest = *per_batch.iter().min_by_key(|p| p.0).expect("a batch size");
+    let largest = *per_batch.iter().max_by_key(|p| p.0).expect("a batch size");
     let bytes_per_image_slope = (largest.0 != smallest.0)
         .then(|| (largest.1 as f64 - smallest.1 as f64) / (largest.0 as f64 - smallest.0 as f64));
     Ok(MemoryReport {

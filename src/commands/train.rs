@@ -12,9 +12,9 @@ use clap::Args;
 use super::set_threads;
 use crate::collective::ProcessRank;
 use crate::device::DeviceChoice;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, resume_command};
 use crate::train::config::GivenSettings;
-use crate::train::{Invocation, Run, TrainSummary, config_file_text, interrupt, train};
+use crate::train::{Invocation, Run, TrainSummary, config_file_text, train};
 
 /// The arguments of `revsnn train`: the run's settings, each a flag or a key of the `--config`
 /// file, and what this invocation does. Negative numbers parse as values (`--lr -1` is refused
@@ -71,16 +71,16 @@ impl TrainArgs {
     /// Runs `revsnn train`: as the launcher of `--gpus N` ranks, as one rank of a run of
     /// processes (`WORLD_SIZE` set), or as the whole run.
     pub fn run(&self) -> Result<()> {
-        let process = ProcessRank::from_env()?;
-        if let (Some(count), None, false) = (self.gpus, &process, self.print_config) {
-            return gpus::launch(count, self.settings.device);
-        }
         if self.stop_after == Some(0) {
             return Err(Error::Usage(
                 "--stop-after 0 would train no epoch: give 1 or more, or leave it out to train \
                  all of --epochs"
                     .into(),
             ));
+        }
+        let process = ProcessRank::from_env()?;
+        if let (Some(count), None, false) = (self.gpus, &process, self.print_config) {
+            return gpus::launch(count, self.settings.device);
         }
         let mut given = self.settings.clone();
         if let Some(path) = &self.config {
@@ -98,9 +98,6 @@ impl TrainArgs {
             print!("{}", config_file_text(&run.config, None)?);
             return Ok(());
         }
-        if process.is_none() && run.config.ranks == 1 {
-            interrupt::listen();
-        }
         let device = gpus::open_device(&run, process.as_ref())?;
         set_threads(self.threads)?;
         if run.config.device == DeviceChoice::Cuda {
@@ -115,6 +112,9 @@ impl TrainArgs {
         let leader = process.as_ref().is_none_or(|me| me.rank == 0);
         let options = Invocation {
             stop_after: self.stop_after,
+            // one rank only: ranks that saw the request at different steps would leave the
+            // others waiting in a collective (train::interrupt)
+            ctrl_c_stops: process.is_none() && run.config.ranks == 1,
             quiet: self.quiet || !leader,
             tensorboard: self.tensorboard,
             allow_non_finite: self.allow_non_finite,
@@ -140,7 +140,7 @@ fn summary_line(summary: &TrainSummary) -> String {
                 "stopped after epoch {} of {} (--stop-after)",
                 summary.epochs_done, summary.epochs
             ),
-            format!("; continue with `revsnn train --out {folder} --resume`"),
+            format!("; continue with {}", resume_command(&folder.to_string())),
         )
     } else {
         ("done".to_string(), format!("; run folder {folder}"))

@@ -89,8 +89,8 @@ pub struct GivenSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_samples: Option<usize>,
     /// Total epochs (default: quick 8; paper 200 CIFAR ResNets, 310 CIFAR transformers, 106
-    /// CIFAR10-DVS, 202 DVS128 Gesture). With --resume: extend or shorten the run, which
-    /// rescales what the recipe scaled to it.
+    /// CIFAR10-DVS, 202 DVS128 Gesture). With --resume: extend or shorten the run (not below
+    /// the epochs done), which rescales what the recipe scaled to it.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<usize>,
@@ -480,20 +480,21 @@ fn unused(key: &str, is_set: bool, why: &str) -> Result<()> {
     }
 }
 
-/// The section of the settings (`optimizer`, `schedule`, `augment`, `loader`) that has the key
-/// `key` (its last part, for a dotted key), read from the default run's resolved settings, where
-/// every key is present.
-fn section_of(key: &str) -> Option<String> {
-    let key = key.rsplit('.').next()?;
+/// The section of the settings (`optimizer`, `schedule`, `augment`, `loader`) that has the last
+/// part of the dotted `key`, where `key` puts it elsewhere (`lr` at the top, `optimizer.gamma`);
+/// read from the default run's resolved settings, where every key is present.
+fn misplaced_in(key: &str) -> Option<String> {
+    let (written_in, name) = key.rsplit_once('.').unwrap_or(("", key));
     let table = GivenSettings::default()
         .resolve()
         .ok()?
         .to_given()
         .to_table()
         .ok()?;
-    table
+    let section = table
         .into_iter()
-        .find_map(|(section, value)| value.as_table()?.contains_key(key).then_some(section))
+        .find_map(|(section, value)| value.as_table()?.contains_key(name).then_some(section))?;
+    (section != written_in).then_some(section)
 }
 
 /// The key, with its table (`optimizer.lr`), of the `key = value` line of `text` that holds byte
@@ -594,7 +595,7 @@ impl GivenSettings {
                 .map_or(String::new(), |key| format!(" (key `{key}`)"));
             let section = key
                 .as_deref()
-                .and_then(section_of)
+                .and_then(misplaced_in)
                 .map_or(String::new(), |section| {
                     format!("; that key belongs in the [{section}] section")
                 });

@@ -148,15 +148,17 @@ pub fn train_epoch<B: Compute>(
     let mut batches = rank.shares(open_loader, steps)?;
     let mut stats = EpochStats::default();
     for step in 0.. {
+        let waiting = Instant::now();
+        let Some(batch) = batches.next() else { break };
+        // checked once a step is due, so that a finished epoch is always evaluated and saved
         if interrupt::requested() {
             return Err(Error::Interrupted {
                 epoch: epoch + 1,
+                step: step + 1,
                 saved: epoch,
                 out: config.out.display().to_string(),
             });
         }
-        let waiting = Instant::now();
-        let Some(batch) = batches.next() else { break };
         stats.loader_wait_seconds += waiting.elapsed().as_secs_f64();
         let batch = batch?;
         let count = batch.labels.len();
@@ -227,6 +229,18 @@ struct StepPlace<'a> {
     lr: f64,
     /// The run folder.
     out: &'a Path,
+}
+
+impl StepPlace<'_> {
+    /// [`Error::Diverged`]: `what` happened at this step, and the run folder keeps the
+    /// checkpoint of the epoch before.
+    fn diverged(&self, what: String) -> Error {
+        Error::Diverged {
+            what,
+            saved: self.epoch,
+            out: self.out.display().to_string(),
+        }
+    }
 }
 
 /// "epoch E, step S (lr L)", counted from 1; a non-zero lr outside `[1e-4, 1e4)` in scientific
@@ -359,11 +373,7 @@ fn read_loss_and_score<B: Backend>(
 
 /// The error of a training loss that became `loss` at `place`.
 fn diverged(loss: f64, place: &StepPlace) -> Error {
-    Error::Diverged {
-        what: format!("the training loss became {loss} at {place}"),
-        saved: place.epoch,
-        out: place.out.display().to_string(),
-    }
+    place.diverged(format!("the training loss became {loss} at {place}"))
 }
 
 /// The error of `count` parameter values that became NaN or infinite at `place`.
@@ -372,9 +382,7 @@ fn parameters_diverged(count: u64, place: &StepPlace) -> Error {
         1 => "1 parameter value".to_string(),
         n => format!("{n} parameter values"),
     };
-    Error::Diverged {
-        what: format!("{values} became NaN or infinite after the optimizer step at {place}"),
-        saved: place.epoch,
-        out: place.out.display().to_string(),
-    }
+    place.diverged(format!(
+        "{values} became NaN or infinite after the optimizer step at {place}"
+    ))
 }

@@ -19,11 +19,12 @@ pub fn listen() {
         REQUESTED.store(true, Ordering::Relaxed);
     }
     // SAFETY: the action is a zeroed `sigaction` (empty mask) with a handler that only stores
-    // to an atomic; SA_RESETHAND restores the default action once it has run.
+    // to an atomic; SA_RESETHAND restores the default action once it has run, and SA_RESTART
+    // resumes the system calls the signal interrupted instead of failing them with EINTR.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        action.sa_flags = libc::SA_RESETHAND;
+        action.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
         libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
     }
 }

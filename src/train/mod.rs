@@ -53,6 +53,9 @@ pub struct Invocation {
     /// Stop after this many epochs of this invocation (a run split into sessions; `--resume`
     /// continues it exactly as if it had not stopped).
     pub stop_after: Option<usize>,
+    /// Ctrl-C stops the run before its next step with [`Error::Interrupted`] ([`interrupt`]),
+    /// from the first step on.
+    pub ctrl_c_stops: bool,
     /// No progress bar.
     pub quiet: bool,
     /// Each epoch's metrics also as TensorBoard events in the run folder's `tb/`.
@@ -175,6 +178,9 @@ fn train_on<B: Compute>(
             }
         })
         .collect();
+    if options.ctrl_c_stops {
+        interrupt::listen();
+    }
     let (lines, state) = on_threads(jobs, |job| train_rank(&shared, job))?;
     Ok(TrainSummary {
         out: config.out.clone(),

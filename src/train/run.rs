@@ -132,10 +132,13 @@ fn check_same_model(given: &GivenSettings, state: &RunState, out: &Path) -> Resu
 fn check_length(given: &GivenSettings, state: &RunState, out: &Path) -> Result<()> {
     match given.epochs {
         Some(epochs) if epochs < state.epochs_done => Err(Error::Usage(format!(
-            "--resume --epochs {epochs}: the run in {} has done {} epochs already; give \
-             --epochs {} or more, or leave it out",
+            "--resume --epochs {epochs}: the run in {} has done {} already; give --epochs {} \
+             or more, or leave it out",
             out.display(),
-            state.epochs_done,
+            match state.epochs_done {
+                1 => "1 epoch".to_string(),
+                done => format!("{done} epochs"),
+            },
             state.epochs_done
         ))),
         _ => Ok(()),

@@ -180,15 +180,17 @@ impl RunDir {
         improved: bool,
     ) -> Result<()> {
         let state_json = serde_json::to_string_pretty(state).expect("the state serialises");
-        if let Err(error) = self.stage_checkpoint(backend, learner, state, improved, &state_json) {
-            // Nothing is committed: the staged files would only hold space on a disk that is
-            // probably full.
+        let committed = self
+            .stage_checkpoint(backend, learner, state, improved, &state_json)
+            .and_then(|()| write_atomic(&self.file("last.json"), state_json.as_bytes()));
+        if let Err(error) = committed {
+            // Nothing is committed (`write_atomic` renames last): the staged files would only
+            // hold space on a disk that is probably full.
             for name in checkpoint_files(state) {
                 let _ = std::fs::remove_file(self.file(&staged_name(name, state.epochs_done)));
             }
             return Err(error);
         }
-        write_atomic(&self.file("last.json"), state_json.as_bytes())?;
         self.finish_commit(state)
     }
 

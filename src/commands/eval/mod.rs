@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use revsnn_reference::{Backend, Cpu, DType, Precision};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ModelArgs, print_json_report};
@@ -23,48 +24,46 @@ use crate::network::Network;
 use crate::spec::ModelSpec;
 use crate::train::{EvalResult, evaluate, open_dataset};
 
-/// The JSON saved beside `checkpoint` (`X.json` for `X.safetensors`: a run state or a bare
-/// spec), if there is one.
-fn neighbour_json(checkpoint: &Path) -> Result<Option<(PathBuf, Value)>> {
-    let path = checkpoint.with_extension("json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(None);
-    };
-    let value =
-        serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("not JSON: {e}")))?;
-    Ok(Some((path, value)))
+/// The `.json` saved beside a checkpoint (`X.json` for `X.safetensors`): a run state (the
+/// model's spec and the run's settings) or a bare spec.
+struct Neighbour {
+    path: PathBuf,
+    value: Value,
 }
 
-/// The spec saved beside `checkpoint` (`X.json` for `X.safetensors`, a run state or a bare spec).
-pub fn neighbour_spec(checkpoint: &Path) -> Result<Option<ModelSpec>> {
-    let Some((path, value)) = neighbour_json(checkpoint)? else {
-        return Ok(None);
-    };
-    let spec = value.get("spec").cloned().unwrap_or(value);
-    serde_json::from_value(spec).map(Some).map_err(|e| {
-        Error::file(
-            &path,
-            format!("no model spec in it: {e}; pass --model or --spec"),
-        )
-    })
-}
+impl Neighbour {
+    /// The `.json` beside `checkpoint`, if there is one.
+    fn read(checkpoint: &Path) -> Result<Option<Neighbour>> {
+        let path = checkpoint.with_extension("json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("not JSON: {e}")))?;
+        Ok(Some(Neighbour { path, value }))
+    }
 
-/// The test data of the run whose state is saved beside `checkpoint` (its `config`'s
-/// `dataset`, `data_dir` and `test_samples`), so that `eval` scores a run's checkpoint on the
-/// data the run tested on; `None` beside a bare spec or none.
-fn neighbour_test_data(checkpoint: &Path) -> Result<Option<(PathBuf, TestData)>> {
-    let Some((path, value)) = neighbour_json(checkpoint)? else {
-        return Ok(None);
-    };
-    let Some(config) = value.get("config") else {
-        return Ok(None);
-    };
-    let data = TestData {
-        dataset: config["dataset"].as_str().map(String::from),
-        data_dir: config["data_dir"].as_str().map(PathBuf::from),
-        test_samples: config["test_samples"].as_u64().map(|n| n as usize),
-    };
-    Ok(Some((path, data)))
+    /// The model's spec: a run state's `spec`, or the file itself.
+    fn spec(&self) -> Result<ModelSpec> {
+        let spec = self.value.get("spec").unwrap_or(&self.value);
+        ModelSpec::deserialize(spec).map_err(|e| {
+            Error::file(
+                &self.path,
+                format!("no model spec in it: {e}; pass --model or --spec"),
+            )
+        })
+    }
+
+    /// The test data of a run state's settings (`dataset`, `data_dir`, `test_samples`), so that
+    /// `eval` scores a run's checkpoint on the data the run tested on; `None` for a bare spec.
+    fn test_data(&self) -> Option<TestData> {
+        let config = self.value.get("config")?;
+        Some(TestData {
+            dataset: config["dataset"].as_str().map(String::from),
+            data_dir: config["data_dir"].as_str().map(PathBuf::from),
+            test_samples: config["test_samples"].as_u64().map(|n| n as usize),
+        })
+    }
 }
 
 /// Which test split `eval` scores: each part from its flag, else the run's, else the default.
@@ -134,9 +133,10 @@ impl EvalArgs {
         let device = self.device.open(self.precision)?;
         let weights = checkpoint::read(&self.checkpoint)?;
         finite::check_loaded(&self.checkpoint, &weights, self.allow_non_finite)?;
-        let (name, spec) = self.model()?;
+        let neighbour = Neighbour::read(&self.checkpoint)?;
+        let (name, spec) = self.model(neighbour.as_ref())?;
         spec.validate()?;
-        let test = self.test_data()?;
+        let test = self.test_data(neighbour.as_ref());
         let dataset = test.dataset.unwrap_or_else(|| {
             if spec.arch.is_dvs() {
                 "synthetic-events"
@@ -197,46 +197,51 @@ impl EvalArgs {
         Ok(())
     }
 
-    /// The test data of the flags, each part not given taken from the run beside the
-    /// checkpoint (and said so on stderr).
-    fn test_data(&self) -> Result<TestData> {
+    /// The test data of the flags, with the run's (from the state beside the checkpoint) where
+    /// a flag is not given and the dataset is the run's; stderr says what was taken.
+    fn test_data(&self, neighbour: Option<&Neighbour>) -> TestData {
         let given = TestData {
             dataset: self.dataset.clone(),
             data_dir: self.data_dir.clone(),
             test_samples: self.test_samples,
         };
-        let Some((path, run)) = neighbour_test_data(&self.checkpoint)? else {
-            return Ok(given);
+        let Some(run) = neighbour.and_then(Neighbour::test_data) else {
+            return given;
         };
-        let run_dir = run.data_dir.as_ref().map(|dir| dir.display().to_string());
+        if given.dataset.is_some() && given.dataset != run.dataset {
+            // another dataset: the run's folder and sample count are not its own
+            return given;
+        }
+        let merged = TestData {
+            dataset: given.dataset.clone().or(run.dataset),
+            data_dir: given.data_dir.clone().or(run.data_dir),
+            test_samples: given.test_samples.or(run.test_samples),
+        };
+        let data_dir = merged
+            .data_dir
+            .as_ref()
+            .map(|dir| dir.display().to_string());
         let taken: Vec<String> = [
-            ("--dataset", given.dataset.is_none(), run.dataset.clone()),
-            ("--data-dir", given.data_dir.is_none(), run_dir),
+            ("--dataset", given.dataset.is_none(), merged.dataset.clone()),
+            ("--data-dir", given.data_dir.is_none(), data_dir),
             (
                 "--test-samples",
                 given.test_samples.is_none(),
-                run.test_samples.map(|n| n.to_string()),
+                merged.test_samples.map(|n| n.to_string()),
             ),
         ]
         .into_iter()
-        .filter_map(|(flag, unset, value)| value.filter(|_| unset).map(|v| format!("{flag} {v}")))
+        .filter_map(|(flag, unset, value)| Some(format!("{flag} {}", value.filter(|_| unset)?)))
         .collect();
-        if !taken.is_empty() {
-            eprintln!(
-                "the run's test data ({}): {}",
-                path.display(),
-                taken.join(", ")
-            );
+        if let (false, Some(neighbour)) = (taken.is_empty(), neighbour) {
+            let path = neighbour.path.display();
+            eprintln!("the run's test data ({path}): {}", taken.join(", "));
         }
-        Ok(TestData {
-            dataset: given.dataset.or(run.dataset),
-            data_dir: given.data_dir.or(run.data_dir),
-            test_samples: given.test_samples.or(run.test_samples),
-        })
+        merged
     }
 
     /// The model: `--model` or `--spec`, else the spec saved beside the checkpoint.
-    fn model(&self) -> Result<(String, ModelSpec)> {
+    fn model(&self, neighbour: Option<&Neighbour>) -> Result<(String, ModelSpec)> {
         if self.model.is_some() || self.spec.is_some() {
             let args = ModelArgs {
                 model: self.model.clone(),
@@ -246,8 +251,8 @@ impl EvalArgs {
             };
             return args.resolve();
         }
-        match neighbour_spec(&self.checkpoint)? {
-            Some(spec) => Ok((self.checkpoint.display().to_string(), spec)),
+        match neighbour {
+            Some(neighbour) => Ok((self.checkpoint.display().to_string(), neighbour.spec()?)),
             None => Err(Error::Usage(format!(
                 "no {} beside the checkpoint to take the model from; pass --model or --spec",
                 self.checkpoint.with_extension("json").display()
