@@ -70,8 +70,8 @@ pub struct GivenSettings {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_steps: Option<usize>,
-    /// synthetic, synthetic-events, cifar10, cifar100, dvs128-gesture or cifar10-dvs (default:
-    /// synthetic, or synthetic-events for DVS models).
+    /// synthetic, synthetic-cifar, synthetic-events, cifar10, cifar100, dvs128-gesture or
+    /// cifar10-dvs (default: synthetic, or synthetic-events for DVS models).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,

@@ -13,7 +13,8 @@
 //! Both recipes augment alike (docs/recipes.md §5), by dataset and family: CIFAR ResNets crop (padding 4)
 //! and flip; CIFAR transformers flip, RandAugment `rand-m9-n1-mstd0.4`, mixup (alpha 0.5) with
 //! label smoothing 0.1 and random erasing 0.25; event datasets flip, SNNAugmentWide and mixup
-//! (alpha 0.5, p 0.5) with label smoothing 0.1; the synthetic datasets nothing.
+//! (alpha 0.5, p 0.5) with label smoothing 0.1; `synthetic-cifar` as CIFAR, `synthetic` and
+//! `synthetic-events` nothing.
 //!
 //! A knob's default may follow another knob: the learning rate, weight decay and schedule follow
 //! the optimizer, the quick recipe's schedule the epochs and batch size.
