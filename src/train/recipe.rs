@@ -385,15 +385,18 @@ impl RecipeInput {
     }
 
     /// Multistep milestones: the paper's on CIFAR-10 (100, 150) and CIFAR-100 (60, 120, 160);
-    /// otherwise 50% and 75% of the epochs.
+    /// otherwise 50% and 75% of the epochs, each epoch once (on 2 epochs both fall on epoch 1,
+    /// which would step the lr down twice at once).
     pub fn milestones(&self, epochs: usize) -> Vec<usize> {
         match self.dataset {
             DatasetKind::Cifar10 if self.paper() => vec![100, 150],
             DatasetKind::Cifar100 if self.paper() => vec![60, 120, 160],
-            _ => [epochs / 2, epochs * 3 / 4]
-                .into_iter()
-                .filter(|&m| m > 0)
-                .collect(),
+            _ => {
+                let mut milestones = vec![epochs / 2, epochs * 3 / 4];
+                milestones.retain(|&m| m > 0);
+                milestones.dedup();
+                milestones
+            }
         }
     }
 
@@ -628,6 +631,7 @@ mod tests {
         assert_eq!(quick.optimizer(), OptimizerName::Sgd);
         assert_eq!(quick.lr(OptimizerName::Sgd, 16), 0.05);
         assert_eq!(quick.milestones(8), vec![4, 6]);
+        assert_eq!(quick.milestones(2), vec![1]);
         assert_eq!(quick.milestones(1), Vec::<usize>::new());
         let former = input(RecipeKind::Quick, "revsformer-4-384", DatasetKind::Cifar10);
         assert_eq!(former.optimizer(), OptimizerName::Adamw);
