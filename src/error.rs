@@ -171,7 +171,7 @@ impl Error {
 /// a new run.
 fn diverged_advice(saved: usize, out: &str) -> String {
     if saved == 0 {
-        format!("No epoch finished, so {out} holds no checkpoint; lower --lr and start again")
+        format!("{out} holds no checkpoint yet; lower --lr and start again")
     } else {
         format!(
             "The last good checkpoint, of epoch {saved}, is kept in {out} (for `revsnn eval`). \
@@ -192,7 +192,7 @@ pub fn resume_command(out: &str) -> String {
 fn kept_and_next(saved: usize, out: &str, fix: Option<&str>) -> String {
     let fix = fix.map_or(String::new(), |fix| format!("{fix}, then "));
     match saved {
-        0 => format!("No epoch finished, so {out} holds no checkpoint: {fix}start the run again"),
+        0 => format!("{out} holds no checkpoint yet: {fix}start the run again"),
         _ => format!(
             "{out} holds the checkpoint of epoch {saved}: {fix}continue with {}",
             resume_command(out)

@@ -259,7 +259,7 @@ fn a_run_diverging_in_its_first_epoch_says_nothing_was_saved() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("diverged")
-            && stderr.contains("holds no checkpoint; lower --lr and start again")
+            && stderr.contains("holds no checkpoint yet; lower --lr and start again")
             && !stderr.contains("--resume"),
         "{stderr}"
     );

@@ -56,7 +56,7 @@ pub struct Invocation {
     /// Ctrl-C stops the run before its next step with [`Error::Interrupted`] ([`interrupt`]),
     /// from the first step on.
     pub ctrl_c_stops: bool,
-    /// No progress bar.
+    /// No progress bar and no line per epoch.
     pub quiet: bool,
     /// Each epoch's metrics also as TensorBoard events in the run folder's `tb/`.
     pub tensorboard: bool,
