@@ -14,7 +14,7 @@ use revsnn_reference::{Backend, DType, Element};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, View};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, counted};
 use crate::files::write_atomic;
 use crate::model::params::Entry;
 use crate::model::{EntryKind, EntryValue, ParamStore};
@@ -331,11 +331,11 @@ fn misfit(missing: &[String], unexpected: &[String], mismatched: &[String]) -> O
     .into_iter()
     .filter(|(_, keys)| !keys.is_empty())
     .map(|((one, many), keys)| {
-        let what = if keys.len() == 1 { one } else { many };
+        let what = counted(keys.len(), one, many);
         let named = keys[..keys.len().min(MISFIT_KEYS_NAMED)].join(", ");
         match keys.len().saturating_sub(MISFIT_KEYS_NAMED) {
-            0 => format!("{} {what}: {named}", keys.len()),
-            more => format!("{} {what}: {named} and {more} more", keys.len()),
+            0 => format!("{what}: {named}"),
+            more => format!("{what}: {named} and {more} more"),
         }
     })
     .collect();

@@ -181,6 +181,11 @@ fn diverged_advice(saved: usize, out: &str) -> String {
     }
 }
 
+/// "1 epoch", "2 epochs": `n` and the noun, singular (`one`) or plural (`many`).
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The command that continues the run in the folder `out`.
 pub fn resume_command(out: &str) -> String {
     format!("`revsnn train --out {out} --resume`")

@@ -274,21 +274,27 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     let out = dir.join("run");
     ok(train(&spec, &out, &["--epochs", "1"]));
     let checkpoint = out.join("best.safetensors").display().to_string();
+    // eval of the checkpoint on the CPU with `extra`: what it said on stderr, and its report
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            &checkpoint,
+            "--device",
+            "cpu",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let output = ok(revsnn(&args));
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (String::from_utf8_lossy(&output.stderr).into_owned(), report)
+    };
     // without --dataset and --test-samples, eval scores the run's own test split
-    let output = ok(revsnn(&[
-        "eval",
-        "--checkpoint",
-        &checkpoint,
-        "--device",
-        "cpu",
-        "--json",
-    ]));
-    let said = String::from_utf8_lossy(&output.stderr);
+    let (said, report) = eval(&[]);
     assert!(
         said.contains("the run's test data") && said.contains("--test-samples 16"),
         "{said}"
     );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let acc1 = report["acc1"].as_f64().unwrap();
     let acc5 = report["acc5"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc1) && acc1 <= acc5 && acc5 <= 1.0);
@@ -296,30 +302,10 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     let line = &metrics(&out)[0];
     assert_eq!(report["acc1"], line["test_acc1"]);
     assert_eq!(report["acc5"], line["test_acc5"]);
-    let fewer = ok(revsnn(&[
-        "eval",
-        "--checkpoint",
-        &checkpoint,
-        "--test-samples",
-        "8",
-        "--device",
-        "cpu",
-        "--json",
-    ]));
-    let report: Value = serde_json::from_slice(&fewer.stdout).unwrap();
+    let (_, report) = eval(&["--test-samples", "8"]);
     assert_eq!(report["samples"], 8);
     // the run's dataset named: the rest still comes from the run
-    let named = ok(revsnn(&[
-        "eval",
-        "--checkpoint",
-        &checkpoint,
-        "--dataset",
-        "synthetic",
-        "--device",
-        "cpu",
-        "--json",
-    ]));
-    let said = String::from_utf8_lossy(&named.stderr);
+    let (said, _) = eval(&["--dataset", "synthetic"]);
     assert!(
         said.contains("): --test-samples 16") && !said.contains("--dataset"),
         "{said}"

@@ -181,8 +181,12 @@ fn the_device_is_auto_unless_a_flag_or_the_file_names_one() {
 #[test]
 fn unknown_keys_and_bad_values_are_named() {
     let dir = scratch("errors");
-    let unknown = write(&dir, "unknown.toml", "epochs = 2\nlearning_rate = 0.1\n");
-    let stderr = failed(revsnn(&["train", "--config", &unknown, "--print-config"]));
+    // the error of `train --print-config` on a config file `name` holding `text`
+    let refusal = |name: &str, text: &str| {
+        let config = write(&dir, name, text);
+        failed(revsnn(&["train", "--config", &config, "--print-config"]))
+    };
+    let stderr = refusal("unknown.toml", "epochs = 2\nlearning_rate = 0.1\n");
     assert!(
         stderr.contains("unknown.toml")
             && stderr.contains("`learning_rate`")
@@ -191,54 +195,32 @@ fn unknown_keys_and_bad_values_are_named() {
         "{stderr}"
     );
     // a section's key at the top, or in another section: the error names its section
-    let misplaced = write(&dir, "misplaced.toml", "lr = 0.1\n");
-    let stderr = failed(revsnn(&["train", "--config", &misplaced, "--print-config"]));
+    let stderr = refusal("misplaced.toml", "lr = 0.1\n");
     assert!(
         stderr.contains("that key belongs in the [optimizer] section"),
         "{stderr}"
     );
-    let elsewhere = write(&dir, "elsewhere.toml", "[optimizer]\nmilestones = [2]\n");
-    let stderr = failed(revsnn(&["train", "--config", &elsewhere, "--print-config"]));
+    let stderr = refusal("elsewhere.toml", "[optimizer]\nmilestones = [2]\n");
     assert!(
         stderr.contains("that key belongs in the [schedule] section"),
         "{stderr}"
     );
-    let well_placed = write(&dir, "placed.toml", "[optimizer]\nlr = \"x\"\n");
-    let stderr = failed(revsnn(&[
-        "train",
-        "--config",
-        &well_placed,
-        "--print-config",
-    ]));
+    let stderr = refusal("placed.toml", "[optimizer]\nlr = \"x\"\n");
     assert!(!stderr.contains("belongs in"), "{stderr}");
-    let nested = write(&dir, "nested.toml", "[optimizer]\nrate = 0.1\n");
-    let stderr = failed(revsnn(&["train", "--config", &nested, "--print-config"]));
+    let stderr = refusal("nested.toml", "[optimizer]\nrate = 0.1\n");
     assert!(
         stderr.contains("`rate`") && stderr.contains("`lr`") && stderr.contains("`momentum`"),
         "{stderr}"
     );
-    let wrong_type = write(
-        &dir,
+    let stderr = refusal(
         "type.toml",
         "[schedule]\nname = \"cosine\"\nmin_lr = \"x\"\n",
     );
-    let stderr = failed(revsnn(&[
-        "train",
-        "--config",
-        &wrong_type,
-        "--print-config",
-    ]));
     assert!(
         stderr.contains("schedule.min_lr") && stderr.contains("f64"),
         "{stderr}"
     );
-    let out_of_range = write(&dir, "range.toml", "[optimizer]\nlr = -1.0\n");
-    let stderr = failed(revsnn(&[
-        "train",
-        "--config",
-        &out_of_range,
-        "--print-config",
-    ]));
+    let stderr = refusal("range.toml", "[optimizer]\nlr = -1.0\n");
     assert!(
         stderr.contains("optimizer.lr") && stderr.contains("--lr") && stderr.contains("positive"),
         "{stderr}"

@@ -17,7 +17,7 @@ use super::ranks::Rank;
 use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, counted};
 use crate::grad_scaler::{GradScaler, GradScalerConfig, StepAction};
 use crate::model::{BuildOptions, FinalGrads, Grads, StepOutput, Targets};
 use crate::network::{Network, PassOptions, RankHooks};
@@ -378,10 +378,7 @@ fn diverged(loss: f64, place: &StepPlace) -> Error {
 
 /// The error of `count` parameter values that became NaN or infinite at `place`.
 fn parameters_diverged(count: u64, place: &StepPlace) -> Error {
-    let values = match count {
-        1 => "1 parameter value".to_string(),
-        n => format!("{n} parameter values"),
-    };
+    let values = counted(count as usize, "parameter value", "parameter values");
     place.diverged(format!(
         "{values} became NaN or infinite after the optimizer step at {place}"
     ))

@@ -8,7 +8,7 @@ use super::config::{GivenSettings, RunModel, RunSettings, changed_on_resume};
 use super::run_dir::{RunDir, RunState, STATE_FORMAT};
 use super::shuffle_seed;
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, counted};
 
 /// A run ready to start or to continue: its settings, resolved, and where it stands.
 #[derive(Clone, Debug)]
@@ -135,10 +135,7 @@ fn check_length(given: &GivenSettings, state: &RunState, out: &Path) -> Result<(
             "--resume --epochs {epochs}: the run in {} has done {} already; give --epochs {} \
              or more, or leave it out",
             out.display(),
-            match state.epochs_done {
-                1 => "1 epoch".to_string(),
-                done => format!("{done} epochs"),
-            },
+            counted(state.epochs_done, "epoch", "epochs"),
             state.epochs_done
         ))),
         _ => Ok(()),

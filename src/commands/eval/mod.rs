@@ -67,7 +67,7 @@ impl Neighbour {
 }
 
 /// Which test split `eval` scores: each part from its flag, else the run's, else the default.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 struct TestData {
     dataset: Option<String>,
     data_dir: Option<PathBuf>,
