@@ -58,6 +58,10 @@ pub enum Error {
     /// status 3".
     #[error("rank {rank} {ended}; the other ranks were stopped; its own output above says why")]
     RankFailed { rank: usize, ended: String },
+    /// The processes of the local launcher (`--gpus N`) stopped on Ctrl-C, each before the same
+    /// step; rank 0 said what the run folder holds ([`Error::Interrupted`]).
+    #[error("the ranks stopped on Ctrl-C; rank 0's output above says how to continue the run")]
+    RanksInterrupted,
     /// fp16 loss scaling gave up: the gradients overflow even at a scale below 1.
     #[error(
         "the fp16 loss scale fell to {scale} (below 1): the gradients overflow fp16 even unscaled. \
@@ -156,7 +160,19 @@ pub enum Error {
     Cuda(#[source] revsnn_gpu::GpuError),
 }
 
+/// The exit code of a process that Ctrl-C stopped, by the shells' convention (128 + SIGINT).
+pub const INTERRUPTED_EXIT_CODE: u8 = 130;
+
 impl Error {
+    /// The process's exit code for this error: [`INTERRUPTED_EXIT_CODE`] for a run that Ctrl-C
+    /// stopped, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Interrupted { .. } | Error::RanksInterrupted => INTERRUPTED_EXIT_CODE,
+            _ => 1,
+        }
+    }
+
     /// [`Error::File`]: `detail` about the file at `path`.
     pub fn file(path: &Path, detail: impl Into<String>) -> Error {
         Error::File {

@@ -12,7 +12,6 @@ use revsnn::commands::memory::MemoryArgs;
 use revsnn::commands::summary::SummaryArgs;
 use revsnn::commands::train::TrainArgs;
 use revsnn::commands::verify::VerifyArgs;
-use revsnn::error::Error;
 use revsnn_reference::memory::CountingAllocator;
 
 #[global_allocator]
@@ -75,11 +74,7 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("error: {error}");
-            match error {
-                // the shells' code for a process that SIGINT ended
-                Error::Interrupted { .. } => ExitCode::from(130),
-                _ => ExitCode::FAILURE,
-            }
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -233,6 +233,52 @@ fn a_rank_that_dies_stops_the_others_and_leaves_the_last_checkpoint() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A terminal's Ctrl-C reaches the launcher and both ranks; the ranks agree on a step to stop
+/// before, say so, and the launcher ends with their exit code.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_both_gpu_ranks_before_the_same_step() {
+    use std::os::unix::process::CommandExt;
+
+    if !ready_for_two("ctrl_c_stops_both_gpu_ranks") {
+        return;
+    }
+    let dir = scratch("gpus-ctrl-c");
+    let out = dir.join("run");
+    let mut launcher = revsnn_command(&train_args(&out, &["--gpus", "2", "--epochs", "500"]));
+    // a process group of its own, as a terminal's foreground job
+    launcher
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut launcher = launcher.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !out.join("last.json").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
+        assert!(
+            launcher.try_wait().unwrap().is_none(),
+            "the run ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: killpg only sends a signal to the launcher's group, which the test made for it.
+    assert_eq!(
+        unsafe { libc::killpg(launcher.id() as i32, libc::SIGINT) },
+        0
+    );
+    let output = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error: interrupted (Ctrl-C) before step "))
+        .collect();
+    assert_eq!(said.len(), 2, "each rank says where it stopped: {stderr}");
+    assert_eq!(said[0], said[1], "the ranks stopped before the same step");
+    assert!(stderr.contains("the ranks stopped on Ctrl-C"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Rank `rank` of `world` processes, on GPU `local_rank`, started by hand with torchrun's
 /// variables.
 fn spawn_rank(

@@ -300,11 +300,24 @@ fn a_full_disk_stops_training_with_a_clear_error_and_resume_continues_the_run() 
 
 #[test]
 fn ctrl_c_stops_training_with_what_to_do_and_resume_continues_the_run() {
-    let dir = scratch("ctrl-c");
+    ctrl_c_then_resume("ctrl-c", &[]);
+}
+
+/// Ranks see the request at different steps; they agree on one to stop before.
+#[test]
+fn ctrl_c_stops_every_rank_before_the_same_step() {
+    ctrl_c_then_resume("ctrl-c-ranks", &["--ranks", "2"]);
+}
+
+/// A run of [`small_train_args`] plus `extra` (in the scratch folder `name`) gets SIGINT once it
+/// has saved an epoch: it exits with 130 and says which epoch the folder holds and how to go on;
+/// that command continues the run.
+fn ctrl_c_then_resume(name: &str, extra: &[&str]) {
+    let dir = scratch(name);
     let spec = spec_file(&dir, "4,8,8,16");
     let out = dir.join("run");
     // far more epochs than the test waits for: Ctrl-C always comes first
-    let long = ["--epochs", "500", "--threads", "1"];
+    let long = [&["--epochs", "500", "--threads", "1"], extra].concat();
     let mut child = revsnn_command(&small_train_args(&spec, &out, &long))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -6,7 +6,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, INTERRUPTED_EXIT_CODE, Result};
 
 /// How long the other ranks may go on after one failed, to end on their own and say why in
 /// their own output, before they are killed.
@@ -20,7 +20,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// listener rank 0 inherits on Unix (docs/distributed.md §6.3); they share this process's standard
 /// output and error unless `command` redirects them. Waits for all of them. When one fails (a
 /// non-zero exit or a signal) the others get [`GRACE_PERIOD`] and are then killed, and the
-/// error names the first rank that failed.
+/// error names the first rank that failed; a first rank that exited as Ctrl-C stops one
+/// ([`INTERRUPTED_EXIT_CODE`]) is [`Error::RanksInterrupted`].
 pub fn run_local_ranks(count: usize, command: impl Fn(usize) -> Command) -> Result<()> {
     run_ranks(count, command, GRACE_PERIOD)
 }
@@ -126,7 +127,7 @@ impl RendezvousPort {
 /// Waits for every child; after the first failure, waits `grace` more, then kills the rest.
 fn supervise(children: Vec<Child>, grace: Duration) -> Result<()> {
     let mut running: Vec<Option<Child>> = children.into_iter().map(Some).collect();
-    let mut first_failure: Option<(usize, String, Instant)> = None;
+    let mut first_failure: Option<(usize, Failure, Instant)> = None;
     loop {
         for (rank, failure) in take_ended(&mut running) {
             if let (Some(ended), None) = (failure, &first_failure) {
@@ -149,23 +150,36 @@ fn supervise(children: Vec<Child>, grace: Duration) -> Result<()> {
     }
     match first_failure {
         None => Ok(()),
-        Some((rank, ended, _)) => Err(Error::RankFailed { rank, ended }),
+        Some((_, Failure::Interrupted, _)) => Err(Error::RanksInterrupted),
+        Some((rank, Failure::Ended(ended), _)) => Err(Error::RankFailed { rank, ended }),
     }
 }
 
+/// How a rank's process failed.
+enum Failure {
+    /// It exited with [`INTERRUPTED_EXIT_CODE`]: Ctrl-C stopped it, and it said so.
+    Interrupted,
+    /// Otherwise: how, e.g. "exited with status 3".
+    Ended(String),
+}
+
 /// Takes the children that have ended out of `running`: the rank of each and, when it failed,
-/// how it ended.
-fn take_ended(running: &mut [Option<Child>]) -> Vec<(usize, Option<String>)> {
+/// how.
+fn take_ended(running: &mut [Option<Child>]) -> Vec<(usize, Option<Failure>)> {
     let mut ended = Vec::new();
     for (rank, slot) in running.iter_mut().enumerate() {
         let Some(child) = slot else { continue };
         let failure = match child.try_wait() {
             Ok(None) => continue,
             Ok(Some(status)) if status.success() => None,
-            Ok(Some(status)) => Some(how_it_ended(status)),
+            Ok(Some(status)) if status.code() == Some(INTERRUPTED_EXIT_CODE.into()) => {
+                Some(Failure::Interrupted)
+            }
+            Ok(Some(status)) => Some(Failure::Ended(how_it_ended(status))),
             Err(error) => {
                 kill_and_reap(child);
-                Some(format!("could not be waited for ({error}) and was killed"))
+                let how = format!("could not be waited for ({error}) and was killed");
+                Some(Failure::Ended(how))
             }
         };
         *slot = None;
@@ -281,6 +295,13 @@ mod tests {
             "rank 1 exited with status 3; the other ranks were stopped; its own output above \
              says why"
         );
+    }
+
+    #[test]
+    fn ranks_that_ctrl_c_stopped_are_an_interruption() {
+        let error = run_ranks(2, shells(&["exit 130", "exit 130"]), GRACE).unwrap_err();
+        assert!(matches!(error, Error::RanksInterrupted), "{error}");
+        assert_eq!(error.exit_code(), INTERRUPTED_EXIT_CODE);
     }
 
     #[test]

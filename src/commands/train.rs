@@ -101,8 +101,10 @@ impl TrainArgs {
         let device = gpus::open_device(&run, process.as_ref())?;
         set_threads(self.threads)?;
         if run.config.device == DeviceChoice::Cuda {
-            // `auto` has said which device it took, and why.
-            eprintln!("device: {}", device.describe());
+            // `auto` has said which device it took, and why. One write, so that the lines of
+            // ranks that print at once do not interleave.
+            let line = format!("device: {}\n", device.describe());
+            eprint!("{line}");
         }
         let timeout = Duration::from_secs(self.rank_timeout);
         let group = match &process {
@@ -112,9 +114,7 @@ impl TrainArgs {
         let leader = process.as_ref().is_none_or(|me| me.rank == 0);
         let options = Invocation {
             stop_after: self.stop_after,
-            // one rank only: ranks that saw the request at different steps would leave the
-            // others waiting in a collective (train::interrupt)
-            ctrl_c_stops: process.is_none() && run.config.ranks == 1,
+            ctrl_c_stops: true,
             quiet: self.quiet || !leader,
             tensorboard: self.tensorboard,
             allow_non_finite: self.allow_non_finite,

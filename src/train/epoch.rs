@@ -9,7 +9,6 @@ use revsnn_reference::{Backend, Element, Precision};
 
 use super::config::RunSettings;
 use super::evaluate::{Score, batch_tensor, cast, widened};
-use super::interrupt;
 use super::loader::{Batch, Loader, shuffled};
 use super::pipeline::TrainSet;
 use super::progress::Progress;
@@ -151,7 +150,7 @@ pub fn train_epoch<B: Compute>(
         let waiting = Instant::now();
         let Some(batch) = batches.next() else { break };
         // checked once a step is due, so that a finished epoch is always evaluated and saved
-        if interrupt::requested() {
+        if rank.stop_due() {
             return Err(Error::Interrupted {
                 epoch: epoch + 1,
                 step: step + 1,
@@ -271,10 +270,11 @@ struct StepOutcome {
 /// One optimizer step of `learner` as `rank` on `batch` (of samples of `data`): its mean loss
 /// and the score of its logits. The gradients are averaged over the ranks first, so every rank
 /// takes the same step. In fp16 the loss is scaled, and the averaged gradients are unscaled or
-/// the step skipped on every rank alike ([`unscale`]: one read of the gradients' non-finite count). The optimizer step is
-/// queued before anything else is read back, so the device runs the whole step without waiting
-/// for the host; then one read brings the loss and the logits, and one the parameters'
-/// non-finite count. A non-finite loss is reported first, as the step that produced it (the
+/// the step skipped on every rank alike ([`unscale`]: one read of the gradients' non-finite
+/// count). With several ranks the step also carries their vote on stopping
+/// ([`Rank::start_stop_vote`]). The optimizer step is queued before anything else is read back,
+/// so the device runs the whole step without waiting for the host; then one read brings the
+/// loss, the logits and the vote, and one the parameters' non-finite count. A non-finite loss is reported first, as the step that produced it (the
 /// stepped parameters are never saved), then non-finite parameters.
 fn checked_step<B: Compute>(
     backend: &B,
@@ -287,6 +287,7 @@ fn checked_step<B: Compute>(
     let labels = batch.labels.clone();
     let loss_scale = learner.scaler.map_or(1.0, |scaler| scaler.scale());
     let network = &mut learner.network;
+    let stop_votes = rank.start_stop_vote(backend)?;
     let mut reducer = rank.grad_reducer(network.store.entries().len());
     let hooks = RankHooks {
         sync_batch_norm: rank.sync_batch_norm(),
@@ -302,7 +303,8 @@ fn checked_step<B: Compute>(
     if !skipped {
         learner.optimizer.step(backend, store, &grads, place.lr)?;
     }
-    let (loss, score) = read_loss_and_score(backend, &output, &labels)?;
+    let (loss, score, votes) = read_step(backend, &output, &labels, stop_votes.as_ref())?;
+    rank.record_stop_votes(votes);
     let non_finite = if skipped {
         0
     } else {
@@ -355,20 +357,28 @@ fn forward_backward<B: Backend>(
     Ok((report.output, grads))
 }
 
-/// The mean loss of a step and the score of its logits against `labels`, read back together:
-/// one transfer (on a GPU, one wait for the queued work).
-fn read_loss_and_score<B: Backend>(
+/// The mean loss of a step, the score of its logits against `labels` and the count of the
+/// ranks' `stop_votes` (0 without), read back together: one transfer (on a GPU, one wait for
+/// the queued work).
+fn read_step<B: Backend>(
     backend: &B,
     output: &StepOutput<B>,
     labels: &[usize],
-) -> Result<(f64, Score)> {
+    stop_votes: Option<&B::Tensor>,
+) -> Result<(f64, Score, f64)> {
     let logits = backend.reshape(
         &output.logits,
         &[backend.shape(&output.logits).iter().product()],
     )?;
-    let mut values = widened(backend, &backend.concat(&[&logits, &output.loss], 0)?)?;
+    let mut parts = vec![&logits, &output.loss];
+    parts.extend(stop_votes);
+    let mut values = widened(backend, &backend.concat(&parts, 0)?)?;
+    let votes = match stop_votes {
+        Some(_) => values.pop().unwrap_or(0.0),
+        None => 0.0,
+    };
     let loss = values.pop().unwrap_or(f64::NAN);
-    Ok((loss, Score::of(&values, labels)))
+    Ok((loss, Score::of(&values, labels), votes))
 }
 
 /// The error of a training loss that became `loss` at `place`.

@@ -1,9 +1,8 @@
 //! Ctrl-C during training: the first SIGINT asks the run to stop before its next step, so it ends
 //! with a message that says which epoch the run folder holds and how to continue, and with the
-//! progress bar closed; a second SIGINT ends the process at once, as without a handler. Only a
-//! run of one rank listens ([`listen`]): ranks that noticed the request at different steps would
-//! leave the others waiting in a collective, so runs of several ranks keep the default action,
-//! which their checkpoints survive just as well (docs/ARCHITECTURE.md, "Training settings").
+//! progress bar closed; a second SIGINT ends the process at once, as without a handler. The ranks
+//! of a run of several agree on the step first ([`super::ranks::Rank::stop_due`]), so none is
+//! left waiting in a collective (docs/ARCHITECTURE.md, "Stopping").
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

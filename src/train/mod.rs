@@ -54,7 +54,7 @@ pub struct Invocation {
     /// continues it exactly as if it had not stopped).
     pub stop_after: Option<usize>,
     /// Ctrl-C stops the run before its next step with [`Error::Interrupted`] ([`interrupt`]),
-    /// from the first step on.
+    /// from the first step on; several ranks before the same step.
     pub ctrl_c_stops: bool,
     /// No progress bar and no line per epoch.
     pub quiet: bool,

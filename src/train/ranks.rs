@@ -8,16 +8,23 @@
 //! A rank that is a process of its own (one per GPU, `train --gpus N`, docs/distributed.md §7)
 //! has no leader to receive from: it assembles every global batch itself and keeps its share,
 //! so the shares are the threads' ones bit for bit.
+//!
+//! Ctrl-C stops every rank before the same step: each step starts with a vote, the count of
+//! ranks whose process was asked to stop, summed over the ranks like a gradient and read back
+//! with the step's loss, so that no rank leaves the others waiting in a collective
+//! ([`Rank::start_stop_vote`], docs/distributed.md §4.5).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use revsnn_reference::Backend;
+use revsnn_reference::{Backend, Element};
 
 use super::epoch::EpochStats;
 use super::evaluate::Score;
+use super::interrupt;
 use super::loader::{Batch, Loader};
 use crate::collective::{
     BUCKET_BYTES, Collective, GradReducer, ThreadGroup, UsePlan, broadcast_running_stats,
@@ -41,6 +48,8 @@ pub struct Rank<B: Backend> {
     /// The contributions each gradient received in the previous step's backward: when a
     /// gradient is final in the next ([`GradReducer`]).
     grad_uses: Mutex<UsePlan>,
+    /// Whether a step's vote counted a rank that Ctrl-C asked to stop ([`Rank::stop_due`]).
+    stop_voted: AtomicBool,
 }
 
 /// Where a rank's shares of the global batches come from.
@@ -142,6 +151,7 @@ impl<B: Backend> Rank<B> {
                 feed: Feed::Leader(Vec::new()),
                 sync_bn: false,
                 grad_uses: Mutex::default(),
+                stop_voted: AtomicBool::new(false),
             }]);
         }
         let (senders, receivers): (Vec<_>, Vec<_>) =
@@ -157,6 +167,7 @@ impl<B: Backend> Rank<B> {
                 feed,
                 sync_bn,
                 grad_uses: Mutex::default(),
+                stop_voted: AtomicBool::new(false),
             })
             .collect())
     }
@@ -169,6 +180,7 @@ impl<B: Backend> Rank<B> {
             feed: Feed::Own,
             sync_bn,
             grad_uses: Mutex::default(),
+            stop_voted: AtomicBool::new(false),
         }
     }
 
@@ -244,6 +256,38 @@ impl<B: Backend> Rank<B> {
             *self.lock_grad_uses() = reducer.finish(backend, grads)?;
         }
         Ok(())
+    }
+
+    /// Starts this step's vote on stopping: 1 where Ctrl-C asked this rank's process to stop
+    /// ([`interrupt::requested`]), else 0, summed over the ranks. Started before the forward, it
+    /// completes with the step's gradient all-reduces ([`Rank::average_grads`] waits for both at
+    /// once), and its count is read back with the step's loss, then given to
+    /// [`Rank::record_stop_votes`]. `None` alone: one rank reads the request itself.
+    pub fn start_stop_vote(&self, backend: &B) -> Result<Option<B::Tensor>> {
+        let Some(group) = &self.group else {
+            return Ok(None);
+        };
+        let asked = f64::from(u8::from(interrupt::requested()));
+        let vote = backend.tensor_from_vec(&[1], vec![B::Elem::cast(asked)])?;
+        group.start_all_reduce_sum(backend, &vote).map(Some)
+    }
+
+    /// Records a step's vote count: once it is above 0, [`Rank::stop_due`] holds on every rank
+    /// alike.
+    pub fn record_stop_votes(&self, votes: f64) {
+        if votes > 0.0 {
+            self.stop_voted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the run stops before its next step: alone, once Ctrl-C asked; with several
+    /// ranks, once a step's vote counted a rank that was asked, so that every rank stops before
+    /// the same step.
+    pub fn stop_due(&self) -> bool {
+        match &self.group {
+            None => interrupt::requested(),
+            Some(_) => self.stop_voted.load(Ordering::Relaxed),
+        }
     }
 
     fn lock_grad_uses(&self) -> std::sync::MutexGuard<'_, UsePlan> {

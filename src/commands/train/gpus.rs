@@ -10,7 +10,7 @@ use crate::collective::{NcclGroup, ProcessRank, run_local_ranks};
 use crate::device::{Device, DeviceChoice};
 use crate::error::{Error, Result};
 use crate::train::config::GivenSettings;
-use crate::train::{Run, config_file_text};
+use crate::train::{Run, config_file_text, interrupt};
 
 /// Starts `count` ranks of this very command, rank `r` on GPU `r`, and waits for them all; the
 /// first to fail stops the others. More GPUs than the machine shows, or `--device cpu`, is an
@@ -35,6 +35,9 @@ pub fn launch(count: usize, device: Option<DeviceChoice>) -> Result<()> {
     let program = std::env::current_exe()
         .map_err(|e| Error::Usage(format!("cannot find this program to start its ranks: {e}")))?;
     let arguments: Vec<_> = std::env::args_os().skip(1).collect();
+    // A terminal's Ctrl-C reaches the ranks too, which stop together and say how to continue:
+    // the launcher waits for them instead of ending at once (a second Ctrl-C ends everything).
+    interrupt::listen();
     run_local_ranks(count, |_| {
         let mut command = std::process::Command::new(&program);
         command.args(&arguments);
