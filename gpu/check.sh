@@ -2,8 +2,10 @@
 # The one prepared GPU script (gpu/README.md). On the GPU machine, from the repository root:
 #   bash gpu/check.sh "$OUT"
 # Runs, in order of importance: every GPU test carried in gpu-bin/ (built here by
-# gpu/build-carry.sh); `revsnn bench` (f32 and TF32) and `revsnn memory` on CUDA for the headline
-# presets, on cuDNN and on im2col + cuBLAS; then, when .official/ and .whl/ were carried
+# gpu/build-carry.sh); the mixed-precision stage (CHECK_PRECISION=1, the default;
+# gpu/precision-stage.sh: bench and memory in bf16 and fp16 against the official code under AMP);
+# the training stage (below); `revsnn bench` (f32 and TF32) and `revsnn memory` on CUDA for the
+# headline presets, on cuDNN and on im2col + cuBLAS; then, when .official/ and .whl/ were carried
 # (PYTORCH_BASELINE=0 turns it off), the official PyTorch code on the same presets in the same
 # run, the bar to beat; then the criterion benches. Writes report.md, pytorch-baseline.json and
 # logs.tar.gz into the output folder. A missing GPU fails the tests (REVSNN_REQUIRE_GPU=1). The
@@ -86,6 +88,30 @@ for test in gpu-bin/tests/*; do
   end_section
 done
 
+# Whether the official code can run: its model files and the SpikingJelly wheel were carried
+# (PYTORCH_BASELINE=0 says no); installs the wheels the first time.
+official_ready() {
+  [ "${PYTORCH_BASELINE:-1}" = 1 ] && [ -d .official ] && ls .whl/spikingjelly-*.whl >/dev/null 2>&1 || return 1
+  if [ ! -d /tmp/site/spikingjelly ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/spikingjelly-*.whl
+    if ls .whl/timm-0.6.12-*.whl >/dev/null 2>&1; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/timm06 .whl/timm-0.6.12-*.whl
+    fi
+  fi
+  [ -d /tmp/timm06 ] && export TIMM_FALLBACK=/tmp/timm06
+  export PYTHONPATH=/tmp/site
+}
+
+if [ "${CHECK_PRECISION:-1}" = 1 ]; then
+  # shellcheck source=gpu/precision-stage.sh
+  source gpu/precision-stage.sh
+fi
+
+if [ "${CHECK_TRAIN:-1}" = 1 ]; then
+  # shellcheck source=gpu/train-stage.sh
+  source gpu/train-stage.sh
+fi
+
 # `revsnn bench` and `revsnn memory` on CUDA (the training-step figures: images/s and memory per
 # image against the official code's, benches/pytorch/official_baseline.py, T = 4). A failing
 # or timed-out command is logged and the next one runs.
@@ -117,18 +143,7 @@ for model in ${CLI_MODELS//,/ }; do
   done
 done
 
-if [ "${CHECK_TRAIN:-1}" = 1 ]; then
-  # shellcheck source=gpu/train-stage.sh
-  source gpu/train-stage.sh
-fi
-
-if [ "${PYTORCH_BASELINE:-1}" = 1 ] && [ -d .official ] && ls .whl/spikingjelly-*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/spikingjelly-*.whl
-  if ls .whl/timm-0.6.12-*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/timm06 .whl/timm-0.6.12-*.whl
-    export TIMM_FALLBACK=/tmp/timm06
-  fi
-  export PYTHONPATH=/tmp/site
+if official_ready; then
   run_logged pytorch-baseline 150 python3 benches/pytorch/official_baseline.py --official .official \
     --models "${BASELINE_MODELS:-$CLI_MODELS}" \
     --batches 32,64 --steps "${BASELINE_STEPS:-10}" --out "$OUT_DIR/pytorch-baseline.json" \

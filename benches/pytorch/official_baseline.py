@@ -16,6 +16,17 @@ step exactly as the official training loops run it:
   neither memory nor time measurably).
 * fp32, no AMP (the CIFAR runs), T = 4, CIFAR-100 heads, neurons with backend='cupy' (SpikingJelly
   0.0.0.0.12's fused kernels, what the official code runs), 32x32 random inputs.
+* --amp: the official DVS recipe's mixed precision instead (cifar10-dvs/train_resnet.py L226-239,
+  train.sh `--amp`): forward and loss under `autocast` (fp16), `GradScaler` for the backward and
+  the step, and `enable_amp=True` for the models that take it, so that the reversible blocks
+  recompute under autocast too.
+* DVS presets (revsresnet24, msresnet20, revsformer-2-256, spikingformer-2-256): the model files of
+  cifar10-dvs/ from --official-dvs, T = 10, 10 classes, [B, T, 2, 128, 128] inputs; ResNets with
+  SGD and no weight decay (train.sh `--weight-decay 0.`), transformers with AdamW(lr 1e-3,
+  weight decay 0.06), as cifar10-dvs/train.py's defaults.
+* FLOPs: one extra step under torch.utils.flop_counter.FlopCounterMode counts the matmul and
+  convolution FLOPs of forward, recompute and backward as this code runs them
+  (`flops_per_image`), from which the utilisation of the card follows.
 * `zero_grad()` keeps the gradient tensors (set_to_none=False), which is what torch 1.10 (the
   official environment) does.
 
@@ -40,29 +51,50 @@ import torch.nn as nn
 
 MIB = 2 ** 20
 
-# preset name -> (file of cifar100/, constructor expression, family)
+# preset name -> (dataset family, model file, constructor (module, amp) -> model, family); the
+# reversible models and the transformers take `enable_amp`, MS-ResNet does not
 PRESETS = {
-    "revsresnet21": ("revs_resnet", lambda m: m.revs_resnet21(T=4), "resnet"),
-    "revsresnet37": ("revs_resnet", lambda m: m.revs_resnet37(T=4), "resnet"),
-    "revsresnet109": ("revs_resnet", lambda m: m.revs_resnet109(T=4), "resnet"),
-    "msresnet18": ("ms_resnet", lambda m: m.ms_resnet18(T=4), "resnet"),
-    "msresnet34": ("ms_resnet", lambda m: m.ms_resnet34(T=4), "resnet"),
-    "msresnet104": ("ms_resnet", lambda m: m.ms_resnet104(T=4), "resnet"),
-    "revsformer-2-384": ("revmodel", lambda m: _former(m.rev_vit_snn, 2), "transformer"),
-    "revsformer-4-384": ("revmodel", lambda m: _former(m.rev_vit_snn, 4), "transformer"),
-    "spikingformer-2-384": ("model", lambda m: _former(m.vit_snn, 2), "transformer"),
-    "spikingformer-4-384": ("model", lambda m: _former(m.vit_snn, 4), "transformer"),
+    "revsresnet21": ("cifar", "revs_resnet", lambda m, a: m.revs_resnet21(T=4, enable_amp=a), "resnet"),
+    "revsresnet37": ("cifar", "revs_resnet", lambda m, a: m.revs_resnet37(T=4, enable_amp=a), "resnet"),
+    "revsresnet109": ("cifar", "revs_resnet", lambda m, a: m.revs_resnet109(T=4, enable_amp=a), "resnet"),
+    "msresnet18": ("cifar", "ms_resnet", lambda m, a: m.ms_resnet18(T=4), "resnet"),
+    "msresnet34": ("cifar", "ms_resnet", lambda m, a: m.ms_resnet34(T=4), "resnet"),
+    "msresnet104": ("cifar", "ms_resnet", lambda m, a: m.ms_resnet104(T=4), "resnet"),
+    "revsformer-2-384": ("cifar", "revmodel", lambda m, a: _former(m.rev_vit_snn, 2, a), "transformer"),
+    "revsformer-4-384": ("cifar", "revmodel", lambda m, a: _former(m.rev_vit_snn, 4, a), "transformer"),
+    "spikingformer-2-384": ("cifar", "model", lambda m, a: _former(m.vit_snn, 2, a), "transformer"),
+    "spikingformer-4-384": ("cifar", "model", lambda m, a: _former(m.vit_snn, 4, a), "transformer"),
+    # cifar10-dvs/: the registered factories, as train.py and train_resnet.py build them
+    "revsresnet24": ("dvs", "revs_resnet", lambda m, a: m.revs_resnet24(T=DVS_T, enable_amp=a, num_classes=10), "resnet"),
+    "msresnet20": ("dvs", "ms_resnet", lambda m, a: m.ms_resnet20(T=DVS_T, num_classes=10), "resnet"),
+    "revsformer-2-256": ("dvs", "revmodel", lambda m, a: m.RevSpikingformer(T=DVS_T, enable_amp=a), "transformer"),
+    "spikingformer-2-256": ("dvs", "model", lambda m, a: m.Spikingformer(T=DVS_T, enable_amp=a), "transformer"),
 }
 
+# The DVS presets' time steps (train.sh's shorter setting) and input: [B, T, 2, 128, 128].
+DVS_T = 10
+DVS_INPUT = (DVS_T, 2, 128, 128)
 
-def _former(cls, depth):
+# The official model files, which import each other by these names: a second folder's files
+# replace the first's.
+OFFICIAL_MODULES = ("revs_resnet", "ms_resnet", "revmodel", "model", "revtorch", "utils")
+
+
+def _former(cls, depth, amp):
     # cifar100/configs/*_384.yml: dim 384, 8 heads, mlp ratio 4, patch 4; T defaults to 4.
     return cls(img_size_h=32, img_size_w=32, patch_size=4, embed_dims=384, num_heads=8,
                mlp_ratios=4, in_channels=3, num_classes=100, qkv_bias=False, depths=depth,
-               sr_ratios=1)
+               sr_ratios=1, enable_amp=amp)
 
 
 def import_official(folder, name):
+    folder = os.path.abspath(folder)
+    loaded = sys.modules.get(name)
+    if loaded is not None and os.path.dirname(os.path.abspath(loaded.__file__)) != folder:
+        for key in OFFICIAL_MODULES:
+            sys.modules.pop(key, None)
+    if folder in sys.path:
+        sys.path.remove(folder)
     sys.path.insert(0, folder)
     try:
         return __import__(name)
@@ -84,39 +116,70 @@ def use_neuron_backend(model, backend):
             module.backend = backend
 
 
-def measure(preset, batch, steps, warmup, official, neuron_backend, device_name="cuda"):
+def count_flops(step):
+    """The matmul and convolution FLOPs of one call of `step` (forward, recompute and backward),
+    or None where this torch has no FlopCounterMode."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:
+        return None
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def measure(preset, batch, steps, warmup, folders, neuron_backend, device_name="cuda", amp=False):
     from spikingjelly.clock_driven import functional
 
-    module_name, build, family = PRESETS[preset]
-    module = import_official(official, module_name)
+    dataset, module_name, build, family = PRESETS[preset]
+    if folders.get(dataset) is None:
+        raise ValueError(f"{preset} needs the official {dataset} model files: pass --official-{dataset}")
+    module = import_official(folders[dataset], module_name)
     torch.manual_seed(0)
     device = torch.device(device_name)
     on_gpu = device_name == "cuda"
     synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
     torch.backends.cudnn.deterministic = family == "resnet"
     torch.backends.cudnn.benchmark = family == "transformer"
-    model = build(module).to(device)
+    model = build(module, amp).to(device)
     model.train()
     use_neuron_backend(model, neuron_backend)
     parameters = sum(p.numel() for p in model.parameters())
+    dvs = dataset == "dvs"
     if family == "resnet":
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                                    weight_decay=0.0 if dvs else 1e-4)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.06)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3 if dvs else 5e-4, weight_decay=0.06)
     criterion = nn.CrossEntropyLoss()
-    images = torch.randn(batch, 3, 32, 32, device=device)
-    labels = torch.randint(0, 100, (batch,), device=device)
+    if dvs:
+        images = torch.rand(batch, *DVS_INPUT, device=device)
+        labels = torch.randint(0, 10, (batch,), device=device)
+    else:
+        images = torch.randn(batch, 3, 32, 32, device=device)
+        labels = torch.randint(0, 100, (batch,), device=device)
+    scaler = None
+    if amp:  # torch.amp.GradScaler from torch 2.3 on, torch.cuda.amp's before
+        scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
 
     def step():
         optimizer.zero_grad(set_to_none=False)
-        loss = criterion(model(images), labels)
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(device_name, dtype=torch.float16, enabled=amp):
+            loss = criterion(model(images), labels)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         functional.reset_net(model)
         return loss
 
     for _ in range(warmup):
         step()
+    flops = count_flops(step)
     synchronize()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -132,7 +195,9 @@ def measure(preset, batch, steps, warmup, official, neuron_backend, device_name=
     result = {
         "model": preset,
         "batch": batch,
-        "time_steps": 4,
+        "time_steps": DVS_T if dvs else 4,
+        "precision": "amp-fp16" if amp else "f32",
+        "flops_per_image": None if flops is None else flops / batch,
         "parameters": parameters,
         "neuron_backend": neuron_backend,
         "peak_bytes": peak,
@@ -172,6 +237,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", required=True,
                         help="folder holding the official cifar100/*.py model files")
+    parser.add_argument("--official-dvs",
+                        help="folder holding the official cifar10-dvs/*.py model files (DVS presets)")
+    parser.add_argument("--amp", action="store_true",
+                        help="autocast fp16 + GradScaler, enable_amp=True: the official DVS recipe")
     parser.add_argument("--models", default="revsresnet37,msresnet34,revsformer-4-384,spikingformer-4-384")
     parser.add_argument("--batches", default="32,64")
     parser.add_argument("--steps", type=int, default=10)
@@ -193,6 +262,7 @@ def main():
         sys.exit("no CUDA device: this baseline measures GPU memory and speed (or pass --device cpu)")
 
     batches = [int(b) for b in args.batches.split(",")]
+    folders = {"cifar": args.official, "dvs": args.official_dvs}
     header = {
         "card": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
@@ -207,7 +277,8 @@ def main():
             backends = [args.neuron_backend] + (["torch"] if args.neuron_backend == "cupy" else [])
             for backend in backends:
                 try:
-                    result = measure(preset, batch, args.steps, args.warmup, args.official, backend)
+                    result = measure(preset, batch, args.steps, args.warmup, folders, backend,
+                                     amp=args.amp)
                     break
                 except Exception as error:  # one failing preset must not lose the others
                     traceback.print_exc()
@@ -224,8 +295,8 @@ def main():
         f"Card: {header['card']}, torch {header['torch']} (CUDA {header['cuda']}), "
         f"copy bandwidth {header['copy_bandwidth_bytes_per_second'] / 1e12:.2f} TB/s",
         "",
-        "| model | params | neurons | B | peak MiB | MiB/img (peak/B) | MiB/img (slope) | step ms (median) | images/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | precision | params | neurons | B | peak MiB | MiB/img (peak/B) | MiB/img (slope) | step ms (median) | images/s | GFLOP/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for preset in args.models.split(","):
         rows = [r for r in results if r["model"] == preset and "error" not in r]
@@ -234,13 +305,15 @@ def main():
             lo, hi = rows[0], rows[-1]
             slope = (hi["peak_bytes"] - lo["peak_bytes"]) / (hi["batch"] - lo["batch"]) / MIB
         for r in rows:
+            gflop = "" if r["flops_per_image"] is None else f"{r['flops_per_image'] / 1e9:.1f}"
             lines.append(
-                f"| {preset} | {r['parameters'] / 1e6:.2f}M | {r['neuron_backend']} | {r['batch']} | {r['peak_bytes'] / MIB:.0f} "
+                f"| {preset} | {r['precision']} | {r['parameters'] / 1e6:.2f}M | {r['neuron_backend']} | {r['batch']} "
+                f"| {r['peak_bytes'] / MIB:.0f} "
                 f"| {r['peak_bytes'] / r['batch'] / MIB:.1f} | {'' if slope is None else f'{slope:.1f}'} "
-                f"| {r['median_step_seconds'] * 1e3:.1f} | {r['images_per_second']:.0f} |")
+                f"| {r['median_step_seconds'] * 1e3:.1f} | {r['images_per_second']:.0f} | {gflop} |")
         for r in results:
             if r["model"] == preset and "error" in r:
-                lines.append(f"| {preset} | | | {r['batch']} | failed: {r['error'][:80]} | | | | |")
+                lines.append(f"| {preset} | | | | {r['batch']} | failed: {r['error'][:80]} | | | | | |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:
@@ -268,7 +341,8 @@ def measure_on_cpu(args):
     for preset in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             try:
-                result = measure(preset, batch, args.steps, args.warmup, args.official, "torch", "cpu")
+                folders = {"cifar": args.official, "dvs": args.official_dvs}
+                result = measure(preset, batch, args.steps, args.warmup, folders, "torch", "cpu")
             except Exception as error:  # one failing preset must not lose the others
                 traceback.print_exc()
                 result = {"model": preset, "batch": batch, "error": repr(error)}

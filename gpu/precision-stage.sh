@@ -1,0 +1,108 @@
+# The mixed-precision stage of gpu/check.sh, which sources it (it uses check.sh's run_logged,
+# section, end_section, official_ready, REPORT, OUT_DIR, REVSNN and status): for each
+# PRECISION_RUNS entry `model:batch` (default the four CIFAR presets at batch 64, T = 4, and the
+# DVS presets revsresnet24 and revsformer-2-256 at batch 16, T = 10), `revsnn bench` and
+# `revsnn memory` (batch/2 and batch, for the slope) in bf16 and fp16; then, when the official
+# model files were carried, the official code on the same presets and batches under its AMP
+# recipe (autocast fp16 + GradScaler, enable_amp=True: benches/pytorch/official_baseline.py
+# --amp), which also counts the step's FLOPs. The table compares images/s and MiB per image with
+# the official AMP figures, and gives the model FLOP utilisation against the card's dense 16-bit
+# peak (PEAK_TFLOPS_16, default 989 for an H200 or H100 SXM).
+# Knobs: PRECISION_RUNS, PRECISION_BUDGET_S (default 180; the stage's steps are cut to it and to
+# DEADLINE_S), PRECISION_BASELINE=0 (no official AMP run), PRECISION_DEVICE (cuda; cpu for a dry
+# run of the logic, with small PRECISION_RUNS).
+
+PRECISION_BUDGET_S=${PRECISION_BUDGET_S:-180}
+PRECISION_DEVICE=${PRECISION_DEVICE:-cuda}
+PRECISION_RUNS=${PRECISION_RUNS:-revsresnet37:64,msresnet34:64,revsformer-4-384:64,spikingformer-4-384:64,revsresnet24:16,revsformer-2-256:16}
+STAGE_END=$((SECONDS + PRECISION_BUDGET_S))
+: >"$OUT_DIR/precision-results.jsonl"
+for run in ${PRECISION_RUNS//,/ }; do
+  model=${run%%:*} batch=${run##*:}
+  for precision in bf16 fp16; do
+    run_logged "precision-bench-$precision-$model" 60 "$REVSNN" bench --device "$PRECISION_DEVICE" --precision "$precision" \
+      --model "$model" --batch "$batch" --steps 10 --json || status=1
+    run_logged "precision-memory-$precision-$model" 60 "$REVSNN" memory --device "$PRECISION_DEVICE" --precision "$precision" \
+      --model "$model" --batch "$((batch / 2)),$batch" --json || status=1
+    for what in bench memory; do
+      grep -h '^{' "$OUT_DIR/precision-$what-$precision-$model.log" |
+        sed "s/^{/{\"command\":\"$what\",/" >>"$OUT_DIR/precision-results.jsonl"
+    done
+  done
+done
+
+# The official code under AMP: the CIFAR presets and the DVS presets in one process each, at the
+# runs' batches (the DVS model files, from cifar10-dvs/, are carried in .official-dvs).
+if [ -n "$PRECISION_RUNS" ] && [ "${PRECISION_BASELINE:-1}" = 1 ] && official_ready; then
+  cifar="" dvs="" cifar_batch=64 dvs_batch=16
+  for run in ${PRECISION_RUNS//,/ }; do
+    model=${run%%:*} batch=${run##*:}
+    case $model in
+      revsresnet24|msresnet20|*-2-256) dvs="$dvs,$model" dvs_batch=$batch ;;
+      *) cifar="$cifar,$model" cifar_batch=$batch ;;
+    esac
+  done
+  for set in cifar dvs; do
+    models=${!set#,} batch_var="${set}_batch" batch=${!batch_var}
+    [ -n "$models" ] || continue
+    run_logged "pytorch-amp-$set" 150 python3 benches/pytorch/official_baseline.py --amp \
+      --official .official --official-dvs .official-dvs --models "$models" \
+      --batches "$((batch / 2)),$batch" --steps "${BASELINE_STEPS:-10}" \
+      --out "$OUT_DIR/pytorch-amp-$set.json" || status=1
+  done
+fi
+
+section "mixed precision: bf16 and fp16 against the official code under AMP"
+python3 - "$OUT_DIR" "${PEAK_TFLOPS_16:-989}" >>"$REPORT" 2>&1 <<'PY'
+import json, sys
+out, peak = sys.argv[1], float(sys.argv[2]) * 1e12
+mib = 2.0 ** 20
+ours = {}
+for line in open(f"{out}/precision-results.jsonl"):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    ours.setdefault(r["model"], {})[(r["command"], r["precision"])] = r
+official = {}
+for part in ("cifar", "dvs"):
+    try:
+        for r in json.load(open(f"{out}/pytorch-amp-{part}.json"))["results"]:
+            if "error" not in r:
+                official.setdefault(r["model"], {})[r["batch"]] = r
+    except (OSError, ValueError, KeyError):
+        pass
+
+def fmt(value, spec):
+    return spec % value if isinstance(value, (int, float)) else "-"
+
+def ratio(a, b):
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
+print("| model | batch | images/s bf16 | images/s fp16 | official AMP images/s | fp16 / official | "
+      "MiB/image bf16 | MiB/image fp16 | official AMP MiB/image | fp16 / official | GFLOP/image | MFU bf16 | MFU fp16 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for model, r in ours.items():
+    bench = {p: r.get(("bench", p), {}) for p in ("bf16", "fp16")}
+    memory = {p: r.get(("memory", p), {}) for p in ("bf16", "fp16")}
+    batch = next((b.get("batch") for b in bench.values() if b), None)
+    runs = official.get(model, {})
+    top = runs.get(batch, {})
+    low = runs.get(batch // 2, {}) if batch else {}
+    o_slope = (top["peak_bytes"] - low["peak_bytes"]) / (batch - batch // 2) / mib if top and low else None
+    speed = {p: bench[p].get("images_per_second") for p in bench}
+    slope = {p: (memory[p].get("bytes_per_image_slope") or 0) / mib or None for p in memory}
+    flops = top.get("flops_per_image")
+    mfu = {p: ratio(speed[p] * flops, peak) if speed[p] and flops else None for p in speed}
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        model, batch, fmt(speed["bf16"], "%.0f"), fmt(speed["fp16"], "%.0f"),
+        fmt(top.get("images_per_second"), "%.0f"), fmt(ratio(speed["fp16"], top.get("images_per_second")), "%.2fx"),
+        fmt(slope["bf16"], "%.1f"), fmt(slope["fp16"], "%.1f"), fmt(o_slope, "%.1f"),
+        fmt(ratio(slope["fp16"], o_slope), "%.2fx"), fmt(flops and flops / 1e9, "%.1f"),
+        fmt(mfu["bf16"] and 100 * mfu["bf16"], "%.1f%%"), fmt(mfu["fp16"] and 100 * mfu["fp16"], "%.1f%%")))
+print()
+print(f"MFU: images/s x the official step's matmul and convolution FLOPs per image (forward, recompute, "
+      f"backward; torch's FlopCounterMode) / {peak / 1e12:.0f} TFLOP/s dense 16-bit.")
+PY
+end_section
+unset STAGE_END
