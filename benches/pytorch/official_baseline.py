@@ -24,9 +24,9 @@ step exactly as the official training loops run it:
   cifar10-dvs/ from --official-dvs, T = 10, 10 classes, [B, T, 2, 128, 128] inputs; ResNets with
   SGD and no weight decay (train.sh `--weight-decay 0.`), transformers with AdamW(lr 1e-3,
   weight decay 0.06), as cifar10-dvs/train.py's defaults.
-* FLOPs: one extra step under torch.utils.flop_counter.FlopCounterMode counts the matmul and
-  convolution FLOPs of forward, recompute and backward as this code runs them
-  (`flops_per_image`), from which the utilisation of the card follows.
+* FLOPs: one extra step under a dispatch mode with torch's FLOP formulas
+  (torch.utils.flop_counter) counts the matmul and convolution FLOPs of forward, recompute and
+  backward as this code runs them (`flops_per_image`), from which the card's utilisation follows.
 * `zero_grad()` keeps the gradient tensors (set_to_none=False), which is what torch 1.10 (the
   official environment) does.
 
@@ -116,17 +116,34 @@ def use_neuron_backend(model, backend):
             module.backend = backend
 
 
-def count_flops(step):
+def count_flops(step, reset):
     """The matmul and convolution FLOPs of one call of `step` (forward, recompute and backward),
-    or None where this torch has no FlopCounterMode."""
+    by torch's own FLOP formulas (torch.utils.flop_counter), or None where this torch lacks them
+    or the count failed (the step's timing must not be lost to it; `reset` clears what a failed
+    step left in the model). FlopCounterMode itself cannot be used: its module tracker asserts on
+    the reversible blocks, whose forward runs without autograd."""
     try:
-        from torch.utils.flop_counter import FlopCounterMode
-    except ImportError:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
+
+        class Counter(TorchDispatchMode):
+            total = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                formula = flop_registry.get(func._overloadpacket)
+                if formula is not None:
+                    self.total += formula(*args, **kwargs, out_val=out)
+                return out
+
+        with Counter() as counter:
+            step()
+        return counter.total
+    except Exception:  # noqa: BLE001 - any failure only costs the FLOP figure
+        traceback.print_exc()
+        reset()
         return None
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops()
 
 
 def measure(preset, batch, steps, warmup, folders, neuron_backend, device_name="cuda", amp=False):
@@ -161,7 +178,7 @@ def measure(preset, batch, steps, warmup, folders, neuron_backend, device_name="
         labels = torch.randint(0, 100, (batch,), device=device)
     scaler = None
     if amp:  # torch.amp.GradScaler from torch 2.3 on, torch.cuda.amp's before
-        scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
+        scaler = torch.amp.GradScaler(device_name) if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
 
     def step():
         optimizer.zero_grad(set_to_none=False)
@@ -179,7 +196,7 @@ def measure(preset, batch, steps, warmup, folders, neuron_backend, device_name="
 
     for _ in range(warmup):
         step()
-    flops = count_flops(step)
+    flops = count_flops(step, lambda: functional.reset_net(model))
     synchronize()
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
