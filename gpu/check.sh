@@ -154,8 +154,9 @@ if official_ready; then
 fi
 
 printf '\n## training step, T = 4, batch 64 (memory per image: slope between batch 32 and 64)\n\n' >>"$REPORT"
-python3 - "$OUT_DIR/cli-results.jsonl" "$OUT_DIR/pytorch-baseline.json" >>"$REPORT" 2>&1 <<'PY'
+python3 - "$OUT_DIR/cli-results.jsonl" "$OUT_DIR/pytorch-baseline.json" "${PEAK_TFLOPS_TF32:-494}" >>"$REPORT" 2>&1 <<'PY'
 import json, sys
+peak = float(sys.argv[3]) * 1e12
 ours = {}
 for line in open(sys.argv[1]):
     try:
@@ -171,13 +172,15 @@ except (OSError, ValueError, KeyError):
     pass
 mib = 2.0 ** 20
 fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
-print("| model | conv engine | images/s f32 | images/s TF32 | images/s TF32 im2col | images/s bf16 im2col | official images/s | peak MiB | official peak MiB | MiB/image | official MiB/image |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| model | conv engine | images/s f32 | images/s TF32 | images/s TF32 im2col | images/s bf16 im2col | official images/s | peak MiB | official peak MiB | MiB/image | official MiB/image | MFU TF32 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for model, r in ours.items():
     b, t, i, h, m = (r.get(k, {}) for k in ("bench", "bench-tf32", "bench-tf32-im2col", "bench-bf16", "memory"))
     o = official.get(model, {})
     o_slope = (o[64]["peak_bytes"] - o[32]["peak_bytes"]) / 32 / mib if 32 in o and 64 in o else None
-    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+    flops = o.get(64, {}).get("flops_per_image")
+    mfu = 100 * t["images_per_second"] * flops / peak if flops and t.get("images_per_second") else None
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
         model, b.get("conv_engine", "-"),
         fmt(b.get("images_per_second"), "%.0f"), fmt(t.get("images_per_second"), "%.0f"),
         fmt(i.get("images_per_second"), "%.0f"), fmt(h.get("images_per_second"), "%.0f"),
@@ -185,7 +188,10 @@ for model, r in ours.items():
         fmt(b["peak_memory_bytes"] / mib if b else None, "%.0f"),
         fmt(o[64]["peak_bytes"] / mib if 64 in o else None, "%.0f"),
         fmt(m["bytes_per_image_slope"] / mib if m.get("bytes_per_image_slope") else None, "%.1f"),
-        fmt(o_slope, "%.1f")))
+        fmt(o_slope, "%.1f"), fmt(mfu, "%.1f%%")))
+print()
+print(f"MFU TF32: our TF32 images/s x the official step's FLOPs per image / {peak / 1e12:.0f} TFLOP/s "
+      "dense TF32 (PEAK_TFLOPS_TF32).")
 PY
 
 for bench in gpu-bin/benches/*; do
