@@ -19,13 +19,16 @@
 //!   flip) in bf16: CUDA against the CPU in bf16 (the bound is below), with some tensor away from
 //!   the f32 step's by more than that bound, so the bound can fail.
 //! - `revsnn train --device cuda --precision bf16` runs a tiny epoch and records bf16.
+//! - `--precision fp16` training on CUDA through the loss scaler, in the CPU's scenarios
+//!   (tests/common/fp16.rs): resumed bit for bit, scaler included; steps whose scaled gradients
+//!   overflow are skipped, each halving the scale, and training recovers.
 //!
 //! Skips without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 mod common;
 
 use common::gemm::{GemmOp, batched_shapes, widened};
-use common::{ok, revsnn, scratch};
+use common::{TINY_REVSRESNET, fp16, ok, revsnn, scratch};
 use revsnn::commands::random_images;
 use revsnn::model::{BuildOptions, EntryKind, ParamId, Targets};
 use revsnn::network::{Network, PassOptions};
@@ -405,9 +408,6 @@ fn a_training_step_in_bf16_matches_the_cpu_in_bf16() {
     gpu.device().set_precision(Precision::F32).unwrap();
 }
 
-const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
-  "num_classes": 10, "time_steps": 2, "in_channels": 3, "img_size": 16}"#;
-
 #[test]
 fn train_on_cuda_in_bf16_runs_and_records_it() {
     if backend_or_skip::<f32>("train_on_cuda_in_bf16").is_none() {
@@ -415,7 +415,7 @@ fn train_on_cuda_in_bf16_runs_and_records_it() {
     }
     let dir = scratch("train-bf16");
     let spec = dir.join("tiny.json");
-    std::fs::write(&spec, TINY).unwrap();
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
     let out = dir.join("run");
     let (spec, out_arg) = (spec.display().to_string(), out.display().to_string());
     ok(revsnn(&[
@@ -449,4 +449,20 @@ fn train_on_cuda_in_bf16_runs_and_records_it() {
         "{line}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fp16_on_cuda_resumes_bit_for_bit_with_its_loss_scaler() {
+    if backend_or_skip::<f32>("fp16_on_cuda_resumes_bit_for_bit").is_none() {
+        return;
+    }
+    fp16::resumes_bit_for_bit_with_its_loss_scaler("cuda");
+}
+
+#[test]
+fn fp16_on_cuda_skips_the_steps_whose_gradients_overflow_and_recovers() {
+    if backend_or_skip::<f32>("fp16_on_cuda_skips_the_steps").is_none() {
+        return;
+    }
+    fp16::skips_the_steps_whose_gradients_overflow_and_recovers("cuda");
 }

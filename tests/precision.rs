@@ -14,9 +14,8 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{TINY_REVSRESNET, failed, ok, revsnn, scratch, small_train_args};
+use common::{TINY_REVSRESNET, failed, fp16, json_lines, ok, revsnn, scratch, small_train_args};
 use ndarray::{ArcArray, IxDyn};
-use revsnn::checkpoint::{self, TensorData};
 use revsnn::commands::verify::verify_on;
 use revsnn::device::Device;
 use revsnn::model::reversible::Coupling;
@@ -230,14 +229,6 @@ fn train(spec: &Path, out: &Path, extra: &[&str]) -> Output {
     revsnn(&small_train_args(&spec.display().to_string(), out, extra))
 }
 
-fn json_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 #[test]
 fn train_records_its_precision_resumes_in_it_and_refuses_another() {
     let dir = scratch("record");
@@ -308,110 +299,14 @@ fn train_records_its_precision_resumes_in_it_and_refuses_another() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The keys of a checkpoint, each with whether it is stored as f32.
-fn stored_as_f32(path: &Path) -> Vec<(String, bool)> {
-    checkpoint::read(path)
-        .unwrap()
-        .into_iter()
-        .map(|(key, tensor)| (key, !matches!(tensor.data, TensorData::F64(_))))
-        .collect()
-}
-
 #[test]
 fn fp16_resumes_bit_for_bit_with_its_loss_scaler_and_checkpoints_stay_f32() {
-    let dir = scratch("fp16-resume");
-    let spec = dir.join("tiny.json");
-    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
-    let (straight, resumed, plain) = (dir.join("straight"), dir.join("resumed"), dir.join("f32"));
-    let fp16 = ["--precision", "fp16", "--epochs", "2"];
-    ok(train(&spec, &straight, &fp16));
-    ok(train(
-        &spec,
-        &resumed,
-        &[&fp16[..], &["--stop-after", "1"]].concat(),
-    ));
-    ok(train(&spec, &resumed, &["--resume"]));
-    ok(train(&spec, &plain, &["--epochs", "1"]));
-    for file in [
-        "last.safetensors",
-        "last.optimizer.safetensors",
-        "last.json",
-    ] {
-        let read = |dir: &Path| std::fs::read(dir.join(file)).unwrap();
-        assert_eq!(
-            read(&straight),
-            read(&resumed),
-            "{file} resumed bit for bit"
-        );
-    }
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(straight.join("last.json")).unwrap())
-            .unwrap();
-    assert_eq!(state["loss_scaler"]["scale"], 65536.0, "{state}");
-    assert_eq!(
-        state["loss_scaler"]["growth_tracker"], 8,
-        "two epochs of 4 clean steps"
-    );
-    let keys = stored_as_f32(&straight.join("last.safetensors"));
-    assert_eq!(keys, stored_as_f32(&plain.join("last.safetensors")));
-    assert!(keys.iter().all(|(_, f32)| *f32), "{keys:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    fp16::resumes_bit_for_bit_with_its_loss_scaler("cpu");
 }
 
 #[test]
 fn fp16_skips_the_steps_whose_gradients_overflow_and_recovers() {
-    let dir = scratch("fp16-overflow");
-    let spec = dir.join("tiny.json");
-    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
-    let run = dir.join("run");
-    let samples = [
-        "--train-samples",
-        "64",
-        "--precision",
-        "fp16",
-        "--epochs",
-        "3",
-    ];
-    ok(train(
-        &spec,
-        &run,
-        &[&samples[..], &["--stop-after", "1"]].concat(),
-    ));
-    // A loss scale of 2^24 makes the scaled loss gradients overflow fp16's largest value
-    // (65504) in the GEMM operands: each such step is skipped and halves the scale.
-    let injected = 2f64.powi(24);
-    let state_path = run.join("last.json");
-    let mut state: Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
-    state["loss_scaler"]["scale"] = Value::from(injected);
-    std::fs::write(&state_path, state.to_string()).unwrap();
-    let before = checkpoint::read(&run.join("last.safetensors")).unwrap();
-    let resume = ["--resume", "--train-samples", "64"];
-    ok(train(
-        &spec,
-        &run,
-        &[&resume[..], &["--stop-after", "1"]].concat(),
-    ));
-    let lines = json_lines(&run.join("metrics.jsonl"));
-    let skipped = lines[1]["skipped_steps"].as_u64().unwrap();
-    assert!(
-        (1..8).contains(&skipped),
-        "of 8 steps, {skipped} skipped: {}",
-        lines[1]
-    );
-    assert_eq!(
-        lines[1]["loss_scale"].as_f64().unwrap(),
-        injected / 2f64.powi(skipped as i32),
-        "each skip halves the scale: {}",
-        lines[1]
-    );
-    let after = checkpoint::read(&run.join("last.safetensors")).unwrap();
-    assert_ne!(before, after, "the steps after the skips trained");
-    ok(train(&spec, &run, &resume));
-    let last = &json_lines(&run.join("metrics.jsonl"))[2];
-    assert_eq!(last["skipped_steps"], 0, "recovered: {last}");
-    assert!(last["train_loss"].as_f64().unwrap().is_finite());
-    let _ = std::fs::remove_dir_all(&dir);
+    fp16::skips_the_steps_whose_gradients_overflow_and_recovers("cpu");
 }
 
 /// A tiny spec of each family.

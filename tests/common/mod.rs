@@ -1,7 +1,9 @@
 //! Helpers shared by the end-to-end test binaries that run the `revsnn` binary (each binary uses
-//! the ones it needs); [`gemm`], the GEMM ops run on any backend for the GPU precision tests.
+//! the ones it needs); [`gemm`], the GEMM ops run on any backend for the GPU precision tests;
+//! [`fp16`], the loss scaler's training scenarios on any device.
 #![allow(dead_code)]
 
+pub mod fp16;
 pub mod gemm;
 
 use std::ffi::OsStr;
@@ -124,4 +126,13 @@ pub fn f32_tensors(dir: &Path, parameters_only: bool) -> Vec<(String, Vec<f64>)>
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named
+}
+
+/// The JSON values of a file of one per line (metrics.jsonl).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }

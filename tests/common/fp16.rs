@@ -1,0 +1,119 @@
+//! fp16 training with its loss scaler as a user runs it, on a device named by the caller: the CPU
+//! reference (tests/precision.rs) and CUDA (tests/gpu_precision.rs, on the emulator in CI and on a
+//! GPU in gpu/check.sh) go through the same scenarios.
+
+use std::path::Path;
+use std::process::Output;
+
+use revsnn::checkpoint::{self, TensorData};
+use serde_json::Value;
+
+use super::{TINY_REVSRESNET, json_lines, ok, revsnn, scratch, small_train_args};
+
+/// `revsnn train` of the spec file `spec` into `out` on `device` ([`small_train_args`]), then
+/// `extra`.
+fn train(device: &str, spec: &Path, out: &Path, extra: &[&str]) -> Output {
+    let args = [&["--device", device][..], extra].concat();
+    revsnn(&small_train_args(&spec.display().to_string(), out, &args))
+}
+
+/// The keys of a checkpoint, each with whether it is stored as f32.
+fn stored_as_f32(path: &Path) -> Vec<(String, bool)> {
+    checkpoint::read(path)
+        .unwrap()
+        .into_iter()
+        .map(|(key, tensor)| (key, !matches!(tensor.data, TensorData::F64(_))))
+        .collect()
+}
+
+/// Two fp16 epochs straight equal one plus `--resume` byte for byte, the loss scaler's state
+/// included; the scale grows only after 2000 clean steps; the checkpoint holds the f32 keys of
+/// an f32 run.
+pub fn resumes_bit_for_bit_with_its_loss_scaler(device: &str) {
+    let dir = scratch(&format!("fp16-resume-{device}"));
+    let spec = dir.join("tiny.json");
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
+    let (straight, resumed, plain) = (dir.join("straight"), dir.join("resumed"), dir.join("f32"));
+    let fp16 = ["--precision", "fp16", "--epochs", "2"];
+    ok(train(device, &spec, &straight, &fp16));
+    let first = [&fp16[..], &["--stop-after", "1"]].concat();
+    ok(train(device, &spec, &resumed, &first));
+    ok(train(device, &spec, &resumed, &["--resume"]));
+    ok(train(device, &spec, &plain, &["--epochs", "1"]));
+    for file in [
+        "last.safetensors",
+        "last.optimizer.safetensors",
+        "last.json",
+    ] {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).unwrap();
+        assert_eq!(
+            read(&straight),
+            read(&resumed),
+            "{file} resumed bit for bit on {device}"
+        );
+    }
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("last.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["loss_scaler"]["scale"], 65536.0, "{state}");
+    assert_eq!(
+        state["loss_scaler"]["growth_tracker"], 8,
+        "two epochs of 4 clean steps"
+    );
+    let keys = stored_as_f32(&straight.join("last.safetensors"));
+    assert_eq!(keys, stored_as_f32(&plain.join("last.safetensors")));
+    assert!(keys.iter().all(|(_, f32)| *f32), "{keys:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run resumed with a loss scale of 2^24 (injected into last.json) skips the steps whose
+/// scaled gradients overflow fp16, halving the scale at each, trains on after them, and has no
+/// skipped step in the next epoch.
+pub fn skips_the_steps_whose_gradients_overflow_and_recovers(device: &str) {
+    let dir = scratch(&format!("fp16-overflow-{device}"));
+    let spec = dir.join("tiny.json");
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
+    let run = dir.join("run");
+    let samples = [
+        "--train-samples",
+        "64",
+        "--precision",
+        "fp16",
+        "--epochs",
+        "3",
+    ];
+    let first = [&samples[..], &["--stop-after", "1"]].concat();
+    ok(train(device, &spec, &run, &first));
+    // A loss scale of 2^24 makes the scaled loss gradients overflow fp16's largest value
+    // (65504) in the GEMM operands: each such step is skipped and halves the scale.
+    let injected = 2f64.powi(24);
+    let state_path = run.join("last.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["loss_scaler"]["scale"] = Value::from(injected);
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let before = checkpoint::read(&run.join("last.safetensors")).unwrap();
+    let resume = ["--resume", "--train-samples", "64"];
+    let second = [&resume[..], &["--stop-after", "1"]].concat();
+    ok(train(device, &spec, &run, &second));
+    let lines = json_lines(&run.join("metrics.jsonl"));
+    let skipped = lines[1]["skipped_steps"].as_u64().unwrap();
+    assert!(
+        (1..8).contains(&skipped),
+        "of 8 steps on {device}, {skipped} skipped: {}",
+        lines[1]
+    );
+    assert_eq!(
+        lines[1]["loss_scale"].as_f64().unwrap(),
+        injected / 2f64.powi(skipped as i32),
+        "each skip halves the scale: {}",
+        lines[1]
+    );
+    let after = checkpoint::read(&run.join("last.safetensors")).unwrap();
+    assert_ne!(before, after, "the steps after the skips trained");
+    ok(train(device, &spec, &run, &resume));
+    let last = &json_lines(&run.join("metrics.jsonl"))[2];
+    assert_eq!(last["skipped_steps"], 0, "recovered: {last}");
+    assert!(last["train_loss"].as_f64().unwrap().is_finite());
+    let _ = std::fs::remove_dir_all(&dir);
+}
