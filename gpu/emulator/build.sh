@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the CPU emulator of the CUDA driver, cuBLAS and NCCL into OUT_DIR:
+# Builds the CPU emulator of the CUDA driver, cuBLAS, cuDNN and NCCL into OUT_DIR:
 #   libcuda.so.1 (+ libcuda.so)      the driver API cudarc calls, with every gpu/kernels/*.cu inside;
 #                                    REVSNN_EMU_DEVICES devices (default 1)
 #   libcublas.so.13 (+ libcublas.so) handles and GEMMs
+#   libcudnn.so.9 (+ libcudnn.so)    descriptors, algorithm rankings and the three convolution passes
 #   libnccl.so.2 (+ libnccl.so)      communicators, all-reduce (sum), all-gather and broadcast between
 #                                    processes on this machine, through files in a directory
 # and runs the self-tests of the execution model (selftest) and of the fake NCCL (nccl_selftest,
@@ -58,6 +59,9 @@ ln -sf libcuda.so.1 "$OUT/libcuda.so"
 "$CXX" "${FLAGS[@]}" "${WARN[@]}" -shared -Wl,-soname,libcublas.so.13 -Wl,--no-undefined \
   -o "$OUT/libcublas.so.13" "$HERE/fake_cublas.cpp" -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'
 ln -sf libcublas.so.13 "$OUT/libcublas.so"
+"$CXX" "${FLAGS[@]}" "${WARN[@]}" -shared -Wl,-soname,libcudnn.so.9 -Wl,--no-undefined \
+  -o "$OUT/libcudnn.so.9" "$HERE/fake_cudnn.cpp" -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'
+ln -sf libcudnn.so.9 "$OUT/libcudnn.so"
 "$CXX" "${FLAGS[@]}" "${WARN[@]}" -shared -Wl,-soname,libnccl.so.2 -Wl,--no-undefined \
   -o "$OUT/libnccl.so.2" "$HERE/fake_nccl.cpp" -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'
 ln -sf libnccl.so.2 "$OUT/libnccl.so"

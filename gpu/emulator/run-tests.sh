@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every GPU test on the CPU emulator (gpu/README.md, "Running the GPU tests on the CPU
 # emulator"): tests/gpu_*.rs and gpu/tests/*.rs with REVSNN_REQUIRE_GPU=1, the emulated driver,
-# cuBLAS and NCCL (build.sh builds them and runs their self-tests) first on the library path and
-# the real NVRTC after them. Extra arguments go to the test binaries (e.g. a test name filter).
+# cuBLAS, cuDNN and NCCL (build.sh builds them and runs their self-tests) first on the library path
+# and the real NVRTC after them. Extra arguments go to the test binaries (e.g. a test name filter).
 # The emulator shows 2 devices (REVSNN_EMU_DEVICES) so the tests of two ranks (tests/gpu_ranks.rs)
-# run, one device each; NCCL is required (REVSNN_REQUIRE_NCCL=1), the fake one always loads.
+# run, one device each; NCCL and cuDNN are required (REVSNN_REQUIRE_NCCL=1, REVSNN_REQUIRE_CUDNN=1),
+# the fake ones always load, so the cuDNN engine is the convolutions' default there as on a GPU.
 # usage: gpu/emulator/run-tests.sh [-- TEST ARGS...]
 # Needs NVRTC 13.0 in .nvrtc/ (installed by .ci/run; or set NV to another install).
 set -euo pipefail
@@ -18,13 +19,12 @@ export REVSNN_CUDA_INCLUDE="${REVSNN_CUDA_INCLUDE:-$NV/nvidia/cu13/include}"
 EMU="${REVSNN_EMU_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/cuda-emulator}"
 gpu/emulator/build.sh "$EMU"
 export LD_LIBRARY_PATH="$EMU:$NV/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 REVSNN_REQUIRE_NCCL=1
+export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 REVSNN_REQUIRE_NCCL=1 REVSNN_REQUIRE_CUDNN=1
 export REVSNN_EMU_DEVICES="${REVSNN_EMU_DEVICES:-2}"
 [ "${1:-}" = "--" ] && shift
 # The GPU tests of the root crate (tests/gpu_*.rs) and of revsnn-gpu (gpu/tests/*.rs).
 # --no-fail-fast: every binary runs and every failure is reported. The tests' `SKIP:` lines (what
-# the emulator could not run, e.g. the cuDNN engine) are repeated at the end, so a log shows them
-# together.
+# the emulator could not run) are repeated at the end, so a log shows them together.
 status=0
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
