@@ -13,11 +13,14 @@
 // The rankings are made to exercise a caller's choice: first an algorithm whose workspace exceeds
 // 256 MiB (forward) or a non-deterministic one (both backward passes), then deterministic ones,
 // each with the math type the convolution descriptor asks for (CUDNN_FMA_MATH stays FMA; otherwise
-// f32's first deterministic entry is CUDNN_TENSOR_OP_MATH). Arithmetic: f32 inputs are rounded to
+// f32's first deterministic entry is CUDNN_TENSOR_OP_MATH). A non-deterministic algorithm is
+// that here too: every other call sums in the reverse order, as atomics would reorder the sums, so
+// a caller that takes one fails its bitwise tests. Arithmetic: f32 inputs are rounded to
 // TF32 (10-bit mantissa) unless the descriptor's math type is CUDNN_FMA_MATH, as tensor cores do;
 // every output element sums its products in a fixed order in the data type, one rounding per
 // multiply and per add; beta == 0 does not read the output. Results agree with a GPU to rounding,
 // not bitwise (cuDNN's order of sums varies by algorithm).
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -308,14 +311,17 @@ template <typename E> void forward(const Problem& pb, E alpha, const E* x, const
 }
 
 // dx[n, ch, row, col] = alpha sum over the (o, i, j, a, b) that reach it of dy[n, o, i, j] w[o, ch, a, b]
-// + beta dx: accumulated in a scratch image, in the order of the forward's loops.
-template <typename E> void backward_data(const Problem& pb, E alpha, const E* w, const E* dy, E beta, E* dx) {
+// + beta dx: accumulated in a scratch image, in the order of the forward's loops (the output
+// channels in reverse when `reversed`).
+template <typename E>
+void backward_data(const Problem& pb, E alpha, const E* w, const E* dy, E beta, E* dx, bool reversed) {
     const Conv& cv = *pb.conv;
     const long long image = (long long)pb.c * pb.h * pb.w;
     E* sums = new E[image];
     for (int n = 0; n < pb.n; ++n) {
         for (long long e = 0; e < image; ++e) sums[e] = 0;
-        for (int o = 0; o < pb.k; ++o)
+        for (int step = 0; step < pb.k; ++step) {
+            const int o = reversed ? pb.k - 1 - step : step;
             for (int i = 0; i < pb.p; ++i)
                 for (int j = 0; j < pb.q; ++j) {
                     const E g = load(dy + (((long long)n * pb.k + o) * pb.p + i) * pb.q + j, pb.tf32);
@@ -331,20 +337,24 @@ template <typename E> void backward_data(const Problem& pb, E alpha, const E* w,
                             }
                         }
                 }
+        }
         for (long long e = 0; e < image; ++e) store(dx + n * image + e, sums[e], alpha, beta);
     }
     delete[] sums;
 }
 
-// dw[o, ch, a, b] = alpha sum_{n, i, j} dy[n, o, i, j] x[n, ch, in(i, a), in(j, b)] + beta dw.
-template <typename E> void backward_filter(const Problem& pb, E alpha, const E* x, const E* dy, E beta, E* dw) {
+// dw[o, ch, a, b] = alpha sum_{n, i, j} dy[n, o, i, j] x[n, ch, in(i, a), in(j, b)] + beta dw (the
+// images in reverse when `reversed`).
+template <typename E>
+void backward_filter(const Problem& pb, E alpha, const E* x, const E* dy, E beta, E* dw, bool reversed) {
     const Conv& cv = *pb.conv;
     for (int o = 0; o < pb.k; ++o)
         for (int ch = 0; ch < pb.c; ++ch)
             for (int a = 0; a < pb.r; ++a)
                 for (int b = 0; b < pb.s; ++b) {
                     E sum = 0;
-                    for (int n = 0; n < pb.n; ++n)
+                    for (int image = 0; image < pb.n; ++image) {
+                        const int n = reversed ? pb.n - 1 - image : image;
                         for (int i = 0; i < pb.p; ++i) {
                             const int row = input_at(i, a, cv.stride_h, cv.pad_h, cv.dil_h, pb.h);
                             if (row < 0) continue;
@@ -356,6 +366,7 @@ template <typename E> void backward_filter(const Problem& pb, E alpha, const E* 
                                 sum = sum + g * xv;
                             }
                         }
+                    }
                     // the filter's own layout, flipped back for a true convolution
                     store(dw + tap(pb, o, ch, a, b), sum, alpha, beta);
                 }
@@ -380,6 +391,12 @@ cudnnStatus_t run(const char* name, Pass pass, void* h, const void* alpha, void*
     const void* y = pass == Pass::Forward ? out : b;
     status = check_buffers(name, pb, x, w, y, ws, ws_bytes, needed);
     if (status != CUDNN_STATUS_SUCCESS) return status;
+    // a non-deterministic algorithm sums in the reverse order on every other call
+    static std::atomic<unsigned long long> calls{0};
+    bool deterministic = true;
+    for (int i = 0; i < count; ++i)
+        if (entries[i].algo == algo) deterministic = entries[i].deterministic;
+    const bool reversed = !deterministic && (calls.fetch_add(1) & 1) == 1;
     revsnn_emu_set_activity(name);
     auto go = [&](auto zero) {
         using E = decltype(zero);
@@ -389,8 +406,8 @@ cudnnStatus_t run(const char* name, Pass pass, void* h, const void* alpha, void*
         E* o = static_cast<E*>(out);
         switch (pass) {
             case Pass::Forward: forward(pb, al, in_a, in_b, be, o); break;
-            case Pass::BackwardData: backward_data(pb, al, in_a, in_b, be, o); break;
-            case Pass::BackwardFilter: backward_filter(pb, al, in_a, in_b, be, o); break;
+            case Pass::BackwardData: backward_data(pb, al, in_a, in_b, be, o, reversed); break;
+            case Pass::BackwardFilter: backward_filter(pb, al, in_a, in_b, be, o, reversed); break;
         }
     };
     if (pb.type == CUDNN_DATA_DOUBLE) {
