@@ -274,8 +274,9 @@ struct StepOutcome {
 /// count). With several ranks the step also carries their vote on stopping
 /// ([`Rank::start_stop_vote`]). The optimizer step is queued before anything else is read back,
 /// so the device runs the whole step without waiting for the host; then one read brings the
-/// loss, the logits and the vote, and one the parameters' non-finite count. A non-finite loss is reported first, as the step that produced it (the
-/// stepped parameters are never saved), then non-finite parameters.
+/// loss, the logits and the vote, and one the parameters' non-finite count. A non-finite loss is
+/// reported first, as the step that produced it (the stepped parameters are never saved), then
+/// non-finite parameters.
 fn checked_step<B: Compute>(
     backend: &B,
     learner: &mut Learner<B>,
