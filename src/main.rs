@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use revsnn::collective::ProcessRank;
 use revsnn::commands::bench::BenchArgs;
 use revsnn::commands::eval::EvalArgs;
 use revsnn::commands::grad::GradArgs;
@@ -73,9 +74,20 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
-            eprintln!("error: {error}");
+            // One write, so that the messages of ranks that fail at once do not interleave.
+            let message = format!("{}error: {error}\n", rank_prefix());
+            eprint!("{message}");
             ExitCode::from(error.exit_code())
         }
+    }
+}
+
+/// "rank R: " in a process of a run of several (torchrun's environment, or `train --gpus N`'s),
+/// whose ranks share one terminal; empty otherwise.
+fn rank_prefix() -> String {
+    match ProcessRank::from_env() {
+        Ok(Some(me)) if me.world_size > 1 => format!("rank {}: ", me.rank),
+        _ => String::new(),
     }
 }
 

@@ -269,9 +269,12 @@ fn ctrl_c_stops_both_gpu_ranks_before_the_same_step() {
     let output = launcher.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
-    let said: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.starts_with("error: interrupted (Ctrl-C) before step "))
+    // each rank's line, without its "rank R: " prefix, in rank order
+    let said: Vec<&str> = (0..2)
+        .filter_map(|rank| {
+            let prefix = format!("rank {rank}: error: interrupted (Ctrl-C) before step ");
+            stderr.lines().find_map(|line| line.strip_prefix(&prefix))
+        })
         .collect();
     assert_eq!(said.len(), 2, "each rank says where it stopped: {stderr}");
     assert_eq!(said[0], said[1], "the ranks stopped before the same step");
