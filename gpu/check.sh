@@ -7,8 +7,8 @@
 # the training stage (below); `revsnn bench` (f32 and TF32) and `revsnn memory` on CUDA for the
 # headline presets, on cuDNN and on im2col + cuBLAS; then, when .official/ and .whl/ were carried
 # (PYTORCH_BASELINE=0 turns it off), the official PyTorch code on the same presets in the same
-# run, the bar to beat; then the criterion benches. Writes report.md, pytorch-baseline.json and
-# logs.tar.gz into the output folder. A missing GPU fails the tests (REVSNN_REQUIRE_GPU=1). The
+# run, the bar to beat; then the criterion benches. Writes report.md, pytorch-baseline.json,
+# pytorch-amp-{cifar,dvs}.json and logs.tar.gz into the output folder. A missing GPU fails the tests (REVSNN_REQUIRE_GPU=1). The
 # whole script keeps inside DEADLINE_S seconds (default 530): each step's timeout is cut to what
 # is left, and steps that no longer fit are skipped and listed.
 # For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
