@@ -8,9 +8,9 @@
 # headline presets, on cuDNN and on im2col + cuBLAS; then, when .official/ and .whl/ were carried
 # (PYTORCH_BASELINE=0 turns it off), the official PyTorch code on the same presets in the same
 # run, the bar to beat; then the criterion benches. Writes report.md, pytorch-baseline.json,
-# pytorch-amp-{cifar,dvs}.json and logs.tar.gz into the output folder. A missing GPU fails the tests (REVSNN_REQUIRE_GPU=1). The
-# whole script keeps inside DEADLINE_S seconds (default 530): each step's timeout is cut to what
-# is left, and steps that no longer fit are skipped and listed.
+# pytorch-amp-batch*.json and logs.tar.gz into the output folder. A missing GPU fails the tests
+# (REVSNN_REQUIRE_GPU=1). The whole script keeps inside DEADLINE_S seconds (default 530): each
+# step's timeout is cut to what is left, and steps that no longer fit are skipped and listed.
 # For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
 # 'gpu_conv|gpu_models'; 'none' runs none), BENCH_FILTER (criterion's name filter), CLI_MODELS
 # and BASELINE_MODELS (comma lists of presets), CHECK_CLI=0 (no CLI bench/memory step).

@@ -17,8 +17,10 @@ PRECISION_DEVICE=${PRECISION_DEVICE:-cuda}
 PRECISION_RUNS=${PRECISION_RUNS:-revsresnet37:64,msresnet34:64,revsformer-4-384:64,spikingformer-4-384:64,revsresnet24:16,revsformer-2-256:16}
 STAGE_END=$((SECONDS + PRECISION_BUDGET_S))
 : >"$OUT_DIR/precision-results.jsonl"
+declare -A amp_models # batch -> the models run at it, for the official code below
 for run in ${PRECISION_RUNS//,/ }; do
   model=${run%%:*} batch=${run##*:}
+  amp_models[$batch]+="${amp_models[$batch]:+,}$model"
   for precision in bf16 fp16; do
     run_logged "precision-bench-$precision-$model" 60 "$REVSNN" bench --device "$PRECISION_DEVICE" --precision "$precision" \
       --model "$model" --batch "$batch" --steps 10 --json || status=1
@@ -31,30 +33,20 @@ for run in ${PRECISION_RUNS//,/ }; do
   done
 done
 
-# The official code under AMP: the CIFAR presets and the DVS presets in one process each, at the
-# runs' batches (the DVS model files, from cifar10-dvs/, are carried in .official-dvs).
-if [ -n "$PRECISION_RUNS" ] && [ "${PRECISION_BASELINE:-1}" = 1 ] && official_ready; then
-  cifar="" dvs="" cifar_batch=64 dvs_batch=16
-  for run in ${PRECISION_RUNS//,/ }; do
-    model=${run%%:*} batch=${run##*:}
-    case $model in
-      revsresnet24|msresnet20|*-2-256) dvs="$dvs,$model" dvs_batch=$batch ;;
-      *) cifar="$cifar,$model" cifar_batch=$batch ;;
-    esac
-  done
-  for set in cifar dvs; do
-    models=${!set#,} batch_var="${set}_batch" batch=${!batch_var}
-    [ -n "$models" ] || continue
-    run_logged "pytorch-amp-$set" 150 python3 benches/pytorch/official_baseline.py --amp \
-      --official .official --official-dvs .official-dvs --models "$models" \
+# The official code under AMP: one process per batch of the runs, over its models (the DVS model
+# files, from cifar10-dvs/, are carried in .official-dvs).
+if [ "${PRECISION_BASELINE:-1}" = 1 ] && [ "${#amp_models[@]}" -gt 0 ] && official_ready; then
+  for batch in "${!amp_models[@]}"; do
+    run_logged "pytorch-amp-batch$batch" 150 python3 benches/pytorch/official_baseline.py --amp \
+      --official .official --official-dvs .official-dvs --models "${amp_models[$batch]}" \
       --batches "$((batch / 2)),$batch" --steps "${BASELINE_STEPS:-10}" \
-      --out "$OUT_DIR/pytorch-amp-$set.json" || status=1
+      --out "$OUT_DIR/pytorch-amp-batch$batch.json" || status=1
   done
 fi
 
 section "mixed precision: bf16 and fp16 against the official code under AMP"
 python3 - "$OUT_DIR" "${PEAK_TFLOPS_16:-989}" >>"$REPORT" 2>&1 <<'PY'
-import json, sys
+import glob, json, sys
 out, peak = sys.argv[1], float(sys.argv[2]) * 1e12
 mib = 2.0 ** 20
 ours = {}
@@ -65,9 +57,9 @@ for line in open(f"{out}/precision-results.jsonl"):
         continue
     ours.setdefault(r["model"], {})[(r["command"], r["precision"])] = r
 official = {}
-for part in ("cifar", "dvs"):
+for path in glob.glob(f"{out}/pytorch-amp-batch*.json"):
     try:
-        for r in json.load(open(f"{out}/pytorch-amp-{part}.json"))["results"]:
+        for r in json.load(open(path))["results"]:
             if "error" not in r:
                 official.setdefault(r["model"], {})[r["batch"]] = r
     except (OSError, ValueError, KeyError):

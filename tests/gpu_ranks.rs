@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     f32_tensors, failed, last_metrics, ok, revsnn, revsnn_command, scratch, tiny_train_args,
+    wait_for_file,
 };
 use revsnn::collective::{Collective, GradReducer, NcclGroup, ProcessRank, UsePlan};
 use revsnn::error::Result;
@@ -206,12 +207,11 @@ fn a_rank_that_dies_stops_the_others_and_leaves_the_last_checkpoint() {
     let extra = ["--epochs", "50", "--rank-timeout", "30"];
     let mut leader = spawn_rank(&out, (0, 0), 2, port, &extra);
     let mut other = spawn_rank(&out, (1, 1), 2, port, &extra);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !out.join("last.safetensors").exists() {
-        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
-        assert!(leader.try_wait().unwrap().is_none(), "rank 0 ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(
+        &mut leader,
+        &out.join("last.safetensors"),
+        Duration::from_secs(300),
+    );
     other.kill().unwrap();
     other.wait().unwrap();
     let stopped = Instant::now();
@@ -252,15 +252,11 @@ fn ctrl_c_stops_both_gpu_ranks_before_the_same_step() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut launcher = launcher.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !out.join("last.json").exists() {
-        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
-        assert!(
-            launcher.try_wait().unwrap().is_none(),
-            "the run ended early"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(
+        &mut launcher,
+        &out.join("last.json"),
+        Duration::from_secs(300),
+    );
     // SAFETY: killpg only sends a signal to the launcher's group, which the test made for it.
     assert_eq!(
         unsafe { libc::killpg(launcher.id() as i32, libc::SIGINT) },

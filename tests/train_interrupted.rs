@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{failed, ok, revsnn_command, scratch, small_train_args};
+use common::{failed, ok, revsnn_command, scratch, small_train_args, wait_for_file};
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -324,12 +324,7 @@ fn ctrl_c_then_resume(name: &str, extra: &[&str]) {
         .spawn()
         .expect("the binary runs");
     // once the first epoch is saved, SIGINT as a terminal's Ctrl-C sends it
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !out.join("last.json").exists() {
-        assert!(Instant::now() < deadline, "no checkpoint after 120 s");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_file(&mut child, &out.join("last.json"), Duration::from_secs(120));
     // SAFETY: kill only sends a signal to the child, which has not been waited for yet.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let stopped = child.wait_with_output().unwrap();

@@ -270,16 +270,16 @@ def main():
     parser.add_argument("--out", help="write every result as a JSON list here")
     parser.add_argument("--markdown", help="write the summary table here")
     args = parser.parse_args()
+    folders = {"cifar": args.official, "dvs": args.official_dvs}
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cpu":
-        measure_on_cpu(args)
+        measure_on_cpu(args, folders)
         return
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this baseline measures GPU memory and speed (or pass --device cpu)")
 
     batches = [int(b) for b in args.batches.split(",")]
-    folders = {"cifar": args.official, "dvs": args.official_dvs}
     header = {
         "card": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
@@ -338,7 +338,7 @@ def main():
             f.write(table + "\n")
 
 
-def measure_on_cpu(args):
+def measure_on_cpu(args, folders):
     """Median step time on the CPU with SpikingJelly's torch neurons, one JSON line per run.
 
     The official files build their neurons with backend='cupy', which SpikingJelly refuses
@@ -358,7 +358,6 @@ def measure_on_cpu(args):
     for preset in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             try:
-                folders = {"cifar": args.official, "dvs": args.official_dvs}
                 result = measure(preset, batch, args.steps, args.warmup, folders, "torch", "cpu")
             except Exception as error:  # one failing preset must not lose the others
                 traceback.print_exc()

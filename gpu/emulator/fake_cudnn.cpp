@@ -20,19 +20,15 @@
 // every output element sums its products in a fixed order in the data type, one rounding per
 // multiply and per add; beta == 0 does not read the output. Results agree with a GPU to rounding,
 // not bitwise (cuDNN's order of sums varies by algorithm).
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
-extern "C" {
-// From the emulator's libcuda.so.1 (emulator.cpp), which this library links.
-int revsnn_emu_range_ok(const void* p, std::size_t bytes);
-void revsnn_emu_set_activity(const char* what);
-}
-
-#define API extern "C" __attribute__((visibility("default")))
+#include "fake_lib.h"
 
 namespace {
 
@@ -100,17 +96,6 @@ template <typename T> T* live(void* p) {
     return object && object->magic == kMagic ? object : nullptr;
 }
 
-float to_tf32(float x) {
-    if (!std::isfinite(x)) return x;
-    std::uint32_t bits;
-    std::memcpy(&bits, &x, 4);
-    bits += 0xFFFu + ((bits >> 13) & 1u);  // round to nearest even at bit 13
-    bits &= ~0x1FFFu;
-    float out;
-    std::memcpy(&out, &bits, 4);
-    return out;
-}
-
 // The sizes of one convolution, checked against each other.
 struct Problem {
     int n, c, h, w;  // x
@@ -124,6 +109,11 @@ struct Problem {
     long long w_len() const { return (long long)k * c * r * s; }
     long long y_len() const { return (long long)n * k * p * q; }
     std::size_t elem() const { return type == CUDNN_DATA_DOUBLE ? 8 : 4; }
+    // The offsets of x[img, ch, row, col] and y[img, o, i, j] in their NCHW buffers.
+    long long x_at(int img, int ch, int row, int col) const {
+        return (((long long)img * c + ch) * h + row) * w + col;
+    }
+    long long y_at(int img, int o, int i, int j) const { return (((long long)img * k + o) * p + i) * q + j; }
 };
 
 int output_size(int in, int pad, int filter, int dilation, int stride) {
@@ -215,21 +205,33 @@ const Entry kBackwardFilter[] = {
     {BWD_FILTER_ALGO_1, true, Need::Image, true},
 };
 
-// The workspace algorithm `algo` of a pass needs (from the pass's entries; an algorithm they do
-// not rank needs one image), or the status for an algorithm out of the pass's range.
+// The entry of `algo` among a pass's ranked `entries`, or nullptr for an algorithm they do not rank.
+const Entry* find_entry(const Entry* entries, int count, int algo) {
+    for (int i = 0; i < count; ++i)
+        if (entries[i].algo == algo) return &entries[i];
+    return nullptr;
+}
+
+// The problem of the descriptors and the workspace algorithm `algo` of a pass needs for it (one
+// image for an algorithm the pass does not rank), or the status for bad descriptors or an
+// algorithm out of the pass's range (`algo_count`).
 cudnnStatus_t workspace(void* h, void* xd, void* wd, void* cd, void* yd, int algo, int algo_count,
-                        const Entry* entries, int count, std::size_t* bytes) {
+                        const Entry* entries, int count, Problem* pb, std::size_t* bytes) {
     if (!live<Handle>(h)) return CUDNN_STATUS_NOT_INITIALIZED;
     if (!bytes) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
     if (algo < 0 || algo >= algo_count) return CUDNN_STATUS_BAD_PARAM;
-    Problem pb;
-    const cudnnStatus_t status = problem(xd, wd, cd, yd, &pb);
+    const cudnnStatus_t status = problem(xd, wd, cd, yd, pb);
     if (status != CUDNN_STATUS_SUCCESS) return status;
-    Need need = Need::Image;
-    for (int i = 0; i < count; ++i)
-        if (entries[i].algo == algo) need = entries[i].need;
-    *bytes = workspace_of(pb, need);
+    const Entry* entry = find_entry(entries, count, algo);
+    *bytes = workspace_of(*pb, entry ? entry->need : Need::Image);
     return CUDNN_STATUS_SUCCESS;
+}
+
+// The workspace query of the API: `workspace` without the problem.
+cudnnStatus_t query_workspace(void* h, void* xd, void* wd, void* cd, void* yd, int algo, int algo_count,
+                              const Entry* entries, int count, std::size_t* bytes) {
+    Problem pb;
+    return workspace(h, xd, wd, cd, yd, algo, algo_count, entries, count, &pb, bytes);
 }
 
 // Checks the buffers of one pass and the workspace against the allocations and the algorithm.
@@ -282,6 +284,20 @@ inline int input_at(int i, int a, int stride, int pad, int dilation, int size) {
     return at >= 0 && at < size ? at : -1;
 }
 
+// Calls f(a, b, row, col) for each filter offset (a, b), in order, that meets output (i, j)
+// inside x (row, col); offsets over the padding are skipped.
+template <typename F> void each_tap(const Problem& pb, int i, int j, F f) {
+    const Conv& cv = *pb.conv;
+    for (int a = 0; a < pb.r; ++a) {
+        const int row = input_at(i, a, cv.stride_h, cv.pad_h, cv.dil_h, pb.h);
+        if (row < 0) continue;
+        for (int b = 0; b < pb.s; ++b) {
+            const int col = input_at(j, b, cv.stride_w, cv.pad_w, cv.dil_w, pb.w);
+            if (col >= 0) f(a, b, row, col);
+        }
+    }
+}
+
 template <typename E> void store(E* out, E sum, E alpha, E beta) {
     const E scaled = alpha * sum;
     *out = beta == (E)0 ? scaled : scaled + beta * *out;
@@ -289,24 +305,17 @@ template <typename E> void store(E* out, E sum, E alpha, E beta) {
 
 // y[n, o, i, j] = alpha sum_{ch, a, b} x[n, ch, in(i, a), in(j, b)] w[o, ch, a, b] + beta y.
 template <typename E> void forward(const Problem& pb, E alpha, const E* x, const E* w, E beta, E* y) {
-    const Conv& cv = *pb.conv;
     for (int n = 0; n < pb.n; ++n)
         for (int o = 0; o < pb.k; ++o)
             for (int i = 0; i < pb.p; ++i)
                 for (int j = 0; j < pb.q; ++j) {
                     E sum = 0;
                     for (int ch = 0; ch < pb.c; ++ch)
-                        for (int a = 0; a < pb.r; ++a) {
-                            const int row = input_at(i, a, cv.stride_h, cv.pad_h, cv.dil_h, pb.h);
-                            if (row < 0) continue;
-                            for (int b = 0; b < pb.s; ++b) {
-                                const int col = input_at(j, b, cv.stride_w, cv.pad_w, cv.dil_w, pb.w);
-                                if (col < 0) continue;
-                                const E xv = load(x + (((long long)n * pb.c + ch) * pb.h + row) * pb.w + col, pb.tf32);
-                                sum = sum + xv * load(w + tap(pb, o, ch, a, b), pb.tf32);
-                            }
-                        }
-                    store(y + (((long long)n * pb.k + o) * pb.p + i) * pb.q + j, sum, alpha, beta);
+                        each_tap(pb, i, j, [&](int a, int b, int row, int col) {
+                            const E xv = load(x + pb.x_at(n, ch, row, col), pb.tf32);
+                            sum = sum + xv * load(w + tap(pb, o, ch, a, b), pb.tf32);
+                        });
+                    store(y + pb.y_at(n, o, i, j), sum, alpha, beta);
                 }
 }
 
@@ -315,32 +324,23 @@ template <typename E> void forward(const Problem& pb, E alpha, const E* x, const
 // channels in reverse when `reversed`).
 template <typename E>
 void backward_data(const Problem& pb, E alpha, const E* w, const E* dy, E beta, E* dx, bool reversed) {
-    const Conv& cv = *pb.conv;
-    const long long image = (long long)pb.c * pb.h * pb.w;
-    E* sums = new E[image];
+    std::vector<E> sums((std::size_t)pb.c * pb.h * pb.w);
     for (int n = 0; n < pb.n; ++n) {
-        for (long long e = 0; e < image; ++e) sums[e] = 0;
+        std::fill(sums.begin(), sums.end(), (E)0);
         for (int step = 0; step < pb.k; ++step) {
             const int o = reversed ? pb.k - 1 - step : step;
             for (int i = 0; i < pb.p; ++i)
                 for (int j = 0; j < pb.q; ++j) {
-                    const E g = load(dy + (((long long)n * pb.k + o) * pb.p + i) * pb.q + j, pb.tf32);
+                    const E g = load(dy + pb.y_at(n, o, i, j), pb.tf32);
                     for (int ch = 0; ch < pb.c; ++ch)
-                        for (int a = 0; a < pb.r; ++a) {
-                            const int row = input_at(i, a, cv.stride_h, cv.pad_h, cv.dil_h, pb.h);
-                            if (row < 0) continue;
-                            for (int b = 0; b < pb.s; ++b) {
-                                const int col = input_at(j, b, cv.stride_w, cv.pad_w, cv.dil_w, pb.w);
-                                if (col < 0) continue;
-                                E& s = sums[((long long)ch * pb.h + row) * pb.w + col];
-                                s = s + g * load(w + tap(pb, o, ch, a, b), pb.tf32);
-                            }
-                        }
+                        each_tap(pb, i, j, [&](int a, int b, int row, int col) {
+                            E& s = sums[pb.x_at(0, ch, row, col)];
+                            s = s + g * load(w + tap(pb, o, ch, a, b), pb.tf32);
+                        });
                 }
         }
-        for (long long e = 0; e < image; ++e) store(dx + n * image + e, sums[e], alpha, beta);
+        for (std::size_t e = 0; e < sums.size(); ++e) store(dx + pb.x_at(n, 0, 0, 0) + e, sums[e], alpha, beta);
     }
-    delete[] sums;
 }
 
 // dw[o, ch, a, b] = alpha sum_{n, i, j} dy[n, o, i, j] x[n, ch, in(i, a), in(j, b)] + beta dw (the
@@ -361,9 +361,8 @@ void backward_filter(const Problem& pb, E alpha, const E* x, const E* dy, E beta
                             for (int j = 0; j < pb.q; ++j) {
                                 const int col = input_at(j, b, cv.stride_w, cv.pad_w, cv.dil_w, pb.w);
                                 if (col < 0) continue;
-                                const E g = load(dy + (((long long)n * pb.k + o) * pb.p + i) * pb.q + j, pb.tf32);
-                                const E xv = load(x + (((long long)n * pb.c + ch) * pb.h + row) * pb.w + col, pb.tf32);
-                                sum = sum + g * xv;
+                                const E g = load(dy + pb.y_at(n, o, i, j), pb.tf32);
+                                sum = sum + g * load(x + pb.x_at(n, ch, row, col), pb.tf32);
                             }
                         }
                     }
@@ -379,13 +378,11 @@ enum class Pass { Forward, BackwardData, BackwardFilter };
 cudnnStatus_t run(const char* name, Pass pass, void* h, const void* alpha, void* xd, void* wd, void* cd, void* yd,
                   int algo, const Entry* entries, int count, int algo_count, void* ws, std::size_t ws_bytes,
                   const void* beta, const void* a, const void* b, void* out) {
-    if (!live<Handle>(h)) return CUDNN_STATUS_NOT_INITIALIZED;
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
-    std::size_t needed = 0;
-    cudnnStatus_t status = workspace(h, xd, wd, cd, yd, algo, algo_count, entries, count, &needed);
-    if (status != CUDNN_STATUS_SUCCESS) return status;
     Problem pb;
-    problem(xd, wd, cd, yd, &pb);
+    std::size_t needed = 0;
+    cudnnStatus_t status = workspace(h, xd, wd, cd, yd, algo, algo_count, entries, count, &pb, &needed);
+    if (status != CUDNN_STATUS_SUCCESS) return status;
     const void* x = pass == Pass::BackwardData ? out : a;
     const void* w = pass == Pass::Forward ? b : pass == Pass::BackwardData ? a : out;
     const void* y = pass == Pass::Forward ? out : b;
@@ -393,10 +390,8 @@ cudnnStatus_t run(const char* name, Pass pass, void* h, const void* alpha, void*
     if (status != CUDNN_STATUS_SUCCESS) return status;
     // a non-deterministic algorithm sums in the reverse order on every other call
     static std::atomic<unsigned long long> calls{0};
-    bool deterministic = true;
-    for (int i = 0; i < count; ++i)
-        if (entries[i].algo == algo) deterministic = entries[i].deterministic;
-    const bool reversed = !deterministic && (calls.fetch_add(1) & 1) == 1;
+    const Entry* entry = find_entry(entries, count, algo);
+    const bool reversed = entry && !entry->deterministic && (calls.fetch_add(1) & 1) == 1;
     revsnn_emu_set_activity(name);
     auto go = [&](auto zero) {
         using E = decltype(zero);
@@ -525,17 +520,17 @@ API cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(void* h, void* x
 
 API cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(void* h, void* xd, void* wd, void* cd, void* yd, int algo,
                                                           std::size_t* bytes) {
-    return workspace(h, xd, wd, cd, yd, algo, FWD_COUNT, kForward, COUNT(kForward), bytes);
+    return query_workspace(h, xd, wd, cd, yd, algo, FWD_COUNT, kForward, COUNT(kForward), bytes);
 }
 
 API cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(void* h, void* wd, void* dyd, void* cd, void* dxd,
                                                                int algo, std::size_t* bytes) {
-    return workspace(h, dxd, wd, cd, dyd, algo, BWD_DATA_COUNT, kBackwardData, COUNT(kBackwardData), bytes);
+    return query_workspace(h, dxd, wd, cd, dyd, algo, BWD_DATA_COUNT, kBackwardData, COUNT(kBackwardData), bytes);
 }
 
 API cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(void* h, void* xd, void* dyd, void* cd, void* dwd,
                                                                  int algo, std::size_t* bytes) {
-    return workspace(h, xd, dwd, cd, dyd, algo, BWD_FILTER_COUNT, kBackwardFilter, COUNT(kBackwardFilter), bytes);
+    return query_workspace(h, xd, dwd, cd, dyd, algo, BWD_FILTER_COUNT, kBackwardFilter, COUNT(kBackwardFilter), bytes);
 }
 
 API cudnnStatus_t cudnnConvolutionForward(void* h, const void* alpha, void* xd, const void* x, void* wd, const void* w,

@@ -32,11 +32,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "fake_lib.h"
 #include "fake_nccl.h"
 
 extern "C" {
-// From the emulator's libcuda.so.1 (emulator.cpp, fake_cuda.cpp), which this library links.
-int revsnn_emu_range_ok(const void* p, std::size_t bytes);
+// From the emulator's libcuda.so.1 (fake_cuda.cpp), which this library links.
 int cuCtxGetDevice(int* device);
 }
 

@@ -142,17 +142,23 @@ fn hand_out(batch: Batch, senders: &[SyncSender<Batch>]) -> Result<Batch> {
 }
 
 impl<B: Backend> Rank<B> {
+    /// A rank in `group` fed by `feed`, before its first step: no gradient contributions seen,
+    /// no stop voted.
+    fn new(group: Option<Box<dyn Collective<B> + Send>>, feed: Feed, sync_bn: bool) -> Rank<B> {
+        Rank {
+            group,
+            feed,
+            sync_bn,
+            grad_uses: Mutex::default(),
+            stop_voted: AtomicBool::new(false),
+        }
+    }
+
     /// The ranks of a run of `ranks`, in rank order: one rank alone (no collective at all), or
     /// a [`ThreadGroup`] whose collectives wait at most `timeout`.
     pub fn all(ranks: usize, sync_bn: bool, timeout: Duration) -> Result<Vec<Rank<B>>> {
         if ranks <= 1 {
-            return Ok(vec![Rank {
-                group: None,
-                feed: Feed::Leader(Vec::new()),
-                sync_bn: false,
-                grad_uses: Mutex::default(),
-                stop_voted: AtomicBool::new(false),
-            }]);
+            return Ok(vec![Rank::new(None, Feed::Leader(Vec::new()), false)]);
         }
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (1..ranks).map(|_| sync_channel(SHARES_AHEAD)).unzip();
@@ -162,12 +168,9 @@ impl<B: Backend> Rank<B> {
         Ok(groups
             .into_iter()
             .zip(feeds)
-            .map(|(group, feed)| Rank {
-                group: Some(Box::new(group) as Box<dyn Collective<B> + Send>),
-                feed,
-                sync_bn,
-                grad_uses: Mutex::default(),
-                stop_voted: AtomicBool::new(false),
+            .map(|(group, feed)| {
+                let group = Box::new(group) as Box<dyn Collective<B> + Send>;
+                Rank::new(Some(group), feed, sync_bn)
             })
             .collect())
     }
@@ -175,13 +178,7 @@ impl<B: Backend> Rank<B> {
     /// This process's rank of a run whose ranks are processes, exchanging through `group`
     /// (NCCL, one GPU each): it assembles the global batches itself and keeps its share.
     pub fn process(group: Box<dyn Collective<B> + Send>, sync_bn: bool) -> Rank<B> {
-        Rank {
-            group: Some(group),
-            feed: Feed::Own,
-            sync_bn,
-            grad_uses: Mutex::default(),
-            stop_voted: AtomicBool::new(false),
-        }
+        Rank::new(Some(group), Feed::Own, sync_bn)
     }
 
     /// This rank's index.

@@ -8,7 +8,8 @@ pub mod gemm;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// Runs the `revsnn` binary with `args`.
 pub fn revsnn(args: &[impl AsRef<OsStr>]) -> Output {
@@ -135,4 +136,23 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
+}
+
+/// Waits until `file` exists (a run's first checkpoint), while `child` runs: fails when `child`
+/// ends first or after `limit`.
+pub fn wait_for_file(child: &mut Child, file: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no {} after {limit:?}",
+            file.display()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the process ended before {} existed",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
