@@ -53,47 +53,6 @@ Handle* handle_of(void* h) {
     return handle && handle->magic == kMagic ? handle : nullptr;
 }
 
-// The 16-bit operand formats of the mixed-type GEMMs, as stored bit patterns.
-struct Bf16 {
-    std::uint16_t bits;
-};
-struct Fp16 {
-    std::uint16_t bits;
-};
-
-float widen(Bf16 x) {
-    const std::uint32_t bits = (std::uint32_t)x.bits << 16;
-    float out;
-    std::memcpy(&out, &bits, 4);
-    return out;
-}
-
-float widen(Fp16 x) {
-    const std::uint32_t sign = ((std::uint32_t)x.bits & 0x8000u) << 16;
-    const std::uint32_t exponent = ((std::uint32_t)x.bits >> 10) & 0x1fu, mantissa = x.bits & 0x3ffu;
-    if (exponent == 0) {  // zero or a subnormal: mantissa * 2^-24, exact in f32
-        const float magnitude = std::ldexp((float)mantissa, -24);
-        return sign ? -magnitude : magnitude;
-    }
-    const std::uint32_t bits =
-        sign | (exponent == 0x1fu ? 0x7f800000u | (mantissa << 13) : ((exponent + 112u) << 23) | (mantissa << 13));
-    float out;
-    std::memcpy(&out, &bits, 4);
-    return out;
-}
-
-// An input element as the accumulator type E: f32 and f64 as they are (f32 rounded to TF32 in
-// that math mode), bf16 and fp16 widened exactly.
-template <typename E, typename In> E load_input(const In* p, bool tf32) {
-    if constexpr (std::is_same_v<In, Bf16> || std::is_same_v<In, Fp16>) {
-        return widen(*p);
-    } else if constexpr (sizeof(E) == 4) {
-        return tf32 ? to_tf32(*p) : *p;
-    } else {
-        return *p;
-    }
-}
-
 // The bytes a column-major rows x cols matrix with leading dimension ld spans.
 std::size_t span(long long rows, long long cols, long long ld, std::size_t elem) {
     if (rows <= 0 || cols <= 0) return 0;

@@ -1,11 +1,13 @@
 // libcudnn.so.9 for the CPU emulator: handles, the 4-D tensor, filter and convolution descriptors,
 // the heuristic rankings (cudnnGet*Algorithm_v7), the workspace queries and the three convolution
 // passes of the legacy API that cudarc 0.19 calls (gpu/src/ops/conv/cudnn.rs), written from the
-// cuDNN 9 documentation. NCHW tensors and KCRS filters of f32 or f64, 2-D, no groups; any other
-// layout or type is CUDNN_STATUS_NOT_SUPPORTED_*. Status values are cuDNN 9's.
+// cuDNN 9 documentation. NCHW tensors and KCRS filters, 2-D, no groups, in the configurations
+// FLOAT (f32 data and sums), DOUBLE, and PSEUDO_HALF and PSEUDO_BFLOAT16 (fp16 or bf16 data, f32
+// sums, alpha and beta); any other layout or configuration is CUDNN_STATUS_NOT_SUPPORTED_*.
+// Status values are cuDNN 9's.
 //
 // What it checks, as cuDNN does: descriptors set before use, equal data types, the convolution's
-// compute type (f32 for f32 data, f64 for f64), x's channels against the filter's, y's sizes
+// compute type (f64 for f64 data, f32 for the rest), x's channels against the filter's, y's sizes
 // against the output sizes of x, the filter and the convolution, the algorithm's range, and a
 // workspace at least as large as the algorithm asks; and, as the emulator does for cuBLAS, that
 // every buffer (and the workspace) lies inside one live device allocation.
@@ -13,12 +15,14 @@
 // The rankings are made to exercise a caller's choice: first an algorithm whose workspace exceeds
 // 256 MiB (forward) or a non-deterministic one (both backward passes), then deterministic ones,
 // each with the math type the convolution descriptor asks for (CUDNN_FMA_MATH stays FMA; otherwise
-// f32's first deterministic entry is CUDNN_TENSOR_OP_MATH). A non-deterministic algorithm is
+// the first deterministic entry of f32 and 16-bit data is CUDNN_TENSOR_OP_MATH). A
+// non-deterministic algorithm is
 // that here too: every other call sums in the reverse order, as atomics would reorder the sums, so
 // a caller that takes one fails its bitwise tests. Arithmetic: f32 inputs are rounded to
-// TF32 (10-bit mantissa) unless the descriptor's math type is CUDNN_FMA_MATH, as tensor cores do;
-// every output element sums its products in a fixed order in the data type, one rounding per
-// multiply and per add; beta == 0 does not read the output. Results agree with a GPU to rounding,
+// TF32 (10-bit mantissa) unless the descriptor's math type is CUDNN_FMA_MATH, as tensor cores do,
+// and 16-bit inputs are widened exactly; every output element sums its products in a fixed order
+// in the compute type, one rounding per multiply and per add, and is stored in the data type (a
+// 16-bit output rounded to nearest even); beta == 0 does not read the output. Results agree with a GPU to rounding,
 // not bitwise (cuDNN's order of sums varies by algorithm).
 #include <algorithm>
 #include <atomic>
@@ -47,7 +51,7 @@ enum {
     CUDNN_STATUS_NOT_SUPPORTED_LAYOUT = 3004,
     CUDNN_STATUS_EXECUTION_FAILED = 5000,
 };
-enum { CUDNN_DATA_FLOAT = 0, CUDNN_DATA_DOUBLE = 1 };
+enum { CUDNN_DATA_FLOAT = 0, CUDNN_DATA_DOUBLE = 1, CUDNN_DATA_HALF = 2, CUDNN_DATA_BFLOAT16 = 9 };
 enum { CUDNN_TENSOR_NCHW = 0 };
 enum { CUDNN_CONVOLUTION = 0, CUDNN_CROSS_CORRELATION = 1 };
 enum { CUDNN_DEFAULT_MATH = 0, CUDNN_TENSOR_OP_MATH = 1, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION = 2, CUDNN_FMA_MATH = 3 };
@@ -108,13 +112,16 @@ struct Problem {
     long long x_len() const { return (long long)n * c * h * w; }
     long long w_len() const { return (long long)k * c * r * s; }
     long long y_len() const { return (long long)n * k * p * q; }
-    std::size_t elem() const { return type == CUDNN_DATA_DOUBLE ? 8 : 4; }
+    std::size_t elem() const { return type == CUDNN_DATA_DOUBLE ? 8 : type == CUDNN_DATA_FLOAT ? 4 : 2; }
     // The offsets of x[img, ch, row, col] and y[img, o, i, j] in their NCHW buffers.
     long long x_at(int img, int ch, int row, int col) const {
         return (((long long)img * c + ch) * h + row) * w + col;
     }
     long long y_at(int img, int o, int i, int j) const { return (((long long)img * k + o) * p + i) * q + j; }
 };
+
+// The compute type a data type's configuration sums in: f64 for f64, f32 for the rest.
+int compute_type_of(int data_type) { return data_type == CUDNN_DATA_DOUBLE ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT; }
 
 int output_size(int in, int pad, int filter, int dilation, int stride) {
     return (in + 2 * pad - dilation * (filter - 1) - 1) / stride + 1;
@@ -130,7 +137,7 @@ cudnnStatus_t problem(void* xd, void* wd, void* cd, void* yd, Problem* out) {
     if (x->kind != Kind::Tensor || w->kind != Kind::Filter || y->kind != Kind::Tensor) return CUDNN_STATUS_BAD_PARAM;
     if (!x->set || !w->set || !y->set || !conv->set) return CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED;
     if (x->type != w->type || x->type != y->type) return CUDNN_STATUS_BAD_PARAM;
-    if (conv->compute != x->type) return CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE;
+    if (conv->compute != compute_type_of(x->type)) return CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE;
     if (x->d[1] != w->d[1]) return CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH;
     const int p = output_size(x->d[2], conv->pad_h, w->d[2], conv->dil_h, conv->stride_h);
     const int q = output_size(x->d[3], conv->pad_w, w->d[3], conv->dil_w, conv->stride_w);
@@ -158,10 +165,10 @@ std::size_t workspace_of(const Problem& pb, Need need) {
 }
 
 // The math type a ranked entry carries: FMA when the descriptor asks for it; otherwise tensor
-// cores for f32's first deterministic entry and the default math for the rest.
+// cores for the first deterministic entry of f32 and 16-bit data and the default math for the rest.
 int ranked_math(const Problem& pb, bool first_deterministic) {
     if (pb.conv->math == CUDNN_FMA_MATH) return CUDNN_FMA_MATH;
-    return pb.type == CUDNN_DATA_FLOAT && first_deterministic ? CUDNN_TENSOR_OP_MATH : CUDNN_DEFAULT_MATH;
+    return pb.type != CUDNN_DATA_DOUBLE && first_deterministic ? CUDNN_TENSOR_OP_MATH : CUDNN_DEFAULT_MATH;
 }
 
 struct Entry {
@@ -261,14 +268,6 @@ cudnnStatus_t check_buffers(const char* name, const Problem& pb, const void* x, 
     return CUDNN_STATUS_SUCCESS;
 }
 
-template <typename E> E load(const E* p, bool tf32) {
-    if constexpr (sizeof(E) == 4) {
-        return tf32 ? to_tf32(*p) : *p;
-    } else {
-        return *p;
-    }
-}
-
 // The filter tap that meets output (i, j) at offset (a, b): flipped for a true convolution.
 inline long long tap(const Problem& pb, int o, int ch, int a, int b) {
     if (pb.conv->mode == CUDNN_CONVOLUTION) {
@@ -298,13 +297,15 @@ template <typename F> void each_tap(const Problem& pb, int i, int j, F f) {
     }
 }
 
-template <typename E> void store(E* out, E sum, E alpha, E beta) {
-    const E scaled = alpha * sum;
-    *out = beta == (E)0 ? scaled : scaled + beta * *out;
+// *out = alpha sum + beta *out in the compute type A, stored as the data type D.
+template <typename D, typename A> void store(D* out, A sum, A alpha, A beta) {
+    const A scaled = alpha * sum;
+    *out = narrow<D>(beta == (A)0 ? scaled : scaled + beta * load_input<A>(out, false));
 }
 
-// y[n, o, i, j] = alpha sum_{ch, a, b} x[n, ch, in(i, a), in(j, b)] w[o, ch, a, b] + beta y.
-template <typename E> void forward(const Problem& pb, E alpha, const E* x, const E* w, E beta, E* y) {
+// y[n, o, i, j] = alpha sum_{ch, a, b} x[n, ch, in(i, a), in(j, b)] w[o, ch, a, b] + beta y, data of
+// type D summed in E.
+template <typename D, typename E> void forward(const Problem& pb, E alpha, const D* x, const D* w, E beta, D* y) {
     for (int n = 0; n < pb.n; ++n)
         for (int o = 0; o < pb.k; ++o)
             for (int i = 0; i < pb.p; ++i)
@@ -312,8 +313,8 @@ template <typename E> void forward(const Problem& pb, E alpha, const E* x, const
                     E sum = 0;
                     for (int ch = 0; ch < pb.c; ++ch)
                         each_tap(pb, i, j, [&](int a, int b, int row, int col) {
-                            const E xv = load(x + pb.x_at(n, ch, row, col), pb.tf32);
-                            sum = sum + xv * load(w + tap(pb, o, ch, a, b), pb.tf32);
+                            const E xv = load_input<E>(x + pb.x_at(n, ch, row, col), pb.tf32);
+                            sum = sum + xv * load_input<E>(w + tap(pb, o, ch, a, b), pb.tf32);
                         });
                     store(y + pb.y_at(n, o, i, j), sum, alpha, beta);
                 }
@@ -322,8 +323,8 @@ template <typename E> void forward(const Problem& pb, E alpha, const E* x, const
 // dx[n, ch, row, col] = alpha sum over the (o, i, j, a, b) that reach it of dy[n, o, i, j] w[o, ch, a, b]
 // + beta dx: accumulated in a scratch image, in the order of the forward's loops (the output
 // channels in reverse when `reversed`).
-template <typename E>
-void backward_data(const Problem& pb, E alpha, const E* w, const E* dy, E beta, E* dx, bool reversed) {
+template <typename D, typename E>
+void backward_data(const Problem& pb, E alpha, const D* w, const D* dy, E beta, D* dx, bool reversed) {
     std::vector<E> sums((std::size_t)pb.c * pb.h * pb.w);
     for (int n = 0; n < pb.n; ++n) {
         std::fill(sums.begin(), sums.end(), (E)0);
@@ -331,11 +332,11 @@ void backward_data(const Problem& pb, E alpha, const E* w, const E* dy, E beta, 
             const int o = reversed ? pb.k - 1 - step : step;
             for (int i = 0; i < pb.p; ++i)
                 for (int j = 0; j < pb.q; ++j) {
-                    const E g = load(dy + pb.y_at(n, o, i, j), pb.tf32);
+                    const E g = load_input<E>(dy + pb.y_at(n, o, i, j), pb.tf32);
                     for (int ch = 0; ch < pb.c; ++ch)
                         each_tap(pb, i, j, [&](int a, int b, int row, int col) {
                             E& s = sums[pb.x_at(0, ch, row, col)];
-                            s = s + g * load(w + tap(pb, o, ch, a, b), pb.tf32);
+                            s = s + g * load_input<E>(w + tap(pb, o, ch, a, b), pb.tf32);
                         });
                 }
         }
@@ -345,8 +346,8 @@ void backward_data(const Problem& pb, E alpha, const E* w, const E* dy, E beta, 
 
 // dw[o, ch, a, b] = alpha sum_{n, i, j} dy[n, o, i, j] x[n, ch, in(i, a), in(j, b)] + beta dw (the
 // images in reverse when `reversed`).
-template <typename E>
-void backward_filter(const Problem& pb, E alpha, const E* x, const E* dy, E beta, E* dw, bool reversed) {
+template <typename D, typename E>
+void backward_filter(const Problem& pb, E alpha, const D* x, const D* dy, E beta, D* dw, bool reversed) {
     const Conv& cv = *pb.conv;
     for (int o = 0; o < pb.k; ++o)
         for (int ch = 0; ch < pb.c; ++ch)
@@ -361,8 +362,8 @@ void backward_filter(const Problem& pb, E alpha, const E* x, const E* dy, E beta
                             for (int j = 0; j < pb.q; ++j) {
                                 const int col = input_at(j, b, cv.stride_w, cv.pad_w, cv.dil_w, pb.w);
                                 if (col < 0) continue;
-                                const E g = load(dy + pb.y_at(n, o, i, j), pb.tf32);
-                                sum = sum + g * load(x + pb.x_at(n, ch, row, col), pb.tf32);
+                                const E g = load_input<E>(dy + pb.y_at(n, o, i, j), pb.tf32);
+                                sum = sum + g * load_input<E>(x + pb.x_at(n, ch, row, col), pb.tf32);
                             }
                         }
                     }
@@ -373,7 +374,7 @@ void backward_filter(const Problem& pb, E alpha, const E* x, const E* dy, E beta
 
 enum class Pass { Forward, BackwardData, BackwardFilter };
 
-// One pass: checks, then the arithmetic in the data type. `a` and `b` are the pass's two inputs
+// One pass: checks, then the arithmetic in the compute type. `a` and `b` are the pass's two inputs
 // (forward: x, w; backward data: w, dy; backward filter: x, dy) and `out` its output.
 cudnnStatus_t run(const char* name, Pass pass, void* h, const void* alpha, void* xd, void* wd, void* cd, void* yd,
                   int algo, const Entry* entries, int count, int algo_count, void* ws, std::size_t ws_bytes,
@@ -393,22 +394,24 @@ cudnnStatus_t run(const char* name, Pass pass, void* h, const void* alpha, void*
     const Entry* entry = find_entry(entries, count, algo);
     const bool reversed = entry && !entry->deterministic && (calls.fetch_add(1) & 1) == 1;
     revsnn_emu_set_activity(name);
-    auto go = [&](auto zero) {
+    auto go = [&](auto data, auto zero) {
+        using D = decltype(data);
         using E = decltype(zero);
         const E al = *static_cast<const E*>(alpha), be = *static_cast<const E*>(beta);
-        const E* in_a = static_cast<const E*>(a);
-        const E* in_b = static_cast<const E*>(b);
-        E* o = static_cast<E*>(out);
+        const D* in_a = static_cast<const D*>(a);
+        const D* in_b = static_cast<const D*>(b);
+        D* o = static_cast<D*>(out);
         switch (pass) {
             case Pass::Forward: forward(pb, al, in_a, in_b, be, o); break;
             case Pass::BackwardData: backward_data(pb, al, in_a, in_b, be, o, reversed); break;
             case Pass::BackwardFilter: backward_filter(pb, al, in_a, in_b, be, o, reversed); break;
         }
     };
-    if (pb.type == CUDNN_DATA_DOUBLE) {
-        go(0.0);
-    } else {
-        go(0.0f);
+    switch (pb.type) {
+        case CUDNN_DATA_DOUBLE: go(0.0, 0.0); break;
+        case CUDNN_DATA_FLOAT: go(0.0f, 0.0f); break;
+        case CUDNN_DATA_HALF: go(Fp16{}, 0.0f); break;
+        default: go(Bf16{}, 0.0f); break;
     }
     revsnn_emu_set_activity(nullptr);
     return CUDNN_STATUS_SUCCESS;
@@ -419,7 +422,8 @@ cudnnStatus_t set_shape(void* d, Kind kind, int type, int format, int n, int c, 
     if (!shape) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
     if (shape->kind != kind) return CUDNN_STATUS_BAD_PARAM;
     if (format != CUDNN_TENSOR_NCHW) return CUDNN_STATUS_NOT_SUPPORTED_LAYOUT;
-    if (type != CUDNN_DATA_FLOAT && type != CUDNN_DATA_DOUBLE) return CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE;
+    if (type != CUDNN_DATA_FLOAT && type != CUDNN_DATA_DOUBLE && type != CUDNN_DATA_HALF && type != CUDNN_DATA_BFLOAT16)
+        return CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE;
     if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return CUDNN_STATUS_BAD_PARAM;
     if ((long long)n * c * h * w > 0x7fffffffLL) return CUDNN_STATUS_NOT_SUPPORTED;
     *shape = Shape{kMagic, kind, true, type, {n, c, h, w}};
