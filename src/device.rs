@@ -110,21 +110,12 @@ impl Device {
     /// This device computing its GEMMs in `precision`: the CPU emulates any; a CUDA device
     /// switches TF32 on or off or takes 16-bit GEMM operands (`GpuDevice::set_precision`; bf16 on
     /// a card older than compute capability 8.0 is an error that names the card and the
-    /// alternatives). When bf16 or fp16 moves the convolutions from cuDNN to the im2col engine,
-    /// one stderr line says so.
+    /// alternatives).
     pub fn with_precision(self, precision: Precision) -> Result<Device> {
         match self {
             Device::Cpu(_) => Ok(Device::Cpu(precision)),
             Device::Cuda(gpu) => {
                 gpu.set_precision(precision).map_err(Error::Cuda)?;
-                if gpu.conv_engine_in_use() != gpu.conv_engine() {
-                    eprintln!(
-                        "device: {precision} convolutions run on the {} engine, not {} \
-                         (docs/precision.md, CUDA)",
-                        gpu.conv_engine_in_use().name(),
-                        gpu.conv_engine().name()
-                    );
-                }
                 Ok(Device::Cuda(gpu))
             }
         }

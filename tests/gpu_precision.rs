@@ -12,9 +12,13 @@
 //!   error of at most `gamma_n sum |term|` (`gamma_n = n u / (1 - n u)`, `u = 2^-24`), so
 //!   elementwise `|cuda - cpu| <= 2 gamma_n sum |term|`, with `sum |term|` computed by the f64
 //!   reference in the same precision on the absolute values of the operands, and `n` the op's
-//!   longest reduction. Each output also differs from the f32 run's, so the 16-bit path ran; the
-//!   convolutions run on the im2col engine whatever the device's engine is, so every engine the
-//!   device has gives the same bits.
+//!   longest reduction. A convolution stores `y` (before its bias), `dx` and `dW` in the 16-bit
+//!   format on both sides, so where the two sums straddle a rounding boundary the outputs are
+//!   neighbours in the format instead: such flips are counted, each at most one spacing of the
+//!   format beyond the bound, and are rare (at most 5% of an output's elements; a rounding other
+//!   than to nearest would flip about half). `dx` and `dW` hold 16-bit values exactly. Every
+//!   engine the device has (cuDNN in its 16-bit configurations, im2col) is checked. Each output
+//!   also differs from the f32 run's, so the 16-bit path ran.
 //! - A training step of tiny models (a RevSResNet and a RevSFormer, smooth firing so no spike can
 //!   flip) in bf16: CUDA against the CPU in bf16 (the bound is below), with some tensor away from
 //!   the f32 step's by more than that bound, so the bound can fail.
@@ -216,6 +220,52 @@ fn inputs(case: &Case, seed: u64) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// The spacing of `format` at magnitude `m`: at most `2 u m` for a normal value, the subnormal
+/// spacing below (2^-24 in fp16; bf16's, 2^-133, is below any value here).
+fn spacing(format: HalfFormat, m: f64) -> f64 {
+    let precision = format.precision();
+    let subnormal = match format {
+        HalfFormat::Bf16 => 0.0,
+        HalfFormat::Fp16 => 2f64.powi(-24),
+    };
+    (2.0 * precision.unit_roundoff() * m).max(subnormal)
+}
+
+/// One output of a case on one engine against the emulation: within `bar sum |term|`, or, for an
+/// output stored in the format, a neighbour (a flip, counted); returns the worst error in units
+/// of `sum |term|` outside flips, and the flips.
+fn compare_output(
+    what: &str,
+    format: HalfFormat,
+    stored: bool,
+    bar: f64,
+    (got, want, sums): (&[f64], &[f64], &[f64]),
+) -> (f64, usize) {
+    let (mut worst, mut flips) = (0.0f64, 0);
+    for ((&g, &w), &s) in got.iter().zip(want).zip(sums) {
+        let error = (g - w).abs();
+        if error <= bar * s {
+            if s > 0.0 {
+                worst = worst.max(error / s);
+            }
+            continue;
+        }
+        let neighbour = bar * s + spacing(format, g.abs().max(w.abs()));
+        assert!(
+            stored && error <= neighbour,
+            "{what}: cuda {g:e}, emulation {w:e}, bound {:e}",
+            bar * s
+        );
+        flips += 1;
+    }
+    assert!(
+        flips * 20 <= got.len(),
+        "{what}: {flips} of {} elements flipped",
+        got.len()
+    );
+    (worst, flips)
+}
+
 fn check_case(gpu: &Cuda<f32>, case: &Case, format: HalfFormat, seed: u64) {
     let precision = format.precision();
     let values = inputs(case, seed);
@@ -229,50 +279,33 @@ fn check_case(gpu: &Cuda<f32>, case: &Case, format: HalfFormat, seed: u64) {
     device.set_precision(Precision::F32).unwrap();
     let full = case.run(gpu, &values);
     device.set_precision(precision).unwrap();
-    let mut engines = Vec::new();
-    for engine in each_conv_engine(device) {
-        engines.push((engine, case.run(gpu, &values)));
-    }
-    let (_, cuda) = &engines[0];
-    for (engine, other) in &engines[1..] {
-        assert_eq!(
-            other, cuda,
-            "{} {precision}: {engine:?} is not im2col's",
-            case.name
-        );
-    }
+    let is_conv = matches!(case.op, GemmOp::Conv(_));
     let bar = 2.0 * gamma(case.terms);
     let outputs = ["y", "dx", "dw", "db"];
-    for (index, ((got, want), sums)) in cuda
-        .iter()
-        .zip(&emulated)
-        .zip(&sums_of_magnitudes)
-        .enumerate()
-    {
-        let name = if cuda.len() == 1 { "c" } else { outputs[index] };
-        let mut worst = 0.0f64;
-        for ((g, w), s) in got.iter().zip(want).zip(sums) {
-            assert!(
-                (g - w).abs() <= bar * s,
-                "{} {precision} {name}: cuda {g:e}, emulation {w:e}, bound {:e}",
-                case.name,
-                bar * s
-            );
-            if *s > 0.0 {
-                worst = worst.max((g - w).abs() / s);
+    for engine in each_conv_engine(device) {
+        let cuda = case.run(gpu, &values);
+        for (index, ((got, want), sums)) in cuda
+            .iter()
+            .zip(&emulated)
+            .zip(&sums_of_magnitudes)
+            .enumerate()
+        {
+            let name = if cuda.len() == 1 { "c" } else { outputs[index] };
+            let what = format!("{} {precision} {engine:?} {name}", case.name);
+            let stored = is_conv && name != "db";
+            if stored && name != "y" {
+                let exact = got.iter().all(|&v| precision.round_f64(v) == v);
+                assert!(exact, "{what}: not stored in {precision}");
             }
+            let (worst, flips) = compare_output(&what, format, stored, bar, (got, want, sums));
+            assert_ne!(got, &full[index], "{what}: the f32 path ran");
+            println!(
+                "{what}: |cuda - emulation| <= {worst:.2e} sum|term| (bound {bar:.2e}), \
+                 {flips} of {} flipped; against f32 {:.2e} relative",
+                got.len(),
+                relative_error(got, &full[index])
+            );
         }
-        assert_ne!(
-            got, &full[index],
-            "{} {precision} {name}: the f32 path ran",
-            case.name
-        );
-        println!(
-            "{} {precision} {name}: |cuda - emulation| <= {worst:.2e} sum|term| (bound {bar:.2e}); \
-             against f32 {:.2e} relative",
-            case.name,
-            relative_error(got, &full[index])
-        );
     }
     device.set_precision(Precision::F32).unwrap();
 }

@@ -1,7 +1,8 @@
 //! Emulated precisions (docs/precision.md). Per op: a backend built with a precision gives
 //! bitwise what the `f32` backend gives on operands rounded by hand, forward and every backward
-//! output, for the convolution (dense and sparse spike inputs), the linear layer and the batched
-//! matmul; the sparse spike kernels agree with the dense GEMMs under bf16; `f32` rounds nothing.
+//! output, for the convolution (dense and sparse spike inputs; its outputs rounded by hand too
+//! under bf16 and fp16), the linear layer and the batched matmul; the sparse spike kernels agree
+//! with the dense GEMMs under bf16 up to the rounding of their outputs; `f32` rounds nothing.
 //! End to end: `train --precision` records the precision (config.toml, metrics, last.json),
 //! resumes bit for bit in it and refuses another on `--resume`; checkpoints stay f32 under the
 //! official keys; fp16's loss scaler skips the steps whose gradients overflow and recovers.
@@ -60,8 +61,18 @@ fn widened(x: &CpuTensor<f32>) -> Vec<f64> {
     x.iter().map(|&v| f64::from(v)).collect()
 }
 
-/// The convolution in precision `p` against the f32 one on hand-rounded operands: output, input,
-/// weight and bias gradients bitwise equal.
+/// `x` as a convolution of precision `p` stores its outputs: rounded under bf16 and fp16
+/// (`Precision::stores_conv_outputs`), as it is under TF32.
+fn stored(x: &CpuTensor<f32>, p: Precision) -> CpuTensor<f32> {
+    if p.stores_conv_outputs() {
+        rounded(x, p)
+    } else {
+        x.clone()
+    }
+}
+
+/// The convolution in precision `p` against the f32 one on hand-rounded operands: output (the
+/// stored sums plus the bias), input, weight and bias gradients bitwise equal.
 fn check_conv(p: Precision, x: &CpuTensor<f32>, params: Conv2dParams, seed: u64) {
     let c_in = x.shape()[1];
     let w = random(&[5, c_in, 3, 3], 0.5, seed);
@@ -69,23 +80,37 @@ fn check_conv(p: Precision, x: &CpuTensor<f32>, params: Conv2dParams, seed: u64)
     let emulated = Cpu::<f32>::with_precision(p);
     let plain = Cpu::<f32>::new();
     let (y, context) = emulated.conv2d_forward(x, &w, Some(&b), params).unwrap();
-    let (y_ref, context_ref) = plain
-        .conv2d_forward(&rounded(x, p), &rounded(&w, p), Some(&b), params)
-        .unwrap();
+    let (x_p, w_p) = (rounded(x, p), rounded(&w, p));
+    let (sums, _) = plain.conv2d_forward(&x_p, &w_p, None, params).unwrap();
+    let (y_ref, context_ref) = plain.conv2d_forward(&x_p, &w_p, Some(&b), params).unwrap();
+    // A stored sum gets the bias added after its rounding; otherwise the bias starts the sum.
+    let y_ref = if p.stores_conv_outputs() {
+        let b4 = b
+            .clone()
+            .into_shape_with_order(IxDyn(&[1, 5, 1, 1]))
+            .unwrap();
+        (&rounded(&sums, p) + &b4).into_shared()
+    } else {
+        y_ref
+    };
     assert_eq!(bits(&y), bits(&y_ref), "{p} conv forward");
     let dy = random(y.shape(), 1.0, seed + 2);
     let grads = emulated.conv2d_backward(&dy, &context).unwrap();
     let grads_ref = plain
         .conv2d_backward(&rounded(&dy, p), &context_ref)
         .unwrap();
-    assert_eq!(bits(&grads.input), bits(&grads_ref.input), "{p} conv dx");
-    assert_eq!(bits(&grads.weight), bits(&grads_ref.weight), "{p} conv dw");
+    let (dx_ref, dw_ref) = (stored(&grads_ref.input, p), stored(&grads_ref.weight, p));
+    assert_eq!(bits(&grads.input), bits(&dx_ref), "{p} conv dx");
+    assert_eq!(bits(&grads.weight), bits(&dw_ref), "{p} conv dw");
     assert_eq!(
         bits(&grads.bias.unwrap()),
         bits(&grads_ref.bias.unwrap()),
         "{p} conv db"
     );
     assert_ne!(bits(&w), bits(&rounded(&w, p)), "the weights must round");
+    if p.stores_conv_outputs() {
+        assert_ne!(bits(&sums), bits(&rounded(&sums, p)), "the sums must round");
+    }
 }
 
 #[test]
@@ -132,8 +157,24 @@ fn sparse_spike_kernels_agree_with_the_dense_gemm_under_bf16() {
     let (y64, _) = Cpu::<f64>::new()
         .conv2d_forward(&x64, &w64, None, params)
         .unwrap();
-    let error = relative_error(&widened(&y), &y64.iter().copied().collect::<Vec<_>>());
-    assert!(error <= 1e-6, "sparse forward vs dense f64: {error:e}");
+    // bf16 stores the sums: each output is the f64 sum rounded, or its neighbour where the f32
+    // and f64 sums straddle a rounding boundary (a relative 2^-7 at most).
+    let stored64: Vec<f64> = y64.iter().map(|&v| p.round_f64(v)).collect();
+    let mut neighbours = 0;
+    for (&got, &want) in widened(&y).iter().zip(&stored64) {
+        if got != want {
+            neighbours += 1;
+            assert!(
+                (got - want).abs() <= want.abs() / 128.0,
+                "{got:e} vs {want:e}"
+            );
+        }
+    }
+    assert!(
+        neighbours * 100 <= y64.len(),
+        "{neighbours} of {} outputs differ",
+        y64.len()
+    );
     // The weight gradient: the spike kernel against the dense GEMM, from one context.
     let dy = random(y.shape(), 1.0, 5);
     let backend = Cpu::<f32>::with_precision(p);
@@ -141,7 +182,7 @@ fn sparse_spike_kernels_agree_with_the_dense_gemm_under_bf16() {
     context.sparse_spike_input = false;
     let dense = backend.conv2d_backward(&dy, &context).unwrap();
     let error = relative_error(&widened(&sparse.weight), &widened(&dense.weight));
-    assert!(error <= 1e-6, "sparse vs dense weight gradient: {error:e}");
+    assert!(error <= 1e-3, "sparse vs dense weight gradient: {error:e}");
     assert_eq!(
         bits(&sparse.input),
         bits(&dense.input),

@@ -1,10 +1,12 @@
-// The 16-bit GEMM operands of --precision bf16 and fp16 (docs/precision.md); twin of
-// reference/src/contract/precision.rs (`Precision::round`), host side in gpu/src/ops/precision.rs.
+// The 16-bit GEMM operands and stored convolution outputs of --precision bf16 and fp16
+// (docs/precision.md); twin of reference/src/contract/precision.rs (`Precision::round`), host
+// side in gpu/src/ops/precision.rs.
 //
 // f32 -> bf16 / fp16 bits by integer arithmetic on the f32 bit pattern (no cuda_bf16.h or
 // cuda_fp16.h): to nearest, ties to even, subnormals kept, overflow to an infinity of the same
 // sign, NaN to a quiet NaN of the same sign. The round trips (f32 -> 16 bits -> f32) give the
-// rounded f32 values the reference computes with `Precision::round`.
+// rounded f32 values the reference computes with `Precision::round`. `from_*` widens 16-bit
+// outputs exactly (`add_from_*` onto what the f32 target holds).
 
 // bf16 keeps the top 16 bits of an f32: add half an ulp of bit 16 (minus one unless the kept
 // lowest bit is odd) and drop the low half; a carry runs into the exponent, which is how the
@@ -70,6 +72,20 @@ __device__ __forceinline__ float fp16_bits_to_f32(unsigned short half) {
         for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < n;                    \
              at += (long long)gridDim.x * blockDim.x) {                                                  \
             y[at] = FORMAT##_bits_to_f32(f32_to_##FORMAT##_bits(x[at]));                                 \
+        }                                                                                                \
+    }                                                                                                    \
+    extern "C" __global__ void from_##FORMAT(const unsigned short* __restrict__ x, float* __restrict__ y, \
+                                             long long n) {                                              \
+        for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < n;                    \
+             at += (long long)gridDim.x * blockDim.x) {                                                  \
+            y[at] = FORMAT##_bits_to_f32(x[at]);                                                         \
+        }                                                                                                \
+    }                                                                                                    \
+    extern "C" __global__ void add_from_##FORMAT(const unsigned short* __restrict__ x,                   \
+                                                 float* __restrict__ y, long long n) {                   \
+        for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < n;                    \
+             at += (long long)gridDim.x * blockDim.x) {                                                  \
+            y[at] += FORMAT##_bits_to_f32(x[at]);                                                        \
         }                                                                                                \
     }
 

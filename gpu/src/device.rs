@@ -105,17 +105,6 @@ impl GpuDevice {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The engine this device's convolutions run on now: [`GpuDevice::conv_engine`], except
-    /// under `bf16` and `fp16`, whose convolutions run on the im2col engine (its GEMMs take the
-    /// 16-bit operands; docs/precision.md §"CUDA").
-    pub fn conv_engine_in_use(&self) -> ConvEngine {
-        if self.half_format().is_some() {
-            ConvEngine::Im2colGemm
-        } else {
-            self.conv_engine()
-        }
-    }
-
     /// Runs this device's convolutions on `engine` from now on. [`ConvEngine::Cudnn`] needs
     /// cuDNN 9 on the library path ([`GpuError::LibraryMissing`] otherwise).
     pub fn set_conv_engine(&self, engine: ConvEngine) -> Result<(), GpuError> {
@@ -244,9 +233,9 @@ impl GpuDevice {
 
     /// Runs this device's GEMMs and convolutions in `precision` from now on (docs/precision.md):
     /// `f32` and `tf32` are [`GpuDevice::allow_tf32`] off and on; under `bf16` and `fp16` every
-    /// GEMM of the linear layers, batched matmuls and im2col convolutions takes 16-bit operands
-    /// into an `f32` accumulator (`crate::ops::precision`), and convolutions run on the im2col
-    /// engine whatever [`GpuDevice::conv_engine`] says. bf16 on a card older than compute
+    /// GEMM of the linear layers and batched matmuls takes 16-bit operands into an `f32`
+    /// accumulator (`crate::ops::precision`), and the convolutions take 16-bit operands on either
+    /// engine and store their outputs in the format. bf16 on a card older than compute
     /// capability 8.0 is [`GpuError::PrecisionUnsupported`], which names the card.
     pub fn set_precision(&self, precision: Precision) -> Result<(), GpuError> {
         let (major, _) = self.info.compute_capability;

@@ -147,11 +147,21 @@ pub const OPTIM: KernelSource = KernelSource {
 };
 
 /// `gpu/kernels/precision.cu`: the f32 -> bf16 / fp16 conversion of the GEMM operands under
-/// `--precision bf16` or `fp16`, and the round trips back to f32 (docs/precision.md).
+/// `--precision bf16` or `fp16`, the round trips back to f32, and the widening of the
+/// convolutions' 16-bit outputs (docs/precision.md).
 pub const PRECISION: KernelSource = KernelSource {
     file: "precision.cu",
     source: include_str!("../kernels/precision.cu"),
-    functions: &["to_bf16", "to_fp16", "round_bf16", "round_fp16"],
+    functions: &[
+        "to_bf16",
+        "to_fp16",
+        "round_bf16",
+        "round_fp16",
+        "from_bf16",
+        "from_fp16",
+        "add_from_bf16",
+        "add_from_fp16",
+    ],
 };
 
 /// Every kernel file, for the NVRTC compile check.

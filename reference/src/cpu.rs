@@ -8,8 +8,9 @@
 //!
 //! A backend holds the [`Precision`] it emulates (docs/precision.md): its GEMM ops (convolution,
 //! linear, batched matmul) round their operands with [`ops::tensor::round_to_precision`] and
-//! call the same kernels, which accumulate in the element type; every other op is unaffected.
-//! Under `f32` nothing is rounded and no operand is copied.
+//! call the same kernels, which accumulate in the element type; under `bf16` and `fp16` the
+//! convolutions also round their outputs (`Precision::stores_conv_outputs`); every other op is
+//! unaffected. Under `f32` nothing is rounded and no operand is copied.
 
 use std::marker::PhantomData;
 
@@ -211,7 +212,12 @@ impl<E: Element> Backend for Cpu<E> {
         bias: Option<&CpuTensor<E>>,
         params: Conv2dParams,
     ) -> Result<(CpuTensor<E>, Self::Conv2dContext)> {
-        ops::conv::forward(&self.operand(x), &self.operand(weight), bias, params)
+        let (x, weight) = (self.operand(x), self.operand(weight));
+        if self.precision.stores_conv_outputs() {
+            ops::conv::forward_stored(&x, &weight, bias, params, self.precision)
+        } else {
+            ops::conv::forward(&x, &weight, bias, params)
+        }
     }
 
     fn conv2d_backward(
@@ -219,7 +225,15 @@ impl<E: Element> Backend for Cpu<E> {
         grad_y: &CpuTensor<E>,
         context: &Self::Conv2dContext,
     ) -> Result<Conv2dGrads<CpuTensor<E>>> {
-        ops::conv::backward(&self.operand(grad_y), context)
+        let grads = ops::conv::backward(&self.operand(grad_y), context)?;
+        if !self.precision.stores_conv_outputs() {
+            return Ok(grads);
+        }
+        Ok(Conv2dGrads {
+            input: self.operand(&grads.input),
+            weight: self.operand(&grads.weight),
+            bias: grads.bias,
+        })
     }
 
     fn batch_norm_train_forward(

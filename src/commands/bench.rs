@@ -181,10 +181,10 @@ impl BenchArgs {
     }
 }
 
-/// The convolution engine `device` runs: `cpu`, or the CUDA device's in its precision.
+/// The convolution engine `device` runs: `cpu`, or the CUDA device's.
 fn conv_engine(device: &Device) -> &'static str {
     match device {
         Device::Cpu(_) => "cpu",
-        Device::Cuda(gpu) => gpu.conv_engine_in_use().name(),
+        Device::Cuda(gpu) => gpu.conv_engine().name(),
     }
 }

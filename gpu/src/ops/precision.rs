@@ -1,5 +1,7 @@
 //! The 16-bit GEMMs of `--precision bf16` and `fp16` (docs/precision.md §"CUDA"); kernels in
-//! `gpu/kernels/precision.cu`, the twin of `reference/src/contract/precision.rs`.
+//! `gpu/kernels/precision.cu`, the twin of `reference/src/contract/precision.rs`. The
+//! convolutions' cuDNN engine uses the same conversions, and [`widen_into`] reads its 16-bit
+//! outputs back.
 //!
 //! Under a 16-bit precision every GEMM of the linear layers, the attention's batched matmuls and
 //! the im2col convolutions converts its two operands to 16-bit buffers (to nearest even, as
@@ -15,7 +17,7 @@ use cudarc::cublas::{CudaBlas, StridedBatchedConfig, result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use revsnn_reference::Precision;
 
-use super::{GpuElement, elementwise_launch};
+use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::PRECISION;
@@ -114,6 +116,34 @@ pub(crate) fn to_half_bits<E: GpuElement, X: DevicePtr<E>>(
         format.launch(device, "to", source, target, len)?;
     }
     Ok(half)
+}
+
+/// `y = widen(half)`, or `y += widen(half)` when `accumulate`: 16-bit outputs in `format` (a
+/// convolution's, docs/precision.md §"Convolution outputs") read as the `f32` values they hold
+/// exactly. The two buffers have the same length.
+pub(crate) fn widen_into<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    half: &DeviceBuffer<u16>,
+    y: &mut DeviceBuffer<E>,
+    accumulate: bool,
+) -> Result<(), GpuError> {
+    require_f32::<E>(format)?;
+    if half.len() != y.len() {
+        let detail = format!(
+            "internal error: {} 16-bit values into {}",
+            half.len(),
+            y.len()
+        );
+        return Err(shape_error("widening 16-bit outputs", detail));
+    }
+    if !half.is_empty() {
+        let (source, _read) = half.slice().device_ptr(device.stream());
+        let (target, _write) = y.slice_mut().device_ptr_mut(device.stream());
+        let kernel = if accumulate { "add_from" } else { "from" };
+        format.launch(device, kernel, source, target, half.len())?;
+    }
+    Ok(())
 }
 
 /// The 16-bit patterns of `x` in `format`, copied to the host: what cuBLAS's operands hold.

@@ -49,6 +49,14 @@ impl Precision {
         }
     }
 
+    /// Whether a convolution stores its outputs (`y`, `dx` and `dW`) in the operand format, read
+    /// back as exact widenings: `bf16` and `fp16`, whose cuDNN configurations write 16-bit
+    /// outputs, as autocast's convolutions return them (docs/precision.md §"Convolution
+    /// outputs"). Linear layers, batched matmuls and every `f32`/`tf32` op keep the `f32` sum.
+    pub fn stores_conv_outputs(self) -> bool {
+        matches!(self, Precision::Bf16 | Precision::Fp16)
+    }
+
     /// The unit roundoff `u = 2^-(p+1)` of the operand format (`p` its explicit mantissa bits):
     /// the largest relative error of one rounding of a normal value. For `f32` it is `f32`'s own,
     /// 2^-24, the rounding every `f32` product and sum makes anyway.

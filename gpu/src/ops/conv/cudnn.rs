@@ -16,7 +16,10 @@
 //! f32 multiply-adds, within the tolerance classes of docs/design.md. With TF32 on it runs with the
 //! math type cuDNN ranked (`CUDNN_DEFAULT_MATH` or `CUDNN_TENSOR_OP_MATH`: TF32 tensor cores), as
 //! PyTorch does under `torch.backends.cudnn.allow_tf32`; algorithms that would convert to half
-//! precision are never taken. `f64` runs with the default math.
+//! precision are never taken. `f64` runs with the default math. Under `bf16` and `fp16` the
+//! tensors are 16-bit and the sums `f32` ([`DataTypes::half`]: cuDNN's `PSEUDO_BFLOAT16_CONFIG`
+//! and `PSEUDO_HALF_CONFIG`), with the math type cuDNN ranked: tensor cores; the outputs are
+//! 16-bit too (docs/precision.md §"Convolution outputs").
 //!
 //! **Workspace.** A counted [`DeviceBuffer`] of the size cuDNN asks for, freed (back to the
 //! caching pool, stream-ordered) before the op returns.
@@ -35,18 +38,74 @@ use super::Geometry;
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::memory::DeviceBuffer;
-use crate::ops::GpuElement;
+use crate::ops::precision::HalfFormat;
 
 /// The most workspace one cuDNN convolution may use: 256 MiB. Algorithms that want more are
 /// passed over for the next one cuDNN ranks.
 pub const WORKSPACE_LIMIT_BYTES: usize = 256 << 20;
 
-/// What selects an algorithm within one direction: the sizes, the element type and whether
-/// TF32 is allowed.
+/// What one convolution's tensors hold and what cuDNN sums in: `f32` or `f64` throughout, or
+/// 16-bit tensors summed in `f32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct DataTypes {
+    data: sys::cudnnDataType_t,
+    compute: sys::cudnnDataType_t,
+}
+
+impl DataTypes {
+    /// Tensors of `E` summed in `E` (`FLOAT_CONFIG`, `DOUBLE_CONFIG`).
+    pub(crate) fn of<E: CudnnDataType>() -> DataTypes {
+        DataTypes {
+            data: E::DATA_TYPE,
+            compute: E::DATA_TYPE,
+        }
+    }
+
+    /// Tensors in `format` summed in `f32` (`PSEUDO_BFLOAT16_CONFIG`, `PSEUDO_HALF_CONFIG`).
+    pub(crate) fn half(format: HalfFormat) -> DataTypes {
+        let data = match format {
+            HalfFormat::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+            HalfFormat::Fp16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
+        };
+        DataTypes {
+            data,
+            compute: sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        }
+    }
+
+    /// A scaling factor (`alpha`, `beta`) as cuDNN reads it through a `void` pointer: an `f64`
+    /// for an `f64` computation, an `f32` otherwise.
+    fn scaling(self, value: f64) -> Scaling {
+        if self.compute == sys::cudnnDataType_t::CUDNN_DATA_DOUBLE {
+            Scaling::F64(value)
+        } else {
+            Scaling::F32(value as f32)
+        }
+    }
+}
+
+/// A scaling factor in the type cuDNN reads it as ([`DataTypes::scaling`]).
+#[derive(Clone, Copy, Debug)]
+enum Scaling {
+    F32(f32),
+    F64(f64),
+}
+
+impl Scaling {
+    fn as_ptr(&self) -> *const c_void {
+        match self {
+            Scaling::F32(value) => value as *const f32 as *const c_void,
+            Scaling::F64(value) => value as *const f64 as *const c_void,
+        }
+    }
+}
+
+/// What selects an algorithm within one direction: the sizes, the data types and whether TF32
+/// is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct AlgorithmKey {
     dims: Dims,
-    data_type: sys::cudnnDataType_t,
+    types: DataTypes,
     tf32: bool,
 }
 
@@ -127,29 +186,32 @@ impl Drop for Cudnn {
     }
 }
 
-/// `y (+)= conv(x, w)` through cuDNN (`accumulate`: onto the bias already in `y`). `Ok(false)`
-/// when cuDNN has no deterministic algorithm for these sizes, and nothing was written.
-pub(crate) fn forward<E: GpuElement>(
+/// `y (+)= conv(x, w)` through cuDNN, the tensors of `types` (`accumulate`: onto the bias already
+/// in `y`). `Ok(false)` when cuDNN has no deterministic algorithm for these sizes, and nothing
+/// was written.
+pub(crate) fn forward<T>(
     device: &GpuDevice,
     g: &Geometry,
-    x: &impl DevicePtr<E>,
-    weight: &impl DevicePtr<E>,
-    y: &mut impl DevicePtrMut<E>,
+    types: DataTypes,
+    x: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    y: &mut impl DevicePtrMut<T>,
     accumulate: bool,
 ) -> Result<bool, GpuError> {
-    let beta = if accumulate { 1.0 } else { 0.0 };
-    run::<E, Forward>(device, g, |handle, d, algo, workspace| {
+    let beta = types.scaling(if accumulate { 1.0 } else { 0.0 });
+    run::<Forward>(device, g, types, |handle, d, algo, workspace| {
         let stream = device.stream();
         let (x, _x) = x.device_ptr(stream);
         let (w, _w) = weight.device_ptr(stream);
         let (y, _y) = y.device_ptr_mut(stream);
-        let (one, beta) = (scaling::<E>(1.0), scaling::<E>(beta));
-        // SAFETY: the descriptors describe the three buffers (sizes checked by the caller), the
-        // workspace has the size cuDNN asked for, and everything is on the handle's stream.
+        let one = types.scaling(1.0);
+        // SAFETY: the descriptors describe the three buffers (sizes and types checked by the
+        // caller), the workspace has the size cuDNN asked for, and everything is on the handle's
+        // stream.
         unsafe {
             result::convolution_forward(
                 handle,
-                &one as *const E::Scalar as *const c_void,
+                one.as_ptr(),
                 d.x.0,
                 x as *const c_void,
                 d.w.0,
@@ -158,7 +220,7 @@ pub(crate) fn forward<E: GpuElement>(
                 algo,
                 workspace.0,
                 workspace.1,
-                &beta as *const E::Scalar as *const c_void,
+                beta.as_ptr(),
                 d.y.0,
                 y as *mut c_void,
             )
@@ -168,24 +230,25 @@ pub(crate) fn forward<E: GpuElement>(
 }
 
 /// `dx = conv_transpose(dy, w)` through cuDNN; `Ok(false)` as in [`forward`].
-pub(crate) fn backward_data<E: GpuElement>(
+pub(crate) fn backward_data<T>(
     device: &GpuDevice,
     g: &Geometry,
-    grad_y: &impl DevicePtr<E>,
-    weight: &impl DevicePtr<E>,
-    grad_x: &mut impl DevicePtrMut<E>,
+    types: DataTypes,
+    grad_y: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    grad_x: &mut impl DevicePtrMut<T>,
 ) -> Result<bool, GpuError> {
-    run::<E, BackwardData>(device, g, |handle, d, algo, workspace| {
+    run::<BackwardData>(device, g, types, |handle, d, algo, workspace| {
         let stream = device.stream();
         let (dy, _dy) = grad_y.device_ptr(stream);
         let (w, _w) = weight.device_ptr(stream);
         let (dx, _dx) = grad_x.device_ptr_mut(stream);
-        let (one, zero) = (scaling::<E>(1.0), scaling::<E>(0.0));
+        let (one, zero) = (types.scaling(1.0), types.scaling(0.0));
         // SAFETY: as in `forward`.
         unsafe {
             result::convolution_backward_data(
                 handle,
-                &one as *const E::Scalar as *const c_void,
+                one.as_ptr(),
                 d.w.0,
                 w as *const c_void,
                 d.y.0,
@@ -194,7 +257,7 @@ pub(crate) fn backward_data<E: GpuElement>(
                 algo,
                 workspace.0,
                 workspace.1,
-                &zero as *const E::Scalar as *const c_void,
+                zero.as_ptr(),
                 d.x.0,
                 dx as *mut c_void,
             )
@@ -204,24 +267,25 @@ pub(crate) fn backward_data<E: GpuElement>(
 }
 
 /// `dw = sum over images of dy (x) x` through cuDNN; `Ok(false)` as in [`forward`].
-pub(crate) fn backward_filter<E: GpuElement>(
+pub(crate) fn backward_filter<T>(
     device: &GpuDevice,
     g: &Geometry,
-    x: &impl DevicePtr<E>,
-    grad_y: &impl DevicePtr<E>,
-    grad_weight: &mut impl DevicePtrMut<E>,
+    types: DataTypes,
+    x: &impl DevicePtr<T>,
+    grad_y: &impl DevicePtr<T>,
+    grad_weight: &mut impl DevicePtrMut<T>,
 ) -> Result<bool, GpuError> {
-    run::<E, BackwardFilter>(device, g, |handle, d, algo, workspace| {
+    run::<BackwardFilter>(device, g, types, |handle, d, algo, workspace| {
         let stream = device.stream();
         let (x, _x) = x.device_ptr(stream);
         let (dy, _dy) = grad_y.device_ptr(stream);
         let (dw, _dw) = grad_weight.device_ptr_mut(stream);
-        let (one, zero) = (scaling::<E>(1.0), scaling::<E>(0.0));
+        let (one, zero) = (types.scaling(1.0), types.scaling(0.0));
         // SAFETY: as in `forward`.
         unsafe {
             result::convolution_backward_filter(
                 handle,
-                &one as *const E::Scalar as *const c_void,
+                one.as_ptr(),
                 d.x.0,
                 x as *const c_void,
                 d.y.0,
@@ -230,7 +294,7 @@ pub(crate) fn backward_filter<E: GpuElement>(
                 algo,
                 workspace.0,
                 workspace.1,
-                &zero as *const E::Scalar as *const c_void,
+                zero.as_ptr(),
                 d.w.0,
                 dw as *mut c_void,
             )
@@ -239,20 +303,15 @@ pub(crate) fn backward_filter<E: GpuElement>(
     })
 }
 
-/// A scaling factor (`alpha`, `beta`) as cuDNN reads it through a `void` pointer: in the
-/// element's scalar type.
-fn scaling<E: GpuElement>(value: f64) -> E::Scalar {
-    E::cast(value).into_scaling_parameter()
-}
-
 /// The workspace of one call: its pointer (null when empty) and size in bytes.
 type Workspace = (*mut c_void, usize);
 
 /// Makes (or recalls) the plan of direction `D` for `g`, allocates its workspace and calls
 /// `launch`; `Ok(false)` without calling it when there is no deterministic algorithm.
-fn run<E: GpuElement, D: Direction>(
+fn run<D: Direction>(
     device: &GpuDevice,
     g: &Geometry,
+    types: DataTypes,
     launch: impl FnOnce(sys::cudnnHandle_t, &Descriptors, D::Algo, Workspace) -> Result<(), GpuError>,
 ) -> Result<bool, GpuError> {
     let Some(dims) = Dims::of(g) else {
@@ -264,15 +323,11 @@ fn run<E: GpuElement, D: Direction>(
         .bind_to_thread()
         .map_err(GpuError::driver("binding the context for cuDNN"))?;
     let tf32 = device.tf32_allowed();
-    let key = AlgorithmKey {
-        dims,
-        data_type: E::DATA_TYPE,
-        tf32,
-    };
+    let key = AlgorithmKey { dims, types, tf32 };
     let handle = cudnn.handle;
     let plan = match D::plans(&mut cudnn).entry(key) {
         Entry::Occupied(known) => known.into_mut(),
-        Entry::Vacant(new) => new.insert(plan::<E, D>(handle, &dims, tf32)?),
+        Entry::Vacant(new) => new.insert(plan::<D>(handle, &key)?),
     };
     let Some(plan) = plan else {
         return Ok(false);
@@ -291,17 +346,16 @@ fn run<E: GpuElement, D: Direction>(
     Ok(true)
 }
 
-/// The plan of direction `D` for `dims`: descriptors, the algorithm [`choose`] takes from cuDNN's
+/// The plan of direction `D` for `key`: descriptors, the algorithm [`choose`] takes from cuDNN's
 /// ranking (its math type set on the convolution descriptor) and its workspace size; `None` when
 /// no algorithm qualifies.
-fn plan<E: GpuElement, D: Direction>(
+fn plan<D: Direction>(
     handle: sys::cudnnHandle_t,
-    dims: &Dims,
-    tf32: bool,
+    key: &AlgorithmKey,
 ) -> Result<Option<Plan<D::Algo>>, GpuError> {
-    let descriptors = Descriptors::new::<E>(dims, tf32)?;
+    let descriptors = Descriptors::new(key)?;
     let ranking = D::rank(handle, &descriptors)?;
-    let Some(algorithm) = choose(ranking, requested_math(E::DATA_TYPE, tf32)) else {
+    let Some(algorithm) = choose(ranking, requested_math(key)) else {
         return Ok(None);
     };
     descriptors.conv.set_math(algorithm.math)?;
@@ -352,13 +406,14 @@ struct Descriptors {
 }
 
 impl Descriptors {
-    fn new<E: CudnnDataType>(dims: &Dims, tf32: bool) -> Result<Descriptors, GpuError> {
-        let conv = ConvDescriptor::new(dims.padding, dims.stride, E::DATA_TYPE)?;
-        conv.set_math(requested_math(E::DATA_TYPE, tf32))?;
+    fn new(key: &AlgorithmKey) -> Result<Descriptors, GpuError> {
+        let (dims, data) = (&key.dims, key.types.data);
+        let conv = ConvDescriptor::new(dims.padding, dims.stride, key.types.compute)?;
+        conv.set_math(requested_math(key))?;
         Ok(Descriptors {
-            x: TensorDescriptor::new(dims.x, E::DATA_TYPE)?,
-            w: FilterDescriptor::new(dims.w, E::DATA_TYPE)?,
-            y: TensorDescriptor::new(dims.y, E::DATA_TYPE)?,
+            x: TensorDescriptor::new(dims.x, data)?,
+            w: FilterDescriptor::new(dims.w, data)?,
+            y: TensorDescriptor::new(dims.y, data)?,
             conv,
         })
     }
@@ -417,7 +472,7 @@ struct ConvDescriptor(sys::cudnnConvolutionDescriptor_t);
 
 impl ConvDescriptor {
     /// A cross-correlation (what deep learning calls a convolution) with equal padding and
-    /// stride on both axes, no dilation, accumulating in `data_type`.
+    /// stride on both axes, no dilation, summing in `data_type`.
     fn new(padding: i32, stride: i32, data_type: sys::cudnnDataType_t) -> Result<Self, GpuError> {
         let descriptor = ConvDescriptor(
             result::create_convolution_descriptor()
@@ -456,9 +511,9 @@ impl Drop for ConvDescriptor {
     }
 }
 
-/// The math asked of cuDNN: plain FMA for `f32` without TF32, its default otherwise.
-fn requested_math(data_type: sys::cudnnDataType_t, tf32: bool) -> sys::cudnnMathType_t {
-    if data_type == sys::cudnnDataType_t::CUDNN_DATA_FLOAT && !tf32 {
+/// The math asked of cuDNN: plain FMA for `f32` tensors without TF32, its default otherwise.
+fn requested_math(key: &AlgorithmKey) -> sys::cudnnMathType_t {
+    if key.types.data == sys::cudnnDataType_t::CUDNN_DATA_FLOAT && !key.tf32 {
         sys::cudnnMathType_t::CUDNN_FMA_MATH
     } else {
         sys::cudnnMathType_t::CUDNN_DEFAULT_MATH

@@ -46,7 +46,7 @@ use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use revsnn_reference::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams};
 
 use super::linear::{Operand, RowMajorGemm, bias_gradient, fill_bias};
-use super::precision;
+use super::precision::{self, HalfFormat};
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -55,6 +55,8 @@ use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
 pub mod cudnn;
+
+use cudnn::DataTypes;
 
 const OP: &str = "conv2d";
 
@@ -406,20 +408,12 @@ pub fn forward<E: GpuElement>(
         fill_bias(device, b, &mut y, g.c_out, g.p())?;
     }
     let accumulate = bias.is_some();
-    // A pointwise convolution's forward is one GEMM: on cuBLAS with either engine.
-    let by_cudnn = g.n > 0
-        && uses_cudnn(device)
-        && !g.pointwise()
-        && cudnn::forward(
-            device,
-            &g,
-            x.slice(),
-            weight.slice(),
-            y.slice_mut(),
-            accumulate,
-        )?;
-    if !by_cudnn {
-        im2col_forward(device, &g, x, weight, &mut y, accumulate)?;
+    match device.half_format() {
+        None => full_forward(device, &g, x, weight, &mut y, accumulate)?,
+        Some(format) => {
+            let stored = half_forward(device, &g, format, x, weight)?;
+            precision::widen_into(device, format, &stored, &mut y, accumulate)?;
+        }
     }
     let context = Conv2dContext {
         input: x.clone(),
@@ -434,7 +428,9 @@ pub fn forward<E: GpuElement>(
 /// `dx[n, c, h, w] = sum_{o, i, j, p, q: stride p + i - padding = h, stride q + j - padding = w} w[o, c, i, j] dy[n, o, p, q]`,
 /// `dw[o, c, i, j] = sum_{n, p, q} dy[n, o, p, q] x_pad[n, c, stride p + i, stride q + j]` and
 /// `db[o] = sum_{n, p, q} dy[n, o, p, q]` (present iff the forward had a bias), each the same bits
-/// run to run. Errors when `dy` does not have the forward's output shape.
+/// run to run. Under `bf16` and `fp16`, `y` is the bias plus the sums stored in the 16-bit format,
+/// and `dx` and `dw` are stored too (docs/precision.md §"Convolution outputs"). Errors when `dy`
+/// does not have the forward's output shape.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     grad_y: &CudaTensor<E>,
@@ -448,20 +444,10 @@ pub fn backward<E: GpuElement>(
     g.check_grad(grad_y.shape())?;
     let grad_y = &precision::gradient_operand(device, grad_y)?;
     let (x, weight) = (&context.input, &context.weight);
-    // SAFETY: cuDNN, or col2im of every chunk (or the pointwise GEMM), writes every element.
-    let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
-    let mut dw = if g.n == 0 {
-        device.alloc_zeros::<E>(g.c_out * g.k())?
-    } else {
-        // SAFETY: cuDNN, or the first chunk's GEMM (beta 0), writes every element.
-        unsafe { device.alloc::<E>(g.c_out * g.k()) }?
+    let (dx, dw) = match device.half_format() {
+        None => full_backward(device, &g, x, weight, grad_y)?,
+        Some(format) => half_backward(device, &g, format, x, weight, grad_y)?,
     };
-    let by_cudnn = g.n > 0
-        && uses_cudnn(device)
-        && cudnn_backward(device, &g, x, weight, grad_y, &mut dx, &mut dw)?;
-    if !by_cudnn {
-        im2col_backward(device, &g, x, weight, grad_y, &mut dx, &mut dw)?;
-    }
     let bias = if context.has_bias {
         let db = bias_gradient(device, grad_y, g.n, g.c_out, g.p())?;
         Some(CudaTensor::new(db, &[g.c_out])?)
@@ -475,9 +461,204 @@ pub fn backward<E: GpuElement>(
     })
 }
 
-/// Whether this device's convolutions go to cuDNN ([`GpuDevice::conv_engine_in_use`]).
+/// Whether this device's convolutions go to cuDNN ([`GpuDevice::conv_engine`]).
 fn uses_cudnn(device: &GpuDevice) -> bool {
-    device.conv_engine_in_use() == ConvEngine::Cudnn
+    device.conv_engine() == ConvEngine::Cudnn
+}
+
+/// `y (+)= conv(x, w)` in the element type: by cuDNN on its engine, else (or when cuDNN has no
+/// deterministic algorithm) by im2col; a pointwise forward is one cuBLAS GEMM with either engine.
+fn full_forward<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    x: &CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    y: &mut DeviceBuffer<E>,
+    accumulate: bool,
+) -> Result<(), GpuError> {
+    let types = DataTypes::of::<E>();
+    let by_cudnn = g.n > 0
+        && uses_cudnn(device)
+        && !g.pointwise()
+        && cudnn::forward(
+            device,
+            g,
+            types,
+            x.slice(),
+            weight.slice(),
+            y.slice_mut(),
+            accumulate,
+        )?;
+    if !by_cudnn {
+        im2col_forward(device, g, x, weight, y, accumulate)?;
+    }
+    Ok(())
+}
+
+/// The sums `conv(x, w)` of a 16-bit precision, stored in `format`: written so by cuDNN's 16-bit
+/// configuration, or summed in `f32` by GEMMs (a pointwise forward, the im2col engine) and
+/// rounded.
+fn half_forward<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    format: HalfFormat,
+    x: &CudaTensor<E>,
+    weight: &CudaTensor<E>,
+) -> Result<DeviceBuffer<u16>, GpuError> {
+    let len = g.n * g.out_len();
+    if g.n > 0 && uses_cudnn(device) && !g.pointwise() {
+        let (x16, w16) = (stored(device, format, x)?, stored(device, format, weight)?);
+        // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
+        let mut y16 = unsafe { device.alloc::<u16>(len) }?;
+        let types = DataTypes::half(format);
+        if cudnn::forward(
+            device,
+            g,
+            types,
+            x16.slice(),
+            w16.slice(),
+            y16.slice_mut(),
+            false,
+        )? {
+            return Ok(y16);
+        }
+    }
+    // SAFETY: the GEMMs write every element.
+    let mut sums = unsafe { device.alloc::<E>(len) }?;
+    im2col_forward(device, g, x, weight, &mut sums, false)?;
+    precision::to_half_bits(device, format, sums.slice(), len)
+}
+
+/// `x` converted to `format`'s 16-bit patterns.
+fn stored<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    x: &CudaTensor<E>,
+) -> Result<DeviceBuffer<u16>, GpuError> {
+    precision::to_half_bits(device, format, x.slice(), x.len())
+}
+
+/// A convolution's `dx` and `dw`, in the element type or as 16-bit patterns.
+type Gradients<T> = (DeviceBuffer<T>, DeviceBuffer<T>);
+
+/// Buffers for `dx` and `dw`, for a pass that writes every element (`dw` zero without images).
+fn gradient_buffers<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+) -> Result<Gradients<E>, GpuError> {
+    // SAFETY: the caller's pass writes every element.
+    let dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
+    let dw = if g.n == 0 {
+        device.alloc_zeros::<E>(g.c_out * g.k())?
+    } else {
+        // SAFETY: as above.
+        unsafe { device.alloc::<E>(g.c_out * g.k()) }?
+    };
+    Ok((dx, dw))
+}
+
+/// `dx` and `dw` in the element type: by cuDNN on its engine, else (or when cuDNN has no
+/// deterministic algorithm) by im2col.
+fn full_backward<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    x: &CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    grad_y: &CudaTensor<E>,
+) -> Result<Gradients<E>, GpuError> {
+    let (mut dx, mut dw) = gradient_buffers(device, g)?;
+    let by_cudnn = g.n > 0
+        && uses_cudnn(device)
+        && cudnn_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
+    if !by_cudnn {
+        im2col_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
+    }
+    Ok((dx, dw))
+}
+
+/// `dx` and `dw` of a 16-bit precision, stored in `format` (by cuDNN's 16-bit configuration, or
+/// summed in `f32` by the im2col engine and rounded) and read back as `f32`.
+fn half_backward<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    format: HalfFormat,
+    x: &CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    grad_y: &CudaTensor<E>,
+) -> Result<Gradients<E>, GpuError> {
+    let (dx16, dw16) = match cudnn_half_backward(device, g, format, x, weight, grad_y)? {
+        Some(stored) => stored,
+        None => {
+            let (mut dx, mut dw) = gradient_buffers(device, g)?;
+            im2col_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
+            let to_half =
+                |b: &DeviceBuffer<E>| precision::to_half_bits(device, format, b.slice(), b.len());
+            (to_half(&dx)?, to_half(&dw)?)
+        }
+    };
+    // SAFETY: the widening writes every element.
+    let (mut dx, mut dw) = unsafe { (device.alloc(dx16.len())?, device.alloc(dw16.len())?) };
+    precision::widen_into(device, format, &dx16, &mut dx, false)?;
+    precision::widen_into(device, format, &dw16, &mut dw, false)?;
+    Ok((dx, dw))
+}
+
+/// The cuDNN engine's 16-bit `dx` and `dw` ([`cudnn_backward`] in cuDNN's 16-bit configuration;
+/// a pointwise `dx` is one GEMM, rounded). `None` when the device's engine is im2col or cuDNN has
+/// no deterministic algorithm.
+fn cudnn_half_backward<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    format: HalfFormat,
+    x: &CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    grad_y: &CudaTensor<E>,
+) -> Result<Option<Gradients<u16>>, GpuError> {
+    if g.n == 0 || !uses_cudnn(device) {
+        return Ok(None);
+    }
+    let types = DataTypes::half(format);
+    let (x16, dy16) = (stored(device, format, x)?, stored(device, format, grad_y)?);
+    // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
+    let mut dw16 = unsafe { device.alloc::<u16>(g.c_out * g.k()) }?;
+    if !cudnn::backward_filter(
+        device,
+        g,
+        types,
+        x16.slice(),
+        dy16.slice(),
+        dw16.slice_mut(),
+    )? {
+        return Ok(None);
+    }
+    let dx16 = if g.pointwise() {
+        // SAFETY: the GEMM writes every element.
+        let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
+        g.pointwise_input_grad_gemm().run(
+            device,
+            OP,
+            weight.slice(),
+            grad_y.slice(),
+            dx.slice_mut(),
+        )?;
+        precision::to_half_bits(device, format, dx.slice(), dx.len())?
+    } else {
+        let w16 = stored(device, format, weight)?;
+        // SAFETY: as for `dw16`.
+        let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
+        if !cudnn::backward_data(
+            device,
+            g,
+            types,
+            dy16.slice(),
+            w16.slice(),
+            dx16.slice_mut(),
+        )? {
+            return Ok(None);
+        }
+        dx16
+    };
+    Ok(Some((dx16, dw16)))
 }
 
 /// The cuDNN engine's `dx` and `dw`: `dw` by cuDNN, `dx` by cuDNN or, for a pointwise
@@ -492,7 +673,8 @@ fn cudnn_backward<E: GpuElement>(
     dx: &mut DeviceBuffer<E>,
     dw: &mut DeviceBuffer<E>,
 ) -> Result<bool, GpuError> {
-    if !cudnn::backward_filter(device, g, x.slice(), grad_y.slice(), dw.slice_mut())? {
+    let types = DataTypes::of::<E>();
+    if !cudnn::backward_filter(device, g, types, x.slice(), grad_y.slice(), dw.slice_mut())? {
         return Ok(false);
     }
     if g.pointwise() {
@@ -505,7 +687,14 @@ fn cudnn_backward<E: GpuElement>(
         )?;
         return Ok(true);
     }
-    cudnn::backward_data(device, g, grad_y.slice(), weight.slice(), dx.slice_mut())
+    cudnn::backward_data(
+        device,
+        g,
+        types,
+        grad_y.slice(),
+        weight.slice(),
+        dx.slice_mut(),
+    )
 }
 
 /// The im2col engine's `y (+)= conv(x, w)` (see the module docs).

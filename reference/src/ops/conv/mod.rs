@@ -27,9 +27,12 @@
 use ndarray::{ArcArray, Array2, ArrayView2, ArrayViewMut2, IxDyn, ShapeError, s};
 use rayon::prelude::*;
 
-use crate::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams, Element, OpError, Result};
+use crate::contract::{
+    Conv2dGeometry, Conv2dGrads, Conv2dParams, Element, OpError, Precision, Result,
+};
 use crate::cpu::CpuTensor;
 use crate::ops::gemm::{Update, gemm};
+use crate::ops::tensor::round_to_precision;
 
 mod spikes;
 
@@ -119,6 +122,35 @@ pub fn forward<E: Element>(
         params,
         sparse_spike_input,
     };
+    Ok((y, context))
+}
+
+/// The convolution of a precision whose convolutions store their outputs in its format
+/// ([`Precision::stores_conv_outputs`]; docs/precision.md §"Convolution outputs"):
+/// `y[n, o, p, q] = bias[o] + round(sum_{c, i, j} w[o, c, i, j] x_pad[n, c, stride p + i, stride q + j])`,
+/// the sums of [`forward`] rounded to the format, then the bias added in `E`. Errors as
+/// [`forward`] does.
+pub fn forward_stored<E: Element>(
+    x: &CpuTensor<E>,
+    weight: &CpuTensor<E>,
+    bias: Option<&CpuTensor<E>>,
+    params: Conv2dParams,
+    precision: Precision,
+) -> Result<(CpuTensor<E>, Conv2dContext<E>)> {
+    let g = Conv2dGeometry::new(x.shape(), weight.shape(), params)?;
+    if let Some(b) = bias {
+        g.check_bias(b.shape())?;
+    }
+    let (sums, mut context) = forward(x, weight, None, params)?;
+    let mut y = round_to_precision(&sums, precision);
+    if let Some(b) = bias {
+        for mut image in y.outer_iter_mut() {
+            for (mut channel, &value) in image.outer_iter_mut().zip(b.iter()) {
+                channel.mapv_inplace(|v| v + value);
+            }
+        }
+        context.has_bias = true;
+    }
     Ok((y, context))
 }
 
