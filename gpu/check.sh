@@ -129,7 +129,7 @@ for model in ${CLI_MODELS//,/ }; do
       # the other convolution engine, side by side
       bench-tf32-im2col) REVSNN_CONV_ENGINE=im2col run_logged "cli-$what-$model" 90 "$REVSNN" \
         bench --device cuda --precision tf32 --model "$model" --batch 64 --steps 10 --json || status=1 ;;
-      # 16-bit GEMM operands (docs/precision.md, CUDA): convolutions on im2col whatever the engine
+      # 16-bit operands (docs/precision.md, CUDA): cuBLAS GEMMs and cuDNN's 16-bit configurations
       bench-bf16) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --precision bf16 \
         --model "$model" --batch 64 --steps 10 --json || status=1 ;;
       memory) run_logged "cli-$what-$model" 60 "$REVSNN" memory --device cuda --model "$model" \

@@ -7,8 +7,10 @@
 # recipe (autocast fp16 + GradScaler, enable_amp=True: benches/pytorch/official_baseline.py
 # --amp), which also counts the step's FLOPs. The table compares images/s and MiB per image with
 # the official AMP figures, and gives the model FLOP utilisation against the card's dense 16-bit
-# peak (PEAK_TFLOPS_16, default 989 for an H200 or H100 SXM).
-# Knobs: PRECISION_RUNS, PRECISION_BUDGET_S (default 180; the stage's steps are cut to it and to
+# peak (PEAK_TFLOPS_16, default 989 for an H200 or H100 SXM). For the PRECISION_IM2COL_MODELS
+# (default revsresnet37) bf16 also runs on the im2col engine, beside cuDNN's 16-bit
+# configurations (docs/precision.md, CUDA).
+# Knobs: PRECISION_RUNS, PRECISION_IM2COL_MODELS, PRECISION_BUDGET_S (default 180; the stage's steps are cut to it and to
 # DEADLINE_S), PRECISION_BASELINE=0 (no official AMP run), PRECISION_DEVICE (cuda; cpu for a dry
 # run of the logic, with small PRECISION_RUNS).
 
@@ -26,7 +28,14 @@ for run in ${PRECISION_RUNS//,/ }; do
       --model "$model" --batch "$batch" --steps 10 --json || status=1
     run_logged "precision-memory-$precision-$model" 60 "$REVSNN" memory --device "$PRECISION_DEVICE" --precision "$precision" \
       --model "$model" --batch "$((batch / 2)),$batch" --json || status=1
-    for what in bench memory; do
+    whats="bench memory"
+    if [ "$precision" = bf16 ] && [[ ",${PRECISION_IM2COL_MODELS-revsresnet37}," == *",$model,"* ]]; then
+      REVSNN_CONV_ENGINE=im2col run_logged "precision-bench-im2col-$precision-$model" 60 "$REVSNN" bench \
+        --device "$PRECISION_DEVICE" --precision "$precision" --model "$model" --batch "$batch" --steps 10 \
+        --json || status=1
+      whats+=" bench-im2col"
+    fi
+    for what in $whats; do
       grep -h '^{' "$OUT_DIR/precision-$what-$precision-$model.log" |
         sed "s/^{/{\"command\":\"$what\",/" >>"$OUT_DIR/precision-results.jsonl"
     done
@@ -71,9 +80,9 @@ def fmt(value, spec):
 def ratio(a, b):
     return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
-print("| model | batch | images/s bf16 | images/s fp16 | official AMP images/s | fp16 / official | "
+print("| model | batch | images/s bf16 | bf16 on im2col | images/s fp16 | official AMP images/s | fp16 / official | "
       "MiB/image bf16 | MiB/image fp16 | official AMP MiB/image | fp16 / official | GFLOP/image | MFU bf16 | MFU fp16 |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for model, r in ours.items():
     bench = {p: r.get(("bench", p), {}) for p in ("bf16", "fp16")}
     memory = {p: r.get(("memory", p), {}) for p in ("bf16", "fp16")}
@@ -83,18 +92,20 @@ for model, r in ours.items():
     low = runs.get(batch // 2, {}) if batch else {}
     o_slope = (top["peak_bytes"] - low["peak_bytes"]) / (batch - batch // 2) / mib if top and low else None
     speed = {p: bench[p].get("images_per_second") for p in bench}
+    im2col = r.get(("bench-im2col", "bf16"), {}).get("images_per_second")
     slope = {p: (memory[p].get("bytes_per_image_slope") or 0) / mib or None for p in memory}
     flops = top.get("flops_per_image")
     mfu = {p: ratio(speed[p] * flops, peak) if speed[p] and flops else None for p in speed}
-    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-        model, batch, fmt(speed["bf16"], "%.0f"), fmt(speed["fp16"], "%.0f"),
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        model, batch, fmt(speed["bf16"], "%.0f"), fmt(im2col, "%.0f"), fmt(speed["fp16"], "%.0f"),
         fmt(top.get("images_per_second"), "%.0f"), fmt(ratio(speed["fp16"], top.get("images_per_second")), "%.2fx"),
         fmt(slope["bf16"], "%.1f"), fmt(slope["fp16"], "%.1f"), fmt(o_slope, "%.1f"),
         fmt(ratio(slope["fp16"], o_slope), "%.2fx"), fmt(flops and flops / 1e9, "%.1f"),
         fmt(mfu["bf16"] and 100 * mfu["bf16"], "%.1f%%"), fmt(mfu["fp16"] and 100 * mfu["fp16"], "%.1f%%")))
 print()
 print(f"MFU: images/s x the official step's matmul and convolution FLOPs per image (forward, recompute, "
-      f"backward; torch's FlopCounterMode) / {peak / 1e12:.0f} TFLOP/s dense 16-bit.")
+      f"backward; torch's own FLOP formulas) / {peak / 1e12:.0f} TFLOP/s dense 16-bit. The bf16 and fp16 "
+      f"columns run the device's engine (cuDNN on a GPU); 'bf16 on im2col' the im2col engine.")
 PY
 end_section
 unset STAGE_END
