@@ -398,13 +398,15 @@ pub fn verify(
     )
 }
 
-/// `device` computing without rounding: the CPU in f32 precision; a CUDA device as it is (its
-/// f64 never uses TF32, and bf16 or fp16 never reach it).
-fn full_precision(device: &Device) -> Device {
-    match device {
-        Device::Cpu(_) => Device::Cpu(Precision::F32),
-        Device::Cuda(gpu) => Device::Cuda(gpu.clone()),
-    }
+/// `check` run on `device` without rounding: the CPU in f32 precision, or the CUDA device with its
+/// precision switched to f32 for the call and back after (bf16 and fp16 refuse f64 tensors, and
+/// TF32 never touches them).
+fn without_rounding<T>(device: &Device, check: impl FnOnce(&Device) -> Result<T>) -> Result<T> {
+    let precision = device.precision();
+    let exact = device.clone().with_precision(Precision::F32)?;
+    let result = check(&exact);
+    exact.with_precision(precision)?;
+    result
 }
 
 /// Runs every check on `device`: the reversible checks in `dtype` and the device's precision,
@@ -421,10 +423,11 @@ pub fn verify_on(
     batch: usize,
     fd_samples: usize,
 ) -> Result<VerifyReport> {
-    let exact = full_precision(device);
-    on_backend!(&exact, DType::F64, |backend| {
-        let setting = footprint::batch_setting(batch, spec);
-        footprint::check_step(&backend, spec, batch, Storage::StoredActivations, &setting)
+    without_rounding(device, |exact| {
+        on_backend!(exact, DType::F64, |backend| {
+            let setting = footprint::batch_setting(batch, spec);
+            footprint::check_step(&backend, spec, batch, Storage::StoredActivations, &setting)
+        })
     })?;
     let low_precision = device.precision() != Precision::F32;
     let versus_f64 = if low_precision {
@@ -437,8 +440,10 @@ pub fn verify_on(
     let (reconstruction, flips, compared, grads) = on_backend!(device, dtype, |backend| {
         checks(&backend, spec, coupling, seed, batch)
     })?;
-    let (fd, fd_coordinates, fd_skipped) = on_backend!(&exact, DType::F64, |backend| {
-        finite_differences(&backend, spec, seed, batch, fd_samples)
+    let (fd, fd_coordinates, fd_skipped) = without_rounding(device, |exact| {
+        on_backend!(exact, DType::F64, |backend| {
+            finite_differences(&backend, spec, seed, batch, fd_samples)
+        })
     })?;
     let (reconstruction_bar, grad_bar) = thresholds(coupling, dtype);
     let skipped = skipped_checks(
