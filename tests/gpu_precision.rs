@@ -19,9 +19,11 @@
 //!   than to nearest would flip about half). `dx` and `dW` hold 16-bit values exactly. Every
 //!   engine the device has (cuDNN in its 16-bit configurations, im2col) is checked. Each output
 //!   also differs from the f32 run's, so the 16-bit path ran.
-//! - A training step of tiny models (a RevSResNet and a RevSFormer, smooth firing so no spike can
-//!   flip) in bf16: CUDA against the CPU in bf16 (the bound is below), with some tensor away from
-//!   the f32 step's by more than that bound, so the bound can fail.
+//! - A training step of a tiny model of every family (smooth firing, so no spike can flip) in bf16
+//!   and fp16: CUDA against the CPU in the same precision (the bar is below), with some tensor
+//!   away from the f32 step's by more than that bar, so the bar can fail.
+//! - `verify --precision bf16|fp16` on CUDA with the exact coupling: the reversible backward
+//!   equals the stored-activation backward bitwise (the recompute rounds as the forward did).
 //! - `revsnn train --device cuda --precision bf16` runs a tiny epoch and records bf16.
 //! - `--precision fp16` training on CUDA through the loss scaler, in the CPU's scenarios
 //!   (tests/common/fp16.rs): resumed bit for bit, scaler included; steps whose scaled gradients
@@ -34,6 +36,9 @@ mod common;
 use common::gemm::{GemmOp, batched_shapes, widened};
 use common::{TINY_REVSRESNET, fp16, ok, revsnn, scratch};
 use revsnn::commands::random_images;
+use revsnn::commands::verify::verify_on;
+use revsnn::device::Device;
+use revsnn::model::reversible::Coupling;
 use revsnn::model::{BuildOptions, EntryKind, ParamId, Targets};
 use revsnn::network::{Network, PassOptions};
 use revsnn::spec::ModelSpec;
@@ -41,9 +46,12 @@ use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Conv2dParams, Cpu, Precision};
+use revsnn_reference::{Backend, Conv2dParams, Cpu, DType, Precision};
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
+
+/// The model families, one parity fixture spec each.
+const FAMILIES: [&str; 4] = ["revsresnet", "msresnet", "revsformer", "spikingformer"];
 
 /// The f32 values whose rounding is easy to get wrong.
 fn edge_values() -> Vec<f32> {
@@ -354,14 +362,27 @@ fn spec(family: &str) -> ModelSpec {
     let json = match family {
         "revsresnet" => include_str!("../fixtures/parity/revsresnet.spec.json"),
         "revsformer" => include_str!("../fixtures/parity/revsformer.spec.json"),
+        "msresnet" => include_str!("../fixtures/parity/msresnet.spec.json"),
+        "spikingformer" => include_str!("../fixtures/parity/spikingformer.spec.json"),
         other => panic!("no fixture spec for {other}"),
     };
     ModelSpec::from_json(json).unwrap()
 }
 
+/// The loss scale of the fp16 training steps: unscaled, fp16's subnormals would hold the deep
+/// layers' gradients; at the loss scaler's first scale, 2^16, the stem's weight gradient of the
+/// tiny RevSResNet overflows (a step the scaler would skip). 2^8 keeps every gradient finite and
+/// normal.
+const FP16_LOSS_SCALE: f32 = 256.0;
+
 /// The logits, the loss and every parameter gradient of one training step of `family` (smooth
-/// firing) on `backend`, by name.
+/// firing) on `backend`, by name. In fp16 the loss is scaled by [`FP16_LOSS_SCALE`] and the
+/// gradients divided by it again (exactly: a power of two).
 fn training_step<B: Backend>(backend: &B, family: &str) -> Vec<(String, Vec<f64>)> {
+    let loss_scale = match backend.precision() {
+        Precision::Fp16 => FP16_LOSS_SCALE,
+        _ => 1.0,
+    };
     let spec = spec(family);
     let options = BuildOptions {
         smooth_neurons: true,
@@ -376,7 +397,10 @@ fn training_step<B: Backend>(backend: &B, family: &str) -> Vec<(String, Vec<f64>
             &mut grads,
             &images,
             Targets::Hard(&labels),
-            PassOptions::default(),
+            PassOptions {
+                loss_scale,
+                ..Default::default()
+            },
         )
         .unwrap();
     let mut tensors = vec![
@@ -390,51 +414,95 @@ fn training_step<B: Backend>(backend: &B, family: &str) -> Vec<(String, Vec<f64>
         if entry.kind == EntryKind::Parameter
             && let Some(grad) = grads.get(ParamId(index))
         {
-            tensors.push((format!("grad.{}", entry.name), widened(backend, grad)));
+            let unscaled = widened(backend, grad)
+                .into_iter()
+                .map(|g| g / f64::from(loss_scale))
+                .collect();
+            tensors.push((format!("grad.{}", entry.name), unscaled));
         }
     }
     tensors
 }
 
-/// The bar of the training step: each GEMM's operands are rounded from inputs that already
-/// differ by earlier GEMMs' summation order, so an operand near a rounding boundary can round
-/// to the neighbouring bf16 value on one backend and not the other: an error of up to one bf16
-/// ulp (`2 u`, `u = 2^-8`) in that element, which BatchNorm and the later layers pass on. Such
-/// flips are rare, so the tensors' relative L2 errors stay well below `u`; `u / 4` is the bar.
-const BF16_STEP_BAR: f64 = 1.0 / 256.0 / 4.0;
+/// The bar of the training step in `precision`: each GEMM's operands are rounded from inputs that
+/// already differ by earlier GEMMs' summation order, and each convolution output is rounded from
+/// sums that differ so, so a value near a rounding boundary can round to the neighbouring 16-bit
+/// value on one backend and not the other: an error of up to one spacing (`2 u`) in that element,
+/// which BatchNorm and the later layers pass on. A fraction `p` of flipped elements gives a
+/// relative L2 error of about `2 u sqrt(p)`; `u` allows `p` up to a quarter. Measured on the
+/// emulator (which sums mostly in the reference's order): at most 6.7e-5 in fp16 (`u` = 4.9e-4)
+/// and 2e-9 in bf16. A missing or misplaced rounding moves tensors by far more: the 16-bit steps
+/// are 0.19 and more from the f32 one.
+fn step_bar(precision: Precision) -> f64 {
+    precision.unit_roundoff()
+}
 
 #[test]
-fn a_training_step_in_bf16_matches_the_cpu_in_bf16() {
-    let Some(gpu) = backend_or_skip::<f32>("a_training_step_in_bf16") else {
+fn a_training_step_of_every_family_matches_the_cpu_in_bf16_and_fp16() {
+    let Some(gpu) = backend_or_skip::<f32>("a_training_step_in_bf16_and_fp16") else {
         return;
     };
-    let cpu = Cpu::<f32>::with_precision(Precision::Bf16);
-    for family in ["revsresnet", "revsformer"] {
+    for family in FAMILIES {
         gpu.device().set_precision(Precision::F32).unwrap();
         let full = training_step(&gpu, family);
-        gpu.device().set_precision(Precision::Bf16).unwrap();
-        let cuda = training_step(&gpu, family);
-        let emulated = training_step(&cpu, family);
-        assert_eq!(cuda.len(), emulated.len());
-        let from_f32 = full
-            .iter()
-            .zip(&cuda)
-            .map(|((_, f), (_, c))| relative_error(c, f))
-            .fold(0.0, f64::max);
-        assert!(
-            from_f32 > BF16_STEP_BAR,
-            "{family}: every tensor is within {from_f32:e} of the f32 step's: bf16 did not run"
-        );
-        for ((name, got), (_, want)) in cuda.iter().zip(&emulated) {
+        for format in FORMATS {
+            let precision = format.precision();
+            let bar = step_bar(precision);
+            gpu.device().set_precision(precision).unwrap();
+            let cuda = training_step(&gpu, family);
+            let emulated = training_step(&Cpu::<f32>::with_precision(precision), family);
+            assert_eq!(cuda.len(), emulated.len());
+            let from_f32 = full
+                .iter()
+                .zip(&cuda)
+                .map(|((_, f), (_, c))| relative_error(c, f))
+                .fold(0.0, f64::max);
             assert!(
-                got.iter().all(|v| v.is_finite()),
-                "{family} {name} not finite"
+                from_f32 > bar,
+                "{family}: every tensor is within {from_f32:e} of the f32 step's: {precision} did not run"
             );
-            let error = relative_error(got, want);
-            println!("{family} bf16 {name}: cuda vs cpu {error:.2e}");
-            assert!(
-                error <= BF16_STEP_BAR,
-                "{family} {name}: {error:e} > {BF16_STEP_BAR:e}"
+            let mut worst = 0.0f64;
+            for ((name, got), (_, want)) in cuda.iter().zip(&emulated) {
+                let case = format!("{family} {precision} {name}");
+                assert!(got.iter().all(|v| v.is_finite()), "{case} not finite");
+                let error = relative_error(got, want);
+                assert!(error <= bar, "{case}: {error:e} > {bar:e}");
+                worst = worst.max(error);
+            }
+            println!(
+                "{family} {precision}: cuda vs cpu <= {worst:.2e} relative per tensor (bar {bar:.2e}); \
+                 f32 step up to {from_f32:.2e} away"
+            );
+        }
+    }
+    gpu.device().set_precision(Precision::F32).unwrap();
+}
+
+#[test]
+fn reversible_backward_in_bf16_and_fp16_on_cuda_equals_stored_activations_with_exact_coupling() {
+    let Some(gpu) = backend_or_skip::<f32>("reversible backward in bf16 and fp16") else {
+        return;
+    };
+    for family in ["revsresnet", "revsformer"] {
+        for format in FORMATS {
+            let precision = format.precision();
+            let device = Device::Cuda(gpu.device().clone())
+                .with_precision(precision)
+                .unwrap();
+            let report =
+                verify_on(&device, &spec(family), DType::F32, Coupling::Exact, 7, 2, 1).unwrap();
+            let case = format!("{family} {precision}: {report:?}");
+            // The recompute rounds as the forward did, and the exact coupling inverts bitwise.
+            assert_eq!(report.reconstruction_max_rel_err, 0.0, "{case}");
+            assert_eq!(report.spike_flips, 0, "{case}");
+            assert!(report.spikes_compared > 0, "{case}");
+            assert_eq!(report.grad_max_rel_err_vs_bptt, 0.0, "{case}");
+            let versus = report.versus_f64.expect("a 16-bit run compares with f64");
+            assert_eq!(versus.precision, precision, "{case}");
+            assert!(versus.logits_max_abs_err.is_finite(), "{case}");
+            println!(
+                "{family} {precision}: reversible = stored bitwise; against f64 {} of {} spikes differ",
+                versus.spike_flips, versus.spikes_compared
             );
         }
     }
