@@ -401,19 +401,22 @@ pub fn forward<E: GpuElement>(
     if let Some(b) = bias {
         g.check_bias(b.shape())?;
     }
-    // SAFETY: cuDNN, or the GEMMs of every chunk, write every element (onto the bias fill when
-    // there is one).
+    // Under a 16-bit precision the stored sums come first: the output is allocated once the
+    // 16-bit copies of the inputs are freed.
+    let stored = match device.half_format() {
+        Some(format) => Some((format, half_forward(device, &g, format, x, weight)?)),
+        None => None,
+    };
+    // SAFETY: the widening, cuDNN, or the GEMMs of every chunk write every element (onto the
+    // bias fill when there is one).
     let mut y = unsafe { device.alloc::<E>(g.n * g.out_len()) }?;
     if let Some(b) = bias {
         fill_bias(device, b, &mut y, g.c_out, g.p())?;
     }
     let accumulate = bias.is_some();
-    match device.half_format() {
+    match stored {
         None => full_forward(device, &g, x, weight, &mut y, accumulate)?,
-        Some(format) => {
-            let stored = half_forward(device, &g, format, x, weight)?;
-            precision::widen_into(device, format, &stored, &mut y, accumulate)?;
-        }
+        Some((format, sums)) => precision::widen_into(device, format, &sums, &mut y, accumulate)?,
     }
     let context = Conv2dContext {
         input: x.clone(),
@@ -442,14 +445,16 @@ pub fn backward<E: GpuElement>(
         context.params,
     )?;
     g.check_grad(grad_y.shape())?;
-    let grad_y = &precision::gradient_operand(device, grad_y)?;
+    // Under a 16-bit precision the GEMMs and cuDNN round `dy` as they convert it; only the bias
+    // gradient needs the rounded values as f32 (`gradient_operand`).
     let (x, weight) = (&context.input, &context.weight);
     let (dx, dw) = match device.half_format() {
         None => full_backward(device, &g, x, weight, grad_y)?,
         Some(format) => half_backward(device, &g, format, x, weight, grad_y)?,
     };
     let bias = if context.has_bias {
-        let db = bias_gradient(device, grad_y, g.n, g.c_out, g.p())?;
+        let grad_y = precision::gradient_operand(device, grad_y)?;
+        let db = bias_gradient(device, &grad_y, g.n, g.c_out, g.p())?;
         Some(CudaTensor::new(db, &[g.c_out])?)
     } else {
         None
