@@ -512,7 +512,8 @@ fn half_forward<E: GpuElement>(
 ) -> Result<DeviceBuffer<u16>, GpuError> {
     let len = g.n * g.out_len();
     if g.n > 0 && uses_cudnn(device) && !g.pointwise() {
-        let (x16, w16) = (stored(device, format, x)?, stored(device, format, weight)?);
+        let x16 = stored(device, format, x.buffer())?;
+        let w16 = stored(device, format, weight.buffer())?;
         // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
         let mut y16 = unsafe { device.alloc::<u16>(len) }?;
         let types = DataTypes::half(format);
@@ -531,16 +532,28 @@ fn half_forward<E: GpuElement>(
     // SAFETY: the GEMMs write every element.
     let mut sums = unsafe { device.alloc::<E>(len) }?;
     im2col_forward(device, g, x, weight, &mut sums, false)?;
-    precision::to_half_bits(device, format, sums.slice(), len)
+    stored(device, format, &sums)
 }
 
 /// `x` converted to `format`'s 16-bit patterns.
 fn stored<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
-    x: &CudaTensor<E>,
+    x: &DeviceBuffer<E>,
 ) -> Result<DeviceBuffer<u16>, GpuError> {
     precision::to_half_bits(device, format, x.slice(), x.len())
+}
+
+/// The 16-bit patterns `half` read back as a new `f32` buffer.
+fn widened<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    half: &DeviceBuffer<u16>,
+) -> Result<DeviceBuffer<E>, GpuError> {
+    // SAFETY: the widening writes every element.
+    let mut wide = unsafe { device.alloc::<E>(half.len()) }?;
+    precision::widen_into(device, format, half, &mut wide, false)?;
+    Ok(wide)
 }
 
 /// A convolution's `dx` and `dw`, in the element type or as 16-bit patterns.
@@ -596,16 +609,11 @@ fn half_backward<E: GpuElement>(
         None => {
             let (mut dx, mut dw) = gradient_buffers(device, g)?;
             im2col_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
-            let to_half =
-                |b: &DeviceBuffer<E>| precision::to_half_bits(device, format, b.slice(), b.len());
-            (to_half(&dx)?, to_half(&dw)?)
+            (stored(device, format, &dx)?, stored(device, format, &dw)?)
         }
     };
-    // SAFETY: the widening writes every element.
-    let (mut dx, mut dw) = unsafe { (device.alloc(dx16.len())?, device.alloc(dw16.len())?) };
-    precision::widen_into(device, format, &dx16, &mut dx, false)?;
-    precision::widen_into(device, format, &dw16, &mut dw, false)?;
-    Ok((dx, dw))
+    let dx = widened(device, format, &dx16)?;
+    Ok((dx, widened(device, format, &dw16)?))
 }
 
 /// The cuDNN engine's 16-bit `dx` and `dw` ([`cudnn_backward`] in cuDNN's 16-bit configuration;
@@ -623,7 +631,8 @@ fn cudnn_half_backward<E: GpuElement>(
         return Ok(None);
     }
     let types = DataTypes::half(format);
-    let (x16, dy16) = (stored(device, format, x)?, stored(device, format, grad_y)?);
+    let x16 = stored(device, format, x.buffer())?;
+    let dy16 = stored(device, format, grad_y.buffer())?;
     // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
     let mut dw16 = unsafe { device.alloc::<u16>(g.c_out * g.k()) }?;
     if !cudnn::backward_filter(
@@ -646,9 +655,9 @@ fn cudnn_half_backward<E: GpuElement>(
             grad_y.slice(),
             dx.slice_mut(),
         )?;
-        precision::to_half_bits(device, format, dx.slice(), dx.len())?
+        stored(device, format, &dx)?
     } else {
-        let w16 = stored(device, format, weight)?;
+        let w16 = stored(device, format, weight.buffer())?;
         // SAFETY: as for `dw16`.
         let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
         if !cudnn::backward_data(
