@@ -16,14 +16,15 @@
 // 256 MiB (forward) or a non-deterministic one (both backward passes), then deterministic ones,
 // each with the math type the convolution descriptor asks for (CUDNN_FMA_MATH stays FMA; otherwise
 // the first deterministic entry of f32 and 16-bit data is CUDNN_TENSOR_OP_MATH). A
-// non-deterministic algorithm is
-// that here too: every other call sums in the reverse order, as atomics would reorder the sums, so
-// a caller that takes one fails its bitwise tests. Arithmetic: f32 inputs are rounded to
-// TF32 (10-bit mantissa) unless the descriptor's math type is CUDNN_FMA_MATH, as tensor cores do,
-// and 16-bit inputs are widened exactly; every output element sums its products in a fixed order
-// in the compute type, one rounding per multiply and per add, and is stored in the data type (a
-// 16-bit output rounded to nearest even); beta == 0 does not read the output. Results agree with a GPU to rounding,
-// not bitwise (cuDNN's order of sums varies by algorithm).
+// non-deterministic algorithm is that here too: every other call sums in the reverse order, as
+// atomics would reorder the sums, so a caller that takes one fails its bitwise tests.
+//
+// Arithmetic: f32 inputs are rounded to TF32 (10-bit mantissa) unless the descriptor's math type
+// is CUDNN_FMA_MATH, as tensor cores do, and 16-bit inputs are widened exactly; every output
+// element sums its products in a fixed order in the compute type, one rounding per multiply and
+// per add, and is stored in the data type (a 16-bit output rounded to nearest even); beta == 0
+// does not read the output. Results agree with a GPU to rounding, not bitwise (cuDNN's order of
+// sums varies by algorithm).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
