@@ -163,6 +163,15 @@ pub fn rounded<E: GpuElement>(
     x: &CudaTensor<E>,
     format: HalfFormat,
 ) -> Result<CudaTensor<E>, GpuError> {
+    CudaTensor::new(rounded_buffer(device, x.buffer(), format)?, x.shape())
+}
+
+/// [`rounded`] for a bare buffer.
+pub(crate) fn rounded_buffer<E: GpuElement>(
+    device: &GpuDevice,
+    x: &DeviceBuffer<E>,
+    format: HalfFormat,
+) -> Result<DeviceBuffer<E>, GpuError> {
     require_f32::<E>(format)?;
     // SAFETY: the round trip writes every element.
     let mut y = unsafe { device.alloc::<E>(x.len()) }?;
@@ -171,7 +180,19 @@ pub fn rounded<E: GpuElement>(
         let (target, _write) = y.slice_mut().device_ptr_mut(device.stream());
         format.launch(device, "round", source, target, x.len())?;
     }
-    CudaTensor::new(y, x.shape())
+    Ok(y)
+}
+
+/// The 16-bit patterns `half` read back as a new `f32` buffer ([`widen_into`]).
+pub(crate) fn widened<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    half: &DeviceBuffer<u16>,
+) -> Result<DeviceBuffer<E>, GpuError> {
+    // SAFETY: the widening writes every element.
+    let mut wide = unsafe { device.alloc::<E>(half.len()) }?;
+    widen_into(device, format, half, &mut wide, false)?;
+    Ok(wide)
 }
 
 /// `dy` as the backward of a GEMM op reads it: rounded to the device's 16-bit format when it has

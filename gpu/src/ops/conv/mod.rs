@@ -544,20 +544,8 @@ fn stored<E: GpuElement>(
     precision::to_half_bits(device, format, x.slice(), x.len())
 }
 
-/// The 16-bit patterns `half` read back as a new `f32` buffer.
-fn widened<E: GpuElement>(
-    device: &GpuDevice,
-    format: HalfFormat,
-    half: &DeviceBuffer<u16>,
-) -> Result<DeviceBuffer<E>, GpuError> {
-    // SAFETY: the widening writes every element.
-    let mut wide = unsafe { device.alloc::<E>(half.len()) }?;
-    precision::widen_into(device, format, half, &mut wide, false)?;
-    Ok(wide)
-}
-
-/// A convolution's `dx` and `dw`, in the element type or as 16-bit patterns.
-type Gradients<T> = (DeviceBuffer<T>, DeviceBuffer<T>);
+/// A convolution's `dx` and `dw`.
+type Gradients<E> = (DeviceBuffer<E>, DeviceBuffer<E>);
 
 /// Buffers for `dx` and `dw`, for a pass that writes every element (`dw` zero without images).
 fn gradient_buffers<E: GpuElement>(
@@ -594,8 +582,8 @@ fn full_backward<E: GpuElement>(
     Ok((dx, dw))
 }
 
-/// `dx` and `dw` of a 16-bit precision, stored in `format` (by cuDNN's 16-bit configuration, or
-/// summed in `f32` by the im2col engine and rounded) and read back as `f32`.
+/// `dx` and `dw` of a 16-bit precision, stored in `format` and read back as `f32`: by cuDNN's
+/// 16-bit configuration, or summed in `f32` by the im2col engine and rounded.
 fn half_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
@@ -604,21 +592,18 @@ fn half_backward<E: GpuElement>(
     weight: &CudaTensor<E>,
     grad_y: &CudaTensor<E>,
 ) -> Result<Gradients<E>, GpuError> {
-    let (dx16, dw16) = match cudnn_half_backward(device, g, format, x, weight, grad_y)? {
-        Some(stored) => stored,
-        None => {
-            let (mut dx, mut dw) = gradient_buffers(device, g)?;
-            im2col_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
-            (stored(device, format, &dx)?, stored(device, format, &dw)?)
-        }
-    };
-    let dx = widened(device, format, &dx16)?;
-    Ok((dx, widened(device, format, &dw16)?))
+    if let Some(grads) = cudnn_half_backward(device, g, format, x, weight, grad_y)? {
+        return Ok(grads);
+    }
+    let (mut dx, mut dw) = gradient_buffers(device, g)?;
+    im2col_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
+    let dx = precision::rounded_buffer(device, &dx, format)?;
+    Ok((dx, precision::rounded_buffer(device, &dw, format)?))
 }
 
-/// The cuDNN engine's 16-bit `dx` and `dw` ([`cudnn_backward`] in cuDNN's 16-bit configuration;
-/// a pointwise `dx` is one GEMM, rounded). `None` when the device's engine is im2col or cuDNN has
-/// no deterministic algorithm.
+/// The cuDNN engine's `dx` and `dw` ([`cudnn_backward`]) in cuDNN's 16-bit configuration, read
+/// back as `f32` (a pointwise `dx` is one GEMM, rounded). `None` when the device's engine is
+/// im2col or cuDNN has no deterministic algorithm.
 fn cudnn_half_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
@@ -626,53 +611,34 @@ fn cudnn_half_backward<E: GpuElement>(
     x: &CudaTensor<E>,
     weight: &CudaTensor<E>,
     grad_y: &CudaTensor<E>,
-) -> Result<Option<Gradients<u16>>, GpuError> {
+) -> Result<Option<Gradients<E>>, GpuError> {
     if g.n == 0 || !uses_cudnn(device) {
         return Ok(None);
     }
     let types = DataTypes::half(format);
-    let x16 = stored(device, format, x.buffer())?;
-    let dy16 = stored(device, format, grad_y.buffer())?;
+    let x_half = stored(device, format, x.buffer())?;
+    let dy_half = stored(device, format, grad_y.buffer())?;
+    let (x16, dy16) = (x_half.slice(), dy_half.slice());
     // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
     let mut dw16 = unsafe { device.alloc::<u16>(g.c_out * g.k()) }?;
-    if !cudnn::backward_filter(
-        device,
-        g,
-        types,
-        x16.slice(),
-        dy16.slice(),
-        dw16.slice_mut(),
-    )? {
+    if !cudnn::backward_filter(device, g, types, x16, dy16, dw16.slice_mut())? {
         return Ok(None);
     }
-    let dx16 = if g.pointwise() {
+    let dx = if g.pointwise() {
         // SAFETY: the GEMM writes every element.
         let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
-        g.pointwise_input_grad_gemm().run(
-            device,
-            OP,
-            weight.slice(),
-            grad_y.slice(),
-            dx.slice_mut(),
-        )?;
-        stored(device, format, &dx)?
+        pointwise_input_grad(device, g, weight, grad_y, &mut dx)?;
+        precision::rounded_buffer(device, &dx, format)?
     } else {
-        let w16 = stored(device, format, weight.buffer())?;
+        let w_half = stored(device, format, weight.buffer())?;
         // SAFETY: as for `dw16`.
         let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
-        if !cudnn::backward_data(
-            device,
-            g,
-            types,
-            dy16.slice(),
-            w16.slice(),
-            dx16.slice_mut(),
-        )? {
+        if !cudnn::backward_data(device, g, types, dy16, w_half.slice(), dx16.slice_mut())? {
             return Ok(None);
         }
-        dx16
+        precision::widened(device, format, &dx16)?
     };
-    Ok(Some((dx16, dw16)))
+    Ok(Some((dx, precision::widened(device, format, &dw16)?)))
 }
 
 /// The cuDNN engine's `dx` and `dw`: `dw` by cuDNN, `dx` by cuDNN or, for a pointwise
@@ -692,13 +658,7 @@ fn cudnn_backward<E: GpuElement>(
         return Ok(false);
     }
     if g.pointwise() {
-        g.pointwise_input_grad_gemm().run(
-            device,
-            OP,
-            weight.slice(),
-            grad_y.slice(),
-            dx.slice_mut(),
-        )?;
+        pointwise_input_grad(device, g, weight, grad_y, dx)?;
         return Ok(true);
     }
     cudnn::backward_data(
@@ -816,15 +776,22 @@ fn im2col_backward<E: GpuElement>(
         }
     }
     if g.pointwise() {
-        g.pointwise_input_grad_gemm().run(
-            device,
-            OP,
-            weight.slice(),
-            grad_y.slice(),
-            dx.slice_mut(),
-        )?;
+        pointwise_input_grad(device, g, weight, grad_y, dx)?;
     }
     Ok(())
+}
+
+/// A pointwise convolution's `dx[n] = W^T dy[n]` for all `N` images: one strided batched GEMM
+/// on cuBLAS, with either engine.
+fn pointwise_input_grad<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    weight: &CudaTensor<E>,
+    grad_y: &CudaTensor<E>,
+    dx: &mut DeviceBuffer<E>,
+) -> Result<(), GpuError> {
+    let gemm = g.pointwise_input_grad_gemm();
+    gemm.run(device, OP, weight.slice(), grad_y.slice(), dx.slice_mut())
 }
 
 #[cfg(test)]
