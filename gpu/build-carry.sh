@@ -24,7 +24,8 @@ for line in sys.stdin:
 }
 select_executables "test --release --workspace" 'gpu_.*|nvrtc_kernels' | while read -r name path; do cp "$path" "gpu-bin/tests/$name"; done
 select_executables "bench --workspace" 'gpu_.*' | while read -r name path; do cp "$path" "gpu-bin/benches/$name"; done
-# line tables make the binaries 3x larger; the carried tree is limited to 64 MiB
-find gpu-bin -type f -exec strip --strip-debug {} +
+# line tables and symbols make the binaries 4x larger, and the carried tree is limited to 64 MiB:
+# strip both (a panic still names its file and line; a backtrace loses the function names)
+find gpu-bin -type f -exec strip {} +
 ls -la gpu-bin gpu-bin/tests gpu-bin/benches
 du -sh gpu-bin

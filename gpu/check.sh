@@ -11,6 +11,7 @@
 # pytorch-amp-batch*.json and logs.tar.gz into the output folder. A missing GPU fails the tests
 # (REVSNN_REQUIRE_GPU=1). The whole script keeps inside DEADLINE_S seconds (default 530): each
 # step's timeout is cut to what is left, and steps that no longer fit are skipped and listed.
+# The test binaries run TEST_JOBS (default 4) at a time.
 # For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
 # 'gpu_conv|gpu_models'; 'none' runs none), BENCH_FILTER (criterion's name filter), CLI_MODELS
 # and BASELINE_MODELS (comma lists of presets), CHECK_CLI=0 (no CLI bench/memory step).
@@ -78,11 +79,22 @@ section "revsnn info"
 "$REVSNN" info >>"$REPORT" 2>&1 || status=1
 end_section
 
+# The test binaries run TEST_JOBS at a time (default 4: the GPU machine has 16 cores, and each
+# test binary spends most of its time in the CPU reference); their sections follow in name order.
+tests=()
 for test in gpu-bin/tests/*; do
-  [ -x "$test" ] || continue
   name=$(basename "$test")
-  [[ $name =~ ^(${CHECK_TESTS:-.*})$ ]] || continue
-  run_logged "test-$name" 120 "$test" --nocapture --test-threads=1 || status=1
+  [ -x "$test" ] && [[ $name =~ ^(${CHECK_TESTS:-.*})$ ]] && tests+=("$name")
+done
+for name in "${tests[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "${TEST_JOBS:-4}" ]; do wait -n; done
+  (run_logged "test-$name" 120 "gpu-bin/tests/$name" --nocapture --test-threads=1
+    echo $? >"$OUT_DIR/test-$name.rc") &
+done
+wait
+for name in "${tests[@]}"; do
+  [ "$(cat "$OUT_DIR/test-$name.rc" 2>/dev/null)" = 0 ] || status=1
+  rm -f "$OUT_DIR/test-$name.rc"
   section "test $name"
   grep -E '^(test |SKIP|NVRTC|f32|f64)|test result|panicked' "$OUT_DIR/test-$name.log" >>"$REPORT"
   end_section
