@@ -11,7 +11,9 @@
 # pytorch-amp-batch*.json and logs.tar.gz into the output folder. A missing GPU fails the tests
 # (REVSNN_REQUIRE_GPU=1). The whole script keeps inside DEADLINE_S seconds (default 530): each
 # step's timeout is cut to what is left, and steps that no longer fit are skipped and listed.
-# The test binaries run TEST_JOBS (default 4) at a time.
+# The test binaries run TEST_JOBS (default 4) at a time. CHECK_PROFILE=1 adds the profile stage
+# after the training stage (gpu/profile-stage.sh: cuDNN's plans and Nsight Compute's time per
+# kernel of one training step, per precision).
 # For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
 # 'gpu_conv|gpu_models'; 'none' runs none), BENCH_FILTER (criterion's name filter), CLI_MODELS
 # and BASELINE_MODELS (comma lists of presets), CHECK_CLI=0 (no CLI bench/memory step).
@@ -41,6 +43,9 @@ export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 REVSNN_REQUIRE_CUDNN=1 REVSNN
 status=0
 DEADLINE_S=${DEADLINE_S:-530}
 REVSNN=${REVSNN:-gpu-bin/revsnn}
+# the binary that the test binaries run (tests/common/mod.rs): Cargo's path to it is not here
+export REVSNN_BIN
+REVSNN_BIN=$(realpath "$REVSNN")
 # STAGE_END (in $SECONDS), when set, cuts the time left to a stage's own budget.
 left() {
   local rest=$((DEADLINE_S - SECONDS))
@@ -122,6 +127,11 @@ fi
 if [ "${CHECK_TRAIN:-1}" = 1 ]; then
   # shellcheck source=gpu/train-stage.sh
   source gpu/train-stage.sh
+fi
+
+if [ "${CHECK_PROFILE:-0}" = 1 ]; then
+  # shellcheck source=gpu/profile-stage.sh
+  source gpu/profile-stage.sh
 fi
 
 # `revsnn bench` and `revsnn memory` on CUDA (the training-step figures: images/s and memory per

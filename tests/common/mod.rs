@@ -16,9 +16,14 @@ pub fn revsnn(args: &[impl AsRef<OsStr>]) -> Output {
     revsnn_command(args).output().expect("the binary runs")
 }
 
-/// The `revsnn` binary with `args`, to run or spawn.
+/// The `revsnn` binary with `args`, to run or spawn: the one `REVSNN_BIN` names where it is set
+/// (gpu/check.sh runs the test binaries on a machine without the build tree, beside a copy of
+/// the binary), else the one Cargo built with this test.
 pub fn revsnn_command(args: &[impl AsRef<OsStr>]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_revsnn"));
+    let binary = std::env::var_os("REVSNN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_revsnn")));
+    let mut command = Command::new(binary);
     command.args(args);
     command
 }

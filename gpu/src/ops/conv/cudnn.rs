@@ -346,20 +346,35 @@ fn run<D: Direction>(
     Ok(true)
 }
 
+/// Set (to anything), each new plan is printed to stderr with cuDNN's whole ranking: what a speed
+/// investigation needs to see which algorithms run and why the faster ones were passed over.
+pub const PLAN_LOG_VARIABLE: &str = "REVSNN_CUDNN_PLANS";
+
 /// The plan of direction `D` for `key`: descriptors, the algorithm [`choose`] takes from cuDNN's
 /// ranking (its math type set on the convolution descriptor) and its workspace size; `None` when
-/// no algorithm qualifies.
+/// no algorithm qualifies. Printed when [`PLAN_LOG_VARIABLE`] is set.
 fn plan<D: Direction>(
     handle: sys::cudnnHandle_t,
     key: &AlgorithmKey,
 ) -> Result<Option<Plan<D::Algo>>, GpuError> {
     let descriptors = Descriptors::new(key)?;
     let ranking = D::rank(handle, &descriptors)?;
+    let log = std::env::var_os(PLAN_LOG_VARIABLE).is_some();
+    let ranked = log.then(|| format!("{ranking:?}"));
     let Some(algorithm) = choose(ranking, requested_math(key)) else {
         return Ok(None);
     };
     descriptors.conv.set_math(algorithm.math)?;
     let workspace_bytes = D::workspace_bytes(handle, &descriptors, algorithm.algo)?;
+    if let Some(ranked) = ranked {
+        eprintln!(
+            "cuDNN plan: {} {key:?}: {:?} with {:?}, {workspace_bytes} workspace bytes; \
+             cuDNN's ranking: {ranked}",
+            D::NAME,
+            algorithm.algo,
+            algorithm.math
+        );
+    }
     Ok(Some(Plan {
         descriptors,
         algo: algorithm.algo,
@@ -561,6 +576,9 @@ const MAX_RANKED: usize = 16;
 trait Direction {
     type Algo: Copy + std::fmt::Debug;
 
+    /// The direction's cuDNN function, for the plan log.
+    const NAME: &'static str;
+
     /// The plans made so far for this direction.
     fn plans(cudnn: &mut Cudnn) -> &mut Plans<Self::Algo>;
 
@@ -599,6 +617,7 @@ struct Forward;
 
 impl Direction for Forward {
     type Algo = sys::cudnnConvolutionFwdAlgo_t;
+    const NAME: &'static str = "cudnnConvolutionForward";
 
     fn plans(cudnn: &mut Cudnn) -> &mut Plans<Self::Algo> {
         &mut cudnn.forward
@@ -649,6 +668,7 @@ struct BackwardData;
 
 impl Direction for BackwardData {
     type Algo = sys::cudnnConvolutionBwdDataAlgo_t;
+    const NAME: &'static str = "cudnnConvolutionBackwardData";
 
     fn plans(cudnn: &mut Cudnn) -> &mut Plans<Self::Algo> {
         &mut cudnn.backward_data
@@ -699,6 +719,7 @@ struct BackwardFilter;
 
 impl Direction for BackwardFilter {
     type Algo = sys::cudnnConvolutionBwdFilterAlgo_t;
+    const NAME: &'static str = "cudnnConvolutionBackwardFilter";
 
     fn plans(cudnn: &mut Cudnn) -> &mut Plans<Self::Algo> {
         &mut cudnn.backward_filter
