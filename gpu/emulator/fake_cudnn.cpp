@@ -15,7 +15,8 @@
 // The rankings are made to exercise a caller's choice: first an algorithm whose workspace exceeds
 // 256 MiB (forward) or a non-deterministic one (both backward passes), then deterministic ones,
 // each with the math type the convolution descriptor asks for (CUDNN_FMA_MATH stays FMA; otherwise
-// the first deterministic entry of f32 and 16-bit data is CUDNN_TENSOR_OP_MATH). A
+// the first deterministic entry of f32 data, and of 16-bit data under CUDNN_TENSOR_OP_MATH, is
+// CUDNN_TENSOR_OP_MATH). A
 // non-deterministic algorithm is that here too: every other call sums in the reverse order, as
 // atomics would reorder the sums, so a caller that takes one fails its bitwise tests.
 //
@@ -166,10 +167,15 @@ std::size_t workspace_of(const Problem& pb, Need need) {
 }
 
 // The math type a ranked entry carries: FMA when the descriptor asks for it; otherwise tensor
-// cores for the first deterministic entry of f32 and 16-bit data and the default math for the rest.
+// cores for the first deterministic entry of f32 data, and of 16-bit data only where the
+// descriptor asks for tensor cores, as cuDNN 9 ranks (on an H200, under the default math every
+// 16-bit entry carried the default math and ran without tensor cores); the default math for the
+// rest.
 int ranked_math(const Problem& pb, bool first_deterministic) {
     if (pb.conv->math == CUDNN_FMA_MATH) return CUDNN_FMA_MATH;
-    return pb.type != CUDNN_DATA_DOUBLE && first_deterministic ? CUDNN_TENSOR_OP_MATH : CUDNN_DEFAULT_MATH;
+    const bool half = pb.type == CUDNN_DATA_HALF || pb.type == CUDNN_DATA_BFLOAT16;
+    const bool tensor_cores = half ? pb.conv->math == CUDNN_TENSOR_OP_MATH : pb.type == CUDNN_DATA_FLOAT;
+    return tensor_cores && first_deterministic ? CUDNN_TENSOR_OP_MATH : CUDNN_DEFAULT_MATH;
 }
 
 struct Entry {
