@@ -38,7 +38,8 @@ header = next((r for r in rows if "Kernel Name" in r and "gpu__time_duration.sum
 if header is None:
     sys.exit("no kernel table in the log (ncu failed or was cut short)")
 name, duration = header.index("Kernel Name"), header.index("gpu__time_duration.sum")
-scale = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}
+scale = {"ns": 1e-6, "nsecond": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0,
+         "s": 1e3, "second": 1e3}
 unit = 1.0
 per_name = defaultdict(lambda: [0, 0.0])
 for r in rows[rows.index(header) + 1:]:
