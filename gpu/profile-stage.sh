@@ -15,13 +15,15 @@ PROFILE_MODEL=${PROFILE_MODEL:-revsresnet37}
 PROFILE_BATCH=${PROFILE_BATCH:-64}
 PROFILE_PRECISIONS=${PROFILE_PRECISIONS:-bf16,fp16,tf32}
 STAGE_END=$((SECONDS + PROFILE_BUDGET_S))
-NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null |
+  head -n 1)
 for p in ${PROFILE_PRECISIONS//,/ }; do
-  bench=("$REVSNN" bench --device cuda --precision "$p" --model "$PROFILE_MODEL" --batch "$PROFILE_BATCH" --steps 1 --json)
+  bench=("$REVSNN" bench --device cuda --precision "$p" --model "$PROFILE_MODEL"
+    --batch "$PROFILE_BATCH" --steps 1 --json)
   REVSNN_CUDNN_PLANS=1 run_logged "profile-plans-$p" 60 "${bench[@]}" || status=1
-  section "cuDNN plans, $PROFILE_MODEL batch $PROFILE_BATCH, $p: how many shapes took each algorithm"
-  sed -n 's/^cuDNN plan: \(cudnnConvolution[A-Za-z]*\) .*}: \([A-Z_0-9]*\) with \([A-Z_]*\),.*/\1 \2 \3/p' \
-    "$OUT_DIR/profile-plans-$p.log" | sort | uniq -c | sort -rn >>"$REPORT"
+  section "cuDNN plans, $PROFILE_MODEL batch $PROFILE_BATCH, $p: shapes per algorithm"
+  plan='^cuDNN plan: \(cudnnConvolution[A-Za-z]*\) .*}: \([A-Z_0-9]*\) with \([A-Z_]*\),.*'
+  sed -n "s/$plan/\\1 \\2 \\3/p" "$OUT_DIR/profile-plans-$p.log" | sort | uniq -c | sort -rn >>"$REPORT"
   end_section
   if [ -z "$NCU" ]; then
     echo "SKIP: profile-kernels-$p: Nsight Compute (ncu) is not on this machine" | tee -a "$REPORT"

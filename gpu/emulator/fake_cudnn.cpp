@@ -174,7 +174,8 @@ std::size_t workspace_of(const Problem& pb, Need need) {
 int ranked_math(const Problem& pb, bool first_deterministic) {
     if (pb.conv->math == CUDNN_FMA_MATH) return CUDNN_FMA_MATH;
     const bool half = pb.type == CUDNN_DATA_HALF || pb.type == CUDNN_DATA_BFLOAT16;
-    const bool tensor_cores = half ? pb.conv->math == CUDNN_TENSOR_OP_MATH : pb.type == CUDNN_DATA_FLOAT;
+    const bool tensor_cores =
+        half ? pb.conv->math == CUDNN_TENSOR_OP_MATH : pb.type == CUDNN_DATA_FLOAT;
     return tensor_cores && first_deterministic ? CUDNN_TENSOR_OP_MATH : CUDNN_DEFAULT_MATH;
 }
 
