@@ -331,6 +331,10 @@ impl Collective<Cuda<f32>> for Counting {
         self.group.start_all_reduce_sum(backend, x)
     }
 
+    fn join_started(&self, backend: &Cuda<f32>) -> Result<()> {
+        self.group.join_started(backend)
+    }
+
     fn wait_started(&self, backend: &Cuda<f32>) -> Result<()> {
         self.group.wait_started(backend)
     }
@@ -386,6 +390,12 @@ fn nccl_step(
     let waits_in_backward = waits() - before;
     let started_in_backward = group.started.get();
     let uses = reducer.finish(backend, &mut grads).unwrap();
+    assert_eq!(
+        waits() - before,
+        waits_in_backward,
+        "finish queues without a host wait"
+    );
+    group.wait_started(backend).unwrap();
     let waits = waits() - before;
     let bits = grads
         .tensors()

@@ -155,6 +155,15 @@ impl Communicator {
         Ok(sum)
     }
 
+    /// Makes the compute stream wait for every all-reduce started, without waiting on the host:
+    /// work queued after this reads their sums (nothing to do when none was started).
+    pub fn join_started(&self) -> Result<(), GpuError> {
+        if self.lock_in_flight().is_empty() {
+            return Ok(());
+        }
+        self.join_compute_stream()
+    }
+
     /// Makes the compute stream wait for every all-reduce started, then waits for it on the
     /// host once (nothing to do when none was started).
     pub fn wait_started(&self) -> Result<(), GpuError> {

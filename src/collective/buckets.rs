@@ -83,9 +83,10 @@ impl<'g, B: Backend> GradReducer<'g, B> {
     }
 
     /// Hands over every gradient of `grads` not handed over yet (in store order), starts the
-    /// last buckets, waits once for every bucket of the backward and replaces each gradient by
-    /// its mean over the ranks. Returns the contribution counts this backward made: the plan of
-    /// the next step's.
+    /// last buckets, orders the device after every bucket of the backward and replaces each
+    /// gradient by its mean over the ranks, all queued without a host wait: the caller waits with
+    /// [`Collective::wait_started`] before it reads anything back. Returns the contribution
+    /// counts this backward made: the plan of the next step's.
     pub fn finish(mut self, backend: &B, grads: &mut Grads<B>) -> Result<UsePlan> {
         for index in 0..self.handed_over.len() {
             let id = ParamId(index);
@@ -94,7 +95,7 @@ impl<'g, B: Backend> GradReducer<'g, B> {
             }
         }
         self.start_pending(backend, grads)?;
-        self.group.wait_started(backend)?;
+        self.group.join_started(backend)?;
         let mean_factor = B::Elem::cast(1.0 / self.group.world_size() as f64);
         for bucket in &self.started {
             let sums = unflatten(backend, &bucket.sum, &bucket.shapes)?;

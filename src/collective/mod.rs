@@ -39,13 +39,23 @@ pub trait Collective<B: Backend> {
     fn all_reduce_sum(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor>;
 
     /// Starts [`Collective::all_reduce_sum`] of `x` without waiting for it, and returns the sum
-    /// to come: only work queued after [`Collective::wait_started`] may read it, and `x` must
-    /// not change before then. By default the all-reduce completes at once.
+    /// to come: only work queued after [`Collective::join_started`] may read it, and `x` must
+    /// not change before [`Collective::wait_started`]. By default the all-reduce completes at
+    /// once; an implementation that starts it for real overrides the two others too.
     fn start_all_reduce_sum(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
         self.all_reduce_sum(backend, x)
     }
 
-    /// Waits for every all-reduce started since the last wait (nothing to do by default).
+    /// Orders the work queued on `backend` from now on after every all-reduce started, without
+    /// waiting for them on the host, so the host can queue more work (the optimizer step) while
+    /// the device finishes them (nothing to do by default).
+    fn join_started(&self, _backend: &B) -> Result<()> {
+        Ok(())
+    }
+
+    /// Waits on the host for every all-reduce started since the last wait, watching for a rank
+    /// that died (nothing to do by default). It must come before any other read back from the
+    /// device: a plain read would wait forever for a collective that a dead rank never joins.
     fn wait_started(&self, _backend: &B) -> Result<()> {
         Ok(())
     }
@@ -64,7 +74,8 @@ pub fn average_grads<B: Backend>(
     grads: &mut Grads<B>,
 ) -> Result<()> {
     let reducer = GradReducer::new(group, grads.len(), usize::MAX, UsePlan::default());
-    reducer.finish(backend, grads).map(|_| ())
+    reducer.finish(backend, grads)?;
+    group.wait_started(backend)
 }
 
 /// Gives every rank rank 0's BatchNorm running statistics: an all-reduce to which the other

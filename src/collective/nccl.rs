@@ -103,6 +103,10 @@ impl<E: GpuElement> Collective<Cuda<E>> for NcclGroup {
             .map_err(|e| self.error(e))
     }
 
+    fn join_started(&self, _backend: &Cuda<E>) -> Result<()> {
+        self.communicator.join_started().map_err(|e| self.error(e))
+    }
+
     fn wait_started(&self, _backend: &Cuda<E>) -> Result<()> {
         self.communicator.wait_started().map_err(|e| self.error(e))
     }

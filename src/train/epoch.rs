@@ -273,8 +273,9 @@ struct StepOutcome {
 /// the step skipped on every rank alike ([`unscale`]: one read of the gradients' non-finite
 /// count). With several ranks the step also carries their vote on stopping
 /// ([`Rank::start_stop_vote`]). The optimizer step is queued before anything else is read back,
-/// so the device runs the whole step without waiting for the host; then one read brings the
-/// loss, the logits and the vote, and one the parameters' non-finite count. A non-finite loss is
+/// the wait for the ranks' all-reduces included (in fp16 the unscaling reads first), so the
+/// device runs the whole step without waiting for the host; then one read brings the loss, the
+/// logits and the vote, and one the parameters' non-finite count. A non-finite loss is
 /// reported first, as the step that produced it (the stepped parameters are never saved), then
 /// non-finite parameters.
 fn checked_step<B: Compute>(
@@ -297,13 +298,17 @@ fn checked_step<B: Compute>(
     let (output, mut grads) = forward_backward(backend, network, data, batch, loss_scale, hooks)?;
     rank.average_grads(reducer, backend, &mut grads)?;
     let skipped = match &mut learner.scaler {
-        Some(scaler) => unscale(backend, scaler, &mut grads)? == StepAction::Skip,
+        Some(scaler) => {
+            rank.wait_collectives(backend)?;
+            unscale(backend, scaler, &mut grads)? == StepAction::Skip
+        }
         None => false,
     };
     let store = &mut learner.network.store;
     if !skipped {
         learner.optimizer.step(backend, store, &grads, place.lr)?;
     }
+    rank.wait_collectives(backend)?;
     let (loss, score, votes) = read_step(backend, &output, &labels, stop_votes.as_ref())?;
     rank.record_stop_votes(votes);
     let non_finite = if skipped {

@@ -241,8 +241,9 @@ impl<B: Backend> Rank<B> {
         Some(GradReducer::new(group, entries, BUCKET_BYTES, plan))
     }
 
-    /// Replaces `grads` by their mean over the ranks: waits for `reducer`'s buckets (nothing to
-    /// do alone) and keeps what the backward contributed for the next step's reducer.
+    /// Replaces `grads` by their mean over the ranks, queued after `reducer`'s buckets without
+    /// a host wait (nothing to do alone), and keeps what the backward contributed for the next
+    /// step's reducer. [`Rank::wait_collectives`] must come before anything is read back.
     pub fn average_grads(
         &self,
         reducer: Option<GradReducer<'_, B>>,
@@ -255,9 +256,20 @@ impl<B: Backend> Rank<B> {
         Ok(())
     }
 
+    /// Waits on the host for the step's started all-reduces (its gradient buckets and its stop
+    /// vote), watching for a rank that died (nothing to do alone, or once waited). Called after
+    /// the optimizer step is queued, the device runs on from the backward into it instead of
+    /// idling while the host queues it.
+    pub fn wait_collectives(&self, backend: &B) -> Result<()> {
+        match &self.group {
+            Some(group) => group.wait_started(backend),
+            None => Ok(()),
+        }
+    }
+
     /// Starts this step's vote on stopping: 1 where Ctrl-C asked this rank's process to stop
     /// ([`interrupt::requested`]), else 0, summed over the ranks. Started before the forward, it
-    /// completes with the step's gradient all-reduces ([`Rank::average_grads`] waits for both at
+    /// completes with the step's gradient all-reduces ([`Rank::wait_collectives`] waits for both at
     /// once), and its count is read back with the step's loss, then given to
     /// [`Rank::record_stop_votes`]. `None` alone: one rank reads the request itself.
     pub fn start_stop_vote(&self, backend: &B) -> Result<Option<B::Tensor>> {
