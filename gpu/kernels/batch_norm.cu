@@ -244,27 +244,29 @@ __device__ void bn_grad_partial(const E* __restrict__ x, const E* __restrict__ g
         partial, channels, inner, per_channel, chunks, chunk_len);
 }
 
-// sums = [sum dy (C), sum dy x_hat (C)] in double; grad_beta = sum dy, grad_gamma = sum dy x_hat in E.
+// means = [sum dy / n (C), sum dy x_hat / n (C)] in double, once per channel for the input
+// gradient; grad_beta = sum dy, grad_gamma = sum dy x_hat in E.
 template <typename E>
-__device__ void bn_grad_finalize(const double* __restrict__ partial, double* __restrict__ sums, E* __restrict__ grad_gamma,
-                                 E* __restrict__ grad_beta, long long channels, long long chunks) {
+__device__ void bn_grad_finalize(const double* __restrict__ partial, double* __restrict__ means, E* __restrict__ grad_gamma,
+                                 E* __restrict__ grad_beta, long long channels, long long chunks, long long per_channel) {
+    const double count = (double)per_channel;
     channel_totals<2>(
         [&](long long c, const double* totals) {
-            sums[c] = totals[0];
-            sums[channels + c] = totals[1];
+            means[c] = totals[0] / count;
+            means[channels + c] = totals[1] / count;
             grad_beta[c] = (E)totals[0];
             grad_gamma[c] = (E)totals[1];
         },
         partial, channels, chunks);
 }
 
-// train: dx = gamma_c inv_std_c (dy - sum dy / n - x_hat sum dy x_hat / n); eval: dx = gamma_c inv_std_c dy.
+// train: dx = gamma_c inv_std_c (dy - sum dy / n - x_hat sum dy x_hat / n), the two means from
+// bn_grad_finalize; eval: dx = gamma_c inv_std_c dy.
 template <typename E>
 __device__ void bn_backward_input(const E* __restrict__ x, const E* __restrict__ grad_y, E* __restrict__ grad_x,
                                   const double* __restrict__ mean, const double* __restrict__ inv_std,
-                                  const E* __restrict__ gamma, const double* __restrict__ sums, long long channels,
-                                  long long inner, long long total, long long per_channel, int train) {
-    const double count = (double)per_channel;
+                                  const E* __restrict__ gamma, const double* __restrict__ means, long long channels,
+                                  long long inner, long long total, int train) {
     const bool narrow = total <= 0xffffffffLL;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
          k += (long long)gridDim.x * blockDim.x) {
@@ -272,7 +274,7 @@ __device__ void bn_backward_input(const E* __restrict__ x, const E* __restrict__
         const double scale = (double)gamma[c] * inv_std[c];
         const double dy = (double)grad_y[k];
         if (train) {
-            const double mean_dy = sums[c] / count, mean_dy_xhat = sums[channels + c] / count;
+            const double mean_dy = means[c], mean_dy_xhat = means[channels + c];
             const double x_hat = ((double)x[k] - mean[c]) * inv_std[c];
             grad_x[k] = (E)(scale * (dy - mean_dy - x_hat * mean_dy_xhat));
         } else {
@@ -320,17 +322,16 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
                                                         long long chunk_len) {                                      \
         bn_grad_partial<E>(x, grad_y, mean, inv_std, partial, channels, inner, per_channel, chunks, chunk_len);     \
     }                                                                                                              \
-    extern "C" __global__ void bn_grad_finalize_##SUFFIX(const double* partial, double* sums, E* grad_gamma,        \
-                                                         E* grad_beta, long long channels, long long chunks) {      \
-        bn_grad_finalize<E>(partial, sums, grad_gamma, grad_beta, channels, chunks);                                \
+    extern "C" __global__ void bn_grad_finalize_##SUFFIX(const double* partial, double* means, E* grad_gamma,       \
+                                                         E* grad_beta, long long channels, long long chunks,        \
+                                                         long long per_channel) {                                   \
+        bn_grad_finalize<E>(partial, means, grad_gamma, grad_beta, channels, chunks, per_channel);                  \
     }                                                                                                              \
     extern "C" __global__ void bn_backward_input_##SUFFIX(const E* x, const E* grad_y, E* grad_x,                   \
                                                           const double* mean, const double* inv_std,                \
-                                                          const E* gamma, const double* sums, long long channels,   \
-                                                          long long inner, long long total, long long per_channel,  \
-                                                          int train) {                                              \
-        bn_backward_input<E>(x, grad_y, grad_x, mean, inv_std, gamma, sums, channels, inner, total, per_channel,    \
-                             train);                                                                                \
+                                                          const E* gamma, const double* means, long long channels,  \
+                                                          long long inner, long long total, int train) {            \
+        bn_backward_input<E>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, train);        \
     }                                                                                                              \
     extern "C" __global__ void bn_update_running_##SUFFIX(const E* running_mean, const E* running_var,              \
                                                           const E* batch_mean, const E* batch_var, E* new_mean,     \

@@ -352,7 +352,7 @@ pub fn backward<E: GpuElement>(
     // SAFETY: pass 1 writes both sums' `C chunks` partials before pass 2 reads them.
     let mut partial = unsafe { device.alloc::<f64>(2 * blocks) }?;
     // SAFETY (the three): pass 2 writes every channel of each.
-    let mut sums = unsafe { device.alloc::<f64>(2 * channels) }?;
+    let mut means = unsafe { device.alloc::<f64>(2 * channels) }?;
     let mut grad_gamma = unsafe { device.alloc::<E>(channels) }?;
     let mut grad_beta = unsafe { device.alloc::<E>(channels) }?;
 
@@ -379,13 +379,14 @@ pub fn backward<E: GpuElement>(
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(partial.slice())
-        .arg(sums.slice_mut())
+        .arg(means.slice_mut())
         .arg(grad_gamma.slice_mut())
         .arg(grad_beta.slice_mut())
         .arg(&c)
-        .arg(&chunks);
-    // SAFETY: matches `bn_grad_finalize_<E>(partial, sums, grad_gamma, grad_beta, channels,
-    // chunks)`; sums holds 2 C elements, the gradients C.
+        .arg(&chunks)
+        .arg(&n);
+    // SAFETY: matches `bn_grad_finalize_<E>(partial, means, grad_gamma, grad_beta, channels,
+    // chunks, per_channel)`; means holds 2 C elements, the gradients C.
     unsafe { launch.launch(reduce_launch(channels)) }
         .map_err(GpuError::driver("launching bn_grad_finalize"))?;
 
@@ -404,14 +405,13 @@ pub fn backward<E: GpuElement>(
         .arg(context.mean.slice())
         .arg(context.inv_std.slice())
         .arg(context.gamma.slice())
-        .arg(sums.slice())
+        .arg(means.slice())
         .arg(&c)
         .arg(&inner)
         .arg(&total)
-        .arg(&n)
         .arg(&train);
-    // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, sums,
-    // channels, inner, total, per_channel, train)`; sizes as above.
+    // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
+    // channels, inner, total, train)`; sizes as above.
     unsafe { launch.launch(elementwise_launch(layout.total)) }
         .map_err(GpuError::driver("launching bn_backward_input"))?;
 
