@@ -23,7 +23,8 @@ for p in ${PROFILE_PRECISIONS//,/ }; do
   REVSNN_CUDNN_PLANS=1 run_logged "profile-plans-$p" 60 "${bench[@]}" || status=1
   section "cuDNN plans, $PROFILE_MODEL batch $PROFILE_BATCH, $p: shapes per algorithm"
   plan='^cuDNN plan: \(cudnnConvolution[A-Za-z]*\) .*}: \([A-Z_0-9]*\) with \([A-Z_]*\),.*'
-  sed -n "s/$plan/\\1 \\2 \\3/p" "$OUT_DIR/profile-plans-$p.log" | sort | uniq -c | sort -rn >>"$REPORT"
+  sed -n "s/$plan/\\1 \\2 \\3/p" "$OUT_DIR/profile-plans-$p.log" | sort | uniq -c | sort -rn \
+    >>"$REPORT"
   end_section
   if [ -z "$NCU" ]; then
     echo "SKIP: profile-kernels-$p: Nsight Compute (ncu) is not on this machine" | tee -a "$REPORT"

@@ -286,8 +286,8 @@ fn a_full_disk_stops_training_with_a_clear_error_and_resume_continues_the_run() 
         }
         let checkpoint = out.join("last.safetensors").display().to_string();
         ok(output({
-            let mut eval = Command::new(env!("CARGO_BIN_EXE_revsnn"));
-            eval.args(["eval", "--device", "cpu", "--checkpoint", &checkpoint]);
+            let mut eval =
+                revsnn_command(&["eval", "--device", "cpu", "--checkpoint", &checkpoint]);
             eval.args(["--spec", &spec]);
             eval.args(["--test-samples", "16"]);
             eval
