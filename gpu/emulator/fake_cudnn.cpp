@@ -14,11 +14,9 @@
 //
 // The rankings are made to exercise a caller's choice: first an algorithm whose workspace exceeds
 // 256 MiB (forward) or a non-deterministic one (both backward passes), then deterministic ones,
-// each with the math type the convolution descriptor asks for (CUDNN_FMA_MATH stays FMA; otherwise
-// the first deterministic entry of f32 data, and of 16-bit data under CUDNN_TENSOR_OP_MATH, is
-// CUDNN_TENSOR_OP_MATH). A
-// non-deterministic algorithm is that here too: every other call sums in the reverse order, as
-// atomics would reorder the sums, so a caller that takes one fails its bitwise tests.
+// each with the math type `ranked_math` gives. A non-deterministic algorithm is that here too:
+// every other call sums in the reverse order, as atomics would reorder the sums, so a caller that
+// takes one fails its bitwise tests.
 //
 // Arithmetic: f32 inputs are rounded to TF32 (10-bit mantissa) unless the descriptor's math type
 // is CUDNN_FMA_MATH, as tensor cores do, and 16-bit inputs are widened exactly; every output
