@@ -45,6 +45,14 @@ struct dim3 {
     constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
 };
 
+// The vector types the kernels load and store whole, with CUDA's sizes and alignments.
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
+
 namespace emu {
 // Defined in emulator.cpp; valid while a kernel runs (under the launch lock).
 extern uint3 thread_idx;

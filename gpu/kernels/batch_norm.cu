@@ -57,36 +57,53 @@ __device__ void for_each_chunk(Reduce reduce, long long channels, long long per_
     }
 }
 
-// visit(k) on the flat index k of each element j = start + t, start + t + BN_THREADS, ... < end of
-// channel c that thread t takes, in order.
-template <typename Visit>
-__device__ __forceinline__ void walk_chunk(Visit visit, long long c, long long start, long long end,
+// The elements j = start + t, start + t + BN_THREADS, ... < end of channel c that thread t takes:
+// add(load(k)) on each one's flat index k, in order. The loads of WALK_UNROLL consecutive elements
+// are issued before their adds, so each thread keeps that many loads in flight (one at a time
+// leaves the reductions bound by memory latency, not bandwidth); the order of the adds is the same.
+#define WALK_UNROLL 4
+template <typename Load, typename Add>
+__device__ __forceinline__ void walk_chunk(Load load, Add add, long long c, long long start, long long end,
                                            long long channels, long long inner) {
     long long j = start + threadIdx.x;
     if (j >= end) return;
     const long long step_b = BN_THREADS / inner, step_i = BN_THREADS % inner;
     long long b = j / inner, i = j % inner;
-    for (; j < end; j += BN_THREADS) {
-        visit((b * channels + c) * inner + i);
-        b += step_b;
-        i += step_i;
-        if (i >= inner) {
-            i -= inner;
-            ++b;
+    while (j < end) {
+        decltype(load(0LL)) values[WALK_UNROLL];
+        int loaded = 0;
+#pragma unroll
+        for (int u = 0; u < WALK_UNROLL; ++u) {
+            if (j < end) {
+                values[u] = load((b * channels + c) * inner + i);
+                ++loaded;
+                j += BN_THREADS;
+                b += step_b;
+                i += step_i;
+                if (i >= inner) {
+                    i -= inner;
+                    ++b;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < WALK_UNROLL; ++u) {
+            if (u < loaded) add(values[u]);
         }
     }
 }
 
-// Pass 1 of plain sums: term(k, c, acc) adds element k's terms (of channel c) to acc[0..SUMS).
-template <int SUMS, typename Term>
-__device__ void partial_sums(Term term, double* partial, long long channels, long long inner,
+// Pass 1 of plain sums: add(load(k), c, acc) adds element k's terms (of channel c) to acc[0..SUMS).
+template <int SUMS, typename Load, typename Add>
+__device__ void partial_sums(Load load, Add add, double* partial, long long channels, long long inner,
                              long long per_channel, long long chunks, long long chunk_len) {
     __shared__ double buf[BN_THREADS];
     for_each_chunk(
         [&](long long c, long long chunk, long long start, long long end) {
             double acc[SUMS];
             for (int s = 0; s < SUMS; ++s) acc[s] = 0.0;
-            walk_chunk([&](long long k) { term(k, c, acc); }, c, start, end, channels, inner);
+            using Value = decltype(load(0LL));
+            walk_chunk(load, [&](const Value& value) { add(value, c, acc); }, c, start, end, channels, inner);
             for (int s = 0; s < SUMS; ++s) {
                 const double total = block_sum(acc[s], buf);
                 if (threadIdx.x == 0) partial[((long long)s * channels + c) * chunks + chunk] = total;
@@ -168,7 +185,8 @@ __device__ void bn_moments_partial(const E* __restrict__ x, double* __restrict__
     for_each_chunk(
         [&](long long c, long long chunk, long long start, long long end) {
             ShiftedSums sums = {0.0, 0.0, 0.0, 0.0};
-            walk_chunk([&](long long k) { add_value(sums, (double)x[k]); }, c, start, end, channels, inner);
+            walk_chunk([&](long long k) { return (double)x[k]; }, [&](double v) { add_value(sums, v); }, c, start,
+                       end, channels, inner);
             const Moments total = block_merge(moments_of(sums), buf);
             if (threadIdx.x == 0) {
                 const double values[3] = {total.count, total.mean, total.m2};
@@ -216,32 +234,115 @@ __device__ void bn_eval_constants(const E* __restrict__ running_mean, const E* _
     }
 }
 
+// The elementwise kernels below take `width` consecutive elements per thread: BN_VEC when inner is
+// a multiple of BN_VEC (so a group lies in one channel), else 1. The channel is found once per
+// group, and a group loads and stores as one 16-byte vector where its pointers allow (`vector`,
+// the same for every group: the buffers' bases are 16-byte aligned); each element's arithmetic
+// is the same either way.
+#define BN_VEC 4
+
+__device__ __forceinline__ bool aligned16(const void* p) { return (unsigned long long)p % 16 == 0; }
+
+// A group of BN_VEC consecutive elements, widened to double, and back.
+__device__ __forceinline__ void load_group(const float* p, double v[BN_VEC], bool vector) {
+    if (vector) {
+        const float4 q = *reinterpret_cast<const float4*>(p);
+        v[0] = q.x;
+        v[1] = q.y;
+        v[2] = q.z;
+        v[3] = q.w;
+    } else {
+        for (int u = 0; u < BN_VEC; ++u) v[u] = p[u];
+    }
+}
+__device__ __forceinline__ void load_group(const double* p, double v[BN_VEC], bool vector) {
+    if (vector) {
+        const double2 lo = reinterpret_cast<const double2*>(p)[0], hi = reinterpret_cast<const double2*>(p)[1];
+        v[0] = lo.x;
+        v[1] = lo.y;
+        v[2] = hi.x;
+        v[3] = hi.y;
+    } else {
+        for (int u = 0; u < BN_VEC; ++u) v[u] = p[u];
+    }
+}
+__device__ __forceinline__ void store_group(float* p, const double v[BN_VEC], bool vector) {
+    if (vector) {
+        float4 q;
+        q.x = (float)v[0];
+        q.y = (float)v[1];
+        q.z = (float)v[2];
+        q.w = (float)v[3];
+        *reinterpret_cast<float4*>(p) = q;
+    } else {
+        for (int u = 0; u < BN_VEC; ++u) p[u] = (float)v[u];
+    }
+}
+__device__ __forceinline__ void store_group(double* p, const double v[BN_VEC], bool vector) {
+    if (vector) {
+        double2 lo, hi;
+        lo.x = v[0];
+        lo.y = v[1];
+        hi.x = v[2];
+        hi.y = v[3];
+        reinterpret_cast<double2*>(p)[0] = lo;
+        reinterpret_cast<double2*>(p)[1] = hi;
+    } else {
+        for (int u = 0; u < BN_VEC; ++u) p[u] = v[u];
+    }
+}
+
+// group(k, c) for each group of `width` elements k, ..., k + width - 1 of channel c, with a
+// grid stride over the groups.
+template <typename Group>
+__device__ __forceinline__ void for_each_group(Group group, long long channels, long long inner, long long total,
+                                               long long width) {
+    const bool narrow = total <= 0xffffffffLL;
+    const long long groups = total / width;
+    for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
+         g += (long long)gridDim.x * blockDim.x) {
+        const long long k = g * width;
+        group(k, channel_of(k, inner, channels, narrow));
+    }
+}
+
 // y = gamma_c inv_std_c (x - mean_c) + beta_c over every element.
 template <typename E>
 __device__ void bn_normalise(const E* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
                              const double* __restrict__ inv_std, const E* __restrict__ gamma, const E* __restrict__ beta,
-                             long long channels, long long inner, long long total) {
-    const bool narrow = total <= 0xffffffffLL;
-    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
-         k += (long long)gridDim.x * blockDim.x) {
-        const long long c = channel_of(k, inner, channels, narrow);
-        const double scale = (double)gamma[c] * inv_std[c];
-        y[k] = (E)(scale * ((double)x[k] - mean[c]) + (double)beta[c]);
-    }
+                             long long channels, long long inner, long long total, long long width) {
+    const bool vector = aligned16(x) && aligned16(y);
+    for_each_group(
+        [&](long long k, long long c) {
+            const double scale = (double)gamma[c] * inv_std[c], shift = mean[c], offset = (double)beta[c];
+            if (width == BN_VEC) {
+                double v[BN_VEC];
+                load_group(x + k, v, vector);
+                for (int u = 0; u < BN_VEC; ++u) v[u] = scale * (v[u] - shift) + offset;
+                store_group(y + k, v, vector);
+            } else {
+                y[k] = (E)(scale * ((double)x[k] - shift) + offset);
+            }
+        },
+        channels, inner, total, width);
 }
+
+// An element's gradient and input, as the backward's sums read them.
+struct GradAndInput {
+    double dy, x;
+};
 
 // sum_j dy and sum_j dy x_hat with x_hat = (x - mean_c) inv_std_c.
 template <typename E>
 __device__ void bn_grad_partial(const E* __restrict__ x, const E* __restrict__ grad_y, const double* __restrict__ mean,
                                 const double* __restrict__ inv_std, double* __restrict__ partial, long long channels,
                                 long long inner, long long per_channel, long long chunks, long long chunk_len) {
-    partial_sums<2>(
-        [&](long long k, long long c, double* acc) {
-            const double dy = (double)grad_y[k];
-            acc[0] += dy;
-            acc[1] += dy * ((double)x[k] - mean[c]) * inv_std[c];
-        },
-        partial, channels, inner, per_channel, chunks, chunk_len);
+    partial_sums<2>([&](long long k) { return GradAndInput{(double)grad_y[k], (double)x[k]}; },
+                    [&](const GradAndInput& v, long long c, double* acc) {
+                        acc[0] += v.dy;
+                        acc[1] += v.dy * (v.x - mean[c]) * inv_std[c];
+                    },
+                    partial, channels, inner, per_channel, chunks, chunk_len);
 }
 
 // means = [sum dy / n (C), sum dy x_hat / n (C)] in double, once per channel for the input
@@ -262,25 +363,37 @@ __device__ void bn_grad_finalize(const double* __restrict__ partial, double* __r
 
 // train: dx = gamma_c inv_std_c (dy - sum dy / n - x_hat sum dy x_hat / n), the two means from
 // bn_grad_finalize; eval: dx = gamma_c inv_std_c dy.
+__device__ __forceinline__ double bn_input_grad(double dy, double x, double scale, double mean, double inv_std,
+                                                double mean_dy, double mean_dy_xhat, int train) {
+    if (!train) return scale * dy;
+    const double x_hat = (x - mean) * inv_std;
+    return scale * (dy - mean_dy - x_hat * mean_dy_xhat);
+}
+
 template <typename E>
 __device__ void bn_backward_input(const E* __restrict__ x, const E* __restrict__ grad_y, E* __restrict__ grad_x,
                                   const double* __restrict__ mean, const double* __restrict__ inv_std,
                                   const E* __restrict__ gamma, const double* __restrict__ means, long long channels,
-                                  long long inner, long long total, int train) {
-    const bool narrow = total <= 0xffffffffLL;
-    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
-         k += (long long)gridDim.x * blockDim.x) {
-        const long long c = channel_of(k, inner, channels, narrow);
-        const double scale = (double)gamma[c] * inv_std[c];
-        const double dy = (double)grad_y[k];
-        if (train) {
-            const double mean_dy = means[c], mean_dy_xhat = means[channels + c];
-            const double x_hat = ((double)x[k] - mean[c]) * inv_std[c];
-            grad_x[k] = (E)(scale * (dy - mean_dy - x_hat * mean_dy_xhat));
-        } else {
-            grad_x[k] = (E)(scale * dy);
-        }
-    }
+                                  long long inner, long long total, long long width, int train) {
+    const bool vector = aligned16(x) && aligned16(grad_y) && aligned16(grad_x);
+    for_each_group(
+        [&](long long k, long long c) {
+            const double scale = (double)gamma[c] * inv_std[c], shift = mean[c], inv = inv_std[c];
+            const double mean_dy = train ? means[c] : 0.0, mean_dy_xhat = train ? means[channels + c] : 0.0;
+            if (width == BN_VEC) {
+                double dy[BN_VEC], xs[BN_VEC] = {0.0, 0.0, 0.0, 0.0};
+                load_group(grad_y + k, dy, vector);
+                if (train) load_group(x + k, xs, vector);
+                for (int u = 0; u < BN_VEC; ++u) {
+                    dy[u] = bn_input_grad(dy[u], xs[u], scale, shift, inv, mean_dy, mean_dy_xhat, train);
+                }
+                store_group(grad_x + k, dy, vector);
+            } else {
+                const double xk = train ? (double)x[k] : 0.0;
+                grad_x[k] = (E)bn_input_grad((double)grad_y[k], xk, scale, shift, inv, mean_dy, mean_dy_xhat, train);
+            }
+        },
+        channels, inner, total, width);
 }
 
 // running = (1 - momentum) running + momentum batch, in double, per channel.
@@ -313,8 +426,8 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
     }                                                                                                              \
     extern "C" __global__ void bn_normalise_##SUFFIX(const E* x, E* y, const double* mean, const double* inv_std,   \
                                                      const E* gamma, const E* beta, long long channels,             \
-                                                     long long inner, long long total) {                            \
-        bn_normalise<E>(x, y, mean, inv_std, gamma, beta, channels, inner, total);                                  \
+                                                     long long inner, long long total, long long width) {            \
+        bn_normalise<E>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width);                           \
     }                                                                                                              \
     extern "C" __global__ void bn_grad_partial_##SUFFIX(const E* x, const E* grad_y, const double* mean,            \
                                                         const double* inv_std, double* partial, long long channels, \
@@ -330,8 +443,9 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
     extern "C" __global__ void bn_backward_input_##SUFFIX(const E* x, const E* grad_y, E* grad_x,                   \
                                                           const double* mean, const double* inv_std,                \
                                                           const E* gamma, const double* means, long long channels,  \
-                                                          long long inner, long long total, int train) {            \
-        bn_backward_input<E>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, train);        \
+                                                          long long inner, long long total, long long width,        \
+                                                          int train) {                                              \
+        bn_backward_input<E>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, width, train); \
     }                                                                                                              \
     extern "C" __global__ void bn_update_running_##SUFFIX(const E* running_mean, const E* running_var,              \
                                                           const E* batch_mean, const E* batch_var, E* new_mean,     \

@@ -104,6 +104,18 @@ impl Layout {
     }
 }
 
+/// The elements per thread of the elementwise kernels (`width` in batch_norm.cu): `BN_VEC`
+/// consecutive ones when `inner` is a multiple of it, so that a group lies in one channel and
+/// loads as one vector, else 1.
+fn group_width(layout: &Layout) -> usize {
+    const BN_VEC: usize = 4;
+    if layout.inner.is_multiple_of(BN_VEC) {
+        BN_VEC
+    } else {
+        1
+    }
+}
+
 /// A launch of `blocks` reduction blocks (capped: the kernels loop with a grid stride).
 fn reduce_launch(blocks: usize) -> LaunchConfig {
     LaunchConfig {
@@ -131,11 +143,9 @@ fn normalise<E: GpuElement>(
     let mut y = unsafe { device.alloc::<E>(layout.total) }?;
     if layout.total > 0 {
         let function = kernel::<E>(device, "bn_normalise")?;
-        let (channels, inner, total) = (
-            layout.channels as i64,
-            layout.inner as i64,
-            layout.total as i64,
-        );
+        let width = group_width(layout);
+        let [channels, inner, total, width_arg] =
+            [layout.channels, layout.inner, layout.total, width].map(|v| v as i64);
         let mut launch = device.stream().launch_builder(&function);
         launch
             .arg(x.slice())
@@ -146,10 +156,12 @@ fn normalise<E: GpuElement>(
             .arg(beta.slice())
             .arg(&channels)
             .arg(&inner)
-            .arg(&total);
+            .arg(&total)
+            .arg(&width_arg);
         // SAFETY: matches `bn_normalise_<E>(x, y, mean, inv_std, gamma, beta, channels, inner,
-        // total)`; x and y hold `total` elements, the four vectors `channels` (checked by callers).
-        unsafe { launch.launch(elementwise_launch(layout.total)) }
+        // total, width)`; x and y hold `total` elements, the four vectors `channels` (checked by
+        // callers); `width` divides `inner`, hence `total`.
+        unsafe { launch.launch(elementwise_launch(layout.total / width)) }
             .map_err(GpuError::driver("launching bn_normalise"))?;
     }
     CudaTensor::new(y, x.shape())
@@ -393,8 +405,10 @@ pub fn backward<E: GpuElement>(
     // SAFETY: the kernel writes all `total` elements (total >= 1 here).
     let mut grad_x = unsafe { device.alloc::<E>(layout.total) }?;
     let function = kernel::<E>(device, "bn_backward_input")?;
-    let (total, train) = (
+    let width = group_width(&layout);
+    let (total, width_arg, train) = (
         layout.total as i64,
+        width as i64,
         (context.mode == BatchNormMode::Train) as i32,
     );
     let mut launch = stream.launch_builder(&function);
@@ -409,10 +423,11 @@ pub fn backward<E: GpuElement>(
         .arg(&c)
         .arg(&inner)
         .arg(&total)
+        .arg(&width_arg)
         .arg(&train);
     // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
-    // channels, inner, total, train)`; sizes as above.
-    unsafe { launch.launch(elementwise_launch(layout.total)) }
+    // channels, inner, total, width, train)`; sizes as above, `width` divides `total`.
+    unsafe { launch.launch(elementwise_launch(layout.total / width)) }
         .map_err(GpuError::driver("launching bn_backward_input"))?;
 
     Ok(BatchNormGrads {
