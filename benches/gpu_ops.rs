@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use criterion::{
-    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+    BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
@@ -121,22 +121,6 @@ fn gpu_ops(c: &mut Criterion) {
     }
     gpu.device().allow_tf32(false).unwrap();
 
-    let x = random(&gpu, &[IMAGES, 64, 32, 32], 7, false);
-    let (gamma, beta) = (random(&gpu, &[64], 8, false), random(&gpu, &[64], 9, false));
-    let bn = BatchNormParams::default();
-    let (_, _, context) = gpu.batch_norm_train_forward(&x, &gamma, &beta, bn).unwrap();
-    bench(
-        &mut group,
-        &gpu,
-        "batch_norm_64ch_32x32_train_forward",
-        || {
-            gpu.batch_norm_train_forward(&x, &gamma, &beta, bn).unwrap();
-        },
-    );
-    bench(&mut group, &gpu, "batch_norm_64ch_32x32_backward", || {
-        gpu.batch_norm_backward(&x, &context).unwrap();
-    });
-
     let pooled = random(&gpu, &[IMAGES, 192, 16, 16], 10, true);
     let (y, context) = gpu
         .max_pool2d_forward(&pooled, Pool2dParams::K3_S2_P1)
@@ -172,6 +156,40 @@ fn gpu_ops(c: &mut Criterion) {
         )
         .unwrap();
     });
+    group.finish();
+    batch_norm(c, &gpu);
+}
+
+/// BatchNorm's training forward and backward, with the bytes their kernels must move as the
+/// throughput: the forward reads `x` for the statistics, then reads it again and writes `y` (3
+/// passes); the backward reads `x` and `dy` for its sums, then both again and writes `dx` (5).
+/// Against the card's memory bandwidth this says how near memory speed BatchNorm runs.
+fn batch_norm(c: &mut Criterion, gpu: &Gpu) {
+    let mut group = c.benchmark_group("gpu_batch_norm_b64_t4_f32");
+    let bn = BatchNormParams::default();
+    // a first-stage layer (64 MiB of x, beyond the L2 cache) and a last-stage one
+    for (seed, shape) in [[IMAGES, 64, 32, 32], [IMAGES, 256, 8, 8]]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 20 + 3 * seed as u64;
+        let x = random(gpu, &shape, seed, false);
+        let (gamma, beta) = (
+            random(gpu, &shape[1..2], seed + 1, false),
+            random(gpu, &shape[1..2], seed + 2, false),
+        );
+        let (_, _, context) = gpu.batch_norm_train_forward(&x, &gamma, &beta, bn).unwrap();
+        let bytes = (shape.iter().product::<usize>() * size_of::<f32>()) as u64;
+        let name = format!("{}ch_{}x{}", shape[1], shape[2], shape[3]);
+        group.throughput(Throughput::Bytes(3 * bytes));
+        bench(&mut group, gpu, &format!("{name}_train_forward"), || {
+            gpu.batch_norm_train_forward(&x, &gamma, &beta, bn).unwrap();
+        });
+        group.throughput(Throughput::Bytes(5 * bytes));
+        bench(&mut group, gpu, &format!("{name}_backward"), || {
+            gpu.batch_norm_backward(&x, &context).unwrap();
+        });
+    }
     group.finish();
 }
 
