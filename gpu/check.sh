@@ -165,9 +165,11 @@ for model in ${CLI_MODELS//,/ }; do
   done
 done
 
-if official_ready; then
+# BASELINE_MODELS defaults to CLI_MODELS; with neither (CHECK_CLI=0) the official f32 run is skipped
+BASELINE_MODELS=${BASELINE_MODELS-$CLI_MODELS}
+if [ -n "$BASELINE_MODELS" ] && official_ready; then
   run_logged pytorch-baseline 150 python3 benches/pytorch/official_baseline.py --official .official \
-    --models "${BASELINE_MODELS:-$CLI_MODELS}" \
+    --models "$BASELINE_MODELS" \
     --batches 32,64 --steps "${BASELINE_STEPS:-10}" --out "$OUT_DIR/pytorch-baseline.json" \
     --markdown "$OUT_DIR/pytorch-baseline.md" || status=1
   section "official PyTorch baseline"

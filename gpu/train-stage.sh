@@ -86,6 +86,14 @@ if os.path.exists(straight) and os.path.exists(resumed):
           f"(last.safetensors, byte for byte)")
 else:
     print("resume: not run, failed or cut short")
+# the straight path run again (epoch 1, then epoch 2 after --resume): the spread of one
+# command's epoch speed, against which the NCCL cost below is read
+again = metrics(f"{runs}/resumed/metrics.jsonl")
+if again and epochs:
+    spread = ", ".join(f"epoch {a['epoch']}: {b['images_per_second']:.1f} vs {a['images_per_second']:.1f} "
+                       f"({100 * (a['images_per_second'] / b['images_per_second'] - 1):+.1f}% time)"
+                       for a, b in zip(epochs, again))
+    print(f"the straight run again (1 epoch, then --resume): {spread}")
 nccl = metrics(f"{runs}/nccl1/metrics.jsonl")
 if nccl and epochs:
     same = open(straight, "rb").read() == open(f"{runs}/nccl1/last.safetensors", "rb").read()
@@ -122,12 +130,14 @@ for run in ${TRAIN_RUNS//,/ }; do
   if run_logged "train-first-$model" 300 "$REVSNN" train "${common[@]}" --stop-after 1 --out "$runs/resumed"; then
     run_logged "train-resume-$model" 300 "$REVSNN" train --resume --quiet --out "$runs/resumed" || status=1
     cmp "$runs/straight/last.safetensors" "$runs/resumed/last.safetensors" || status=1
+    cp "$runs/resumed/metrics.jsonl" "$OUT_DIR/train-metrics-resumed-$model.jsonl" 2>/dev/null
   else
     status=1
   fi
   if [ "${TRAIN_NCCL:-$([ "$TRAIN_DEVICE" = cuda ] && echo 1)}" = 1 ] && [ "$run" = "${TRAIN_RUNS%%,*}" ]; then
     run_logged "train-nccl1-$model" 300 "$REVSNN" train "${common[@]}" --gpus 1 --out "$runs/nccl1" || status=1
     cmp "$runs/straight/last.safetensors" "$runs/nccl1/last.safetensors" || status=1
+    cp "$runs/nccl1/metrics.jsonl" "$OUT_DIR/train-metrics-nccl1-$model.jsonl" 2>/dev/null
   fi
   run_logged "train-eval-$model" 300 "$REVSNN" eval --device "$TRAIN_DEVICE" --versus-cpu \
     --checkpoint "$runs/straight/last.safetensors" --dataset synthetic-cifar \
