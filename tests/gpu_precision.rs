@@ -43,10 +43,11 @@ use revsnn::model::{BuildOptions, EntryKind, ParamId, Targets};
 use revsnn::network::{Network, PassOptions};
 use revsnn::spec::ModelSpec;
 use revsnn_gpu::Cuda;
+use revsnn_gpu::ops::conv::ConvEngine;
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Conv2dParams, Cpu, DType, Precision};
+use revsnn_reference::{Backend, Compute, Conv2dParams, Cpu, DType, Precision};
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
 
@@ -328,6 +329,81 @@ fn each_gemm_op_matches_the_emulation_up_to_the_order_of_its_sums() {
             check_case(&gpu, case, format, seed as u64);
         }
     }
+}
+
+/// Live device bytes once the stream is idle.
+fn live_bytes(gpu: &Cuda<f32>) -> usize {
+    gpu.synchronize().unwrap();
+    gpu.memory().live_bytes
+}
+
+/// A 16-bit convolution on cuDNN keeps, for its backward, the 16-bit copy of its input that
+/// cuDNN read instead of the input (`SavedInput::Half`): the forward leaves `y` and that copy
+/// live, dropping the input frees all its bytes, and the backward then gives the bits it gave
+/// with the input alive. On im2col the context keeps the input itself.
+#[test]
+fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
+    let Some(gpu) = backend_or_skip::<f32>("a_16_bit_convolution_keeps_its_input") else {
+        return;
+    };
+    let device = gpu.device();
+    let (x_shape, w_shape) = ([3, 4, 7, 7], [5, 4, 3, 3]);
+    let (x_len, y_len) = (x_shape.iter().product::<usize>(), 3 * 5 * 7 * 7);
+    let mut rng = SplitMix64::new(41);
+    let spikes: Vec<f32> = (0..x_len)
+        .map(|_| f32::from(rng.next_f64() > 0.7))
+        .collect();
+    let weights = rng.normal_vec(w_shape.iter().product(), 0.3);
+    let dy = rng.normal_vec(y_len, 1.0);
+    for engine in each_conv_engine(device) {
+        for format in FORMATS {
+            device.set_precision(format.precision()).unwrap();
+            let w = gpu.tensor_from_vec(&w_shape, weights.iter().map(|&v| v as f32).collect());
+            let dy = gpu.tensor_from_vec(&[3, 5, 7, 7], dy.iter().map(|&v| v as f32).collect());
+            let x = gpu.tensor_from_vec(&x_shape, spikes.clone()).unwrap();
+            let (w, dy) = (w.unwrap(), dy.unwrap());
+            let params = Conv2dParams::new(1, 1);
+            let before = live_bytes(&gpu);
+            let (y, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
+            let kept = live_bytes(&gpu) - before - y_len * size_of::<f32>();
+            let alive = gpu.conv2d_backward(&dy, &context).unwrap();
+            let alive = [&alive.input, &alive.weight].map(|t| gpu.to_vec(t).unwrap());
+            let with_x = live_bytes(&gpu);
+            drop(x);
+            let freed = with_x - live_bytes(&gpu);
+            let dropped = gpu.conv2d_backward(&dy, &context).unwrap();
+            let dropped = [&dropped.input, &dropped.weight].map(|t| gpu.to_vec(t).unwrap());
+            let what = format!("{} on {}", format.precision(), engine.name());
+            if engine == ConvEngine::Cudnn {
+                assert_eq!(
+                    kept,
+                    x_len * size_of::<u16>(),
+                    "{what}: the context's 16-bit input"
+                );
+                assert_eq!(
+                    freed,
+                    x_len * size_of::<f32>(),
+                    "{what}: the input is not kept"
+                );
+            } else {
+                assert_eq!(
+                    (kept, freed),
+                    (0, 0),
+                    "{what}: the context shares the input"
+                );
+            }
+            let same = alive
+                .iter()
+                .zip(&dropped)
+                .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
+            assert!(
+                same,
+                "{what}: the backward changed once the input was dropped"
+            );
+            drop(y);
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
 }
 
 #[test]

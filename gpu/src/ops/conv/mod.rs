@@ -102,14 +102,53 @@ impl std::str::FromStr for ConvEngine {
 /// to the activations a training step keeps.
 pub const WORKSPACE_BYTES: usize = 64 << 20;
 
-/// What [`backward`] needs: the input and weight (shared with the caller, not copied), whether
-/// there was a bias, and the geometry.
+/// What [`backward`] needs: the input (as [`SavedInput`] says) and the weight (shared with the
+/// caller, not copied), whether there was a bias, and the geometry.
 #[derive(Debug)]
 pub struct Conv2dContext<E> {
-    pub input: CudaTensor<E>,
+    pub input: SavedInput<E>,
     pub weight: CudaTensor<E>,
     pub has_bias: bool,
     pub params: Conv2dParams,
+}
+
+/// A convolution's input as its backward keeps it.
+#[derive(Debug)]
+pub enum SavedInput<E> {
+    /// The input itself, shared with the caller.
+    Full(CudaTensor<E>),
+    /// The input's 16-bit patterns in `format`, as cuDNN's 16-bit forward read them: all that a
+    /// 16-bit backward reads of `x`, whose weight gradient takes `x` rounded to the format
+    /// (docs/precision.md §"CUDA"). Kept instead of the input, whose memory the caller can then
+    /// free (a spike tensor is usually held by nothing else), and not converted again.
+    Half {
+        bits: DeviceBuffer<u16>,
+        format: HalfFormat,
+        shape: Vec<usize>,
+    },
+}
+
+impl<E: GpuElement> SavedInput<E> {
+    /// The input's shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            SavedInput::Full(x) => x.shape(),
+            SavedInput::Half { shape, .. } => shape,
+        }
+    }
+
+    /// The input in the element type: itself, or its 16-bit patterns widened (exactly the values
+    /// a 16-bit GEMM reads of the input).
+    fn full(&self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
+        match self {
+            SavedInput::Full(x) => Ok(x.clone()),
+            SavedInput::Half {
+                bits,
+                format,
+                shape,
+            } => CudaTensor::new(precision::widened(device, *format, bits)?, shape),
+        }
+    }
 }
 
 /// The checked sizes of one convolution (the contract's [`Conv2dGeometry`], so both backends
@@ -402,10 +441,13 @@ pub fn forward<E: GpuElement>(
         g.check_bias(b.shape())?;
     }
     // Under a 16-bit precision the stored sums come first: the output is allocated once the
-    // 16-bit copies of the inputs are freed.
-    let stored = match device.half_format() {
-        Some(format) => Some((format, half_forward(device, &g, format, x, weight)?)),
-        None => None,
+    // 16-bit copy of the weight is freed.
+    let (stored, input) = match device.half_format() {
+        Some(format) => {
+            let (sums, input) = half_forward(device, &g, format, x, weight)?;
+            (Some((format, sums)), input)
+        }
+        None => (None, SavedInput::Full(x.clone())),
     };
     // SAFETY: the widening, cuDNN, or the GEMMs of every chunk write every element (onto the
     // bias fill when there is one).
@@ -419,7 +461,7 @@ pub fn forward<E: GpuElement>(
         Some((format, sums)) => precision::widen_into(device, format, &sums, &mut y, accumulate)?,
     }
     let context = Conv2dContext {
-        input: x.clone(),
+        input,
         weight: weight.clone(),
         has_bias: bias.is_some(),
         params,
@@ -449,7 +491,7 @@ pub fn backward<E: GpuElement>(
     // gradient needs the rounded values as f32 (`gradient_operand`).
     let (x, weight) = (&context.input, &context.weight);
     let (dx, dw) = match device.half_format() {
-        None => full_backward(device, &g, x, weight, grad_y)?,
+        None => full_backward(device, &g, &x.full(device)?, weight, grad_y)?,
         Some(format) => half_backward(device, &g, format, x, weight, grad_y)?,
     };
     let bias = if context.has_bias {
@@ -502,14 +544,14 @@ fn full_forward<E: GpuElement>(
 
 /// The sums `conv(x, w)` of a 16-bit precision, stored in `format`: written so by cuDNN's 16-bit
 /// configuration, or summed in `f32` by GEMMs (a pointwise forward, the im2col engine) and
-/// rounded.
+/// rounded. With the input as the backward keeps it: the 16-bit copy cuDNN read, else `x`.
 fn half_forward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     format: HalfFormat,
     x: &CudaTensor<E>,
     weight: &CudaTensor<E>,
-) -> Result<DeviceBuffer<u16>, GpuError> {
+) -> Result<(DeviceBuffer<u16>, SavedInput<E>), GpuError> {
     let len = g.n * g.out_len();
     if g.n > 0 && uses_cudnn(device) && !g.pointwise() {
         let x16 = stored(device, format, x.buffer())?;
@@ -526,13 +568,18 @@ fn half_forward<E: GpuElement>(
             y16.slice_mut(),
             false,
         )? {
-            return Ok(y16);
+            let input = SavedInput::Half {
+                bits: x16,
+                format,
+                shape: x.shape().to_vec(),
+            };
+            return Ok((y16, input));
         }
     }
     // SAFETY: the GEMMs write every element.
     let mut sums = unsafe { device.alloc::<E>(len) }?;
     im2col_forward(device, g, x, weight, &mut sums, false)?;
-    stored(device, format, &sums)
+    Ok((stored(device, format, &sums)?, SavedInput::Full(x.clone())))
 }
 
 /// `x` converted to `format`'s 16-bit patterns.
@@ -588,7 +635,7 @@ fn half_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     format: HalfFormat,
-    x: &CudaTensor<E>,
+    x: &SavedInput<E>,
     weight: &CudaTensor<E>,
     grad_y: &CudaTensor<E>,
 ) -> Result<Gradients<E>, GpuError> {
@@ -596,7 +643,15 @@ fn half_backward<E: GpuElement>(
         return Ok(grads);
     }
     let (mut dx, mut dw) = gradient_buffers(device, g)?;
-    im2col_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
+    im2col_backward(
+        device,
+        g,
+        &x.full(device)?,
+        weight,
+        grad_y,
+        &mut dx,
+        &mut dw,
+    )?;
     let dx = precision::rounded_buffer(device, &dx, format)?;
     Ok((dx, precision::rounded_buffer(device, &dw, format)?))
 }
@@ -608,7 +663,7 @@ fn cudnn_half_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     format: HalfFormat,
-    x: &CudaTensor<E>,
+    x: &SavedInput<E>,
     weight: &CudaTensor<E>,
     grad_y: &CudaTensor<E>,
 ) -> Result<Option<Gradients<E>>, GpuError> {
@@ -616,7 +671,16 @@ fn cudnn_half_backward<E: GpuElement>(
         return Ok(None);
     }
     let types = DataTypes::half(format);
-    let x_half = stored(device, format, x.buffer())?;
+    let converted;
+    let x_half = match x {
+        SavedInput::Half {
+            bits, format: f, ..
+        } if *f == format => bits,
+        _ => {
+            converted = stored(device, format, x.full(device)?.buffer())?;
+            &converted
+        }
+    };
     let dy_half = stored(device, format, grad_y.buffer())?;
     let (x16, dy16) = (x_half.slice(), dy_half.slice());
     // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
