@@ -6,7 +6,9 @@
 #     cuDNN's whole ranking), from `revsnn bench --steps 1`;
 #   - Nsight Compute's duration of every kernel of `revsnn bench --steps 1` (the warm-up step and
 #     the timed one; one metric, gpu__time_duration, so each kernel runs once; clocks left alone),
-#     summed per kernel name: the top PROFILE_TOP (default 25) names per precision in the report.
+#     summed per kernel name: the top PROFILE_TOP (default 25) names per precision in the report,
+#     and how busy the device is (kernel time per step against a timed step's wall time: what
+#     a CUDA graph of the step could save at most).
 # Knobs: PROFILE_MODEL, PROFILE_BATCH, PROFILE_PRECISIONS, PROFILE_TOP, PROFILE_BUDGET_S (default
 # 150; the stage's steps are cut to it and to DEADLINE_S).
 
@@ -33,8 +35,12 @@ for p in ${PROFILE_PRECISIONS//,/ }; do
   run_logged "profile-kernels-$p" 120 "$NCU" --clock-control none --metrics gpu__time_duration.sum \
     --csv --page raw "${bench[@]}" || status=1
   section "kernel time per name, $PROFILE_MODEL batch $PROFILE_BATCH, $p (warm-up and timed step)"
-  python3 - "$OUT_DIR/profile-kernels-$p.log" "${PROFILE_TOP:-25}" >>"$REPORT" 2>&1 <<'PY'
-import csv, sys
+  # the step's wall time: the precision stage's 10-step bench at this batch where it ran, else
+  # the plans run's single step
+  timed="$OUT_DIR/precision-bench-$p-$PROFILE_MODEL.log"
+  [ "$PROFILE_BATCH" = 64 ] && [ -s "$timed" ] || timed="$OUT_DIR/profile-plans-$p.log"
+  python3 - "$OUT_DIR/profile-kernels-$p.log" "${PROFILE_TOP:-25}" "$timed" >>"$REPORT" 2>&1 <<'PY'
+import csv, json, sys
 from collections import defaultdict
 rows = [r for r in csv.reader(open(sys.argv[1], errors="replace")) if len(r) > 3]
 header = next((r for r in rows if "Kernel Name" in r and "gpu__time_duration.sum" in r), None)
@@ -59,6 +65,16 @@ for r in rows[rows.index(header) + 1:]:
 total = sum(ms for _, ms in per_name.values())
 launches = sum(n for n, _ in per_name.values())
 print(f"{launches} kernel launches, {total:.1f} ms of kernel time in all")
+# How busy the device is: kernel time per step (half of the two steps' total) against the wall
+# time of a step. The rest is the most that capturing the step as a CUDA graph (no launch gaps,
+# no host work between kernels) could save.
+try:
+    bench = next(json.loads(l) for l in open(sys.argv[3]) if l.startswith("{"))
+    wall = 1e3 * bench["median_step_seconds"]
+    print(f"device busy {100 * total / 2 / wall:.0f}% of a step: {total / 2:.1f} ms of kernels per "
+          f"step against a {wall:.1f} ms step ({sys.argv[3].rsplit('/', 1)[-1]})")
+except (OSError, StopIteration, ValueError, KeyError):
+    print("device busy: no timed step to compare with")
 print(f"{'ms':>9} {'share':>6} {'launches':>8}  kernel")
 for kernel, (n, ms) in sorted(per_name.items(), key=lambda kv: -kv[1][1])[:int(sys.argv[2])]:
     print(f"{ms:9.2f} {100 * ms / total:5.1f}% {n:8d}  {kernel}")
