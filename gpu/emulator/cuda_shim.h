@@ -52,6 +52,9 @@ struct alignas(16) float4 {
 struct alignas(16) double2 {
     double x, y;
 };
+struct alignas(16) uint4 {
+    unsigned int x, y, z, w;
+};
 
 namespace emu {
 // Defined in emulator.cpp; valid while a kernel runs (under the launch lock).

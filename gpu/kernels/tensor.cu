@@ -22,17 +22,30 @@ struct Strided {
 
 // The x and y offsets of element `i < prod(sizes)` (row-major) of the walk. The loop is
 // unrolled, so every array index is a constant and the parameter struct stays in the constant
-// bank; the outermost axis takes what is left of `i` without a division.
-__device__ __forceinline__ void strided_offsets(const Strided& s, long long i, long long& x, long long& y) {
+// bank; the outermost axis takes what is left of `i` without a division. `narrow`: the walk has
+// fewer than 2^32 elements, so every index and size fits in 32 bits and the divisions run in 32
+// bits, several times cheaper than in 64 (the same quotients and remainders).
+__device__ __forceinline__ void strided_offsets(const Strided& s, long long i, long long& x, long long& y,
+                                                bool narrow = false) {
     x = s.x_offset;
     y = s.y_offset;
+    unsigned int i32 = (unsigned int)i;
 #pragma unroll
     for (int d = MAX_RANK - 1; d >= 0; --d) {
         if (d < s.rank) {
-            long long c = i;
-            if (d > 0) {
-                c = i % s.sizes[d];
-                i /= s.sizes[d];
+            long long c;
+            if (narrow) {
+                c = i32;
+                if (d > 0) {
+                    c = i32 % (unsigned int)s.sizes[d];
+                    i32 /= (unsigned int)s.sizes[d];
+                }
+            } else {
+                c = i;
+                if (d > 0) {
+                    c = i % s.sizes[d];
+                    i /= s.sizes[d];
+                }
             }
             x += c * s.x_strides[d];
             y += c * s.y_strides[d];
@@ -66,12 +79,38 @@ __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
          i += (long long)gridDim.x * blockDim.x)
 
-// y[walk.y(i)] = x[walk.x(i)] for i < n: permute, narrow, one part of a concat, repeat.
-template <typename E> __device__ void strided_copy(const E* __restrict__ x, E* __restrict__ y, const Strided& s, long long n) {
-    GRID_STRIDE_LOOP(i, n) {
+// Elements per thread of a strided copy whose rows allow it (gpu/src/ops/tensor.rs
+// `Strided::copy_width`): 16 bytes of f32.
+#define COPY_VEC 4
+
+// COPY_VEC consecutive elements from x to y: as 16-byte words where both are 16-byte aligned.
+template <typename E> __device__ __forceinline__ void copy_group(const E* __restrict__ x, E* __restrict__ y, bool vector) {
+    if (vector) {
+        const uint4* from = reinterpret_cast<const uint4*>(x);
+        uint4* to = reinterpret_cast<uint4*>(y);
+        for (int q = 0; q < (int)(COPY_VEC * sizeof(E) / sizeof(uint4)); ++q) to[q] = from[q];
+    } else {
+        for (int u = 0; u < COPY_VEC; ++u) y[u] = x[u];
+    }
+}
+
+// y[walk.y(i)] = x[walk.x(i)] for i < n: permute, narrow, one part of a concat, repeat. With
+// `width` = COPY_VEC (the host's choice: the innermost axis is contiguous in both operands, and
+// its size, both offsets and every other stride are multiples of COPY_VEC), each thread copies
+// COPY_VEC consecutive elements of one row, as 16-byte words when both bases are 16-byte aligned;
+// else `width` is 1.
+template <typename E>
+__device__ void strided_copy(const E* __restrict__ x, E* __restrict__ y, const Strided& s, long long n, long long width) {
+    const bool narrow = n <= 0xffffffffLL;
+    const bool vector = width == COPY_VEC && (unsigned long long)x % 16 == 0 && (unsigned long long)y % 16 == 0;
+    GRID_STRIDE_LOOP(g, n / width) {
         long long xo, yo;
-        strided_offsets(s, i, xo, yo);
-        y[yo] = x[xo];
+        strided_offsets(s, g * width, xo, yo, narrow);
+        if (width == COPY_VEC) {
+            copy_group(x + xo, y + yo, vector);
+        } else {
+            y[yo] = x[xo];
+        }
     }
 }
 
@@ -180,8 +219,9 @@ extern "C" __global__ void count_unequal(unsigned long long* count, const unsign
 }
 
 #define TENSOR_KERNELS(E, SUFFIX)                                                                                \
-    extern "C" __global__ void strided_copy_##SUFFIX(const E* x, E* y, Strided layout, long long n) {            \
-        strided_copy<E>(x, y, layout, n);                                                                        \
+    extern "C" __global__ void strided_copy_##SUFFIX(const E* x, E* y, Strided layout, long long n,              \
+                                                     long long width) {                                          \
+        strided_copy<E>(x, y, layout, n, width);                                                                 \
     }                                                                                                            \
     extern "C" __global__ void strided_divide_##SUFFIX(const E* x, E* y, Strided layout, long long n,            \
                                                        E divisor) {                                              \

@@ -24,6 +24,8 @@ use crate::tensor::CudaTensor;
 
 /// The most axes a [`Strided`] walk has after merging (`MAX_RANK` in tensor.cu).
 const MAX_RANK: usize = 8;
+/// `COPY_VEC` in tensor.cu: the elements a thread of `strided_copy` takes where the rows allow.
+const COPY_VEC: usize = 4;
 
 /// One axis of a walk: its size and the strides (in elements) of x and y along it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +121,22 @@ impl Strided {
         self.axes().map(|(size, _, _)| size).product()
     }
 
+    /// The elements per thread of `strided_copy` (`width` in tensor.cu): [`COPY_VEC`] when the
+    /// innermost axis is contiguous in both operands and its size, both offsets and every other
+    /// stride are multiples of it (a thread's elements are then one aligned piece of a row), else 1.
+    fn copy_width(&self) -> usize {
+        let Some(inner) = (self.rank as usize).checked_sub(1) else {
+            return 1;
+        };
+        let multiple = |v: i64| v % COPY_VEC as i64 == 0;
+        let rows =
+            self.x_strides[inner] == 1 && self.y_strides[inner] == 1 && multiple(self.sizes[inner]);
+        let aligned = multiple(self.x_offset)
+            && multiple(self.y_offset)
+            && (0..inner).all(|d| multiple(self.x_strides[d]) && multiple(self.y_strides[d]));
+        if rows && aligned { COPY_VEC } else { 1 }
+    }
+
     /// Checks that a non-empty walk stays inside buffers of `x_len` and `y_len` elements, so a
     /// wrong layout is an error rather than an out-of-bounds access.
     fn check_bounds(&self, op: &'static str, x_len: usize, y_len: usize) -> Result<(), GpuError> {
@@ -183,15 +201,21 @@ fn launch_strided<E: GpuElement>(
         None => "strided_copy",
     };
     let function = device.function(&TENSOR, &format!("{kernel}_{}", E::SUFFIX))?;
-    let n = elements as i64;
+    let width = match divisor {
+        Some(_) => 1,
+        None => walk.copy_width(),
+    };
+    let (n, width_arg) = (elements as i64, width as i64);
     let mut launch = device.stream().launch_builder(&function);
     launch.arg(x).arg(y).arg(walk).arg(&n);
-    if let Some(divisor) = &divisor {
-        launch.arg(divisor);
-    }
-    // SAFETY: the arguments match `strided_copy_<E>(const E*, E*, Strided, long long)` and
-    // `strided_divide_<E>(..., E divisor)`, and `check_bounds` keeps every access in its buffer.
-    unsafe { launch.launch(elementwise_launch(elements)) }
+    match &divisor {
+        Some(divisor) => launch.arg(divisor),
+        None => launch.arg(&width_arg),
+    };
+    // SAFETY: the arguments match `strided_copy_<E>(const E*, E*, Strided, long long n, long
+    // long width)` and `strided_divide_<E>(const E*, E*, Strided, long long n, E divisor)`;
+    // `check_bounds` keeps every access in its buffer, and `copy_width` divides the rows.
+    unsafe { launch.launch(elementwise_launch(elements / width)) }
         .map_err(GpuError::driver("launching a strided copy"))?;
     Ok(())
 }
@@ -935,6 +959,27 @@ mod tests {
         assert_eq!(merge_axes(&broadcast), broadcast.to_vec());
         assert_eq!(row_major_strides(&[2, 3, 4]), vec![12, 4, 1]);
         assert_eq!(row_major_strides(&[]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn copies_take_four_elements_a_thread_only_along_aligned_contiguous_rows() {
+        let walk = |axes: &[(usize, usize, usize)], x_offset, y_offset| {
+            let axes: Vec<Axis> = axes
+                .iter()
+                .map(|&(size, x, y)| Axis { size, x, y })
+                .collect();
+            Strided::new("test", &axes, x_offset, y_offset).unwrap()
+        };
+        // the second half of the channels of [2, 8, 4, 4]: rows of 64 from offset 64
+        assert_eq!(walk(&[(2, 128, 64), (64, 1, 1)], 64, 0).copy_width(), 4);
+        // a broadcast over the outer axis (x stride 0) keeps whole rows
+        assert_eq!(walk(&[(3, 0, 8), (8, 1, 1)], 0, 0).copy_width(), 4);
+        // a row length, an offset or an outer stride off the multiple, or a transposed row
+        assert_eq!(walk(&[(2, 128, 66), (66, 1, 1)], 0, 0).copy_width(), 1);
+        assert_eq!(walk(&[(2, 128, 64), (64, 1, 1)], 2, 0).copy_width(), 1);
+        assert_eq!(walk(&[(2, 130, 64), (64, 1, 1)], 0, 0).copy_width(), 1);
+        assert_eq!(walk(&[(3, 1, 5), (5, 3, 1)], 0, 0).copy_width(), 1);
+        assert_eq!(walk(&[], 0, 0).copy_width(), 1);
     }
 
     #[test]
