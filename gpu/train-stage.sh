@@ -86,21 +86,22 @@ if os.path.exists(straight) and os.path.exists(resumed):
           f"(last.safetensors, byte for byte)")
 else:
     print("resume: not run, failed or cut short")
+def against_straight(runs_epochs):
+    """Each epoch's images/s against the straight run's, and the extra time it took."""
+    return ", ".join(f"epoch {a['epoch']}: {b['images_per_second']:.1f} vs {a['images_per_second']:.1f} "
+                     f"images/s ({100 * (a['images_per_second'] / b['images_per_second'] - 1):+.1f}% time)"
+                     for a, b in zip(epochs, runs_epochs))
+
 # the straight path run again (epoch 1, then epoch 2 after --resume): the spread of one
 # command's epoch speed, against which the NCCL cost below is read
 again = metrics(f"{runs}/resumed/metrics.jsonl")
 if again and epochs:
-    spread = ", ".join(f"epoch {a['epoch']}: {b['images_per_second']:.1f} vs {a['images_per_second']:.1f} "
-                       f"({100 * (a['images_per_second'] / b['images_per_second'] - 1):+.1f}% time)"
-                       for a, b in zip(epochs, again))
-    print(f"the straight run again (1 epoch, then --resume): {spread}")
+    print(f"the straight run again (1 epoch, then --resume): {against_straight(again)}")
 nccl = metrics(f"{runs}/nccl1/metrics.jsonl")
 if nccl and epochs:
     same = open(straight, "rb").read() == open(f"{runs}/nccl1/last.safetensors", "rb").read()
-    speeds = ", ".join(f"epoch {a['epoch']}: {b['images_per_second']:.1f} vs {a['images_per_second']:.1f} "
-                       f"images/s ({100 * (a['images_per_second'] / b['images_per_second'] - 1):+.1f}% cost)"
-                       for a, b in zip(epochs, nccl))
-    print(f"NCCL world size 1 (--gpus 1): {'==' if same else '!='} straight (last.safetensors); {speeds}")
+    print(f"NCCL world size 1 (--gpus 1): {'==' if same else '!='} straight (last.safetensors); "
+          f"{against_straight(nccl)}")
 report = json_line(f"{out}/train-eval-{model}.log")
 versus = (report or {}).get("versus_cpu")
 if versus:

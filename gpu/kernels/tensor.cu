@@ -20,36 +20,36 @@ struct Strided {
     long long y_offset;
 };
 
-// The x and y offsets of element `i < prod(sizes)` (row-major) of the walk. The loop is
-// unrolled, so every array index is a constant and the parameter struct stays in the constant
-// bank; the outermost axis takes what is left of `i` without a division. `narrow`: the walk has
-// fewer than 2^32 elements, so every index and size fits in 32 bits and the divisions run in 32
-// bits, several times cheaper than in 64 (the same quotients and remainders).
-__device__ __forceinline__ void strided_offsets(const Strided& s, long long i, long long& x, long long& y,
-                                                bool narrow = false) {
+// The x and y offsets of element `i < prod(sizes)` (row-major) of the walk, with divisions in
+// the index type `Index`. The loop is unrolled, so every array index is a constant and the
+// parameter struct stays in the constant bank; the outermost axis takes what is left of `i`
+// without a division.
+template <typename Index>
+__device__ __forceinline__ void walk_offsets(const Strided& s, Index i, long long& x, long long& y) {
     x = s.x_offset;
     y = s.y_offset;
-    unsigned int i32 = (unsigned int)i;
 #pragma unroll
     for (int d = MAX_RANK - 1; d >= 0; --d) {
         if (d < s.rank) {
-            long long c;
-            if (narrow) {
-                c = i32;
-                if (d > 0) {
-                    c = i32 % (unsigned int)s.sizes[d];
-                    i32 /= (unsigned int)s.sizes[d];
-                }
-            } else {
-                c = i;
-                if (d > 0) {
-                    c = i % s.sizes[d];
-                    i /= s.sizes[d];
-                }
+            Index c = i;
+            if (d > 0) {
+                c = i % (Index)s.sizes[d];
+                i /= (Index)s.sizes[d];
             }
-            x += c * s.x_strides[d];
-            y += c * s.y_strides[d];
+            x += (long long)c * s.x_strides[d];
+            y += (long long)c * s.y_strides[d];
         }
+    }
+}
+
+// walk_offsets in 64 bits, or, when `narrow` (the walk has fewer than 2^32 elements, so every
+// index and size fits), in 32 bits: several times cheaper divisions, the same offsets.
+__device__ __forceinline__ void strided_offsets(const Strided& s, long long i, long long& x, long long& y,
+                                                bool narrow = false) {
+    if (narrow) {
+        walk_offsets<unsigned int>(s, (unsigned int)i, x, y);
+    } else {
+        walk_offsets<long long>(s, i, x, y);
     }
 }
 
