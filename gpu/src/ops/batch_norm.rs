@@ -29,6 +29,9 @@ use crate::tensor::CudaTensor;
 /// Threads per block of the reduction kernels (`BN_THREADS` in batch_norm.cu: the tree needs
 /// exactly this many).
 const REDUCE_THREADS: u32 = 256;
+/// The elements a thread of the elementwise kernels takes where the layout allows (`BN_VEC` in
+/// batch_norm.cu).
+const BN_VEC: usize = 4;
 /// The most elements of one channel one pass-1 block sums.
 const CHUNK_ELEMENTS: usize = 16 * 1024;
 /// The most pass-1 blocks per channel (so pass 2 sums at most this many partials).
@@ -104,11 +107,10 @@ impl Layout {
     }
 }
 
-/// The elements per thread of the elementwise kernels (`width` in batch_norm.cu): `BN_VEC`
+/// The elements per thread of the elementwise kernels (`width` in batch_norm.cu): [`BN_VEC`]
 /// consecutive ones when `inner` is a multiple of it, so that a group lies in one channel and
 /// loads as one vector, else 1.
 fn group_width(layout: &Layout) -> usize {
-    const BN_VEC: usize = 4;
     if layout.inner.is_multiple_of(BN_VEC) {
         BN_VEC
     } else {
