@@ -183,7 +183,7 @@ impl<B: Backend> Network<B> {
         let mut grads = Grads::new(0);
         let mut session = Session::new(backend, &mut self.store, &mut grads, run.mode);
         session.update_running_stats = run.update_running_stats;
-        with_body!(self, model => Layer::<B>::forward(model, &mut session, images).map(|(logits, _)| logits))
+        with_body!(self, model => Layer::<B>::forward(model, &mut session, images.clone()).map(|(logits, _)| logits))
     }
 
     /// [`Network::forward`], and the spikes of every neuron layer in the order they fired.
@@ -197,7 +197,7 @@ impl<B: Backend> Network<B> {
         let mut session = Session::new(backend, &mut self.store, &mut grads, run.mode);
         session.update_running_stats = run.update_running_stats;
         session.probes.spike_log = Some(Vec::new());
-        let logits = with_body!(self, model => Layer::<B>::forward(model, &mut session, images).map(|(logits, _)| logits))?;
+        let logits = with_body!(self, model => Layer::<B>::forward(model, &mut session, images.clone()).map(|(logits, _)| logits))?;
         Ok((logits, session.probes.spike_log.take().unwrap_or_default()))
     }
 }

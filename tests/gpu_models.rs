@@ -235,11 +235,17 @@ fn spiking_forward<B: Backend>(backend: &B, spec: &ModelSpec) -> (Vec<f64>, Vec<
     session.update_running_stats = false;
     session.probes.spike_log = Some(Vec::new());
     let logits = match &network.body {
-        Body::RevSResNet(model) => Layer::<B>::forward(model, &mut session, &images).map(|r| r.0),
-        Body::MsResNet(model) => Layer::<B>::forward(model, &mut session, &images).map(|r| r.0),
-        Body::RevSFormer(model) => Layer::<B>::forward(model, &mut session, &images).map(|r| r.0),
+        Body::RevSResNet(model) => {
+            Layer::<B>::forward(model, &mut session, images.clone()).map(|r| r.0)
+        }
+        Body::MsResNet(model) => {
+            Layer::<B>::forward(model, &mut session, images.clone()).map(|r| r.0)
+        }
+        Body::RevSFormer(model) => {
+            Layer::<B>::forward(model, &mut session, images.clone()).map(|r| r.0)
+        }
         Body::Spikingformer(model) => {
-            Layer::<B>::forward(model, &mut session, &images).map(|r| r.0)
+            Layer::<B>::forward(model, &mut session, images.clone()).map(|r| r.0)
         }
     }
     .unwrap();

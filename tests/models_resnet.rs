@@ -58,8 +58,8 @@ fn forward<B: Backend>(
     images: &B::Tensor,
 ) -> Result<B::Tensor, Error> {
     Ok(match net {
-        Net::Rev(model) => model.forward(session, images)?.0,
-        Net::Ms(model) => model.forward(session, images)?.0,
+        Net::Rev(model) => model.forward(session, images.clone())?.0,
+        Net::Ms(model) => model.forward(session, images.clone())?.0,
     })
 }
 

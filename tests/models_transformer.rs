@@ -292,7 +292,7 @@ fn check_train_step<M: Transformer<Cpu<f32>>>(spec: &ModelSpec) {
     // Evaluation mode runs on the running statistics.
     let mut grads = Grads::new(store.entries().len());
     let mut session = Session::new(&backend, &mut store, &mut grads, Mode::Eval);
-    let (logits, _) = model.forward(&mut session, &images).unwrap();
+    let (logits, _) = model.forward(&mut session, images.clone()).unwrap();
     assert_eq!(backend.shape(&logits), vec![batch, spec.num_classes]);
     assert!(
         backend
@@ -328,11 +328,11 @@ fn analytic<M: Layer<Cpu64>>(
     let mut session = Session::new(&backend, &mut store, &mut grads, Mode::Train);
     session.update_running_stats = false;
     let x = backend.tensor_from_vec(shape, input.to_vec()).unwrap();
-    let (logits, saved) = model.forward(&mut session, &x).unwrap();
+    let (logits, saved) = model.forward(&mut session, x.clone()).unwrap();
     let grad_logits = backend
         .tensor_from_vec(&backend.shape(&logits), w.to_vec())
         .unwrap();
-    let grad_input = model.backward(&mut session, saved, &grad_logits).unwrap();
+    let grad_input = model.backward(&mut session, saved, grad_logits).unwrap();
     let diverged = session.probes.diverged_recomputes(&backend).unwrap();
     let params = (0..store.entries().len())
         .map(|i| {
@@ -359,7 +359,7 @@ fn loss<M: Layer<Cpu64>>(
     let mut session = Session::new(&backend, store, &mut grads, Mode::Train);
     session.update_running_stats = false;
     let x = backend.tensor_from_vec(shape, input.to_vec()).unwrap();
-    let (logits, _) = model.forward(&mut session, &x).unwrap();
+    let (logits, _) = model.forward(&mut session, x.clone()).unwrap();
     dot(&backend.to_vec(&logits).unwrap(), w)
 }
 
@@ -785,7 +785,7 @@ fn forward_error<M: Transformer<Cpu64>>(spec: &ModelSpec) -> f64 {
     .logits(&x);
     let mut grads = Grads::new(store.entries().len());
     let mut session = Session::new(&backend, &mut store, &mut grads, Mode::Train);
-    let (logits, _) = model.forward(&mut session, &x).unwrap();
+    let (logits, _) = model.forward(&mut session, x.clone()).unwrap();
     relative_error(&backend.to_vec(&logits).unwrap(), &reference)
 }
 
@@ -873,7 +873,7 @@ fn bad_specs_and_inputs_are_errors() {
             let mut grads = Grads::new(store.entries().len());
             let mut session = Session::new(&backend, &mut store, &mut grads, Mode::Train);
             assert!(
-                model.forward(&mut session, &x).is_err(),
+                model.forward(&mut session, x.clone()).is_err(),
                 "{arch:?}: input {shape:?} was accepted"
             );
         }

@@ -84,17 +84,17 @@ struct BlockSaved<B: Backend> {
 impl<B: Backend> Layer<B> for Block {
     type Saved = BlockSaved<B>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
-        let time_steps = backend.shape(x)[0];
+        let time_steps = backend.shape(&x)[0];
         let (s1, sn1) = self.sn1.forward(session, x)?;
         self.counter.add(backend, &s1)?;
-        let (a, conv1) = self.conv1.forward(session, &flatten_time(backend, &s1)?)?;
+        let (a, conv1) = self.conv1.forward(session, flatten_time(backend, &s1)?)?;
         let (s2, sn2) = self
             .sn2
-            .forward(session, &unflatten_time(backend, &a, time_steps)?)?;
+            .forward(session, unflatten_time(backend, &a, time_steps)?)?;
         self.counter.add(backend, &s2)?;
-        let (b, conv2) = self.conv2.forward(session, &flatten_time(backend, &s2)?)?;
+        let (b, conv2) = self.conv2.forward(session, flatten_time(backend, &s2)?)?;
         let saved = BlockSaved {
             time_steps,
             sn1,
@@ -109,21 +109,21 @@ impl<B: Backend> Layer<B> for Block {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         let t = saved.time_steps;
         let grad = self
             .conv2
-            .backward(session, saved.conv2, &flatten_time(backend, grad_y)?)?;
+            .backward(session, saved.conv2, flatten_time(backend, &grad_y)?)?;
         let grad = self
             .sn2
-            .backward(session, saved.sn2, &unflatten_time(backend, &grad, t)?)?;
+            .backward(session, saved.sn2, unflatten_time(backend, &grad, t)?)?;
         let grad = self
             .conv1
-            .backward(session, saved.conv1, &flatten_time(backend, &grad)?)?;
+            .backward(session, saved.conv1, flatten_time(backend, &grad)?)?;
         self.sn1
-            .backward(session, saved.sn1, &unflatten_time(backend, &grad, t)?)
+            .backward(session, saved.sn1, unflatten_time(backend, &grad, t)?)
     }
 }
 
@@ -363,7 +363,7 @@ fn forward_then_inverse<E: Element>(
     let mut grads = Grads::new(model.store.entries().len());
     let mut session = Session::new(&backend, &mut model.store, &mut grads, Mode::Train);
     model.counter.reset();
-    let (y, _saved) = model.sequence.forward(&mut session, &x)?;
+    let (y, _saved) = model.sequence.forward(&mut session, x.clone())?;
     let rate = model.counter.rate();
     let reconstructed = model.sequence.inverse(&mut session, &y)?;
     Ok((
@@ -424,9 +424,9 @@ fn step<E: Element>(
     let mut grads = Grads::new(store.entries().len());
     let mut session = Session::new(backend, &mut store, &mut grads, Mode::Train);
     model.counter.reset();
-    let (y, saved) = model.sequence.forward(&mut session, x)?;
+    let (y, saved) = model.sequence.forward(&mut session, x.clone())?;
     let spike_rate = model.counter.rate();
-    let grad_input = model.sequence.backward(&mut session, saved, dy)?;
+    let grad_input = model.sequence.backward(&mut session, saved, dy.clone())?;
     let diverged = session.probes.diverged_recomputes(backend)?;
     let grad_params = ids_of(&store, EntryKind::Parameter)
         .into_iter()
@@ -544,7 +544,7 @@ fn forward_only(
     session: &mut Session<Cpu<f64>>,
     x: &CpuTensor<f64>,
 ) -> Result<()> {
-    sequence.forward(session, x).map(drop)
+    sequence.forward(session, x.clone()).map(drop)
 }
 
 fn two_forwards(
@@ -561,9 +561,9 @@ fn forward_backward(
     session: &mut Session<Cpu<f64>>,
     x: &CpuTensor<f64>,
 ) -> Result<()> {
-    let (y, saved) = sequence.forward(session, x)?;
+    let (y, saved) = sequence.forward(session, x.clone())?;
     let dy = session.backend.scale(&y, 0.5)?;
-    sequence.backward(session, saved, &dy)?;
+    sequence.backward(session, saved, dy)?;
     assert_eq!(session.probes.diverged_recomputes(session.backend)?, 0);
     Ok(())
 }
@@ -573,7 +573,7 @@ fn forward_inverse(
     session: &mut Session<Cpu<f64>>,
     x: &CpuTensor<f64>,
 ) -> Result<()> {
-    let (y, _) = sequence.forward(session, x)?;
+    let (y, _) = sequence.forward(session, x.clone())?;
     sequence.inverse(session, &y).map(drop)
 }
 
@@ -666,13 +666,13 @@ proptest! {
         let mut grads = Grads::new(model.store.entries().len());
         let mut session = Session::new(&backend, &mut model.store, &mut grads, Mode::Train);
         model.counter.reset();
-        let (_, mut saved) = model.sequence.forward(&mut session, &x)?;
+        let (_, mut saved) = model.sequence.forward(&mut session, x.clone())?;
         assert_rate_strictly_inside(model.counter.rate())?;
         match &mut saved {
             SequenceSaved::Reversible { output, .. } => *output = backend.add(output, &noise)?,
             SequenceSaved::Stored { .. } => prop_assert!(false, "the reversible storage stored contexts"),
         }
-        model.sequence.backward(&mut session, saved, &dy)?;
+        model.sequence.backward(&mut session, saved, dy.clone())?;
         let diverged = session.probes.diverged_recomputes(&backend)?;
         prop_assert!(diverged > 0, "corruption not detected");
         let most = 2 * config.blocks - usize::from(second_half_only);
@@ -693,7 +693,7 @@ fn loss(
     let mut grads = Grads::new(store.entries().len());
     let mut session = Session::new(&backend, store, &mut grads, Mode::Train);
     session.update_running_stats = false;
-    let (y, _) = sequence.forward(&mut session, x)?;
+    let (y, _) = sequence.forward(&mut session, x.clone())?;
     Ok(dot(&backend.to_vec(&y)?, dy))
 }
 
@@ -725,9 +725,9 @@ proptest! {
         let mut session = Session::new(&backend, &mut store, &mut grads, Mode::Train);
         session.update_running_stats = false;
         model.counter.reset();
-        let (_, saved) = model.sequence.forward(&mut session, &x)?;
+        let (_, saved) = model.sequence.forward(&mut session, x.clone())?;
         assert_rate_strictly_inside(model.counter.rate())?;
-        let grad_input = backend.to_vec(&model.sequence.backward(&mut session, saved, &dy)?)?;
+        let grad_input = backend.to_vec(&model.sequence.backward(&mut session, saved, dy.clone())?)?;
 
         let shape = config.input_shape();
         let mut probe = model.store.clone();

@@ -42,14 +42,14 @@ struct BlockSaved<B: Backend> {
 impl<B: Backend> Layer<B> for Block {
     type Saved = BlockSaved<B>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
         let (s1, sn1) = self.sn1.forward(session, x)?;
-        let (a, conv1) = self.conv1.forward(session, &flatten_time(backend, &s1)?)?;
+        let (a, conv1) = self.conv1.forward(session, flatten_time(backend, &s1)?)?;
         let (s2, sn2) = self
             .sn2
-            .forward(session, &unflatten_time(backend, &a, TIME_STEPS)?)?;
-        let (b, conv2) = self.conv2.forward(session, &flatten_time(backend, &s2)?)?;
+            .forward(session, unflatten_time(backend, &a, TIME_STEPS)?)?;
+        let (b, conv2) = self.conv2.forward(session, flatten_time(backend, &s2)?)?;
         let saved = BlockSaved {
             sn1,
             conv1,
@@ -63,24 +63,24 @@ impl<B: Backend> Layer<B> for Block {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         let grad = self
             .conv2
-            .backward(session, saved.conv2, &flatten_time(backend, grad_y)?)?;
+            .backward(session, saved.conv2, flatten_time(backend, &grad_y)?)?;
         let grad = self.sn2.backward(
             session,
             saved.sn2,
-            &unflatten_time(backend, &grad, TIME_STEPS)?,
+            unflatten_time(backend, &grad, TIME_STEPS)?,
         )?;
         let grad = self
             .conv1
-            .backward(session, saved.conv1, &flatten_time(backend, &grad)?)?;
+            .backward(session, saved.conv1, flatten_time(backend, &grad)?)?;
         self.sn1.backward(
             session,
             saved.sn1,
-            &unflatten_time(backend, &grad, TIME_STEPS)?,
+            unflatten_time(backend, &grad, TIME_STEPS)?,
         )
     }
 }
@@ -150,8 +150,8 @@ fn peak_step_bytes(blocks: usize, storage: Storage) -> Result<usize> {
     let mut session = Session::new(&backend, &mut store, &mut grads, Mode::Train);
     memory::reset_peak();
     let live_before = memory::stats().live_bytes;
-    let (y, saved) = sequence.forward(&mut session, &x)?;
-    let grad_x = sequence.backward(&mut session, saved, &dy)?;
+    let (y, saved) = sequence.forward(&mut session, x)?;
+    let grad_x = sequence.backward(&mut session, saved, dy)?;
     let peak = memory::stats().peak_bytes - live_before;
     assert_eq!(session.probes.diverged_recomputes(&backend)?, 0);
     assert_eq!(backend.shape(&y), backend.shape(&grad_x));

@@ -124,16 +124,17 @@ fn attention_dims<B: Backend>(backend: &B, x: &B::Tensor, heads: usize) -> Resul
 impl<B: Backend> Layer<B> for SpikingSelfAttention {
     type Saved = AttentionSaved<B>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
-        let dims = attention_dims(backend, x, self.heads)?;
+        let dims = attention_dims(backend, &x, self.heads)?;
         let [t, b, c, h, w] = dims;
         let per_head = [t, b, self.heads, c / self.heads, h * w];
         let (spikes, proj_lif) = self.proj_lif.forward(session, x)?;
         let tokens = backend.reshape(&spikes, &[t, b, c, h * w])?;
-        let (q_t, q) = self.q.forward(session, &tokens)?;
-        let (k_t, k) = self.k.forward(session, &tokens)?;
-        let (v_t, v) = self.v.forward(session, &tokens)?;
+        drop(spikes);
+        let (q_t, q) = self.q.forward(session, tokens.clone())?;
+        let (k_t, k) = self.k.forward(session, tokens.clone())?;
+        let (v_t, v) = self.v.forward(session, tokens)?;
         let (q_t, k_t, v_t) = (
             backend.reshape(&q_t, &per_head)?,
             backend.reshape(&k_t, &per_head)?,
@@ -145,7 +146,8 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
         let o_t = backend.batched_matmul(&v_t, &attn, false, true)?;
         let o_t = backend.scale(&o_t, <B::Elem as Element>::cast(ATTENTION_SCALE))?;
         let o = backend.reshape(&o_t, &[t, b, c, h * w])?;
-        let (y, output) = self.output.forward(session, &o)?;
+        drop(o_t);
+        let (y, output) = self.output.forward(session, o)?;
         let saved = AttentionSaved {
             dims,
             proj_lif,
@@ -165,26 +167,33 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         let [t, b, c, h, w] = saved.dims;
         let tokens = [t, b, c, h * w];
-        let grad = backend.reshape(grad_y, &tokens)?;
-        let grad = self.output.backward(session, saved.output, &grad)?;
+        let grad = backend.reshape(&grad_y, &tokens)?;
+        drop(grad_y);
+        let grad = self.output.backward(session, saved.output, grad)?;
         let grad = backend.scale(&grad, <B::Elem as Element>::cast(ATTENTION_SCALE))?;
         let grad_o_t = backend.reshape(&grad, &[t, b, self.heads, c / self.heads, h * w])?;
+        drop(grad);
         // o^T = v^T attn^T: d(v^T) = d(o^T) attn, d(attn) = d(o^T)^T v^T.
         let grad_v_t = backend.batched_matmul(&grad_o_t, &saved.attn, false, false)?;
         let grad_attn = backend.batched_matmul(&grad_o_t, &saved.v_t, true, false)?;
+        drop(grad_o_t);
         // attn = (q^T)^T k^T: d(q^T) = k^T d(attn)^T, d(k^T) = q^T d(attn).
         let grad_q_t = backend.batched_matmul(&saved.k_t, &grad_attn, false, true)?;
         let grad_k_t = backend.batched_matmul(&saved.q_t, &grad_attn, false, false)?;
-        let grad_q = (self.q).backward(session, saved.q, &backend.reshape(&grad_q_t, &tokens)?)?;
-        let grad_k = (self.k).backward(session, saved.k, &backend.reshape(&grad_k_t, &tokens)?)?;
-        let grad_v = (self.v).backward(session, saved.v, &backend.reshape(&grad_v_t, &tokens)?)?;
+        drop(grad_attn);
+        let grad_q = (self.q).backward(session, saved.q, backend.reshape(&grad_q_t, &tokens)?)?;
+        drop(grad_q_t);
+        let grad_k = (self.k).backward(session, saved.k, backend.reshape(&grad_k_t, &tokens)?)?;
+        drop(grad_k_t);
+        let grad_v = (self.v).backward(session, saved.v, backend.reshape(&grad_v_t, &tokens)?)?;
+        drop(grad_v_t);
         let grad = backend.add(&backend.add(&grad_q, &grad_k)?, &grad_v)?;
         let grad = backend.reshape(&grad, &saved.dims)?;
-        self.proj_lif.backward(session, saved.proj_lif, &grad)
+        self.proj_lif.backward(session, saved.proj_lif, grad)
     }
 }

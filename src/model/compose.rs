@@ -21,7 +21,7 @@ pub struct Model<L> {
 impl<B: Backend, L: Layer<B>> Layer<B> for Model<L> {
     type Saved = L::Saved;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         self.layers.forward(session, x)
     }
 
@@ -29,7 +29,7 @@ impl<B: Backend, L: Layer<B>> Layer<B> for Model<L> {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         self.layers.backward(session, saved, grad_y)
     }
@@ -45,12 +45,13 @@ macro_rules! sequential_tuple {
             fn forward(
                 &self,
                 session: &mut Session<B>,
-                x: &B::Tensor,
+                x: B::Tensor,
             ) -> Result<(B::Tensor, Self::Saved)> {
-                let mut y = x.clone();
-                // A tuple expression evaluates left to right: the parts run in order.
+                let mut y = x;
+                // A tuple expression evaluates left to right: the parts run in order, each
+                // taking the previous one's output, which it may free as soon as it is done.
                 let saved = ($({
-                    let (output, saved) = self.$index.forward(session, &y)?;
+                    let (output, saved) = self.$index.forward(session, y)?;
                     y = output;
                     saved
                 },)+);
@@ -61,10 +62,10 @@ macro_rules! sequential_tuple {
                 &self,
                 session: &mut Session<B>,
                 saved: Self::Saved,
-                grad_y: &B::Tensor,
+                grad_y: B::Tensor,
             ) -> Result<B::Tensor> {
-                let mut grad = grad_y.clone();
-                $(grad = self.$reversed.backward(session, saved.$reversed, &grad)?;)+
+                let mut grad = grad_y;
+                $(grad = self.$reversed.backward(session, saved.$reversed, grad)?;)+
                 Ok(grad)
             }
         }
@@ -80,11 +81,11 @@ sequential_tuple!(L0.0, L1.1, L2.2, L3.3, L4.4; reversed 4, 3, 2, 1, 0);
 impl<B: Backend, L: Layer<B>> Layer<B> for Vec<L> {
     type Saved = Vec<L::Saved>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let mut y = x.clone();
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let mut y = x;
         let mut saved = Vec::with_capacity(self.len());
         for layer in self {
-            let (output, context) = layer.forward(session, &y)?;
+            let (output, context) = layer.forward(session, y)?;
             saved.push(context);
             y = output;
         }
@@ -95,7 +96,7 @@ impl<B: Backend, L: Layer<B>> Layer<B> for Vec<L> {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         if self.len() != saved.len() {
             return Err(OpError::shape(
@@ -104,9 +105,9 @@ impl<B: Backend, L: Layer<B>> Layer<B> for Vec<L> {
             )
             .into());
         }
-        let mut grad = grad_y.clone();
+        let mut grad = grad_y;
         for (layer, context) in self.iter().zip(saved).rev() {
-            grad = layer.backward(session, context, &grad)?;
+            grad = layer.backward(session, context, grad)?;
         }
         Ok(grad)
     }
@@ -116,13 +117,13 @@ impl<B: Backend, L: Layer<B>> Layer<B> for Vec<L> {
 impl<B: Backend, L: Layer<B>> Layer<B> for Option<L> {
     type Saved = Option<L::Saved>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         match self {
             Some(layer) => {
                 let (y, saved) = layer.forward(session, x)?;
                 Ok((y, Some(saved)))
             }
-            None => Ok((x.clone(), None)),
+            None => Ok((x, None)),
         }
     }
 
@@ -130,11 +131,11 @@ impl<B: Backend, L: Layer<B>> Layer<B> for Option<L> {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         match (self, saved) {
             (Some(layer), Some(saved)) => layer.backward(session, saved, grad_y),
-            (None, None) => Ok(grad_y.clone()),
+            (None, None) => Ok(grad_y),
             _ => Err(mismatched("optional layer")),
         }
     }
@@ -151,12 +152,12 @@ pub struct Identity;
 impl<B: Backend> Layer<B> for Identity {
     type Saved = ();
 
-    fn forward(&self, _: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        Ok((x.clone(), ()))
+    fn forward(&self, _: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok((x, ()))
     }
 
-    fn backward(&self, _: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
-        Ok(grad_y.clone())
+    fn backward(&self, _: &mut Session<B>, _: (), grad_y: B::Tensor) -> Result<B::Tensor> {
+        Ok(grad_y)
     }
 }
 
@@ -181,8 +182,8 @@ impl<M> Residual<M> {
 impl<B: Backend, M: Layer<B>, S: Layer<B>> Layer<B> for Residual<M, S> {
     type Saved = (M::Saved, S::Saved);
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let (main, main_saved) = self.main.forward(session, x)?;
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let (main, main_saved) = self.main.forward(session, x.clone())?;
         let (shortcut, shortcut_saved) = self.shortcut.forward(session, x)?;
         let y = session.backend.add(&main, &shortcut)?;
         Ok((y, (main_saved, shortcut_saved)))
@@ -192,9 +193,9 @@ impl<B: Backend, M: Layer<B>, S: Layer<B>> Layer<B> for Residual<M, S> {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
-        let grad_main = self.main.backward(session, saved.0, grad_y)?;
+        let grad_main = self.main.backward(session, saved.0, grad_y.clone())?;
         let grad_shortcut = self.shortcut.backward(session, saved.1, grad_y)?;
         Ok(session.backend.add(&grad_main, &grad_shortcut)?)
     }
@@ -212,10 +213,13 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
     /// The inner layer's context and `T`.
     type Saved = (L::Saved, usize);
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
-        let time_steps = backend.shape(x)[0];
-        let (y, saved) = self.layer.forward(session, &flatten_time(backend, x)?)?;
+        let time_steps = backend.shape(&x)[0];
+        // `x` goes, so that the inner layer holds the only handle on its storage.
+        let flat = flatten_time(backend, &x)?;
+        drop(x);
+        let (y, saved) = self.layer.forward(session, flat)?;
         Ok((
             unflatten_time(backend, &y, time_steps)?,
             (saved, time_steps),
@@ -226,13 +230,13 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         let (inner, time_steps) = saved;
         let grad = self
             .layer
-            .backward(session, inner, &flatten_time(backend, grad_y)?)?;
+            .backward(session, inner, flatten_time(backend, &grad_y)?)?;
         unflatten_time(backend, &grad, time_steps)
     }
 }
@@ -248,7 +252,7 @@ pub enum PerInput<S, E> {
 impl<B: Backend, S: Layer<B>, E: Layer<B>> Layer<B> for PerInput<S, E> {
     type Saved = PerInput<S::Saved, E::Saved>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         Ok(match self {
             PerInput::Static(layer) => {
                 let (y, saved) = layer.forward(session, x)?;
@@ -265,7 +269,7 @@ impl<B: Backend, S: Layer<B>, E: Layer<B>> Layer<B> for PerInput<S, E> {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         match (self, saved) {
             (PerInput::Static(layer), PerInput::Static(saved)) => {

@@ -44,9 +44,9 @@ pub struct Neuron {
 impl<B: Backend> Layer<B> for Neuron {
     type Saved = B::NeuronContext;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
-        let (spikes, context) = backend.neuron_forward(x, &self.config)?;
+        let (spikes, context) = backend.neuron_forward(&x, &self.config)?;
         session.probes.record_spikes(backend, &spikes)?;
         Ok((spikes, context))
     }
@@ -55,11 +55,11 @@ impl<B: Backend> Layer<B> for Neuron {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         Ok(session
             .backend
-            .neuron_backward(grad_y, &saved, &self.config)?)
+            .neuron_backward(&grad_y, &saved, &self.config)?)
     }
 }
 
@@ -91,7 +91,7 @@ pub enum BatchNormSaved<B: Backend> {
 impl<B: Backend> Layer<B> for BatchNorm {
     type Saved = BatchNormSaved<B>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
         let ids = self.ids;
         let gamma = session.store.get(ids.gamma).clone();
@@ -107,7 +107,7 @@ impl<B: Backend> Layer<B> for BatchNorm {
                         let (y, batch, saved) = sync_batch_norm::forward(
                             group,
                             backend,
-                            x,
+                            &x,
                             &gamma,
                             &beta,
                             session.batch_norm,
@@ -116,7 +116,7 @@ impl<B: Backend> Layer<B> for BatchNorm {
                     }
                     None => {
                         let (y, batch, context) = backend.batch_norm_train_forward(
-                            x,
+                            &x,
                             &gamma,
                             &beta,
                             session.batch_norm,
@@ -137,7 +137,7 @@ impl<B: Backend> Layer<B> for BatchNorm {
             }
             (Mode::Eval, _) => {
                 let (y, context) = backend.batch_norm_eval_forward(
-                    x,
+                    &x,
                     &gamma,
                     &beta,
                     &running,
@@ -152,13 +152,15 @@ impl<B: Backend> Layer<B> for BatchNorm {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         let grads = match (saved, session.sync_batch_norm) {
-            (BatchNormSaved::Local(context), _) => backend.batch_norm_backward(grad_y, &context)?,
+            (BatchNormSaved::Local(context), _) => {
+                backend.batch_norm_backward(&grad_y, &context)?
+            }
             (BatchNormSaved::Synced(saved), Some(group)) => {
-                sync_batch_norm::backward(group, backend, saved, grad_y, session.batch_norm)?
+                sync_batch_norm::backward(group, backend, saved, &grad_y, session.batch_norm)?
             }
             (BatchNormSaved::Synced(_), None) => {
                 return Err(Error::Usage(
@@ -192,13 +194,13 @@ pub struct Conv {
 impl<B: Backend> Layer<B> for Conv {
     type Saved = B::Conv2dContext;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
         let weight = session.store.get(self.weight);
         let bias = self.bias.map(|id| session.store.get(id));
         Ok(match self.kind {
-            ConvKind::Conv2d(params) => backend.conv2d_forward(x, weight, bias, params)?,
-            ConvKind::Conv1d => backend.conv1d_forward(x, weight, bias)?,
+            ConvKind::Conv2d(params) => backend.conv2d_forward(&x, weight, bias, params)?,
+            ConvKind::Conv1d => backend.conv1d_forward(&x, weight, bias)?,
         })
     }
 
@@ -206,12 +208,12 @@ impl<B: Backend> Layer<B> for Conv {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         let grads = match self.kind {
-            ConvKind::Conv2d(_) => backend.conv2d_backward(grad_y, &saved)?,
-            ConvKind::Conv1d => backend.conv1d_backward(grad_y, &saved)?,
+            ConvKind::Conv2d(_) => backend.conv2d_backward(&grad_y, &saved)?,
+            ConvKind::Conv1d => backend.conv1d_backward(&grad_y, &saved)?,
         };
         session.accumulate(self.weight, grads.weight)?;
         if let (Some(id), Some(bias)) = (self.bias, grads.bias) {
@@ -238,10 +240,10 @@ pub struct AvgPool {
 impl<B: Backend> Layer<B> for AvgPool {
     type Saved = Vec<usize>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         Ok((
-            session.backend.avg_pool2d_forward(x, self.params)?,
-            session.backend.shape(x),
+            session.backend.avg_pool2d_forward(&x, self.params)?,
+            session.backend.shape(&x),
         ))
     }
 
@@ -249,11 +251,11 @@ impl<B: Backend> Layer<B> for AvgPool {
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         Ok(session
             .backend
-            .avg_pool2d_backward(grad_y, &saved, self.params)?)
+            .avg_pool2d_backward(&grad_y, &saved, self.params)?)
     }
 }
 
@@ -266,17 +268,17 @@ pub struct MaxPool {
 impl<B: Backend> Layer<B> for MaxPool {
     type Saved = B::MaxPoolContext;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        Ok(session.backend.max_pool2d_forward(x, self.params)?)
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok(session.backend.max_pool2d_forward(&x, self.params)?)
     }
 
     fn backward(
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
-        Ok(session.backend.max_pool2d_backward(grad_y, &saved)?)
+        Ok(session.backend.max_pool2d_backward(&grad_y, &saved)?)
     }
 }
 
@@ -290,25 +292,22 @@ pub struct Linear {
 impl<B: Backend> Layer<B> for Linear {
     type Saved = B::Tensor;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let weight = session.store.get(self.weight);
         let bias = session.store.get(self.bias);
-        Ok((
-            session.backend.linear_forward(x, weight, Some(bias))?,
-            x.clone(),
-        ))
+        Ok((session.backend.linear_forward(&x, weight, Some(bias))?, x))
     }
 
     fn backward(
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let weight = session.store.get(self.weight).clone();
         let grads = session
             .backend
-            .linear_backward(grad_y, &saved, &weight, true)?;
+            .linear_backward(&grad_y, &saved, &weight, true)?;
         session.accumulate(self.weight, grads.weight)?;
         if let Some(bias) = grads.bias {
             session.accumulate(self.bias, bias)?;
@@ -328,20 +327,20 @@ impl<B: Backend> Layer<B> for MeanOver {
     /// The input's shape.
     type Saved = Vec<usize>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
-        Ok((backend.mean_axes(x, &self.axes)?, backend.shape(x)))
+        Ok((backend.mean_axes(&x, &self.axes)?, backend.shape(&x)))
     }
 
     fn backward(
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         Ok(session
             .backend
-            .mean_axes_backward(grad_y, &saved, &self.axes)?)
+            .mean_axes_backward(&grad_y, &saved, &self.axes)?)
     }
 }
 
@@ -355,12 +354,12 @@ pub struct RepeatOverTime {
 impl<B: Backend> Layer<B> for RepeatOverTime {
     type Saved = ();
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        Ok((session.backend.repeat_leading(x, self.time_steps)?, ()))
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok((session.backend.repeat_leading(&x, self.time_steps)?, ()))
     }
 
-    fn backward(&self, session: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
-        Ok(session.backend.sum_leading(grad_y)?)
+    fn backward(&self, session: &mut Session<B>, _: (), grad_y: B::Tensor) -> Result<B::Tensor> {
+        Ok(session.backend.sum_leading(&grad_y)?)
     }
 }
 
@@ -373,12 +372,12 @@ const SWAP_BATCH_TIME: [usize; 5] = [1, 0, 2, 3, 4];
 impl<B: Backend> Layer<B> for SwapBatchTime {
     type Saved = ();
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        Ok((session.backend.permute(x, &SWAP_BATCH_TIME)?, ()))
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok((session.backend.permute(&x, &SWAP_BATCH_TIME)?, ()))
     }
 
-    fn backward(&self, session: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
-        Ok(session.backend.permute(grad_y, &SWAP_BATCH_TIME)?)
+    fn backward(&self, session: &mut Session<B>, _: (), grad_y: B::Tensor) -> Result<B::Tensor> {
+        Ok(session.backend.permute(&grad_y, &SWAP_BATCH_TIME)?)
     }
 }
 
@@ -390,16 +389,16 @@ pub struct DuplicateChannels;
 impl<B: Backend> Layer<B> for DuplicateChannels {
     type Saved = ();
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        Ok((session.backend.concat(&[x, x], 2)?, ()))
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        Ok((session.backend.concat(&[&x, &x], 2)?, ()))
     }
 
-    fn backward(&self, session: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
+    fn backward(&self, session: &mut Session<B>, _: (), grad_y: B::Tensor) -> Result<B::Tensor> {
         let backend = session.backend;
-        let half = backend.shape(grad_y)[2] / 2;
+        let half = backend.shape(&grad_y)[2] / 2;
         Ok(backend.add(
-            &backend.narrow(grad_y, 2, 0, half)?,
-            &backend.narrow(grad_y, 2, half, half)?,
+            &backend.narrow(&grad_y, 2, 0, half)?,
+            &backend.narrow(&grad_y, 2, half, half)?,
         )?)
     }
 }
@@ -417,8 +416,8 @@ pub struct InputShape {
 impl<B: Backend> Layer<B> for InputShape {
     type Saved = ();
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let shape = session.backend.shape(x);
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let shape = session.backend.shape(&x);
         let fits = shape.len() == self.sizes.len() + 1
             && !shape.contains(&0)
             && (shape[1..].iter().zip(&self.sizes)).all(|(&n, size)| size.is_none_or(|s| s == n));
@@ -436,10 +435,10 @@ impl<B: Backend> Layer<B> for InputShape {
             )
             .into());
         }
-        Ok((x.clone(), ()))
+        Ok((x, ()))
     }
 
-    fn backward(&self, _: &mut Session<B>, _: (), grad_y: &B::Tensor) -> Result<B::Tensor> {
-        Ok(grad_y.clone())
+    fn backward(&self, _: &mut Session<B>, _: (), grad_y: B::Tensor) -> Result<B::Tensor> {
+        Ok(grad_y)
     }
 }

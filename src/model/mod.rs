@@ -95,20 +95,23 @@ impl<B: Backend> Session<'_, B> {
     }
 }
 
-/// A differentiable piece of a model.
+/// A differentiable piece of a model. Both passes take their tensor by value, so that a layer can
+/// let its input or incoming gradient go as soon as it has read it: an enclosing composition then
+/// keeps nothing alive that only this layer needed (docs/memory.md §9.6). A caller that needs the
+/// tensor afterwards passes a clone, which shares the storage.
 pub trait Layer<B: Backend> {
     /// What the backward needs.
     type Saved;
 
     /// `y = layer(x)`, and what the backward of this call needs.
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)>;
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)>;
 
     /// `dL/dx` from `dL/dy`; parameter gradients are accumulated into `session.grads`.
     fn backward(
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor>;
 }
 
@@ -164,11 +167,11 @@ pub fn train_step<B: Backend, L: Layer<B>>(
     targets: Targets<B>,
 ) -> Result<StepOutput<B>> {
     let backend = session.backend;
-    let (logits, saved) = model.forward(session, images)?;
+    let (logits, saved) = model.forward(session, images.clone())?;
     let (loss, context) = targets.loss(backend, &logits)?;
     let grad_loss = <B::Elem as revsnn_reference::Element>::cast(f64::from(session.loss_scale));
     let grad_logits = backend.cross_entropy_backward(&context, grad_loss)?;
-    let grad_input = model.backward(session, saved, &grad_logits)?;
+    let grad_input = model.backward(session, saved, grad_logits)?;
     Ok(StepOutput {
         logits,
         loss,

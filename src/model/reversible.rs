@@ -168,7 +168,7 @@ struct Recorded<B: Backend, S> {
 fn recorded<B: Backend, L: Layer<B>>(
     layer: &L,
     session: &mut Session<B>,
-    x: &B::Tensor,
+    x: B::Tensor,
 ) -> Result<Recorded<B, L::Saved>> {
     let outer = session.probes.start_run(session.backend)?;
     let result = layer.forward(session, x);
@@ -190,14 +190,15 @@ where
 {
     type Saved = SequenceSaved<B, F::Saved, G::Saved>;
 
-    fn forward(&self, session: &mut Session<B>, x: &B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
         // The stream travels as its two halves; the whole tensor exists only at the two ends, so
         // no block holds a stream beside its own copy in halves.
         let (mut x1, mut x2) = match self.grid::<B>() {
-            Some(k) => halves(backend, &backend.quantize(x, k)?)?,
-            None => halves(backend, x)?,
+            Some(k) => halves(backend, &backend.quantize(&x, k)?)?,
+            None => halves(backend, &x)?,
         };
+        drop(x);
         let keep =
             self.options.storage == Storage::StoredActivations && session.mode == Mode::Train;
         let auditing = session.probes.audit.is_some() && !keep;
@@ -207,10 +208,10 @@ where
         for block in &self.blocks {
             // Unless activations are stored, F's context drops as soon as F returns, before G
             // runs, and G's as soon as G returns: one sub-graph's context at a time.
-            let f = recorded(&block.f, session, &x2)?;
+            let f = recorded(&block.f, session, x2.clone())?;
             let f_saved = keep.then_some(f.saved);
             let y1 = self.couple(backend, &x1, &f.output)?;
-            let g = recorded(&block.g, session, &y1)?;
+            let g = recorded(&block.g, session, y1.clone())?;
             let g_saved = keep.then_some(g.saved);
             let y2 = self.couple(backend, &x2, &g.output)?;
             if auditing {
@@ -243,15 +244,18 @@ where
         &self,
         session: &mut Session<B>,
         saved: Self::Saved,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         match saved {
             SequenceSaved::Stored { contexts } => {
-                let (mut dy1, mut dy2) = halves(backend, grad_y)?;
+                let (mut dy1, mut dy2) = halves(backend, &grad_y)?;
+                drop(grad_y);
                 for (block, (f_saved, g_saved)) in self.blocks.iter().zip(contexts).rev() {
-                    let dx1 = backend.add(&dy1, &block.g.backward(session, g_saved, &dy2)?)?;
-                    let dx2 = backend.add(&dy2, &block.f.backward(session, f_saved, &dx1)?)?;
+                    let dx1 =
+                        backend.add(&dy1, &block.g.backward(session, g_saved, dy2.clone())?)?;
+                    let dx2 =
+                        backend.add(&dy2, &block.f.backward(session, f_saved, dx1.clone())?)?;
                     (dy1, dy2) = (dx1, dx2);
                 }
                 Ok(backend.concat(&[&dy1, &dy2], CHANNEL_AXIS)?)
@@ -291,9 +295,9 @@ impl<F, G> ReversibleSequence<F, G> {
         let mut reconstruct = || -> Result<B::Tensor> {
             let (mut y1, mut y2) = halves(backend, y)?;
             for block in self.blocks.iter().rev() {
-                let (gy1, _) = block.g.forward(session, &y1)?;
+                let (gy1, _) = block.g.forward(session, y1.clone())?;
                 let x2 = self.uncouple(backend, &y2, &gy1)?;
-                let (fx2, _) = block.f.forward(session, &x2)?;
+                let (fx2, _) = block.f.forward(session, x2.clone())?;
                 let x1 = self.uncouple(backend, &y1, &fx2)?;
                 (y1, y2) = (x1, x2);
             }
@@ -311,7 +315,7 @@ impl<F, G> ReversibleSequence<F, G> {
         output: B::Tensor,
         fingerprints: Vec<FingerprintPair<B>>,
         mut audit: Vec<BlockRecord<B::Tensor>>,
-        grad_y: &B::Tensor,
+        grad_y: B::Tensor,
     ) -> Result<B::Tensor>
     where
         B: Backend,
@@ -323,19 +327,20 @@ impl<F, G> ReversibleSequence<F, G> {
         // block's output and input halves and their gradients, and one recomputed F or G.
         let (mut y1, mut y2) = halves(backend, &output)?;
         drop(output);
-        let (mut dy1, mut dy2) = halves(backend, grad_y)?;
+        let (mut dy1, mut dy2) = halves(backend, &grad_y)?;
+        drop(grad_y);
         for (block, (f_print, g_print)) in self.blocks.iter().zip(fingerprints).rev() {
             // Each reconstruction happens right after its recompute, so that the recomputed
             // output and the half it rebuilds from are freed before the backward through it.
-            let g = recorded(&block.g, session, &y1)?;
+            let g = recorded(&block.g, session, y1.clone())?;
             let x2 = self.uncouple(backend, &y2, &g.output)?;
             drop((y2, g.output));
-            let dx1 = backend.add(&dy1, &block.g.backward(session, g.saved, &dy2)?)?;
+            let dx1 = backend.add(&dy1, &block.g.backward(session, g.saved, dy2.clone())?)?;
             drop(dy1);
-            let f = recorded(&block.f, session, &x2)?;
+            let f = recorded(&block.f, session, x2.clone())?;
             let x1 = self.uncouple(backend, &y1, &f.output)?;
             drop((y1, f.output));
-            let dx2 = backend.add(&dy2, &block.f.backward(session, f.saved, &dx1)?)?;
+            let dx2 = backend.add(&dy2, &block.f.backward(session, f.saved, dx1.clone())?)?;
             drop(dy2);
             let probes = &mut session.probes;
             probes.compare_recompute(backend, g_print.as_ref(), g.fingerprint.as_ref())?;
