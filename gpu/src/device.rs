@@ -79,7 +79,7 @@ impl GpuDevice {
             stream,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
-            accounting: Arc::new(MemoryAccounting::default()),
+            accounting: Arc::new(MemoryAccounting::new()),
             blas: OnceLock::new(),
             cudnn: OnceLock::new(),
             conv_engine: Mutex::new(ConvEngine::Im2colGemm),

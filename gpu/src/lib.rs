@@ -27,6 +27,7 @@ pub mod kernels;
 pub mod memory;
 pub mod nccl;
 pub mod ops;
+mod peak_trace;
 pub mod probe;
 pub mod tensor;
 pub mod testing;

@@ -13,11 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
 
+use crate::peak_trace::PeakTrace;
+
 /// Live and peak bytes of the device buffers of one device.
 #[derive(Debug, Default)]
 pub struct MemoryAccounting {
     live: AtomicUsize,
     peak: AtomicUsize,
+    trace: Option<PeakTrace>,
 }
 
 /// A snapshot of [`MemoryAccounting`].
@@ -30,13 +33,25 @@ pub struct DeviceMemoryStats {
 }
 
 impl MemoryAccounting {
-    fn allocated(&self, bytes: usize) {
-        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak.fetch_max(live, Ordering::Relaxed);
+    /// Counters from zero, with a [`PeakTrace`] when the environment asks for one.
+    pub(crate) fn new() -> MemoryAccounting {
+        MemoryAccounting {
+            trace: PeakTrace::from_env(),
+            ..Default::default()
+        }
     }
 
-    fn released(&self, bytes: usize) {
+    fn allocated(&self, bytes: usize) -> Option<u64> {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+        self.trace.as_ref().map(|trace| trace.allocated(bytes))
+    }
+
+    fn released(&self, bytes: usize, trace_id: Option<u64>) {
         self.live.fetch_sub(bytes, Ordering::Relaxed);
+        if let (Some(trace), Some(id)) = (&self.trace, trace_id) {
+            trace.released(id);
+        }
     }
 
     /// The current counters.
@@ -49,6 +64,9 @@ impl MemoryAccounting {
 
     /// Sets the peak to the live bytes and returns the counters from before.
     pub fn reset_peak(&self) -> DeviceMemoryStats {
+        if let Some(trace) = &self.trace {
+            eprint!("{}", trace.report_and_reset());
+        }
         let before = self.stats();
         self.peak.store(before.live_bytes, Ordering::Relaxed);
         before
@@ -62,6 +80,7 @@ pub struct DeviceBuffer<T> {
     slice: CudaSlice<T>,
     len: usize,
     accounting: Arc<MemoryAccounting>,
+    trace_id: Option<u64>,
 }
 
 impl<T: DeviceRepr> DeviceBuffer<T> {
@@ -73,11 +92,12 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
         accounting: &Arc<MemoryAccounting>,
     ) -> Self {
         debug_assert_eq!(slice.len(), len.max(1));
-        accounting.allocated(len * std::mem::size_of::<T>());
+        let trace_id = accounting.allocated(len * std::mem::size_of::<T>());
         DeviceBuffer {
             slice,
             len,
             accounting: accounting.clone(),
+            trace_id,
         }
     }
 
@@ -105,7 +125,7 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
 impl<T> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
         self.accounting
-            .released(self.len * std::mem::size_of::<T>());
+            .released(self.len * std::mem::size_of::<T>(), self.trace_id);
     }
 }
 

@@ -74,6 +74,8 @@ pub fn measure<B: Compute>(
         backend.reset_peak_memory();
         full_training_step(&backend, &mut network, &mut optimizer, &images, &labels)?;
         per_batch.push((batch, backend.peak_memory_bytes()));
+        // Closes the measured step, for a peak trace to report it (docs/memory.md §9.6).
+        backend.reset_peak_memory();
     }
     // the smallest and the largest batch, in whatever order they were given
     let smallest = *per_batch.iter().min_by_key(|p| p.0).expect("a batch size");
