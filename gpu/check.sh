@@ -14,6 +14,7 @@
 # The test binaries run TEST_JOBS (default 4) at a time. CHECK_PROFILE=1 adds the profile stage
 # after the training stage (gpu/profile-stage.sh: cuDNN's plans and Nsight Compute's time per
 # kernel of one training step, per precision).
+# TRACE_MEMORY=revsresnet37:bf16:64 adds a peak-memory trace (below).
 # For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
 # 'gpu_conv|gpu_models'; 'none' runs none), BENCH_FILTER (criterion's name filter), CLI_MODELS
 # and BASELINE_MODELS (comma lists of presets), CHECK_CLI=0 (no CLI bench/memory step).
@@ -133,6 +134,18 @@ if [ "${CHECK_PROFILE:-0}" = 1 ]; then
   # shellcheck source=gpu/profile-stage.sh
   source gpu/profile-stage.sh
 fi
+
+# TRACE_MEMORY (a comma list of MODEL:PRECISION:BATCH, empty by default) runs `revsnn memory`
+# for each with REVSNN_TRACE_PEAK_MEMORY=1: what was live at the peak of the measured step, by
+# allocation site, cuDNN's workspaces included (docs/memory.md §9.6).
+for traced in ${TRACE_MEMORY//,/ }; do
+  IFS=: read -r model precision batch <<<"$traced"
+  run_logged "trace-memory-$model-$precision" 120 env REVSNN_TRACE_PEAK_MEMORY=1 "$REVSNN" memory \
+    --device cuda --model "$model" --precision "$precision" --batch "$batch" --json || status=1
+  section "peak trace: revsnn memory --model $model --precision $precision --batch $batch"
+  cat "$OUT_DIR/trace-memory-$model-$precision.log" >>"$REPORT"
+  end_section
+done
 
 # `revsnn bench` and `revsnn memory` on CUDA (the training-step figures: images/s and memory per
 # image against the official code's, benches/pytorch/official_baseline.py, T = 4). A failing

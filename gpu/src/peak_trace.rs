@@ -28,6 +28,10 @@ const ALLOCATING_FUNCTIONS: [&str; 6] = [
     "upload",
 ];
 
+/// The file of the counters (`gpu/src/memory.rs`, as a frame's place reads below `src/`): its
+/// frames are the allocation's too.
+const ACCOUNTING_FILE: &str = "memory.rs:";
+
 /// A buffer's bytes and where it was allocated.
 type Site = (usize, Arc<Backtrace>);
 
@@ -129,11 +133,13 @@ fn site_name(site: &Backtrace) -> String {
         };
         let name = without_generics(name);
         let function = name.rsplit("::").next().unwrap_or(&name);
+        let file = place.rsplit_once("/src/").map_or(place, |(_, file)| file);
         let ours = !place.contains("/rustc/") && !place.contains("/registry/");
-        if !ours || ALLOCATING_FUNCTIONS.contains(&function) {
+        let allocating =
+            ALLOCATING_FUNCTIONS.contains(&function) || file.starts_with(ACCOUNTING_FILE);
+        if !ours || allocating {
             continue;
         }
-        let file = place.rsplit_once("/src/").map_or(place, |(_, file)| file);
         frames.push(format!("{function} ({file})"));
         if frames.len() == FRAMES_SHOWN {
             break;
