@@ -20,6 +20,7 @@ use crate::peak_trace::PeakTrace;
 pub struct MemoryAccounting {
     live: AtomicUsize,
     peak: AtomicUsize,
+    /// Where each live buffer was allocated, under `REVSNN_TRACE_PEAK_MEMORY`.
     trace: Option<PeakTrace>,
 }
 
@@ -62,7 +63,8 @@ impl MemoryAccounting {
         }
     }
 
-    /// Sets the peak to the live bytes and returns the counters from before.
+    /// Sets the peak to the live bytes and returns the counters from before; under a trace, first
+    /// prints what was live at the peak to stderr.
     pub fn reset_peak(&self) -> DeviceMemoryStats {
         if let Some(trace) = &self.trace {
             eprint!("{}", trace.report_and_reset());

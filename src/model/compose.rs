@@ -216,10 +216,7 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
         let time_steps = backend.shape(&x)[0];
-        // `x` goes, so that the inner layer holds the only handle on its storage.
-        let flat = flatten_time(backend, &x)?;
-        drop(x);
-        let (y, saved) = self.layer.forward(session, flat)?;
+        let (y, saved) = self.layer.forward(session, handed_on_flat(backend, x)?)?;
         Ok((
             unflatten_time(backend, &y, time_steps)?,
             (saved, time_steps),
@@ -234,11 +231,15 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         let (inner, time_steps) = saved;
-        let grad = self
-            .layer
-            .backward(session, inner, flatten_time(backend, &grad_y)?)?;
+        let grad = (self.layer).backward(session, inner, handed_on_flat(backend, grad_y)?)?;
         unflatten_time(backend, &grad, time_steps)
     }
+}
+
+/// [`flatten_time`] of a tensor given up: the result is the only handle on its storage, so the
+/// inner layer can free it.
+fn handed_on_flat<B: Backend>(backend: &B, x: B::Tensor) -> Result<B::Tensor> {
+    flatten_time(backend, &x)
 }
 
 /// The part of a model that depends on its input kind, chosen when the model is built: static
