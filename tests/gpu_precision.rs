@@ -21,6 +21,8 @@
 //!   also differs from the f32 run's, so the 16-bit path ran.
 //! - On cuDNN a 16-bit convolution's context keeps the 16-bit copy of its input that the forward
 //!   read, not the input: dropping the input frees it, and the backward's bits do not change.
+//! - A BatchNorm over a 16-bit convolution's output keeps the 16-bit sums the output was widened
+//!   from: dropping the output frees it, and the backward's bits are those over a plain copy.
 //! - A training step of a tiny model of every family (smooth firing, so no spike can flip) in bf16
 //!   and fp16: CUDA against the CPU in the same precision (the bar is below), with some tensor
 //!   away from the f32 step's by more than that bar, so the bar can fail.
@@ -44,12 +46,12 @@ use revsnn::model::reversible::Coupling;
 use revsnn::model::{BuildOptions, EntryKind, ParamId, Targets};
 use revsnn::network::{Network, PassOptions};
 use revsnn::spec::ModelSpec;
-use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::conv::ConvEngine;
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
+use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Compute, Conv2dParams, Cpu, DType, Precision};
+use revsnn_reference::{Backend, BatchNormParams, Compute, Conv2dParams, Cpu, DType, Precision};
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
 
@@ -340,9 +342,10 @@ fn live_bytes(gpu: &Cuda<f32>) -> usize {
 }
 
 /// A 16-bit convolution on cuDNN keeps, for its backward, the 16-bit copy of its input that
-/// cuDNN read instead of the input (`SavedInput::Half`): the forward leaves `y` and that copy
-/// live, dropping the input frees all its bytes, and the backward then gives the bits it gave
-/// with the input alive. On im2col the context keeps the input itself.
+/// cuDNN read instead of the input (`SavedInput::Half`): the forward leaves `y` (with the 16-bit
+/// sums it was widened from, as it has no bias) and that copy live, dropping the input frees all
+/// its bytes, and the backward then gives the bits it gave with the input alive. On im2col the
+/// context shares the input.
 #[test]
 fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
     let Some(gpu) = backend_or_skip::<f32>("a_16_bit_convolution_keeps_its_input") else {
@@ -377,11 +380,16 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
             let dropped = gpu.conv2d_backward(&dy, &context).unwrap();
             let dropped = [&dropped.input, &dropped.weight].map(|t| gpu.to_vec(t).unwrap());
             let what = format!("{} on {}", format.precision(), engine.name());
+            let sums = y_len * size_of::<u16>();
+            assert!(
+                y.exact_half().is_some(),
+                "{what}: y without its 16-bit sums"
+            );
             if engine == ConvEngine::Cudnn {
                 assert_eq!(
                     kept,
-                    x_len * size_of::<u16>(),
-                    "{what}: the context's 16-bit input"
+                    x_len * size_of::<u16>() + sums,
+                    "{what}: the context's 16-bit input and y's 16-bit sums"
                 );
                 assert_eq!(
                     freed,
@@ -391,7 +399,7 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
             } else {
                 assert_eq!(
                     (kept, freed),
-                    (0, 0),
+                    (sums, 0),
                     "{what}: the context shares the input"
                 );
             }
@@ -404,6 +412,75 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
                 "{what}: the backward changed once the input was dropped"
             );
             drop(y);
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
+/// A BatchNorm over a 16-bit convolution's output keeps the 16-bit sums that output was widened
+/// from instead of the output (`SavedInput::exact`): dropping the output frees all of its `f32`
+/// bytes, and the backward gives the bits of a BatchNorm over a plain copy of the output. A
+/// convolution with a bias has no exact 16-bit form, and its BatchNorm keeps the output.
+#[test]
+fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
+    let Some(gpu) = backend_or_skip::<f32>("a_batch_norm_over_a_16_bit_convolution") else {
+        return;
+    };
+    let device = gpu.device();
+    let (x_shape, w_shape, y_shape) = ([3, 4, 6, 6], [5, 4, 3, 3], [3, 5, 6, 6]);
+    let y_len: usize = y_shape.iter().product();
+    let mut rng = SplitMix64::new(43);
+    let narrowed = |values: Vec<f64>| values.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let tensor = |shape: &[usize], values: Vec<f32>| gpu.tensor_from_vec(shape, values).unwrap();
+    let x = tensor(
+        &x_shape,
+        narrowed(rng.normal_vec(x_shape.iter().product(), 1.0)),
+    );
+    let w = tensor(
+        &w_shape,
+        narrowed(rng.normal_vec(w_shape.iter().product(), 0.3)),
+    );
+    let bias = tensor(&[5], narrowed(rng.normal_vec(5, 0.5)));
+    let dy = tensor(&y_shape, narrowed(rng.normal_vec(y_len, 1.0)));
+    let (gamma, beta) = (tensor(&[5], vec![1.5; 5]), tensor(&[5], vec![0.25; 5]));
+    let params = BatchNormParams::default();
+    let grads_of = |input: &CudaTensor<f32>| {
+        let (_, _, context) = gpu
+            .batch_norm_train_forward(input, &gamma, &beta, params)
+            .unwrap();
+        let grads = gpu.batch_norm_backward(&dy, &context).unwrap();
+        [&grads.input, &grads.gamma, &grads.beta].map(|t| gpu.to_vec(t).unwrap())
+    };
+    for engine in each_conv_engine(device) {
+        for format in FORMATS {
+            device.set_precision(format.precision()).unwrap();
+            let what = format!("{} on {}", format.precision(), engine.name());
+            let conv = Conv2dParams::new(1, 1);
+            let (y, _) = gpu.conv2d_forward(&x, &w, None, conv).unwrap();
+            let plain = tensor(&y_shape, gpu.to_vec(&y).unwrap());
+            let (_, _, context) = gpu
+                .batch_norm_train_forward(&y, &gamma, &beta, params)
+                .unwrap();
+            let with_y = live_bytes(&gpu);
+            drop(y);
+            let freed = with_y - live_bytes(&gpu);
+            assert_eq!(
+                freed,
+                y_len * size_of::<f32>(),
+                "{what}: the context keeps y"
+            );
+            let kept = gpu.batch_norm_backward(&dy, &context).unwrap();
+            let kept = [&kept.input, &kept.gamma, &kept.beta].map(|t| gpu.to_vec(t).unwrap());
+            let same = kept
+                .iter()
+                .zip(&grads_of(&plain))
+                .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
+            assert!(same, "{what}: the backward over the 16-bit sums differs");
+            let (biased, _) = gpu.conv2d_forward(&x, &w, Some(&bias), conv).unwrap();
+            assert!(
+                biased.exact_half().is_none(),
+                "{what}: a biased output is not exact"
+            );
         }
     }
     device.set_precision(Precision::F32).unwrap();

@@ -1,6 +1,8 @@
 //! [`CudaTensor`]: a shape over a shared, immutable device buffer, the CUDA backend's twin of
 //! `revsnn_reference::CpuTensor`. `clone` and [`CudaTensor::reshaped`] share the buffer; every op
-//! writes a fresh buffer, so a context may keep a tensor its caller keeps too at no cost.
+//! writes a fresh buffer, so a context may keep a tensor its caller keeps too at no cost. A tensor
+//! widened from 16-bit values (a 16-bit convolution's output) carries them along, so that the
+//! next op's context can keep those instead.
 
 use std::sync::Arc;
 
@@ -11,12 +13,15 @@ use revsnn_reference::contract::shapes::element_count;
 use crate::error::GpuError;
 use crate::memory::DeviceBuffer;
 use crate::ops::GpuElement;
+use crate::ops::precision::HalfBits;
 
 /// A dense row-major tensor on the device.
 #[derive(Clone)]
 pub struct CudaTensor<E> {
     buffer: Arc<DeviceBuffer<E>>,
     shape: Vec<usize>,
+    /// The same values as 16-bit patterns, exactly, when the tensor was widened from them.
+    exact_half: Option<Arc<HalfBits>>,
 }
 
 impl<E: GpuElement> CudaTensor<E> {
@@ -26,7 +31,22 @@ impl<E: GpuElement> CudaTensor<E> {
         Ok(CudaTensor {
             buffer: Arc::new(buffer),
             shape: shape.to_vec(),
+            exact_half: None,
         })
+    }
+
+    /// `buffer` under `shape`, widened from `half`, which holds exactly its values: an op that
+    /// keeps the tensor for a backward can keep `half` instead
+    /// ([`SavedInput::exact`](crate::ops::precision::SavedInput::exact)).
+    pub fn widened_from(
+        buffer: DeviceBuffer<E>,
+        shape: &[usize],
+        half: HalfBits,
+    ) -> Result<Self, GpuError> {
+        check_len("tensor", shape, half.bits.len())?;
+        let mut tensor = CudaTensor::new(buffer, shape)?;
+        tensor.exact_half = Some(Arc::new(half));
+        Ok(tensor)
     }
 
     /// The same elements under another shape of equal size (no copy).
@@ -35,6 +55,7 @@ impl<E: GpuElement> CudaTensor<E> {
         Ok(CudaTensor {
             buffer: self.buffer.clone(),
             shape: shape.to_vec(),
+            exact_half: self.exact_half.clone(),
         })
     }
 
@@ -59,6 +80,11 @@ impl<E: GpuElement> CudaTensor<E> {
     /// The elements, for a kernel launch.
     pub fn slice(&self) -> &CudaSlice<E> {
         self.buffer.slice()
+    }
+
+    /// The 16-bit patterns this tensor was widened from, when it was.
+    pub fn exact_half(&self) -> Option<&Arc<HalfBits>> {
+        self.exact_half.as_ref()
     }
 }
 

@@ -19,6 +19,7 @@ use revsnn_reference::{
     BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, RunningStats,
 };
 
+use super::precision::SavedInput;
 use super::{GpuElement, elementwise_launch};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -39,12 +40,13 @@ const MAX_CHUNKS: usize = 512;
 /// The most blocks of a reduction launch; blocks loop over their work with a grid stride.
 const MAX_REDUCE_BLOCKS: usize = 1 << 16;
 
-/// What [`backward`] needs: the input (shared with the caller) and the per-channel constants of
-/// the forward, as in the reference's context.
+/// What [`backward`] needs: the input (as [`SavedInput::exact`] keeps it) and the per-channel
+/// constants of the forward, as in the reference's context.
 #[derive(Debug)]
 pub struct BatchNormContext<E> {
-    /// The forward's input `x [N, C, ...]`.
-    pub input: CudaTensor<E>,
+    /// The forward's input `x [N, C, ...]`: its 16-bit patterns when it was widened from them
+    /// exactly (a 16-bit convolution's output), else `x` itself.
+    pub input: SavedInput<E>,
     /// `[C]`: the mean the forward subtracted, the batch mean (train) or the running mean (eval).
     pub mean: DeviceBuffer<f64>,
     /// `[C]`: `1 / sqrt(var + eps)` with the biased batch variance (train) or the running one (eval).
@@ -272,7 +274,7 @@ pub fn train_forward<E: GpuElement>(
         var_unbiased: CudaTensor::new(moments.var_unbiased, &[channels])?,
     };
     let context = BatchNormContext {
-        input: x.clone(),
+        input: SavedInput::exact(x),
         mean: moments.mean,
         inv_std: moments.inv_std,
         gamma: gamma.clone(),
@@ -322,7 +324,7 @@ pub fn eval_forward<E: GpuElement>(
     }
     let y = normalise(device, x, &layout, &mean, &inv_std, gamma, beta)?;
     let context = BatchNormContext {
-        input: x.clone(),
+        input: SavedInput::exact(x),
         mean,
         inv_std,
         gamma: gamma.clone(),
@@ -360,6 +362,7 @@ pub fn backward<E: GpuElement>(
             beta: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
         });
     }
+    let input = context.input.full(device)?;
     let stream = device.stream();
     let [c, inner, n, chunks, chunk_len] = layout.args();
     let blocks = channels * layout.chunks;
@@ -373,7 +376,7 @@ pub fn backward<E: GpuElement>(
     let function = kernel::<E>(device, "bn_grad_partial")?;
     let mut launch = stream.launch_builder(&function);
     launch
-        .arg(context.input.slice())
+        .arg(input.slice())
         .arg(grad_y.slice())
         .arg(context.mean.slice())
         .arg(context.inv_std.slice())
@@ -415,7 +418,7 @@ pub fn backward<E: GpuElement>(
     );
     let mut launch = stream.launch_builder(&function);
     launch
-        .arg(context.input.slice())
+        .arg(input.slice())
         .arg(grad_y.slice())
         .arg(grad_x.slice_mut())
         .arg(context.mean.slice())

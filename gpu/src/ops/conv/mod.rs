@@ -42,11 +42,13 @@
 //! gives the same bits run to run on one GPU; `dW` accumulates the chunks in order (`beta = 1`
 //! from the second chunk on); col2im gathers instead of scattering, so no float atomics anywhere.
 
+use std::sync::Arc;
+
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use revsnn_reference::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams};
 
 use super::linear::{Operand, RowMajorGemm, bias_gradient, fill_bias};
-use super::precision::{self, HalfFormat};
+use super::precision::{self, HalfBits, HalfFormat, SavedInput};
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -110,45 +112,6 @@ pub struct Conv2dContext<E> {
     pub weight: CudaTensor<E>,
     pub has_bias: bool,
     pub params: Conv2dParams,
-}
-
-/// A convolution's input as its backward keeps it.
-#[derive(Debug)]
-pub enum SavedInput<E> {
-    /// The input itself, shared with the caller.
-    Full(CudaTensor<E>),
-    /// The input's 16-bit patterns in `format`, as cuDNN's 16-bit forward read them: all that a
-    /// 16-bit backward reads of `x`, whose weight gradient takes `x` rounded to the format
-    /// (docs/precision.md §"CUDA"). Kept instead of the input, whose memory the caller can then
-    /// free (a spike tensor is usually held by nothing else), and not converted again.
-    Half {
-        bits: DeviceBuffer<u16>,
-        format: HalfFormat,
-        shape: Vec<usize>,
-    },
-}
-
-impl<E: GpuElement> SavedInput<E> {
-    /// The input's shape.
-    pub fn shape(&self) -> &[usize] {
-        match self {
-            SavedInput::Full(x) => x.shape(),
-            SavedInput::Half { shape, .. } => shape,
-        }
-    }
-
-    /// The input in the element type: itself, or its 16-bit patterns widened (exactly the values
-    /// a 16-bit GEMM reads of the input).
-    fn full(&self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
-        match self {
-            SavedInput::Full(x) => Ok(x.clone()),
-            SavedInput::Half {
-                bits,
-                format,
-                shape,
-            } => CudaTensor::new(precision::widened(device, *format, bits)?, shape),
-        }
-    }
 }
 
 /// The checked sizes of one convolution (the contract's [`Conv2dGeometry`], so both backends
@@ -456,17 +419,29 @@ pub fn forward<E: GpuElement>(
         fill_bias(device, b, &mut y, g.c_out, g.p())?;
     }
     let accumulate = bias.is_some();
-    match stored {
-        None => full_forward(device, &g, x, weight, &mut y, accumulate)?,
-        Some((format, sums)) => precision::widen_into(device, format, &sums, &mut y, accumulate)?,
-    }
+    let y = match stored {
+        None => {
+            full_forward(device, &g, x, weight, &mut y, accumulate)?;
+            CudaTensor::new(y, &g.output_shape())?
+        }
+        Some((format, sums)) => {
+            precision::widen_into(device, format, &sums, &mut y, accumulate)?;
+            // Without a bias `y` holds exactly the stored sums: the next op may keep those.
+            match bias {
+                None => {
+                    CudaTensor::widened_from(y, &g.output_shape(), HalfBits { bits: sums, format })?
+                }
+                Some(_) => CudaTensor::new(y, &g.output_shape())?,
+            }
+        }
+    };
     let context = Conv2dContext {
         input,
         weight: weight.clone(),
         has_bias: bias.is_some(),
         params,
     };
-    Ok((CudaTensor::new(y, &g.output_shape())?, context))
+    Ok((y, context))
 }
 
 /// Gradients of [`forward`] given `dy = dL/dy [N, C_out, H_out, W_out]`:
@@ -569,8 +544,7 @@ fn half_forward<E: GpuElement>(
             false,
         )? {
             let input = SavedInput::Half {
-                bits: x16,
-                format,
+                bits: Arc::new(HalfBits { bits: x16, format }),
                 shape: x.shape().to_vec(),
             };
             return Ok((y16, input));
@@ -673,9 +647,7 @@ fn cudnn_half_backward<E: GpuElement>(
     let types = DataTypes::half(format);
     let converted;
     let x_half = match x {
-        SavedInput::Half {
-            bits, format: f, ..
-        } if *f == format => bits,
+        SavedInput::Half { bits, .. } if bits.format == format => &bits.bits,
         _ => {
             converted = stored(device, format, x.full(device)?.buffer())?;
             &converted
