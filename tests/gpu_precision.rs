@@ -341,6 +341,18 @@ fn live_bytes(gpu: &Cuda<f32>) -> usize {
     gpu.memory().live_bytes
 }
 
+/// `len` normal draws of deviation `sd`, as f32.
+fn normal_f32(rng: &mut SplitMix64, len: usize, sd: f64) -> Vec<f32> {
+    rng.normal_vec(len, sd).iter().map(|&v| v as f32).collect()
+}
+
+/// Whether two lists of tensors' values are equal bit for bit.
+fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()))
+}
+
 /// A 16-bit convolution on cuDNN keeps, for its backward, the 16-bit copy of its input that
 /// cuDNN read instead of the input (`SavedInput::Half`): the forward leaves `y` (with the 16-bit
 /// sums it was widened from, as it has no bias) and that copy live, dropping the input frees all
@@ -358,15 +370,14 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
     let spikes: Vec<f32> = (0..x_len)
         .map(|_| f32::from(rng.next_f64() > 0.7))
         .collect();
-    let weights = rng.normal_vec(w_shape.iter().product(), 0.3);
-    let grad_y = rng.normal_vec(y_len, 1.0);
+    let weights = normal_f32(&mut rng, w_shape.iter().product(), 0.3);
+    let grad_y = normal_f32(&mut rng, y_len, 1.0);
     let tensor = |shape: &[usize], values: Vec<f32>| gpu.tensor_from_vec(shape, values).unwrap();
-    let narrowed = |values: &[f64]| values.iter().map(|&v| v as f32).collect::<Vec<f32>>();
     for engine in each_conv_engine(device) {
         for format in FORMATS {
             device.set_precision(format.precision()).unwrap();
-            let w = tensor(&w_shape, narrowed(&weights));
-            let dy = tensor(&[3, 5, 7, 7], narrowed(&grad_y));
+            let w = tensor(&w_shape, weights.clone());
+            let dy = tensor(&[3, 5, 7, 7], grad_y.clone());
             let x = tensor(&x_shape, spikes.clone());
             let params = Conv2dParams::new(1, 1);
             let before = live_bytes(&gpu);
@@ -403,12 +414,8 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
                     "{what}: the context shares the input"
                 );
             }
-            let same = alive
-                .iter()
-                .zip(&dropped)
-                .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
             assert!(
-                same,
+                same_bits(&alive, &dropped),
                 "{what}: the backward changed once the input was dropped"
             );
             drop(y);
@@ -430,18 +437,13 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
     let (x_shape, w_shape, y_shape) = ([3, 4, 6, 6], [5, 4, 3, 3], [3, 5, 6, 6]);
     let y_len: usize = y_shape.iter().product();
     let mut rng = SplitMix64::new(43);
-    let narrowed = |values: Vec<f64>| values.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let mut normal = |shape: &[usize], sd: f64| {
+        let values = normal_f32(&mut rng, shape.iter().product(), sd);
+        gpu.tensor_from_vec(shape, values).unwrap()
+    };
+    let (x, w) = (normal(&x_shape, 1.0), normal(&w_shape, 0.3));
+    let (bias, dy) = (normal(&[5], 0.5), normal(&y_shape, 1.0));
     let tensor = |shape: &[usize], values: Vec<f32>| gpu.tensor_from_vec(shape, values).unwrap();
-    let x = tensor(
-        &x_shape,
-        narrowed(rng.normal_vec(x_shape.iter().product(), 1.0)),
-    );
-    let w = tensor(
-        &w_shape,
-        narrowed(rng.normal_vec(w_shape.iter().product(), 0.3)),
-    );
-    let bias = tensor(&[5], narrowed(rng.normal_vec(5, 0.5)));
-    let dy = tensor(&y_shape, narrowed(rng.normal_vec(y_len, 1.0)));
     let (gamma, beta) = (tensor(&[5], vec![1.5; 5]), tensor(&[5], vec![0.25; 5]));
     let params = BatchNormParams::default();
     let grads_of = |input: &CudaTensor<f32>| {
@@ -471,11 +473,10 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
             );
             let kept = gpu.batch_norm_backward(&dy, &context).unwrap();
             let kept = [&kept.input, &kept.gamma, &kept.beta].map(|t| gpu.to_vec(t).unwrap());
-            let same = kept
-                .iter()
-                .zip(&grads_of(&plain))
-                .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
-            assert!(same, "{what}: the backward over the 16-bit sums differs");
+            assert!(
+                same_bits(&kept, &grads_of(&plain)),
+                "{what}: the backward over the 16-bit sums differs"
+            );
             let (biased, _) = gpu.conv2d_forward(&x, &w, Some(&bias), conv).unwrap();
             assert!(
                 biased.exact_half().is_none(),
