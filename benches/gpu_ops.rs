@@ -10,8 +10,9 @@ use std::time::Instant;
 use criterion::{
     BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
 };
-use revsnn_gpu::Cuda;
+use revsnn_gpu::ops::precision::{HalfBits, HalfFormat, half_bits, rounded};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
+use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{
     AdamWParams, Backend, BatchNormParams, Compute, Conv2dParams, Pool2dParams,
@@ -163,7 +164,9 @@ fn gpu_ops(c: &mut Criterion) {
 /// BatchNorm's training forward and backward, with the bytes their kernels must move as the
 /// throughput: the forward reads `x` for the statistics, then reads it again and writes `y` (3
 /// passes); the backward reads `x` and `dy` for its sums, then both again and writes `dx` (5).
-/// Against the card's memory bandwidth this says how near memory speed BatchNorm runs.
+/// Against the card's memory bandwidth this says how near memory speed BatchNorm runs. The
+/// backward also runs over an input kept as its bf16 patterns, as a BatchNorm after a bias-free
+/// 16-bit convolution keeps it (`_bf16_input`: `x`'s two reads at half the bytes, 4 passes).
 fn batch_norm(c: &mut Criterion, gpu: &Gpu) {
     let mut group = c.benchmark_group("gpu_batch_norm_b64_t4_f32");
     let bn = BatchNormParams::default();
@@ -189,8 +192,33 @@ fn batch_norm(c: &mut Criterion, gpu: &Gpu) {
         bench(&mut group, gpu, &format!("{name}_backward"), || {
             gpu.batch_norm_backward(&x, &context).unwrap();
         });
+        let x16 = with_bf16_sums(gpu, &x);
+        let (_, _, context) = gpu
+            .batch_norm_train_forward(&x16, &gamma, &beta, bn)
+            .unwrap();
+        group.throughput(Throughput::Bytes(4 * bytes));
+        bench(
+            &mut group,
+            gpu,
+            &format!("{name}_backward_bf16_input"),
+            || {
+                gpu.batch_norm_backward(&x, &context).unwrap();
+            },
+        );
     }
     group.finish();
+}
+
+/// `x` rounded to bf16, carrying the bf16 patterns it holds exactly (`CudaTensor::exact_half`),
+/// as a bias-free 16-bit convolution hands on its output.
+fn with_bf16_sums(gpu: &Gpu, x: &CudaTensor<f32>) -> CudaTensor<f32> {
+    let (device, format) = (gpu.device(), HalfFormat::Bf16);
+    let bits = device
+        .upload(&half_bits(device, x, format).unwrap())
+        .unwrap();
+    let wide = gpu.to_vec(&rounded(device, x, format).unwrap()).unwrap();
+    let half = HalfBits { bits, format };
+    CudaTensor::widened_from(device.upload(&wide).unwrap(), x.shape(), half).unwrap()
 }
 
 criterion_group!(benches, gpu_ops);

@@ -426,61 +426,82 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
 
 /// A BatchNorm over a 16-bit convolution's output keeps the 16-bit sums that output was widened
 /// from instead of the output (`SavedInput::exact`): dropping the output frees all of its `f32`
-/// bytes, and the backward gives the bits of a BatchNorm over a plain copy of the output. A
-/// convolution with a bias has no exact 16-bit form, and its BatchNorm keeps the output.
+/// bytes, the backward reads the sums in place (it allocates no `f32` copy of the input beside
+/// `dx`), and it gives the bits of a BatchNorm over a plain copy of the output. Over both of the
+/// backward kernels' layouts: 6x6 images (groups of four elements, vector loads) and 5x5 (one
+/// element a thread). A convolution with a bias has no exact 16-bit form, and its BatchNorm keeps
+/// the output.
 #[test]
 fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
     let Some(gpu) = backend_or_skip::<f32>("a_batch_norm_over_a_16_bit_convolution") else {
         return;
     };
     let device = gpu.device();
-    let (x_shape, w_shape, y_shape) = ([3, 4, 6, 6], [5, 4, 3, 3], [3, 5, 6, 6]);
-    let y_len: usize = y_shape.iter().product();
     let mut rng = SplitMix64::new(43);
     let mut normal = |shape: &[usize], sd: f64| {
         let values = normal_f32(&mut rng, shape.iter().product(), sd);
         gpu.tensor_from_vec(shape, values).unwrap()
     };
-    let (x, w) = (normal(&x_shape, 1.0), normal(&w_shape, 0.3));
-    let (bias, dy) = (normal(&[5], 0.5), normal(&y_shape, 1.0));
+    let (w, bias) = (normal(&[5, 4, 3, 3], 0.3), normal(&[5], 0.5));
+    let images = [6, 5].map(|side| {
+        let x = normal(&[3, 4, side, side], 1.0);
+        (x, normal(&[3, 5, side, side], 1.0))
+    });
     let tensor = |shape: &[usize], values: Vec<f32>| gpu.tensor_from_vec(shape, values).unwrap();
     let (gamma, beta) = (tensor(&[5], vec![1.5; 5]), tensor(&[5], vec![0.25; 5]));
     let params = BatchNormParams::default();
-    let grads_of = |input: &CudaTensor<f32>| {
+    let grads_of = |input: &CudaTensor<f32>, dy: &CudaTensor<f32>| {
         let (_, _, context) = gpu
             .batch_norm_train_forward(input, &gamma, &beta, params)
             .unwrap();
-        let grads = gpu.batch_norm_backward(&dy, &context).unwrap();
+        let grads = gpu.batch_norm_backward(dy, &context).unwrap();
         [&grads.input, &grads.gamma, &grads.beta].map(|t| gpu.to_vec(t).unwrap())
     };
     for engine in each_conv_engine(device) {
         for format in FORMATS {
             device.set_precision(format.precision()).unwrap();
-            let what = format!("{} on {}", format.precision(), engine.name());
-            let conv = Conv2dParams::new(1, 1);
-            let (y, _) = gpu.conv2d_forward(&x, &w, None, conv).unwrap();
-            let plain = tensor(&y_shape, gpu.to_vec(&y).unwrap());
-            let (_, _, context) = gpu
-                .batch_norm_train_forward(&y, &gamma, &beta, params)
+            for (x, dy) in &images {
+                let what = format!(
+                    "{} on {}, {:?}",
+                    format.precision(),
+                    engine.name(),
+                    dy.shape()
+                );
+                let conv = Conv2dParams::new(1, 1);
+                let (y, _) = gpu.conv2d_forward(x, &w, None, conv).unwrap();
+                let plain = tensor(dy.shape(), gpu.to_vec(&y).unwrap());
+                let (_, _, context) = gpu
+                    .batch_norm_train_forward(&y, &gamma, &beta, params)
+                    .unwrap();
+                let with_y = live_bytes(&gpu);
+                drop(y);
+                let y_bytes = dy.len() * size_of::<f32>();
+                assert_eq!(
+                    with_y - live_bytes(&gpu),
+                    y_bytes,
+                    "{what}: the context keeps y"
+                );
+                let before = device.reset_peak_memory().live_bytes;
+                let kept = gpu.batch_norm_backward(dy, &context).unwrap();
+                let rise = gpu.memory().peak_bytes - before;
+                assert!(
+                    rise < 2 * y_bytes,
+                    "{what}: the backward held {rise} bytes, more than dx ({y_bytes}) and its sums"
+                );
+                let kept = [&kept.input, &kept.gamma, &kept.beta].map(|t| gpu.to_vec(t).unwrap());
+                assert!(
+                    same_bits(&kept, &grads_of(&plain, dy)),
+                    "{what}: the backward over the 16-bit sums differs"
+                );
+            }
+            let (biased, _) = gpu
+                .conv2d_forward(&images[0].0, &w, Some(&bias), Conv2dParams::new(1, 1))
                 .unwrap();
-            let with_y = live_bytes(&gpu);
-            drop(y);
-            let freed = with_y - live_bytes(&gpu);
-            assert_eq!(
-                freed,
-                y_len * size_of::<f32>(),
-                "{what}: the context keeps y"
-            );
-            let kept = gpu.batch_norm_backward(&dy, &context).unwrap();
-            let kept = [&kept.input, &kept.gamma, &kept.beta].map(|t| gpu.to_vec(t).unwrap());
-            assert!(
-                same_bits(&kept, &grads_of(&plain)),
-                "{what}: the backward over the 16-bit sums differs"
-            );
-            let (biased, _) = gpu.conv2d_forward(&x, &w, Some(&bias), conv).unwrap();
             assert!(
                 biased.exact_half().is_none(),
-                "{what}: a biased output is not exact"
+                "{} on {}: a biased output is not exact",
+                format.precision(),
+                engine.name()
             );
         }
     }

@@ -33,7 +33,7 @@ mapfile -t UNITS < <(python3 "$HERE/gen_registry.py" "$ROOT/gpu/kernels" "$ROOT/
 
 compile() {  # source -> object, skipped when the object is newer than every input
   local src="$1" obj="$OUT/obj/$(basename "${1%.*}").o"
-  local deps=("$src" "$HERE"/*.h "$HERE/build.sh")
+  local deps=("$src" "$HERE"/*.h "$ROOT"/gpu/kernels/*.cuh "$HERE/build.sh")
   case "$src" in "$OUT"/gen/kernels_*.cpp) deps+=("$(sed -n 's/^#include "\(\/.*\.cu\)"$/\1/p' "$src")");; esac
   local newest
   newest="$(ls -t "${deps[@]}" 2>/dev/null | head -1)"

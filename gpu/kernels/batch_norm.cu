@@ -21,7 +21,12 @@
 // in m2 cancels at most a factor n + 1: S2 = m2 + n (mean - x0)^2 and, x0 being one of the values,
 // (mean - x0)^2 <= m2. So unlike "mean of squares minus squared mean" it stays accurate when the
 // mean is large against the spread, with no division per element (docs/ARCHITECTURE.md, "GPU").
-// The backward's two sums are plain sums.
+// The backward's two sums are plain sums. The backward also reads an input kept as the 16-bit
+// patterns it was widened from (`*_f32_from_bf16`, `*_f32_from_fp16`: a 16-bit convolution's
+// output, docs/precision.md §"CUDA"), widening each element as it loads it: the same values as
+// the f32 input, with half its bytes read and no f32 copy.
+
+#include "half.cuh"
 
 #define BN_THREADS 256
 
@@ -266,6 +271,24 @@ __device__ __forceinline__ void load_group(const double* p, double v[BN_VEC], bo
         for (int u = 0; u < BN_VEC; ++u) v[u] = p[u];
     }
 }
+// Four 16-bit patterns as one 8-byte vector (the group's offset, 8 bytes per group, keeps the
+// 16-byte alignment of the base at 8), element u in the low half of word u / 2 first.
+template <typename Half>
+__device__ __forceinline__ void load_half_group(const Half* p, double v[BN_VEC], bool vector) {
+    if (vector) {
+        const uint2 q = *reinterpret_cast<const uint2*>(p);
+        const unsigned int words[2] = {q.x, q.y};
+        for (int u = 0; u < BN_VEC; ++u) v[u] = widened(Half{(unsigned short)(words[u / 2] >> (16 * (u % 2)))});
+    } else {
+        for (int u = 0; u < BN_VEC; ++u) v[u] = widened(p[u]);
+    }
+}
+__device__ __forceinline__ void load_group(const Bf16* p, double v[BN_VEC], bool vector) {
+    load_half_group(p, v, vector);
+}
+__device__ __forceinline__ void load_group(const Fp16* p, double v[BN_VEC], bool vector) {
+    load_half_group(p, v, vector);
+}
 __device__ __forceinline__ void store_group(float* p, const double v[BN_VEC], bool vector) {
     if (vector) {
         float4 q;
@@ -332,12 +355,13 @@ struct GradAndInput {
     double dy, x;
 };
 
-// sum_j dy and sum_j dy x_hat with x_hat = (x - mean_c) inv_std_c.
-template <typename E>
-__device__ void bn_grad_partial(const E* __restrict__ x, const E* __restrict__ grad_y, const double* __restrict__ mean,
+// sum_j dy and sum_j dy x_hat with x_hat = (x - mean_c) inv_std_c; x stored as X (E, or the
+// 16-bit patterns of an f32 input).
+template <typename E, typename X>
+__device__ void bn_grad_partial(const X* __restrict__ x, const E* __restrict__ grad_y, const double* __restrict__ mean,
                                 const double* __restrict__ inv_std, double* __restrict__ partial, long long channels,
                                 long long inner, long long per_channel, long long chunks, long long chunk_len) {
-    partial_sums<2>([&](long long k) { return GradAndInput{(double)grad_y[k], (double)x[k]}; },
+    partial_sums<2>([&](long long k) { return GradAndInput{(double)grad_y[k], widened(x[k])}; },
                     [&](const GradAndInput& v, long long c, double* acc) {
                         acc[0] += v.dy;
                         acc[1] += v.dy * (v.x - mean[c]) * inv_std[c];
@@ -370,8 +394,8 @@ __device__ __forceinline__ double bn_input_grad(double dy, double x, double scal
     return scale * (dy - mean_dy - x_hat * mean_dy_xhat);
 }
 
-template <typename E>
-__device__ void bn_backward_input(const E* __restrict__ x, const E* __restrict__ grad_y, E* __restrict__ grad_x,
+template <typename E, typename X>
+__device__ void bn_backward_input(const X* __restrict__ x, const E* __restrict__ grad_y, E* __restrict__ grad_x,
                                   const double* __restrict__ mean, const double* __restrict__ inv_std,
                                   const E* __restrict__ gamma, const double* __restrict__ means, long long channels,
                                   long long inner, long long total, long long width, int train) {
@@ -389,7 +413,7 @@ __device__ void bn_backward_input(const E* __restrict__ x, const E* __restrict__
                 }
                 store_group(grad_x + k, dy, vector);
             } else {
-                const double xk = train ? (double)x[k] : 0.0;
+                const double xk = train ? widened(x[k]) : 0.0;
                 grad_x[k] = (E)bn_input_grad((double)grad_y[k], xk, scale, shift, inv, mean_dy, mean_dy_xhat, train);
             }
         },
@@ -433,7 +457,7 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
                                                         const double* inv_std, double* partial, long long channels, \
                                                         long long inner, long long per_channel, long long chunks,   \
                                                         long long chunk_len) {                                      \
-        bn_grad_partial<E>(x, grad_y, mean, inv_std, partial, channels, inner, per_channel, chunks, chunk_len);     \
+        bn_grad_partial<E, E>(x, grad_y, mean, inv_std, partial, channels, inner, per_channel, chunks, chunk_len);  \
     }                                                                                                              \
     extern "C" __global__ void bn_grad_finalize_##SUFFIX(const double* partial, double* means, E* grad_gamma,       \
                                                          E* grad_beta, long long channels, long long chunks,        \
@@ -445,7 +469,8 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
                                                           const E* gamma, const double* means, long long channels,  \
                                                           long long inner, long long total, long long width,        \
                                                           int train) {                                              \
-        bn_backward_input<E>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, width, train); \
+        bn_backward_input<E, E>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, width,      \
+                                train);                                                                            \
     }                                                                                                              \
     extern "C" __global__ void bn_update_running_##SUFFIX(const E* running_mean, const E* running_var,              \
                                                           const E* batch_mean, const E* batch_var, E* new_mean,     \
@@ -456,3 +481,24 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
 
 BATCH_NORM_KERNELS(float, f32)
 BATCH_NORM_KERNELS(double, f64)
+
+// The backward over an f32 input kept as its 16-bit patterns X (Bf16 or Fp16).
+#define BATCH_NORM_HALF_INPUT_KERNELS(X, FORMAT)                                                                   \
+    extern "C" __global__ void bn_grad_partial_f32_from_##FORMAT(const X* x, const float* grad_y, const double* mean, \
+                                                                 const double* inv_std, double* partial,           \
+                                                                 long long channels, long long inner,              \
+                                                                 long long per_channel, long long chunks,          \
+                                                                 long long chunk_len) {                            \
+        bn_grad_partial<float, X>(x, grad_y, mean, inv_std, partial, channels, inner, per_channel, chunks,         \
+                                  chunk_len);                                                                      \
+    }                                                                                                              \
+    extern "C" __global__ void bn_backward_input_f32_from_##FORMAT(                                                \
+        const X* x, const float* grad_y, float* grad_x, const double* mean, const double* inv_std,                 \
+        const float* gamma, const double* means, long long channels, long long inner, long long total,             \
+        long long width, int train) {                                                                              \
+        bn_backward_input<float, X>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, width, \
+                                    train);                                                                        \
+    }
+
+BATCH_NORM_HALF_INPUT_KERNELS(Bf16, bf16)
+BATCH_NORM_HALF_INPUT_KERNELS(Fp16, fp16)

@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString, c_char};
 use cudarc::nvrtc::{result, sys};
 
 use crate::error::GpuError;
-use crate::kernels::KernelSource;
+use crate::kernels::{HEADERS, KernelSource};
 
 /// What to compile to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +54,9 @@ pub fn nvrtc_version() -> Result<(i32, i32), GpuError> {
 }
 
 /// Compiles `kernel` for `target` and returns the PTX text or CUBIN image, ready for
-/// `cudarc::nvrtc::Ptx::from_binary` (a PTX is NUL-terminated). Headers are searched in the
-/// folders of the `REVSNN_CUDA_INCLUDE` variable (`:`-separated), when set.
+/// `cudarc::nvrtc::Ptx::from_binary` (a PTX is NUL-terminated). The files of
+/// [`HEADERS`] are included by name; other headers are searched in the folders of the
+/// `REVSNN_CUDA_INCLUDE` variable (`:`-separated), when set.
 pub fn compile(kernel: &KernelSource, target: Target) -> Result<Vec<u8>, GpuError> {
     if !nvrtc_present() {
         return Err(GpuError::LibraryMissing {
@@ -86,7 +87,12 @@ pub fn compile(kernel: &KernelSource, target: Target) -> Result<Vec<u8>, GpuErro
         CString::new(kernel.source).map_err(|_| fail("the source contains a NUL byte".into()))?;
     let name =
         CString::new(kernel.file).map_err(|_| fail("the file name contains a NUL byte".into()))?;
-    let program = result::create_program(&source, Some(&name)).map_err(|e| fail(e.to_string()))?;
+    let headers = HEADERS
+        .iter()
+        .map(|h| Ok((CString::new(h.name)?, CString::new(h.source)?)))
+        .collect::<Result<Vec<_>, std::ffi::NulError>>()
+        .map_err(|_| fail("a header contains a NUL byte".into()))?;
+    let program = create_program(&source, &name, &headers).map_err(|e| fail(e.to_string()))?;
     // SAFETY: `program` was just created and is destroyed exactly once below.
     let compiled = unsafe { result::compile_program(program, &options) };
     let output = match compiled {
@@ -101,6 +107,31 @@ pub fn compile(kernel: &KernelSource, target: Target) -> Result<Vec<u8>, GpuErro
     // SAFETY: `program` is live and not used after this.
     unsafe { result::destroy_program(program) }.map_err(|e| fail(e.to_string()))?;
     output
+}
+
+/// An NVRTC program of `source` named `name`, with `headers` (name, text) to include by name.
+fn create_program(
+    source: &CStr,
+    name: &CStr,
+    headers: &[(CString, CString)],
+) -> Result<sys::nvrtcProgram, result::NvrtcError> {
+    let names: Vec<*const c_char> = headers.iter().map(|(n, _)| n.as_ptr()).collect();
+    let texts: Vec<*const c_char> = headers.iter().map(|(_, t)| t.as_ptr()).collect();
+    let mut program = std::mem::MaybeUninit::uninit();
+    // SAFETY: every pointer is to a live NUL-terminated string, the two arrays hold
+    // `headers.len()` of them, and NVRTC copies them before returning.
+    unsafe {
+        sys::nvrtcCreateProgram(
+            program.as_mut_ptr(),
+            source.as_ptr(),
+            name.as_ptr(),
+            headers.len() as i32,
+            texts.as_ptr(),
+            names.as_ptr(),
+        )
+        .result()?;
+        Ok(program.assume_init())
+    }
 }
 
 /// # Safety

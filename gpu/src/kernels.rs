@@ -64,6 +64,10 @@ pub const BATCH_NORM: KernelSource = KernelSource {
         "bn_grad_finalize_f64",
         "bn_backward_input_f32",
         "bn_backward_input_f64",
+        "bn_grad_partial_f32_from_bf16",
+        "bn_grad_partial_f32_from_fp16",
+        "bn_backward_input_f32_from_bf16",
+        "bn_backward_input_f32_from_fp16",
         "bn_update_running_f32",
         "bn_update_running_f64",
     ],
@@ -163,6 +167,23 @@ pub const PRECISION: KernelSource = KernelSource {
         "add_from_fp16",
     ],
 };
+
+/// A header the kernel files include (`#include "name"`), handed to NVRTC with every file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelHeader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// `gpu/kernels/half.cuh`: the bf16 and fp16 bit patterns, and the widening to `double` of an
+/// element of any stored type (included by precision.cu and batch_norm.cu).
+pub const HALF: KernelHeader = KernelHeader {
+    name: "half.cuh",
+    source: include_str!("../kernels/half.cuh"),
+};
+
+/// Every header, handed to NVRTC by name with each kernel file.
+pub const HEADERS: &[KernelHeader] = &[HALF];
 
 /// Every kernel file, for the NVRTC compile check.
 pub const ALL: &[KernelSource] = &[

@@ -11,7 +11,8 @@
 //! formula) where the reference sums the squared deviations in a second read; the two differ only
 //! by rounding.
 
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop};
 use revsnn_reference::contract::shapes::{
     BatchNormShape, check_channel_vector, check_context_statistics,
 };
@@ -19,7 +20,7 @@ use revsnn_reference::{
     BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, RunningStats,
 };
 
-use super::precision::SavedInput;
+use super::precision::{SavedInput, require_f32};
 use super::{GpuElement, elementwise_launch};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -131,6 +132,44 @@ fn reduce_launch(blocks: usize) -> LaunchConfig {
 
 fn kernel<E: GpuElement>(device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
     device.function(&BATCH_NORM, &format!("{name}_{}", E::SUFFIX))
+}
+
+/// The backward's input as its kernels read it, in place: `x` itself, read by `{name}_<E>`, or
+/// its 16-bit patterns, read by `{name}_f32_from_<format>`, which widens each element as it
+/// loads it (the same values, half the bytes, no `f32` copy).
+struct InputOperand<'a> {
+    /// The kernels' name suffix.
+    suffix: String,
+    /// The first element.
+    pointer: CUdeviceptr,
+    /// Orders the launches after the input's writes (cudarc's stream tracking).
+    _read: SyncOnDrop<'a>,
+}
+
+impl<'a> InputOperand<'a> {
+    fn of<E: GpuElement>(
+        device: &'a GpuDevice,
+        input: &'a SavedInput<E>,
+    ) -> Result<InputOperand<'a>, GpuError> {
+        let (suffix, (pointer, _read)) = match input {
+            SavedInput::Full(x) => (E::SUFFIX.to_string(), x.slice().device_ptr(device.stream())),
+            SavedInput::Half { bits, .. } => {
+                require_f32::<E>(bits.format)?;
+                let pointer = bits.bits.slice().device_ptr(device.stream());
+                (format!("f32_from_{}", bits.format.name()), pointer)
+            }
+        };
+        Ok(InputOperand {
+            suffix,
+            pointer,
+            _read,
+        })
+    }
+
+    /// The kernel `name` of batch_norm.cu for this input.
+    fn kernel(&self, device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
+        device.function(&BATCH_NORM, &format!("{name}_{}", self.suffix))
+    }
 }
 
 /// `y = gamma_c inv_std_c (x - mean_c) + beta_c` into a new tensor of `x`'s shape.
@@ -362,8 +401,8 @@ pub fn backward<E: GpuElement>(
             beta: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
         });
     }
-    let input = context.input.full(device)?;
     let stream = device.stream();
+    let input = InputOperand::of(device, &context.input)?;
     let [c, inner, n, chunks, chunk_len] = layout.args();
     let blocks = channels * layout.chunks;
     // SAFETY: pass 1 writes both sums' `C chunks` partials before pass 2 reads them.
@@ -373,10 +412,10 @@ pub fn backward<E: GpuElement>(
     let mut grad_gamma = unsafe { device.alloc::<E>(channels) }?;
     let mut grad_beta = unsafe { device.alloc::<E>(channels) }?;
 
-    let function = kernel::<E>(device, "bn_grad_partial")?;
+    let function = input.kernel(device, "bn_grad_partial")?;
     let mut launch = stream.launch_builder(&function);
     launch
-        .arg(input.slice())
+        .arg(&input.pointer)
         .arg(grad_y.slice())
         .arg(context.mean.slice())
         .arg(context.inv_std.slice())
@@ -387,8 +426,8 @@ pub fn backward<E: GpuElement>(
         .arg(&chunks)
         .arg(&chunk_len);
     // SAFETY: matches `bn_grad_partial_<E>(x, grad_y, mean, inv_std, partial, channels, inner,
-    // per_channel, chunks, chunk_len)`; x and grad_y hold `N C inner` elements, mean and inv_std
-    // C, partial 2 C chunks; n >= 1.
+    // per_channel, chunks, chunk_len)` (or its `_f32_from_<format>` twin, whose x is 16-bit);
+    // x and grad_y hold `N C inner` elements, mean and inv_std C, partial 2 C chunks; n >= 1.
     unsafe { launch.launch(reduce_launch(blocks)) }
         .map_err(GpuError::driver("launching bn_grad_partial"))?;
 
@@ -409,7 +448,7 @@ pub fn backward<E: GpuElement>(
 
     // SAFETY: the kernel writes all `total` elements (total >= 1 here).
     let mut grad_x = unsafe { device.alloc::<E>(layout.total) }?;
-    let function = kernel::<E>(device, "bn_backward_input")?;
+    let function = input.kernel(device, "bn_backward_input")?;
     let width = group_width(&layout);
     let (total, width_arg, train) = (
         layout.total as i64,
@@ -418,7 +457,7 @@ pub fn backward<E: GpuElement>(
     );
     let mut launch = stream.launch_builder(&function);
     launch
-        .arg(input.slice())
+        .arg(&input.pointer)
         .arg(grad_y.slice())
         .arg(grad_x.slice_mut())
         .arg(context.mean.slice())
@@ -431,7 +470,8 @@ pub fn backward<E: GpuElement>(
         .arg(&width_arg)
         .arg(&train);
     // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
-    // channels, inner, total, width, train)`; sizes as above, `width` divides `total`.
+    // channels, inner, total, width, train)` (or its 16-bit twin, as above); sizes as above,
+    // `width` divides `total`.
     unsafe { launch.launch(elementwise_launch(layout.total / width)) }
         .map_err(GpuError::driver("launching bn_backward_input"))?;
 

@@ -80,7 +80,8 @@ impl HalfFormat {
         Ok(())
     }
 
-    fn name(self) -> &'static str {
+    /// The format's name in kernel names: `bf16` or `fp16`.
+    pub(crate) fn name(self) -> &'static str {
         match self {
             HalfFormat::Bf16 => "bf16",
             HalfFormat::Fp16 => "fp16",
@@ -143,7 +144,7 @@ impl<E: GpuElement> SavedInput<E> {
 
 /// Refuses an element type other than `f32` under a 16-bit precision: cuBLAS's 16-bit GEMMs
 /// accumulate into `f32`.
-fn require_f32<E: GpuElement>(format: HalfFormat) -> Result<(), GpuError> {
+pub(crate) fn require_f32<E: GpuElement>(format: HalfFormat) -> Result<(), GpuError> {
     if E::BLAS_TYPE == cudaDataType::CUDA_R_32F {
         Ok(())
     } else {
