@@ -46,12 +46,15 @@ use revsnn::model::reversible::Coupling;
 use revsnn::model::{BuildOptions, EntryKind, ParamId, Targets};
 use revsnn::network::{Network, PassOptions};
 use revsnn::spec::ModelSpec;
-use revsnn_gpu::ops::conv::ConvEngine;
+use revsnn_gpu::ops::conv::{Conv2dContext, ConvEngine};
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
+use revsnn_gpu::ops::saved_input::SavedInput;
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, BatchNormParams, Compute, Conv2dParams, Cpu, DType, Precision};
+use revsnn_reference::{
+    Backend, BatchNormParams, Compute, Conv2dParams, Cpu, DType, Firing, NeuronConfig, Precision,
+};
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
 
@@ -503,6 +506,67 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
                 format.precision(),
                 engine.name()
             );
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
+/// A convolution over a neuron's spikes keeps them one byte each (`SavedInput::Spikes`), in every
+/// precision and on both engines: dropping the spikes frees all of their bytes, the context
+/// holds one byte per element, and the backward gives the bits of a convolution over a plain
+/// copy of the spikes, which the context keeps as it is. A smooth neuron's output is not spikes.
+#[test]
+fn a_convolution_over_spikes_keeps_them_one_byte_each() {
+    let Some(gpu) = backend_or_skip::<f32>("a_convolution_over_spikes") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(47);
+    let mut normal = |shape: &[usize], sd: f64| {
+        let values = normal_f32(&mut rng, shape.iter().product(), sd);
+        gpu.tensor_from_vec(shape, values).unwrap()
+    };
+    let currents = normal(&[2, 4, 6, 6], 1.5);
+    let (w, dy) = (normal(&[5, 4, 3, 3], 0.3), normal(&[2, 5, 6, 6], 1.0));
+    let heaviside = NeuronConfig::if_atan();
+    let smooth = NeuronConfig {
+        firing: Firing::Smooth,
+        ..heaviside
+    };
+    let conv = Conv2dParams::new(1, 1);
+    let grads_of = |context: &Conv2dContext<f32>| {
+        let grads = gpu.conv2d_backward(&dy, context).unwrap();
+        [&grads.input, &grads.weight].map(|t| gpu.to_vec(t).unwrap())
+    };
+    for engine in each_conv_engine(device) {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
+            device.set_precision(precision).unwrap();
+            let what = format!("{precision} on {}", engine.name());
+            let (spikes, _) = gpu.neuron_forward(&currents, &heaviside).unwrap();
+            let values = gpu.to_vec(&spikes).unwrap();
+            assert!(spikes.is_spikes(), "{what}: the spikes are not marked");
+            assert!(
+                values.contains(&0.0) && values.contains(&1.0),
+                "{what}: {values:?}"
+            );
+            let plain = gpu.tensor_from_vec(spikes.shape(), values).unwrap();
+            let (_, context) = gpu.conv2d_forward(&spikes, &w, None, conv).unwrap();
+            let kept = match &context.input {
+                SavedInput::Spikes { bytes, .. } => bytes.len(),
+                other => panic!("{what}: the context keeps {other:?}"),
+            };
+            assert_eq!(kept, spikes.len(), "{what}: one byte per spike");
+            let with_spikes = live_bytes(&gpu);
+            let spike_bytes = spikes.len() * size_of::<f32>();
+            drop(spikes);
+            assert_eq!(with_spikes - live_bytes(&gpu), spike_bytes, "{what}: kept");
+            let (_, plain_context) = gpu.conv2d_forward(&plain, &w, None, conv).unwrap();
+            assert!(
+                same_bits(&grads_of(&context), &grads_of(&plain_context)),
+                "{what}: the backward over the spike bytes differs"
+            );
+            let (smoothed, _) = gpu.neuron_forward(&currents, &smooth).unwrap();
+            assert!(!smoothed.is_spikes(), "{what}: a smooth output is marked");
         }
     }
     device.set_precision(Precision::F32).unwrap();

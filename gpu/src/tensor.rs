@@ -1,8 +1,9 @@
 //! [`CudaTensor`]: a shape over a shared, immutable device buffer, the CUDA backend's twin of
 //! `revsnn_reference::CpuTensor`. `clone` and [`CudaTensor::reshaped`] share the buffer; every op
 //! writes a fresh buffer, so a context may keep a tensor its caller keeps too at no cost. A tensor
-//! widened from 16-bit values (a 16-bit convolution's output) carries them along, so that the
-//! next op's context can keep those instead.
+//! widened from 16-bit values (a 16-bit convolution's output) carries them along, and a neuron's
+//! spikes say that they are 0s and 1s, so that the next op's context can keep a compact form
+//! instead (`SavedInput`).
 
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ pub struct CudaTensor<E> {
     shape: Vec<usize>,
     /// The same values as 16-bit patterns, exactly, when the tensor was widened from them.
     exact_half: Option<Arc<HalfBits>>,
+    /// Whether every element is 0 or 1: a neuron's Heaviside spikes.
+    spikes: bool,
 }
 
 impl<E: GpuElement> CudaTensor<E> {
@@ -32,12 +35,13 @@ impl<E: GpuElement> CudaTensor<E> {
             buffer: Arc::new(buffer),
             shape: shape.to_vec(),
             exact_half: None,
+            spikes: false,
         })
     }
 
     /// `buffer` under `shape`, widened from `half`, which holds exactly its values: an op that
     /// keeps the tensor for a backward can keep `half` instead
-    /// ([`SavedInput::exact`](crate::ops::precision::SavedInput::exact)).
+    /// ([`SavedInput::exact`](crate::ops::saved_input::SavedInput::exact)).
     pub fn widened_from(
         buffer: DeviceBuffer<E>,
         shape: &[usize],
@@ -49,6 +53,13 @@ impl<E: GpuElement> CudaTensor<E> {
         Ok(tensor)
     }
 
+    /// `self`, marked as holding only 0s and 1s; only a neuron's Heaviside forward marks its
+    /// spikes so ([`SavedInput::compact`](crate::ops::saved_input::SavedInput::compact)).
+    pub(crate) fn into_spikes(mut self) -> Self {
+        self.spikes = true;
+        self
+    }
+
     /// The same elements under another shape of equal size (no copy).
     pub fn reshaped(&self, shape: &[usize]) -> Result<Self, GpuError> {
         check_len("reshape", shape, self.len())?;
@@ -56,6 +67,7 @@ impl<E: GpuElement> CudaTensor<E> {
             buffer: self.buffer.clone(),
             shape: shape.to_vec(),
             exact_half: self.exact_half.clone(),
+            spikes: self.spikes,
         })
     }
 
@@ -80,6 +92,11 @@ impl<E: GpuElement> CudaTensor<E> {
     /// The elements, for a kernel launch.
     pub fn slice(&self) -> &CudaSlice<E> {
         self.buffer.slice()
+    }
+
+    /// Whether every element is 0 or 1 (a neuron's spikes).
+    pub fn is_spikes(&self) -> bool {
+        self.spikes
     }
 
     /// The 16-bit patterns this tensor was widened from, when it was.

@@ -20,8 +20,9 @@ use revsnn_reference::{
     BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, RunningStats,
 };
 
-use super::precision::{SavedInput, require_f32};
-use super::{GpuElement, elementwise_launch};
+use super::precision::require_f32;
+use super::saved_input::SavedInput;
+use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::BATCH_NORM;
@@ -157,6 +158,10 @@ impl<'a> InputOperand<'a> {
                 require_f32::<E>(bits.format)?;
                 let pointer = bits.bits.slice().device_ptr(device.stream());
                 (format!("f32_from_{}", bits.format.name()), pointer)
+            }
+            SavedInput::Spikes { .. } => {
+                let detail = "internal error: a BatchNorm context keeps no spike bytes";
+                return Err(shape_error("batch_norm_backward", detail));
             }
         };
         Ok(InputOperand {

@@ -1,7 +1,8 @@
 //! Host sides of the CUDA kernels; each module is the twin of the CPU kernels' module of the same
 //! name (`reference/src/ops/`), with the same public functions, and of `gpu/kernels/<same
 //! name>.cu`, except `precision`, whose twin is the contract's
-//! `reference/src/contract/precision.rs` (`Precision::round`). Every function validates its
+//! `reference/src/contract/precision.rs` (`Precision::round`), and `saved_input`, the compact
+//! forms in which contexts keep their inputs (no twin; kernels in `gpu/kernels/spike_bytes.cu`). Every function validates its
 //! operands with the contract's shape rules (`revsnn_reference::contract`; a [`GpuError::Op`]
 //! names the op and what is wrong, as the CPU backend does), allocates its outputs through
 //! [`GpuDevice`](crate::GpuDevice) so they are counted, and queues its kernels on the device's one
@@ -15,6 +16,7 @@ pub mod neuron;
 pub mod optim;
 pub mod pool;
 pub mod precision;
+pub mod saved_input;
 pub mod tensor;
 
 use cudarc::cublas::sys::cudaDataType;

@@ -108,8 +108,9 @@ pub struct NeuronContext<E> {
     pub config: NeuronConfig,
 }
 
-/// The forward of docs/neurons.md §2.2 over `x` `[T, ...]`: returns the spikes `[T, ...]` and the
-/// context holding `h` and `config`. Errors, as the reference: an invalid `config`, or `x` with no
+/// The forward of docs/neurons.md §2.2 over `x` `[T, ...]`: returns the spikes `[T, ...]` (with
+/// Heaviside firing marked as 0s and 1s, [`CudaTensor::is_spikes`]) and the context holding `h`
+/// and `config`. Errors, as the reference: an invalid `config`, or `x` with no
 /// axis or `T = 0`.
 pub fn forward<E: GpuElement>(
     device: &GpuDevice,
@@ -133,8 +134,13 @@ pub fn forward<E: GpuElement>(
             config,
         )?;
     }
+    let spikes = CudaTensor::new(spikes, x.shape())?;
+    let spikes = match config.firing {
+        Firing::Heaviside => spikes.into_spikes(),
+        Firing::Smooth => spikes,
+    };
     Ok((
-        CudaTensor::new(spikes, x.shape())?,
+        spikes,
         NeuronContext {
             h: CudaTensor::new(h, x.shape())?,
             config: *config,

@@ -10,13 +10,11 @@
 //! result differs from the reference's emulation (`Cpu::with_precision`) by the order of the
 //! `f32` sums only. The 16-bit copies live for one GEMM and go back to the caching pool after it.
 
-use std::ffi::c_void;
-use std::sync::Arc;
-
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
 use cudarc::cublas::{CudaBlas, StridedBatchedConfig, result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use revsnn_reference::Precision;
+use std::ffi::c_void;
 
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -95,51 +93,6 @@ impl HalfFormat {
 pub struct HalfBits {
     pub bits: DeviceBuffer<u16>,
     pub format: HalfFormat,
-}
-
-/// An input as an op's backward keeps it (docs/precision.md §"CUDA").
-#[derive(Debug)]
-pub enum SavedInput<E> {
-    /// The input itself, shared with the caller.
-    Full(CudaTensor<E>),
-    /// The input's 16-bit patterns: all that the backward reads of it. Kept instead of the
-    /// input, whose memory the caller can then free, and not converted again.
-    Half {
-        bits: Arc<HalfBits>,
-        shape: Vec<usize>,
-    },
-}
-
-impl<E: GpuElement> SavedInput<E> {
-    /// `x` as a backward that reads its exact values keeps it: its 16-bit patterns when they hold
-    /// exactly its values ([`CudaTensor::exact_half`]), else `x` itself.
-    pub fn exact(x: &CudaTensor<E>) -> SavedInput<E> {
-        match x.exact_half() {
-            Some(bits) => SavedInput::Half {
-                bits: bits.clone(),
-                shape: x.shape().to_vec(),
-            },
-            None => SavedInput::Full(x.clone()),
-        }
-    }
-
-    /// The input's shape.
-    pub fn shape(&self) -> &[usize] {
-        match self {
-            SavedInput::Full(x) => x.shape(),
-            SavedInput::Half { shape, .. } => shape,
-        }
-    }
-
-    /// The input in the element type: itself, or its 16-bit patterns widened.
-    pub(crate) fn full(&self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
-        match self {
-            SavedInput::Full(x) => Ok(x.clone()),
-            SavedInput::Half { bits, shape } => {
-                CudaTensor::new(widened(device, bits.format, &bits.bits)?, shape)
-            }
-        }
-    }
 }
 
 /// Refuses an element type other than `f32` under a 16-bit precision: cuBLAS's 16-bit GEMMs

@@ -48,7 +48,8 @@ use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use revsnn_reference::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams};
 
 use super::linear::{Operand, RowMajorGemm, bias_gradient, fill_bias};
-use super::precision::{self, HalfBits, HalfFormat, SavedInput};
+use super::precision::{self, HalfBits, HalfFormat};
+use super::saved_input::SavedInput;
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -410,7 +411,7 @@ pub fn forward<E: GpuElement>(
             let (sums, input) = half_forward(device, &g, format, x, weight)?;
             (Some((format, sums)), input)
         }
-        None => (None, SavedInput::Full(x.clone())),
+        None => (None, SavedInput::compact(device, x)?),
     };
     // SAFETY: the widening, cuDNN, or the GEMMs of every chunk write every element (onto the
     // bias fill when there is one).
@@ -519,7 +520,8 @@ fn full_forward<E: GpuElement>(
 
 /// The sums `conv(x, w)` of a 16-bit precision, stored in `format`: written so by cuDNN's 16-bit
 /// configuration, or summed in `f32` by GEMMs (a pointwise forward, the im2col engine) and
-/// rounded. With the input as the backward keeps it: the 16-bit copy cuDNN read, else `x`.
+/// rounded. With the input as the backward keeps it: spikes a byte each, else the 16-bit copy
+/// cuDNN read, else `x`.
 fn half_forward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
@@ -543,9 +545,14 @@ fn half_forward<E: GpuElement>(
             y16.slice_mut(),
             false,
         )? {
-            let input = SavedInput::Half {
-                bits: Arc::new(HalfBits { bits: x16, format }),
-                shape: x.shape().to_vec(),
+            // Spikes keep a byte each, anything else the 16-bit copy cuDNN read.
+            let input = if x.is_spikes() {
+                SavedInput::compact(device, x)?
+            } else {
+                SavedInput::Half {
+                    bits: Arc::new(HalfBits { bits: x16, format }),
+                    shape: x.shape().to_vec(),
+                }
             };
             return Ok((y16, input));
         }
@@ -553,7 +560,10 @@ fn half_forward<E: GpuElement>(
     // SAFETY: the GEMMs write every element.
     let mut sums = unsafe { device.alloc::<E>(len) }?;
     im2col_forward(device, g, x, weight, &mut sums, false)?;
-    Ok((stored(device, format, &sums)?, SavedInput::Full(x.clone())))
+    Ok((
+        stored(device, format, &sums)?,
+        SavedInput::compact(device, x)?,
+    ))
 }
 
 /// `x` converted to `format`'s 16-bit patterns.
@@ -645,16 +655,9 @@ fn cudnn_half_backward<E: GpuElement>(
         return Ok(None);
     }
     let types = DataTypes::half(format);
-    let converted;
-    let x_half = match x {
-        SavedInput::Half { bits, .. } if bits.format == format => &bits.bits,
-        _ => {
-            converted = stored(device, format, x.full(device)?.buffer())?;
-            &converted
-        }
-    };
+    let x_half = x.half(device, format)?;
     let dy_half = stored(device, format, grad_y.buffer())?;
-    let (x16, dy16) = (x_half.slice(), dy_half.slice());
+    let (x16, dy16) = (x_half.buffer().slice(), dy_half.slice());
     // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
     let mut dw16 = unsafe { device.alloc::<u16>(g.c_out * g.k()) }?;
     if !cudnn::backward_filter(device, g, types, x16, dy16, dw16.slice_mut())? {

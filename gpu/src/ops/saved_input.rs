@@ -1,0 +1,157 @@
+//! An input as an op's backward keeps it (docs/precision.md §"CUDA", §"Spike bytes"): the
+//! tensor itself, or a compact form that holds its values exactly and lets the caller free the
+//! tensor. Kernels of the spike bytes in `gpu/kernels/spike_bytes.cu`.
+
+use std::sync::Arc;
+
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+
+use super::precision::{self, HalfBits, HalfFormat};
+use super::{GpuElement, elementwise_launch};
+use crate::device::GpuDevice;
+use crate::error::GpuError;
+use crate::kernels::SPIKE_BYTES;
+use crate::memory::DeviceBuffer;
+use crate::tensor::CudaTensor;
+
+/// An input as an op's backward keeps it.
+#[derive(Debug)]
+pub enum SavedInput<E> {
+    /// The input itself, shared with the caller.
+    Full(CudaTensor<E>),
+    /// The input's 16-bit patterns: all that the backward reads of it, or exactly its values.
+    /// Kept instead of the input, whose memory the caller can then free, and not converted again.
+    Half {
+        bits: Arc<HalfBits>,
+        shape: Vec<usize>,
+    },
+    /// A spike input ([`CudaTensor::is_spikes`]) one byte per element, 0 or 1.
+    Spikes {
+        bytes: DeviceBuffer<u8>,
+        shape: Vec<usize>,
+    },
+}
+
+impl<E: GpuElement> SavedInput<E> {
+    /// `x` as a backward that reads its exact values keeps it: its 16-bit patterns when they hold
+    /// exactly its values ([`CudaTensor::exact_half`]), else `x` itself.
+    pub fn exact(x: &CudaTensor<E>) -> SavedInput<E> {
+        match x.exact_half() {
+            Some(bits) => SavedInput::Half {
+                bits: bits.clone(),
+                shape: x.shape().to_vec(),
+            },
+            None => SavedInput::Full(x.clone()),
+        }
+    }
+
+    /// `x` as a convolution keeps it for its weight gradient: a byte per element when `x` is
+    /// spikes, else `x` itself.
+    pub fn compact(device: &GpuDevice, x: &CudaTensor<E>) -> Result<SavedInput<E>, GpuError> {
+        if !x.is_spikes() {
+            return Ok(SavedInput::Full(x.clone()));
+        }
+        // SAFETY: the conversion writes every element.
+        let mut bytes = unsafe { device.alloc::<u8>(x.len()) }?;
+        let name = format!("to_spike_bytes_{}", E::SUFFIX);
+        convert(device, &name, x.buffer(), &mut bytes)?;
+        Ok(SavedInput::Spikes {
+            bytes,
+            shape: x.shape().to_vec(),
+        })
+    }
+
+    /// The input's shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            SavedInput::Full(x) => x.shape(),
+            SavedInput::Half { shape, .. } | SavedInput::Spikes { shape, .. } => shape,
+        }
+    }
+
+    /// The input in the element type: itself, or its compact form widened.
+    pub(crate) fn full(&self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
+        match self {
+            SavedInput::Full(x) => Ok(x.clone()),
+            SavedInput::Half { bits, shape } => {
+                CudaTensor::new(precision::widened(device, bits.format, &bits.bits)?, shape)
+            }
+            SavedInput::Spikes { bytes, shape } => {
+                // SAFETY: the conversion writes every element.
+                let mut wide = unsafe { device.alloc::<E>(bytes.len()) }?;
+                let name = format!("from_spike_bytes_{}", E::SUFFIX);
+                convert(device, &name, bytes, &mut wide)?;
+                CudaTensor::new(wide, shape)
+            }
+        }
+    }
+
+    /// The input as `format`'s 16-bit patterns: those kept, or made from the compact form or the
+    /// input (a 16-bit GEMM's or cuDNN's operand, freed with the result).
+    pub(crate) fn half(
+        &self,
+        device: &GpuDevice,
+        format: HalfFormat,
+    ) -> Result<HalfOperand<'_>, GpuError> {
+        match self {
+            SavedInput::Half { bits, .. } if bits.format == format => {
+                Ok(HalfOperand::Kept(&bits.bits))
+            }
+            SavedInput::Spikes { bytes, .. } => {
+                // SAFETY: the conversion writes every element.
+                let mut half = unsafe { device.alloc::<u16>(bytes.len()) }?;
+                let name = format!("from_spike_bytes_{}", format.name());
+                convert(device, &name, bytes, &mut half)?;
+                Ok(HalfOperand::Made(half))
+            }
+            _ => {
+                let x = self.full(device)?;
+                let half = precision::to_half_bits(device, format, x.slice(), x.len())?;
+                Ok(HalfOperand::Made(half))
+            }
+        }
+    }
+}
+
+/// 16-bit patterns a backward reads: kept by a context, or made for the call.
+pub(crate) enum HalfOperand<'a> {
+    Kept(&'a DeviceBuffer<u16>),
+    Made(DeviceBuffer<u16>),
+}
+
+impl HalfOperand<'_> {
+    pub(crate) fn buffer(&self) -> &DeviceBuffer<u16> {
+        match self {
+            HalfOperand::Kept(bits) => bits,
+            HalfOperand::Made(bits) => bits,
+        }
+    }
+}
+
+/// Runs the kernel `name` of spike_bytes.cu from `x` to `y`, of the same length.
+fn convert<X, Y>(
+    device: &GpuDevice,
+    name: &str,
+    x: &DeviceBuffer<X>,
+    y: &mut DeviceBuffer<Y>,
+) -> Result<(), GpuError>
+where
+    X: cudarc::driver::DeviceRepr,
+    Y: cudarc::driver::DeviceRepr,
+{
+    if x.is_empty() {
+        return Ok(());
+    }
+    let function = device.function(&SPIKE_BYTES, name)?;
+    let n = x.len() as i64;
+    let stream = device.stream();
+    let (source, _read) = x.slice().device_ptr(stream);
+    let (target, _write) = y.slice_mut().device_ptr_mut(stream);
+    let mut launch = stream.launch_builder(&function);
+    launch.arg(&source).arg(&target).arg(&n);
+    // SAFETY: the arguments match `name(const X* x, Y* y, long long n)` in spike_bytes.cu, whose
+    // kernels take the element types the callers pass; both buffers hold n elements.
+    unsafe { launch.launch(elementwise_launch(x.len())) }
+        .map_err(GpuError::driver("launching a spike-bytes conversion"))?;
+    Ok(())
+}
