@@ -467,7 +467,7 @@ pub fn backward<E: GpuElement>(
     // gradient needs the rounded values as f32 (`gradient_operand`).
     let (x, weight) = (&context.input, &context.weight);
     let (dx, dw) = match device.half_format() {
-        None => full_backward(device, &g, &x.full(device)?, weight, grad_y)?,
+        None => full_backward(device, &g, x, weight, grad_y)?,
         Some(format) => half_backward(device, &g, format, x, weight, grad_y)?,
     };
     let bias = if context.has_bias {
@@ -599,17 +599,26 @@ fn gradient_buffers<E: GpuElement>(
 fn full_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
-    x: &CudaTensor<E>,
+    x: &SavedInput<E>,
     weight: &CudaTensor<E>,
     grad_y: &CudaTensor<E>,
 ) -> Result<Gradients<E>, GpuError> {
-    let (mut dx, mut dw) = gradient_buffers(device, g)?;
-    let by_cudnn = g.n > 0
+    if g.n > 0
         && uses_cudnn(device)
-        && cudnn_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
-    if !by_cudnn {
-        im2col_backward(device, g, x, weight, grad_y, &mut dx, &mut dw)?;
+        && let Some(grads) = cudnn_backward(device, g, x, weight, grad_y)?
+    {
+        return Ok(grads);
     }
+    let (mut dx, mut dw) = gradient_buffers(device, g)?;
+    im2col_backward(
+        device,
+        g,
+        &x.full(device)?,
+        weight,
+        grad_y,
+        &mut dx,
+        &mut dw,
+    )?;
     Ok((dx, dw))
 }
 
@@ -655,15 +664,21 @@ fn cudnn_half_backward<E: GpuElement>(
         return Ok(None);
     }
     let types = DataTypes::half(format);
-    let x_half = x.half(device, format)?;
     let dy_half = stored(device, format, grad_y.buffer())?;
-    let (x16, dy16) = (x_half.buffer().slice(), dy_half.slice());
     // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
     let mut dw16 = unsafe { device.alloc::<u16>(g.c_out * g.k()) }?;
-    if !cudnn::backward_filter(device, g, types, x16, dy16, dw16.slice_mut())? {
+    // The 16-bit x (made from the spike bytes, or from x when the context kept no 16-bit copy)
+    // lives for the filter pass only, and the 16-bit dy until dx's pass: neither stays beside
+    // the f32 gradients.
+    let x_half = x.half(device, format)?;
+    let (x16, dy16) = (x_half.buffer().slice(), dy_half.slice());
+    let filtered = cudnn::backward_filter(device, g, types, x16, dy16, dw16.slice_mut())?;
+    drop(x_half);
+    if !filtered {
         return Ok(None);
     }
     let dx = if g.pointwise() {
+        drop(dy_half);
         // SAFETY: the GEMM writes every element.
         let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
         pointwise_input_grad(device, g, weight, grad_y, &mut dx)?;
@@ -672,7 +687,10 @@ fn cudnn_half_backward<E: GpuElement>(
         let w_half = stored(device, format, weight.buffer())?;
         // SAFETY: as for `dw16`.
         let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
-        if !cudnn::backward_data(device, g, types, dy16, w_half.slice(), dx16.slice_mut())? {
+        let (dy16, w16) = (dy_half.slice(), w_half.slice());
+        let ran = cudnn::backward_data(device, g, types, dy16, w16, dx16.slice_mut())?;
+        drop((dy_half, w_half));
+        if !ran {
             return Ok(None);
         }
         precision::widened(device, format, &dx16)?
@@ -681,33 +699,38 @@ fn cudnn_half_backward<E: GpuElement>(
 }
 
 /// The cuDNN engine's `dx` and `dw`: `dw` by cuDNN, `dx` by cuDNN or, for a pointwise
-/// convolution, by one GEMM on cuBLAS (the twin of its forward). `Ok(false)` when cuDNN has no
+/// convolution, by one GEMM on cuBLAS (the twin of its forward). `None` when cuDNN has no
 /// deterministic algorithm, and the im2col engine must write both.
 fn cudnn_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
-    x: &CudaTensor<E>,
+    x: &SavedInput<E>,
     weight: &CudaTensor<E>,
     grad_y: &CudaTensor<E>,
-    dx: &mut DeviceBuffer<E>,
-    dw: &mut DeviceBuffer<E>,
-) -> Result<bool, GpuError> {
+) -> Result<Option<Gradients<E>>, GpuError> {
     let types = DataTypes::of::<E>();
-    if !cudnn::backward_filter(device, g, types, x.slice(), grad_y.slice(), dw.slice_mut())? {
-        return Ok(false);
+    // SAFETY: the pass that follows writes every element; the buffer is dropped when it does
+    // not run.
+    let mut dw = unsafe { device.alloc::<E>(g.c_out * g.k()) }?;
+    // x in the element type (widened from the spike bytes when the context kept those) lives
+    // for the filter pass only, not beside `dx`.
+    let x = x.full(device)?;
+    let filtered =
+        cudnn::backward_filter(device, g, types, x.slice(), grad_y.slice(), dw.slice_mut())?;
+    drop(x);
+    if !filtered {
+        return Ok(None);
     }
-    if g.pointwise() {
-        pointwise_input_grad(device, g, weight, grad_y, dx)?;
-        return Ok(true);
-    }
-    cudnn::backward_data(
-        device,
-        g,
-        types,
-        grad_y.slice(),
-        weight.slice(),
-        dx.slice_mut(),
-    )
+    // SAFETY: as for `dw`.
+    let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
+    let ran = if g.pointwise() {
+        pointwise_input_grad(device, g, weight, grad_y, &mut dx)?;
+        true
+    } else {
+        let (dy, w) = (grad_y.slice(), weight.slice());
+        cudnn::backward_data(device, g, types, dy, w, dx.slice_mut())?
+    };
+    Ok(ran.then_some((dx, dw)))
 }
 
 /// The im2col engine's `y (+)= conv(x, w)` (see the module docs).
