@@ -21,11 +21,13 @@ pub mod tensor;
 
 use cudarc::cublas::sys::cudaDataType;
 use cudarc::cublas::{CudaBlas, Gemm, StridedBatchedConfig};
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use revsnn_reference::OpError;
 
+use crate::device::GpuDevice;
 use crate::error::GpuError;
+use crate::kernels::KernelSource;
 
 /// A float the kernels are instantiated for.
 pub trait GpuElement:
@@ -94,6 +96,29 @@ pub(crate) const ONE_THREAD: LaunchConfig = LaunchConfig {
     block_dim: (1, 1, 1),
     shared_mem_bytes: 0,
 };
+
+/// Launches the elementwise conversion `name(const X* x, Y* y, long long n)` of `kernels` over
+/// the `n` elements at the device pointers `x` and `y`; `during` names it in a launch error.
+///
+/// # Safety
+/// `name` must have that signature, and `x` and `y` must point to at least `n` elements of its
+/// types, kept live and ordered on the device's stream by their pointers' guards.
+pub(crate) unsafe fn launch_conversion(
+    device: &GpuDevice,
+    kernels: &KernelSource,
+    name: &str,
+    (x, y): (u64, u64),
+    n: usize,
+    during: &'static str,
+) -> Result<(), GpuError> {
+    let function = device.function(kernels, name)?;
+    let count = n as i64;
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(&x).arg(&y).arg(&count);
+    // SAFETY: guaranteed by the caller.
+    unsafe { launch.launch(elementwise_launch(n)) }.map_err(GpuError::driver(during))?;
+    Ok(())
+}
 
 /// A 1-D launch of one thread per element over `elements` (at least one block). Kernels loop
 /// with a grid stride, so the grid is capped without losing elements.

@@ -10,13 +10,14 @@
 //! result differs from the reference's emulation (`Cpu::with_precision`) by the order of the
 //! `f32` sums only. The 16-bit copies live for one GEMM and go back to the caching pool after it.
 
-use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
-use cudarc::cublas::{CudaBlas, StridedBatchedConfig, result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
-use revsnn_reference::Precision;
 use std::ffi::c_void;
 
-use super::{GpuElement, elementwise_launch, shape_error};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+use cudarc::cublas::{CudaBlas, StridedBatchedConfig, result};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+use revsnn_reference::Precision;
+
+use super::{GpuElement, launch_conversion, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::PRECISION;
@@ -66,16 +67,20 @@ impl HalfFormat {
         y: u64,
         n: usize,
     ) -> Result<(), GpuError> {
-        let function = device.function(&PRECISION, &format!("{prefix}_{}", self.name()))?;
-        let n = n as i64;
-        let mut launch = device.stream().launch_builder(&function);
-        launch.arg(&x).arg(&y).arg(&n);
-        // SAFETY: the argument list matches `{prefix}_{format}` in precision.cu (two device
-        // pointers and a count); the callers pass buffers of at least `n` elements of the
-        // kernel's types, live on the device's stream.
-        unsafe { launch.launch(elementwise_launch(n as usize)) }
-            .map_err(GpuError::driver("launching a 16-bit conversion"))?;
-        Ok(())
+        let name = format!("{prefix}_{}", self.name());
+        // SAFETY: `{prefix}_{format}` in precision.cu is a conversion of that signature; the
+        // callers pass buffers of at least `n` elements of the kernel's types, live on the
+        // device's stream.
+        unsafe {
+            launch_conversion(
+                device,
+                &PRECISION,
+                &name,
+                (x, y),
+                n,
+                "launching a 16-bit conversion",
+            )
+        }
     }
 
     /// The format's name in kernel names: `bf16` or `fp16`.

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::precision::{self, HalfBits, HalfFormat};
-use super::{GpuElement, elementwise_launch};
+use super::{GpuElement, launch_conversion};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::SPIKE_BYTES;
@@ -51,12 +51,9 @@ impl<E: GpuElement> SavedInput<E> {
         if !x.is_spikes() {
             return Ok(SavedInput::Full(x.clone()));
         }
-        // SAFETY: the conversion writes every element.
-        let mut bytes = unsafe { device.alloc::<u8>(x.len()) }?;
         let name = format!("to_spike_bytes_{}", E::SUFFIX);
-        convert(device, &name, x.buffer(), &mut bytes)?;
         Ok(SavedInput::Spikes {
-            bytes,
+            bytes: converted(device, &name, x.buffer())?,
             shape: x.shape().to_vec(),
         })
     }
@@ -77,11 +74,8 @@ impl<E: GpuElement> SavedInput<E> {
                 CudaTensor::new(precision::widened(device, bits.format, &bits.bits)?, shape)
             }
             SavedInput::Spikes { bytes, shape } => {
-                // SAFETY: the conversion writes every element.
-                let mut wide = unsafe { device.alloc::<E>(bytes.len()) }?;
                 let name = format!("from_spike_bytes_{}", E::SUFFIX);
-                convert(device, &name, bytes, &mut wide)?;
-                CudaTensor::new(wide, shape)
+                CudaTensor::new(converted(device, &name, bytes)?, shape)
             }
         }
     }
@@ -98,11 +92,8 @@ impl<E: GpuElement> SavedInput<E> {
                 Ok(HalfOperand::Kept(&bits.bits))
             }
             SavedInput::Spikes { bytes, .. } => {
-                // SAFETY: the conversion writes every element.
-                let mut half = unsafe { device.alloc::<u16>(bytes.len()) }?;
                 let name = format!("from_spike_bytes_{}", format.name());
-                convert(device, &name, bytes, &mut half)?;
-                Ok(HalfOperand::Made(half))
+                Ok(HalfOperand::Made(converted(device, &name, bytes)?))
             }
             _ => {
                 let x = self.full(device)?;
@@ -128,30 +119,26 @@ impl HalfOperand<'_> {
     }
 }
 
-/// Runs the kernel `name` of spike_bytes.cu from `x` to `y`, of the same length.
-fn convert<X, Y>(
+/// `x` converted by the kernel `name` of spike_bytes.cu into a new buffer of its length.
+fn converted<X: DeviceRepr, Y: DeviceRepr>(
     device: &GpuDevice,
     name: &str,
     x: &DeviceBuffer<X>,
-    y: &mut DeviceBuffer<Y>,
-) -> Result<(), GpuError>
-where
-    X: cudarc::driver::DeviceRepr,
-    Y: cudarc::driver::DeviceRepr,
-{
+) -> Result<DeviceBuffer<Y>, GpuError> {
+    // SAFETY: the conversion writes every element.
+    let mut y = unsafe { device.alloc::<Y>(x.len()) }?;
     if x.is_empty() {
-        return Ok(());
+        return Ok(y);
     }
-    let function = device.function(&SPIKE_BYTES, name)?;
-    let n = x.len() as i64;
     let stream = device.stream();
-    let (source, _read) = x.slice().device_ptr(stream);
-    let (target, _write) = y.slice_mut().device_ptr_mut(stream);
-    let mut launch = stream.launch_builder(&function);
-    launch.arg(&source).arg(&target).arg(&n);
-    // SAFETY: the arguments match `name(const X* x, Y* y, long long n)` in spike_bytes.cu, whose
-    // kernels take the element types the callers pass; both buffers hold n elements.
-    unsafe { launch.launch(elementwise_launch(x.len())) }
-        .map_err(GpuError::driver("launching a spike-bytes conversion"))?;
-    Ok(())
+    let (source, read) = x.slice().device_ptr(stream);
+    let (target, write) = y.slice_mut().device_ptr_mut(stream);
+    let during = "launching a spike-bytes conversion";
+    // SAFETY: the kernels of spike_bytes.cu are conversions `name(const X* x, Y* y, long long n)`
+    // of the element types the callers pass; both buffers hold `x.len()` elements and the guards
+    // stay alive over the launch.
+    let pointers = (source, target);
+    unsafe { launch_conversion(device, &SPIKE_BYTES, name, pointers, x.len(), during) }?;
+    drop((read, write));
+    Ok(y)
 }
