@@ -572,6 +572,44 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
     device.set_precision(Precision::F32).unwrap();
 }
 
+/// `Backend::keep` holds a neuron's spikes one byte each, so that dropping the spikes frees all of
+/// their bytes, and any other tensor as it is (no new bytes); `kept` gives back the same values.
+#[test]
+fn keep_holds_spikes_one_byte_each_and_gives_back_their_values() {
+    let Some(gpu) = backend_or_skip::<f32>("keep_holds_spikes_one_byte_each") else {
+        return;
+    };
+    let mut rng = SplitMix64::new(53);
+    let currents = normal_f32(&mut rng, 2 * 3 * 7, 1.5);
+    let currents = gpu.tensor_from_vec(&[2, 3, 7], currents).unwrap();
+    let (spikes, _) = gpu
+        .neuron_forward(&currents, &NeuronConfig::if_atan())
+        .unwrap();
+    let values = gpu.to_vec(&spikes).unwrap();
+    let before = live_bytes(&gpu);
+    let kept = gpu.keep(&spikes).unwrap();
+    assert_eq!(
+        live_bytes(&gpu) - before,
+        spikes.len(),
+        "one byte per spike"
+    );
+    let spike_bytes = spikes.len() * size_of::<f32>();
+    drop(spikes);
+    assert_eq!(before - live_bytes(&gpu), spike_bytes - values.len());
+    let back = gpu.kept(&kept).unwrap();
+    assert!(same_bits(&[gpu.to_vec(&back).unwrap()], &[values]));
+    let before = live_bytes(&gpu);
+    let kept = gpu.keep(&currents).unwrap();
+    assert_eq!(
+        live_bytes(&gpu),
+        before,
+        "a real-valued tensor is kept as it is"
+    );
+    let back = gpu.kept(&kept).unwrap();
+    let expected = gpu.to_vec(&currents).unwrap();
+    assert!(same_bits(&[gpu.to_vec(&back).unwrap()], &[expected]));
+}
+
 #[test]
 fn precision_reports_what_was_set_and_f64_is_refused_with_what_to_do() {
     let Some(gpu) = backend_or_skip::<f64>("precision_reports_what_was_set") else {

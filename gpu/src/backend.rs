@@ -15,6 +15,7 @@ use revsnn_reference::contract::{
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::memory::{DeviceBuffer, DeviceMemoryStats};
+use crate::ops::saved_input::SavedInput;
 use crate::ops::{self, GpuElement};
 use crate::tensor::CudaTensor;
 
@@ -76,6 +77,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
     type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
     type MaxPoolContext = ops::pool::MaxPoolContext;
     type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
+    type Kept = SavedInput<E>;
     type Word = DeviceBuffer<u64>;
 
     fn name(&self) -> String {
@@ -108,6 +110,14 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn permute(&self, x: &CudaTensor<E>, axes: &[usize]) -> Result<CudaTensor<E>> {
         Ok(ops::tensor::permute(&self.device, x, axes)?)
+    }
+
+    fn keep(&self, x: &CudaTensor<E>) -> Result<SavedInput<E>> {
+        Ok(SavedInput::compact(&self.device, x)?)
+    }
+
+    fn kept(&self, kept: &SavedInput<E>) -> Result<CudaTensor<E>> {
+        Ok(kept.full(&self.device)?)
     }
 
     fn add(&self, a: &CudaTensor<E>, b: &CudaTensor<E>) -> Result<CudaTensor<E>> {

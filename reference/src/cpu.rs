@@ -77,6 +77,7 @@ impl<E: Element> Backend for Cpu<E> {
     type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
     type MaxPoolContext = ops::pool::MaxPoolContext;
     type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
+    type Kept = CpuTensor<E>;
     type Word = u64;
 
     fn name(&self) -> String {
@@ -109,6 +110,14 @@ impl<E: Element> Backend for Cpu<E> {
 
     fn permute(&self, x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
         ops::tensor::permute(x, axes)
+    }
+
+    fn keep(&self, x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
+        Ok(x.clone())
+    }
+
+    fn kept(&self, kept: &CpuTensor<E>) -> Result<CpuTensor<E>> {
+        Ok(kept.clone())
     }
 
     fn add(&self, a: &CpuTensor<E>, b: &CpuTensor<E>) -> Result<CpuTensor<E>> {

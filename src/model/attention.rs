@@ -94,10 +94,11 @@ pub struct AttentionSaved<B: Backend> {
     q: <Projection as Layer<B>>::Saved,
     k: <Projection as Layer<B>>::Saved,
     v: <Projection as Layer<B>>::Saved,
-    /// The per-head transposed spikes `[T, B, h, d, N]` and the scores `[T, B, h, N, N]`.
-    q_t: B::Tensor,
-    k_t: B::Tensor,
-    v_t: B::Tensor,
+    /// The per-head transposed spikes `[T, B, h, d, N]` (as the backend keeps them) and the
+    /// scores `[T, B, h, N, N]`.
+    q_t: B::Kept,
+    k_t: B::Kept,
+    v_t: B::Kept,
     attn: B::Tensor,
     output: <SpikingConvBn as Layer<B>>::Saved,
 }
@@ -154,9 +155,9 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
             q,
             k,
             v,
-            q_t,
-            k_t,
-            v_t,
+            q_t: backend.keep(&q_t)?,
+            k_t: backend.keep(&k_t)?,
+            v_t: backend.keep(&v_t)?,
             attn,
             output,
         };
@@ -180,11 +181,14 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
         drop(grad);
         // o^T = v^T attn^T: d(v^T) = d(o^T) attn, d(attn) = d(o^T)^T v^T.
         let grad_v_t = backend.batched_matmul(&grad_o_t, &saved.attn, false, false)?;
-        let grad_attn = backend.batched_matmul(&grad_o_t, &saved.v_t, true, false)?;
+        let grad_attn =
+            backend.batched_matmul(&grad_o_t, &backend.kept(&saved.v_t)?, true, false)?;
         drop(grad_o_t);
         // attn = (q^T)^T k^T: d(q^T) = k^T d(attn)^T, d(k^T) = q^T d(attn).
-        let grad_q_t = backend.batched_matmul(&saved.k_t, &grad_attn, false, true)?;
-        let grad_k_t = backend.batched_matmul(&saved.q_t, &grad_attn, false, false)?;
+        let grad_q_t =
+            backend.batched_matmul(&backend.kept(&saved.k_t)?, &grad_attn, false, true)?;
+        let grad_k_t =
+            backend.batched_matmul(&backend.kept(&saved.q_t)?, &grad_attn, false, false)?;
         drop(grad_attn);
         let grad_q = (self.q).backward(session, saved.q, backend.reshape(&grad_q_t, &tokens)?)?;
         drop(grad_q_t);

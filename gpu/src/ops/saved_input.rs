@@ -45,11 +45,12 @@ impl<E: GpuElement> SavedInput<E> {
         }
     }
 
-    /// `x` as a convolution keeps it for its weight gradient: a byte per element when `x` is
-    /// spikes, else `x` itself.
+    /// `x` in its most compact exact form, as a convolution keeps it for its weight gradient
+    /// (and `Backend::keep` any tensor): a byte per element when `x` is spikes, else as
+    /// [`SavedInput::exact`] keeps it.
     pub fn compact(device: &GpuDevice, x: &CudaTensor<E>) -> Result<SavedInput<E>, GpuError> {
         if !x.is_spikes() {
-            return Ok(SavedInput::Full(x.clone()));
+            return Ok(SavedInput::exact(x));
         }
         let name = format!("to_spike_bytes_{}", E::SUFFIX);
         Ok(SavedInput::Spikes {

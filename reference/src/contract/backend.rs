@@ -89,6 +89,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     type MaxPoolContext: Debug + Send + Sync;
     /// What [`Backend::cross_entropy_backward`] needs: the softmax and the targets.
     type CrossEntropyContext: Debug + Send + Sync;
+    /// A tensor as a layer keeps it for its backward ([`Backend::keep`]): its values exactly,
+    /// in the backend's most compact form.
+    type Kept: Debug + Send + Sync;
     /// A 64-bit word kept where the backend computes (on a GPU, device memory): spike
     /// fingerprints fold into it and counts add into it without the host waiting; only
     /// [`Backend::read_word`] brings it back (docs/reversible.md §3.3).
@@ -116,6 +119,12 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn reshape(&self, x: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
     /// `y = x.permute(axes)`, materialised row-major; its backward is the inverse permutation.
     fn permute(&self, x: &Self::Tensor, axes: &[usize]) -> Result<Self::Tensor>;
+    /// `x` as a layer keeps it for its backward: the CPU keeps the tensor itself; CUDA keeps a
+    /// neuron's spikes one byte each (docs/precision.md §"Spike bytes"), and the tensor
+    /// itself otherwise, so the caller's tensor can be freed.
+    fn keep(&self, x: &Self::Tensor) -> Result<Self::Kept>;
+    /// The tensor [`Backend::keep`] kept, with the same values.
+    fn kept(&self, kept: &Self::Kept) -> Result<Self::Tensor>;
 
     // ---------------------------------------------------------------- elementwise and structure
 
