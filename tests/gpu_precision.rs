@@ -344,6 +344,17 @@ fn live_bytes(gpu: &Cuda<f32>) -> usize {
     gpu.memory().live_bytes
 }
 
+/// A tensor of `shape` of normal draws of deviation `sd` ([`normal_f32`]).
+fn normal_tensor(
+    gpu: &Cuda<f32>,
+    rng: &mut SplitMix64,
+    shape: &[usize],
+    sd: f64,
+) -> CudaTensor<f32> {
+    let values = normal_f32(rng, shape.iter().product(), sd);
+    gpu.tensor_from_vec(shape, values).unwrap()
+}
+
 /// `len` normal draws of deviation `sd`, as f32.
 fn normal_f32(rng: &mut SplitMix64, len: usize, sd: f64) -> Vec<f32> {
     rng.normal_vec(len, sd).iter().map(|&v| v as f32).collect()
@@ -441,10 +452,7 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
     };
     let device = gpu.device();
     let mut rng = SplitMix64::new(43);
-    let mut normal = |shape: &[usize], sd: f64| {
-        let values = normal_f32(&mut rng, shape.iter().product(), sd);
-        gpu.tensor_from_vec(shape, values).unwrap()
-    };
+    let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
     let (w, bias) = (normal(&[5, 4, 3, 3], 0.3), normal(&[5], 0.5));
     let images = [6, 5].map(|side| {
         let x = normal(&[3, 4, side, side], 1.0);
@@ -522,10 +530,7 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
     };
     let device = gpu.device();
     let mut rng = SplitMix64::new(47);
-    let mut normal = |shape: &[usize], sd: f64| {
-        let values = normal_f32(&mut rng, shape.iter().product(), sd);
-        gpu.tensor_from_vec(shape, values).unwrap()
-    };
+    let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
     let currents = normal(&[2, 4, 6, 6], 1.5);
     let (w, dy) = (normal(&[5, 4, 3, 3], 0.3), normal(&[2, 5, 6, 6], 1.0));
     let heaviside = NeuronConfig::if_atan();
@@ -580,8 +585,7 @@ fn keep_holds_spikes_one_byte_each_and_gives_back_their_values() {
         return;
     };
     let mut rng = SplitMix64::new(53);
-    let currents = normal_f32(&mut rng, 2 * 3 * 7, 1.5);
-    let currents = gpu.tensor_from_vec(&[2, 3, 7], currents).unwrap();
+    let currents = normal_tensor(&gpu, &mut rng, &[2, 3, 7], 1.5);
     let (spikes, _) = gpu
         .neuron_forward(&currents, &NeuronConfig::if_atan())
         .unwrap();

@@ -603,22 +603,23 @@ fn full_backward<E: GpuElement>(
     weight: &CudaTensor<E>,
     grad_y: &CudaTensor<E>,
 ) -> Result<Gradients<E>, GpuError> {
-    if g.n > 0
-        && uses_cudnn(device)
-        && let Some(grads) = cudnn_backward(device, g, x, weight, grad_y)?
-    {
-        return Ok(grads);
+    match cudnn_backward(device, g, x, weight, grad_y)? {
+        Some(grads) => Ok(grads),
+        None => im2col_gradients(device, g, x, weight, grad_y),
     }
+}
+
+/// The im2col engine's `dx` and `dw` in `f32` sums, over `x` in the element type.
+fn im2col_gradients<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    x: &SavedInput<E>,
+    weight: &CudaTensor<E>,
+    grad_y: &CudaTensor<E>,
+) -> Result<Gradients<E>, GpuError> {
     let (mut dx, mut dw) = gradient_buffers(device, g)?;
-    im2col_backward(
-        device,
-        g,
-        &x.full(device)?,
-        weight,
-        grad_y,
-        &mut dx,
-        &mut dw,
-    )?;
+    let x = x.full(device)?;
+    im2col_backward(device, g, &x, weight, grad_y, &mut dx, &mut dw)?;
     Ok((dx, dw))
 }
 
@@ -635,16 +636,7 @@ fn half_backward<E: GpuElement>(
     if let Some(grads) = cudnn_half_backward(device, g, format, x, weight, grad_y)? {
         return Ok(grads);
     }
-    let (mut dx, mut dw) = gradient_buffers(device, g)?;
-    im2col_backward(
-        device,
-        g,
-        &x.full(device)?,
-        weight,
-        grad_y,
-        &mut dx,
-        &mut dw,
-    )?;
+    let (dx, dw) = im2col_gradients(device, g, x, weight, grad_y)?;
     let dx = precision::rounded_buffer(device, &dx, format)?;
     Ok((dx, precision::rounded_buffer(device, &dw, format)?))
 }
@@ -699,8 +691,9 @@ fn cudnn_half_backward<E: GpuElement>(
 }
 
 /// The cuDNN engine's `dx` and `dw`: `dw` by cuDNN, `dx` by cuDNN or, for a pointwise
-/// convolution, by one GEMM on cuBLAS (the twin of its forward). `None` when cuDNN has no
-/// deterministic algorithm, and the im2col engine must write both.
+/// convolution, by one GEMM on cuBLAS (the twin of its forward). `None` when the device's
+/// engine is im2col or cuDNN has no deterministic algorithm, and the im2col engine must write
+/// both.
 fn cudnn_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
@@ -708,6 +701,9 @@ fn cudnn_backward<E: GpuElement>(
     weight: &CudaTensor<E>,
     grad_y: &CudaTensor<E>,
 ) -> Result<Option<Gradients<E>>, GpuError> {
+    if g.n == 0 || !uses_cudnn(device) {
+        return Ok(None);
+    }
     let types = DataTypes::of::<E>();
     // SAFETY: the pass that follows writes every element; the buffer is dropped when it does
     // not run.
