@@ -1,7 +1,8 @@
 //! The fused CUDA neuron kernels against the CPU reference (docs/design.md tolerance classes): spikes
 //! agree except where `|h - V_th| < 1e-5` (a neuron with such a flip is left out of the value
 //! comparison, since its later steps legitimately differ, and flips must stay rare); `h` and
-//! `dL/dx` within 1e-5 relative in f32 and 1e-12 in f64; two runs bitwise identical.
+//! `dL/dx` within 1e-5 relative in f32 and 1e-12 in f64; two runs bitwise identical, and a
+//! neuron keeping its input in place of `h` bitwise the one keeping `h`.
 //! Sizes span one partial block up to thousands of blocks. Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
@@ -9,7 +10,9 @@ use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKind, Surrogate};
+use revsnn_reference::{
+    Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate,
+};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
 
@@ -79,7 +82,7 @@ fn compare<E: GpuElement>(
     gpu.synchronize().unwrap();
     let (spikes_gpu, h_gpu, grad_x_gpu) = (
         gpu.to_vec(&spikes_gpu).unwrap(),
-        gpu.to_vec(&context_gpu.h).unwrap(),
+        gpu.to_vec(context_gpu.kept.tensor()).unwrap(),
         gpu.to_vec(&grad_x_gpu).unwrap(),
     );
 
@@ -97,6 +100,32 @@ fn compare<E: GpuElement>(
         gpu.to_vec(&grad_again).unwrap(),
         grad_x_gpu,
         "dL/dx differs run to run"
+    );
+    // keeping the input instead of h: the same bits, charged again in the backward, with no
+    // buffer but the spikes in the forward and dL/dx in the backward
+    let bytes = len * size_of::<E>();
+    gpu.synchronize().unwrap();
+    let before = gpu.device().reset_peak_memory().live_bytes;
+    let (spikes_kept, context_kept) = gpu.neuron_forward_keeping_input(&x_gpu, config).unwrap();
+    assert!(matches!(context_kept.kept, NeuronKept::Input(_)));
+    let grad_kept = gpu
+        .neuron_backward(&grad_gpu, &context_kept, config)
+        .unwrap();
+    gpu.synchronize().unwrap();
+    let held = gpu.memory().peak_bytes - before;
+    assert!(
+        held <= 2 * bytes,
+        "keeping the input held {held} bytes, more than the spikes and dL/dx ({bytes} each)"
+    );
+    assert_eq!(
+        gpu.to_vec(&spikes_kept).unwrap(),
+        spikes_gpu,
+        "spikes differ when the input is kept"
+    );
+    assert_eq!(
+        gpu.to_vec(&grad_kept).unwrap(),
+        grad_x_gpu,
+        "dL/dx differs when the input is kept"
     );
 
     let cpu = Cpu::<E>::new();

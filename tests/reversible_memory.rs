@@ -101,13 +101,9 @@ fn build<B: Backend>(backend: &B, blocks: usize, storage: Storage) -> Result<Mod
     };
     let block = |builder: &mut Builder<B>, prefix: String| -> Result<Block> {
         Ok(Block {
-            sn1: Neuron {
-                config: NeuronConfig::if_atan(),
-            },
+            sn1: Neuron::new(NeuronConfig::if_atan()),
             conv1: conv_bn(builder, format!("{prefix}.conv1"))?,
-            sn2: Neuron {
-                config: NeuronConfig::if_atan(),
-            },
+            sn2: Neuron::new(NeuronConfig::if_atan()),
             conv2: conv_bn(builder, format!("{prefix}.conv2"))?,
         })
     };

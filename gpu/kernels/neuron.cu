@@ -1,6 +1,8 @@
 // Fused multi-step IF/LIF neurons with hard reset to 0 (docs/neurons.md §2.2-2.4); twin of
 // reference/src/ops/neuron/mod.rs. One thread per neuron loops over T; the forward keeps h for
-// the backward, which recomputes the spikes from it (a spike is a function of h).
+// the backward, which recomputes the spikes from it (a spike is a function of h). A neuron that
+// keeps its input instead (docs/neurons.md §2.4.1) fires without writing h, and its backward
+// charges h from x again, into grad_x, which the loop backwards through time then overwrites.
 //
 // Layout: x, spikes, h and the gradients are [T, N] row-major: element (t, i) at t * N + i.
 // kind: 0 = IF, 1 = LIF. surrogate: 0 = ATan(alpha), 1 = Sigmoid(alpha). smooth: 0 = Heaviside
@@ -31,10 +33,10 @@ template <typename E> __device__ __forceinline__ E fire(int surrogate, int smoot
     return (E)1 / ((E)1 + exp(-alpha * z));
 }
 
+// Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h when `h_seq` is.
 template <typename E>
-__device__ void neuron_forward(const E* __restrict__ x, E* __restrict__ spikes, E* __restrict__ h_seq,
-                               long long n, int time_steps, int kind, int decay_input, double tau, E v_threshold,
-                               int surrogate, E alpha, int smooth) {
+__device__ void charge_and_fire(const E* x, E* spikes, E* h_seq, long long n, int time_steps, int kind,
+                                int decay_input, double tau, E v_threshold, int surrogate, E alpha, int smooth) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     E v = (E)0;
@@ -42,16 +44,18 @@ __device__ void neuron_forward(const E* __restrict__ x, E* __restrict__ spikes, 
         long long at = (long long)t * n + i;
         E h = charge(kind, decay_input, tau, v, x[at]);
         E s = fire(surrogate, smooth, alpha, h - v_threshold);
-        spikes[at] = s;
-        h_seq[at] = h;
+        if (spikes) spikes[at] = s;
+        if (h_seq) h_seq[at] = h;
         v = ((E)1 - s) * h;                            // hard reset to 0
     }
 }
 
+// The loop backwards through time over h_seq; h_seq may be grad_x itself (each element is read
+// before it is written, by the same thread).
 template <typename E>
-__device__ void neuron_backward(const E* __restrict__ grad_spikes, const E* __restrict__ h_seq,
-                                E* __restrict__ grad_x, long long n, int time_steps, int kind, int decay_input,
-                                double tau, E v_threshold, int surrogate, E alpha, int smooth, int detach_reset) {
+__device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* grad_x, long long n, int time_steps,
+                                      int kind, int decay_input, double tau, E v_threshold, int surrogate, E alpha,
+                                      int smooth, int detach_reset) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     // k = dh[t+1]/dv[t], r = dh[t]/dx[t] (docs/neurons.md §2.4)
@@ -70,19 +74,26 @@ __device__ void neuron_backward(const E* __restrict__ grad_spikes, const E* __re
     }
 }
 
+#define NEURON_SHARED_PARAMS(E)                                                                                \
+    long long n, int time_steps, int kind, int decay_input, double tau, E v_threshold, int surrogate, E alpha,     \
+        int smooth
+#define NEURON_SHARED_ARGS n, time_steps, kind, decay_input, tau, v_threshold, surrogate, alpha, smooth
+
 #define NEURON_KERNELS(E, SUFFIX)                                                                              \
-    extern "C" __global__ void neuron_forward_##SUFFIX(const E* x, E* spikes, E* h_seq, long long n,           \
-                                                       int time_steps, int kind, int decay_input, double tau,  \
-                                                       E v_threshold, int surrogate, E alpha, int smooth) {    \
-        neuron_forward<E>(x, spikes, h_seq, n, time_steps, kind, decay_input, tau, v_threshold, surrogate,     \
-                          alpha, smooth);                                                                      \
+    extern "C" __global__ void neuron_forward_##SUFFIX(const E* x, E* spikes, E* h_seq, NEURON_SHARED_PARAMS(E)) { \
+        charge_and_fire<E>(x, spikes, h_seq, NEURON_SHARED_ARGS);                                               \
+    }                                                                                                          \
+    extern "C" __global__ void neuron_fire_##SUFFIX(const E* x, E* spikes, NEURON_SHARED_PARAMS(E)) {             \
+        charge_and_fire<E>(x, spikes, (E*)0, NEURON_SHARED_ARGS);                                               \
     }                                                                                                          \
     extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,       \
-                                                        long long n, int time_steps, int kind, int decay_input, \
-                                                        double tau, E v_threshold, int surrogate, E alpha,          \
-                                                        int smooth, int detach_reset) {                        \
-        neuron_backward<E>(grad_spikes, h_seq, grad_x, n, time_steps, kind, decay_input, tau, v_threshold,     \
-                           surrogate, alpha, smooth, detach_reset);                                            \
+                                                        NEURON_SHARED_PARAMS(E), int detach_reset) {              \
+        backward_through_time<E>(grad_spikes, h_seq, grad_x, NEURON_SHARED_ARGS, detach_reset);                \
+    }                                                                                                          \
+    extern "C" __global__ void neuron_backward_from_input_##SUFFIX(const E* grad_spikes, const E* x, E* grad_x, \
+                                                                   NEURON_SHARED_PARAMS(E), int detach_reset) {   \
+        charge_and_fire<E>(x, (E*)0, grad_x, NEURON_SHARED_ARGS);                                               \
+        backward_through_time<E>(grad_spikes, grad_x, grad_x, NEURON_SHARED_ARGS, detach_reset);               \
     }
 
 NEURON_KERNELS(float, f32)

@@ -213,6 +213,14 @@ impl<E: GpuElement> Backend for Cuda<E> {
         Ok(ops::neuron::forward(&self.device, x, config)?)
     }
 
+    fn neuron_forward_keeping_input(
+        &self,
+        x: &CudaTensor<E>,
+        config: &NeuronConfig,
+    ) -> Result<(CudaTensor<E>, Self::NeuronContext)> {
+        Ok(ops::neuron::forward_keeping_input(&self.device, x, config)?)
+    }
+
     fn neuron_backward(
         &self,
         grad_spikes: &CudaTensor<E>,

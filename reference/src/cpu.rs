@@ -205,6 +205,14 @@ impl<E: Element> Backend for Cpu<E> {
         ops::neuron::forward(x, config)
     }
 
+    fn neuron_forward_keeping_input(
+        &self,
+        x: &CpuTensor<E>,
+        config: &NeuronConfig,
+    ) -> Result<(CpuTensor<E>, Self::NeuronContext)> {
+        ops::neuron::forward_keeping_input(x, config)
+    }
+
     fn neuron_backward(
         &self,
         grad_spikes: &CpuTensor<E>,

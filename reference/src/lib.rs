@@ -20,7 +20,7 @@ pub mod testing;
 pub use contract::{
     AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormMode, BatchNormParams,
     BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, DType, DeviceError,
-    Element, Firing, LinearGrads, NeuronConfig, NeuronKind, OpError, Pool2dParams, Precision,
-    Result, RunningStats, SgdParams, Surrogate, TransferCounts,
+    Element, Firing, LinearGrads, NeuronConfig, NeuronKept, NeuronKind, OpError, Pool2dParams,
+    Precision, Result, RunningStats, SgdParams, Surrogate, TransferCounts,
 };
 pub use cpu::{Cpu, CpuTensor};

@@ -9,7 +9,7 @@
 use proptest::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
 use revsnn_reference::{
-    Backend, Cpu, Element, Firing, NeuronConfig, NeuronKind, OpError, Surrogate,
+    Backend, Cpu, Element, Firing, NeuronConfig, NeuronKept, NeuronKind, OpError, Surrogate,
 };
 
 /// Spikes, h and dL/dx of one multi-step neuron layer, written from docs/neurons.md §2.2 and 2.4.
@@ -135,7 +135,7 @@ fn check_against_spec(shape: &[usize], x: &[f64], grad_s: &[f64], config: &Neuro
     assert_eq!(spikes.shape(), shape);
     assert_eq!(grad_x.shape(), shape);
     let spikes = cpu.to_vec(&spikes).unwrap();
-    let h = cpu.to_vec(&ctx.h).unwrap();
+    let h = cpu.to_vec(ctx.kept.tensor()).unwrap();
     let grad_x = cpu.to_vec(&grad_x).unwrap();
     let expected = spec_loop(x, shape[0], config, grad_s);
     match config.kind {
@@ -172,6 +172,37 @@ fn forward_and_backward_match_the_spec_loop_for_every_config() {
     }
 }
 
+/// A neuron keeping its input gives the bits of one keeping `h`, and its context shares `x`.
+fn check_keeping_input<E: Element>(config: &NeuronConfig, seed: u64) {
+    let cpu = Cpu::<E>::new();
+    let shape = [5, 2, 300];
+    let mut rng = SplitMix64::new(seed);
+    let mut tensor = |std: f64| {
+        let values = rng.normal_vec(3000, std).into_iter().map(E::cast).collect();
+        cpu.tensor_from_vec(&shape, values).unwrap()
+    };
+    let (x, grad_s) = (tensor(1.5), tensor(1.0));
+    let (spikes, ctx) = cpu.neuron_forward(&x, config).unwrap();
+    let (spikes_kept, ctx_kept) = cpu.neuron_forward_keeping_input(&x, config).unwrap();
+    match &ctx_kept.kept {
+        NeuronKept::Input(kept) => assert_eq!(kept.as_ptr(), x.as_ptr(), "x is not shared"),
+        NeuronKept::Potentials(_) => panic!("the context keeps h, not x"),
+    }
+    let grad_x = cpu.neuron_backward(&grad_s, &ctx, config).unwrap();
+    let grad_x_kept = cpu.neuron_backward(&grad_s, &ctx_kept, config).unwrap();
+    let bits = |t| bits(&cpu.to_vec(t).unwrap());
+    assert_eq!(bits(&spikes_kept), bits(&spikes), "{config:?}: spikes");
+    assert_eq!(bits(&grad_x_kept), bits(&grad_x), "{config:?}: dL/dx");
+}
+
+#[test]
+fn keeping_the_input_gives_the_bits_of_keeping_h_for_every_config() {
+    for (i, config) in configs().iter().enumerate() {
+        check_keeping_input::<f64>(config, 90 + i as u64);
+        check_keeping_input::<f32>(config, 190 + i as u64);
+    }
+}
+
 #[test]
 fn spike_rates_of_the_test_data_are_neither_zero_nor_saturated() {
     // Guards the spec comparison above against vacuous data: spikes and silences both occur.
@@ -202,7 +233,7 @@ fn if_neuron_by_hand_spikes_at_equality_and_resets_to_zero() {
     let (spikes, ctx) = cpu.neuron_forward(&x, &config).unwrap();
     assert_eq!(cpu.to_vec(&spikes).unwrap(), [0.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
     assert_eq!(
-        cpu.to_vec(&ctx.h).unwrap(),
+        cpu.to_vec(ctx.kept.tensor()).unwrap(),
         [0.5, 2.0, 1.0, 0.75, 0.25, 1.5]
     );
     // dL/ds = 1 at the last step only: the gradient crosses time only through silent steps.
@@ -305,11 +336,11 @@ fn f32_agrees_with_f64() {
                 &config,
             )
             .unwrap();
-        let h64 = c64.to_vec(&ctx64.h).unwrap();
+        let h64 = c64.to_vec(ctx64.kept.tensor()).unwrap();
         let close_call = h64.iter().any(|&h| (h - config.v_threshold).abs() < 1e-5);
         assert!(!close_call, "the test data has a near-threshold potential");
         let e_s = relative_error(&c32.to_vec(&s32).unwrap(), &c64.to_vec(&s64).unwrap());
-        let e_h = relative_error(&c32.to_vec(&ctx32.h).unwrap(), &h64);
+        let e_h = relative_error(&c32.to_vec(ctx32.kept.tensor()).unwrap(), &h64);
         let e_g = relative_error(&c32.to_vec(&gx32).unwrap(), &c64.to_vec(&gx64).unwrap());
         assert!(
             e_s <= 1e-5 && e_h <= 1e-5 && e_g <= 1e-5,
@@ -344,7 +375,7 @@ fn run_in_pool<E: Element>(
             .unwrap();
         (
             cpu.to_vec(&s).unwrap(),
-            cpu.to_vec(&ctx.h).unwrap(),
+            cpu.to_vec(ctx.kept.tensor()).unwrap(),
             cpu.to_vec(&gx).unwrap(),
         )
     })
@@ -394,8 +425,8 @@ fn non_standard_layout_input_is_read_in_logical_order() {
     let (s1, c1) = cpu.neuron_forward(&xt, &config).unwrap();
     let (s2, c2) = cpu.neuron_forward(&x, &config).unwrap();
     assert_eq!(s1, s2);
-    assert_eq!(c1.h, c2.h);
-    assert!(s1.is_standard_layout() && c1.h.is_standard_layout());
+    assert_eq!(c1.kept.tensor(), c2.kept.tensor());
+    assert!(s1.is_standard_layout() && c1.kept.tensor().is_standard_layout());
 }
 
 #[test]

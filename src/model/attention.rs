@@ -6,7 +6,7 @@ use revsnn_reference::{Backend, Element, OpError};
 
 use super::build::{Builder, ConvInit};
 use super::compose::SeqToAnn;
-use super::layers::{ConvBn, ConvKind, Neuron, SpikingConvBn};
+use super::layers::{ConvBn, ConvKind, KeepInput, Neuron, SpikingConvBn};
 use super::transformer::Neurons;
 use super::{Layer, Session};
 use crate::error::Result;
@@ -120,6 +120,16 @@ fn attention_dims<B: Backend>(backend: &B, x: &B::Tensor, heads: usize) -> Resul
         .into());
     }
     Ok(dims)
+}
+
+/// The attention keeps its input through its input LIF.
+impl KeepInput for SpikingSelfAttention {
+    fn keeping_input(self) -> Self {
+        SpikingSelfAttention {
+            proj_lif: self.proj_lif.keeping_input(),
+            ..self
+        }
+    }
 }
 
 impl<B: Backend> Layer<B> for SpikingSelfAttention {

@@ -39,6 +39,19 @@ pub fn unflatten_time<B: Backend>(
 #[derive(Clone, Debug)]
 pub struct Neuron {
     pub config: NeuronConfig,
+    /// Whether the backward's context keeps the input rather than the membrane potentials, which
+    /// the backward then charges again (docs/neurons.md §2.4.1); see [`KeepInput`].
+    pub keeps_input: bool,
+}
+
+impl Neuron {
+    /// A neuron of `config` whose context keeps its membrane potentials.
+    pub fn new(config: NeuronConfig) -> Self {
+        Neuron {
+            config,
+            keeps_input: false,
+        }
+    }
 }
 
 impl<B: Backend> Layer<B> for Neuron {
@@ -46,7 +59,11 @@ impl<B: Backend> Layer<B> for Neuron {
 
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
         let backend = session.backend;
-        let (spikes, context) = backend.neuron_forward(&x, &self.config)?;
+        let (spikes, context) = if self.keeps_input {
+            backend.neuron_forward_keeping_input(&x, &self.config)?
+        } else {
+            backend.neuron_forward(&x, &self.config)?
+        };
         session.probes.record_spikes(backend, &spikes)?;
         Ok((spikes, context))
     }
@@ -60,6 +77,33 @@ impl<B: Backend> Layer<B> for Neuron {
         Ok(session
             .backend
             .neuron_backward(&grad_y, &saved, &self.config)?)
+    }
+}
+
+/// A layer made to keep its input for its backward in place of a tensor of its own: its first
+/// neuron keeps `x` rather than its membrane potentials (docs/neurons.md §2.4.1). Worth it only
+/// where the caller holds the input through the layer's backward anyway, as the reverse of a
+/// reversible block does for its F and G (docs/reversible.md §3.3); elsewhere the context would
+/// hold `x` alive instead of `h`, the same bytes, and the backward would charge `h` again for
+/// nothing.
+pub trait KeepInput {
+    /// This layer, keeping its input.
+    fn keeping_input(self) -> Self;
+}
+
+impl KeepInput for Neuron {
+    fn keeping_input(self) -> Self {
+        Neuron {
+            keeps_input: true,
+            ..self
+        }
+    }
+}
+
+/// A sequence keeps its input through its first part.
+impl<A: KeepInput, C> KeepInput for (A, C) {
+    fn keeping_input(self) -> Self {
+        (self.0.keeping_input(), self.1)
     }
 }
 

@@ -202,6 +202,6 @@ impl BuildOptions {
         } else {
             config
         };
-        layers::Neuron { config }
+        layers::Neuron::new(config)
     }
 }

@@ -21,8 +21,8 @@ use super::BuildOptions;
 use super::build::{Builder, ConvInit, Init};
 use super::compose::{Model, PerInput, Residual, SeqToAnn};
 use super::layers::{
-    AvgPool, ConvBn, ConvKind, InputShape, Linear, MaxPool, MeanOver, Neuron, RepeatOverTime,
-    SpikingConvBn, SwapBatchTime,
+    AvgPool, ConvBn, ConvKind, InputShape, KeepInput, Linear, MaxPool, MeanOver, Neuron,
+    RepeatOverTime, SpikingConvBn, SwapBatchTime,
 };
 use super::reversible::{ReversibleBlock, ReversibleSequence};
 use crate::error::{Error, Result};
@@ -101,7 +101,7 @@ fn reversible_block<B: Backend>(
 ) -> Result<ReversibleBlock<BasicResidualBlock, BasicResidualBlock>> {
     let f = basic_residual_block(builder, &format!("{prefix}.f_block"), planes, neuron)?;
     let g = basic_residual_block(builder, &format!("{prefix}.g_block"), planes, neuron)?;
-    Ok(ReversibleBlock { f, g })
+    Ok(ReversibleBlock::keeping_inputs(f, g))
 }
 
 /// `DownSampleConv(C_in, C_out, 2)` between RevSResNet stages (docs/architectures.md §4.0),
@@ -305,6 +305,10 @@ impl RevSResNet {
             })
             .collect::<Result<Vec<usize>>>()?;
         let neuron = family_neuron(spec.arch, options);
+        // The neurons after a stage (the next downsample's, the head's) read the stage's output,
+        // which its sequence holds until its reverse, after their backward: they keep it rather
+        // than their potentials (docs/neurons.md §2.4.1).
+        let after_stage = neuron.clone().keeping_input();
         let pool = AvgPool {
             params: Pool2dParams::K3_S2_P1,
         };
@@ -314,7 +318,7 @@ impl RevSResNet {
             let downsample = (i > 0)
                 .then(|| {
                     let prefix = format!("ds{i}");
-                    downsample_conv(builder, &prefix, widths[i - 1], widths[i], &neuron)
+                    downsample_conv(builder, &prefix, widths[i - 1], widths[i], &after_stage)
                 })
                 .transpose()?;
             let blocks = (0..count)
@@ -326,7 +330,12 @@ impl RevSResNet {
             let options = options.reversible;
             stages.push((downsample, ReversibleSequence { blocks, options }));
         }
-        let head = head(builder, widths[widths.len() - 1], spec.num_classes, &neuron)?;
+        let head = head(
+            builder,
+            widths[widths.len() - 1],
+            spec.num_classes,
+            &after_stage,
+        )?;
         Ok(Model {
             layers: (stem, stages, head),
         })

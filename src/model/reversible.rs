@@ -15,6 +15,7 @@
 
 use revsnn_reference::{Backend, DType, Element};
 
+use super::layers::KeepInput;
 use super::probes::BlockRecord;
 use super::{Layer, Mode, Session};
 use crate::error::Result;
@@ -79,6 +80,18 @@ pub struct ReversibleOptions {
 pub struct ReversibleBlock<F, G> {
     pub f: F,
     pub g: G,
+}
+
+impl<F: KeepInput, G: KeepInput> ReversibleBlock<F, G> {
+    /// The block of `f` and `g`, each keeping its input for its backward rather than its first
+    /// neuron's potentials: the reverse holds F's and G's inputs through their backward anyway
+    /// (§3.3 of docs/reversible.md; docs/neurons.md §2.4.1).
+    pub fn keeping_inputs(f: F, g: G) -> Self {
+        ReversibleBlock {
+            f: f.keeping_input(),
+            g: g.keeping_input(),
+        }
+    }
 }
 
 /// A sequence of reversible blocks over `[T, B, C, ...]`, split along the channel axis 2 into

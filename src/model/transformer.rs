@@ -234,7 +234,7 @@ impl RevSFormer {
                 [dim, hidden],
                 &neurons,
             )?;
-            blocks.push(ReversibleBlock { f, g });
+            blocks.push(ReversibleBlock::keeping_inputs(f, g));
         }
         let options = options.reversible;
         let body = ReversibleSequence { blocks, options };

@@ -3,16 +3,19 @@
 //!
 //! One thread per neuron loops over T. The forward writes the spikes and keeps `h` for the
 //! backward; the backward recomputes each spike from `h` (it is a function of `h`), so it reads
-//! `dL/ds` and `h` and writes `dL/dx`: 3 tensors each way, the memory-bound minimum.
+//! `dL/ds` and `h` and writes `dL/dx`: 3 tensors each way, the memory-bound minimum. A neuron
+//! that keeps its input instead (docs/neurons.md §2.4.1) writes only the spikes, and its backward
+//! charges `h` from `x` again inside the same kernel, into `dL/dx`'s buffer.
 
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use revsnn_reference::contract::shapes::{check_neuron_backward, time_by_neurons};
-use revsnn_reference::{Firing, NeuronConfig, NeuronKind, Surrogate};
+use revsnn_reference::{Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate};
 
 use super::{GpuElement, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::NEURON;
+use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
 const THREADS: u32 = 256;
@@ -100,10 +103,11 @@ fn check_len(
 }
 
 /// What [`backward`] needs: the membrane potentials `h` `[T, ...]` (each spike is recomputed
-/// from its `h`) and the configuration the forward ran with.
+/// from its `h`) or the input they are charged from again, and the configuration the forward ran
+/// with.
 #[derive(Debug)]
 pub struct NeuronContext<E> {
-    pub h: CudaTensor<E>,
+    pub kept: NeuronKept<CudaTensor<E>>,
     /// The configuration of the forward; [`backward`] must be called with the same one.
     pub config: NeuronConfig,
 }
@@ -134,18 +138,63 @@ pub fn forward<E: GpuElement>(
             config,
         )?;
     }
-    let spikes = CudaTensor::new(spikes, x.shape())?;
-    let spikes = match config.firing {
-        Firing::Heaviside => spikes.into_spikes(),
-        Firing::Smooth => spikes,
-    };
+    let kept = NeuronKept::Potentials(CudaTensor::new(h, x.shape())?);
+    let spikes = spikes_tensor(spikes, x, config)?;
     Ok((
         spikes,
         NeuronContext {
-            h: CudaTensor::new(h, x.shape())?,
+            kept,
             config: *config,
         },
     ))
+}
+
+/// [`forward`] whose context keeps `x` itself (shared, not copied) and no buffer of its own: the
+/// kernel writes the spikes only, and [`backward`] charges `h` from `x` again, bit for bit
+/// (docs/neurons.md §2.4.1).
+pub fn forward_keeping_input<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaTensor<E>,
+    config: &NeuronConfig,
+) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
+    let params = KernelConfig::<E>::new(config)?;
+    let (steps, neurons) = time_by_neurons(x.shape(), "x")?;
+    // SAFETY: the kernel writes every element before anything reads them.
+    let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
+    if neurons > 0 {
+        let function = device.function(&NEURON, &format!("neuron_fire_{}", E::SUFFIX))?;
+        let (n, t) = (neurons as i64, steps as i32);
+        let stream = device.stream();
+        let mut launch = stream.launch_builder(&function);
+        launch.arg(x.slice()).arg(spikes.slice_mut());
+        params.push_shared(&mut launch, &n, &t);
+        // SAFETY: the argument list matches `neuron_fire_<E>` in neuron.cu, and both buffers
+        // hold T * N elements of E.
+        unsafe { launch.launch(launch_config(neurons)) }
+            .map_err(GpuError::driver("launching neuron_fire"))?;
+    }
+    let kept = NeuronKept::Input(x.clone());
+    let spikes = spikes_tensor(spikes, x, config)?;
+    Ok((
+        spikes,
+        NeuronContext {
+            kept,
+            config: *config,
+        },
+    ))
+}
+
+/// The spikes shaped like `x`, marked as 0s and 1s under Heaviside firing.
+fn spikes_tensor<E: GpuElement>(
+    spikes: DeviceBuffer<E>,
+    x: &CudaTensor<E>,
+    config: &NeuronConfig,
+) -> Result<CudaTensor<E>, GpuError> {
+    let spikes = CudaTensor::new(spikes, x.shape())?;
+    Ok(match config.firing {
+        Firing::Heaviside => spikes.into_spikes(),
+        Firing::Smooth => spikes,
+    })
 }
 
 /// [`forward`] into caller-owned `spikes` and `h` of `x`'s length.
@@ -186,9 +235,9 @@ pub fn forward_into<E: GpuElement>(
     Ok(())
 }
 
-/// The backward of docs/neurons.md §2.4: `dL/dx` `[T, ...]` from `dL/ds` and the forward's `h`.
-/// Errors, as the reference: an invalid `config`, a `config` other than the forward's, or
-/// `grad_spikes` not shaped like the forward's input.
+/// The backward of docs/neurons.md §2.4: `dL/dx` `[T, ...]` from `dL/ds` and the forward's `h`,
+/// kept or charged again from the kept input. Errors, as the reference: an invalid `config`, a
+/// `config` other than the forward's, or `grad_spikes` not shaped like the forward's input.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     grad_spikes: &CudaTensor<E>,
@@ -199,21 +248,19 @@ pub fn backward<E: GpuElement>(
         config,
         &context.config,
         grad_spikes.shape(),
-        context.h.shape(),
+        context.kept.tensor().shape(),
     )?;
-    // SAFETY: `backward_into` writes every element before anything reads them.
+    // SAFETY: the kernel writes every element before anything reads them.
     let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
     if grad_spikes.is_empty() {
         return CudaTensor::new(grad_x, grad_spikes.shape());
     }
-    backward_into(
-        device,
-        grad_spikes.slice(),
-        context.h.slice(),
-        grad_x.slice_mut(),
-        steps,
-        config,
-    )?;
+    let (kernel, kept) = match &context.kept {
+        NeuronKept::Potentials(h) => ("neuron_backward", h),
+        NeuronKept::Input(x) => ("neuron_backward_from_input", x),
+    };
+    let buffers = (grad_spikes.slice(), kept.slice(), grad_x.slice_mut());
+    launch_backward(device, kernel, buffers, steps, config)?;
     CudaTensor::new(grad_x, grad_spikes.shape())
 }
 
@@ -223,6 +270,23 @@ pub fn backward_into<E: GpuElement>(
     grad_spikes: &CudaSlice<E>,
     h: &CudaSlice<E>,
     grad_x: &mut CudaSlice<E>,
+    time_steps: usize,
+    config: &NeuronConfig,
+) -> Result<(), GpuError> {
+    launch_backward(
+        device,
+        "neuron_backward",
+        (grad_spikes, h, grad_x),
+        time_steps,
+        config,
+    )
+}
+
+/// Launches the backward `kernel` over `(dL/ds, h or x, dL/dx)`, each `T N` elements.
+fn launch_backward<E: GpuElement>(
+    device: &GpuDevice,
+    kernel: &str,
+    (grad_spikes, h, grad_x): (&CudaSlice<E>, &CudaSlice<E>, &mut CudaSlice<E>),
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
@@ -248,14 +312,14 @@ pub fn backward_into<E: GpuElement>(
         return Ok(());
     }
     let stream = device.stream();
-    let function = device.function(&NEURON, &format!("neuron_backward_{}", E::SUFFIX))?;
+    let function = device.function(&NEURON, &format!("{kernel}_{}", E::SUFFIX))?;
     let (n, t) = (neurons as i64, time_steps as i32);
     let mut launch = stream.launch_builder(&function);
     launch.arg(grad_spikes).arg(h).arg(grad_x);
     params.push_shared(&mut launch, &n, &t);
     launch.arg(&params.detach_reset);
-    // SAFETY: the argument list matches `neuron_backward_<E>` in neuron.cu, and every buffer
-    // holds T * N elements of E.
+    // SAFETY: the argument list matches `neuron_backward_<E>` and
+    // `neuron_backward_from_input_<E>` in neuron.cu, and every buffer holds T * N elements of E.
     unsafe { launch.launch(launch_config(neurons)) }
         .map_err(GpuError::driver("launching neuron_backward"))?;
     Ok(())

@@ -53,6 +53,27 @@ pub struct BatchStats<T> {
 /// context of its backward.
 pub type BatchNormTrainOutput<T, C> = (T, BatchStats<T>, C);
 
+/// What a neuron's context keeps for its backward (docs/neurons.md §2.4.1): the membrane
+/// potentials `h [T, ...]` it charged, or its input `x [T, ...]` itself, from which the backward
+/// charges `h` again, bit for bit. Keeping the input costs no memory of its own when the caller
+/// holds `x` through the backward anyway (a reversible block's F and G, docs/reversible.md §3.3).
+#[derive(Clone, Debug)]
+pub enum NeuronKept<T> {
+    /// The membrane potentials `h`.
+    Potentials(T),
+    /// The input `x`, shared with the caller.
+    Input(T),
+}
+
+impl<T> NeuronKept<T> {
+    /// The kept tensor, shaped like the neuron's input.
+    pub fn tensor(&self) -> &T {
+        match self {
+            NeuronKept::Potentials(t) | NeuronKept::Input(t) => t,
+        }
+    }
+}
+
 /// Which batch-norm forward made a context, and so which backward applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchNormMode {
@@ -78,8 +99,8 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     type Elem: Element;
     /// A dense row-major tensor.
     type Tensor: Clone + Debug + Send + Sync;
-    /// What [`Backend::neuron_backward`] needs: the membrane potentials `h` (spikes are a
-    /// function of `h` and may be recomputed from it).
+    /// What [`Backend::neuron_backward`] needs ([`NeuronKept`]): the membrane potentials `h`
+    /// (spikes are a function of `h` and are recomputed from it), or the input `h` is charged from.
     type NeuronContext: Debug + Send + Sync;
     /// What [`Backend::conv2d_backward`] needs.
     type Conv2dContext: Debug + Send + Sync;
@@ -181,8 +202,17 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
 
     /// A multi-step neuron layer over `x` of shape `[T, ...]`, starting from `v = 0`
     /// (docs/neurons.md §2.2): `h[t] = charge(v[t-1], x[t])`, `s[t] = Heaviside(h[t] - V_th)`,
-    /// `v[t] = (1 - s[t]) h[t]`. Returns the spikes `[T, ...]`.
+    /// `v[t] = (1 - s[t]) h[t]`. Returns the spikes `[T, ...]` and a context keeping `h`
+    /// ([`NeuronKept::Potentials`]).
     fn neuron_forward(
+        &self,
+        x: &Self::Tensor,
+        config: &NeuronConfig,
+    ) -> Result<(Self::Tensor, Self::NeuronContext)>;
+    /// [`Backend::neuron_forward`] whose context keeps `x` itself ([`NeuronKept::Input`]) and
+    /// no tensor of its own: the backward charges `h` from `x` again, so its gradient is
+    /// bitwise [`Backend::neuron_forward`]'s. For callers that hold `x` through the backward.
+    fn neuron_forward_keeping_input(
         &self,
         x: &Self::Tensor,
         config: &NeuronConfig,

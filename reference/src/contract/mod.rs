@@ -26,7 +26,7 @@ pub mod shapes;
 
 pub use backend::{
     AdamWState, Backend, BatchNormGrads, BatchNormMode, BatchNormTrainOutput, BatchStats,
-    Conv2dGrads, LinearGrads, RunningStats,
+    Conv2dGrads, LinearGrads, NeuronKept, RunningStats,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use crate::contract::shapes::{check_neuron_backward, time_by_neurons};
 use crate::contract::{
-    DType, Element, Firing, NeuronConfig, NeuronKind, OpError, Result, Surrogate,
+    DType, Element, Firing, NeuronConfig, NeuronKept, NeuronKind, OpError, Result, Surrogate,
 };
 use crate::cpu::CpuTensor;
 use crate::ops::simd::{self, Kernel};
@@ -42,16 +42,18 @@ const OP: &str = "neuron";
 const NEURON_CHUNK: usize = 2048;
 
 /// What the neuron backward needs: the charged membrane potentials `h [T, ...]` (shaped like the
-/// input) and the configuration the forward ran with.
+/// input) or the input they are charged from ([`NeuronKept`]), and the configuration the forward
+/// ran with.
 ///
 /// The spikes are not stored: `s[t]` is a function of `h[t]` alone (`Heaviside(h - V_th)` or
 /// `g(h - V_th)`), and [`backward`] recomputes it with the same arithmetic in `E` as [`forward`],
 /// so it is bitwise the forward's value. The context therefore holds `T N` elements, a third of
-/// SpikingJelly's `3 T N` buffer (docs/neurons.md §2.4, "Saved for backward").
+/// SpikingJelly's `3 T N` buffer (docs/neurons.md §2.4, "Saved for backward"), or none of its own
+/// when it keeps the caller's input (docs/neurons.md §2.4.1).
 #[derive(Clone, Debug)]
 pub struct NeuronContext<E> {
-    /// `h[t] = charge(v[t-1], x[t])`, before firing and reset; shape `[T, ...]`.
-    pub h: CpuTensor<E>,
+    /// `h[t] = charge(v[t-1], x[t])` before firing and reset, or `x`; shape `[T, ...]`.
+    pub kept: NeuronKept<CpuTensor<E>>,
     /// The configuration of the forward; [`backward`] must be called with the same one.
     pub config: NeuronConfig,
 }
@@ -78,6 +80,40 @@ pub fn forward<E: Element>(
     x: &CpuTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CpuTensor<E>, NeuronContext<E>)> {
+    let (spikes, h) = charge_and_fire(x, config)?;
+    let kept = NeuronKept::Potentials(h);
+    Ok((
+        spikes,
+        NeuronContext {
+            kept,
+            config: *config,
+        },
+    ))
+}
+
+/// [`forward`] whose context keeps `x` itself (shared, not copied) instead of `h`; [`backward`]
+/// charges `h` from it again, bit for bit (docs/neurons.md §2.4.1). The potentials this forward
+/// charges are dropped before it returns.
+pub fn forward_keeping_input<E: Element>(
+    x: &CpuTensor<E>,
+    config: &NeuronConfig,
+) -> Result<(CpuTensor<E>, NeuronContext<E>)> {
+    let (spikes, _) = charge_and_fire(x, config)?;
+    let kept = NeuronKept::Input(x.clone());
+    Ok((
+        spikes,
+        NeuronContext {
+            kept,
+            config: *config,
+        },
+    ))
+}
+
+/// The spikes `s` and the potentials `h` of [`forward`] over `x`.
+fn charge_and_fire<E: Element>(
+    x: &CpuTensor<E>,
+    config: &NeuronConfig,
+) -> Result<(CpuTensor<E>, CpuTensor<E>)> {
     config.validate()?;
     let (steps, neurons) = time_by_neurons(x.shape(), "x")?;
     let x = x.as_standard_layout();
@@ -114,9 +150,7 @@ pub fn forward<E: Element>(
     // SAFETY: the kernel's zip covers every `(t, n)` of `h` and `s` and writes each once.
     let (h, s) = unsafe { (h.assume_init(), s.assume_init()) };
     let shape = IxDyn(x.shape());
-    let spikes = into_shape(s, &shape)?;
-    let h = into_shape(h, &shape)?;
-    Ok((spikes, NeuronContext { h, config: *config }))
+    Ok((into_shape(s, &shape)?, into_shape(h, &shape)?))
 }
 
 /// Backward through time of [`forward`] (docs/neurons.md §2.4), with `gV = dL/dv_seq = 0`, per neuron:
@@ -131,7 +165,8 @@ pub fn forward<E: Element>(
 ///     gX[t] = r gH                                    (dL/dx[t])
 /// ```
 ///
-/// `s[t]` is recomputed from the stored `h[t]` (see [`NeuronContext`]). With
+/// `s[t]` is recomputed from the stored `h[t]`, or `h` charged again from the kept input (see
+/// [`NeuronContext`]). With
 /// [`Firing::Smooth`] and `detach_reset = false` this is the exact gradient of the smooth
 /// forward. Returns `dL/dx`, shaped like `x`.
 ///
@@ -146,10 +181,18 @@ pub fn backward<E: Element>(
         config,
         &context.config,
         grad_spikes.shape(),
-        context.h.shape(),
+        context.kept.tensor().shape(),
     )?;
+    let charged;
+    let h = match &context.kept {
+        NeuronKept::Potentials(h) => h,
+        NeuronKept::Input(x) => {
+            charged = charge_and_fire(x, config)?.1;
+            &charged
+        }
+    };
     let g = grad_spikes.as_standard_layout();
-    let h = context.h.as_standard_layout();
+    let h = h.as_standard_layout();
     let g2 = g
         .view()
         .into_shape_with_order((steps, neurons))
@@ -177,7 +220,7 @@ pub fn backward<E: Element>(
     }
     // SAFETY: the kernel's chunks and their rows cover every `(t, n)` of `gx` and write each once.
     let gx = unsafe { gx.assume_init() };
-    into_shape(gx, &IxDyn(context.h.shape()))
+    into_shape(gx, &IxDyn(grad_spikes.shape()))
 }
 
 fn into_shape<E: Element>(a: ndarray::Array2<E>, shape: &IxDyn) -> Result<CpuTensor<E>> {
