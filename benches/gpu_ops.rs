@@ -114,7 +114,7 @@ fn gpu_ops(c: &mut Criterion) {
                     &gpu,
                     &format!("{engine}{math}/{name}_backward"),
                     || {
-                        gpu.conv2d_backward(&grad_y, &context).unwrap();
+                        gpu.conv2d_backward(grad_y.clone(), &context).unwrap();
                     },
                 );
             }

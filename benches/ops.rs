@@ -124,7 +124,7 @@ fn conv_case(c: &mut Criterion, n: usize, channels: usize, size: usize) {
         group.bench_function(format!("{name}/forward_backward"), |b| {
             b.iter(|| {
                 let (_, context) = cpu.conv2d_forward(x, &weight, None, params).unwrap();
-                cpu.conv2d_backward(&grad, &context).unwrap()
+                cpu.conv2d_backward(grad.clone(), &context).unwrap()
             })
         });
     }
@@ -154,7 +154,7 @@ fn spike_density(c: &mut Criterion) {
             group.bench_function(format!("{percent}/forward_backward"), |b| {
                 b.iter(|| {
                     let (_, context) = cpu.conv2d_forward(&x, &weight, None, params).unwrap();
-                    cpu.conv2d_backward(&grad, &context).unwrap()
+                    cpu.conv2d_backward(grad.clone(), &context).unwrap()
                 })
             });
         }
@@ -178,7 +178,7 @@ fn pointwise_conv(c: &mut Criterion) {
         group.bench_function(format!("{c_in}to{c_out}/forward_backward"), |b| {
             b.iter(|| {
                 let (_, context) = cpu.conv2d_forward(&x, &weight, None, params).unwrap();
-                cpu.conv2d_backward(&grad, &context).unwrap()
+                cpu.conv2d_backward(grad.clone(), &context).unwrap()
             })
         });
     }

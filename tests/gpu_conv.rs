@@ -107,7 +107,7 @@ fn run<E: GpuElement, B: Backend<Elem = E>>(
         .tensor_from_vec(&backend.shape(&y), dy.to_vec())
         .unwrap();
     let grads = backend
-        .conv2d_backward(&dy, &context)
+        .conv2d_backward(dy.clone(), &context)
         .unwrap_or_else(|e| panic!("{name}: backward: {e}"));
     assert_eq!(backend.shape(&grads.input), xs, "{name}: dx shape");
     assert_eq!(backend.shape(&grads.weight), ws, "{name}: dw shape");
@@ -262,7 +262,7 @@ fn workspace_is_bounded_and_freed(gpu: &Cuda<f32>, workspace: usize) {
     gpu.synchronize().unwrap();
     gpu.device().reset_peak_memory();
     let live = gpu.memory().live_bytes;
-    let grads = gpu.conv2d_backward(&dy, &context).unwrap();
+    let grads = gpu.conv2d_backward(dy.clone(), &context).unwrap();
     gpu.synchronize().unwrap();
     let grad_bytes = bytes(xs.iter().product::<usize>() + ws.iter().product::<usize>() + ws[0]);
     let after = gpu.memory();
@@ -292,7 +292,7 @@ fn gpu_conv_handles_an_empty_batch() {
             .conv2d_forward(&x, &w, Some(&b), Conv2dParams::new(1, 1))
             .unwrap();
         assert_eq!(gpu.shape(&y), [0, 3, 5, 5]);
-        let grads = gpu.conv2d_backward(&y, &context).unwrap();
+        let grads = gpu.conv2d_backward(y.clone(), &context).unwrap();
         assert_eq!(gpu.shape(&grads.input), [0, 2, 5, 5]);
         assert_eq!(gpu.to_vec(&grads.weight).unwrap(), vec![0.0; 54]);
         assert_eq!(gpu.to_vec(&grads.bias.unwrap()).unwrap(), vec![0.0; 3]);
@@ -343,7 +343,7 @@ fn gpu_conv_rejects_bad_shapes_and_parameters() {
     );
     let (_, context) = gpu.conv2d_forward(&x, &w, None, same).unwrap();
     assert!(
-        gpu.conv2d_backward(&tensor(&[2, 4, 8, 7]), &context)
+        gpu.conv2d_backward(tensor(&[2, 4, 8, 7]), &context)
             .is_err(),
         "a gradient of another shape"
     );

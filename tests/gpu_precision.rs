@@ -397,12 +397,12 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
             let before = live_bytes(&gpu);
             let (y, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
             let kept = live_bytes(&gpu) - before - y_len * size_of::<f32>();
-            let alive = gpu.conv2d_backward(&dy, &context).unwrap();
+            let alive = gpu.conv2d_backward(dy.clone(), &context).unwrap();
             let alive = [&alive.input, &alive.weight].map(|t| gpu.to_vec(t).unwrap());
             let with_x = live_bytes(&gpu);
             drop(x);
             let freed = with_x - live_bytes(&gpu);
-            let dropped = gpu.conv2d_backward(&dy, &context).unwrap();
+            let dropped = gpu.conv2d_backward(dy.clone(), &context).unwrap();
             let dropped = [&dropped.input, &dropped.weight].map(|t| gpu.to_vec(t).unwrap());
             let what = format!("{} on {}", format.precision(), engine.name());
             let sums = y_len * size_of::<u16>();
@@ -519,6 +519,55 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
     device.set_precision(Precision::F32).unwrap();
 }
 
+/// A 16-bit convolution's backward on cuDNN frees the `dy` handed to it once it holds the
+/// rounded 16-bit copy: its peak is lower by at least that copy's bytes than when the caller
+/// keeps `dy` alive, and the gradients are the same bits.
+#[test]
+fn a_16_bit_convolution_backward_frees_the_dy_handed_to_it() {
+    let Some(gpu) = backend_or_skip::<f32>("a_16_bit_convolution_backward_frees_dy") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(53);
+    let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
+    let (x, w) = (normal(&[2, 4, 6, 6], 1.0), normal(&[5, 4, 3, 3], 0.3));
+    let dy_values = gpu.to_vec(&normal(&[2, 5, 6, 6], 1.0)).unwrap();
+    let conv = Conv2dParams::new(1, 1);
+    let cudnn = each_conv_engine(device).filter(|&engine| engine == ConvEngine::Cudnn);
+    for format in cudnn.flat_map(|_| FORMATS) {
+        device.set_precision(format.precision()).unwrap();
+        let what = format.precision();
+        let (_, context) = gpu.conv2d_forward(&x, &w, None, conv).unwrap();
+        let dy = gpu
+            .tensor_from_vec(&[2, 5, 6, 6], dy_values.clone())
+            .unwrap();
+        let peak_of = |dy: CudaTensor<f32>| {
+            gpu.synchronize().unwrap();
+            device.reset_peak_memory();
+            let grads = gpu.conv2d_backward(dy, &context).unwrap();
+            gpu.synchronize().unwrap();
+            let peak = gpu.memory().peak_bytes;
+            (
+                peak,
+                [&grads.input, &grads.weight].map(|t| gpu.to_vec(t).unwrap()),
+            )
+        };
+        let (held, kept_grads) = peak_of(dy.clone());
+        let (handed, grads) = peak_of(dy);
+        let half_bytes = dy_values.len() * size_of::<u16>();
+        assert!(
+            held >= handed + half_bytes,
+            "{what}: the peak with dy handed over ({handed}) is not below the peak with dy kept \
+             ({held}) by its 16-bit copy ({half_bytes})"
+        );
+        assert!(
+            same_bits(&grads, &kept_grads),
+            "{what}: the gradients differ"
+        );
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
 /// A convolution over a neuron's spikes keeps them one byte each (`SavedInput::Spikes`), in every
 /// precision and on both engines: dropping the spikes frees all of their bytes, the context
 /// holds one byte per element, and the backward gives the bits of a convolution over a plain
@@ -540,7 +589,7 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
     };
     let conv = Conv2dParams::new(1, 1);
     let grads_of = |context: &Conv2dContext<f32>| {
-        let grads = gpu.conv2d_backward(&dy, context).unwrap();
+        let grads = gpu.conv2d_backward(dy.clone(), context).unwrap();
         [&grads.input, &grads.weight].map(|t| gpu.to_vec(t).unwrap())
     };
     for engine in each_conv_engine(device) {

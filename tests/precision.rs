@@ -95,9 +95,9 @@ fn check_conv(p: Precision, x: &CpuTensor<f32>, params: Conv2dParams, seed: u64)
     };
     assert_eq!(bits(&y), bits(&y_ref), "{p} conv forward");
     let dy = random(y.shape(), 1.0, seed + 2);
-    let grads = emulated.conv2d_backward(&dy, &context).unwrap();
+    let grads = emulated.conv2d_backward(dy.clone(), &context).unwrap();
     let grads_ref = plain
-        .conv2d_backward(&rounded(&dy, p), &context_ref)
+        .conv2d_backward(rounded(&dy, p), &context_ref)
         .unwrap();
     let (dx_ref, dw_ref) = (stored(&grads_ref.input, p), stored(&grads_ref.weight, p));
     assert_eq!(bits(&grads.input), bits(&dx_ref), "{p} conv dx");
@@ -178,9 +178,9 @@ fn sparse_spike_kernels_agree_with_the_dense_gemm_under_bf16() {
     // The weight gradient: the spike kernel against the dense GEMM, from one context.
     let dy = random(y.shape(), 1.0, 5);
     let backend = Cpu::<f32>::with_precision(p);
-    let sparse = backend.conv2d_backward(&dy, &context).unwrap();
+    let sparse = backend.conv2d_backward(dy.clone(), &context).unwrap();
     context.sparse_spike_input = false;
-    let dense = backend.conv2d_backward(&dy, &context).unwrap();
+    let dense = backend.conv2d_backward(dy.clone(), &context).unwrap();
     let error = relative_error(&widened(&sparse.weight), &widened(&dense.weight));
     assert!(error <= 1e-3, "sparse vs dense weight gradient: {error:e}");
     assert_eq!(

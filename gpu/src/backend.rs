@@ -247,7 +247,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn conv2d_backward(
         &self,
-        grad_y: &CudaTensor<E>,
+        grad_y: CudaTensor<E>,
         context: &Self::Conv2dContext,
     ) -> Result<Conv2dGrads<CudaTensor<E>>> {
         Ok(ops::conv::backward(&self.device, grad_y, context)?)

@@ -239,10 +239,10 @@ impl<E: Element> Backend for Cpu<E> {
 
     fn conv2d_backward(
         &self,
-        grad_y: &CpuTensor<E>,
+        grad_y: CpuTensor<E>,
         context: &Self::Conv2dContext,
     ) -> Result<Conv2dGrads<CpuTensor<E>>> {
-        let grads = ops::conv::backward(&self.operand(grad_y), context)?;
+        let grads = ops::conv::backward(&self.operand(&grad_y), context)?;
         if !self.precision.stores_conv_outputs() {
             return Ok(grads);
         }

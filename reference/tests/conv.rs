@@ -154,7 +154,7 @@ fn check_case(case: &Case) -> [f64; 4] {
         )
         .unwrap();
     let grads = cpu
-        .conv2d_backward(&tensor(&case.out_shape(), &dy), &context)
+        .conv2d_backward(tensor(&case.out_shape(), &dy), &context)
         .unwrap();
     assert_eq!(grads.input.shape(), case.x_shape);
     assert_eq!(grads.weight.shape(), case.w_shape);
@@ -319,11 +319,15 @@ fn non_standard_layout_inputs_give_the_same_result() {
         &case.out_shape(),
         &vec![1.0; case.out_shape().iter().product()],
     );
-    let grads = Cpu::<f64>::new().conv2d_backward(&dy, &context).unwrap();
+    let grads = Cpu::<f64>::new()
+        .conv2d_backward(dy.clone(), &context)
+        .unwrap();
     let (_, reference) = Cpu::<f64>::new()
         .conv2d_forward(&x, &tensor(&case.w_shape, &case.w), None, case.params)
         .unwrap();
-    let reference = Cpu::<f64>::new().conv2d_backward(&dy, &reference).unwrap();
+    let reference = Cpu::<f64>::new()
+        .conv2d_backward(dy.clone(), &reference)
+        .unwrap();
     assert_eq!(values(&grads.input), values(&reference.input));
     assert_eq!(values(&grads.weight), values(&reference.weight));
 }
@@ -353,7 +357,7 @@ fn f32_agrees_with_f64() {
                         )
                         .unwrap();
                     let grads = cpu
-                        .conv2d_backward(&tensor(&case.out_shape(), dy), &context)
+                        .conv2d_backward(tensor(&case.out_shape(), dy), &context)
                         .unwrap();
                     vec![
                         values(&y),
@@ -399,7 +403,7 @@ fn bits_with_threads<E: Element>(
             )
             .unwrap();
         let grads = cpu
-            .conv2d_backward(&tensor(&case.out_shape(), dy), &context)
+            .conv2d_backward(tensor(&case.out_shape(), dy), &context)
             .unwrap();
         let mut out = vec![y, grads.input, grads.weight];
         out.extend(grads.bias);
@@ -511,11 +515,11 @@ fn bad_inputs_are_errors() {
     let (y, context) = cpu.conv2d_forward(&x, &w, None, p).unwrap();
     assert_eq!(y.shape(), [2, 4, 5, 5]);
     assert!(is_shape(
-        cpu.conv2d_backward(&zeros(&[2, 4, 5, 4]), &context)
+        cpu.conv2d_backward(zeros(&[2, 4, 5, 4]), &context)
             .map(|_| ())
     ));
     assert!(is_shape(
-        cpu.conv2d_backward(&zeros(&[2, 4, 25]), &context)
+        cpu.conv2d_backward(zeros(&[2, 4, 25]), &context)
             .map(|_| ())
     ));
 
@@ -538,7 +542,7 @@ fn an_empty_batch_gives_empty_outputs_and_zero_weight_gradients() {
         )
         .unwrap();
     assert_eq!(y.shape(), [0, 2, 5, 5]);
-    let grads = cpu.conv2d_backward(&y, &context).unwrap();
+    let grads = cpu.conv2d_backward(y.clone(), &context).unwrap();
     assert_eq!(grads.input.shape(), [0, 3, 5, 5]);
     assert!(grads.weight.iter().all(|&v| v == 0.0) && grads.weight.shape() == [2, 3, 3, 3]);
     assert_eq!(values(&grads.bias.unwrap()), [0.0, 0.0]);
@@ -633,7 +637,7 @@ fn input_gradients_of_layers_with_many_blocks_match_the_direct_loop() {
                 )
                 .unwrap();
             let grads = cpu
-                .conv2d_backward(&tensor(&case.out_shape(), &dy), &context)
+                .conv2d_backward(tensor(&case.out_shape(), &dy), &context)
                 .unwrap();
             let expected = naive_input_grad(&case, &dy);
             assert!(relative_error(&values(&grads.input), &expected) <= 1e-12);

@@ -57,7 +57,7 @@ fn conv1d_through_the_backend_matches_finite_differences() {
         )
         .unwrap();
     let grads = cpu
-        .conv1d_backward(&tensor(&[n, o, l], &dy), &context)
+        .conv1d_backward(tensor(&[n, o, l], &dy), &context)
         .unwrap();
     assert_eq!(grads.input.shape(), [n, c, l]);
     assert_eq!(grads.weight.shape(), [o, c, 1]);
@@ -90,11 +90,10 @@ fn conv1d_bad_shapes_are_errors() {
         .conv1d_forward(&zeros(&[2, 3, 5]), &zeros(&[4, 3, 1]), None)
         .unwrap();
     assert!(is_shape(
-        cpu.conv1d_backward(&zeros(&[2, 4, 5, 1]), &context)
+        cpu.conv1d_backward(zeros(&[2, 4, 5, 1]), &context)
             .map(|_| ())
     ));
     assert!(is_shape(
-        cpu.conv1d_backward(&zeros(&[2, 4, 6]), &context)
-            .map(|_| ())
+        cpu.conv1d_backward(zeros(&[2, 4, 6]), &context).map(|_| ())
     ));
 }

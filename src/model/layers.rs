@@ -256,8 +256,8 @@ impl<B: Backend> Layer<B> for Conv {
     ) -> Result<B::Tensor> {
         let backend = session.backend;
         let grads = match self.kind {
-            ConvKind::Conv2d(_) => backend.conv2d_backward(&grad_y, &saved)?,
-            ConvKind::Conv1d => backend.conv1d_backward(&grad_y, &saved)?,
+            ConvKind::Conv2d(_) => backend.conv2d_backward(grad_y, &saved)?,
+            ConvKind::Conv1d => backend.conv1d_backward(grad_y, &saved)?,
         };
         session.accumulate(self.weight, grads.weight)?;
         if let (Some(id), Some(bias)) = (self.bias, grads.bias) {

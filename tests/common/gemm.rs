@@ -42,7 +42,7 @@ impl GemmOp {
             }
             (GemmOp::Conv(params), [x, w, b, dy]) => {
                 let (y, context) = backend.conv2d_forward(x, w, Some(b), params).unwrap();
-                let grads = backend.conv2d_backward(dy, &context).unwrap();
+                let grads = backend.conv2d_backward(dy.clone(), &context).unwrap();
                 vec![y, grads.input, grads.weight, grads.bias.unwrap()]
             }
             _ => panic!("{self:?}: wrong number of inputs"),

@@ -237,10 +237,12 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         bias: Option<&Self::Tensor>,
         params: Conv2dParams,
     ) -> Result<(Self::Tensor, Self::Conv2dContext)>;
-    /// Gradients of [`Backend::conv2d_forward`] with respect to input, weight and bias.
+    /// Gradients of [`Backend::conv2d_forward`] with respect to input, weight and bias. It takes
+    /// `grad_y` by value, so that a backend may free it once read: CUDA under a 16-bit precision
+    /// keeps only its rounded 16-bit copy (docs/precision.md §"Convolution outputs").
     fn conv2d_backward(
         &self,
-        grad_y: &Self::Tensor,
+        grad_y: Self::Tensor,
         context: &Self::Conv2dContext,
     ) -> Result<Conv2dGrads<Self::Tensor>>;
 
@@ -272,18 +274,19 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// Gradients of [`Backend::conv1d_forward`], shaped like its operands.
     fn conv1d_backward(
         &self,
-        grad_y: &Self::Tensor,
+        grad_y: Self::Tensor,
         context: &Self::Conv2dContext,
     ) -> Result<Conv2dGrads<Self::Tensor>> {
-        let g = self.shape(grad_y);
+        let g = self.shape(&grad_y);
         if g.len() != 3 {
             return Err(OpError::shape(
                 "conv1d",
                 format!("expected grad_y [N, C, L], got {g:?}"),
             ));
         }
-        let grads =
-            self.conv2d_backward(&self.reshape(grad_y, &[g[0], g[1], g[2], 1])?, context)?;
+        let as_2d = self.reshape(&grad_y, &[g[0], g[1], g[2], 1])?;
+        drop(grad_y);
+        let grads = self.conv2d_backward(as_2d, context)?;
         let input_shape = self.shape(&grads.input);
         let weight_shape = self.shape(&grads.weight);
         Ok(Conv2dGrads {

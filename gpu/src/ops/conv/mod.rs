@@ -454,7 +454,7 @@ pub fn forward<E: GpuElement>(
 /// does not have the forward's output shape.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
-    grad_y: &CudaTensor<E>,
+    grad_y: CudaTensor<E>,
     context: &Conv2dContext<E>,
 ) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
     let g = Geometry::new(
@@ -463,19 +463,23 @@ pub fn backward<E: GpuElement>(
         context.params,
     )?;
     g.check_grad(grad_y.shape())?;
-    // Under a 16-bit precision the GEMMs and cuDNN round `dy` as they convert it; only the bias
-    // gradient needs the rounded values as f32 (`gradient_operand`).
-    let (x, weight) = (&context.input, &context.weight);
-    let (dx, dw) = match device.half_format() {
-        None => full_backward(device, &g, x, weight, grad_y)?,
-        Some(format) => half_backward(device, &g, format, x, weight, grad_y)?,
-    };
+    // The bias gradient first: under a 16-bit precision it sums the rounded `dy`
+    // (`gradient_operand`), and `dy` then gives way to its 16-bit copy before any pass allocates.
     let bias = if context.has_bias {
-        let grad_y = precision::gradient_operand(device, grad_y)?;
-        let db = bias_gradient(device, &grad_y, g.n, g.c_out, g.p())?;
+        let rounded = precision::gradient_operand(device, &grad_y)?;
+        let db = bias_gradient(device, &rounded, g.n, g.c_out, g.p())?;
         Some(CudaTensor::new(db, &[g.c_out])?)
     } else {
         None
+    };
+    let (x, weight) = (&context.input, &context.weight);
+    let (dx, dw) = match device.half_format() {
+        None => full_backward(device, &g, x, weight, &grad_y)?,
+        Some(format) => {
+            let dy_half = stored(device, format, grad_y.buffer())?;
+            drop(grad_y);
+            half_backward(device, &g, format, x, weight, dy_half)?
+        }
     };
     Ok(Conv2dGrads {
         input: CudaTensor::new(dx, &[g.n, g.c_in, g.h, g.w])?,
@@ -623,40 +627,62 @@ fn im2col_gradients<E: GpuElement>(
     Ok((dx, dw))
 }
 
-/// `dx` and `dw` of a 16-bit precision, stored in `format` and read back as `f32`: by cuDNN's
-/// 16-bit configuration, or summed in `f32` by the im2col engine and rounded.
+/// `dx` and `dw` of a 16-bit precision from the rounded 16-bit `dy_half`, stored in `format` and
+/// read back as `f32`: by cuDNN's 16-bit configuration, or summed in `f32` by the im2col engine
+/// over `dy_half` widened (its GEMMs round it back to the same bits) and rounded.
 fn half_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     format: HalfFormat,
     x: &SavedInput<E>,
     weight: &CudaTensor<E>,
-    grad_y: &CudaTensor<E>,
+    dy_half: DeviceBuffer<u16>,
 ) -> Result<Gradients<E>, GpuError> {
-    if let Some(grads) = cudnn_half_backward(device, g, format, x, weight, grad_y)? {
-        return Ok(grads);
-    }
-    let (dx, dw) = im2col_gradients(device, g, x, weight, grad_y)?;
+    let dy_half = match cudnn_half_backward(device, g, format, x, weight, dy_half)? {
+        HalfPasses::Ran(grads) => return Ok(grads),
+        HalfPasses::NotRun(dy_half) => dy_half,
+    };
+    let grad_y = widened_tensor(device, g, format, dy_half)?;
+    let (dx, dw) = im2col_gradients(device, g, x, weight, &grad_y)?;
     let dx = precision::rounded_buffer(device, &dx, format)?;
     Ok((dx, precision::rounded_buffer(device, &dw, format)?))
 }
 
-/// The cuDNN engine's `dx` and `dw` ([`cudnn_backward`]) in cuDNN's 16-bit configuration, read
-/// back as `f32` (a pointwise `dx` is one GEMM, rounded). `None` when the device's engine is
-/// im2col or cuDNN has no deterministic algorithm.
+/// The 16-bit `dy_half` read back as the `f32` tensor `dy`, freeing the 16 bits.
+fn widened_tensor<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    format: HalfFormat,
+    dy_half: DeviceBuffer<u16>,
+) -> Result<CudaTensor<E>, GpuError> {
+    CudaTensor::new(
+        precision::widened(device, format, &dy_half)?,
+        &g.output_shape(),
+    )
+}
+
+/// What [`cudnn_half_backward`] did: both passes, or neither, handing the 16-bit `dy` back.
+enum HalfPasses<E> {
+    Ran(Gradients<E>),
+    NotRun(DeviceBuffer<u16>),
+}
+
+/// The cuDNN engine's `dx` and `dw` ([`cudnn_backward`]) in cuDNN's 16-bit configuration from
+/// the 16-bit `dy_half`, read back as `f32` (a pointwise `dx` is one GEMM over `dy_half` widened,
+/// rounded). [`HalfPasses::NotRun`] when the device's engine is im2col or cuDNN has no
+/// deterministic algorithm.
 fn cudnn_half_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     format: HalfFormat,
     x: &SavedInput<E>,
     weight: &CudaTensor<E>,
-    grad_y: &CudaTensor<E>,
-) -> Result<Option<Gradients<E>>, GpuError> {
+    dy_half: DeviceBuffer<u16>,
+) -> Result<HalfPasses<E>, GpuError> {
     if g.n == 0 || !uses_cudnn(device) {
-        return Ok(None);
+        return Ok(HalfPasses::NotRun(dy_half));
     }
     let types = DataTypes::half(format);
-    let dy_half = stored(device, format, grad_y.buffer())?;
     // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
     let mut dw16 = unsafe { device.alloc::<u16>(g.c_out * g.k()) }?;
     // The 16-bit x (made from the spike bytes, or from x when the context kept no 16-bit copy)
@@ -667,13 +693,14 @@ fn cudnn_half_backward<E: GpuElement>(
     let filtered = cudnn::backward_filter(device, g, types, x16, dy16, dw16.slice_mut())?;
     drop(x_half);
     if !filtered {
-        return Ok(None);
+        return Ok(HalfPasses::NotRun(dy_half));
     }
     let dx = if g.pointwise() {
-        drop(dy_half);
+        let grad_y = widened_tensor(device, g, format, dy_half)?;
         // SAFETY: the GEMM writes every element.
         let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
-        pointwise_input_grad(device, g, weight, grad_y, &mut dx)?;
+        pointwise_input_grad(device, g, weight, &grad_y, &mut dx)?;
+        drop(grad_y);
         precision::rounded_buffer(device, &dx, format)?
     } else {
         let w_half = stored(device, format, weight.buffer())?;
@@ -681,13 +708,15 @@ fn cudnn_half_backward<E: GpuElement>(
         let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
         let (dy16, w16) = (dy_half.slice(), w_half.slice());
         let ran = cudnn::backward_data(device, g, types, dy16, w16, dx16.slice_mut())?;
-        drop((dy_half, w_half));
+        drop(w_half);
         if !ran {
-            return Ok(None);
+            return Ok(HalfPasses::NotRun(dy_half));
         }
+        drop(dy_half);
         precision::widened(device, format, &dx16)?
     };
-    Ok(Some((dx, precision::widened(device, format, &dw16)?)))
+    let dw = precision::widened(device, format, &dw16)?;
+    Ok(HalfPasses::Ran((dx, dw)))
 }
 
 /// The cuDNN engine's `dx` and `dw`: `dw` by cuDNN, `dx` by cuDNN or, for a pointwise
@@ -1024,7 +1053,7 @@ mod tests {
                 .conv2d_forward(&x_cpu, &w_cpu, Some(&b_cpu), params)
                 .unwrap();
             let dy_cpu = cpu.tensor_from_vec(&cpu.shape(&y_ref), dy.clone()).unwrap();
-            let grads = cpu.conv2d_backward(&dy_cpu, &context).unwrap();
+            let grads = cpu.conv2d_backward(dy_cpu.clone(), &context).unwrap();
             let (y_ref, dx_ref, dw_ref) = (
                 cpu.to_vec(&y_ref).unwrap(),
                 cpu.to_vec(&grads.input).unwrap(),
