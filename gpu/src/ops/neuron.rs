@@ -157,21 +157,13 @@ pub fn forward_keeping_input<E: GpuElement>(
     x: &CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
-    let params = KernelConfig::<E>::new(config)?;
-    let (steps, neurons) = time_by_neurons(x.shape(), "x")?;
+    config.validate()?;
+    let (steps, _) = time_by_neurons(x.shape(), "x")?;
     // SAFETY: the kernel writes every element before anything reads them.
     let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
-    if neurons > 0 {
-        let function = device.function(&NEURON, &format!("neuron_fire_{}", E::SUFFIX))?;
-        let (n, t) = (neurons as i64, steps as i32);
-        let stream = device.stream();
-        let mut launch = stream.launch_builder(&function);
-        launch.arg(x.slice()).arg(spikes.slice_mut());
-        params.push_shared(&mut launch, &n, &t);
-        // SAFETY: the argument list matches `neuron_fire_<E>` in neuron.cu, and both buffers
-        // hold T * N elements of E.
-        unsafe { launch.launch(launch_config(neurons)) }
-            .map_err(GpuError::driver("launching neuron_fire"))?;
+    // An empty buffer's slice holds one unused element: launch nothing over it.
+    if !x.is_empty() {
+        launch_forward(device, x.slice(), spikes.slice_mut(), None, steps, config)?;
     }
     let kept = NeuronKept::Input(x.clone());
     let spikes = spikes_tensor(spikes, x, config)?;
@@ -206,32 +198,53 @@ pub fn forward_into<E: GpuElement>(
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
+    launch_forward(device, x, spikes, Some(h), time_steps, config)
+}
+
+/// Launches `neuron_forward` over `x`, writing the spikes and `h`, or, without `h`,
+/// `neuron_fire`, writing the spikes only; every buffer `T N` elements.
+fn launch_forward<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaSlice<E>,
+    spikes: &mut CudaSlice<E>,
+    h: Option<&mut CudaSlice<E>>,
+    time_steps: usize,
+    config: &NeuronConfig,
+) -> Result<(), GpuError> {
     let params = KernelConfig::<E>::new(config)?;
     let neurons = check_len("neuron_forward", "x", x.len(), time_steps)?;
-    if spikes.len() != x.len() || h.len() != x.len() {
+    let h_len = h.as_ref().map_or(x.len(), |h| h.len());
+    if spikes.len() != x.len() || h_len != x.len() {
         return Err(shape_error(
             "neuron_forward",
             format!(
-                "x has {} elements but spikes {} and h {}",
+                "x has {} elements but spikes {} and h {h_len}",
                 x.len(),
                 spikes.len(),
-                h.len()
             ),
         ));
     }
     if neurons == 0 {
         return Ok(());
     }
+    let kernel = if h.is_some() {
+        "neuron_forward"
+    } else {
+        "neuron_fire"
+    };
+    let function = device.function(&NEURON, &format!("{kernel}_{}", E::SUFFIX))?;
     let stream = device.stream();
-    let function = device.function(&NEURON, &format!("neuron_forward_{}", E::SUFFIX))?;
     let (n, t) = (neurons as i64, time_steps as i32);
     let mut launch = stream.launch_builder(&function);
-    launch.arg(x).arg(spikes).arg(h);
+    launch.arg(x).arg(spikes);
+    if let Some(h) = h {
+        launch.arg(h);
+    }
     params.push_shared(&mut launch, &n, &t);
-    // SAFETY: the argument list matches `neuron_forward_<E>` in neuron.cu, and every buffer holds
-    // T * N elements of E.
+    // SAFETY: the argument list matches `neuron_forward_<E>` (with `h`) or `neuron_fire_<E>`
+    // (without) in neuron.cu, and every buffer holds T * N elements of E.
     unsafe { launch.launch(launch_config(neurons)) }
-        .map_err(GpuError::driver("launching neuron_forward"))?;
+        .map_err(GpuError::driver("launching the neuron forward"))?;
     Ok(())
 }
 

@@ -661,7 +661,8 @@ fn widened_tensor<E: GpuElement>(
     )
 }
 
-/// What [`cudnn_half_backward`] did: both passes, or neither, handing the 16-bit `dy` back.
+/// What [`cudnn_half_backward`] did: both passes, or not both (the im2col engine must then write
+/// `dx` and `dw`), handing the 16-bit `dy` back.
 enum HalfPasses<E> {
     Ran(Gradients<E>),
     NotRun(DeviceBuffer<u16>),
