@@ -121,32 +121,7 @@ pub fn forward<E: GpuElement>(
     x: &CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
-    config.validate()?;
-    let (steps, _) = time_by_neurons(x.shape(), "x")?;
-    // SAFETY: `forward_into` writes every element before anything reads them.
-    let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
-    // SAFETY: as above.
-    let mut h = unsafe { device.alloc::<E>(x.len()) }?;
-    // An empty buffer's slice holds one unused element: launch nothing over it.
-    if !x.is_empty() {
-        forward_into(
-            device,
-            x.slice(),
-            spikes.slice_mut(),
-            h.slice_mut(),
-            steps,
-            config,
-        )?;
-    }
-    let kept = NeuronKept::Potentials(CudaTensor::new(h, x.shape())?);
-    let spikes = spikes_tensor(spikes, x, config)?;
-    Ok((
-        spikes,
-        NeuronContext {
-            kept,
-            config: *config,
-        },
-    ))
+    fire(device, x, config, false)
 }
 
 /// [`forward`] whose context keeps `x` itself (shared, not copied) and no buffer of its own: the
@@ -157,15 +132,35 @@ pub fn forward_keeping_input<E: GpuElement>(
     x: &CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
+    fire(device, x, config, true)
+}
+
+/// The spikes over `x`, and a context keeping `x` itself or the `h` the kernel also writes.
+fn fire<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaTensor<E>,
+    config: &NeuronConfig,
+    keeps_input: bool,
+) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
     config.validate()?;
     let (steps, _) = time_by_neurons(x.shape(), "x")?;
     // SAFETY: the kernel writes every element before anything reads them.
     let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
+    let mut h = if keeps_input {
+        None
+    } else {
+        // SAFETY: as above.
+        Some(unsafe { device.alloc::<E>(x.len()) }?)
+    };
     // An empty buffer's slice holds one unused element: launch nothing over it.
     if !x.is_empty() {
-        launch_forward(device, x.slice(), spikes.slice_mut(), None, steps, config)?;
+        let h = h.as_mut().map(|h| h.slice_mut());
+        launch_forward(device, x.slice(), spikes.slice_mut(), h, steps, config)?;
     }
-    let kept = NeuronKept::Input(x.clone());
+    let kept = match h {
+        Some(h) => NeuronKept::Potentials(CudaTensor::new(h, x.shape())?),
+        None => NeuronKept::Input(x.clone()),
+    };
     let spikes = spikes_tensor(spikes, x, config)?;
     Ok((
         spikes,

@@ -208,6 +208,16 @@ pub(crate) fn widened<E: GpuElement>(
     Ok(wide)
 }
 
+/// The 16-bit patterns `half` read back as a new `f32` tensor of `shape` ([`widened`]).
+pub(crate) fn widened_tensor<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    half: &DeviceBuffer<u16>,
+    shape: &[usize],
+) -> Result<CudaTensor<E>, GpuError> {
+    CudaTensor::new(widened(device, format, half)?, shape)
+}
+
 /// `dy` as the backward of a GEMM op reads it: rounded to the device's 16-bit format when it has
 /// one (docs/precision.md: `dY` is rounded once and serves the input, weight and bias gradients,
 /// so the bias gradient sums the rounded values), else `dy` itself.

@@ -72,7 +72,7 @@ impl<E: GpuElement> SavedInput<E> {
         match self {
             SavedInput::Full(x) => Ok(x.clone()),
             SavedInput::Half { bits, shape } => {
-                CudaTensor::new(precision::widened(device, bits.format, &bits.bits)?, shape)
+                precision::widened_tensor(device, bits.format, &bits.bits, shape)
             }
             SavedInput::Spikes { bytes, shape } => {
                 let name = format!("from_spike_bytes_{}", E::SUFFIX);

@@ -642,23 +642,11 @@ fn half_backward<E: GpuElement>(
         HalfPasses::Ran(grads) => return Ok(grads),
         HalfPasses::NotRun(dy_half) => dy_half,
     };
-    let grad_y = widened_tensor(device, g, format, dy_half)?;
+    let grad_y = precision::widened_tensor(device, format, &dy_half, &g.output_shape())?;
+    drop(dy_half);
     let (dx, dw) = im2col_gradients(device, g, x, weight, &grad_y)?;
     let dx = precision::rounded_buffer(device, &dx, format)?;
     Ok((dx, precision::rounded_buffer(device, &dw, format)?))
-}
-
-/// The 16-bit `dy_half` read back as the `f32` tensor `dy`, freeing the 16 bits.
-fn widened_tensor<E: GpuElement>(
-    device: &GpuDevice,
-    g: &Geometry,
-    format: HalfFormat,
-    dy_half: DeviceBuffer<u16>,
-) -> Result<CudaTensor<E>, GpuError> {
-    CudaTensor::new(
-        precision::widened(device, format, &dy_half)?,
-        &g.output_shape(),
-    )
 }
 
 /// What [`cudnn_half_backward`] did: both passes, or not both (the im2col engine must then write
@@ -697,7 +685,8 @@ fn cudnn_half_backward<E: GpuElement>(
         return Ok(HalfPasses::NotRun(dy_half));
     }
     let dx = if g.pointwise() {
-        let grad_y = widened_tensor(device, g, format, dy_half)?;
+        let grad_y = precision::widened_tensor(device, format, &dy_half, &g.output_shape())?;
+        drop(dy_half);
         // SAFETY: the GEMM writes every element.
         let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
         pointwise_input_grad(device, g, weight, &grad_y, &mut dx)?;
