@@ -229,7 +229,7 @@ fn build<B: Backend>(
         let beta = (0..p)
             .map(|_| B::Elem::cast(affine.uniform(-0.5, 0.5)))
             .collect();
-        let ids = conv_bn.1.ids;
+        let ids = conv_bn.norm.ids;
         builder
             .store
             .set(ids.gamma, backend.tensor_from_vec(&[p], gamma)?);

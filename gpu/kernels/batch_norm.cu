@@ -21,10 +21,10 @@
 // in m2 cancels at most a factor n + 1: S2 = m2 + n (mean - x0)^2 and, x0 being one of the values,
 // (mean - x0)^2 <= m2. So unlike "mean of squares minus squared mean" it stays accurate when the
 // mean is large against the spread, with no division per element (docs/ARCHITECTURE.md, "GPU").
-// The backward's two sums are plain sums. The backward also reads an input kept as the 16-bit
-// patterns it was widened from (`*_f32_from_bf16`, `*_f32_from_fp16`: a 16-bit convolution's
-// output, docs/precision.md §"CUDA"), widening each element as it loads it: the same values as
-// the f32 input, with half its bytes read and no f32 copy.
+// The backward's two sums are plain sums. Both directions also read an f32 input held as the
+// 16-bit patterns that hold it exactly (`*_f32_from_bf16`, `*_f32_from_fp16`: a 16-bit
+// convolution's output, docs/precision.md §"CUDA"), widening each element as it loads it: the
+// same values as the f32 input, with half its bytes read and no f32 copy.
 
 #include "half.cuh"
 
@@ -182,15 +182,15 @@ __device__ __forceinline__ Moments block_merge(Moments m, Moments* buf) {
 }
 
 // Pass 1 of the forward's statistics: the moments of each block's elements of x, written as
-// three partials (count, mean, m2).
-template <typename E>
-__device__ void bn_moments_partial(const E* __restrict__ x, double* __restrict__ partial, long long channels,
+// three partials (count, mean, m2); x stored as X (E, or the 16-bit patterns of an f32 input).
+template <typename X>
+__device__ void bn_moments_partial(const X* __restrict__ x, double* __restrict__ partial, long long channels,
                                    long long inner, long long per_channel, long long chunks, long long chunk_len) {
     __shared__ Moments buf[BN_THREADS];
     for_each_chunk(
         [&](long long c, long long chunk, long long start, long long end) {
             ShiftedSums sums = {0.0, 0.0, 0.0, 0.0};
-            walk_chunk([&](long long k) { return (double)x[k]; }, [&](double v) { add_value(sums, v); }, c, start,
+            walk_chunk([&](long long k) { return widened(x[k]); }, [&](double v) { add_value(sums, v); }, c, start,
                        end, channels, inner);
             const Moments total = block_merge(moments_of(sums), buf);
             if (threadIdx.x == 0) {
@@ -329,9 +329,9 @@ __device__ __forceinline__ void for_each_group(Group group, long long channels, 
     }
 }
 
-// y = gamma_c inv_std_c (x - mean_c) + beta_c over every element.
-template <typename E>
-__device__ void bn_normalise(const E* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
+// y = gamma_c inv_std_c (x - mean_c) + beta_c over every element; x stored as X.
+template <typename E, typename X>
+__device__ void bn_normalise(const X* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
                              const double* __restrict__ inv_std, const E* __restrict__ gamma, const E* __restrict__ beta,
                              long long channels, long long inner, long long total, long long width) {
     const bool vector = aligned16(x) && aligned16(y);
@@ -344,7 +344,7 @@ __device__ void bn_normalise(const E* __restrict__ x, E* __restrict__ y, const d
                 for (int u = 0; u < BN_VEC; ++u) v[u] = scale * (v[u] - shift) + offset;
                 store_group(y + k, v, vector);
             } else {
-                y[k] = (E)(scale * ((double)x[k] - shift) + offset);
+                y[k] = (E)(scale * (widened(x[k]) - shift) + offset);
             }
         },
         channels, inner, total, width);
@@ -451,7 +451,7 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
     extern "C" __global__ void bn_normalise_##SUFFIX(const E* x, E* y, const double* mean, const double* inv_std,   \
                                                      const E* gamma, const E* beta, long long channels,             \
                                                      long long inner, long long total, long long width) {            \
-        bn_normalise<E>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width);                           \
+        bn_normalise<E, E>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width);                        \
     }                                                                                                              \
     extern "C" __global__ void bn_grad_partial_##SUFFIX(const E* x, const E* grad_y, const double* mean,            \
                                                         const double* inv_std, double* partial, long long channels, \
@@ -482,8 +482,19 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
 BATCH_NORM_KERNELS(float, f32)
 BATCH_NORM_KERNELS(double, f64)
 
-// The backward over an f32 input kept as its 16-bit patterns X (Bf16 or Fp16).
+// The forward and the backward over an f32 input held as its 16-bit patterns X (Bf16 or Fp16).
 #define BATCH_NORM_HALF_INPUT_KERNELS(X, FORMAT)                                                                   \
+    extern "C" __global__ void bn_moments_partial_f32_from_##FORMAT(const X* x, double* partial, long long channels, \
+                                                                    long long inner, long long per_channel,        \
+                                                                    long long chunks, long long chunk_len) {       \
+        bn_moments_partial<X>(x, partial, channels, inner, per_channel, chunks, chunk_len);                         \
+    }                                                                                                              \
+    extern "C" __global__ void bn_normalise_f32_from_##FORMAT(const X* x, float* y, const double* mean,            \
+                                                              const double* inv_std, const float* gamma,           \
+                                                              const float* beta, long long channels,               \
+                                                              long long inner, long long total, long long width) { \
+        bn_normalise<float, X>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width);                   \
+    }                                                                                                              \
     extern "C" __global__ void bn_grad_partial_f32_from_##FORMAT(const X* x, const float* grad_y, const double* mean, \
                                                                  const double* inv_std, double* partial,           \
                                                                  long long channels, long long inner,              \

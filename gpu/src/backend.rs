@@ -7,9 +7,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use revsnn_reference::contract::{
-    AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
-    BatchStats, Compute, Conv2dGrads, Conv2dParams, LinearGrads, NeuronConfig, Pool2dParams,
-    Precision, Result, RunningStats, SgdParams, TransferCounts,
+    AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormParams,
+    BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvKind, LinearGrads,
+    NeuronConfig, Pool2dParams, Precision, Result, RunningStats, SgdParams, TransferCounts,
 };
 
 use crate::device::GpuDevice;
@@ -266,6 +266,22 @@ impl<E: GpuElement> Backend for Cuda<E> {
             gamma,
             beta,
             params,
+        )?)
+    }
+
+    fn conv_batch_norm_train_forward(
+        &self,
+        x: &CudaTensor<E>,
+        weight: &CudaTensor<E>,
+        kind: ConvKind,
+        norm: BatchNormAffine<'_, CudaTensor<E>>,
+    ) -> Result<ops::conv_batch_norm::ConvBatchNormOutput<E>> {
+        Ok(ops::conv_batch_norm::train_forward(
+            &self.device,
+            x,
+            weight,
+            kind,
+            norm,
         )?)
     }
 

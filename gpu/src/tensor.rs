@@ -105,7 +105,8 @@ impl<E: GpuElement> CudaTensor<E> {
     }
 }
 
-fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<(), GpuError> {
+/// Errors unless `shape` has `len` elements.
+pub(crate) fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<(), GpuError> {
     let elements = element_count(op, shape)?;
     if elements != len {
         return Err(crate::ops::shape_error(

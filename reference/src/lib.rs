@@ -18,9 +18,10 @@ pub mod ops;
 pub mod testing;
 
 pub use contract::{
-    AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormMode, BatchNormParams,
-    BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, DType, DeviceError,
-    Element, Firing, LinearGrads, NeuronConfig, NeuronKept, NeuronKind, OpError, Pool2dParams,
-    Precision, Result, RunningStats, SgdParams, Surrogate, TransferCounts,
+    AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode,
+    BatchNormParams, BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams,
+    ConvBatchNormTrainOutput, ConvKind, DType, DeviceError, Element, Firing, LinearGrads,
+    NeuronConfig, NeuronKept, NeuronKind, OpError, Pool2dParams, Precision, Result, RunningStats,
+    SgdParams, Surrogate, TransferCounts,
 };
 pub use cpu::{Cpu, CpuTensor};

@@ -119,7 +119,10 @@ impl<'a, B: Backend> Builder<'a, B> {
         let norm = BatchNorm {
             ids: self.batch_norm(bn, weight_shape[0])?,
         };
-        Ok((Conv { weight, bias, kind }, norm))
+        Ok(ConvBn {
+            conv: Conv { weight, bias, kind },
+            norm,
+        })
     }
 
     /// A BatchNorm over `channels` under `prefix`: `weight`, `bias`, `running_mean`,

@@ -4,8 +4,9 @@
 //! Stateless layers see `[T B, ...]`, the time-flattened layout of SpikingJelly's
 //! `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and [`unflatten_time`] convert.
 
+pub use revsnn_reference::ConvKind;
 use revsnn_reference::{
-    Backend, BatchStats, Conv2dParams, NeuronConfig, Pool2dParams, RunningStats,
+    Backend, BatchNormAffine, BatchStats, NeuronConfig, Pool2dParams, RunningStats,
 };
 
 use super::compose::SeqToAnn;
@@ -132,6 +133,34 @@ pub enum BatchNormSaved<B: Backend> {
     Synced(SyncSaved<B>),
 }
 
+impl BatchNorm {
+    /// Folds a training batch's statistics into the running ones, when the session allows
+    /// (PyTorch's update, docs/conventions.md §1), and counts the batch.
+    fn record_batch<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        batch: &BatchStats<B::Tensor>,
+    ) -> Result<()> {
+        if !session.update_running_stats {
+            return Ok(());
+        }
+        let ids = self.ids;
+        let running = RunningStats {
+            mean: session.store.get(ids.running_mean).clone(),
+            var: session.store.get(ids.running_var).clone(),
+        };
+        let updated = session
+            .backend
+            .update_running_stats(&running, batch, session.batch_norm)?;
+        session.store.set(ids.running_mean, updated.mean);
+        session.store.set(ids.running_var, updated.var);
+        // a host counter: no round trip to the device
+        let count = session.store.count(ids.batches_tracked) + 1;
+        session.store.set_count(ids.batches_tracked, count);
+        Ok(())
+    }
+}
+
 impl<B: Backend> Layer<B> for BatchNorm {
     type Saved = BatchNormSaved<B>;
 
@@ -140,10 +169,6 @@ impl<B: Backend> Layer<B> for BatchNorm {
         let ids = self.ids;
         let gamma = session.store.get(ids.gamma).clone();
         let beta = session.store.get(ids.beta).clone();
-        let running = RunningStats {
-            mean: session.store.get(ids.running_mean).clone(),
-            var: session.store.get(ids.running_var).clone(),
-        };
         match (session.mode, session.sync_batch_norm) {
             (Mode::Train, sync) => {
                 let (y, batch, saved): (_, BatchStats<B::Tensor>, _) = match sync {
@@ -168,18 +193,14 @@ impl<B: Backend> Layer<B> for BatchNorm {
                         (y, batch, BatchNormSaved::Local(context))
                     }
                 };
-                if session.update_running_stats {
-                    let updated =
-                        backend.update_running_stats(&running, &batch, session.batch_norm)?;
-                    session.store.set(ids.running_mean, updated.mean);
-                    session.store.set(ids.running_var, updated.var);
-                    // a host counter: no round trip to the device
-                    let count = session.store.count(ids.batches_tracked) + 1;
-                    session.store.set_count(ids.batches_tracked, count);
-                }
+                self.record_batch(session, &batch)?;
                 Ok((y, saved))
             }
             (Mode::Eval, _) => {
+                let running = RunningStats {
+                    mean: session.store.get(ids.running_mean).clone(),
+                    var: session.store.get(ids.running_var).clone(),
+                };
                 let (y, context) = backend.batch_norm_eval_forward(
                     &x,
                     &gamma,
@@ -219,13 +240,6 @@ impl<B: Backend> Layer<B> for BatchNorm {
     }
 }
 
-/// Whether a [`Conv`] is 2-D over `[N, C, H, W]` (any kernel) or 1-D 1x1 over `[N, C, L]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvKind {
-    Conv2d(Conv2dParams),
-    Conv1d,
-}
-
 /// A convolution with an optional bias, `y = W * x (+ b)`: 2-D, or 1-D 1x1 in the attention
 /// (docs/architectures.md §4.0).
 #[derive(Clone, Debug)]
@@ -242,10 +256,7 @@ impl<B: Backend> Layer<B> for Conv {
         let backend = session.backend;
         let weight = session.store.get(self.weight);
         let bias = self.bias.map(|id| session.store.get(id));
-        Ok(match self.kind {
-            ConvKind::Conv2d(params) => backend.conv2d_forward(&x, weight, bias, params)?,
-            ConvKind::Conv1d => backend.conv1d_forward(&x, weight, bias)?,
-        })
+        Ok(backend.conv_forward(&x, weight, bias, self.kind)?)
     }
 
     fn backward(
@@ -254,11 +265,7 @@ impl<B: Backend> Layer<B> for Conv {
         saved: Self::Saved,
         grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
-        let backend = session.backend;
-        let grads = match self.kind {
-            ConvKind::Conv2d(_) => backend.conv2d_backward(grad_y, &saved)?,
-            ConvKind::Conv1d => backend.conv1d_backward(grad_y, &saved)?,
-        };
+        let grads = session.backend.conv_backward(grad_y, &saved, self.kind)?;
         session.accumulate(self.weight, grads.weight)?;
         if let (Some(id), Some(bias)) = (self.bias, grads.bias) {
             session.accumulate(id, bias)?;
@@ -268,8 +275,61 @@ impl<B: Backend> Layer<B> for Conv {
 }
 
 /// A convolution followed by a BatchNorm, over the time-flattened `[T B, C, ...]` (the
-/// `SeqToANNContainer(conv, BN)` of every model).
-pub type ConvBn = (Conv, BatchNorm);
+/// `SeqToANNContainer(conv, BN)` of every model). In training with local statistics, a bias-free
+/// convolution and its BatchNorm run as one op, [`Backend::conv_batch_norm_train_forward`], which
+/// a backend may fuse (docs/precision.md §"Convolution outputs"); otherwise the two layers run in
+/// turn. The backward is the two layers' either way.
+#[derive(Clone, Debug)]
+pub struct ConvBn {
+    pub conv: Conv,
+    pub norm: BatchNorm,
+}
+
+impl ConvBn {
+    /// Whether this forward runs as the one op: training, a bias-free convolution and the
+    /// batch's own statistics (synchronised ones need the convolution's output:
+    /// [`sync_batch_norm`]).
+    fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
+        session.mode == Mode::Train && self.conv.bias.is_none() && session.sync_batch_norm.is_none()
+    }
+}
+
+impl<B: Backend> Layer<B> for ConvBn {
+    type Saved = (B::Conv2dContext, BatchNormSaved<B>);
+
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        if !self.runs_fused(session) {
+            let (y, conv) = self.conv.forward(session, x)?;
+            let (y, norm) = self.norm.forward(session, y)?;
+            return Ok((y, (conv, norm)));
+        }
+        let store = &session.store;
+        let ids = self.norm.ids;
+        let norm = BatchNormAffine {
+            gamma: store.get(ids.gamma),
+            beta: store.get(ids.beta),
+            params: session.batch_norm,
+        };
+        let weight = store.get(self.conv.weight);
+        let output =
+            session
+                .backend
+                .conv_batch_norm_train_forward(&x, weight, self.conv.kind, norm)?;
+        drop(x);
+        self.norm.record_batch(session, &output.batch)?;
+        Ok((output.y, (output.conv, BatchNormSaved::Local(output.norm))))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        (conv, norm): Self::Saved,
+        grad_y: B::Tensor,
+    ) -> Result<B::Tensor> {
+        let grad = self.norm.backward(session, norm, grad_y)?;
+        self.conv.backward(session, conv, grad)
+    }
+}
 
 /// `SN -> SeqToANN(conv -> BN)` over `[T, B, C, ...]`: the spiking convolution every model
 /// stacks.

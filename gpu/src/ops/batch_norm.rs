@@ -135,9 +135,9 @@ fn kernel<E: GpuElement>(device: &GpuDevice, name: &str) -> Result<CudaFunction,
     device.function(&BATCH_NORM, &format!("{name}_{}", E::SUFFIX))
 }
 
-/// The backward's input as its kernels read it, in place: `x` itself, read by `{name}_<E>`, or
-/// its 16-bit patterns, read by `{name}_f32_from_<format>`, which widens each element as it
-/// loads it (the same values, half the bytes, no `f32` copy).
+/// An input as the kernels read it, in place: `x` itself, read by `{name}_<E>`, or its 16-bit
+/// patterns, read by `{name}_f32_from_<format>`, which widens each element as it loads it (the
+/// same values, half the bytes, no `f32` copy).
 struct InputOperand<'a> {
     /// The kernels' name suffix.
     suffix: String,
@@ -160,8 +160,8 @@ impl<'a> InputOperand<'a> {
                 (format!("f32_from_{}", bits.format.name()), pointer)
             }
             SavedInput::Spikes { .. } => {
-                let detail = "internal error: a BatchNorm context keeps no spike bytes";
-                return Err(shape_error("batch_norm_backward", detail));
+                let detail = "internal error: a BatchNorm reads no spike bytes";
+                return Err(shape_error("batch_norm", detail));
             }
         };
         Ok(InputOperand {
@@ -180,7 +180,7 @@ impl<'a> InputOperand<'a> {
 /// `y = gamma_c inv_std_c (x - mean_c) + beta_c` into a new tensor of `x`'s shape.
 fn normalise<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaTensor<E>,
+    x: &SavedInput<E>,
     layout: &Layout,
     mean: &DeviceBuffer<f64>,
     inv_std: &DeviceBuffer<f64>,
@@ -190,13 +190,14 @@ fn normalise<E: GpuElement>(
     // SAFETY: the kernel writes every one of the `total` elements (none when `total` is 0).
     let mut y = unsafe { device.alloc::<E>(layout.total) }?;
     if layout.total > 0 {
-        let function = kernel::<E>(device, "bn_normalise")?;
+        let input = InputOperand::of(device, x)?;
+        let function = input.kernel(device, "bn_normalise")?;
         let width = group_width(layout);
         let [channels, inner, total, width_arg] =
             [layout.channels, layout.inner, layout.total, width].map(|v| v as i64);
         let mut launch = device.stream().launch_builder(&function);
         launch
-            .arg(x.slice())
+            .arg(&input.pointer)
             .arg(y.slice_mut())
             .arg(mean.slice())
             .arg(inv_std.slice())
@@ -207,7 +208,8 @@ fn normalise<E: GpuElement>(
             .arg(&total)
             .arg(&width_arg);
         // SAFETY: matches `bn_normalise_<E>(x, y, mean, inv_std, gamma, beta, channels, inner,
-        // total, width)`; x and y hold `total` elements, the four vectors `channels` (checked by
+        // total, width)` (or its `_f32_from_<format>` twin, whose x is 16-bit); x and y hold
+        // `total` elements, the four vectors `channels` (checked by
         // callers); `width` divides `inner`, hence `total`.
         unsafe { launch.launch(elementwise_launch(layout.total / width)) }
             .map_err(GpuError::driver("launching bn_normalise"))?;
@@ -231,7 +233,7 @@ struct Moments<E> {
 /// per thread, Chan's merge of the threads and chunks), then the constants of [`Moments`].
 fn moments<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaTensor<E>,
+    x: &SavedInput<E>,
     layout: &Layout,
     eps: f64,
 ) -> Result<Moments<E>, GpuError> {
@@ -256,10 +258,11 @@ fn moments<E: GpuElement>(
     // them.
     let mut partial = unsafe { device.alloc::<f64>(3 * blocks) }?;
 
-    let function = kernel::<E>(device, "bn_moments_partial")?;
+    let input = InputOperand::of(device, x)?;
+    let function = input.kernel(device, "bn_moments_partial")?;
     let mut launch = stream.launch_builder(&function);
     launch
-        .arg(x.slice())
+        .arg(&input.pointer)
         .arg(partial.slice_mut())
         .arg(&c)
         .arg(&inner)
@@ -267,7 +270,7 @@ fn moments<E: GpuElement>(
         .arg(&chunks)
         .arg(&chunk_len);
     // SAFETY: matches `bn_moments_partial_<E>(x, partial, channels, inner, per_channel, chunks,
-    // chunk_len)`; x holds `N C inner` elements, partial 3 C chunks; n >= 2.
+    // chunk_len)` (or its 16-bit twin, as in `normalise`); x holds `N C inner` elements, partial 3 C chunks; n >= 2.
     unsafe { launch.launch(reduce_launch(blocks)) }
         .map_err(GpuError::driver("launching bn_moments_partial"))?;
 
@@ -303,22 +306,35 @@ pub fn train_forward<E: GpuElement>(
     beta: &CudaTensor<E>,
     params: BatchNormParams,
 ) -> Result<BatchNormTrainOutput<CudaTensor<E>, BatchNormContext<E>>, GpuError> {
+    train_forward_over(device, SavedInput::exact(x), gamma, beta, params)
+}
+
+/// [`train_forward`] over `x` as its context keeps it: both passes read the 16-bit patterns when
+/// they hold `x` exactly (a 16-bit convolution's sums, which need never be widened into an `f32`
+/// tensor: [`super::conv_batch_norm::train_forward`]).
+pub(crate) fn train_forward_over<E: GpuElement>(
+    device: &GpuDevice,
+    x: SavedInput<E>,
+    gamma: &CudaTensor<E>,
+    beta: &CudaTensor<E>,
+    params: BatchNormParams,
+) -> Result<BatchNormTrainOutput<CudaTensor<E>, BatchNormContext<E>>, GpuError> {
     const OP: &str = "batch_norm_train";
     params.validate()?;
     let layout = Layout::of(OP, x.shape())?;
     check_channel_vector(OP, "gamma", gamma.shape(), layout.channels)?;
     check_channel_vector(OP, "beta", beta.shape(), layout.channels)?;
     layout.split.check_trainable(OP, x.shape())?;
-    let moments = moments(device, x, &layout, params.eps)?;
+    let moments = moments(device, &x, &layout, params.eps)?;
     let (mean, inv_std) = (&moments.mean, &moments.inv_std);
-    let y = normalise(device, x, &layout, mean, inv_std, gamma, beta)?;
+    let y = normalise(device, &x, &layout, mean, inv_std, gamma, beta)?;
     let channels = layout.channels;
     let stats = BatchStats {
         mean: CudaTensor::new(moments.mean_out, &[channels])?,
         var_unbiased: CudaTensor::new(moments.var_unbiased, &[channels])?,
     };
     let context = BatchNormContext {
-        input: SavedInput::exact(x),
+        input: x,
         mean: moments.mean,
         inv_std: moments.inv_std,
         gamma: gamma.clone(),
@@ -366,9 +382,10 @@ pub fn eval_forward<E: GpuElement>(
         unsafe { launch.launch(elementwise_launch(channels)) }
             .map_err(GpuError::driver("launching bn_eval_constants"))?;
     }
-    let y = normalise(device, x, &layout, &mean, &inv_std, gamma, beta)?;
+    let input = SavedInput::exact(x);
+    let y = normalise(device, &input, &layout, &mean, &inv_std, gamma, beta)?;
     let context = BatchNormContext {
-        input: SavedInput::exact(x),
+        input,
         mean,
         inv_std,
         gamma: gamma.clone(),

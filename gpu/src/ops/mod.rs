@@ -1,8 +1,9 @@
 //! Host sides of the CUDA kernels; each module is the twin of the CPU kernels' module of the same
 //! name (`reference/src/ops/`), with the same public functions, and of `gpu/kernels/<same
 //! name>.cu`, except `precision`, whose twin is the contract's
-//! `reference/src/contract/precision.rs` (`Precision::round`), and `saved_input`, the compact
-//! forms in which contexts keep their inputs (no twin; kernels in `gpu/kernels/spike_bytes.cu`). Every function validates its
+//! `reference/src/contract/precision.rs` (`Precision::round`), `saved_input`, the compact
+//! forms in which contexts keep their inputs (no twin; kernels in `gpu/kernels/spike_bytes.cu`),
+//! and `conv_batch_norm`, the two ops fused (no twin: the CPU runs the contract's default). Every function validates its
 //! operands with the contract's shape rules (`revsnn_reference::contract`; a [`GpuError::Op`]
 //! names the op and what is wrong, as the CPU backend does), allocates its outputs through
 //! [`GpuDevice`](crate::GpuDevice) so they are counted, and queues its kernels on the device's one
@@ -10,6 +11,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod conv_batch_norm;
 pub mod linear;
 pub mod loss;
 pub mod neuron;

@@ -12,7 +12,7 @@ use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::SPIKE_BYTES;
 use crate::memory::DeviceBuffer;
-use crate::tensor::CudaTensor;
+use crate::tensor::{CudaTensor, check_len};
 
 /// An input as an op's backward keeps it.
 #[derive(Debug)]
@@ -65,6 +65,27 @@ impl<E: GpuElement> SavedInput<E> {
             SavedInput::Full(x) => x.shape(),
             SavedInput::Half { shape, .. } | SavedInput::Spikes { shape, .. } => shape,
         }
+    }
+
+    /// The same input under another shape of as many elements (no copy).
+    pub(crate) fn reshaped(self, shape: &[usize]) -> Result<SavedInput<E>, GpuError> {
+        Ok(match self {
+            SavedInput::Full(x) => SavedInput::Full(x.reshaped(shape)?),
+            SavedInput::Half { bits, .. } => {
+                check_len("reshape", shape, bits.bits.len())?;
+                SavedInput::Half {
+                    bits,
+                    shape: shape.to_vec(),
+                }
+            }
+            SavedInput::Spikes { bytes, .. } => {
+                check_len("reshape", shape, bytes.len())?;
+                SavedInput::Spikes {
+                    bytes,
+                    shape: shape.to_vec(),
+                }
+            }
+        })
     }
 
     /// The input in the element type: itself, or its compact form widened.

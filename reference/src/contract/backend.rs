@@ -11,9 +11,10 @@ use std::fmt::Debug;
 use super::element::Element;
 use super::error::{OpError, Result};
 use super::params::{
-    AdamWParams, BatchNormParams, Conv2dParams, NeuronConfig, Pool2dParams, SgdParams,
+    AdamWParams, BatchNormParams, Conv2dParams, ConvKind, NeuronConfig, Pool2dParams, SgdParams,
 };
 use super::precision::Precision;
+use super::shapes::Conv1dAs2d;
 
 /// Gradients of a convolution.
 #[derive(Clone, Debug)]
@@ -52,6 +53,33 @@ pub struct BatchStats<T> {
 /// What a training-mode batch normalisation returns: the output, the batch statistics and the
 /// context of its backward.
 pub type BatchNormTrainOutput<T, C> = (T, BatchStats<T>, C);
+
+/// A BatchNorm's affine parameters `gamma` and `beta` (each `[C]`) and its parameters.
+#[derive(Debug)]
+pub struct BatchNormAffine<'a, T> {
+    pub gamma: &'a T,
+    pub beta: &'a T,
+    pub params: BatchNormParams,
+}
+
+// Copied whatever `T` is (a derive would ask `T: Copy`).
+impl<T> Clone for BatchNormAffine<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for BatchNormAffine<'_, T> {}
+
+/// What [`Backend::conv_batch_norm_train_forward`] returns: the BatchNorm's output and batch
+/// statistics, and the contexts of the convolution's and the BatchNorm's backwards.
+#[derive(Debug)]
+pub struct ConvBatchNormTrainOutput<T, ConvContext, NormContext> {
+    pub y: T,
+    pub batch: BatchStats<T>,
+    pub conv: ConvContext,
+    pub norm: NormContext,
+}
 
 /// What a neuron's context keeps for its backward (docs/neurons.md §2.4.1): the membrane
 /// potentials `h [T, ...]` it charged, or its input `x [T, ...]` itself, from which the backward
@@ -254,21 +282,11 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         weight: &Self::Tensor,
         bias: Option<&Self::Tensor>,
     ) -> Result<(Self::Tensor, Self::Conv2dContext)> {
-        let x_shape = self.shape(x);
-        let w_shape = self.shape(weight);
-        if x_shape.len() != 3 || w_shape.len() != 3 || w_shape[2] != 1 {
-            return Err(OpError::shape(
-                "conv1d",
-                format!(
-                    "expected x [N, C, L] and weight [C_out, C_in, 1], got {x_shape:?} and {w_shape:?}"
-                ),
-            ));
-        }
-        let x4 = self.reshape(x, &[x_shape[0], x_shape[1], x_shape[2], 1])?;
-        let w4 = self.reshape(weight, &[w_shape[0], w_shape[1], 1, 1])?;
+        let as_2d = Conv1dAs2d::new(&self.shape(x), &self.shape(weight))?;
+        let x4 = self.reshape(x, &as_2d.x)?;
+        let w4 = self.reshape(weight, &as_2d.weight)?;
         let (y, context) = self.conv2d_forward(&x4, &w4, bias, Conv2dParams::new(1, 0))?;
-        let y = self.reshape(&y, &[x_shape[0], w_shape[0], x_shape[2]])?;
-        Ok((y, context))
+        Ok((self.reshape(&y, &as_2d.output)?, context))
     }
 
     /// Gradients of [`Backend::conv1d_forward`], shaped like its operands.
@@ -293,6 +311,59 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
             input: self.reshape(&grads.input, &input_shape[..3])?,
             weight: self.reshape(&grads.weight, &weight_shape[..3])?,
             bias: grads.bias,
+        })
+    }
+
+    /// The convolution `kind` names: [`Backend::conv2d_forward`] or [`Backend::conv1d_forward`].
+    fn conv_forward(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        kind: ConvKind,
+    ) -> Result<(Self::Tensor, Self::Conv2dContext)> {
+        match kind {
+            ConvKind::Conv2d(params) => self.conv2d_forward(x, weight, bias, params),
+            ConvKind::Conv1d => self.conv1d_forward(x, weight, bias),
+        }
+    }
+
+    /// Gradients of [`Backend::conv_forward`] of the same `kind`.
+    fn conv_backward(
+        &self,
+        grad_y: Self::Tensor,
+        context: &Self::Conv2dContext,
+        kind: ConvKind,
+    ) -> Result<Conv2dGrads<Self::Tensor>> {
+        match kind {
+            ConvKind::Conv2d(_) => self.conv2d_backward(grad_y, context),
+            ConvKind::Conv1d => self.conv1d_backward(grad_y, context),
+        }
+    }
+
+    /// Training-mode BatchNorm over a bias-free convolution's output,
+    /// `batch_norm_train_forward(conv(x, weight))`, with the contexts of both, whose backwards are
+    /// [`Backend::batch_norm_backward`] and [`Backend::conv_backward`]. The default runs the two
+    /// ops. A backend may fuse them so that the convolution's output never exists in the element
+    /// type: CUDA under a 16-bit precision hands the convolution's 16-bit sums to the BatchNorm,
+    /// which reads and keeps them (docs/precision.md §"Convolution outputs"). Either way every
+    /// output and context holds the bits of the two ops.
+    fn conv_batch_norm_train_forward(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        kind: ConvKind,
+        norm: BatchNormAffine<'_, Self::Tensor>,
+    ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
+    {
+        let (conv_y, conv) = self.conv_forward(x, weight, None, kind)?;
+        let (y, batch, norm_context) =
+            self.batch_norm_train_forward(&conv_y, norm.gamma, norm.beta, norm.params)?;
+        Ok(ConvBatchNormTrainOutput {
+            y,
+            batch,
+            conv,
+            norm: norm_context,
         })
     }
 

@@ -25,15 +25,15 @@ pub mod precision;
 pub mod shapes;
 
 pub use backend::{
-    AdamWState, Backend, BatchNormGrads, BatchNormMode, BatchNormTrainOutput, BatchStats,
-    Conv2dGrads, LinearGrads, NeuronKept, RunningStats,
+    AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput,
+    BatchStats, Conv2dGrads, ConvBatchNormTrainOutput, LinearGrads, NeuronKept, RunningStats,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};
 pub use error::{DeviceError, OpError, Result};
 pub use params::{
-    AdamWParams, BatchNormParams, Conv2dParams, Firing, NeuronConfig, NeuronKind, Pool2dParams,
-    SgdParams, Surrogate,
+    AdamWParams, BatchNormParams, Conv2dParams, ConvKind, Firing, NeuronConfig, NeuronKind,
+    Pool2dParams, SgdParams, Surrogate,
 };
 pub use precision::Precision;
 pub use shapes::{Conv2dGeometry, Pool2dGeometry};

@@ -191,6 +191,15 @@ impl Conv2dParams {
     }
 }
 
+/// Which convolution an op runs: [`Backend::conv2d_forward`](crate::Backend::conv2d_forward)
+/// with its geometry, or the 1-D 1x1 [`Backend::conv1d_forward`](crate::Backend::conv1d_forward)
+/// of the attention (docs/architectures.md §4.0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKind {
+    Conv2d(Conv2dParams),
+    Conv1d,
+}
+
 /// A 2-D pooling window (PyTorch `ceil_mode=False`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool2dParams {

@@ -445,6 +445,35 @@ pub fn forward<E: GpuElement>(
     Ok((y, context))
 }
 
+/// A bias-free [`forward`]'s output as the BatchNorm after it keeps it
+/// ([`SavedInput::exact`]), with the context: under a 16-bit precision the stored sums alone,
+/// never widened into the element type (docs/precision.md §"Convolution outputs"); else the
+/// output itself.
+pub(crate) fn forward_kept<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    params: Conv2dParams,
+) -> Result<(SavedInput<E>, Conv2dContext<E>), GpuError> {
+    let Some(format) = device.half_format() else {
+        let (y, context) = forward(device, x, weight, None, params)?;
+        return Ok((SavedInput::Full(y), context));
+    };
+    let g = Geometry::new(x.shape(), weight.shape(), params)?;
+    let (sums, input) = half_forward(device, &g, format, x, weight)?;
+    let output = SavedInput::Half {
+        bits: Arc::new(HalfBits { bits: sums, format }),
+        shape: g.output_shape().to_vec(),
+    };
+    let context = Conv2dContext {
+        input,
+        weight: weight.clone(),
+        has_bias: false,
+        params,
+    };
+    Ok((output, context))
+}
+
 /// Gradients of [`forward`] given `dy = dL/dy [N, C_out, H_out, W_out]`:
 /// `dx[n, c, h, w] = sum_{o, i, j, p, q: stride p + i - padding = h, stride q + j - padding = w} w[o, c, i, j] dy[n, o, p, q]`,
 /// `dw[o, c, i, j] = sum_{n, p, q} dy[n, o, p, q] x_pad[n, c, stride p + i, stride q + j]` and

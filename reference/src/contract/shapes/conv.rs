@@ -117,3 +117,33 @@ impl Conv2dGeometry {
         Ok(())
     }
 }
+
+/// The 1x1 2-D convolution that a 1-D convolution with kernel size 1 runs as: `x [N, C_in, L]`
+/// as `[N, C_in, L, 1]`, `weight [C_out, C_in, 1]` as `[C_out, C_in, 1, 1]`, the output
+/// `[N, C_out, L]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv1dAs2d {
+    pub x: [usize; 4],
+    pub weight: [usize; 4],
+    pub output: [usize; 3],
+}
+
+impl Conv1dAs2d {
+    /// The 2-D shapes of a 1-D convolution of `x` by `weight` (shapes), or an error unless they
+    /// are `[N, C, L]` and `[C_out, C_in, 1]` (the channels are checked by the 2-D convolution).
+    pub fn new(x: &[usize], weight: &[usize]) -> Result<Self> {
+        let (&[n, c_in, l], &[c_out, c_w, 1]) = (x, weight) else {
+            return Err(OpError::shape(
+                "conv1d",
+                format!(
+                    "expected x [N, C, L] and weight [C_out, C_in, 1], got {x:?} and {weight:?}"
+                ),
+            ));
+        };
+        Ok(Conv1dAs2d {
+            x: [n, c_in, l, 1],
+            weight: [c_out, c_w, 1, 1],
+            output: [n, c_out, l],
+        })
+    }
+}
