@@ -556,26 +556,30 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
             normal(&[16, 6, 1], 0.3),
             normal(&[2, 16, 20], 1.0),
         ),
-    ];
+    ]
+    .map(|(kind, x, w, dy)| (kind, (x.shape().to_vec(), gpu.to_vec(&x).unwrap()), w, dy));
     let (gamma, beta) = (normal(&[16], 0.5), normal(&[16], 0.5));
     let norm = BatchNormAffine {
         gamma: &gamma,
         beta: &beta,
         params: BatchNormParams::default(),
     };
-    // The outputs and gradients of the two ops, or of the fused one, with the forward's peak
-    // above the live bytes before it.
+    // The outputs and gradients of the two ops (the input freed after the convolution, as the
+    // layers do), or of the fused one (the input handed over), with the forward's peak above
+    // the live bytes before it.
     let run = |kind: ConvKind,
-               x: &CudaTensor<f32>,
+               (shape, values): &(Vec<usize>, Vec<f32>),
                w: &CudaTensor<f32>,
                dy: &CudaTensor<f32>,
                fused: bool| {
+        let x = gpu.tensor_from_vec(shape, values.clone()).unwrap();
         let before = device.reset_peak_memory().live_bytes;
         let (y, batch, conv, context) = if fused {
             let out = gpu.conv_batch_norm_train_forward(x, w, kind, norm).unwrap();
             (out.y, out.batch, out.conv, out.norm)
         } else {
-            let (conv_y, conv) = gpu.conv_forward(x, w, None, kind).unwrap();
+            let (conv_y, conv) = gpu.conv_forward(&x, w, None, kind).unwrap();
+            drop(x);
             let (y, batch, context) = gpu
                 .batch_norm_train_forward(&conv_y, &gamma, &beta, norm.params)
                 .unwrap();

@@ -271,7 +271,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn conv_batch_norm_train_forward(
         &self,
-        x: &CudaTensor<E>,
+        x: CudaTensor<E>,
         weight: &CudaTensor<E>,
         kind: ConvKind,
         norm: BatchNormAffine<'_, CudaTensor<E>>,

@@ -314,8 +314,7 @@ impl<B: Backend> Layer<B> for ConvBn {
         let output =
             session
                 .backend
-                .conv_batch_norm_train_forward(&x, weight, self.conv.kind, norm)?;
-        drop(x);
+                .conv_batch_norm_train_forward(x, weight, self.conv.kind, norm)?;
         self.norm.record_batch(session, &output.batch)?;
         Ok((output.y, (output.conv, BatchNormSaved::Local(output.norm))))
     }

@@ -21,17 +21,18 @@ pub type ConvBatchNormOutput<E> =
     ConvBatchNormTrainOutput<CudaTensor<E>, Conv2dContext<E>, BatchNormContext<E>>;
 
 /// `batch_norm_train_forward(conv(x, weight))` for a bias-free convolution of `kind`
-/// (a 1-D one runs as the 1x1 2-D convolution of `Backend::conv1d_forward`), with both contexts.
-/// Errors as the two ops do.
+/// (a 1-D one runs as the 1x1 2-D convolution of `Backend::conv1d_forward`), with both contexts;
+/// `x` is dropped before the BatchNorm allocates (the convolution's context keeps what it needs
+/// of it). Errors as the two ops do.
 pub fn train_forward<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaTensor<E>,
+    x: CudaTensor<E>,
     weight: &CudaTensor<E>,
     kind: ConvKind,
     norm: BatchNormAffine<'_, CudaTensor<E>>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
     let (output, conv) = match kind {
-        ConvKind::Conv2d(params) => conv::forward_kept(device, x, weight, params)?,
+        ConvKind::Conv2d(params) => conv::forward_kept(device, &x, weight, params)?,
         ConvKind::Conv1d => {
             let as_2d = Conv1dAs2d::new(x.shape(), weight.shape())?;
             let x = x.reshaped(&as_2d.x)?;
@@ -40,6 +41,7 @@ pub fn train_forward<E: GpuElement>(
             (output.reshaped(&as_2d.output)?, conv)
         }
     };
+    drop(x);
     let (y, batch, norm_context) =
         batch_norm::train_forward_over(device, output, norm.gamma, norm.beta, norm.params)?;
     Ok(ConvBatchNormTrainOutput {

@@ -347,16 +347,19 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// ops. A backend may fuse them so that the convolution's output never exists in the element
     /// type: CUDA under a 16-bit precision hands the convolution's 16-bit sums to the BatchNorm,
     /// which reads and keeps them (docs/precision.md §"Convolution outputs"). Either way every
-    /// output and context holds the bits of the two ops.
+    /// output and context holds the bits of the two ops. It takes `x` by value, so that the
+    /// convolution's input can be freed before the BatchNorm allocates, as it is when the two
+    /// layers run in turn.
     fn conv_batch_norm_train_forward(
         &self,
-        x: &Self::Tensor,
+        x: Self::Tensor,
         weight: &Self::Tensor,
         kind: ConvKind,
         norm: BatchNormAffine<'_, Self::Tensor>,
     ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
     {
-        let (conv_y, conv) = self.conv_forward(x, weight, None, kind)?;
+        let (conv_y, conv) = self.conv_forward(&x, weight, None, kind)?;
+        drop(x);
         let (y, batch, norm_context) =
             self.batch_norm_train_forward(&conv_y, norm.gamma, norm.beta, norm.params)?;
         Ok(ConvBatchNormTrainOutput {
