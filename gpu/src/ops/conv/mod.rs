@@ -564,29 +564,29 @@ fn half_forward<E: GpuElement>(
 ) -> Result<(DeviceBuffer<u16>, SavedInput<E>), GpuError> {
     let len = g.n * g.out_len();
     if g.n > 0 && uses_cudnn(device) && !g.pointwise() {
-        let x16 = stored(device, format, x.buffer())?;
+        // The input as the backward keeps it comes first: spikes a byte each, from which the
+        // 16-bit copy cuDNN reads is then made (a quarter of the f32 bytes read again, not all of
+        // them); anything else its 16-bit copy, which cuDNN reads and the context keeps.
+        let input = if x.is_spikes() {
+            SavedInput::compact(device, x)?
+        } else {
+            let bits = Arc::new(HalfBits {
+                bits: stored(device, format, x.buffer())?,
+                format,
+            });
+            let shape = x.shape().to_vec();
+            SavedInput::Half { bits, shape }
+        };
         let w16 = stored(device, format, weight.buffer())?;
         // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
         let mut y16 = unsafe { device.alloc::<u16>(len) }?;
         let types = DataTypes::half(format);
-        if cudnn::forward(
-            device,
-            g,
-            types,
-            x16.slice(),
-            w16.slice(),
-            y16.slice_mut(),
-            false,
-        )? {
-            // Spikes keep a byte each, anything else the 16-bit copy cuDNN read.
-            let input = if x.is_spikes() {
-                SavedInput::compact(device, x)?
-            } else {
-                SavedInput::Half {
-                    bits: Arc::new(HalfBits { bits: x16, format }),
-                    shape: x.shape().to_vec(),
-                }
-            };
+        let ran = {
+            let x16 = input.half(device, format)?;
+            let (x16, w16) = (x16.buffer().slice(), w16.slice());
+            cudnn::forward(device, g, types, x16, w16, y16.slice_mut(), false)?
+        };
+        if ran {
             return Ok((y16, input));
         }
     }
