@@ -1,14 +1,15 @@
 //! The fused CUDA neuron kernels against the CPU reference (docs/design.md tolerance classes): spikes
 //! agree except where `|h - V_th| < 1e-5` (a neuron with such a flip is left out of the value
 //! comparison, since its later steps legitimately differ, and flips must stay rare); `h` and
-//! `dL/dx` within 1e-5 relative in f32 and 1e-12 in f64; two runs bitwise identical, and a
-//! neuron keeping its input in place of `h` bitwise the one keeping `h`.
+//! `dL/dx` within 1e-5 relative in f32 and 1e-12 in f64; two runs bitwise identical, a
+//! neuron keeping its input in place of `h` bitwise the one keeping `h`, and the forward that
+//! folds its spikes' fingerprint as it fires them equal to `fold_fingerprint` of its spikes.
 //! Sizes span one partial block up to thousands of blocks. Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
-use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
+use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
     Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate,
@@ -128,6 +129,8 @@ fn compare<E: GpuElement>(
         "dL/dx differs when the input is kept"
     );
 
+    check_fingerprinted(gpu, &x_gpu, config, &spikes_gpu);
+
     let cpu = Cpu::<E>::new();
     let (spikes_cpu, context) = cpu
         .neuron_forward(&cpu.tensor_from_vec(&shape, x.clone()).unwrap(), config)
@@ -170,6 +173,42 @@ fn compare<E: GpuElement>(
         spike_error: relative_error(&select(&spikes_gpu), &select(&spikes_cpu)),
         h_error: relative_error(&select(&h_gpu), &select(&h_cpu)),
         grad_error: relative_error(&select(&grad_x_gpu), &select(&grad_x_cpu)),
+    }
+}
+
+/// The forward that folds its spikes' fingerprint as it fires them, keeping `h` or its input:
+/// the same spikes as the plain forward (`spikes`), and twice folded into a word, the word that
+/// `fold_fingerprint` makes of those spikes.
+fn check_fingerprinted<E: GpuElement>(
+    gpu: &Cuda<E>,
+    x: &CudaTensor<E>,
+    config: &NeuronConfig,
+    spikes: &[E],
+) {
+    for keeps_input in [false, true] {
+        let (mut folded, mut expected) = (gpu.zero_word().unwrap(), gpu.zero_word().unwrap());
+        for _ in 0..2 {
+            let (fired, context) = gpu
+                .neuron_forward_fingerprinted(x, config, keeps_input, &mut folded)
+                .unwrap();
+            let kept_input = matches!(context.kept, NeuronKept::Input(_));
+            assert_eq!(
+                kept_input, keeps_input,
+                "the context keeps the wrong tensor"
+            );
+            assert_eq!(
+                gpu.to_vec(&fired).unwrap(),
+                spikes,
+                "fingerprinting changed the spikes"
+            );
+            gpu.fold_fingerprint(&mut expected, &fired).unwrap();
+        }
+        let (folded, expected) = (gpu.read_word(&folded), gpu.read_word(&expected));
+        assert_eq!(
+            folded.unwrap(),
+            expected.unwrap(),
+            "the neuron's fingerprint (keeping the input: {keeps_input}) is not fold_fingerprint's"
+        );
     }
 }
 
@@ -330,4 +369,6 @@ fn gpu_neuron_handles_empty_tensors_like_the_reference() {
     let grad = gpu.neuron_backward(&spikes, &context, &config).unwrap();
     assert_eq!(gpu.shape(&grad), cpu.shape(&grad_cpu));
     assert!(gpu.to_vec(&grad).unwrap().is_empty());
+    let x = gpu.tensor_from_vec(&[2, 0], vec![]).unwrap();
+    check_fingerprinted(&gpu, &x, &config, &[]);
 }

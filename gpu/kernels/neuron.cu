@@ -8,6 +8,8 @@
 // kind: 0 = IF, 1 = LIF. surrogate: 0 = ATan(alpha), 1 = Sigmoid(alpha). smooth: 0 = Heaviside
 // firing, 1 = the surrogate's primitive (the differentiable test mode).
 
+#include "fingerprint.cuh"
+
 #define PI_D 3.14159265358979323846
 
 // As SpikingJelly's torch backend writes it, with tau and 1 - 1/tau rounded to E once (the CPU
@@ -33,21 +35,28 @@ template <typename E> __device__ __forceinline__ E fire(int surrogate, int smoot
     return (E)1 / ((E)1 + exp(-alpha * z));
 }
 
-// Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h when `h_seq` is.
+// Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h when `h_seq` is,
+// and adds the spikes' fingerprint terms to *fingerprint_sum when it is set (fingerprint.cuh:
+// the spikes are not read again to fingerprint them).
 template <typename E>
-__device__ void charge_and_fire(const E* x, E* spikes, E* h_seq, long long n, int time_steps, int kind,
-                                int decay_input, double tau, E v_threshold, int surrogate, E alpha, int smooth) {
+__device__ void charge_and_fire(const E* x, E* spikes, E* h_seq, unsigned long long* fingerprint_sum, long long n,
+                                int time_steps, int kind, int decay_input, double tau, E v_threshold, int surrogate,
+                                E alpha, int smooth) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    E v = (E)0;
-    for (int t = 0; t < time_steps; ++t) {
-        long long at = (long long)t * n + i;
-        E h = charge(kind, decay_input, tau, v, x[at]);
-        E s = fire(surrogate, smooth, alpha, h - v_threshold);
-        if (spikes) spikes[at] = s;
-        if (h_seq) h_seq[at] = h;
-        v = ((E)1 - s) * h;                            // hard reset to 0
+    unsigned long long terms = 0;
+    if (i < n) {
+        E v = (E)0;
+        for (int t = 0; t < time_steps; ++t) {
+            long long at = (long long)t * n + i;
+            E h = charge(kind, decay_input, tau, v, x[at]);
+            E s = fire(surrogate, smooth, alpha, h - v_threshold);
+            if (spikes) spikes[at] = s;
+            if (h_seq) h_seq[at] = h;
+            if (fingerprint_sum) terms += fingerprint_term(element_bits(s), at);
+            v = ((E)1 - s) * h;                        // hard reset to 0
+        }
     }
+    if (fingerprint_sum) add_warp_to_sum(terms, fingerprint_sum);  // every lane, past n too
 }
 
 // The loop backwards through time over h_seq; h_seq may be grad_x itself (each element is read
@@ -80,11 +89,14 @@ __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* g
 #define NEURON_SHARED_ARGS n, time_steps, kind, decay_input, tau, v_threshold, surrogate, alpha, smooth
 
 #define NEURON_KERNELS(E, SUFFIX)                                                                              \
-    extern "C" __global__ void neuron_forward_##SUFFIX(const E* x, E* spikes, E* h_seq, NEURON_SHARED_PARAMS(E)) { \
-        charge_and_fire<E>(x, spikes, h_seq, NEURON_SHARED_ARGS);                                               \
+    extern "C" __global__ void neuron_forward_##SUFFIX(const E* x, E* spikes, E* h_seq,                        \
+                                                       unsigned long long* fingerprint_sum,                    \
+                                                       NEURON_SHARED_PARAMS(E)) {                              \
+        charge_and_fire<E>(x, spikes, h_seq, fingerprint_sum, NEURON_SHARED_ARGS);                              \
     }                                                                                                          \
-    extern "C" __global__ void neuron_fire_##SUFFIX(const E* x, E* spikes, NEURON_SHARED_PARAMS(E)) {             \
-        charge_and_fire<E>(x, spikes, (E*)0, NEURON_SHARED_ARGS);                                               \
+    extern "C" __global__ void neuron_fire_##SUFFIX(const E* x, E* spikes, unsigned long long* fingerprint_sum, \
+                                                    NEURON_SHARED_PARAMS(E)) {                                 \
+        charge_and_fire<E>(x, spikes, (E*)0, fingerprint_sum, NEURON_SHARED_ARGS);                              \
     }                                                                                                          \
     extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,       \
                                                         NEURON_SHARED_PARAMS(E), int detach_reset) {              \
@@ -92,7 +104,7 @@ __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* g
     }                                                                                                          \
     extern "C" __global__ void neuron_backward_from_input_##SUFFIX(const E* grad_spikes, const E* x, E* grad_x, \
                                                                    NEURON_SHARED_PARAMS(E), int detach_reset) {   \
-        charge_and_fire<E>(x, (E*)0, grad_x, NEURON_SHARED_ARGS);                                               \
+        charge_and_fire<E>(x, (E*)0, grad_x, (unsigned long long*)0, NEURON_SHARED_ARGS);                       \
         backward_through_time<E>(grad_spikes, grad_x, grad_x, NEURON_SHARED_ARGS, detach_reset);               \
     }
 

@@ -5,6 +5,8 @@
 // Arithmetic uses the explicit round-to-nearest intrinsics (__fadd_rn, __dmul_rn, ...), which the
 // compiler never contracts into an FMA, so each result rounds exactly as the CPU reference's.
 
+#include "fingerprint.cuh"
+
 #define MAX_RANK 8
 
 // A walk over an iteration shape `sizes[0..rank]` (row-major: the last axis fastest) that reads
@@ -61,19 +63,6 @@ __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, 
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
 __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
-
-// The bits of an element, zero-extended to 64 bits.
-__device__ __forceinline__ unsigned long long element_bits(float v) { return (unsigned long long)__float_as_uint(v); }
-__device__ __forceinline__ unsigned long long element_bits(double v) { return (unsigned long long)__double_as_longlong(v); }
-
-// SplitMix64's finaliser: a bijection of 64-bit words that mixes every input bit into every
-// output bit.
-__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
-    z += 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
 
 #define GRID_STRIDE_LOOP(i, n)                                                                   \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
@@ -174,13 +163,12 @@ __device__ void mean_axes(const E* __restrict__ x, E* __restrict__ y, const Stri
     }
 }
 
-// sum += sum_i mix64(bits(x[i]) ^ i * C) (mod 2^64). Wrapping integer addition is associative and
-// commutative, so the total does not depend on the launch or on the order of the atomics.
+// sum += sum_i mix64(bits(x[i]) ^ i * C) (mod 2^64), fingerprint.cuh: the total does not depend
+// on the launch or on the order of the atomics.
 template <typename E> __device__ void fingerprint(const E* __restrict__ x, unsigned long long* sum, long long n) {
     unsigned long long acc = 0;
-    GRID_STRIDE_LOOP(i, n) { acc += mix64(element_bits(x[i]) ^ ((unsigned long long)i * 0xD1B54A32D192ED03ULL)); }
-    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
-    if ((threadIdx.x & 31) == 0) atomicAdd(sum, acc);
+    GRID_STRIDE_LOOP(i, n) { acc += fingerprint_term(element_bits(x[i]), i); }
+    add_warp_to_sum(acc, sum);
 }
 
 // Whether v is NaN or infinite: its exponent bits are all ones (read from the bits, so no

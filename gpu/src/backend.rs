@@ -221,6 +221,23 @@ impl<E: GpuElement> Backend for Cuda<E> {
         Ok(ops::neuron::forward_keeping_input(&self.device, x, config)?)
     }
 
+    fn neuron_forward_fingerprinted(
+        &self,
+        x: &CudaTensor<E>,
+        config: &NeuronConfig,
+        keeps_input: bool,
+        word: &mut DeviceBuffer<u64>,
+    ) -> Result<(CudaTensor<E>, Self::NeuronContext)> {
+        let device = &self.device;
+        Ok(ops::neuron::forward_fingerprinted(
+            device,
+            x,
+            config,
+            keeps_input,
+            word,
+        )?)
+    }
+
     fn neuron_backward(
         &self,
         grad_spikes: &CudaTensor<E>,

@@ -198,8 +198,15 @@ pub const HALF: KernelHeader = KernelHeader {
     source: include_str!("../kernels/half.cuh"),
 };
 
+/// `gpu/kernels/fingerprint.cuh`: the spike fingerprint's element terms and their sum (included
+/// by tensor.cu and neuron.cu).
+pub const FINGERPRINT: KernelHeader = KernelHeader {
+    name: "fingerprint.cuh",
+    source: include_str!("../kernels/fingerprint.cuh"),
+};
+
 /// Every header, handed to NVRTC by name with each kernel file.
-pub const HEADERS: &[KernelHeader] = &[HALF];
+pub const HEADERS: &[KernelHeader] = &[HALF, FINGERPRINT];
 
 /// Every kernel file, for the NVRTC compile check.
 pub const ALL: &[KernelSource] = &[

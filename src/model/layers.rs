@@ -59,13 +59,15 @@ impl<B: Backend> Layer<B> for Neuron {
     type Saved = B::NeuronContext;
 
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let backend = session.backend;
-        let (spikes, context) = if self.keeps_input {
-            backend.neuron_forward_keeping_input(&x, &self.config)?
-        } else {
-            backend.neuron_forward(&x, &self.config)?
+        let (backend, config) = (session.backend, &self.config);
+        let (spikes, context) = match session.probes.spike_fingerprint_mut() {
+            Some(word) => {
+                backend.neuron_forward_fingerprinted(&x, config, self.keeps_input, word)?
+            }
+            None if self.keeps_input => backend.neuron_forward_keeping_input(&x, config)?,
+            None => backend.neuron_forward(&x, config)?,
         };
-        session.probes.record_spikes(backend, &spikes)?;
+        session.probes.log_spikes(&spikes);
         Ok((spikes, context))
     }
 

@@ -85,15 +85,17 @@ pub struct OuterProbes<B: Backend> {
 }
 
 impl<B: Backend> Probes<B> {
-    /// Called by every neuron layer with the spikes it fired.
-    pub fn record_spikes(&mut self, backend: &B, spikes: &B::Tensor) -> Result<()> {
-        if let Some(fingerprint) = self.spike_fingerprint.as_mut() {
-            backend.fold_fingerprint(fingerprint, spikes)?;
-        }
+    /// The word into which a neuron layer folds the fingerprint of the spikes it fires
+    /// (`Backend::neuron_forward_fingerprinted`), when a run records one.
+    pub fn spike_fingerprint_mut(&mut self) -> Option<&mut B::Word> {
+        self.spike_fingerprint.as_mut()
+    }
+
+    /// Called by every neuron layer with the spikes it fired: kept when a log is on.
+    pub fn log_spikes(&mut self, spikes: &B::Tensor) {
         if let Some(log) = self.spike_log.as_mut() {
             log.push(spikes.clone());
         }
-        Ok(())
     }
 
     /// Starts one recorded run of F or G: a fresh fingerprint, and when auditing a fresh spike

@@ -7,7 +7,8 @@
 //! that keeps its input instead (docs/neurons.md §2.4.1) writes only the spikes, and its backward
 //! charges `h` from `x` again inside the same kernel, into `dL/dx`'s buffer.
 
-use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg};
 use revsnn_reference::contract::shapes::{check_neuron_backward, time_by_neurons};
 use revsnn_reference::{Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate};
 
@@ -121,7 +122,7 @@ pub fn forward<E: GpuElement>(
     x: &CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
-    fire(device, x, config, false)
+    fire(device, x, config, false, None)
 }
 
 /// [`forward`] whose context keeps `x` itself (shared, not copied) and no buffer of its own: the
@@ -132,15 +133,30 @@ pub fn forward_keeping_input<E: GpuElement>(
     x: &CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
-    fire(device, x, config, true)
+    fire(device, x, config, true, None)
 }
 
-/// The spikes over `x`, and a context keeping `x` itself or the `h` the kernel also writes.
+/// [`forward`] (or, when `keeps_input`, [`forward_keeping_input`]) that also folds the spikes'
+/// fingerprint into `word`, as [`super::tensor::fold_fingerprint`] would: the kernel sums the
+/// fingerprint's terms as it writes the spikes, which are not read again.
+pub fn forward_fingerprinted<E: GpuElement>(
+    device: &GpuDevice,
+    x: &CudaTensor<E>,
+    config: &NeuronConfig,
+    keeps_input: bool,
+    word: &mut DeviceBuffer<u64>,
+) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
+    fire(device, x, config, keeps_input, Some(word))
+}
+
+/// The spikes over `x`, and a context keeping `x` itself or the `h` the kernel also writes; the
+/// spikes' fingerprint folded into `fingerprint` when there is one.
 fn fire<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
     config: &NeuronConfig,
     keeps_input: bool,
+    fingerprint: Option<&mut DeviceBuffer<u64>>,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
     config.validate()?;
     let (steps, _) = time_by_neurons(x.shape(), "x")?;
@@ -152,10 +168,18 @@ fn fire<E: GpuElement>(
         // SAFETY: as above.
         Some(unsafe { device.alloc::<E>(x.len()) }?)
     };
+    let mut sum = fingerprint
+        .is_some()
+        .then(|| device.alloc_zeros::<u64>(1))
+        .transpose()?;
     // An empty buffer's slice holds one unused element: launch nothing over it.
     if !x.is_empty() {
         let h = h.as_mut().map(|h| h.slice_mut());
-        launch_forward(device, x.slice(), spikes.slice_mut(), h, steps, config)?;
+        let sum = sum.as_mut().map(|sum| sum.slice_mut());
+        launch_forward(device, x.slice(), spikes.slice_mut(), h, sum, steps, config)?;
+    }
+    if let (Some(word), Some(sum)) = (fingerprint, &sum) {
+        super::tensor::fold_element_sum(device, word, sum, x.shape())?;
     }
     let kept = match h {
         Some(h) => NeuronKept::Potentials(CudaTensor::new(h, x.shape())?),
@@ -193,16 +217,18 @@ pub fn forward_into<E: GpuElement>(
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
-    launch_forward(device, x, spikes, Some(h), time_steps, config)
+    launch_forward(device, x, spikes, Some(h), None, time_steps, config)
 }
 
 /// Launches `neuron_forward` over `x`, writing the spikes and `h`, or, without `h`,
-/// `neuron_fire`, writing the spikes only; every buffer `T N` elements.
+/// `neuron_fire`, writing the spikes only; every buffer `T N` elements. With a
+/// `fingerprint_sum` (one element) the kernel adds the spikes' fingerprint terms to it.
 fn launch_forward<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaSlice<E>,
     spikes: &mut CudaSlice<E>,
     h: Option<&mut CudaSlice<E>>,
+    fingerprint_sum: Option<&mut CudaSlice<u64>>,
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
@@ -230,14 +256,20 @@ fn launch_forward<E: GpuElement>(
     let function = device.function(&NEURON, &format!("{kernel}_{}", E::SUFFIX))?;
     let stream = device.stream();
     let (n, t) = (neurons as i64, time_steps as i32);
+    // A null pointer when there is no sum to add to; the guard orders the launch after the
+    // sum's zeroing.
+    let sum = fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
+    let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
     let mut launch = stream.launch_builder(&function);
     launch.arg(x).arg(spikes);
     if let Some(h) = h {
         launch.arg(h);
     }
+    launch.arg(&sum_pointer);
     params.push_shared(&mut launch, &n, &t);
     // SAFETY: the argument list matches `neuron_forward_<E>` (with `h`) or `neuron_fire_<E>`
-    // (without) in neuron.cu, and every buffer holds T * N elements of E.
+    // (without) in neuron.cu, every buffer holds T * N elements of E, and the fingerprint sum,
+    // when not null, one u64.
     unsafe { launch.launch(launch_config(neurons)) }
         .map_err(GpuError::driver("launching the neuron forward"))?;
     Ok(())

@@ -547,8 +547,19 @@ pub fn fold_fingerprint<E: GpuElement>(
     x: &CudaTensor<E>,
 ) -> Result<(), GpuError> {
     let sum = element_sum(device, x)?;
+    fold_element_sum(device, word, &sum, x.shape())
+}
+
+/// `word = word.rotate_left(5) ^ fingerprint` on the device, for the fingerprint of a tensor of
+/// `shape` whose element terms sum to `sum` (one element): one thread, no wait.
+pub(crate) fn fold_element_sum(
+    device: &GpuDevice,
+    word: &mut DeviceBuffer<u64>,
+    sum: &DeviceBuffer<u64>,
+    shape: &[usize],
+) -> Result<(), GpuError> {
     let function = device.function(&TENSOR, "fold_fingerprint")?;
-    let hash = fingerprint::shape_hash(x.shape());
+    let hash = fingerprint::shape_hash(shape);
     let mut launch = device.stream().launch_builder(&function);
     launch.arg(word.slice_mut()).arg(sum.slice()).arg(&hash);
     // SAFETY: the arguments match `fold_fingerprint(unsigned long long* word, const unsigned

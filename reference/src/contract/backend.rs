@@ -245,6 +245,25 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         x: &Self::Tensor,
         config: &NeuronConfig,
     ) -> Result<(Self::Tensor, Self::NeuronContext)>;
+    /// [`Backend::neuron_forward`], or with `keeps_input` [`Backend::neuron_forward_keeping_input`],
+    /// with the spikes' fingerprint folded into `word` as [`Backend::fold_fingerprint`] folds it:
+    /// the same spikes, context and word. The default runs the two; CUDA sums the fingerprint's
+    /// terms in the neuron's kernel as it writes the spikes, which are then not read again.
+    fn neuron_forward_fingerprinted(
+        &self,
+        x: &Self::Tensor,
+        config: &NeuronConfig,
+        keeps_input: bool,
+        word: &mut Self::Word,
+    ) -> Result<(Self::Tensor, Self::NeuronContext)> {
+        let (spikes, context) = if keeps_input {
+            self.neuron_forward_keeping_input(x, config)?
+        } else {
+            self.neuron_forward(x, config)?
+        };
+        self.fold_fingerprint(word, &spikes)?;
+        Ok((spikes, context))
+    }
     /// Backward through time (docs/neurons.md §2.4): `dL/dh[t] = dL/ds[t] psi[t] + dv/dh[t] k dL/dh[t+1]`,
     /// `dL/dx[t] = r dL/dh[t]`.
     fn neuron_backward(
