@@ -209,8 +209,8 @@ fn normalise<E: GpuElement>(
             .arg(&width_arg);
         // SAFETY: matches `bn_normalise_<E>(x, y, mean, inv_std, gamma, beta, channels, inner,
         // total, width)` (or its `_f32_from_<format>` twin, whose x is 16-bit); x and y hold
-        // `total` elements, the four vectors `channels` (checked by
-        // callers); `width` divides `inner`, hence `total`.
+        // `total` elements, the four vectors `channels` (checked by callers); `width` divides
+        // `inner`, hence `total`.
         unsafe { launch.launch(elementwise_launch(layout.total / width)) }
             .map_err(GpuError::driver("launching bn_normalise"))?;
     }
@@ -270,7 +270,8 @@ fn moments<E: GpuElement>(
         .arg(&chunks)
         .arg(&chunk_len);
     // SAFETY: matches `bn_moments_partial_<E>(x, partial, channels, inner, per_channel, chunks,
-    // chunk_len)` (or its 16-bit twin, as in `normalise`); x holds `N C inner` elements, partial 3 C chunks; n >= 2.
+    // chunk_len)` (or its 16-bit twin, as in `normalise`); x holds `N C inner` elements, partial
+    // 3 C chunks; n >= 2.
     unsafe { launch.launch(reduce_launch(blocks)) }
         .map_err(GpuError::driver("launching bn_moments_partial"))?;
 
