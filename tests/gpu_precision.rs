@@ -363,6 +363,11 @@ fn normal_f32(rng: &mut SplitMix64, len: usize, sd: f64) -> Vec<f32> {
     rng.normal_vec(len, sd).iter().map(|&v| v as f32).collect()
 }
 
+/// The values of `tensors`, in order.
+fn host(gpu: &Cuda<f32>, tensors: &[&CudaTensor<f32>]) -> Vec<Vec<f32>> {
+    tensors.iter().map(|t| gpu.to_vec(t).unwrap()).collect()
+}
+
 /// Whether two lists of tensors' values are equal bit for bit.
 fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
     a.iter()
@@ -401,12 +406,12 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
             let (y, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
             let kept = live_bytes(&gpu) - before - y_len * size_of::<f32>();
             let alive = gpu.conv2d_backward(dy.clone(), &context).unwrap();
-            let alive = [&alive.input, &alive.weight].map(|t| gpu.to_vec(t).unwrap());
+            let alive = host(&gpu, &[&alive.input, &alive.weight]);
             let with_x = live_bytes(&gpu);
             drop(x);
             let freed = with_x - live_bytes(&gpu);
             let dropped = gpu.conv2d_backward(dy.clone(), &context).unwrap();
-            let dropped = [&dropped.input, &dropped.weight].map(|t| gpu.to_vec(t).unwrap());
+            let dropped = host(&gpu, &[&dropped.input, &dropped.weight]);
             let what = format!("{} on {}", format.precision(), engine.name());
             let sums = y_len * size_of::<u16>();
             assert!(
@@ -471,8 +476,10 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
             .unwrap();
         let grads = gpu.batch_norm_backward(dy, &context).unwrap();
         let (mean, var) = (&batch.mean, &batch.var_unbiased);
-        let outputs = [&y, mean, var, &grads.input, &grads.gamma, &grads.beta];
-        outputs.map(|t| gpu.to_vec(t).unwrap())
+        host(
+            &gpu,
+            &[&y, mean, var, &grads.input, &grads.gamma, &grads.beta],
+        )
     };
     for engine in each_conv_engine(device) {
         for format in FORMATS {
@@ -507,7 +514,7 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
                 );
                 let (mean, var) = (&batch.mean, &batch.var_unbiased);
                 let kept = [&normed, mean, var, &kept.input, &kept.gamma, &kept.beta];
-                let kept = kept.map(|t| gpu.to_vec(t).unwrap());
+                let kept = host(&gpu, &kept);
                 assert!(
                     same_bits(&kept, &outputs_of(&plain, dy)),
                     "{what}: the forward or backward over the 16-bit sums differs"
@@ -542,22 +549,22 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
     };
     let device = gpu.device();
     let mut rng = SplitMix64::new(47);
-    let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
-    let cases = [
+    // Each case's input stays on the host: every run uploads a fresh copy to hand over.
+    let shapes = [
         (
             ConvKind::Conv2d(Conv2dParams::new(1, 1)),
-            normal(&[2, 3, 8, 8], 1.0),
-            normal(&[16, 3, 3, 3], 0.3),
-            normal(&[2, 16, 8, 8], 1.0),
+            &[2, 3, 8, 8][..],
+            &[16, 3, 3, 3][..],
+            &[2, 16, 8, 8][..],
         ),
-        (
-            ConvKind::Conv1d,
-            normal(&[2, 6, 20], 1.0),
-            normal(&[16, 6, 1], 0.3),
-            normal(&[2, 16, 20], 1.0),
-        ),
-    ]
-    .map(|(kind, x, w, dy)| (kind, (x.shape().to_vec(), gpu.to_vec(&x).unwrap()), w, dy));
+        (ConvKind::Conv1d, &[2, 6, 20], &[16, 6, 1], &[2, 16, 20]),
+    ];
+    let cases = shapes.map(|(kind, x, w, y)| {
+        let x = (x.to_vec(), normal_f32(&mut rng, x.iter().product(), 1.0));
+        let w = normal_tensor(&gpu, &mut rng, w, 0.3);
+        (kind, x, w, normal_tensor(&gpu, &mut rng, y, 1.0))
+    });
+    let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
     let (gamma, beta) = (normal(&[16], 0.5), normal(&[16], 0.5));
     let norm = BatchNormAffine {
         gamma: &gamma,
@@ -591,9 +598,8 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
         let grads = gpu.conv_backward(normed.input, &conv, kind).unwrap();
         let (mean, var) = (&batch.mean, &batch.var_unbiased);
         let outputs = [&y, mean, var, &normed.gamma, &normed.beta];
-        let outputs = outputs.into_iter().chain([&grads.input, &grads.weight]);
-        let values: Vec<_> = outputs.map(|t| gpu.to_vec(t).unwrap()).collect();
-        (values, rise)
+        let gradients = [&grads.input, &grads.weight];
+        (host(&gpu, &[&outputs[..], &gradients[..]].concat()), rise)
     };
     for engine in each_conv_engine(device) {
         for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
@@ -651,10 +657,7 @@ fn a_16_bit_convolution_backward_frees_the_dy_handed_to_it() {
             let grads = gpu.conv2d_backward(dy, &context).unwrap();
             gpu.synchronize().unwrap();
             let peak = gpu.memory().peak_bytes;
-            (
-                peak,
-                [&grads.input, &grads.weight].map(|t| gpu.to_vec(t).unwrap()),
-            )
+            (peak, host(&gpu, &[&grads.input, &grads.weight]))
         };
         let (held, kept_grads) = peak_of(dy.clone());
         let (handed, grads) = peak_of(dy);
@@ -694,7 +697,7 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
     let conv = Conv2dParams::new(1, 1);
     let grads_of = |context: &Conv2dContext<f32>| {
         let grads = gpu.conv2d_backward(dy.clone(), context).unwrap();
-        [&grads.input, &grads.weight].map(|t| gpu.to_vec(t).unwrap())
+        host(&gpu, &[&grads.input, &grads.weight])
     };
     for engine in each_conv_engine(device) {
         for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {

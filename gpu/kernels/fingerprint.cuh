@@ -24,8 +24,8 @@ __device__ __forceinline__ unsigned long long fingerprint_term(unsigned long lon
 }
 
 // *sum += the accs of a whole warp (every lane must call it): a shuffle tree, then one atomic per
-// warp.
+// warp whose total is not 0. Also tensor.cu's count of non-finite elements.
 __device__ __forceinline__ void add_warp_to_sum(unsigned long long acc, unsigned long long* sum) {
     for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
-    if ((threadIdx.x & 31) == 0) atomicAdd(sum, acc);
+    if ((threadIdx.x & 31) == 0 && acc != 0) atomicAdd(sum, acc);
 }

@@ -183,8 +183,7 @@ __device__ __forceinline__ bool non_finite(double v) {
 template <typename E> __device__ void count_non_finite(const E* __restrict__ x, unsigned long long* count, long long n) {
     unsigned long long acc = 0;
     GRID_STRIDE_LOOP(i, n) { acc += non_finite(x[i]) ? 1ULL : 0ULL; }
-    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
-    if ((threadIdx.x & 31) == 0 && acc != 0) atomicAdd(count, acc);
+    add_warp_to_sum(acc, count);
 }
 
 // word = rotl(word, 5) ^ feed(shape_hash, *sum), feed(h, w) = (rotl(h, 5) ^ w) * 0x9E3779B97F4A7C15

@@ -228,9 +228,8 @@ impl<E: GpuElement> Backend for Cuda<E> {
         keeps_input: bool,
         word: &mut DeviceBuffer<u64>,
     ) -> Result<(CudaTensor<E>, Self::NeuronContext)> {
-        let device = &self.device;
         Ok(ops::neuron::forward_fingerprinted(
-            device,
+            &self.device,
             x,
             config,
             keeps_input,
