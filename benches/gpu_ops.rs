@@ -1,7 +1,8 @@
 //! The CUDA backend's heavy ops, forward and backward, at the shapes of a batch-64, T = 4 training
 //! step (docs/architectures.md §4.1-4.5: T·B = 256 images per layer), f32, through the `Backend` trait exactly as
 //! the models call them: where a training step spends its GPU time, op by op. Convolutions run on
-//! each engine the device has (`cudnn/...` and `im2col/...`), in f32 and with TF32 (`.../tf32`).
+//! each engine the device has (`cudnn/...` and `im2col/...`), in f32 and with TF32 (`.../tf32`);
+//! a convolution and its BatchNorm also in bf16, as two ops and fused.
 //!
 //! Without a GPU it prints `SKIP: no CUDA device` and measures nothing.
 
@@ -15,7 +16,8 @@ use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{
-    AdamWParams, Backend, BatchNormParams, Compute, Conv2dParams, Pool2dParams,
+    AdamWParams, Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvKind,
+    Pool2dParams, Precision,
 };
 
 /// T·B of a batch-64, T = 4 step.
@@ -159,6 +161,7 @@ fn gpu_ops(c: &mut Criterion) {
     });
     group.finish();
     batch_norm(c, &gpu);
+    conv_batch_norm(c, &gpu);
 }
 
 /// BatchNorm's training forward and backward, with the bytes their kernels must move as the
@@ -207,6 +210,74 @@ fn batch_norm(c: &mut Criterion, gpu: &Gpu) {
         );
     }
     group.finish();
+}
+
+/// A first-stage convolution over spikes and its training BatchNorm under bf16 on each engine:
+/// the two ops in turn against the fused ones (`conv_batch_norm_train_forward`, and with
+/// `conv_batch_norm_backward` a whole layer's forward and backward). The differences are the
+/// passes the fusion removes: the convolution output's widening to f32 in the forward, the
+/// BatchNorm's f32 `dx` and its conversion to the convolution's 16-bit `dy` in the backward
+/// (docs/precision.md §"Convolution outputs").
+fn conv_batch_norm(c: &mut Criterion, gpu: &Gpu) {
+    let device = gpu.device();
+    if let Err(e) = device.set_precision(Precision::Bf16) {
+        println!("SKIP: gpu_conv_batch_norm_b64_t4_bf16: {e}");
+        return;
+    }
+    let mut group = c.benchmark_group("gpu_conv_batch_norm_b64_t4_bf16");
+    let shape = [IMAGES, 64, 32, 32];
+    let x = random(gpu, &shape, 30, true);
+    let w = random(gpu, &[64, 64, 3, 3], 31, false);
+    let dy = random(gpu, &shape, 32, false);
+    let (gamma, beta) = (random(gpu, &[64], 33, false), random(gpu, &[64], 34, false));
+    let norm = BatchNormAffine {
+        gamma: &gamma,
+        beta: &beta,
+        params: BatchNormParams::default(),
+    };
+    let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
+    let two_ops_forward = || {
+        let (conv_y, conv) = gpu.conv_forward(&x, &w, None, kind).unwrap();
+        let (_, _, norm) = gpu
+            .batch_norm_train_forward(&conv_y, &gamma, &beta, norm.params)
+            .unwrap();
+        (conv, norm)
+    };
+    let fused_forward = || {
+        let out = gpu
+            .conv_batch_norm_train_forward(x.clone(), &w, kind, norm)
+            .unwrap();
+        (out.conv, out.norm)
+    };
+    for engine in each_conv_engine(device) {
+        let engine = engine.name();
+        bench(
+            &mut group,
+            gpu,
+            &format!("{engine}/two_ops_forward"),
+            || {
+                two_ops_forward();
+            },
+        );
+        bench(&mut group, gpu, &format!("{engine}/fused_forward"), || {
+            fused_forward();
+        });
+        let name = format!("{engine}/two_ops_forward_backward");
+        bench(&mut group, gpu, &name, || {
+            let (conv, norm) = two_ops_forward();
+            let normed = gpu.batch_norm_backward(&dy, &norm).unwrap();
+            drop(norm);
+            gpu.conv_backward(normed.input, &conv, kind).unwrap();
+        });
+        let name = format!("{engine}/fused_forward_backward");
+        bench(&mut group, gpu, &name, || {
+            let (conv, norm) = fused_forward();
+            gpu.conv_batch_norm_backward(dy.clone(), conv, norm, kind)
+                .unwrap();
+        });
+    }
+    group.finish();
+    device.set_precision(Precision::F32).unwrap();
 }
 
 /// `x` rounded to bf16, carrying the bf16 patterns it holds exactly (`CudaTensor::exact_half`),

@@ -23,8 +23,9 @@
 //!   read, not the input: dropping the input frees it, and the backward's bits do not change.
 //! - A BatchNorm over a 16-bit convolution's output reads and keeps the 16-bit sums the output
 //!   was widened from: dropping the output frees it, and the forward's and backward's bits are
-//!   those over a plain copy. The fused convolution and BatchNorm gives the bits of the two ops
-//!   without holding the convolution's `f32` output.
+//!   those over a plain copy. The fused convolution and BatchNorm gives the bits of the two ops,
+//!   forward and backward, without holding the convolution's `f32` output or the BatchNorm's
+//!   `f32` `dx`.
 //! - A training step of a tiny model of every family (smooth firing, so no spike can flip) in bf16
 //!   and fp16: CUDA against the CPU in the same precision (the bar is below), with some tensor
 //!   away from the f32 step's by more than that bar, so the bar can fail.
@@ -55,8 +56,8 @@ use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvKind, Cpu, DType, Firing,
-    NeuronConfig, Precision,
+    Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvBatchNormGrads,
+    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronConfig, Precision,
 };
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
@@ -368,6 +369,14 @@ fn host(gpu: &Cuda<f32>, tensors: &[&CudaTensor<f32>]) -> Vec<Vec<f32>> {
     tensors.iter().map(|t| gpu.to_vec(t).unwrap()).collect()
 }
 
+/// What `pass` returns, with its peak device memory above the live bytes before it.
+fn with_peak_rise<R>(gpu: &Cuda<f32>, pass: impl FnOnce() -> R) -> (R, usize) {
+    let before = gpu.device().reset_peak_memory().live_bytes;
+    let result = pass();
+    gpu.synchronize().unwrap();
+    (result, gpu.memory().peak_bytes - before)
+}
+
 /// Whether two lists of tensors' values are equal bit for bit.
 fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
     a.iter()
@@ -534,14 +543,15 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
     device.set_precision(Precision::F32).unwrap();
 }
 
-/// The fused convolution and BatchNorm (`Backend::conv_batch_norm_train_forward`) gives the bits
-/// of the two ops in turn, forward (output, batch statistics) and backward (every gradient), for
-/// a 3x3 2-D and a 1-D convolution, in f32, bf16 and fp16, on both engines. Under bf16 and fp16
-/// no `f32` output of the convolution is held beside the BatchNorm's: on cuDNN the peak is lower
-/// than the two ops' by at least that output's bytes (on im2col the columns of the 2-D
-/// convolution hold the peak), and never higher. (That the output is not even written, a pass
-/// fewer, the peak cannot tell; the profile stage of gpu/check.sh sees it.) Under f32 it is the
-/// two ops.
+/// The fused convolution and BatchNorm (`Backend::conv_batch_norm_train_forward` and
+/// `conv_batch_norm_backward`) gives the bits of the two ops in turn, forward (output, batch
+/// statistics) and backward (every gradient), for a 3x3 2-D and a 1-D convolution, in f32, bf16
+/// and fp16, on both engines. Under bf16 and fp16 no `f32` tensor of the convolution's output
+/// size is held beside the BatchNorm's: on cuDNN the forward's peak is lower than the two ops'
+/// by at least the output's f32 bytes (on im2col the columns of the 2-D convolution hold the
+/// peak), and the backward's by at least the bytes an f32 `dx` of the BatchNorm holds beyond its
+/// 16-bit patterns; never higher. (That the f32 tensors are not even written, a pass fewer each,
+/// the peak cannot tell; the profile stage of gpu/check.sh sees it.) Under f32 it is the two ops.
 #[test]
 fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_output() {
     let Some(gpu) = backend_or_skip::<f32>("the_fused_convolution_and_batch_norm") else {
@@ -549,7 +559,8 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
     };
     let device = gpu.device();
     let mut rng = SplitMix64::new(47);
-    // Each case's input stays on the host: every run uploads a fresh copy to hand over.
+    // Each case's input and output gradient stay on the host: every run uploads fresh copies to
+    // hand over.
     let shapes = [
         (
             ConvKind::Conv2d(Conv2dParams::new(1, 1)),
@@ -562,7 +573,8 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
     let cases = shapes.map(|(kind, x, w, y)| {
         let x = (x.to_vec(), normal_f32(&mut rng, x.iter().product(), 1.0));
         let w = normal_tensor(&gpu, &mut rng, w, 0.3);
-        (kind, x, w, normal_tensor(&gpu, &mut rng, y, 1.0))
+        let dy = (y.to_vec(), normal_f32(&mut rng, y.iter().product(), 1.0));
+        (kind, x, w, dy)
     });
     let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
     let (gamma, beta) = (normal(&[16], 0.5), normal(&[16], 0.5));
@@ -571,35 +583,52 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
         beta: &beta,
         params: BatchNormParams::default(),
     };
-    // The outputs and gradients of the two ops (the input freed after the convolution, as the
-    // layers do), or of the fused one (the input handed over), with the forward's peak above
-    // the live bytes before it.
-    let run = |kind: ConvKind,
-               (shape, values): &(Vec<usize>, Vec<f32>),
-               w: &CudaTensor<f32>,
-               dy: &CudaTensor<f32>,
-               fused: bool| {
-        let x = gpu.tensor_from_vec(shape, values.clone()).unwrap();
-        let before = device.reset_peak_memory().live_bytes;
-        let (y, batch, conv, context) = if fused {
-            let out = gpu.conv_batch_norm_train_forward(x, w, kind, norm).unwrap();
-            (out.y, out.batch, out.conv, out.norm)
-        } else {
+    let upload = |(shape, values): &(Vec<usize>, Vec<f32>)| {
+        gpu.tensor_from_vec(shape, values.clone()).unwrap()
+    };
+    // The outputs and gradients of the two ops in turn (each input freed once it has served, as
+    // the layers do), or of the fused ones (the inputs handed over), with the forward's and the
+    // backward's peaks above the live bytes before them.
+    let run = |kind: ConvKind, x: &_, w: &CudaTensor<f32>, dy: &_, fused: bool| {
+        let x = upload(x);
+        let (out, forward_rise) = with_peak_rise(&gpu, || {
+            if fused {
+                return gpu.conv_batch_norm_train_forward(x, w, kind, norm).unwrap();
+            }
             let (conv_y, conv) = gpu.conv_forward(&x, w, None, kind).unwrap();
             drop(x);
-            let (y, batch, context) = gpu
+            let (y, batch, norm) = gpu
                 .batch_norm_train_forward(&conv_y, &gamma, &beta, norm.params)
                 .unwrap();
-            (y, batch, conv, context)
-        };
-        gpu.synchronize().unwrap();
-        let rise = gpu.memory().peak_bytes - before;
-        let normed = gpu.batch_norm_backward(dy, &context).unwrap();
-        let grads = gpu.conv_backward(normed.input, &conv, kind).unwrap();
-        let (mean, var) = (&batch.mean, &batch.var_unbiased);
-        let outputs = [&y, mean, var, &normed.gamma, &normed.beta];
-        let gradients = [&grads.input, &grads.weight];
-        (host(&gpu, &[&outputs[..], &gradients[..]].concat()), rise)
+            ConvBatchNormTrainOutput {
+                y,
+                batch,
+                conv,
+                norm,
+            }
+        });
+        let dy = upload(dy);
+        let (conv, context) = (out.conv, out.norm);
+        let (grads, backward_rise) = with_peak_rise(&gpu, || {
+            if fused {
+                return gpu
+                    .conv_batch_norm_backward(dy, conv, context, kind)
+                    .unwrap();
+            }
+            let normed = gpu.batch_norm_backward(&dy, &context).unwrap();
+            drop((dy, context));
+            let grads = gpu.conv_backward(normed.input, &conv, kind).unwrap();
+            ConvBatchNormGrads {
+                input: grads.input,
+                weight: grads.weight,
+                gamma: normed.gamma,
+                beta: normed.beta,
+            }
+        });
+        let (mean, var) = (&out.batch.mean, &out.batch.var_unbiased);
+        let (y, g) = (&out.y, &grads);
+        let tensors = [y, mean, var, &g.gamma, &g.beta, &g.input, &g.weight];
+        (host(&gpu, &tensors), [forward_rise, backward_rise])
     };
     for engine in each_conv_engine(device) {
         for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
@@ -609,17 +638,23 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
                 let (two_ops, two_ops_rise) = run(*kind, x, w, dy, false);
                 let (fused, fused_rise) = run(*kind, x, w, dy, true);
                 assert!(same_bits(&fused, &two_ops), "{what}: the bits differ");
+                let elements = dy.1.len();
                 // im2col's columns, not the output, can hold a 2-D convolution's peak.
                 let saved = match (precision, engine) {
-                    (Precision::F32, _) => 0,
-                    (_, ConvEngine::Im2colGemm) => 0,
-                    _ => dy.len() * size_of::<f32>(),
+                    (Precision::F32, _) => [0, 0],
+                    (_, ConvEngine::Im2colGemm) => [0, 0],
+                    _ => [elements * size_of::<f32>(), elements * size_of::<u16>()],
                 };
-                assert!(
-                    fused_rise + saved <= two_ops_rise,
-                    "{what}: the fused peak ({fused_rise}) is not below the two ops' \
-                     ({two_ops_rise}) by {saved} bytes"
-                );
+                for (pass, ((fused, two_ops), saved)) in ["forward", "backward"]
+                    .iter()
+                    .zip(fused_rise.iter().zip(two_ops_rise).zip(saved))
+                {
+                    assert!(
+                        fused + saved <= two_ops,
+                        "{what}: the fused {pass}'s peak ({fused}) is not below the two ops' \
+                         ({two_ops}) by {saved} bytes"
+                    );
+                }
                 if precision == Precision::F32 {
                     assert_eq!(fused_rise, two_ops_rise, "{what}: f32 runs the two ops");
                 }

@@ -24,7 +24,10 @@
 // The backward's two sums are plain sums. Both directions also read an f32 input held as the
 // 16-bit patterns that hold it exactly (`*_f32_from_bf16`, `*_f32_from_fp16`: a 16-bit
 // convolution's output, docs/precision.md §"CUDA"), widening each element as it loads it: the
-// same values as the f32 input, with half its bytes read and no f32 copy.
+// same values as the f32 input, with half its bytes read and no f32 copy. The backward's input
+// gradient can be stored as 16-bit patterns too (`bn_backward_input_*_to_bf16`, `_to_fp16`): each
+// element's f32 value rounded to the format, which is what the 16-bit convolution before the
+// BatchNorm reads as its dy.
 
 #include "half.cuh"
 
@@ -315,6 +318,28 @@ __device__ __forceinline__ void store_group(double* p, const double v[BN_VEC], b
     }
 }
 
+// Four results as 16-bit patterns (each rounded through f32, store_element), packed into one
+// 8-byte vector as load_half_group reads them.
+template <typename Half>
+__device__ __forceinline__ void store_half_group(Half* p, const double v[BN_VEC], bool vector) {
+    Half h[BN_VEC];
+    for (int u = 0; u < BN_VEC; ++u) store_element(&h[u], v[u]);
+    if (vector) {
+        uint2 q;
+        q.x = (unsigned int)h[0].bits | ((unsigned int)h[1].bits << 16);
+        q.y = (unsigned int)h[2].bits | ((unsigned int)h[3].bits << 16);
+        *reinterpret_cast<uint2*>(p) = q;
+    } else {
+        for (int u = 0; u < BN_VEC; ++u) p[u] = h[u];
+    }
+}
+__device__ __forceinline__ void store_group(Bf16* p, const double v[BN_VEC], bool vector) {
+    store_half_group(p, v, vector);
+}
+__device__ __forceinline__ void store_group(Fp16* p, const double v[BN_VEC], bool vector) {
+    store_half_group(p, v, vector);
+}
+
 // group(k, c) for each group of `width` elements k, ..., k + width - 1 of channel c, with a
 // grid stride over the groups.
 template <typename Group>
@@ -394,8 +419,10 @@ __device__ __forceinline__ double bn_input_grad(double dy, double x, double scal
     return scale * (dy - mean_dy - x_hat * mean_dy_xhat);
 }
 
-template <typename E, typename X>
-__device__ void bn_backward_input(const X* __restrict__ x, const E* __restrict__ grad_y, E* __restrict__ grad_x,
+// grad_x stored as D: E, or the 16-bit patterns of the f32 result (the operand of the
+// convolution before the BatchNorm, docs/precision.md §"Convolution outputs").
+template <typename E, typename X, typename D>
+__device__ void bn_backward_input(const X* __restrict__ x, const E* __restrict__ grad_y, D* __restrict__ grad_x,
                                   const double* __restrict__ mean, const double* __restrict__ inv_std,
                                   const E* __restrict__ gamma, const double* __restrict__ means, long long channels,
                                   long long inner, long long total, long long width, int train) {
@@ -414,7 +441,8 @@ __device__ void bn_backward_input(const X* __restrict__ x, const E* __restrict__
                 store_group(grad_x + k, dy, vector);
             } else {
                 const double xk = train ? widened(x[k]) : 0.0;
-                grad_x[k] = (E)bn_input_grad((double)grad_y[k], xk, scale, shift, inv, mean_dy, mean_dy_xhat, train);
+                store_element(grad_x + k,
+                              bn_input_grad((double)grad_y[k], xk, scale, shift, inv, mean_dy, mean_dy_xhat, train));
             }
         },
         channels, inner, total, width);
@@ -469,8 +497,8 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
                                                           const E* gamma, const double* means, long long channels,  \
                                                           long long inner, long long total, long long width,        \
                                                           int train) {                                              \
-        bn_backward_input<E, E>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, width,      \
-                                train);                                                                            \
+        bn_backward_input<E, E, E>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, width,  \
+                                   train);                                                                         \
     }                                                                                                              \
     extern "C" __global__ void bn_update_running_##SUFFIX(const E* running_mean, const E* running_var,              \
                                                           const E* batch_mean, const E* batch_var, E* new_mean,     \
@@ -507,9 +535,28 @@ BATCH_NORM_KERNELS(double, f64)
         const X* x, const float* grad_y, float* grad_x, const double* mean, const double* inv_std,                 \
         const float* gamma, const double* means, long long channels, long long inner, long long total,             \
         long long width, int train) {                                                                              \
-        bn_backward_input<float, X>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, width, \
-                                    train);                                                                        \
+        bn_backward_input<float, X, float>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, \
+                                           width, train);                                                          \
     }
 
 BATCH_NORM_HALF_INPUT_KERNELS(Bf16, bf16)
 BATCH_NORM_HALF_INPUT_KERNELS(Fp16, fp16)
+
+// The input gradient of an f32 BatchNorm stored as the 16-bit patterns D of its f32 values, for
+// the 16-bit convolution before it (Backend::conv_batch_norm_backward): from an input held as X,
+// f32 or the 16-bit patterns of an f32 input, `bn_backward_input_<input>_to_<format>`.
+#define BATCH_NORM_HALF_GRAD_KERNEL(X, INPUT, D, FORMAT)                                                           \
+    extern "C" __global__ void bn_backward_input_##INPUT##_to_##FORMAT(                                            \
+        const X* x, const float* grad_y, D* grad_x, const double* mean, const double* inv_std,                     \
+        const float* gamma, const double* means, long long channels, long long inner, long long total,             \
+        long long width, int train) {                                                                              \
+        bn_backward_input<float, X, D>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total,     \
+                                       width, train);                                                              \
+    }
+
+BATCH_NORM_HALF_GRAD_KERNEL(float, f32, Bf16, bf16)
+BATCH_NORM_HALF_GRAD_KERNEL(float, f32, Fp16, fp16)
+BATCH_NORM_HALF_GRAD_KERNEL(Bf16, f32_from_bf16, Bf16, bf16)
+BATCH_NORM_HALF_GRAD_KERNEL(Bf16, f32_from_bf16, Fp16, fp16)
+BATCH_NORM_HALF_GRAD_KERNEL(Fp16, f32_from_fp16, Bf16, bf16)
+BATCH_NORM_HALF_GRAD_KERNEL(Fp16, f32_from_fp16, Fp16, fp16)

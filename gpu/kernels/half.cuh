@@ -70,3 +70,11 @@ __device__ __forceinline__ double widened(float v) { return v; }
 __device__ __forceinline__ double widened(double v) { return v; }
 __device__ __forceinline__ double widened(Bf16 v) { return bf16_bits_to_f32(v.bits); }
 __device__ __forceinline__ double widened(Fp16 v) { return fp16_bits_to_f32(v.bits); }
+
+// A result computed in double, stored as D: rounded to f32 first when D is f32 or 16-bit, so a
+// 16-bit D holds the bits that storing the f32 result and converting it (precision.cu's `to_*`)
+// would give.
+__device__ __forceinline__ void store_element(float* p, double v) { *p = (float)v; }
+__device__ __forceinline__ void store_element(double* p, double v) { *p = v; }
+__device__ __forceinline__ void store_element(Bf16* p, double v) { p->bits = f32_to_bf16_bits((float)v); }
+__device__ __forceinline__ void store_element(Fp16* p, double v) { p->bits = f32_to_fp16_bits((float)v); }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormParams,
-    BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvKind, LinearGrads,
-    NeuronConfig, Pool2dParams, Precision, Result, RunningStats, SgdParams, TransferCounts,
+    BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads,
+    ConvKind, LinearGrads, NeuronConfig, Pool2dParams, Precision, Result, RunningStats, SgdParams,
+    TransferCounts,
 };
 
 use crate::device::GpuDevice;
@@ -298,6 +299,22 @@ impl<E: GpuElement> Backend for Cuda<E> {
             weight,
             kind,
             norm,
+        )?)
+    }
+
+    fn conv_batch_norm_backward(
+        &self,
+        grad_y: CudaTensor<E>,
+        conv: Self::Conv2dContext,
+        norm: Self::BatchNormContext,
+        kind: ConvKind,
+    ) -> Result<ConvBatchNormGrads<CudaTensor<E>>> {
+        Ok(ops::conv_batch_norm::backward(
+            &self.device,
+            grad_y,
+            conv,
+            norm,
+            kind,
         )?)
     }
 

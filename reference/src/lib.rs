@@ -20,8 +20,8 @@ pub mod testing;
 pub use contract::{
     AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode,
     BatchNormParams, BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams,
-    ConvBatchNormTrainOutput, ConvKind, DType, DeviceError, Element, Firing, LinearGrads,
-    NeuronConfig, NeuronKept, NeuronKind, OpError, Pool2dParams, Precision, Result, RunningStats,
-    SgdParams, Surrogate, TransferCounts,
+    ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind, DType, DeviceError, Element, Firing,
+    LinearGrads, NeuronConfig, NeuronKept, NeuronKind, OpError, Pool2dParams, Precision, Result,
+    RunningStats, SgdParams, Surrogate, TransferCounts,
 };
 pub use cpu::{Cpu, CpuTensor};

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use revsnn_reference::ops::batch_norm::{self, BatchNormContext};
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
 use revsnn_reference::{
-    Backend, BatchNormParams, BatchStats, Cpu, CpuTensor, Element, OpError, RunningStats,
+    Backend, BatchNormAffine, BatchNormParams, BatchStats, Conv2dParams, ConvKind, Cpu, CpuTensor,
+    Element, OpError, RunningStats,
 };
 
 const FD_STEP: f64 = 1e-6;
@@ -347,6 +348,74 @@ fn the_backend_delegates_to_the_kernels() {
         .update_running_stats(&case.running(), &stats, params())
         .unwrap();
     assert_eq!(updated.mean.shape(), &[3]);
+}
+
+/// The contract's fused convolution and BatchNorm (`conv_batch_norm_train_forward`,
+/// `conv_batch_norm_backward`) default to the two ops in turn, bit for bit, for a 2-D and a 1-D
+/// convolution; the backward refuses a convolution context with a bias, whose gradient it would
+/// drop.
+#[test]
+fn the_fused_convolution_and_batch_norm_default_to_the_two_ops() {
+    let cpu = Cpu::<f64>::new();
+    let mut rng = SplitMix64::new(61);
+    let mut random = |shape: &[usize]| {
+        let len = shape.iter().product();
+        cpu.tensor_from_vec(shape, rng.normal_vec(len, 1.0))
+            .unwrap()
+    };
+    let (gamma, beta) = (random(&[4]), random(&[4]));
+    let norm = BatchNormAffine {
+        gamma: &gamma,
+        beta: &beta,
+        params: params(),
+    };
+    let cases = [
+        (
+            ConvKind::Conv2d(Conv2dParams::new(1, 1)),
+            &[2, 3, 5, 5][..],
+            &[4, 3, 3, 3][..],
+            &[2, 4, 5, 5][..],
+        ),
+        (ConvKind::Conv1d, &[2, 3, 7], &[4, 3, 1], &[2, 4, 7]),
+    ];
+    for (kind, x, w, y) in cases {
+        let [x, w, dy] = [x, w, y].map(&mut random);
+        let fused = cpu
+            .conv_batch_norm_train_forward(x.clone(), &w, kind, norm)
+            .unwrap();
+        let (conv_y, conv) = cpu.conv_forward(&x, &w, None, kind).unwrap();
+        let (y, batch, context) = cpu
+            .batch_norm_train_forward(&conv_y, &gamma, &beta, params())
+            .unwrap();
+        let grads = cpu
+            .conv_batch_norm_backward(dy.clone(), fused.conv, fused.norm, kind)
+            .unwrap();
+        let normed = cpu.batch_norm_backward(&dy, &context).unwrap();
+        let two_ops = cpu.conv_backward(normed.input, &conv, kind).unwrap();
+        let pairs = [
+            (&fused.y, &y),
+            (&fused.batch.mean, &batch.mean),
+            (&fused.batch.var_unbiased, &batch.var_unbiased),
+            (&grads.input, &two_ops.input),
+            (&grads.weight, &two_ops.weight),
+            (&grads.gamma, &normed.gamma),
+            (&grads.beta, &normed.beta),
+        ];
+        for (k, (a, b)) in pairs.into_iter().enumerate() {
+            assert_eq!(
+                bits(&[values(a)]),
+                bits(&[values(b)]),
+                "{kind:?}: tensor {k}"
+            );
+        }
+        let bias = random(&[4]);
+        let (_, biased) = cpu.conv_forward(&x, &w, Some(&bias), kind).unwrap();
+        let refused = cpu.conv_batch_norm_backward(dy, biased, context, kind);
+        assert!(
+            matches!(refused, Err(OpError::ShapeMismatch { .. })),
+            "{kind:?}"
+        );
+    }
 }
 
 /// Forward and backward outputs of both modes, as bits.

@@ -280,7 +280,9 @@ impl<B: Backend> Layer<B> for Conv {
 /// `SeqToANNContainer(conv, BN)` of every model). In training with local statistics, a bias-free
 /// convolution and its BatchNorm run as one op, [`Backend::conv_batch_norm_train_forward`], which
 /// a backend may fuse (docs/precision.md §"Convolution outputs"); otherwise the two layers run in
-/// turn. The backward is the two layers' either way.
+/// turn. The backward of a bias-free convolution and a local BatchNorm is one op too,
+/// [`Backend::conv_batch_norm_backward`]; with a bias or synchronised statistics it is the two
+/// layers'.
 #[derive(Clone, Debug)]
 pub struct ConvBn {
     pub conv: Conv,
@@ -327,8 +329,22 @@ impl<B: Backend> Layer<B> for ConvBn {
         (conv, norm): Self::Saved,
         grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
-        let grad = self.norm.backward(session, norm, grad_y)?;
-        self.conv.backward(session, conv, grad)
+        let context = match norm {
+            BatchNormSaved::Local(context) if self.conv.bias.is_none() => context,
+            norm => {
+                let grad = self.norm.backward(session, norm, grad_y)?;
+                return self.conv.backward(session, conv, grad);
+            }
+        };
+        let grads =
+            session
+                .backend
+                .conv_batch_norm_backward(grad_y, conv, context, self.conv.kind)?;
+        let ids = self.norm.ids;
+        session.accumulate(ids.gamma, grads.gamma)?;
+        session.accumulate(ids.beta, grads.beta)?;
+        session.accumulate(self.conv.weight, grads.weight)?;
+        Ok(grads.input)
     }
 }
 

@@ -12,7 +12,9 @@
 //! by rounding.
 
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop};
+use cudarc::driver::{
+    CudaFunction, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits,
+};
 use revsnn_reference::contract::shapes::{
     BatchNormShape, check_channel_vector, check_context_statistics,
 };
@@ -20,7 +22,7 @@ use revsnn_reference::{
     BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, RunningStats,
 };
 
-use super::precision::require_f32;
+use super::precision::{HalfFormat, require_f32};
 use super::saved_input::SavedInput;
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
@@ -174,6 +176,17 @@ impl<'a> InputOperand<'a> {
     /// The kernel `name` of batch_norm.cu for this input.
     fn kernel(&self, device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
         device.function(&BATCH_NORM, &format!("{name}_{}", self.suffix))
+    }
+
+    /// The kernel `name` for this input that stores its result as `format`'s 16-bit patterns.
+    fn kernel_to(
+        &self,
+        device: &GpuDevice,
+        name: &str,
+        format: HalfFormat,
+    ) -> Result<CudaFunction, GpuError> {
+        let output = format.name();
+        device.function(&BATCH_NORM, &format!("{name}_{}_to_{output}", self.suffix))
     }
 }
 
@@ -404,6 +417,43 @@ pub fn backward<E: GpuElement>(
     grad_y: &CudaTensor<E>,
     context: &BatchNormContext<E>,
 ) -> Result<BatchNormGrads<CudaTensor<E>>, GpuError> {
+    let grads = backward_parts::<E, E>(device, grad_y, context, None)?;
+    Ok(BatchNormGrads {
+        input: CudaTensor::new(grads.input, context.input.shape())?,
+        gamma: grads.gamma,
+        beta: grads.beta,
+    })
+}
+
+/// [`backward`] with `dx` stored as `format`'s 16-bit patterns: each element's `f32` value
+/// rounded to the format, the bits `precision::to_half_bits` makes of [`backward`]'s `dx`, with
+/// no `f32` `dx` written. It is the `dy` operand of the 16-bit convolution before the BatchNorm
+/// (docs/precision.md §"Convolution outputs"). Errors as [`backward`], and for `f64` tensors.
+pub(crate) fn backward_stored<E: GpuElement>(
+    device: &GpuDevice,
+    grad_y: &CudaTensor<E>,
+    context: &BatchNormContext<E>,
+    format: HalfFormat,
+) -> Result<BatchNormGradParts<u16, E>, GpuError> {
+    require_f32::<E>(format)?;
+    backward_parts::<E, u16>(device, grad_y, context, Some(format))
+}
+
+/// A BatchNorm backward's gradients, `dx` as its last pass stores it (`D`: the element type, or
+/// 16-bit patterns).
+pub(crate) struct BatchNormGradParts<D, E> {
+    pub input: DeviceBuffer<D>,
+    pub gamma: CudaTensor<E>,
+    pub beta: CudaTensor<E>,
+}
+
+/// The body of [`backward`] (`stored` none, `D = E`) and [`backward_stored`] (`D = u16`).
+fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
+    device: &GpuDevice,
+    grad_y: &CudaTensor<E>,
+    context: &BatchNormContext<E>,
+    stored: Option<HalfFormat>,
+) -> Result<BatchNormGradParts<D, E>, GpuError> {
     const OP: &str = "batch_norm_backward";
     let shape = context.input.shape();
     BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
@@ -418,14 +468,72 @@ pub fn backward<E: GpuElement>(
     )?;
     if !layout.reduces() {
         // No element: the sums are 0 and dx is empty.
-        return Ok(BatchNormGrads {
-            input: CudaTensor::new(device.alloc_zeros::<E>(layout.total)?, shape)?,
+        return Ok(BatchNormGradParts {
+            input: device.alloc_zeros::<D>(layout.total)?,
             gamma: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
             beta: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
         });
     }
-    let stream = device.stream();
     let input = InputOperand::of(device, &context.input)?;
+    let sums = gradient_sums(device, grad_y, context, &layout, &input)?;
+    // SAFETY: the kernel writes all `total` elements (total >= 1 here).
+    let mut grad_x = unsafe { device.alloc::<D>(layout.total) }?;
+    let function = match stored {
+        None => input.kernel(device, "bn_backward_input")?,
+        Some(format) => input.kernel_to(device, "bn_backward_input", format)?,
+    };
+    let width = group_width(&layout);
+    let [c, inner, ..] = layout.args();
+    let (total, width_arg, train) = (
+        layout.total as i64,
+        width as i64,
+        (context.mode == BatchNormMode::Train) as i32,
+    );
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(&input.pointer)
+        .arg(grad_y.slice())
+        .arg(grad_x.slice_mut())
+        .arg(context.mean.slice())
+        .arg(context.inv_std.slice())
+        .arg(context.gamma.slice())
+        .arg(sums.means.slice())
+        .arg(&c)
+        .arg(&inner)
+        .arg(&total)
+        .arg(&width_arg)
+        .arg(&train);
+    // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
+    // channels, inner, total, width, train)` or a twin whose x is 16-bit (`_f32_from_<format>`)
+    // and whose grad_x is D's 16-bit patterns (`_to_<format>`); x, grad_y and grad_x hold
+    // `N C inner` elements, mean, inv_std and gamma C, means 2 C; `width` divides `total`.
+    unsafe { launch.launch(elementwise_launch(layout.total / width)) }
+        .map_err(GpuError::driver("launching bn_backward_input"))?;
+    Ok(BatchNormGradParts {
+        input: grad_x,
+        gamma: CudaTensor::new(sums.grad_gamma, &[channels])?,
+        beta: CudaTensor::new(sums.grad_beta, &[channels])?,
+    })
+}
+
+/// The backward's per-channel sums: `means = [sum dy / n (C), sum dy x_hat / n (C)]` in `f64`
+/// for the input gradient, and `dgamma`, `dbeta` in the element type.
+struct GradientSums<E> {
+    means: DeviceBuffer<f64>,
+    grad_gamma: DeviceBuffer<E>,
+    grad_beta: DeviceBuffer<E>,
+}
+
+/// The backward's two reduction passes over `x` and `dy` (for a layout that reduces).
+fn gradient_sums<E: GpuElement>(
+    device: &GpuDevice,
+    grad_y: &CudaTensor<E>,
+    context: &BatchNormContext<E>,
+    layout: &Layout,
+    input: &InputOperand<'_>,
+) -> Result<GradientSums<E>, GpuError> {
+    let stream = device.stream();
+    let channels = layout.channels;
     let [c, inner, n, chunks, chunk_len] = layout.args();
     let blocks = channels * layout.chunks;
     // SAFETY: pass 1 writes both sums' `C chunks` partials before pass 2 reads them.
@@ -468,40 +576,10 @@ pub fn backward<E: GpuElement>(
     // chunks, per_channel)`; means holds 2 C elements, the gradients C.
     unsafe { launch.launch(reduce_launch(channels)) }
         .map_err(GpuError::driver("launching bn_grad_finalize"))?;
-
-    // SAFETY: the kernel writes all `total` elements (total >= 1 here).
-    let mut grad_x = unsafe { device.alloc::<E>(layout.total) }?;
-    let function = input.kernel(device, "bn_backward_input")?;
-    let width = group_width(&layout);
-    let (total, width_arg, train) = (
-        layout.total as i64,
-        width as i64,
-        (context.mode == BatchNormMode::Train) as i32,
-    );
-    let mut launch = stream.launch_builder(&function);
-    launch
-        .arg(&input.pointer)
-        .arg(grad_y.slice())
-        .arg(grad_x.slice_mut())
-        .arg(context.mean.slice())
-        .arg(context.inv_std.slice())
-        .arg(context.gamma.slice())
-        .arg(means.slice())
-        .arg(&c)
-        .arg(&inner)
-        .arg(&total)
-        .arg(&width_arg)
-        .arg(&train);
-    // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
-    // channels, inner, total, width, train)` (or its 16-bit twin, as above); sizes as above,
-    // `width` divides `total`.
-    unsafe { launch.launch(elementwise_launch(layout.total / width)) }
-        .map_err(GpuError::driver("launching bn_backward_input"))?;
-
-    Ok(BatchNormGrads {
-        input: CudaTensor::new(grad_x, shape)?,
-        gamma: CudaTensor::new(grad_gamma, &[channels])?,
-        beta: CudaTensor::new(grad_beta, &[channels])?,
+    Ok(GradientSums {
+        means,
+        grad_gamma,
+        grad_beta,
     })
 }
 

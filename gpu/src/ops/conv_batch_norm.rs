@@ -1,17 +1,22 @@
-//! A bias-free convolution and the training BatchNorm after it as one op
-//! (`Backend::conv_batch_norm_train_forward`; docs/precision.md §"Convolution outputs"). Under
-//! `bf16` and `fp16` the BatchNorm reads and keeps the convolution's 16-bit sums, so the
-//! convolution's `f32` output is never written: one pass over the output and its buffer fewer,
-//! and half the bytes for the BatchNorm's two reads. Every output and context holds the bits of
-//! [`conv::forward`] followed by [`batch_norm::train_forward`], which is what runs under `f32`
-//! and `f64`.
+//! A bias-free convolution and the training BatchNorm after it as one op, forward and backward
+//! (`Backend::conv_batch_norm_train_forward` and `conv_batch_norm_backward`; docs/precision.md
+//! §"Convolution outputs"). Under `bf16` and `fp16` the forward's BatchNorm reads and keeps the
+//! convolution's 16-bit sums, so the convolution's `f32` output is never written: one pass over
+//! the output and its buffer fewer, and half the bytes for the BatchNorm's two reads. The
+//! backward's BatchNorm writes its `dx` as the 16-bit `dy` the convolution's backward reads, so
+//! no `f32` `dx` is written and none is converted. Every output, context and gradient holds the
+//! bits of [`conv::forward`] and [`batch_norm::train_forward`] in turn and of their backwards,
+//! which is what runs under `f32` and `f64`.
 
 use revsnn_reference::contract::shapes::Conv1dAs2d;
-use revsnn_reference::{BatchNormAffine, Conv2dParams, ConvBatchNormTrainOutput, ConvKind};
+use revsnn_reference::{
+    BatchNormAffine, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput,
+    ConvKind,
+};
 
-use super::GpuElement;
 use super::batch_norm::{self, BatchNormContext};
 use super::conv::{self, Conv2dContext};
+use super::{GpuElement, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::tensor::CudaTensor;
@@ -50,4 +55,70 @@ pub fn train_forward<E: GpuElement>(
         conv,
         norm: norm_context,
     })
+}
+
+/// Gradients of [`train_forward`] (or of the two ops it fuses) from its contexts:
+/// [`batch_norm::backward`], then [`conv::backward`] of its `dx`, each context freed once it has
+/// served. Under `bf16` and `fp16` the BatchNorm stores `dx` as the 16-bit `dy` the convolution
+/// reads ([`batch_norm::backward_stored`], [`conv::backward_stored`]). Errors as the two ops do,
+/// and when the convolution had a bias.
+pub fn backward<E: GpuElement>(
+    device: &GpuDevice,
+    grad_y: CudaTensor<E>,
+    conv: Conv2dContext<E>,
+    norm: BatchNormContext<E>,
+    kind: ConvKind,
+) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
+    if conv.has_bias {
+        let detail = "the convolution's context has a bias, which this op's forward never adds; \
+                      run batch_norm_backward and conv_backward instead";
+        return Err(shape_error("conv_batch_norm_backward", detail));
+    }
+    let (grads, gamma, beta) = match device.half_format() {
+        Some(format) => {
+            let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
+            drop((grad_y, norm));
+            let grads = conv::backward_stored(device, format, normed.input, &conv)?;
+            (grads, normed.gamma, normed.beta)
+        }
+        None => {
+            let normed = batch_norm::backward(device, &grad_y, &norm)?;
+            drop((grad_y, norm));
+            let dy = as_2d_output(normed.input, kind)?;
+            (
+                conv::backward(device, dy, &conv)?,
+                normed.gamma,
+                normed.beta,
+            )
+        }
+    };
+    let Conv2dGrads { input, weight, .. } = grads;
+    let (input, weight) = match kind {
+        ConvKind::Conv2d(_) => (input, weight),
+        ConvKind::Conv1d => (without_last_axis(&input)?, without_last_axis(&weight)?),
+    };
+    Ok(ConvBatchNormGrads {
+        input,
+        weight,
+        gamma,
+        beta,
+    })
+}
+
+/// A convolution's output gradient as the 2-D convolution that ran it sees it: a 1-D one's
+/// `[N, C, L]` as `[N, C, L, 1]` (`Conv1dAs2d`).
+fn as_2d_output<E: GpuElement>(
+    dy: CudaTensor<E>,
+    kind: ConvKind,
+) -> Result<CudaTensor<E>, GpuError> {
+    match kind {
+        ConvKind::Conv2d(_) => Ok(dy),
+        ConvKind::Conv1d => dy.reshaped(&[dy.shape(), &[1]].concat()),
+    }
+}
+
+/// A 1-D convolution's gradient from the 2-D convolution that ran it: `[.., 1]` without the 1.
+fn without_last_axis<E: GpuElement>(x: &CudaTensor<E>) -> Result<CudaTensor<E>, GpuError> {
+    let shape = x.shape();
+    x.reshaped(&shape[..shape.len() - 1])
 }

@@ -81,6 +81,16 @@ pub struct ConvBatchNormTrainOutput<T, ConvContext, NormContext> {
     pub norm: NormContext,
 }
 
+/// Gradients of [`Backend::conv_batch_norm_train_forward`] with respect to the convolution's
+/// input and weight and the BatchNorm's scale and shift.
+#[derive(Clone, Debug)]
+pub struct ConvBatchNormGrads<T> {
+    pub input: T,
+    pub weight: T,
+    pub gamma: T,
+    pub beta: T,
+}
+
 /// What a neuron's context keeps for its backward (docs/neurons.md §2.4.1): the membrane
 /// potentials `h [T, ...]` it charged, or its input `x [T, ...]` itself, from which the backward
 /// charges `h` again, bit for bit. Keeping the input costs no memory of its own when the caller
@@ -386,6 +396,39 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
             batch,
             conv,
             norm: norm_context,
+        })
+    }
+
+    /// Gradients of [`Backend::conv_batch_norm_train_forward`] from its two contexts:
+    /// [`Backend::batch_norm_backward`], then [`Backend::conv_backward`] of its `dx`. The default
+    /// runs the two ops. A backend may fuse them: CUDA under a 16-bit precision has the
+    /// BatchNorm's last pass write its `dx` as the 16-bit `dy` the convolution's backward reads
+    /// (docs/precision.md §"Convolution outputs"). Either way every gradient holds the bits of
+    /// the two ops. It takes `grad_y` and the contexts by value, so that each is freed as soon as
+    /// it has served, as when the two layers run in turn. Errors as the two ops do, and when the
+    /// convolution had a bias (its forward was not this op's).
+    fn conv_batch_norm_backward(
+        &self,
+        grad_y: Self::Tensor,
+        conv: Self::Conv2dContext,
+        norm: Self::BatchNormContext,
+        kind: ConvKind,
+    ) -> Result<ConvBatchNormGrads<Self::Tensor>> {
+        let normed = self.batch_norm_backward(&grad_y, &norm)?;
+        drop((grad_y, norm));
+        let grads = self.conv_backward(normed.input, &conv, kind)?;
+        if grads.bias.is_some() {
+            return Err(OpError::shape(
+                "conv_batch_norm_backward",
+                "the convolution's context has a bias, which this op's forward never adds; run \
+                 batch_norm_backward and conv_backward instead",
+            ));
+        }
+        Ok(ConvBatchNormGrads {
+            input: grads.input,
+            weight: grads.weight,
+            gamma: normed.gamma,
+            beta: normed.beta,
         })
     }
 

@@ -26,7 +26,8 @@ pub mod shapes;
 
 pub use backend::{
     AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput,
-    BatchStats, Conv2dGrads, ConvBatchNormTrainOutput, LinearGrads, NeuronKept, RunningStats,
+    BatchStats, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads, NeuronKept,
+    RunningStats,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};

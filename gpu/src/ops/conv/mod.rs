@@ -133,6 +133,20 @@ impl Geometry {
         Ok(Geometry(Conv2dGeometry::new(x, weight, params)?))
     }
 
+    /// A backward's `dx`, `dw` and `db` as tensors of the input's, weight's and bias's shapes.
+    fn gradients<E: GpuElement>(
+        &self,
+        dx: DeviceBuffer<E>,
+        dw: DeviceBuffer<E>,
+        bias: Option<CudaTensor<E>>,
+    ) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
+        Ok(Conv2dGrads {
+            input: CudaTensor::new(dx, &[self.n, self.c_in, self.h, self.w])?,
+            weight: CudaTensor::new(dw, &[self.c_out, self.c_in, self.kh, self.kw])?,
+            bias,
+        })
+    }
+
     /// Images per chunk when each image needs `per_image` workspace elements of `element_bytes`:
     /// as many as fit in [`WORKSPACE_BYTES`], at least 1, at most `N` (a function of the shapes
     /// alone).
@@ -510,11 +524,39 @@ pub fn backward<E: GpuElement>(
             half_backward(device, &g, format, x, weight, dy_half)?
         }
     };
-    Ok(Conv2dGrads {
-        input: CudaTensor::new(dx, &[g.n, g.c_in, g.h, g.w])?,
-        weight: CudaTensor::new(dw, &[g.c_out, g.c_in, g.kh, g.kw])?,
-        bias,
-    })
+    g.gradients(dx, dw, bias)
+}
+
+/// [`backward`] of a bias-free forward under `format`, given `dy` already as `format`'s 16-bit
+/// patterns (the BatchNorm after the convolution writes them: `batch_norm::backward_stored`).
+/// The gradients are the bits [`backward`] gives for the `f32` `dy` those patterns round from.
+/// Errors when the forward had a bias or `dy` does not hold the output's elements.
+pub(crate) fn backward_stored<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    dy: DeviceBuffer<u16>,
+    context: &Conv2dContext<E>,
+) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
+    let g = Geometry::new(
+        context.input.shape(),
+        context.weight.shape(),
+        context.params,
+    )?;
+    if context.has_bias || dy.len() != g.n * g.out_len() {
+        let detail = format!(
+            "internal error: a 16-bit dy of {} elements for a {} convolution with output {:?}",
+            dy.len(),
+            if context.has_bias {
+                "biased"
+            } else {
+                "bias-free"
+            },
+            g.output_shape(),
+        );
+        return Err(shape_error("conv2d_backward", &detail));
+    }
+    let (dx, dw) = half_backward(device, &g, format, &context.input, &context.weight, dy)?;
+    g.gradients(dx, dw, None)
 }
 
 /// Whether this device's convolutions go to cuDNN ([`GpuDevice::conv_engine`]).
