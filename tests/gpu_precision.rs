@@ -768,6 +768,55 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
     device.set_precision(Precision::F32).unwrap();
 }
 
+/// The fused convolution and BatchNorm frees the spikes handed to it as soon as their bytes
+/// exist: on cuDNN under bf16 and fp16 its peak stays below the same op's with the spikes held by
+/// the caller by at least the 16-bit operand's bytes (held, the f32 spikes sit beside the bytes,
+/// that operand and cuDNN's output; handed over, the bytes alone are the peak of this shape, whose
+/// input is large against its output), with the same bits.
+#[test]
+fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bytes_exist() {
+    let Some(gpu) = backend_or_skip::<f32>("the_fused_convolution_frees_the_spikes") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(59);
+    let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
+    let currents = normal(&[2, 16, 8, 8], 1.5);
+    let w = normal(&[2, 16, 3, 3], 0.3);
+    let (gamma, beta) = (normal(&[2], 0.5), normal(&[2], 0.5));
+    let norm = BatchNormAffine {
+        gamma: &gamma,
+        beta: &beta,
+        params: BatchNormParams::default(),
+    };
+    let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
+    let cudnn = each_conv_engine(device).filter(|&engine| engine == ConvEngine::Cudnn);
+    for format in cudnn.flat_map(|_| FORMATS) {
+        device.set_precision(format.precision()).unwrap();
+        let what = format.precision();
+        let run = |spikes: CudaTensor<f32>| {
+            let (out, rise) = with_peak_rise(&gpu, || {
+                gpu.conv_batch_norm_train_forward(spikes, &w, kind, norm)
+                    .unwrap()
+            });
+            (host(&gpu, &[&out.y]), rise)
+        };
+        let (spikes, _) = gpu
+            .neuron_forward(&currents, &NeuronConfig::if_atan())
+            .unwrap();
+        let (held_y, held) = run(spikes.clone());
+        let (handed_y, handed) = run(spikes);
+        assert!(same_bits(&held_y, &handed_y), "{what}: the bits differ");
+        let operand = currents.len() * size_of::<u16>();
+        assert!(
+            handed + operand <= held,
+            "{what}: handed over, the peak ({handed}) is not below the held one ({held}) by \
+             the operand's {operand} bytes"
+        );
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
 /// `Backend::keep` holds a neuron's spikes one byte each, so that dropping the spikes frees all of
 /// their bytes, and any other tensor as it is (no new bytes); `kept` gives back the same values.
 #[test]

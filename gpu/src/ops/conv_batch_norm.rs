@@ -27,8 +27,8 @@ pub type ConvBatchNormOutput<E> =
 
 /// `batch_norm_train_forward(conv(x, weight))` for a bias-free convolution of `kind`
 /// (a 1-D one runs as the 1x1 2-D convolution of `Backend::conv1d_forward`), with both contexts;
-/// `x` is dropped before the BatchNorm allocates (the convolution's context keeps what it needs
-/// of it). Errors as the two ops do.
+/// `x` is dropped before the BatchNorm allocates, spikes as soon as their bytes exist (the
+/// convolution's context keeps what it needs of it). Errors as the two ops do.
 pub fn train_forward<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
@@ -37,16 +37,17 @@ pub fn train_forward<E: GpuElement>(
     norm: BatchNormAffine<'_, CudaTensor<E>>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
     let (output, conv) = match kind {
-        ConvKind::Conv2d(params) => conv::forward_kept(device, &x, weight, params)?,
+        ConvKind::Conv2d(params) => conv::forward_kept(device, x, weight, params)?,
         ConvKind::Conv1d => {
             let as_2d = Conv1dAs2d::new(x.shape(), weight.shape())?;
-            let x = x.reshaped(&as_2d.x)?;
+            let x_2d = x.reshaped(&as_2d.x)?;
+            drop(x);
             let weight = weight.reshaped(&as_2d.weight)?;
-            let (output, conv) = conv::forward_kept(device, &x, &weight, Conv2dParams::new(1, 0))?;
+            let params = Conv2dParams::new(1, 0);
+            let (output, conv) = conv::forward_kept(device, x_2d, &weight, params)?;
             (output.reshaped(&as_2d.output)?, conv)
         }
     };
-    drop(x);
     let (y, batch, norm_context) =
         batch_norm::train_forward_over(device, output, norm.gamma, norm.beta, norm.params)?;
     Ok(ConvBatchNormTrainOutput {

@@ -422,7 +422,7 @@ pub fn forward<E: GpuElement>(
     // 16-bit copy of the weight is freed.
     let (stored, input) = match device.half_format() {
         Some(format) => {
-            let (sums, input) = half_forward(device, &g, format, x, weight)?;
+            let (sums, input) = half_forward(device, &g, format, x.clone(), weight)?;
             (Some((format, sums)), input)
         }
         None => (None, SavedInput::compact(device, x)?),
@@ -462,15 +462,15 @@ pub fn forward<E: GpuElement>(
 /// A bias-free [`forward`]'s output as the BatchNorm after it keeps it
 /// ([`SavedInput::exact`]), with the context: under a 16-bit precision the stored sums alone,
 /// never widened into the element type (docs/precision.md §"Convolution outputs"); else the
-/// output itself.
+/// output itself. `x` is handed over, so that spikes can be freed once their bytes exist.
 pub(crate) fn forward_kept<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaTensor<E>,
+    x: CudaTensor<E>,
     weight: &CudaTensor<E>,
     params: Conv2dParams,
 ) -> Result<(SavedInput<E>, Conv2dContext<E>), GpuError> {
     let Some(format) = device.half_format() else {
-        let (y, context) = forward(device, x, weight, None, params)?;
+        let (y, context) = forward(device, &x, weight, None, params)?;
         return Ok((SavedInput::Full(y), context));
     };
     let g = Geometry::new(x.shape(), weight.shape(), params)?;
@@ -596,44 +596,63 @@ fn full_forward<E: GpuElement>(
 /// The sums `conv(x, w)` of a 16-bit precision, stored in `format`: written so by cuDNN's 16-bit
 /// configuration, or summed in `f32` by GEMMs (a pointwise forward, the im2col engine) and
 /// rounded. With the input as the backward keeps it: spikes a byte each, else the 16-bit copy
-/// cuDNN read, else `x`.
+/// cuDNN read, else `x`. Spikes handed over alone are freed once their bytes exist, before
+/// cuDNN's buffers are allocated.
 fn half_forward<E: GpuElement>(
+    device: &GpuDevice,
+    g: &Geometry,
+    format: HalfFormat,
+    x: CudaTensor<E>,
+    weight: &CudaTensor<E>,
+) -> Result<(DeviceBuffer<u16>, SavedInput<E>), GpuError> {
+    if g.n == 0 || !uses_cudnn(device) || g.pointwise() {
+        return gemm_half_forward(device, g, format, &x, weight);
+    }
+    // The input as the backward keeps it comes first: spikes a byte each, from which the 16-bit
+    // copy cuDNN reads is then made (a quarter of the f32 bytes read again, not all of them);
+    // anything else its 16-bit copy, which cuDNN reads and the context keeps.
+    let (input, x) = if x.is_spikes() {
+        let input = SavedInput::compact(device, &x)?;
+        drop(x);
+        (input, None)
+    } else {
+        let bits = Arc::new(HalfBits {
+            bits: stored(device, format, x.buffer())?,
+            format,
+        });
+        let shape = x.shape().to_vec();
+        (SavedInput::Half { bits, shape }, Some(x))
+    };
+    let w16 = stored(device, format, weight.buffer())?;
+    // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
+    let mut y16 = unsafe { device.alloc::<u16>(g.n * g.out_len()) }?;
+    let types = DataTypes::half(format);
+    let ran = {
+        let x16 = input.half(device, format)?;
+        let (x16, w16) = (x16.buffer().slice(), w16.slice());
+        cudnn::forward(device, g, types, x16, w16, y16.slice_mut(), false)?
+    };
+    if ran {
+        return Ok((y16, input));
+    }
+    // cuDNN has no algorithm for this shape: the GEMMs, over the spikes widened back if need be.
+    let x = match x {
+        Some(x) => x,
+        None => input.full(device)?.into_spikes(),
+    };
+    gemm_half_forward(device, g, format, &x, weight)
+}
+
+/// [`half_forward`] by the GEMMs of the im2col engine (one GEMM for a pointwise forward).
+fn gemm_half_forward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     format: HalfFormat,
     x: &CudaTensor<E>,
     weight: &CudaTensor<E>,
 ) -> Result<(DeviceBuffer<u16>, SavedInput<E>), GpuError> {
-    let len = g.n * g.out_len();
-    if g.n > 0 && uses_cudnn(device) && !g.pointwise() {
-        // The input as the backward keeps it comes first: spikes a byte each, from which the
-        // 16-bit copy cuDNN reads is then made (a quarter of the f32 bytes read again, not all of
-        // them); anything else its 16-bit copy, which cuDNN reads and the context keeps.
-        let input = if x.is_spikes() {
-            SavedInput::compact(device, x)?
-        } else {
-            let bits = Arc::new(HalfBits {
-                bits: stored(device, format, x.buffer())?,
-                format,
-            });
-            let shape = x.shape().to_vec();
-            SavedInput::Half { bits, shape }
-        };
-        let w16 = stored(device, format, weight.buffer())?;
-        // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
-        let mut y16 = unsafe { device.alloc::<u16>(len) }?;
-        let types = DataTypes::half(format);
-        let ran = {
-            let x16 = input.half(device, format)?;
-            let (x16, w16) = (x16.buffer().slice(), w16.slice());
-            cudnn::forward(device, g, types, x16, w16, y16.slice_mut(), false)?
-        };
-        if ran {
-            return Ok((y16, input));
-        }
-    }
     // SAFETY: the GEMMs write every element.
-    let mut sums = unsafe { device.alloc::<E>(len) }?;
+    let mut sums = unsafe { device.alloc::<E>(g.n * g.out_len()) }?;
     im2col_forward(device, g, x, weight, &mut sums, false)?;
     Ok((
         stored(device, format, &sums)?,
