@@ -66,7 +66,10 @@ fn neuron(c: &mut Criterion) {
     });
     let (_, context) = cpu.neuron_forward(&x, &config).unwrap();
     group.bench_function("backward", |b| {
-        b.iter(|| cpu.neuron_backward(&grad, &context, &config).unwrap())
+        b.iter(|| {
+            cpu.neuron_backward(grad.clone(), &context, &config)
+                .unwrap()
+        })
     });
     group.finish();
 }
@@ -84,7 +87,10 @@ fn lif_sigmoid_neuron(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(3 * bytes));
     let (_, context) = cpu.neuron_forward(&x, &config).unwrap();
     group.bench_function("backward", |b| {
-        b.iter(|| cpu.neuron_backward(&grad, &context, &config).unwrap())
+        b.iter(|| {
+            cpu.neuron_backward(grad.clone(), &context, &config)
+                .unwrap()
+        })
     });
     group.finish();
 }

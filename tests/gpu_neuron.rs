@@ -2,7 +2,8 @@
 //! agree except where `|h - V_th| < 1e-5` (a neuron with such a flip is left out of the value
 //! comparison, since its later steps legitimately differ, and flips must stay rare); `h` and
 //! `dL/dx` within 1e-5 relative in f32 and 1e-12 in f64; two runs bitwise identical, a
-//! neuron keeping its input in place of `h` bitwise the one keeping `h`, and the forward that
+//! neuron keeping its input in place of `h` bitwise the one keeping `h`, a backward writing
+//! `dL/dx` over the `dL/ds` it was handed bitwise one that allocates, and the forward that
 //! folds its spikes' fingerprint as it fires them equal to `fold_fingerprint` of its spikes.
 //! Sizes span one partial block up to thousands of blocks. Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
@@ -78,7 +79,7 @@ fn compare<E: GpuElement>(
     let grad_gpu = gpu.tensor_from_vec(&shape, grad.clone()).unwrap();
     let (spikes_gpu, context_gpu) = gpu.neuron_forward(&x_gpu, config).unwrap();
     let grad_x_gpu = gpu
-        .neuron_backward(&grad_gpu, &context_gpu, config)
+        .neuron_backward(grad_gpu.clone(), &context_gpu, config)
         .unwrap();
     gpu.synchronize().unwrap();
     let (spikes_gpu, h_gpu, grad_x_gpu) = (
@@ -90,7 +91,7 @@ fn compare<E: GpuElement>(
     // a second run is bitwise identical
     let (spikes_again, context_again) = gpu.neuron_forward(&x_gpu, config).unwrap();
     let grad_again = gpu
-        .neuron_backward(&grad_gpu, &context_again, config)
+        .neuron_backward(grad_gpu.clone(), &context_again, config)
         .unwrap();
     assert_eq!(
         gpu.to_vec(&spikes_again).unwrap(),
@@ -102,6 +103,23 @@ fn compare<E: GpuElement>(
         grad_x_gpu,
         "dL/dx differs run to run"
     );
+    // dL/ds handed over alone with h kept: dL/dx is written over it, the same bits, with nothing
+    // allocated
+    let handed = gpu.tensor_from_vec(&shape, grad.clone()).unwrap();
+    gpu.synchronize().unwrap();
+    let before = gpu.device().reset_peak_memory().live_bytes;
+    let grad_over = gpu.neuron_backward(handed, &context_again, config).unwrap();
+    gpu.synchronize().unwrap();
+    let allocated = gpu.memory().peak_bytes - before;
+    assert_eq!(
+        allocated, 0,
+        "the backward over a handed-over dL/ds allocated"
+    );
+    assert_eq!(
+        gpu.to_vec(&grad_over).unwrap(),
+        grad_x_gpu,
+        "dL/dx differs when written over dL/ds"
+    );
     // keeping the input instead of h: the same bits, charged again in the backward, with no
     // buffer but the spikes in the forward and dL/dx in the backward
     let bytes = len * size_of::<E>();
@@ -110,7 +128,7 @@ fn compare<E: GpuElement>(
     let (spikes_kept, context_kept) = gpu.neuron_forward_keeping_input(&x_gpu, config).unwrap();
     assert!(matches!(context_kept.kept, NeuronKept::Input(_)));
     let grad_kept = gpu
-        .neuron_backward(&grad_gpu, &context_kept, config)
+        .neuron_backward(grad_gpu.clone(), &context_kept, config)
         .unwrap();
     gpu.synchronize().unwrap();
     let held = gpu.memory().peak_bytes - before;
@@ -137,7 +155,7 @@ fn compare<E: GpuElement>(
         .unwrap();
     let grad_x_cpu = cpu
         .neuron_backward(
-            &cpu.tensor_from_vec(&shape, grad.clone()).unwrap(),
+            cpu.tensor_from_vec(&shape, grad.clone()).unwrap(),
             &context,
             config,
         )
@@ -328,7 +346,7 @@ fn gpu_neuron_rejects_bad_parameters_and_shapes() {
     let (_, context) = gpu.neuron_forward(&x, &NeuronConfig::if_atan()).unwrap();
     let wrong_grad = gpu.tensor_from_vec(&[3, 4], vec![1.0f32; 12]).unwrap();
     assert!(
-        gpu.neuron_backward(&wrong_grad, &context, &NeuronConfig::if_atan())
+        gpu.neuron_backward(wrong_grad.clone(), &context, &NeuronConfig::if_atan())
             .is_err(),
         "a gradient of another shape is rejected"
     );
@@ -336,7 +354,9 @@ fn gpu_neuron_rejects_bad_parameters_and_shapes() {
     // error, as the reference.
     let other = NeuronConfig::lif_sigmoid(2.0, 1.0);
     let grad = gpu.tensor_from_vec(&[4, 3], vec![1.0f32; 12]).unwrap();
-    let gpu_error = gpu.neuron_backward(&grad, &context, &other).unwrap_err();
+    let gpu_error = gpu
+        .neuron_backward(grad.clone(), &context, &other)
+        .unwrap_err();
     let cpu = Cpu::<f32>::new();
     let x_cpu = cpu.tensor_from_vec(&[4, 3], vec![0.5f32; 12]).unwrap();
     let (_, context_cpu) = cpu
@@ -344,7 +364,7 @@ fn gpu_neuron_rejects_bad_parameters_and_shapes() {
         .unwrap();
     let grad_cpu = cpu.tensor_from_vec(&[4, 3], vec![1.0f32; 12]).unwrap();
     let cpu_error = cpu
-        .neuron_backward(&grad_cpu, &context_cpu, &other)
+        .neuron_backward(grad_cpu.clone(), &context_cpu, &other)
         .unwrap_err();
     assert_eq!(gpu_error, cpu_error, "a config other than the forward's");
 }
@@ -364,9 +384,11 @@ fn gpu_neuron_handles_empty_tensors_like_the_reference() {
         .unwrap();
     assert_eq!(gpu.shape(&spikes), cpu.shape(&spikes_cpu));
     let grad_cpu = cpu
-        .neuron_backward(&spikes_cpu, &context_cpu, &config)
+        .neuron_backward(spikes_cpu.clone(), &context_cpu, &config)
         .unwrap();
-    let grad = gpu.neuron_backward(&spikes, &context, &config).unwrap();
+    let grad = gpu
+        .neuron_backward(spikes.clone(), &context, &config)
+        .unwrap();
     assert_eq!(gpu.shape(&grad), cpu.shape(&grad_cpu));
     assert!(gpu.to_vec(&grad).unwrap().is_empty());
     let x = gpu.tensor_from_vec(&[2, 0], vec![]).unwrap();

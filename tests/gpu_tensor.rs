@@ -10,9 +10,9 @@
 //! and parameters are errors. Skips without a GPU (`SKIP: no CUDA device`), fails then with
 //! `REVSNN_REQUIRE_GPU=1`.
 
-use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
+use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Compute, Cpu, CpuTensor, DType, DeviceError, Element, OpError};
 
@@ -111,6 +111,30 @@ fn elementwise<B: Backend>(p: &Pair<B>) {
             &format!("sub n {n}"),
             |g| g.sub(&a, &b).unwrap(),
             &p.cpu.sub(&a_cpu, &b_cpu).unwrap(),
+        );
+        // The reusing twins, over a fresh `b` each run (written over) and over a shared one
+        // (left as it was).
+        let b_values = p.gpu.to_vec(&b).unwrap();
+        let fresh = |g: &B| g.tensor_from_vec(&[n], b_values.clone()).unwrap();
+        p.compare(
+            &format!("add_reusing n {n}"),
+            |g| g.add_reusing(&a, fresh(g)).unwrap(),
+            &p.cpu.add(&a_cpu, &b_cpu).unwrap(),
+        );
+        p.compare(
+            &format!("sub_reusing n {n}"),
+            |g| g.sub_reusing(&a, fresh(g)).unwrap(),
+            &p.cpu.sub(&a_cpu, &b_cpu).unwrap(),
+        );
+        p.compare(
+            &format!("sub_reusing of a shared b, n {n}"),
+            |g| g.sub_reusing(&a, b.clone()).unwrap(),
+            &p.cpu.sub(&a_cpu, &b_cpu).unwrap(),
+        );
+        assert_eq!(
+            bits(&p.gpu.to_vec(&b).unwrap()),
+            bits(&b_values),
+            "sub_reusing wrote over a shared b, n {n}"
         );
         let factor = <B::Elem>::cast(-1.7);
         p.compare(
@@ -588,6 +612,42 @@ fn gpu_tensor_ops_reject_bad_shapes_and_parameters() {
         "a backward axis out of range"
     );
     gpu.synchronize().unwrap();
+}
+
+/// `add_reusing` and `sub_reusing` write over an unshared `b`: the result takes `b`'s buffer, so
+/// the peak does not rise above the live bytes before the op, while `add` and `sub` (or a shared
+/// `b`) allocate the result's bytes.
+#[test]
+fn the_reusing_sums_allocate_nothing_for_an_unshared_operand() {
+    let Some(gpu) = backend_or_skip::<f32>("gpu_tensor reusing sums") else {
+        return;
+    };
+    let device = gpu.device();
+    let n = 4097;
+    let values = random::<f32>(&mut SplitMix64::new(3), n);
+    let a = gpu.tensor_from_vec(&[n], values.clone()).unwrap();
+    let rise = |op: &dyn Fn(CudaTensor<f32>) -> CudaTensor<f32>, b: CudaTensor<f32>| {
+        gpu.synchronize().unwrap();
+        let before = device.reset_peak_memory().live_bytes;
+        let y = op(b);
+        gpu.synchronize().unwrap();
+        (gpu.memory().peak_bytes - before, y)
+    };
+    let bytes = n * size_of::<f32>();
+    let fresh = || gpu.tensor_from_vec(&[n], values.clone()).unwrap();
+    let add_reusing = |b| gpu.add_reusing(&a, b).unwrap();
+    let sub_reusing = |b| gpu.sub_reusing(&a, b).unwrap();
+    let add = |b: CudaTensor<f32>| gpu.add(&a, &b).unwrap();
+    for (what, op, expected) in [
+        ("add_reusing", &add_reusing as &dyn Fn(_) -> _, 0),
+        ("sub_reusing", &sub_reusing, 0),
+        ("add", &add, bytes),
+    ] {
+        assert_eq!(rise(op, fresh()).0, expected, "{what}");
+    }
+    let shared = fresh();
+    let (shared_rise, _) = rise(&sub_reusing, shared.clone());
+    assert_eq!(shared_rise, bytes, "sub_reusing of a shared b");
 }
 
 /// An allocation the device cannot hold (2^60 bytes) reaches the caller of the op as the

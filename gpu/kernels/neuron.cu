@@ -59,7 +59,7 @@ __device__ void charge_and_fire(const E* x, E* spikes, E* h_seq, unsigned long l
     if (fingerprint_sum) add_warp_to_sum(terms, fingerprint_sum);  // every lane, past n too
 }
 
-// The loop backwards through time over h_seq; h_seq may be grad_x itself (each element is read
+// The loop backwards through time over h_seq; h_seq or grad_spikes may be grad_x itself (each element is read
 // before it is written, by the same thread).
 template <typename E>
 __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* grad_x, long long n, int time_steps,
@@ -101,6 +101,10 @@ __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* g
     extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,       \
                                                         NEURON_SHARED_PARAMS(E), int detach_reset) {              \
         backward_through_time<E>(grad_spikes, h_seq, grad_x, NEURON_SHARED_ARGS, detach_reset);                \
+    }                                                                                                          \
+    extern "C" __global__ void neuron_backward_in_place_##SUFFIX(E* grad, const E* h_seq,                      \
+                                                                 NEURON_SHARED_PARAMS(E), int detach_reset) {  \
+        backward_through_time<E>(grad, h_seq, grad, NEURON_SHARED_ARGS, detach_reset);                         \
     }                                                                                                          \
     extern "C" __global__ void neuron_backward_from_input_##SUFFIX(const E* grad_spikes, const E* x, E* grad_x, \
                                                                    NEURON_SHARED_PARAMS(E), int detach_reset) {   \

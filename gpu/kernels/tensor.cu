@@ -121,6 +121,16 @@ template <typename E> __device__ void sub(const E* __restrict__ a, const E* __re
     GRID_STRIDE_LOOP(i, n) { y[i] = sub_rn(a[i], b[i]); }
 }
 
+// The same sums and differences written over the second operand (which may be what a caller
+// hands over, Backend::add_reusing): b = a + b, b = a - b.
+template <typename E> __device__ void add_in_place(const E* __restrict__ a, E* __restrict__ b, long long n) {
+    GRID_STRIDE_LOOP(i, n) { b[i] = add_rn(a[i], b[i]); }
+}
+
+template <typename E> __device__ void sub_in_place(const E* __restrict__ a, E* __restrict__ b, long long n) {
+    GRID_STRIDE_LOOP(i, n) { b[i] = sub_rn(a[i], b[i]); }
+}
+
 template <typename E> __device__ void scale(const E* __restrict__ x, E* __restrict__ y, long long n, E factor) {
     GRID_STRIDE_LOOP(i, n) { y[i] = mul_rn(factor, x[i]); }
 }
@@ -216,6 +226,12 @@ extern "C" __global__ void count_unequal(unsigned long long* count, const unsign
     }                                                                                                            \
     extern "C" __global__ void add_##SUFFIX(const E* a, const E* b, E* y, long long n) { add<E>(a, b, y, n); }   \
     extern "C" __global__ void sub_##SUFFIX(const E* a, const E* b, E* y, long long n) { sub<E>(a, b, y, n); }   \
+    extern "C" __global__ void add_in_place_##SUFFIX(const E* a, E* b, long long n) {                            \
+        add_in_place<E>(a, b, n);                                                                                \
+    }                                                                                                            \
+    extern "C" __global__ void sub_in_place_##SUFFIX(const E* a, E* b, long long n) {                            \
+        sub_in_place<E>(a, b, n);                                                                                \
+    }                                                                                                            \
     extern "C" __global__ void scale_##SUFFIX(const E* x, E* y, long long n, E factor) {                         \
         scale<E>(x, y, n, factor);                                                                               \
     }                                                                                                            \

@@ -129,6 +129,14 @@ impl<E: GpuElement> Backend for Cuda<E> {
         Ok(ops::tensor::sub(&self.device, a, b)?)
     }
 
+    fn add_reusing(&self, a: &CudaTensor<E>, b: CudaTensor<E>) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::add_reusing(&self.device, a, b)?)
+    }
+
+    fn sub_reusing(&self, a: &CudaTensor<E>, b: CudaTensor<E>) -> Result<CudaTensor<E>> {
+        Ok(ops::tensor::sub_reusing(&self.device, a, b)?)
+    }
+
     fn scale(&self, x: &CudaTensor<E>, factor: E) -> Result<CudaTensor<E>> {
         Ok(ops::tensor::scale(&self.device, x, factor)?)
     }
@@ -240,7 +248,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn neuron_backward(
         &self,
-        grad_spikes: &CudaTensor<E>,
+        grad_spikes: CudaTensor<E>,
         context: &Self::NeuronContext,
         config: &NeuronConfig,
     ) -> Result<CudaTensor<E>> {

@@ -89,6 +89,23 @@ impl<E: GpuElement> CudaTensor<E> {
         &self.buffer
     }
 
+    /// The buffer itself when no other tensor shares it (an op may then write its result over
+    /// it), else `self` back.
+    pub(crate) fn into_unshared_buffer(self) -> Result<DeviceBuffer<E>, Self> {
+        let CudaTensor {
+            buffer,
+            shape,
+            exact_half,
+            spikes,
+        } = self;
+        Arc::try_unwrap(buffer).map_err(|buffer| CudaTensor {
+            buffer,
+            shape,
+            exact_half,
+            spikes,
+        })
+    }
+
     /// The elements, for a kernel launch.
     pub fn slice(&self) -> &CudaSlice<E> {
         self.buffer.slice()

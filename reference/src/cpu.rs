@@ -215,11 +215,11 @@ impl<E: Element> Backend for Cpu<E> {
 
     fn neuron_backward(
         &self,
-        grad_spikes: &CpuTensor<E>,
+        grad_spikes: CpuTensor<E>,
         context: &Self::NeuronContext,
         config: &NeuronConfig,
     ) -> Result<CpuTensor<E>> {
-        ops::neuron::backward(grad_spikes, context, config)
+        ops::neuron::backward(&grad_spikes, context, config)
     }
 
     fn conv2d_forward(

@@ -131,7 +131,7 @@ fn check_against_spec(shape: &[usize], x: &[f64], grad_s: &[f64], config: &Neuro
     let xt = cpu.tensor_from_vec(shape, x.to_vec()).unwrap();
     let (spikes, ctx) = cpu.neuron_forward(&xt, config).unwrap();
     let gt = cpu.tensor_from_vec(shape, grad_s.to_vec()).unwrap();
-    let grad_x = cpu.neuron_backward(&gt, &ctx, config).unwrap();
+    let grad_x = cpu.neuron_backward(gt.clone(), &ctx, config).unwrap();
     assert_eq!(spikes.shape(), shape);
     assert_eq!(grad_x.shape(), shape);
     let spikes = cpu.to_vec(&spikes).unwrap();
@@ -188,8 +188,10 @@ fn check_keeping_input<E: Element>(config: &NeuronConfig, seed: u64) {
         NeuronKept::Input(kept) => assert_eq!(kept.as_ptr(), x.as_ptr(), "x is not shared"),
         NeuronKept::Potentials(_) => panic!("the context keeps h, not x"),
     }
-    let grad_x = cpu.neuron_backward(&grad_s, &ctx, config).unwrap();
-    let grad_x_kept = cpu.neuron_backward(&grad_s, &ctx_kept, config).unwrap();
+    let grad_x = cpu.neuron_backward(grad_s.clone(), &ctx, config).unwrap();
+    let grad_x_kept = cpu
+        .neuron_backward(grad_s.clone(), &ctx_kept, config)
+        .unwrap();
     let bits = |t| bits(&cpu.to_vec(t).unwrap());
     assert_eq!(bits(&spikes_kept), bits(&spikes), "{config:?}: spikes");
     assert_eq!(bits(&grad_x_kept), bits(&grad_x), "{config:?}: dL/dx");
@@ -241,7 +243,7 @@ fn if_neuron_by_hand_spikes_at_equality_and_resets_to_zero() {
         .tensor_from_vec(&[3, 2], vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0])
         .unwrap();
     let grad_x = cpu
-        .to_vec(&cpu.neuron_backward(&g, &ctx, &config).unwrap())
+        .to_vec(&cpu.neuron_backward(g.clone(), &ctx, &config).unwrap())
         .unwrap();
     let psi = |h: f64| 1.0 / (1.0 + (std::f64::consts::PI * (h - 1.0)).powi(2));
     // Neuron 0: t=2 gets psi(0.25); t=1 spiked, which cuts the path, so t<=1 get 0.
@@ -266,7 +268,7 @@ fn finite_difference_error(config: &NeuronConfig, shape: &[usize], seed: u64) ->
     let (_, ctx) = cpu.neuron_forward(&xt, config).unwrap();
     let dyt = cpu.tensor_from_vec(shape, dy).unwrap();
     let analytic = cpu
-        .to_vec(&cpu.neuron_backward(&dyt, &ctx, config).unwrap())
+        .to_vec(&cpu.neuron_backward(dyt.clone(), &ctx, config).unwrap())
         .unwrap();
     relative_error(&analytic, &numeric)
 }
@@ -324,14 +326,14 @@ fn f32_agrees_with_f64() {
             .neuron_forward(&c64.tensor_from_vec(&shape, x64d).unwrap(), &config)
             .unwrap();
         let gx64 = c64
-            .neuron_backward(&c64.tensor_from_vec(&shape, g64d).unwrap(), &ctx64, &config)
+            .neuron_backward(c64.tensor_from_vec(&shape, g64d).unwrap(), &ctx64, &config)
             .unwrap();
         let (s32, ctx32) = c32
             .neuron_forward(&c32.tensor_from_vec(&shape, x32.clone()).unwrap(), &config)
             .unwrap();
         let gx32 = c32
             .neuron_backward(
-                &c32.tensor_from_vec(&shape, g32.clone()).unwrap(),
+                c32.tensor_from_vec(&shape, g32.clone()).unwrap(),
                 &ctx32,
                 &config,
             )
@@ -368,7 +370,7 @@ fn run_in_pool<E: Element>(
             .unwrap();
         let gx = cpu
             .neuron_backward(
-                &cpu.tensor_from_vec(shape, g.to_vec()).unwrap(),
+                cpu.tensor_from_vec(shape, g.to_vec()).unwrap(),
                 &ctx,
                 config,
             )
@@ -482,7 +484,7 @@ fn bad_input_is_an_error_not_a_panic() {
         let g = cpu.tensor_from_vec(&shape, vec![1.0; 6]).unwrap();
         assert!(
             matches!(
-                cpu.neuron_backward(&g, &ctx, &config),
+                cpu.neuron_backward(g.clone(), &ctx, &config),
                 Err(OpError::ShapeMismatch { .. })
             ),
             "{shape:?}"
@@ -494,7 +496,7 @@ fn bad_input_is_an_error_not_a_panic() {
         ..config
     };
     assert!(matches!(
-        cpu.neuron_backward(&g, &ctx, &other),
+        cpu.neuron_backward(g.clone(), &ctx, &other),
         Err(OpError::InvalidParameter { .. })
     ));
     let invalid = NeuronConfig {
@@ -502,10 +504,10 @@ fn bad_input_is_an_error_not_a_panic() {
         ..config
     };
     assert!(matches!(
-        cpu.neuron_backward(&g, &ctx, &invalid),
+        cpu.neuron_backward(g.clone(), &ctx, &invalid),
         Err(OpError::InvalidParameter { .. })
     ));
-    assert!(cpu.neuron_backward(&g, &ctx, &config).is_ok());
+    assert!(cpu.neuron_backward(g.clone(), &ctx, &config).is_ok());
 }
 
 fn any_config() -> impl Strategy<Value = NeuronConfig> {

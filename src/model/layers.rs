@@ -79,7 +79,7 @@ impl<B: Backend> Layer<B> for Neuron {
     ) -> Result<B::Tensor> {
         Ok(session
             .backend
-            .neuron_backward(&grad_y, &saved, &self.config)?)
+            .neuron_backward(grad_y, &saved, &self.config)?)
     }
 }
 

@@ -143,27 +143,33 @@ impl<F, G> ReversibleSequence<F, G> {
             .then(|| Coupling::grid_bits(<B::Elem as Element>::DTYPE))
     }
 
+    /// `residual + update` (the update on the grid under the exact coupling), written over the
+    /// update's storage where the backend can (`Backend::add_reusing`): F's and G's outputs serve
+    /// nothing else.
     fn couple<B: Backend>(
         &self,
         backend: &B,
         residual: &B::Tensor,
-        update: &B::Tensor,
+        update: B::Tensor,
     ) -> Result<B::Tensor> {
-        Ok(match self.grid::<B>() {
-            Some(k) => backend.add(residual, &backend.quantize(update, k)?)?,
-            None => backend.add(residual, update)?,
-        })
+        Ok(backend.add_reusing(residual, self.on_grid(backend, update)?)?)
     }
 
+    /// `sum - update`, the inverse of [`Self::couple`], written over the update's storage too.
     fn uncouple<B: Backend>(
         &self,
         backend: &B,
         sum: &B::Tensor,
-        update: &B::Tensor,
+        update: B::Tensor,
     ) -> Result<B::Tensor> {
+        Ok(backend.sub_reusing(sum, self.on_grid(backend, update)?)?)
+    }
+
+    /// An F or G output as the coupling adds it: rounded to the grid under the exact coupling.
+    fn on_grid<B: Backend>(&self, backend: &B, update: B::Tensor) -> Result<B::Tensor> {
         Ok(match self.grid::<B>() {
-            Some(k) => backend.sub(sum, &backend.quantize(update, k)?)?,
-            None => backend.sub(sum, update)?,
+            Some(k) => backend.quantize(&update, k)?,
+            None => update,
         })
     }
 }
@@ -223,10 +229,10 @@ where
             // runs, and G's as soon as G returns: one sub-graph's context at a time.
             let f = recorded(&block.f, session, x2.clone())?;
             let f_saved = keep.then_some(f.saved);
-            let y1 = self.couple(backend, &x1, &f.output)?;
+            let y1 = self.couple(backend, &x1, f.output)?;
             let g = recorded(&block.g, session, y1.clone())?;
             let g_saved = keep.then_some(g.saved);
-            let y2 = self.couple(backend, &x2, &g.output)?;
+            let y2 = self.couple(backend, &x2, g.output)?;
             if auditing {
                 audit.push(BlockRecord {
                     input: (x1.clone(), x2.clone()),
@@ -265,10 +271,10 @@ where
                 let (mut dy1, mut dy2) = halves(backend, &grad_y)?;
                 drop(grad_y);
                 for (block, (f_saved, g_saved)) in self.blocks.iter().zip(contexts).rev() {
-                    let dx1 =
-                        backend.add(&dy1, &block.g.backward(session, g_saved, dy2.clone())?)?;
-                    let dx2 =
-                        backend.add(&dy2, &block.f.backward(session, f_saved, dx1.clone())?)?;
+                    let g_grad = block.g.backward(session, g_saved, dy2.clone())?;
+                    let dx1 = backend.add_reusing(&dy1, g_grad)?;
+                    let f_grad = block.f.backward(session, f_saved, dx1.clone())?;
+                    let dx2 = backend.add_reusing(&dy2, f_grad)?;
                     (dy1, dy2) = (dx1, dx2);
                 }
                 Ok(backend.concat(&[&dy1, &dy2], CHANNEL_AXIS)?)
@@ -309,9 +315,9 @@ impl<F, G> ReversibleSequence<F, G> {
             let (mut y1, mut y2) = halves(backend, y)?;
             for block in self.blocks.iter().rev() {
                 let (gy1, _) = block.g.forward(session, y1.clone())?;
-                let x2 = self.uncouple(backend, &y2, &gy1)?;
+                let x2 = self.uncouple(backend, &y2, gy1)?;
                 let (fx2, _) = block.f.forward(session, x2.clone())?;
-                let x1 = self.uncouple(backend, &y1, &fx2)?;
+                let x1 = self.uncouple(backend, &y1, fx2)?;
                 (y1, y2) = (x1, x2);
             }
             Ok(backend.concat(&[&y1, &y2], CHANNEL_AXIS)?)
@@ -346,14 +352,16 @@ impl<F, G> ReversibleSequence<F, G> {
             // Each reconstruction happens right after its recompute, so that the recomputed
             // output and the half it rebuilds from are freed before the backward through it.
             let g = recorded(&block.g, session, y1.clone())?;
-            let x2 = self.uncouple(backend, &y2, &g.output)?;
-            drop((y2, g.output));
-            let dx1 = backend.add(&dy1, &block.g.backward(session, g.saved, dy2.clone())?)?;
+            let x2 = self.uncouple(backend, &y2, g.output)?;
+            drop(y2);
+            let g_grad = block.g.backward(session, g.saved, dy2.clone())?;
+            let dx1 = backend.add_reusing(&dy1, g_grad)?;
             drop(dy1);
             let f = recorded(&block.f, session, x2.clone())?;
-            let x1 = self.uncouple(backend, &y1, &f.output)?;
-            drop((y1, f.output));
-            let dx2 = backend.add(&dy2, &block.f.backward(session, f.saved, dx1.clone())?)?;
+            let x1 = self.uncouple(backend, &y1, f.output)?;
+            drop(y1);
+            let f_grad = block.f.backward(session, f.saved, dx1.clone())?;
+            let dx2 = backend.add_reusing(&dy2, f_grad)?;
             drop(dy2);
             let probes = &mut session.probes;
             probes.compare_recompute(backend, g_print.as_ref(), g.fingerprint.as_ref())?;

@@ -276,11 +276,14 @@ fn launch_forward<E: GpuElement>(
 }
 
 /// The backward of docs/neurons.md §2.4: `dL/dx` `[T, ...]` from `dL/ds` and the forward's `h`,
-/// kept or charged again from the kept input. Errors, as the reference: an invalid `config`, a
-/// `config` other than the forward's, or `grad_spikes` not shaped like the forward's input.
+/// kept or charged again from the kept input. With `h` kept and `grad_spikes` held by nothing
+/// else, `dL/dx` is written over `grad_spikes` (`neuron_backward_in_place_<E>`: each thread
+/// reads an element before it writes it); from the input, the kernel charges `h` into `dL/dx`
+/// first, so that needs a buffer of its own. Errors, as the reference: an invalid `config`, a `config` other than the forward's, or
+/// `grad_spikes` not shaped like the forward's input.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
-    grad_spikes: &CudaTensor<E>,
+    mut grad_spikes: CudaTensor<E>,
     context: &NeuronContext<E>,
     config: &NeuronConfig,
 ) -> Result<CudaTensor<E>, GpuError> {
@@ -290,18 +293,32 @@ pub fn backward<E: GpuElement>(
         grad_spikes.shape(),
         context.kept.tensor().shape(),
     )?;
+    let shape = grad_spikes.shape().to_vec();
+    if grad_spikes.is_empty() {
+        return CudaTensor::new(device.alloc_zeros::<E>(0)?, &shape);
+    }
+    if let NeuronKept::Potentials(h) = &context.kept {
+        match grad_spikes.into_unshared_buffer() {
+            Ok(mut grad) => {
+                let buffers = GradientBuffers::InPlace(grad.slice_mut());
+                launch_backward(device, "neuron_backward", buffers, h.slice(), steps, config)?;
+                return CudaTensor::new(grad, &shape);
+            }
+            Err(shared) => grad_spikes = shared,
+        }
+    }
     // SAFETY: the kernel writes every element before anything reads them.
     let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
-    if grad_spikes.is_empty() {
-        return CudaTensor::new(grad_x, grad_spikes.shape());
-    }
     let (kernel, kept) = match &context.kept {
         NeuronKept::Potentials(h) => ("neuron_backward", h),
         NeuronKept::Input(x) => ("neuron_backward_from_input", x),
     };
-    let buffers = (grad_spikes.slice(), kept.slice(), grad_x.slice_mut());
-    launch_backward(device, kernel, buffers, steps, config)?;
-    CudaTensor::new(grad_x, grad_spikes.shape())
+    let buffers = GradientBuffers::Apart {
+        grad_spikes: grad_spikes.slice(),
+        grad_x: grad_x.slice_mut(),
+    };
+    launch_backward(device, kernel, buffers, kept.slice(), steps, config)?;
+    CudaTensor::new(grad_x, &shape)
 }
 
 /// [`backward`] into a caller-owned `grad_x` of `h`'s length.
@@ -313,38 +330,48 @@ pub fn backward_into<E: GpuElement>(
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
-    launch_backward(
-        device,
-        "neuron_backward",
-        (grad_spikes, h, grad_x),
-        time_steps,
-        config,
-    )
+    let buffers = GradientBuffers::Apart {
+        grad_spikes,
+        grad_x,
+    };
+    launch_backward(device, "neuron_backward", buffers, h, time_steps, config)
 }
 
-/// Launches the backward `kernel` over `(dL/ds, h or x, dL/dx)`, each `T N` elements.
+/// The gradients a backward launch reads and writes, `T N` elements each: `dL/ds` and a
+/// buffer for `dL/dx`, or one buffer that holds `dL/ds` and receives `dL/dx`.
+enum GradientBuffers<'a, E> {
+    Apart {
+        grad_spikes: &'a CudaSlice<E>,
+        grad_x: &'a mut CudaSlice<E>,
+    },
+    InPlace(&'a mut CudaSlice<E>),
+}
+
+/// Launches the backward `kernel` (with `_in_place` for [`GradientBuffers::InPlace`]) over the
+/// gradients and `h` (or the kept input `x`), each `T N` elements.
 fn launch_backward<E: GpuElement>(
     device: &GpuDevice,
     kernel: &str,
-    (grad_spikes, h, grad_x): (&CudaSlice<E>, &CudaSlice<E>, &mut CudaSlice<E>),
+    gradients: GradientBuffers<'_, E>,
+    h: &CudaSlice<E>,
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
     let params = KernelConfig::<E>::new(config)?;
-    let neurons = check_len(
-        "neuron_backward",
-        "grad_spikes",
-        grad_spikes.len(),
-        time_steps,
-    )?;
-    if h.len() != grad_spikes.len() || grad_x.len() != grad_spikes.len() {
+    let (len, grad_x_len) = match &gradients {
+        GradientBuffers::Apart {
+            grad_spikes,
+            grad_x,
+        } => (grad_spikes.len(), grad_x.len()),
+        GradientBuffers::InPlace(grad) => (grad.len(), grad.len()),
+    };
+    let neurons = check_len("neuron_backward", "grad_spikes", len, time_steps)?;
+    if h.len() != len || grad_x_len != len {
         return Err(shape_error(
             "neuron_backward",
             format!(
-                "grad_spikes has {} elements but h {} and grad_x {}",
-                grad_spikes.len(),
-                h.len(),
-                grad_x.len()
+                "grad_spikes has {len} elements but h {} and grad_x {grad_x_len}",
+                h.len()
             ),
         ));
     }
@@ -352,14 +379,25 @@ fn launch_backward<E: GpuElement>(
         return Ok(());
     }
     let stream = device.stream();
-    let function = device.function(&NEURON, &format!("{kernel}_{}", E::SUFFIX))?;
     let (n, t) = (neurons as i64, time_steps as i32);
+    let name = match gradients {
+        GradientBuffers::Apart { .. } => format!("{kernel}_{}", E::SUFFIX),
+        GradientBuffers::InPlace(_) => format!("{kernel}_in_place_{}", E::SUFFIX),
+    };
+    let function = device.function(&NEURON, &name)?;
     let mut launch = stream.launch_builder(&function);
-    launch.arg(grad_spikes).arg(h).arg(grad_x);
+    match gradients {
+        GradientBuffers::Apart {
+            grad_spikes,
+            grad_x,
+        } => launch.arg(grad_spikes).arg(h).arg(grad_x),
+        GradientBuffers::InPlace(grad) => launch.arg(grad).arg(h),
+    };
     params.push_shared(&mut launch, &n, &t);
     launch.arg(&params.detach_reset);
-    // SAFETY: the argument list matches `neuron_backward_<E>` and
-    // `neuron_backward_from_input_<E>` in neuron.cu, and every buffer holds T * N elements of E.
+    // SAFETY: the argument list matches `neuron_backward_<E>`,
+    // `neuron_backward_from_input_<E>` or `neuron_backward_in_place_<E>` in neuron.cu, and every
+    // buffer holds T * N elements of E.
     unsafe { launch.launch(launch_config(neurons)) }
         .map_err(GpuError::driver("launching neuron_backward"))?;
     Ok(())

@@ -325,6 +325,52 @@ pub fn sub<E: GpuElement>(
     binary(device, "sub", a, b)
 }
 
+/// [`add`] with `b` handed over: written over `b`'s buffer when no other tensor shares it
+/// (`add_in_place_<E>`, the same bits), else into a new one.
+pub fn add_reusing<E: GpuElement>(
+    device: &GpuDevice,
+    a: &CudaTensor<E>,
+    b: CudaTensor<E>,
+) -> Result<CudaTensor<E>, GpuError> {
+    binary_reusing(device, "add", a, b)
+}
+
+/// [`sub`] with `b` handed over, as [`add_reusing`] (`sub_in_place_<E>`).
+pub fn sub_reusing<E: GpuElement>(
+    device: &GpuDevice,
+    a: &CudaTensor<E>,
+    b: CudaTensor<E>,
+) -> Result<CudaTensor<E>, GpuError> {
+    binary_reusing(device, "sub", a, b)
+}
+
+/// `op(a, b)` written over `b`'s buffer by `<op>_in_place_<E>` when `b` holds it alone, else
+/// [`binary`].
+fn binary_reusing<E: GpuElement>(
+    device: &GpuDevice,
+    op: &'static str,
+    a: &CudaTensor<E>,
+    b: CudaTensor<E>,
+) -> Result<CudaTensor<E>, GpuError> {
+    check_same_shape(op, a.shape(), b.shape())?;
+    let shape = b.shape().to_vec();
+    let mut y = match b.into_unshared_buffer() {
+        Ok(buffer) => buffer,
+        Err(b) => return binary(device, op, a, &b),
+    };
+    if !a.is_empty() {
+        let function = device.function(&TENSOR, &format!("{op}_in_place_{}", E::SUFFIX))?;
+        let n = a.len() as i64;
+        let mut launch = device.stream().launch_builder(&function);
+        launch.arg(a.slice()).arg(y.slice_mut()).arg(&n);
+        // SAFETY: the arguments match `<op>_in_place_<E>(const E*, E*, long long)`; both
+        // buffers hold n elements, and `a`'s is not `y`'s (`y` had no other owner).
+        unsafe { launch.launch(elementwise_launch(a.len())) }
+            .map_err(GpuError::driver("launching an elementwise kernel"))?;
+    }
+    CudaTensor::new(y, &shape)
+}
+
 /// `y = factor x`, elementwise.
 pub fn scale<E: GpuElement>(
     device: &GpuDevice,

@@ -191,6 +191,16 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
     /// `y = a - b`, equal shapes.
     fn sub(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// [`Backend::add`] with `b` handed over: the same values, which a backend may write over
+    /// `b`'s storage when nothing else holds it, allocating nothing (the reversible stream's
+    /// couplings and gradient sums, docs/reversible.md §3.3). The default calls `add`.
+    fn add_reusing(&self, a: &Self::Tensor, b: Self::Tensor) -> Result<Self::Tensor> {
+        self.add(a, &b)
+    }
+    /// [`Backend::sub`] with `b` handed over, as [`Backend::add_reusing`].
+    fn sub_reusing(&self, a: &Self::Tensor, b: Self::Tensor) -> Result<Self::Tensor> {
+        self.sub(a, &b)
+    }
     /// `y = factor * x`.
     fn scale(&self, x: &Self::Tensor, factor: Self::Elem) -> Result<Self::Tensor>;
     /// `y = x[.., start..start + len, ..]` along `axis` (the channel split of docs/reversible.md §3.1).
@@ -275,10 +285,11 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         Ok((spikes, context))
     }
     /// Backward through time (docs/neurons.md §2.4): `dL/dh[t] = dL/ds[t] psi[t] + dv/dh[t] k dL/dh[t+1]`,
-    /// `dL/dx[t] = r dL/dh[t]`.
+    /// `dL/dx[t] = r dL/dh[t]`. `dL/ds` is handed over: a backend may write `dL/dx` over it when
+    /// nothing else holds it (CUDA does for a context that keeps `h`).
     fn neuron_backward(
         &self,
-        grad_spikes: &Self::Tensor,
+        grad_spikes: Self::Tensor,
         context: &Self::NeuronContext,
         config: &NeuronConfig,
     ) -> Result<Self::Tensor>;
