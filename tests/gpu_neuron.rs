@@ -9,7 +9,7 @@
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::ops::GpuElement;
-use revsnn_gpu::testing::backend_or_skip;
+use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
@@ -106,11 +106,9 @@ fn compare<E: GpuElement>(
     // dL/ds handed over alone with h kept: dL/dx is written over it, the same bits, with nothing
     // allocated
     let handed = gpu.tensor_from_vec(&shape, grad.clone()).unwrap();
-    gpu.synchronize().unwrap();
-    let before = gpu.device().reset_peak_memory().live_bytes;
-    let grad_over = gpu.neuron_backward(handed, &context_again, config).unwrap();
-    gpu.synchronize().unwrap();
-    let allocated = gpu.memory().peak_bytes - before;
+    let (grad_over, allocated) = with_peak_rise(gpu.device(), || {
+        gpu.neuron_backward(handed, &context_again, config).unwrap()
+    });
     assert_eq!(
         allocated, 0,
         "the backward over a handed-over dL/ds allocated"
@@ -123,15 +121,14 @@ fn compare<E: GpuElement>(
     // keeping the input instead of h: the same bits, charged again in the backward, with no
     // buffer but the spikes in the forward and dL/dx in the backward
     let bytes = len * size_of::<E>();
-    gpu.synchronize().unwrap();
-    let before = gpu.device().reset_peak_memory().live_bytes;
-    let (spikes_kept, context_kept) = gpu.neuron_forward_keeping_input(&x_gpu, config).unwrap();
+    let ((spikes_kept, context_kept, grad_kept), held) = with_peak_rise(gpu.device(), || {
+        let (spikes, context) = gpu.neuron_forward_keeping_input(&x_gpu, config).unwrap();
+        let grad = gpu
+            .neuron_backward(grad_gpu.clone(), &context, config)
+            .unwrap();
+        (spikes, context, grad)
+    });
     assert!(matches!(context_kept.kept, NeuronKept::Input(_)));
-    let grad_kept = gpu
-        .neuron_backward(grad_gpu.clone(), &context_kept, config)
-        .unwrap();
-    gpu.synchronize().unwrap();
-    let held = gpu.memory().peak_bytes - before;
     assert!(
         held <= 2 * bytes,
         "keeping the input held {held} bytes, more than the spikes and dL/dx ({bytes} each)"

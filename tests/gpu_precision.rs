@@ -52,7 +52,7 @@ use revsnn::spec::ModelSpec;
 use revsnn_gpu::ops::conv::{Conv2dContext, ConvEngine};
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::ops::saved_input::SavedInput;
-use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
+use revsnn_gpu::testing::{backend_or_skip, each_conv_engine, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
@@ -369,14 +369,6 @@ fn host(gpu: &Cuda<f32>, tensors: &[&CudaTensor<f32>]) -> Vec<Vec<f32>> {
     tensors.iter().map(|t| gpu.to_vec(t).unwrap()).collect()
 }
 
-/// What `pass` returns, with its peak device memory above the live bytes before it.
-fn with_peak_rise<R>(gpu: &Cuda<f32>, pass: impl FnOnce() -> R) -> (R, usize) {
-    let before = gpu.device().reset_peak_memory().live_bytes;
-    let result = pass();
-    gpu.synchronize().unwrap();
-    (result, gpu.memory().peak_bytes - before)
-}
-
 /// Whether two lists of tensors' values are equal bit for bit.
 fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
     a.iter()
@@ -514,9 +506,8 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
                     y_bytes,
                     "{what}: the context keeps y"
                 );
-                let before = device.reset_peak_memory().live_bytes;
-                let kept = gpu.batch_norm_backward(dy, &context).unwrap();
-                let rise = gpu.memory().peak_bytes - before;
+                let (kept, rise) =
+                    with_peak_rise(device, || gpu.batch_norm_backward(dy, &context).unwrap());
                 assert!(
                     rise < 2 * y_bytes,
                     "{what}: the backward held {rise} bytes, more than dx ({y_bytes}) and its sums"
@@ -591,7 +582,7 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
     // backward's peaks above the live bytes before them.
     let run = |kind: ConvKind, x: &_, w: &CudaTensor<f32>, dy: &_, fused: bool| {
         let x = upload(x);
-        let (out, forward_rise) = with_peak_rise(&gpu, || {
+        let (out, forward_rise) = with_peak_rise(device, || {
             if fused {
                 return gpu.conv_batch_norm_train_forward(x, w, kind, norm).unwrap();
             }
@@ -609,7 +600,7 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
         });
         let dy = upload(dy);
         let (conv, context) = (out.conv, out.norm);
-        let (grads, backward_rise) = with_peak_rise(&gpu, || {
+        let (grads, backward_rise) = with_peak_rise(device, || {
             if fused {
                 return gpu
                     .conv_batch_norm_backward(dy, conv, context, kind)
@@ -687,12 +678,9 @@ fn a_16_bit_convolution_backward_frees_the_dy_handed_to_it() {
             .tensor_from_vec(&[2, 5, 6, 6], dy_values.clone())
             .unwrap();
         let peak_of = |dy: CudaTensor<f32>| {
-            gpu.synchronize().unwrap();
-            device.reset_peak_memory();
-            let grads = gpu.conv2d_backward(dy, &context).unwrap();
-            gpu.synchronize().unwrap();
-            let peak = gpu.memory().peak_bytes;
-            (peak, host(&gpu, &[&grads.input, &grads.weight]))
+            let (grads, rise) =
+                with_peak_rise(device, || gpu.conv2d_backward(dy, &context).unwrap());
+            (rise, host(&gpu, &[&grads.input, &grads.weight]))
         };
         let (held, kept_grads) = peak_of(dy.clone());
         let (handed, grads) = peak_of(dy);
@@ -795,7 +783,7 @@ fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bytes_exist() 
         device.set_precision(format.precision()).unwrap();
         let what = format.precision();
         let run = |spikes: CudaTensor<f32>| {
-            let (out, rise) = with_peak_rise(&gpu, || {
+            let (out, rise) = with_peak_rise(device, || {
                 gpu.conv_batch_norm_train_forward(spikes, &w, kind, norm)
                     .unwrap()
             });

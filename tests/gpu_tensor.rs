@@ -11,7 +11,7 @@
 //! `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::ops::GpuElement;
-use revsnn_gpu::testing::backend_or_skip;
+use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Compute, Cpu, CpuTensor, DType, DeviceError, Element, OpError};
@@ -627,11 +627,7 @@ fn the_reusing_sums_allocate_nothing_for_an_unshared_operand() {
     let values = random::<f32>(&mut SplitMix64::new(3), n);
     let a = gpu.tensor_from_vec(&[n], values.clone()).unwrap();
     let rise = |op: &dyn Fn(CudaTensor<f32>) -> CudaTensor<f32>, b: CudaTensor<f32>| {
-        gpu.synchronize().unwrap();
-        let before = device.reset_peak_memory().live_bytes;
-        let y = op(b);
-        gpu.synchronize().unwrap();
-        (gpu.memory().peak_bytes - before, y)
+        with_peak_rise(device, || op(b)).1
     };
     let bytes = n * size_of::<f32>();
     let fresh = || gpu.tensor_from_vec(&[n], values.clone()).unwrap();
@@ -643,10 +639,10 @@ fn the_reusing_sums_allocate_nothing_for_an_unshared_operand() {
         ("sub_reusing", &sub_reusing, 0),
         ("add", &add, bytes),
     ] {
-        assert_eq!(rise(op, fresh()).0, expected, "{what}");
+        assert_eq!(rise(op, fresh()), expected, "{what}");
     }
     let shared = fresh();
-    let (shared_rise, _) = rise(&sub_reusing, shared.clone());
+    let shared_rise = rise(&sub_reusing, shared.clone());
     assert_eq!(shared_rise, bytes, "sub_reusing of a shared b");
 }
 

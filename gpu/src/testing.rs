@@ -1,5 +1,5 @@
 //! Shared by the GPU tests and benches: open the device or skip; run on each convolution engine;
-//! NCCL or skip.
+//! NCCL or skip; the device memory a pass allocates.
 //!
 //! Without a GPU every GPU test prints `SKIP: no CUDA device (<reason>)` and passes; with
 //! `REVSNN_REQUIRE_GPU=1` (set by `gpu/check.sh`) a missing GPU fails the test instead.
@@ -71,4 +71,14 @@ pub fn nccl_or_skip(test: &str) -> bool {
     }
     let _ = writeln!(std::io::stderr(), "SKIP: NCCL not found ({test})");
     false
+}
+
+/// What `pass` returns, with the most device memory it held above the live bytes before it (the
+/// queue drained on both sides, so that the count is of this pass alone).
+pub fn with_peak_rise<R>(device: &GpuDevice, pass: impl FnOnce() -> R) -> (R, usize) {
+    device.synchronize().unwrap();
+    let before = device.reset_peak_memory().live_bytes;
+    let result = pass();
+    device.synchronize().unwrap();
+    (result, device.memory().peak_bytes - before)
 }

@@ -8,15 +8,15 @@
 //! bits of [`conv::forward`] and [`batch_norm::train_forward`] in turn and of their backwards,
 //! which is what runs under `f32` and `f64`.
 
-use revsnn_reference::contract::shapes::Conv1dAs2d;
+use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free};
 use revsnn_reference::{
     BatchNormAffine, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput,
     ConvKind,
 };
 
+use super::GpuElement;
 use super::batch_norm::{self, BatchNormContext};
 use super::conv::{self, Conv2dContext};
-use super::{GpuElement, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::tensor::CudaTensor;
@@ -70,11 +70,7 @@ pub fn backward<E: GpuElement>(
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
-    if conv.has_bias {
-        let detail = "the convolution's context has a bias, which this op's forward never adds; \
-                      run batch_norm_backward and conv_backward instead";
-        return Err(shape_error("conv_batch_norm_backward", detail));
-    }
+    check_bias_free("conv_batch_norm_backward", conv.has_bias)?;
     let (grads, gamma, beta) = match device.half_format() {
         Some(format) => {
             let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
@@ -85,7 +81,13 @@ pub fn backward<E: GpuElement>(
         None => {
             let normed = batch_norm::backward(device, &grad_y, &norm)?;
             drop((grad_y, norm));
-            let dy = as_2d_output(normed.input, kind)?;
+            let dy = match kind {
+                ConvKind::Conv2d(_) => normed.input,
+                ConvKind::Conv1d => {
+                    let shape = Conv1dAs2d::grad_output(normed.input.shape())?;
+                    normed.input.reshaped(&shape)?
+                }
+            };
             (
                 conv::backward(device, dy, &conv)?,
                 normed.gamma,
@@ -96,7 +98,10 @@ pub fn backward<E: GpuElement>(
     let Conv2dGrads { input, weight, .. } = grads;
     let (input, weight) = match kind {
         ConvKind::Conv2d(_) => (input, weight),
-        ConvKind::Conv1d => (without_last_axis(&input)?, without_last_axis(&weight)?),
+        ConvKind::Conv1d => (
+            input.reshaped(Conv1dAs2d::one_d(input.shape()))?,
+            weight.reshaped(Conv1dAs2d::one_d(weight.shape()))?,
+        ),
     };
     Ok(ConvBatchNormGrads {
         input,
@@ -104,22 +109,4 @@ pub fn backward<E: GpuElement>(
         gamma,
         beta,
     })
-}
-
-/// A convolution's output gradient as the 2-D convolution that ran it sees it: a 1-D one's
-/// `[N, C, L]` as `[N, C, L, 1]` (`Conv1dAs2d`).
-fn as_2d_output<E: GpuElement>(
-    dy: CudaTensor<E>,
-    kind: ConvKind,
-) -> Result<CudaTensor<E>, GpuError> {
-    match kind {
-        ConvKind::Conv2d(_) => Ok(dy),
-        ConvKind::Conv1d => dy.reshaped(&[dy.shape(), &[1]].concat()),
-    }
-}
-
-/// A 1-D convolution's gradient from the 2-D convolution that ran it: `[.., 1]` without the 1.
-fn without_last_axis<E: GpuElement>(x: &CudaTensor<E>) -> Result<CudaTensor<E>, GpuError> {
-    let shape = x.shape();
-    x.reshaped(&shape[..shape.len() - 1])
 }

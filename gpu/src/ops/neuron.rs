@@ -279,8 +279,8 @@ fn launch_forward<E: GpuElement>(
 /// kept or charged again from the kept input. With `h` kept and `grad_spikes` held by nothing
 /// else, `dL/dx` is written over `grad_spikes` (`neuron_backward_in_place_<E>`: each thread
 /// reads an element before it writes it); from the input, the kernel charges `h` into `dL/dx`
-/// first, so that needs a buffer of its own. Errors, as the reference: an invalid `config`, a `config` other than the forward's, or
-/// `grad_spikes` not shaped like the forward's input.
+/// first, so that needs a buffer of its own. Errors, as the reference: an invalid `config`, a
+/// `config` other than the forward's, or `grad_spikes` not shaped like the forward's input.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     mut grad_spikes: CudaTensor<E>,

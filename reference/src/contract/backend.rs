@@ -14,7 +14,7 @@ use super::params::{
     AdamWParams, BatchNormParams, Conv2dParams, ConvKind, NeuronConfig, Pool2dParams, SgdParams,
 };
 use super::precision::Precision;
-use super::shapes::Conv1dAs2d;
+use super::shapes::{Conv1dAs2d, check_bias_free};
 
 /// Gradients of a convolution.
 #[derive(Clone, Debug)]
@@ -335,21 +335,13 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         grad_y: Self::Tensor,
         context: &Self::Conv2dContext,
     ) -> Result<Conv2dGrads<Self::Tensor>> {
-        let g = self.shape(&grad_y);
-        if g.len() != 3 {
-            return Err(OpError::shape(
-                "conv1d",
-                format!("expected grad_y [N, C, L], got {g:?}"),
-            ));
-        }
-        let as_2d = self.reshape(&grad_y, &[g[0], g[1], g[2], 1])?;
+        let as_2d = self.reshape(&grad_y, &Conv1dAs2d::grad_output(&self.shape(&grad_y))?)?;
         drop(grad_y);
         let grads = self.conv2d_backward(as_2d, context)?;
-        let input_shape = self.shape(&grads.input);
-        let weight_shape = self.shape(&grads.weight);
+        let [input_shape, weight_shape] = [&grads.input, &grads.weight].map(|g| self.shape(g));
         Ok(Conv2dGrads {
-            input: self.reshape(&grads.input, &input_shape[..3])?,
-            weight: self.reshape(&grads.weight, &weight_shape[..3])?,
+            input: self.reshape(&grads.input, Conv1dAs2d::one_d(&input_shape))?,
+            weight: self.reshape(&grads.weight, Conv1dAs2d::one_d(&weight_shape))?,
             bias: grads.bias,
         })
     }
@@ -428,13 +420,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         let normed = self.batch_norm_backward(&grad_y, &norm)?;
         drop((grad_y, norm));
         let grads = self.conv_backward(normed.input, &conv, kind)?;
-        if grads.bias.is_some() {
-            return Err(OpError::shape(
-                "conv_batch_norm_backward",
-                "the convolution's context has a bias, which this op's forward never adds; run \
-                 batch_norm_backward and conv_backward instead",
-            ));
-        }
+        check_bias_free("conv_batch_norm_backward", grads.bias.is_some())?;
         Ok(ConvBatchNormGrads {
             input: grads.input,
             weight: grads.weight,

@@ -529,8 +529,9 @@ pub fn backward<E: GpuElement>(
 
 /// [`backward`] of a bias-free forward under `format`, given `dy` already as `format`'s 16-bit
 /// patterns (the BatchNorm after the convolution writes them: `batch_norm::backward_stored`).
-/// The gradients are the bits [`backward`] gives for the `f32` `dy` those patterns round from.
-/// Errors when the forward had a bias or `dy` does not hold the output's elements.
+/// The gradients are the bits [`backward`] gives for the `f32` `dy` those patterns round from;
+/// no bias gradient (the caller, `conv_batch_norm::backward`, refuses a biased convolution).
+/// Errors when `dy` does not hold the output's elements.
 pub(crate) fn backward_stored<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
@@ -542,18 +543,13 @@ pub(crate) fn backward_stored<E: GpuElement>(
         context.weight.shape(),
         context.params,
     )?;
-    if context.has_bias || dy.len() != g.n * g.out_len() {
+    if dy.len() != g.n * g.out_len() {
         let detail = format!(
-            "internal error: a 16-bit dy of {} elements for a {} convolution with output {:?}",
+            "internal error: a 16-bit dy of {} elements for an output of {:?}",
             dy.len(),
-            if context.has_bias {
-                "biased"
-            } else {
-                "bias-free"
-            },
-            g.output_shape(),
+            g.output_shape()
         );
-        return Err(shape_error("conv2d_backward", &detail));
+        return Err(shape_error("conv2d_backward", detail));
     }
     let (dx, dw) = half_backward(device, &g, format, &context.input, &context.weight, dy)?;
     g.gradients(dx, dw, None)

@@ -146,4 +146,34 @@ impl Conv1dAs2d {
             output: [n, c_out, l],
         })
     }
+
+    /// A 1-D convolution's output gradient `[N, C_out, L]` as the 2-D one's `[N, C_out, L, 1]`,
+    /// or an error unless it is 3-D.
+    pub fn grad_output(grad_y: &[usize]) -> Result<[usize; 4]> {
+        match grad_y {
+            &[n, c, l] => Ok([n, c, l, 1]),
+            _ => Err(OpError::shape(
+                "conv1d",
+                format!("expected grad_y [N, C, L], got {grad_y:?}"),
+            )),
+        }
+    }
+
+    /// The 1-D shape of a gradient of the 2-D convolution, `[.., 1]` without its trailing 1.
+    pub fn one_d(shape_2d: &[usize]) -> &[usize] {
+        &shape_2d[..shape_2d.len() - 1]
+    }
+}
+
+/// Errors when `op`, which takes a bias-free convolution, is given one with a bias (whose
+/// gradient it would not compute).
+pub fn check_bias_free(op: &'static str, has_bias: bool) -> Result<()> {
+    if has_bias {
+        return Err(OpError::shape(
+            op,
+            "the convolution has a bias, which this op's forward never adds; run the \
+             convolution's and the BatchNorm's backwards instead",
+        ));
+    }
+    Ok(())
 }
