@@ -59,8 +59,8 @@ __device__ void charge_and_fire(const E* x, E* spikes, E* h_seq, unsigned long l
     if (fingerprint_sum) add_warp_to_sum(terms, fingerprint_sum);  // every lane, past n too
 }
 
-// The loop backwards through time over h_seq; h_seq or grad_spikes may be grad_x itself (each element is read
-// before it is written, by the same thread).
+// The loop backwards through time over h_seq; h_seq or grad_spikes may be grad_x itself (each
+// element is read before it is written, by the same thread).
 template <typename E>
 __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* grad_x, long long n, int time_steps,
                                       int kind, int decay_input, double tau, E v_threshold, int surrogate, E alpha,

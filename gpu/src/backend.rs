@@ -10,7 +10,7 @@ use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormParams,
     BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads,
     ConvKind, LinearGrads, NeuronConfig, Pool2dParams, Precision, Result, RunningStats, SgdParams,
-    TransferCounts,
+    TransferCounts, conv_batch_norm_backward_in_turn,
 };
 
 use crate::device::GpuDevice;
@@ -317,13 +317,17 @@ impl<E: GpuElement> Backend for Cuda<E> {
         norm: Self::BatchNormContext,
         kind: ConvKind,
     ) -> Result<ConvBatchNormGrads<CudaTensor<E>>> {
-        Ok(ops::conv_batch_norm::backward(
-            &self.device,
-            grad_y,
-            conv,
-            norm,
-            kind,
-        )?)
+        match self.device.half_format() {
+            Some(format) => Ok(ops::conv_batch_norm::backward(
+                &self.device,
+                format,
+                grad_y,
+                conv,
+                norm,
+                kind,
+            )?),
+            None => conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind),
+        }
     }
 
     fn batch_norm_eval_forward(

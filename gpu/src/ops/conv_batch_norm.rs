@@ -6,7 +6,8 @@
 //! backward's BatchNorm writes its `dx` as the 16-bit `dy` the convolution's backward reads, so
 //! no `f32` `dx` is written and none is converted. Every output, context and gradient holds the
 //! bits of [`conv::forward`] and [`batch_norm::train_forward`] in turn and of their backwards,
-//! which is what runs under `f32` and `f64`.
+//! which is what runs under `f32` and `f64` (the backward through the contract's
+//! `conv_batch_norm_backward_in_turn`).
 
 use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free};
 use revsnn_reference::{
@@ -17,6 +18,7 @@ use revsnn_reference::{
 use super::GpuElement;
 use super::batch_norm::{self, BatchNormContext};
 use super::conv::{self, Conv2dContext};
+use super::precision::HalfFormat;
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::tensor::CudaTensor;
@@ -58,44 +60,25 @@ pub fn train_forward<E: GpuElement>(
     })
 }
 
-/// Gradients of [`train_forward`] (or of the two ops it fuses) from its contexts:
-/// [`batch_norm::backward`], then [`conv::backward`] of its `dx`, each context freed once it has
-/// served. Under `bf16` and `fp16` the BatchNorm stores `dx` as the 16-bit `dy` the convolution
-/// reads ([`batch_norm::backward_stored`], [`conv::backward_stored`]). Errors as the two ops do,
+/// Gradients of [`train_forward`] under `format` (`bf16` or `fp16`) from its contexts: the
+/// BatchNorm's backward stores its `dx` as the 16-bit `dy` the convolution's backward reads
+/// ([`batch_norm::backward_stored`], [`conv::backward_stored`]), each context freed once it has
+/// served; the bits of [`batch_norm::backward`] then [`conv::backward`]. (Under `f32` and `f64`
+/// the backend runs those two: `conv_batch_norm_backward_in_turn`.) Errors as the two ops do,
 /// and when the convolution had a bias.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
+    format: HalfFormat,
     grad_y: CudaTensor<E>,
     conv: Conv2dContext<E>,
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
     check_bias_free("conv_batch_norm_backward", conv.has_bias)?;
-    let (grads, gamma, beta) = match device.half_format() {
-        Some(format) => {
-            let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
-            drop((grad_y, norm));
-            let grads = conv::backward_stored(device, format, normed.input, &conv)?;
-            (grads, normed.gamma, normed.beta)
-        }
-        None => {
-            let normed = batch_norm::backward(device, &grad_y, &norm)?;
-            drop((grad_y, norm));
-            let dy = match kind {
-                ConvKind::Conv2d(_) => normed.input,
-                ConvKind::Conv1d => {
-                    let shape = Conv1dAs2d::grad_output(normed.input.shape())?;
-                    normed.input.reshaped(&shape)?
-                }
-            };
-            (
-                conv::backward(device, dy, &conv)?,
-                normed.gamma,
-                normed.beta,
-            )
-        }
-    };
-    let Conv2dGrads { input, weight, .. } = grads;
+    let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
+    drop((grad_y, norm));
+    let Conv2dGrads { input, weight, .. } =
+        conv::backward_stored(device, format, normed.input, &conv)?;
     let (input, weight) = match kind {
         ConvKind::Conv2d(_) => (input, weight),
         ConvKind::Conv1d => (
@@ -106,7 +89,7 @@ pub fn backward<E: GpuElement>(
     Ok(ConvBatchNormGrads {
         input,
         weight,
-        gamma,
-        beta,
+        gamma: normed.gamma,
+        beta: normed.beta,
     })
 }

@@ -358,12 +358,12 @@ fn launch_backward<E: GpuElement>(
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
     let params = KernelConfig::<E>::new(config)?;
-    let (len, grad_x_len) = match &gradients {
+    let (len, grad_x_len, in_place) = match &gradients {
         GradientBuffers::Apart {
             grad_spikes,
             grad_x,
-        } => (grad_spikes.len(), grad_x.len()),
-        GradientBuffers::InPlace(grad) => (grad.len(), grad.len()),
+        } => (grad_spikes.len(), grad_x.len(), ""),
+        GradientBuffers::InPlace(grad) => (grad.len(), grad.len(), "_in_place"),
     };
     let neurons = check_len("neuron_backward", "grad_spikes", len, time_steps)?;
     if h.len() != len || grad_x_len != len {
@@ -380,11 +380,7 @@ fn launch_backward<E: GpuElement>(
     }
     let stream = device.stream();
     let (n, t) = (neurons as i64, time_steps as i32);
-    let name = match gradients {
-        GradientBuffers::Apart { .. } => format!("{kernel}_{}", E::SUFFIX),
-        GradientBuffers::InPlace(_) => format!("{kernel}_in_place_{}", E::SUFFIX),
-    };
-    let function = device.function(&NEURON, &name)?;
+    let function = device.function(&NEURON, &format!("{kernel}{in_place}_{}", E::SUFFIX))?;
     let mut launch = stream.launch_builder(&function);
     match gradients {
         GradientBuffers::Apart {

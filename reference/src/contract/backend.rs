@@ -91,6 +91,27 @@ pub struct ConvBatchNormGrads<T> {
     pub beta: T,
 }
 
+/// [`Backend::conv_batch_norm_backward`] as its two ops in turn: the default, and what a backend
+/// that fuses them runs where it does not (CUDA under `f32` and `f64`).
+pub fn conv_batch_norm_backward_in_turn<B: Backend>(
+    backend: &B,
+    grad_y: B::Tensor,
+    conv: B::Conv2dContext,
+    norm: B::BatchNormContext,
+    kind: ConvKind,
+) -> Result<ConvBatchNormGrads<B::Tensor>> {
+    let normed = backend.batch_norm_backward(&grad_y, &norm)?;
+    drop((grad_y, norm));
+    let grads = backend.conv_backward(normed.input, &conv, kind)?;
+    check_bias_free("conv_batch_norm_backward", grads.bias.is_some())?;
+    Ok(ConvBatchNormGrads {
+        input: grads.input,
+        weight: grads.weight,
+        gamma: normed.gamma,
+        beta: normed.beta,
+    })
+}
+
 /// What a neuron's context keeps for its backward (docs/neurons.md §2.4.1): the membrane
 /// potentials `h [T, ...]` it charged, or its input `x [T, ...]` itself, from which the backward
 /// charges `h` again, bit for bit. Keeping the input costs no memory of its own when the caller
@@ -417,16 +438,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         norm: Self::BatchNormContext,
         kind: ConvKind,
     ) -> Result<ConvBatchNormGrads<Self::Tensor>> {
-        let normed = self.batch_norm_backward(&grad_y, &norm)?;
-        drop((grad_y, norm));
-        let grads = self.conv_backward(normed.input, &conv, kind)?;
-        check_bias_free("conv_batch_norm_backward", grads.bias.is_some())?;
-        Ok(ConvBatchNormGrads {
-            input: grads.input,
-            weight: grads.weight,
-            gamma: normed.gamma,
-            beta: normed.beta,
-        })
+        conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind)
     }
 
     // ---------------------------------------------------------------- batch normalisation

@@ -27,7 +27,7 @@ pub mod shapes;
 pub use backend::{
     AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput,
     BatchStats, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads, NeuronKept,
-    RunningStats,
+    RunningStats, conv_batch_norm_backward_in_turn,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};

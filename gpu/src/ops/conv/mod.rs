@@ -133,6 +133,12 @@ impl Geometry {
         Ok(Geometry(Conv2dGeometry::new(x, weight, params)?))
     }
 
+    /// The forward's sizes, from its backward's context.
+    fn of_context<E: GpuElement>(context: &Conv2dContext<E>) -> Result<Self, GpuError> {
+        let (x, weight) = (context.input.shape(), context.weight.shape());
+        Geometry::new(x, weight, context.params)
+    }
+
     /// A backward's `dx`, `dw` and `db` as tensors of the input's, weight's and bias's shapes.
     fn gradients<E: GpuElement>(
         &self,
@@ -500,11 +506,7 @@ pub fn backward<E: GpuElement>(
     grad_y: CudaTensor<E>,
     context: &Conv2dContext<E>,
 ) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
-    let g = Geometry::new(
-        context.input.shape(),
-        context.weight.shape(),
-        context.params,
-    )?;
+    let g = Geometry::of_context(context)?;
     g.check_grad(grad_y.shape())?;
     // The bias gradient first: under a 16-bit precision it sums the rounded `dy`
     // (`gradient_operand`), and `dy` then gives way to its 16-bit copy before any pass allocates.
@@ -538,11 +540,7 @@ pub(crate) fn backward_stored<E: GpuElement>(
     dy: DeviceBuffer<u16>,
     context: &Conv2dContext<E>,
 ) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
-    let g = Geometry::new(
-        context.input.shape(),
-        context.weight.shape(),
-        context.params,
-    )?;
+    let g = Geometry::of_context(context)?;
     if dy.len() != g.n * g.out_len() {
         let detail = format!(
             "internal error: a 16-bit dy of {} elements for an output of {:?}",
