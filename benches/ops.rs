@@ -62,9 +62,9 @@ fn neuron(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_if_neuron_t4_b8_64x32x32_f32");
     group.throughput(Throughput::Bytes(3 * bytes));
     group.bench_function("forward", |b| {
-        b.iter(|| cpu.neuron_forward(&x, &config).unwrap())
+        b.iter(|| cpu.neuron_forward(x.clone(), &config).unwrap())
     });
-    let (_, context) = cpu.neuron_forward(&x, &config).unwrap();
+    let (_, context) = cpu.neuron_forward(x, &config).unwrap();
     group.bench_function("backward", |b| {
         b.iter(|| {
             cpu.neuron_backward(grad.clone(), &context, &config)
@@ -85,7 +85,7 @@ fn lif_sigmoid_neuron(c: &mut Criterion) {
     let bytes = (shape.iter().product::<usize>() * 4) as u64;
     let mut group = c.benchmark_group("cpu_lif_sigmoid_neuron_t4_b8_64x32x32_f32");
     group.throughput(Throughput::Bytes(3 * bytes));
-    let (_, context) = cpu.neuron_forward(&x, &config).unwrap();
+    let (_, context) = cpu.neuron_forward(x, &config).unwrap();
     group.bench_function("backward", |b| {
         b.iter(|| {
             cpu.neuron_backward(grad.clone(), &context, &config)

@@ -77,7 +77,7 @@ fn compare<E: GpuElement>(
     let shape = [time_steps, neurons];
     let x_gpu = gpu.tensor_from_vec(&shape, x.clone()).unwrap();
     let grad_gpu = gpu.tensor_from_vec(&shape, grad.clone()).unwrap();
-    let (spikes_gpu, context_gpu) = gpu.neuron_forward(&x_gpu, config).unwrap();
+    let (spikes_gpu, context_gpu) = gpu.neuron_forward(x_gpu.clone(), config).unwrap();
     let grad_x_gpu = gpu
         .neuron_backward(grad_gpu.clone(), &context_gpu, config)
         .unwrap();
@@ -88,8 +88,14 @@ fn compare<E: GpuElement>(
         gpu.to_vec(&grad_x_gpu).unwrap(),
     );
 
+    assert_eq!(
+        gpu.to_vec(&x_gpu).unwrap(),
+        x,
+        "the forward changed an input held elsewhere"
+    );
+
     // a second run is bitwise identical
-    let (spikes_again, context_again) = gpu.neuron_forward(&x_gpu, config).unwrap();
+    let (spikes_again, context_again) = gpu.neuron_forward(x_gpu.clone(), config).unwrap();
     let grad_again = gpu
         .neuron_backward(grad_gpu.clone(), &context_again, config)
         .unwrap();
@@ -102,6 +108,24 @@ fn compare<E: GpuElement>(
         gpu.to_vec(&grad_again).unwrap(),
         grad_x_gpu,
         "dL/dx differs run to run"
+    );
+    // x handed over alone: h is written over it, the same bits, with only the spikes allocated
+    let handed = gpu.tensor_from_vec(&shape, x.clone()).unwrap();
+    let ((spikes_over, context_over), allocated) =
+        with_peak_rise(gpu.device(), || gpu.neuron_forward(handed, config).unwrap());
+    assert!(
+        allocated <= len * size_of::<E>(),
+        "the forward over a handed-over x allocated {allocated} bytes, more than the spikes"
+    );
+    assert_eq!(
+        gpu.to_vec(&spikes_over).unwrap(),
+        spikes_gpu,
+        "spikes differ when h is written over x"
+    );
+    assert_eq!(
+        gpu.to_vec(context_over.kept.tensor()).unwrap(),
+        h_gpu,
+        "h differs when written over x"
     );
     // dL/ds handed over alone with h kept: dL/dx is written over it, the same bits, with nothing
     // allocated
@@ -122,7 +146,9 @@ fn compare<E: GpuElement>(
     // buffer but the spikes in the forward and dL/dx in the backward
     let bytes = len * size_of::<E>();
     let ((spikes_kept, context_kept, grad_kept), held) = with_peak_rise(gpu.device(), || {
-        let (spikes, context) = gpu.neuron_forward_keeping_input(&x_gpu, config).unwrap();
+        let (spikes, context) = gpu
+            .neuron_forward_keeping_input(x_gpu.clone(), config)
+            .unwrap();
         let grad = gpu
             .neuron_backward(grad_gpu.clone(), &context, config)
             .unwrap();
@@ -148,7 +174,7 @@ fn compare<E: GpuElement>(
 
     let cpu = Cpu::<E>::new();
     let (spikes_cpu, context) = cpu
-        .neuron_forward(&cpu.tensor_from_vec(&shape, x.clone()).unwrap(), config)
+        .neuron_forward(cpu.tensor_from_vec(&shape, x.clone()).unwrap(), config)
         .unwrap();
     let grad_x_cpu = cpu
         .neuron_backward(
@@ -204,7 +230,7 @@ fn check_fingerprinted<E: GpuElement>(
         let (mut folded, mut expected) = (gpu.zero_word().unwrap(), gpu.zero_word().unwrap());
         for _ in 0..2 {
             let (fired, context) = gpu
-                .neuron_forward_fingerprinted(x, config, keeps_input, &mut folded)
+                .neuron_forward_fingerprinted(x.clone(), config, keeps_input, &mut folded)
                 .unwrap();
             let kept_input = matches!(context.kept, NeuronKept::Input(_));
             assert_eq!(
@@ -323,7 +349,7 @@ fn gpu_neuron_rejects_bad_parameters_and_shapes() {
     let x = gpu.tensor_from_vec(&[4, 3], vec![0.5f32; 12]).unwrap();
     let no_time = gpu.tensor_from_vec(&[0, 3], vec![]).unwrap();
     assert!(
-        gpu.neuron_forward(&no_time, &NeuronConfig::if_atan())
+        gpu.neuron_forward(no_time, &NeuronConfig::if_atan())
             .is_err(),
         "T = 0 is invalid"
     );
@@ -332,15 +358,15 @@ fn gpu_neuron_rejects_bad_parameters_and_shapes() {
         ..NeuronConfig::if_atan()
     };
     assert!(
-        gpu.neuron_forward(&x, &bad_threshold).is_err(),
+        gpu.neuron_forward(x.clone(), &bad_threshold).is_err(),
         "V_th = 0 is invalid"
     );
     let bad_tau = NeuronConfig::lif_sigmoid(1.0, 1.0);
     assert!(
-        gpu.neuron_forward(&x, &bad_tau).is_err(),
+        gpu.neuron_forward(x.clone(), &bad_tau).is_err(),
         "tau = 1 is invalid"
     );
-    let (_, context) = gpu.neuron_forward(&x, &NeuronConfig::if_atan()).unwrap();
+    let (_, context) = gpu.neuron_forward(x, &NeuronConfig::if_atan()).unwrap();
     let wrong_grad = gpu.tensor_from_vec(&[3, 4], vec![1.0f32; 12]).unwrap();
     assert!(
         gpu.neuron_backward(wrong_grad.clone(), &context, &NeuronConfig::if_atan())
@@ -356,9 +382,7 @@ fn gpu_neuron_rejects_bad_parameters_and_shapes() {
         .unwrap_err();
     let cpu = Cpu::<f32>::new();
     let x_cpu = cpu.tensor_from_vec(&[4, 3], vec![0.5f32; 12]).unwrap();
-    let (_, context_cpu) = cpu
-        .neuron_forward(&x_cpu, &NeuronConfig::if_atan())
-        .unwrap();
+    let (_, context_cpu) = cpu.neuron_forward(x_cpu, &NeuronConfig::if_atan()).unwrap();
     let grad_cpu = cpu.tensor_from_vec(&[4, 3], vec![1.0f32; 12]).unwrap();
     let cpu_error = cpu
         .neuron_backward(grad_cpu.clone(), &context_cpu, &other)
@@ -374,10 +398,10 @@ fn gpu_neuron_handles_empty_tensors_like_the_reference() {
     let cpu = Cpu::<f32>::new();
     let config = NeuronConfig::lif_sigmoid(2.0, 1.0);
     let (spikes_cpu, context_cpu) = cpu
-        .neuron_forward(&cpu.tensor_from_vec(&[2, 0], vec![]).unwrap(), &config)
+        .neuron_forward(cpu.tensor_from_vec(&[2, 0], vec![]).unwrap(), &config)
         .unwrap();
     let (spikes, context) = gpu
-        .neuron_forward(&gpu.tensor_from_vec(&[2, 0], vec![]).unwrap(), &config)
+        .neuron_forward(gpu.tensor_from_vec(&[2, 0], vec![]).unwrap(), &config)
         .unwrap();
     assert_eq!(gpu.shape(&spikes), cpu.shape(&spikes_cpu));
     let grad_cpu = cpu

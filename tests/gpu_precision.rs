@@ -726,7 +726,7 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
         for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
             device.set_precision(precision).unwrap();
             let what = format!("{precision} on {}", engine.name());
-            let (spikes, _) = gpu.neuron_forward(&currents, &heaviside).unwrap();
+            let (spikes, _) = gpu.neuron_forward(currents.clone(), &heaviside).unwrap();
             let values = gpu.to_vec(&spikes).unwrap();
             assert!(spikes.is_spikes(), "{what}: the spikes are not marked");
             assert!(
@@ -749,7 +749,7 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
                 same_bits(&grads_of(&context), &grads_of(&plain_context)),
                 "{what}: the backward over the spike bytes differs"
             );
-            let (smoothed, _) = gpu.neuron_forward(&currents, &smooth).unwrap();
+            let (smoothed, _) = gpu.neuron_forward(currents.clone(), &smooth).unwrap();
             assert!(!smoothed.is_spikes(), "{what}: a smooth output is marked");
         }
     }
@@ -790,7 +790,7 @@ fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bytes_exist() 
             (host(&gpu, &[&out.y]), rise)
         };
         let (spikes, _) = gpu
-            .neuron_forward(&currents, &NeuronConfig::if_atan())
+            .neuron_forward(currents.clone(), &NeuronConfig::if_atan())
             .unwrap();
         let (held_y, held) = run(spikes.clone());
         let (handed_y, handed) = run(spikes);
@@ -815,7 +815,7 @@ fn keep_holds_spikes_one_byte_each_and_gives_back_their_values() {
     let mut rng = SplitMix64::new(53);
     let currents = normal_tensor(&gpu, &mut rng, &[2, 3, 7], 1.5);
     let (spikes, _) = gpu
-        .neuron_forward(&currents, &NeuronConfig::if_atan())
+        .neuron_forward(currents.clone(), &NeuronConfig::if_atan())
         .unwrap();
     let values = gpu.to_vec(&spikes).unwrap();
     let before = live_bytes(&gpu);

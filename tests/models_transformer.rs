@@ -578,7 +578,7 @@ impl ReferenceForward<'_> {
     fn lif(&self, x: &T64, v_threshold: f64) -> T64 {
         let tau = if self.spec.arch.is_dvs() { 1.5 } else { 2.0 };
         let config = NeuronConfig::lif_sigmoid(tau, v_threshold);
-        self.backend.neuron_forward(x, &config).unwrap().0
+        self.backend.neuron_forward(x.clone(), &config).unwrap().0
     }
 
     /// `BN(conv(x))` on `[N, C, H, W]`, with the conv bias when the store has one.

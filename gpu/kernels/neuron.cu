@@ -35,7 +35,8 @@ template <typename E> __device__ __forceinline__ E fire(int surrogate, int smoot
     return (E)1 / ((E)1 + exp(-alpha * z));
 }
 
-// Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h when `h_seq` is,
+// Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h when `h_seq` is (x
+// itself for the in-place kernel: each element is read before it is written, by the same thread),
 // and adds the spikes' fingerprint terms to *fingerprint_sum when it is set (fingerprint.cuh:
 // the spikes are not read again to fingerprint them).
 template <typename E>
@@ -93,6 +94,11 @@ __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* g
                                                        unsigned long long* fingerprint_sum,                    \
                                                        NEURON_SHARED_PARAMS(E)) {                              \
         charge_and_fire<E>(x, spikes, h_seq, fingerprint_sum, NEURON_SHARED_ARGS);                              \
+    }                                                                                                          \
+    extern "C" __global__ void neuron_forward_in_place_##SUFFIX(E* x_then_h, E* spikes,                       \
+                                                                unsigned long long* fingerprint_sum,           \
+                                                                NEURON_SHARED_PARAMS(E)) {                     \
+        charge_and_fire<E>(x_then_h, spikes, x_then_h, fingerprint_sum, NEURON_SHARED_ARGS);                    \
     }                                                                                                          \
     extern "C" __global__ void neuron_fire_##SUFFIX(const E* x, E* spikes, unsigned long long* fingerprint_sum, \
                                                     NEURON_SHARED_PARAMS(E)) {                                 \

@@ -216,7 +216,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn neuron_forward(
         &self,
-        x: &CudaTensor<E>,
+        x: CudaTensor<E>,
         config: &NeuronConfig,
     ) -> Result<(CudaTensor<E>, Self::NeuronContext)> {
         Ok(ops::neuron::forward(&self.device, x, config)?)
@@ -224,7 +224,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn neuron_forward_keeping_input(
         &self,
-        x: &CudaTensor<E>,
+        x: CudaTensor<E>,
         config: &NeuronConfig,
     ) -> Result<(CudaTensor<E>, Self::NeuronContext)> {
         Ok(ops::neuron::forward_keeping_input(&self.device, x, config)?)
@@ -232,7 +232,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
 
     fn neuron_forward_fingerprinted(
         &self,
-        x: &CudaTensor<E>,
+        x: CudaTensor<E>,
         config: &NeuronConfig,
         keeps_input: bool,
         word: &mut DeviceBuffer<u64>,

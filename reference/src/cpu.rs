@@ -199,18 +199,18 @@ impl<E: Element> Backend for Cpu<E> {
 
     fn neuron_forward(
         &self,
-        x: &CpuTensor<E>,
+        x: CpuTensor<E>,
         config: &NeuronConfig,
     ) -> Result<(CpuTensor<E>, Self::NeuronContext)> {
-        ops::neuron::forward(x, config)
+        ops::neuron::forward(&x, config)
     }
 
     fn neuron_forward_keeping_input(
         &self,
-        x: &CpuTensor<E>,
+        x: CpuTensor<E>,
         config: &NeuronConfig,
     ) -> Result<(CpuTensor<E>, Self::NeuronContext)> {
-        ops::neuron::forward_keeping_input(x, config)
+        ops::neuron::forward_keeping_input(&x, config)
     }
 
     fn neuron_backward(

@@ -129,7 +129,7 @@ fn configs() -> Vec<NeuronConfig> {
 fn check_against_spec(shape: &[usize], x: &[f64], grad_s: &[f64], config: &NeuronConfig) {
     let cpu = Cpu::<f64>::new();
     let xt = cpu.tensor_from_vec(shape, x.to_vec()).unwrap();
-    let (spikes, ctx) = cpu.neuron_forward(&xt, config).unwrap();
+    let (spikes, ctx) = cpu.neuron_forward(xt, config).unwrap();
     let gt = cpu.tensor_from_vec(shape, grad_s.to_vec()).unwrap();
     let grad_x = cpu.neuron_backward(gt.clone(), &ctx, config).unwrap();
     assert_eq!(spikes.shape(), shape);
@@ -182,8 +182,8 @@ fn check_keeping_input<E: Element>(config: &NeuronConfig, seed: u64) {
         cpu.tensor_from_vec(&shape, values).unwrap()
     };
     let (x, grad_s) = (tensor(1.5), tensor(1.0));
-    let (spikes, ctx) = cpu.neuron_forward(&x, config).unwrap();
-    let (spikes_kept, ctx_kept) = cpu.neuron_forward_keeping_input(&x, config).unwrap();
+    let (spikes, ctx) = cpu.neuron_forward(x.clone(), config).unwrap();
+    let (spikes_kept, ctx_kept) = cpu.neuron_forward_keeping_input(x.clone(), config).unwrap();
     match &ctx_kept.kept {
         NeuronKept::Input(kept) => assert_eq!(kept.as_ptr(), x.as_ptr(), "x is not shared"),
         NeuronKept::Potentials(_) => panic!("the context keeps h, not x"),
@@ -218,7 +218,7 @@ fn spike_rates_of_the_test_data_are_neither_zero_nor_saturated() {
         let x = cpu
             .tensor_from_vec(&[6, 150], rng.normal_vec(900, 1.5))
             .unwrap();
-        let (spikes, _) = cpu.neuron_forward(&x, &config).unwrap();
+        let (spikes, _) = cpu.neuron_forward(x, &config).unwrap();
         let rate = spikes.sum() / 900.0;
         assert!((0.05..0.6).contains(&rate), "{config:?}: rate {rate}");
     }
@@ -232,7 +232,7 @@ fn if_neuron_by_hand_spikes_at_equality_and_resets_to_zero() {
     let x = cpu
         .tensor_from_vec(&[3, 2], vec![0.5, 2.0, 0.5, 0.75, 0.25, 0.75])
         .unwrap();
-    let (spikes, ctx) = cpu.neuron_forward(&x, &config).unwrap();
+    let (spikes, ctx) = cpu.neuron_forward(x, &config).unwrap();
     assert_eq!(cpu.to_vec(&spikes).unwrap(), [0.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
     assert_eq!(
         cpu.to_vec(ctx.kept.tensor()).unwrap(),
@@ -260,12 +260,12 @@ fn finite_difference_error(config: &NeuronConfig, shape: &[usize], seed: u64) ->
     let dy = rng.normal_vec(len, 1.0);
     let loss = |x: &[f64]| {
         let xt = cpu.tensor_from_vec(shape, x.to_vec()).unwrap();
-        let (y, _) = cpu.neuron_forward(&xt, config).unwrap();
+        let (y, _) = cpu.neuron_forward(xt, config).unwrap();
         dot(&dy, &cpu.to_vec(&y).unwrap())
     };
     let numeric = central_difference(loss, &x, 1e-5);
     let xt = cpu.tensor_from_vec(shape, x).unwrap();
-    let (_, ctx) = cpu.neuron_forward(&xt, config).unwrap();
+    let (_, ctx) = cpu.neuron_forward(xt, config).unwrap();
     let dyt = cpu.tensor_from_vec(shape, dy).unwrap();
     let analytic = cpu
         .to_vec(&cpu.neuron_backward(dyt.clone(), &ctx, config).unwrap())
@@ -323,13 +323,13 @@ fn f32_agrees_with_f64() {
         let x64d: Vec<f64> = x32.iter().map(|&v| f64::from(v)).collect();
         let g64d: Vec<f64> = g32.iter().map(|&v| f64::from(v)).collect();
         let (s64, ctx64) = c64
-            .neuron_forward(&c64.tensor_from_vec(&shape, x64d).unwrap(), &config)
+            .neuron_forward(c64.tensor_from_vec(&shape, x64d).unwrap(), &config)
             .unwrap();
         let gx64 = c64
             .neuron_backward(c64.tensor_from_vec(&shape, g64d).unwrap(), &ctx64, &config)
             .unwrap();
         let (s32, ctx32) = c32
-            .neuron_forward(&c32.tensor_from_vec(&shape, x32.clone()).unwrap(), &config)
+            .neuron_forward(c32.tensor_from_vec(&shape, x32.clone()).unwrap(), &config)
             .unwrap();
         let gx32 = c32
             .neuron_backward(
@@ -366,7 +366,7 @@ fn run_in_pool<E: Element>(
     pool.install(|| {
         let cpu = Cpu::<E>::new();
         let (s, ctx) = cpu
-            .neuron_forward(&cpu.tensor_from_vec(shape, x.to_vec()).unwrap(), config)
+            .neuron_forward(cpu.tensor_from_vec(shape, x.to_vec()).unwrap(), config)
             .unwrap();
         let gx = cpu
             .neuron_backward(
@@ -424,8 +424,8 @@ fn non_standard_layout_input_is_read_in_logical_order() {
     let x = cpu
         .tensor_from_vec(&[5, 7], cpu.to_vec(&xt).unwrap())
         .unwrap();
-    let (s1, c1) = cpu.neuron_forward(&xt, &config).unwrap();
-    let (s2, c2) = cpu.neuron_forward(&x, &config).unwrap();
+    let (s1, c1) = cpu.neuron_forward(xt, &config).unwrap();
+    let (s2, c2) = cpu.neuron_forward(x, &config).unwrap();
     assert_eq!(s1, s2);
     assert_eq!(c1.kept.tensor(), c2.kept.tensor());
     assert!(s1.is_standard_layout() && c1.kept.tensor().is_standard_layout());
@@ -459,7 +459,7 @@ fn bad_input_is_an_error_not_a_panic() {
     for config in bad_configs {
         assert!(
             matches!(
-                cpu.neuron_forward(&x, &config),
+                cpu.neuron_forward(x.clone(), &config),
                 Err(OpError::InvalidParameter { .. })
             ),
             "{config:?}"
@@ -472,14 +472,14 @@ fn bad_input_is_an_error_not_a_panic() {
         let bad = cpu.tensor_from_vec(&shape, vec![0.0; len]).unwrap();
         assert!(
             matches!(
-                cpu.neuron_forward(&bad, &config),
+                cpu.neuron_forward(bad, &config),
                 Err(OpError::ShapeMismatch { .. })
             ),
             "{shape:?}"
         );
     }
 
-    let (_, ctx) = cpu.neuron_forward(&x, &config).unwrap();
+    let (_, ctx) = cpu.neuron_forward(x, &config).unwrap();
     for shape in [vec![3, 2], vec![6], vec![2, 3, 1]] {
         let g = cpu.tensor_from_vec(&shape, vec![1.0; 6]).unwrap();
         assert!(

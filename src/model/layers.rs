@@ -62,10 +62,10 @@ impl<B: Backend> Layer<B> for Neuron {
         let (backend, config) = (session.backend, &self.config);
         let (spikes, context) = match session.probes.spike_fingerprint_mut() {
             Some(word) => {
-                backend.neuron_forward_fingerprinted(&x, config, self.keeps_input, word)?
+                backend.neuron_forward_fingerprinted(x, config, self.keeps_input, word)?
             }
-            None if self.keeps_input => backend.neuron_forward_keeping_input(&x, config)?,
-            None => backend.neuron_forward(&x, config)?,
+            None if self.keeps_input => backend.neuron_forward_keeping_input(x, config)?,
+            None => backend.neuron_forward(x, config)?,
         };
         session.probes.log_spikes(&spikes);
         Ok((spikes, context))

@@ -115,22 +115,24 @@ pub struct NeuronContext<E> {
 
 /// The forward of docs/neurons.md §2.2 over `x` `[T, ...]`: returns the spikes `[T, ...]` (with
 /// Heaviside firing marked as 0s and 1s, [`CudaTensor::is_spikes`]) and the context holding `h`
-/// and `config`. Errors, as the reference: an invalid `config`, or `x` with no
-/// axis or `T = 0`.
+/// and `config`. With `x` held by nothing else, `h` is written over it
+/// (`neuron_forward_in_place_<E>`: each thread reads `x[t]` before it writes `h[t]`), so the
+/// forward allocates only the spikes. Errors, as the reference: an invalid `config`, or `x` with
+/// no axis or `T = 0`.
 pub fn forward<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaTensor<E>,
+    x: CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
     fire(device, x, config, false, None)
 }
 
-/// [`forward`] whose context keeps `x` itself (shared, not copied) and no buffer of its own: the
-/// kernel writes the spikes only, and [`backward`] charges `h` from `x` again, bit for bit
-/// (docs/neurons.md §2.4.1).
+/// [`forward`] whose context keeps `x` itself and no buffer of its own: the kernel writes the
+/// spikes only, and [`backward`] charges `h` from `x` again, bit for bit (docs/neurons.md
+/// §2.4.1).
 pub fn forward_keeping_input<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaTensor<E>,
+    x: CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
     fire(device, x, config, true, None)
@@ -141,7 +143,7 @@ pub fn forward_keeping_input<E: GpuElement>(
 /// fingerprint's terms as it writes the spikes, which are not read again.
 pub fn forward_fingerprinted<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaTensor<E>,
+    x: CudaTensor<E>,
     config: &NeuronConfig,
     keeps_input: bool,
     word: &mut DeviceBuffer<u64>,
@@ -149,45 +151,48 @@ pub fn forward_fingerprinted<E: GpuElement>(
     fire(device, x, config, keeps_input, Some(word))
 }
 
-/// The spikes over `x`, and a context keeping `x` itself or the `h` the kernel also writes; the
-/// spikes' fingerprint folded into `fingerprint` when there is one.
+/// The spikes over `x`, and a context keeping `x` itself or the `h` the kernel also writes (over
+/// `x` when nothing else holds it); the spikes' fingerprint folded into `fingerprint` when there
+/// is one.
 fn fire<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaTensor<E>,
+    x: CudaTensor<E>,
     config: &NeuronConfig,
     keeps_input: bool,
     fingerprint: Option<&mut DeviceBuffer<u64>>,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
     config.validate()?;
     let (steps, _) = time_by_neurons(x.shape(), "x")?;
+    let shape = x.shape().to_vec();
     // SAFETY: the kernel writes every element before anything reads them.
     let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
-    let mut h = if keeps_input {
-        None
-    } else {
-        // SAFETY: as above.
-        Some(unsafe { device.alloc::<E>(x.len()) }?)
-    };
     let mut sum = fingerprint
         .is_some()
         .then(|| device.alloc_zeros::<u64>(1))
         .transpose()?;
-    // An empty buffer's slice holds one unused element: launch nothing over it.
-    if !x.is_empty() {
-        let h = h.as_mut().map(|h| h.slice_mut());
-        let sum = sum.as_mut().map(|sum| sum.slice_mut());
-        launch_forward(device, x.slice(), spikes.slice_mut(), h, sum, steps, config)?;
-    }
-    if let (Some(word), Some(sum)) = (fingerprint, &sum) {
-        super::tensor::fold_element_sum(device, word, sum, x.shape())?;
-    }
-    let kept = match h {
-        Some(h) => NeuronKept::Potentials(CudaTensor::new(h, x.shape())?),
-        None => NeuronKept::Input(x.clone()),
+    let launch = Launch {
+        steps,
+        config,
+        fingerprint_sum: sum.as_mut().map(|sum| sum.slice_mut()),
     };
-    let spikes = spikes_tensor(spikes, x, config)?;
+    let kept = if keeps_input {
+        if !x.is_empty() {
+            let charge = ChargeBuffers::FireOnly(x.slice());
+            launch_forward(device, charge, spikes.slice_mut(), launch)?;
+        }
+        NeuronKept::Input(x)
+    } else if x.is_empty() {
+        // An empty buffer's slice holds one unused element: launch nothing over it; an empty
+        // `x` is its own `h`.
+        NeuronKept::Potentials(x)
+    } else {
+        NeuronKept::Potentials(charge_potentials(device, x, spikes.slice_mut(), launch)?)
+    };
+    if let (Some(word), Some(sum)) = (fingerprint, &sum) {
+        super::tensor::fold_element_sum(device, word, sum, &shape)?;
+    }
     Ok((
-        spikes,
+        spikes_tensor(spikes, &shape, config)?,
         NeuronContext {
             kept,
             config: *config,
@@ -195,13 +200,46 @@ fn fire<E: GpuElement>(
     ))
 }
 
-/// The spikes shaped like `x`, marked as 0s and 1s under Heaviside firing.
+/// Charges and fires over `x` into `spikes`, and returns `h`: written over `x`'s buffer when
+/// nothing else holds it, into a buffer of its own otherwise.
+fn charge_potentials<E: GpuElement>(
+    device: &GpuDevice,
+    x: CudaTensor<E>,
+    spikes: &mut CudaSlice<E>,
+    launch: Launch<'_>,
+) -> Result<CudaTensor<E>, GpuError> {
+    let shape = x.shape().to_vec();
+    let h = match x.into_unshared_buffer() {
+        Ok(mut x) => {
+            launch_forward(
+                device,
+                ChargeBuffers::InPlace(x.slice_mut()),
+                spikes,
+                launch,
+            )?;
+            x
+        }
+        Err(x) => {
+            // SAFETY: the kernel writes every element before anything reads them.
+            let mut h = unsafe { device.alloc::<E>(x.len()) }?;
+            let charge = ChargeBuffers::Apart {
+                x: x.slice(),
+                h: h.slice_mut(),
+            };
+            launch_forward(device, charge, spikes, launch)?;
+            h
+        }
+    };
+    CudaTensor::new(h, &shape)
+}
+
+/// The spikes of `shape`, marked as 0s and 1s under Heaviside firing.
 fn spikes_tensor<E: GpuElement>(
     spikes: DeviceBuffer<E>,
-    x: &CudaTensor<E>,
+    shape: &[usize],
     config: &NeuronConfig,
 ) -> Result<CudaTensor<E>, GpuError> {
-    let spikes = CudaTensor::new(spikes, x.shape())?;
+    let spikes = CudaTensor::new(spikes, shape)?;
     Ok(match config.firing {
         Firing::Heaviside => spikes.into_spikes(),
         Firing::Smooth => spikes,
@@ -217,60 +255,80 @@ pub fn forward_into<E: GpuElement>(
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
-    launch_forward(device, x, spikes, Some(h), None, time_steps, config)
+    let launch = Launch {
+        steps: time_steps,
+        config,
+        fingerprint_sum: None,
+    };
+    launch_forward(device, ChargeBuffers::Apart { x, h }, spikes, launch)
 }
 
-/// Launches `neuron_forward` over `x`, writing the spikes and `h`, or, without `h`,
-/// `neuron_fire`, writing the spikes only; every buffer `T N` elements. With a
-/// `fingerprint_sum` (one element) the kernel adds the spikes' fingerprint terms to it.
+/// The input a forward launch reads and the `h` it writes, `T N` elements each: `x` alone
+/// (`neuron_fire_<E>`, no `h`), `x` and a buffer for `h` (`neuron_forward_<E>`), or one buffer
+/// that holds `x` and receives `h` (`neuron_forward_in_place_<E>`).
+enum ChargeBuffers<'a, E> {
+    FireOnly(&'a CudaSlice<E>),
+    Apart {
+        x: &'a CudaSlice<E>,
+        h: &'a mut CudaSlice<E>,
+    },
+    InPlace(&'a mut CudaSlice<E>),
+}
+
+/// What a forward launch runs over besides its buffers: `T`, the configuration, and the
+/// fingerprint sum (one element) that the kernel adds the spikes' terms to, when there is one.
+struct Launch<'a> {
+    steps: usize,
+    config: &'a NeuronConfig,
+    fingerprint_sum: Option<&'a mut CudaSlice<u64>>,
+}
+
+/// Launches the forward kernel that `charge` names, writing the spikes (and `h`, unless
+/// [`ChargeBuffers::FireOnly`]), every buffer `T N` elements.
 fn launch_forward<E: GpuElement>(
     device: &GpuDevice,
-    x: &CudaSlice<E>,
+    charge: ChargeBuffers<'_, E>,
     spikes: &mut CudaSlice<E>,
-    h: Option<&mut CudaSlice<E>>,
-    fingerprint_sum: Option<&mut CudaSlice<u64>>,
-    time_steps: usize,
-    config: &NeuronConfig,
+    launch: Launch<'_>,
 ) -> Result<(), GpuError> {
-    let params = KernelConfig::<E>::new(config)?;
-    let neurons = check_len("neuron_forward", "x", x.len(), time_steps)?;
-    let h_len = h.as_ref().map_or(x.len(), |h| h.len());
-    if spikes.len() != x.len() || h_len != x.len() {
+    let params = KernelConfig::<E>::new(launch.config)?;
+    let (x_len, h_len, kernel) = match &charge {
+        ChargeBuffers::FireOnly(x) => (x.len(), x.len(), "neuron_fire"),
+        ChargeBuffers::Apart { x, h } => (x.len(), h.len(), "neuron_forward"),
+        ChargeBuffers::InPlace(x) => (x.len(), x.len(), "neuron_forward_in_place"),
+    };
+    let neurons = check_len("neuron_forward", "x", x_len, launch.steps)?;
+    if spikes.len() != x_len || h_len != x_len {
         return Err(shape_error(
             "neuron_forward",
             format!(
-                "x has {} elements but spikes {} and h {h_len}",
-                x.len(),
-                spikes.len(),
+                "x has {x_len} elements but spikes {} and h {h_len}",
+                spikes.len()
             ),
         ));
     }
     if neurons == 0 {
         return Ok(());
     }
-    let kernel = if h.is_some() {
-        "neuron_forward"
-    } else {
-        "neuron_fire"
-    };
     let function = device.function(&NEURON, &format!("{kernel}_{}", E::SUFFIX))?;
     let stream = device.stream();
-    let (n, t) = (neurons as i64, time_steps as i32);
+    let (n, t) = (neurons as i64, launch.steps as i32);
     // A null pointer when there is no sum to add to; the guard orders the launch after the
     // sum's zeroing.
-    let sum = fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
+    let sum = launch.fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
     let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
-    let mut launch = stream.launch_builder(&function);
-    launch.arg(x).arg(spikes);
-    if let Some(h) = h {
-        launch.arg(h);
-    }
-    launch.arg(&sum_pointer);
-    params.push_shared(&mut launch, &n, &t);
-    // SAFETY: the argument list matches `neuron_forward_<E>` (with `h`) or `neuron_fire_<E>`
-    // (without) in neuron.cu, every buffer holds T * N elements of E, and the fingerprint sum,
-    // when not null, one u64.
-    unsafe { launch.launch(launch_config(neurons)) }
+    let mut builder = stream.launch_builder(&function);
+    match charge {
+        ChargeBuffers::FireOnly(x) => builder.arg(x).arg(spikes),
+        ChargeBuffers::Apart { x, h } => builder.arg(x).arg(spikes).arg(h),
+        ChargeBuffers::InPlace(x_then_h) => builder.arg(x_then_h).arg(spikes),
+    };
+    builder.arg(&sum_pointer);
+    params.push_shared(&mut builder, &n, &t);
+    // SAFETY: the argument list matches `neuron_fire_<E>`, `neuron_forward_<E>` or
+    // `neuron_forward_in_place_<E>` in neuron.cu, every buffer holds T * N elements of E, and
+    // the fingerprint sum, when not null, one u64.
+    unsafe { builder.launch(launch_config(neurons)) }
         .map_err(GpuError::driver("launching the neuron forward"))?;
     Ok(())
 }

@@ -272,10 +272,11 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// A multi-step neuron layer over `x` of shape `[T, ...]`, starting from `v = 0`
     /// (docs/neurons.md §2.2): `h[t] = charge(v[t-1], x[t])`, `s[t] = Heaviside(h[t] - V_th)`,
     /// `v[t] = (1 - s[t]) h[t]`. Returns the spikes `[T, ...]` and a context keeping `h`
-    /// ([`NeuronKept::Potentials`]).
+    /// ([`NeuronKept::Potentials`]). `x` is handed over: a backend may write `h` over it when
+    /// nothing else holds it (CUDA does, docs/neurons.md §2.4.1).
     fn neuron_forward(
         &self,
-        x: &Self::Tensor,
+        x: Self::Tensor,
         config: &NeuronConfig,
     ) -> Result<(Self::Tensor, Self::NeuronContext)>;
     /// [`Backend::neuron_forward`] whose context keeps `x` itself ([`NeuronKept::Input`]) and
@@ -283,7 +284,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// bitwise [`Backend::neuron_forward`]'s. For callers that hold `x` through the backward.
     fn neuron_forward_keeping_input(
         &self,
-        x: &Self::Tensor,
+        x: Self::Tensor,
         config: &NeuronConfig,
     ) -> Result<(Self::Tensor, Self::NeuronContext)>;
     /// [`Backend::neuron_forward`], or with `keeps_input` [`Backend::neuron_forward_keeping_input`],
@@ -292,7 +293,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// terms in the neuron's kernel as it writes the spikes, which are then not read again.
     fn neuron_forward_fingerprinted(
         &self,
-        x: &Self::Tensor,
+        x: Self::Tensor,
         config: &NeuronConfig,
         keeps_input: bool,
         word: &mut Self::Word,
