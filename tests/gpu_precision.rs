@@ -541,7 +541,8 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
 /// size is held beside the BatchNorm's: on cuDNN the forward's peak is lower than the two ops'
 /// by at least the output's f32 bytes (on im2col the columns of the 2-D convolution hold the
 /// peak), and the backward's by at least the bytes an f32 `dx` of the BatchNorm holds beyond its
-/// 16-bit patterns; never higher. (That the f32 tensors are not even written, a pass fewer each,
+/// 16-bit patterns or, where widening `dx` holds the peak, the input's 16-bit copy, freed
+/// before; never higher. (That the f32 tensors are not even written, a pass fewer each,
 /// the peak cannot tell; the profile stage of gpu/check.sh sees it.) Under f32 it is the two ops.
 #[test]
 fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_output() {
@@ -552,20 +553,38 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
     let mut rng = SplitMix64::new(47);
     // Each case's input and output gradient stay on the host: every run uploads fresh copies to
     // hand over.
+    // The last case has a wide input (`true`): its input's 16-bit copy, not the output, holds
+    // the forward's peak, and widening `dx` the backward's, where the fused backward has freed
+    // that copy. In the others the output holds both.
+    let conv2d = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let shapes = [
         (
-            ConvKind::Conv2d(Conv2dParams::new(1, 1)),
+            conv2d,
             &[2, 3, 8, 8][..],
             &[16, 3, 3, 3][..],
             &[2, 16, 8, 8][..],
+            false,
         ),
-        (ConvKind::Conv1d, &[2, 6, 20], &[16, 6, 1], &[2, 16, 20]),
+        (
+            ConvKind::Conv1d,
+            &[2, 6, 20],
+            &[16, 6, 1],
+            &[2, 16, 20],
+            false,
+        ),
+        (
+            conv2d,
+            &[2, 64, 8, 8],
+            &[16, 64, 3, 3],
+            &[2, 16, 8, 8],
+            true,
+        ),
     ];
-    let cases = shapes.map(|(kind, x, w, y)| {
+    let cases = shapes.map(|(kind, x, w, y, wide)| {
         let x = (x.to_vec(), normal_f32(&mut rng, x.iter().product(), 1.0));
         let w = normal_tensor(&gpu, &mut rng, w, 0.3);
         let dy = (y.to_vec(), normal_f32(&mut rng, y.iter().product(), 1.0));
-        (kind, x, w, dy)
+        (kind, x, w, dy, wide)
     });
     let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
     let (gamma, beta) = (normal(&[16], 0.5), normal(&[16], 0.5));
@@ -624,16 +643,19 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
     for engine in each_conv_engine(device) {
         for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
             device.set_precision(precision).unwrap();
-            for (kind, x, w, dy) in &cases {
+            for (kind, x, w, dy, wide) in &cases {
                 let what = format!("{precision} on {}, {kind:?}", engine.name());
                 let (two_ops, two_ops_rise) = run(*kind, x, w, dy, false);
                 let (fused, fused_rise) = run(*kind, x, w, dy, true);
                 assert!(same_bits(&fused, &two_ops), "{what}: the bits differ");
-                let elements = dy.1.len();
-                // im2col's columns, not the output, can hold a 2-D convolution's peak.
-                let saved = match (precision, engine) {
-                    (Precision::F32, _) => [0, 0],
-                    (_, ConvEngine::Im2colGemm) => [0, 0],
+                let (elements, inputs) = (dy.1.len(), x.1.len());
+                // im2col's columns, not the output, can hold a 2-D convolution's peak. On cuDNN
+                // the fused forward never writes the f32 output, and the fused backward neither
+                // the BatchNorm's f32 `dx` nor, once it widens `dx`, the input's 16-bit copy.
+                let saved = match (precision, engine, wide) {
+                    (Precision::F32, _, _) => [0, 0],
+                    (_, ConvEngine::Im2colGemm, _) => [0, 0],
+                    (_, _, true) => [0, inputs * size_of::<u16>()],
                     _ => [elements * size_of::<f32>(), elements * size_of::<u16>()],
                 };
                 for (pass, ((fused, two_ops), saved)) in ["forward", "backward"]

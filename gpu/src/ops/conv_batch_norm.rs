@@ -78,7 +78,7 @@ pub fn backward<E: GpuElement>(
     let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
     drop((grad_y, norm));
     let Conv2dGrads { input, weight, .. } =
-        conv::backward_stored(device, format, normed.input, &conv)?;
+        conv::backward_stored(device, format, normed.input, conv)?;
     let (input, weight) = match kind {
         ConvKind::Conv2d(_) => (input, weight),
         ConvKind::Conv1d => (

@@ -523,7 +523,7 @@ pub fn backward<E: GpuElement>(
         Some(format) => {
             let dy_half = stored(device, format, grad_y.buffer())?;
             drop(grad_y);
-            half_backward(device, &g, format, x, weight, dy_half)?
+            half_backward(device, &g, format, HeldInput::Borrowed(x), weight, dy_half)?
         }
     };
     g.gradients(dx, dw, bias)
@@ -533,14 +533,15 @@ pub fn backward<E: GpuElement>(
 /// patterns (the BatchNorm after the convolution writes them: `batch_norm::backward_stored`).
 /// The gradients are the bits [`backward`] gives for the `f32` `dy` those patterns round from;
 /// no bias gradient (the caller, `conv_batch_norm::backward`, refuses a biased convolution).
-/// Errors when `dy` does not hold the output's elements.
+/// The context is handed over, so its saved input is freed once both passes have read it,
+/// before the gradients are widened. Errors when `dy` does not hold the output's elements.
 pub(crate) fn backward_stored<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
     dy: DeviceBuffer<u16>,
-    context: &Conv2dContext<E>,
+    context: Conv2dContext<E>,
 ) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
-    let g = Geometry::of_context(context)?;
+    let g = Geometry::of_context(&context)?;
     if dy.len() != g.n * g.out_len() {
         let detail = format!(
             "internal error: a 16-bit dy of {} elements for an output of {:?}",
@@ -549,7 +550,8 @@ pub(crate) fn backward_stored<E: GpuElement>(
         );
         return Err(shape_error("conv2d_backward", detail));
     }
-    let (dx, dw) = half_backward(device, &g, format, &context.input, &context.weight, dy)?;
+    let Conv2dContext { input, weight, .. } = context;
+    let (dx, dw) = half_backward(device, &g, format, HeldInput::Owned(input), &weight, dy)?;
     g.gradients(dx, dw, None)
 }
 
@@ -718,57 +720,77 @@ fn half_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     format: HalfFormat,
-    x: &SavedInput<E>,
+    x: HeldInput<'_, E>,
     weight: &CudaTensor<E>,
     dy_half: DeviceBuffer<u16>,
 ) -> Result<Gradients<E>, GpuError> {
-    let dy_half = match cudnn_half_backward(device, g, format, x, weight, dy_half)? {
+    let (dy_half, x) = match cudnn_half_backward(device, g, format, x, weight, dy_half)? {
         HalfPasses::Ran(grads) => return Ok(grads),
-        HalfPasses::NotRun(dy_half) => dy_half,
+        HalfPasses::NotRun(dy_half, x) => (dy_half, x),
     };
     let grad_y = precision::widened_tensor(device, format, &dy_half, &g.output_shape())?;
     drop(dy_half);
-    let (dx, dw) = im2col_gradients(device, g, x, weight, &grad_y)?;
+    let (dx, dw) = im2col_gradients(device, g, &x, weight, &grad_y)?;
     let dx = precision::rounded_buffer(device, &dx, format)?;
     Ok((dx, precision::rounded_buffer(device, &dw, format)?))
 }
 
+/// A convolution's saved input as a backward receives it: borrowed from a context that outlives
+/// the backward, or handed over with the context, and then freed once the passes that read it
+/// have run.
+enum HeldInput<'a, E> {
+    Borrowed(&'a SavedInput<E>),
+    Owned(SavedInput<E>),
+}
+
+impl<E> std::ops::Deref for HeldInput<'_, E> {
+    type Target = SavedInput<E>;
+
+    fn deref(&self) -> &SavedInput<E> {
+        match self {
+            HeldInput::Borrowed(input) => input,
+            HeldInput::Owned(input) => input,
+        }
+    }
+}
+
 /// What [`cudnn_half_backward`] did: both passes, or not both (the im2col engine must then write
-/// `dx` and `dw`), handing the 16-bit `dy` back.
-enum HalfPasses<E> {
+/// `dx` and `dw`), handing the 16-bit `dy` and the input back.
+enum HalfPasses<'a, E> {
     Ran(Gradients<E>),
-    NotRun(DeviceBuffer<u16>),
+    NotRun(DeviceBuffer<u16>, HeldInput<'a, E>),
 }
 
 /// The cuDNN engine's `dx` and `dw` ([`cudnn_backward`]) in cuDNN's 16-bit configuration from
 /// the 16-bit `dy_half`, read back as `f32` (a pointwise `dx` is one GEMM over `dy_half` widened,
 /// rounded). [`HalfPasses::NotRun`] when the device's engine is im2col or cuDNN has no
 /// deterministic algorithm.
-fn cudnn_half_backward<E: GpuElement>(
+fn cudnn_half_backward<'a, E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
     format: HalfFormat,
-    x: &SavedInput<E>,
+    x: HeldInput<'a, E>,
     weight: &CudaTensor<E>,
     dy_half: DeviceBuffer<u16>,
-) -> Result<HalfPasses<E>, GpuError> {
+) -> Result<HalfPasses<'a, E>, GpuError> {
     if g.n == 0 || !uses_cudnn(device) {
-        return Ok(HalfPasses::NotRun(dy_half));
+        return Ok(HalfPasses::NotRun(dy_half, x));
     }
     let types = DataTypes::half(format);
     // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
     let mut dw16 = unsafe { device.alloc::<u16>(g.c_out * g.k()) }?;
     // The 16-bit x (made from the spike bytes, or from x when the context kept no 16-bit copy)
     // lives for the filter pass only, and the 16-bit dy until dx's pass: neither stays beside
-    // the f32 gradients.
+    // the f32 gradients. Nor does a handed-over input, once no pass falls back to im2col.
     let x_half = x.half(device, format)?;
     let (x16, dy16) = (x_half.buffer().slice(), dy_half.slice());
     let filtered = cudnn::backward_filter(device, g, types, x16, dy16, dw16.slice_mut())?;
     drop(x_half);
     if !filtered {
-        return Ok(HalfPasses::NotRun(dy_half));
+        return Ok(HalfPasses::NotRun(dy_half, x));
     }
     let dx = if g.pointwise() {
+        drop(x);
         let grad_y = precision::widened_tensor(device, format, &dy_half, &g.output_shape())?;
         drop(dy_half);
         // SAFETY: the GEMM writes every element.
@@ -784,9 +806,9 @@ fn cudnn_half_backward<E: GpuElement>(
         let ran = cudnn::backward_data(device, g, types, dy16, w16, dx16.slice_mut())?;
         drop(w_half);
         if !ran {
-            return Ok(HalfPasses::NotRun(dy_half));
+            return Ok(HalfPasses::NotRun(dy_half, x));
         }
-        drop(dy_half);
+        drop((dy_half, x));
         precision::widened(device, format, &dx16)?
     };
     let dw = precision::widened(device, format, &dw16)?;
