@@ -169,6 +169,22 @@ fn compare<E: GpuElement>(
         grad_x_gpu,
         "dL/dx differs when the input is kept"
     );
+    // keeping the input, dL/ds handed over alone: up to 16 steps, dL/dx is written over it (h
+    // charged into each thread's own memory), the same bits, with nothing allocated
+    let handed = gpu.tensor_from_vec(&shape, grad.clone()).unwrap();
+    let (grad_over, allocated) = with_peak_rise(gpu.device(), || {
+        gpu.neuron_backward(handed, &context_kept, config).unwrap()
+    });
+    let expected = if time_steps <= 16 { 0 } else { bytes };
+    assert_eq!(
+        allocated, expected,
+        "the backward from the input over a handed-over dL/ds at T = {time_steps}"
+    );
+    assert_eq!(
+        gpu.to_vec(&grad_over).unwrap(),
+        grad_x_gpu,
+        "dL/dx differs when written over dL/ds from the input"
+    );
 
     check_fingerprinted(gpu, &x_gpu, config, &spikes_gpu);
 
@@ -287,7 +303,14 @@ fn reference_h<E: GpuElement>(
 fn check_all<E: GpuElement>(gpu: &Cuda<E>, tolerance: f64) {
     for (name, config) in configs() {
         for &neurons in &SIZES {
-            for time_steps in [1, 4, 7] {
+            // 17 steps are more than the backward from a kept input charges in a thread's own
+            // memory (16): it then writes h into dL/dx's buffer.
+            let steps: &[usize] = if neurons < 1 << 20 {
+                &[1, 4, 7, 17]
+            } else {
+                &[1, 4, 7]
+            };
+            for &time_steps in steps {
                 let result = compare::<E>(
                     gpu,
                     &config,

@@ -2,7 +2,8 @@
 // reference/src/ops/neuron/mod.rs. One thread per neuron loops over T; the forward keeps h for
 // the backward, which recomputes the spikes from it (a spike is a function of h). A neuron that
 // keeps its input instead (docs/neurons.md §2.4.1) fires without writing h, and its backward
-// charges h from x again, into grad_x, which the loop backwards through time then overwrites.
+// charges h from x again, into the thread's own memory when T <= LOCAL_STEPS (then dL/dx may be
+// written over dL/ds), else into grad_x, which the loop backwards through time then overwrites.
 //
 // Layout: x, spikes, h and the gradients are [T, N] row-major: element (t, i) at t * N + i.
 // kind: 0 = IF, 1 = LIF. surrogate: 0 = ATan(alpha), 1 = Sigmoid(alpha). smooth: 0 = Heaviside
@@ -60,10 +61,25 @@ __device__ void charge_and_fire(const E* x, E* spikes, E* h_seq, unsigned long l
     if (fingerprint_sum) add_warp_to_sum(terms, fingerprint_sum);  // every lane, past n too
 }
 
-// The loop backwards through time over h_seq; h_seq or grad_spikes may be grad_x itself (each
-// element is read before it is written, by the same thread).
-template <typename E>
-__device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* grad_x, long long n, int time_steps,
+// The most time steps whose h the backward from the input keeps in a thread's own memory
+// (NEURON_LOCAL_STEPS in ops/neuron.rs); longer runs keep h in grad_x's buffer.
+#define LOCAL_STEPS 16
+
+// Where the loop backwards through time reads h[t] of its neuron (element `at` of [T, N]): a
+// [T, N] buffer, or the thread's own T values.
+template <typename E> struct StoredPotentials {
+    const E* h_seq;
+    __device__ __forceinline__ E at(int, long long at) const { return h_seq[at]; }
+};
+template <typename E> struct LocalPotentials {
+    const E* h;
+    __device__ __forceinline__ E at(int t, long long) const { return h[t]; }
+};
+
+// The loop backwards through time over the potentials; their buffer or grad_spikes may be
+// grad_x itself (each element is read before it is written, by the same thread).
+template <typename E, typename Potentials>
+__device__ void backward_through_time(const E* grad_spikes, Potentials h_seq, E* grad_x, long long n, int time_steps,
                                       int kind, int decay_input, double tau, E v_threshold, int surrogate, E alpha,
                                       int smooth, int detach_reset) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -74,7 +90,7 @@ __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* g
     E grad_h = (E)0;
     for (int t = time_steps - 1; t >= 0; --t) {
         long long at = (long long)t * n + i;
-        E h = h_seq[at];
+        E h = h_seq.at(t, at);
         E z = h - v_threshold;
         E psi = surrogate_derivative(surrogate, alpha, z);
         E s = fire(surrogate, smooth, alpha, z);
@@ -82,6 +98,25 @@ __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* g
         grad_h = grad_spikes[at] * psi + (k * grad_h) * dv_dh;
         grad_x[at] = r * grad_h;
     }
+}
+
+// The backward of a neuron that kept its input, over one buffer that holds dL/ds and receives
+// dL/dx: h is charged from x again into the thread's own memory (T <= LOCAL_STEPS), with the
+// forward's arithmetic, so the loop backwards through time reads the same h.
+template <typename E>
+__device__ void backward_from_input_in_place(E* grad, const E* x, long long n, int time_steps, int kind,
+                                             int decay_input, double tau, E v_threshold, int surrogate, E alpha,
+                                             int smooth, int detach_reset) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || time_steps > LOCAL_STEPS) return;
+    E h[LOCAL_STEPS];
+    E v = (E)0;
+    for (int t = 0; t < time_steps; ++t) {
+        h[t] = charge(kind, decay_input, tau, v, x[(long long)t * n + i]);
+        v = ((E)1 - fire(surrogate, smooth, alpha, h[t] - v_threshold)) * h[t];  // hard reset to 0
+    }
+    backward_through_time<E>(grad, LocalPotentials<E>{h}, grad, n, time_steps, kind, decay_input, tau, v_threshold,
+                             surrogate, alpha, smooth, detach_reset);
 }
 
 #define NEURON_SHARED_PARAMS(E)                                                                                \
@@ -106,16 +141,21 @@ __device__ void backward_through_time(const E* grad_spikes, const E* h_seq, E* g
     }                                                                                                          \
     extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,       \
                                                         NEURON_SHARED_PARAMS(E), int detach_reset) {              \
-        backward_through_time<E>(grad_spikes, h_seq, grad_x, NEURON_SHARED_ARGS, detach_reset);                \
+        backward_through_time<E>(grad_spikes, StoredPotentials<E>{h_seq}, grad_x, NEURON_SHARED_ARGS, detach_reset); \
     }                                                                                                          \
     extern "C" __global__ void neuron_backward_in_place_##SUFFIX(E* grad, const E* h_seq,                      \
                                                                  NEURON_SHARED_PARAMS(E), int detach_reset) {  \
-        backward_through_time<E>(grad, h_seq, grad, NEURON_SHARED_ARGS, detach_reset);                         \
+        backward_through_time<E>(grad, StoredPotentials<E>{h_seq}, grad, NEURON_SHARED_ARGS, detach_reset);     \
     }                                                                                                          \
     extern "C" __global__ void neuron_backward_from_input_##SUFFIX(const E* grad_spikes, const E* x, E* grad_x, \
                                                                    NEURON_SHARED_PARAMS(E), int detach_reset) {   \
         charge_and_fire<E>(x, (E*)0, grad_x, (unsigned long long*)0, NEURON_SHARED_ARGS);                       \
-        backward_through_time<E>(grad_spikes, grad_x, grad_x, NEURON_SHARED_ARGS, detach_reset);               \
+        backward_through_time<E>(grad_spikes, StoredPotentials<E>{grad_x}, grad_x, NEURON_SHARED_ARGS, detach_reset); \
+    }                                                                                                          \
+    extern "C" __global__ void neuron_backward_from_input_in_place_##SUFFIX(E* grad, const E* x,               \
+                                                                            NEURON_SHARED_PARAMS(E),           \
+                                                                            int detach_reset) {                \
+        backward_from_input_in_place<E>(grad, x, NEURON_SHARED_ARGS, detach_reset);                            \
     }
 
 NEURON_KERNELS(float, f32)

@@ -5,7 +5,8 @@
 //! backward; the backward recomputes each spike from `h` (it is a function of `h`), so it reads
 //! `dL/ds` and `h` and writes `dL/dx`: 3 tensors each way, the memory-bound minimum. A neuron
 //! that keeps its input instead (docs/neurons.md §2.4.1) writes only the spikes, and its backward
-//! charges `h` from `x` again inside the same kernel, into `dL/dx`'s buffer.
+//! charges `h` from `x` again inside the same kernel, into each thread's own memory (then
+//! `dL/dx` may be written over `dL/ds`) or, for long runs, into `dL/dx`'s buffer.
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg};
@@ -333,12 +334,18 @@ fn launch_forward<E: GpuElement>(
     Ok(())
 }
 
+/// The most time steps whose `h` the backward from a kept input charges into each thread's own
+/// memory (`LOCAL_STEPS` in neuron.cu), so that it may write `dL/dx` over `dL/ds`.
+const NEURON_LOCAL_STEPS: usize = 16;
+
 /// The backward of docs/neurons.md §2.4: `dL/dx` `[T, ...]` from `dL/ds` and the forward's `h`,
-/// kept or charged again from the kept input. With `h` kept and `grad_spikes` held by nothing
-/// else, `dL/dx` is written over `grad_spikes` (`neuron_backward_in_place_<E>`: each thread
-/// reads an element before it writes it); from the input, the kernel charges `h` into `dL/dx`
-/// first, so that needs a buffer of its own. Errors, as the reference: an invalid `config`, a
-/// `config` other than the forward's, or `grad_spikes` not shaped like the forward's input.
+/// kept or charged again from the kept input. With `grad_spikes` held by nothing else, `dL/dx`
+/// is written over it (`neuron_backward_in_place_<E>`, or from the input
+/// `neuron_backward_from_input_in_place_<E>`, which charges `h` into each thread's own memory
+/// for `T` up to [`NEURON_LOCAL_STEPS`]): each thread reads an element before it writes it.
+/// Otherwise `dL/dx` gets a buffer of its own, which also holds the `h` charged from a kept
+/// input. Errors, as the reference: an invalid `config`, a `config` other than the forward's, or
+/// `grad_spikes` not shaped like the forward's input.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     mut grad_spikes: CudaTensor<E>,
@@ -355,11 +362,15 @@ pub fn backward<E: GpuElement>(
     if grad_spikes.is_empty() {
         return CudaTensor::new(device.alloc_zeros::<E>(0)?, &shape);
     }
-    if let NeuronKept::Potentials(h) = &context.kept {
+    let (kernel, kept, in_place) = match &context.kept {
+        NeuronKept::Potentials(h) => ("neuron_backward", h, true),
+        NeuronKept::Input(x) => ("neuron_backward_from_input", x, steps <= NEURON_LOCAL_STEPS),
+    };
+    if in_place {
         match grad_spikes.into_unshared_buffer() {
             Ok(mut grad) => {
                 let buffers = GradientBuffers::InPlace(grad.slice_mut());
-                launch_backward(device, "neuron_backward", buffers, h.slice(), steps, config)?;
+                launch_backward(device, kernel, buffers, kept.slice(), steps, config)?;
                 return CudaTensor::new(grad, &shape);
             }
             Err(shared) => grad_spikes = shared,
@@ -367,10 +378,6 @@ pub fn backward<E: GpuElement>(
     }
     // SAFETY: the kernel writes every element before anything reads them.
     let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
-    let (kernel, kept) = match &context.kept {
-        NeuronKept::Potentials(h) => ("neuron_backward", h),
-        NeuronKept::Input(x) => ("neuron_backward_from_input", x),
-    };
     let buffers = GradientBuffers::Apart {
         grad_spikes: grad_spikes.slice(),
         grad_x: grad_x.slice_mut(),
@@ -449,9 +456,9 @@ fn launch_backward<E: GpuElement>(
     };
     params.push_shared(&mut launch, &n, &t);
     launch.arg(&params.detach_reset);
-    // SAFETY: the argument list matches `neuron_backward_<E>`,
-    // `neuron_backward_from_input_<E>` or `neuron_backward_in_place_<E>` in neuron.cu, and every
-    // buffer holds T * N elements of E.
+    // SAFETY: the argument list matches `neuron_backward_<E>`, `neuron_backward_from_input_<E>`
+    // or their `_in_place` twins in neuron.cu, every buffer holds T * N elements of E, and the
+    // caller launches `neuron_backward_from_input_in_place_<E>` for T <= NEURON_LOCAL_STEPS only.
     unsafe { launch.launch(launch_config(neurons)) }
         .map_err(GpuError::driver("launching neuron_backward"))?;
     Ok(())
