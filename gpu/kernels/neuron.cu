@@ -36,14 +36,34 @@ template <typename E> __device__ __forceinline__ E fire(int surrogate, int smoot
     return (E)1 / ((E)1 + exp(-alpha * z));
 }
 
-// Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h when `h_seq` is (x
-// itself for the in-place kernel: each element is read before it is written, by the same thread),
-// and adds the spikes' fingerprint terms to *fingerprint_sum when it is set (fingerprint.cuh:
-// the spikes are not read again to fingerprint them).
-template <typename E>
-__device__ void charge_and_fire(const E* x, E* spikes, E* h_seq, unsigned long long* fingerprint_sum, long long n,
-                                int time_steps, int kind, int decay_input, double tau, E v_threshold, int surrogate,
-                                E alpha, int smooth) {
+// The most time steps whose h the backward from the input keeps in a thread's own memory
+// (NEURON_LOCAL_STEPS in ops/neuron.rs); longer runs keep h in grad_x's buffer.
+#define LOCAL_STEPS 16
+
+// Where a neuron's h[t] (element `at` of [T, N]) is written and read back: a [T, N] buffer
+// (P: E*, or const E* to read only; a null one is not written), or the thread's own T values.
+template <typename P> struct StoredPotentials {
+    P h_seq;
+    __device__ __forceinline__ auto at(int, long long at) const { return h_seq[at]; }
+    template <typename E> __device__ __forceinline__ void store(int, long long at, E h) const {
+        if (h_seq) h_seq[at] = h;
+    }
+};
+template <typename E> struct LocalPotentials {
+    E* h;
+    __device__ __forceinline__ E at(int t, long long) const { return h[t]; }
+    __device__ __forceinline__ void store(int t, long long, E v) const { h[t] = v; }
+};
+
+// Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h into the
+// potentials (a buffer that may be x itself for the in-place kernel: each element is read before
+// it is written, by the same thread), and adds the spikes' fingerprint terms to
+// *fingerprint_sum when it is set (fingerprint.cuh: the spikes are not read again to fingerprint
+// them).
+template <typename E, typename Potentials>
+__device__ void charge_and_fire(const E* x, E* spikes, Potentials h_seq, unsigned long long* fingerprint_sum,
+                                long long n, int time_steps, int kind, int decay_input, double tau, E v_threshold,
+                                int surrogate, E alpha, int smooth) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     unsigned long long terms = 0;
     if (i < n) {
@@ -53,28 +73,13 @@ __device__ void charge_and_fire(const E* x, E* spikes, E* h_seq, unsigned long l
             E h = charge(kind, decay_input, tau, v, x[at]);
             E s = fire(surrogate, smooth, alpha, h - v_threshold);
             if (spikes) spikes[at] = s;
-            if (h_seq) h_seq[at] = h;
+            h_seq.store(t, at, h);
             if (fingerprint_sum) terms += fingerprint_term(element_bits(s), at);
             v = ((E)1 - s) * h;                        // hard reset to 0
         }
     }
     if (fingerprint_sum) add_warp_to_sum(terms, fingerprint_sum);  // every lane, past n too
 }
-
-// The most time steps whose h the backward from the input keeps in a thread's own memory
-// (NEURON_LOCAL_STEPS in ops/neuron.rs); longer runs keep h in grad_x's buffer.
-#define LOCAL_STEPS 16
-
-// Where the loop backwards through time reads h[t] of its neuron (element `at` of [T, N]): a
-// [T, N] buffer, or the thread's own T values.
-template <typename E> struct StoredPotentials {
-    const E* h_seq;
-    __device__ __forceinline__ E at(int, long long at) const { return h_seq[at]; }
-};
-template <typename E> struct LocalPotentials {
-    const E* h;
-    __device__ __forceinline__ E at(int t, long long) const { return h[t]; }
-};
 
 // The loop backwards through time over the potentials; their buffer or grad_spikes may be
 // grad_x itself (each element is read before it is written, by the same thread).
@@ -101,22 +106,19 @@ __device__ void backward_through_time(const E* grad_spikes, Potentials h_seq, E*
 }
 
 // The backward of a neuron that kept its input, over one buffer that holds dL/ds and receives
-// dL/dx: h is charged from x again into the thread's own memory (T <= LOCAL_STEPS), with the
-// forward's arithmetic, so the loop backwards through time reads the same h.
+// dL/dx: h is charged from x again into the thread's own memory (T <= LOCAL_STEPS) by the
+// forward's own loop, so the loop backwards through time reads the same h.
 template <typename E>
 __device__ void backward_from_input_in_place(E* grad, const E* x, long long n, int time_steps, int kind,
                                              int decay_input, double tau, E v_threshold, int surrogate, E alpha,
                                              int smooth, int detach_reset) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n || time_steps > LOCAL_STEPS) return;
+    if (time_steps > LOCAL_STEPS) return;
     E h[LOCAL_STEPS];
-    E v = (E)0;
-    for (int t = 0; t < time_steps; ++t) {
-        h[t] = charge(kind, decay_input, tau, v, x[(long long)t * n + i]);
-        v = ((E)1 - fire(surrogate, smooth, alpha, h[t] - v_threshold)) * h[t];  // hard reset to 0
-    }
-    backward_through_time<E>(grad, LocalPotentials<E>{h}, grad, n, time_steps, kind, decay_input, tau, v_threshold,
-                             surrogate, alpha, smooth, detach_reset);
+    const LocalPotentials<E> local{h};
+    charge_and_fire<E>(x, (E*)0, local, (unsigned long long*)0, n, time_steps, kind, decay_input, tau, v_threshold,
+                       surrogate, alpha, smooth);
+    backward_through_time<E>(grad, local, grad, n, time_steps, kind, decay_input, tau, v_threshold, surrogate, alpha,
+                             smooth, detach_reset);
 }
 
 #define NEURON_SHARED_PARAMS(E)                                                                                \
@@ -124,38 +126,41 @@ __device__ void backward_from_input_in_place(E* grad, const E* x, long long n, i
         int smooth
 #define NEURON_SHARED_ARGS n, time_steps, kind, decay_input, tau, v_threshold, surrogate, alpha, smooth
 
-#define NEURON_KERNELS(E, SUFFIX)                                                                              \
-    extern "C" __global__ void neuron_forward_##SUFFIX(const E* x, E* spikes, E* h_seq,                        \
-                                                       unsigned long long* fingerprint_sum,                    \
-                                                       NEURON_SHARED_PARAMS(E)) {                              \
-        charge_and_fire<E>(x, spikes, h_seq, fingerprint_sum, NEURON_SHARED_ARGS);                              \
-    }                                                                                                          \
-    extern "C" __global__ void neuron_forward_in_place_##SUFFIX(E* x_then_h, E* spikes,                       \
-                                                                unsigned long long* fingerprint_sum,           \
-                                                                NEURON_SHARED_PARAMS(E)) {                     \
-        charge_and_fire<E>(x_then_h, spikes, x_then_h, fingerprint_sum, NEURON_SHARED_ARGS);                    \
-    }                                                                                                          \
-    extern "C" __global__ void neuron_fire_##SUFFIX(const E* x, E* spikes, unsigned long long* fingerprint_sum, \
-                                                    NEURON_SHARED_PARAMS(E)) {                                 \
-        charge_and_fire<E>(x, spikes, (E*)0, fingerprint_sum, NEURON_SHARED_ARGS);                              \
-    }                                                                                                          \
-    extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,       \
-                                                        NEURON_SHARED_PARAMS(E), int detach_reset) {              \
-        backward_through_time<E>(grad_spikes, StoredPotentials<E>{h_seq}, grad_x, NEURON_SHARED_ARGS, detach_reset); \
-    }                                                                                                          \
-    extern "C" __global__ void neuron_backward_in_place_##SUFFIX(E* grad, const E* h_seq,                      \
-                                                                 NEURON_SHARED_PARAMS(E), int detach_reset) {  \
-        backward_through_time<E>(grad, StoredPotentials<E>{h_seq}, grad, NEURON_SHARED_ARGS, detach_reset);     \
-    }                                                                                                          \
-    extern "C" __global__ void neuron_backward_from_input_##SUFFIX(const E* grad_spikes, const E* x, E* grad_x, \
-                                                                   NEURON_SHARED_PARAMS(E), int detach_reset) {   \
-        charge_and_fire<E>(x, (E*)0, grad_x, (unsigned long long*)0, NEURON_SHARED_ARGS);                       \
-        backward_through_time<E>(grad_spikes, StoredPotentials<E>{grad_x}, grad_x, NEURON_SHARED_ARGS, detach_reset); \
-    }                                                                                                          \
-    extern "C" __global__ void neuron_backward_from_input_in_place_##SUFFIX(E* grad, const E* x,               \
-                                                                            NEURON_SHARED_PARAMS(E),           \
-                                                                            int detach_reset) {                \
-        backward_from_input_in_place<E>(grad, x, NEURON_SHARED_ARGS, detach_reset);                            \
+#define NEURON_KERNELS(E, SUFFIX)                                                                                      \
+    extern "C" __global__ void neuron_forward_##SUFFIX(const E* x, E* spikes, E* h_seq,                                \
+                                                       unsigned long long* fingerprint_sum,                            \
+                                                       NEURON_SHARED_PARAMS(E)) {                                      \
+        charge_and_fire<E>(x, spikes, StoredPotentials<E*>{h_seq}, fingerprint_sum, NEURON_SHARED_ARGS);               \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_forward_in_place_##SUFFIX(E* x_then_h, E* spikes,                                \
+                                                                unsigned long long* fingerprint_sum,                   \
+                                                                NEURON_SHARED_PARAMS(E)) {                             \
+        charge_and_fire<E>(x_then_h, spikes, StoredPotentials<E*>{x_then_h}, fingerprint_sum, NEURON_SHARED_ARGS);     \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_fire_##SUFFIX(const E* x, E* spikes, unsigned long long* fingerprint_sum,        \
+                                                    NEURON_SHARED_PARAMS(E)) {                                         \
+        charge_and_fire<E>(x, spikes, StoredPotentials<E*>{(E*)0}, fingerprint_sum, NEURON_SHARED_ARGS);               \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,               \
+                                                        NEURON_SHARED_PARAMS(E), int detach_reset) {                   \
+        const StoredPotentials<const E*> h{h_seq};                                                                     \
+        backward_through_time<E>(grad_spikes, h, grad_x, NEURON_SHARED_ARGS, detach_reset);                            \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_backward_in_place_##SUFFIX(E* grad, const E* h_seq,                              \
+                                                                 NEURON_SHARED_PARAMS(E), int detach_reset) {          \
+        const StoredPotentials<const E*> h{h_seq};                                                                     \
+        backward_through_time<E>(grad, h, grad, NEURON_SHARED_ARGS, detach_reset);                                     \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_backward_from_input_##SUFFIX(const E* grad_spikes, const E* x, E* grad_x,        \
+                                                                   NEURON_SHARED_PARAMS(E), int detach_reset) {        \
+        const StoredPotentials<E*> h{grad_x};                                                                          \
+        charge_and_fire<E>(x, (E*)0, h, (unsigned long long*)0, NEURON_SHARED_ARGS);                                   \
+        backward_through_time<E>(grad_spikes, h, grad_x, NEURON_SHARED_ARGS, detach_reset);                            \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_backward_from_input_in_place_##SUFFIX(E* grad, const E* x,                       \
+                                                                            NEURON_SHARED_PARAMS(E),                   \
+                                                                            int detach_reset) {                        \
+        backward_from_input_in_place<E>(grad, x, NEURON_SHARED_ARGS, detach_reset);                                    \
     }
 
 NEURON_KERNELS(float, f32)

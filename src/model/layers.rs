@@ -136,6 +136,17 @@ pub enum BatchNormSaved<B: Backend> {
 }
 
 impl BatchNorm {
+    /// Adds a backward's `dgamma` and `dbeta` to the session's gradients.
+    fn accumulate<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        grad_gamma: B::Tensor,
+        grad_beta: B::Tensor,
+    ) -> Result<()> {
+        session.accumulate(self.ids.gamma, grad_gamma)?;
+        session.accumulate(self.ids.beta, grad_beta)
+    }
+
     /// Folds a training batch's statistics into the running ones, when the session allows
     /// (PyTorch's update, docs/conventions.md §1), and counts the batch.
     fn record_batch<B: Backend>(
@@ -236,8 +247,7 @@ impl<B: Backend> Layer<B> for BatchNorm {
                 ));
             }
         };
-        session.accumulate(self.ids.gamma, grads.gamma)?;
-        session.accumulate(self.ids.beta, grads.beta)?;
+        self.accumulate(session, grads.gamma, grads.beta)?;
         Ok(grads.input)
     }
 }
@@ -340,9 +350,7 @@ impl<B: Backend> Layer<B> for ConvBn {
             session
                 .backend
                 .conv_batch_norm_backward(grad_y, conv, context, self.conv.kind)?;
-        let ids = self.norm.ids;
-        session.accumulate(ids.gamma, grads.gamma)?;
-        session.accumulate(ids.beta, grads.beta)?;
+        self.norm.accumulate(session, grads.gamma, grads.beta)?;
         session.accumulate(self.conv.weight, grads.weight)?;
         Ok(grads.input)
     }

@@ -111,16 +111,21 @@ impl Layout {
         ]
         .map(|v| v as i64)
     }
-}
 
-/// The elements per thread of the elementwise kernels (`width` in batch_norm.cu): [`BN_VEC`]
-/// consecutive ones when `inner` is a multiple of it, so that a group lies in one channel and
-/// loads as one vector, else 1.
-fn group_width(layout: &Layout) -> usize {
-    if layout.inner.is_multiple_of(BN_VEC) {
-        BN_VEC
-    } else {
-        1
+    /// The elements per thread of the elementwise kernels (`width` in batch_norm.cu): [`BN_VEC`]
+    /// consecutive ones when `inner` is a multiple of it, so that a group lies in one channel and
+    /// loads as one vector, else 1.
+    fn group_width(&self) -> usize {
+        if self.inner.is_multiple_of(BN_VEC) {
+            BN_VEC
+        } else {
+            1
+        }
+    }
+
+    /// The elementwise kernels' integer arguments `channels, inner, total, width`.
+    fn elementwise_args(&self) -> [i64; 4] {
+        [self.channels, self.inner, self.total, self.group_width()].map(|v| v as i64)
     }
 }
 
@@ -205,9 +210,7 @@ fn normalise<E: GpuElement>(
     if layout.total > 0 {
         let input = InputOperand::of(device, x)?;
         let function = input.kernel(device, "bn_normalise")?;
-        let width = group_width(layout);
-        let [channels, inner, total, width_arg] =
-            [layout.channels, layout.inner, layout.total, width].map(|v| v as i64);
+        let [channels, inner, total, width] = layout.elementwise_args();
         let mut launch = device.stream().launch_builder(&function);
         launch
             .arg(&input.pointer)
@@ -219,12 +222,12 @@ fn normalise<E: GpuElement>(
             .arg(&channels)
             .arg(&inner)
             .arg(&total)
-            .arg(&width_arg);
+            .arg(&width);
         // SAFETY: matches `bn_normalise_<E>(x, y, mean, inv_std, gamma, beta, channels, inner,
         // total, width)` (or its `_f32_from_<format>` twin, whose x is 16-bit); x and y hold
         // `total` elements, the four vectors `channels` (checked by callers); `width` divides
         // `inner`, hence `total`.
-        unsafe { launch.launch(elementwise_launch(layout.total / width)) }
+        unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
             .map_err(GpuError::driver("launching bn_normalise"))?;
     }
     CudaTensor::new(y, x.shape())
@@ -482,13 +485,8 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
         None => input.kernel(device, "bn_backward_input")?,
         Some(format) => input.kernel_to(device, "bn_backward_input", format)?,
     };
-    let width = group_width(&layout);
-    let [c, inner, ..] = layout.args();
-    let (total, width_arg, train) = (
-        layout.total as i64,
-        width as i64,
-        (context.mode == BatchNormMode::Train) as i32,
-    );
+    let [c, inner, total, width] = layout.elementwise_args();
+    let train = (context.mode == BatchNormMode::Train) as i32;
     let mut launch = device.stream().launch_builder(&function);
     launch
         .arg(&input.pointer)
@@ -501,13 +499,13 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
         .arg(&c)
         .arg(&inner)
         .arg(&total)
-        .arg(&width_arg)
+        .arg(&width)
         .arg(&train);
     // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
     // channels, inner, total, width, train)` or a twin whose x is 16-bit (`_f32_from_<format>`)
     // and whose grad_x is D's 16-bit patterns (`_to_<format>`); x, grad_y and grad_x hold
     // `N C inner` elements, mean, inv_std and gamma C, means 2 C; `width` divides `total`.
-    unsafe { launch.launch(elementwise_launch(layout.total / width)) }
+    unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
         .map_err(GpuError::driver("launching bn_backward_input"))?;
     Ok(BatchNormGradParts {
         input: grad_x,
