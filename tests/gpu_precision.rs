@@ -57,7 +57,7 @@ use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
     Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvBatchNormGrads,
-    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronConfig, Precision,
+    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronConfig, Onto, Precision,
 };
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
@@ -670,6 +670,104 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
                 }
                 if precision == Precision::F32 {
                     assert_eq!(fused_rise, two_ops_rise, "{what}: f32 runs the two ops");
+                }
+            }
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
+/// The fused convolution and BatchNorm landing on a residual
+/// (`Backend::conv_batch_norm_train_forward_onto`, the reversible couplings) gives the bits of
+/// the fused op then `add_reusing` or `sub_reusing`, with the same statistics, in f32, bf16 and
+/// fp16, on both engines, over both of the elementwise kernels' layouts (8x8 images: groups of
+/// four, vector loads; 5x5: one element a thread). Over a residual nothing else holds, the output
+/// is written over it: no tensor of the output's size is allocated, so on cuDNN, where the
+/// output holds the forward's peak, the peak is lower (on im2col, whose columns may hold it,
+/// never higher).
+/// A residual another tensor shares is left unchanged, and the bits are the same.
+#[test]
+fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
+    let Some(gpu) = backend_or_skip::<f32>("the_fused_convolution_and_batch_norm_onto") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(59);
+    let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
+    let w = normal_tensor(&gpu, &mut rng, &[8, 3, 3, 3], 0.3);
+    let (gamma, beta) = (
+        normal_tensor(&gpu, &mut rng, &[8], 0.5),
+        normal_tensor(&gpu, &mut rng, &[8], 0.5),
+    );
+    let norm = BatchNormAffine {
+        gamma: &gamma,
+        beta: &beta,
+        params: BatchNormParams::default(),
+    };
+    let cases = [8, 5].map(|side| {
+        let x = normal_f32(&mut rng, 2 * 3 * side * side, 1.0);
+        let residual = normal_f32(&mut rng, 2 * 8 * side * side, 2.0);
+        (side, x, residual)
+    });
+    for engine in each_conv_engine(device) {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
+            device.set_precision(precision).unwrap();
+            for (side, x, residual) in &cases {
+                let upload = |shape: &[usize], values: &[f32]| {
+                    gpu.tensor_from_vec(shape, values.to_vec()).unwrap()
+                };
+                let (x_shape, y_shape) = ([2, 3, *side, *side], [2, 8, *side, *side]);
+                for onto in [Onto::add, Onto::sub] {
+                    let what = format!("{precision} on {}, {side}x{side}", engine.name());
+                    let plain = || {
+                        let x = upload(&x_shape, x);
+                        let (out, rise) = with_peak_rise(device, || {
+                            gpu.conv_batch_norm_train_forward(x, &w, kind, norm)
+                                .unwrap()
+                        });
+                        let landed = onto(upload(&y_shape, residual)).land(&gpu, out.y);
+                        let (mean, var) = (&out.batch.mean, &out.batch.var_unbiased);
+                        (host(&gpu, &[&landed.unwrap(), mean, var]), rise)
+                    };
+                    let (expected, plain_rise) = plain();
+                    let fused = |keep_residual: bool| {
+                        let (x, residual) = (upload(&x_shape, x), upload(&y_shape, residual));
+                        let shared = keep_residual.then(|| residual.clone());
+                        let (out, rise) = with_peak_rise(device, || {
+                            gpu.conv_batch_norm_train_forward_onto(
+                                x,
+                                &w,
+                                kind,
+                                norm,
+                                onto(residual),
+                            )
+                            .unwrap()
+                        });
+                        let (mean, var) = (&out.batch.mean, &out.batch.var_unbiased);
+                        let shared = shared.map(|residual| gpu.to_vec(&residual).unwrap());
+                        (host(&gpu, &[&out.y, mean, var]), rise, shared)
+                    };
+                    let (got, rise, _) = fused(false);
+                    assert!(same_bits(&got, &expected), "{what}: the bits differ");
+                    // The convolution's own peak can come close to the two outputs', so the
+                    // peak is lower, not lower by the output's bytes.
+                    let lower = match engine {
+                        ConvEngine::Cudnn => rise < plain_rise,
+                        ConvEngine::Im2colGemm => rise <= plain_rise,
+                    };
+                    assert!(
+                        lower,
+                        "{what}: the peak ({rise}) is not below the op's ({plain_rise})"
+                    );
+                    let (got, _, kept) = fused(true);
+                    assert!(
+                        same_bits(&got, &expected),
+                        "{what}: shared, the bits differ"
+                    );
+                    assert!(
+                        same_bits(&[kept.unwrap()], std::slice::from_ref(residual)),
+                        "{what}: a shared residual changed"
+                    );
                 }
             }
         }

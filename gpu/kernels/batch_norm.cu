@@ -30,6 +30,7 @@
 // BatchNorm reads as its dy.
 
 #include "half.cuh"
+#include "rounding.cuh"
 
 #define BN_THREADS 256
 
@@ -354,6 +355,11 @@ __device__ __forceinline__ void for_each_group(Group group, long long channels, 
     }
 }
 
+// gamma_c inv_std_c (x - mean_c) + beta_c in double, from scale = gamma_c inv_std_c.
+__device__ __forceinline__ double normalised(double x, double scale, double shift, double offset) {
+    return scale * (x - shift) + offset;
+}
+
 // y = gamma_c inv_std_c (x - mean_c) + beta_c over every element; x stored as X.
 template <typename E, typename X>
 __device__ void bn_normalise(const X* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
@@ -366,10 +372,39 @@ __device__ void bn_normalise(const X* __restrict__ x, E* __restrict__ y, const d
             if (width == BN_VEC) {
                 double v[BN_VEC];
                 load_group(x + k, v, vector);
-                for (int u = 0; u < BN_VEC; ++u) v[u] = scale * (v[u] - shift) + offset;
+                for (int u = 0; u < BN_VEC; ++u) v[u] = normalised(v[u], scale, shift, offset);
                 store_group(y + k, v, vector);
             } else {
-                y[k] = (E)(scale * (widened(x[k]) - shift) + offset);
+                y[k] = (E)normalised(widened(x[k]), scale, shift, offset);
+            }
+        },
+        channels, inner, total, width);
+}
+
+// y = y + n or y - n (subtract != 0) with n = gamma_c inv_std_c (x - mean_c) + beta_c rounded to
+// E, y holding the residual the output lands on: the bits of bn_normalise, then add_in_place or
+// sub_in_place of tensor.cu (residual +- n rounded once in E), with no buffer for n.
+template <typename E, typename X>
+__device__ void bn_normalise_onto(const X* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
+                                  const double* __restrict__ inv_std, const E* __restrict__ gamma,
+                                  const E* __restrict__ beta, long long channels, long long inner, long long total,
+                                  long long width, int subtract) {
+    const bool vector = aligned16(x) && aligned16(y);
+    for_each_group(
+        [&](long long k, long long c) {
+            const double scale = (double)gamma[c] * inv_std[c], shift = mean[c], offset = (double)beta[c];
+            const auto land = [&](double residual, double value) -> E {
+                const E n = (E)normalised(value, scale, shift, offset);
+                return subtract ? sub_rn((E)residual, n) : add_rn((E)residual, n);
+            };
+            if (width == BN_VEC) {
+                double v[BN_VEC], r[BN_VEC];
+                load_group(x + k, v, vector);
+                load_group(y + k, r, vector);
+                for (int u = 0; u < BN_VEC; ++u) v[u] = land(r[u], v[u]);
+                store_group(y + k, v, vector);
+            } else {
+                y[k] = land(widened(y[k]), widened(x[k]));
             }
         },
         channels, inner, total, width);
@@ -481,6 +516,12 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
                                                      long long inner, long long total, long long width) {            \
         bn_normalise<E, E>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width);                        \
     }                                                                                                              \
+    extern "C" __global__ void bn_normalise_onto_##SUFFIX(const E* x, E* y, const double* mean,                    \
+                                                          const double* inv_std, const E* gamma, const E* beta,     \
+                                                          long long channels, long long inner, long long total,     \
+                                                          long long width, int subtract) {                          \
+        bn_normalise_onto<E, E>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width, subtract);          \
+    }                                                                                                              \
     extern "C" __global__ void bn_grad_partial_##SUFFIX(const E* x, const E* grad_y, const double* mean,            \
                                                         const double* inv_std, double* partial, long long channels, \
                                                         long long inner, long long per_channel, long long chunks,   \
@@ -522,6 +563,11 @@ BATCH_NORM_KERNELS(double, f64)
                                                               const float* beta, long long channels,               \
                                                               long long inner, long long total, long long width) { \
         bn_normalise<float, X>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width);                   \
+    }                                                                                                              \
+    extern "C" __global__ void bn_normalise_onto_f32_from_##FORMAT(                                                \
+        const X* x, float* y, const double* mean, const double* inv_std, const float* gamma, const float* beta,     \
+        long long channels, long long inner, long long total, long long width, int subtract) {                     \
+        bn_normalise_onto<float, X>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width, subtract);     \
     }                                                                                                              \
     extern "C" __global__ void bn_grad_partial_f32_from_##FORMAT(const X* x, const float* grad_y, const double* mean, \
                                                                  const double* inv_std, double* partial,           \

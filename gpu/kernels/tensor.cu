@@ -6,6 +6,7 @@
 // compiler never contracts into an FMA, so each result rounds exactly as the CPU reference's.
 
 #include "fingerprint.cuh"
+#include "rounding.cuh"
 
 #define MAX_RANK 8
 
@@ -54,15 +55,6 @@ __device__ __forceinline__ void strided_offsets(const Strided& s, long long i, l
         walk_offsets<long long>(s, i, x, y);
     }
 }
-
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
 
 #define GRID_STRIDE_LOOP(i, n)                                                                   \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormParams,
     BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads,
-    ConvKind, LinearGrads, NeuronConfig, Pool2dParams, Precision, Result, RunningStats, SgdParams,
-    TransferCounts, conv_batch_norm_backward_in_turn,
+    ConvKind, LinearGrads, NeuronConfig, Onto, Pool2dParams, Precision, Result, RunningStats,
+    SgdParams, TransferCounts, conv_batch_norm_backward_in_turn,
 };
 
 use crate::device::GpuDevice;
@@ -307,6 +307,25 @@ impl<E: GpuElement> Backend for Cuda<E> {
             weight,
             kind,
             norm,
+            None,
+        )?)
+    }
+
+    fn conv_batch_norm_train_forward_onto(
+        &self,
+        x: CudaTensor<E>,
+        weight: &CudaTensor<E>,
+        kind: ConvKind,
+        norm: BatchNormAffine<'_, CudaTensor<E>>,
+        onto: Onto<CudaTensor<E>>,
+    ) -> Result<ops::conv_batch_norm::ConvBatchNormOutput<E>> {
+        Ok(ops::conv_batch_norm::train_forward(
+            &self.device,
+            x,
+            weight,
+            kind,
+            norm,
+            Some(onto),
         )?)
     }
 

@@ -59,6 +59,8 @@ pub const BATCH_NORM: KernelSource = KernelSource {
         "bn_eval_constants_f64",
         "bn_normalise_f32",
         "bn_normalise_f64",
+        "bn_normalise_onto_f32",
+        "bn_normalise_onto_f64",
         "bn_grad_partial_f32",
         "bn_grad_partial_f64",
         "bn_grad_finalize_f32",
@@ -205,8 +207,15 @@ pub const FINGERPRINT: KernelHeader = KernelHeader {
     source: include_str!("../kernels/fingerprint.cuh"),
 };
 
+/// `gpu/kernels/rounding.cuh`: arithmetic through the round-to-nearest intrinsics, never
+/// contracted (included by tensor.cu, optim.cu and batch_norm.cu).
+pub const ROUNDING: KernelHeader = KernelHeader {
+    name: "rounding.cuh",
+    source: include_str!("../kernels/rounding.cuh"),
+};
+
 /// Every header, handed to NVRTC by name with each kernel file.
-pub const HEADERS: &[KernelHeader] = &[HALF, FINGERPRINT];
+pub const HEADERS: &[KernelHeader] = &[HALF, FINGERPRINT, ROUNDING];
 
 /// Every kernel file, for the NVRTC compile check.
 pub const ALL: &[KernelSource] = &[

@@ -5,7 +5,7 @@
 //! `Option` is a part that may be absent; [`Model`] names a whole composition. A model's `Saved`
 //! is the nesting of its parts': the tape of plain backpropagation.
 
-use revsnn_reference::{Backend, OpError};
+use revsnn_reference::{Backend, Onto, OpError};
 
 use super::layers::{flatten_time, unflatten_time};
 use super::{Layer, Session};
@@ -35,27 +35,54 @@ impl<B: Backend, L: Layer<B>> Layer<B> for Model<L> {
     }
 }
 
-/// `Layer` for the tuple of the layers named by the indices: forward in the order given,
-/// backward in the reverse order (the second list).
+/// The forward of a tuple: each part but the last in order, each taking the previous one's
+/// output, which it may free as soon as it is done; then `$run_last` on the last part (index
+/// `$last`) as `$part`, with its input as `$y` (a plain forward, or one landing on a residual).
+macro_rules! tuple_forward {
+    ($self:ident, $session:ident, $x:ident; $($index:tt),*; $last:tt;
+     |$part:ident, $y:ident| $run_last:expr) => {{
+        let mut y = $x;
+        // A tuple expression evaluates left to right.
+        let saved = ($({
+            let (output, saved) = $self.$index.forward($session, y)?;
+            y = output;
+            saved
+        },)* {
+            let ($part, $y) = (&$self.$last, y);
+            let (output, saved) = $run_last?;
+            y = output;
+            saved
+        },);
+        Ok((y, saved))
+    }};
+}
+
+/// `Layer` for the tuple of the layers named by the indices, the last one named apart: forward
+/// in the order given, backward in the reverse order (the third list). A forward landing on a
+/// residual hands it to the last part.
 macro_rules! sequential_tuple {
-    ($($part:ident . $index:tt),+ ; reversed $($reversed:tt),+) => {
-        impl<B: Backend, $($part: Layer<B>),+> Layer<B> for ($($part,)+) {
-            type Saved = ($($part::Saved,)+);
+    ($($part:ident . $index:tt),* ; last $lastpart:ident . $last:tt ; reversed $($reversed:tt),+) => {
+        impl<B: Backend, $($part: Layer<B>,)* $lastpart: Layer<B>> Layer<B>
+            for ($($part,)* $lastpart,)
+        {
+            type Saved = ($($part::Saved,)* $lastpart::Saved,);
 
             fn forward(
                 &self,
                 session: &mut Session<B>,
                 x: B::Tensor,
             ) -> Result<(B::Tensor, Self::Saved)> {
-                let mut y = x;
-                // A tuple expression evaluates left to right: the parts run in order, each
-                // taking the previous one's output, which it may free as soon as it is done.
-                let saved = ($({
-                    let (output, saved) = self.$index.forward(session, y)?;
-                    y = output;
-                    saved
-                },)+);
-                Ok((y, saved))
+                tuple_forward!(self, session, x; $($index),*; $last; |part, y| part.forward(session, y))
+            }
+
+            fn forward_onto(
+                &self,
+                session: &mut Session<B>,
+                x: B::Tensor,
+                onto: Onto<B::Tensor>,
+            ) -> Result<(B::Tensor, Self::Saved)> {
+                tuple_forward!(self, session, x; $($index),*; $last;
+                    |part, y| part.forward_onto(session, y, onto))
             }
 
             fn backward(
@@ -72,10 +99,10 @@ macro_rules! sequential_tuple {
     };
 }
 
-sequential_tuple!(L0.0, L1.1; reversed 1, 0);
-sequential_tuple!(L0.0, L1.1, L2.2; reversed 2, 1, 0);
-sequential_tuple!(L0.0, L1.1, L2.2, L3.3; reversed 3, 2, 1, 0);
-sequential_tuple!(L0.0, L1.1, L2.2, L3.3, L4.4; reversed 4, 3, 2, 1, 0);
+sequential_tuple!(L0.0; last L1.1; reversed 1, 0);
+sequential_tuple!(L0.0, L1.1; last L2.2; reversed 2, 1, 0);
+sequential_tuple!(L0.0, L1.1, L2.2; last L3.3; reversed 3, 2, 1, 0);
+sequential_tuple!(L0.0, L1.1, L2.2, L3.3; last L4.4; reversed 4, 3, 2, 1, 0);
 
 /// The same kind of layer repeated: each runs on the previous one's output.
 impl<B: Backend, L: Layer<B>> Layer<B> for Vec<L> {
@@ -217,6 +244,24 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
         let backend = session.backend;
         let time_steps = backend.shape(&x)[0];
         let (y, saved) = self.layer.forward(session, handed_on_flat(backend, x)?)?;
+        Ok((
+            unflatten_time(backend, &y, time_steps)?,
+            (saved, time_steps),
+        ))
+    }
+
+    /// The inner layer's output lands on the residual flattened the same way.
+    fn forward_onto(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Onto<B::Tensor>,
+    ) -> Result<(B::Tensor, Self::Saved)> {
+        let backend = session.backend;
+        let time_steps = backend.shape(&x)[0];
+        let onto = onto.map(|residual| handed_on_flat(backend, residual))?;
+        let x = handed_on_flat(backend, x)?;
+        let (y, saved) = self.layer.forward_onto(session, x, onto)?;
         Ok((
             unflatten_time(backend, &y, time_steps)?,
             (saved, time_steps),

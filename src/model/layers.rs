@@ -6,7 +6,7 @@
 
 pub use revsnn_reference::ConvKind;
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchStats, NeuronConfig, Pool2dParams, RunningStats,
+    Backend, BatchNormAffine, BatchStats, NeuronConfig, Onto, Pool2dParams, RunningStats,
 };
 
 use super::compose::SeqToAnn;
@@ -306,17 +306,14 @@ impl ConvBn {
     fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
         session.mode == Mode::Train && self.conv.bias.is_none() && session.sync_batch_norm.is_none()
     }
-}
 
-impl<B: Backend> Layer<B> for ConvBn {
-    type Saved = (B::Conv2dContext, BatchNormSaved<B>);
-
-    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        if !self.runs_fused(session) {
-            let (y, conv) = self.conv.forward(session, x)?;
-            let (y, norm) = self.norm.forward(session, y)?;
-            return Ok((y, (conv, norm)));
-        }
+    /// The one op, its output landing on `onto` when given.
+    fn forward_fused<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Option<Onto<B::Tensor>>,
+    ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)> {
         let store = &session.store;
         let ids = self.norm.ids;
         let norm = BatchNormAffine {
@@ -325,12 +322,53 @@ impl<B: Backend> Layer<B> for ConvBn {
             params: session.batch_norm,
         };
         let weight = store.get(self.conv.weight);
-        let output =
-            session
-                .backend
-                .conv_batch_norm_train_forward(x, weight, self.conv.kind, norm)?;
+        let (backend, kind) = (session.backend, self.conv.kind);
+        let output = match onto {
+            None => backend.conv_batch_norm_train_forward(x, weight, kind, norm)?,
+            Some(onto) => {
+                backend.conv_batch_norm_train_forward_onto(x, weight, kind, norm, onto)?
+            }
+        };
         self.norm.record_batch(session, &output.batch)?;
         Ok((output.y, (output.conv, BatchNormSaved::Local(output.norm))))
+    }
+
+    /// The convolution and the BatchNorm in turn.
+    fn forward_in_turn<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+    ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)> {
+        let (y, conv) = self.conv.forward(session, x)?;
+        let (y, norm) = self.norm.forward(session, y)?;
+        Ok((y, (conv, norm)))
+    }
+}
+
+impl<B: Backend> Layer<B> for ConvBn {
+    type Saved = (B::Conv2dContext, BatchNormSaved<B>);
+
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        if self.runs_fused(session) {
+            self.forward_fused(session, x, None)
+        } else {
+            self.forward_in_turn(session, x)
+        }
+    }
+
+    /// The fused op writes its output over the residual where the backend can
+    /// ([`Backend::conv_batch_norm_train_forward_onto`]); the two layers in turn land theirs.
+    fn forward_onto(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Onto<B::Tensor>,
+    ) -> Result<(B::Tensor, Self::Saved)> {
+        if self.runs_fused(session) {
+            return self.forward_fused(session, x, Some(onto));
+        }
+        let (y, saved) = self.forward_in_turn(session, x)?;
+        Ok((onto.land(session.backend, y)?, saved))
     }
 
     fn backward(

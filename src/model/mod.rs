@@ -19,7 +19,7 @@ pub mod reversible;
 pub mod sync_batch_norm;
 pub mod transformer;
 
-use revsnn_reference::{Backend, BatchNormParams};
+use revsnn_reference::{Backend, BatchNormParams, Onto};
 
 use crate::collective::Collective;
 use crate::error::Result;
@@ -105,6 +105,21 @@ pub trait Layer<B: Backend> {
 
     /// `y = layer(x)`, and what the backward of this call needs.
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)>;
+
+    /// `residual ± layer(x)` ([`Onto`]), and what the backward of this call needs, which is
+    /// the forward's: the reversible couplings (docs/reversible.md §3.3). The default lands the
+    /// forward's output on the residual ([`Onto::land`]). A layer whose last op can write its
+    /// output over the residual passes `onto` down to it, so that no output is allocated beside
+    /// the residual.
+    fn forward_onto(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Onto<B::Tensor>,
+    ) -> Result<(B::Tensor, Self::Saved)> {
+        let (y, saved) = self.forward(session, x)?;
+        Ok((onto.land(session.backend, y)?, saved))
+    }
 
     /// `dL/dx` from `dL/dy`; parameter gradients are accumulated into `session.grads`.
     fn backward(

@@ -13,7 +13,7 @@
 //! the float type, so the inverse reconstructs every input bit for bit (the rounding's gradient
 //! is taken as the identity).
 
-use revsnn_reference::{Backend, DType, Element};
+use revsnn_reference::{Backend, DType, Element, Onto};
 
 use super::layers::KeepInput;
 use super::probes::BlockRecord;
@@ -143,62 +143,58 @@ impl<F, G> ReversibleSequence<F, G> {
             .then(|| Coupling::grid_bits(<B::Elem as Element>::DTYPE))
     }
 
-    /// `residual + update` (the update on the grid under the exact coupling), written over the
-    /// update's storage where the backend can (`Backend::add_reusing`): F's and G's outputs serve
-    /// nothing else.
-    fn couple<B: Backend>(
+    /// `residual ± layer(x)` with `layer`'s context: the update lands on the residual, written
+    /// over its storage where the backend can ([`Layer::forward_onto`]; F's and G's outputs and
+    /// the residual serve nothing else). Under the exact coupling the update is first rounded to
+    /// the grid, then added ([`Onto::land`]).
+    fn coupled<B: Backend, L: Layer<B>>(
         &self,
-        backend: &B,
-        residual: &B::Tensor,
-        update: B::Tensor,
-    ) -> Result<B::Tensor> {
-        Ok(backend.add_reusing(residual, self.on_grid(backend, update)?)?)
-    }
-
-    /// `sum - update`, the inverse of [`Self::couple`], written over the update's storage too.
-    fn uncouple<B: Backend>(
-        &self,
-        backend: &B,
-        sum: &B::Tensor,
-        update: B::Tensor,
-    ) -> Result<B::Tensor> {
-        Ok(backend.sub_reusing(sum, self.on_grid(backend, update)?)?)
-    }
-
-    /// An F or G output as the coupling adds it: rounded to the grid under the exact coupling.
-    fn on_grid<B: Backend>(&self, backend: &B, update: B::Tensor) -> Result<B::Tensor> {
-        Ok(match self.grid::<B>() {
-            Some(k) => backend.quantize(&update, k)?,
-            None => update,
-        })
+        layer: &L,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Onto<B::Tensor>,
+    ) -> Result<(B::Tensor, L::Saved)> {
+        let Some(k) = self.grid::<B>() else {
+            return layer.forward_onto(session, x, onto);
+        };
+        let backend = session.backend;
+        let (update, saved) = layer.forward(session, x)?;
+        let update = backend.quantize(&update, k)?;
+        Ok((onto.land(backend, update)?, saved))
     }
 }
 
-/// One run of F or G with its spikes' fingerprint, and under an audit the spikes themselves.
+/// One coupled run of F or G with its spikes' fingerprint, and under an audit the spikes
+/// themselves.
 struct Recorded<B: Backend, S> {
+    /// The coupling's result, `residual ± F(x)` or `residual ± G(x)`.
     output: B::Tensor,
     saved: S,
     fingerprint: Option<B::Word>,
     spikes: Vec<B::Tensor>,
 }
 
-/// Runs `layer` with spike fingerprinting on, and when auditing with its spikes logged into the
-/// result ([`super::Probes::start_run`]).
-fn recorded<B: Backend, L: Layer<B>>(
-    layer: &L,
-    session: &mut Session<B>,
-    x: B::Tensor,
-) -> Result<Recorded<B, L::Saved>> {
-    let outer = session.probes.start_run(session.backend)?;
-    let result = layer.forward(session, x);
-    let (fingerprint, spikes) = session.probes.end_run(outer);
-    let (output, saved) = result?;
-    Ok(Recorded {
-        output,
-        saved,
-        fingerprint,
-        spikes,
-    })
+impl<F, G> ReversibleSequence<F, G> {
+    /// [`Self::coupled`] with spike fingerprinting on, and when auditing with its spikes logged
+    /// into the result ([`super::Probes::start_run`]).
+    fn recorded<B: Backend, L: Layer<B>>(
+        &self,
+        layer: &L,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Onto<B::Tensor>,
+    ) -> Result<Recorded<B, L::Saved>> {
+        let outer = session.probes.start_run(session.backend)?;
+        let result = self.coupled(layer, session, x, onto);
+        let (fingerprint, spikes) = session.probes.end_run(outer);
+        let (output, saved) = result?;
+        Ok(Recorded {
+            output,
+            saved,
+            fingerprint,
+            spikes,
+        })
+    }
 }
 
 impl<B, F, G> Layer<B> for ReversibleSequence<F, G>
@@ -225,22 +221,23 @@ where
         let mut fingerprints = Vec::with_capacity(self.blocks.len());
         let mut audit = Vec::new();
         for block in &self.blocks {
+            let input = auditing.then(|| (x1.clone(), x2.clone()));
             // Unless activations are stored, F's context drops as soon as F returns, before G
-            // runs, and G's as soon as G returns: one sub-graph's context at a time.
-            let f = recorded(&block.f, session, x2.clone())?;
+            // runs, and G's as soon as G returns: one sub-graph's context at a time. F lands on
+            // x1 and G on x2, which serve nothing else.
+            let f = self.recorded(&block.f, session, x2.clone(), Onto::add(x1))?;
             let f_saved = keep.then_some(f.saved);
-            let y1 = self.couple(backend, &x1, f.output)?;
-            let g = recorded(&block.g, session, y1.clone())?;
+            let y1 = f.output;
+            let g = self.recorded(&block.g, session, y1.clone(), Onto::add(x2))?;
             let g_saved = keep.then_some(g.saved);
-            let y2 = self.couple(backend, &x2, g.output)?;
-            if auditing {
+            if let Some(input) = input {
                 audit.push(BlockRecord {
-                    input: (x1.clone(), x2.clone()),
+                    input,
                     f_spikes: f.spikes,
                     g_spikes: g.spikes,
                 });
             }
-            (x1, x2) = (y1, y2);
+            (x1, x2) = (y1, g.output);
             fingerprints.push((f.fingerprint, g.fingerprint));
             if let (Some(f_saved), Some(g_saved)) = (f_saved, g_saved) {
                 contexts.push((f_saved, g_saved));
@@ -314,10 +311,8 @@ impl<F, G> ReversibleSequence<F, G> {
         let mut reconstruct = || -> Result<B::Tensor> {
             let (mut y1, mut y2) = halves(backend, y)?;
             for block in self.blocks.iter().rev() {
-                let (gy1, _) = block.g.forward(session, y1.clone())?;
-                let x2 = self.uncouple(backend, &y2, gy1)?;
-                let (fx2, _) = block.f.forward(session, x2.clone())?;
-                let x1 = self.uncouple(backend, &y1, fx2)?;
+                let (x2, _) = self.coupled(&block.g, session, y1.clone(), Onto::sub(y2))?;
+                let (x1, _) = self.coupled(&block.f, session, x2.clone(), Onto::sub(y1))?;
                 (y1, y2) = (x1, x2);
             }
             Ok(backend.concat(&[&y1, &y2], CHANNEL_AXIS)?)
@@ -349,17 +344,15 @@ impl<F, G> ReversibleSequence<F, G> {
         let (mut dy1, mut dy2) = halves(backend, &grad_y)?;
         drop(grad_y);
         for (block, (f_print, g_print)) in self.blocks.iter().zip(fingerprints).rev() {
-            // Each reconstruction happens right after its recompute, so that the recomputed
-            // output and the half it rebuilds from are freed before the backward through it.
-            let g = recorded(&block.g, session, y1.clone())?;
-            let x2 = self.uncouple(backend, &y2, g.output)?;
-            drop(y2);
+            // Each reconstruction is the recompute's coupling, landing on the half it rebuilds
+            // from, before the backward through it.
+            let g = self.recorded(&block.g, session, y1.clone(), Onto::sub(y2))?;
+            let x2 = g.output;
             let g_grad = block.g.backward(session, g.saved, dy2.clone())?;
             let dx1 = backend.add_reusing(&dy1, g_grad)?;
             drop(dy1);
-            let f = recorded(&block.f, session, x2.clone())?;
-            let x1 = self.uncouple(backend, &y1, f.output)?;
-            drop(y1);
+            let f = self.recorded(&block.f, session, x2.clone(), Onto::sub(y1))?;
+            let x1 = f.output;
             let f_grad = block.f.backward(session, f.saved, dx1.clone())?;
             let dx2 = backend.add_reusing(&dy2, f_grad)?;
             drop(dy2);

@@ -16,15 +16,16 @@ use cudarc::driver::{
     CudaFunction, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits,
 };
 use revsnn_reference::contract::shapes::{
-    BatchNormShape, check_channel_vector, check_context_statistics,
+    BatchNormShape, check_channel_vector, check_context_statistics, check_same_shape,
 };
 use revsnn_reference::{
-    BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, RunningStats,
+    BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, Combine,
+    Onto, RunningStats,
 };
 
 use super::precision::{HalfFormat, require_f32};
 use super::saved_input::SavedInput;
-use super::{GpuElement, elementwise_launch, shape_error};
+use super::{GpuElement, elementwise_launch, shape_error, tensor};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::BATCH_NORM;
@@ -195,42 +196,99 @@ impl<'a> InputOperand<'a> {
     }
 }
 
+/// The per-channel map a BatchNorm applies, `y = gamma_c inv_std_c (x - mean_c) + beta_c`.
+struct ChannelMap<'a, E> {
+    mean: &'a DeviceBuffer<f64>,
+    inv_std: &'a DeviceBuffer<f64>,
+    gamma: &'a CudaTensor<E>,
+    beta: &'a CudaTensor<E>,
+}
+
 /// `y = gamma_c inv_std_c (x - mean_c) + beta_c` into a new tensor of `x`'s shape.
 fn normalise<E: GpuElement>(
     device: &GpuDevice,
     x: &SavedInput<E>,
     layout: &Layout,
-    mean: &DeviceBuffer<f64>,
-    inv_std: &DeviceBuffer<f64>,
-    gamma: &CudaTensor<E>,
-    beta: &CudaTensor<E>,
+    map: &ChannelMap<'_, E>,
 ) -> Result<CudaTensor<E>, GpuError> {
     // SAFETY: the kernel writes every one of the `total` elements (none when `total` is 0).
     let mut y = unsafe { device.alloc::<E>(layout.total) }?;
-    if layout.total > 0 {
-        let input = InputOperand::of(device, x)?;
-        let function = input.kernel(device, "bn_normalise")?;
-        let [channels, inner, total, width] = layout.elementwise_args();
-        let mut launch = device.stream().launch_builder(&function);
-        launch
-            .arg(&input.pointer)
-            .arg(y.slice_mut())
-            .arg(mean.slice())
-            .arg(inv_std.slice())
-            .arg(gamma.slice())
-            .arg(beta.slice())
-            .arg(&channels)
-            .arg(&inner)
-            .arg(&total)
-            .arg(&width);
-        // SAFETY: matches `bn_normalise_<E>(x, y, mean, inv_std, gamma, beta, channels, inner,
-        // total, width)` (or its `_f32_from_<format>` twin, whose x is 16-bit); x and y hold
-        // `total` elements, the four vectors `channels` (checked by callers); `width` divides
-        // `inner`, hence `total`.
-        unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
-            .map_err(GpuError::driver("launching bn_normalise"))?;
-    }
+    launch_normalise(device, x, layout, map, &mut y, None)?;
     CudaTensor::new(y, x.shape())
+}
+
+/// `residual ± (gamma_c inv_std_c (x - mean_c) + beta_c)`: the bits of [`normalise`] then
+/// `tensor::add_reusing` or `sub_reusing`, written over the residual's buffer when nothing else
+/// holds it (`bn_normalise_onto_*`), so that no buffer is allocated. Errors unless the residual
+/// has `x`'s shape.
+fn normalise_onto<E: GpuElement>(
+    device: &GpuDevice,
+    x: &SavedInput<E>,
+    layout: &Layout,
+    map: &ChannelMap<'_, E>,
+    onto: Onto<CudaTensor<E>>,
+) -> Result<CudaTensor<E>, GpuError> {
+    check_same_shape("batch_norm_train_onto", onto.residual.shape(), x.shape())?;
+    let Onto { residual, combine } = onto;
+    match residual.into_unshared_buffer() {
+        Ok(mut y) => {
+            launch_normalise(device, x, layout, map, &mut y, Some(combine))?;
+            CudaTensor::new(y, x.shape())
+        }
+        Err(residual) => {
+            let y = normalise(device, x, layout, map)?;
+            match combine {
+                Combine::Add => tensor::add_reusing(device, &residual, y),
+                Combine::Sub => tensor::sub_reusing(device, &residual, y),
+            }
+        }
+    }
+}
+
+/// Launches `bn_normalise_*` writing `y`, or with `combine` `bn_normalise_onto_*` adding to or
+/// subtracting from the residual `y` holds.
+fn launch_normalise<E: GpuElement>(
+    device: &GpuDevice,
+    x: &SavedInput<E>,
+    layout: &Layout,
+    map: &ChannelMap<'_, E>,
+    y: &mut DeviceBuffer<E>,
+    combine: Option<Combine>,
+) -> Result<(), GpuError> {
+    if layout.total == 0 {
+        return Ok(());
+    }
+    let input = InputOperand::of(device, x)?;
+    let name = match combine {
+        None => "bn_normalise",
+        Some(_) => "bn_normalise_onto",
+    };
+    let function = input.kernel(device, name)?;
+    let [channels, inner, total, width] = layout.elementwise_args();
+    let subtract = i32::from(combine == Some(Combine::Sub));
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(&input.pointer)
+        .arg(y.slice_mut())
+        .arg(map.mean.slice())
+        .arg(map.inv_std.slice())
+        .arg(map.gamma.slice())
+        .arg(map.beta.slice())
+        .arg(&channels)
+        .arg(&inner)
+        .arg(&total)
+        .arg(&width);
+    if combine.is_some() {
+        launch.arg(&subtract);
+    }
+    // SAFETY: matches `bn_normalise_<E>(x, y, mean, inv_std, gamma, beta, channels, inner,
+    // total, width)`, or with `combine` `bn_normalise_onto_<E>(..., width, subtract)` (or their
+    // `_f32_from_<format>` twins, whose x is 16-bit); x and y hold `total` elements, the four
+    // vectors `channels` (checked by callers); `width` divides `inner`, hence `total`; `y` is
+    // not `x`'s buffer (it had no other owner).
+    unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
+        .map_err(GpuError::driver("launching bn_normalise"))?;
+    Ok(())
 }
 
 /// A channel's statistics from the training forward's one read of `x`, each `[C]`.
@@ -323,18 +381,20 @@ pub fn train_forward<E: GpuElement>(
     beta: &CudaTensor<E>,
     params: BatchNormParams,
 ) -> Result<BatchNormTrainOutput<CudaTensor<E>, BatchNormContext<E>>, GpuError> {
-    train_forward_over(device, SavedInput::exact(x), gamma, beta, params)
+    train_forward_over(device, SavedInput::exact(x), gamma, beta, params, None)
 }
 
 /// [`train_forward`] over `x` as its context keeps it: both passes read the 16-bit patterns when
 /// they hold `x` exactly (a 16-bit convolution's sums, which need never be widened into an `f32`
-/// tensor: [`super::conv_batch_norm::train_forward`]).
+/// tensor: [`super::conv_batch_norm::train_forward`]). With `onto`, `y` lands on its residual
+/// ([`normalise_onto`]).
 pub(crate) fn train_forward_over<E: GpuElement>(
     device: &GpuDevice,
     x: SavedInput<E>,
     gamma: &CudaTensor<E>,
     beta: &CudaTensor<E>,
     params: BatchNormParams,
+    onto: Option<Onto<CudaTensor<E>>>,
 ) -> Result<BatchNormTrainOutput<CudaTensor<E>, BatchNormContext<E>>, GpuError> {
     const OP: &str = "batch_norm_train";
     params.validate()?;
@@ -343,8 +403,16 @@ pub(crate) fn train_forward_over<E: GpuElement>(
     check_channel_vector(OP, "beta", beta.shape(), layout.channels)?;
     layout.split.check_trainable(OP, x.shape())?;
     let moments = moments(device, &x, &layout, params.eps)?;
-    let (mean, inv_std) = (&moments.mean, &moments.inv_std);
-    let y = normalise(device, &x, &layout, mean, inv_std, gamma, beta)?;
+    let map = ChannelMap {
+        mean: &moments.mean,
+        inv_std: &moments.inv_std,
+        gamma,
+        beta,
+    };
+    let y = match onto {
+        None => normalise(device, &x, &layout, &map)?,
+        Some(onto) => normalise_onto(device, &x, &layout, &map, onto)?,
+    };
     let channels = layout.channels;
     let stats = BatchStats {
         mean: CudaTensor::new(moments.mean_out, &[channels])?,
@@ -400,7 +468,13 @@ pub fn eval_forward<E: GpuElement>(
             .map_err(GpuError::driver("launching bn_eval_constants"))?;
     }
     let input = SavedInput::exact(x);
-    let y = normalise(device, &input, &layout, &mean, &inv_std, gamma, beta)?;
+    let map = ChannelMap {
+        mean: &mean,
+        inv_std: &inv_std,
+        gamma,
+        beta,
+    };
+    let y = normalise(device, &input, &layout, &map)?;
     let context = BatchNormContext {
         input,
         mean,

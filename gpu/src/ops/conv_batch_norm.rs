@@ -12,7 +12,7 @@
 use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free};
 use revsnn_reference::{
     BatchNormAffine, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput,
-    ConvKind,
+    ConvKind, Onto,
 };
 
 use super::GpuElement;
@@ -30,13 +30,16 @@ pub type ConvBatchNormOutput<E> =
 /// `batch_norm_train_forward(conv(x, weight))` for a bias-free convolution of `kind`
 /// (a 1-D one runs as the 1x1 2-D convolution of `Backend::conv1d_forward`), with both contexts;
 /// `x` is dropped before the BatchNorm allocates, spikes as soon as their bytes exist (the
-/// convolution's context keeps what it needs of it). Errors as the two ops do.
+/// convolution's context keeps what it needs of it). With `onto`, the output lands on its
+/// residual, over the residual's buffer when nothing else holds it
+/// (`Backend::conv_batch_norm_train_forward_onto`). Errors as the two ops do.
 pub fn train_forward<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
     weight: &CudaTensor<E>,
     kind: ConvKind,
     norm: BatchNormAffine<'_, CudaTensor<E>>,
+    onto: Option<Onto<CudaTensor<E>>>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
     let (output, conv) = match kind {
         ConvKind::Conv2d(params) => conv::forward_kept(device, x, weight, params)?,
@@ -51,7 +54,7 @@ pub fn train_forward<E: GpuElement>(
         }
     };
     let (y, batch, norm_context) =
-        batch_norm::train_forward_over(device, output, norm.gamma, norm.beta, norm.params)?;
+        batch_norm::train_forward_over(device, output, norm.gamma, norm.beta, norm.params, onto)?;
     Ok(ConvBatchNormTrainOutput {
         y,
         batch,

@@ -81,6 +81,61 @@ pub struct ConvBatchNormTrainOutput<T, ConvContext, NormContext> {
     pub norm: NormContext,
 }
 
+/// How an op's output `y` lands on a residual: `residual + y` or `residual - y`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    Add,
+    Sub,
+}
+
+/// The residual an op's output lands on ([`Backend::conv_batch_norm_train_forward_onto`]): the
+/// reversible couplings `y1 = x1 + F(x2)` and `x1 = y1 - F(x2)` (docs/reversible.md §3.3), where
+/// F's last op may write its output over the residual, which nothing else needs.
+#[derive(Clone, Debug)]
+pub struct Onto<T> {
+    pub residual: T,
+    pub combine: Combine,
+}
+
+impl<T> Onto<T> {
+    /// `residual + y`.
+    pub fn add(residual: T) -> Self {
+        Onto {
+            residual,
+            combine: Combine::Add,
+        }
+    }
+
+    /// `residual - y`.
+    pub fn sub(residual: T) -> Self {
+        Onto {
+            residual,
+            combine: Combine::Sub,
+        }
+    }
+
+    /// The same combination onto another handle on the residual (a reshape of it).
+    pub fn map<U, Error>(
+        self,
+        f: impl FnOnce(T) -> std::result::Result<U, Error>,
+    ) -> std::result::Result<Onto<U>, Error> {
+        Ok(Onto {
+            residual: f(self.residual)?,
+            combine: self.combine,
+        })
+    }
+
+    /// `residual ± y` by [`Backend::add_reusing`] or [`Backend::sub_reusing`], over `y`'s
+    /// storage: what an op that writes its output over the residual instead must equal, bit for
+    /// bit. Errors unless the shapes are equal.
+    pub fn land<B: Backend<Tensor = T>>(self, backend: &B, y: T) -> Result<T> {
+        match self.combine {
+            Combine::Add => backend.add_reusing(&self.residual, y),
+            Combine::Sub => backend.sub_reusing(&self.residual, y),
+        }
+    }
+}
+
 /// Gradients of [`Backend::conv_batch_norm_train_forward`] with respect to the convolution's
 /// input and weight and the BatchNorm's scale and shift.
 #[derive(Clone, Debug)]
@@ -422,6 +477,26 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
             conv,
             norm: norm_context,
         })
+    }
+
+    /// [`Backend::conv_batch_norm_train_forward`] landing on `onto`: its `y` is
+    /// `residual ± batch_norm_train_forward(conv(x, weight))`, the bits of the op then
+    /// [`Onto::land`], with the same statistics and contexts. The default runs exactly that. A
+    /// backend may write the BatchNorm's output over the residual when nothing else holds it
+    /// (CUDA), so that no tensor the size of `y` is allocated (docs/reversible.md §3.3). Errors as
+    /// the op does, and when the residual's shape is not `y`'s.
+    fn conv_batch_norm_train_forward_onto(
+        &self,
+        x: Self::Tensor,
+        weight: &Self::Tensor,
+        kind: ConvKind,
+        norm: BatchNormAffine<'_, Self::Tensor>,
+        onto: Onto<Self::Tensor>,
+    ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
+    {
+        let mut output = self.conv_batch_norm_train_forward(x, weight, kind, norm)?;
+        output.y = onto.land(self, output.y)?;
+        Ok(output)
     }
 
     /// Gradients of [`Backend::conv_batch_norm_train_forward`] from its two contexts:

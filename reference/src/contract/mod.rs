@@ -26,8 +26,8 @@ pub mod shapes;
 
 pub use backend::{
     AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput,
-    BatchStats, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads, NeuronKept,
-    RunningStats, conv_batch_norm_backward_in_turn,
+    BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads,
+    NeuronKept, Onto, RunningStats, conv_batch_norm_backward_in_turn,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};
