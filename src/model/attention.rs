@@ -2,7 +2,7 @@
 //! blocks and the attention of Spikingformer's. Its backward is written by hand: the two
 //! attention products are not a chain of layers.
 
-use revsnn_reference::{Backend, Element, OpError};
+use revsnn_reference::{Backend, Element, Onto, OpError};
 
 use super::build::{Builder, ConvInit};
 use super::compose::SeqToAnn;
@@ -132,10 +132,14 @@ impl KeepInput for SpikingSelfAttention {
     }
 }
 
-impl<B: Backend> Layer<B> for SpikingSelfAttention {
-    type Saved = AttentionSaved<B>;
-
-    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+impl SpikingSelfAttention {
+    /// The forward, its output projection's output landing on `onto` when given.
+    fn attend<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Option<Onto<B::Tensor>>,
+    ) -> Result<(B::Tensor, AttentionSaved<B>)> {
         let backend = session.backend;
         let dims = attention_dims(backend, &x, self.heads)?;
         let [t, b, c, h, w] = dims;
@@ -158,7 +162,13 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
         let o_t = backend.scale(&o_t, <B::Elem as Element>::cast(ATTENTION_SCALE))?;
         let o = backend.reshape(&o_t, &[t, b, c, h * w])?;
         drop(o_t);
-        let (y, output) = self.output.forward(session, o)?;
+        let (y, output) = match onto {
+            None => self.output.forward(session, o)?,
+            Some(onto) => {
+                let onto = onto.map(|residual| backend.reshape(&residual, &[t, b, c, h * w]))?;
+                self.output.forward_onto(session, o, onto)?
+            }
+        };
         let saved = AttentionSaved {
             dims,
             proj_lif,
@@ -172,6 +182,24 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
             output,
         };
         Ok((backend.reshape(&y, &dims)?, saved))
+    }
+}
+
+impl<B: Backend> Layer<B> for SpikingSelfAttention {
+    type Saved = AttentionSaved<B>;
+
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        self.attend(session, x, None)
+    }
+
+    /// The output projection's output lands on the residual.
+    fn forward_onto(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Onto<B::Tensor>,
+    ) -> Result<(B::Tensor, Self::Saved)> {
+        self.attend(session, x, Some(onto))
     }
 
     fn backward(

@@ -189,7 +189,9 @@ impl<B: Backend> Layer<B> for Identity {
 }
 
 /// `y = main(x) + shortcut(x)`, the shortcut [`Identity`] unless given; the backward adds the
-/// two branches' input gradients.
+/// two branches' input gradients. The shortcut runs first, and the main branch's output lands on
+/// it ([`Layer::forward_onto`]): `shortcut + main` has the bits of `main + shortcut`, and no
+/// output of the main branch is allocated beside the shortcut's where its last op writes over it.
 #[derive(Clone, Debug)]
 pub struct Residual<M, S = Identity> {
     pub main: M,
@@ -210,9 +212,8 @@ impl<B: Backend, M: Layer<B>, S: Layer<B>> Layer<B> for Residual<M, S> {
     type Saved = (M::Saved, S::Saved);
 
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let (main, main_saved) = self.main.forward(session, x.clone())?;
-        let (shortcut, shortcut_saved) = self.shortcut.forward(session, x)?;
-        let y = session.backend.add(&main, &shortcut)?;
+        let (shortcut, shortcut_saved) = self.shortcut.forward(session, x.clone())?;
+        let (y, main_saved) = self.main.forward_onto(session, x, Onto::add(shortcut))?;
         Ok((y, (main_saved, shortcut_saved)))
     }
 
@@ -224,7 +225,7 @@ impl<B: Backend, M: Layer<B>, S: Layer<B>> Layer<B> for Residual<M, S> {
     ) -> Result<B::Tensor> {
         let grad_main = self.main.backward(session, saved.0, grad_y.clone())?;
         let grad_shortcut = self.shortcut.backward(session, saved.1, grad_y)?;
-        Ok(session.backend.add(&grad_main, &grad_shortcut)?)
+        Ok(session.backend.add_reusing(&grad_shortcut, grad_main)?)
     }
 }
 
