@@ -103,6 +103,12 @@ pub struct AttentionSaved<B: Backend> {
     output: <SpikingConvBn as Layer<B>>::Saved,
 }
 
+/// `x` under `shape`, `x` given up: the result is the only handle on its storage, so the layer
+/// it is handed to may free it or write over it.
+fn reshaped<B: Backend>(backend: &B, x: B::Tensor, shape: &[usize]) -> Result<B::Tensor> {
+    Ok(backend.reshape(&x, shape)?)
+}
+
 /// A `[T, B, C, H, W]` input shape whose `C` splits into `heads`, or an error.
 fn attention_dims<B: Backend>(backend: &B, x: &B::Tensor, heads: usize) -> Result<[usize; 5]> {
     let shape = backend.shape(x);
@@ -158,10 +164,9 @@ impl SpikingSelfAttention {
         // attn[n, m] = sum_j q[n, j] k[m, j] = ((q^T)^T k^T)[n, m].
         let attn = backend.batched_matmul(&q_t, &k_t, true, false)?;
         // o^T[j, n] = sum_m v[m, j] attn[n, m] = (v^T attn^T)[j, n], i.e. (attn v).transpose(3, 4).
-        let o_t = backend.batched_matmul(&v_t, &attn, false, true)?;
-        let o_t = backend.scale(&o_t, <B::Elem as Element>::cast(ATTENTION_SCALE))?;
-        let o = backend.reshape(&o_t, &[t, b, c, h * w])?;
-        drop(o_t);
+        let scale = <B::Elem as Element>::cast(ATTENTION_SCALE);
+        let o_t = backend.scale(&backend.batched_matmul(&v_t, &attn, false, true)?, scale)?;
+        let o = reshaped(backend, o_t, &[t, b, c, h * w])?;
         let (y, output) = match onto {
             None => self.output.forward(session, o)?,
             Some(onto) => {
@@ -209,33 +214,47 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
         grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let backend = session.backend;
-        let [t, b, c, h, w] = saved.dims;
+        let AttentionSaved {
+            dims,
+            proj_lif,
+            q,
+            k,
+            v,
+            q_t,
+            k_t,
+            v_t,
+            attn,
+            output,
+        } = saved;
+        let [t, b, c, h, w] = dims;
         let tokens = [t, b, c, h * w];
-        let grad = backend.reshape(&grad_y, &tokens)?;
-        drop(grad_y);
-        let grad = self.output.backward(session, saved.output, grad)?;
-        let grad = backend.scale(&grad, <B::Elem as Element>::cast(ATTENTION_SCALE))?;
-        let grad_o_t = backend.reshape(&grad, &[t, b, self.heads, c / self.heads, h * w])?;
-        drop(grad);
+        let grad_o = self
+            .output
+            .backward(session, output, reshaped(backend, grad_y, &tokens)?)?;
+        let scale = <B::Elem as Element>::cast(ATTENTION_SCALE);
+        let per_head = [t, b, self.heads, c / self.heads, h * w];
+        let grad_o_t = reshaped(backend, backend.scale(&grad_o, scale)?, &per_head)?;
+        drop(grad_o);
+        // Each saved tensor is dropped after its last use, so the later matmuls do not hold it.
         // o^T = v^T attn^T: d(v^T) = d(o^T) attn, d(attn) = d(o^T)^T v^T.
-        let grad_v_t = backend.batched_matmul(&grad_o_t, &saved.attn, false, false)?;
-        let grad_attn =
-            backend.batched_matmul(&grad_o_t, &backend.kept(&saved.v_t)?, true, false)?;
-        drop(grad_o_t);
+        let grad_v_t = backend.batched_matmul(&grad_o_t, &attn, false, false)?;
+        drop(attn);
+        let grad_attn = backend.batched_matmul(&grad_o_t, &backend.kept(&v_t)?, true, false)?;
+        drop((grad_o_t, v_t));
         // attn = (q^T)^T k^T: d(q^T) = k^T d(attn)^T, d(k^T) = q^T d(attn).
-        let grad_q_t =
-            backend.batched_matmul(&backend.kept(&saved.k_t)?, &grad_attn, false, true)?;
-        let grad_k_t =
-            backend.batched_matmul(&backend.kept(&saved.q_t)?, &grad_attn, false, false)?;
-        drop(grad_attn);
-        let grad_q = (self.q).backward(session, saved.q, backend.reshape(&grad_q_t, &tokens)?)?;
-        drop(grad_q_t);
-        let grad_k = (self.k).backward(session, saved.k, backend.reshape(&grad_k_t, &tokens)?)?;
-        drop(grad_k_t);
-        let grad_v = (self.v).backward(session, saved.v, backend.reshape(&grad_v_t, &tokens)?)?;
-        drop(grad_v_t);
-        let grad = backend.add(&backend.add(&grad_q, &grad_k)?, &grad_v)?;
-        let grad = backend.reshape(&grad, &saved.dims)?;
-        self.proj_lif.backward(session, saved.proj_lif, grad)
+        let grad_q_t = backend.batched_matmul(&backend.kept(&k_t)?, &grad_attn, false, true)?;
+        drop(k_t);
+        let grad_k_t = backend.batched_matmul(&backend.kept(&q_t)?, &grad_attn, false, false)?;
+        drop((q_t, grad_attn));
+        let grad_q = (self.q).backward(session, q, reshaped(backend, grad_q_t, &tokens)?)?;
+        let grad_k = (self.k).backward(session, k, reshaped(backend, grad_k_t, &tokens)?)?;
+        let grad_v = (self.v).backward(session, v, reshaped(backend, grad_v_t, &tokens)?)?;
+        // (dq + dk) + dv, each sum over the buffer of a gradient nothing else holds.
+        let grad_qk = backend.add_reusing(&grad_q, grad_k)?;
+        drop(grad_q);
+        let grad = backend.add_reusing(&grad_qk, grad_v)?;
+        drop(grad_qk);
+        self.proj_lif
+            .backward(session, proj_lif, reshaped(backend, grad, &dims)?)
     }
 }

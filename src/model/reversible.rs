@@ -159,8 +159,9 @@ impl<F, G> ReversibleSequence<F, G> {
         };
         let backend = session.backend;
         let (update, saved) = layer.forward(session, x)?;
-        let update = backend.quantize(&update, k)?;
-        Ok((onto.land(backend, update)?, saved))
+        let on_grid = backend.quantize(&update, k)?;
+        drop(update);
+        Ok((onto.land(backend, on_grid)?, saved))
     }
 }
 
