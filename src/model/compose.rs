@@ -242,13 +242,7 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
     type Saved = (L::Saved, usize);
 
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let backend = session.backend;
-        let time_steps = backend.shape(&x)[0];
-        let (y, saved) = self.layer.forward(session, handed_on_flat(backend, x)?)?;
-        Ok((
-            unflatten_time(backend, &y, time_steps)?,
-            (saved, time_steps),
-        ))
+        self.over_flat(session, x, |layer, session, x| layer.forward(session, x))
     }
 
     /// The inner layer's output lands on the residual flattened the same way.
@@ -258,15 +252,10 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
         x: B::Tensor,
         onto: Onto<B::Tensor>,
     ) -> Result<(B::Tensor, Self::Saved)> {
-        let backend = session.backend;
-        let time_steps = backend.shape(&x)[0];
-        let onto = onto.map(|residual| handed_on_flat(backend, residual))?;
-        let x = handed_on_flat(backend, x)?;
-        let (y, saved) = self.layer.forward_onto(session, x, onto)?;
-        Ok((
-            unflatten_time(backend, &y, time_steps)?,
-            (saved, time_steps),
-        ))
+        let onto = onto.map(|residual| handed_on_flat(session.backend, residual))?;
+        self.over_flat(session, x, |layer, session, x| {
+            layer.forward_onto(session, x, onto)
+        })
     }
 
     fn backward(
@@ -279,6 +268,28 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
         let (inner, time_steps) = saved;
         let grad = (self.layer).backward(session, inner, handed_on_flat(backend, grad_y)?)?;
         unflatten_time(backend, &grad, time_steps)
+    }
+}
+
+impl<L> SeqToAnn<L> {
+    /// `run` of the inner layer over the time-flattened `x`, its output unflattened again, with
+    /// the inner context and `T`.
+    fn over_flat<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        run: impl FnOnce(&L, &mut Session<B>, B::Tensor) -> Result<(B::Tensor, L::Saved)>,
+    ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)>
+    where
+        L: Layer<B>,
+    {
+        let backend = session.backend;
+        let time_steps = backend.shape(&x)[0];
+        let (y, saved) = run(&self.layer, session, handed_on_flat(backend, x)?)?;
+        Ok((
+            unflatten_time(backend, &y, time_steps)?,
+            (saved, time_steps),
+        ))
     }
 }
 

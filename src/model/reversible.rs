@@ -137,6 +137,16 @@ fn halves<B: Backend>(backend: &B, x: &B::Tensor) -> Result<(B::Tensor, B::Tenso
     ))
 }
 
+/// One coupled run of F or G with its spikes' fingerprint, and under an audit the spikes
+/// themselves.
+struct Recorded<B: Backend, S> {
+    /// The coupling's result, `residual ± F(x)` or `residual ± G(x)`.
+    output: B::Tensor,
+    saved: S,
+    fingerprint: Option<B::Word>,
+    spikes: Vec<B::Tensor>,
+}
+
 impl<F, G> ReversibleSequence<F, G> {
     fn grid<B: Backend>(&self) -> Option<i32> {
         (self.options.coupling == Coupling::Exact)
@@ -163,19 +173,7 @@ impl<F, G> ReversibleSequence<F, G> {
         drop(update);
         Ok((onto.land(backend, on_grid)?, saved))
     }
-}
 
-/// One coupled run of F or G with its spikes' fingerprint, and under an audit the spikes
-/// themselves.
-struct Recorded<B: Backend, S> {
-    /// The coupling's result, `residual ± F(x)` or `residual ± G(x)`.
-    output: B::Tensor,
-    saved: S,
-    fingerprint: Option<B::Word>,
-    spikes: Vec<B::Tensor>,
-}
-
-impl<F, G> ReversibleSequence<F, G> {
     /// [`Self::coupled`] with spike fingerprinting on, and when auditing with its spikes logged
     /// into the result ([`super::Probes::start_run`]).
     fn recorded<B: Backend, L: Layer<B>>(
