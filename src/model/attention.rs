@@ -139,6 +139,13 @@ impl KeepInput for SpikingSelfAttention {
 }
 
 impl SpikingSelfAttention {
+    /// The tokens' shape `[T, B, C, N]` and the per-head shape `[T, B, heads, C / heads, N]` of
+    /// an input `[T, B, C, H, W]` (`N = H W`).
+    fn token_shapes(&self, [t, b, c, h, w]: [usize; 5]) -> ([usize; 4], [usize; 5]) {
+        let n = h * w;
+        ([t, b, c, n], [t, b, self.heads, c / self.heads, n])
+    }
+
     /// The forward, its output projection's output landing on `onto` when given.
     fn attend<B: Backend>(
         &self,
@@ -148,14 +155,12 @@ impl SpikingSelfAttention {
     ) -> Result<(B::Tensor, AttentionSaved<B>)> {
         let backend = session.backend;
         let dims = attention_dims(backend, &x, self.heads)?;
-        let [t, b, c, h, w] = dims;
-        let per_head = [t, b, self.heads, c / self.heads, h * w];
+        let (tokens, per_head) = self.token_shapes(dims);
         let (spikes, proj_lif) = self.proj_lif.forward(session, x)?;
-        let tokens = backend.reshape(&spikes, &[t, b, c, h * w])?;
-        drop(spikes);
-        let (q_t, q) = self.q.forward(session, tokens.clone())?;
-        let (k_t, k) = self.k.forward(session, tokens.clone())?;
-        let (v_t, v) = self.v.forward(session, tokens)?;
+        let token_spikes = reshaped(backend, spikes, &tokens)?;
+        let (q_t, q) = self.q.forward(session, token_spikes.clone())?;
+        let (k_t, k) = self.k.forward(session, token_spikes.clone())?;
+        let (v_t, v) = self.v.forward(session, token_spikes)?;
         let (q_t, k_t, v_t) = (
             backend.reshape(&q_t, &per_head)?,
             backend.reshape(&k_t, &per_head)?,
@@ -166,11 +171,11 @@ impl SpikingSelfAttention {
         // o^T[j, n] = sum_m v[m, j] attn[n, m] = (v^T attn^T)[j, n], i.e. (attn v).transpose(3, 4).
         let scale = <B::Elem as Element>::cast(ATTENTION_SCALE);
         let o_t = backend.scale(&backend.batched_matmul(&v_t, &attn, false, true)?, scale)?;
-        let o = reshaped(backend, o_t, &[t, b, c, h * w])?;
+        let o = reshaped(backend, o_t, &tokens)?;
         let (y, output) = match onto {
             None => self.output.forward(session, o)?,
             Some(onto) => {
-                let onto = onto.map(|residual| backend.reshape(&residual, &[t, b, c, h * w]))?;
+                let onto = onto.map(|residual| reshaped(backend, residual, &tokens))?;
                 self.output.forward_onto(session, o, onto)?
             }
         };
@@ -226,13 +231,11 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
             attn,
             output,
         } = saved;
-        let [t, b, c, h, w] = dims;
-        let tokens = [t, b, c, h * w];
+        let (tokens, per_head) = self.token_shapes(dims);
         let grad_o = self
             .output
             .backward(session, output, reshaped(backend, grad_y, &tokens)?)?;
         let scale = <B::Elem as Element>::cast(ATTENTION_SCALE);
-        let per_head = [t, b, self.heads, c / self.heads, h * w];
         let grad_o_t = reshaped(backend, backend.scale(&grad_o, scale)?, &per_head)?;
         drop(grad_o);
         // Each saved tensor is dropped after its last use, so the later matmuls do not hold it.
