@@ -54,10 +54,12 @@ use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::ops::saved_input::SavedInput;
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
+use revsnn_reference::contract::spiking_conv_batch_norm_backward_in_turn;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
     Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvBatchNormGrads,
-    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronConfig, Onto, Precision,
+    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronBackward, NeuronConfig, Onto,
+    Precision,
 };
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
@@ -768,6 +770,142 @@ fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
                         same_bits(&[kept.unwrap()], std::slice::from_ref(residual)),
                         "{what}: a shared residual changed"
                     );
+                }
+            }
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
+/// The spiking convolution's backward (`Backend::spiking_conv_batch_norm_backward`: BatchNorm,
+/// convolution, then the neuron that fired the convolution's input) gives the bits of the ops in
+/// turn (`spiking_conv_batch_norm_backward_in_turn`), for a neuron that kept `h` or its input,
+/// on every engine, in f32, bf16 and fp16, over a 3x3, a pointwise and a 1-D convolution. In
+/// 16 bits the neuron reads the convolution's 16-bit `dx` and writes `dL/dx` over its `h`, so
+/// no `f32` `dL/ds` is allocated: where the widened `dx` holds the ops' peak (cuDNN's 3x3
+/// convolution, which narrows 8 channels to 3), the peak is lower; where `f32` sums may hold it
+/// (im2col, the pointwise GEMM), and for a neuron that kept its input, never higher. An `h` that
+/// another tensor shares is left unchanged, and the bits are the same.
+#[test]
+fn the_spiking_convolution_backward_writes_the_neurons_gradient_over_its_potentials() {
+    let Some(gpu) = backend_or_skip::<f32>("the_spiking_convolution_backward") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(61);
+    let (time_steps, batch, side) = (2, 3, 5);
+    let config = NeuronConfig::if_atan();
+    let (gamma, beta) = (
+        normal_tensor(&gpu, &mut rng, &[3], 0.5),
+        normal_tensor(&gpu, &mut rng, &[3], 0.5),
+    );
+    let norm = BatchNormAffine {
+        gamma: &gamma,
+        beta: &beta,
+        params: BatchNormParams::default(),
+    };
+    let convolutions = [
+        (
+            "3x3",
+            ConvKind::Conv2d(Conv2dParams::new(1, 1)),
+            vec![3, 8, 3, 3],
+            vec![side, side],
+        ),
+        (
+            "1x1",
+            ConvKind::Conv2d(Conv2dParams::new(1, 0)),
+            vec![3, 8, 1, 1],
+            vec![side, side],
+        ),
+        ("1-D", ConvKind::Conv1d, vec![3, 8, 1], vec![side * side]),
+    ];
+    for (name, kind, weight_shape, spatial) in convolutions {
+        let w = normal_tensor(&gpu, &mut rng, &weight_shape, 0.3);
+        let x_shape = [&[time_steps, batch, 8][..], &spatial].concat();
+        let y_shape = [&[time_steps * batch, 3][..], &spatial].concat();
+        let x = normal_f32(&mut rng, x_shape.iter().product(), 1.5);
+        let dy = normal_f32(&mut rng, y_shape.iter().product(), 1.0);
+        for engine in each_conv_engine(device) {
+            for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
+                device.set_precision(precision).unwrap();
+                for keeps_input in [false, true] {
+                    let what = format!(
+                        "{name} {precision} on {}, keeping {}",
+                        engine.name(),
+                        if keeps_input { "x" } else { "h" }
+                    );
+                    // The forward, then the backward by `run` with the peak it added; with
+                    // `share_h`, a tensor sharing the kept `h` outlives the backward.
+                    let backward = |run: &dyn Fn(_, _, _, _) -> _, share_h: bool| {
+                        let x_in = gpu.tensor_from_vec(&x_shape, x.clone()).unwrap();
+                        let kept_x = keeps_input.then(|| x_in.clone());
+                        let (spikes, neuron) = if keeps_input {
+                            gpu.neuron_forward_keeping_input(x_in, &config).unwrap()
+                        } else {
+                            gpu.neuron_forward(x_in, &config).unwrap()
+                        };
+                        let shared = share_h.then(|| neuron.kept.tensor().clone());
+                        let flat = revsnn_reference::contract::flatten_time(&gpu, &spikes);
+                        drop(spikes);
+                        let out = gpu
+                            .conv_batch_norm_train_forward(flat.unwrap(), &w, kind, norm)
+                            .unwrap();
+                        drop(out.y);
+                        let dy = gpu.tensor_from_vec(&y_shape, dy.clone()).unwrap();
+                        let neuron = NeuronBackward {
+                            context: neuron,
+                            config: &config,
+                            time_steps,
+                        };
+                        let (grads, rise): (ConvBatchNormGrads<CudaTensor<f32>>, usize) =
+                            with_peak_rise(device, || run(dy, out.conv, out.norm, neuron));
+                        let ConvBatchNormGrads {
+                            input,
+                            weight,
+                            gamma,
+                            beta,
+                        } = &grads;
+                        assert_eq!(gpu.shape(input), x_shape, "{what}: dL/dx's shape");
+                        drop(kept_x);
+                        let shared = shared.map(|h| gpu.to_vec(&h).unwrap());
+                        (host(&gpu, &[input, weight, gamma, beta]), rise, shared)
+                    };
+                    let in_turn = |dy, conv, norm, neuron| {
+                        spiking_conv_batch_norm_backward_in_turn(&gpu, dy, conv, norm, kind, neuron)
+                            .unwrap()
+                    };
+                    let fused = |dy, conv, norm, neuron| {
+                        gpu.spiking_conv_batch_norm_backward(dy, conv, norm, kind, neuron)
+                            .unwrap()
+                    };
+                    let (expected, turn_rise, _) = backward(&in_turn, false);
+                    let (got, rise, _) = backward(&fused, false);
+                    assert!(same_bits(&got, &expected), "{what}: the bits differ");
+                    let lower = precision != Precision::F32
+                        && !keeps_input
+                        && engine == ConvEngine::Cudnn
+                        && name == "3x3";
+                    let ok = if lower {
+                        rise < turn_rise
+                    } else {
+                        rise <= turn_rise
+                    };
+                    assert!(
+                        ok,
+                        "{what}: the peak ({rise}) against the ops' in turn ({turn_rise})"
+                    );
+                    if !keeps_input {
+                        let (got, _, h_before) = backward(&in_turn, true);
+                        let (fused_got, _, h_after) = backward(&fused, true);
+                        assert!(
+                            same_bits(&fused_got, &got),
+                            "{what}: shared h, the bits differ"
+                        );
+                        assert!(
+                            same_bits(&[h_after.unwrap()], &[h_before.unwrap()]),
+                            "{what}: a shared h changed"
+                        );
+                    }
                 }
             }
         }

@@ -10,6 +10,7 @@
 // firing, 1 = the surrogate's primitive (the differentiable test mode).
 
 #include "fingerprint.cuh"
+#include "half.cuh"
 
 #define PI_D 3.14159265358979323846
 
@@ -81,10 +82,16 @@ __device__ void charge_and_fire(const E* x, E* spikes, Potentials h_seq, unsigne
     if (fingerprint_sum) add_warp_to_sum(terms, fingerprint_sum);  // every lane, past n too
 }
 
+// dL/ds[t] as the backward reads it: E itself, or a 16-bit convolution's dx widened exactly.
+template <typename E> __device__ __forceinline__ E grad_value(E g) { return g; }
+__device__ __forceinline__ float grad_value(Bf16 g) { return bf16_bits_to_f32(g.bits); }
+__device__ __forceinline__ float grad_value(Fp16 g) { return fp16_bits_to_f32(g.bits); }
+
 // The loop backwards through time over the potentials; their buffer or grad_spikes may be
-// grad_x itself (each element is read before it is written, by the same thread).
-template <typename E, typename Potentials>
-__device__ void backward_through_time(const E* grad_spikes, Potentials h_seq, E* grad_x, long long n, int time_steps,
+// grad_x itself (each element is read before it is written, by the same thread). G is E, or
+// Bf16 / Fp16 for dL/ds in 16 bits.
+template <typename E, typename G, typename Potentials>
+__device__ void backward_through_time(const G* grad_spikes, Potentials h_seq, E* grad_x, long long n, int time_steps,
                                       int kind, int decay_input, double tau, E v_threshold, int surrogate, E alpha,
                                       int smooth, int detach_reset) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -100,7 +107,7 @@ __device__ void backward_through_time(const E* grad_spikes, Potentials h_seq, E*
         E psi = surrogate_derivative(surrogate, alpha, z);
         E s = fire(surrogate, smooth, alpha, z);
         E dv_dh = detach_reset ? (E)1 - s : (E)1 - s - h * psi;
-        grad_h = grad_spikes[at] * psi + (k * grad_h) * dv_dh;
+        grad_h = grad_value(grad_spikes[at]) * psi + (k * grad_h) * dv_dh;
         grad_x[at] = r * grad_h;
     }
 }
@@ -165,3 +172,30 @@ __device__ void backward_from_input_in_place(E* grad, const E* x, long long n, i
 
 NEURON_KERNELS(float, f32)
 NEURON_KERNELS(double, f64)
+
+// The f32 backwards from dL/ds as G's 16-bit patterns (a bf16 or fp16 convolution's dx): apart,
+// over the potentials (one buffer holds h and receives dL/dx), or charging h from the kept input
+// into grad_x.
+#define NEURON_HALF_GRADIENT_KERNELS(G, FORMAT)                                                                        \
+    extern "C" __global__ void neuron_backward_f32_from_##FORMAT(const G* grad_spikes, const float* h_seq,             \
+                                                                 float* grad_x, NEURON_SHARED_PARAMS(float),           \
+                                                                 int detach_reset) {                                   \
+        const StoredPotentials<const float*> h{h_seq};                                                                 \
+        backward_through_time<float>(grad_spikes, h, grad_x, NEURON_SHARED_ARGS, detach_reset);                        \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_backward_over_potentials_f32_from_##FORMAT(                                      \
+        const G* grad_spikes, float* h_then_grad_x, NEURON_SHARED_PARAMS(float), int detach_reset) {                   \
+        const StoredPotentials<const float*> h{h_then_grad_x};                                                         \
+        backward_through_time<float>(grad_spikes, h, h_then_grad_x, NEURON_SHARED_ARGS, detach_reset);                 \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_backward_from_input_f32_from_##FORMAT(const G* grad_spikes, const float* x,      \
+                                                                            float* grad_x,                             \
+                                                                            NEURON_SHARED_PARAMS(float),               \
+                                                                            int detach_reset) {                        \
+        const StoredPotentials<float*> h{grad_x};                                                                      \
+        charge_and_fire<float>(x, (float*)0, h, (unsigned long long*)0, NEURON_SHARED_ARGS);                           \
+        backward_through_time<float>(grad_spikes, h, grad_x, NEURON_SHARED_ARGS, detach_reset);                        \
+    }
+
+NEURON_HALF_GRADIENT_KERNELS(Bf16, bf16)
+NEURON_HALF_GRADIENT_KERNELS(Fp16, fp16)

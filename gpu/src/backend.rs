@@ -9,8 +9,9 @@ use std::sync::Arc;
 use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormParams,
     BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads,
-    ConvKind, LinearGrads, NeuronConfig, Onto, Pool2dParams, Precision, Result, RunningStats,
-    SgdParams, TransferCounts, conv_batch_norm_backward_in_turn,
+    ConvKind, LinearGrads, NeuronBackward, NeuronConfig, Onto, Pool2dParams, Precision, Result,
+    RunningStats, SgdParams, TransferCounts, conv_batch_norm_backward_in_turn,
+    spiking_conv_batch_norm_backward_in_turn,
 };
 
 use crate::device::GpuDevice;
@@ -346,6 +347,30 @@ impl<E: GpuElement> Backend for Cuda<E> {
                 kind,
             )?),
             None => conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind),
+        }
+    }
+
+    fn spiking_conv_batch_norm_backward(
+        &self,
+        grad_y: CudaTensor<E>,
+        conv: Self::Conv2dContext,
+        norm: Self::BatchNormContext,
+        kind: ConvKind,
+        neuron: NeuronBackward<'_, Self::NeuronContext>,
+    ) -> Result<ConvBatchNormGrads<CudaTensor<E>>> {
+        match self.device.half_format() {
+            Some(format) => Ok(ops::conv_batch_norm::spiking_backward(
+                &self.device,
+                format,
+                grad_y,
+                conv,
+                norm,
+                kind,
+                neuron,
+            )?),
+            None => {
+                spiking_conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind, neuron)
+            }
         }
     }
 

@@ -22,6 +22,8 @@ pub const NEURON: KernelSource = KernelSource {
         "neuron_forward_f64",
         "neuron_backward_f32",
         "neuron_backward_f64",
+        "neuron_backward_over_potentials_f32_from_bf16",
+        "neuron_backward_over_potentials_f32_from_fp16",
     ],
 };
 
@@ -194,7 +196,7 @@ pub struct KernelHeader {
 }
 
 /// `gpu/kernels/half.cuh`: the bf16 and fp16 bit patterns, and the widening to `double` of an
-/// element of any stored type (included by precision.cu and batch_norm.cu).
+/// element of any stored type (included by precision.cu, batch_norm.cu and neuron.cu).
 pub const HALF: KernelHeader = KernelHeader {
     name: "half.cuh",
     source: include_str!("../kernels/half.cuh"),

@@ -82,7 +82,7 @@ impl SpikingSelfAttention {
             q,
             k,
             v,
-            output: (neurons.attention_lif(), SeqToAnn { layer: proj }),
+            output: SpikingConvBn::new(neurons.attention_lif(), proj),
         })
     }
 }

@@ -267,7 +267,7 @@ impl<B: Backend, L: Layer<B>> Layer<B> for SeqToAnn<L> {
         let backend = session.backend;
         let (inner, time_steps) = saved;
         let grad = (self.layer).backward(session, inner, handed_on_flat(backend, grad_y)?)?;
-        unflatten_time(backend, &grad, time_steps)
+        Ok(unflatten_time(backend, &grad, time_steps)?)
     }
 }
 
@@ -295,8 +295,8 @@ impl<L> SeqToAnn<L> {
 
 /// [`flatten_time`] of a tensor given up: the result is the only handle on its storage, so the
 /// inner layer can free it.
-fn handed_on_flat<B: Backend>(backend: &B, x: B::Tensor) -> Result<B::Tensor> {
-    flatten_time(backend, &x)
+pub(super) fn handed_on_flat<B: Backend>(backend: &B, x: B::Tensor) -> Result<B::Tensor> {
+    Ok(flatten_time(backend, &x)?)
 }
 
 /// The part of a model that depends on its input kind, chosen when the model is built: static

@@ -5,35 +5,17 @@
 //! `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and [`unflatten_time`] convert.
 
 pub use revsnn_reference::ConvKind;
+pub use revsnn_reference::contract::{flatten_time, unflatten_time};
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchStats, NeuronConfig, Onto, Pool2dParams, RunningStats,
+    Backend, BatchNormAffine, BatchStats, ConvBatchNormGrads, NeuronBackward, NeuronConfig, Onto,
+    Pool2dParams, RunningStats,
 };
 
-use super::compose::SeqToAnn;
+use super::compose::{SeqToAnn, handed_on_flat};
 use super::params::ParamId;
 use super::sync_batch_norm::{self, SyncSaved};
 use super::{Layer, Mode, Session};
 use crate::error::{Error, Result};
-
-/// `[T, B, ...] -> [T B, ...]`.
-pub fn flatten_time<B: Backend>(backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
-    let shape = backend.shape(x);
-    let mut flat = vec![shape[0] * shape[1]];
-    flat.extend_from_slice(&shape[2..]);
-    Ok(backend.reshape(x, &flat)?)
-}
-
-/// `[T B, ...] -> [T, B, ...]`.
-pub fn unflatten_time<B: Backend>(
-    backend: &B,
-    x: &B::Tensor,
-    time_steps: usize,
-) -> Result<B::Tensor> {
-    let shape = backend.shape(x);
-    let mut split = vec![time_steps, shape[0] / time_steps];
-    split.extend_from_slice(&shape[1..]);
-    Ok(backend.reshape(x, &split)?)
-}
 
 /// A multi-step spiking neuron layer over `[T, ...]` (docs/neurons.md §2), starting from `v = 0` at every
 /// call (no state lingers between calls: docs/choices.md §A15).
@@ -343,6 +325,29 @@ impl ConvBn {
         let (y, norm) = self.norm.forward(session, y)?;
         Ok((y, (conv, norm)))
     }
+
+    /// The BatchNorm's own context when the backward runs as one op (a bias-free convolution
+    /// and the batch's own statistics), else `norm` back.
+    fn one_op_backward<B: Backend>(
+        &self,
+        norm: BatchNormSaved<B>,
+    ) -> std::result::Result<B::BatchNormContext, BatchNormSaved<B>> {
+        match norm {
+            BatchNormSaved::Local(context) if self.conv.bias.is_none() => Ok(context),
+            norm => Err(norm),
+        }
+    }
+
+    /// Adds the one op's parameter gradients to the session's; returns `dx`.
+    fn accumulate<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        grads: ConvBatchNormGrads<B::Tensor>,
+    ) -> Result<B::Tensor> {
+        self.norm.accumulate(session, grads.gamma, grads.beta)?;
+        session.accumulate(self.conv.weight, grads.weight)?;
+        Ok(grads.input)
+    }
 }
 
 impl<B: Backend> Layer<B> for ConvBn {
@@ -377,26 +382,97 @@ impl<B: Backend> Layer<B> for ConvBn {
         (conv, norm): Self::Saved,
         grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
-        let context = match norm {
-            BatchNormSaved::Local(context) if self.conv.bias.is_none() => context,
-            norm => {
-                let grad = self.norm.backward(session, norm, grad_y)?;
-                return self.conv.backward(session, conv, grad);
+        match self.one_op_backward(norm) {
+            Ok(context) => {
+                let backend = session.backend;
+                let grads =
+                    backend.conv_batch_norm_backward(grad_y, conv, context, self.conv.kind)?;
+                self.accumulate(session, grads)
             }
-        };
-        let grads =
-            session
-                .backend
-                .conv_batch_norm_backward(grad_y, conv, context, self.conv.kind)?;
-        self.norm.accumulate(session, grads.gamma, grads.beta)?;
-        session.accumulate(self.conv.weight, grads.weight)?;
-        Ok(grads.input)
+            Err(norm) => {
+                let grad = self.norm.backward(session, norm, grad_y)?;
+                self.conv.backward(session, conv, grad)
+            }
+        }
     }
 }
 
 /// `SN -> SeqToANN(conv -> BN)` over `[T, B, C, ...]`: the spiking convolution every model
-/// stacks.
-pub type SpikingConvBn = (Neuron, SeqToAnn<ConvBn>);
+/// stacks. It runs as the tuple of its two parts, except that where [`ConvBn`]'s backward is
+/// one op, the neuron's backward joins it: [`Backend::spiking_conv_batch_norm_backward`], which
+/// a backend may fuse so that no `f32` `dL/ds` is written (docs/memory.md §9.6).
+#[derive(Clone, Debug)]
+pub struct SpikingConvBn {
+    pub neuron: Neuron,
+    pub conv_bn: SeqToAnn<ConvBn>,
+}
+
+impl SpikingConvBn {
+    pub fn new(neuron: Neuron, conv_bn: ConvBn) -> Self {
+        SpikingConvBn {
+            neuron,
+            conv_bn: SeqToAnn { layer: conv_bn },
+        }
+    }
+}
+
+impl<B: Backend> Layer<B> for SpikingConvBn {
+    type Saved = (B::NeuronContext, <SeqToAnn<ConvBn> as Layer<B>>::Saved);
+
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let (spikes, neuron) = self.neuron.forward(session, x)?;
+        let (y, conv_bn) = self.conv_bn.forward(session, spikes)?;
+        Ok((y, (neuron, conv_bn)))
+    }
+
+    fn forward_onto(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Onto<B::Tensor>,
+    ) -> Result<(B::Tensor, Self::Saved)> {
+        let (spikes, neuron) = self.neuron.forward(session, x)?;
+        let (y, conv_bn) = self.conv_bn.forward_onto(session, spikes, onto)?;
+        Ok((y, (neuron, conv_bn)))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        (neuron, ((conv, norm), time_steps)): Self::Saved,
+        grad_y: B::Tensor,
+    ) -> Result<B::Tensor> {
+        let conv_bn = &self.conv_bn.layer;
+        let context = match conv_bn.one_op_backward(norm) {
+            Ok(context) => context,
+            Err(norm) => {
+                let saved = ((conv, norm), time_steps);
+                let grad = self.conv_bn.backward(session, saved, grad_y)?;
+                return self.neuron.backward(session, neuron, grad);
+            }
+        };
+        let backend = session.backend;
+        let neuron = NeuronBackward {
+            context: neuron,
+            config: &self.neuron.config,
+            time_steps,
+        };
+        let grad_y = handed_on_flat(backend, grad_y)?;
+        let kind = conv_bn.conv.kind;
+        let grads =
+            backend.spiking_conv_batch_norm_backward(grad_y, conv, context, kind, neuron)?;
+        conv_bn.accumulate(session, grads)
+    }
+}
+
+impl KeepInput for SpikingConvBn {
+    fn keeping_input(self) -> Self {
+        SpikingConvBn {
+            neuron: self.neuron.keeping_input(),
+            ..self
+        }
+    }
+}
 
 /// `AvgPool2d(kernel, stride, padding)` with `count_include_pad=True` over `[N, C, H, W]`.
 #[derive(Clone, Debug)]

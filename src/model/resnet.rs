@@ -69,7 +69,7 @@ impl ResNetConv {
         neuron: &Neuron,
     ) -> Result<SpikingConvBn> {
         let layer = self.conv_bn(builder, &format!("{prefix}.0"), &format!("{prefix}.1"))?;
-        Ok((neuron.clone(), SeqToAnn { layer }))
+        Ok(SpikingConvBn::new(neuron.clone(), layer))
     }
 }
 

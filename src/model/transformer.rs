@@ -82,7 +82,7 @@ fn mlp<B: Backend>(
             ConvInit::PyTorchDefault { bias: true },
             ConvKind::Conv2d(Conv2dParams::new(1, 0)),
         )?;
-        Ok((neurons.lif(), SeqToAnn { layer: conv_bn }))
+        Ok(SpikingConvBn::new(neurons.lif(), conv_bn))
     };
     let mlp1 = layer("mlp1", [hidden, dim, 1, 1])?;
     let mlp2 = layer("mlp2", [dim, hidden, 1, 1])?;

@@ -9,16 +9,17 @@
 //! which is what runs under `f32` and `f64` (the backward through the contract's
 //! `conv_batch_norm_backward_in_turn`).
 
-use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free};
+use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free, time_split};
 use revsnn_reference::{
-    BatchNormAffine, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput,
-    ConvKind, Onto,
+    BatchNormAffine, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind,
+    NeuronBackward, Onto,
 };
 
 use super::GpuElement;
 use super::batch_norm::{self, BatchNormContext};
-use super::conv::{self, Conv2dContext};
-use super::precision::HalfFormat;
+use super::conv::{self, Conv2dContext, StoredGrads};
+use super::neuron::{self, NeuronContext};
+use super::precision::{self, HalfBits, HalfFormat};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::tensor::CudaTensor;
@@ -77,20 +78,83 @@ pub fn backward<E: GpuElement>(
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
+    let grads = backward_to_half(device, format, grad_y, conv, norm, kind)?;
+    grads.finish(|dx, shape| precision::widened_tensor(device, format, &dx.bits, shape))
+}
+
+/// [`backward`], then the backward of the neuron whose spikes the convolution read
+/// (`Backend::spiking_conv_batch_norm_backward`): the neuron reads the convolution's 16-bit `dx`
+/// as its `dL/ds` and writes `dL/dx` over the membrane potentials it kept
+/// ([`neuron::backward_from_half`]), so no `f32` `dL/ds` is written; the bits of [`backward`]
+/// then `neuron::backward`. Errors as those do, and when `T` does not divide the batch.
+pub fn spiking_backward<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    grad_y: CudaTensor<E>,
+    conv: Conv2dContext<E>,
+    norm: BatchNormContext<E>,
+    kind: ConvKind,
+    neuron: NeuronBackward<'_, NeuronContext<E>>,
+) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
+    let grads = backward_to_half(device, format, grad_y, conv, norm, kind)?;
+    grads.finish(|dx, shape| {
+        let shape = time_split(shape, neuron.time_steps)?;
+        neuron::backward_from_half(device, dx, &shape, neuron.context, neuron.config)
+    })
+}
+
+/// The gradients of [`backward`] with `dx` still as its 16-bit patterns.
+struct HalfInputGrads<E> {
+    input: HalfBits,
+    /// `dx`'s shape: `[N, C, L]` for a 1-D convolution, else `[N, C, H, W]`.
+    input_shape: Vec<usize>,
+    weight: CudaTensor<E>,
+    gamma: CudaTensor<E>,
+    beta: CudaTensor<E>,
+}
+
+impl<E> HalfInputGrads<E> {
+    /// The gradients with `dx` made by `finish` from its 16-bit patterns and shape.
+    fn finish(
+        self,
+        finish: impl FnOnce(HalfBits, &[usize]) -> Result<CudaTensor<E>, GpuError>,
+    ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
+        Ok(ConvBatchNormGrads {
+            input: finish(self.input, &self.input_shape)?,
+            weight: self.weight,
+            gamma: self.gamma,
+            beta: self.beta,
+        })
+    }
+}
+
+/// [`backward`] up to the convolution's 16-bit `dx`.
+fn backward_to_half<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    grad_y: CudaTensor<E>,
+    conv: Conv2dContext<E>,
+    norm: BatchNormContext<E>,
+    kind: ConvKind,
+) -> Result<HalfInputGrads<E>, GpuError> {
     check_bias_free("conv_batch_norm_backward", conv.has_bias)?;
     let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
     drop((grad_y, norm));
-    let Conv2dGrads { input, weight, .. } =
-        conv::backward_stored(device, format, normed.input, conv)?;
-    let (input, weight) = match kind {
-        ConvKind::Conv2d(_) => (input, weight),
+    let StoredGrads {
+        input,
+        input_shape,
+        weight,
+    } = conv::backward_stored(device, format, normed.input, conv)?;
+    let (input_shape, weight) = match kind {
+        ConvKind::Conv2d(_) => (input_shape, weight),
         ConvKind::Conv1d => (
-            input.reshaped(Conv1dAs2d::one_d(input.shape()))?,
+            Conv1dAs2d::one_d(&input_shape).to_vec(),
             weight.reshaped(Conv1dAs2d::one_d(weight.shape()))?,
         ),
     };
-    Ok(ConvBatchNormGrads {
+    Ok(HalfInputGrads {
         input,
+        input_shape,
         weight,
         gamma: normed.gamma,
         beta: normed.beta,

@@ -13,6 +13,7 @@ use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchArgs, LaunchConfig, PushKern
 use revsnn_reference::contract::shapes::{check_neuron_backward, time_by_neurons};
 use revsnn_reference::{Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate};
 
+use super::precision::{self, HalfBits};
 use super::{GpuElement, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -386,6 +387,52 @@ pub fn backward<E: GpuElement>(
     CudaTensor::new(grad_x, &shape)
 }
 
+/// [`backward`] from `dL/ds` as 16-bit patterns (a 16-bit convolution's `dx`, handed over by
+/// `conv_batch_norm::spiking_backward`), each widened as the kernel reads it: the bits
+/// [`backward`] gives for the widened `dL/ds`, with no `f32` copy of it. The context is handed
+/// over too: `dL/dx` is written over the kept `h` when nothing else holds it
+/// (`neuron_backward_over_potentials_f32_from_<format>`), else into a buffer of its own, which
+/// also holds the `h` charged from a kept input. Errors as [`backward`] does, `shape` standing
+/// for `dL/ds`'s.
+pub fn backward_from_half<E: GpuElement>(
+    device: &GpuDevice,
+    grad_spikes: HalfBits,
+    shape: &[usize],
+    context: NeuronContext<E>,
+    config: &NeuronConfig,
+) -> Result<CudaTensor<E>, GpuError> {
+    precision::require_f32::<E>(grad_spikes.format)?;
+    let kept_shape = context.kept.tensor().shape();
+    let (steps, _) = check_neuron_backward(config, &context.config, shape, kept_shape)?;
+    if grad_spikes.bits.len() != context.kept.tensor().len() {
+        let detail = format!(
+            "internal error: {} 16-bit gradients for {shape:?}",
+            grad_spikes.bits.len()
+        );
+        return Err(shape_error("neuron_backward", detail));
+    }
+    let (kernel, kept) = match context.kept {
+        NeuronKept::Potentials(h) => match h.into_unshared_buffer() {
+            Ok(mut h) => {
+                let target = HalfGradTarget::OverPotentials(h.slice_mut());
+                let kernel = "neuron_backward_over_potentials";
+                launch_backward_from_half(device, kernel, &grad_spikes, target, steps, config)?;
+                return CudaTensor::new(h, shape);
+            }
+            Err(h) => ("neuron_backward", h),
+        },
+        NeuronKept::Input(x) => ("neuron_backward_from_input", x),
+    };
+    // SAFETY: the kernel writes every element before anything reads them.
+    let mut grad_x = unsafe { device.alloc::<E>(kept.len()) }?;
+    let target = HalfGradTarget::Apart {
+        kept: kept.slice(),
+        grad_x: grad_x.slice_mut(),
+    };
+    launch_backward_from_half(device, kernel, &grad_spikes, target, steps, config)?;
+    CudaTensor::new(grad_x, shape)
+}
+
 /// [`backward`] into a caller-owned `grad_x` of `h`'s length.
 pub fn backward_into<E: GpuElement>(
     device: &GpuDevice,
@@ -410,6 +457,57 @@ enum GradientBuffers<'a, E> {
         grad_x: &'a mut CudaSlice<E>,
     },
     InPlace(&'a mut CudaSlice<E>),
+}
+
+/// Where a backward from 16-bit `dL/ds` reads `h` (or the kept input) and writes `dL/dx`, each
+/// `T N` elements: apart, or one buffer that holds `h` and receives `dL/dx`.
+enum HalfGradTarget<'a, E> {
+    Apart {
+        kept: &'a CudaSlice<E>,
+        grad_x: &'a mut CudaSlice<E>,
+    },
+    OverPotentials(&'a mut CudaSlice<E>),
+}
+
+/// Launches `{kernel}_f32_from_{format}` over `dL/ds` in 16 bits and `target`, whose lengths
+/// the caller has checked against `grad_spikes`.
+fn launch_backward_from_half<E: GpuElement>(
+    device: &GpuDevice,
+    kernel: &str,
+    grad_spikes: &HalfBits,
+    target: HalfGradTarget<'_, E>,
+    time_steps: usize,
+    config: &NeuronConfig,
+) -> Result<(), GpuError> {
+    let params = KernelConfig::<E>::new(config)?;
+    let neurons = check_len(
+        "neuron_backward",
+        "grad_spikes",
+        grad_spikes.bits.len(),
+        time_steps,
+    )?;
+    if neurons == 0 {
+        return Ok(());
+    }
+    let (n, t) = (neurons as i64, time_steps as i32);
+    let name = format!("{kernel}_{}_from_{}", E::SUFFIX, grad_spikes.format.name());
+    let function = device.function(&NEURON, &name)?;
+    let stream = device.stream();
+    let mut launch = stream.launch_builder(&function);
+    launch.arg(grad_spikes.bits.slice());
+    match target {
+        HalfGradTarget::Apart { kept, grad_x } => launch.arg(kept).arg(grad_x),
+        HalfGradTarget::OverPotentials(h_then_grad_x) => launch.arg(h_then_grad_x),
+    };
+    params.push_shared(&mut launch, &n, &t);
+    launch.arg(&params.detach_reset);
+    // SAFETY: the argument list matches `neuron_backward_f32_from_<format>`,
+    // `neuron_backward_from_input_f32_from_<format>` or
+    // `neuron_backward_over_potentials_f32_from_<format>` in neuron.cu (E is f32:
+    // `require_f32`), and every buffer holds T * N elements.
+    unsafe { launch.launch(launch_config(neurons)) }
+        .map_err(GpuError::driver("launching neuron_backward"))?;
+    Ok(())
 }
 
 /// Launches the backward `kernel` (with `_in_place` for [`GradientBuffers::InPlace`]) over the

@@ -14,7 +14,7 @@ use super::params::{
     AdamWParams, BatchNormParams, Conv2dParams, ConvKind, NeuronConfig, Pool2dParams, SgdParams,
 };
 use super::precision::Precision;
-use super::shapes::{Conv1dAs2d, check_bias_free};
+use super::shapes::{Conv1dAs2d, check_bias_free, time_split};
 
 /// Gradients of a convolution.
 #[derive(Clone, Debug)]
@@ -165,6 +165,56 @@ pub fn conv_batch_norm_backward_in_turn<B: Backend>(
         gamma: normed.gamma,
         beta: normed.beta,
     })
+}
+
+/// The neuron whose spikes a convolution read, as [`Backend::spiking_conv_batch_norm_backward`]
+/// takes it: its context (handed over, so a backend may write the gradient over what it keeps),
+/// the configuration it ran with, and `T`, which unflattens the convolution's `[T B, ...]`
+/// gradient to the neuron's `[T, B, ...]`.
+#[derive(Debug)]
+pub struct NeuronBackward<'a, N> {
+    pub context: N,
+    pub config: &'a NeuronConfig,
+    pub time_steps: usize,
+}
+
+/// `[T, B, ...] -> [T B, ...]`, the time-flattened layout of SpikingJelly's `SeqToANNContainer`
+/// (docs/conventions.md §1). Errors when `x` has fewer than two axes.
+pub fn flatten_time<B: Backend>(backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
+    let shape = backend.shape(x);
+    if shape.len() < 2 {
+        let detail = format!("a tensor of shape {shape:?} has no [T, B] axes to flatten");
+        return Err(OpError::shape("flatten_time", detail));
+    }
+    let mut flat = vec![shape[0] * shape[1]];
+    flat.extend_from_slice(&shape[2..]);
+    backend.reshape(x, &flat)
+}
+
+/// `[T B, ...] -> [T, B, ...]` ([`time_split`]).
+pub fn unflatten_time<B: Backend>(
+    backend: &B,
+    x: &B::Tensor,
+    time_steps: usize,
+) -> Result<B::Tensor> {
+    backend.reshape(x, &time_split(&backend.shape(x), time_steps)?)
+}
+
+/// [`Backend::spiking_conv_batch_norm_backward`] as its ops in turn: the default, and what a
+/// backend that fuses them runs where it does not (CUDA under `f32` and `f64`).
+pub fn spiking_conv_batch_norm_backward_in_turn<B: Backend>(
+    backend: &B,
+    grad_y: B::Tensor,
+    conv: B::Conv2dContext,
+    norm: B::BatchNormContext,
+    kind: ConvKind,
+    neuron: NeuronBackward<'_, B::NeuronContext>,
+) -> Result<ConvBatchNormGrads<B::Tensor>> {
+    let grads = backend.conv_batch_norm_backward(grad_y, conv, norm, kind)?;
+    let grad_spikes = unflatten_time(backend, &grads.input, neuron.time_steps)?;
+    drop(grads.input);
+    let input = backend.neuron_backward(grad_spikes, &neuron.context, neuron.config)?;
+    Ok(ConvBatchNormGrads { input, ..grads })
 }
 
 /// What a neuron's context keeps for its backward (docs/neurons.md §2.4.1): the membrane
@@ -515,6 +565,25 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         kind: ConvKind,
     ) -> Result<ConvBatchNormGrads<Self::Tensor>> {
         conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind)
+    }
+
+    /// Gradients of `BN(conv(SN(x)))` over `x [T, B, ...]`, the spiking convolution of every
+    /// model (docs/architectures.md §4.0), from the three contexts:
+    /// [`Backend::conv_batch_norm_backward`], then [`Backend::neuron_backward`] of its `dx`
+    /// unflattened to `[T, B, ...]`; `input` is `dL/dx`. The default runs the two ops. A backend
+    /// may fuse them: CUDA under a 16-bit precision has the neuron's backward read the
+    /// convolution's 16-bit `dx` and write `dL/dx` over the membrane potentials it kept, so no
+    /// `f32` `dL/ds` is written (docs/memory.md §9.6). Either way every gradient holds the bits
+    /// of the two ops. Errors as the two ops do.
+    fn spiking_conv_batch_norm_backward(
+        &self,
+        grad_y: Self::Tensor,
+        conv: Self::Conv2dContext,
+        norm: Self::BatchNormContext,
+        kind: ConvKind,
+        neuron: NeuronBackward<'_, Self::NeuronContext>,
+    ) -> Result<ConvBatchNormGrads<Self::Tensor>> {
+        spiking_conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind, neuron)
     }
 
     // ---------------------------------------------------------------- batch normalisation

@@ -27,7 +27,8 @@ pub mod shapes;
 pub use backend::{
     AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput,
     BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads,
-    NeuronKept, Onto, RunningStats, conv_batch_norm_backward_in_turn,
+    NeuronBackward, NeuronKept, Onto, RunningStats, conv_batch_norm_backward_in_turn, flatten_time,
+    spiking_conv_batch_norm_backward_in_turn, unflatten_time,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};

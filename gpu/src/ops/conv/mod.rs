@@ -147,7 +147,7 @@ impl Geometry {
         bias: Option<CudaTensor<E>>,
     ) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
         Ok(Conv2dGrads {
-            input: CudaTensor::new(dx, &[self.n, self.c_in, self.h, self.w])?,
+            input: CudaTensor::new(dx, &self.input_shape())?,
             weight: CudaTensor::new(dw, &[self.c_out, self.c_in, self.kh, self.kw])?,
             bias,
         })
@@ -523,24 +523,28 @@ pub fn backward<E: GpuElement>(
         Some(format) => {
             let dy_half = stored(device, format, grad_y.buffer())?;
             drop(grad_y);
-            half_backward(device, &g, format, HeldInput::Borrowed(x), weight, dy_half)?
+            let (dx, dw) =
+                half_backward(device, &g, format, HeldInput::Borrowed(x), weight, dy_half)?;
+            (precision::widened(device, format, &dx)?, dw)
         }
     };
     g.gradients(dx, dw, bias)
 }
 
 /// [`backward`] of a bias-free forward under `format`, given `dy` already as `format`'s 16-bit
-/// patterns (the BatchNorm after the convolution writes them: `batch_norm::backward_stored`).
-/// The gradients are the bits [`backward`] gives for the `f32` `dy` those patterns round from;
-/// no bias gradient (the caller, `conv_batch_norm::backward`, refuses a biased convolution).
-/// The context is handed over, so its saved input is freed once both passes have read it,
-/// before the gradients are widened. Errors when `dy` does not hold the output's elements.
+/// patterns (the BatchNorm after the convolution writes them: `batch_norm::backward_stored`),
+/// with `dx` left as its 16-bit patterns for the caller to widen or read
+/// (`conv_batch_norm::backward`, `spiking_backward`). The gradients are the bits [`backward`]
+/// gives for the `f32` `dy` those patterns round from; no bias gradient (the caller refuses a
+/// biased convolution). The context is handed over, so its saved input is freed once both
+/// passes have read it, before `dw` is widened. Errors when `dy` does not hold the output's
+/// elements.
 pub(crate) fn backward_stored<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
     dy: DeviceBuffer<u16>,
     context: Conv2dContext<E>,
-) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
+) -> Result<StoredGrads<E>, GpuError> {
     let g = Geometry::of_context(&context)?;
     if dy.len() != g.n * g.out_len() {
         let detail = format!(
@@ -552,7 +556,18 @@ pub(crate) fn backward_stored<E: GpuElement>(
     }
     let Conv2dContext { input, weight, .. } = context;
     let (dx, dw) = half_backward(device, &g, format, HeldInput::Owned(input), &weight, dy)?;
-    g.gradients(dx, dw, None)
+    Ok(StoredGrads {
+        input: HalfBits { bits: dx, format },
+        input_shape: g.input_shape().to_vec(),
+        weight: CudaTensor::new(dw, &[g.c_out, g.c_in, g.kh, g.kw])?,
+    })
+}
+
+/// What [`backward_stored`] returns: `dx` as 16-bit patterns, with the input's shape, and `dw`.
+pub(crate) struct StoredGrads<E> {
+    pub input: HalfBits,
+    pub input_shape: Vec<usize>,
+    pub weight: CudaTensor<E>,
 }
 
 /// Whether this device's convolutions go to cuDNN ([`GpuDevice::conv_engine`]).
@@ -668,6 +683,9 @@ fn stored<E: GpuElement>(
 /// A convolution's `dx` and `dw`.
 type Gradients<E> = (DeviceBuffer<E>, DeviceBuffer<E>);
 
+/// A 16-bit backward's `dx` as `format`'s 16-bit patterns and its `dw` widened.
+type HalfGradients<E> = (DeviceBuffer<u16>, DeviceBuffer<E>);
+
 /// Buffers for `dx` and `dw`, for a pass that writes every element (`dw` zero without images).
 fn gradient_buffers<E: GpuElement>(
     device: &GpuDevice,
@@ -713,9 +731,10 @@ fn im2col_gradients<E: GpuElement>(
     Ok((dx, dw))
 }
 
-/// `dx` and `dw` of a 16-bit precision from the rounded 16-bit `dy_half`, stored in `format` and
-/// read back as `f32`: by cuDNN's 16-bit configuration, or summed in `f32` by the im2col engine
-/// over `dy_half` widened (its GEMMs round it back to the same bits) and rounded.
+/// `dx` and `dw` of a 16-bit precision from the rounded 16-bit `dy_half`, stored in `format`
+/// (`dw` read back as `f32`, `dx` left in 16 bits): by cuDNN's 16-bit configuration, or summed
+/// in `f32` by the im2col engine over `dy_half` widened (its GEMMs round it back to the same
+/// bits) and rounded.
 fn half_backward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
@@ -723,7 +742,7 @@ fn half_backward<E: GpuElement>(
     x: HeldInput<'_, E>,
     weight: &CudaTensor<E>,
     dy_half: DeviceBuffer<u16>,
-) -> Result<Gradients<E>, GpuError> {
+) -> Result<HalfGradients<E>, GpuError> {
     let (dy_half, x) = match cudnn_half_backward(device, g, format, x, weight, dy_half)? {
         HalfPasses::Ran(grads) => return Ok(grads),
         HalfPasses::NotRun(dy_half, x) => (dy_half, x),
@@ -731,7 +750,8 @@ fn half_backward<E: GpuElement>(
     let grad_y = precision::widened_tensor(device, format, &dy_half, &g.output_shape())?;
     drop(dy_half);
     let (dx, dw) = im2col_gradients(device, g, &x, weight, &grad_y)?;
-    let dx = precision::rounded_buffer(device, &dx, format)?;
+    drop((grad_y, x));
+    let dx = stored(device, format, &dx)?;
     Ok((dx, precision::rounded_buffer(device, &dw, format)?))
 }
 
@@ -757,13 +777,13 @@ impl<E> std::ops::Deref for HeldInput<'_, E> {
 /// What [`cudnn_half_backward`] did: both passes, or not both (the im2col engine must then write
 /// `dx` and `dw`), handing the 16-bit `dy` and the input back.
 enum HalfPasses<'a, E> {
-    Ran(Gradients<E>),
+    Ran(HalfGradients<E>),
     NotRun(DeviceBuffer<u16>, HeldInput<'a, E>),
 }
 
 /// The cuDNN engine's `dx` and `dw` ([`cudnn_backward`]) in cuDNN's 16-bit configuration from
-/// the 16-bit `dy_half`, read back as `f32` (a pointwise `dx` is one GEMM over `dy_half` widened,
-/// rounded). [`HalfPasses::NotRun`] when the device's engine is im2col or cuDNN has no
+/// the 16-bit `dy_half`, `dw` read back as `f32` (a pointwise `dx` is one GEMM over `dy_half`
+/// widened, stored in 16 bits). [`HalfPasses::NotRun`] when the device's engine is im2col or cuDNN has no
 /// deterministic algorithm.
 fn cudnn_half_backward<'a, E: GpuElement>(
     device: &GpuDevice,
@@ -797,7 +817,7 @@ fn cudnn_half_backward<'a, E: GpuElement>(
         let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
         pointwise_input_grad(device, g, weight, &grad_y, &mut dx)?;
         drop(grad_y);
-        precision::rounded_buffer(device, &dx, format)?
+        stored(device, format, &dx)?
     } else {
         let w_half = stored(device, format, weight.buffer())?;
         // SAFETY: as for `dw16`.
@@ -809,7 +829,7 @@ fn cudnn_half_backward<'a, E: GpuElement>(
             return Ok(HalfPasses::NotRun(dy_half, x));
         }
         drop((dy_half, x));
-        precision::widened(device, format, &dx16)?
+        dx16
     };
     let dw = precision::widened(device, format, &dw16)?;
     Ok(HalfPasses::Ran((dx, dw)))

@@ -84,6 +84,11 @@ impl Conv2dGeometry {
         self.c_out * self.p()
     }
 
+    /// `[N, C_in, H, W]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.n, self.c_in, self.h, self.w]
+    }
+
     /// `[N, C_out, H_out, W_out]`.
     pub fn output_shape(&self) -> [usize; 4] {
         [self.n, self.c_out, self.h_out, self.w_out]

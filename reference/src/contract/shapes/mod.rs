@@ -21,5 +21,5 @@ pub use optim::check_like_param;
 pub use pool::{Pool2dGeometry, check_pool_grad};
 pub use tensor::{
     MeanAxes, check_axis, check_quantize_step, check_same_shape, concat_shape, element_count,
-    narrowed_shape, permuted_shape, repeated_shape, split_leading,
+    narrowed_shape, permuted_shape, repeated_shape, split_leading, time_split,
 };

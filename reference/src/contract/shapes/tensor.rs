@@ -207,3 +207,19 @@ impl MeanAxes {
         Ok(mean)
     }
 }
+
+/// `[T B, ...]` split into `[T, B, ...]`, the inverse of flattening time into the batch
+/// (docs/conventions.md §1). Errors when `T` is 0 or does not divide the first axis.
+pub fn time_split(shape: &[usize], time_steps: usize) -> Result<Vec<usize>> {
+    match shape.split_first() {
+        Some((&batch, rest)) if time_steps > 0 && batch.is_multiple_of(time_steps) => {
+            let mut split = vec![time_steps, batch / time_steps];
+            split.extend_from_slice(rest);
+            Ok(split)
+        }
+        _ => Err(OpError::shape(
+            "unflatten_time",
+            format!("a tensor of shape {shape:?} cannot split into T = {time_steps}"),
+        )),
+    }
+}
