@@ -107,6 +107,34 @@ fn reshape_keeps_row_major_order_and_checks_the_size() {
     ));
 }
 
+/// Flattening time into the batch and splitting it out again are inverse reshapes of
+/// `[T, B, ...]` and `[T B, ...]`; a `T` that does not divide the batch, a `T` of 0 and a tensor
+/// without two axes are refused with the shape in the message.
+#[test]
+fn time_flattens_into_the_batch_and_splits_back() {
+    use revsnn_reference::contract::{flatten_time, unflatten_time};
+    let cpu = cpu();
+    let x = random(&[3, 2, 4, 5], 7);
+    let flat = flatten_time(&cpu, &x).unwrap();
+    assert_eq!(cpu.shape(&flat), vec![6, 4, 5]);
+    let back = unflatten_time(&cpu, &flat, 3).unwrap();
+    assert_eq!(cpu.shape(&back), vec![3, 2, 4, 5]);
+    assert_eq!(values(&back), values(&x));
+    for time_steps in [4, 0] {
+        let message = unflatten_time(&cpu, &flat, time_steps)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("[6, 4, 5]") && message.contains(&format!("T = {time_steps}")),
+            "{message}"
+        );
+    }
+    let message = flatten_time(&cpu, &random(&[6], 1))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("[6]"), "{message}");
+}
+
 #[test]
 fn permute_moves_axes_and_inverts() {
     let c = cpu();
