@@ -105,10 +105,8 @@ pub fn spiking_backward<E: GpuElement>(
 
 /// The gradients of [`backward`] with `dx` still as its 16-bit patterns.
 struct HalfInputGrads<E> {
-    input: HalfBits,
-    /// `dx`'s shape: `[N, C, L]` for a 1-D convolution, else `[N, C, H, W]`.
-    input_shape: Vec<usize>,
-    weight: CudaTensor<E>,
+    /// `dx` (shaped `[N, C, L]` for a 1-D convolution) and `dW`.
+    conv: StoredGrads<E>,
     gamma: CudaTensor<E>,
     beta: CudaTensor<E>,
 }
@@ -119,9 +117,14 @@ impl<E> HalfInputGrads<E> {
         self,
         finish: impl FnOnce(HalfBits, &[usize]) -> Result<CudaTensor<E>, GpuError>,
     ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
+        let StoredGrads {
+            input,
+            input_shape,
+            weight,
+        } = self.conv;
         Ok(ConvBatchNormGrads {
-            input: finish(self.input, &self.input_shape)?,
-            weight: self.weight,
+            input: finish(input, &input_shape)?,
+            weight,
             gamma: self.gamma,
             beta: self.beta,
         })
@@ -140,22 +143,15 @@ fn backward_to_half<E: GpuElement>(
     check_bias_free("conv_batch_norm_backward", conv.has_bias)?;
     let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
     drop((grad_y, norm));
-    let StoredGrads {
-        input,
-        input_shape,
-        weight,
-    } = conv::backward_stored(device, format, normed.input, conv)?;
-    let (input_shape, weight) = match kind {
-        ConvKind::Conv2d(_) => (input_shape, weight),
-        ConvKind::Conv1d => (
-            Conv1dAs2d::one_d(&input_shape).to_vec(),
-            weight.reshaped(Conv1dAs2d::one_d(weight.shape()))?,
-        ),
-    };
+    let mut conv = conv::backward_stored(device, format, normed.input, conv)?;
+    if kind == ConvKind::Conv1d {
+        conv.input_shape = Conv1dAs2d::one_d(&conv.input_shape).to_vec();
+        conv.weight = conv
+            .weight
+            .reshaped(Conv1dAs2d::one_d(conv.weight.shape()))?;
+    }
     Ok(HalfInputGrads {
-        input,
-        input_shape,
-        weight,
+        conv,
         gamma: normed.gamma,
         beta: normed.beta,
     })

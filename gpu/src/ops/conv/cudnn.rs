@@ -404,7 +404,7 @@ impl Dims {
         };
         Some(Dims {
             x: dims([g.n, g.c_in, g.h, g.w])?,
-            w: dims([g.c_out, g.c_in, g.kh, g.kw])?,
+            w: dims(g.weight_shape())?,
             y: dims([g.n, g.c_out, g.h_out, g.w_out])?,
             stride: int(g.stride)?,
             padding: int(g.padding)?,

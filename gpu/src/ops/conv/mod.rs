@@ -148,7 +148,7 @@ impl Geometry {
     ) -> Result<Conv2dGrads<CudaTensor<E>>, GpuError> {
         Ok(Conv2dGrads {
             input: CudaTensor::new(dx, &self.input_shape())?,
-            weight: CudaTensor::new(dw, &[self.c_out, self.c_in, self.kh, self.kw])?,
+            weight: CudaTensor::new(dw, &self.weight_shape())?,
             bias,
         })
     }
@@ -559,7 +559,7 @@ pub(crate) fn backward_stored<E: GpuElement>(
     Ok(StoredGrads {
         input: HalfBits { bits: dx, format },
         input_shape: g.input_shape().to_vec(),
-        weight: CudaTensor::new(dw, &[g.c_out, g.c_in, g.kh, g.kw])?,
+        weight: CudaTensor::new(dw, &g.weight_shape())?,
     })
 }
 
@@ -783,8 +783,8 @@ enum HalfPasses<'a, E> {
 
 /// The cuDNN engine's `dx` and `dw` ([`cudnn_backward`]) in cuDNN's 16-bit configuration from
 /// the 16-bit `dy_half`, `dw` read back as `f32` (a pointwise `dx` is one GEMM over `dy_half`
-/// widened, stored in 16 bits). [`HalfPasses::NotRun`] when the device's engine is im2col or cuDNN has no
-/// deterministic algorithm.
+/// widened, stored in 16 bits). [`HalfPasses::NotRun`] when the device's engine is im2col or
+/// cuDNN has no deterministic algorithm.
 fn cudnn_half_backward<'a, E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,

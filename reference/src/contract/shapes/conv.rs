@@ -89,6 +89,11 @@ impl Conv2dGeometry {
         [self.n, self.c_in, self.h, self.w]
     }
 
+    /// `[C_out, C_in, k_h, k_w]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.c_out, self.c_in, self.kh, self.kw]
+    }
+
     /// `[N, C_out, H_out, W_out]`.
     pub fn output_shape(&self) -> [usize; 4] {
         [self.n, self.c_out, self.h_out, self.w_out]

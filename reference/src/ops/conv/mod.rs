@@ -214,7 +214,7 @@ pub fn backward<E: Element>(
 
     let input = ArcArray::from_shape_vec(IxDyn(&[g.n, g.c_in, g.h, g.w]), dx).map_err(layout)?;
     let weight = dw
-        .into_shape_with_order(IxDyn(&[g.c_out, g.c_in, g.kh, g.kw]))
+        .into_shape_with_order(IxDyn(&g.weight_shape()))
         .map_err(layout)?
         .into_shared();
     Ok(Conv2dGrads {
