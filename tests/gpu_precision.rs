@@ -25,7 +25,8 @@
 //!   was widened from: dropping the output frees it, and the forward's and backward's bits are
 //!   those over a plain copy. The fused convolution and BatchNorm gives the bits of the two ops,
 //!   forward and backward, without holding the convolution's `f32` output or the BatchNorm's
-//!   `f32` `dx`.
+//!   `f32` `dx`; with the neuron before the convolution (the spiking convolution's backward) it
+//!   gives the bits of the ops in turn without an `f32` `dL/ds`, writing over the neuron's `h`.
 //! - A training step of a tiny model of every family (smooth firing, so no spike can flip) in bf16
 //!   and fp16: CUDA against the CPU in the same precision (the bar is below), with some tensor
 //!   away from the f32 step's by more than that bar, so the bar can fail.
@@ -895,14 +896,14 @@ fn the_spiking_convolution_backward_writes_the_neurons_gradient_over_its_potenti
                         "{what}: the peak ({rise}) against the ops' in turn ({turn_rise})"
                     );
                     if !keeps_input {
-                        let (got, _, h_before) = backward(&in_turn, true);
-                        let (fused_got, _, h_after) = backward(&fused, true);
+                        let (got, _, h_as_kept) = backward(&in_turn, true);
+                        let (fused_got, _, h_shared) = backward(&fused, true);
                         assert!(
                             same_bits(&fused_got, &got),
                             "{what}: shared h, the bits differ"
                         );
                         assert!(
-                            same_bits(&[h_after.unwrap()], &[h_before.unwrap()]),
+                            same_bits(&[h_shared.unwrap()], &[h_as_kept.unwrap()]),
                             "{what}: a shared h changed"
                         );
                     }
