@@ -9,7 +9,9 @@
 //! `dL/dx` may be written over `dL/ds`) or, for long runs, into `dL/dx`'s buffer.
 
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg,
+};
 use revsnn_reference::contract::shapes::{check_neuron_backward, time_by_neurons};
 use revsnn_reference::{Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate};
 
@@ -479,35 +481,80 @@ fn launch_backward_from_half<E: GpuElement>(
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
-    let params = KernelConfig::<E>::new(config)?;
-    let neurons = check_len(
-        "neuron_backward",
-        "grad_spikes",
-        grad_spikes.bits.len(),
-        time_steps,
-    )?;
-    if neurons == 0 {
-        return Ok(());
-    }
-    let (n, t) = (neurons as i64, time_steps as i32);
     let name = format!("{kernel}_{}_from_{}", E::SUFFIX, grad_spikes.format.name());
-    let function = device.function(&NEURON, &name)?;
-    let stream = device.stream();
-    let mut launch = stream.launch_builder(&function);
-    launch.arg(grad_spikes.bits.slice());
-    match target {
-        HalfGradTarget::Apart { kept, grad_x } => launch.arg(kept).arg(grad_x),
-        HalfGradTarget::OverPotentials(h_then_grad_x) => launch.arg(h_then_grad_x),
+    let len = grad_spikes.bits.len();
+    let Some(kernel) = BackwardKernel::<E>::new(device, &name, len, time_steps, config)? else {
+        return Ok(());
     };
-    params.push_shared(&mut launch, &n, &t);
-    launch.arg(&params.detach_reset);
-    // SAFETY: the argument list matches `neuron_backward_f32_from_<format>`,
+    // SAFETY: the buffers match those of `neuron_backward_f32_from_<format>`,
     // `neuron_backward_from_input_f32_from_<format>` or
     // `neuron_backward_over_potentials_f32_from_<format>` in neuron.cu (E is f32:
-    // `require_f32`), and every buffer holds T * N elements.
-    unsafe { launch.launch(launch_config(neurons)) }
-        .map_err(GpuError::driver("launching neuron_backward"))?;
-    Ok(())
+    // `require_f32`), each T * N elements.
+    unsafe {
+        kernel.launch(device, |launch| {
+            launch.arg(grad_spikes.bits.slice());
+            match target {
+                HalfGradTarget::Apart { kept, grad_x } => launch.arg(kept).arg(grad_x),
+                HalfGradTarget::OverPotentials(h_then_grad_x) => launch.arg(h_then_grad_x),
+            };
+        })
+    }
+}
+
+/// A backward kernel of neuron.cu ready to launch, one thread per neuron, with the scalar
+/// arguments that follow the buffers in each of them.
+struct BackwardKernel<E> {
+    function: CudaFunction,
+    params: KernelConfig<E>,
+    neurons: usize,
+    n: i64,
+    t: i32,
+}
+
+impl<E: GpuElement> BackwardKernel<E> {
+    /// The kernel `name` over `len = T N` elements; `None` when there are no neurons. Errors
+    /// unless `T` divides `len`, or on an invalid `config`.
+    fn new(
+        device: &GpuDevice,
+        name: &str,
+        len: usize,
+        time_steps: usize,
+        config: &NeuronConfig,
+    ) -> Result<Option<Self>, GpuError> {
+        let params = KernelConfig::<E>::new(config)?;
+        let neurons = check_len("neuron_backward", "grad_spikes", len, time_steps)?;
+        if neurons == 0 {
+            return Ok(None);
+        }
+        Ok(Some(BackwardKernel {
+            function: device.function(&NEURON, name)?,
+            params,
+            neurons,
+            n: neurons as i64,
+            t: time_steps as i32,
+        }))
+    }
+
+    /// Launches the kernel with the buffers `push_buffers` pushes, then `n, time_steps, kind,
+    /// decay_input, tau, v_threshold, surrogate, alpha, smooth, detach_reset`.
+    ///
+    /// # Safety
+    /// The buffers pushed must be the kernel's, in its order, each `T N` elements of their type.
+    unsafe fn launch<'a>(
+        &'a self,
+        device: &'a GpuDevice,
+        push_buffers: impl FnOnce(&mut LaunchArgs<'a>),
+    ) -> Result<(), GpuError> {
+        let mut launch = device.stream().launch_builder(&self.function);
+        push_buffers(&mut launch);
+        self.params.push_shared(&mut launch, &self.n, &self.t);
+        launch.arg(&self.params.detach_reset);
+        // SAFETY: the scalars match every backward kernel's; the buffers are the caller's
+        // obligation.
+        unsafe { launch.launch(launch_config(self.neurons)) }
+            .map_err(GpuError::driver("launching neuron_backward"))?;
+        Ok(())
+    }
 }
 
 /// Launches the backward `kernel` (with `_in_place` for [`GradientBuffers::InPlace`]) over the
@@ -520,7 +567,6 @@ fn launch_backward<E: GpuElement>(
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
-    let params = KernelConfig::<E>::new(config)?;
     let (len, grad_x_len, in_place) = match &gradients {
         GradientBuffers::Apart {
             grad_spikes,
@@ -528,7 +574,7 @@ fn launch_backward<E: GpuElement>(
         } => (grad_spikes.len(), grad_x.len(), ""),
         GradientBuffers::InPlace(grad) => (grad.len(), grad.len(), "_in_place"),
     };
-    let neurons = check_len("neuron_backward", "grad_spikes", len, time_steps)?;
+    check_len("neuron_backward", "grad_spikes", len, time_steps)?;
     if h.len() != len || grad_x_len != len {
         return Err(shape_error(
             "neuron_backward",
@@ -538,26 +584,22 @@ fn launch_backward<E: GpuElement>(
             ),
         ));
     }
-    if neurons == 0 {
+    let name = format!("{kernel}{in_place}_{}", E::SUFFIX);
+    let Some(kernel) = BackwardKernel::<E>::new(device, &name, len, time_steps, config)? else {
         return Ok(());
-    }
-    let stream = device.stream();
-    let (n, t) = (neurons as i64, time_steps as i32);
-    let function = device.function(&NEURON, &format!("{kernel}{in_place}_{}", E::SUFFIX))?;
-    let mut launch = stream.launch_builder(&function);
-    match gradients {
-        GradientBuffers::Apart {
-            grad_spikes,
-            grad_x,
-        } => launch.arg(grad_spikes).arg(h).arg(grad_x),
-        GradientBuffers::InPlace(grad) => launch.arg(grad).arg(h),
     };
-    params.push_shared(&mut launch, &n, &t);
-    launch.arg(&params.detach_reset);
-    // SAFETY: the argument list matches `neuron_backward_<E>`, `neuron_backward_from_input_<E>`
-    // or their `_in_place` twins in neuron.cu, every buffer holds T * N elements of E, and the
-    // caller launches `neuron_backward_from_input_in_place_<E>` for T <= NEURON_LOCAL_STEPS only.
-    unsafe { launch.launch(launch_config(neurons)) }
-        .map_err(GpuError::driver("launching neuron_backward"))?;
-    Ok(())
+    // SAFETY: the buffers match those of `neuron_backward_<E>`, `neuron_backward_from_input_<E>`
+    // or their `_in_place` twins in neuron.cu, each T * N elements of E, and the caller launches
+    // `neuron_backward_from_input_in_place_<E>` for T <= NEURON_LOCAL_STEPS only.
+    unsafe {
+        kernel.launch(device, |launch| {
+            match gradients {
+                GradientBuffers::Apart {
+                    grad_spikes,
+                    grad_x,
+                } => launch.arg(grad_spikes).arg(h).arg(grad_x),
+                GradientBuffers::InPlace(grad) => launch.arg(grad).arg(h),
+            };
+        })
+    }
 }
