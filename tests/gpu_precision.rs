@@ -957,20 +957,22 @@ fn a_16_bit_convolution_backward_frees_the_dy_handed_to_it() {
     device.set_precision(Precision::F32).unwrap();
 }
 
-/// A convolution over a neuron's spikes keeps them one byte each (`SavedInput::Spikes`), in every
+/// A convolution over a neuron's spikes keeps them one bit each (`SavedInput::Spikes`), in every
 /// precision and on both engines: dropping the spikes frees all of their bytes, the context
-/// holds one byte per element, and the backward gives the bits of a convolution over a plain
-/// copy of the spikes, which the context keeps as it is. A smooth neuron's output is not spikes.
+/// holds one 32-bit word per 32 elements (a partial last word included), and the backward gives
+/// the bits of a convolution over a plain copy of the spikes, which the context keeps as it is.
+/// A smooth neuron's output is not spikes.
 #[test]
-fn a_convolution_over_spikes_keeps_them_one_byte_each() {
+fn a_convolution_over_spikes_keeps_them_one_bit_each() {
     let Some(gpu) = backend_or_skip::<f32>("a_convolution_over_spikes") else {
         return;
     };
     let device = gpu.device();
     let mut rng = SplitMix64::new(47);
     let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
-    let currents = normal(&[2, 4, 6, 6], 1.5);
-    let (w, dy) = (normal(&[5, 4, 3, 3], 0.3), normal(&[2, 5, 6, 6], 1.0));
+    // 280 elements: 8 full words and a partial one.
+    let currents = normal(&[2, 4, 5, 7], 1.5);
+    let (w, dy) = (normal(&[5, 4, 3, 3], 0.3), normal(&[2, 5, 5, 7], 1.0));
     let heaviside = NeuronConfig::if_atan();
     let smooth = NeuronConfig {
         firing: Firing::Smooth,
@@ -995,10 +997,10 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
             let plain = gpu.tensor_from_vec(spikes.shape(), values).unwrap();
             let (_, context) = gpu.conv2d_forward(&spikes, &w, None, conv).unwrap();
             let kept = match &context.input {
-                SavedInput::Spikes { bytes, .. } => bytes.len(),
+                SavedInput::Spikes { bits, .. } => bits.len(),
                 other => panic!("{what}: the context keeps {other:?}"),
             };
-            assert_eq!(kept, spikes.len(), "{what}: one byte per spike");
+            assert_eq!(kept, 9, "{what}: one bit per spike");
             let with_spikes = live_bytes(&gpu);
             let spike_bytes = spikes.len() * size_of::<f32>();
             drop(spikes);
@@ -1006,7 +1008,7 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
             let (_, plain_context) = gpu.conv2d_forward(&plain, &w, None, conv).unwrap();
             assert!(
                 same_bits(&grads_of(&context), &grads_of(&plain_context)),
-                "{what}: the backward over the spike bytes differs"
+                "{what}: the backward over the spike bits differs"
             );
             let (smoothed, _) = gpu.neuron_forward(currents.clone(), &smooth).unwrap();
             assert!(!smoothed.is_spikes(), "{what}: a smooth output is marked");
@@ -1015,13 +1017,13 @@ fn a_convolution_over_spikes_keeps_them_one_byte_each() {
     device.set_precision(Precision::F32).unwrap();
 }
 
-/// The fused convolution and BatchNorm frees the spikes handed to it as soon as their bytes
+/// The fused convolution and BatchNorm frees the spikes handed to it as soon as their bits
 /// exist: on cuDNN under bf16 and fp16 its peak stays below the same op's with the spikes held by
-/// the caller by at least the 16-bit operand's bytes (held, the f32 spikes sit beside the bytes,
-/// that operand and cuDNN's output; handed over, the bytes alone are the peak of this shape, whose
+/// the caller by at least the 16-bit operand's bytes (held, the f32 spikes sit beside the bits,
+/// that operand and cuDNN's output; handed over, the bits alone are the peak of this shape, whose
 /// input is large against its output), with the same bits.
 #[test]
-fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bytes_exist() {
+fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bits_exist() {
     let Some(gpu) = backend_or_skip::<f32>("the_fused_convolution_frees_the_spikes") else {
         return;
     };
@@ -1064,11 +1066,12 @@ fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bytes_exist() 
     device.set_precision(Precision::F32).unwrap();
 }
 
-/// `Backend::keep` holds a neuron's spikes one byte each, so that dropping the spikes frees all of
-/// their bytes, and any other tensor as it is (no new bytes); `kept` gives back the same values.
+/// `Backend::keep` holds a neuron's spikes one bit each (42 elements: one full 32-bit word and a
+/// partial one), so that dropping the spikes frees all of their bytes, and any other tensor as it
+/// is (no new bytes); `kept` gives back the same values.
 #[test]
-fn keep_holds_spikes_one_byte_each_and_gives_back_their_values() {
-    let Some(gpu) = backend_or_skip::<f32>("keep_holds_spikes_one_byte_each") else {
+fn keep_holds_spikes_one_bit_each_and_gives_back_their_values() {
+    let Some(gpu) = backend_or_skip::<f32>("keep_holds_spikes_one_bit_each") else {
         return;
     };
     let mut rng = SplitMix64::new(53);
@@ -1079,14 +1082,11 @@ fn keep_holds_spikes_one_byte_each_and_gives_back_their_values() {
     let values = gpu.to_vec(&spikes).unwrap();
     let before = live_bytes(&gpu);
     let kept = gpu.keep(&spikes).unwrap();
-    assert_eq!(
-        live_bytes(&gpu) - before,
-        spikes.len(),
-        "one byte per spike"
-    );
+    let words = 2 * size_of::<u32>();
+    assert_eq!(live_bytes(&gpu) - before, words, "one bit per spike");
     let spike_bytes = spikes.len() * size_of::<f32>();
     drop(spikes);
-    assert_eq!(before - live_bytes(&gpu), spike_bytes - values.len());
+    assert_eq!(before - live_bytes(&gpu), spike_bytes - words);
     let back = gpu.kept(&kept).unwrap();
     assert!(same_bits(&[gpu.to_vec(&back).unwrap()], &[values]));
     let before = live_bytes(&gpu);

@@ -1,7 +1,7 @@
 //! The CUDA C++ sources of `gpu/kernels/`, embedded in the binary and compiled by NVRTC at run
 //! time. Each file is the twin of the `reference/src/ops/` module of the same name, except
 //! `precision.cu`, whose twin is `reference/src/contract/precision.rs` (`Precision::round`), and
-//! `spike_bytes.cu`, a storage format of the CUDA backend's contexts with no twin.
+//! `spike_bits.cu`, a storage format of the CUDA backend's contexts with no twin.
 
 /// One kernel file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,18 +173,18 @@ pub const PRECISION: KernelSource = KernelSource {
     ],
 };
 
-/// `gpu/kernels/spike_bytes.cu`: spikes kept one byte each by the convolutions' contexts, and
-/// widened back to the element type or to 16-bit patterns (docs/precision.md §"Spike bytes").
-pub const SPIKE_BYTES: KernelSource = KernelSource {
-    file: "spike_bytes.cu",
-    source: include_str!("../kernels/spike_bytes.cu"),
+/// `gpu/kernels/spike_bits.cu`: spikes kept one bit each by the convolutions' contexts, and
+/// widened back to the element type or to 16-bit patterns (docs/precision.md §"Spike bits").
+pub const SPIKE_BITS: KernelSource = KernelSource {
+    file: "spike_bits.cu",
+    source: include_str!("../kernels/spike_bits.cu"),
     functions: &[
-        "to_spike_bytes_f32",
-        "to_spike_bytes_f64",
-        "from_spike_bytes_f32",
-        "from_spike_bytes_f64",
-        "from_spike_bytes_bf16",
-        "from_spike_bytes_fp16",
+        "to_spike_bits_f32",
+        "to_spike_bits_f64",
+        "from_spike_bits_f32",
+        "from_spike_bits_f64",
+        "from_spike_bits_bf16",
+        "from_spike_bits_fp16",
     ],
 };
 
@@ -221,14 +221,5 @@ pub const HEADERS: &[KernelHeader] = &[HALF, FINGERPRINT, ROUNDING];
 
 /// Every kernel file, for the NVRTC compile check.
 pub const ALL: &[KernelSource] = &[
-    NEURON,
-    CONV,
-    LINEAR,
-    BATCH_NORM,
-    POOL,
-    TENSOR,
-    LOSS,
-    OPTIM,
-    PRECISION,
-    SPIKE_BYTES,
+    NEURON, CONV, LINEAR, BATCH_NORM, POOL, TENSOR, LOSS, OPTIM, PRECISION, SPIKE_BITS,
 ];

@@ -168,7 +168,7 @@ impl<'a> InputOperand<'a> {
                 (format!("f32_from_{}", bits.format.name()), pointer)
             }
             SavedInput::Spikes { .. } => {
-                let detail = "internal error: a BatchNorm reads no spike bytes";
+                let detail = "internal error: a BatchNorm reads no spike bits";
                 return Err(shape_error("batch_norm", detail));
             }
         };

@@ -30,7 +30,7 @@ pub type ConvBatchNormOutput<E> =
 
 /// `batch_norm_train_forward(conv(x, weight))` for a bias-free convolution of `kind`
 /// (a 1-D one runs as the 1x1 2-D convolution of `Backend::conv1d_forward`), with both contexts;
-/// `x` is dropped before the BatchNorm allocates, spikes as soon as their bytes exist (the
+/// `x` is dropped before the BatchNorm allocates, spikes as soon as their bits exist (the
 /// convolution's context keeps what it needs of it). With `onto`, the output lands on its
 /// residual, over the residual's buffer when nothing else holds it
 /// (`Backend::conv_batch_norm_train_forward_onto`). Errors as the two ops do.

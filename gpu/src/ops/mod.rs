@@ -2,7 +2,7 @@
 //! name (`reference/src/ops/`), with the same public functions, and of `gpu/kernels/<same
 //! name>.cu`, except `precision`, whose twin is the contract's
 //! `reference/src/contract/precision.rs` (`Precision::round`), `saved_input`, the compact
-//! forms in which contexts keep their inputs (no twin; kernels in `gpu/kernels/spike_bytes.cu`),
+//! forms in which contexts keep their inputs (no twin; kernels in `gpu/kernels/spike_bits.cu`),
 //! and `conv_batch_norm`, the two ops fused (no twin: the CPU runs the contract's default). Every function validates its
 //! operands with the contract's shape rules (`revsnn_reference::contract`; a [`GpuError::Op`]
 //! names the op and what is wrong, as the CPU backend does), allocates its outputs through

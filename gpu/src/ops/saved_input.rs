@@ -1,16 +1,16 @@
-//! An input as an op's backward keeps it (docs/precision.md §"CUDA", §"Spike bytes"): the
+//! An input as an op's backward keeps it (docs/precision.md §"CUDA", §"Spike bits"): the
 //! tensor itself, or a compact form that holds its values exactly and lets the caller free the
-//! tensor. Kernels of the spike bytes in `gpu/kernels/spike_bytes.cu`.
+//! tensor. Kernels of the spike bits in `gpu/kernels/spike_bits.cu`.
 
 use std::sync::Arc;
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 
 use super::precision::{self, HalfBits, HalfFormat};
-use super::{GpuElement, launch_conversion};
+use super::{GpuElement, elementwise_launch, launch_conversion};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
-use crate::kernels::SPIKE_BYTES;
+use crate::kernels::SPIKE_BITS;
 use crate::memory::DeviceBuffer;
 use crate::tensor::{CudaTensor, check_len};
 
@@ -25,9 +25,10 @@ pub enum SavedInput<E> {
         bits: Arc<HalfBits>,
         shape: Vec<usize>,
     },
-    /// A spike input ([`CudaTensor::is_spikes`]) one byte per element, 0 or 1.
+    /// A spike input ([`CudaTensor::is_spikes`]) one bit per element: element `i` is bit
+    /// `i % 32` of word `i / 32`.
     Spikes {
-        bytes: DeviceBuffer<u8>,
+        bits: DeviceBuffer<u32>,
         shape: Vec<usize>,
     },
 }
@@ -46,15 +47,14 @@ impl<E: GpuElement> SavedInput<E> {
     }
 
     /// `x` in its most compact exact form, as a convolution keeps it for its weight gradient
-    /// (and `Backend::keep` any tensor): a byte per element when `x` is spikes, else as
+    /// (and `Backend::keep` any tensor): a bit per element when `x` is spikes, else as
     /// [`SavedInput::exact`] keeps it.
     pub fn compact(device: &GpuDevice, x: &CudaTensor<E>) -> Result<SavedInput<E>, GpuError> {
         if !x.is_spikes() {
             return Ok(SavedInput::exact(x));
         }
-        let name = format!("to_spike_bytes_{}", E::SUFFIX);
         Ok(SavedInput::Spikes {
-            bytes: converted(device, &name, x.buffer())?,
+            bits: packed(device, x.buffer())?,
             shape: x.shape().to_vec(),
         })
     }
@@ -78,10 +78,10 @@ impl<E: GpuElement> SavedInput<E> {
                     shape: shape.to_vec(),
                 }
             }
-            SavedInput::Spikes { bytes, .. } => {
-                check_len("reshape", shape, bytes.len())?;
+            SavedInput::Spikes { bits, shape: old } => {
+                check_len("reshape", shape, old.iter().product())?;
                 SavedInput::Spikes {
-                    bytes,
+                    bits,
                     shape: shape.to_vec(),
                 }
             }
@@ -95,9 +95,9 @@ impl<E: GpuElement> SavedInput<E> {
             SavedInput::Half { bits, shape } => {
                 precision::widened_tensor(device, bits.format, &bits.bits, shape)
             }
-            SavedInput::Spikes { bytes, shape } => {
-                let name = format!("from_spike_bytes_{}", E::SUFFIX);
-                CudaTensor::new(converted(device, &name, bytes)?, shape)
+            SavedInput::Spikes { bits, shape } => {
+                let name = format!("from_spike_bits_{}", E::SUFFIX);
+                CudaTensor::new(unpacked(device, &name, bits, shape)?, shape)
             }
         }
     }
@@ -113,9 +113,9 @@ impl<E: GpuElement> SavedInput<E> {
             SavedInput::Half { bits, .. } if bits.format == format => {
                 Ok(HalfOperand::Kept(&bits.bits))
             }
-            SavedInput::Spikes { bytes, .. } => {
-                let name = format!("from_spike_bytes_{}", format.name());
-                Ok(HalfOperand::Made(converted(device, &name, bytes)?))
+            SavedInput::Spikes { bits, shape } => {
+                let name = format!("from_spike_bits_{}", format.name());
+                Ok(HalfOperand::Made(unpacked(device, &name, bits, shape)?))
             }
             _ => {
                 let x = self.full(device)?;
@@ -141,26 +141,55 @@ impl HalfOperand<'_> {
     }
 }
 
-/// `x` converted by the kernel `name` of spike_bytes.cu into a new buffer of its length.
-fn converted<X: DeviceRepr, Y: DeviceRepr>(
+/// Spikes `x` packed into bits by `to_spike_bits_{E}` of spike_bits.cu, one thread per word.
+fn packed<E: GpuElement>(
     device: &GpuDevice,
-    name: &str,
-    x: &DeviceBuffer<X>,
-) -> Result<DeviceBuffer<Y>, GpuError> {
-    // SAFETY: the conversion writes every element.
-    let mut y = unsafe { device.alloc::<Y>(x.len()) }?;
+    x: &DeviceBuffer<E>,
+) -> Result<DeviceBuffer<u32>, GpuError> {
+    let words = x.len().div_ceil(32);
+    // SAFETY: the packing writes every word.
+    let mut y = unsafe { device.alloc::<u32>(words) }?;
     if x.is_empty() {
         return Ok(y);
     }
+    let function = device.function(&SPIKE_BITS, &format!("to_spike_bits_{}", E::SUFFIX))?;
     let stream = device.stream();
     let (source, read) = x.slice().device_ptr(stream);
     let (target, write) = y.slice_mut().device_ptr_mut(stream);
-    let during = "launching a spike-bytes conversion";
-    // SAFETY: the kernels of spike_bytes.cu are conversions `name(const X* x, Y* y, long long n)`
-    // of the element types the callers pass; both buffers hold `x.len()` elements and the guards
-    // stay alive over the launch.
+    let count = x.len() as i64;
+    let mut launch = stream.launch_builder(&function);
+    launch.arg(&source).arg(&target).arg(&count);
+    // SAFETY: `to_spike_bits_{E}(const E* x, unsigned* y, long long n)` reads the `n` elements of
+    // `x` and writes the `n.div_ceil(32)` words of `y`; the guards stay alive over the launch.
+    unsafe { launch.launch(elementwise_launch(words)) }
+        .map_err(GpuError::driver("launching the spike packing"))?;
+    drop((read, write));
+    Ok(y)
+}
+
+/// The spike bits of a tensor of `shape` widened by the kernel `name` of spike_bits.cu into a new
+/// buffer of one `Y` per element.
+fn unpacked<Y: DeviceRepr>(
+    device: &GpuDevice,
+    name: &str,
+    bits: &DeviceBuffer<u32>,
+    shape: &[usize],
+) -> Result<DeviceBuffer<Y>, GpuError> {
+    let n: usize = shape.iter().product();
+    // SAFETY: the widening writes every element.
+    let mut y = unsafe { device.alloc::<Y>(n) }?;
+    if n == 0 {
+        return Ok(y);
+    }
+    let stream = device.stream();
+    let (source, read) = bits.slice().device_ptr(stream);
+    let (target, write) = y.slice_mut().device_ptr_mut(stream);
+    let during = "launching a spike-bits widening";
+    // SAFETY: the widening kernels of spike_bits.cu are `name(const unsigned* x, Y* y, long long
+    // n)`, reading the `n.div_ceil(32)` words `bits` holds and writing the `n` elements of `y`
+    // of the type the callers pass; the guards stay alive over the launch.
     let pointers = (source, target);
-    unsafe { launch_conversion(device, &SPIKE_BYTES, name, pointers, x.len(), during) }?;
+    unsafe { launch_conversion(device, &SPIKE_BITS, name, pointers, n, during) }?;
     drop((read, write));
     Ok(y)
 }

@@ -305,7 +305,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// `y = x.permute(axes)`, materialised row-major; its backward is the inverse permutation.
     fn permute(&self, x: &Self::Tensor, axes: &[usize]) -> Result<Self::Tensor>;
     /// `x` as a layer keeps it for its backward: the CPU keeps the tensor itself; CUDA keeps a
-    /// neuron's spikes one byte each (docs/precision.md §"Spike bytes"), and the tensor
+    /// neuron's spikes one bit each (docs/precision.md §"Spike bits"), and the tensor
     /// itself otherwise, so the caller's tensor can be freed.
     fn keep(&self, x: &Self::Tensor) -> Result<Self::Kept>;
     /// The tensor [`Backend::keep`] kept, with the same values.

@@ -468,7 +468,7 @@ pub fn forward<E: GpuElement>(
 /// A bias-free [`forward`]'s output as the BatchNorm after it keeps it
 /// ([`SavedInput::exact`]), with the context: under a 16-bit precision the stored sums alone,
 /// never widened into the element type (docs/precision.md §"Convolution outputs"); else the
-/// output itself. `x` is handed over, so that spikes can be freed once their bytes exist.
+/// output itself. `x` is handed over, so that spikes can be freed once their bits exist.
 pub(crate) fn forward_kept<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
@@ -606,8 +606,8 @@ fn full_forward<E: GpuElement>(
 
 /// The sums `conv(x, w)` of a 16-bit precision, stored in `format`: written so by cuDNN's 16-bit
 /// configuration, or summed in `f32` by GEMMs (a pointwise forward, the im2col engine) and
-/// rounded. With the input as the backward keeps it: spikes a byte each, else the 16-bit copy
-/// cuDNN read, else `x`. Spikes handed over alone are freed once their bytes exist, before
+/// rounded. With the input as the backward keeps it: spikes a bit each, else the 16-bit copy
+/// cuDNN read, else `x`. Spikes handed over alone are freed once their bits exist, before
 /// cuDNN's buffers are allocated.
 fn half_forward<E: GpuElement>(
     device: &GpuDevice,
@@ -619,8 +619,8 @@ fn half_forward<E: GpuElement>(
     if g.n == 0 || !uses_cudnn(device) || g.pointwise() {
         return gemm_half_forward(device, g, format, &x, weight);
     }
-    // The input as the backward keeps it comes first: spikes a byte each, from which the 16-bit
-    // copy cuDNN reads is then made (a quarter of the f32 bytes read again, not all of them);
+    // The input as the backward keeps it comes first: spikes a bit each, from which the 16-bit
+    // copy cuDNN reads is then made (a 32nd of the f32 bytes read again, not all of them);
     // anything else its 16-bit copy, which cuDNN reads and the context keeps.
     let (input, x) = if x.is_spikes() {
         let input = SavedInput::compact(device, &x)?;
@@ -799,7 +799,7 @@ fn cudnn_half_backward<'a, E: GpuElement>(
     let types = DataTypes::half(format);
     // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
     let mut dw16 = unsafe { device.alloc::<u16>(g.c_out * g.k()) }?;
-    // The 16-bit x (made from the spike bytes, or from x when the context kept no 16-bit copy)
+    // The 16-bit x (made from the spike bits, or from x when the context kept no 16-bit copy)
     // lives for the filter pass only, and the 16-bit dy until dx's pass: neither stays beside
     // the f32 gradients. Nor does a handed-over input, once no pass falls back to im2col.
     let x_half = x.half(device, format)?;
@@ -853,7 +853,7 @@ fn cudnn_backward<E: GpuElement>(
     // SAFETY: the pass that follows writes every element; the buffer is dropped when it does
     // not run.
     let mut dw = unsafe { device.alloc::<E>(g.c_out * g.k()) }?;
-    // x in the element type (widened from the spike bytes when the context kept those) lives
+    // x in the element type (widened from the spike bits when the context kept those) lives
     // for the filter pass only, not beside `dx`.
     let x = x.full(device)?;
     let filtered =
