@@ -59,8 +59,8 @@ use revsnn_reference::contract::spiking_conv_batch_norm_backward_in_turn;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
     Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvBatchNormGrads,
-    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronBackward, NeuronConfig, Onto,
-    Precision,
+    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronBackward, NeuronConfig,
+    NeuronSource, Onto, Precision,
 };
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
@@ -854,7 +854,7 @@ fn the_spiking_convolution_backward_writes_the_neurons_gradient_over_its_potenti
                         drop(out.y);
                         let dy = gpu.tensor_from_vec(&y_shape, dy.clone()).unwrap();
                         let neuron = NeuronBackward {
-                            context: neuron,
+                            source: NeuronSource::Kept(neuron),
                             config: &config,
                             time_steps,
                         };

@@ -7,11 +7,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use revsnn_reference::contract::{
-    AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormParams,
-    BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads,
-    ConvKind, LinearGrads, NeuronBackward, NeuronConfig, Onto, Pool2dParams, Precision, Result,
-    RunningStats, SgdParams, TransferCounts, conv_batch_norm_backward_in_turn,
-    spiking_conv_batch_norm_backward_in_turn,
+    AdamWParams, AdamWState, Backend, BackendNeuronSource, BatchNormAffine, BatchNormGrads,
+    BatchNormParams, BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams,
+    ConvBatchNormGrads, ConvKind, LinearGrads, NeuronBackward, NeuronConfig, Onto, Pool2dParams,
+    Precision, Result, RunningStats, SgdParams, TransferCounts, conv_batch_norm_backward_in_turn,
+    neuron_context, spiking_conv_batch_norm_backward_in_turn,
 };
 
 use crate::device::GpuDevice;
@@ -247,6 +247,14 @@ impl<E: GpuElement> Backend for Cuda<E> {
         )?)
     }
 
+    fn neuron_charge(
+        &self,
+        x: CudaTensor<E>,
+        config: &NeuronConfig,
+    ) -> Result<Self::NeuronContext> {
+        Ok(ops::neuron::charge(&self.device, x, config)?)
+    }
+
     fn neuron_backward(
         &self,
         grad_spikes: CudaTensor<E>,
@@ -356,22 +364,36 @@ impl<E: GpuElement> Backend for Cuda<E> {
         conv: Self::Conv2dContext,
         norm: Self::BatchNormContext,
         kind: ConvKind,
-        neuron: NeuronBackward<'_, Self::NeuronContext>,
+        neuron: NeuronBackward<'_, BackendNeuronSource<'_, Self>>,
     ) -> Result<ConvBatchNormGrads<CudaTensor<E>>> {
-        match self.device.half_format() {
-            Some(format) => Ok(ops::conv_batch_norm::spiking_backward(
-                &self.device,
-                format,
-                grad_y,
-                conv,
-                norm,
-                kind,
-                neuron,
-            )?),
-            None => {
-                spiking_conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind, neuron)
-            }
-        }
+        let Some(format) = self.device.half_format() else {
+            return spiking_conv_batch_norm_backward_in_turn(
+                self, grad_y, conv, norm, kind, neuron,
+            );
+        };
+        let NeuronBackward {
+            source,
+            config,
+            time_steps,
+        } = neuron;
+        let neuron = NeuronBackward {
+            source: || neuron_context(self, source, config, time_steps).map_err(GpuError::Op),
+            config,
+            time_steps,
+        };
+        let device = &self.device;
+        let grads = ops::conv_batch_norm::spiking_backward(
+            device, format, grad_y, conv, norm, kind, neuron,
+        )?;
+        Ok(grads)
+    }
+
+    fn batch_norm_train_output(
+        &self,
+        context: &Self::BatchNormContext,
+        beta: &CudaTensor<E>,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::batch_norm::train_output(&self.device, context, beta)?)
     }
 
     fn batch_norm_eval_forward(

@@ -263,6 +263,14 @@ impl<E: Element> Backend for Cpu<E> {
         ops::batch_norm::train_forward(x, gamma, beta, params)
     }
 
+    fn batch_norm_train_output(
+        &self,
+        context: &Self::BatchNormContext,
+        beta: &CpuTensor<E>,
+    ) -> Result<CpuTensor<E>> {
+        ops::batch_norm::train_output(context, beta)
+    }
+
     fn batch_norm_eval_forward(
         &self,
         x: &CpuTensor<E>,

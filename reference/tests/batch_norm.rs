@@ -471,6 +471,59 @@ fn outputs_and_gradients_are_bitwise_identical_across_thread_counts() {
     }
 }
 
+/// The output made again from a training context is the forward's, bit for bit (docs/neurons.md
+/// §2.4.2), in f64 and f32, and on a strided input; an evaluation context and a `beta` of the
+/// wrong shape are errors.
+#[test]
+fn the_training_output_is_made_again_from_the_context_bit_for_bit() {
+    fn check<E: Element>(shape: &[usize], seed: u64) {
+        let cpu = Cpu::<E>::new();
+        let mut rng = SplitMix64::new(seed);
+        let x = tensor::<E>(shape, &random_input(&mut rng, shape));
+        let channels = shape[1];
+        let gamma = tensor::<E>(&[channels], &rng.normal_vec(channels, 1.0));
+        let beta = tensor::<E>(&[channels], &rng.normal_vec(channels, 1.0));
+        let (y, _, context) = cpu
+            .batch_norm_train_forward(&x, &gamma, &beta, params())
+            .unwrap();
+        let again = cpu.batch_norm_train_output(&context, &beta).unwrap();
+        let bits = |t: &CpuTensor<E>| t.iter().map(|v| v.widen().to_bits()).collect::<Vec<_>>();
+        assert_eq!(again.shape(), y.shape());
+        assert_eq!(bits(&again), bits(&y), "{shape:?}");
+    }
+    check::<f64>(&[4, 3, 5, 5], 71);
+    check::<f32>(&[4, 3, 5, 5], 72);
+    check::<f32>(&[6, 2], 73);
+
+    let cpu = Cpu::<f64>::new();
+    let g3 = tensor::<f64>(&[3], &[1.0; 3]);
+    let x = tensor::<f64>(
+        &[2, 3, 2],
+        &random_input(&mut SplitMix64::new(74), &[2, 3, 2]),
+    );
+    let (_, _, context) = cpu
+        .batch_norm_train_forward(&x, &g3, &g3, params())
+        .unwrap();
+    let wrong_beta = tensor::<f64>(&[4], &[0.0; 4]);
+    let result = cpu.batch_norm_train_output(&context, &wrong_beta);
+    assert!(
+        matches!(result, Err(OpError::ShapeMismatch { .. })),
+        "{result:?}"
+    );
+    let running = RunningStats {
+        mean: tensor::<f64>(&[3], &[0.0; 3]),
+        var: tensor(&[3], &[1.0; 3]),
+    };
+    let (_, eval) = cpu
+        .batch_norm_eval_forward(&x, &g3, &g3, &running, params())
+        .unwrap();
+    let result = cpu.batch_norm_train_output(&eval, &g3);
+    assert!(
+        matches!(result, Err(OpError::InvalidParameter { .. })),
+        "{result:?}"
+    );
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let p = params();

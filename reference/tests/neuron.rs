@@ -205,6 +205,38 @@ fn keeping_the_input_gives_the_bits_of_keeping_h_for_every_config() {
     }
 }
 
+/// `neuron_charge` gives the context of the forward (the same `h`, bit for bit), without the
+/// spikes, so the backward through it gives the forward's gradient (docs/neurons.md §2.4.2).
+fn check_charge<E: Element>(config: &NeuronConfig, seed: u64) {
+    let cpu = Cpu::<E>::new();
+    let shape = [4, 3, 50];
+    let mut rng = SplitMix64::new(seed);
+    let mut tensor = |std: f64| {
+        let values = rng.normal_vec(600, std).into_iter().map(E::cast).collect();
+        cpu.tensor_from_vec(&shape, values).unwrap()
+    };
+    let (x, grad_s) = (tensor(1.5), tensor(1.0));
+    let (_, ctx) = cpu.neuron_forward(x.clone(), config).unwrap();
+    let charged = cpu.neuron_charge(x, config).unwrap();
+    let (NeuronKept::Potentials(h), NeuronKept::Potentials(h_charged)) = (&ctx.kept, &charged.kept)
+    else {
+        panic!("{config:?}: a context keeps its input");
+    };
+    let bits = |t| bits(&cpu.to_vec(t).unwrap());
+    assert_eq!(bits(h_charged), bits(h), "{config:?}: h");
+    let grad_x = cpu.neuron_backward(grad_s.clone(), &ctx, config).unwrap();
+    let grad_x_charged = cpu.neuron_backward(grad_s, &charged, config).unwrap();
+    assert_eq!(bits(&grad_x_charged), bits(&grad_x), "{config:?}: dL/dx");
+}
+
+#[test]
+fn charging_gives_the_forwards_context_for_every_config() {
+    for (i, config) in configs().iter().enumerate() {
+        check_charge::<f64>(config, 290 + i as u64);
+        check_charge::<f32>(config, 390 + i as u64);
+    }
+}
+
 #[test]
 fn spike_rates_of_the_test_data_are_neither_zero_nor_saturated() {
     // Guards the spec comparison above against vacuous data: spikes and silences both occur.

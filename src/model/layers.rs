@@ -5,10 +5,11 @@
 //! `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and [`unflatten_time`] convert.
 
 pub use revsnn_reference::ConvKind;
+use revsnn_reference::contract::{BackendNeuronSource, neuron_context};
 pub use revsnn_reference::contract::{flatten_time, unflatten_time};
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchStats, ConvBatchNormGrads, NeuronBackward, NeuronConfig, Onto,
-    Pool2dParams, RunningStats,
+    Backend, BatchNormAffine, BatchStats, ConvBatchNormGrads, NeuronBackward, NeuronConfig,
+    NeuronSource, Onto, OpError, Pool2dParams, RunningStats,
 };
 
 use super::compose::{SeqToAnn, handed_on_flat};
@@ -37,20 +38,30 @@ impl Neuron {
     }
 }
 
-impl<B: Backend> Layer<B> for Neuron {
-    type Saved = B::NeuronContext;
-
-    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+impl Neuron {
+    /// The forward, its context keeping `x` (`keeps_input`) or `h`.
+    fn fire<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        keeps_input: bool,
+    ) -> Result<(B::Tensor, B::NeuronContext)> {
         let (backend, config) = (session.backend, &self.config);
         let (spikes, context) = match session.probes.spike_fingerprint_mut() {
-            Some(word) => {
-                backend.neuron_forward_fingerprinted(x, config, self.keeps_input, word)?
-            }
-            None if self.keeps_input => backend.neuron_forward_keeping_input(x, config)?,
+            Some(word) => backend.neuron_forward_fingerprinted(x, config, keeps_input, word)?,
+            None if keeps_input => backend.neuron_forward_keeping_input(x, config)?,
             None => backend.neuron_forward(x, config)?,
         };
         session.probes.log_spikes(&spikes);
         Ok((spikes, context))
+    }
+}
+
+impl<B: Backend> Layer<B> for Neuron {
+    type Saved = B::NeuronContext;
+
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        self.fire(session, x, self.keeps_input)
     }
 
     fn backward(
@@ -439,22 +450,38 @@ impl<B: Backend> Layer<B> for SpikingConvBn {
     fn backward(
         &self,
         session: &mut Session<B>,
-        (neuron, ((conv, norm), time_steps)): Self::Saved,
+        (neuron, conv_bn): Self::Saved,
+        grad_y: B::Tensor,
+    ) -> Result<B::Tensor> {
+        self.backward_from(session, NeuronSource::Kept(neuron), conv_bn, grad_y)
+    }
+}
+
+impl SpikingConvBn {
+    /// The backward, the neuron's context taken from `source` once the convolution's backward
+    /// has run (docs/neurons.md §2.4.2).
+    fn backward_from<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        source: BackendNeuronSource<'_, B>,
+        ((conv, norm), time_steps): <SeqToAnn<ConvBn> as Layer<B>>::Saved,
         grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
         let conv_bn = &self.conv_bn.layer;
+        let backend = session.backend;
+        let config = &self.neuron.config;
         let context = match conv_bn.one_op_backward(norm) {
             Ok(context) => context,
             Err(norm) => {
                 let saved = ((conv, norm), time_steps);
                 let grad = self.conv_bn.backward(session, saved, grad_y)?;
+                let neuron = neuron_context(backend, source, config, time_steps)?;
                 return self.neuron.backward(session, neuron, grad);
             }
         };
-        let backend = session.backend;
         let neuron = NeuronBackward {
-            context: neuron,
-            config: &self.neuron.config,
+            source,
+            config,
             time_steps,
         };
         let grad_y = handed_on_flat(backend, grad_y)?;
@@ -462,6 +489,117 @@ impl<B: Backend> Layer<B> for SpikingConvBn {
         let grads =
             backend.spiking_conv_batch_norm_backward(grad_y, conv, context, kind, neuron)?;
         conv_bn.accumulate(session, grads)
+    }
+
+    /// Where the backward of a neuron that kept nothing, fed by this layer's output, finds its
+    /// context: this layer's BatchNorm context and a copy of its shift (docs/neurons.md
+    /// §2.4.2). `None` unless the BatchNorm ran with the batch's own statistics in training.
+    fn output_source<'a, B: Backend>(
+        &self,
+        (_, ((_, norm), _)): &'a <Self as Layer<B>>::Saved,
+        beta: &'a B::Tensor,
+    ) -> Option<BackendNeuronSource<'a, B>> {
+        match norm {
+            BatchNormSaved::Local(norm) => Some(NeuronSource::Normalised { norm, beta }),
+            BatchNormSaved::Synced(_) => None,
+        }
+    }
+
+    /// Whether a neuron fed by this layer's output can keep nothing: training, and the
+    /// BatchNorm's own statistics ([`SpikingConvBn::output_source`]).
+    fn output_made_again<B: Backend>(
+        session: &Session<B>,
+        (_, ((_, norm), _)): &<Self as Layer<B>>::Saved,
+    ) -> bool {
+        session.mode == Mode::Train && matches!(norm, BatchNormSaved::Local(_))
+    }
+}
+
+/// Two spiking convolutions in a row, `SN1 -> conv1 -> BN1 -> SN2 -> conv2 -> BN2` over
+/// `[T, B, ...]`: RevSResNet's F and G, MS-ResNet's main branch, the transformers' MLP. In
+/// training with BN1's own statistics, SN2 keeps nothing for its backward: its input is BN1's
+/// output, which the backward makes again from BN1's context and charges, after conv2's backward
+/// has run (docs/neurons.md §2.4.2). So SN2's membrane potentials are never held between the two
+/// passes, for the cost of one BatchNorm output and one charge again. The same gradients, bit
+/// for bit, as the two layers in turn.
+#[derive(Clone, Debug)]
+pub struct SpikingConvPair {
+    pub first: SpikingConvBn,
+    pub second: SpikingConvBn,
+}
+
+impl SpikingConvPair {
+    /// The first layer and SN2: the spikes, the first's context, and SN2's context unless SN2
+    /// keeps nothing.
+    fn forward_first<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+    ) -> Result<(B::Tensor, PairSaved<B>)> {
+        let (y, first) = self.first.forward(session, x)?;
+        let neuron = &self.second.neuron;
+        if SpikingConvBn::output_made_again(session, &first) {
+            // Its context holds only `y`, which dropping it frees.
+            let (spikes, _) = neuron.fire(session, y, true)?;
+            return Ok((spikes, (first, None)));
+        }
+        let (spikes, context) = neuron.forward(session, y)?;
+        Ok((spikes, (first, Some(context))))
+    }
+}
+
+/// What [`SpikingConvPair`]'s backward needs of its first layer and SN2.
+type PairSaved<B> = (
+    <SpikingConvBn as Layer<B>>::Saved,
+    Option<<B as Backend>::NeuronContext>,
+);
+
+impl<B: Backend> Layer<B> for SpikingConvPair {
+    type Saved = (PairSaved<B>, <SeqToAnn<ConvBn> as Layer<B>>::Saved);
+
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let (spikes, first) = self.forward_first(session, x)?;
+        let (y, second) = self.second.conv_bn.forward(session, spikes)?;
+        Ok((y, (first, second)))
+    }
+
+    fn forward_onto(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        onto: Onto<B::Tensor>,
+    ) -> Result<(B::Tensor, Self::Saved)> {
+        let (spikes, first) = self.forward_first(session, x)?;
+        let (y, second) = self.second.conv_bn.forward_onto(session, spikes, onto)?;
+        Ok((y, (first, second)))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        ((first, neuron), second): Self::Saved,
+        grad_y: B::Tensor,
+    ) -> Result<B::Tensor> {
+        let beta_id = self.first.conv_bn.layer.norm.ids.beta;
+        let beta = session.store.get(beta_id).clone();
+        let source = match neuron {
+            Some(context) => NeuronSource::Kept(context),
+            None => self.first.output_source(&first, &beta).ok_or_else(|| {
+                let detail = "internal error: SN2 kept nothing after a synchronised BatchNorm";
+                OpError::shape("spiking_conv_pair", detail)
+            })?,
+        };
+        let grad = self.second.backward_from(session, source, second, grad_y)?;
+        self.first.backward(session, first, grad)
+    }
+}
+
+impl KeepInput for SpikingConvPair {
+    fn keeping_input(self) -> Self {
+        SpikingConvPair {
+            first: self.first.keeping_input(),
+            ..self
+        }
     }
 }
 

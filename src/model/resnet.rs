@@ -22,7 +22,7 @@ use super::build::{Builder, ConvInit, Init};
 use super::compose::{Model, PerInput, Residual, SeqToAnn};
 use super::layers::{
     AvgPool, ConvBn, ConvKind, InputShape, KeepInput, Linear, MaxPool, MeanOver, Neuron,
-    RepeatOverTime, SpikingConvBn, SwapBatchTime,
+    RepeatOverTime, SpikingConvBn, SpikingConvPair, SwapBatchTime,
 };
 use super::reversible::{ReversibleBlock, ReversibleSequence};
 use crate::error::{Error, Result};
@@ -77,7 +77,7 @@ impl ResNetConv {
 /// `[T, B, p, H, W]`: `out = BN1(Conv3x3(SN1(x)))`, `out = BN2(Conv3x3(SN2(out)))`, both
 /// convolutions `p -> p`, stride 1, padding 1, no bias; no internal shortcut (the reversible
 /// coupling is the residual). Names: `{prefix}.conv{1,2}.0` (conv), `{prefix}.conv{1,2}.1` (BN).
-pub type BasicResidualBlock = (SpikingConvBn, SpikingConvBn);
+pub type BasicResidualBlock = SpikingConvPair;
 
 fn basic_residual_block<B: Backend>(
     builder: &mut Builder<B>,
@@ -86,9 +86,9 @@ fn basic_residual_block<B: Backend>(
     neuron: &Neuron,
 ) -> Result<BasicResidualBlock> {
     let conv = ResNetConv::new(planes, planes, 3, 1);
-    let conv1 = conv.spiking(builder, &format!("{prefix}.conv1"), neuron)?;
-    let conv2 = conv.spiking(builder, &format!("{prefix}.conv2"), neuron)?;
-    Ok((conv1, conv2))
+    let first = conv.spiking(builder, &format!("{prefix}.conv1"), neuron)?;
+    let second = conv.spiking(builder, &format!("{prefix}.conv2"), neuron)?;
+    Ok(SpikingConvPair { first, second })
 }
 
 /// The reversible block `{prefix}` of RevSResNet: F and G [`BasicResidualBlock`]s of width
@@ -138,7 +138,7 @@ fn downsample_conv<B: Backend>(
 /// `o = BN(Conv3x3(out -> out)(SN2(o)))`, `y = o + identity` with `identity = x`, or for the
 /// first block of a strided stage (L162-169) `BN(Conv1x1(in -> out, stride)(SN(x)))`. Names:
 /// `{prefix}.conv{1,2}.{0,1}`, `{prefix}.downsample.1.{0,1}`.
-pub type BasicBlock = Residual<(SpikingConvBn, SpikingConvBn), Option<SpikingConvBn>>;
+pub type BasicBlock = Residual<SpikingConvPair, Option<SpikingConvBn>>;
 
 /// The block `in -> out` with the first convolution's `stride` under `prefix` (e.g.
 /// `layer2.0`); a downsample shortcut iff `stride != 1` or `in != out` (the official rule).
@@ -150,12 +150,12 @@ fn basic_block<B: Backend>(
     stride: usize,
     neuron: &Neuron,
 ) -> Result<BasicBlock> {
-    let conv1 = ResNetConv::new(in_planes, planes, 3, stride).spiking(
+    let first = ResNetConv::new(in_planes, planes, 3, stride).spiking(
         builder,
         &format!("{prefix}.conv1"),
         neuron,
     )?;
-    let conv2 = ResNetConv::new(planes, planes, 3, 1).spiking(
+    let second = ResNetConv::new(planes, planes, 3, 1).spiking(
         builder,
         &format!("{prefix}.conv2"),
         neuron,
@@ -170,7 +170,7 @@ fn basic_block<B: Backend>(
         })
         .transpose()?;
     Ok(Residual {
-        main: (conv1, conv2),
+        main: SpikingConvPair { first, second },
         shortcut,
     })
 }

@@ -25,7 +25,7 @@ use super::build::{Builder, ConvInit, Init};
 use super::compose::{Model, PerInput, Residual, SeqToAnn};
 use super::layers::{
     ConvBn, ConvKind, DuplicateChannels, InputShape, Linear, MaxPool, MeanOver, Neuron,
-    RepeatOverTime, SpikingConvBn, SwapBatchTime,
+    RepeatOverTime, SpikingConvBn, SpikingConvPair, SwapBatchTime,
 };
 use super::reversible::{ReversibleBlock, ReversibleSequence};
 use crate::error::{Error, Result};
@@ -64,7 +64,7 @@ impl Neurons {
 /// x = BN2d(Conv2d 1x1 (C -> hidden, bias)(LIF(x)))     mlp1_conv, mlp1_bn
 /// x = BN2d(Conv2d 1x1 (hidden -> C, bias)(LIF(x)))     mlp2_conv, mlp2_bn
 /// ```
-pub type Mlp = (SpikingConvBn, SpikingConvBn);
+pub type Mlp = SpikingConvPair;
 
 /// The parameters under `prefix` in the official order: `mlp1_conv`, `mlp1_bn`, `mlp2_conv`,
 /// `mlp2_bn`.
@@ -84,9 +84,9 @@ fn mlp<B: Backend>(
         )?;
         Ok(SpikingConvBn::new(neurons.lif(), conv_bn))
     };
-    let mlp1 = layer("mlp1", [hidden, dim, 1, 1])?;
-    let mlp2 = layer("mlp2", [dim, hidden, 1, 1])?;
-    Ok((mlp1, mlp2))
+    let first = layer("mlp1", [hidden, dim, 1, 1])?;
+    let second = layer("mlp2", [dim, hidden, 1, 1])?;
+    Ok(SpikingConvPair { first, second })
 }
 
 /// One stage of the spiking tokenizer: `[LIF ->] [MaxPool(3, 2, 1) ->] Conv3x3 -> BN`.

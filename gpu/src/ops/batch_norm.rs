@@ -17,6 +17,7 @@ use cudarc::driver::{
 };
 use revsnn_reference::contract::shapes::{
     BatchNormShape, check_channel_vector, check_context_statistics, check_same_shape,
+    check_train_context,
 };
 use revsnn_reference::{
     BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, Combine,
@@ -426,6 +427,28 @@ pub(crate) fn train_forward_over<E: GpuElement>(
         mode: BatchNormMode::Train,
     };
     Ok((y, stats, context))
+}
+
+/// The `y` of the training forward that made `context` (this module's or the fused convolution
+/// and BatchNorm's), given the same `beta`: the same `bn_normalise_*` kernel over the input and
+/// statistics the context keeps, so the same bits (docs/neurons.md §2.4.2). Errors, as the
+/// reference: an evaluation context, or a `beta` that is not `[C]`.
+pub fn train_output<E: GpuElement>(
+    device: &GpuDevice,
+    context: &BatchNormContext<E>,
+    beta: &CudaTensor<E>,
+) -> Result<CudaTensor<E>, GpuError> {
+    const OP: &str = "batch_norm_train_output";
+    check_train_context(OP, context.mode)?;
+    let layout = Layout::of(OP, context.input.shape())?;
+    check_channel_vector(OP, "beta", beta.shape(), layout.channels)?;
+    let map = ChannelMap {
+        mean: &context.mean,
+        inv_std: &context.inv_std,
+        gamma: &context.gamma,
+        beta,
+    };
+    normalise(device, &context.input, &layout, &map)
 }
 
 /// Evaluation-mode BatchNorm (docs/conventions.md §1):

@@ -86,7 +86,9 @@ pub fn backward<E: GpuElement>(
 /// (`Backend::spiking_conv_batch_norm_backward`): the neuron reads the convolution's 16-bit `dx`
 /// as its `dL/ds` and writes `dL/dx` over the membrane potentials it kept
 /// ([`neuron::backward_from_half`]), so no `f32` `dL/ds` is written; the bits of [`backward`]
-/// then `neuron::backward`. Errors as those do, and when `T` does not divide the batch.
+/// then `neuron::backward`. The neuron's source gives its context once the convolution's passes
+/// have freed their buffers, so a context made again (docs/neurons.md §2.4.2) is not held beside
+/// them. Errors as those do, and when `T` does not divide the batch.
 pub fn spiking_backward<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
@@ -94,12 +96,13 @@ pub fn spiking_backward<E: GpuElement>(
     conv: Conv2dContext<E>,
     norm: BatchNormContext<E>,
     kind: ConvKind,
-    neuron: NeuronBackward<'_, NeuronContext<E>>,
+    neuron: NeuronBackward<'_, impl FnOnce() -> Result<NeuronContext<E>, GpuError>>,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
     let grads = backward_to_half(device, format, grad_y, conv, norm, kind)?;
     grads.finish(|dx, shape| {
         let shape = time_split(shape, neuron.time_steps)?;
-        neuron::backward_from_half(device, dx, &shape, neuron.context, neuron.config)
+        let context = (neuron.source)()?;
+        neuron::backward_from_half(device, dx, &shape, context, neuron.config)
     })
 }
 

@@ -182,7 +182,7 @@ fn fire<E: GpuElement>(
     let kept = if keeps_input {
         if !x.is_empty() {
             let charge = ChargeBuffers::FireOnly(x.slice());
-            launch_forward(device, charge, spikes.slice_mut(), launch)?;
+            launch_forward(device, charge, Some(spikes.slice_mut()), launch)?;
         }
         NeuronKept::Input(x)
     } else if x.is_empty() {
@@ -190,7 +190,12 @@ fn fire<E: GpuElement>(
         // `x` is its own `h`.
         NeuronKept::Potentials(x)
     } else {
-        NeuronKept::Potentials(charge_potentials(device, x, spikes.slice_mut(), launch)?)
+        NeuronKept::Potentials(charge_potentials(
+            device,
+            x,
+            Some(spikes.slice_mut()),
+            launch,
+        )?)
     };
     if let (Some(word), Some(sum)) = (fingerprint, &sum) {
         super::tensor::fold_element_sum(device, word, sum, &shape)?;
@@ -204,23 +209,46 @@ fn fire<E: GpuElement>(
     ))
 }
 
-/// Charges and fires over `x` into `spikes`, and returns `h`: written over `x`'s buffer when
-/// nothing else holds it, into a buffer of its own otherwise.
+/// The context [`forward`] returns for `x`, without the spikes: the kernel writes `h` alone
+/// (`neuron_forward_in_place_<E>` or `neuron_forward_<E>` with no spike buffer), over `x` when
+/// nothing else holds it. For a neuron whose input is made again for its backward
+/// (docs/neurons.md §2.4.2). Errors as [`forward`] does.
+pub fn charge<E: GpuElement>(
+    device: &GpuDevice,
+    x: CudaTensor<E>,
+    config: &NeuronConfig,
+) -> Result<NeuronContext<E>, GpuError> {
+    config.validate()?;
+    let (steps, _) = time_by_neurons(x.shape(), "x")?;
+    let launch = Launch {
+        steps,
+        config,
+        fingerprint_sum: None,
+    };
+    let h = if x.is_empty() {
+        x
+    } else {
+        charge_potentials(device, x, None, launch)?
+    };
+    Ok(NeuronContext {
+        kept: NeuronKept::Potentials(h),
+        config: *config,
+    })
+}
+
+/// Charges and fires over `x` into `spikes` (when given), and returns `h`: written over `x`'s
+/// buffer when nothing else holds it, into a buffer of its own otherwise.
 fn charge_potentials<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
-    spikes: &mut CudaSlice<E>,
+    mut spikes: Option<&mut CudaSlice<E>>,
     launch: Launch<'_>,
 ) -> Result<CudaTensor<E>, GpuError> {
     let shape = x.shape().to_vec();
     let h = match x.into_unshared_buffer() {
         Ok(mut x) => {
-            launch_forward(
-                device,
-                ChargeBuffers::InPlace(x.slice_mut()),
-                spikes,
-                launch,
-            )?;
+            let charge = ChargeBuffers::InPlace(x.slice_mut());
+            launch_forward(device, charge, spikes.take(), launch)?;
             x
         }
         Err(x) => {
@@ -264,7 +292,7 @@ pub fn forward_into<E: GpuElement>(
         config,
         fingerprint_sum: None,
     };
-    launch_forward(device, ChargeBuffers::Apart { x, h }, spikes, launch)
+    launch_forward(device, ChargeBuffers::Apart { x, h }, Some(spikes), launch)
 }
 
 /// The input a forward launch reads and the `h` it writes, `T N` elements each: `x` alone
@@ -287,12 +315,12 @@ struct Launch<'a> {
     fingerprint_sum: Option<&'a mut CudaSlice<u64>>,
 }
 
-/// Launches the forward kernel that `charge` names, writing the spikes (and `h`, unless
-/// [`ChargeBuffers::FireOnly`]), every buffer `T N` elements.
+/// Launches the forward kernel that `charge` names, writing the spikes when given (and `h`,
+/// unless [`ChargeBuffers::FireOnly`]), every buffer `T N` elements.
 fn launch_forward<E: GpuElement>(
     device: &GpuDevice,
     charge: ChargeBuffers<'_, E>,
-    spikes: &mut CudaSlice<E>,
+    spikes: Option<&mut CudaSlice<E>>,
     launch: Launch<'_>,
 ) -> Result<(), GpuError> {
     let params = KernelConfig::<E>::new(launch.config)?;
@@ -302,13 +330,11 @@ fn launch_forward<E: GpuElement>(
         ChargeBuffers::InPlace(x) => (x.len(), x.len(), "neuron_forward_in_place"),
     };
     let neurons = check_len("neuron_forward", "x", x_len, launch.steps)?;
-    if spikes.len() != x_len || h_len != x_len {
+    let spikes_len = spikes.as_ref().map_or(x_len, |spikes| spikes.len());
+    if spikes_len != x_len || h_len != x_len {
         return Err(shape_error(
             "neuron_forward",
-            format!(
-                "x has {x_len} elements but spikes {} and h {h_len}",
-                spikes.len()
-            ),
+            format!("x has {x_len} elements but spikes {spikes_len} and h {h_len}"),
         ));
     }
     if neurons == 0 {
@@ -317,21 +343,23 @@ fn launch_forward<E: GpuElement>(
     let function = device.function(&NEURON, &format!("{kernel}_{}", E::SUFFIX))?;
     let stream = device.stream();
     let (n, t) = (neurons as i64, launch.steps as i32);
-    // A null pointer when there is no sum to add to; the guard orders the launch after the
-    // sum's zeroing.
+    // Null pointers for no spikes and no sum to add to; the guards order the launch after the
+    // buffers' last uses.
+    let spikes = spikes.map(|spikes| spikes.device_ptr_mut(stream));
+    let spikes_pointer: CUdeviceptr = spikes.as_ref().map_or(0, |(pointer, _)| *pointer);
     let sum = launch.fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
     let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
     let mut builder = stream.launch_builder(&function);
     match charge {
-        ChargeBuffers::FireOnly(x) => builder.arg(x).arg(spikes),
-        ChargeBuffers::Apart { x, h } => builder.arg(x).arg(spikes).arg(h),
-        ChargeBuffers::InPlace(x_then_h) => builder.arg(x_then_h).arg(spikes),
+        ChargeBuffers::FireOnly(x) => builder.arg(x).arg(&spikes_pointer),
+        ChargeBuffers::Apart { x, h } => builder.arg(x).arg(&spikes_pointer).arg(h),
+        ChargeBuffers::InPlace(x_then_h) => builder.arg(x_then_h).arg(&spikes_pointer),
     };
     builder.arg(&sum_pointer);
     params.push_shared(&mut builder, &n, &t);
     // SAFETY: the argument list matches `neuron_fire_<E>`, `neuron_forward_<E>` or
-    // `neuron_forward_in_place_<E>` in neuron.cu, every buffer holds T * N elements of E, and
-    // the fingerprint sum, when not null, one u64.
+    // `neuron_forward_in_place_<E>` in neuron.cu, every buffer holds T * N elements of E (the
+    // spikes, when not null), and the fingerprint sum, when not null, one u64.
     unsafe { builder.launch(launch_config(neurons)) }
         .map_err(GpuError::driver("launching the neuron forward"))?;
     Ok(())

@@ -168,14 +168,52 @@ pub fn conv_batch_norm_backward_in_turn<B: Backend>(
 }
 
 /// The neuron whose spikes a convolution read, as [`Backend::spiking_conv_batch_norm_backward`]
-/// takes it: its context (handed over, so a backend may write the gradient over what it keeps),
-/// the configuration it ran with, and `T`, which unflattens the convolution's `[T B, ...]`
-/// gradient to the neuron's `[T, B, ...]`.
+/// takes it: where its context comes from (handed over, so a backend may write the gradient over
+/// what it keeps), the configuration it ran with, and `T`, which unflattens the convolution's
+/// `[T B, ...]` gradient to the neuron's `[T, B, ...]`.
 #[derive(Debug)]
-pub struct NeuronBackward<'a, N> {
-    pub context: N,
+pub struct NeuronBackward<'a, S> {
+    pub source: S,
     pub config: &'a NeuronConfig,
     pub time_steps: usize,
+}
+
+/// Where a neuron's backward finds its context (docs/neurons.md §2.4.2): the one its forward
+/// returned, or, for a neuron that kept nothing because its input was a training BatchNorm's
+/// output, that BatchNorm's context and shift, from which the output is computed again
+/// ([`Backend::batch_norm_train_output`]) and charged ([`Backend::neuron_charge`]): the same
+/// `h`, bit for bit, allocated only once the backward needs it.
+#[derive(Debug)]
+pub enum NeuronSource<'a, N, Norm, T> {
+    Kept(N),
+    Normalised { norm: &'a Norm, beta: &'a T },
+}
+
+/// [`NeuronSource`] over a backend's types.
+pub type BackendNeuronSource<'a, B> = NeuronSource<
+    'a,
+    <B as Backend>::NeuronContext,
+    <B as Backend>::BatchNormContext,
+    <B as Backend>::Tensor,
+>;
+
+/// The context `source` holds or makes again: the kept one, or the BatchNorm's `[T B, ...]`
+/// output computed again, unflattened to the neuron's `[T, B, ...]` and charged.
+pub fn neuron_context<B: Backend>(
+    backend: &B,
+    source: BackendNeuronSource<'_, B>,
+    config: &NeuronConfig,
+    time_steps: usize,
+) -> Result<B::NeuronContext> {
+    match source {
+        NeuronSource::Kept(context) => Ok(context),
+        NeuronSource::Normalised { norm, beta } => {
+            let flat = backend.batch_norm_train_output(norm, beta)?;
+            let x = unflatten_time(backend, &flat, time_steps)?;
+            drop(flat);
+            backend.neuron_charge(x, config)
+        }
+    }
 }
 
 /// `[T, B, ...] -> [T B, ...]`, the time-flattened layout of SpikingJelly's `SeqToANNContainer`
@@ -208,12 +246,13 @@ pub fn spiking_conv_batch_norm_backward_in_turn<B: Backend>(
     conv: B::Conv2dContext,
     norm: B::BatchNormContext,
     kind: ConvKind,
-    neuron: NeuronBackward<'_, B::NeuronContext>,
+    neuron: NeuronBackward<'_, BackendNeuronSource<'_, B>>,
 ) -> Result<ConvBatchNormGrads<B::Tensor>> {
     let grads = backend.conv_batch_norm_backward(grad_y, conv, norm, kind)?;
     let grad_spikes = unflatten_time(backend, &grads.input, neuron.time_steps)?;
     drop(grads.input);
-    let input = backend.neuron_backward(grad_spikes, &neuron.context, neuron.config)?;
+    let context = neuron_context(backend, neuron.source, neuron.config, neuron.time_steps)?;
+    let input = backend.neuron_backward(grad_spikes, &context, neuron.config)?;
     Ok(ConvBatchNormGrads { input, ..grads })
 }
 
@@ -411,6 +450,13 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         self.fold_fingerprint(word, &spikes)?;
         Ok((spikes, context))
     }
+    /// The context [`Backend::neuron_forward`] returns for `x` (keeping `h`), without the spikes:
+    /// for a neuron whose input is made again for its backward (docs/neurons.md §2.4.2). The
+    /// default runs the forward and drops the spikes; CUDA writes `h` alone, over `x` when
+    /// nothing else holds it.
+    fn neuron_charge(&self, x: Self::Tensor, config: &NeuronConfig) -> Result<Self::NeuronContext> {
+        Ok(self.neuron_forward(x, config)?.1)
+    }
     /// Backward through time (docs/neurons.md §2.4): `dL/dh[t] = dL/ds[t] psi[t] + dv/dh[t] k dL/dh[t+1]`,
     /// `dL/dx[t] = r dL/dh[t]`. `dL/ds` is handed over: a backend may write `dL/dx` over it when
     /// nothing else holds it (CUDA does for a context that keeps `h`).
@@ -581,7 +627,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         conv: Self::Conv2dContext,
         norm: Self::BatchNormContext,
         kind: ConvKind,
-        neuron: NeuronBackward<'_, Self::NeuronContext>,
+        neuron: NeuronBackward<'_, BackendNeuronSource<'_, Self>>,
     ) -> Result<ConvBatchNormGrads<Self::Tensor>> {
         spiking_conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind, neuron)
     }
@@ -598,6 +644,16 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         beta: &Self::Tensor,
         params: BatchNormParams,
     ) -> Result<BatchNormTrainOutput<Self::Tensor, Self::BatchNormContext>>;
+    /// The `y` of the training forward that made `context` (this op's or the fused
+    /// [`Backend::conv_batch_norm_train_forward`]'s, given the same `beta`), computed again from
+    /// the input and the statistics the context keeps, bit for bit: so a layer can drop `y` and
+    /// make it again for its backward (docs/neurons.md §2.4.2). Errors on a context of
+    /// [`Backend::batch_norm_eval_forward`], or a `beta` that is not `[C]`.
+    fn batch_norm_train_output(
+        &self,
+        context: &Self::BatchNormContext,
+        beta: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
     /// Evaluation mode: `y = gamma (x - running_mean) / sqrt(running_var + eps) + beta`.
     fn batch_norm_eval_forward(
         &self,

@@ -25,9 +25,10 @@ pub mod precision;
 pub mod shapes;
 
 pub use backend::{
-    AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput,
-    BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads,
-    NeuronBackward, NeuronKept, Onto, RunningStats, conv_batch_norm_backward_in_turn, flatten_time,
+    AdamWState, Backend, BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormMode,
+    BatchNormTrainOutput, BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads,
+    ConvBatchNormTrainOutput, LinearGrads, NeuronBackward, NeuronKept, NeuronSource, Onto,
+    RunningStats, conv_batch_norm_backward_in_turn, flatten_time, neuron_context,
     spiking_conv_batch_norm_backward_in_turn, unflatten_time,
 };
 pub use compute::{Compute, TransferCounts};

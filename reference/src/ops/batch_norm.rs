@@ -9,7 +9,9 @@
 use rayon::prelude::*;
 
 use super::{slice_of, standard, tensor};
-use crate::contract::shapes::{BatchNormShape, check_channel_vector, check_context_statistics};
+use crate::contract::shapes::{
+    BatchNormShape, check_channel_vector, check_context_statistics, check_train_context,
+};
 use crate::contract::{
     BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, Element,
     Result, RunningStats,
@@ -209,6 +211,23 @@ pub fn train_forward<E: Element>(
         mode: BatchNormMode::Train,
     };
     Ok((tensor(x.shape(), y), stats, context))
+}
+
+/// The `y` of the [`train_forward`] that made `context`, given the same `beta`: the same
+/// [`normalise`] over the input and statistics the context keeps, so the same bits
+/// (docs/neurons.md §2.4.2). Errors on an evaluation context and on a `beta` that is not `[C]`.
+pub fn train_output<E: Element>(
+    context: &BatchNormContext<E>,
+    beta: &CpuTensor<E>,
+) -> Result<CpuTensor<E>> {
+    const OP: &str = "batch_norm_train_output";
+    check_train_context(OP, context.mode)?;
+    let x = &context.input;
+    let layout = BatchNormShape::new(OP, x.shape())?;
+    let beta = channel_vector(OP, "beta", beta, layout.channels)?;
+    let (mean, inv_std, gamma) = (&context.mean, &context.inv_std, &context.gamma);
+    let y = normalise(slice_of(x), layout, mean, inv_std, gamma, &beta);
+    Ok(tensor(x.shape(), y))
 }
 
 /// Evaluation-mode BatchNorm (docs/conventions.md §1):

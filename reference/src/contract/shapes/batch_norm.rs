@@ -1,5 +1,6 @@
 //! The shape rules of batch normalisation over `x [N, C, ...]` (docs/conventions.md §1).
 
+use crate::contract::backend::BatchNormMode;
 use crate::contract::error::{OpError, Result};
 
 /// How `x [N, C, ...]` splits into channels: `batch = N`, `channels = C`, `inner` the product of
@@ -76,6 +77,21 @@ pub fn check_context_statistics(
                 "the context's mean ({mean}) and inv_std ({inv_std}) do not have one value per \
                  channel ({channels})"
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// Errors unless a context whose output is made again is a training forward's (an evaluation
+/// output is never needed again).
+pub fn check_train_context(op: &'static str, mode: BatchNormMode) -> Result<()> {
+    if mode != BatchNormMode::Train {
+        let requirement = "a training forward's context";
+        return Err(OpError::parameter(
+            op,
+            "context",
+            format!("{mode:?}"),
+            requirement,
         ));
     }
     Ok(())
