@@ -2,9 +2,11 @@
 //! agree except where `|h - V_th| < 1e-5` (a neuron with such a flip is left out of the value
 //! comparison, since its later steps legitimately differ, and flips must stay rare); `h` and
 //! `dL/dx` within 1e-5 relative in f32 and 1e-12 in f64; two runs bitwise identical, a
-//! neuron keeping its input in place of `h` bitwise the one keeping `h`, a backward writing
-//! `dL/dx` over the `dL/ds` it was handed bitwise one that allocates, and the forward that
-//! folds its spikes' fingerprint as it fires them equal to `fold_fingerprint` of its spikes.
+//! neuron keeping its input in place of `h` bitwise the one keeping `h`, a neuron keeping
+//! nothing firing the same spikes (over a handed-over `x`) and `neuron_charge` giving the same `h`,
+//! a backward writing `dL/dx` over the `dL/ds` it was handed bitwise one that allocates, and the
+//! forward that folds its spikes' fingerprint as it fires them equal to `fold_fingerprint` of its
+//! spikes.
 //! Sizes span one partial block up to thousands of blocks. Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
@@ -186,6 +188,42 @@ fn compare<E: GpuElement>(
         "dL/dx differs when written over dL/ds from the input"
     );
 
+    // keeping nothing (docs/neurons.md §2.4.2): the same spikes, written over a handed-over x
+    // with nothing allocated, into a buffer of their own over a shared x; and the context charged
+    // again without the spikes holds the forward's h, written over a handed-over x
+    let handed = gpu.tensor_from_vec(&shape, x.clone()).unwrap();
+    let (fired, allocated) = with_peak_rise(gpu.device(), || {
+        gpu.neuron_forward_keeping_nothing(handed, config, None)
+            .unwrap()
+    });
+    assert_eq!(
+        allocated, 0,
+        "the forward keeping nothing over a handed-over x allocated"
+    );
+    assert_eq!(
+        gpu.to_vec(&fired).unwrap(),
+        spikes_gpu,
+        "spikes written over x"
+    );
+    let fired = gpu
+        .neuron_forward_keeping_nothing(x_gpu.clone(), config, None)
+        .unwrap();
+    assert_eq!(
+        gpu.to_vec(&fired).unwrap(),
+        spikes_gpu,
+        "spikes beside a shared x"
+    );
+    let handed = gpu.tensor_from_vec(&shape, x.clone()).unwrap();
+    let (charged, allocated) =
+        with_peak_rise(gpu.device(), || gpu.neuron_charge(handed, config).unwrap());
+    assert_eq!(allocated, 0, "charging a handed-over x allocated");
+    assert!(matches!(charged.kept, NeuronKept::Potentials(_)));
+    assert_eq!(
+        gpu.to_vec(charged.kept.tensor()).unwrap(),
+        h_gpu,
+        "h charged again"
+    );
+
     check_fingerprinted(gpu, &x_gpu, config, &spikes_gpu);
 
     let cpu = Cpu::<E>::new();
@@ -233,7 +271,8 @@ fn compare<E: GpuElement>(
     }
 }
 
-/// The forward that folds its spikes' fingerprint as it fires them, keeping `h` or its input:
+/// The forward that folds its spikes' fingerprint as it fires them, keeping `h`, its input or
+/// nothing:
 /// the same spikes as the plain forward (`spikes`), and twice folded into a word, the word that
 /// `fold_fingerprint` makes of those spikes.
 fn check_fingerprinted<E: GpuElement>(
@@ -267,6 +306,24 @@ fn check_fingerprinted<E: GpuElement>(
             "the neuron's fingerprint (keeping the input: {keeps_input}) is not fold_fingerprint's"
         );
     }
+    let (mut folded, mut expected) = (gpu.zero_word().unwrap(), gpu.zero_word().unwrap());
+    for _ in 0..2 {
+        let fired = gpu
+            .neuron_forward_keeping_nothing(x.clone(), config, Some(&mut folded))
+            .unwrap();
+        assert_eq!(
+            gpu.to_vec(&fired).unwrap(),
+            spikes,
+            "fingerprinting changed the spikes"
+        );
+        gpu.fold_fingerprint(&mut expected, &fired).unwrap();
+    }
+    let (folded, expected) = (gpu.read_word(&folded), gpu.read_word(&expected));
+    assert_eq!(
+        folded.unwrap(),
+        expected.unwrap(),
+        "the fingerprint of the neuron keeping nothing is not fold_fingerprint's"
+    );
 }
 
 /// The membrane potentials of the reference forward, replayed from its spikes with the charge

@@ -57,10 +57,10 @@ template <typename E> struct LocalPotentials {
 };
 
 // Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h into the
-// potentials (a buffer that may be x itself for the in-place kernel: each element is read before
-// it is written, by the same thread), and adds the spikes' fingerprint terms to
-// *fingerprint_sum when it is set (fingerprint.cuh: the spikes are not read again to fingerprint
-// them).
+// potentials (the spikes' buffer or the potentials' may be x itself for the in-place kernels:
+// each element is read before it is written, by the same thread), and adds the spikes'
+// fingerprint terms to *fingerprint_sum when it is set (fingerprint.cuh: the spikes are not read
+// again to fingerprint them).
 template <typename E, typename Potentials>
 __device__ void charge_and_fire(const E* x, E* spikes, Potentials h_seq, unsigned long long* fingerprint_sum,
                                 long long n, int time_steps, int kind, int decay_input, double tau, E v_threshold,
@@ -147,6 +147,11 @@ __device__ void backward_from_input_in_place(E* grad, const E* x, long long n, i
     extern "C" __global__ void neuron_fire_##SUFFIX(const E* x, E* spikes, unsigned long long* fingerprint_sum,        \
                                                     NEURON_SHARED_PARAMS(E)) {                                         \
         charge_and_fire<E>(x, spikes, StoredPotentials<E*>{(E*)0}, fingerprint_sum, NEURON_SHARED_ARGS);               \
+    }                                                                                                                  \
+    extern "C" __global__ void neuron_fire_in_place_##SUFFIX(E* x_then_spikes, unsigned long long* fingerprint_sum,    \
+                                                             NEURON_SHARED_PARAMS(E)) {                                \
+        charge_and_fire<E>(x_then_spikes, x_then_spikes, StoredPotentials<E*>{(E*)0}, fingerprint_sum,                 \
+                           NEURON_SHARED_ARGS);                                                                        \
     }                                                                                                                  \
     extern "C" __global__ void neuron_backward_##SUFFIX(const E* grad_spikes, const E* h_seq, E* grad_x,               \
                                                         NEURON_SHARED_PARAMS(E), int detach_reset) {                   \

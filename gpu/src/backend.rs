@@ -247,6 +247,21 @@ impl<E: GpuElement> Backend for Cuda<E> {
         )?)
     }
 
+    fn neuron_forward_keeping_nothing(
+        &self,
+        x: CudaTensor<E>,
+        config: &NeuronConfig,
+        fingerprint: Option<&mut DeviceBuffer<u64>>,
+    ) -> Result<CudaTensor<E>> {
+        let device = &self.device;
+        Ok(ops::neuron::forward_keeping_nothing(
+            device,
+            x,
+            config,
+            fingerprint,
+        )?)
+    }
+
     fn neuron_charge(
         &self,
         x: CudaTensor<E>,

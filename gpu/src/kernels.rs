@@ -20,6 +20,8 @@ pub const NEURON: KernelSource = KernelSource {
     functions: &[
         "neuron_forward_f32",
         "neuron_forward_f64",
+        "neuron_fire_in_place_f32",
+        "neuron_fire_in_place_f64",
         "neuron_backward_f32",
         "neuron_backward_f64",
         "neuron_backward_over_potentials_f32_from_bf16",

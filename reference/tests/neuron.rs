@@ -206,7 +206,8 @@ fn keeping_the_input_gives_the_bits_of_keeping_h_for_every_config() {
 }
 
 /// `neuron_charge` gives the context of the forward (the same `h`, bit for bit), without the
-/// spikes, so the backward through it gives the forward's gradient (docs/neurons.md §2.4.2).
+/// spikes, so the backward through it gives the forward's gradient; the forward keeping nothing
+/// fires the forward's spikes and folds their fingerprint (docs/neurons.md §2.4.2).
 fn check_charge<E: Element>(config: &NeuronConfig, seed: u64) {
     let cpu = Cpu::<E>::new();
     let shape = [4, 3, 50];
@@ -216,7 +217,20 @@ fn check_charge<E: Element>(config: &NeuronConfig, seed: u64) {
         cpu.tensor_from_vec(&shape, values).unwrap()
     };
     let (x, grad_s) = (tensor(1.5), tensor(1.0));
-    let (_, ctx) = cpu.neuron_forward(x.clone(), config).unwrap();
+    let (spikes, ctx) = cpu.neuron_forward(x.clone(), config).unwrap();
+    let (mut folded, mut expected) = (cpu.zero_word().unwrap(), cpu.zero_word().unwrap());
+    let fired = cpu
+        .neuron_forward_keeping_nothing(x.clone(), config, Some(&mut folded))
+        .unwrap();
+    cpu.fold_fingerprint(&mut expected, &spikes).unwrap();
+    assert_eq!(
+        bits(&cpu.to_vec(&fired).unwrap()),
+        bits(&cpu.to_vec(&spikes).unwrap())
+    );
+    assert_eq!(
+        cpu.read_word(&folded).unwrap(),
+        cpu.read_word(&expected).unwrap()
+    );
     let charged = cpu.neuron_charge(x, config).unwrap();
     let (NeuronKept::Potentials(h), NeuronKept::Potentials(h_charged)) = (&ctx.kept, &charged.kept)
     else {
@@ -230,7 +244,7 @@ fn check_charge<E: Element>(config: &NeuronConfig, seed: u64) {
 }
 
 #[test]
-fn charging_gives_the_forwards_context_for_every_config() {
+fn keeping_nothing_fires_the_forwards_spikes_and_charging_gives_its_context() {
     for (i, config) in configs().iter().enumerate() {
         check_charge::<f64>(config, 290 + i as u64);
         check_charge::<f32>(config, 390 + i as u64);

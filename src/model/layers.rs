@@ -39,21 +39,18 @@ impl Neuron {
 }
 
 impl Neuron {
-    /// The forward, its context keeping `x` (`keeps_input`) or `h`.
-    fn fire<B: Backend>(
+    /// The spikes alone, no context: the forward of a neuron whose input is made again for its
+    /// backward (docs/neurons.md §2.4.2).
+    fn fire_keeping_nothing<B: Backend>(
         &self,
         session: &mut Session<B>,
         x: B::Tensor,
-        keeps_input: bool,
-    ) -> Result<(B::Tensor, B::NeuronContext)> {
-        let (backend, config) = (session.backend, &self.config);
-        let (spikes, context) = match session.probes.spike_fingerprint_mut() {
-            Some(word) => backend.neuron_forward_fingerprinted(x, config, keeps_input, word)?,
-            None if keeps_input => backend.neuron_forward_keeping_input(x, config)?,
-            None => backend.neuron_forward(x, config)?,
-        };
+    ) -> Result<B::Tensor> {
+        let backend = session.backend;
+        let word = session.probes.spike_fingerprint_mut();
+        let spikes = backend.neuron_forward_keeping_nothing(x, &self.config, word)?;
         session.probes.log_spikes(&spikes);
-        Ok((spikes, context))
+        Ok(spikes)
     }
 }
 
@@ -61,7 +58,16 @@ impl<B: Backend> Layer<B> for Neuron {
     type Saved = B::NeuronContext;
 
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        self.fire(session, x, self.keeps_input)
+        let (backend, config) = (session.backend, &self.config);
+        let (spikes, context) = match session.probes.spike_fingerprint_mut() {
+            Some(word) => {
+                backend.neuron_forward_fingerprinted(x, config, self.keeps_input, word)?
+            }
+            None if self.keeps_input => backend.neuron_forward_keeping_input(x, config)?,
+            None => backend.neuron_forward(x, config)?,
+        };
+        session.probes.log_spikes(&spikes);
+        Ok((spikes, context))
     }
 
     fn backward(
@@ -539,8 +545,7 @@ impl SpikingConvPair {
         let (y, first) = self.first.forward(session, x)?;
         let neuron = &self.second.neuron;
         if SpikingConvBn::output_made_again(session, &first) {
-            // Its context holds only `y`, which dropping it frees.
-            let (spikes, _) = neuron.fire(session, y, true)?;
+            let spikes = neuron.fire_keeping_nothing(session, y)?;
             return Ok((spikes, (first, None)));
         }
         let (spikes, context) = neuron.forward(session, y)?;

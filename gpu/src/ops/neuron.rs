@@ -155,6 +155,53 @@ pub fn forward_fingerprinted<E: GpuElement>(
     fire(device, x, config, keeps_input, Some(word))
 }
 
+/// The spikes of [`forward`] and no context, for a neuron whose input is made again for its
+/// backward (docs/neurons.md §2.4.2): written over `x` when nothing else holds it
+/// (`neuron_fire_in_place_<E>`: each thread reads `x[t]` before it writes `s[t]`), into a buffer
+/// of their own otherwise (`neuron_fire_<E>`); their fingerprint folded into `fingerprint` when
+/// given, as [`forward_fingerprinted`] folds it. Errors as [`forward`] does.
+pub fn forward_keeping_nothing<E: GpuElement>(
+    device: &GpuDevice,
+    x: CudaTensor<E>,
+    config: &NeuronConfig,
+    fingerprint: Option<&mut DeviceBuffer<u64>>,
+) -> Result<CudaTensor<E>, GpuError> {
+    config.validate()?;
+    let (steps, _) = time_by_neurons(x.shape(), "x")?;
+    let shape = x.shape().to_vec();
+    let mut sum = fingerprint
+        .is_some()
+        .then(|| device.alloc_zeros::<u64>(1))
+        .transpose()?;
+    let launch = Launch {
+        steps,
+        config,
+        fingerprint_sum: sum.as_mut().map(|sum| sum.slice_mut()),
+    };
+    let spikes = match x.into_unshared_buffer() {
+        Ok(mut x) => {
+            if !x.is_empty() {
+                let charge = ChargeBuffers::FireInPlace(x.slice_mut());
+                launch_forward(device, charge, None, launch)?;
+            }
+            x
+        }
+        Err(x) => {
+            // SAFETY: the kernel writes every element before anything reads them.
+            let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
+            if !x.is_empty() {
+                let charge = ChargeBuffers::FireOnly(x.slice());
+                launch_forward(device, charge, Some(spikes.slice_mut()), launch)?;
+            }
+            spikes
+        }
+    };
+    if let (Some(word), Some(sum)) = (fingerprint, &sum) {
+        super::tensor::fold_element_sum(device, word, sum, &shape)?;
+    }
+    spikes_tensor(spikes, &shape, config)
+}
+
 /// The spikes over `x`, and a context keeping `x` itself or the `h` the kernel also writes (over
 /// `x` when nothing else holds it); the spikes' fingerprint folded into `fingerprint` when there
 /// is one.
@@ -296,10 +343,12 @@ pub fn forward_into<E: GpuElement>(
 }
 
 /// The input a forward launch reads and the `h` it writes, `T N` elements each: `x` alone
-/// (`neuron_fire_<E>`, no `h`), `x` and a buffer for `h` (`neuron_forward_<E>`), or one buffer
-/// that holds `x` and receives `h` (`neuron_forward_in_place_<E>`).
+/// (`neuron_fire_<E>`, no `h`), one buffer that holds `x` and receives the spikes
+/// (`neuron_fire_in_place_<E>`, no `h`), `x` and a buffer for `h` (`neuron_forward_<E>`), or one
+/// buffer that holds `x` and receives `h` (`neuron_forward_in_place_<E>`).
 enum ChargeBuffers<'a, E> {
     FireOnly(&'a CudaSlice<E>),
+    FireInPlace(&'a mut CudaSlice<E>),
     Apart {
         x: &'a CudaSlice<E>,
         h: &'a mut CudaSlice<E>,
@@ -315,8 +364,8 @@ struct Launch<'a> {
     fingerprint_sum: Option<&'a mut CudaSlice<u64>>,
 }
 
-/// Launches the forward kernel that `charge` names, writing the spikes when given (and `h`,
-/// unless [`ChargeBuffers::FireOnly`]), every buffer `T N` elements.
+/// Launches the forward kernel that `charge` names, writing the spikes when given or over `x`
+/// ([`ChargeBuffers::FireInPlace`]), and `h` unless it fires only, every buffer `T N` elements.
 fn launch_forward<E: GpuElement>(
     device: &GpuDevice,
     charge: ChargeBuffers<'_, E>,
@@ -326,6 +375,7 @@ fn launch_forward<E: GpuElement>(
     let params = KernelConfig::<E>::new(launch.config)?;
     let (x_len, h_len, kernel) = match &charge {
         ChargeBuffers::FireOnly(x) => (x.len(), x.len(), "neuron_fire"),
+        ChargeBuffers::FireInPlace(x) => (x.len(), x.len(), "neuron_fire_in_place"),
         ChargeBuffers::Apart { x, h } => (x.len(), h.len(), "neuron_forward"),
         ChargeBuffers::InPlace(x) => (x.len(), x.len(), "neuron_forward_in_place"),
     };
@@ -352,13 +402,15 @@ fn launch_forward<E: GpuElement>(
     let mut builder = stream.launch_builder(&function);
     match charge {
         ChargeBuffers::FireOnly(x) => builder.arg(x).arg(&spikes_pointer),
+        ChargeBuffers::FireInPlace(x_then_spikes) => builder.arg(x_then_spikes),
         ChargeBuffers::Apart { x, h } => builder.arg(x).arg(&spikes_pointer).arg(h),
         ChargeBuffers::InPlace(x_then_h) => builder.arg(x_then_h).arg(&spikes_pointer),
     };
     builder.arg(&sum_pointer);
     params.push_shared(&mut builder, &n, &t);
-    // SAFETY: the argument list matches `neuron_fire_<E>`, `neuron_forward_<E>` or
-    // `neuron_forward_in_place_<E>` in neuron.cu, every buffer holds T * N elements of E (the
+    // SAFETY: the argument list matches `neuron_fire_<E>`, `neuron_fire_in_place_<E>`,
+    // `neuron_forward_<E>` or `neuron_forward_in_place_<E>` in neuron.cu (no spikes argument for
+    // `neuron_fire_in_place_<E>`, whose spikes are `x`), every buffer holds T * N elements of E (the
     // spikes, when not null), and the fingerprint sum, when not null, one u64.
     unsafe { builder.launch(launch_config(neurons)) }
         .map_err(GpuError::driver("launching the neuron forward"))?;

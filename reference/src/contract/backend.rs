@@ -431,6 +431,23 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         x: Self::Tensor,
         config: &NeuronConfig,
     ) -> Result<(Self::Tensor, Self::NeuronContext)>;
+    /// The spikes of [`Backend::neuron_forward`] and no context, with their fingerprint folded
+    /// into `fingerprint` when given (as [`Backend::neuron_forward_fingerprinted`] folds it): for
+    /// a neuron whose input is made again for its backward (docs/neurons.md §2.4.2). `x` is
+    /// handed over: CUDA writes the spikes over it when nothing else holds it. The default runs
+    /// [`Backend::neuron_forward_keeping_input`] and drops the context.
+    fn neuron_forward_keeping_nothing(
+        &self,
+        x: Self::Tensor,
+        config: &NeuronConfig,
+        fingerprint: Option<&mut Self::Word>,
+    ) -> Result<Self::Tensor> {
+        let (spikes, _) = self.neuron_forward_keeping_input(x, config)?;
+        if let Some(word) = fingerprint {
+            self.fold_fingerprint(word, &spikes)?;
+        }
+        Ok(spikes)
+    }
     /// [`Backend::neuron_forward`], or with `keeps_input` [`Backend::neuron_forward_keeping_input`],
     /// with the spikes' fingerprint folded into `word` as [`Backend::fold_fingerprint`] folds it:
     /// the same spikes, context and word. The default runs the two; CUDA sums the fingerprint's
