@@ -282,47 +282,45 @@ fn check_fingerprinted<E: GpuElement>(
     spikes: &[E],
 ) {
     for keeps_input in [false, true] {
-        let (mut folded, mut expected) = (gpu.zero_word().unwrap(), gpu.zero_word().unwrap());
-        for _ in 0..2 {
+        let what = format!("keeping the input: {keeps_input}");
+        assert_folds(gpu, spikes, &what, |word| {
             let (fired, context) = gpu
-                .neuron_forward_fingerprinted(x.clone(), config, keeps_input, &mut folded)
+                .neuron_forward_fingerprinted(x.clone(), config, keeps_input, word)
                 .unwrap();
             let kept_input = matches!(context.kept, NeuronKept::Input(_));
             assert_eq!(
                 kept_input, keeps_input,
                 "the context keeps the wrong tensor"
             );
-            assert_eq!(
-                gpu.to_vec(&fired).unwrap(),
-                spikes,
-                "fingerprinting changed the spikes"
-            );
-            gpu.fold_fingerprint(&mut expected, &fired).unwrap();
-        }
-        let (folded, expected) = (gpu.read_word(&folded), gpu.read_word(&expected));
-        assert_eq!(
-            folded.unwrap(),
-            expected.unwrap(),
-            "the neuron's fingerprint (keeping the input: {keeps_input}) is not fold_fingerprint's"
-        );
+            fired
+        });
     }
+    assert_folds(gpu, spikes, "keeping nothing", |word| {
+        gpu.neuron_forward_keeping_nothing(x.clone(), config, Some(word))
+            .unwrap()
+    });
+}
+
+/// `fire` twice into one word: the spikes are `spikes`, and the word is the one
+/// `fold_fingerprint` makes of them.
+fn assert_folds<E: GpuElement>(
+    gpu: &Cuda<E>,
+    spikes: &[E],
+    what: &str,
+    fire: impl Fn(&mut <Cuda<E> as Backend>::Word) -> CudaTensor<E>,
+) {
     let (mut folded, mut expected) = (gpu.zero_word().unwrap(), gpu.zero_word().unwrap());
     for _ in 0..2 {
-        let fired = gpu
-            .neuron_forward_keeping_nothing(x.clone(), config, Some(&mut folded))
-            .unwrap();
-        assert_eq!(
-            gpu.to_vec(&fired).unwrap(),
-            spikes,
-            "fingerprinting changed the spikes"
-        );
+        let fired = fire(&mut folded);
+        let values = gpu.to_vec(&fired).unwrap();
+        assert_eq!(values, spikes, "{what}: fingerprinting changed the spikes");
         gpu.fold_fingerprint(&mut expected, &fired).unwrap();
     }
     let (folded, expected) = (gpu.read_word(&folded), gpu.read_word(&expected));
     assert_eq!(
         folded.unwrap(),
         expected.unwrap(),
-        "the fingerprint of the neuron keeping nothing is not fold_fingerprint's"
+        "{what}: the neuron's fingerprint is not fold_fingerprint's"
     );
 }
 

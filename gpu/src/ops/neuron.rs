@@ -166,39 +166,27 @@ pub fn forward_keeping_nothing<E: GpuElement>(
     config: &NeuronConfig,
     fingerprint: Option<&mut DeviceBuffer<u64>>,
 ) -> Result<CudaTensor<E>, GpuError> {
-    config.validate()?;
-    let (steps, _) = time_by_neurons(x.shape(), "x")?;
     let shape = x.shape().to_vec();
-    let mut sum = fingerprint
-        .is_some()
-        .then(|| device.alloc_zeros::<u64>(1))
-        .transpose()?;
-    let launch = Launch {
-        steps,
-        config,
-        fingerprint_sum: sum.as_mut().map(|sum| sum.slice_mut()),
-    };
-    let spikes = match x.into_unshared_buffer() {
-        Ok(mut x) => {
-            if !x.is_empty() {
-                let charge = ChargeBuffers::FireInPlace(x.slice_mut());
-                launch_forward(device, charge, None, launch)?;
+    let spikes = fingerprinted(device, &shape, config, fingerprint, |launch| {
+        Ok(match x.into_unshared_buffer() {
+            Ok(mut x) => {
+                if !x.is_empty() {
+                    let charge = ChargeBuffers::FireInPlace(x.slice_mut());
+                    launch_forward(device, charge, None, launch)?;
+                }
+                x
             }
-            x
-        }
-        Err(x) => {
-            // SAFETY: the kernel writes every element before anything reads them.
-            let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
-            if !x.is_empty() {
-                let charge = ChargeBuffers::FireOnly(x.slice());
-                launch_forward(device, charge, Some(spikes.slice_mut()), launch)?;
+            Err(x) => {
+                // SAFETY: the kernel writes every element before anything reads them.
+                let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
+                if !x.is_empty() {
+                    let charge = ChargeBuffers::FireOnly(x.slice());
+                    launch_forward(device, charge, Some(spikes.slice_mut()), launch)?;
+                }
+                spikes
             }
-            spikes
-        }
-    };
-    if let (Some(word), Some(sum)) = (fingerprint, &sum) {
-        super::tensor::fold_element_sum(device, word, sum, &shape)?;
-    }
+        })
+    })?;
     spikes_tensor(spikes, &shape, config)
 }
 
@@ -212,11 +200,47 @@ fn fire<E: GpuElement>(
     keeps_input: bool,
     fingerprint: Option<&mut DeviceBuffer<u64>>,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
-    config.validate()?;
-    let (steps, _) = time_by_neurons(x.shape(), "x")?;
     let shape = x.shape().to_vec();
-    // SAFETY: the kernel writes every element before anything reads them.
-    let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
+    let (spikes, kept) = fingerprinted(device, &shape, config, fingerprint, |launch| {
+        // SAFETY: the kernel writes every element before anything reads them.
+        let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
+        let kept = if keeps_input {
+            if !x.is_empty() {
+                let charge = ChargeBuffers::FireOnly(x.slice());
+                launch_forward(device, charge, Some(spikes.slice_mut()), launch)?;
+            }
+            NeuronKept::Input(x)
+        } else if x.is_empty() {
+            // An empty buffer's slice holds one unused element: launch nothing over it; an
+            // empty `x` is its own `h`.
+            NeuronKept::Potentials(x)
+        } else {
+            let spikes = Some(spikes.slice_mut());
+            NeuronKept::Potentials(charge_potentials(device, x, spikes, launch)?)
+        };
+        Ok((spikes, kept))
+    })?;
+    Ok((
+        spikes_tensor(spikes, &shape, config)?,
+        NeuronContext {
+            kept,
+            config: *config,
+        },
+    ))
+}
+
+/// Runs `charge` with the [`Launch`] of a forward over `shape` and, when `fingerprint` is given,
+/// a zeroed sum that the kernel adds the spikes' terms to, then folds that sum into
+/// `fingerprint`. Errors on an invalid `config` or a shape with no time axis.
+fn fingerprinted<R>(
+    device: &GpuDevice,
+    shape: &[usize],
+    config: &NeuronConfig,
+    fingerprint: Option<&mut DeviceBuffer<u64>>,
+    charge: impl FnOnce(Launch<'_>) -> Result<R, GpuError>,
+) -> Result<R, GpuError> {
+    config.validate()?;
+    let (steps, _) = time_by_neurons(shape, "x")?;
     let mut sum = fingerprint
         .is_some()
         .then(|| device.alloc_zeros::<u64>(1))
@@ -226,34 +250,11 @@ fn fire<E: GpuElement>(
         config,
         fingerprint_sum: sum.as_mut().map(|sum| sum.slice_mut()),
     };
-    let kept = if keeps_input {
-        if !x.is_empty() {
-            let charge = ChargeBuffers::FireOnly(x.slice());
-            launch_forward(device, charge, Some(spikes.slice_mut()), launch)?;
-        }
-        NeuronKept::Input(x)
-    } else if x.is_empty() {
-        // An empty buffer's slice holds one unused element: launch nothing over it; an empty
-        // `x` is its own `h`.
-        NeuronKept::Potentials(x)
-    } else {
-        NeuronKept::Potentials(charge_potentials(
-            device,
-            x,
-            Some(spikes.slice_mut()),
-            launch,
-        )?)
-    };
+    let result = charge(launch)?;
     if let (Some(word), Some(sum)) = (fingerprint, &sum) {
-        super::tensor::fold_element_sum(device, word, sum, &shape)?;
+        super::tensor::fold_element_sum(device, word, sum, shape)?;
     }
-    Ok((
-        spikes_tensor(spikes, &shape, config)?,
-        NeuronContext {
-            kept,
-            config: *config,
-        },
-    ))
+    Ok(result)
 }
 
 /// The context [`forward`] returns for `x`, without the spikes: the kernel writes `h` alone
@@ -265,18 +266,13 @@ pub fn charge<E: GpuElement>(
     x: CudaTensor<E>,
     config: &NeuronConfig,
 ) -> Result<NeuronContext<E>, GpuError> {
-    config.validate()?;
-    let (steps, _) = time_by_neurons(x.shape(), "x")?;
-    let launch = Launch {
-        steps,
-        config,
-        fingerprint_sum: None,
-    };
-    let h = if x.is_empty() {
-        x
-    } else {
-        charge_potentials(device, x, None, launch)?
-    };
+    let shape = x.shape().to_vec();
+    let h = fingerprinted(device, &shape, config, None, |launch| {
+        if x.is_empty() {
+            return Ok(x);
+        }
+        charge_potentials(device, x, None, launch)
+    })?;
     Ok(NeuronContext {
         kept: NeuronKept::Potentials(h),
         config: *config,
