@@ -424,15 +424,6 @@ pub struct SpikingConvBn {
     pub conv_bn: SeqToAnn<ConvBn>,
 }
 
-impl SpikingConvBn {
-    pub fn new(neuron: Neuron, conv_bn: ConvBn) -> Self {
-        SpikingConvBn {
-            neuron,
-            conv_bn: SeqToAnn { layer: conv_bn },
-        }
-    }
-}
-
 impl<B: Backend> Layer<B> for SpikingConvBn {
     type Saved = (B::NeuronContext, <SeqToAnn<ConvBn> as Layer<B>>::Saved);
 
@@ -464,6 +455,13 @@ impl<B: Backend> Layer<B> for SpikingConvBn {
 }
 
 impl SpikingConvBn {
+    pub fn new(neuron: Neuron, conv_bn: ConvBn) -> Self {
+        SpikingConvBn {
+            neuron,
+            conv_bn: SeqToAnn { layer: conv_bn },
+        }
+    }
+
     /// The backward, the neuron's context taken from `source` once the convolution's backward
     /// has run (docs/neurons.md §2.4.2).
     fn backward_from<B: Backend>(
@@ -501,7 +499,6 @@ impl SpikingConvBn {
     /// context: this layer's BatchNorm context and a copy of its shift (docs/neurons.md
     /// §2.4.2). `None` unless the BatchNorm ran with the batch's own statistics in training.
     fn output_source<'a, B: Backend>(
-        &self,
         (_, ((_, norm), _)): &'a <Self as Layer<B>>::Saved,
         beta: &'a B::Tensor,
     ) -> Option<BackendNeuronSource<'a, B>> {
@@ -589,7 +586,7 @@ impl<B: Backend> Layer<B> for SpikingConvPair {
         let beta = session.store.get(beta_id).clone();
         let source = match neuron {
             Some(context) => NeuronSource::Kept(context),
-            None => self.first.output_source(&first, &beta).ok_or_else(|| {
+            None => SpikingConvBn::output_source(&first, &beta).ok_or_else(|| {
                 let detail = "internal error: SN2 kept nothing after a synchronised BatchNorm";
                 OpError::shape("spiking_conv_pair", detail)
             })?,

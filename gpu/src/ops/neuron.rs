@@ -167,27 +167,24 @@ pub fn forward_keeping_nothing<E: GpuElement>(
     fingerprint: Option<&mut DeviceBuffer<u64>>,
 ) -> Result<CudaTensor<E>, GpuError> {
     let shape = x.shape().to_vec();
-    let spikes = fingerprinted(device, &shape, config, fingerprint, |launch| {
-        Ok(match x.into_unshared_buffer() {
-            Ok(mut x) => {
-                if !x.is_empty() {
-                    let charge = ChargeBuffers::FireInPlace(x.slice_mut());
-                    launch_forward(device, charge, None, launch)?;
-                }
-                x
-            }
-            Err(x) => {
-                // SAFETY: the kernel writes every element before anything reads them.
-                let mut spikes = unsafe { device.alloc::<E>(x.len()) }?;
-                if !x.is_empty() {
-                    let charge = ChargeBuffers::FireOnly(x.slice());
-                    launch_forward(device, charge, Some(spikes.slice_mut()), launch)?;
-                }
-                spikes
-            }
-        })
+    let mut x = match x.into_unshared_buffer() {
+        Ok(x) => x,
+        // A shared `x` stays as it is: the spikes of the forward that keeps it, its context
+        // (which holds only `x`) dropped.
+        Err(x) => return Ok(fire(device, x, config, true, fingerprint)?.0),
+    };
+    fingerprinted(device, &shape, config, fingerprint, |launch| {
+        if x.is_empty() {
+            return Ok(());
+        }
+        launch_forward(
+            device,
+            ChargeBuffers::FireInPlace(x.slice_mut()),
+            None,
+            launch,
+        )
     })?;
-    spikes_tensor(spikes, &shape, config)
+    spikes_tensor(x, &shape, config)
 }
 
 /// The spikes over `x`, and a context keeping `x` itself or the `h` the kernel also writes (over
