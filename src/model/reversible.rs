@@ -366,6 +366,9 @@ impl<F, G> ReversibleSequence<F, G> {
             }
             (y1, y2, dy1, dy2) = (x1, x2, dx1, dx2);
         }
+        // The rebuilt input has served its last block: it goes before the gradient's halves
+        // are joined, so the join holds the gradient alone.
+        drop((y1, y2));
         Ok(backend.concat(&[&dy1, &dy2], CHANNEL_AXIS)?)
     }
 }
