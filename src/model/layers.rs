@@ -41,7 +41,7 @@ impl Neuron {
 impl Neuron {
     /// The spikes alone, no context: the forward of a neuron whose input is made again for its
     /// backward (docs/neurons.md §2.4.2).
-    fn fire_keeping_nothing<B: Backend>(
+    pub(super) fn fire_keeping_nothing<B: Backend>(
         &self,
         session: &mut Session<B>,
         x: B::Tensor,
@@ -132,6 +132,32 @@ pub struct BatchNorm {
 pub enum BatchNormSaved<B: Backend> {
     Local(B::BatchNormContext),
     Synced(SyncSaved<B>),
+}
+
+impl<B: Backend> BatchNormSaved<B> {
+    /// Whether a neuron fed by this BatchNorm's output can keep nothing for its backward:
+    /// training, with the batch's own statistics, whose context makes the output again
+    /// (docs/neurons.md §2.4.2).
+    pub(super) fn makes_output_again(&self, session: &Session<B>) -> bool {
+        session.mode == Mode::Train && matches!(self, BatchNormSaved::Local(_))
+    }
+
+    /// Where the backward of a neuron that kept nothing, fed by this BatchNorm's output, finds
+    /// its context: this context and a copy of the BatchNorm's shift `beta`. Only the batch's
+    /// own statistics make the output again ([`BatchNormSaved::makes_output_again`]).
+    pub(super) fn output_source<'a>(
+        &'a self,
+        beta: &'a B::Tensor,
+        layer: &'static str,
+    ) -> Result<BackendNeuronSource<'a, B>> {
+        match self {
+            BatchNormSaved::Local(norm) => Ok(NeuronSource::Normalised { norm, beta }),
+            BatchNormSaved::Synced(_) => {
+                let detail = "internal error: a neuron kept nothing after a synchronised BatchNorm";
+                Err(OpError::shape(layer, detail).into())
+            }
+        }
+    }
 }
 
 impl BatchNorm {
@@ -494,28 +520,6 @@ impl SpikingConvBn {
             backend.spiking_conv_batch_norm_backward(grad_y, conv, context, kind, neuron)?;
         conv_bn.accumulate(session, grads)
     }
-
-    /// Where the backward of a neuron that kept nothing, fed by this layer's output, finds its
-    /// context: this layer's BatchNorm context and a copy of its shift (docs/neurons.md
-    /// §2.4.2). `None` unless the BatchNorm ran with the batch's own statistics in training.
-    fn output_source<'a, B: Backend>(
-        (_, ((_, norm), _)): &'a <Self as Layer<B>>::Saved,
-        beta: &'a B::Tensor,
-    ) -> Option<BackendNeuronSource<'a, B>> {
-        match norm {
-            BatchNormSaved::Local(norm) => Some(NeuronSource::Normalised { norm, beta }),
-            BatchNormSaved::Synced(_) => None,
-        }
-    }
-
-    /// Whether a neuron fed by this layer's output can keep nothing: training, and the
-    /// BatchNorm's own statistics ([`SpikingConvBn::output_source`]).
-    fn output_made_again<B: Backend>(
-        session: &Session<B>,
-        (_, ((_, norm), _)): &<Self as Layer<B>>::Saved,
-    ) -> bool {
-        session.mode == Mode::Train && matches!(norm, BatchNormSaved::Local(_))
-    }
 }
 
 /// Two spiking convolutions in a row, `SN1 -> conv1 -> BN1 -> SN2 -> conv2 -> BN2` over
@@ -541,7 +545,8 @@ impl SpikingConvPair {
     ) -> Result<(B::Tensor, PairSaved<B>)> {
         let (y, first) = self.first.forward(session, x)?;
         let neuron = &self.second.neuron;
-        if SpikingConvBn::output_made_again(session, &first) {
+        let (_, ((_, norm), _)) = &first;
+        if norm.makes_output_again(session) {
             let spikes = neuron.fire_keeping_nothing(session, y)?;
             return Ok((spikes, (first, None)));
         }
@@ -584,12 +589,10 @@ impl<B: Backend> Layer<B> for SpikingConvPair {
     ) -> Result<B::Tensor> {
         let beta_id = self.first.conv_bn.layer.norm.ids.beta;
         let beta = session.store.get(beta_id).clone();
+        let (_, ((_, norm), _)) = &first;
         let source = match neuron {
             Some(context) => NeuronSource::Kept(context),
-            None => SpikingConvBn::output_source(&first, &beta).ok_or_else(|| {
-                let detail = "internal error: SN2 kept nothing after a synchronised BatchNorm";
-                OpError::shape("spiking_conv_pair", detail)
-            })?,
+            None => norm.output_source(&beta, "spiking_conv_pair")?,
         };
         let grad = self.second.backward_from(session, source, second, grad_y)?;
         self.first.backward(session, first, grad)

@@ -17,6 +17,7 @@ pub mod probes;
 pub mod resnet;
 pub mod reversible;
 pub mod sync_batch_norm;
+pub mod tokenizer;
 pub mod transformer;
 
 use revsnn_reference::{Backend, BatchNormParams, Onto};

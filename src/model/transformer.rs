@@ -1,8 +1,8 @@
 //! The spiking transformers (docs/architectures.md §4.4, 4.5): RevSFormer, the reversible one,
 //! and Spikingformer, its non-reversible counterpart. Both share the spiking tokenizer, the
 //! spiking self-attention (SSA, [`super::attention`]) and the MLP of docs/architectures.md §4.0,
-//! and read out the mean over tokens and time through a linear head; every part but SSA is a
-//! composition of layers (`super::compose`):
+//! and read out the mean over tokens and time through a linear head; every part but SSA and the
+//! tokenizer ([`super::tokenizer`]) is a composition of layers (`super::compose`):
 //!
 //! ```text
 //! images [B, C, H, W] --repeat T--> [T, B, C, H, W]      (CIFAR: before the tokenizer)
@@ -24,10 +24,11 @@ use super::attention::SpikingSelfAttention;
 use super::build::{Builder, ConvInit, Init};
 use super::compose::{Model, PerInput, Residual, SeqToAnn};
 use super::layers::{
-    ConvBn, ConvKind, DuplicateChannels, InputShape, Linear, MaxPool, MeanOver, Neuron,
-    RepeatOverTime, SpikingConvBn, SpikingConvPair, SwapBatchTime,
+    ConvKind, DuplicateChannels, InputShape, Linear, MaxPool, MeanOver, Neuron, RepeatOverTime,
+    SpikingConvBn, SpikingConvPair, SwapBatchTime,
 };
 use super::reversible::{ReversibleBlock, ReversibleSequence};
+use super::tokenizer::{Tokenizer, TokenizerStage};
 use crate::error::{Error, Result};
 use crate::spec::{Arch, ModelSpec, TransformerSizes};
 
@@ -89,9 +90,6 @@ fn mlp<B: Backend>(
     Ok(SpikingConvPair { first, second })
 }
 
-/// One stage of the spiking tokenizer: `[LIF ->] [MaxPool(3, 2, 1) ->] Conv3x3 -> BN`.
-pub type TokenizerStage = (Option<Neuron>, SeqToAnn<(Option<MaxPool>, ConvBn)>);
-
 /// The input check, then the encoding to `[T, B, C, H, W]`: images `[B, C, H, W]` repeated over
 /// T (CIFAR), events `[B, T, C, H, W]` permuted (DVS); the sizes after `B` must be the spec's.
 pub type Encoding = (InputShape, PerInput<RepeatOverTime, SwapBatchTime>);
@@ -118,13 +116,14 @@ fn encoding(spec: &ModelSpec) -> Encoding {
 /// The spiking tokenizer over `[T, B, C, H, W]` (docs/architectures.md §4.4, 4.5): five 3x3
 /// convolutions (no bias) with BN, widths `D/8, D/4, D/2, D, D`; every stage after the first
 /// starts with a LIF; the last two stages (CIFAR, `block{i}_*`) or the last four (DVS,
-/// `proj{i}_*`) max-pool by 2 before their convolution. Output `[T, B, D, H/p, W/p]`.
+/// `proj{i}_*`) max-pool by 2 before their convolution. Output `[T, B, D, H/p, W/p]`. Stage
+/// `i`: `[LIF ->] [MaxPool(3, 2, 1) ->] Conv3x3 -> BN`.
 fn tokenizer<B: Backend>(
     builder: &mut Builder<B>,
     spec: &ModelSpec,
     dim: usize,
     neurons: &Neurons,
-) -> Result<Vec<TokenizerStage>> {
+) -> Result<Tokenizer> {
     let dvs = spec.arch.is_dvs();
     let widths = [spec.in_channels, dim / 8, dim / 4, dim / 2, dim, dim];
     let mut stages = Vec::with_capacity(5);
@@ -145,10 +144,14 @@ fn tokenizer<B: Backend>(
         let pool = pools.then_some(MaxPool {
             params: Pool2dParams::K3_S2_P1,
         });
-        let layer = (pool, conv_bn);
-        stages.push(((i > 0).then(|| neurons.lif()), SeqToAnn { layer }));
+        stages.push(TokenizerStage {
+            neuron: (i > 0).then(|| neurons.lif()),
+            body: SeqToAnn {
+                layer: (pool, conv_bn),
+            },
+        });
     }
-    Ok(stages)
+    Ok(Tokenizer { stages })
 }
 
 /// `logits = head(mean_{t, n} x[t, :, :, n])` over `[T, B, C, H, W]`: the mean over time and
@@ -205,7 +208,7 @@ fn sizes(spec: &ModelSpec, archs: [Arch; 2], model: &str) -> Result<TransformerS
 /// `...g_block.*` (MLP), `head.*`.
 pub type RevSFormer = Model<(
     Encoding,
-    Vec<TokenizerStage>,
+    Tokenizer,
     DuplicateChannels,
     ReversibleSequence<SpikingSelfAttention, Mlp>,
     ReadOut,
@@ -287,12 +290,7 @@ fn transformer_block<B: Backend>(
 ///
 /// Parameters: `patch_embed.*`, `block.{i}.norm1.*`, `block.{i}.attn.*`, `block.{i}.norm2.*`,
 /// `block.{i}.mlp.*`, `head.*`.
-pub type Spikingformer = Model<(
-    Encoding,
-    Vec<TokenizerStage>,
-    Vec<SpikingTransformerBlock>,
-    ReadOut,
-)>;
+pub type Spikingformer = Model<(Encoding, Tokenizer, Vec<SpikingTransformerBlock>, ReadOut)>;
 
 impl Spikingformer {
     /// Creates every parameter through `builder` in the official `state_dict` order, the unused
