@@ -1,12 +1,14 @@
 //! The CUDA average and max pools against the CPU reference through the `Backend` trait: forward
-//! outputs, backward gradients and the max pool's argmax are bitwise identical to the reference
-//! (both sum the same terms in the same order), which implies the docs/design.md bar (relative L2
-//! error <= 1e-5 in f32, 1e-12 in f64, also checked and printed). Windows: `(3, 2, 1)` (RevSNN's),
-//! `(2, 2, 0)`, `(3, 1, 1)`, `(1, 1, 0)`, `(5, 3, 2)`, `(4, 2, 1)`, `(2, 1, 1)`; planes from 1x1 to
-//! 56x56, up to 1.6M inputs; inputs normal, or small integers so that max windows tie (the first
-//! maximum in row-major order wins) and overlapping windows share an argmax; NaN and `-inf`
-//! inputs. Two runs are bitwise identical. Every invalid input the reference rejects is an error
-//! here too. Skips without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
+//! outputs, backward gradients and the max pool's argmax (a byte inside the window on CUDA, a
+//! position inside the plane on the CPU, compared as positions) are bitwise identical to the
+//! reference (both sum the same terms in the same order), which implies the docs/design.md bar
+//! (relative L2 error <= 1e-5 in f32, 1e-12 in f64, also checked and printed). Windows: `(3, 2,
+//! 1)` (RevSNN's), `(2, 2, 0)`, `(3, 1, 1)`, `(1, 1, 0)`, `(5, 3, 2)`, `(4, 2, 1)`, `(2, 1, 1)`,
+//! `(16, 5, 8)` (the widest whose argmax fits a byte); planes from 1x1 to 56x56, up to 1.6M
+//! inputs; inputs normal, or small integers so that max windows tie (the first maximum in
+//! row-major order wins) and overlapping windows share an argmax; NaN and `-inf` inputs. Two runs
+//! are bitwise identical. Every invalid input the reference rejects is an error here too. Skips
+//! without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
@@ -33,6 +35,7 @@ fn windows() -> Vec<Pool2dParams> {
         (5, 3, 2),
         (4, 2, 1),
         (2, 1, 1),
+        (16, 5, 8),
     ]
     .into_iter()
     .map(|(kernel, stride, padding)| Pool2dParams {
@@ -119,6 +122,29 @@ fn same_bits(a: &[f64], b: &[f64]) -> bool {
             .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
 }
 
+/// The plane position `h W + w` of each CUDA argmax, a byte `a k + b` inside the unclipped
+/// `k x k` window of its output `(i, j)`, whose first element is at `(s i - p, s j - p)`.
+fn plane_positions(
+    offsets: &[u8],
+    shape: &[usize],
+    out_shape: &[usize],
+    params: Pool2dParams,
+) -> Vec<u32> {
+    let Pool2dParams {
+        kernel,
+        stride,
+        padding,
+    } = params;
+    let (w, out_w, plane_out) = (shape[3], out_shape[3], out_shape[2] * out_shape[3]);
+    let position = |(at, &offset): (usize, &u8)| {
+        let (o, offset) = (at % plane_out, usize::from(offset));
+        let row = (o / out_w) * stride + offset / kernel - padding;
+        let col = (o % out_w) * stride + offset % kernel - padding;
+        u32::try_from(row * w + col).unwrap()
+    };
+    offsets.iter().enumerate().map(position).collect()
+}
+
 fn compare<E: GpuElement>(
     gpu: &Cuda<E>,
     shape: [usize; 4],
@@ -153,7 +179,8 @@ fn compare<E: GpuElement>(
 
     let on_gpu = |_: ()| {
         let out = run(gpu, &shape, &x, &grad, params, |context| {
-            gpu.device().download(&context.argmax).unwrap()
+            let offsets = gpu.device().download(&context.argmax).unwrap();
+            plane_positions(&offsets, &shape, &out_shape, params)
         });
         gpu.synchronize().unwrap();
         out
@@ -230,7 +257,8 @@ fn gpu_pool_handles_empty_batches() {
     };
     for shape in [[0, 3, 5, 5], [2, 0, 5, 5]] {
         let out = run(&gpu, &shape, &[], &[], Pool2dParams::K3_S2_P1, |context| {
-            gpu.device().download(&context.argmax).unwrap()
+            let offsets = gpu.device().download(&context.argmax).unwrap();
+            offsets.into_iter().map(u32::from).collect()
         });
         gpu.synchronize().unwrap();
         assert!(
@@ -280,6 +308,11 @@ fn check_rejections<B: Backend<Elem = f32>>(b: &B, name: &str) {
             "{name}: avg backward {params:?}"
         );
     }
+    // a max pool's argmax is one byte inside its window: 16x16 windows and no wider
+    let wide = t(&[1, 1, 17, 17]);
+    assert!(b.max_pool2d_forward(&wide, p(16, 1, 0)).is_ok(), "{name}");
+    assert!(b.max_pool2d_forward(&wide, p(17, 1, 0)).is_err(), "{name}");
+    assert!(b.avg_pool2d_forward(&wide, p(17, 1, 0)).is_ok(), "{name}");
     let k3 = Pool2dParams::K3_S2_P1;
     for shape in [
         &[3, 6, 6][..],

@@ -76,44 +76,48 @@ __device__ void avg_pool_backward(const E* __restrict__ grad_y, E* __restrict__ 
 }
 
 // y = the window's maximum with -inf padding; the first maximum in row-major window order wins a
-// tie and a NaN wins (replace when v > best or v is NaN). argmax = its position r w + c in the plane.
+// tie and a NaN wins (replace when v > best or v is NaN). argmax = its offset a k + b inside the
+// unclipped k x k window, one byte (the host checks k k <= 256).
 template <typename E>
-__device__ void max_pool_forward(const E* __restrict__ x, E* __restrict__ y, unsigned int* __restrict__ argmax,
+__device__ void max_pool_forward(const E* __restrict__ x, E* __restrict__ y, unsigned char* __restrict__ argmax,
                                  long long planes, long long h, long long w, long long out_h, long long out_w,
                                  long long kernel, long long stride, long long padding) {
     const long long total = planes * out_h * out_w;
     for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < total;
          at += (long long)gridDim.x * blockDim.x) {
         const long long plane = at / (out_h * out_w), o = at % (out_h * out_w);
+        const long long top = (o / out_w) * stride - padding, left = (o % out_w) * stride - padding;
         long long r0, r1, c0, c1;
         window(o / out_w, h, kernel, stride, padding, &r0, &r1);
         window(o % out_w, w, kernel, stride, padding, &c0, &c1);
         const E* x_plane = x + plane * h * w;
         E best = negative_infinity<E>();
-        long long best_at = r0 * w + c0;
+        long long best_at = (r0 - top) * kernel + (c0 - left);
         for (long long r = r0; r < r1; ++r)
             for (long long c = c0; c < c1; ++c) {
                 const E v = x_plane[r * w + c];
                 if (v > best || v != v) {
                     best = v;
-                    best_at = r * w + c;
+                    best_at = (r - top) * kernel + (c - left);
                 }
             }
         y[at] = best;
-        argmax[at] = (unsigned int)best_at;  // fits: the host checks h w < 2^32
+        argmax[at] = (unsigned char)best_at;
     }
 }
 
 // dx = the sum of dy over the outputs whose argmax is this element, in row-major output order,
-// accumulated in E from 0 as the reference does. Only windows covering the element can hold it.
+// accumulated in E from 0 as the reference does. Only windows covering the element can hold it;
+// in the window of output (r, c) the element sits at offset (i_r - r s + p) k + (i_c - c s + p).
 template <typename E>
-__device__ void max_pool_backward(const E* __restrict__ grad_y, const unsigned int* __restrict__ argmax,
+__device__ void max_pool_backward(const E* __restrict__ grad_y, const unsigned char* __restrict__ argmax,
                                   E* __restrict__ grad_x, long long planes, long long h, long long w, long long out_h,
                                   long long out_w, long long kernel, long long stride, long long padding) {
     const long long total = planes * h * w;
     for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < total;
          at += (long long)gridDim.x * blockDim.x) {
         const long long plane = at / (h * w), i = at % (h * w);
+        const long long row = i / w + padding, col = i % w + padding;
         long long r0, r1, c0, c1;
         covering(i / w, out_h, kernel, stride, padding, &r0, &r1);
         covering(i % w, out_w, kernel, stride, padding, &c0, &c1);
@@ -122,7 +126,8 @@ __device__ void max_pool_backward(const E* __restrict__ grad_y, const unsigned i
         for (long long r = r0; r < r1; ++r)
             for (long long c = c0; c < c1; ++c) {
                 const long long o = out_plane + r * out_w + c;
-                if ((long long)argmax[o] == i) sum += grad_y[o];
+                const long long offset = (row - r * stride) * kernel + (col - c * stride);
+                if ((long long)argmax[o] == offset) sum += grad_y[o];
             }
         grad_x[at] = sum;
     }
@@ -140,14 +145,14 @@ __device__ void max_pool_backward(const E* __restrict__ grad_y, const unsigned i
                                                           long long padding) {                                     \
         avg_pool_backward<E>(grad_y, grad_x, planes, h, w, out_h, out_w, kernel, stride, padding);                 \
     }                                                                                                              \
-    extern "C" __global__ void max_pool_forward_##SUFFIX(const E* x, E* y, unsigned int* argmax, long long planes, \
-                                                         long long h, long long w, long long out_h,                \
-                                                         long long out_w, long long kernel, long long stride,      \
-                                                         long long padding) {                                      \
+    extern "C" __global__ void max_pool_forward_##SUFFIX(const E* x, E* y, unsigned char* argmax,                  \
+                                                         long long planes, long long h, long long w,               \
+                                                         long long out_h, long long out_w, long long kernel,       \
+                                                         long long stride, long long padding) {                    \
         max_pool_forward<E>(x, y, argmax, planes, h, w, out_h, out_w, kernel, stride, padding);                    \
     }                                                                                                              \
-    extern "C" __global__ void max_pool_backward_##SUFFIX(const E* grad_y, const unsigned int* argmax, E* grad_x,  \
-                                                          long long planes, long long h, long long w,              \
+    extern "C" __global__ void max_pool_backward_##SUFFIX(const E* grad_y, const unsigned char* argmax,            \
+                                                          E* grad_x, long long planes, long long h, long long w,   \
                                                           long long out_h, long long out_w, long long kernel,      \
                                                           long long stride, long long padding) {                   \
         max_pool_backward<E>(grad_y, argmax, grad_x, planes, h, w, out_h, out_w, kernel, stride, padding);         \

@@ -18,17 +18,18 @@ use crate::kernels::POOL;
 use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
-/// What [`max_backward`] needs: the flat input index of each window's maximum.
+/// What [`max_backward`] needs: where each window's maximum is, one byte per output.
 #[derive(Debug)]
 pub struct MaxPoolContext {
     /// `[N, C, H, W]`.
     pub input_shape: Vec<usize>,
     /// `[N, C, H_out, W_out]`.
     pub output_shape: Vec<usize>,
-    /// For each output element in row-major order, the position `h W + w` of its window's maximum
-    /// inside its `(n, c)` plane (`u32`: the forward checks that a plane has fewer than 2^32
-    /// elements).
-    pub argmax: DeviceBuffer<u32>,
+    /// For each output element `(i, j)` in row-major order, the offset `a k + b` of its window's
+    /// maximum inside the unclipped `k x k` window, whose first element is at row `s i - p` and
+    /// column `s j - p` of the plane (`u8`: the forward checks `k k <= 256`). A quarter of the
+    /// reference's `u32` plane positions, for the same backward.
+    pub argmax: DeviceBuffer<u8>,
     /// The forward's window: the backward gathers over the windows covering each input element.
     pub params: Pool2dParams,
 }
@@ -147,7 +148,8 @@ pub fn avg_backward<E: GpuElement>(
 /// Max pooling (docs/conventions.md §1): over `x [N, C, H, W]` padded with `-inf`,
 /// `y[n, c, i, j] = max_{a, b < k} x_pad[n, c, s i - p + a, s j - p + b]`. Ties go to the first
 /// maximum in row-major window order and a NaN wins (PyTorch's CPU rule). The context keeps each
-/// output's argmax. Errors as [`avg_forward`], and when an `H x W` plane has 2^32 elements or more.
+/// output's argmax, one byte. Errors as [`avg_forward`], and when an `H x W` plane has 2^32
+/// elements or more or the window more than 256.
 pub fn max_forward<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
@@ -158,7 +160,7 @@ pub fn max_forward<E: GpuElement>(
     g.check_argmax_fits(OP, x.shape())?;
     // SAFETY (both): the kernel writes every output and its argmax (none when N C = 0).
     let mut y = unsafe { device.alloc::<E>(g.outputs()) }?;
-    let mut argmax = unsafe { device.alloc::<u32>(g.outputs()) }?;
+    let mut argmax = unsafe { device.alloc::<u8>(g.outputs()) }?;
     if g.outputs() > 0 {
         let (function, args) = (pool_kernel::<E>(device, "max_pool_forward")?, g.args());
         let mut launch = device.stream().launch_builder(&function);
@@ -194,7 +196,7 @@ fn context_geometry(op: &'static str, context: &MaxPoolContext) -> Result<Geomet
         return Err(shape_error(
             op,
             format!(
-                "a context of input {:?}, output {:?} and {} argmax positions does not come from max_pool2d_forward (expected output {expected:?})",
+                "a context of input {:?}, output {:?} and {} argmax offsets does not come from max_pool2d_forward (expected output {expected:?})",
                 context.input_shape,
                 context.output_shape,
                 context.argmax.len()

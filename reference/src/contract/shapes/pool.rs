@@ -57,9 +57,20 @@ impl Pool2dGeometry {
         check_pool_grad(op, grad_y, &self.output_shape(input_shape))
     }
 
-    /// Errors when an `H x W` plane has 2^32 elements or more: max pooling keeps each window's
-    /// argmax as a `u32` position inside its plane.
+    /// Errors when an `H x W` plane has 2^32 elements or more, or a window more than 256: max
+    /// pooling keeps each window's argmax as a `u32` position inside its plane (CPU) or as one
+    /// byte, its offset inside the `k x k` window (CUDA), and both backends refuse the same shapes.
     pub fn check_argmax_fits(&self, op: &'static str, input_shape: &[usize]) -> Result<()> {
+        let kernel = self.params.kernel;
+        if kernel * kernel > 256 {
+            return Err(OpError::shape(
+                op,
+                format!(
+                    "a {kernel}x{kernel} window has more than 256 positions, and max pooling keeps \
+                     each window's argmax in one byte; use a kernel of at most 16"
+                ),
+            ));
+        }
         if u32::try_from(self.h * self.w).is_err() {
             return Err(OpError::shape(
                 op,
