@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds, on the CPU machine, everything gpu/check.sh runs on the GPU machine (which has no Rust
-# and no network), into the git-ignored folder gpu-bin/ named in the device call's `carry`:
+# and no network), into the git-ignored folder gpu-bin/ named in the device call's `carry`, packed
+# as gpu-bin/bundle.tgz, which gpu/check.sh unpacks:
 #   gpu-bin/revsnn          the release binary
-#   gpu-bin/tests/*         every GPU test binary (tests/gpu_*.rs, gpu/tests/nvrtc_kernels.rs)
+#   gpu-bin/tests/*         every GPU test binary (tests/gpu_*.rs, gpu/tests/nvrtc_kernels.rs and
+#                           nccl_streams.rs)
 #   gpu-bin/benches/*       the GPU criterion benches (benches/gpu_*.rs)
 # Optionally (for the PyTorch baseline) .whl/ with the SpikingJelly 0.0.0.0.12 wheel and
 # .official/ with the official model files: see gpu/README.md.
@@ -22,10 +24,14 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])
 ' "$2"
 }
-select_executables "test --release --workspace" 'gpu_.*|nvrtc_kernels' | while read -r name path; do cp "$path" "gpu-bin/tests/$name"; done
+select_executables "test --release --workspace" 'gpu_.*|nvrtc_kernels|nccl_streams' | while read -r name path; do cp "$path" "gpu-bin/tests/$name"; done
 select_executables "bench --workspace" 'gpu_.*' | while read -r name path; do cp "$path" "gpu-bin/benches/$name"; done
 # line tables and symbols make the binaries 4x larger, and the carried tree is limited to 64 MiB:
 # strip both (a panic still names its file and line; a backtrace loses the function names)
 find gpu-bin -type f -exec strip {} +
 ls -la gpu-bin gpu-bin/tests gpu-bin/benches
+# stripped, they still come near 64 MiB with the wheels: one gzip archive is about a third of that,
+# and gpu/check.sh unpacks it in place
+tar -C gpu-bin -czf bundle.tgz . && rm -rf gpu-bin/* && mv bundle.tgz gpu-bin/
+ls -la gpu-bin
 du -sh gpu-bin

@@ -20,9 +20,10 @@
 # and BASELINE_MODELS (comma lists of presets), CHECK_CLI=0 (no CLI bench/memory step).
 # The training stage (CHECK_TRAIN=1, the default; gpu/train-stage.sh says what it runs and its
 # knobs) has its own budget, TRAIN_BUDGET_S (default 200), inside DEADLINE_S. REVSNN names the
-# binary (default gpu-bin/revsnn). A dry run of the training stage's logic on the CPU:
+# binary (default gpu-bin/revsnn). A dry run of the training stage's logic on the CPU (.ci/run
+# runs it at every stop):
 #   REVSNN=target/release/revsnn TRAIN_DEVICE=cpu CHECK_TESTS=none CHECK_CLI=0 CHECK_BENCHES=none \
-#     PYTORCH_BASELINE=0 TRAIN_RUNS=revsresnet21:4,revsformer-2-384:4 TRAIN_SAMPLES=16 \
+#     CHECK_PRECISION=0 PYTORCH_BASELINE=0 TRAIN_RUNS=revsresnet21:4,revsformer-2-384:4 TRAIN_SAMPLES=16 \
 #     TRAIN_TEST_SAMPLES=8 TRAIN_MODEL_ARGS='--time-steps 1' bash gpu/check.sh /tmp/check-dry
 set -uo pipefail
 OUT_DIR=${1:?usage: gpu/check.sh OUTPUT_FOLDER}
@@ -43,6 +44,8 @@ export REVSNN_CUDA_INCLUDE="$SP/nvidia/cu13/include:/usr/local/cuda/include"
 export REVSNN_REQUIRE_GPU=1 REVSNN_REQUIRE_NVRTC=1 REVSNN_REQUIRE_CUDNN=1 REVSNN_REQUIRE_NCCL=1 PYTHONUNBUFFERED=1
 status=0
 DEADLINE_S=${DEADLINE_S:-530}
+# gpu/build-carry.sh packs the binaries into one gzip archive, since the carry is limited to 64 MiB
+if [ -f gpu-bin/bundle.tgz ]; then tar -C gpu-bin -xzf gpu-bin/bundle.tgz && rm gpu-bin/bundle.tgz; fi
 REVSNN=${REVSNN:-gpu-bin/revsnn}
 # the binary that the test binaries run (tests/common/mod.rs): Cargo's path to it is not here
 export REVSNN_BIN
@@ -138,7 +141,7 @@ fi
 # TRACE_MEMORY (a comma list of MODEL:PRECISION:BATCH, empty by default) runs `revsnn memory`
 # for each with REVSNN_TRACE_PEAK_MEMORY=1: what was live at the peak of the measured step, by
 # allocation site, cuDNN's workspaces included (docs/memory.md §9.6).
-for traced in ${TRACE_MEMORY//,/ }; do
+for traced in ${TRACE_MEMORY:+${TRACE_MEMORY//,/ }}; do
   IFS=: read -r model precision batch <<<"$traced"
   run_logged "trace-memory-$model-$precision" 120 env REVSNN_TRACE_PEAK_MEMORY=1 "$REVSNN" memory \
     --device cuda --model "$model" --precision "$precision" --batch "$batch" --json || status=1
