@@ -6,18 +6,19 @@
 //! where the tokenizer must also hold, after its forward, exactly the neurons' `h` (one f32
 //! tensor of each neuron's input shape) fewer bytes, and never more at its backward's peak.
 
+mod common;
+
+use common::layer_pass::{draw_affine, footprint, on_each_engine_and_precision, pass, random};
 use revsnn::error::Result;
 use revsnn::model::build::{Builder, ConvInit};
 use revsnn::model::compose::SeqToAnn;
 use revsnn::model::layers::{ConvBn, ConvKind, MaxPool, Neuron};
 use revsnn::model::tokenizer::{Tokenizer, TokenizerStage};
-use revsnn::model::{EntryKind, Grads, Layer, Mode, ParamStore, Session};
+use revsnn::model::{Grads, Layer, Mode, ParamStore, Session};
 use revsnn_gpu::Cuda;
-use revsnn_gpu::testing::{backend_or_skip, each_conv_engine, with_peak_rise};
+use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::SplitMix64;
-use revsnn_reference::{
-    Backend, Conv2dParams, Cpu, Element, NeuronConfig, Pool2dParams, Precision,
-};
+use revsnn_reference::{Backend, Conv2dParams, Cpu, NeuronConfig, Pool2dParams, Precision};
 
 /// `[T, B, C, H, W]` in; the stages widen `C -> 4 -> 6 -> 6`, the last pooling by 2.
 const T: usize = 2;
@@ -50,14 +51,7 @@ fn build<Bk: Backend>(backend: &Bk) -> Result<(Tokenizer, ParamStore<Bk>)> {
             ConvInit::PyTorchDefault { bias: false },
             ConvKind::Conv2d(Conv2dParams::new(1, 1)),
         )?;
-        for id in [conv_bn.norm.ids.gamma, conv_bn.norm.ids.beta] {
-            let values = (0..out)
-                .map(|_| Bk::Elem::cast(affine.uniform(0.5, 1.5)))
-                .collect();
-            builder
-                .store
-                .set(id, backend.tensor_from_vec(&[out], values)?);
-        }
+        draw_affine(&mut builder, &conv_bn.norm, out, &mut affine)?;
         let pool = (i == 2).then_some(MaxPool {
             params: Pool2dParams::K3_S2_P1,
         });
@@ -79,66 +73,15 @@ fn in_turn(tokenizer: &Tokenizer) -> InTurn {
     tokenizer.stages.iter().map(stage).collect()
 }
 
-/// What one forward and backward gave, as the bits of each value widened to f64.
-#[derive(Debug, PartialEq)]
-struct Pass {
-    output: Vec<u64>,
-    grad_input: Vec<u64>,
-    grads: Vec<(String, Vec<u64>)>,
-}
-
-fn bits<Bk: Backend>(backend: &Bk, x: &Bk::Tensor) -> Result<Vec<u64>> {
-    Ok(backend
-        .to_vec(x)?
-        .iter()
-        .map(|v| v.widen().to_bits())
-        .collect())
-}
-
-fn random<Bk: Backend>(backend: &Bk, shape: &[usize], seed: u64, std: f64) -> Result<Bk::Tensor> {
-    let values = SplitMix64::new(seed).normal_vec(shape.iter().product(), std);
-    let values = values.into_iter().map(Bk::Elem::cast).collect();
-    Ok(backend.tensor_from_vec(shape, values)?)
-}
-
 /// `[T, B, WIDTHS[3], SIDE / 2, SIDE / 2]`, the tokenizer's output.
 fn output_shape() -> [usize; 5] {
     [T, B, WIDTHS[3], SIDE / 2, SIDE / 2]
 }
 
-/// A training forward and backward of `layer` over a copy of `store`; `after_forward` sees what
-/// the forward saved.
-fn pass<Bk: Backend, L: Layer<Bk>>(
-    backend: &Bk,
-    layer: &L,
-    store: &ParamStore<Bk>,
-    after_forward: impl FnOnce(&L::Saved),
-) -> Result<Pass> {
-    let mut store = store.clone();
-    let mut grads = Grads::new(store.entries().len());
-    let mut session = Session::new(backend, &mut store, &mut grads, Mode::Train);
+/// The input and the output's gradient.
+fn inputs<Bk: Backend>(backend: &Bk) -> Result<(Bk::Tensor, Bk::Tensor)> {
     let x = random(backend, &input_shape(), 1, 1.5)?;
-    let (y, saved) = layer.forward(&mut session, x)?;
-    after_forward(&saved);
-    let output = bits(backend, &y)?;
-    drop(y);
-    let dy = random(backend, &output_shape(), 2, 1.0)?;
-    let grad_input = layer.backward(&mut session, saved, dy)?;
-    let grad_input = bits(backend, &grad_input)?;
-    let mut named = Vec::new();
-    for (i, entry) in store.entries().iter().enumerate() {
-        if entry.kind == EntryKind::Parameter {
-            let grad = grads
-                .get(revsnn::model::ParamId(i))
-                .expect("a parameter without a gradient");
-            named.push((entry.name.clone(), bits(backend, grad)?));
-        }
-    }
-    Ok(Pass {
-        output,
-        grad_input,
-        grads: named,
-    })
+    Ok((x, random(backend, &output_shape(), 2, 1.0)?))
 }
 
 /// The tokenizer against its stages in turn, bit for bit; no neuron of the tokenizer kept a
@@ -149,13 +92,27 @@ fn check_against_the_stages_in_turn<Bk: Backend>(backend: &Bk, what: &str) {
         let kept = saved.iter().filter(|(neuron, _)| neuron.is_some()).count();
         assert_eq!(kept, 0, "{what}: neurons kept a context");
     };
-    let by_tokenizer = pass(backend, &tokenizer, &store, kept_nothing).unwrap();
+    let by_tokenizer = pass(
+        backend,
+        &tokenizer,
+        &store,
+        inputs(backend).unwrap(),
+        kept_nothing,
+    );
+    let by_tokenizer = by_tokenizer.unwrap();
     let stages = in_turn(&tokenizer);
     let kept_each = |saved: &<InTurn as Layer<Bk>>::Saved| {
         let kept: Vec<bool> = saved.iter().map(|(neuron, _)| neuron.is_some()).collect();
         assert_eq!(kept, [false, true, true], "{what}: the stages in turn");
     };
-    let by_stages = pass(backend, &stages, &store, kept_each).unwrap();
+    let by_stages = pass(
+        backend,
+        &stages,
+        &store,
+        inputs(backend).unwrap(),
+        kept_each,
+    )
+    .unwrap();
     assert_eq!(by_tokenizer, by_stages, "{what}");
 }
 
@@ -189,24 +146,19 @@ fn on_cuda_the_tokenizer_gives_the_bits_of_its_stages_and_holds_less() {
     let Some(gpu) = backend_or_skip::<f32>("on_cuda_the_tokenizer_gives_the_bits") else {
         return;
     };
-    let device = gpu.device();
-    for engine in each_conv_engine(device) {
-        for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
-            device.set_precision(precision).unwrap();
-            let what = format!("{precision} on {}", engine.name());
-            check_against_the_stages_in_turn(&gpu, &what);
-            check_memory(&gpu, &what);
-        }
-    }
-    device.set_precision(Precision::F32).unwrap();
+    on_each_engine_and_precision(&gpu, |what, _| {
+        check_against_the_stages_in_turn(&gpu, what);
+        check_memory(&gpu, what);
+    });
 }
 
 /// The live bytes the forward leaves and the backward's peak above its start, for the
 /// tokenizer and its stages in turn.
 fn check_memory(gpu: &Cuda<f32>, what: &str) {
     let (tokenizer, store) = build(gpu).unwrap();
-    let (tokenizer_held, tokenizer_peak) = footprint(gpu, &tokenizer, &store);
-    let (stages_held, stages_peak) = footprint(gpu, &in_turn(&tokenizer), &store);
+    let (tokenizer_held, tokenizer_peak) = footprint(gpu, &tokenizer, &store, inputs(gpu).unwrap());
+    let stages = in_turn(&tokenizer);
+    let (stages_held, stages_peak) = footprint(gpu, &stages, &store, inputs(gpu).unwrap());
     let h = neuron_inputs_len() * size_of::<f32>();
     assert_eq!(
         stages_held - tokenizer_held,
@@ -217,30 +169,4 @@ fn check_memory(gpu: &Cuda<f32>, what: &str) {
         tokenizer_peak <= stages_peak,
         "{what}: backward peak {tokenizer_peak} > {stages_peak}"
     );
-}
-
-/// The bytes `layer`'s training forward leaves live (its saved tensors, the output dropped), and
-/// the most its backward holds, both above the live bytes before the forward.
-fn footprint<L: Layer<Cuda<f32>>>(
-    gpu: &Cuda<f32>,
-    layer: &L,
-    store: &ParamStore<Cuda<f32>>,
-) -> (usize, usize) {
-    let mut store = store.clone();
-    let mut grads = Grads::new(store.entries().len());
-    let mut session = Session::new(gpu, &mut store, &mut grads, Mode::Train);
-    let live = || {
-        gpu.device().synchronize().unwrap();
-        gpu.device().memory().live_bytes
-    };
-    let x = random(gpu, &input_shape(), 1, 1.5).unwrap();
-    let dy = random(gpu, &output_shape(), 2, 1.0).unwrap();
-    let before = live();
-    let (y, saved) = layer.forward(&mut session, x).unwrap();
-    drop(y);
-    let held = live() - before;
-    let backward = || layer.backward(&mut session, saved, dy).unwrap();
-    let (grad, rise) = with_peak_rise(gpu.device(), backward);
-    drop(grad);
-    (held, held + rise)
 }
