@@ -172,16 +172,25 @@ fn forward_and_backward_match_the_spec_loop_for_every_config() {
     }
 }
 
+/// Currents `x ~ N(0, 1.5^2)`, then `dL/ds ~ N(0, 1)`, of `shape`, drawn with `seed`.
+fn currents_and_gradient<E: Element>(
+    cpu: &Cpu<E>,
+    shape: &[usize],
+    seed: u64,
+) -> (<Cpu<E> as Backend>::Tensor, <Cpu<E> as Backend>::Tensor) {
+    let mut rng = SplitMix64::new(seed);
+    let mut tensor = |std: f64| {
+        let values = rng.normal_vec(shape.iter().product(), std);
+        let values = values.into_iter().map(E::cast).collect();
+        cpu.tensor_from_vec(shape, values).unwrap()
+    };
+    (tensor(1.5), tensor(1.0))
+}
+
 /// A neuron keeping its input gives the bits of one keeping `h`, and its context shares `x`.
 fn check_keeping_input<E: Element>(config: &NeuronConfig, seed: u64) {
     let cpu = Cpu::<E>::new();
-    let shape = [5, 2, 300];
-    let mut rng = SplitMix64::new(seed);
-    let mut tensor = |std: f64| {
-        let values = rng.normal_vec(3000, std).into_iter().map(E::cast).collect();
-        cpu.tensor_from_vec(&shape, values).unwrap()
-    };
-    let (x, grad_s) = (tensor(1.5), tensor(1.0));
+    let (x, grad_s) = currents_and_gradient(&cpu, &[5, 2, 300], seed);
     let (spikes, ctx) = cpu.neuron_forward(x.clone(), config).unwrap();
     let (spikes_kept, ctx_kept) = cpu.neuron_forward_keeping_input(x.clone(), config).unwrap();
     match &ctx_kept.kept {
@@ -210,13 +219,7 @@ fn keeping_the_input_gives_the_bits_of_keeping_h_for_every_config() {
 /// fires the forward's spikes and folds their fingerprint (docs/neurons.md §2.4.2).
 fn check_charge<E: Element>(config: &NeuronConfig, seed: u64) {
     let cpu = Cpu::<E>::new();
-    let shape = [4, 3, 50];
-    let mut rng = SplitMix64::new(seed);
-    let mut tensor = |std: f64| {
-        let values = rng.normal_vec(600, std).into_iter().map(E::cast).collect();
-        cpu.tensor_from_vec(&shape, values).unwrap()
-    };
-    let (x, grad_s) = (tensor(1.5), tensor(1.0));
+    let (x, grad_s) = currents_and_gradient(&cpu, &[4, 3, 50], seed);
     let (spikes, ctx) = cpu.neuron_forward(x.clone(), config).unwrap();
     let (mut folded, mut expected) = (cpu.zero_word().unwrap(), cpu.zero_word().unwrap());
     let fired = cpu

@@ -39,18 +39,25 @@ impl Neuron {
 }
 
 impl Neuron {
-    /// The spikes alone, no context: the forward of a neuron whose input is made again for its
-    /// backward (docs/neurons.md §2.4.2).
-    pub(super) fn fire_keeping_nothing<B: Backend>(
+    /// The forward over `x`, the output of the BatchNorm whose training context is `norm` (none
+    /// for an input of another kind): the spikes, and the context unless the BatchNorm makes its
+    /// output again for the backward ([`BatchNormSaved::makes_output_again`]), where the neuron
+    /// keeps nothing (docs/neurons.md §2.4.2).
+    pub(super) fn forward_after<B: Backend>(
         &self,
         session: &mut Session<B>,
+        norm: Option<&BatchNormSaved<B>>,
         x: B::Tensor,
-    ) -> Result<B::Tensor> {
+    ) -> Result<(B::Tensor, Option<B::NeuronContext>)> {
+        if !norm.is_some_and(|norm| norm.makes_output_again(session)) {
+            let (spikes, context) = self.forward(session, x)?;
+            return Ok((spikes, Some(context)));
+        }
         let backend = session.backend;
         let word = session.probes.spike_fingerprint_mut();
         let spikes = backend.neuron_forward_keeping_nothing(x, &self.config, word)?;
         session.probes.log_spikes(&spikes);
-        Ok(spikes)
+        Ok((spikes, None))
     }
 }
 
@@ -141,26 +148,34 @@ impl<B: Backend> BatchNormSaved<B> {
     pub(super) fn makes_output_again(&self, session: &Session<B>) -> bool {
         session.mode == Mode::Train && matches!(self, BatchNormSaved::Local(_))
     }
+}
 
-    /// Where the backward of a neuron that kept nothing, fed by this BatchNorm's output, finds
-    /// its context: this context and a copy of the BatchNorm's shift `beta`. Only the batch's
-    /// own statistics make the output again ([`BatchNormSaved::makes_output_again`]).
-    pub(super) fn output_source<'a>(
-        &'a self,
-        beta: &'a B::Tensor,
+impl BatchNorm {
+    /// Where the backward of a neuron fed by this BatchNorm's output finds its context: `kept`,
+    /// or where it kept nothing, `saved` (this BatchNorm's training context) and a copy of its
+    /// shift, which make the output again (docs/neurons.md §2.4.2). Only the batch's own
+    /// statistics do ([`BatchNormSaved::makes_output_again`]); `layer` names the caller in the
+    /// internal error otherwise.
+    pub(super) fn neuron_source<'a, B: Backend>(
+        &self,
+        session: &Session<B>,
+        saved: &'a BatchNormSaved<B>,
+        kept: Option<B::NeuronContext>,
         layer: &'static str,
     ) -> Result<BackendNeuronSource<'a, B>> {
-        match self {
-            BatchNormSaved::Local(norm) => Ok(NeuronSource::Normalised { norm, beta }),
-            BatchNormSaved::Synced(_) => {
+        match (kept, saved) {
+            (Some(context), _) => Ok(NeuronSource::Kept(context)),
+            (None, BatchNormSaved::Local(norm)) => {
+                let beta = session.store.get(self.ids.beta).clone();
+                Ok(NeuronSource::Normalised { norm, beta })
+            }
+            (None, BatchNormSaved::Synced(_)) => {
                 let detail = "internal error: a neuron kept nothing after a synchronised BatchNorm";
                 Err(OpError::shape(layer, detail).into())
             }
         }
     }
-}
 
-impl BatchNorm {
     /// Adds a backward's `dgamma` and `dbeta` to the session's gradients.
     fn accumulate<B: Backend>(
         &self,
@@ -544,14 +559,9 @@ impl SpikingConvPair {
         x: B::Tensor,
     ) -> Result<(B::Tensor, PairSaved<B>)> {
         let (y, first) = self.first.forward(session, x)?;
-        let neuron = &self.second.neuron;
         let (_, ((_, norm), _)) = &first;
-        if norm.makes_output_again(session) {
-            let spikes = neuron.fire_keeping_nothing(session, y)?;
-            return Ok((spikes, (first, None)));
-        }
-        let (spikes, context) = neuron.forward(session, y)?;
-        Ok((spikes, (first, Some(context))))
+        let (spikes, context) = self.second.neuron.forward_after(session, Some(norm), y)?;
+        Ok((spikes, (first, context)))
     }
 }
 
@@ -587,13 +597,9 @@ impl<B: Backend> Layer<B> for SpikingConvPair {
         ((first, neuron), second): Self::Saved,
         grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
-        let beta_id = self.first.conv_bn.layer.norm.ids.beta;
-        let beta = session.store.get(beta_id).clone();
         let (_, ((_, norm), _)) = &first;
-        let source = match neuron {
-            Some(context) => NeuronSource::Kept(context),
-            None => norm.output_source(&beta, "spiking_conv_pair")?,
-        };
+        let first_norm = &self.first.conv_bn.layer.norm;
+        let source = first_norm.neuron_source(session, norm, neuron, "spiking_conv_pair")?;
         let grad = self.second.backward_from(session, source, second, grad_y)?;
         self.first.backward(session, first, grad)
     }

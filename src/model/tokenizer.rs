@@ -42,20 +42,17 @@ type StageSaved<B> = (
 impl<B: Backend> Layer<B> for Tokenizer {
     type Saved = Vec<StageSaved<B>>;
 
-    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+    fn forward(
+        &self,
+        session: &mut Session<B>,
+        mut x: B::Tensor,
+    ) -> Result<(B::Tensor, Self::Saved)> {
         let mut saved: Self::Saved = Vec::with_capacity(self.stages.len());
-        let mut x = x;
         for stage in &self.stages {
-            let made_again = saved
-                .last()
-                .is_some_and(|(_, ((_, (_, norm)), _))| norm.makes_output_again(session));
+            let previous = saved.last().map(|(_, ((_, (_, norm)), _))| norm);
             let (spikes, neuron) = match &stage.neuron {
                 None => (x, None),
-                Some(neuron) if made_again => (neuron.fire_keeping_nothing(session, x)?, None),
-                Some(neuron) => {
-                    let (spikes, context) = neuron.forward(session, x)?;
-                    (spikes, Some(context))
-                }
+                Some(neuron) => neuron.forward_after(session, previous, x)?,
             };
             let (y, body) = stage.body.forward(session, spikes)?;
             saved.push((neuron, body));
@@ -75,8 +72,9 @@ impl<B: Backend> Layer<B> for Tokenizer {
             return Err(OpError::shape("tokenizer", detail).into());
         }
         let mut grad = grad_y;
-        for stage in self.stages.iter().rev() {
-            let (kept, body) = saved.pop().expect("one saved context per stage");
+        while let Some((kept, body)) = saved.pop() {
+            // the stage the popped context belongs to, the lengths being equal
+            let stage = &self.stages[saved.len()];
             grad = stage.body.backward(session, body, grad)?;
             if let Some(neuron) = &stage.neuron {
                 grad = self.neuron_backward(session, neuron, kept, &saved, grad)?;
@@ -97,18 +95,17 @@ impl Tokenizer {
         before: &[StageSaved<B>],
         grad: B::Tensor,
     ) -> Result<B::Tensor> {
-        let context = match (kept, before.last()) {
-            (Some(context), _) => context,
-            (None, Some((_, ((_, (_, norm)), time_steps)))) => {
-                let beta_id = self.stages[before.len() - 1].norm().ids.beta;
-                let beta = session.store.get(beta_id).clone();
-                let source = norm.output_source(&beta, "tokenizer")?;
+        let context = match before.last() {
+            Some((_, ((_, (_, norm)), time_steps))) => {
+                let previous = self.stages[before.len() - 1].norm();
+                let source = previous.neuron_source(session, norm, kept, "tokenizer")?;
                 neuron_context(session.backend, source, &neuron.config, *time_steps)?
             }
-            (None, None) => {
+            // the first stage's neuron, fed by no BatchNorm, always keeps its context
+            None => kept.ok_or_else(|| {
                 let detail = "internal error: the first stage's neuron kept nothing";
-                return Err(OpError::shape("tokenizer", detail).into());
-            }
+                OpError::shape("tokenizer", detail)
+            })?,
         };
         neuron.backward(session, context, grad)
     }

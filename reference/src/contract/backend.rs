@@ -180,13 +180,13 @@ pub struct NeuronBackward<'a, S> {
 
 /// Where a neuron's backward finds its context (docs/neurons.md §2.4.2): the one its forward
 /// returned, or, for a neuron that kept nothing because its input was a training BatchNorm's
-/// output, that BatchNorm's context and shift, from which the output is computed again
-/// ([`Backend::batch_norm_train_output`]) and charged ([`Backend::neuron_charge`]): the same
-/// `h`, bit for bit, allocated only once the backward needs it.
+/// output, that BatchNorm's context and a copy of its shift, from which the output is computed
+/// again ([`Backend::batch_norm_train_output`]) and charged ([`Backend::neuron_charge`]): the
+/// same `h`, bit for bit, allocated only once the backward needs it.
 #[derive(Debug)]
 pub enum NeuronSource<'a, N, Norm, T> {
     Kept(N),
-    Normalised { norm: &'a Norm, beta: &'a T },
+    Normalised { norm: &'a Norm, beta: T },
 }
 
 /// [`NeuronSource`] over a backend's types.
@@ -208,7 +208,7 @@ pub fn neuron_context<B: Backend>(
     match source {
         NeuronSource::Kept(context) => Ok(context),
         NeuronSource::Normalised { norm, beta } => {
-            let flat = backend.batch_norm_train_output(norm, beta)?;
+            let flat = backend.batch_norm_train_output(norm, &beta)?;
             let x = unflatten_time(backend, &flat, time_steps)?;
             drop(flat);
             backend.neuron_charge(x, config)
