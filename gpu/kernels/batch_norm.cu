@@ -29,6 +29,7 @@
 // element's f32 value rounded to the format, which is what the 16-bit convolution before the
 // BatchNorm reads as its dy.
 
+#include "batch_norm.cuh"
 #include "half.cuh"
 #include "rounding.cuh"
 
@@ -45,13 +46,6 @@ __device__ __forceinline__ double block_sum(double v, double* buf) {
         __syncthreads();
     }
     return buf[0];
-}
-
-// The channel of element k: (k / inner) % channels, in 32 bits when every index fits (a 64-bit
-// division costs several times a 32-bit one, and the elementwise kernels do one per element).
-__device__ __forceinline__ long long channel_of(long long k, long long inner, long long channels, bool narrow) {
-    if (narrow) return (long long)((unsigned int)k / (unsigned int)inner % (unsigned int)channels);
-    return (k / inner) % channels;
 }
 
 // Pass 1's partition: reduce(c, chunk, start, end) for each block (c, chunk) of this block's grid
@@ -355,11 +349,6 @@ __device__ __forceinline__ void for_each_group(Group group, long long channels, 
     }
 }
 
-// gamma_c inv_std_c (x - mean_c) + beta_c in double, from scale = gamma_c inv_std_c.
-__device__ __forceinline__ double normalised(double x, double scale, double shift, double offset) {
-    return scale * (x - shift) + offset;
-}
-
 // y = gamma_c inv_std_c (x - mean_c) + beta_c over every element; x stored as X.
 template <typename E, typename X>
 __device__ void bn_normalise(const X* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
@@ -368,14 +357,14 @@ __device__ void bn_normalise(const X* __restrict__ x, E* __restrict__ y, const d
     const bool vector = aligned16(x) && aligned16(y);
     for_each_group(
         [&](long long k, long long c) {
-            const double scale = (double)gamma[c] * inv_std[c], shift = mean[c], offset = (double)beta[c];
+            const ChannelMap map = ChannelMap::of(mean, inv_std, gamma, beta, c);
             if (width == BN_VEC) {
                 double v[BN_VEC];
                 load_group(x + k, v, vector);
-                for (int u = 0; u < BN_VEC; ++u) v[u] = normalised(v[u], scale, shift, offset);
+                for (int u = 0; u < BN_VEC; ++u) v[u] = map(v[u]);
                 store_group(y + k, v, vector);
             } else {
-                y[k] = (E)normalised(widened(x[k]), scale, shift, offset);
+                y[k] = (E)map(widened(x[k]));
             }
         },
         channels, inner, total, width);
@@ -392,9 +381,9 @@ __device__ void bn_normalise_onto(const X* __restrict__ x, E* __restrict__ y, co
     const bool vector = aligned16(x) && aligned16(y);
     for_each_group(
         [&](long long k, long long c) {
-            const double scale = (double)gamma[c] * inv_std[c], shift = mean[c], offset = (double)beta[c];
+            const ChannelMap map = ChannelMap::of(mean, inv_std, gamma, beta, c);
             const auto land = [&](double residual, double value) -> E {
-                const E n = (E)normalised(value, scale, shift, offset);
+                const E n = (E)map(value);
                 return subtract ? sub_rn((E)residual, n) : add_rn((E)residual, n);
             };
             if (width == BN_VEC) {

@@ -4,11 +4,15 @@
 // keeps its input instead (docs/neurons.md §2.4.1) fires without writing h, and its backward
 // charges h from x again, into the thread's own memory when T <= LOCAL_STEPS (then dL/dx may be
 // written over dL/ds), else into grad_x, which the loop backwards through time then overwrites.
+// A neuron that kept nothing because its input was a training BatchNorm's output (§2.4.2) has
+// its backward make that output again from the BatchNorm's input as it reads it
+// (batch_norm.cuh) and charge h into the thread's own memory (T <= LOCAL_STEPS).
 //
 // Layout: x, spikes, h and the gradients are [T, N] row-major: element (t, i) at t * N + i.
 // kind: 0 = IF, 1 = LIF. surrogate: 0 = ATan(alpha), 1 = Sigmoid(alpha). smooth: 0 = Heaviside
 // firing, 1 = the surrogate's primitive (the differentiable test mode).
 
+#include "batch_norm.cuh"
 #include "fingerprint.cuh"
 #include "half.cuh"
 
@@ -56,13 +60,22 @@ template <typename E> struct LocalPotentials {
     __device__ __forceinline__ void store(int t, long long, E v) const { h[t] = v; }
 };
 
-// Charges and fires over t = 0..T-1; writes the spikes when `spikes` is set, h into the
-// potentials (the spikes' buffer or the potentials' may be x itself for the in-place kernels:
-// each element is read before it is written, by the same thread), and adds the spikes'
-// fingerprint terms to *fingerprint_sum when it is set (fingerprint.cuh: the spikes are not read
-// again to fingerprint them).
-template <typename E, typename Potentials>
-__device__ void charge_and_fire(const E* x, E* spikes, Potentials h_seq, unsigned long long* fingerprint_sum,
+// A neuron's input as the training BatchNorm before it wrote it, made again as it is read
+// (docs/neurons.md §2.4.2): the map of that BatchNorm's channel over its input x, stored as X,
+// rounded to E as bn_normalise rounds it (batch_norm.cuh).
+template <typename E, typename X> struct NormalisedInput {
+    const X* x;
+    ChannelMap map;
+    __device__ __forceinline__ E operator[](long long at) const { return (E)map(widened(x[at])); }
+};
+
+// Charges and fires over t = 0..T-1 from x (Input: a pointer, or a NormalisedInput); writes the
+// spikes when `spikes` is set, h into the potentials (the spikes' buffer or the potentials' may
+// be x itself for the in-place kernels: each element is read before it is written, by the same
+// thread), and adds the spikes' fingerprint terms to *fingerprint_sum when it is set
+// (fingerprint.cuh: the spikes are not read again to fingerprint them).
+template <typename E, typename Input, typename Potentials>
+__device__ void charge_and_fire(Input x, E* spikes, Potentials h_seq, unsigned long long* fingerprint_sum,
                                 long long n, int time_steps, int kind, int decay_input, double tau, E v_threshold,
                                 int surrogate, E alpha, int smooth) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -126,6 +139,30 @@ __device__ void backward_from_input_in_place(E* grad, const E* x, long long n, i
                        surrogate, alpha, smooth);
     backward_through_time<E>(grad, local, grad, n, time_steps, kind, decay_input, tau, v_threshold, surrogate, alpha,
                              smooth, detach_reset);
+}
+
+// The backward of a neuron that kept nothing, its input the output of a training BatchNorm made
+// again as it is read (NormalisedInput over that BatchNorm's input x [T B, C, inner] and
+// per-channel constants): h is charged into the thread's own memory (T <= LOCAL_STEPS) by the
+// forward's own loop, so the loop backwards through time reads the h the forward charged, and
+// neither the BatchNorm's output nor h is written. grad_spikes may be grad_x itself (G = E).
+// Neuron i's elements t n + i lie in channel (i / inner) % C, as n = B C inner.
+template <typename E, typename G, typename X>
+__device__ void backward_from_normalised(const G* grad_spikes, E* grad_x, const X* x, const double* mean,
+                                         const double* inv_std, const E* gamma, const E* beta, long long channels,
+                                         long long inner, long long n, int time_steps, int kind, int decay_input,
+                                         double tau, E v_threshold, int surrogate, E alpha, int smooth,
+                                         int detach_reset) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (time_steps > LOCAL_STEPS || i >= n) return;
+    const long long c = channel_of(i, inner, channels, n <= 0xffffffffLL);
+    const NormalisedInput<E, X> input{x, ChannelMap::of(mean, inv_std, gamma, beta, c)};
+    E h[LOCAL_STEPS];
+    const LocalPotentials<E> local{h};
+    charge_and_fire<E>(input, (E*)0, local, (unsigned long long*)0, n, time_steps, kind, decay_input, tau,
+                       v_threshold, surrogate, alpha, smooth);
+    backward_through_time<E>(grad_spikes, local, grad_x, n, time_steps, kind, decay_input, tau, v_threshold, surrogate,
+                             alpha, smooth, detach_reset);
 }
 
 #define NEURON_SHARED_PARAMS(E)                                                                                \
@@ -204,3 +241,34 @@ NEURON_KERNELS(double, f64)
 
 NEURON_HALF_GRADIENT_KERNELS(Bf16, bf16)
 NEURON_HALF_GRADIENT_KERNELS(Fp16, fp16)
+
+// The backwards from a BatchNorm's output made again (backward_from_normalised), for dL/ds as G
+// and the BatchNorm's input as X: apart (`neuron_backward_from_normalised_<E>`, with
+// `_from_<format>` for 16-bit dL/ds and `_input_<format>` for a 16-bit input), or over one buffer
+// that holds dL/ds and receives dL/dx (`neuron_backward_from_normalised_in_place_...`).
+#define NORMALISED_PARAMS(E, X)                                                                                        \
+    const X *x, const double *mean, const double *inv_std, const E *gamma, const E *beta, long long channels,          \
+        long long inner
+#define NORMALISED_ARGS x, mean, inv_std, gamma, beta, channels, inner
+#define NEURON_NORMALISED_KERNEL(E, G, X, NAME)                                                                        \
+    extern "C" __global__ void NAME(const G* grad_spikes, E* grad_x, NORMALISED_PARAMS(E, X),                          \
+                                    NEURON_SHARED_PARAMS(E), int detach_reset) {                                       \
+        backward_from_normalised<E, G, X>(grad_spikes, grad_x, NORMALISED_ARGS, NEURON_SHARED_ARGS, detach_reset);     \
+    }
+#define NEURON_NORMALISED_IN_PLACE_KERNEL(E, X, NAME)                                                                  \
+    extern "C" __global__ void NAME(E* grad, NORMALISED_PARAMS(E, X), NEURON_SHARED_PARAMS(E), int detach_reset) {     \
+        backward_from_normalised<E, E, X>(grad, grad, NORMALISED_ARGS, NEURON_SHARED_ARGS, detach_reset);              \
+    }
+
+NEURON_NORMALISED_KERNEL(float, float, float, neuron_backward_from_normalised_f32)
+NEURON_NORMALISED_KERNEL(double, double, double, neuron_backward_from_normalised_f64)
+NEURON_NORMALISED_KERNEL(float, float, Bf16, neuron_backward_from_normalised_f32_input_bf16)
+NEURON_NORMALISED_KERNEL(float, float, Fp16, neuron_backward_from_normalised_f32_input_fp16)
+NEURON_NORMALISED_KERNEL(float, Bf16, float, neuron_backward_from_normalised_f32_from_bf16)
+NEURON_NORMALISED_KERNEL(float, Fp16, float, neuron_backward_from_normalised_f32_from_fp16)
+NEURON_NORMALISED_KERNEL(float, Bf16, Bf16, neuron_backward_from_normalised_f32_from_bf16_input_bf16)
+NEURON_NORMALISED_KERNEL(float, Fp16, Fp16, neuron_backward_from_normalised_f32_from_fp16_input_fp16)
+NEURON_NORMALISED_IN_PLACE_KERNEL(float, float, neuron_backward_from_normalised_in_place_f32)
+NEURON_NORMALISED_IN_PLACE_KERNEL(double, double, neuron_backward_from_normalised_in_place_f64)
+NEURON_NORMALISED_IN_PLACE_KERNEL(float, Bf16, neuron_backward_from_normalised_in_place_f32_input_bf16)
+NEURON_NORMALISED_IN_PLACE_KERNEL(float, Fp16, neuron_backward_from_normalised_in_place_f32_input_fp16)

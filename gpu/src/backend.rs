@@ -6,17 +6,20 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BackendNeuronSource, BatchNormAffine, BatchNormGrads,
     BatchNormParams, BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams,
-    ConvBatchNormGrads, ConvKind, LinearGrads, NeuronBackward, NeuronConfig, Onto, Pool2dParams,
-    Precision, Result, RunningStats, SgdParams, TransferCounts, conv_batch_norm_backward_in_turn,
-    neuron_context, spiking_conv_batch_norm_backward_in_turn,
+    ConvBatchNormGrads, ConvKind, LinearGrads, NeuronBackward, NeuronConfig, NeuronSource, Onto,
+    Pool2dParams, Precision, Result, RunningStats, SgdParams, TransferCounts,
+    conv_batch_norm_backward_in_turn, neuron_backward_from_source_in_turn, neuron_context,
+    spiking_conv_batch_norm_backward_in_turn,
 };
 
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::memory::{DeviceBuffer, DeviceMemoryStats};
+use crate::ops::precision::HalfBits;
 use crate::ops::saved_input::SavedInput;
 use crate::ops::{self, GpuElement};
 use crate::tensor::CudaTensor;
@@ -48,6 +51,38 @@ impl<E: GpuElement> Cuda<E> {
     /// Live and peak bytes of this device's tensors.
     pub fn memory(&self) -> DeviceMemoryStats {
         self.device.memory()
+    }
+
+    /// The backward of the neuron whose spikes a 16-bit spiking convolution read, from that
+    /// convolution's `dx` as 16-bit patterns of the flat shape `[T B, ...]`: from a BatchNorm's
+    /// output made again inside the kernel where it can be, else from the context `neuron.source`
+    /// keeps or makes again (`Backend::neuron_backward_from_source` with 16-bit `dL/ds`).
+    fn neuron_backward_from_half(
+        &self,
+        grad_spikes: HalfBits,
+        flat_shape: &[usize],
+        neuron: NeuronBackward<'_, BackendNeuronSource<'_, Self>>,
+    ) -> std::result::Result<CudaTensor<E>, GpuError> {
+        let (device, config, steps) = (&*self.device, neuron.config, neuron.time_steps);
+        let shape = time_split(flat_shape, steps)?;
+        match neuron.source {
+            NeuronSource::Normalised { norm, beta }
+                if ops::neuron::charges_from_normalised(steps) =>
+            {
+                let source = (norm, &beta);
+                ops::neuron::backward_from_half_normalised(
+                    device,
+                    grad_spikes,
+                    &shape,
+                    source,
+                    config,
+                )
+            }
+            source => {
+                let context = neuron_context(self, source, config, steps).map_err(GpuError::Op)?;
+                ops::neuron::backward_from_half(device, grad_spikes, &shape, context, config)
+            }
+        }
     }
 }
 
@@ -284,6 +319,34 @@ impl<E: GpuElement> Backend for Cuda<E> {
         )?)
     }
 
+    fn neuron_backward_from_source(
+        &self,
+        grad_spikes: CudaTensor<E>,
+        neuron: NeuronBackward<'_, BackendNeuronSource<'_, Self>>,
+    ) -> Result<CudaTensor<E>> {
+        let steps = neuron.time_steps;
+        match neuron.source {
+            NeuronSource::Normalised { norm, beta }
+                if ops::neuron::charges_from_normalised(steps) =>
+            {
+                let source = (norm, &beta);
+                let device = &self.device;
+                let config = neuron.config;
+                Ok(ops::neuron::backward_from_normalised(
+                    device,
+                    grad_spikes,
+                    source,
+                    steps,
+                    config,
+                )?)
+            }
+            source => {
+                let neuron = NeuronBackward { source, ..neuron };
+                neuron_backward_from_source_in_turn(self, grad_spikes, neuron)
+            }
+        }
+    }
+
     fn conv2d_forward(
         &self,
         x: &CudaTensor<E>,
@@ -386,19 +449,17 @@ impl<E: GpuElement> Backend for Cuda<E> {
                 self, grad_y, conv, norm, kind, neuron,
             );
         };
-        let NeuronBackward {
-            source,
-            config,
-            time_steps,
-        } = neuron;
-        let neuron = NeuronBackward {
-            source: || neuron_context(self, source, config, time_steps).map_err(GpuError::Op),
-            config,
-            time_steps,
-        };
         let device = &self.device;
+        let neuron_backward =
+            |dx, shape: &[usize]| self.neuron_backward_from_half(dx, shape, neuron);
         let grads = ops::conv_batch_norm::spiking_backward(
-            device, format, grad_y, conv, norm, kind, neuron,
+            device,
+            format,
+            grad_y,
+            conv,
+            norm,
+            kind,
+            neuron_backward,
         )?;
         Ok(grads)
     }

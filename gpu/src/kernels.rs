@@ -26,6 +26,10 @@ pub const NEURON: KernelSource = KernelSource {
         "neuron_backward_f64",
         "neuron_backward_over_potentials_f32_from_bf16",
         "neuron_backward_over_potentials_f32_from_fp16",
+        "neuron_backward_from_normalised_in_place_f32",
+        "neuron_backward_from_normalised_in_place_f64",
+        "neuron_backward_from_normalised_f32_from_bf16_input_bf16",
+        "neuron_backward_from_normalised_f32_from_fp16_input_fp16",
     ],
 };
 
@@ -197,6 +201,13 @@ pub struct KernelHeader {
     pub source: &'static str,
 }
 
+/// `gpu/kernels/batch_norm.cuh`: a BatchNorm's per-channel map, the one expression of its output
+/// (included by batch_norm.cu, which writes it, and neuron.cu, which makes it again).
+pub const BATCH_NORM_MAP: KernelHeader = KernelHeader {
+    name: "batch_norm.cuh",
+    source: include_str!("../kernels/batch_norm.cuh"),
+};
+
 /// `gpu/kernels/half.cuh`: the bf16 and fp16 bit patterns, and the widening to `double` of an
 /// element of any stored type (included by precision.cu, batch_norm.cu and neuron.cu).
 pub const HALF: KernelHeader = KernelHeader {
@@ -219,7 +230,7 @@ pub const ROUNDING: KernelHeader = KernelHeader {
 };
 
 /// Every header, handed to NVRTC by name with each kernel file.
-pub const HEADERS: &[KernelHeader] = &[HALF, FINGERPRINT, ROUNDING];
+pub const HEADERS: &[KernelHeader] = &[BATCH_NORM_MAP, HALF, FINGERPRINT, ROUNDING];
 
 /// Every kernel file, for the NVRTC compile check.
 pub const ALL: &[KernelSource] = &[

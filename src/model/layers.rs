@@ -5,7 +5,7 @@
 //! `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and [`unflatten_time`] convert.
 
 pub use revsnn_reference::ConvKind;
-use revsnn_reference::contract::{BackendNeuronSource, neuron_context};
+use revsnn_reference::contract::BackendNeuronSource;
 pub use revsnn_reference::contract::{flatten_time, unflatten_time};
 use revsnn_reference::{
     Backend, BatchNormAffine, BatchStats, ConvBatchNormGrads, NeuronBackward, NeuronConfig,
@@ -58,6 +58,28 @@ impl Neuron {
         let spikes = backend.neuron_forward_keeping_nothing(x, &self.config, word)?;
         session.probes.log_spikes(&spikes);
         Ok((spikes, None))
+    }
+}
+
+impl Neuron {
+    /// The backward with the context where `source` finds it, kept or made again from the
+    /// BatchNorm before (`Backend::neuron_backward_from_source`, docs/neurons.md §2.4.2); `T`
+    /// unflattens that BatchNorm's `[T B, ...]` output.
+    pub(super) fn backward_from_source<B: Backend>(
+        &self,
+        session: &Session<B>,
+        source: BackendNeuronSource<'_, B>,
+        time_steps: usize,
+        grad_spikes: B::Tensor,
+    ) -> Result<B::Tensor> {
+        let neuron = NeuronBackward {
+            source,
+            config: &self.config,
+            time_steps,
+        };
+        Ok(session
+            .backend
+            .neuron_backward_from_source(grad_spikes, neuron)?)
     }
 }
 
@@ -520,8 +542,7 @@ impl SpikingConvBn {
             Err(norm) => {
                 let saved = ((conv, norm), time_steps);
                 let grad = self.conv_bn.backward(session, saved, grad_y)?;
-                let neuron = neuron_context(backend, source, config, time_steps)?;
-                return self.neuron.backward(session, neuron, grad);
+                return (self.neuron).backward_from_source(session, source, time_steps, grad);
             }
         };
         let neuron = NeuronBackward {

@@ -5,7 +5,6 @@
 //! context and charges the neuron from it, once the stage's own backward has run
 //! (docs/neurons.md §2.4.2). The same gradients, bit for bit, as the stages in turn.
 
-use revsnn_reference::contract::neuron_context;
 use revsnn_reference::{Backend, OpError};
 
 use super::compose::SeqToAnn;
@@ -95,18 +94,20 @@ impl Tokenizer {
         before: &[StageSaved<B>],
         grad: B::Tensor,
     ) -> Result<B::Tensor> {
-        let context = match before.last() {
+        match before.last() {
             Some((_, ((_, (_, norm)), time_steps))) => {
                 let previous = self.stages[before.len() - 1].norm();
                 let source = previous.neuron_source(session, norm, kept, "tokenizer")?;
-                neuron_context(session.backend, source, &neuron.config, *time_steps)?
+                neuron.backward_from_source(session, source, *time_steps, grad)
             }
             // the first stage's neuron, fed by no BatchNorm, always keeps its context
-            None => kept.ok_or_else(|| {
-                let detail = "internal error: the first stage's neuron kept nothing";
-                OpError::shape("tokenizer", detail)
-            })?,
-        };
-        neuron.backward(session, context, grad)
+            None => {
+                let context = kept.ok_or_else(|| {
+                    let detail = "internal error: the first stage's neuron kept nothing";
+                    OpError::shape("tokenizer", detail)
+                })?;
+                neuron.backward(session, context, grad)
+            }
+        }
     }
 }

@@ -11,10 +11,7 @@
 //! formula) where the reference sums the squared deviations in a second read; the two differ only
 //! by rounding.
 
-use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{
-    CudaFunction, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use revsnn_reference::contract::shapes::{
     BatchNormShape, check_channel_vector, check_context_statistics, check_same_shape,
     check_train_context,
@@ -25,8 +22,8 @@ use revsnn_reference::{
 };
 
 use super::precision::{HalfFormat, require_f32};
-use super::saved_input::SavedInput;
-use super::{GpuElement, elementwise_launch, shape_error, tensor};
+use super::saved_input::{InputOperand, SavedInput};
+use super::{GpuElement, elementwise_launch, tensor};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::BATCH_NORM;
@@ -144,57 +141,33 @@ fn kernel<E: GpuElement>(device: &GpuDevice, name: &str) -> Result<CudaFunction,
     device.function(&BATCH_NORM, &format!("{name}_{}", E::SUFFIX))
 }
 
-/// An input as the kernels read it, in place: `x` itself, read by `{name}_<E>`, or its 16-bit
-/// patterns, read by `{name}_f32_from_<format>`, which widens each element as it loads it (the
-/// same values, half the bytes, no `f32` copy).
-struct InputOperand<'a> {
-    /// The kernels' name suffix.
-    suffix: String,
-    /// The first element.
-    pointer: CUdeviceptr,
-    /// Orders the launches after the input's writes (cudarc's stream tracking).
-    _read: SyncOnDrop<'a>,
+/// The name suffix of batch_norm.cu's kernels for `input`: `<E>` for `x` itself,
+/// `f32_from_<format>` for its 16-bit patterns.
+fn input_suffix(input: &InputOperand<'_>) -> String {
+    match input.format {
+        None => input.element.to_string(),
+        Some(format) => format!("f32_from_{}", format.name()),
+    }
 }
 
-impl<'a> InputOperand<'a> {
-    fn of<E: GpuElement>(
-        device: &'a GpuDevice,
-        input: &'a SavedInput<E>,
-    ) -> Result<InputOperand<'a>, GpuError> {
-        let (suffix, (pointer, _read)) = match input {
-            SavedInput::Full(x) => (E::SUFFIX.to_string(), x.slice().device_ptr(device.stream())),
-            SavedInput::Half { bits, .. } => {
-                require_f32::<E>(bits.format)?;
-                let pointer = bits.bits.slice().device_ptr(device.stream());
-                (format!("f32_from_{}", bits.format.name()), pointer)
-            }
-            SavedInput::Spikes { .. } => {
-                let detail = "internal error: a BatchNorm reads no spike bits";
-                return Err(shape_error("batch_norm", detail));
-            }
-        };
-        Ok(InputOperand {
-            suffix,
-            pointer,
-            _read,
-        })
-    }
+/// The kernel `name` of batch_norm.cu for `input`.
+fn input_kernel(
+    device: &GpuDevice,
+    input: &InputOperand<'_>,
+    name: &str,
+) -> Result<CudaFunction, GpuError> {
+    device.function(&BATCH_NORM, &format!("{name}_{}", input_suffix(input)))
+}
 
-    /// The kernel `name` of batch_norm.cu for this input.
-    fn kernel(&self, device: &GpuDevice, name: &str) -> Result<CudaFunction, GpuError> {
-        device.function(&BATCH_NORM, &format!("{name}_{}", self.suffix))
-    }
-
-    /// The kernel `name` for this input that stores its result as `format`'s 16-bit patterns.
-    fn kernel_to(
-        &self,
-        device: &GpuDevice,
-        name: &str,
-        format: HalfFormat,
-    ) -> Result<CudaFunction, GpuError> {
-        let output = format.name();
-        device.function(&BATCH_NORM, &format!("{name}_{}_to_{output}", self.suffix))
-    }
+/// The kernel `name` for `input` that stores its result as `format`'s 16-bit patterns.
+fn input_kernel_to(
+    device: &GpuDevice,
+    input: &InputOperand<'_>,
+    name: &str,
+    format: HalfFormat,
+) -> Result<CudaFunction, GpuError> {
+    let (suffix, output) = (input_suffix(input), format.name());
+    device.function(&BATCH_NORM, &format!("{name}_{suffix}_to_{output}"))
 }
 
 /// The per-channel map a BatchNorm applies, `y = gamma_c inv_std_c (x - mean_c) + beta_c`.
@@ -259,12 +232,12 @@ fn launch_normalise<E: GpuElement>(
     if layout.total == 0 {
         return Ok(());
     }
-    let input = InputOperand::of(device, x)?;
+    let input = x.operand(device, "batch_norm")?;
     let name = match combine {
         None => "bn_normalise",
         Some(_) => "bn_normalise_onto",
     };
-    let function = input.kernel(device, name)?;
+    let function = input_kernel(device, &input, name)?;
     let [channels, inner, total, width] = layout.elementwise_args();
     let subtract = i32::from(combine == Some(Combine::Sub));
     let mut launch = device.stream().launch_builder(&function);
@@ -333,8 +306,8 @@ fn moments<E: GpuElement>(
     // them.
     let mut partial = unsafe { device.alloc::<f64>(3 * blocks) }?;
 
-    let input = InputOperand::of(device, x)?;
-    let function = input.kernel(device, "bn_moments_partial")?;
+    let input = x.operand(device, "batch_norm")?;
+    let function = input_kernel(device, &input, "bn_moments_partial")?;
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(&input.pointer)
@@ -574,13 +547,13 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
             beta: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
         });
     }
-    let input = InputOperand::of(device, &context.input)?;
+    let input = context.input.operand(device, "batch_norm")?;
     let sums = gradient_sums(device, grad_y, context, &layout, &input)?;
     // SAFETY: the kernel writes all `total` elements (total >= 1 here).
     let mut grad_x = unsafe { device.alloc::<D>(layout.total) }?;
     let function = match stored {
-        None => input.kernel(device, "bn_backward_input")?,
-        Some(format) => input.kernel_to(device, "bn_backward_input", format)?,
+        None => input_kernel(device, &input, "bn_backward_input")?,
+        Some(format) => input_kernel_to(device, &input, "bn_backward_input", format)?,
     };
     let [c, inner, total, width] = layout.elementwise_args();
     let train = (context.mode == BatchNormMode::Train) as i32;
@@ -638,7 +611,7 @@ fn gradient_sums<E: GpuElement>(
     let mut grad_gamma = unsafe { device.alloc::<E>(channels) }?;
     let mut grad_beta = unsafe { device.alloc::<E>(channels) }?;
 
-    let function = input.kernel(device, "bn_grad_partial")?;
+    let function = input_kernel(device, input, "bn_grad_partial")?;
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(&input.pointer)

@@ -9,16 +9,14 @@
 //! which is what runs under `f32` and `f64` (the backward through the contract's
 //! `conv_batch_norm_backward_in_turn`).
 
-use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free, time_split};
+use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free};
 use revsnn_reference::{
-    BatchNormAffine, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind,
-    NeuronBackward, Onto,
+    BatchNormAffine, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind, Onto,
 };
 
 use super::GpuElement;
 use super::batch_norm::{self, BatchNormContext};
 use super::conv::{self, Conv2dContext, StoredGrads};
-use super::neuron::{self, NeuronContext};
 use super::precision::{self, HalfBits, HalfFormat};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -83,12 +81,12 @@ pub fn backward<E: GpuElement>(
 }
 
 /// [`backward`], then the backward of the neuron whose spikes the convolution read
-/// (`Backend::spiking_conv_batch_norm_backward`): the neuron reads the convolution's 16-bit `dx`
-/// as its `dL/ds` and writes `dL/dx` over the membrane potentials it kept
-/// ([`neuron::backward_from_half`]), so no `f32` `dL/ds` is written; the bits of [`backward`]
-/// then `neuron::backward`. The neuron's source gives its context once the convolution's passes
-/// have freed their buffers, so a context made again (docs/neurons.md §2.4.2) is not held beside
-/// them. Errors as those do, and when `T` does not divide the batch.
+/// (`Backend::spiking_conv_batch_norm_backward`), `neuron_backward`, from the convolution's
+/// 16-bit `dx` and its flat shape `[T B, ...]`: the neuron reads those patterns as its `dL/ds`
+/// ([`super::neuron::backward_from_half`], [`super::neuron::backward_from_half_normalised`]), so no `f32`
+/// `dL/ds` is written; the bits of [`backward`] then the neuron's backward. It runs once the
+/// convolution's passes have freed their buffers, so a context made again (docs/neurons.md
+/// §2.4.2) is not held beside them. Errors as those do.
 pub fn spiking_backward<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
@@ -96,14 +94,10 @@ pub fn spiking_backward<E: GpuElement>(
     conv: Conv2dContext<E>,
     norm: BatchNormContext<E>,
     kind: ConvKind,
-    neuron: NeuronBackward<'_, impl FnOnce() -> Result<NeuronContext<E>, GpuError>>,
+    neuron_backward: impl FnOnce(HalfBits, &[usize]) -> Result<CudaTensor<E>, GpuError>,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
     let grads = backward_to_half(device, format, grad_y, conv, norm, kind)?;
-    grads.finish(|dx, shape| {
-        let shape = time_split(shape, neuron.time_steps)?;
-        let context = (neuron.source)()?;
-        neuron::backward_from_half(device, dx, &shape, context, neuron.config)
-    })
+    grads.finish(neuron_backward)
 }
 
 /// The gradients of [`backward`] with `dx` still as its 16-bit patterns.

@@ -12,9 +12,13 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
     CudaFunction, CudaSlice, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg,
 };
-use revsnn_reference::contract::shapes::{check_neuron_backward, time_by_neurons};
+use revsnn_reference::contract::shapes::{
+    BatchNormShape, check_channel_vector, check_neuron_backward, check_normalised_neuron_backward,
+    check_train_context, time_by_neurons,
+};
 use revsnn_reference::{Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate};
 
+use super::batch_norm::BatchNormContext;
 use super::precision::{self, HalfBits};
 use super::{GpuElement, shape_error};
 use crate::device::GpuDevice;
@@ -506,6 +510,195 @@ pub fn backward_from_half<E: GpuElement>(
     };
     launch_backward_from_half(device, kernel, &grad_spikes, target, steps, config)?;
     CudaTensor::new(grad_x, shape)
+}
+
+/// Whether [`backward_from_normalised`] and [`backward_from_half_normalised`] run for
+/// `time_steps`: their kernels charge `h` into each thread's own memory, which holds
+/// [`NEURON_LOCAL_STEPS`].
+pub fn charges_from_normalised(time_steps: usize) -> bool {
+    time_steps <= NEURON_LOCAL_STEPS
+}
+
+/// The backward of a neuron that kept nothing because its input was the output of the training
+/// BatchNorm whose context is `norm` (docs/neurons.md §2.4.2): the kernel makes that output
+/// again from `norm`'s input and constants and `beta` as it reads it, with the bits of
+/// [`super::batch_norm::train_output`], and charges `h` into each thread's own memory, so
+/// neither is written: the bits of `charge` then [`backward`], one pass over `dL/ds`, the input
+/// and `dL/dx`. `dL/dx` is written over `grad_spikes` when nothing else holds it, else into a
+/// buffer of its own. Errors: `time_steps` past [`charges_from_normalised`], an evaluation
+/// context, a `beta` that is not `[C]`, `grad_spikes` not `norm`'s input split into
+/// `[time_steps, B, ...]`, or an invalid `config`.
+pub fn backward_from_normalised<E: GpuElement>(
+    device: &GpuDevice,
+    mut grad_spikes: CudaTensor<E>,
+    (norm, beta): (&BatchNormContext<E>, &CudaTensor<E>),
+    time_steps: usize,
+    config: &NeuronConfig,
+) -> Result<CudaTensor<E>, GpuError> {
+    let shape = grad_spikes.shape().to_vec();
+    let source = NormalisedSource::of(norm, beta, &shape, time_steps, config)?;
+    match grad_spikes.into_unshared_buffer() {
+        Ok(mut grad) => {
+            let buffers = NormalisedGradients::InPlace(grad.slice_mut());
+            launch_backward_from_normalised(device, buffers, &source, config)?;
+            return CudaTensor::new(grad, &shape);
+        }
+        Err(shared) => grad_spikes = shared,
+    }
+    // SAFETY: the kernel writes every element before anything reads them.
+    let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
+    let buffers = NormalisedGradients::Apart {
+        grad_spikes: grad_spikes.slice(),
+        grad_x: grad_x.slice_mut(),
+    };
+    launch_backward_from_normalised(device, buffers, &source, config)?;
+    CudaTensor::new(grad_x, &shape)
+}
+
+/// [`backward_from_normalised`] from `dL/ds` as 16-bit patterns of `shape` (a 16-bit
+/// convolution's `dx`, handed over by `conv_batch_norm::spiking_backward`), each widened as the
+/// kernel reads it, into a new `dL/dx`: the bits [`backward_from_normalised`] gives for the
+/// widened `dL/ds`. Errors as it does.
+pub fn backward_from_half_normalised<E: GpuElement>(
+    device: &GpuDevice,
+    grad_spikes: HalfBits,
+    shape: &[usize],
+    (norm, beta): (&BatchNormContext<E>, &CudaTensor<E>),
+    config: &NeuronConfig,
+) -> Result<CudaTensor<E>, GpuError> {
+    precision::require_f32::<E>(grad_spikes.format)?;
+    let time_steps = shape.first().copied().unwrap_or(0);
+    let source = NormalisedSource::of(norm, beta, shape, time_steps, config)?;
+    if grad_spikes.bits.len() != source.len {
+        let detail = format!(
+            "internal error: {} 16-bit gradients for {shape:?}",
+            grad_spikes.bits.len()
+        );
+        return Err(shape_error("neuron_backward", detail));
+    }
+    // SAFETY: the kernel writes every element before anything reads them.
+    let mut grad_x = unsafe { device.alloc::<E>(source.len) }?;
+    let buffers = NormalisedGradients::HalfApart {
+        grad_spikes: &grad_spikes,
+        grad_x: grad_x.slice_mut(),
+    };
+    launch_backward_from_normalised(device, buffers, &source, config)?;
+    CudaTensor::new(grad_x, shape)
+}
+
+/// What a backward from a BatchNorm's output made again reads of the BatchNorm: its training
+/// context, its shift and the split of its input, checked against `dL/ds`'s shape.
+struct NormalisedSource<'a, E> {
+    norm: &'a BatchNormContext<E>,
+    beta: &'a CudaTensor<E>,
+    channels: i64,
+    inner: i64,
+    time_steps: usize,
+    /// `T N`, the elements of `dL/ds`.
+    len: usize,
+}
+
+impl<'a, E: GpuElement> NormalisedSource<'a, E> {
+    fn of(
+        norm: &'a BatchNormContext<E>,
+        beta: &'a CudaTensor<E>,
+        grad_shape: &[usize],
+        time_steps: usize,
+        config: &NeuronConfig,
+    ) -> Result<Self, GpuError> {
+        const OP: &str = "neuron_backward";
+        check_train_context(OP, norm.mode)?;
+        let split = BatchNormShape::new(OP, norm.input.shape())?;
+        check_channel_vector(OP, "beta", beta.shape(), split.channels)?;
+        let (steps, neurons) =
+            check_normalised_neuron_backward(config, grad_shape, norm.input.shape(), time_steps)?;
+        if !charges_from_normalised(steps) {
+            let detail = format!(
+                "T = {steps} is more than the {NEURON_LOCAL_STEPS} steps a thread charges; \
+                 make the BatchNorm's output again and charge it (neuron_context)"
+            );
+            return Err(shape_error(OP, detail));
+        }
+        Ok(NormalisedSource {
+            norm,
+            beta,
+            channels: split.channels as i64,
+            inner: split.inner as i64,
+            time_steps: steps,
+            len: steps * neurons,
+        })
+    }
+}
+
+/// Where a backward from a BatchNorm's output made again reads `dL/ds` and writes `dL/dx`, each
+/// `T N` elements: apart, over one buffer, or from 16-bit `dL/ds` into a new `dL/dx`.
+enum NormalisedGradients<'a, E> {
+    Apart {
+        grad_spikes: &'a CudaSlice<E>,
+        grad_x: &'a mut CudaSlice<E>,
+    },
+    InPlace(&'a mut CudaSlice<E>),
+    HalfApart {
+        grad_spikes: &'a HalfBits,
+        grad_x: &'a mut CudaSlice<E>,
+    },
+}
+
+/// Launches `neuron_backward_from_normalised[_in_place]_<E>[_from_<format>][_input_<format>]`
+/// over `gradients` and `source`, whose lengths the callers have checked.
+fn launch_backward_from_normalised<E: GpuElement>(
+    device: &GpuDevice,
+    gradients: NormalisedGradients<'_, E>,
+    source: &NormalisedSource<'_, E>,
+    config: &NeuronConfig,
+) -> Result<(), GpuError> {
+    let input = source.norm.input.operand(device, "neuron_backward")?;
+    let (in_place, from) = match &gradients {
+        NormalisedGradients::Apart { .. } => ("", String::new()),
+        NormalisedGradients::InPlace(_) => ("_in_place", String::new()),
+        NormalisedGradients::HalfApart { grad_spikes, .. } => {
+            ("", format!("_from_{}", grad_spikes.format.name()))
+        }
+    };
+    let input_format = input
+        .format
+        .map_or(String::new(), |f| format!("_input_{}", f.name()));
+    let name = format!(
+        "neuron_backward_from_normalised{in_place}_{}{from}{input_format}",
+        E::SUFFIX
+    );
+    let (len, steps) = (source.len, source.time_steps);
+    let Some(kernel) = BackwardKernel::<E>::new(device, &name, len, steps, config)? else {
+        return Ok(());
+    };
+    let norm = source.norm;
+    // SAFETY: the buffers match the kernel's (neuron.cu: `grad_spikes, grad_x` or `grad`, then
+    // `x, mean, inv_std, gamma, beta, channels, inner`): T N elements each for the gradients and
+    // the input (a 16-bit one only with E = f32, `operand`), C for the four vectors (checked by
+    // `NormalisedSource::of`).
+    unsafe {
+        kernel.launch(device, |launch| {
+            match gradients {
+                NormalisedGradients::Apart {
+                    grad_spikes,
+                    grad_x,
+                } => launch.arg(grad_spikes).arg(grad_x),
+                NormalisedGradients::InPlace(grad) => launch.arg(grad),
+                NormalisedGradients::HalfApart {
+                    grad_spikes,
+                    grad_x,
+                } => launch.arg(grad_spikes.bits.slice()).arg(grad_x),
+            };
+            launch
+                .arg(&input.pointer)
+                .arg(norm.mean.slice())
+                .arg(norm.inv_std.slice())
+                .arg(norm.gamma.slice())
+                .arg(source.beta.slice())
+                .arg(&source.channels)
+                .arg(&source.inner);
+        })
+    }
 }
 
 /// [`backward`] into a caller-owned `grad_x` of `h`'s length.

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg, SyncOnDrop};
 
-use super::precision::{self, HalfBits, HalfFormat};
-use super::{GpuElement, elementwise_launch, launch_conversion};
+use super::precision::{self, HalfBits, HalfFormat, require_f32};
+use super::{GpuElement, elementwise_launch, launch_conversion, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::SPIKE_BITS;
@@ -88,6 +89,34 @@ impl<E: GpuElement> SavedInput<E> {
         })
     }
 
+    /// The input as kernels read it in place: `x` itself, or its 16-bit patterns, which the
+    /// kernel widens as it loads each element (the same values, half the bytes, no `f32` copy).
+    /// Errors for spike bits, which `op` (the caller, named in the message) does not read.
+    pub(crate) fn operand<'a>(
+        &'a self,
+        device: &'a GpuDevice,
+        op: &'static str,
+    ) -> Result<InputOperand<'a>, GpuError> {
+        let (format, (pointer, read)) = match self {
+            SavedInput::Full(x) => (None, x.slice().device_ptr(device.stream())),
+            SavedInput::Half { bits, .. } => {
+                require_f32::<E>(bits.format)?;
+                let pointer = bits.bits.slice().device_ptr(device.stream());
+                (Some(bits.format), pointer)
+            }
+            SavedInput::Spikes { .. } => {
+                let detail = format!("internal error: {op} reads no spike bits");
+                return Err(shape_error(op, detail));
+            }
+        };
+        Ok(InputOperand {
+            element: E::SUFFIX,
+            format,
+            pointer,
+            _read: read,
+        })
+    }
+
     /// The input in the element type: itself, or its compact form widened.
     pub(crate) fn full(&self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
         match self {
@@ -124,6 +153,18 @@ impl<E: GpuElement> SavedInput<E> {
             }
         }
     }
+}
+
+/// A [`SavedInput`] as a kernel reads it ([`SavedInput::operand`]).
+pub(crate) struct InputOperand<'a> {
+    /// The element type's kernel suffix (`E::SUFFIX`).
+    pub(crate) element: &'static str,
+    /// `None` for the input itself, else the format of its 16-bit patterns (then `E` is `f32`).
+    pub(crate) format: Option<HalfFormat>,
+    /// The first element.
+    pub(crate) pointer: CUdeviceptr,
+    /// Orders the launches after the input's writes (cudarc's stream tracking).
+    _read: SyncOnDrop<'a>,
 }
 
 /// 16-bit patterns a backward reads: kept by a context, or made for the call.

@@ -238,6 +238,17 @@ pub fn unflatten_time<B: Backend>(
     backend.reshape(x, &time_split(&backend.shape(x), time_steps)?)
 }
 
+/// [`Backend::neuron_backward_from_source`] as its ops in turn: the default, and what a backend
+/// that fuses them runs where it does not.
+pub fn neuron_backward_from_source_in_turn<B: Backend>(
+    backend: &B,
+    grad_spikes: B::Tensor,
+    neuron: NeuronBackward<'_, BackendNeuronSource<'_, B>>,
+) -> Result<B::Tensor> {
+    let context = neuron_context(backend, neuron.source, neuron.config, neuron.time_steps)?;
+    backend.neuron_backward(grad_spikes, &context, neuron.config)
+}
+
 /// [`Backend::spiking_conv_batch_norm_backward`] as its ops in turn: the default, and what a
 /// backend that fuses them runs where it does not (CUDA under `f32` and `f64`).
 pub fn spiking_conv_batch_norm_backward_in_turn<B: Backend>(
@@ -251,8 +262,7 @@ pub fn spiking_conv_batch_norm_backward_in_turn<B: Backend>(
     let grads = backend.conv_batch_norm_backward(grad_y, conv, norm, kind)?;
     let grad_spikes = unflatten_time(backend, &grads.input, neuron.time_steps)?;
     drop(grads.input);
-    let context = neuron_context(backend, neuron.source, neuron.config, neuron.time_steps)?;
-    let input = backend.neuron_backward(grad_spikes, &context, neuron.config)?;
+    let input = backend.neuron_backward_from_source(grad_spikes, neuron)?;
     Ok(ConvBatchNormGrads { input, ..grads })
 }
 
@@ -483,6 +493,19 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         context: &Self::NeuronContext,
         config: &NeuronConfig,
     ) -> Result<Self::Tensor>;
+    /// [`Backend::neuron_backward`] with the context where `neuron.source` finds it: kept, or
+    /// made again from the training BatchNorm whose output was the neuron's input
+    /// ([`neuron_context`], docs/neurons.md §2.4.2). The default makes the context and runs the
+    /// backward ([`neuron_backward_from_source_in_turn`]). A backend may fuse them: CUDA makes the
+    /// BatchNorm's output again and charges `h` inside the backward's kernel, writing neither.
+    /// Every bit is the default's. Errors as the ops in turn do.
+    fn neuron_backward_from_source(
+        &self,
+        grad_spikes: Self::Tensor,
+        neuron: NeuronBackward<'_, BackendNeuronSource<'_, Self>>,
+    ) -> Result<Self::Tensor> {
+        neuron_backward_from_source_in_turn(self, grad_spikes, neuron)
+    }
 
     // ---------------------------------------------------------------- convolution
 

@@ -28,8 +28,9 @@ pub use backend::{
     AdamWState, Backend, BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormMode,
     BatchNormTrainOutput, BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads,
     ConvBatchNormTrainOutput, LinearGrads, NeuronBackward, NeuronKept, NeuronSource, Onto,
-    RunningStats, conv_batch_norm_backward_in_turn, flatten_time, neuron_context,
-    spiking_conv_batch_norm_backward_in_turn, unflatten_time,
+    RunningStats, conv_batch_norm_backward_in_turn, flatten_time,
+    neuron_backward_from_source_in_turn, neuron_context, spiking_conv_batch_norm_backward_in_turn,
+    unflatten_time,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};

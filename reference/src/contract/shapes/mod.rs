@@ -18,7 +18,7 @@ pub use batch_norm::{
 pub use conv::{Conv1dAs2d, Conv2dGeometry, check_bias_free};
 pub use linear::{LinearShape, MatmulShape};
 pub use loss::{check_context_targets, check_labels, check_soft_targets, logits_shape};
-pub use neuron::{check_neuron_backward, time_by_neurons};
+pub use neuron::{check_neuron_backward, check_normalised_neuron_backward, time_by_neurons};
 pub use optim::check_like_param;
 pub use pool::{Pool2dGeometry, check_pool_grad};
 pub use tensor::{

@@ -41,3 +41,26 @@ pub fn check_neuron_backward(
     }
     time_by_neurons(h, "context h")
 }
+
+/// The checks of a neuron backward whose input is made again from a training BatchNorm's input
+/// `[T B, ...]` (docs/neurons.md §2.4.2): a valid `config`, and `grad_spikes` shaped like that
+/// input split into `T = time_steps` steps, `[T, B, ...]`. Returns `(T, N)`.
+pub fn check_normalised_neuron_backward(
+    config: &NeuronConfig,
+    grad_spikes: &[usize],
+    norm_input: &[usize],
+    time_steps: usize,
+) -> Result<(usize, usize)> {
+    config.validate()?;
+    let input = super::time_split(norm_input, time_steps)?;
+    if grad_spikes != input {
+        return Err(OpError::shape(
+            "neuron",
+            format!(
+                "grad_spikes has shape {grad_spikes:?}, the BatchNorm's output split into \
+                 {time_steps} steps {input:?}"
+            ),
+        ));
+    }
+    time_by_neurons(&input, "the BatchNorm's output")
+}

@@ -1,0 +1,24 @@
+// A BatchNorm's per-channel map y = gamma_c inv_std_c (x - mean_c) + beta_c over x [N, C, inner]
+// (docs/conventions.md §1), shared by batch_norm.cu, which writes y, and neuron.cu, whose backward
+// makes a training BatchNorm's output again as it reads it (docs/neurons.md §2.4.2): one
+// expression in both, so the same bits.
+#pragma once
+
+// The channel of element k: (k / inner) % channels, in 32 bits when every index fits (a 64-bit
+// division costs several times a 32-bit one, and the elementwise kernels do one per element).
+__device__ __forceinline__ long long channel_of(long long k, long long inner, long long channels, bool narrow) {
+    if (narrow) return (long long)((unsigned int)k / (unsigned int)inner % (unsigned int)channels);
+    return (k / inner) % channels;
+}
+
+// Channel c's map in double: scale (x - shift) + offset with scale = gamma_c inv_std_c,
+// shift = mean_c, offset = beta_c.
+struct ChannelMap {
+    double scale, shift, offset;
+    template <typename E>
+    __device__ __forceinline__ static ChannelMap of(const double* mean, const double* inv_std, const E* gamma,
+                                                    const E* beta, long long c) {
+        return {(double)gamma[c] * inv_std[c], mean[c], (double)beta[c]};
+    }
+    __device__ __forceinline__ double operator()(double x) const { return scale * (x - shift) + offset; }
+};
