@@ -6,7 +6,7 @@ use revsnn_reference::{Backend, Element, Onto, OpError};
 
 use super::build::{Builder, ConvInit};
 use super::compose::SeqToAnn;
-use super::layers::{ConvBn, ConvKind, KeepInput, Neuron, SpikingConvBn};
+use super::layers::{ConvBnNeuron, ConvKind, KeepInput, Neuron, SpikingConvBn};
 use super::transformer::Neurons;
 use super::{Layer, Session};
 use crate::error::Result;
@@ -15,8 +15,9 @@ use crate::error::Result;
 /// (docs/architectures.md §4.0).
 const ATTENTION_SCALE: f64 = 0.125;
 
-/// One of q, k, v over the tokens `[T, B, C, N]`: `LIF(BN1d(Conv1d 1x1 (C -> C, no bias)(s)))`.
-pub type Projection = (SeqToAnn<ConvBn>, Neuron);
+/// One of q, k, v over the tokens `[T, B, C, N]`: `LIF(BN1d(Conv1d 1x1 (C -> C, no bias)(s)))`,
+/// the LIF keeping nothing in training ([`ConvBnNeuron`]).
+pub type Projection = ConvBnNeuron;
 
 /// Spiking self-attention SSA(C, h) over `[T, B, C, H, W]` (docs/architectures.md §4.0),
 /// `d = C / h`, `N = H W`, channel `c = head d + j`:
@@ -67,12 +68,12 @@ impl SpikingSelfAttention {
             )
         };
         let mut projection = |name: &str| -> Result<Projection> {
-            Ok((
-                SeqToAnn {
+            Ok(ConvBnNeuron {
+                conv_bn: SeqToAnn {
                     layer: conv_bn(name, false)?,
                 },
-                neurons.lif(),
-            ))
+                neuron: neurons.lif(),
+            })
         };
         let (q, k, v) = (projection("q")?, projection("k")?, projection("v")?);
         let proj = conv_bn("proj", true)?;

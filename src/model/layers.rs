@@ -644,6 +644,44 @@ impl KeepInput for SpikingConvBn {
     }
 }
 
+/// `SN(BN(conv(x)))` over `[T, B, ...]`, the attention's `q`, `k` and `v` projections
+/// (docs/architectures.md §4.0). In training the neuron fires over the BatchNorm's output keeping
+/// nothing, and the backward makes that output again from the BatchNorm's context and charges the
+/// neuron from it (docs/neurons.md §2.4.2), so the neuron's membrane potentials are never held
+/// between the passes. The same gradients, bit for bit, as the two layers in turn.
+#[derive(Clone, Debug)]
+pub struct ConvBnNeuron {
+    pub conv_bn: SeqToAnn<ConvBn>,
+    pub neuron: Neuron,
+}
+
+impl<B: Backend> Layer<B> for ConvBnNeuron {
+    type Saved = (
+        <SeqToAnn<ConvBn> as Layer<B>>::Saved,
+        Option<B::NeuronContext>,
+    );
+
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        let (y, conv_bn) = self.conv_bn.forward(session, x)?;
+        let ((_, norm), _) = &conv_bn;
+        let (spikes, neuron) = self.neuron.forward_after(session, Some(norm), y)?;
+        Ok((spikes, (conv_bn, neuron)))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        (conv_bn, neuron): Self::Saved,
+        grad_y: B::Tensor,
+    ) -> Result<B::Tensor> {
+        let ((_, norm), time_steps) = &conv_bn;
+        let source =
+            (self.conv_bn.layer.norm).neuron_source(session, norm, neuron, "conv_bn_neuron")?;
+        let grad = (self.neuron).backward_from_source(session, source, *time_steps, grad_y)?;
+        self.conv_bn.backward(session, conv_bn, grad)
+    }
+}
+
 /// `AvgPool2d(kernel, stride, padding)` with `count_include_pad=True` over `[N, C, H, W]`.
 #[derive(Clone, Debug)]
 pub struct AvgPool {

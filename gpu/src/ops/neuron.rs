@@ -6,7 +6,9 @@
 //! `dL/ds` and `h` and writes `dL/dx`: 3 tensors each way, the memory-bound minimum. A neuron
 //! that keeps its input instead (docs/neurons.md §2.4.1) writes only the spikes, and its backward
 //! charges `h` from `x` again inside the same kernel, into each thread's own memory (then
-//! `dL/dx` may be written over `dL/ds`) or, for long runs, into `dL/dx`'s buffer.
+//! `dL/dx` may be written over `dL/ds`) or, for long runs, into `dL/dx`'s buffer. A neuron that
+//! kept nothing because its input was a training BatchNorm's output (docs/neurons.md §2.4.2) has
+//! its backward make that output again from the BatchNorm's context as the kernel reads it.
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
