@@ -32,7 +32,8 @@ pub type Projection = ConvBnNeuron;
 ///
 /// The products run on the per-head transposes `q^T, k^T, v^T` `[T, B, h, d, N]`, which are plain
 /// reshapes of `[T, B, C, N]`: `attn = (q^T)^T k^T` and `o^T = v^T attn^T`, so no permute is
-/// materialised.
+/// materialised. The forward keeps `q^T`, `k^T`, `v^T` (spikes: one bit each on CUDA) and not the
+/// `f32` scores, which the backward computes again from them (docs/memory.md §9.6).
 #[derive(Clone, Debug)]
 pub struct SpikingSelfAttention {
     /// `h`; the head width is `d = C / h`.
@@ -95,12 +96,11 @@ pub struct AttentionSaved<B: Backend> {
     q: <Projection as Layer<B>>::Saved,
     k: <Projection as Layer<B>>::Saved,
     v: <Projection as Layer<B>>::Saved,
-    /// The per-head transposed spikes `[T, B, h, d, N]` (as the backend keeps them) and the
-    /// scores `[T, B, h, N, N]`.
+    /// The per-head transposed spikes `[T, B, h, d, N]` (as the backend keeps them). The scores
+    /// `[T, B, h, N, N]` are not kept: the backward computes them again from `q^T` and `k^T`.
     q_t: B::Kept,
     k_t: B::Kept,
     v_t: B::Kept,
-    attn: B::Tensor,
     output: <SpikingConvBn as Layer<B>>::Saved,
 }
 
@@ -172,6 +172,7 @@ impl SpikingSelfAttention {
         // o^T[j, n] = sum_m v[m, j] attn[n, m] = (v^T attn^T)[j, n], i.e. (attn v).transpose(3, 4).
         let scale = <B::Elem as Element>::cast(ATTENTION_SCALE);
         let o_t = backend.scale(&backend.batched_matmul(&v_t, &attn, false, true)?, scale)?;
+        drop(attn);
         let o = reshaped(backend, o_t, &tokens)?;
         let (y, output) = match onto {
             None => self.output.forward(session, o)?,
@@ -189,7 +190,6 @@ impl SpikingSelfAttention {
             q_t: backend.keep(&q_t)?,
             k_t: backend.keep(&k_t)?,
             v_t: backend.keep(&v_t)?,
-            attn,
             output,
         };
         Ok((backend.reshape(&y, &dims)?, saved))
@@ -229,7 +229,6 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
             q_t,
             k_t,
             v_t,
-            attn,
             output,
         } = saved;
         let (tokens, per_head) = self.token_shapes(dims);
@@ -239,7 +238,10 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
         let scale = <B::Elem as Element>::cast(ATTENTION_SCALE);
         let grad_o_t = reshaped(backend, backend.scale(&grad_o, scale)?, &per_head)?;
         drop(grad_o);
-        // Each saved tensor is dropped after its last use, so the later matmuls do not hold it.
+        // The scores again: the forward's product of the same spikes, so the same bits.
+        let attn =
+            backend.batched_matmul(&backend.kept(&q_t)?, &backend.kept(&k_t)?, true, false)?;
+        // Each tensor is dropped after its last use, so the later matmuls do not hold it.
         // o^T = v^T attn^T: d(v^T) = d(o^T) attn, d(attn) = d(o^T)^T v^T.
         let grad_v_t = backend.batched_matmul(&grad_o_t, &attn, false, false)?;
         drop(attn);
