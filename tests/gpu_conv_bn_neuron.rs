@@ -8,12 +8,14 @@
 
 mod common;
 
-use common::layer_pass::{draw_affine, footprint, on_each_engine_and_precision, pass, random};
+use common::layer_pass::{
+    draw_affine, eval_saved, footprint, on_each_engine_and_precision, pass, random,
+};
 use revsnn::error::Result;
 use revsnn::model::build::{Builder, ConvInit};
 use revsnn::model::compose::SeqToAnn;
 use revsnn::model::layers::{ConvBnNeuron, ConvKind, Neuron};
-use revsnn::model::{Grads, Layer, Mode, ParamStore, Session};
+use revsnn::model::{Layer, ParamStore};
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::SplitMix64;
@@ -113,11 +115,9 @@ fn the_layer_gives_the_bits_of_its_two_layers_in_turn_on_the_cpu() {
 #[test]
 fn in_evaluation_the_neuron_keeps_its_context() {
     let cpu = Cpu::<f64>::new();
-    let (layer, mut store) = build(&cpu, Shape::Tokens).unwrap();
-    let mut grads = Grads::new(store.entries().len());
-    let mut session = Session::new(&cpu, &mut store, &mut grads, Mode::Eval);
+    let (layer, store) = build(&cpu, Shape::Tokens).unwrap();
     let (x, _) = inputs(&cpu, Shape::Tokens).unwrap();
-    let (_, (_, neuron)) = layer.forward(&mut session, x).unwrap();
+    let (_, neuron) = eval_saved(&cpu, &layer, &store, x).unwrap();
     assert!(neuron.is_some());
 }
 

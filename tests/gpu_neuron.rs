@@ -10,47 +10,16 @@
 //! Sizes span one partial block up to thousands of blocks. Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
+mod common;
+
+use common::neurons::configs;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{
-    Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate,
-};
+use revsnn_reference::{Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
-
-fn configs() -> Vec<(&'static str, NeuronConfig)> {
-    let smooth = |mut c: NeuronConfig| {
-        c.firing = Firing::Smooth;
-        c.detach_reset = false;
-        c
-    };
-    vec![
-        ("IF ATan", NeuronConfig::if_atan()),
-        ("LIF tau 1.5", NeuronConfig::lif_sigmoid(1.5, 1.0)),
-        ("LIF tau 2 V_th 0.5", NeuronConfig::lif_sigmoid(2.0, 0.5)),
-        (
-            "LIF no decay_input, no detach",
-            NeuronConfig {
-                kind: NeuronKind::Lif {
-                    tau: 2.0,
-                    decay_input: false,
-                },
-                detach_reset: false,
-                ..NeuronConfig::lif_sigmoid(2.0, 1.0)
-            },
-        ),
-        ("smooth IF ATan", smooth(NeuronConfig::if_atan())),
-        (
-            "smooth LIF Sigmoid(3)",
-            smooth(NeuronConfig {
-                surrogate: Surrogate::Sigmoid { alpha: 3.0 },
-                ..NeuronConfig::lif_sigmoid(1.5, 1.0)
-            }),
-        ),
-    ]
-}
 
 struct Compared {
     flipped_neurons: usize,

@@ -4,7 +4,7 @@
 //! it must give the bits of the ops in turn (`neuron_backward_from_source_in_turn`:
 //! `batch_norm_train_output`, `neuron_charge`, `neuron_backward`): in f64, and in f32 over a
 //! BatchNorm input held in f32, bf16 or fp16 (a 16-bit convolution's sums) on each convolution
-//! engine; for several neuron kinds; past the 16 steps a thread holds (then the ops in turn run);
+//! engine; for each neuron configuration the neuron tests sweep; past the 16 steps a thread holds (then the ops in turn run);
 //! with `dL/ds` handed over (written over: not one byte allocated) or shared (left as it was).
 //! Bad shapes and an evaluation context are refused as the ops in turn refuse them. Skips without
 //! a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
@@ -12,6 +12,7 @@
 mod common;
 
 use common::layer_pass::{bits, on_each_engine_and_precision, random};
+use common::neurons::configs;
 use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
@@ -19,31 +20,13 @@ use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{BackendNeuronSource, neuron_backward_from_source_in_turn};
 use revsnn_reference::{
     Backend, BatchNormAffine, BatchNormParams, Conv2dParams, ConvKind, NeuronBackward,
-    NeuronConfig, NeuronKind, NeuronSource, RunningStats,
+    NeuronConfig, NeuronSource, RunningStats,
 };
 
 /// The BatchNorm's input `[T B, C, SIDE, SIDE]`.
 const B: usize = 2;
 const C: usize = 3;
 const SIDE: usize = 5;
-
-fn configs() -> Vec<(&'static str, NeuronConfig)> {
-    vec![
-        ("IF ATan", NeuronConfig::if_atan()),
-        ("LIF tau 2 V_th 0.5", NeuronConfig::lif_sigmoid(2.0, 0.5)),
-        (
-            "LIF no decay_input, no detach",
-            NeuronConfig {
-                kind: NeuronKind::Lif {
-                    tau: 2.0,
-                    decay_input: false,
-                },
-                detach_reset: false,
-                ..NeuronConfig::lif_sigmoid(2.0, 1.0)
-            },
-        ),
-    ]
-}
 
 /// A training BatchNorm's context after a bias-free 3x3 convolution (as in every spiking
 /// convolution), and its `beta`: under bf16 and fp16 on CUDA the context keeps the

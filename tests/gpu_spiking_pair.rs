@@ -7,11 +7,13 @@
 
 mod common;
 
-use common::layer_pass::{draw_affine, footprint, on_each_engine_and_precision, pass, random};
+use common::layer_pass::{
+    draw_affine, eval_saved, footprint, on_each_engine_and_precision, pass, random,
+};
 use revsnn::error::Result;
 use revsnn::model::build::{Builder, ConvInit};
 use revsnn::model::layers::{ConvKind, Neuron, SpikingConvBn, SpikingConvPair};
-use revsnn::model::{Grads, Layer, Mode, ParamStore, Session};
+use revsnn::model::{Layer, ParamStore};
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::SplitMix64;
@@ -115,11 +117,9 @@ fn the_pair_gives_the_bits_of_its_two_layers_in_turn_on_the_cpu() {
 #[test]
 fn in_evaluation_the_second_neuron_keeps_its_context() {
     let cpu = Cpu::<f64>::new();
-    let (pair, mut store) = build(&cpu, Shape::ResNet).unwrap();
-    let mut grads = Grads::new(store.entries().len());
-    let mut session = Session::new(&cpu, &mut store, &mut grads, Mode::Eval);
+    let (pair, store) = build(&cpu, Shape::ResNet).unwrap();
     let x = random(&cpu, &input_shape(), 1, 1.5).unwrap();
-    let (_, ((_, neuron), _)) = pair.forward(&mut session, x).unwrap();
+    let ((_, neuron), _) = eval_saved(&cpu, &pair, &store, x).unwrap();
     assert!(neuron.is_some());
 }
 

@@ -8,13 +8,15 @@
 
 mod common;
 
-use common::layer_pass::{draw_affine, footprint, on_each_engine_and_precision, pass, random};
+use common::layer_pass::{
+    draw_affine, eval_saved, footprint, on_each_engine_and_precision, pass, random,
+};
 use revsnn::error::Result;
 use revsnn::model::build::{Builder, ConvInit};
 use revsnn::model::compose::SeqToAnn;
 use revsnn::model::layers::{ConvBn, ConvKind, MaxPool, Neuron};
 use revsnn::model::tokenizer::{Tokenizer, TokenizerStage};
-use revsnn::model::{Grads, Layer, Mode, ParamStore, Session};
+use revsnn::model::{Layer, ParamStore};
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::SplitMix64;
@@ -130,11 +132,9 @@ fn the_tokenizer_gives_the_bits_of_its_stages_in_turn_on_the_cpu() {
 #[test]
 fn in_evaluation_the_neurons_keep_their_context() {
     let cpu = Cpu::<f64>::new();
-    let (tokenizer, mut store) = build(&cpu).unwrap();
-    let mut grads = Grads::new(store.entries().len());
-    let mut session = Session::new(&cpu, &mut store, &mut grads, Mode::Eval);
+    let (tokenizer, store) = build(&cpu).unwrap();
     let x = random(&cpu, &input_shape(), 1, 1.5).unwrap();
-    let (_, saved) = tokenizer.forward(&mut session, x).unwrap();
+    let saved = eval_saved(&cpu, &tokenizer, &store, x).unwrap();
     let kept: Vec<bool> = saved.iter().map(|(neuron, _)| neuron.is_some()).collect();
     assert_eq!(kept, [false, true, true]);
 }

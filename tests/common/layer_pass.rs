@@ -98,6 +98,19 @@ pub fn pass<B: Backend, L: Layer<B>>(
     })
 }
 
+/// What `layer`'s forward over `x` in evaluation saves, over a copy of `store`.
+pub fn eval_saved<B: Backend, L: Layer<B>>(
+    backend: &B,
+    layer: &L,
+    store: &ParamStore<B>,
+    x: B::Tensor,
+) -> Result<L::Saved> {
+    let mut store = store.clone();
+    let mut grads = Grads::new(store.entries().len());
+    let mut session = Session::new(backend, &mut store, &mut grads, Mode::Eval);
+    Ok(layer.forward(&mut session, x)?.1)
+}
+
 /// The bytes `layer`'s training forward over `x` leaves live (its saved tensors, the output
 /// dropped), and the most its backward from `dy` holds, both above the live bytes before the
 /// forward.

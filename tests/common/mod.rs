@@ -1,12 +1,13 @@
 //! Helpers shared by the end-to-end test binaries that run the `revsnn` binary (each binary uses
 //! the ones it needs); [`gemm`], the GEMM ops run on any backend for the GPU precision tests;
 //! [`fp16`], the loss scaler's training scenarios on any device; [`layer_pass`], a layer's pass
-//! as bits and its device bytes.
+//! as bits and its device bytes; [`neurons`], the neuron configurations the neuron tests sweep.
 #![allow(dead_code)]
 
 pub mod fp16;
 pub mod gemm;
 pub mod layer_pass;
+pub mod neurons;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -430,7 +430,7 @@ const NEURON_LOCAL_STEPS: usize = 16;
 /// `grad_spikes` not shaped like the forward's input.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
-    mut grad_spikes: CudaTensor<E>,
+    grad_spikes: CudaTensor<E>,
     context: &NeuronContext<E>,
     config: &NeuronConfig,
 ) -> Result<CudaTensor<E>, GpuError> {
@@ -448,11 +448,24 @@ pub fn backward<E: GpuElement>(
         NeuronKept::Potentials(h) => ("neuron_backward", h, true),
         NeuronKept::Input(x) => ("neuron_backward_from_input", x, steps <= NEURON_LOCAL_STEPS),
     };
+    over_or_beside(device, grad_spikes, in_place, |buffers| {
+        launch_backward(device, kernel, buffers, kept.slice(), steps, config)
+    })
+}
+
+/// `dL/dx` from a backward `launch` over `grad_spikes`: written over `grad_spikes` when `in_place`
+/// allows and nothing else holds it, else into a buffer of its own.
+fn over_or_beside<E: GpuElement>(
+    device: &GpuDevice,
+    mut grad_spikes: CudaTensor<E>,
+    in_place: bool,
+    launch: impl FnOnce(GradientBuffers<'_, E>) -> Result<(), GpuError>,
+) -> Result<CudaTensor<E>, GpuError> {
+    let shape = grad_spikes.shape().to_vec();
     if in_place {
         match grad_spikes.into_unshared_buffer() {
             Ok(mut grad) => {
-                let buffers = GradientBuffers::InPlace(grad.slice_mut());
-                launch_backward(device, kernel, buffers, kept.slice(), steps, config)?;
+                launch(GradientBuffers::InPlace(grad.slice_mut()))?;
                 return CudaTensor::new(grad, &shape);
             }
             Err(shared) => grad_spikes = shared,
@@ -460,11 +473,10 @@ pub fn backward<E: GpuElement>(
     }
     // SAFETY: the kernel writes every element before anything reads them.
     let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
-    let buffers = GradientBuffers::Apart {
+    launch(GradientBuffers::Apart {
         grad_spikes: grad_spikes.slice(),
         grad_x: grad_x.slice_mut(),
-    };
-    launch_backward(device, kernel, buffers, kept.slice(), steps, config)?;
+    })?;
     CudaTensor::new(grad_x, &shape)
 }
 
@@ -532,29 +544,16 @@ pub fn charges_from_normalised(time_steps: usize) -> bool {
 /// `[time_steps, B, ...]`, or an invalid `config`.
 pub fn backward_from_normalised<E: GpuElement>(
     device: &GpuDevice,
-    mut grad_spikes: CudaTensor<E>,
+    grad_spikes: CudaTensor<E>,
     (norm, beta): (&BatchNormContext<E>, &CudaTensor<E>),
     time_steps: usize,
     config: &NeuronConfig,
 ) -> Result<CudaTensor<E>, GpuError> {
-    let shape = grad_spikes.shape().to_vec();
-    let source = NormalisedSource::of(norm, beta, &shape, time_steps, config)?;
-    match grad_spikes.into_unshared_buffer() {
-        Ok(mut grad) => {
-            let buffers = NormalisedGradients::InPlace(grad.slice_mut());
-            launch_backward_from_normalised(device, buffers, &source, config)?;
-            return CudaTensor::new(grad, &shape);
-        }
-        Err(shared) => grad_spikes = shared,
-    }
-    // SAFETY: the kernel writes every element before anything reads them.
-    let mut grad_x = unsafe { device.alloc::<E>(grad_spikes.len()) }?;
-    let buffers = NormalisedGradients::Apart {
-        grad_spikes: grad_spikes.slice(),
-        grad_x: grad_x.slice_mut(),
-    };
-    launch_backward_from_normalised(device, buffers, &source, config)?;
-    CudaTensor::new(grad_x, &shape)
+    let source = NormalisedSource::of(norm, beta, grad_spikes.shape(), time_steps, config)?;
+    over_or_beside(device, grad_spikes, true, |buffers| {
+        let gradients = NormalisedGradients::Full(buffers);
+        launch_backward_from_normalised(device, gradients, &source, config)
+    })
 }
 
 /// [`backward_from_normalised`] from `dL/ds` as 16-bit patterns of `shape` (a 16-bit
@@ -580,7 +579,7 @@ pub fn backward_from_half_normalised<E: GpuElement>(
     }
     // SAFETY: the kernel writes every element before anything reads them.
     let mut grad_x = unsafe { device.alloc::<E>(source.len) }?;
-    let buffers = NormalisedGradients::HalfApart {
+    let buffers = NormalisedGradients::Half {
         grad_spikes: &grad_spikes,
         grad_x: grad_x.slice_mut(),
     };
@@ -633,14 +632,10 @@ impl<'a, E: GpuElement> NormalisedSource<'a, E> {
 }
 
 /// Where a backward from a BatchNorm's output made again reads `dL/ds` and writes `dL/dx`, each
-/// `T N` elements: apart, over one buffer, or from 16-bit `dL/ds` into a new `dL/dx`.
+/// `T N` elements: `dL/ds` in `E`, apart or over one buffer, or in 16 bits into a new `dL/dx`.
 enum NormalisedGradients<'a, E> {
-    Apart {
-        grad_spikes: &'a CudaSlice<E>,
-        grad_x: &'a mut CudaSlice<E>,
-    },
-    InPlace(&'a mut CudaSlice<E>),
-    HalfApart {
+    Full(GradientBuffers<'a, E>),
+    Half {
         grad_spikes: &'a HalfBits,
         grad_x: &'a mut CudaSlice<E>,
     },
@@ -656,9 +651,9 @@ fn launch_backward_from_normalised<E: GpuElement>(
 ) -> Result<(), GpuError> {
     let input = source.norm.input.operand(device, "neuron_backward")?;
     let (in_place, from) = match &gradients {
-        NormalisedGradients::Apart { .. } => ("", String::new()),
-        NormalisedGradients::InPlace(_) => ("_in_place", String::new()),
-        NormalisedGradients::HalfApart { grad_spikes, .. } => {
+        NormalisedGradients::Full(GradientBuffers::Apart { .. }) => ("", String::new()),
+        NormalisedGradients::Full(GradientBuffers::InPlace(_)) => ("_in_place", String::new()),
+        NormalisedGradients::Half { grad_spikes, .. } => {
             ("", format!("_from_{}", grad_spikes.format.name()))
         }
     };
@@ -681,12 +676,12 @@ fn launch_backward_from_normalised<E: GpuElement>(
     unsafe {
         kernel.launch(device, |launch| {
             match gradients {
-                NormalisedGradients::Apart {
+                NormalisedGradients::Full(GradientBuffers::Apart {
                     grad_spikes,
                     grad_x,
-                } => launch.arg(grad_spikes).arg(grad_x),
-                NormalisedGradients::InPlace(grad) => launch.arg(grad),
-                NormalisedGradients::HalfApart {
+                }) => launch.arg(grad_spikes).arg(grad_x),
+                NormalisedGradients::Full(GradientBuffers::InPlace(grad)) => launch.arg(grad),
+                NormalisedGradients::Half {
                     grad_spikes,
                     grad_x,
                 } => launch.arg(grad_spikes.bits.slice()).arg(grad_x),
