@@ -379,72 +379,75 @@ fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
         .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()))
 }
 
-/// A 16-bit convolution on cuDNN keeps, for its backward, the 16-bit copy of its input that
-/// cuDNN read instead of the input (`SavedInput::Half`): the forward leaves `y` (with the 16-bit
-/// sums it was widened from, as it has no bias) and that copy live, dropping the input frees all
-/// its bytes, and the backward then gives the bits it gave with the input alive. On im2col the
-/// context shares the input.
+/// A 16-bit convolution keeps, for its backward, the 16-bit copy of its input that its product
+/// read instead of the input (`SavedInput::Half`): a 3x3 one on cuDNN, a pointwise one (a 16-bit
+/// GEMM) on either engine. The forward leaves `y` (with the 16-bit sums it was widened from, as
+/// it has no bias) and that copy live, dropping the input frees all its bytes, and the backward
+/// then gives the bits it gave with the input alive. A 3x3 one on im2col shares the input.
 #[test]
 fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
     let Some(gpu) = backend_or_skip::<f32>("a_16_bit_convolution_keeps_its_input") else {
         return;
     };
     let device = gpu.device();
-    let (x_shape, w_shape) = ([3, 4, 7, 7], [5, 4, 3, 3]);
-    let (x_len, y_len) = (x_shape.iter().product::<usize>(), 3 * 5 * 7 * 7);
     let mut rng = SplitMix64::new(41);
-    let spikes: Vec<f32> = (0..x_len)
-        .map(|_| f32::from(rng.next_f64() > 0.7))
-        .collect();
-    let weights = normal_f32(&mut rng, w_shape.iter().product(), 0.3);
-    let grad_y = normal_f32(&mut rng, y_len, 1.0);
-    let tensor = |shape: &[usize], values: Vec<f32>| gpu.tensor_from_vec(shape, values).unwrap();
-    for engine in each_conv_engine(device) {
-        for format in FORMATS {
-            device.set_precision(format.precision()).unwrap();
-            let w = tensor(&w_shape, weights.clone());
-            let dy = tensor(&[3, 5, 7, 7], grad_y.clone());
-            let x = tensor(&x_shape, spikes.clone());
-            let params = Conv2dParams::new(1, 1);
-            let before = live_bytes(&gpu);
-            let (y, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
-            let kept = live_bytes(&gpu) - before - y_len * size_of::<f32>();
-            let alive = gpu.conv2d_backward(dy.clone(), &context).unwrap();
-            let alive = host(&gpu, &[&alive.input, &alive.weight]);
-            let with_x = live_bytes(&gpu);
-            drop(x);
-            let freed = with_x - live_bytes(&gpu);
-            let dropped = gpu.conv2d_backward(dy.clone(), &context).unwrap();
-            let dropped = host(&gpu, &[&dropped.input, &dropped.weight]);
-            let what = format!("{} on {}", format.precision(), engine.name());
-            let sums = y_len * size_of::<u16>();
-            assert!(
-                y.exact_half().is_some(),
-                "{what}: y without its 16-bit sums"
-            );
-            if engine == ConvEngine::Cudnn {
-                assert_eq!(
-                    kept,
-                    x_len * size_of::<u16>() + sums,
-                    "{what}: the context's 16-bit input and y's 16-bit sums"
+    for (name, kernel, padding) in [("3x3", 3, 1), ("1x1", 1, 0)] {
+        let (x_shape, w_shape) = ([3, 4, 7, 7], [5, 4, kernel, kernel]);
+        let (x_len, y_len) = (x_shape.iter().product::<usize>(), 3 * 5 * 7 * 7);
+        let spikes: Vec<f32> = (0..x_len)
+            .map(|_| f32::from(rng.next_f64() > 0.7))
+            .collect();
+        let weights = normal_f32(&mut rng, w_shape.iter().product(), 0.3);
+        let grad_y = normal_f32(&mut rng, y_len, 1.0);
+        let tensor =
+            |shape: &[usize], values: Vec<f32>| gpu.tensor_from_vec(shape, values).unwrap();
+        for engine in each_conv_engine(device) {
+            for format in FORMATS {
+                device.set_precision(format.precision()).unwrap();
+                let w = tensor(&w_shape, weights.clone());
+                let dy = tensor(&[3, 5, 7, 7], grad_y.clone());
+                let x = tensor(&x_shape, spikes.clone());
+                let params = Conv2dParams::new(1, padding);
+                let before = live_bytes(&gpu);
+                let (y, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
+                let kept = live_bytes(&gpu) - before - y_len * size_of::<f32>();
+                let alive = gpu.conv2d_backward(dy.clone(), &context).unwrap();
+                let alive = host(&gpu, &[&alive.input, &alive.weight]);
+                let with_x = live_bytes(&gpu);
+                drop(x);
+                let freed = with_x - live_bytes(&gpu);
+                let dropped = gpu.conv2d_backward(dy.clone(), &context).unwrap();
+                let dropped = host(&gpu, &[&dropped.input, &dropped.weight]);
+                let what = format!("{name} {} on {}", format.precision(), engine.name());
+                let sums = y_len * size_of::<u16>();
+                assert!(
+                    y.exact_half().is_some(),
+                    "{what}: y without its 16-bit sums"
                 );
-                assert_eq!(
-                    freed,
-                    x_len * size_of::<f32>(),
-                    "{what}: the input is not kept"
+                if engine == ConvEngine::Cudnn || kernel == 1 {
+                    assert_eq!(
+                        kept,
+                        x_len * size_of::<u16>() + sums,
+                        "{what}: the context's 16-bit input and y's 16-bit sums"
+                    );
+                    assert_eq!(
+                        freed,
+                        x_len * size_of::<f32>(),
+                        "{what}: the input is not kept"
+                    );
+                } else {
+                    assert_eq!(
+                        (kept, freed),
+                        (sums, 0),
+                        "{what}: the context shares the input"
+                    );
+                }
+                assert!(
+                    same_bits(&alive, &dropped),
+                    "{what}: the backward changed once the input was dropped"
                 );
-            } else {
-                assert_eq!(
-                    (kept, freed),
-                    (sums, 0),
-                    "{what}: the context shares the input"
-                );
+                drop(y);
             }
-            assert!(
-                same_bits(&alive, &dropped),
-                "{what}: the backward changed once the input was dropped"
-            );
-            drop(y);
         }
     }
     device.set_precision(Precision::F32).unwrap();

@@ -5,8 +5,9 @@
 // type, one rounding per multiply and per add (no FMA). With CUBLAS_TF32_TENSOR_OP_MATH, f32
 // inputs are rounded to TF32 (10-bit mantissa) first, as the tensor cores do. The mixed-type
 // GEMMs (cublasGemmEx, cublasGemmStridedBatchedEx) take A and B in bf16 or fp16, widened to f32
-// exactly, and C in f32 with CUBLAS_COMPUTE_32F; the product of two widened 16-bit values is exact
-// in f32, so only the sums round. The element order of
+// exactly, and C in f32 or in A's format with CUBLAS_COMPUTE_32F; the product of two widened 16-bit
+// values is exact in f32, so only the sums round, and a 16-bit C is each f32 result rounded once to
+// nearest even (read back widened when beta is not zero). The element order of
 // the accumulation differs from real cuBLAS (which also varies by algorithm), so results agree
 // with a GPU to rounding, not bitwise.
 #include <cmath>
@@ -59,10 +60,10 @@ std::size_t span(long long rows, long long cols, long long ld, std::size_t elem)
     return (std::size_t)((cols - 1) * ld + rows) * elem;
 }
 
-template <typename E, typename In = E>
+template <typename E, typename In = E, typename Out = E>
 cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long m, long long n, long long k,
                     const E* alpha_p, const In* A, long long lda, long long strideA, const In* B, long long ldb,
-                    long long strideB, const E* beta_p, E* C, long long ldc, long long strideC, long long batch) {
+                    long long strideB, const E* beta_p, Out* C, long long ldc, long long strideC, long long batch) {
     Handle* handle = handle_of(h);
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (transa < 0 || transa > 2 || transb < 0 || transb > 2) return CUBLAS_STATUS_INVALID_VALUE;
@@ -90,7 +91,7 @@ cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long
         } operands[] = {
             {"A", A + b * strideA, span(a_rows, a_cols, lda, sizeof(In)), read_ab},
             {"B", B + b * strideB, span(b_rows, b_cols, ldb, sizeof(In)), read_ab},
-            {"C", C + b * strideC, span(m, n, ldc, sizeof(E)), true},
+            {"C", C + b * strideC, span(m, n, ldc, sizeof(Out)), true},
         };
         for (const auto& o : operands) {
             if (o.used && o.bytes > 0 && !revsnn_emu_range_ok(o.p, o.bytes)) {
@@ -109,9 +110,9 @@ cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long
     for (long long b = 0; b < batch; ++b) {
         const In* a = A + b * strideA;
         const In* bm = B + b * strideB;
-        E* c = C + b * strideC;
+        Out* c = C + b * strideC;
         for (long long j = 0; j < n; ++j) {
-            E* cj = c + j * ldc;
+            Out* cj = c + j * ldc;
             if (read_ab) {
                 for (long long i = 0; i < m; ++i) acc[i] = (E)0;
                 for (long long l = 0; l < k; ++l) {
@@ -132,7 +133,7 @@ cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long
             }
             for (long long i = 0; i < m; ++i) {
                 const E ab = read_ab ? alpha * acc[i] : (E)0;
-                cj[i] = beta == (E)0 ? ab : ab + beta * cj[i];
+                cj[i] = narrow<Out, E>(beta == (E)0 ? ab : ab + beta * load_input<E>(cj + i, false));
             }
         }
     }
@@ -253,23 +254,37 @@ API cublasStatus_t cublasDgemm_v2_64(void* h, int ta, int tb, long long m, long 
     return gemm<double>("cublasDgemm_v2_64", h, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
-// The mixed-type GEMMs: A and B in bf16 or fp16 (both the same), C in f32, CUBLAS_COMPUTE_32F; alpha and
-// beta are f32. Any other combination is CUBLAS_STATUS_NOT_SUPPORTED (the algorithm is ignored).
+// The mixed-type GEMMs: A and B in bf16 or fp16 (both the same), C in f32 or in their format,
+// CUBLAS_COMPUTE_32F; alpha and beta are f32. Any other combination is CUBLAS_STATUS_NOT_SUPPORTED
+// (the algorithm is ignored).
+template <typename Half>
+static cublasStatus_t gemm_half(const char* name, void* h, int ta, int tb, long long m, long long n, long long k,
+                                const float* alpha, const void* A, long long lda, long long sa, const void* B,
+                                long long ldb, long long sb, const float* beta, void* C, bool half_c, long long ldc,
+                                long long sc, long long batch) {
+    const Half* a = static_cast<const Half*>(A);
+    const Half* b = static_cast<const Half*>(B);
+    if (half_c)
+        return gemm<float, Half, Half>(name, h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta,
+                                       static_cast<Half*>(C), ldc, sc, batch);
+    return gemm<float, Half>(name, h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, static_cast<float*>(C),
+                             ldc, sc, batch);
+}
+
 static cublasStatus_t gemm_ex(const char* name, void* h, int ta, int tb, long long m, long long n, long long k,
                               const void* alpha, const void* A, int a_type, long long lda, long long sa,
                               const void* B, int b_type, long long ldb, long long sb, const void* beta, void* C,
                               int c_type, long long ldc, long long sc, long long batch, int compute_type) {
-    if (a_type != b_type || c_type != CUDA_R_32F || compute_type != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (a_type != b_type || (c_type != CUDA_R_32F && c_type != a_type) || compute_type != CUBLAS_COMPUTE_32F)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
     const float* al = static_cast<const float*>(alpha);
     const float* be = static_cast<const float*>(beta);
-    float* c = static_cast<float*>(C);
+    const bool half_c = c_type == a_type;
     switch (a_type) {
         case CUDA_R_16BF:
-            return gemm<float, Bf16>(name, h, ta, tb, m, n, k, al, static_cast<const Bf16*>(A), lda, sa,
-                                     static_cast<const Bf16*>(B), ldb, sb, be, c, ldc, sc, batch);
+            return gemm_half<Bf16>(name, h, ta, tb, m, n, k, al, A, lda, sa, B, ldb, sb, be, C, half_c, ldc, sc, batch);
         case CUDA_R_16F:
-            return gemm<float, Fp16>(name, h, ta, tb, m, n, k, al, static_cast<const Fp16*>(A), lda, sa,
-                                     static_cast<const Fp16*>(B), ldb, sb, be, c, ldc, sc, batch);
+            return gemm_half<Fp16>(name, h, ta, tb, m, n, k, al, A, lda, sa, B, ldb, sb, be, C, half_c, ldc, sc, batch);
         default: return CUBLAS_STATUS_NOT_SUPPORTED;
     }
 }

@@ -13,7 +13,9 @@
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use revsnn_reference::LinearGrads;
 use revsnn_reference::contract::shapes::{LinearShape, MatmulShape};
 
@@ -158,35 +160,8 @@ impl RowMajorGemm {
         B: DevicePtr<E>,
         C: DevicePtrMut<E>,
     {
-        let [a_span, b_span, c_span] = self.spans(op)?;
-        if a_span > a.len() || b_span > b.len() || c_span > c.len() {
-            return Err(shape_error(
-                op,
-                format!(
-                    "internal error: GEMM {self:?} spans {a_span}, {b_span} and {c_span} elements \
-                     of buffers of {}, {} and {}",
-                    a.len(),
-                    b.len(),
-                    c.len()
-                ),
-            ));
-        }
-        if c_span == 0 {
-            return Ok(());
-        }
-        if self.k == 0 {
-            if c_span != c.len() {
-                return Err(shape_error(
-                    op,
-                    format!("internal error: an empty product into a strided C {self:?}"),
-                ));
-            }
-            if !self.accumulate {
-                device
-                    .stream()
-                    .memset_zeros(c)
-                    .map_err(GpuError::driver("zeroing an empty product"))?;
-            }
+        let [a_span, b_span, c_span] = self.checked_spans(op, [a.len(), b.len(), c.len()])?;
+        if self.finish_if_empty(device, op, c_span, c)? {
             return Ok(());
         }
         if let Some(format) = device.half_format() {
@@ -197,6 +172,83 @@ impl RowMajorGemm {
         // SAFETY: every matrix of the configuration lies inside its buffer (checked above), the
         // pitches are at least the row lengths, and all three are on the device's stream.
         unsafe { E::gemm_strided_batched(device.blas()?, config, b, a, c) }
+    }
+
+    /// [`RowMajorGemm::run`] on `A` and `B` already in `format`'s 16-bit patterns, with `C`
+    /// stored in `format` too: cuBLAS sums in `f32` and rounds each element once to the format
+    /// (docs/precision.md §"Convolution outputs"), so neither an `f32` `C` nor a conversion of
+    /// one is written. It never accumulates (a 16-bit `C` would be read back rounded).
+    pub(crate) fn run_stored(
+        &self,
+        device: &GpuDevice,
+        op: &'static str,
+        format: HalfFormat,
+        a: &DeviceBuffer<u16>,
+        b: &DeviceBuffer<u16>,
+        c: &mut DeviceBuffer<u16>,
+    ) -> Result<(), GpuError> {
+        if self.accumulate {
+            let detail = format!("internal error: a 16-bit C cannot accumulate {self:?}");
+            return Err(shape_error(op, detail));
+        }
+        let [_, _, c_span] = self.checked_spans(op, [a.len(), b.len(), c.len()])?;
+        if self.finish_if_empty(device, op, c_span, c.slice_mut())? {
+            return Ok(());
+        }
+        let config = self.column_major::<f32>(op)?;
+        // cuBLAS's `A` is our `B` and its `B` our `A` (see `column_major`).
+        // SAFETY: every matrix of the configuration lies inside its buffer (checked above), the
+        // pitches are at least the row lengths, and all three are on the device's stream.
+        unsafe { precision::gemm_strided_batched_stored(device, format, config, b, a, c) }
+    }
+
+    /// The spans of `A`, `B` and `C` ([`RowMajorGemm::spans`]), checked against the lengths of
+    /// the buffers that hold them.
+    fn checked_spans(&self, op: &'static str, lens: [usize; 3]) -> Result<[usize; 3], GpuError> {
+        let spans = self.spans(op)?;
+        if spans.iter().zip(lens).any(|(&span, len)| span > len) {
+            let [a_span, b_span, c_span] = spans;
+            let [a, b, c] = lens;
+            return Err(shape_error(
+                op,
+                format!(
+                    "internal error: GEMM {self:?} spans {a_span}, {b_span} and {c_span} elements \
+                     of buffers of {a}, {b} and {c}"
+                ),
+            ));
+        }
+        Ok(spans)
+    }
+
+    /// Completes a product with nothing to sum and says so: an empty `C` is left as it is, and
+    /// `k = 0` zeroes `C` (all-zero bits are `+0` in every element format) unless accumulating,
+    /// which needs `C` to be exactly the product's span of `c_span` elements.
+    fn finish_if_empty<T: DeviceRepr + ValidAsZeroBits, C: DevicePtrMut<T>>(
+        &self,
+        device: &GpuDevice,
+        op: &'static str,
+        c_span: usize,
+        c: &mut C,
+    ) -> Result<bool, GpuError> {
+        if c_span == 0 {
+            return Ok(true);
+        }
+        if self.k > 0 {
+            return Ok(false);
+        }
+        if c_span != c.len() {
+            return Err(shape_error(
+                op,
+                format!("internal error: an empty product into a strided C {self:?}"),
+            ));
+        }
+        if !self.accumulate {
+            device
+                .stream()
+                .memset_zeros(c)
+                .map_err(GpuError::driver("zeroing an empty product"))?;
+        }
+        Ok(true)
     }
 
     /// [`RowMajorGemm::run`] under a 16-bit precision: the `span` elements of `A` and `B` the

@@ -6,7 +6,8 @@
 //! Under a 16-bit precision every GEMM of the linear layers, the attention's batched matmuls and
 //! the im2col convolutions converts its two operands to 16-bit buffers (to nearest even, as
 //! [`Precision::round`] rounds) and runs `cublasGemmStridedBatchedEx` on them with an `f32` `C`
-//! and `CUBLAS_COMPUTE_32F`. The product of two bf16 or fp16 numbers is exact in `f32`, so the
+//! and `CUBLAS_COMPUTE_32F`; a pointwise convolution's GEMMs read 16-bit operands made before
+//! and write a 16-bit `C` ([`gemm_strided_batched_stored`]), the sums rounded once by cuBLAS. The product of two bf16 or fp16 numbers is exact in `f32`, so the
 //! result differs from the reference's emulation (`Cpu::with_precision`) by the order of the
 //! `f32` sums only. The 16-bit copies live for one GEMM and go back to the caching pool after it.
 
@@ -14,6 +15,7 @@ use std::ffi::c_void;
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
 use cudarc::cublas::{CudaBlas, StridedBatchedConfig, result};
+use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use revsnn_reference::Precision;
 
@@ -247,12 +249,49 @@ pub(crate) unsafe fn gemm_strided_batched<E: GpuElement, C: DevicePtrMut<E>>(
     c: &mut C,
 ) -> Result<(), GpuError> {
     require_f32::<E>(format)?;
+    let (c, _write_c) = c.device_ptr_mut(device.stream());
+    let output = (c, cudaDataType::CUDA_R_32F);
+    // SAFETY: guaranteed by the caller.
+    unsafe { gemm_ex(device, blas, format, config, (a, b), output) }
+}
+
+/// [`gemm_strided_batched`] with `C` stored in `format` as well: each element the `f32` sum
+/// rounded once to the format, by cuBLAS.
+///
+/// # Safety
+/// The configuration must describe matrices inside the three buffers, with `beta` zero.
+pub(crate) unsafe fn gemm_strided_batched_stored(
+    device: &GpuDevice,
+    format: HalfFormat,
+    config: StridedBatchedConfig<f32>,
+    a: &DeviceBuffer<u16>,
+    b: &DeviceBuffer<u16>,
+    c: &mut DeviceBuffer<u16>,
+) -> Result<(), GpuError> {
+    let (c, _write_c) = c.slice_mut().device_ptr_mut(device.stream());
+    let output = (c, format.data_type());
+    // SAFETY: guaranteed by the caller.
+    unsafe { gemm_ex(device, device.blas()?, format, config, (a, b), output) }
+}
+
+/// `cublasGemmStridedBatchedEx` with `A` and `B` in `format`, `C` at `output`'s address in its
+/// data type, `f32` sums (`CUBLAS_COMPUTE_32F`, so `alpha` and `beta` are `f32`).
+///
+/// # Safety
+/// The configuration must describe matrices inside the three buffers, `C`'s of the given type.
+unsafe fn gemm_ex(
+    device: &GpuDevice,
+    blas: &CudaBlas,
+    format: HalfFormat,
+    config: StridedBatchedConfig<f32>,
+    (a, b): (&DeviceBuffer<u16>, &DeviceBuffer<u16>),
+    (c, c_type): (CUdeviceptr, cudaDataType),
+) -> Result<(), GpuError> {
     let stream = device.stream();
     let (a, _read_a) = a.slice().device_ptr(stream);
     let (b, _read_b) = b.slice().device_ptr(stream);
-    let (c, _write_c) = c.device_ptr_mut(stream);
     let g = &config.gemm;
-    // SAFETY: guaranteed by the caller; alpha and beta are f32, as CUBLAS_COMPUTE_32F reads them.
+    // SAFETY: guaranteed by the caller.
     unsafe {
         result::gemm_strided_batched_ex(
             *blas.handle(),
@@ -272,7 +311,7 @@ pub(crate) unsafe fn gemm_strided_batched<E: GpuElement, C: DevicePtrMut<E>>(
             config.stride_b,
             (&g.beta) as *const f32 as *const c_void,
             c as *mut c_void,
-            cudaDataType::CUDA_R_32F,
+            c_type,
             g.ldc,
             config.stride_c,
             config.batch_size,

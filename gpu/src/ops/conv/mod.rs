@@ -7,7 +7,9 @@
 //! deterministic algorithm for runs on im2col. A pointwise (1x1, stride 1, unpadded)
 //! convolution's forward and input gradient are single GEMMs on cuBLAS with either engine (on the
 //! H200, 122 us against cuDNN's 270 us for 384 -> 1536 channels at 8x8 over 256 images, TF32);
-//! its weight gradient follows the engine.
+//! its weight gradient follows the engine. Under bf16 and fp16 the forward's GEMM, and on cuDNN's
+//! engine the input gradient's, read 16-bit operands and write 16-bit outputs (docs/precision.md
+//! §"CUDA").
 //!
 //! ## The im2col engine
 //!
@@ -604,11 +606,11 @@ fn full_forward<E: GpuElement>(
     Ok(())
 }
 
-/// The sums `conv(x, w)` of a 16-bit precision, stored in `format`: written so by cuDNN's 16-bit
-/// configuration, or summed in `f32` by GEMMs (a pointwise forward, the im2col engine) and
-/// rounded. With the input as the backward keeps it: spikes a bit each, else the 16-bit copy
-/// cuDNN read, else `x`. Spikes handed over alone are freed once their bits exist, before
-/// cuDNN's buffers are allocated.
+/// The sums `conv(x, w)` of a 16-bit precision, stored in `format`: written so by cuBLAS for a
+/// pointwise forward (either engine) and by cuDNN's 16-bit configuration on its engine, or
+/// summed in `f32` by the im2col engine's GEMMs and rounded. With the input as the backward
+/// keeps it: spikes a bit each, else the 16-bit copy the product read, else `x`. Spikes handed
+/// over alone are freed once their bits exist, before the product's buffers are allocated.
 fn half_forward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
@@ -616,32 +618,25 @@ fn half_forward<E: GpuElement>(
     x: CudaTensor<E>,
     weight: &CudaTensor<E>,
 ) -> Result<(DeviceBuffer<u16>, SavedInput<E>), GpuError> {
-    if g.n == 0 || !uses_cudnn(device) || g.pointwise() {
+    if g.n == 0 || !(uses_cudnn(device) || g.pointwise()) {
         return gemm_half_forward(device, g, format, &x, weight);
     }
-    // The input as the backward keeps it comes first: spikes a bit each, from which the 16-bit
-    // copy cuDNN reads is then made (a 32nd of the f32 bytes read again, not all of them);
-    // anything else its 16-bit copy, which cuDNN reads and the context keeps.
-    let (input, x) = if x.is_spikes() {
-        let input = SavedInput::compact(device, &x)?;
-        drop(x);
-        (input, None)
-    } else {
-        let bits = Arc::new(HalfBits {
-            bits: stored(device, format, x.buffer())?,
-            format,
-        });
-        let shape = x.shape().to_vec();
-        (SavedInput::Half { bits, shape }, Some(x))
-    };
+    let (input, x) = kept_half_input(device, format, x)?;
     let w16 = stored(device, format, weight.buffer())?;
-    // SAFETY: cuDNN writes every element when it runs; the buffer is dropped when it does not.
+    // SAFETY: the product writes every element when it runs; the buffer is dropped when it does
+    // not.
     let mut y16 = unsafe { device.alloc::<u16>(g.n * g.out_len()) }?;
-    let types = DataTypes::half(format);
     let ran = {
         let x16 = input.half(device, format)?;
-        let (x16, w16) = (x16.buffer().slice(), w16.slice());
-        cudnn::forward(device, g, types, x16, w16, y16.slice_mut(), false)?
+        if g.pointwise() {
+            let gemm = g.forward_gemm(g.n, true, false);
+            gemm.run_stored(device, OP, format, &w16, x16.buffer(), &mut y16)?;
+            true
+        } else {
+            let (x16, w16) = (x16.buffer().slice(), w16.slice());
+            let types = DataTypes::half(format);
+            cudnn::forward(device, g, types, x16, w16, y16.slice_mut(), false)?
+        }
     };
     if ran {
         return Ok((y16, input));
@@ -654,7 +649,28 @@ fn half_forward<E: GpuElement>(
     gemm_half_forward(device, g, format, &x, weight)
 }
 
-/// [`half_forward`] by the GEMMs of the im2col engine (one GEMM for a pointwise forward).
+/// The input of a 16-bit forward as its backward keeps it, made first: spikes a bit each, from
+/// which the 16-bit operand is then made (a 32nd of the `f32` bytes read again, not all of them),
+/// and `x` itself freed; anything else its 16-bit copy, which the product reads and the context
+/// keeps, with `x` handed back for a fallback.
+fn kept_half_input<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    x: CudaTensor<E>,
+) -> Result<(SavedInput<E>, Option<CudaTensor<E>>), GpuError> {
+    if x.is_spikes() {
+        let input = SavedInput::compact(device, &x)?;
+        return Ok((input, None));
+    }
+    let bits = Arc::new(HalfBits {
+        bits: stored(device, format, x.buffer())?,
+        format,
+    });
+    let shape = x.shape().to_vec();
+    Ok((SavedInput::Half { bits, shape }, Some(x)))
+}
+
+/// [`half_forward`] by the GEMMs of the im2col engine over `x`, their `f32` sums rounded.
 fn gemm_half_forward<E: GpuElement>(
     device: &GpuDevice,
     g: &Geometry,
@@ -783,7 +799,7 @@ enum HalfPasses<'a, E> {
 
 /// The cuDNN engine's `dx` and `dw` ([`cudnn_backward`]) in cuDNN's 16-bit configuration from
 /// the 16-bit `dy_half`, `dw` read back as `f32` (a pointwise `dx` is one GEMM over `dy_half`
-/// widened, stored in 16 bits). [`HalfPasses::NotRun`] when the device's engine is im2col or
+/// that writes it in 16 bits). [`HalfPasses::NotRun`] when the device's engine is im2col or
 /// cuDNN has no deterministic algorithm.
 fn cudnn_half_backward<'a, E: GpuElement>(
     device: &GpuDevice,
@@ -811,13 +827,12 @@ fn cudnn_half_backward<'a, E: GpuElement>(
     }
     let dx = if g.pointwise() {
         drop(x);
-        let grad_y = precision::widened_tensor(device, format, &dy_half, &g.output_shape())?;
-        drop(dy_half);
+        let w_half = stored(device, format, weight.buffer())?;
         // SAFETY: the GEMM writes every element.
-        let mut dx = unsafe { device.alloc::<E>(g.n * g.in_len()) }?;
-        pointwise_input_grad(device, g, weight, &grad_y, &mut dx)?;
-        drop(grad_y);
-        stored(device, format, &dx)?
+        let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
+        let gemm = g.pointwise_input_grad_gemm();
+        gemm.run_stored(device, OP, format, &w_half, &dy_half, &mut dx16)?;
+        dx16
     } else {
         let w_half = stored(device, format, weight.buffer())?;
         // SAFETY: as for `dw16`.
