@@ -345,6 +345,83 @@ fn each_gemm_op_matches_the_emulation_up_to_the_order_of_its_sums() {
     }
 }
 
+/// A 16-bit pointwise convolution's `y` and `dx` are GEMMs that write their 16-bit outputs
+/// themselves (cuBLAS with a 16-bit `C`): with one term per sum (one input channel for `y`, one
+/// output channel for `dx`) the f32 sum is a product of two 16-bit values, exact, so rounding it
+/// to nearest even must give the emulation's bits exactly, on either engine, whatever order the
+/// library sums in. Values spread over 2^-12 to 2^3, so that products round (ties included) and
+/// fp16's fall below its smallest normal too.
+#[test]
+fn a_16_bit_pointwise_convolution_rounds_its_outputs_to_nearest_even() {
+    let Some(gpu) = backend_or_skip::<f32>("a_16_bit_pointwise_convolution_rounds") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(71);
+    let mut spread = |len: usize| -> Vec<f32> {
+        let normal = normal_f32(&mut rng, len, 1.0);
+        let scales: Vec<f64> = (0..len).map(|_| rng.next_f64()).collect();
+        let scale = |u: f64| 2f32.powi(3 - (u * 15.0) as i32);
+        normal
+            .iter()
+            .zip(scales)
+            .map(|(v, u)| v * scale(u))
+            .collect()
+    };
+    let (x, w_one_in, dy, w_one_out) = (spread(2 * 36), spread(3), spread(2 * 36), spread(3));
+    for engine in each_conv_engine(device) {
+        for format in FORMATS {
+            let precision = format.precision();
+            device.set_precision(precision).unwrap();
+            let cpu = Cpu::<f32>::with_precision(precision);
+            let what = format!("{precision} on {}", engine.name());
+            let params = Conv2dParams::new(1, 0);
+            // y [2, 3, 6, 6] from one input channel: one product per element.
+            let gpu_y = {
+                let x = gpu.tensor_from_vec(&[2, 1, 6, 6], x.clone()).unwrap();
+                let w = gpu
+                    .tensor_from_vec(&[3, 1, 1, 1], w_one_in.clone())
+                    .unwrap();
+                gpu.to_vec(&gpu.conv2d_forward(&x, &w, None, params).unwrap().0)
+                    .unwrap()
+            };
+            let cpu_y = {
+                let x = cpu.tensor_from_vec(&[2, 1, 6, 6], x.clone()).unwrap();
+                let w = cpu
+                    .tensor_from_vec(&[3, 1, 1, 1], w_one_in.clone())
+                    .unwrap();
+                cpu.to_vec(&cpu.conv2d_forward(&x, &w, None, params).unwrap().0)
+                    .unwrap()
+            };
+            assert!(same_bits(&[gpu_y], &[cpu_y]), "{what}: y differs");
+            // dx [2, 3, 6, 6] to one output channel: one product per element.
+            let x3 = &[x.clone(), x.clone(), x.clone()].concat();
+            let gpu_dx = {
+                let x = gpu.tensor_from_vec(&[2, 3, 6, 6], x3.clone()).unwrap();
+                let w = gpu
+                    .tensor_from_vec(&[1, 3, 1, 1], w_one_out.clone())
+                    .unwrap();
+                let (_, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
+                let dy = gpu.tensor_from_vec(&[2, 1, 6, 6], dy.clone()).unwrap();
+                gpu.to_vec(&gpu.conv2d_backward(dy, &context).unwrap().input)
+                    .unwrap()
+            };
+            let cpu_dx = {
+                let x = cpu.tensor_from_vec(&[2, 3, 6, 6], x3.clone()).unwrap();
+                let w = cpu
+                    .tensor_from_vec(&[1, 3, 1, 1], w_one_out.clone())
+                    .unwrap();
+                let (_, context) = cpu.conv2d_forward(&x, &w, None, params).unwrap();
+                let dy = cpu.tensor_from_vec(&[2, 1, 6, 6], dy.clone()).unwrap();
+                cpu.to_vec(&cpu.conv2d_backward(dy, &context).unwrap().input)
+                    .unwrap()
+            };
+            assert!(same_bits(&[gpu_dx], &[cpu_dx]), "{what}: dx differs");
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
 /// Live device bytes once the stream is idle.
 fn live_bytes(gpu: &Cuda<f32>) -> usize {
     gpu.synchronize().unwrap();
