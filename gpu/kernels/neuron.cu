@@ -165,6 +165,22 @@ __device__ void backward_from_normalised(const G* grad_spikes, E* grad_x, const 
                              alpha, smooth, detach_reset);
 }
 
+// The forward of a neuron that keeps nothing, its input the output of a training BatchNorm made
+// as it is read (NormalisedInput, as backward_from_normalised reads it): the spikes of firing
+// over that output, the fingerprint's terms summed as they are written, and the output itself
+// never written (docs/neurons.md §2.4.3). Every lane reaches the fingerprint's warp sum.
+template <typename E, typename X>
+__device__ void fire_from_normalised(E* spikes, unsigned long long* fingerprint_sum, const X* x, const double* mean,
+                                     const double* inv_std, const E* gamma, const E* beta, long long channels,
+                                     long long inner, long long n, int time_steps, int kind, int decay_input,
+                                     double tau, E v_threshold, int surrogate, E alpha, int smooth) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long c = i < n ? channel_of(i, inner, channels, n <= 0xffffffffLL) : 0;
+    const NormalisedInput<E, X> input{x, ChannelMap::of(mean, inv_std, gamma, beta, c)};
+    charge_and_fire<E>(input, spikes, StoredPotentials<E*>{(E*)0}, fingerprint_sum, n, time_steps, kind, decay_input,
+                       tau, v_threshold, surrogate, alpha, smooth);
+}
+
 #define NEURON_SHARED_PARAMS(E)                                                                                \
     long long n, int time_steps, int kind, int decay_input, double tau, E v_threshold, int surrogate, E alpha,     \
         int smooth
@@ -272,3 +288,16 @@ NEURON_NORMALISED_IN_PLACE_KERNEL(float, float, neuron_backward_from_normalised_
 NEURON_NORMALISED_IN_PLACE_KERNEL(double, double, neuron_backward_from_normalised_in_place_f64)
 NEURON_NORMALISED_IN_PLACE_KERNEL(float, Bf16, neuron_backward_from_normalised_in_place_f32_input_bf16)
 NEURON_NORMALISED_IN_PLACE_KERNEL(float, Fp16, neuron_backward_from_normalised_in_place_f32_input_fp16)
+
+// The forwards from a BatchNorm's output made as it is read (fire_from_normalised), for the
+// BatchNorm's input as X: `neuron_fire_from_normalised_<E>[_input_<format>]`.
+#define NEURON_FIRE_NORMALISED_KERNEL(E, X, NAME)                                                                      \
+    extern "C" __global__ void NAME(E* spikes, unsigned long long* fingerprint_sum, NORMALISED_PARAMS(E, X),            \
+                                    NEURON_SHARED_PARAMS(E)) {                                                         \
+        fire_from_normalised<E, X>(spikes, fingerprint_sum, NORMALISED_ARGS, NEURON_SHARED_ARGS);                      \
+    }
+
+NEURON_FIRE_NORMALISED_KERNEL(float, float, neuron_fire_from_normalised_f32)
+NEURON_FIRE_NORMALISED_KERNEL(double, double, neuron_fire_from_normalised_f64)
+NEURON_FIRE_NORMALISED_KERNEL(float, Bf16, neuron_fire_from_normalised_f32_input_bf16)
+NEURON_FIRE_NORMALISED_KERNEL(float, Fp16, neuron_fire_from_normalised_f32_input_fp16)

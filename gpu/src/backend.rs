@@ -10,8 +10,8 @@ use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{
     AdamWParams, AdamWState, Backend, BackendNeuronSource, BatchNormAffine, BatchNormGrads,
     BatchNormParams, BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams,
-    ConvBatchNormGrads, ConvKind, LinearGrads, NeuronBackward, NeuronConfig, NeuronSource, Onto,
-    Pool2dParams, Precision, Result, RunningStats, SgdParams, TransferCounts,
+    ConvBatchNormGrads, ConvKind, LinearGrads, NeuronBackward, NeuronConfig, NeuronFire,
+    NeuronSource, Onto, Pool2dParams, Precision, Result, RunningStats, SgdParams, TransferCounts,
     conv_batch_norm_backward_in_turn, neuron_backward_from_source_in_turn, neuron_context,
     spiking_conv_batch_norm_backward_in_turn,
 };
@@ -413,6 +413,20 @@ impl<E: GpuElement> Backend for Cuda<E> {
             kind,
             norm,
             Some(onto),
+        )?)
+    }
+
+    fn conv_batch_norm_train_fire(
+        &self,
+        x: CudaTensor<E>,
+        weight: &CudaTensor<E>,
+        kind: ConvKind,
+        norm: BatchNormAffine<'_, CudaTensor<E>>,
+        neuron: NeuronFire<'_, DeviceBuffer<u64>>,
+    ) -> Result<ops::conv_batch_norm::ConvBatchNormOutput<E>> {
+        let device = &self.device;
+        Ok(ops::conv_batch_norm::train_fire(
+            device, x, weight, kind, norm, neuron,
         )?)
     }
 

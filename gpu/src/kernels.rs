@@ -30,6 +30,10 @@ pub const NEURON: KernelSource = KernelSource {
         "neuron_backward_from_normalised_in_place_f64",
         "neuron_backward_from_normalised_f32_from_bf16_input_bf16",
         "neuron_backward_from_normalised_f32_from_fp16_input_fp16",
+        "neuron_fire_from_normalised_f32",
+        "neuron_fire_from_normalised_f64",
+        "neuron_fire_from_normalised_f32_input_bf16",
+        "neuron_fire_from_normalised_f32_input_fp16",
     ],
 };
 

@@ -21,7 +21,8 @@ pub use contract::{
     AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode,
     BatchNormParams, BatchNormTrainOutput, BatchStats, Combine, Compute, Conv2dGrads, Conv2dParams,
     ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind, DType, DeviceError, Element, Firing,
-    LinearGrads, NeuronBackward, NeuronConfig, NeuronKept, NeuronKind, NeuronSource, Onto, OpError,
-    Pool2dParams, Precision, Result, RunningStats, SgdParams, Surrogate, TransferCounts,
+    LinearGrads, NeuronBackward, NeuronConfig, NeuronFire, NeuronKept, NeuronKind, NeuronSource,
+    Onto, OpError, Pool2dParams, Precision, Result, RunningStats, SgdParams, Surrogate,
+    TransferCounts,
 };
 pub use cpu::{Cpu, CpuTensor};

@@ -8,12 +8,13 @@ pub use revsnn_reference::ConvKind;
 use revsnn_reference::contract::BackendNeuronSource;
 pub use revsnn_reference::contract::{flatten_time, unflatten_time};
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchStats, ConvBatchNormGrads, NeuronBackward, NeuronConfig,
-    NeuronSource, Onto, OpError, Pool2dParams, RunningStats,
+    Backend, BatchNormAffine, BatchNormParams, BatchStats, ConvBatchNormGrads,
+    ConvBatchNormTrainOutput, NeuronBackward, NeuronConfig, NeuronFire, NeuronSource, Onto,
+    OpError, Pool2dParams, RunningStats,
 };
 
 use super::compose::{SeqToAnn, handed_on_flat};
-use super::params::ParamId;
+use super::params::{ParamId, ParamStore};
 use super::sync_batch_norm::{self, SyncSaved};
 use super::{Layer, Mode, Session};
 use crate::error::{Error, Result};
@@ -376,14 +377,7 @@ impl ConvBn {
         x: B::Tensor,
         onto: Option<Onto<B::Tensor>>,
     ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)> {
-        let store = &session.store;
-        let ids = self.norm.ids;
-        let norm = BatchNormAffine {
-            gamma: store.get(ids.gamma),
-            beta: store.get(ids.beta),
-            params: session.batch_norm,
-        };
-        let weight = store.get(self.conv.weight);
+        let (weight, norm) = self.parameters(session.store, session.batch_norm);
         let (backend, kind) = (session.backend, self.conv.kind);
         let output = match onto {
             None => backend.conv_batch_norm_train_forward(x, weight, kind, norm)?,
@@ -391,6 +385,52 @@ impl ConvBn {
                 backend.conv_batch_norm_train_forward_onto(x, weight, kind, norm, onto)?
             }
         };
+        self.finish_fused(session, output)
+    }
+
+    /// The one op with `neuron` firing over its output, unflattened by `T`, keeping nothing
+    /// ([`Backend::conv_batch_norm_train_fire`], docs/neurons.md §2.4.3): the spikes.
+    fn forward_firing<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        neuron: &Neuron,
+        time_steps: usize,
+    ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)> {
+        let (weight, norm) = self.parameters(session.store, session.batch_norm);
+        let fire = NeuronFire {
+            config: &neuron.config,
+            time_steps,
+            fingerprint: session.probes.spike_fingerprint_mut(),
+        };
+        let backend = session.backend;
+        let output = backend.conv_batch_norm_train_fire(x, weight, self.conv.kind, norm, fire)?;
+        session.probes.log_spikes(&output.y);
+        self.finish_fused(session, output)
+    }
+
+    /// The convolution's weight and the BatchNorm's affine parameters in `store`, with the
+    /// BatchNorm settings `params`.
+    fn parameters<'s, B: Backend>(
+        &self,
+        store: &'s ParamStore<B>,
+        params: BatchNormParams,
+    ) -> (&'s B::Tensor, BatchNormAffine<'s, B::Tensor>) {
+        let ids = self.norm.ids;
+        let norm = BatchNormAffine {
+            gamma: store.get(ids.gamma),
+            beta: store.get(ids.beta),
+            params,
+        };
+        (store.get(self.conv.weight), norm)
+    }
+
+    /// Records the one op's batch statistics; its output and the two contexts.
+    fn finish_fused<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        output: ConvBatchNormTrainOutput<B::Tensor, B::Conv2dContext, B::BatchNormContext>,
+    ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)> {
         self.norm.record_batch(session, &output.batch)?;
         Ok((output.y, (output.conv, BatchNormSaved::Local(output.norm))))
     }
@@ -474,6 +514,39 @@ impl<B: Backend> Layer<B> for ConvBn {
                 self.conv.backward(session, conv, grad)
             }
         }
+    }
+}
+
+/// What [`SeqToAnn::forward_then_fire`] returns: the spikes, the convolution and BatchNorm's
+/// context, and the neuron's where it keeps one.
+type Fired<B> = (
+    <B as Backend>::Tensor,
+    <SeqToAnn<ConvBn> as Layer<B>>::Saved,
+    Option<<B as Backend>::NeuronContext>,
+);
+
+impl SeqToAnn<ConvBn> {
+    /// This layer, then `neuron` over its output: in training with the batch's own statistics
+    /// and a bias-free convolution, one op whose neuron fires keeping nothing
+    /// ([`ConvBn::forward_firing`]); else the layer, then [`Neuron::forward_after`].
+    pub(super) fn forward_then_fire<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        neuron: &Neuron,
+    ) -> Result<Fired<B>> {
+        if !self.layer.runs_fused(session) {
+            let (y, saved) = self.forward(session, x)?;
+            let ((_, norm), _) = &saved;
+            let (spikes, context) = neuron.forward_after(session, Some(norm), y)?;
+            return Ok((spikes, saved, context));
+        }
+        let time_steps = session.backend.shape(&x)[0];
+        let flat = handed_on_flat(session.backend, x)?;
+        let (spikes, saved) = self
+            .layer
+            .forward_firing(session, flat, neuron, time_steps)?;
+        Ok((spikes, (saved, time_steps), None))
     }
 }
 
@@ -579,10 +652,10 @@ impl SpikingConvPair {
         session: &mut Session<B>,
         x: B::Tensor,
     ) -> Result<(B::Tensor, PairSaved<B>)> {
-        let (y, first) = self.first.forward(session, x)?;
-        let (_, ((_, norm), _)) = &first;
-        let (spikes, context) = self.second.neuron.forward_after(session, Some(norm), y)?;
-        Ok((spikes, (first, context)))
+        let (spikes, neuron) = self.first.neuron.forward(session, x)?;
+        let (spikes, conv_bn, context) =
+            (self.first.conv_bn).forward_then_fire(session, spikes, &self.second.neuron)?;
+        Ok((spikes, ((neuron, conv_bn), context)))
     }
 }
 
@@ -662,9 +735,7 @@ impl<B: Backend> Layer<B> for ConvBnNeuron {
     );
 
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        let (y, conv_bn) = self.conv_bn.forward(session, x)?;
-        let ((_, norm), _) = &conv_bn;
-        let (spikes, neuron) = self.neuron.forward_after(session, Some(norm), y)?;
+        let (spikes, conv_bn, neuron) = self.conv_bn.forward_then_fire(session, x, &self.neuron)?;
         Ok((spikes, (conv_bn, neuron)))
     }
 

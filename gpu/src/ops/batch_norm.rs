@@ -370,6 +370,31 @@ pub(crate) fn train_forward_over<E: GpuElement>(
     params: BatchNormParams,
     onto: Option<Onto<CudaTensor<E>>>,
 ) -> Result<BatchNormTrainOutput<CudaTensor<E>, BatchNormContext<E>>, GpuError> {
+    let (stats, context) = train_statistics_over(device, x, gamma, beta, params)?;
+    let layout = Layout::of("batch_norm_train", context.input.shape())?;
+    let map = ChannelMap {
+        mean: &context.mean,
+        inv_std: &context.inv_std,
+        gamma,
+        beta,
+    };
+    let y = match onto {
+        None => normalise(device, &context.input, &layout, &map)?,
+        Some(onto) => normalise_onto(device, &context.input, &layout, &map, onto)?,
+    };
+    Ok((y, stats, context))
+}
+
+/// [`train_forward_over`] up to its statistics: the batch statistics and the context, whose
+/// output is then written by [`train_output`] or made as it is read by the neuron after the
+/// BatchNorm (`super::neuron::fire_from_normalised`). Errors as [`train_forward`] does.
+pub(crate) fn train_statistics_over<E: GpuElement>(
+    device: &GpuDevice,
+    x: SavedInput<E>,
+    gamma: &CudaTensor<E>,
+    beta: &CudaTensor<E>,
+    params: BatchNormParams,
+) -> Result<(BatchStats<CudaTensor<E>>, BatchNormContext<E>), GpuError> {
     const OP: &str = "batch_norm_train";
     params.validate()?;
     let layout = Layout::of(OP, x.shape())?;
@@ -377,16 +402,6 @@ pub(crate) fn train_forward_over<E: GpuElement>(
     check_channel_vector(OP, "beta", beta.shape(), layout.channels)?;
     layout.split.check_trainable(OP, x.shape())?;
     let moments = moments(device, &x, &layout, params.eps)?;
-    let map = ChannelMap {
-        mean: &moments.mean,
-        inv_std: &moments.inv_std,
-        gamma,
-        beta,
-    };
-    let y = match onto {
-        None => normalise(device, &x, &layout, &map)?,
-        Some(onto) => normalise_onto(device, &x, &layout, &map, onto)?,
-    };
     let channels = layout.channels;
     let stats = BatchStats {
         mean: CudaTensor::new(moments.mean_out, &[channels])?,
@@ -399,7 +414,7 @@ pub(crate) fn train_forward_over<E: GpuElement>(
         gamma: gamma.clone(),
         mode: BatchNormMode::Train,
     };
-    Ok((y, stats, context))
+    Ok((stats, context))
 }
 
 /// The `y` of the training forward that made `context` (this module's or the fused convolution

@@ -11,15 +11,19 @@
 
 use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free};
 use revsnn_reference::{
-    BatchNormAffine, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind, Onto,
+    BatchNormAffine, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind,
+    NeuronFire, Onto,
 };
 
 use super::GpuElement;
 use super::batch_norm::{self, BatchNormContext};
 use super::conv::{self, Conv2dContext, StoredGrads};
+use super::neuron;
 use super::precision::{self, HalfBits, HalfFormat};
+use super::saved_input::SavedInput;
 use crate::device::GpuDevice;
 use crate::error::GpuError;
+use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
 /// What [`train_forward`] returns.
@@ -40,18 +44,7 @@ pub fn train_forward<E: GpuElement>(
     norm: BatchNormAffine<'_, CudaTensor<E>>,
     onto: Option<Onto<CudaTensor<E>>>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
-    let (output, conv) = match kind {
-        ConvKind::Conv2d(params) => conv::forward_kept(device, x, weight, params)?,
-        ConvKind::Conv1d => {
-            let as_2d = Conv1dAs2d::new(x.shape(), weight.shape())?;
-            let x_2d = x.reshaped(&as_2d.x)?;
-            drop(x);
-            let weight = weight.reshaped(&as_2d.weight)?;
-            let params = Conv2dParams::new(1, 0);
-            let (output, conv) = conv::forward_kept(device, x_2d, &weight, params)?;
-            (output.reshaped(&as_2d.output)?, conv)
-        }
-    };
+    let (output, conv) = convolved(device, x, weight, kind)?;
     let (y, batch, norm_context) =
         batch_norm::train_forward_over(device, output, norm.gamma, norm.beta, norm.params, onto)?;
     Ok(ConvBatchNormTrainOutput {
@@ -60,6 +53,53 @@ pub fn train_forward<E: GpuElement>(
         conv,
         norm: norm_context,
     })
+}
+
+/// [`train_forward`] with the neuron `fire` firing over the BatchNorm's output keeping nothing
+/// (`Backend::conv_batch_norm_train_fire`): the BatchNorm computes its statistics only, and the
+/// neuron's kernel maps its input as it reads it ([`neuron::fire_from_normalised`]), so the
+/// BatchNorm's output is never written; `y` is the spikes `[T, B, ...]`, the bits of
+/// [`train_forward`] then the neuron's forward. Errors as those do.
+pub fn train_fire<E: GpuElement>(
+    device: &GpuDevice,
+    x: CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    kind: ConvKind,
+    norm: BatchNormAffine<'_, CudaTensor<E>>,
+    fire: NeuronFire<'_, DeviceBuffer<u64>>,
+) -> Result<ConvBatchNormOutput<E>, GpuError> {
+    let (output, conv) = convolved(device, x, weight, kind)?;
+    let (batch, norm_context) =
+        batch_norm::train_statistics_over(device, output, norm.gamma, norm.beta, norm.params)?;
+    let spikes = neuron::fire_from_normalised(device, &norm_context, norm.beta, fire)?;
+    Ok(ConvBatchNormTrainOutput {
+        y: spikes,
+        batch,
+        conv,
+        norm: norm_context,
+    })
+}
+
+/// The bias-free convolution of `kind` as the BatchNorm after it reads its output
+/// ([`conv::forward_kept`]), with its context; `x` handed over.
+fn convolved<E: GpuElement>(
+    device: &GpuDevice,
+    x: CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    kind: ConvKind,
+) -> Result<(SavedInput<E>, Conv2dContext<E>), GpuError> {
+    match kind {
+        ConvKind::Conv2d(params) => conv::forward_kept(device, x, weight, params),
+        ConvKind::Conv1d => {
+            let as_2d = Conv1dAs2d::new(x.shape(), weight.shape())?;
+            let x_2d = x.reshaped(&as_2d.x)?;
+            drop(x);
+            let weight = weight.reshaped(&as_2d.weight)?;
+            let params = Conv2dParams::new(1, 0);
+            let (output, conv) = conv::forward_kept(device, x_2d, &weight, params)?;
+            Ok((output.reshaped(&as_2d.output)?, conv))
+        }
+    }
 }
 
 /// Gradients of [`train_forward`] under `format` (`bf16` or `fp16`) from its contexts: the

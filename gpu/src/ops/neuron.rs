@@ -16,9 +16,9 @@ use cudarc::driver::{
 };
 use revsnn_reference::contract::shapes::{
     BatchNormShape, check_channel_vector, check_neuron_backward, check_normalised_neuron_backward,
-    check_train_context, time_by_neurons,
+    check_train_context, time_by_neurons, time_split,
 };
-use revsnn_reference::{Firing, NeuronConfig, NeuronKept, NeuronKind, Surrogate};
+use revsnn_reference::{Firing, NeuronConfig, NeuronFire, NeuronKept, NeuronKind, Surrogate};
 
 use super::batch_norm::BatchNormContext;
 use super::precision::{self, HalfBits};
@@ -230,6 +230,69 @@ fn fire<E: GpuElement>(
             config: *config,
         },
     ))
+}
+
+/// The spikes of [`forward_keeping_nothing`] over the output of the training BatchNorm whose
+/// context is `norm` (with its shift `beta`), unflattened by `fire.time_steps` to `[T, B, ...]`,
+/// without that output: the kernel maps each element of the BatchNorm's input as it reads it,
+/// with the bits `super::batch_norm::train_output` writes, and fires over it
+/// (`neuron_fire_from_normalised_<E>[_input_<format>]`, docs/neurons.md §2.4.3). The fingerprint
+/// is folded into `fire.fingerprint` when given, as [`forward_keeping_nothing`] folds it. Errors:
+/// an evaluation context, a `beta` that is not `[C]`, `T` not dividing the input's first axis,
+/// or an invalid configuration.
+pub fn fire_from_normalised<E: GpuElement>(
+    device: &GpuDevice,
+    norm: &BatchNormContext<E>,
+    beta: &CudaTensor<E>,
+    fire: NeuronFire<'_, DeviceBuffer<u64>>,
+) -> Result<CudaTensor<E>, GpuError> {
+    const OP: &str = "neuron_forward";
+    check_train_context(OP, norm.mode)?;
+    let split = BatchNormShape::new(OP, norm.input.shape())?;
+    check_channel_vector(OP, "beta", beta.shape(), split.channels)?;
+    let shape = time_split(norm.input.shape(), fire.time_steps)?;
+    let input = norm.input.operand(device, OP)?;
+    let len: usize = shape.iter().product();
+    let config = fire.config;
+    let spikes = fingerprinted(device, &shape, config, fire.fingerprint, |launch| {
+        // SAFETY: the kernel writes every element before anything reads them.
+        let mut spikes = unsafe { device.alloc::<E>(len) }?;
+        if len == 0 {
+            return Ok(spikes);
+        }
+        let params = KernelConfig::<E>::new(config)?;
+        let format = input
+            .format
+            .map_or(String::new(), |f| format!("_input_{}", f.name()));
+        let name = format!("neuron_fire_from_normalised_{}{format}", E::SUFFIX);
+        let function = device.function(&NEURON, &name)?;
+        let stream = device.stream();
+        let (n, t) = ((len / launch.steps) as i64, launch.steps as i32);
+        let (channels, inner) = (split.channels as i64, split.inner as i64);
+        let sum = launch.fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
+        let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
+        let mut builder = stream.launch_builder(&function);
+        builder
+            .arg(spikes.slice_mut())
+            .arg(&sum_pointer)
+            .arg(&input.pointer)
+            .arg(norm.mean.slice())
+            .arg(norm.inv_std.slice())
+            .arg(norm.gamma.slice())
+            .arg(beta.slice())
+            .arg(&channels)
+            .arg(&inner);
+        params.push_shared(&mut builder, &n, &t);
+        // SAFETY: the arguments match `neuron_fire_from_normalised_*` in neuron.cu: T N spikes of
+        // E, the fingerprint sum (one u64) or null, the BatchNorm's input (T N elements, 16-bit
+        // only with E = f32: `operand`), its C-element statistics and affine vectors (checked
+        // above), C and the elements per channel and image.
+        unsafe { builder.launch(launch_config(len / launch.steps)) }.map_err(GpuError::driver(
+            "launching the neuron forward from a BatchNorm",
+        ))?;
+        Ok(spikes)
+    })?;
+    spikes_tensor(spikes, &shape, config)
 }
 
 /// Runs `charge` with the [`Launch`] of a forward over `shape` and, when `fingerprint` is given,

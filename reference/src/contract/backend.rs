@@ -178,6 +178,17 @@ pub struct NeuronBackward<'a, S> {
     pub time_steps: usize,
 }
 
+/// The neuron that fires over a training BatchNorm's output keeping nothing, as
+/// [`Backend::conv_batch_norm_train_fire`] takes it: its configuration, `T`, which unflattens the
+/// BatchNorm's `[T B, ...]` output to the neuron's `[T, B, ...]`, and the fingerprint word its
+/// spikes are folded into, when there is one.
+#[derive(Debug)]
+pub struct NeuronFire<'a, W> {
+    pub config: &'a NeuronConfig,
+    pub time_steps: usize,
+    pub fingerprint: Option<&'a mut W>,
+}
+
 /// Where a neuron's backward finds its context (docs/neurons.md §2.4.2): the one its forward
 /// returned, or, for a neuron that kept nothing because its input was a training BatchNorm's
 /// output, that BatchNorm's context and a copy of its shift, from which the output is computed
@@ -247,6 +258,34 @@ pub fn neuron_backward_from_source_in_turn<B: Backend>(
 ) -> Result<B::Tensor> {
     let context = neuron_context(backend, neuron.source, neuron.config, neuron.time_steps)?;
     backend.neuron_backward(grad_spikes, &context, neuron.config)
+}
+
+/// [`Backend::conv_batch_norm_train_fire`] as its ops in turn: the default, and what a backend
+/// that fuses them is checked against.
+pub fn conv_batch_norm_train_fire_in_turn<B: Backend>(
+    backend: &B,
+    x: B::Tensor,
+    weight: &B::Tensor,
+    kind: ConvKind,
+    norm: BatchNormAffine<'_, B::Tensor>,
+    neuron: NeuronFire<'_, B::Word>,
+) -> Result<ConvBatchNormTrainOutput<B::Tensor, B::Conv2dContext, B::BatchNormContext>> {
+    let output = backend.conv_batch_norm_train_forward(x, weight, kind, norm)?;
+    let ConvBatchNormTrainOutput {
+        y,
+        batch,
+        conv,
+        norm,
+    } = output;
+    let x = unflatten_time(backend, &y, neuron.time_steps)?;
+    drop(y);
+    let spikes = backend.neuron_forward_keeping_nothing(x, neuron.config, neuron.fingerprint)?;
+    Ok(ConvBatchNormTrainOutput {
+        y: spikes,
+        batch,
+        conv,
+        norm,
+    })
 }
 
 /// [`Backend::spiking_conv_batch_norm_backward`] as its ops in turn: the default, and what a
@@ -633,6 +672,27 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         let mut output = self.conv_batch_norm_train_forward(x, weight, kind, norm)?;
         output.y = onto.land(self, output.y)?;
         Ok(output)
+    }
+
+    /// [`Backend::conv_batch_norm_train_forward`], then the neuron `neuron` firing over its output
+    /// unflattened to `[T, B, ...]` and keeping nothing ([`Backend::neuron_forward_keeping_nothing`],
+    /// the fingerprint folded as it folds it): the returned `y` is the spikes `[T, B, ...]`, with
+    /// the statistics and both contexts of the op; the neuron's backward makes its input again
+    /// from the BatchNorm's context (docs/neurons.md §2.4.2). The default runs exactly that. A
+    /// backend may fire from the BatchNorm's input and statistics as it normalises, so that the
+    /// BatchNorm's output is never written (CUDA: docs/neurons.md §2.4.3); the spikes, the
+    /// fingerprint, the statistics and the contexts are the same bits. Errors as the two do, and
+    /// when `T` does not divide the output's first axis.
+    fn conv_batch_norm_train_fire(
+        &self,
+        x: Self::Tensor,
+        weight: &Self::Tensor,
+        kind: ConvKind,
+        norm: BatchNormAffine<'_, Self::Tensor>,
+        neuron: NeuronFire<'_, Self::Word>,
+    ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
+    {
+        conv_batch_norm_train_fire_in_turn(self, x, weight, kind, norm, neuron)
     }
 
     /// Gradients of [`Backend::conv_batch_norm_train_forward`] from its two contexts:
