@@ -251,48 +251,60 @@ pub fn fire_from_normalised<E: GpuElement>(
     let split = BatchNormShape::new(OP, norm.input.shape())?;
     check_channel_vector(OP, "beta", beta.shape(), split.channels)?;
     let shape = time_split(norm.input.shape(), fire.time_steps)?;
-    let input = norm.input.operand(device, OP)?;
     let len: usize = shape.iter().product();
     let config = fire.config;
     let spikes = fingerprinted(device, &shape, config, fire.fingerprint, |launch| {
         // SAFETY: the kernel writes every element before anything reads them.
         let mut spikes = unsafe { device.alloc::<E>(len) }?;
-        if len == 0 {
-            return Ok(spikes);
+        if len > 0 {
+            let source = (norm, beta, &split);
+            launch_fire_from_normalised(device, spikes.slice_mut(), source, launch)?;
         }
-        let params = KernelConfig::<E>::new(config)?;
-        let format = input
-            .format
-            .map_or(String::new(), |f| format!("_input_{}", f.name()));
-        let name = format!("neuron_fire_from_normalised_{}{format}", E::SUFFIX);
-        let function = device.function(&NEURON, &name)?;
-        let stream = device.stream();
-        let (n, t) = ((len / launch.steps) as i64, launch.steps as i32);
-        let (channels, inner) = (split.channels as i64, split.inner as i64);
-        let sum = launch.fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
-        let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
-        let mut builder = stream.launch_builder(&function);
-        builder
-            .arg(spikes.slice_mut())
-            .arg(&sum_pointer)
-            .arg(&input.pointer)
-            .arg(norm.mean.slice())
-            .arg(norm.inv_std.slice())
-            .arg(norm.gamma.slice())
-            .arg(beta.slice())
-            .arg(&channels)
-            .arg(&inner);
-        params.push_shared(&mut builder, &n, &t);
-        // SAFETY: the arguments match `neuron_fire_from_normalised_*` in neuron.cu: T N spikes of
-        // E, the fingerprint sum (one u64) or null, the BatchNorm's input (T N elements, 16-bit
-        // only with E = f32: `operand`), its C-element statistics and affine vectors (checked
-        // above), C and the elements per channel and image.
-        unsafe { builder.launch(launch_config(len / launch.steps)) }.map_err(GpuError::driver(
-            "launching the neuron forward from a BatchNorm",
-        ))?;
         Ok(spikes)
     })?;
     spikes_tensor(spikes, &shape, config)
+}
+
+/// Launches `neuron_fire_from_normalised_<E>[_input_<format>]` writing `spikes`, `T N`
+/// elements, from the BatchNorm `norm` (with `beta` and its input's split), which
+/// [`fire_from_normalised`] has checked.
+fn launch_fire_from_normalised<E: GpuElement>(
+    device: &GpuDevice,
+    spikes: &mut CudaSlice<E>,
+    (norm, beta, split): (&BatchNormContext<E>, &CudaTensor<E>, &BatchNormShape),
+    launch: Launch<'_>,
+) -> Result<(), GpuError> {
+    let params = KernelConfig::<E>::new(launch.config)?;
+    let input = norm.input.operand(device, "neuron_forward")?;
+    let format = input
+        .format
+        .map_or(String::new(), |f| format!("_input_{}", f.name()));
+    let name = format!("neuron_fire_from_normalised_{}{format}", E::SUFFIX);
+    let function = device.function(&NEURON, &name)?;
+    let stream = device.stream();
+    let neurons = spikes.len() / launch.steps;
+    let (n, t) = (neurons as i64, launch.steps as i32);
+    let (channels, inner) = (split.channels as i64, split.inner as i64);
+    let sum = launch.fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
+    let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
+    let mut builder = stream.launch_builder(&function);
+    builder.arg(spikes).arg(&sum_pointer).arg(&input.pointer);
+    builder
+        .arg(norm.mean.slice())
+        .arg(norm.inv_std.slice())
+        .arg(norm.gamma.slice())
+        .arg(beta.slice())
+        .arg(&channels)
+        .arg(&inner);
+    params.push_shared(&mut builder, &n, &t);
+    // SAFETY: the arguments match `neuron_fire_from_normalised_*` in neuron.cu: T N spikes of E,
+    // the fingerprint sum (one u64) or null, the BatchNorm's input (T N elements, 16-bit only
+    // with E = f32: `operand`), its C-element statistics and affine vectors, C and the elements
+    // per channel and image.
+    unsafe { builder.launch(launch_config(neurons)) }.map_err(GpuError::driver(
+        "launching the neuron forward from a BatchNorm",
+    ))?;
+    Ok(())
 }
 
 /// Runs `charge` with the [`Launch`] of a forward over `shape` and, when `fingerprint` is given,
