@@ -366,7 +366,7 @@ impl ConvBn {
     /// Whether this forward runs as the one op: training, a bias-free convolution and the
     /// batch's own statistics (synchronised ones need the convolution's output:
     /// [`sync_batch_norm`]).
-    fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
+    pub(super) fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
         session.mode == Mode::Train && self.conv.bias.is_none() && session.sync_batch_norm.is_none()
     }
 
@@ -390,7 +390,7 @@ impl ConvBn {
 
     /// The one op with `neuron` firing over its output, unflattened by `T`, keeping nothing
     /// ([`Backend::conv_batch_norm_train_fire`], docs/neurons.md §2.4.3): the spikes.
-    fn forward_firing<B: Backend>(
+    pub(super) fn forward_firing<B: Backend>(
         &self,
         session: &mut Session<B>,
         x: B::Tensor,

@@ -3,11 +3,12 @@
 //! BatchNorm of the stage before it. In training with that BatchNorm's own statistics the neuron
 //! keeps nothing for its backward: the backward makes the BatchNorm's output again from its
 //! context and charges the neuron from it, once the stage's own backward has run
-//! (docs/neurons.md §2.4.2). The same gradients, bit for bit, as the stages in turn.
+//! (docs/neurons.md §2.4.2), and the forward fires it within the stage before, over that output
+//! as it is made (§2.4.3). The same gradients, bit for bit, as the stages in turn.
 
 use revsnn_reference::{Backend, OpError};
 
-use super::compose::SeqToAnn;
+use super::compose::{SeqToAnn, handed_on_flat};
 use super::layers::{BatchNorm, ConvBn, MaxPool, Neuron};
 use super::{Layer, Session};
 use crate::error::Result;
@@ -23,7 +24,43 @@ impl TokenizerStage {
     fn norm(&self) -> &BatchNorm {
         &self.body.layer.1.norm
     }
+
+    /// The body, then `neuron` (the next stage's) over its output: in training with the batch's
+    /// own statistics, the body's convolution, BatchNorm and the neuron as one op that never
+    /// writes the BatchNorm's output ([`ConvBn::forward_firing`], docs/neurons.md §2.4.3); else
+    /// the body, then [`Neuron::forward_after`]. The spikes, the body's context, and the neuron's
+    /// where it keeps one.
+    fn body_then_fire<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        neuron: &Neuron,
+    ) -> Result<BodyFired<B>> {
+        let (pool, conv_bn) = &self.body.layer;
+        if !conv_bn.runs_fused(session) {
+            let (y, body) = self.body.forward(session, x)?;
+            let ((_, (_, norm)), _) = &body;
+            let (spikes, context) = neuron.forward_after(session, Some(norm), y)?;
+            return Ok((spikes, body, context));
+        }
+        let backend = session.backend;
+        let time_steps = backend.shape(&x)[0];
+        let (pooled, pool_saved) = pool.forward(session, handed_on_flat(backend, x)?)?;
+        let (spikes, saved) = conv_bn.forward_firing(session, pooled, neuron, time_steps)?;
+        Ok((spikes, ((pool_saved, saved), time_steps), None))
+    }
 }
+
+/// What a stage's body keeps for its backward.
+type BodySaved<B> = <SeqToAnn<(Option<MaxPool>, ConvBn)> as Layer<B>>::Saved;
+
+/// What [`TokenizerStage::body_then_fire`] returns: the spikes, the body's context, and the next
+/// stage's neuron's where it keeps one.
+type BodyFired<B> = (
+    <B as Backend>::Tensor,
+    BodySaved<B>,
+    Option<<B as Backend>::NeuronContext>,
+);
 
 /// The stages in a row; the first has no neuron.
 #[derive(Clone, Debug)]
@@ -33,10 +70,7 @@ pub struct Tokenizer {
 
 /// What a stage's backward needs: its neuron's context, none where the neuron kept nothing or
 /// the stage has none, and the body's.
-type StageSaved<B> = (
-    Option<<B as Backend>::NeuronContext>,
-    <SeqToAnn<(Option<MaxPool>, ConvBn)> as Layer<B>>::Saved,
-);
+type StageSaved<B> = (Option<<B as Backend>::NeuronContext>, BodySaved<B>);
 
 impl<B: Backend> Layer<B> for Tokenizer {
     type Saved = Vec<StageSaved<B>>;
@@ -47,13 +81,22 @@ impl<B: Backend> Layer<B> for Tokenizer {
         mut x: B::Tensor,
     ) -> Result<(B::Tensor, Self::Saved)> {
         let mut saved: Self::Saved = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
-            let previous = saved.last().map(|(_, ((_, (_, norm)), _))| norm);
-            let (spikes, neuron) = match &stage.neuron {
-                None => (x, None),
-                Some(neuron) => neuron.forward_after(session, previous, x)?,
+        // The context of a stage's neuron that the stage before fired, with `x` its spikes.
+        let mut fired = None;
+        for (i, stage) in self.stages.iter().enumerate() {
+            let (spikes, neuron) = match (fired.take(), &stage.neuron) {
+                (Some(context), _) => (x, context),
+                (None, None) => (x, None),
+                (None, Some(neuron)) => neuron.forward_after(session, None, x)?,
             };
-            let (y, body) = stage.body.forward(session, spikes)?;
+            let (y, body) = match self.stages.get(i + 1).and_then(|next| next.neuron.as_ref()) {
+                Some(next) => {
+                    let (spikes, body, context) = stage.body_then_fire(session, spikes, next)?;
+                    fired = Some(context);
+                    (spikes, body)
+                }
+                None => stage.body.forward(session, spikes)?,
+            };
             saved.push((neuron, body));
             x = y;
         }
