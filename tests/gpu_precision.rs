@@ -368,58 +368,48 @@ fn a_16_bit_pointwise_convolution_rounds_its_outputs_to_nearest_even() {
             .map(|(v, u)| v * scale(u))
             .collect()
     };
-    let (x, w_one_in, dy, w_one_out) = (spread(2 * 36), spread(3), spread(2 * 36), spread(3));
+    let values = [spread(2 * 36), spread(3), spread(2 * 36), spread(3)];
     for engine in each_conv_engine(device) {
         for format in FORMATS {
             let precision = format.precision();
             device.set_precision(precision).unwrap();
             let cpu = Cpu::<f32>::with_precision(precision);
             let what = format!("{precision} on {}", engine.name());
-            let params = Conv2dParams::new(1, 0);
-            // y [2, 3, 6, 6] from one input channel: one product per element.
-            let gpu_y = {
-                let x = gpu.tensor_from_vec(&[2, 1, 6, 6], x.clone()).unwrap();
-                let w = gpu
-                    .tensor_from_vec(&[3, 1, 1, 1], w_one_in.clone())
-                    .unwrap();
-                gpu.to_vec(&gpu.conv2d_forward(&x, &w, None, params).unwrap().0)
-                    .unwrap()
-            };
-            let cpu_y = {
-                let x = cpu.tensor_from_vec(&[2, 1, 6, 6], x.clone()).unwrap();
-                let w = cpu
-                    .tensor_from_vec(&[3, 1, 1, 1], w_one_in.clone())
-                    .unwrap();
-                cpu.to_vec(&cpu.conv2d_forward(&x, &w, None, params).unwrap().0)
-                    .unwrap()
-            };
+            let [gpu_y, gpu_dx] = one_term_outputs(&gpu, &values);
+            let [cpu_y, cpu_dx] = one_term_outputs(&cpu, &values);
             assert!(same_bits(&[gpu_y], &[cpu_y]), "{what}: y differs");
-            // dx [2, 3, 6, 6] to one output channel: one product per element.
-            let x3 = &[x.clone(), x.clone(), x.clone()].concat();
-            let gpu_dx = {
-                let x = gpu.tensor_from_vec(&[2, 3, 6, 6], x3.clone()).unwrap();
-                let w = gpu
-                    .tensor_from_vec(&[1, 3, 1, 1], w_one_out.clone())
-                    .unwrap();
-                let (_, context) = gpu.conv2d_forward(&x, &w, None, params).unwrap();
-                let dy = gpu.tensor_from_vec(&[2, 1, 6, 6], dy.clone()).unwrap();
-                gpu.to_vec(&gpu.conv2d_backward(dy, &context).unwrap().input)
-                    .unwrap()
-            };
-            let cpu_dx = {
-                let x = cpu.tensor_from_vec(&[2, 3, 6, 6], x3.clone()).unwrap();
-                let w = cpu
-                    .tensor_from_vec(&[1, 3, 1, 1], w_one_out.clone())
-                    .unwrap();
-                let (_, context) = cpu.conv2d_forward(&x, &w, None, params).unwrap();
-                let dy = cpu.tensor_from_vec(&[2, 1, 6, 6], dy.clone()).unwrap();
-                cpu.to_vec(&cpu.conv2d_backward(dy, &context).unwrap().input)
-                    .unwrap()
-            };
             assert!(same_bits(&[gpu_dx], &[cpu_dx]), "{what}: dx differs");
         }
     }
     device.set_precision(Precision::F32).unwrap();
+}
+
+/// `y [2, 3, 6, 6]` of a pointwise convolution from one input channel, and `dx [2, 3, 6, 6]` of
+/// one to one output channel: one product per element of each. `values`: `x` (one channel),
+/// the weight of `y`'s convolution, `dy` (one channel) and the weight of `dx`'s.
+fn one_term_outputs<Bk: Backend<Elem = f32>>(
+    backend: &Bk,
+    values: &[Vec<f32>; 4],
+) -> [Vec<f32>; 2] {
+    let [x, w_one_in, dy, w_one_out] = values;
+    let tensor = |shape: &[usize], values: &[f32]| backend.tensor_from_vec(shape, values.to_vec());
+    let params = Conv2dParams::new(1, 0);
+    let y = {
+        let (x, w) = (tensor(&[2, 1, 6, 6], x), tensor(&[3, 1, 1, 1], w_one_in));
+        backend.conv2d_forward(&x.unwrap(), &w.unwrap(), None, params)
+    };
+    let dx = {
+        let x3 = [x.as_slice(), x, x].concat();
+        let (x, w) = (tensor(&[2, 3, 6, 6], &x3), tensor(&[1, 3, 1, 1], w_one_out));
+        let (_, context) = backend
+            .conv2d_forward(&x.unwrap(), &w.unwrap(), None, params)
+            .unwrap();
+        let dy = tensor(&[2, 1, 6, 6], dy).unwrap();
+        backend
+            .conv2d_backward(dy, &context)
+            .map(|grads| grads.input)
+    };
+    [y.unwrap().0, dx.unwrap()].map(|t| backend.to_vec(&t).unwrap())
 }
 
 /// Live device bytes once the stream is idle.

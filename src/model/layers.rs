@@ -719,7 +719,8 @@ impl KeepInput for SpikingConvBn {
 
 /// `SN(BN(conv(x)))` over `[T, B, ...]`, the attention's `q`, `k` and `v` projections
 /// (docs/architectures.md §4.0). In training the neuron fires over the BatchNorm's output keeping
-/// nothing, and the backward makes that output again from the BatchNorm's context and charges the
+/// nothing (as the op makes that output, never written: docs/neurons.md §2.4.3), and the backward
+/// makes that output again from the BatchNorm's context and charges the
 /// neuron from it (docs/neurons.md §2.4.2), so the neuron's membrane potentials are never held
 /// between the passes. The same gradients, bit for bit, as the two layers in turn.
 #[derive(Clone, Debug)]
