@@ -366,7 +366,7 @@ impl ConvBn {
     /// Whether this forward runs as the one op: training, a bias-free convolution and the
     /// batch's own statistics (synchronised ones need the convolution's output:
     /// [`sync_batch_norm`]).
-    pub(super) fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
+    fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
         session.mode == Mode::Train && self.conv.bias.is_none() && session.sync_batch_norm.is_none()
     }
 
@@ -388,9 +388,32 @@ impl ConvBn {
         self.finish_fused(session, output)
     }
 
+    /// This layer over the time-flattened `x`, then `neuron` over its output unflattened by `T`:
+    /// in training with the batch's own statistics and no bias, the one op whose neuron fires
+    /// keeping nothing ([`ConvBn::forward_firing`]); else the layer, then
+    /// [`Neuron::forward_after`]. The spikes, this layer's context, and the neuron's where it
+    /// keeps one.
+    pub(super) fn forward_then_fire<B: Backend>(
+        &self,
+        session: &mut Session<B>,
+        x: B::Tensor,
+        neuron: &Neuron,
+        time_steps: usize,
+    ) -> Result<Fired<B, <Self as Layer<B>>::Saved>> {
+        if self.runs_fused(session) {
+            let (spikes, saved) = self.forward_firing(session, x, neuron, time_steps)?;
+            return Ok((spikes, saved, None));
+        }
+        let (y_flat, saved) = self.forward(session, x)?;
+        let y = unflatten_time(session.backend, &y_flat, time_steps)?;
+        drop(y_flat);
+        let (spikes, context) = neuron.forward_after(session, Some(&saved.1), y)?;
+        Ok((spikes, saved, context))
+    }
+
     /// The one op with `neuron` firing over its output, unflattened by `T`, keeping nothing
     /// ([`Backend::conv_batch_norm_train_fire`], docs/neurons.md §2.4.3): the spikes.
-    pub(super) fn forward_firing<B: Backend>(
+    fn forward_firing<B: Backend>(
         &self,
         session: &mut Session<B>,
         x: B::Tensor,
@@ -517,36 +540,28 @@ impl<B: Backend> Layer<B> for ConvBn {
     }
 }
 
-/// What [`SeqToAnn::forward_then_fire`] returns: the spikes, the convolution and BatchNorm's
-/// context, and the neuron's where it keeps one.
-type Fired<B> = (
+/// What a layer followed by a neuron returns ([`ConvBn::forward_then_fire`]): the spikes, the
+/// layer's context `S`, and the neuron's where it keeps one.
+pub(super) type Fired<B, S> = (
     <B as Backend>::Tensor,
-    <SeqToAnn<ConvBn> as Layer<B>>::Saved,
+    S,
     Option<<B as Backend>::NeuronContext>,
 );
 
 impl SeqToAnn<ConvBn> {
-    /// This layer, then `neuron` over its output: in training with the batch's own statistics
-    /// and a bias-free convolution, one op whose neuron fires keeping nothing
-    /// ([`ConvBn::forward_firing`]); else the layer, then [`Neuron::forward_after`].
+    /// This layer, then `neuron` over its output ([`ConvBn::forward_then_fire`] over the
+    /// time-flattened `x`).
     pub(super) fn forward_then_fire<B: Backend>(
         &self,
         session: &mut Session<B>,
         x: B::Tensor,
         neuron: &Neuron,
-    ) -> Result<Fired<B>> {
-        if !self.layer.runs_fused(session) {
-            let (y, saved) = self.forward(session, x)?;
-            let ((_, norm), _) = &saved;
-            let (spikes, context) = neuron.forward_after(session, Some(norm), y)?;
-            return Ok((spikes, saved, context));
-        }
+    ) -> Result<Fired<B, <Self as Layer<B>>::Saved>> {
         let time_steps = session.backend.shape(&x)[0];
         let flat = handed_on_flat(session.backend, x)?;
-        let (spikes, saved) = self
-            .layer
-            .forward_firing(session, flat, neuron, time_steps)?;
-        Ok((spikes, (saved, time_steps), None))
+        let (spikes, saved, context) =
+            (self.layer).forward_then_fire(session, flat, neuron, time_steps)?;
+        Ok((spikes, (saved, time_steps), context))
     }
 }
 

@@ -9,7 +9,7 @@
 use revsnn_reference::{Backend, OpError};
 
 use super::compose::{SeqToAnn, handed_on_flat};
-use super::layers::{BatchNorm, ConvBn, MaxPool, Neuron};
+use super::layers::{BatchNorm, ConvBn, Fired, MaxPool, Neuron};
 use super::{Layer, Session};
 use crate::error::Result;
 
@@ -25,42 +25,28 @@ impl TokenizerStage {
         &self.body.layer.1.norm
     }
 
-    /// The body, then `neuron` (the next stage's) over its output: in training with the batch's
-    /// own statistics, the body's convolution, BatchNorm and the neuron as one op that never
-    /// writes the BatchNorm's output ([`ConvBn::forward_firing`], docs/neurons.md §2.4.3); else
-    /// the body, then [`Neuron::forward_after`]. The spikes, the body's context, and the neuron's
-    /// where it keeps one.
+    /// The body, then `neuron` (the next stage's) over its output: the max pool over the
+    /// time-flattened `x`, then [`ConvBn::forward_then_fire`], which in training with the batch's
+    /// own statistics never writes the BatchNorm's output (docs/neurons.md §2.4.3). The spikes,
+    /// the body's context, and the neuron's where it keeps one.
     fn body_then_fire<B: Backend>(
         &self,
         session: &mut Session<B>,
         x: B::Tensor,
         neuron: &Neuron,
-    ) -> Result<BodyFired<B>> {
+    ) -> Result<Fired<B, BodySaved<B>>> {
         let (pool, conv_bn) = &self.body.layer;
-        if !conv_bn.runs_fused(session) {
-            let (y, body) = self.body.forward(session, x)?;
-            let ((_, (_, norm)), _) = &body;
-            let (spikes, context) = neuron.forward_after(session, Some(norm), y)?;
-            return Ok((spikes, body, context));
-        }
         let backend = session.backend;
         let time_steps = backend.shape(&x)[0];
         let (pooled, pool_saved) = pool.forward(session, handed_on_flat(backend, x)?)?;
-        let (spikes, saved) = conv_bn.forward_firing(session, pooled, neuron, time_steps)?;
-        Ok((spikes, ((pool_saved, saved), time_steps), None))
+        let (spikes, saved, context) =
+            conv_bn.forward_then_fire(session, pooled, neuron, time_steps)?;
+        Ok((spikes, ((pool_saved, saved), time_steps), context))
     }
 }
 
 /// What a stage's body keeps for its backward.
 type BodySaved<B> = <SeqToAnn<(Option<MaxPool>, ConvBn)> as Layer<B>>::Saved;
-
-/// What [`TokenizerStage::body_then_fire`] returns: the spikes, the body's context, and the next
-/// stage's neuron's where it keeps one.
-type BodyFired<B> = (
-    <B as Backend>::Tensor,
-    BodySaved<B>,
-    Option<<B as Backend>::NeuronContext>,
-);
 
 /// The stages in a row; the first has no neuron.
 #[derive(Clone, Debug)]

@@ -246,10 +246,7 @@ pub fn fire_from_normalised<E: GpuElement>(
     beta: &CudaTensor<E>,
     fire: NeuronFire<'_, DeviceBuffer<u64>>,
 ) -> Result<CudaTensor<E>, GpuError> {
-    const OP: &str = "neuron_forward";
-    check_train_context(OP, norm.mode)?;
-    let split = BatchNormShape::new(OP, norm.input.shape())?;
-    check_channel_vector(OP, "beta", beta.shape(), split.channels)?;
+    let split = normalised_split("neuron_forward", norm, beta)?;
     let shape = time_split(norm.input.shape(), fire.time_steps)?;
     let len: usize = shape.iter().product();
     let config = fire.config;
@@ -263,6 +260,20 @@ pub fn fire_from_normalised<E: GpuElement>(
         Ok(spikes)
     })?;
     spikes_tensor(spikes, &shape, config)
+}
+
+/// The split `[N, C, inner]` of the input of the training BatchNorm `norm`, whose output a
+/// neuron's kernel makes as it reads it, after checking that `norm` is a training context and
+/// `beta` is `[C]`; `op` names the caller in the errors.
+fn normalised_split<E: GpuElement>(
+    op: &'static str,
+    norm: &BatchNormContext<E>,
+    beta: &CudaTensor<E>,
+) -> Result<BatchNormShape, GpuError> {
+    check_train_context(op, norm.mode)?;
+    let split = BatchNormShape::new(op, norm.input.shape())?;
+    check_channel_vector(op, "beta", beta.shape(), split.channels)?;
+    Ok(split)
 }
 
 /// Launches `neuron_fire_from_normalised_<E>[_input_<format>]` writing `spikes`, `T N`
@@ -683,9 +694,7 @@ impl<'a, E: GpuElement> NormalisedSource<'a, E> {
         config: &NeuronConfig,
     ) -> Result<Self, GpuError> {
         const OP: &str = "neuron_backward";
-        check_train_context(OP, norm.mode)?;
-        let split = BatchNormShape::new(OP, norm.input.shape())?;
-        check_channel_vector(OP, "beta", beta.shape(), split.channels)?;
+        let split = normalised_split(OP, norm, beta)?;
         let (steps, neurons) =
             check_normalised_neuron_backward(config, grad_shape, norm.input.shape(), time_steps)?;
         if !charges_from_normalised(steps) {
