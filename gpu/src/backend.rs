@@ -420,13 +420,14 @@ impl<E: GpuElement> Backend for Cuda<E> {
         &self,
         x: CudaTensor<E>,
         weight: &CudaTensor<E>,
+        bias: Option<&CudaTensor<E>>,
         kind: ConvKind,
         norm: BatchNormAffine<'_, CudaTensor<E>>,
         neuron: NeuronFire<'_, DeviceBuffer<u64>>,
     ) -> Result<ops::conv_batch_norm::ConvBatchNormOutput<E>> {
         let device = &self.device;
         Ok(ops::conv_batch_norm::train_fire(
-            device, x, weight, kind, norm, neuron,
+            device, x, weight, bias, kind, norm, neuron,
         )?)
     }
 

@@ -355,7 +355,8 @@ impl<B: Backend> Layer<B> for Conv {
 /// a backend may fuse (docs/precision.md §"Convolution outputs"); otherwise the two layers run in
 /// turn. The backward of a bias-free convolution and a local BatchNorm is one op too,
 /// [`Backend::conv_batch_norm_backward`]; with a bias or synchronised statistics it is the two
-/// layers'.
+/// layers'. A neuron after it, in training with local statistics, fires within one op too,
+/// bias or not ([`ConvBn::forward_then_fire`]).
 #[derive(Clone, Debug)]
 pub struct ConvBn {
     pub conv: Conv,
@@ -363,11 +364,17 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    /// Whether this forward runs as the one op: training, a bias-free convolution and the
-    /// batch's own statistics (synchronised ones need the convolution's output:
-    /// [`sync_batch_norm`]).
+    /// Whether this forward runs as the one op: [`ConvBn::fires_fused`] and a bias-free
+    /// convolution (what the op fuses is the 16-bit sums, which a bias widens).
     fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
-        session.mode == Mode::Train && self.conv.bias.is_none() && session.sync_batch_norm.is_none()
+        self.fires_fused(session) && self.conv.bias.is_none()
+    }
+
+    /// Whether a neuron after this layer fires within the one op, over the BatchNorm's output as
+    /// it is made: training with the batch's own statistics (synchronised ones need the
+    /// convolution's output: [`sync_batch_norm`]).
+    fn fires_fused<B: Backend>(&self, session: &Session<B>) -> bool {
+        session.mode == Mode::Train && session.sync_batch_norm.is_none()
     }
 
     /// The one op, its output landing on `onto` when given.
@@ -389,10 +396,9 @@ impl ConvBn {
     }
 
     /// This layer over the time-flattened `x`, then `neuron` over its output unflattened by `T`:
-    /// in training with the batch's own statistics and no bias, the one op whose neuron fires
-    /// keeping nothing ([`ConvBn::forward_firing`]); else the layer, then
-    /// [`Neuron::forward_after`]. The spikes, this layer's context, and the neuron's where it
-    /// keeps one.
+    /// in training with the batch's own statistics, the one op whose neuron fires keeping
+    /// nothing ([`ConvBn::forward_firing`]); else the layer, then [`Neuron::forward_after`]. The
+    /// spikes, this layer's context, and the neuron's where it keeps one.
     pub(super) fn forward_then_fire<B: Backend>(
         &self,
         session: &mut Session<B>,
@@ -400,7 +406,7 @@ impl ConvBn {
         neuron: &Neuron,
         time_steps: usize,
     ) -> Result<Fired<B, <Self as Layer<B>>::Saved>> {
-        if self.runs_fused(session) {
+        if self.fires_fused(session) {
             let (spikes, saved) = self.forward_firing(session, x, neuron, time_steps)?;
             return Ok((spikes, saved, None));
         }
@@ -421,13 +427,14 @@ impl ConvBn {
         time_steps: usize,
     ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)> {
         let (weight, norm) = self.parameters(session.store, session.batch_norm);
+        let bias = self.conv.bias.map(|id| session.store.get(id));
         let fire = NeuronFire {
             config: &neuron.config,
             time_steps,
             fingerprint: session.probes.spike_fingerprint_mut(),
         };
-        let backend = session.backend;
-        let output = backend.conv_batch_norm_train_fire(x, weight, self.conv.kind, norm, fire)?;
+        let (backend, kind) = (session.backend, self.conv.kind);
+        let output = backend.conv_batch_norm_train_fire(x, weight, bias, kind, norm, fire)?;
         session.probes.log_spikes(&output.y);
         self.finish_fused(session, output)
     }

@@ -7,7 +7,9 @@
 //! no `f32` `dx` is written and none is converted. Every output, context and gradient holds the
 //! bits of [`conv::forward`] and [`batch_norm::train_forward`] in turn and of their backwards,
 //! which is what runs under `f32` and `f64` (the backward through the contract's
-//! `conv_batch_norm_backward_in_turn`).
+//! `conv_batch_norm_backward_in_turn`). The forward whose neuron fires over the BatchNorm's
+//! output ([`train_fire`]) takes a convolution with a bias too: what it saves, the BatchNorm's
+//! output, is there in every precision.
 
 use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free};
 use revsnn_reference::{
@@ -44,7 +46,7 @@ pub fn train_forward<E: GpuElement>(
     norm: BatchNormAffine<'_, CudaTensor<E>>,
     onto: Option<Onto<CudaTensor<E>>>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
-    let (output, conv) = convolved(device, x, weight, kind)?;
+    let (output, conv) = convolved(device, x, weight, None, kind)?;
     let (y, batch, norm_context) =
         batch_norm::train_forward_over(device, output, norm.gamma, norm.beta, norm.params, onto)?;
     Ok(ConvBatchNormTrainOutput {
@@ -55,20 +57,22 @@ pub fn train_forward<E: GpuElement>(
     })
 }
 
-/// [`train_forward`] with the neuron `fire` firing over the BatchNorm's output keeping nothing
-/// (`Backend::conv_batch_norm_train_fire`): the BatchNorm computes its statistics only, and the
-/// neuron's kernel maps its input as it reads it ([`neuron::fire_from_normalised`]), so the
-/// BatchNorm's output is never written; `y` is the spikes `[T, B, ...]`, the bits of
-/// [`train_forward`] then the neuron's forward. Errors as those do.
+/// [`train_forward`], the convolution with its `bias` when it has one, with the neuron `fire`
+/// firing over the BatchNorm's output keeping nothing (`Backend::conv_batch_norm_train_fire`):
+/// the BatchNorm computes its statistics only, and the neuron's kernel maps its input as it
+/// reads it ([`neuron::fire_from_normalised`]), so the BatchNorm's output is never written; `y`
+/// is the spikes `[T, B, ...]`, the bits of [`conv::forward`], [`batch_norm::train_forward`] and
+/// the neuron's forward in turn. Errors as those do.
 pub fn train_fire<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
     weight: &CudaTensor<E>,
+    bias: Option<&CudaTensor<E>>,
     kind: ConvKind,
     norm: BatchNormAffine<'_, CudaTensor<E>>,
     fire: NeuronFire<'_, DeviceBuffer<u64>>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
-    let (output, conv) = convolved(device, x, weight, kind)?;
+    let (output, conv) = convolved(device, x, weight, bias, kind)?;
     let (batch, norm_context) =
         batch_norm::train_statistics_over(device, output, norm.gamma, norm.beta, norm.params)?;
     let spikes = neuron::fire_from_normalised(device, &norm_context, norm.beta, fire)?;
@@ -80,23 +84,24 @@ pub fn train_fire<E: GpuElement>(
     })
 }
 
-/// The bias-free convolution of `kind` as the BatchNorm after it reads its output
-/// ([`conv::forward_kept`]), with its context; `x` handed over.
+/// The convolution of `kind`, with `bias` when given, as the BatchNorm after it reads its
+/// output ([`conv::forward_kept`]), with its context; `x` handed over.
 fn convolved<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
     weight: &CudaTensor<E>,
+    bias: Option<&CudaTensor<E>>,
     kind: ConvKind,
 ) -> Result<(SavedInput<E>, Conv2dContext<E>), GpuError> {
     match kind {
-        ConvKind::Conv2d(params) => conv::forward_kept(device, x, weight, params),
+        ConvKind::Conv2d(params) => conv::forward_kept(device, x, weight, bias, params),
         ConvKind::Conv1d => {
             let as_2d = Conv1dAs2d::new(x.shape(), weight.shape())?;
             let x_2d = x.reshaped(&as_2d.x)?;
             drop(x);
             let weight = weight.reshaped(&as_2d.weight)?;
             let params = Conv2dParams::new(1, 0);
-            let (output, conv) = conv::forward_kept(device, x_2d, &weight, params)?;
+            let (output, conv) = conv::forward_kept(device, x_2d, &weight, bias, params)?;
             Ok((output.reshaped(&as_2d.output)?, conv))
         }
     }

@@ -260,17 +260,41 @@ pub fn neuron_backward_from_source_in_turn<B: Backend>(
     backend.neuron_backward(grad_spikes, &context, neuron.config)
 }
 
+/// [`Backend::conv_batch_norm_train_forward`] as its two ops in turn, the convolution with `bias`
+/// when given: [`Backend::conv_forward`], `x` dropped, then [`Backend::batch_norm_train_forward`].
+/// The default, and the first half of [`conv_batch_norm_train_fire_in_turn`].
+pub fn conv_batch_norm_train_forward_in_turn<B: Backend>(
+    backend: &B,
+    x: B::Tensor,
+    weight: &B::Tensor,
+    bias: Option<&B::Tensor>,
+    kind: ConvKind,
+    norm: BatchNormAffine<'_, B::Tensor>,
+) -> Result<ConvBatchNormTrainOutput<B::Tensor, B::Conv2dContext, B::BatchNormContext>> {
+    let (conv_y, conv) = backend.conv_forward(&x, weight, bias, kind)?;
+    drop(x);
+    let (y, batch, norm_context) =
+        backend.batch_norm_train_forward(&conv_y, norm.gamma, norm.beta, norm.params)?;
+    Ok(ConvBatchNormTrainOutput {
+        y,
+        batch,
+        conv,
+        norm: norm_context,
+    })
+}
+
 /// [`Backend::conv_batch_norm_train_fire`] as its ops in turn: the default, and what a backend
 /// that fuses them is checked against.
 pub fn conv_batch_norm_train_fire_in_turn<B: Backend>(
     backend: &B,
     x: B::Tensor,
     weight: &B::Tensor,
+    bias: Option<&B::Tensor>,
     kind: ConvKind,
     norm: BatchNormAffine<'_, B::Tensor>,
     neuron: NeuronFire<'_, B::Word>,
 ) -> Result<ConvBatchNormTrainOutput<B::Tensor, B::Conv2dContext, B::BatchNormContext>> {
-    let output = backend.conv_batch_norm_train_forward(x, weight, kind, norm)?;
+    let output = conv_batch_norm_train_forward_in_turn(backend, x, weight, bias, kind, norm)?;
     let ConvBatchNormTrainOutput {
         y,
         batch,
@@ -642,16 +666,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         norm: BatchNormAffine<'_, Self::Tensor>,
     ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
     {
-        let (conv_y, conv) = self.conv_forward(&x, weight, None, kind)?;
-        drop(x);
-        let (y, batch, norm_context) =
-            self.batch_norm_train_forward(&conv_y, norm.gamma, norm.beta, norm.params)?;
-        Ok(ConvBatchNormTrainOutput {
-            y,
-            batch,
-            conv,
-            norm: norm_context,
-        })
+        conv_batch_norm_train_forward_in_turn(self, x, weight, None, kind, norm)
     }
 
     /// [`Backend::conv_batch_norm_train_forward`] landing on `onto`: its `y` is
@@ -674,25 +689,29 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         Ok(output)
     }
 
-    /// [`Backend::conv_batch_norm_train_forward`], then the neuron `neuron` firing over its output
-    /// unflattened to `[T, B, ...]` and keeping nothing ([`Backend::neuron_forward_keeping_nothing`],
-    /// the fingerprint folded as it folds it): the returned `y` is the spikes `[T, B, ...]`, with
-    /// the statistics and both contexts of the op; the neuron's backward makes its input again
-    /// from the BatchNorm's context (docs/neurons.md §2.4.2). The default runs exactly that. A
-    /// backend may fire from the BatchNorm's input and statistics as it normalises, so that the
+    /// The convolution of `kind` with its `bias` when it has one, `conv(x, weight) (+ bias)`, its
+    /// training BatchNorm, then the neuron `neuron` firing over the BatchNorm's output unflattened
+    /// to `[T, B, ...]` and keeping nothing ([`Backend::neuron_forward_keeping_nothing`], the
+    /// fingerprint folded as it folds it): the returned `y` is the spikes `[T, B, ...]`, with the
+    /// statistics and both contexts (whose backwards are [`Backend::batch_norm_backward`] and
+    /// [`Backend::conv_backward`]; without a bias, [`Backend::conv_batch_norm_backward`] too); the
+    /// neuron's backward makes its input again from the BatchNorm's context (docs/neurons.md
+    /// §2.4.2). The default runs exactly that ([`conv_batch_norm_train_fire_in_turn`]). A backend
+    /// may fire from the BatchNorm's input and statistics as it normalises, so that the
     /// BatchNorm's output is never written (CUDA: docs/neurons.md §2.4.3); the spikes, the
-    /// fingerprint, the statistics and the contexts are the same bits. Errors as the two do, and
+    /// fingerprint, the statistics and the contexts are the same bits. Errors as the ops do, and
     /// when `T` does not divide the output's first axis.
     fn conv_batch_norm_train_fire(
         &self,
         x: Self::Tensor,
         weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
         kind: ConvKind,
         norm: BatchNormAffine<'_, Self::Tensor>,
         neuron: NeuronFire<'_, Self::Word>,
     ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
     {
-        conv_batch_norm_train_fire_in_turn(self, x, weight, kind, norm, neuron)
+        conv_batch_norm_train_fire_in_turn(self, x, weight, bias, kind, norm, neuron)
     }
 
     /// Gradients of [`Backend::conv_batch_norm_train_forward`] from its two contexts:

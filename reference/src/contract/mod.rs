@@ -29,8 +29,8 @@ pub use backend::{
     BatchNormTrainOutput, BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads,
     ConvBatchNormTrainOutput, LinearGrads, NeuronBackward, NeuronFire, NeuronKept, NeuronSource,
     Onto, RunningStats, conv_batch_norm_backward_in_turn, conv_batch_norm_train_fire_in_turn,
-    flatten_time, neuron_backward_from_source_in_turn, neuron_context,
-    spiking_conv_batch_norm_backward_in_turn, unflatten_time,
+    conv_batch_norm_train_forward_in_turn, flatten_time, neuron_backward_from_source_in_turn,
+    neuron_context, spiking_conv_batch_norm_backward_in_turn, unflatten_time,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};

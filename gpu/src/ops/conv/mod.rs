@@ -467,19 +467,20 @@ pub fn forward<E: GpuElement>(
     Ok((y, context))
 }
 
-/// A bias-free [`forward`]'s output as the BatchNorm after it keeps it
-/// ([`SavedInput::exact`]), with the context: under a 16-bit precision the stored sums alone,
-/// never widened into the element type (docs/precision.md §"Convolution outputs"); else the
-/// output itself. `x` is handed over, so that spikes can be freed once their bits exist.
+/// [`forward`]'s output as the BatchNorm after it keeps it ([`SavedInput::exact`]), with the
+/// context: without a bias under a 16-bit precision, the stored sums alone, never widened into
+/// the element type (docs/precision.md §"Convolution outputs"); else the output itself. `x` is
+/// handed over, so that spikes can be freed once their bits exist.
 pub(crate) fn forward_kept<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
     weight: &CudaTensor<E>,
+    bias: Option<&CudaTensor<E>>,
     params: Conv2dParams,
 ) -> Result<(SavedInput<E>, Conv2dContext<E>), GpuError> {
-    let Some(format) = device.half_format() else {
-        let (y, context) = forward(device, &x, weight, None, params)?;
-        return Ok((SavedInput::Full(y), context));
+    let (Some(format), None) = (device.half_format(), bias) else {
+        let (y, context) = forward(device, &x, weight, bias, params)?;
+        return Ok((SavedInput::exact(&y), context));
     };
     let g = Geometry::new(x.shape(), weight.shape(), params)?;
     let (sums, input) = half_forward(device, &g, format, x, weight)?;
