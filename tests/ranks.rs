@@ -271,6 +271,26 @@ fn a_short_f32_run_on_n_ranks_with_sync_bn_matches_one_rank() {
     }
 }
 
+/// `--sync-bn` on one rank changes nothing (the batch's own statistics are SyncBatchNorm's over
+/// one process) and says so, where a run without it says nothing of BatchNorm.
+#[test]
+fn sync_bn_on_one_rank_says_it_changes_nothing_and_changes_nothing() {
+    let dir = scratch("ranks-one-sync-bn");
+    let plain = ok(train(&dir.join("plain"), &["--epochs", "1"]));
+    let synced = ok(train(&dir.join("synced"), &["--epochs", "1", "--sync-bn"]));
+    let note = "sync_bn: one rank, so BatchNorm statistics are the batch's own";
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(stderr(&synced).contains(note), "{}", stderr(&synced));
+    assert!(!stderr(&plain).contains("sync_bn"), "{}", stderr(&plain));
+    let config = std::fs::read_to_string(dir.join("synced/config.toml")).unwrap();
+    assert!(config.contains("sync_bn = true"), "{config}");
+    let weights = |run: &str| std::fs::read(dir.join(run).join("last.safetensors")).unwrap();
+    assert!(
+        weights("plain") == weights("synced"),
+        "one rank with --sync-bn trained other weights than without"
+    );
+}
+
 #[test]
 fn fp16_on_two_ranks_scales_unscales_and_steps_like_one_rank() {
     // The ranks average their scaled gradients before the loss scaler looks at them, so every

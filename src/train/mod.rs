@@ -128,6 +128,8 @@ fn train_on<B: Compute>(
         eprintln!("run folder: {}", dir.path().display());
         if config.ranks > 1 {
             eprintln!("{}", describe_ranks(config, ranks.len()));
+        } else if config.sync_bn {
+            eprintln!("{SYNC_BN_ON_ONE_RANK}");
         }
         dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
     }
@@ -347,6 +349,10 @@ fn check_ranks_device(ranks: usize, device: &Device) -> Result<()> {
     }
     Ok(())
 }
+
+/// What `--sync-bn` (or a recipe that sets it) does on one rank: nothing, said once.
+const SYNC_BN_ON_ONE_RANK: &str = "sync_bn: one rank, so BatchNorm statistics are the batch's \
+     own, as SyncBatchNorm's over one process; the setting takes effect on --ranks or --gpus N";
 
 /// The line that says how a data-parallel run shares its batches, `local_ranks` of its ranks
 /// in this process (threads when several, else one process per GPU).
