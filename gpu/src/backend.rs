@@ -19,6 +19,7 @@ use revsnn_reference::contract::{
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::memory::{DeviceBuffer, DeviceMemoryStats};
+use crate::ops::batch_norm::BatchNormContext;
 use crate::ops::precision::HalfBits;
 use crate::ops::saved_input::SavedInput;
 use crate::ops::{self, GpuElement};
@@ -65,24 +66,41 @@ impl<E: GpuElement> Cuda<E> {
     ) -> std::result::Result<CudaTensor<E>, GpuError> {
         let (device, config, steps) = (&*self.device, neuron.config, neuron.time_steps);
         let shape = time_split(flat_shape, steps)?;
-        match neuron.source {
-            NeuronSource::Normalised { norm, beta }
-                if ops::neuron::charges_from_normalised(steps) =>
-            {
-                let source = (norm, &beta);
-                ops::neuron::backward_from_half_normalised(
-                    device,
-                    grad_spikes,
-                    &shape,
-                    source,
-                    config,
-                )
-            }
-            source => {
+        match charged_in_kernel(neuron.source, steps) {
+            Ok((norm, beta)) => ops::neuron::backward_from_half_normalised(
+                device,
+                grad_spikes,
+                &shape,
+                (norm, &beta),
+                config,
+            ),
+            Err(source) => {
                 let context = neuron_context(self, source, config, steps).map_err(GpuError::Op)?;
                 ops::neuron::backward_from_half(device, grad_spikes, &shape, context, config)
             }
         }
+    }
+}
+
+/// A BatchNorm's context and shift, from which a neuron's input is made again.
+type NormalisedSource<'a, E> = (&'a BatchNormContext<E>, CudaTensor<E>);
+
+/// The BatchNorm context and shift from which a neuron's backward kernel makes its input again
+/// and charges `h` in each thread's own memory (docs/neurons.md §2.4.2): `source`'s, when it is
+/// a BatchNorm's output and `time_steps` fits that memory
+/// ([`ops::neuron::charges_from_normalised`]); else `source` back, whose context is kept or
+/// made again in turn.
+fn charged_in_kernel<'a, E: GpuElement>(
+    source: BackendNeuronSource<'a, Cuda<E>>,
+    time_steps: usize,
+) -> std::result::Result<NormalisedSource<'a, E>, BackendNeuronSource<'a, Cuda<E>>> {
+    match source {
+        NeuronSource::Normalised { norm, beta }
+            if ops::neuron::charges_from_normalised(time_steps) =>
+        {
+            Ok((norm, beta))
+        }
+        source => Err(source),
     }
 }
 
@@ -325,22 +343,15 @@ impl<E: GpuElement> Backend for Cuda<E> {
         neuron: NeuronBackward<'_, BackendNeuronSource<'_, Self>>,
     ) -> Result<CudaTensor<E>> {
         let steps = neuron.time_steps;
-        match neuron.source {
-            NeuronSource::Normalised { norm, beta }
-                if ops::neuron::charges_from_normalised(steps) =>
-            {
-                let source = (norm, &beta);
-                let device = &self.device;
-                let config = neuron.config;
-                Ok(ops::neuron::backward_from_normalised(
-                    device,
-                    grad_spikes,
-                    source,
-                    steps,
-                    config,
-                )?)
-            }
-            source => {
+        match charged_in_kernel(neuron.source, steps) {
+            Ok((norm, beta)) => Ok(ops::neuron::backward_from_normalised(
+                &self.device,
+                grad_spikes,
+                (norm, &beta),
+                steps,
+                neuron.config,
+            )?),
+            Err(source) => {
                 let neuron = NeuronBackward { source, ..neuron };
                 neuron_backward_from_source_in_turn(self, grad_spikes, neuron)
             }
