@@ -1,6 +1,9 @@
 //! Every kernel file compiles with NVRTC, to PTX and to an sm_90 CUBIN (which runs ptxas too), on
-//! any machine with NVRTC installed, GPU or not (docs/toolchain.md). Skips when NVRTC is absent unless
+//! any machine with NVRTC installed, GPU or not (docs/toolchain.md), and defines exactly the
+//! kernels gpu/src/kernels.rs lists for it. Skips when NVRTC is absent unless
 //! `REVSNN_REQUIRE_NVRTC=1`, which `.ci/run` sets after installing NVRTC 13.0.
+
+use std::collections::BTreeSet;
 
 use revsnn_gpu::compiler::{self, Target};
 use revsnn_gpu::kernels;
@@ -17,6 +20,16 @@ fn nvrtc_or_skip() -> bool {
     false
 }
 
+/// The kernel names a PTX module defines: its `.entry NAME(` lines.
+fn entries(ptx: &str) -> BTreeSet<&str> {
+    ptx.lines()
+        .filter_map(|line| line.trim_start().split(".entry ").nth(1))
+        .filter_map(|rest| rest.split('(').next())
+        .map(str::trim)
+        .collect()
+}
+
+/// Every kernel file compiles, and defines exactly the kernels its `functions` list names.
 #[test]
 fn every_kernel_compiles_to_ptx_and_to_an_sm90_cubin() {
     if !nvrtc_or_skip() {
@@ -24,16 +37,21 @@ fn every_kernel_compiles_to_ptx_and_to_an_sm90_cubin() {
     }
     let (major, minor) = compiler::nvrtc_version().expect("NVRTC version");
     println!("NVRTC {major}.{minor}");
+    let mut mismatches = Vec::new();
     for kernel in kernels::ALL {
         let ptx = compiler::compile(kernel, Target::Ptx { major: 9, minor: 0 })
             .unwrap_or_else(|e| panic!("{e}"));
         let text = String::from_utf8_lossy(&ptx);
-        for function in kernel.functions {
-            assert!(
-                text.contains(&format!(".entry {function}(")),
-                "{}: the PTX has no entry {function}",
+        let entries = entries(&text);
+        let listed: BTreeSet<&str> = kernel.functions.iter().copied().collect();
+        let unlisted: Vec<_> = entries.difference(&listed).collect();
+        let missing: Vec<_> = listed.difference(&entries).collect();
+        if !unlisted.is_empty() || !missing.is_empty() {
+            mismatches.push(format!(
+                "{}: kernels the PTX defines but gpu/src/kernels.rs does not list: {unlisted:?}; \
+                 listed but not defined: {missing:?}",
                 kernel.file
-            );
+            ));
         }
         let cubin = compiler::compile(kernel, Target::Cubin { major: 9, minor: 0 })
             .unwrap_or_else(|e| panic!("{e}"));
@@ -44,6 +62,7 @@ fn every_kernel_compiles_to_ptx_and_to_an_sm90_cubin() {
             kernel.file
         );
     }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
 
 #[test]
