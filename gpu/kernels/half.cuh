@@ -2,8 +2,8 @@
 // written by integer arithmetic on the f32 bit pattern (no cuda_bf16.h or cuda_fp16.h): f32 ->
 // 16 bits to nearest, ties to even, subnormals kept, overflow to an infinity of the same sign,
 // NaN to a quiet NaN of the same sign; 16 bits -> f32 exactly. Included by precision.cu (the
-// conversions) and batch_norm.cu (a backward that reads a 16-bit input); twin of
-// reference/src/contract/precision.rs (`Precision::round`).
+// conversions), and by batch_norm.cu, neuron.cu and linear.cu (kernels that read 16-bit inputs
+// or write 16-bit outputs); twin of reference/src/contract/precision.rs (`Precision::round`).
 #pragma once
 
 // bf16 keeps the top 16 bits of an f32: add half an ulp of bit 16 (minus one unless the kept

@@ -77,6 +77,8 @@ pub const LINEAR: KernelSource = KernelSource {
         "bias_fill_f32",
         "bias_fill_f64",
         "bias_grad_f32",
+        "bias_grad_f32_from_bf16",
+        "bias_grad_f32_from_fp16",
         "bias_grad_f64",
     ],
 };
@@ -253,7 +255,7 @@ pub const BATCH_NORM_MAP: KernelHeader = KernelHeader {
 };
 
 /// `gpu/kernels/half.cuh`: the bf16 and fp16 bit patterns, and the widening to `double` of an
-/// element of any stored type (included by precision.cu, batch_norm.cu and neuron.cu).
+/// element of any stored type (included by precision.cu, batch_norm.cu, neuron.cu and linear.cu).
 pub const HALF: KernelHeader = KernelHeader {
     name: "half.cuh",
     source: include_str!("../kernels/half.cuh"),

@@ -352,8 +352,7 @@ fn the_backend_delegates_to_the_kernels() {
 
 /// The contract's fused convolution and BatchNorm (`conv_batch_norm_train_forward`,
 /// `conv_batch_norm_backward`) default to the two ops in turn, bit for bit, for a 2-D and a 1-D
-/// convolution; the backward refuses a convolution context with a bias, whose gradient it would
-/// drop.
+/// convolution; the backward of a convolution with a bias gives its gradient too.
 #[test]
 fn the_fused_convolution_and_batch_norm_default_to_the_two_ops() {
     let cpu = Cpu::<f64>::new();
@@ -408,13 +407,28 @@ fn the_fused_convolution_and_batch_norm_default_to_the_two_ops() {
                 "{kind:?}: tensor {k}"
             );
         }
+        // A convolution with a bias: the bias's gradient too.
         let bias = random(&[4]);
-        let (_, biased) = cpu.conv_forward(&x, &w, Some(&bias), kind).unwrap();
-        let refused = cpu.conv_batch_norm_backward(dy, biased, context, kind);
-        assert!(
-            matches!(refused, Err(OpError::ShapeMismatch { .. })),
-            "{kind:?}"
-        );
+        let (conv_y, conv) = cpu.conv_forward(&x, &w, Some(&bias), kind).unwrap();
+        let (_, _, context) = cpu
+            .batch_norm_train_forward(&conv_y, &gamma, &beta, params())
+            .unwrap();
+        let normed = cpu.batch_norm_backward(&dy, &context).unwrap();
+        let two_ops = cpu.conv_backward(normed.input, &conv, kind).unwrap();
+        let grads = cpu
+            .conv_batch_norm_backward(dy, conv, context, kind)
+            .unwrap();
+        let pairs = [
+            (&grads.input, &two_ops.input),
+            (&grads.weight, &two_ops.weight),
+            (grads.bias.as_ref().unwrap(), two_ops.bias.as_ref().unwrap()),
+            (&grads.gamma, &normed.gamma),
+            (&grads.beta, &normed.beta),
+        ];
+        for (k, (a, b)) in pairs.into_iter().enumerate() {
+            let [a, b] = [a, b].map(|t| bits(&[values(t)]));
+            assert_eq!(a, b, "{kind:?} with a bias: tensor {k}");
+        }
     }
 }
 

@@ -353,10 +353,10 @@ impl<B: Backend> Layer<B> for Conv {
 /// `SeqToANNContainer(conv, BN)` of every model). In training with local statistics, a bias-free
 /// convolution and its BatchNorm run as one op, [`Backend::conv_batch_norm_train_forward`], which
 /// a backend may fuse (docs/precision.md §"Convolution outputs"); otherwise the two layers run in
-/// turn. The backward of a bias-free convolution and a local BatchNorm is one op too,
-/// [`Backend::conv_batch_norm_backward`]; with a bias or synchronised statistics it is the two
-/// layers'. A neuron after it, in training with local statistics, fires within one op too,
-/// bias or not ([`ConvBn::forward_then_fire`]).
+/// turn. The backward of a convolution and a local BatchNorm is one op too, bias or not,
+/// [`Backend::conv_batch_norm_backward`]; with synchronised statistics it is the two layers'. A
+/// neuron after it, in training with local statistics, fires within one op too, bias or not
+/// ([`ConvBn::forward_then_fire`]).
 #[derive(Clone, Debug)]
 pub struct ConvBn {
     pub conv: Conv,
@@ -476,14 +476,13 @@ impl ConvBn {
         Ok((y, (conv, norm)))
     }
 
-    /// The BatchNorm's own context when the backward runs as one op (a bias-free convolution
-    /// and the batch's own statistics), else `norm` back.
+    /// The BatchNorm's own context when the backward runs as one op (the batch's own
+    /// statistics), else `norm` back.
     fn one_op_backward<B: Backend>(
-        &self,
         norm: BatchNormSaved<B>,
     ) -> std::result::Result<B::BatchNormContext, BatchNormSaved<B>> {
         match norm {
-            BatchNormSaved::Local(context) if self.conv.bias.is_none() => Ok(context),
+            BatchNormSaved::Local(context) => Ok(context),
             norm => Err(norm),
         }
     }
@@ -496,6 +495,9 @@ impl ConvBn {
     ) -> Result<B::Tensor> {
         self.norm.accumulate(session, grads.gamma, grads.beta)?;
         session.accumulate(self.conv.weight, grads.weight)?;
+        if let (Some(id), Some(bias)) = (self.conv.bias, grads.bias) {
+            session.accumulate(id, bias)?;
+        }
         Ok(grads.input)
     }
 }
@@ -532,7 +534,7 @@ impl<B: Backend> Layer<B> for ConvBn {
         (conv, norm): Self::Saved,
         grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
-        match self.one_op_backward(norm) {
+        match ConvBn::one_op_backward(norm) {
             Ok(context) => {
                 let backend = session.backend;
                 let grads =
@@ -632,7 +634,7 @@ impl SpikingConvBn {
         let conv_bn = &self.conv_bn.layer;
         let backend = session.backend;
         let config = &self.neuron.config;
-        let context = match conv_bn.one_op_backward(norm) {
+        let context = match ConvBn::one_op_backward(norm) {
             Ok(context) => context,
             Err(norm) => {
                 let saved = ((conv, norm), time_steps);

@@ -1,17 +1,19 @@
-//! A bias-free convolution and the training BatchNorm after it as one op, forward and backward
-//! (`Backend::conv_batch_norm_train_forward` and `conv_batch_norm_backward`; docs/precision.md
-//! §"Convolution outputs"). Under `bf16` and `fp16` the forward's BatchNorm reads and keeps the
-//! convolution's 16-bit sums, so the convolution's `f32` output is never written: one pass over
-//! the output and its buffer fewer, and half the bytes for the BatchNorm's two reads. The
-//! backward's BatchNorm writes its `dx` as the 16-bit `dy` the convolution's backward reads, so
-//! no `f32` `dx` is written and none is converted. Every output, context and gradient holds the
-//! bits of [`conv::forward`] and [`batch_norm::train_forward`] in turn and of their backwards,
-//! which is what runs under `f32` and `f64` (the backward through the contract's
+//! A convolution and the training BatchNorm after it as one op, forward and backward
+//! (`Backend::conv_batch_norm_train_forward`, `conv_batch_norm_train_fire` and
+//! `conv_batch_norm_backward`; docs/precision.md §"Convolution outputs"). Under `bf16` and `fp16`
+//! the forward's BatchNorm reads and keeps a bias-free convolution's 16-bit sums, so the
+//! convolution's `f32` output is never written: one pass over the output and its buffer fewer,
+//! and half the bytes for the BatchNorm's two reads. The backward's BatchNorm writes its `dx` as
+//! the 16-bit `dy` the convolution's backward reads (and a bias's gradient sums), so no `f32`
+//! `dx` is written and none is converted. Every output, context and gradient holds the bits of
+//! [`conv::forward`] and [`batch_norm::train_forward`] in turn and of their backwards, which is
+//! what runs under `f32` and `f64` (the backward through the contract's
 //! `conv_batch_norm_backward_in_turn`). The forward whose neuron fires over the BatchNorm's
-//! output ([`train_fire`]) takes a convolution with a bias too: what it saves, the BatchNorm's
-//! output, is there in every precision.
+//! output ([`train_fire`]) and the backward take a convolution with a bias too; the plain
+//! forward is bias-free (a bias is added to the widened sums, so the sums alone would not hold
+//! the output).
 
-use revsnn_reference::contract::shapes::{Conv1dAs2d, check_bias_free};
+use revsnn_reference::contract::shapes::Conv1dAs2d;
 use revsnn_reference::{
     BatchNormAffine, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind,
     NeuronFire, Onto,
@@ -107,12 +109,12 @@ fn convolved<E: GpuElement>(
     }
 }
 
-/// Gradients of [`train_forward`] under `format` (`bf16` or `fp16`) from its contexts: the
-/// BatchNorm's backward stores its `dx` as the 16-bit `dy` the convolution's backward reads
-/// ([`batch_norm::backward_stored`], [`conv::backward_stored`]), each context freed once it has
-/// served; the bits of [`batch_norm::backward`] then [`conv::backward`]. (Under `f32` and `f64`
-/// the backend runs those two: `conv_batch_norm_backward_in_turn`.) Errors as the two ops do,
-/// and when the convolution had a bias.
+/// Gradients of a convolution (with a bias or without) and the training BatchNorm after it
+/// under `format` (`bf16` or `fp16`) from their contexts: the BatchNorm's backward stores its
+/// `dx` as the 16-bit `dy` the convolution's backward reads ([`batch_norm::backward_stored`],
+/// [`conv::backward_stored`]), each context freed once it has served; the bits of
+/// [`batch_norm::backward`] then [`conv::backward`]. (Under `f32` and `f64` the backend runs
+/// those two: `conv_batch_norm_backward_in_turn`.) Errors as the two ops do.
 pub fn backward<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
@@ -147,7 +149,7 @@ pub fn spiking_backward<E: GpuElement>(
 
 /// The gradients of [`backward`] with `dx` still as its 16-bit patterns.
 struct HalfInputGrads<E> {
-    /// `dx` (shaped `[N, C, L]` for a 1-D convolution) and `dW`.
+    /// `dx` (shaped `[N, C, L]` for a 1-D convolution), `dW`, and `db` after a biased convolution.
     conv: StoredGrads<E>,
     gamma: CudaTensor<E>,
     beta: CudaTensor<E>,
@@ -163,10 +165,12 @@ impl<E> HalfInputGrads<E> {
             input,
             input_shape,
             weight,
+            bias,
         } = self.conv;
         Ok(ConvBatchNormGrads {
             input: finish(input, &input_shape)?,
             weight,
+            bias,
             gamma: self.gamma,
             beta: self.beta,
         })
@@ -182,7 +186,6 @@ fn backward_to_half<E: GpuElement>(
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<HalfInputGrads<E>, GpuError> {
-    check_bias_free("conv_batch_norm_backward", conv.has_bias)?;
     let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
     drop((grad_y, norm));
     let mut conv = conv::backward_stored(device, format, normed.input, conv)?;

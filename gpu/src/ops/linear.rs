@@ -19,7 +19,7 @@ use cudarc::driver::{
 use revsnn_reference::LinearGrads;
 use revsnn_reference::contract::shapes::{LinearShape, MatmulShape};
 
-use super::precision::{self, HalfFormat};
+use super::precision::{self, HalfBits, HalfFormat};
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -336,6 +336,34 @@ pub(crate) fn bias_gradient<E: GpuElement>(
     channels: usize,
     inner: usize,
 ) -> Result<DeviceBuffer<E>, GpuError> {
+    let kernel = format!("bias_grad_{}", E::SUFFIX);
+    launch_bias_grad(device, &kernel, dy.buffer(), [outer, channels, inner])
+}
+
+/// [`bias_gradient`] of `dy` stored as 16-bit patterns (a 16-bit convolution's `dy`, which the
+/// BatchNorm after it wrote so: `super::conv_batch_norm::backward`), each widened exactly as it
+/// is read: the bits [`bias_gradient`] gives over the widened `f32` values. Errors under an
+/// element type other than `f32`.
+pub(crate) fn bias_gradient_from_half<E: GpuElement>(
+    device: &GpuDevice,
+    dy: &HalfBits,
+    outer: usize,
+    channels: usize,
+    inner: usize,
+) -> Result<DeviceBuffer<E>, GpuError> {
+    precision::require_f32::<E>(dy.format)?;
+    let kernel = format!("bias_grad_f32_from_{}", dy.format.name());
+    launch_bias_grad(device, &kernel, &dy.bits, [outer, channels, inner])
+}
+
+/// Launches `kernel`, a `bias_grad_*` of linear.cu, over `dy` (elements of type `X`) viewed as
+/// `[outer, channels, inner]`, into a new `db [channels]` of type `E`.
+fn launch_bias_grad<X: DeviceRepr, E: GpuElement>(
+    device: &GpuDevice,
+    kernel: &str,
+    dy: &DeviceBuffer<X>,
+    [outer, channels, inner]: [usize; 3],
+) -> Result<DeviceBuffer<E>, GpuError> {
     if outer * channels * inner != dy.len() {
         return Err(shape_error(
             "bias",
@@ -350,7 +378,7 @@ pub(crate) fn bias_gradient<E: GpuElement>(
     }
     // SAFETY: `bias_grad` writes each of the `channels` sums.
     let mut db = unsafe { device.alloc::<E>(channels) }?;
-    let function = device.function(&LINEAR, &format!("bias_grad_{}", E::SUFFIX))?;
+    let function = device.function(&LINEAR, kernel)?;
     let blocks = channels.min(1 << 16) as u32;
     let (outer, channels, inner) = (outer as i64, channels as i64, inner as i64);
     let mut launch = device.stream().launch_builder(&function);
@@ -365,9 +393,9 @@ pub(crate) fn bias_gradient<E: GpuElement>(
         block_dim: (BIAS_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: the argument list matches `bias_grad_<E>` in linear.cu; `dy` holds
-    // outer * channels * inner elements and `db` holds `channels`; the block has BIAS_THREADS
-    // threads, the size of its shared tree.
+    // SAFETY: the argument list matches every `bias_grad_*` in linear.cu, whose `dy` elements
+    // are `X` and `db` elements `E`; `dy` holds outer * channels * inner elements and `db`
+    // holds `channels`; the block has BIAS_THREADS threads, the size of its shared tree.
     unsafe { launch.launch(config) }.map_err(GpuError::driver("launching bias_grad"))?;
     Ok(db)
 }

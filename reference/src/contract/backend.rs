@@ -14,7 +14,7 @@ use super::params::{
     AdamWParams, BatchNormParams, Conv2dParams, ConvKind, NeuronConfig, Pool2dParams, SgdParams,
 };
 use super::precision::Precision;
-use super::shapes::{Conv1dAs2d, check_bias_free, time_split};
+use super::shapes::{Conv1dAs2d, time_split};
 
 /// Gradients of a convolution.
 #[derive(Clone, Debug)]
@@ -136,12 +136,15 @@ impl<T> Onto<T> {
     }
 }
 
-/// Gradients of [`Backend::conv_batch_norm_train_forward`] with respect to the convolution's
-/// input and weight and the BatchNorm's scale and shift.
+/// Gradients of a convolution and the training BatchNorm after it
+/// ([`Backend::conv_batch_norm_backward`]) with respect to the convolution's input, weight and
+/// bias, and the BatchNorm's scale and shift.
 #[derive(Clone, Debug)]
 pub struct ConvBatchNormGrads<T> {
     pub input: T,
     pub weight: T,
+    /// Present iff the convolution had a bias.
+    pub bias: Option<T>,
     pub gamma: T,
     pub beta: T,
 }
@@ -158,10 +161,10 @@ pub fn conv_batch_norm_backward_in_turn<B: Backend>(
     let normed = backend.batch_norm_backward(&grad_y, &norm)?;
     drop((grad_y, norm));
     let grads = backend.conv_backward(normed.input, &conv, kind)?;
-    check_bias_free("conv_batch_norm_backward", grads.bias.is_some())?;
     Ok(ConvBatchNormGrads {
         input: grads.input,
         weight: grads.weight,
+        bias: grads.bias,
         gamma: normed.gamma,
         beta: normed.beta,
     })
@@ -714,14 +717,15 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         conv_batch_norm_train_fire_in_turn(self, x, weight, bias, kind, norm, neuron)
     }
 
-    /// Gradients of [`Backend::conv_batch_norm_train_forward`] from its two contexts:
+    /// Gradients of a convolution and the training BatchNorm after it from their two contexts
+    /// (those of [`Backend::conv_batch_norm_train_forward`], or of [`Backend::conv_forward`],
+    /// with a bias or without, and [`Backend::batch_norm_train_forward`]):
     /// [`Backend::batch_norm_backward`], then [`Backend::conv_backward`] of its `dx`. The default
     /// runs the two ops. A backend may fuse them: CUDA under a 16-bit precision has the
     /// BatchNorm's last pass write its `dx` as the 16-bit `dy` the convolution's backward reads
     /// (docs/precision.md §"Convolution outputs"). Either way every gradient holds the bits of
     /// the two ops. It takes `grad_y` and the contexts by value, so that each is freed as soon as
-    /// it has served, as when the two layers run in turn. Errors as the two ops do, and when the
-    /// convolution had a bias (its forward was not this op's).
+    /// it has served, as when the two layers run in turn. Errors as the two ops do.
     fn conv_batch_norm_backward(
         &self,
         grad_y: Self::Tensor,

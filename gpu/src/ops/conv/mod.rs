@@ -49,7 +49,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use revsnn_reference::contract::{Conv2dGeometry, Conv2dGrads, Conv2dParams};
 
-use super::linear::{Operand, RowMajorGemm, bias_gradient, fill_bias};
+use super::linear::{Operand, RowMajorGemm, bias_gradient, bias_gradient_from_half, fill_bias};
 use super::precision::{self, HalfBits, HalfFormat};
 use super::saved_input::SavedInput;
 use super::{GpuElement, elementwise_launch, shape_error};
@@ -534,14 +534,14 @@ pub fn backward<E: GpuElement>(
     g.gradients(dx, dw, bias)
 }
 
-/// [`backward`] of a bias-free forward under `format`, given `dy` already as `format`'s 16-bit
-/// patterns (the BatchNorm after the convolution writes them: `batch_norm::backward_stored`),
-/// with `dx` left as its 16-bit patterns for the caller to widen or read
-/// (`conv_batch_norm::backward`, `spiking_backward`). The gradients are the bits [`backward`]
-/// gives for the `f32` `dy` those patterns round from; no bias gradient (the caller refuses a
-/// biased convolution). The context is handed over, so its saved input is freed once both
-/// passes have read it, before `dw` is widened. Errors when `dy` does not hold the output's
-/// elements.
+/// [`backward`] under `format`, given `dy` already as `format`'s 16-bit patterns (the BatchNorm
+/// after the convolution writes them: `batch_norm::backward_stored`), with `dx` left as its
+/// 16-bit patterns for the caller to widen or read (`conv_batch_norm::backward`,
+/// `spiking_backward`). The gradients are the bits [`backward`] gives for the `f32` `dy` those
+/// patterns round from, the bias's summed over the patterns as they are widened
+/// ([`bias_gradient_from_half`]). The context is handed over, so its saved input is freed once
+/// both passes have read it, before `dw` is widened. Errors when `dy` does not hold the
+/// output's elements.
 pub(crate) fn backward_stored<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
@@ -557,20 +557,31 @@ pub(crate) fn backward_stored<E: GpuElement>(
         );
         return Err(shape_error("conv2d_backward", detail));
     }
+    let dy = HalfBits { bits: dy, format };
+    let bias = if context.has_bias {
+        let db = bias_gradient_from_half(device, &dy, g.n, g.c_out, g.p())?;
+        Some(CudaTensor::new(db, &[g.c_out])?)
+    } else {
+        None
+    };
     let Conv2dContext { input, weight, .. } = context;
-    let (dx, dw) = half_backward(device, &g, format, HeldInput::Owned(input), &weight, dy)?;
+    let held = HeldInput::Owned(input);
+    let (dx, dw) = half_backward(device, &g, format, held, &weight, dy.bits)?;
     Ok(StoredGrads {
         input: HalfBits { bits: dx, format },
         input_shape: g.input_shape().to_vec(),
         weight: CudaTensor::new(dw, &g.weight_shape())?,
+        bias,
     })
 }
 
-/// What [`backward_stored`] returns: `dx` as 16-bit patterns, with the input's shape, and `dw`.
+/// What [`backward_stored`] returns: `dx` as 16-bit patterns, with the input's shape, `dw`, and
+/// `db` when the forward had a bias.
 pub(crate) struct StoredGrads<E> {
     pub input: HalfBits,
     pub input_shape: Vec<usize>,
     pub weight: CudaTensor<E>,
+    pub bias: Option<CudaTensor<E>>,
 }
 
 /// Whether this device's convolutions go to cuDNN ([`GpuDevice::conv_engine`]).

@@ -174,16 +174,3 @@ impl Conv1dAs2d {
         &shape_2d[..shape_2d.len() - 1]
     }
 }
-
-/// Errors when `op`, which takes a bias-free convolution, is given one with a bias (whose
-/// gradient it would not compute).
-pub fn check_bias_free(op: &'static str, has_bias: bool) -> Result<()> {
-    if has_bias {
-        return Err(OpError::shape(
-            op,
-            "the convolution has a bias, which this op's forward never adds; run the \
-             convolution's and the BatchNorm's backwards instead",
-        ));
-    }
-    Ok(())
-}

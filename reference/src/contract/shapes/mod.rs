@@ -15,7 +15,7 @@ pub mod tensor;
 pub use batch_norm::{
     BatchNormShape, check_channel_vector, check_context_statistics, check_train_context,
 };
-pub use conv::{Conv1dAs2d, Conv2dGeometry, check_bias_free};
+pub use conv::{Conv1dAs2d, Conv2dGeometry};
 pub use linear::{LinearShape, MatmulShape};
 pub use loss::{check_context_targets, check_labels, check_soft_targets, logits_shape};
 pub use neuron::{check_neuron_backward, check_normalised_neuron_backward, time_by_neurons};
