@@ -171,6 +171,15 @@ impl<B: Backend> BatchNormSaved<B> {
     pub(super) fn makes_output_again(&self, session: &Session<B>) -> bool {
         session.mode == Mode::Train && matches!(self, BatchNormSaved::Local(_))
     }
+
+    /// The op's own context, with which the backward of the convolution before this BatchNorm
+    /// runs as one op with it ([`Backend::conv_batch_norm_backward`]); else `self` back.
+    fn into_local(self) -> std::result::Result<B::BatchNormContext, Self> {
+        match self {
+            BatchNormSaved::Local(context) => Ok(context),
+            norm => Err(norm),
+        }
+    }
 }
 
 impl BatchNorm {
@@ -476,17 +485,6 @@ impl ConvBn {
         Ok((y, (conv, norm)))
     }
 
-    /// The BatchNorm's own context when the backward runs as one op (the batch's own
-    /// statistics), else `norm` back.
-    fn one_op_backward<B: Backend>(
-        norm: BatchNormSaved<B>,
-    ) -> std::result::Result<B::BatchNormContext, BatchNormSaved<B>> {
-        match norm {
-            BatchNormSaved::Local(context) => Ok(context),
-            norm => Err(norm),
-        }
-    }
-
     /// Adds the one op's parameter gradients to the session's; returns `dx`.
     fn accumulate<B: Backend>(
         &self,
@@ -534,7 +532,7 @@ impl<B: Backend> Layer<B> for ConvBn {
         (conv, norm): Self::Saved,
         grad_y: B::Tensor,
     ) -> Result<B::Tensor> {
-        match ConvBn::one_op_backward(norm) {
+        match norm.into_local() {
             Ok(context) => {
                 let backend = session.backend;
                 let grads =
@@ -634,7 +632,7 @@ impl SpikingConvBn {
         let conv_bn = &self.conv_bn.layer;
         let backend = session.backend;
         let config = &self.neuron.config;
-        let context = match ConvBn::one_op_backward(norm) {
+        let context = match norm.into_local() {
             Ok(context) => context,
             Err(norm) => {
                 let saved = ((conv, norm), time_steps);

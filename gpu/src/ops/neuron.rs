@@ -22,6 +22,7 @@ use revsnn_reference::{Firing, NeuronConfig, NeuronFire, NeuronKept, NeuronKind,
 
 use super::batch_norm::BatchNormContext;
 use super::precision::{self, HalfBits};
+use super::saved_input::InputOperand;
 use super::{GpuElement, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -246,7 +247,7 @@ pub fn fire_from_normalised<E: GpuElement>(
     beta: &CudaTensor<E>,
     fire: NeuronFire<'_, DeviceBuffer<u64>>,
 ) -> Result<CudaTensor<E>, GpuError> {
-    let split = normalised_split("neuron_forward", norm, beta)?;
+    let map = NormalisedMap::of("neuron_forward", norm, beta)?;
     let shape = time_split(norm.input.shape(), fire.time_steps)?;
     let len: usize = shape.iter().product();
     let config = fire.config;
@@ -254,59 +255,89 @@ pub fn fire_from_normalised<E: GpuElement>(
         // SAFETY: the kernel writes every element before anything reads them.
         let mut spikes = unsafe { device.alloc::<E>(len) }?;
         if len > 0 {
-            let source = (norm, beta, &split);
-            launch_fire_from_normalised(device, spikes.slice_mut(), source, launch)?;
+            launch_fire_from_normalised(device, spikes.slice_mut(), &map, launch)?;
         }
         Ok(spikes)
     })?;
     spikes_tensor(spikes, &shape, config)
 }
 
-/// The split `[N, C, inner]` of the input of the training BatchNorm `norm`, whose output a
-/// neuron's kernel makes as it reads it, after checking that `norm` is a training context and
-/// `beta` is `[C]`; `op` names the caller in the errors.
-fn normalised_split<E: GpuElement>(
-    op: &'static str,
-    norm: &BatchNormContext<E>,
-    beta: &CudaTensor<E>,
-) -> Result<BatchNormShape, GpuError> {
-    check_train_context(op, norm.mode)?;
-    let split = BatchNormShape::new(op, norm.input.shape())?;
-    check_channel_vector(op, "beta", beta.shape(), split.channels)?;
-    Ok(split)
+/// The training BatchNorm whose output a neuron's kernel makes as it reads it (the
+/// `NORMALISED_PARAMS` of neuron.cu): its context and shift, and its input's channels and
+/// elements per channel and image.
+struct NormalisedMap<'a, E> {
+    norm: &'a BatchNormContext<E>,
+    beta: &'a CudaTensor<E>,
+    channels: i64,
+    inner: i64,
+}
+
+impl<'a, E: GpuElement> NormalisedMap<'a, E> {
+    /// The map of `norm` and `beta`, after checking that `norm` is a training context and `beta`
+    /// is `[C]`; `op` names the caller in the errors.
+    fn of(
+        op: &'static str,
+        norm: &'a BatchNormContext<E>,
+        beta: &'a CudaTensor<E>,
+    ) -> Result<Self, GpuError> {
+        check_train_context(op, norm.mode)?;
+        let split = BatchNormShape::new(op, norm.input.shape())?;
+        check_channel_vector(op, "beta", beta.shape(), split.channels)?;
+        Ok(NormalisedMap {
+            norm,
+            beta,
+            channels: split.channels as i64,
+            inner: split.inner as i64,
+        })
+    }
+
+    /// The BatchNorm's input as the kernel reads it ([`super::saved_input::SavedInput::operand`]),
+    /// and the kernel name's suffix for it: `_input_<format>` for 16-bit patterns, else none.
+    fn input(
+        &self,
+        device: &'a GpuDevice,
+        op: &'static str,
+    ) -> Result<(InputOperand<'a>, String), GpuError> {
+        let input = self.norm.input.operand(device, op)?;
+        let suffix = input
+            .format
+            .map_or(String::new(), |f| format!("_input_{}", f.name()));
+        Ok((input, suffix))
+    }
+
+    /// Pushes the kernel's `x, mean, inv_std, gamma, beta, channels, inner`, `x` being `input`.
+    fn push<'b>(&'b self, input: &'b InputOperand<'_>, launch: &mut LaunchArgs<'b>) {
+        launch
+            .arg(&input.pointer)
+            .arg(self.norm.mean.slice())
+            .arg(self.norm.inv_std.slice())
+            .arg(self.norm.gamma.slice())
+            .arg(self.beta.slice())
+            .arg(&self.channels)
+            .arg(&self.inner);
+    }
 }
 
 /// Launches `neuron_fire_from_normalised_<E>[_input_<format>]` writing `spikes`, `T N`
-/// elements, from the BatchNorm `norm` (with `beta` and its input's split), which
-/// [`fire_from_normalised`] has checked.
+/// elements, from the BatchNorm `map`, which [`fire_from_normalised`] has checked.
 fn launch_fire_from_normalised<E: GpuElement>(
     device: &GpuDevice,
     spikes: &mut CudaSlice<E>,
-    (norm, beta, split): (&BatchNormContext<E>, &CudaTensor<E>, &BatchNormShape),
+    map: &NormalisedMap<'_, E>,
     launch: Launch<'_>,
 ) -> Result<(), GpuError> {
     let params = KernelConfig::<E>::new(launch.config)?;
-    let input = norm.input.operand(device, "neuron_forward")?;
-    let format = input
-        .format
-        .map_or(String::new(), |f| format!("_input_{}", f.name()));
-    let name = format!("neuron_fire_from_normalised_{}{format}", E::SUFFIX);
+    let (input, input_format) = map.input(device, "neuron_forward")?;
+    let name = format!("neuron_fire_from_normalised_{}{input_format}", E::SUFFIX);
     let function = device.function(&NEURON, &name)?;
     let stream = device.stream();
     let neurons = spikes.len() / launch.steps;
     let (n, t) = (neurons as i64, launch.steps as i32);
-    let (channels, inner) = (split.channels as i64, split.inner as i64);
     let sum = launch.fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
     let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
     let mut builder = stream.launch_builder(&function);
-    builder.arg(spikes).arg(&sum_pointer).arg(&input.pointer);
-    builder
-        .arg(norm.mean.slice())
-        .arg(norm.inv_std.slice())
-        .arg(norm.gamma.slice())
-        .arg(beta.slice())
-        .arg(&channels)
-        .arg(&inner);
+    builder.arg(spikes).arg(&sum_pointer);
+    map.push(&input, &mut builder);
     params.push_shared(&mut builder, &n, &t);
     // SAFETY: the arguments match `neuron_fire_from_normalised_*` in neuron.cu: T N spikes of E,
     // the fingerprint sum (one u64) or null, the BatchNorm's input (T N elements, 16-bit only
@@ -673,13 +704,10 @@ pub fn backward_from_half_normalised<E: GpuElement>(
     CudaTensor::new(grad_x, shape)
 }
 
-/// What a backward from a BatchNorm's output made again reads of the BatchNorm: its training
-/// context, its shift and the split of its input, checked against `dL/ds`'s shape.
+/// What a backward from a BatchNorm's output made again reads of the BatchNorm (its
+/// [`NormalisedMap`]), checked against `dL/ds`'s shape.
 struct NormalisedSource<'a, E> {
-    norm: &'a BatchNormContext<E>,
-    beta: &'a CudaTensor<E>,
-    channels: i64,
-    inner: i64,
+    map: NormalisedMap<'a, E>,
     time_steps: usize,
     /// `T N`, the elements of `dL/ds`.
     len: usize,
@@ -694,7 +722,7 @@ impl<'a, E: GpuElement> NormalisedSource<'a, E> {
         config: &NeuronConfig,
     ) -> Result<Self, GpuError> {
         const OP: &str = "neuron_backward";
-        let split = normalised_split(OP, norm, beta)?;
+        let map = NormalisedMap::of(OP, norm, beta)?;
         let (steps, neurons) =
             check_normalised_neuron_backward(config, grad_shape, norm.input.shape(), time_steps)?;
         if !charges_from_normalised(steps) {
@@ -705,10 +733,7 @@ impl<'a, E: GpuElement> NormalisedSource<'a, E> {
             return Err(shape_error(OP, detail));
         }
         Ok(NormalisedSource {
-            norm,
-            beta,
-            channels: split.channels as i64,
-            inner: split.inner as i64,
+            map,
             time_steps: steps,
             len: steps * neurons,
         })
@@ -733,7 +758,7 @@ fn launch_backward_from_normalised<E: GpuElement>(
     source: &NormalisedSource<'_, E>,
     config: &NeuronConfig,
 ) -> Result<(), GpuError> {
-    let input = source.norm.input.operand(device, "neuron_backward")?;
+    let (input, input_format) = source.map.input(device, "neuron_backward")?;
     let (in_place, from) = match &gradients {
         NormalisedGradients::Full(GradientBuffers::Apart { .. }) => ("", String::new()),
         NormalisedGradients::Full(GradientBuffers::InPlace(_)) => ("_in_place", String::new()),
@@ -741,9 +766,6 @@ fn launch_backward_from_normalised<E: GpuElement>(
             ("", format!("_from_{}", grad_spikes.format.name()))
         }
     };
-    let input_format = input
-        .format
-        .map_or(String::new(), |f| format!("_input_{}", f.name()));
     let name = format!(
         "neuron_backward_from_normalised{in_place}_{}{from}{input_format}",
         E::SUFFIX
@@ -752,11 +774,10 @@ fn launch_backward_from_normalised<E: GpuElement>(
     let Some(kernel) = BackwardKernel::<E>::new(device, &name, len, steps, config)? else {
         return Ok(());
     };
-    let norm = source.norm;
     // SAFETY: the buffers match the kernel's (neuron.cu: `grad_spikes, grad_x` or `grad`, then
     // `x, mean, inv_std, gamma, beta, channels, inner`): T N elements each for the gradients and
     // the input (a 16-bit one only with E = f32, `operand`), C for the four vectors (checked by
-    // `NormalisedSource::of`).
+    // `NormalisedMap::of`).
     unsafe {
         kernel.launch(device, |launch| {
             match gradients {
@@ -770,14 +791,7 @@ fn launch_backward_from_normalised<E: GpuElement>(
                     grad_x,
                 } => launch.arg(grad_spikes.bits.slice()).arg(grad_x),
             };
-            launch
-                .arg(&input.pointer)
-                .arg(norm.mean.slice())
-                .arg(norm.inv_std.slice())
-                .arg(norm.gamma.slice())
-                .arg(source.beta.slice())
-                .arg(&source.channels)
-                .arg(&source.inner);
+            source.map.push(&input, launch);
         })
     }
 }

@@ -9,7 +9,8 @@
 //! and `CUBLAS_COMPUTE_32F`; a pointwise convolution's GEMMs read 16-bit operands made before
 //! and write a 16-bit `C` ([`gemm_strided_batched_stored`]), the sums rounded once by cuBLAS.
 //! The product of two bf16 or fp16 numbers is exact in `f32`, so the result differs from the
-//! reference's emulation (`Cpu::with_precision`) by the order of the `f32` sums only. The 16-bit copies live for one GEMM and go back to the caching pool after it.
+//! reference's emulation (`Cpu::with_precision`) by the order of the `f32` sums only. The
+//! 16-bit copies live for one GEMM and go back to the caching pool after it.
 
 use std::ffi::c_void;
 

@@ -696,8 +696,8 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// training BatchNorm, then the neuron `neuron` firing over the BatchNorm's output unflattened
     /// to `[T, B, ...]` and keeping nothing ([`Backend::neuron_forward_keeping_nothing`], the
     /// fingerprint folded as it folds it): the returned `y` is the spikes `[T, B, ...]`, with the
-    /// statistics and both contexts (whose backwards are [`Backend::batch_norm_backward`] and
-    /// [`Backend::conv_backward`]; without a bias, [`Backend::conv_batch_norm_backward`] too); the
+    /// statistics and both contexts (whose backward is [`Backend::conv_batch_norm_backward`], or
+    /// [`Backend::batch_norm_backward`] and [`Backend::conv_backward`] in turn); the
     /// neuron's backward makes its input again from the BatchNorm's context (docs/neurons.md
     /// §2.4.2). The default runs exactly that ([`conv_batch_norm_train_fire_in_turn`]). A backend
     /// may fire from the BatchNorm's input and statistics as it normalises, so that the
