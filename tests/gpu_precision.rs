@@ -753,6 +753,97 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
     device.set_precision(Precision::F32).unwrap();
 }
 
+/// Under bf16 and fp16 the fused backward of a bias-free convolution and its BatchNorm writes
+/// the BatchNorm's 16-bit `dx` over the convolution's 16-bit output when the BatchNorm's context
+/// is all that holds it (`bn_backward_input_in_place_*`). With the output still held by a
+/// tensor, the backward leaves it as it was (its values and its 16-bit patterns) and allocates
+/// `dx`; the gradients are the same bits either way, and the backward's peak is lower by the
+/// output's 16-bit bytes (less the sums' partials) when it writes over it on cuDNN (on im2col,
+/// whose columns can hold the peak, never higher). For a 3x3 2-D and a 1-D convolution, on both
+/// engines.
+#[test]
+fn the_fused_backward_writes_dx_over_the_16_bit_output_only_its_batch_norm_holds() {
+    let Some(gpu) = backend_or_skip::<f32>("the_fused_backward_writes_dx_over_the_output") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(61);
+    let conv2d = ConvKind::Conv2d(Conv2dParams::new(1, 1));
+    // Each case with its output's elements.
+    let shapes = [
+        (
+            conv2d,
+            &[2, 3, 8, 8][..],
+            &[16, 3, 3, 3][..],
+            2 * 16 * 8 * 8,
+        ),
+        (ConvKind::Conv1d, &[2, 6, 20], &[16, 6, 1], 2 * 16 * 20),
+    ];
+    let cases = shapes.map(|(kind, x, w, outputs)| {
+        let x = normal_tensor(&gpu, &mut rng, x, 1.0);
+        let w = normal_tensor(&gpu, &mut rng, w, 0.3);
+        (kind, x, w, outputs)
+    });
+    let (gamma, beta) = (
+        normal_tensor(&gpu, &mut rng, &[16], 0.5),
+        normal_tensor(&gpu, &mut rng, &[16], 0.5),
+    );
+    let params = BatchNormParams::default();
+    // The gradients and the backward's peak above the live bytes before it; with `hold`, the
+    // convolution's output is held through the backward and checked after it.
+    let run = |kind: ConvKind, x: &_, w: &_, hold: bool| {
+        let (conv_y, conv) = gpu.conv_forward(x, w, None, kind).unwrap();
+        let (_, _, norm) = gpu
+            .batch_norm_train_forward(&conv_y, &gamma, &beta, params)
+            .unwrap();
+        let dy = normal_tensor(&gpu, &mut SplitMix64::new(67), conv_y.shape(), 1.0);
+        let half = |y: &CudaTensor<f32>| {
+            let bits = y
+                .exact_half()
+                .expect("a bias-free 16-bit output keeps its sums");
+            device.download(&bits.bits).unwrap()
+        };
+        let held = hold.then(|| (gpu.to_vec(&conv_y).unwrap(), half(&conv_y), conv_y));
+        let (grads, rise) = with_peak_rise(device, || {
+            gpu.conv_batch_norm_backward(dy, conv, norm, kind).unwrap()
+        });
+        if let Some((values, bits, conv_y)) = held {
+            assert_eq!(
+                gpu.to_vec(&conv_y).unwrap(),
+                values,
+                "the held output's values"
+            );
+            assert_eq!(half(&conv_y), bits, "the held output's 16-bit patterns");
+        }
+        let g = &grads;
+        (host(&gpu, &[&g.input, &g.weight, &g.gamma, &g.beta]), rise)
+    };
+    for engine in each_conv_engine(device) {
+        for precision in [Precision::Bf16, Precision::Fp16] {
+            device.set_precision(precision).unwrap();
+            for (kind, x, w, outputs) in &cases {
+                let what = format!("{precision} on {}, {kind:?}", engine.name());
+                let (held, held_rise) = run(*kind, x, w, true);
+                let (alone, alone_rise) = run(*kind, x, w, false);
+                assert!(same_bits(&alone, &held), "{what}: the bits differ");
+                // The held case's peak is its `dx`'s allocation; the other's can be pass 1's
+                // partial sums of the backward (two f64 per channel at these sizes), freed
+                // before that allocation.
+                let saved = match engine {
+                    ConvEngine::Im2colGemm => 0,
+                    _ => outputs * size_of::<u16>() - 2 * 16 * size_of::<f64>(),
+                };
+                assert!(
+                    alone_rise + saved <= held_rise,
+                    "{what}: the peak over an output held alone ({alone_rise}) is not below the \
+                     peak over a held one ({held_rise}) by {saved} bytes"
+                );
+            }
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
 /// The fused backward of a convolution with a bias and its BatchNorm
 /// (`Backend::conv_batch_norm_backward` from the contexts of `conv_forward` with the bias and
 /// `batch_norm_train_forward`: the transformers' MLP) gives the bits of the two backwards in

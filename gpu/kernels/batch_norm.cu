@@ -27,7 +27,7 @@
 // same values as the f32 input, with half its bytes read and no f32 copy. The backward's input
 // gradient can be stored as 16-bit patterns too (`bn_backward_input_*_to_bf16`, `_to_fp16`): each
 // element's f32 value rounded to the format, which is what the 16-bit convolution before the
-// BatchNorm reads as its dy.
+// BatchNorm reads as its dy, and written over a 16-bit input (`bn_backward_input_in_place_*`).
 
 #include "batch_norm.cuh"
 #include "half.cuh"
@@ -444,9 +444,11 @@ __device__ __forceinline__ double bn_input_grad(double dy, double x, double scal
 }
 
 // grad_x stored as D: E, or the 16-bit patterns of the f32 result (the operand of the
-// convolution before the BatchNorm, docs/precision.md §"Convolution outputs").
+// convolution before the BatchNorm, docs/precision.md §"Convolution outputs"). grad_x may be x
+// itself (the `_in_place` kernels), so neither is restrict: each element of x is read before its
+// gradient is written over it, by the same thread.
 template <typename E, typename X, typename D>
-__device__ void bn_backward_input(const X* __restrict__ x, const E* __restrict__ grad_y, D* __restrict__ grad_x,
+__device__ void bn_backward_input(const X* x, const E* __restrict__ grad_y, D* grad_x,
                                   const double* __restrict__ mean, const double* __restrict__ inv_std,
                                   const E* __restrict__ gamma, const double* __restrict__ means, long long channels,
                                   long long inner, long long total, long long width, int train) {
@@ -595,3 +597,17 @@ BATCH_NORM_HALF_GRAD_KERNEL(Bf16, f32_from_bf16, Bf16, bf16)
 BATCH_NORM_HALF_GRAD_KERNEL(Bf16, f32_from_bf16, Fp16, fp16)
 BATCH_NORM_HALF_GRAD_KERNEL(Fp16, f32_from_fp16, Bf16, bf16)
 BATCH_NORM_HALF_GRAD_KERNEL(Fp16, f32_from_fp16, Fp16, fp16)
+
+// The same, written over the 16-bit input it reads (docs/precision.md §"Convolution outputs": the
+// convolution's 16-bit output, whose last reader this is, becomes its 16-bit dy):
+// `bn_backward_input_in_place_f32_from_<format>`.
+#define BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(X, FORMAT)                                                            \
+    extern "C" __global__ void bn_backward_input_in_place_f32_from_##FORMAT(                                       \
+        X* x, const float* grad_y, const double* mean, const double* inv_std, const float* gamma,                  \
+        const double* means, long long channels, long long inner, long long total, long long width, int train) {   \
+        bn_backward_input<float, X, X>(x, grad_y, x, mean, inv_std, gamma, means, channels, inner, total, width,   \
+                                       train);                                                                     \
+    }
+
+BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(Bf16, bf16)
+BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(Fp16, fp16)

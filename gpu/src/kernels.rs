@@ -99,6 +99,8 @@ pub const BATCH_NORM: KernelSource = KernelSource {
         "bn_backward_input_f32_to_bf16",
         "bn_backward_input_f32_to_fp16",
         "bn_backward_input_f64",
+        "bn_backward_input_in_place_f32_from_bf16",
+        "bn_backward_input_in_place_f32_from_fp16",
         "bn_eval_constants_f32",
         "bn_eval_constants_f64",
         "bn_grad_finalize_f32",

@@ -11,7 +11,10 @@
 //! formula) where the reference sums the squared deviations in a second read; the two differ only
 //! by rounding.
 
-use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{
+    CudaFunction, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use revsnn_reference::contract::shapes::{
     BatchNormShape, check_channel_vector, check_context_statistics, check_same_shape,
     check_train_context,
@@ -535,6 +538,46 @@ pub(crate) struct BatchNormGradParts<D, E> {
     pub beta: CudaTensor<E>,
 }
 
+/// [`backward_stored`] with the context handed over: when it alone holds its input as
+/// `format`'s 16-bit patterns (a 16-bit convolution's output that nothing else shares), `dx` is
+/// written over them (`bn_backward_input_in_place_f32_from_<format>`: each element read before
+/// its gradient is written, by the same thread), so the backward allocates no `dx`; the bits of
+/// [`backward_stored`], which runs otherwise. Errors as [`backward_stored`].
+pub(crate) fn backward_stored_over_input<E: GpuElement>(
+    device: &GpuDevice,
+    grad_y: &CudaTensor<E>,
+    context: BatchNormContext<E>,
+    format: HalfFormat,
+) -> Result<BatchNormGradParts<u16, E>, GpuError> {
+    require_f32::<E>(format)?;
+    if !context.input.holds_half_alone(format) {
+        return backward_stored(device, grad_y, &context, format);
+    }
+    let (layout, Some(sums)) = gradient_sums_of(device, grad_y, &context)? else {
+        return backward_stored(device, grad_y, &context, format);
+    };
+    let BatchNormContext {
+        input,
+        mean,
+        inv_std,
+        gamma,
+        mode,
+    } = context;
+    let mut grad_x = input.into_half_alone("batch_norm_backward", format)?;
+    let name = format!("bn_backward_input_in_place_f32_from_{}", format.name());
+    let function = device.function(&BATCH_NORM, &name)?;
+    let map = GradientMap {
+        mean: &mean,
+        inv_std: &inv_std,
+        gamma: &gamma,
+        mode,
+    };
+    let (x, write) = grad_x.slice_mut().device_ptr_mut(device.stream());
+    launch_input_gradient(device, &function, (x, None), grad_y, &map, &sums, &layout)?;
+    drop(write);
+    sums.into_parts(grad_x, layout.channels)
+}
+
 /// The body of [`backward`] (`stored` none, `D = E`) and [`backward_stored`] (`D = u16`).
 fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
     device: &GpuDevice,
@@ -542,44 +585,98 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
     context: &BatchNormContext<E>,
     stored: Option<HalfFormat>,
 ) -> Result<BatchNormGradParts<D, E>, GpuError> {
-    const OP: &str = "batch_norm_backward";
-    let shape = context.input.shape();
-    BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
-    let layout = Layout::of(OP, shape)?;
-    let channels = layout.channels;
-    check_context_statistics(
-        OP,
-        channels,
-        context.gamma.shape(),
-        context.mean.len(),
-        context.inv_std.len(),
-    )?;
-    if !layout.reduces() {
+    let (layout, sums) = gradient_sums_of(device, grad_y, context)?;
+    let Some(sums) = sums else {
         // No element: the sums are 0 and dx is empty.
+        let channels = layout.channels;
         return Ok(BatchNormGradParts {
             input: device.alloc_zeros::<D>(layout.total)?,
             gamma: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
             beta: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
         });
-    }
+    };
     let input = context.input.operand(device, "batch_norm")?;
-    let sums = gradient_sums(device, grad_y, context, &layout, &input)?;
     // SAFETY: the kernel writes all `total` elements (total >= 1 here).
     let mut grad_x = unsafe { device.alloc::<D>(layout.total) }?;
     let function = match stored {
         None => input_kernel(device, &input, "bn_backward_input")?,
         Some(format) => input_kernel_to(device, &input, "bn_backward_input", format)?,
     };
+    let (target, write) = grad_x.slice_mut().device_ptr_mut(device.stream());
+    let pointers = (input.pointer, Some(target));
+    let map = GradientMap::of(context);
+    launch_input_gradient(device, &function, pointers, grad_y, &map, &sums, &layout)?;
+    drop(write);
+    sums.into_parts(grad_x, layout.channels)
+}
+
+/// What the input-gradient pass reads of a context besides its input.
+struct GradientMap<'a, E> {
+    mean: &'a DeviceBuffer<f64>,
+    inv_std: &'a DeviceBuffer<f64>,
+    gamma: &'a CudaTensor<E>,
+    mode: BatchNormMode,
+}
+
+impl<'a, E> GradientMap<'a, E> {
+    fn of(context: &'a BatchNormContext<E>) -> GradientMap<'a, E> {
+        GradientMap {
+            mean: &context.mean,
+            inv_std: &context.inv_std,
+            gamma: &context.gamma,
+            mode: context.mode,
+        }
+    }
+}
+
+/// The checks of a backward, then its layout and its per-channel sums over `grad_y` and the
+/// context's input (`None` for a layout with no element).
+fn gradient_sums_of<E: GpuElement>(
+    device: &GpuDevice,
+    grad_y: &CudaTensor<E>,
+    context: &BatchNormContext<E>,
+) -> Result<(Layout, Option<GradientSums<E>>), GpuError> {
+    const OP: &str = "batch_norm_backward";
+    let shape = context.input.shape();
+    BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
+    let layout = Layout::of(OP, shape)?;
+    check_context_statistics(
+        OP,
+        layout.channels,
+        context.gamma.shape(),
+        context.mean.len(),
+        context.inv_std.len(),
+    )?;
+    if !layout.reduces() {
+        return Ok((layout, None));
+    }
+    let input = context.input.operand(device, "batch_norm")?;
+    let sums = gradient_sums(device, grad_y, context, &layout, &input)?;
+    Ok((layout, Some(sums)))
+}
+
+/// Launches the input-gradient pass `function` over `x` into `grad_x`, or over `x` in place
+/// when `grad_x` is `None` (the `_in_place` kernels, which take no `grad_x`).
+fn launch_input_gradient<E: GpuElement>(
+    device: &GpuDevice,
+    function: &CudaFunction,
+    (x, grad_x): (CUdeviceptr, Option<CUdeviceptr>),
+    grad_y: &CudaTensor<E>,
+    map: &GradientMap<'_, E>,
+    sums: &GradientSums<E>,
+    layout: &Layout,
+) -> Result<(), GpuError> {
     let [c, inner, total, width] = layout.elementwise_args();
-    let train = (context.mode == BatchNormMode::Train) as i32;
-    let mut launch = device.stream().launch_builder(&function);
+    let train = (map.mode == BatchNormMode::Train) as i32;
+    let mut launch = device.stream().launch_builder(function);
+    launch.arg(&x).arg(grad_y.slice());
+    if let Some(grad_x) = &grad_x {
+        launch.arg(grad_x);
+    }
     launch
-        .arg(&input.pointer)
-        .arg(grad_y.slice())
-        .arg(grad_x.slice_mut())
-        .arg(context.mean.slice())
-        .arg(context.inv_std.slice())
-        .arg(context.gamma.slice())
+        .arg(map.mean.slice())
+        .arg(map.inv_std.slice())
+        .arg(map.gamma.slice())
         .arg(sums.means.slice())
         .arg(&c)
         .arg(&inner)
@@ -587,16 +684,14 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
         .arg(&width)
         .arg(&train);
     // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
-    // channels, inner, total, width, train)` or a twin whose x is 16-bit (`_f32_from_<format>`)
-    // and whose grad_x is D's 16-bit patterns (`_to_<format>`); x, grad_y and grad_x hold
-    // `N C inner` elements, mean, inv_std and gamma C, means 2 C; `width` divides `total`.
+    // channels, inner, total, width, train)`, a twin whose x is 16-bit (`_f32_from_<format>`)
+    // and whose grad_x is 16-bit patterns (`_to_<format>`), or the twin with no grad_x that
+    // writes over its 16-bit x (`bn_backward_input_in_place_f32_from_<format>`); x, grad_y and
+    // grad_x hold `N C inner` elements, mean, inv_std and gamma C, means 2 C; `width` divides
+    // `total`.
     unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
         .map_err(GpuError::driver("launching bn_backward_input"))?;
-    Ok(BatchNormGradParts {
-        input: grad_x,
-        gamma: CudaTensor::new(sums.grad_gamma, &[channels])?,
-        beta: CudaTensor::new(sums.grad_beta, &[channels])?,
-    })
+    Ok(())
 }
 
 /// The backward's per-channel sums: `means = [sum dy / n (C), sum dy x_hat / n (C)]` in `f64`
@@ -605,6 +700,21 @@ struct GradientSums<E> {
     means: DeviceBuffer<f64>,
     grad_gamma: DeviceBuffer<E>,
     grad_beta: DeviceBuffer<E>,
+}
+
+impl<E: GpuElement> GradientSums<E> {
+    /// The gradients: `grad_x`, and `dgamma`, `dbeta` of `channels` elements.
+    fn into_parts<D>(
+        self,
+        grad_x: DeviceBuffer<D>,
+        channels: usize,
+    ) -> Result<BatchNormGradParts<D, E>, GpuError> {
+        Ok(BatchNormGradParts {
+            input: grad_x,
+            gamma: CudaTensor::new(self.grad_gamma, &[channels])?,
+            beta: CudaTensor::new(self.grad_beta, &[channels])?,
+        })
+    }
 }
 
 /// The backward's two reduction passes over `x` and `dy` (for a layout that reduces).

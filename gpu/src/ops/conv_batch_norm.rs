@@ -186,8 +186,8 @@ fn backward_to_half<E: GpuElement>(
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<HalfInputGrads<E>, GpuError> {
-    let normed = batch_norm::backward_stored(device, &grad_y, &norm, format)?;
-    drop((grad_y, norm));
+    let normed = batch_norm::backward_stored_over_input(device, &grad_y, norm, format)?;
+    drop(grad_y);
     let mut conv = conv::backward_stored(device, format, normed.input, conv)?;
     if kind == ConvKind::Conv1d {
         conv.input_shape = Conv1dAs2d::one_d(&conv.input_shape).to_vec();

@@ -89,6 +89,38 @@ impl<E: GpuElement> SavedInput<E> {
         })
     }
 
+    /// Whether this is the input's 16-bit patterns in `format` and nothing else holds them (no
+    /// tensor or context shares them), so a kernel may write over them
+    /// ([`SavedInput::into_half_alone`]).
+    pub(crate) fn holds_half_alone(&self, format: HalfFormat) -> bool {
+        match self {
+            SavedInput::Half { bits, .. } => {
+                bits.format == format && Arc::strong_count(bits) == 1 && Arc::weak_count(bits) == 0
+            }
+            _ => false,
+        }
+    }
+
+    /// The 16-bit patterns of an input for which [`SavedInput::holds_half_alone`] holds, given up
+    /// to be written over by `op`; an internal error for any other.
+    pub(crate) fn into_half_alone(
+        self,
+        op: &'static str,
+        format: HalfFormat,
+    ) -> Result<DeviceBuffer<u16>, GpuError> {
+        let shared = || {
+            let detail =
+                "internal error: the input to write over is not 16-bit patterns held alone";
+            shape_error(op, detail)
+        };
+        match self {
+            SavedInput::Half { bits, .. } if bits.format == format => Arc::try_unwrap(bits)
+                .map(|half| half.bits)
+                .map_err(|_| shared()),
+            _ => Err(shared()),
+        }
+    }
+
     /// The input as kernels read it in place: `x` itself, or its 16-bit patterns, which the
     /// kernel widens as it loads each element (the same values, half the bytes, no `f32` copy).
     /// Errors for spike bits, which `op` (the caller, named in the message) does not read.
