@@ -56,13 +56,14 @@ use revsnn_gpu::ops::saved_input::SavedInput;
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::contract::{
-    conv_batch_norm_backward_in_turn, spiking_conv_batch_norm_backward_in_turn,
+    avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
+    conv_batch_norm_train_avg_pool_in_turn, spiking_conv_batch_norm_backward_in_turn,
 };
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvBatchNormGrads,
-    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronBackward, NeuronConfig,
-    NeuronSource, Onto, Precision,
+    AvgPoolGrad, Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams,
+    ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronBackward,
+    NeuronConfig, NeuronSource, Onto, Pool2dParams, Precision,
 };
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
@@ -838,6 +839,182 @@ fn the_fused_backward_writes_dx_over_the_16_bit_output_only_its_batch_norm_holds
                     "{what}: the peak over an output held alone ({alone_rise}) is not below the \
                      peak over a held one ({held_rise}) by {saved} bytes"
                 );
+            }
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
+/// The backward of a convolution, its BatchNorm and an average pool after it
+/// (`Backend::avg_pool_conv_batch_norm_backward`, RevSResNet24's event stem) gives the bits of
+/// the pool's backward then the fused backward, in f32, bf16 and fp16, on both engines, over
+/// both of the BatchNorm kernels' layouts (8x6 planes: groups of four; 7x5: one element a
+/// thread). Under bf16 and fp16, where the BatchNorm's context alone holds the convolution's
+/// output, the pool's `dx` is made as the BatchNorm reads it: on cuDNN the backward's peak
+/// rises by less than that `dx`'s f32 bytes, which in turn it allocates (on im2col, whose
+/// columns can hold the peak, it is never higher). With the output held, the same bits, and the
+/// output left as it was.
+#[test]
+fn the_average_pool_after_a_batch_norm_gives_its_backward_the_bits_of_the_ops_in_turn() {
+    let Some(gpu) = backend_or_skip::<f32>("the_average_pool_after_a_batch_norm") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(71);
+    let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
+    let w = normal_tensor(&gpu, &mut rng, &[16, 3, 3, 3], 0.3);
+    let (gamma, beta) = (
+        normal_tensor(&gpu, &mut rng, &[16], 0.5),
+        normal_tensor(&gpu, &mut rng, &[16], 0.5),
+    );
+    let params = BatchNormParams::default();
+    let pool_params = Pool2dParams::K3_S2_P1;
+    // Each case's input and the pool's output gradient: 8x6 -> 4x3 and 7x5 -> 4x3 (not square,
+    // so that the pool's rows and columns cannot be mistaken for each other).
+    let cases = [[2, 3, 8, 6], [2, 3, 7, 5]].map(|shape| {
+        let x = normal_tensor(&gpu, &mut rng, &shape, 1.0);
+        let dy = normal_tensor(&gpu, &mut rng, &[2, 16, 4, 3], 1.0);
+        (x, dy)
+    });
+    // The gradients and the backward's peak above the live bytes before it, fused or in turn;
+    // with `hold`, the convolution's output is held through the backward and checked after it.
+    let run = |x: &CudaTensor<f32>, dy: &CudaTensor<f32>, fused: bool, hold: bool| {
+        let (conv_y, conv) = gpu.conv_forward(x, &w, None, kind).unwrap();
+        let (y, _, norm) = gpu
+            .batch_norm_train_forward(&conv_y, &gamma, &beta, params)
+            .unwrap();
+        let input_shape = y.shape().to_vec();
+        drop(y);
+        let held = hold.then(|| (gpu.to_vec(&conv_y).unwrap(), conv_y.clone()));
+        drop(conv_y);
+        let pool = AvgPoolGrad {
+            grad_y: dy.clone(),
+            input_shape: &input_shape,
+            params: pool_params,
+        };
+        let (grads, rise) = with_peak_rise(device, || match fused {
+            true => gpu.avg_pool_conv_batch_norm_backward(pool, conv, norm, kind),
+            false => avg_pool_conv_batch_norm_backward_in_turn(&gpu, pool, conv, norm, kind),
+        });
+        let grads = grads.unwrap();
+        if let Some((values, conv_y)) = held {
+            assert_eq!(
+                gpu.to_vec(&conv_y).unwrap(),
+                values,
+                "the held output changed"
+            );
+        }
+        let g = &grads;
+        (host(&gpu, &[&g.input, &g.weight, &g.gamma, &g.beta]), rise)
+    };
+    for engine in each_conv_engine(device) {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
+            device.set_precision(precision).unwrap();
+            for (x, dy) in &cases {
+                let what = format!("{precision} on {}, {:?}", engine.name(), x.shape());
+                let (in_turn, in_turn_rise) = run(x, dy, false, false);
+                let (fused, fused_rise) = run(x, dy, true, false);
+                let (held, _) = run(x, dy, true, true);
+                assert!(same_bits(&fused, &in_turn), "{what}: the bits differ");
+                assert!(
+                    same_bits(&held, &in_turn),
+                    "{what}: the bits differ, output held"
+                );
+                assert!(
+                    fused_rise <= in_turn_rise,
+                    "{what}: {fused_rise} > {in_turn_rise}"
+                );
+                // The pool's dx in f32: in turn a tensor the backward allocates; fused, none.
+                let pool_dx = 2 * 16 * x.shape()[2] * x.shape()[3] * size_of::<f32>();
+                if precision != Precision::F32 && engine == ConvEngine::Cudnn {
+                    assert!(
+                        fused_rise < pool_dx && pool_dx <= in_turn_rise,
+                        "{what}: the peaks fused ({fused_rise}) and in turn ({in_turn_rise}) \
+                         against the pool's dx ({pool_dx} bytes)"
+                    );
+                }
+            }
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
+/// The training forward of a convolution, its BatchNorm and an average pool after it
+/// (`Backend::conv_batch_norm_train_avg_pool`, RevSResNet24's event stem) gives the bits of the
+/// ops in turn (the pooled output, the batch statistics, and every gradient of the backward from
+/// its contexts), in f32, bf16 and fp16, on both engines, over 8x6 and 7x5 planes. The pool
+/// reads the BatchNorm's output as it is made, so that output is never allocated: on cuDNN the
+/// forward's peak is lower than in turn by at least half that output's f32 bytes (the pooled
+/// output, allocated in its place, is at most a third of it here; on im2col, whose columns can
+/// hold the peak, it is never higher).
+#[test]
+fn the_average_pool_of_a_training_batch_norm_gives_the_bits_of_the_ops_in_turn() {
+    let Some(gpu) = backend_or_skip::<f32>("the_average_pool_of_a_training_batch_norm") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(73);
+    let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
+    let w = normal_tensor(&gpu, &mut rng, &[16, 3, 3, 3], 0.3);
+    let (gamma, beta) = (
+        normal_tensor(&gpu, &mut rng, &[16], 0.5),
+        normal_tensor(&gpu, &mut rng, &[16], 0.5),
+    );
+    let norm = BatchNormAffine {
+        gamma: &gamma,
+        beta: &beta,
+        params: BatchNormParams::default(),
+    };
+    let pool = Pool2dParams::K3_S2_P1;
+    let cases = [[2, 3, 8, 6], [2, 3, 7, 5]].map(|shape| {
+        let x = (shape, normal_f32(&mut rng, shape.iter().product(), 1.0));
+        let dy = normal_tensor(&gpu, &mut rng, &[2, 16, 4, 3], 1.0);
+        (x, dy)
+    });
+    // The outputs and gradients, fused or in turn, and the forward's peak above the live bytes
+    // before it (the input handed over).
+    let run = |(shape, x): &([usize; 4], Vec<f32>), dy: &CudaTensor<f32>, fused: bool| {
+        let x = gpu.tensor_from_vec(shape, x.clone()).unwrap();
+        let (out, rise) = with_peak_rise(device, || match fused {
+            true => gpu.conv_batch_norm_train_avg_pool(x, &w, kind, norm, pool),
+            false => conv_batch_norm_train_avg_pool_in_turn(&gpu, x, &w, kind, norm, pool),
+        });
+        let out = out.unwrap();
+        let input_shape = [2, 16, shape[2], shape[3]];
+        let grad = AvgPoolGrad {
+            grad_y: dy.clone(),
+            input_shape: &input_shape,
+            params: pool,
+        };
+        let g = gpu
+            .avg_pool_conv_batch_norm_backward(grad, out.conv, out.norm, kind)
+            .unwrap();
+        let (mean, var) = (&out.batch.mean, &out.batch.var_unbiased);
+        let tensors = [&out.y, mean, var, &g.input, &g.weight, &g.gamma, &g.beta];
+        (host(&gpu, &tensors), rise)
+    };
+    for engine in each_conv_engine(device) {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
+            device.set_precision(precision).unwrap();
+            for (x, dy) in &cases {
+                let what = format!("{precision} on {}, {:?}", engine.name(), x.0);
+                let (in_turn, in_turn_rise) = run(x, dy, false);
+                let (fused, fused_rise) = run(x, dy, true);
+                assert!(same_bits(&fused, &in_turn), "{what}: the bits differ");
+                assert!(
+                    fused_rise <= in_turn_rise,
+                    "{what}: {fused_rise} > {in_turn_rise}"
+                );
+                // Where in turn the BatchNorm's f32 output is allocated, fused the pooled one,
+                // at most a third of its size here.
+                let saved = 2 * 16 * x.0[2] * x.0[3] * size_of::<f32>() / 2;
+                if engine == ConvEngine::Cudnn {
+                    assert!(
+                        fused_rise + saved <= in_turn_rise,
+                        "{what}: the fused forward's peak ({fused_rise}) is not below the ops' \
+                         in turn ({in_turn_rise}) by {saved} bytes"
+                    );
+                }
             }
         }
     }

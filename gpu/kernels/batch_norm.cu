@@ -31,6 +31,7 @@
 
 #include "batch_norm.cuh"
 #include "half.cuh"
+#include "pool.cuh"
 #include "rounding.cuh"
 
 #define BN_THREADS 256
@@ -404,13 +405,37 @@ struct GradAndInput {
     double dy, x;
 };
 
+// dy as the backward reads it, element k or a group of BN_VEC from k: a tensor of E
+// (GradTensor), or the input gradient of the average pool after the BatchNorm, made from the
+// pool's output gradient as it is read (AvgPooledGrad, pool.cuh: the f32 values avg_pool_backward
+// would write, so the same bits with no tensor of the BatchNorm's output size).
+template <typename E> struct GradTensor {
+    const E* __restrict__ p;
+    __device__ __forceinline__ double operator[](long long k) const { return (double)p[k]; }
+    __device__ __forceinline__ void load(long long k, double v[BN_VEC], bool vector) const {
+        load_group(p + k, v, vector);
+    }
+    __device__ __forceinline__ bool aligned() const { return aligned16(p); }
+};
+struct AvgPooledGrad {
+    const float* __restrict__ grad_pooled;
+    PoolGeometry g;
+    __device__ __forceinline__ double operator[](long long k) const {
+        return (double)avg_pool_grad_at(grad_pooled, g, k);
+    }
+    __device__ __forceinline__ void load(long long k, double v[BN_VEC], bool) const {
+        for (int u = 0; u < BN_VEC; ++u) v[u] = (*this)[k + u];
+    }
+    __device__ __forceinline__ bool aligned() const { return true; }
+};
+
 // sum_j dy and sum_j dy x_hat with x_hat = (x - mean_c) inv_std_c; x stored as X (E, or the
-// 16-bit patterns of an f32 input).
-template <typename E, typename X>
-__device__ void bn_grad_partial(const X* __restrict__ x, const E* __restrict__ grad_y, const double* __restrict__ mean,
+// 16-bit patterns of an f32 input), dy read through DY (GradTensor or AvgPooledGrad).
+template <typename X, typename DY>
+__device__ void bn_grad_partial(const X* __restrict__ x, DY grad_y, const double* __restrict__ mean,
                                 const double* __restrict__ inv_std, double* __restrict__ partial, long long channels,
                                 long long inner, long long per_channel, long long chunks, long long chunk_len) {
-    partial_sums<2>([&](long long k) { return GradAndInput{(double)grad_y[k], widened(x[k])}; },
+    partial_sums<2>([&](long long k) { return GradAndInput{grad_y[k], widened(x[k])}; },
                     [&](const GradAndInput& v, long long c, double* acc) {
                         acc[0] += v.dy;
                         acc[1] += v.dy * (v.x - mean[c]) * inv_std[c];
@@ -446,20 +471,21 @@ __device__ __forceinline__ double bn_input_grad(double dy, double x, double scal
 // grad_x stored as D: E, or the 16-bit patterns of the f32 result (the operand of the
 // convolution before the BatchNorm, docs/precision.md §"Convolution outputs"). grad_x may be x
 // itself (the `_in_place` kernels), so neither is restrict: each element of x is read before its
-// gradient is written over it, by the same thread.
-template <typename E, typename X, typename D>
-__device__ void bn_backward_input(const X* x, const E* __restrict__ grad_y, D* grad_x,
+// gradient is written over it, by the same thread. dy is read through DY (GradTensor or
+// AvgPooledGrad).
+template <typename E, typename X, typename D, typename DY>
+__device__ void bn_backward_input(const X* x, DY grad_y, D* grad_x,
                                   const double* __restrict__ mean, const double* __restrict__ inv_std,
                                   const E* __restrict__ gamma, const double* __restrict__ means, long long channels,
                                   long long inner, long long total, long long width, int train) {
-    const bool vector = aligned16(x) && aligned16(grad_y) && aligned16(grad_x);
+    const bool vector = aligned16(x) && grad_y.aligned() && aligned16(grad_x);
     for_each_group(
         [&](long long k, long long c) {
             const double scale = (double)gamma[c] * inv_std[c], shift = mean[c], inv = inv_std[c];
             const double mean_dy = train ? means[c] : 0.0, mean_dy_xhat = train ? means[channels + c] : 0.0;
             if (width == BN_VEC) {
                 double dy[BN_VEC], xs[BN_VEC] = {0.0, 0.0, 0.0, 0.0};
-                load_group(grad_y + k, dy, vector);
+                grad_y.load(k, dy, vector);
                 if (train) load_group(x + k, xs, vector);
                 for (int u = 0; u < BN_VEC; ++u) {
                     dy[u] = bn_input_grad(dy[u], xs[u], scale, shift, inv, mean_dy, mean_dy_xhat, train);
@@ -468,7 +494,7 @@ __device__ void bn_backward_input(const X* x, const E* __restrict__ grad_y, D* g
             } else {
                 const double xk = train ? widened(x[k]) : 0.0;
                 store_element(grad_x + k,
-                              bn_input_grad((double)grad_y[k], xk, scale, shift, inv, mean_dy, mean_dy_xhat, train));
+                              bn_input_grad(grad_y[k], xk, scale, shift, inv, mean_dy, mean_dy_xhat, train));
             }
         },
         channels, inner, total, width);
@@ -517,7 +543,8 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
                                                         const double* inv_std, double* partial, long long channels, \
                                                         long long inner, long long per_channel, long long chunks,   \
                                                         long long chunk_len) {                                      \
-        bn_grad_partial<E, E>(x, grad_y, mean, inv_std, partial, channels, inner, per_channel, chunks, chunk_len);  \
+        bn_grad_partial<E>(x, GradTensor<E>{grad_y}, mean, inv_std, partial, channels, inner, per_channel, chunks, \
+                           chunk_len);                                                                             \
     }                                                                                                              \
     extern "C" __global__ void bn_grad_finalize_##SUFFIX(const double* partial, double* means, E* grad_gamma,       \
                                                          E* grad_beta, long long channels, long long chunks,        \
@@ -529,8 +556,8 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
                                                           const E* gamma, const double* means, long long channels,  \
                                                           long long inner, long long total, long long width,        \
                                                           int train) {                                              \
-        bn_backward_input<E, E, E>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, width,  \
-                                   train);                                                                         \
+        bn_backward_input<E, E, E>(x, GradTensor<E>{grad_y}, grad_x, mean, inv_std, gamma, means, channels, inner, \
+                                   total, width, train);                                                           \
     }                                                                                                              \
     extern "C" __global__ void bn_update_running_##SUFFIX(const E* running_mean, const E* running_var,              \
                                                           const E* batch_mean, const E* batch_var, E* new_mean,     \
@@ -565,15 +592,15 @@ BATCH_NORM_KERNELS(double, f64)
                                                                  long long channels, long long inner,              \
                                                                  long long per_channel, long long chunks,          \
                                                                  long long chunk_len) {                            \
-        bn_grad_partial<float, X>(x, grad_y, mean, inv_std, partial, channels, inner, per_channel, chunks,         \
-                                  chunk_len);                                                                      \
+        bn_grad_partial<X>(x, GradTensor<float>{grad_y}, mean, inv_std, partial, channels, inner, per_channel,      \
+                           chunks, chunk_len);                                                                     \
     }                                                                                                              \
     extern "C" __global__ void bn_backward_input_f32_from_##FORMAT(                                                \
         const X* x, const float* grad_y, float* grad_x, const double* mean, const double* inv_std,                 \
         const float* gamma, const double* means, long long channels, long long inner, long long total,             \
         long long width, int train) {                                                                              \
-        bn_backward_input<float, X, float>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total, \
-                                           width, train);                                                          \
+        bn_backward_input<float, X, float>(x, GradTensor<float>{grad_y}, grad_x, mean, inv_std, gamma, means,      \
+                                           channels, inner, total, width, train);                                  \
     }
 
 BATCH_NORM_HALF_INPUT_KERNELS(Bf16, bf16)
@@ -587,8 +614,8 @@ BATCH_NORM_HALF_INPUT_KERNELS(Fp16, fp16)
         const X* x, const float* grad_y, D* grad_x, const double* mean, const double* inv_std,                     \
         const float* gamma, const double* means, long long channels, long long inner, long long total,             \
         long long width, int train) {                                                                              \
-        bn_backward_input<float, X, D>(x, grad_y, grad_x, mean, inv_std, gamma, means, channels, inner, total,     \
-                                       width, train);                                                              \
+        bn_backward_input<float, X, D>(x, GradTensor<float>{grad_y}, grad_x, mean, inv_std, gamma, means, channels, \
+                                       inner, total, width, train);                                                \
     }
 
 BATCH_NORM_HALF_GRAD_KERNEL(float, f32, Bf16, bf16)
@@ -605,9 +632,34 @@ BATCH_NORM_HALF_GRAD_KERNEL(Fp16, f32_from_fp16, Fp16, fp16)
     extern "C" __global__ void bn_backward_input_in_place_f32_from_##FORMAT(                                       \
         X* x, const float* grad_y, const double* mean, const double* inv_std, const float* gamma,                  \
         const double* means, long long channels, long long inner, long long total, long long width, int train) {   \
-        bn_backward_input<float, X, X>(x, grad_y, x, mean, inv_std, gamma, means, channels, inner, total, width,   \
-                                       train);                                                                     \
+        bn_backward_input<float, X, X>(x, GradTensor<float>{grad_y}, x, mean, inv_std, gamma, means, channels,     \
+                                       inner, total, width, train);                                                \
     }
 
 BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(Bf16, bf16)
 BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(Fp16, fp16)
+
+// The backward's two passes over the 16-bit input they write over, with dy the input gradient of
+// the average pool after the BatchNorm (AvgPooledGrad) made from the pool's output gradient
+// grad_pooled [planes, out_h, out_w] (Backend::avg_pool_conv_batch_norm_backward): `_avg_pooled`.
+#define BATCH_NORM_AVG_POOLED_KERNELS(X, FORMAT)                                                                   \
+    extern "C" __global__ void bn_grad_partial_f32_from_##FORMAT##_avg_pooled(                                     \
+        const X* x, const float* grad_pooled, const double* mean, const double* inv_std, double* partial,          \
+        long long channels, long long inner, long long per_channel, long long chunks, long long chunk_len,          \
+        long long planes, long long h, long long w, long long out_h, long long out_w, long long kernel,            \
+        long long stride, long long padding) {                                                                     \
+        const AvgPooledGrad dy{grad_pooled, {planes, h, w, out_h, out_w, kernel, stride, padding}};                 \
+        bn_grad_partial<X>(x, dy, mean, inv_std, partial, channels, inner, per_channel, chunks, chunk_len);        \
+    }                                                                                                              \
+    extern "C" __global__ void bn_backward_input_in_place_f32_from_##FORMAT##_avg_pooled(                          \
+        X* x, const float* grad_pooled, const double* mean, const double* inv_std, const float* gamma,             \
+        const double* means, long long channels, long long inner, long long total, long long width, int train,     \
+        long long planes, long long h, long long w, long long out_h, long long out_w, long long kernel,            \
+        long long stride, long long padding) {                                                                     \
+        const AvgPooledGrad dy{grad_pooled, {planes, h, w, out_h, out_w, kernel, stride, padding}};                 \
+        bn_backward_input<float, X, X>(x, dy, x, mean, inv_std, gamma, means, channels, inner, total, width,       \
+                                       train);                                                                     \
+    }
+
+BATCH_NORM_AVG_POOLED_KERNELS(Bf16, bf16)
+BATCH_NORM_AVG_POOLED_KERNELS(Fp16, fp16)

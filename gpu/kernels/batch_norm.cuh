@@ -1,8 +1,10 @@
 // A BatchNorm's per-channel map y = gamma_c inv_std_c (x - mean_c) + beta_c over x [N, C, inner]
-// (docs/conventions.md §1), shared by batch_norm.cu, which writes y, and neuron.cu, whose backward
-// makes a training BatchNorm's output again as it reads it (docs/neurons.md §2.4.2): one
-// expression in both, so the same bits.
+// (docs/conventions.md §1), shared by batch_norm.cu, which writes y, and neuron.cu and pool.cu,
+// which make a training BatchNorm's output as they read it (docs/neurons.md §2.4.2): one
+// expression in all, so the same bits.
 #pragma once
+
+#include "half.cuh"
 
 // The channel of element k: (k / inner) % channels, in 32 bits when every index fits (a 64-bit
 // division costs several times a 32-bit one, and the elementwise kernels do one per element).
@@ -21,4 +23,14 @@ struct ChannelMap {
         return {(double)gamma[c] * inv_std[c], mean[c], (double)beta[c]};
     }
     __device__ __forceinline__ double operator()(double x) const { return scale * (x - shift) + offset; }
+};
+
+// A training BatchNorm's output as it wrote it, or would have, made as it is read (docs/neurons.md
+// §2.4.2; docs/memory.md §9.6): the map of one channel over its input x, stored as X (widened by
+// half.cuh), rounded to E as bn_normalise rounds it. A
+// neuron's input in neuron.cu, an average pool's in pool.cu.
+template <typename E, typename X> struct NormalisedInput {
+    const X* x;
+    ChannelMap map;
+    __device__ __forceinline__ E operator[](long long at) const { return (E)map(widened(x[at])); }
 };

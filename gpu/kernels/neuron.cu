@@ -60,15 +60,6 @@ template <typename E> struct LocalPotentials {
     __device__ __forceinline__ void store(int t, long long, E v) const { h[t] = v; }
 };
 
-// A neuron's input as the training BatchNorm before it wrote it, made again as it is read
-// (docs/neurons.md §2.4.2): the map of that BatchNorm's channel over its input x, stored as X,
-// rounded to E as bn_normalise rounds it (batch_norm.cuh).
-template <typename E, typename X> struct NormalisedInput {
-    const X* x;
-    ChannelMap map;
-    __device__ __forceinline__ E operator[](long long at) const { return (E)map(widened(x[at])); }
-};
-
 // Charges and fires over t = 0..T-1 from x (Input: a pointer, or a NormalisedInput); writes the
 // spikes when `spikes` is set, h into the potentials (the spikes' buffer or the potentials' may
 // be x itself for the in-place kernels: each element is read before it is written, by the same

@@ -7,25 +7,8 @@
 // per input element (backwards, as gathers over the windows covering it), grid-strided, each
 // summing in a fixed row-major order with no atomics, exactly as the reference's loops do.
 
-// The inputs [first, last) of the window of output o along an axis of `size` inputs.
-__device__ __forceinline__ void window(long long o, long long size, long long kernel, long long stride,
-                                       long long padding, long long* first, long long* last) {
-    const long long start = o * stride;
-    *first = start > padding ? start - padding : 0;
-    *last = min(start + kernel - padding, size);
-}
-
-// The outputs [first, last) along an axis of `out` outputs whose windows contain input i:
-// o stride - padding <= i < o stride - padding + kernel.
-__device__ __forceinline__ void covering(long long i, long long out, long long kernel, long long stride,
-                                         long long padding, long long* first, long long* last) {
-    const long long shifted = i + padding;
-    const long long above = shifted + 1 > kernel ? shifted + 1 - kernel : 0;
-    const long long lo = min((above + stride - 1) / stride, out);
-    const long long hi = min(shifted / stride + 1, out);
-    *first = lo;
-    *last = hi > lo ? hi : lo;
-}
+#include "batch_norm.cuh"
+#include "pool.cuh"
 
 template <typename E> __device__ __forceinline__ E negative_infinity();
 template <> __device__ __forceinline__ float negative_infinity<float>() { return __int_as_float(0xff800000); }
@@ -33,9 +16,11 @@ template <> __device__ __forceinline__ double negative_infinity<double>() {
     return __longlong_as_double(0xfff0000000000000ULL);
 }
 
-// y = (1 / kernel^2) sum over the window, zero padding counted (count_include_pad=True).
-template <typename E>
-__device__ void avg_pool_forward(const E* __restrict__ x, E* __restrict__ y, long long planes, long long h, long long w,
+// y = (1 / kernel^2) sum over the window, zero padding counted (count_include_pad=True), the
+// input's plane p read through plane_at(p) (a pointer, or a NormalisedInput: a training
+// BatchNorm's output made as it is read).
+template <typename E, typename PlaneAt>
+__device__ void avg_pool_forward(PlaneAt plane_at, E* __restrict__ y, long long planes, long long h, long long w,
                                  long long out_h, long long out_w, long long kernel, long long stride,
                                  long long padding) {
     const long long total = planes * out_h * out_w;
@@ -46,7 +31,7 @@ __device__ void avg_pool_forward(const E* __restrict__ x, E* __restrict__ y, lon
         long long r0, r1, c0, c1;
         window(o / out_w, h, kernel, stride, padding, &r0, &r1);
         window(o % out_w, w, kernel, stride, padding, &c0, &c1);
-        const E* x_plane = x + plane * h * w;
+        const auto x_plane = plane_at(plane);
         double sum = 0.0;
         for (long long r = r0; r < r1; ++r)
             for (long long c = c0; c < c1; ++c) sum += (double)x_plane[r * w + c];
@@ -54,24 +39,17 @@ __device__ void avg_pool_forward(const E* __restrict__ x, E* __restrict__ y, lon
     }
 }
 
-// dx = (1 / kernel^2) sum of dy over the outputs whose windows contain the element, row-major.
+// dx = (1 / kernel^2) sum of dy over the outputs whose windows contain the element, row-major
+// (pool.cuh).
 template <typename E>
 __device__ void avg_pool_backward(const E* __restrict__ grad_y, E* __restrict__ grad_x, long long planes, long long h,
                                   long long w, long long out_h, long long out_w, long long kernel, long long stride,
                                   long long padding) {
+    const PoolGeometry g{planes, h, w, out_h, out_w, kernel, stride, padding};
     const long long total = planes * h * w;
-    const double divisor = (double)(kernel * kernel);
     for (long long at = (long long)blockIdx.x * blockDim.x + threadIdx.x; at < total;
          at += (long long)gridDim.x * blockDim.x) {
-        const long long plane = at / (h * w), i = at % (h * w);
-        long long r0, r1, c0, c1;
-        covering(i / w, out_h, kernel, stride, padding, &r0, &r1);
-        covering(i % w, out_w, kernel, stride, padding, &c0, &c1);
-        const E* dy_plane = grad_y + plane * out_h * out_w;
-        double sum = 0.0;
-        for (long long r = r0; r < r1; ++r)
-            for (long long c = c0; c < c1; ++c) sum += (double)dy_plane[r * out_w + c];
-        grad_x[at] = (E)(sum / divisor);
+        grad_x[at] = avg_pool_grad_at(grad_y, g, at);
     }
 }
 
@@ -137,7 +115,8 @@ __device__ void max_pool_backward(const E* __restrict__ grad_y, const unsigned c
     extern "C" __global__ void avg_pool_forward_##SUFFIX(const E* x, E* y, long long planes, long long h,          \
                                                          long long w, long long out_h, long long out_w,            \
                                                          long long kernel, long long stride, long long padding) {  \
-        avg_pool_forward<E>(x, y, planes, h, w, out_h, out_w, kernel, stride, padding);                            \
+        const auto plane_at = [&](long long plane) { return x + plane * h * w; };                                 \
+        avg_pool_forward<E>(plane_at, y, planes, h, w, out_h, out_w, kernel, stride, padding);                     \
     }                                                                                                              \
     extern "C" __global__ void avg_pool_backward_##SUFFIX(const E* grad_y, E* grad_x, long long planes,            \
                                                           long long h, long long w, long long out_h,               \
@@ -160,3 +139,24 @@ __device__ void max_pool_backward(const E* __restrict__ grad_y, const unsigned c
 
 POOL_KERNELS(float, f32)
 POOL_KERNELS(double, f64)
+
+// The average pool of a training BatchNorm's output made as it is read from the BatchNorm's input
+// x [N, C, h w] stored as X (NormalisedInput, batch_norm.cuh), so that output is never written
+// (Backend::conv_batch_norm_train_avg_pool; docs/memory.md §9.6): the bits of bn_normalise, then
+// avg_pool_forward. Plane p is channel p % channels.
+#define AVG_POOL_NORMALISED_KERNEL(E, X, NAME)                                                                     \
+    extern "C" __global__ void NAME(E* y, const X* x, const double* mean, const double* inv_std, const E* gamma,   \
+                                    const E* beta, long long channels, long long planes, long long h, long long w, \
+                                    long long out_h, long long out_w, long long kernel, long long stride,          \
+                                    long long padding) {                                                           \
+        const auto plane_at = [&](long long plane) {                                                               \
+            const ChannelMap map = ChannelMap::of(mean, inv_std, gamma, beta, plane % channels);                   \
+            return NormalisedInput<E, X>{x + plane * h * w, map};                                                  \
+        };                                                                                                         \
+        avg_pool_forward<E>(plane_at, y, planes, h, w, out_h, out_w, kernel, stride, padding);                     \
+    }
+
+AVG_POOL_NORMALISED_KERNEL(float, float, avg_pool_forward_from_normalised_f32)
+AVG_POOL_NORMALISED_KERNEL(double, double, avg_pool_forward_from_normalised_f64)
+AVG_POOL_NORMALISED_KERNEL(float, Bf16, avg_pool_forward_from_normalised_f32_input_bf16)
+AVG_POOL_NORMALISED_KERNEL(float, Fp16, avg_pool_forward_from_normalised_f32_input_fp16)

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{
-    AdamWParams, AdamWState, Backend, BackendNeuronSource, BatchNormAffine, BatchNormGrads,
-    BatchNormParams, BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads, Conv2dParams,
-    ConvBatchNormGrads, ConvKind, LinearGrads, NeuronBackward, NeuronConfig, NeuronFire,
-    NeuronSource, Onto, Pool2dParams, Precision, Result, RunningStats, SgdParams, TransferCounts,
-    conv_batch_norm_backward_in_turn, neuron_backward_from_source_in_turn, neuron_context,
-    spiking_conv_batch_norm_backward_in_turn,
+    AdamWParams, AdamWState, AvgPoolGrad, Backend, BackendNeuronSource, BatchNormAffine,
+    BatchNormGrads, BatchNormParams, BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads,
+    Conv2dParams, ConvBatchNormGrads, ConvKind, LinearGrads, NeuronBackward, NeuronConfig,
+    NeuronFire, NeuronSource, Onto, Pool2dParams, Precision, Result, RunningStats, SgdParams,
+    TransferCounts, avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
+    neuron_backward_from_source_in_turn, neuron_context, spiking_conv_batch_norm_backward_in_turn,
 };
 
 use crate::device::GpuDevice;
@@ -427,6 +427,20 @@ impl<E: GpuElement> Backend for Cuda<E> {
         )?)
     }
 
+    fn conv_batch_norm_train_avg_pool(
+        &self,
+        x: CudaTensor<E>,
+        weight: &CudaTensor<E>,
+        kind: ConvKind,
+        norm: BatchNormAffine<'_, CudaTensor<E>>,
+        pool: Pool2dParams,
+    ) -> Result<ops::conv_batch_norm::ConvBatchNormOutput<E>> {
+        let device = &self.device;
+        Ok(ops::conv_batch_norm::train_avg_pool(
+            device, x, weight, kind, norm, pool,
+        )?)
+    }
+
     fn conv_batch_norm_train_fire(
         &self,
         x: CudaTensor<E>,
@@ -459,6 +473,26 @@ impl<E: GpuElement> Backend for Cuda<E> {
                 kind,
             )?),
             None => conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind),
+        }
+    }
+
+    fn avg_pool_conv_batch_norm_backward(
+        &self,
+        pool: AvgPoolGrad<'_, CudaTensor<E>>,
+        conv: Self::Conv2dContext,
+        norm: Self::BatchNormContext,
+        kind: ConvKind,
+    ) -> Result<ConvBatchNormGrads<CudaTensor<E>>> {
+        match self.device.half_format() {
+            Some(format) => Ok(ops::conv_batch_norm::avg_pool_backward(
+                &self.device,
+                format,
+                pool,
+                conv,
+                norm,
+                kind,
+            )?),
+            None => avg_pool_conv_batch_norm_backward_in_turn(self, pool, conv, norm, kind),
         }
     }
 

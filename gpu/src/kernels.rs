@@ -100,14 +100,18 @@ pub const BATCH_NORM: KernelSource = KernelSource {
         "bn_backward_input_f32_to_fp16",
         "bn_backward_input_f64",
         "bn_backward_input_in_place_f32_from_bf16",
+        "bn_backward_input_in_place_f32_from_bf16_avg_pooled",
         "bn_backward_input_in_place_f32_from_fp16",
+        "bn_backward_input_in_place_f32_from_fp16_avg_pooled",
         "bn_eval_constants_f32",
         "bn_eval_constants_f64",
         "bn_grad_finalize_f32",
         "bn_grad_finalize_f64",
         "bn_grad_partial_f32",
         "bn_grad_partial_f32_from_bf16",
+        "bn_grad_partial_f32_from_bf16_avg_pooled",
         "bn_grad_partial_f32_from_fp16",
+        "bn_grad_partial_f32_from_fp16_avg_pooled",
         "bn_grad_partial_f64",
         "bn_moments_finalize_f32",
         "bn_moments_finalize_f64",
@@ -135,6 +139,10 @@ pub const POOL: KernelSource = KernelSource {
     functions: &[
         "avg_pool_forward_f32",
         "avg_pool_forward_f64",
+        "avg_pool_forward_from_normalised_f32",
+        "avg_pool_forward_from_normalised_f32_input_bf16",
+        "avg_pool_forward_from_normalised_f32_input_fp16",
+        "avg_pool_forward_from_normalised_f64",
         "avg_pool_backward_f32",
         "avg_pool_backward_f64",
         "max_pool_forward_f32",
@@ -256,6 +264,13 @@ pub const BATCH_NORM_MAP: KernelHeader = KernelHeader {
     source: include_str!("../kernels/batch_norm.cuh"),
 };
 
+/// `gpu/kernels/pool.cuh`: a pooling's windows and the average pool's input gradient at one
+/// element (included by pool.cu, which writes it, and batch_norm.cu, which makes it again).
+pub const POOL_WINDOWS: KernelHeader = KernelHeader {
+    name: "pool.cuh",
+    source: include_str!("../kernels/pool.cuh"),
+};
+
 /// `gpu/kernels/half.cuh`: the bf16 and fp16 bit patterns, and the widening to `double` of an
 /// element of any stored type (included by precision.cu, batch_norm.cu, neuron.cu and linear.cu).
 pub const HALF: KernelHeader = KernelHeader {
@@ -278,7 +293,7 @@ pub const ROUNDING: KernelHeader = KernelHeader {
 };
 
 /// Every header, handed to NVRTC by name with each kernel file.
-pub const HEADERS: &[KernelHeader] = &[BATCH_NORM_MAP, HALF, FINGERPRINT, ROUNDING];
+pub const HEADERS: &[KernelHeader] = &[BATCH_NORM_MAP, POOL_WINDOWS, HALF, FINGERPRINT, ROUNDING];
 
 /// Every kernel file, for the NVRTC compile check.
 pub const ALL: &[KernelSource] = &[

@@ -18,7 +18,7 @@ pub mod ops;
 pub mod testing;
 
 pub use contract::{
-    AdamWParams, AdamWState, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode,
+    AdamWParams, AdamWState, AvgPoolGrad, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode,
     BatchNormParams, BatchNormTrainOutput, BatchStats, Combine, Compute, Conv2dGrads, Conv2dParams,
     ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind, DType, DeviceError, Element, Firing,
     LinearGrads, NeuronBackward, NeuronConfig, NeuronFire, NeuronKept, NeuronKind, NeuronSource,

@@ -6,9 +6,10 @@
 
 pub use revsnn_reference::ConvKind;
 use revsnn_reference::contract::BackendNeuronSource;
+use revsnn_reference::contract::shapes::Conv2dGeometry;
 pub use revsnn_reference::contract::{flatten_time, unflatten_time};
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchNormParams, BatchStats, ConvBatchNormGrads,
+    AvgPoolGrad, Backend, BatchNormAffine, BatchNormParams, BatchStats, ConvBatchNormGrads,
     ConvBatchNormTrainOutput, NeuronBackward, NeuronConfig, NeuronFire, NeuronSource, Onto,
     OpError, Pool2dParams, RunningStats,
 };
@@ -801,6 +802,79 @@ impl<B: Backend> Layer<B> for AvgPool {
         Ok(session
             .backend
             .avg_pool2d_backward(&grad_y, &saved, self.params)?)
+    }
+}
+
+/// A [`ConvBn`] and the [`AvgPool`] after it (RevSResNet24's event stem, docs/architectures.md
+/// §4.3). Where the [`ConvBn`] runs as one op (training, the batch's own statistics, no bias),
+/// so do the three: forward [`Backend::conv_batch_norm_train_avg_pool`], backward
+/// [`Backend::avg_pool_conv_batch_norm_backward`], which a backend may run without a tensor for
+/// the BatchNorm's output or the pool's `dx` (docs/memory.md §9.6); elsewhere the layers in
+/// turn.
+#[derive(Clone, Debug)]
+pub struct ConvBnAvgPool {
+    pub conv_bn: ConvBn,
+    pub pool: AvgPool,
+}
+
+impl ConvBnAvgPool {
+    /// The pool's input shape: the convolution's output for `x`, a 2-D one.
+    fn pool_input_shape<B: Backend>(
+        &self,
+        session: &Session<B>,
+        x: &B::Tensor,
+    ) -> Result<Vec<usize>> {
+        let backend = session.backend;
+        let ConvKind::Conv2d(params) = self.conv_bn.conv.kind else {
+            let detail = "an average pool follows a 2-D convolution";
+            return Err(OpError::shape("avg_pool2d", detail).into());
+        };
+        let weight = backend.shape(session.store.get(self.conv_bn.conv.weight));
+        let geometry = Conv2dGeometry::new(&backend.shape(x), &weight, params)?;
+        Ok(geometry.output_shape().to_vec())
+    }
+}
+
+impl<B: Backend> Layer<B> for ConvBnAvgPool {
+    type Saved = (<ConvBn as Layer<B>>::Saved, <AvgPool as Layer<B>>::Saved);
+
+    fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
+        if !self.conv_bn.runs_fused(session) {
+            let (y, conv_bn) = self.conv_bn.forward(session, x)?;
+            let (pooled, input_shape) = self.pool.forward(session, y)?;
+            return Ok((pooled, (conv_bn, input_shape)));
+        }
+        let input_shape = self.pool_input_shape(session, &x)?;
+        let (weight, norm) = self.conv_bn.parameters(session.store, session.batch_norm);
+        let (backend, kind, pool) = (session.backend, self.conv_bn.conv.kind, self.pool.params);
+        let output = backend.conv_batch_norm_train_avg_pool(x, weight, kind, norm, pool)?;
+        let (pooled, conv_bn) = self.conv_bn.finish_fused(session, output)?;
+        Ok((pooled, (conv_bn, input_shape)))
+    }
+
+    fn backward(
+        &self,
+        session: &mut Session<B>,
+        ((conv, norm), input_shape): Self::Saved,
+        grad_y: B::Tensor,
+    ) -> Result<B::Tensor> {
+        match norm.into_local() {
+            Ok(context) => {
+                let pool = AvgPoolGrad {
+                    grad_y,
+                    input_shape: &input_shape,
+                    params: self.pool.params,
+                };
+                let kind = self.conv_bn.conv.kind;
+                let backend = session.backend;
+                let grads = backend.avg_pool_conv_batch_norm_backward(pool, conv, context, kind)?;
+                self.conv_bn.accumulate(session, grads)
+            }
+            Err(norm) => {
+                let grad = self.pool.backward(session, input_shape, grad_y)?;
+                self.conv_bn.backward(session, (conv, norm), grad)
+            }
+        }
     }
 }
 

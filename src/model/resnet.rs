@@ -21,8 +21,8 @@ use super::BuildOptions;
 use super::build::{Builder, ConvInit, Init};
 use super::compose::{Model, PerInput, Residual, SeqToAnn};
 use super::layers::{
-    AvgPool, ConvBn, ConvKind, InputShape, KeepInput, Linear, MaxPool, MeanOver, Neuron,
-    RepeatOverTime, SpikingConvBn, SpikingConvPair, SwapBatchTime,
+    AvgPool, ConvBn, ConvBnAvgPool, ConvKind, InputShape, KeepInput, Linear, MaxPool, MeanOver,
+    Neuron, RepeatOverTime, SpikingConvBn, SpikingConvPair, SwapBatchTime,
 };
 use super::reversible::{ReversibleBlock, ReversibleSequence};
 use crate::error::{Error, Result};
@@ -175,26 +175,26 @@ fn basic_block<B: Backend>(
     })
 }
 
-/// How the input becomes the sequence `[T, B, C, H, W]` the stages see, `P` the pool of an
-/// event stem: RevSResNet24's `self.maxpool` is an AvgPool2d(3, 2, 1), MS-ResNet20's a real
-/// MaxPool2d(3, 2, 1) (docs/architectures.md §4.3; docs/choices.md §A6).
+/// How the input becomes the sequence `[T, B, C, H, W]` the stages see, `L` an event stem's
+/// `conv1` + `bn1` and pool: RevSResNet24's `self.maxpool` is an AvgPool2d(3, 2, 1)
+/// ([`ConvBnAvgPool`]), MS-ResNet20's a real MaxPool2d(3, 2, 1) (docs/architectures.md §4.3;
+/// docs/choices.md §A6).
 ///
 /// Static images `[B, C, H, W]` (docs/architectures.md §4.1, 4.2; docs/choices.md §A25):
 /// `conv1` 3x3 stride 1 + `bn1` once on the 4-D batch (statistics over `B H W`), then the same
 /// analog input at every one of `time_steps` steps. Event frames `[B, T, C, H, W]`
 /// (docs/architectures.md §4.3): permuted to `[T, B, ...]`, then `SeqToANN(conv1 3x3 stride 2)`,
 /// `SeqToANN(bn1)` and the pool on `[T B, ...]`; `T` is the input's, as in the official code.
-pub type Stem<P> = PerInput<
-    (InputShape, ConvBn, RepeatOverTime),
-    (InputShape, SwapBatchTime, SeqToAnn<(ConvBn, P)>),
->;
+pub type Stem<L> =
+    PerInput<(InputShape, ConvBn, RepeatOverTime), (InputShape, SwapBatchTime, SeqToAnn<L>)>;
 
-fn stem<B: Backend, P>(
+/// The [`Stem`] of `spec`, an event stem's `conv1` + `bn1` followed by its pool by `pooled`.
+fn stem<B: Backend, L>(
     builder: &mut Builder<B>,
     spec: &ModelSpec,
     width: usize,
-    pool: P,
-) -> Result<Stem<P>> {
+    pooled: impl FnOnce(ConvBn) -> L,
+) -> Result<Stem<L>> {
     Ok(if spec.arch.is_dvs() {
         let check = InputShape {
             layout: "event frames [B, T, C, H, W]",
@@ -206,7 +206,7 @@ fn stem<B: Backend, P>(
             check,
             SwapBatchTime,
             SeqToAnn {
-                layer: (conv, pool),
+                layer: pooled(conv),
             },
         ))
     } else {
@@ -283,7 +283,7 @@ pub type RevStage = (
 /// 3.4); stages are joined by [`DownSampleConv`]`(c_{i-1} -> c_i)`. Static: IF/ATan neurons,
 /// stem 3x3 stride 1 once on the image then repeated over T. Events: LIF tau 1.5, stem 3x3
 /// stride 2 and AvgPool(3, 2, 1) over `[T B, ...]`. Head: [`Head`] `(c_last -> num_classes)`.
-pub type RevSResNet = Model<(Stem<AvgPool>, Vec<RevStage>, Head)>;
+pub type RevSResNet = Model<(Stem<ConvBnAvgPool>, Vec<RevStage>, Head)>;
 
 impl RevSResNet {
     /// Builds the parameters of `spec` (arch `revsresnet` or `revsresnet-dvs`) in the official
@@ -309,10 +309,12 @@ impl RevSResNet {
         // which its sequence holds until its reverse, after their backward: they keep it rather
         // than their potentials (docs/neurons.md §2.4.1).
         let after_stage = neuron.clone().keeping_input();
-        let pool = AvgPool {
-            params: Pool2dParams::K3_S2_P1,
-        };
-        let stem = stem(builder, spec, widths[0], pool)?;
+        let stem = stem(builder, spec, widths[0], |conv_bn| ConvBnAvgPool {
+            conv_bn,
+            pool: AvgPool {
+                params: Pool2dParams::K3_S2_P1,
+            },
+        })?;
         let mut stages = Vec::with_capacity(layers.len());
         for (i, (&count, &half)) in layers.iter().zip(&planes).enumerate() {
             let downsample = (i > 0)
@@ -349,7 +351,7 @@ impl RevSResNet {
 /// constructed but unused `maxpool` of the CIFAR code has no parameters and is left out).
 /// Events: LIF tau 1.5, stem 3x3 stride 2 and MaxPool(3, 2, 1). Head: [`Head`]
 /// `(planes_last -> num_classes)`.
-pub type MsResNet = Model<(Stem<MaxPool>, Vec<Vec<BasicBlock>>, Head)>;
+pub type MsResNet = Model<(Stem<(ConvBn, MaxPool)>, Vec<Vec<BasicBlock>>, Head)>;
 
 impl MsResNet {
     /// Builds the parameters of `spec` (arch `msresnet` or `msresnet-dvs`) in the official
@@ -365,7 +367,7 @@ impl MsResNet {
         let pool = MaxPool {
             params: Pool2dParams::K3_S2_P1,
         };
-        let stem = stem(builder, spec, planes[0], pool)?;
+        let stem = stem(builder, spec, planes[0], |conv_bn| (conv_bn, pool))?;
         let mut in_planes = planes[0];
         let mut stages = Vec::with_capacity(layers.len());
         for (i, (&count, &width)) in layers.iter().zip(&planes).enumerate() {

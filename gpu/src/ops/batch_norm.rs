@@ -13,25 +13,93 @@
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
-    CudaFunction, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaFunction, DevicePtrMut, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use revsnn_reference::contract::shapes::{
     BatchNormShape, check_channel_vector, check_context_statistics, check_same_shape,
     check_train_context,
 };
 use revsnn_reference::{
-    BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, Combine,
-    Onto, RunningStats,
+    AvgPoolGrad, BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats,
+    Combine, Onto, RunningStats,
 };
 
 use super::precision::{HalfFormat, require_f32};
 use super::saved_input::{InputOperand, SavedInput};
-use super::{GpuElement, elementwise_launch, tensor};
+use super::{GpuElement, elementwise_launch, pool, tensor};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::BATCH_NORM;
 use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
+
+/// A training BatchNorm whose output a kernel makes as it reads it (the `NORMALISED_PARAMS` of
+/// neuron.cu, and the average pool's `avg_pool_forward_from_normalised_*` of pool.cu): its
+/// context and shift, and its input's channels and elements per channel and image.
+pub(crate) struct NormalisedMap<'a, E> {
+    norm: &'a BatchNormContext<E>,
+    beta: &'a CudaTensor<E>,
+    channels: i64,
+    inner: i64,
+}
+
+impl<'a, E: GpuElement> NormalisedMap<'a, E> {
+    /// The map of `norm` and `beta`, after checking that `norm` is a training context and `beta`
+    /// is `[C]`; `op` names the caller in the errors.
+    pub(crate) fn of(
+        op: &'static str,
+        norm: &'a BatchNormContext<E>,
+        beta: &'a CudaTensor<E>,
+    ) -> Result<Self, GpuError> {
+        check_train_context(op, norm.mode)?;
+        let split = BatchNormShape::new(op, norm.input.shape())?;
+        check_channel_vector(op, "beta", beta.shape(), split.channels)?;
+        Ok(NormalisedMap {
+            norm,
+            beta,
+            channels: split.channels as i64,
+            inner: split.inner as i64,
+        })
+    }
+
+    /// The BatchNorm's input shape.
+    pub(crate) fn shape(&self) -> &[usize] {
+        self.norm.input.shape()
+    }
+
+    /// The BatchNorm's input as the kernel reads it ([`super::saved_input::SavedInput::operand`]),
+    /// and the kernel name's suffix for it: `_input_<format>` for 16-bit patterns, else none.
+    pub(crate) fn input(
+        &self,
+        device: &'a GpuDevice,
+        op: &'static str,
+    ) -> Result<(InputOperand<'a>, String), GpuError> {
+        let input = self.norm.input.operand(device, op)?;
+        let suffix = input
+            .format
+            .map_or(String::new(), |f| format!("_input_{}", f.name()));
+        Ok((input, suffix))
+    }
+
+    /// Pushes the kernel's `x, mean, inv_std, gamma, beta, channels`, `x` being `input`.
+    pub(crate) fn push_map<'b>(&'b self, input: &'b InputOperand<'_>, launch: &mut LaunchArgs<'b>) {
+        launch
+            .arg(&input.pointer)
+            .arg(self.norm.mean.slice())
+            .arg(self.norm.inv_std.slice())
+            .arg(self.norm.gamma.slice())
+            .arg(self.beta.slice())
+            .arg(&self.channels);
+    }
+
+    /// Pushes the neuron kernels' `x, mean, inv_std, gamma, beta, channels, inner`, `x` being
+    /// `input`.
+    pub(crate) fn push<'b>(&'b self, input: &'b InputOperand<'_>, launch: &mut LaunchArgs<'b>) {
+        self.push_map(input, launch);
+        launch.arg(&self.inner);
+    }
+}
 
 /// Threads per block of the reduction kernels (`BN_THREADS` in batch_norm.cu: the tree needs
 /// exactly this many).
@@ -538,24 +606,84 @@ pub(crate) struct BatchNormGradParts<D, E> {
     pub beta: CudaTensor<E>,
 }
 
-/// [`backward_stored`] with the context handed over: when it alone holds its input as
-/// `format`'s 16-bit patterns (a 16-bit convolution's output that nothing else shares), `dx` is
-/// written over them (`bn_backward_input_in_place_f32_from_<format>`: each element read before
-/// its gradient is written, by the same thread), so the backward allocates no `dx`; the bits of
-/// [`backward_stored`], which runs otherwise. Errors as [`backward_stored`].
+/// `dy` as a BatchNorm backward reads it.
+pub(crate) enum GradSource<'a, E> {
+    /// A tensor of the BatchNorm's output shape.
+    Tensor(&'a CudaTensor<E>),
+    /// The input gradient of an average pool after the BatchNorm, made from the gradient of the
+    /// pool's output as it is read (the `_avg_pooled` kernels over pool.cuh: the values
+    /// [`pool::avg_backward`] would write; docs/memory.md §9.6).
+    AvgPooled(AvgPoolGrad<'a, &'a CudaTensor<E>>),
+}
+
+impl<E: GpuElement> GradSource<'_, E> {
+    /// `dy` as a tensor: the one given, or the pool's backward.
+    fn materialised(&self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
+        match self {
+            GradSource::Tensor(grad_y) => Ok((*grad_y).clone()),
+            GradSource::AvgPooled(pool) => {
+                pool::avg_backward(device, pool.grad_y, pool.input_shape, pool.params)
+            }
+        }
+    }
+
+    /// The tensor the kernels read, and the pool's kernel arguments for a pooled source, checked
+    /// against the BatchNorm's input `shape`.
+    fn operand(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+    ) -> Result<(&CudaTensor<E>, Option<[i64; 8]>), GpuError> {
+        match self {
+            GradSource::Tensor(grad_y) => {
+                BatchNormShape::check_grad(op, grad_y.shape(), shape)?;
+                Ok((grad_y, None))
+            }
+            GradSource::AvgPooled(pool) => {
+                BatchNormShape::check_grad(op, pool.input_shape, shape)?;
+                let args = pool::avg_backward_args(op, pool.grad_y.shape(), shape, pool.params)?;
+                Ok((pool.grad_y, Some(args)))
+            }
+        }
+    }
+}
+
+/// A kernel of batch_norm.cu for a `dy` read through the pool's geometry when `pool` is given
+/// (`<name>_avg_pooled`), else `name` itself.
+fn grad_kernel_name(name: String, pool: &Option<[i64; 8]>) -> String {
+    match pool {
+        Some(_) => format!("{name}_avg_pooled"),
+        None => name,
+    }
+}
+
+/// [`backward_stored`] with the context handed over, `dy` read from `grad_y`: when the context
+/// alone holds its input as `format`'s 16-bit patterns (a 16-bit convolution's output that
+/// nothing else shares), `dx` is written over them
+/// (`bn_backward_input_in_place_f32_from_<format>`: each element read before its gradient is
+/// written, by the same thread), so the backward allocates no `dx`, and a pooled `dy` is made as
+/// it is read, so no tensor holds it; otherwise `dy` as a tensor, then [`backward_stored`].
+/// Either way the bits of [`backward_stored`] over the tensor `dy`. Errors as
+/// [`backward_stored`] (and [`pool::avg_backward`] for a pooled `dy`).
 pub(crate) fn backward_stored_over_input<E: GpuElement>(
     device: &GpuDevice,
-    grad_y: &CudaTensor<E>,
+    grad_y: GradSource<'_, E>,
     context: BatchNormContext<E>,
     format: HalfFormat,
 ) -> Result<BatchNormGradParts<u16, E>, GpuError> {
     require_f32::<E>(format)?;
-    if !context.input.holds_half_alone(format) {
-        return backward_stored(device, grad_y, &context, format);
-    }
-    let (layout, Some(sums)) = gradient_sums_of(device, grad_y, &context)? else {
-        return backward_stored(device, grad_y, &context, format);
+    let (layout, sums) = match context.input.holds_half_alone(format) {
+        true => gradient_sums_of(device, &grad_y, &context)?,
+        false => (
+            Layout::of("batch_norm_backward", context.input.shape())?,
+            None,
+        ),
     };
+    let Some(sums) = sums else {
+        let grad_y = grad_y.materialised(device)?;
+        return backward_stored(device, &grad_y, &context, format);
+    };
+    let (grad, pool) = grad_y.operand("batch_norm_backward", context.input.shape())?;
     let BatchNormContext {
         input,
         mean,
@@ -565,7 +693,7 @@ pub(crate) fn backward_stored_over_input<E: GpuElement>(
     } = context;
     let mut grad_x = input.into_half_alone("batch_norm_backward", format)?;
     let name = format!("bn_backward_input_in_place_f32_from_{}", format.name());
-    let function = device.function(&BATCH_NORM, &name)?;
+    let function = device.function(&BATCH_NORM, &grad_kernel_name(name, &pool))?;
     let map = GradientMap {
         mean: &mean,
         inv_std: &inv_std,
@@ -573,7 +701,8 @@ pub(crate) fn backward_stored_over_input<E: GpuElement>(
         mode,
     };
     let (x, write) = grad_x.slice_mut().device_ptr_mut(device.stream());
-    launch_input_gradient(device, &function, (x, None), grad_y, &map, &sums, &layout)?;
+    let operands = (x, grad, None, pool);
+    launch_input_gradient(device, &function, operands, &map, &sums, &layout)?;
     drop(write);
     sums.into_parts(grad_x, layout.channels)
 }
@@ -585,7 +714,7 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
     context: &BatchNormContext<E>,
     stored: Option<HalfFormat>,
 ) -> Result<BatchNormGradParts<D, E>, GpuError> {
-    let (layout, sums) = gradient_sums_of(device, grad_y, context)?;
+    let (layout, sums) = gradient_sums_of(device, &GradSource::Tensor(grad_y), context)?;
     let Some(sums) = sums else {
         // No element: the sums are 0 and dx is empty.
         let channels = layout.channels;
@@ -603,12 +732,21 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
         Some(format) => input_kernel_to(device, &input, "bn_backward_input", format)?,
     };
     let (target, write) = grad_x.slice_mut().device_ptr_mut(device.stream());
-    let pointers = (input.pointer, Some(target));
+    let operands = (input.pointer, grad_y, Some(target), None);
     let map = GradientMap::of(context);
-    launch_input_gradient(device, &function, pointers, grad_y, &map, &sums, &layout)?;
+    launch_input_gradient(device, &function, operands, &map, &sums, &layout)?;
     drop(write);
     sums.into_parts(grad_x, layout.channels)
 }
+
+/// The input-gradient pass's operands: `x`, `grad_y`, `grad_x` (none for a pass in place) and
+/// the pool's kernel arguments for a pooled `grad_y`.
+type InputGradOperands<'a, E> = (
+    CUdeviceptr,
+    &'a CudaTensor<E>,
+    Option<CUdeviceptr>,
+    Option<[i64; 8]>,
+);
 
 /// What the input-gradient pass reads of a context besides its input.
 struct GradientMap<'a, E> {
@@ -633,12 +771,12 @@ impl<'a, E> GradientMap<'a, E> {
 /// context's input (`None` for a layout with no element).
 fn gradient_sums_of<E: GpuElement>(
     device: &GpuDevice,
-    grad_y: &CudaTensor<E>,
+    grad_y: &GradSource<'_, E>,
     context: &BatchNormContext<E>,
 ) -> Result<(Layout, Option<GradientSums<E>>), GpuError> {
     const OP: &str = "batch_norm_backward";
     let shape = context.input.shape();
-    BatchNormShape::check_grad(OP, grad_y.shape(), shape)?;
+    let (grad, pool) = grad_y.operand(OP, shape)?;
     let layout = Layout::of(OP, shape)?;
     check_context_statistics(
         OP,
@@ -651,17 +789,17 @@ fn gradient_sums_of<E: GpuElement>(
         return Ok((layout, None));
     }
     let input = context.input.operand(device, "batch_norm")?;
-    let sums = gradient_sums(device, grad_y, context, &layout, &input)?;
+    let sums = gradient_sums(device, (grad, pool), context, &layout, &input)?;
     Ok((layout, Some(sums)))
 }
 
-/// Launches the input-gradient pass `function` over `x` into `grad_x`, or over `x` in place
-/// when `grad_x` is `None` (the `_in_place` kernels, which take no `grad_x`).
+/// Launches the input-gradient pass `function` over `x` and `grad_y` into `grad_x`, or over
+/// `x` in place when `grad_x` is `None` (the `_in_place` kernels, which take no `grad_x`),
+/// `grad_y` read through the pool's geometry when its kernel arguments are given.
 fn launch_input_gradient<E: GpuElement>(
     device: &GpuDevice,
     function: &CudaFunction,
-    (x, grad_x): (CUdeviceptr, Option<CUdeviceptr>),
-    grad_y: &CudaTensor<E>,
+    (x, grad_y, grad_x, pool): InputGradOperands<'_, E>,
     map: &GradientMap<'_, E>,
     sums: &GradientSums<E>,
     layout: &Layout,
@@ -683,12 +821,17 @@ fn launch_input_gradient<E: GpuElement>(
         .arg(&total)
         .arg(&width)
         .arg(&train);
+    for value in pool.iter().flatten() {
+        launch.arg(value);
+    }
     // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
     // channels, inner, total, width, train)`, a twin whose x is 16-bit (`_f32_from_<format>`)
-    // and whose grad_x is 16-bit patterns (`_to_<format>`), or the twin with no grad_x that
-    // writes over its 16-bit x (`bn_backward_input_in_place_f32_from_<format>`); x, grad_y and
-    // grad_x hold `N C inner` elements, mean, inv_std and gamma C, means 2 C; `width` divides
-    // `total`.
+    // and whose grad_x is 16-bit patterns (`_to_<format>`), or a twin with no grad_x that
+    // writes over its 16-bit x (`bn_backward_input_in_place_f32_from_<format>`), which with
+    // `_avg_pooled` reads grad_y as an average pool's output gradient and takes the pool's
+    // `planes, h, w, out_h, out_w, kernel, stride, padding` last; x and grad_x hold `N C inner`
+    // elements, grad_y as many or the pool's `planes out_h out_w` (checked by `operand`), mean,
+    // inv_std and gamma C, means 2 C; `width` divides `total`.
     unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
         .map_err(GpuError::driver("launching bn_backward_input"))?;
     Ok(())
@@ -720,7 +863,7 @@ impl<E: GpuElement> GradientSums<E> {
 /// The backward's two reduction passes over `x` and `dy` (for a layout that reduces).
 fn gradient_sums<E: GpuElement>(
     device: &GpuDevice,
-    grad_y: &CudaTensor<E>,
+    (grad_y, pool): (&CudaTensor<E>, Option<[i64; 8]>),
     context: &BatchNormContext<E>,
     layout: &Layout,
     input: &InputOperand<'_>,
@@ -736,7 +879,8 @@ fn gradient_sums<E: GpuElement>(
     let mut grad_gamma = unsafe { device.alloc::<E>(channels) }?;
     let mut grad_beta = unsafe { device.alloc::<E>(channels) }?;
 
-    let function = input_kernel(device, input, "bn_grad_partial")?;
+    let name = format!("bn_grad_partial_{}", input_suffix(input));
+    let function = device.function(&BATCH_NORM, &grad_kernel_name(name, &pool))?;
     let mut launch = stream.launch_builder(&function);
     launch
         .arg(&input.pointer)
@@ -749,9 +893,15 @@ fn gradient_sums<E: GpuElement>(
         .arg(&n)
         .arg(&chunks)
         .arg(&chunk_len);
+    for value in pool.iter().flatten() {
+        launch.arg(value);
+    }
     // SAFETY: matches `bn_grad_partial_<E>(x, grad_y, mean, inv_std, partial, channels, inner,
-    // per_channel, chunks, chunk_len)` (or its `_f32_from_<format>` twin, whose x is 16-bit);
-    // x and grad_y hold `N C inner` elements, mean and inv_std C, partial 2 C chunks; n >= 1.
+    // per_channel, chunks, chunk_len)` (or its `_f32_from_<format>` twin, whose x is 16-bit,
+    // which with `_avg_pooled` reads grad_y as an average pool's output gradient and takes the
+    // pool's `planes, h, w, out_h, out_w, kernel, stride, padding` last); x holds `N C inner`
+    // elements, grad_y as many or the pool's `planes out_h out_w`, mean and inv_std C, partial
+    // 2 C chunks; n >= 1.
     unsafe { launch.launch(reduce_launch(blocks)) }
         .map_err(GpuError::driver("launching bn_grad_partial"))?;
 

@@ -15,16 +15,16 @@
 
 use revsnn_reference::contract::shapes::Conv1dAs2d;
 use revsnn_reference::{
-    BatchNormAffine, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind,
-    NeuronFire, Onto,
+    AvgPoolGrad, BatchNormAffine, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput,
+    ConvKind, NeuronFire, Onto, Pool2dParams,
 };
 
 use super::GpuElement;
-use super::batch_norm::{self, BatchNormContext};
+use super::batch_norm::{self, BatchNormContext, GradSource};
 use super::conv::{self, Conv2dContext, StoredGrads};
-use super::neuron;
 use super::precision::{self, HalfBits, HalfFormat};
 use super::saved_input::SavedInput;
+use super::{neuron, pool};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::memory::DeviceBuffer;
@@ -86,6 +86,31 @@ pub fn train_fire<E: GpuElement>(
     })
 }
 
+/// [`train_forward`], then the average pool `pool` of the BatchNorm's output made as it is read
+/// (`Backend::conv_batch_norm_train_avg_pool`): the BatchNorm computes its statistics only and
+/// the pool's kernel maps its input as it reads it ([`pool::avg_forward_from_normalised`]), so
+/// the BatchNorm's output is never written; `y` is the pooled output, the bits of
+/// [`train_forward`] then [`pool::avg_forward`]. Errors as those do.
+pub fn train_avg_pool<E: GpuElement>(
+    device: &GpuDevice,
+    x: CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    kind: ConvKind,
+    norm: BatchNormAffine<'_, CudaTensor<E>>,
+    pool: Pool2dParams,
+) -> Result<ConvBatchNormOutput<E>, GpuError> {
+    let (output, conv) = convolved(device, x, weight, None, kind)?;
+    let (batch, norm_context) =
+        batch_norm::train_statistics_over(device, output, norm.gamma, norm.beta, norm.params)?;
+    let y = pool::avg_forward_from_normalised(device, &norm_context, norm.beta, pool)?;
+    Ok(ConvBatchNormTrainOutput {
+        y,
+        batch,
+        conv,
+        norm: norm_context,
+    })
+}
+
 /// The convolution of `kind`, with `bias` when given, as the BatchNorm after it reads its
 /// output ([`conv::forward_kept`]), with its context; `x` handed over.
 fn convolved<E: GpuElement>(
@@ -111,7 +136,8 @@ fn convolved<E: GpuElement>(
 
 /// Gradients of a convolution (with a bias or without) and the training BatchNorm after it
 /// under `format` (`bf16` or `fp16`) from their contexts: the BatchNorm's backward stores its
-/// `dx` as the 16-bit `dy` the convolution's backward reads ([`batch_norm::backward_stored`],
+/// `dx` as the 16-bit `dy` the convolution's backward reads, over the convolution's 16-bit
+/// output when its context alone holds it ([`batch_norm::backward_stored_over_input`],
 /// [`conv::backward_stored`]), each context freed once it has served; the bits of
 /// [`batch_norm::backward`] then [`conv::backward`]. (Under `f32` and `f64` the backend runs
 /// those two: `conv_batch_norm_backward_in_turn`.) Errors as the two ops do.
@@ -123,8 +149,49 @@ pub fn backward<E: GpuElement>(
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
-    let grads = backward_to_half(device, format, grad_y, conv, norm, kind)?;
+    let grad = OutputGrad::Norm(grad_y);
+    let grads = backward_to_half(device, format, grad, conv, norm, kind)?;
     grads.finish(|dx, shape| precision::widened_tensor(device, format, &dx.bits, shape))
+}
+
+/// [`backward`] from the gradient of an average pool after the BatchNorm
+/// (`Backend::avg_pool_conv_batch_norm_backward`): where the BatchNorm's context alone holds
+/// the convolution's 16-bit output, its backward makes the pool's `dx` as it reads it
+/// ([`GradSource::AvgPooled`]), so no tensor of the BatchNorm's output size holds it; else
+/// the pool's backward, then [`backward`]. Either way the bits of
+/// [`super::pool::avg_backward`] then [`backward`]. Errors as those do.
+pub fn avg_pool_backward<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    pool: AvgPoolGrad<'_, CudaTensor<E>>,
+    conv: Conv2dContext<E>,
+    norm: BatchNormContext<E>,
+    kind: ConvKind,
+) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
+    let grad = OutputGrad::AvgPool(pool);
+    let grads = backward_to_half(device, format, grad, conv, norm, kind)?;
+    grads.finish(|dx, shape| precision::widened_tensor(device, format, &dx.bits, shape))
+}
+
+/// The gradient a fused backward starts from, handed over: of the BatchNorm's output, or of
+/// the average pool after it.
+enum OutputGrad<'a, E> {
+    Norm(CudaTensor<E>),
+    AvgPool(AvgPoolGrad<'a, CudaTensor<E>>),
+}
+
+impl<E> OutputGrad<'_, E> {
+    /// `dy` as the BatchNorm's backward reads it.
+    fn source(&self) -> GradSource<'_, E> {
+        match self {
+            OutputGrad::Norm(grad_y) => GradSource::Tensor(grad_y),
+            OutputGrad::AvgPool(pool) => GradSource::AvgPooled(AvgPoolGrad {
+                grad_y: &pool.grad_y,
+                input_shape: pool.input_shape,
+                params: pool.params,
+            }),
+        }
+    }
 }
 
 /// [`backward`], then the backward of the neuron whose spikes the convolution read
@@ -143,7 +210,7 @@ pub fn spiking_backward<E: GpuElement>(
     kind: ConvKind,
     neuron_backward: impl FnOnce(HalfBits, &[usize]) -> Result<CudaTensor<E>, GpuError>,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
-    let grads = backward_to_half(device, format, grad_y, conv, norm, kind)?;
+    let grads = backward_to_half(device, format, OutputGrad::Norm(grad_y), conv, norm, kind)?;
     grads.finish(neuron_backward)
 }
 
@@ -177,17 +244,18 @@ impl<E> HalfInputGrads<E> {
     }
 }
 
-/// [`backward`] up to the convolution's 16-bit `dx`.
+/// [`backward`] up to the convolution's 16-bit `dx`, `grad` freed once the BatchNorm has read
+/// it.
 fn backward_to_half<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
-    grad_y: CudaTensor<E>,
+    grad: OutputGrad<'_, E>,
     conv: Conv2dContext<E>,
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<HalfInputGrads<E>, GpuError> {
-    let normed = batch_norm::backward_stored_over_input(device, &grad_y, norm, format)?;
-    drop(grad_y);
+    let normed = batch_norm::backward_stored_over_input(device, grad.source(), norm, format)?;
+    drop(grad);
     let mut conv = conv::backward_stored(device, format, normed.input, conv)?;
     if kind == ConvKind::Conv1d {
         conv.input_shape = Conv1dAs2d::one_d(&conv.input_shape).to_vec();

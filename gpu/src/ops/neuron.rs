@@ -15,14 +15,12 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use revsnn_reference::contract::shapes::{
-    BatchNormShape, check_channel_vector, check_neuron_backward, check_normalised_neuron_backward,
-    check_train_context, time_by_neurons, time_split,
+    check_neuron_backward, check_normalised_neuron_backward, time_by_neurons, time_split,
 };
 use revsnn_reference::{Firing, NeuronConfig, NeuronFire, NeuronKept, NeuronKind, Surrogate};
 
-use super::batch_norm::BatchNormContext;
+use super::batch_norm::{BatchNormContext, NormalisedMap};
 use super::precision::{self, HalfBits};
-use super::saved_input::InputOperand;
 use super::{GpuElement, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -260,62 +258,6 @@ pub fn fire_from_normalised<E: GpuElement>(
         Ok(spikes)
     })?;
     spikes_tensor(spikes, &shape, config)
-}
-
-/// The training BatchNorm whose output a neuron's kernel makes as it reads it (the
-/// `NORMALISED_PARAMS` of neuron.cu): its context and shift, and its input's channels and
-/// elements per channel and image.
-struct NormalisedMap<'a, E> {
-    norm: &'a BatchNormContext<E>,
-    beta: &'a CudaTensor<E>,
-    channels: i64,
-    inner: i64,
-}
-
-impl<'a, E: GpuElement> NormalisedMap<'a, E> {
-    /// The map of `norm` and `beta`, after checking that `norm` is a training context and `beta`
-    /// is `[C]`; `op` names the caller in the errors.
-    fn of(
-        op: &'static str,
-        norm: &'a BatchNormContext<E>,
-        beta: &'a CudaTensor<E>,
-    ) -> Result<Self, GpuError> {
-        check_train_context(op, norm.mode)?;
-        let split = BatchNormShape::new(op, norm.input.shape())?;
-        check_channel_vector(op, "beta", beta.shape(), split.channels)?;
-        Ok(NormalisedMap {
-            norm,
-            beta,
-            channels: split.channels as i64,
-            inner: split.inner as i64,
-        })
-    }
-
-    /// The BatchNorm's input as the kernel reads it ([`super::saved_input::SavedInput::operand`]),
-    /// and the kernel name's suffix for it: `_input_<format>` for 16-bit patterns, else none.
-    fn input(
-        &self,
-        device: &'a GpuDevice,
-        op: &'static str,
-    ) -> Result<(InputOperand<'a>, String), GpuError> {
-        let input = self.norm.input.operand(device, op)?;
-        let suffix = input
-            .format
-            .map_or(String::new(), |f| format!("_input_{}", f.name()));
-        Ok((input, suffix))
-    }
-
-    /// Pushes the kernel's `x, mean, inv_std, gamma, beta, channels, inner`, `x` being `input`.
-    fn push<'b>(&'b self, input: &'b InputOperand<'_>, launch: &mut LaunchArgs<'b>) {
-        launch
-            .arg(&input.pointer)
-            .arg(self.norm.mean.slice())
-            .arg(self.norm.inv_std.slice())
-            .arg(self.norm.gamma.slice())
-            .arg(self.beta.slice())
-            .arg(&self.channels)
-            .arg(&self.inner);
-    }
 }
 
 /// Launches `neuron_fire_from_normalised_<E>[_input_<format>]` writing `spikes`, `T N`

@@ -11,6 +11,7 @@ use cudarc::driver::{CudaFunction, LaunchArgs, PushKernelArg};
 use revsnn_reference::contract::shapes::check_pool_grad;
 use revsnn_reference::contract::{Pool2dGeometry, Pool2dParams};
 
+use super::batch_norm::{BatchNormContext, NormalisedMap};
 use super::{GpuElement, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -118,6 +119,44 @@ pub fn avg_forward<E: GpuElement>(
     CudaTensor::new(y, &g.output_shape(x.shape()))
 }
 
+/// [`avg_forward`] over the output of a training BatchNorm, made from the BatchNorm's input as
+/// it is read (`avg_pool_forward_from_normalised_<E>[_input_<format>]`, docs/memory.md §9.6):
+/// the bits of `batch_norm::train_forward`'s output pooled, with that output never written.
+/// Errors as [`avg_forward`], and for a context not of a training BatchNorm or a `beta` not
+/// `[C]`.
+pub fn avg_forward_from_normalised<E: GpuElement>(
+    device: &GpuDevice,
+    norm: &BatchNormContext<E>,
+    beta: &CudaTensor<E>,
+    params: Pool2dParams,
+) -> Result<CudaTensor<E>, GpuError> {
+    const OP: &str = "avg_pool2d";
+    let map = NormalisedMap::of(OP, norm, beta)?;
+    let g = Geometry::new(OP, map.shape(), params)?;
+    // SAFETY: the kernel writes every output (there are none when N C = 0).
+    let mut y = unsafe { device.alloc::<E>(g.outputs()) }?;
+    if g.outputs() > 0 {
+        let (input, input_format) = map.input(device, OP)?;
+        let name = format!(
+            "avg_pool_forward_from_normalised_{}{input_format}",
+            E::SUFFIX
+        );
+        let (function, args) = (device.function(&POOL, &name)?, g.args());
+        let mut launch = device.stream().launch_builder(&function);
+        launch.arg(y.slice_mut());
+        map.push_map(&input, &mut launch);
+        push_geometry(&mut launch, &args);
+        // SAFETY: matches `avg_pool_forward_from_normalised_<E>[_input_<format>](y, x, mean,
+        // inv_std, gamma, beta, channels, planes, h, w, out_h, out_w, kernel, stride, padding)`;
+        // x (E, or its 16-bit patterns) holds planes h w elements, mean, inv_std, gamma and beta
+        // one per channel (checked by `NormalisedMap::of`), y planes out_h out_w.
+        unsafe { launch.launch(elementwise_launch(g.outputs())) }.map_err(GpuError::driver(
+            "launching avg_pool_forward_from_normalised",
+        ))?;
+    }
+    CudaTensor::new(y, &g.output_shape(map.shape()))
+}
+
 /// The backward of [`avg_forward`] (docs/conventions.md §1; docs/choices.md §A7): `dx[n, c, h, w] = (1 / k^2) sum dy[n, c, i, j]`
 /// over the outputs `(i, j)` whose windows contain `(h, w)`, in row-major output order.
 /// `input_shape` is the forward's `[N, C, H, W]`; errors also when `grad_y` is not the output's shape.
@@ -143,6 +182,21 @@ pub fn avg_backward<E: GpuElement>(
             .map_err(GpuError::driver("launching avg_pool_backward"))?;
     }
     CudaTensor::new(dx, input_shape)
+}
+
+/// The kernel arguments of [`avg_backward`]'s geometry ([`Geometry::args`]) for a pool over
+/// `input_shape` whose output gradient is `grad_y`, checked as [`avg_backward`] checks them:
+/// what a kernel that makes the pool's `dx` as it reads it takes (batch_norm.cu's `_avg_pooled`
+/// passes, over pool.cuh).
+pub(crate) fn avg_backward_args(
+    op: &'static str,
+    grad_y: &[usize],
+    input_shape: &[usize],
+    params: Pool2dParams,
+) -> Result<[i64; 8], GpuError> {
+    let g = Geometry::new(op, input_shape, params)?;
+    g.check_grad(op, grad_y, input_shape)?;
+    Ok(g.args())
 }
 
 /// Max pooling (docs/conventions.md §1): over `x [N, C, H, W]` padded with `-inf`,

@@ -170,6 +170,32 @@ pub fn conv_batch_norm_backward_in_turn<B: Backend>(
     })
 }
 
+/// The average pool after a convolution's BatchNorm, as
+/// [`Backend::avg_pool_conv_batch_norm_backward`] takes it.
+#[derive(Debug)]
+pub struct AvgPoolGrad<'a, T> {
+    /// The gradient of the pool's output `[N, C, H_out, W_out]`, handed over.
+    pub grad_y: T,
+    /// The pool's input shape `[N, C, H, W]`: the BatchNorm's output.
+    pub input_shape: &'a [usize],
+    /// The pool's window.
+    pub params: Pool2dParams,
+}
+
+/// [`Backend::avg_pool_conv_batch_norm_backward`] as its ops in turn: the default, and what a
+/// backend that fuses them runs where it does not.
+pub fn avg_pool_conv_batch_norm_backward_in_turn<B: Backend>(
+    backend: &B,
+    pool: AvgPoolGrad<'_, B::Tensor>,
+    conv: B::Conv2dContext,
+    norm: B::BatchNormContext,
+    kind: ConvKind,
+) -> Result<ConvBatchNormGrads<B::Tensor>> {
+    let grad_y = backend.avg_pool2d_backward(&pool.grad_y, pool.input_shape, pool.params)?;
+    drop(pool.grad_y);
+    backend.conv_batch_norm_backward(grad_y, conv, norm, kind)
+}
+
 /// The neuron whose spikes a convolution read, as [`Backend::spiking_conv_batch_norm_backward`]
 /// takes it: where its context comes from (handed over, so a backend may write the gradient over
 /// what it keeps), the configuration it ran with, and `T`, which unflattens the convolution's
@@ -283,6 +309,32 @@ pub fn conv_batch_norm_train_forward_in_turn<B: Backend>(
         batch,
         conv,
         norm: norm_context,
+    })
+}
+
+/// [`Backend::conv_batch_norm_train_avg_pool`] as its ops in turn: the default, and what a backend
+/// that fuses them runs where it does not.
+pub fn conv_batch_norm_train_avg_pool_in_turn<B: Backend>(
+    backend: &B,
+    x: B::Tensor,
+    weight: &B::Tensor,
+    kind: ConvKind,
+    norm: BatchNormAffine<'_, B::Tensor>,
+    pool: Pool2dParams,
+) -> Result<ConvBatchNormTrainOutput<B::Tensor, B::Conv2dContext, B::BatchNormContext>> {
+    let ConvBatchNormTrainOutput {
+        y,
+        batch,
+        conv,
+        norm,
+    } = backend.conv_batch_norm_train_forward(x, weight, kind, norm)?;
+    let pooled = backend.avg_pool2d_forward(&y, pool)?;
+    drop(y);
+    Ok(ConvBatchNormTrainOutput {
+        y: pooled,
+        batch,
+        conv,
+        norm,
     })
 }
 
@@ -692,6 +744,25 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         Ok(output)
     }
 
+    /// [`Backend::conv_batch_norm_train_forward`] of a bias-free convolution, then
+    /// [`Backend::avg_pool2d_forward`] of the BatchNorm's output (RevSResNet24's event stem,
+    /// docs/architectures.md §4.3): the returned `y` is the pooled output, with the statistics
+    /// and both contexts (whose backward is [`Backend::avg_pool_conv_batch_norm_backward`]). The
+    /// default runs the two. A backend may pool the BatchNorm's output as it makes it from the
+    /// BatchNorm's input and statistics, so that it is never written (CUDA: docs/memory.md §9.6);
+    /// the outputs, statistics and contexts are the same bits. Errors as the ops do.
+    fn conv_batch_norm_train_avg_pool(
+        &self,
+        x: Self::Tensor,
+        weight: &Self::Tensor,
+        kind: ConvKind,
+        norm: BatchNormAffine<'_, Self::Tensor>,
+        pool: Pool2dParams,
+    ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
+    {
+        conv_batch_norm_train_avg_pool_in_turn(self, x, weight, kind, norm, pool)
+    }
+
     /// The convolution of `kind` with its `bias` when it has one, `conv(x, weight) (+ bias)`, its
     /// training BatchNorm, then the neuron `neuron` firing over the BatchNorm's output unflattened
     /// to `[T, B, ...]` and keeping nothing ([`Backend::neuron_forward_keeping_nothing`], the
@@ -734,6 +805,23 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         kind: ConvKind,
     ) -> Result<ConvBatchNormGrads<Self::Tensor>> {
         conv_batch_norm_backward_in_turn(self, grad_y, conv, norm, kind)
+    }
+
+    /// Gradients of a convolution, the training BatchNorm after it and an average pool after
+    /// that (RevSResNet24's event stem, docs/architectures.md §4.3) from the pool's output
+    /// gradient and the two contexts: [`Backend::avg_pool2d_backward`], then
+    /// [`Backend::conv_batch_norm_backward`] of its `dx`. The default runs the two. A backend
+    /// may fuse them: CUDA under a 16-bit precision makes the pool's `dx` as the BatchNorm's
+    /// backward reads it (docs/memory.md §9.6), so no tensor of the BatchNorm's output size holds
+    /// it. Either way every gradient holds the bits of the ops in turn. Errors as those do.
+    fn avg_pool_conv_batch_norm_backward(
+        &self,
+        pool: AvgPoolGrad<'_, Self::Tensor>,
+        conv: Self::Conv2dContext,
+        norm: Self::BatchNormContext,
+        kind: ConvKind,
+    ) -> Result<ConvBatchNormGrads<Self::Tensor>> {
+        avg_pool_conv_batch_norm_backward_in_turn(self, pool, conv, norm, kind)
     }
 
     /// Gradients of `BN(conv(SN(x)))` over `x [T, B, ...]`, the spiking convolution of every
