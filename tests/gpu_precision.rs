@@ -437,6 +437,16 @@ fn normal_f32(rng: &mut SplitMix64, len: usize, sd: f64) -> Vec<f32> {
     rng.normal_vec(len, sd).iter().map(|&v| v as f32).collect()
 }
 
+/// A BatchNorm's `gamma` and `beta` over `channels`, drawn from N(0, 0.5^2) in that order.
+fn affine(
+    gpu: &Cuda<f32>,
+    rng: &mut SplitMix64,
+    channels: usize,
+) -> (CudaTensor<f32>, CudaTensor<f32>) {
+    let gamma = normal_tensor(gpu, rng, &[channels], 0.5);
+    (gamma, normal_tensor(gpu, rng, &[channels], 0.5))
+}
+
 /// The values of `tensors`, in order.
 fn host(gpu: &Cuda<f32>, tensors: &[&CudaTensor<f32>]) -> Vec<Vec<f32>> {
     tensors.iter().map(|t| gpu.to_vec(t).unwrap()).collect()
@@ -785,10 +795,7 @@ fn the_fused_backward_writes_dx_over_the_16_bit_output_only_its_batch_norm_holds
         let w = normal_tensor(&gpu, &mut rng, w, 0.3);
         (kind, x, w, outputs)
     });
-    let (gamma, beta) = (
-        normal_tensor(&gpu, &mut rng, &[16], 0.5),
-        normal_tensor(&gpu, &mut rng, &[16], 0.5),
-    );
+    let (gamma, beta) = affine(&gpu, &mut rng, 16);
     let params = BatchNormParams::default();
     // The gradients and the backward's peak above the live bytes before it; with `hold`, the
     // convolution's output is held through the backward and checked after it.
@@ -863,10 +870,7 @@ fn the_average_pool_after_a_batch_norm_gives_its_backward_the_bits_of_the_ops_in
     let mut rng = SplitMix64::new(71);
     let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let w = normal_tensor(&gpu, &mut rng, &[16, 3, 3, 3], 0.3);
-    let (gamma, beta) = (
-        normal_tensor(&gpu, &mut rng, &[16], 0.5),
-        normal_tensor(&gpu, &mut rng, &[16], 0.5),
-    );
+    let (gamma, beta) = affine(&gpu, &mut rng, 16);
     let params = BatchNormParams::default();
     let pool_params = Pool2dParams::K3_S2_P1;
     // Each case's input and the pool's output gradient: 8x6 -> 4x3 and 7x5 -> 4x3 (not square,
@@ -956,10 +960,7 @@ fn the_average_pool_of_a_training_batch_norm_gives_the_bits_of_the_ops_in_turn()
     let mut rng = SplitMix64::new(73);
     let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let w = normal_tensor(&gpu, &mut rng, &[16, 3, 3, 3], 0.3);
-    let (gamma, beta) = (
-        normal_tensor(&gpu, &mut rng, &[16], 0.5),
-        normal_tensor(&gpu, &mut rng, &[16], 0.5),
-    );
+    let (gamma, beta) = affine(&gpu, &mut rng, 16);
     let norm = BatchNormAffine {
         gamma: &gamma,
         beta: &beta,
@@ -1112,10 +1113,7 @@ fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
     let mut rng = SplitMix64::new(59);
     let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let w = normal_tensor(&gpu, &mut rng, &[8, 3, 3, 3], 0.3);
-    let (gamma, beta) = (
-        normal_tensor(&gpu, &mut rng, &[8], 0.5),
-        normal_tensor(&gpu, &mut rng, &[8], 0.5),
-    );
+    let (gamma, beta) = affine(&gpu, &mut rng, 8);
     let norm = BatchNormAffine {
         gamma: &gamma,
         beta: &beta,
@@ -1210,10 +1208,7 @@ fn the_spiking_convolution_backward_writes_the_neurons_gradient_over_its_potenti
     let mut rng = SplitMix64::new(61);
     let (time_steps, batch, side) = (2, 3, 5);
     let config = NeuronConfig::if_atan();
-    let (gamma, beta) = (
-        normal_tensor(&gpu, &mut rng, &[3], 0.5),
-        normal_tensor(&gpu, &mut rng, &[3], 0.5),
-    );
+    let (gamma, beta) = affine(&gpu, &mut rng, 3);
     let norm = BatchNormAffine {
         gamma: &gamma,
         beta: &beta,

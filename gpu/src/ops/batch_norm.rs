@@ -616,7 +616,7 @@ pub(crate) enum GradSource<'a, E> {
     AvgPooled(AvgPoolGrad<'a, &'a CudaTensor<E>>),
 }
 
-impl<E: GpuElement> GradSource<'_, E> {
+impl<'a, E: GpuElement> GradSource<'a, E> {
     /// `dy` as a tensor: the one given, or the pool's backward.
     fn materialised(&self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
         match self {
@@ -633,13 +633,13 @@ impl<E: GpuElement> GradSource<'_, E> {
         &self,
         op: &'static str,
         shape: &[usize],
-    ) -> Result<(&CudaTensor<E>, Option<[i64; 8]>), GpuError> {
-        match self {
+    ) -> Result<(&'a CudaTensor<E>, Option<[i64; 8]>), GpuError> {
+        match *self {
             GradSource::Tensor(grad_y) => {
                 BatchNormShape::check_grad(op, grad_y.shape(), shape)?;
                 Ok((grad_y, None))
             }
-            GradSource::AvgPooled(pool) => {
+            GradSource::AvgPooled(ref pool) => {
                 BatchNormShape::check_grad(op, pool.input_shape, shape)?;
                 let args = pool::avg_backward_args(op, pool.grad_y.shape(), shape, pool.params)?;
                 Ok((pool.grad_y, Some(args)))
@@ -672,18 +672,16 @@ pub(crate) fn backward_stored_over_input<E: GpuElement>(
     format: HalfFormat,
 ) -> Result<BatchNormGradParts<u16, E>, GpuError> {
     require_f32::<E>(format)?;
-    let (layout, sums) = match context.input.holds_half_alone(format) {
-        true => gradient_sums_of(device, &grad_y, &context)?,
-        false => (
-            Layout::of("batch_norm_backward", context.input.shape())?,
-            None,
-        ),
+    let from_tensor = |context: &BatchNormContext<E>| {
+        backward_stored(device, &grad_y.materialised(device)?, context, format)
     };
-    let Some(sums) = sums else {
-        let grad_y = grad_y.materialised(device)?;
-        return backward_stored(device, &grad_y, &context, format);
-    };
+    if !context.input.holds_half_alone(format) {
+        return from_tensor(&context);
+    }
     let (grad, pool) = grad_y.operand("batch_norm_backward", context.input.shape())?;
+    let (layout, Some(sums)) = gradient_sums_of(device, (grad, pool), &context)? else {
+        return from_tensor(&context);
+    };
     let BatchNormContext {
         input,
         mean,
@@ -714,7 +712,8 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
     context: &BatchNormContext<E>,
     stored: Option<HalfFormat>,
 ) -> Result<BatchNormGradParts<D, E>, GpuError> {
-    let (layout, sums) = gradient_sums_of(device, &GradSource::Tensor(grad_y), context)?;
+    let grad = GradSource::Tensor(grad_y).operand("batch_norm_backward", context.input.shape())?;
+    let (layout, sums) = gradient_sums_of(device, grad, context)?;
     let Some(sums) = sums else {
         // No element: the sums are 0 and dx is empty.
         let channels = layout.channels;
@@ -767,17 +766,16 @@ impl<'a, E> GradientMap<'a, E> {
     }
 }
 
-/// The checks of a backward, then its layout and its per-channel sums over `grad_y` and the
-/// context's input (`None` for a layout with no element).
+/// The checks of a backward against its context, then its layout and its per-channel sums over
+/// `grad_y` ([`GradSource::operand`]) and the context's input (`None` for a layout with no
+/// element).
 fn gradient_sums_of<E: GpuElement>(
     device: &GpuDevice,
-    grad_y: &GradSource<'_, E>,
+    grad_y: (&CudaTensor<E>, Option<[i64; 8]>),
     context: &BatchNormContext<E>,
 ) -> Result<(Layout, Option<GradientSums<E>>), GpuError> {
     const OP: &str = "batch_norm_backward";
-    let shape = context.input.shape();
-    let (grad, pool) = grad_y.operand(OP, shape)?;
-    let layout = Layout::of(OP, shape)?;
+    let layout = Layout::of(OP, context.input.shape())?;
     check_context_statistics(
         OP,
         layout.channels,
@@ -789,7 +787,7 @@ fn gradient_sums_of<E: GpuElement>(
         return Ok((layout, None));
     }
     let input = context.input.operand(device, "batch_norm")?;
-    let sums = gradient_sums(device, (grad, pool), context, &layout, &input)?;
+    let sums = gradient_sums(device, grad_y, context, &layout, &input)?;
     Ok((layout, Some(sums)))
 }
 
