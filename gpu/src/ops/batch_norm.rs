@@ -606,23 +606,23 @@ pub(crate) struct BatchNormGradParts<D, E> {
     pub beta: CudaTensor<E>,
 }
 
-/// `dy` as a BatchNorm backward reads it.
+/// `dy` as a BatchNorm backward reads it, handed over.
 pub(crate) enum GradSource<'a, E> {
     /// A tensor of the BatchNorm's output shape.
-    Tensor(&'a CudaTensor<E>),
+    Tensor(CudaTensor<E>),
     /// The input gradient of an average pool after the BatchNorm, made from the gradient of the
     /// pool's output as it is read (the `_avg_pooled` kernels over pool.cuh: the values
     /// [`pool::avg_backward`] would write; docs/memory.md §9.6).
-    AvgPooled(AvgPoolGrad<'a, &'a CudaTensor<E>>),
+    AvgPooled(AvgPoolGrad<'a, CudaTensor<E>>),
 }
 
-impl<'a, E: GpuElement> GradSource<'a, E> {
-    /// `dy` as a tensor: the one given, or the pool's backward.
-    fn materialised(&self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
+impl<E: GpuElement> GradSource<'_, E> {
+    /// `dy` as a tensor: the one given, or the pool's backward (the pool's gradient then freed).
+    fn into_tensor(self, device: &GpuDevice) -> Result<CudaTensor<E>, GpuError> {
         match self {
-            GradSource::Tensor(grad_y) => Ok((*grad_y).clone()),
+            GradSource::Tensor(grad_y) => Ok(grad_y),
             GradSource::AvgPooled(pool) => {
-                pool::avg_backward(device, pool.grad_y, pool.input_shape, pool.params)
+                pool::avg_backward(device, &pool.grad_y, pool.input_shape, pool.params)
             }
         }
     }
@@ -633,16 +633,16 @@ impl<'a, E: GpuElement> GradSource<'a, E> {
         &self,
         op: &'static str,
         shape: &[usize],
-    ) -> Result<(&'a CudaTensor<E>, Option<[i64; 8]>), GpuError> {
-        match *self {
+    ) -> Result<(&CudaTensor<E>, Option<[i64; 8]>), GpuError> {
+        match self {
             GradSource::Tensor(grad_y) => {
                 BatchNormShape::check_grad(op, grad_y.shape(), shape)?;
                 Ok((grad_y, None))
             }
-            GradSource::AvgPooled(ref pool) => {
+            GradSource::AvgPooled(pool) => {
                 BatchNormShape::check_grad(op, pool.input_shape, shape)?;
                 let args = pool::avg_backward_args(op, pool.grad_y.shape(), shape, pool.params)?;
-                Ok((pool.grad_y, Some(args)))
+                Ok((&pool.grad_y, Some(args)))
             }
         }
     }
@@ -671,16 +671,16 @@ pub(crate) fn backward_stored_over_input<E: GpuElement>(
     context: BatchNormContext<E>,
     format: HalfFormat,
 ) -> Result<BatchNormGradParts<u16, E>, GpuError> {
+    const OP: &str = "batch_norm_backward";
     require_f32::<E>(format)?;
-    let from_tensor = |context: &BatchNormContext<E>| {
-        backward_stored(device, &grad_y.materialised(device)?, context, format)
-    };
-    if !context.input.holds_half_alone(format) {
-        return from_tensor(&context);
+    let layout = checked_layout(OP, &context)?;
+    if !layout.reduces() || !context.input.holds_half_alone(format) {
+        return backward_stored(device, &grad_y.into_tensor(device)?, &context, format);
     }
-    let (grad, pool) = grad_y.operand("batch_norm_backward", context.input.shape())?;
-    let (layout, Some(sums)) = gradient_sums_of(device, (grad, pool), &context)? else {
-        return from_tensor(&context);
+    let (grad, pool) = grad_y.operand(OP, context.input.shape())?;
+    let sums = {
+        let input = context.input.operand(device, "batch_norm")?;
+        gradient_sums(device, (grad, pool), &context, &layout, &input)?
     };
     let BatchNormContext {
         input,
@@ -689,7 +689,7 @@ pub(crate) fn backward_stored_over_input<E: GpuElement>(
         gamma,
         mode,
     } = context;
-    let mut grad_x = input.into_half_alone("batch_norm_backward", format)?;
+    let mut grad_x = input.into_half_alone(OP, format)?;
     let name = format!("bn_backward_input_in_place_f32_from_{}", format.name());
     let function = device.function(&BATCH_NORM, &grad_kernel_name(name, &pool))?;
     let map = GradientMap {
@@ -712,9 +712,10 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
     context: &BatchNormContext<E>,
     stored: Option<HalfFormat>,
 ) -> Result<BatchNormGradParts<D, E>, GpuError> {
-    let grad = GradSource::Tensor(grad_y).operand("batch_norm_backward", context.input.shape())?;
-    let (layout, sums) = gradient_sums_of(device, grad, context)?;
-    let Some(sums) = sums else {
+    const OP: &str = "batch_norm_backward";
+    BatchNormShape::check_grad(OP, grad_y.shape(), context.input.shape())?;
+    let layout = checked_layout(OP, context)?;
+    if !layout.reduces() {
         // No element: the sums are 0 and dx is empty.
         let channels = layout.channels;
         return Ok(BatchNormGradParts {
@@ -722,8 +723,9 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
             gamma: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
             beta: CudaTensor::new(device.alloc_zeros::<E>(channels)?, &[channels])?,
         });
-    };
+    }
     let input = context.input.operand(device, "batch_norm")?;
+    let sums = gradient_sums(device, (grad_y, None), context, &layout, &input)?;
     // SAFETY: the kernel writes all `total` elements (total >= 1 here).
     let mut grad_x = unsafe { device.alloc::<D>(layout.total) }?;
     let function = match stored {
@@ -766,29 +768,20 @@ impl<'a, E> GradientMap<'a, E> {
     }
 }
 
-/// The checks of a backward against its context, then its layout and its per-channel sums over
-/// `grad_y` ([`GradSource::operand`]) and the context's input (`None` for a layout with no
-/// element).
-fn gradient_sums_of<E: GpuElement>(
-    device: &GpuDevice,
-    grad_y: (&CudaTensor<E>, Option<[i64; 8]>),
+/// The layout of a backward's context, checked against the context's per-channel statistics.
+fn checked_layout<E: GpuElement>(
+    op: &'static str,
     context: &BatchNormContext<E>,
-) -> Result<(Layout, Option<GradientSums<E>>), GpuError> {
-    const OP: &str = "batch_norm_backward";
-    let layout = Layout::of(OP, context.input.shape())?;
+) -> Result<Layout, GpuError> {
+    let layout = Layout::of(op, context.input.shape())?;
     check_context_statistics(
-        OP,
+        op,
         layout.channels,
         context.gamma.shape(),
         context.mean.len(),
         context.inv_std.len(),
     )?;
-    if !layout.reduces() {
-        return Ok((layout, None));
-    }
-    let input = context.input.operand(device, "batch_norm")?;
-    let sums = gradient_sums(device, grad_y, context, &layout, &input)?;
-    Ok((layout, Some(sums)))
+    Ok(layout)
 }
 
 /// Launches the input-gradient pass `function` over `x` and `grad_y` into `grad_x`, or over

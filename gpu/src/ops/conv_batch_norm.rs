@@ -149,7 +149,7 @@ pub fn backward<E: GpuElement>(
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
-    let grad = OutputGrad::Norm(grad_y);
+    let grad = GradSource::Tensor(grad_y);
     let grads = backward_to_half(device, format, grad, conv, norm, kind)?;
     grads.finish(|dx, shape| precision::widened_tensor(device, format, &dx.bits, shape))
 }
@@ -168,30 +168,9 @@ pub fn avg_pool_backward<E: GpuElement>(
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
-    let grad = OutputGrad::AvgPool(pool);
+    let grad = GradSource::AvgPooled(pool);
     let grads = backward_to_half(device, format, grad, conv, norm, kind)?;
     grads.finish(|dx, shape| precision::widened_tensor(device, format, &dx.bits, shape))
-}
-
-/// The gradient a fused backward starts from, handed over: of the BatchNorm's output, or of
-/// the average pool after it.
-enum OutputGrad<'a, E> {
-    Norm(CudaTensor<E>),
-    AvgPool(AvgPoolGrad<'a, CudaTensor<E>>),
-}
-
-impl<E> OutputGrad<'_, E> {
-    /// `dy` as the BatchNorm's backward reads it.
-    fn source(&self) -> GradSource<'_, E> {
-        match self {
-            OutputGrad::Norm(grad_y) => GradSource::Tensor(grad_y),
-            OutputGrad::AvgPool(pool) => GradSource::AvgPooled(AvgPoolGrad {
-                grad_y: &pool.grad_y,
-                input_shape: pool.input_shape,
-                params: pool.params,
-            }),
-        }
-    }
 }
 
 /// [`backward`], then the backward of the neuron whose spikes the convolution read
@@ -210,7 +189,7 @@ pub fn spiking_backward<E: GpuElement>(
     kind: ConvKind,
     neuron_backward: impl FnOnce(HalfBits, &[usize]) -> Result<CudaTensor<E>, GpuError>,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
-    let grads = backward_to_half(device, format, OutputGrad::Norm(grad_y), conv, norm, kind)?;
+    let grads = backward_to_half(device, format, GradSource::Tensor(grad_y), conv, norm, kind)?;
     grads.finish(neuron_backward)
 }
 
@@ -249,13 +228,12 @@ impl<E> HalfInputGrads<E> {
 fn backward_to_half<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
-    grad: OutputGrad<'_, E>,
+    grad: GradSource<'_, E>,
     conv: Conv2dContext<E>,
     norm: BatchNormContext<E>,
     kind: ConvKind,
 ) -> Result<HalfInputGrads<E>, GpuError> {
-    let normed = batch_norm::backward_stored_over_input(device, grad.source(), norm, format)?;
-    drop(grad);
+    let normed = batch_norm::backward_stored_over_input(device, grad, norm, format)?;
     let mut conv = conv::backward_stored(device, format, normed.input, conv)?;
     if kind == ConvKind::Conv1d {
         conv.input_shape = Conv1dAs2d::one_d(&conv.input_shape).to_vec();
