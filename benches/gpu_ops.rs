@@ -2,7 +2,8 @@
 //! step (docs/architectures.md §4.1-4.5: T·B = 256 images per layer), f32, through the `Backend` trait exactly as
 //! the models call them: where a training step spends its GPU time, op by op. Convolutions run on
 //! each engine the device has (`cudnn/...` and `im2col/...`), in f32 and with TF32 (`.../tf32`);
-//! a convolution and its BatchNorm also in bf16, as two ops and fused.
+//! a convolution and its BatchNorm also in bf16, as two ops and fused, and so the attention's
+//! products.
 //!
 //! Without a GPU it prints `SKIP: no CUDA device` and measures nothing.
 
@@ -14,10 +15,11 @@ use criterion::{
 use revsnn_gpu::ops::precision::{HalfBits, HalfFormat, half_bits, rounded};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{Cuda, CudaTensor};
+use revsnn_reference::contract::{attention_backward_in_turn, attention_forward_in_turn};
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{
     AdamWParams, Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvKind,
-    Pool2dParams, Precision,
+    NeuronConfig, Pool2dParams, Precision,
 };
 
 /// T·B of a batch-64, T = 4 step.
@@ -162,6 +164,7 @@ fn gpu_ops(c: &mut Criterion) {
     group.finish();
     batch_norm(c, &gpu);
     conv_batch_norm(c, &gpu);
+    attention(c, &gpu);
 }
 
 /// BatchNorm's training forward and backward, with the bytes their kernels must move as the
@@ -276,6 +279,44 @@ fn conv_batch_norm(c: &mut Criterion, gpu: &Gpu) {
                 .unwrap();
         });
     }
+    group.finish();
+    device.set_precision(Precision::F32).unwrap();
+}
+
+/// RevSFormer-4-384's spiking self-attention products (12 heads of 32 over 64 tokens) under
+/// bf16, forward and backward: the five products in turn (`attention_*_in_turn`, each
+/// converting its operands and writing `f32`) against the one op of each pass
+/// (`attention_forward`, `attention_backward`), which makes each operand's 16-bit patterns once,
+/// from the spike bits it keeps, and writes the scores and their gradient in 16 bits
+/// (docs/precision.md §"Attention").
+fn attention(c: &mut Criterion, gpu: &Gpu) {
+    let device = gpu.device();
+    if let Err(e) = device.set_precision(Precision::Bf16) {
+        println!("SKIP: gpu_attention_b64_t4_bf16: {e}");
+        return;
+    }
+    let mut group = c.benchmark_group("gpu_attention_b64_t4_bf16");
+    // the per-head transposes [T B, h, d, N]
+    let shape = [IMAGES, 12, 32, 64];
+    let [q_t, k_t, v_t] = [40, 41, 42].map(|seed| {
+        let currents = random(gpu, &shape, seed, false);
+        let (spikes, _) = gpu
+            .neuron_forward(currents, &NeuronConfig::if_atan())
+            .unwrap();
+        spikes
+    });
+    let dy = random(gpu, &shape, 43, false);
+    let operands = || (q_t.clone(), k_t.clone(), v_t.clone());
+    bench(&mut group, gpu, "in_turn_forward_backward", || {
+        let (q, k, v) = operands();
+        let (_, kept) = attention_forward_in_turn(gpu, q, k, v).unwrap();
+        attention_backward_in_turn(gpu, dy.clone(), kept).unwrap();
+    });
+    bench(&mut group, gpu, "fused_forward_backward", || {
+        let (q, k, v) = operands();
+        let (_, kept) = gpu.attention_forward(q, k, v).unwrap();
+        gpu.attention_backward(dy.clone(), kept).unwrap();
+    });
     group.finish();
     device.set_precision(Precision::F32).unwrap();
 }

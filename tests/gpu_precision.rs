@@ -56,6 +56,7 @@ use revsnn_gpu::ops::saved_input::SavedInput;
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::contract::{
+    attention_backward_in_turn, attention_forward_in_turn,
     avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
     conv_batch_norm_train_avg_pool_in_turn, spiking_conv_batch_norm_backward_in_turn,
 };
@@ -1509,6 +1510,97 @@ fn keep_holds_spikes_one_bit_each_and_gives_back_their_values() {
     let back = gpu.kept(&kept).unwrap();
     let expected = gpu.to_vec(&currents).unwrap();
     assert!(same_bits(&[gpu.to_vec(&back).unwrap()], &[expected]));
+}
+
+/// `q^T`, `k^T`, `v^T` and `d(o^T)` of an attention test.
+type Operands = (
+    CudaTensor<f32>,
+    CudaTensor<f32>,
+    CudaTensor<f32>,
+    CudaTensor<f32>,
+);
+
+/// Spiking self-attention's products as one op (`Backend::attention_forward` and
+/// `attention_backward`) give the bits of the products in turn (`o^T` and the three gradients),
+/// in f32, bf16 and fp16, over spikes (kept one bit each) and over real values, with `d != N`
+/// so that no transpose can pass for another. Under bf16 and fp16 the scores and their gradient
+/// exist only in 16 bits: each pass's peak is below the products' in turn by at least the
+/// scores' f32 bytes (less the spike bits, which the op keeps before its products).
+#[test]
+fn the_attention_op_gives_the_bits_of_its_products_in_turn() {
+    let Some(gpu) = backend_or_skip::<f32>("the_attention_op_gives_the_bits") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(83);
+    // [T, B, h, d, N]: the scores are [T, B, h, N, N].
+    let shape = [2, 2, 2, 8, 12];
+    let scores_f32 = 2 * 2 * 2 * 12 * 12 * size_of::<f32>();
+    let spike_words = shape.iter().product::<usize>().div_ceil(32);
+    let mut operands = |spiking: bool| {
+        let [q, k, v] = [0, 1, 2].map(|_| {
+            let currents = normal_tensor(&gpu, &mut rng, &shape, 1.5);
+            match spiking {
+                true => {
+                    gpu.neuron_forward(currents, &NeuronConfig::if_atan())
+                        .unwrap()
+                        .0
+                }
+                false => currents,
+            }
+        });
+        (q, k, v, normal_tensor(&gpu, &mut rng, &shape, 1.0))
+    };
+    let cases = [operands(true), operands(false)];
+    // `o^T` and the gradients, and the forward's and the backward's peaks above the live bytes
+    // before each.
+    let run = |(q, k, v, dy): &Operands, fused: bool| {
+        let operands = (q.clone(), k.clone(), v.clone());
+        let (forward, forward_rise) = with_peak_rise(device, || match fused {
+            true => gpu.attention_forward(operands.0, operands.1, operands.2),
+            false => attention_forward_in_turn(&gpu, operands.0, operands.1, operands.2),
+        });
+        let (o_t, kept) = forward.unwrap();
+        let (grads, backward_rise) = with_peak_rise(device, || match fused {
+            true => gpu.attention_backward(dy.clone(), kept),
+            false => attention_backward_in_turn(&gpu, dy.clone(), kept),
+        });
+        let g = grads.unwrap();
+        let values = host(&gpu, &[&o_t, &g.q_t, &g.k_t, &g.v_t]);
+        (values, [forward_rise, backward_rise])
+    };
+    for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
+        device.set_precision(precision).unwrap();
+        // What the op does not hold: the scores in f32, less the spike bits it keeps before its
+        // products rather than after.
+        let scores = if precision == Precision::F32 {
+            0
+        } else {
+            scores_f32
+        };
+        for (case, spiking) in cases.iter().zip([true, false]) {
+            let what = format!("{precision}, spikes {spiking}");
+            let bits = if spiking {
+                3 * spike_words * size_of::<u32>()
+            } else {
+                0
+            };
+            let (in_turn, in_turn_rises) = run(case, false);
+            let (fused, fused_rises) = run(case, true);
+            assert!(same_bits(&fused, &in_turn), "{what}: the bits differ");
+            for (pass, (fused, in_turn)) in ["forward", "backward"]
+                .iter()
+                .zip(fused_rises.into_iter().zip(in_turn_rises))
+            {
+                assert!(
+                    fused + scores <= in_turn + bits,
+                    "{what}, {pass}: the peaks fused ({fused}) and in turn ({in_turn}) against \
+                     the scores' f32 bytes ({scores}) and the kept bits ({bits})"
+                );
+            }
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
 }
 
 #[test]

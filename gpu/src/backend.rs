@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{
-    AdamWParams, AdamWState, AvgPoolGrad, Backend, BackendNeuronSource, BatchNormAffine,
-    BatchNormGrads, BatchNormParams, BatchNormTrainOutput, BatchStats, Compute, Conv2dGrads,
-    Conv2dParams, ConvBatchNormGrads, ConvKind, LinearGrads, NeuronBackward, NeuronConfig,
-    NeuronFire, NeuronSource, Onto, Pool2dParams, Precision, Result, RunningStats, SgdParams,
-    TransferCounts, avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
+    AdamWParams, AdamWState, AttentionGrads, AttentionKept, AvgPoolGrad, Backend,
+    BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
+    BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvKind, LinearGrads,
+    NeuronBackward, NeuronConfig, NeuronFire, NeuronSource, Onto, Pool2dParams, Precision, Result,
+    RunningStats, SgdParams, TransferCounts, attention_backward_in_turn, attention_forward_in_turn,
+    avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
     neuron_backward_from_source_in_turn, neuron_context, spiking_conv_batch_norm_backward_in_turn,
 };
 
@@ -645,6 +646,40 @@ impl<E: GpuElement> Backend for Cuda<E> {
             transpose_a,
             transpose_b,
         )?)
+    }
+
+    fn attention_forward(
+        &self,
+        q_t: CudaTensor<E>,
+        k_t: CudaTensor<E>,
+        v_t: CudaTensor<E>,
+    ) -> Result<(CudaTensor<E>, AttentionKept<SavedInput<E>>)> {
+        match self.device.half_format() {
+            Some(format) => Ok(ops::attention::forward(
+                &self.device,
+                format,
+                q_t,
+                k_t,
+                v_t,
+            )?),
+            None => attention_forward_in_turn(self, q_t, k_t, v_t),
+        }
+    }
+
+    fn attention_backward(
+        &self,
+        grad_o_t: CudaTensor<E>,
+        kept: AttentionKept<SavedInput<E>>,
+    ) -> Result<AttentionGrads<CudaTensor<E>>> {
+        match self.device.half_format() {
+            Some(format) => Ok(ops::attention::backward(
+                &self.device,
+                format,
+                grad_o_t,
+                kept,
+            )?),
+            None => attention_backward_in_turn(self, grad_o_t, kept),
+        }
     }
 
     fn cross_entropy_loss(

@@ -2,7 +2,7 @@
 //! blocks and the attention of Spikingformer's. Its backward is written by hand: the two
 //! attention products are not a chain of layers.
 
-use revsnn_reference::{Backend, Element, Onto, OpError};
+use revsnn_reference::{AttentionKept, Backend, Element, Onto, OpError};
 
 use super::build::{Builder, ConvInit};
 use super::compose::SeqToAnn;
@@ -32,8 +32,10 @@ pub type Projection = ConvBnNeuron;
 ///
 /// The products run on the per-head transposes `q^T, k^T, v^T` `[T, B, h, d, N]`, which are plain
 /// reshapes of `[T, B, C, N]`: `attn = (q^T)^T k^T` and `o^T = v^T attn^T`, so no permute is
-/// materialised. The forward keeps `q^T`, `k^T`, `v^T` (spikes: one bit each on CUDA) and not the
-/// `f32` scores, which the backward computes again from them (docs/memory.md §9.6).
+/// materialised, as one op whose backward is one op too ([`Backend::attention_forward`],
+/// [`Backend::attention_backward`]). The forward keeps `q^T`, `k^T`, `v^T` (spikes: one bit each
+/// on CUDA) and not the `f32` scores, which the backward computes again from them
+/// (docs/memory.md §9.6).
 #[derive(Clone, Debug)]
 pub struct SpikingSelfAttention {
     /// `h`; the head width is `d = C / h`.
@@ -96,11 +98,9 @@ pub struct AttentionSaved<B: Backend> {
     q: <Projection as Layer<B>>::Saved,
     k: <Projection as Layer<B>>::Saved,
     v: <Projection as Layer<B>>::Saved,
-    /// The per-head transposed spikes `[T, B, h, d, N]` (as the backend keeps them). The scores
-    /// `[T, B, h, N, N]` are not kept: the backward computes them again from `q^T` and `k^T`.
-    q_t: B::Kept,
-    k_t: B::Kept,
-    v_t: B::Kept,
+    /// The per-head transposed spikes `q^T`, `k^T`, `v^T` `[T, B, h, d, N]` (as the backend keeps
+    /// them). The scores `[T, B, h, N, N]` are not kept: the backward computes them again.
+    kept: AttentionKept<B::Kept>,
     output: <SpikingConvBn as Layer<B>>::Saved,
 }
 
@@ -162,18 +162,15 @@ impl SpikingSelfAttention {
         let (q_t, q) = self.q.forward(session, token_spikes.clone())?;
         let (k_t, k) = self.k.forward(session, token_spikes.clone())?;
         let (v_t, v) = self.v.forward(session, token_spikes)?;
-        let (q_t, k_t, v_t) = (
-            backend.reshape(&q_t, &per_head)?,
-            backend.reshape(&k_t, &per_head)?,
-            backend.reshape(&v_t, &per_head)?,
-        );
-        // attn[n, m] = sum_j q[n, j] k[m, j] = ((q^T)^T k^T)[n, m].
-        let attn = backend.batched_matmul(&q_t, &k_t, true, false)?;
-        // o^T[j, n] = sum_m v[m, j] attn[n, m] = (v^T attn^T)[j, n], i.e. (attn v).transpose(3, 4).
+        let (o_t, kept) = backend.attention_forward(
+            reshaped(backend, q_t, &per_head)?,
+            reshaped(backend, k_t, &per_head)?,
+            reshaped(backend, v_t, &per_head)?,
+        )?;
+        // (attn v).transpose(3, 4), scaled.
         let scale = <B::Elem as Element>::cast(ATTENTION_SCALE);
-        let o_t = backend.scale(&backend.batched_matmul(&v_t, &attn, false, true)?, scale)?;
-        drop(attn);
-        let o = reshaped(backend, o_t, &tokens)?;
+        let o = reshaped(backend, backend.scale(&o_t, scale)?, &tokens)?;
+        drop(o_t);
         let (y, output) = match onto {
             None => self.output.forward(session, o)?,
             Some(onto) => {
@@ -187,9 +184,7 @@ impl SpikingSelfAttention {
             q,
             k,
             v,
-            q_t: backend.keep(&q_t)?,
-            k_t: backend.keep(&k_t)?,
-            v_t: backend.keep(&v_t)?,
+            kept,
             output,
         };
         Ok((backend.reshape(&y, &dims)?, saved))
@@ -226,9 +221,7 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
             q,
             k,
             v,
-            q_t,
-            k_t,
-            v_t,
+            kept,
             output,
         } = saved;
         let (tokens, per_head) = self.token_shapes(dims);
@@ -238,23 +231,10 @@ impl<B: Backend> Layer<B> for SpikingSelfAttention {
         let scale = <B::Elem as Element>::cast(ATTENTION_SCALE);
         let grad_o_t = reshaped(backend, backend.scale(&grad_o, scale)?, &per_head)?;
         drop(grad_o);
-        // The scores again: the forward's product of the same spikes, so the same bits.
-        let attn =
-            backend.batched_matmul(&backend.kept(&q_t)?, &backend.kept(&k_t)?, true, false)?;
-        // Each tensor is dropped after its last use, so the later matmuls do not hold it.
-        // o^T = v^T attn^T: d(v^T) = d(o^T) attn, d(attn) = d(o^T)^T v^T.
-        let grad_v_t = backend.batched_matmul(&grad_o_t, &attn, false, false)?;
-        drop(attn);
-        let grad_attn = backend.batched_matmul(&grad_o_t, &backend.kept(&v_t)?, true, false)?;
-        drop((grad_o_t, v_t));
-        // attn = (q^T)^T k^T: d(q^T) = k^T d(attn)^T, d(k^T) = q^T d(attn).
-        let grad_q_t = backend.batched_matmul(&backend.kept(&k_t)?, &grad_attn, false, true)?;
-        drop(k_t);
-        let grad_k_t = backend.batched_matmul(&backend.kept(&q_t)?, &grad_attn, false, false)?;
-        drop((q_t, grad_attn));
-        let grad_q = (self.q).backward(session, q, reshaped(backend, grad_q_t, &tokens)?)?;
-        let grad_k = (self.k).backward(session, k, reshaped(backend, grad_k_t, &tokens)?)?;
-        let grad_v = (self.v).backward(session, v, reshaped(backend, grad_v_t, &tokens)?)?;
+        let grads = backend.attention_backward(grad_o_t, kept)?;
+        let grad_q = (self.q).backward(session, q, reshaped(backend, grads.q_t, &tokens)?)?;
+        let grad_k = (self.k).backward(session, k, reshaped(backend, grads.k_t, &tokens)?)?;
+        let grad_v = (self.v).backward(session, v, reshaped(backend, grads.v_t, &tokens)?)?;
         // (dq + dk) + dv, each sum over the buffer of a gradient nothing else holds.
         let grad_qk = backend.add_reusing(&grad_q, grad_k)?;
         drop(grad_q);

@@ -271,13 +271,35 @@ impl RowMajorGemm {
     {
         let a = precision::to_half_bits(device, format, a, a_span)?;
         let b = precision::to_half_bits(device, format, b, b_span)?;
+        self.run_from_half(device, op, format, &a, &b, c)
+    }
+
+    /// [`RowMajorGemm::run`] under `format` on `A` and `B` already in its 16-bit patterns (made
+    /// once for several products), into the `f32` `C`: the bits [`RowMajorGemm::run`] gives for
+    /// the operands those patterns round from.
+    pub(crate) fn run_from_half<E, C>(
+        &self,
+        device: &GpuDevice,
+        op: &'static str,
+        format: HalfFormat,
+        a: &DeviceBuffer<u16>,
+        b: &DeviceBuffer<u16>,
+        c: &mut C,
+    ) -> Result<(), GpuError>
+    where
+        E: GpuElement,
+        C: DevicePtrMut<E>,
+    {
+        let [_, _, c_span] = self.checked_spans(op, [a.len(), b.len(), c.len()])?;
+        if self.finish_if_empty(device, op, c_span, c)? {
+            return Ok(());
+        }
         let config = self.column_major::<f32>(op)?;
         // cuBLAS's `A` is our `B` and its `B` our `A` (see `column_major`).
-        // SAFETY: the converted operands have the spans and layouts of the checked originals, `C`
-        // is unchanged, and `to_half_bits` refused any element type but f32.
-        unsafe {
-            precision::gemm_strided_batched(device, device.blas()?, format, config, &b, &a, c)
-        }
+        // SAFETY: every matrix of the configuration lies inside its buffer (checked above), the
+        // pitches are at least the row lengths, and `gemm_strided_batched` refuses any element
+        // type but f32.
+        unsafe { precision::gemm_strided_batched(device, device.blas()?, format, config, b, a, c) }
     }
 }
 
@@ -581,7 +603,7 @@ fn weight_grad_gemm(rows: usize, inputs: usize, outputs: usize) -> RowMajorGemm 
 
 /// The output shape and the strided batched product of [`batched_matmul`], or the reference's
 /// shape errors.
-fn batched_layout(
+pub(crate) fn batched_layout(
     sa: &[usize],
     sb: &[usize],
     transpose_a: bool,

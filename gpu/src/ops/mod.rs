@@ -9,6 +9,7 @@
 //! [`GpuDevice`](crate::GpuDevice) so they are counted, and queues its kernels on the device's one
 //! stream.
 
+pub mod attention;
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_batch_norm;
