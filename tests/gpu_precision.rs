@@ -448,6 +448,18 @@ fn affine(
     (gamma, normal_tensor(gpu, rng, &[channels], 0.5))
 }
 
+/// A training BatchNorm's affine parameters `gamma` and `beta` with the default settings.
+fn training_norm<'a>(
+    gamma: &'a CudaTensor<f32>,
+    beta: &'a CudaTensor<f32>,
+) -> BatchNormAffine<'a, CudaTensor<f32>> {
+    BatchNormAffine {
+        gamma,
+        beta,
+        params: BatchNormParams::default(),
+    }
+}
+
 /// The values of `tensors`, in order.
 fn host(gpu: &Cuda<f32>, tensors: &[&CudaTensor<f32>]) -> Vec<Vec<f32>> {
     tensors.iter().map(|t| gpu.to_vec(t).unwrap()).collect()
@@ -675,11 +687,7 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
     });
     let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
     let (gamma, beta) = (normal(&[16], 0.5), normal(&[16], 0.5));
-    let norm = BatchNormAffine {
-        gamma: &gamma,
-        beta: &beta,
-        params: BatchNormParams::default(),
-    };
+    let norm = training_norm(&gamma, &beta);
     let upload = |(shape, values): &(Vec<usize>, Vec<f32>)| {
         gpu.tensor_from_vec(shape, values.clone()).unwrap()
     };
@@ -962,11 +970,7 @@ fn the_average_pool_of_a_training_batch_norm_gives_the_bits_of_the_ops_in_turn()
     let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let w = normal_tensor(&gpu, &mut rng, &[16, 3, 3, 3], 0.3);
     let (gamma, beta) = affine(&gpu, &mut rng, 16);
-    let norm = BatchNormAffine {
-        gamma: &gamma,
-        beta: &beta,
-        params: BatchNormParams::default(),
-    };
+    let norm = training_norm(&gamma, &beta);
     let pool = Pool2dParams::K3_S2_P1;
     let cases = [[2, 3, 8, 6], [2, 3, 7, 5]].map(|shape| {
         let x = (shape, normal_f32(&mut rng, shape.iter().product(), 1.0));
@@ -1115,11 +1119,7 @@ fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
     let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let w = normal_tensor(&gpu, &mut rng, &[8, 3, 3, 3], 0.3);
     let (gamma, beta) = affine(&gpu, &mut rng, 8);
-    let norm = BatchNormAffine {
-        gamma: &gamma,
-        beta: &beta,
-        params: BatchNormParams::default(),
-    };
+    let norm = training_norm(&gamma, &beta);
     let cases = [8, 5].map(|side| {
         let x = normal_f32(&mut rng, 2 * 3 * side * side, 1.0);
         let residual = normal_f32(&mut rng, 2 * 8 * side * side, 2.0);
@@ -1210,11 +1210,7 @@ fn the_spiking_convolution_backward_writes_the_neurons_gradient_over_its_potenti
     let (time_steps, batch, side) = (2, 3, 5);
     let config = NeuronConfig::if_atan();
     let (gamma, beta) = affine(&gpu, &mut rng, 3);
-    let norm = BatchNormAffine {
-        gamma: &gamma,
-        beta: &beta,
-        params: BatchNormParams::default(),
-    };
+    let norm = training_norm(&gamma, &beta);
     let convolutions = [
         (
             "3x3",
@@ -1444,11 +1440,7 @@ fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bits_exist() {
     let currents = normal(&[2, 16, 8, 8], 1.5);
     let w = normal(&[2, 16, 3, 3], 0.3);
     let (gamma, beta) = (normal(&[2], 0.5), normal(&[2], 0.5));
-    let norm = BatchNormAffine {
-        gamma: &gamma,
-        beta: &beta,
-        params: BatchNormParams::default(),
-    };
+    let norm = training_norm(&gamma, &beta);
     let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let cudnn = each_conv_engine(device).filter(|&engine| engine == ConvEngine::Cudnn);
     for format in cudnn.flat_map(|_| FORMATS) {

@@ -27,8 +27,8 @@ struct ChannelMap {
 
 // A training BatchNorm's output as it wrote it, or would have, made as it is read (docs/neurons.md
 // §2.4.2; docs/memory.md §9.6): the map of one channel over its input x, stored as X (widened by
-// half.cuh), rounded to E as bn_normalise rounds it. A
-// neuron's input in neuron.cu, an average pool's in pool.cu.
+// half.cuh), rounded to E as bn_normalise rounds it. A neuron's input in neuron.cu, an average
+// pool's in pool.cu.
 template <typename E, typename X> struct NormalisedInput {
     const X* x;
     ChannelMap map;

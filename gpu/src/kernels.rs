@@ -272,7 +272,8 @@ pub const POOL_WINDOWS: KernelHeader = KernelHeader {
 };
 
 /// `gpu/kernels/half.cuh`: the bf16 and fp16 bit patterns, and the widening to `double` of an
-/// element of any stored type (included by precision.cu, batch_norm.cu, neuron.cu and linear.cu).
+/// element of any stored type (included by precision.cu, batch_norm.cu, neuron.cu, linear.cu
+/// and batch_norm.cuh, so by pool.cu too).
 pub const HALF: KernelHeader = KernelHeader {
     name: "half.cuh",
     source: include_str!("../kernels/half.cuh"),

@@ -150,8 +150,7 @@ pub fn backward<E: GpuElement>(
     kind: ConvKind,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
     let grad = GradSource::Tensor(grad_y);
-    let grads = backward_to_half(device, format, grad, conv, norm, kind)?;
-    grads.finish(|dx, shape| precision::widened_tensor(device, format, &dx.bits, shape))
+    backward_widened(device, format, grad, conv, norm, kind)
 }
 
 /// [`backward`] from the gradient of an average pool after the BatchNorm
@@ -169,6 +168,18 @@ pub fn avg_pool_backward<E: GpuElement>(
     kind: ConvKind,
 ) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
     let grad = GradSource::AvgPooled(pool);
+    backward_widened(device, format, grad, conv, norm, kind)
+}
+
+/// [`backward_to_half`], then the convolution's 16-bit `dx` widened to an `f32` tensor.
+fn backward_widened<E: GpuElement>(
+    device: &GpuDevice,
+    format: HalfFormat,
+    grad: GradSource<'_, E>,
+    conv: Conv2dContext<E>,
+    norm: BatchNormContext<E>,
+    kind: ConvKind,
+) -> Result<ConvBatchNormGrads<CudaTensor<E>>, GpuError> {
     let grads = backward_to_half(device, format, grad, conv, norm, kind)?;
     grads.finish(|dx, shape| precision::widened_tensor(device, format, &dx.bits, shape))
 }

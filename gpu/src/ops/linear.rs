@@ -191,15 +191,30 @@ impl RowMajorGemm {
             let detail = format!("internal error: a 16-bit C cannot accumulate {self:?}");
             return Err(shape_error(op, detail));
         }
-        let [_, _, c_span] = self.checked_spans(op, [a.len(), b.len(), c.len()])?;
-        if self.finish_if_empty(device, op, c_span, c.slice_mut())? {
+        let Some(config) = self.half_config(device, op, [a, b], c.slice_mut())? else {
             return Ok(());
-        }
-        let config = self.column_major::<f32>(op)?;
+        };
         // cuBLAS's `A` is our `B` and its `B` our `A` (see `column_major`).
-        // SAFETY: every matrix of the configuration lies inside its buffer (checked above), the
+        // SAFETY: every matrix of the configuration lies inside its buffer (`half_config`), the
         // pitches are at least the row lengths, and all three are on the device's stream.
         unsafe { precision::gemm_strided_batched_stored(device, format, config, b, a, c) }
+    }
+
+    /// The cuBLAS configuration of this product over the 16-bit `A` and `B` into `c` (of either
+    /// output type), every matrix checked to lie inside its buffer; `None` when nothing is left
+    /// to sum ([`RowMajorGemm::finish_if_empty`] has completed it).
+    fn half_config<T: DeviceRepr + ValidAsZeroBits, C: DevicePtrMut<T>>(
+        &self,
+        device: &GpuDevice,
+        op: &'static str,
+        [a, b]: [&DeviceBuffer<u16>; 2],
+        c: &mut C,
+    ) -> Result<Option<StridedBatchedConfig<f32>>, GpuError> {
+        let [_, _, c_span] = self.checked_spans(op, [a.len(), b.len(), c.len()])?;
+        if self.finish_if_empty(device, op, c_span, c)? {
+            return Ok(None);
+        }
+        Ok(Some(self.column_major::<f32>(op)?))
     }
 
     /// The spans of `A`, `B` and `C` ([`RowMajorGemm::spans`]), checked against the lengths of
@@ -290,13 +305,11 @@ impl RowMajorGemm {
         E: GpuElement,
         C: DevicePtrMut<E>,
     {
-        let [_, _, c_span] = self.checked_spans(op, [a.len(), b.len(), c.len()])?;
-        if self.finish_if_empty(device, op, c_span, c)? {
+        let Some(config) = self.half_config(device, op, [a, b], c)? else {
             return Ok(());
-        }
-        let config = self.column_major::<f32>(op)?;
+        };
         // cuBLAS's `A` is our `B` and its `B` our `A` (see `column_major`).
-        // SAFETY: every matrix of the configuration lies inside its buffer (checked above), the
+        // SAFETY: every matrix of the configuration lies inside its buffer (`half_config`), the
         // pitches are at least the row lengths, and `gemm_strided_batched` refuses any element
         // type but f32.
         unsafe { precision::gemm_strided_batched(device, device.blas()?, format, config, b, a, c) }
