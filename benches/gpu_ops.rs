@@ -248,7 +248,7 @@ fn conv_batch_norm(c: &mut Criterion, gpu: &Gpu) {
     };
     let fused_forward = || {
         let out = gpu
-            .conv_batch_norm_train_forward(x.clone(), &w, kind, norm)
+            .conv_batch_norm_train_forward(x.clone(), &w, None, kind, norm)
             .unwrap();
         (out.conv, out.norm)
     };

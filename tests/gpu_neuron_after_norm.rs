@@ -50,7 +50,7 @@ impl<Bk: Backend> Normalised<Bk> {
         };
         let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
         let output = backend
-            .conv_batch_norm_train_forward(x, &weight, kind, norm)
+            .conv_batch_norm_train_forward(x, &weight, None, kind, norm)
             .unwrap();
         Normalised {
             context: output.norm,

@@ -54,7 +54,7 @@ use revsnn_gpu::ops::conv::{Conv2dContext, ConvEngine};
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::ops::saved_input::SavedInput;
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine, with_peak_rise};
-use revsnn_gpu::{Cuda, CudaTensor};
+use revsnn_gpu::{Cuda, CudaTensor, GpuDevice};
 use revsnn_reference::contract::{
     attention_backward_in_turn, attention_forward_in_turn,
     avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
@@ -465,6 +465,14 @@ fn host(gpu: &Cuda<f32>, tensors: &[&CudaTensor<f32>]) -> Vec<Vec<f32>> {
     tensors.iter().map(|t| gpu.to_vec(t).unwrap()).collect()
 }
 
+/// What `pass` returns, with the most device memory live while it ran (every live byte counted).
+fn with_peak<R>(device: &GpuDevice, pass: impl FnOnce() -> R) -> (R, usize) {
+    device.synchronize().unwrap();
+    let live = device.memory().live_bytes;
+    let (result, rise) = with_peak_rise(device, pass);
+    (result, live + rise)
+}
+
 /// Whether two lists of tensors' values are equal bit for bit.
 fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
     a.iter()
@@ -635,14 +643,18 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
 
 /// The fused convolution and BatchNorm (`Backend::conv_batch_norm_train_forward` and
 /// `conv_batch_norm_backward`) gives the bits of the two ops in turn, forward (output, batch
-/// statistics) and backward (every gradient), for a 3x3 2-D and a 1-D convolution, in f32, bf16
-/// and fp16, on both engines. Under bf16 and fp16 no `f32` tensor of the convolution's output
-/// size is held beside the BatchNorm's: on cuDNN the forward's peak is lower than the two ops'
-/// by at least the output's f32 bytes (on im2col the columns of the 2-D convolution hold the
-/// peak), and the backward's by at least the bytes an f32 `dx` of the BatchNorm holds beyond its
-/// 16-bit patterns or, where widening `dx` holds the peak, the input's 16-bit copy, freed
-/// before; never higher. (That the f32 tensors are not even written, a pass fewer each,
-/// the peak cannot tell; the profile stage of gpu/check.sh sees it.) Under f32 it is the two ops.
+/// statistics) and backward (every gradient), for a 3x3 2-D and a 1-D convolution, each without
+/// a bias and with one, in f32, bf16 and fp16, on both engines. Under bf16 and fp16 no `f32`
+/// tensor of the convolution's output size is held beside the BatchNorm's: on cuDNN the
+/// forward's peak is lower than the two ops' by at least the output's f32 bytes without a bias
+/// (the two ops keep its 16-bit sums beside it) and its bytes beyond its 16-bit sums with one
+/// (which the fused BatchNorm reads plus the bias); on im2col the columns of the 2-D convolution
+/// hold the peak. The backward's peak is lower by at least the bytes an f32 `dx` of the
+/// BatchNorm holds beyond its 16-bit patterns (with a bias, and those the f32 output the two ops'
+/// BatchNorm keeps holds beyond its sums) or, where widening `dx` holds the peak, the input's
+/// 16-bit copy, freed before; never higher. The peaks count every live byte, the contexts the forward leaves included.
+/// (That the f32 tensors are not even written, a pass fewer each, the peak cannot tell; the
+/// profile stage of gpu/check.sh sees it.) Under f32 it is the two ops.
 #[test]
 fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_output() {
     let Some(gpu) = backend_or_skip::<f32>("the_fused_convolution_and_batch_norm") else {
@@ -686,21 +698,23 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
         (kind, x, w, dy, wide)
     });
     let mut normal = |shape: &[usize], sd: f64| normal_tensor(&gpu, &mut rng, shape, sd);
-    let (gamma, beta) = (normal(&[16], 0.5), normal(&[16], 0.5));
+    let (gamma, beta, conv_bias) = (normal(&[16], 0.5), normal(&[16], 0.5), normal(&[16], 0.5));
     let norm = training_norm(&gamma, &beta);
     let upload = |(shape, values): &(Vec<usize>, Vec<f32>)| {
         gpu.tensor_from_vec(shape, values.clone()).unwrap()
     };
     // The outputs and gradients of the two ops in turn (each input freed once it has served, as
     // the layers do), or of the fused ones (the inputs handed over), with the forward's and the
-    // backward's peaks above the live bytes before them.
-    let run = |kind: ConvKind, x: &_, w: &CudaTensor<f32>, dy: &_, fused: bool| {
+    // backward's peaks.
+    let run = |kind: ConvKind, x: &_, w: &CudaTensor<f32>, b, dy: &_, fused: bool| {
         let x = upload(x);
-        let (out, forward_rise) = with_peak_rise(device, || {
+        let (out, forward_peak) = with_peak(device, || {
             if fused {
-                return gpu.conv_batch_norm_train_forward(x, w, kind, norm).unwrap();
+                return gpu
+                    .conv_batch_norm_train_forward(x, w, b, kind, norm)
+                    .unwrap();
             }
-            let (conv_y, conv) = gpu.conv_forward(&x, w, None, kind).unwrap();
+            let (conv_y, conv) = gpu.conv_forward(&x, w, b, kind).unwrap();
             drop(x);
             let (y, batch, norm) = gpu
                 .batch_norm_train_forward(&conv_y, &gamma, &beta, norm.params)
@@ -714,7 +728,7 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
         });
         let dy = upload(dy);
         let (conv, context) = (out.conv, out.norm);
-        let (grads, backward_rise) = with_peak_rise(device, || {
+        let (grads, backward_peak) = with_peak(device, || {
             if fused {
                 return gpu
                     .conv_batch_norm_backward(dy, conv, context, kind)
@@ -733,30 +747,39 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
         });
         let (mean, var) = (&out.batch.mean, &out.batch.var_unbiased);
         let (y, g) = (&out.y, &grads);
-        let tensors = [y, mean, var, &g.gamma, &g.beta, &g.input, &g.weight];
-        (host(&gpu, &tensors), [forward_rise, backward_rise])
+        let mut tensors = vec![y, mean, var, &g.gamma, &g.beta, &g.input, &g.weight];
+        tensors.extend(&g.bias);
+        (host(&gpu, &tensors), [forward_peak, backward_peak])
     };
+    let biases = [None, Some(&conv_bias)];
     for engine in each_conv_engine(device) {
         for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
             device.set_precision(precision).unwrap();
-            for (kind, x, w, dy, wide) in &cases {
-                let what = format!("{precision} on {}, {kind:?}", engine.name());
-                let (two_ops, two_ops_rise) = run(*kind, x, w, dy, false);
-                let (fused, fused_rise) = run(*kind, x, w, dy, true);
+            for ((kind, x, w, dy, wide), b) in cases.iter().flat_map(|c| biases.map(|b| (c, b))) {
+                let what = format!(
+                    "{precision} on {}, {kind:?}, bias {}",
+                    engine.name(),
+                    b.is_some()
+                );
+                let (two_ops, two_ops_peak) = run(*kind, x, w, b, dy, false);
+                let (fused, fused_peak) = run(*kind, x, w, b, dy, true);
+                assert_eq!(fused.len(), two_ops.len(), "{what}: the gradients differ");
                 assert!(same_bits(&fused, &two_ops), "{what}: the bits differ");
                 let (elements, inputs) = (dy.1.len(), x.1.len());
                 // im2col's columns, not the output, can hold a 2-D convolution's peak. On cuDNN
                 // the fused forward never writes the f32 output, and the fused backward neither
                 // the BatchNorm's f32 `dx` nor, once it widens `dx`, the input's 16-bit copy.
-                let saved = match (precision, engine, wide) {
-                    (Precision::F32, _, _) => [0, 0],
-                    (_, ConvEngine::Im2colGemm, _) => [0, 0],
-                    (_, _, true) => [0, inputs * size_of::<u16>()],
-                    _ => [elements * size_of::<f32>(), elements * size_of::<u16>()],
+                let beyond_sums = elements * (size_of::<f32>() - size_of::<u16>());
+                let saved = match (precision, engine, wide, b.is_some()) {
+                    (Precision::F32, ..) => [0, 0],
+                    (_, ConvEngine::Im2colGemm, ..) => [0, 0],
+                    (_, _, true, _) => [0, inputs * size_of::<u16>()],
+                    (_, _, false, false) => [elements * size_of::<f32>(), beyond_sums],
+                    (_, _, false, true) => [beyond_sums, elements * size_of::<f32>()],
                 };
                 for (pass, ((fused, two_ops), saved)) in ["forward", "backward"]
                     .iter()
-                    .zip(fused_rise.iter().zip(two_ops_rise).zip(saved))
+                    .zip(fused_peak.iter().zip(two_ops_peak).zip(saved))
                 {
                     assert!(
                         fused + saved <= two_ops,
@@ -765,7 +788,7 @@ fn the_fused_convolution_and_batch_norm_give_the_two_ops_bits_without_the_f32_ou
                     );
                 }
                 if precision == Precision::F32 {
-                    assert_eq!(fused_rise, two_ops_rise, "{what}: f32 runs the two ops");
+                    assert_eq!(fused_peak, two_ops_peak, "{what}: f32 runs the two ops");
                 }
             }
         }
@@ -1104,7 +1127,8 @@ fn the_fused_backward_of_a_biased_convolution_and_batch_norm_gives_the_two_ops_b
 /// (`Backend::conv_batch_norm_train_forward_onto`, the reversible couplings) gives the bits of
 /// the fused op then `add_reusing` or `sub_reusing`, with the same statistics, in f32, bf16 and
 /// fp16, on both engines, over both of the elementwise kernels' layouts (8x8 images: groups of
-/// four, vector loads; 5x5: one element a thread). Over a residual nothing else holds, the output
+/// four, vector loads; 5x5: one element a thread), for a convolution without a bias and with
+/// one. Over a residual nothing else holds, the output
 /// is written over it: no tensor of the output's size is allocated, so on cuDNN, where the
 /// output holds the forward's peak, the peak is lower (on im2col, whose columns may hold it,
 /// never higher).
@@ -1119,6 +1143,7 @@ fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
     let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let w = normal_tensor(&gpu, &mut rng, &[8, 3, 3, 3], 0.3);
     let (gamma, beta) = affine(&gpu, &mut rng, 8);
+    let conv_bias = normal_tensor(&gpu, &mut rng, &[8], 0.5);
     let norm = training_norm(&gamma, &beta);
     let cases = [8, 5].map(|side| {
         let x = normal_f32(&mut rng, 2 * 3 * side * side, 1.0);
@@ -1133,12 +1158,20 @@ fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
                     gpu.tensor_from_vec(shape, values.to_vec()).unwrap()
                 };
                 let (x_shape, y_shape) = ([2, 3, *side, *side], [2, 8, *side, *side]);
-                for onto in [Onto::add, Onto::sub] {
-                    let what = format!("{precision} on {}, {side}x{side}", engine.name());
+                let ontos = [Onto::add, Onto::sub];
+                for (onto, b) in ontos
+                    .into_iter()
+                    .flat_map(|o| [(o, None), (o, Some(&conv_bias))])
+                {
+                    let what = format!(
+                        "{precision} on {}, {side}x{side}, bias {}",
+                        engine.name(),
+                        b.is_some()
+                    );
                     let plain = || {
                         let x = upload(&x_shape, x);
                         let (out, rise) = with_peak_rise(device, || {
-                            gpu.conv_batch_norm_train_forward(x, &w, kind, norm)
+                            gpu.conv_batch_norm_train_forward(x, &w, b, kind, norm)
                                 .unwrap()
                         });
                         let landed = onto(upload(&y_shape, residual)).land(&gpu, out.y);
@@ -1153,6 +1186,7 @@ fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
                             gpu.conv_batch_norm_train_forward_onto(
                                 x,
                                 &w,
+                                b,
                                 kind,
                                 norm,
                                 onto(residual),
@@ -1255,7 +1289,7 @@ fn the_spiking_convolution_backward_writes_the_neurons_gradient_over_its_potenti
                         let flat = revsnn_reference::contract::flatten_time(&gpu, &spikes);
                         drop(spikes);
                         let out = gpu
-                            .conv_batch_norm_train_forward(flat.unwrap(), &w, kind, norm)
+                            .conv_batch_norm_train_forward(flat.unwrap(), &w, None, kind, norm)
                             .unwrap();
                         drop(out.y);
                         let dy = gpu.tensor_from_vec(&y_shape, dy.clone()).unwrap();
@@ -1448,7 +1482,7 @@ fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bits_exist() {
         let what = format.precision();
         let run = |spikes: CudaTensor<f32>| {
             let (out, rise) = with_peak_rise(device, || {
-                gpu.conv_batch_norm_train_forward(spikes, &w, kind, norm)
+                gpu.conv_batch_norm_train_forward(spikes, &w, None, kind, norm)
                     .unwrap()
             });
             (host(&gpu, &[&out.y]), rise)

@@ -181,16 +181,18 @@ __device__ __forceinline__ Moments block_merge(Moments m, Moments* buf) {
 }
 
 // Pass 1 of the forward's statistics: the moments of each block's elements of x, written as
-// three partials (count, mean, m2); x stored as X (E, or the 16-bit patterns of an f32 input).
-template <typename X>
-__device__ void bn_moments_partial(const X* __restrict__ x, double* __restrict__ partial, long long channels,
-                                   long long inner, long long per_channel, long long chunks, long long chunk_len) {
+// three partials (count, mean, m2); x stored as X (E, or the 16-bit patterns of an f32 input),
+// plus x_bias when not null (plus_bias, batch_norm.cuh).
+template <typename E, typename X>
+__device__ void bn_moments_partial(const X* __restrict__ x, const E* __restrict__ x_bias, double* __restrict__ partial,
+                                   long long channels, long long inner, long long per_channel, long long chunks,
+                                   long long chunk_len) {
     __shared__ Moments buf[BN_THREADS];
     for_each_chunk(
         [&](long long c, long long chunk, long long start, long long end) {
             ShiftedSums sums = {0.0, 0.0, 0.0, 0.0};
-            walk_chunk([&](long long k) { return widened(x[k]); }, [&](double v) { add_value(sums, v); }, c, start,
-                       end, channels, inner);
+            walk_chunk([&](long long k) { return widened(x[k]); },
+                       [&](double v) { add_value(sums, plus_bias(v, x_bias, c)); }, c, start, end, channels, inner);
             const Moments total = block_merge(moments_of(sums), buf);
             if (threadIdx.x == 0) {
                 const double values[3] = {total.count, total.mean, total.m2};
@@ -350,10 +352,12 @@ __device__ __forceinline__ void for_each_group(Group group, long long channels, 
     }
 }
 
-// y = gamma_c inv_std_c (x - mean_c) + beta_c over every element; x stored as X.
+// y = gamma_c inv_std_c (x - mean_c) + beta_c over every element; x stored as X, plus x_bias when
+// not null.
 template <typename E, typename X>
-__device__ void bn_normalise(const X* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
-                             const double* __restrict__ inv_std, const E* __restrict__ gamma, const E* __restrict__ beta,
+__device__ void bn_normalise(const X* __restrict__ x, const E* __restrict__ x_bias, E* __restrict__ y,
+                             const double* __restrict__ mean, const double* __restrict__ inv_std,
+                             const E* __restrict__ gamma, const E* __restrict__ beta,
                              long long channels, long long inner, long long total, long long width) {
     const bool vector = aligned16(x) && aligned16(y);
     for_each_group(
@@ -362,10 +366,10 @@ __device__ void bn_normalise(const X* __restrict__ x, E* __restrict__ y, const d
             if (width == BN_VEC) {
                 double v[BN_VEC];
                 load_group(x + k, v, vector);
-                for (int u = 0; u < BN_VEC; ++u) v[u] = map(v[u]);
+                for (int u = 0; u < BN_VEC; ++u) v[u] = map(plus_bias(v[u], x_bias, c));
                 store_group(y + k, v, vector);
             } else {
-                y[k] = (E)map(widened(x[k]));
+                y[k] = (E)map(plus_bias(widened(x[k]), x_bias, c));
             }
         },
         channels, inner, total, width);
@@ -375,8 +379,9 @@ __device__ void bn_normalise(const X* __restrict__ x, E* __restrict__ y, const d
 // E, y holding the residual the output lands on: the bits of bn_normalise, then add_in_place or
 // sub_in_place of tensor.cu (residual +- n rounded once in E), with no buffer for n.
 template <typename E, typename X>
-__device__ void bn_normalise_onto(const X* __restrict__ x, E* __restrict__ y, const double* __restrict__ mean,
-                                  const double* __restrict__ inv_std, const E* __restrict__ gamma,
+__device__ void bn_normalise_onto(const X* __restrict__ x, const E* __restrict__ x_bias, E* __restrict__ y,
+                                  const double* __restrict__ mean, const double* __restrict__ inv_std,
+                                  const E* __restrict__ gamma,
                                   const E* __restrict__ beta, long long channels, long long inner, long long total,
                                   long long width, int subtract) {
     const bool vector = aligned16(x) && aligned16(y);
@@ -391,10 +396,10 @@ __device__ void bn_normalise_onto(const X* __restrict__ x, E* __restrict__ y, co
                 double v[BN_VEC], r[BN_VEC];
                 load_group(x + k, v, vector);
                 load_group(y + k, r, vector);
-                for (int u = 0; u < BN_VEC; ++u) v[u] = land(r[u], v[u]);
+                for (int u = 0; u < BN_VEC; ++u) v[u] = land(r[u], plus_bias(v[u], x_bias, c));
                 store_group(y + k, v, vector);
             } else {
-                y[k] = land(widened(y[k]), widened(x[k]));
+                y[k] = land(widened(y[k]), plus_bias(widened(x[k]), x_bias, c));
             }
         },
         channels, inner, total, width);
@@ -430,15 +435,17 @@ struct AvgPooledGrad {
 };
 
 // sum_j dy and sum_j dy x_hat with x_hat = (x - mean_c) inv_std_c; x stored as X (E, or the
-// 16-bit patterns of an f32 input), dy read through DY (GradTensor or AvgPooledGrad).
-template <typename X, typename DY>
-__device__ void bn_grad_partial(const X* __restrict__ x, DY grad_y, const double* __restrict__ mean,
+// 16-bit patterns of an f32 input) plus x_bias when not null, dy read through DY (GradTensor or
+// AvgPooledGrad).
+template <typename E, typename X, typename DY>
+__device__ void bn_grad_partial(const X* __restrict__ x, const E* __restrict__ x_bias, DY grad_y,
+                                const double* __restrict__ mean,
                                 const double* __restrict__ inv_std, double* __restrict__ partial, long long channels,
                                 long long inner, long long per_channel, long long chunks, long long chunk_len) {
     partial_sums<2>([&](long long k) { return GradAndInput{grad_y[k], widened(x[k])}; },
                     [&](const GradAndInput& v, long long c, double* acc) {
                         acc[0] += v.dy;
-                        acc[1] += v.dy * (v.x - mean[c]) * inv_std[c];
+                        acc[1] += v.dy * (plus_bias(v.x, x_bias, c) - mean[c]) * inv_std[c];
                     },
                     partial, channels, inner, per_channel, chunks, chunk_len);
 }
@@ -469,12 +476,13 @@ __device__ __forceinline__ double bn_input_grad(double dy, double x, double scal
 }
 
 // grad_x stored as D: E, or the 16-bit patterns of the f32 result (the operand of the
-// convolution before the BatchNorm, docs/precision.md §"Convolution outputs"). grad_x may be x
+// convolution before the BatchNorm, docs/precision.md §"Convolution outputs"); x is read plus x_bias
+// when not null. grad_x may be x
 // itself (the `_in_place` kernels), so neither is restrict: each element of x is read before its
 // gradient is written over it, by the same thread. dy is read through DY (GradTensor or
 // AvgPooledGrad).
 template <typename E, typename X, typename D, typename DY>
-__device__ void bn_backward_input(const X* x, DY grad_y, D* grad_x,
+__device__ void bn_backward_input(const X* x, const E* __restrict__ x_bias, DY grad_y, D* grad_x,
                                   const double* __restrict__ mean, const double* __restrict__ inv_std,
                                   const E* __restrict__ gamma, const double* __restrict__ means, long long channels,
                                   long long inner, long long total, long long width, int train) {
@@ -488,11 +496,12 @@ __device__ void bn_backward_input(const X* x, DY grad_y, D* grad_x,
                 grad_y.load(k, dy, vector);
                 if (train) load_group(x + k, xs, vector);
                 for (int u = 0; u < BN_VEC; ++u) {
-                    dy[u] = bn_input_grad(dy[u], xs[u], scale, shift, inv, mean_dy, mean_dy_xhat, train);
+                    const double xu = plus_bias(xs[u], x_bias, c);
+                    dy[u] = bn_input_grad(dy[u], xu, scale, shift, inv, mean_dy, mean_dy_xhat, train);
                 }
                 store_group(grad_x + k, dy, vector);
             } else {
-                const double xk = train ? widened(x[k]) : 0.0;
+                const double xk = train ? plus_bias(widened(x[k]), x_bias, c) : 0.0;
                 store_element(grad_x + k,
                               bn_input_grad(grad_y[k], xk, scale, shift, inv, mean_dy, mean_dy_xhat, train));
             }
@@ -512,95 +521,96 @@ __device__ void bn_update_running(const E* __restrict__ running_mean, const E* _
     }
 }
 
-#define BATCH_NORM_KERNELS(E, SUFFIX)                                                                              \
-    extern "C" __global__ void bn_moments_partial_##SUFFIX(const E* x, double* partial, long long channels,         \
-                                                           long long inner, long long per_channel, long long chunks, \
-                                                           long long chunk_len) {                                   \
-        bn_moments_partial<E>(x, partial, channels, inner, per_channel, chunks, chunk_len);                         \
-    }                                                                                                              \
-    extern "C" __global__ void bn_moments_finalize_##SUFFIX(const double* partial, double* mean, E* mean_out,      \
-                                                            double* inv_std, E* var_unbiased, long long channels,   \
-                                                            long long chunks, double eps) {                         \
-        bn_moments_finalize<E>(partial, mean, mean_out, inv_std, var_unbiased, channels, chunks, eps);              \
-    }                                                                                                              \
-    extern "C" __global__ void bn_eval_constants_##SUFFIX(const E* running_mean, const E* running_var,              \
-                                                          double* mean, double* inv_std, long long channels,        \
-                                                          double eps) {                                             \
-        bn_eval_constants<E>(running_mean, running_var, mean, inv_std, channels, eps);                              \
-    }                                                                                                              \
-    extern "C" __global__ void bn_normalise_##SUFFIX(const E* x, E* y, const double* mean, const double* inv_std,   \
-                                                     const E* gamma, const E* beta, long long channels,             \
-                                                     long long inner, long long total, long long width) {            \
-        bn_normalise<E, E>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width);                        \
-    }                                                                                                              \
-    extern "C" __global__ void bn_normalise_onto_##SUFFIX(const E* x, E* y, const double* mean,                    \
-                                                          const double* inv_std, const E* gamma, const E* beta,     \
-                                                          long long channels, long long inner, long long total,     \
-                                                          long long width, int subtract) {                          \
-        bn_normalise_onto<E, E>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width, subtract);          \
-    }                                                                                                              \
-    extern "C" __global__ void bn_grad_partial_##SUFFIX(const E* x, const E* grad_y, const double* mean,            \
-                                                        const double* inv_std, double* partial, long long channels, \
-                                                        long long inner, long long per_channel, long long chunks,   \
-                                                        long long chunk_len) {                                      \
-        bn_grad_partial<E>(x, GradTensor<E>{grad_y}, mean, inv_std, partial, channels, inner, per_channel, chunks, \
-                           chunk_len);                                                                             \
-    }                                                                                                              \
-    extern "C" __global__ void bn_grad_finalize_##SUFFIX(const double* partial, double* means, E* grad_gamma,       \
-                                                         E* grad_beta, long long channels, long long chunks,        \
-                                                         long long per_channel) {                                   \
-        bn_grad_finalize<E>(partial, means, grad_gamma, grad_beta, channels, chunks, per_channel);                  \
-    }                                                                                                              \
-    extern "C" __global__ void bn_backward_input_##SUFFIX(const E* x, const E* grad_y, E* grad_x,                   \
-                                                          const double* mean, const double* inv_std,                \
-                                                          const E* gamma, const double* means, long long channels,  \
-                                                          long long inner, long long total, long long width,        \
-                                                          int train) {                                              \
-        bn_backward_input<E, E, E>(x, GradTensor<E>{grad_y}, grad_x, mean, inv_std, gamma, means, channels, inner, \
-                                   total, width, train);                                                           \
-    }                                                                                                              \
-    extern "C" __global__ void bn_update_running_##SUFFIX(const E* running_mean, const E* running_var,              \
-                                                          const E* batch_mean, const E* batch_var, E* new_mean,     \
-                                                          E* new_var, long long channels, double momentum) {        \
-        bn_update_running<E>(running_mean, running_var, batch_mean, batch_var, new_mean, new_var, channels,         \
-                             momentum);                                                                             \
+#define BATCH_NORM_KERNELS(E, SUFFIX)                                                                                  \
+    extern "C" __global__ void bn_moments_partial_##SUFFIX(const E* x, const E* x_bias, double* partial,               \
+                                                           long long channels, long long inner, long long per_channel, \
+                                                           long long chunks, long long chunk_len) {                    \
+        bn_moments_partial<E, E>(x, x_bias, partial, channels, inner, per_channel, chunks, chunk_len);                 \
+    }                                                                                                                  \
+    extern "C" __global__ void bn_moments_finalize_##SUFFIX(const double* partial, double* mean, E* mean_out,          \
+                                                            double* inv_std, E* var_unbiased, long long channels,      \
+                                                            long long chunks, double eps) {                            \
+        bn_moments_finalize<E>(partial, mean, mean_out, inv_std, var_unbiased, channels, chunks, eps);                 \
+    }                                                                                                                  \
+    extern "C" __global__ void bn_eval_constants_##SUFFIX(const E* running_mean, const E* running_var,                 \
+                                                          double* mean, double* inv_std, long long channels,           \
+                                                          double eps) {                                                \
+        bn_eval_constants<E>(running_mean, running_var, mean, inv_std, channels, eps);                                 \
+    }                                                                                                                  \
+    extern "C" __global__ void bn_normalise_##SUFFIX(const E* x, const E* x_bias, E* y, const double* mean,            \
+                                                     const double* inv_std, const E* gamma, const E* beta,             \
+                                                     long long channels, long long inner, long long total,             \
+                                                     long long width) {                                                \
+        bn_normalise<E, E>(x, x_bias, y, mean, inv_std, gamma, beta, channels, inner, total, width);                   \
+    }                                                                                                                  \
+    extern "C" __global__ void bn_normalise_onto_##SUFFIX(const E* x, const E* x_bias, E* y, const double* mean,       \
+                                                          const double* inv_std, const E* gamma, const E* beta,        \
+                                                          long long channels, long long inner, long long total,        \
+                                                          long long width, int subtract) {                             \
+        bn_normalise_onto<E, E>(x, x_bias, y, mean, inv_std, gamma, beta, channels, inner, total, width, subtract);    \
+    }                                                                                                                  \
+    extern "C" __global__ void bn_grad_partial_##SUFFIX(const E* x, const E* x_bias, const E* grad_y,                  \
+                                                        const double* mean, const double* inv_std, double* partial,    \
+                                                        long long channels, long long inner, long long per_channel,    \
+                                                        long long chunks, long long chunk_len) {                       \
+        bn_grad_partial<E, E>(x, x_bias, GradTensor<E>{grad_y}, mean, inv_std, partial, channels, inner,               \
+                              per_channel, chunks, chunk_len);                                                         \
+    }                                                                                                                  \
+    extern "C" __global__ void bn_grad_finalize_##SUFFIX(const double* partial, double* means, E* grad_gamma,          \
+                                                         E* grad_beta, long long channels, long long chunks,           \
+                                                         long long per_channel) {                                      \
+        bn_grad_finalize<E>(partial, means, grad_gamma, grad_beta, channels, chunks, per_channel);                     \
+    }                                                                                                                  \
+    extern "C" __global__ void bn_backward_input_##SUFFIX(const E* x, const E* x_bias, const E* grad_y, E* grad_x,     \
+                                                          const double* mean, const double* inv_std,                   \
+                                                          const E* gamma, const double* means, long long channels,     \
+                                                          long long inner, long long total, long long width,           \
+                                                          int train) {                                                 \
+        bn_backward_input<E, E, E>(x, x_bias, GradTensor<E>{grad_y}, grad_x, mean, inv_std, gamma, means,              \
+                                   channels, inner, total, width, train);                                              \
+    }                                                                                                                  \
+    extern "C" __global__ void bn_update_running_##SUFFIX(const E* running_mean, const E* running_var,                 \
+                                                          const E* batch_mean, const E* batch_var, E* new_mean,        \
+                                                          E* new_var, long long channels, double momentum) {           \
+        bn_update_running<E>(running_mean, running_var, batch_mean, batch_var, new_mean, new_var, channels,            \
+                             momentum);                                                                                \
     }
 
 BATCH_NORM_KERNELS(float, f32)
 BATCH_NORM_KERNELS(double, f64)
 
 // The forward and the backward over an f32 input held as its 16-bit patterns X (Bf16 or Fp16).
-#define BATCH_NORM_HALF_INPUT_KERNELS(X, FORMAT)                                                                   \
-    extern "C" __global__ void bn_moments_partial_f32_from_##FORMAT(const X* x, double* partial, long long channels, \
-                                                                    long long inner, long long per_channel,        \
-                                                                    long long chunks, long long chunk_len) {       \
-        bn_moments_partial<X>(x, partial, channels, inner, per_channel, chunks, chunk_len);                         \
-    }                                                                                                              \
-    extern "C" __global__ void bn_normalise_f32_from_##FORMAT(const X* x, float* y, const double* mean,            \
-                                                              const double* inv_std, const float* gamma,           \
-                                                              const float* beta, long long channels,               \
-                                                              long long inner, long long total, long long width) { \
-        bn_normalise<float, X>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width);                   \
-    }                                                                                                              \
-    extern "C" __global__ void bn_normalise_onto_f32_from_##FORMAT(                                                \
-        const X* x, float* y, const double* mean, const double* inv_std, const float* gamma, const float* beta,     \
-        long long channels, long long inner, long long total, long long width, int subtract) {                     \
-        bn_normalise_onto<float, X>(x, y, mean, inv_std, gamma, beta, channels, inner, total, width, subtract);     \
-    }                                                                                                              \
-    extern "C" __global__ void bn_grad_partial_f32_from_##FORMAT(const X* x, const float* grad_y, const double* mean, \
-                                                                 const double* inv_std, double* partial,           \
-                                                                 long long channels, long long inner,              \
-                                                                 long long per_channel, long long chunks,          \
-                                                                 long long chunk_len) {                            \
-        bn_grad_partial<X>(x, GradTensor<float>{grad_y}, mean, inv_std, partial, channels, inner, per_channel,      \
-                           chunks, chunk_len);                                                                     \
-    }                                                                                                              \
-    extern "C" __global__ void bn_backward_input_f32_from_##FORMAT(                                                \
-        const X* x, const float* grad_y, float* grad_x, const double* mean, const double* inv_std,                 \
-        const float* gamma, const double* means, long long channels, long long inner, long long total,             \
-        long long width, int train) {                                                                              \
-        bn_backward_input<float, X, float>(x, GradTensor<float>{grad_y}, grad_x, mean, inv_std, gamma, means,      \
-                                           channels, inner, total, width, train);                                  \
+#define BATCH_NORM_HALF_INPUT_KERNELS(X, FORMAT)                                                                      \
+    extern "C" __global__ void bn_moments_partial_f32_from_##FORMAT(const X* x, const float* x_bias,                  \
+                                                                    double* partial, long long channels,              \
+                                                                    long long inner, long long per_channel,           \
+                                                                    long long chunks, long long chunk_len) {          \
+        bn_moments_partial<float, X>(x, x_bias, partial, channels, inner, per_channel, chunks, chunk_len);            \
+    }                                                                                                                 \
+    extern "C" __global__ void bn_normalise_f32_from_##FORMAT(                                                        \
+        const X* x, const float* x_bias, float* y, const double* mean, const double* inv_std, const float* gamma,     \
+        const float* beta, long long channels, long long inner, long long total, long long width) {                   \
+        bn_normalise<float, X>(x, x_bias, y, mean, inv_std, gamma, beta, channels, inner, total, width);              \
+    }                                                                                                                 \
+    extern "C" __global__ void bn_normalise_onto_f32_from_##FORMAT(                                                   \
+        const X* x, const float* x_bias, float* y, const double* mean, const double* inv_std, const float* gamma,     \
+        const float* beta, long long channels, long long inner, long long total, long long width, int subtract) {     \
+        bn_normalise_onto<float, X>(x, x_bias, y, mean, inv_std, gamma, beta, channels, inner, total, width,          \
+                                    subtract);                                                                        \
+    }                                                                                                                 \
+    extern "C" __global__ void bn_grad_partial_f32_from_##FORMAT(                                                     \
+        const X* x, const float* x_bias, const float* grad_y, const double* mean, const double* inv_std,              \
+        double* partial, long long channels, long long inner, long long per_channel, long long chunks,                \
+        long long chunk_len) {                                                                                        \
+        bn_grad_partial<float, X>(x, x_bias, GradTensor<float>{grad_y}, mean, inv_std, partial, channels, inner,      \
+                                  per_channel, chunks, chunk_len);                                                    \
+    }                                                                                                                 \
+    extern "C" __global__ void bn_backward_input_f32_from_##FORMAT(                                                   \
+        const X* x, const float* x_bias, const float* grad_y, float* grad_x, const double* mean,                      \
+        const double* inv_std, const float* gamma, const double* means, long long channels, long long inner,          \
+        long long total, long long width, int train) {                                                                \
+        bn_backward_input<float, X, float>(x, x_bias, GradTensor<float>{grad_y}, grad_x, mean, inv_std, gamma, means, \
+                                           channels, inner, total, width, train);                                     \
     }
 
 BATCH_NORM_HALF_INPUT_KERNELS(Bf16, bf16)
@@ -609,13 +619,13 @@ BATCH_NORM_HALF_INPUT_KERNELS(Fp16, fp16)
 // The input gradient of an f32 BatchNorm stored as the 16-bit patterns D of its f32 values, for
 // the 16-bit convolution before it (Backend::conv_batch_norm_backward): from an input held as X,
 // f32 or the 16-bit patterns of an f32 input, `bn_backward_input_<input>_to_<format>`.
-#define BATCH_NORM_HALF_GRAD_KERNEL(X, INPUT, D, FORMAT)                                                           \
-    extern "C" __global__ void bn_backward_input_##INPUT##_to_##FORMAT(                                            \
-        const X* x, const float* grad_y, D* grad_x, const double* mean, const double* inv_std,                     \
-        const float* gamma, const double* means, long long channels, long long inner, long long total,             \
-        long long width, int train) {                                                                              \
-        bn_backward_input<float, X, D>(x, GradTensor<float>{grad_y}, grad_x, mean, inv_std, gamma, means, channels, \
-                                       inner, total, width, train);                                                \
+#define BATCH_NORM_HALF_GRAD_KERNEL(X, INPUT, D, FORMAT)                                                            \
+    extern "C" __global__ void bn_backward_input_##INPUT##_to_##FORMAT(                                             \
+        const X* x, const float* x_bias, const float* grad_y, D* grad_x, const double* mean, const double* inv_std, \
+        const float* gamma, const double* means, long long channels, long long inner, long long total,              \
+        long long width, int train) {                                                                               \
+        bn_backward_input<float, X, D>(x, x_bias, GradTensor<float>{grad_y}, grad_x, mean, inv_std, gamma, means,   \
+                                       channels, inner, total, width, train);                                       \
     }
 
 BATCH_NORM_HALF_GRAD_KERNEL(float, f32, Bf16, bf16)
@@ -628,12 +638,12 @@ BATCH_NORM_HALF_GRAD_KERNEL(Fp16, f32_from_fp16, Fp16, fp16)
 // The same, written over the 16-bit input it reads (docs/precision.md §"Convolution outputs": the
 // convolution's 16-bit output, whose last reader this is, becomes its 16-bit dy):
 // `bn_backward_input_in_place_f32_from_<format>`.
-#define BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(X, FORMAT)                                                            \
-    extern "C" __global__ void bn_backward_input_in_place_f32_from_##FORMAT(                                       \
-        X* x, const float* grad_y, const double* mean, const double* inv_std, const float* gamma,                  \
-        const double* means, long long channels, long long inner, long long total, long long width, int train) {   \
-        bn_backward_input<float, X, X>(x, GradTensor<float>{grad_y}, x, mean, inv_std, gamma, means, channels,     \
-                                       inner, total, width, train);                                                \
+#define BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(X, FORMAT)                                                                \
+    extern "C" __global__ void bn_backward_input_in_place_f32_from_##FORMAT(                                           \
+        X* x, const float* x_bias, const float* grad_y, const double* mean, const double* inv_std, const float* gamma, \
+        const double* means, long long channels, long long inner, long long total, long long width, int train) {       \
+        bn_backward_input<float, X, X>(x, x_bias, GradTensor<float>{grad_y}, x, mean, inv_std, gamma, means, channels, \
+                                       inner, total, width, train);                                                    \
     }
 
 BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(Bf16, bf16)
@@ -642,23 +652,24 @@ BATCH_NORM_HALF_GRAD_IN_PLACE_KERNEL(Fp16, fp16)
 // The backward's two passes over the 16-bit input they write over, with dy the input gradient of
 // the average pool after the BatchNorm (AvgPooledGrad) made from the pool's output gradient
 // grad_pooled [planes, out_h, out_w] (Backend::avg_pool_conv_batch_norm_backward): `_avg_pooled`.
-#define BATCH_NORM_AVG_POOLED_KERNELS(X, FORMAT)                                                                   \
-    extern "C" __global__ void bn_grad_partial_f32_from_##FORMAT##_avg_pooled(                                     \
-        const X* x, const float* grad_pooled, const double* mean, const double* inv_std, double* partial,          \
-        long long channels, long long inner, long long per_channel, long long chunks, long long chunk_len,          \
-        long long planes, long long h, long long w, long long out_h, long long out_w, long long kernel,            \
-        long long stride, long long padding) {                                                                     \
-        const AvgPooledGrad dy{grad_pooled, {planes, h, w, out_h, out_w, kernel, stride, padding}};                 \
-        bn_grad_partial<X>(x, dy, mean, inv_std, partial, channels, inner, per_channel, chunks, chunk_len);        \
-    }                                                                                                              \
-    extern "C" __global__ void bn_backward_input_in_place_f32_from_##FORMAT##_avg_pooled(                          \
-        X* x, const float* grad_pooled, const double* mean, const double* inv_std, const float* gamma,             \
-        const double* means, long long channels, long long inner, long long total, long long width, int train,     \
-        long long planes, long long h, long long w, long long out_h, long long out_w, long long kernel,            \
-        long long stride, long long padding) {                                                                     \
-        const AvgPooledGrad dy{grad_pooled, {planes, h, w, out_h, out_w, kernel, stride, padding}};                 \
-        bn_backward_input<float, X, X>(x, dy, x, mean, inv_std, gamma, means, channels, inner, total, width,       \
-                                       train);                                                                     \
+#define BATCH_NORM_AVG_POOLED_KERNELS(X, FORMAT)                                                                     \
+    extern "C" __global__ void bn_grad_partial_f32_from_##FORMAT##_avg_pooled(                                       \
+        const X* x, const float* x_bias, const float* grad_pooled, const double* mean, const double* inv_std,        \
+        double* partial, long long channels, long long inner, long long per_channel, long long chunks,               \
+        long long chunk_len, long long planes, long long h, long long w, long long out_h, long long out_w,           \
+        long long kernel, long long stride, long long padding) {                                                     \
+        const AvgPooledGrad dy{grad_pooled, {planes, h, w, out_h, out_w, kernel, stride, padding}};                  \
+        bn_grad_partial<float, X>(x, x_bias, dy, mean, inv_std, partial, channels, inner, per_channel, chunks,       \
+                                  chunk_len);                                                                        \
+    }                                                                                                                \
+    extern "C" __global__ void bn_backward_input_in_place_f32_from_##FORMAT##_avg_pooled(                            \
+        X* x, const float* x_bias, const float* grad_pooled, const double* mean, const double* inv_std,              \
+        const float* gamma, const double* means, long long channels, long long inner, long long total,               \
+        long long width, int train, long long planes, long long h, long long w, long long out_h, long long out_w,    \
+        long long kernel, long long stride, long long padding) {                                                     \
+        const AvgPooledGrad dy{grad_pooled, {planes, h, w, out_h, out_w, kernel, stride, padding}};                  \
+        bn_backward_input<float, X, X>(x, x_bias, dy, x, mean, inv_std, gamma, means, channels, inner, total, width, \
+                                       train);                                                                       \
     }
 
 BATCH_NORM_AVG_POOLED_KERNELS(Bf16, bf16)

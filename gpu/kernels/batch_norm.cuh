@@ -25,12 +25,26 @@ struct ChannelMap {
     __device__ __forceinline__ double operator()(double x) const { return scale * (x - shift) + offset; }
 };
 
+// A BatchNorm's input value v (an element widened by half.cuh) plus channel c's entry of the
+// input's bias when there is one (`bias` not null), added in E: a biased convolution's output kept
+// as its 16-bit sums and its bias, whose f32 value bias_c + sums, the one the convolution would
+// have written, every kernel that reads such an input makes as it loads it (docs/precision.md
+// §"Convolution outputs").
+template <typename E>
+__device__ __forceinline__ double plus_bias(double v, const E* bias, long long c) {
+    return bias ? (double)((E)v + bias[c]) : v;
+}
+
 // A training BatchNorm's output as it wrote it, or would have, made as it is read (docs/neurons.md
-// §2.4.2; docs/memory.md §9.6): the map of one channel over its input x, stored as X (widened by
-// half.cuh), rounded to E as bn_normalise rounds it. A neuron's input in neuron.cu, an average
-// pool's in pool.cu.
+// §2.4.2; docs/memory.md §9.6): the map of channel c over its input x, stored as X (widened by
+// half.cuh) plus the input's bias (plus_bias), rounded to E as bn_normalise rounds it. A neuron's
+// input in neuron.cu, an average pool's in pool.cu.
 template <typename E, typename X> struct NormalisedInput {
     const X* x;
+    const E* bias;
+    long long c;
     ChannelMap map;
-    __device__ __forceinline__ E operator[](long long at) const { return (E)map(widened(x[at])); }
+    __device__ __forceinline__ E operator[](long long at) const {
+        return (E)map(plus_bias(widened(x[at]), bias, c));
+    }
 };

@@ -133,21 +133,21 @@ __device__ void backward_from_input_in_place(E* grad, const E* x, long long n, i
 }
 
 // The backward of a neuron that kept nothing, its input the output of a training BatchNorm made
-// again as it is read (NormalisedInput over that BatchNorm's input x [T B, C, inner] and
-// per-channel constants): h is charged into the thread's own memory (T <= LOCAL_STEPS) by the
+// again as it is read (NormalisedInput over that BatchNorm's input x [T B, C, inner], plus x_bias
+// when not null, and per-channel constants): h is charged into the thread's own memory (T <= LOCAL_STEPS) by the
 // forward's own loop, so the loop backwards through time reads the h the forward charged, and
 // neither the BatchNorm's output nor h is written. grad_spikes may be grad_x itself (G = E).
 // Neuron i's elements t n + i lie in channel (i / inner) % C, as n = B C inner.
 template <typename E, typename G, typename X>
-__device__ void backward_from_normalised(const G* grad_spikes, E* grad_x, const X* x, const double* mean,
-                                         const double* inv_std, const E* gamma, const E* beta, long long channels,
-                                         long long inner, long long n, int time_steps, int kind, int decay_input,
-                                         double tau, E v_threshold, int surrogate, E alpha, int smooth,
-                                         int detach_reset) {
+__device__ void backward_from_normalised(const G* grad_spikes, E* grad_x, const X* x, const E* x_bias,
+                                         const double* mean, const double* inv_std, const E* gamma, const E* beta,
+                                         long long channels, long long inner, long long n, int time_steps, int kind,
+                                         int decay_input, double tau, E v_threshold, int surrogate, E alpha,
+                                         int smooth, int detach_reset) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (time_steps > LOCAL_STEPS || i >= n) return;
     const long long c = channel_of(i, inner, channels, n <= 0xffffffffLL);
-    const NormalisedInput<E, X> input{x, ChannelMap::of(mean, inv_std, gamma, beta, c)};
+    const NormalisedInput<E, X> input{x, x_bias, c, ChannelMap::of(mean, inv_std, gamma, beta, c)};
     E h[LOCAL_STEPS];
     const LocalPotentials<E> local{h};
     charge_and_fire<E>(input, (E*)0, local, (unsigned long long*)0, n, time_steps, kind, decay_input, tau,
@@ -161,13 +161,13 @@ __device__ void backward_from_normalised(const G* grad_spikes, E* grad_x, const 
 // over that output, the fingerprint's terms summed as they are written, and the output itself
 // never written (docs/neurons.md §2.4.3). Every lane reaches the fingerprint's warp sum.
 template <typename E, typename X>
-__device__ void fire_from_normalised(E* spikes, unsigned long long* fingerprint_sum, const X* x, const double* mean,
-                                     const double* inv_std, const E* gamma, const E* beta, long long channels,
-                                     long long inner, long long n, int time_steps, int kind, int decay_input,
-                                     double tau, E v_threshold, int surrogate, E alpha, int smooth) {
+__device__ void fire_from_normalised(E* spikes, unsigned long long* fingerprint_sum, const X* x, const E* x_bias,
+                                     const double* mean, const double* inv_std, const E* gamma, const E* beta,
+                                     long long channels, long long inner, long long n, int time_steps, int kind,
+                                     int decay_input, double tau, E v_threshold, int surrogate, E alpha, int smooth) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long c = i < n ? channel_of(i, inner, channels, n <= 0xffffffffLL) : 0;
-    const NormalisedInput<E, X> input{x, ChannelMap::of(mean, inv_std, gamma, beta, c)};
+    const NormalisedInput<E, X> input{x, x_bias, c, ChannelMap::of(mean, inv_std, gamma, beta, c)};
     charge_and_fire<E>(input, spikes, StoredPotentials<E*>{(E*)0}, fingerprint_sum, n, time_steps, kind, decay_input,
                        tau, v_threshold, surrogate, alpha, smooth);
 }
@@ -254,9 +254,9 @@ NEURON_HALF_GRADIENT_KERNELS(Fp16, fp16)
 // `_from_<format>` for 16-bit dL/ds and `_input_<format>` for a 16-bit input), or over one buffer
 // that holds dL/ds and receives dL/dx (`neuron_backward_from_normalised_in_place_...`).
 #define NORMALISED_PARAMS(E, X)                                                                                        \
-    const X *x, const double *mean, const double *inv_std, const E *gamma, const E *beta, long long channels,          \
-        long long inner
-#define NORMALISED_ARGS x, mean, inv_std, gamma, beta, channels, inner
+    const X *x, const E *x_bias, const double *mean, const double *inv_std, const E *gamma, const E *beta,             \
+        long long channels, long long inner
+#define NORMALISED_ARGS x, x_bias, mean, inv_std, gamma, beta, channels, inner
 #define NEURON_NORMALISED_KERNEL(E, G, X, NAME)                                                                        \
     extern "C" __global__ void NAME(const G* grad_spikes, E* grad_x, NORMALISED_PARAMS(E, X),                          \
                                     NEURON_SHARED_PARAMS(E), int detach_reset) {                                       \

@@ -145,13 +145,14 @@ POOL_KERNELS(double, f64)
 // (Backend::conv_batch_norm_train_avg_pool; docs/memory.md §9.6): the bits of bn_normalise, then
 // avg_pool_forward. Plane p is channel p % channels.
 #define AVG_POOL_NORMALISED_KERNEL(E, X, NAME)                                                                     \
-    extern "C" __global__ void NAME(E* y, const X* x, const double* mean, const double* inv_std, const E* gamma,   \
-                                    const E* beta, long long channels, long long planes, long long h, long long w, \
-                                    long long out_h, long long out_w, long long kernel, long long stride,          \
-                                    long long padding) {                                                           \
+    extern "C" __global__ void NAME(E* y, const X* x, const E* x_bias, const double* mean, const double* inv_std, \
+                                    const E* gamma, const E* beta, long long channels, long long planes,          \
+                                    long long h, long long w, long long out_h, long long out_w, long long kernel, \
+                                    long long stride, long long padding) {                                         \
         const auto plane_at = [&](long long plane) {                                                               \
-            const ChannelMap map = ChannelMap::of(mean, inv_std, gamma, beta, plane % channels);                   \
-            return NormalisedInput<E, X>{x + plane * h * w, map};                                                  \
+            const long long c = plane % channels;                                                                  \
+            const ChannelMap map = ChannelMap::of(mean, inv_std, gamma, beta, c);                                  \
+            return NormalisedInput<E, X>{x + plane * h * w, x_bias, c, map};                                       \
         };                                                                                                         \
         avg_pool_forward<E>(plane_at, y, planes, h, w, out_h, out_w, kernel, stride, padding);                     \
     }

@@ -380,7 +380,7 @@ fn the_fused_convolution_and_batch_norm_default_to_the_two_ops() {
     for (kind, x, w, y) in cases {
         let [x, w, dy] = [x, w, y].map(&mut random);
         let fused = cpu
-            .conv_batch_norm_train_forward(x.clone(), &w, kind, norm)
+            .conv_batch_norm_train_forward(x.clone(), &w, None, kind, norm)
             .unwrap();
         let (conv_y, conv) = cpu.conv_forward(&x, &w, None, kind).unwrap();
         let (y, batch, context) = cpu

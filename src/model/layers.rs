@@ -360,10 +360,10 @@ impl<B: Backend> Layer<B> for Conv {
 }
 
 /// A convolution followed by a BatchNorm, over the time-flattened `[T B, C, ...]` (the
-/// `SeqToANNContainer(conv, BN)` of every model). In training with local statistics, a bias-free
-/// convolution and its BatchNorm run as one op, [`Backend::conv_batch_norm_train_forward`], which
-/// a backend may fuse (docs/precision.md §"Convolution outputs"); otherwise the two layers run in
-/// turn. The backward of a convolution and a local BatchNorm is one op too, bias or not,
+/// `SeqToANNContainer(conv, BN)` of every model). In training with local statistics, the
+/// convolution (bias or not) and its BatchNorm run as one op,
+/// [`Backend::conv_batch_norm_train_forward`], which a backend may fuse (docs/precision.md
+/// §"Convolution outputs"); otherwise the two layers run in turn. The backward of a convolution and a local BatchNorm is one op too, bias or not,
 /// [`Backend::conv_batch_norm_backward`]; with synchronised statistics it is the two layers'. A
 /// neuron after it, in training with local statistics, fires within one op too, bias or not
 /// ([`ConvBn::forward_then_fire`]).
@@ -374,16 +374,10 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    /// Whether this forward runs as the one op: [`ConvBn::fires_fused`] and a bias-free
-    /// convolution (what the op fuses is the 16-bit sums, which a bias widens).
+    /// Whether this forward runs as the one op, and a neuron after this layer fires within it,
+    /// over the BatchNorm's output as it is made: training with the batch's own statistics
+    /// (synchronised ones need the convolution's output: [`sync_batch_norm`]).
     fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
-        self.fires_fused(session) && self.conv.bias.is_none()
-    }
-
-    /// Whether a neuron after this layer fires within the one op, over the BatchNorm's output as
-    /// it is made: training with the batch's own statistics (synchronised ones need the
-    /// convolution's output: [`sync_batch_norm`]).
-    fn fires_fused<B: Backend>(&self, session: &Session<B>) -> bool {
         session.mode == Mode::Train && session.sync_batch_norm.is_none()
     }
 
@@ -394,12 +388,12 @@ impl ConvBn {
         x: B::Tensor,
         onto: Option<Onto<B::Tensor>>,
     ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)> {
-        let (weight, norm) = self.parameters(session.store, session.batch_norm);
+        let (weight, bias, norm) = self.parameters(session.store, session.batch_norm);
         let (backend, kind) = (session.backend, self.conv.kind);
         let output = match onto {
-            None => backend.conv_batch_norm_train_forward(x, weight, kind, norm)?,
+            None => backend.conv_batch_norm_train_forward(x, weight, bias, kind, norm)?,
             Some(onto) => {
-                backend.conv_batch_norm_train_forward_onto(x, weight, kind, norm, onto)?
+                backend.conv_batch_norm_train_forward_onto(x, weight, bias, kind, norm, onto)?
             }
         };
         self.finish_fused(session, output)
@@ -416,7 +410,7 @@ impl ConvBn {
         neuron: &Neuron,
         time_steps: usize,
     ) -> Result<Fired<B, <Self as Layer<B>>::Saved>> {
-        if self.fires_fused(session) {
+        if self.runs_fused(session) {
             let (spikes, saved) = self.forward_firing(session, x, neuron, time_steps)?;
             return Ok((spikes, saved, None));
         }
@@ -436,8 +430,7 @@ impl ConvBn {
         neuron: &Neuron,
         time_steps: usize,
     ) -> Result<(B::Tensor, <Self as Layer<B>>::Saved)> {
-        let (weight, norm) = self.parameters(session.store, session.batch_norm);
-        let bias = self.conv.bias.map(|id| session.store.get(id));
+        let (weight, bias, norm) = self.parameters(session.store, session.batch_norm);
         let fire = NeuronFire {
             config: &neuron.config,
             time_steps,
@@ -449,20 +442,25 @@ impl ConvBn {
         self.finish_fused(session, output)
     }
 
-    /// The convolution's weight and the BatchNorm's affine parameters in `store`, with the
-    /// BatchNorm settings `params`.
+    /// The convolution's weight and bias (if any) and the BatchNorm's affine parameters in
+    /// `store`, with the BatchNorm settings `params`.
     fn parameters<'s, B: Backend>(
         &self,
         store: &'s ParamStore<B>,
         params: BatchNormParams,
-    ) -> (&'s B::Tensor, BatchNormAffine<'s, B::Tensor>) {
+    ) -> (
+        &'s B::Tensor,
+        Option<&'s B::Tensor>,
+        BatchNormAffine<'s, B::Tensor>,
+    ) {
         let ids = self.norm.ids;
         let norm = BatchNormAffine {
             gamma: store.get(ids.gamma),
             beta: store.get(ids.beta),
             params,
         };
-        (store.get(self.conv.weight), norm)
+        let bias = self.conv.bias.map(|id| store.get(id));
+        (store.get(self.conv.weight), bias, norm)
     }
 
     /// Records the one op's batch statistics; its output and the two contexts.
@@ -806,8 +804,8 @@ impl<B: Backend> Layer<B> for AvgPool {
 }
 
 /// A [`ConvBn`] and the [`AvgPool`] after it (RevSResNet24's event stem, docs/architectures.md
-/// §4.3). Where the [`ConvBn`] runs as one op (training, the batch's own statistics, no bias),
-/// so do the three: forward [`Backend::conv_batch_norm_train_avg_pool`], backward
+/// §4.3). Where the [`ConvBn`] runs as one op (training, the batch's own statistics) and has no
+/// bias, so do the three: forward [`Backend::conv_batch_norm_train_avg_pool`], backward
 /// [`Backend::avg_pool_conv_batch_norm_backward`], which a backend may run without a tensor for
 /// the BatchNorm's output or the pool's `dx` (docs/memory.md §9.6); elsewhere the layers in
 /// turn.
@@ -839,13 +837,13 @@ impl<B: Backend> Layer<B> for ConvBnAvgPool {
     type Saved = (<ConvBn as Layer<B>>::Saved, <AvgPool as Layer<B>>::Saved);
 
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        if !self.conv_bn.runs_fused(session) {
+        if !self.conv_bn.runs_fused(session) || self.conv_bn.conv.bias.is_some() {
             let (y, conv_bn) = self.conv_bn.forward(session, x)?;
             let (pooled, input_shape) = self.pool.forward(session, y)?;
             return Ok((pooled, (conv_bn, input_shape)));
         }
         let input_shape = self.pool_input_shape(session, &x)?;
-        let (weight, norm) = self.conv_bn.parameters(session.store, session.batch_norm);
+        let (weight, _, norm) = self.conv_bn.parameters(session.store, session.batch_norm);
         let (backend, kind, pool) = (session.backend, self.conv_bn.conv.kind, self.pool.params);
         let output = backend.conv_batch_norm_train_avg_pool(x, weight, kind, norm, pool)?;
         let (pooled, conv_bn) = self.conv_bn.finish_fused(session, output)?;

@@ -26,7 +26,7 @@ use revsnn_reference::{
 };
 
 use super::precision::{HalfFormat, require_f32};
-use super::saved_input::{InputOperand, SavedInput};
+use super::saved_input::{InputOperand, SavedInput, bias_pointer};
 use super::{GpuElement, elementwise_launch, pool, tensor};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -82,10 +82,11 @@ impl<'a, E: GpuElement> NormalisedMap<'a, E> {
         Ok((input, suffix))
     }
 
-    /// Pushes the kernel's `x, mean, inv_std, gamma, beta, channels`, `x` being `input`.
+    /// Pushes the kernel's `x, x_bias, mean, inv_std, gamma, beta, channels`, `x` and `x_bias`
+    /// being `input`'s.
     pub(crate) fn push_map<'b>(&'b self, input: &'b InputOperand<'_>, launch: &mut LaunchArgs<'b>) {
+        input.push(launch);
         launch
-            .arg(&input.pointer)
             .arg(self.norm.mean.slice())
             .arg(self.norm.inv_std.slice())
             .arg(self.norm.gamma.slice())
@@ -93,8 +94,8 @@ impl<'a, E: GpuElement> NormalisedMap<'a, E> {
             .arg(&self.channels);
     }
 
-    /// Pushes the neuron kernels' `x, mean, inv_std, gamma, beta, channels, inner`, `x` being
-    /// `input`.
+    /// Pushes the neuron kernels' `x, x_bias, mean, inv_std, gamma, beta, channels, inner`, `x`
+    /// and `x_bias` being `input`'s.
     pub(crate) fn push<'b>(&'b self, input: &'b InputOperand<'_>, launch: &mut LaunchArgs<'b>) {
         self.push_map(input, launch);
         launch.arg(&self.inner);
@@ -312,8 +313,8 @@ fn launch_normalise<E: GpuElement>(
     let [channels, inner, total, width] = layout.elementwise_args();
     let subtract = i32::from(combine == Some(Combine::Sub));
     let mut launch = device.stream().launch_builder(&function);
+    input.push(&mut launch);
     launch
-        .arg(&input.pointer)
         .arg(y.slice_mut())
         .arg(map.mean.slice())
         .arg(map.inv_std.slice())
@@ -326,10 +327,10 @@ fn launch_normalise<E: GpuElement>(
     if combine.is_some() {
         launch.arg(&subtract);
     }
-    // SAFETY: matches `bn_normalise_<E>(x, y, mean, inv_std, gamma, beta, channels, inner,
-    // total, width)`, or with `combine` `bn_normalise_onto_<E>(..., width, subtract)` (or their
-    // `_f32_from_<format>` twins, whose x is 16-bit); x and y hold `total` elements, the four
-    // vectors `channels` (checked by callers); `width` divides `inner`, hence `total`; `y` is
+    // SAFETY: matches `bn_normalise_<E>(x, x_bias, y, mean, inv_std, gamma, beta, channels,
+    // inner, total, width)`, or with `combine` `bn_normalise_onto_<E>(..., width, subtract)` (or
+    // their `_f32_from_<format>` twins, whose x is 16-bit); x and y hold `total` elements, the
+    // four vectors and a non-null x_bias `channels` (checked by callers and `SavedInput`); `width` divides `inner`, hence `total`; `y` is
     // not `x`'s buffer (it had no other owner).
     unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
         .map_err(GpuError::driver("launching bn_normalise"))?;
@@ -380,17 +381,17 @@ fn moments<E: GpuElement>(
     let input = x.operand(device, "batch_norm")?;
     let function = input_kernel(device, &input, "bn_moments_partial")?;
     let mut launch = stream.launch_builder(&function);
+    input.push(&mut launch);
     launch
-        .arg(&input.pointer)
         .arg(partial.slice_mut())
         .arg(&c)
         .arg(&inner)
         .arg(&n)
         .arg(&chunks)
         .arg(&chunk_len);
-    // SAFETY: matches `bn_moments_partial_<E>(x, partial, channels, inner, per_channel, chunks,
-    // chunk_len)` (or its 16-bit twin, as in `normalise`); x holds `N C inner` elements, partial
-    // 3 C chunks; n >= 2.
+    // SAFETY: matches `bn_moments_partial_<E>(x, x_bias, partial, channels, inner, per_channel,
+    // chunks, chunk_len)` (or its 16-bit twin, as in `normalise`); x holds `N C inner` elements,
+    // a non-null x_bias C, partial 3 C chunks; n >= 2.
     unsafe { launch.launch(reduce_launch(blocks)) }
         .map_err(GpuError::driver("launching bn_moments_partial"))?;
 
@@ -689,7 +690,7 @@ pub(crate) fn backward_stored_over_input<E: GpuElement>(
         gamma,
         mode,
     } = context;
-    let mut grad_x = input.into_half_alone(OP, format)?;
+    let (mut grad_x, bias) = input.into_half_alone(OP, format)?;
     let name = format!("bn_backward_input_in_place_f32_from_{}", format.name());
     let function = device.function(&BATCH_NORM, &grad_kernel_name(name, &pool))?;
     let map = GradientMap {
@@ -699,9 +700,16 @@ pub(crate) fn backward_stored_over_input<E: GpuElement>(
         mode,
     };
     let (x, write) = grad_x.slice_mut().device_ptr_mut(device.stream());
-    let operands = (x, grad, None, pool);
+    let (x_bias, bias_read) = bias_pointer(device, bias.as_ref());
+    let operands = InputGradOperands {
+        x,
+        x_bias,
+        grad_y: grad,
+        grad_x: None,
+        pool,
+    };
     launch_input_gradient(device, &function, operands, &map, &sums, &layout)?;
-    drop(write);
+    drop((write, bias_read));
     sums.into_parts(grad_x, layout.channels)
 }
 
@@ -733,21 +741,30 @@ fn backward_parts<E: GpuElement, D: DeviceRepr + ValidAsZeroBits>(
         Some(format) => input_kernel_to(device, &input, "bn_backward_input", format)?,
     };
     let (target, write) = grad_x.slice_mut().device_ptr_mut(device.stream());
-    let operands = (input.pointer, grad_y, Some(target), None);
+    let operands = InputGradOperands {
+        x: input.pointer,
+        x_bias: input.bias,
+        grad_y,
+        grad_x: Some(target),
+        pool: None,
+    };
     let map = GradientMap::of(context);
     launch_input_gradient(device, &function, operands, &map, &sums, &layout)?;
     drop(write);
     sums.into_parts(grad_x, layout.channels)
 }
 
-/// The input-gradient pass's operands: `x`, `grad_y`, `grad_x` (none for a pass in place) and
-/// the pool's kernel arguments for a pooled `grad_y`.
-type InputGradOperands<'a, E> = (
-    CUdeviceptr,
-    &'a CudaTensor<E>,
-    Option<CUdeviceptr>,
-    Option<[i64; 8]>,
-);
+/// The input-gradient pass's operands.
+struct InputGradOperands<'a, E> {
+    x: CUdeviceptr,
+    /// The bias a biased input's kernel adds to each element of `x`, else null.
+    x_bias: CUdeviceptr,
+    grad_y: &'a CudaTensor<E>,
+    /// None for a pass in place.
+    grad_x: Option<CUdeviceptr>,
+    /// The pool's kernel arguments for a pooled `grad_y`.
+    pool: Option<[i64; 8]>,
+}
 
 /// What the input-gradient pass reads of a context besides its input.
 struct GradientMap<'a, E> {
@@ -790,15 +807,22 @@ fn checked_layout<E: GpuElement>(
 fn launch_input_gradient<E: GpuElement>(
     device: &GpuDevice,
     function: &CudaFunction,
-    (x, grad_y, grad_x, pool): InputGradOperands<'_, E>,
+    operands: InputGradOperands<'_, E>,
     map: &GradientMap<'_, E>,
     sums: &GradientSums<E>,
     layout: &Layout,
 ) -> Result<(), GpuError> {
     let [c, inner, total, width] = layout.elementwise_args();
     let train = (map.mode == BatchNormMode::Train) as i32;
+    let InputGradOperands {
+        x,
+        x_bias,
+        grad_y,
+        grad_x,
+        pool,
+    } = operands;
     let mut launch = device.stream().launch_builder(function);
-    launch.arg(&x).arg(grad_y.slice());
+    launch.arg(&x).arg(&x_bias).arg(grad_y.slice());
     if let Some(grad_x) = &grad_x {
         launch.arg(grad_x);
     }
@@ -815,14 +839,14 @@ fn launch_input_gradient<E: GpuElement>(
     for value in pool.iter().flatten() {
         launch.arg(value);
     }
-    // SAFETY: matches `bn_backward_input_<E>(x, grad_y, grad_x, mean, inv_std, gamma, means,
-    // channels, inner, total, width, train)`, a twin whose x is 16-bit (`_f32_from_<format>`)
+    // SAFETY: matches `bn_backward_input_<E>(x, x_bias, grad_y, grad_x, mean, inv_std, gamma,
+    // means, channels, inner, total, width, train)`, a twin whose x is 16-bit (`_f32_from_<format>`)
     // and whose grad_x is 16-bit patterns (`_to_<format>`), or a twin with no grad_x that
     // writes over its 16-bit x (`bn_backward_input_in_place_f32_from_<format>`), which with
     // `_avg_pooled` reads grad_y as an average pool's output gradient and takes the pool's
     // `planes, h, w, out_h, out_w, kernel, stride, padding` last; x and grad_x hold `N C inner`
     // elements, grad_y as many or the pool's `planes out_h out_w` (checked by `operand`), mean,
-    // inv_std and gamma C, means 2 C; `width` divides `total`.
+    // inv_std, gamma and a non-null x_bias C, means 2 C; `width` divides `total`.
     unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
         .map_err(GpuError::driver("launching bn_backward_input"))?;
     Ok(())
@@ -873,8 +897,8 @@ fn gradient_sums<E: GpuElement>(
     let name = format!("bn_grad_partial_{}", input_suffix(input));
     let function = device.function(&BATCH_NORM, &grad_kernel_name(name, &pool))?;
     let mut launch = stream.launch_builder(&function);
+    input.push(&mut launch);
     launch
-        .arg(&input.pointer)
         .arg(grad_y.slice())
         .arg(context.mean.slice())
         .arg(context.inv_std.slice())
@@ -887,12 +911,12 @@ fn gradient_sums<E: GpuElement>(
     for value in pool.iter().flatten() {
         launch.arg(value);
     }
-    // SAFETY: matches `bn_grad_partial_<E>(x, grad_y, mean, inv_std, partial, channels, inner,
-    // per_channel, chunks, chunk_len)` (or its `_f32_from_<format>` twin, whose x is 16-bit,
+    // SAFETY: matches `bn_grad_partial_<E>(x, x_bias, grad_y, mean, inv_std, partial, channels,
+    // inner, per_channel, chunks, chunk_len)` (or its `_f32_from_<format>` twin, whose x is 16-bit,
     // which with `_avg_pooled` reads grad_y as an average pool's output gradient and takes the
     // pool's `planes, h, w, out_h, out_w, kernel, stride, padding` last); x holds `N C inner`
-    // elements, grad_y as many or the pool's `planes out_h out_w`, mean and inv_std C, partial
-    // 2 C chunks; n >= 1.
+    // elements, grad_y as many or the pool's `planes out_h out_w`, mean, inv_std and a non-null
+    // x_bias C, partial 2 C chunks; n >= 1.
     unsafe { launch.launch(reduce_launch(blocks)) }
         .map_err(GpuError::driver("launching bn_grad_partial"))?;
 

@@ -1,17 +1,16 @@
 //! A convolution and the training BatchNorm after it as one op, forward and backward
 //! (`Backend::conv_batch_norm_train_forward`, `conv_batch_norm_train_fire` and
 //! `conv_batch_norm_backward`; docs/precision.md §"Convolution outputs"). Under `bf16` and `fp16`
-//! the forward's BatchNorm reads and keeps a bias-free convolution's 16-bit sums, so the
-//! convolution's `f32` output is never written: one pass over the output and its buffer fewer,
-//! and half the bytes for the BatchNorm's two reads. The backward's BatchNorm writes its `dx` as
-//! the 16-bit `dy` the convolution's backward reads (and a bias's gradient sums), so no `f32`
-//! `dx` is written and none is converted. Every output, context and gradient holds the bits of
-//! [`conv::forward`] and [`batch_norm::train_forward`] in turn and of their backwards, which is
-//! what runs under `f32` and `f64` (the backward through the contract's
-//! `conv_batch_norm_backward_in_turn`). The forward whose neuron fires over the BatchNorm's
-//! output ([`train_fire`]) and the backward take a convolution with a bias too; the plain
-//! forward is bias-free (a bias is added to the widened sums, so the sums alone would not hold
-//! the output).
+//! the forward's BatchNorm reads and keeps the convolution's 16-bit sums, and its bias when it
+//! has one, which its kernels add as they load each sum ([`SavedInput::BiasedHalf`]), so the
+//! convolution's `f32` output is never written: one pass over the output (two with a bias: the
+//! bias fill, then the widened sums added) and its buffer fewer, and half the bytes for the
+//! BatchNorm's reads. The backward's BatchNorm writes its `dx` as the 16-bit `dy` the
+//! convolution's backward reads (and a bias's gradient sums), so no `f32` `dx` is written and none
+//! is converted. Every output, context and gradient holds the bits of [`conv::forward`] and
+//! [`batch_norm::train_forward`] in turn and of their backwards, which is what runs under `f32`
+//! and `f64` (the backward through the contract's `conv_batch_norm_backward_in_turn`). The
+//! average pool's forward ([`train_avg_pool`]) takes a bias-free convolution.
 
 use revsnn_reference::contract::shapes::Conv1dAs2d;
 use revsnn_reference::{
@@ -34,8 +33,9 @@ use crate::tensor::CudaTensor;
 pub type ConvBatchNormOutput<E> =
     ConvBatchNormTrainOutput<CudaTensor<E>, Conv2dContext<E>, BatchNormContext<E>>;
 
-/// `batch_norm_train_forward(conv(x, weight))` for a bias-free convolution of `kind`
-/// (a 1-D one runs as the 1x1 2-D convolution of `Backend::conv1d_forward`), with both contexts;
+/// `batch_norm_train_forward(conv(x, weight) (+ bias))` for a convolution of `kind`, with its
+/// `bias` when it has one (a 1-D one runs as the 1x1 2-D convolution of
+/// `Backend::conv1d_forward`), with both contexts;
 /// `x` is dropped before the BatchNorm allocates, spikes as soon as their bits exist (the
 /// convolution's context keeps what it needs of it). With `onto`, the output lands on its
 /// residual, over the residual's buffer when nothing else holds it
@@ -44,11 +44,12 @@ pub fn train_forward<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
     weight: &CudaTensor<E>,
+    bias: Option<&CudaTensor<E>>,
     kind: ConvKind,
     norm: BatchNormAffine<'_, CudaTensor<E>>,
     onto: Option<Onto<CudaTensor<E>>>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
-    let (output, conv) = convolved(device, x, weight, None, kind)?;
+    let (output, conv) = convolved(device, x, weight, bias, kind)?;
     let (y, batch, norm_context) =
         batch_norm::train_forward_over(device, output, norm.gamma, norm.beta, norm.params, onto)?;
     Ok(ConvBatchNormTrainOutput {

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg, SyncOnDrop};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchArgs, PushKernelArg, SyncOnDrop};
+use revsnn_reference::contract::shapes::BatchNormShape;
 
+use super::linear::fill_bias;
 use super::precision::{self, HalfBits, HalfFormat, require_f32};
 use super::{GpuElement, elementwise_launch, launch_conversion, shape_error};
 use crate::device::GpuDevice;
@@ -24,6 +26,15 @@ pub enum SavedInput<E> {
     /// Kept instead of the input, whose memory the caller can then free, and not converted again.
     Half {
         bits: Arc<HalfBits>,
+        shape: Vec<usize>,
+    },
+    /// A biased 16-bit convolution's output `y = bias[c] + sums` (one `f32` addition, `c` the
+    /// channel, axis 1 of `shape`), kept as its 16-bit sums and its bias: the kernels that read
+    /// it add the bias as they load each element (`plus_bias` in gpu/kernels/batch_norm.cuh),
+    /// so the `f32` output is never written (docs/precision.md §"Convolution outputs").
+    BiasedHalf {
+        sums: Arc<HalfBits>,
+        bias: CudaTensor<E>,
         shape: Vec<usize>,
     },
     /// A spike input ([`CudaTensor::is_spikes`]) one bit per element: element `i` is bit
@@ -64,11 +75,14 @@ impl<E: GpuElement> SavedInput<E> {
     pub fn shape(&self) -> &[usize] {
         match self {
             SavedInput::Full(x) => x.shape(),
-            SavedInput::Half { shape, .. } | SavedInput::Spikes { shape, .. } => shape,
+            SavedInput::Half { shape, .. }
+            | SavedInput::BiasedHalf { shape, .. }
+            | SavedInput::Spikes { shape, .. } => shape,
         }
     }
 
-    /// The same input under another shape of as many elements (no copy).
+    /// The same input under another shape of as many elements (no copy); a biased input's shape
+    /// keeps its channel axis (axis 1), which its bias is indexed by.
     pub(crate) fn reshaped(self, shape: &[usize]) -> Result<SavedInput<E>, GpuError> {
         Ok(match self {
             SavedInput::Full(x) => SavedInput::Full(x.reshaped(shape)?),
@@ -76,6 +90,25 @@ impl<E: GpuElement> SavedInput<E> {
                 check_len("reshape", shape, bits.bits.len())?;
                 SavedInput::Half {
                     bits,
+                    shape: shape.to_vec(),
+                }
+            }
+            SavedInput::BiasedHalf {
+                sums,
+                bias,
+                shape: old,
+            } => {
+                check_len("reshape", shape, sums.bits.len())?;
+                if shape.get(1) != old.get(1) {
+                    let detail = format!(
+                        "internal error: a biased input of shape {old:?} reshaped to {shape:?}, \
+                         which moves its channel axis"
+                    );
+                    return Err(shape_error("reshape", detail));
+                }
+                SavedInput::BiasedHalf {
+                    sums,
+                    bias,
                     shape: shape.to_vec(),
                 }
             }
@@ -89,12 +122,12 @@ impl<E: GpuElement> SavedInput<E> {
         })
     }
 
-    /// Whether this is the input's 16-bit patterns in `format` and nothing else holds them (no
-    /// tensor or context shares them), so a kernel may write over them
-    /// ([`SavedInput::into_half_alone`]).
+    /// Whether this is the input's 16-bit patterns (or a biased input's 16-bit sums) in `format`
+    /// and nothing else holds them (no tensor or context shares them), so a kernel may write over
+    /// them ([`SavedInput::into_half_alone`]).
     pub(crate) fn holds_half_alone(&self, format: HalfFormat) -> bool {
         match self {
-            SavedInput::Half { bits, .. } => {
+            SavedInput::Half { bits, .. } | SavedInput::BiasedHalf { sums: bits, .. } => {
                 bits.format == format && Arc::strong_count(bits) == 1 && Arc::weak_count(bits) == 0
             }
             _ => false,
@@ -102,50 +135,62 @@ impl<E: GpuElement> SavedInput<E> {
     }
 
     /// The 16-bit patterns of an input for which [`SavedInput::holds_half_alone`] holds, given up
-    /// to be written over by `op`; an internal error for any other.
+    /// to be written over by `op`, with the bias a biased input's kernels add as they read them;
+    /// an internal error for any other.
     pub(crate) fn into_half_alone(
         self,
         op: &'static str,
         format: HalfFormat,
-    ) -> Result<DeviceBuffer<u16>, GpuError> {
+    ) -> Result<(DeviceBuffer<u16>, Option<CudaTensor<E>>), GpuError> {
         let shared = || {
             let detail =
                 "internal error: the input to write over is not 16-bit patterns held alone";
             shape_error(op, detail)
         };
-        match self {
-            SavedInput::Half { bits, .. } if bits.format == format => Arc::try_unwrap(bits)
-                .map(|half| half.bits)
-                .map_err(|_| shared()),
-            _ => Err(shared()),
+        let (bits, bias) = match self {
+            SavedInput::Half { bits, .. } => (bits, None),
+            SavedInput::BiasedHalf { sums, bias, .. } => (sums, Some(bias)),
+            _ => return Err(shared()),
+        };
+        if bits.format != format {
+            return Err(shared());
         }
+        let bits = Arc::try_unwrap(bits).map_err(|_| shared())?.bits;
+        Ok((bits, bias))
     }
 
     /// The input as kernels read it in place: `x` itself, or its 16-bit patterns, which the
-    /// kernel widens as it loads each element (the same values, half the bytes, no `f32` copy).
-    /// Errors for spike bits, which `op` (the caller, named in the message) does not read.
+    /// kernel widens as it loads each element (the same values, half the bytes, no `f32` copy),
+    /// adding a biased input's bias. Errors for spike bits, which `op` (the caller, named in the
+    /// message) does not read.
     pub(crate) fn operand<'a>(
         &'a self,
         device: &'a GpuDevice,
         op: &'static str,
     ) -> Result<InputOperand<'a>, GpuError> {
+        let stream = device.stream();
         let (format, (pointer, read)) = match self {
-            SavedInput::Full(x) => (None, x.slice().device_ptr(device.stream())),
-            SavedInput::Half { bits, .. } => {
+            SavedInput::Full(x) => (None, x.slice().device_ptr(stream)),
+            SavedInput::Half { bits, .. } | SavedInput::BiasedHalf { sums: bits, .. } => {
                 require_f32::<E>(bits.format)?;
-                let pointer = bits.bits.slice().device_ptr(device.stream());
-                (Some(bits.format), pointer)
+                (Some(bits.format), bits.bits.slice().device_ptr(stream))
             }
             SavedInput::Spikes { .. } => {
                 let detail = format!("internal error: {op} reads no spike bits");
                 return Err(shape_error(op, detail));
             }
         };
+        let bias = match self {
+            SavedInput::BiasedHalf { bias, .. } => Some(bias),
+            _ => None,
+        };
+        let (bias, bias_read) = bias_pointer(device, bias);
         Ok(InputOperand {
             element: E::SUFFIX,
             format,
             pointer,
-            _read: read,
+            bias,
+            _read: (read, bias_read),
         })
     }
 
@@ -155,6 +200,14 @@ impl<E: GpuElement> SavedInput<E> {
             SavedInput::Full(x) => Ok(x.clone()),
             SavedInput::Half { bits, shape } => {
                 precision::widened_tensor(device, bits.format, &bits.bits, shape)
+            }
+            SavedInput::BiasedHalf { sums, bias, shape } => {
+                let split = BatchNormShape::new("a biased convolution's output", shape)?;
+                // SAFETY: the bias fill writes every element.
+                let mut y = unsafe { device.alloc::<E>(sums.bits.len()) }?;
+                fill_bias(device, bias, &mut y, split.channels, split.inner)?;
+                precision::widen_into(device, sums.format, &sums.bits, &mut y, true)?;
+                CudaTensor::new(y, shape)
             }
             SavedInput::Spikes { bits, shape } => {
                 let name = format!("from_spike_bits_{}", E::SUFFIX);
@@ -195,8 +248,36 @@ pub(crate) struct InputOperand<'a> {
     pub(crate) format: Option<HalfFormat>,
     /// The first element.
     pub(crate) pointer: CUdeviceptr,
-    /// Orders the launches after the input's writes (cudarc's stream tracking).
-    _read: SyncOnDrop<'a>,
+    /// The bias the kernel adds to each element of a [`SavedInput::BiasedHalf`], else null
+    /// ([`NO_BIAS`]): the `x_bias` after `x` of every kernel that reads an input this way.
+    pub(crate) bias: CUdeviceptr,
+    /// Orders the launches after the input's (and its bias's) writes (cudarc's stream tracking).
+    _read: (SyncOnDrop<'a>, Option<SyncOnDrop<'a>>),
+}
+
+/// The null `x_bias` of an input without a bias.
+const NO_BIAS: CUdeviceptr = 0;
+
+/// The `x_bias` of a kernel that reads an input plus `bias`, or null ([`NO_BIAS`]) without one,
+/// with the guard that orders the launch after the bias's writes.
+pub(crate) fn bias_pointer<'a, E: GpuElement>(
+    device: &'a GpuDevice,
+    bias: Option<&'a CudaTensor<E>>,
+) -> (CUdeviceptr, Option<SyncOnDrop<'a>>) {
+    match bias {
+        Some(bias) => {
+            let (pointer, read) = bias.slice().device_ptr(device.stream());
+            (pointer, Some(read))
+        }
+        None => (NO_BIAS, None),
+    }
+}
+
+impl<'b> InputOperand<'_> {
+    /// Pushes the kernel's `x, x_bias`.
+    pub(crate) fn push(&'b self, launch: &mut LaunchArgs<'b>) {
+        launch.arg(&self.pointer).arg(&self.bias);
+    }
 }
 
 /// 16-bit patterns a backward reads: kept by a context, or made for the call.

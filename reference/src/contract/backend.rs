@@ -327,7 +327,7 @@ pub fn conv_batch_norm_train_avg_pool_in_turn<B: Backend>(
         batch,
         conv,
         norm,
-    } = backend.conv_batch_norm_train_forward(x, weight, kind, norm)?;
+    } = backend.conv_batch_norm_train_forward(x, weight, None, kind, norm)?;
     let pooled = backend.avg_pool2d_forward(&y, pool)?;
     drop(y);
     Ok(ConvBatchNormTrainOutput {
@@ -770,28 +770,30 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         }
     }
 
-    /// Training-mode BatchNorm over a bias-free convolution's output,
-    /// `batch_norm_train_forward(conv(x, weight))`, with the contexts of both, whose backwards are
-    /// [`Backend::batch_norm_backward`] and [`Backend::conv_backward`]. The default runs the two
-    /// ops. A backend may fuse them so that the convolution's output never exists in the element
-    /// type: CUDA under a 16-bit precision hands the convolution's 16-bit sums to the BatchNorm,
-    /// which reads and keeps them (docs/precision.md §"Convolution outputs"). Either way every
-    /// output and context holds the bits of the two ops. It takes `x` by value, so that the
-    /// convolution's input can be freed before the BatchNorm allocates, as it is when the two
-    /// layers run in turn.
+    /// Training-mode BatchNorm over a convolution's output, with its `bias` when it has one,
+    /// `batch_norm_train_forward(conv(x, weight) (+ bias))`, with the contexts of both, whose
+    /// backwards are [`Backend::batch_norm_backward`] and [`Backend::conv_backward`]. The default
+    /// runs the two ops ([`conv_batch_norm_train_forward_in_turn`]). A backend may fuse them so
+    /// that the convolution's output never exists in the element type: CUDA under a 16-bit
+    /// precision hands the convolution's 16-bit sums (and its bias) to the BatchNorm, which reads
+    /// and keeps them (docs/precision.md §"Convolution outputs"). Either way every output and
+    /// context holds the bits of the two ops. It takes `x` by value, so that the convolution's
+    /// input can be freed before the BatchNorm allocates, as it is when the two layers run in
+    /// turn.
     fn conv_batch_norm_train_forward(
         &self,
         x: Self::Tensor,
         weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
         kind: ConvKind,
         norm: BatchNormAffine<'_, Self::Tensor>,
     ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
     {
-        conv_batch_norm_train_forward_in_turn(self, x, weight, None, kind, norm)
+        conv_batch_norm_train_forward_in_turn(self, x, weight, bias, kind, norm)
     }
 
     /// [`Backend::conv_batch_norm_train_forward`] landing on `onto`: its `y` is
-    /// `residual ± batch_norm_train_forward(conv(x, weight))`, the bits of the op then
+    /// `residual ± batch_norm_train_forward(conv(x, weight) (+ bias))`, the bits of the op then
     /// [`Onto::land`], with the same statistics and contexts. The default runs exactly that. A
     /// backend may write the BatchNorm's output over the residual when nothing else holds it
     /// (CUDA), so that no tensor the size of `y` is allocated (docs/reversible.md §3.3). Errors as
@@ -800,12 +802,13 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         &self,
         x: Self::Tensor,
         weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
         kind: ConvKind,
         norm: BatchNormAffine<'_, Self::Tensor>,
         onto: Onto<Self::Tensor>,
     ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
     {
-        let mut output = self.conv_batch_norm_train_forward(x, weight, kind, norm)?;
+        let mut output = self.conv_batch_norm_train_forward(x, weight, bias, kind, norm)?;
         output.y = onto.land(self, output.y)?;
         Ok(output)
     }

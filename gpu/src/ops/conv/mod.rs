@@ -468,9 +468,10 @@ pub fn forward<E: GpuElement>(
 }
 
 /// [`forward`]'s output as the BatchNorm after it keeps it ([`SavedInput::exact`]), with the
-/// context: without a bias under a 16-bit precision, the stored sums alone, never widened into
-/// the element type (docs/precision.md §"Convolution outputs"); else the output itself. `x` is
-/// handed over, so that spikes can be freed once their bits exist.
+/// context: under a 16-bit precision the stored sums alone, never widened into the element type
+/// (docs/precision.md §"Convolution outputs"), with the bias beside them when there is one
+/// ([`SavedInput::BiasedHalf`]: the kernels that read the output add it as they load each sum);
+/// else the output itself. `x` is handed over, so that spikes can be freed once their bits exist.
 pub(crate) fn forward_kept<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
@@ -478,20 +479,29 @@ pub(crate) fn forward_kept<E: GpuElement>(
     bias: Option<&CudaTensor<E>>,
     params: Conv2dParams,
 ) -> Result<(SavedInput<E>, Conv2dContext<E>), GpuError> {
-    let (Some(format), None) = (device.half_format(), bias) else {
+    let Some(format) = device.half_format() else {
         let (y, context) = forward(device, &x, weight, bias, params)?;
         return Ok((SavedInput::exact(&y), context));
     };
     let g = Geometry::new(x.shape(), weight.shape(), params)?;
+    if let Some(b) = bias {
+        g.check_bias(b.shape())?;
+    }
     let (sums, input) = half_forward(device, &g, format, x, weight)?;
-    let output = SavedInput::Half {
-        bits: Arc::new(HalfBits { bits: sums, format }),
-        shape: g.output_shape().to_vec(),
+    let sums = Arc::new(HalfBits { bits: sums, format });
+    let shape = g.output_shape().to_vec();
+    let output = match bias {
+        None => SavedInput::Half { bits: sums, shape },
+        Some(bias) => SavedInput::BiasedHalf {
+            sums,
+            bias: bias.clone(),
+            shape,
+        },
     };
     let context = Conv2dContext {
         input,
         weight: weight.clone(),
-        has_bias: false,
+        has_bias: bias.is_some(),
         params,
     };
     Ok((output, context))
