@@ -652,7 +652,8 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
 /// hold the peak. The backward's peak is lower by at least the bytes an f32 `dx` of the
 /// BatchNorm holds beyond its 16-bit patterns (with a bias, and those the f32 output the two ops'
 /// BatchNorm keeps holds beyond its sums) or, where widening `dx` holds the peak, the input's
-/// 16-bit copy, freed before; never higher. The peaks count every live byte, the contexts the forward leaves included.
+/// 16-bit copy, freed before; never higher. The peaks count every live byte, the contexts the
+/// forward leaves included.
 /// (That the f32 tensors are not even written, a pass fewer each, the peak cannot tell; the
 /// profile stage of gpu/check.sh sees it.) Under f32 it is the two ops.
 #[test]

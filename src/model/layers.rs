@@ -363,10 +363,10 @@ impl<B: Backend> Layer<B> for Conv {
 /// `SeqToANNContainer(conv, BN)` of every model). In training with local statistics, the
 /// convolution (bias or not) and its BatchNorm run as one op,
 /// [`Backend::conv_batch_norm_train_forward`], which a backend may fuse (docs/precision.md
-/// §"Convolution outputs"); otherwise the two layers run in turn. The backward of a convolution and a local BatchNorm is one op too, bias or not,
-/// [`Backend::conv_batch_norm_backward`]; with synchronised statistics it is the two layers'. A
-/// neuron after it, in training with local statistics, fires within one op too, bias or not
-/// ([`ConvBn::forward_then_fire`]).
+/// §"Convolution outputs"); otherwise the two layers run in turn. The backward of a convolution
+/// and a local BatchNorm is one op too, [`Backend::conv_batch_norm_backward`]; with synchronised
+/// statistics it is the two layers'. A neuron after it, in training with local statistics, fires
+/// within one op too ([`ConvBn::forward_then_fire`]).
 #[derive(Clone, Debug)]
 pub struct ConvBn {
     pub conv: Conv,

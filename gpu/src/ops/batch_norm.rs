@@ -330,8 +330,8 @@ fn launch_normalise<E: GpuElement>(
     // SAFETY: matches `bn_normalise_<E>(x, x_bias, y, mean, inv_std, gamma, beta, channels,
     // inner, total, width)`, or with `combine` `bn_normalise_onto_<E>(..., width, subtract)` (or
     // their `_f32_from_<format>` twins, whose x is 16-bit); x and y hold `total` elements, the
-    // four vectors and a non-null x_bias `channels` (checked by callers and `SavedInput`); `width` divides `inner`, hence `total`; `y` is
-    // not `x`'s buffer (it had no other owner).
+    // four vectors and a non-null x_bias `channels` (checked by callers and `SavedInput`);
+    // `width` divides `inner`, hence `total`; `y` is not `x`'s buffer (it had no other owner).
     unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
         .map_err(GpuError::driver("launching bn_normalise"))?;
     Ok(())
@@ -840,13 +840,14 @@ fn launch_input_gradient<E: GpuElement>(
         launch.arg(value);
     }
     // SAFETY: matches `bn_backward_input_<E>(x, x_bias, grad_y, grad_x, mean, inv_std, gamma,
-    // means, channels, inner, total, width, train)`, a twin whose x is 16-bit (`_f32_from_<format>`)
-    // and whose grad_x is 16-bit patterns (`_to_<format>`), or a twin with no grad_x that
-    // writes over its 16-bit x (`bn_backward_input_in_place_f32_from_<format>`), which with
-    // `_avg_pooled` reads grad_y as an average pool's output gradient and takes the pool's
-    // `planes, h, w, out_h, out_w, kernel, stride, padding` last; x and grad_x hold `N C inner`
-    // elements, grad_y as many or the pool's `planes out_h out_w` (checked by `operand`), mean,
-    // inv_std, gamma and a non-null x_bias C, means 2 C; `width` divides `total`.
+    // means, channels, inner, total, width, train)`, a twin whose x is 16-bit
+    // (`_f32_from_<format>`) and whose grad_x is 16-bit patterns (`_to_<format>`), or a twin
+    // with no grad_x that writes over its 16-bit x (`bn_backward_input_in_place_f32_from_<format>`),
+    // which with `_avg_pooled` reads grad_y as an average pool's output gradient and takes the
+    // pool's `planes, h, w, out_h, out_w, kernel, stride, padding` last; x and grad_x hold
+    // `N C inner` elements, grad_y as many or the pool's `planes out_h out_w` (checked by
+    // `operand`), mean, inv_std, gamma and a non-null x_bias C, means 2 C; `width` divides
+    // `total`.
     unsafe { launch.launch(elementwise_launch(layout.total / layout.group_width())) }
         .map_err(GpuError::driver("launching bn_backward_input"))?;
     Ok(())
