@@ -979,7 +979,8 @@ fn the_average_pool_after_a_batch_norm_gives_its_backward_the_bits_of_the_ops_in
 /// The training forward of a convolution, its BatchNorm and an average pool after it
 /// (`Backend::conv_batch_norm_train_avg_pool`, RevSResNet24's event stem) gives the bits of the
 /// ops in turn (the pooled output, the batch statistics, and every gradient of the backward from
-/// its contexts), in f32, bf16 and fp16, on both engines, over 8x6 and 7x5 planes. The pool
+/// its contexts, the bias's included), for a convolution without a bias and with one, in f32,
+/// bf16 and fp16, on both engines, over 8x6 and 7x5 planes. The pool
 /// reads the BatchNorm's output as it is made, so that output is never allocated: on cuDNN the
 /// forward's peak is lower than in turn by at least half that output's f32 bytes (the pooled
 /// output, allocated in its place, is at most a third of it here; on im2col, whose columns can
@@ -994,6 +995,7 @@ fn the_average_pool_of_a_training_batch_norm_gives_the_bits_of_the_ops_in_turn()
     let kind = ConvKind::Conv2d(Conv2dParams::new(1, 1));
     let w = normal_tensor(&gpu, &mut rng, &[16, 3, 3, 3], 0.3);
     let (gamma, beta) = affine(&gpu, &mut rng, 16);
+    let conv_bias = normal_tensor(&gpu, &mut rng, &[16], 0.5);
     let norm = training_norm(&gamma, &beta);
     let pool = Pool2dParams::K3_S2_P1;
     let cases = [[2, 3, 8, 6], [2, 3, 7, 5]].map(|shape| {
@@ -1003,11 +1005,11 @@ fn the_average_pool_of_a_training_batch_norm_gives_the_bits_of_the_ops_in_turn()
     });
     // The outputs and gradients, fused or in turn, and the forward's peak above the live bytes
     // before it (the input handed over).
-    let run = |(shape, x): &([usize; 4], Vec<f32>), dy: &CudaTensor<f32>, fused: bool| {
+    let run = |(shape, x): &([usize; 4], Vec<f32>), b, dy: &CudaTensor<f32>, fused: bool| {
         let x = gpu.tensor_from_vec(shape, x.clone()).unwrap();
         let (out, rise) = with_peak_rise(device, || match fused {
-            true => gpu.conv_batch_norm_train_avg_pool(x, &w, kind, norm, pool),
-            false => conv_batch_norm_train_avg_pool_in_turn(&gpu, x, &w, kind, norm, pool),
+            true => gpu.conv_batch_norm_train_avg_pool(x, &w, b, kind, norm, pool),
+            false => conv_batch_norm_train_avg_pool_in_turn(&gpu, x, &w, b, kind, norm, pool),
         });
         let out = out.unwrap();
         let input_shape = [2, 16, shape[2], shape[3]];
@@ -1020,16 +1022,24 @@ fn the_average_pool_of_a_training_batch_norm_gives_the_bits_of_the_ops_in_turn()
             .avg_pool_conv_batch_norm_backward(grad, out.conv, out.norm, kind)
             .unwrap();
         let (mean, var) = (&out.batch.mean, &out.batch.var_unbiased);
-        let tensors = [&out.y, mean, var, &g.input, &g.weight, &g.gamma, &g.beta];
+        let mut tensors = vec![&out.y, mean, var, &g.input, &g.weight, &g.gamma, &g.beta];
+        tensors.extend(&g.bias);
         (host(&gpu, &tensors), rise)
     };
+    let biases = [None, Some(&conv_bias)];
     for engine in each_conv_engine(device) {
         for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
             device.set_precision(precision).unwrap();
-            for (x, dy) in &cases {
-                let what = format!("{precision} on {}, {:?}", engine.name(), x.0);
-                let (in_turn, in_turn_rise) = run(x, dy, false);
-                let (fused, fused_rise) = run(x, dy, true);
+            for ((x, dy), b) in cases.iter().flat_map(|c| biases.map(|b| (c, b))) {
+                let what = format!(
+                    "{precision} on {}, {:?}, bias {}",
+                    engine.name(),
+                    x.0,
+                    b.is_some()
+                );
+                let (in_turn, in_turn_rise) = run(x, b, dy, false);
+                let (fused, fused_rise) = run(x, b, dy, true);
+                assert_eq!(fused.len(), in_turn.len(), "{what}: the gradients differ");
                 assert!(same_bits(&fused, &in_turn), "{what}: the bits differ");
                 assert!(
                     fused_rise <= in_turn_rise,

@@ -436,13 +436,14 @@ impl<E: GpuElement> Backend for Cuda<E> {
         &self,
         x: CudaTensor<E>,
         weight: &CudaTensor<E>,
+        bias: Option<&CudaTensor<E>>,
         kind: ConvKind,
         norm: BatchNormAffine<'_, CudaTensor<E>>,
         pool: Pool2dParams,
     ) -> Result<ops::conv_batch_norm::ConvBatchNormOutput<E>> {
         let device = &self.device;
         Ok(ops::conv_batch_norm::train_avg_pool(
-            device, x, weight, kind, norm, pool,
+            device, x, weight, bias, kind, norm, pool,
         )?)
     }
 

@@ -804,8 +804,8 @@ impl<B: Backend> Layer<B> for AvgPool {
 }
 
 /// A [`ConvBn`] and the [`AvgPool`] after it (RevSResNet24's event stem, docs/architectures.md
-/// §4.3). Where the [`ConvBn`] runs as one op (training, the batch's own statistics) and has no
-/// bias, so do the three: forward [`Backend::conv_batch_norm_train_avg_pool`], backward
+/// §4.3). Where the [`ConvBn`] runs as one op (training, the batch's own statistics), so do the
+/// three: forward [`Backend::conv_batch_norm_train_avg_pool`], backward
 /// [`Backend::avg_pool_conv_batch_norm_backward`], which a backend may run without a tensor for
 /// the BatchNorm's output or the pool's `dx` (docs/memory.md §9.6); elsewhere the layers in
 /// turn.
@@ -837,15 +837,15 @@ impl<B: Backend> Layer<B> for ConvBnAvgPool {
     type Saved = (<ConvBn as Layer<B>>::Saved, <AvgPool as Layer<B>>::Saved);
 
     fn forward(&self, session: &mut Session<B>, x: B::Tensor) -> Result<(B::Tensor, Self::Saved)> {
-        if !self.conv_bn.runs_fused(session) || self.conv_bn.conv.bias.is_some() {
+        if !self.conv_bn.runs_fused(session) {
             let (y, conv_bn) = self.conv_bn.forward(session, x)?;
             let (pooled, input_shape) = self.pool.forward(session, y)?;
             return Ok((pooled, (conv_bn, input_shape)));
         }
         let input_shape = self.pool_input_shape(session, &x)?;
-        let (weight, _, norm) = self.conv_bn.parameters(session.store, session.batch_norm);
+        let (weight, bias, norm) = self.conv_bn.parameters(session.store, session.batch_norm);
         let (backend, kind, pool) = (session.backend, self.conv_bn.conv.kind, self.pool.params);
-        let output = backend.conv_batch_norm_train_avg_pool(x, weight, kind, norm, pool)?;
+        let output = backend.conv_batch_norm_train_avg_pool(x, weight, bias, kind, norm, pool)?;
         let (pooled, conv_bn) = self.conv_bn.finish_fused(session, output)?;
         Ok((pooled, (conv_bn, input_shape)))
     }

@@ -9,8 +9,7 @@
 //! convolution's backward reads (and a bias's gradient sums), so no `f32` `dx` is written and none
 //! is converted. Every output, context and gradient holds the bits of [`conv::forward`] and
 //! [`batch_norm::train_forward`] in turn and of their backwards, which is what runs under `f32`
-//! and `f64` (the backward through the contract's `conv_batch_norm_backward_in_turn`). The
-//! average pool's forward ([`train_avg_pool`]) takes a bias-free convolution.
+//! and `f64` (the backward through the contract's `conv_batch_norm_backward_in_turn`).
 
 use revsnn_reference::contract::shapes::Conv1dAs2d;
 use revsnn_reference::{
@@ -87,7 +86,8 @@ pub fn train_fire<E: GpuElement>(
     })
 }
 
-/// [`train_forward`], then the average pool `pool` of the BatchNorm's output made as it is read
+/// [`train_forward`] (the convolution with its `bias` when it has one), then the average pool
+/// `pool` of the BatchNorm's output made as it is read
 /// (`Backend::conv_batch_norm_train_avg_pool`): the BatchNorm computes its statistics only and
 /// the pool's kernel maps its input as it reads it ([`pool::avg_forward_from_normalised`]), so
 /// the BatchNorm's output is never written; `y` is the pooled output, the bits of
@@ -96,11 +96,12 @@ pub fn train_avg_pool<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
     weight: &CudaTensor<E>,
+    bias: Option<&CudaTensor<E>>,
     kind: ConvKind,
     norm: BatchNormAffine<'_, CudaTensor<E>>,
     pool: Pool2dParams,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
-    let (output, conv) = convolved(device, x, weight, None, kind)?;
+    let (output, conv) = convolved(device, x, weight, bias, kind)?;
     let (batch, norm_context) =
         batch_norm::train_statistics_over(device, output, norm.gamma, norm.beta, norm.params)?;
     let y = pool::avg_forward_from_normalised(device, &norm_context, norm.beta, pool)?;

@@ -318,6 +318,7 @@ pub fn conv_batch_norm_train_avg_pool_in_turn<B: Backend>(
     backend: &B,
     x: B::Tensor,
     weight: &B::Tensor,
+    bias: Option<&B::Tensor>,
     kind: ConvKind,
     norm: BatchNormAffine<'_, B::Tensor>,
     pool: Pool2dParams,
@@ -327,7 +328,7 @@ pub fn conv_batch_norm_train_avg_pool_in_turn<B: Backend>(
         batch,
         conv,
         norm,
-    } = backend.conv_batch_norm_train_forward(x, weight, None, kind, norm)?;
+    } = backend.conv_batch_norm_train_forward(x, weight, bias, kind, norm)?;
     let pooled = backend.avg_pool2d_forward(&y, pool)?;
     drop(y);
     Ok(ConvBatchNormTrainOutput {
@@ -813,7 +814,8 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         Ok(output)
     }
 
-    /// [`Backend::conv_batch_norm_train_forward`] of a bias-free convolution, then
+    /// [`Backend::conv_batch_norm_train_forward`] of a convolution (with its `bias` when it has
+    /// one), then
     /// [`Backend::avg_pool2d_forward`] of the BatchNorm's output (RevSResNet24's event stem,
     /// docs/architectures.md §4.3): the returned `y` is the pooled output, with the statistics
     /// and both contexts (whose backward is [`Backend::avg_pool_conv_batch_norm_backward`]). The
@@ -824,12 +826,13 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         &self,
         x: Self::Tensor,
         weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
         kind: ConvKind,
         norm: BatchNormAffine<'_, Self::Tensor>,
         pool: Pool2dParams,
     ) -> Result<ConvBatchNormTrainOutput<Self::Tensor, Self::Conv2dContext, Self::BatchNormContext>>
     {
-        conv_batch_norm_train_avg_pool_in_turn(self, x, weight, kind, norm, pool)
+        conv_batch_norm_train_avg_pool_in_turn(self, x, weight, bias, kind, norm, pool)
     }
 
     /// The convolution of `kind` with its `bias` when it has one, `conv(x, weight) (+ bias)`, its
