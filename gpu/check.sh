@@ -13,7 +13,7 @@
 # step's timeout is cut to what is left, and steps that no longer fit are skipped and listed.
 # The test binaries run TEST_JOBS (default 4) at a time. CHECK_PROFILE=1 adds the profile stage
 # after the training stage (gpu/profile-stage.sh: cuDNN's plans and Nsight Compute's time per
-# kernel of one training step, per precision).
+# kernel of one training step, per model and precision, with its DRAM bytes).
 # TRACE_MEMORY=revsresnet37:bf16:64 adds a peak-memory trace (below).
 # For a short rerun: CHECK_TESTS and CHECK_BENCHES (extended regexes on the binaries' names, e.g.
 # 'gpu_conv|gpu_models'; 'none' runs none), BENCH_FILTER (criterion's name filter), CLI_MODELS
