@@ -67,9 +67,12 @@ ln -sf libcudnn.so.9 "$OUT/libcudnn.so"
 ln -sf libnccl.so.2 "$OUT/libnccl.so"
 echo "build.sh: emulator in $OUT" >&2
 
-# The execution model's own checks (barriers, shuffles, launch validation), against the objects just built.
+# The execution model's own checks (barriers, shuffles, run order, launch validation), against the
+# objects just built, in both orders, then host-only mode's.
 "$CXX" "${FLAGS[@]}" "${WARN[@]}" -o "$OUT/selftest" "$HERE/selftest.cpp" "$OUT/obj/emulator.o" -lpthread
-"$OUT/selftest"
+REVSNN_EMU_ORDER=forward "$OUT/selftest"
+REVSNN_EMU_ORDER=reverse "$OUT/selftest"
+REVSNN_EMU_HOST_ONLY=1 "$OUT/selftest"
 # The fake NCCL's checks: three processes, each on its own emulated device.
 "$CXX" "${FLAGS[@]}" "${WARN[@]}" -o "$OUT/nccl_selftest" "$HERE/nccl_selftest.cpp" -L"$OUT" -l:libnccl.so.2 \
   -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'

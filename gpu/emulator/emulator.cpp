@@ -83,10 +83,23 @@ static std::size_t page_size() {
     return size;
 }
 
+// Whether kernels, cuBLAS's GEMMs, cuDNN's convolutions and device-to-device copies and fills
+// compute nothing (REVSNN_EMU_HOST_ONLY=1): every launch and call is checked and traced and
+// returns as usual, and device memory is not poisoned, so a run's time is the host's own: the
+// Rust code that makes the launches, the driver and library calls (the emulator's, not NVIDIA's)
+// and the copies to and from the host. Every output is garbage.
+bool host_only() {
+    static const bool on = [] {
+        const char* v = std::getenv("REVSNN_EMU_HOST_ONLY");
+        return v != nullptr && std::strcmp(v, "1") == 0;
+    }();
+    return on;
+}
+
 static bool poison_enabled() {
     static const bool on = [] {
         const char* v = std::getenv("REVSNN_EMU_POISON");
-        return !(v && std::strcmp(v, "0") == 0);
+        return !(v && std::strcmp(v, "0") == 0) && !host_only();
     }();
     return on;
 }
@@ -347,9 +360,25 @@ static void start_fiber(Fiber& f) {
     f.sp = sp;
 }
 
-// The block being run. A sweep runs every runnable live thread once, in index order, each until
-// it exits or waits; a thread that stops switches straight to the next runnable one (one context
-// switch per thread and barrier; the last one of the sweep switches back to the scheduler).
+// Whether blocks and threads run in the reverse of their index order (REVSNN_EMU_ORDER=reverse;
+// `forward`, the default, is index order). A kernel whose result depends on the order its threads
+// run in (a thread reading what another writes without a barrier between them, as an in-place
+// kernel may) gives other bits in one of the two orders, though neither is what a GPU does.
+static bool reverse_order() {
+    static const bool on = [] {
+        const char* v = std::getenv("REVSNN_EMU_ORDER");
+        if (v == nullptr || std::strcmp(v, "forward") == 0) return false;
+        if (std::strcmp(v, "reverse") == 0) return true;
+        std::fprintf(stderr, "revsnn CUDA emulator: REVSNN_EMU_ORDER=%s: expected forward or reverse\n", v);
+        std::abort();
+    }();
+    return on;
+}
+
+// The block being run. A sweep runs every runnable live thread once, in the order of live[] (index
+// order, or its reverse), each until it exits or waits; a thread that stops switches straight to
+// the next runnable one (one context switch per thread and barrier; the last one of the sweep
+// switches back to the scheduler).
 static unsigned short live[1024];
 static unsigned int live_count = 0;
 static unsigned int sweep_at = 0, sweep_kept = 0;  // position in live[]; live threads kept so far
@@ -424,9 +453,10 @@ extern "C" void emu_fiber_main() {
 namespace emu {
 
 static void run_block(unsigned int n) {
+    const bool reverse = reverse_order();
     for (unsigned int i = 0; i < n; ++i) {
         fibers[i].state = NotStarted;
-        live[i] = (unsigned short)i;
+        live[i] = (unsigned short)(reverse ? n - 1 - i : i);
     }
     live_count = n;
     for (unsigned int w = 0; w < (n + 31) / 32; ++w) {
@@ -500,12 +530,12 @@ LaunchStatus run_grid(const KernelEntry& kernel, void** params, unsigned gx, uns
     block_dim = dim3(bx, by, bz);
     one_dimensional = by == 1 && bz == 1;
     const unsigned int n = bx * by * bz;
-    for (unsigned int z = 0; z < gz; ++z)
-        for (unsigned int y = 0; y < gy; ++y)
-            for (unsigned int x = 0; x < gx; ++x) {
-                block_idx = uint3{x, y, z};
-                run_block(n);
-            }
+    const unsigned long long blocks = host_only() ? 0 : (unsigned long long)gx * gy * gz;
+    for (unsigned long long b = 0; b < blocks; ++b) {
+        const unsigned long long k = reverse_order() ? blocks - 1 - b : b;
+        block_idx = uint3{(unsigned int)(k % gx), (unsigned int)(k / gx % gy), (unsigned int)(k / gx / gy)};
+        run_block(n);
+    }
     clear_activity();
     current_args = nullptr;
     delete args;
@@ -518,6 +548,7 @@ LaunchStatus run_grid(const KernelEntry& kernel, void** params, unsigned gx, uns
 extern "C" __attribute__((visibility("default"))) int revsnn_emu_range_ok(const void* p, std::size_t bytes) {
     return emu::device_range_ok(p, bytes) ? 1 : 0;
 }
+extern "C" __attribute__((visibility("default"))) int revsnn_emu_host_only() { return emu::host_only() ? 1 : 0; }
 extern "C" __attribute__((visibility("default"))) void revsnn_emu_set_activity(const char* what) {
     if (what)
         emu::set_activity(what);

@@ -79,6 +79,9 @@ void* device_alloc(std::size_t bytes);
 std::size_t device_free(void* p);
 // Whether [p, p + bytes) lies inside one live allocation.
 bool device_range_ok(const void* p, std::size_t bytes);
+// Whether launches, GEMMs, convolutions and device-side copies and fills compute nothing
+// (REVSNN_EMU_HOST_ONLY=1, emulator.cpp).
+bool host_only();
 // Bytes in live allocations and their peak.
 std::size_t device_live_bytes();
 std::size_t device_peak_bytes();

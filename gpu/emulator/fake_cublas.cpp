@@ -81,6 +81,8 @@ cublasStatus_t gemm(const char* name, void* h, int transa, int transb, long long
     if (!read_ab && beta == (E)1) return CUBLAS_STATUS_SUCCESS;
     const bool tf32 = std::is_same_v<In, float> && (handle->math_mode & ~kMathModeFlags) == CUBLAS_TF32_TENSOR_OP_MATH;
 
+    // Host-only mode (REVSNN_EMU_HOST_ONLY=1): nothing computed, nor checked per batch entry.
+    if (revsnn_emu_host_only()) return CUBLAS_STATUS_SUCCESS;
     // Every matrix of every batch entry must lie inside one live device allocation.
     for (long long b = 0; b < batch; ++b) {
         const struct {

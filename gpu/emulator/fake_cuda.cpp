@@ -152,7 +152,8 @@ CUresult copy_checked(const char* what, void* dst, bool dst_device, const void* 
                      src, bytes);
         return CUDA_ERROR_INVALID_VALUE;
     }
-    std::memmove(dst, src, bytes);
+    // device to device is the device's work: none in host-only mode
+    if (!(dst_device && src_device && emu::host_only())) std::memmove(dst, src, bytes);
     return CUDA_SUCCESS;
 }
 
@@ -643,7 +644,7 @@ CUresult cuMemsetD8(CUdeviceptr dst, unsigned char value, size_t n) {
                      reinterpret_cast<void*>(dst), n);
         return CUDA_ERROR_INVALID_VALUE;
     }
-    std::memset(reinterpret_cast<void*>(dst), value, n);
+    if (!emu::host_only()) std::memset(reinterpret_cast<void*>(dst), value, n);
     return CUDA_SUCCESS;
 }
 
@@ -654,7 +655,8 @@ CUresult cuMemsetD32(CUdeviceptr dst, unsigned int value, size_t n) {
     if (n == 0) return CUDA_SUCCESS;
     if (!emu::device_range_ok(reinterpret_cast<void*>(dst), n * 4)) return CUDA_ERROR_INVALID_VALUE;
     unsigned int* p = reinterpret_cast<unsigned int*>(dst);
-    for (size_t i = 0; i < n; ++i) p[i] = value;
+    if (!emu::host_only())
+        for (size_t i = 0; i < n; ++i) p[i] = value;
     return CUDA_SUCCESS;
 }
 

@@ -394,7 +394,7 @@ cudnnStatus_t run(const char* name, Pass pass, void* h, const void* alpha, void*
     const void* w = pass == Pass::Forward ? b : pass == Pass::BackwardData ? a : out;
     const void* y = pass == Pass::Forward ? out : b;
     status = check_buffers(name, pb, x, w, y, ws, ws_bytes, needed);
-    if (status != CUDNN_STATUS_SUCCESS) return status;
+    if (status != CUDNN_STATUS_SUCCESS || revsnn_emu_host_only()) return status;
     // a non-deterministic algorithm sums in the reverse order on every other call
     static std::atomic<unsigned long long> calls{0};
     const Entry* entry = find_entry(entries, count, algo);

@@ -12,9 +12,11 @@
 
 extern "C" {
 // From the emulator's libcuda.so.1 (emulator.cpp): whether [p, p + bytes) lies inside one live
-// device allocation, and what the fault handler names as running (nullptr: nothing).
+// device allocation, what the fault handler names as running (nullptr: nothing), and whether
+// GEMMs and convolutions compute nothing (REVSNN_EMU_HOST_ONLY=1).
 int revsnn_emu_range_ok(const void* p, std::size_t bytes);
 void revsnn_emu_set_activity(const char* what);
+int revsnn_emu_host_only();
 }
 
 #define API extern "C" __attribute__((visibility("default")))

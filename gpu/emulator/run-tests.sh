@@ -6,6 +6,7 @@
 # The emulator shows 2 devices (REVSNN_EMU_DEVICES) so the tests of two ranks (tests/gpu_ranks.rs)
 # run, one device each; NCCL and cuDNN are required (REVSNN_REQUIRE_NCCL=1, REVSNN_REQUIRE_CUDNN=1),
 # the fake ones always load, so the cuDNN engine is the convolutions' default there as on a GPU.
+# GPU_TEST_BINARIES (names of tests/gpu_*.rs binaries, space-separated) runs only those.
 # usage: gpu/emulator/run-tests.sh [-- TEST ARGS...]
 # Needs NVRTC 13.0 in .nvrtc/ (installed by .ci/run; or set NV to another install).
 set -euo pipefail
@@ -28,8 +29,14 @@ export REVSNN_EMU_DEVICES="${REVSNN_EMU_DEVICES:-2}"
 status=0
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --release --no-fail-fast -p revsnn --test 'gpu_*' -- "$@" 2>&1 | tee -a "$log" || status=1
-cargo test --release --no-fail-fast -p revsnn-gpu --test '*' -- "$@" 2>&1 | tee -a "$log" || status=1
+if [ -n "${GPU_TEST_BINARIES:-}" ]; then
+  binaries=()
+  for name in $GPU_TEST_BINARIES; do binaries+=(--test "$name"); done
+  cargo test --release --no-fail-fast -p revsnn "${binaries[@]}" -- "$@" 2>&1 | tee -a "$log" || status=1
+else
+  cargo test --release --no-fail-fast -p revsnn --test 'gpu_*' -- "$@" 2>&1 | tee -a "$log" || status=1
+  cargo test --release --no-fail-fast -p revsnn-gpu --test '*' -- "$@" 2>&1 | tee -a "$log" || status=1
+fi
 echo "== skipped on the emulator:"
 grep '^SKIP:' "$log" | sort | uniq -c || echo "   nothing"
 exit "$status"

@@ -1,6 +1,7 @@
-// Checks of the emulator's execution model, run by build.sh after linking: barriers with threads
-// that exit early, block reductions, warp shuffles and ballots, 2-D blocks, launch validation;
-// prints the cost of a thread switch.
+// Checks of the emulator's execution model, run by build.sh after linking (in each of the two
+// REVSNN_EMU_ORDERs, and in host-only mode): barriers with threads that exit early, block reductions, warp shuffles and
+// ballots, 2-D blocks, the order blocks and threads run in, launch validation; prints the cost of
+// a thread switch.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "cuda_shim.h"
@@ -55,6 +57,20 @@ extern "C" __global__ void index_2d(int* out) {
     out[2 * at + 1] = threadIdx.y;
 }
 
+// Every thread writes the turn it ran in (the emulator runs one thread at a time).
+extern "C" __global__ void run_order(int* turn, int* next) {
+    const int at = (blockIdx.y * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+    turn[at] = (*next)++;
+}
+
+// A missing barrier that index order hides: each thread writes its slot, then reads its left
+// neighbour's without __syncthreads between (salt: a value new to each launch).
+extern "C" __global__ void left_neighbour(int* out, int salt) {
+    __shared__ int buf[64];
+    buf[threadIdx.x] = salt + (int)threadIdx.x;
+    out[threadIdx.x] = threadIdx.x == 0 ? salt - 1 : buf[threadIdx.x - 1];
+}
+
 // No barrier: the cost of one thread.
 extern "C" __global__ void fill(float* y, long long n, float v) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -71,6 +87,8 @@ extern "C" __global__ void read_past(const float* x, float* y, long long n) {
 EMU_REGISTER(k, tree_sum)
 EMU_REGISTER(k, warp_sum)
 EMU_REGISTER(k, index_2d)
+EMU_REGISTER(k, run_order)
+EMU_REGISTER(k, left_neighbour)
 EMU_REGISTER(k, fill)
 EMU_REGISTER(k, read_past)
 
@@ -92,7 +110,20 @@ static double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// Host-only mode (REVSNN_EMU_HOST_ONLY=1): a launch is validated but runs no thread.
+static int host_only_check() {
+    float* y = static_cast<float*>(emu::device_alloc(256 * 4));
+    CHECK(y[0] == 0.0f && y[255] == 0.0f);  // not poisoned
+    CHECK(launch("fill", dim3(1), dim3(256), y, 256LL, 2.0f) == emu::LaunchStatus::Ok);
+    CHECK(y[0] == 0.0f && y[255] == 0.0f);
+    CHECK(launch("fill", dim3(1), dim3(1025), y, 256LL, 2.0f) == emu::LaunchStatus::InvalidValue);
+    emu::device_free(y);
+    std::fprintf(stderr, "selftest, host-only: %s\n", failures ? "FAILED" : "ok");
+    return failures ? 1 : 0;
+}
+
 int main() {
+    if (emu::host_only()) return host_only_check();
     // Barriers with early exits.
     for (unsigned int live : {1u, 31u, 32u, 33u, 200u, 256u}) {
         auto* out = static_cast<unsigned long long*>(emu::device_alloc(3 * 8));
@@ -126,6 +157,27 @@ int main() {
             CHECK(out[2 * at] == at % 8);
             CHECK(out[2 * at + 1] == (at / 8) % 4);
         }
+        emu::device_free(out);
+    }
+    // Blocks, then each block's threads, in index order, or all in reverse (REVSNN_EMU_ORDER).
+    {
+        const char* order = std::getenv("REVSNN_EMU_ORDER");
+        const bool reverse = order != nullptr && std::strcmp(order, "reverse") == 0;
+        const int threads = 2 * 3 * 8;
+        int* turn = static_cast<int*>(emu::device_alloc(threads * 4));
+        int* next = static_cast<int*>(emu::device_alloc(4));
+        *next = 0;
+        CHECK(launch("run_order", dim3(2, 3), dim3(8), turn, next) == emu::LaunchStatus::Ok);
+        for (int at = 0; at < threads; ++at) CHECK(turn[at] == (reverse ? threads - 1 - at : at));
+        emu::device_free(turn);
+        emu::device_free(next);
+        // The race shows in reverse order only: thread t reads slot t - 1 before thread t - 1 ran.
+        int* out = static_cast<int*>(emu::device_alloc(64 * 4));
+        const int salt = 1000;
+        CHECK(launch("left_neighbour", dim3(1), dim3(64), out, salt) == emu::LaunchStatus::Ok);
+        bool raced = false;
+        for (int t = 0; t < 64; ++t) raced = raced || out[t] != salt + t - 1;
+        CHECK(raced == reverse);
         emu::device_free(out);
     }
     // Launch validation, as the driver does it.
