@@ -29,14 +29,17 @@ export REVSNN_EMU_DEVICES="${REVSNN_EMU_DEVICES:-2}"
 status=0
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
+# --workspace, as the README's test command builds them: with -p, Cargo resolves the
+# dependencies' features for one package and builds everything again.
 if [ -n "${GPU_TEST_BINARIES:-}" ]; then
-  binaries=()
-  for name in $GPU_TEST_BINARIES; do binaries+=(--test "$name"); done
-  cargo test --release --no-fail-fast -p revsnn "${binaries[@]}" -- "$@" 2>&1 | tee -a "$log" || status=1
+  read -ra names <<<"$GPU_TEST_BINARIES"
 else
-  cargo test --release --no-fail-fast -p revsnn --test 'gpu_*' -- "$@" 2>&1 | tee -a "$log" || status=1
-  cargo test --release --no-fail-fast -p revsnn-gpu --test '*' -- "$@" 2>&1 | tee -a "$log" || status=1
+  names=('gpu_*')
+  for test in gpu/tests/*.rs; do names+=("$(basename "$test" .rs)"); done
 fi
+selected=()
+for name in "${names[@]}"; do selected+=(--test "$name"); done
+cargo test --release --no-fail-fast --workspace "${selected[@]}" -- "$@" 2>&1 | tee -a "$log" || status=1
 echo "== skipped on the emulator:"
 grep '^SKIP:' "$log" | sort | uniq -c || echo "   nothing"
 exit "$status"

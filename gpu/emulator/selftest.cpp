@@ -1,7 +1,7 @@
 // Checks of the emulator's execution model, run by build.sh after linking (in each of the two
-// REVSNN_EMU_ORDERs, and in host-only mode): barriers with threads that exit early, block reductions, warp shuffles and
-// ballots, 2-D blocks, the order blocks and threads run in, launch validation; prints the cost of
-// a thread switch.
+// REVSNN_EMU_ORDERs, then in host-only mode): barriers with threads that exit early, block
+// reductions, warp shuffles and ballots, 2-D blocks, the order blocks and threads run in, launch
+// validation; prints the cost of a thread switch.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
