@@ -2,7 +2,7 @@
 # run_logged, section, end_section, REPORT, OUT_DIR, REVSNN and status): where the time of one
 # training step goes, per kernel, for each of PROFILE_MODELS (default revsresnet37 and
 # spikingformer-4-384, the convolutional and the transformer presets) in each of
-# PROFILE_PRECISIONS (default bf16,fp16,tf32) at PROFILE_BATCH (default 64), T = 4:
+# PROFILE_PRECISIONS (default bf16; fp16,tf32 add those) at PROFILE_BATCH (default 64), T = 4:
 #   - the cuDNN plans the step makes (REVSNN_CUDNN_PLANS: each shape's algorithm, math type and
 #     cuDNN's whole ranking), from `revsnn bench --steps 1`;
 #   - Nsight Compute's duration and DRAM bytes read and written of every kernel of `revsnn bench
@@ -18,7 +18,7 @@
 PROFILE_BUDGET_S=${PROFILE_BUDGET_S:-240}
 PROFILE_MODELS=${PROFILE_MODELS:-revsresnet37,spikingformer-4-384}
 PROFILE_BATCH=${PROFILE_BATCH:-64}
-PROFILE_PRECISIONS=${PROFILE_PRECISIONS:-bf16,fp16,tf32}
+PROFILE_PRECISIONS=${PROFILE_PRECISIONS:-bf16}
 if [ -z "${PEAK_TBPS:-}" ]; then
   case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" in
     *H200*) PEAK_TBPS=4.8 ;;
