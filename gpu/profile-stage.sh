@@ -2,16 +2,18 @@
 # run_logged, section, end_section, REPORT, OUT_DIR, REVSNN and status): where the time of one
 # training step goes, per kernel, for each of PROFILE_MODELS (default revsresnet37 and
 # spikingformer-4-384, the convolutional and the transformer presets) in each of
-# PROFILE_PRECISIONS (default bf16; fp16,tf32 add those) at PROFILE_BATCH (default 64), T = 4:
+# PROFILE_PRECISIONS (default bf16; bf16,fp16,tf32 for all three) at PROFILE_BATCH (default 64),
+# T = 4:
 #   - the cuDNN plans the step makes (REVSNN_CUDNN_PLANS: each shape's algorithm, math type and
 #     cuDNN's whole ranking), from `revsnn bench --steps 1`;
 #   - Nsight Compute's duration and DRAM bytes read and written of every kernel of `revsnn bench
 #     --steps 1` (the warm-up step and the timed one; clocks left alone; ncu flushes the caches
-#     before each kernel, so both are a cold L2's), summed per kernel name
-#     by gpu/profile-table.py: the top PROFILE_TOP (default 25) names per precision in the
-#     report, each with the bandwidth it moved its bytes at against the card's (PEAK_TBPS: 4.8
-#     on an H200, 3.35 on an H100 SXM, else set it), and how busy the device is (kernel time per
-#     step against a timed step's wall time: what a CUDA graph of the step could save at most).
+#     before each kernel, so both are a cold L2's, and may replay a kernel to collect the three
+#     metrics), summed per kernel name by gpu/profile-table.py: the top PROFILE_TOP (default 25)
+#     names per model and precision in the report, each with the bandwidth it moved its bytes at
+#     against the card's (PEAK_TBPS: 4.8 on an H200, 3.35 on an H100 SXM, else set it), and how
+#     busy the device is (kernel time per step against a timed step's wall time: what a CUDA
+#     graph of the step could save at most).
 # Knobs: PROFILE_MODELS, PROFILE_BATCH, PROFILE_PRECISIONS, PROFILE_TOP, PEAK_TBPS,
 # PROFILE_BUDGET_S (default 240; the stage's steps are cut to it and to DEADLINE_S).
 
@@ -40,13 +42,15 @@ profile_step() {
     >>"$REPORT"
   end_section
   if [ -z "$NCU" ]; then
-    echo "SKIP: profile-kernels-$tag: Nsight Compute (ncu) is not on this machine" | tee -a "$REPORT"
+    echo "SKIP: profile-kernels-$tag: Nsight Compute (ncu) is not on this machine" |
+      tee -a "$REPORT"
     return
   fi
   run_logged "profile-kernels-$tag" 120 "$NCU" --clock-control none \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     --csv --page raw "${bench[@]}" || status=1
-  section "kernel time and DRAM bytes per name, $model batch $PROFILE_BATCH, $p (warm-up and timed step)"
+  local title="kernel time and DRAM bytes per name, $model batch $PROFILE_BATCH, $p"
+  section "$title (warm-up and timed step)"
   # the step's wall time: the precision stage's 10-step bench at this batch where it ran, else
   # the plans run's single step
   local timed="$OUT_DIR/precision-bench-$p-$model.log"

@@ -91,7 +91,10 @@ static std::size_t page_size() {
 bool host_only() {
     static const bool on = [] {
         const char* v = std::getenv("REVSNN_EMU_HOST_ONLY");
-        return v != nullptr && std::strcmp(v, "1") == 0;
+        if (v == nullptr || std::strcmp(v, "0") == 0) return false;
+        if (std::strcmp(v, "1") == 0) return true;
+        std::fprintf(stderr, "revsnn CUDA emulator: REVSNN_EMU_HOST_ONLY=%s: expected 0 or 1\n", v);
+        std::abort();
     }();
     return on;
 }

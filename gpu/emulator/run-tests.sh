@@ -39,7 +39,8 @@ else
 fi
 selected=()
 for name in "${names[@]}"; do selected+=(--test "$name"); done
-cargo test --release --no-fail-fast --workspace "${selected[@]}" -- "$@" 2>&1 | tee -a "$log" || status=1
+cargo test --release --no-fail-fast --workspace "${selected[@]}" -- "$@" 2>&1 | tee -a "$log" ||
+  status=1
 echo "== skipped on the emulator:"
 grep '^SKIP:' "$log" | sort | uniq -c || echo "   nothing"
 exit "$status"
