@@ -83,19 +83,23 @@ static std::size_t page_size() {
     return size;
 }
 
+// Whether the environment variable `name` is set to `on`: unset or `off` is false, any other
+// value stops the process with a message that names the two.
+static bool env_switch(const char* name, const char* off, const char* on) {
+    const char* v = std::getenv(name);
+    if (v == nullptr || std::strcmp(v, off) == 0) return false;
+    if (std::strcmp(v, on) == 0) return true;
+    std::fprintf(stderr, "revsnn CUDA emulator: %s=%s: expected %s or %s\n", name, v, off, on);
+    std::abort();
+}
+
 // Whether kernels, cuBLAS's GEMMs, cuDNN's convolutions and device-to-device copies and fills
 // compute nothing (REVSNN_EMU_HOST_ONLY=1): every launch and call is checked and traced and
 // returns as usual, and device memory is not poisoned, so a run's time is the host's own: the
 // Rust code that makes the launches, the driver and library calls (the emulator's, not NVIDIA's)
 // and the copies to and from the host. Every output is garbage.
 bool host_only() {
-    static const bool on = [] {
-        const char* v = std::getenv("REVSNN_EMU_HOST_ONLY");
-        if (v == nullptr || std::strcmp(v, "0") == 0) return false;
-        if (std::strcmp(v, "1") == 0) return true;
-        std::fprintf(stderr, "revsnn CUDA emulator: REVSNN_EMU_HOST_ONLY=%s: expected 0 or 1\n", v);
-        std::abort();
-    }();
+    static const bool on = env_switch("REVSNN_EMU_HOST_ONLY", "0", "1");
     return on;
 }
 
@@ -368,13 +372,7 @@ static void start_fiber(Fiber& f) {
 // run in (a thread reading what another writes without a barrier between them, as an in-place
 // kernel may) gives other bits in one of the two orders, though neither is what a GPU does.
 static bool reverse_order() {
-    static const bool on = [] {
-        const char* v = std::getenv("REVSNN_EMU_ORDER");
-        if (v == nullptr || std::strcmp(v, "forward") == 0) return false;
-        if (std::strcmp(v, "reverse") == 0) return true;
-        std::fprintf(stderr, "revsnn CUDA emulator: REVSNN_EMU_ORDER=%s: expected forward or reverse\n", v);
-        std::abort();
-    }();
+    static const bool on = env_switch("REVSNN_EMU_ORDER", "forward", "reverse");
     return on;
 }
 
