@@ -74,21 +74,15 @@ pub fn train_fire<E: GpuElement>(
     norm: BatchNormAffine<'_, CudaTensor<E>>,
     fire: NeuronFire<'_, DeviceBuffer<u64>>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
-    let (output, conv) = convolved(device, x, weight, bias, kind)?;
-    let (batch, norm_context) =
-        batch_norm::train_statistics_over(device, output, norm.gamma, norm.beta, norm.params)?;
-    let spikes = neuron::fire_from_normalised(device, &norm_context, norm.beta, fire)?;
-    Ok(ConvBatchNormTrainOutput {
-        y: spikes,
-        batch,
-        conv,
-        norm: norm_context,
+    let beta = norm.beta;
+    train_statistics_then(device, x, weight, bias, kind, norm, |context| {
+        neuron::fire_from_normalised(device, context, beta, fire)
     })
 }
 
 /// [`train_forward`] (the convolution with its `bias` when it has one), then the average pool
-/// `pool` of the BatchNorm's output made as it is read
-/// (`Backend::conv_batch_norm_train_avg_pool`): the BatchNorm computes its statistics only and
+/// `pool` of the BatchNorm's output made as it is read (`Backend::conv_batch_norm_train_avg_pool`):
+/// the BatchNorm computes its statistics only and
 /// the pool's kernel maps its input as it reads it ([`pool::avg_forward_from_normalised`]), so
 /// the BatchNorm's output is never written; `y` is the pooled output, the bits of
 /// [`train_forward`] then [`pool::avg_forward`]. Errors as those do.
@@ -101,10 +95,29 @@ pub fn train_avg_pool<E: GpuElement>(
     norm: BatchNormAffine<'_, CudaTensor<E>>,
     pool: Pool2dParams,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
+    let beta = norm.beta;
+    train_statistics_then(device, x, weight, bias, kind, norm, |context| {
+        pool::avg_forward_from_normalised(device, context, beta, pool)
+    })
+}
+
+/// The convolution (with its `bias` when it has one), the BatchNorm's statistics only, then
+/// `y = make_y(context)` from the BatchNorm's context, a kernel that normalises its input as it
+/// reads it, so the BatchNorm's output is never written: the shared body of [`train_fire`] and
+/// [`train_avg_pool`].
+fn train_statistics_then<E: GpuElement>(
+    device: &GpuDevice,
+    x: CudaTensor<E>,
+    weight: &CudaTensor<E>,
+    bias: Option<&CudaTensor<E>>,
+    kind: ConvKind,
+    norm: BatchNormAffine<'_, CudaTensor<E>>,
+    make_y: impl FnOnce(&BatchNormContext<E>) -> Result<CudaTensor<E>, GpuError>,
+) -> Result<ConvBatchNormOutput<E>, GpuError> {
     let (output, conv) = convolved(device, x, weight, bias, kind)?;
     let (batch, norm_context) =
         batch_norm::train_statistics_over(device, output, norm.gamma, norm.beta, norm.params)?;
-    let y = pool::avg_forward_from_normalised(device, &norm_context, norm.beta, pool)?;
+    let y = make_y(&norm_context)?;
     Ok(ConvBatchNormTrainOutput {
         y,
         batch,
