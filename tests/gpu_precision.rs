@@ -483,8 +483,9 @@ fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
 /// A 16-bit convolution keeps, for its backward, the 16-bit copy of its input that its product
 /// read instead of the input (`SavedInput::Half`): a 3x3 one on cuDNN, a pointwise one (a 16-bit
 /// GEMM) on either engine. The forward leaves `y` (with the 16-bit sums it was widened from, as
-/// it has no bias) and that copy live, dropping the input frees all its bytes, and the backward
-/// then gives the bits it gave with the input alive. A 3x3 one on im2col shares the input.
+/// it has no bias), that copy and the weight's 16-bit copy live, dropping the input frees all its
+/// bytes, and the backward then gives the bits it gave with the input alive. A 3x3 one on im2col
+/// shares the input and keeps no weight copy.
 #[test]
 fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
     let Some(gpu) = backend_or_skip::<f32>("a_16_bit_convolution_keeps_its_input") else {
@@ -526,10 +527,12 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
                     "{what}: y without its 16-bit sums"
                 );
                 if engine == ConvEngine::Cudnn || kernel == 1 {
+                    let halves = (x_len + weights.len()) * size_of::<u16>();
                     assert_eq!(
                         kept,
-                        x_len * size_of::<u16>() + sums,
-                        "{what}: the context's 16-bit input and y's 16-bit sums"
+                        halves + sums,
+                        "{what}: the context's 16-bit input, the weight's 16-bit copy and y's \
+                         16-bit sums"
                     );
                     assert_eq!(
                         freed,
@@ -549,6 +552,84 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
                 );
                 drop(y);
             }
+        }
+    }
+    device.set_precision(Precision::F32).unwrap();
+}
+
+/// A 16-bit convolution on cuDNN (and a pointwise one on either engine) converts its weight once
+/// per weight tensor (`CudaTensor::rounded_half`): the first pass (forward and backward) keeps
+/// one copy live, a second pass over the same tensor rises to a peak lower by exactly that copy
+/// than a pass over a fresh tensor of the same values, and all three give the same bits. A forward in the other format does not read the kept copy
+/// (its bits are the fresh tensor's in that format), and dropping the weight and everything over
+/// it frees the copy.
+#[test]
+fn a_16_bit_convolution_converts_each_weight_tensor_once() {
+    let Some(gpu) = backend_or_skip::<f32>("a_16_bit_convolution_converts_each_weight") else {
+        return;
+    };
+    let device = gpu.device();
+    let mut rng = SplitMix64::new(43);
+    for (name, kernel, padding) in [("3x3", 3, 1), ("1x1", 1, 0)] {
+        let (x_shape, w_shape, y_shape) = ([2, 4, 6, 6], [5, 4, kernel, kernel], [2, 5, 6, 6]);
+        let x = normal_tensor(&gpu, &mut rng, &x_shape, 1.0);
+        let dy = normal_tensor(&gpu, &mut rng, &y_shape, 1.0);
+        let weights = normal_f32(&mut rng, w_shape.iter().product(), 0.3);
+        let copy_bytes = weights.len() * size_of::<u16>();
+        let params = Conv2dParams::new(1, padding);
+        for engine in each_conv_engine(device) {
+            if engine != ConvEngine::Cudnn && kernel != 1 {
+                continue;
+            }
+            let what =
+                |format: HalfFormat| format!("{name} {} on {}", format.precision(), engine.name());
+            let pass = |w: &CudaTensor<f32>| {
+                let (y, context) = gpu.conv2d_forward(&x, w, None, params).unwrap();
+                let grads = gpu.conv2d_backward(dy.clone(), &context).unwrap();
+                host(&gpu, &[&y, &grads.input, &grads.weight])
+            };
+            let baseline = live_bytes(&gpu);
+            let w = gpu.tensor_from_vec(&w_shape, weights.clone()).unwrap();
+            let weight_bytes = live_bytes(&gpu) - baseline;
+            device.set_precision(HalfFormat::Bf16.precision()).unwrap();
+            let first = pass(&w);
+            let kept = live_bytes(&gpu) - baseline - weight_bytes;
+            assert_eq!(
+                kept,
+                copy_bytes,
+                "{}: the weight's copy",
+                what(HalfFormat::Bf16)
+            );
+            let w_fresh = gpu.tensor_from_vec(&w_shape, weights.clone()).unwrap();
+            let (second, rise) = with_peak_rise(device, || pass(&w));
+            let (fresh, fresh_rise) = with_peak_rise(device, || pass(&w_fresh));
+            assert!(
+                same_bits(&first, &second) && same_bits(&first, &fresh),
+                "{}: the kept copy gives other bits than a fresh conversion",
+                what(HalfFormat::Bf16)
+            );
+            assert_eq!(
+                fresh_rise,
+                rise + copy_bytes,
+                "{}: a pass over a converted weight converts it again",
+                what(HalfFormat::Bf16)
+            );
+            drop(w_fresh);
+            device.set_precision(HalfFormat::Fp16.precision()).unwrap();
+            let other = pass(&w);
+            let other_fresh = pass(&gpu.tensor_from_vec(&w_shape, weights.clone()).unwrap());
+            assert!(
+                same_bits(&other, &other_fresh) && !same_bits(&other, &first),
+                "{}: the bf16 copy was read",
+                what(HalfFormat::Fp16)
+            );
+            drop(w);
+            assert_eq!(
+                live_bytes(&gpu),
+                baseline,
+                "{}: the copy outlived its weight",
+                what(HalfFormat::Bf16)
+            );
         }
     }
     device.set_precision(Precision::F32).unwrap();

@@ -3,18 +3,21 @@
 //! writes a fresh buffer, so a context may keep a tensor its caller keeps too at no cost. A tensor
 //! widened from 16-bit values (a 16-bit convolution's output) carries them along, and a neuron's
 //! spikes say that they are 0s and 1s, so that the next op's context can keep a compact form
-//! instead (`SavedInput`).
+//! instead (`SavedInput`). A weight keeps the 16-bit copy its first 16-bit product made
+//! ([`CudaTensor::rounded_half`]), so the forward, the recompute and the backward of one step
+//! convert it once.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::CudaSlice;
 
 use revsnn_reference::contract::shapes::element_count;
 
+use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::memory::DeviceBuffer;
 use crate::ops::GpuElement;
-use crate::ops::precision::HalfBits;
+use crate::ops::precision::{self, HalfBits, HalfFormat};
 
 /// A dense row-major tensor on the device.
 #[derive(Clone)]
@@ -23,6 +26,9 @@ pub struct CudaTensor<E> {
     shape: Vec<usize>,
     /// The same values as 16-bit patterns, exactly, when the tensor was widened from them.
     exact_half: Option<Arc<HalfBits>>,
+    /// The values rounded to a 16-bit format, once [`CudaTensor::rounded_half`] made them;
+    /// shared by every tensor over the same buffer.
+    rounded_half: Arc<OnceLock<Arc<HalfBits>>>,
     /// Whether every element is 0 or 1: a neuron's Heaviside spikes.
     spikes: bool,
 }
@@ -35,6 +41,7 @@ impl<E: GpuElement> CudaTensor<E> {
             buffer: Arc::new(buffer),
             shape: shape.to_vec(),
             exact_half: None,
+            rounded_half: Arc::default(),
             spikes: false,
         })
     }
@@ -67,6 +74,7 @@ impl<E: GpuElement> CudaTensor<E> {
             buffer: self.buffer.clone(),
             shape: shape.to_vec(),
             exact_half: self.exact_half.clone(),
+            rounded_half: self.rounded_half.clone(),
             spikes: self.spikes,
         })
     }
@@ -96,12 +104,14 @@ impl<E: GpuElement> CudaTensor<E> {
             buffer,
             shape,
             exact_half,
+            rounded_half,
             spikes,
         } = self;
         Arc::try_unwrap(buffer).map_err(|buffer| CudaTensor {
             buffer,
             shape,
             exact_half,
+            rounded_half,
             spikes,
         })
     }
@@ -119,6 +129,28 @@ impl<E: GpuElement> CudaTensor<E> {
     /// The 16-bit patterns this tensor was widened from, when it was.
     pub fn exact_half(&self) -> Option<&Arc<HalfBits>> {
         self.exact_half.as_ref()
+    }
+
+    /// The elements rounded to `format`'s 16-bit patterns (round to nearest even,
+    /// docs/precision.md §"CUDA"): made by the first call and kept with the buffer,
+    /// whose elements never change (every op writes a fresh buffer), so a weight that a
+    /// forward, its recompute and its backward each read as a 16-bit operand is converted once
+    /// per optimizer step, and its copy freed with it. A call in the other format makes a copy
+    /// of its own and keeps none. For weights: an activation's copy would live as long as it.
+    pub(crate) fn rounded_half(
+        &self,
+        device: &GpuDevice,
+        format: HalfFormat,
+    ) -> Result<Arc<HalfBits>, GpuError> {
+        if let Some(kept) = self.rounded_half.get()
+            && kept.format == format
+        {
+            return Ok(kept.clone());
+        }
+        let bits = precision::to_half_bits(device, format, self.slice(), self.len())?;
+        let made = Arc::new(HalfBits { bits, format });
+        let _kept_first = self.rounded_half.set(made.clone());
+        Ok(made)
     }
 }
 

@@ -644,7 +644,7 @@ fn half_forward<E: GpuElement>(
         return gemm_half_forward(device, g, format, &x, weight);
     }
     let (input, x) = kept_half_input(device, format, x)?;
-    let w16 = stored(device, format, weight.buffer())?;
+    let w16 = weight.rounded_half(device, format)?;
     // SAFETY: the product writes every element when it runs; the buffer is dropped when it does
     // not.
     let mut y16 = unsafe { device.alloc::<u16>(g.n * g.out_len()) }?;
@@ -652,10 +652,10 @@ fn half_forward<E: GpuElement>(
         let x16 = input.half(device, format)?;
         if g.pointwise() {
             let gemm = g.forward_gemm(g.n, true, false);
-            gemm.run_stored(device, OP, format, &w16, x16.buffer(), &mut y16)?;
+            gemm.run_stored(device, OP, format, &w16.bits, x16.buffer(), &mut y16)?;
             true
         } else {
-            let (x16, w16) = (x16.buffer().slice(), w16.slice());
+            let (x16, w16) = (x16.buffer().slice(), w16.bits.slice());
             let types = DataTypes::half(format);
             cudnn::forward(device, g, types, x16, w16, y16.slice_mut(), false)?
         }
@@ -849,17 +849,17 @@ fn cudnn_half_backward<'a, E: GpuElement>(
     }
     let dx = if g.pointwise() {
         drop(x);
-        let w_half = stored(device, format, weight.buffer())?;
+        let w_half = weight.rounded_half(device, format)?;
         // SAFETY: the GEMM writes every element.
         let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
         let gemm = g.pointwise_input_grad_gemm();
-        gemm.run_stored(device, OP, format, &w_half, &dy_half, &mut dx16)?;
+        gemm.run_stored(device, OP, format, &w_half.bits, &dy_half, &mut dx16)?;
         dx16
     } else {
-        let w_half = stored(device, format, weight.buffer())?;
+        let w_half = weight.rounded_half(device, format)?;
         // SAFETY: as for `dw16`.
         let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
-        let (dy16, w16) = (dy_half.slice(), w_half.slice());
+        let (dy16, w16) = (dy_half.slice(), w_half.bits.slice());
         let ran = cudnn::backward_data(device, g, types, dy16, w16, dx16.slice_mut())?;
         drop(w_half);
         if !ran {
