@@ -560,9 +560,9 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
 /// A 16-bit convolution on cuDNN (and a pointwise one on either engine) converts its weight once
 /// per weight tensor (`CudaTensor::rounded_half`): the first pass (forward and backward) keeps
 /// one copy live, a second pass over the same tensor rises to a peak lower by exactly that copy
-/// than a pass over a fresh tensor of the same values, and all three give the same bits. A forward in the other format does not read the kept copy
-/// (its bits are the fresh tensor's in that format), and dropping the weight and everything over
-/// it frees the copy.
+/// than a pass over a fresh tensor of the same values, and all three give the same bits. A pass
+/// in the other format does not read the kept copy (its bits are a fresh tensor's in that
+/// format), and dropping the weight frees the copy.
 #[test]
 fn a_16_bit_convolution_converts_each_weight_tensor_once() {
     let Some(gpu) = backend_or_skip::<f32>("a_16_bit_convolution_converts_each_weight") else {

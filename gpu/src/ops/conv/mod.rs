@@ -427,7 +427,7 @@ pub fn forward<E: GpuElement>(
         g.check_bias(b.shape())?;
     }
     // Under a 16-bit precision the stored sums come first: the output is allocated once the
-    // 16-bit copy of the weight is freed.
+    // 16-bit operand the product made from spike bits is freed.
     let (stored, input) = match device.half_format() {
         Some(format) => {
             let (sums, input) = half_forward(device, &g, format, x.clone(), weight)?;
@@ -861,7 +861,6 @@ fn cudnn_half_backward<'a, E: GpuElement>(
         let mut dx16 = unsafe { device.alloc::<u16>(g.n * g.in_len()) }?;
         let (dy16, w16) = (dy_half.slice(), w_half.bits.slice());
         let ran = cudnn::backward_data(device, g, types, dy16, w16, dx16.slice_mut())?;
-        drop(w_half);
         if !ran {
             return Ok(HalfPasses::NotRun(dy_half, x));
         }
