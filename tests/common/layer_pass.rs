@@ -113,7 +113,9 @@ pub fn eval_saved<B: Backend, L: Layer<B>>(
 
 /// The bytes `layer`'s training forward over `x` leaves live (its saved tensors, the output
 /// dropped), and the most its backward from `dy` holds, both above the live bytes before the
-/// forward.
+/// forward. Over fresh copies of `store`'s tensors: a 16-bit forward keeps the 16-bit copy of a
+/// weight with the weight tensor, so over shared tensors a second footprint would not count the
+/// copies the first one made.
 pub fn footprint<L: Layer<Cuda<f32>>>(
     gpu: &Cuda<f32>,
     layer: &L,
@@ -123,7 +125,7 @@ pub fn footprint<L: Layer<Cuda<f32>>>(
         <Cuda<f32> as Backend>::Tensor,
     ),
 ) -> (usize, usize) {
-    let mut store = store.clone();
+    let mut store = fresh_copy(gpu, store);
     let mut grads = Grads::new(store.entries().len());
     let mut session = Session::new(gpu, &mut store, &mut grads, Mode::Train);
     let live = || {
@@ -138,4 +140,19 @@ pub fn footprint<L: Layer<Cuda<f32>>>(
     let (grad, rise) = with_peak_rise(gpu.device(), backward);
     drop(grad);
     (held, held + rise)
+}
+
+/// `store` with each tensor copied into a buffer of its own.
+fn fresh_copy(gpu: &Cuda<f32>, store: &ParamStore<Cuda<f32>>) -> ParamStore<Cuda<f32>> {
+    let mut copy = store.clone();
+    for (at, entry) in store.entries().iter().enumerate() {
+        if let Some(tensor) = entry.tensor() {
+            let values = gpu.to_vec(tensor).unwrap();
+            copy.set(
+                ParamId(at),
+                gpu.tensor_from_vec(tensor.shape(), values).unwrap(),
+            );
+        }
+    }
+    copy
 }
