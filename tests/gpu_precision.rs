@@ -69,6 +69,10 @@ use revsnn_reference::{
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];
 
+/// The convolutions whose 16-bit operands the memory tests follow: `(name, kernel, padding)` of a
+/// padded 3x3 one (cuDNN's, or im2col's) and a pointwise one (a GEMM on either engine).
+const SQUARE_AND_POINTWISE: [(&str, usize, usize); 2] = [("3x3", 3, 1), ("1x1", 1, 0)];
+
 /// The model families, one parity fixture spec each.
 const FAMILIES: [&str; 4] = ["revsresnet", "msresnet", "revsformer", "spikingformer"];
 
@@ -493,7 +497,7 @@ fn a_16_bit_convolution_keeps_its_input_in_16_bits_for_the_backward() {
     };
     let device = gpu.device();
     let mut rng = SplitMix64::new(41);
-    for (name, kernel, padding) in [("3x3", 3, 1), ("1x1", 1, 0)] {
+    for (name, kernel, padding) in SQUARE_AND_POINTWISE {
         let (x_shape, w_shape) = ([3, 4, 7, 7], [5, 4, kernel, kernel]);
         let (x_len, y_len) = (x_shape.iter().product::<usize>(), 3 * 5 * 7 * 7);
         let spikes: Vec<f32> = (0..x_len)
@@ -570,7 +574,7 @@ fn a_16_bit_convolution_converts_each_weight_tensor_once() {
     };
     let device = gpu.device();
     let mut rng = SplitMix64::new(43);
-    for (name, kernel, padding) in [("3x3", 3, 1), ("1x1", 1, 0)] {
+    for (name, kernel, padding) in SQUARE_AND_POINTWISE {
         let (x_shape, w_shape, y_shape) = ([2, 4, 6, 6], [5, 4, kernel, kernel], [2, 5, 6, 6]);
         let x = normal_tensor(&gpu, &mut rng, &x_shape, 1.0);
         let dy = normal_tensor(&gpu, &mut rng, &y_shape, 1.0);

@@ -81,8 +81,8 @@ pub fn train_fire<E: GpuElement>(
 }
 
 /// [`train_forward`] (the convolution with its `bias` when it has one), then the average pool
-/// `pool` of the BatchNorm's output made as it is read (`Backend::conv_batch_norm_train_avg_pool`):
-/// the BatchNorm computes its statistics only and
+/// `pool` of the BatchNorm's output made as it is read
+/// (`Backend::conv_batch_norm_train_avg_pool`): the BatchNorm computes its statistics only and
 /// the pool's kernel maps its input as it reads it ([`pool::avg_forward_from_normalised`]), so
 /// the BatchNorm's output is never written; `y` is the pooled output, the bits of
 /// [`train_forward`] then [`pool::avg_forward`]. Errors as those do.

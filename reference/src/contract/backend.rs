@@ -818,9 +818,10 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// one), then [`Backend::avg_pool2d_forward`] of the BatchNorm's output (RevSResNet24's event
     /// stem, docs/architectures.md §4.3): the returned `y` is the pooled output, with the
     /// statistics and both contexts (whose backward is
-    /// [`Backend::avg_pool_conv_batch_norm_backward`]). The default runs the two. A backend may pool the BatchNorm's output as it makes it from the
-    /// BatchNorm's input and statistics, so that it is never written (CUDA: docs/memory.md §9.6);
-    /// the outputs, statistics and contexts are the same bits. Errors as the ops do.
+    /// [`Backend::avg_pool_conv_batch_norm_backward`]). The default runs the two. A backend may
+    /// pool the BatchNorm's output as it makes it from the BatchNorm's input and statistics, so
+    /// that it is never written (CUDA: docs/memory.md §9.6); the outputs, statistics and
+    /// contexts are the same bits. Errors as the ops do.
     fn conv_batch_norm_train_avg_pool(
         &self,
         x: Self::Tensor,
