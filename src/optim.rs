@@ -1,13 +1,13 @@
 //! Optimizers over a model's parameters: SGD with momentum (the ResNet recipe) and AdamW (the
-//! transformer recipe), each update one backend op per parameter tensor (docs/recipes.md §5).
+//! transformer recipe), each step one backend op over every parameter tensor (docs/recipes.md §5).
 
-use revsnn_reference::{AdamWParams, Backend, Element, SgdParams};
+use revsnn_reference::{AdamWParams, AdamWTensors, Backend, Element, SgdParams, SgdTensors};
 
 use std::collections::HashMap;
 
 use crate::checkpoint::{StoredTensor, TensorData, TensorFile};
 use crate::error::{Error, Result};
-use crate::model::{EntryKind, Grads, ParamStore};
+use crate::model::{EntryKind, Grads, ParamId, ParamStore};
 
 /// Which update, with its hyperparameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,6 +37,9 @@ enum Slot<T> {
     Moments { first: T, second: T },
 }
 
+/// A parameter's new value and state after a step.
+type Stepped<T> = (T, Slot<T>);
+
 /// An optimizer and its state for one [`ParamStore`].
 #[derive(Clone, Debug)]
 pub struct Optimizer<B: Backend> {
@@ -61,7 +64,7 @@ impl<B: Backend> Optimizer<B> {
     }
 
     /// Updates every parameter that has a gradient, with the learning rate `lr` (schedules set
-    /// it per step; it replaces the kind's own `lr`).
+    /// it per step; it replaces the kind's own `lr`), all of them in one backend op.
     pub fn step(
         &mut self,
         backend: &B,
@@ -70,56 +73,97 @@ impl<B: Backend> Optimizer<B> {
         lr: f64,
     ) -> Result<()> {
         self.steps += 1;
-        let ids: Vec<_> = (0..store.entries().len())
-            .map(crate::model::ParamId)
+        let stepped: Vec<(ParamId, &B::Tensor)> = store
+            .entries()
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| entry.kind == EntryKind::Parameter)
+            .filter_map(|(index, _)| grads.get(ParamId(index)).map(|g| (ParamId(index), g)))
             .collect();
-        for id in ids {
-            let entry = &store.entries()[id.0];
-            if entry.kind != EntryKind::Parameter {
-                continue;
+        let updated = match self.kind {
+            OptimizerKind::Sgd(hp) => {
+                self.sgd_step(backend, store, &stepped, SgdParams { lr, ..hp })
             }
-            let Some(grad) = grads.get(id) else { continue };
-            let decays = entry.shape.len() > 1 && !entry.name.ends_with(".bias");
-            let param = store.get(id);
-            let (updated, slot) = match (self.kind, &self.slots[id.0]) {
-                (OptimizerKind::Sgd(hp), slot) => {
-                    let buffer = match slot {
-                        Slot::Momentum(buffer) => Some(buffer),
-                        _ => None,
-                    };
-                    let (updated, buffer) =
-                        backend.sgd_step(param, grad, buffer, SgdParams { lr, ..hp })?;
-                    (updated, Slot::Momentum(buffer))
-                }
-                (OptimizerKind::AdamW(hp), slot) => {
-                    let zeros;
-                    let (first, second) = match slot {
-                        Slot::Moments { first, second } => (first, second),
-                        _ => {
-                            zeros = backend.zeros(&entry.shape)?;
-                            (&zeros, &zeros)
-                        }
-                    };
-                    let weight_decay = if decays { hp.weight_decay } else { 0.0 };
-                    let (updated, first, second) = backend.adamw_step(
-                        param,
-                        grad,
-                        first,
-                        second,
-                        AdamWParams {
-                            lr,
-                            weight_decay,
-                            ..hp
-                        },
-                        self.steps,
-                    )?;
-                    (updated, Slot::Moments { first, second })
-                }
-            };
-            store.set(id, updated);
+            OptimizerKind::AdamW(hp) => {
+                self.adamw_step(backend, store, &stepped, AdamWParams { lr, ..hp })
+            }
+        }?;
+        for ((id, _), (param, slot)) in stepped.iter().zip(updated) {
+            store.set(*id, param);
             self.slots[id.0] = slot;
         }
         Ok(())
+    }
+
+    /// The SGD step of the parameters `stepped` (with their gradients): their new values and
+    /// momentum buffers.
+    fn sgd_step(
+        &self,
+        backend: &B,
+        store: &ParamStore<B>,
+        stepped: &[(ParamId, &B::Tensor)],
+        params: SgdParams,
+    ) -> Result<Vec<Stepped<B::Tensor>>> {
+        let tensors: Vec<SgdTensors<'_, B::Tensor>> = stepped
+            .iter()
+            .map(|&(id, grad)| SgdTensors {
+                param: store.get(id),
+                grad,
+                momentum_buffer: match &self.slots[id.0] {
+                    Slot::Momentum(buffer) => Some(buffer),
+                    _ => None,
+                },
+            })
+            .collect();
+        let updated = backend.sgd_step_foreach(&tensors, params)?;
+        Ok(updated
+            .into_iter()
+            .map(|(param, buffer)| (param, Slot::Momentum(buffer)))
+            .collect())
+    }
+
+    /// The AdamW step of the parameters `stepped` (with their gradients): their new values and
+    /// moments. Moments start at zero; the weight decay skips biases and 1-D parameters.
+    fn adamw_step(
+        &self,
+        backend: &B,
+        store: &ParamStore<B>,
+        stepped: &[(ParamId, &B::Tensor)],
+        params: AdamWParams,
+    ) -> Result<Vec<Stepped<B::Tensor>>> {
+        let zeros: Vec<Option<B::Tensor>> = stepped
+            .iter()
+            .map(|&(id, _)| match &self.slots[id.0] {
+                Slot::Moments { .. } => Ok(None),
+                _ => backend.zeros(&store.entries()[id.0].shape).map(Some),
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let tensors: Vec<AdamWTensors<'_, B::Tensor>> = stepped
+            .iter()
+            .zip(&zeros)
+            .map(|(&(id, grad), zeros)| {
+                let entry = &store.entries()[id.0];
+                let (first_moment, second_moment) = match (&self.slots[id.0], zeros) {
+                    (Slot::Moments { first, second }, _) => (first, second),
+                    (_, Some(zeros)) => (zeros, zeros),
+                    (_, None) => {
+                        unreachable!("zeros were made for every parameter without moments")
+                    }
+                };
+                AdamWTensors {
+                    param: store.get(id),
+                    grad,
+                    first_moment,
+                    second_moment,
+                    decays: entry.shape.len() > 1 && !entry.name.ends_with(".bias"),
+                }
+            })
+            .collect();
+        let updated = backend.adamw_step_foreach(&tensors, params, self.steps)?;
+        Ok(updated
+            .into_iter()
+            .map(|(param, first, second)| (param, Slot::Moments { first, second }))
+            .collect())
     }
 
     /// The state as named tensors, for checkpoints: `{param}.momentum_buffer` (SGD), or

@@ -4,14 +4,17 @@
 //! betas). Each new parameter and state is first held to the tolerance class of docs/design.md
 //! (relative L2 error, f32 <= 1e-5, f64 <= 1e-12), then to bitwise equality: the kernels do the
 //! reference's operations in its order without FMA contraction, with IEEE division and square
-//! root. Two runs are bitwise identical; bad shapes and parameters are errors. Sizes span one
-//! partial block up to thousands of blocks. Skips without a GPU (`SKIP: no CUDA device`), fails
+//! root. The many-tensor steps (`*_step_foreach`: 150 tensors, empty to several chunks, so
+//! several launches) equal the single steps bit for bit. Two runs are bitwise identical; bad
+//! shapes and parameters are errors. Sizes span one partial block up to thousands of blocks. Skips without a GPU (`SKIP: no CUDA device`), fails
 //! then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{AdamWParams, Backend, Compute, Cpu, DType, Element, SgdParams};
+use revsnn_reference::{
+    AdamWParams, AdamWTensors, Backend, Compute, Cpu, DType, Element, SgdParams, SgdTensors,
+};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
 
@@ -184,6 +187,118 @@ fn adamw<B: Backend>(device: &B) {
     }
 }
 
+/// Tensor sizes for the many-tensor steps: empty, one element, a partial chunk of the CUDA
+/// kernels' 4096 elements, one chunk, one past it, several chunks.
+const FOREACH_SIZES: [usize; 6] = [0, 1, 255, 4096, 4097, 9000];
+/// Tensors per many-tensor step: SGD's launches take 64, AdamW's 48, so both take several.
+const FOREACH_TENSORS: usize = 150;
+
+/// `FOREACH_TENSORS` parameters of the sizes in turn, with gradients and two more tensors each
+/// (a momentum buffer, or the AdamW moments, the second non-negative).
+fn foreach_operands<B: Backend>(backend: &B, seed: u64) -> Vec<[B::Tensor; 4]> {
+    let mut rng = SplitMix64::new(seed);
+    (0..FOREACH_TENSORS)
+        .map(|i| {
+            let n = FOREACH_SIZES[i % FOREACH_SIZES.len()];
+            let square = |x: f64| <B::Elem>::cast(x * x);
+            let data: [Vec<B::Elem>; 4] = [
+                values(&mut rng, n, 1.0),
+                values(&mut rng, n, 0.1),
+                values(&mut rng, n, 0.05),
+                rng.normal_vec(n, 0.05).into_iter().map(square).collect(),
+            ];
+            data.map(|d| backend.tensor_from_vec(&[n], d).unwrap())
+        })
+        .collect()
+}
+
+/// The many-tensor steps against the reference's single steps, bit for bit: SGD with every
+/// third tensor at its first step (no buffer), AdamW with every other tensor exempt from the
+/// weight decay; every size from empty to several chunks, in several launches.
+fn foreach<B: Backend>(device: &B) {
+    let cpu = Cpu::<B::Elem>::new();
+    let (on_device, on_cpu) = (foreach_operands(device, 7), foreach_operands(&cpu, 7));
+    let sgd = SgdParams {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+    };
+    let tensors: Vec<_> = on_device
+        .iter()
+        .enumerate()
+        .map(|(i, [param, grad, buffer, _])| SgdTensors {
+            param,
+            grad,
+            momentum_buffer: (i % 3 != 0).then_some(buffer),
+        })
+        .collect();
+    let updated = device.sgd_step_foreach(&tensors, sgd).unwrap();
+    assert_eq!(
+        updated.len(),
+        FOREACH_TENSORS,
+        "sgd foreach: one result per tensor"
+    );
+    for (i, ((param, buffer), [p, g, b, _])) in updated.iter().zip(&on_cpu).enumerate() {
+        let expected = cpu.sgd_step(p, g, (i % 3 != 0).then_some(b), sgd).unwrap();
+        let what = format!("sgd foreach tensor {i}");
+        check(
+            &format!("{what}: parameter"),
+            &device.to_vec(param).unwrap(),
+            &cpu.to_vec(&expected.0).unwrap(),
+        );
+        check(
+            &format!("{what}: buffer"),
+            &device.to_vec(buffer).unwrap(),
+            &cpu.to_vec(&expected.1).unwrap(),
+        );
+    }
+
+    let adamw = AdamWParams::new(5e-4, 0.06);
+    let step = 3;
+    let tensors: Vec<_> = on_device
+        .iter()
+        .enumerate()
+        .map(
+            |(i, [param, grad, first_moment, second_moment])| AdamWTensors {
+                param,
+                grad,
+                first_moment,
+                second_moment,
+                decays: i % 2 == 0,
+            },
+        )
+        .collect();
+    let updated = device.adamw_step_foreach(&tensors, adamw, step).unwrap();
+    assert_eq!(
+        updated.len(),
+        FOREACH_TENSORS,
+        "adamw foreach: one result per tensor"
+    );
+    for (i, (got, [p, g, m, v])) in updated.iter().zip(&on_cpu).enumerate() {
+        let weight_decay = if i % 2 == 0 { adamw.weight_decay } else { 0.0 };
+        let params = AdamWParams {
+            weight_decay,
+            ..adamw
+        };
+        let expected = cpu.adamw_step(p, g, m, v, params, step).unwrap();
+        let pairs = [
+            (&got.0, &expected.0),
+            (&got.1, &expected.1),
+            (&got.2, &expected.2),
+        ];
+        for (name, (got, want)) in ["parameter", "first moment", "second moment"]
+            .iter()
+            .zip(pairs)
+        {
+            check(
+                &format!("adamw foreach tensor {i}: {name}"),
+                &device.to_vec(got).unwrap(),
+                &cpu.to_vec(want).unwrap(),
+            );
+        }
+    }
+}
+
 fn rejects_bad_input<B: Backend>(device: &B) {
     let tensor = |shape: &[usize]| {
         let n = shape.iter().product();
@@ -278,12 +393,43 @@ fn rejects_bad_input<B: Backend>(device: &B) {
             .is_err(),
         "adamw: eps 0"
     );
+    // One bad tensor anywhere in a many-tensor step, past the first launch's table.
+    let operands = foreach_operands(device, 8);
+    let mut sgd_tensors: Vec<_> = operands
+        .iter()
+        .map(|[param, grad, _, _]| SgdTensors {
+            param,
+            grad,
+            momentum_buffer: None,
+        })
+        .collect();
+    sgd_tensors[100].momentum_buffer = Some(&other);
+    assert!(
+        device.sgd_step_foreach(&sgd_tensors, sgd).is_err(),
+        "sgd foreach: buffer shape"
+    );
+    let mut adamw_tensors: Vec<_> = operands
+        .iter()
+        .map(|[param, grad, first_moment, second_moment]| AdamWTensors {
+            param,
+            grad,
+            first_moment,
+            second_moment,
+            decays: true,
+        })
+        .collect();
+    adamw_tensors[100].grad = &other;
+    assert!(
+        device.adamw_step_foreach(&adamw_tensors, adamw, 1).is_err(),
+        "adamw foreach: gradient shape"
+    );
 }
 
 fn all<E: GpuElement>(test: &str) {
     if let Some(gpu) = backend_or_skip::<E>(test) {
         sgd(&gpu);
         adamw(&gpu);
+        foreach(&gpu);
         rejects_bad_input(&gpu);
         gpu.synchronize().unwrap();
     }
@@ -306,5 +452,6 @@ fn the_harness_passes_with_the_reference_as_the_device() {
     let cpu = Cpu::<f64>::new();
     sgd(&cpu);
     adamw(&cpu);
+    foreach(&cpu);
     rejects_bad_input(&cpu);
 }

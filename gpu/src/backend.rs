@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{
-    AdamWParams, AdamWState, AttentionGrads, AttentionKept, AvgPoolGrad, Backend,
+    AdamWParams, AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AvgPoolGrad, Backend,
     BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
     BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvKind, LinearGrads,
     NeuronBackward, NeuronConfig, NeuronFire, NeuronSource, Onto, Pool2dParams, Precision, Result,
-    RunningStats, SgdParams, TransferCounts, attention_backward_in_turn, attention_forward_in_turn,
-    avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
-    neuron_backward_from_source_in_turn, neuron_context, spiking_conv_batch_norm_backward_in_turn,
+    RunningStats, SgdParams, SgdState, SgdTensors, TransferCounts, attention_backward_in_turn,
+    attention_forward_in_turn, avg_pool_conv_batch_norm_backward_in_turn,
+    conv_batch_norm_backward_in_turn, neuron_backward_from_source_in_turn, neuron_context,
+    spiking_conv_batch_norm_backward_in_turn,
 };
 
 use crate::device::GpuDevice;
@@ -725,7 +726,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
         grad: &CudaTensor<E>,
         momentum_buffer: Option<&CudaTensor<E>>,
         params: SgdParams,
-    ) -> Result<(CudaTensor<E>, CudaTensor<E>)> {
+    ) -> Result<SgdState<CudaTensor<E>>> {
         Ok(ops::optim::sgd_step(
             &self.device,
             param,
@@ -750,6 +751,28 @@ impl<E: GpuElement> Backend for Cuda<E> {
             grad,
             first_moment,
             second_moment,
+            params,
+            step,
+        )?)
+    }
+
+    fn sgd_step_foreach(
+        &self,
+        tensors: &[SgdTensors<'_, CudaTensor<E>>],
+        params: SgdParams,
+    ) -> Result<Vec<SgdState<CudaTensor<E>>>> {
+        Ok(ops::optim::sgd_step_foreach(&self.device, tensors, params)?)
+    }
+
+    fn adamw_step_foreach(
+        &self,
+        tensors: &[AdamWTensors<'_, CudaTensor<E>>],
+        params: AdamWParams,
+        step: u64,
+    ) -> Result<Vec<AdamWState<CudaTensor<E>>>> {
+        Ok(ops::optim::adamw_step_foreach(
+            &self.device,
+            tensors,
             params,
             step,
         )?)

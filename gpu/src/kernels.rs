@@ -205,15 +205,16 @@ pub const LOSS: KernelSource = KernelSource {
     ],
 };
 
-/// `gpu/kernels/optim.cu`: fused SGD-with-momentum and AdamW steps (docs/recipes.md §5).
+/// `gpu/kernels/optim.cu`: fused SGD-with-momentum and AdamW steps over many tensors per
+/// launch (docs/recipes.md §5).
 pub const OPTIM: KernelSource = KernelSource {
     file: "optim.cu",
     source: include_str!("../kernels/optim.cu"),
     functions: &[
-        "sgd_step_f32",
-        "sgd_step_f64",
-        "adamw_step_f32",
-        "adamw_step_f64",
+        "sgd_step_foreach_f32",
+        "sgd_step_foreach_f64",
+        "adamw_step_foreach_f32",
+        "adamw_step_foreach_f64",
     ],
 };
 
@@ -293,8 +294,22 @@ pub const ROUNDING: KernelHeader = KernelHeader {
     source: include_str!("../kernels/rounding.cuh"),
 };
 
+/// `gpu/kernels/foreach.cuh`: the chunks of a launch over a table of tensors (included by
+/// optim.cu and tensor.cu).
+pub const FOREACH: KernelHeader = KernelHeader {
+    name: "foreach.cuh",
+    source: include_str!("../kernels/foreach.cuh"),
+};
+
 /// Every header, handed to NVRTC by name with each kernel file.
-pub const HEADERS: &[KernelHeader] = &[BATCH_NORM_MAP, POOL_WINDOWS, HALF, FINGERPRINT, ROUNDING];
+pub const HEADERS: &[KernelHeader] = &[
+    BATCH_NORM_MAP,
+    POOL_WINDOWS,
+    HALF,
+    FINGERPRINT,
+    ROUNDING,
+    FOREACH,
+];
 
 /// Every kernel file, for the NVRTC compile check.
 pub const ALL: &[KernelSource] = &[

@@ -19,7 +19,7 @@ use ndarray::{ArcArray, IxDyn};
 use crate::contract::{
     AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
     BatchStats, Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig,
-    Pool2dParams, Precision, Result, RunningStats, SgdParams,
+    Pool2dParams, Precision, Result, RunningStats, SgdParams, SgdState,
 };
 use crate::{memory, ops};
 
@@ -394,7 +394,7 @@ impl<E: Element> Backend for Cpu<E> {
         grad: &CpuTensor<E>,
         momentum_buffer: Option<&CpuTensor<E>>,
         params: SgdParams,
-    ) -> Result<(CpuTensor<E>, CpuTensor<E>)> {
+    ) -> Result<SgdState<CpuTensor<E>>> {
         ops::optim::sgd_step(param, grad, momentum_buffer, params)
     }
 

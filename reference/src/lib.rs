@@ -18,11 +18,12 @@ pub mod ops;
 pub mod testing;
 
 pub use contract::{
-    AdamWParams, AdamWState, AttentionGrads, AttentionKept, AvgPoolGrad, Backend, BatchNormAffine,
-    BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput, BatchStats, Combine,
-    Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind,
-    DType, DeviceError, Element, Firing, LinearGrads, NeuronBackward, NeuronConfig, NeuronFire,
-    NeuronKept, NeuronKind, NeuronSource, Onto, OpError, Pool2dParams, Precision, Result,
-    RunningStats, SgdParams, Surrogate, TransferCounts,
+    AdamWParams, AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AvgPoolGrad, Backend,
+    BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput,
+    BatchStats, Combine, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads,
+    ConvBatchNormTrainOutput, ConvKind, DType, DeviceError, Element, Firing, LinearGrads,
+    NeuronBackward, NeuronConfig, NeuronFire, NeuronKept, NeuronKind, NeuronSource, Onto, OpError,
+    Pool2dParams, Precision, Result, RunningStats, SgdParams, SgdState, SgdTensors, Surrogate,
+    TransferCounts,
 };
 pub use cpu::{Cpu, CpuTensor};

@@ -1,18 +1,20 @@
 //! Host sides of the CUDA kernels; each module is the twin of the CPU kernels' module of the same
 //! name (`reference/src/ops/`), with the same public functions, and of `gpu/kernels/<same
 //! name>.cu`, except `precision`, whose twin is the contract's
-//! `reference/src/contract/precision.rs` (`Precision::round`), `saved_input`, the compact
-//! forms in which contexts keep their inputs (no twin; kernels in `gpu/kernels/spike_bits.cu`),
-//! and `conv_batch_norm`, the two ops fused (no twin: the CPU runs the contract's default). Every function validates its
-//! operands with the contract's shape rules (`revsnn_reference::contract`; a [`GpuError::Op`]
-//! names the op and what is wrong, as the CPU backend does), allocates its outputs through
-//! [`GpuDevice`](crate::GpuDevice) so they are counted, and queues its kernels on the device's one
-//! stream.
+//! `reference/src/contract/precision.rs` (`Precision::round`), `saved_input`, the compact forms
+//! in which contexts keep their inputs (no twin; kernels in `gpu/kernels/spike_bits.cu`),
+//! `conv_batch_norm`, the two ops fused (no twin: the CPU runs the contract's default), and
+//! `foreach`, the launches over many tensors at once that `optim` and `tensor` share (kernel side
+//! in `gpu/kernels/foreach.cuh`). Every function validates its operands with the contract's shape
+//! rules (`revsnn_reference::contract`; a [`GpuError::Op`] names the op and what is wrong, as the
+//! CPU backend does), allocates its outputs through [`GpuDevice`](crate::GpuDevice) so they are
+//! counted, and queues its kernels on the device's one stream.
 
 pub mod attention;
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_batch_norm;
+mod foreach;
 pub mod linear;
 pub mod loss;
 pub mod neuron;

@@ -25,15 +25,15 @@ pub mod precision;
 pub mod shapes;
 
 pub use backend::{
-    AdamWState, AttentionGrads, AttentionKept, AvgPoolGrad, Backend, BackendNeuronSource,
-    BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput, BatchStats, Combine,
-    Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads, NeuronBackward,
-    NeuronFire, NeuronKept, NeuronSource, Onto, RunningStats, attention_backward_in_turn,
-    attention_forward_in_turn, avg_pool_conv_batch_norm_backward_in_turn,
-    conv_batch_norm_backward_in_turn, conv_batch_norm_train_avg_pool_in_turn,
-    conv_batch_norm_train_fire_in_turn, conv_batch_norm_train_forward_in_turn, flatten_time,
-    neuron_backward_from_source_in_turn, neuron_context, spiking_conv_batch_norm_backward_in_turn,
-    unflatten_time,
+    AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AvgPoolGrad, Backend,
+    BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput,
+    BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads,
+    NeuronBackward, NeuronFire, NeuronKept, NeuronSource, Onto, RunningStats, SgdState, SgdTensors,
+    attention_backward_in_turn, attention_forward_in_turn,
+    avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
+    conv_batch_norm_train_avg_pool_in_turn, conv_batch_norm_train_fire_in_turn,
+    conv_batch_norm_train_forward_in_turn, flatten_time, neuron_backward_from_source_in_turn,
+    neuron_context, spiking_conv_batch_norm_backward_in_turn, unflatten_time,
 };
 pub use compute::{Compute, TransferCounts};
 pub use element::{DType, Element};
