@@ -422,7 +422,8 @@ fn folded_fingerprints<B: Compute>(gpu: &B) {
 }
 
 /// The non-finite count against the reference's, over tensors of every size with NaN and
-/// infinities at the first, last and scattered positions, summed over several tensors in one call.
+/// infinities at the first, last and scattered positions, summed over several tensors in one call
+/// and over 300 (several launches).
 fn non_finite_counts<B: Backend>(p: &Pair<B>) {
     let special = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
     let mut gpu_tensors = Vec::new();
@@ -450,6 +451,14 @@ fn non_finite_counts<B: Backend>(p: &Pair<B>) {
         "all at once"
     );
     assert_eq!(p.gpu.count_non_finite(&gpu_refs[4..]).unwrap(), 0, "finite");
+    // Past one launch's table of 128 tensors: the list many times over.
+    let gpu_cycled: Vec<_> = gpu_refs[..4].iter().copied().cycle().take(300).collect();
+    let cpu_cycled: Vec<_> = cpu_refs.iter().copied().cycle().take(300).collect();
+    assert_eq!(
+        p.gpu.count_non_finite(&gpu_cycled).unwrap(),
+        p.cpu.count_non_finite(&cpu_cycled).unwrap(),
+        "300 tensors"
+    );
     assert_eq!(p.gpu.count_non_finite(&[]).unwrap(), 0, "no tensor");
 }
 

@@ -6,6 +6,7 @@
 // compiler never contracts into an FMA, so each result rounds exactly as the CPU reference's.
 
 #include "fingerprint.cuh"
+#include "foreach.cuh"
 #include "rounding.cuh"
 
 #define MAX_RANK 8
@@ -180,11 +181,26 @@ __device__ __forceinline__ bool non_finite(double v) {
     return ((unsigned long long)__double_as_longlong(v) & 0x7ff0000000000000ULL) == 0x7ff0000000000000ULL;
 }
 
-// count += the number of NaN and infinite elements of x; integer atomics, so the total does not
-// depend on the launch.
-template <typename E> __device__ void count_non_finite(const E* __restrict__ x, unsigned long long* count, long long n) {
+// Tensors per launch of count_non_finite: the table stays within 4 KiB of kernel parameters.
+// gpu/src/ops/tensor.rs `CountTable` mirrors it.
+#define COUNT_TABLE_LEN 128
+
+// The tensors of one count_non_finite launch, a table of foreach.cuh.
+template <typename E> struct CountTable {
+    const E* x[COUNT_TABLE_LEN];
+    long long len[COUNT_TABLE_LEN];
+    int first_block[COUNT_TABLE_LEN + 1];
+};
+
+// count += the number of NaN and infinite elements of the table's tensors; integer atomics, so
+// the total does not depend on the launch.
+template <typename E>
+__device__ __forceinline__ void count_non_finite(const CountTable<E>& table, unsigned long long* count) {
+    long long start, end;
+    const int t = chunk_of_block(table, start, end);
+    const E* x = table.x[t];
     unsigned long long acc = 0;
-    GRID_STRIDE_LOOP(i, n) { acc += non_finite(x[i]) ? 1ULL : 0ULL; }
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) acc += non_finite(x[i]) ? 1ULL : 0ULL;
     add_warp_to_sum(acc, count);
 }
 
@@ -241,8 +257,8 @@ extern "C" __global__ void count_unequal(unsigned long long* count, const unsign
     extern "C" __global__ void fingerprint_##SUFFIX(const E* x, unsigned long long* sum, long long n) {          \
         fingerprint<E>(x, sum, n);                                                                               \
     }                                                                                                            \
-    extern "C" __global__ void count_non_finite_##SUFFIX(const E* x, unsigned long long* count, long long n) {   \
-        count_non_finite<E>(x, count, n);                                                                        \
+    extern "C" __global__ void count_non_finite_##SUFFIX(CountTable<E> table, unsigned long long* count) {      \
+        count_non_finite<E>(table, count);                                                                       \
     }
 
 TENSOR_KERNELS(float, f32)

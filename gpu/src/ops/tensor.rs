@@ -15,6 +15,7 @@ use revsnn_reference::contract::shapes::{
     permuted_shape, repeated_shape, split_leading,
 };
 
+use super::foreach::{chunk_launch, number_chunks, read_address, write_address};
 use super::{GpuElement, ONE_THREAD, THREADS, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -651,29 +652,64 @@ fn element_sum<E: GpuElement>(
 }
 
 /// The number of NaN and infinite elements over all of `tensors`: one `count_non_finite_<E>`
-/// launch per non-empty tensor, all adding into one device counter (integer atomics, so the
-/// count does not depend on the launch), which is read back once; waits for the stream.
+/// launch per [`COUNT_TABLE_LEN`] tensors (`super::foreach`), all adding into one device counter
+/// (integer atomics, so the count does not depend on the launch), which is read back once; waits
+/// for the stream.
 pub fn count_non_finite<E: GpuElement>(
     device: &GpuDevice,
     tensors: &[&CudaTensor<E>],
 ) -> Result<u64, GpuError> {
     let mut count = device.alloc_zeros::<u64>(1)?;
     let function = device.function(&TENSOR, &format!("count_non_finite_{}", E::SUFFIX))?;
-    for x in tensors.iter().filter(|x| !x.is_empty()) {
-        let n = x.len() as i64;
-        let mut launch = device.stream().launch_builder(&function);
-        launch.arg(x.slice()).arg(count.slice_mut()).arg(&n);
-        // SAFETY: the arguments match `count_non_finite_<E>(const E*, unsigned long long*, long
-        // long)`; x holds n elements and count one; the block size is a multiple of the warp
-        // size, as the kernel's full-mask shuffles need.
-        unsafe { launch.launch(reduction_launch(x.len())) }
-            .map_err(GpuError::driver("launching count_non_finite"))?;
+    let stream = device.stream();
+    for tensors in tensors.chunks(COUNT_TABLE_LEN) {
+        let mut guards = Vec::new();
+        let mut table = CountTable {
+            x: [0; COUNT_TABLE_LEN],
+            len: [0; COUNT_TABLE_LEN],
+            first_block: [0; COUNT_TABLE_LEN + 1],
+        };
+        for (i, x) in tensors.iter().enumerate() {
+            table.x[i] = read_address(x.slice(), stream, &mut guards);
+            table.len[i] = x.len() as i64;
+        }
+        let lens = tensors.iter().map(|x| x.len());
+        let blocks = number_chunks("count_non_finite", lens, &mut table.first_block)?;
+        if blocks > 0 {
+            let counter = write_address(count.slice_mut(), stream, &mut guards);
+            let mut launch = stream.launch_builder(&function);
+            launch.arg(&table).arg(&counter);
+            // SAFETY: the arguments match `count_non_finite_<E>(CountTable<E> table, unsigned
+            // long long* count)`; every address of the table's first `tensors.len()` entries
+            // holds `len` elements, `counter` one, and the guards keep them live for the launch;
+            // the blocks are the chunks the table numbers, each a multiple of the warp size, as
+            // the kernel's full-mask shuffles need.
+            unsafe { launch.launch(chunk_launch(blocks)) }
+                .map_err(GpuError::driver("launching count_non_finite"))?;
+        }
     }
     Ok(device.download(&count)?[0])
 }
 
-/// The launch of the whole-tensor integer reductions (fingerprint, non-finite count) over `len`
-/// elements: full blocks of [`THREADS`], at most 1024 of them, striding over the rest.
+/// Tensors per `count_non_finite` launch: `COUNT_TABLE_LEN` of tensor.cu.
+const COUNT_TABLE_LEN: usize = 128;
+
+/// `struct CountTable<E>` of tensor.cu: each tensor's device address and length, and the
+/// numbering of their chunks (`super::foreach`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CountTable {
+    x: [u64; COUNT_TABLE_LEN],
+    len: [i64; COUNT_TABLE_LEN],
+    first_block: [i32; COUNT_TABLE_LEN + 1],
+}
+
+// SAFETY: `#[repr(C)]` plain integers in the order and types of `struct CountTable<E>` in
+// tensor.cu (the address as a 64-bit integer, then `long long`s, then `int`s).
+unsafe impl DeviceRepr for CountTable {}
+
+/// The launch of the whole-tensor fingerprint over `len` elements: full blocks of [`THREADS`], at
+/// most 1024 of them, striding over the rest.
 fn reduction_launch(len: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (len.div_ceil(THREADS as usize).clamp(1, 1024) as u32, 1, 1),
