@@ -3,9 +3,9 @@
 //!
 //! One fused kernel reads each parameter, its gradient and its state once and writes the new
 //! parameter and state, for up to [`SGD_TABLE_LEN`] or [`ADAMW_TABLE_LEN`] parameter tensors per
-//! launch (`super::foreach`). Each update is
-//! computed in `E` with the reference's operations in its order, without FMA contraction, so the
-//! results equal the reference's bit for bit. The single-tensor steps are a table of one.
+//! launch (`super::foreach`). Each update is computed in `E` with the reference's operations in
+//! its order, without FMA contraction, so the results equal the reference's bit for bit. The
+//! single-tensor steps are a table of one.
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 use revsnn_reference::contract::shapes::check_like_param;
