@@ -3,7 +3,8 @@
 //! tensor, so one launch covers tensors of any sizes. A table's `#[repr(C)]` twin in Rust fills
 //! its device addresses with [`read_address`] and [`write_address`] and numbers its chunks with
 //! [`number_chunks`]; [`chunk_launch`] is the launch. The optimizer steps and the non-finite
-//! count use it: a model's ~100 parameter tensors take 2 or 3 launches where they took one each.
+//! count use it (up to 64, 48 or 128 tensors per launch where they took one each); a table must
+//! fit [`TABLE_BYTES`].
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop};
 
@@ -11,7 +12,11 @@ use super::{THREADS, shape_error};
 use crate::error::GpuError;
 
 /// Elements per block: `FOREACH_CHUNK` of foreach.cuh.
-pub(crate) const CHUNK: usize = 4096;
+const CHUNK: usize = 4096;
+
+/// The most bytes a table may take: every CUDA device accepts 4 KiB of kernel parameters, and
+/// the kernels' other parameters (a counter's address, or up to five scalars) take at most 64.
+pub(crate) const TABLE_BYTES: usize = 4096 - 64;
 
 /// Numbers the chunks of one launch's tensors, of lengths `lens`: tensor `t`'s are the blocks
 /// `first_block[t]` to `first_block[t + 1] - 1`, and every entry past the last tensor holds the

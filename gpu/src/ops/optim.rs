@@ -12,7 +12,7 @@ use revsnn_reference::contract::shapes::check_like_param;
 use revsnn_reference::{AdamWParams, AdamWState, AdamWTensors, SgdParams, SgdState, SgdTensors};
 
 use super::GpuElement;
-use super::foreach::{chunk_launch, number_chunks, read_address, write_address};
+use super::foreach::{TABLE_BYTES, chunk_launch, number_chunks, read_address, write_address};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::OPTIM;
@@ -61,6 +61,9 @@ struct AdamWTable<E> {
 // SAFETY: as for `SgdTable`, with `E` (f32 or f64, `DeviceRepr`) for optim.cu's `E shrink[]`;
 // the `int`s after it stay 4-byte aligned for either.
 unsafe impl<E: DeviceRepr> DeviceRepr for AdamWTable<E> {}
+
+const _: () = assert!(size_of::<SgdTable>() <= TABLE_BYTES);
+const _: () = assert!(size_of::<AdamWTable<f64>>() <= TABLE_BYTES);
 
 /// One SGD step (see [`SgdParams`]): `d = g + weight_decay p`, `b = momentum b_old + d` (`b = d`
 /// on the first step, without a buffer), `p_new = p - lr b`; returns the new parameter and

@@ -15,7 +15,7 @@ use revsnn_reference::contract::shapes::{
     permuted_shape, repeated_shape, split_leading,
 };
 
-use super::foreach::{chunk_launch, number_chunks, read_address, write_address};
+use super::foreach::{TABLE_BYTES, chunk_launch, number_chunks, read_address, write_address};
 use super::{GpuElement, ONE_THREAD, THREADS, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -707,6 +707,8 @@ struct CountTable {
 // SAFETY: `#[repr(C)]` plain integers in the order and types of `struct CountTable<E>` in
 // tensor.cu (the address as a 64-bit integer, then `long long`s, then `int`s).
 unsafe impl DeviceRepr for CountTable {}
+
+const _: () = assert!(size_of::<CountTable>() <= TABLE_BYTES);
 
 /// The launch of the whole-tensor fingerprint over `len` elements: full blocks of [`THREADS`], at
 /// most 1024 of them, striding over the rest.
