@@ -6,8 +6,8 @@
 //! reference's operations in its order without FMA contraction, with IEEE division and square
 //! root. The many-tensor steps (`*_step_foreach`: 150 tensors, empty to several chunks, so
 //! several launches) equal the single steps bit for bit. Two runs are bitwise identical; bad
-//! shapes and parameters are errors. Sizes span one partial block up to thousands of blocks. Skips without a GPU (`SKIP: no CUDA device`), fails
-//! then with `REVSNN_REQUIRE_GPU=1`.
+//! shapes and parameters are errors. Sizes span one partial block up to thousands of blocks.
+//! Skips without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
