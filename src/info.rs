@@ -1,8 +1,11 @@
 //! `revsnn info`: version, CPU threads and the availability of CUDA and its libraries (NVRTC,
-//! cuDNN, NCCL), with the reason when absent.
+//! cuDNN, NCCL), with the reason when absent, and where compiled kernels are kept.
 //! Never panics and needs no GPU.
 
+use std::path::PathBuf;
+
 use revsnn_gpu::compiler;
+use revsnn_gpu::kernel_cache::KernelCache;
 use revsnn_gpu::probe::{CudaStatus, probe};
 use serde_json::json;
 
@@ -19,6 +22,8 @@ pub struct MachineInfo {
     pub cudnn: Result<(usize, usize, usize), String>,
     /// NCCL's version, or why it cannot be loaded (training on several GPUs needs it).
     pub nccl: Result<(i32, i32, i32), String>,
+    /// The folder of compiled kernels (`REVSNN_KERNEL_CACHE`), `None` when it is off.
+    pub kernel_cache: Option<PathBuf>,
 }
 
 /// Reads the machine.
@@ -30,6 +35,7 @@ pub fn machine_info() -> MachineInfo {
         nvrtc: compiler::nvrtc_version().map_err(|e| e.to_string()),
         cudnn: revsnn_gpu::ops::conv::cudnn::version().map_err(|e| e.to_string()),
         nccl: revsnn_gpu::nccl::version().map_err(|e| e.to_string()),
+        kernel_cache: KernelCache::from_env().map(|cache| cache.folder().to_path_buf()),
     }
 }
 
@@ -65,7 +71,7 @@ impl MachineInfo {
             }
             Err(reason) => json!({"available": false, "reason": reason}),
         };
-        json!({"version": self.version, "cpu_threads": self.cpu_threads, "cuda": cuda, "nvrtc": nvrtc, "cudnn": cudnn, "nccl": nccl})
+        json!({"version": self.version, "cpu_threads": self.cpu_threads, "cuda": cuda, "nvrtc": nvrtc, "cudnn": cudnn, "nccl": nccl, "kernel_cache": self.kernel_cache})
     }
 }
 
@@ -99,8 +105,15 @@ impl std::fmt::Display for MachineInfo {
             )?,
         }
         match &self.nccl {
-            Ok((major, minor, patch)) => write!(f, "NCCL: {major}.{minor}.{patch}"),
-            Err(reason) => write!(f, "NCCL: unavailable (training on one GPU only): {reason}"),
+            Ok((major, minor, patch)) => writeln!(f, "NCCL: {major}.{minor}.{patch}")?,
+            Err(reason) => writeln!(f, "NCCL: unavailable (training on one GPU only): {reason}")?,
+        }
+        match &self.kernel_cache {
+            Some(folder) => write!(f, "kernel cache: {}", folder.display()),
+            None => write!(
+                f,
+                "kernel cache: off (REVSNN_KERNEL_CACHE=off, or no home folder)"
+            ),
         }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{ok, revsnn};
+use common::{ok, revsnn, revsnn_command};
 
 fn json(output: &Output) -> serde_json::Value {
     assert!(
@@ -39,6 +39,15 @@ fn info_reports_cuda_status_without_panicking() {
     assert!(report["cpu_threads"].as_u64().unwrap() >= 1);
     let cuda = &report["cuda"];
     assert!(cuda["available"].as_bool().unwrap() || !cuda["reason"].as_str().unwrap().is_empty());
+    let cached = |setting: &str| {
+        let output = revsnn_command(&["info", "--json"])
+            .env("REVSNN_KERNEL_CACHE", setting)
+            .output()
+            .unwrap();
+        json(&output)["kernel_cache"].clone()
+    };
+    assert_eq!(cached("/tmp/kernels"), "/tmp/kernels");
+    assert!(cached("off").is_null());
 }
 
 #[test]

@@ -53,6 +53,18 @@ pub fn nvrtc_version() -> Result<(i32, i32), GpuError> {
     Ok((major, minor))
 }
 
+/// The options of a compile for `target` other than the include folders: what, with the
+/// sources and NVRTC's version, decides the compiled bytes ([`crate::kernel_cache`]).
+pub fn code_options(target: Target) -> Vec<String> {
+    vec![
+        match target {
+            Target::Ptx { major, minor } => format!("--gpu-architecture=compute_{major}{minor}"),
+            Target::Cubin { major, minor } => format!("--gpu-architecture=sm_{major}{minor}"),
+        },
+        "--std=c++17".to_string(),
+    ]
+}
+
 /// Compiles `kernel` for `target` and returns the PTX text or CUBIN image, ready for
 /// `cudarc::nvrtc::Ptx::from_binary` (a PTX is NUL-terminated). The files of
 /// [`HEADERS`] are included by name; other headers are searched in the folders of the
@@ -68,13 +80,7 @@ pub fn compile(kernel: &KernelSource, target: Target) -> Result<Vec<u8>, GpuErro
         target: target.to_string(),
         log,
     };
-    let mut options = vec![
-        match target {
-            Target::Ptx { major, minor } => format!("--gpu-architecture=compute_{major}{minor}"),
-            Target::Cubin { major, minor } => format!("--gpu-architecture=sm_{major}{minor}"),
-        },
-        "--std=c++17".to_string(),
-    ];
+    let mut options = code_options(target);
     if let Ok(folders) = std::env::var("REVSNN_CUDA_INCLUDE") {
         options.extend(
             folders

@@ -1,6 +1,7 @@
 //! A CUDA device handle: context, stream, counted allocations from a caching pool, cuBLAS,
 //! cuDNN, the convolution engine and math settings, and the kernels compiled by NVRTC for the
-//! device's own architecture on first use, cached for the process.
+//! device's own architecture on first use, cached for the process and on disk
+//! ([`crate::kernel_cache`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +14,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use revsnn_reference::{DeviceError, Precision, TransferCounts};
 
-use crate::compiler::{self, Target};
+use crate::compiler::Target;
 use crate::error::GpuError;
+use crate::kernel_cache::{self, KernelCache};
 use crate::kernels::KernelSource;
 use crate::memory::{DeviceBuffer, DeviceMemoryStats, MemoryAccounting};
 use crate::ops::conv::ConvEngine;
@@ -326,7 +328,8 @@ impl GpuDevice {
     }
 
     /// The kernel `function` of `kernel`, compiled to a CUBIN for this device's architecture the
-    /// first time the process asks for it.
+    /// first time the process asks for it, or loaded from the kernel cache where an earlier
+    /// process stored it ([`crate::kernel_cache`]).
     pub fn function(
         &self,
         kernel: &KernelSource,
@@ -379,7 +382,11 @@ impl GpuDevice {
         {
             return Ok(image.clone());
         }
-        let image = Arc::new(compiler::compile(kernel, Target::Cubin { major, minor })?);
+        let image = Arc::new(kernel_cache::compiled(
+            KernelCache::from_env().as_ref(),
+            kernel,
+            Target::Cubin { major, minor },
+        )?);
         image_cache()
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -9,6 +9,8 @@
 //!   architecture; [`kernels`] lists the sources.
 //! - [`device`]: a CUDA context and stream with the kernels compiled for its own architecture on
 //!   first use and cached for the process.
+//! - [`kernel_cache`]: the compiled kernels kept on disk, so that a later process loads them
+//!   instead of compiling them again.
 //! - [`memory`]: counted device buffers from a caching pool (live and peak bytes).
 //! - [`nccl`]: one rank's NCCL communicator, for data-parallel training on several GPUs.
 //! - [`tensor`]: [`CudaTensor`], a shape over a shared device buffer.
@@ -23,6 +25,7 @@ pub mod backend;
 pub mod compiler;
 pub mod device;
 pub mod error;
+pub mod kernel_cache;
 pub mod kernels;
 pub mod memory;
 pub mod nccl;

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use revsnn_gpu::compiler::{self, Target};
+use revsnn_gpu::kernel_cache::{self, KernelCache};
 use revsnn_gpu::kernels;
 
 fn nvrtc_or_skip() -> bool {
@@ -81,4 +82,48 @@ fn a_kernel_with_a_syntax_error_is_a_compile_error_with_the_log() {
         message.contains("broken.cu") && message.contains("undefined_name"),
         "{message}"
     );
+}
+
+/// A compile through the kernel cache stores its image, a second one loads those bytes instead of
+/// compiling, and a damaged entry is compiled again and mended (gpu/README.md §"The kernel
+/// cache").
+#[test]
+fn the_kernel_cache_gives_back_what_nvrtc_compiled_and_mends_a_damaged_entry() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let folder = std::env::temp_dir().join(format!("revsnn-nvrtc-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    let cache = KernelCache::at(&folder);
+    let target = Target::Cubin { major: 9, minor: 0 };
+    let kernel = &kernels::LOSS;
+    let compiled = kernel_cache::compiled(Some(&cache), kernel, target).unwrap();
+    assert_eq!(&compiled[..4], b"\x7fELF");
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect()
+    };
+    let stored = entries();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(
+        kernel_cache::compiled(Some(&cache), kernel, target).unwrap(),
+        compiled
+    );
+    // a damaged image: the same length, one byte changed
+    let mut entry = std::fs::read(&stored[0]).unwrap();
+    *entry.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&stored[0], &entry).unwrap();
+    assert_eq!(
+        kernel_cache::compiled(Some(&cache), kernel, target).unwrap(),
+        compiled
+    );
+    assert_eq!(entries(), stored);
+    assert_ne!(std::fs::read(&stored[0]).unwrap(), entry, "not mended");
+    assert_eq!(
+        kernel_cache::compiled(None, kernel, target).unwrap(),
+        compiled
+    );
+    std::fs::remove_dir_all(&folder).unwrap();
 }
