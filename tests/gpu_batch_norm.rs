@@ -1,15 +1,16 @@
-//! The CUDA BatchNorm against the CPU reference through the `Backend` trait (docs/design.md tolerance
-//! classes, relative L2 error over each whole tensor): training forward (`y`, batch mean, unbiased
-//! variance), evaluation forward, both backwards (`dx`, `dgamma`, `dbeta`) and the running
-//! statistics update, within 1e-5 in f32 and 1e-12 in f64; the contexts' per-channel `f64` mean
-//! and `1 / std` within 1e-12 in both types (both sides accumulate in `f64`, only the summation
-//! order differs). Shapes from 2 values per channel to 2^20 + 2 (many pass-1 chunks) and from 1 to
-//! 70 000 channels (more channels than reduction blocks), 2-D to 5-D; inputs off-centre (mean 3)
-//! so a one-pass variance would show. The training `dx` is a difference of terms of the size of
-//! `gamma inv_std dy` that cancel almost exactly when a channel has few values (with 2, `x_hat` is
-//! `±(1 - O(eps / var))`), so its error is measured against that size when it is the larger one. Two runs are bitwise identical. Every invalid input the
-//! reference rejects is an error here too, never a panic. Skips without a GPU
-//! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
+//! The CUDA BatchNorm against the CPU reference through the `Backend` trait (docs/design.md
+//! tolerance classes, relative L2 error over each whole tensor): training forward (`y`, batch mean,
+//! unbiased variance), evaluation forward, both backwards (`dx`, `dgamma`, `dbeta`) and the running
+//! statistics update, within 1e-5 in f32 and 1e-12 in f64; the contexts' per-channel `f64` mean and
+//! `1 / std` within 1e-12 in both types (both sides accumulate in `f64`, only the summation order
+//! differs). Shapes from 2 values per channel to 2^20 + 2 (many pass-1 chunks) and from 1 to 300
+//! channels, 2-D to 5-D, and in f32 70 000 channels (more than a reduction launch has blocks);
+//! inputs off-centre (mean 3) so a one-pass variance would show. The training `dx` is a difference
+//! of terms of the size of `gamma inv_std dy` that cancel almost exactly when a channel has few
+//! values (with 2, `x_hat` is `±(1 - O(eps / var))`), so its error is measured against that size
+//! when it is the larger one. Two runs are bitwise identical. Every invalid input the reference
+//! rejects is an error here too, never a panic. Skips without a GPU (`SKIP: no CUDA device`), fails
+//! then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
@@ -24,7 +25,6 @@ const SHAPES: &[&[usize]] = &[
     &[4, 3, 5, 5],
     &[2, 3, 2, 5, 7],
     &[4, 300, 3, 3],
-    &[2, 70_000],
     &[16, 8, 17, 31],
     &[64, 6, 32, 32],
     &[3, 2, 349_526],
@@ -307,6 +307,17 @@ fn gpu_batch_norm_statistics_hold_for_a_mean_large_against_the_spread() {
 fn gpu_batch_norm_matches_the_reference_in_f32() {
     if let Some(gpu) = backend_or_skip::<f32>("gpu_batch_norm f32") {
         check_all(&gpu, 1e-5);
+    }
+}
+
+/// More channels than a reduction launch has blocks (`MAX_REDUCE_BLOCKS`, 65 536, in
+/// gpu/src/ops/batch_norm.rs), so the blocks loop over the channels. That loop is the same code
+/// in f32 and f64, so it runs in f32 only: on the CPU emulator in CI the shape takes over a minute
+/// per run (70 000 blocks of 256 threads per reduction).
+#[test]
+fn gpu_batch_norm_loops_over_more_channels_than_blocks() {
+    if let Some(gpu) = backend_or_skip::<f32>("gpu_batch_norm many channels") {
+        check_case(&gpu, &Inputs::<f32>::random(&[2, 70_000], 1006), 1e-5);
     }
 }
 

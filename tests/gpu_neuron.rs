@@ -7,7 +7,11 @@
 //! a backward writing `dL/dx` over the `dL/ds` it was handed bitwise one that allocates, and the
 //! forward that folds its spikes' fingerprint as it fires them equal to `fold_fingerprint` of its
 //! spikes.
-//! Sizes span one partial block up to thousands of blocks. Skips without a GPU
+//! Every configuration runs at 1, 33 and 4097 neurons (one partial block to 17 blocks) and
+//! T = 1, 4, 7 and 17; the first Heaviside and smooth configurations also run over thousands of
+//! blocks ([`LARGE`] neurons, T = 7), which checks the launch and the indexing at scale (the
+//! arithmetic per neuron is the same at any size, and on the CPU emulator in CI the large size
+//! of every configuration and T cost minutes). Skips without a GPU
 //! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 mod common;
@@ -19,7 +23,10 @@ use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind};
 
-const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
+/// The sizes every configuration runs at.
+const SIZES: [usize; 3] = [1, 33, 4097];
+/// Neurons spanning 4097 blocks of 256 threads, with a partial one.
+const LARGE: usize = (1 << 20) + 3;
 
 struct Compared {
     flipped_neurons: usize,
@@ -324,52 +331,62 @@ fn reference_h<E: GpuElement>(
     h
 }
 
+/// The (neurons, T) pairs of a configuration: every size and T, and [`LARGE`] at T = 7 where
+/// `large`.
+fn cases(large: bool) -> Vec<(usize, usize)> {
+    // 17 steps are more than the backward from a kept input charges in a thread's own memory
+    // (16): it then writes h into dL/dx's buffer.
+    let mut cases: Vec<(usize, usize)> = SIZES
+        .iter()
+        .flat_map(|&neurons| [1, 4, 7, 17].map(|time_steps| (neurons, time_steps)))
+        .collect();
+    if large {
+        cases.push((LARGE, 7));
+    }
+    cases
+}
+
 fn check_all<E: GpuElement>(gpu: &Cuda<E>, tolerance: f64) {
+    // the large size for the first configuration of each firing, Heaviside and smooth
+    let mut firings_at_scale = Vec::new();
     for (name, config) in configs() {
-        for &neurons in &SIZES {
-            // 17 steps are more than the backward from a kept input charges in a thread's own
-            // memory (16): it then writes h into dL/dx's buffer.
-            let steps: &[usize] = if neurons < 1 << 20 {
-                &[1, 4, 7, 17]
-            } else {
-                &[1, 4, 7]
-            };
-            for &time_steps in steps {
-                let result = compare::<E>(
-                    gpu,
-                    &config,
-                    time_steps,
-                    neurons,
-                    neurons as u64 * 31 + time_steps as u64,
-                );
-                println!(
-                    "{} {name:<32} T {time_steps} N {neurons:>8}: spikes rel {:.2e}, h rel {:.2e}, dL/dx rel {:.2e}, flipped neurons {}",
-                    E::SUFFIX,
-                    result.spike_error,
-                    result.h_error,
-                    result.grad_error,
-                    result.flipped_neurons
-                );
-                assert!(
-                    result.spike_error <= tolerance,
-                    "{name}: spikes rel error {}",
-                    result.spike_error
-                );
-                assert!(
-                    result.h_error <= tolerance,
-                    "{name}: h rel error {}",
-                    result.h_error
-                );
-                assert!(
-                    result.grad_error <= tolerance,
-                    "{name}: dL/dx rel error {}",
-                    result.grad_error
-                );
-                assert!(
-                    result.flipped_neurons * 1000 <= neurons.max(1000),
-                    "{name}: too many spike flips"
-                );
-            }
+        let large = !firings_at_scale.contains(&config.firing);
+        firings_at_scale.push(config.firing);
+        for (neurons, time_steps) in cases(large) {
+            let result = compare::<E>(
+                gpu,
+                &config,
+                time_steps,
+                neurons,
+                neurons as u64 * 31 + time_steps as u64,
+            );
+            println!(
+                "{} {name:<32} T {time_steps} N {neurons:>8}: spikes rel {:.2e}, h rel {:.2e}, dL/dx rel {:.2e}, flipped neurons {}",
+                E::SUFFIX,
+                result.spike_error,
+                result.h_error,
+                result.grad_error,
+                result.flipped_neurons
+            );
+            assert!(
+                result.spike_error <= tolerance,
+                "{name}: spikes rel error {}",
+                result.spike_error
+            );
+            assert!(
+                result.h_error <= tolerance,
+                "{name}: h rel error {}",
+                result.h_error
+            );
+            assert!(
+                result.grad_error <= tolerance,
+                "{name}: dL/dx rel error {}",
+                result.grad_error
+            );
+            assert!(
+                result.flipped_neurons * 1000 <= neurons.max(1000),
+                "{name}: too many spike flips"
+            );
         }
     }
 }
