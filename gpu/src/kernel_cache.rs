@@ -1,6 +1,7 @@
 //! Compiled kernel images kept on disk, so that a process loads what an earlier one compiled
-//! instead of running NVRTC again (seconds per kernel file; every `revsnn --device cuda` command
-//! and every GPU test process compiled them all). gpu/README.md §"The kernel cache".
+//! instead of running NVRTC again (seconds per kernel file, which every `revsnn --device cuda`
+//! command and every GPU test process paid for each file it used). gpu/README.md §"The kernel
+//! cache".
 //!
 //! An image is stored under a digest of everything that decides its bytes: the kernel file's
 //! source, every header it may include ([`HEADERS`]), the target, NVRTC's version and the
@@ -270,15 +271,27 @@ mod tests {
         }
     }
 
+    /// The published FNV-1a 128-bit values of "" and "a".
     #[test]
-    fn a_changed_source_or_header_changes_the_digest() {
+    fn the_digest_is_fnv_1a_128() {
+        let mut empty = Fnv128::new();
+        empty.bytes(b"");
+        assert_eq!(empty.finish(), 0x6c62272e07bb014262b821756295c58d);
+        let mut a = Fnv128::new();
+        a.bytes(b"a");
+        assert_eq!(a.finish(), 0xd228cb696f1a8caf78912b704e4a8964);
+    }
+
+    #[test]
+    fn a_changed_source_changes_the_digest_and_fields_do_not_run_together() {
         let key = ImageKey::new(&NEURON, SM90, (13, 0));
         let edited = KernelSource {
             source: "// one more line\n",
             ..NEURON
         };
         assert_ne!(ImageKey::new(&edited, SM90, (13, 0)).digest, key.digest);
-        // the headers go in field by field: moving a byte across a boundary changes the digest
+        // every input goes in as a field of its own: moving a byte across a boundary changes
+        // the digest
         let mut a = Fnv128::new();
         a.field(b"ab");
         a.field(b"c");
