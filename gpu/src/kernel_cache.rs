@@ -150,10 +150,13 @@ impl KernelCache {
         let partial = self
             .folder
             .join(format!(".{name}.{}.{unique}", std::process::id()));
-        fs::write(&partial, &entry)?;
-        fs::rename(&partial, self.folder.join(&name)).inspect_err(|_| {
+        let placed = fs::write(&partial, &entry)
+            .and_then(|()| fs::rename(&partial, self.folder.join(&name)));
+        if placed.is_err() {
+            // a full disk may have left part of it
             let _ = fs::remove_file(&partial);
-        })?;
+        }
+        placed?;
         self.prune(&key.prefix())
     }
 
