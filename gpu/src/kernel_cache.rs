@@ -13,7 +13,8 @@
 //! Each entry carries its digest, its length and a checksum of its bytes, so a truncated or
 //! damaged file is a miss (compiled again and written over), never a bad image. Entries are
 //! written to a temporary file and renamed into place, so processes compiling at once (the ranks
-//! of `train --gpus`) never read half an entry. The newest [`VERSIONS_KEPT`] entries of each
+//! of `train --gpus`) never read half an entry; a temporary file left by a process that died is
+//! deleted later. The newest [`VERSIONS_KEPT`] entries of each
 //! kernel file and target are kept and older ones deleted, so the folder does not grow with
 //! every change to a kernel. A folder that cannot be read or written is no error: the compiled
 //! image is used all the same.
@@ -21,7 +22,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::compiler::{self, Target};
 use crate::error::GpuError;
@@ -33,6 +34,11 @@ pub const KERNEL_CACHE_VARIABLE: &str = "REVSNN_KERNEL_CACHE";
 /// How many entries of one kernel file and target the folder keeps, newest first: enough for a
 /// few builds in use side by side.
 pub const VERSIONS_KEPT: usize = 4;
+
+/// How old a partial file must be (one whose process died between writing and renaming it)
+/// before a store of the same kernel file and target deletes it; a live one is renamed within
+/// moments.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
 /// The first bytes of an entry; the number changes with the entry's layout.
 const MAGIC: &[u8; 8] = b"RSNNKC1\0";
@@ -160,13 +166,27 @@ impl KernelCache {
         self.prune(&key.prefix())
     }
 
-    /// Deletes the entries named `prefix...` beyond the newest [`VERSIONS_KEPT`].
+    /// Deletes the entries named `prefix...` beyond the newest [`VERSIONS_KEPT`], and the partial
+    /// files of that file and target older than [`ABANDONED_AFTER`].
     fn prune(&self, prefix: &str) -> io::Result<()> {
-        let mut entries: Vec<(SystemTime, PathBuf)> = fs::read_dir(&self.folder)?
-            .filter_map(|entry| entry.ok())
-            .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
-            .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
-            .collect();
+        let partial_prefix = format!(".{prefix}");
+        let now = SystemTime::now();
+        let mut entries: Vec<(SystemTime, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(&self.folder)?.filter_map(|entry| entry.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(modified) = entry.metadata().and_then(|m| m.modified()).ok() else {
+                continue;
+            };
+            if name.starts_with(prefix) {
+                entries.push((modified, entry.path()));
+            } else if name.starts_with(&partial_prefix)
+                && now
+                    .duration_since(modified)
+                    .is_ok_and(|age| age > ABANDONED_AFTER)
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         entries.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         for (_, stale) in entries.into_iter().skip(VERSIONS_KEPT) {
             // another process may have deleted it first
@@ -342,14 +362,14 @@ mod tests {
         let keys: Vec<ImageKey> = (0..VERSIONS_KEPT + 2)
             .map(|minor| ImageKey::new(&NEURON, SM90, (13, minor as i32)))
             .collect();
-        let past = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         for (age, key) in keys.iter().enumerate() {
             cache.store(key, b"neuron").unwrap();
             // modification times in the order of the stores, whatever the clock's resolution
             let stored = fs::File::options()
                 .write(true)
                 .open(folder.0.join(key.file_name()));
-            let when = past + std::time::Duration::from_secs(age as u64);
+            let when = past + Duration::from_secs(age as u64);
             stored.unwrap().set_modified(when).unwrap();
         }
         let (dropped, kept) = keys.split_at(2);
@@ -361,6 +381,27 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), VERSIONS_KEPT + 1, "{names:?}");
+    }
+
+    #[test]
+    fn a_partial_file_left_long_ago_is_deleted_and_a_recent_one_kept() {
+        let folder = Folder::new("partial");
+        let cache = KernelCache::at(&folder.0);
+        let key = ImageKey::new(&NEURON, SM90, (13, 0));
+        fs::create_dir_all(&folder.0).unwrap();
+        let (old, recent) = (
+            folder.0.join(format!(".{}.1.1", key.file_name())),
+            folder.0.join(format!(".{}.2.2", key.file_name())),
+        );
+        fs::write(&old, b"part").unwrap();
+        fs::write(&recent, b"part").unwrap();
+        let long_ago = SystemTime::now() - ABANDONED_AFTER - Duration::from_secs(60);
+        let file = fs::File::options().write(true).open(&old).unwrap();
+        file.set_modified(long_ago).unwrap();
+        cache.store(&key, b"image").unwrap();
+        assert!(!old.exists());
+        assert!(recent.exists());
+        assert_eq!(cache.load(&key).as_deref(), Some(&b"image"[..]));
     }
 
     #[test]
