@@ -19,12 +19,23 @@ pub enum Target {
     Cubin { major: i32, minor: i32 },
 }
 
+impl Target {
+    /// NVRTC's name of the architecture: `compute_90` (PTX) or `sm_90` (CUBIN).
+    pub fn architecture(&self) -> String {
+        match self {
+            Target::Ptx { major, minor } => format!("compute_{major}{minor}"),
+            Target::Cubin { major, minor } => format!("sm_{major}{minor}"),
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Ptx { major, minor } => write!(f, "compute_{major}{minor} (PTX)"),
-            Target::Cubin { major, minor } => write!(f, "sm_{major}{minor} (CUBIN)"),
-        }
+        let kind = match self {
+            Target::Ptx { .. } => "PTX",
+            Target::Cubin { .. } => "CUBIN",
+        };
+        write!(f, "{} ({kind})", self.architecture())
     }
 }
 
@@ -57,10 +68,7 @@ pub fn nvrtc_version() -> Result<(i32, i32), GpuError> {
 /// sources and NVRTC's version, decides the compiled bytes ([`crate::kernel_cache`]).
 pub fn code_options(target: Target) -> Vec<String> {
     vec![
-        match target {
-            Target::Ptx { major, minor } => format!("--gpu-architecture=compute_{major}{minor}"),
-            Target::Cubin { major, minor } => format!("--gpu-architecture=sm_{major}{minor}"),
-        },
+        format!("--gpu-architecture={}", target.architecture()),
         "--std=c++17".to_string(),
     ]
 }

@@ -88,11 +88,7 @@ impl ImageKey {
     /// and target.
     fn prefix(&self) -> String {
         let stem = self.file.strip_suffix(".cu").unwrap_or(self.file);
-        let target = match self.target {
-            Target::Ptx { major, minor } => format!("compute_{major}{minor}"),
-            Target::Cubin { major, minor } => format!("sm_{major}{minor}"),
-        };
-        format!("{stem}-{target}-")
+        format!("{stem}-{}-", self.target.architecture())
     }
 
     fn file_name(&self) -> String {

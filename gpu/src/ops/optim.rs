@@ -151,17 +151,12 @@ pub fn sgd_step_foreach<E: GpuElement>(
                 .map_err(GpuError::driver("launching sgd_step_foreach"))?;
         }
     }
-    tensors
-        .iter()
-        .zip(outputs)
-        .map(|(t, [new_param, new_buffer])| {
-            let shape = t.param.shape();
-            Ok((
-                CudaTensor::new(new_param, shape)?,
-                CudaTensor::new(new_buffer, shape)?,
-            ))
-        })
-        .collect()
+    let shapes = tensors.iter().map(|t| t.param.shape());
+    let updated = output_tensors(outputs, shapes)?;
+    Ok(updated
+        .into_iter()
+        .map(|[param, buffer]| (param, buffer))
+        .collect())
 }
 
 /// One AdamW step number `step >= 1` (see [`AdamWParams`]): `m = b1 m + (1 - b1) g`,
@@ -266,18 +261,12 @@ pub fn adamw_step_foreach<E: GpuElement>(
                 .map_err(GpuError::driver("launching adamw_step_foreach"))?;
         }
     }
-    tensors
-        .iter()
-        .zip(outputs)
-        .map(|(t, [new_param, new_first, new_second])| {
-            let shape = t.param.shape();
-            Ok((
-                CudaTensor::new(new_param, shape)?,
-                CudaTensor::new(new_first, shape)?,
-                CudaTensor::new(new_second, shape)?,
-            ))
-        })
-        .collect()
+    let shapes = tensors.iter().map(|t| t.param.shape());
+    let updated = output_tensors(outputs, shapes)?;
+    Ok(updated
+        .into_iter()
+        .map(|[param, first, second]| (param, first, second))
+        .collect())
 }
 
 /// `N` uninitialised buffers per tensor, of each tensor's length (the kernels write every
@@ -296,4 +285,25 @@ fn allocate_outputs<E: GpuElement, const N: usize>(
             .unwrap_or_else(|_| unreachable!("{N} buffers were allocated")))
     })
     .collect()
+}
+
+/// The buffers of [`allocate_outputs`] as tensors, each tensor's `N` of the shape `shapes` gives
+/// it.
+fn output_tensors<'a, E: GpuElement, const N: usize>(
+    outputs: Vec<[DeviceBuffer<E>; N]>,
+    shapes: impl Iterator<Item = &'a [usize]>,
+) -> Result<Vec<[CudaTensor<E>; N]>, GpuError> {
+    outputs
+        .into_iter()
+        .zip(shapes)
+        .map(|(buffers, shape)| {
+            let tensors: Vec<CudaTensor<E>> = buffers
+                .into_iter()
+                .map(|buffer| CudaTensor::new(buffer, shape))
+                .collect::<Result<_, _>>()?;
+            Ok(tensors
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("{N} tensors were made")))
+        })
+        .collect()
 }
