@@ -6,6 +6,8 @@
 #   gpu-bin/tests/*         every GPU test binary (tests/gpu_*.rs, gpu/tests/nvrtc_kernels.rs and
 #                           nccl_streams.rs)
 #   gpu-bin/benches/*       the GPU criterion benches (benches/gpu_*.rs)
+#   gpu-bin/kernel-cache/   every kernel file compiled for CARRY_ARCH (default sm_90: H100, H200)
+#                           by `revsnn kernels`, when NVRTC is in .nvrtc/ (as .ci/run installs it)
 # Optionally (for the PyTorch baseline) .whl/ with the SpikingJelly 0.0.0.0.12 wheel and
 # .official/ with the official model files: see gpu/README.md.
 set -euo pipefail
@@ -29,6 +31,13 @@ select_executables "bench --workspace" 'gpu_.*' | while read -r name path; do cp
 # line tables and symbols make the binaries 4x larger, and the carried tree is limited to 64 MiB:
 # strip both (a panic still names its file and line; a backtrace loses the function names)
 find gpu-bin -type f -exec strip {} +
+NV="$PWD/.nvrtc/nvidia/cu13"
+if [ -f "$NV/lib/libnvrtc.so.13" ]; then
+  LD_LIBRARY_PATH="$NV/lib" REVSNN_CUDA_INCLUDE="$NV/include" \
+    REVSNN_KERNEL_CACHE="$PWD/gpu-bin/kernel-cache" gpu-bin/revsnn kernels --arch "${CARRY_ARCH:-sm_90}"
+else
+  echo "SKIP: no NVRTC in .nvrtc/ (docs/toolchain.md): the GPU machine compiles the kernels itself"
+fi
 ls -la gpu-bin gpu-bin/tests gpu-bin/benches
 # stripped, they still come near 64 MiB with the wheels: one gzip archive is about a third of that,
 # and gpu/check.sh unpacks it in place

@@ -47,6 +47,8 @@ DEADLINE_S=${DEADLINE_S:-530}
 # gpu/build-carry.sh packs the binaries into one gzip archive, since the carry is limited to 64 MiB
 if [ -f gpu-bin/bundle.tgz ]; then tar -C gpu-bin -xzf gpu-bin/bundle.tgz && rm gpu-bin/bundle.tgz; fi
 REVSNN=${REVSNN:-gpu-bin/revsnn}
+# the kernels gpu/build-carry.sh compiled for sm_90 (H100, H200), so no process here runs NVRTC
+[ -d gpu-bin/kernel-cache ] && export REVSNN_KERNEL_CACHE="$PWD/gpu-bin/kernel-cache"
 # the binary that the test binaries run (tests/common/mod.rs): Cargo's path to it is not here
 export REVSNN_BIN
 REVSNN_BIN=$(realpath "$REVSNN")
@@ -86,6 +88,13 @@ end_section
 
 section "revsnn info"
 "$REVSNN" info >>"$REPORT" 2>&1 || status=1
+end_section
+
+# Every kernel file for this card in the cache before the tests start: the carried images when
+# their NVRTC version matches (each says "cached"), else one compile here instead of one in each
+# of the first test processes at once. Not a check: a kernel that does not compile fails its tests.
+section "kernel cache"
+"$REVSNN" kernels >>"$REPORT" 2>&1 || echo "(not filled: the processes compile what they use)" >>"$REPORT"
 end_section
 
 # The test binaries run TEST_JOBS at a time (default 4: the GPU machine has 16 cores, and each

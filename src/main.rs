@@ -9,6 +9,7 @@ use revsnn::commands::bench::BenchArgs;
 use revsnn::commands::eval::EvalArgs;
 use revsnn::commands::grad::GradArgs;
 use revsnn::commands::info::InfoArgs;
+use revsnn::commands::kernels::KernelsArgs;
 use revsnn::commands::memory::MemoryArgs;
 use revsnn::commands::summary::SummaryArgs;
 use revsnn::commands::train::TrainArgs;
@@ -30,6 +31,10 @@ struct Cli {
 enum Command {
     /// Print the version, the CPU threads and whether CUDA can be used (and why not).
     Info(InfoArgs),
+    /// Compile every CUDA kernel file for a GPU architecture into the kernel cache
+    /// (REVSNN_KERNEL_CACHE), so that later commands there, or on a machine given the folder,
+    /// start without compiling; needs NVRTC, not a GPU.
+    Kernels(KernelsArgs),
     /// Print a model's layer table and total parameters.
     Summary(SummaryArgs),
     /// Check a model's invertibility, its reversible gradients against stored-activation
@@ -57,6 +62,7 @@ impl Command {
     fn run(&self) -> revsnn::error::Result<bool> {
         match self {
             Command::Info(args) => args.run().map(|()| true),
+            Command::Kernels(args) => args.run().map(|()| true),
             Command::Summary(args) => args.run().map(|()| true),
             Command::Verify(args) => args.run(),
             Command::Memory(args) => args.run().map(|()| true),

@@ -50,6 +50,78 @@ fn info_reports_cuda_status_without_panicking() {
     assert!(cached("off").is_null());
 }
 
+/// `revsnn kernels` compiles every kernel file into the cache it is given, then finds them all
+/// there; a bad architecture or a cache that is off is a usage error.
+#[test]
+fn kernels_fills_the_cache_and_then_finds_every_file_there() {
+    let folder = scratch("kernel-cache");
+    let _ = std::fs::remove_dir_all(&folder);
+    let kernels = |args: &[&str], cache: &Path| {
+        revsnn_command(&[&["kernels"], args].concat())
+            .env("REVSNN_KERNEL_CACHE", cache)
+            .output()
+            .unwrap()
+    };
+    for (args, cache, expected) in [
+        (
+            &["--arch", "compute_90"][..],
+            folder.as_path(),
+            "sm_XY or X.Y",
+        ),
+        (
+            &["--arch", "sm_90"][..],
+            Path::new("off"),
+            "REVSNN_KERNEL_CACHE",
+        ),
+    ] {
+        let refused = kernels(args, cache);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&refused).contains(expected), "{}", stderr(&refused));
+    }
+    let first = kernels(&["--arch", "sm_90", "--json"], &folder);
+    if !first.status.success() && stderr(&first).contains("NVRTC") {
+        assert_ne!(
+            std::env::var("REVSNN_REQUIRE_NVRTC").as_deref(),
+            Ok("1"),
+            "REVSNN_REQUIRE_NVRTC=1 but: {}",
+            stderr(&first)
+        );
+        println!("SKIP: NVRTC not found: {}", stderr(&first));
+        return;
+    }
+    let sources = |output: &Output| -> Vec<(String, String)> {
+        let report = json(output);
+        assert_eq!(report["architecture"], "sm_90");
+        report["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|image| {
+                assert!(image["bytes"].as_u64().unwrap() > 0, "{image}");
+                let field = |name: &str| image[name].as_str().unwrap().to_string();
+                (field("file"), field("source"))
+            })
+            .collect()
+    };
+    let compiled = sources(&first);
+    assert_eq!(compiled.len(), revsnn_gpu::kernels::ALL.len());
+    assert!(
+        compiled.iter().all(|(_, source)| source == "compiled"),
+        "{compiled:?}"
+    );
+    let entries = std::fs::read_dir(&folder).unwrap().count();
+    assert_eq!(entries, compiled.len());
+    let again = sources(&kernels(&["--arch", "9.0", "--json"], &folder));
+    assert!(
+        again.iter().all(|(_, source)| source == "cached"),
+        "{again:?}"
+    );
+    let text = kernels(&["--arch", "sm_90"], &folder);
+    let summary = format!("0 compiled, {} already cached", compiled.len());
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&summary));
+    std::fs::remove_dir_all(&folder).unwrap();
+}
+
 #[test]
 fn summary_counts_parameters_of_presets_and_overrides() {
     let report = json(&revsnn(&["summary", "--model", "revsresnet21", "--json"]));

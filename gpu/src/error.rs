@@ -2,6 +2,8 @@
 //! contract's own [`OpError`]s (found by its shared checks), device failures become the
 //! contract's typed [`DeviceError`] on the way out, so out-of-memory stays matchable above the ops.
 
+use std::path::PathBuf;
+
 use revsnn_reference::{DeviceError, OpError, Precision};
 use thiserror::Error;
 
@@ -93,6 +95,18 @@ pub enum GpuError {
         during: &'static str,
         detail: String,
     },
+    /// The kernel cache's folder could not be written where filling it was asked for
+    /// (`KernelCache::fill`; a device's own compiles only skip a folder they cannot write).
+    #[error(
+        "cannot write the kernel cache in {}: {source}; set REVSNN_KERNEL_CACHE to a folder you \
+         can write",
+        folder.display()
+    )]
+    KernelCacheWrite {
+        folder: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Operands that do not fit the op, as the CPU backend reports them.
     #[error(transparent)]
     Op(#[from] OpError),
@@ -147,7 +161,8 @@ impl From<GpuError> for OpError {
             | GpuError::Compile { .. }
             | GpuError::Blas { .. }
             | GpuError::Cudnn { .. }
-            | GpuError::Nccl { .. } => device(DeviceError::Failed {
+            | GpuError::Nccl { .. }
+            | GpuError::KernelCacheWrite { .. } => device(DeviceError::Failed {
                 detail: error.to_string(),
             }),
         }

@@ -17,12 +17,13 @@
 //! deleted later. The newest [`VERSIONS_KEPT`] entries of each
 //! kernel file and target are kept and older ones deleted, so the folder does not grow with
 //! every change to a kernel. A folder that cannot be read or written is no error: the compiled
-//! image is used all the same.
+//! image is used all the same. [`KernelCache::fill`] (`revsnn kernels`) compiles every file for
+//! an architecture ahead of a job, on any machine with NVRTC.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::compiler::{self, Target};
 use crate::error::GpuError;
@@ -44,6 +45,26 @@ pub const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 const MAGIC: &[u8; 8] = b"RSNNKC1\0";
 /// Magic, digest (16 bytes), image length (8), image checksum (16).
 const HEADER_BYTES: usize = 8 + 16 + 8 + 16;
+
+/// Where [`KernelCache::fill`] found a kernel file's image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageSource {
+    /// The cache held it.
+    Cached,
+    /// NVRTC compiled it, and the cache stored it.
+    Compiled,
+}
+
+/// One kernel file's image, in the cache after [`KernelCache::fill`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilledImage {
+    pub file: &'static str,
+    pub source: ImageSource,
+    /// The image's length.
+    pub bytes: usize,
+    /// What the load, or the compile and the store, took.
+    pub seconds: f64,
+}
 
 /// A folder of compiled kernel images.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +181,51 @@ impl KernelCache {
         }
         placed?;
         self.prune(&key.prefix())
+    }
+
+    /// Makes the cache hold each of `kernels` compiled for `target`, compiling and storing the
+    /// ones it lacks: what a machine without that GPU can do before a job runs there, which then
+    /// starts without NVRTC compiles (gpu/README.md §"The kernel cache"). Errors: NVRTC missing,
+    /// a compile failing, or a store failing ([`GpuError::KernelCacheWrite`]: a folder that
+    /// cannot be written is the failure of a fill, where a device's compile only skips it).
+    pub fn fill(
+        &self,
+        kernels: &[KernelSource],
+        target: Target,
+    ) -> Result<Vec<FilledImage>, GpuError> {
+        let nvrtc = compiler::nvrtc_version()?;
+        kernels
+            .iter()
+            .map(|kernel| self.fill_one(kernel, target, nvrtc))
+            .collect()
+    }
+
+    fn fill_one(
+        &self,
+        kernel: &KernelSource,
+        target: Target,
+        nvrtc: (i32, i32),
+    ) -> Result<FilledImage, GpuError> {
+        let start = Instant::now();
+        let key = ImageKey::new(kernel, target, nvrtc);
+        let (source, bytes) = match self.load(&key) {
+            Some(image) => (ImageSource::Cached, image.len()),
+            None => {
+                let image = compiler::compile(kernel, target)?;
+                self.store(&key, &image)
+                    .map_err(|source| GpuError::KernelCacheWrite {
+                        folder: self.folder.clone(),
+                        source,
+                    })?;
+                (ImageSource::Compiled, image.len())
+            }
+        };
+        Ok(FilledImage {
+            file: kernel.file,
+            source,
+            bytes,
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     /// Deletes the entries named `prefix...` beyond the newest [`VERSIONS_KEPT`], and the partial

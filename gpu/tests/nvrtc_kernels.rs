@@ -5,8 +5,9 @@
 
 use std::collections::BTreeSet;
 
+use revsnn_gpu::GpuError;
 use revsnn_gpu::compiler::{self, Target};
-use revsnn_gpu::kernel_cache::{self, KernelCache};
+use revsnn_gpu::kernel_cache::{self, ImageSource, KernelCache};
 use revsnn_gpu::kernels;
 
 fn nvrtc_or_skip() -> bool {
@@ -125,5 +126,57 @@ fn the_kernel_cache_gives_back_what_nvrtc_compiled_and_mends_a_damaged_entry() {
         kernel_cache::compiled(None, kernel, target).unwrap(),
         compiled
     );
+    std::fs::remove_dir_all(&folder).unwrap();
+}
+
+/// A fill compiles and stores what the cache lacks, finds what it holds, and the images it
+/// stored are the ones a device's compile then loads; a folder it cannot write is its error.
+#[test]
+fn a_fill_compiles_what_the_cache_lacks_and_finds_what_it_holds() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let folder = std::env::temp_dir().join(format!("revsnn-nvrtc-fill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    let cache = KernelCache::at(&folder);
+    let target = Target::Cubin { major: 9, minor: 0 };
+    let (loss, spike_bits) = (kernels::LOSS, kernels::SPIKE_BITS);
+    let first = cache.fill(&[loss], target).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].source, ImageSource::Compiled);
+    let second = cache.fill(&[loss, spike_bits], target).unwrap();
+    let sources: Vec<_> = second
+        .iter()
+        .map(|image| (image.file, image.source))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("loss.cu", ImageSource::Cached),
+            ("spike_bits.cu", ImageSource::Compiled)
+        ]
+    );
+    assert_eq!(second[0].bytes, first[0].bytes);
+    for (kernel, filled) in [loss, spike_bits].iter().zip(&second) {
+        let image = compiler::compile(kernel, target).unwrap();
+        assert_eq!(filled.bytes, image.len(), "{}", kernel.file);
+        // what a device loads through the cache is what NVRTC compiles
+        assert_eq!(
+            kernel_cache::compiled(Some(&cache), kernel, target).unwrap(),
+            image
+        );
+    }
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 2);
+    // a file where the folder would be
+    let blocked = folder.join("blocker");
+    std::fs::write(&blocked, b"").unwrap();
+    let error = KernelCache::at(blocked.join("kernels"))
+        .fill(&[loss], target)
+        .unwrap_err();
+    assert!(
+        matches!(error, GpuError::KernelCacheWrite { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("REVSNN_KERNEL_CACHE"), "{error}");
     std::fs::remove_dir_all(&folder).unwrap();
 }

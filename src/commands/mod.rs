@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod grad;
 pub mod info;
+pub mod kernels;
 pub mod memory;
 pub mod summary;
 pub mod train;
