@@ -13,13 +13,19 @@ use crate::error::{Error, Result};
 /// The arguments of `revsnn kernels`.
 #[derive(Clone, Debug, Args)]
 pub struct KernelsArgs {
-    /// The GPU architecture to compile for, `sm_XY` (sm_90: H100 and H200; sm_80: A100), or
-    /// `X.Y`; default: CUDA device 0's.
-    #[arg(long)]
-    arch: Option<String>,
+    /// The GPU architectures to compile for, comma-separated, each `sm_XY` (sm_90: H100 and
+    /// H200; sm_80: A100) or `X.Y`; default: CUDA device 0's.
+    #[arg(long, value_delimiter = ',')]
+    arch: Vec<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// The images of one architecture's kernel files, as [`KernelCache::fill`] left them.
+struct Filled {
+    target: Target,
+    images: Vec<FilledImage>,
 }
 
 impl KernelsArgs {
@@ -32,20 +38,42 @@ impl KernelsArgs {
                     .into(),
             )
         })?;
-        let (major, minor) = match &self.arch {
-            Some(arch) => parse_architecture(arch)?,
-            None => device_architecture()?,
-        };
-        let target = Target::Cubin { major, minor };
-        let filled = cache.fill(kernels::ALL, target).map_err(Error::Kernels)?;
+        let filled = self
+            .targets()?
+            .into_iter()
+            .map(|target| {
+                let images = cache.fill(kernels::ALL, target).map_err(Error::Kernels)?;
+                Ok(Filled { target, images })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let (nvrtc_major, nvrtc_minor) = compiler::nvrtc_version().map_err(Error::Kernels)?;
         let nvrtc = format!("{nvrtc_major}.{nvrtc_minor}");
         if self.json {
-            println!("{}", report_json(&cache, target, &nvrtc, &filled));
+            println!("{}", report_json(&cache, &nvrtc, &filled));
         } else {
-            print!("{}", report_text(&cache, target, &nvrtc, &filled));
+            print!("{}", report_text(&cache, &nvrtc, &filled));
         }
         Ok(())
+    }
+
+    /// The CUBIN targets `--arch` names, each once in the order given, or device 0's.
+    fn targets(&self) -> Result<Vec<Target>> {
+        let architectures = match self.arch.is_empty() {
+            true => vec![device_architecture()?],
+            false => self
+                .arch
+                .iter()
+                .map(|arch| parse_architecture(arch))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let mut targets = Vec::new();
+        for (major, minor) in architectures {
+            let target = Target::Cubin { major, minor };
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        Ok(targets)
     }
 }
 
@@ -93,47 +121,46 @@ fn source_name(source: ImageSource) -> &'static str {
     }
 }
 
-fn report_json(
-    cache: &KernelCache,
-    target: Target,
-    nvrtc: &str,
-    filled: &[FilledImage],
-) -> serde_json::Value {
+fn report_json(cache: &KernelCache, nvrtc: &str, filled: &[Filled]) -> serde_json::Value {
     let images: Vec<_> = filled
         .iter()
-        .map(|image| {
-            json!({"file": image.file, "source": source_name(image.source),
-                   "bytes": image.bytes, "seconds": image.seconds})
+        .flat_map(|Filled { target, images }| {
+            images.iter().map(move |image| {
+                json!({"architecture": target.architecture(), "file": image.file,
+                       "source": source_name(image.source), "bytes": image.bytes,
+                       "seconds": image.seconds})
+            })
         })
         .collect();
-    json!({"folder": cache.folder(), "architecture": target.architecture(), "nvrtc": nvrtc,
-           "kernels": images})
+    json!({"folder": cache.folder(), "nvrtc": nvrtc, "kernels": images})
 }
 
-fn report_text(cache: &KernelCache, target: Target, nvrtc: &str, filled: &[FilledImage]) -> String {
+fn report_text(cache: &KernelCache, nvrtc: &str, filled: &[Filled]) -> String {
     let mut text = format!(
-        "kernel cache {}: {} kernel files for {} (NVRTC {nvrtc})\n",
-        cache.folder().display(),
-        filled.len(),
-        target.architecture()
+        "kernel cache {} (NVRTC {nvrtc})\n",
+        cache.folder().display()
     );
-    for image in filled {
-        text += &format!(
-            "  {:<16} {:<8} {:>8.1} KiB {:>7.2} s\n",
-            image.file,
-            source_name(image.source),
-            image.bytes as f64 / 1024.0,
-            image.seconds
-        );
+    for Filled { target, images } in filled {
+        text += &format!("{}: {} kernel files\n", target.architecture(), images.len());
+        for image in images {
+            text += &format!(
+                "  {:<16} {:<8} {:>8.1} KiB {:>7.2} s\n",
+                image.file,
+                source_name(image.source),
+                image.bytes as f64 / 1024.0,
+                image.seconds
+            );
+        }
     }
-    let compiled = filled
+    let images: Vec<&FilledImage> = filled.iter().flat_map(|f| &f.images).collect();
+    let compiled = images
         .iter()
         .filter(|image| image.source == ImageSource::Compiled)
         .count();
-    let seconds: f64 = filled.iter().map(|image| image.seconds).sum();
+    let seconds: f64 = images.iter().map(|image| image.seconds).sum();
     text += &format!(
         "{compiled} compiled, {} already cached, {seconds:.1} s\n",
-        filled.len() - compiled
+        images.len() - compiled
     );
     text
 }
