@@ -31,9 +31,9 @@ struct Cli {
 enum Command {
     /// Print the version, the CPU threads and whether CUDA can be used (and why not).
     Info(InfoArgs),
-    /// Compile every CUDA kernel file for a GPU architecture into the kernel cache
-    /// (REVSNN_KERNEL_CACHE), so that later commands there, or on a machine given the folder,
-    /// start without compiling; needs NVRTC, not a GPU.
+    /// Compile every CUDA kernel file for GPU architectures (default: device 0's) into the
+    /// kernel cache (REVSNN_KERNEL_CACHE), so that later commands there, or on a machine given
+    /// the folder, start without compiling; needs NVRTC, not a GPU.
     Kernels(KernelsArgs),
     /// Print a model's layer table and total parameters.
     Summary(SummaryArgs),

@@ -1,6 +1,6 @@
-//! `revsnn kernels`: compiles every CUDA kernel file for one architecture into the kernel cache,
-//! so that the commands after it, here or on a machine that is given the folder, start without
-//! NVRTC compiles (gpu/README.md §"The kernel cache"). It needs NVRTC, not a GPU.
+//! `revsnn kernels`: compiles every CUDA kernel file for each architecture asked for into the
+//! kernel cache, so that the commands after it, here or on a machine that is given the folder,
+//! start without NVRTC compiles (gpu/README.md §"The kernel cache"). It needs NVRTC, not a GPU.
 
 use clap::Args;
 use revsnn_gpu::compiler::{self, Target};
