@@ -122,6 +122,20 @@ fn kernels_fills_the_cache_and_then_finds_every_file_there() {
     let text = kernels(&["--arch", "sm_90"], &folder);
     let summary = format!("0 compiled, {} already cached", compiled.len());
     assert!(String::from_utf8_lossy(&text.stdout).contains(&summary));
+    // without --arch: CUDA device 0's architecture, or an error that asks for --arch
+    let own = kernels(&["--json"], &folder);
+    if own.status.success() {
+        assert_eq!(
+            json(&own)["kernels"].as_array().unwrap().len(),
+            compiled.len()
+        );
+    } else {
+        assert!(
+            stderr(&own).contains("give --arch sm_XY"),
+            "{}",
+            stderr(&own)
+        );
+    }
     std::fs::remove_dir_all(&folder).unwrap();
 }
 
