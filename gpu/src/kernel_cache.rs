@@ -207,25 +207,34 @@ impl KernelCache {
         nvrtc: (i32, i32),
     ) -> Result<FilledImage, GpuError> {
         let start = Instant::now();
-        let key = ImageKey::new(kernel, target, nvrtc);
-        let (source, bytes) = match self.load(&key) {
-            Some(image) => (ImageSource::Cached, image.len()),
-            None => {
-                let image = compiler::compile(kernel, target)?;
-                self.store(&key, &image)
-                    .map_err(|source| GpuError::KernelCacheWrite {
-                        folder: self.folder.clone(),
-                        source,
-                    })?;
-                (ImageSource::Compiled, image.len())
-            }
-        };
+        let (image, source, stored) = self.load_or_compile(kernel, target, nvrtc)?;
+        stored.map_err(|source| GpuError::KernelCacheWrite {
+            folder: self.folder.clone(),
+            source,
+        })?;
         Ok(FilledImage {
             file: kernel.file,
             source,
-            bytes,
+            bytes: image.len(),
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// `kernel` compiled for `target` by NVRTC `nvrtc`: the image stored here, else compiled
+    /// and stored; with where it came from and how its store went (`Ok` for a stored image).
+    fn load_or_compile(
+        &self,
+        kernel: &KernelSource,
+        target: Target,
+        nvrtc: (i32, i32),
+    ) -> Result<(Vec<u8>, ImageSource, io::Result<()>), GpuError> {
+        let key = ImageKey::new(kernel, target, nvrtc);
+        if let Some(image) = self.load(&key) {
+            return Ok((image, ImageSource::Cached, Ok(())));
+        }
+        let image = compiler::compile(kernel, target)?;
+        let stored = self.store(&key, &image);
+        Ok((image, ImageSource::Compiled, stored))
     }
 
     /// Deletes the entries named `prefix...` beyond the newest [`VERSIONS_KEPT`], and the partial
@@ -269,12 +278,7 @@ pub fn compiled(
     let Some(cache) = cache else {
         return compiler::compile(kernel, target);
     };
-    let key = ImageKey::new(kernel, target, compiler::nvrtc_version()?);
-    if let Some(image) = cache.load(&key) {
-        return Ok(image);
-    }
-    let image = compiler::compile(kernel, target)?;
-    let _ = cache.store(&key, &image);
+    let (image, _, _) = cache.load_or_compile(kernel, target, compiler::nvrtc_version()?)?;
     Ok(image)
 }
 

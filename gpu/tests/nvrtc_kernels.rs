@@ -10,6 +10,9 @@ use revsnn_gpu::compiler::{self, Target};
 use revsnn_gpu::kernel_cache::{self, ImageSource, KernelCache};
 use revsnn_gpu::kernels;
 
+/// The CUBIN target every test compiles for (H100, H200).
+const SM90: Target = Target::Cubin { major: 9, minor: 0 };
+
 fn nvrtc_or_skip() -> bool {
     if compiler::nvrtc_present() {
         return true;
@@ -55,8 +58,7 @@ fn every_kernel_compiles_to_ptx_and_to_an_sm90_cubin() {
                 kernel.file
             ));
         }
-        let cubin = compiler::compile(kernel, Target::Cubin { major: 9, minor: 0 })
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cubin = compiler::compile(kernel, SM90).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             &cubin[..4],
             b"\x7fELF",
@@ -85,6 +87,15 @@ fn a_kernel_with_a_syntax_error_is_a_compile_error_with_the_log() {
     );
 }
 
+/// A kernel cache over an empty folder of this process under the system's temporary one (the
+/// test removes it at the end).
+fn empty_cache(name: &str) -> (std::path::PathBuf, KernelCache) {
+    let folder = std::env::temp_dir().join(format!("revsnn-nvrtc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    let cache = KernelCache::at(&folder);
+    (folder, cache)
+}
+
 /// A compile through the kernel cache stores its image, a second one loads those bytes instead of
 /// compiling, and a damaged entry is compiled again and mended (gpu/README.md §"The kernel
 /// cache").
@@ -93,12 +104,9 @@ fn the_kernel_cache_gives_back_what_nvrtc_compiled_and_mends_a_damaged_entry() {
     if !nvrtc_or_skip() {
         return;
     }
-    let folder = std::env::temp_dir().join(format!("revsnn-nvrtc-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&folder);
-    let cache = KernelCache::at(&folder);
-    let target = Target::Cubin { major: 9, minor: 0 };
+    let (folder, cache) = empty_cache("cache");
     let kernel = &kernels::LOSS;
-    let compiled = kernel_cache::compiled(Some(&cache), kernel, target).unwrap();
+    let compiled = kernel_cache::compiled(Some(&cache), kernel, SM90).unwrap();
     assert_eq!(&compiled[..4], b"\x7fELF");
     let entries = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(&folder)
@@ -109,7 +117,7 @@ fn the_kernel_cache_gives_back_what_nvrtc_compiled_and_mends_a_damaged_entry() {
     let stored = entries();
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(
-        kernel_cache::compiled(Some(&cache), kernel, target).unwrap(),
+        kernel_cache::compiled(Some(&cache), kernel, SM90).unwrap(),
         compiled
     );
     // a damaged image: the same length, one byte changed
@@ -117,13 +125,13 @@ fn the_kernel_cache_gives_back_what_nvrtc_compiled_and_mends_a_damaged_entry() {
     *entry.last_mut().unwrap() ^= 0xff;
     std::fs::write(&stored[0], &entry).unwrap();
     assert_eq!(
-        kernel_cache::compiled(Some(&cache), kernel, target).unwrap(),
+        kernel_cache::compiled(Some(&cache), kernel, SM90).unwrap(),
         compiled
     );
     assert_eq!(entries(), stored);
     assert_ne!(std::fs::read(&stored[0]).unwrap(), entry, "not mended");
     assert_eq!(
-        kernel_cache::compiled(None, kernel, target).unwrap(),
+        kernel_cache::compiled(None, kernel, SM90).unwrap(),
         compiled
     );
     std::fs::remove_dir_all(&folder).unwrap();
@@ -136,15 +144,12 @@ fn a_fill_compiles_what_the_cache_lacks_and_finds_what_it_holds() {
     if !nvrtc_or_skip() {
         return;
     }
-    let folder = std::env::temp_dir().join(format!("revsnn-nvrtc-fill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&folder);
-    let cache = KernelCache::at(&folder);
-    let target = Target::Cubin { major: 9, minor: 0 };
+    let (folder, cache) = empty_cache("fill");
     let (loss, spike_bits) = (kernels::LOSS, kernels::SPIKE_BITS);
-    let first = cache.fill(&[loss], target).unwrap();
+    let first = cache.fill(&[loss], SM90).unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].source, ImageSource::Compiled);
-    let second = cache.fill(&[loss, spike_bits], target).unwrap();
+    let second = cache.fill(&[loss, spike_bits], SM90).unwrap();
     let sources: Vec<_> = second
         .iter()
         .map(|image| (image.file, image.source))
@@ -158,11 +163,11 @@ fn a_fill_compiles_what_the_cache_lacks_and_finds_what_it_holds() {
     );
     assert_eq!(second[0].bytes, first[0].bytes);
     for (kernel, filled) in [loss, spike_bits].iter().zip(&second) {
-        let image = compiler::compile(kernel, target).unwrap();
+        let image = compiler::compile(kernel, SM90).unwrap();
         assert_eq!(filled.bytes, image.len(), "{}", kernel.file);
         // what a device loads through the cache is what NVRTC compiles
         assert_eq!(
-            kernel_cache::compiled(Some(&cache), kernel, target).unwrap(),
+            kernel_cache::compiled(Some(&cache), kernel, SM90).unwrap(),
             image
         );
     }
@@ -171,7 +176,7 @@ fn a_fill_compiles_what_the_cache_lacks_and_finds_what_it_holds() {
     let blocked = folder.join("blocker");
     std::fs::write(&blocked, b"").unwrap();
     let error = KernelCache::at(blocked.join("kernels"))
-        .fill(&[loss], target)
+        .fill(&[loss], SM90)
         .unwrap_err();
     assert!(
         matches!(error, GpuError::KernelCacheWrite { .. }),
