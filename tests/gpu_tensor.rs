@@ -419,6 +419,49 @@ fn folded_fingerprints<B: Compute>(gpu: &B) {
         "the order counts"
     );
     assert_eq!(gpu.read_word(&unequal).unwrap(), 2, "two unequal pairs");
+    long_chains(gpu, &tensors);
+}
+
+/// Chains longer than a CUDA word's pending slots (`revsnn_gpu::word::PENDING_SLOTS`, 32), which
+/// it folds on the device when they run out: each equals the host's fold, and comparing one with
+/// itself, with its copy and with the chain one fold shorter counts only the last.
+fn long_chains<B: Compute>(gpu: &B, tensors: &[B::Tensor]) {
+    let slots = revsnn_gpu::word::PENDING_SLOTS;
+    let fingerprints: Vec<u64> = tensors
+        .iter()
+        .map(|x| gpu.fingerprint(x).unwrap())
+        .collect();
+    for len in [
+        slots - 1,
+        slots,
+        slots + 1,
+        2 * slots,
+        2 * slots + 1,
+        3 * slots + 5,
+    ] {
+        let chain = |len: usize| {
+            let mut word = gpu.zero_word().unwrap();
+            for i in 0..len {
+                gpu.fold_fingerprint(&mut word, &tensors[i % tensors.len()])
+                    .unwrap();
+            }
+            word
+        };
+        let (word, copy, shorter) = (chain(len), chain(len), chain(len - 1));
+        let expected = (0..len).fold(0u64, |word, i| {
+            word.rotate_left(5) ^ fingerprints[i % fingerprints.len()]
+        });
+        assert_eq!(gpu.read_word(&word).unwrap(), expected, "{len} folds");
+        let mut unequal = gpu.zero_word().unwrap();
+        gpu.count_unequal(&mut unequal, &word, &word).unwrap();
+        gpu.count_unequal(&mut unequal, &word, &copy).unwrap();
+        gpu.count_unequal(&mut unequal, &word, &shorter).unwrap();
+        assert_eq!(
+            gpu.read_word(&unequal).unwrap(),
+            1,
+            "{len} folds: one unequal pair"
+        );
+    }
 }
 
 /// The non-finite count against the reference's, over tensors of every size with NaN and

@@ -204,23 +204,45 @@ __device__ __forceinline__ void count_non_finite(const CountTable<E>& table, uns
     add_warp_to_sum(acc, count);
 }
 
-// word = rotl(word, 5) ^ feed(shape_hash, *sum), feed(h, w) = (rotl(h, 5) ^ w) * 0x9E3779B97F4A7C15
-// (mod 2^64): the host's fold of a fingerprint whose element sum `fingerprint` left in *sum, done
-// here so that the host never waits for it. One thread.
-extern "C" __global__ void fold_fingerprint(unsigned long long* word, const unsigned long long* sum,
-                                            unsigned long long shape_hash) {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
-    unsigned long long fed = ((shape_hash << 5) | (shape_hash >> 59)) ^ *sum;
-    fed *= 0x9E3779B97F4A7C15ULL;
-    *word = ((*word << 5) | (*word >> 59)) ^ fed;
+// The most element sums a device word holds before it folds them (PENDING_SLOTS of
+// gpu/src/word.rs).
+#define WORD_PENDING_SLOTS 32
+
+// The shape hashes of a device word's pending element sums, in the order they were taken, and how
+// many there are. A word is 1 + WORD_PENDING_SLOTS u64: the folded chain, then the sums.
+struct PendingSums {
+    unsigned long long shape_hash[WORD_PENDING_SLOTS];
+    long long count;
+};
+
+// The chain word[0] with the pending sums folded in order, w = rotl(w, 5) ^ feed(hash, sum) with
+// feed(h, s) = (rotl(h, 5) ^ s) * 0x9E3779B97F4A7C15 (mod 2^64): the host's fold
+// (fingerprint::fold of the reference's contract).
+__device__ unsigned long long folded_word(const unsigned long long* word, const PendingSums& pending) {
+    unsigned long long w = word[0];
+    for (long long i = 0; i < pending.count; ++i) {
+        const unsigned long long h = pending.shape_hash[i];
+        const unsigned long long fed = (((h << 5) | (h >> 59)) ^ word[1 + i]) * 0x9E3779B97F4A7C15ULL;
+        w = ((w << 5) | (w >> 59)) ^ fed;
+    }
+    return w;
 }
 
-// count += (*a != *b): a forward's and a recompute's fingerprints compared where they live. One
-// thread.
-extern "C" __global__ void count_unequal(unsigned long long* count, const unsigned long long* a,
-                                         const unsigned long long* b) {
+// word[0] = the chain with its pending sums folded in, and their slots zeroed for the next ones.
+// One thread.
+extern "C" __global__ void fold_pending_sums(unsigned long long* word, PendingSums pending) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
-    if (*a != *b) *count += 1ULL;
+    word[0] = folded_word(word, pending);
+    for (long long i = 1; i <= pending.count; ++i) word[i] = 0ULL;
+}
+
+// count[0] += (a != b): a forward's and a recompute's fingerprints compared where they live, each
+// with its pending sums folded (neither word changes). One thread.
+extern "C" __global__ void count_unequal(unsigned long long* count, const unsigned long long* a,
+                                         PendingSums a_pending, const unsigned long long* b,
+                                         PendingSums b_pending) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    if (folded_word(a, a_pending) != folded_word(b, b_pending)) count[0] += 1ULL;
 }
 
 #define TENSOR_KERNELS(E, SUFFIX)                                                                                \

@@ -20,12 +20,13 @@ use revsnn_reference::contract::{
 
 use crate::device::GpuDevice;
 use crate::error::GpuError;
-use crate::memory::{DeviceBuffer, DeviceMemoryStats};
+use crate::memory::DeviceMemoryStats;
 use crate::ops::batch_norm::BatchNormContext;
 use crate::ops::precision::HalfBits;
 use crate::ops::saved_input::SavedInput;
 use crate::ops::{self, GpuElement};
 use crate::tensor::CudaTensor;
+use crate::word::DeviceWord;
 
 /// The CUDA backend in element type `E` on one device. Cloning shares the device.
 pub struct Cuda<E> {
@@ -135,7 +136,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
     type MaxPoolContext = ops::pool::MaxPoolContext;
     type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
     type Kept = SavedInput<E>;
-    type Word = DeviceBuffer<u64>;
+    type Word = DeviceWord;
 
     fn name(&self) -> String {
         format!("cuda-{}", E::DTYPE)
@@ -223,25 +224,20 @@ impl<E: GpuElement> Backend for Cuda<E> {
         Ok(ops::tensor::fingerprint(&self.device, x)?)
     }
 
-    fn zero_word(&self) -> Result<DeviceBuffer<u64>> {
-        Ok(self.device.alloc_zeros::<u64>(1)?)
+    fn zero_word(&self) -> Result<DeviceWord> {
+        Ok(DeviceWord::zero(&self.device)?)
     }
 
-    fn fold_fingerprint(&self, word: &mut DeviceBuffer<u64>, x: &CudaTensor<E>) -> Result<()> {
+    fn fold_fingerprint(&self, word: &mut DeviceWord, x: &CudaTensor<E>) -> Result<()> {
         Ok(ops::tensor::fold_fingerprint(&self.device, word, x)?)
     }
 
-    fn count_unequal(
-        &self,
-        count: &mut DeviceBuffer<u64>,
-        a: &DeviceBuffer<u64>,
-        b: &DeviceBuffer<u64>,
-    ) -> Result<()> {
-        Ok(ops::tensor::count_unequal(&self.device, count, a, b)?)
+    fn count_unequal(&self, count: &mut DeviceWord, a: &DeviceWord, b: &DeviceWord) -> Result<()> {
+        Ok(DeviceWord::count_unequal(&self.device, count, a, b)?)
     }
 
-    fn read_word(&self, word: &DeviceBuffer<u64>) -> Result<u64> {
-        Ok(self.device.download(word)?.first().copied().unwrap_or(0))
+    fn read_word(&self, word: &DeviceWord) -> Result<u64> {
+        Ok(word.read(&self.device)?)
     }
 
     fn count_non_finite(&self, tensors: &[&CudaTensor<E>]) -> Result<u64> {
@@ -291,7 +287,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
         x: CudaTensor<E>,
         config: &NeuronConfig,
         keeps_input: bool,
-        word: &mut DeviceBuffer<u64>,
+        word: &mut DeviceWord,
     ) -> Result<(CudaTensor<E>, Self::NeuronContext)> {
         Ok(ops::neuron::forward_fingerprinted(
             &self.device,
@@ -306,7 +302,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
         &self,
         x: CudaTensor<E>,
         config: &NeuronConfig,
-        fingerprint: Option<&mut DeviceBuffer<u64>>,
+        fingerprint: Option<&mut DeviceWord>,
     ) -> Result<CudaTensor<E>> {
         let device = &self.device;
         Ok(ops::neuron::forward_keeping_nothing(
@@ -455,7 +451,7 @@ impl<E: GpuElement> Backend for Cuda<E> {
         bias: Option<&CudaTensor<E>>,
         kind: ConvKind,
         norm: BatchNormAffine<'_, CudaTensor<E>>,
-        neuron: NeuronFire<'_, DeviceBuffer<u64>>,
+        neuron: NeuronFire<'_, DeviceWord>,
     ) -> Result<ops::conv_batch_norm::ConvBatchNormOutput<E>> {
         let device = &self.device;
         Ok(ops::conv_batch_norm::train_fire(

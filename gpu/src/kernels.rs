@@ -153,8 +153,8 @@ pub const POOL: KernelSource = KernelSource {
 };
 
 /// `gpu/kernels/tensor.cu`: strided copies (permute, narrow, concat, repeat, broadcasts),
-/// elementwise arithmetic, quantisation, sums over time and axes, the fingerprint and its fold
-/// into a device word, the count of non-finite elements.
+/// elementwise arithmetic, quantisation, sums over time and axes, the fingerprint and the folds
+/// of a device word, the count of non-finite elements.
 pub const TENSOR: KernelSource = KernelSource {
     file: "tensor.cu",
     source: include_str!("../kernels/tensor.cu"),
@@ -168,7 +168,7 @@ pub const TENSOR: KernelSource = KernelSource {
         "count_unequal",
         "fingerprint_f32",
         "fingerprint_f64",
-        "fold_fingerprint",
+        "fold_pending_sums",
         "mean_axes_f32",
         "mean_axes_f64",
         "quantize_f32",

@@ -16,6 +16,7 @@
 //! - [`tensor`]: [`CudaTensor`], a shape over a shared device buffer.
 //! - [`ops`]: the kernels' host sides, twins of the CPU kernels (`reference/src/ops/`), checking
 //!   their operands with the contract's shape rules.
+//! - [`word`]: [`DeviceWord`], a fingerprint chain or a count kept on the device.
 //! - [`backend`]: [`Cuda`], the contract's `Backend` and `Compute` over those ops.
 //!
 //! Of the reference crate this crate uses the contract (`revsnn_reference::contract`) and
@@ -34,6 +35,7 @@ mod peak_trace;
 pub mod probe;
 pub mod tensor;
 pub mod testing;
+pub mod word;
 
 pub use backend::Cuda;
 pub use device::GpuDevice;
@@ -42,3 +44,4 @@ pub use memory::DeviceMemoryStats;
 pub use ops::conv::ConvEngine;
 pub use probe::{CudaStatus, DeviceInfo, probe};
 pub use tensor::CudaTensor;
+pub use word::DeviceWord;

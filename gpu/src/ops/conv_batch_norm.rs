@@ -25,8 +25,8 @@ use super::saved_input::SavedInput;
 use super::{neuron, pool};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
-use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
+use crate::word::DeviceWord;
 
 /// What [`train_forward`] returns.
 pub type ConvBatchNormOutput<E> =
@@ -72,7 +72,7 @@ pub fn train_fire<E: GpuElement>(
     bias: Option<&CudaTensor<E>>,
     kind: ConvKind,
     norm: BatchNormAffine<'_, CudaTensor<E>>,
-    fire: NeuronFire<'_, DeviceBuffer<u64>>,
+    fire: NeuronFire<'_, DeviceWord>,
 ) -> Result<ConvBatchNormOutput<E>, GpuError> {
     let beta = norm.beta;
     train_statistics_then(device, x, weight, bias, kind, norm, |context| {

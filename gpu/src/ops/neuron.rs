@@ -12,7 +12,7 @@
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
-    CudaFunction, CudaSlice, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaViewMut, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use revsnn_reference::contract::shapes::{
     check_neuron_backward, check_normalised_neuron_backward, time_by_neurons, time_split,
@@ -27,6 +27,7 @@ use crate::error::GpuError;
 use crate::kernels::NEURON;
 use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
+use crate::word::DeviceWord;
 
 const THREADS: u32 = 256;
 
@@ -155,7 +156,7 @@ pub fn forward_fingerprinted<E: GpuElement>(
     x: CudaTensor<E>,
     config: &NeuronConfig,
     keeps_input: bool,
-    word: &mut DeviceBuffer<u64>,
+    word: &mut DeviceWord,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
     fire(device, x, config, keeps_input, Some(word))
 }
@@ -169,7 +170,7 @@ pub fn forward_keeping_nothing<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
     config: &NeuronConfig,
-    fingerprint: Option<&mut DeviceBuffer<u64>>,
+    fingerprint: Option<&mut DeviceWord>,
 ) -> Result<CudaTensor<E>, GpuError> {
     let shape = x.shape().to_vec();
     let mut x = match x.into_unshared_buffer() {
@@ -200,7 +201,7 @@ fn fire<E: GpuElement>(
     x: CudaTensor<E>,
     config: &NeuronConfig,
     keeps_input: bool,
-    fingerprint: Option<&mut DeviceBuffer<u64>>,
+    fingerprint: Option<&mut DeviceWord>,
 ) -> Result<(CudaTensor<E>, NeuronContext<E>), GpuError> {
     let shape = x.shape().to_vec();
     let (spikes, kept) = fingerprinted(device, &shape, config, fingerprint, |launch| {
@@ -243,7 +244,7 @@ pub fn fire_from_normalised<E: GpuElement>(
     device: &GpuDevice,
     norm: &BatchNormContext<E>,
     beta: &CudaTensor<E>,
-    fire: NeuronFire<'_, DeviceBuffer<u64>>,
+    fire: NeuronFire<'_, DeviceWord>,
 ) -> Result<CudaTensor<E>, GpuError> {
     let map = NormalisedMap::of("neuron_forward", norm, beta)?;
     let shape = time_split(norm.input.shape(), fire.time_steps)?;
@@ -275,7 +276,8 @@ fn launch_fire_from_normalised<E: GpuElement>(
     let stream = device.stream();
     let neurons = spikes.len() / launch.steps;
     let (n, t) = (neurons as i64, launch.steps as i32);
-    let sum = launch.fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
+    let mut sum = launch.fingerprint_sum;
+    let sum = sum.as_mut().map(|sum| sum.device_ptr_mut(stream));
     let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
     let mut builder = stream.launch_builder(&function);
     builder.arg(spikes).arg(&sum_pointer);
@@ -292,31 +294,26 @@ fn launch_fire_from_normalised<E: GpuElement>(
 }
 
 /// Runs `charge` with the [`Launch`] of a forward over `shape` and, when `fingerprint` is given,
-/// a zeroed sum that the kernel adds the spikes' terms to, then folds that sum into
-/// `fingerprint`. Errors on an invalid `config` or a shape with no time axis.
+/// the word's slot for this tensor's sum ([`DeviceWord::sum_slot`]), which the kernel adds the
+/// spikes' terms to and the word folds later. Errors on an invalid `config` or a shape with no
+/// time axis.
 fn fingerprinted<R>(
     device: &GpuDevice,
     shape: &[usize],
     config: &NeuronConfig,
-    fingerprint: Option<&mut DeviceBuffer<u64>>,
+    fingerprint: Option<&mut DeviceWord>,
     charge: impl FnOnce(Launch<'_>) -> Result<R, GpuError>,
 ) -> Result<R, GpuError> {
     config.validate()?;
     let (steps, _) = time_by_neurons(shape, "x")?;
-    let mut sum = fingerprint
-        .is_some()
-        .then(|| device.alloc_zeros::<u64>(1))
+    let fingerprint_sum = fingerprint
+        .map(|word| word.sum_slot(device, shape))
         .transpose()?;
-    let launch = Launch {
+    charge(Launch {
         steps,
         config,
-        fingerprint_sum: sum.as_mut().map(|sum| sum.slice_mut()),
-    };
-    let result = charge(launch)?;
-    if let (Some(word), Some(sum)) = (fingerprint, &sum) {
-        super::tensor::fold_element_sum(device, word, sum, shape)?;
-    }
-    Ok(result)
+        fingerprint_sum,
+    })
 }
 
 /// The context [`forward`] returns for `x`, without the spikes: the kernel writes `h` alone
@@ -419,7 +416,7 @@ enum ChargeBuffers<'a, E> {
 struct Launch<'a> {
     steps: usize,
     config: &'a NeuronConfig,
-    fingerprint_sum: Option<&'a mut CudaSlice<u64>>,
+    fingerprint_sum: Option<CudaViewMut<'a, u64>>,
 }
 
 /// Launches the forward kernel that `charge` names, writing the spikes when given or over `x`
@@ -455,7 +452,8 @@ fn launch_forward<E: GpuElement>(
     // buffers' last uses.
     let spikes = spikes.map(|spikes| spikes.device_ptr_mut(stream));
     let spikes_pointer: CUdeviceptr = spikes.as_ref().map_or(0, |(pointer, _)| *pointer);
-    let sum = launch.fingerprint_sum.map(|sum| sum.device_ptr_mut(stream));
+    let mut sum = launch.fingerprint_sum;
+    let sum = sum.as_mut().map(|sum| sum.device_ptr_mut(stream));
     let sum_pointer: CUdeviceptr = sum.as_ref().map_or(0, |(pointer, _)| *pointer);
     let mut builder = stream.launch_builder(&function);
     match charge {

@@ -7,7 +7,7 @@
 //! arithmetic rounds each operation once as the CPU does (no FMA contraction), and the sums add
 //! in the reference's order; the fingerprint's wrapping integer sum is the same whatever its order.
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use revsnn_reference::contract::fingerprint;
 use revsnn_reference::contract::shapes::{
@@ -16,12 +16,12 @@ use revsnn_reference::contract::shapes::{
 };
 
 use super::foreach::{TABLE_BYTES, chunk_launch, number_chunks, read_address, write_address};
-use super::{GpuElement, ONE_THREAD, THREADS, elementwise_launch, shape_error};
+use super::{GpuElement, THREADS, elementwise_launch, shape_error};
 use crate::device::GpuDevice;
 use crate::error::GpuError;
 use crate::kernels::TENSOR;
-use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
+use crate::word::DeviceWord;
 
 /// The most axes a [`Strided`] walk has after merging (`MAX_RANK` in tensor.cu).
 const MAX_RANK: usize = 8;
@@ -581,74 +581,43 @@ pub fn quantize<E: GpuElement>(
 /// Used, like the reference's, to detect a reversible recompute whose spikes differ from the
 /// forward's; waits for the stream ([`fold_fingerprint`] does not).
 pub fn fingerprint<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Result<u64, GpuError> {
-    let sum = element_sum(device, x)?;
+    let mut sum = device.alloc_zeros::<u64>(1)?;
+    add_element_sum(device, x, &mut sum.slice_mut().slice_mut(..))?;
     let sum = device.download(&sum)?.first().copied().unwrap_or(0);
     Ok(fingerprint::from_sum(x.shape(), sum))
 }
 
 /// `word = word.rotate_left(5) ^ fingerprint(x)` on the device: the element sum of
-/// [`fingerprint`] and a one-thread `fold_fingerprint` launch, no wait.
+/// [`fingerprint`] added into one of the word's slots, which the word folds later
+/// ([`DeviceWord`]); no wait, no launch besides the sum's.
 pub fn fold_fingerprint<E: GpuElement>(
     device: &GpuDevice,
-    word: &mut DeviceBuffer<u64>,
+    word: &mut DeviceWord,
     x: &CudaTensor<E>,
 ) -> Result<(), GpuError> {
-    let sum = element_sum(device, x)?;
-    fold_element_sum(device, word, &sum, x.shape())
+    let mut slot = word.sum_slot(device, x.shape())?;
+    add_element_sum(device, x, &mut slot)
 }
 
-/// `word = word.rotate_left(5) ^ fingerprint` on the device, for the fingerprint of a tensor of
-/// `shape` whose element terms sum to `sum` (one element): one thread, no wait.
-pub(crate) fn fold_element_sum(
-    device: &GpuDevice,
-    word: &mut DeviceBuffer<u64>,
-    sum: &DeviceBuffer<u64>,
-    shape: &[usize],
-) -> Result<(), GpuError> {
-    let function = device.function(&TENSOR, "fold_fingerprint")?;
-    let hash = fingerprint::shape_hash(shape);
-    let mut launch = device.stream().launch_builder(&function);
-    launch.arg(word.slice_mut()).arg(sum.slice()).arg(&hash);
-    // SAFETY: the arguments match `fold_fingerprint(unsigned long long* word, const unsigned
-    // long long* sum, unsigned long long shape_hash)`; word and sum hold one element each.
-    unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching fold_fingerprint"))?;
-    Ok(())
-}
-
-/// `count += (a != b)` on the device: one thread, no wait.
-pub fn count_unequal(
-    device: &GpuDevice,
-    count: &mut DeviceBuffer<u64>,
-    a: &DeviceBuffer<u64>,
-    b: &DeviceBuffer<u64>,
-) -> Result<(), GpuError> {
-    let function = device.function(&TENSOR, "count_unequal")?;
-    let mut launch = device.stream().launch_builder(&function);
-    launch.arg(count.slice_mut()).arg(a.slice()).arg(b.slice());
-    // SAFETY: the arguments match `count_unequal(unsigned long long* count, const unsigned long
-    // long* a, const unsigned long long* b)`; each holds one element.
-    unsafe { launch.launch(ONE_THREAD) }.map_err(GpuError::driver("launching count_unequal"))?;
-    Ok(())
-}
-
-/// The fingerprint's element sum of `x` in a one-element device buffer (0 when `x` is empty).
-fn element_sum<E: GpuElement>(
+/// `*sum += ` the fingerprint's element terms of `x` (nothing when `x` is empty).
+fn add_element_sum<E: GpuElement>(
     device: &GpuDevice,
     x: &CudaTensor<E>,
-) -> Result<DeviceBuffer<u64>, GpuError> {
-    let mut sum = device.alloc_zeros::<u64>(1)?;
-    if !x.is_empty() {
-        let function = device.function(&TENSOR, &format!("fingerprint_{}", E::SUFFIX))?;
-        let n = x.len() as i64;
-        let mut launch = device.stream().launch_builder(&function);
-        launch.arg(x.slice()).arg(sum.slice_mut()).arg(&n);
-        let config = reduction_launch(x.len());
-        // SAFETY: the arguments match `fingerprint_<E>(const E*, unsigned long long*, long long)`;
-        // x holds n elements and sum one; the block size is a multiple of the warp size, as the
-        // kernel's full-mask shuffles need.
-        unsafe { launch.launch(config) }.map_err(GpuError::driver("launching fingerprint"))?;
+    sum: &mut CudaViewMut<'_, u64>,
+) -> Result<(), GpuError> {
+    if x.is_empty() {
+        return Ok(());
     }
-    Ok(sum)
+    let function = device.function(&TENSOR, &format!("fingerprint_{}", E::SUFFIX))?;
+    let n = x.len() as i64;
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(x.slice()).arg(sum).arg(&n);
+    let config = reduction_launch(x.len());
+    // SAFETY: the arguments match `fingerprint_<E>(const E*, unsigned long long*, long long)`;
+    // x holds n elements and sum one; the block size is a multiple of the warp size, as the
+    // kernel's full-mask shuffles need.
+    unsafe { launch.launch(config) }.map_err(GpuError::driver("launching fingerprint"))?;
+    Ok(())
 }
 
 /// The number of NaN and infinite elements over all of `tensors`: one `count_non_finite_<E>`
