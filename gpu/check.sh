@@ -202,6 +202,8 @@ if [ -n "$BASELINE_MODELS" ] && official_ready; then
   end_section
 fi
 
+# the CLI stage's table, when it ran
+if [ -s "$OUT_DIR/cli-results.jsonl" ]; then
 printf '\n## training step, T = 4, batch 64 (memory per image: slope between batch 32 and 64)\n\n' >>"$REPORT"
 python3 - "$OUT_DIR/cli-results.jsonl" "$OUT_DIR/pytorch-baseline.json" "${PEAK_TFLOPS_TF32:-494}" >>"$REPORT" 2>&1 <<'PY'
 import json, sys
@@ -242,6 +244,7 @@ print()
 print(f"MFU TF32: our TF32 images/s x the official step's FLOPs per image / {peak / 1e12:.0f} TFLOP/s "
       "dense TF32 (PEAK_TFLOPS_TF32).")
 PY
+fi
 
 for bench in gpu-bin/benches/*; do
   [ -x "$bench" ] || continue

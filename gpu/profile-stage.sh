@@ -2,8 +2,10 @@
 # run_logged, section, end_section, REPORT, OUT_DIR, REVSNN and status): where the time of one
 # training step goes, per kernel, for each of PROFILE_MODELS (default revsresnet37 and
 # spikingformer-4-384, the convolutional and the transformer presets) in each of
-# PROFILE_PRECISIONS (default bf16; bf16,fp16,tf32 for all three) at PROFILE_BATCH (default 64),
-# T = 4:
+# PROFILE_PRECISIONS (default bf16; bf16,fp16,tf32 for all three). An entry is
+# MODEL[:BATCH[:T]]: BATCH defaults to PROFILE_BATCH (default 64), T to the preset's own (4 for
+# the CIFAR presets, 10 for the DVS ones), e.g. revsresnet24:16 for an event preset at its
+# official batch:
 #   - the cuDNN plans the step makes (REVSNN_CUDNN_PLANS: each shape's algorithm, math type and
 #     cuDNN's whole ranking), from `revsnn bench --steps 1`;
 #   - Nsight Compute's duration and DRAM bytes read and written of every kernel of `revsnn bench
@@ -30,13 +32,18 @@ if [ -z "${PEAK_TBPS:-}" ]; then
     *) PEAK_TBPS=0 ;;
   esac
 fi
-# One profiled training step of model $1 in precision $2: its cuDNN plans, then its kernels.
+# One profiled training step of the PROFILE_MODELS entry $1 (MODEL[:BATCH[:T]]) in precision
+# $2: its cuDNN plans, then its kernels.
 profile_step() {
-  local model=$1 p=$2 tag="$1-$2"
-  local bench=("$REVSNN" bench --device cuda --precision "$p" --model "$model"
-    --batch "$PROFILE_BATCH" --steps 1 --json)
+  local model batch time_steps p=$2
+  IFS=: read -r model batch time_steps <<<"$1"
+  batch=${batch:-$PROFILE_BATCH}
+  local tag="$model-b$batch${time_steps:+-t$time_steps}-$p"
+  local shape="batch $batch${time_steps:+, T $time_steps}"
+  local bench=("$REVSNN" bench --device cuda --precision "$p" --model "$model" --batch "$batch"
+    ${time_steps:+--time-steps "$time_steps"} --steps 1 --json)
   REVSNN_CUDNN_PLANS=1 run_logged "profile-plans-$tag" 60 "${bench[@]}" || status=1
-  section "cuDNN plans, $model batch $PROFILE_BATCH, $p: shapes per algorithm"
+  section "cuDNN plans, $model $shape, $p: shapes per algorithm"
   local plan='^cuDNN plan: \(cudnnConvolution[A-Za-z]*\) .*}: \([A-Z_0-9]*\) with \([A-Z_]*\),.*'
   sed -n "s/$plan/\\1 \\2 \\3/p" "$OUT_DIR/profile-plans-$tag.log" | sort | uniq -c | sort -rn \
     >>"$REPORT"
@@ -49,15 +56,20 @@ profile_step() {
   run_logged "profile-kernels-$tag" 120 "$NCU" --clock-control none \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     --csv --page raw "${bench[@]}" || status=1
-  local title="kernel time and DRAM bytes per name, $model batch $PROFILE_BATCH, $p"
+  local title="kernel time and DRAM bytes per name, $model $shape, $p"
   section "$title (warm-up and timed step)"
-  # the step's wall time: the precision stage's 10-step bench at this batch where it ran, else
-  # the plans run's single step
+  # the step's wall time: the precision stage's 10-step bench where it ran at this batch and T,
+  # else the plans run's single step
   local timed="$OUT_DIR/precision-bench-$p-$model.log"
-  [ "$PROFILE_BATCH" = 64 ] && [ -s "$timed" ] || timed="$OUT_DIR/profile-plans-$tag.log"
+  same_step "$timed" "$batch" "$time_steps" || timed="$OUT_DIR/profile-plans-$tag.log"
   python3 gpu/profile-table.py "$OUT_DIR/profile-kernels-$tag.log" "${PROFILE_TOP:-25}" "$timed" \
     "$PEAK_TBPS" >>"$REPORT" 2>&1
   end_section
+}
+
+# Whether the bench JSON in log $1 timed a step at batch $2 and, when $3 is given, T = $3.
+same_step() {
+  [ -s "$1" ] && grep -q "\"batch\":$2," "$1" && { [ -z "$3" ] || grep -q "\"time_steps\":$3," "$1"; }
 }
 
 STAGE_END=$((SECONDS + PROFILE_BUDGET_S))

@@ -319,6 +319,10 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     assert!(report["images_per_second"].as_f64().unwrap() > 0.0);
     assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
     assert_eq!(report["device"], "cpu");
+    assert_eq!(
+        (report["batch"].as_u64(), report["time_steps"].as_u64()),
+        (Some(2), Some(2))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

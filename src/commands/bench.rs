@@ -133,14 +133,14 @@ impl BenchArgs {
             measure(backend, &spec, self.batch, self.steps)
         })?;
         if self.json {
-            self.print_json(&name, &device, &report);
+            self.print_json(&name, spec.time_steps, &device, &report);
         } else {
             self.print_line(&name, &device, &report);
         }
         Ok(())
     }
 
-    fn print_json(&self, name: &str, device: &Device, report: &BenchReport) {
+    fn print_json(&self, name: &str, time_steps: usize, device: &Device, report: &BenchReport) {
         print_json_report(
             name,
             device,
@@ -148,6 +148,7 @@ impl BenchArgs {
                 "dtype": "f32",
                 "conv_engine": conv_engine(device),
                 "batch": self.batch,
+                "time_steps": time_steps,
                 "steps": self.steps,
                 "threads": rayon::current_num_threads(),
                 "median_step_seconds": report.median_step_seconds,
