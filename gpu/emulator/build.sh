@@ -73,6 +73,7 @@ echo "build.sh: emulator in $OUT" >&2
 REVSNN_EMU_ORDER=forward "$OUT/selftest"
 REVSNN_EMU_ORDER=reverse "$OUT/selftest"
 REVSNN_EMU_HOST_ONLY=1 "$OUT/selftest"
+REVSNN_EMU_ALIGN=256 "$OUT/selftest"
 # The fake NCCL's checks: three processes, each on its own emulated device.
 "$CXX" "${FLAGS[@]}" "${WARN[@]}" -o "$OUT/nccl_selftest" "$HERE/nccl_selftest.cpp" -L"$OUT" -l:libnccl.so.2 \
   -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'

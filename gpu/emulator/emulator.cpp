@@ -111,12 +111,36 @@ static bool poison_enabled() {
     return on;
 }
 
+// The alignment of every allocation's start (REVSNN_EMU_ALIGN, a power of two from 4 to the page
+// size; default 4). At 4 the data ends right before the trailing guard page, so an f32 buffer's
+// one-past-the-end element faults, but a buffer starts 16-byte aligned only when its size is a
+// multiple of 16, and kernels that load 16-byte vectors where their pointers allow take their
+// scalar path on the others. At 256, the driver's alignment, every buffer starts where a GPU's
+// would and those kernels take the path they take on a GPU, at the cost of up to 252 bytes of
+// unguarded slack after the data.
+static std::size_t start_alignment() {
+    static const std::size_t alignment = [] {
+        const char* v = std::getenv("REVSNN_EMU_ALIGN");
+        if (v == nullptr) return (std::size_t)4;
+        char* end = nullptr;
+        const unsigned long long a = std::strtoull(v, &end, 10);
+        if (*v == '\0' || *end != '\0' || a < 4 || a > page_size() || (a & (a - 1)) != 0) {
+            std::fprintf(stderr, "revsnn CUDA emulator: REVSNN_EMU_ALIGN=%s: expected a power of two from 4 to %zu\n",
+                         v, page_size());
+            std::abort();
+        }
+        return (std::size_t)a;
+    }();
+    return alignment;
+}
+
 void* device_alloc(std::size_t bytes) {
     if (bytes == 0) return nullptr;
     const std::size_t page = page_size();
-    // The data ends 4-byte aligned right before the trailing guard page: an f32 buffer's one-past-
-    // the-end element faults; an f64 buffer (size a multiple of 8) starts 8-byte aligned.
-    const std::size_t rounded = (bytes + 3) & ~(std::size_t)3;
+    // The data starts start_alignment()-aligned, as close before the trailing guard page as that
+    // allows; an f64 buffer (size a multiple of 8) starts 8-byte aligned whatever the setting.
+    const std::size_t mask = start_alignment() - 1;
+    const std::size_t rounded = (bytes + mask) & ~mask;
     if (rounded < bytes) return nullptr;
     const std::size_t data_pages = (rounded + page - 1) / page;
     const std::size_t map_len = (data_pages + 2) * page;

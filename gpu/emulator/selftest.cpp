@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -198,14 +199,30 @@ int main() {
         CHECK((unsigned char)p[0] == 0xFF);  // poisoned
         emu::device_free(p);
     }
-    // A kernel that reads past the end of an allocation aborts the process (in a child here).
+    // Allocations start 4-byte aligned, their data ending at the guard page, or REVSNN_EMU_ALIGN-
+    // aligned; either way the range past the data is not the allocation's.
+    {
+        const char* v = std::getenv("REVSNN_EMU_ALIGN");
+        const std::uintptr_t alignment = v ? std::strtoull(v, nullptr, 10) : 4;
+        const std::uintptr_t page = (std::uintptr_t)sysconf(_SC_PAGESIZE);
+        for (std::size_t bytes : {4, 12, 20, 1000, 4100}) {
+            char* p = static_cast<char*>(emu::device_alloc(bytes));
+            CHECK((std::uintptr_t)p % alignment == 0);
+            CHECK(emu::device_range_ok(p, bytes) && !emu::device_range_ok(p, bytes + 1));
+            if (alignment == 4) CHECK((std::uintptr_t)(p + ((bytes + 3) & ~(std::size_t)3)) % page == 0);
+            emu::device_free(p);
+        }
+    }
+    // A kernel that reads past the end of an allocation aborts the process (in a child here). 64
+    // floats fill a whole number of 256-byte units, so the guard page follows them whatever
+    // REVSNN_EMU_ALIGN is.
     {
         const pid_t child = fork();
         if (child == 0) {
             std::freopen("/dev/null", "w", stderr);
-            float* x = static_cast<float*>(emu::device_alloc(5 * 4));
+            float* x = static_cast<float*>(emu::device_alloc(64 * 4));
             float* y = static_cast<float*>(emu::device_alloc(4));
-            launch("read_past", dim3(1), dim3(32), (const float*)x, y, 5LL);
+            launch("read_past", dim3(1), dim3(96), (const float*)x, y, 64LL);
             _exit(0);
         }
         int status = 0;
