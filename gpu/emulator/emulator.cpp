@@ -77,6 +77,17 @@ struct Allocation {
 static std::mutex memory_lock;
 static std::map<std::uintptr_t, Allocation> allocations;  // by start address
 static std::size_t live_bytes = 0, peak_bytes = 0;
+// Host-only mode's freed allocations by size, with their starts, handed out again for the same
+// size as the driver's stream-ordered pool does, so that a step's host time is not the mappings'
+// system calls. Needs memory_lock.
+static std::map<std::size_t, std::vector<std::pair<char*, Allocation>>> kept_for_reuse;
+
+// Registers the allocation `a` starting at `start` as live. Needs memory_lock.
+static void register_live(char* start, const Allocation& a) {
+    allocations[(std::uintptr_t)start] = a;
+    live_bytes += a.bytes;
+    if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+}
 
 static std::size_t page_size() {
     static const std::size_t size = (std::size_t)sysconf(_SC_PAGESIZE);
@@ -136,6 +147,16 @@ static std::size_t start_alignment() {
 
 void* device_alloc(std::size_t bytes) {
     if (bytes == 0) return nullptr;
+    if (host_only()) {
+        std::lock_guard<std::mutex> guard(memory_lock);
+        auto kept = kept_for_reuse.find(bytes);
+        if (kept != kept_for_reuse.end() && !kept->second.empty()) {
+            const auto [start, a] = kept->second.back();
+            kept->second.pop_back();
+            register_live(start, a);
+            return start;
+        }
+    }
     const std::size_t page = page_size();
     // The data starts start_alignment()-aligned, as close before the trailing guard page as that
     // allows; an f64 buffer (size a multiple of 8) starts 8-byte aligned whatever the setting.
@@ -154,9 +175,7 @@ void* device_alloc(std::size_t bytes) {
     char* start = data_begin + data_pages * page - rounded;
     if (poison_enabled()) std::memset(start, 0xFF, rounded);
     std::lock_guard<std::mutex> guard(memory_lock);
-    allocations[(std::uintptr_t)start] = Allocation{bytes, static_cast<char*>(base), map_len};
-    live_bytes += bytes;
-    if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+    register_live(start, Allocation{bytes, static_cast<char*>(base), map_len});
     return start;
 }
 
@@ -169,6 +188,10 @@ std::size_t device_free(void* p) {
         a = it->second;
         allocations.erase(it);
         live_bytes -= a.bytes;
+        if (host_only()) {
+            kept_for_reuse[a.bytes].emplace_back(static_cast<char*>(p), a);
+            return a.bytes;
+        }
     }
     munmap(a.map_base, a.map_len);  // later uses of the freed memory fault
     return a.bytes;
