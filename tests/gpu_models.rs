@@ -19,7 +19,8 @@
 //!   models above, where no flip can happen.
 //! - The reversible backward on CUDA equals stored-activation backpropagation on CUDA bitwise
 //!   with the exact coupling, in f32 and f64 (`revsnn verify --device cuda`'s checks), with the
-//!   finite-difference check on the GPU in f64.
+//!   finite-difference check on the GPU in f64; its spike fingerprints, folded and compared on
+//!   the device, find no recompute that diverged from its forward.
 //! - Two runs of a training step (SGD) on CUDA are bitwise identical.
 //! - A checkpoint of a CUDA network (downloaded) loads back into a CUDA network and into a CPU
 //!   one unchanged.
@@ -32,7 +33,7 @@ use revsnn::checkpoint::{load_state_dict, state_dict};
 use revsnn::commands::random_images;
 use revsnn::commands::verify::verify_on;
 use revsnn::device::Device;
-use revsnn::model::reversible::Coupling;
+use revsnn::model::reversible::{Coupling, ReversibleOptions};
 use revsnn::model::{BuildOptions, EntryKind, Layer, Mode, ParamId, Session, Targets};
 use revsnn::network::{Body, Network, PassOptions};
 use revsnn::optim::{Optimizer, OptimizerKind};
@@ -345,6 +346,55 @@ fn reversible_backward_on_cuda_equals_stored_activations_bitwise_with_exact_coup
             assert!(report.passed, "{family} {dtype}");
         }
     }
+}
+
+/// The spike fingerprints of a reversible training step, folded and compared on the device (the
+/// CUDA word, `revsnn_gpu::word`), find every recompute equal to its forward under the exact
+/// coupling, whose inverse is bitwise; as on the CPU.
+#[test]
+fn exact_coupling_finds_no_diverged_recompute_by_fingerprint_on_cuda() {
+    let Some(gpu) = backend_or_skip::<f32>("gpu_models fingerprints") else {
+        return;
+    };
+    let options = BuildOptions {
+        reversible: ReversibleOptions {
+            coupling: Coupling::Exact,
+            ..ReversibleOptions::default()
+        },
+        ..BuildOptions::default()
+    };
+    for family in ["revsresnet", "revsformer"] {
+        let spec = spec(family);
+        let on_cuda = diverged_after_one_step(&gpu, &spec, options);
+        let on_cpu = diverged_after_one_step(&Cpu::<f32>::new(), &spec, options);
+        assert_eq!(
+            (on_cuda, on_cpu),
+            (0, 0),
+            "{family}: diverged recomputes, CUDA and CPU"
+        );
+    }
+}
+
+/// The diverged recomputes of one training step of `spec` on `backend`, read back.
+fn diverged_after_one_step<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    options: BuildOptions,
+) -> usize {
+    let mut network = Network::new(backend, spec, SEED, options).unwrap();
+    let (images, labels) = random_images(backend, spec, BATCH, SEED).unwrap();
+    let mut grads = network.zero_grads();
+    let targets = Targets::Hard(&labels);
+    let report = network
+        .train_step(
+            backend,
+            &mut grads,
+            &images,
+            targets,
+            PassOptions::default(),
+        )
+        .unwrap();
+    report.diverged_recomputes.read(backend).unwrap()
 }
 
 #[test]
