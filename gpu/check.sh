@@ -204,8 +204,8 @@ fi
 
 # the CLI stage's table, when it ran
 if [ -s "$OUT_DIR/cli-results.jsonl" ]; then
-printf '\n## training step, T = 4, batch 64 (memory per image: slope between batch 32 and 64)\n\n' >>"$REPORT"
-python3 - "$OUT_DIR/cli-results.jsonl" "$OUT_DIR/pytorch-baseline.json" "${PEAK_TFLOPS_TF32:-494}" >>"$REPORT" 2>&1 <<'PY'
+  printf '\n## training step, T = 4, batch 64 (memory per image: slope between batch 32 and 64)\n\n' >>"$REPORT"
+  python3 - "$OUT_DIR/cli-results.jsonl" "$OUT_DIR/pytorch-baseline.json" "${PEAK_TFLOPS_TF32:-494}" >>"$REPORT" 2>&1 <<'PY'
 import json, sys
 peak = float(sys.argv[3]) * 1e12
 ours = {}
