@@ -6,7 +6,8 @@
 # The emulator shows 2 devices (REVSNN_EMU_DEVICES) so the tests of two ranks (tests/gpu_ranks.rs)
 # run, one device each; NCCL and cuDNN are required (REVSNN_REQUIRE_NCCL=1, REVSNN_REQUIRE_CUDNN=1),
 # the fake ones always load, so the cuDNN engine is the convolutions' default there as on a GPU.
-# GPU_TEST_BINARIES (names of tests/gpu_*.rs binaries, space-separated) runs only those.
+# GPU_TEST_BINARIES (names of tests/gpu_*.rs binaries, separated by spaces or newlines) runs only
+# those.
 # usage: gpu/emulator/run-tests.sh [-- TEST ARGS...]
 # Needs NVRTC 13.0 in .nvrtc/ (installed by .ci/run; or set NV to another install).
 set -euo pipefail
@@ -32,7 +33,8 @@ trap 'rm -f "$log"' EXIT
 # --workspace, as the README's test command builds them: with -p, Cargo resolves the
 # dependencies' features for one package and builds everything again.
 if [ -n "${GPU_TEST_BINARIES:-}" ]; then
-  read -ra names <<<"$GPU_TEST_BINARIES"
+  # every name, on however many lines (`read` alone stops at the first line's end)
+  read -rd '' -a names <<<"$GPU_TEST_BINARIES" || true
 else
   names=('gpu_*')
   for test in gpu/tests/*.rs; do names+=("$(basename "$test" .rs)"); done

@@ -9,7 +9,7 @@
 //! order they were taken: in `count_unequal` as it compares, on the host in [`DeviceWord::read`],
 //! and in `fold_pending_sums` when every slot is taken. Where each fold once cost a zeroed
 //! one-element buffer and a one-thread launch, a recorded F or G run of a reversible block now
-//! costs its word's one zeroed buffer (docs/ARCHITECTURE.md, host-device round trips).
+//! costs its word's one zeroed buffer.
 
 use cudarc::driver::{CudaViewMut, DeviceRepr, PushKernelArg};
 
