@@ -34,8 +34,8 @@ use revsnn::commands::random_images;
 use revsnn::commands::verify::verify_on;
 use revsnn::device::Device;
 use revsnn::model::reversible::{Coupling, ReversibleOptions};
-use revsnn::model::{BuildOptions, EntryKind, Layer, Mode, ParamId, Session, Targets};
-use revsnn::network::{Body, Network, PassOptions};
+use revsnn::model::{BuildOptions, EntryKind, Grads, Layer, Mode, ParamId, Session, Targets};
+use revsnn::network::{Body, Network, PassOptions, StepReport};
 use revsnn::optim::{Optimizer, OptimizerKind};
 use revsnn::spec::ModelSpec;
 use revsnn_gpu::Cuda;
@@ -84,26 +84,37 @@ struct Outcome {
     counters: Vec<(String, u64)>,
 }
 
-/// Builds `spec` from [`SEED`] on `backend`, runs one training step (forward, cross-entropy,
-/// backward) on the seeded batch and, with `optimizer`, one optimizer step.
+/// Builds `spec` from [`SEED`] on `backend` and runs one training step (forward, cross-entropy,
+/// backward) on the seeded batch: the network, its gradients and the step's report.
+fn one_step<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    options: BuildOptions,
+) -> (Network<B>, Grads<B>, StepReport<B>) {
+    let mut network = Network::new(backend, spec, SEED, options).unwrap();
+    let (images, labels) = random_images(backend, spec, BATCH, SEED).unwrap();
+    let mut grads = network.zero_grads();
+    let targets = Targets::Hard(&labels);
+    let report = network
+        .train_step(
+            backend,
+            &mut grads,
+            &images,
+            targets,
+            PassOptions::default(),
+        )
+        .unwrap();
+    (network, grads, report)
+}
+
+/// [`one_step`] and, with `optimizer`, one optimizer step.
 fn run_step<B: Backend>(
     backend: &B,
     spec: &ModelSpec,
     options: BuildOptions,
     optimizer: Option<OptimizerKind>,
 ) -> Outcome {
-    let mut network = Network::new(backend, spec, SEED, options).unwrap();
-    let (images, labels) = random_images(backend, spec, BATCH, SEED).unwrap();
-    let mut grads = network.zero_grads();
-    let report = network
-        .train_step(
-            backend,
-            &mut grads,
-            &images,
-            Targets::Hard(&labels),
-            PassOptions::default(),
-        )
-        .unwrap();
+    let (mut network, grads, report) = one_step(backend, spec, options);
     let output = report.output;
     let mut tensors = vec![
         ("logits".to_string(), widen(backend, &output.logits)),
@@ -375,25 +386,13 @@ fn exact_coupling_finds_no_diverged_recompute_by_fingerprint_on_cuda() {
     }
 }
 
-/// The diverged recomputes of one training step of `spec` on `backend`, read back.
+/// The diverged recomputes of [`one_step`], read back.
 fn diverged_after_one_step<B: Backend>(
     backend: &B,
     spec: &ModelSpec,
     options: BuildOptions,
 ) -> usize {
-    let mut network = Network::new(backend, spec, SEED, options).unwrap();
-    let (images, labels) = random_images(backend, spec, BATCH, SEED).unwrap();
-    let mut grads = network.zero_grads();
-    let targets = Targets::Hard(&labels);
-    let report = network
-        .train_step(
-            backend,
-            &mut grads,
-            &images,
-            targets,
-            PassOptions::default(),
-        )
-        .unwrap();
+    let (_, _, report) = one_step(backend, spec, options);
     report.diverged_recomputes.read(backend).unwrap()
 }
 
