@@ -33,21 +33,27 @@ pub struct Network<B: Backend> {
     pub body: Body,
 }
 
-/// What one rank of a data-parallel group adds to a training step; both `None` for one rank.
-pub struct RankHooks<'a, B: Backend> {
+/// What a caller adds to a training step: a data-parallel rank's collectives (both `None` for one
+/// rank), and the running count its diverged recomputes are added to.
+pub struct StepHooks<'a, B: Backend> {
     /// The group whose ranks share training-mode BatchNorm statistics (`--sync-bn`).
     pub sync_batch_norm: Option<&'a dyn Collective<B>>,
     /// Told of every gradient contribution as the backward makes it: the all-reduce in buckets
     /// (`collective::GradReducer`).
     pub final_grads: Option<&'a mut dyn FinalGrads<B>>,
+    /// The count of the steps before, which the step's own diverged recomputes are counted on
+    /// top of and returned in [`StepReport::diverged_recomputes`] (a training epoch reads it
+    /// once, at its end).
+    pub diverged_recomputes: DivergedRecomputes<B>,
 }
 
-impl<B: Backend> Default for RankHooks<'_, B> {
-    /// One rank alone: nothing added to the step.
+impl<B: Backend> Default for StepHooks<'_, B> {
+    /// One rank alone, counting from 0: nothing added to the step.
     fn default() -> Self {
-        RankHooks {
+        StepHooks {
             sync_batch_norm: None,
             final_grads: None,
+            diverged_recomputes: DivergedRecomputes::default(),
         }
     }
 }
@@ -142,29 +148,32 @@ impl<B: Backend> Network<B> {
         targets: Targets<B>,
         run: PassOptions,
     ) -> Result<StepReport<B>> {
-        self.train_step_ranked(backend, grads, images, targets, run, RankHooks::default())
+        self.train_step_hooked(backend, grads, images, targets, run, StepHooks::default())
     }
 
-    /// [`Network::train_step`] as one rank of a data-parallel group, with what the rank adds
-    /// to the step ([`RankHooks`]).
-    pub fn train_step_ranked(
+    /// [`Network::train_step`] with what the caller adds to it ([`StepHooks`]): as one rank of
+    /// a data-parallel group, counting on from the steps before.
+    pub fn train_step_hooked(
         &mut self,
         backend: &B,
         grads: &mut Grads<B>,
         images: &B::Tensor,
         targets: Targets<B>,
         run: PassOptions,
-        rank: RankHooks<'_, B>,
+        hooks: StepHooks<'_, B>,
     ) -> Result<StepReport<B>> {
         let mut session = Session::new(backend, &mut self.store, grads, run.mode);
         session.update_running_stats = run.update_running_stats;
         session.loss_scale = run.loss_scale;
-        session.sync_batch_norm = rank.sync_batch_norm;
+        session.sync_batch_norm = hooks.sync_batch_norm;
         // A shorter borrow of the listener, as long as the session's.
-        session.final_grads = rank.final_grads.map(|sink| sink as &mut dyn FinalGrads<B>);
+        session.final_grads = hooks.final_grads.map(|sink| sink as &mut dyn FinalGrads<B>);
         if run.audit {
             session.probes.audit = Some(ReversibleAudit::default());
         }
+        session
+            .probes
+            .count_diverged_into(hooks.diverged_recomputes);
         let output = with_body!(self, model => train_step(model, &mut session, images, targets))?;
         Ok(StepReport {
             output,

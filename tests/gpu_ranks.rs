@@ -21,7 +21,7 @@ use common::{
 use revsnn::collective::{Collective, GradReducer, NcclGroup, ProcessRank, UsePlan};
 use revsnn::error::Result;
 use revsnn::model::{BuildOptions, Targets};
-use revsnn::network::{Network, PassOptions, RankHooks};
+use revsnn::network::{Network, PassOptions, StepHooks};
 use revsnn::spec::ModelSpec;
 use revsnn_gpu::testing::{device_or_skip, nccl_or_skip};
 use revsnn_gpu::{Cuda, CudaStatus, probe};
@@ -376,16 +376,17 @@ fn nccl_step(
         .unwrap();
     let mut grads = network.zero_grads();
     let mut reducer = GradReducer::new(group, grads.len(), bucket_bytes, uses);
-    let hooks = RankHooks {
+    let hooks = StepHooks {
         sync_batch_norm: Some(group),
         final_grads: Some(&mut reducer),
+        ..StepHooks::default()
     };
     let waits = || backend.device().transfer_counts().host_waits;
     let (targets, run) = (Targets::Hard(&[1, 4]), PassOptions::default());
     let before = waits();
     group.started.set(0);
     network
-        .train_step_ranked(backend, &mut grads, &images, targets, run, hooks)
+        .train_step_hooked(backend, &mut grads, &images, targets, run, hooks)
         .unwrap();
     let waits_in_backward = waits() - before;
     let started_in_backward = group.started.get();

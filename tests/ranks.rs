@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{f32_tensors, failed, last_metrics, ok, revsnn, scratch, tiny_train_args};
 use revsnn::collective::{Collective, ThreadGroup, average_grads};
 use revsnn::model::{BuildOptions, Grads, Targets};
-use revsnn::network::{Network, PassOptions, RankHooks};
+use revsnn::network::{Network, PassOptions, StepHooks};
 use revsnn::spec::ModelSpec;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Cpu};
@@ -76,12 +76,12 @@ fn rank_step(
         .tensor_from_vec(&[batch, 3, 16, 16], images.to_vec())
         .unwrap();
     let mut grads: Grads<Cpu64> = network.zero_grads();
-    let hooks = RankHooks {
+    let hooks = StepHooks {
         sync_batch_norm: group.filter(|_| sync_bn),
-        final_grads: None,
+        ..StepHooks::default()
     };
     network
-        .train_step_ranked(
+        .train_step_hooked(
             &cpu,
             &mut grads,
             &tensor,

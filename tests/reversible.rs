@@ -677,6 +677,21 @@ proptest! {
         prop_assert!(diverged > 0, "corruption not detected");
         let most = 2 * config.blocks - usize::from(second_half_only);
         prop_assert!(diverged <= most, "{diverged} > {most}");
+
+        // A second corrupted pass counted on top of the first (as a training epoch counts its
+        // steps) adds its own: every recompute compared, at least one more diverged.
+        let first = session.probes.take_diverged();
+        prop_assert_eq!(first.compared(), 2 * config.blocks);
+        session.probes.count_diverged_into(first);
+        let (_, mut saved) = model.sequence.forward(&mut session, x)?;
+        if let SequenceSaved::Reversible { output, .. } = &mut saved {
+            *output = backend.add(output, &noise)?;
+        }
+        model.sequence.backward(&mut session, saved, dy)?;
+        let both = session.probes.take_diverged();
+        prop_assert_eq!(both.compared(), 4 * config.blocks);
+        let total = both.read(&backend)?;
+        prop_assert!(total > diverged && total <= 2 * most, "{total} after {diverged}");
     }
 }
 

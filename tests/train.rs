@@ -128,6 +128,10 @@ fn resume_is_bit_for_bit_and_the_same_seed_repeats_the_run() {
                 assert!((0.0..=1.0).contains(&value), "{key} = {value}");
             }
             assert!(line["peak_memory_bytes"].as_u64().unwrap() > 0);
+            // 4 steps of the F and G recomputes of its 4 or 1 reversible blocks
+            let recomputes = 4 * 2 * if name == "resnet" { 4 } else { 1 };
+            assert_eq!(line["recomputes"], recomputes, "{name}");
+            assert!(line["diverged_recomputes"].as_u64().unwrap() <= recomputes);
             assert_eq!(
                 (&line["backend"], &line["device"]),
                 (&"cpu".into(), &"cpu".into())

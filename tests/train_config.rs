@@ -220,6 +220,12 @@ fn unknown_keys_and_bad_values_are_named() {
         stderr.contains("schedule.min_lr") && stderr.contains("f64"),
         "{stderr}"
     );
+    let stderr = refusal("precision.toml", "precision = \"fp8\"\n");
+    assert!(
+        stderr.contains("precision.toml")
+            && stderr.contains("unknown precision `fp8`: expected one of f32, tf32, bf16, fp16"),
+        "{stderr}"
+    );
     let stderr = refusal("range.toml", "[optimizer]\nlr = -1.0\n");
     assert!(
         stderr.contains("optimizer.lr") && stderr.contains("--lr") && stderr.contains("positive"),
@@ -361,6 +367,9 @@ fn the_paper_recipe_resolves_to_spec_section_5() {
         }
     );
     assert_eq!(former.mixup_off_epoch, 200);
+    // synchronised BatchNorm where the official configs set `sync_bn: True`: the CIFAR
+    // transformers only
+    assert!(former.sync_bn && !resnet.sync_bn && !cifar100.sync_bn);
     // the schedule of docs/recipes.md §5.1: from 1e-5, cosine counted from epoch 0 over 300, then 1e-5
     assert!((former.lr(0) - 1e-5).abs() < 1e-15);
     let lr_20 = 1e-5 + 0.5 * (5e-4 - 1e-5) * (1.0 + (std::f64::consts::PI * 20.0 / 300.0).cos());
@@ -384,6 +393,7 @@ fn the_paper_recipe_resolves_to_spec_section_5() {
         ("dataset", "dvs128-gesture"),
     ]);
     assert_eq!(dvs.dataset, DatasetKind::Dvs128Gesture);
+    assert!(!dvs.sync_bn);
     assert_eq!((dvs.epochs, dvs.batch, dvs.seed), (202, 16, 2021));
     assert_eq!((dvs.train_samples, dvs.test_samples), (1176, 288));
     assert_eq!(
@@ -429,6 +439,7 @@ fn the_paper_recipe_resolves_to_spec_section_5() {
         ("dataset", "cifar10-dvs"),
     ]);
     assert_eq!(former_dvs.epochs, 106);
+    assert!(!former_dvs.sync_bn);
     assert_eq!(former_dvs.optimizer.lr(), 1e-3);
     assert!(matches!(
         former_dvs.optimizer,

@@ -192,7 +192,7 @@ mod tests {
     use super::*;
     use crate::collective::ThreadGroup;
     use crate::model::{BuildOptions, Mode, ParamStore, Session, Targets};
-    use crate::network::{Network, PassOptions, RankHooks};
+    use crate::network::{Network, PassOptions, StepHooks};
     use crate::spec::ModelSpec;
 
     type Cpu64 = Cpu<f64>;
@@ -351,13 +351,14 @@ mod tests {
         let mut grads = network.zero_grads();
         let mut reducer = GradReducer::new(group, grads.len(), bucket_bytes, uses);
         group.started.set(0);
-        let hooks = RankHooks {
+        let hooks = StepHooks {
             sync_batch_norm: Some(group),
             final_grads: Some(&mut reducer),
+            ..StepHooks::default()
         };
         let (targets, run) = (Targets::Hard(&labels), PassOptions::default());
         network
-            .train_step_ranked(&cpu, &mut grads, &images, targets, run, hooks)
+            .train_step_hooked(&cpu, &mut grads, &images, targets, run, hooks)
             .unwrap();
         let started_in_backward = group.started.get();
         let uses = reducer.finish(&cpu, &mut grads).unwrap();

@@ -13,9 +13,9 @@ pub struct Probes<B: Backend> {
     /// backend computes: the reversible sequence compares forward and recompute this way.
     pub spike_fingerprint: Option<B::Word>,
     /// How many F or G recomputes of reversible backwards produced spikes that differ from
-    /// their forward, counted where the backend computes (`None` before the first comparison);
-    /// read with [`Probes::diverged_recomputes`].
-    diverged: Option<B::Word>,
+    /// their forward, counted where the backend computes, and how many were compared; read
+    /// with [`Probes::diverged_recomputes`].
+    diverged: DivergedRecomputes<B>,
     /// When `Some`, reversible sequences audit their reconstruction into it (verification mode).
     pub audit: Option<ReversibleAudit>,
     /// When `Some`, every neuron layer appends its spikes: how an audit compares the forward's
@@ -28,7 +28,7 @@ impl<B: Backend> Default for Probes<B> {
     fn default() -> Self {
         Probes {
             spike_fingerprint: None,
-            diverged: None,
+            diverged: DivergedRecomputes::default(),
             audit: None,
             spike_log: None,
         }
@@ -56,24 +56,41 @@ pub struct BlockRecord<T> {
     pub g_spikes: Vec<T>,
 }
 
-/// The count of diverged recomputes of a finished pass ([`Probes::take_diverged`]), still where
-/// the backend computes.
+/// A count of diverged recomputes, still where the backend computes, and of the recomputes
+/// compared, on the host: a finished pass's ([`Probes::take_diverged`]), or a running count
+/// that passes add to ([`Probes::count_diverged_into`]), so that a training epoch reads its
+/// count once.
 #[derive(Debug)]
-pub struct DivergedRecomputes<B: Backend>(Option<B::Word>);
+pub struct DivergedRecomputes<B: Backend> {
+    /// No word until the first comparison: a count of 0.
+    count: Option<B::Word>,
+    compared: usize,
+}
+
+impl<B: Backend> Default for DivergedRecomputes<B> {
+    /// Nothing compared, nothing counted.
+    fn default() -> Self {
+        DivergedRecomputes {
+            count: None,
+            compared: 0,
+        }
+    }
+}
 
 impl<B: Backend> DivergedRecomputes<B> {
     /// The count, read back (on a GPU, waits for the queued work): see
     /// [`Probes::diverged_recomputes`].
     pub fn read(&self, backend: &B) -> Result<usize> {
-        read_count(backend, self.0.as_ref())
+        match &self.count {
+            Some(count) => Ok(backend.read_word(count)? as usize),
+            None => Ok(0),
+        }
     }
-}
 
-/// A count kept as a backend word, read back; no word is a count of 0.
-fn read_count<B: Backend>(backend: &B, count: Option<&B::Word>) -> Result<usize> {
-    match count {
-        Some(count) => Ok(backend.read_word(count)? as usize),
-        None => Ok(0),
+    /// How many recomputes were compared with their forward: those of the reversible blocks
+    /// whose runs record fingerprints, two (F and G) per block and backward.
+    pub fn compared(&self) -> usize {
+        self.compared
     }
 }
 
@@ -132,9 +149,10 @@ impl<B: Backend> Probes<B> {
         let (Some(forward), Some(recompute)) = (forward, recompute) else {
             return Ok(());
         };
-        let count = match self.diverged.as_mut() {
+        self.diverged.compared += 1;
+        let count = match self.diverged.count.as_mut() {
             Some(count) => count,
-            None => self.diverged.insert(backend.zero_word()?),
+            None => self.diverged.count.insert(backend.zero_word()?),
         };
         Ok(backend.count_unequal(count, forward, recompute)?)
     }
@@ -144,12 +162,18 @@ impl<B: Backend> Probes<B> {
     /// reversible gradient is exactly the stored-activation one. Reads the count back (on a
     /// GPU, waits for the queued work).
     pub fn diverged_recomputes(&self, backend: &B) -> Result<usize> {
-        read_count(backend, self.diverged.as_ref())
+        self.diverged.read(backend)
+    }
+
+    /// Counts the pass's diverged recomputes on top of `count` (a running count, taken back
+    /// with [`Probes::take_diverged`]) instead of from 0.
+    pub fn count_diverged_into(&mut self, count: DivergedRecomputes<B>) {
+        self.diverged = count;
     }
 
     /// Moves the count of diverged recomputes out, for reading after the pass.
     pub fn take_diverged(&mut self) -> DivergedRecomputes<B> {
-        DivergedRecomputes(self.diverged.take())
+        std::mem::take(&mut self.diverged)
     }
 
     /// Adds the differences between recorded and recomputed spikes, and the reconstruction

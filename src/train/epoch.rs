@@ -18,8 +18,9 @@ use crate::data::Dataset;
 use crate::device::Compute;
 use crate::error::{Error, Result, counted};
 use crate::grad_scaler::{GradScaler, GradScalerConfig, StepAction};
+use crate::model::probes::DivergedRecomputes;
 use crate::model::{BuildOptions, FinalGrads, Grads, StepOutput, Targets};
-use crate::network::{Network, PassOptions, RankHooks};
+use crate::network::{Network, PassOptions, StepHooks, StepReport};
 use crate::optim::Optimizer;
 use crate::spec::ModelSpec;
 
@@ -69,6 +70,12 @@ pub struct EpochStats {
     pub skipped_steps: usize,
     /// The fp16 loss scale at the end of the epoch (`None` in the other precisions).
     pub loss_scale: Option<f32>,
+    /// F and G recomputes of the reversible backwards whose spikes differed from their
+    /// forward's (docs/reversible.md §3.3, "Diverged recomputes"); 0 for a model without
+    /// reversible blocks.
+    pub diverged_recomputes: usize,
+    /// F and G recomputes compared with their forward, diverged or not.
+    pub recomputes: usize,
 }
 
 impl EpochStats {
@@ -146,6 +153,7 @@ pub fn train_epoch<B: Compute>(
     };
     let mut batches = rank.shares(open_loader, steps)?;
     let mut stats = EpochStats::default();
+    let mut diverged = DivergedRecomputes::default();
     for step in 0.. {
         let waiting = Instant::now();
         let Some(batch) = batches.next() else { break };
@@ -167,7 +175,15 @@ pub fn train_epoch<B: Compute>(
             lr,
             out: &config.out,
         };
-        let outcome = checked_step(backend, learner, &*samples, batch, place, rank)?;
+        let outcome = checked_step(
+            backend,
+            learner,
+            &*samples,
+            batch,
+            place,
+            rank,
+            &mut diverged,
+        )?;
         let (loss, score) = (outcome.loss, outcome.score);
         stats.skipped_steps += usize::from(outcome.skipped);
         stats.loss_sum += loss * count as f64;
@@ -176,6 +192,8 @@ pub fn train_epoch<B: Compute>(
         progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
     }
     backend.synchronize()?;
+    stats.diverged_recomputes = diverged.read(backend)?;
+    stats.recomputes = diverged.compared();
     stats.loader_busy_seconds = batches.busy_seconds();
     saw_every_sample(
         &format!("training epoch {}", epoch + 1),
@@ -277,7 +295,7 @@ struct StepOutcome {
 /// device runs the whole step without waiting for the host; then one read brings the loss, the
 /// logits and the vote, and one the parameters' non-finite count. A non-finite loss is
 /// reported first, as the step that produced it (the stepped parameters are never saved), then
-/// non-finite parameters.
+/// non-finite parameters. The step's diverged recomputes are counted on top of `counted`.
 fn checked_step<B: Compute>(
     backend: &B,
     learner: &mut Learner<B>,
@@ -285,17 +303,21 @@ fn checked_step<B: Compute>(
     batch: Batch,
     place: StepPlace,
     rank: &Rank<B>,
+    counted: &mut DivergedRecomputes<B>,
 ) -> Result<StepOutcome> {
     let labels = batch.labels.clone();
     let loss_scale = learner.scaler.map_or(1.0, |scaler| scaler.scale());
     let network = &mut learner.network;
     let stop_votes = rank.start_stop_vote(backend)?;
     let mut reducer = rank.grad_reducer(network.store.entries().len());
-    let hooks = RankHooks {
+    let hooks = StepHooks {
         sync_batch_norm: rank.sync_batch_norm(),
         final_grads: reducer.as_mut().map(|r| r as &mut dyn FinalGrads<B>),
+        diverged_recomputes: std::mem::take(counted),
     };
-    let (output, mut grads) = forward_backward(backend, network, data, batch, loss_scale, hooks)?;
+    let (report, mut grads) = forward_backward(backend, network, data, batch, loss_scale, hooks)?;
+    let output = report.output;
+    *counted = report.diverged_recomputes;
     rank.average_grads(reducer, backend, &mut grads)?;
     let skipped = match &mut learner.scaler {
         Some(scaler) => {
@@ -331,16 +353,17 @@ fn checked_step<B: Compute>(
 
 /// Forward, loss and backward of `batch` (of samples of `data`), on its soft targets where it
 /// has them, else its labels, as the rank `hooks` describes (BatchNorm statistics synchronised,
-/// gradients handed to the all-reduce as they become final): the step's output (still where the
-/// backend computes) and the parameter gradients of `loss_scale` times the loss.
+/// gradients handed to the all-reduce as they become final, diverged recomputes counted on): the
+/// step's report (still where the backend computes) and the parameter gradients of `loss_scale`
+/// times the loss.
 fn forward_backward<B: Backend>(
     backend: &B,
     network: &mut Network<B>,
     data: &dyn Dataset,
     batch: Batch,
     loss_scale: f32,
-    hooks: RankHooks<'_, B>,
-) -> Result<(StepOutput<B>, Grads<B>)> {
+    hooks: StepHooks<'_, B>,
+) -> Result<(StepReport<B>, Grads<B>)> {
     let count = batch.labels.len();
     let images = batch_tensor(backend, data, batch.images, count)?;
     let mut grads = network.zero_grads();
@@ -359,8 +382,8 @@ fn forward_backward<B: Backend>(
         Some(rows) => Targets::Soft(rows),
         None => Targets::Hard(&batch.labels),
     };
-    let report = network.train_step_ranked(backend, &mut grads, &images, targets, run, hooks)?;
-    Ok((report.output, grads))
+    let report = network.train_step_hooked(backend, &mut grads, &images, targets, run, hooks)?;
+    Ok((report, grads))
 }
 
 /// The mean loss of a step, the score of its logits against `labels` and the count of the

@@ -472,6 +472,8 @@ fn metrics_line(
         "loader_wait_seconds": train.loader_wait_seconds,
         "peak_memory_bytes": peak,
         "best_test_acc1": state.best_test_acc1,
+        "recomputes": train.recomputes,
+        "diverged_recomputes": train.diverged_recomputes,
         "device": device.name(),
         "backend": device.kind(),
         "precision": device.precision().name(),

@@ -313,18 +313,22 @@ impl<B: Backend> Rank<B> {
         }
     }
 
-    /// The epoch's statistics: loss, hits and images summed over the ranks in rank order, the
-    /// rest (wall time, loader, loss scale) this rank's.
+    /// The epoch's statistics: loss, hits, images and the recomputes (diverged, and compared)
+    /// summed over the ranks in rank order, the rest (wall time, loader, loss scale) this rank's.
     pub fn sum_stats(&self, stats: EpochStats) -> Result<EpochStats> {
-        let [loss_sum, hits, images] = self.sum_words([
+        let [loss_sum, hits, images, diverged, recomputes] = self.sum_words([
             stats.loss_sum.to_bits(),
             stats.hits as u64,
             stats.images as u64,
+            stats.diverged_recomputes as u64,
+            stats.recomputes as u64,
         ])?;
         Ok(EpochStats {
             loss_sum: f64::from_bits(loss_sum),
             hits: hits as usize,
             images: images as usize,
+            diverged_recomputes: diverged as usize,
+            recomputes: recomputes as usize,
             ..stats
         })
     }
