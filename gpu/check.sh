@@ -20,10 +20,12 @@
 # and BASELINE_MODELS (comma lists of presets), CHECK_CLI=0 (no CLI bench/memory step).
 # The training stage (CHECK_TRAIN=1, the default; gpu/train-stage.sh says what it runs and its
 # knobs) has its own budget, TRAIN_BUDGET_S (default 200), inside DEADLINE_S. REVSNN names the
-# binary (default gpu-bin/revsnn). A dry run of the training stage's logic on the CPU (.ci/run
-# runs it at every stop):
-#   REVSNN=target/release/revsnn TRAIN_DEVICE=cpu CHECK_TESTS=none CHECK_CLI=0 CHECK_BENCHES=none \
-#     CHECK_PRECISION=0 PYTORCH_BASELINE=0 TRAIN_RUNS=revsresnet21:4,revsformer-2-384:4 TRAIN_SAMPLES=16 \
+# binary (default gpu-bin/revsnn). A dry run of the precision and training stages' logic on the
+# CPU (.ci/run runs it at every stop):
+#   REVSNN=target/release/revsnn CHECK_TESTS=none CHECK_CLI=0 CHECK_BENCHES=none PYTORCH_BASELINE=0 \
+#     PRECISION_DEVICE=cpu PRECISION_RUNS=revsresnet21:2,revsformer-2-384:2 PRECISION_STEPS=1 \
+#     PRECISION_IM2COL_MODELS= PRECISION_MODEL_ARGS='--time-steps 1' \
+#     TRAIN_DEVICE=cpu TRAIN_RUNS=revsresnet21:4,revsformer-2-384:4 TRAIN_SAMPLES=16 \
 #     TRAIN_TEST_SAMPLES=8 TRAIN_MODEL_ARGS='--time-steps 1' bash gpu/check.sh /tmp/check-dry
 set -uo pipefail
 OUT_DIR=${1:?usage: gpu/check.sh OUTPUT_FOLDER}
@@ -74,6 +76,19 @@ run_logged() { # $1: log name; $2: timeout in seconds (cut to the time left); re
   return $rc
 }
 
+# The report's summary, and one archive of the logs (the device tool brings back at most 8 files:
+# the report, the baselines' JSON and the archive); also when the run is stopped by a signal, so
+# that a call cut short still brings back what ran.
+finish() {
+  section "summary"
+  cat "$REPORT.summary" >>"$REPORT"
+  end_section
+  rm -f "$REPORT.summary"
+  (cd "$OUT_DIR" && tar -czf logs.tar.gz ./*.log ./*.jsonl 2>/dev/null; rm -f ./*.log ./*.jsonl ./pytorch-baseline.md)
+  cat "$REPORT"
+}
+trap 'echo "[check.sh] stopped by a signal after $SECONDS s" >>"$REPORT.summary"; finish; exit 143' TERM INT
+
 {
   echo "# GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
@@ -83,18 +98,20 @@ run_logged() { # $1: log name; $2: timeout in seconds (cut to the time left); re
 : >"$REPORT.summary"
 
 section "card and driver"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >>"$REPORT" 2>&1
+timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >>"$REPORT" 2>&1
 end_section
 
 section "revsnn info"
-"$REVSNN" info >>"$REPORT" 2>&1 || status=1
+timeout 60 "$REVSNN" info >>"$REPORT" 2>&1 || status=1
 end_section
 
 # Every kernel file for this card in the cache before the tests start: the carried images when
 # their NVRTC version matches (each says "cached"), else one compile here instead of one in each
-# of the first test processes at once. Not a check: a kernel that does not compile fails its tests.
+# of the first test processes at once (at most KERNELS_TIMEOUT_S, default 180). Not a check: a
+# kernel that does not compile fails its tests.
 section "kernel cache"
-"$REVSNN" kernels >>"$REPORT" 2>&1 || echo "(not filled: the processes compile what they use)" >>"$REPORT"
+timeout "${KERNELS_TIMEOUT_S:-180}" "$REVSNN" kernels >>"$REPORT" 2>&1 ||
+  echo "(not filled: the processes compile what they use)" >>"$REPORT"
 end_section
 
 # The test binaries run TEST_JOBS at a time (default 4: the GPU machine has 16 cores, and each
@@ -170,7 +187,8 @@ for model in ${CLI_MODELS//,/ }; do
     case $what in
       bench) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --model "$model" \
         --batch 64 --steps 10 --json || status=1 ;;
-      # PyTorch runs its convolutions on TF32 by default: the like-for-like speed comparison
+      # TF32 for convolutions, linear layers and attention, the scope the official run below
+      # takes with --tf32-matmul: the like-for-like speed comparison
       bench-tf32) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --precision tf32 \
         --model "$model" --batch 64 --steps 10 --json || status=1 ;;
       # the other convolution engine, side by side
@@ -179,8 +197,9 @@ for model in ${CLI_MODELS//,/ }; do
       # 16-bit operands (docs/precision.md, CUDA): cuBLAS GEMMs and cuDNN's 16-bit configurations
       bench-bf16) run_logged "cli-$what-$model" 90 "$REVSNN" bench --device cuda --precision bf16 \
         --model "$model" --batch 64 --steps 10 --json || status=1 ;;
-      memory) run_logged "cli-$what-$model" 60 "$REVSNN" memory --device cuda --model "$model" \
-        --batch 32,64 --json || status=1 ;;
+      # in TF32, the mode of the speed compared with the official code's
+      memory) run_logged "cli-$what-$model" 60 "$REVSNN" memory --device cuda --precision tf32 \
+        --model "$model" --batch 32,64 --json || status=1 ;;
     esac
     section "revsnn $what --device cuda --model $model"
     cat "$OUT_DIR/cli-$what-$model.log" >>"$REPORT"
@@ -191,10 +210,14 @@ for model in ${CLI_MODELS//,/ }; do
 done
 
 # BASELINE_MODELS defaults to CLI_MODELS; with neither (CHECK_CLI=0) the official f32 run is skipped
+# The official code's matmuls run on TF32 too (BASELINE_TF32_MATMUL=1, the default), the scope of
+# our `--precision tf32`; BASELINE_TF32_MATMUL=0 keeps PyTorch's default (convolutions only).
 BASELINE_MODELS=${BASELINE_MODELS-$CLI_MODELS}
 if [ -n "$BASELINE_MODELS" ] && official_ready; then
+  tf32_matmul=()
+  [ "${BASELINE_TF32_MATMUL:-1}" = 1 ] && tf32_matmul=(--tf32-matmul)
   run_logged pytorch-baseline 150 python3 benches/pytorch/official_baseline.py --official .official \
-    --models "$BASELINE_MODELS" \
+    "${tf32_matmul[@]}" --models "$BASELINE_MODELS" \
     --batches 32,64 --steps "${BASELINE_STEPS:-10}" --out "$OUT_DIR/pytorch-baseline.json" \
     --markdown "$OUT_DIR/pytorch-baseline.md" || status=1
   section "official PyTorch baseline"
@@ -223,7 +246,7 @@ except (OSError, ValueError, KeyError):
     pass
 mib = 2.0 ** 20
 fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
-print("| model | conv engine | images/s f32 | images/s TF32 | images/s TF32 im2col | images/s bf16 im2col | official images/s | peak MiB | official peak MiB | MiB/image | official MiB/image | MFU TF32 |")
+print("| model | conv engine | images/s f32 | images/s TF32 | images/s TF32 im2col | images/s bf16 | official images/s | peak MiB TF32 | official peak MiB | MiB/image TF32 | official MiB/image | MFU TF32 |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for model, r in ours.items():
     b, t, i, h, m = (r.get(k, {}) for k in ("bench", "bench-tf32", "bench-tf32-im2col", "bench-bf16", "memory"))
@@ -236,13 +259,22 @@ for model, r in ours.items():
         fmt(b.get("images_per_second"), "%.0f"), fmt(t.get("images_per_second"), "%.0f"),
         fmt(i.get("images_per_second"), "%.0f"), fmt(h.get("images_per_second"), "%.0f"),
         fmt(o.get(64, {}).get("images_per_second"), "%.0f"),
-        fmt(b["peak_memory_bytes"] / mib if b else None, "%.0f"),
+        fmt(t["peak_memory_bytes"] / mib if t else None, "%.0f"),
         fmt(o[64]["peak_bytes"] / mib if 64 in o else None, "%.0f"),
         fmt(m["bytes_per_image_slope"] / mib if m.get("bytes_per_image_slope") else None, "%.1f"),
         fmt(o_slope, "%.1f"), fmt(mfu, "%.1f%%")))
 print()
+print("Memory columns: ours from the TF32 step (`bench` for the peak, `memory` for the slope), the mode "
+      "of the speed compared; the official code's from its own timed run.")
 print(f"MFU TF32: our TF32 images/s x the official step's FLOPs per image / {peak / 1e12:.0f} TFLOP/s "
       "dense TF32 (PEAK_TFLOPS_TF32).")
+try:
+    environment = json.load(open(sys.argv[2]))["environment"]
+    scope = "convolutions and matmuls" if environment.get("tf32_matmul") else "convolutions only"
+    print(f"The official run put TF32 on {scope}; ours under --precision tf32 on convolutions, "
+          "linear layers and attention.")
+except (OSError, ValueError, KeyError):
+    pass
 PY
 fi
 
@@ -256,11 +288,5 @@ for bench in gpu-bin/benches/*; do
   end_section
 done
 
-section "summary"
-cat "$REPORT.summary" >>"$REPORT"
-end_section
-rm -f "$REPORT.summary"
-# the device tool brings back at most 8 files: the report, the baseline's JSON and one archive of logs
-(cd "$OUT_DIR" && tar -czf logs.tar.gz ./*.log ./*.jsonl && rm -f ./*.log ./*.jsonl ./pytorch-baseline.md)
-cat "$REPORT"
+finish
 exit $status

@@ -10,13 +10,18 @@
 # peak (PEAK_TFLOPS_16, default 989 for an H200 or H100 SXM). For the PRECISION_IM2COL_MODELS
 # (default revsresnet37) bf16 also runs on the im2col engine, beside cuDNN's 16-bit
 # configurations (docs/precision.md, CUDA).
-# Knobs: PRECISION_RUNS, PRECISION_IM2COL_MODELS, PRECISION_BUDGET_S (default 180; the stage's steps are cut to it and to
-# DEADLINE_S), PRECISION_BASELINE=0 (no official AMP run), PRECISION_DEVICE (cuda; cpu for a dry
-# run of the logic, with small PRECISION_RUNS).
+# Knobs: PRECISION_RUNS, PRECISION_IM2COL_MODELS, PRECISION_BUDGET_S (default 180; the stage's
+# steps are cut to it and to DEADLINE_S), PRECISION_BASELINE=0 (no official AMP run),
+# PRECISION_STEPS (timed steps per bench, default 10), PRECISION_DEVICE (cuda; cpu for a dry run
+# of the logic, with small PRECISION_RUNS), PRECISION_MODEL_ARGS (extra model flags for bench and
+# memory, e.g. '--time-steps 1' for a dry run). .ci/run dry-runs the stage on the CPU at every
+# stop.
 
 PRECISION_BUDGET_S=${PRECISION_BUDGET_S:-180}
 PRECISION_DEVICE=${PRECISION_DEVICE:-cuda}
+PRECISION_STEPS=${PRECISION_STEPS:-10}
 PRECISION_RUNS=${PRECISION_RUNS:-revsresnet37:64,msresnet34:64,revsformer-4-384:64,spikingformer-4-384:64,revsresnet24:16,revsformer-2-256:16}
+read -r -a PRECISION_MODEL_FLAGS <<<"${PRECISION_MODEL_ARGS:-}"
 STAGE_END=$((SECONDS + PRECISION_BUDGET_S))
 : >"$OUT_DIR/precision-results.jsonl"
 declare -A amp_models # batch -> the models run at it, for the official code below
@@ -24,15 +29,15 @@ for run in ${PRECISION_RUNS//,/ }; do
   model=${run%%:*} batch=${run##*:}
   amp_models[$batch]+="${amp_models[$batch]:+,}$model"
   for precision in bf16 fp16; do
-    run_logged "precision-bench-$precision-$model" 60 "$REVSNN" bench --device "$PRECISION_DEVICE" --precision "$precision" \
-      --model "$model" --batch "$batch" --steps 10 --json || status=1
-    run_logged "precision-memory-$precision-$model" 60 "$REVSNN" memory --device "$PRECISION_DEVICE" --precision "$precision" \
-      --model "$model" --batch "$((batch / 2)),$batch" --json || status=1
+    on=(--device "$PRECISION_DEVICE" --precision "$precision" --model "$model" "${PRECISION_MODEL_FLAGS[@]}")
+    run_logged "precision-bench-$precision-$model" 60 "$REVSNN" bench "${on[@]}" --batch "$batch" \
+      --steps "$PRECISION_STEPS" --json || status=1
+    run_logged "precision-memory-$precision-$model" 60 "$REVSNN" memory "${on[@]}" \
+      --batch "$((batch / 2)),$batch" --json || status=1
     whats="bench memory"
     if [ "$precision" = bf16 ] && [[ ",${PRECISION_IM2COL_MODELS-revsresnet37}," == *",$model,"* ]]; then
       REVSNN_CONV_ENGINE=im2col run_logged "precision-bench-im2col-$precision-$model" 60 "$REVSNN" bench \
-        --device "$PRECISION_DEVICE" --precision "$precision" --model "$model" --batch "$batch" --steps 10 \
-        --json || status=1
+        "${on[@]}" --batch "$batch" --steps "$PRECISION_STEPS" --json || status=1
       whats+=" bench-im2col"
     fi
     for what in $whats; do
@@ -80,9 +85,10 @@ def fmt(value, spec):
 def ratio(a, b):
     return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
-print("| model | batch | images/s bf16 | bf16 on im2col | images/s fp16 | official AMP images/s | fp16 / official | "
-      "MiB/image bf16 | MiB/image fp16 | official AMP MiB/image | fp16 / official | GFLOP/image | MFU bf16 | MFU fp16 |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| model | batch | images/s bf16 | bf16 on im2col | images/s fp16 | official AMP images/s | bf16 / official | "
+      "fp16 / official | MiB/image bf16 | MiB/image fp16 | official AMP MiB/image | bf16 / official | "
+      "fp16 / official | GFLOP/image | MFU bf16 | MFU fp16 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for model, r in ours.items():
     bench = {p: r.get(("bench", p), {}) for p in ("bf16", "fp16")}
     memory = {p: r.get(("memory", p), {}) for p in ("bf16", "fp16")}
@@ -96,13 +102,18 @@ for model, r in ours.items():
     slope = {p: (memory[p].get("bytes_per_image_slope") or 0) / mib or None for p in memory}
     flops = top.get("flops_per_image")
     mfu = {p: ratio(speed[p] * flops, peak) if speed[p] and flops else None for p in speed}
-    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+    o_speed = top.get("images_per_second")
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
         model, batch, fmt(speed["bf16"], "%.0f"), fmt(im2col, "%.0f"), fmt(speed["fp16"], "%.0f"),
-        fmt(top.get("images_per_second"), "%.0f"), fmt(ratio(speed["fp16"], top.get("images_per_second")), "%.2fx"),
+        fmt(o_speed, "%.0f"), fmt(ratio(speed["bf16"], o_speed), "%.2fx"),
+        fmt(ratio(speed["fp16"], o_speed), "%.2fx"),
         fmt(slope["bf16"], "%.1f"), fmt(slope["fp16"], "%.1f"), fmt(o_slope, "%.1f"),
-        fmt(ratio(slope["fp16"], o_slope), "%.2fx"), fmt(flops and flops / 1e9, "%.1f"),
+        fmt(ratio(slope["bf16"], o_slope), "%.2fx"), fmt(ratio(slope["fp16"], o_slope), "%.2fx"),
+        fmt(flops and flops / 1e9, "%.1f"),
         fmt(mfu["bf16"] and 100 * mfu["bf16"], "%.1f%%"), fmt(mfu["fp16"] and 100 * mfu["fp16"], "%.1f%%")))
 print()
+print("Targets (issue 11): images/s at least 2x the official code's under AMP, memory per image at "
+      "most 0.5x; the ratios divide ours by the official figure at the same batch.")
 print(f"MFU: images/s x the official step's matmul and convolution FLOPs per image (forward, recompute, "
       f"backward; torch's own FLOP formulas) / {peak / 1e12:.0f} TFLOP/s dense 16-bit. The bf16 and fp16 "
       f"columns run the device's engine (cuDNN on a GPU); 'bf16 on im2col' the im2col engine.")

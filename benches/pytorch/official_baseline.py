@@ -27,6 +27,11 @@ step exactly as the official training loops run it:
 * FLOPs: one extra step under a dispatch mode with torch's FLOP formulas
   (torch.utils.flop_counter) counts the matmul and convolution FLOPs of forward, recompute and
   backward as this code runs them (`flops_per_image`), from which the card's utilisation follows.
+* TF32: PyTorch's defaults, TF32 tensor cores for cuDNN's convolutions and not for matmuls
+  (`torch.backends.cuda.matmul.allow_tf32 = False`); `--tf32-matmul` puts matmuls (linear layers,
+  attention) on TF32 too, the scope of revsnn's `--precision tf32`, for a like-for-like f32 run.
+  The output's `environment` records which (`tf32_matmul`). Under --amp the matmuls run in fp16
+  either way.
 * `zero_grad()` keeps the gradient tensors (set_to_none=False), which is what torch 1.10 (the
   official environment) does.
 
@@ -258,6 +263,9 @@ def main():
                         help="folder holding the official cifar10-dvs/*.py model files (DVS presets)")
     parser.add_argument("--amp", action="store_true",
                         help="autocast fp16 + GradScaler, enable_amp=True: the official DVS recipe")
+    parser.add_argument("--tf32-matmul", action="store_true",
+                        help="TF32 for matmuls too (PyTorch's default: convolutions only), the "
+                             "scope of revsnn's --precision tf32")
     parser.add_argument("--models", default="revsresnet37,msresnet34,revsformer-4-384,spikingformer-4-384")
     parser.add_argument("--batches", default="32,64")
     parser.add_argument("--steps", type=int, default=10)
@@ -278,6 +286,7 @@ def main():
         return
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this baseline measures GPU memory and speed (or pass --device cpu)")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32_matmul
 
     batches = [int(b) for b in args.batches.split(",")]
     header = {
@@ -285,6 +294,8 @@ def main():
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "copy_bandwidth_bytes_per_second": copy_bandwidth(),
+        "tf32_convolutions": torch.backends.cudnn.allow_tf32,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
     }
     print(json.dumps(header), flush=True)
     results = []
@@ -310,7 +321,8 @@ def main():
 
     lines = [
         f"Card: {header['card']}, torch {header['torch']} (CUDA {header['cuda']}), "
-        f"copy bandwidth {header['copy_bandwidth_bytes_per_second'] / 1e12:.2f} TB/s",
+        f"copy bandwidth {header['copy_bandwidth_bytes_per_second'] / 1e12:.2f} TB/s; TF32 on "
+        f"{'convolutions and matmuls' if header['tf32_matmul'] else 'convolutions only'}",
         "",
         "| model | precision | params | neurons | B | peak MiB | MiB/img (peak/B) | MiB/img (slope) | step ms (median) | images/s | GFLOP/image |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
