@@ -115,7 +115,7 @@ impl Device {
         match self {
             Device::Cpu(_) => Ok(Device::Cpu(precision)),
             Device::Cuda(gpu) => {
-                gpu.set_precision(precision).map_err(Error::Cuda)?;
+                gpu.set_precision(precision).map_err(Error::CudaCannot)?;
                 Ok(Device::Cuda(gpu))
             }
         }

@@ -158,6 +158,10 @@ pub enum Error {
     /// `--device cuda` without a usable CUDA device (no driver library, no device, ...).
     #[error("--device cuda: {0}. Use --device cpu, or run where `revsnn info` finds a CUDA device")]
     Cuda(#[source] revsnn_gpu::GpuError),
+    /// A CUDA device that cannot do what the run asks of it: a precision the card lacks, NCCL
+    /// missing or failing for `--gpus`. The error itself says what to do.
+    #[error("--device cuda: {0}")]
+    CudaCannot(#[source] revsnn_gpu::GpuError),
     /// `revsnn kernels` could not fill the kernel cache: no NVRTC, a kernel that does not
     /// compile for the architecture, or a folder it cannot write.
     #[error("revsnn kernels: {0}")]

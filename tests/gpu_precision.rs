@@ -42,7 +42,7 @@
 mod common;
 
 use common::gemm::{GemmOp, batched_shapes, widened};
-use common::{TINY_REVSRESNET, fp16, ok, revsnn, scratch};
+use common::{TINY_REVSRESNET, fp16, ok, revsnn, revsnn_command, scratch};
 use revsnn::commands::random_images;
 use revsnn::commands::verify::verify_on;
 use revsnn::device::Device;
@@ -53,7 +53,7 @@ use revsnn::spec::ModelSpec;
 use revsnn_gpu::ops::conv::{Conv2dContext, ConvEngine};
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::ops::saved_input::SavedInput;
-use revsnn_gpu::testing::{backend_or_skip, each_conv_engine, with_peak_rise};
+use revsnn_gpu::testing::{backend_or_skip, device_or_skip, each_conv_engine, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor, GpuDevice};
 use revsnn_reference::contract::{
     attention_backward_in_turn, attention_forward_in_turn,
@@ -1921,6 +1921,49 @@ fn reversible_backward_in_bf16_and_fp16_on_cuda_equals_stored_activations_with_e
         }
     }
     gpu.device().set_precision(Precision::F32).unwrap();
+}
+
+/// bf16 on a card older than compute capability 8.0 is refused before any work, naming the card
+/// and what to run instead, without the advice for a missing device. On the CUDA emulator posing
+/// as a 7.5 card (`REVSNN_EMU_CC`); a real card cannot pose, and the test says SKIP.
+#[test]
+fn bf16_on_a_card_without_it_is_refused_with_the_alternatives() {
+    let Some(device) = device_or_skip("bf16_on_a_card_without_it") else {
+        return;
+    };
+    if device.info.name != "revsnn CPU emulator" {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIP: bf16 refusal needs the CUDA emulator, which can pose as a card without bf16\n",
+        );
+        return;
+    }
+    let spec = scratch("bf16-refused").join("tiny.json");
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
+    let args = [
+        "bench",
+        "--device",
+        "cuda",
+        "--precision",
+        "bf16",
+        "--batch",
+        "1",
+    ];
+    let out = revsnn_command(&args)
+        .args(["--steps", "1", "--spec", &spec.display().to_string()])
+        .env("REVSNN_EMU_CC", "7.5")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "--precision bf16 needs compute capability 8.0 or newer, and revsnn CPU emulator has \
+             compute capability 7.5: use --precision fp16 or f32 on revsnn CPU emulator, or run \
+             bf16 with --device cpu"
+        ) && !said.contains("finds a CUDA device"),
+        "{said}"
+    );
 }
 
 #[test]

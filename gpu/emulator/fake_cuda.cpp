@@ -1,7 +1,8 @@
 // libcuda.so.1 for the CPU emulator: the subset of the CUDA driver API that cudarc 0.19 calls,
 // with cuda.h's own prototypes (so every signature and versioned name, e.g. cuMemAlloc_v2, is the
 // real one). REVSNN_EMU_DEVICES devices (default 1), each "revsnn CPU emulator" with compute
-// capability 9.0, all sharing the host's memory. Everything runs
+// capability 9.0 (REVSNN_EMU_CC=MAJOR.MINOR poses as another, e.g. 7.5 for a card without bf16),
+// all sharing the host's memory. Everything runs
 // synchronously at call time; device pointers are host addresses from emu::device_alloc; kernels
 // are the gpu/kernels/*.cu compiled into this library by build.sh.
 #include <sys/sysinfo.h>
@@ -14,6 +15,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <utility>
 
 #pragma GCC visibility push(default)
 #include <cuda.h>
@@ -73,6 +75,24 @@ unsigned long long total_memory() {
     } while (0)
 
 bool valid_device(CUdevice d) { return d >= 0 && d < device_count; }
+
+// The compute capability the devices report: REVSNN_EMU_CC=MAJOR.MINOR (a digit each), 9.0 when
+// unset; any other value stops the process with a message.
+std::pair<int, int> compute_capability() {
+    static const std::pair<int, int> cc = [] {
+        const char* text = std::getenv("REVSNN_EMU_CC");
+        if (!text || !*text) return std::make_pair(9, 0);
+        const bool valid = std::strlen(text) == 3 && text[1] == '.' && text[0] >= '1' && text[0] <= '9' &&
+                           text[2] >= '0' && text[2] <= '9';
+        if (!valid) {
+            std::fprintf(stderr, "revsnn CUDA emulator: REVSNN_EMU_CC=%s: expected MAJOR.MINOR, e.g. 7.5 or 9.0\n",
+                         text);
+            std::abort();
+        }
+        return std::make_pair(text[0] - '0', text[2] - '0');
+    }();
+    return cc;
+}
 
 // The device count REVSNN_EMU_DEVICES asks for (1 when unset), or 0 after printing why the value
 // is not one.
@@ -306,8 +326,8 @@ CUresult cuDeviceGetAttribute(int* pi, CUdevice_attribute attrib, CUdevice dev) 
         case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: v = 1; break;
         case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: v = 2048; break;
         case CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR: v = 32; break;
-        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: v = 9; break;
-        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: v = 0; break;
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: v = compute_capability().first; break;
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: v = compute_capability().second; break;
         case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: v = 1; break;
         case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: v = 1; break;
         case CU_DEVICE_ATTRIBUTE_CONCURRENT_KERNELS: v = 1; break;

@@ -31,9 +31,14 @@ impl NcclGroup {
         settings: &str,
         timeout: Duration,
     ) -> Result<NcclGroup> {
-        let id = rendezvous(me, settings, || unique_id().map_err(Error::Cuda), timeout)?;
+        let id = rendezvous(
+            me,
+            settings,
+            || unique_id().map_err(Error::CudaCannot),
+            timeout,
+        )?;
         let communicator = Communicator::join(device.clone(), me.rank, me.world_size, &id, timeout)
-            .map_err(Error::Cuda)?;
+            .map_err(Error::CudaCannot)?;
         Ok(NcclGroup { communicator })
     }
 
