@@ -18,7 +18,7 @@
 #     on the CPU reference, the predictions that differ and the spikes that differ per sample.
 # A differing checkpoint (resume, NCCL) or a prediction that differs without a flipped spike is a
 # FAIL line and fails check.sh; the speed targets are reported as met or not. Each epoch's line
-# also gives its diverged reversible recomputes (metrics.jsonl).
+# also gives its diverged reversible recomputes and the host's waits per step (metrics.jsonl).
 # Each result goes into the report as soon as it exists, so a stage cut short still says what ran.
 # Knobs: TRAIN_BUDGET_S (default 200; the stage's steps are cut to it and to DEADLINE_S),
 # TRAIN_RUNS, TRAIN_DEVICE (cuda; cpu for a dry run of the logic), TRAIN_SAMPLES (3072),
@@ -77,6 +77,8 @@ for e in epochs:
     ratio = f", {100 * e['images_per_second'] / bench['images_per_second']:.0f}% of bench" if bench else ""
     diverged = (f"; {e['diverged_recomputes']} of {e['recomputes']} reversible recomputes diverged"
                 if e.get("recomputes") else "")
+    if e.get("host_waits_per_step") is not None:
+        diverged += f"; {e['host_waits_per_step']:g} host waits per step"
     print(f"epoch {e['epoch']}: {e['images_per_second']:.1f} images/s end to end{ratio}; loader "
           f"{e.get('loader_images_per_second_per_worker', 0):.1f} images/s per worker x "
           f"{workers} workers, training waited {e.get('loader_wait_seconds', 0):.2f} s "

@@ -251,14 +251,46 @@ fn grad_writes_the_fixture_format_and_rejects_bad_files() {
             output.to_str().unwrap(),
         ])
     };
-    let ok = run(&weights, &input);
-    assert!(ok.status.success(), "{}", stderr(&ok));
+    let succeeded = run(&weights, &input);
+    assert!(succeeded.status.success(), "{}", stderr(&succeeded));
     let written = revsnn::checkpoint::read(&output).unwrap();
     assert!(written.iter().any(|(name, _)| name == "grad.conv1.weight"));
     assert!(
         written
             .iter()
             .any(|(name, _)| name == "after_forward.bn1.running_var")
+    );
+
+    // in emulated bf16: the same gradients, rounded differently
+    let bf16_output = scratch("msresnet.bf16.safetensors");
+    let args = [&spec, &weights, &input, &bf16_output].map(|path| path.to_str().unwrap());
+    ok(revsnn(&[
+        "grad",
+        "--spec",
+        args[0],
+        "--weights",
+        args[1],
+        "--input",
+        args[2],
+        "--output",
+        args[3],
+        "--precision",
+        "bf16",
+    ]));
+    let rounded = revsnn::checkpoint::read(&bf16_output).unwrap();
+    let names = |tensors: &revsnn::checkpoint::TensorFile| {
+        tensors
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&rounded), names(&written));
+    assert!(
+        rounded
+            .iter()
+            .zip(&written)
+            .any(|((name, a), (_, b))| name.starts_with("grad.") && a != b),
+        "--precision bf16 changed no gradient"
     );
 
     // a truncated weights file

@@ -2002,6 +2002,13 @@ fn train_on_cuda_in_bf16_runs_and_records_it() {
     let line: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
     assert_eq!(line["precision"], "bf16", "{line}");
     assert_eq!(line["backend"], "cuda", "{line}");
+    // two waits for the device per step (the loss and logits, then the parameters' non-finite
+    // count) and two uploads (the batch's images and labels)
+    assert_eq!(
+        (&line["host_waits_per_step"], &line["uploads_per_step"]),
+        (&2.0.into(), &2.0.into()),
+        "{line}"
+    );
     assert!(
         line["train_loss"].as_f64().is_some_and(f64::is_finite),
         "{line}"

@@ -308,6 +308,19 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     assert_eq!(report["acc5"], line["test_acc5"]);
     let (_, report) = eval(&["--test-samples", "8"]);
     assert_eq!(report["samples"], 8);
+    // in emulated bf16: the same samples, and the report says which precision ran (whether the
+    // loss moves depends on spikes reaching the head, which this tiny model's seldom do)
+    let (_, f32_report) = eval(&[]);
+    let (_, bf16_report) = eval(&["--precision", "bf16"]);
+    assert_eq!(
+        (&f32_report["precision"], &bf16_report["precision"]),
+        (&"f32".into(), &"bf16".into())
+    );
+    assert_eq!(bf16_report["samples"], 16);
+    assert!(
+        bf16_report["loss"].as_f64().is_some_and(f64::is_finite),
+        "{bf16_report}"
+    );
     // the run's dataset named: the rest still comes from the run
     let (said, _) = eval(&["--dataset", "synthetic"]);
     assert!(

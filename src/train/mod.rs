@@ -447,8 +447,8 @@ fn check_test_loss(test: &EvalResult, epoch: usize, dir: &RunDir) -> Result<()> 
 
 /// The `metrics.jsonl` line of epoch `epoch` (from 0), whose training and evaluation held at
 /// most `peak` bytes on `device` (its name, kind and precision, as in the commands' JSON
-/// reports); in fp16 also the loss scale at the epoch's end and the steps it skipped; on several
-/// ranks their number.
+/// reports); on CUDA also the host's waits for the device and uploads to it per step; in fp16 the
+/// loss scale at the epoch's end and the steps it skipped; on several ranks their number.
 fn metrics_line(
     config: &RunSettings,
     epoch: usize,
@@ -479,6 +479,10 @@ fn metrics_line(
         "precision": device.precision().name(),
     });
     if let Some(fields) = line.as_object_mut() {
+        if let Some(transfers) = train.transfers_per_step {
+            fields.insert("host_waits_per_step".into(), json!(transfers.host_waits));
+            fields.insert("uploads_per_step".into(), json!(transfers.uploads));
+        }
         if let Some(scale) = train.loss_scale {
             fields.insert("loss_scale".into(), json!(scale));
             fields.insert("skipped_steps".into(), json!(train.skipped_steps));

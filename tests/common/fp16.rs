@@ -60,6 +60,24 @@ pub fn resumes_bit_for_bit_with_its_loss_scaler(device: &str) {
         state["loss_scaler"]["growth_tracker"], 8,
         "two epochs of 4 clean steps"
     );
+    // On CUDA a step waits for the device three times: the scaler's read of the gradients'
+    // non-finite count, then the loss and logits, then the parameters' non-finite count
+    // (docs/ARCHITECTURE.md, host-device round trips); the CPU has none to count.
+    let waits = std::fs::read_to_string(straight.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["host_waits_per_step"].clone())
+        .collect::<Vec<_>>();
+    let expected: Value = if device == "cuda" {
+        3.0.into()
+    } else {
+        Value::Null
+    };
+    assert_eq!(
+        waits,
+        [expected.clone(), expected],
+        "host waits per step on {device}"
+    );
     let keys = stored_as_f32(&straight.join("last.safetensors"));
     assert_eq!(keys, stored_as_f32(&plain.join("last.safetensors")));
     assert!(keys.iter().all(|(_, f32)| *f32), "{keys:?}");
