@@ -102,11 +102,32 @@ fn two_gpus_with_sync_bn_train_as_one_and_resume_bit_for_bit() {
         return;
     }
     let dir = scratch("two-gpus");
-    ok(train(&dir.join("one"), &["--epochs", "1"]));
-    let two = ["--gpus", "2", "--sync-bn"];
+    // augmented, with mixup: each GPU's process makes only its share of every batch and its
+    // rows' mixup partners from the other share, which must be the rows of the one-GPU batch
+    let augmented = [
+        "--flip",
+        "true",
+        "--crop-padding",
+        "2",
+        "--mixup-alpha",
+        "0.5",
+        "--mixup-prob",
+        "1.0",
+        "--mixup-off-epoch",
+        "5",
+        "--label-smoothing",
+        "0.1",
+        "--random-erasing",
+        "0.25",
+    ];
+    ok(train(
+        &dir.join("one"),
+        &[&["--epochs", "1"][..], &augmented].concat(),
+    ));
+    let two = [&["--gpus", "2", "--sync-bn"][..], &augmented].concat();
     let output = ok(train(
         &dir.join("two"),
-        &[&["--epochs", "2"][..], &two].concat(),
+        &[&["--epochs", "2"][..], &two[..]].concat(),
     ));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -129,7 +150,7 @@ fn two_gpus_with_sync_bn_train_as_one_and_resume_bit_for_bit() {
     // one epoch on two GPUs against one GPU on the same global batches
     ok(train(
         &dir.join("split"),
-        &[&["--epochs", "2", "--stop-after", "1"][..], &two].concat(),
+        &[&["--epochs", "2", "--stop-after", "1"][..], &two[..]].concat(),
     ));
     let (one, split) = (parameters(&dir.join("one")), parameters(&dir.join("split")));
     let scale = one.iter().map(|v| v.abs()).fold(0.0, f64::max);
@@ -149,7 +170,7 @@ fn two_gpus_with_sync_bn_train_as_one_and_resume_bit_for_bit() {
     // the split run resumed on two GPUs ends where the whole one did, bit for bit
     ok(train(
         &dir.join("split"),
-        &[&["--epochs", "2", "--resume"][..], &two].concat(),
+        &[&["--epochs", "2", "--resume"][..], &two[..]].concat(),
     ));
     assert!(
         checkpoint(&dir.join("two")) == checkpoint(&dir.join("split")),

@@ -7,11 +7,11 @@
 //!   [`random_hflip`] → [`RandAugment::apply`]; on float planes, event frames or synthetic
 //!   images ([`Augmentation::sample_values`]): [`random_crop`] → [`random_hflip`] →
 //!   [`snn_augment_wide`];
-//! - per batch ([`Augmentation::batch_pixels`], [`Augmentation::batch_values`]): [`mixup_batch_u8`]
-//!   or [`mixup_batch`] with label smoothing (soft targets), or [`smooth_targets`] alone → for
-//!   pixels `/255` and [`normalize`] with [`CIFAR_MEAN`] and [`CIFAR_STD`] (transformers) or
-//!   [`CIFAR_RESNET_STD`] (ResNets, docs/choices.md §A18) → [`random_erasing`], as timm's prefetching
-//!   loader orders them.
+//! - per batch ([`Augmentation::rows`], [`super::batch_rows`]): mixup of each sample with its
+//!   partner (the `u8` pixels for CIFAR) with label smoothing (soft targets), or
+//!   [`smooth_targets`] alone → for pixels `/255` and [`normalize`] with [`CIFAR_MEAN`] and
+//!   [`CIFAR_STD`] (transformers) or [`CIFAR_RESNET_STD`] (ResNets, docs/choices.md §A18) →
+//!   [`random_erasing`], as timm's prefetching loader orders them.
 
 use revsnn_reference::testing::SplitMix64;
 
@@ -287,94 +287,6 @@ pub fn mixup_lambda(cfg: &Mixup, rng: &mut SplitMix64) -> f64 {
     }
 }
 
-/// timm `mixup_target`: label-smoothed one-hot rows of the batch mixed with those of the
-/// reversed batch, `lam * y_i + (1 - lam) * y_{B-1-i}`; each row sums to 1.
-pub fn mixup_targets(
-    labels: &[usize],
-    num_classes: usize,
-    smoothing: f32,
-    lam: f64,
-) -> Result<Vec<f32>> {
-    let b = labels.len();
-    let smooth = smooth_targets(labels, num_classes, smoothing)?;
-    let lam = lam as f32;
-    let mut targets = vec![0f32; b * num_classes];
-    for i in 0..b {
-        let j = b - 1 - i;
-        for k in 0..num_classes {
-            targets[i * num_classes + k] =
-                smooth[i * num_classes + k] * lam + smooth[j * num_classes + k] * (1.0 - lam);
-        }
-    }
-    Ok(targets)
-}
-
-fn check_mixup_batch(values: usize, b: usize) -> Result<usize> {
-    if b == 0 || !b.is_multiple_of(2) || !values.is_multiple_of(b) {
-        return Err(Error::Usage(format!(
-            "mixup needs an even, non-empty batch whose values split evenly into samples; got \
-             {b} labels and {values} values (use an even batch size)"
-        )));
-    }
-    Ok(values / b)
-}
-
-/// Mixes a float batch in place as timm's `Mixup` (mode `batch`, no cutmix; docs/recipes.md §5.3):
-/// sample i becomes `lam * x_i + (1 - lam) * x_{B-1-i}` with `lam` from [`mixup_lambda`].
-/// Returns the soft targets `[B, num_classes]` ([`mixup_targets`]) and `lam`. The batch size
-/// must be even, as timm requires.
-pub fn mixup_batch(
-    batch: &mut [f32],
-    labels: &[usize],
-    num_classes: usize,
-    cfg: &Mixup,
-    rng: &mut SplitMix64,
-) -> Result<(Vec<f32>, f32)> {
-    let b = labels.len();
-    let n = check_mixup_batch(batch.len(), b)?;
-    let lam = mixup_lambda(cfg, rng);
-    let targets = mixup_targets(labels, num_classes, cfg.label_smoothing as f32, lam)?;
-    let lam = lam as f32;
-    if lam != 1.0 {
-        let original = batch.to_vec();
-        for i in 0..b {
-            let j = b - 1 - i;
-            for k in 0..n {
-                batch[i * n + k] = original[i * n + k] * lam + original[j * n + k] * (1.0 - lam);
-            }
-        }
-    }
-    Ok((targets, lam))
-}
-
-/// Mixes a `u8` batch in place as timm's `FastCollateMixup` (mode `batch`; docs/recipes.md §5.1: the CIFAR
-/// transformer recipe mixes the `u8` images before normalisation), rounding half to even as
-/// `np.rint`. Returns the soft targets and `lam` as [`mixup_batch`].
-pub fn mixup_batch_u8(
-    batch: &mut [u8],
-    labels: &[usize],
-    num_classes: usize,
-    cfg: &Mixup,
-    rng: &mut SplitMix64,
-) -> Result<(Vec<f32>, f32)> {
-    let b = labels.len();
-    let n = check_mixup_batch(batch.len(), b)?;
-    let lam = mixup_lambda(cfg, rng);
-    let targets = mixup_targets(labels, num_classes, cfg.label_smoothing as f32, lam)?;
-    if lam != 1.0 {
-        let (l32, r32) = (lam as f32, (1.0 - lam) as f32);
-        let original = batch.to_vec();
-        for i in 0..b {
-            let j = b - 1 - i;
-            for k in 0..n {
-                let v = f32::from(original[i * n + k]) * l32 + f32::from(original[j * n + k]) * r32;
-                batch[i * n + k] = v.round_ties_even().clamp(0.0, 255.0) as u8;
-            }
-        }
-    }
-    Ok((targets, lam as f32))
-}
-
 /// The evaluation transform of both CIFAR recipes (docs/recipes.md §5.1, 5.2): `/255` and normalisation
 /// with [`CIFAR_MEAN`] and `std` ([`CIFAR_STD`] or [`CIFAR_RESNET_STD`]).
 pub fn to_normalized(image: &[u8], shape: Planes, std: &[f32]) -> Result<Vec<f32>> {
@@ -400,8 +312,8 @@ pub struct Augmentation {
     pub rand_augment: Option<RandAugment>,
     /// `SNNAugmentWide` ([`snn_augment_wide`]); works on float planes only.
     pub snn_augment_wide: bool,
-    /// Mixup of each batch ([`mixup_batch`], [`mixup_batch_u8`]), its targets smoothed by
-    /// [`Mixup::label_smoothing`].
+    /// Mixup of each batch (each sample with its partner, [`super::batch_rows`]), its targets
+    /// smoothed by [`Mixup::label_smoothing`].
     pub mixup: Option<Mixup>,
     /// Label smoothing of the targets of a batch that is not mixed; with no mixup and 0, the
     /// batch trains on hard labels.
@@ -482,77 +394,6 @@ impl Augmentation {
             snn_augment_wide(&mut values, shape, rng)?;
         }
         Ok(values)
-    }
-
-    /// The targets of a batch that is not mixed: label-smoothed rows, or `None` for hard labels.
-    fn unmixed_targets(&self, labels: &[usize], num_classes: usize) -> Result<Option<Vec<f32>>> {
-        if self.label_smoothing > 0.0 {
-            smooth_targets(labels, num_classes, self.label_smoothing as f32).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
-    /// Random erasing of each sample of a normalised batch, if on.
-    fn erase_each(&self, batch: &mut [f32], shape: Planes, rng: &mut SplitMix64) -> Result<()> {
-        if self.random_erasing > 0.0 {
-            for sample in batch.chunks_exact_mut(shape.len().max(1)) {
-                random_erasing(sample, shape, self.random_erasing, rng)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The per-batch steps on float samples of `shape`: mixup (else label smoothing), then random
-    /// erasing. Returns the soft targets `[B, num_classes]`, or `None` for hard labels.
-    pub fn batch_values(
-        &self,
-        batch: &mut [f32],
-        labels: &[usize],
-        num_classes: usize,
-        shape: Planes,
-        rng: &mut SplitMix64,
-    ) -> Result<Option<Vec<f32>>> {
-        let targets = match &self.mixup {
-            Some(mixup) => Some(mixup_batch(batch, labels, num_classes, mixup, rng)?.0),
-            None => self.unmixed_targets(labels, num_classes)?,
-        };
-        self.erase_each(batch, shape, rng)?;
-        Ok(targets)
-    }
-
-    /// The per-batch steps on `u8` images of `shape`, as timm's prefetching loader orders them
-    /// (docs/recipes.md §5.1): mixup of the pixels, rounded (else label smoothing), `/255` and
-    /// normalisation with [`CIFAR_MEAN`] and `std`, then random erasing. Returns the float batch
-    /// and the soft targets (`None` for hard labels).
-    pub fn batch_pixels(
-        &self,
-        pixels: &mut [u8],
-        labels: &[usize],
-        num_classes: usize,
-        shape: Planes,
-        std: &[f32],
-        rng: &mut SplitMix64,
-    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        if pixels.len() != labels.len() * shape.len() {
-            return Err(Error::Usage(format!(
-                "a batch of {} images of {} values needs {} bytes, got {}",
-                labels.len(),
-                shape.len(),
-                labels.len() * shape.len(),
-                pixels.len()
-            )));
-        }
-        let targets = match &self.mixup {
-            Some(mixup) => Some(mixup_batch_u8(pixels, labels, num_classes, mixup, rng)?.0),
-            None => self.unmixed_targets(labels, num_classes)?,
-        };
-        let mut batch = Vec::with_capacity(pixels.len());
-        for image in pixels.chunks_exact(shape.len().max(1)) {
-            batch.extend(to_normalized(image, shape, std)?);
-        }
-        self.erase_each(&mut batch, shape, rng)?;
-        Ok((batch, targets))
     }
 }
 
@@ -1060,41 +901,8 @@ mod tests {
     }
 
     #[test]
-    fn mixup_targets_are_soft_rows_that_sum_to_one() {
-        let mut rng = SplitMix64::new(7);
-        let labels = [0usize, 3, 3, 9];
-        let mut batch: Vec<f32> = vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0];
-        let (t, lam) = mixup_batch(&mut batch, &labels, 10, &Mixup::cifar(), &mut rng).unwrap();
-        assert!((0.0..=1.0).contains(&lam));
-        for row in t.chunks(10) {
-            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-        }
-        // Sample 0 is mixed with sample 3 (the flipped batch).
-        assert!((batch[0] - (lam + 4.0 * (1.0 - lam))).abs() < 1e-5);
-        assert!((t[0] - (0.91 * lam + 0.01 * (1.0 - lam))).abs() < 1e-5);
-        assert!((t[9] - (0.01 * lam + 0.91 * (1.0 - lam))).abs() < 1e-5);
-        let off = Mixup {
-            prob: 0.0,
-            ..Mixup::cifar()
-        };
-        let (t, lam) = mixup_batch(&mut batch, &labels, 10, &off, &mut rng).unwrap();
-        assert_eq!(lam, 1.0);
-        assert_eq!(t, smooth_targets(&labels, 10, 0.1).unwrap());
-        assert!(mixup_batch(&mut batch[..6], &labels[..3], 10, &off, &mut rng).is_err());
-        assert!(smooth_targets(&[10], 10, 0.1).is_err());
-    }
-
-    #[test]
-    fn u8_mixup_rounds_half_to_even_and_pipelines_keep_shapes() {
-        let labels = [1usize, 2];
+    fn pipelines_keep_shapes_and_refuse_the_other_sample_type() {
         let mut rng = SplitMix64::new(13);
-        let mut batch = vec![10u8, 0, 0, 255];
-        let (t, lam) = mixup_batch_u8(&mut batch, &labels, 3, &Mixup::cifar(), &mut rng).unwrap();
-        let lam = f64::from(lam);
-        assert_eq!(batch[0], (10.0 * lam).round() as u8);
-        assert_eq!(batch[3], (255.0 * lam).round() as u8);
-        assert!((t[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
-
         let image: Vec<u8> = (0..3072).map(|i| (i % 251) as u8).collect();
         let shape = Planes::new(3, 32, 32);
         let resnet = Augmentation {
@@ -1119,25 +927,6 @@ mod tests {
             random_erasing: 0.25,
             ..Augmentation::NONE
         };
-        let mut imgs = Vec::new();
-        for seed in 0..4 {
-            imgs.extend(
-                transformer
-                    .sample_pixels(&image, shape, &mut SplitMix64::new(seed))
-                    .unwrap(),
-            );
-        }
-        let labels = [0usize, 1, 2, 3];
-        let (x, t) = transformer
-            .batch_pixels(&mut imgs, &labels, 10, shape, &CIFAR_STD, &mut rng)
-            .unwrap();
-        assert_eq!(x.len(), 4 * 3072);
-        assert_eq!(t, Some(smooth_targets(&labels, 10, 0.1).unwrap()));
-        assert!(
-            transformer
-                .batch_pixels(&mut imgs[..5], &labels, 10, shape, &CIFAR_STD, &mut rng)
-                .is_err()
-        );
         // RandAugment needs pixels, SNNAugmentWide float planes
         assert!(
             transformer
@@ -1162,14 +951,10 @@ mod tests {
         let shape = Planes::new(3, 8, 8);
         let values: Vec<f32> = (0..shape.len()).map(|i| i as f32).collect();
         let mut rng = SplitMix64::new(4);
-        let mut batch = values.clone();
         let same = Augmentation::NONE
             .sample_values(values.clone(), shape, &mut rng)
             .unwrap();
-        let targets = Augmentation::NONE
-            .batch_values(&mut batch, &[1], 10, shape, &mut rng)
-            .unwrap();
-        assert_eq!((same, batch, targets), (values.clone(), values, None));
+        assert_eq!(same, values);
         assert_eq!(rng.next_u64(), SplitMix64::new(4).next_u64());
     }
 

@@ -41,6 +41,7 @@ pub trait PixelImages: Dataset {
 }
 
 pub mod augment;
+pub mod batch_rows;
 pub mod cifar;
 pub mod cifar10_dvs;
 pub mod dvs128;

@@ -149,7 +149,7 @@ pub fn train_epoch<B: Compute>(
     let start = Instant::now();
     let classes = learner.network.spec.num_classes;
     let open_loader = || {
-        let source = data.source(epoch, classes);
+        let source = rank.source(data.source(epoch, classes));
         let order = shuffled(samples.len(), seed);
         Loader::new(
             source,

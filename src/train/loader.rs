@@ -2,6 +2,7 @@
 //! The order and contents depend only on the seed and the epoch, never on timing or the number of
 //! workers.
 
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,15 +26,28 @@ pub struct Batch {
 
 /// Assembles batches from sample indices, augmenting them as a deterministic function of `seed`.
 pub trait BatchSource: Send + Sync {
-    /// The batch of samples `indices`; `seed` fixes every random choice of its augmentation.
-    fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch>;
+    /// Rows `rows` of the batch of samples `indices`, exactly as the whole batch has them; `seed`
+    /// fixes every random choice of its augmentation. Only what those rows need is made
+    /// ([`crate::data::batch_rows`]).
+    fn rows(&self, indices: &[usize], rows: Range<usize>, seed: u64) -> Result<Batch>;
+
+    /// The batch of samples `indices`: all its rows.
+    fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
+        self.rows(indices, 0..indices.len(), seed)
+    }
 }
 
 /// The samples of a dataset as they are, with hard labels (evaluation, synthetic data).
 pub struct Plain(pub Arc<dyn Dataset>);
 
 impl BatchSource for Plain {
-    fn batch(&self, indices: &[usize], _seed: u64) -> Result<Batch> {
+    fn rows(&self, indices: &[usize], rows: Range<usize>, _seed: u64) -> Result<Batch> {
+        let indices = indices.get(rows.clone()).ok_or_else(|| {
+            Error::Usage(format!(
+                "rows {rows:?} of a batch of {} samples",
+                indices.len()
+            ))
+        })?;
         let mut images = Vec::new();
         let mut labels = Vec::with_capacity(indices.len());
         for &index in indices {
@@ -231,9 +245,9 @@ mod tests {
     struct Echo;
 
     impl BatchSource for Echo {
-        fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
+        fn rows(&self, indices: &[usize], rows: Range<usize>, seed: u64) -> Result<Batch> {
             Ok(Batch {
-                images: indices.iter().map(|&i| i as f32).collect(),
+                images: indices[rows].iter().map(|&i| i as f32).collect(),
                 labels: vec![seed as usize],
                 targets: None,
             })
@@ -266,14 +280,14 @@ mod tests {
     struct Faulty;
 
     impl BatchSource for Faulty {
-        fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
+        fn rows(&self, indices: &[usize], rows: Range<usize>, seed: u64) -> Result<Batch> {
             if indices.contains(&5) {
                 panic!("sample 5 is corrupt");
             }
             if indices.contains(&11) {
                 return Err(Error::Usage("sample 11 is unreadable".into()));
             }
-            Echo.batch(indices, seed)
+            Echo.rows(indices, rows, seed)
         }
     }
 

@@ -2,20 +2,21 @@
 //! them, and the run's [`Augmentation`] on top.
 //!
 //! - CIFAR: the augmentation starts from the `u8` pixels ([`Augmentation::sample_pixels`], then
-//!   [`Augmentation::batch_pixels`] with the family's normalisation: [`CIFAR_RESNET_STD`] for
-//!   ResNets, [`CIFAR_STD`] for transformers);
+//!   [`Augmentation::rows`] with the family's normalisation: [`CIFAR_RESNET_STD`] for ResNets,
+//!   [`CIFAR_STD`] for transformers);
 //! - every other dataset: from the float samples ([`Augmentation::sample_values`], then
-//!   [`Augmentation::batch_values`]).
+//!   [`Augmentation::rows`]).
 //!
 //! Mixup stops at the run's `mixup_off_epoch`; label smoothing goes on. Every random choice comes
-//! from the batch's seed, so a seed and an epoch fix the batches.
+//! from the batch's seed, each sample's from a stream of its own ([`sample_rng`]), so a seed and
+//! an epoch fix the batches, and any rows of a batch can be made without the others.
 
+use std::ops::Range;
 use std::sync::Arc;
-
-use revsnn_reference::testing::SplitMix64;
 
 use super::loader::{Batch, BatchSource};
 use crate::data::augment::{Augmentation, CIFAR_RESNET_STD, CIFAR_STD, Planes, to_normalized};
+use crate::data::batch_rows::{BatchSamples, Rows, sample_rng};
 use crate::data::{Dataset, PixelImages, Sample};
 use crate::error::{Error, Result};
 
@@ -166,31 +167,34 @@ struct CifarTrain {
 }
 
 impl BatchSource for CifarTrain {
-    fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
-        let mut rng = SplitMix64::new(seed);
-        let mut labels = Vec::with_capacity(indices.len());
-        let mut pixels = Vec::with_capacity(indices.len() * CIFAR_PLANES.len());
-        for &index in indices {
-            let (bytes, label) = self.cifar.pixels(index)?;
-            labels.push(label);
-            pixels.extend(
-                self.augmentation
-                    .sample_pixels(bytes, CIFAR_PLANES, &mut rng)?,
-            );
+    fn rows(&self, indices: &[usize], rows: Range<usize>, seed: u64) -> Result<Batch> {
+        let augmentation = &self.augmentation;
+        let mut samples = BatchSamples::new(indices.len());
+        for position in augmentation.positions(indices.len(), rows.clone())? {
+            let mut rng = sample_rng(seed, position);
+            let (bytes, label) = self.cifar.pixels(indices[position])?;
+            let pixels = augmentation.sample_pixels(bytes, CIFAR_PLANES, &mut rng)?;
+            samples.put(position, pixels, label, rng);
         }
-        let (images, targets) = self.augmentation.batch_pixels(
-            &mut pixels,
-            &labels,
+        let normalise = |pixels: Vec<u8>| to_normalized(&pixels, CIFAR_PLANES, &self.cifar.std);
+        let made = augmentation.rows(
+            &samples,
+            rows,
             self.num_classes,
             CIFAR_PLANES,
-            &self.cifar.std,
-            &mut rng,
+            seed,
+            normalise,
         )?;
-        Ok(Batch {
-            images,
-            labels,
-            targets,
-        })
+        Ok(batch_of(made))
+    }
+}
+
+/// The loader's batch of augmented rows.
+fn batch_of(rows: Rows) -> Batch {
+    Batch {
+        images: rows.values,
+        labels: rows.labels,
+        targets: rows.targets,
     }
 }
 
@@ -203,8 +207,7 @@ struct FloatTrain {
 }
 
 impl BatchSource for FloatTrain {
-    fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
-        let mut rng = SplitMix64::new(seed);
+    fn rows(&self, indices: &[usize], rows: Range<usize>, seed: u64) -> Result<Batch> {
         let shape = self.data.sample_shape();
         let planes = match shape.as_slice() {
             [c, h, w] => Planes::new(*c, *h, *w),
@@ -216,28 +219,16 @@ impl BatchSource for FloatTrain {
                 )));
             }
         };
-        let mut labels = Vec::with_capacity(indices.len());
-        let mut images = Vec::with_capacity(indices.len() * planes.len());
-        for &index in indices {
-            let sample = self.data.get(index)?;
-            images.extend(
-                self.augmentation
-                    .sample_values(sample.values, planes, &mut rng)?,
-            );
-            labels.push(sample.label);
+        let augmentation = &self.augmentation;
+        let mut samples = BatchSamples::new(indices.len());
+        for position in augmentation.positions(indices.len(), rows.clone())? {
+            let mut rng = sample_rng(seed, position);
+            let sample = self.data.get(indices[position])?;
+            let values = augmentation.sample_values(sample.values, planes, &mut rng)?;
+            samples.put(position, values, sample.label, rng);
         }
-        let targets = self.augmentation.batch_values(
-            &mut images,
-            &labels,
-            self.num_classes,
-            planes,
-            &mut rng,
-        )?;
-        Ok(Batch {
-            images,
-            labels,
-            targets,
-        })
+        let made = augmentation.rows(&samples, rows, self.num_classes, planes, seed, Ok)?;
+        Ok(batch_of(made))
     }
 }
 
@@ -309,6 +300,32 @@ mod tests {
         let late = set.source(6, 12).batch(&indices, 9).unwrap();
         let row = &late.targets.unwrap()[..12];
         assert!((row[late.labels[0]] - (0.9 + 0.1 / 12.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn any_rows_of_a_mixed_batch_come_out_alone_as_the_whole_batch_has_them() {
+        let augmentation = Augmentation {
+            flip: true,
+            rand_augment: Some(RandAugment::cifar()),
+            mixup: Some(Mixup::cifar()),
+            label_smoothing: 0.1,
+            random_erasing: 0.5,
+            ..Augmentation::NONE
+        };
+        let set = train_set(tiny_cifar10("rows"), false, 20, augmentation, 6);
+        let source = set.source(0, 10);
+        let indices = [0, 3, 5, 7, 11, 2];
+        let whole = source.batch(&indices, 4).unwrap();
+        for (start, end) in [(0, 2), (2, 4), (4, 6), (1, 5), (5, 6), (3, 3)] {
+            let part = source.rows(&indices, start..end, 4).unwrap();
+            assert_eq!(part.images, whole.images[start * 3072..end * 3072]);
+            assert_eq!(part.labels, whole.labels[start..end]);
+            assert_eq!(
+                part.targets.unwrap(),
+                whole.targets.as_ref().unwrap()[start * 10..end * 10]
+            );
+        }
+        assert!(source.rows(&indices, 4..7, 4).is_err());
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! no group and no collective: it is the single-process path.
 //!
 //! A rank that is a process of its own (one per GPU, `train --gpus N`, docs/distributed.md §7)
-//! has no leader to receive from: it assembles every global batch itself and keeps its share,
-//! so the shares are the threads' ones bit for bit.
+//! has no leader to receive from: it reads and augments only its share of every global batch
+//! (and, under mixup, its rows' partners; [`ShareOf`]), which comes out as those rows of the
+//! whole batch, so the shares are the threads' ones bit for bit.
 //!
 //! Ctrl-C stops every rank before the same step: each step starts with a vote, the count of
 //! ranks whose process was asked to stop, summed over the ranks like a gradient and read back
@@ -17,7 +18,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use revsnn_reference::{Backend, Element};
@@ -25,7 +26,7 @@ use revsnn_reference::{Backend, Element};
 use super::epoch::EpochStats;
 use super::evaluate::Score;
 use super::interrupt;
-use super::loader::{Batch, Loader};
+use super::loader::{Batch, BatchSource, Loader};
 use crate::collective::{
     BUCKET_BYTES, Collective, GradReducer, ThreadGroup, UsePlan, broadcast_running_stats,
 };
@@ -59,8 +60,37 @@ enum Feed {
     Leader(Vec<SyncSender<Batch>>),
     /// Another rank: receives its shares from the leader.
     Follower(Receiver<Batch>),
-    /// A rank of its own process: assembles every global batch, keeps its share.
+    /// A rank of its own process: assembles its share of every global batch ([`ShareOf`]).
     Own,
+}
+
+/// Rank `rank` of `world`'s share of each batch of `source`: the batch's rows [`share`] gives
+/// the rank, made without the others' ([`BatchSource::rows`]).
+struct ShareOf {
+    source: Arc<dyn BatchSource>,
+    rank: usize,
+    world: usize,
+}
+
+impl BatchSource for ShareOf {
+    /// Rows `rows` of the share.
+    fn rows(&self, indices: &[usize], rows: Range<usize>, seed: u64) -> Result<Batch> {
+        let own = share(indices.len(), self.rank, self.world);
+        let within = own.start + rows.start..own.start + rows.end;
+        if within.end > own.end {
+            return Err(Error::Usage(format!(
+                "rows {rows:?} of a share of {} samples",
+                own.len()
+            )));
+        }
+        self.source.rows(indices, within, seed)
+    }
+
+    /// The whole share.
+    fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
+        let own = share(indices.len(), self.rank, self.world);
+        self.source.rows(indices, own, seed)
+    }
 }
 
 /// A rank's shares of an epoch's global batches, in order ([`Rank::shares`]).
@@ -77,12 +107,8 @@ pub enum Shares<'a> {
         rank: usize,
         left: usize,
     },
-    /// A rank of its own process: rank `rank` of `world`'s shares of the loader's batches.
-    Own {
-        loader: Loader,
-        rank: usize,
-        world: usize,
-    },
+    /// A rank of its own process: its loader makes this rank's shares ([`Rank::source`]).
+    Own { loader: Loader },
 }
 
 impl Shares<'_> {
@@ -117,14 +143,7 @@ impl Iterator for Shares<'_> {
                 *left = left.checked_sub(1)?;
                 Some(receiver.recv().map_err(|_| left_error(*rank, 0)))
             }
-            Shares::Own {
-                loader,
-                rank,
-                world,
-            } => {
-                let batch = loader.next()?;
-                Some(batch.map(|batch| share_of(&batch, *rank, *world)))
-            }
+            Shares::Own { loader } => loader.next(),
         }
     }
 }
@@ -206,9 +225,23 @@ impl<B: Backend> Rank<B> {
             .map(|g| g as &dyn Collective<B>)
     }
 
+    /// What this rank's loader assembles its batches from: `source` itself, or on a rank of its
+    /// own process only this rank's share of each batch ([`ShareOf`]).
+    pub fn source(&self, source: Arc<dyn BatchSource>) -> Arc<dyn BatchSource> {
+        match self.feed {
+            Feed::Own => Arc::new(ShareOf {
+                source,
+                rank: self.index(),
+                world: self.world(),
+            }),
+            Feed::Leader(_) | Feed::Follower(_) => source,
+        }
+    }
+
     /// This rank's shares of an epoch's `count` global batches: the leader's come from the
-    /// loader `open` makes, whose batches it splits ([`split`]) and hands out; the other
-    /// threads receive theirs; a rank of its own process splits its own loader's.
+    /// loader `open` makes (over [`Rank::source`]), whose batches it splits ([`split`]) and
+    /// hands out; the other threads receive theirs; a rank of its own process takes its own
+    /// loader's, which makes only its shares.
     pub fn shares(
         &self,
         open: impl FnOnce() -> Result<Loader>,
@@ -224,11 +257,7 @@ impl<B: Backend> Rank<B> {
                 rank: self.index(),
                 left: count,
             },
-            Feed::Own => Shares::Own {
-                loader: open()?,
-                rank: self.index(),
-                world: self.world(),
-            },
+            Feed::Own => Shares::Own { loader: open()? },
         })
     }
 
@@ -510,6 +539,31 @@ mod tests {
         assert_eq!(message, "rank 1's own failure");
         let values = on_threads(vec![10, 11], |job| Ok(job * 2));
         assert_eq!(values.unwrap(), 20, "rank 0's value");
+    }
+
+    #[test]
+    fn a_process_rank_makes_its_share_of_each_batch_as_the_leader_splits_it() {
+        use crate::data::synthetic::Synthetic;
+        use crate::train::loader::Plain;
+        let data = Synthetic::new(3, crate::data::synthetic::Split::Train, 16, 8).unwrap();
+        let source: Arc<dyn BatchSource> = Arc::new(Plain(Arc::new(data)));
+        let indices = [4, 9, 1, 15, 0, 7, 3];
+        let whole = source.batch(&indices, 5).unwrap();
+        for world in 1..=4 {
+            for rank in 0..world {
+                let own = ShareOf {
+                    source: source.clone(),
+                    rank,
+                    world,
+                };
+                assert_eq!(
+                    own.batch(&indices, 5).unwrap(),
+                    share_of(&whole, rank, world)
+                );
+                let len = share(indices.len(), rank, world).len();
+                assert!(own.rows(&indices, 0..len + 1, 5).is_err());
+            }
+        }
     }
 
     #[test]
