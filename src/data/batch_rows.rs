@@ -98,13 +98,18 @@ impl<T> BatchSamples<T> {
         self.slots.len()
     }
 
+    /// The sample at `position`, or an error when it was not made (or is past the batch).
     fn made(&self, position: usize) -> Result<&Made<T>> {
-        self.slots[position].as_ref().ok_or_else(|| {
-            Error::Usage(format!(
-                "sample {position} of the batch was not made; make every position \
-                 Augmentation::positions lists"
-            ))
-        })
+        self.slots
+            .get(position)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "sample {position} of a batch of {} was not made; make every position \
+                 Augmentation::positions lists",
+                    self.count()
+                ))
+            })
     }
 }
 
@@ -338,6 +343,18 @@ mod tests {
         let error = mixed
             .rows(&samples, 0..1, 10, Planes::new(3, 8, 8), 1, Ok)
             .unwrap_err();
-        assert!(error.to_string().contains("sample 3"), "{error}");
+        assert!(
+            error.to_string().contains("sample 3 of a batch of 4"),
+            "{error}"
+        );
+        for position in 1..4 {
+            samples.put(position, vec![0.0f32; 192], 1, sample_rng(1, position));
+        }
+        let past = Augmentation::NONE.rows(&samples, 2..5, 10, Planes::new(3, 8, 8), 1, Ok);
+        assert!(
+            past.unwrap_err()
+                .to_string()
+                .contains("sample 4 of a batch of 4")
+        );
     }
 }
