@@ -64,6 +64,9 @@ pub struct EpochStats {
     pub seconds: f64,
     /// Seconds the loader's workers spent assembling the epoch's batches, summed over workers.
     pub loader_busy_seconds: f64,
+    /// The samples this rank's loader delivered in those seconds: the global batches on the
+    /// leader of thread ranks (or alone), a rank's shares on a rank of its own process.
+    pub loader_images: usize,
     /// Seconds the training loop waited for the loader's next batch.
     pub loader_wait_seconds: f64,
     /// Steps the fp16 loss scaler skipped (their gradients overflowed).
@@ -102,7 +105,7 @@ impl EpochStats {
     /// Images one loader worker assembles per second (0 when the loader did no measurable work).
     pub fn loader_images_per_second_per_worker(&self) -> f64 {
         if self.loader_busy_seconds > 0.0 {
-            self.images as f64 / self.loader_busy_seconds
+            self.loader_images as f64 / self.loader_busy_seconds
         } else {
             0.0
         }
@@ -208,6 +211,7 @@ pub fn train_epoch<B: Compute>(
     stats.diverged_recomputes = diverged.read(backend)?;
     stats.recomputes = diverged.compared();
     stats.loader_busy_seconds = batches.busy_seconds();
+    stats.loader_images = batches.delivered();
     saw_every_sample(
         &format!("training epoch {}", epoch + 1),
         stats.images,

@@ -96,6 +96,8 @@ pub struct Loader {
     next: usize,
     /// Nanoseconds the workers spent assembling batches, summed over the workers.
     busy_nanos: Arc<AtomicU64>,
+    /// The samples of the batches handed out so far.
+    delivered: usize,
 }
 
 impl Loader {
@@ -158,6 +160,7 @@ impl Loader {
             expected,
             next: 0,
             busy_nanos,
+            delivered: 0,
         })
     }
 
@@ -166,6 +169,11 @@ impl Loader {
     /// throughput of one worker.
     pub fn busy_seconds(&self) -> f64 {
         self.busy_nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// The samples of the batches handed out so far: what [`Loader::busy_seconds`] bought.
+    pub fn delivered(&self) -> usize {
+        self.delivered
     }
 
     /// The number of samples the batches hold in all.
@@ -217,7 +225,10 @@ impl Iterator for Loader {
         }
         let k = self.next;
         let result = match self.receivers[k % self.receivers.len()].recv() {
-            Ok(Ok(batch)) => Ok(batch),
+            Ok(Ok(batch)) => {
+                self.delivered += batch.labels.len();
+                Ok(batch)
+            }
             Ok(Err(error)) => Err(self.failure(k, error.to_string())),
             Err(_) => Err(self.failure(k, "its worker thread ended without it".into())),
         };
@@ -335,5 +346,30 @@ mod tests {
                 .samples(),
             23
         );
+    }
+
+    /// Batches of the samples' own indices as their images and labels.
+    struct Numbered;
+
+    impl BatchSource for Numbered {
+        fn rows(&self, indices: &[usize], rows: Range<usize>, _seed: u64) -> Result<Batch> {
+            Ok(Batch {
+                images: indices[rows.clone()].iter().map(|&i| i as f32).collect(),
+                labels: indices[rows].to_vec(),
+                targets: None,
+            })
+        }
+    }
+
+    #[test]
+    fn delivered_counts_the_samples_handed_out() {
+        let mut loader =
+            Loader::new(Arc::new(Numbered), shuffled(23, 7), 4, false, 3, 1, 0).unwrap();
+        assert_eq!(loader.delivered(), 0);
+        loader.next().unwrap().unwrap();
+        loader.next().unwrap().unwrap();
+        assert_eq!(loader.delivered(), 8);
+        assert_eq!(loader.by_ref().count(), 4);
+        assert_eq!(loader.delivered(), 23);
     }
 }

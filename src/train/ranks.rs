@@ -120,6 +120,15 @@ impl Shares<'_> {
             Shares::Follower { .. } => 0.0,
         }
     }
+
+    /// The samples this rank's loader handed out so far, for the leader the whole global
+    /// batches it splits (0 on a rank that receives its shares): [`Loader::delivered`].
+    pub fn delivered(&self) -> usize {
+        match self {
+            Shares::Leader { loader, .. } | Shares::Own { loader, .. } => loader.delivered(),
+            Shares::Follower { .. } => 0,
+        }
+    }
 }
 
 impl Iterator for Shares<'_> {
