@@ -61,8 +61,8 @@ left() {
   echo "$rest"
 }
 
-section() { printf '\n## %s\n\n```\n' "$1" >>"$REPORT"; }
-end_section() { printf '```\n' >>"$REPORT"; }
+section() { printf '\n## %s\n\n```\n' "$1" >>"$REPORT"; SECTION_OPEN=1; }
+end_section() { printf '```\n' >>"$REPORT"; SECTION_OPEN=0; }
 run_logged() { # $1: log name; $2: timeout in seconds (cut to the time left); rest: command
   local log="$OUT_DIR/$1.log" limit=$2; shift 2
   if [ "$(left)" -lt 10 ]; then
@@ -80,14 +80,24 @@ run_logged() { # $1: log name; $2: timeout in seconds (cut to the time left); re
 # the report, the baselines' JSON and the archive); also when the run is stopped by a signal, so
 # that a call cut short still brings back what ran.
 finish() {
+  trap - TERM INT
+  [ "${SECTION_OPEN:-0}" = 1 ] && end_section
   section "summary"
   cat "$REPORT.summary" >>"$REPORT"
   end_section
   rm -f "$REPORT.summary"
-  (cd "$OUT_DIR" && tar -czf logs.tar.gz ./*.log ./*.jsonl 2>/dev/null; rm -f ./*.log ./*.jsonl ./pytorch-baseline.md)
+  [ "${TRAIN_DIR_MADE:-}" = 1 ] && rm -rf "$TRAIN_DIR"
+  (cd "$OUT_DIR" && shopt -s nullglob && tar -czf logs.tar.gz ./*.log ./*.jsonl &&
+    rm -f ./*.log ./*.jsonl ./pytorch-baseline.md)
   cat "$REPORT"
 }
-trap 'echo "[check.sh] stopped by a signal after $SECONDS s" >>"$REPORT.summary"; finish; exit 143' TERM INT
+stopped() { # $1: the signal's exit code
+  echo "[check.sh] stopped by a signal after $SECONDS s" >>"$REPORT.summary"
+  finish
+  exit "$1"
+}
+trap 'stopped 143' TERM
+trap 'stopped 130' INT
 
 {
   echo "# GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -29,15 +29,16 @@ for run in ${PRECISION_RUNS//,/ }; do
   model=${run%%:*} batch=${run##*:}
   amp_models[$batch]+="${amp_models[$batch]:+,}$model"
   for precision in bf16 fp16; do
-    on=(--device "$PRECISION_DEVICE" --precision "$precision" --model "$model" "${PRECISION_MODEL_FLAGS[@]}")
-    run_logged "precision-bench-$precision-$model" 60 "$REVSNN" bench "${on[@]}" --batch "$batch" \
-      --steps "$PRECISION_STEPS" --json || status=1
-    run_logged "precision-memory-$precision-$model" 60 "$REVSNN" memory "${on[@]}" \
+    precision_args=(--device "$PRECISION_DEVICE" --precision "$precision" --model "$model"
+      "${PRECISION_MODEL_FLAGS[@]}")
+    run_logged "precision-bench-$precision-$model" 60 "$REVSNN" bench "${precision_args[@]}" \
+      --batch "$batch" --steps "$PRECISION_STEPS" --json || status=1
+    run_logged "precision-memory-$precision-$model" 60 "$REVSNN" memory "${precision_args[@]}" \
       --batch "$((batch / 2)),$batch" --json || status=1
     whats="bench memory"
     if [ "$precision" = bf16 ] && [[ ",${PRECISION_IM2COL_MODELS-revsresnet37}," == *",$model,"* ]]; then
       REVSNN_CONV_ENGINE=im2col run_logged "precision-bench-im2col-$precision-$model" 60 "$REVSNN" bench \
-        "${on[@]}" --batch "$batch" --steps "$PRECISION_STEPS" --json || status=1
+        "${precision_args[@]}" --batch "$batch" --steps "$PRECISION_STEPS" --json || status=1
       whats+=" bench-im2col"
     fi
     for what in $whats; do

@@ -75,14 +75,14 @@ else:
 failures = []
 for e in epochs:
     ratio = f", {100 * e['images_per_second'] / bench['images_per_second']:.0f}% of bench" if bench else ""
-    diverged = (f"; {e['diverged_recomputes']} of {e['recomputes']} reversible recomputes diverged"
-                if e.get("recomputes") else "")
+    extra = (f"; {e['diverged_recomputes']} of {e['recomputes']} reversible recomputes diverged"
+             if e.get("recomputes") else "")
     if e.get("host_waits_per_step") is not None:
-        diverged += f"; {e['host_waits_per_step']:g} host waits per step"
+        extra += f"; {e['host_waits_per_step']:g} host waits per step"
     print(f"epoch {e['epoch']}: {e['images_per_second']:.1f} images/s end to end{ratio}; loader "
           f"{e.get('loader_images_per_second_per_worker', 0):.1f} images/s per worker x "
           f"{workers} workers, training waited {e.get('loader_wait_seconds', 0):.2f} s "
-          f"of {e['epoch_seconds']:.2f} s for batches; test top-1 {e['test_acc1']:.4f}{diverged}")
+          f"of {e['epoch_seconds']:.2f} s for batches; test top-1 {e['test_acc1']:.4f}{extra}")
 if not epochs:
     print("training: not run, failed or cut short (train-straight log)")
 elif bench:
@@ -171,4 +171,5 @@ for run in ${TRAIN_RUNS//,/ }; do
   end_section
 done
 [ "$TRAIN_DIR_MADE" = 1 ] && rm -rf "$TRAIN_DIR"
+TRAIN_DIR_MADE=
 unset STAGE_END

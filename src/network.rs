@@ -88,7 +88,8 @@ impl Default for PassOptions {
 pub struct StepReport<B: Backend> {
     pub output: StepOutput<B>,
     /// Reversible recomputes whose spikes differed from the forward's (by fingerprint), counted
-    /// where the backend computes: reading it waits for the device.
+    /// where the backend computes on top of the count passed in ([`StepHooks`]): reading it
+    /// waits for the device.
     pub diverged_recomputes: DivergedRecomputes<B>,
     /// With [`PassOptions::audit`]: reconstruction errors and spike flips, counted exactly.
     pub audit: Option<ReversibleAudit>,

@@ -49,8 +49,8 @@ impl Mixable for f32 {
     }
 }
 
-/// timm's `mixup_target` for one row: the label-smoothed one-hot row of `label` times `lam`
-/// plus that of its partner's `partner` times `1 - lam`; the row sums to 1.
+/// timm's `mixup_target` for one row: the label-smoothed one-hot row of the row's own `label`
+/// times `lam`, plus that of its partner's label `partner` times `1 - lam`; the row sums to 1.
 pub fn mixup_target_row(
     label: usize,
     partner: usize,
@@ -117,8 +117,11 @@ impl<T> BatchSamples<T> {
 /// hard labels).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rows {
+    /// The rows' values, one sample after another.
     pub values: Vec<f32>,
+    /// Each row's own label.
     pub labels: Vec<usize>,
+    /// The rows' soft targets `[rows, num_classes]`; `None` for hard labels.
     pub targets: Option<Vec<f32>>,
 }
 
@@ -223,7 +226,7 @@ impl Augmentation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::augment::{Mixup, RandAugment, to_normalized};
+    use crate::data::augment::{Mixup, RandAugment, mixup_lambda, to_normalized};
 
     #[test]
     fn mixup_targets_are_soft_rows_that_sum_to_one() {
@@ -322,6 +325,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_mixed_row_blends_its_sample_with_its_partners_by_the_batch_weight() {
+        let augmentation = Augmentation {
+            mixup: Some(Mixup::cifar()),
+            ..Augmentation::NONE
+        };
+        let (shape, count, seed) = (Planes::new(3, 8, 8), 4, 77);
+        let mut samples = BatchSamples::new(count);
+        for p in 0..count {
+            samples.put(
+                p,
+                vec![p as f32 * 10.0; shape.len()],
+                p,
+                sample_rng(seed, p),
+            );
+        }
+        let made = augmentation
+            .rows(&samples, 0..count, 10, shape, seed, Ok)
+            .unwrap();
+        let lam = mixup_lambda(&Mixup::cifar(), &mut SplitMix64::new(seed));
+        let l32 = lam as f32;
+        // row 1 with row 2, row 3 with row 0
+        assert_eq!(made.values[shape.len()], 10.0 * l32 + 20.0 * (1.0 - l32));
+        assert_eq!(made.values[3 * shape.len()], 30.0 * l32);
+        let targets = made.targets.unwrap();
+        let smoothing = Mixup::cifar().label_smoothing as f32;
+        assert_eq!(
+            targets[10..20],
+            mixup_target_row(1, 2, 10, smoothing, lam).unwrap()
+        );
+        assert_eq!(made.labels, [0, 1, 2, 3]);
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub struct EpochStats {
     /// The fp16 loss scale at the end of the epoch (`None` in the other precisions).
     pub loss_scale: Option<f32>,
     /// F and G recomputes of the reversible backwards whose spikes differed from their
-    /// forward's (docs/reversible.md §3.3, "Diverged recomputes"); 0 for a model without
+    /// forward's (docs/reversible.md §3.6); 0 for a model without
     /// reversible blocks.
     pub diverged_recomputes: usize,
     /// F and G recomputes compared with their forward, diverged or not.
@@ -87,7 +87,9 @@ pub struct EpochStats {
 /// The host's waits for the device and uploads to it, per training step, over an epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TransfersPerStep {
+    /// Downloads and synchronisations: each leaves the device idle until the host queues more.
     pub host_waits: f64,
+    /// Copies from host memory to the device.
     pub uploads: f64,
 }
 

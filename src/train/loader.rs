@@ -28,10 +28,11 @@ pub struct Batch {
 pub trait BatchSource: Send + Sync {
     /// Rows `rows` of the batch of samples `indices`, exactly as the whole batch has them; `seed`
     /// fixes every random choice of its augmentation. Only what those rows need is made
-    /// ([`crate::data::batch_rows`]).
+    /// ([`crate::data::batch_rows`]). A source whose batches are a share of the samples'
+    /// (`train::ranks::ShareOf`) counts its rows within the share.
     fn rows(&self, indices: &[usize], rows: Range<usize>, seed: u64) -> Result<Batch>;
 
-    /// The batch of samples `indices`: all its rows.
+    /// The batch of samples `indices`: all its rows (a share's, for a source of shares).
     fn batch(&self, indices: &[usize], seed: u64) -> Result<Batch> {
         self.rows(indices, 0..indices.len(), seed)
     }
