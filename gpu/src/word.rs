@@ -108,7 +108,7 @@ impl DeviceWord {
             .iter()
             .zip(sums)
             .fold(slots[0], |word, (&hash, sum)| {
-                fingerprint::fold(word, hash, sum)
+                fingerprint::fold(word, fingerprint::from_hashed_sum(hash, sum))
             }))
     }
 

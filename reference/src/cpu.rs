@@ -19,7 +19,7 @@ use ndarray::{ArcArray, IxDyn};
 use crate::contract::{
     AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
     BatchStats, Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig,
-    Pool2dParams, Precision, Result, RunningStats, SgdParams, SgdState,
+    Pool2dParams, Precision, Result, RunningStats, SgdParams, SgdState, fingerprint,
 };
 use crate::{memory, ops};
 
@@ -163,7 +163,7 @@ impl<E: Element> Backend for Cpu<E> {
     }
 
     fn fold_fingerprint(&self, word: &mut u64, x: &CpuTensor<E>) -> Result<()> {
-        *word = word.rotate_left(5) ^ ops::tensor::fingerprint(x);
+        *word = fingerprint::fold(*word, ops::tensor::fingerprint(x));
         Ok(())
     }
 

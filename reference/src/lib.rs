@@ -24,6 +24,6 @@ pub use contract::{
     ConvBatchNormTrainOutput, ConvKind, DType, DeviceError, Element, Firing, LinearGrads,
     NeuronBackward, NeuronConfig, NeuronFire, NeuronKept, NeuronKind, NeuronSource, Onto, OpError,
     Pool2dParams, Precision, Result, RunningStats, SgdParams, SgdState, SgdTensors, Surrogate,
-    TransferCounts,
+    TransferCounts, TransfersPerStep,
 };
 pub use cpu::{Cpu, CpuTensor};

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use clap::Args;
-use revsnn_reference::{DType, Precision};
+use revsnn_reference::{DType, Precision, TransferCounts, TransfersPerStep};
 use serde_json::json;
 
 use super::{ModelArgs, full_training_step, print_json_report, random_images, set_threads};
@@ -30,7 +30,7 @@ pub struct BenchReport {
     pub step_seconds: Vec<f64>,
     /// On a device, the host waits and uploads of the timed steps per step (their mean;
     /// `None` on the CPU).
-    pub transfers_per_step: Option<(f64, f64)>,
+    pub transfers_per_step: Option<TransfersPerStep>,
 }
 
 /// Times `steps` training steps of `spec` at batch `batch` on `backend` after one warm-up step
@@ -60,22 +60,18 @@ pub fn measure<B: Compute>(
     step()?;
     backend.reset_peak_memory();
     let mut times = Vec::with_capacity(steps);
-    let mut transfers = (0, 0);
+    let mut transfers = TransferCounts::default();
     for _ in 0..steps {
         let before = backend.transfer_counts();
         times.push(step()?);
         if let (Some(before), Some(after)) = (before, backend.transfer_counts()) {
             // The step's own transfers, less the synchronisation that starts its clock.
-            transfers.0 += (after.host_waits - before.host_waits).saturating_sub(1);
-            transfers.1 += after.uploads - before.uploads;
+            let step = after.since(before);
+            transfers.host_waits += step.host_waits.saturating_sub(1);
+            transfers.uploads += step.uploads;
         }
     }
-    let transfers_per_step = backend.transfer_counts().map(|_| {
-        (
-            transfers.0 as f64 / steps as f64,
-            transfers.1 as f64 / steps as f64,
-        )
-    });
+    let transfers_per_step = backend.transfer_counts().map(|_| transfers.per_step(steps));
     let peak = backend.peak_memory_bytes();
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
@@ -155,8 +151,8 @@ impl BenchArgs {
                 "images_per_second": report.images_per_second,
                 "peak_memory_bytes": report.peak_memory_bytes,
                 "step_seconds": report.step_seconds,
-                "syncs_per_step": report.transfers_per_step.map(|t| t.0),
-                "uploads_per_step": report.transfers_per_step.map(|t| t.1),
+                "syncs_per_step": report.transfers_per_step.map(|t| t.host_waits),
+                "uploads_per_step": report.transfers_per_step.map(|t| t.uploads),
             }),
         );
     }

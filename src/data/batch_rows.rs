@@ -3,7 +3,7 @@
 //! smoothing; then each row finished (CIFAR: normalised) and randomly erased.
 //!
 //! Every random choice of a batch comes from streams that are functions of the batch's seed alone
-//! ([`sample_rng`] per sample position, one more for the batch's mixup weight), so rows `a..b` of
+//! (`sample_rng` per sample position, one more for the batch's mixup weight), so rows `a..b` of
 //! a batch come out the same whether the whole batch is made or only those rows and their
 //! partners: how a data-parallel rank in a process of its own makes just its share
 //! (docs/distributed.md §7).
@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 /// The random stream of the sample at `position` of the batch whose seed is `batch_seed`: every
 /// choice of that sample's own steps (crop, flip, RandAugment or SNNAugmentWide, then random
 /// erasing), independent of the other positions'.
-pub fn sample_rng(batch_seed: u64, position: usize) -> SplitMix64 {
+fn sample_rng(batch_seed: u64, position: usize) -> SplitMix64 {
     let key = (position as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
     SplitMix64::new(SplitMix64::new(batch_seed ^ key).next_u64())
 }
@@ -76,21 +76,21 @@ struct Made<T> {
 }
 
 /// The samples of one batch of `count`, made at the positions its wanted rows need
-/// ([`Augmentation::positions`]).
+/// ([`Augmentation::samples`]).
 pub struct BatchSamples<T> {
     slots: Vec<Option<Made<T>>>,
 }
 
 impl<T> BatchSamples<T> {
     /// A batch of `count` samples, none made yet.
-    pub fn new(count: usize) -> Self {
+    fn new(count: usize) -> Self {
         BatchSamples {
             slots: (0..count).map(|_| None).collect(),
         }
     }
 
     /// The sample at `position`, after its own steps drew from `rng` (its [`sample_rng`]).
-    pub fn put(&mut self, position: usize, values: Vec<T>, label: usize, rng: SplitMix64) {
+    fn put(&mut self, position: usize, values: Vec<T>, label: usize, rng: SplitMix64) {
         self.slots[position] = Some(Made { values, label, rng });
     }
 
@@ -100,17 +100,29 @@ impl<T> BatchSamples<T> {
 
     /// The sample at `position`, or an error when it was not made (or is past the batch).
     fn made(&self, position: usize) -> Result<&Made<T>> {
+        let count = self.count();
         self.slots
             .get(position)
             .and_then(Option::as_ref)
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "sample {position} of a batch of {} was not made; make every position \
-                 Augmentation::positions lists",
-                    self.count()
-                ))
-            })
+            .ok_or_else(|| not_made(position, count))
     }
+
+    /// The values of the sample at `position`, moved out (its label and stream stay): for a row
+    /// that no other row reads.
+    fn take_values(&mut self, position: usize) -> Result<Vec<T>> {
+        let count = self.count();
+        let made = self.slots.get_mut(position).and_then(Option::as_mut);
+        let made = made.ok_or_else(|| not_made(position, count))?;
+        Ok(std::mem::take(&mut made.values))
+    }
+}
+
+/// The error of a row whose sample at `position` of a batch of `count` was not made.
+fn not_made(position: usize, count: usize) -> Error {
+    Error::Usage(format!(
+        "sample {position} of a batch of {count} was not made; make every position \
+         Augmentation::positions lists"
+    ))
 }
 
 /// Rows of an augmented batch: their values (row-major), labels and soft targets (`None` for
@@ -150,14 +162,34 @@ impl Augmentation {
         Ok(positions)
     }
 
+    /// The samples that rows `rows` of a batch of `count` (made with seed `batch_seed`) are made
+    /// from ([`Augmentation::positions`]): `make(position, rng)` gives each sample's values after
+    /// its own steps, and its label, drawing from the position's own stream ([`sample_rng`]).
+    pub fn samples<T>(
+        &self,
+        count: usize,
+        rows: Range<usize>,
+        batch_seed: u64,
+        mut make: impl FnMut(usize, &mut SplitMix64) -> Result<(Vec<T>, usize)>,
+    ) -> Result<BatchSamples<T>> {
+        let mut samples = BatchSamples::new(count);
+        for position in self.positions(count, rows)? {
+            let mut rng = sample_rng(batch_seed, position);
+            let (values, label) = make(position, &mut rng)?;
+            samples.put(position, values, label, rng);
+        }
+        Ok(samples)
+    }
+
     /// The per-batch steps for rows `rows` of `samples` (a batch made with seed `batch_seed`),
     /// in the order timm's loaders run them (docs/recipes.md §5.1, 5.3): mixup of each row with
     /// its partner by the batch's weight ([`mixup_lambda`], drawn first from the batch's own
     /// stream), else label smoothing; `finish` (CIFAR: `/255` and normalisation); then random
     /// erasing from the row's own stream. The same rows come out whichever other rows are made.
+    /// An unmixed row's values are moved out of `samples`, not copied.
     pub fn rows<T: Mixable>(
         &self,
-        samples: &BatchSamples<T>,
+        samples: &mut BatchSamples<T>,
         rows: Range<usize>,
         num_classes: usize,
         shape: Planes,
@@ -175,14 +207,16 @@ impl Augmentation {
         };
         let mut targets = Vec::new();
         for i in rows {
-            let own = samples.made(i)?;
             let values = match lam {
                 Some(lam) if lam != 1.0 => {
-                    T::mix(&own.values, &samples.made(count - 1 - i)?.values, lam)
+                    let partner = &samples.made(count - 1 - i)?.values;
+                    T::mix(&samples.made(i)?.values, partner, lam)
                 }
-                _ => own.values.clone(),
+                // unmixed: no other row reads this one's values
+                _ => samples.take_values(i)?,
             };
             targets.extend(self.target_row(samples, i, num_classes, lam)?);
+            let own = samples.made(i)?;
             let mut values = finish(values)?;
             if self.random_erasing > 0.0 {
                 random_erasing(
@@ -273,13 +307,10 @@ mod tests {
         finish: impl Fn(Vec<T>) -> Result<Vec<f32>>,
     ) -> Result<Rows> {
         let shape = Planes::new(3, 8, 8);
-        let mut samples = BatchSamples::new(count);
-        for position in augmentation.positions(count, rows.clone())? {
-            let mut rng = sample_rng(seed, position);
-            let values = sample(position, &mut rng);
-            samples.put(position, values, position % 10, rng);
-        }
-        augmentation.rows(&samples, rows, 10, shape, seed, finish)
+        let mut samples = augmentation.samples(count, rows.clone(), seed, |position, rng| {
+            Ok((sample(position, rng), position % 10))
+        })?;
+        augmentation.rows(&mut samples, rows, 10, shape, seed, finish)
     }
 
     #[test]
@@ -344,7 +375,7 @@ mod tests {
             );
         }
         let made = augmentation
-            .rows(&samples, 0..count, 10, shape, seed, Ok)
+            .rows(&mut samples, 0..count, 10, shape, seed, Ok)
             .unwrap();
         let lam = mixup_lambda(&Mixup::cifar(), &mut SplitMix64::new(seed));
         let l32 = lam as f32;
@@ -377,7 +408,7 @@ mod tests {
         let mut samples = BatchSamples::new(4);
         samples.put(0, vec![0.0f32; 192], 1, sample_rng(1, 0));
         let error = mixed
-            .rows(&samples, 0..1, 10, Planes::new(3, 8, 8), 1, Ok)
+            .rows(&mut samples, 0..1, 10, Planes::new(3, 8, 8), 1, Ok)
             .unwrap_err();
         assert!(
             error.to_string().contains("sample 3 of a batch of 4"),
@@ -386,7 +417,7 @@ mod tests {
         for position in 1..4 {
             samples.put(position, vec![0.0f32; 192], 1, sample_rng(1, position));
         }
-        let past = Augmentation::NONE.rows(&samples, 2..5, 10, Planes::new(3, 8, 8), 1, Ok);
+        let past = Augmentation::NONE.rows(&mut samples, 2..5, 10, Planes::new(3, 8, 8), 1, Ok);
         assert!(
             past.unwrap_err()
                 .to_string()

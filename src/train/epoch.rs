@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use revsnn_reference::{Backend, Element, Precision, TransferCounts};
+use revsnn_reference::{Backend, Element, Precision, TransfersPerStep};
 
 use super::config::RunSettings;
 use super::evaluate::{Score, batch_tensor, cast, widened};
@@ -82,15 +82,6 @@ pub struct EpochStats {
     /// On a device the host waits for (CUDA): the times per step it waited for the device, and
     /// copied to it (docs/ARCHITECTURE.md, host-device round trips); `None` on the CPU.
     pub transfers_per_step: Option<TransfersPerStep>,
-}
-
-/// The host's waits for the device and uploads to it, per training step, over an epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct TransfersPerStep {
-    /// Downloads and synchronisations: each leaves the device idle until the host queues more.
-    pub host_waits: f64,
-    /// Copies from host memory to the device.
-    pub uploads: f64,
 }
 
 impl EpochStats {
@@ -207,8 +198,9 @@ pub fn train_epoch<B: Compute>(
         stats.images += count;
         progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
     }
-    stats.transfers_per_step =
-        transfers_per_step(transfers_before, backend.transfer_counts(), steps);
+    stats.transfers_per_step = transfers_before
+        .zip(backend.transfer_counts())
+        .map(|(before, after)| after.since(before).per_step(steps));
     backend.synchronize()?;
     stats.diverged_recomputes = diverged.read(backend)?;
     stats.recomputes = diverged.compared();
@@ -222,20 +214,6 @@ pub fn train_epoch<B: Compute>(
     stats.seconds = start.elapsed().as_secs_f64();
     stats.loss_scale = learner.scaler.map(|scaler| scaler.scale());
     rank.sum_stats(stats)
-}
-
-/// The transfers between two counts, per step of `steps`; `None` on the CPU.
-fn transfers_per_step(
-    before: Option<TransferCounts>,
-    after: Option<TransferCounts>,
-    steps: usize,
-) -> Option<TransfersPerStep> {
-    let (before, after) = before.zip(after)?;
-    let per_step = |count: u64| count as f64 / steps.max(1) as f64;
-    Some(TransfersPerStep {
-        host_waits: per_step(after.host_waits - before.host_waits),
-        uploads: per_step(after.uploads - before.uploads),
-    })
 }
 
 /// fp16 loss scaling after a backward whose loss was multiplied by `scaler.scale()`: gradients

@@ -8,7 +8,7 @@
 //!   [`Augmentation::rows`]).
 //!
 //! Mixup stops at the run's `mixup_off_epoch`; label smoothing goes on. Every random choice comes
-//! from the batch's seed, each sample's from a stream of its own ([`sample_rng`]), so a seed and
+//! from the batch's seed, each sample's from a stream of its own ([`Augmentation::samples`]), so a seed and
 //! an epoch fix the batches, and any rows of a batch can be made without the others.
 
 use std::ops::Range;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::loader::{Batch, BatchSource};
 use crate::data::augment::{Augmentation, CIFAR_RESNET_STD, CIFAR_STD, Planes, to_normalized};
-use crate::data::batch_rows::{BatchSamples, Rows, sample_rng};
+use crate::data::batch_rows::Rows;
 use crate::data::{Dataset, PixelImages, Sample};
 use crate::error::{Error, Result};
 
@@ -169,16 +169,14 @@ struct CifarTrain {
 impl BatchSource for CifarTrain {
     fn rows(&self, indices: &[usize], rows: Range<usize>, seed: u64) -> Result<Batch> {
         let augmentation = &self.augmentation;
-        let mut samples = BatchSamples::new(indices.len());
-        for position in augmentation.positions(indices.len(), rows.clone())? {
-            let mut rng = sample_rng(seed, position);
-            let (bytes, label) = self.cifar.pixels(indices[position])?;
-            let pixels = augmentation.sample_pixels(bytes, CIFAR_PLANES, &mut rng)?;
-            samples.put(position, pixels, label, rng);
-        }
+        let mut samples =
+            augmentation.samples(indices.len(), rows.clone(), seed, |position, rng| {
+                let (bytes, label) = self.cifar.pixels(indices[position])?;
+                Ok((augmentation.sample_pixels(bytes, CIFAR_PLANES, rng)?, label))
+            })?;
         let normalise = |pixels: Vec<u8>| to_normalized(&pixels, CIFAR_PLANES, &self.cifar.std);
         let made = augmentation.rows(
-            &samples,
+            &mut samples,
             rows,
             self.num_classes,
             CIFAR_PLANES,
@@ -220,14 +218,15 @@ impl BatchSource for FloatTrain {
             }
         };
         let augmentation = &self.augmentation;
-        let mut samples = BatchSamples::new(indices.len());
-        for position in augmentation.positions(indices.len(), rows.clone())? {
-            let mut rng = sample_rng(seed, position);
-            let sample = self.data.get(indices[position])?;
-            let values = augmentation.sample_values(sample.values, planes, &mut rng)?;
-            samples.put(position, values, sample.label, rng);
-        }
-        let made = augmentation.rows(&samples, rows, self.num_classes, planes, seed, Ok)?;
+        let mut samples =
+            augmentation.samples(indices.len(), rows.clone(), seed, |position, rng| {
+                let sample = self.data.get(indices[position])?;
+                Ok((
+                    augmentation.sample_values(sample.values, planes, rng)?,
+                    sample.label,
+                ))
+            })?;
+        let made = augmentation.rows(&mut samples, rows, self.num_classes, planes, seed, Ok)?;
         Ok(batch_of(made))
     }
 }

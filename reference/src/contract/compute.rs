@@ -44,3 +44,31 @@ pub struct TransferCounts {
     /// before such a copy, so they are counted too, apart.
     pub uploads: u64,
 }
+
+impl TransferCounts {
+    /// The transfers since `earlier`, a count taken before this one.
+    pub fn since(self, earlier: TransferCounts) -> TransferCounts {
+        TransferCounts {
+            host_waits: self.host_waits - earlier.host_waits,
+            uploads: self.uploads - earlier.uploads,
+        }
+    }
+
+    /// These transfers, made over `steps` steps, per step.
+    pub fn per_step(self, steps: usize) -> TransfersPerStep {
+        let per_step = |count: u64| count as f64 / steps.max(1) as f64;
+        TransfersPerStep {
+            host_waits: per_step(self.host_waits),
+            uploads: per_step(self.uploads),
+        }
+    }
+}
+
+/// [`TransferCounts`] per step: their means over some steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TransfersPerStep {
+    /// Downloads and synchronisations per step.
+    pub host_waits: f64,
+    /// Copies to the device per step.
+    pub uploads: f64,
+}

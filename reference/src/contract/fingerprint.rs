@@ -44,12 +44,17 @@ pub fn element_term(bits: u64, index: u64) -> u64 {
 
 /// The fingerprint of a tensor of `shape` whose element terms sum to `sum` (mod 2^64).
 pub fn from_sum(shape: &[usize], sum: u64) -> u64 {
-    feed(shape_hash(shape), sum)
+    from_hashed_sum(shape_hash(shape), sum)
 }
 
-/// `word` with the fingerprint of a tensor whose shape hashes to `shape_hash` and whose element
-/// terms sum to `sum` folded in: `rotl(word, 5) ^ feed(shape_hash, sum)`, the fold of
-/// `Backend::fold_fingerprint` (a device word folds its pending sums with it).
-pub fn fold(word: u64, shape_hash: u64, sum: u64) -> u64 {
-    word.rotate_left(5) ^ feed(shape_hash, sum)
+/// [`from_sum`] of a shape already hashed ([`shape_hash`]).
+pub fn from_hashed_sum(shape_hash: u64, sum: u64) -> u64 {
+    feed(shape_hash, sum)
+}
+
+/// `word` with `fingerprint` folded in, `rotl(word, 5) ^ fingerprint`: the fold of
+/// `Backend::fold_fingerprint` on both backends (a CUDA device word folds its pending sums with
+/// it when read on the host).
+pub fn fold(word: u64, fingerprint: u64) -> u64 {
+    word.rotate_left(5) ^ fingerprint
 }

@@ -35,7 +35,7 @@ pub use backend::{
     conv_batch_norm_train_forward_in_turn, flatten_time, neuron_backward_from_source_in_turn,
     neuron_context, spiking_conv_batch_norm_backward_in_turn, unflatten_time,
 };
-pub use compute::{Compute, TransferCounts};
+pub use compute::{Compute, TransferCounts, TransfersPerStep};
 pub use element::{DType, Element};
 pub use error::{DeviceError, OpError, Result};
 pub use params::{
