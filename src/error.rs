@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use revsnn_reference::OpError;
+use revsnn_reference::{DeviceError, OpError, Precision};
 use thiserror::Error;
 
 /// What went wrong above the ops.
@@ -131,6 +131,28 @@ pub enum Error {
         backend: String,
         advice: &'static str,
     },
+    /// A training step or an evaluation of a run needed more device memory than was free:
+    /// `during` says which, `batch` is its samples on this device. Checkpoints are written
+    /// whole after an epoch, so the run folder `out` keeps the one of epoch `saved` (0: none)
+    /// and nothing of the failed epoch.
+    #[error(
+        "out of device memory during {during}, a batch of {batch} on this device: {} more \
+         requested with {} free of the device's {}. {}",
+        crate::footprint::human(*.requested_bytes as u128),
+        crate::footprint::human(*.free_bytes as u128),
+        crate::footprint::human(*.total_bytes as u128),
+        out_of_memory_advice(*.batch, *.precision, *.saved, out)
+    )]
+    OutOfDeviceMemory {
+        during: String,
+        batch: usize,
+        precision: Precision,
+        requested_bytes: usize,
+        free_bytes: usize,
+        total_bytes: usize,
+        saved: usize,
+        out: String,
+    },
     /// Ctrl-C stopped training before step `step` of epoch `epoch` (both from 1); the run folder
     /// `out` holds the checkpoint of epoch `saved` (0: none).
     #[error(
@@ -168,6 +190,18 @@ pub enum Error {
     Kernels(#[source] revsnn_gpu::GpuError),
 }
 
+/// Where in a run a device ran out of memory, for [`Error::in_run_out_of_memory`].
+#[derive(Clone, Copy, Debug)]
+pub struct RunPlace<'a> {
+    /// The samples of the failed pass's batch on this device.
+    pub batch: usize,
+    pub precision: Precision,
+    /// The epoch (from 1) whose checkpoint the run folder keeps; 0: none.
+    pub saved: usize,
+    /// The run folder.
+    pub out: &'a Path,
+}
+
 /// The exit code of a process that Ctrl-C stopped, by the shells' convention (128 + SIGINT).
 pub const INTERRUPTED_EXIT_CODE: u8 = 130;
 
@@ -178,6 +212,34 @@ impl Error {
         match self {
             Error::Interrupted { .. } | Error::RanksInterrupted => INTERRUPTED_EXIT_CODE,
             _ => 1,
+        }
+    }
+
+    /// This error as a run's [`Error::OutOfDeviceMemory`] when it is a device's out-of-memory
+    /// (an op's [`DeviceError::OutOfMemory`]); `during` and `run` say where in the run, and run
+    /// only then. Any other error as it is.
+    pub fn in_run_out_of_memory(self, during: impl FnOnce() -> String, run: RunPlace) -> Error {
+        match self {
+            Error::Op(OpError::Device {
+                error:
+                    DeviceError::OutOfMemory {
+                        requested_bytes,
+                        free_bytes,
+                        total_bytes,
+                        ..
+                    },
+                ..
+            }) => Error::OutOfDeviceMemory {
+                during: during(),
+                batch: run.batch,
+                precision: run.precision,
+                requested_bytes,
+                free_bytes,
+                total_bytes,
+                saved: run.saved,
+                out: run.out.display().to_string(),
+            },
+            error => error,
         }
     }
 
@@ -203,6 +265,30 @@ fn diverged_advice(saved: usize, out: &str) -> String {
              another --out"
         )
     }
+}
+
+/// What [`Error::OutOfDeviceMemory`] advises for a run of `precision` at `batch` samples per
+/// device whose folder `out` keeps the checkpoint of epoch `saved` (0: none): a new run with a
+/// smaller batch (a resumed run keeps its own), or, from f32 and TF32, in bf16; or the saved run
+/// continued on a device with more memory free.
+fn out_of_memory_advice(batch: usize, precision: Precision, saved: usize, out: &str) -> String {
+    let smaller = match batch {
+        0 | 1 => "fewer --time-steps or a smaller model".to_string(),
+        _ => format!("a smaller --batch (e.g. half, {} per device)", batch / 2),
+    };
+    let half_bytes = match precision {
+        Precision::F32 | Precision::Tf32 => ", or --precision bf16 (half the activation bytes)",
+        Precision::Bf16 | Precision::Fp16 => "",
+    };
+    let kept = match saved {
+        0 => format!("{out} holds no checkpoint yet"),
+        _ => format!(
+            "{out} holds the checkpoint of epoch {saved} and nothing of the failed epoch; on a \
+             device with more memory free, continue it with {}",
+            resume_command(out)
+        ),
+    };
+    format!("Start a new run with {smaller}{half_bytes}; {kept}")
 }
 
 /// "1 epoch", "2 epochs": `n` and the noun, singular (`one`) or plural (`many`).

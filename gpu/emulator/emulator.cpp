@@ -5,6 +5,7 @@
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -82,11 +83,43 @@ static std::size_t live_bytes = 0, peak_bytes = 0;
 // system calls. Needs memory_lock.
 static std::map<std::size_t, std::vector<std::pair<char*, Allocation>>> kept_for_reuse;
 
-// Registers the allocation `a` starting at `start` as live. Needs memory_lock.
-static void register_live(char* start, const Allocation& a) {
+// The memory each device has: REVSNN_EMU_MEMORY_BYTES when set, so that a test can fill a small
+// device, else the machine's RAM. An allocation that would take the live bytes past it fails as
+// the driver's does when a card is full.
+std::size_t device_total_bytes() {
+    static const std::size_t total = [] {
+        const char* text = std::getenv("REVSNN_EMU_MEMORY_BYTES");
+        if (text && *text) {
+            char* end = nullptr;
+            const unsigned long long bytes = std::strtoull(text, &end, 10);
+            if (*end != '\0' || bytes == 0 || text[0] == '-') {
+                std::fprintf(stderr, "revsnn CUDA emulator: REVSNN_EMU_MEMORY_BYTES=%s: expected a whole number of "
+                             "bytes from 1, or unset for the machine's RAM\n", text);
+                std::abort();
+            }
+            return (std::size_t)bytes;
+        }
+        struct sysinfo info;
+        if (sysinfo(&info) == 0) return (std::size_t)info.totalram * info.mem_unit;
+        return (std::size_t)16 << 30;
+    }();
+    return total;
+}
+
+// Whether `bytes` more fit in the device's memory (device_total_bytes). Needs memory_lock.
+static bool fits(std::size_t bytes) {
+    const std::size_t total = device_total_bytes();
+    return live_bytes <= total && bytes <= total - live_bytes;
+}
+
+// Registers the allocation `a` starting at `start` as live, unless it does not fit the device's
+// memory: then false. Needs memory_lock.
+static bool register_live(char* start, const Allocation& a) {
+    if (!fits(a.bytes)) return false;
     allocations[(std::uintptr_t)start] = a;
     live_bytes += a.bytes;
     if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+    return true;
 }
 
 static std::size_t page_size() {
@@ -152,10 +185,14 @@ void* device_alloc(std::size_t bytes) {
         auto kept = kept_for_reuse.find(bytes);
         if (kept != kept_for_reuse.end() && !kept->second.empty()) {
             const auto [start, a] = kept->second.back();
+            if (!register_live(start, a)) return nullptr;
             kept->second.pop_back();
-            register_live(start, a);
             return start;
         }
+    }
+    {
+        std::lock_guard<std::mutex> guard(memory_lock);
+        if (!fits(bytes)) return nullptr;  // checked again when registered, under the same lock
     }
     const std::size_t page = page_size();
     // The data starts start_alignment()-aligned, as close before the trailing guard page as that
@@ -175,7 +212,10 @@ void* device_alloc(std::size_t bytes) {
     char* start = data_begin + data_pages * page - rounded;
     if (poison_enabled()) std::memset(start, 0xFF, rounded);
     std::lock_guard<std::mutex> guard(memory_lock);
-    register_live(start, Allocation{bytes, static_cast<char*>(base), map_len});
+    if (!register_live(start, Allocation{bytes, static_cast<char*>(base), map_len})) {
+        munmap(base, map_len);
+        return nullptr;
+    }
     return start;
 }
 

@@ -82,6 +82,9 @@ bool device_range_ok(const void* p, std::size_t bytes);
 // Whether launches, GEMMs, convolutions and device-side copies and fills compute nothing
 // (REVSNN_EMU_HOST_ONLY=1, emulator.cpp).
 bool host_only();
+// The bytes each device has (REVSNN_EMU_MEMORY_BYTES, else the machine's RAM); device_alloc fails
+// past them.
+std::size_t device_total_bytes();
 // Bytes in live allocations and their peak.
 std::size_t device_live_bytes();
 std::size_t device_peak_bytes();

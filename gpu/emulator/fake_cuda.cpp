@@ -5,7 +5,6 @@
 // all sharing the host's memory. Everything runs
 // synchronously at call time; device pointers are host addresses from emu::device_alloc; kernels
 // are the gpu/kernels/*.cu compiled into this library by build.sh.
-#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -56,11 +55,7 @@ struct Pool {
 } default_pool;
 int default_pool_handle;
 
-unsigned long long total_memory() {
-    struct sysinfo info;
-    if (sysinfo(&info) == 0) return (unsigned long long)info.totalram * info.mem_unit;
-    return 16ull << 30;
-}
+unsigned long long total_memory() { return emu::device_total_bytes(); }
 
 #define CHECK_INIT() \
     do {                                                  \

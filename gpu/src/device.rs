@@ -187,13 +187,19 @@ impl GpuDevice {
     }
 
     /// An out-of-memory failure as the contract's [`DeviceError::OutOfMemory`] with the sizes
-    /// involved; any other failure as the driver's error.
+    /// involved (the free bytes as the driver reports them now, or, if it cannot, the device's
+    /// bytes less this process's live tensors); any other failure as the driver's error.
     fn allocation_error<T>(&self, len: usize, error: cudarc::driver::DriverError) -> GpuError {
         if error.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+            let live_bytes = self.accounting.stats().live_bytes;
+            let total_bytes = self.info.total_memory_bytes;
             GpuError::Device(DeviceError::OutOfMemory {
                 requested_bytes: len * std::mem::size_of::<T>(),
-                live_bytes: self.accounting.stats().live_bytes,
-                total_bytes: self.info.total_memory_bytes,
+                free_bytes: self
+                    .free_memory_bytes()
+                    .unwrap_or(total_bytes.saturating_sub(live_bytes)),
+                live_bytes,
+                total_bytes,
             })
         } else {
             GpuError::driver("allocating device memory")(error)

@@ -177,6 +177,7 @@ mod tests {
     fn out_of_memory_stays_matchable_as_a_device_error() {
         let error = GpuError::Device(DeviceError::OutOfMemory {
             requested_bytes: 1 << 30,
+            free_bytes: 1 << 29,
             live_bytes: 3 << 30,
             total_bytes: 4 << 30,
         });
@@ -189,6 +190,7 @@ mod tests {
                     backend: "cuda",
                     error: DeviceError::OutOfMemory {
                         requested_bytes: 1073741824,
+                        free_bytes: 536870912,
                         live_bytes: 3221225472,
                         total_bytes: 4294967296,
                     },

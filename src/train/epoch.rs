@@ -16,7 +16,7 @@ use super::ranks::Rank;
 use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
-use crate::error::{Error, Result, counted};
+use crate::error::{Error, Result, RunPlace, counted};
 use crate::grad_scaler::{GradScaler, GradScalerConfig, StepAction};
 use crate::model::probes::DivergedRecomputes;
 use crate::model::{BuildOptions, FinalGrads, Grads, StepOutput, Targets};
@@ -95,6 +95,14 @@ impl EpochStats {
         self.hits as f64 / self.images.max(1) as f64
     }
 
+    /// Adds a step of `count` images that measured `outcome`.
+    fn add_step(&mut self, count: usize, outcome: &StepOutcome) {
+        self.skipped_steps += usize::from(outcome.skipped);
+        self.loss_sum += outcome.loss * count as f64;
+        self.hits += outcome.score.top1;
+        self.images += count;
+    }
+
     /// Images one loader worker assembles per second (0 when the loader did no measurable work).
     pub fn loader_images_per_second_per_worker(&self) -> f64 {
         if self.loader_busy_seconds > 0.0 {
@@ -133,9 +141,7 @@ pub fn train_epoch<B: Compute>(
     quiet: bool,
     rank: &Rank<B>,
 ) -> Result<EpochStats> {
-    let lr = config.lr(epoch);
-    let samples = data.split.data.clone();
-    let seed = shuffle_seed(config.seed, epoch);
+    let samples = &data.split.data;
     let steps = samples.len() / config.batch;
     let mut progress = Progress::new(
         format!("epoch {}/{}", epoch + 1, config.epochs),
@@ -144,58 +150,37 @@ pub fn train_epoch<B: Compute>(
     );
     let start = Instant::now();
     let classes = learner.network.spec.num_classes;
-    let open_loader = || {
-        let source = rank.source(data.source(epoch, classes));
-        let order = shuffled(samples.len(), seed);
-        Loader::new(
-            source,
-            order,
-            config.batch,
-            true,
-            config.workers,
-            config.prefetch,
-            seed,
-        )
-    };
-    let mut batches = rank.shares(open_loader, steps)?;
+    let mut batches = rank.shares(|| epoch_loader(data, classes, config, epoch, rank), steps)?;
     let mut stats = EpochStats::default();
     let mut diverged = DivergedRecomputes::default();
     let transfers_before = backend.transfer_counts();
     for step in 0.. {
         let waiting = Instant::now();
         let Some(batch) = batches.next() else { break };
+        let place = StepPlace {
+            epoch,
+            step,
+            lr: config.lr(epoch),
+            out: &config.out,
+        };
         // checked once a step is due, so that a finished epoch is always evaluated and saved
         if rank.stop_due() {
-            return Err(Error::Interrupted {
-                epoch: epoch + 1,
-                step: step + 1,
-                saved: epoch,
-                out: config.out.display().to_string(),
-            });
+            return Err(place.interrupted());
         }
         stats.loader_wait_seconds += waiting.elapsed().as_secs_f64();
         let batch = batch?;
         let count = batch.labels.len();
-        let place = StepPlace {
-            epoch,
-            step,
-            lr,
-            out: &config.out,
-        };
         let outcome = checked_step(
             backend,
             learner,
-            &*samples,
+            &**samples,
             batch,
             place,
             rank,
             &mut diverged,
-        )?;
-        let (loss, score) = (outcome.loss, outcome.score);
-        stats.skipped_steps += usize::from(outcome.skipped);
-        stats.loss_sum += loss * count as f64;
-        stats.hits += score.top1;
-        stats.images += count;
+        )
+        .map_err(|error| place.out_of_memory(error, count, config.precision))?;
+        stats.add_step(count, &outcome);
         progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
     }
     stats.transfers_per_step = transfers_before
@@ -214,6 +199,30 @@ pub fn train_epoch<B: Compute>(
     stats.seconds = start.elapsed().as_secs_f64();
     stats.loss_scale = learner.scaler.map(|scaler| scaler.scale());
     rank.sum_stats(stats)
+}
+
+/// The loader of epoch `epoch`'s training batches of `data` (labels of `classes` classes) for
+/// `rank`: full batches of the run's size in the epoch's shuffled order, augmented on the run's
+/// workers.
+fn epoch_loader<B: Compute>(
+    data: &TrainSet,
+    classes: usize,
+    config: &RunSettings,
+    epoch: usize,
+    rank: &Rank<B>,
+) -> Result<Loader> {
+    let seed = shuffle_seed(config.seed, epoch);
+    let source = rank.source(data.source(epoch, classes));
+    let order = shuffled(data.split.data.len(), seed);
+    Loader::new(
+        source,
+        order,
+        config.batch,
+        true,
+        config.workers,
+        config.prefetch,
+        seed,
+    )
 }
 
 /// fp16 loss scaling after a backward whose loss was multiplied by `scaler.scale()`: gradients
@@ -249,6 +258,7 @@ pub fn saw_every_sample(pass: &str, seen: usize, expected: usize) -> Result<()> 
 }
 
 /// Where a step is in the run, for its error messages.
+#[derive(Clone, Copy)]
 struct StepPlace<'a> {
     /// The epoch, from 0.
     epoch: usize,
@@ -269,21 +279,62 @@ impl StepPlace<'_> {
             out: self.out.display().to_string(),
         }
     }
+
+    /// [`Error::Interrupted`]: Ctrl-C stopped training before this step.
+    fn interrupted(&self) -> Error {
+        Error::Interrupted {
+            epoch: self.epoch + 1,
+            step: self.step + 1,
+            saved: self.epoch,
+            out: self.out.display().to_string(),
+        }
+    }
+
+    /// `error` of this step on a batch of `batch` samples in `precision`, as
+    /// [`Error::OutOfDeviceMemory`] when the device ran out of memory.
+    fn out_of_memory(&self, error: Error, batch: usize, precision: Precision) -> Error {
+        let run = RunPlace {
+            batch,
+            precision,
+            saved: self.epoch,
+            out: self.out,
+        };
+        error.in_run_out_of_memory(|| format!("the training step at {self}"), run)
+    }
 }
 
-/// "epoch E, step S (lr L)", counted from 1; a non-zero lr outside `[1e-4, 1e4)` in scientific
-/// notation with at most 4 significant digits.
+/// "epoch E, step S (lr L)", counted from 1, the lr with at most 4 significant digits: in
+/// scientific notation when non-zero and outside `[1e-4, 1e4)`, else in plain decimals
+/// (0.010000000000000002, a cosine schedule's value, as 0.01).
 impl std::fmt::Display for StepPlace<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (epoch, step) = (self.epoch + 1, self.step + 1);
-        let lr = self.lr.abs();
-        if lr == 0.0 || !lr.is_finite() || (1e-4..1e4).contains(&lr) {
-            return write!(f, "epoch {epoch}, step {step} (lr {})", self.lr);
-        }
-        let scientific = format!("{:.3e}", self.lr);
+        write!(
+            f,
+            "epoch {epoch}, step {step} (lr {})",
+            four_digits(self.lr)
+        )
+    }
+}
+
+/// `x` with at most 4 significant digits and no trailing zeros: in scientific notation when
+/// non-zero and outside `[1e-4, 1e4)`, else in plain decimals.
+fn four_digits(x: f64) -> String {
+    let magnitude = x.abs();
+    if magnitude == 0.0 || !magnitude.is_finite() {
+        return format!("{x}");
+    }
+    if !(1e-4..1e4).contains(&magnitude) {
+        let scientific = format!("{x:.3e}");
         let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
         let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
-        write!(f, "epoch {epoch}, step {step} (lr {mantissa}e{exponent})")
+        return format!("{mantissa}e{exponent}");
+    }
+    let decimals = (3 - magnitude.log10().floor() as i32).max(0) as usize;
+    let fixed = format!("{x:.decimals$}");
+    match fixed.contains('.') {
+        true => fixed.trim_end_matches('0').trim_end_matches('.').into(),
+        false => fixed,
     }
 }
 
@@ -432,4 +483,26 @@ fn parameters_diverged(count: u64, place: &StepPlace) -> Error {
     place.diverged(format!(
         "{values} became NaN or infinite after the optimizer step at {place}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::four_digits;
+
+    #[test]
+    fn learning_rates_print_with_at_most_four_significant_digits() {
+        for (lr, shown) in [
+            (0.010000000000000002, "0.01"),
+            (0.1, "0.1"),
+            (0.0003456789, "0.0003457"),
+            (0.00009876, "9.876e-5"),
+            (1e29, "1e29"),
+            (-2.5, "-2.5"),
+            (1234.5678, "1235"),
+            (0.0, "0"),
+            (f64::INFINITY, "inf"),
+        ] {
+            assert_eq!(four_digits(lr), shown, "{lr}");
+        }
+    }
 }

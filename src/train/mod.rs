@@ -30,7 +30,7 @@ use crate::collective::NcclGroup;
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, RunPlace};
 use crate::footprint;
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -293,7 +293,7 @@ fn train_rank<B: Compute>(shared: &Shared<B>, job: RankJob<B>) -> Result<(Vec<Va
             &rank,
         )?;
         rank.share_running_stats(backend, &mut learner.network.store)?;
-        let test = evaluate_rank(backend, &mut learner.network, shared, &rank)?;
+        let test = evaluate_rank(backend, &mut learner.network, shared, &rank, epoch)?;
         check_test_loss(&test, epoch, shared.dir)?;
         let improved = state.finish_epoch(epoch, learner.optimizer.steps(), test.acc1, config.seed);
         state.loss_scaler = learner.scaler;
@@ -321,18 +321,30 @@ fn train_rank<B: Compute>(shared: &Shared<B>, job: RankJob<B>) -> Result<(Vec<Va
     Ok((lines, state))
 }
 
-/// The test split's evaluation, each rank scoring its share of every batch and the scores
-/// summed over the ranks.
+/// The test split's evaluation after epoch `epoch` (from 0), each rank scoring its share of
+/// every batch and the scores summed over the ranks.
 fn evaluate_rank<B: Compute>(
     backend: &B,
     network: &mut Network<B>,
     shared: &Shared<B>,
     rank: &Rank<B>,
+    epoch: usize,
 ) -> Result<EvalResult> {
+    let config = shared.config;
     let data = shared.test_data.clone();
     let expected = data.len();
-    let batch = shared.config.batch.max(32);
-    let score = score_share(backend, network, data, batch, rank.index(), rank.world())?;
+    let batch = config.batch.max(32);
+    let run = RunPlace {
+        batch: batch.div_ceil(rank.world()),
+        precision: config.precision,
+        saved: epoch,
+        out: &config.out,
+    };
+    let score = score_share(backend, network, data, batch, rank.index(), rank.world()).map_err(
+        |error| {
+            error.in_run_out_of_memory(|| format!("the evaluation after epoch {}", epoch + 1), run)
+        },
+    )?;
     EvalResult::of(rank.sum_score(score)?, expected)
 }
 

@@ -31,13 +31,18 @@ pub enum OpError {
 pub enum DeviceError {
     /// The device has no room for an allocation.
     #[error(
-        "out of device memory: {requested_bytes} more bytes requested with {live_bytes} in live \
-         tensors on a {total_bytes}-byte device; use a smaller --batch, fewer time steps, or a \
-         reversible model (it keeps no activations for the backward)"
+        "out of device memory: {requested_bytes} more bytes requested with {free_bytes} free \
+         ({live_bytes} in live tensors on a {total_bytes}-byte device); use a smaller --batch, \
+         fewer time steps, or a reversible model (it keeps no activations for the backward)"
     )]
     OutOfMemory {
+        /// The bytes of the allocation that failed.
         requested_bytes: usize,
+        /// The bytes the driver reported free when it failed.
+        free_bytes: usize,
+        /// The bytes of this process's live tensors on the device.
         live_bytes: usize,
+        /// The device's memory.
         total_bytes: usize,
     },
     /// The device cannot be used: a library or the device itself is missing, or a setting of the
