@@ -35,7 +35,8 @@
 //! - `revsnn train --device cuda --precision bf16` runs a tiny epoch and records bf16.
 //! - `--precision fp16` training on CUDA through the loss scaler, in the CPU's scenarios
 //!   (tests/common/fp16.rs): resumed bit for bit, scaler included; steps whose scaled gradients
-//!   overflow are skipped, each halving the scale, and training recovers.
+//!   overflow are skipped, each halving the scale, and training recovers; gradients that
+//!   overflow even unscaled stop the run once the scale falls below 1, the run folder untouched.
 //!
 //! Skips without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
@@ -2030,4 +2031,12 @@ fn fp16_on_cuda_skips_the_steps_whose_gradients_overflow_and_recovers() {
         return;
     }
     fp16::skips_the_steps_whose_gradients_overflow_and_recovers("cuda");
+}
+
+#[test]
+fn fp16_on_cuda_stops_when_the_loss_scale_falls_below_one() {
+    if backend_or_skip::<f32>("fp16_on_cuda_stops_when_the_loss_scale").is_none() {
+        return;
+    }
+    fp16::stops_when_the_loss_scale_falls_below_one("cuda");
 }

@@ -5,7 +5,8 @@
 //! with the dense GEMMs under bf16 up to the rounding of their outputs; `f32` rounds nothing.
 //! End to end: `train --precision` records the precision (config.toml, metrics, last.json),
 //! resumes bit for bit in it and refuses another on `--resume`; checkpoints stay f32 under the
-//! official keys; fp16's loss scaler skips the steps whose gradients overflow and recovers.
+//! official keys; fp16's loss scaler skips the steps whose gradients overflow and recovers, and
+//! a scale that falls below 1 stops the run with its folder as it was.
 //! Whole tiny models of every family in bf16 and fp16 (`verify --precision`): the reversible
 //! reconstruction at f32's bar, and the logits and loss against the f64 reference within the
 //! bound of docs/precision.md wherever it applies (a head reading spikes, no spike differing).
@@ -348,6 +349,11 @@ fn fp16_resumes_bit_for_bit_with_its_loss_scaler_and_checkpoints_stay_f32() {
 #[test]
 fn fp16_skips_the_steps_whose_gradients_overflow_and_recovers() {
     fp16::skips_the_steps_whose_gradients_overflow_and_recovers("cpu");
+}
+
+#[test]
+fn fp16_stops_when_the_loss_scale_falls_below_one() {
+    fp16::stops_when_the_loss_scale_falls_below_one("cpu");
 }
 
 /// A tiny spec of each family.

@@ -8,7 +8,7 @@ use std::process::Output;
 use revsnn::checkpoint::{self, TensorData};
 use serde_json::Value;
 
-use super::{TINY_REVSRESNET, json_lines, ok, revsnn, scratch, small_train_args};
+use super::{TINY_REVSRESNET, failed, json_lines, ok, revsnn, scratch, small_train_args};
 
 /// `revsnn train` of the spec file `spec` into `out` on `device` ([`small_train_args`]), then
 /// `extra`.
@@ -137,5 +137,55 @@ pub fn skips_the_steps_whose_gradients_overflow_and_recovers(device: &str) {
     let skipped_after = last["skipped_steps"].as_u64().unwrap();
     assert!(skipped_after < skipped, "recovered: {last}");
     assert!(last["train_loss"].as_f64().unwrap().is_finite());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run whose gradients overflow fp16 even unscaled stops when the loss scale falls below 1,
+/// saying so, and keeps its last checkpoint and state as they were. The run is resumed with a
+/// scale of 1 and weights a million times larger (injected into last.json and
+/// last.safetensors): fp16 operands of 10^5 and more overflow, so the first step's gradients
+/// do too, and the scale halves to 0.5.
+pub fn stops_when_the_loss_scale_falls_below_one(device: &str) {
+    let dir = scratch(&format!("fp16-collapse-{device}"));
+    let spec = dir.join("tiny.json");
+    std::fs::write(&spec, TINY_REVSRESNET).unwrap();
+    let run = dir.join("run");
+    let fp16 = ["--precision", "fp16", "--epochs", "2", "--stop-after", "1"];
+    ok(train(device, &spec, &run, &fp16));
+    let state_path = run.join("last.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["loss_scaler"]["scale"] = Value::from(1.0);
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let weights = run.join("last.safetensors");
+    let mut tensors = checkpoint::read(&weights).unwrap();
+    for (key, tensor) in &mut tensors {
+        if let (true, TensorData::F32(values)) = (key.ends_with(".weight"), &mut tensor.data) {
+            values.iter_mut().for_each(|v| *v *= 1e6);
+        }
+    }
+    checkpoint::write(&weights, &tensors).unwrap();
+    let kept = [
+        "last.safetensors",
+        "last.optimizer.safetensors",
+        "last.json",
+        "metrics.jsonl",
+    ]
+    .map(|file| std::fs::read(run.join(file)).unwrap());
+
+    let said = failed(train(device, &spec, &run, &["--resume"]));
+    assert!(
+        said.contains("the fp16 loss scale fell to 0.5 (below 1)")
+            && said.contains("last good checkpoint is intact"),
+        "on {device}: {said}"
+    );
+    let now = [
+        "last.safetensors",
+        "last.optimizer.safetensors",
+        "last.json",
+        "metrics.jsonl",
+    ]
+    .map(|file| std::fs::read(run.join(file)).unwrap());
+    assert!(now == kept, "the run folder changed on {device}");
     let _ = std::fs::remove_dir_all(&dir);
 }
