@@ -254,6 +254,62 @@ fn a_rank_that_dies_stops_the_others_and_leaves_the_last_checkpoint() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A rank that hangs (its process stopped by SIGSTOP) stops the other after `--rank-timeout`,
+/// with an error that says it waited, and leaves the last checkpoint whole. NCCL's collectives
+/// run on the stream and the rank's wait for them times out (`--rank-timeout`); the emulator's
+/// fake NCCL computes them inside the call and has a timeout of its own, set to the same.
+#[cfg(unix)]
+#[test]
+fn a_rank_that_hangs_stops_the_others_after_the_timeout_and_leaves_the_last_checkpoint() {
+    if !ready_for_two("a_rank_that_hangs") {
+        return;
+    }
+    let dir = scratch("rank-hangs");
+    let out = dir.join("run");
+    let port = free_port();
+    let extra = ["--epochs", "50", "--rank-timeout", "3"];
+    let start = |place| {
+        rank_command(&out, place, 2, port, &extra)
+            .env("REVSNN_FAKE_NCCL_TIMEOUT_MS", "3000")
+            .spawn()
+            .expect("the binary starts")
+    };
+    let (mut leader, mut other) = (start((0, 0)), start((1, 1)));
+    wait_for_file(
+        &mut leader,
+        &out.join("last.safetensors"),
+        Duration::from_secs(300),
+    );
+    // SAFETY: kill only sends a signal to the child process this test started.
+    assert_eq!(unsafe { libc::kill(other.id() as i32, libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    let output = leader.wait_with_output().unwrap();
+    let waited = stopped.elapsed();
+    other.kill().unwrap();
+    other.wait().unwrap();
+    let stderr = failed(output);
+    eprintln!(
+        "rank 0 stopped {:.1} s after rank 1 hung: {}",
+        waited.as_secs_f64(),
+        stderr.lines().last().unwrap_or_default()
+    );
+    assert!(
+        stderr.contains("did not take part within 3 s") || stderr.contains("hung or far behind"),
+        "says rank 0 waited: {stderr}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(60),
+        "rank 0 stopped {waited:?} after rank 1 hung, with a 3 s timeout: {stderr}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
+    let saved = state["epochs_done"].as_u64().unwrap();
+    assert!(saved >= 1, "{state}");
+    let weights = revsnn::checkpoint::read(&out.join("last.safetensors")).unwrap();
+    assert!(!weights.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A terminal's Ctrl-C reaches the launcher and both ranks; the ranks agree on a step to stop
 /// before, say so, and the launcher ends with their exit code.
 #[cfg(unix)]
@@ -308,16 +364,29 @@ fn spawn_rank(
     port: u16,
     extra: &[&str],
 ) -> std::process::Child {
-    revsnn_command(&train_args(out, extra))
+    rank_command(out, (rank, local_rank), world, port, extra)
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// The command of [`spawn_rank`], to add to before it starts.
+fn rank_command(
+    out: &Path,
+    (rank, local_rank): (usize, usize),
+    world: usize,
+    port: u16,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut command = revsnn_command(&train_args(out, extra));
+    command
         .env("RANK", rank.to_string())
         .env("LOCAL_RANK", local_rank.to_string())
         .env("WORLD_SIZE", world.to_string())
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts")
+        .stderr(Stdio::piped());
+    command
 }
 
 /// A localhost port nothing listens on right now.
