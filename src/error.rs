@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use revsnn_reference::{DeviceError, OpError, Precision};
+use revsnn_reference::{DeviceError, OpError};
 use thiserror::Error;
 
 /// What went wrong above the ops.
@@ -131,28 +131,9 @@ pub enum Error {
         backend: String,
         advice: &'static str,
     },
-    /// A training step or an evaluation of a run needed more device memory than was free:
-    /// `during` says which, `batch` is its samples on this device. Checkpoints are written
-    /// whole after an epoch, so the run folder `out` keeps the one of epoch `saved` (0: none)
-    /// and nothing of the failed epoch.
-    #[error(
-        "out of device memory during {during}, a batch of {batch} on this device: {} more \
-         requested with {} free of the device's {}. {}",
-        crate::footprint::human(*.requested_bytes as u128),
-        crate::footprint::human(*.free_bytes as u128),
-        crate::footprint::human(*.total_bytes as u128),
-        out_of_memory_advice(*.batch, *.precision, *.saved, out)
-    )]
-    OutOfDeviceMemory {
-        during: String,
-        batch: usize,
-        precision: Precision,
-        requested_bytes: usize,
-        free_bytes: usize,
-        total_bytes: usize,
-        saved: usize,
-        out: String,
-    },
+    /// A training step or an evaluation of a run needed more device memory than was free.
+    #[error("{0}")]
+    OutOfDeviceMemory(Box<RunOutOfMemory>),
     /// Ctrl-C stopped training before step `step` of epoch `epoch` (both from 1); the run folder
     /// `out` holds the checkpoint of epoch `saved` (0: none).
     #[error(
@@ -190,16 +171,55 @@ pub enum Error {
     Kernels(#[source] revsnn_gpu::GpuError),
 }
 
+/// What [`Error::OutOfDeviceMemory`] says: `during` names the pass, `batch` is its samples on
+/// this device, `lower` what to lower. Checkpoints are written whole after an epoch, so the run
+/// folder `out` keeps the one of epoch `saved` (0: none) and nothing of the failed epoch.
+#[derive(Debug, Error)]
+#[error(
+    "out of device memory during {during}, a batch of {batch} on this device: {} more \
+     requested with {} free of the device's {}. {}",
+    crate::footprint::human(*.requested_bytes as u128),
+    crate::footprint::human(*.free_bytes as u128),
+    crate::footprint::human(*.total_bytes as u128),
+    out_of_memory_advice(lower, *.saved, out)
+)]
+pub struct RunOutOfMemory {
+    pub during: String,
+    pub batch: usize,
+    pub requested_bytes: usize,
+    pub free_bytes: usize,
+    pub total_bytes: usize,
+    pub lower: String,
+    pub saved: usize,
+    pub out: String,
+}
+
 /// Where in a run a device ran out of memory, for [`Error::in_run_out_of_memory`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RunPlace<'a> {
     /// The samples of the failed pass's batch on this device.
     pub batch: usize,
-    pub precision: Precision,
+    /// What to lower ([`what_to_lower`]).
+    pub lower: String,
     /// The epoch (from 1) whose checkpoint the run folder keeps; 0: none.
     pub saved: usize,
     /// The run folder.
     pub out: &'a Path,
+}
+
+/// What to lower after a pass over batches of `batch` samples (the global `--batch`, split over
+/// `ranks` devices; at least `floor` samples whatever `--batch` is) ran out of device memory:
+/// `--batch`, to half, or where that cannot shrink the pass's batches, the time steps or the
+/// model.
+pub fn what_to_lower(batch: usize, ranks: usize, floor: usize) -> String {
+    let half = batch / 2;
+    if half == 0 || batch <= floor {
+        return "--time-steps or the model's size".into();
+    }
+    match ranks {
+        0 | 1 => format!("--batch (e.g. to {half})"),
+        _ => format!("--batch (e.g. to {half}, {} per device)", half / ranks),
+    }
 }
 
 /// The exit code of a process that Ctrl-C stopped, by the shells' convention (128 + SIGINT).
@@ -216,8 +236,8 @@ impl Error {
     }
 
     /// This error as a run's [`Error::OutOfDeviceMemory`] when it is a device's out-of-memory
-    /// (an op's [`DeviceError::OutOfMemory`]); `during` and `run` say where in the run, and run
-    /// only then. Any other error as it is.
+    /// (an op's [`DeviceError::OutOfMemory`]), `during` (called only then) and `run` saying
+    /// where in the run; any other error as it is.
     pub fn in_run_out_of_memory(self, during: impl FnOnce() -> String, run: RunPlace) -> Error {
         match self {
             Error::Op(OpError::Device {
@@ -229,16 +249,16 @@ impl Error {
                         ..
                     },
                 ..
-            }) => Error::OutOfDeviceMemory {
+            }) => Error::OutOfDeviceMemory(Box::new(RunOutOfMemory {
                 during: during(),
                 batch: run.batch,
-                precision: run.precision,
                 requested_bytes,
                 free_bytes,
                 total_bytes,
+                lower: run.lower,
                 saved: run.saved,
                 out: run.out.display().to_string(),
-            },
+            })),
             error => error,
         }
     }
@@ -267,28 +287,20 @@ fn diverged_advice(saved: usize, out: &str) -> String {
     }
 }
 
-/// What [`Error::OutOfDeviceMemory`] advises for a run of `precision` at `batch` samples per
-/// device whose folder `out` keeps the checkpoint of epoch `saved` (0: none): a new run with a
-/// smaller batch (a resumed run keeps its own), or, from f32 and TF32, in bf16; or the saved run
-/// continued on a device with more memory free.
-fn out_of_memory_advice(batch: usize, precision: Precision, saved: usize, out: &str) -> String {
-    let smaller = match batch {
-        0 | 1 => "fewer --time-steps or a smaller model".to_string(),
-        _ => format!("a smaller --batch (e.g. half, {} per device)", batch / 2),
-    };
-    let half_bytes = match precision {
-        Precision::F32 | Precision::Tf32 => ", or --precision bf16 (half the activation bytes)",
-        Precision::Bf16 | Precision::Fp16 => "",
-    };
-    let kept = match saved {
-        0 => format!("{out} holds no checkpoint yet"),
+/// What [`Error::OutOfDeviceMemory`] advises for a run whose folder `out` keeps the checkpoint
+/// of epoch `saved` (0: none): lower `lower` and start again, or, with a checkpoint (a resumed
+/// run keeps its batch), continue on a device with more memory free or start a new run in
+/// another folder.
+fn out_of_memory_advice(lower: &str, saved: usize, out: &str) -> String {
+    match saved {
+        0 => format!("Lower {lower} and start the run again; {out} holds no checkpoint yet"),
         _ => format!(
-            "{out} holds the checkpoint of epoch {saved} and nothing of the failed epoch; on a \
-             device with more memory free, continue it with {}",
+            "{out} holds the checkpoint of epoch {saved} and nothing of the failed epoch: \
+             continue it on a device with more memory free with {}, or lower {lower} and start \
+             a new run with another --out",
             resume_command(out)
         ),
-    };
-    format!("Start a new run with {smaller}{half_bytes}; {kept}")
+    }
 }
 
 /// "1 epoch", "2 epochs": `n` and the noun, singular (`one`) or plural (`many`).
@@ -317,3 +329,24 @@ fn kept_and_next(saved: usize, out: &str, fix: Option<&str>) -> String {
 
 /// The result of a model-level operation.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::what_to_lower;
+
+    #[test]
+    fn out_of_memory_advises_half_the_batch_where_that_shrinks_the_pass() {
+        assert_eq!(what_to_lower(64, 1, 0), "--batch (e.g. to 32)");
+        assert_eq!(
+            what_to_lower(512, 8, 0),
+            "--batch (e.g. to 256, 32 per device)"
+        );
+        assert_eq!(what_to_lower(64, 1, 32), "--batch (e.g. to 32)");
+        for (batch, floor) in [(1, 0), (32, 32), (16, 32)] {
+            assert_eq!(
+                what_to_lower(batch, 1, floor),
+                "--time-steps or the model's size"
+            );
+        }
+    }
+}

@@ -205,15 +205,16 @@ impl Available {
     }
 }
 
-/// `bytes` in GiB (or MiB below 1 GiB) for messages.
+/// `bytes` for messages, in the largest of GiB, MiB and KiB it fills with one decimal, or in
+/// bytes below 1 KiB.
 pub fn human(bytes: u128) -> String {
-    const MIB: f64 = (1u64 << 20) as f64;
-    let mib = bytes as f64 / MIB;
-    if mib >= 1024.0 {
-        format!("{:.1} GiB", mib / 1024.0)
-    } else {
-        format!("{mib:.1} MiB")
+    const UNITS: [(&str, u32); 3] = [("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (unit, shift) in UNITS {
+        if bytes >= 1 << shift {
+            return format!("{:.1} {unit}", bytes as f64 / (1u64 << shift) as f64);
+        }
     }
+    format!("{bytes} bytes")
 }
 
 /// An [`Error::TooLarge`] unless `needed` bytes (what: e.g. "one training step") fit in
@@ -333,6 +334,21 @@ pub fn batch_setting(batch: usize, spec: &ModelSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_print_in_the_largest_unit_they_fill() {
+        for (bytes, shown) in [
+            (0, "0 bytes"),
+            (1023, "1023 bytes"),
+            (1024, "1.0 KiB"),
+            (114_688, "112.0 KiB"),
+            (3 << 20, "3.0 MiB"),
+            ((1 << 30) - 1, "1024.0 MiB"),
+            (80 << 30, "80.0 GiB"),
+        ] {
+            assert_eq!(human(bytes), shown);
+        }
+    }
 
     #[test]
     fn ranks_add_a_replica_of_the_parameters_and_gradients_each_and_the_all_reduce_buffers() {

@@ -18,8 +18,8 @@
 //!   is none the logits and the loss agree within 1e-4. The gradients are checked on the smooth
 //!   models above, where no flip can happen. In bf16 and fp16 the same against the CPU's
 //!   emulation of the precision (`Cpu::with_precision`), flips printed and as rare; the logits
-//!   differ from f32's, so the 16-bit path ran. (On the CPU emulator, whose GEMMs sum in the
-//!   reference's order, the two agree bit for bit; a GPU's order shows on a GPU.)
+//!   differ from f32's, so the 16-bit path ran. On the CPU emulator, whose GEMMs sum in the
+//!   reference's order, the two must agree bit for bit; a GPU's own order shows on a GPU.
 //! - The reversible backward on CUDA equals stored-activation backpropagation on CUDA bitwise
 //!   with the exact coupling, in f32 and f64 (`revsnn verify --device cuda`'s checks), with the
 //!   finite-difference check on the GPU in f64; its spike fingerprints, folded and compared on
@@ -276,7 +276,7 @@ fn spiking_forward<B: Backend>(backend: &B, spec: &ModelSpec) -> (Vec<f64>, Vec<
 }
 
 /// The spikes of two runs of the same forward that differ, and the spikes compared.
-fn flips(case: &str, ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> (usize, usize) {
+fn count_flips(case: &str, ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> (usize, usize) {
     assert_eq!(ours.len(), theirs.len(), "{case}: neuron layers");
     let (mut flips, mut compared) = (0usize, 0usize);
     for (a, b) in ours.iter().zip(theirs) {
@@ -298,7 +298,7 @@ fn spiking_models_flip_rarely_and_otherwise_match_the_cpu_logits() {
         let (gpu_logits, gpu_spikes) = spiking_forward(&gpu, &spec);
         gpu.synchronize().unwrap();
         let (cpu_logits, cpu_spikes) = spiking_forward(&Cpu::<f32>::new(), &spec);
-        let (flips, compared) = flips(family, &gpu_spikes, &cpu_spikes);
+        let (flips, compared) = count_flips(family, &gpu_spikes, &cpu_spikes);
         let error = relative_error(&gpu_logits, &cpu_logits);
         println!("{family}: {flips} of {compared} spikes differ; logits {error:.2e}");
         assert!(
@@ -321,23 +321,26 @@ fn spiking_models_flip_rarely_and_otherwise_match_the_cpu_logits() {
 /// 16-bit output, by one spacing of the format there (tests/gpu_precision.rs bounds both per
 /// op). A membrane potential that close to the threshold may flip, and a flip changes what
 /// follows it. The flips are printed, and must stay as rare as in f32 (1 in 100 spikes); the
-/// logits must differ from the f32 forward's, so the 16-bit path ran.
+/// logits must differ from the f32 forward's, so the 16-bit path ran. On the CPU emulator, whose
+/// GEMMs and convolutions sum in the reference's order, no spike may flip and the logits must be
+/// the emulation's bit for bit: the casts are at the same places.
 #[test]
 fn spiking_models_in_bf16_and_fp16_flip_rarely_against_the_cpus_emulation() {
     let Some(gpu) = backend_or_skip::<f32>("gpu_models spiking in bf16 and fp16") else {
         return;
     };
-    for precision in [Precision::Bf16, Precision::Fp16] {
-        gpu.device().set_precision(precision).unwrap();
-        for family in FAMILIES {
-            let spec = spec(family);
-            let (f32_logits, _) = spiking_forward(&Cpu::<f32>::new(), &spec);
+    let emulated = gpu.device().info.name == "revsnn CPU emulator";
+    for family in FAMILIES {
+        let spec = spec(family);
+        let (f32_logits, _) = spiking_forward(&Cpu::<f32>::new(), &spec);
+        for precision in [Precision::Bf16, Precision::Fp16] {
+            gpu.device().set_precision(precision).unwrap();
             let (gpu_logits, gpu_spikes) = spiking_forward(&gpu, &spec);
             gpu.synchronize().unwrap();
             let emulation = Cpu::<f32>::with_precision(precision);
             let (cpu_logits, cpu_spikes) = spiking_forward(&emulation, &spec);
             let case = format!("{family} {precision}");
-            let (flips, compared) = flips(&case, &gpu_spikes, &cpu_spikes);
+            let (flips, compared) = count_flips(&case, &gpu_spikes, &cpu_spikes);
             let error = relative_error(&gpu_logits, &cpu_logits);
             let from_f32 = relative_error(&gpu_logits, &f32_logits);
             println!(
@@ -349,6 +352,12 @@ fn spiking_models_in_bf16_and_fp16_flip_rarely_against_the_cpus_emulation() {
                 "{case}: {flips} of {compared} spikes differ"
             );
             assert!(from_f32 > 1e-6, "{case}: the logits are f32's");
+            if emulated {
+                assert!(
+                    flips == 0 && error == 0.0,
+                    "{case}: not the emulation's bits"
+                );
+            }
         }
     }
     gpu.device().set_precision(Precision::F32).unwrap();

@@ -11,7 +11,11 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{failed, last_metrics, ok, revsnn, revsnn_command, scratch, tiny_train_args};
+use common::{
+    TINY_REVSRESNET, failed, last_metrics, ok, revsnn, revsnn_command, scratch, tiny_train_args,
+};
+use revsnn::footprint::{self, Footprint};
+use revsnn::spec::ModelSpec;
 use revsnn_gpu::testing::device_or_skip;
 
 /// The arguments of the tiny run ([`tiny_train_args`]) into `out` on CUDA, at batch 32 (the
@@ -44,8 +48,11 @@ fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_ch
     ok(revsnn(&train_args(&saved, &["--epochs", "1"])));
     let peak = last_metrics(&saved)["peak_memory_bytes"].as_u64().unwrap();
     let checkpoint = std::fs::read(saved.join("last.safetensors")).unwrap();
-    // below the step's peak, above the estimate the run is checked against before it starts
-    let small = peak * 3 / 4;
+    // halfway between the estimate the run is checked against before it starts and the peak
+    let spec = ModelSpec::from_json(TINY_REVSRESNET).unwrap();
+    let estimate = Footprint::data_parallel_step_bytes(&spec, 32, 1, 1, 4) as u64;
+    assert!(estimate < peak, "estimate {estimate}, peak {peak}");
+    let small = (estimate + peak) / 2;
 
     let fresh = dir.join("fresh");
     let said = failed(on_device_of(small, &train_args(&fresh, &["--epochs", "1"])));
@@ -53,12 +60,11 @@ fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_ch
         "out of device memory during the training step at epoch 1, step 1 (lr ",
         "a batch of 32 on this device: ",
         " more requested with ",
+        &format!(" free of the device's {}. ", footprint::human(small.into())),
         &format!(
-            " free of the device's {:.1} MiB. ",
-            small as f64 / f64::from(1 << 20)
+            "Lower --batch (e.g. to 16) and start the run again; {} holds no checkpoint yet",
+            fresh.display()
         ),
-        "Start a new run with a smaller --batch (e.g. half, 16 per device), or --precision bf16",
-        "holds no checkpoint yet",
     ] {
         assert!(said.contains(part), "missing {part:?} in: {said}");
     }
@@ -69,8 +75,11 @@ fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_ch
     let said = failed(on_device_of(small, &resume));
     for part in [
         "during the training step at epoch 2, step 1 (lr ",
-        &format!("{out} holds the checkpoint of epoch 1 and nothing of the failed epoch"),
-        &format!("`revsnn train --out {out} --resume`"),
+        &format!(
+            "{out} holds the checkpoint of epoch 1 and nothing of the failed epoch: continue it \
+             on a device with more memory free with `revsnn train --out {out} --resume`, or \
+             lower --batch (e.g. to 16) and start a new run with another --out"
+        ),
     ] {
         assert!(said.contains(part), "missing {part:?} in: {said}");
     }

@@ -83,9 +83,10 @@ static std::size_t live_bytes = 0, peak_bytes = 0;
 // system calls. Needs memory_lock.
 static std::map<std::size_t, std::vector<std::pair<char*, Allocation>>> kept_for_reuse;
 
-// The memory each device has: REVSNN_EMU_MEMORY_BYTES when set, so that a test can fill a small
-// device, else the machine's RAM. An allocation that would take the live bytes past it fails as
-// the driver's does when a card is full.
+// The memory each device reports: REVSNN_EMU_MEMORY_BYTES when set, so that a test can fill a
+// small device, else the machine's RAM. An allocation that would take the process's live bytes
+// (over all its devices: one per process in a multi-GPU run) past it fails as the driver's does
+// when a card is full.
 std::size_t device_total_bytes() {
     static const std::size_t total = [] {
         const char* text = std::getenv("REVSNN_EMU_MEMORY_BYTES");

@@ -82,8 +82,8 @@ bool device_range_ok(const void* p, std::size_t bytes);
 // Whether launches, GEMMs, convolutions and device-side copies and fills compute nothing
 // (REVSNN_EMU_HOST_ONLY=1, emulator.cpp).
 bool host_only();
-// The bytes each device has (REVSNN_EMU_MEMORY_BYTES, else the machine's RAM); device_alloc fails
-// past them.
+// The bytes each device reports (REVSNN_EMU_MEMORY_BYTES, else the machine's RAM); device_alloc
+// fails once the process's live bytes would pass them.
 std::size_t device_total_bytes();
 // Bytes in live allocations and their peak.
 std::size_t device_live_bytes();

@@ -16,7 +16,7 @@ use super::ranks::Rank;
 use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
-use crate::error::{Error, Result, RunPlace, counted};
+use crate::error::{Error, Result, RunPlace, counted, what_to_lower};
 use crate::grad_scaler::{GradScaler, GradScalerConfig, StepAction};
 use crate::model::probes::DivergedRecomputes;
 use crate::model::{BuildOptions, FinalGrads, Grads, StepOutput, Targets};
@@ -179,7 +179,7 @@ pub fn train_epoch<B: Compute>(
             rank,
             &mut diverged,
         )
-        .map_err(|error| place.out_of_memory(error, count, config.precision))?;
+        .map_err(|error| place.out_of_memory(error, count, config))?;
         stats.add_step(count, &outcome);
         progress.update(step + 1, stats.images, stats.loss(), stats.acc1());
     }
@@ -290,12 +290,12 @@ impl StepPlace<'_> {
         }
     }
 
-    /// `error` of this step on a batch of `batch` samples in `precision`, as
+    /// `error` of this step on `count` samples of a run of `config`, as
     /// [`Error::OutOfDeviceMemory`] when the device ran out of memory.
-    fn out_of_memory(&self, error: Error, batch: usize, precision: Precision) -> Error {
+    fn out_of_memory(&self, error: Error, count: usize, config: &RunSettings) -> Error {
         let run = RunPlace {
-            batch,
-            precision,
+            batch: count,
+            lower: what_to_lower(config.batch, config.ranks, 0),
             saved: self.epoch,
             out: self.out,
         };
@@ -500,7 +500,10 @@ mod tests {
             (-2.5, "-2.5"),
             (1234.5678, "1235"),
             (0.0, "0"),
+            (-0.0, "-0"),
+            (9999.7, "10000"),
             (f64::INFINITY, "inf"),
+            (f64::NAN, "NaN"),
         ] {
             assert_eq!(four_digits(lr), shown, "{lr}");
         }

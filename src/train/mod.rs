@@ -30,7 +30,7 @@ use crate::collective::NcclGroup;
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
-use crate::error::{Error, Result, RunPlace};
+use crate::error::{Error, Result, RunPlace, what_to_lower};
 use crate::footprint;
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -321,8 +321,12 @@ fn train_rank<B: Compute>(shared: &Shared<B>, job: RankJob<B>) -> Result<(Vec<Va
     Ok((lines, state))
 }
 
-/// The test split's evaluation after epoch `epoch` (from 0), each rank scoring its share of
-/// every batch and the scores summed over the ranks.
+/// The fewest samples of an evaluation batch during training, whatever `--batch` is.
+const EVAL_BATCH_FLOOR: usize = 32;
+
+/// The test split's evaluation after epoch `epoch` (from 0) in batches of `--batch`, or of
+/// [`EVAL_BATCH_FLOOR`] at least, each rank scoring its share of every batch and the scores
+/// summed over the ranks.
 fn evaluate_rank<B: Compute>(
     backend: &B,
     network: &mut Network<B>,
@@ -333,10 +337,10 @@ fn evaluate_rank<B: Compute>(
     let config = shared.config;
     let data = shared.test_data.clone();
     let expected = data.len();
-    let batch = config.batch.max(32);
+    let batch = config.batch.max(EVAL_BATCH_FLOOR);
     let run = RunPlace {
         batch: batch.div_ceil(rank.world()),
-        precision: config.precision,
+        lower: what_to_lower(config.batch, config.ranks, EVAL_BATCH_FLOOR),
         saved: epoch,
         out: &config.out,
     };

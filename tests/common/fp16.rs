@@ -140,8 +140,16 @@ pub fn skips_the_steps_whose_gradients_overflow_and_recovers(device: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The files of a run folder that hold what the run has done.
+const SAVED_FILES: [&str; 4] = [
+    "last.safetensors",
+    "last.optimizer.safetensors",
+    "last.json",
+    "metrics.jsonl",
+];
+
 /// A run whose gradients overflow fp16 even unscaled stops when the loss scale falls below 1,
-/// saying so, and keeps its last checkpoint and state as they were. The run is resumed with a
+/// saying so, and keeps its checkpoint, optimizer state, last.json and metrics as they were. The run is resumed with a
 /// scale of 1 and weights a million times larger (injected into last.json and
 /// last.safetensors): fp16 operands of 10^5 and more overflow, so the first step's gradients
 /// do too, and the scale halves to 0.5.
@@ -160,18 +168,16 @@ pub fn stops_when_the_loss_scale_falls_below_one(device: &str) {
     let weights = run.join("last.safetensors");
     let mut tensors = checkpoint::read(&weights).unwrap();
     for (key, tensor) in &mut tensors {
-        if let (true, TensorData::F32(values)) = (key.ends_with(".weight"), &mut tensor.data) {
+        if !key.ends_with(".weight") {
+            continue;
+        }
+        if let TensorData::F32(values) = &mut tensor.data {
             values.iter_mut().for_each(|v| *v *= 1e6);
         }
     }
     checkpoint::write(&weights, &tensors).unwrap();
-    let kept = [
-        "last.safetensors",
-        "last.optimizer.safetensors",
-        "last.json",
-        "metrics.jsonl",
-    ]
-    .map(|file| std::fs::read(run.join(file)).unwrap());
+    let saved = |run: &Path| SAVED_FILES.map(|file| std::fs::read(run.join(file)).unwrap());
+    let kept = saved(&run);
 
     let said = failed(train(device, &spec, &run, &["--resume"]));
     assert!(
@@ -179,13 +185,6 @@ pub fn stops_when_the_loss_scale_falls_below_one(device: &str) {
             && said.contains("last good checkpoint is intact"),
         "on {device}: {said}"
     );
-    let now = [
-        "last.safetensors",
-        "last.optimizer.safetensors",
-        "last.json",
-        "metrics.jsonl",
-    ]
-    .map(|file| std::fs::read(run.join(file)).unwrap());
-    assert!(now == kept, "the run folder changed on {device}");
+    assert!(saved(&run) == kept, "the saved run changed on {device}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -38,7 +38,9 @@ pub enum DeviceError {
     OutOfMemory {
         /// The bytes of the allocation that failed.
         requested_bytes: usize,
-        /// The bytes the driver reported free when it failed.
+        /// The bytes free as the driver reports them right after the failure (`cuMemGetInfo`;
+        /// memory a caching pool keeps for reuse counts as used), or where it cannot say, the
+        /// device's bytes less this process's live tensors.
         free_bytes: usize,
         /// The bytes of this process's live tensors on the device.
         live_bytes: usize,
