@@ -11,7 +11,7 @@ mod common;
 
 use std::cell::Cell;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -217,6 +217,37 @@ fn bad_gpu_counts_and_mismatched_ranks_are_refused_with_what_to_do() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two ranks of a long run into `out`, started by hand with `--rank-timeout timeout_s` (the
+/// fake NCCL's own timeout set to the same), once rank 0 has saved its first checkpoint: rank 0
+/// and rank 1.
+fn two_ranks_past_a_checkpoint(out: &Path, timeout_s: u64) -> (Child, Child) {
+    let port = free_port();
+    let timeout = timeout_s.to_string();
+    let extra = ["--epochs", "50", "--rank-timeout", &timeout];
+    let start = |place| {
+        rank_command(out, place, 2, port, &extra)
+            .env("REVSNN_FAKE_NCCL_TIMEOUT_MS", format!("{timeout_s}000"))
+            .spawn()
+            .expect("the binary starts")
+    };
+    let (mut leader, other) = (start((0, 0)), start((1, 1)));
+    wait_for_file(
+        &mut leader,
+        &out.join("last.safetensors"),
+        Duration::from_secs(300),
+    );
+    (leader, other)
+}
+
+/// The run folder `out` holds the checkpoint of an epoch or more, whole.
+fn assert_checkpoint_whole(out: &Path) {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
+    assert!(state["epochs_done"].as_u64().unwrap() >= 1, "{state}");
+    let weights = revsnn::checkpoint::read(&out.join("last.safetensors")).unwrap();
+    assert!(!weights.is_empty());
+}
+
 #[test]
 fn a_rank_that_dies_stops_the_others_and_leaves_the_last_checkpoint() {
     if !ready_for_two("a_rank_that_dies") {
@@ -224,15 +255,7 @@ fn a_rank_that_dies_stops_the_others_and_leaves_the_last_checkpoint() {
     }
     let dir = scratch("rank-dies");
     let out = dir.join("run");
-    let port = free_port();
-    let extra = ["--epochs", "50", "--rank-timeout", "30"];
-    let mut leader = spawn_rank(&out, (0, 0), 2, port, &extra);
-    let mut other = spawn_rank(&out, (1, 1), 2, port, &extra);
-    wait_for_file(
-        &mut leader,
-        &out.join("last.safetensors"),
-        Duration::from_secs(300),
-    );
+    let (leader, mut other) = two_ranks_past_a_checkpoint(&out, 30);
     other.kill().unwrap();
     other.wait().unwrap();
     let stopped = Instant::now();
@@ -247,10 +270,7 @@ fn a_rank_that_dies_stops_the_others_and_leaves_the_last_checkpoint() {
         stopped.elapsed() < Duration::from_secs(30),
         "rank 0 waited out the timeout"
     );
-    // the checkpoint left is whole: the run resumes from it on one process of the same world
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
-    assert!(state["epochs_done"].as_u64().unwrap() >= 1, "{state}");
+    assert_checkpoint_whole(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -266,22 +286,9 @@ fn a_rank_that_hangs_stops_the_others_after_the_timeout_and_leaves_the_last_chec
     }
     let dir = scratch("rank-hangs");
     let out = dir.join("run");
-    let port = free_port();
     // long enough that no wait of a healthy run (rank 1 while rank 0 evaluates and saves, on a
     // busy machine) reaches it
-    let extra = ["--epochs", "50", "--rank-timeout", "10"];
-    let start = |place| {
-        rank_command(&out, place, 2, port, &extra)
-            .env("REVSNN_FAKE_NCCL_TIMEOUT_MS", "10000")
-            .spawn()
-            .expect("the binary starts")
-    };
-    let (mut leader, mut other) = (start((0, 0)), start((1, 1)));
-    wait_for_file(
-        &mut leader,
-        &out.join("last.safetensors"),
-        Duration::from_secs(300),
-    );
+    let (leader, mut other) = two_ranks_past_a_checkpoint(&out, 10);
     // SAFETY: kill only sends a signal to the child process this test started.
     assert_eq!(unsafe { libc::kill(other.id() as i32, libc::SIGSTOP) }, 0);
     let stopped = Instant::now();
@@ -303,12 +310,7 @@ fn a_rank_that_hangs_stops_the_others_after_the_timeout_and_leaves_the_last_chec
         waited >= Duration::from_secs(5) && waited < Duration::from_secs(60),
         "rank 0 stopped {waited:?} after rank 1 hung, with a 10 s timeout: {stderr}"
     );
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
-    let saved = state["epochs_done"].as_u64().unwrap();
-    assert!(saved >= 1, "{state}");
-    let weights = revsnn::checkpoint::read(&out.join("last.safetensors")).unwrap();
-    assert!(!weights.is_empty());
+    assert_checkpoint_whole(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
