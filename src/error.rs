@@ -171,40 +171,40 @@ pub enum Error {
     Kernels(#[source] revsnn_gpu::GpuError),
 }
 
-/// What [`Error::OutOfDeviceMemory`] says: `during` names the pass, `batch` is its samples on
-/// this device, `lower` what to lower. Checkpoints are written whole after an epoch, so the run
-/// folder `out` keeps the one of epoch `saved` (0: none) and nothing of the failed epoch.
+/// What [`Error::OutOfDeviceMemory`] says: where in the run, and the device's bytes.
 #[derive(Debug, Error)]
 #[error(
-    "out of device memory during {during}, a batch of {batch} on this device: {} more \
-     requested with {} free of the device's {}. {}",
+    "out of device memory during {}, a batch of {} on this device: {} more requested with {} \
+     free of the device's {}. {}",
+    .place.during,
+    .place.batch,
     crate::footprint::human(*.requested_bytes as u128),
     crate::footprint::human(*.free_bytes as u128),
     crate::footprint::human(*.total_bytes as u128),
-    out_of_memory_advice(lower, *.saved, out)
+    out_of_memory_advice(&.place.lower, .place.saved, &.place.out)
 )]
 pub struct RunOutOfMemory {
-    pub during: String,
-    pub batch: usize,
+    pub place: RunPlace,
     pub requested_bytes: usize,
     pub free_bytes: usize,
     pub total_bytes: usize,
-    pub lower: String,
-    pub saved: usize,
-    pub out: String,
 }
 
 /// Where in a run a device ran out of memory, for [`Error::in_run_out_of_memory`].
+/// Checkpoints are written whole after an epoch, so the run folder `out` keeps the one of epoch
+/// `saved` and nothing of the failed epoch.
 #[derive(Clone, Debug)]
-pub struct RunPlace<'a> {
-    /// The samples of the failed pass's batch on this device.
+pub struct RunPlace {
+    /// The pass that failed: a training step, an evaluation.
+    pub during: String,
+    /// The samples of its batch on this device.
     pub batch: usize,
     /// What to lower ([`what_to_lower`]).
     pub lower: String,
     /// The epoch (from 1) whose checkpoint the run folder keeps; 0: none.
     pub saved: usize,
     /// The run folder.
-    pub out: &'a Path,
+    pub out: String,
 }
 
 /// What to lower after a pass over batches of `batch` samples (the global `--batch`, split over
@@ -236,9 +236,9 @@ impl Error {
     }
 
     /// This error as a run's [`Error::OutOfDeviceMemory`] when it is a device's out-of-memory
-    /// (an op's [`DeviceError::OutOfMemory`]), `during` (called only then) and `run` saying
-    /// where in the run; any other error as it is.
-    pub fn in_run_out_of_memory(self, during: impl FnOnce() -> String, run: RunPlace) -> Error {
+    /// (an op's [`DeviceError::OutOfMemory`]), `place` (called only then) saying where in the
+    /// run; any other error as it is.
+    pub fn in_run_out_of_memory(self, place: impl FnOnce() -> RunPlace) -> Error {
         match self {
             Error::Op(OpError::Device {
                 error:
@@ -250,14 +250,10 @@ impl Error {
                     },
                 ..
             }) => Error::OutOfDeviceMemory(Box::new(RunOutOfMemory {
-                during: during(),
-                batch: run.batch,
+                place: place(),
                 requested_bytes,
                 free_bytes,
                 total_bytes,
-                lower: run.lower,
-                saved: run.saved,
-                out: run.out.display().to_string(),
             })),
             error => error,
         }

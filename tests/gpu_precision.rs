@@ -36,7 +36,7 @@
 //! - `--precision fp16` training on CUDA through the loss scaler, in the CPU's scenarios
 //!   (tests/common/fp16.rs): resumed bit for bit, scaler included; steps whose scaled gradients
 //!   overflow are skipped, each halving the scale, and training recovers; gradients that
-//!   overflow even unscaled stop the run once the scale falls below 1, the run folder untouched.
+//!   overflow even unscaled stop the run once the scale falls below 1, its saved state untouched.
 //!
 //! Skips without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 

@@ -6,7 +6,7 @@
 //! End to end: `train --precision` records the precision (config.toml, metrics, last.json),
 //! resumes bit for bit in it and refuses another on `--resume`; checkpoints stay f32 under the
 //! official keys; fp16's loss scaler skips the steps whose gradients overflow and recovers, and
-//! a scale that falls below 1 stops the run with its folder as it was.
+//! a scale that falls below 1 stops the run with its saved state as it was.
 //! Whole tiny models of every family in bf16 and fp16 (`verify --precision`): the reversible
 //! reconstruction at f32's bar, and the logits and loss against the f64 reference within the
 //! bound of docs/precision.md wherever it applies (a head reading spikes, no spike differing).

@@ -217,7 +217,7 @@ struct PendingSums {
 
 // The chain word[0] with the pending sums folded in order, w = rotl(w, 5) ^ feed(hash, sum) with
 // feed(h, s) = (rotl(h, 5) ^ s) * 0x9E3779B97F4A7C15 (mod 2^64): the host's fold
-// (fingerprint::fold of the reference's contract).
+// (fingerprint::fold of fingerprint::from_hashed_sum, in the reference's contract).
 __device__ unsigned long long folded_word(const unsigned long long* word, const PendingSums& pending) {
     unsigned long long w = word[0];
     for (long long i = 0; i < pending.count; ++i) {

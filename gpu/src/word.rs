@@ -5,9 +5,9 @@
 //! A fold launches nothing of its own. The kernel that sums a tensor's fingerprint terms (a
 //! neuron's forward as it fires, or `fingerprint_<E>`) adds them into a free slot of the word, and
 //! the chain `word = rotl(word, 5) ^ feed(shape_hash, sum)` of the contract's fingerprint
-//! (`revsnn_reference::contract::fingerprint::fold`) runs over those pending sums later, in the
-//! order they were taken: in `count_unequal` as it compares, on the host in [`DeviceWord::read`],
-//! and in `fold_pending_sums` when every slot is taken. Where each fold once cost a zeroed
+//! (`fingerprint::fold` of `fingerprint::from_hashed_sum`) runs over those pending sums later, in
+//! the order they were taken: in `count_unequal` as it compares, on the host in
+//! [`DeviceWord::read`], and in `fold_pending_sums` when every slot is taken. Where each fold once cost a zeroed
 //! one-element buffer and a one-thread launch, a recorded F or G run of a reversible block now
 //! costs its word's one zeroed buffer.
 

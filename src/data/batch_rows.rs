@@ -58,14 +58,9 @@ pub fn mixup_target_row(
     smoothing: f32,
     lam: f64,
 ) -> Result<Vec<f32>> {
-    let own = smooth_targets(&[label], num_classes, smoothing)?;
-    let other = smooth_targets(&[partner], num_classes, smoothing)?;
-    let lam = lam as f32;
-    Ok(own
-        .iter()
-        .zip(&other)
-        .map(|(&x, &y)| x * lam + y * (1.0 - lam))
-        .collect())
+    let both = smooth_targets(&[label, partner], num_classes, smoothing)?;
+    let (own, other) = both.split_at(num_classes);
+    Ok(f32::mix(own, other, lam))
 }
 
 /// One sample after its own steps, with its stream for the steps still to come.

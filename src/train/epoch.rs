@@ -151,6 +151,7 @@ pub fn train_epoch<B: Compute>(
     let start = Instant::now();
     let classes = learner.network.spec.num_classes;
     let mut batches = rank.shares(|| epoch_loader(data, classes, config, epoch, rank), steps)?;
+    let lr = config.lr(epoch);
     let mut stats = EpochStats::default();
     let mut diverged = DivergedRecomputes::default();
     let transfers_before = backend.transfer_counts();
@@ -160,7 +161,7 @@ pub fn train_epoch<B: Compute>(
         let place = StepPlace {
             epoch,
             step,
-            lr: config.lr(epoch),
+            lr,
             out: &config.out,
         };
         // checked once a step is due, so that a finished epoch is always evaluated and saved
@@ -293,13 +294,13 @@ impl StepPlace<'_> {
     /// `error` of this step on `count` samples of a run of `config`, as
     /// [`Error::OutOfDeviceMemory`] when the device ran out of memory.
     fn out_of_memory(&self, error: Error, count: usize, config: &RunSettings) -> Error {
-        let run = RunPlace {
+        error.in_run_out_of_memory(|| RunPlace {
+            during: format!("the training step at {self}"),
             batch: count,
             lower: what_to_lower(config.batch, config.ranks, 0),
             saved: self.epoch,
-            out: self.out,
-        };
-        error.in_run_out_of_memory(|| format!("the training step at {self}"), run)
+            out: self.out.display().to_string(),
+        })
     }
 }
 

@@ -338,17 +338,15 @@ fn evaluate_rank<B: Compute>(
     let data = shared.test_data.clone();
     let expected = data.len();
     let batch = config.batch.max(EVAL_BATCH_FLOOR);
-    let run = RunPlace {
+    let place = || RunPlace {
+        during: format!("the evaluation after epoch {}", epoch + 1),
         batch: batch.div_ceil(rank.world()),
         lower: what_to_lower(config.batch, config.ranks, EVAL_BATCH_FLOOR),
         saved: epoch,
-        out: &config.out,
+        out: config.out.display().to_string(),
     };
-    let score = score_share(backend, network, data, batch, rank.index(), rank.world()).map_err(
-        |error| {
-            error.in_run_out_of_memory(|| format!("the evaluation after epoch {}", epoch + 1), run)
-        },
-    )?;
+    let score = score_share(backend, network, data, batch, rank.index(), rank.world())
+        .map_err(|error| error.in_run_out_of_memory(place))?;
     EvalResult::of(rank.sum_score(score)?, expected)
 }
 

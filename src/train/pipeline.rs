@@ -8,8 +8,8 @@
 //!   [`Augmentation::rows`]).
 //!
 //! Mixup stops at the run's `mixup_off_epoch`; label smoothing goes on. Every random choice comes
-//! from the batch's seed, each sample's from a stream of its own ([`Augmentation::samples`]), so a seed and
-//! an epoch fix the batches, and any rows of a batch can be made without the others.
+//! from the batch's seed, each sample's from a stream of its own ([`Augmentation::samples`]), so
+//! a seed and an epoch fix the batches, and any rows of a batch can be made without the others.
 
 use std::ops::Range;
 use std::sync::Arc;

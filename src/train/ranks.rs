@@ -116,7 +116,7 @@ impl Shares<'_> {
     /// receives its shares): [`Loader::busy_seconds`].
     pub fn busy_seconds(&self) -> f64 {
         match self {
-            Shares::Leader { loader, .. } | Shares::Own { loader, .. } => loader.busy_seconds(),
+            Shares::Leader { loader, .. } | Shares::Own { loader } => loader.busy_seconds(),
             Shares::Follower { .. } => 0.0,
         }
     }
@@ -125,7 +125,7 @@ impl Shares<'_> {
     /// batches it splits (0 on a rank that receives its shares): [`Loader::delivered`].
     pub fn delivered(&self) -> usize {
         match self {
-            Shares::Leader { loader, .. } | Shares::Own { loader, .. } => loader.delivered(),
+            Shares::Leader { loader, .. } | Shares::Own { loader } => loader.delivered(),
             Shares::Follower { .. } => 0,
         }
     }

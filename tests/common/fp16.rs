@@ -149,10 +149,10 @@ const SAVED_FILES: [&str; 4] = [
 ];
 
 /// A run whose gradients overflow fp16 even unscaled stops when the loss scale falls below 1,
-/// saying so, and keeps its checkpoint, optimizer state, last.json and metrics as they were. The run is resumed with a
-/// scale of 1 and weights a million times larger (injected into last.json and
-/// last.safetensors): fp16 operands of 10^5 and more overflow, so the first step's gradients
-/// do too, and the scale halves to 0.5.
+/// saying so, and keeps its checkpoint, optimizer state, last.json and metrics as they were.
+/// The run is resumed with a scale of 1 and weights a million times larger (injected into
+/// last.json and last.safetensors): fp16 operands of 10^5 and more overflow, so the first
+/// step's gradients do too, and the scale halves to 0.5.
 pub fn stops_when_the_loss_scale_falls_below_one(device: &str) {
     let dir = scratch(&format!("fp16-collapse-{device}"));
     let spec = dir.join("tiny.json");
