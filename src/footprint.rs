@@ -326,6 +326,17 @@ pub fn check_forward<B: Compute>(
     )
 }
 
+/// What `retries` allocation retries `when` (e.g. "per step") mean: the device's memory pool had
+/// to release the blocks it kept to fit them, so the batch barely fits and each retry makes the
+/// host wait for the device.
+pub fn retry_note(retries: impl std::fmt::Display, when: &str) -> String {
+    format!(
+        "{retries} allocations {when} found the device full and were retried after its memory \
+         pool released the blocks it kept: the batch barely fits, and each retry makes the host \
+         wait for the device"
+    )
+}
+
 /// The `setting` of a step's check: the batch and the time steps that sized it.
 pub fn batch_setting(batch: usize, spec: &ModelSpec) -> String {
     format!("--batch {batch} (time steps {})", spec.time_steps)

@@ -78,6 +78,9 @@ struct Allocation {
 static std::mutex memory_lock;
 static std::map<std::uintptr_t, Allocation> allocations;  // by start address
 static std::size_t live_bytes = 0, peak_bytes = 0;
+// Bytes the stream-ordered pool keeps from freed allocations (fake_cuda.cpp): not live, but not
+// free for a new allocation either, as on a card whose pool has not released them.
+static std::size_t pool_cached_bytes = 0;
 // Host-only mode's freed allocations by size, with their starts, handed out again for the same
 // size as the driver's stream-ordered pool does, so that a step's host time is not the mappings'
 // system calls. Needs memory_lock.
@@ -107,10 +110,11 @@ std::size_t device_total_bytes() {
     return total;
 }
 
-// Whether `bytes` more fit in the device's memory (device_total_bytes). Needs memory_lock.
+// Whether `bytes` more fit in the device's memory (device_total_bytes) beside the live and the
+// pool's cached bytes. Needs memory_lock.
 static bool fits(std::size_t bytes) {
-    const std::size_t total = device_total_bytes();
-    return live_bytes <= total && bytes <= total - live_bytes;
+    const std::size_t total = device_total_bytes(), held = live_bytes + pool_cached_bytes;
+    return held <= total && bytes <= total - held;
 }
 
 // Registers the allocation `a` starting at `start` as live, unless it does not fit the device's
@@ -257,6 +261,15 @@ bool device_range_ok(const void* p, std::size_t bytes) {
 std::size_t device_live_bytes() {
     std::lock_guard<std::mutex> guard(memory_lock);
     return live_bytes;
+}
+std::size_t device_free_bytes() {
+    std::lock_guard<std::mutex> guard(memory_lock);
+    const std::size_t total = device_total_bytes(), held = live_bytes + pool_cached_bytes;
+    return held < total ? total - held : 0;
+}
+void device_set_pool_cached(std::size_t bytes) {
+    std::lock_guard<std::mutex> guard(memory_lock);
+    pool_cached_bytes = bytes;
 }
 std::size_t device_peak_bytes() {
     std::lock_guard<std::mutex> guard(memory_lock);

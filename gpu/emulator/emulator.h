@@ -87,6 +87,11 @@ bool host_only();
 std::size_t device_total_bytes();
 // Bytes in live allocations and their peak.
 std::size_t device_live_bytes();
+// The bytes a new allocation can still get: the device's less the live and the pool's cached ones.
+std::size_t device_free_bytes();
+// Sets the bytes the stream-ordered pool keeps from freed allocations: they count against the
+// device's memory until the pool releases them (fake_cuda.cpp).
+void device_set_pool_cached(std::size_t bytes);
 std::size_t device_peak_bytes();
 void device_reset_peak();
 

@@ -11,9 +11,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #pragma GCC visibility push(default)
@@ -48,10 +51,108 @@ struct Module {
     std::string image;  // the PTX text or CUBIN bytes, searched for kernel names
 };
 
-// The default memory pool's counters (allocations through cuMemAllocAsync).
+// The default memory pool (allocations through cuMemAllocAsync), bookkept as the driver's: it
+// reserves a chunk from the device for an allocation that no free range of its chunks holds, and
+// serves later ones from the smallest free range that does; a free merges the range with its free
+// neighbours in the chunk. Chunks whose every block is free count against the device's memory
+// (emu::device_set_pool_cached, with the free ranges of partly used ones) until a
+// synchronisation releases them down to the release threshold (default 0), or cuMemPoolTrimTo
+// does. So ranges left free in many chunks can leave no room for one large allocation, the
+// fragmentation a caller meets near a card's limit. Only the bookkeeping is the pool's: the
+// emulator's memory is allocated and unmapped per buffer, so reads of freed memory still fault.
 struct Pool {
+    struct Chunk {
+        unsigned long long bytes = 0, used = 0;
+        std::map<unsigned long long, unsigned long long> free;  // offset -> length, merged
+    };
+    struct Block {
+        std::size_t chunk;
+        unsigned long long offset, bytes;
+    };
+    // A free range as the best-fit index orders it: (length, chunk, offset).
+    using Range = std::tuple<unsigned long long, std::size_t, unsigned long long>;
+
     std::mutex lock;
-    unsigned long long used = 0, used_high = 0, release_threshold = 0;
+    unsigned long long used = 0, used_high = 0, reserved = 0, reserved_high = 0, release_threshold = 0;
+    std::map<std::size_t, Chunk> chunks;  // by creation number
+    std::size_t next_chunk = 0;
+    std::set<Range> by_length;      // every free range of every chunk
+    std::map<void*, Block> blocks;  // the live blocks, by the emulator's pointer
+
+    // Tells the emulator how many bytes the pool holds beside its live blocks. Needs `lock`.
+    void publish() const { emu::device_set_pool_cached(reserved - used); }
+
+    // Records a free range of chunk `id`, or forgets it. Need `lock`.
+    void add_free(std::size_t id, unsigned long long offset, unsigned long long length) {
+        chunks.at(id).free[offset] = length;
+        by_length.insert(Range{length, id, offset});
+    }
+    void remove_free(std::size_t id, unsigned long long offset) {
+        auto& free = chunks.at(id).free;
+        const auto range = free.find(offset);
+        by_length.erase(Range{range->second, id, offset});
+        free.erase(range);
+    }
+
+    // Places a block of `bytes` in the smallest free range that holds it, or in a new chunk.
+    // Needs `lock`.
+    Block place(unsigned long long bytes) {
+        const auto best = by_length.lower_bound(Range{bytes, 0, 0});
+        if (best == by_length.end()) {
+            const std::size_t id = next_chunk++;
+            chunks[id].bytes = bytes;
+            reserved += bytes;
+            return Block{id, 0, bytes};
+        }
+        const auto [length, id, offset] = *best;
+        remove_free(id, offset);
+        if (length > bytes) add_free(id, offset + bytes, length - bytes);
+        return Block{id, offset, bytes};
+    }
+
+    // Returns `block`'s range to its chunk, merged with the free ranges beside it. Needs `lock`.
+    void unplace(const Block& block) {
+        Chunk& chunk = chunks.at(block.chunk);
+        chunk.used -= block.bytes;
+        unsigned long long offset = block.offset, length = block.bytes;
+        const auto next = chunk.free.lower_bound(offset);
+        const bool next_free = next != chunk.free.end() && next->first == offset + length;
+        const bool previous_free = next != chunk.free.begin() &&
+                                   std::prev(next)->first + std::prev(next)->second == offset;
+        if (next_free) {
+            length += next->second;
+            remove_free(block.chunk, offset + block.bytes);
+        }
+        if (previous_free) {
+            const auto previous = std::prev(chunk.free.lower_bound(offset));
+            offset = previous->first;
+            length += previous->second;
+            remove_free(block.chunk, offset);
+        }
+        add_free(block.chunk, offset, length);
+    }
+
+    // Releases chunks with no live block, largest first, until the pool reserves at most
+    // `keep_bytes`. Needs `lock`.
+    void release_to(unsigned long long keep_bytes) {
+        while (reserved > keep_bytes) {
+            auto largest = chunks.end();
+            for (auto it = chunks.begin(); it != chunks.end(); ++it)
+                if (it->second.used == 0 && (largest == chunks.end() || it->second.bytes > largest->second.bytes))
+                    largest = it;
+            if (largest == chunks.end()) break;
+            reserved -= largest->second.bytes;
+            remove_free(largest->first, 0);  // its one range, the whole chunk
+            chunks.erase(largest);
+        }
+        publish();
+    }
+
+    // What a synchronisation does: releases what passes the release threshold.
+    void synchronised() {
+        std::lock_guard<std::mutex> guard(lock);
+        release_to(release_threshold);
+    }
 } default_pool;
 int default_pool_handle;
 
@@ -362,7 +463,8 @@ CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void
             unsigned long long v;
             std::memcpy(&v, value, 8);
             if (v != 0) return CUDA_ERROR_INVALID_VALUE;  // only a reset to 0 is allowed
-            default_pool.used_high = default_pool.used;
+            if (attr == CU_MEMPOOL_ATTR_USED_MEM_HIGH) default_pool.used_high = default_pool.used;
+            else default_pool.reserved_high = default_pool.reserved;
             return CUDA_SUCCESS;
         }
         case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
@@ -381,10 +483,9 @@ CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void
     unsigned long long v = 0;
     switch (attr) {
         case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: v = default_pool.release_threshold; break;
-        // No caching here: what the pool holds is what is allocated.
-        case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT:
+        case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: v = default_pool.reserved; break;
+        case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH: v = default_pool.reserved_high; break;
         case CU_MEMPOOL_ATTR_USED_MEM_CURRENT: v = default_pool.used; break;
-        case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
         case CU_MEMPOOL_ATTR_USED_MEM_HIGH: v = default_pool.used_high; break;
         case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
         case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
@@ -399,9 +500,12 @@ CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void
     return CUDA_SUCCESS;
 }
 
-CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t) {
+CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep_bytes) {
     CHECK_INIT();
-    return pool == reinterpret_cast<CUmemoryPool>(&default_pool_handle) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    if (pool != reinterpret_cast<CUmemoryPool>(&default_pool_handle)) return CUDA_ERROR_INVALID_VALUE;
+    std::lock_guard<std::mutex> guard(default_pool.lock);
+    default_pool.release_to(keep_bytes);
+    return CUDA_SUCCESS;
 }
 
 // ---- contexts -----------------------------------------------------------------------------------
@@ -452,6 +556,7 @@ CUresult cuCtxGetDevice(CUdevice* dev) {
 
 CUresult cuCtxSynchronize() {
     CHECK_CTX();
+    default_pool.synchronised();
     return CUDA_SUCCESS;
 }
 
@@ -514,6 +619,7 @@ CUresult cuStreamDestroy(CUstream stream) {
 
 CUresult cuStreamSynchronize(CUstream) {
     CHECK_INIT();
+    default_pool.synchronised();
     return CUDA_SUCCESS;
 }
 
@@ -568,7 +674,9 @@ CUresult cuEventRecordWithFlags(CUevent event, CUstream stream, unsigned int) { 
 
 CUresult cuEventSynchronize(CUevent event) {
     CHECK_INIT();
-    return event ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (!event) return CUDA_ERROR_INVALID_HANDLE;
+    default_pool.synchronised();
+    return CUDA_SUCCESS;
 }
 
 CUresult cuEventQuery(CUevent event) {
@@ -606,12 +714,29 @@ CUresult cuMemFree(CUdeviceptr dptr) {
 CUresult cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream) {
     CHECK_CTX();
     if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
-    void* p = emu::device_alloc(bytes);
-    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
-    *dptr = reinterpret_cast<CUdeviceptr>(p);
     std::lock_guard<std::mutex> guard(default_pool.lock);
+    const unsigned long long reserved_before = default_pool.reserved;
+    const auto block = default_pool.place(bytes);
+    default_pool.chunks.at(block.chunk).used += bytes;
     default_pool.used += bytes;
+    // cached = reserved - used leaves a new chunk out: device_alloc counts its bytes as live
+    default_pool.publish();
+    void* p = emu::device_alloc(bytes);
+    if (!p) {
+        default_pool.used -= bytes;
+        if (default_pool.reserved != reserved_before) {
+            default_pool.chunks.erase(block.chunk);
+            default_pool.reserved = reserved_before;
+        } else {
+            default_pool.unplace(block);
+        }
+        default_pool.publish();
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    default_pool.blocks[p] = block;
+    *dptr = reinterpret_cast<CUdeviceptr>(p);
     if (default_pool.used > default_pool.used_high) default_pool.used_high = default_pool.used;
+    if (default_pool.reserved > default_pool.reserved_high) default_pool.reserved_high = default_pool.reserved;
     return CUDA_SUCCESS;
 }
 
@@ -623,18 +748,21 @@ CUresult cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes, CUmemoryPool p
 CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream) {
     CHECK_CTX();
     if (dptr == 0) return CUDA_SUCCESS;
-    const std::size_t bytes = emu::device_free(reinterpret_cast<void*>(dptr));
-    if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     std::lock_guard<std::mutex> guard(default_pool.lock);
-    default_pool.used -= bytes < default_pool.used ? bytes : default_pool.used;
+    void* p = reinterpret_cast<void*>(dptr);
+    const auto block = default_pool.blocks.find(p);
+    if (block == default_pool.blocks.end() || emu::device_free(p) == 0) return CUDA_ERROR_INVALID_VALUE;
+    default_pool.unplace(block->second);
+    default_pool.used -= block->second.bytes;
+    default_pool.blocks.erase(block);
+    default_pool.publish();
     return CUDA_SUCCESS;
 }
 
 CUresult cuMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     CHECK_CTX();
-    const unsigned long long total = total_memory(), live = emu::device_live_bytes();
-    if (free_bytes) *free_bytes = live < total ? total - live : 0;
-    if (total_bytes) *total_bytes = total;
+    if (free_bytes) *free_bytes = emu::device_free_bytes();
+    if (total_bytes) *total_bytes = total_memory();
     return CUDA_SUCCESS;
 }
 

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits, sys,
+    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits,
+    sys,
 };
 use cudarc::nvrtc::Ptx;
 use revsnn_reference::{DeviceError, Precision, TransferCounts};
@@ -19,6 +20,7 @@ use crate::error::GpuError;
 use crate::kernel_cache::{self, KernelCache};
 use crate::kernels::KernelSource;
 use crate::memory::{DeviceBuffer, DeviceMemoryStats, MemoryAccounting};
+use crate::memory_pool;
 use crate::ops::conv::ConvEngine;
 use crate::ops::conv::cudnn::Cudnn;
 use crate::ops::precision::HalfFormat;
@@ -49,6 +51,7 @@ pub struct GpuDevice {
     precision: Mutex<Precision>,
     host_waits: AtomicU64,
     uploads: AtomicU64,
+    alloc_retries: AtomicU64,
 }
 
 /// The environment variable that picks the convolution engine when a device opens.
@@ -72,7 +75,7 @@ impl GpuDevice {
         // read/write events cudarc records for multi-stream use are never needed.
         unsafe { context.disable_event_tracking() };
         if context.has_async_alloc() {
-            keep_freed_blocks_in_pool(&context)?;
+            memory_pool::keep_freed_blocks(&context)?;
         }
         let stream = context.default_stream();
         let device = GpuDevice {
@@ -88,6 +91,7 @@ impl GpuDevice {
             precision: Mutex::new(Precision::F32),
             host_waits: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
+            alloc_retries: AtomicU64::new(0),
         };
         match std::env::var(CONV_ENGINE_VARIABLE) {
             Ok(value) => device.set_conv_engine(value.parse()?)?,
@@ -140,8 +144,7 @@ impl GpuDevice {
     /// The caller writes every element before any is read.
     pub unsafe fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<DeviceBuffer<T>, GpuError> {
         // SAFETY: guaranteed by the caller (an empty buffer's one element is never read).
-        let slice = unsafe { self.stream.alloc::<T>(len.max(1)) }
-            .map_err(|e| self.allocation_error::<T>(len, e))?;
+        let slice = self.allocate::<T, _>(len, || unsafe { self.stream.alloc::<T>(len.max(1)) })?;
         Ok(DeviceBuffer::counted(slice, len, &self.accounting))
     }
 
@@ -150,11 +153,31 @@ impl GpuDevice {
         &self,
         len: usize,
     ) -> Result<DeviceBuffer<T>, GpuError> {
-        let slice = self
-            .stream
-            .alloc_zeros::<T>(len.max(1))
-            .map_err(|e| self.allocation_error::<T>(len, e))?;
+        let slice = self.allocate::<T, _>(len, || self.stream.alloc_zeros::<T>(len.max(1)))?;
         Ok(DeviceBuffer::counted(slice, len, &self.accounting))
+    }
+
+    /// Runs `allocation` of `len` elements of `T`. If the device is full, waits for the stream,
+    /// hands the blocks the pool keeps from freed buffers back to the driver and runs it once
+    /// more: cached blocks, each too small for a larger buffer, can fill a card together
+    /// (PyTorch's caching allocator empties its cache and retries the same way). Each retry is
+    /// counted in [`TransferCounts::alloc_retries`]; a second failure is
+    /// [`DeviceError::OutOfMemory`].
+    fn allocate<T, S>(
+        &self,
+        len: usize,
+        allocation: impl Fn() -> Result<S, DriverError>,
+    ) -> Result<S, GpuError> {
+        let result = match allocation() {
+            Err(error) if is_out_of_memory(&error) && self.context.has_async_alloc() => {
+                self.synchronize()?;
+                memory_pool::release_cached_blocks(&self.context)?;
+                self.alloc_retries.fetch_add(1, Ordering::Relaxed);
+                allocation()
+            }
+            result => result,
+        };
+        result.map_err(|error| self.allocation_error::<T>(len, error))
     }
 
     /// A counted copy of `data` on the device.
@@ -187,16 +210,17 @@ impl GpuDevice {
     }
 
     /// An out-of-memory failure as the contract's [`DeviceError::OutOfMemory`] with the sizes
-    /// involved (the free bytes as the driver reports them now, or, if it cannot, the device's
-    /// bytes less this process's live tensors); any other failure as the driver's error.
-    fn allocation_error<T>(&self, len: usize, error: cudarc::driver::DriverError) -> GpuError {
-        if error.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+    /// involved (the free bytes as the driver reports them now, after the pool released what it
+    /// could, or, if it cannot say, the device's bytes less this process's live tensors); any
+    /// other failure as the driver's error.
+    fn allocation_error<T>(&self, len: usize, error: DriverError) -> GpuError {
+        if is_out_of_memory(&error) {
             let live_bytes = self.accounting.stats().live_bytes;
             let total_bytes = self.info.total_memory_bytes;
             GpuError::Device(DeviceError::OutOfMemory {
                 requested_bytes: len * std::mem::size_of::<T>(),
                 free_bytes: self
-                    .free_memory_bytes()
+                    .driver_free_bytes()
                     .unwrap_or(total_bytes.saturating_sub(live_bytes)),
                 live_bytes,
                 total_bytes,
@@ -288,21 +312,7 @@ impl GpuDevice {
     /// The most bytes the memory pool has held from the driver since the device opened,
     /// fragmentation included (the twin of PyTorch's `max_memory_reserved`).
     pub fn pool_reserved_high(&self) -> Result<u64, GpuError> {
-        let pool = default_pool(&self.context)?;
-        let mut bytes: u64 = 0;
-        // SAFETY: `pool` is the device's live default pool; the attribute is a u64.
-        unsafe {
-            sys::cuMemPoolGetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
-                &mut bytes as *mut u64 as *mut std::ffi::c_void,
-            )
-        }
-        .result()
-        .map_err(GpuError::driver(
-            "reading the memory pool's high-water mark",
-        ))?;
-        Ok(bytes)
+        memory_pool::reserved_high(&self.context)
     }
 
     /// cuBLAS on this device's stream, created on first use.
@@ -400,9 +410,22 @@ impl GpuDevice {
         Ok(image)
     }
 
-    /// The device memory the driver reports free (`cuMemGetInfo`): what a run's estimate is
-    /// compared with before it starts.
+    /// The device memory new allocations can get, at most: what the driver reports free
+    /// (`cuMemGetInfo`) and the pool's bytes no live buffer uses (its unused blocks, which an
+    /// allocation that needs them hands back, [`GpuDevice::alloc`], and the free ranges between
+    /// live buffers, which serve allocations that fit them). What a run's estimate is compared
+    /// with before it starts.
     pub fn free_memory_bytes(&self) -> Result<usize, GpuError> {
+        let cached = match self.context.has_async_alloc() {
+            true => memory_pool::cached_bytes(&self.context)?,
+            false => 0,
+        };
+        Ok(self.driver_free_bytes()? + cached as usize)
+    }
+
+    /// The device memory the driver reports free (`cuMemGetInfo`): what is left beside the
+    /// pool's blocks, live or kept.
+    fn driver_free_bytes(&self) -> Result<usize, GpuError> {
         let (free, _total) = self
             .context
             .mem_get_info()
@@ -410,12 +433,14 @@ impl GpuDevice {
         Ok(free)
     }
 
-    /// The host waits and uploads since the device opened: what `revsnn bench` reports per
-    /// step. Counted on every path that copies or synchronises, the emulator's included.
+    /// The host waits, uploads and allocation retries since the device opened: what
+    /// `revsnn bench` reports per step. Counted on every path that copies, synchronises or
+    /// allocates, the emulator's included.
     pub fn transfer_counts(&self) -> TransferCounts {
         TransferCounts {
             host_waits: self.host_waits.load(Ordering::Relaxed),
             uploads: self.uploads.load(Ordering::Relaxed),
+            alloc_retries: self.alloc_retries.load(Ordering::Relaxed),
         }
     }
 
@@ -431,30 +456,6 @@ impl GpuDevice {
     }
 }
 
-fn default_pool(context: &CudaContext) -> Result<sys::CUmemoryPool, GpuError> {
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    // SAFETY: the device handle belongs to a live context; `pool` is a live out-pointer.
-    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device()) }
-        .result()
-        .map_err(GpuError::driver("getting the device's memory pool"))?;
-    Ok(pool)
-}
-
-/// Makes the stream-ordered pool a caching allocator: by default it returns freed memory to the
-/// driver at every synchronisation; with the release threshold at `u64::MAX` it keeps it for reuse.
-fn keep_freed_blocks_in_pool(context: &CudaContext) -> Result<(), GpuError> {
-    let pool = default_pool(context)?;
-    let mut threshold = u64::MAX;
-    // SAFETY: `pool` is the device's live default pool; the attribute is a u64.
-    unsafe {
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut threshold as *mut u64 as *mut std::ffi::c_void,
-        )
-    }
-    .result()
-    .map_err(GpuError::driver(
-        "setting the memory pool's release threshold",
-    ))
+fn is_out_of_memory(error: &DriverError) -> bool {
+    error.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY
 }

@@ -11,7 +11,8 @@
 //!   first use and cached for the process.
 //! - [`kernel_cache`]: the compiled kernels kept on disk, so that a later process loads them
 //!   instead of compiling them again.
-//! - [`memory`]: counted device buffers from a caching pool (live and peak bytes).
+//! - [`memory`]: counted device buffers from a caching pool (live and peak bytes); the private
+//!   `memory_pool` sets that pool up, reads its sizes and empties its cache.
 //! - [`nccl`]: one rank's NCCL communicator, for data-parallel training on several GPUs.
 //! - [`tensor`]: [`CudaTensor`], a shape over a shared device buffer.
 //! - [`ops`]: the kernels' host sides, twins of the CPU kernels (`reference/src/ops/`), checking
@@ -29,6 +30,7 @@ pub mod error;
 pub mod kernel_cache;
 pub mod kernels;
 pub mod memory;
+mod memory_pool;
 pub mod nccl;
 pub mod ops;
 mod peak_trace;

@@ -28,8 +28,8 @@ pub struct BenchReport {
     /// allocator), device tensors on CUDA.
     pub peak_memory_bytes: usize,
     pub step_seconds: Vec<f64>,
-    /// On a device, the host waits and uploads of the timed steps per step (their mean;
-    /// `None` on the CPU).
+    /// On a device, the host waits, uploads and allocation retries of the timed steps per step
+    /// (their mean; `None` on the CPU).
     pub transfers_per_step: Option<TransfersPerStep>,
 }
 
@@ -69,6 +69,7 @@ pub fn measure<B: Compute>(
             let step = after.since(before);
             transfers.host_waits += step.host_waits.saturating_sub(1);
             transfers.uploads += step.uploads;
+            transfers.alloc_retries += step.alloc_retries;
         }
     }
     let transfers_per_step = backend.transfer_counts().map(|_| transfers.per_step(steps));
@@ -153,6 +154,7 @@ impl BenchArgs {
                 "step_seconds": report.step_seconds,
                 "syncs_per_step": report.transfers_per_step.map(|t| t.host_waits),
                 "uploads_per_step": report.transfers_per_step.map(|t| t.uploads),
+                "alloc_retries_per_step": report.transfers_per_step.map(|t| t.alloc_retries),
             }),
         );
     }
@@ -175,6 +177,13 @@ impl BenchArgs {
             report.images_per_second,
             report.peak_memory_bytes as f64 / (1u64 << 20) as f64
         );
+        let retries = report.transfers_per_step.map_or(0.0, |t| t.alloc_retries);
+        if retries > 0.0 {
+            println!(
+                "  {}",
+                footprint::retry_note(format!("{retries:.2}"), "per step")
+            );
+        }
     }
 }
 

@@ -29,12 +29,13 @@ pub trait Compute: Backend {
     /// does not say), on CUDA the device's free memory.
     fn available_memory_bytes(&self) -> Result<Option<u64>>;
 
-    /// How often the host has waited for the device and copied data to it since the device
-    /// opened; `None` on the CPU, which has no device to wait for.
+    /// How often the host has waited for the device, copied data to it and retried a failed
+    /// allocation since the device opened; `None` on the CPU, which has no device to wait for.
     fn transfer_counts(&self) -> Option<TransferCounts>;
 }
 
-/// How often the host waited for a device, and how often it copied data to it.
+/// How often the host waited for a device, copied data to it, and retried an allocation that
+/// found it full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransferCounts {
     /// Downloads and stream synchronisations: each makes the host wait until every queued op
@@ -43,6 +44,11 @@ pub struct TransferCounts {
     /// Copies from (pageable) host memory to the device. A driver may synchronise the stream
     /// before such a copy, so they are counted too, apart.
     pub uploads: u64,
+    /// Allocations that found the device full and succeeded or failed again after the host
+    /// waited for the device and its memory pool released the blocks it kept from freed
+    /// buffers (PyTorch's `num_alloc_retries`). Each costs a wait and fresh allocations from the
+    /// driver afterwards; some every step mean the batch barely fits.
+    pub alloc_retries: u64,
 }
 
 impl TransferCounts {
@@ -51,6 +57,7 @@ impl TransferCounts {
         TransferCounts {
             host_waits: self.host_waits - earlier.host_waits,
             uploads: self.uploads - earlier.uploads,
+            alloc_retries: self.alloc_retries - earlier.alloc_retries,
         }
     }
 
@@ -60,6 +67,7 @@ impl TransferCounts {
         TransfersPerStep {
             host_waits: per_step(self.host_waits),
             uploads: per_step(self.uploads),
+            alloc_retries: per_step(self.alloc_retries),
         }
     }
 }
@@ -71,4 +79,6 @@ pub struct TransfersPerStep {
     pub host_waits: f64,
     /// Copies to the device per step.
     pub uploads: f64,
+    /// Allocations retried per step.
+    pub alloc_retries: f64,
 }

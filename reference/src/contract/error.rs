@@ -38,9 +38,10 @@ pub enum DeviceError {
     OutOfMemory {
         /// The bytes of the allocation that failed.
         requested_bytes: usize,
-        /// The bytes free as the driver reports them right after the failure (`cuMemGetInfo`;
-        /// memory a caching pool keeps for reuse counts as used), or where it cannot say, the
-        /// device's bytes less this process's live tensors.
+        /// The bytes the driver reports free right after the failure (`cuMemGetInfo`), once a
+        /// caching pool has released the blocks it could (free ranges between live buffers in
+        /// the blocks it keeps count as used), or where the driver cannot say, the device's
+        /// bytes less this process's live tensors.
         free_bytes: usize,
         /// The bytes of this process's live tensors on the device.
         live_bytes: usize,
