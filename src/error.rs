@@ -181,7 +181,7 @@ pub enum Error {
     crate::footprint::human(*.requested_bytes as u128),
     crate::footprint::human(*.free_bytes as u128),
     crate::footprint::human(*.total_bytes as u128),
-    out_of_memory_advice(&.place.lower, .place.saved, &.place.out)
+    out_of_memory_advice(.place)
 )]
 pub struct RunOutOfMemory {
     pub place: RunPlace,
@@ -201,25 +201,33 @@ pub struct RunPlace {
     pub batch: usize,
     /// What to lower ([`what_to_lower`]).
     pub lower: String,
+    /// The flags that lower it on `--resume` (e.g. `--eval-batch 16`), when a resumed run may
+    /// change it.
+    pub resume_with: Option<String>,
     /// The epoch (from 1) whose checkpoint the run folder keeps; 0: none.
     pub saved: usize,
     /// The run folder.
     pub out: String,
 }
 
-/// What to lower after a pass over batches of `batch` samples (the global `--batch`, split over
-/// `ranks` devices; at least `floor` samples whatever `--batch` is) ran out of device memory:
-/// `--batch`, to half, or where that cannot shrink the pass's batches, the time steps or the
-/// model.
-pub fn what_to_lower(batch: usize, ranks: usize, floor: usize) -> String {
-    let half = batch / 2;
-    if half == 0 || batch <= floor {
-        return "--time-steps or the model's size".into();
+/// What to lower after a pass over batches of `batch` samples (set by `flag`, `--batch` or
+/// `--eval-batch`, and split over `ranks` devices) ran out of device memory: `flag`, to half
+/// each device's share, or where that share is one sample, the time steps or the model.
+pub fn what_to_lower(flag: &str, batch: usize, ranks: usize) -> String {
+    let ranks = ranks.max(1);
+    match halved_batch(batch, ranks) {
+        None => "--time-steps or the model's size".into(),
+        Some(half) if ranks == 1 => format!("{flag} (e.g. to {half})"),
+        Some(half) => format!("{flag} (e.g. to {half}, {} per device)", half / ranks),
     }
-    match ranks {
-        0 | 1 => format!("--batch (e.g. to {half})"),
-        _ => format!("--batch (e.g. to {half}, {} per device)", half / ranks),
-    }
+}
+
+/// The batch of half the samples per device of a batch of `batch` split over `ranks` devices (a
+/// multiple of `ranks`), or `None` where a device has one sample.
+pub fn halved_batch(batch: usize, ranks: usize) -> Option<usize> {
+    let ranks = ranks.max(1);
+    let half_share = batch.div_ceil(ranks) / 2;
+    (half_share > 0).then_some(half_share * ranks)
 }
 
 /// The exit code of a process that Ctrl-C stopped, by the shells' convention (128 + SIGINT).
@@ -283,14 +291,26 @@ fn diverged_advice(saved: usize, out: &str) -> String {
     }
 }
 
-/// What [`Error::OutOfDeviceMemory`] advises for a run whose folder `out` keeps the checkpoint
-/// of epoch `saved` (0: none): lower `lower` and start again, or, with a checkpoint (a resumed
-/// run keeps its batch), continue on a device with more memory free or start a new run in
-/// another folder.
-fn out_of_memory_advice(lower: &str, saved: usize, out: &str) -> String {
-    match saved {
-        0 => format!("Lower {lower} and start the run again; {out} holds no checkpoint yet"),
-        _ => format!(
+/// What [`Error::OutOfDeviceMemory`] advises at `place`, whose run folder keeps the checkpoint of
+/// epoch `saved` (0: none): lower `lower` and start again; or, with a checkpoint, continue with
+/// the flags that lower it on `--resume` where there are some (the evaluation's batch), else (a
+/// resumed run keeps its training batch) continue on a device with more memory free or start a
+/// new run in another folder.
+fn out_of_memory_advice(place: &RunPlace) -> String {
+    let RunPlace {
+        lower,
+        resume_with,
+        saved,
+        out,
+        ..
+    } = place;
+    match (saved, resume_with) {
+        (0, _) => format!("Lower {lower} and start the run again; {out} holds no checkpoint yet"),
+        (_, Some(flags)) => format!(
+            "{out} holds the checkpoint of epoch {saved} and nothing of the failed epoch: \
+             continue it with `revsnn train --out {out} --resume {flags}`"
+        ),
+        (_, None) => format!(
             "{out} holds the checkpoint of epoch {saved} and nothing of the failed epoch: \
              continue it on a device with more memory free with {}, or lower {lower} and start \
              a new run with another --out",
@@ -332,15 +352,23 @@ mod tests {
 
     #[test]
     fn out_of_memory_advises_half_the_batch_where_that_shrinks_the_pass() {
-        assert_eq!(what_to_lower(64, 1, 0), "--batch (e.g. to 32)");
+        assert_eq!(what_to_lower("--batch", 64, 1), "--batch (e.g. to 32)");
         assert_eq!(
-            what_to_lower(512, 8, 0),
+            what_to_lower("--eval-batch", 33, 1),
+            "--eval-batch (e.g. to 16)"
+        );
+        assert_eq!(
+            what_to_lower("--batch", 512, 8),
             "--batch (e.g. to 256, 32 per device)"
         );
-        assert_eq!(what_to_lower(64, 1, 32), "--batch (e.g. to 32)");
-        for (batch, floor) in [(1, 0), (32, 32), (16, 32)] {
+        // the global batch stays a multiple of the ranks
+        assert_eq!(
+            what_to_lower("--batch", 24, 8),
+            "--batch (e.g. to 8, 1 per device)"
+        );
+        for (batch, ranks) in [(1, 1), (8, 8), (3, 4)] {
             assert_eq!(
-                what_to_lower(batch, 1, floor),
+                what_to_lower("--eval-batch", batch, ranks),
                 "--time-steps or the model's size"
             );
         }

@@ -1,10 +1,16 @@
-//! `revsnn train --device cuda` on a device that runs out of memory in the middle of an epoch,
-//! after the check before the first step let the run through (that check is a lower bound,
-//! docs/memory.md §9.5): the run stops with an error naming the step, the batch on the device,
-//! the bytes requested and the bytes free, and what to lower, and it writes no checkpoint of the
-//! failed epoch. On the CUDA emulator with a small emulated device (`REVSNN_EMU_MEMORY_BYTES`); a
-//! real card cannot shrink, and the test says SKIP. Skips without a GPU (`SKIP: no CUDA device`),
-//! fails then with `REVSNN_REQUIRE_GPU=1`.
+//! `revsnn train --device cuda` near the device's limit (docs/memory.md §9.5):
+//! - a run that runs out of memory in the middle of an epoch, after the check before the first
+//!   step let it through (that check is a lower bound), stops with an error naming the step, the
+//!   batch on the device, the bytes requested and the bytes free, and what to lower, and it
+//!   writes no checkpoint of the failed epoch;
+//! - a run whose evaluation needs the memory the pool keeps from the training's freed blocks
+//!   finishes after the pool releases them, as it would with room to spare;
+//! - an evaluation that runs out of memory advises resuming with a smaller `--eval-batch`, and
+//!   that resumed run ends as the run with room to spare, scores included.
+//!
+//! On the CUDA emulator with a small emulated device (`REVSNN_EMU_MEMORY_BYTES`); a real card
+//! cannot shrink, and the tests say SKIP. Skip without a GPU (`SKIP: no CUDA device`), fail then
+//! with `REVSNN_REQUIRE_GPU=1`.
 
 mod common;
 
@@ -26,6 +32,17 @@ fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
     tiny_train_args(out, &[&cuda[..], extra].concat())
 }
 
+/// Whether the device is the CUDA emulator, whose memory can shrink; `None` (skipped) without a
+/// device.
+fn on_emulator(test: &str) -> Option<bool> {
+    let device = device_or_skip(test)?;
+    let emulated = device.info.name == "revsnn CPU emulator";
+    if !emulated {
+        eprintln!("SKIP: {test} needs the CUDA emulator, whose device can shrink");
+    }
+    Some(emulated)
+}
+
 /// `revsnn` with `args` on an emulated device of `bytes` bytes.
 fn on_device_of(bytes: u64, args: &[String]) -> Output {
     revsnn_command(args)
@@ -36,11 +53,7 @@ fn on_device_of(bytes: u64, args: &[String]) -> Output {
 
 #[test]
 fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_checkpoint() {
-    let Some(device) = device_or_skip("gpu_train out of memory") else {
-        return;
-    };
-    if device.info.name != "revsnn CPU emulator" {
-        eprintln!("SKIP: out of memory mid-epoch needs the CUDA emulator, whose device can shrink");
+    if on_emulator("gpu_train out of memory mid-epoch") != Some(true) {
         return;
     }
     let dir = scratch("out-of-memory");
@@ -89,5 +102,103 @@ fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_ch
         "the failed epoch changed the checkpoint"
     );
     assert_eq!(last_metrics(&saved)["epoch"], 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_evaluation_that_needs_the_blocks_the_pool_kept_from_training_gets_them_and_the_run_is_unchanged()
+ {
+    if on_emulator("gpu_train pool release") != Some(true) {
+        return;
+    }
+    let dir = scratch("pool-release");
+    // batch 8: the evaluation's batches of 32 need larger buffers than any block of the training
+    let args = |out: &Path| {
+        let cuda = ["--device", "cuda", "--batch", "8", "--epochs", "2"];
+        tiny_train_args(out, &[&cuda[..], &["--test-samples", "64"]].concat())
+    };
+    let roomy = dir.join("roomy");
+    ok(revsnn(&args(&roomy)));
+    let peak = last_metrics(&roomy)["peak_memory_bytes"].as_u64().unwrap();
+    let tight = dir.join("tight");
+    ok(on_device_of(peak * 13 / 10, &args(&tight)));
+
+    let retries = |out: &Path| -> Vec<u64> {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let lines = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap());
+        lines
+            .map(|line| line["alloc_retries"].as_u64().unwrap())
+            .collect()
+    };
+    let (roomy_retries, tight_retries) = (retries(&roomy), retries(&tight));
+    eprintln!("allocation retries per epoch: {roomy_retries:?} with room, {tight_retries:?} tight");
+    assert_eq!(roomy_retries, [0, 0]);
+    assert!(tight_retries.iter().sum::<u64>() > 0, "{tight_retries:?}");
+    let checkpoint = |out: &Path| std::fs::read(out.join("last.safetensors")).unwrap();
+    assert!(
+        checkpoint(&tight) == checkpoint(&roomy),
+        "the retries changed what the run computed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_evaluation_out_of_device_memory_advises_a_smaller_evaluation_batch_whose_resumed_run_matches()
+{
+    if on_emulator("gpu_train evaluation out of memory") != Some(true) {
+        return;
+    }
+    let dir = scratch("evaluation-out-of-memory");
+    // batch 8: the evaluation's batches of 32 hold the peak
+    let args = |out: &Path, extra: &[&str]| {
+        let cuda = ["--device", "cuda", "--batch", "8", "--test-samples", "64"];
+        tiny_train_args(out, &[&cuda[..], extra].concat())
+    };
+    let roomy = dir.join("roomy");
+    ok(revsnn(&args(&roomy, &["--epochs", "2"])));
+    let halved = dir.join("halved");
+    ok(revsnn(&args(
+        &halved,
+        &["--epochs", "1", "--eval-batch", "16"],
+    )));
+    let peak = |out: &Path| last_metrics(out)["peak_memory_bytes"].as_u64().unwrap();
+    let (peak_32, peak_16) = (peak(&roomy), peak(&halved));
+    assert!(peak_16 < peak_32, "{peak_16} {peak_32}");
+    let small = (peak_16 + peak_32) / 2;
+
+    // epoch 1 with room; epoch 2 on the small device, whose evaluation fails
+    let tight = dir.join("tight");
+    ok(revsnn(&args(&tight, &["--epochs", "1"])));
+    let out = tight.display().to_string();
+    let said = failed(on_device_of(
+        small,
+        &args(&tight, &["--epochs", "2", "--resume"]),
+    ));
+    for part in [
+        "out of device memory during the evaluation after epoch 2, a batch of 32 on this device",
+        &format!(
+            "{out} holds the checkpoint of epoch 1 and nothing of the failed epoch: continue it \
+             with `revsnn train --out {out} --resume --eval-batch 16`"
+        ),
+    ] {
+        assert!(said.contains(part), "missing {part:?} in: {said}");
+    }
+    // what it advises, on the same device
+    let advised = ["--epochs", "2", "--resume", "--eval-batch", "16"];
+    ok(on_device_of(small, &args(&tight, &advised)));
+    let checkpoint = |out: &Path| std::fs::read(out.join("last.safetensors")).unwrap();
+    assert!(
+        checkpoint(&tight) == checkpoint(&roomy),
+        "the resumed run differs from the run with room"
+    );
+    // and so do the scores, whatever the evaluation's batch (the mean loss but for its rounding)
+    let (tight, roomy) = (last_metrics(&tight), last_metrics(&roomy));
+    for key in ["test_acc1", "test_acc5"] {
+        assert_eq!(tight[key], roomy[key], "{key}");
+    }
+    let loss = |metrics: &serde_json::Value| metrics["test_loss"].as_f64().unwrap();
+    assert!((loss(&tight) - loss(&roomy)).abs() <= 1e-12 * loss(&roomy));
     let _ = std::fs::remove_dir_all(&dir);
 }

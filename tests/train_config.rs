@@ -611,3 +611,33 @@ random_erasing = 0.5
     assert_eq!(resumed.augment.mixup_off_epoch, Some(40));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_evaluation_batch_is_the_batch_from_32_up_and_a_resumed_run_may_change_it() {
+    let eval_batch = |args: &[&str]| printed(args).loader.eval_batch;
+    assert_eq!(eval_batch(&["--batch", "8"]), Some(32));
+    assert_eq!(eval_batch(&["--batch", "64"]), Some(64));
+    assert_eq!(
+        eval_batch(&["--batch", "64", "--eval-batch", "10"]),
+        Some(10)
+    );
+    let stderr = failed(revsnn(&["train", "--eval-batch", "0", "--print-config"]));
+    assert!(
+        stderr.contains("loader.eval_batch") && stderr.contains("--eval-batch"),
+        "{stderr}"
+    );
+
+    let dir = scratch("eval-batch");
+    let out = dir.join("run").display().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train", "--out", &out, "--device", "cpu", "--quiet"];
+        args.extend(["--train-samples", "32", "--test-samples", "16"]);
+        revsnn(&[&args[..], extra].concat())
+    };
+    ok(run(&["--epochs", "1"]));
+    ok(run(&["--epochs", "2", "--resume", "--eval-batch", "5"]));
+    let config = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
+    assert!(config.contains("eval_batch = 5"), "{config}");
+    assert_eq!(metrics(&dir.join("run")).len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

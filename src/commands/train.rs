@@ -29,8 +29,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint, bit for bit, with its own settings
-    /// (flags may repeat them; only --epochs, --data-dir, --device, --workers and --prefetch may
-    /// change them).
+    /// (flags may repeat them; only --epochs, --data-dir, --device, --workers, --prefetch and
+    /// --eval-batch may change them).
     #[arg(long)]
     pub resume: bool,
     /// Print the run's settings, every knob resolved, as a config file, and exit.

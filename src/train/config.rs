@@ -278,7 +278,8 @@ pub struct AugmentSettings {
     pub label_smoothing: Option<f64>,
 }
 
-/// The input pipeline's knobs (`[loader]`); they change the speed, never the batches.
+/// The input pipeline's knobs (`[loader]`); they change the speed and the memory, never the
+/// training batches or the accuracies.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Args)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Input pipeline ([loader] in a config file)")]
@@ -291,6 +292,12 @@ pub struct LoaderSettings {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<usize>,
+    /// Samples per batch of the evaluation after each epoch, all ranks together (default:
+    /// --batch, at least 32). Top-1 and top-5 do not depend on it (the mean test loss only by
+    /// its rounding); lower it when the evaluation runs out of device memory.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_batch: Option<usize>,
 }
 
 impl OptimizerSettings {
@@ -358,6 +365,7 @@ impl LoaderSettings {
         LoaderSettings {
             workers: self.workers.or(lower.workers),
             prefetch: self.prefetch.or(lower.prefetch),
+            eval_batch: self.eval_batch.or(lower.eval_batch),
         }
     }
 }
@@ -789,6 +797,8 @@ pub struct RunSettings {
     pub workers: usize,
     /// Batches each worker keeps ready ahead.
     pub prefetch: usize,
+    /// Samples per batch of the evaluation after each epoch, all ranks together.
+    pub eval_batch: usize,
 }
 
 impl RunSettings {
@@ -842,6 +852,7 @@ impl RunSettings {
             set(&settings.loader.prefetch),
             MAX_PREFETCH,
         )?;
+        let eval_batch = at_least_one("loader.eval_batch", set(&settings.loader.eval_batch))?;
         Ok(RunSettings {
             recipe: set(&settings.recipe),
             model,
@@ -863,6 +874,7 @@ impl RunSettings {
             mixup_off_epoch,
             workers,
             prefetch,
+            eval_batch,
         })
     }
 
@@ -903,6 +915,7 @@ impl RunSettings {
             loader: LoaderSettings {
                 workers: Some(self.workers),
                 prefetch: Some(self.prefetch),
+                eval_batch: Some(self.eval_batch),
             },
         }
     }
@@ -1237,6 +1250,7 @@ pub const CHANGEABLE_ON_RESUME: &[&str] = &[
     "out",
     "loader.workers",
     "loader.prefetch",
+    "loader.eval_batch",
     "model",
     "spec",
     "num_classes",

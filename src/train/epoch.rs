@@ -82,6 +82,10 @@ pub struct EpochStats {
     /// On a device the host waits for (CUDA): the times per step it waited for the device, and
     /// copied to it (docs/ARCHITECTURE.md, host-device round trips); `None` on the CPU.
     pub transfers_per_step: Option<TransfersPerStep>,
+    /// On CUDA, the allocations of the epoch, its evaluation included, that found the device
+    /// full and were retried after its memory pool released the blocks it kept
+    /// (`TransferCounts::alloc_retries`); `None` on the CPU.
+    pub alloc_retries: Option<u64>,
 }
 
 impl EpochStats {
@@ -297,7 +301,8 @@ impl StepPlace<'_> {
         error.in_run_out_of_memory(|| RunPlace {
             during: format!("the training step at {self}"),
             batch: count,
-            lower: what_to_lower(config.batch, config.ranks, 0),
+            lower: what_to_lower("--batch", config.batch, config.ranks),
+            resume_with: None,
             saved: self.epoch,
             out: self.out.display().to_string(),
         })

@@ -30,7 +30,7 @@ use crate::collective::NcclGroup;
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
-use crate::error::{Error, Result, RunPlace, what_to_lower};
+use crate::error::{Error, Result, RunPlace, halved_batch, what_to_lower};
 use crate::footprint;
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -283,7 +283,8 @@ fn train_rank<B: Compute>(shared: &Shared<B>, job: RankJob<B>) -> Result<(Vec<Va
             backend.reset_peak_memory();
         }
         let quiet = shared.options.quiet;
-        let train = train_epoch(
+        let transfers_before = backend.transfer_counts();
+        let mut train = train_epoch(
             backend,
             &mut learner,
             shared.train_set,
@@ -294,6 +295,9 @@ fn train_rank<B: Compute>(shared: &Shared<B>, job: RankJob<B>) -> Result<(Vec<Va
         )?;
         rank.share_running_stats(backend, &mut learner.network.store)?;
         let test = evaluate_rank(backend, &mut learner.network, shared, &rank, epoch)?;
+        train.alloc_retries = transfers_before
+            .zip(backend.transfer_counts())
+            .map(|(before, after)| after.since(before).alloc_retries);
         check_test_loss(&test, epoch, shared.dir)?;
         let improved = state.finish_epoch(epoch, learner.optimizer.steps(), test.acc1, config.seed);
         state.loss_scaler = learner.scaler;
@@ -321,12 +325,8 @@ fn train_rank<B: Compute>(shared: &Shared<B>, job: RankJob<B>) -> Result<(Vec<Va
     Ok((lines, state))
 }
 
-/// The fewest samples of an evaluation batch during training, whatever `--batch` is.
-const EVAL_BATCH_FLOOR: usize = 32;
-
-/// The test split's evaluation after epoch `epoch` (from 0) in batches of `--batch`, or of
-/// [`EVAL_BATCH_FLOOR`] at least, each rank scoring its share of every batch and the scores
-/// summed over the ranks.
+/// The test split's evaluation after epoch `epoch` (from 0) in batches of `--eval-batch`, each
+/// rank scoring its share of every batch and the scores summed over the ranks.
 fn evaluate_rank<B: Compute>(
     backend: &B,
     network: &mut Network<B>,
@@ -337,11 +337,12 @@ fn evaluate_rank<B: Compute>(
     let config = shared.config;
     let data = shared.test_data.clone();
     let expected = data.len();
-    let batch = config.batch.max(EVAL_BATCH_FLOOR);
+    let batch = config.eval_batch;
     let place = || RunPlace {
         during: format!("the evaluation after epoch {}", epoch + 1),
         batch: batch.div_ceil(rank.world()),
-        lower: what_to_lower(config.batch, config.ranks, EVAL_BATCH_FLOOR),
+        lower: what_to_lower("--eval-batch", batch, config.ranks),
+        resume_with: halved_batch(batch, config.ranks).map(|half| format!("--eval-batch {half}")),
         saved: epoch,
         out: config.out.display().to_string(),
     };
@@ -461,8 +462,9 @@ fn check_test_loss(test: &EvalResult, epoch: usize, dir: &RunDir) -> Result<()> 
 
 /// The `metrics.jsonl` line of epoch `epoch` (from 0), whose training and evaluation held at
 /// most `peak` bytes on `device` (its name, kind and precision, as in the commands' JSON
-/// reports); on CUDA also the host's waits for the device and uploads to it per step; in fp16 the
-/// loss scale at the epoch's end and the steps it skipped; on several ranks their number.
+/// reports); on CUDA also the host's waits for the device and uploads to it per step, and the
+/// epoch's allocation retries; in fp16 the loss scale at the epoch's end and the steps it
+/// skipped; on several ranks their number.
 fn metrics_line(
     config: &RunSettings,
     epoch: usize,
@@ -497,6 +499,9 @@ fn metrics_line(
             fields.insert("host_waits_per_step".into(), json!(transfers.host_waits));
             fields.insert("uploads_per_step".into(), json!(transfers.uploads));
         }
+        if let Some(retries) = train.alloc_retries {
+            fields.insert("alloc_retries".into(), json!(retries));
+        }
         if let Some(scale) = train.loss_scale {
             fields.insert("loss_scale".into(), json!(scale));
             fields.insert("skipped_steps".into(), json!(train.skipped_steps));
@@ -528,4 +533,7 @@ fn log_epoch(
         100.0 * test.acc5,
         100.0 * state.best_test_acc1
     );
+    if let Some(retries) = train.alloc_retries.filter(|&retries| retries > 0) {
+        eprintln!("  {}", footprint::retry_note(retries, "in the epoch"));
+    }
 }

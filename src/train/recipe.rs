@@ -494,6 +494,9 @@ impl RecipeInput {
 pub const LOADER_WORKERS: usize = 1;
 /// Batches each worker keeps ready ahead, unless `[loader] prefetch` says otherwise.
 pub const LOADER_PREFETCH: usize = 4;
+/// The fewest samples of an evaluation batch, unless `[loader] eval_batch` says otherwise: the
+/// evaluation takes the training batch, or this many where that is smaller.
+pub const EVAL_BATCH_FLOOR: usize = 32;
 
 impl RecipeInput {
     /// The lowest layer of a run's settings: the recipe's value of every knob but the model, the
@@ -525,6 +528,7 @@ impl RecipeInput {
             loader: LoaderSettings {
                 workers: Some(LOADER_WORKERS),
                 prefetch: Some(LOADER_PREFETCH),
+                eval_batch: Some(batch.max(EVAL_BATCH_FLOOR)),
             },
             ..GivenSettings::default()
         }
