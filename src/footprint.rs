@@ -303,12 +303,13 @@ pub fn check_data_parallel_step<B: Compute>(
 }
 
 /// Checks that the parameters of `spec` and an evaluation forward at `batch` fit in what
-/// `backend` has available.
+/// `backend` has available; a refusal names `setting` and gives `advice`.
 pub fn check_forward<B: Compute>(
     backend: &B,
     spec: &ModelSpec,
     batch: usize,
     setting: &str,
+    advice: &'static str,
 ) -> Result<()> {
     check_parameters(backend, spec)?;
     let footprint = Footprint::of(
@@ -322,18 +323,18 @@ pub fn check_forward<B: Compute>(
         "one evaluation batch",
         setting,
         &Available::on(backend)?,
-        "Lower --batch, or choose a smaller model or image size",
+        advice,
     )
 }
 
-/// What `retries` allocation retries `when` (e.g. "per step") mean: the device's memory pool had
-/// to release the blocks it kept to fit them, so the batch barely fits and each retry makes the
-/// host wait for the device.
-pub fn retry_note(retries: impl std::fmt::Display, when: &str) -> String {
+/// What retried allocations (`allocations`, counted: "1 allocation in the epoch") mean: the
+/// device's memory pool had to release the blocks it kept to fit them, so the batch barely fits
+/// and each retry makes the host wait for the device.
+pub fn retry_note(allocations: &str) -> String {
     format!(
-        "{retries} allocations {when} found the device full and were retried after its memory \
-         pool released the blocks it kept: the batch barely fits, and each retry makes the host \
-         wait for the device"
+        "{allocations} found the device full and got memory once its pool had released the \
+         blocks it kept: the batch barely fits, and each such retry makes the host wait for the \
+         device"
     )
 }
 

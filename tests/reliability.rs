@@ -103,6 +103,18 @@ fn absurd_sizes_are_refused_before_allocating_with_what_to_do() {
             "--batch 10000000 (time steps 2): one training step needs at least",
         ),
         (
+            vec![
+                "train",
+                "--eval-batch",
+                "100000000",
+                "--test-samples",
+                "100000000",
+                "--out",
+                &out,
+            ],
+            "--eval-batch 100000000: one evaluation batch needs at least",
+        ),
+        (
             vec!["train", "--time-steps", "1000000000", "--out", &out],
             "time_steps 1000000000 is above the limit 10000",
         ),
@@ -145,8 +157,13 @@ fn absurd_sizes_are_refused_before_allocating_with_what_to_do() {
         let message = String::from_utf8_lossy(&output.stderr);
         assert!(message.contains(expected), "{args:?}: {message}");
         if message.contains("needs at least") {
+            let flag = if args.contains(&"--eval-batch") {
+                "--eval-batch"
+            } else {
+                "--batch"
+            };
             assert!(
-                message.contains("a lower bound") && message.contains("Lower --batch"),
+                message.contains("a lower bound") && message.contains(&format!("Lower {flag}")),
                 "{args:?}: {message}"
             );
         }

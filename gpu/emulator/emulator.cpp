@@ -77,7 +77,7 @@ struct Allocation {
 
 static std::mutex memory_lock;
 static std::map<std::uintptr_t, Allocation> allocations;  // by start address
-static std::size_t live_bytes = 0, peak_bytes = 0;
+static std::size_t live_bytes = 0;
 // Bytes the stream-ordered pool keeps from freed allocations (fake_cuda.cpp): not live, but not
 // free for a new allocation either, as on a card whose pool has not released them.
 static std::size_t pool_cached_bytes = 0;
@@ -88,8 +88,8 @@ static std::map<std::size_t, std::vector<std::pair<char*, Allocation>>> kept_for
 
 // The memory each device reports: REVSNN_EMU_MEMORY_BYTES when set, so that a test can fill a
 // small device, else the machine's RAM. An allocation that would take the process's live bytes
-// (over all its devices: one per process in a multi-GPU run) past it fails as the driver's does
-// when a card is full.
+// and those its memory pool holds beside them (over all its devices: one per process in a
+// multi-GPU run) past it fails as the driver's does when a card is full.
 std::size_t device_total_bytes() {
     static const std::size_t total = [] {
         const char* text = std::getenv("REVSNN_EMU_MEMORY_BYTES");
@@ -110,12 +110,15 @@ std::size_t device_total_bytes() {
     return total;
 }
 
-// Whether `bytes` more fit in the device's memory (device_total_bytes) beside the live and the
-// pool's cached bytes. Needs memory_lock.
-static bool fits(std::size_t bytes) {
+// The device's memory (device_total_bytes) less the live and the pool's cached bytes. Needs
+// memory_lock.
+static std::size_t unheld_bytes() {
     const std::size_t total = device_total_bytes(), held = live_bytes + pool_cached_bytes;
-    return held <= total && bytes <= total - held;
+    return held < total ? total - held : 0;
 }
+
+// Whether `bytes` more fit in the device's memory. Needs memory_lock.
+static bool fits(std::size_t bytes) { return bytes <= unheld_bytes(); }
 
 // Registers the allocation `a` starting at `start` as live, unless it does not fit the device's
 // memory: then false. Needs memory_lock.
@@ -123,7 +126,6 @@ static bool register_live(char* start, const Allocation& a) {
     if (!fits(a.bytes)) return false;
     allocations[(std::uintptr_t)start] = a;
     live_bytes += a.bytes;
-    if (live_bytes > peak_bytes) peak_bytes = live_bytes;
     return true;
 }
 
@@ -258,26 +260,13 @@ bool device_range_ok(const void* p, std::size_t bytes) {
     return (std::uintptr_t)p + bytes <= it->first + it->second.bytes;
 }
 
-std::size_t device_live_bytes() {
-    std::lock_guard<std::mutex> guard(memory_lock);
-    return live_bytes;
-}
 std::size_t device_free_bytes() {
     std::lock_guard<std::mutex> guard(memory_lock);
-    const std::size_t total = device_total_bytes(), held = live_bytes + pool_cached_bytes;
-    return held < total ? total - held : 0;
+    return unheld_bytes();
 }
 void device_set_pool_cached(std::size_t bytes) {
     std::lock_guard<std::mutex> guard(memory_lock);
     pool_cached_bytes = bytes;
-}
-std::size_t device_peak_bytes() {
-    std::lock_guard<std::mutex> guard(memory_lock);
-    return peak_bytes;
-}
-void device_reset_peak() {
-    std::lock_guard<std::mutex> guard(memory_lock);
-    peak_bytes = live_bytes;
 }
 
 // ---- the fault handler --------------------------------------------------------------------------

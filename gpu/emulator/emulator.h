@@ -83,17 +83,13 @@ bool device_range_ok(const void* p, std::size_t bytes);
 // (REVSNN_EMU_HOST_ONLY=1, emulator.cpp).
 bool host_only();
 // The bytes each device reports (REVSNN_EMU_MEMORY_BYTES, else the machine's RAM); device_alloc
-// fails once the process's live bytes would pass them.
+// fails once the process's live bytes and those its pool holds beside them would pass them.
 std::size_t device_total_bytes();
-// Bytes in live allocations and their peak.
-std::size_t device_live_bytes();
 // The bytes a new allocation can still get: the device's less the live and the pool's cached ones.
 std::size_t device_free_bytes();
-// Sets the bytes the stream-ordered pool keeps from freed allocations: they count against the
+// Sets the bytes the stream-ordered pool holds beside its live blocks: they count against the
 // device's memory until the pool releases them (fake_cuda.cpp).
 void device_set_pool_cached(std::size_t bytes);
-std::size_t device_peak_bytes();
-void device_reset_peak();
 
 // Names what is running for the fault handler ("kernel foo", "cublasSgemm_v2", ...): set while
 // device code or a library routine touches device memory. Installs the handler on first use.

@@ -132,13 +132,14 @@ struct Pool {
         add_free(block.chunk, offset, length);
     }
 
-    // Releases chunks with no live block, largest first, until the pool reserves at most
-    // `keep_bytes`. Needs `lock`.
+    // Releases chunks with no live block, largest first, while the pool reserves more than
+    // `keep_bytes`, never going below them (cuMemPoolTrimTo's guarantee). Needs `lock`.
     void release_to(unsigned long long keep_bytes) {
         while (reserved > keep_bytes) {
             auto largest = chunks.end();
             for (auto it = chunks.begin(); it != chunks.end(); ++it)
-                if (it->second.used == 0 && (largest == chunks.end() || it->second.bytes > largest->second.bytes))
+                if (it->second.used == 0 && it->second.bytes <= reserved - keep_bytes &&
+                    (largest == chunks.end() || it->second.bytes > largest->second.bytes))
                     largest = it;
             if (largest == chunks.end()) break;
             reserved -= largest->second.bytes;
@@ -152,6 +153,19 @@ struct Pool {
     void synchronised() {
         std::lock_guard<std::mutex> guard(lock);
         release_to(release_threshold);
+    }
+
+    // Frees the pool's block at `p` (its memory unmapped, its range back to its chunk); false if
+    // `p` starts no block of the pool.
+    bool free(void* p) {
+        std::lock_guard<std::mutex> guard(lock);
+        const auto block = blocks.find(p);
+        if (block == blocks.end() || emu::device_free(p) == 0) return false;
+        unplace(block->second);
+        used -= block->second.bytes;
+        blocks.erase(block);
+        publish();
+        return true;
     }
 } default_pool;
 int default_pool_handle;
@@ -705,10 +719,12 @@ CUresult cuMemAlloc(CUdeviceptr* dptr, size_t bytes) {
     return CUDA_SUCCESS;
 }
 
+// Frees a cuMemAlloc allocation, or one of the pool's, as the driver's cuMemFree does.
 CUresult cuMemFree(CUdeviceptr dptr) {
     CHECK_CTX();
     if (dptr == 0) return CUDA_SUCCESS;
-    return emu::device_free(reinterpret_cast<void*>(dptr)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    void* p = reinterpret_cast<void*>(dptr);
+    return default_pool.free(p) || emu::device_free(p) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 CUresult cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream) {
@@ -748,15 +764,7 @@ CUresult cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes, CUmemoryPool p
 CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream) {
     CHECK_CTX();
     if (dptr == 0) return CUDA_SUCCESS;
-    std::lock_guard<std::mutex> guard(default_pool.lock);
-    void* p = reinterpret_cast<void*>(dptr);
-    const auto block = default_pool.blocks.find(p);
-    if (block == default_pool.blocks.end() || emu::device_free(p) == 0) return CUDA_ERROR_INVALID_VALUE;
-    default_pool.unplace(block->second);
-    default_pool.used -= block->second.bytes;
-    default_pool.blocks.erase(block);
-    default_pool.publish();
-    return CUDA_SUCCESS;
+    return default_pool.free(reinterpret_cast<void*>(dptr)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 CUresult cuMemGetInfo(size_t* free_bytes, size_t* total_bytes) {

@@ -162,7 +162,8 @@ impl GpuDevice {
     /// more: cached blocks, each too small for a larger buffer, can fill a card together
     /// (PyTorch's caching allocator empties its cache and retries the same way). Each retry is
     /// counted in [`TransferCounts::alloc_retries`]; a second failure is
-    /// [`DeviceError::OutOfMemory`].
+    /// [`DeviceError::OutOfMemory`], and a failure of the wait or the release (an asynchronous
+    /// error, say) is that error instead.
     fn allocate<T, S>(
         &self,
         len: usize,

@@ -4,7 +4,9 @@
 //!
 //! Caching: buffers come from the device's stream-ordered memory pool (`cuMemAllocAsync`), whose
 //! release threshold [`crate::GpuDevice::open`] raises to "never", so a freed block goes back to
-//! the pool and is reused by the next allocation of the step without a driver round trip. The
+//! the pool and is reused by the next allocation of the step without a driver round trip; an
+//! allocation that finds the device full has the pool release its unused blocks and tries again
+//! ([`crate::GpuDevice::alloc`]). The
 //! counters here count the bytes of live tensors (PyTorch's `max_memory_allocated`); the pool's
 //! own high-water mark, which includes fragmentation, is [`crate::GpuDevice::pool_reserved_high`].
 

@@ -2,7 +2,7 @@
 //! buffers, each too small for a larger buffer, are released and the allocation retried, so a
 //! buffer that fits beside the live ones is never refused; one that does not is
 //! `DeviceError::OutOfMemory` with the sizes after the release. On the CUDA emulator, whose
-//! device shrinks to `REVSNN_EMU_MEMORY_BYTES` and whose pool keeps freed blocks unmerged as the
+//! device shrinks to `REVSNN_EMU_MEMORY_BYTES` and whose pool keeps freed blocks in chunks as the
 //! driver's (gpu/README.md); a real card would have to be filled, starving the tests that share
 //! it, and the test says SKIP. Skips without a GPU (`SKIP: no CUDA device`), fails then with
 //! `REVSNN_REQUIRE_GPU=1`.

@@ -179,10 +179,8 @@ impl BenchArgs {
         );
         let retries = report.transfers_per_step.map_or(0.0, |t| t.alloc_retries);
         if retries > 0.0 {
-            println!(
-                "  {}",
-                footprint::retry_note(format!("{retries:.2}"), "per step")
-            );
+            let allocations = format!("{retries:.2} allocations per step");
+            println!("  {}", footprint::retry_note(&allocations));
         }
     }
 }

@@ -279,7 +279,7 @@ pub struct AugmentSettings {
 }
 
 /// The input pipeline's knobs (`[loader]`); they change the speed and the memory, never the
-/// training batches or the accuracies.
+/// training batches, and the evaluation's scores only by rounding.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Args)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Input pipeline ([loader] in a config file)")]
@@ -293,8 +293,8 @@ pub struct LoaderSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<usize>,
     /// Samples per batch of the evaluation after each epoch, all ranks together (default:
-    /// --batch, at least 32). Top-1 and top-5 do not depend on it (the mean test loss only by
-    /// its rounding); lower it when the evaluation runs out of device memory.
+    /// --batch, at least 32). The scores change with it only by rounding; lower it when the
+    /// evaluation runs out of device memory.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_batch: Option<usize>,

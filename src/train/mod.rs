@@ -30,7 +30,7 @@ use crate::collective::NcclGroup;
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
-use crate::error::{Error, Result, RunPlace, halved_batch, what_to_lower};
+use crate::error::{Error, Result, RunPlace, counted, halved_batch, what_to_lower};
 use crate::footprint;
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -216,7 +216,8 @@ fn local_ranks<B: Compute>(
 
 /// Checks before training that a step fits the device: one replica's step on `batch / ranks`
 /// samples per device when the ranks are processes (one each), N replicas' when this process
-/// holds all `ranks` ([`footprint::check_data_parallel_step`]).
+/// holds all `ranks` ([`footprint::check_data_parallel_step`]); and so does the evaluation, each
+/// replica's forward on its share of an `--eval-batch` batch.
 fn check_memory<B: Compute>(
     backend: &B,
     config: &RunSettings,
@@ -239,7 +240,15 @@ fn check_memory<B: Compute>(
         config.ranks,
         local_ranks,
         &setting,
-    )
+    )?;
+    let eval_batch = config.eval_batch.min(config.test_samples);
+    let share = eval_batch.div_ceil(config.ranks);
+    let setting = match config.ranks {
+        1 => format!("--eval-batch {eval_batch}"),
+        ranks => format!("--eval-batch {eval_batch}, {share} per rank on {ranks} ranks"),
+    };
+    let advice = "Lower --eval-batch, or choose a smaller model or image size";
+    footprint::check_forward(backend, spec, share * local_ranks, &setting, advice)
 }
 
 /// What every rank of a run reads.
@@ -337,7 +346,8 @@ fn evaluate_rank<B: Compute>(
     let config = shared.config;
     let data = shared.test_data.clone();
     let expected = data.len();
-    let batch = config.eval_batch;
+    // no batch holds more than the test set
+    let batch = config.eval_batch.min(expected.max(1));
     let place = || RunPlace {
         during: format!("the evaluation after epoch {}", epoch + 1),
         batch: batch.div_ceil(rank.world()),
@@ -534,6 +544,10 @@ fn log_epoch(
         100.0 * state.best_test_acc1
     );
     if let Some(retries) = train.alloc_retries.filter(|&retries| retries > 0) {
-        eprintln!("  {}", footprint::retry_note(retries, "in the epoch"));
+        let allocations = counted(retries as usize, "allocation", "allocations");
+        eprintln!(
+            "  {}",
+            footprint::retry_note(&format!("{allocations} in the epoch"))
+        );
     }
 }

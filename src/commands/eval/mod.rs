@@ -159,7 +159,8 @@ impl EvalArgs {
         }
         let (result, agreement) = on_backend!(&device, DType::F32, |backend| {
             let setting = format!("--batch {}", self.batch);
-            footprint::check_forward(&backend, &spec, self.batch, &setting)?;
+            let advice = "Lower --batch, or choose a smaller model or image size";
+            footprint::check_forward(&backend, &spec, self.batch, &setting, advice)?;
             if self.versus_cpu {
                 let cpu = Cpu::<f32>::with_precision(self.precision);
                 let (result, agreement) =
