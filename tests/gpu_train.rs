@@ -32,6 +32,24 @@ fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
     tiny_train_args(out, &[&cuda[..], extra].concat())
 }
 
+/// The arguments of the tiny run into `out` on CUDA at batch 8 with 64 test samples, whose
+/// evaluation's batches of 32 need larger buffers than the training's and hold the peak, with
+/// `extra` flags.
+fn batch_8_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let cuda = ["--device", "cuda", "--batch", "8", "--test-samples", "64"];
+    tiny_train_args(out, &[&cuda[..], extra].concat())
+}
+
+/// The peak device bytes of the last epoch of the run in `out`.
+fn peak(out: &Path) -> u64 {
+    last_metrics(out)["peak_memory_bytes"].as_u64().unwrap()
+}
+
+/// The bytes of the last checkpoint in `out`.
+fn checkpoint(out: &Path) -> Vec<u8> {
+    std::fs::read(out.join("last.safetensors")).unwrap()
+}
+
 /// Whether the device is the CUDA emulator, whose memory can shrink; `None` (skipped) without a
 /// device.
 fn on_emulator(test: &str) -> Option<bool> {
@@ -59,8 +77,7 @@ fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_ch
     let dir = scratch("out-of-memory");
     let saved = dir.join("saved");
     ok(revsnn(&train_args(&saved, &["--epochs", "1"])));
-    let peak = last_metrics(&saved)["peak_memory_bytes"].as_u64().unwrap();
-    let checkpoint = std::fs::read(saved.join("last.safetensors")).unwrap();
+    let (peak, saved_checkpoint) = (peak(&saved), checkpoint(&saved));
     // halfway between the estimate the run is checked against before it starts and the peak
     let spec = ModelSpec::from_json(TINY_REVSRESNET).unwrap();
     let estimate = Footprint::data_parallel_step_bytes(&spec, 32, 1, 1, 4) as u64;
@@ -96,9 +113,8 @@ fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_ch
     ] {
         assert!(said.contains(part), "missing {part:?} in: {said}");
     }
-    let kept = std::fs::read(saved.join("last.safetensors")).unwrap();
     assert!(
-        kept == checkpoint,
+        checkpoint(&saved) == saved_checkpoint,
         "the failed epoch changed the checkpoint"
     );
     assert_eq!(last_metrics(&saved)["epoch"], 1);
@@ -106,22 +122,19 @@ fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_ch
 }
 
 #[test]
-fn an_evaluation_that_needs_the_blocks_the_pool_kept_from_training_gets_them_and_the_run_is_unchanged()
- {
+fn an_evaluation_gets_the_blocks_the_pool_kept_from_training_and_the_run_is_unchanged() {
     if on_emulator("gpu_train pool release") != Some(true) {
         return;
     }
     let dir = scratch("pool-release");
-    // batch 8: the evaluation's batches of 32 need larger buffers than any block of the training
-    let args = |out: &Path| {
-        let cuda = ["--device", "cuda", "--batch", "8", "--epochs", "2"];
-        tiny_train_args(out, &[&cuda[..], &["--test-samples", "64"]].concat())
-    };
     let roomy = dir.join("roomy");
-    ok(revsnn(&args(&roomy)));
-    let peak = last_metrics(&roomy)["peak_memory_bytes"].as_u64().unwrap();
+    ok(revsnn(&batch_8_args(&roomy, &["--epochs", "2"])));
     let tight = dir.join("tight");
-    ok(on_device_of(peak * 13 / 10, &args(&tight)));
+    let small = peak(&roomy) * 13 / 10;
+    ok(on_device_of(
+        small,
+        &batch_8_args(&tight, &["--epochs", "2"]),
+    ));
 
     let retries = |out: &Path| -> Vec<u64> {
         let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
@@ -136,46 +149,34 @@ fn an_evaluation_that_needs_the_blocks_the_pool_kept_from_training_gets_them_and
     eprintln!("allocation retries per epoch: {roomy_retries:?} with room, {tight_retries:?} tight");
     assert_eq!(roomy_retries, [0, 0]);
     assert!(tight_retries.iter().sum::<u64>() > 0, "{tight_retries:?}");
-    let checkpoint = |out: &Path| std::fs::read(out.join("last.safetensors")).unwrap();
     assert!(
         checkpoint(&tight) == checkpoint(&roomy),
-        "the retries changed what the run computed"
+        "the run that retried differs from the run with room"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
-fn an_evaluation_out_of_device_memory_advises_a_smaller_evaluation_batch_whose_resumed_run_matches()
-{
+fn an_evaluation_out_of_memory_advises_a_smaller_eval_batch_and_the_resumed_run_matches() {
     if on_emulator("gpu_train evaluation out of memory") != Some(true) {
         return;
     }
     let dir = scratch("evaluation-out-of-memory");
-    // batch 8: the evaluation's batches of 32 hold the peak
-    let args = |out: &Path, extra: &[&str]| {
-        let cuda = ["--device", "cuda", "--batch", "8", "--test-samples", "64"];
-        tiny_train_args(out, &[&cuda[..], extra].concat())
-    };
     let roomy = dir.join("roomy");
-    ok(revsnn(&args(&roomy, &["--epochs", "2"])));
+    ok(revsnn(&batch_8_args(&roomy, &["--epochs", "2"])));
     let halved = dir.join("halved");
-    ok(revsnn(&args(
-        &halved,
-        &["--epochs", "1", "--eval-batch", "16"],
-    )));
-    let peak = |out: &Path| last_metrics(out)["peak_memory_bytes"].as_u64().unwrap();
+    let halved_args = ["--epochs", "1", "--eval-batch", "16"];
+    ok(revsnn(&batch_8_args(&halved, &halved_args)));
     let (peak_32, peak_16) = (peak(&roomy), peak(&halved));
     assert!(peak_16 < peak_32, "{peak_16} {peak_32}");
     let small = (peak_16 + peak_32) / 2;
 
     // epoch 1 with room; epoch 2 on the small device, whose evaluation fails
     let tight = dir.join("tight");
-    ok(revsnn(&args(&tight, &["--epochs", "1"])));
+    ok(revsnn(&batch_8_args(&tight, &["--epochs", "1"])));
     let out = tight.display().to_string();
-    let said = failed(on_device_of(
-        small,
-        &args(&tight, &["--epochs", "2", "--resume"]),
-    ));
+    let resume = ["--epochs", "2", "--resume"];
+    let said = failed(on_device_of(small, &batch_8_args(&tight, &resume)));
     for part in [
         "out of device memory during the evaluation after epoch 2, a batch of 32 on this device",
         &format!(
@@ -187,13 +188,12 @@ fn an_evaluation_out_of_device_memory_advises_a_smaller_evaluation_batch_whose_r
     }
     // what it advises, on the same device
     let advised = ["--epochs", "2", "--resume", "--eval-batch", "16"];
-    ok(on_device_of(small, &args(&tight, &advised)));
-    let checkpoint = |out: &Path| std::fs::read(out.join("last.safetensors")).unwrap();
+    ok(on_device_of(small, &batch_8_args(&tight, &advised)));
     assert!(
         checkpoint(&tight) == checkpoint(&roomy),
-        "the resumed run differs from the run with room"
+        "the run resumed after the failed evaluation differs from the run with room"
     );
-    // and so do the scores, whatever the evaluation's batch (the mean loss but for its rounding)
+    // and the scores, whatever the evaluation's batch (the mean loss but for its rounding)
     let (tight, roomy) = (last_metrics(&tight), last_metrics(&roomy));
     for key in ["test_acc1", "test_acc5"] {
         assert_eq!(tight[key], roomy[key], "{key}");
