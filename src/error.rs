@@ -199,35 +199,72 @@ pub struct RunPlace {
     pub during: String,
     /// The samples of its batch on this device.
     pub batch: usize,
-    /// What to lower ([`what_to_lower`]).
-    pub lower: String,
-    /// The flags that lower it on `--resume` (e.g. `--eval-batch 16`), when a resumed run may
-    /// change it.
-    pub resume_with: Option<String>,
+    /// The batch setting the pass ran with, to lower.
+    pub lower: BatchSetting,
     /// The epoch (from 1) whose checkpoint the run folder keeps; 0: none.
     pub saved: usize,
     /// The run folder.
     pub out: String,
 }
 
-/// What to lower after a pass over batches of `batch` samples (set by `flag`, `--batch` or
-/// `--eval-batch`, and split over `ranks` devices) ran out of device memory: `flag`, to half
-/// each device's share, or where that share is one sample, the time steps or the model.
-pub fn what_to_lower(flag: &str, batch: usize, ranks: usize) -> String {
-    let ranks = ranks.max(1);
-    match halved_batch(batch, ranks) {
-        None => "--time-steps or the model's size".into(),
-        Some(half) if ranks == 1 => format!("{flag} (e.g. to {half})"),
-        Some(half) => format!("{flag} (e.g. to {half}, {} per device)", half / ranks),
-    }
+/// A pass's batch setting: `flag` (`--batch` or `--eval-batch`) at `batch` samples split over
+/// `ranks` devices, which a resumed run may change when `resumable`.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSetting {
+    pub flag: &'static str,
+    pub batch: usize,
+    pub ranks: usize,
+    pub resumable: bool,
 }
 
-/// The batch of half the samples per device of a batch of `batch` split over `ranks` devices (a
-/// multiple of `ranks`), or `None` where a device has one sample.
-pub fn halved_batch(batch: usize, ranks: usize) -> Option<usize> {
-    let ranks = ranks.max(1);
-    let half_share = batch.div_ceil(ranks) / 2;
-    (half_share > 0).then_some(half_share * ranks)
+impl BatchSetting {
+    /// The training's `--batch`, which a resumed run keeps.
+    pub fn training(batch: usize, ranks: usize) -> BatchSetting {
+        BatchSetting {
+            flag: "--batch",
+            batch,
+            ranks,
+            resumable: false,
+        }
+    }
+
+    /// The evaluation's `--eval-batch`, which a resumed run may change.
+    pub fn evaluation(batch: usize, ranks: usize) -> BatchSetting {
+        BatchSetting {
+            flag: "--eval-batch",
+            batch,
+            ranks,
+            resumable: true,
+        }
+    }
+
+    /// The batch of half the samples per device (a multiple of the ranks), or `None` where a
+    /// device has one sample.
+    fn halved(&self) -> Option<usize> {
+        let ranks = self.ranks.max(1);
+        let half_share = self.batch.div_ceil(ranks) / 2;
+        (half_share > 0).then_some(half_share * ranks)
+    }
+
+    /// What to lower after the pass ran out of device memory: the flag, to half each device's
+    /// share, or where that share is one sample, the time steps or the model.
+    pub fn what_to_lower(&self) -> String {
+        match self.halved() {
+            None => "--time-steps or the model's size".into(),
+            Some(half) if self.ranks <= 1 => format!("{} (e.g. to {half})", self.flag),
+            Some(half) => format!(
+                "{} (e.g. to {half}, {} per device)",
+                self.flag,
+                half / self.ranks
+            ),
+        }
+    }
+
+    /// The flags that lower it on `--resume` (e.g. `--eval-batch 16`), where a resumed run may.
+    fn resume_flags(&self) -> Option<String> {
+        let half = self.halved().filter(|_| self.resumable)?;
+        Some(format!("{} {half}", self.flag))
+    }
 }
 
 /// The exit code of a process that Ctrl-C stopped, by the shells' convention (128 + SIGINT).
@@ -292,27 +329,24 @@ fn diverged_advice(saved: usize, out: &str) -> String {
 }
 
 /// What [`Error::OutOfDeviceMemory`] advises at `place`, whose run folder keeps the checkpoint of
-/// epoch `saved` (0: none): lower `lower` and start again; or, with a checkpoint, continue with
-/// the flags that lower it on `--resume` where there are some (the evaluation's batch), else (a
-/// resumed run keeps its training batch) continue on a device with more memory free or start a
-/// new run in another folder.
+/// epoch `saved` (0: none): lower its batch setting and start again; or, with a checkpoint,
+/// continue with the setting lowered where a resumed run may change it (the evaluation's batch),
+/// else (a resumed run keeps its training batch) continue on a device with more memory free or
+/// start a new run in another folder.
 fn out_of_memory_advice(place: &RunPlace) -> String {
     let RunPlace {
-        lower,
-        resume_with,
-        saved,
-        out,
-        ..
+        lower, saved, out, ..
     } = place;
-    match (saved, resume_with) {
-        (0, _) => format!("Lower {lower} and start the run again; {out} holds no checkpoint yet"),
+    let what = lower.what_to_lower();
+    match (saved, lower.resume_flags()) {
+        (0, _) => format!("Lower {what} and start the run again; {out} holds no checkpoint yet"),
         (_, Some(flags)) => format!(
             "{out} holds the checkpoint of epoch {saved} and nothing of the failed epoch: \
              continue it with `revsnn train --out {out} --resume {flags}`"
         ),
         (_, None) => format!(
             "{out} holds the checkpoint of epoch {saved} and nothing of the failed epoch: \
-             continue it on a device with more memory free with {}, or lower {lower} and start \
+             continue it on a device with more memory free with {}, or lower {what} and start \
              a new run with another --out",
             resume_command(out)
         ),
@@ -348,27 +382,23 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]
 mod tests {
-    use super::what_to_lower;
+    use super::BatchSetting;
 
     #[test]
     fn out_of_memory_advises_half_the_batch_where_that_shrinks_the_pass() {
-        assert_eq!(what_to_lower("--batch", 64, 1), "--batch (e.g. to 32)");
+        let what = |setting: BatchSetting| setting.what_to_lower();
+        let (training, evaluation) = (BatchSetting::training, BatchSetting::evaluation);
+        assert_eq!(what(training(64, 1)), "--batch (e.g. to 32)");
+        assert_eq!(what(evaluation(33, 1)), "--eval-batch (e.g. to 16)");
         assert_eq!(
-            what_to_lower("--eval-batch", 33, 1),
-            "--eval-batch (e.g. to 16)"
-        );
-        assert_eq!(
-            what_to_lower("--batch", 512, 8),
+            what(training(512, 8)),
             "--batch (e.g. to 256, 32 per device)"
         );
         // the global batch stays a multiple of the ranks
-        assert_eq!(
-            what_to_lower("--batch", 24, 8),
-            "--batch (e.g. to 8, 1 per device)"
-        );
+        assert_eq!(what(training(24, 8)), "--batch (e.g. to 8, 1 per device)");
         for (batch, ranks) in [(1, 1), (8, 8), (3, 4)] {
             assert_eq!(
-                what_to_lower("--eval-batch", batch, ranks),
+                what(evaluation(batch, ranks)),
                 "--time-steps or the model's size"
             );
         }

@@ -42,7 +42,7 @@ use revsnn::network::{Body, Network, PassOptions, StepReport};
 use revsnn::optim::{Optimizer, OptimizerKind};
 use revsnn::spec::ModelSpec;
 use revsnn_gpu::Cuda;
-use revsnn_gpu::testing::backend_or_skip;
+use revsnn_gpu::testing::{backend_or_skip, is_emulator};
 use revsnn_reference::testing::relative_error;
 use revsnn_reference::{AdamWParams, Backend, Compute, Cpu, DType, Element, Precision, SgdParams};
 
@@ -329,7 +329,7 @@ fn spiking_models_in_bf16_and_fp16_flip_rarely_against_the_cpus_emulation() {
     let Some(gpu) = backend_or_skip::<f32>("gpu_models spiking in bf16 and fp16") else {
         return;
     };
-    let emulated = gpu.device().info.name == "revsnn CPU emulator";
+    let emulated = is_emulator(gpu.device());
     for family in FAMILIES {
         let spec = spec(family);
         let (f32_logits, _) = spiking_forward(&Cpu::<f32>::new(), &spec);

@@ -54,7 +54,7 @@ use revsnn::spec::ModelSpec;
 use revsnn_gpu::ops::conv::{Conv2dContext, ConvEngine};
 use revsnn_gpu::ops::precision::{HalfFormat, half_bits, rounded};
 use revsnn_gpu::ops::saved_input::SavedInput;
-use revsnn_gpu::testing::{backend_or_skip, device_or_skip, each_conv_engine, with_peak_rise};
+use revsnn_gpu::testing::{backend_or_skip, each_conv_engine, emulator_or_skip, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor, GpuDevice};
 use revsnn_reference::contract::{
     attention_backward_in_turn, attention_forward_in_turn,
@@ -1929,14 +1929,8 @@ fn reversible_backward_in_bf16_and_fp16_on_cuda_equals_stored_activations_with_e
 /// as a 7.5 card (`REVSNN_EMU_CC`); a real card cannot pose, and the test says SKIP.
 #[test]
 fn bf16_on_a_card_without_it_is_refused_with_the_alternatives() {
-    let Some(device) = device_or_skip("bf16_on_a_card_without_it") else {
-        return;
-    };
-    if device.info.name != "revsnn CPU emulator" {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"SKIP: bf16 refusal needs the CUDA emulator, which can pose as a card without bf16\n",
-        );
+    let needs = "which can pose as a card without bf16";
+    if emulator_or_skip("bf16_on_a_card_without_it", needs).is_none() {
         return;
     }
     let spec = scratch("bf16-refused").join("tiny.json");

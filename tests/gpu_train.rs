@@ -22,7 +22,7 @@ use common::{
 };
 use revsnn::footprint::{self, Footprint};
 use revsnn::spec::ModelSpec;
-use revsnn_gpu::testing::device_or_skip;
+use revsnn_gpu::testing::emulator_or_skip;
 
 /// The arguments of the tiny run ([`tiny_train_args`]) into `out` on CUDA, at batch 32 (the
 /// evaluation's too, so that the training step holds the peak), 2 steps an epoch, with `extra`
@@ -50,16 +50,8 @@ fn checkpoint(out: &Path) -> Vec<u8> {
     std::fs::read(out.join("last.safetensors")).unwrap()
 }
 
-/// Whether the device is the CUDA emulator, whose memory can shrink; `None` (skipped) without a
-/// device.
-fn on_emulator(test: &str) -> Option<bool> {
-    let device = device_or_skip(test)?;
-    let emulated = device.info.name == "revsnn CPU emulator";
-    if !emulated {
-        eprintln!("SKIP: {test} needs the CUDA emulator, whose device can shrink");
-    }
-    Some(emulated)
-}
+/// What these tests need of the CUDA emulator.
+const SHRINKS: &str = "whose device can shrink";
 
 /// `revsnn` with `args` on an emulated device of `bytes` bytes.
 fn on_device_of(bytes: u64, args: &[String]) -> Output {
@@ -71,7 +63,7 @@ fn on_device_of(bytes: u64, args: &[String]) -> Output {
 
 #[test]
 fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_checkpoint() {
-    if on_emulator("gpu_train out of memory mid-epoch") != Some(true) {
+    if emulator_or_skip("gpu_train out of memory mid-epoch", SHRINKS).is_none() {
         return;
     }
     let dir = scratch("out-of-memory");
@@ -123,7 +115,7 @@ fn out_of_device_memory_mid_epoch_names_the_step_and_bytes_and_keeps_the_last_ch
 
 #[test]
 fn an_evaluation_gets_the_blocks_the_pool_kept_from_training_and_the_run_is_unchanged() {
-    if on_emulator("gpu_train pool release") != Some(true) {
+    if emulator_or_skip("gpu_train pool release", SHRINKS).is_none() {
         return;
     }
     let dir = scratch("pool-release");
@@ -158,7 +150,7 @@ fn an_evaluation_gets_the_blocks_the_pool_kept_from_training_and_the_run_is_unch
 
 #[test]
 fn an_evaluation_out_of_memory_advises_a_smaller_eval_batch_and_the_resumed_run_matches() {
-    if on_emulator("gpu_train evaluation out of memory") != Some(true) {
+    if emulator_or_skip("gpu_train evaluation out of memory", SHRINKS).is_none() {
         return;
     }
     let dir = scratch("evaluation-out-of-memory");

@@ -94,24 +94,27 @@ struct Pool {
         free.erase(range);
     }
 
-    // Places a block of `bytes` in the smallest free range that holds it, or in a new chunk.
-    // Needs `lock`.
+    // Places a used block of `bytes` in the smallest free range that holds it, or in a new
+    // chunk. Needs `lock`.
     Block place(unsigned long long bytes) {
+        used += bytes;
         const auto best = by_length.lower_bound(Range{bytes, 0, 0});
         if (best == by_length.end()) {
             const std::size_t id = next_chunk++;
-            chunks[id].bytes = bytes;
+            chunks[id] = Chunk{bytes, bytes, {}};
             reserved += bytes;
             return Block{id, 0, bytes};
         }
         const auto [length, id, offset] = *best;
         remove_free(id, offset);
         if (length > bytes) add_free(id, offset + bytes, length - bytes);
+        chunks.at(id).used += bytes;
         return Block{id, offset, bytes};
     }
 
     // Returns `block`'s range to its chunk, merged with the free ranges beside it. Needs `lock`.
     void unplace(const Block& block) {
+        used -= block.bytes;
         Chunk& chunk = chunks.at(block.chunk);
         chunk.used -= block.bytes;
         unsigned long long offset = block.offset, length = block.bytes;
@@ -142,17 +145,43 @@ struct Pool {
                     (largest == chunks.end() || it->second.bytes > largest->second.bytes))
                     largest = it;
             if (largest == chunks.end()) break;
-            reserved -= largest->second.bytes;
-            remove_free(largest->first, 0);  // its one range, the whole chunk
-            chunks.erase(largest);
+            forget(largest);
         }
         publish();
+    }
+
+    // Gives a chunk with no live block back to the device. Needs `lock`.
+    void forget(std::map<std::size_t, Chunk>::iterator chunk) {
+        reserved -= chunk->second.bytes;
+        remove_free(chunk->first, 0);  // its one range, the whole chunk
+        chunks.erase(chunk);
     }
 
     // What a synchronisation does: releases what passes the release threshold.
     void synchronised() {
         std::lock_guard<std::mutex> guard(lock);
         release_to(release_threshold);
+    }
+
+    // A block of `bytes` placed in the pool and backed by the emulator's own memory, or nullptr
+    // (the pool as it was) when the device has no room for it.
+    void* allocate(unsigned long long bytes) {
+        std::lock_guard<std::mutex> guard(lock);
+        const unsigned long long reserved_before = reserved;
+        const auto block = place(bytes);
+        // reserved - used leaves a new chunk out: device_alloc counts its bytes as live
+        publish();
+        void* p = emu::device_alloc(bytes);
+        if (!p) {
+            unplace(block);
+            if (reserved != reserved_before) forget(chunks.find(block.chunk));
+            publish();
+            return nullptr;
+        }
+        blocks[p] = block;
+        if (used > used_high) used_high = used;
+        if (reserved > reserved_high) reserved_high = reserved;
+        return p;
     }
 
     // Frees the pool's block at `p` (its memory unmapped, its range back to its chunk); false if
@@ -162,7 +191,6 @@ struct Pool {
         const auto block = blocks.find(p);
         if (block == blocks.end() || emu::device_free(p) == 0) return false;
         unplace(block->second);
-        used -= block->second.bytes;
         blocks.erase(block);
         publish();
         return true;
@@ -730,29 +758,9 @@ CUresult cuMemFree(CUdeviceptr dptr) {
 CUresult cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream) {
     CHECK_CTX();
     if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
-    std::lock_guard<std::mutex> guard(default_pool.lock);
-    const unsigned long long reserved_before = default_pool.reserved;
-    const auto block = default_pool.place(bytes);
-    default_pool.chunks.at(block.chunk).used += bytes;
-    default_pool.used += bytes;
-    // cached = reserved - used leaves a new chunk out: device_alloc counts its bytes as live
-    default_pool.publish();
-    void* p = emu::device_alloc(bytes);
-    if (!p) {
-        default_pool.used -= bytes;
-        if (default_pool.reserved != reserved_before) {
-            default_pool.chunks.erase(block.chunk);
-            default_pool.reserved = reserved_before;
-        } else {
-            default_pool.unplace(block);
-        }
-        default_pool.publish();
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    default_pool.blocks[p] = block;
+    void* p = default_pool.allocate(bytes);
+    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
     *dptr = reinterpret_cast<CUdeviceptr>(p);
-    if (default_pool.used > default_pool.used_high) default_pool.used_high = default_pool.used;
-    if (default_pool.reserved > default_pool.reserved_high) default_pool.reserved_high = default_pool.reserved;
     return CUDA_SUCCESS;
 }
 

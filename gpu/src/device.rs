@@ -417,10 +417,7 @@ impl GpuDevice {
     /// live buffers, which serve allocations that fit them). What a run's estimate is compared
     /// with before it starts.
     pub fn free_memory_bytes(&self) -> Result<usize, GpuError> {
-        let cached = match self.context.has_async_alloc() {
-            true => memory_pool::cached_bytes(&self.context)?,
-            false => 0,
-        };
+        let cached = memory_pool::cached_bytes(&self.context)?;
         Ok(self.driver_free_bytes()? + cached as usize)
     }
 

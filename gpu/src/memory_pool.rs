@@ -35,8 +35,12 @@ pub(crate) fn reserved_high(context: &CudaContext) -> Result<u64, GpuError> {
 
 /// The bytes the pool holds from the driver but no live buffer uses: `cuMemGetInfo` counts them as
 /// used. The blocks among them with no live buffer left [`release_cached_blocks`] hands back; the
-/// free ranges between live buffers only serve allocations that fit them.
+/// free ranges between live buffers only serve allocations that fit them. 0 on a device without
+/// the pool, whose buffers go back to the driver when freed.
 pub(crate) fn cached_bytes(context: &CudaContext) -> Result<u64, GpuError> {
+    if !context.has_async_alloc() {
+        return Ok(0);
+    }
     let reserved = attribute(
         context,
         sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,

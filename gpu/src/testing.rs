@@ -1,5 +1,5 @@
-//! Shared by the GPU tests and benches: open the device or skip; run on each convolution engine;
-//! NCCL or skip; the device memory a pass allocates.
+//! Shared by the GPU tests and benches: open the device (or the emulator) or skip; run on each
+//! convolution engine; NCCL or skip; the device memory a pass allocates.
 //!
 //! Without a GPU every GPU test prints `SKIP: no CUDA device (<reason>)` and passes; with
 //! `REVSNN_REQUIRE_GPU=1` (set by `gpu/check.sh`) a missing GPU fails the test instead.
@@ -26,6 +26,28 @@ pub fn device_or_skip(test: &str) -> Option<GpuDevice> {
             None
         }
     }
+}
+
+/// Whether `device` is the CPU emulator of the CUDA stack (`gpu/emulator/`), which can do what a
+/// card cannot: shrink its memory, pose as another card, add in the reference's order.
+pub fn is_emulator(device: &GpuDevice) -> bool {
+    device.info.name == "revsnn CPU emulator"
+}
+
+/// The device when it is the CUDA emulator, or `None` after printing why the calling test skips:
+/// no device ([`device_or_skip`]), or a real card, which lacks what the test `needs` of the
+/// emulator (e.g. "whose device can shrink").
+pub fn emulator_or_skip(test: &str, needs: &str) -> Option<GpuDevice> {
+    let device = device_or_skip(test)?;
+    if is_emulator(&device) {
+        return Some(device);
+    }
+    // Written past the test harness's capture, so the skip shows in every log.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP: {test} needs the CUDA emulator, {needs}"
+    );
+    None
 }
 
 /// The CUDA backend on the device, or `None` after printing why the calling test skips (see

@@ -7,7 +7,7 @@
 //! it, and the test says SKIP. Skips without a GPU (`SKIP: no CUDA device`), fails then with
 //! `REVSNN_REQUIRE_GPU=1`.
 
-use revsnn_gpu::testing::device_or_skip;
+use revsnn_gpu::testing::emulator_or_skip;
 use revsnn_gpu::{GpuDevice, GpuError};
 use revsnn_reference::DeviceError;
 
@@ -25,15 +25,9 @@ fn cached_blocks_are_released_for_a_buffer_that_fits_and_a_buffer_that_does_not_
     // SAFETY: this binary's only test sets the variable before it opens a device, the first
     // reader of the environment, and starts no thread.
     unsafe { std::env::set_var("REVSNN_EMU_MEMORY_BYTES", DEVICE_BYTES.to_string()) };
-    let Some(device) = device_or_skip("memory_pool") else {
+    let Some(device) = emulator_or_skip("memory_pool", "whose device can shrink") else {
         return;
     };
-    if device.info.name != "revsnn CPU emulator" {
-        eprintln!(
-            "SKIP: the memory pool near a full card needs the CUDA emulator, whose device can shrink"
-        );
-        return;
-    }
     let free = device.free_memory_bytes().unwrap();
     assert!(free > 48 * MIB, "{free} bytes free of {DEVICE_BYTES}");
 

@@ -16,7 +16,7 @@ use super::ranks::Rank;
 use super::shuffle_seed;
 use crate::data::Dataset;
 use crate::device::Compute;
-use crate::error::{Error, Result, RunPlace, counted, what_to_lower};
+use crate::error::{BatchSetting, Error, Result, RunPlace, counted};
 use crate::grad_scaler::{GradScaler, GradScalerConfig, StepAction};
 use crate::model::probes::DivergedRecomputes;
 use crate::model::{BuildOptions, FinalGrads, Grads, StepOutput, Targets};
@@ -301,8 +301,7 @@ impl StepPlace<'_> {
         error.in_run_out_of_memory(|| RunPlace {
             during: format!("the training step at {self}"),
             batch: count,
-            lower: what_to_lower("--batch", config.batch, config.ranks),
-            resume_with: None,
+            lower: BatchSetting::training(config.batch, config.ranks),
             saved: self.epoch,
             out: self.out.display().to_string(),
         })

@@ -30,7 +30,7 @@ use crate::collective::NcclGroup;
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
-use crate::error::{Error, Result, RunPlace, counted, halved_batch, what_to_lower};
+use crate::error::{BatchSetting, Error, Result, RunPlace, counted};
 use crate::footprint;
 use crate::network::Network;
 use crate::spec::ModelSpec;
@@ -351,8 +351,7 @@ fn evaluate_rank<B: Compute>(
     let place = || RunPlace {
         during: format!("the evaluation after epoch {}", epoch + 1),
         batch: batch.div_ceil(rank.world()),
-        lower: what_to_lower("--eval-batch", batch, config.ranks),
-        resume_with: halved_batch(batch, config.ranks).map(|half| format!("--eval-batch {half}")),
+        lower: BatchSetting::evaluation(batch, config.ranks),
         saved: epoch,
         out: config.out.display().to_string(),
     };
