@@ -4,12 +4,17 @@
 //! The file format is Hugging Face's `safetensors` crate's: it parses and validates the header
 //! (dtypes, shapes, contiguous offsets, every size overflow-checked) and lays out what we write.
 //! This layer converts its F32, F64 and I64 tensors to and from [`StoredTensor`]s, and maps them
-//! onto a model's parameter store by key, naming every key that does not fit in one error.
+//! onto a model's parameter store by key, naming every key that does not fit in one error. It also
+//! reads F16 and BF16 tensors (a `state_dict` saved after `model.half()` or in bfloat16), widened
+//! to F32 as they are read: each 16-bit value is an `f32` exactly, so a model loads the very
+//! values the file holds. Checkpoints are written in the backend's float type, whatever the
+//! precision a run computes in.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
+use half::{bf16, f16};
 use revsnn_reference::{Backend, DType, Element};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, View};
@@ -104,8 +109,8 @@ pub fn read(path: &Path) -> Result<TensorFile> {
     parse(&bytes).map_err(|e| Error::file(path, e.to_string()))
 }
 
-/// The tensors of the safetensors file `bytes`, in file order: F32, F64 or I64, each holding as
-/// many elements as its shape says. Anything else (a truncated or corrupt file, another dtype,
+/// The tensors of the safetensors file `bytes`, in file order: F32 (F16 and BF16 widened to it
+/// exactly), F64 or I64, each holding as many elements as its shape says. Anything else (a truncated or corrupt file, another dtype,
 /// offsets that do not tile the data) is an [`Error::Safetensors`] saying what is wrong.
 ///
 /// The crate parses and validates the header. The 8-byte length in front of it is split off
@@ -164,11 +169,12 @@ fn stored_tensor(name: &str, info: &TensorInfo, data: &[u8]) -> Result<StoredTen
         ))
     })?;
     let element_size: usize = match info.dtype {
+        Dtype::F16 | Dtype::BF16 => 2,
         Dtype::F32 => 4,
         Dtype::F64 | Dtype::I64 => 8,
         other => {
             return Err(invalid(format!(
-                "{name}: dtype {other} is not supported (use F32, F64 or I64)"
+                "{name}: dtype {other} is not supported (use F32, F64, F16, BF16 or I64)"
             )));
         }
     };
@@ -185,6 +191,8 @@ fn stored_tensor(name: &str, info: &TensorInfo, data: &[u8]) -> Result<StoredTen
         )));
     }
     let data = match info.dtype {
+        Dtype::F16 => TensorData::F32(decode(raw, |bytes| f16::from_le_bytes(bytes).to_f32())),
+        Dtype::BF16 => TensorData::F32(decode(raw, |bytes| bf16::from_le_bytes(bytes).to_f32())),
         Dtype::F32 => TensorData::F32(decode(raw, f32::from_le_bytes)),
         Dtype::F64 => TensorData::F64(decode(raw, f64::from_le_bytes)),
         _ => TensorData::I64(decode(raw, i64::from_le_bytes)),
@@ -243,8 +251,8 @@ pub fn state_dict<B: Backend>(backend: &B, store: &ParamStore<B>) -> Result<Tens
         .collect()
 }
 
-/// Loads a state_dict into `store`. `num_batches_tracked` may be present or absent; F32, F64 and
-/// (for counters) I64 tensors are accepted. Missing keys, unexpected keys and shape mismatches
+/// Loads a state_dict into `store`. `num_batches_tracked` may be present or absent; F32, F64,
+/// F16 and BF16 (read as F32) and, for counters, I64 tensors are accepted. Missing keys, unexpected keys and shape mismatches
 /// are reported together in one error.
 pub fn load_state_dict<B: Backend>(
     backend: &B,
@@ -425,13 +433,60 @@ mod tests {
         );
     }
 
+    /// F16 and BF16 values, as `model.half()` or a bfloat16 `state_dict` store them: normals,
+    /// subnormals, signed zeros, the extremes and infinities, each read as the `f32` it equals.
+    #[test]
+    fn half_precision_tensors_are_read_as_the_f32_values_they_hold() {
+        let values = [
+            1.0f32,
+            -2.5,
+            0.1,
+            65504.0,
+            6.0e-8,
+            -0.0,
+            3.0e-39,
+            f32::INFINITY,
+        ];
+        let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+        let bhalves: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+        let mut data: Vec<u8> = halves.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.extend(bhalves.iter().flat_map(|v| v.to_le_bytes()));
+        let header = r#"{"h":{"dtype":"F16","shape":[2,4],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[8],"data_offsets":[16,32]}}"#;
+        let parsed = parse(&file(header, &data)).unwrap();
+        let widened = |v: Vec<f32>, shape| StoredTensor {
+            shape,
+            data: TensorData::F32(v),
+        };
+        let expected_h = halves.iter().map(|v| v.to_f32()).collect();
+        let expected_b = bhalves.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(parsed[0], ("h".into(), widened(expected_h, vec![2, 4])));
+        assert_eq!(parsed[1], ("b".into(), widened(expected_b, vec![8])));
+        // Exact: each value goes back to its 16 bits, the sign of zero and subnormals included.
+        let TensorData::F32(read) = &parsed[0].1.data else {
+            unreachable!()
+        };
+        let bits: Vec<u16> = read.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        assert_eq!(bits, halves.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert!(
+            read[4] > 0.0 && read[4] < 6.2e-8,
+            "an f16 subnormal: {}",
+            read[4]
+        );
+        assert_eq!(read[5].to_bits(), (-0.0f32).to_bits());
+    }
+
     #[test]
     fn headers_that_do_not_describe_their_data_are_errors() {
         let cases = [
             (
-                r#"{"w":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}"#,
-                2,
-                "dtype BF16 is not supported",
+                r#"{"w":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+                "dtype I32 is not supported (use F32, F64, F16, BF16 or I64)",
+            ),
+            (
+                r#"{"w":{"dtype":"F16","shape":[3],"data_offsets":[0,4]}}"#,
+                4,
+                "invalid shape",
             ),
             (
                 r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,

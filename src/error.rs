@@ -14,7 +14,7 @@ pub enum Error {
     /// A model spec that cannot be built.
     #[error("invalid model spec: {0}")]
     Spec(String),
-    /// Bytes that are not a safetensors file of F32, F64 and I64 tensors.
+    /// Bytes that are not a safetensors file of F32, F64, F16, BF16 and I64 tensors.
     #[error("not a valid safetensors file: {0}")]
     Safetensors(String),
     /// A file that cannot be read or written.

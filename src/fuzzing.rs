@@ -176,6 +176,8 @@ fn safetensors_seeds() -> Vec<Vec<u8>> {
                 &[],
                 7i64.to_le_bytes().to_vec(),
             ),
+            ("bn1.weight", "F16", &[2], vec![0x00, 0x3c, 0x01, 0x80]),
+            ("bn1.bias", "BF16", &[2], vec![0x80, 0x3f, 0x00, 0xff]),
         ]),
     ]
 }

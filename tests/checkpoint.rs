@@ -1,7 +1,8 @@
 //! Checkpoints across versions and languages: the files of revsnn's earlier, hand-written
 //! safetensors writer still load and evaluate as before, and what revsnn writes now loads in the
 //! Python `safetensors` package (numpy path; torch too where it is installed) with every name,
-//! dtype, shape and value. The Python checks skip (saying `SKIP:`) where the package is missing,
+//! dtype, shape and value. 16-bit state_dicts (F16, BF16; numpy's `float16` among them) load
+//! and evaluate as the F32 values they hold. The Python checks skip (saying `SKIP:`) where the package is missing,
 //! unless `REVSNN_REQUIRE_SAFETENSORS_PY=1` (set by CI after installing it) makes that a failure.
 
 mod common;
@@ -12,7 +13,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use half::{bf16, f16};
 use revsnn::checkpoint::{self, StoredTensor, TensorData, TensorFile};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
 use serde_json::Value;
 
 const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
@@ -222,16 +226,26 @@ fn assert_python_reads(framework: &str, files: &[PathBuf]) {
     }
 }
 
+/// Whether Python's `safetensors.numpy` can run; prints `SKIP:` when not (a failure under
+/// `REVSNN_REQUIRE_SAFETENSORS_PY=1`).
+fn python_safetensors_or_skip(test: &str) -> bool {
+    if python_imports("safetensors.numpy") {
+        return true;
+    }
+    assert!(
+        std::env::var("REVSNN_REQUIRE_SAFETENSORS_PY").as_deref() != Ok("1"),
+        "REVSNN_REQUIRE_SAFETENSORS_PY=1 but python3 cannot import safetensors.numpy"
+    );
+    println!(
+        "SKIP: {test}: the safetensors Python package is not installed \
+         (pip install safetensors numpy)"
+    );
+    false
+}
+
 #[test]
 fn what_we_write_loads_in_python_safetensors() {
-    if !python_imports("safetensors.numpy") {
-        assert!(
-            std::env::var("REVSNN_REQUIRE_SAFETENSORS_PY").as_deref() != Ok("1"),
-            "REVSNN_REQUIRE_SAFETENSORS_PY=1 but python3 cannot import safetensors.numpy"
-        );
-        println!(
-            "SKIP: the safetensors Python package is not installed (pip install safetensors numpy)"
-        );
+    if !python_safetensors_or_skip("what_we_write_loads_in_python_safetensors") {
         return;
     }
     let dir = scratch("python");
@@ -242,5 +256,108 @@ fn what_we_write_loads_in_python_safetensors() {
     } else {
         println!("SKIP (torch part only): torch is not installed");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The tiny model's checkpoint with every float tensor rounded to a 16-bit format (`round`,
+/// to nearest even) and stored in it as `dtype`: what `model.half()` or a bfloat16 `state_dict`
+/// saves. Written twice: in 16 bits, and as F32 holding the same (rounded) values.
+fn rounded_checkpoint(dir: &Path, dtype: Dtype, round: fn(f32) -> (f32, [u8; 2])) -> [PathBuf; 2] {
+    let tensors = checkpoint::read(&earlier_writer("revsresnet-tiny.safetensors")).unwrap();
+    let mut widened: TensorFile = Vec::new();
+    // Every tensor as the 16-bit file holds it: name, dtype, shape, little-endian bytes.
+    let mut stored: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, tensor) in tensors {
+        let shape = tensor.shape.clone();
+        let (data, bytes) = match tensor.data {
+            TensorData::F32(values) => {
+                let (rounded, bytes): (Vec<f32>, Vec<[u8; 2]>) =
+                    values.iter().map(|&v| round(v)).unzip();
+                (TensorData::F32(rounded), (dtype, bytes.concat()))
+            }
+            TensorData::I64(counts) => {
+                let bytes = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
+                (TensorData::I64(counts), (Dtype::I64, bytes))
+            }
+            other => panic!("{name}: the tiny checkpoint holds F32 and I64, not {other:?}"),
+        };
+        stored.push((name.clone(), bytes.0, shape.clone(), bytes.1));
+        widened.push((name, StoredTensor { shape, data }));
+    }
+    let views = stored.iter().map(|(name, dtype, shape, bytes)| {
+        let view = TensorView::new(*dtype, shape.clone(), bytes).unwrap();
+        (name.clone(), view)
+    });
+    let stem = format!("{dtype}").to_lowercase();
+    let half_file = dir.join(format!("{stem}.safetensors"));
+    let f32_file = dir.join(format!("{stem}-as-f32.safetensors"));
+    std::fs::write(&half_file, safetensors::serialize(views, None).unwrap()).unwrap();
+    checkpoint::write(&f32_file, &widened).unwrap();
+    [half_file, f32_file]
+}
+
+fn to_f16(v: f32) -> (f32, [u8; 2]) {
+    let h = f16::from_f32(v);
+    (h.to_f32(), h.to_le_bytes())
+}
+
+fn to_bf16(v: f32) -> (f32, [u8; 2]) {
+    let h = bf16::from_f32(v);
+    (h.to_f32(), h.to_le_bytes())
+}
+
+#[test]
+fn half_precision_state_dicts_load_and_evaluate_as_the_f32_values_they_hold() {
+    let dir = scratch("half");
+    for (dtype, round) in [(Dtype::F16, to_f16 as fn(f32) -> _), (Dtype::BF16, to_bf16)] {
+        let [half_file, f32_file] = rounded_checkpoint(&dir, dtype, round);
+        assert_eq!(
+            by_name(checkpoint::read(&half_file).unwrap()),
+            by_name(checkpoint::read(&f32_file).unwrap()),
+            "{dtype}: read as F32"
+        );
+        let (half, exact) = (evaluate(&half_file), evaluate(&f32_file));
+        assert_eq!(half["samples"], 64, "{half}");
+        assert_eq!(half, exact, "{dtype}: evaluated as its F32 values");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// numpy's `float16` rounding, written by Python's `safetensors`, reads as our own rounding.
+const HALVER: &str = r#"
+import sys, numpy
+from safetensors.numpy import load_file, save_file
+tensors = load_file(sys.argv[1])
+save_file({k: v.astype(numpy.float16) if v.dtype == numpy.float32 else v
+           for k, v in tensors.items()}, sys.argv[2])
+"#;
+
+#[test]
+fn a_float16_state_dict_saved_by_python_reads_as_our_rounding() {
+    if !python_safetensors_or_skip("a_float16_state_dict_saved_by_python_reads_as_our_rounding") {
+        return;
+    }
+    let dir = scratch("python-half");
+    let [_, ours] = rounded_checkpoint(&dir, Dtype::F16, to_f16);
+    let theirs = dir.join("numpy-f16.safetensors");
+    let source = earlier_writer("revsresnet-tiny.safetensors");
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            HALVER,
+            source.to_str().unwrap(),
+            theirs.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        by_name(checkpoint::read(&theirs).unwrap()),
+        by_name(checkpoint::read(&ours).unwrap())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
