@@ -659,15 +659,25 @@ CUresult cuStreamDestroy(CUstream stream) {
     return CUDA_SUCCESS;
 }
 
+// Whether the streams pose as stalled (REVSNN_EMU_STREAM_STALLED=1, read at every call, so a test
+// can set it mid-run): as a stream waiting on a collective that a dead or hung rank never joins,
+// cuStreamQuery answers not ready and cuStreamSynchronize blocks until the variable is unset.
+// The work itself has run, as every call here runs it at once.
+static bool streams_stalled() {
+    const char* v = std::getenv("REVSNN_EMU_STREAM_STALLED");
+    return v && std::strcmp(v, "1") == 0;
+}
+
 CUresult cuStreamSynchronize(CUstream) {
     CHECK_INIT();
+    while (streams_stalled()) usleep(10000);
     default_pool.synchronised();
     return CUDA_SUCCESS;
 }
 
 CUresult cuStreamQuery(CUstream) {
     CHECK_INIT();
-    return CUDA_SUCCESS;
+    return streams_stalled() ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
 }
 
 CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned int) {

@@ -4,8 +4,9 @@
 //! ([`crate::kernel_cache`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
@@ -52,7 +53,16 @@ pub struct GpuDevice {
     host_waits: AtomicU64,
     uploads: AtomicU64,
     alloc_retries: AtomicU64,
+    /// The longest a host wait for the stream may last, once a communicator set it
+    /// ([`GpuDevice::limit_host_waits`]); unbounded before.
+    host_wait_limit: Mutex<Option<Duration>>,
+    /// Whether a bounded wait ran past its limit: the stream waits on work that will not
+    /// finish, so every later wait fails at once.
+    stalled: AtomicBool,
 }
+
+/// How long a bounded host wait spins on the stream before it sleeps between polls.
+const SPIN: Duration = Duration::from_millis(2);
 
 /// The environment variable that picks the convolution engine when a device opens.
 pub const CONV_ENGINE_VARIABLE: &str = "REVSNN_CONV_ENGINE";
@@ -92,6 +102,8 @@ impl GpuDevice {
             host_waits: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
             alloc_retries: AtomicU64::new(0),
+            host_wait_limit: Mutex::new(None),
+            stalled: AtomicBool::new(false),
         };
         match std::env::var(CONV_ENGINE_VARIABLE) {
             Ok(value) => device.set_conv_engine(value.parse()?)?,
@@ -157,8 +169,8 @@ impl GpuDevice {
         Ok(DeviceBuffer::counted(slice, len, &self.accounting))
     }
 
-    /// Runs `allocation` of `len` elements of `T`. If the device is full, waits for the stream,
-    /// hands the blocks the pool keeps from freed buffers back to the driver and runs it once
+    /// Runs `allocation` of `len` elements of `T`. If the device is full, waits for the stream
+    /// (within the limit a communicator set: the stream may wait on a collective), hands the blocks the pool keeps from freed buffers back to the driver and runs it once
     /// more: cached blocks, each too small for a larger buffer, can fill a card together
     /// (PyTorch's caching allocator empties its cache and retries the same way). Each retry is
     /// counted in [`TransferCounts::alloc_retries`]; a second failure is
@@ -199,12 +211,77 @@ impl GpuDevice {
         self.host_waits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The elements of `buffer`, copied to the host (waits for the stream).
+    /// Bounds every later host wait for this device's stream by `limit` (a synchronisation, a
+    /// download, an allocation's retry): a communicator sets its timeout here, since the stream
+    /// may then wait on a collective that a rank which died or hangs never joins.
+    pub(crate) fn limit_host_waits(&self, limit: Duration) {
+        *self
+            .host_wait_limit
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(limit);
+    }
+
+    fn host_wait_limit(&self) -> Option<Duration> {
+        *self
+            .host_wait_limit
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Polls the stream until it has run everything queued, calling `watch` between polls (a
+    /// communicator checks NCCL's asynchronous error there); a wait past `limit`, or any wait
+    /// once one has run past its limit, is [`DeviceError::Stalled`]. Not counted as a host wait:
+    /// its callers count theirs.
+    pub(crate) fn poll_stream(
+        &self,
+        during: &'static str,
+        limit: Duration,
+        mut watch: impl FnMut() -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        let stalled = || GpuError::Device(DeviceError::Stalled { during, limit });
+        let started = Instant::now();
+        while !self.stalled.load(Ordering::Relaxed) {
+            // SAFETY: the stream is alive as long as the device.
+            match unsafe { sys::cuStreamQuery(self.stream.cu_stream()) } {
+                sys::CUresult::CUDA_SUCCESS => return Ok(()),
+                sys::CUresult::CUDA_ERROR_NOT_READY => {}
+                failure => return Err(GpuError::driver(during)(DriverError(failure))),
+            }
+            watch()?;
+            let waited = started.elapsed();
+            if waited > limit {
+                self.stalled.store(true, Ordering::Relaxed);
+            } else if waited < SPIN {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        Err(stalled())
+    }
+
+    /// Waits for the stream, within the limit a communicator set ([`Self::poll_stream`]), and
+    /// otherwise without one.
+    fn wait_for_stream(&self, during: &'static str) -> Result<(), GpuError> {
+        match self.host_wait_limit() {
+            Some(limit) => self.poll_stream(during, limit, || Ok(())),
+            None => self
+                .stream
+                .synchronize()
+                .map_err(GpuError::driver("synchronizing the stream")),
+        }
+    }
+
+    /// The elements of `buffer`, copied to the host (waits for the stream, within the limit a
+    /// communicator set).
     pub fn download<T: DeviceRepr>(&self, buffer: &DeviceBuffer<T>) -> Result<Vec<T>, GpuError> {
         if buffer.is_empty() {
             return Ok(Vec::new());
         }
         self.count_host_wait();
+        if self.host_wait_limit().is_some() {
+            self.wait_for_stream("copying from the device")?;
+        }
         self.stream
             .clone_dtoh(buffer.slice())
             .map_err(GpuError::driver("copying from the device"))
@@ -442,12 +519,11 @@ impl GpuDevice {
         }
     }
 
-    /// Waits for every queued operation and surfaces any error recorded asynchronously.
+    /// Waits for every queued operation (within the limit a communicator set,
+    /// [`DeviceError::Stalled`] past it) and surfaces any error recorded asynchronously.
     pub fn synchronize(&self) -> Result<(), GpuError> {
         self.count_host_wait();
-        self.stream
-            .synchronize()
-            .map_err(GpuError::driver("synchronizing the stream"))?;
+        self.wait_for_stream("synchronizing the stream")?;
         self.context
             .check_err()
             .map_err(GpuError::driver("checking for asynchronous errors"))

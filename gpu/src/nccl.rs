@@ -17,10 +17,12 @@ use std::any::Any;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, sys as driver};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{NcclType, result, sys};
+
+use revsnn_reference::DeviceError;
 
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -29,9 +31,6 @@ use crate::tensor::CudaTensor;
 
 /// The size of NCCL's unique id, the bytes rank 0 hands every rank at the rendezvous.
 pub const UNIQUE_ID_BYTES: usize = 128;
-
-/// How long the host spins on a collective before it starts sleeping between polls.
-const SPIN: Duration = Duration::from_millis(2);
 
 /// Whether NCCL can be loaded; cudarc panics on first use when it cannot.
 pub fn nccl_present() -> bool {
@@ -82,7 +81,8 @@ unsafe impl Send for Communicator {}
 impl Communicator {
     /// Joins the communicator that `id` (from [`unique_id`] on rank 0) names, as `rank` of
     /// `world_size`, on `device`. Blocks until every rank has joined; collectives wait at most
-    /// `timeout` for the others.
+    /// `timeout` for the others, and so does every later host wait on the device
+    /// (`GpuDevice::limit_host_waits`): its stream may wait on one of their collectives.
     pub fn join(
         device: Arc<GpuDevice>,
         rank: usize,
@@ -108,6 +108,7 @@ impl Communicator {
             .map_err(GpuError::driver("making the device current"))?;
         unsafe { result::comm_init_rank(&mut comm, ranks(world_size), id, ranks(rank)) }
             .map_err(|e| nccl_error(rank, "joining the communicator", e))?;
+        device.limit_host_waits(timeout);
         Ok(Communicator {
             comm,
             device,
@@ -265,38 +266,22 @@ impl Communicator {
     /// communicator and fails.
     fn wait(&self, during: &'static str) -> Result<(), GpuError> {
         self.device.count_host_wait();
-        let started = Instant::now();
-        loop {
-            // SAFETY: the stream is alive as long as the device.
-            match unsafe { driver::cuStreamQuery(self.device.stream().cu_stream()) } {
-                driver::CUresult::CUDA_SUCCESS => return Ok(()),
-                driver::CUresult::CUDA_ERROR_NOT_READY => {}
-                failure => {
-                    return Err(GpuError::driver("waiting for a collective")(
-                        cudarc::driver::DriverError(failure),
-                    ));
-                }
-            }
-            self.check_async_error(during)?;
-            let waited = started.elapsed();
-            if waited > self.timeout {
-                self.abort();
-                return Err(GpuError::Nccl {
-                    rank: self.rank,
-                    during,
-                    detail: format!(
-                        "the other ranks did not take part within {} s (one died or hangs; \
-                         its own output says why); the communicator was aborted",
-                        self.timeout.as_secs()
-                    ),
-                });
-            }
-            if waited < SPIN {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(200));
-            }
+        let waited = self
+            .device
+            .poll_stream(during, self.timeout, || self.check_async_error(during));
+        if let Err(GpuError::Device(DeviceError::Stalled { .. })) = waited {
+            self.abort();
+            return Err(GpuError::Nccl {
+                rank: self.rank,
+                during,
+                detail: format!(
+                    "the other ranks did not take part within {} s (one died or hangs; its own \
+                     output says why); the communicator was aborted",
+                    self.timeout.as_secs()
+                ),
+            });
         }
+        waited
     }
 
     /// An error NCCL recorded while the collective ran, if any (the communicator is aborted).

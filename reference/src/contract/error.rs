@@ -52,6 +52,17 @@ pub enum DeviceError {
     /// backend is wrong. The reason says what to install or change.
     #[error("{reason}")]
     Unavailable { reason: String },
+    /// The host waited for the device past the limit a run of several GPUs sets on every wait
+    /// (`--rank-timeout`): its queue waits on a collective that another rank never joined.
+    #[error(
+        "the device did not finish its queued work within {limit:?} ({during}): it waits for a \
+         collective that another rank never joined, so that rank died or hangs (its own output \
+         says why); --rank-timeout sets this limit"
+    )]
+    Stalled {
+        during: &'static str,
+        limit: std::time::Duration,
+    },
     /// A call on the device failed: a kernel that did not compile or launch, a library call, an
     /// asynchronous error surfacing at a synchronisation.
     #[error(
