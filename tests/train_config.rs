@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{failed, ok, revsnn, scratch};
+use common::{f32_tensors, failed, ok, revsnn, scratch, tiny_train_args};
 
 use std::path::Path;
 
@@ -639,5 +639,90 @@ fn the_evaluation_batch_is_the_batch_from_32_up_and_a_resumed_run_may_change_it(
     let config = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
     assert!(config.contains("eval_batch = 5"), "{config}");
     assert_eq!(metrics(&dir.join("run")).len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The largest difference between two runs' parameters (the running statistics left out).
+fn parameter_distance(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (f32_tensors(a, true), f32_tensors(b, true));
+    assert_eq!(a.len(), b.len());
+    let pairs = a.iter().zip(&b).flat_map(|((na, va), (nb, vb))| {
+        assert_eq!(na, nb);
+        va.iter().zip(vb)
+    });
+    pairs.map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn a_run_starts_from_an_initial_checkpoint_that_must_fit_and_keeps_it_on_resume() {
+    let dir = scratch("initial-checkpoint");
+    let train = |name: &str, extra: &[&str]| revsnn(&tiny_train_args(&dir.join(name), extra));
+    ok(train("source", &["--epochs", "1"]));
+    let source = dir.join("source/last.safetensors").display().to_string();
+    // An epoch at a learning rate of 1e-9 leaves the weights where it started: the checkpoint's
+    // with the flag, the seed's without.
+    let still = ["--epochs", "1", "--lr", "1e-9"];
+    ok(train(
+        "started",
+        &[&still[..], &["--initial-checkpoint", &source]].concat(),
+    ));
+    ok(train("fresh", &still));
+    let (started, fresh) = (dir.join("started"), dir.join("fresh"));
+    assert!(parameter_distance(&started, &dir.join("source")) < 1e-6);
+    assert!(parameter_distance(&fresh, &dir.join("source")) > 1e-3);
+
+    let config = std::fs::read_to_string(started.join("config.toml")).unwrap();
+    assert!(
+        config.contains(&format!("initial_checkpoint = {source:?}")),
+        "{config}"
+    );
+    // A resumed run continues from its own checkpoint, and may not name another.
+    let resumed = ["--epochs", "2", "--lr", "1e-9", "--resume"];
+    let stderr = failed(train(
+        "started",
+        &[
+            &resumed[..],
+            &[
+                "--initial-checkpoint",
+                &started.join("last.safetensors").display().to_string(),
+            ],
+        ]
+        .concat(),
+    ));
+    assert!(stderr.contains("initial_checkpoint"), "{stderr}");
+    ok(train("started", &resumed));
+    assert_eq!(metrics(&started).len(), 2);
+
+    // A checkpoint of another model (its last stage 4 channels wide, the model's 8) is refused,
+    // naming the file and the mismatch, and leaves no run folder.
+    let wider = write(&dir, "wider.json", &TINY.replace("[2,4,4,4]", "[2,4,4,8]"));
+    let misfit = dir.join("misfit").display().to_string();
+    let stderr = failed(revsnn(&[
+        "train",
+        "--spec",
+        &wider,
+        "--out",
+        &misfit,
+        "--device",
+        "cpu",
+        "--initial-checkpoint",
+        &source,
+    ]));
+    assert!(
+        stderr.contains(&source) && stderr.contains("does not fit the model"),
+        "{stderr}"
+    );
+    assert!(!dir.join("misfit").exists());
+
+    // In a config file, a relative path is relative to the file's folder.
+    let given = GivenSettings::from_toml(
+        "initial_checkpoint = \"w.safetensors\"",
+        Path::new("/x/c.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        given.initial_checkpoint.as_deref(),
+        Some(Path::new("/x/w.safetensors"))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

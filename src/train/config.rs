@@ -70,6 +70,14 @@ pub struct GivenSettings {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_steps: Option<usize>,
+    /// Start from the weights of this checkpoint instead of the seed's, BatchNorm statistics
+    /// included (timm's --initial-checkpoint): a state_dict in safetensors under the official
+    /// keys, such as a run's last.safetensors or PyTorch's `save_file(model.state_dict())`, in
+    /// F32, F64, F16 or BF16. Every key must fit the model. The optimizer and the schedule start
+    /// afresh. A resumed run continues from its own checkpoint.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_checkpoint: Option<PathBuf>,
     /// synthetic, synthetic-cifar, synthetic-events, cifar10, cifar100, dvs128-gesture or
     /// cifar10-dvs (default: synthetic, or synthetic-events for DVS models).
     #[arg(long)]
@@ -619,6 +627,7 @@ impl GivenSettings {
         let folder = path.parent().unwrap_or(Path::new(""));
         for relative in [
             &mut settings.spec,
+            &mut settings.initial_checkpoint,
             &mut settings.data_dir,
             &mut settings.out,
         ]
@@ -661,6 +670,7 @@ impl GivenSettings {
             spec: if names_model { self.spec } else { lower.spec },
             num_classes: self.num_classes.or(lower.num_classes),
             time_steps: self.time_steps.or(lower.time_steps),
+            initial_checkpoint: self.initial_checkpoint.or(lower.initial_checkpoint),
             dataset: self.dataset.or(lower.dataset),
             data_dir: self.data_dir.or(lower.data_dir),
             train_samples: self.train_samples.or(lower.train_samples),
@@ -680,10 +690,16 @@ impl GivenSettings {
         }
     }
 
-    /// The same settings with the paths of what is trained on (spec, data_dir) made absolute
-    /// against the current folder, so that a run's settings mean the same from anywhere.
+    /// The same settings with the paths of what is trained on (spec, initial checkpoint,
+    /// data_dir) made absolute against the current folder, so that a run's settings mean the
+    /// same from anywhere.
     pub fn with_absolute_paths(mut self) -> Result<GivenSettings> {
-        for path in [&mut self.spec, &mut self.data_dir].into_iter().flatten() {
+        let paths = [
+            &mut self.spec,
+            &mut self.initial_checkpoint,
+            &mut self.data_dir,
+        ];
+        for path in paths.into_iter().flatten() {
             *path = std::path::absolute(&*path).map_err(|e| Error::File {
                 path: path.display().to_string(),
                 detail: format!("cannot make the path absolute: {e}"),
@@ -761,6 +777,8 @@ pub struct RunSettings {
     pub recipe: RecipeKind,
     /// The model, as built.
     pub model: RunModel,
+    /// The checkpoint whose weights a new run starts from, in place of the seed's.
+    pub initial_checkpoint: Option<PathBuf>,
     /// The dataset.
     pub dataset: DatasetKind,
     /// Where the real dataset is read from.
@@ -856,6 +874,7 @@ impl RunSettings {
         Ok(RunSettings {
             recipe: set(&settings.recipe),
             model,
+            initial_checkpoint: settings.initial_checkpoint.clone(),
             dataset,
             data_dir: settings.data_dir.clone(),
             train_samples,
@@ -897,6 +916,7 @@ impl RunSettings {
             spec,
             num_classes: Some(self.model.spec.num_classes),
             time_steps: Some(self.model.spec.time_steps),
+            initial_checkpoint: self.initial_checkpoint.clone(),
             dataset: Some(self.dataset.name().into()),
             data_dir: self.data_dir.clone(),
             train_samples: Some(self.train_samples),

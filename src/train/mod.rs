@@ -19,7 +19,7 @@ pub mod run;
 pub mod run_dir;
 pub mod tensorboard;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,9 @@ use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
 use crate::error::{BatchSetting, Error, Result, RunPlace, counted};
-use crate::footprint;
 use crate::network::Network;
 use crate::spec::ModelSpec;
+use crate::{checkpoint, finite, footprint};
 use config::RunSettings;
 pub use config::default_spec;
 pub use datasets::{DATA_SEED, open_dataset, open_split};
@@ -122,6 +122,9 @@ fn train_on<B: Compute>(
     let mut learners = (0..ranks.len())
         .map(|_| Learner::new(&backend, &state.spec, config))
         .collect::<Result<Vec<_>>>()?;
+    if let (None, Some(path)) = (&run.resumed, &config.initial_checkpoint) {
+        start_from(path, &backend, &mut learners, options.allow_non_finite)?;
+    }
     let leader = ranks[0].is_leader();
     if leader {
         dir.create()?;
@@ -419,6 +422,25 @@ fn save_epoch<B: Compute>(
             dir: dir.path().display().to_string(),
             source: Box::new(error),
         })
+}
+
+/// Loads the weights of the checkpoint at `path` into each rank's `learners` in place of the
+/// seed's (`--initial-checkpoint`): every key must fit the model, and the values be finite unless
+/// `allow_non_finite`. Before the run folder is made, so that a checkpoint that does not fit
+/// leaves none.
+fn start_from<B: Compute>(
+    path: &Path,
+    backend: &B,
+    learners: &mut [Learner<B>],
+    allow_non_finite: bool,
+) -> Result<()> {
+    let weights = checkpoint::read(path)?;
+    finite::check_loaded(path, &weights, allow_non_finite)?;
+    for learner in learners {
+        checkpoint::load_state_dict(backend, &mut learner.network.store, &weights)
+            .map_err(|e| Error::file(path, format!("--initial-checkpoint: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Restores a resumed run into each rank's `learners` from its last checkpoint in `dir`, and
