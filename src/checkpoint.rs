@@ -110,8 +110,9 @@ pub fn read(path: &Path) -> Result<TensorFile> {
 }
 
 /// The tensors of the safetensors file `bytes`, in file order: F32 (F16 and BF16 widened to it
-/// exactly), F64 or I64, each holding as many elements as its shape says. Anything else (a truncated or corrupt file, another dtype,
-/// offsets that do not tile the data) is an [`Error::Safetensors`] saying what is wrong.
+/// exactly), F64 or I64, each holding as many elements as its shape says. Anything else (a
+/// truncated or corrupt file, another dtype, offsets that do not tile the data) is an
+/// [`Error::Safetensors`] saying what is wrong.
 ///
 /// The crate parses and validates the header. The 8-byte length in front of it is split off
 /// here, because safetensors 0.8's `SafeTensors::deserialize` adds the header's data length to
@@ -252,8 +253,8 @@ pub fn state_dict<B: Backend>(backend: &B, store: &ParamStore<B>) -> Result<Tens
 }
 
 /// Loads a state_dict into `store`. `num_batches_tracked` may be present or absent; F32, F64,
-/// F16 and BF16 (read as F32) and, for counters, I64 tensors are accepted. Missing keys, unexpected keys and shape mismatches
-/// are reported together in one error.
+/// F16 and BF16 (read as F32) and, for counters, I64 tensors are accepted. Missing keys,
+/// unexpected keys and shape mismatches are reported together in one error.
 pub fn load_state_dict<B: Backend>(
     backend: &B,
     store: &mut ParamStore<B>,
@@ -445,34 +446,58 @@ mod tests {
             6.0e-8,
             -0.0,
             3.0e-39,
-            f32::INFINITY,
+            f32::NEG_INFINITY,
         ];
-        let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
-        let bhalves: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-        let mut data: Vec<u8> = halves.iter().flat_map(|v| v.to_le_bytes()).collect();
-        data.extend(bhalves.iter().flat_map(|v| v.to_le_bytes()));
-        let header = r#"{"h":{"dtype":"F16","shape":[2,4],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[8],"data_offsets":[16,32]}}"#;
+        let f16s: Vec<u16> = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        let bf16s: Vec<u16> = values
+            .iter()
+            .map(|&v| bf16::from_f32(v).to_bits())
+            .collect();
+        let data: Vec<u8> = f16s
+            .iter()
+            .chain(&bf16s)
+            .flat_map(|b| b.to_le_bytes())
+            .collect();
+        let header = r#"{"h":{"dtype":"F16","shape":[2,4],"data_offsets":[0,16]},
+                         "b":{"dtype":"BF16","shape":[8],"data_offsets":[16,32]}}"#;
         let parsed = parse(&file(header, &data)).unwrap();
-        let widened = |v: Vec<f32>, shape| StoredTensor {
-            shape,
-            data: TensorData::F32(v),
+        let read = |index: usize| -> &Vec<f32> {
+            match &parsed[index].1.data {
+                TensorData::F32(values) => values,
+                other => panic!("{other:?}"),
+            }
         };
-        let expected_h = halves.iter().map(|v| v.to_f32()).collect();
-        let expected_b = bhalves.iter().map(|v| v.to_f32()).collect();
-        assert_eq!(parsed[0], ("h".into(), widened(expected_h, vec![2, 4])));
-        assert_eq!(parsed[1], ("b".into(), widened(expected_b, vec![8])));
-        // Exact: each value goes back to its 16 bits, the sign of zero and subnormals included.
-        let TensorData::F32(read) = &parsed[0].1.data else {
-            unreachable!()
-        };
-        let bits: Vec<u16> = read.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
-        assert_eq!(bits, halves.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
-        assert!(
-            read[4] > 0.0 && read[4] < 6.2e-8,
-            "an f16 subnormal: {}",
-            read[4]
+        assert_eq!(
+            (parsed[0].1.shape.clone(), parsed[1].1.shape.clone()),
+            (vec![2, 4], vec![8])
         );
-        assert_eq!(read[5].to_bits(), (-0.0f32).to_bits());
+        // Exact: each value goes back to its 16 bits, signed zero, subnormals and infinity included.
+        let back_f16: Vec<u16> = read(0)
+            .iter()
+            .map(|&v| f16::from_f32(v).to_bits())
+            .collect();
+        let back_bf16: Vec<u16> = read(1)
+            .iter()
+            .map(|&v| bf16::from_f32(v).to_bits())
+            .collect();
+        assert_eq!((back_f16, back_bf16), (f16s, bf16s.clone()));
+        assert_eq!(read(0)[5].to_bits(), (-0.0f32).to_bits());
+        assert!(
+            read(0)[4] > 0.0 && read(0)[4] < 6.2e-8,
+            "an f16 subnormal: {}",
+            read(0)[4]
+        );
+        assert!(
+            read(1)[6] > 0.0 && read(1)[6] < f32::MIN_POSITIVE,
+            "a bf16 subnormal"
+        );
+        assert_eq!(read(1)[7], f32::NEG_INFINITY);
+        // The widening is the half crate's, value for value.
+        let widened: Vec<f32> = bf16s.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+        assert_eq!(
+            read(1).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            widened.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! safetensors writer still load and evaluate as before, and what revsnn writes now loads in the
 //! Python `safetensors` package (numpy path; torch too where it is installed) with every name,
 //! dtype, shape and value. 16-bit state_dicts (F16, BF16; numpy's `float16` among them) load
-//! and evaluate as the F32 values they hold. The Python checks skip (saying `SKIP:`) where the package is missing,
-//! unless `REVSNN_REQUIRE_SAFETENSORS_PY=1` (set by CI after installing it) makes that a failure.
+//! and evaluate as the F32 values they hold. The Python checks skip (saying `SKIP:`) where the
+//! package is missing, unless `REVSNN_REQUIRE_SAFETENSORS_PY=1` (set by CI after installing it)
+//! makes that a failure.
 
 mod common;
 
@@ -269,19 +270,19 @@ fn rounded_checkpoint(dir: &Path, dtype: Dtype, round: fn(f32) -> (f32, [u8; 2])
     let mut stored: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, tensor) in tensors {
         let shape = tensor.shape.clone();
-        let (data, bytes) = match tensor.data {
+        let (data, stored_dtype, stored_bytes) = match tensor.data {
             TensorData::F32(values) => {
                 let (rounded, bytes): (Vec<f32>, Vec<[u8; 2]>) =
                     values.iter().map(|&v| round(v)).unzip();
-                (TensorData::F32(rounded), (dtype, bytes.concat()))
+                (TensorData::F32(rounded), dtype, bytes.concat())
             }
             TensorData::I64(counts) => {
                 let bytes = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
-                (TensorData::I64(counts), (Dtype::I64, bytes))
+                (TensorData::I64(counts), Dtype::I64, bytes)
             }
             other => panic!("{name}: the tiny checkpoint holds F32 and I64, not {other:?}"),
         };
-        stored.push((name.clone(), bytes.0, shape.clone(), bytes.1));
+        stored.push((name.clone(), stored_dtype, shape.clone(), stored_bytes));
         widened.push((name, StoredTensor { shape, data }));
     }
     let views = stored.iter().map(|(name, dtype, shape, bytes)| {
@@ -296,11 +297,13 @@ fn rounded_checkpoint(dir: &Path, dtype: Dtype, round: fn(f32) -> (f32, [u8; 2])
     [half_file, f32_file]
 }
 
+/// `v` rounded to F16: the value, and its bytes as a file stores them.
 fn to_f16(v: f32) -> (f32, [u8; 2]) {
     let h = f16::from_f32(v);
     (h.to_f32(), h.to_le_bytes())
 }
 
+/// `v` rounded to BF16: the value, and its bytes as a file stores them.
 fn to_bf16(v: f32) -> (f32, [u8; 2]) {
     let h = bf16::from_f32(v);
     (h.to_f32(), h.to_le_bytes())

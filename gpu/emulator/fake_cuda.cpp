@@ -659,18 +659,26 @@ CUresult cuStreamDestroy(CUstream stream) {
     return CUDA_SUCCESS;
 }
 
-// Whether the streams pose as stalled (REVSNN_EMU_STREAM_STALLED=1, read at every call, so a test
-// can set it mid-run): as a stream waiting on a collective that a dead or hung rank never joins,
-// cuStreamQuery answers not ready and cuStreamSynchronize blocks until the variable is unset.
-// The work itself has run, as every call here runs it at once.
+// Whether the streams pose as stalled (REVSNN_EMU_STREAM_STALLED=1; unset or 0: not; read at
+// every call, so a test can set it mid-run), as a stream waiting on a collective that a dead or
+// hung rank never joins: cuStreamQuery answers not ready. The work itself has run, as every call
+// here runs it at once.
 static bool streams_stalled() {
     const char* v = std::getenv("REVSNN_EMU_STREAM_STALLED");
-    return v && std::strcmp(v, "1") == 0;
+    if (v == nullptr || std::strcmp(v, "0") == 0) return false;
+    if (std::strcmp(v, "1") == 0) return true;
+    emu::fatal("REVSNN_EMU_STREAM_STALLED=%s: expected 0 or 1", v);
 }
 
+// A stalled stream would never finish: a wait without a limit, which revsnn must not make then,
+// fails at once with a message, where a real driver would block for ever.
 CUresult cuStreamSynchronize(CUstream) {
     CHECK_INIT();
-    while (streams_stalled()) usleep(10000);
+    if (streams_stalled()) {
+        std::fprintf(stderr, "revsnn CUDA emulator: cuStreamSynchronize on a stalled stream "
+                             "(REVSNN_EMU_STREAM_STALLED=1) would block for ever\n");
+        return CUDA_ERROR_LAUNCH_TIMEOUT;
+    }
     default_pool.synchronised();
     return CUDA_SUCCESS;
 }

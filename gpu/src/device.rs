@@ -4,9 +4,9 @@
 //! ([`crate::kernel_cache`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
@@ -26,6 +26,7 @@ use crate::ops::conv::ConvEngine;
 use crate::ops::conv::cudnn::Cudnn;
 use crate::ops::precision::HalfFormat;
 use crate::probe::{DeviceInfo, describe_device};
+use crate::stream_wait::WaitLimit;
 
 /// A kernel file compiled for one architecture `(major, minor)`.
 type ImageKey = (&'static str, (i32, i32));
@@ -53,16 +54,10 @@ pub struct GpuDevice {
     host_waits: AtomicU64,
     uploads: AtomicU64,
     alloc_retries: AtomicU64,
-    /// The longest a host wait for the stream may last, once a communicator set it
-    /// ([`GpuDevice::limit_host_waits`]); unbounded before.
-    host_wait_limit: Mutex<Option<Duration>>,
-    /// Whether a bounded wait ran past its limit: the stream waits on work that will not
-    /// finish, so every later wait fails at once.
-    stalled: AtomicBool,
+    /// The limit of the host's waits for the stream, once a communicator set one
+    /// ([`GpuDevice::limit_host_waits`]).
+    wait_limit: WaitLimit,
 }
-
-/// How long a bounded host wait spins on the stream before it sleeps between polls.
-const SPIN: Duration = Duration::from_millis(2);
 
 /// The environment variable that picks the convolution engine when a device opens.
 pub const CONV_ENGINE_VARIABLE: &str = "REVSNN_CONV_ENGINE";
@@ -102,8 +97,7 @@ impl GpuDevice {
             host_waits: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
             alloc_retries: AtomicU64::new(0),
-            host_wait_limit: Mutex::new(None),
-            stalled: AtomicBool::new(false),
+            wait_limit: WaitLimit::default(),
         };
         match std::env::var(CONV_ENGINE_VARIABLE) {
             Ok(value) => device.set_conv_engine(value.parse()?)?,
@@ -170,8 +164,9 @@ impl GpuDevice {
     }
 
     /// Runs `allocation` of `len` elements of `T`. If the device is full, waits for the stream
-    /// (within the limit a communicator set: the stream may wait on a collective), hands the blocks the pool keeps from freed buffers back to the driver and runs it once
-    /// more: cached blocks, each too small for a larger buffer, can fill a card together
+    /// (within the limit a communicator set: the stream may wait on a collective), hands the
+    /// blocks the pool keeps from freed buffers back to the driver and runs it once more: cached
+    /// blocks, each too small for a larger buffer, can fill a card together
     /// (PyTorch's caching allocator empties its cache and retries the same way). Each retry is
     /// counted in [`TransferCounts::alloc_retries`]; a second failure is
     /// [`DeviceError::OutOfMemory`], and a failure of the wait or the release (an asynchronous
@@ -211,59 +206,29 @@ impl GpuDevice {
         self.host_waits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Bounds every later host wait for this device's stream by `limit` (a synchronisation, a
-    /// download, an allocation's retry): a communicator sets its timeout here, since the stream
-    /// may then wait on a collective that a rank which died or hangs never joins.
+    /// Bounds every later host wait for this device's stream by `limit`, for the device's
+    /// lifetime (a synchronisation, a download, an allocation's retry): a communicator sets its
+    /// timeout here, since the stream may then wait on a collective that a rank which died or
+    /// hangs never joins.
     pub(crate) fn limit_host_waits(&self, limit: Duration) {
-        *self
-            .host_wait_limit
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(limit);
+        self.wait_limit.set(limit);
     }
 
-    fn host_wait_limit(&self) -> Option<Duration> {
-        *self
-            .host_wait_limit
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Polls the stream until it has run everything queued, calling `watch` between polls (a
-    /// communicator checks NCCL's asynchronous error there); a wait past `limit`, or any wait
-    /// once one has run past its limit, is [`DeviceError::Stalled`]. Not counted as a host wait:
-    /// its callers count theirs.
+    /// Waits for the stream within `limit`, calling `watch` between polls; past it, and at once
+    /// after a wait that ran past its limit, [`DeviceError::Stalled`] ([`WaitLimit::poll`]). Not
+    /// counted as a host wait: its callers count theirs.
     pub(crate) fn poll_stream(
         &self,
         during: &'static str,
         limit: Duration,
-        mut watch: impl FnMut() -> Result<(), GpuError>,
+        watch: impl FnMut() -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
-        let stalled = || GpuError::Device(DeviceError::Stalled { during, limit });
-        let started = Instant::now();
-        while !self.stalled.load(Ordering::Relaxed) {
-            // SAFETY: the stream is alive as long as the device.
-            match unsafe { sys::cuStreamQuery(self.stream.cu_stream()) } {
-                sys::CUresult::CUDA_SUCCESS => return Ok(()),
-                sys::CUresult::CUDA_ERROR_NOT_READY => {}
-                failure => return Err(GpuError::driver(during)(DriverError(failure))),
-            }
-            watch()?;
-            let waited = started.elapsed();
-            if waited > limit {
-                self.stalled.store(true, Ordering::Relaxed);
-            } else if waited < SPIN {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }
-        Err(stalled())
+        self.wait_limit.poll(&self.stream, during, limit, watch)
     }
 
-    /// Waits for the stream, within the limit a communicator set ([`Self::poll_stream`]), and
-    /// otherwise without one.
+    /// Waits for the stream, within the limit a communicator set and otherwise without one.
     fn wait_for_stream(&self, during: &'static str) -> Result<(), GpuError> {
-        match self.host_wait_limit() {
+        match self.wait_limit.get() {
             Some(limit) => self.poll_stream(during, limit, || Ok(())),
             None => self
                 .stream
@@ -279,8 +244,9 @@ impl GpuDevice {
             return Ok(Vec::new());
         }
         self.count_host_wait();
-        if self.host_wait_limit().is_some() {
-            self.wait_for_stream("copying from the device")?;
+        if let Some(limit) = self.wait_limit.get() {
+            // The copy waits for the stream inside the driver, where no limit holds.
+            self.poll_stream("copying from the device", limit, || Ok(()))?;
         }
         self.stream
             .clone_dtoh(buffer.slice())

@@ -13,7 +13,8 @@
 //!   instead of compiling them again.
 //! - [`memory`]: counted device buffers from a caching pool (live and peak bytes); the private
 //!   `memory_pool` sets that pool up, reads its sizes and empties its cache.
-//! - [`nccl`]: one rank's NCCL communicator, for data-parallel training on several GPUs.
+//! - [`nccl`]: one rank's NCCL communicator, for data-parallel training on several GPUs; the
+//!   private `stream_wait` bounds the host's waits for a rank's stream by its timeout.
 //! - [`tensor`]: [`CudaTensor`], a shape over a shared device buffer.
 //! - [`ops`]: the kernels' host sides, twins of the CPU kernels (`reference/src/ops/`), checking
 //!   their operands with the contract's shape rules.
@@ -35,6 +36,7 @@ pub mod nccl;
 pub mod ops;
 mod peak_trace;
 pub mod probe;
+mod stream_wait;
 pub mod tensor;
 pub mod testing;
 pub mod word;

@@ -11,7 +11,9 @@
 //! on (the rest of the backward) while it travels, and [`Communicator::wait_started`] makes the
 //! compute stream wait once for all of them and the host with it. Each host wait polls NCCL for
 //! an asynchronous error, for at most the communicator's timeout: a rank whose peer died or
-//! hangs aborts the communicator and returns [`GpuError::Nccl`] instead of waiting forever.
+//! hangs aborts the communicator and returns [`GpuError::Nccl`] instead of waiting forever. The
+//! timeout bounds the device's other host waits too (synchronisations, downloads, an allocation's
+//! retry), which fail with the contract's `DeviceError::Stalled` past it.
 
 use std::any::Any;
 use std::ffi::CStr;
@@ -262,8 +264,8 @@ impl Communicator {
     }
 
     /// Waits for the compute stream (which the caller made wait for the communication stream),
-    /// polling NCCL for an asynchronous error (a peer that died); past the timeout, aborts the
-    /// communicator and fails.
+    /// polling NCCL for an asynchronous error (a peer that died); past the timeout, or at once
+    /// when an earlier wait of the device ran past it, aborts the communicator and fails.
     fn wait(&self, during: &'static str) -> Result<(), GpuError> {
         self.device.count_host_wait();
         let waited = self
@@ -275,9 +277,9 @@ impl Communicator {
                 rank: self.rank,
                 during,
                 detail: format!(
-                    "the other ranks did not take part within {} s (one died or hangs; its own \
+                    "the other ranks did not take part within {:?} (one died or hangs; its own \
                      output says why); the communicator was aborted",
-                    self.timeout.as_secs()
+                    self.timeout
                 ),
             });
         }

@@ -4,8 +4,9 @@
 //! stalls, so its retry must wait for the stream first (docs/memory.md §9.5): the wait ends at the
 //! timeout with `DeviceError::Stalled`, and every later wait (a download, a synchronisation, the
 //! collectives' own) fails at once. On the CUDA emulator, whose streams can pose as stalled
-//! (`REVSNN_EMU_STREAM_STALLED`) and whose device can shrink; a real card says SKIP. Skips without a
-//! GPU or NCCL (`SKIP:`), fails then with `REVSNN_REQUIRE_GPU=1` or `REVSNN_REQUIRE_NCCL=1`.
+//! (`REVSNN_EMU_STREAM_STALLED`; a wait without a limit then fails at once instead of blocking)
+//! and whose device can shrink; a real card says SKIP. Skips without a GPU or NCCL (`SKIP:`),
+//! fails then with `REVSNN_REQUIRE_GPU=1` or `REVSNN_REQUIRE_NCCL=1`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,9 +22,28 @@ const DEVICE_BYTES: usize = 64 * MIB;
 /// The communicator's timeout: the longest a host wait may last.
 const TIMEOUT: Duration = Duration::from_millis(300);
 
+const MEMORY_VARIABLE: &str = "REVSNN_EMU_MEMORY_BYTES";
 const STALL_VARIABLE: &str = "REVSNN_EMU_STREAM_STALLED";
 
-fn is_stalled(result: &Result<impl std::fmt::Debug, GpuError>) -> bool {
+/// Unsets the stall when dropped, however the test ends.
+struct Stall;
+
+impl Stall {
+    fn start() -> Stall {
+        // SAFETY: see the test.
+        unsafe { std::env::set_var(STALL_VARIABLE, "1") };
+        Stall
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        // SAFETY: see the test.
+        unsafe { std::env::remove_var(STALL_VARIABLE) };
+    }
+}
+
+fn is_stalled<T>(result: &Result<T, GpuError>) -> bool {
     matches!(
         result,
         Err(GpuError::Device(DeviceError::Stalled { limit, .. })) if *limit == TIMEOUT
@@ -34,7 +54,7 @@ fn is_stalled(result: &Result<impl std::fmt::Debug, GpuError>) -> bool {
 fn a_stalled_stream_ends_every_host_wait_of_a_rank_within_its_timeout() {
     // SAFETY: this binary's only test sets the variables; the first before it opens a device (the
     // first reader of the environment), the stall while no other thread reads it.
-    unsafe { std::env::set_var("REVSNN_EMU_MEMORY_BYTES", DEVICE_BYTES.to_string()) };
+    unsafe { std::env::set_var(MEMORY_VARIABLE, DEVICE_BYTES.to_string()) };
     let test = "a_stalled_stream_ends_every_host_wait_of_a_rank_within_its_timeout";
     let Some(device) = emulator_or_skip(test, "whose streams can stall") else {
         return;
@@ -59,8 +79,7 @@ fn a_stalled_stream_ends_every_host_wait_of_a_rank_within_its_timeout() {
     let _sum = communicator.start_all_reduce_sum(&x).unwrap();
     communicator.join_started().unwrap();
 
-    // SAFETY: as above.
-    unsafe { std::env::set_var(STALL_VARIABLE, "1") };
+    let stall = Stall::start();
     let started = Instant::now();
     let retried = device.alloc_zeros::<u8>(free * 5 / 8);
     let waited = started.elapsed();
@@ -72,9 +91,12 @@ fn a_stalled_stream_ends_every_host_wait_of_a_rank_within_its_timeout() {
         "the retry's wait lasted {waited:?}, the timeout is {TIMEOUT:?}"
     );
 
+    // Each counted as one host wait, as without a limit.
+    let waits = device.transfer_counts().host_waits;
     let started = Instant::now();
     assert!(is_stalled(&device.download(x.buffer())));
     assert!(is_stalled(&device.synchronize()));
+    assert_eq!(device.transfer_counts().host_waits, waits + 2);
     let error = communicator.wait_started().unwrap_err().to_string();
     assert!(error.contains("did not take part within"), "{error}");
     assert!(
@@ -82,6 +104,5 @@ fn a_stalled_stream_ends_every_host_wait_of_a_rank_within_its_timeout() {
         "the waits after the stall took {:?}",
         started.elapsed()
     );
-    // SAFETY: as above.
-    unsafe { std::env::remove_var(STALL_VARIABLE) };
+    drop(stall);
 }

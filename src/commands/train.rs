@@ -60,8 +60,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub gpus: Option<usize>,
     /// Seconds a rank waits for the others (at the start and in each collective) before it
-    /// stops with an error: a rank that died or hangs stops the run instead of blocking it.
-    #[arg(long, default_value_t = 600)]
+    /// stops with an error: a rank that died or hangs stops the run instead of blocking it. On
+    /// GPUs it bounds every wait of a rank for its device too (docs/distributed.md §7).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub rank_timeout: u64,
     #[command(flatten)]
     pub settings: GivenSettings,

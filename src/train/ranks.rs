@@ -33,8 +33,8 @@ use crate::collective::{
 use crate::error::{Error, Result};
 use crate::model::{Grads, ParamStore};
 
-/// How long a rank waits for the others in one collective before it stops with an error,
-/// unless `train --rank-timeout` says otherwise.
+/// How long a rank waits for the others in one collective (on GPUs: in any wait for its
+/// device) before it stops with an error, unless `train --rank-timeout` says otherwise.
 pub const RANK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Global batches the leader may hand out ahead of the slowest rank.

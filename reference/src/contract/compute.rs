@@ -7,7 +7,8 @@ use super::error::Result;
 /// A backend the commands can run on: the op contract plus synchronisation and memory figures.
 pub trait Compute: Backend {
     /// Waits until every queued op has finished (for timing), surfacing asynchronous errors; a
-    /// no-op on the CPU, whose ops return when done.
+    /// no-op on the CPU, whose ops return when done. A device whose waits a rank has bounded
+    /// fails past the bound with [`crate::DeviceError::Stalled`].
     fn synchronize(&self) -> Result<()>;
 
     /// Whether [`Compute::peak_memory_bytes`] measures anything: on the CPU only when the

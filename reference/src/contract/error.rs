@@ -52,15 +52,18 @@ pub enum DeviceError {
     /// backend is wrong. The reason says what to install or change.
     #[error("{reason}")]
     Unavailable { reason: String },
-    /// The host waited for the device past the limit a run of several GPUs sets on every wait
-    /// (`--rank-timeout`): its queue waits on a collective that another rank never joined.
+    /// The host waited for the device past the limit that a rank of a run on GPUs (`--gpus`)
+    /// sets on every wait (`--rank-timeout`): its queue waits on a collective that another rank
+    /// never joined. Every later wait of that device fails with the first one's error.
     #[error(
         "the device did not finish its queued work within {limit:?} ({during}): it waits for a \
          collective that another rank never joined, so that rank died or hangs (its own output \
-         says why); --rank-timeout sets this limit"
+         says why); if the ranks are only slow, raise --rank-timeout, which sets this limit"
     )]
     Stalled {
+        /// What the host waited for when the limit ran out.
         during: &'static str,
+        /// The limit.
         limit: std::time::Duration,
     },
     /// A call on the device failed: a kernel that did not compile or launch, a library call, an
