@@ -471,7 +471,8 @@ mod tests {
             (parsed[0].1.shape.clone(), parsed[1].1.shape.clone()),
             (vec![2, 4], vec![8])
         );
-        // Exact: each value goes back to its 16 bits, signed zero, subnormals and infinity included.
+        // Exact: each value goes back to its 16 bits, signed zero, subnormals and infinity
+        // included.
         let back_f16: Vec<u16> = read(0)
             .iter()
             .map(|&v| f16::from_f32(v).to_bits())

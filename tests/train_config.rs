@@ -8,6 +8,7 @@ use common::{f32_tensors, failed, ok, revsnn, scratch, tiny_train_args};
 
 use std::path::Path;
 
+use revsnn::checkpoint::TensorData;
 use revsnn::data::augment::{Augmentation, Mixup, RandAugment};
 use revsnn::device::DeviceChoice;
 use revsnn::optim::OptimizerKind;
@@ -653,76 +654,137 @@ fn parameter_distance(a: &Path, b: &Path) -> f64 {
     pairs.map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
+/// A checkpoint of [`common::TINY_REVSRESNET`] after one epoch (4 steps) in `dir/source`.
+fn source_checkpoint(dir: &Path) -> String {
+    ok(revsnn(&tiny_train_args(
+        &dir.join("source"),
+        &["--epochs", "1"],
+    )));
+    dir.join("source/last.safetensors").display().to_string()
+}
+
+/// Every `num_batches_tracked` of a run's `last.safetensors`.
+fn batches_tracked(run: &Path) -> Vec<i64> {
+    let tensors = revsnn::checkpoint::read(&run.join("last.safetensors")).unwrap();
+    let counts = tensors.into_iter().filter_map(|(_, t)| match t.data {
+        TensorData::I64(count) => Some(count[0]),
+        _ => None,
+    });
+    counts.collect()
+}
+
 #[test]
-fn a_run_starts_from_an_initial_checkpoint_that_must_fit_and_keeps_it_on_resume() {
+fn a_run_starts_from_an_initial_checkpoint_afresh_and_keeps_it_on_resume() {
     let dir = scratch("initial-checkpoint");
     let train = |name: &str, extra: &[&str]| revsnn(&tiny_train_args(&dir.join(name), extra));
-    ok(train("source", &["--epochs", "1"]));
-    let source = dir.join("source/last.safetensors").display().to_string();
+    let source = source_checkpoint(&dir);
     // An epoch at a learning rate of 1e-9 leaves the weights where it started: the checkpoint's
     // with the flag, the seed's without.
     let still = ["--epochs", "1", "--lr", "1e-9"];
-    ok(train(
+    let output = ok(train(
         "started",
         &[&still[..], &["--initial-checkpoint", &source]].concat(),
     ));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("starting from the weights of"), "{stderr}");
     ok(train("fresh", &still));
     let (started, fresh) = (dir.join("started"), dir.join("fresh"));
     assert!(parameter_distance(&started, &dir.join("source")) < 1e-6);
     assert!(parameter_distance(&fresh, &dir.join("source")) > 1e-3);
-
-    let config = std::fs::read_to_string(started.join("config.toml")).unwrap();
+    // The BatchNorm statistics came from the file (4 batches there, 4 more here); the optimizer
+    // started afresh.
+    let tracked = batches_tracked(&dir.join("source"));
     assert!(
-        config.contains(&format!("initial_checkpoint = {source:?}")),
-        "{config}"
+        !tracked.is_empty() && tracked.iter().all(|&n| n == 4),
+        "{tracked:?}"
     );
-    // A resumed run continues from its own checkpoint, and may not name another.
+    assert!(batches_tracked(&started).iter().all(|&n| n == 8));
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(started.join("last.json")).unwrap()).unwrap();
+    assert_eq!(state["optimizer_steps"], 4, "{state}");
+
+    let config = GivenSettings::read(&started.join("config.toml")).unwrap();
+    assert_eq!(
+        config.initial_checkpoint.as_deref(),
+        Some(Path::new(&source))
+    );
+    // A resumed run continues from its own checkpoint (the source is gone), and may not name
+    // another.
+    std::fs::rename(&source, dir.join("moved.safetensors")).unwrap();
     let resumed = ["--epochs", "2", "--lr", "1e-9", "--resume"];
-    let stderr = failed(train(
-        "started",
-        &[
-            &resumed[..],
-            &[
-                "--initial-checkpoint",
-                &started.join("last.safetensors").display().to_string(),
-            ],
-        ]
-        .concat(),
-    ));
+    let other = started.join("last.safetensors").display().to_string();
+    let refused = [&resumed[..], &["--initial-checkpoint", &other]].concat();
+    let stderr = failed(train("started", &refused));
     assert!(stderr.contains("initial_checkpoint"), "{stderr}");
     ok(train("started", &resumed));
     assert_eq!(metrics(&started).len(), 2);
 
-    // A checkpoint of another model (its last stage 4 channels wide, the model's 8) is refused,
-    // naming the file and the mismatch, and leaves no run folder.
-    let wider = write(&dir, "wider.json", &TINY.replace("[2,4,4,4]", "[2,4,4,8]"));
-    let misfit = dir.join("misfit").display().to_string();
-    let stderr = failed(revsnn(&[
-        "train",
-        "--spec",
-        &wider,
-        "--out",
-        &misfit,
-        "--device",
-        "cpu",
-        "--initial-checkpoint",
-        &source,
-    ]));
-    assert!(
-        stderr.contains(&source) && stderr.contains("does not fit the model"),
-        "{stderr}"
-    );
-    assert!(!dir.join("misfit").exists());
-
     // In a config file, a relative path is relative to the file's folder.
-    let given = GivenSettings::from_toml(
-        "initial_checkpoint = \"w.safetensors\"",
-        Path::new("/x/c.toml"),
-    )
-    .unwrap();
+    let toml = "initial_checkpoint = \"w.safetensors\"";
+    let given = GivenSettings::from_toml(toml, Path::new("/x/c.toml")).unwrap();
     assert_eq!(
         given.initial_checkpoint.as_deref(),
         Some(Path::new("/x/w.safetensors"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_initial_checkpoint_that_does_not_fit_or_is_not_finite_is_refused_before_the_run_folder() {
+    let dir = scratch("initial-refused");
+    let source = source_checkpoint(&dir);
+    let refused = |spec: &str, checkpoint: &str| {
+        let out = dir.join("refused").display().to_string();
+        let args = ["train", "--spec", spec, "--out", &out, "--device", "cpu"];
+        let short = [
+            "--train-samples",
+            "48",
+            "--test-samples",
+            "24",
+            "--epochs",
+            "1",
+        ];
+        let stderr = failed(revsnn(
+            &[&args[..], &short, &["--initial-checkpoint", checkpoint]].concat(),
+        ));
+        assert!(
+            !dir.join("refused").exists(),
+            "a run folder was left: {stderr}"
+        );
+        stderr
+    };
+    let tiny = write(&dir, "tiny.json", TINY);
+    // Another model: its last stage 4 channels wide, the model's 8.
+    let wider = write(&dir, "wider.json", &TINY.replace("[2,4,4,4]", "[2,4,4,8]"));
+    let stderr = refused(&wider, &source);
+    assert!(
+        stderr.contains(&source)
+            && stderr.contains("--initial-checkpoint")
+            && stderr.contains("does not fit the model"),
+        "{stderr}"
+    );
+    // A NaN, and a file that is not there.
+    let mut tensors = revsnn::checkpoint::read(Path::new(&source)).unwrap();
+    let (name, weight) = tensors
+        .iter_mut()
+        .find(|(name, _)| name.ends_with("conv1.weight"))
+        .unwrap();
+    if let TensorData::F32(values) = &mut weight.data {
+        values[1] = f32::NAN;
+    }
+    let name = name.clone();
+    let poisoned = dir.join("nan.safetensors");
+    revsnn::checkpoint::write(&poisoned, &tensors).unwrap();
+    let stderr = refused(&tiny, poisoned.to_str().unwrap());
+    assert!(
+        stderr.contains(&name) && stderr.contains("--allow-non-finite"),
+        "{stderr}"
+    );
+    let missing = dir.join("missing.safetensors").display().to_string();
+    let stderr = refused(&tiny, &missing);
+    assert!(
+        stderr.contains("--initial-checkpoint: cannot read"),
+        "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

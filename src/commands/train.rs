@@ -49,8 +49,9 @@ pub struct TrainArgs {
     /// `tensorboard --logdir runs/`); a resumed run adds a file there.
     #[arg(long)]
     pub tensorboard: bool,
-    /// With --resume: load a checkpoint holding NaN or infinities anyway (a deliberate
-    /// experiment); by default it is an error naming the tensor and the first such index.
+    /// With --resume or --initial-checkpoint: load a checkpoint holding NaN or infinities anyway
+    /// (a deliberate experiment); by default it is an error naming the tensor and the first such
+    /// index.
     #[arg(long)]
     pub allow_non_finite: bool,
     /// Train on N GPUs of this machine, one process each, exchanging through NCCL

@@ -74,7 +74,8 @@ pub struct GivenSettings {
     /// included (timm's --initial-checkpoint): a state_dict in safetensors under the official
     /// keys, such as a run's last.safetensors or PyTorch's `save_file(model.state_dict())`, in
     /// F32, F64, F16 or BF16. Every key must fit the model. The optimizer and the schedule start
-    /// afresh. A resumed run continues from its own checkpoint.
+    /// afresh. The run records the path, not the contents. A resumed run continues from its own
+    /// checkpoint.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_checkpoint: Option<PathBuf>,

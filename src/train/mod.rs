@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use revsnn_reference::DType;
 use serde_json::{Value, json};
 
+use crate::checkpoint::{self, TensorFile};
 use crate::collective::NcclGroup;
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
@@ -33,7 +34,7 @@ use crate::device::{Compute, Device, on_backend};
 use crate::error::{BatchSetting, Error, Result, RunPlace, counted};
 use crate::network::Network;
 use crate::spec::ModelSpec;
-use crate::{checkpoint, finite, footprint};
+use crate::{finite, footprint};
 use config::RunSettings;
 pub use config::default_spec;
 pub use datasets::{DATA_SEED, open_dataset, open_split};
@@ -60,7 +61,8 @@ pub struct Invocation {
     pub quiet: bool,
     /// Each epoch's metrics also as TensorBoard events in the run folder's `tb/`.
     pub tensorboard: bool,
-    /// A resumed run may load a checkpoint holding NaN or infinities (a deliberate experiment).
+    /// A resumed run, or one started from `--initial-checkpoint`, may load a checkpoint holding
+    /// NaN or infinities (a deliberate experiment).
     pub allow_non_finite: bool,
     /// How long a rank waits for the others in one collective before it stops with an error
     /// (a rank died or hangs).
@@ -116,19 +118,23 @@ fn train_on<B: Compute>(
     let config = &run.config;
     let dir = RunDir::new(config.out.clone());
     let state = run.first_state(&dir)?;
+    let initial = initial_weights(run, options.allow_non_finite)?;
     let ranks = local_ranks::<B>(config, device, process, options.rank_timeout)?;
     check_memory(&backend, config, &state.spec, ranks.len())?;
     let (train_set, test_data) = open_data(config, &state.spec)?;
     let mut learners = (0..ranks.len())
         .map(|_| Learner::new(&backend, &state.spec, config))
         .collect::<Result<Vec<_>>>()?;
-    if let (None, Some(path)) = (&run.resumed, &config.initial_checkpoint) {
-        start_from(path, &backend, &mut learners, options.allow_non_finite)?;
+    if let Some((path, weights)) = &initial {
+        start_from(path, weights, &backend, &mut learners)?;
     }
     let leader = ranks[0].is_leader();
     if leader {
         dir.create()?;
         eprintln!("run folder: {}", dir.path().display());
+        if let Some((path, _)) = &initial {
+            eprintln!("starting from the weights of {}", path.display());
+        }
         if config.ranks > 1 {
             eprintln!("{}", describe_ranks(config, ranks.len()));
         } else if config.sync_bn {
@@ -424,23 +430,47 @@ fn save_epoch<B: Compute>(
         })
 }
 
-/// Loads the weights of the checkpoint at `path` into each rank's `learners` in place of the
-/// seed's (`--initial-checkpoint`): every key must fit the model, and the values be finite unless
-/// `allow_non_finite`. Before the run folder is made, so that a checkpoint that does not fit
-/// leaves none.
+/// The checkpoint a new run starts from (`--initial-checkpoint`) and its tensors, read before
+/// anything else is, and finite unless `allow_non_finite`; `None` for a resumed run, which
+/// continues from its own checkpoint.
+fn initial_weights(run: &Run, allow_non_finite: bool) -> Result<Option<(&Path, TensorFile)>> {
+    let (None, Some(path)) = (&run.resumed, &run.config.initial_checkpoint) else {
+        return Ok(None);
+    };
+    let weights = checkpoint::read(path).map_err(naming_initial_checkpoint)?;
+    finite::check_loaded(path, &weights, allow_non_finite)?;
+    Ok(Some((path, weights)))
+}
+
+/// Loads `weights`, read from `path`, into each rank's `learners` in place of the seed's
+/// (`--initial-checkpoint`). Before the run folder is made, so that a checkpoint that does not
+/// fit the model (every key must) leaves none.
 fn start_from<B: Compute>(
     path: &Path,
+    weights: &TensorFile,
     backend: &B,
     learners: &mut [Learner<B>],
-    allow_non_finite: bool,
 ) -> Result<()> {
-    let weights = checkpoint::read(path)?;
-    finite::check_loaded(path, &weights, allow_non_finite)?;
     for learner in learners {
-        checkpoint::load_state_dict(backend, &mut learner.network.store, &weights)
-            .map_err(|e| Error::file(path, format!("--initial-checkpoint: {e}")))?;
+        checkpoint::load_state_dict(backend, &mut learner.network.store, weights).map_err(
+            |error| match error {
+                Error::Usage(misfit) => naming_initial_checkpoint(Error::file(path, misfit)),
+                other => other,
+            },
+        )?;
     }
     Ok(())
+}
+
+/// A file error of the initial checkpoint, its detail saying which flag named the file.
+fn naming_initial_checkpoint(error: Error) -> Error {
+    match error {
+        Error::File { path, detail } => Error::File {
+            path,
+            detail: format!("--initial-checkpoint: {detail}"),
+        },
+        other => other,
+    }
 }
 
 /// Restores a resumed run into each rank's `learners` from its last checkpoint in `dir`, and

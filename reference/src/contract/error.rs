@@ -52,8 +52,8 @@ pub enum DeviceError {
     /// backend is wrong. The reason says what to install or change.
     #[error("{reason}")]
     Unavailable { reason: String },
-    /// The host waited for the device past the limit that a rank of a run on GPUs (`--gpus`)
-    /// sets on every wait (`--rank-timeout`): its queue waits on a collective that another rank
+    /// The host waited for the device past the limit that a rank of a run on GPUs (`--gpus`, or
+    /// under torchrun) sets on every wait (`--rank-timeout`): its queue waits on a collective that another rank
     /// never joined. Every later wait of that device fails with the first one's error.
     #[error(
         "the device did not finish its queued work within {limit:?} ({during}): it waits for a \
