@@ -8,11 +8,10 @@
 
 mod common;
 
-use common::{ok, revsnn, scratch};
+use common::{ok, python, python_imports, revsnn, scratch};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use half::{bf16, f16};
 use revsnn::checkpoint::{self, StoredTensor, TensorData, TensorFile};
@@ -44,13 +43,6 @@ fn earlier_writer(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/earlier-writer")
         .join(name)
-}
-
-fn python_imports(module: &str) -> bool {
-    let probe = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output();
-    probe.is_ok_and(|output| output.status.success())
 }
 
 /// The tensors sorted by name (the order a file lays them out in is the writer's choice).
@@ -201,15 +193,9 @@ fn assert_read_alike(name: &str, tensor: &StoredTensor, read: &Value) {
 
 /// Reads `files` with `safetensors.<framework>.load_file` and checks every tensor against ours.
 fn assert_python_reads(framework: &str, files: &[PathBuf]) {
-    let mut args = vec!["-c", READER, framework];
+    let mut args = vec![framework];
     args.extend(files.iter().map(|f| f.to_str().unwrap()));
-    let output = Command::new("python3").args(&args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{framework}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let read: Value = serde_json::from_slice(&python(READER, &args)).unwrap();
     for file in files {
         let ours = checkpoint::read(file).unwrap();
         let theirs = read[file.to_str().unwrap()].as_object().unwrap();
@@ -344,19 +330,9 @@ fn a_float16_state_dict_saved_by_python_reads_as_our_rounding() {
     let [_, ours] = rounded_checkpoint(&dir, Dtype::F16, to_f16);
     let theirs = dir.join("numpy-f16.safetensors");
     let source = earlier_writer("revsresnet-tiny.safetensors");
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            HALVER,
-            source.to_str().unwrap(),
-            theirs.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    python(
+        HALVER,
+        &[source.to_str().unwrap(), theirs.to_str().unwrap()],
     );
     assert_eq!(
         by_name(checkpoint::read(&theirs).unwrap()),

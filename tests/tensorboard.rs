@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{ok, revsnn, scratch, small_train_args};
+use common::{ok, python, python_imports, revsnn, scratch, small_train_args};
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -24,25 +23,9 @@ print(json.dumps({tag: [[e.step, e.value] for e in events.Scalars(tag)]
                   for tag in events.Tags()["scalars"]}))
 "#;
 
-fn tensorboard_is_installed() -> bool {
-    let probe = Command::new("python3")
-        .args(["-c", "import tensorboard"])
-        .output();
-    probe.is_ok_and(|output| output.status.success())
-}
-
 /// The scalars TensorBoard reads from `dir`: tag to `[step, value]` pairs.
 fn read_back(dir: &Path) -> Value {
-    let output = Command::new("python3")
-        .args(["-c", READER, dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_slice(&python(READER, &[dir.to_str().unwrap()])).unwrap()
 }
 
 fn train(dir: &Path, extra: &[&str]) {
@@ -66,7 +49,7 @@ fn train(dir: &Path, extra: &[&str]) {
 
 #[test]
 fn tensorboard_reads_every_number_of_every_epoch_across_a_resume() {
-    if !tensorboard_is_installed() {
+    if !python_imports("tensorboard") {
         assert!(
             std::env::var("REVSNN_REQUIRE_TENSORBOARD").as_deref() != Ok("1"),
             "REVSNN_REQUIRE_TENSORBOARD=1 but python3 cannot import tensorboard"

@@ -76,6 +76,31 @@ pub fn tiny_train_args(out: &Path, extra: &[&str]) -> Vec<String> {
     train_args(&spec.display().to_string(), out, &defaults, extra)
 }
 
+/// Whether `python3` can import `module`.
+pub fn python_imports(module: &str) -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output();
+    probe.is_ok_and(|output| output.status.success())
+}
+
+/// The standard output of `python3 -c script args...`, after asserting it succeeded (its
+/// standard error in the failure).
+pub fn python(script: &str, args: &[&str]) -> Vec<u8> {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "python3: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// A fresh, empty folder under the temporary directory, private to this test binary, process and
 /// `name`.
 pub fn scratch(name: &str) -> PathBuf {
