@@ -14,11 +14,12 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{
-    TINY_REVSRESNET, failed, last_metrics, ok, revsnn, revsnn_command, scratch, tiny_train_args,
+    TINY_REVSRESNET, failed, json_lines, last_metrics, ok, revsnn, revsnn_command, scratch,
+    tiny_train_args,
 };
 use revsnn::footprint::{self, Footprint};
 use revsnn::spec::ModelSpec;
@@ -38,6 +39,13 @@ fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
 fn batch_8_args(out: &Path, extra: &[&str]) -> Vec<String> {
     let cuda = ["--device", "cuda", "--batch", "8", "--test-samples", "64"];
     tiny_train_args(out, &[&cuda[..], extra].concat())
+}
+
+/// Two epochs of the batch-8 run ([`batch_8_args`]) on a device with room, into `dir/roomy`.
+fn run_with_room(dir: &Path) -> PathBuf {
+    let roomy = dir.join("roomy");
+    ok(revsnn(&batch_8_args(&roomy, &["--epochs", "2"])));
+    roomy
 }
 
 /// The peak device bytes of the last epoch of the run in `out`.
@@ -119,8 +127,7 @@ fn an_evaluation_gets_the_blocks_the_pool_kept_from_training_and_the_run_is_unch
         return;
     }
     let dir = scratch("pool-release");
-    let roomy = dir.join("roomy");
-    ok(revsnn(&batch_8_args(&roomy, &["--epochs", "2"])));
+    let roomy = run_with_room(&dir);
     let tight = dir.join("tight");
     let small = peak(&roomy) * 13 / 10;
     ok(on_device_of(
@@ -129,11 +136,9 @@ fn an_evaluation_gets_the_blocks_the_pool_kept_from_training_and_the_run_is_unch
     ));
 
     let retries = |out: &Path| -> Vec<u64> {
-        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        let lines = text
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap());
+        let lines = json_lines(&out.join("metrics.jsonl"));
         lines
+            .iter()
             .map(|line| line["alloc_retries"].as_u64().unwrap())
             .collect()
     };
@@ -154,8 +159,7 @@ fn an_evaluation_out_of_memory_advises_a_smaller_eval_batch_and_the_resumed_run_
         return;
     }
     let dir = scratch("evaluation-out-of-memory");
-    let roomy = dir.join("roomy");
-    ok(revsnn(&batch_8_args(&roomy, &["--epochs", "2"])));
+    let roomy = run_with_room(&dir);
     let halved = dir.join("halved");
     let halved_args = ["--epochs", "1", "--eval-batch", "16"];
     ok(revsnn(&batch_8_args(&halved, &halved_args)));

@@ -136,7 +136,7 @@ static std::size_t page_size() {
 
 // Whether the environment variable `name` is set to `on`: unset or `off` is false, any other
 // value stops the process with a message that names the two.
-static bool env_switch(const char* name, const char* off, const char* on) {
+bool env_switch(const char* name, const char* off, const char* on) {
     const char* v = std::getenv(name);
     if (v == nullptr || std::strcmp(v, off) == 0) return false;
     if (std::strcmp(v, on) == 0) return true;

@@ -100,5 +100,8 @@ void clear_activity();
 void trace(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // Prints "revsnn CUDA emulator: <message>" to stderr and aborts.
 [[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// Whether the environment variable `name` is set to `on`: unset or `off` is false, any other
+// value stops the process with a message that names the two.
+bool env_switch(const char* name, const char* off, const char* on);
 
 }  // namespace emu

@@ -664,10 +664,7 @@ CUresult cuStreamDestroy(CUstream stream) {
 // hung rank never joins: cuStreamQuery answers not ready. The work itself has run, as every call
 // here runs it at once.
 static bool streams_stalled() {
-    const char* v = std::getenv("REVSNN_EMU_STREAM_STALLED");
-    if (v == nullptr || std::strcmp(v, "0") == 0) return false;
-    if (std::strcmp(v, "1") == 0) return true;
-    emu::fatal("REVSNN_EMU_STREAM_STALLED=%s: expected 0 or 1", v);
+    return emu::env_switch("REVSNN_EMU_STREAM_STALLED", "0", "1");
 }
 
 // A stalled stream would never finish: a wait without a limit, which revsnn must not make then,

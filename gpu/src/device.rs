@@ -226,15 +226,19 @@ impl GpuDevice {
         self.wait_limit.poll(&self.stream, during, limit, watch)
     }
 
+    /// Waits for the stream within the limit a communicator set; `None` (no wait) without one.
+    fn wait_within_limit(&self, during: &'static str) -> Option<Result<(), GpuError>> {
+        let limit = self.wait_limit.get()?;
+        Some(self.poll_stream(during, limit, || Ok(())))
+    }
+
     /// Waits for the stream, within the limit a communicator set and otherwise without one.
     fn wait_for_stream(&self, during: &'static str) -> Result<(), GpuError> {
-        match self.wait_limit.get() {
-            Some(limit) => self.poll_stream(during, limit, || Ok(())),
-            None => self
-                .stream
+        self.wait_within_limit(during).unwrap_or_else(|| {
+            self.stream
                 .synchronize()
-                .map_err(GpuError::driver("synchronizing the stream")),
-        }
+                .map_err(GpuError::driver("synchronizing the stream"))
+        })
     }
 
     /// The elements of `buffer`, copied to the host (waits for the stream, within the limit a
@@ -244,10 +248,9 @@ impl GpuDevice {
             return Ok(Vec::new());
         }
         self.count_host_wait();
-        if let Some(limit) = self.wait_limit.get() {
-            // The copy waits for the stream inside the driver, where no limit holds.
-            self.poll_stream("copying from the device", limit, || Ok(()))?;
-        }
+        // The copy waits for the stream inside the driver, where no limit holds.
+        self.wait_within_limit("copying from the device")
+            .transpose()?;
         self.stream
             .clone_dtoh(buffer.slice())
             .map_err(GpuError::driver("copying from the device"))

@@ -50,6 +50,15 @@ pub fn emulator_or_skip(test: &str, needs: &str) -> Option<GpuDevice> {
     None
 }
 
+/// Allocates `count` buffers of `bytes` each on `device` and frees them: its memory pool keeps
+/// the blocks for reuse, so an allocation larger than each needs the pool to release them.
+pub fn leave_freed_blocks(device: &GpuDevice, count: usize, bytes: usize) {
+    let buffers: Vec<_> = (0..count)
+        .map(|_| device.alloc_zeros::<u8>(bytes).unwrap())
+        .collect();
+    drop(buffers);
+}
+
 /// The CUDA backend on the device, or `None` after printing why the calling test skips (see
 /// [`device_or_skip`]).
 pub fn backend_or_skip<E: GpuElement>(test: &str) -> Option<Cuda<E>> {

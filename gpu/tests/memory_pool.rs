@@ -7,7 +7,7 @@
 //! it, and the test says SKIP. Skips without a GPU (`SKIP: no CUDA device`), fails then with
 //! `REVSNN_REQUIRE_GPU=1`.
 
-use revsnn_gpu::testing::emulator_or_skip;
+use revsnn_gpu::testing::{emulator_or_skip, leave_freed_blocks};
 use revsnn_gpu::{GpuDevice, GpuError};
 use revsnn_reference::DeviceError;
 
@@ -34,11 +34,7 @@ fn cached_blocks_are_released_for_a_buffer_that_fits_and_a_buffer_that_does_not_
     // 3/4 of the free memory in 16 blocks, freed: the pool keeps them, so the driver's count of
     // free bytes shrinks while what new buffers can get does not
     let small = free * 3 / 4 / 16;
-    drop(
-        (0..16)
-            .map(|_| bytes(&device, small).unwrap())
-            .collect::<Vec<_>>(),
-    );
+    leave_freed_blocks(&device, 16, small);
     assert_eq!(device.free_memory_bytes().unwrap(), free);
     assert!(device.pool_reserved_high().unwrap() >= 16 * small as u64);
     assert_eq!(device.transfer_counts().alloc_retries, 0);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use revsnn_gpu::nccl::{Communicator, unique_id};
-use revsnn_gpu::testing::{emulator_or_skip, nccl_or_skip};
+use revsnn_gpu::testing::{emulator_or_skip, leave_freed_blocks, nccl_or_skip};
 use revsnn_gpu::{CudaTensor, GpuError};
 use revsnn_reference::DeviceError;
 
@@ -68,12 +68,7 @@ fn a_stalled_stream_ends_every_host_wait_of_a_rank_within_its_timeout() {
 
     // Blocks the pool keeps from freed buffers, so that a larger buffer needs the retry.
     let free = device.free_memory_bytes().unwrap();
-    let small = free * 3 / 4 / 16;
-    drop(
-        (0..16)
-            .map(|_| device.alloc_zeros::<u8>(small).unwrap())
-            .collect::<Vec<_>>(),
-    );
+    leave_freed_blocks(&device, 16, free * 3 / 4 / 16);
     // A gradient bucket under way: the compute stream now waits on the communication stream.
     let x = CudaTensor::new(device.upload(&[1.0f32, 2.0]).unwrap(), &[2]).unwrap();
     let _sum = communicator.start_all_reduce_sum(&x).unwrap();

@@ -454,7 +454,9 @@ fn start_from<B: Compute>(
     for learner in learners {
         checkpoint::load_state_dict(backend, &mut learner.network.store, weights).map_err(
             |error| match error {
-                Error::Usage(misfit) => naming_initial_checkpoint(Error::file(path, misfit)),
+                Error::Usage(misfit) => {
+                    Error::file(path, format!("--initial-checkpoint: {misfit}"))
+                }
                 other => other,
             },
         )?;
