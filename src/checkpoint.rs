@@ -23,6 +23,7 @@ use crate::error::{Error, Result, counted};
 use crate::files::write_atomic;
 use crate::model::params::Entry;
 use crate::model::{EntryKind, EntryValue, ParamStore};
+use crate::torch_file;
 
 /// The elements of one stored tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,6 +110,19 @@ pub fn read(path: &Path) -> Result<TensorFile> {
     parse(&bytes).map_err(|e| Error::file(path, e.to_string()))
 }
 
+/// Reads weights a user names (`eval --checkpoint`, `train --initial-checkpoint`, `grad
+/// --weights`): a safetensors file, or a PyTorch file of `torch.save` holding a `state_dict`
+/// ([`torch_file::state_dict`], docs/pytorch-files.md), told apart by their first bytes.
+pub fn read_weights(path: &Path) -> Result<TensorFile> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let tensors = if torch_file::is_zip(&bytes) || torch_file::is_legacy(&bytes) {
+        torch_file::state_dict(&bytes)
+    } else {
+        parse(&bytes)
+    };
+    tensors.map_err(|e| Error::file(path, e.to_string()))
+}
+
 /// The tensors of the safetensors file `bytes`, in file order: F32 (F16 and BF16 widened to it
 /// exactly), F64 or I64, each holding as many elements as its shape says. Anything else (a
 /// truncated or corrupt file, another dtype, offsets that do not tile the data) is an
@@ -169,16 +183,12 @@ fn stored_tensor(name: &str, info: &TensorInfo, data: &[u8]) -> Result<StoredTen
             data.len()
         ))
     })?;
-    let element_size: usize = match info.dtype {
-        Dtype::F16 | Dtype::BF16 => 2,
-        Dtype::F32 => 4,
-        Dtype::F64 | Dtype::I64 => 8,
-        other => {
-            return Err(invalid(format!(
-                "{name}: dtype {other} is not supported (use F32, F64, F16, BF16 or I64)"
-            )));
-        }
-    };
+    let element_size = element_size(info.dtype).ok_or_else(|| {
+        invalid(format!(
+            "{name}: dtype {} is not supported (use F32, F64, F16, BF16 or I64)",
+            info.dtype
+        ))
+    })?;
     let size = info
         .shape
         .iter()
@@ -191,21 +201,37 @@ fn stored_tensor(name: &str, info: &TensorInfo, data: &[u8]) -> Result<StoredTen
             info.dtype
         )));
     }
-    let data = match info.dtype {
-        Dtype::F16 => TensorData::F32(decode(raw, |bytes| f16::from_le_bytes(bytes).to_f32())),
-        Dtype::BF16 => TensorData::F32(decode(raw, |bytes| bf16::from_le_bytes(bytes).to_f32())),
-        Dtype::F32 => TensorData::F32(decode(raw, f32::from_le_bytes)),
-        Dtype::F64 => TensorData::F64(decode(raw, f64::from_le_bytes)),
-        _ => TensorData::I64(decode(raw, i64::from_le_bytes)),
-    };
     Ok(StoredTensor {
         shape: info.shape.clone(),
-        data,
+        data: decode(info.dtype, raw),
     })
 }
 
-/// The little-endian elements of `raw`, `N` bytes each (`raw.len()` a multiple of `N`, checked).
-fn decode<const N: usize, T>(raw: &[u8], from_le_bytes: fn([u8; N]) -> T) -> Vec<T> {
+/// The bytes of one element of `dtype`, for the dtypes a checkpoint may hold: F32, F64, F16,
+/// BF16 and I64 (`None` for any other).
+pub(crate) fn element_size(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F16 | Dtype::BF16 => Some(2),
+        Dtype::F32 => Some(4),
+        Dtype::F64 | Dtype::I64 => Some(8),
+        _ => None,
+    }
+}
+
+/// The little-endian elements `raw` of `dtype` ([`element_size`] is `Some`), F16 and BF16
+/// widened to F32 exactly. A partial element at the end is dropped.
+pub(crate) fn decode(dtype: Dtype, raw: &[u8]) -> TensorData {
+    match dtype {
+        Dtype::F16 => TensorData::F32(decode_le(raw, |bytes| f16::from_le_bytes(bytes).to_f32())),
+        Dtype::BF16 => TensorData::F32(decode_le(raw, |bytes| bf16::from_le_bytes(bytes).to_f32())),
+        Dtype::F32 => TensorData::F32(decode_le(raw, f32::from_le_bytes)),
+        Dtype::F64 => TensorData::F64(decode_le(raw, f64::from_le_bytes)),
+        _ => TensorData::I64(decode_le(raw, i64::from_le_bytes)),
+    }
+}
+
+/// The little-endian elements of `raw`, `N` bytes each.
+fn decode_le<const N: usize, T>(raw: &[u8], from_le_bytes: fn([u8; N]) -> T) -> Vec<T> {
     raw.chunks_exact(N)
         .map(|chunk| from_le_bytes(std::array::from_fn(|i| chunk[i])))
         .collect()

@@ -17,6 +17,10 @@ pub enum Error {
     /// Bytes that are not a safetensors file of F32, F64, F16, BF16 and I64 tensors.
     #[error("not a valid safetensors file: {0}")]
     Safetensors(String),
+    /// Bytes that are not a `torch.save` file holding a `state_dict` revsnn reads
+    /// (docs/pytorch-files.md).
+    #[error("not a PyTorch checkpoint revsnn reads: {0}")]
+    TorchFile(String),
     /// A file that cannot be read or written.
     #[error("{path}: {detail}")]
     File { path: String, detail: String },

@@ -15,6 +15,7 @@ use crate::data::cifar::{CIFAR_IMAGE_BYTES, Cifar, CifarVariant};
 use crate::data::dvs128::{GESTURE_SIZE, parse_labels_csv};
 use crate::data::events::{decode_aedat31, integrate_by_number};
 use crate::spec::ModelSpec;
+use crate::torch_file::{self, pickle::Pickle, zip::Entry};
 use crate::train::config::{GivenSettings, default_spec};
 use crate::train::run_dir::{RunState, STATE_FORMAT};
 
@@ -30,11 +31,21 @@ pub struct Target {
 }
 
 /// Every target, one per reader of user files.
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 9] = [
     Target {
         name: "safetensors",
         run: safetensors,
         seeds: safetensors_seeds,
+    },
+    Target {
+        name: "pytorch",
+        run: pytorch,
+        seeds: pytorch_seeds,
+    },
+    Target {
+        name: "pickle",
+        run: pickle,
+        seeds: pickle_seeds,
     },
     Target {
         name: "aedat31",
@@ -76,6 +87,44 @@ pub fn target(name: &str) -> Option<Target> {
 /// A safetensors checkpoint ([`checkpoint::parse`]).
 pub fn safetensors(bytes: &[u8]) {
     let _ = checkpoint::parse(bytes);
+}
+
+/// A PyTorch file of `torch.save` ([`torch_file::state_dict`]: `eval --checkpoint`,
+/// `train --initial-checkpoint`, `grad --weights`).
+pub fn pytorch(bytes: &[u8]) {
+    let _ = torch_file::state_dict(bytes);
+}
+
+/// A PyTorch file's pickle (its `data.pkl`), unpickled and searched for a `state_dict`'s tensors:
+/// the part of [`pytorch`] behind the archive's CRC-32s, which few mutations of a file get past.
+pub fn pickle(bytes: &[u8]) {
+    if let Ok(pickle) = Pickle::parse(bytes) {
+        let _ = torch_file::tensor_views(&pickle);
+    }
+}
+
+/// Small files of `torch.save` itself (fixtures/pytorch/generate.py): views of shared storages
+/// in every dtype read, pickled in protocols 2 and 4.
+const PYTORCH_FILES: [&[u8]; 2] = [
+    include_bytes!("../fixtures/pytorch/views.pth"),
+    include_bytes!("../fixtures/pytorch/views-protocol4.pth"),
+];
+
+fn pytorch_seeds() -> Vec<Vec<u8>> {
+    PYTORCH_FILES.map(<[u8]>::to_vec).to_vec()
+}
+
+fn pickle_seeds() -> Vec<Vec<u8>> {
+    PYTORCH_FILES
+        .iter()
+        .filter_map(|file| {
+            let entries = torch_file::zip::entries(file).ok()?;
+            entries.into_iter().find_map(|(name, entry)| match entry {
+                Entry::Stored(data) if name.ends_with("/data.pkl") => Some(data.to_vec()),
+                _ => None,
+            })
+        })
+        .collect()
 }
 
 /// A DVS128 Gesture recording (AEDAT 3.1), decoded and integrated into 4 frames of the sensor,

@@ -25,6 +25,7 @@ pub mod model;
 pub mod network;
 pub mod optim;
 pub mod spec;
+pub mod torch_file;
 pub mod train;
 
 pub use revsnn_gpu as gpu;

@@ -172,7 +172,8 @@ fn stored<B: Backend>(backend: &B, tensor: &B::Tensor) -> Result<StoredTensor> {
 pub struct GradArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Weights: a safetensors state_dict under the official key names.
+    /// Weights: a state_dict under the official key names, in safetensors or a PyTorch file of
+    /// torch.save (docs/pytorch-files.md).
     #[arg(long)]
     pub weights: PathBuf,
     /// Input: a safetensors file with `images` and `labels`.
@@ -204,7 +205,7 @@ impl GradArgs {
     pub fn run(&self) -> Result<()> {
         let device = self.device.open(self.precision)?;
         let (_, spec) = self.model.resolve()?;
-        let weights = checkpoint::read(&self.weights)?;
+        let weights = checkpoint::read_weights(&self.weights)?;
         finite::check_loaded(&self.weights, &weights, self.allow_non_finite)?;
         let batch = read_batch(&self.input, &spec, self.allow_non_finite)?;
         let outputs = on_backend!(&device, DType::from(self.dtype), |backend| {

@@ -71,11 +71,12 @@ pub struct GivenSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_steps: Option<usize>,
     /// Start from the weights of this checkpoint instead of the seed's, BatchNorm statistics
-    /// included (timm's --initial-checkpoint): a state_dict in safetensors under the official
-    /// keys, such as a run's last.safetensors or PyTorch's `save_file(model.state_dict())`, in
-    /// F32, F64, F16 or BF16. Every key must fit the model. The optimizer and the schedule start
-    /// afresh. The run records the path, not the contents. A resumed run continues from its own
-    /// checkpoint.
+    /// included (timm's --initial-checkpoint): a state_dict under the official keys, in F32,
+    /// F64, F16 or BF16, in safetensors (a run's last.safetensors, PyTorch's
+    /// `save_file(model.state_dict())`) or a PyTorch file of torch.save (the official code's
+    /// and timm's checkpoints; docs/pytorch-files.md). Every key must fit the model. The
+    /// optimizer and the schedule start afresh. The run records the path, not the contents. A
+    /// resumed run continues from its own checkpoint.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_checkpoint: Option<PathBuf>,

@@ -437,7 +437,7 @@ fn initial_weights(run: &Run, allow_non_finite: bool) -> Result<Option<(&Path, T
     let (None, Some(path)) = (&run.resumed, &run.config.initial_checkpoint) else {
         return Ok(None);
     };
-    let weights = checkpoint::read(path).map_err(naming_initial_checkpoint)?;
+    let weights = checkpoint::read_weights(path).map_err(naming_initial_checkpoint)?;
     finite::check_loaded(path, &weights, allow_non_finite)?;
     Ok(Some((path, weights)))
 }

@@ -80,7 +80,9 @@ const DEFAULT_TEST_SAMPLES: usize = 1000;
 /// The arguments of `revsnn eval`.
 #[derive(Clone, Debug, Args)]
 pub struct EvalArgs {
-    /// A safetensors checkpoint (the model comes from the `.json` beside it, or --model/--spec).
+    /// A checkpoint: safetensors (the model comes from the `.json` beside it, or --model/--spec),
+    /// or a PyTorch file of torch.save holding a state_dict (the official code's and timm's
+    /// training checkpoints included; docs/pytorch-files.md).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The dataset whose test split to score (default: the run's, from the run state beside a
@@ -97,6 +99,12 @@ pub struct EvalArgs {
     /// A JSON model spec file, in place of --model.
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// Override the number of classes of --model or --spec (a CIFAR preset's head has 100).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Override the number of time steps T of --model or --spec.
+    #[arg(long)]
+    pub time_steps: Option<usize>,
     /// Test samples: the synthetic datasets' size, a cap for the real ones (default: the
     /// run's, else 1000).
     #[arg(long)]
@@ -131,7 +139,7 @@ impl EvalArgs {
     /// Runs `revsnn eval`; prints text or one JSON object.
     pub fn run(&self) -> Result<()> {
         let device = self.device.open(self.precision)?;
-        let weights = checkpoint::read(&self.checkpoint)?;
+        let weights = checkpoint::read_weights(&self.checkpoint)?;
         finite::check_loaded(&self.checkpoint, &weights, self.allow_non_finite)?;
         let neighbour = Neighbour::read(&self.checkpoint)?;
         let (name, spec) = self.model(neighbour.as_ref())?;
@@ -247,10 +255,17 @@ impl EvalArgs {
             let args = ModelArgs {
                 model: self.model.clone(),
                 spec: self.spec.clone(),
-                num_classes: None,
-                time_steps: None,
+                num_classes: self.num_classes,
+                time_steps: self.time_steps,
             };
             return args.resolve();
+        }
+        if self.num_classes.is_some() || self.time_steps.is_some() {
+            return Err(Error::Usage(
+                "--num-classes and --time-steps change the model of --model or --spec; the run's \
+                 own model (from the state beside the checkpoint) is taken as it is"
+                    .into(),
+            ));
         }
         match neighbour {
             Some(neighbour) => Ok((self.checkpoint.display().to_string(), neighbour.spec()?)),
