@@ -322,6 +322,34 @@ fn fp16_on_two_ranks_scales_unscales_and_steps_like_one_rank() {
     }
 }
 
+/// `--initial-checkpoint` on two ranks: every rank starts from the file's weights (a rank left at
+/// the seed's would compute its share's gradients at other weights), so the run matches one rank
+/// started from it.
+#[test]
+fn every_rank_starts_from_the_initial_checkpoint() {
+    let dir = scratch("ranks-initial");
+    ok(train(&dir.join("source"), &["--epochs", "1"]));
+    let source = dir.join("source/last.safetensors");
+    let from = [
+        "--epochs",
+        "1",
+        "--initial-checkpoint",
+        source.to_str().unwrap(),
+    ];
+    ok(train(&dir.join("one"), &from));
+    let two = [&from[..], &["--ranks", "2", "--sync-bn"]].concat();
+    ok(train(&dir.join("two"), &two));
+    let flat = |w: Vec<(String, Vec<f64>)>| w.into_iter().flat_map(|(_, v)| v).collect::<Vec<_>>();
+    let error = relative_error(
+        &flat(f32_tensors(&dir.join("two"), true)),
+        &flat(f32_tensors(&dir.join("one"), true)),
+    );
+    assert!(
+        error <= 1e-4,
+        "2 ranks from a checkpoint: weights differ by {error:e}"
+    );
+}
+
 #[test]
 fn two_runs_on_three_ranks_write_the_same_bytes() {
     let dir = scratch("ranks-repeat");

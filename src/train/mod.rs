@@ -64,8 +64,9 @@ pub struct Invocation {
     /// A resumed run, or one started from `--initial-checkpoint`, may load a checkpoint holding
     /// NaN or infinities (a deliberate experiment).
     pub allow_non_finite: bool,
-    /// How long a rank waits for the others in one collective before it stops with an error
-    /// (a rank died or hangs).
+    /// How long a rank waits for the others (at the start and in each collective), and on a GPU
+    /// for its device in any host wait, before it stops with an error (a rank died or hangs;
+    /// docs/distributed.md §7).
     pub rank_timeout: Duration,
 }
 
