@@ -95,11 +95,18 @@ pub fn pytorch(bytes: &[u8]) {
     let _ = torch_file::state_dict(bytes);
 }
 
-/// A PyTorch file's pickle (its `data.pkl`), unpickled and searched for a `state_dict`'s tensors:
-/// the part of [`pytorch`] behind the archive's CRC-32s, which few mutations of a file get past.
+/// A PyTorch file's pickle (its `data.pkl`), unpickled and searched for a `state_dict`'s tensors,
+/// each gathered from a zero-filled storage of the size its id says (up to 1 MiB): the part of
+/// [`pytorch`] behind the archive's CRC-32s, which few mutations of a file get past.
 pub fn pickle(bytes: &[u8]) {
-    if let Ok(pickle) = Pickle::parse(bytes) {
-        let _ = torch_file::tensor_views(&pickle);
+    let Ok(pickle) = Pickle::parse(bytes) else {
+        return;
+    };
+    for (_, view) in torch_file::tensor_views(&pickle).unwrap_or_default() {
+        let size = view.storage.elements.saturating_mul(view.storage.width);
+        if size <= 1 << 20 {
+            let _ = view.gather(&vec![0; size]);
+        }
     }
 }
 

@@ -54,6 +54,17 @@ fn training_checkpoints_of_the_official_code_and_of_timm_read_as_their_state_dic
 }
 
 #[test]
+fn the_state_dict_is_found_by_the_documented_rule() {
+    let keys = |file: &str| -> Vec<String> { read_weights(&fixture(file)).into_keys().collect() };
+    // 'state_dict' is tried before 'model'
+    assert_eq!(keys("pytorch/nested-order.pth"), ["b"]);
+    // a tensor metric beside a nested state_dict does not hide it
+    assert_eq!(keys("pytorch/metric-beside.pth"), ["b"]);
+    // 'module.' stays where not every key has it
+    assert_eq!(keys("pytorch/partial-prefix.pth"), ["b", "module.a"]);
+}
+
+#[test]
 fn views_dtypes_and_the_data_parallel_prefix_read_as_contiguous_tensors() {
     let expected = read_safetensors(&fixture("pytorch/views.expected.safetensors"));
     for file in ["pytorch/views.pth", "pytorch/views-protocol4.pth"] {
@@ -82,6 +93,19 @@ fn views_dtypes_and_the_data_parallel_prefix_read_as_contiguous_tensors() {
     assert_eq!(read["long"].data, TensorData::I64(vec![-(1 << 40), 0, 3]));
     assert_eq!(read["empty"].shape, [0, 3]);
     assert_eq!(f32s("parameter"), [0.25; 4]);
+    // float16 and bfloat16 widened exactly: torch rounded base * 100 and base * 1e30 (f32) to
+    // nearest even, as the half crate does
+    let rounded = |scale: f32, round: fn(f32) -> f32| -> Vec<f32> {
+        (0..24).map(|i| round(base(i / 6, i % 6) * scale)).collect()
+    };
+    assert_eq!(
+        f32s("half"),
+        rounded(100.0, |v| half::f16::from_f32(v).to_f32())
+    );
+    assert_eq!(
+        f32s("bfloat"),
+        rounded(1e30, |v| half::bf16::from_f32(v).to_f32())
+    );
 }
 
 #[test]
@@ -90,10 +114,18 @@ fn files_it_does_not_read_are_refused_with_what_to_do() {
         Ok(_) => panic!("{} was read", path.display()),
         Err(error) => error.to_string(),
     };
-    let legacy = message(&fixture("pytorch/legacy.pth"));
+    for file in ["pytorch/legacy.pth", "pytorch/legacy-protocol4.pth"] {
+        let legacy = message(&fixture(file));
+        assert!(
+            legacy.contains("before 1.6") && legacy.contains("torch.save"),
+            "{legacy}"
+        );
+    }
+    let module = message(&fixture("pytorch/whole-module.pth"));
+    let class = "an object of torch.nn.modules.linear.Linear";
     assert!(
-        legacy.contains("before 1.6") && legacy.contains("torch.save"),
-        "{legacy}"
+        module.contains(class) && module.contains("state_dict()"),
+        "{module}"
     );
     let script = message(&fixture("pytorch/torchscript.pt"));
     assert!(

@@ -6,13 +6,13 @@
 //! storages' bytes in the ZIP archive ([`zip`]) by their sizes, strides and offsets.
 
 pub(crate) mod pickle;
+mod tensor;
 pub(crate) mod zip;
 
 use std::collections::HashMap;
 
-use safetensors::Dtype;
-
 use self::pickle::{Node, Pickle, Value};
+pub(crate) use self::tensor::TensorView;
 use self::zip::Entry;
 use crate::checkpoint::{self, StoredTensor, TensorFile};
 use crate::error::{Error, Result};
@@ -21,15 +21,24 @@ pub use self::zip::is_zip;
 
 /// The entries of a checkpoint dict that may hold its `state_dict`, in the order they are
 /// tried: timm's `CheckpointSaver`, the official code's `train.py`, a common third.
-pub const NESTED_KEYS: [&str; 3] = ["state_dict", "model", "model_state_dict"];
+const NESTED_KEYS: [&str; 3] = ["state_dict", "model", "model_state_dict"];
+
+/// The most bytes the tensors of a file may hold, as a multiple of the file's: room for
+/// tensors that share a storage (tied weights), not for a pickle that names one storage a
+/// million times.
+const GATHERED_PER_FILE_BYTE: usize = 4;
+
+/// The most characters of a name from the file that an error message shows.
+const SHOWN_CHARS: usize = 80;
 
 /// The prefix `DistributedDataParallel` puts before every key of a wrapped model's
 /// `state_dict`; removed when every key has it.
 const DATA_PARALLEL_PREFIX: &str = "module.";
 
-/// The start of a file of `torch.save`'s format before torch 1.6 (a pickled magic number).
-const LEGACY_MAGIC: [u8; 14] = [
-    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+/// The pickled magic number that starts a file of `torch.save`'s format before torch 1.6:
+/// `LONG1` of 10 bytes, `0x1950A86A20F9469CFC6C` (`serialization.py`'s `MAGIC_NUMBER`).
+const LEGACY_MAGIC: [u8; 12] = [
+    0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
 ];
 
 /// [`Error::TorchFile`] with `detail`.
@@ -37,9 +46,24 @@ fn invalid(detail: impl Into<String>) -> Error {
     Error::TorchFile(detail.into())
 }
 
-/// True when `bytes` are a file of `torch.save`'s format before torch 1.6, which is not read.
+/// True when `bytes` are a file of `torch.save`'s format before torch 1.6, which is not read:
+/// `PROTO` 2 to 5, a `FRAME` from protocol 4 on, then the magic number.
 pub fn is_legacy(bytes: &[u8]) -> bool {
-    bytes.starts_with(&LEGACY_MAGIC)
+    match bytes {
+        [0x80, 2 | 3, rest @ ..] => rest.starts_with(&LEGACY_MAGIC),
+        [0x80, 4 | 5, 0x95, rest @ ..] => {
+            rest.get(8..).is_some_and(|r| r.starts_with(&LEGACY_MAGIC))
+        }
+        _ => false,
+    }
+}
+
+/// `text` from the file as an error message shows it: at most [`SHOWN_CHARS`] characters.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// The `state_dict` in the `torch.save` file `bytes`, in its order: the file's dict itself when
@@ -55,7 +79,19 @@ pub fn state_dict(bytes: &[u8]) -> Result<TensorFile> {
     }
     let archive = Archive::open(bytes)?;
     let pickle = Pickle::parse(archive.entry("data.pkl")?)?;
-    tensor_views(&pickle)?
+    let views = tensor_views(&pickle)?;
+    let budget = bytes.len().saturating_mul(GATHERED_PER_FILE_BYTE);
+    let total = views
+        .iter()
+        .try_fold(0usize, |sum, (_, view)| sum.checked_add(view.bytes()?));
+    if total.is_none_or(|total| total > budget) {
+        return Err(invalid(format!(
+            "its tensors would hold more than {GATHERED_PER_FILE_BYTE} times the file's {} bytes \
+             (views that name the same storage many times)",
+            bytes.len()
+        )));
+    }
+    views
         .into_iter()
         .map(|(key, view)| {
             let tensor = archive.tensor(&view, &key)?;
@@ -79,7 +115,8 @@ pub(crate) fn tensor_views(pickle: &Pickle) -> Result<Vec<(String, TensorView)>>
             } else {
                 key
             };
-            let view = TensorView::of(pickle, value).map_err(|e| invalid(format!("{key}: {e}")))?;
+            let view = TensorView::of(pickle, value)
+                .map_err(|e| invalid(format!("{}: {e}", shown(key))))?;
             Ok((key.to_string(), view))
         })
         .collect()
@@ -94,6 +131,8 @@ struct Archive<'a> {
 }
 
 impl<'a> Archive<'a> {
+    /// The archive `bytes`, refused when it is not one of `torch.save` (no `data.pkl`), is a
+    /// TorchScript archive or holds big-endian storages.
     fn open(bytes: &'a [u8]) -> Result<Self> {
         let entries = zip::entries(bytes)?;
         let prefix = entries
@@ -133,10 +172,14 @@ impl<'a> Archive<'a> {
         match self.entries.get(&path) {
             Some(Entry::Stored(data)) => Ok(data),
             Some(Entry::Unread(why)) => Err(invalid(format!(
-                "entry {path} is {why} (torch.save stores its entries as they are; save the file \
-                 again with torch.save)"
+                "entry {} is {why} (torch.save stores its entries as they are; save the file \
+                 again with torch.save)",
+                shown(&path)
             ))),
-            None => Err(invalid(format!("the archive has no entry {path}"))),
+            None => Err(invalid(format!(
+                "the archive has no entry {}",
+                shown(&path)
+            ))),
         }
     }
 
@@ -146,7 +189,7 @@ impl<'a> Archive<'a> {
         let storage = self.entry(&format!("data/{}", view.storage.key))?;
         let raw = view
             .gather(storage)
-            .map_err(|e| invalid(format!("{key}: {e}")))?;
+            .map_err(|e| invalid(format!("{}: {e}", shown(key))))?;
         Ok(StoredTensor {
             data: checkpoint::decode(view.storage.dtype, &raw),
             shape: view.size.clone(),
@@ -154,34 +197,79 @@ impl<'a> Archive<'a> {
     }
 }
 
-/// The dict of tensors the file holds: the file's dict or one of its [`NESTED_KEYS`].
+/// The dict of tensors the file holds: the file's dict, else the first of its [`NESTED_KEYS`]
+/// that holds one; a file's dict that mixes tensors with other values is an error only when no
+/// nested key holds a `state_dict` (a checkpoint may keep a metric as a tensor beside one).
 fn find_state_dict(pickle: &Pickle) -> Result<Vec<(&str, &Value)>> {
-    let root = pickle
-        .dict(&pickle.root)
-        .ok_or_else(|| invalid("the file holds no dict, so no state_dict"))?;
-    if let Some(tensors) = tensors_by_name(pickle, &root)? {
+    let root = pickle.dict(&pickle.root).ok_or_else(|| {
+        invalid(format!(
+            "the file holds {}, not a dict, so no state_dict",
+            what_it_is(pickle, &pickle.root)
+        ))
+    })?;
+    let own = tensors_by_name(pickle, &root);
+    if let Ok(Some(tensors)) = own {
         return Ok(tensors);
     }
     for wanted in NESTED_KEYS {
-        let nested = root
-            .iter()
-            .find(|(key, _)| matches!(key, Value::Str(key) if &**key == wanted))
-            .and_then(|(_, value)| pickle.dict(value));
-        let Some(items) = nested else {
+        let Some(value) = entry(&root, wanted) else {
             continue;
         };
-        if let Some(tensors) = tensors_by_name(pickle, &items)? {
+        if let Some(tensors) = pickle
+            .dict(value)
+            .map(|items| tensors_by_name(pickle, &items))
+            .transpose()?
+            .flatten()
+        {
             return Ok(tensors);
         }
     }
+    own?;
+    Err(invalid(no_state_dict(pickle, &root)))
+}
+
+/// Why a dict holds no `state_dict`: its keys, and what its nested keys hold instead.
+fn no_state_dict(pickle: &Pickle, root: &[(&Value, &Value)]) -> String {
     let keys: Vec<String> = root.iter().take(12).map(|(k, _)| describe(k)).collect();
-    Err(invalid(format!(
-        "no state_dict: neither the file's dict (keys {}{}) nor its entry {} is a dict of \
-         tensors by name",
+    let nested = NESTED_KEYS.iter().filter_map(|wanted| {
+        let value = entry(root, wanted)?;
+        let object = matches!(pickle.node(value), Some(Node::Call { .. }));
+        object.then(|| format!("; its '{wanted}' holds {}", what_it_is(pickle, value)))
+    });
+    format!(
+        "no state_dict: neither the file's dict (keys {}{}) nor its entries 'state_dict', \
+         'model' or 'model_state_dict' is a dict of tensors by name{}",
         keys.join(", "),
         if root.len() > keys.len() { ", ..." } else { "" },
-        NESTED_KEYS.join(", ")
-    )))
+        nested.collect::<String>()
+    )
+}
+
+/// The value of the string key `wanted` among `items`.
+fn entry<'p>(items: &[(&'p Value, &'p Value)], wanted: &str) -> Option<&'p Value> {
+    let (_, value) = items
+        .iter()
+        .find(|(key, _)| matches!(key, Value::Str(key) if &**key == wanted))?;
+    Some(value)
+}
+
+/// What a value that is not a dict is, for a message: an object of a class (a whole model saved
+/// with `torch.save(model)`, which needs its code to load) or something else.
+fn what_it_is(pickle: &Pickle, value: &Value) -> String {
+    match pickle.node(value) {
+        Some(Node::Call { callable, .. }) => match pickle.global(callable) {
+            Some((module, name)) => format!(
+                "an object of {}.{} (a whole model? save model.state_dict() with torch.save \
+                 instead)",
+                shown(module),
+                shown(name)
+            ),
+            None => "an object".to_string(),
+        },
+        Some(Node::List(_)) => "a list".to_string(),
+        Some(Node::Tuple(_)) => "a tuple".to_string(),
+        _ => "a single value".to_string(),
+    }
 }
 
 /// `items` by name when every key is a string and every value a tensor; `None` when no value is
@@ -211,182 +299,8 @@ fn tensors_by_name<'p>(
 /// A key as an error message shows it.
 fn describe(key: &Value) -> String {
     match key {
-        Value::Str(text) => format!("'{text}'"),
+        Value::Str(text) => format!("'{}'", shown(text)),
         Value::Int(n) => n.to_string(),
         _ => "(not a string)".to_string(),
     }
-}
-
-/// A tensor as `_rebuild_tensor_v2` describes it (a call of it, or of `_rebuild_parameter` on
-/// one): a view of a storage.
-pub(crate) struct TensorView {
-    storage: Storage,
-    offset: usize,
-    size: Vec<usize>,
-    stride: Vec<usize>,
-}
-
-/// What a storage's persistent id says: `('storage', torch.<T>Storage, key, location, numel)`.
-struct Storage {
-    dtype: Dtype,
-    key: String,
-    elements: usize,
-}
-
-impl TensorView {
-    /// True when `value` is a call that rebuilds a tensor.
-    fn is_tensor(pickle: &Pickle, value: &Value) -> bool {
-        Self::rebuild_call(pickle, value).is_some()
-    }
-
-    /// The arguments of `_rebuild_tensor_v2` that `value` calls, directly or inside
-    /// `_rebuild_parameter` (a `torch.nn.Parameter`).
-    fn rebuild_call<'p>(pickle: &'p Pickle, value: &'p Value) -> Option<&'p [Value]> {
-        let Some(Node::Call { callable, args }) = pickle.node(value) else {
-            return None;
-        };
-        let args = pickle.tuple(args)?;
-        match pickle.global(callable)? {
-            ("torch._utils", "_rebuild_tensor_v2") => Some(args),
-            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
-                match pickle.node(args.first()?) {
-                    Some(Node::Call { callable, args }) => {
-                        let rebuild = pickle.global(callable)?;
-                        (rebuild == ("torch._utils", "_rebuild_tensor_v2"))
-                            .then(|| pickle.tuple(args))
-                            .flatten()
-                    }
-                    _ => None,
-                }
-            }
-            _ => None,
-        }
-    }
-
-    fn of(pickle: &Pickle, value: &Value) -> std::result::Result<Self, String> {
-        let args = Self::rebuild_call(pickle, value).ok_or("not a tensor")?;
-        let [storage, offset, size, stride, ..] = args else {
-            return Err("_rebuild_tensor_v2 with fewer than 4 arguments".into());
-        };
-        let numbers = |value: &Value, what: &str| -> std::result::Result<Vec<usize>, String> {
-            let items = pickle
-                .tuple(value)
-                .ok_or(format!("its {what} is not a tuple"))?;
-            items.iter().map(|item| count(item, what)).collect()
-        };
-        let view = TensorView {
-            storage: Storage::of(pickle, storage)?,
-            offset: count(offset, "storage offset")?,
-            size: numbers(size, "size")?,
-            stride: numbers(stride, "stride")?,
-        };
-        if view.size.len() != view.stride.len() {
-            return Err(format!(
-                "size {:?} and stride {:?} differ in length",
-                view.size, view.stride
-            ));
-        }
-        Ok(view)
-    }
-
-    /// The view's elements in row-major order, as little-endian bytes. The view must lie inside
-    /// the storage and hold no more elements than it (a broadcast view is refused).
-    fn gather(&self, storage: &[u8]) -> std::result::Result<Vec<u8>, String> {
-        let width = checkpoint::element_size(self.storage.dtype).ok_or("no element size")?;
-        let elements = self.storage.elements;
-        if storage.len() / width < elements {
-            return Err(format!(
-                "its storage has {} bytes, fewer than {elements} elements of {}",
-                storage.len(),
-                self.storage.dtype
-            ));
-        }
-        let count = self.size.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-        let last = self
-            .size
-            .iter()
-            .zip(&self.stride)
-            .try_fold(self.offset, |at, (&d, &s)| {
-                at.checked_add(d.saturating_sub(1).checked_mul(s)?)
-            });
-        match (count, last) {
-            (Some(0), _) => return Ok(Vec::new()),
-            (Some(count), Some(last)) if count <= elements && last < elements => {}
-            _ => {
-                return Err(format!(
-                    "size {:?}, stride {:?} and offset {} reach past its storage of {elements} \
-                     elements, or hold more than it (save tensor.contiguous() instead)",
-                    self.size, self.stride, self.offset
-                ));
-            }
-        }
-        let mut raw = Vec::with_capacity(count.unwrap_or(0) * width);
-        let mut index = vec![0usize; self.size.len()];
-        loop {
-            let at: usize = self.offset
-                + index
-                    .iter()
-                    .zip(&self.stride)
-                    .map(|(i, s)| i * s)
-                    .sum::<usize>();
-            raw.extend_from_slice(&storage[at * width..(at + 1) * width]);
-            if !next_index(&mut index, &self.size) {
-                return Ok(raw);
-            }
-        }
-    }
-}
-
-impl Storage {
-    fn of(pickle: &Pickle, value: &Value) -> std::result::Result<Self, String> {
-        let Some(Node::Persistent(id)) = pickle.node(value) else {
-            return Err("its storage is not a persistent id".into());
-        };
-        let Some([Value::Str(kind), class, Value::Str(key), _location, numel]) = pickle.tuple(id)
-        else {
-            return Err("its storage's id is not ('storage', type, key, location, numel)".into());
-        };
-        if &**kind != "storage" {
-            return Err(format!("a persistent id of kind '{kind}'"));
-        }
-        let dtype = match pickle.global(class) {
-            Some(("torch", "FloatStorage")) => Dtype::F32,
-            Some(("torch", "DoubleStorage")) => Dtype::F64,
-            Some(("torch", "HalfStorage")) => Dtype::F16,
-            Some(("torch", "BFloat16Storage")) => Dtype::BF16,
-            Some(("torch", "LongStorage")) => Dtype::I64,
-            Some((module, name)) => {
-                return Err(format!(
-                    "storage type {module}.{name} is not read (float32, float64, float16, \
-                     bfloat16 and int64 are)"
-                ));
-            }
-            None => return Err("its storage type is not a global".into()),
-        };
-        Ok(Storage {
-            dtype,
-            key: key.to_string(),
-            elements: count(numel, "storage size")?,
-        })
-    }
-}
-
-/// A non-negative integer of the pickle.
-fn count(value: &Value, what: &str) -> std::result::Result<usize, String> {
-    match value {
-        Value::Int(n) => usize::try_from(*n).map_err(|_| format!("its {what} {n} is negative")),
-        _ => Err(format!("its {what} is not an integer")),
-    }
-}
-
-/// Steps `index` to the next row-major position within `size`; false after the last.
-fn next_index(index: &mut [usize], size: &[usize]) -> bool {
-    for (i, &extent) in index.iter_mut().zip(size).rev() {
-        *i += 1;
-        if *i < extent {
-            return true;
-        }
-        *i = 0;
-    }
-    false
 }

@@ -1,5 +1,6 @@
-//! A restricted unpickler (docs/pytorch-files.md §2): Python's pickle opcodes of protocols 2 to
-//! 4, run as a stack machine that builds values and never runs anything. A global (`torch._utils
+//! A restricted unpickler (docs/pytorch-files.md §2): the opcodes of Python's pickle protocols 2
+//! to 5 that `torch.save` writes (not protocol 5's out-of-band buffers), run as a stack machine
+//! that builds values and never runs anything. A global (`torch._utils
 //! _rebuild_tensor_v2`, `collections OrderedDict`, a class) is kept as its two names, and a call
 //! of it (`REDUCE`, `NEWOBJ`) as the callable and its arguments; the caller decides what such a
 //! call means. Persistent ids (torch's storages) are kept as the value the file gave them.
@@ -77,10 +78,7 @@ impl Pickle {
 
     /// The node `value` refers to, if it is one.
     pub fn node(&self, value: &Value) -> Option<&Node> {
-        match value {
-            Value::Node(index) => self.nodes.get(*index),
-            _ => None,
-        }
+        node_in(&self.nodes, value)
     }
 
     /// The items of `value` when it is a tuple.
@@ -98,18 +96,23 @@ impl Pickle {
             return None;
         };
         let mut unique: Vec<(&Value, &Value)> = Vec::with_capacity(items.len());
-        let mut places: HashMap<&str, usize> = HashMap::new();
+        // by the string's address first: a key the memo recalls many times is hashed once
+        let mut by_address: HashMap<*const u8, usize> = HashMap::new();
+        let mut by_text: HashMap<&str, usize> = HashMap::new();
         for (key, item) in items {
             let Value::Str(name) = key else {
                 unique.push((key, item));
                 continue;
             };
-            match places.get(&**name) {
-                Some(&place) => unique[place].1 = item,
-                None => {
-                    places.insert(name, unique.len());
-                    unique.push((key, item));
-                }
+            let place = match by_address.get(&name.as_ptr()) {
+                Some(&place) => place,
+                None => *by_text.entry(name).or_insert(unique.len()),
+            };
+            by_address.insert(name.as_ptr(), place);
+            if place == unique.len() {
+                unique.push((key, item));
+            } else {
+                unique[place].1 = item;
             }
         }
         Some(unique)
@@ -407,28 +410,29 @@ impl Machine<'_> {
         Ok(())
     }
 
+    /// Stores the value on top as memo entry `index`.
     fn memoize(&mut self, index: u32) -> Result<()> {
         let value = self.peek()?.clone();
         self.memo.insert(index, value);
         Ok(())
     }
 
+    /// Pushes memo entry `index`.
     fn recall(&mut self, index: u32) -> Result<()> {
         let value = self.memo.get(&index).cloned();
         self.push(value.ok_or_else(|| invalid(format!("memo entry {index} was never stored")))?);
         Ok(())
     }
 
+    /// Adds `node` to the arena and pushes a value that refers to it.
     fn new_node(&mut self, node: Node) {
         self.nodes.push(node);
-        self.stack.push(Value::Node(self.nodes.len() - 1));
+        self.push(Value::Node(self.nodes.len() - 1));
     }
 
+    /// The node `value` refers to, if it is one.
     fn node_of(&self, value: &Value) -> Option<&Node> {
-        match value {
-            Value::Node(index) => self.nodes.get(*index),
-            _ => None,
-        }
+        node_in(&self.nodes, value)
     }
 
     /// The node on top of the stack, to be filled.
@@ -443,18 +447,29 @@ impl Machine<'_> {
         self.stack.push(value);
     }
 
+    /// The stack's height at the innermost mark: no opcode but those that take the values above
+    /// a mark reaches below it (Python's unpickler keeps them on a stack of their own).
+    fn floor(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+
+    /// The value on top, taken off.
     fn pop(&mut self) -> Result<Value> {
+        self.peek()?;
         self.stack
             .pop()
             .ok_or_else(|| invalid("the stack is empty"))
     }
 
+    /// The value on top.
     fn peek(&self) -> Result<&Value> {
-        self.stack
-            .last()
-            .ok_or_else(|| invalid("the stack is empty"))
+        match self.stack.last() {
+            Some(top) if self.stack.len() > self.floor() => Ok(top),
+            _ => Err(invalid("the stack is empty (above its last MARK)")),
+        }
     }
 
+    /// The string on top, taken off (`STACK_GLOBAL`'s names).
     fn pop_str(&mut self) -> Result<Rc<str>> {
         match self.pop()? {
             Value::Str(text) => Ok(text),
@@ -466,13 +481,21 @@ impl Machine<'_> {
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
         let mark = self.marks.pop();
         let mark = mark.ok_or_else(|| invalid("no MARK before an opcode that takes one"))?;
-        self.split_off(Some(mark))
+        if mark > self.stack.len() {
+            return Err(invalid(
+                "the values above a MARK were taken by another opcode",
+            ));
+        }
+        Ok(self.stack.split_off(mark))
     }
 
-    /// The values from stack position `at` up (`None`: fewer values than needed).
+    /// The values from stack position `at` up (`None`: fewer values than needed), none of them
+    /// below the innermost mark.
     fn split_off(&mut self, at: Option<usize>) -> Result<Vec<Value>> {
         match at {
-            Some(at) if at <= self.stack.len() => Ok(self.stack.split_off(at)),
+            Some(at) if self.floor() <= at && at <= self.stack.len() => {
+                Ok(self.stack.split_off(at))
+            }
             _ => Err(invalid(
                 "the stack holds fewer values than the opcode takes",
             )),
@@ -485,11 +508,12 @@ impl Machine<'_> {
             .at
             .checked_add(n)
             .and_then(|end| self.input.get(self.at..end))
-            .ok_or_else(|| invalid("the pickle ends before its STOP (a truncated file?)"))?;
+            .ok_or_else(|| invalid("the pickle ends before its STOP "))?;
         self.at += n;
         Ok(bytes)
     }
 
+    /// The next `N` bytes of input.
     fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         let bytes = self.take(N)?;
         Ok(std::array::from_fn(|i| bytes[i]))
@@ -503,7 +527,7 @@ impl Machine<'_> {
         usize::try_from(value)
             .ok()
             .filter(|_| !negative)
-            .ok_or_else(|| invalid(format!("a length of {value} bytes")))
+            .ok_or_else(|| invalid(format!("a length of {value} bytes, beyond any input")))
     }
 
     /// A newline-terminated name (`GLOBAL`'s operands).
@@ -516,6 +540,14 @@ impl Machine<'_> {
         let text = String::from_utf8_lossy(&rest[..end]).into();
         self.at += end + 1;
         Ok(text)
+    }
+}
+
+/// The node of `nodes` that `value` refers to, if it is one.
+fn node_in<'n>(nodes: &'n [Node], value: &Value) -> Option<&'n Node> {
+    match value {
+        Value::Node(index) => nodes.get(*index),
+        _ => None,
     }
 }
 
@@ -532,15 +564,11 @@ fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
 mod tests {
     use super::*;
 
-    fn parse(bytes: &[u8]) -> Result<Pickle> {
-        Pickle::parse(bytes)
-    }
-
     #[test]
     fn a_dict_filled_after_it_was_memoized_is_the_same_dict_where_it_is_recalled() {
         // d = {}; memo[0] = d; (d, d) with d['a'] = 1 set after the tuple refers to it
         let bytes = b"\x80\x02}q\x00h\x00\x86q\x01h\x00X\x01\x00\x00\x00aK\x01s0h\x01.";
-        let pickle = parse(bytes).unwrap();
+        let pickle = Pickle::parse(bytes).unwrap();
         let pair = pickle.tuple(&pickle.root).unwrap();
         for value in pair {
             let items = pickle.dict(value).unwrap();
@@ -552,19 +580,19 @@ mod tests {
     fn a_later_item_of_a_key_wins_and_integers_keep_their_sign() {
         // {'k': -2, 'k': LONG1(2**40)}: Python keeps the last
         let bytes = b"\x80\x02}(X\x01\x00\x00\x00kJ\xfe\xff\xff\xffX\x01\x00\x00\x00k\x8a\x06\x00\x00\x00\x00\x00\x01u.";
-        let pickle = parse(bytes).unwrap();
+        let pickle = Pickle::parse(bytes).unwrap();
         let items = pickle.dict(&pickle.root).unwrap();
         assert_eq!(items, [(&Value::Str("k".into()), &Value::Int(1 << 40))]);
-        let negative = parse(b"\x80\x02J\xfe\xff\xff\xff.").unwrap();
+        let negative = Pickle::parse(b"\x80\x02J\xfe\xff\xff\xff.").unwrap();
         assert_eq!(negative.root, Value::Int(-2));
-        let long = parse(b"\x80\x02\x8a\x02\x00\xff.").unwrap();
+        let long = Pickle::parse(b"\x80\x02\x8a\x02\x00\xff.").unwrap();
         assert_eq!(long.root, Value::Int(-256));
     }
 
     #[test]
     fn a_cycle_and_a_deep_nesting_neither_recurse_nor_overflow() {
         // l = []; l.append(l)
-        let cycle = parse(b"\x80\x02]q\x00h\x00a.").unwrap();
+        let cycle = Pickle::parse(b"\x80\x02]q\x00h\x00a.").unwrap();
         let Some(Node::List(items)) = cycle.node(&cycle.root) else {
             panic!("not a list");
         };
@@ -573,14 +601,14 @@ mod tests {
         let mut deep = b"\x80\x02N".to_vec();
         deep.extend(std::iter::repeat_n(0x85u8, 1_000_000));
         deep.push(b'.');
-        assert_eq!(parse(&deep).unwrap().nodes.len(), 1_000_000);
+        assert_eq!(Pickle::parse(&deep).unwrap().nodes.len(), 1_000_000);
     }
 
     #[test]
     fn globals_and_calls_are_kept_not_run() {
         // os.system('x'): a call of a global, never made
         let bytes = b"\x80\x02cos\nsystem\nX\x01\x00\x00\x00x\x85R.";
-        let pickle = parse(bytes).unwrap();
+        let pickle = Pickle::parse(bytes).unwrap();
         let Some(Node::Call { callable, args }) = pickle.node(&pickle.root) else {
             panic!("not a call");
         };
@@ -590,20 +618,21 @@ mod tests {
 
     #[test]
     fn malformed_pickles_are_errors_that_say_where() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"\x80\x02", "before its STOP"),
             (b"\x80\x02.", "stack is empty"),
             (b"\x80\x01N.", "protocol 1"),
             (b"\x80\x02t.", "no MARK"),
             (b"\x80\x02h\x07.", "memo entry 7"),
             (b"\x80\x02NNu.", "no MARK"),
+            (b"\x80\x02N(0.", "above its last MARK"),
             (b"\x80\x02I01\n.", "not an opcode"),
         ];
         for (bytes, expected) in cases {
-            let message = parse(bytes).unwrap_err().to_string();
+            let message = Pickle::parse(bytes).unwrap_err().to_string();
             assert!(message.contains(expected), "{bytes:?}: {message}");
         }
-        let message = parse(b"\x80\x02K\x01a.").unwrap_err().to_string();
+        let message = Pickle::parse(b"\x80\x02K\x01a.").unwrap_err().to_string();
         assert!(message.contains("opcode 0x61 at byte 4"), "{message}");
     }
 }
