@@ -132,6 +132,9 @@ impl TensorView {
                 self.size, self.stride, self.offset
             ));
         }
+        if self.is_row_major() {
+            return Ok(storage[self.offset * width..][..self.bytes().unwrap_or(0)].to_vec());
+        }
         let mut raw = Vec::with_capacity(self.bytes().unwrap_or(0));
         let mut index = vec![0usize; self.size.len()];
         loop {
@@ -142,6 +145,20 @@ impl TensorView {
                 return Ok(raw);
             }
         }
+    }
+
+    /// True when the view's elements lie in row-major order, one after another (the strides of
+    /// its size, those of dimensions of one element aside): a parameter as `torch.save` writes
+    /// it, read as one slice.
+    fn is_row_major(&self) -> bool {
+        let mut expected = 1usize;
+        for (&d, &s) in self.size.iter().zip(&self.stride).rev() {
+            if d != 1 && s != expected {
+                return false;
+            }
+            expected = expected.saturating_mul(d);
+        }
+        true
     }
 }
 
@@ -254,6 +271,15 @@ mod tests {
         assert_eq!(
             floats(&view(12, 11, &[], &[]).gather(&data).unwrap()),
             [11.]
+        );
+        // row-major views, one slice each: a slice of rows, a row with a stride-free dimension
+        assert_eq!(
+            floats(&view(12, 4, &[2, 4], &[4, 1]).gather(&data).unwrap()),
+            [4., 5., 6., 7., 8., 9., 10., 11.]
+        );
+        assert_eq!(
+            floats(&view(12, 2, &[1, 3], &[99, 1]).gather(&data).unwrap()),
+            [2., 3., 4.]
         );
         // an empty view with an offset past the end reads nothing
         assert!(
