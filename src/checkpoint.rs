@@ -106,21 +106,26 @@ pub type TensorFile = Vec<(String, StoredTensor)>;
 /// Reads a safetensors file; a truncated or corrupt file, an unsupported dtype or inconsistent
 /// offsets is an error naming the file and the problem.
 pub fn read(path: &Path) -> Result<TensorFile> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    parse(&bytes).map_err(|e| Error::file(path, e.to_string()))
+    read_with(path, parse)
 }
 
 /// Reads weights a user names (`eval --checkpoint`, `train --initial-checkpoint`, `grad
 /// --weights`): a safetensors file, or a PyTorch file of `torch.save` holding a `state_dict`
 /// ([`torch_file::state_dict`], docs/pytorch-files.md), told apart by their first bytes.
 pub fn read_weights(path: &Path) -> Result<TensorFile> {
+    read_with(path, |bytes| {
+        if torch_file::is_torch_file(bytes) {
+            torch_file::state_dict(bytes)
+        } else {
+            parse(bytes)
+        }
+    })
+}
+
+/// The tensors `parse` finds in the bytes of the file at `path`; its errors name the file.
+fn read_with(path: &Path, parse: impl FnOnce(&[u8]) -> Result<TensorFile>) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    let tensors = if torch_file::is_zip(&bytes) || torch_file::is_legacy(&bytes) {
-        torch_file::state_dict(&bytes)
-    } else {
-        parse(&bytes)
-    };
-    tensors.map_err(|e| Error::file(path, e.to_string()))
+    parse(&bytes).map_err(|e| Error::file(path, e.to_string()))
 }
 
 /// The tensors of the safetensors file `bytes`, in file order: F32 (F16 and BF16 widened to it

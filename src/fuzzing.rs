@@ -15,7 +15,7 @@ use crate::data::cifar::{CIFAR_IMAGE_BYTES, Cifar, CifarVariant};
 use crate::data::dvs128::{GESTURE_SIZE, parse_labels_csv};
 use crate::data::events::{decode_aedat31, integrate_by_number};
 use crate::spec::ModelSpec;
-use crate::torch_file::{self, pickle::Pickle, zip::Entry};
+use crate::torch_file::{self, Archive, pickle::Pickle};
 use crate::train::config::{GivenSettings, default_spec};
 use crate::train::run_dir::{RunState, STATE_FORMAT};
 
@@ -122,16 +122,8 @@ fn pytorch_seeds() -> Vec<Vec<u8>> {
 }
 
 fn pickle_seeds() -> Vec<Vec<u8>> {
-    PYTORCH_FILES
-        .iter()
-        .filter_map(|file| {
-            let entries = torch_file::zip::entries(file).ok()?;
-            entries.into_iter().find_map(|(name, entry)| match entry {
-                Entry::Stored(data) if name.ends_with("/data.pkl") => Some(data.to_vec()),
-                _ => None,
-            })
-        })
-        .collect()
+    let data_pkl = |file| Some(Archive::open(file).ok()?.entry("data.pkl").ok()?.to_vec());
+    PYTORCH_FILES.into_iter().filter_map(data_pkl).collect()
 }
 
 /// A DVS128 Gesture recording (AEDAT 3.1), decoded and integrated into 4 frames of the sensor,

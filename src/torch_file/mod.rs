@@ -7,7 +7,7 @@
 
 pub(crate) mod pickle;
 mod tensor;
-pub(crate) mod zip;
+mod zip;
 
 use std::collections::HashMap;
 
@@ -16,8 +16,6 @@ pub(crate) use self::tensor::TensorView;
 use self::zip::Entry;
 use crate::checkpoint::{self, StoredTensor, TensorFile};
 use crate::error::{Error, Result};
-
-pub use self::zip::is_zip;
 
 /// The entries of a checkpoint dict that may hold its `state_dict`, in the order they are
 /// tried: timm's `CheckpointSaver`, the official code's `train.py`, a common third.
@@ -46,9 +44,15 @@ fn invalid(detail: impl Into<String>) -> Error {
     Error::TorchFile(detail.into())
 }
 
+/// True when `bytes` start as a file of `torch.save` does, of either format ([`state_dict`]
+/// reads the one and refuses the other with what to do).
+pub fn is_torch_file(bytes: &[u8]) -> bool {
+    zip::is_zip(bytes) || is_legacy(bytes)
+}
+
 /// True when `bytes` are a file of `torch.save`'s format before torch 1.6, which is not read:
 /// `PROTO` 2 to 5, a `FRAME` from protocol 4 on, then the magic number.
-pub fn is_legacy(bytes: &[u8]) -> bool {
+fn is_legacy(bytes: &[u8]) -> bool {
     match bytes {
         [0x80, 2 | 3, rest @ ..] => rest.starts_with(&LEGACY_MAGIC),
         [0x80, 4 | 5, 0x95, rest @ ..] => {
@@ -56,6 +60,14 @@ pub fn is_legacy(bytes: &[u8]) -> bool {
         }
         _ => false,
     }
+}
+
+/// The unsigned integer whose little-endian bytes are `bytes` (at most 8).
+fn little_endian(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0, |value, &b| value << 8 | u64::from(b))
 }
 
 /// `text` from the file as an error message shows it: at most [`SHOWN_CHARS`] characters.
@@ -125,7 +137,7 @@ pub(crate) fn tensor_views(pickle: &Pickle) -> Result<Vec<(String, TensorView)>>
 /// The entries of a `torch.save` archive: `PREFIX/data.pkl`, `PREFIX/byteorder` and the storages
 /// `PREFIX/data/KEY` (PREFIX is the file's name without its extension when it was saved, or
 /// `archive`).
-struct Archive<'a> {
+pub(crate) struct Archive<'a> {
     entries: HashMap<String, Entry<'a>>,
     prefix: String,
 }
@@ -133,7 +145,7 @@ struct Archive<'a> {
 impl<'a> Archive<'a> {
     /// The archive `bytes`, refused when it is not one of `torch.save` (no `data.pkl`), is a
     /// TorchScript archive or holds big-endian storages.
-    fn open(bytes: &'a [u8]) -> Result<Self> {
+    pub(crate) fn open(bytes: &'a [u8]) -> Result<Self> {
         let entries = zip::entries(bytes)?;
         let prefix = entries
             .keys()
@@ -167,7 +179,7 @@ impl<'a> Archive<'a> {
     }
 
     /// The bytes of the entry `name` under the archive's prefix.
-    fn entry(&self, name: &str) -> Result<&'a [u8]> {
+    pub(crate) fn entry(&self, name: &str) -> Result<&'a [u8]> {
         let path = format!("{}{name}", self.prefix);
         match self.entries.get(&path) {
             Some(Entry::Stored(data)) => Ok(data),

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::invalid;
+use super::{invalid, little_endian};
 use crate::error::Result;
 
 /// One value of the pickle.
@@ -379,10 +379,11 @@ impl Machine<'_> {
     /// `REDUCE`, `NEWOBJ`: kept as a call, except `collections.OrderedDict()`, a dict.
     fn call(&mut self, callable: Value, args: Value) {
         let ordered_dict = matches!(
-            self.node_of(&callable),
+            node_in(&self.nodes, &callable),
             Some(Node::Global { module, name }) if &**module == "collections" && &**name == "OrderedDict"
         );
-        let empty = matches!(self.node_of(&args), Some(Node::Tuple(items)) if items.is_empty());
+        let empty =
+            matches!(node_in(&self.nodes, &args), Some(Node::Tuple(items)) if items.is_empty());
         if ordered_dict && empty {
             self.new_node(Node::Dict(Vec::new()));
         } else {
@@ -428,11 +429,6 @@ impl Machine<'_> {
     fn new_node(&mut self, node: Node) {
         self.nodes.push(node);
         self.push(Value::Node(self.nodes.len() - 1));
-    }
-
-    /// The node `value` refers to, if it is one.
-    fn node_of(&self, value: &Value) -> Option<&Node> {
-        node_in(&self.nodes, value)
     }
 
     /// The node on top of the stack, to be filled.
@@ -522,7 +518,7 @@ impl Machine<'_> {
     /// A length of `width` little-endian bytes (a negative 4-byte one is an error).
     fn length(&mut self, width: usize) -> Result<usize> {
         let bytes = self.take(width)?;
-        let value = bytes.iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
+        let value = little_endian(bytes);
         let negative = width == 4 && value >= 1 << 31;
         usize::try_from(value)
             .ok()

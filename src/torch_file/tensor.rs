@@ -132,10 +132,12 @@ impl TensorView {
                 self.size, self.stride, self.offset
             ));
         }
+        // within the storage's bytes, as checked above
+        let len = count.unwrap_or(0) * width;
         if self.is_row_major() {
-            return Ok(storage[self.offset * width..][..self.bytes().unwrap_or(0)].to_vec());
+            return Ok(storage[self.offset * width..][..len].to_vec());
         }
-        let mut raw = Vec::with_capacity(self.bytes().unwrap_or(0));
+        let mut raw = Vec::with_capacity(len);
         let mut index = vec![0usize; self.size.len()];
         loop {
             let steps = index.iter().zip(&self.stride).map(|(i, s)| i * s);
@@ -253,9 +255,10 @@ mod tests {
     }
 
     fn floats(raw: &[u8]) -> Vec<f32> {
-        raw.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        match checkpoint::decode(Dtype::F32, raw) {
+            checkpoint::TensorData::F32(values) => values,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::invalid;
+use super::{invalid, little_endian};
 use crate::error::Result;
 
 /// The signatures of the records read (PKWARE's APPNOTE.TXT, §4.3).
@@ -245,10 +245,7 @@ fn read_le(bytes: &[u8], at: usize, width: usize) -> Result<u64> {
         .checked_add(width)
         .and_then(|end| bytes.get(at..end))
         .ok_or_else(|| invalid("a ZIP record runs past the end of the file (truncated?)"))?;
-    Ok(field
-        .iter()
-        .rev()
-        .fold(0, |value, &b| value << 8 | u64::from(b)))
+    Ok(little_endian(field))
 }
 
 /// The 4-byte little-endian word at `at`, if the file is that long.

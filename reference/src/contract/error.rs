@@ -53,8 +53,9 @@ pub enum DeviceError {
     #[error("{reason}")]
     Unavailable { reason: String },
     /// The host waited for the device past the limit that a rank of a run on GPUs (`--gpus`, or
-    /// under torchrun) sets on every wait (`--rank-timeout`): its queue waits on a collective that another rank
-    /// never joined. Every later wait of that device fails with the first one's error.
+    /// under torchrun) sets on every wait (`--rank-timeout`): its queue waits on a collective
+    /// that another rank never joined. Every later wait of that device fails with the first
+    /// one's error.
     #[error(
         "the device did not finish its queued work within {limit:?} ({during}): it waits for a \
          collective that another rank never joined, so that rank died or hangs (its own output \
