@@ -12,12 +12,14 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 
 use half::{bf16, f16};
 use revsnn_reference::{Backend, DType, Element};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, View};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, counted};
 use crate::files::write_atomic;
@@ -113,17 +115,59 @@ pub fn read(path: &Path) -> Result<TensorFile> {
 /// --weights`): a safetensors file, or a PyTorch file of `torch.save` holding a `state_dict`
 /// ([`torch_file::state_dict`], docs/pytorch-files.md), told apart by their first bytes.
 pub fn read_weights(path: &Path) -> Result<TensorFile> {
+    read_with(path, weights_of)
+}
+
+/// [`read_weights`] of bytes that `accept` takes by their SHA-256 ([`sha256_hex`]), asked before
+/// anything parses them: a pinned file read whole once, so that the tensors are those of the
+/// bytes checked. `accept`'s error is the read's, naming the file.
+pub fn read_accepted_weights(
+    path: &Path,
+    accept: impl FnOnce(&str) -> Result<()>,
+) -> Result<TensorFile> {
     read_with(path, |bytes| {
-        if torch_file::is_torch_file(bytes) {
-            torch_file::state_dict(bytes)
-        } else {
-            parse(bytes)
-        }
+        accept(&sha256_hex(bytes))?;
+        weights_of(bytes)
     })
 }
 
-/// The tensors `parse` finds in the bytes of the file at `path`; its errors name the file.
-fn read_with(path: &Path, parse: impl FnOnce(&[u8]) -> Result<TensorFile>) -> Result<TensorFile> {
+/// The weights in the bytes of a safetensors file or of a PyTorch file of `torch.save`.
+fn weights_of(bytes: &[u8]) -> Result<TensorFile> {
+    if torch_file::is_torch_file(bytes) {
+        torch_file::state_dict(bytes)
+    } else {
+        parse(bytes)
+    }
+}
+
+/// The SHA-256 of the file at `path`, read in chunks, in lowercase hex ([`sha256_hex`]).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let cannot = |e: std::io::Error| Error::file(path, format!("cannot read: {e}"));
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0; 1 << 20];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(hex(&hasher.finalize())),
+            Ok(read) => hasher.update(&chunk[..read]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(cannot(e)),
+        }
+    }
+}
+
+/// The SHA-256 (FIPS 180-4) of `bytes` in lowercase hex, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// `bytes` as lowercase hex digits, two per byte.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// What `parse` finds in the bytes of the file at `path`; its errors name the file.
+fn read_with<T>(path: &Path, parse: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     parse(&bytes).map_err(|e| Error::file(path, e.to_string()))
 }
@@ -408,6 +452,22 @@ fn count_of(tensor: &StoredTensor) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_is_fips_180_4s_and_a_file_is_hashed_across_its_chunks() {
+        // FIPS 180-4's example "abc" (NIST's SHA256.pdf)
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // two whole chunks and a part of a third
+        let bytes: Vec<u8> = (0..(5usize << 19) + 3)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &bytes).unwrap();
+        assert_eq!(file_sha256(file.path()).unwrap(), sha256_hex(&bytes));
+    }
 
     /// A safetensors file of `header` (JSON) followed by `data`.
     fn file(header: &str, data: &[u8]) -> Vec<u8> {

@@ -15,6 +15,7 @@ use revsnn::optim::OptimizerKind;
 use revsnn::reference::{AdamWParams, SgdParams};
 use revsnn::train::config::{GivenSettings, RunSettings};
 use revsnn::train::recipe::{DatasetKind, OptimizerName, RecipeKind, Schedule, ScheduleName};
+use revsnn::train::{Run, initial};
 use serde_json::Value;
 
 const TINY: &str = r#"{"arch": "revsresnet", "layers": [1,1,1,1], "planes": [2,4,4,4],
@@ -725,6 +726,113 @@ fn a_run_starts_from_an_initial_checkpoint_afresh_and_keeps_it_on_resume() {
     assert_eq!(
         given.initial_checkpoint.as_deref(),
         Some(Path::new("/x/w.safetensors"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The SHA-256 of the file at `path` as Python's hashlib computes it: a second implementation.
+fn hashlib_sha256(path: &str) -> String {
+    let script =
+        "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest())";
+    String::from_utf8(common::python(script, &[path]))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_run_pins_its_initial_checkpoint_by_sha256_and_its_config_refuses_a_changed_file() {
+    let dir = scratch("initial-pinned");
+    let source = source_checkpoint(&dir);
+    let still = ["--epochs", "1", "--lr", "1e-9"];
+    let from_source = [&still[..], &["--initial-checkpoint", &source]].concat();
+    ok(revsnn(&tiny_train_args(&dir.join("first"), &from_source)));
+    let config = dir.join("first/config.toml").display().to_string();
+    let recorded = GivenSettings::read(Path::new(&config)).unwrap();
+    let digest = recorded.initial_checkpoint_sha256.clone().unwrap();
+    assert_eq!(digest, hashlib_sha256(&source));
+    assert_eq!(
+        printed(&["--initial-checkpoint", &source]).initial_checkpoint_sha256,
+        Some(digest.clone())
+    );
+    // The config runs again from the same file, and so does the digest given as a flag; a
+    // resume, with a new length or not, keeps the digest in config.toml.
+    let rerun = |name: &str, extra: &[&str]| {
+        let out = dir.join(name).display().to_string();
+        let args = ["train", "--config", &config, "--out", &out, "--quiet"];
+        revsnn(&[&args[..], extra].concat())
+    };
+    ok(rerun("again", &["--initial-checkpoint-sha256", &digest]));
+    let last = |name: &str| std::fs::read(dir.join(name).join("last.safetensors")).unwrap();
+    assert_eq!(last("again"), last("first"));
+    let resume = |epochs: &str| {
+        let args = ["--epochs", epochs, "--lr", "1e-9", "--resume"];
+        ok(revsnn(&tiny_train_args(&dir.join("first"), &args)));
+        let resumed = GivenSettings::read(Path::new(&config)).unwrap();
+        assert_eq!(resumed.initial_checkpoint_sha256.as_deref(), Some(&*digest));
+    };
+    resume("2");
+    let upper = digest.to_ascii_uppercase();
+    let stderr = failed(rerun("upper", &["--initial-checkpoint-sha256", &upper]));
+    assert!(stderr.contains("64 lowercase hex digits"), "{stderr}");
+
+    // The file changes: the config stops before a run folder, naming both digests.
+    let mut tensors = revsnn::checkpoint::read(Path::new(&source)).unwrap();
+    let (_, weight) = tensors
+        .iter_mut()
+        .find(|(n, _)| n.ends_with("conv1.weight"))
+        .unwrap();
+    let TensorData::F32(values) = &mut weight.data else {
+        panic!("a run's checkpoint holds F32 weights")
+    };
+    values[0] += 0.5;
+    revsnn::checkpoint::write(Path::new(&source), &tensors).unwrap();
+    let changed = hashlib_sha256(&source);
+    let stderr = failed(rerun("changed", &[]));
+    assert!(
+        stderr.contains(&digest)
+            && stderr.contains(&format!("--initial-checkpoint-sha256 {changed}")),
+        "{stderr}"
+    );
+    assert!(!dir.join("changed").exists(), "{stderr}");
+    // a resumed run does not read the file again
+    resume("3");
+    // Given the new digest, or naming the file again (the config's digest pinned the file the
+    // config named), the run starts from what the file holds now.
+    ok(rerun(
+        "new-digest",
+        &["--initial-checkpoint-sha256", &changed],
+    ));
+    ok(rerun("named-again", &["--initial-checkpoint", &source]));
+    assert_eq!(last("new-digest"), last("named-again"));
+    assert!(parameter_distance(&dir.join("new-digest"), &dir.join("source")) < 1e-6);
+
+    // A digest that is not one, and a digest with no file to pin, are refused.
+    let stderr = failed(rerun("short", &["--initial-checkpoint-sha256", "abc123"]));
+    assert!(
+        stderr.contains("initial_checkpoint_sha256 = abc123")
+            && stderr.contains("64 lowercase hex"),
+        "{stderr}"
+    );
+    let alone = ["--epochs", "1", "--initial-checkpoint-sha256", &digest];
+    let stderr = failed(revsnn(&tiny_train_args(&dir.join("alone"), &alone)));
+    assert!(stderr.contains("no initial_checkpoint"), "{stderr}");
+
+    // The tensors are parsed only from bytes of the recorded digest: a file that changes after
+    // the run hashed it is refused when it is loaded, by its digest, not as a broken file.
+    let given = GivenSettings {
+        initial_checkpoint: Some(source.clone().into()),
+        ..GivenSettings::default()
+    };
+    let run = Run::start(given).unwrap();
+    std::fs::write(&source, b"not the file that was hashed").unwrap();
+    let error = initial::weights(&run, false).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "--initial-checkpoint: its SHA-256 is {}",
+            hashlib_sha256(&source)
+        )),
+        "{error}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

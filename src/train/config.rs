@@ -75,11 +75,18 @@ pub struct GivenSettings {
     /// F64, F16 or BF16, in safetensors (a run's last.safetensors, PyTorch's
     /// `save_file(model.state_dict())`) or a PyTorch file of torch.save (the official code's
     /// and timm's checkpoints; docs/pytorch-files.md). Every key must fit the model. The
-    /// optimizer and the schedule start afresh. The run records the path, not the contents. A
-    /// resumed run continues from its own checkpoint.
+    /// optimizer and the schedule start afresh. The run records the path and the file's SHA-256
+    /// (initial_checkpoint_sha256). A resumed run continues from its own checkpoint.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_checkpoint: Option<PathBuf>,
+    /// The SHA-256 of --initial-checkpoint's file, 64 lowercase hex digits as `sha256sum` prints
+    /// them: a file with another is refused. A new run reads the file when it starts (so does
+    /// --print-config) and records its digest in config.toml, so that the config runs again from
+    /// the same weights or stops (docs/recipes.md §5.4).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_checkpoint_sha256: Option<String>,
     /// synthetic, synthetic-cifar, synthetic-events, cifar10, cifar100, dvs128-gesture or
     /// cifar10-dvs (default: synthetic, or synthetic-events for DVS models).
     #[arg(long)]
@@ -498,6 +505,26 @@ fn unused(key: &str, is_set: bool, why: &str) -> Result<()> {
     }
 }
 
+/// The digest pinning the initial checkpoint's file (`initial_checkpoint_sha256`): 64 lowercase
+/// hex digits, as `sha256sum` and the run write it (one spelling, so that settings compared as
+/// text agree), and only beside the file it pins.
+fn check_sha256_pin(settings: &GivenSettings) -> Result<Option<String>> {
+    const KEY: &str = "initial_checkpoint_sha256";
+    let Some(digest) = &settings.initial_checkpoint_sha256 else {
+        return Ok(None);
+    };
+    if settings.initial_checkpoint.is_none() {
+        let why = "there is no initial_checkpoint (--initial-checkpoint) for it to pin";
+        return unused(KEY, true, why).map(|()| None);
+    }
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    let valid = digest.len() == 64 && digest.bytes().all(lower_hex);
+    let expected = "a SHA-256 as `sha256sum` prints it: the first field of its line, 64 \
+                    lowercase hex digits";
+    require(valid, KEY, digest, expected)?;
+    Ok(Some(digest.clone()))
+}
+
 /// The section of the settings (`optimizer`, `schedule`, `augment`, `loader`) that has the last
 /// part of the dotted `key`, where `key` puts it elsewhere (`lr` at the top, `optimizer.gamma`);
 /// read from the default run's resolved settings, where every key is present.
@@ -663,9 +690,11 @@ impl GivenSettings {
     }
 
     /// These settings laid over `lower` (flags over a file): each knob set here wins. A model
-    /// named here (`model` or `spec`) replaces both of `lower`'s.
+    /// named here (`model` or `spec`) replaces both of `lower`'s; an initial checkpoint named
+    /// here drops `lower`'s digest, which pins `lower`'s file.
     pub fn over(self, lower: GivenSettings) -> GivenSettings {
         let names_model = self.model.is_some() || self.spec.is_some();
+        let names_checkpoint = self.initial_checkpoint.is_some();
         GivenSettings {
             recipe: self.recipe.or(lower.recipe),
             model: if names_model { self.model } else { lower.model },
@@ -673,6 +702,12 @@ impl GivenSettings {
             num_classes: self.num_classes.or(lower.num_classes),
             time_steps: self.time_steps.or(lower.time_steps),
             initial_checkpoint: self.initial_checkpoint.or(lower.initial_checkpoint),
+            initial_checkpoint_sha256: match names_checkpoint {
+                true => self.initial_checkpoint_sha256,
+                false => self
+                    .initial_checkpoint_sha256
+                    .or(lower.initial_checkpoint_sha256),
+            },
             dataset: self.dataset.or(lower.dataset),
             data_dir: self.data_dir.or(lower.data_dir),
             train_samples: self.train_samples.or(lower.train_samples),
@@ -781,6 +816,10 @@ pub struct RunSettings {
     pub model: RunModel,
     /// The checkpoint whose weights a new run starts from, in place of the seed's.
     pub initial_checkpoint: Option<PathBuf>,
+    /// The SHA-256 of the initial checkpoint's file in lowercase hex: as given, until
+    /// [`Run::start`](super::Run::start) reads the file and records its own; a resumed run
+    /// keeps the one recorded when it started.
+    pub initial_checkpoint_sha256: Option<String>,
     /// The dataset.
     pub dataset: DatasetKind,
     /// Where the real dataset is read from.
@@ -877,6 +916,7 @@ impl RunSettings {
             recipe: set(&settings.recipe),
             model,
             initial_checkpoint: settings.initial_checkpoint.clone(),
+            initial_checkpoint_sha256: check_sha256_pin(settings)?,
             dataset,
             data_dir: settings.data_dir.clone(),
             train_samples,
@@ -919,6 +959,7 @@ impl RunSettings {
             num_classes: Some(self.model.spec.num_classes),
             time_steps: Some(self.model.spec.time_steps),
             initial_checkpoint: self.initial_checkpoint.clone(),
+            initial_checkpoint_sha256: self.initial_checkpoint_sha256.clone(),
             dataset: Some(self.dataset.name().into()),
             data_dir: self.data_dir.clone(),
             train_samples: Some(self.train_samples),

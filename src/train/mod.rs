@@ -8,6 +8,7 @@ pub mod config;
 pub mod datasets;
 pub mod epoch;
 pub mod evaluate;
+pub mod initial;
 pub mod interrupt;
 pub mod loader;
 pub mod pipeline;
@@ -19,22 +20,21 @@ pub mod run;
 pub mod run_dir;
 pub mod tensorboard;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use revsnn_reference::DType;
 use serde_json::{Value, json};
 
-use crate::checkpoint::{self, TensorFile};
 use crate::collective::NcclGroup;
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
 use crate::device::{Compute, Device, on_backend};
 use crate::error::{BatchSetting, Error, Result, RunPlace, counted};
+use crate::footprint;
 use crate::network::Network;
 use crate::spec::ModelSpec;
-use crate::{finite, footprint};
 use config::RunSettings;
 pub use config::default_spec;
 pub use datasets::{DATA_SEED, open_dataset, open_split};
@@ -119,7 +119,7 @@ fn train_on<B: Compute>(
     let config = &run.config;
     let dir = RunDir::new(config.out.clone());
     let state = run.first_state(&dir)?;
-    let initial = initial_weights(run, options.allow_non_finite)?;
+    let initial = initial::weights(run, options.allow_non_finite)?;
     let ranks = local_ranks::<B>(config, device, process, options.rank_timeout)?;
     check_memory(&backend, config, &state.spec, ranks.len())?;
     let (train_set, test_data) = open_data(config, &state.spec)?;
@@ -127,7 +127,7 @@ fn train_on<B: Compute>(
         .map(|_| Learner::new(&backend, &state.spec, config))
         .collect::<Result<Vec<_>>>()?;
     if let Some((path, weights)) = &initial {
-        start_from(path, weights, &backend, &mut learners)?;
+        initial::load(path, weights, &backend, &mut learners)?;
     }
     let leader = ranks[0].is_leader();
     if leader {
@@ -429,51 +429,6 @@ fn save_epoch<B: Compute>(
             dir: dir.path().display().to_string(),
             source: Box::new(error),
         })
-}
-
-/// The checkpoint a new run starts from (`--initial-checkpoint`) and its tensors, read before
-/// anything else is, and finite unless `allow_non_finite`; `None` for a resumed run, which
-/// continues from its own checkpoint.
-fn initial_weights(run: &Run, allow_non_finite: bool) -> Result<Option<(&Path, TensorFile)>> {
-    let (None, Some(path)) = (&run.resumed, &run.config.initial_checkpoint) else {
-        return Ok(None);
-    };
-    let weights = checkpoint::read_weights(path).map_err(naming_initial_checkpoint)?;
-    finite::check_loaded(path, &weights, allow_non_finite)?;
-    Ok(Some((path, weights)))
-}
-
-/// Loads `weights`, read from `path`, into each rank's `learners` in place of the seed's
-/// (`--initial-checkpoint`). Before the run folder is made, so that a checkpoint that does not
-/// fit the model (every key must) leaves none.
-fn start_from<B: Compute>(
-    path: &Path,
-    weights: &TensorFile,
-    backend: &B,
-    learners: &mut [Learner<B>],
-) -> Result<()> {
-    for learner in learners {
-        checkpoint::load_state_dict(backend, &mut learner.network.store, weights).map_err(
-            |error| match error {
-                Error::Usage(misfit) => {
-                    Error::file(path, format!("--initial-checkpoint: {misfit}"))
-                }
-                other => other,
-            },
-        )?;
-    }
-    Ok(())
-}
-
-/// A file error of the initial checkpoint, its detail saying which flag named the file.
-fn naming_initial_checkpoint(error: Error) -> Error {
-    match error {
-        Error::File { path, detail } => Error::File {
-            path,
-            detail: format!("--initial-checkpoint: {detail}"),
-        },
-        other => other,
-    }
 }
 
 /// Restores a resumed run into each rank's `learners` from its last checkpoint in `dir`, and

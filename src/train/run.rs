@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::config::{GivenSettings, RunModel, RunSettings, changed_on_resume};
+use super::initial;
 use super::run_dir::{RunDir, RunState, STATE_FORMAT};
 use super::shuffle_seed;
 use crate::device::Device;
@@ -22,11 +23,14 @@ pub struct Run {
 }
 
 impl Run {
-    /// A new run of `given` (flags over the config file).
+    /// A new run of `given` (flags over the config file); reads its initial checkpoint, if any,
+    /// to record the file's SHA-256 ([`initial::digest`]).
     pub fn start(given: GivenSettings) -> Result<Run> {
         let given = given.with_absolute_paths()?;
+        let mut config = given.resolve()?;
+        config.initial_checkpoint_sha256 = initial::digest(&config)?;
         Ok(Run {
-            config: given.resolve()?,
+            config,
             given: GivenSettings { out: None, ..given },
             resumed: None,
         })
@@ -35,7 +39,9 @@ impl Run {
     /// The run in `given`'s run folder (`out`, or the default one of its model, dataset and
     /// seed), to continue with its own settings. `given` may repeat them; it may change only
     /// `epochs` (which resolves the run's given settings again for the new length), `data_dir`,
-    /// `device` and the loader's knobs, and may name the model only if it is the run's.
+    /// `device` and the loader's knobs, and may name the model only if it is the run's. The
+    /// digest of the initial checkpoint recorded when the run started is kept; the file is not
+    /// read again.
     pub fn resume(given: GivenSettings) -> Result<Run> {
         let given = given.with_absolute_paths()?;
         let out = match &given.out {
@@ -62,6 +68,10 @@ impl Run {
         let model = RunModel::of_run(&state.config, state.model.clone(), state.spec.clone());
         let mut config = RunSettings::resolve(&changes.clone().over(base.clone()), model)?;
         config.out = out;
+        // the digest of the file the run started from, which its given settings need not hold
+        config
+            .initial_checkpoint_sha256
+            .clone_from(&state.config.initial_checkpoint_sha256);
         Ok(Run {
             config,
             given: changes.over(state.given.clone()),

@@ -85,12 +85,25 @@ fn settings_differ(ours: &str, hellos: &[&Hello]) -> Option<String> {
         let (line, theirs, mine) = first_different_line(&hello.settings, ours)?;
         Some(format!(
             "rank {} was started with different settings than rank 0: line {line} is {} there \
-             and {} on rank 0; start every rank with the same command",
+             and {} on rank 0; {}",
             hello.rank,
             quoted(theirs),
-            quoted(mine)
+            quoted(mine),
+            advice_for(theirs.or(mine).unwrap_or_default())
         ))
     })
+}
+
+/// What to do about a rank whose settings' first different `line` it is: the same command on
+/// every rank, unless the ranks read different initial checkpoints at the same path (each rank
+/// hashes its own file: docs/recipes.md §5.4).
+fn advice_for(line: &str) -> &'static str {
+    if line.starts_with("initial_checkpoint_sha256") {
+        "the file at initial_checkpoint differs between their machines: give every machine rank \
+         0's file"
+    } else {
+        "start every rank with the same command"
+    }
 }
 
 /// The first line (numbered from 1) where `a` and `b` differ, with its text in each (`None`
@@ -156,6 +169,17 @@ mod tests {
             message,
             "rank 2 was started with different settings than rank 0: line 2 is `lr = 0.2` there \
              and `lr = 0.1` on rank 0; start every rank with the same command"
+        );
+    }
+
+    #[test]
+    fn ranks_that_read_different_initial_checkpoints_are_told_to_share_one_file() {
+        let pinned = |digest: &str| format!("{SETTINGS}initial_checkpoint_sha256 = \"{digest}\"\n");
+        let (ours, theirs) = (pinned("ab"), pinned("cd"));
+        let message = settings_differ(&ours, &[&hello(1, 2, &theirs)]).unwrap();
+        assert!(
+            message.ends_with("differs between their machines: give every machine rank 0's file"),
+            "{message}"
         );
     }
 
