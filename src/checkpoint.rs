@@ -25,7 +25,7 @@ use crate::error::{Error, Result, counted};
 use crate::files::write_atomic;
 use crate::model::params::Entry;
 use crate::model::{EntryKind, EntryValue, ParamStore};
-use crate::torch_file;
+use crate::torch_file::{self, Weights};
 
 /// The elements of one stored tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,10 +131,27 @@ pub fn read_accepted_weights(
     })
 }
 
+/// The moving average of a model's weights that a PyTorch training checkpoint of timm keeps
+/// beside them (`eval --use-ema`; [`torch_file::Weights::Ema`]); a safetensors file, which
+/// holds one set of weights, is an error saying so.
+pub fn read_ema_weights(path: &Path) -> Result<TensorFile> {
+    read_with(path, |bytes| {
+        if torch_file::is_torch_file(bytes) {
+            torch_file::state_dict(bytes, Weights::Ema)
+        } else {
+            Err(Error::Usage(
+                "a safetensors file holds one set of weights, no EMA weights; --use-ema reads \
+                 the 'state_dict_ema' that timm saves in its training checkpoints (.pth.tar)"
+                    .into(),
+            ))
+        }
+    })
+}
+
 /// The weights in the bytes of a safetensors file or of a PyTorch file of `torch.save`.
 fn weights_of(bytes: &[u8]) -> Result<TensorFile> {
     if torch_file::is_torch_file(bytes) {
-        torch_file::state_dict(bytes)
+        torch_file::state_dict(bytes, Weights::Model)
     } else {
         parse(bytes)
     }

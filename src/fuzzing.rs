@@ -15,7 +15,7 @@ use crate::data::cifar::{CIFAR_IMAGE_BYTES, Cifar, CifarVariant};
 use crate::data::dvs128::{GESTURE_SIZE, parse_labels_csv};
 use crate::data::events::{decode_aedat31, integrate_by_number};
 use crate::spec::ModelSpec;
-use crate::torch_file::{self, Archive, pickle::Pickle};
+use crate::torch_file::{self, Archive, Weights, pickle::Pickle};
 use crate::train::config::{GivenSettings, default_spec};
 use crate::train::run_dir::{RunState, STATE_FORMAT};
 
@@ -92,7 +92,8 @@ pub fn safetensors(bytes: &[u8]) {
 /// A PyTorch file of `torch.save` ([`torch_file::state_dict`]: `eval --checkpoint`,
 /// `train --initial-checkpoint`, `grad --weights`).
 pub fn pytorch(bytes: &[u8]) {
-    let _ = torch_file::state_dict(bytes);
+    let _ = torch_file::state_dict(bytes, Weights::Model);
+    let _ = torch_file::state_dict(bytes, Weights::Ema);
 }
 
 /// A PyTorch file's pickle (its `data.pkl`), unpickled and searched for a `state_dict`'s tensors,
@@ -102,7 +103,7 @@ pub fn pickle(bytes: &[u8]) {
     let Ok(pickle) = Pickle::parse(bytes) else {
         return;
     };
-    for (_, view) in torch_file::tensor_views(&pickle).unwrap_or_default() {
+    for (_, view) in torch_file::tensor_views(&pickle, Weights::Model).unwrap_or_default() {
         let size = view.storage.elements.saturating_mul(view.storage.width);
         if size <= 1 << 20 {
             let _ = view.gather(&vec![0; size]);

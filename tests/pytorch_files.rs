@@ -65,6 +65,51 @@ fn the_state_dict_is_found_by_the_documented_rule() {
 }
 
 #[test]
+fn the_moving_average_of_the_weights_is_read_where_timm_or_deit_saved_it() {
+    // timm's CheckpointSaver with --model-ema: 'state_dict_ema' beside 'state_dict'; generate.py
+    // halved each float of the EMA copy
+    let file = fixture("pytorch/revsformer-timm-ema.pth.tar");
+    let weights = read_safetensors(&fixture("parity/revsformer.weights.safetensors"));
+    assert_eq!(read_weights(&file), weights);
+    let halved: BTreeMap<_, _> = weights
+        .into_iter()
+        .map(|(name, mut tensor)| {
+            if let TensorData::F64(values) = &mut tensor.data {
+                values.iter_mut().for_each(|v| *v *= 0.5);
+            }
+            (name, tensor)
+        })
+        .collect();
+    let ema = |path: &Path| checkpoint::read_ema_weights(path).map(by_name);
+    assert_eq!(ema(&file).unwrap(), halved);
+    assert!(
+        halved
+            .values()
+            .any(|t| matches!(t.data, TensorData::F64(_)))
+    );
+    // DeiT's 'model_ema' beside 'model'
+    let deit = ema(&fixture("pytorch/deit-ema.pth")).unwrap();
+    assert_eq!(deit.into_keys().collect::<Vec<_>>(), ["b"]);
+    // no EMA entry, one that is not a dict of tensors, and a safetensors file
+    let refused = |file: &str| match ema(&fixture(file)) {
+        Ok(_) => panic!("{file}: EMA weights read"),
+        Err(error) => error.to_string(),
+    };
+    for (file, keys) in [
+        ("pytorch/revsresnet-official.pth", "'model', 'optimizer'"),
+        ("pytorch/ema-none.pth", "'state_dict', 'state_dict_ema'"),
+    ] {
+        let message = refused(file);
+        assert!(
+            message.contains("no EMA weights") && message.contains(keys),
+            "{message}"
+        );
+    }
+    let safetensors = refused("parity/revsformer.weights.safetensors");
+    assert!(safetensors.contains("one set of weights"), "{safetensors}");
+}
+
+#[test]
 fn views_dtypes_and_the_data_parallel_prefix_read_as_contiguous_tensors() {
     let expected = read_safetensors(&fixture("pytorch/views.expected.safetensors"));
     for file in ["pytorch/views.pth", "pytorch/views-protocol4.pth"] {
@@ -218,4 +263,7 @@ fn eval_reads_a_pth_file_and_takes_num_classes_for_its_model() {
     // the 5 classes of the file's model, against synthetic's 10
     let classes = eval(&[]);
     assert!(classes.contains("pass --num-classes 10"), "{classes}");
+    // --use-ema reads the moving average of the weights, which this file has not
+    let no_ema = eval(&["--use-ema"]);
+    assert!(no_ema.contains("no EMA weights"), "{no_ema}");
 }

@@ -21,6 +21,20 @@ use crate::error::{Error, Result};
 /// tried: timm's `CheckpointSaver`, the official code's `train.py`, a common third.
 const NESTED_KEYS: [&str; 3] = ["state_dict", "model", "model_state_dict"];
 
+/// The entries of a checkpoint dict that may hold the moving average of its weights, in the
+/// order timm's `load_state_dict(use_ema=True)` tries them: its `CheckpointSaver`'s, DeiT's.
+const EMA_KEYS: [&str; 2] = ["state_dict_ema", "model_ema"];
+
+/// Which weights of a checkpoint to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights {
+    /// The model's `state_dict`.
+    Model,
+    /// The exponential moving average of the model's weights that timm keeps beside them when
+    /// it trains with `--model-ema` (`ModelEmaV2`), under one of [`EMA_KEYS`].
+    Ema,
+}
+
 /// The most bytes the tensors of a file may hold, as a multiple of the file's: room for
 /// tensors that share a storage (tied weights), not for a pickle that names one storage a
 /// million times.
@@ -78,11 +92,12 @@ fn shown(text: &str) -> String {
     }
 }
 
-/// The `state_dict` in the `torch.save` file `bytes`, in its order: the file's dict itself when
-/// every value is a tensor, else the first of [`NESTED_KEYS`] that holds such a dict; with
+/// The `state_dict` in the `torch.save` file `bytes`, in its order: for [`Weights::Model`] the
+/// file's dict itself when every value is a tensor, else the first of [`NESTED_KEYS`] that
+/// holds such a dict; for [`Weights::Ema`] the first of [`EMA_KEYS`] that does. With
 /// [`DATA_PARALLEL_PREFIX`] removed when every key has it. F32, F64 and I64 tensors as they
 /// are, F16 and BF16 widened to F32 exactly.
-pub fn state_dict(bytes: &[u8]) -> Result<TensorFile> {
+pub fn state_dict(bytes: &[u8], which: Weights) -> Result<TensorFile> {
     if is_legacy(bytes) {
         return Err(invalid(
             "saved in the format of torch before 1.6 (or with _use_new_zipfile_serialization=False); \
@@ -91,7 +106,7 @@ pub fn state_dict(bytes: &[u8]) -> Result<TensorFile> {
     }
     let archive = Archive::open(bytes)?;
     let pickle = Pickle::parse(archive.entry("data.pkl")?)?;
-    let views = tensor_views(&pickle)?;
+    let views = tensor_views(&pickle, which)?;
     let budget = bytes.len().saturating_mul(GATHERED_PER_FILE_BYTE);
     let total = views
         .iter()
@@ -114,8 +129,8 @@ pub fn state_dict(bytes: &[u8]) -> Result<TensorFile> {
 
 /// The tensors of the `state_dict` that the unpickled `data.pkl` holds, by key, as views of
 /// their storages.
-pub(crate) fn tensor_views(pickle: &Pickle) -> Result<Vec<(String, TensorView)>> {
-    let items = find_state_dict(pickle)?;
+pub(crate) fn tensor_views(pickle: &Pickle, which: Weights) -> Result<Vec<(String, TensorView)>> {
+    let items = find_state_dict(pickle, which)?;
     let strip = items
         .iter()
         .all(|(key, _)| key.starts_with(DATA_PARALLEL_PREFIX));
@@ -212,19 +227,40 @@ impl<'a> Archive<'a> {
 /// The dict of tensors the file holds: the file's dict, else the first of its [`NESTED_KEYS`]
 /// that holds one; a file's dict that mixes tensors with other values is an error only when no
 /// nested key holds a `state_dict` (a checkpoint may keep a metric as a tensor beside one).
-fn find_state_dict(pickle: &Pickle) -> Result<Vec<(&str, &Value)>> {
+fn find_state_dict(pickle: &Pickle, which: Weights) -> Result<Vec<(&str, &Value)>> {
     let root = pickle.dict(&pickle.root).ok_or_else(|| {
         invalid(format!(
             "the file holds {}, not a dict, so no state_dict",
             what_it_is(pickle, &pickle.root)
         ))
     })?;
+    if which == Weights::Ema {
+        return nested_state_dict(pickle, &root, &EMA_KEYS)?.ok_or_else(|| {
+            invalid(format!(
+                "no EMA weights: neither of the file's entries 'state_dict_ema' (timm's) or                  'model_ema' is a dict of tensors by name (its keys: {}); leave out --use-ema                  to read the model's own state_dict",
+                keys_of(&root)
+            ))
+        });
+    }
     let own = tensors_by_name(pickle, &root);
     if let Ok(Some(tensors)) = own {
         return Ok(tensors);
     }
-    for wanted in NESTED_KEYS {
-        let Some(value) = entry(&root, wanted) else {
+    if let Some(tensors) = nested_state_dict(pickle, &root, &NESTED_KEYS)? {
+        return Ok(tensors);
+    }
+    own?;
+    Err(invalid(no_state_dict(pickle, &root)))
+}
+
+/// The first of the entries `keys` of the dict `root` that is a dict of tensors by name.
+fn nested_state_dict<'p>(
+    pickle: &'p Pickle,
+    root: &[(&'p Value, &'p Value)],
+    keys: &[&str],
+) -> Result<Option<Vec<(&'p str, &'p Value)>>> {
+    for wanted in keys {
+        let Some(value) = entry(root, wanted) else {
             continue;
         };
         if let Some(tensors) = pickle
@@ -233,26 +269,30 @@ fn find_state_dict(pickle: &Pickle) -> Result<Vec<(&str, &Value)>> {
             .transpose()?
             .flatten()
         {
-            return Ok(tensors);
+            return Ok(Some(tensors));
         }
     }
-    own?;
-    Err(invalid(no_state_dict(pickle, &root)))
+    Ok(None)
+}
+
+/// The first keys of the dict `root`, as an error message lists them.
+fn keys_of(root: &[(&Value, &Value)]) -> String {
+    let keys: Vec<String> = root.iter().take(12).map(|(k, _)| describe(k)).collect();
+    let more = if root.len() > keys.len() { ", ..." } else { "" };
+    format!("{}{more}", keys.join(", "))
 }
 
 /// Why a dict holds no `state_dict`: its keys, and what its nested keys hold instead.
 fn no_state_dict(pickle: &Pickle, root: &[(&Value, &Value)]) -> String {
-    let keys: Vec<String> = root.iter().take(12).map(|(k, _)| describe(k)).collect();
     let nested = NESTED_KEYS.iter().filter_map(|wanted| {
         let value = entry(root, wanted)?;
         let object = matches!(pickle.node(value), Some(Node::Call { .. }));
         object.then(|| format!("; its '{wanted}' holds {}", what_it_is(pickle, value)))
     });
     format!(
-        "no state_dict: neither the file's dict (keys {}{}) nor its entries 'state_dict', \
+        "no state_dict: neither the file's dict (keys {}) nor its entries 'state_dict', \
          'model' or 'model_state_dict' is a dict of tensors by name{}",
-        keys.join(", "),
-        if root.len() > keys.len() { ", ..." } else { "" },
+        keys_of(root),
         nested.collect::<String>()
     )
 }

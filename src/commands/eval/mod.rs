@@ -125,6 +125,11 @@ pub struct EvalArgs {
     /// are an error naming the tensor and the first such index.
     #[arg(long)]
     pub allow_non_finite: bool,
+    /// Score the moving average of the weights that a timm training checkpoint keeps beside
+    /// them (trained with --model-ema: its 'state_dict_ema', or DeiT's 'model_ema'), as timm's
+    /// validate.py --use-ema; a checkpoint without one is an error.
+    #[arg(long)]
+    pub use_ema: bool,
     /// Also evaluate on the CPU reference in the same precision, batch by batch, and report where
     /// the two part: differing predictions, differing spikes per sample, and the predictions
     /// that differ without a flipped spike (docs/precision.md, "Two devices").
@@ -139,7 +144,10 @@ impl EvalArgs {
     /// Runs `revsnn eval`; prints text or one JSON object.
     pub fn run(&self) -> Result<()> {
         let device = self.device.open(self.precision)?;
-        let weights = checkpoint::read_weights(&self.checkpoint)?;
+        let weights = match self.use_ema {
+            true => checkpoint::read_ema_weights(&self.checkpoint)?,
+            false => checkpoint::read_weights(&self.checkpoint)?,
+        };
         finite::check_loaded(&self.checkpoint, &weights, self.allow_non_finite)?;
         let neighbour = Neighbour::read(&self.checkpoint)?;
         let (name, spec) = self.model(neighbour.as_ref())?;
