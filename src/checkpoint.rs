@@ -141,7 +141,8 @@ pub fn read_ema_weights(path: &Path) -> Result<TensorFile> {
         } else {
             Err(Error::Usage(
                 "a safetensors file holds one set of weights, no EMA weights; --use-ema reads \
-                 the 'state_dict_ema' that timm saves in its training checkpoints (.pth.tar)"
+                 the 'state_dict_ema' that timm saves in its training checkpoints (.pth.tar): \
+                 leave it out to read this file's weights"
                     .into(),
             ))
         }

@@ -89,8 +89,9 @@ pub fn safetensors(bytes: &[u8]) {
     let _ = checkpoint::parse(bytes);
 }
 
-/// A PyTorch file of `torch.save` ([`torch_file::state_dict`]: `eval --checkpoint`,
-/// `train --initial-checkpoint`, `grad --weights`).
+/// A PyTorch file of `torch.save`, read for the model's weights and for their moving average
+/// ([`torch_file::state_dict`]: `eval --checkpoint [--use-ema]`, `train --initial-checkpoint`,
+/// `grad --weights`).
 pub fn pytorch(bytes: &[u8]) {
     let _ = torch_file::state_dict(bytes, Weights::Model);
     let _ = torch_file::state_dict(bytes, Weights::Ema);
@@ -103,19 +104,22 @@ pub fn pickle(bytes: &[u8]) {
     let Ok(pickle) = Pickle::parse(bytes) else {
         return;
     };
-    for (_, view) in torch_file::tensor_views(&pickle, Weights::Model).unwrap_or_default() {
-        let size = view.storage.elements.saturating_mul(view.storage.width);
-        if size <= 1 << 20 {
-            let _ = view.gather(&vec![0; size]);
+    for which in [Weights::Model, Weights::Ema] {
+        for (_, view) in torch_file::tensor_views(&pickle, which).unwrap_or_default() {
+            let size = view.storage.elements.saturating_mul(view.storage.width);
+            if size <= 1 << 20 {
+                let _ = view.gather(&vec![0; size]);
+            }
         }
     }
 }
 
 /// Small files of `torch.save` itself (fixtures/pytorch/generate.py): views of shared storages
-/// in every dtype read, pickled in protocols 2 and 4.
-const PYTORCH_FILES: [&[u8]; 2] = [
+/// in every dtype read, pickled in protocols 2 and 4; a checkpoint with both EMA entries.
+const PYTORCH_FILES: [&[u8]; 3] = [
     include_bytes!("../fixtures/pytorch/views.pth"),
     include_bytes!("../fixtures/pytorch/views-protocol4.pth"),
+    include_bytes!("../fixtures/pytorch/ema-order.pth"),
 ];
 
 fn pytorch_seeds() -> Vec<Vec<u8>> {

@@ -224,9 +224,8 @@ impl<'a> Archive<'a> {
     }
 }
 
-/// The dict of tensors the file holds: the file's dict, else the first of its [`NESTED_KEYS`]
-/// that holds one; a file's dict that mixes tensors with other values is an error only when no
-/// nested key holds a `state_dict` (a checkpoint may keep a metric as a tensor beside one).
+/// The dict of tensors by name that the file holds as the weights `which`: the model's
+/// ([`model_state_dict`]) or their moving average ([`ema_state_dict`]).
 fn find_state_dict(pickle: &Pickle, which: Weights) -> Result<Vec<(&str, &Value)>> {
     let root = pickle.dict(&pickle.root).ok_or_else(|| {
         invalid(format!(
@@ -234,23 +233,55 @@ fn find_state_dict(pickle: &Pickle, which: Weights) -> Result<Vec<(&str, &Value)
             what_it_is(pickle, &pickle.root)
         ))
     })?;
-    if which == Weights::Ema {
-        return nested_state_dict(pickle, &root, &EMA_KEYS)?.ok_or_else(|| {
-            invalid(format!(
-                "no EMA weights: neither of the file's entries 'state_dict_ema' (timm's) or                  'model_ema' is a dict of tensors by name (its keys: {}); leave out --use-ema                  to read the model's own state_dict",
-                keys_of(&root)
-            ))
-        });
+    match which {
+        Weights::Model => model_state_dict(pickle, &root),
+        Weights::Ema => ema_state_dict(pickle, &root),
     }
-    let own = tensors_by_name(pickle, &root);
+}
+
+/// The model's weights: the file's dict `root`, else the first of its [`NESTED_KEYS`] that
+/// holds a dict of tensors; a file's dict that mixes tensors with other values is an error only
+/// when no nested key holds a `state_dict` (a checkpoint may keep a metric as a tensor beside
+/// one).
+fn model_state_dict<'p>(
+    pickle: &'p Pickle,
+    root: &[(&'p Value, &'p Value)],
+) -> Result<Vec<(&'p str, &'p Value)>> {
+    let own = tensors_by_name(pickle, root);
     if let Ok(Some(tensors)) = own {
         return Ok(tensors);
     }
-    if let Some(tensors) = nested_state_dict(pickle, &root, &NESTED_KEYS)? {
+    if let Some(tensors) = nested_state_dict(pickle, root, &NESTED_KEYS)? {
         return Ok(tensors);
     }
     own?;
-    Err(invalid(no_state_dict(pickle, &root)))
+    Err(invalid(no_state_dict(pickle, root)))
+}
+
+/// The moving average of the weights: the first of [`EMA_KEYS`] that holds a dict of tensors,
+/// an entry that holds `None` (timm's for a run without one) passed over as timm passes it. A
+/// file without one is an error saying what its entries hold: the file is readable, the flag
+/// asks for what it has not.
+fn ema_state_dict<'p>(
+    pickle: &'p Pickle,
+    root: &[(&'p Value, &'p Value)],
+) -> Result<Vec<(&'p str, &'p Value)>> {
+    nested_state_dict(pickle, root, &EMA_KEYS)?.ok_or_else(|| {
+        let held = EMA_KEYS.iter().filter_map(|wanted| {
+            let value = entry(root, wanted)?;
+            Some(format!(
+                "; its '{wanted}' holds {}",
+                what_it_is(pickle, value)
+            ))
+        });
+        Error::Usage(format!(
+            "no EMA weights: neither 'state_dict_ema' (timm's) nor 'model_ema' (DeiT's) is a \
+             dict of tensors by name (the file's keys: {}{}); leave out --use-ema to read the \
+             model's own state_dict",
+            keys_of(root),
+            held.collect::<String>()
+        ))
+    })
 }
 
 /// The first of the entries `keys` of the dict `root` that is a dict of tensors by name.
@@ -320,6 +351,7 @@ fn what_it_is(pickle: &Pickle, value: &Value) -> String {
         },
         Some(Node::List(_)) => "a list".to_string(),
         Some(Node::Tuple(_)) => "a tuple".to_string(),
+        None if matches!(value, Value::None) => "None".to_string(),
         _ => "a single value".to_string(),
     }
 }
