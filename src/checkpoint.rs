@@ -115,7 +115,7 @@ pub fn read(path: &Path) -> Result<TensorFile> {
 /// --weights`): a safetensors file, or a PyTorch file of `torch.save` holding a `state_dict`
 /// ([`torch_file::state_dict`], docs/pytorch-files.md), told apart by their first bytes.
 pub fn read_weights(path: &Path) -> Result<TensorFile> {
-    read_with(path, weights_of)
+    read_with(path, |bytes| weights_of(bytes, Weights::Model))
 }
 
 /// [`read_weights`] of bytes that `accept` takes by their SHA-256 ([`sha256_hex`]), asked before
@@ -127,7 +127,7 @@ pub fn read_accepted_weights(
 ) -> Result<TensorFile> {
     read_with(path, |bytes| {
         accept(&sha256_hex(bytes))?;
-        weights_of(bytes)
+        weights_of(bytes, Weights::Model)
     })
 }
 
@@ -135,26 +135,21 @@ pub fn read_accepted_weights(
 /// beside them (`eval --use-ema`; [`torch_file::Weights::Ema`]); a safetensors file, which
 /// holds one set of weights, is an error saying so.
 pub fn read_ema_weights(path: &Path) -> Result<TensorFile> {
-    read_with(path, |bytes| {
-        if torch_file::is_torch_file(bytes) {
-            torch_file::state_dict(bytes, Weights::Ema)
-        } else {
-            Err(Error::Usage(
-                "a safetensors file holds one set of weights, no EMA weights; --use-ema reads \
-                 the 'state_dict_ema' that timm saves in its training checkpoints (.pth.tar): \
-                 leave it out to read this file's weights"
-                    .into(),
-            ))
-        }
-    })
+    read_with(path, |bytes| weights_of(bytes, Weights::Ema))
 }
 
-/// The weights in the bytes of a safetensors file or of a PyTorch file of `torch.save`.
-fn weights_of(bytes: &[u8]) -> Result<TensorFile> {
-    if torch_file::is_torch_file(bytes) {
-        torch_file::state_dict(bytes, Weights::Model)
-    } else {
-        parse(bytes)
+/// The weights `which` in the bytes of a PyTorch file of `torch.save`, or of a safetensors file,
+/// which holds only the model's.
+fn weights_of(bytes: &[u8], which: Weights) -> Result<TensorFile> {
+    match (torch_file::is_torch_file(bytes), which) {
+        (true, which) => torch_file::state_dict(bytes, which),
+        (false, Weights::Model) => parse(bytes),
+        (false, Weights::Ema) => Err(Error::Usage(
+            "a safetensors file holds one set of weights, no EMA weights; --use-ema reads the \
+             'state_dict_ema' that timm saves in its training checkpoints (.pth.tar): leave it \
+             out to read this file's weights"
+                .into(),
+        )),
     }
 }
 

@@ -267,19 +267,12 @@ fn ema_state_dict<'p>(
     root: &[(&'p Value, &'p Value)],
 ) -> Result<Vec<(&'p str, &'p Value)>> {
     nested_state_dict(pickle, root, &EMA_KEYS)?.ok_or_else(|| {
-        let held = EMA_KEYS.iter().filter_map(|wanted| {
-            let value = entry(root, wanted)?;
-            Some(format!(
-                "; its '{wanted}' holds {}",
-                what_it_is(pickle, value)
-            ))
-        });
         Error::Usage(format!(
             "no EMA weights: neither 'state_dict_ema' (timm's) nor 'model_ema' (DeiT's) is a \
              dict of tensors by name (the file's keys: {}{}); leave out --use-ema to read the \
              model's own state_dict",
             keys_of(root),
-            held.collect::<String>()
+            entries_held(pickle, root, &EMA_KEYS, |_| true)
         ))
     })
 }
@@ -315,17 +308,31 @@ fn keys_of(root: &[(&Value, &Value)]) -> String {
 
 /// Why a dict holds no `state_dict`: its keys, and what its nested keys hold instead.
 fn no_state_dict(pickle: &Pickle, root: &[(&Value, &Value)]) -> String {
-    let nested = NESTED_KEYS.iter().filter_map(|wanted| {
-        let value = entry(root, wanted)?;
-        let object = matches!(pickle.node(value), Some(Node::Call { .. }));
-        object.then(|| format!("; its '{wanted}' holds {}", what_it_is(pickle, value)))
-    });
+    let object = |value: &Value| matches!(pickle.node(value), Some(Node::Call { .. }));
     format!(
         "no state_dict: neither the file's dict (keys {}) nor its entries 'state_dict', \
          'model' or 'model_state_dict' is a dict of tensors by name{}",
         keys_of(root),
-        nested.collect::<String>()
+        entries_held(pickle, root, &NESTED_KEYS, object)
     )
+}
+
+/// What the entries `keys` of the dict `root` hold, those that `worth_saying` picks, as the tail
+/// of a message: "; its 'model' holds an object of ...".
+fn entries_held(
+    pickle: &Pickle,
+    root: &[(&Value, &Value)],
+    keys: &[&str],
+    worth_saying: impl Fn(&Value) -> bool,
+) -> String {
+    let held = keys.iter().filter_map(|wanted| {
+        let value = entry(root, wanted).filter(|value| worth_saying(value))?;
+        Some(format!(
+            "; its '{wanted}' holds {}",
+            what_it_is(pickle, value)
+        ))
+    });
+    held.collect()
 }
 
 /// The value of the string key `wanted` among `items`.

@@ -22,7 +22,7 @@ pub fn digest(config: &RunSettings) -> Result<Option<String>> {
     };
     let found = checkpoint::file_sha256(path).map_err(naming_flag)?;
     check_pin(&found, config.initial_checkpoint_sha256.as_deref())
-        .map_err(|error| naming_flag(Error::file(path, error.to_string())))?;
+        .map_err(|error| of_file(path, error))?;
     Ok(Some(found))
 }
 
@@ -53,7 +53,7 @@ pub fn load<B: Compute>(
     for learner in learners {
         let store = &mut learner.network.store;
         checkpoint::load_state_dict(backend, store, weights).map_err(|error| match error {
-            Error::Usage(misfit) => Error::file(path, format!("--initial-checkpoint: {misfit}")),
+            Error::Usage(_) => of_file(path, error),
             other => other,
         })?;
     }
@@ -72,6 +72,11 @@ fn check_pin(found: &str, pinned: Option<&str>) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// `error`, about the file at `path`, as the initial checkpoint's file error.
+fn of_file(path: &Path, error: Error) -> Error {
+    naming_flag(Error::file(path, error.to_string()))
 }
 
 /// A file error of the initial checkpoint, its detail saying which flag named the file.
