@@ -16,10 +16,11 @@ use revsnn_gpu::ops::precision::{HalfBits, HalfFormat, half_bits, rounded};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::contract::{attention_backward_in_turn, attention_forward_in_turn};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{
-    AdamWParams, Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvKind,
-    NeuronConfig, Pool2dParams, Precision,
+    AdamWParams, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvKind, NeuronConfig,
+    Pool2dParams, Precision,
 };
 
 /// T·B of a batch-64, T = 4 step.
@@ -27,7 +28,7 @@ const IMAGES: usize = 256;
 
 type Gpu = Cuda<f32>;
 
-fn random(gpu: &Gpu, shape: &[usize], seed: u64, spikes: bool) -> <Gpu as Backend>::Tensor {
+fn random(gpu: &Gpu, shape: &[usize], seed: u64, spikes: bool) -> <Gpu as TensorOps>::Tensor {
     let mut rng = SplitMix64::new(seed);
     let len = shape.iter().product();
     let values = rng

@@ -33,8 +33,9 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::Array2;
 use ndarray::linalg::general_mat_mul;
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::SplitMix64;
-use revsnn_reference::{Backend, BatchNormParams, Conv2dParams, Cpu, NeuronConfig, Pool2dParams};
+use revsnn_reference::{BatchNormParams, Conv2dParams, Cpu, NeuronConfig, Pool2dParams};
 
 fn random(
     backend: &Cpu<f32>,
@@ -42,7 +43,7 @@ fn random(
     std: f64,
     shift: f64,
     seed: u64,
-) -> <Cpu<f32> as Backend>::Tensor {
+) -> <Cpu<f32> as TensorOps>::Tensor {
     let len = shape.iter().product();
     let data = SplitMix64::new(seed)
         .normal_vec(len, std)
@@ -101,7 +102,7 @@ fn spikes(
     shape: &[usize],
     density: f64,
     seed: u64,
-) -> <Cpu<f32> as Backend>::Tensor {
+) -> <Cpu<f32> as TensorOps>::Tensor {
     let mut rng = SplitMix64::new(seed);
     let data = (0..shape.iter().product())
         .map(|_| f32::from(rng.next_f64() < density))

@@ -12,6 +12,7 @@ use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::ops::conv::{WORKSPACE_BYTES, cudnn};
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{ConvEngine, Cuda};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Compute, Conv2dParams, Cpu};
 

@@ -1,14 +1,14 @@
-//! `Backend::conv_batch_norm_train_fire`: a convolution (with a bias or without), its training
-//! BatchNorm and a neuron firing over the BatchNorm's output keeping nothing (docs/neurons.md
-//! §2.4.3). On CUDA the BatchNorm computes its statistics only and the neuron's kernel maps the
-//! BatchNorm's input as it reads it, so the output is never written. It must give the bits of the
-//! ops in turn (`conv_batch_norm_train_fire_in_turn`): the spikes, their fingerprint, the batch
-//! statistics and both contexts (read through the backward they feed), in f64, and in f32, bf16
-//! and fp16 on each convolution engine; for each neuron configuration the neuron tests sweep; for
-//! 1, 4 and 17 steps (the forward holds no step in a thread's memory, so it has no limit); over a
-//! 3x3 and a 1-D convolution, each with and without a bias. A `T` that does not divide the batch
-//! is refused as the ops in turn refuse it. Skips without a GPU (`SKIP: no CUDA device`), fails
-//! then with `REVSNN_REQUIRE_GPU=1`.
+//! `ConvBatchNormOps::conv_batch_norm_train_fire`: a convolution (with a bias or without), its
+//! training BatchNorm and a neuron firing over the BatchNorm's output keeping nothing
+//! (docs/neurons.md §2.4.3). On CUDA the BatchNorm computes its statistics only and the neuron's
+//! kernel maps the BatchNorm's input as it reads it, so the output is never written. It must give
+//! the bits of the ops in turn (`conv_batch_norm_train_fire_in_turn`): the spikes, their
+//! fingerprint, the batch statistics and both contexts (read through the backward they feed), in
+//! f64, and in f32, bf16 and fp16 on each convolution engine; for each neuron configuration the
+//! neuron tests sweep; for 1, 4 and 17 steps (the forward holds no step in a thread's memory, so it
+//! has no limit); over a 3x3 and a 1-D convolution, each with and without a bias. A `T` that does
+//! not divide the batch is refused as the ops in turn refuse it. Skips without a GPU (`SKIP: no
+//! CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 mod common;
 
@@ -16,6 +16,7 @@ use common::layer_pass::{bits, on_each_engine_and_precision, random};
 use common::neurons::configs;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::contract::conv_batch_norm_train_fire_in_turn;
+use revsnn_reference::prelude::*;
 use revsnn_reference::{
     Backend, BatchNormAffine, BatchNormParams, Conv2dParams, ConvKind, NeuronConfig, NeuronFire,
 };

@@ -10,6 +10,7 @@
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::ops::loss::CrossEntropyContext;
 use revsnn_gpu::testing::backend_or_skip;
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Compute, Cpu, DType, Element};
 

@@ -20,8 +20,9 @@ use common::neurons::configs;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Compute, Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind};
+use revsnn_reference::{Compute, Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind};
 
 /// The sizes every configuration runs at.
 const SIZES: [usize; 3] = [1, 33, 4097];
@@ -283,7 +284,7 @@ fn assert_folds<E: GpuElement>(
     gpu: &Cuda<E>,
     spikes: &[E],
     what: &str,
-    fire: impl Fn(&mut <Cuda<E> as Backend>::Word) -> CudaTensor<E>,
+    fire: impl Fn(&mut <Cuda<E> as WordOps>::Word) -> CudaTensor<E>,
 ) {
     let (mut folded, mut expected) = (gpu.zero_word().unwrap(), gpu.zero_word().unwrap());
     for _ in 0..2 {

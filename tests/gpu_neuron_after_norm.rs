@@ -1,4 +1,4 @@
-//! `Backend::neuron_backward_from_source` for a neuron that kept nothing because its input was a
+//! `NeuronOps::neuron_backward_from_source` for a neuron that kept nothing because its input was a
 //! training BatchNorm's output (docs/neurons.md §2.4.2). On CUDA the kernel makes that output
 //! again from the BatchNorm's input as it reads it and charges `h` in each thread's own memory;
 //! it must give the bits of the ops in turn (`neuron_backward_from_source_in_turn`:
@@ -9,6 +9,7 @@
 //! Bad shapes and an evaluation context are refused as the ops in turn refuse them. Skips without
 //! a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
+use revsnn_reference::{BatchNormOps, NeuronOps, TensorOps};
 mod common;
 
 use common::layer_pass::{bits, on_each_engine_and_precision, random};
@@ -188,7 +189,7 @@ fn gpu_neuron_after_norm_refuses_what_the_ops_in_turn_refuse() {
     };
     let norm = Normalised::new(&gpu, 2, 1);
     let config = NeuronConfig::lif_sigmoid(2.0, 1.0);
-    let both_refuse = |what: &str, grad: &<Cuda<f32> as Backend>::Tensor, steps: usize| {
+    let both_refuse = |what: &str, grad: &<Cuda<f32> as TensorOps>::Tensor, steps: usize| {
         let neuron = || NeuronBackward {
             time_steps: steps,
             ..norm.neuron(&config)

@@ -61,6 +61,7 @@ use revsnn_reference::contract::{
     avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
     conv_batch_norm_train_avg_pool_in_turn, spiking_conv_batch_norm_backward_in_turn,
 };
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
     AvgPoolGrad, Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams,
@@ -727,7 +728,7 @@ fn a_batch_norm_over_a_16_bit_convolution_keeps_its_16_bit_sums() {
     device.set_precision(Precision::F32).unwrap();
 }
 
-/// The fused convolution and BatchNorm (`Backend::conv_batch_norm_train_forward` and
+/// The fused convolution and BatchNorm (`ConvBatchNormOps::conv_batch_norm_train_forward` and
 /// `conv_batch_norm_backward`) gives the bits of the two ops in turn, forward (output, batch
 /// statistics) and backward (every gradient), for a 3x3 2-D and a 1-D convolution, each without
 /// a bias and with one, in f32, bf16 and fp16, on both engines. Under bf16 and fp16 no `f32`
@@ -972,14 +973,14 @@ fn the_fused_backward_writes_dx_over_the_16_bit_output_only_its_batch_norm_holds
 }
 
 /// The backward of a convolution, its BatchNorm and an average pool after it
-/// (`Backend::avg_pool_conv_batch_norm_backward`, RevSResNet24's event stem) gives the bits of
-/// the pool's backward then the fused backward, in f32, bf16 and fp16, on both engines, over
-/// both of the BatchNorm kernels' layouts (8x6 planes: groups of four; 7x5: one element a
+/// (`ConvBatchNormOps::avg_pool_conv_batch_norm_backward`, RevSResNet24's event stem) gives the
+/// bits of the pool's backward then the fused backward, in f32, bf16 and fp16, on both engines,
+/// over both of the BatchNorm kernels' layouts (8x6 planes: groups of four; 7x5: one element a
 /// thread). Under bf16 and fp16, where the BatchNorm's context alone holds the convolution's
-/// output, the pool's `dx` is made as the BatchNorm reads it: on cuDNN the backward's peak
-/// rises by less than that `dx`'s f32 bytes, which in turn it allocates (on im2col, whose
-/// columns can hold the peak, it is never higher). With the output held, the same bits, and the
-/// output left as it was.
+/// output, the pool's `dx` is made as the BatchNorm reads it: on cuDNN the backward's peak rises by
+/// less than that `dx`'s f32 bytes, which in turn it allocates (on im2col, whose columns can hold
+/// the peak, it is never higher). With the output held, the same bits, and the output left as it
+/// was.
 #[test]
 fn the_average_pool_after_a_batch_norm_gives_its_backward_the_bits_of_the_ops_in_turn() {
     let Some(gpu) = backend_or_skip::<f32>("the_average_pool_after_a_batch_norm") else {
@@ -1063,14 +1064,13 @@ fn the_average_pool_after_a_batch_norm_gives_its_backward_the_bits_of_the_ops_in
 }
 
 /// The training forward of a convolution, its BatchNorm and an average pool after it
-/// (`Backend::conv_batch_norm_train_avg_pool`, RevSResNet24's event stem) gives the bits of the
-/// ops in turn (the pooled output, the batch statistics, and every gradient of the backward from
-/// its contexts, the bias's included), for a convolution without a bias and with one, in f32,
-/// bf16 and fp16, on both engines, over 8x6 and 7x5 planes. The pool
-/// reads the BatchNorm's output as it is made, so that output is never allocated: on cuDNN the
-/// forward's peak is lower than in turn by at least half that output's f32 bytes (the pooled
-/// output, allocated in its place, is at most a third of it here; on im2col, whose columns can
-/// hold the peak, it is never higher).
+/// (`ConvBatchNormOps::conv_batch_norm_train_avg_pool`, RevSResNet24's event stem) gives the bits
+/// of the ops in turn (the pooled output, the batch statistics, and every gradient of the backward
+/// from its contexts, the bias's included), for a convolution without a bias and with one, in f32,
+/// bf16 and fp16, on both engines, over 8x6 and 7x5 planes. The pool reads the BatchNorm's output
+/// as it is made, so that output is never allocated: on cuDNN the forward's peak is lower than in
+/// turn by at least half that output's f32 bytes (the pooled output, allocated in its place, is at
+/// most a third of it here; on im2col, whose columns can hold the peak, it is never higher).
 #[test]
 fn the_average_pool_of_a_training_batch_norm_gives_the_bits_of_the_ops_in_turn() {
     let Some(gpu) = backend_or_skip::<f32>("the_average_pool_of_a_training_batch_norm") else {
@@ -1148,12 +1148,12 @@ fn the_average_pool_of_a_training_batch_norm_gives_the_bits_of_the_ops_in_turn()
 }
 
 /// The fused backward of a convolution with a bias and its BatchNorm
-/// (`Backend::conv_batch_norm_backward` from the contexts of `conv_forward` with the bias and
-/// `batch_norm_train_forward`: the transformers' MLP) gives the bits of the two backwards in
+/// (`ConvBatchNormOps::conv_batch_norm_backward` from the contexts of `conv_forward` with the bias
+/// and `batch_norm_train_forward`: the transformers' MLP) gives the bits of the two backwards in
 /// turn, the bias's gradient included (summed over the BatchNorm's 16-bit `dx` as it is widened),
-/// for a 3x3 2-D and a 1-D convolution, in f32, bf16 and fp16, on both engines. Under bf16 and
-/// fp16 on cuDNN no `f32` `dx` of the BatchNorm is held beside its 16-bit patterns: the peak is
-/// lower than the two backwards' by at least the output's 16-bit bytes; never higher.
+/// for a 3x3 2-D and a 1-D convolution, in f32, bf16 and fp16, on both engines. Under bf16 and fp16
+/// on cuDNN no `f32` `dx` of the BatchNorm is held beside its 16-bit patterns: the peak is lower
+/// than the two backwards' by at least the output's 16-bit bytes; never higher.
 #[test]
 fn the_fused_backward_of_a_biased_convolution_and_batch_norm_gives_the_two_ops_bits() {
     let Some(gpu) = backend_or_skip::<f32>("the_fused_backward_of_a_biased_convolution") else {
@@ -1221,15 +1221,14 @@ fn the_fused_backward_of_a_biased_convolution_and_batch_norm_gives_the_two_ops_b
 }
 
 /// The fused convolution and BatchNorm landing on a residual
-/// (`Backend::conv_batch_norm_train_forward_onto`, the reversible couplings) gives the bits of
-/// the fused op then `add_reusing` or `sub_reusing`, with the same statistics, in f32, bf16 and
-/// fp16, on both engines, over both of the elementwise kernels' layouts (8x8 images: groups of
-/// four, vector loads; 5x5: one element a thread), for a convolution without a bias and with
-/// one. Over a residual nothing else holds, the output
-/// is written over it: no tensor of the output's size is allocated, so on cuDNN, where the
-/// output holds the forward's peak, the peak is lower (on im2col, whose columns may hold it,
-/// never higher).
-/// A residual another tensor shares is left unchanged, and the bits are the same.
+/// (`ConvBatchNormOps::conv_batch_norm_train_forward_onto`, the reversible couplings) gives the
+/// bits of the fused op then `add_reusing` or `sub_reusing`, with the same statistics, in f32, bf16
+/// and fp16, on both engines, over both of the elementwise kernels' layouts (8x8 images: groups of
+/// four, vector loads; 5x5: one element a thread), for a convolution without a bias and with one.
+/// Over a residual nothing else holds, the output is written over it: no tensor of the output's
+/// size is allocated, so on cuDNN, where the output holds the forward's peak, the peak is lower (on
+/// im2col, whose columns may hold it, never higher). A residual another tensor shares is left
+/// unchanged, and the bits are the same.
 #[test]
 fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
     let Some(gpu) = backend_or_skip::<f32>("the_fused_convolution_and_batch_norm_onto") else {
@@ -1322,15 +1321,15 @@ fn the_fused_convolution_and_batch_norm_lands_its_output_on_a_residual() {
     device.set_precision(Precision::F32).unwrap();
 }
 
-/// The spiking convolution's backward (`Backend::spiking_conv_batch_norm_backward`: BatchNorm,
-/// convolution, then the neuron that fired the convolution's input) gives the bits of the ops in
-/// turn (`spiking_conv_batch_norm_backward_in_turn`), for a neuron that kept `h` or its input,
-/// on every engine, in f32, bf16 and fp16, over a 3x3, a pointwise and a 1-D convolution. In
-/// 16 bits the neuron reads the convolution's 16-bit `dx` and writes `dL/dx` over its `h`, so
-/// no `f32` `dL/ds` is allocated: where the widened `dx` holds the ops' peak (cuDNN's 3x3
-/// convolution, which narrows 8 channels to 3), the peak is lower; where `f32` sums may hold it
-/// (im2col, the pointwise GEMM), and for a neuron that kept its input, never higher. An `h` that
-/// another tensor shares is left unchanged, and the bits are the same.
+/// The spiking convolution's backward (`ConvBatchNormOps::spiking_conv_batch_norm_backward`:
+/// BatchNorm, convolution, then the neuron that fired the convolution's input) gives the bits of
+/// the ops in turn (`spiking_conv_batch_norm_backward_in_turn`), for a neuron that kept `h` or its
+/// input, on every engine, in f32, bf16 and fp16, over a 3x3, a pointwise and a 1-D convolution. In
+/// 16 bits the neuron reads the convolution's 16-bit `dx` and writes `dL/dx` over its `h`, so no
+/// `f32` `dL/ds` is allocated: where the widened `dx` holds the ops' peak (cuDNN's 3x3 convolution,
+/// which narrows 8 channels to 3), the peak is lower; where `f32` sums may hold it (im2col, the
+/// pointwise GEMM), and for a neuron that kept its input, never higher. An `h` that another tensor
+/// shares is left unchanged, and the bits are the same.
 #[test]
 fn the_spiking_convolution_backward_writes_the_neurons_gradient_over_its_potentials() {
     let Some(gpu) = backend_or_skip::<f32>("the_spiking_convolution_backward") else {
@@ -1600,7 +1599,7 @@ fn the_fused_convolution_frees_the_spikes_handed_to_it_once_their_bits_exist() {
     device.set_precision(Precision::F32).unwrap();
 }
 
-/// `Backend::keep` holds a neuron's spikes one bit each (42 elements: one full 32-bit word and a
+/// `TensorOps::keep` holds a neuron's spikes one bit each (42 elements: one full 32-bit word and a
 /// partial one), so that dropping the spikes frees all of their bytes, and any other tensor as it
 /// is (no new bytes); `kept` gives back the same values.
 #[test]
@@ -1643,7 +1642,7 @@ type Operands = (
     CudaTensor<f32>,
 );
 
-/// Spiking self-attention's products as one op (`Backend::attention_forward` and
+/// Spiking self-attention's products as one op (`AttentionOps::attention_forward` and
 /// `attention_backward`) give the bits of the products in turn (`o^T` and the three gradients),
 /// in f32, bf16 and fp16, over spikes (kept one bit each) and over real values, with `d != N`
 /// so that no transpose can pass for another. Under bf16 and fp16 the scores and their gradient

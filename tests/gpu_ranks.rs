@@ -25,7 +25,7 @@ use revsnn::network::{Network, PassOptions, StepHooks};
 use revsnn::spec::ModelSpec;
 use revsnn_gpu::testing::{device_or_skip, nccl_or_skip};
 use revsnn_gpu::{Cuda, CudaStatus, probe};
-use revsnn_reference::Backend;
+use revsnn_reference::prelude::*;
 
 /// Whether the test can run: a CUDA device (or the emulator) and NCCL (or its fake).
 fn ready(test: &str) -> bool {
@@ -411,7 +411,7 @@ struct Counting {
     started: Cell<usize>,
 }
 
-type CudaTensor32 = <Cuda<f32> as Backend>::Tensor;
+type CudaTensor32 = <Cuda<f32> as TensorOps>::Tensor;
 
 impl Collective<Cuda<f32>> for Counting {
     fn rank(&self) -> usize {

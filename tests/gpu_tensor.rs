@@ -13,6 +13,7 @@
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{Backend, Compute, Cpu, CpuTensor, DType, DeviceError, Element, OpError};
 

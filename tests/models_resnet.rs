@@ -15,6 +15,7 @@ use revsnn::model::{
     train_step,
 };
 use revsnn::spec::{Arch, ModelSpec};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, relative_error};
 use revsnn_reference::{Backend, Cpu};
 
@@ -314,7 +315,7 @@ fn loss_of(
     backend: &Cpu<f64>,
     net: &Net,
     store: &ParamStore<Cpu<f64>>,
-    images: &<Cpu<f64> as Backend>::Tensor,
+    images: &<Cpu<f64> as TensorOps>::Tensor,
     labels: &[usize],
 ) -> f64 {
     let mut store = store.clone();
@@ -328,10 +329,10 @@ fn loss_of(
 /// `tensor` with the coordinates `indices` set to `values`.
 fn with_values(
     backend: &Cpu<f64>,
-    tensor: &<Cpu<f64> as Backend>::Tensor,
+    tensor: &<Cpu<f64> as TensorOps>::Tensor,
     indices: &[usize],
     values: &[f64],
-) -> <Cpu<f64> as Backend>::Tensor {
+) -> <Cpu<f64> as TensorOps>::Tensor {
     let mut data = backend.to_vec(tensor).unwrap();
     for (&i, &v) in indices.iter().zip(values) {
         data[i] = v;

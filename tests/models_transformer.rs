@@ -13,6 +13,7 @@ use revsnn::model::{
     BuildOptions, EntryKind, Grads, Layer, Mode, ParamStore, Session, Targets, train_step,
 };
 use revsnn::spec::{Arch, ModelSpec};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
 use revsnn_reference::{Backend, BatchNormParams, Conv2dParams, Cpu, NeuronConfig, Pool2dParams};
 
@@ -564,7 +565,7 @@ struct ReferenceForward<'a> {
     store: &'a ParamStore<Cpu64>,
 }
 
-type T64 = <Cpu64 as Backend>::Tensor;
+type T64 = <Cpu64 as TensorOps>::Tensor;
 
 impl ReferenceForward<'_> {
     fn param(&self, name: &str) -> T64 {

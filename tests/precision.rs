@@ -23,8 +23,9 @@ use revsnn::device::Device;
 use revsnn::model::reversible::Coupling;
 use revsnn::spec::ModelSpec;
 use revsnn_reference::DType;
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Conv2dParams, Cpu, CpuTensor, Precision};
+use revsnn_reference::{Conv2dParams, Cpu, CpuTensor, Precision};
 use serde_json::Value;
 
 const LOW: [Precision; 3] = [Precision::Tf32, Precision::Bf16, Precision::Fp16];

@@ -15,8 +15,9 @@ use revsnn::collective::{Collective, ThreadGroup, average_grads};
 use revsnn::model::{BuildOptions, Grads, Targets};
 use revsnn::network::{Network, PassOptions, StepHooks};
 use revsnn::spec::ModelSpec;
+use revsnn_reference::Cpu;
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Cpu};
 
 type Cpu64 = Cpu<f64>;
 
@@ -56,7 +57,7 @@ struct Step {
     running: Vec<Vec<f64>>,
 }
 
-fn values(cpu: &Cpu64, tensor: &<Cpu64 as Backend>::Tensor) -> Vec<f64> {
+fn values(cpu: &Cpu64, tensor: &<Cpu64 as TensorOps>::Tensor) -> Vec<f64> {
     cpu.to_vec(tensor).unwrap()
 }
 

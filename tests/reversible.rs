@@ -33,6 +33,7 @@ use revsnn::model::reversible::{
     SequenceSaved, Storage,
 };
 use revsnn::model::{BuildOptions, EntryKind, Grads, Layer, Mode, ParamId, ParamStore, Session};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, dot, five_point_difference, relative_error};
 use revsnn_reference::{Backend, Conv2dParams, Cpu, CpuTensor, Element, NeuronConfig};
 
@@ -416,8 +417,8 @@ fn step<E: Element>(
     backend: &Cpu<E>,
     model: &mut Model<Cpu<E>>,
     storage: Storage,
-    x: &<Cpu<E> as Backend>::Tensor,
-    dy: &<Cpu<E> as Backend>::Tensor,
+    x: &<Cpu<E> as TensorOps>::Tensor,
+    dy: &<Cpu<E> as TensorOps>::Tensor,
 ) -> Result<Step<E>> {
     model.sequence.options.storage = storage;
     let mut store = model.store.clone();

@@ -13,6 +13,7 @@ use revsnn::model::layers::{ConvBn, ConvKind, Neuron, flatten_time, unflatten_ti
 use revsnn::model::reversible::{ReversibleBlock, ReversibleOptions, ReversibleSequence, Storage};
 use revsnn::model::{Grads, Layer, Mode, ParamStore, Session};
 use revsnn_reference::memory::{self, CountingAllocator};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{Backend, Conv2dParams, Cpu, NeuronConfig};
 

@@ -1,14 +1,15 @@
 //! [`Cuda`]: the op contract (`revsnn_reference::contract`: [`Backend`] and [`Compute`]) on one
 //! CUDA device. Each op is a thin call into `crate::ops::<family>::<name>`, the twin of the CPU
 //! kernel of the same path (`reference/src/ops/<family>`), so a reader who finds an op on one
-//! side finds it on the other (docs/design.md).
+//! side finds it on the other (docs/design.md). One impl block per op trait, in the order of
+//! `revsnn_reference::contract::backend`.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{
-    AdamWParams, AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AvgPoolGrad, Backend,
+    AdamWParams, AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AvgPoolGrad,
     BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
     BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvKind, LinearGrads,
     NeuronBackward, NeuronConfig, NeuronFire, NeuronSource, Onto, Pool2dParams, Precision, Result,
@@ -17,6 +18,7 @@ use revsnn_reference::contract::{
     conv_batch_norm_backward_in_turn, neuron_backward_from_source_in_turn, neuron_context,
     spiking_conv_batch_norm_backward_in_turn,
 };
+use revsnn_reference::prelude::*;
 
 use crate::device::GpuDevice;
 use crate::error::GpuError;
@@ -60,7 +62,7 @@ impl<E: GpuElement> Cuda<E> {
     /// The backward of the neuron whose spikes a 16-bit spiking convolution read, from that
     /// convolution's `dx` as 16-bit patterns of the flat shape `[T B, ...]`: from a BatchNorm's
     /// output made again inside the kernel where it can be, else from the context `neuron.source`
-    /// keeps or makes again (`Backend::neuron_backward_from_source` with 16-bit `dL/ds`).
+    /// keeps or makes again (`NeuronOps::neuron_backward_from_source` with 16-bit `dL/ds`).
     fn neuron_backward_from_half(
         &self,
         grad_spikes: HalfBits,
@@ -127,16 +129,10 @@ impl<E> std::fmt::Debug for Cuda<E> {
     }
 }
 
-impl<E: GpuElement> Backend for Cuda<E> {
+impl<E: GpuElement> TensorOps for Cuda<E> {
     type Elem = E;
     type Tensor = CudaTensor<E>;
-    type NeuronContext = ops::neuron::NeuronContext<E>;
-    type Conv2dContext = ops::conv::Conv2dContext<E>;
-    type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
-    type MaxPoolContext = ops::pool::MaxPoolContext;
-    type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
     type Kept = SavedInput<E>;
-    type Word = DeviceWord;
 
     fn name(&self) -> String {
         format!("cuda-{}", E::DTYPE)
@@ -220,26 +216,6 @@ impl<E: GpuElement> Backend for Cuda<E> {
         Ok(ops::tensor::quantize(&self.device, x, k)?)
     }
 
-    fn fingerprint(&self, x: &CudaTensor<E>) -> Result<u64> {
-        Ok(ops::tensor::fingerprint(&self.device, x)?)
-    }
-
-    fn zero_word(&self) -> Result<DeviceWord> {
-        Ok(DeviceWord::zero(&self.device)?)
-    }
-
-    fn fold_fingerprint(&self, word: &mut DeviceWord, x: &CudaTensor<E>) -> Result<()> {
-        Ok(ops::tensor::fold_fingerprint(&self.device, word, x)?)
-    }
-
-    fn count_unequal(&self, count: &mut DeviceWord, a: &DeviceWord, b: &DeviceWord) -> Result<()> {
-        Ok(DeviceWord::count_unequal(&self.device, count, a, b)?)
-    }
-
-    fn read_word(&self, word: &DeviceWord) -> Result<u64> {
-        Ok(word.read(&self.device)?)
-    }
-
     fn count_non_finite(&self, tensors: &[&CudaTensor<E>]) -> Result<u64> {
         Ok(ops::tensor::count_non_finite(&self.device, tensors)?)
     }
@@ -265,6 +241,34 @@ impl<E: GpuElement> Backend for Cuda<E> {
             axes,
         )?)
     }
+}
+
+impl<E: GpuElement> WordOps for Cuda<E> {
+    type Word = DeviceWord;
+
+    fn fingerprint(&self, x: &CudaTensor<E>) -> Result<u64> {
+        Ok(ops::tensor::fingerprint(&self.device, x)?)
+    }
+
+    fn zero_word(&self) -> Result<DeviceWord> {
+        Ok(DeviceWord::zero(&self.device)?)
+    }
+
+    fn fold_fingerprint(&self, word: &mut DeviceWord, x: &CudaTensor<E>) -> Result<()> {
+        Ok(ops::tensor::fold_fingerprint(&self.device, word, x)?)
+    }
+
+    fn count_unequal(&self, count: &mut DeviceWord, a: &DeviceWord, b: &DeviceWord) -> Result<()> {
+        Ok(DeviceWord::count_unequal(&self.device, count, a, b)?)
+    }
+
+    fn read_word(&self, word: &DeviceWord) -> Result<u64> {
+        Ok(word.read(&self.device)?)
+    }
+}
+
+impl<E: GpuElement> NeuronOps for Cuda<E> {
+    type NeuronContext = ops::neuron::NeuronContext<E>;
 
     fn neuron_forward(
         &self,
@@ -355,6 +359,10 @@ impl<E: GpuElement> Backend for Cuda<E> {
             }
         }
     }
+}
+
+impl<E: GpuElement> ConvOps for Cuda<E> {
+    type Conv2dContext = ops::conv::Conv2dContext<E>;
 
     fn conv2d_forward(
         &self,
@@ -373,6 +381,10 @@ impl<E: GpuElement> Backend for Cuda<E> {
     ) -> Result<Conv2dGrads<CudaTensor<E>>> {
         Ok(ops::conv::backward(&self.device, grad_y, context)?)
     }
+}
+
+impl<E: GpuElement> BatchNormOps for Cuda<E> {
+    type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
 
     fn batch_norm_train_forward(
         &self,
@@ -390,6 +402,94 @@ impl<E: GpuElement> Backend for Cuda<E> {
         )?)
     }
 
+    fn batch_norm_train_output(
+        &self,
+        context: &Self::BatchNormContext,
+        beta: &CudaTensor<E>,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::batch_norm::train_output(&self.device, context, beta)?)
+    }
+
+    fn batch_norm_eval_forward(
+        &self,
+        x: &CudaTensor<E>,
+        gamma: &CudaTensor<E>,
+        beta: &CudaTensor<E>,
+        running: &RunningStats<CudaTensor<E>>,
+        params: BatchNormParams,
+    ) -> Result<(CudaTensor<E>, Self::BatchNormContext)> {
+        Ok(ops::batch_norm::eval_forward(
+            &self.device,
+            x,
+            gamma,
+            beta,
+            running,
+            params,
+        )?)
+    }
+
+    fn batch_norm_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        context: &Self::BatchNormContext,
+    ) -> Result<BatchNormGrads<CudaTensor<E>>> {
+        Ok(ops::batch_norm::backward(&self.device, grad_y, context)?)
+    }
+
+    fn update_running_stats(
+        &self,
+        running: &RunningStats<CudaTensor<E>>,
+        batch: &BatchStats<CudaTensor<E>>,
+        params: BatchNormParams,
+    ) -> Result<RunningStats<CudaTensor<E>>> {
+        Ok(ops::batch_norm::update_running_stats(
+            &self.device,
+            running,
+            batch,
+            params,
+        )?)
+    }
+}
+
+impl<E: GpuElement> PoolOps for Cuda<E> {
+    type MaxPoolContext = ops::pool::MaxPoolContext;
+
+    fn avg_pool2d_forward(&self, x: &CudaTensor<E>, params: Pool2dParams) -> Result<CudaTensor<E>> {
+        Ok(ops::pool::avg_forward(&self.device, x, params)?)
+    }
+
+    fn avg_pool2d_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        input_shape: &[usize],
+        params: Pool2dParams,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::pool::avg_backward(
+            &self.device,
+            grad_y,
+            input_shape,
+            params,
+        )?)
+    }
+
+    fn max_pool2d_forward(
+        &self,
+        x: &CudaTensor<E>,
+        params: Pool2dParams,
+    ) -> Result<(CudaTensor<E>, Self::MaxPoolContext)> {
+        Ok(ops::pool::max_forward(&self.device, x, params)?)
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        grad_y: &CudaTensor<E>,
+        context: &Self::MaxPoolContext,
+    ) -> Result<CudaTensor<E>> {
+        Ok(ops::pool::max_backward(&self.device, grad_y, context)?)
+    }
+}
+
+impl<E: GpuElement> ConvBatchNormOps for Cuda<E> {
     fn conv_batch_norm_train_forward(
         &self,
         x: CudaTensor<E>,
@@ -526,89 +626,9 @@ impl<E: GpuElement> Backend for Cuda<E> {
         )?;
         Ok(grads)
     }
+}
 
-    fn batch_norm_train_output(
-        &self,
-        context: &Self::BatchNormContext,
-        beta: &CudaTensor<E>,
-    ) -> Result<CudaTensor<E>> {
-        Ok(ops::batch_norm::train_output(&self.device, context, beta)?)
-    }
-
-    fn batch_norm_eval_forward(
-        &self,
-        x: &CudaTensor<E>,
-        gamma: &CudaTensor<E>,
-        beta: &CudaTensor<E>,
-        running: &RunningStats<CudaTensor<E>>,
-        params: BatchNormParams,
-    ) -> Result<(CudaTensor<E>, Self::BatchNormContext)> {
-        Ok(ops::batch_norm::eval_forward(
-            &self.device,
-            x,
-            gamma,
-            beta,
-            running,
-            params,
-        )?)
-    }
-
-    fn batch_norm_backward(
-        &self,
-        grad_y: &CudaTensor<E>,
-        context: &Self::BatchNormContext,
-    ) -> Result<BatchNormGrads<CudaTensor<E>>> {
-        Ok(ops::batch_norm::backward(&self.device, grad_y, context)?)
-    }
-
-    fn update_running_stats(
-        &self,
-        running: &RunningStats<CudaTensor<E>>,
-        batch: &BatchStats<CudaTensor<E>>,
-        params: BatchNormParams,
-    ) -> Result<RunningStats<CudaTensor<E>>> {
-        Ok(ops::batch_norm::update_running_stats(
-            &self.device,
-            running,
-            batch,
-            params,
-        )?)
-    }
-
-    fn avg_pool2d_forward(&self, x: &CudaTensor<E>, params: Pool2dParams) -> Result<CudaTensor<E>> {
-        Ok(ops::pool::avg_forward(&self.device, x, params)?)
-    }
-
-    fn avg_pool2d_backward(
-        &self,
-        grad_y: &CudaTensor<E>,
-        input_shape: &[usize],
-        params: Pool2dParams,
-    ) -> Result<CudaTensor<E>> {
-        Ok(ops::pool::avg_backward(
-            &self.device,
-            grad_y,
-            input_shape,
-            params,
-        )?)
-    }
-
-    fn max_pool2d_forward(
-        &self,
-        x: &CudaTensor<E>,
-        params: Pool2dParams,
-    ) -> Result<(CudaTensor<E>, Self::MaxPoolContext)> {
-        Ok(ops::pool::max_forward(&self.device, x, params)?)
-    }
-
-    fn max_pool2d_backward(
-        &self,
-        grad_y: &CudaTensor<E>,
-        context: &Self::MaxPoolContext,
-    ) -> Result<CudaTensor<E>> {
-        Ok(ops::pool::max_backward(&self.device, grad_y, context)?)
-    }
-
+impl<E: GpuElement> LinearOps for Cuda<E> {
     fn linear_forward(
         &self,
         x: &CudaTensor<E>,
@@ -649,7 +669,9 @@ impl<E: GpuElement> Backend for Cuda<E> {
             transpose_b,
         )?)
     }
+}
 
+impl<E: GpuElement> AttentionOps for Cuda<E> {
     fn attention_forward(
         &self,
         q_t: CudaTensor<E>,
@@ -683,6 +705,10 @@ impl<E: GpuElement> Backend for Cuda<E> {
             None => attention_backward_in_turn(self, grad_o_t, kept),
         }
     }
+}
+
+impl<E: GpuElement> LossOps for Cuda<E> {
+    type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
 
     fn cross_entropy_loss(
         &self,
@@ -715,7 +741,9 @@ impl<E: GpuElement> Backend for Cuda<E> {
     ) -> Result<CudaTensor<E>> {
         Ok(ops::loss::backward(&self.device, context, grad_loss)?)
     }
+}
 
+impl<E: GpuElement> OptimOps for Cuda<E> {
     fn sgd_step(
         &self,
         param: &CudaTensor<E>,

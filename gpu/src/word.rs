@@ -1,4 +1,4 @@
-//! [`DeviceWord`], the CUDA backend's `Backend::Word`: a fingerprint chain or a count that lives
+//! [`DeviceWord`], the CUDA backend's `WordOps::Word`: a fingerprint chain or a count that lives
 //! on the device, so that folding a fingerprint into it and comparing two of them never wait for
 //! the stream (docs/ARCHITECTURE.md, host-device round trips).
 //!

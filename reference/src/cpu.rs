@@ -1,5 +1,5 @@
 //! The CPU reference backend: [`Backend`] and [`Compute`] over `ndarray`, every kernel in
-//! [`crate::ops`].
+//! [`crate::ops`], one impl block per op trait in the order of `crate::contract::backend`.
 //!
 //! Deterministic by construction: every reduction runs in a fixed order that does not depend on
 //! the number of rayon threads, so outputs and gradients are bitwise identical with 1 or N threads
@@ -17,10 +17,11 @@ use std::marker::PhantomData;
 use ndarray::{ArcArray, IxDyn};
 
 use crate::contract::{
-    AdamWParams, AdamWState, Backend, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
-    BatchStats, Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig,
-    Pool2dParams, Precision, Result, RunningStats, SgdParams, SgdState, fingerprint,
+    AdamWParams, AdamWState, BatchNormGrads, BatchNormParams, BatchNormTrainOutput, BatchStats,
+    Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig, Pool2dParams,
+    Precision, Result, RunningStats, SgdParams, SgdState, fingerprint,
 };
+use crate::prelude::*;
 use crate::{memory, ops};
 
 /// A CPU tensor: a shared, row-major `ndarray`; `clone` shares the data.
@@ -69,16 +70,10 @@ impl<E> Clone for Cpu<E> {
     }
 }
 
-impl<E: Element> Backend for Cpu<E> {
+impl<E: Element> TensorOps for Cpu<E> {
     type Elem = E;
     type Tensor = CpuTensor<E>;
-    type NeuronContext = ops::neuron::NeuronContext<E>;
-    type Conv2dContext = ops::conv::Conv2dContext<E>;
-    type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
-    type MaxPoolContext = ops::pool::MaxPoolContext;
-    type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
     type Kept = CpuTensor<E>;
-    type Word = u64;
 
     fn name(&self) -> String {
         format!("cpu-{}", E::DTYPE)
@@ -154,6 +149,31 @@ impl<E: Element> Backend for Cpu<E> {
         ops::tensor::quantize(x, k)
     }
 
+    fn count_non_finite(&self, tensors: &[&CpuTensor<E>]) -> Result<u64> {
+        Ok(ops::tensor::count_non_finite(tensors))
+    }
+
+    fn sum_leading(&self, x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
+        ops::tensor::sum_leading(x)
+    }
+
+    fn mean_axes(&self, x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
+        ops::tensor::mean_axes(x, axes)
+    }
+
+    fn mean_axes_backward(
+        &self,
+        grad_y: &CpuTensor<E>,
+        input_shape: &[usize],
+        axes: &[usize],
+    ) -> Result<CpuTensor<E>> {
+        ops::tensor::mean_axes_backward(grad_y, input_shape, axes)
+    }
+}
+
+impl<E: Element> WordOps for Cpu<E> {
+    type Word = u64;
+
     fn fingerprint(&self, x: &CpuTensor<E>) -> Result<u64> {
         Ok(ops::tensor::fingerprint(x))
     }
@@ -175,27 +195,10 @@ impl<E: Element> Backend for Cpu<E> {
     fn read_word(&self, word: &u64) -> Result<u64> {
         Ok(*word)
     }
+}
 
-    fn count_non_finite(&self, tensors: &[&CpuTensor<E>]) -> Result<u64> {
-        Ok(ops::tensor::count_non_finite(tensors))
-    }
-
-    fn sum_leading(&self, x: &CpuTensor<E>) -> Result<CpuTensor<E>> {
-        ops::tensor::sum_leading(x)
-    }
-
-    fn mean_axes(&self, x: &CpuTensor<E>, axes: &[usize]) -> Result<CpuTensor<E>> {
-        ops::tensor::mean_axes(x, axes)
-    }
-
-    fn mean_axes_backward(
-        &self,
-        grad_y: &CpuTensor<E>,
-        input_shape: &[usize],
-        axes: &[usize],
-    ) -> Result<CpuTensor<E>> {
-        ops::tensor::mean_axes_backward(grad_y, input_shape, axes)
-    }
+impl<E: Element> NeuronOps for Cpu<E> {
+    type NeuronContext = ops::neuron::NeuronContext<E>;
 
     fn neuron_forward(
         &self,
@@ -221,6 +224,10 @@ impl<E: Element> Backend for Cpu<E> {
     ) -> Result<CpuTensor<E>> {
         ops::neuron::backward(&grad_spikes, context, config)
     }
+}
+
+impl<E: Element> ConvOps for Cpu<E> {
+    type Conv2dContext = ops::conv::Conv2dContext<E>;
 
     fn conv2d_forward(
         &self,
@@ -252,6 +259,10 @@ impl<E: Element> Backend for Cpu<E> {
             bias: grads.bias,
         })
     }
+}
+
+impl<E: Element> BatchNormOps for Cpu<E> {
+    type BatchNormContext = ops::batch_norm::BatchNormContext<E>;
 
     fn batch_norm_train_forward(
         &self,
@@ -298,6 +309,10 @@ impl<E: Element> Backend for Cpu<E> {
     ) -> Result<RunningStats<CpuTensor<E>>> {
         ops::batch_norm::update_running_stats(running, batch, params)
     }
+}
+
+impl<E: Element> PoolOps for Cpu<E> {
+    type MaxPoolContext = ops::pool::MaxPoolContext;
 
     fn avg_pool2d_forward(&self, x: &CpuTensor<E>, params: Pool2dParams) -> Result<CpuTensor<E>> {
         ops::pool::avg_forward(x, params)
@@ -327,7 +342,12 @@ impl<E: Element> Backend for Cpu<E> {
     ) -> Result<CpuTensor<E>> {
         ops::pool::max_backward(grad_y, context)
     }
+}
 
+/// The chains run their ops in turn (the defaults).
+impl<E: Element> ConvBatchNormOps for Cpu<E> {}
+
+impl<E: Element> LinearOps for Cpu<E> {
     fn linear_forward(
         &self,
         x: &CpuTensor<E>,
@@ -361,6 +381,13 @@ impl<E: Element> Backend for Cpu<E> {
     ) -> Result<CpuTensor<E>> {
         ops::linear::batched_matmul(&self.operand(a), &self.operand(b), transpose_a, transpose_b)
     }
+}
+
+/// The products run in turn (the defaults).
+impl<E: Element> AttentionOps for Cpu<E> {}
+
+impl<E: Element> LossOps for Cpu<E> {
+    type CrossEntropyContext = ops::loss::CrossEntropyContext<E>;
 
     fn cross_entropy_loss(
         &self,
@@ -387,7 +414,9 @@ impl<E: Element> Backend for Cpu<E> {
     ) -> Result<CpuTensor<E>> {
         ops::loss::backward(context, grad_loss)
     }
+}
 
+impl<E: Element> OptimOps for Cpu<E> {
     fn sgd_step(
         &self,
         param: &CpuTensor<E>,

@@ -9,21 +9,24 @@
 //! Layout: [`contract`] holds what both backends share (the CUDA backend depends on it and on
 //! nothing else of this crate), [`ops`] the CPU kernels (one module per op family, twin of
 //! `gpu/src/ops/`), [`cpu`] the [`Backend`] implementation over those kernels, [`memory`] the
-//! byte accounting and [`testing`] the finite-difference tools.
+//! byte accounting and [`testing`] the finite-difference tools. [`prelude`] brings every op
+//! trait into scope, for code that calls ops on a concrete backend such as [`Cpu`].
 
 pub mod contract;
 pub mod cpu;
 pub mod memory;
 pub mod ops;
+pub mod prelude;
 pub mod testing;
 
 pub use contract::{
-    AdamWParams, AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AvgPoolGrad, Backend,
-    BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormParams, BatchNormTrainOutput,
-    BatchStats, Combine, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads,
-    ConvBatchNormTrainOutput, ConvKind, DType, DeviceError, Element, Firing, LinearGrads,
-    NeuronBackward, NeuronConfig, NeuronFire, NeuronKept, NeuronKind, NeuronSource, Onto, OpError,
-    Pool2dParams, Precision, Result, RunningStats, SgdParams, SgdState, SgdTensors, Surrogate,
-    TransferCounts, TransfersPerStep,
+    AdamWParams, AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AttentionOps,
+    AvgPoolGrad, Backend, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormOps,
+    BatchNormParams, BatchNormTrainOutput, BatchStats, Combine, Compute, Conv2dGrads, Conv2dParams,
+    ConvBatchNormGrads, ConvBatchNormOps, ConvBatchNormTrainOutput, ConvKind, ConvOps, DType,
+    DeviceError, Element, Firing, LinearGrads, LinearOps, LossOps, NeuronBackward, NeuronConfig,
+    NeuronFire, NeuronKept, NeuronKind, NeuronOps, NeuronSource, Onto, OpError, OptimOps,
+    Pool2dParams, PoolOps, Precision, Result, RunningStats, SgdParams, SgdState, SgdTensors,
+    Surrogate, TensorOps, TransferCounts, TransfersPerStep, WordOps,
 };
 pub use cpu::{Cpu, CpuTensor};

@@ -5,10 +5,11 @@
 use ndarray::{ArcArray, IxDyn};
 use proptest::prelude::*;
 use revsnn_reference::ops::batch_norm::{self, BatchNormContext};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchNormParams, BatchStats, Conv2dParams, ConvKind, Cpu, CpuTensor,
-    Element, OpError, RunningStats,
+    BatchNormAffine, BatchNormParams, BatchStats, Conv2dParams, ConvKind, Cpu, CpuTensor, Element,
+    OpError, RunningStats,
 };
 
 const FD_STEP: f64 = 1e-6;

@@ -6,8 +6,9 @@
 
 use ndarray::{ArcArray, IxDyn};
 use proptest::prelude::*;
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
-use revsnn_reference::{Backend, Conv2dParams, Cpu, CpuTensor, Element, OpError};
+use revsnn_reference::{Conv2dParams, Cpu, CpuTensor, Element, OpError};
 
 const FD_STEP: f64 = 1e-3;
 const FD_TOLERANCE: f64 = 1e-6;

@@ -1,10 +1,11 @@
 //! conv1d through the `Backend` trait's default methods (a 1x1 conv2d on `[N, C, L, 1]`,
 //! docs/architectures.md §4.0): forward against a direct sum and every gradient against central finite differences of
-//! `L = <dy, y>` in f64 (relative L2 error <= 1e-6). These go through `Backend::reshape`.
+//! `L = <dy, y>` in f64 (relative L2 error <= 1e-6). These go through `TensorOps::reshape`.
 
 use ndarray::{ArcArray, IxDyn};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
-use revsnn_reference::{Backend, Cpu, CpuTensor, OpError};
+use revsnn_reference::{Cpu, CpuTensor, OpError};
 
 const FD_STEP: f64 = 1e-3;
 const FD_TOLERANCE: f64 = 1e-6;

@@ -6,8 +6,9 @@
 use ndarray::{ArcArray, IxDyn};
 use proptest::prelude::*;
 use revsnn_reference::ops::loss::{self, CrossEntropyContext, Targets};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, relative_error};
-use revsnn_reference::{Backend, Cpu, CpuTensor, Element, OpError};
+use revsnn_reference::{Cpu, CpuTensor, Element, OpError};
 
 const FD_STEP: f64 = 1e-5;
 const FD_TOLERANCE: f64 = 1e-6;

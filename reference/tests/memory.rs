@@ -1,8 +1,9 @@
 //! The counting allocator: live and peak bytes follow allocations, and `reset_peak` restarts the
 //! peak from what is live. One test in its own binary, so no other test allocates concurrently.
 
+use revsnn_reference::Cpu;
 use revsnn_reference::memory::{self, CountingAllocator};
-use revsnn_reference::{Backend, Cpu};
+use revsnn_reference::prelude::*;
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;

@@ -7,9 +7,10 @@
 //! differences: f64, relative L2 error <= 1e-6.
 
 use proptest::prelude::*;
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
 use revsnn_reference::{
-    Backend, Cpu, Element, Firing, NeuronConfig, NeuronKept, NeuronKind, OpError, Surrogate,
+    Cpu, Element, Firing, NeuronConfig, NeuronKept, NeuronKind, OpError, Surrogate,
 };
 
 /// Spikes, h and dL/dx of one multi-step neuron layer, written from docs/neurons.md §2.2 and 2.4.
@@ -177,7 +178,7 @@ fn currents_and_gradient<E: Element>(
     cpu: &Cpu<E>,
     shape: &[usize],
     seed: u64,
-) -> (<Cpu<E> as Backend>::Tensor, <Cpu<E> as Backend>::Tensor) {
+) -> (<Cpu<E> as TensorOps>::Tensor, <Cpu<E> as TensorOps>::Tensor) {
     let mut rng = SplitMix64::new(seed);
     let mut tensor = |std: f64| {
         let values = rng.normal_vec(shape.iter().product(), std);

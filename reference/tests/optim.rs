@@ -1,10 +1,11 @@
 //! Optimizer updates against PyTorch's update rules written out per element in the test, over
 //! several steps, in f64 (exact: the same operations in the same order) and f32.
 
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::SplitMix64;
-use revsnn_reference::{AdamWParams, Backend, Cpu, SgdParams};
+use revsnn_reference::{AdamWParams, Cpu, SgdParams};
 
-fn tensor(cpu: &Cpu<f64>, values: &[f64]) -> <Cpu<f64> as Backend>::Tensor {
+fn tensor(cpu: &Cpu<f64>, values: &[f64]) -> <Cpu<f64> as TensorOps>::Tensor {
     cpu.tensor_from_vec(&[values.len()], values.to_vec())
         .unwrap()
 }

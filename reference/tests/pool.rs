@@ -6,8 +6,9 @@
 use ndarray::{ArcArray, IxDyn};
 use proptest::prelude::*;
 use revsnn_reference::ops::pool::{self, MaxPoolContext};
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
-use revsnn_reference::{Backend, Cpu, CpuTensor, Element, OpError, Pool2dParams};
+use revsnn_reference::{Cpu, CpuTensor, Element, OpError, Pool2dParams};
 
 const FD_STEP: f64 = 1e-6;
 const FD_TOLERANCE: f64 = 1e-6;

@@ -3,8 +3,9 @@
 //! `L = <dy, y>`), proptest over odd shapes, thread-count determinism and bad input.
 
 use proptest::prelude::*;
+use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
-use revsnn_reference::{Backend, Cpu, CpuTensor, OpError};
+use revsnn_reference::{Cpu, CpuTensor, OpError};
 
 type T64 = CpuTensor<f64>;
 

@@ -187,6 +187,7 @@ mod tests {
     use std::time::Duration;
 
     use revsnn_reference::Cpu;
+    use revsnn_reference::TensorOps;
     use revsnn_reference::testing::SplitMix64;
 
     use super::*;
@@ -196,7 +197,7 @@ mod tests {
     use crate::spec::ModelSpec;
 
     type Cpu64 = Cpu<f64>;
-    type CpuTensor = <Cpu64 as Backend>::Tensor;
+    type CpuTensor = <Cpu64 as TensorOps>::Tensor;
 
     /// A group of one rank that records the values of every bucket started, in order.
     #[derive(Default)]

@@ -232,6 +232,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use revsnn_reference::Cpu;
+    use revsnn_reference::TensorOps;
 
     use super::*;
 

@@ -10,8 +10,8 @@ use revsnn_reference::contract::shapes::Conv2dGeometry;
 pub use revsnn_reference::contract::{flatten_time, unflatten_time};
 use revsnn_reference::{
     AvgPoolGrad, Backend, BatchNormAffine, BatchNormParams, BatchStats, ConvBatchNormGrads,
-    ConvBatchNormTrainOutput, NeuronBackward, NeuronConfig, NeuronFire, NeuronSource, Onto,
-    OpError, Pool2dParams, RunningStats,
+    ConvBatchNormTrainOutput, NeuronBackward, NeuronConfig, NeuronFire, NeuronOps, NeuronSource,
+    Onto, OpError, Pool2dParams, RunningStats, TensorOps,
 };
 
 use super::compose::{SeqToAnn, handed_on_flat};
@@ -65,7 +65,7 @@ impl Neuron {
 
 impl Neuron {
     /// The backward with the context where `source` finds it, kept or made again from the
-    /// BatchNorm before (`Backend::neuron_backward_from_source`, docs/neurons.md §2.4.2); `T`
+    /// BatchNorm before (`NeuronOps::neuron_backward_from_source`, docs/neurons.md §2.4.2); `T`
     /// unflattens that BatchNorm's `[T B, ...]` output.
     pub(super) fn backward_from_source<B: Backend>(
         &self,
@@ -174,7 +174,7 @@ impl<B: Backend> BatchNormSaved<B> {
     }
 
     /// The op's own context, with which the backward of the convolution before this BatchNorm
-    /// runs as one op with it ([`Backend::conv_batch_norm_backward`]); else `self` back.
+    /// runs as one op with it ([`ConvBatchNormOps::conv_batch_norm_backward`]); else `self` back.
     fn into_local(self) -> std::result::Result<B::BatchNormContext, Self> {
         match self {
             BatchNormSaved::Local(context) => Ok(context),
@@ -362,11 +362,12 @@ impl<B: Backend> Layer<B> for Conv {
 /// A convolution followed by a BatchNorm, over the time-flattened `[T B, C, ...]` (the
 /// `SeqToANNContainer(conv, BN)` of every model). In training with local statistics, the
 /// convolution (bias or not) and its BatchNorm run as one op,
-/// [`Backend::conv_batch_norm_train_forward`], which a backend may fuse (docs/precision.md
-/// §"Convolution outputs"); otherwise the two layers run in turn. The backward of a convolution
-/// and a local BatchNorm is one op too, [`Backend::conv_batch_norm_backward`]; with synchronised
-/// statistics it is the two layers'. A neuron after it, in training with local statistics, fires
-/// within one op too ([`ConvBn::forward_then_fire`]).
+/// [`ConvBatchNormOps::conv_batch_norm_train_forward`](revsnn_reference::ConvBatchNormOps::conv_batch_norm_train_forward),
+/// which a backend may fuse (docs/precision.md §"Convolution outputs"); otherwise the two layers
+/// run in turn. The backward of a convolution and a local BatchNorm is one op too,
+/// [`ConvBatchNormOps::conv_batch_norm_backward`](revsnn_reference::ConvBatchNormOps::conv_batch_norm_backward);
+/// with synchronised statistics it is the two layers'. A neuron after it, in training with local
+/// statistics, fires within one op too ([`ConvBn::forward_then_fire`]).
 #[derive(Clone, Debug)]
 pub struct ConvBn {
     pub conv: Conv,
@@ -422,7 +423,7 @@ impl ConvBn {
     }
 
     /// The one op with `neuron` firing over its output, unflattened by `T`, keeping nothing
-    /// ([`Backend::conv_batch_norm_train_fire`], docs/neurons.md §2.4.3): the spikes.
+    /// ([`ConvBatchNormOps::conv_batch_norm_train_fire`], docs/neurons.md §2.4.3): the spikes.
     fn forward_firing<B: Backend>(
         &self,
         session: &mut Session<B>,
@@ -511,7 +512,8 @@ impl<B: Backend> Layer<B> for ConvBn {
     }
 
     /// The fused op writes its output over the residual where the backend can
-    /// ([`Backend::conv_batch_norm_train_forward_onto`]); the two layers in turn land theirs.
+    /// ([`ConvBatchNormOps::conv_batch_norm_train_forward_onto`](revsnn_reference::ConvBatchNormOps::conv_batch_norm_train_forward_onto));
+    /// the two layers in turn land theirs.
     fn forward_onto(
         &self,
         session: &mut Session<B>,
@@ -549,9 +551,9 @@ impl<B: Backend> Layer<B> for ConvBn {
 /// What a layer followed by a neuron returns ([`ConvBn::forward_then_fire`]): the spikes, the
 /// layer's context `S`, and the neuron's where it keeps one.
 pub(super) type Fired<B, S> = (
-    <B as Backend>::Tensor,
+    <B as TensorOps>::Tensor,
     S,
-    Option<<B as Backend>::NeuronContext>,
+    Option<<B as NeuronOps>::NeuronContext>,
 );
 
 impl SeqToAnn<ConvBn> {
@@ -571,10 +573,11 @@ impl SeqToAnn<ConvBn> {
     }
 }
 
-/// `SN -> SeqToANN(conv -> BN)` over `[T, B, C, ...]`: the spiking convolution every model
-/// stacks. It runs as the tuple of its two parts, except that where [`ConvBn`]'s backward is
-/// one op, the neuron's backward joins it: [`Backend::spiking_conv_batch_norm_backward`], which
-/// a backend may fuse so that no `f32` `dL/ds` is written (docs/memory.md §9.6).
+/// `SN -> SeqToANN(conv -> BN)` over `[T, B, C, ...]`: the spiking convolution every model stacks.
+/// It runs as the tuple of its two parts, except that where [`ConvBn`]'s backward is one op, the
+/// neuron's backward joins it:
+/// [`ConvBatchNormOps::spiking_conv_batch_norm_backward`](revsnn_reference::ConvBatchNormOps::spiking_conv_batch_norm_backward),
+/// which a backend may fuse so that no `f32` `dL/ds` is written (docs/memory.md §9.6).
 #[derive(Clone, Debug)]
 pub struct SpikingConvBn {
     pub neuron: Neuron,
@@ -683,7 +686,7 @@ impl SpikingConvPair {
 /// What [`SpikingConvPair`]'s backward needs of its first layer and SN2.
 type PairSaved<B> = (
     <SpikingConvBn as Layer<B>>::Saved,
-    Option<<B as Backend>::NeuronContext>,
+    Option<<B as NeuronOps>::NeuronContext>,
 );
 
 impl<B: Backend> Layer<B> for SpikingConvPair {
@@ -805,10 +808,12 @@ impl<B: Backend> Layer<B> for AvgPool {
 
 /// A [`ConvBn`] and the [`AvgPool`] after it (RevSResNet24's event stem, docs/architectures.md
 /// §4.3). Where the [`ConvBn`] runs as one op (training, the batch's own statistics), so do the
-/// three: forward [`Backend::conv_batch_norm_train_avg_pool`], backward
-/// [`Backend::avg_pool_conv_batch_norm_backward`], which a backend may run without a tensor for
-/// the BatchNorm's output or the pool's `dx` (docs/memory.md §9.6); elsewhere the layers in
-/// turn.
+/// three: forward
+/// [`ConvBatchNormOps::conv_batch_norm_train_avg_pool`](revsnn_reference::ConvBatchNormOps::conv_batch_norm_train_avg_pool),
+/// backward
+/// [`ConvBatchNormOps::avg_pool_conv_batch_norm_backward`](revsnn_reference::ConvBatchNormOps::avg_pool_conv_batch_norm_backward),
+/// which a backend may run without a tensor for the BatchNorm's output or the pool's `dx`
+/// (docs/memory.md §9.6); elsewhere the layers in turn.
 #[derive(Clone, Debug)]
 pub struct ConvBnAvgPool {
     pub conv_bn: ConvBn,

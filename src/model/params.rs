@@ -182,7 +182,8 @@ impl<B: Backend> ParamStore<B> {
     }
 
     /// The NaN and infinite values over every tensor of the store (parameters and running
-    /// statistics), counted by one backend reduction ([`Backend::count_non_finite`]) and read
+    /// statistics), counted by one backend reduction
+    /// ([`TensorOps::count_non_finite`](revsnn_reference::TensorOps::count_non_finite)) and read
     /// back once.
     pub fn count_non_finite(&self, backend: &B) -> Result<u64> {
         let tensors: Vec<&B::Tensor> = self.entries.iter().filter_map(Entry::tensor).collect();

@@ -103,7 +103,7 @@ pub struct OuterProbes<B: Backend> {
 
 impl<B: Backend> Probes<B> {
     /// The word into which a neuron layer folds the fingerprint of the spikes it fires
-    /// (`Backend::neuron_forward_fingerprinted`), when a run records one.
+    /// (`NeuronOps::neuron_forward_fingerprinted`), when a run records one.
     pub fn spike_fingerprint_mut(&mut self) -> Option<&mut B::Word> {
         self.spike_fingerprint.as_mut()
     }

@@ -13,7 +13,7 @@
 //! the float type, so the inverse reconstructs every input bit for bit (the rounding's gradient
 //! is taken as the identity).
 
-use revsnn_reference::{Backend, DType, Element, Onto};
+use revsnn_reference::{Backend, DType, Element, Onto, WordOps};
 
 use super::layers::KeepInput;
 use super::probes::BlockRecord;
@@ -116,7 +116,7 @@ pub enum SequenceSaved<B: Backend, FS, GS> {
 }
 
 /// The spike fingerprints of one block's F and G runs, kept where the backend computes.
-type FingerprintPair<B> = (Option<<B as Backend>::Word>, Option<<B as Backend>::Word>);
+type FingerprintPair<B> = (Option<<B as WordOps>::Word>, Option<<B as WordOps>::Word>);
 
 /// The channel axis of `[T, B, C, ...]`.
 const CHANNEL_AXIS: usize = 2;

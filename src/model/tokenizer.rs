@@ -6,7 +6,7 @@
 //! (docs/neurons.md §2.4.2), and the forward fires it within the stage before, over that output
 //! as it is made (§2.4.3). The same gradients, bit for bit, as the stages in turn.
 
-use revsnn_reference::{Backend, OpError};
+use revsnn_reference::{Backend, NeuronOps, OpError};
 
 use super::compose::{SeqToAnn, handed_on_flat};
 use super::layers::{BatchNorm, ConvBn, Fired, MaxPool, Neuron};
@@ -56,7 +56,7 @@ pub struct Tokenizer {
 
 /// What a stage's backward needs: its neuron's context, none where the neuron kept nothing or
 /// the stage has none, and the body's.
-type StageSaved<B> = (Option<<B as Backend>::NeuronContext>, BodySaved<B>);
+type StageSaved<B> = (Option<<B as NeuronOps>::NeuronContext>, BodySaved<B>);
 
 impl<B: Backend> Layer<B> for Tokenizer {
     type Saved = Vec<StageSaved<B>>;

@@ -8,6 +8,7 @@ use revsnn::model::layers::BatchNorm;
 use revsnn::model::{EntryKind, Grads, Layer, Mode, ParamId, ParamStore, Session};
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::{each_conv_engine, with_peak_rise};
+use revsnn_reference::TensorOps;
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{Backend, Element, Precision};
 
@@ -121,8 +122,8 @@ pub fn footprint<L: Layer<Cuda<f32>>>(
     layer: &L,
     store: &ParamStore<Cuda<f32>>,
     (x, dy): (
-        <Cuda<f32> as Backend>::Tensor,
-        <Cuda<f32> as Backend>::Tensor,
+        <Cuda<f32> as TensorOps>::Tensor,
+        <Cuda<f32> as TensorOps>::Tensor,
     ),
 ) -> (usize, usize) {
     let mut store = fresh_copy(gpu, store);

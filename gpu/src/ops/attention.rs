@@ -1,5 +1,5 @@
 //! Spiking self-attention's products as one op under a 16-bit precision
-//! (`Backend::attention_forward`, `attention_backward`; docs/precision.md §"Attention"), the
+//! (`AttentionOps::attention_forward`, `attention_backward`; docs/precision.md §"Attention"), the
 //! twin of the contract's `attention_forward_in_turn` and `attention_backward_in_turn`, which
 //! run under `f32` and `f64`. Each operand's 16-bit patterns are made once, from its spike bits
 //! where it is kept so, though two products read each of `q^T`, `k^T` and `d(o^T)`; the scores
@@ -26,7 +26,7 @@ struct Product {
 }
 
 impl Product {
-    /// `op(a) op(b)` of operands shaped `a` and `b` (`Backend::batched_matmul`'s rules), or the
+    /// `op(a) op(b)` of operands shaped `a` and `b` (`LinearOps::batched_matmul`'s rules), or the
     /// reference's shape error.
     fn new(
         a: &[usize],
@@ -73,7 +73,7 @@ impl Product {
 }
 
 /// `attn = (q^T)^T k^T`, then `o^T = v^T attn^T` under `format` (docs/architectures.md §4.0), the
-/// operands `[..., d, N]` kept as `Backend::keep` keeps them (spikes one bit each) and freed
+/// operands `[..., d, N]` kept as `TensorOps::keep` keeps them (spikes one bit each) and freed
 /// before the products run; the scores exist only in 16 bits. Returns `o^T` and the kept
 /// operands. Errors as the products in turn do.
 pub fn forward<E: GpuElement>(

@@ -1,5 +1,5 @@
 //! A convolution and the training BatchNorm after it as one op, forward and backward
-//! (`Backend::conv_batch_norm_train_forward`, `conv_batch_norm_train_fire` and
+//! (`ConvBatchNormOps::conv_batch_norm_train_forward`, `conv_batch_norm_train_fire` and
 //! `conv_batch_norm_backward`; docs/precision.md §"Convolution outputs"). Under `bf16` and `fp16`
 //! the forward's BatchNorm reads and keeps the convolution's 16-bit sums, and its bias when it
 //! has one, which its kernels add as they load each sum ([`SavedInput::BiasedHalf`]), so the
@@ -34,11 +34,11 @@ pub type ConvBatchNormOutput<E> =
 
 /// `batch_norm_train_forward(conv(x, weight) (+ bias))` for a convolution of `kind`, with its
 /// `bias` when it has one (a 1-D one runs as the 1x1 2-D convolution of
-/// `Backend::conv1d_forward`), with both contexts;
+/// `ConvOps::conv1d_forward`), with both contexts;
 /// `x` is dropped before the BatchNorm allocates, spikes as soon as their bits exist (the
 /// convolution's context keeps what it needs of it). With `onto`, the output lands on its
 /// residual, over the residual's buffer when nothing else holds it
-/// (`Backend::conv_batch_norm_train_forward_onto`). Errors as the two ops do.
+/// (`ConvBatchNormOps::conv_batch_norm_train_forward_onto`). Errors as the two ops do.
 pub fn train_forward<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
@@ -60,11 +60,12 @@ pub fn train_forward<E: GpuElement>(
 }
 
 /// [`train_forward`], the convolution with its `bias` when it has one, with the neuron `fire`
-/// firing over the BatchNorm's output keeping nothing (`Backend::conv_batch_norm_train_fire`):
-/// the BatchNorm computes its statistics only, and the neuron's kernel maps its input as it
-/// reads it ([`neuron::fire_from_normalised`]), so the BatchNorm's output is never written; `y`
-/// is the spikes `[T, B, ...]`, the bits of [`conv::forward`], [`batch_norm::train_forward`] and
-/// the neuron's forward in turn. Errors as those do.
+/// firing over the BatchNorm's output keeping nothing
+/// (`ConvBatchNormOps::conv_batch_norm_train_fire`): the BatchNorm computes its statistics only,
+/// and the neuron's kernel maps its input as it reads it ([`neuron::fire_from_normalised`]), so the
+/// BatchNorm's output is never written; `y` is the spikes `[T, B, ...]`, the bits of
+/// [`conv::forward`], [`batch_norm::train_forward`] and the neuron's forward in turn. Errors as
+/// those do.
 pub fn train_fire<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
@@ -82,10 +83,10 @@ pub fn train_fire<E: GpuElement>(
 
 /// [`train_forward`] (the convolution with its `bias` when it has one), then the average pool
 /// `pool` of the BatchNorm's output made as it is read
-/// (`Backend::conv_batch_norm_train_avg_pool`): the BatchNorm computes its statistics only and
-/// the pool's kernel maps its input as it reads it ([`pool::avg_forward_from_normalised`]), so
-/// the BatchNorm's output is never written; `y` is the pooled output, the bits of
-/// [`train_forward`] then [`pool::avg_forward`]. Errors as those do.
+/// (`ConvBatchNormOps::conv_batch_norm_train_avg_pool`): the BatchNorm computes its statistics only
+/// and the pool's kernel maps its input as it reads it ([`pool::avg_forward_from_normalised`]), so
+/// the BatchNorm's output is never written; `y` is the pooled output, the bits of [`train_forward`]
+/// then [`pool::avg_forward`]. Errors as those do.
 pub fn train_avg_pool<E: GpuElement>(
     device: &GpuDevice,
     x: CudaTensor<E>,
@@ -169,11 +170,11 @@ pub fn backward<E: GpuElement>(
 }
 
 /// [`backward`] from the gradient of an average pool after the BatchNorm
-/// (`Backend::avg_pool_conv_batch_norm_backward`): where the BatchNorm's context alone holds
-/// the convolution's 16-bit output, its backward makes the pool's `dx` as it reads it
-/// ([`GradSource::AvgPooled`]), so no tensor of the BatchNorm's output size holds it; else
-/// the pool's backward, then [`backward`]. Either way the bits of
-/// [`super::pool::avg_backward`] then [`backward`]. Errors as those do.
+/// (`ConvBatchNormOps::avg_pool_conv_batch_norm_backward`): where the BatchNorm's context alone
+/// holds the convolution's 16-bit output, its backward makes the pool's `dx` as it reads it
+/// ([`GradSource::AvgPooled`]), so no tensor of the BatchNorm's output size holds it; else the
+/// pool's backward, then [`backward`]. Either way the bits of [`super::pool::avg_backward`] then
+/// [`backward`]. Errors as those do.
 pub fn avg_pool_backward<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,
@@ -200,12 +201,13 @@ fn backward_widened<E: GpuElement>(
 }
 
 /// [`backward`], then the backward of the neuron whose spikes the convolution read
-/// (`Backend::spiking_conv_batch_norm_backward`), `neuron_backward`, from the convolution's
-/// 16-bit `dx` and its flat shape `[T B, ...]`: the neuron reads those patterns as its `dL/ds`
-/// ([`super::neuron::backward_from_half`], [`super::neuron::backward_from_half_normalised`]), so no `f32`
-/// `dL/ds` is written; the bits of [`backward`] then the neuron's backward. It runs once the
-/// convolution's passes have freed their buffers, so a context made again (docs/neurons.md
-/// §2.4.2) is not held beside them. Errors as those do.
+/// (`ConvBatchNormOps::spiking_conv_batch_norm_backward`), `neuron_backward`, from the
+/// convolution's 16-bit `dx` and its flat shape `[T B, ...]`: the neuron reads those patterns as
+/// its `dL/ds` ([`super::neuron::backward_from_half`],
+/// [`super::neuron::backward_from_half_normalised`]), so no `f32` `dL/ds` is written; the bits of
+/// [`backward`] then the neuron's backward. It runs once the convolution's passes have freed their
+/// buffers, so a context made again (docs/neurons.md §2.4.2) is not held beside them. Errors as
+/// those do.
 pub fn spiking_backward<E: GpuElement>(
     device: &GpuDevice,
     format: HalfFormat,

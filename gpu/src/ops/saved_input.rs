@@ -59,7 +59,7 @@ impl<E: GpuElement> SavedInput<E> {
     }
 
     /// `x` in its most compact exact form, as a convolution keeps it for its weight gradient
-    /// (and `Backend::keep` any tensor): a bit per element when `x` is spikes, else as
+    /// (and `TensorOps::keep` any tensor): a bit per element when `x` is spikes, else as
     /// [`SavedInput::exact`] keeps it.
     pub fn compact(device: &GpuDevice, x: &CudaTensor<E>) -> Result<SavedInput<E>, GpuError> {
         if !x.is_spikes() {

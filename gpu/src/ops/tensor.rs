@@ -871,8 +871,9 @@ mod tests {
     //! The walks, replayed on the host exactly as tensor.cu's kernels walk them, against the
     //! reference's ops (no GPU needed).
 
+    use revsnn_reference::prelude::*;
     use revsnn_reference::testing::SplitMix64;
-    use revsnn_reference::{Backend, Cpu, CpuTensor};
+    use revsnn_reference::{Cpu, CpuTensor};
 
     use super::*;
 

@@ -53,7 +53,7 @@ pub fn from_hashed_sum(shape_hash: u64, sum: u64) -> u64 {
 }
 
 /// `word` with `fingerprint` folded in, `rotl(word, 5) ^ fingerprint`: the fold of
-/// `Backend::fold_fingerprint` on both backends (a CUDA device word folds its pending sums with
+/// `WordOps::fold_fingerprint` on both backends (a CUDA device word folds its pending sums with
 /// it when read on the host).
 pub fn fold(word: u64, fingerprint: u64) -> u64 {
     word.rotate_left(5) ^ fingerprint

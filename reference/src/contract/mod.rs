@@ -3,8 +3,9 @@
 //! and the CUDA backend (`revsnn-gpu`) depend on this module and on nothing of each other, so
 //! the two accept and reject the same operands with the same messages.
 //!
-//! - [`backend`]: the [`Backend`] trait, one forward returning its context and one backward per
-//!   op, and the gradient and statistics types its ops return.
+//! - [`backend`]: the op traits, one per op family ([`TensorOps`], [`NeuronOps`], [`ConvOps`],
+//!   ...), each op a forward returning its context and a backward, with the gradient and
+//!   statistics types its ops return; [`Backend`] is all of them.
 //! - [`compute`]: [`Compute`], synchronisation and peak memory, what the commands need besides.
 //! - [`params`]: the op parameters with their validation.
 //! - [`shapes`]: the shape rules, one module per op family (the checked sizes of a convolution,
@@ -25,11 +26,12 @@ pub mod precision;
 pub mod shapes;
 
 pub use backend::{
-    AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AvgPoolGrad, Backend,
-    BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormTrainOutput,
-    BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormTrainOutput, LinearGrads,
-    NeuronBackward, NeuronFire, NeuronKept, NeuronSource, Onto, RunningStats, SgdState, SgdTensors,
-    attention_backward_in_turn, attention_forward_in_turn,
+    AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AttentionOps, AvgPoolGrad, Backend,
+    BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormMode, BatchNormOps,
+    BatchNormTrainOutput, BatchStats, Combine, Conv2dGrads, ConvBatchNormGrads, ConvBatchNormOps,
+    ConvBatchNormTrainOutput, ConvOps, LinearGrads, LinearOps, LossOps, NeuronBackward, NeuronFire,
+    NeuronKept, NeuronOps, NeuronSource, Onto, OptimOps, PoolOps, RunningStats, SgdState,
+    SgdTensors, TensorOps, WordOps, attention_backward_in_turn, attention_forward_in_turn,
     avg_pool_conv_batch_norm_backward_in_turn, conv_batch_norm_backward_in_turn,
     conv_batch_norm_train_avg_pool_in_turn, conv_batch_norm_train_fire_in_turn,
     conv_batch_norm_train_forward_in_turn, flatten_time, neuron_backward_from_source_in_turn,

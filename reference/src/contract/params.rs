@@ -191,8 +191,8 @@ impl Conv2dParams {
     }
 }
 
-/// Which convolution an op runs: [`Backend::conv2d_forward`](crate::Backend::conv2d_forward)
-/// with its geometry, or the 1-D 1x1 [`Backend::conv1d_forward`](crate::Backend::conv1d_forward)
+/// Which convolution an op runs: [`ConvOps::conv2d_forward`](crate::ConvOps::conv2d_forward)
+/// with its geometry, or the 1-D 1x1 [`ConvOps::conv1d_forward`](crate::ConvOps::conv1d_forward)
 /// of the attention (docs/architectures.md §4.0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKind {

@@ -1041,8 +1041,9 @@ mod tests {
 
     use super::*;
     use crate::ops::linear::tests::run_on_host;
+    use revsnn_reference::Cpu;
+    use revsnn_reference::prelude::*;
     use revsnn_reference::testing::{SplitMix64, relative_error};
-    use revsnn_reference::{Backend, Cpu};
 
     /// `im2col` of conv.cu, index for index.
     fn host_im2col(u: &Unfold, x: &[f64]) -> Vec<f64> {
