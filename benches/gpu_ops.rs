@@ -1,9 +1,9 @@
 //! The CUDA backend's heavy ops, forward and backward, at the shapes of a batch-64, T = 4 training
-//! step (docs/architectures.md §4.1-4.5: T·B = 256 images per layer), f32, through the `Backend` trait exactly as
-//! the models call them: where a training step spends its GPU time, op by op. Convolutions run on
-//! each engine the device has (`cudnn/...` and `im2col/...`), in f32 and with TF32 (`.../tf32`);
-//! a convolution and its BatchNorm also in bf16, as two ops and fused, and so the attention's
-//! products.
+//! step (docs/architectures.md §4.1-4.5: T·B = 256 images per layer), f32, through the op traits
+//! exactly as the models call them: where a training step spends its GPU time, op by op.
+//! Convolutions run on each engine the device has (`cudnn/...` and `im2col/...`), in f32 and with
+//! TF32 (`.../tf32`); a convolution and its BatchNorm also in bf16, as two ops and fused, and so
+//! the attention's products.
 //!
 //! Without a GPU it prints `SKIP: no CUDA device` and measures nothing.
 
@@ -19,7 +19,7 @@ use revsnn_reference::contract::{attention_backward_in_turn, attention_forward_i
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::SplitMix64;
 use revsnn_reference::{
-    AdamWParams, BatchNormAffine, BatchNormParams, Compute, Conv2dParams, ConvKind, NeuronConfig,
+    AdamWParams, BatchNormAffine, BatchNormParams, Conv2dParams, ConvKind, NeuronConfig,
     Pool2dParams, Precision,
 };
 

@@ -1,6 +1,6 @@
-//! The CUDA BatchNorm against the CPU reference through the `Backend` trait (docs/design.md
-//! tolerance classes, relative L2 error over each whole tensor): training forward (`y`, batch mean,
-//! unbiased variance), evaluation forward, both backwards (`dx`, `dgamma`, `dbeta`) and the running
+//! The CUDA BatchNorm against the CPU reference through `BatchNormOps` (docs/design.md tolerance
+//! classes, relative L2 error over each whole tensor): training forward (`y`, batch mean, unbiased
+//! variance), evaluation forward, both backwards (`dx`, `dgamma`, `dbeta`) and the running
 //! statistics update, within 1e-5 in f32 and 1e-12 in f64; the contexts' per-channel `f64` mean and
 //! `1 / std` within 1e-12 in both types (both sides accumulate in `f64`, only the summation order
 //! differs). Shapes from 2 values per channel to 2^20 + 2 (many pass-1 chunks) and from 1 to 300

@@ -1,12 +1,12 @@
 //! The CUDA convolution, on each engine (cuDNN and im2col + cuBLAS), against the CPU reference
-//! through the `Backend` trait (docs/design.md, GEMM-based tolerance class): `y`, `dx`, `dw` and `db`
-//! within 1e-4 relative (L2 over the whole tensor) in f32 and 1e-10 in f64, and within 1e-2 with
-//! TF32 allowed; two runs bitwise identical; bad shapes rejected with an error. Cases span 3x3
-//! same convolutions, strides, 1x1 direct and strided, rectangular kernels, padding wider than the
-//! kernel, and a batch large enough to be split into several im2col chunks (the last one
-//! partial), whose workspace must stay within the engine's bound. Skips without a GPU
-//! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`; cuDNN's engine is tested
-//! where cuDNN loads, and its absence fails with `REVSNN_REQUIRE_CUDNN=1`.
+//! through `ConvOps` (docs/design.md, GEMM-based tolerance class): `y`, `dx`, `dw` and `db` within
+//! 1e-4 relative (L2 over the whole tensor) in f32 and 1e-10 in f64, and within 1e-2 with TF32
+//! allowed; two runs bitwise identical; bad shapes rejected with an error. Cases span 3x3 same
+//! convolutions, strides, 1x1 direct and strided, rectangular kernels, padding wider than the
+//! kernel, and a batch large enough to be split into several im2col chunks (the last one partial),
+//! whose workspace must stay within the engine's bound. Skips without a GPU
+//! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`; cuDNN's engine is tested where
+//! cuDNN loads, and its absence fails with `REVSNN_REQUIRE_CUDNN=1`.
 
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::ops::conv::{WORKSPACE_BYTES, cudnn};
@@ -14,7 +14,7 @@ use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{ConvEngine, Cuda};
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Compute, Conv2dParams, Cpu};
+use revsnn_reference::{Conv2dParams, Cpu};
 
 /// `(name, x shape, weight shape, stride, padding, bias)`.
 type Case = (&'static str, [usize; 4], [usize; 4], usize, usize, bool);

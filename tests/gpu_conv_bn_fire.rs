@@ -7,8 +7,8 @@
 //! f64, and in f32, bf16 and fp16 on each convolution engine; for each neuron configuration the
 //! neuron tests sweep; for 1, 4 and 17 steps (the forward holds no step in a thread's memory, so it
 //! has no limit); over a 3x3 and a 1-D convolution, each with and without a bias. A `T` that does
-//! not divide the batch is refused as the ops in turn refuse it. Skips without a GPU (`SKIP: no
-//! CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
+//! not divide the batch is refused as the ops in turn refuse it. Skips without a GPU
+//! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 mod common;
 
@@ -18,7 +18,7 @@ use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::contract::conv_batch_norm_train_fire_in_turn;
 use revsnn_reference::prelude::*;
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchNormParams, Conv2dParams, ConvKind, NeuronConfig, NeuronFire,
+    BatchNormAffine, BatchNormParams, Conv2dParams, ConvKind, NeuronConfig, NeuronFire,
 };
 
 /// Images per time step, and the convolution's channels in and out.

@@ -1,17 +1,17 @@
-//! The CUDA linear layer and batched matmul (cuBLAS) against the CPU reference through the
-//! `Backend` trait (docs/design.md, GEMM-based tolerance class): outputs and gradients within 1e-4
-//! relative (L2 over the whole tensor) in f32 and 1e-10 in f64; two runs bitwise identical; bad
-//! shapes rejected with an error. Linear shapes run from one element to a million-element input
-//! (the bias kernels then span thousands of blocks); batched matmuls cover every transpose
-//! combination, no batch axis, one and two batch axes and the attention products. Skips without
-//! a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
+//! The CUDA linear layer and batched matmul (cuBLAS) against the CPU reference through `LinearOps`
+//! (docs/design.md, GEMM-based tolerance class): outputs and gradients within 1e-4 relative (L2
+//! over the whole tensor) in f32 and 1e-10 in f64; two runs bitwise identical; bad shapes rejected
+//! with an error. Linear shapes run from one element to a million-element input (the bias kernels
+//! then span thousands of blocks); batched matmuls cover every transpose combination, no batch
+//! axis, one and two batch axes and the attention products. Skips without a GPU
+//! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
+use revsnn_reference::Cpu;
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Cpu};
 
 /// `(N, in, out)`; the bias is on for odd `out`.
 const LINEAR: [(usize, usize, usize); 6] = [

@@ -1,18 +1,18 @@
-//! The CUDA cross-entropy losses against the CPU reference, through the `Backend` trait, in f32
-//! and f64: against labels and soft targets, batches of 1 to 4097 rows and 1 to 1001 classes,
-//! ordinary and confident (large) logits. The loss and the gradient (whose values with
-//! `grad_loss = B` are `softmax - targets`, so the softmax is compared too) are held to the
-//! tolerance class of docs/design.md (relative L2 error, f32 <= 1e-5, f64 <= 1e-12; both sides compute
-//! each row's log-sum-exp in f64, the GPU's `exp`/`log1p` are not the host's, so bitwise equality
-//! is not required). Two runs are bitwise identical; bad shapes and labels are errors. Skips
-//! without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
+//! The CUDA cross-entropy losses against the CPU reference, through `LossOps`, in f32 and f64:
+//! against labels and soft targets, batches of 1 to 4097 rows and 1 to 1001 classes, ordinary and
+//! confident (large) logits. The loss and the gradient (whose values with `grad_loss = B` are
+//! `softmax - targets`, so the softmax is compared too) are held to the tolerance class of
+//! docs/design.md (relative L2 error, f32 <= 1e-5, f64 <= 1e-12; both sides compute each row's
+//! log-sum-exp in f64, the GPU's `exp`/`log1p` are not the host's, so bitwise equality is not
+//! required). Two runs are bitwise identical; bad shapes and labels are errors. Skips without a GPU
+//! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::ops::loss::CrossEntropyContext;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Compute, Cpu, DType, Element};
+use revsnn_reference::{Cpu, DType, Element};
 
 const SHAPES: [(usize, usize); 8] = [
     (1, 1),

@@ -22,7 +22,7 @@ use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Compute, Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind};
+use revsnn_reference::{Cpu, Firing, NeuronConfig, NeuronKept, NeuronKind};
 
 /// The sizes every configuration runs at.
 const SIZES: [usize; 3] = [1, 33, 4097];

@@ -9,7 +9,6 @@
 //! Bad shapes and an evaluation context are refused as the ops in turn refuse them. Skips without
 //! a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
-use revsnn_reference::{BatchNormOps, NeuronOps, TensorOps};
 mod common;
 
 use common::layer_pass::{bits, on_each_engine_and_precision, random};
@@ -19,9 +18,10 @@ use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
 use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{BackendNeuronSource, neuron_backward_from_source_in_turn};
+use revsnn_reference::prelude::*;
 use revsnn_reference::{
-    Backend, BatchNormAffine, BatchNormParams, Conv2dParams, ConvKind, NeuronBackward,
-    NeuronConfig, NeuronSource, RunningStats,
+    BatchNormAffine, BatchNormParams, Conv2dParams, ConvKind, NeuronBackward, NeuronConfig,
+    NeuronSource, RunningStats,
 };
 
 /// The BatchNorm's input `[T B, C, SIDE, SIDE]`.

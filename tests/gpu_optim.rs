@@ -1,21 +1,19 @@
-//! The fused CUDA optimizer steps against the CPU reference, through the `Backend` trait, in f32
-//! and f64: SGD with momentum (first step without a buffer, then with one; with and without
-//! momentum and weight decay) and AdamW (steps 1, 2, 10 and 1000; PyTorch's defaults and other
-//! betas). Each new parameter and state is first held to the tolerance class of docs/design.md
-//! (relative L2 error, f32 <= 1e-5, f64 <= 1e-12), then to bitwise equality: the kernels do the
-//! reference's operations in its order without FMA contraction, with IEEE division and square
-//! root. The many-tensor steps (`*_step_foreach`: 150 tensors, empty to several chunks, so
-//! several launches) equal the single steps bit for bit. Two runs are bitwise identical; bad
-//! shapes and parameters are errors. Sizes span one partial block up to thousands of blocks.
-//! Skips without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
+//! The fused CUDA optimizer steps against the CPU reference, through `OptimOps`, in f32 and f64:
+//! SGD with momentum (first step without a buffer, then with one; with and without momentum and
+//! weight decay) and AdamW (steps 1, 2, 10 and 1000; PyTorch's defaults and other betas). Each new
+//! parameter and state is first held to the tolerance class of docs/design.md (relative L2 error,
+//! f32 <= 1e-5, f64 <= 1e-12), then to bitwise equality: the kernels do the reference's operations
+//! in its order without FMA contraction, with IEEE division and square root. The many-tensor steps
+//! (`*_step_foreach`: 150 tensors, empty to several chunks, so several launches) equal the single
+//! steps bit for bit. Two runs are bitwise identical; bad shapes and parameters are errors. Sizes
+//! span one partial block up to thousands of blocks. Skips without a GPU (`SKIP: no CUDA device`),
+//! fails then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{
-    AdamWParams, AdamWTensors, Backend, Compute, Cpu, DType, Element, SgdParams, SgdTensors,
-};
+use revsnn_reference::{AdamWParams, AdamWTensors, Cpu, DType, Element, SgdParams, SgdTensors};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
 

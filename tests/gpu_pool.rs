@@ -1,21 +1,21 @@
-//! The CUDA average and max pools against the CPU reference through the `Backend` trait: forward
-//! outputs, backward gradients and the max pool's argmax (a byte inside the window on CUDA, a
-//! position inside the plane on the CPU, compared as positions) are bitwise identical to the
-//! reference (both sum the same terms in the same order), which implies the docs/design.md bar
-//! (relative L2 error <= 1e-5 in f32, 1e-12 in f64, also checked and printed). Windows: `(3, 2,
-//! 1)` (RevSNN's), `(2, 2, 0)`, `(3, 1, 1)`, `(1, 1, 0)`, `(5, 3, 2)`, `(4, 2, 1)`, `(2, 1, 1)`,
-//! `(16, 5, 8)` (the widest whose argmax fits a byte); planes from 1x1 to 56x56, up to 1.6M
-//! inputs; inputs normal, or small integers so that max windows tie (the first maximum in
-//! row-major order wins) and overlapping windows share an argmax; NaN and `-inf` inputs. Two runs
-//! are bitwise identical. Every invalid input the reference rejects is an error here too. Skips
-//! without a GPU (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
+//! The CUDA average and max pools against the CPU reference through `PoolOps`: forward outputs,
+//! backward gradients and the max pool's argmax (a byte inside the window on CUDA, a position
+//! inside the plane on the CPU, compared as positions) are bitwise identical to the reference (both
+//! sum the same terms in the same order), which implies the docs/design.md bar (relative L2 error
+//! <= 1e-5 in f32, 1e-12 in f64, also checked and printed). Windows: `(3, 2, 1)` (RevSNN's),
+//! `(2, 2, 0)`, `(3, 1, 1)`, `(1, 1, 0)`, `(5, 3, 2)`, `(4, 2, 1)`, `(2, 1, 1)`, `(16, 5, 8)` (the
+//! widest whose argmax fits a byte); planes from 1x1 to 56x56, up to 1.6M inputs; inputs normal, or
+//! small integers so that max windows tie (the first maximum in row-major order wins) and
+//! overlapping windows share an argmax; NaN and `-inf` inputs. Two runs are bitwise identical.
+//! Every invalid input the reference rejects is an error here too. Skips without a GPU
+//! (`SKIP: no CUDA device`), fails then with `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::Cuda;
 use revsnn_gpu::ops::GpuElement;
 use revsnn_gpu::testing::backend_or_skip;
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Compute, Cpu, Pool2dParams};
+use revsnn_reference::{Cpu, Pool2dParams};
 
 const SHAPES: &[[usize; 4]] = &[
     [1, 1, 1, 1],

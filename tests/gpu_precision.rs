@@ -64,9 +64,9 @@ use revsnn_reference::contract::{
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
 use revsnn_reference::{
-    AvgPoolGrad, Backend, BatchNormAffine, BatchNormParams, Compute, Conv2dParams,
-    ConvBatchNormGrads, ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronBackward,
-    NeuronConfig, NeuronSource, Onto, Pool2dParams, Precision,
+    AvgPoolGrad, BatchNormAffine, BatchNormParams, Conv2dParams, ConvBatchNormGrads,
+    ConvBatchNormTrainOutput, ConvKind, Cpu, DType, Firing, NeuronBackward, NeuronConfig,
+    NeuronSource, Onto, Pool2dParams, Precision,
 };
 
 const FORMATS: [HalfFormat; 2] = [HalfFormat::Bf16, HalfFormat::Fp16];

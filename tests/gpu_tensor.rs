@@ -1,13 +1,13 @@
-//! The CUDA tensor ops against the CPU reference, through the `Backend` trait, in f32 and f64.
-//! Every op here is expected to equal the reference bit for bit (copies move bits; add, sub,
-//! scale, quantize and the divisions round once per operation as the CPU does; sum_leading and
-//! mean_axes add in the reference's order), so each comparison first checks the tolerance class
-//! of docs/design.md (relative L2 error, f32 <= 1e-5, f64 <= 1e-12) and then bitwise equality, with
-//! messages that tell the two failures apart. Two runs are bitwise identical. The fingerprint is
-//! not the reference's hash: it is checked for equality on equal bits and sensitivity to changed
-//! bits, positions and shapes; its fold into a device word equals the host's fold and does not
-//! wait for the device. Sizes span one partial block up to thousands of blocks; bad shapes
-//! and parameters are errors. Skips without a GPU (`SKIP: no CUDA device`), fails then with
+//! The CUDA tensor ops against the CPU reference, through `TensorOps`, in f32 and f64. Every op
+//! here is expected to equal the reference bit for bit (copies move bits; add, sub, scale, quantize
+//! and the divisions round once per operation as the CPU does; sum_leading and mean_axes add in the
+//! reference's order), so each comparison first checks the tolerance class of docs/design.md
+//! (relative L2 error, f32 <= 1e-5, f64 <= 1e-12) and then bitwise equality, with messages that
+//! tell the two failures apart. Two runs are bitwise identical. The fingerprint is not the
+//! reference's hash: it is checked for equality on equal bits and sensitivity to changed bits,
+//! positions and shapes; its fold into a device word equals the host's fold and does not wait for
+//! the device. Sizes span one partial block up to thousands of blocks; bad shapes and parameters
+//! are errors. Skips without a GPU (`SKIP: no CUDA device`), fails then with
 //! `REVSNN_REQUIRE_GPU=1`.
 
 use revsnn_gpu::ops::GpuElement;
@@ -15,7 +15,7 @@ use revsnn_gpu::testing::{backend_or_skip, with_peak_rise};
 use revsnn_gpu::{Cuda, CudaTensor};
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, relative_error};
-use revsnn_reference::{Backend, Compute, Cpu, CpuTensor, DType, DeviceError, Element, OpError};
+use revsnn_reference::{Cpu, CpuTensor, DType, DeviceError, Element, OpError};
 
 const SIZES: [usize; 4] = [1, 33, 4097, (1 << 20) + 3];
 

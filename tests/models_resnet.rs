@@ -15,9 +15,9 @@ use revsnn::model::{
     train_step,
 };
 use revsnn::spec::{Arch, ModelSpec};
+use revsnn_reference::Cpu;
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, relative_error};
-use revsnn_reference::{Backend, Cpu};
 
 /// Either ResNet, so one test body covers all four archs.
 enum Net {

@@ -15,7 +15,7 @@ use revsnn::model::{
 use revsnn::spec::{Arch, ModelSpec};
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, central_difference, dot, relative_error};
-use revsnn_reference::{Backend, BatchNormParams, Conv2dParams, Cpu, NeuronConfig, Pool2dParams};
+use revsnn_reference::{BatchNormParams, Conv2dParams, Cpu, NeuronConfig, Pool2dParams};
 
 type Cpu64 = Cpu<f64>;
 

@@ -35,7 +35,7 @@ use revsnn::model::reversible::{
 use revsnn::model::{BuildOptions, EntryKind, Grads, Layer, Mode, ParamId, ParamStore, Session};
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::{SplitMix64, dot, five_point_difference, relative_error};
-use revsnn_reference::{Backend, Conv2dParams, Cpu, CpuTensor, Element, NeuronConfig};
+use revsnn_reference::{Conv2dParams, Cpu, CpuTensor, Element, NeuronConfig};
 
 /// Spikes emitted by every neuron call of a model since the last reset.
 #[derive(Debug, Default)]

@@ -15,7 +15,7 @@ use revsnn::model::{Grads, Layer, Mode, ParamStore, Session};
 use revsnn_reference::memory::{self, CountingAllocator};
 use revsnn_reference::prelude::*;
 use revsnn_reference::testing::SplitMix64;
-use revsnn_reference::{Backend, Conv2dParams, Cpu, NeuronConfig};
+use revsnn_reference::{Conv2dParams, Cpu, NeuronConfig};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;

@@ -2,7 +2,7 @@
 //! CUDA device. Each op is a thin call into `crate::ops::<family>::<name>`, the twin of the CPU
 //! kernel of the same path (`reference/src/ops/<family>`), so a reader who finds an op on one
 //! side finds it on the other (docs/design.md). One impl block per op trait, in the order of
-//! `revsnn_reference::contract::backend`.
+//! [`Backend`]'s supertraits.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use revsnn_reference::contract::shapes::time_split;
 use revsnn_reference::contract::{
     AdamWParams, AdamWState, AdamWTensors, AttentionGrads, AttentionKept, AvgPoolGrad,
     BackendNeuronSource, BatchNormAffine, BatchNormGrads, BatchNormParams, BatchNormTrainOutput,
-    BatchStats, Compute, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvKind, LinearGrads,
+    BatchStats, Conv2dGrads, Conv2dParams, ConvBatchNormGrads, ConvKind, LinearGrads,
     NeuronBackward, NeuronConfig, NeuronFire, NeuronSource, Onto, Pool2dParams, Precision, Result,
     RunningStats, SgdParams, SgdState, SgdTensors, TransferCounts, attention_backward_in_turn,
     attention_forward_in_turn, avg_pool_conv_batch_norm_backward_in_turn,

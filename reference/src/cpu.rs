@@ -1,5 +1,5 @@
 //! The CPU reference backend: [`Backend`] and [`Compute`] over `ndarray`, every kernel in
-//! [`crate::ops`], one impl block per op trait in the order of `crate::contract::backend`.
+//! [`crate::ops`], one impl block per op trait, in the order of [`Backend`]'s supertraits.
 //!
 //! Deterministic by construction: every reduction runs in a fixed order that does not depend on
 //! the number of rayon threads, so outputs and gradients are bitwise identical with 1 or N threads
@@ -18,8 +18,8 @@ use ndarray::{ArcArray, IxDyn};
 
 use crate::contract::{
     AdamWParams, AdamWState, BatchNormGrads, BatchNormParams, BatchNormTrainOutput, BatchStats,
-    Compute, Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig, Pool2dParams,
-    Precision, Result, RunningStats, SgdParams, SgdState, fingerprint,
+    Conv2dGrads, Conv2dParams, Element, LinearGrads, NeuronConfig, Pool2dParams, Precision, Result,
+    RunningStats, SgdParams, SgdState, fingerprint,
 };
 use crate::prelude::*;
 use crate::{memory, ops};

@@ -1,6 +1,7 @@
-//! conv1d through the `Backend` trait's default methods (a 1x1 conv2d on `[N, C, L, 1]`,
-//! docs/architectures.md §4.0): forward against a direct sum and every gradient against central finite differences of
-//! `L = <dy, y>` in f64 (relative L2 error <= 1e-6). These go through `TensorOps::reshape`.
+//! conv1d through `ConvOps`'s default methods (a 1x1 conv2d on `[N, C, L, 1]`,
+//! docs/architectures.md §4.0): forward against a direct sum and every gradient against central
+//! finite differences of `L = <dy, y>` in f64 (relative L2 error <= 1e-6). These go through
+//! `TensorOps::reshape`.
 
 use ndarray::{ArcArray, IxDyn};
 use revsnn_reference::prelude::*;

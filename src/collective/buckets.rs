@@ -186,9 +186,8 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
-    use revsnn_reference::Cpu;
-    use revsnn_reference::TensorOps;
     use revsnn_reference::testing::SplitMix64;
+    use revsnn_reference::{Cpu, TensorOps};
 
     use super::*;
     use crate::collective::ThreadGroup;

@@ -231,8 +231,7 @@ mod tests {
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use revsnn_reference::Cpu;
-    use revsnn_reference::TensorOps;
+    use revsnn_reference::{Cpu, TensorOps};
 
     use super::*;
 

@@ -2,6 +2,8 @@
 //! blocks and the attention of Spikingformer's. Its backward is written by hand: the two
 //! attention products are not a chain of layers.
 
+#[cfg(doc)]
+use revsnn_reference::AttentionOps;
 use revsnn_reference::{AttentionKept, Backend, Element, Onto, OpError};
 
 use super::build::{Builder, ConvInit};
@@ -32,11 +34,10 @@ pub type Projection = ConvBnNeuron;
 ///
 /// The products run on the per-head transposes `q^T, k^T, v^T` `[T, B, h, d, N]`, which are plain
 /// reshapes of `[T, B, C, N]`: `attn = (q^T)^T k^T` and `o^T = v^T attn^T`, so no permute is
-/// materialised, as one op whose backward is one op too
-/// ([`AttentionOps::attention_forward`](revsnn_reference::AttentionOps::attention_forward),
-/// [`AttentionOps::attention_backward`](revsnn_reference::AttentionOps::attention_backward)). The
-/// forward keeps `q^T`, `k^T`, `v^T` (spikes: one bit each on CUDA) and not the `f32` scores, which
-/// the backward computes again from them (docs/memory.md §9.6).
+/// materialised, as one op whose backward is one op too ([`AttentionOps::attention_forward`],
+/// [`AttentionOps::attention_backward`]). The forward keeps `q^T`, `k^T`, `v^T` (spikes: one bit
+/// each on CUDA) and not the `f32` scores, which the backward computes again from them
+/// (docs/memory.md §9.6).
 #[derive(Clone, Debug)]
 pub struct SpikingSelfAttention {
     /// `h`; the head width is `d = C / h`.

@@ -4,6 +4,8 @@
 //! Stateless layers see `[T B, ...]`, the time-flattened layout of SpikingJelly's
 //! `SeqToANNContainer` (docs/conventions.md §1); [`flatten_time`] and [`unflatten_time`] convert.
 
+#[cfg(doc)]
+use revsnn_reference::ConvBatchNormOps;
 pub use revsnn_reference::ConvKind;
 use revsnn_reference::contract::BackendNeuronSource;
 use revsnn_reference::contract::shapes::Conv2dGeometry;
@@ -173,8 +175,8 @@ impl<B: Backend> BatchNormSaved<B> {
         session.mode == Mode::Train && matches!(self, BatchNormSaved::Local(_))
     }
 
-    /// The op's own context, with which the backward of the convolution before this BatchNorm
-    /// runs as one op with it ([`ConvBatchNormOps::conv_batch_norm_backward`]); else `self` back.
+    /// The op's own context, with which the backward of the convolution before this BatchNorm runs
+    /// as one op with it ([`ConvBatchNormOps::conv_batch_norm_backward`]); else `self` back.
     fn into_local(self) -> std::result::Result<B::BatchNormContext, Self> {
         match self {
             BatchNormSaved::Local(context) => Ok(context),
@@ -362,11 +364,10 @@ impl<B: Backend> Layer<B> for Conv {
 /// A convolution followed by a BatchNorm, over the time-flattened `[T B, C, ...]` (the
 /// `SeqToANNContainer(conv, BN)` of every model). In training with local statistics, the
 /// convolution (bias or not) and its BatchNorm run as one op,
-/// [`ConvBatchNormOps::conv_batch_norm_train_forward`](revsnn_reference::ConvBatchNormOps::conv_batch_norm_train_forward),
-/// which a backend may fuse (docs/precision.md §"Convolution outputs"); otherwise the two layers
-/// run in turn. The backward of a convolution and a local BatchNorm is one op too,
-/// [`ConvBatchNormOps::conv_batch_norm_backward`](revsnn_reference::ConvBatchNormOps::conv_batch_norm_backward);
-/// with synchronised statistics it is the two layers'. A neuron after it, in training with local
+/// [`ConvBatchNormOps::conv_batch_norm_train_forward`], which a backend may fuse (docs/precision.md
+/// §"Convolution outputs"); otherwise the two layers run in turn. The backward of a convolution and
+/// a local BatchNorm is one op too, [`ConvBatchNormOps::conv_batch_norm_backward`]; with
+/// synchronised statistics it is the two layers'. A neuron after it, in training with local
 /// statistics, fires within one op too ([`ConvBn::forward_then_fire`]).
 #[derive(Clone, Debug)]
 pub struct ConvBn {
@@ -512,8 +513,8 @@ impl<B: Backend> Layer<B> for ConvBn {
     }
 
     /// The fused op writes its output over the residual where the backend can
-    /// ([`ConvBatchNormOps::conv_batch_norm_train_forward_onto`](revsnn_reference::ConvBatchNormOps::conv_batch_norm_train_forward_onto));
-    /// the two layers in turn land theirs.
+    /// ([`ConvBatchNormOps::conv_batch_norm_train_forward_onto`]); the two layers in turn land
+    /// theirs.
     fn forward_onto(
         &self,
         session: &mut Session<B>,
@@ -575,9 +576,8 @@ impl SeqToAnn<ConvBn> {
 
 /// `SN -> SeqToANN(conv -> BN)` over `[T, B, C, ...]`: the spiking convolution every model stacks.
 /// It runs as the tuple of its two parts, except that where [`ConvBn`]'s backward is one op, the
-/// neuron's backward joins it:
-/// [`ConvBatchNormOps::spiking_conv_batch_norm_backward`](revsnn_reference::ConvBatchNormOps::spiking_conv_batch_norm_backward),
-/// which a backend may fuse so that no `f32` `dL/ds` is written (docs/memory.md §9.6).
+/// neuron's backward joins it: [`ConvBatchNormOps::spiking_conv_batch_norm_backward`], which a
+/// backend may fuse so that no `f32` `dL/ds` is written (docs/memory.md §9.6).
 #[derive(Clone, Debug)]
 pub struct SpikingConvBn {
     pub neuron: Neuron,
@@ -808,12 +808,10 @@ impl<B: Backend> Layer<B> for AvgPool {
 
 /// A [`ConvBn`] and the [`AvgPool`] after it (RevSResNet24's event stem, docs/architectures.md
 /// §4.3). Where the [`ConvBn`] runs as one op (training, the batch's own statistics), so do the
-/// three: forward
-/// [`ConvBatchNormOps::conv_batch_norm_train_avg_pool`](revsnn_reference::ConvBatchNormOps::conv_batch_norm_train_avg_pool),
-/// backward
-/// [`ConvBatchNormOps::avg_pool_conv_batch_norm_backward`](revsnn_reference::ConvBatchNormOps::avg_pool_conv_batch_norm_backward),
-/// which a backend may run without a tensor for the BatchNorm's output or the pool's `dx`
-/// (docs/memory.md §9.6); elsewhere the layers in turn.
+/// three: forward [`ConvBatchNormOps::conv_batch_norm_train_avg_pool`], backward
+/// [`ConvBatchNormOps::avg_pool_conv_batch_norm_backward`], which a backend may run without a
+/// tensor for the BatchNorm's output or the pool's `dx` (docs/memory.md §9.6); elsewhere the layers
+/// in turn.
 #[derive(Clone, Debug)]
 pub struct ConvBnAvgPool {
     pub conv_bn: ConvBn,

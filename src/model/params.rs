@@ -2,6 +2,8 @@
 //! and their gradients.
 
 use revsnn_reference::Backend;
+#[cfg(doc)]
+use revsnn_reference::TensorOps;
 
 use crate::error::{Error, Result};
 
@@ -182,8 +184,7 @@ impl<B: Backend> ParamStore<B> {
     }
 
     /// The NaN and infinite values over every tensor of the store (parameters and running
-    /// statistics), counted by one backend reduction
-    /// ([`TensorOps::count_non_finite`](revsnn_reference::TensorOps::count_non_finite)) and read
+    /// statistics), counted by one backend reduction ([`TensorOps::count_non_finite`]) and read
     /// back once.
     pub fn count_non_finite(&self, backend: &B) -> Result<u64> {
         let tensors: Vec<&B::Tensor> = self.entries.iter().filter_map(Entry::tensor).collect();

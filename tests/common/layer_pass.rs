@@ -8,9 +8,8 @@ use revsnn::model::layers::BatchNorm;
 use revsnn::model::{EntryKind, Grads, Layer, Mode, ParamId, ParamStore, Session};
 use revsnn_gpu::Cuda;
 use revsnn_gpu::testing::{each_conv_engine, with_peak_rise};
-use revsnn_reference::TensorOps;
 use revsnn_reference::testing::SplitMix64;
-use revsnn_reference::{Backend, Element, Precision};
+use revsnn_reference::{Backend, Element, Precision, TensorOps};
 
 /// What one forward and backward gave, as the bits of each value widened to f64.
 #[derive(Debug, PartialEq)]

@@ -3,6 +3,8 @@
 //! fusion is `gpu/src/ops/attention.rs`; the defaults run [`LinearOps::batched_matmul`] in turn.
 
 use super::linear::LinearOps;
+#[cfg(doc)]
+use super::tensor::TensorOps;
 use crate::contract::error::Result;
 
 /// Spiking self-attention's products `attn = q k^T`, `o = attn v`, forward and backward.
@@ -10,14 +12,13 @@ pub trait AttentionOps: LinearOps {
     /// Spiking self-attention's two products (docs/architectures.md §4.0) over the per-head
     /// transposes `q^T`, `k^T`, `v^T` `[..., d, N]`: the scores `attn = (q^T)^T k^T` `[..., N, N]`,
     /// then `o^T = v^T attn^T` `[..., d, N]`, unscaled. Returns `o^T` and the operands as
-    /// [`TensorOps::keep`](super::TensorOps::keep) keeps them, for
-    /// [`AttentionOps::attention_backward`], which computes the scores again: they are not kept
-    /// (docs/memory.md §9.6). The default runs the two [`LinearOps::batched_matmul`]s. A backend
-    /// may fuse them: CUDA under a 16-bit precision makes each operand's 16-bit patterns once, from
-    /// its spike bits where it kept those, and writes the scores only in 16 bits, the form the
-    /// second product reads (docs/precision.md §"Attention"). Either way `o^T` holds the bits of
-    /// the products in turn. It takes the operands by value, so that each can be freed once kept.
-    /// Errors as [`LinearOps::batched_matmul`] does.
+    /// [`TensorOps::keep`] keeps them, for [`AttentionOps::attention_backward`], which computes the
+    /// scores again: they are not kept (docs/memory.md §9.6). The default runs the two
+    /// [`LinearOps::batched_matmul`]s. A backend may fuse them: CUDA under a 16-bit precision makes
+    /// each operand's 16-bit patterns once, from its spike bits where it kept those, and writes the
+    /// scores only in 16 bits, the form the second product reads (docs/precision.md §"Attention").
+    /// Either way `o^T` holds the bits of the products in turn. It takes the operands by value, so
+    /// that each can be freed once kept. Errors as [`LinearOps::batched_matmul`] does.
     fn attention_forward(
         &self,
         q_t: Self::Tensor,
@@ -28,13 +29,12 @@ pub trait AttentionOps: LinearOps {
     }
 
     /// Gradients of [`AttentionOps::attention_forward`] from `d(o^T)` and the kept operands: the
-    /// scores again, `d(v^T) = d(o^T) attn`, `d(attn) = d(o^T)^T v^T`, `d(q^T) = k^T d(attn)^T`
-    /// and `d(k^T) = q^T d(attn)`. The default runs the five [`LinearOps::batched_matmul`]s. A
-    /// backend may fuse them: CUDA under a 16-bit precision converts `d(o^T)` and each operand
-    /// to 16 bits once, though two products read each of `q^T`, `k^T` and `d(o^T)`, and writes
-    /// the scores and `d(attn)` only in 16 bits (docs/precision.md §"Attention"). Either way
-    /// every gradient holds the bits of the products in turn. Errors as the products in turn
-    /// do.
+    /// scores again, `d(v^T) = d(o^T) attn`, `d(attn) = d(o^T)^T v^T`, `d(q^T) = k^T d(attn)^T` and
+    /// `d(k^T) = q^T d(attn)`. The default runs the five [`LinearOps::batched_matmul`]s. A backend
+    /// may fuse them: CUDA under a 16-bit precision converts `d(o^T)` and each operand to 16 bits
+    /// once, though two products read each of `q^T`, `k^T` and `d(o^T)`, and writes the scores and
+    /// `d(attn)` only in 16 bits (docs/precision.md §"Attention"). Either way every gradient holds
+    /// the bits of the products in turn. Errors as the products in turn do.
     fn attention_backward(
         &self,
         grad_o_t: Self::Tensor,
@@ -45,8 +45,8 @@ pub trait AttentionOps: LinearOps {
 }
 
 /// The operands of spiking self-attention's products as [`AttentionOps::attention_forward`] keeps
-/// them for [`AttentionOps::attention_backward`] ([`TensorOps::keep`](super::TensorOps::keep)): the
-/// per-head transposes `q^T`, `k^T`, `v^T` `[..., d, N]`.
+/// them for [`AttentionOps::attention_backward`] ([`TensorOps::keep`]): the per-head transposes
+/// `q^T`, `k^T`, `v^T` `[..., d, N]`.
 #[derive(Clone, Debug)]
 pub struct AttentionKept<K> {
     pub q_t: K,

@@ -4,6 +4,8 @@
 
 use std::fmt::Debug;
 
+#[cfg(doc)]
+use super::conv_batch_norm::ConvBatchNormOps;
 use super::tensor::TensorOps;
 use crate::contract::error::Result;
 use crate::contract::params::BatchNormParams;
@@ -25,11 +27,10 @@ pub trait BatchNormOps: TensorOps {
     ) -> Result<BatchNormTrainOutput<Self::Tensor, Self::BatchNormContext>>;
 
     /// The `y` of the training forward that made `context` (this op's or the fused
-    /// [`ConvBatchNormOps::conv_batch_norm_train_forward`](super::ConvBatchNormOps::conv_batch_norm_train_forward)'s,
-    /// given the same `beta`), computed again from the input and the statistics the context keeps,
-    /// bit for bit: so a layer can drop `y` and make it again for its backward (docs/neurons.md
-    /// §2.4.2). Errors on a context of [`BatchNormOps::batch_norm_eval_forward`], or a `beta` that
-    /// is not `[C]`.
+    /// [`ConvBatchNormOps::conv_batch_norm_train_forward`]'s, given the same `beta`), computed
+    /// again from the input and the statistics the context keeps, bit for bit: so a layer can drop
+    /// `y` and make it again for its backward (docs/neurons.md §2.4.2). Errors on a context of
+    /// [`BatchNormOps::batch_norm_eval_forward`], or a `beta` that is not `[C]`.
     fn batch_norm_train_output(
         &self,
         context: &Self::BatchNormContext,

@@ -267,7 +267,7 @@ pub struct NeuronFire<'a, W> {
 /// `bias` when given: [`ConvOps::conv_forward`], `x` dropped, then
 /// [`BatchNormOps::batch_norm_train_forward`]. The default, and the first half of
 /// [`conv_batch_norm_train_fire_in_turn`].
-pub fn conv_batch_norm_train_forward_in_turn<B: ConvBatchNormOps>(
+pub fn conv_batch_norm_train_forward_in_turn<B: ConvOps + BatchNormOps>(
     backend: &B,
     x: B::Tensor,
     weight: &B::Tensor,
@@ -345,7 +345,7 @@ pub fn conv_batch_norm_train_fire_in_turn<B: ConvBatchNormOps>(
 
 /// [`ConvBatchNormOps::conv_batch_norm_backward`] as its two ops in turn: the default, and what a
 /// backend that fuses them runs where it does not (CUDA under `f32` and `f64`).
-pub fn conv_batch_norm_backward_in_turn<B: ConvBatchNormOps>(
+pub fn conv_batch_norm_backward_in_turn<B: ConvOps + BatchNormOps>(
     backend: &B,
     grad_y: B::Tensor,
     conv: B::Conv2dContext,

@@ -6,16 +6,16 @@
 //! `[C_out, C_in, k_h, k_w]` and `[out, in]`. Every op checks its shapes and parameters and returns
 //! an [`OpError`](crate::OpError) instead of panicking.
 //!
-//! The ops come in small traits, one per op family, each in the module named like the family's
-//! kernels on both sides (`reference/src/ops/<family>` and `gpu/src/ops/<family>`), with the
-//! gradient and context types its ops return:
+//! The ops come in small traits, one per op family, each in a module named like the family's
+//! kernels where it has kernels of its own (`reference/src/ops/<family>`, `gpu/src/ops/<family>`),
+//! with the gradient and context types its ops return:
 //!
 //! - [`TensorOps`] ([`tensor`]): the element type, the tensor, and the ops on tensors alone;
 //!   every other trait extends it.
 //! - [`WordOps`] ([`word`]): fingerprints, and words that fold them where the backend computes.
 //! - [`NeuronOps`] ([`neuron`]), [`ConvOps`] ([`conv`]), [`BatchNormOps`] ([`batch_norm`]),
 //!   [`PoolOps`] ([`pool`]), [`LinearOps`] ([`linear`]), [`LossOps`] ([`loss`]) and
-//!   [`OptimOps`] ([`optim`]): one layer's ops each.
+//!   [`OptimOps`] ([`optim`]): one op family each.
 //! - [`ConvBatchNormOps`] ([`conv_batch_norm`]) and [`AttentionOps`] ([`attention`]): chains of
 //!   the ops above as one op, whose defaults run the chain in turn and which a backend may fuse.
 //!
@@ -62,7 +62,7 @@ pub use word::WordOps;
 
 /// The op contract, implemented by the CPU reference ([`crate::Cpu`]) and the CUDA backend:
 /// every op trait of this module. Code generic over a backend asks for `B: Backend`, or for the
-/// one trait it uses.
+/// one trait it uses. A backend implements the traits in this order, one impl block each.
 pub trait Backend:
     TensorOps
     + WordOps

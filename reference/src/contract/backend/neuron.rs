@@ -6,6 +6,8 @@
 use std::fmt::Debug;
 
 use super::batch_norm::BatchNormOps;
+#[cfg(doc)]
+use super::conv_batch_norm::ConvBatchNormOps;
 use super::tensor::{TensorOps, unflatten_time};
 use super::word::WordOps;
 use crate::contract::error::Result;
@@ -86,9 +88,10 @@ pub trait NeuronOps: WordOps + BatchNormOps {
         Ok(self.neuron_forward(x, config)?.1)
     }
 
-    /// Backward through time (docs/neurons.md §2.4): `dL/dh[t] = dL/ds[t] psi[t] + dv/dh[t] k
-    /// dL/dh[t+1]`, `dL/dx[t] = r dL/dh[t]`. `dL/ds` is handed over: a backend may write `dL/dx`
-    /// over it when nothing else holds it (CUDA does for a context that keeps `h`).
+    /// Backward through time (docs/neurons.md §2.4):
+    /// `dL/dh[t] = dL/ds[t] psi[t] + dv/dh[t] k dL/dh[t+1]`, `dL/dx[t] = r dL/dh[t]`. `dL/ds` is
+    /// handed over: a backend may write `dL/dx` over it when nothing else holds it (CUDA does for a
+    /// context that keeps `h`).
     fn neuron_backward(
         &self,
         grad_spikes: Self::Tensor,
@@ -152,10 +155,10 @@ pub type BackendNeuronSource<'a, B> = NeuronSource<
 >;
 
 /// The neuron whose spikes a convolution read, as
-/// [`ConvBatchNormOps::spiking_conv_batch_norm_backward`](super::ConvBatchNormOps::spiking_conv_batch_norm_backward)
-/// takes it: where its context comes from (handed over, so a backend may write the gradient over
-/// what it keeps), the configuration it ran with, and `T`, which unflattens the convolution's `[T
-/// B, ...]` gradient to the neuron's `[T, B, ...]`.
+/// [`ConvBatchNormOps::spiking_conv_batch_norm_backward`] takes it: where its context comes from
+/// (handed over, so a backend may write the gradient over what it keeps), the configuration it ran
+/// with, and `T`, which unflattens the convolution's `[T B, ...]` gradient to the neuron's
+/// `[T, B, ...]`.
 #[derive(Debug)]
 pub struct NeuronBackward<'a, S> {
     pub source: S,

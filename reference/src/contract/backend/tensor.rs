@@ -60,6 +60,17 @@ pub trait TensorOps: Clone + Debug + Send + Sync + 'static {
     /// The tensor [`TensorOps::keep`] kept, with the same values.
     fn kept(&self, kept: &Self::Kept) -> Result<Self::Tensor>;
 
+    /// The one element of a one-element tensor, read back.
+    fn scalar(&self, x: &Self::Tensor) -> Result<Self::Elem> {
+        match self.to_vec(x)?.as_slice() {
+            [value] => Ok(*value),
+            values => Err(OpError::shape(
+                "scalar",
+                format!("expected one element, got {}", values.len()),
+            )),
+        }
+    }
+
     // ---------------------------------------------------------------- elementwise and structure
 
     /// `y = a + b`, equal shapes.
@@ -118,25 +129,14 @@ pub trait TensorOps: Clone + Debug + Send + Sync + 'static {
     /// adaptive average pool to 1x1 (`mean_axes(x, &[2, 3])` on `[N, C, H, W]`).
     fn mean_axes(&self, x: &Self::Tensor, axes: &[usize]) -> Result<Self::Tensor>;
 
-    /// The backward of [`TensorOps::mean_axes`]: `dx = broadcast(dy) / (product of the reduced
-    /// sizes)`.
+    /// The backward of [`TensorOps::mean_axes`]:
+    /// `dx = broadcast(dy) / (product of the reduced sizes)`.
     fn mean_axes_backward(
         &self,
         grad_y: &Self::Tensor,
         input_shape: &[usize],
         axes: &[usize],
     ) -> Result<Self::Tensor>;
-
-    /// The one element of a one-element tensor, read back.
-    fn scalar(&self, x: &Self::Tensor) -> Result<Self::Elem> {
-        match self.to_vec(x)?.as_slice() {
-            [value] => Ok(*value),
-            values => Err(OpError::shape(
-                "scalar",
-                format!("expected one element, got {}", values.len()),
-            )),
-        }
-    }
 }
 
 /// `[T, B, ...] -> [T B, ...]`, the time-flattened layout of SpikingJelly's `SeqToANNContainer`
