@@ -446,6 +446,50 @@ fn an_unknown_precision_lists_the_valid_ones() {
 }
 
 #[test]
+fn every_command_that_computes_takes_threads() {
+    let missing = scratch("never-read");
+    let missing = missing.to_str().unwrap();
+    let spec = fixture("revsresnet.spec.json");
+    let spec = spec.to_str().unwrap();
+    let out = scratch("threads-run");
+    let commands: [&[&str]; 6] = [
+        &["train", "--out", out.to_str().unwrap()],
+        &["bench", "--spec", spec, "--batch", "1"],
+        &["memory", "--spec", spec],
+        &["verify", "--spec", spec],
+        &[
+            "grad",
+            "--spec",
+            spec,
+            "--weights",
+            missing,
+            "--input",
+            missing,
+            "--output",
+            missing,
+        ],
+        &["eval", "--checkpoint", missing],
+    ];
+    for args in commands {
+        // refused before anything reads or computes
+        let refused = revsnn(&[args, &["--threads", "0"]].concat());
+        let message = stderr(&refused);
+        assert!(
+            refused.status.code() == Some(1) && message.contains("--threads 0: give 1 to 1024"),
+            "{args:?}: {message}"
+        );
+    }
+    assert!(!out.exists(), "a refused run leaves no folder");
+    // the reference is deterministic whatever the thread count: verify's whole report is the
+    // same on one thread and on two
+    let verify = |threads: &str| {
+        let args = ["verify", "--spec", spec, "--fd-samples", "2", "--json"];
+        json(&revsnn(&[&args[..], &["--threads", threads]].concat()))
+    };
+    assert_eq!(verify("1"), verify("2"));
+}
+
+#[test]
 fn bench_and_memory_report_the_emulated_precision() {
     let out = ok(revsnn(&[
         "bench",

@@ -8,7 +8,7 @@ use clap::Args;
 use revsnn_reference::{DType, Precision, TransferCounts, TransfersPerStep};
 use serde_json::json;
 
-use super::{ModelArgs, full_training_step, print_json_report, random_images, set_threads};
+use super::{ModelArgs, ThreadsArg, full_training_step, print_json_report, random_images};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result, counted};
 use crate::footprint;
@@ -101,9 +101,8 @@ pub struct BenchArgs {
     /// Timed steps, after one untimed warm-up step; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
-    /// CPU threads (default: all).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
     /// Where to compute: auto (CUDA when a usable GPU is found, else the CPU; one line on
     /// stderr says which and why), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
@@ -123,7 +122,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// Runs `revsnn bench`.
     pub fn run(&self) -> Result<()> {
-        set_threads(self.threads)?;
+        self.threads.apply()?;
         let device = self.device.open(self.precision)?;
         let (name, spec) = self.model.resolve()?;
         let report = on_backend!(&device, DType::F32, |backend| {

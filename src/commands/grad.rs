@@ -9,7 +9,7 @@ use clap::Args;
 use num_traits::Zero;
 use revsnn_reference::{Backend, DType, Element, Precision};
 
-use super::{DTypeArg, ModelArgs};
+use super::{DTypeArg, ModelArgs, ThreadsArg};
 use crate::checkpoint::{self, StoredTensor, TensorData, TensorFile};
 use crate::device::{DeviceChoice, on_backend};
 use crate::error::{Error, Result};
@@ -198,11 +198,14 @@ pub struct GradArgs {
     /// are an error naming the tensor and the first such index.
     #[arg(long)]
     pub allow_non_finite: bool,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 impl GradArgs {
     /// Runs `revsnn grad`: reads the files, computes, writes `output`.
     pub fn run(&self) -> Result<()> {
+        self.threads.apply()?;
         let device = self.device.open(self.precision)?;
         let (_, spec) = self.model.resolve()?;
         let weights = checkpoint::read_weights(&self.weights)?;

@@ -6,7 +6,7 @@ use clap::Args;
 use revsnn_reference::{DType, Precision};
 use serde_json::json;
 
-use super::{ModelArgs, full_training_step, print_json_report, random_images};
+use super::{ModelArgs, ThreadsArg, full_training_step, print_json_report, random_images};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::footprint;
@@ -110,11 +110,14 @@ pub struct MemoryArgs {
     pub precision: Precision,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 impl MemoryArgs {
     /// Runs `revsnn memory`: prints the report as a table, or as one JSON object.
     pub fn run(&self) -> Result<()> {
+        self.threads.apply()?;
         let device = self.device.open(self.precision)?;
         let (name, spec) = self.model.resolve()?;
         let report = on_backend!(&device, DType::F32, |backend| {

@@ -96,9 +96,21 @@ pub fn print_json_report(model: &str, device: &Device, fields: serde_json::Value
 /// the system refuses to start.
 pub const MAX_THREADS: usize = 1024;
 
-/// Sets the number of compute threads; `None` keeps the default (all cores).
-pub fn set_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(threads) = threads {
+/// `--threads`, the CPU threads of every command that computes.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct ThreadsArg {
+    /// CPU threads (default: all).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ThreadsArg {
+    /// Sets the number of compute threads, before anything computes; none given keeps the
+    /// default (all cores). Errors outside 1 to [`MAX_THREADS`].
+    pub fn apply(self) -> Result<()> {
+        let Some(threads) = self.threads else {
+            return Ok(());
+        };
         if !(1..=MAX_THREADS).contains(&threads) {
             return Err(Error::Usage(format!(
                 "--threads {threads}: give 1 to {MAX_THREADS} (`revsnn info` shows the CPU threads)"
@@ -107,9 +119,8 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
-            .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))?;
+            .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))
     }
-    Ok(())
 }
 
 /// One full training step as `memory` and `bench` measure it: forward, cross-entropy, backward

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::set_threads;
+use super::ThreadsArg;
 use crate::collective::ProcessRank;
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result, resume_command};
@@ -36,9 +36,8 @@ pub struct TrainArgs {
     /// Print the run's settings, every knob resolved, as a config file, and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// CPU threads (default: all).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
     /// Stop after this many epochs of this invocation; --resume continues the run exactly.
     #[arg(long)]
     pub stop_after: Option<usize>,
@@ -101,7 +100,7 @@ impl TrainArgs {
             return Ok(());
         }
         let device = gpus::open_device(&run, process.as_ref())?;
-        set_threads(self.threads)?;
+        self.threads.apply()?;
         if run.config.device == DeviceChoice::Cuda {
             // `auto` has said which device it took, and why. One write, so that the lines of
             // ranks that print at once do not interleave.

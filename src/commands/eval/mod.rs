@@ -11,7 +11,7 @@ use revsnn_reference::{Backend, Cpu, DType, Precision};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ModelArgs, print_json_report};
+use super::{ModelArgs, ThreadsArg, print_json_report};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
 use crate::data::synthetic::Split;
@@ -138,11 +138,14 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 impl EvalArgs {
     /// Runs `revsnn eval`; prints text or one JSON object.
     pub fn run(&self) -> Result<()> {
+        self.threads.apply()?;
         let device = self.device.open(self.precision)?;
         let weights = match self.use_ema {
             true => checkpoint::read_ema_weights(&self.checkpoint)?,

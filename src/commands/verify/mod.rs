@@ -12,7 +12,7 @@ use revsnn_reference::testing::{SplitMix64, five_point_difference, relative_erro
 use revsnn_reference::{Backend, Cpu, DType, Element, Precision};
 use serde_json::{Value, json};
 
-use super::{DTypeArg, ModelArgs, print_json_report, random_batch, random_images};
+use super::{DTypeArg, ModelArgs, ThreadsArg, print_json_report, random_batch, random_images};
 use crate::device::{Device, DeviceChoice, on_backend};
 use crate::error::{Error, Result};
 use crate::footprint;
@@ -521,6 +521,8 @@ pub struct VerifyArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 impl VerifyArgs {
@@ -529,6 +531,7 @@ impl VerifyArgs {
         if self.batch == 0 {
             return Err(Error::Usage("--batch must be >= 1".into()));
         }
+        self.threads.apply()?;
         let device = self.device.open(self.precision)?;
         let (name, spec) = self.model.resolve()?;
         let (dtype, coupling) = (DType::from(self.dtype), Coupling::from(self.coupling));
