@@ -303,6 +303,11 @@ fn eval_reads_a_trained_checkpoint_and_bench_reports_json() {
     let acc5 = report["acc5"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc1) && acc1 <= acc5 && acc5 <= 1.0);
     assert_eq!(report["samples"], 16);
+    // what was scored: the run's model (a run of --spec is named by its spec file), the
+    // checkpoint's path, and its weights rather than a moving average of them
+    assert_eq!(report["model"], spec.as_str(), "{report}");
+    assert_eq!(report["checkpoint"], checkpoint.as_str(), "{report}");
+    assert_eq!(report["weights"], "model", "{report}");
     let line = &metrics(&out)[0];
     assert_eq!(report["acc1"], line["test_acc1"]);
     assert_eq!(report["acc5"], line["test_acc5"]);

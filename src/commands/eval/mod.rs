@@ -54,6 +54,12 @@ impl Neighbour {
         })
     }
 
+    /// The model's name in a run state (`revsresnet21`, or the spec file of a run of `--spec`);
+    /// `None` for a bare spec.
+    fn model_name(&self) -> Option<String> {
+        self.value.get("model")?.as_str().map(String::from)
+    }
+
     /// The test data of a run state's settings (`dataset`, `data_dir`, `test_samples`), so that
     /// `eval` scores a run's checkpoint on the data the run tested on; `None` for a bare spec.
     fn test_data(&self) -> Option<TestData> {
@@ -190,8 +196,11 @@ impl EvalArgs {
                 Ok((result, None))
             }
         })?;
+        let weights_read = if self.use_ema { "ema" } else { "model" };
         if self.json {
             let mut fields = json!({
+                "checkpoint": self.checkpoint.display().to_string(),
+                "weights": weights_read,
                 "dataset": dataset,
                 "samples": result.samples,
                 "loss": result.loss,
@@ -203,8 +212,9 @@ impl EvalArgs {
             }
             print_json_report(&name, &device, fields);
         } else {
+            let ema = if self.use_ema { ", EMA weights" } else { "" };
             println!(
-                "{dataset} ({} samples): top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
+                "{dataset} ({} samples{ema}): top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
                 result.samples,
                 100.0 * result.acc1,
                 100.0 * result.acc5,
@@ -279,7 +289,13 @@ impl EvalArgs {
             ));
         }
         match neighbour {
-            Some(neighbour) => Ok((self.checkpoint.display().to_string(), neighbour.spec()?)),
+            Some(neighbour) => {
+                let name = neighbour.model_name();
+                Ok((
+                    name.unwrap_or_else(|| self.checkpoint.display().to_string()),
+                    neighbour.spec()?,
+                ))
+            }
             None => Err(Error::Usage(format!(
                 "no {} beside the checkpoint to take the model from; pass --model or --spec",
                 self.checkpoint.with_extension("json").display()
