@@ -1,15 +1,18 @@
 //! PyTorch's own files (`torch.save`) read as weights (docs/pytorch-files.md): the fixtures of
 //! `fixtures/pytorch/`, written by torch itself (`generate.py`), against the tensors they were
 //! made of; the files revsnn does not read, each refused with what to do; and `revsnn grad` on a
-//! `.pth` giving the same bytes as on the safetensors file of the same weights.
+//! `.pth` giving the same bytes as on the safetensors file of the same weights, and `revsnn eval`
+//! scoring a timm checkpoint's moving average of the weights as that file's.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use common::{failed, ok, revsnn, scratch};
 use revsnn::checkpoint::{self, StoredTensor, TensorData};
+use serde_json::Value;
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -271,4 +274,37 @@ fn eval_reads_a_pth_file_and_takes_num_classes_for_its_model() {
     // --use-ema reads the moving average of the weights, which this file has not
     let no_ema = eval(&["--use-ema"]);
     assert!(no_ema.contains("no EMA weights"), "{no_ema}");
+}
+
+#[test]
+fn eval_scores_the_moving_average_that_a_timm_checkpoint_keeps() {
+    // generate.py's RevSResNet with a 10-class head, its EMA copy each float halved
+    let file = fixture("pytorch/revsresnet10-timm-ema.pth.tar");
+    let spec = fixture("parity/revsresnet.spec.json");
+    let eval = |checkpoint: &Path, extra: &[&str]| {
+        let mut args = vec!["eval", "--checkpoint", checkpoint.to_str().unwrap()];
+        args.extend(["--spec", spec.to_str().unwrap(), "--num-classes", "10"]);
+        args.extend(["--device", "cpu", "--test-samples", "16", "--batch", "8"]);
+        args.extend(extra);
+        ok(revsnn(&args))
+    };
+    let report = |output: Output| -> Value { serde_json::from_slice(&output.stdout).unwrap() };
+    // the EMA weights as a safetensors file of their own: what --use-ema must score
+    let dir = scratch("eval-ema");
+    let ema_file = dir.join("ema.safetensors");
+    checkpoint::write(&ema_file, &checkpoint::read_ema_weights(&file).unwrap()).unwrap();
+    let ema = report(eval(&file, &["--use-ema", "--json"]));
+    let alone = report(eval(&ema_file, &["--json"]));
+    let model = report(eval(&file, &["--json"]));
+    assert_eq!(
+        (&ema["weights"], &model["weights"]),
+        (&"ema".into(), &"model".into())
+    );
+    for key in ["samples", "loss", "acc1", "acc5"] {
+        assert_eq!(ema[key], alone[key], "{key}: {ema} against {alone}");
+    }
+    assert_ne!(ema["loss"], model["loss"], "{ema} against {model}");
+    let line = String::from_utf8(eval(&file, &["--use-ema"]).stdout).unwrap();
+    assert!(line.contains("(16 samples, EMA weights): top-1"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
