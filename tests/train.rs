@@ -207,6 +207,15 @@ fn a_run_resumes_on_another_device_and_each_epoch_records_its_own() {
         config.contains("\ndevice = \"cpu\"\n") && config.contains("# device used: cpu\n"),
         "{config}"
     );
+    // resuming the finished run trains nothing and says how to train it longer
+    let finished = ok(train(&spec, &out, &["--resume", "--device", "cpu"]));
+    let said = String::from_utf8_lossy(&finished.stderr);
+    assert!(
+        said.contains("the run has trained all 3 of its epochs")
+            && said.contains("give --resume --epochs N, N above 3"),
+        "{said}"
+    );
+    assert_eq!(metrics(&out).len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

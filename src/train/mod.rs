@@ -447,7 +447,14 @@ fn restore<B: Compute>(
         dir.load_checkpoint(backend, learner, state, options.allow_non_finite, leader)?;
     }
     let lines = dir.read_metrics(state.epochs_done);
-    eprintln!("resuming after epoch {} of {epochs}", state.epochs_done);
+    if state.epochs_done < epochs {
+        eprintln!("resuming after epoch {} of {epochs}", state.epochs_done);
+    } else {
+        eprintln!(
+            "the run has trained all {epochs} of its epochs, so there is nothing to resume; to \
+             train it longer, give --resume --epochs N, N above {epochs}"
+        );
+    }
     Ok(lines)
 }
 
