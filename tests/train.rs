@@ -220,6 +220,30 @@ fn a_run_resumes_on_another_device_and_each_epoch_records_its_own() {
 }
 
 #[test]
+fn a_head_wider_than_the_dataset_trains_with_a_note() {
+    let dir = scratch("wide-head");
+    let twelve = TINY_REVSRESNET.replace("\"num_classes\": 10", "\"num_classes\": 12");
+    let wide = ok(train(
+        &spec_file(&dir, &twelve),
+        &dir.join("wide"),
+        &["--epochs", "1"],
+    ));
+    let said = String::from_utf8_lossy(&wide.stderr);
+    assert!(
+        said.contains(
+            "note: the model's head has 12 classes and synthetic has 10, so 2 outputs are never a \
+             target; give --num-classes 10"
+        ),
+        "{said}"
+    );
+    let spec = spec_file(&dir, TINY_REVSRESNET);
+    let fitting = ok(train(&spec, &dir.join("fits"), &["--epochs", "1"]));
+    let said = String::from_utf8_lossy(&fitting.stderr);
+    assert!(!said.contains("note: the model's head"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let dir = scratch("nan");
     let spec = spec_file(&dir, TINY_REVSRESNET);

@@ -141,6 +141,9 @@ fn train_on<B: Compute>(
         } else if config.sync_bn {
             eprintln!("{SYNC_BN_ON_ONE_RANK}");
         }
+        if let Some(note) = wider_head(&state.spec, config.dataset.name(), test_data.as_ref()) {
+            eprintln!("{note}");
+        }
         dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
     }
     let lines = match run.resumed {
@@ -456,6 +459,21 @@ fn restore<B: Compute>(
         );
     }
     Ok(lines)
+}
+
+/// A note when the model's head has more classes than the dataset (a preset's 100 classes on a
+/// 10-class dataset, `--num-classes` left out): allowed, as the official code allows it, but the
+/// extra outputs are never a target, which is seldom what was meant.
+fn wider_head(spec: &ModelSpec, dataset: &str, data: &dyn Dataset) -> Option<String> {
+    let classes = data.num_classes();
+    (spec.num_classes > classes).then(|| {
+        format!(
+            "note: the model's head has {} classes and {dataset} has {classes}, so {} outputs are \
+             never a target; give --num-classes {classes} for a head of the dataset's size",
+            spec.num_classes,
+            spec.num_classes - classes
+        )
+    })
 }
 
 /// The run's training set (with its augmentation) and test split, shaped for `spec`.
