@@ -79,6 +79,7 @@ impl TrainArgs {
                     .into(),
             ));
         }
+        self.threads.apply()?;
         let process = ProcessRank::from_env()?;
         if let (Some(count), None, false) = (self.gpus, &process, self.print_config) {
             return gpus::launch(count, self.settings.device);
@@ -100,7 +101,6 @@ impl TrainArgs {
             return Ok(());
         }
         let device = gpus::open_device(&run, process.as_ref())?;
-        self.threads.apply()?;
         if run.config.device == DeviceChoice::Cuda {
             // `auto` has said which device it took, and why. One write, so that the lines of
             // ranks that print at once do not interleave.

@@ -141,7 +141,8 @@ fn train_on<B: Compute>(
         } else if config.sync_bn {
             eprintln!("{SYNC_BN_ON_ONE_RANK}");
         }
-        if let Some(note) = wider_head(&state.spec, config.dataset.name(), test_data.as_ref()) {
+        let note = wider_head(&state.spec, config.dataset.name(), test_data.as_ref());
+        if let (Some(note), None) = (note, &run.resumed) {
             eprintln!("{note}");
         }
         dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
@@ -450,15 +451,23 @@ fn restore<B: Compute>(
         dir.load_checkpoint(backend, learner, state, options.allow_non_finite, leader)?;
     }
     let lines = dir.read_metrics(state.epochs_done);
-    if state.epochs_done < epochs {
-        eprintln!("resuming after epoch {} of {epochs}", state.epochs_done);
-    } else {
-        eprintln!(
-            "the run has trained all {epochs} of its epochs, so there is nothing to resume; to \
-             train it longer, give --resume --epochs N, N above {epochs}"
-        );
+    if leader {
+        eprintln!("{}", resume_line(state.epochs_done, epochs));
     }
     Ok(lines)
+}
+
+/// What a resumed run says as it restores: where it resumes, or that it has trained all its
+/// epochs and how to train it longer.
+fn resume_line(done: usize, epochs: usize) -> String {
+    if done < epochs {
+        format!("resuming after epoch {done} of {epochs}")
+    } else {
+        format!(
+            "the run has trained all {epochs} of its epochs, so there is nothing to resume; to \
+             train it longer, give --resume --epochs N, N above {epochs}"
+        )
+    }
 }
 
 /// A note when the model's head has more classes than the dataset (a preset's 100 classes on a

@@ -54,10 +54,13 @@ impl Neighbour {
         })
     }
 
-    /// The model's name in a run state (`revsresnet21`, or the spec file of a run of `--spec`);
-    /// `None` for a bare spec.
-    fn model_name(&self) -> Option<String> {
-        self.value.get("model")?.as_str().map(String::from)
+    /// The model's name: a run state's (`revsresnet21`, or the spec file of a run of `--spec`),
+    /// else this file's path, as `--spec` names a model.
+    fn model_name(&self) -> String {
+        match self.value.get("model").and_then(Value::as_str) {
+            Some(name) => name.to_string(),
+            None => self.path.display().to_string(),
+        }
     }
 
     /// The test data of a run state's settings (`dataset`, `data_dir`, `test_samples`), so that
@@ -289,13 +292,7 @@ impl EvalArgs {
             ));
         }
         match neighbour {
-            Some(neighbour) => {
-                let name = neighbour.model_name();
-                Ok((
-                    name.unwrap_or_else(|| self.checkpoint.display().to_string()),
-                    neighbour.spec()?,
-                ))
-            }
+            Some(neighbour) => Ok((neighbour.model_name(), neighbour.spec()?)),
             None => Err(Error::Usage(format!(
                 "no {} beside the checkpoint to take the model from; pass --model or --spec",
                 self.checkpoint.with_extension("json").display()
