@@ -20,7 +20,7 @@ pub mod run;
 pub mod run_dir;
 pub mod tensorboard;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,21 +131,12 @@ fn train_on<B: Compute>(
     }
     let leader = ranks[0].is_leader();
     if leader {
-        dir.create()?;
-        eprintln!("run folder: {}", dir.path().display());
-        if let Some((path, _)) = &initial {
-            eprintln!("starting from the weights of {}", path.display());
-        }
-        if config.ranks > 1 {
-            eprintln!("{}", describe_ranks(config, ranks.len()));
-        } else if config.sync_bn {
-            eprintln!("{SYNC_BN_ON_ONE_RANK}");
-        }
-        let note = wider_head(&state.spec, config.dataset.name(), test_data.as_ref());
-        if let (Some(note), None) = (note, &run.resumed) {
-            eprintln!("{note}");
-        }
-        dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)?;
+        let start = RunStart {
+            initial: initial.as_ref().map(|(path, _)| *path),
+            local_ranks: ranks.len(),
+            test_data: test_data.as_ref(),
+        };
+        open_run_folder(run, &dir, device, &state.spec, start)?;
     }
     let lines = match run.resumed {
         Some(_) => restore(
@@ -178,22 +169,7 @@ fn train_on<B: Compute>(
         test_data: &test_data,
         end,
     };
-    // the leader's: the metrics so far and the event writer
-    let mut leader_part = Some((lines, events)).filter(|_| leader);
-    let jobs = ranks
-        .into_iter()
-        .zip(learners)
-        .map(|(rank, learner)| {
-            let (lines, events) = leader_part.take().unwrap_or_default();
-            RankJob {
-                rank,
-                learner,
-                state: state.clone(),
-                lines,
-                events,
-            }
-        })
-        .collect();
+    let jobs = RankJob::all(ranks, learners, &state, (lines, events));
     if options.ctrl_c_stops {
         interrupt::listen();
     }
@@ -206,6 +182,42 @@ fn train_on<B: Compute>(
         epochs_done: state.epochs_done,
         epochs: config.epochs,
     })
+}
+
+/// What the leader's start of a run says besides its settings: the file of its initial weights,
+/// the ranks this process trains and the test data.
+struct RunStart<'a> {
+    initial: Option<&'a Path>,
+    local_ranks: usize,
+    test_data: &'a dyn Dataset,
+}
+
+/// The leader's start of an invocation: creates the run folder and says where it is, which
+/// weights a new run starts from, how the ranks share each batch and whether the head is wider
+/// than the dataset's classes (a new run only); then writes `config.toml`.
+fn open_run_folder(
+    run: &Run,
+    dir: &RunDir,
+    device: &Device,
+    spec: &ModelSpec,
+    start: RunStart<'_>,
+) -> Result<()> {
+    let config = &run.config;
+    dir.create()?;
+    eprintln!("run folder: {}", dir.path().display());
+    if let Some(path) = start.initial {
+        eprintln!("starting from the weights of {}", path.display());
+    }
+    if config.ranks > 1 {
+        eprintln!("{}", describe_ranks(config, start.local_ranks));
+    } else if config.sync_bn {
+        eprintln!("{SYNC_BN_ON_ONE_RANK}");
+    }
+    let note = wider_head(spec, config.dataset.name(), start.test_data);
+    if let (Some(note), None) = (note, &run.resumed) {
+        eprintln!("{note}");
+    }
+    dir.write_config(&config_file_text(config, Some((dir.path(), device)))?)
 }
 
 /// The ranks this process trains: this process's one rank of a run of processes, else the
@@ -286,6 +298,32 @@ struct RankJob<B: Compute> {
     state: RunState,
     lines: Vec<Value>,
     events: Option<EventWriter>,
+}
+
+impl<B: Compute> RankJob<B> {
+    /// One job per rank, each from `state`; the leader's (the first, where this process holds
+    /// the leader) also takes `leader_part`, the metrics so far and the event writer.
+    fn all(
+        ranks: Vec<Rank<B>>,
+        learners: Vec<Learner<B>>,
+        state: &RunState,
+        leader_part: (Vec<Value>, Option<EventWriter>),
+    ) -> Vec<RankJob<B>> {
+        let leader = ranks.first().is_some_and(Rank::is_leader);
+        let mut leader_part = Some(leader_part).filter(|_| leader);
+        let jobs = ranks.into_iter().zip(learners);
+        jobs.map(|(rank, learner)| {
+            let (lines, events) = leader_part.take().unwrap_or_default();
+            RankJob {
+                rank,
+                learner,
+                state: state.clone(),
+                lines,
+                events,
+            }
+        })
+        .collect()
+    }
 }
 
 /// Trains one rank until the invocation's last epoch: each epoch trains, shares rank 0's
