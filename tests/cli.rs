@@ -519,10 +519,15 @@ fn bench_and_memory_report_the_emulated_precision() {
         "1",
         "--precision",
         "fp16",
+        "--threads",
+        "1",
         "--json",
     ]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["precision"], "fp16", "{report}");
+    // the CPU's peak depends on the thread count (each thread's working buffers): the report
+    // says it
+    assert_eq!(report["threads"], 1, "{report}");
 }
 
 /// Whether this machine has a usable CUDA device (then `--device cuda` runs instead of failing).

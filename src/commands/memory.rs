@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{ModelArgs, ThreadsArg, full_training_step, print_json_report, random_images};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, counted};
 use crate::footprint;
 use crate::model::BuildOptions;
 use crate::model::reversible::{ReversibleOptions, Storage};
@@ -144,6 +144,7 @@ impl MemoryArgs {
                 "dtype": "f32",
                 "time_steps": spec.time_steps,
                 "bptt": self.bptt,
+                "threads": rayon::current_num_threads(),
                 "per_batch": per_batch,
                 "bytes_per_image_slope": report.bytes_per_image_slope,
                 "bytes_per_image_at_max_batch": report.bytes_per_image_at_max_batch,
@@ -158,7 +159,10 @@ impl MemoryArgs {
             spec.time_steps,
             self.precision,
             match device {
-                Device::Cpu(_) => "CPU".to_string(),
+                Device::Cpu(_) => {
+                    let threads = counted(rayon::current_num_threads(), "thread", "threads");
+                    format!("CPU, {threads}")
+                }
                 Device::Cuda(_) => format!("CUDA {}, device tensors", device.name()),
             },
             if self.bptt {
