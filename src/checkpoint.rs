@@ -36,7 +36,7 @@ pub enum TensorData {
 }
 
 /// One stored tensor: row-major elements of `shape` (a file read by [`parse`] always holds as
-/// many elements as the shape says; [`write`] refuses a tensor that does not).
+/// many elements as the shape says; [`write()`] refuses a tensor that does not).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredTensor {
     pub shape: Vec<usize>,

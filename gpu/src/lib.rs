@@ -4,7 +4,7 @@
 //! this crate builds and its callers run on machines without CUDA; every entry point checks for
 //! the libraries first and reports their absence as a [`GpuError`], never as a panic.
 //!
-//! - [`probe`]: is there a usable GPU, and if not, why not.
+//! - [`probe`](mod@probe): is there a usable GPU, and if not, why not.
 //! - [`compiler`]: NVRTC compilation of `gpu/kernels/*.cu` to PTX or to a CUBIN for one
 //!   architecture; [`kernels`] lists the sources.
 //! - [`device`]: a CUDA context and stream with the kernels compiled for its own architecture on

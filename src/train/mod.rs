@@ -1,6 +1,6 @@
 //! The training loop behind `revsnn train`: the run's settings ([`config`], a recipe from
 //! [`recipe`]), seeded batches from prefetching workers ([`loader`], [`pipeline`]), one
-//! [`epoch`] after another, each [`evaluate`]d on the test split and saved to the run folder
+//! [`epoch`] after another, each [`evaluate()`]d on the test split and saved to the run folder
 //! ([`run_dir`]: atomic checkpoints `last.*` and `best.*`, `metrics.jsonl`, `curves.png`), and a
 //! bit-for-bit `--resume` ([`run`]).
 

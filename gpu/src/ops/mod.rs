@@ -7,7 +7,7 @@
 //! `foreach`, the launches over many tensors at once that `optim` and `tensor` share (kernel side
 //! in `gpu/kernels/foreach.cuh`). Every function validates its operands with the contract's shape
 //! rules (`revsnn_reference::contract`; a [`GpuError::Op`] names the op and what is wrong, as the
-//! CPU backend does), allocates its outputs through [`GpuDevice`](crate::GpuDevice) so they are
+//! CPU backend does), allocates its outputs through [`GpuDevice`] so they are
 //! counted, and queues its kernels on the device's one stream.
 
 pub mod attention;

@@ -588,7 +588,7 @@ pub fn fingerprint<E: GpuElement>(device: &GpuDevice, x: &CudaTensor<E>) -> Resu
 }
 
 /// `word = word.rotate_left(5) ^ fingerprint(x)` on the device: the element sum of
-/// [`fingerprint`] added into one of the word's slots, which the word folds later
+/// [`fingerprint()`] added into one of the word's slots, which the word folds later
 /// ([`DeviceWord`]); no wait, no launch besides the sum's.
 pub fn fold_fingerprint<E: GpuElement>(
     device: &GpuDevice,

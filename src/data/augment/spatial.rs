@@ -91,9 +91,10 @@ pub(super) fn erase(
     }
 }
 
-/// timm `RandomErasing(probability, mode='const', max_count=1)` (docs/recipes.md §5.1): with probability
-/// `prob`, one box of area 2%-1/3 of the image and aspect ratio 0.3-3.3 (10 tries) is set to 0
-/// in all channels. Apply after [`normalize`]. Returns the box (top, left, h, w) if any.
+/// timm `RandomErasing(probability, mode='const', max_count=1)` (docs/recipes.md §5.1): with
+/// probability `prob`, one box of area 2%-1/3 of the image and aspect ratio 0.3-3.3 (10 tries)
+/// is set to 0 in all channels. Apply after [`normalize`](super::normalize). Returns the box
+/// (top, left, h, w) if any.
 pub fn random_erasing(
     values: &mut [f32],
     shape: Planes,
