@@ -1,5 +1,5 @@
 // im2col and col2im of the 2-D convolution (docs/architectures.md §4.0); twin of
-// reference/src/ops/conv/mod.rs, host side in gpu/src/ops/conv/mod.rs, whose cuBLAS GEMMs do the
+// reference/src/ops/conv/mod.rs, host side in gpu/src/ops/conv/im2col.rs, whose cuBLAS GEMMs do the
 // arithmetic.
 //
 // Layouts (row-major): x and dx are [B, C, H, W] (a chunk of B images); the columns are

@@ -131,12 +131,17 @@ fn train_on<B: Compute>(
     }
     let leader = ranks[0].is_leader();
     if leader {
-        let start = RunStart {
-            initial: initial.as_ref().map(|(path, _)| *path),
-            local_ranks: ranks.len(),
-            test_data: test_data.as_ref(),
-        };
-        open_run_folder(run, &dir, device, &state.spec, start)?;
+        let initial = initial.as_ref().map(|(path, _)| *path);
+        let local_ranks = ranks.len();
+        open_run_folder(
+            run,
+            &dir,
+            device,
+            &state.spec,
+            initial,
+            local_ranks,
+            &*test_data,
+        )?;
     }
     let lines = match run.resumed {
         Some(_) => restore(
@@ -169,7 +174,8 @@ fn train_on<B: Compute>(
         test_data: &test_data,
         end,
     };
-    let jobs = RankJob::all(ranks, learners, &state, (lines, events));
+    let leader_part = Some((lines, events)).filter(|_| leader);
+    let jobs = RankJob::all(ranks, learners, &state, leader_part);
     if options.ctrl_c_stops {
         interrupt::listen();
     }
@@ -184,36 +190,31 @@ fn train_on<B: Compute>(
     })
 }
 
-/// What the leader's start of a run says besides its settings: the file of its initial weights,
-/// the ranks this process trains and the test data.
-struct RunStart<'a> {
-    initial: Option<&'a Path>,
-    local_ranks: usize,
-    test_data: &'a dyn Dataset,
-}
-
 /// The leader's start of an invocation: creates the run folder and says where it is, which
-/// weights a new run starts from, how the ranks share each batch and whether the head is wider
-/// than the dataset's classes (a new run only); then writes `config.toml`.
+/// weights a new run starts from (`initial`), how the ranks share each batch (`local_ranks` of
+/// them in this process) and whether the head is wider than the classes of `test_data` (a new
+/// run only); then writes `config.toml`.
 fn open_run_folder(
     run: &Run,
     dir: &RunDir,
     device: &Device,
     spec: &ModelSpec,
-    start: RunStart<'_>,
+    initial: Option<&Path>,
+    local_ranks: usize,
+    test_data: &dyn Dataset,
 ) -> Result<()> {
     let config = &run.config;
     dir.create()?;
     eprintln!("run folder: {}", dir.path().display());
-    if let Some(path) = start.initial {
+    if let Some(path) = initial {
         eprintln!("starting from the weights of {}", path.display());
     }
     if config.ranks > 1 {
-        eprintln!("{}", describe_ranks(config, start.local_ranks));
+        eprintln!("{}", describe_ranks(config, local_ranks));
     } else if config.sync_bn {
         eprintln!("{SYNC_BN_ON_ONE_RANK}");
     }
-    let note = wider_head(spec, config.dataset.name(), start.test_data);
+    let note = wider_head(spec, config.dataset.name(), test_data);
     if let (Some(note), None) = (note, &run.resumed) {
         eprintln!("{note}");
     }
@@ -301,16 +302,14 @@ struct RankJob<B: Compute> {
 }
 
 impl<B: Compute> RankJob<B> {
-    /// One job per rank, each from `state`; the leader's (the first, where this process holds
-    /// the leader) also takes `leader_part`, the metrics so far and the event writer.
+    /// One job per rank, each from `state`; the first also takes `leader_part`, the metrics so
+    /// far and the event writer, where this process holds the leader.
     fn all(
         ranks: Vec<Rank<B>>,
         learners: Vec<Learner<B>>,
         state: &RunState,
-        leader_part: (Vec<Value>, Option<EventWriter>),
+        mut leader_part: Option<(Vec<Value>, Option<EventWriter>)>,
     ) -> Vec<RankJob<B>> {
-        let leader = ranks.first().is_some_and(Rank::is_leader);
-        let mut leader_part = Some(leader_part).filter(|_| leader);
         let jobs = ranks.into_iter().zip(learners);
         jobs.map(|(rank, learner)| {
             let (lines, events) = leader_part.take().unwrap_or_default();

@@ -41,7 +41,7 @@ impl<B: Backend> BatchNormSaved<B> {
     /// Whether a neuron fed by this BatchNorm's output can keep nothing for its backward:
     /// training, with the batch's own statistics, whose context makes the output again
     /// (docs/neurons.md §2.4.2).
-    pub(in crate::model) fn makes_output_again(&self, session: &Session<B>) -> bool {
+    pub(super) fn makes_output_again(&self, session: &Session<B>) -> bool {
         session.mode == Mode::Train && matches!(self, BatchNormSaved::Local(_))
     }
 

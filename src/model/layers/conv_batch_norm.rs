@@ -39,7 +39,7 @@ impl ConvBn {
     /// Whether this forward runs as the one op, and a neuron after this layer fires within it,
     /// over the BatchNorm's output as it is made: training with the batch's own statistics
     /// (synchronised ones need the convolution's output: [`sync_batch_norm`]).
-    pub(super) fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
+    fn runs_fused<B: Backend>(&self, session: &Session<B>) -> bool {
         session.mode == Mode::Train && session.sync_batch_norm.is_none()
     }
 
@@ -106,7 +106,7 @@ impl ConvBn {
 
     /// The convolution's weight and bias (if any) and the BatchNorm's affine parameters in
     /// `store`, with the BatchNorm settings `params`.
-    pub(super) fn parameters<'s, B: Backend>(
+    fn parameters<'s, B: Backend>(
         &self,
         store: &'s ParamStore<B>,
         params: BatchNormParams,
@@ -126,7 +126,7 @@ impl ConvBn {
     }
 
     /// Records the one op's batch statistics; its output and the two contexts.
-    pub(super) fn finish_fused<B: Backend>(
+    fn finish_fused<B: Backend>(
         &self,
         session: &mut Session<B>,
         output: ConvBatchNormTrainOutput<B::Tensor, B::Conv2dContext, B::BatchNormContext>,
@@ -220,7 +220,7 @@ pub(in crate::model) type Fired<B, S> = (
 impl SeqToAnn<ConvBn> {
     /// This layer, then `neuron` over its output ([`ConvBn::forward_then_fire`] over the
     /// time-flattened `x`).
-    pub(in crate::model) fn forward_then_fire<B: Backend>(
+    pub(super) fn forward_then_fire<B: Backend>(
         &self,
         session: &mut Session<B>,
         x: B::Tensor,

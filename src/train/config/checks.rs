@@ -1,5 +1,5 @@
-//! The checks of single knobs: each error names the config key, its flag, the value and what the
-//! knob takes.
+//! The checks of single knobs, each error naming the config key, its flag, the value and what
+//! the knob takes; and [`set`], a knob the recipe's layer has filled.
 
 use std::fmt::Display;
 

@@ -1,7 +1,11 @@
-//! The `[loader]` section: the input pipeline's knobs and their limits.
+//! The `[loader]` section: the input pipeline's knobs, laid over one another and checked
+//! against their limits.
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
+
+use super::checks::{at_least_one, between, set};
+use crate::error::Result;
 
 /// The input pipeline's knobs (`[loader]`); they change the speed and the memory, never the
 /// training batches, and the evaluation's scores only by rounding.
@@ -41,6 +45,14 @@ impl LoaderSettings {
 
 /// The most loader threads a run may ask for: far above the cores of any machine it runs on,
 /// far below what the OS refuses to spawn.
-pub(super) const MAX_WORKERS: usize = 256;
+const MAX_WORKERS: usize = 256;
 /// The most batches a loader worker may keep ready ahead.
-pub(super) const MAX_PREFETCH: usize = 64;
+const MAX_PREFETCH: usize = 64;
+
+/// The loader's knobs (every one set), checked: `(workers, prefetch, eval_batch)`.
+pub(super) fn check_loader(settings: &LoaderSettings) -> Result<(usize, usize, usize)> {
+    let workers = between("loader.workers", set(&settings.workers), MAX_WORKERS)?;
+    let prefetch = between("loader.prefetch", set(&settings.prefetch), MAX_PREFETCH)?;
+    let eval_batch = at_least_one("loader.eval_batch", set(&settings.eval_batch))?;
+    Ok((workers, prefetch, eval_batch))
+}

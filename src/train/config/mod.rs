@@ -51,10 +51,9 @@ pub use optimizer::{OptimizerSettings, ScheduleSettings, paper_optimizer};
 pub use resume::{CHANGEABLE_ON_RESUME, changed_on_resume};
 pub use run::RunSettings;
 
-use super::recipe::{DatasetKind, RecipeInput, RecipeKind};
+use super::recipe::RecipeKind;
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
-use crate::spec::ModelSpec;
 
 /// Every knob of a training run, as a TOML file or the command line gives it; unset knobs take
 /// the recipe's value.
@@ -186,15 +185,6 @@ pub struct GivenSettings {
 }
 
 impl GivenSettings {
-    /// Sets the keys a run state written before they existed lacks to the one value such a run
-    /// had: precision f32, one rank, no synchronised BatchNorm. `--resume` then accepts them
-    /// given explicitly with those values.
-    pub fn fill_keys_added_later(&mut self) {
-        self.precision.get_or_insert(Precision::F32);
-        self.ranks.get_or_insert(1);
-        self.sync_bn.get_or_insert(false);
-    }
-
     /// These settings laid over `lower` (flags over a file): each knob set here wins. A model
     /// named here (`model` or `spec`) replaces both of `lower`'s; an initial checkpoint named
     /// here drops `lower`'s digest, which pins `lower`'s file.
@@ -254,60 +244,5 @@ impl GivenSettings {
     /// Every knob decided and checked: the recipe's values for those left open.
     pub fn resolve(&self) -> Result<RunSettings> {
         RunSettings::resolve(self, self.resolve_model()?)
-    }
-
-    /// The dataset, by default `synthetic` (or `synthetic-events` for DVS models).
-    fn dataset_kind(&self, spec: &ModelSpec) -> Result<DatasetKind> {
-        match &self.dataset {
-            Some(name) => DatasetKind::from_name(name),
-            None if spec.arch.is_dvs() => Ok(DatasetKind::SyntheticEvents),
-            None => Ok(DatasetKind::Synthetic),
-        }
-    }
-
-    /// The model these settings name, with the recipe's head and time steps for a preset
-    /// (`paper`, see [`RecipeInput::preset_for_dataset`]) and `num_classes` and `time_steps` over
-    /// them.
-    pub fn resolve_model(&self) -> Result<RunModel> {
-        let (source, name, mut spec) = match (&self.model, &self.spec) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Usage(
-                    "model and spec both name the model: keep one (in the config file, or give \
-                     --model or --spec, which replaces the file's)"
-                        .into(),
-                ));
-            }
-            (Some(preset), None) => (
-                ModelSource::Preset(preset.clone()),
-                preset.clone(),
-                ModelSpec::preset(preset)?,
-            ),
-            (None, Some(path)) => (
-                ModelSource::File(path.clone()),
-                path.display().to_string(),
-                ModelSpec::read(path)?,
-            ),
-            (None, None) => (
-                ModelSource::Default,
-                "revsresnet-small".to_string(),
-                default_spec(),
-            ),
-        };
-        if matches!(source, ModelSource::Preset(_)) {
-            RecipeInput {
-                recipe: self.recipe.unwrap_or_default(),
-                arch: spec.arch,
-                dataset: self.dataset_kind(&spec)?,
-            }
-            .preset_for_dataset(&mut spec);
-        }
-        if let Some(classes) = self.num_classes {
-            spec.num_classes = classes;
-        }
-        if let Some(steps) = self.time_steps {
-            spec.time_steps = steps;
-        }
-        spec.validate()?;
-        Ok(RunModel { source, name, spec })
     }
 }

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use super::GivenSettings;
+use crate::error::{Error, Result};
 use crate::spec::{Arch, ModelSpec};
+use crate::train::recipe::{DatasetKind, RecipeInput};
 
 /// The model `revsnn train` trains when given none: a small RevSResNet for 32x32 RGB, 10 classes.
 pub fn default_spec() -> ModelSpec {
@@ -54,5 +56,62 @@ impl RunModel {
             (None, None) => ModelSource::Default,
         };
         RunModel { source, name, spec }
+    }
+}
+
+impl GivenSettings {
+    /// The dataset, by default `synthetic` (or `synthetic-events` for DVS models).
+    pub(super) fn dataset_kind(&self, spec: &ModelSpec) -> Result<DatasetKind> {
+        match &self.dataset {
+            Some(name) => DatasetKind::from_name(name),
+            None if spec.arch.is_dvs() => Ok(DatasetKind::SyntheticEvents),
+            None => Ok(DatasetKind::Synthetic),
+        }
+    }
+
+    /// The model these settings name, with the recipe's head and time steps for a preset
+    /// (`paper`, see [`RecipeInput::preset_for_dataset`]) and `num_classes` and `time_steps` over
+    /// them.
+    pub fn resolve_model(&self) -> Result<RunModel> {
+        let (source, name, mut spec) = match (&self.model, &self.spec) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Usage(
+                    "model and spec both name the model: keep one (in the config file, or give \
+                     --model or --spec, which replaces the file's)"
+                        .into(),
+                ));
+            }
+            (Some(preset), None) => (
+                ModelSource::Preset(preset.clone()),
+                preset.clone(),
+                ModelSpec::preset(preset)?,
+            ),
+            (None, Some(path)) => (
+                ModelSource::File(path.clone()),
+                path.display().to_string(),
+                ModelSpec::read(path)?,
+            ),
+            (None, None) => (
+                ModelSource::Default,
+                "revsresnet-small".to_string(),
+                default_spec(),
+            ),
+        };
+        if matches!(source, ModelSource::Preset(_)) {
+            RecipeInput {
+                recipe: self.recipe.unwrap_or_default(),
+                arch: spec.arch,
+                dataset: self.dataset_kind(&spec)?,
+            }
+            .preset_for_dataset(&mut spec);
+        }
+        if let Some(classes) = self.num_classes {
+            spec.num_classes = classes;
+        }
+        if let Some(steps) = self.time_steps {
+            spec.time_steps = steps;
+        }
+        spec.validate()?;
+        Ok(RunModel { source, name, spec })
     }
 }

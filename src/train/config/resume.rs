@@ -1,5 +1,7 @@
 //! What `--resume` may change of a run's settings.
 
+use revsnn_reference::Precision;
+
 use super::GivenSettings;
 use crate::error::Result;
 
@@ -51,4 +53,15 @@ pub fn changed_on_resume(
             })
         })
         .collect())
+}
+
+impl GivenSettings {
+    /// Sets the keys a run state written before they existed lacks to the one value such a run
+    /// had: precision f32, one rank, no synchronised BatchNorm. `--resume` then accepts them
+    /// given explicitly with those values.
+    pub fn fill_keys_added_later(&mut self) {
+        self.precision.get_or_insert(Precision::F32);
+        self.ranks.get_or_insert(1);
+        self.sync_bn.get_or_insert(false);
+    }
 }

@@ -7,7 +7,7 @@ use revsnn_reference::Precision;
 
 use super::augment::{AugmentSettings, check_augment};
 use super::checks::{at_least_one, bad_setting, between, require, set, unused};
-use super::loader::{LoaderSettings, MAX_PREFETCH, MAX_WORKERS};
+use super::loader::{LoaderSettings, check_loader};
 use super::optimizer::{OptimizerSettings, ScheduleSettings, check_optimizer, check_schedule};
 use super::{GivenSettings, ModelSource, RunModel};
 use crate::data::augment::Augmentation;
@@ -115,13 +115,7 @@ impl RunSettings {
         }
         let ranks = between("ranks", set(&settings.ranks), MAX_RANKS)?;
         check_ranks(ranks, batch)?;
-        let workers = between("loader.workers", set(&settings.loader.workers), MAX_WORKERS)?;
-        let prefetch = between(
-            "loader.prefetch",
-            set(&settings.loader.prefetch),
-            MAX_PREFETCH,
-        )?;
-        let eval_batch = at_least_one("loader.eval_batch", set(&settings.loader.eval_batch))?;
+        let (workers, prefetch, eval_batch) = check_loader(&settings.loader)?;
         Ok(RunSettings {
             recipe: set(&settings.recipe),
             model,

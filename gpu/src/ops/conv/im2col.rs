@@ -15,10 +15,11 @@
 //! db[o]      = sum_{n, p} dy[n, o, p]         a fixed-order reduction kernel
 //! ```
 //!
-//! A 1x1, stride-1, unpadded convolution needs no im2col for its forward and input gradient:
-//! `x[n]` viewed as `[C_in, P]` is its columns, so `y = W x[n]` and `dx[n] = W^T dy[n]` are single
-//! strided batched GEMMs over the whole batch. Its weight gradient still goes through the chunked
-//! path (there the 1x1 im2col transposes `x` to `[C_in, B P]`, so `dW` is one GEMM per chunk).
+//! A 1x1, stride-1, unpadded convolution needs no im2col for its forward and input gradient
+//! (the parent module's GEMMs, which the cuDNN engine runs too): `x[n]` viewed as `[C_in, P]` is
+//! its columns, so `y = W x[n]` and `dx[n] = W^T dy[n]` are single strided batched GEMMs over the
+//! whole batch. Its weight gradient still goes through the chunked path (there the 1x1 im2col
+//! transposes `x` to `[C_in, B P]`, so `dW` is one GEMM per chunk).
 //!
 //! **Workspace.** The columns of a big batch are large (256 images of a 3x3 convolution over 64
 //! channels at 32x32: 256 x 576 x 1024 floats, 600 MB), so the batch is processed in chunks of as

@@ -1,10 +1,10 @@
 //! 2-D convolution on the GPU (docs/conventions.md §1; docs/architectures.md §4.0); twin of
-//! `reference/src/ops/conv/` (the CPU's sparse-spike path is its submodule, cuDNN is this one's). Two
-//! engines ([`ConvEngine`], chosen per device): cuDNN's deterministic algorithms ([`cudnn`]), the
-//! default when cuDNN loads, and im2col + cuBLAS GEMM ([`im2col`]). Both share the operand
-//! checks, the bias (its fill and gradient kernels in `gpu/kernels/linear.cu`) and the context;
-//! a shape cuDNN has no deterministic algorithm for runs on im2col. A pointwise (1x1, stride 1, unpadded)
-//! convolution's forward and input gradient are single GEMMs on cuBLAS with either engine (on the
+//! `reference/src/ops/conv/` (the CPU's sparse-spike path is its submodule; this one's are its
+//! two engines). The engines ([`ConvEngine`], chosen per device): cuDNN's deterministic
+//! algorithms ([`cudnn`]), the default when cuDNN loads, and im2col + cuBLAS GEMM ([`im2col`]).
+//! Both share the operand checks, the bias (its fill and gradient kernels in
+//! `gpu/kernels/linear.cu`) and the context; a shape cuDNN has no deterministic algorithm for runs
+//! on im2col. A pointwise (1x1, stride 1, unpadded) convolution's forward and input gradient are single GEMMs on cuBLAS with either engine (on the
 //! H200, 122 us against cuDNN's 270 us for 384 -> 1536 channels at 8x8 over 256 images, TF32);
 //! its weight gradient follows the engine. Under bf16 and fp16 the forward's GEMM, and on cuDNN's
 //! engine the input gradient's, read 16-bit operands and write 16-bit outputs (docs/precision.md
@@ -28,7 +28,7 @@ use crate::memory::DeviceBuffer;
 use crate::tensor::CudaTensor;
 
 pub mod cudnn;
-mod im2col;
+pub mod im2col;
 
 pub use im2col::WORKSPACE_BYTES;
 use im2col::{im2col_backward, im2col_forward};
@@ -84,7 +84,8 @@ pub struct Conv2dContext<E> {
 }
 
 /// The checked sizes of one convolution (the contract's [`Conv2dGeometry`], so both backends
-/// accept and reject the same shapes) with the chunking and launches of this module's engines.
+/// accept and reject the same shapes), with the GEMMs both engines run; [`im2col`] adds its
+/// chunking and its GEMMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Geometry(Conv2dGeometry);
 
