@@ -490,7 +490,7 @@ fn every_command_that_computes_takes_threads() {
 }
 
 #[test]
-fn bench_and_memory_report_the_emulated_precision() {
+fn bench_and_memory_report_the_emulated_precision_and_their_threads() {
     let out = ok(revsnn(&[
         "bench",
         "--model",
@@ -505,10 +505,13 @@ fn bench_and_memory_report_the_emulated_precision() {
         "cpu",
         "--precision",
         "bf16",
+        "--threads",
+        "1",
         "--json",
     ]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["precision"], "bf16", "{report}");
+    assert_eq!(report["threads"], 1, "{report}");
     let out = ok(revsnn(&[
         "memory",
         "--model",

@@ -132,16 +132,8 @@ fn train_on<B: Compute>(
     let leader = ranks[0].is_leader();
     if leader {
         let initial = initial.as_ref().map(|(path, _)| *path);
-        let local_ranks = ranks.len();
-        open_run_folder(
-            run,
-            &dir,
-            device,
-            &state.spec,
-            initial,
-            local_ranks,
-            &*test_data,
-        )?;
+        let spec = &state.spec;
+        open_run_folder(run, &dir, device, spec, initial, ranks.len(), &*test_data)?;
     }
     let lines = match run.resumed {
         Some(_) => restore(
@@ -303,7 +295,7 @@ struct RankJob<B: Compute> {
 
 impl<B: Compute> RankJob<B> {
     /// One job per rank, each from `state`; the first also takes `leader_part`, the metrics so
-    /// far and the event writer, where this process holds the leader.
+    /// far and the event writer (`None` unless this process holds the leader).
     fn all(
         ranks: Vec<Rank<B>>,
         learners: Vec<Learner<B>>,

@@ -1,5 +1,6 @@
-//! Mixup with label smoothing as timm draws it (docs/recipes.md §5.1): the soft targets, the
-//! Beta-distributed mixing weight and its gamma variates.
+//! Mixup with label smoothing as timm draws it (docs/recipes.md §5.1, §5.3): the soft targets,
+//! the Beta-distributed mixing weight and its gamma variates; [`super::super::batch_rows`] mixes
+//! the rows.
 
 use revsnn_reference::testing::SplitMix64;
 

@@ -74,7 +74,7 @@ pub fn random_hflip<T>(values: &mut [T], shape: Planes, rng: &mut SplitMix64) ->
     Ok(flip)
 }
 
-/// Sets the box `[top, top + bh) x [left, left + bw)` of every plane to `value`.
+/// Sets the box `[top, top + bh) x [left, left + bw)` of every plane to 0.
 pub(super) fn erase(
     values: &mut [f32],
     shape: Planes,

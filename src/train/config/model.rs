@@ -1,4 +1,5 @@
-//! The model a run trains: where it comes from, its name and its spec.
+//! The model a run trains: where it comes from, its name and its spec, resolved from the given
+//! settings ([`GivenSettings::resolve_model`], with the dataset a preset's recipe depends on).
 
 use std::path::PathBuf;
 

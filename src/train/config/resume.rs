@@ -1,4 +1,5 @@
-//! What `--resume` may change of a run's settings.
+//! What `--resume` may change of a run's settings, and the keys a run state written before they
+//! existed lacks, filled in.
 
 use revsnn_reference::Precision;
 

@@ -4,11 +4,11 @@
 //! algorithms ([`cudnn`]), the default when cuDNN loads, and im2col + cuBLAS GEMM ([`im2col`]).
 //! Both share the operand checks, the bias (its fill and gradient kernels in
 //! `gpu/kernels/linear.cu`) and the context; a shape cuDNN has no deterministic algorithm for runs
-//! on im2col. A pointwise (1x1, stride 1, unpadded) convolution's forward and input gradient are single GEMMs on cuBLAS with either engine (on the
-//! H200, 122 us against cuDNN's 270 us for 384 -> 1536 channels at 8x8 over 256 images, TF32);
-//! its weight gradient follows the engine. Under bf16 and fp16 the forward's GEMM, and on cuDNN's
-//! engine the input gradient's, read 16-bit operands and write 16-bit outputs (docs/precision.md
-//! §"CUDA").
+//! on im2col. A pointwise (1x1, stride 1, unpadded) convolution's forward and input gradient are
+//! single GEMMs on cuBLAS with either engine (on the H200, 122 us against cuDNN's 270 us for 384 ->
+//! 1536 channels at 8x8 over 256 images, TF32); its weight gradient follows the engine. Under bf16
+//! and fp16 the forward's GEMM, and on cuDNN's engine the input gradient's, read 16-bit operands
+//! and write 16-bit outputs (docs/precision.md §"CUDA").
 //!
 //! **Determinism.** Both engines give the same bits run to run on one GPU: cuDNN runs only its
 //! deterministic algorithms ([`cudnn`]), and cuBLAS on the device's one stream uses no atomics
