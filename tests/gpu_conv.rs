@@ -9,7 +9,8 @@
 //! cuDNN loads, and its absence fails with `REVSNN_REQUIRE_CUDNN=1`.
 
 use revsnn_gpu::ops::GpuElement;
-use revsnn_gpu::ops::conv::{WORKSPACE_BYTES, cudnn};
+use revsnn_gpu::ops::conv::cudnn;
+use revsnn_gpu::ops::conv::im2col::WORKSPACE_BYTES;
 use revsnn_gpu::testing::{backend_or_skip, each_conv_engine};
 use revsnn_gpu::{ConvEngine, Cuda};
 use revsnn_reference::prelude::*;

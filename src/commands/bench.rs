@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{ModelArgs, ThreadsArg, full_training_step, print_json_report, random_images};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
-use crate::error::{Error, Result, counted};
+use crate::error::{Error, Result};
 use crate::footprint;
 use crate::model::BuildOptions;
 use crate::model::reversible::Storage;
@@ -161,10 +161,7 @@ impl BenchArgs {
     fn print_line(&self, name: &str, device: &Device, report: &BenchReport) {
         let (device_name, engine) = (device.name(), conv_engine(device));
         let place = match device {
-            Device::Cpu(_) => {
-                let threads = counted(rayon::current_num_threads(), "thread", "threads");
-                format!("CPU, {threads}")
-            }
+            Device::Cpu(_) => ThreadsArg::cpu_place(),
             Device::Cuda(_) => format!("CUDA {device_name}, {engine} convolutions"),
         };
         println!(

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{ModelArgs, ThreadsArg, full_training_step, print_json_report, random_images};
 use crate::device::{Compute, Device, DeviceChoice, on_backend};
-use crate::error::{Error, Result, counted};
+use crate::error::{Error, Result};
 use crate::footprint;
 use crate::model::BuildOptions;
 use crate::model::reversible::{ReversibleOptions, Storage};
@@ -159,10 +159,7 @@ impl MemoryArgs {
             spec.time_steps,
             self.precision,
             match device {
-                Device::Cpu(_) => {
-                    let threads = counted(rayon::current_num_threads(), "thread", "threads");
-                    format!("CPU, {threads}")
-                }
+                Device::Cpu(_) => ThreadsArg::cpu_place(),
                 Device::Cuda(_) => format!("CUDA {}, device tensors", device.name()),
             },
             if self.bptt {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::device::{Compute, Device};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, counted};
 use crate::spec::ModelSpec;
 
 /// Which model: a preset or a JSON spec file (one of the two), with overrides.
@@ -120,6 +120,13 @@ impl ThreadsArg {
             .num_threads(threads)
             .build_global()
             .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))
+    }
+
+    /// `CPU, N threads`: where a CPU run computes, as `bench` and `memory` report it (the
+    /// threads in use, after [`ThreadsArg::apply`]).
+    pub fn cpu_place() -> String {
+        let threads = counted(rayon::current_num_threads(), "thread", "threads");
+        format!("CPU, {threads}")
     }
 }
 

@@ -30,7 +30,6 @@ use crate::tensor::CudaTensor;
 pub mod cudnn;
 pub mod im2col;
 
-pub use im2col::WORKSPACE_BYTES;
 use im2col::{im2col_backward, im2col_forward};
 
 use cudnn::DataTypes;
